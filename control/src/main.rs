@@ -1,0 +1,3 @@
+//! skiff-control: the control plane.
+
+fn main() {}

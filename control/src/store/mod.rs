@@ -1,0 +1,109 @@
+//! The embedded store: an etcd-like revisioned key-value model on top of a Raft log.
+//!
+//! Keys follow `/registry/<group>/<resource>/<namespace>/<name>`. Every write bumps one global
+//! revision, which the API server uses as `resourceVersion`. Writes go through openraft and are
+//! acknowledged only once the log entry is durable and applied; the state machine and the log are
+//! redb databases, committed with fsync.
+
+mod raft;
+mod watch;
+
+pub use raft::{Store, StoreConfig};
+pub use watch::{Event, EventKind, WatchStream};
+
+use serde::{Deserialize, Serialize};
+
+/// One stored key with its revisions, as etcd reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyValue {
+    /// The full key.
+    pub key: String,
+    /// The stored bytes (an object's JSON for the API server).
+    pub value: Vec<u8>,
+    /// Revision at which the key was created (since its last deletion).
+    pub create_revision: u64,
+    /// Revision of the last write to the key; the object's `resourceVersion`.
+    pub mod_revision: u64,
+}
+
+/// A conditional write, applied atomically by the state machine.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum WriteOp {
+    /// Create `key`; fails with [`StoreError::AlreadyExists`] if it exists.
+    Create { key: String, value: Vec<u8> },
+    /// Replace `key`; fails if it is missing or, with `expected`, if its mod revision differs.
+    Update { key: String, value: Vec<u8>, expected: Option<u64> },
+    /// Delete `key`; fails if it is missing or, with `expected`, if its mod revision differs.
+    Delete { key: String, expected: Option<u64> },
+    /// Forget watch history up to `revision`.
+    Compact { revision: u64 },
+}
+
+/// What a write produced.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum WriteResult {
+    /// The write happened at this revision; `kv` is the new value (or the deleted one).
+    Done { revision: u64, kv: Option<KeyValue> },
+    /// The key exists already (create).
+    AlreadyExists { current: KeyValue },
+    /// The key does not exist (update, delete).
+    NotFound,
+    /// The key's mod revision is not the expected one.
+    Conflict { current: KeyValue },
+}
+
+/// Errors of store operations.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The key already exists.
+    #[error("key {key} already exists")]
+    AlreadyExists {
+        /// The key.
+        key: String,
+        /// What is stored there.
+        current: Box<KeyValue>,
+    },
+    /// The key does not exist.
+    #[error("key {key} not found")]
+    NotFound {
+        /// The key.
+        key: String,
+    },
+    /// A compare-and-swap lost: the key changed since it was read.
+    #[error("key {key} was modified: expected revision {expected}, found {found}")]
+    Conflict {
+        /// The key.
+        key: String,
+        /// The revision the caller expected.
+        expected: u64,
+        /// The key's current value.
+        current: Box<KeyValue>,
+        /// The key's current mod revision.
+        found: u64,
+    },
+    /// The requested revision has been compacted away.
+    #[error("revision {requested} has been compacted (oldest available {oldest})")]
+    Compacted {
+        /// Revision asked for.
+        requested: u64,
+        /// Oldest revision the history still holds.
+        oldest: u64,
+    },
+    /// This member cannot serve the request now (no leader, shutting down).
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A disk or encoding failure.
+    #[error("storage failure: {0}")]
+    Io(String),
+}
+
+/// The result of a list.
+#[derive(Debug, Clone)]
+pub struct ListResult {
+    /// Matching keys in key order.
+    pub items: Vec<KeyValue>,
+    /// The store's revision when the list was read.
+    pub revision: u64,
+    /// Whether more keys follow the last returned one.
+    pub more: bool,
+}

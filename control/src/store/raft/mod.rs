@@ -1,0 +1,356 @@
+//! The store handle: openraft wired to the redb log and state machine, the tonic transport, and the
+//! read/write/watch API the rest of the control plane uses.
+
+mod log_store;
+mod network;
+mod state_machine;
+mod types;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::ops::Bound;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::BasicNode;
+use redb::{Database, ReadableDatabase};
+use skiff_proto::raft::v1::raft_service_server::RaftServiceServer;
+use tokio::sync::oneshot;
+
+use self::log_store::LogStore;
+use self::network::{Network, RaftGrpc};
+use self::state_machine::{KV, REVISION, Record, SM_META, StateMachine, read_revision};
+use self::types::{NodeId, Raft, Request, decode};
+use super::watch::WatchHub;
+use super::{KeyValue, ListResult, StoreError, WatchStream, WriteOp, WriteResult};
+
+/// How to open the store.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Directory holding the Raft log, the state machine and snapshots.
+    pub data_dir: PathBuf,
+    /// This member's id.
+    pub node_id: u64,
+    /// Address the Raft gRPC service listens on (and that peers dial).
+    pub raft_listen: SocketAddr,
+    /// Events retained for watches that start in the past.
+    pub watch_history: usize,
+    /// Log entries between snapshots.
+    pub snapshot_every: u64,
+}
+
+impl StoreConfig {
+    /// A single-member store in `data_dir`.
+    pub fn single(data_dir: PathBuf, raft_listen: SocketAddr) -> Self {
+        Self { data_dir, node_id: 1, raft_listen, watch_history: 10_000, snapshot_every: 10_000 }
+    }
+}
+
+/// Handle on the embedded store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    raft: Raft,
+    db: Arc<Database>,
+    hub: Arc<WatchHub>,
+    node_id: NodeId,
+    _server: Arc<ServerGuard>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("node_id", &self.node_id).finish_non_exhaustive()
+    }
+}
+
+/// Stops the Raft gRPC server when the last store handle goes.
+struct ServerGuard {
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for ServerGuard {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+fn io(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Io(e.to_string())
+}
+
+/// The first key after every key that starts with `prefix`.
+fn prefix_end(prefix: &str) -> String {
+    let mut bytes = prefix.as_bytes().to_vec();
+    while let Some(last) = bytes.pop() {
+        if last < 0x7f {
+            bytes.push(last + 1);
+            return String::from_utf8(bytes).unwrap_or_default();
+        }
+    }
+    "\u{7f}".repeat(8)
+}
+
+impl Store {
+    /// Opens the store, starts its Raft member and transport, and waits until it can serve.
+    pub async fn open(config: StoreConfig) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(io)?;
+        let log = LogStore::open(&config.data_dir.join("raft-log.redb")).map_err(io)?;
+        let db = StateMachine::open(&config.data_dir.join("state.redb")).map_err(io)?;
+        let revision = read_revision(&db).map_err(io)?;
+        let hub = Arc::new(WatchHub::new(revision, config.watch_history));
+        let sm = StateMachine::new(db.clone(), hub.clone(), config.data_dir.join("snapshot.bin"));
+
+        let raft_config = openraft::Config {
+            cluster_name: "skiff".into(),
+            heartbeat_interval: 100,
+            election_timeout_min: 300,
+            election_timeout_max: 600,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_every),
+            max_in_snapshot_log_to_keep: 1_000,
+            ..Default::default()
+        };
+        let raft_config = Arc::new(raft_config.validate().map_err(io)?);
+        let raft = Raft::new(config.node_id, raft_config, Network, log, sm).await.map_err(io)?;
+
+        let listener = tokio::net::TcpListener::bind(config.raft_listen).await.map_err(io)?;
+        let local = listener.local_addr().map_err(io)?;
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let service = RaftServiceServer::new(RaftGrpc { raft: raft.clone() });
+        tokio::spawn(async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            let served = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = stop_rx.await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "raft transport stopped");
+            }
+        });
+
+        if !raft.is_initialized().await.map_err(io)? {
+            let members = BTreeMap::from([(config.node_id, BasicNode { addr: local.to_string() })]);
+            raft.initialize(members).await.map_err(io)?;
+        }
+        raft.wait(Some(Duration::from_secs(30)))
+            .metrics(|m| m.current_leader.is_some(), "a leader is elected")
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+
+        Ok(Self {
+            raft,
+            db,
+            hub,
+            node_id: config.node_id,
+            _server: Arc::new(ServerGuard { stop: Some(stop_tx) }),
+        })
+    }
+
+    /// Stops the Raft member.
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+    }
+
+    /// The latest applied revision.
+    pub fn revision(&self) -> u64 {
+        self.hub.revision()
+    }
+
+    /// The oldest revision from which a watch can still start.
+    pub fn oldest_watchable(&self) -> u64 {
+        self.hub.oldest()
+    }
+
+    /// Waits until this member has applied everything committed before the call (read-index).
+    async fn linearize(&self) -> Result<(), StoreError> {
+        self.raft
+            .ensure_linearizable()
+            .await
+            .map(|_| ())
+            .map_err(|e| StoreError::Unavailable(e.to_string()))
+    }
+
+    /// Reads one key.
+    pub async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        self.linearize().await?;
+        self.get_local(key)
+    }
+
+    /// Reads one key from this member's state without a read-index round.
+    pub fn get_local(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        let tx = self.db.begin_read().map_err(io)?;
+        let table = tx.open_table(KV).map_err(io)?;
+        Ok(match table.get(key).map_err(io)? {
+            Some(v) => Some(decode::<Record>(v.value()).map_err(io)?.into_kv(key)),
+            None => None,
+        })
+    }
+
+    /// Lists keys under `prefix` in key order, after `start_after` if given, at most `limit`
+    /// (0 = no limit).
+    pub async fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<ListResult, StoreError> {
+        self.linearize().await?;
+        let tx = self.db.begin_read().map_err(io)?;
+        let meta = tx.open_table(SM_META).map_err(io)?;
+        let revision = match meta.get(REVISION).map_err(io)? {
+            Some(v) => decode(v.value()).map_err(io)?,
+            None => 0,
+        };
+        let table = tx.open_table(KV).map_err(io)?;
+        let end = prefix_end(prefix);
+        let start = match start_after {
+            Some(after) if after >= prefix => Bound::Excluded(after),
+            _ => Bound::Included(prefix),
+        };
+        let mut items = Vec::new();
+        let mut more = false;
+        for item in table.range::<&str>((start, Bound::Excluded(end.as_str()))).map_err(io)? {
+            let (k, v) = item.map_err(io)?;
+            if limit > 0 && items.len() == limit {
+                more = true;
+                break;
+            }
+            items.push(decode::<Record>(v.value()).map_err(io)?.into_kv(k.value()));
+        }
+        Ok(ListResult { items, revision, more })
+    }
+
+    /// Proposes writes as one log entry; returns each write's result once durable and applied.
+    pub async fn write(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteResult>, StoreError> {
+        let reply = self.raft.client_write(Request { ops }).await.map_err(|e| match e {
+            openraft::error::RaftError::APIError(e) => StoreError::Unavailable(e.to_string()),
+            openraft::error::RaftError::Fatal(e) => StoreError::Unavailable(e.to_string()),
+        })?;
+        Ok(reply.data.results)
+    }
+
+    async fn write_one(&self, op: WriteOp) -> Result<KeyValue, StoreError> {
+        let (key, expected) = match &op {
+            WriteOp::Create { key, .. } => (key.clone(), None),
+            WriteOp::Update { key, expected, .. } | WriteOp::Delete { key, expected } => (key.clone(), *expected),
+            WriteOp::Compact { .. } => (String::new(), None),
+        };
+        let result = self.write(vec![op]).await?.into_iter().next();
+        match result {
+            Some(WriteResult::Done { kv: Some(kv), revision }) => Ok(KeyValue { mod_revision: revision, ..kv }),
+            Some(WriteResult::Done { kv: None, .. }) | None => Err(StoreError::Io("empty write result".into())),
+            Some(WriteResult::AlreadyExists { current }) => {
+                Err(StoreError::AlreadyExists { key, current: Box::new(current) })
+            }
+            Some(WriteResult::NotFound) => Err(StoreError::NotFound { key }),
+            Some(WriteResult::Conflict { current }) => Err(StoreError::Conflict {
+                key,
+                expected: expected.unwrap_or_default(),
+                found: current.mod_revision,
+                current: Box::new(current),
+            }),
+        }
+    }
+
+    /// Creates `key`.
+    pub async fn create(&self, key: &str, value: Vec<u8>) -> Result<KeyValue, StoreError> {
+        self.write_one(WriteOp::Create { key: key.to_owned(), value }).await
+    }
+
+    /// Replaces `key`, if its mod revision is still `expected` (when given).
+    pub async fn update(&self, key: &str, value: Vec<u8>, expected: Option<u64>) -> Result<KeyValue, StoreError> {
+        self.write_one(WriteOp::Update { key: key.to_owned(), value, expected }).await
+    }
+
+    /// Deletes `key`, if its mod revision is still `expected` (when given). Returns the deleted
+    /// value with `mod_revision` set to the revision of the deletion.
+    pub async fn delete(&self, key: &str, expected: Option<u64>) -> Result<KeyValue, StoreError> {
+        self.write_one(WriteOp::Delete { key: key.to_owned(), expected }).await
+    }
+
+    /// Forgets watch history up to `revision` on every member.
+    pub async fn compact(&self, revision: u64) -> Result<(), StoreError> {
+        self.write(vec![WriteOp::Compact { revision }]).await.map(|_| ())
+    }
+
+    /// Watches keys under `prefix` for changes after revision `from`.
+    pub fn watch(&self, prefix: &str, from: u64) -> Result<WatchStream, StoreError> {
+        self.hub.subscribe(prefix, from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn open(dir: &std::path::Path) -> Store {
+        Store::open(StoreConfig::single(dir.to_path_buf(), "127.0.0.1:0".parse().unwrap())).await.unwrap()
+    }
+
+    #[test]
+    fn prefix_end_is_the_next_key() {
+        assert_eq!(prefix_end("/registry/pods/"), "/registry/pods0");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn create_update_delete_with_revisions_and_cas() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path()).await;
+        let a = store.create("/r/a", b"1".to_vec()).await.unwrap();
+        assert!(matches!(store.create("/r/a", b"x".to_vec()).await, Err(StoreError::AlreadyExists { .. })));
+        let a2 = store.update("/r/a", b"2".to_vec(), Some(a.mod_revision)).await.unwrap();
+        assert!(a2.mod_revision > a.mod_revision);
+        assert_eq!(a2.create_revision, a.create_revision);
+        assert!(matches!(
+            store.update("/r/a", b"3".to_vec(), Some(a.mod_revision)).await,
+            Err(StoreError::Conflict { .. })
+        ));
+        store.create("/r/b", b"b".to_vec()).await.unwrap();
+        store.create("/s/c", b"c".to_vec()).await.unwrap();
+        let page = store.list("/r/", None, 1).await.unwrap();
+        assert_eq!(page.items.len(), 1);
+        assert!(page.more);
+        let rest = store.list("/r/", Some("/r/a"), 0).await.unwrap();
+        assert_eq!(rest.items.iter().map(|k| k.key.as_str()).collect::<Vec<_>>(), vec!["/r/b"]);
+        let deleted = store.delete("/r/a", None).await.unwrap();
+        assert_eq!(deleted.value, b"2");
+        assert!(store.get("/r/a").await.unwrap().is_none());
+        store.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reopen_keeps_data_and_revision() {
+        let dir = tempfile::tempdir().unwrap();
+        let rev = {
+            let store = open(dir.path()).await;
+            for i in 0..50 {
+                store.create(&format!("/k/{i:03}"), vec![i as u8]).await.unwrap();
+            }
+            let rev = store.revision();
+            store.shutdown().await;
+            rev
+        };
+        let store = open(dir.path()).await;
+        assert_eq!(store.revision(), rev);
+        assert_eq!(store.list("/k/", None, 0).await.unwrap().items.len(), 50);
+        let next = store.create("/k/new", vec![]).await.unwrap();
+        assert_eq!(next.mod_revision, rev + 1);
+        store.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn watch_sees_writes_after_revision() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path()).await;
+        let first = store.create("/w/a", vec![1]).await.unwrap();
+        let mut watch = store.watch("/w/", first.mod_revision).unwrap();
+        store.update("/w/a", vec![2], None).await.unwrap();
+        store.delete("/w/a", None).await.unwrap();
+        let e1 = watch.next().await.unwrap().unwrap();
+        let e2 = watch.next().await.unwrap().unwrap();
+        assert_eq!(e1.kind, crate::store::EventKind::Put);
+        assert_eq!(e2.kind, crate::store::EventKind::Delete);
+        assert_eq!(e2.revision, e1.revision + 1);
+        store.shutdown().await;
+    }
+}

@@ -1,0 +1,334 @@
+//! The replicated state machine: the revisioned key space on redb.
+//!
+//! Each applied batch of log entries is one redb transaction, committed with fsync, so the state
+//! machine itself is durable and a snapshot is only needed to catch up members or compact the log.
+
+use std::io::Cursor;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, SnapshotMeta, StoredMembership,
+};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use super::types::{Entry, LogId, NodeId, Response, StorageError, TypeConfig, decode, encode, io_err};
+use crate::store::watch::{Event, EventKind, WatchHub};
+use crate::store::{KeyValue, WriteOp, WriteResult};
+
+pub(crate) const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
+pub(crate) const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
+
+pub(crate) const APPLIED: &str = "applied";
+pub(crate) const MEMBERSHIP: &str = "membership";
+pub(crate) const REVISION: &str = "revision";
+
+/// A stored value with its revisions (the key is the table key).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Record {
+    pub value: Vec<u8>,
+    pub create_revision: u64,
+    pub mod_revision: u64,
+}
+
+impl Record {
+    pub(crate) fn into_kv(self, key: &str) -> KeyValue {
+        KeyValue {
+            key: key.to_owned(),
+            value: self.value,
+            create_revision: self.create_revision,
+            mod_revision: self.mod_revision,
+        }
+    }
+}
+
+/// The whole key space at one log id, as sent to a lagging member.
+#[derive(Debug, Serialize, Deserialize)]
+struct SnapshotData {
+    revision: u64,
+    kvs: Vec<(String, Record)>,
+}
+
+/// The state machine; the store handle shares its database for reads.
+pub struct StateMachine {
+    db: Arc<Database>,
+    hub: Arc<WatchHub>,
+    snapshot_path: PathBuf,
+}
+
+impl std::fmt::Debug for StateMachine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateMachine").finish_non_exhaustive()
+    }
+}
+
+fn sm_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
+    io_err(ErrorSubject::StateMachine, verb, e)
+}
+
+/// Reads the current revision from the state machine's database.
+pub(crate) fn read_revision(db: &Database) -> Result<u64, redb::Error> {
+    let tx = db.begin_read()?;
+    let meta = tx.open_table(SM_META)?;
+    Ok(meta.get(REVISION)?.map(|v| decode(v.value()).unwrap_or(0)).unwrap_or(0))
+}
+
+impl StateMachine {
+    /// Opens (or creates) the state machine database.
+    pub(crate) fn open(path: &std::path::Path) -> Result<Arc<Database>, redb::Error> {
+        let db = Database::create(path)?;
+        let tx = db.begin_write()?;
+        tx.open_table(KV)?;
+        tx.open_table(SM_META)?;
+        tx.commit()?;
+        Ok(Arc::new(db))
+    }
+
+    pub(crate) fn new(db: Arc<Database>, hub: Arc<WatchHub>, snapshot_path: PathBuf) -> Self {
+        Self { db, hub, snapshot_path }
+    }
+
+    fn meta_get<T: for<'de> Deserialize<'de>>(&self, name: &str) -> Result<Option<T>, StorageError> {
+        let read = |e: &dyn std::fmt::Display| sm_err(ErrorVerb::Read, e);
+        let tx = self.db.begin_read().map_err(|e| read(&e))?;
+        let meta = tx.open_table(SM_META).map_err(|e| read(&e))?;
+        match meta.get(name).map_err(|e| read(&e))? {
+            Some(v) => Ok(Some(decode(v.value()).map_err(|e| read(&e))?)),
+            None => Ok(None),
+        }
+    }
+
+    fn read_snapshot_file(&self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let bytes = match std::fs::read(&self.snapshot_path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(sm_err(ErrorVerb::Read, e)),
+        };
+        let (meta, data): (SnapshotMeta<NodeId, openraft::BasicNode>, Vec<u8>) =
+            decode(&bytes).map_err(|e| sm_err(ErrorVerb::Read, e))?;
+        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+    }
+}
+
+/// Writes a snapshot file atomically (temp file, fsync, rename).
+fn write_snapshot_file(
+    path: &std::path::Path,
+    meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
+    data: &[u8],
+) -> Result<(), StorageError> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let write = |e: std::io::Error| io_err(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Write, e);
+    let bytes = encode(&(meta, data));
+    let mut f = std::fs::File::create(&tmp).map_err(write)?;
+    f.write_all(&bytes).map_err(write)?;
+    f.sync_all().map_err(write)?;
+    std::fs::rename(&tmp, path).map_err(write)
+}
+
+/// Applies one write to the key table, producing its result and, if it changed anything, an event.
+fn apply_op(
+    kv: &mut redb::Table<&str, &[u8]>,
+    revision: &mut u64,
+    op: WriteOp,
+) -> Result<(WriteResult, Option<Event>), redb::StorageError> {
+    let current = |kv: &redb::Table<&str, &[u8]>, key: &str| -> Result<Option<KeyValue>, redb::StorageError> {
+        Ok(kv.get(key)?.and_then(|v| decode::<Record>(v.value()).ok()).map(|r| r.into_kv(key)))
+    };
+    match op {
+        WriteOp::Create { key, value } => {
+            if let Some(current) = current(kv, &key)? {
+                return Ok((WriteResult::AlreadyExists { current }, None));
+            }
+            *revision += 1;
+            let record = Record { value, create_revision: *revision, mod_revision: *revision };
+            kv.insert(key.as_str(), encode(&record).as_slice())?;
+            let new = record.into_kv(&key);
+            let event = Event { kind: EventKind::Put, kv: new.clone(), prev: None, revision: *revision };
+            Ok((WriteResult::Done { revision: *revision, kv: Some(new) }, Some(event)))
+        }
+        WriteOp::Update { key, value, expected } => {
+            let Some(prev) = current(kv, &key)? else {
+                return Ok((WriteResult::NotFound, None));
+            };
+            if expected.is_some_and(|rev| rev != prev.mod_revision) {
+                return Ok((WriteResult::Conflict { current: prev }, None));
+            }
+            *revision += 1;
+            let record = Record { value, create_revision: prev.create_revision, mod_revision: *revision };
+            kv.insert(key.as_str(), encode(&record).as_slice())?;
+            let new = record.into_kv(&key);
+            let event = Event { kind: EventKind::Put, kv: new.clone(), prev: Some(prev), revision: *revision };
+            Ok((WriteResult::Done { revision: *revision, kv: Some(new) }, Some(event)))
+        }
+        WriteOp::Delete { key, expected } => {
+            let Some(prev) = current(kv, &key)? else {
+                return Ok((WriteResult::NotFound, None));
+            };
+            if expected.is_some_and(|rev| rev != prev.mod_revision) {
+                return Ok((WriteResult::Conflict { current: prev }, None));
+            }
+            *revision += 1;
+            kv.remove(key.as_str())?;
+            let event = Event { kind: EventKind::Delete, kv: prev.clone(), prev: Some(prev.clone()), revision: *revision };
+            Ok((WriteResult::Done { revision: *revision, kv: Some(prev) }, Some(event)))
+        }
+        WriteOp::Compact { revision: upto } => Ok((WriteResult::Done { revision: upto, kv: None }, None)),
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId>, StoredMembership<NodeId, openraft::BasicNode>), StorageError> {
+        let applied = self.meta_get::<Option<LogId>>(APPLIED)?.flatten();
+        let membership = self.meta_get(MEMBERSHIP)?.unwrap_or_default();
+        Ok((applied, membership))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let write = |e: &dyn std::fmt::Display| sm_err(ErrorVerb::Write, e);
+        let tx = self.db.begin_write().map_err(|e| write(&e))?;
+        let mut responses = Vec::new();
+        let mut events = Vec::new();
+        let mut compact_to = None;
+        let revision;
+        {
+            let mut meta = tx.open_table(SM_META).map_err(|e| write(&e))?;
+            let mut kv = tx.open_table(KV).map_err(|e| write(&e))?;
+            let mut rev: u64 = match meta.get(REVISION).map_err(|e| write(&e))? {
+                Some(v) => decode(v.value()).map_err(|e| write(&e))?,
+                None => 0,
+            };
+            let mut last = None;
+            for entry in entries {
+                last = Some(entry.log_id);
+                let mut response = Response::default();
+                match entry.payload {
+                    EntryPayload::Blank => {}
+                    EntryPayload::Normal(request) => {
+                        for op in request.ops {
+                            if let WriteOp::Compact { revision } = op {
+                                compact_to = Some(revision);
+                            }
+                            let (result, event) = apply_op(&mut kv, &mut rev, op).map_err(|e| write(&e))?;
+                            response.results.push(result);
+                            events.extend(event);
+                        }
+                    }
+                    EntryPayload::Membership(m) => {
+                        let stored = StoredMembership::new(Some(entry.log_id), m);
+                        meta.insert(MEMBERSHIP, encode(&stored).as_slice()).map_err(|e| write(&e))?;
+                    }
+                }
+                responses.push(response);
+            }
+            meta.insert(APPLIED, encode(&last).as_slice()).map_err(|e| write(&e))?;
+            meta.insert(REVISION, encode(&rev).as_slice()).map_err(|e| write(&e))?;
+            revision = rev;
+        }
+        tx.commit().map_err(|e| write(&e))?;
+        self.hub.publish(events, revision);
+        if let Some(upto) = compact_to {
+            self.hub.compact(upto);
+        }
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder { db: self.db.clone(), snapshot_path: self.snapshot_path.clone() }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let data_bytes = snapshot.into_inner();
+        let subject = || ErrorSubject::Snapshot(Some(meta.signature()));
+        let data: SnapshotData = decode(&data_bytes).map_err(|e| io_err(subject(), ErrorVerb::Read, e))?;
+        let write = |e: &dyn std::fmt::Display| io_err(subject(), ErrorVerb::Write, e);
+        let tx = self.db.begin_write().map_err(|e| write(&e))?;
+        {
+            let mut kv = tx.open_table(KV).map_err(|e| write(&e))?;
+            kv.retain(|_, _| false).map_err(|e| write(&e))?;
+            for (key, record) in &data.kvs {
+                kv.insert(key.as_str(), encode(record).as_slice()).map_err(|e| write(&e))?;
+            }
+            let mut m = tx.open_table(SM_META).map_err(|e| write(&e))?;
+            m.insert(APPLIED, encode(&meta.last_log_id).as_slice()).map_err(|e| write(&e))?;
+            m.insert(MEMBERSHIP, encode(&meta.last_membership).as_slice()).map_err(|e| write(&e))?;
+            m.insert(REVISION, encode(&data.revision).as_slice()).map_err(|e| write(&e))?;
+        }
+        tx.commit().map_err(|e| write(&e))?;
+        write_snapshot_file(&self.snapshot_path, meta, &data_bytes)?;
+        self.hub.reset(data.revision);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        self.read_snapshot_file()
+    }
+}
+
+/// Builds a snapshot from a consistent read of the state machine.
+pub struct SnapshotBuilder {
+    db: Arc<Database>,
+    snapshot_path: PathBuf,
+}
+
+impl std::fmt::Debug for SnapshotBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotBuilder").finish_non_exhaustive()
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let read = |e: &dyn std::fmt::Display| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e);
+        let tx = self.db.begin_read().map_err(|e| read(&e))?;
+        let meta_table = tx.open_table(SM_META).map_err(|e| read(&e))?;
+        let get = |name: &str| -> Result<Option<Vec<u8>>, StorageError> {
+            Ok(meta_table.get(name).map_err(|e| read(&e))?.map(|v| v.value().to_vec()))
+        };
+        let applied: Option<LogId> = match get(APPLIED)? {
+            Some(b) => decode(&b).map_err(|e| read(&e))?,
+            None => None,
+        };
+        let membership: StoredMembership<NodeId, openraft::BasicNode> = match get(MEMBERSHIP)? {
+            Some(b) => decode(&b).map_err(|e| read(&e))?,
+            None => StoredMembership::default(),
+        };
+        let revision: u64 = match get(REVISION)? {
+            Some(b) => decode(&b).map_err(|e| read(&e))?,
+            None => 0,
+        };
+        let table = tx.open_table(KV).map_err(|e| read(&e))?;
+        let mut kvs = Vec::new();
+        for item in table.iter().map_err(|e| read(&e))? {
+            let (k, v) = item.map_err(|e| read(&e))?;
+            kvs.push((k.value().to_owned(), decode(v.value()).map_err(|e| read(&e))?));
+        }
+        let data = encode(&SnapshotData { revision, kvs });
+        let snapshot_id = format!(
+            "{}-{}",
+            applied.map(|l| l.index).unwrap_or(0),
+            time::OffsetDateTime::now_utc().unix_timestamp_nanos()
+        );
+        let meta = SnapshotMeta { last_log_id: applied, last_membership: membership, snapshot_id };
+        write_snapshot_file(&self.snapshot_path, &meta, &data)?;
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+    }
+}

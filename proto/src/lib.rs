@@ -1,0 +1,12 @@
+//! Skiff's gRPC contracts, generated from the `.proto` files in `proto/proto`.
+//!
+//! Each contract is versioned in its package name (`skiff.raft.v1`); changes are additive only.
+
+/// Raft transport between control-plane store members.
+pub mod raft {
+    /// Version 1 of the Raft transport.
+    #[allow(missing_docs, missing_debug_implementations, clippy::all)]
+    pub mod v1 {
+        tonic::include_proto!("skiff.raft.v1");
+    }
+}
