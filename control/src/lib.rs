@@ -1,4 +1,8 @@
-//! Skiff's control plane as a library: the embedded store and the Kubernetes API server.
-//! The `skiff-control` binary wires them together.
+//! Skiff's control plane as a library: the embedded store, the Kubernetes API server and the
+//! controllers that keep served state consistent. The `skiff-control` binary wires them together.
 
+pub mod api;
+pub mod bootstrap;
+pub mod controllers;
+pub mod pki;
 pub mod store;

@@ -1,3 +1,82 @@
-//! skiff-control: the control plane.
+//! skiff-control: the control plane (API server, store, and, as they land, scheduler and
+//! controllers) in one process.
 
-fn main() {}
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use skiff_control::api::{self, App, Cidr};
+use skiff_control::pki::{Pki, local_url};
+use skiff_control::store::{Store, StoreConfig};
+
+/// Skiff's control plane.
+#[derive(Debug, Parser)]
+#[command(name = "skiff-control", version)]
+struct Args {
+    /// Directory for the store, the CA and the bootstrap files.
+    #[arg(long, default_value = "/var/lib/skiff/control", env = "SKIFF_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Address of the Kubernetes API (HTTPS).
+    #[arg(long, default_value = "0.0.0.0:6443")]
+    listen: SocketAddr,
+    /// Address of the Raft transport between store members (gRPC).
+    #[arg(long, default_value = "127.0.0.1:6444")]
+    raft_listen: SocketAddr,
+    /// This store member's id.
+    #[arg(long, default_value_t = 1)]
+    node_id: u64,
+    /// The range cluster IPs are allocated from.
+    #[arg(long, default_value = "10.96.0.0/12")]
+    service_cidr: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,openraft=warn,h2=warn,hyper=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let cidr = Cidr::parse(&args.service_cidr)
+        .map_err(anyhow::Error::msg)
+        .context("--service-cidr")?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+
+    let pki =
+        Pki::load_or_create(&args.data_dir.join("pki"), args.listen).context("loading the cluster CA")?;
+    pki.write_bootstrap_files(&args.data_dir, &local_url(args.listen))
+        .context("writing bootstrap files")?;
+
+    let mut store_config = StoreConfig::single(args.data_dir.join("store"), args.raft_listen);
+    store_config.node_id = args.node_id;
+    let store = Store::open(store_config).await.context("opening the store")?;
+
+    let app = Arc::new(App::new(store.clone(), cidr));
+    skiff_control::bootstrap::ensure_defaults(&app)
+        .await
+        .context("creating default namespaces")?;
+    skiff_control::controllers::start(app.clone());
+
+    let tls = api::server::tls_config(&pki).context("configuring TLS")?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        kubeconfig = %args.data_dir.join("admin.kubeconfig").display(),
+        "skiff-control serving"
+    );
+    let serving = api::server::serve(listener, tls, api::router(app));
+    tokio::select! {
+        () = serving => {}
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted, shutting down"),
+    }
+    store.shutdown().await;
+    Ok(())
+}

@@ -32,7 +32,11 @@ pub enum WriteOp {
     /// Create `key`; fails with [`StoreError::AlreadyExists`] if it exists.
     Create { key: String, value: Vec<u8> },
     /// Replace `key`; fails if it is missing or, with `expected`, if its mod revision differs.
-    Update { key: String, value: Vec<u8>, expected: Option<u64> },
+    Update {
+        key: String,
+        value: Vec<u8>,
+        expected: Option<u64>,
+    },
     /// Delete `key`; fails if it is missing or, with `expected`, if its mod revision differs.
     Delete { key: String, expected: Option<u64> },
     /// Forget watch history up to `revision`.

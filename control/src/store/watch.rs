@@ -49,7 +49,9 @@ pub(crate) struct WatchHub {
 
 impl std::fmt::Debug for WatchHub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WatchHub").field("capacity", &self.capacity).finish_non_exhaustive()
+        f.debug_struct("WatchHub")
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
     }
 }
 
@@ -57,7 +59,11 @@ impl WatchHub {
     pub(crate) fn new(revision: u64, capacity: usize) -> Self {
         let (tx, _) = broadcast::channel(capacity.max(1024));
         Self {
-            inner: Mutex::new(Inner { history: VecDeque::new(), oldest: revision, current: revision }),
+            inner: Mutex::new(Inner {
+                history: VecDeque::new(),
+                oldest: revision,
+                current: revision,
+            }),
             tx,
             capacity,
         }
@@ -115,7 +121,10 @@ impl WatchHub {
     pub(crate) fn subscribe(&self, prefix: &str, from: u64) -> Result<WatchStream, StoreError> {
         let inner = self.lock();
         if from < inner.oldest {
-            return Err(StoreError::Compacted { requested: from, oldest: inner.oldest });
+            return Err(StoreError::Compacted {
+                requested: from,
+                oldest: inner.oldest,
+            });
         }
         let backlog = inner
             .history
@@ -125,7 +134,12 @@ impl WatchHub {
             .collect();
         // Subscribing under the lock means no event falls between the backlog and the live feed.
         let rx = self.tx.subscribe();
-        Ok(WatchStream { prefix: prefix.to_owned(), after: from, backlog, rx })
+        Ok(WatchStream {
+            prefix: prefix.to_owned(),
+            after: from,
+            backlog,
+            rx,
+        })
     }
 }
 
@@ -155,7 +169,10 @@ impl WatchStream {
                 Ok(_) => continue,
                 Err(broadcast::error::RecvError::Closed) => return Ok(None),
                 Err(broadcast::error::RecvError::Lagged(_)) => {
-                    return Err(StoreError::Compacted { requested: self.after, oldest: self.after + 1 });
+                    return Err(StoreError::Compacted {
+                        requested: self.after,
+                        oldest: self.after + 1,
+                    });
                 }
             }
         }
@@ -167,8 +184,18 @@ mod tests {
     use super::*;
 
     fn put(key: &str, revision: u64) -> Event {
-        let kv = KeyValue { key: key.into(), value: vec![], create_revision: revision, mod_revision: revision };
-        Event { kind: EventKind::Put, kv, prev: None, revision }
+        let kv = KeyValue {
+            key: key.into(),
+            value: vec![],
+            create_revision: revision,
+            mod_revision: revision,
+        };
+        Event {
+            kind: EventKind::Put,
+            kv,
+            prev: None,
+            revision,
+        }
     }
 
     #[tokio::test]
@@ -188,7 +215,10 @@ mod tests {
     fn too_old_revision_is_compacted() {
         let hub = WatchHub::new(0, 2);
         hub.publish(vec![put("/a", 1), put("/a", 2), put("/a", 3)], 3);
-        assert!(matches!(hub.subscribe("/", 0), Err(StoreError::Compacted { oldest: 1, .. })));
+        assert!(matches!(
+            hub.subscribe("/", 0),
+            Err(StoreError::Compacted { oldest: 1, .. })
+        ));
         assert!(hub.subscribe("/", 1).is_ok());
         hub.compact(2);
         assert!(hub.subscribe("/", 1).is_err());

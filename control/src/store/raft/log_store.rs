@@ -62,7 +62,9 @@ impl LogStore {
         let tx = self.db.begin_write().map_err(|e| write(&e))?;
         {
             let mut table = tx.open_table(META).map_err(|e| write(&e))?;
-            table.insert(name, encode(value).as_slice()).map_err(|e| write(&e))?;
+            table
+                .insert(name, encode(value).as_slice())
+                .map_err(|e| write(&e))?;
         }
         tx.commit().map_err(|e| write(&e))
     }
@@ -97,7 +99,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             Some((_, v)) => Some(decode::<Entry>(v.value()).map_err(|e| read(&e))?.log_id),
             None => last_purged,
         };
-        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last,
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -151,7 +156,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let tx = self.db.begin_write().map_err(|e| write(&e))?;
         {
             let mut table = tx.open_table(LOGS).map_err(|e| write(&e))?;
-            table.retain_in(log_id.index.., |_, _| false).map_err(|e| write(&e))?;
+            table
+                .retain_in(log_id.index.., |_, _| false)
+                .map_err(|e| write(&e))?;
         }
         tx.commit().map_err(|e| write(&e))
     }
@@ -161,9 +168,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let tx = self.db.begin_write().map_err(|e| write(&e))?;
         {
             let mut meta = tx.open_table(META).map_err(|e| write(&e))?;
-            meta.insert(PURGED, encode(&log_id).as_slice()).map_err(|e| write(&e))?;
+            meta.insert(PURGED, encode(&log_id).as_slice())
+                .map_err(|e| write(&e))?;
             let mut table = tx.open_table(LOGS).map_err(|e| write(&e))?;
-            table.retain_in(..=log_id.index, |_, _| false).map_err(|e| write(&e))?;
+            table
+                .retain_in(..=log_id.index, |_, _| false)
+                .map_err(|e| write(&e))?;
         }
         tx.commit().map_err(|e| write(&e))
     }

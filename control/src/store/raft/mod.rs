@@ -43,7 +43,13 @@ pub struct StoreConfig {
 impl StoreConfig {
     /// A single-member store in `data_dir`.
     pub fn single(data_dir: PathBuf, raft_listen: SocketAddr) -> Self {
-        Self { data_dir, node_id: 1, raft_listen, watch_history: 10_000, snapshot_every: 10_000 }
+        Self {
+            data_dir,
+            node_id: 1,
+            raft_listen,
+            watch_history: 10_000,
+            snapshot_every: 10_000,
+        }
     }
 }
 
@@ -59,7 +65,9 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("node_id", &self.node_id).finish_non_exhaustive()
+        f.debug_struct("Store")
+            .field("node_id", &self.node_id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -112,9 +120,13 @@ impl Store {
             ..Default::default()
         };
         let raft_config = Arc::new(raft_config.validate().map_err(io)?);
-        let raft = Raft::new(config.node_id, raft_config, Network, log, sm).await.map_err(io)?;
+        let raft = Raft::new(config.node_id, raft_config, Network, log, sm)
+            .await
+            .map_err(io)?;
 
-        let listener = tokio::net::TcpListener::bind(config.raft_listen).await.map_err(io)?;
+        let listener = tokio::net::TcpListener::bind(config.raft_listen)
+            .await
+            .map_err(io)?;
         let local = listener.local_addr().map_err(io)?;
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let service = RaftServiceServer::new(RaftGrpc { raft: raft.clone() });
@@ -132,7 +144,12 @@ impl Store {
         });
 
         if !raft.is_initialized().await.map_err(io)? {
-            let members = BTreeMap::from([(config.node_id, BasicNode { addr: local.to_string() })]);
+            let members = BTreeMap::from([(
+                config.node_id,
+                BasicNode {
+                    addr: local.to_string(),
+                },
+            )]);
             raft.initialize(members).await.map_err(io)?;
         }
         raft.wait(Some(Duration::from_secs(30)))
@@ -193,7 +210,12 @@ impl Store {
 
     /// Lists keys under `prefix` in key order, after `start_after` if given, at most `limit`
     /// (0 = no limit).
-    pub async fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<ListResult, StoreError> {
+    pub async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<ListResult, StoreError> {
         self.linearize().await?;
         let tx = self.db.begin_read().map_err(io)?;
         let meta = tx.open_table(SM_META).map_err(io)?;
@@ -209,7 +231,10 @@ impl Store {
         };
         let mut items = Vec::new();
         let mut more = false;
-        for item in table.range::<&str>((start, Bound::Excluded(end.as_str()))).map_err(io)? {
+        for item in table
+            .range::<&str>((start, Bound::Excluded(end.as_str())))
+            .map_err(io)?
+        {
             let (k, v) = item.map_err(io)?;
             if limit > 0 && items.len() == limit {
                 more = true;
@@ -217,31 +242,50 @@ impl Store {
             }
             items.push(decode::<Record>(v.value()).map_err(io)?.into_kv(k.value()));
         }
-        Ok(ListResult { items, revision, more })
+        Ok(ListResult {
+            items,
+            revision,
+            more,
+        })
     }
 
     /// Proposes writes as one log entry; returns each write's result once durable and applied.
     pub async fn write(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteResult>, StoreError> {
-        let reply = self.raft.client_write(Request { ops }).await.map_err(|e| match e {
-            openraft::error::RaftError::APIError(e) => StoreError::Unavailable(e.to_string()),
-            openraft::error::RaftError::Fatal(e) => StoreError::Unavailable(e.to_string()),
-        })?;
+        let reply = self
+            .raft
+            .client_write(Request { ops })
+            .await
+            .map_err(|e| match e {
+                openraft::error::RaftError::APIError(e) => StoreError::Unavailable(e.to_string()),
+                openraft::error::RaftError::Fatal(e) => StoreError::Unavailable(e.to_string()),
+            })?;
         Ok(reply.data.results)
     }
 
     async fn write_one(&self, op: WriteOp) -> Result<KeyValue, StoreError> {
         let (key, expected) = match &op {
             WriteOp::Create { key, .. } => (key.clone(), None),
-            WriteOp::Update { key, expected, .. } | WriteOp::Delete { key, expected } => (key.clone(), *expected),
+            WriteOp::Update { key, expected, .. } | WriteOp::Delete { key, expected } => {
+                (key.clone(), *expected)
+            }
             WriteOp::Compact { .. } => (String::new(), None),
         };
         let result = self.write(vec![op]).await?.into_iter().next();
         match result {
-            Some(WriteResult::Done { kv: Some(kv), revision }) => Ok(KeyValue { mod_revision: revision, ..kv }),
-            Some(WriteResult::Done { kv: None, .. }) | None => Err(StoreError::Io("empty write result".into())),
-            Some(WriteResult::AlreadyExists { current }) => {
-                Err(StoreError::AlreadyExists { key, current: Box::new(current) })
+            Some(WriteResult::Done {
+                kv: Some(kv),
+                revision,
+            }) => Ok(KeyValue {
+                mod_revision: revision,
+                ..kv
+            }),
+            Some(WriteResult::Done { kv: None, .. }) | None => {
+                Err(StoreError::Io("empty write result".into()))
             }
+            Some(WriteResult::AlreadyExists { current }) => Err(StoreError::AlreadyExists {
+                key,
+                current: Box::new(current),
+            }),
             Some(WriteResult::NotFound) => Err(StoreError::NotFound { key }),
             Some(WriteResult::Conflict { current }) => Err(StoreError::Conflict {
                 key,
@@ -254,18 +298,36 @@ impl Store {
 
     /// Creates `key`.
     pub async fn create(&self, key: &str, value: Vec<u8>) -> Result<KeyValue, StoreError> {
-        self.write_one(WriteOp::Create { key: key.to_owned(), value }).await
+        self.write_one(WriteOp::Create {
+            key: key.to_owned(),
+            value,
+        })
+        .await
     }
 
     /// Replaces `key`, if its mod revision is still `expected` (when given).
-    pub async fn update(&self, key: &str, value: Vec<u8>, expected: Option<u64>) -> Result<KeyValue, StoreError> {
-        self.write_one(WriteOp::Update { key: key.to_owned(), value, expected }).await
+    pub async fn update(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expected: Option<u64>,
+    ) -> Result<KeyValue, StoreError> {
+        self.write_one(WriteOp::Update {
+            key: key.to_owned(),
+            value,
+            expected,
+        })
+        .await
     }
 
     /// Deletes `key`, if its mod revision is still `expected` (when given). Returns the deleted
     /// value with `mod_revision` set to the revision of the deletion.
     pub async fn delete(&self, key: &str, expected: Option<u64>) -> Result<KeyValue, StoreError> {
-        self.write_one(WriteOp::Delete { key: key.to_owned(), expected }).await
+        self.write_one(WriteOp::Delete {
+            key: key.to_owned(),
+            expected,
+        })
+        .await
     }
 
     /// Forgets watch history up to `revision` on every member.
@@ -284,7 +346,12 @@ mod tests {
     use super::*;
 
     async fn open(dir: &std::path::Path) -> Store {
-        Store::open(StoreConfig::single(dir.to_path_buf(), "127.0.0.1:0".parse().unwrap())).await.unwrap()
+        Store::open(StoreConfig::single(
+            dir.to_path_buf(),
+            "127.0.0.1:0".parse().unwrap(),
+        ))
+        .await
+        .unwrap()
     }
 
     #[test]
@@ -297,8 +364,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path()).await;
         let a = store.create("/r/a", b"1".to_vec()).await.unwrap();
-        assert!(matches!(store.create("/r/a", b"x".to_vec()).await, Err(StoreError::AlreadyExists { .. })));
-        let a2 = store.update("/r/a", b"2".to_vec(), Some(a.mod_revision)).await.unwrap();
+        assert!(matches!(
+            store.create("/r/a", b"x".to_vec()).await,
+            Err(StoreError::AlreadyExists { .. })
+        ));
+        let a2 = store
+            .update("/r/a", b"2".to_vec(), Some(a.mod_revision))
+            .await
+            .unwrap();
         assert!(a2.mod_revision > a.mod_revision);
         assert_eq!(a2.create_revision, a.create_revision);
         assert!(matches!(
@@ -311,7 +384,10 @@ mod tests {
         assert_eq!(page.items.len(), 1);
         assert!(page.more);
         let rest = store.list("/r/", Some("/r/a"), 0).await.unwrap();
-        assert_eq!(rest.items.iter().map(|k| k.key.as_str()).collect::<Vec<_>>(), vec!["/r/b"]);
+        assert_eq!(
+            rest.items.iter().map(|k| k.key.as_str()).collect::<Vec<_>>(),
+            vec!["/r/b"]
+        );
         let deleted = store.delete("/r/a", None).await.unwrap();
         assert_eq!(deleted.value, b"2");
         assert!(store.get("/r/a").await.unwrap().is_none());

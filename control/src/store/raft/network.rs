@@ -1,16 +1,16 @@
 //! Raft transport over tonic: the client side (one per peer) and the gRPC service.
 
+use openraft::BasicNode;
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
 };
-use openraft::BasicNode;
 use serde::de::DeserializeOwned;
+use skiff_proto::raft::v1::RaftPayload;
 use skiff_proto::raft::v1::raft_service_client::RaftServiceClient;
 use skiff_proto::raft::v1::raft_service_server::RaftService;
-use skiff_proto::raft::v1::RaftPayload;
 use tonic::transport::Channel;
 
 use super::types::{NodeId, Raft, TypeConfig, decode, encode};
@@ -23,7 +23,11 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
-        PeerClient { target, addr: node.addr.clone(), client: None }
+        PeerClient {
+            target,
+            addr: node.addr.clone(),
+            client: None,
+        }
     }
 }
 
@@ -44,7 +48,10 @@ impl PeerClient {
         }
         let endpoint = Channel::from_shared(format!("http://{}", self.addr))
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let channel = endpoint.connect().await.map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
         let client = RaftServiceClient::new(channel);
         self.client = Some(client.clone());
         Ok(client)
@@ -127,23 +134,34 @@ impl RaftService for RaftGrpc {
         &self,
         request: tonic::Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
-        let rpc: AppendEntriesRequest<TypeConfig> = decode(&request.into_inner().data).map_err(bad_request)?;
+        let rpc: AppendEntriesRequest<TypeConfig> =
+            decode(&request.into_inner().data).map_err(bad_request)?;
         let result = self.raft.append_entries(rpc).await;
-        Ok(tonic::Response::new(RaftPayload { data: encode(&result) }))
+        Ok(tonic::Response::new(RaftPayload {
+            data: encode(&result),
+        }))
     }
 
-    async fn vote(&self, request: tonic::Request<RaftPayload>) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
+    async fn vote(
+        &self,
+        request: tonic::Request<RaftPayload>,
+    ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
         let rpc: VoteRequest<NodeId> = decode(&request.into_inner().data).map_err(bad_request)?;
         let result = self.raft.vote(rpc).await;
-        Ok(tonic::Response::new(RaftPayload { data: encode(&result) }))
+        Ok(tonic::Response::new(RaftPayload {
+            data: encode(&result),
+        }))
     }
 
     async fn install_snapshot(
         &self,
         request: tonic::Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
-        let rpc: InstallSnapshotRequest<TypeConfig> = decode(&request.into_inner().data).map_err(bad_request)?;
+        let rpc: InstallSnapshotRequest<TypeConfig> =
+            decode(&request.into_inner().data).map_err(bad_request)?;
         let result = self.raft.install_snapshot(rpc).await;
-        Ok(tonic::Response::new(RaftPayload { data: encode(&result) }))
+        Ok(tonic::Response::new(RaftPayload {
+            data: encode(&result),
+        }))
     }
 }

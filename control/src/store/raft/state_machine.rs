@@ -8,9 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use openraft::storage::{RaftStateMachine, Snapshot};
-use openraft::{
-    EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, SnapshotMeta, StoredMembership,
-};
+use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, SnapshotMeta, StoredMembership};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
@@ -72,7 +70,10 @@ fn sm_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
 pub(crate) fn read_revision(db: &Database) -> Result<u64, redb::Error> {
     let tx = db.begin_read()?;
     let meta = tx.open_table(SM_META)?;
-    Ok(meta.get(REVISION)?.map(|v| decode(v.value()).unwrap_or(0)).unwrap_or(0))
+    Ok(meta
+        .get(REVISION)?
+        .map(|v| decode(v.value()).unwrap_or(0))
+        .unwrap_or(0))
 }
 
 impl StateMachine {
@@ -87,7 +88,11 @@ impl StateMachine {
     }
 
     pub(crate) fn new(db: Arc<Database>, hub: Arc<WatchHub>, snapshot_path: PathBuf) -> Self {
-        Self { db, hub, snapshot_path }
+        Self {
+            db,
+            hub,
+            snapshot_path,
+        }
     }
 
     fn meta_get<T: for<'de> Deserialize<'de>>(&self, name: &str) -> Result<Option<T>, StorageError> {
@@ -108,7 +113,10 @@ impl StateMachine {
         };
         let (meta, data): (SnapshotMeta<NodeId, openraft::BasicNode>, Vec<u8>) =
             decode(&bytes).map_err(|e| sm_err(ErrorVerb::Read, e))?;
-        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        }))
     }
 }
 
@@ -120,7 +128,13 @@ fn write_snapshot_file(
 ) -> Result<(), StorageError> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
-    let write = |e: std::io::Error| io_err(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Write, e);
+    let write = |e: std::io::Error| {
+        io_err(
+            ErrorSubject::Snapshot(Some(meta.signature())),
+            ErrorVerb::Write,
+            e,
+        )
+    };
     let bytes = encode(&(meta, data));
     let mut f = std::fs::File::create(&tmp).map_err(write)?;
     f.write_all(&bytes).map_err(write)?;
@@ -134,20 +148,39 @@ fn apply_op(
     revision: &mut u64,
     op: WriteOp,
 ) -> Result<(WriteResult, Option<Event>), redb::StorageError> {
-    let current = |kv: &redb::Table<&str, &[u8]>, key: &str| -> Result<Option<KeyValue>, redb::StorageError> {
-        Ok(kv.get(key)?.and_then(|v| decode::<Record>(v.value()).ok()).map(|r| r.into_kv(key)))
-    };
+    let current =
+        |kv: &redb::Table<&str, &[u8]>, key: &str| -> Result<Option<KeyValue>, redb::StorageError> {
+            Ok(kv
+                .get(key)?
+                .and_then(|v| decode::<Record>(v.value()).ok())
+                .map(|r| r.into_kv(key)))
+        };
     match op {
         WriteOp::Create { key, value } => {
             if let Some(current) = current(kv, &key)? {
                 return Ok((WriteResult::AlreadyExists { current }, None));
             }
             *revision += 1;
-            let record = Record { value, create_revision: *revision, mod_revision: *revision };
+            let record = Record {
+                value,
+                create_revision: *revision,
+                mod_revision: *revision,
+            };
             kv.insert(key.as_str(), encode(&record).as_slice())?;
             let new = record.into_kv(&key);
-            let event = Event { kind: EventKind::Put, kv: new.clone(), prev: None, revision: *revision };
-            Ok((WriteResult::Done { revision: *revision, kv: Some(new) }, Some(event)))
+            let event = Event {
+                kind: EventKind::Put,
+                kv: new.clone(),
+                prev: None,
+                revision: *revision,
+            };
+            Ok((
+                WriteResult::Done {
+                    revision: *revision,
+                    kv: Some(new),
+                },
+                Some(event),
+            ))
         }
         WriteOp::Update { key, value, expected } => {
             let Some(prev) = current(kv, &key)? else {
@@ -157,11 +190,26 @@ fn apply_op(
                 return Ok((WriteResult::Conflict { current: prev }, None));
             }
             *revision += 1;
-            let record = Record { value, create_revision: prev.create_revision, mod_revision: *revision };
+            let record = Record {
+                value,
+                create_revision: prev.create_revision,
+                mod_revision: *revision,
+            };
             kv.insert(key.as_str(), encode(&record).as_slice())?;
             let new = record.into_kv(&key);
-            let event = Event { kind: EventKind::Put, kv: new.clone(), prev: Some(prev), revision: *revision };
-            Ok((WriteResult::Done { revision: *revision, kv: Some(new) }, Some(event)))
+            let event = Event {
+                kind: EventKind::Put,
+                kv: new.clone(),
+                prev: Some(prev),
+                revision: *revision,
+            };
+            Ok((
+                WriteResult::Done {
+                    revision: *revision,
+                    kv: Some(new),
+                },
+                Some(event),
+            ))
         }
         WriteOp::Delete { key, expected } => {
             let Some(prev) = current(kv, &key)? else {
@@ -172,10 +220,27 @@ fn apply_op(
             }
             *revision += 1;
             kv.remove(key.as_str())?;
-            let event = Event { kind: EventKind::Delete, kv: prev.clone(), prev: Some(prev.clone()), revision: *revision };
-            Ok((WriteResult::Done { revision: *revision, kv: Some(prev) }, Some(event)))
+            let event = Event {
+                kind: EventKind::Delete,
+                kv: prev.clone(),
+                prev: Some(prev.clone()),
+                revision: *revision,
+            };
+            Ok((
+                WriteResult::Done {
+                    revision: *revision,
+                    kv: Some(prev),
+                },
+                Some(event),
+            ))
         }
-        WriteOp::Compact { revision: upto } => Ok((WriteResult::Done { revision: upto, kv: None }, None)),
+        WriteOp::Compact { revision: upto } => Ok((
+            WriteResult::Done {
+                revision: upto,
+                kv: None,
+            },
+            None,
+        )),
     }
 }
 
@@ -226,13 +291,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     }
                     EntryPayload::Membership(m) => {
                         let stored = StoredMembership::new(Some(entry.log_id), m);
-                        meta.insert(MEMBERSHIP, encode(&stored).as_slice()).map_err(|e| write(&e))?;
+                        meta.insert(MEMBERSHIP, encode(&stored).as_slice())
+                            .map_err(|e| write(&e))?;
                     }
                 }
                 responses.push(response);
             }
-            meta.insert(APPLIED, encode(&last).as_slice()).map_err(|e| write(&e))?;
-            meta.insert(REVISION, encode(&rev).as_slice()).map_err(|e| write(&e))?;
+            meta.insert(APPLIED, encode(&last).as_slice())
+                .map_err(|e| write(&e))?;
+            meta.insert(REVISION, encode(&rev).as_slice())
+                .map_err(|e| write(&e))?;
             revision = rev;
         }
         tx.commit().map_err(|e| write(&e))?;
@@ -244,7 +312,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        SnapshotBuilder { db: self.db.clone(), snapshot_path: self.snapshot_path.clone() }
+        SnapshotBuilder {
+            db: self.db.clone(),
+            snapshot_path: self.snapshot_path.clone(),
+        }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
@@ -265,12 +336,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let mut kv = tx.open_table(KV).map_err(|e| write(&e))?;
             kv.retain(|_, _| false).map_err(|e| write(&e))?;
             for (key, record) in &data.kvs {
-                kv.insert(key.as_str(), encode(record).as_slice()).map_err(|e| write(&e))?;
+                kv.insert(key.as_str(), encode(record).as_slice())
+                    .map_err(|e| write(&e))?;
             }
             let mut m = tx.open_table(SM_META).map_err(|e| write(&e))?;
-            m.insert(APPLIED, encode(&meta.last_log_id).as_slice()).map_err(|e| write(&e))?;
-            m.insert(MEMBERSHIP, encode(&meta.last_membership).as_slice()).map_err(|e| write(&e))?;
-            m.insert(REVISION, encode(&data.revision).as_slice()).map_err(|e| write(&e))?;
+            m.insert(APPLIED, encode(&meta.last_log_id).as_slice())
+                .map_err(|e| write(&e))?;
+            m.insert(MEMBERSHIP, encode(&meta.last_membership).as_slice())
+                .map_err(|e| write(&e))?;
+            m.insert(REVISION, encode(&data.revision).as_slice())
+                .map_err(|e| write(&e))?;
         }
         tx.commit().map_err(|e| write(&e))?;
         write_snapshot_file(&self.snapshot_path, meta, &data_bytes)?;
@@ -301,7 +376,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let tx = self.db.begin_read().map_err(|e| read(&e))?;
         let meta_table = tx.open_table(SM_META).map_err(|e| read(&e))?;
         let get = |name: &str| -> Result<Option<Vec<u8>>, StorageError> {
-            Ok(meta_table.get(name).map_err(|e| read(&e))?.map(|v| v.value().to_vec()))
+            Ok(meta_table
+                .get(name)
+                .map_err(|e| read(&e))?
+                .map(|v| v.value().to_vec()))
         };
         let applied: Option<LogId> = match get(APPLIED)? {
             Some(b) => decode(&b).map_err(|e| read(&e))?,
@@ -327,8 +405,15 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             applied.map(|l| l.index).unwrap_or(0),
             time::OffsetDateTime::now_utc().unix_timestamp_nanos()
         );
-        let meta = SnapshotMeta { last_log_id: applied, last_membership: membership, snapshot_id };
+        let meta = SnapshotMeta {
+            last_log_id: applied,
+            last_membership: membership,
+            snapshot_id,
+        };
         write_snapshot_file(&self.snapshot_path, &meta, &data)?;
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
     }
 }

@@ -1,0 +1,344 @@
+//! Server-side apply: field ownership in `managedFields`, conflicts between appliers, and removal of
+//! fields an applier stopped setting.
+//!
+//! Field sets use upstream's `FieldsV1` element notation (`f:spec`, `k:{"name":"app"}`, `v:"x"`).
+//! Ownership is tracked for `Apply` managers; conflicts arise when another applier owns a field this
+//! apply would change (`force=true` takes it over).
+
+use std::collections::BTreeSet;
+
+use axum::response::Response;
+use serde_json::{Map, Value, json};
+
+use super::App;
+use super::handlers::{Call, create};
+use super::object::now;
+use super::patch::{ListStrategy, apply_strategic_patch, list_strategy};
+use super::status::ApiError;
+
+type Path = Vec<String>;
+type FieldSet = BTreeSet<Path>;
+
+const IGNORED_META: &[&str] = &[
+    "name",
+    "namespace",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "managedFields",
+    "selfLink",
+];
+
+fn collect(value: &Value, path: &mut Path, names: &mut Vec<String>, out: &mut FieldSet) {
+    match value {
+        Value::Object(map) if !map.is_empty() => {
+            for (k, v) in map {
+                if path.is_empty() && (k == "apiVersion" || k == "kind") {
+                    continue;
+                }
+                if path.len() == 1 && path[0] == "f:metadata" && IGNORED_META.contains(&k.as_str()) {
+                    continue;
+                }
+                path.push(format!("f:{k}"));
+                match v {
+                    Value::Array(items) => collect_list(items, path, names, k, out),
+                    _ => {
+                        names.push(k.clone());
+                        collect(v, path, names, out);
+                        names.pop();
+                    }
+                }
+                path.pop();
+            }
+        }
+        _ => {
+            out.insert(path.clone());
+        }
+    }
+}
+
+fn collect_list(items: &[Value], path: &mut Path, names: &mut Vec<String>, field: &str, out: &mut FieldSet) {
+    match list_strategy(names, field) {
+        ListStrategy::MergeKey(key) => {
+            names.push(field.to_owned());
+            for item in items {
+                let mut k = Map::new();
+                k.insert(key.to_owned(), item[key].clone());
+                path.push(format!("k:{}", Value::Object(k)));
+                let mut marker = path.clone();
+                marker.push(".".into());
+                out.insert(marker);
+                if let Value::Object(m) = item {
+                    for (ik, iv) in m {
+                        path.push(format!("f:{ik}"));
+                        match iv {
+                            Value::Array(inner) => collect_list(inner, path, names, ik, out),
+                            _ => {
+                                names.push(ik.clone());
+                                collect(iv, path, names, out);
+                                names.pop();
+                            }
+                        }
+                        path.pop();
+                    }
+                }
+                path.pop();
+            }
+            names.pop();
+        }
+        ListStrategy::PrimitiveSet => {
+            for item in items {
+                path.push(format!("v:{item}"));
+                out.insert(path.clone());
+                path.pop();
+            }
+        }
+        ListStrategy::Replace => {
+            out.insert(path.clone());
+        }
+    }
+}
+
+/// The fields an applied configuration sets.
+fn field_set(obj: &Value) -> FieldSet {
+    let mut out = FieldSet::new();
+    collect(obj, &mut Vec::new(), &mut Vec::new(), &mut out);
+    out
+}
+
+fn to_fields_v1(set: &FieldSet) -> Value {
+    let mut root = Map::new();
+    for path in set {
+        let mut cur = &mut root;
+        for el in path {
+            cur = cur
+                .entry(el.clone())
+                .or_insert_with(|| json!({}))
+                .as_object_mut()
+                .expect("fieldsV1 nodes are maps");
+        }
+    }
+    Value::Object(root)
+}
+
+fn from_fields_v1(tree: &Value, path: &mut Path, out: &mut FieldSet) {
+    match tree.as_object() {
+        Some(m) if !m.is_empty() => {
+            for (k, v) in m {
+                path.push(k.clone());
+                from_fields_v1(v, path, out);
+                path.pop();
+            }
+        }
+        _ => {
+            if !path.is_empty() {
+                out.insert(path.clone());
+            }
+        }
+    }
+}
+
+/// The value at a field path, if present.
+fn lookup<'a>(obj: &'a Value, path: &[String]) -> Option<&'a Value> {
+    let mut cur = obj;
+    for el in path {
+        if el == "." {
+            return Some(cur);
+        }
+        cur = step(cur, el)?;
+    }
+    Some(cur)
+}
+
+fn step<'a>(cur: &'a Value, el: &str) -> Option<&'a Value> {
+    if let Some(f) = el.strip_prefix("f:") {
+        cur.get(f)
+    } else if let Some(k) = el.strip_prefix("k:") {
+        let key: Value = serde_json::from_str(k).ok()?;
+        let key = key.as_object()?;
+        cur.as_array()?
+            .iter()
+            .find(|item| key.iter().all(|(kk, kv)| item.get(kk) == Some(kv)))
+    } else if let Some(v) = el.strip_prefix("v:") {
+        let v: Value = serde_json::from_str(v).ok()?;
+        cur.as_array()?.iter().find(|item| **item == v)
+    } else {
+        None
+    }
+}
+
+/// Removes the field at `path` from `obj`.
+fn remove(obj: &mut Value, path: &[String]) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    if last == "." {
+        remove(obj, parents);
+        return;
+    }
+    let mut cur = obj;
+    for el in parents {
+        let next = if let Some(f) = el.strip_prefix("f:") {
+            cur.get_mut(f)
+        } else if let Some(k) = el.strip_prefix("k:") {
+            let key: Option<Map<String, Value>> = serde_json::from_str(k).ok();
+            match (key, cur.as_array_mut()) {
+                (Some(key), Some(items)) => items
+                    .iter_mut()
+                    .find(|i| key.iter().all(|(kk, kv)| i.get(kk) == Some(kv))),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        match next {
+            Some(n) => cur = n,
+            None => return,
+        }
+    }
+    if let Some(f) = last.strip_prefix("f:") {
+        if let Some(m) = cur.as_object_mut() {
+            m.remove(f);
+        }
+    } else if let Some(k) = last.strip_prefix("k:") {
+        if let (Ok(key), Some(items)) = (serde_json::from_str::<Map<String, Value>>(k), cur.as_array_mut()) {
+            items.retain(|i| !key.iter().all(|(kk, kv)| i.get(kk) == Some(kv)));
+        }
+    } else if let Some(v) = last.strip_prefix("v:")
+        && let (Ok(v), Some(items)) = (serde_json::from_str::<Value>(v), cur.as_array_mut())
+    {
+        items.retain(|i| *i != v);
+    }
+}
+
+fn display_path(path: &[String]) -> String {
+    path.iter()
+        .filter(|e| *e != ".")
+        .map(|e| match e.split_at(2) {
+            ("f:", f) => format!(".{f}"),
+            ("k:", k) => format!(
+                "[{}]",
+                k.trim_start_matches('{')
+                    .trim_end_matches('}')
+                    .replace("\":", "=")
+                    .replace('"', "")
+            ),
+            ("v:", v) => format!("[{v}]"),
+            _ => e.clone(),
+        })
+        .collect()
+}
+
+/// Applies `patch` (an applied configuration) to `base` for the request's field manager.
+pub fn apply(call: &Call, base: &Value, patch: &Value) -> Result<Value, ApiError> {
+    let manager = call.query.get("fieldManager").filter(|m| !m.is_empty()).ok_or_else(|| {
+        ApiError::new(422, "Invalid", "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch")
+    })?;
+    let force = call.query.get("force").is_some_and(|f| f == "true");
+    if !patch.is_object() {
+        return Err(ApiError::bad_request(
+            "the applied configuration must be an object",
+        ));
+    }
+    let ours = field_set(patch);
+    let av = call.info.api_version();
+    let mut entries: Vec<Value> = base["metadata"]["managedFields"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mut previous = FieldSet::new();
+    let mut conflicts = Vec::new();
+    for entry in &mut entries {
+        let mut set = FieldSet::new();
+        from_fields_v1(&entry["fieldsV1"], &mut Vec::new(), &mut set);
+        if entry["manager"] == manager.as_str() && entry["operation"] == "Apply" {
+            previous = set;
+            continue;
+        }
+        let mut taken = Vec::new();
+        for path in set.intersection(&ours) {
+            if path.last().is_some_and(|e| e == ".") {
+                continue;
+            }
+            if lookup(base, path) != lookup(patch, path) {
+                taken.push(path.clone());
+                conflicts.push(format!(
+                    "conflict with \"{}\": {}",
+                    entry["manager"].as_str().unwrap_or_default(),
+                    display_path(path)
+                ));
+            }
+        }
+        if force {
+            let remaining: FieldSet = set.difference(&ours).cloned().collect();
+            entry["fieldsV1"] = to_fields_v1(&remaining);
+        }
+    }
+    if !conflicts.is_empty() && !force {
+        let message = if conflicts.len() == 1 {
+            format!("Apply failed with 1 conflict: {}", conflicts[0])
+        } else {
+            format!(
+                "Apply failed with {} conflicts: {}",
+                conflicts.len(),
+                conflicts.join("\n")
+            )
+        };
+        return Err(ApiError::new(409, "Conflict", message));
+    }
+    let others: FieldSet = entries
+        .iter()
+        .filter(|e| !(e["manager"] == manager.as_str() && e["operation"] == "Apply"))
+        .flat_map(|e| {
+            let mut s = FieldSet::new();
+            from_fields_v1(&e["fieldsV1"], &mut Vec::new(), &mut s);
+            s
+        })
+        .collect();
+    let mut result = base.clone();
+    for gone in previous.difference(&ours) {
+        if !others.contains(gone) {
+            remove(&mut result, gone);
+        }
+    }
+    let mut clean = patch.clone();
+    if let Some(m) = clean["metadata"].as_object_mut() {
+        m.remove("managedFields");
+        m.remove("resourceVersion");
+    }
+    let mut merged = apply_strategic_patch(&result, &clean).map_err(ApiError::bad_request)?;
+    entries.retain(|e| !(e["manager"] == manager.as_str() && e["operation"] == "Apply"));
+    entries.retain(|e| e["fieldsV1"].as_object().is_some_and(|m| !m.is_empty()));
+    entries.push(json!({
+        "manager": manager,
+        "operation": "Apply",
+        "apiVersion": av,
+        "time": now(),
+        "fieldsType": "FieldsV1",
+        "fieldsV1": to_fields_v1(&ours),
+    }));
+    merged["metadata"]["managedFields"] = Value::Array(entries);
+    Ok(merged)
+}
+
+/// Server-side apply of an object that does not exist yet: a create owned by the applier.
+pub async fn create_from_apply(app: &App, call: &Call, patch: Value) -> Result<Response, ApiError> {
+    let name = call.name().to_owned();
+    let mut obj = apply(call, &json!({"metadata": {}}), &patch)?;
+    if obj["metadata"]["name"].as_str().is_none_or(str::is_empty) {
+        obj["metadata"]["name"] = json!(name);
+    }
+    let body = serde_json::to_vec(&obj).map_err(ApiError::internal)?;
+    let create_call = Call {
+        info: call.info.clone(),
+        ns: call.ns.clone(),
+        name: None,
+        sub: None,
+        query: call.query.clone(),
+        table: false,
+        content_type: "application/json".into(),
+    };
+    let response = create(app, &create_call, &body).await?;
+    Ok(response)
+}

@@ -1,0 +1,235 @@
+//! Discovery (`/api`, `/apis`, per group-version resource lists), `/version`, and the OpenAPI
+//! documents kubectl reads: `/openapi/v3` to learn that the server validates fields itself and
+//! which resources take which patch types, `/openapi/v2` for older clients.
+
+use serde_json::{Value, json};
+
+use super::registry::Registry;
+
+/// `/version`.
+pub fn version() -> Value {
+    json!({
+        "major": "1",
+        "minor": "32",
+        "gitVersion": "v1.32.0-skiff",
+        "gitCommit": env!("CARGO_PKG_VERSION"),
+        "gitTreeState": "clean",
+        "buildDate": "2026-11-26T00:00:00Z",
+        "goVersion": "rust",
+        "compiler": "rustc",
+        "platform": format!("linux/{}", std::env::consts::ARCH),
+    })
+}
+
+/// `/api`.
+pub fn core_versions() -> Value {
+    json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": ""}]})
+}
+
+fn group_entry(group: &str, versions: &[String]) -> Value {
+    let vs: Vec<Value> = versions
+        .iter()
+        .map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v}))
+        .collect();
+    json!({"name": group, "versions": vs, "preferredVersion": vs[0]})
+}
+
+/// `/apis`.
+pub fn groups(registry: &Registry) -> Value {
+    let groups: Vec<Value> = registry
+        .groups()
+        .into_iter()
+        .filter(|(g, _)| !g.is_empty())
+        .map(|(g, vs)| group_entry(&g, &vs))
+        .collect();
+    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
+}
+
+/// `/apis/GROUP`.
+pub fn group(registry: &Registry, name: &str) -> Option<Value> {
+    registry
+        .groups()
+        .into_iter()
+        .find(|(g, _)| g == name)
+        .map(|(g, vs)| {
+            let mut e = group_entry(&g, &vs);
+            e["kind"] = json!("APIGroup");
+            e["apiVersion"] = json!("v1");
+            e
+        })
+}
+
+/// `/api/v1` or `/apis/GROUP/VERSION`.
+pub fn resources(registry: &Registry, group: &str, version: &str) -> Option<Value> {
+    let rs = registry.in_group_version(group, version);
+    if rs.is_empty() {
+        return None;
+    }
+    let gv = if group.is_empty() {
+        version.to_owned()
+    } else {
+        format!("{group}/{version}")
+    };
+    let list: Vec<Value> = rs.iter().flat_map(|r| r.discovery()).collect();
+    Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": list}))
+}
+
+fn gv_path(group: &str, version: &str) -> String {
+    if group.is_empty() {
+        format!("api/{version}")
+    } else {
+        format!("apis/{group}/{version}")
+    }
+}
+
+/// `/openapi/v3`: one entry per group-version.
+pub fn openapi_v3_root(registry: &Registry) -> Value {
+    let mut paths = serde_json::Map::new();
+    for (g, vs) in registry.groups() {
+        for v in vs {
+            let p = gv_path(&g, &v);
+            let hash = registry.in_group_version(&g, &v).len();
+            paths.insert(
+                p.clone(),
+                json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={hash:016X}")}),
+            );
+        }
+    }
+    json!({"paths": paths})
+}
+
+/// The GVK extension: a single object on operations, a list on schemas (as upstream).
+fn gvk_ext(group: &str, version: &str, kind: &str) -> Value {
+    json!({"group": group, "version": version, "kind": kind})
+}
+
+/// `/openapi/v3/api/v1` etc.: paths (with the `fieldValidation` parameter kubectl checks for) and a
+/// schema per kind (properties are open; the server validates).
+pub fn openapi_v3_doc(registry: &Registry, group: &str, version: &str) -> Option<Value> {
+    let rs = registry.in_group_version(group, version);
+    if rs.is_empty() {
+        return None;
+    }
+    let mut paths = serde_json::Map::new();
+    let mut schemas = serde_json::Map::new();
+    let params = json!([
+        {"name": "dryRun", "in": "query", "schema": {"type": "string"}},
+        {"name": "fieldManager", "in": "query", "schema": {"type": "string"}},
+        {"name": "fieldValidation", "in": "query", "schema": {"type": "string"}},
+        {"name": "force", "in": "query", "schema": {"type": "boolean"}},
+    ]);
+    for r in &rs {
+        let schema_name = schema_name(group, version, &r.kind);
+        let reference = json!({"$ref": format!("#/components/schemas/{schema_name}")});
+        let body = |types: &[&str]| {
+            let content: serde_json::Map<String, Value> = types
+                .iter()
+                .map(|t| (t.to_string(), json!({"schema": reference.clone()})))
+                .collect();
+            json!({"content": content, "required": true})
+        };
+        let ext = gvk_ext(group, version, &r.kind);
+        let base = if r.namespaced {
+            format!(
+                "/{}/namespaces/{{namespace}}/{}",
+                gv_path(group, version),
+                r.plural
+            )
+        } else {
+            format!("/{}/{}", gv_path(group, version), r.plural)
+        };
+        // Strategic merge patch is accepted for built-in kinds but not advertised here: kubectl then
+        // builds its patches from its compiled-in patch metadata, which is exact.
+        let patch_types = [
+            "application/json-patch+json",
+            "application/merge-patch+json",
+            "application/apply-patch+yaml",
+        ];
+        paths.insert(
+            base.clone(),
+            json!({
+                "get": {"x-kubernetes-group-version-kind": ext, "x-kubernetes-action": "list", "responses": {"200": {"description": "OK"}}},
+                "post": {"x-kubernetes-group-version-kind": ext, "x-kubernetes-action": "post", "parameters": params, "requestBody": body(&["*/*"]), "responses": {"201": {"description": "Created"}}},
+            }),
+        );
+        paths.insert(
+            format!("{base}/{{name}}"),
+            json!({
+                "get": {"x-kubernetes-group-version-kind": ext, "x-kubernetes-action": "get", "responses": {"200": {"description": "OK"}}},
+                "put": {"x-kubernetes-group-version-kind": ext, "x-kubernetes-action": "put", "parameters": params, "requestBody": body(&["*/*"]), "responses": {"200": {"description": "OK"}}},
+                "patch": {"x-kubernetes-group-version-kind": ext, "x-kubernetes-action": "patch", "parameters": params, "requestBody": body(&patch_types), "responses": {"200": {"description": "OK"}}},
+                "delete": {"x-kubernetes-group-version-kind": ext, "x-kubernetes-action": "delete", "responses": {"200": {"description": "OK"}}},
+            }),
+        );
+        let mut schema = crd_schema(r).unwrap_or_else(|| json!({"type": "object"}));
+        schema["x-kubernetes-group-version-kind"] = json!([ext]);
+        schema["description"] = json!(format!(
+            "{} is a {} resource served by Skiff.",
+            r.kind,
+            r.api_version()
+        ));
+        if schema.get("properties").is_none() {
+            schema["properties"] = json!({
+                "apiVersion": {"type": "string", "description": "APIVersion defines the versioned schema of this representation of an object."},
+                "kind": {"type": "string", "description": "Kind is a string value representing the REST resource this object represents."},
+                "metadata": {"type": "object", "description": "Standard object's metadata."},
+                "spec": {"type": "object", "description": "Specification of the desired behavior."},
+                "status": {"type": "object", "description": "Most recently observed status."},
+            });
+        }
+        schemas.insert(schema_name, schema);
+    }
+    Some(json!({
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes", "version": "v1.32.0-skiff"},
+        "paths": paths,
+        "components": {"schemas": schemas},
+    }))
+}
+
+fn crd_schema(r: &super::registry::ResourceInfo) -> Option<Value> {
+    let crd = r.crd.as_ref()?;
+    crd["spec"]["versions"]
+        .as_array()?
+        .iter()
+        .find(|v| v["name"] == r.version.as_str())
+        .and_then(|v| v["schema"]["openAPIV3Schema"].as_object().cloned())
+        .map(Value::Object)
+}
+
+fn schema_name(group: &str, version: &str, kind: &str) -> String {
+    let g = match group {
+        "" => "io.k8s.api.core".to_owned(),
+        "apps" | "batch" => format!("io.k8s.api.{group}"),
+        "discovery.k8s.io" => "io.k8s.api.discovery".to_owned(),
+        "coordination.k8s.io" => "io.k8s.api.coordination".to_owned(),
+        "apiextensions.k8s.io" => "io.k8s.apiextensions-apiserver.pkg.apis.apiextensions".to_owned(),
+        other => other.split('.').rev().collect::<Vec<_>>().join("."),
+    };
+    format!("{g}.{version}.{kind}")
+}
+
+/// `/openapi/v2`: the same paths in Swagger 2.0 form.
+pub fn openapi_v2(registry: &Registry) -> Value {
+    let mut paths = serde_json::Map::new();
+    let mut definitions = serde_json::Map::new();
+    for (g, vs) in registry.groups() {
+        for v in vs {
+            if let Some(doc) = openapi_v3_doc(registry, &g, &v) {
+                for (p, item) in doc["paths"].as_object().into_iter().flatten() {
+                    let mut item = item.clone();
+                    for op in item.as_object_mut().into_iter().flat_map(|m| m.values_mut()) {
+                        if let Some(m) = op.as_object_mut() {
+                            m.remove("requestBody");
+                        }
+                    }
+                    paths.insert(p.clone(), item);
+                }
+                for (k, s) in doc["components"]["schemas"].as_object().into_iter().flatten() {
+                    definitions.insert(k.clone(), s.clone());
+                }
+            }
+        }
+    }
+    json!({"swagger": "2.0", "info": {"title": "Kubernetes", "version": "v1.32.0-skiff"}, "paths": paths, "definitions": definitions})
+}

@@ -1,0 +1,1146 @@
+//! The REST verbs on objects: get, list, watch, create, update, patch, delete, deletecollection,
+//! and the `status`, `scale` and `binding` subresources.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::App;
+use super::admission;
+use super::object::{
+    finalizers, from_kv, generate_name, meta_str, new_uid, now, set_resource_version, to_stored,
+};
+use super::patch::{PatchType, apply_json_patch, apply_merge_patch, apply_strategic_patch};
+use super::registry::ResourceInfo;
+use super::selector::{FieldSelector, LabelSelector};
+use super::status::{ApiError, Target, success};
+use super::table;
+use crate::store::{EventKind, KeyValue, StoreError};
+
+/// One parsed request on a resource.
+#[derive(Debug)]
+pub struct Call {
+    /// The resource addressed.
+    pub info: Arc<ResourceInfo>,
+    /// Namespace from the path.
+    pub ns: Option<String>,
+    /// Object name from the path.
+    pub name: Option<String>,
+    /// Subresource from the path.
+    pub sub: Option<String>,
+    /// Query parameters.
+    pub query: HashMap<String, String>,
+    /// Whether the client asked for a `Table`.
+    pub table: bool,
+    /// The request's Content-Type.
+    pub content_type: String,
+}
+
+type Result<T> = std::result::Result<T, ApiError>;
+
+impl Call {
+    fn target<'a>(&'a self, name: &'a str) -> Target<'a> {
+        Target {
+            group: &self.info.group,
+            resource: &self.info.plural,
+            kind: &self.info.kind,
+            name,
+        }
+    }
+
+    /// The object name from the path, or "".
+    pub fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or_default()
+    }
+
+    fn key(&self, name: &str) -> String {
+        self.info.key(self.ns.as_deref(), name)
+    }
+
+    fn dry_run(&self) -> bool {
+        self.query.get("dryRun").is_some_and(|v| v == "All")
+    }
+
+    fn strict(&self) -> bool {
+        self.query.get("fieldValidation").is_some_and(|v| v == "Strict")
+    }
+
+    fn selectors(&self) -> Result<(LabelSelector, FieldSelector)> {
+        let labels = LabelSelector::parse(
+            self.query
+                .get("labelSelector")
+                .map(String::as_str)
+                .unwrap_or_default(),
+        )
+        .map_err(|e| ApiError::bad_request(format!("unable to parse requirement: {e}")))?;
+        let fields = FieldSelector::parse(
+            self.query
+                .get("fieldSelector")
+                .map(String::as_str)
+                .unwrap_or_default(),
+        )
+        .map_err(ApiError::bad_request)?;
+        Ok((labels, fields))
+    }
+}
+
+/// A JSON response with a status code.
+pub fn json_response(code: StatusCode, value: &Value) -> Response {
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_vec(value).unwrap_or_default(),
+    )
+        .into_response()
+}
+
+/// Parses a request body as JSON or YAML into an object.
+pub fn parse_body(body: &[u8], content_type: &str) -> Result<Value> {
+    if content_type.contains("protobuf") || content_type.contains("cbor") {
+        return Err(ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml ({content_type} is not supported)"
+            ),
+        ));
+    }
+    let yaml = content_type.contains("yaml");
+    let value: Value = if yaml {
+        serde_yaml::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?
+    } else {
+        serde_json::from_slice(body).map_err(|e| {
+            ApiError::bad_request(format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml: {e}"))
+        })?
+    };
+    Ok(value)
+}
+
+fn require_object(value: Value) -> Result<Value> {
+    if value.is_object() {
+        Ok(value)
+    } else {
+        Err(ApiError::bad_request("the request body must be a JSON object"))
+    }
+}
+
+/// Checks `apiVersion`/`kind` against the endpoint, filling them when absent.
+fn check_type(call: &Call, obj: &mut Value, expected_kind: &str) -> Result<()> {
+    let av = call.info.api_version();
+    let sub_typed = matches!(call.sub.as_deref(), Some("scale"));
+    let expected_av = if sub_typed {
+        "autoscaling/v1".to_owned()
+    } else {
+        av
+    };
+    match obj["apiVersion"].as_str() {
+        None | Some("") => obj["apiVersion"] = json!(expected_av),
+        Some(v) if v == expected_av => {}
+        Some(v) => {
+            return Err(ApiError::bad_request(format!(
+                "the API version in the data ({v}) does not match the expected API version ({expected_av})"
+            )));
+        }
+    }
+    match obj["kind"].as_str() {
+        None | Some("") => obj["kind"] = json!(expected_kind),
+        Some(k) if k == expected_kind => {}
+        Some(k) => {
+            return Err(ApiError::bad_request(format!(
+                "the kind in the data ({k}) does not match the expected kind ({expected_kind})"
+            )));
+        }
+    }
+    if !obj["metadata"].is_object() {
+        if obj["metadata"].is_null() {
+            obj["metadata"] = json!({});
+        } else {
+            return Err(ApiError::bad_request("metadata must be an object"));
+        }
+    }
+    Ok(())
+}
+
+/// Checks or fills the object's namespace from the path.
+fn check_namespace(call: &Call, obj: &mut Value) -> Result<()> {
+    if !call.info.namespaced {
+        if let Some(m) = obj["metadata"].as_object_mut() {
+            m.remove("namespace");
+        }
+        return Ok(());
+    }
+    let path_ns = call.ns.as_deref().unwrap_or_default();
+    match obj["metadata"]["namespace"].as_str() {
+        None | Some("") => obj["metadata"]["namespace"] = json!(path_ns),
+        Some(ns) if ns == path_ns => {}
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "the namespace of the provided object does not match the namespace sent on the request",
+            ));
+        }
+    }
+    Ok(())
+}
+
+const KNOWN_TOP: &[&str] = &["apiVersion", "kind", "metadata", "spec", "status"];
+const KNOWN_META: &[&str] = &[
+    "name",
+    "generateName",
+    "namespace",
+    "selfLink",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "labels",
+    "annotations",
+    "ownerReferences",
+    "finalizers",
+    "managedFields",
+];
+
+/// Under `fieldValidation=Strict`, rejects fields the kind does not have (top level and metadata).
+fn check_unknown_fields(call: &Call, obj: &Value) -> Result<()> {
+    if !call.strict() || call.info.crd.is_some() {
+        return Ok(());
+    }
+    let extra_top: &[&str] = match call.info.kind.as_str() {
+        "ConfigMap" => &["data", "binaryData", "immutable"],
+        "Secret" => &["data", "stringData", "type", "immutable"],
+        "Endpoints" => &["subsets"],
+        "EndpointSlice" => &["addressType", "endpoints", "ports"],
+        "Event" => &[
+            "involvedObject",
+            "reason",
+            "message",
+            "source",
+            "firstTimestamp",
+            "lastTimestamp",
+            "count",
+            "type",
+            "eventTime",
+            "series",
+            "action",
+            "related",
+            "reportingComponent",
+            "reportingInstance",
+        ],
+        "ServiceAccount" => &["secrets", "imagePullSecrets", "automountServiceAccountToken"],
+        "ControllerRevision" => &["data", "revision"],
+        _ => &[],
+    };
+    let mut unknown = Vec::new();
+    for k in obj.as_object().into_iter().flat_map(|m| m.keys()) {
+        if !KNOWN_TOP.contains(&k.as_str()) && !extra_top.contains(&k.as_str()) {
+            unknown.push(format!("unknown field \"{k}\""));
+        }
+    }
+    for k in obj["metadata"].as_object().into_iter().flat_map(|m| m.keys()) {
+        if !KNOWN_META.contains(&k.as_str()) {
+            unknown.push(format!("unknown field \"metadata.{k}\""));
+        }
+    }
+    if unknown.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "strict decoding error: {}",
+            unknown.join(", ")
+        )))
+    }
+}
+
+fn invalid(call: &Call, name: &str, causes: Vec<(String, String)>) -> Result<()> {
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(call.target(name), &causes))
+    }
+}
+
+/// Reads an object or fails with 404.
+async fn read(app: &App, call: &Call, name: &str) -> Result<KeyValue> {
+    app.store
+        .get(&call.key(name))
+        .await
+        .map_err(|e| ApiError::from_store(e, call.target(name)))?
+        .ok_or_else(|| ApiError::not_found(call.target(name)))
+}
+
+/// GET of one object (or its status).
+pub async fn get(app: &App, call: &Call) -> Result<Response> {
+    let kv = read(app, call, call.name()).await?;
+    let obj = from_kv(&kv);
+    match call.sub.as_deref() {
+        Some("scale") => Ok(json_response(StatusCode::OK, &to_scale(&call.info, &obj))),
+        _ if call.table => Ok(json_response(
+            StatusCode::OK,
+            &table::table(&call.info, &[obj], &kv.mod_revision.to_string(), None, call),
+        )),
+        _ => Ok(json_response(StatusCode::OK, &obj)),
+    }
+}
+
+/// The continue token: the last key returned and the list's revision.
+fn encode_continue(key: &str, rev: u64) -> String {
+    use base64::Engine;
+    let raw = json!({"v": "meta.k8s.io/v1", "rv": rev, "start": key});
+    base64::engine::general_purpose::STANDARD.encode(raw.to_string())
+}
+
+fn decode_continue(token: &str) -> Result<(String, u64)> {
+    use base64::Engine;
+    let bad = || ApiError::bad_request("continue key is not valid: illegal base64 data");
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(token)
+        .map_err(|_| bad())?;
+    let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
+    Ok((
+        v["start"].as_str().ok_or_else(bad)?.to_owned(),
+        v["rv"].as_u64().unwrap_or(0),
+    ))
+}
+
+/// Lists matching objects; returns the items, the revision and the continue token.
+async fn list_objects(app: &App, call: &Call) -> Result<(Vec<Value>, u64, Option<String>)> {
+    let (labels, fields) = call.selectors()?;
+    let limit: usize = call.query.get("limit").and_then(|l| l.parse().ok()).unwrap_or(0);
+    let prefix = call.info.prefix_in(call.ns.as_deref());
+    let mut start = match call.query.get("continue").filter(|c| !c.is_empty()) {
+        Some(token) => Some(decode_continue(token)?.0),
+        None => None,
+    };
+    // A pinned name needs only one key.
+    if let Some(name) = fields.pinned("metadata.name")
+        && (call.ns.is_some() || !call.info.namespaced)
+    {
+        let key = call.key(name);
+        let kv = app
+            .store
+            .get(&key)
+            .await
+            .map_err(|e| ApiError::from_store(e, call.target(name)))?;
+        let rev = app.store.revision();
+        let items = kv
+            .map(|kv| from_kv(&kv))
+            .filter(|o| labels.matches(o["metadata"].get("labels")) && fields.matches(o))
+            .into_iter()
+            .collect();
+        return Ok((items, rev, None));
+    }
+    let mut items = Vec::new();
+    let revision;
+    loop {
+        let batch = if limit == 0 {
+            0
+        } else {
+            (limit - items.len()).max(1) * 2
+        };
+        let page = app
+            .store
+            .list(&prefix, start.as_deref(), batch)
+            .await
+            .map_err(|e| ApiError::from_store(e, call.target("")))?;
+        let last = page.items.last().map(|kv| kv.key.clone());
+        let mut filled_at = None;
+        for kv in &page.items {
+            let obj = from_kv(kv);
+            if labels.matches(obj["metadata"].get("labels")) && fields.matches(&obj) {
+                items.push(obj);
+                if limit > 0 && items.len() == limit {
+                    filled_at = Some(kv.key.clone());
+                    break;
+                }
+            }
+        }
+        if let Some(at) = filled_at {
+            let more = page.more || page.items.last().map(|kv| kv.key.clone()) != Some(at.clone());
+            revision = page.revision;
+            let token = more.then(|| encode_continue(&at, revision));
+            return Ok((items, revision, token));
+        }
+        if !page.more {
+            revision = page.revision;
+            break;
+        }
+        start = last;
+    }
+    Ok((items, revision, None))
+}
+
+/// GET of a collection.
+pub async fn list(app: &App, call: &Call) -> Result<Response> {
+    let (items, revision, token) = list_objects(app, call).await?;
+    let rv = revision.to_string();
+    if call.table {
+        return Ok(json_response(
+            StatusCode::OK,
+            &table::table(&call.info, &items, &rv, token.as_deref(), call),
+        ));
+    }
+    let mut metadata = json!({"resourceVersion": rv});
+    if let Some(t) = token {
+        metadata["continue"] = json!(t);
+    }
+    let list = json!({
+        "kind": format!("{}List", call.info.kind),
+        "apiVersion": call.info.api_version(),
+        "metadata": metadata,
+        "items": items,
+    });
+    Ok(json_response(StatusCode::OK, &list))
+}
+
+fn watch_line(call: &Call, kind: &str, obj: Value) -> bytes::Bytes {
+    let object = if call.table && kind != "BOOKMARK" && kind != "ERROR" {
+        let rv = meta_str(&obj, "resourceVersion").to_owned();
+        table::table(&call.info, &[obj], &rv, None, call)
+    } else {
+        obj
+    };
+    let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
+    line.push(b'\n');
+    bytes::Bytes::from(line)
+}
+
+/// A streaming watch (`?watch=true`).
+pub async fn watch(app: Arc<App>, call: Call) -> Result<Response> {
+    let (labels, fields) = call.selectors()?;
+    let rv = call
+        .query
+        .get("resourceVersion")
+        .map(String::as_str)
+        .unwrap_or_default();
+    let bookmarks = call.query.get("allowWatchBookmarks").is_some_and(|v| v == "true");
+    let send_initial = call.query.get("sendInitialEvents").map(|v| v == "true");
+    let timeout = call
+        .query
+        .get("timeoutSeconds")
+        .and_then(|t| t.parse::<u64>().ok())
+        .unwrap_or(1800);
+    let mut initial = Vec::new();
+    let from = if rv.is_empty() || rv == "0" || send_initial == Some(true) {
+        let (items, revision, _) = list_objects(
+            &app,
+            &Call {
+                query: strip_paging(&call.query),
+                ..call.clone_meta()
+            },
+        )
+        .await?;
+        if send_initial != Some(false) {
+            initial = items;
+        }
+        revision
+    } else {
+        rv.parse::<u64>()
+            .map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv}")))?
+    };
+    let prefix = call.info.prefix_in(call.ns.as_deref());
+    let mut lines: std::collections::VecDeque<bytes::Bytes> = initial
+        .into_iter()
+        .map(|o| watch_line(&call, "ADDED", o))
+        .collect();
+    if send_initial == Some(true) && bookmarks {
+        let bm = json!({"kind": call.info.kind, "apiVersion": call.info.api_version(),
+            "metadata": {"resourceVersion": from.to_string(), "annotations": {"k8s.io/initial-events-end": "true"}}});
+        lines.push_back(watch_line(&call, "BOOKMARK", bm));
+    }
+    let stream = match app.store.watch(&prefix, from) {
+        Ok(s) => Some(s),
+        Err(StoreError::Compacted { requested, oldest }) => {
+            lines.push_back(watch_line(
+                &call,
+                "ERROR",
+                ApiError::expired(requested, oldest).to_status(),
+            ));
+            None
+        }
+        Err(e) => return Err(ApiError::from_store(e, call.target(""))),
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);
+    struct State {
+        app: Arc<App>,
+        call: Call,
+        lines: std::collections::VecDeque<bytes::Bytes>,
+        stream: Option<crate::store::WatchStream>,
+        labels: LabelSelector,
+        fields: FieldSelector,
+        bookmarks: bool,
+        deadline: tokio::time::Instant,
+    }
+    let state = State {
+        app,
+        call,
+        lines,
+        stream,
+        labels,
+        fields,
+        bookmarks,
+        deadline,
+    };
+    let body = futures::stream::unfold(state, |mut st| async move {
+        loop {
+            if let Some(line) = st.lines.pop_front() {
+                return Some((Ok::<_, std::io::Error>(line), st));
+            }
+            let stream = st.stream.as_mut()?;
+            let bookmark_tick = tokio::time::sleep(Duration::from_secs(30));
+            tokio::select! {
+                _ = tokio::time::sleep_until(st.deadline) => return None,
+                _ = bookmark_tick, if st.bookmarks => {
+                    let bm = json!({"kind": st.call.info.kind, "apiVersion": st.call.info.api_version(),
+                        "metadata": {"resourceVersion": st.app.store.revision().to_string()}});
+                    st.lines.push_back(watch_line(&st.call, "BOOKMARK", bm));
+                }
+                next = stream.next() => match next {
+                    Ok(Some(event)) => {
+                        let matches = |o: &Value| st.labels.matches(o["metadata"].get("labels")) && st.fields.matches(o);
+                        let line = match event.kind {
+                            EventKind::Put => {
+                                let new = from_kv(&event.kv);
+                                let was = event.prev.as_ref().map(|p| matches(&from_kv(p))).unwrap_or(false);
+                                match (matches(&new), was) {
+                                    (true, false) => Some(("ADDED", new)),
+                                    (true, true) => Some(("MODIFIED", new)),
+                                    (false, true) => Some(("DELETED", new)),
+                                    (false, false) => None,
+                                }
+                            }
+                            EventKind::Delete => {
+                                let mut old = from_kv(&event.kv);
+                                set_resource_version(&mut old, event.revision);
+                                matches(&old).then_some(("DELETED", old))
+                            }
+                        };
+                        if let Some((kind, obj)) = line {
+                            st.lines.push_back(watch_line(&st.call, kind, obj));
+                        }
+                    }
+                    Ok(None) => return None,
+                    Err(StoreError::Compacted { requested, oldest }) => {
+                        st.lines.push_back(watch_line(&st.call, "ERROR", ApiError::expired(requested, oldest).to_status()));
+                        st.stream = None;
+                    }
+                    Err(_) => return None,
+                }
+            }
+        }
+    });
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::TRANSFER_ENCODING, "chunked")
+        .body(Body::from_stream(body))
+        .map_err(ApiError::internal)?)
+}
+
+fn strip_paging(q: &HashMap<String, String>) -> HashMap<String, String> {
+    q.iter()
+        .filter(|(k, _)| *k != "limit" && *k != "continue")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+impl Call {
+    fn clone_meta(&self) -> Call {
+        Call {
+            info: self.info.clone(),
+            ns: self.ns.clone(),
+            name: self.name.clone(),
+            sub: self.sub.clone(),
+            query: self.query.clone(),
+            table: self.table,
+            content_type: self.content_type.clone(),
+        }
+    }
+}
+
+/// Checks the namespace exists and is not terminating before creating inside it.
+async fn check_namespace_lifecycle(app: &App, call: &Call) -> Result<()> {
+    let Some(ns) = call.ns.as_deref().filter(|_| call.info.namespaced) else {
+        return Ok(());
+    };
+    let kv = app
+        .store
+        .get(&format!("/registry/core/namespaces/{ns}"))
+        .await
+        .map_err(|e| ApiError::internal(e))?;
+    let ns_target = Target {
+        group: "",
+        resource: "namespaces",
+        kind: "Namespace",
+        name: ns,
+    };
+    match kv {
+        None => Err(ApiError::not_found(ns_target)),
+        Some(kv) if from_kv(&kv)["metadata"]["deletionTimestamp"].is_string() => Err(ApiError::new(
+            403,
+            "Forbidden",
+            format!(
+                "{} \"{}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+                call.info.plural,
+                call.name.as_deref().unwrap_or_default()
+            ),
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+/// POST to a collection.
+pub async fn create(app: &App, call: &Call, body: &[u8]) -> Result<Response> {
+    let mut obj = require_object(parse_body(body, &call.content_type)?)?;
+    check_type(call, &mut obj, &call.info.kind)?;
+    check_unknown_fields(call, &obj)?;
+    check_namespace(call, &mut obj)?;
+    let meta = obj["metadata"]
+        .as_object_mut()
+        .ok_or_else(|| ApiError::bad_request("metadata must be an object"))?;
+    if meta.get("name").and_then(Value::as_str).is_none_or(str::is_empty)
+        && let Some(prefix) = meta
+            .get("generateName")
+            .and_then(Value::as_str)
+            .filter(|p| !p.is_empty())
+    {
+        let name = generate_name(prefix);
+        meta.insert("name".into(), json!(name));
+    }
+    for f in [
+        "resourceVersion",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "selfLink",
+    ] {
+        meta.remove(f);
+    }
+    let uid = new_uid();
+    meta.insert("uid".into(), json!(uid));
+    meta.insert("creationTimestamp".into(), json!(now()));
+    if obj.get("spec").is_some() {
+        obj["metadata"]["generation"] = json!(1);
+    }
+    let name = meta_str(&obj, "name").to_owned();
+    if call.info.kind == "Job" && call.info.group == "batch" {
+        admission::generate_job_selector(&mut obj, &uid);
+    }
+    admission::apply_defaults(&call.info, &mut obj, true);
+    invalid(call, &name, admission::validate(&call.info, &obj))?;
+    check_namespace_lifecycle(app, call).await?;
+    if call.info.crd.is_none() && call.info.kind == "CustomResourceDefinition" {
+        obj["status"] = super::crd::established_status(&obj, &now());
+    }
+    let _alloc = app.alloc.lock().await;
+    if call.info.group.is_empty() && call.info.kind == "Service" {
+        super::service::allocate(app, &mut obj, None)
+            .await
+            .map_err(|causes| ApiError::invalid(call.target(&name), &causes))?;
+    }
+    if call.dry_run() {
+        return Ok(json_response(StatusCode::CREATED, &obj));
+    }
+    let kv = app
+        .store
+        .create(&call.key(&name), to_stored(&obj))
+        .await
+        .map_err(|e| ApiError::from_store(e, call.target(&name)))?;
+    set_resource_version(&mut obj, kv.mod_revision);
+    Ok(json_response(StatusCode::CREATED, &obj))
+}
+
+/// Everything but metadata and status: a change here bumps `generation`.
+fn spec_part(obj: &Value) -> Value {
+    let mut o = obj.clone();
+    if let Some(m) = o.as_object_mut() {
+        for k in ["metadata", "status", "apiVersion", "kind"] {
+            m.remove(k);
+        }
+    }
+    o
+}
+
+/// Writes `new` over `current` with the update rules shared by PUT and PATCH.
+async fn commit_update(app: &App, call: &Call, current: &KeyValue, mut new: Value) -> Result<Value> {
+    let name = call.name().to_owned();
+    let old = from_kv(current);
+    check_type(call, &mut new, &call.info.kind)?;
+    check_namespace(call, &mut new)?;
+    if meta_str(&new, "name") != name {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({}) does not match the name on the URL ({name})",
+            meta_str(&new, "name")
+        )));
+    }
+    let rv = meta_str(&new, "resourceVersion");
+    if !rv.is_empty() && rv != current.mod_revision.to_string() {
+        return Err(ApiError::conflict(call.target(&name)));
+    }
+    match call.sub.as_deref() {
+        Some("status") => {
+            let status = new["status"].clone();
+            new = old.clone();
+            new["status"] = status;
+        }
+        _ if call.info.has_subresource("status") && call.info.kind != "CustomResourceDefinition" => {
+            new["status"] = old["status"].clone();
+            if new["status"].is_null()
+                && let Some(m) = new.as_object_mut()
+            {
+                m.remove("status");
+            }
+        }
+        _ => {}
+    }
+    for f in [
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+    ] {
+        match old["metadata"].get(f) {
+            Some(v) => new["metadata"][f] = v.clone(),
+            None => {
+                if let Some(m) = new["metadata"].as_object_mut() {
+                    m.remove(f);
+                }
+            }
+        }
+    }
+    let generation = old["metadata"]["generation"].as_i64();
+    if let Some(g) = generation {
+        let bump = spec_part(&old) != spec_part(&new);
+        new["metadata"]["generation"] = json!(if bump { g + 1 } else { g });
+    }
+    admission::apply_defaults(&call.info, &mut new, false);
+    invalid(call, &name, admission::validate(&call.info, &new))?;
+    if call.info.group.is_empty() && call.info.kind == "Service" {
+        super::service::keep_allocations(&old, &mut new)
+            .map_err(|c| ApiError::invalid(call.target(&name), &c))?;
+    }
+    if call.dry_run() {
+        return Ok(new);
+    }
+    // The last finalizer removed from an object being deleted completes the deletion.
+    if old["metadata"]["deletionTimestamp"].is_string() && finalizers(&new).is_empty() {
+        let kv = app
+            .store
+            .delete(&call.key(&name), Some(current.mod_revision))
+            .await
+            .map_err(|e| ApiError::from_store(e, call.target(&name)))?;
+        set_resource_version(&mut new, kv.mod_revision);
+        return Ok(new);
+    }
+    let kv = app
+        .store
+        .update(&call.key(&name), to_stored(&new), Some(current.mod_revision))
+        .await
+        .map_err(|e| ApiError::from_store(e, call.target(&name)))?;
+    set_resource_version(&mut new, kv.mod_revision);
+    Ok(new)
+}
+
+/// PUT of an object (or its status or scale).
+pub async fn update(app: &App, call: &Call, body: &[u8]) -> Result<Response> {
+    let new = require_object(parse_body(body, &call.content_type)?)?;
+    check_unknown_fields(call, &new)?;
+    let current = read(app, call, call.name()).await?;
+    if call.sub.as_deref() == Some("scale") {
+        let mut scale = new;
+        check_type(call, &mut scale, "Scale")?;
+        let obj = from_scale(&call.info, &from_kv(&current), &scale, &current, call)?;
+        let updated = commit_update(
+            app,
+            &Call {
+                sub: None,
+                ..call.clone_meta()
+            },
+            &current,
+            obj,
+        )
+        .await?;
+        return Ok(json_response(StatusCode::OK, &to_scale(&call.info, &updated)));
+    }
+    let updated = commit_update(app, call, &current, new).await?;
+    Ok(json_response(StatusCode::OK, &updated))
+}
+
+/// PATCH of an object (or its status or scale).
+pub async fn patch(app: &App, call: &Call, body: &[u8]) -> Result<Response> {
+    let patch_type = PatchType::from_content_type(&call.content_type).ok_or_else(|| {
+        ApiError::new(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json"))
+    })?;
+    if patch_type == PatchType::Strategic && call.info.crd.is_some() {
+        return Err(ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            "strategic merge patch is not supported for custom resources",
+        ));
+    }
+    let patch = if patch_type == PatchType::Apply {
+        parse_body(body, "application/yaml")?
+    } else {
+        parse_body(body, "application/json")?
+    };
+    for attempt in 0..8 {
+        let current = match read(app, call, call.name()).await {
+            Ok(kv) => kv,
+            Err(e) if e.code == 404 && patch_type == PatchType::Apply && call.sub.is_none() => {
+                return super::apply::create_from_apply(app, call, patch).await;
+            }
+            Err(e) => return Err(e),
+        };
+        let base = from_kv(&current);
+        let base = if call.sub.as_deref() == Some("scale") {
+            to_scale(&call.info, &base)
+        } else {
+            base
+        };
+        let mut patched = match patch_type {
+            PatchType::Json => {
+                apply_json_patch(&base, &patch).map_err(|e| ApiError::new(422, "Invalid", e))?
+            }
+            PatchType::Merge => apply_merge_patch(&base, &patch),
+            PatchType::Strategic => apply_strategic_patch(&base, &patch).map_err(ApiError::bad_request)?,
+            PatchType::Apply => super::apply::apply(call, &base, &patch)?,
+        };
+        check_unknown_fields(call, &patched)?;
+        // A patch that carries resourceVersion is a precondition; otherwise retry on conflicts.
+        let pinned = !meta_str(&patched, "resourceVersion").is_empty()
+            && meta_str(&patched, "resourceVersion") != current.mod_revision.to_string();
+        if !pinned {
+            patched["metadata"]["resourceVersion"] = json!(current.mod_revision.to_string());
+        }
+        let result = if call.sub.as_deref() == Some("scale") {
+            let obj = from_scale(&call.info, &from_kv(&current), &patched, &current, call)?;
+            commit_update(
+                app,
+                &Call {
+                    sub: None,
+                    ..call.clone_meta()
+                },
+                &current,
+                obj,
+            )
+            .await
+            .map(|o| to_scale(&call.info, &o))
+        } else {
+            commit_update(app, call, &current, patched).await
+        };
+        match result {
+            Err(e) if e.reason == "Conflict" && !pinned && attempt < 7 => continue,
+            Err(e) => return Err(e),
+            Ok(obj) => return Ok(json_response(StatusCode::OK, &obj)),
+        }
+    }
+    Err(ApiError::conflict(call.target(call.name())))
+}
+
+/// The `Scale` view of a workload.
+fn to_scale(info: &ResourceInfo, obj: &Value) -> Value {
+    let selector = super::selector::LabelSelector::from_object(&obj["spec"]["selector"]).ok();
+    let selector_str = obj["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default();
+    let _ = selector;
+    let _ = info;
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": obj["metadata"]["name"],
+            "namespace": obj["metadata"]["namespace"],
+            "uid": obj["metadata"]["uid"],
+            "resourceVersion": obj["metadata"]["resourceVersion"],
+            "creationTimestamp": obj["metadata"]["creationTimestamp"],
+        },
+        "spec": {"replicas": obj["spec"]["replicas"].as_i64().unwrap_or(0)},
+        "status": {"replicas": obj["status"]["replicas"].as_i64().unwrap_or(0), "selector": selector_str},
+    })
+}
+
+/// Applies a `Scale` to its workload.
+fn from_scale(
+    _info: &ResourceInfo,
+    obj: &Value,
+    scale: &Value,
+    current: &KeyValue,
+    call: &Call,
+) -> Result<Value> {
+    let rv = scale["metadata"]["resourceVersion"].as_str().unwrap_or_default();
+    if !rv.is_empty() && rv != current.mod_revision.to_string() {
+        return Err(ApiError::conflict(call.target(call.name())));
+    }
+    let replicas = scale["spec"]["replicas"].as_i64().unwrap_or(0);
+    if replicas < 0 {
+        return Err(ApiError::invalid(
+            call.target(call.name()),
+            &[(
+                "spec.replicas".into(),
+                format!("Invalid value: {replicas}: must be greater than or equal to 0"),
+            )],
+        ));
+    }
+    let mut obj = obj.clone();
+    obj["spec"]["replicas"] = json!(replicas);
+    Ok(obj)
+}
+
+/// POST pods/NAME/binding: assigns the pod to a node.
+pub async fn bind(app: &App, call: &Call, body: &[u8]) -> Result<Response> {
+    let binding = require_object(parse_body(body, &call.content_type)?)?;
+    let node = binding["target"]["name"].as_str().unwrap_or_default().to_owned();
+    if node.is_empty() {
+        return Err(ApiError::invalid(
+            call.target(call.name()),
+            &[("target.name".into(), "Required value".into())],
+        ));
+    }
+    let pod_call = Call {
+        sub: None,
+        ..call.clone_meta()
+    };
+    let current = read(app, &pod_call, call.name()).await?;
+    let mut pod = from_kv(&current);
+    if pod["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty()) {
+        return Err(ApiError::new(
+            409,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on pods/binding \"{}\": pod {} is already assigned to node \"{}\"",
+                call.name(),
+                call.name(),
+                pod["spec"]["nodeName"].as_str().unwrap_or_default()
+            ),
+        ));
+    }
+    pod["spec"]["nodeName"] = json!(node);
+    let conditions = pod["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mut conditions: Vec<Value> = conditions
+        .into_iter()
+        .filter(|c| c["type"] != "PodScheduled")
+        .collect();
+    conditions.push(
+        json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now()}),
+    );
+    pod["status"]["conditions"] = Value::Array(conditions);
+    if call.dry_run() {
+        return Ok(json_response(
+            StatusCode::CREATED,
+            &success(call.target(call.name()), meta_str(&pod, "uid")),
+        ));
+    }
+    app.store
+        .update(&current.key, to_stored(&pod), Some(current.mod_revision))
+        .await
+        .map_err(|e| ApiError::from_store(e, call.target(call.name())))?;
+    Ok(json_response(
+        StatusCode::CREATED,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+    ))
+}
+
+/// DELETE of one object, honouring preconditions, finalizers and propagation.
+pub async fn delete(app: &App, call: &Call, body: &[u8]) -> Result<Response> {
+    let opts = if body.iter().all(u8::is_ascii_whitespace) {
+        json!({})
+    } else {
+        parse_body(body, "application/json")?
+    };
+    let policy = opts["propagationPolicy"]
+        .as_str()
+        .map(str::to_owned)
+        .or_else(|| call.query.get("propagationPolicy").cloned())
+        .or_else(|| (opts["orphanDependents"] == json!(true)).then(|| "Orphan".to_owned()));
+    let grace = opts["gracePeriodSeconds"]
+        .as_i64()
+        .or_else(|| call.query.get("gracePeriodSeconds").and_then(|g| g.parse().ok()));
+    let dry_run = call.dry_run()
+        || opts["dryRun"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|v| v == "All"));
+    let name = call.name().to_owned();
+    let outcome = delete_one(
+        app,
+        call,
+        &name,
+        policy.as_deref(),
+        grace,
+        &opts["preconditions"],
+        dry_run,
+    )
+    .await?;
+    Ok(json_response(StatusCode::OK, &outcome))
+}
+
+/// Deletes (or starts deleting) one object; returns what the DELETE responds with.
+pub async fn delete_one(
+    app: &App,
+    call: &Call,
+    name: &str,
+    policy: Option<&str>,
+    grace: Option<i64>,
+    preconditions: &Value,
+    dry_run: bool,
+) -> Result<Value> {
+    for _ in 0..8 {
+        let current = read(app, call, name).await?;
+        let mut obj = from_kv(&current);
+        if let Some(uid) = preconditions["uid"].as_str()
+            && uid != meta_str(&obj, "uid")
+        {
+            return Err(ApiError::new(
+                409,
+                "Conflict",
+                format!(
+                    "Operation cannot be fulfilled on {} \"{name}\": Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                    call.target(name).qualified(),
+                    meta_str(&obj, "uid")
+                ),
+            ));
+        }
+        if let Some(rv) = preconditions["resourceVersion"].as_str()
+            && rv != current.mod_revision.to_string()
+        {
+            return Err(ApiError::new(
+                409,
+                "Conflict",
+                format!(
+                    "Operation cannot be fulfilled on {} \"{name}\": Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                    call.target(name).qualified(),
+                    current.mod_revision
+                ),
+            ));
+        }
+        let mut fins: BTreeSet<String> = finalizers(&obj).into_iter().collect();
+        let mut changed = false;
+        match policy {
+            Some("Foreground") => changed |= fins.insert("foregroundDeletion".into()),
+            Some("Orphan") => changed |= fins.insert("orphan".into()),
+            _ => {}
+        }
+        let graceful_pod = call.info.group.is_empty()
+            && call.info.kind == "Pod"
+            && obj["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty())
+            && !matches!(obj["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
+            && grace
+                .or_else(|| obj["spec"]["terminationGracePeriodSeconds"].as_i64())
+                .unwrap_or(30)
+                > 0;
+        let is_namespace = call.info.group.is_empty() && call.info.kind == "Namespace";
+        let already_deleting = obj["metadata"]["deletionTimestamp"].is_string();
+        if fins.is_empty() && !graceful_pod && !is_namespace {
+            if dry_run {
+                return Ok(obj);
+            }
+            match app.store.delete(&current.key, Some(current.mod_revision)).await {
+                Ok(_) => return Ok(success(call.target(name), meta_str(&obj, "uid"))),
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(ApiError::from_store(e, call.target(name))),
+            }
+        }
+        if already_deleting && !changed {
+            return Ok(obj);
+        }
+        if !already_deleting {
+            let grace_s = if graceful_pod {
+                grace
+                    .or_else(|| obj["spec"]["terminationGracePeriodSeconds"].as_i64())
+                    .unwrap_or(30)
+            } else {
+                0
+            };
+            let at = time::OffsetDateTime::now_utc() + time::Duration::seconds(grace_s);
+            obj["metadata"]["deletionTimestamp"] = json!(super::object::format_time(at));
+            obj["metadata"]["deletionGracePeriodSeconds"] = json!(grace_s);
+        }
+        if !fins.is_empty() {
+            obj["metadata"]["finalizers"] = json!(fins.into_iter().collect::<Vec<_>>());
+        }
+        if is_namespace {
+            obj["status"]["phase"] = json!("Terminating");
+        }
+        if dry_run {
+            return Ok(obj);
+        }
+        match app
+            .store
+            .update(&current.key, to_stored(&obj), Some(current.mod_revision))
+            .await
+        {
+            Ok(kv) => {
+                set_resource_version(&mut obj, kv.mod_revision);
+                return Ok(obj);
+            }
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(ApiError::from_store(e, call.target(name))),
+        }
+    }
+    Err(ApiError::conflict(call.target(name)))
+}
+
+/// DELETE of a collection.
+pub async fn delete_collection(app: &App, call: &Call, body: &[u8]) -> Result<Response> {
+    let opts = if body.iter().all(u8::is_ascii_whitespace) {
+        json!({})
+    } else {
+        parse_body(body, "application/json")?
+    };
+    let policy = opts["propagationPolicy"]
+        .as_str()
+        .map(str::to_owned)
+        .or_else(|| call.query.get("propagationPolicy").cloned());
+    let (items, revision, _) = list_objects(
+        app,
+        &Call {
+            query: strip_paging(&call.query),
+            ..call.clone_meta()
+        },
+    )
+    .await?;
+    let mut deleted = Vec::new();
+    for obj in items {
+        let name = meta_str(&obj, "name").to_owned();
+        let ns_call = Call {
+            ns: obj["metadata"]["namespace"].as_str().map(str::to_owned),
+            ..call.clone_meta()
+        };
+        match delete_one(
+            app,
+            &ns_call,
+            &name,
+            policy.as_deref(),
+            None,
+            &Value::Null,
+            call.dry_run(),
+        )
+        .await
+        {
+            Ok(_) => deleted.push(obj),
+            Err(e) if e.code == 404 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let list = json!({
+        "kind": format!("{}List", call.info.kind),
+        "apiVersion": call.info.api_version(),
+        "metadata": {"resourceVersion": revision.to_string()},
+        "items": deleted,
+    });
+    Ok(json_response(StatusCode::OK, &list))
+}

@@ -1,0 +1,239 @@
+//! The Kubernetes API server: HTTPS, discovery, OpenAPI and REST semantics over the store.
+
+mod admission;
+mod apply;
+pub mod crd;
+mod discovery;
+pub mod handlers;
+pub mod object;
+mod patch;
+pub mod registry;
+pub mod selector;
+pub mod server;
+mod service;
+pub mod status;
+mod table;
+mod validation;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use self::handlers::{Call, json_response};
+pub use self::registry::Registry;
+use self::server::Identity;
+pub use self::service::Cidr;
+use self::status::ApiError;
+use crate::store::Store;
+
+/// The largest request body accepted, as upstream (3 MiB).
+pub const MAX_BODY: usize = 3 * 1024 * 1024;
+
+/// Shared state of the API server.
+#[derive(Debug)]
+pub struct App {
+    /// The store.
+    pub store: Store,
+    /// Served resources.
+    pub registry: Registry,
+    /// Serialises address allocation for Services.
+    alloc: tokio::sync::Mutex<()>,
+    /// The service CIDR cluster IPs come from.
+    pub service_cidr: Cidr,
+}
+
+impl App {
+    /// API server state over `store`.
+    pub fn new(store: Store, service_cidr: Cidr) -> Self {
+        Self {
+            store,
+            registry: Registry::new(),
+            alloc: tokio::sync::Mutex::new(()),
+            service_cidr,
+        }
+    }
+}
+
+/// The axum router: everything goes through one dispatcher that parses Kubernetes paths.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new().fallback(dispatch).with_state(app)
+}
+
+fn parse_query(q: Option<&str>) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    for pair in q.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        out.insert(percent_decode(k), percent_decode(v));
+    }
+    out
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => match u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                Ok(b) => {
+                    out.push(b);
+                    i += 2;
+                }
+                Err(_) => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn unauthorized() -> Response {
+    ApiError::new(401, "Unauthorized", "Unauthorized").into_response()
+}
+
+async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().to_owned();
+    let query = parse_query(parts.uri.query());
+    let public = matches!(
+        path.as_str(),
+        "/healthz" | "/livez" | "/readyz" | "/version" | "/version/"
+    );
+    if !public && parts.extensions.get::<Identity>().is_none() {
+        return unauthorized();
+    }
+    let body = match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(b) => b,
+        Err(_) => {
+            return ApiError::new(
+                413,
+                "RequestEntityTooLarge",
+                "Request entity too large: limit is 3145728",
+            )
+            .into_response();
+        }
+    };
+    match route(app, &parts.method, &path, query, &parts.headers, &body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn route(
+    app: Arc<App>,
+    method: &Method,
+    path: &str,
+    query: HashMap<String, String>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let segs: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    let ok = |v: serde_json::Value| Ok(json_response(StatusCode::OK, &v));
+    match segs.as_slice() {
+        ["healthz" | "livez" | "readyz", ..] => return Ok((StatusCode::OK, "ok").into_response()),
+        ["version"] => return ok(discovery::version()),
+        ["api"] => return ok(discovery::core_versions()),
+        ["apis"] => return ok(discovery::groups(&app.registry)),
+        ["openapi", "v3"] => return ok(discovery::openapi_v3_root(&app.registry)),
+        ["openapi", "v3", "api", v] => {
+            return discovery::openapi_v3_doc(&app.registry, "", v).map_or(Err(ApiError::no_route()), ok);
+        }
+        ["openapi", "v3", "apis", g, v] => {
+            return discovery::openapi_v3_doc(&app.registry, g, v).map_or(Err(ApiError::no_route()), ok);
+        }
+        ["openapi", "v2"] => {
+            let accept = headers
+                .get(header::ACCEPT)
+                .and_then(|a| a.to_str().ok())
+                .unwrap_or("");
+            if !(accept.is_empty() || accept.contains("json") || accept.contains("*/*")) {
+                return Err(ApiError::new(
+                    406,
+                    "NotAcceptable",
+                    "only application/json is served for /openapi/v2",
+                ));
+            }
+            return ok(discovery::openapi_v2(&app.registry));
+        }
+        ["api", v] => {
+            return discovery::resources(&app.registry, "", v).map_or(Err(ApiError::no_route()), ok);
+        }
+        ["apis", g] => return discovery::group(&app.registry, g).map_or(Err(ApiError::no_route()), ok),
+        ["apis", g, v] => {
+            return discovery::resources(&app.registry, g, v).map_or(Err(ApiError::no_route()), ok);
+        }
+        _ => {}
+    }
+    let (group, version, rest) = match segs.as_slice() {
+        ["api", v, rest @ ..] => ("", *v, rest),
+        ["apis", g, v, rest @ ..] => (*g, *v, rest),
+        _ => return Err(ApiError::no_route()),
+    };
+    let (legacy_watch, rest) = match rest {
+        ["watch", rest @ ..] => (true, rest),
+        _ => (false, rest),
+    };
+    let (ns, rest): (Option<&str>, &[&str]) = match rest {
+        ["namespaces", ns, resource, more @ ..]
+            if !matches!(*resource, "status" | "finalize") || !more.is_empty() =>
+        {
+            (Some(*ns), &rest[2..])
+        }
+        _ => (None, rest),
+    };
+    let (resource, name, sub) = match rest {
+        [r] => (*r, None, None),
+        [r, n] => (*r, Some(*n), None),
+        [r, n, s] => (*r, Some(*n), Some(*s)),
+        _ => return Err(ApiError::no_route()),
+    };
+    let info = app
+        .registry
+        .lookup(group, version, resource)
+        .ok_or_else(ApiError::no_route)?;
+    if let Some(s) = sub
+        && !info.has_subresource(s)
+    {
+        return Err(ApiError::no_route());
+    }
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|a| a.to_str().ok())
+        .unwrap_or("");
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|c| c.to_str().ok())
+        .unwrap_or("application/json");
+    let call = Call {
+        info,
+        ns: ns.map(str::to_owned),
+        name: name.map(str::to_owned),
+        sub: sub.map(str::to_owned),
+        table: accept.contains("as=Table"),
+        content_type: content_type.to_owned(),
+        query,
+    };
+    let watching = legacy_watch || call.query.get("watch").is_some_and(|w| w == "true" || w == "1");
+    match (method, call.name.is_some(), call.sub.as_deref()) {
+        (&Method::GET, _, _) if watching => handlers::watch(app, call).await,
+        (&Method::GET, true, _) => handlers::get(&app, &call).await,
+        (&Method::GET, false, _) => handlers::list(&app, &call).await,
+        (&Method::POST, false, None) => handlers::create(&app, &call, body).await,
+        (&Method::POST, true, Some("binding")) => handlers::bind(&app, &call, body).await,
+        (&Method::PUT, true, _) => handlers::update(&app, &call, body).await,
+        (&Method::PATCH, true, _) => handlers::patch(&app, &call, body).await,
+        (&Method::DELETE, true, None) => handlers::delete(&app, &call, body).await,
+        (&Method::DELETE, false, None) => handlers::delete_collection(&app, &call, body).await,
+        _ => Err(ApiError::method_not_allowed()),
+    }
+}

@@ -1,0 +1,201 @@
+//! Service address allocation: cluster IPs from the service CIDR and node ports from 30000-32767.
+//!
+//! Allocations are derived from the stored Services under the API server's allocation lock, so two
+//! creates can never take the same address.
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+
+use rand::Rng;
+use serde_json::{Value, json};
+
+use super::App;
+use super::object::from_kv;
+use super::validation::Causes;
+
+/// The node port range, as upstream's default.
+pub const NODE_PORTS: std::ops::RangeInclusive<i64> = 30000..=32767;
+
+/// An IPv4 CIDR.
+#[derive(Debug, Clone, Copy)]
+pub struct Cidr {
+    base: u32,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Parses `a.b.c.d/n`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (ip, len) = s.split_once('/').ok_or_else(|| format!("invalid CIDR {s:?}"))?;
+        let ip: Ipv4Addr = ip.parse().map_err(|_| format!("invalid CIDR {s:?}"))?;
+        let prefix: u8 = len
+            .parse()
+            .ok()
+            .filter(|p| *p <= 30)
+            .ok_or_else(|| format!("invalid CIDR {s:?}"))?;
+        let mask = u32::MAX << (32 - prefix);
+        Ok(Self {
+            base: u32::from(ip) & mask,
+            prefix,
+        })
+    }
+
+    fn size(&self) -> u32 {
+        1u32 << (32 - self.prefix)
+    }
+
+    /// Whether `ip` is inside the range (network and broadcast excluded).
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        let ip = u32::from(ip);
+        ip > self.base && ip < self.base + self.size() - 1
+    }
+
+    /// The `n`th address of the range (1 = first usable).
+    pub fn nth(&self, n: u32) -> Ipv4Addr {
+        Ipv4Addr::from(self.base + n)
+    }
+}
+
+async fn used(app: &App) -> Result<(HashSet<String>, HashSet<i64>), Causes> {
+    let list = app
+        .store
+        .list("/registry/core/services/", None, 0)
+        .await
+        .map_err(|e| vec![("spec.clusterIP".to_owned(), format!("Internal error: {e}"))])?;
+    let mut ips = HashSet::new();
+    let mut ports = HashSet::new();
+    for kv in &list.items {
+        let svc = from_kv(kv);
+        for ip in svc["spec"]["clusterIPs"].as_array().into_iter().flatten() {
+            ips.extend(ip.as_str().map(str::to_owned));
+        }
+        for p in svc["spec"]["ports"].as_array().into_iter().flatten() {
+            ports.extend(p["nodePort"].as_i64());
+        }
+    }
+    Ok((ips, ports))
+}
+
+/// Allocates (or checks) the cluster IP and node ports of a new Service.
+pub async fn allocate(app: &App, svc: &mut Value, _old: Option<&Value>) -> Result<(), Causes> {
+    let spec = &mut svc["spec"];
+    if spec["type"] == "ExternalName" {
+        return Ok(());
+    }
+    let (ips, ports) = used(app).await?;
+    let cidr = app.service_cidr;
+    match spec["clusterIP"].as_str().unwrap_or_default() {
+        "None" => spec["clusterIPs"] = json!(["None"]),
+        "" => {
+            let size = cidr.size() - 2;
+            let start = rand::rng().random_range(1..=size);
+            let free = (0..size)
+                .map(|i| cidr.nth((start + i - 1) % size + 1))
+                .find(|ip| !ips.contains(&ip.to_string()) && *ip != cidr.nth(10))
+                .ok_or_else(|| {
+                    vec![(
+                        "spec.clusterIPs".to_owned(),
+                        "Internal error: range is full".to_owned(),
+                    )]
+                })?;
+            spec["clusterIP"] = json!(free.to_string());
+            spec["clusterIPs"] = json!([free.to_string()]);
+        }
+        ip => {
+            let parsed: Option<Ipv4Addr> = ip.parse().ok();
+            let Some(addr) = parsed.filter(|a| cidr.contains(*a)) else {
+                return Err(vec![(
+                    "spec.clusterIPs".into(),
+                    format!(
+                        "Invalid value: []string{{\"{ip}\"}}: failed to allocate IP {ip}: the provided IP ({ip}) is not in the valid range. The range of valid IPs is {}/{}",
+                        cidr.nth(0),
+                        cidr.prefix
+                    ),
+                )]);
+            };
+            if ips.contains(&addr.to_string()) {
+                return Err(vec![(
+                    "spec.clusterIPs".into(),
+                    format!(
+                        "Invalid value: []string{{\"{ip}\"}}: failed to allocate IP {ip}: provided IP is already allocated"
+                    ),
+                )]);
+            }
+            spec["clusterIPs"] = json!([ip]);
+        }
+    }
+    if spec["type"] == "NodePort" || spec["type"] == "LoadBalancer" {
+        let mut taken = ports;
+        for (i, port) in spec["ports"].as_array_mut().into_iter().flatten().enumerate() {
+            match port["nodePort"].as_i64() {
+                Some(p) if !NODE_PORTS.contains(&p) => {
+                    return Err(vec![(
+                        format!("spec.ports[{i}].nodePort"),
+                        format!(
+                            "Invalid value: {p}: provided port is not in the valid range. The range of valid ports is 30000-32767"
+                        ),
+                    )]);
+                }
+                Some(p) if taken.contains(&p) => {
+                    return Err(vec![(
+                        format!("spec.ports[{i}].nodePort"),
+                        format!("Invalid value: {p}: provided port is already allocated"),
+                    )]);
+                }
+                Some(p) => {
+                    taken.insert(p);
+                }
+                None => {
+                    let span = NODE_PORTS.end() - NODE_PORTS.start() + 1;
+                    let start = rand::rng().random_range(0..span);
+                    let free = (0..span)
+                        .map(|i| NODE_PORTS.start() + (start + i) % span)
+                        .find(|p| !taken.contains(p))
+                        .ok_or_else(|| {
+                            vec![(
+                                format!("spec.ports[{i}].nodePort"),
+                                "Internal error: range is full".to_owned(),
+                            )]
+                        })?;
+                    taken.insert(free);
+                    port["nodePort"] = json!(free);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// On update, a Service keeps its cluster IP and node ports; changing the IP is rejected.
+pub fn keep_allocations(old: &Value, new: &mut Value) -> Result<(), Causes> {
+    let old_ip = old["spec"]["clusterIP"].clone();
+    match new["spec"]["clusterIP"].as_str() {
+        None | Some("") => {
+            new["spec"]["clusterIP"] = old_ip;
+            new["spec"]["clusterIPs"] = old["spec"]["clusterIPs"].clone();
+        }
+        Some(ip) if Some(ip) != old_ip.as_str() && old_ip.is_string() => {
+            return Err(vec![(
+                "spec.clusterIPs[0]".into(),
+                format!("Invalid value: \"{ip}\": may not change once set"),
+            )]);
+        }
+        Some(_) => {
+            if new["spec"]["clusterIPs"].is_null() {
+                new["spec"]["clusterIPs"] = old["spec"]["clusterIPs"].clone();
+            }
+        }
+    }
+    let old_ports = old["spec"]["ports"].as_array().cloned().unwrap_or_default();
+    for port in new["spec"]["ports"].as_array_mut().into_iter().flatten() {
+        if port.get("nodePort").is_none()
+            && let Some(prev) = old_ports
+                .iter()
+                .find(|p| p["port"] == port["port"] && p["protocol"] == port["protocol"])
+            && let Some(np) = prev.get("nodePort")
+        {
+            port["nodePort"] = np.clone();
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,270 @@
+//! The cluster's certificate authority and the credentials derived from it.
+//!
+//! On first start the control plane creates a CA under `DATA_DIR/pki`, an admin client certificate
+//! (`system:masters`), `DATA_DIR/admin.kubeconfig` and `DATA_DIR/node-token`. Later starts reuse the
+//! CA, so existing kubeconfigs keep working; the serving certificate is re-issued at every start so
+//! it always covers the current listen address and host name.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+    KeyPair, KeyUsagePurpose, SanType,
+};
+
+/// Errors while creating or loading credentials.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Certificate generation or parsing failed.
+    #[error("certificate: {0}")]
+    Cert(#[from] rcgen::Error),
+}
+
+/// A PEM certificate and its private key.
+#[derive(Debug, Clone)]
+pub struct CertAndKey {
+    /// Certificate, PEM.
+    pub cert_pem: String,
+    /// Private key, PEM (PKCS#8).
+    pub key_pem: String,
+}
+
+/// The loaded CA plus the serving credentials for this start.
+#[derive(Debug)]
+pub struct Pki {
+    /// The CA certificate, PEM.
+    pub ca_pem: String,
+    ca_key_pem: String,
+    /// The API server's serving certificate.
+    pub serving: CertAndKey,
+}
+
+fn read(path: &Path) -> Result<Option<String>, PkiError> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(PkiError::Io {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Writes a file readable by its owner only, through a temporary file and a rename.
+pub fn write_private(path: &Path, contents: &str) -> Result<(), PkiError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |source| PkiError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io)?;
+    f.write_all(contents.as_bytes()).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+fn ca_params() -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, "skiff-ca");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.not_before = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+    params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(3650);
+    params
+}
+
+impl Pki {
+    /// Loads the CA from `dir` (creating it on first start) and issues a serving certificate for
+    /// `listen` plus loopback, `localhost` and the host name.
+    pub fn load_or_create(dir: &Path, listen: SocketAddr) -> Result<Self, PkiError> {
+        std::fs::create_dir_all(dir).map_err(|source| PkiError::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let (ca_crt, ca_key) = (dir.join("ca.crt"), dir.join("ca.key"));
+        let (ca_pem, ca_key_pem) = match (read(&ca_crt)?, read(&ca_key)?) {
+            (Some(cert), Some(key)) => (cert, key),
+            _ => {
+                let key = KeyPair::generate()?;
+                let cert = ca_params().self_signed(&key)?;
+                write_private(&ca_key, &key.serialize_pem())?;
+                write_private(&ca_crt, &cert.pem())?;
+                (cert.pem(), key.serialize_pem())
+            }
+        };
+        let mut pki = Self {
+            ca_pem,
+            ca_key_pem,
+            serving: CertAndKey {
+                cert_pem: String::new(),
+                key_pem: String::new(),
+            },
+        };
+        pki.serving = pki.issue_serving(listen)?;
+        Ok(pki)
+    }
+
+    fn sign(&self, mut params: CertificateParams) -> Result<CertAndKey, PkiError> {
+        let ca_key = KeyPair::from_pem(&self.ca_key_pem)?;
+        let issuer = Issuer::from_ca_cert_pem(&self.ca_pem, ca_key)?;
+        params.not_before = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+        params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(365);
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &issuer)?;
+        Ok(CertAndKey {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    fn issue_serving(&self, listen: SocketAddr) -> Result<CertAndKey, PkiError> {
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "skiff-apiserver");
+        let mut ips: Vec<IpAddr> = vec![Ipv4Addr::LOCALHOST.into(), Ipv6Addr::LOCALHOST.into()];
+        if !listen.ip().is_unspecified() {
+            ips.push(listen.ip());
+        }
+        let mut names = vec![
+            "localhost".to_owned(),
+            "kubernetes".to_owned(),
+            "kubernetes.default".to_owned(),
+            "kubernetes.default.svc".to_owned(),
+            "kubernetes.default.svc.cluster.local".to_owned(),
+        ];
+        if let Some(host) = hostname() {
+            names.push(host);
+        }
+        params.subject_alt_names = ips.into_iter().map(SanType::IpAddress).collect();
+        for name in names {
+            params.subject_alt_names.push(SanType::DnsName(name.try_into()?));
+        }
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.sign(params)
+    }
+
+    /// Issues a client certificate for `user` in `groups` (as CN and O, like Kubernetes).
+    pub fn issue_client(&self, user: &str, groups: &[&str]) -> Result<CertAndKey, PkiError> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, user);
+        for group in groups {
+            params.distinguished_name.push(DnType::OrganizationName, *group);
+        }
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.sign(params)
+    }
+
+    /// Writes `admin.kubeconfig` (if missing) and `node-token` (if missing) into `data_dir`.
+    pub fn write_bootstrap_files(&self, data_dir: &Path, server_url: &str) -> Result<(), PkiError> {
+        let kubeconfig = data_dir.join("admin.kubeconfig");
+        if read(&kubeconfig)?.is_none() {
+            let admin = self.issue_client("skiff-admin", &["system:masters"])?;
+            write_private(&kubeconfig, &render_kubeconfig(server_url, &self.ca_pem, &admin))?;
+        }
+        let token = data_dir.join("node-token");
+        if read(&token)?.is_none() {
+            let secret: [u8; 24] = rand::random();
+            let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+            write_private(&token, &format!("K10{hex}\n"))?;
+        }
+        Ok(())
+    }
+}
+
+fn hostname() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let name = name.trim().to_lowercase();
+    (!name.is_empty()).then_some(name)
+}
+
+/// The URL clients on this host use to reach a server listening on `listen`.
+pub fn local_url(listen: SocketAddr) -> String {
+    let host = match listen.ip() {
+        ip if ip.is_unspecified() => "127.0.0.1".to_owned(),
+        IpAddr::V6(v6) => format!("[{v6}]"),
+        IpAddr::V4(v4) => v4.to_string(),
+    };
+    format!("https://{host}:{}", listen.port())
+}
+
+/// A kubeconfig with one cluster, one user (a client certificate) and one current context.
+pub fn render_kubeconfig(server_url: &str, ca_pem: &str, client: &CertAndKey) -> String {
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    format!(
+        "apiVersion: v1
+kind: Config
+clusters:
+- name: skiff
+  cluster:
+    server: {server_url}
+    certificate-authority-data: {ca}
+users:
+- name: skiff-admin
+  user:
+    client-certificate-data: {cert}
+    client-key-data: {key}
+contexts:
+- name: skiff
+  context:
+    cluster: skiff
+    user: skiff-admin
+current-context: skiff
+",
+        ca = b64(ca_pem),
+        cert = b64(&client.cert_pem),
+        key = b64(&client.key_pem),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ca_is_reused_across_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let listen: SocketAddr = "0.0.0.0:6443".parse().unwrap();
+        let first = Pki::load_or_create(dir.path(), listen).unwrap();
+        let second = Pki::load_or_create(dir.path(), listen).unwrap();
+        assert_eq!(first.ca_pem, second.ca_pem);
+        assert_ne!(first.serving.cert_pem, second.serving.cert_pem);
+        first
+            .write_bootstrap_files(dir.path(), &local_url(listen))
+            .unwrap();
+        let kc = std::fs::read_to_string(dir.path().join("admin.kubeconfig")).unwrap();
+        assert!(kc.contains("server: https://127.0.0.1:6443"));
+    }
+}
