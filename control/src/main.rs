@@ -30,6 +30,9 @@ struct Args {
     /// The range cluster IPs are allocated from.
     #[arg(long, default_value = "10.96.0.0/12")]
     service_cidr: String,
+    /// Store events kept for watches that start in the past; older revisions get 410 Gone.
+    #[arg(long, default_value_t = 10_000)]
+    watch_history: usize,
 }
 
 #[tokio::main]
@@ -55,6 +58,7 @@ async fn main() -> anyhow::Result<()> {
 
     let mut store_config = StoreConfig::single(args.data_dir.join("store"), args.raft_listen);
     store_config.node_id = args.node_id;
+    store_config.watch_history = args.watch_history;
     let store = Store::open(store_config).await.context("opening the store")?;
 
     let app = Arc::new(App::new(store.clone(), cidr));

@@ -296,14 +296,12 @@ pub fn validate(info: &ResourceInfo, obj: &Value) -> Causes {
             if !["OnFailure", "Never"].contains(&policy) {
                 causes.push((
                     "spec.template.spec.restartPolicy".into(),
-                    format!("Required value: valid values: \"OnFailure\", \"Never\""),
+                    "Required value: valid values: \"OnFailure\", \"Never\"".into(),
                 ));
             }
         }
-        ("batch", "CronJob") => {
-            if obj["spec"]["schedule"].as_str().is_none_or(str::is_empty) {
-                causes.push(("spec.schedule".into(), "Required value".into()));
-            }
+        ("batch", "CronJob") if obj["spec"]["schedule"].as_str().is_none_or(str::is_empty) => {
+            causes.push(("spec.schedule".into(), "Required value".into()));
         }
         ("apiextensions.k8s.io", "CustomResourceDefinition") => super::crd::validate(obj, &mut causes),
         _ => {}

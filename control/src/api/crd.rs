@@ -28,18 +28,12 @@ pub fn validate(obj: &Value, causes: &mut Causes) {
         ));
     }
     let versions = spec["versions"].as_array();
-    if versions.is_none_or(|v| v.is_empty()) {
-        causes.push((
-            "spec.versions".into(),
-            "Invalid value: must have exactly one version marked as storage version".into(),
-        ));
-    } else if versions
+    let storage_versions = versions
         .into_iter()
         .flatten()
         .filter(|v| v["storage"] == json!(true))
-        .count()
-        != 1
-    {
+        .count();
+    if storage_versions != 1 {
         causes.push((
             "spec.versions".into(),
             "Invalid value: must have exactly one version marked as storage version".into(),

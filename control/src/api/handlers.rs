@@ -535,12 +535,12 @@ pub async fn watch(app: Arc<App>, call: Call) -> Result<Response> {
             }
         }
     });
-    Ok(Response::builder()
+    Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "application/json")
         .header(header::TRANSFER_ENCODING, "chunked")
         .body(Body::from_stream(body))
-        .map_err(ApiError::internal)?)
+        .map_err(ApiError::internal)
 }
 
 fn strip_paging(q: &HashMap<String, String>) -> HashMap<String, String> {
@@ -573,7 +573,7 @@ async fn check_namespace_lifecycle(app: &App, call: &Call) -> Result<()> {
         .store
         .get(&format!("/registry/core/namespaces/{ns}"))
         .await
-        .map_err(|e| ApiError::internal(e))?;
+        .map_err(ApiError::internal)?;
     let ns_target = Target {
         group: "",
         resource: "namespaces",
@@ -774,7 +774,7 @@ pub async fn update(app: &App, call: &Call, body: &[u8]) -> Result<Response> {
 /// PATCH of an object (or its status or scale).
 pub async fn patch(app: &App, call: &Call, body: &[u8]) -> Result<Response> {
     let patch_type = PatchType::from_content_type(&call.content_type).ok_or_else(|| {
-        ApiError::new(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json"))
+        ApiError::new(415, "UnsupportedMediaType", "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json")
     })?;
     if patch_type == PatchType::Strategic && call.info.crd.is_some() {
         return Err(ApiError::new(

@@ -73,11 +73,11 @@ fn check_map_keys(field: &str, map: Option<&Value>, check_values: bool, causes: 
         }
         match v.as_str() {
             Some(s) if check_values && !(s.is_empty() || is_qualified_name_part(s)) => causes.push((
-                format!("{field}"),
+                field.to_string(),
                 format!("Invalid value: \"{s}\": a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')"),
             )),
             Some(_) => {}
-            None => causes.push((format!("{field}"), format!("Invalid value: the value of {k:?} must be a string"))),
+            None => causes.push((field.to_string(), format!("Invalid value: the value of {k:?} must be a string"))),
         }
     }
 }

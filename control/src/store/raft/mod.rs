@@ -1,8 +1,12 @@
 //! The store handle: openraft wired to the redb log and state machine, the tonic transport, and the
 //! read/write/watch API the rest of the control plane uses.
 
+// openraft's StorageError and RPCError are large by design and are its API.
+#[expect(clippy::result_large_err, reason = "openraft's error types")]
 mod log_store;
+#[expect(clippy::result_large_err, reason = "openraft's error types")]
 mod network;
+#[expect(clippy::result_large_err, reason = "openraft's error types")]
 mod state_machine;
 mod types;
 

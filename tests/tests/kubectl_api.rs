@@ -1,0 +1,573 @@
+//! kubectl against a real skiff-control: discovery, the verbs, selectors, watches, CRDs, and the
+//! errors bad input gets.
+
+use serde_json::Value;
+use skiff_tests::Control;
+
+fn json(s: &str) -> Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+const APP: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: shop
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: settings
+  namespace: shop
+  labels: {app: web, tier: front}
+data:
+  colour: blue
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: shop
+  labels: {app: web}
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: web
+        image: registry.local/busybox:1.36
+        ports: [{containerPort: 8080}]
+      - name: sidecar
+        image: registry.local/busybox:1.36
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+"#;
+
+#[test]
+fn discovery_and_version() {
+    let c = Control::start();
+    let resources = c.ok(&["api-resources"]);
+    for line in [
+        "pods",
+        "deployments",
+        "customresourcedefinitions",
+        "endpointslices",
+        "leases",
+        "cronjobs",
+    ] {
+        assert!(
+            resources.contains(line),
+            "api-resources lacks {line}: {resources}"
+        );
+    }
+    let versions = c.ok(&["api-versions"]);
+    for gv in [
+        "v1",
+        "apps/v1",
+        "batch/v1",
+        "discovery.k8s.io/v1",
+        "coordination.k8s.io/v1",
+        "apiextensions.k8s.io/v1",
+    ] {
+        assert!(
+            versions.lines().any(|l| l == gv),
+            "api-versions lacks {gv}: {versions}"
+        );
+    }
+    let version = json(&c.ok(&["version", "-o", "json"]));
+    assert_eq!(version["serverVersion"]["major"], "1");
+    let ns = c.ok(&["get", "namespaces", "-o", "name"]);
+    assert!(
+        ns.contains("namespace/default") && ns.contains("namespace/kube-system"),
+        "{ns}"
+    );
+}
+
+#[test]
+fn apply_creates_then_patches_then_reports_unchanged() {
+    let c = Control::start();
+    let out = c.ok_stdin(&["apply", "-f", "-"], APP);
+    assert!(out.contains("deployment.apps/web created"), "{out}");
+    let out = c.ok_stdin(&["apply", "-f", "-"], APP);
+    assert!(
+        out.contains("deployment.apps/web unchanged") && out.contains("configmap/settings unchanged"),
+        "{out}"
+    );
+    let changed = APP
+        .replace("colour: blue", "colour: green")
+        .replace("replicas: 2", "replicas: 3");
+    let out = c.ok_stdin(&["apply", "-f", "-"], &changed);
+    assert!(
+        out.contains("configmap/settings configured") && out.contains("deployment.apps/web configured"),
+        "{out}"
+    );
+    assert_eq!(
+        c.ok(&[
+            "-n",
+            "shop",
+            "get",
+            "cm",
+            "settings",
+            "-o",
+            "jsonpath={.data.colour}"
+        ]),
+        "green"
+    );
+    let deploy = json(&c.ok(&["-n", "shop", "get", "deploy", "web", "-o", "json"]));
+    assert_eq!(deploy["spec"]["replicas"], 3);
+    assert_eq!(deploy["metadata"]["generation"], 2);
+    // Strategic merge kept both containers (merged by name) and the defaults.
+    assert_eq!(
+        deploy["spec"]["template"]["spec"]["containers"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(deploy["spec"]["strategy"]["rollingUpdate"]["maxSurge"], "25%");
+    assert_eq!(
+        deploy["spec"]["template"]["spec"]["containers"][0]["terminationMessagePath"],
+        "/dev/termination-log"
+    );
+    // Removing a container from the file removes it from the object (three-way merge).
+    let one = changed.replace(
+        "      - name: sidecar\n        image: registry.local/busybox:1.36\n",
+        "",
+    );
+    c.ok_stdin(&["apply", "-f", "-"], &one);
+    let names = c.ok(&[
+        "-n",
+        "shop",
+        "get",
+        "deploy",
+        "web",
+        "-o",
+        "jsonpath={.spec.template.spec.containers[*].name}",
+    ]);
+    assert_eq!(names, "web");
+    // kubectl diff: no difference, then one.
+    let same = c.kubectl_stdin(&["diff", "-f", "-"], &one);
+    assert_eq!(
+        same.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&same.stderr)
+    );
+    let differ = c.kubectl_stdin(&["diff", "-f", "-"], &one.replace("green", "red"));
+    assert_eq!(
+        differ.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&differ.stderr)
+    );
+    assert!(String::from_utf8_lossy(&differ.stdout).contains("+  colour: red"));
+    assert_eq!(
+        c.ok(&[
+            "-n",
+            "shop",
+            "get",
+            "cm",
+            "settings",
+            "-o",
+            "jsonpath={.data.colour}"
+        ]),
+        "green"
+    );
+}
+
+#[test]
+fn server_side_apply_tracks_managers_and_conflicts() {
+    let c = Control::start();
+    let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ssa, namespace: default}\ndata: {a: '1', b: '2'}\n";
+    let out = c.ok_stdin(&["apply", "--server-side", "-f", "-"], cm);
+    assert!(out.contains("serverside-applied"), "{out}");
+    let obj = json(&c.ok(&["get", "cm", "ssa", "-o", "json", "--show-managed-fields"]));
+    assert_eq!(obj["metadata"]["managedFields"][0]["manager"], "kubectl");
+    assert_eq!(obj["metadata"]["managedFields"][0]["operation"], "Apply");
+    // Dropping a field the manager owned removes it.
+    c.ok_stdin(
+        &["apply", "--server-side", "-f", "-"],
+        &cm.replace(", b: '2'", ""),
+    );
+    assert_eq!(
+        c.ok(&["get", "cm", "ssa", "-o", "jsonpath={.data}"]),
+        r#"{"a":"1"}"#
+    );
+    // Another manager changing an owned field conflicts, unless it forces.
+    let other = cm.replace(", b: '2'", "").replace("a: '1'", "a: '9'");
+    let err = c.fails_stdin(
+        &["apply", "--server-side", "--field-manager=other", "-f", "-"],
+        &other,
+    );
+    assert!(err.contains("conflict") && err.contains(".data.a"), "{err}");
+    c.ok_stdin(
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=other",
+            "--force-conflicts",
+            "-f",
+            "-",
+        ],
+        &other,
+    );
+    assert_eq!(c.ok(&["get", "cm", "ssa", "-o", "jsonpath={.data.a}"]), "9");
+}
+
+#[test]
+fn get_output_formats_selectors_and_chunks() {
+    let c = Control::start();
+    c.ok_stdin(&["apply", "-f", "-"], APP);
+    let mut many = String::new();
+    for i in 0..12 {
+        many.push_str(&format!(
+            "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: item-{i:02}, namespace: shop, labels: {{parity: {}}}}}\ndata: {{i: '{i}'}}\n",
+            if i % 2 == 0 { "even" } else { "odd" }
+        ));
+    }
+    c.ok_stdin(&["apply", "-f", "-"], &many);
+    let table = c.ok(&["-n", "shop", "get", "svc", "-o", "wide"]);
+    let header = table.lines().next().unwrap();
+    for col in [
+        "NAME",
+        "TYPE",
+        "CLUSTER-IP",
+        "EXTERNAL-IP",
+        "PORT(S)",
+        "AGE",
+        "SELECTOR",
+    ] {
+        assert!(header.contains(col), "{table}");
+    }
+    assert!(table.contains("80/TCP") && table.contains("app=web"), "{table}");
+    let deploy = c.ok(&["-n", "shop", "get", "deploy"]);
+    assert!(deploy.lines().next().unwrap().contains("UP-TO-DATE"), "{deploy}");
+    let yaml = c.ok(&["-n", "shop", "get", "cm", "settings", "-o", "yaml"]);
+    assert!(
+        yaml.contains("colour: blue") && yaml.contains("resourceVersion:"),
+        "{yaml}"
+    );
+    assert_eq!(
+        c.ok(&["-n", "shop", "get", "cm", "-l", "parity=even", "-o", "name"])
+            .lines()
+            .count(),
+        6
+    );
+    assert_eq!(
+        c.ok(&[
+            "-n",
+            "shop",
+            "get",
+            "cm",
+            "-l",
+            "parity in (odd),app!=web",
+            "-o",
+            "name"
+        ])
+        .lines()
+        .count(),
+        6
+    );
+    let picked = c.ok(&[
+        "-n",
+        "shop",
+        "get",
+        "cm",
+        "--field-selector",
+        "metadata.name=item-03",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(picked.trim(), "configmap/item-03");
+    let all = c.ok(&["get", "cm", "-A", "-o", "name"]);
+    assert!(all.lines().count() >= 13, "{all}");
+    // Pagination: every object exactly once, whatever the chunk size.
+    let chunked = c.ok(&["-n", "shop", "get", "cm", "--chunk-size=5", "-o", "name"]);
+    let unchunked = c.ok(&["-n", "shop", "get", "cm", "--chunk-size=0", "-o", "name"]);
+    assert_eq!(chunked, unchunked);
+    assert_eq!(chunked.lines().count(), 13);
+    let raw = json(&c.ok(&["get", "--raw", "/api/v1/namespaces/shop/configmaps?limit=5"]));
+    assert_eq!(raw["items"].as_array().unwrap().len(), 5);
+    assert!(raw["metadata"]["continue"].is_string());
+}
+
+#[test]
+fn label_annotate_patch_replace_scale_delete() {
+    let c = Control::start();
+    c.ok_stdin(&["apply", "-f", "-"], APP);
+    c.ok(&["-n", "shop", "label", "cm", "settings", "env=prod"]);
+    c.ok(&["-n", "shop", "annotate", "cm", "settings", "owner=team-a"]);
+    let cm = json(&c.ok(&["-n", "shop", "get", "cm", "settings", "-o", "json"]));
+    assert_eq!(cm["metadata"]["labels"]["env"], "prod");
+    assert_eq!(cm["metadata"]["annotations"]["owner"], "team-a");
+    c.ok(&["-n", "shop", "label", "cm", "settings", "env-"]);
+    assert!(
+        c.ok(&["-n", "shop", "get", "cm", "settings", "--show-labels"])
+            .contains("app=web,tier=front")
+    );
+    c.ok(&[
+        "-n",
+        "shop",
+        "patch",
+        "cm",
+        "settings",
+        "--type=merge",
+        "-p",
+        r#"{"data":{"size":"L"}}"#,
+    ]);
+    c.ok(&[
+        "-n",
+        "shop",
+        "patch",
+        "cm",
+        "settings",
+        "--type=json",
+        "-p",
+        r#"[{"op":"remove","path":"/data/colour"}]"#,
+    ]);
+    c.ok(&[
+        "-n", "shop", "patch", "deploy", "web", "--type=strategic", "-p",
+        r#"{"spec":{"template":{"spec":{"containers":[{"name":"web","image":"registry.local/busybox:1.37"}]}}}}"#,
+    ]);
+    assert_eq!(
+        c.ok(&["-n", "shop", "get", "cm", "settings", "-o", "jsonpath={.data}"]),
+        r#"{"size":"L"}"#
+    );
+    let images = c.ok(&[
+        "-n",
+        "shop",
+        "get",
+        "deploy",
+        "web",
+        "-o",
+        "jsonpath={.spec.template.spec.containers[*].image}",
+    ]);
+    assert_eq!(images, "registry.local/busybox:1.37 registry.local/busybox:1.36");
+    // replace with the current object works; with a stale resourceVersion it conflicts.
+    let current = c.ok(&["-n", "shop", "get", "cm", "settings", "-o", "json"]);
+    let mut obj = json(&current);
+    obj["data"]["size"] = "XL".into();
+    c.ok_stdin(&["replace", "-f", "-"], &obj.to_string());
+    obj["data"]["size"] = "S".into();
+    let err = c.fails_stdin(&["replace", "-f", "-"], &obj.to_string());
+    assert!(err.contains("the object has been modified"), "{err}");
+    c.ok(&["-n", "shop", "scale", "deploy", "web", "--replicas=4"]);
+    assert_eq!(
+        c.ok(&[
+            "-n",
+            "shop",
+            "get",
+            "deploy",
+            "web",
+            "-o",
+            "jsonpath={.spec.replicas}"
+        ]),
+        "4"
+    );
+    let scale = json(&c.ok(&[
+        "get",
+        "--raw",
+        "/apis/apps/v1/namespaces/shop/deployments/web/scale",
+    ]));
+    assert_eq!(scale["kind"], "Scale");
+    assert_eq!(scale["spec"]["replicas"], 4);
+    c.ok(&["-n", "shop", "delete", "cm", "settings"]);
+    let err = c.fails(&["-n", "shop", "get", "cm", "settings"]);
+    assert!(err.contains(r#"configmaps "settings" not found"#), "{err}");
+}
+
+#[test]
+fn describe_explain_and_wait() {
+    let c = Control::start();
+    c.ok_stdin(&["apply", "-f", "-"], APP);
+    let described = c.ok(&["-n", "shop", "describe", "deploy", "web"]);
+    assert!(
+        described.contains("Name:") && described.contains("web") && described.contains("Replicas:"),
+        "{described}"
+    );
+    let described = c.ok(&["-n", "shop", "describe", "svc", "web"]);
+    assert!(
+        described.contains("IP:") && described.contains("80/TCP"),
+        "{described}"
+    );
+    let explained = c.ok(&["explain", "deployments"]);
+    assert!(
+        explained.contains("KIND:") && explained.contains("Deployment"),
+        "{explained}"
+    );
+    c.ok(&[
+        "-n",
+        "shop",
+        "patch",
+        "deploy",
+        "web",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"readyReplicas":2}}"#,
+    ]);
+    c.ok(&[
+        "-n",
+        "shop",
+        "wait",
+        "deploy/web",
+        "--for=jsonpath={.status.readyReplicas}=2",
+        "--timeout=20s",
+    ]);
+}
+
+#[test]
+fn watch_sees_a_later_change() {
+    use std::io::{BufRead, BufReader};
+    let c = Control::start();
+    c.ok_stdin(&["apply", "-f", "-"], APP);
+    let mut watcher = c
+        .kubectl_cmd(&[
+            "-n",
+            "shop",
+            "get",
+            "cm",
+            "settings",
+            "-w",
+            "--output-watch-events",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(watcher.stdout.take().unwrap())
+        .lines()
+        .map(|l| l.unwrap());
+    let header = lines.next().unwrap();
+    assert!(header.starts_with("EVENT") && header.contains("DATA"), "{header}");
+    let first = lines.next().unwrap();
+    assert!(
+        first.starts_with("ADDED") && first.contains("settings"),
+        "{first}"
+    );
+    c.ok(&["-n", "shop", "label", "cm", "settings", "seen=yes"]);
+    let seen: Vec<String> = lines
+        .by_ref()
+        .take_while(|l| !l.starts_with("MODIFIED"))
+        .take(5)
+        .collect();
+    assert!(seen.len() < 5, "no MODIFIED event, saw {seen:?}");
+    c.ok(&["-n", "shop", "delete", "cm", "settings"]);
+    let seen: Vec<String> = lines
+        .by_ref()
+        .take_while(|l| !l.starts_with("DELETED"))
+        .take(5)
+        .collect();
+    assert!(seen.len() < 5, "no DELETED event, saw {seen:?}");
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+}
+
+#[test]
+fn namespaces_isolate_objects() {
+    let c = Control::start();
+    let cm = |ns: &str, v: &str| {
+        format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}}}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: same, namespace: {ns}}}\ndata: {{v: {v}}}\n"
+        )
+    };
+    c.ok_stdin(&["apply", "-f", "-"], &cm("team-a", "a"));
+    c.ok_stdin(&["apply", "-f", "-"], &cm("team-b", "b"));
+    assert_eq!(
+        c.ok(&["-n", "team-a", "get", "cm", "same", "-o", "jsonpath={.data.v}"]),
+        "a"
+    );
+    assert_eq!(
+        c.ok(&["-n", "team-b", "get", "cm", "same", "-o", "jsonpath={.data.v}"]),
+        "b"
+    );
+    c.ok(&["-n", "team-a", "delete", "cm", "same"]);
+    assert_eq!(
+        c.ok(&["-n", "team-b", "get", "cm", "same", "-o", "jsonpath={.data.v}"]),
+        "b"
+    );
+    let err = c.fails_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x, namespace: nowhere}\n",
+    );
+    assert!(err.contains(r#"namespaces "nowhere" not found"#), "{err}");
+}
+
+#[test]
+fn custom_resources_from_a_crd() {
+    let c = Control::start();
+    let crd = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: widgets.example.com}
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {plural: widgets, singular: widget, kind: Widget, shortNames: [wd]}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            properties:
+              size: {type: integer}
+    additionalPrinterColumns:
+    - {name: Size, type: integer, jsonPath: .spec.size}
+"#;
+    c.ok_stdin(&["apply", "-f", "-"], crd);
+    c.ok(&[
+        "wait",
+        "--for=condition=established",
+        "crd/widgets.example.com",
+        "--timeout=20s",
+    ]);
+    let w = |name: &str, size: u32| {
+        format!(
+            "apiVersion: example.com/v1\nkind: Widget\nmetadata: {{name: {name}, namespace: default, labels: {{k: v}}}}\nspec: {{size: {size}, extra: kept}}\n"
+        )
+    };
+    // Discovery catches up asynchronously; retry the first create until the kind is known.
+    let mut created = false;
+    for _ in 0..100 {
+        if c.kubectl_stdin(&["apply", "-f", "-"], &w("small", 1))
+            .status
+            .success()
+        {
+            created = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(created, "custom resource never accepted");
+    c.ok_stdin(&["apply", "-f", "-"], &w("large", 9));
+    let table = c.ok(&["get", "widgets"]);
+    assert!(
+        table.lines().next().unwrap().contains("SIZE") && table.contains("large") && table.contains('9'),
+        "{table}"
+    );
+    assert_eq!(c.ok(&["get", "wd", "-o", "name"]).lines().count(), 2);
+    assert_eq!(
+        c.ok(&["get", "widget", "small", "-o", "jsonpath={.spec.extra}"]),
+        "kept"
+    );
+    c.ok(&["label", "widget", "small", "k=w", "--overwrite"]);
+    c.ok(&["delete", "widget", "small"]);
+    assert_eq!(
+        c.ok(&["get", "widgets", "-o", "name"]).trim(),
+        "widget.example.com/large"
+    );
+}
