@@ -1,12 +1,103 @@
-//! Controllers that run inside skiff-control on the store's own watch streams.
+//! Controllers that run inside skiff-control on the store's own watch streams (no HTTP round
+//! trips to itself).
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
 
 use crate::api::App;
+use crate::api::handlers::Call;
+use crate::api::object::{finalizers, from_kv, to_stored};
+use crate::store::StoreError;
 
 mod crd;
+mod gc;
+mod namespace;
 
 /// Starts the controllers.
 pub fn start(app: Arc<App>) {
-    tokio::spawn(crd::run(app));
+    tokio::spawn(crd::run(app.clone()));
+    tokio::spawn(gc::run(app.clone()));
+    tokio::spawn(namespace::run(app));
+}
+
+/// How long a controller waits before retrying after a failure, and between resyncs.
+const RESYNC: Duration = Duration::from_secs(1);
+
+/// A `Call` addressing the object stored at `key`, if the key belongs to a served resource.
+pub(crate) fn call_for_key(app: &App, key: &str) -> Option<Call> {
+    let rest = key.strip_prefix("/registry/")?;
+    let mut parts = rest.split('/');
+    let group = parts.next()?;
+    let group = if group == "core" { "" } else { group };
+    let plural = parts.next()?;
+    let info = app
+        .registry
+        .all()
+        .into_iter()
+        .find(|r| r.group == group && r.plural == plural)?;
+    let (ns, name) = if info.namespaced {
+        (Some(parts.next()?.to_owned()), parts.next()?.to_owned())
+    } else {
+        (None, parts.next()?.to_owned())
+    };
+    Some(Call {
+        info,
+        ns,
+        name: Some(name),
+        sub: None,
+        query: Default::default(),
+        table: false,
+        content_type: "application/json".into(),
+    })
+}
+
+/// Rewrites the object at `key` with `edit` (compare-and-swap, retried on conflict). If the object
+/// is being deleted and `edit` leaves it without finalizers, the deletion completes.
+pub(crate) async fn edit_object(
+    app: &App,
+    key: &str,
+    edit: impl Fn(&mut Value) -> bool,
+) -> Result<(), StoreError> {
+    loop {
+        let Some(kv) = app.store.get(key).await? else {
+            return Ok(());
+        };
+        let mut obj = from_kv(&kv);
+        if !edit(&mut obj) {
+            return Ok(());
+        }
+        let result = if obj["metadata"]["deletionTimestamp"].is_string() && finalizers(&obj).is_empty() {
+            app.store.delete(key, Some(kv.mod_revision)).await
+        } else {
+            app.store
+                .update(key, to_stored(&obj), Some(kv.mod_revision))
+                .await
+        };
+        match result {
+            Ok(_) | Err(StoreError::NotFound { .. }) => return Ok(()),
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Removes one finalizer from the object at `key`.
+pub(crate) async fn remove_finalizer(app: &App, key: &str, finalizer: &str) -> Result<(), StoreError> {
+    edit_object(app, key, |obj| {
+        let Some(list) = obj["metadata"]["finalizers"].as_array_mut() else {
+            return false;
+        };
+        let before = list.len();
+        list.retain(|f| f != finalizer);
+        let changed = list.len() != before;
+        if list.is_empty()
+            && let Some(m) = obj["metadata"].as_object_mut()
+        {
+            m.remove("finalizers");
+        }
+        changed
+    })
+    .await
 }

@@ -1,0 +1,201 @@
+//! Owner-reference garbage collection: background deletion of dependents whose owners are gone,
+//! foreground deletion (dependents first, then the owner), and orphaning.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use super::{RESYNC, call_for_key, edit_object, remove_finalizer};
+use crate::api::App;
+use crate::api::handlers::delete_one;
+use crate::api::object::{finalizers, from_kv, meta_str};
+use crate::store::{EventKind, StoreError};
+
+/// What the collector knows about every object with a uid.
+#[derive(Debug, Default)]
+struct Graph {
+    /// uid -> key of every live object.
+    keys: HashMap<String, String>,
+    /// owner uid -> keys of objects that name it in `ownerReferences`.
+    dependents: HashMap<String, HashSet<String>>,
+    /// key -> owner uids it names.
+    owners: HashMap<String, Vec<String>>,
+    /// Objects being deleted with the `foregroundDeletion` or `orphan` finalizer.
+    pending: HashSet<String>,
+    /// Owner uids that disappeared and whose dependents must be looked at.
+    gone: HashSet<String>,
+}
+
+fn owner_uids(obj: &Value) -> Vec<String> {
+    obj["metadata"]["ownerReferences"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["uid"].as_str().map(str::to_owned))
+        .collect()
+}
+
+impl Graph {
+    fn forget(&mut self, key: &str) {
+        if let Some(owners) = self.owners.remove(key) {
+            for o in owners {
+                if let Some(set) = self.dependents.get_mut(&o) {
+                    set.remove(key);
+                    if set.is_empty() {
+                        self.dependents.remove(&o);
+                    }
+                }
+            }
+        }
+        self.pending.remove(key);
+    }
+
+    fn observe(&mut self, key: &str, obj: &Value) {
+        self.forget(key);
+        let uid = meta_str(obj, "uid");
+        if !uid.is_empty() {
+            self.keys.insert(uid.to_owned(), key.to_owned());
+        }
+        let owners = owner_uids(obj);
+        for o in &owners {
+            self.dependents
+                .entry(o.clone())
+                .or_default()
+                .insert(key.to_owned());
+            if !self.keys.contains_key(o) {
+                self.gone.insert(o.clone());
+            }
+        }
+        self.owners.insert(key.to_owned(), owners);
+        let fins = finalizers(obj);
+        if obj["metadata"]["deletionTimestamp"].is_string()
+            && fins.iter().any(|f| f == "foregroundDeletion" || f == "orphan")
+        {
+            self.pending.insert(key.to_owned());
+        }
+    }
+
+    fn removed(&mut self, key: &str, obj: &Value) {
+        self.forget(key);
+        let uid = meta_str(obj, "uid");
+        if self.keys.get(uid).is_some_and(|k| k == key) {
+            self.keys.remove(uid);
+            if self.dependents.contains_key(uid) {
+                self.gone.insert(uid.to_owned());
+            }
+        }
+    }
+}
+
+async fn delete_key(app: &App, key: &str, policy: &str) {
+    let Some(call) = call_for_key(app, key) else {
+        return;
+    };
+    let name = call.name().to_owned();
+    if let Err(e) = delete_one(app, &call, &name, Some(policy), None, &Value::Null, false).await
+        && e.code != 404
+    {
+        tracing::warn!(%key, error = %e, "garbage collector could not delete");
+    }
+}
+
+async fn drop_owner_ref(app: &App, key: &str, uid: &str) -> Result<(), StoreError> {
+    edit_object(app, key, |obj| {
+        let Some(refs) = obj["metadata"]["ownerReferences"].as_array_mut() else {
+            return false;
+        };
+        let before = refs.len();
+        refs.retain(|r| r["uid"] != json!(uid));
+        let changed = refs.len() != before;
+        if refs.is_empty()
+            && let Some(m) = obj["metadata"].as_object_mut()
+        {
+            m.remove("ownerReferences");
+        }
+        changed
+    })
+    .await
+}
+
+/// One pass over the work the graph holds.
+async fn process(app: &App, graph: &mut Graph) {
+    // Dependents of owners that no longer exist.
+    for uid in std::mem::take(&mut graph.gone) {
+        if graph.keys.contains_key(&uid) {
+            continue;
+        }
+        for key in graph.dependents.get(&uid).cloned().unwrap_or_default() {
+            let owners = graph.owners.get(&key).cloned().unwrap_or_default();
+            if owners.iter().all(|o| !graph.keys.contains_key(o)) {
+                delete_key(app, &key, "Background").await;
+            } else if let Err(e) = drop_owner_ref(app, &key, &uid).await {
+                tracing::warn!(%key, error = %e, "garbage collector could not drop an owner reference");
+            }
+        }
+    }
+    // Owners waiting on their dependents (foreground) or releasing them (orphan).
+    for key in graph.pending.clone() {
+        let Ok(Some(kv)) = app.store.get(&key).await else {
+            continue;
+        };
+        let owner = from_kv(&kv);
+        let uid = meta_str(&owner, "uid").to_owned();
+        let dependents = graph.dependents.get(&uid).cloned().unwrap_or_default();
+        let fins = finalizers(&owner);
+        if fins.iter().any(|f| f == "orphan") {
+            for dep in &dependents {
+                if let Err(e) = drop_owner_ref(app, dep, &uid).await {
+                    tracing::warn!(key = %dep, error = %e, "could not orphan dependent");
+                }
+            }
+            if let Err(e) = remove_finalizer(app, &key, "orphan").await {
+                tracing::warn!(%key, error = %e, "could not remove the orphan finalizer");
+            }
+        } else if fins.iter().any(|f| f == "foregroundDeletion") {
+            if dependents.is_empty() {
+                if let Err(e) = remove_finalizer(app, &key, "foregroundDeletion").await {
+                    tracing::warn!(%key, error = %e, "could not remove the foregroundDeletion finalizer");
+                }
+            } else {
+                for dep in &dependents {
+                    delete_key(app, dep, "Foreground").await;
+                }
+            }
+        }
+    }
+}
+
+async fn run_once(app: &App) -> Result<(), StoreError> {
+    let mut graph = Graph::default();
+    let list = app.store.list("/registry/", None, 0).await?;
+    for kv in &list.items {
+        graph.observe(&kv.key, &from_kv(kv));
+    }
+    let mut watch = app.store.watch("/registry/", list.revision)?;
+    loop {
+        process(app, &mut graph).await;
+        let event = tokio::select! {
+            e = watch.next() => e?,
+            () = tokio::time::sleep(RESYNC), if !graph.pending.is_empty() => continue,
+        };
+        let Some(event) = event else { return Ok(()) };
+        match event.kind {
+            EventKind::Put => graph.observe(&event.kv.key, &from_kv(&event.kv)),
+            EventKind::Delete => graph.removed(&event.kv.key, &from_kv(&event.kv)),
+        }
+    }
+}
+
+/// Runs the collector until the store shuts down.
+pub async fn run(app: Arc<App>) {
+    loop {
+        match run_once(&app).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "garbage collector restarting");
+                tokio::time::sleep(RESYNC).await;
+            }
+        }
+    }
+}

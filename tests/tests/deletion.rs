@@ -1,0 +1,127 @@
+//! Deletion semantics: finalizers, owner-reference cascades (foreground, background, orphan) and
+//! namespace deletion.
+
+use std::time::Duration;
+
+use skiff_tests::Control;
+
+fn cm(name: &str, owner: Option<(&str, &str)>) -> String {
+    let refs = owner
+        .map(|(n, uid)| format!(", ownerReferences: [{{apiVersion: v1, kind: ConfigMap, name: {n}, uid: {uid}, blockOwnerDeletion: true}}]"))
+        .unwrap_or_default();
+    format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}, namespace: default{refs}}}\n")
+}
+
+fn eventually(c: &Control, what: &str, check: impl Fn(&Control) -> bool) {
+    for _ in 0..200 {
+        if check(c) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("never happened: {what}");
+}
+
+fn family(c: &Control, prefix: &str) -> String {
+    c.ok_stdin(&["apply", "-f", "-"], &cm(&format!("{prefix}-owner"), None));
+    let uid = c.ok(&[
+        "get",
+        "cm",
+        &format!("{prefix}-owner"),
+        "-o",
+        "jsonpath={.metadata.uid}",
+    ]);
+    c.ok_stdin(
+        &["apply", "-f", "-"],
+        &cm(
+            &format!("{prefix}-child"),
+            Some((&format!("{prefix}-owner"), &uid)),
+        ),
+    );
+    uid
+}
+
+#[test]
+fn foreground_cascade_deletes_dependents_before_the_owner() {
+    let c = Control::start();
+    family(&c, "fg");
+    // kubectl waits until the owner is gone; the dependent must already be gone then.
+    c.ok(&[
+        "delete",
+        "cm",
+        "fg-owner",
+        "--cascade=foreground",
+        "--timeout=30s",
+    ]);
+    assert!(c.fails(&["get", "cm", "fg-owner"]).contains("not found"));
+    assert!(c.fails(&["get", "cm", "fg-child"]).contains("not found"));
+}
+
+#[test]
+fn background_cascade_and_orphaning() {
+    let c = Control::start();
+    family(&c, "bg");
+    c.ok(&["delete", "cm", "bg-owner"]);
+    eventually(&c, "dependent collected", |c| {
+        !c.kubectl(&["get", "cm", "bg-child"]).status.success()
+    });
+    family(&c, "or");
+    c.ok(&["delete", "cm", "or-owner", "--cascade=orphan"]);
+    eventually(&c, "owner gone", |c| {
+        !c.kubectl(&["get", "cm", "or-owner"]).status.success()
+    });
+    assert_eq!(
+        c.ok(&[
+            "get",
+            "cm",
+            "or-child",
+            "-o",
+            "jsonpath={.metadata.ownerReferences}"
+        ]),
+        ""
+    );
+}
+
+#[test]
+fn finalizers_hold_deletion_until_removed() {
+    let c = Control::start();
+    c.ok_stdin(&["apply", "-f", "-"], "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: held, namespace: default, finalizers: [example.com/hold]}\n");
+    c.ok(&["delete", "cm", "held", "--wait=false"]);
+    let ts = c.ok(&[
+        "get",
+        "cm",
+        "held",
+        "-o",
+        "jsonpath={.metadata.deletionTimestamp}",
+    ]);
+    assert!(!ts.is_empty(), "deletionTimestamp not set");
+    c.ok(&[
+        "patch",
+        "cm",
+        "held",
+        "--type=json",
+        "-p",
+        r#"[{"op":"remove","path":"/metadata/finalizers"}]"#,
+    ]);
+    assert!(c.fails(&["get", "cm", "held"]).contains("not found"));
+}
+
+#[test]
+fn deleting_a_namespace_deletes_its_contents() {
+    let c = Control::start();
+    c.ok_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: doomed}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: a, namespace: doomed}\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: s, namespace: doomed}\nstringData: {k: v}\n",
+    );
+    c.ok(&["delete", "namespace", "doomed", "--timeout=30s"]);
+    assert!(c.fails(&["get", "namespace", "doomed"]).contains("not found"));
+    assert_eq!(
+        c.ok(&["get", "cm,secret", "-n", "doomed", "-o", "name"]).trim(),
+        ""
+    );
+    let err = c.fails_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: late, namespace: doomed}\n",
+    );
+    assert!(err.contains("not found"), "{err}");
+}
