@@ -571,3 +571,106 @@ spec:
         "widget.example.com/large"
     );
 }
+
+#[test]
+fn typed_kubectl_commands_send_protobuf_and_it_is_understood() {
+    let c = Control::start();
+    c.ok(&["create", "namespace", "typed"]);
+    c.ok(&[
+        "-n",
+        "typed",
+        "create",
+        "configmap",
+        "cfg",
+        "--from-literal=a=1",
+        "--from-literal=b=two",
+    ]);
+    c.ok(&[
+        "-n",
+        "typed",
+        "create",
+        "secret",
+        "generic",
+        "pw",
+        "--from-literal=password=hunter2",
+    ]);
+    c.ok(&[
+        "-n",
+        "typed",
+        "create",
+        "deployment",
+        "web",
+        "--image=registry.local/busybox:1.36",
+        "--replicas=3",
+        "--port=8080",
+    ]);
+    c.ok(&[
+        "-n",
+        "typed",
+        "run",
+        "solo",
+        "--image=registry.local/busybox:1.36",
+        "--labels=app=solo",
+        "--env=MODE=test",
+        "--",
+        "sleep",
+        "3600",
+    ]);
+    c.ok(&[
+        "-n",
+        "typed",
+        "expose",
+        "deployment",
+        "web",
+        "--port=80",
+        "--target-port=8080",
+    ]);
+    c.ok(&[
+        "-n",
+        "typed",
+        "create",
+        "job",
+        "once",
+        "--image=registry.local/busybox:1.36",
+        "--",
+        "true",
+    ]);
+    c.ok(&["-n", "typed", "create", "serviceaccount", "robot"]);
+    assert_eq!(
+        c.ok(&["-n", "typed", "get", "cm", "cfg", "-o", "jsonpath={.data.b}"]),
+        "two"
+    );
+    assert_eq!(
+        c.ok(&[
+            "-n",
+            "typed",
+            "get",
+            "secret",
+            "pw",
+            "-o",
+            "jsonpath={.data.password}"
+        ]),
+        "aHVudGVyMg=="
+    );
+    let deploy = json(&c.ok(&["-n", "typed", "get", "deploy", "web", "-o", "json"]));
+    assert_eq!(deploy["spec"]["replicas"], 3);
+    assert_eq!(
+        deploy["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"],
+        8080
+    );
+    assert_eq!(deploy["spec"]["strategy"]["rollingUpdate"]["maxSurge"], "25%");
+    let pod = json(&c.ok(&["-n", "typed", "get", "pod", "solo", "-o", "json"]));
+    assert_eq!(
+        pod["spec"]["containers"][0]["args"],
+        serde_json::json!(["sleep", "3600"])
+    );
+    assert_eq!(pod["spec"]["containers"][0]["env"][0]["value"], "test");
+    assert!(pod["spec"].get("initContainers").is_none(), "{pod}");
+    assert!(pod["spec"]["containers"][0].get("ports").is_none(), "{pod}");
+    let svc = json(&c.ok(&["-n", "typed", "get", "svc", "web", "-o", "json"]));
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], 8080);
+    assert_eq!(svc["spec"]["selector"]["app"], "web");
+    let job = json(&c.ok(&["-n", "typed", "get", "job", "once", "-o", "json"]));
+    assert_eq!(job["spec"]["template"]["spec"]["restartPolicy"], "Never");
+    assert!(job["spec"]["selector"]["matchLabels"]["batch.kubernetes.io/controller-uid"].is_string());
+}

@@ -6,6 +6,8 @@ use std::process::Command;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
+mod proto_schema;
+
 #[derive(Debug, Parser)]
 #[command(name = "cargo xtask")]
 struct Cli {
@@ -27,6 +29,12 @@ enum Cmd {
         /// Build without optimisations (faster to build, slower to run).
         #[arg(long)]
         debug: bool,
+    },
+    /// Regenerate control/src/api/protobuf/schema.rs from the k8s-pb crate's sources.
+    GenProtoSchema {
+        /// The k8s-pb 0.9.0 source directory (default: found in the cargo registry).
+        #[arg(long)]
+        k8s_pb: Option<PathBuf>,
     },
     /// Run every check CI runs: formatting, clippy, unit and end-to-end tests.
     Test {
@@ -114,5 +122,10 @@ fn main() -> anyhow::Result<()> {
             debug,
         } => up(&data_dir, &listen, debug),
         Cmd::Test { args } => test(&args),
+        Cmd::GenProtoSchema { k8s_pb } => {
+            let out = root().join("control/src/api/protobuf/schema.rs");
+            proto_schema::generate(k8s_pb.as_deref(), &out)?;
+            run(cargo().args(["fmt", "-p", "skiff-control"]))
+        }
     }
 }

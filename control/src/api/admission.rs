@@ -2,6 +2,7 @@
 
 use serde_json::{Value, json};
 
+use super::object::items_mut;
 use super::registry::ResourceInfo;
 use super::validation::{Causes, check_metadata, check_pod_spec, check_selector_matches_template};
 
@@ -25,7 +26,7 @@ fn default_container(c: &mut Value) {
         "imagePullPolicy",
         json!(if pinned { "IfNotPresent" } else { "Always" }),
     );
-    for port in c["ports"].as_array_mut().into_iter().flatten() {
+    for port in items_mut(c, "ports") {
         set_default(port, "protocol", json!("TCP"));
     }
 }
@@ -41,7 +42,7 @@ pub fn default_pod_spec(spec: &mut Value) {
     set_default(spec, "securityContext", json!({}));
     set_default(spec, "schedulerName", json!("default-scheduler"));
     for field in ["containers", "initContainers"] {
-        for c in spec[field].as_array_mut().into_iter().flatten() {
+        for c in items_mut(spec, field) {
             default_container(c);
         }
     }
@@ -90,6 +91,19 @@ fn default_pod(obj: &mut Value, creating: bool) {
     }
 }
 
+/// Defaults a workload's update strategy: `RollingUpdate` with `rolling` as its parameters.
+fn default_strategy(spec: &mut Value, field: &str, rolling: Value) {
+    set_default(spec, field, json!({}));
+    let strategy = &mut spec[field];
+    set_default(strategy, "type", json!("RollingUpdate"));
+    if strategy["type"] == "RollingUpdate" {
+        set_default(strategy, "rollingUpdate", json!({}));
+        for (k, v) in rolling.as_object().into_iter().flatten() {
+            set_default(&mut strategy["rollingUpdate"], k, v.clone());
+        }
+    }
+}
+
 fn default_template(obj: &mut Value) {
     default_pod_spec(&mut obj["spec"]["template"]["spec"]);
 }
@@ -128,7 +142,7 @@ pub fn apply_defaults(info: &ResourceInfo, obj: &mut Value, creating: bool) {
             let spec = &mut obj["spec"];
             set_default(spec, "type", json!("ClusterIP"));
             set_default(spec, "sessionAffinity", json!("None"));
-            for port in spec["ports"].as_array_mut().into_iter().flatten() {
+            for port in items_mut(spec, "ports") {
                 set_default(port, "protocol", json!("TCP"));
                 let p = port["port"].clone();
                 set_default(port, "targetPort", p);
@@ -148,14 +162,11 @@ pub fn apply_defaults(info: &ResourceInfo, obj: &mut Value, creating: bool) {
         ("apps", "Deployment") => {
             let spec = &mut obj["spec"];
             set_default(spec, "replicas", json!(1));
-            set_default(spec, "strategy", json!({"type": "RollingUpdate"}));
-            if spec["strategy"]["type"] == "RollingUpdate" {
-                set_default(
-                    &mut spec["strategy"],
-                    "rollingUpdate",
-                    json!({"maxUnavailable": "25%", "maxSurge": "25%"}),
-                );
-            }
+            default_strategy(
+                spec,
+                "strategy",
+                json!({"maxUnavailable": "25%", "maxSurge": "25%"}),
+            );
             set_default(spec, "revisionHistoryLimit", json!(10));
             set_default(spec, "progressDeadlineSeconds", json!(600));
             default_template(obj);
@@ -168,11 +179,7 @@ pub fn apply_defaults(info: &ResourceInfo, obj: &mut Value, creating: bool) {
             let spec = &mut obj["spec"];
             set_default(spec, "replicas", json!(1));
             set_default(spec, "podManagementPolicy", json!("OrderedReady"));
-            set_default(
-                spec,
-                "updateStrategy",
-                json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}}),
-            );
+            default_strategy(spec, "updateStrategy", json!({"partition": 0}));
             set_default(spec, "revisionHistoryLimit", json!(10));
             set_default(
                 spec,
@@ -183,10 +190,10 @@ pub fn apply_defaults(info: &ResourceInfo, obj: &mut Value, creating: bool) {
         }
         ("apps", "DaemonSet") => {
             let spec = &mut obj["spec"];
-            set_default(
+            default_strategy(
                 spec,
                 "updateStrategy",
-                json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}),
+                json!({"maxUnavailable": 1, "maxSurge": 0}),
             );
             set_default(spec, "revisionHistoryLimit", json!(10));
             default_template(obj);

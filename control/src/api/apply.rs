@@ -303,7 +303,7 @@ pub fn apply(call: &Call, base: &Value, patch: &Value) -> Result<Value, ApiError
         }
     }
     let mut clean = patch.clone();
-    if let Some(m) = clean["metadata"].as_object_mut() {
+    if let Some(m) = clean.get_mut("metadata").and_then(Value::as_object_mut) {
         m.remove("managedFields");
         m.remove("resourceVersion");
     }

@@ -101,6 +101,9 @@ pub fn json_response(code: StatusCode, value: &Value) -> Response {
 
 /// Parses a request body as JSON or YAML into an object.
 pub fn parse_body(body: &[u8], content_type: &str) -> Result<Value> {
+    if content_type.contains("protobuf") && super::protobuf::is_protobuf(body) {
+        return super::protobuf::decode(body).map_err(|e| ApiError::bad_request(e.to_string()));
+    }
     if content_type.contains("protobuf") || content_type.contains("cbor") {
         return Err(ApiError::new(
             415,

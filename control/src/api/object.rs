@@ -70,6 +70,15 @@ pub fn generate_name(prefix: &str) -> String {
     format!("{prefix}{suffix}")
 }
 
+/// The items of the list at `key`, if `value` has one (unlike `value[key]`, inserts nothing).
+pub fn items_mut<'a>(value: &'a mut Value, key: &str) -> impl Iterator<Item = &'a mut Value> {
+    value
+        .get_mut(key)
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+}
+
 /// A new object uid.
 pub fn new_uid() -> String {
     uuid::Uuid::new_v4().to_string()

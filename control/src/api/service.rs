@@ -10,7 +10,7 @@ use rand::Rng;
 use serde_json::{Value, json};
 
 use super::App;
-use super::object::from_kv;
+use super::object::{from_kv, items_mut};
 use super::validation::Causes;
 
 /// The node port range, as upstream's default.
@@ -126,7 +126,7 @@ pub async fn allocate(app: &App, svc: &mut Value, _old: Option<&Value>) -> Resul
     }
     if spec["type"] == "NodePort" || spec["type"] == "LoadBalancer" {
         let mut taken = ports;
-        for (i, port) in spec["ports"].as_array_mut().into_iter().flatten().enumerate() {
+        for (i, port) in items_mut(spec, "ports").enumerate() {
             match port["nodePort"].as_i64() {
                 Some(p) if !NODE_PORTS.contains(&p) => {
                     return Err(vec![(
@@ -187,7 +187,12 @@ pub fn keep_allocations(old: &Value, new: &mut Value) -> Result<(), Causes> {
         }
     }
     let old_ports = old["spec"]["ports"].as_array().cloned().unwrap_or_default();
-    for port in new["spec"]["ports"].as_array_mut().into_iter().flatten() {
+    for port in new
+        .get_mut("spec")
+        .map(|s| items_mut(s, "ports"))
+        .into_iter()
+        .flatten()
+    {
         if port.get("nodePort").is_none()
             && let Some(prev) = old_ports
                 .iter()
