@@ -233,3 +233,61 @@ pub fn openapi_v2(registry: &Registry) -> Value {
     }
     json!({"swagger": "2.0", "info": {"title": "Kubernetes", "version": "v1.32.0-skiff"}, "paths": paths, "definitions": definitions})
 }
+
+/// The Content-Type of aggregated discovery responses.
+pub const AGGREGATED_CONTENT_TYPE: &str =
+    "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+
+/// Aggregated discovery (`apidiscovery.k8s.io/v2`): every group, version and resource in one
+/// response, for `/api` (`core`) or `/apis` (the named groups).
+pub fn aggregated(registry: &Registry, core: bool) -> Value {
+    let mut items = Vec::new();
+    for (group, versions) in registry.groups() {
+        if group.is_empty() != core {
+            continue;
+        }
+        let versions: Vec<Value> = versions
+            .iter()
+            .map(|v| {
+                let resources: Vec<Value> = registry
+                    .in_group_version(&group, v)
+                    .iter()
+                    .map(|r| {
+                        let subresources: Vec<Value> = r
+                            .subresources
+                            .iter()
+                            .map(|s| {
+                                let (g, ver, kind, verbs): (&str, &str, &str, &[&str]) = match s.as_str() {
+                                    "scale" => ("autoscaling", "v1", "Scale", &["get", "patch", "update"]),
+                                    "binding" => ("", "v1", "Binding", &["create"]),
+                                    _ => (&r.group, &r.version, &r.kind, &["get", "patch", "update"]),
+                                };
+                                json!({"subresource": s, "responseKind": {"group": g, "version": ver, "kind": kind}, "verbs": verbs})
+                            })
+                            .collect();
+                        let mut entry = json!({
+                            "resource": r.plural,
+                            "responseKind": {"group": r.group, "version": r.version, "kind": r.kind},
+                            "scope": if r.namespaced { "Namespaced" } else { "Cluster" },
+                            "singularResource": r.singular,
+                            "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
+                        });
+                        if !r.short_names.is_empty() {
+                            entry["shortNames"] = json!(r.short_names);
+                        }
+                        if !r.categories.is_empty() {
+                            entry["categories"] = json!(r.categories);
+                        }
+                        if !subresources.is_empty() {
+                            entry["subresources"] = json!(subresources);
+                        }
+                        entry
+                    })
+                    .collect();
+                json!({"version": v, "resources": resources, "freshness": "Current"})
+            })
+            .collect();
+        items.push(json!({"metadata": {"name": group}, "versions": versions}));
+    }
+    json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items})
+}

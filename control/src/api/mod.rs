@@ -140,6 +140,23 @@ async fn route(
         .filter(|s| !s.is_empty())
         .collect();
     let ok = |v: serde_json::Value| Ok(json_response(StatusCode::OK, &v));
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|a| a.to_str().ok())
+        .unwrap_or("");
+    // kubectl asks for aggregated discovery first: one response instead of one per group-version.
+    if matches!(segs.as_slice(), ["api"] | ["apis"])
+        && accept.contains("as=APIGroupDiscoveryList")
+        && accept.contains("v=v2;")
+    {
+        let body = discovery::aggregated(&app.registry, segs == ["api"]);
+        return Ok((
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, discovery::AGGREGATED_CONTENT_TYPE)],
+            serde_json::to_vec(&body).unwrap_or_default(),
+        )
+            .into_response());
+    }
     match segs.as_slice() {
         ["healthz" | "livez" | "readyz", ..] => return Ok((StatusCode::OK, "ok").into_response()),
         ["version"] => return ok(discovery::version()),
@@ -153,10 +170,6 @@ async fn route(
             return discovery::openapi_v3_doc(&app.registry, g, v).map_or(Err(ApiError::no_route()), ok);
         }
         ["openapi", "v2"] => {
-            let accept = headers
-                .get(header::ACCEPT)
-                .and_then(|a| a.to_str().ok())
-                .unwrap_or("");
             if !(accept.is_empty() || accept.contains("json") || accept.contains("*/*")) {
                 return Err(ApiError::new(
                     406,
@@ -207,10 +220,6 @@ async fn route(
     {
         return Err(ApiError::no_route());
     }
-    let accept = headers
-        .get(header::ACCEPT)
-        .and_then(|a| a.to_str().ok())
-        .unwrap_or("");
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|c| c.to_str().ok())

@@ -11,12 +11,14 @@ use crate::api::handlers::Call;
 use crate::api::object::{finalizers, from_kv, to_stored};
 use crate::store::StoreError;
 
+mod compaction;
 mod crd;
 mod gc;
 mod namespace;
 
 /// Starts the controllers.
 pub fn start(app: Arc<App>) {
+    tokio::spawn(compaction::run(app.clone()));
     tokio::spawn(crd::run(app.clone()));
     tokio::spawn(gc::run(app.clone()));
     tokio::spawn(namespace::run(app));
