@@ -674,3 +674,68 @@ fn typed_kubectl_commands_send_protobuf_and_it_is_understood() {
     assert_eq!(job["spec"]["template"]["spec"]["restartPolicy"], "Never");
     assert!(job["spec"]["selector"]["matchLabels"]["batch.kubernetes.io/controller-uid"].is_string());
 }
+
+#[test]
+fn dry_run_and_generate_name() {
+    let c = Control::start();
+    let objects = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: dry, namespace: default}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: dry, namespace: default}\nspec: {ports: [{port: 80}]}\n";
+    let out = c.ok_stdin(&["apply", "--dry-run=server", "-f", "-"], objects);
+    assert!(out.contains("configmap/dry created (server dry run)"), "{out}");
+    assert!(c.fails(&["get", "cm", "dry"]).contains("not found"));
+    assert!(c.fails(&["get", "svc", "dry"]).contains("not found"));
+    let manifest = "apiVersion: v1\nkind: ConfigMap\nmetadata: {generateName: batch-, namespace: default}\ndata: {k: v}\n";
+    let a = c.ok_stdin(&["create", "-f", "-", "-o", "name"], manifest);
+    let b = c.ok_stdin(&["create", "-f", "-", "-o", "name"], manifest);
+    assert!(
+        a.starts_with("configmap/batch-") && b.starts_with("configmap/batch-") && a != b,
+        "{a} {b}"
+    );
+    assert_eq!(a.trim().len(), "configmap/batch-".len() + 5);
+}
+
+#[test]
+fn watch_with_bookmarks_over_raw_api() {
+    let c = Control::start();
+    let rv = json(&c.ok(&["get", "--raw", "/api/v1/namespaces/default/configmaps"]))["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    c.ok_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: w1, namespace: default}\n",
+    );
+    let path = format!(
+        "/api/v1/namespaces/default/configmaps?watch=1&resourceVersion={rv}&allowWatchBookmarks=true&timeoutSeconds=1"
+    );
+    let out = c.ok(&["get", "--raw", &path]);
+    let first: Value = json(out.lines().next().unwrap());
+    assert_eq!(first["type"], "ADDED");
+    assert_eq!(first["object"]["metadata"]["name"], "w1");
+    let initial = "/api/v1/namespaces/default/configmaps?watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&timeoutSeconds=1";
+    let out = c.ok(&["get", "--raw", initial]);
+    let events: Vec<Value> = out.lines().map(json).collect();
+    assert_eq!(events[0]["type"], "ADDED");
+    let bookmark = events
+        .iter()
+        .find(|e| e["type"] == "BOOKMARK")
+        .expect("initial-events-end bookmark");
+    assert_eq!(
+        bookmark["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"],
+        "true"
+    );
+}
+
+#[test]
+fn delete_collection_with_a_selector() {
+    let c = Control::start();
+    for (name, tier) in [("a", "front"), ("b", "front"), ("c", "back")] {
+        c.ok_stdin(&["apply", "-f", "-"], &format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}, namespace: default, labels: {{tier: {tier}}}}}\n"));
+    }
+    let out = c.kubectl(&[
+        "delete",
+        "--raw",
+        "/api/v1/namespaces/default/configmaps?labelSelector=tier%3Dfront",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(c.ok(&["get", "cm", "-o", "name"]).trim(), "configmap/c");
+}

@@ -6,6 +6,7 @@ use std::process::Command;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod proto_schema;
 
 #[derive(Debug, Parser)]
@@ -29,6 +30,12 @@ enum Cmd {
         /// Build without optimisations (faster to build, slower to run).
         #[arg(long)]
         debug: bool,
+    },
+    /// Run a benchmark and record it in docs/benchmarks.md (`api`: store and API server).
+    Bench {
+        /// Which benchmark.
+        #[arg(value_parser = ["api"])]
+        which: String,
     },
     /// Regenerate control/src/api/protobuf/schema.rs from the k8s-pb crate's sources.
     GenProtoSchema {
@@ -122,6 +129,10 @@ fn main() -> anyhow::Result<()> {
             debug,
         } => up(&data_dir, &listen, debug),
         Cmd::Test { args } => test(&args),
+        Cmd::Bench { which } => match which.as_str() {
+            "api" => bench::api(&root(), cargo),
+            other => bail!("unknown benchmark {other}"),
+        },
         Cmd::GenProtoSchema { k8s_pb } => {
             let out = root().join("control/src/api/protobuf/schema.rs");
             proto_schema::generate(k8s_pb.as_deref(), &out)?;

@@ -640,8 +640,14 @@ pub async fn create(app: &App, call: &Call, body: &[u8]) -> Result<Response> {
     if call.info.crd.is_none() && call.info.kind == "CustomResourceDefinition" {
         obj["status"] = super::crd::established_status(&obj, &now());
     }
-    let _alloc = app.alloc.lock().await;
-    if call.info.group.is_empty() && call.info.kind == "Service" {
+    // Only Services allocate; their lock is held until the create is stored.
+    let is_service = call.info.group.is_empty() && call.info.kind == "Service";
+    let _alloc = if is_service {
+        Some(app.alloc.lock().await)
+    } else {
+        None
+    };
+    if is_service {
         super::service::allocate(app, &mut obj, None)
             .await
             .map_err(|causes| ApiError::invalid(call.target(&name), &causes))?;

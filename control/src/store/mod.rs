@@ -57,7 +57,7 @@ pub enum WriteResult {
 }
 
 /// Errors of store operations.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The key already exists.
     #[error("key {key} already exists")]

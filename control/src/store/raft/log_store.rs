@@ -58,8 +58,18 @@ impl LogStore {
     }
 
     fn put_meta<T: serde::Serialize>(&self, name: &str, value: &T) -> Result<(), StorageError> {
+        self.put_meta_with(name, value, redb::Durability::Immediate)
+    }
+
+    fn put_meta_with<T: serde::Serialize>(
+        &self,
+        name: &str,
+        value: &T,
+        durability: redb::Durability,
+    ) -> Result<(), StorageError> {
         let write = |e: &dyn std::fmt::Display| logs_err(ErrorVerb::Write, e);
-        let tx = self.db.begin_write().map_err(|e| write(&e))?;
+        let mut tx = self.db.begin_write().map_err(|e| write(&e))?;
+        tx.set_durability(durability).map_err(|e| write(&e))?;
         {
             let mut table = tx.open_table(META).map_err(|e| write(&e))?;
             table
@@ -119,7 +129,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.put_meta(COMMITTED, &committed)
+        // A hint for faster restarts, not a safety requirement: it is written without fsync and
+        // becomes durable with the next append. A stale value only means re-applying less.
+        self.put_meta_with(COMMITTED, &committed, redb::Durability::None)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {

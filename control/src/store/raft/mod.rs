@@ -57,10 +57,71 @@ impl StoreConfig {
     }
 }
 
+/// Writes waiting to be proposed together (group commit).
+struct Pending {
+    ops: Vec<WriteOp>,
+    reply: oneshot::Sender<Result<Vec<WriteResult>, StoreError>>,
+}
+
+/// Most writes proposed in one log entry.
+const MAX_BATCH: usize = 512;
+/// Log entries proposed concurrently (openraft pipelines them).
+const IN_FLIGHT: usize = 4;
+
+/// Proposes queued writes in batches: while batches are in flight, new writes queue up and go
+/// together in the next log entry, so concurrent writers share one fsync.
+async fn group_commit(raft: Raft, mut rx: tokio::sync::mpsc::Receiver<Pending>) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+    while let Some(first) = rx.recv().await {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        let mut count = batch[0].ops.len();
+        while count < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(p) => {
+                    count += p.ops.len();
+                    batch.push(p);
+                }
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let mut sizes = Vec::with_capacity(batch.len());
+            let mut ops = Vec::with_capacity(count);
+            let mut replies = Vec::with_capacity(batch.len());
+            for p in batch {
+                sizes.push(p.ops.len());
+                ops.extend(p.ops);
+                replies.push(p.reply);
+            }
+            let result = raft.client_write(Request { ops }).await;
+            drop(permit);
+            match result {
+                Ok(reply) => {
+                    let mut results = reply.data.results.into_iter();
+                    for (size, tx) in sizes.into_iter().zip(replies) {
+                        let _ = tx.send(Ok(results.by_ref().take(size).collect()));
+                    }
+                }
+                Err(e) => {
+                    let err = StoreError::Unavailable(e.to_string());
+                    for tx in replies {
+                        let _ = tx.send(Err(err.clone()));
+                    }
+                }
+            }
+        });
+    }
+}
+
 /// Handle on the embedded store; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
     raft: Raft,
+    writes: tokio::sync::mpsc::Sender<Pending>,
     db: Arc<Database>,
     hub: Arc<WatchHub>,
     node_id: NodeId,
@@ -161,8 +222,11 @@ impl Store {
             .await
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
 
+        let (writes, queue) = tokio::sync::mpsc::channel(4 * MAX_BATCH);
+        tokio::spawn(group_commit(raft.clone(), queue));
         Ok(Self {
             raft,
+            writes,
             db,
             hub,
             node_id: config.node_id,
@@ -255,15 +319,13 @@ impl Store {
 
     /// Proposes writes as one log entry; returns each write's result once durable and applied.
     pub async fn write(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteResult>, StoreError> {
-        let reply = self
-            .raft
-            .client_write(Request { ops })
+        let (reply, rx) = oneshot::channel();
+        let closed = || StoreError::Unavailable("store is shutting down".into());
+        self.writes
+            .send(Pending { ops, reply })
             .await
-            .map_err(|e| match e {
-                openraft::error::RaftError::APIError(e) => StoreError::Unavailable(e.to_string()),
-                openraft::error::RaftError::Fatal(e) => StoreError::Unavailable(e.to_string()),
-            })?;
-        Ok(reply.data.results)
+            .map_err(|_| closed())?;
+        rx.await.map_err(|_| closed())?
     }
 
     async fn write_one(&self, op: WriteOp) -> Result<KeyValue, StoreError> {

@@ -261,7 +261,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: Send,
     {
         let write = |e: &dyn std::fmt::Display| sm_err(ErrorVerb::Write, e);
-        let tx = self.db.begin_write().map_err(|e| write(&e))?;
+        let mut tx = self.db.begin_write().map_err(|e| write(&e))?;
+        // The fsynced Raft log is the durability point: after a crash the state machine comes
+        // back at its last durable commit (data and `applied` together) and openraft re-applies
+        // the committed entries after it. Snapshots force durability before the log is purged.
+        tx.set_durability(redb::Durability::None).map_err(|e| write(&e))?;
         let mut responses = Vec::new();
         let mut events = Vec::new();
         let mut compact_to = None;
@@ -373,6 +377,15 @@ impl std::fmt::Debug for SnapshotBuilder {
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let read = |e: &dyn std::fmt::Display| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e);
+        // Make every applied entry durable before openraft may purge the log behind the snapshot.
+        let flush = self.db.begin_write().map_err(|e| read(&e))?;
+        {
+            let mut meta = flush.open_table(SM_META).map_err(|e| read(&e))?;
+            let stamp = time::OffsetDateTime::now_utc().unix_timestamp();
+            meta.insert("flushed_at", encode(&stamp).as_slice())
+                .map_err(|e| read(&e))?;
+        }
+        flush.commit().map_err(|e| read(&e))?;
         let tx = self.db.begin_read().map_err(|e| read(&e))?;
         let meta_table = tx.open_table(SM_META).map_err(|e| read(&e))?;
         let get = |name: &str| -> Result<Option<Vec<u8>>, StorageError> {

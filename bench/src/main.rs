@@ -1,0 +1,345 @@
+//! `skiff-bench`: the measurements behind `cargo xtask bench`. Prints one JSON document of results.
+//!
+//! - `skiff-bench store --etcd PATH`: puts/s and latency percentiles for 256-byte values at 1 and
+//!   64 concurrent writers, fsync on, for Skiff's store and for etcd (single member on loopback,
+//!   driven through its gRPC KV API by the same harness).
+//! - `skiff-bench api --control PATH`: ConfigMap creates/s and latency percentiles through HTTPS
+//!   with 1 and 64 clients, and skiff-control's RSS idle and after the load.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+
+mod etcd {
+    #![allow(missing_docs, missing_debug_implementations, clippy::all)]
+    tonic::include_proto!("etcdserverpb");
+}
+
+const VALUE_SIZE: usize = 256;
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Latency summary of one run.
+fn summary(name: &str, concurrency: usize, total: usize, elapsed: Duration, mut lat: Vec<Duration>) -> Value {
+    lat.sort();
+    let pct = |p: f64| {
+        let i = ((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1;
+        lat[i].as_secs_f64() * 1000.0
+    };
+    json!({
+        "system": name,
+        "concurrency": concurrency,
+        "ops": total,
+        "ops_per_sec": (total as f64 / elapsed.as_secs_f64()).round() as u64,
+        "p50_ms": (pct(0.50) * 1000.0).round() / 1000.0,
+        "p99_ms": (pct(0.99) * 1000.0).round() / 1000.0,
+    })
+}
+
+/// Runs `op(i)` for i in 0..total with `concurrency` workers; returns (elapsed, latencies).
+async fn drive<F, Fut>(total: usize, concurrency: usize, op: F) -> anyhow::Result<(Duration, Vec<Duration>)>
+where
+    F: Fn(usize, usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let next = Arc::new(AtomicUsize::new(0));
+    let op = Arc::new(op);
+    let start = Instant::now();
+    let mut workers = Vec::new();
+    for w in 0..concurrency {
+        let (next, op) = (next.clone(), op.clone());
+        workers.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    return Ok::<_, anyhow::Error>(lat);
+                }
+                let t = Instant::now();
+                op(w, i).await?;
+                lat.push(t.elapsed());
+            }
+        }));
+    }
+    let mut all = Vec::with_capacity(total);
+    for w in workers {
+        all.extend(w.await??);
+    }
+    Ok((start.elapsed(), all))
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn bench_skiff_store(runs: &[(usize, usize)]) -> anyhow::Result<Vec<Value>> {
+    use skiff_control::store::{Store, StoreConfig};
+    let mut out = Vec::new();
+    for &(concurrency, total) in runs {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(StoreConfig::single(dir.path().to_owned(), "127.0.0.1:0".parse()?)).await?;
+        let s = store.clone();
+        let value = Arc::new(vec![b'x'; VALUE_SIZE]);
+        let (elapsed, lat) = drive(total, concurrency, move |_, i| {
+            let (s, value) = (s.clone(), value.clone());
+            async move {
+                s.create(&format!("/bench/{i:08}"), value.to_vec()).await?;
+                Ok(())
+            }
+        })
+        .await?;
+        out.push(summary("skiff-store", concurrency, total, elapsed, lat));
+        store.shutdown().await;
+    }
+    Ok(out)
+}
+
+async fn bench_etcd(etcd: &Path, runs: &[(usize, usize)]) -> anyhow::Result<Vec<Value>> {
+    let mut out = Vec::new();
+    for &(concurrency, total) in runs {
+        let dir = tempfile::tempdir()?;
+        let (client_port, peer_port) = (free_port()?, free_port()?);
+        let client_url = format!("http://127.0.0.1:{client_port}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let _etcd = Killed(
+            Command::new(etcd)
+                .args(["--name", "bench", "--data-dir"])
+                .arg(dir.path())
+                .args([
+                    "--listen-client-urls",
+                    &client_url,
+                    "--advertise-client-urls",
+                    &client_url,
+                ])
+                .args([
+                    "--listen-peer-urls",
+                    &peer_url,
+                    "--initial-advertise-peer-urls",
+                    &peer_url,
+                ])
+                .args([
+                    "--initial-cluster",
+                    &format!("bench={peer_url}"),
+                    "--log-level",
+                    "error",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting etcd")?,
+        );
+        let channel = {
+            let mut tries = 0;
+            loop {
+                match tonic::transport::Channel::from_shared(client_url.clone())?
+                    .connect()
+                    .await
+                {
+                    Ok(c) => break c,
+                    Err(_) if tries < 100 => {
+                        tries += 1;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Err(e) => bail!("etcd did not come up: {e}"),
+                }
+            }
+        };
+        let probe = etcd::kv_client::KvClient::new(channel.clone());
+        // Wait until etcd has a leader and takes writes.
+        for _ in 0..100 {
+            let put = etcd::PutRequest {
+                key: b"/ready".to_vec(),
+                value: vec![],
+                ..Default::default()
+            };
+            if probe.clone().put(put).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let clients: Arc<Vec<_>> = Arc::new(
+            (0..concurrency)
+                .map(|_| etcd::kv_client::KvClient::new(channel.clone()))
+                .collect(),
+        );
+        let value = Arc::new(vec![b'x'; VALUE_SIZE]);
+        let (elapsed, lat) = drive(total, concurrency, move |w, i| {
+            let (mut c, value) = (clients[w].clone(), value.clone());
+            async move {
+                let put = etcd::PutRequest {
+                    key: format!("/bench/{i:08}").into_bytes(),
+                    value: value.to_vec(),
+                    ..Default::default()
+                };
+                c.put(put).await?;
+                Ok(())
+            }
+        })
+        .await?;
+        out.push(summary("etcd-3.4", concurrency, total, elapsed, lat));
+    }
+    Ok(out)
+}
+
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no VmRSS")
+}
+
+type HttpsClient = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    http_body_util::Full<bytes::Bytes>,
+>;
+
+fn https_client(kubeconfig: &Path) -> anyhow::Result<(HttpsClient, String)> {
+    use base64::Engine;
+    let kc: Value = serde_yaml::from_str(&std::fs::read_to_string(kubeconfig)?)?;
+    let b64 = |v: &Value| -> anyhow::Result<Vec<u8>> {
+        Ok(base64::engine::general_purpose::STANDARD
+            .decode(v.as_str().context("missing kubeconfig field")?)?)
+    };
+    let server = kc["clusters"][0]["cluster"]["server"]
+        .as_str()
+        .context("server")?
+        .to_owned();
+    let ca = b64(&kc["clusters"][0]["cluster"]["certificate-authority-data"])?;
+    let cert = b64(&kc["users"][0]["user"]["client-certificate-data"])?;
+    let key = b64(&kc["users"][0]["user"]["client-key-data"])?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut ca.as_slice()) {
+        roots.add(c?)?;
+    }
+    let certs = rustls_pemfile::certs(&mut cert.as_slice()).collect::<Result<Vec<_>, _>>()?;
+    let key = rustls_pemfile::private_key(&mut key.as_slice())?.context("no client key")?;
+    let config =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(certs, key)?;
+    // Like Go's net/http (and so kubectl), send small writes at once.
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_only()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    let client =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(https);
+    Ok((client, server))
+}
+
+async fn bench_api(control: &Path, runs: &[(usize, usize)]) -> anyhow::Result<Value> {
+    let dir = tempfile::tempdir()?;
+    let (port, raft) = (free_port()?, free_port()?);
+    let child = Command::new(control)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--raft-listen",
+            &format!("127.0.0.1:{raft}"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting skiff-control")?;
+    let pid = child.id();
+    let _guard = Killed(child);
+    let kubeconfig = dir.path().join("admin.kubeconfig");
+    for _ in 0..200 {
+        if kubeconfig.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (probe, server) = https_client(&kubeconfig)?;
+    for _ in 0..200 {
+        let req = hyper::Request::get(format!("{server}/readyz")).body(Default::default())?;
+        if probe.request(req).await.is_ok_and(|r| r.status().is_success()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle = rss_kib(pid)?;
+    let mut results = Vec::new();
+    for (round, &(concurrency, total)) in runs.iter().enumerate() {
+        let clients: Arc<Vec<HttpsClient>> = Arc::new(
+            (0..concurrency)
+                .map(|_| https_client(&kubeconfig).map(|c| c.0))
+                .collect::<Result<_, _>>()?,
+        );
+        let url = Arc::new(format!("{server}/api/v1/namespaces/default/configmaps"));
+        let (elapsed, lat) = drive(total, concurrency, move |w, i| {
+            let (client, url) = (clients[w].clone(), url.clone());
+            async move {
+                let body = json!({
+                    "apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": format!("bench-{round}-{i:06}"), "labels": {"bench": "api"}},
+                    "data": {"payload": "x".repeat(VALUE_SIZE)},
+                });
+                let req = hyper::Request::post(url.as_str())
+                    .header("content-type", "application/json")
+                    .body(http_body_util::Full::new(bytes::Bytes::from(body.to_string())))?;
+                let resp = client.request(req).await?;
+                if resp.status() != 201 {
+                    bail!("create returned {}", resp.status());
+                }
+                Ok(())
+            }
+        })
+        .await?;
+        results.push(summary("skiff-control", concurrency, total, elapsed, lat));
+    }
+    let after = rss_kib(pid)?;
+    Ok(json!({"creates": results, "rss_idle_kib": idle, "rss_after_kib": after}))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let flag = |name: &str| -> Option<PathBuf> {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .map(PathBuf::from)
+    };
+    let result = match args.get(1).map(String::as_str) {
+        Some("store") => {
+            let etcd = flag("--etcd").context("--etcd PATH is required")?;
+            let runs = [(1, 2_000), (64, 20_000)];
+            let mut all = bench_skiff_store(&runs).await?;
+            all.extend(bench_etcd(&etcd, &runs).await?);
+            json!({"store": all})
+        }
+        Some("api") => {
+            let control = flag("--control").context("--control PATH is required")?;
+            json!({"api": bench_api(&control, &[(1, 10_000), (64, 10_000)]).await?})
+        }
+        _ => bail!("usage: skiff-bench store --etcd PATH | api --control PATH"),
+    };
+    println!("{}", serde_json::to_string_pretty(&result)?);
+    Ok(())
+}
