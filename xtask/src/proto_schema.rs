@@ -24,6 +24,7 @@ const PACKAGES: &[&str] = &[
     "apimachinery/pkg/api/resource",
     "apimachinery/pkg/util/intstr",
     "apimachinery/pkg/runtime",
+    "apiextensions_apiserver/pkg/apis/apiextensions/v1",
 ];
 
 /// Second and later words that upstream writes as initialisms.
@@ -44,6 +45,45 @@ const INITIALISMS: &[(&str, &str)] = &[
     ("url", "URL"),
     ("dns", "DNS"),
 ];
+
+/// Upstream's JSON field names, keyed by their letters lowercased (`podips` -> `podIPs`), read
+/// from k8s-openapi's serde code, which carries them exactly.
+type JsonNames = std::collections::HashMap<String, String>;
+
+fn normalize(name: &str) -> String {
+    name.trim_start_matches("r#")
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .map(|c| c.to_ascii_lowercase())
+        .collect()
+}
+
+fn read_json_names(dir: &Path, out: &mut JsonNames) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            read_json_names(&path, out)?;
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            let src = std::fs::read_to_string(&path)?;
+            for line in src.lines() {
+                let line = line.trim();
+                if let Some((lit, rest)) = line.strip_prefix('"').and_then(|l| l.split_once('"'))
+                    && rest.trim_start().starts_with("=> Field::Key_")
+                {
+                    out.entry(normalize(lit)).or_insert_with(|| lit.to_owned());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn json_name_with(names: &JsonNames, snake: &str) -> String {
+    names
+        .get(&normalize(snake))
+        .cloned()
+        .unwrap_or_else(|| json_name(snake))
+}
 
 fn json_name(snake: &str) -> String {
     let snake = snake.trim_start_matches("r#");
@@ -103,6 +143,7 @@ fn scalar(kind: &str) -> Option<&'static str> {
         "bytes" => "Bytes",
         "bool" => "Bool",
         "int32" | "int64" | "uint32" | "uint64" => "Int",
+        "double" => "F64",
         _ => return None,
     })
 }
@@ -112,22 +153,71 @@ struct Field {
     name: String,
     kind: String,
     repeated: bool,
+    doc: Doc,
 }
 
-fn parse_file(module: &[String], src: &str, out: &mut Vec<(String, Vec<Field>)>) -> anyhow::Result<()> {
+/// A doc comment split into its text and upstream's `+marker=value` lines.
+#[derive(Default)]
+struct Doc {
+    text: Vec<String>,
+    markers: Vec<(String, String)>,
+}
+
+impl Doc {
+    fn add(&mut self, line: &str) {
+        let line = line.trim();
+        if let Some(marker) = line.strip_prefix('+') {
+            let (k, v) = marker.split_once('=').unwrap_or((marker, ""));
+            self.markers.push((k.trim().to_owned(), v.trim().to_owned()));
+        } else if !line.starts_with("---") {
+            self.text.push(line.to_owned());
+        }
+    }
+
+    fn marker(&self, name: &str) -> Option<&str> {
+        self.markers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn text(&self) -> String {
+        self.text.join("\n").trim().to_owned()
+    }
+}
+
+type Parsed = (String, Doc, Vec<Field>);
+
+fn parse_file(module: &[String], src: &str, names: &JsonNames, out: &mut Vec<Parsed>) -> anyhow::Result<()> {
     let lines: Vec<&str> = src.lines().collect();
     let mut i = 0;
-    let mut current: Option<(String, Vec<Field>)> = None;
+    let mut current: Option<Parsed> = None;
+    let mut doc = Doc::default();
     while i < lines.len() {
         let line = lines[i].trim();
+        if let Some(comment) = line.strip_prefix("///") {
+            doc.add(comment);
+            i += 1;
+            continue;
+        }
         if let Some(rest) = line.strip_prefix("pub struct ") {
-            let name = rest.trim_end_matches(" {").trim();
-            current = Some((format!("{}.{name}", module.join(".")), Vec::new()));
+            let empty = rest.ends_with("{}");
+            let name = rest.trim_end_matches("{}").trim_end_matches(" {").trim();
+            let parsed = (
+                format!("{}.{name}", module.join(".")),
+                std::mem::take(&mut doc),
+                Vec::new(),
+            );
+            if empty {
+                out.push(parsed);
+            } else {
+                current = Some(parsed);
+            }
         } else if line == "}" {
             if let Some(done) = current.take() {
                 out.push(done);
             }
-        } else if let (Some(attr), Some((_, fields))) = (line.strip_prefix("#[prost("), current.as_mut()) {
+        } else if let (Some(attr), Some((_, _, fields))) = (line.strip_prefix("#[prost("), current.as_mut()) {
             let attr = attr.trim_end_matches(")]");
             let tag: u32 = attr
                 .split("tag = \"")
@@ -189,23 +279,26 @@ fn parse_file(module: &[String], src: &str, out: &mut Vec<(String, Vec<Field>)>)
             };
             fields.push(Field {
                 tag,
-                name: json_name(fname.trim()),
+                name: json_name_with(names, fname.trim()),
                 kind,
                 repeated,
+                doc: std::mem::take(&mut doc),
             });
+        } else if !line.starts_with("#[") {
+            doc = Doc::default();
         }
         i += 1;
     }
     Ok(())
 }
 
-fn locate_k8s_pb() -> anyhow::Result<PathBuf> {
+fn locate(crate_dir: &str) -> anyhow::Result<PathBuf> {
     let home = std::env::var("CARGO_HOME")
         .map(PathBuf::from)
         .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo"));
     let src = home.join("registry").join("src");
     for index in std::fs::read_dir(&src).with_context(|| format!("reading {}", src.display()))? {
-        let candidate = index?.path().join("k8s-pb-0.9.0");
+        let candidate = index?.path().join(crate_dir);
         if candidate.exists() {
             return Ok(candidate);
         }
@@ -220,14 +313,19 @@ fn locate_k8s_pb() -> anyhow::Result<PathBuf> {
 pub fn generate(k8s_pb: Option<&Path>, out: &Path) -> anyhow::Result<()> {
     let root = match k8s_pb {
         Some(p) => p.to_owned(),
-        None => locate_k8s_pb()?,
+        None => locate("k8s-pb-0.9.0")?,
     };
+    let mut names = JsonNames::new();
+    read_json_names(
+        &locate("k8s-openapi-0.26.1")?.join("src").join("v1_34"),
+        &mut names,
+    )?;
     let mut messages = Vec::new();
     for pkg in PACKAGES {
         let file = root.join("src").join(pkg).join("mod.rs");
         let src = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
         let module: Vec<String> = pkg.split('/').map(str::to_owned).collect();
-        parse_file(&module, &src, &mut messages)?;
+        parse_file(&module, &src, &names, &mut messages)?;
     }
     messages.sort_by(|a, b| a.0.cmp(&b.0));
     let mut code = String::from(
@@ -237,16 +335,33 @@ pub fn generate(k8s_pb: Option<&Path>, out: &Path) -> anyhow::Result<()> {
          /// Every message the decoder knows, sorted by name.\n\
          pub static MESSAGES: &[Message] = &[\n",
     );
-    for (name, fields) in &messages {
+    for (name, doc, fields) in &messages {
         writeln!(
             code,
-            "    Message {{\n        name: \"{name}\",\n        fields: &["
+            "    Message {{\n        name: \"{name}\",\n        doc: {:?},\n        fields: &[",
+            doc.text()
         )?;
         for f in fields {
+            let keys: Vec<String> = f
+                .doc
+                .markers
+                .iter()
+                .filter(|(k, _)| k == "listMapKey")
+                .map(|(_, v)| format!("{v:?}"))
+                .collect();
             writeln!(
                 code,
-                "            Field {{ tag: {}, name: \"{}\", kind: {}, repeated: {} }},",
-                f.tag, f.name, f.kind, f.repeated
+                "            Field {{ tag: {}, name: \"{}\", kind: {}, repeated: {}, optional: {}, merge_key: {:?}, strategy: {:?}, list_type: {:?}, map_keys: &[{}], doc: {:?} }},",
+                f.tag,
+                f.name,
+                f.kind,
+                f.repeated,
+                f.doc.marker("optional").is_some(),
+                f.doc.marker("patchMergeKey").unwrap_or_default(),
+                f.doc.marker("patchStrategy").unwrap_or_default(),
+                f.doc.marker("listType").unwrap_or_default(),
+                keys.join(", "),
+                f.doc.text(),
             )?;
         }
         writeln!(code, "        ],\n    }},")?;

@@ -13,7 +13,8 @@ use serde_json::{Map, Value, json};
 use super::App;
 use super::handlers::{Call, create};
 use super::object::now;
-use super::patch::{ListStrategy, apply_strategic_patch, list_strategy};
+use super::patch::{Ctx, ListStrategy, apply_strategic_patch, list_strategy};
+use super::protobuf::Message;
 use super::status::ApiError;
 
 type Path = Vec<String>;
@@ -30,7 +31,30 @@ const IGNORED_META: &[&str] = &[
     "selfLink",
 ];
 
-fn collect(value: &Value, path: &mut Path, names: &mut Vec<String>, out: &mut FieldSet) {
+/// How server-side apply identifies list items: by key fields, by value, or not at all.
+enum ListKind {
+    Map(Vec<&'static str>),
+    Set,
+    Atomic,
+}
+
+fn list_kind(ctx: Ctx, names: &[String], field: &str) -> ListKind {
+    if let Some(f) = ctx.field(field) {
+        match f.list_type {
+            "map" if !f.map_keys.is_empty() => return ListKind::Map(f.map_keys.to_vec()),
+            "set" => return ListKind::Set,
+            "atomic" => return ListKind::Atomic,
+            _ => {}
+        }
+    }
+    match list_strategy(ctx, names, field) {
+        ListStrategy::MergeKey(key) => ListKind::Map(vec![key]),
+        ListStrategy::PrimitiveSet => ListKind::Set,
+        ListStrategy::Replace => ListKind::Atomic,
+    }
+}
+
+fn collect(value: &Value, ctx: Ctx, path: &mut Path, names: &mut Vec<String>, out: &mut FieldSet) {
     match value {
         Value::Object(map) if !map.is_empty() => {
             for (k, v) in map {
@@ -42,10 +66,10 @@ fn collect(value: &Value, path: &mut Path, names: &mut Vec<String>, out: &mut Fi
                 }
                 path.push(format!("f:{k}"));
                 match v {
-                    Value::Array(items) => collect_list(items, path, names, k, out),
+                    Value::Array(items) => collect_list(items, ctx, path, names, k, out),
                     _ => {
                         names.push(k.clone());
-                        collect(v, path, names, out);
+                        collect(v, ctx.child(k), path, names, out);
                         names.pop();
                     }
                 }
@@ -58,52 +82,53 @@ fn collect(value: &Value, path: &mut Path, names: &mut Vec<String>, out: &mut Fi
     }
 }
 
-fn collect_list(items: &[Value], path: &mut Path, names: &mut Vec<String>, field: &str, out: &mut FieldSet) {
-    match list_strategy(names, field) {
-        ListStrategy::MergeKey(key) => {
+fn collect_list(
+    items: &[Value],
+    ctx: Ctx,
+    path: &mut Path,
+    names: &mut Vec<String>,
+    field: &str,
+    out: &mut FieldSet,
+) {
+    match list_kind(ctx, names, field) {
+        ListKind::Map(keys) => {
+            let item_ctx = ctx.items(field);
             names.push(field.to_owned());
             for item in items {
                 let mut k = Map::new();
-                k.insert(key.to_owned(), item[key].clone());
+                let mut sorted = keys.clone();
+                sorted.sort_unstable();
+                for key in sorted {
+                    if let Some(v) = item.get(key) {
+                        k.insert(key.to_owned(), v.clone());
+                    }
+                }
                 path.push(format!("k:{}", Value::Object(k)));
                 let mut marker = path.clone();
                 marker.push(".".into());
                 out.insert(marker);
-                if let Value::Object(m) = item {
-                    for (ik, iv) in m {
-                        path.push(format!("f:{ik}"));
-                        match iv {
-                            Value::Array(inner) => collect_list(inner, path, names, ik, out),
-                            _ => {
-                                names.push(ik.clone());
-                                collect(iv, path, names, out);
-                                names.pop();
-                            }
-                        }
-                        path.pop();
-                    }
-                }
+                collect(item, item_ctx, path, names, out);
                 path.pop();
             }
             names.pop();
         }
-        ListStrategy::PrimitiveSet => {
+        ListKind::Set => {
             for item in items {
                 path.push(format!("v:{item}"));
                 out.insert(path.clone());
                 path.pop();
             }
         }
-        ListStrategy::Replace => {
+        ListKind::Atomic => {
             out.insert(path.clone());
         }
     }
 }
 
 /// The fields an applied configuration sets.
-fn field_set(obj: &Value) -> FieldSet {
+fn field_set(obj: &Value, root: Option<&'static Message>) -> FieldSet {
     let mut out = FieldSet::new();
-    collect(obj, &mut Vec::new(), &mut Vec::new(), &mut out);
+    collect(obj, Ctx::root(root), &mut Vec::new(), &mut Vec::new(), &mut out);
     out
 }
 
@@ -241,7 +266,7 @@ pub fn apply(call: &Call, base: &Value, patch: &Value) -> Result<Value, ApiError
             "the applied configuration must be an object",
         ));
     }
-    let ours = field_set(patch);
+    let ours = field_set(patch, call.info.schema());
     let av = call.info.api_version();
     let mut entries: Vec<Value> = base["metadata"]["managedFields"]
         .as_array()
@@ -307,7 +332,8 @@ pub fn apply(call: &Call, base: &Value, patch: &Value) -> Result<Value, ApiError
         m.remove("managedFields");
         m.remove("resourceVersion");
     }
-    let mut merged = apply_strategic_patch(&result, &clean).map_err(ApiError::bad_request)?;
+    let mut merged =
+        apply_strategic_patch(&result, &clean, call.info.schema()).map_err(ApiError::bad_request)?;
     entries.retain(|e| !(e["manager"] == manager.as_str() && e["operation"] == "Apply"));
     entries.retain(|e| e["fieldsV1"].as_object().is_some_and(|m| !m.is_empty()));
     entries.push(json!({

@@ -15,7 +15,7 @@ use super::admission;
 use super::object::{
     finalizers, from_kv, generate_name, meta_str, new_uid, now, set_resource_version, to_stored,
 };
-use super::patch::{PatchType, apply_json_patch, apply_merge_patch, apply_strategic_patch};
+use super::patch::{Ctx, PatchType, apply_json_patch, apply_merge_patch, apply_strategic_patch};
 use super::registry::ResourceInfo;
 use super::selector::{FieldSelector, LabelSelector};
 use super::status::{ApiError, Target, success};
@@ -191,66 +191,53 @@ fn check_namespace(call: &Call, obj: &mut Value) -> Result<()> {
     Ok(())
 }
 
-const KNOWN_TOP: &[&str] = &["apiVersion", "kind", "metadata", "spec", "status"];
-const KNOWN_META: &[&str] = &[
-    "name",
-    "generateName",
-    "namespace",
-    "selfLink",
-    "uid",
-    "resourceVersion",
-    "generation",
-    "creationTimestamp",
-    "deletionTimestamp",
-    "deletionGracePeriodSeconds",
-    "labels",
-    "annotations",
-    "ownerReferences",
-    "finalizers",
-    "managedFields",
-];
+/// Collects the paths of fields the schema does not know, below `ctx`.
+fn unknown_fields(value: &Value, ctx: Ctx, path: &str, out: &mut Vec<String>) {
+    match (value, ctx) {
+        (Value::Object(map), Ctx::Msg(_)) => {
+            for (k, v) in map {
+                let here = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                if ctx.field(k).is_none() && !(path.is_empty() && (k == "apiVersion" || k == "kind")) {
+                    out.push(format!("unknown field \"{here}\""));
+                    continue;
+                }
+                match v {
+                    Value::Array(items) => {
+                        let item_ctx = ctx.items(k);
+                        for (i, item) in items.iter().enumerate() {
+                            unknown_fields(item, item_ctx, &format!("{here}[{i}]"), out);
+                        }
+                    }
+                    _ => unknown_fields(v, ctx.child(k), &here, out),
+                }
+            }
+        }
+        (Value::Object(map), Ctx::MapOf(Some(_))) => {
+            for (k, v) in map {
+                unknown_fields(v, ctx.child(k), &format!("{path}.{k}"), out);
+            }
+        }
+        _ => {}
+    }
+}
 
-/// Under `fieldValidation=Strict`, rejects fields the kind does not have (top level and metadata).
+/// Under `fieldValidation=Strict`, rejects fields the kind's schema does not have, at any depth.
 fn check_unknown_fields(call: &Call, obj: &Value) -> Result<()> {
-    if !call.strict() || call.info.crd.is_some() {
+    if !call.strict() {
         return Ok(());
     }
-    let extra_top: &[&str] = match call.info.kind.as_str() {
-        "ConfigMap" => &["data", "binaryData", "immutable"],
-        "Secret" => &["data", "stringData", "type", "immutable"],
-        "Endpoints" => &["subsets"],
-        "EndpointSlice" => &["addressType", "endpoints", "ports"],
-        "Event" => &[
-            "involvedObject",
-            "reason",
-            "message",
-            "source",
-            "firstTimestamp",
-            "lastTimestamp",
-            "count",
-            "type",
-            "eventTime",
-            "series",
-            "action",
-            "related",
-            "reportingComponent",
-            "reportingInstance",
-        ],
-        "ServiceAccount" => &["secrets", "imagePullSecrets", "automountServiceAccountToken"],
-        "ControllerRevision" => &["data", "revision"],
-        _ => &[],
+    let root = if call.sub.as_deref() == Some("scale") {
+        super::protobuf::message_for("autoscaling/v1", "Scale")
+    } else {
+        call.info.schema()
     };
+    let Some(root) = root else { return Ok(()) };
     let mut unknown = Vec::new();
-    for k in obj.as_object().into_iter().flat_map(|m| m.keys()) {
-        if !KNOWN_TOP.contains(&k.as_str()) && !extra_top.contains(&k.as_str()) {
-            unknown.push(format!("unknown field \"{k}\""));
-        }
-    }
-    for k in obj["metadata"].as_object().into_iter().flat_map(|m| m.keys()) {
-        if !KNOWN_META.contains(&k.as_str()) {
-            unknown.push(format!("unknown field \"metadata.{k}\""));
-        }
-    }
+    unknown_fields(obj, Ctx::Msg(root), "", &mut unknown);
     if unknown.is_empty() {
         Ok(())
     } else {
@@ -816,7 +803,14 @@ pub async fn patch(app: &App, call: &Call, body: &[u8]) -> Result<Response> {
                 apply_json_patch(&base, &patch).map_err(|e| ApiError::new(422, "Invalid", e))?
             }
             PatchType::Merge => apply_merge_patch(&base, &patch),
-            PatchType::Strategic => apply_strategic_patch(&base, &patch).map_err(ApiError::bad_request)?,
+            PatchType::Strategic => {
+                let root = if call.sub.as_deref() == Some("scale") {
+                    super::protobuf::message_for("autoscaling/v1", "Scale")
+                } else {
+                    call.info.schema()
+                };
+                apply_strategic_patch(&base, &patch, root).map_err(ApiError::bad_request)?
+            }
             PatchType::Apply => super::apply::apply(call, &base, &patch)?,
         };
         check_unknown_fields(call, &patched)?;

@@ -7,7 +7,7 @@ mod discovery;
 pub mod handlers;
 pub mod object;
 mod patch;
-mod protobuf;
+pub mod protobuf;
 pub mod registry;
 pub mod selector;
 pub mod server;

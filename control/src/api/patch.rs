@@ -8,6 +8,8 @@
 
 use serde_json::{Map, Value};
 
+use super::protobuf::{Field, Message};
+
 /// The PATCH content types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PatchType {
@@ -57,44 +59,94 @@ pub(crate) enum ListStrategy {
     Replace,
 }
 
-/// Upstream's patch strategy for a list field, given the field names leading to it.
-pub(crate) fn list_strategy(path: &[String], field: &str) -> ListStrategy {
+/// The type context of a value being merged: a message from the schema, a map whose values are
+/// messages, or unknown (custom resources, fields outside the schema).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Ctx {
+    Msg(&'static Message),
+    MapOf(Option<&'static Message>),
+    Unknown,
+}
+
+impl Ctx {
+    /// The root context for a kind.
+    pub(crate) fn root(root: Option<&'static Message>) -> Self {
+        root.map_or(Ctx::Unknown, Ctx::Msg)
+    }
+
+    /// The schema field for `key`, when this is a message.
+    pub(crate) fn field(self, key: &str) -> Option<&'static Field> {
+        match self {
+            Ctx::Msg(m) => m.field(key),
+            _ => None,
+        }
+    }
+
+    /// The context of the value at `key`.
+    pub(crate) fn child(self, key: &str) -> Ctx {
+        match self {
+            Ctx::Msg(m) => match m.field(key) {
+                Some(f) if f.is_map() => Ctx::MapOf(f.message()),
+                Some(f) => f.message().map_or(Ctx::Unknown, Ctx::Msg),
+                None => Ctx::Unknown,
+            },
+            Ctx::MapOf(Some(m)) => Ctx::Msg(m),
+            _ => Ctx::Unknown,
+        }
+    }
+
+    /// The context of a list's items.
+    pub(crate) fn items(self, key: &str) -> Ctx {
+        match self.field(key).and_then(Field::message) {
+            Some(m) => Ctx::Msg(m),
+            None => Ctx::Unknown,
+        }
+    }
+}
+
+/// Upstream's patch strategy for the list at `field`: from the schema's `patchStrategy` and
+/// `patchMergeKey`, or for values without a schema from the field's name.
+pub(crate) fn list_strategy(ctx: Ctx, path: &[String], field: &str) -> ListStrategy {
+    if let Ctx::Msg(_) = ctx {
+        return match ctx.field(field) {
+            Some(f) if f.strategy.split(',').any(|s| s == "merge") && !f.merge_key.is_empty() => {
+                ListStrategy::MergeKey(f.merge_key)
+            }
+            Some(f) if f.strategy.split(',').any(|s| s == "merge") => ListStrategy::PrimitiveSet,
+            _ => ListStrategy::Replace,
+        };
+    }
     let in_container = path
         .iter()
         .any(|p| p == "containers" || p == "initContainers" || p == "ephemeralContainers");
     match field {
-        "containers"
-        | "initContainers"
-        | "ephemeralContainers"
-        | "env"
-        | "volumes"
-        | "imagePullSecrets"
-        | "resourceClaims"
-        | "schedulingGates" => ListStrategy::MergeKey("name"),
+        "containers" | "initContainers" | "ephemeralContainers" | "env" | "volumes" | "imagePullSecrets" => {
+            ListStrategy::MergeKey("name")
+        }
         "volumeMounts" => ListStrategy::MergeKey("mountPath"),
-        "volumeDevices" => ListStrategy::MergeKey("devicePath"),
         "ports" if in_container => ListStrategy::MergeKey("containerPort"),
-        "ports" if path.last().is_some_and(|p| p == "spec") => ListStrategy::MergeKey("port"),
-        "hostAliases" => ListStrategy::MergeKey("ip"),
         "conditions" => ListStrategy::MergeKey("type"),
-        "addresses" if path.last().is_some_and(|p| p == "status") => ListStrategy::MergeKey("type"),
         "ownerReferences" => ListStrategy::MergeKey("uid"),
-        "topologySpreadConstraints" => ListStrategy::MergeKey("topologyKey"),
         "finalizers" if path.last().is_some_and(|p| p == "metadata") => ListStrategy::PrimitiveSet,
         _ => ListStrategy::Replace,
     }
 }
 
-/// Applies a strategic merge patch to `target`.
-pub fn apply_strategic_patch(target: &Value, patch: &Value) -> Result<Value, String> {
+/// Applies a strategic merge patch to `target`, merging lists as the kind's schema (`root`) says.
+pub fn apply_strategic_patch(
+    target: &Value,
+    patch: &Value,
+    root: Option<&'static Message>,
+) -> Result<Value, String> {
     let mut path = Vec::new();
-    merge_value(Some(target), patch, &mut path).map(|v| v.unwrap_or(Value::Null))
+    merge_value(Some(target), patch, Ctx::root(root), &mut path).map(|v| v.unwrap_or(Value::Null))
 }
 
 /// Merges `patch` into `target`; `None` means "delete this value".
 fn merge_value(
     target: Option<&Value>,
     patch: &Value,
+    ctx: Ctx,
     path: &mut Vec<String>,
 ) -> Result<Option<Value>, String> {
     match patch {
@@ -114,7 +166,7 @@ fn merge_value(
                 Some(Value::Object(t)) => t.clone(),
                 _ => Map::new(),
             };
-            merge_map(base, p, path).map(|m| Some(Value::Object(m)))
+            merge_map(base, p, ctx, path).map(|m| Some(Value::Object(m)))
         }
         other => Ok(Some(other.clone())),
     }
@@ -123,6 +175,7 @@ fn merge_value(
 fn merge_map(
     mut out: Map<String, Value>,
     patch: &Map<String, Value>,
+    ctx: Ctx,
     path: &mut Vec<String>,
 ) -> Result<Map<String, Value>, String> {
     if let Some(keep) = patch.get("$retainKeys").and_then(Value::as_array) {
@@ -142,12 +195,12 @@ fn merge_map(
         let current = out.get(key);
         let merged = match (current, pv) {
             (Some(Value::Array(cur)), Value::Array(items)) => {
-                Some(Value::Array(merge_list(cur, items, path, key)?))
+                Some(Value::Array(merge_list(cur, items, ctx, path, key)?))
             }
-            (None, Value::Array(items)) => Some(Value::Array(merge_list(&[], items, path, key)?)),
+            (None, Value::Array(items)) => Some(Value::Array(merge_list(&[], items, ctx, path, key)?)),
             _ => {
                 path.push(key.clone());
-                let merged = merge_value(current, pv, path);
+                let merged = merge_value(current, pv, ctx.child(key), path);
                 path.pop();
                 merged?
             }
@@ -167,10 +220,11 @@ fn merge_map(
 fn merge_list(
     current: &[Value],
     patch: &[Value],
+    ctx: Ctx,
     path: &mut Vec<String>,
     field: &str,
 ) -> Result<Vec<Value>, String> {
-    match list_strategy(path, field) {
+    match list_strategy(ctx, path, field) {
         ListStrategy::Replace => Ok(patch.iter().cloned().map(strip_directives).collect()),
         ListStrategy::PrimitiveSet => {
             let mut out = current.to_vec();
@@ -192,6 +246,7 @@ fn merge_list(
                     .map(strip_directives);
                 return Ok(items.collect());
             }
+            let item_ctx = ctx.items(field);
             let mut out = current.to_vec();
             path.push(field.to_owned());
             for item in patch {
@@ -209,12 +264,12 @@ fn merge_list(
                     }
                     (None, true) => {}
                     (Some(i), false) => {
-                        if let Some(v) = merge_value(Some(&out[i]), item, path)? {
+                        if let Some(v) = merge_value(Some(&out[i]), item, item_ctx, path)? {
                             out[i] = v;
                         }
                     }
                     (None, false) => {
-                        if let Some(v) = merge_value(None, item, path)? {
+                        if let Some(v) = merge_value(None, item, item_ctx, path)? {
                             out.push(v);
                         }
                     }
@@ -245,6 +300,18 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn pod_schema() -> Option<&'static Message> {
+        super::super::protobuf::message_for("v1", "Pod")
+    }
+
+    #[test]
+    fn container_ports_merge_by_container_port_from_the_schema() {
+        let pod = json!({"spec": {"containers": [{"name": "a", "ports": [{"containerPort": 80}]}]}});
+        let patch = json!({"spec": {"containers": [{"name": "a", "ports": [{"containerPort": 81}]}]}});
+        let out = apply_strategic_patch(&pod, &patch, pod_schema()).unwrap();
+        assert_eq!(out["spec"]["containers"][0]["ports"].as_array().unwrap().len(), 2);
+    }
+
     #[test]
     fn containers_merge_by_name_and_env_by_name() {
         let pod = json!({"spec": {"containers": [
@@ -255,7 +322,7 @@ mod tests {
             "$setElementOrder/containers": [{"name": "a"}, {"name": "b"}],
             "containers": [{"name": "a", "image": "x:2", "env": [{"name": "B", "value": "2"}]}]
         }});
-        let out = apply_strategic_patch(&pod, &patch).unwrap();
+        let out = apply_strategic_patch(&pod, &patch, pod_schema()).unwrap();
         assert_eq!(out["spec"]["containers"][0]["image"], "x:2");
         assert_eq!(out["spec"]["containers"][0]["env"].as_array().unwrap().len(), 2);
         assert_eq!(out["spec"]["containers"][1]["image"], "y:1");
@@ -267,7 +334,8 @@ mod tests {
                          "spec": {"ports": [{"port": 80}, {"port": 443}]}});
         let patch = json!({"metadata": {"labels": {"a": null}, "$deleteFromPrimitiveList/finalizers": ["x"]},
                            "spec": {"ports": [{"port": 443, "$patch": "delete"}]}});
-        let out = apply_strategic_patch(&obj, &patch).unwrap();
+        let out = apply_strategic_patch(&obj, &patch, super::super::protobuf::message_for("v1", "Service"))
+            .unwrap();
         assert_eq!(out["metadata"]["labels"], json!({"b": "2"}));
         assert_eq!(out["metadata"]["finalizers"], json!(["y"]));
         assert_eq!(out["spec"]["ports"], json!([{"port": 80}]));
@@ -276,7 +344,7 @@ mod tests {
     #[test]
     fn unkeyed_lists_are_replaced() {
         let obj = json!({"spec": {"tolerations": [{"key": "a"}], "args": ["1"]}});
-        let out = apply_strategic_patch(&obj, &json!({"spec": {"args": ["2"]}})).unwrap();
+        let out = apply_strategic_patch(&obj, &json!({"spec": {"args": ["2"]}}), pod_schema()).unwrap();
         assert_eq!(out["spec"]["args"], json!(["2"]));
         assert_eq!(out["spec"]["tolerations"], json!([{"key": "a"}]));
     }

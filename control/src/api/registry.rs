@@ -66,6 +66,14 @@ impl ResourceInfo {
         }
     }
 
+    /// The schema of the kind, for built-in kinds (custom resources have their CRD's schema).
+    pub fn schema(&self) -> Option<&'static super::protobuf::Message> {
+        if self.crd.is_some() {
+            return None;
+        }
+        super::protobuf::message_for(&self.api_version(), &self.kind)
+    }
+
     /// Whether `sub` is served for this resource.
     pub fn has_subresource(&self, sub: &str) -> bool {
         self.subresources.iter().any(|s| s == sub)

@@ -24,6 +24,8 @@ pub enum Kind {
     Bool,
     /// Varint integer (int32, int64, enumerations).
     Int,
+    /// 64-bit float.
+    F64,
     /// An embedded message, by full name.
     Message(&'static str),
     /// A map (repeated key/value entries).
@@ -41,6 +43,18 @@ pub struct Field {
     pub kind: Kind,
     /// Whether the field repeats (a JSON array).
     pub repeated: bool,
+    /// Upstream marks the field `+optional`.
+    pub optional: bool,
+    /// `x-kubernetes-patch-merge-key` ("" when none).
+    pub merge_key: &'static str,
+    /// `x-kubernetes-patch-strategy` (`merge`, `retainKeys`, `merge,retainKeys` or "").
+    pub strategy: &'static str,
+    /// `x-kubernetes-list-type` (`atomic`, `set`, `map` or "").
+    pub list_type: &'static str,
+    /// `x-kubernetes-list-map-keys`.
+    pub map_keys: &'static [&'static str],
+    /// Upstream's field documentation.
+    pub doc: &'static str,
 }
 
 /// One message type.
@@ -48,8 +62,61 @@ pub struct Field {
 pub struct Message {
     /// Full name, e.g. `api.core.v1.Pod`.
     pub name: &'static str,
+    /// Upstream's type documentation.
+    pub doc: &'static str,
     /// Its fields.
     pub fields: &'static [Field],
+}
+
+impl Message {
+    /// The field with this JSON name.
+    pub fn field(&self, name: &str) -> Option<&'static Field> {
+        // Messages live in a static table, so their fields are 'static too.
+        let fields: &'static [Field] = self.fields;
+        fields.iter().find(|f| f.name == name)
+    }
+
+    /// Whether values of this type are free-form JSON (CRD schemas, raw extensions), which have
+    /// no fixed fields to check or merge by.
+    pub fn is_open(&self) -> bool {
+        self.name.contains("JSONSchemaProps")
+            || self.name.ends_with(".JSON")
+            || self.name.ends_with("RawExtension")
+    }
+}
+
+impl Field {
+    /// The message type of the field's values (list items and map values included), unless it is
+    /// a scalar or one of the types with a scalar JSON form (Time, Quantity, IntOrString, ...).
+    pub fn message(&self) -> Option<&'static Message> {
+        let name = match self.kind {
+            Kind::Message(n) | Kind::Map(_, &Kind::Message(n)) => n,
+            _ => return None,
+        };
+        if is_scalar_message(name) {
+            return None;
+        }
+        message(name).filter(|m| !m.is_open())
+    }
+
+    /// Whether the field's JSON value is a map (object keyed by strings).
+    pub fn is_map(&self) -> bool {
+        matches!(self.kind, Kind::Map(..))
+    }
+}
+
+/// Messages whose JSON form is a scalar (or free-form JSON).
+fn is_scalar_message(name: &str) -> bool {
+    matches!(
+        name,
+        "apimachinery.pkg.apis.meta.v1.Time"
+            | "apimachinery.pkg.apis.meta.v1.MicroTime"
+            | "apimachinery.pkg.apis.meta.v1.Duration"
+            | "apimachinery.pkg.api.resource.Quantity"
+            | "apimachinery.pkg.util.intstr.IntOrString"
+            | "apimachinery.pkg.runtime.RawExtension"
+            | "apimachinery.pkg.apis.meta.v1.FieldsV1"
+    )
 }
 
 /// A malformed or unknown protobuf body.
@@ -61,7 +128,8 @@ fn err(m: impl Into<String>) -> ProtoError {
     ProtoError(m.into())
 }
 
-fn message(name: &str) -> Option<&'static Message> {
+/// The message type with this full name.
+pub fn message(name: &str) -> Option<&'static Message> {
     schema::MESSAGES
         .binary_search_by(|m| m.name.cmp(name))
         .ok()
@@ -72,11 +140,12 @@ fn message(name: &str) -> Option<&'static Message> {
 const MAGIC: &[u8] = b"k8s\0";
 
 /// The message that encodes `kind` in `apiVersion`.
-fn message_for(api_version: &str, kind: &str) -> Option<&'static Message> {
+pub fn message_for(api_version: &str, kind: &str) -> Option<&'static Message> {
     let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
     let package = match group {
         "" => format!("api.core.{version}"),
         "meta.k8s.io" => format!("apimachinery.pkg.apis.meta.{version}"),
+        "apiextensions.k8s.io" => format!("apiextensions_apiserver.pkg.apis.apiextensions.{version}"),
         g => format!("api.{}.{version}", g.split('.').next().unwrap_or(g)),
     };
     message(&format!("{package}.{kind}"))
@@ -120,8 +189,9 @@ impl<'a> Reader<'a> {
 /// A field value as read from the wire.
 enum Raw<'a> {
     Varint(u64),
-    /// A fixed-width value; no Kubernetes field uses one, so it is skipped.
-    Fixed,
+    Fixed64(u64),
+    /// A 32-bit value; no Kubernetes field uses one, so it is skipped.
+    Fixed32,
     Bytes(&'a [u8]),
 }
 
@@ -133,17 +203,16 @@ fn read_fields(buf: &[u8]) -> Result<Vec<(u32, Raw<'_>)>, ProtoError> {
         let tag = u32::try_from(key >> 3).map_err(|_| err("bad tag"))?;
         let raw = match key & 7 {
             0 => Raw::Varint(r.varint()?),
-            1 => {
-                r.take(8)?;
-                Raw::Fixed
-            }
+            1 => Raw::Fixed64(u64::from_le_bytes(
+                r.take(8)?.try_into().map_err(|_| err("fixed64"))?,
+            )),
             2 => {
                 let n = usize::try_from(r.varint()?).map_err(|_| err("length"))?;
                 Raw::Bytes(r.take(n)?)
             }
             5 => {
                 r.take(4)?;
-                Raw::Fixed
+                Raw::Fixed32
             }
             w => return Err(err(format!("unsupported wire type {w}"))),
         };
@@ -158,6 +227,7 @@ fn scalar(kind: Kind, raw: &Raw<'_>) -> Result<Value, ProtoError> {
         (Kind::Bytes, Raw::Bytes(b)) => json!(base64::engine::general_purpose::STANDARD.encode(b)),
         (Kind::Bool, Raw::Varint(v)) => json!(*v != 0),
         (Kind::Int, Raw::Varint(v)) => json!(*v as i64),
+        (Kind::F64, Raw::Fixed64(v)) => json!(f64::from_bits(*v)),
         (Kind::Message(name), Raw::Bytes(b)) => decode_message(name, b)?,
         _ => return Err(err("field has the wrong wire type")),
     })
