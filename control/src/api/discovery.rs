@@ -4,6 +4,7 @@
 
 use serde_json::{Value, json};
 
+use super::protobuf::{Kind, Message};
 use super::registry::Registry;
 
 /// `/version`.
@@ -119,7 +120,10 @@ pub fn openapi_v3_doc(registry: &Registry, group: &str, version: &str) -> Option
         {"name": "force", "in": "query", "schema": {"type": "boolean"}},
     ]);
     for r in &rs {
-        let schema_name = schema_name(group, version, &r.kind);
+        let schema_name = match r.schema() {
+            Some(root) => component_name(root.name),
+            None => schema_name(group, version, &r.kind),
+        };
         let reference = json!({"$ref": format!("#/components/schemas/{schema_name}")});
         let body = |types: &[&str]| {
             let content: serde_json::Map<String, Value> = types
@@ -161,6 +165,14 @@ pub fn openapi_v3_doc(registry: &Registry, group: &str, version: &str) -> Option
                 "delete": {"x-kubernetes-group-version-kind": ext, "x-kubernetes-action": "delete", "responses": {"200": {"description": "OK"}}},
             }),
         );
+        if let Some(root) = r.schema() {
+            // Built-in kinds: the full schema, from the same table the server validates with.
+            add_message_schemas(root, &mut schemas);
+            if let Some(root_schema) = schemas.get_mut(&schema_name) {
+                root_schema["x-kubernetes-group-version-kind"] = json!([ext]);
+            }
+            continue;
+        }
         let mut schema = crd_schema(r).unwrap_or_else(|| json!({"type": "object"}));
         schema["x-kubernetes-group-version-kind"] = json!([ext]);
         schema["description"] = json!(format!(
@@ -185,6 +197,83 @@ pub fn openapi_v3_doc(registry: &Registry, group: &str, version: &str) -> Option
         "paths": paths,
         "components": {"schemas": schemas},
     }))
+}
+
+/// The component name upstream uses for a message (`io.k8s.api.core.v1.Pod`).
+fn component_name(message: &str) -> String {
+    format!(
+        "io.k8s.{}",
+        message.replace("apiextensions_apiserver", "apiextensions-apiserver")
+    )
+}
+
+/// The JSON schema of one field's values (without list wrapping).
+fn value_schema(kind: Kind, defs: &mut serde_json::Map<String, Value>) -> Value {
+    match kind {
+        Kind::Str => json!({"type": "string"}),
+        Kind::Bytes => json!({"type": "string", "format": "byte"}),
+        Kind::Bool => json!({"type": "boolean"}),
+        Kind::Int => json!({"type": "integer", "format": "int64"}),
+        Kind::F64 => json!({"type": "number", "format": "double"}),
+        Kind::Map(_, v) => json!({"type": "object", "additionalProperties": value_schema(*v, defs)}),
+        Kind::Message(name) => match name {
+            "apimachinery.pkg.apis.meta.v1.Time" | "apimachinery.pkg.apis.meta.v1.MicroTime" => {
+                json!({"type": "string", "format": "date-time"})
+            }
+            "apimachinery.pkg.apis.meta.v1.Duration" => json!({"type": "string"}),
+            "apimachinery.pkg.api.resource.Quantity" => {
+                json!({"type": "string", "x-kubernetes-int-or-string": true})
+            }
+            "apimachinery.pkg.util.intstr.IntOrString" => json!({"x-kubernetes-int-or-string": true}),
+            "apimachinery.pkg.runtime.RawExtension" | "apimachinery.pkg.apis.meta.v1.FieldsV1" => {
+                json!({"type": "object"})
+            }
+            _ => match super::protobuf::message(name) {
+                Some(m) if !m.is_open() => {
+                    add_message_schemas(m, defs);
+                    json!({"allOf": [{"$ref": format!("#/components/schemas/{}", component_name(name))}]})
+                }
+                _ => json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}),
+            },
+        },
+    }
+}
+
+/// Adds the schema of `message` and every message it reaches to `defs`.
+fn add_message_schemas(message: &'static Message, defs: &mut serde_json::Map<String, Value>) {
+    let name = component_name(message.name);
+    if defs.contains_key(&name) {
+        return;
+    }
+    defs.insert(name.clone(), json!({}));
+    let mut properties = serde_json::Map::new();
+    for f in message.fields {
+        let mut prop = if f.repeated {
+            json!({"type": "array", "items": value_schema(f.kind, defs)})
+        } else {
+            value_schema(f.kind, defs)
+        };
+        if !f.doc.is_empty() {
+            prop["description"] = json!(f.doc);
+        }
+        for (key, value) in [
+            ("x-kubernetes-patch-merge-key", f.merge_key),
+            ("x-kubernetes-patch-strategy", f.strategy),
+            ("x-kubernetes-list-type", f.list_type),
+        ] {
+            if !value.is_empty() {
+                prop[key] = json!(value);
+            }
+        }
+        if !f.map_keys.is_empty() {
+            prop["x-kubernetes-list-map-keys"] = json!(f.map_keys);
+        }
+        properties.insert(f.name.to_owned(), prop);
+    }
+    defs.insert(
+        name,
+        json!({"type": "object", "description": message.doc, "properties": properties}),
+    );
 }
 
 fn crd_schema(r: &super::registry::ResourceInfo) -> Option<Value> {
