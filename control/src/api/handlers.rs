@@ -958,18 +958,25 @@ pub async fn bind(app: &App, call: &Call, body: &[u8]) -> Result<Response> {
     ))
 }
 
-/// DELETE of one object, honouring preconditions, finalizers and propagation.
-pub async fn delete(app: &App, call: &Call, body: &[u8]) -> Result<Response> {
+/// The `DeleteOptions` of a DELETE (body in any accepted encoding, or query parameters) and the
+/// propagation policy they ask for.
+fn delete_options(call: &Call, body: &[u8]) -> Result<(Value, Option<String>)> {
     let opts = if body.iter().all(u8::is_ascii_whitespace) {
         json!({})
     } else {
-        parse_body(body, "application/json")?
+        parse_body(body, &call.content_type)?
     };
     let policy = opts["propagationPolicy"]
         .as_str()
         .map(str::to_owned)
         .or_else(|| call.query.get("propagationPolicy").cloned())
         .or_else(|| (opts["orphanDependents"] == json!(true)).then(|| "Orphan".to_owned()));
+    Ok((opts, policy))
+}
+
+/// DELETE of one object, honouring preconditions, finalizers and propagation.
+pub async fn delete(app: &App, call: &Call, body: &[u8]) -> Result<Response> {
+    let (opts, policy) = delete_options(call, body)?;
     let grace = opts["gracePeriodSeconds"]
         .as_i64()
         .or_else(|| call.query.get("gracePeriodSeconds").and_then(|g| g.parse().ok()));
@@ -1099,15 +1106,7 @@ pub async fn delete_one(
 
 /// DELETE of a collection.
 pub async fn delete_collection(app: &App, call: &Call, body: &[u8]) -> Result<Response> {
-    let opts = if body.iter().all(u8::is_ascii_whitespace) {
-        json!({})
-    } else {
-        parse_body(body, "application/json")?
-    };
-    let policy = opts["propagationPolicy"]
-        .as_str()
-        .map(str::to_owned)
-        .or_else(|| call.query.get("propagationPolicy").cloned());
+    let (_, policy) = delete_options(call, body)?;
     let (items, revision, _) = list_objects(
         app,
         &Call {

@@ -142,6 +142,38 @@ fn write_snapshot_file(
     std::fs::rename(&tmp, path).map_err(write)
 }
 
+/// Stores `value` at `key` at the next revision, after `prev` (the value it replaces, if any).
+fn put(
+    kv: &mut redb::Table<&str, &[u8]>,
+    revision: &mut u64,
+    key: String,
+    value: Vec<u8>,
+    prev: Option<KeyValue>,
+) -> Result<(WriteResult, Option<Event>), redb::StorageError> {
+    *revision += 1;
+    let create_revision = prev.as_ref().map_or(*revision, |p| p.create_revision);
+    let record = Record {
+        value,
+        create_revision,
+        mod_revision: *revision,
+    };
+    kv.insert(key.as_str(), encode(&record).as_slice())?;
+    let new = record.into_kv(&key);
+    let event = Event {
+        kind: EventKind::Put,
+        kv: new.clone(),
+        prev,
+        revision: *revision,
+    };
+    Ok((
+        WriteResult::Done {
+            revision: *revision,
+            kv: Some(new),
+        },
+        Some(event),
+    ))
+}
+
 /// Applies one write to the key table, producing its result and, if it changed anything, an event.
 fn apply_op(
     kv: &mut redb::Table<&str, &[u8]>,
@@ -160,27 +192,7 @@ fn apply_op(
             if let Some(current) = current(kv, &key)? {
                 return Ok((WriteResult::AlreadyExists { current }, None));
             }
-            *revision += 1;
-            let record = Record {
-                value,
-                create_revision: *revision,
-                mod_revision: *revision,
-            };
-            kv.insert(key.as_str(), encode(&record).as_slice())?;
-            let new = record.into_kv(&key);
-            let event = Event {
-                kind: EventKind::Put,
-                kv: new.clone(),
-                prev: None,
-                revision: *revision,
-            };
-            Ok((
-                WriteResult::Done {
-                    revision: *revision,
-                    kv: Some(new),
-                },
-                Some(event),
-            ))
+            put(kv, revision, key, value, None)
         }
         WriteOp::Update { key, value, expected } => {
             let Some(prev) = current(kv, &key)? else {
@@ -189,27 +201,7 @@ fn apply_op(
             if expected.is_some_and(|rev| rev != prev.mod_revision) {
                 return Ok((WriteResult::Conflict { current: prev }, None));
             }
-            *revision += 1;
-            let record = Record {
-                value,
-                create_revision: prev.create_revision,
-                mod_revision: *revision,
-            };
-            kv.insert(key.as_str(), encode(&record).as_slice())?;
-            let new = record.into_kv(&key);
-            let event = Event {
-                kind: EventKind::Put,
-                kv: new.clone(),
-                prev: Some(prev),
-                revision: *revision,
-            };
-            Ok((
-                WriteResult::Done {
-                    revision: *revision,
-                    kv: Some(new),
-                },
-                Some(event),
-            ))
+            put(kv, revision, key, value, Some(prev))
         }
         WriteOp::Delete { key, expected } => {
             let Some(prev) = current(kv, &key)? else {
