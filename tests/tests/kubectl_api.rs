@@ -537,22 +537,20 @@ spec:
     ]);
     let w = |name: &str, size: u32| {
         format!(
-            "apiVersion: example.com/v1\nkind: Widget\nmetadata: {{name: {name}, namespace: default, labels: {{k: v}}}}\nspec: {{size: {size}, extra: kept}}\n"
+            "apiVersion: example.com/v1\nkind: Widget\nmetadata: {{name: {name}, namespace: default, labels: {{k: v}}}}\nspec: {{size: {size}}}\n"
         )
     };
     // Discovery catches up asynchronously; retry the first create until the kind is known.
-    let mut created = false;
-    for _ in 0..100 {
-        if c.kubectl_stdin(&["apply", "-f", "-"], &w("small", 1))
-            .status
-            .success()
-        {
-            created = true;
-            break;
+    let mut last_error = String::new();
+    let created = (0..100).any(|_| {
+        let out = c.kubectl_stdin(&["apply", "-f", "-"], &w("small", 1));
+        last_error = String::from_utf8_lossy(&out.stderr).into_owned();
+        if !out.status.success() {
+            std::thread::sleep(std::time::Duration::from_millis(100));
         }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    assert!(created, "custom resource never accepted");
+        out.status.success()
+    });
+    assert!(created, "custom resource never accepted: {last_error}");
     c.ok_stdin(&["apply", "-f", "-"], &w("large", 9));
     let table = c.ok(&["get", "widgets"]);
     assert!(
@@ -560,15 +558,45 @@ spec:
         "{table}"
     );
     assert_eq!(c.ok(&["get", "wd", "-o", "name"]).lines().count(), 2);
-    assert_eq!(
-        c.ok(&["get", "widget", "small", "-o", "jsonpath={.spec.extra}"]),
-        "kept"
+    // The schema is enforced: wrong types are invalid; undeclared fields are rejected under
+    // kubectl's default strict validation and pruned without it.
+    let err = c.fails_stdin(
+        &["apply", "-f", "-"],
+        &w("typed", 1).replace("size: 1", "size: big"),
     );
+    assert!(
+        err.contains("spec.size") && err.contains("must be of type integer"),
+        "{err}"
+    );
+    let err = c.fails_stdin(
+        &["apply", "-f", "-"],
+        &w("strict", 1).replace("size: 1", "size: 1, extra: x"),
+    );
+    assert!(err.contains(r#"unknown field "spec.extra""#), "{err}");
+    c.ok_stdin(
+        &["apply", "--validate=false", "-f", "-"],
+        &w("pruned", 2).replace("size: 2", "size: 2, extra: x"),
+    );
+    assert_eq!(
+        c.ok(&["get", "widget", "pruned", "-o", "jsonpath={.spec}"]),
+        r#"{"size":2}"#
+    );
+    c.ok(&["delete", "widget", "pruned"]);
     c.ok(&["label", "widget", "small", "k=w", "--overwrite"]);
     c.ok(&["delete", "widget", "small"]);
     assert_eq!(
         c.ok(&["get", "widgets", "-o", "name"]).trim(),
         "widget.example.com/large"
+    );
+    // Deleting the CRD deletes its custom resources first.
+    c.ok(&["delete", "crd", "widgets.example.com", "--timeout=30s"]);
+    assert!(
+        c.fails(&[
+            "get",
+            "--raw",
+            "/apis/example.com/v1/namespaces/default/widgets/large"
+        ])
+        .contains("NotFound")
     );
 }
 

@@ -137,3 +137,205 @@ pub fn printer_columns(info: &ResourceInfo) -> Vec<(String, String, String, i64)
         })
         .collect()
 }
+
+/// The `openAPIV3Schema` of the CRD version `info` serves.
+fn version_schema(info: &ResourceInfo) -> Option<Value> {
+    let crd = info.crd.as_ref()?;
+    crd["spec"]["versions"]
+        .as_array()?
+        .iter()
+        .find(|v| v["name"] == info.version.as_str())
+        .map(|v| v["schema"]["openAPIV3Schema"].clone())
+        .filter(|s| s.is_object())
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// Validates `value` against a structural schema, pruning (or, when `strict`, reporting) fields
+/// the schema does not declare.
+fn check(
+    value: &mut Value,
+    schema: &Value,
+    path: &str,
+    strict: bool,
+    causes: &mut Causes,
+    unknown: &mut Vec<String>,
+) {
+    let shown = |v: &Value| match v {
+        Value::String(s) => format!("\"{s}\""),
+        other => other.to_string(),
+    };
+    if value.is_null() && schema["nullable"] == json!(true) {
+        return;
+    }
+    let int_or_string = schema["x-kubernetes-int-or-string"] == json!(true);
+    if let Some(want) = schema["type"].as_str() {
+        let have = type_name(value);
+        let ok = have == want
+            || (want == "number" && have == "integer")
+            || (int_or_string && (have == "integer" || have == "string"));
+        if !ok {
+            causes.push((
+                path.to_owned(),
+                format!("Invalid value: \"{have}\": {path} in body must be of type {want}: \"{have}\""),
+            ));
+            return;
+        }
+    } else if int_or_string && !matches!(type_name(value), "integer" | "string") {
+        causes.push((
+            path.to_owned(),
+            format!("Invalid value: {}: must be an integer or a string", shown(value)),
+        ));
+        return;
+    }
+    if let Some(options) = schema["enum"].as_array()
+        && !options.contains(value)
+    {
+        let list: Vec<String> = options.iter().map(shown).collect();
+        causes.push((
+            path.to_owned(),
+            format!(
+                "Unsupported value: {}: supported values: {}",
+                shown(value),
+                list.join(", ")
+            ),
+        ));
+    }
+    match value {
+        Value::Object(map) => {
+            for req in schema["required"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+            {
+                if !map.contains_key(req) {
+                    causes.push((join(path, req), "Required value".into()));
+                }
+            }
+            let preserve = schema["x-kubernetes-preserve-unknown-fields"] == json!(true);
+            let props = schema["properties"].as_object();
+            let additional = &schema["additionalProperties"];
+            let keys: Vec<String> = map.keys().cloned().collect();
+            for key in keys {
+                let here = join(path, &key);
+                if path.is_empty() && matches!(key.as_str(), "apiVersion" | "kind" | "metadata") {
+                    continue;
+                }
+                let sub = props
+                    .and_then(|p| p.get(&key))
+                    .or_else(|| additional.is_object().then_some(additional));
+                match sub {
+                    Some(sub) => {
+                        if let Some(v) = map.get_mut(&key) {
+                            check(v, sub, &here, strict, causes, unknown);
+                        }
+                    }
+                    None if preserve || additional == &json!(true) => {}
+                    None if strict => unknown.push(format!("unknown field \"{here}\"")),
+                    None => {
+                        map.remove(&key);
+                    }
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(item_schema) = schema.get("items").filter(|s| s.is_object()) {
+                for (i, item) in items.iter_mut().enumerate() {
+                    check(
+                        item,
+                        item_schema,
+                        &format!("{path}[{i}]"),
+                        strict,
+                        causes,
+                        unknown,
+                    );
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+/// What a custom resource's schema found wrong.
+#[derive(Debug, Default)]
+pub struct SchemaReport {
+    /// Invalid values `(field, message)`.
+    pub causes: Causes,
+    /// Fields the schema does not declare (reported only when strict).
+    pub unknown: Vec<String>,
+}
+
+/// Validates a custom resource against its CRD's structural schema. Undeclared fields are pruned,
+/// as upstream does, or reported when `strict` (`fieldValidation=Strict`, kubectl's default).
+pub fn validate_custom(info: &ResourceInfo, obj: &mut Value, strict: bool) -> SchemaReport {
+    let mut report = SchemaReport::default();
+    if let Some(schema) = version_schema(info) {
+        check(obj, &schema, "", strict, &mut report.causes, &mut report.unknown);
+    }
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn widget_info() -> ResourceInfo {
+        let crd = json!({"spec": {"group": "example.com", "scope": "Namespaced",
+        "names": {"plural": "widgets", "kind": "Widget"},
+        "versions": [{"name": "v1", "served": true, "storage": true, "schema": {"openAPIV3Schema": {
+            "type": "object",
+            "properties": {"spec": {"type": "object", "required": ["size"], "properties": {
+                "size": {"type": "integer"},
+                "colour": {"type": "string", "enum": ["red", "blue"]},
+                "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                "free": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}
+            }}}}}}]}});
+        resources(&crd).remove(0).as_ref().clone()
+    }
+
+    #[test]
+    fn types_required_enum_and_pruning() {
+        let info = widget_info();
+        let mut ok = json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"},
+            "spec": {"size": 1, "colour": "red", "labels": {"a": "b"}, "free": {"x": 1}, "extra": true}});
+        let report = validate_custom(&info, &mut ok, false);
+        assert!(
+            report.causes.is_empty() && report.unknown.is_empty(),
+            "{report:?}"
+        );
+        assert!(ok["spec"].get("extra").is_none());
+        assert_eq!(ok["spec"]["free"]["x"], 1);
+        let mut strict = json!({"spec": {"size": 1, "extra": true}});
+        assert_eq!(
+            validate_custom(&info, &mut strict, true).unknown,
+            vec!["unknown field \"spec.extra\"".to_owned()]
+        );
+        let mut bad = json!({"spec": {"size": "big", "colour": "green"}});
+        let report = validate_custom(&info, &mut bad, false);
+        assert_eq!(report.causes.len(), 2, "{report:?}");
+        let mut missing = json!({"spec": {}});
+        assert_eq!(
+            validate_custom(&info, &mut missing, false).causes[0].1,
+            "Required value"
+        );
+    }
+}

@@ -225,6 +225,23 @@ fn unknown_fields(value: &Value, ctx: Ctx, path: &str, out: &mut Vec<String>) {
     }
 }
 
+/// Validates a custom resource against its CRD's schema, pruning undeclared fields (or rejecting
+/// them under `fieldValidation=Strict`).
+fn check_custom_resource(call: &Call, obj: &mut Value) -> Result<()> {
+    if call.info.crd.is_none() {
+        return Ok(());
+    }
+    let report = super::crd::validate_custom(&call.info, obj, call.strict());
+    if !report.unknown.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "strict decoding error: {}",
+            report.unknown.join(", ")
+        )));
+    }
+    let name = meta_str(obj, "name").to_owned();
+    invalid(call, &name, report.causes)
+}
+
 /// Under `fieldValidation=Strict`, rejects fields the kind's schema does not have, at any depth.
 fn check_unknown_fields(call: &Call, obj: &Value) -> Result<()> {
     if !call.strict() {
@@ -621,11 +638,13 @@ pub async fn create(app: &App, call: &Call, body: &[u8]) -> Result<Response> {
     if call.info.kind == "Job" && call.info.group == "batch" {
         admission::generate_job_selector(&mut obj, &uid);
     }
+    check_custom_resource(call, &mut obj)?;
     admission::apply_defaults(&call.info, &mut obj, true);
     invalid(call, &name, admission::validate(&call.info, &obj))?;
     check_namespace_lifecycle(app, call).await?;
     if call.info.crd.is_none() && call.info.kind == "CustomResourceDefinition" {
         obj["status"] = super::crd::established_status(&obj, &now());
+        obj["metadata"]["finalizers"] = crate::controllers::crd_finalizers(&obj["metadata"]["finalizers"]);
     }
     // Only Services allocate; their lock is held until the create is stored.
     let is_service = call.info.group.is_empty() && call.info.kind == "Service";
@@ -714,6 +733,7 @@ async fn commit_update(app: &App, call: &Call, current: &KeyValue, mut new: Valu
         let bump = spec_part(&old) != spec_part(&new);
         new["metadata"]["generation"] = json!(if bump { g + 1 } else { g });
     }
+    check_custom_resource(call, &mut new)?;
     admission::apply_defaults(&call.info, &mut new, false);
     invalid(call, &name, admission::validate(&call.info, &new))?;
     if call.info.group.is_empty() && call.info.kind == "Service" {

@@ -1,50 +1,103 @@
-//! Keeps the served custom resources in step with the stored CustomResourceDefinitions.
+//! Keeps the served custom resources in step with the stored CustomResourceDefinitions, and
+//! deletes a CRD's custom resources before the CRD itself goes (upstream's
+//! `customresourcecleanup` finalizer).
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde_json::{Value, json};
+
+use super::{call_for_key, remove_finalizer};
 use crate::api::App;
-use crate::api::object::from_kv;
+use crate::api::handlers::delete_one;
+use crate::api::object::{finalizers, from_kv, meta_str};
 
 const PREFIX: &str = "/registry/apiextensions.k8s.io/customresourcedefinitions/";
 
-async fn sync(app: &App) -> Result<u64, crate::store::StoreError> {
-    let list = app.store.list(PREFIX, None, 0).await?;
-    let custom = list
-        .items
-        .iter()
-        .map(from_kv)
-        .filter(|crd| !crd["metadata"]["deletionTimestamp"].is_string())
-        .flat_map(|crd| crate::api::crd::resources(&crd))
-        .collect();
-    app.registry.set_custom(custom);
-    Ok(list.revision)
+/// The finalizer that holds a CRD until its custom resources are gone.
+pub const CLEANUP: &str = "customresourcecleanup.apiextensions.k8s.io";
+
+/// Deletes the custom resources of a terminating CRD; returns whether none are left.
+async fn clean_up(app: &App, crd: &Value) -> Result<bool, crate::store::StoreError> {
+    let prefix = format!(
+        "/registry/{}/{}/",
+        crd["spec"]["group"].as_str().unwrap_or_default(),
+        crd["spec"]["names"]["plural"].as_str().unwrap_or_default()
+    );
+    let list = app.store.list(&prefix, None, 0).await?;
+    for kv in &list.items {
+        let Some(call) = call_for_key(app, &kv.key) else {
+            continue;
+        };
+        let name = call.name().to_owned();
+        if let Err(e) = delete_one(app, &call, &name, Some("Background"), None, &Value::Null, false).await
+            && e.code != 404
+        {
+            tracing::warn!(key = %kv.key, error = %e, "could not delete custom resource");
+        }
+    }
+    Ok(list.items.is_empty())
 }
 
-/// Re-reads the CRDs whenever one changes.
+/// Serves every stored CRD's versions and finishes deleting CRDs whose resources are gone.
+/// Returns the revision read and whether a CRD is still terminating.
+async fn sync(app: &App) -> Result<(u64, bool), crate::store::StoreError> {
+    let list = app.store.list(PREFIX, None, 0).await?;
+    let crds: Vec<Value> = list.items.iter().map(from_kv).collect();
+    // Terminating CRDs stay served until their resources are cleaned up, as upstream.
+    app.registry
+        .set_custom(crds.iter().flat_map(crate::api::crd::resources).collect());
+    let mut terminating = false;
+    for crd in crds
+        .iter()
+        .filter(|c| c["metadata"]["deletionTimestamp"].is_string())
+    {
+        if !finalizers(crd).iter().any(|f| f == CLEANUP) {
+            continue;
+        }
+        terminating = true;
+        if clean_up(app, crd).await? {
+            remove_finalizer(app, &format!("{PREFIX}{}", meta_str(crd, "name")), CLEANUP).await?;
+        }
+    }
+    Ok((list.revision, terminating))
+}
+
+/// The finalizer list a new CRD starts with.
+pub fn initial_finalizers(existing: &Value) -> Value {
+    let mut list: Vec<Value> = existing.as_array().cloned().unwrap_or_default();
+    if !list.iter().any(|f| f == CLEANUP) {
+        list.push(json!(CLEANUP));
+    }
+    Value::Array(list)
+}
+
+/// Re-reads the CRDs whenever one changes (and every second while one is being deleted).
 pub async fn run(app: Arc<App>) {
     loop {
-        let rev = match sync(&app).await {
-            Ok(rev) => rev,
+        let (rev, mut terminating) = match sync(&app).await {
+            Ok(r) => r,
             Err(e) => {
                 tracing::warn!(error = %e, "crd sync failed");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
         };
-        let mut watch = match app.store.watch(PREFIX, rev) {
-            Ok(w) => w,
-            Err(_) => continue,
+        let Ok(mut watch) = app.store.watch(PREFIX, rev) else {
+            continue;
         };
         loop {
-            match watch.next().await {
-                Ok(Some(_)) => {
-                    if let Err(e) = sync(&app).await {
-                        tracing::warn!(error = %e, "crd sync failed");
-                    }
-                }
-                Ok(None) => return,
-                Err(_) => break,
+            tokio::select! {
+                event = watch.next() => match event {
+                    Ok(Some(_)) => {}
+                    Ok(None) => return,
+                    Err(_) => break,
+                },
+                () = tokio::time::sleep(super::RESYNC), if terminating => {}
+            }
+            match sync(&app).await {
+                Ok((_, t)) => terminating = t,
+                Err(e) => tracing::warn!(error = %e, "crd sync failed"),
             }
         }
     }

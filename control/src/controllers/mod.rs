@@ -13,6 +13,8 @@ use crate::store::StoreError;
 
 mod compaction;
 mod crd;
+
+pub use crd::initial_finalizers as crd_finalizers;
 mod gc;
 mod namespace;
 
