@@ -165,6 +165,41 @@ fn watch_from_a_compacted_revision_is_gone() {
 }
 
 #[test]
+fn list_resource_versions_from_the_past_or_future() {
+    let c = Control::start();
+    for i in 0..3 {
+        c.ok_stdin(
+            &["apply", "-f", "-"],
+            &format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: r{i}, namespace: default}}\n"),
+        );
+    }
+    let err = c.fails(&[
+        "get",
+        "--raw",
+        "/api/v1/namespaces/default/configmaps?resourceVersion=2&resourceVersionMatch=Exact",
+    ]);
+    assert!(
+        err.contains("too old resource version") || err.contains("Expired") || err.contains("410"),
+        "{err}"
+    );
+    let ok = c.ok(&[
+        "get",
+        "--raw",
+        "/api/v1/namespaces/default/configmaps?resourceVersion=2&resourceVersionMatch=NotOlderThan",
+    ]);
+    assert!(ok.contains("\"r2\""), "{ok}");
+    let err = c.fails(&[
+        "get",
+        "--raw",
+        "/api/v1/namespaces/default/configmaps?resourceVersion=999999",
+    ]);
+    assert!(
+        err.contains("Too large resource version") || err.contains("Timeout"),
+        "{err}"
+    );
+}
+
+#[test]
 fn unauthenticated_requests_get_401() {
     let c = Control::start();
     let out = std::process::Command::new("kubectl")

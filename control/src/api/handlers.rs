@@ -383,8 +383,48 @@ async fn list_objects(app: &App, call: &Call) -> Result<(Vec<Value>, u64, Option
     Ok((items, revision, None))
 }
 
+/// Applies a list's `resourceVersion`/`resourceVersionMatch`: lists are served from the latest
+/// state, which satisfies "not older than" once the store has caught up (a version from the future
+/// waits briefly, then times out as upstream); an exact past version cannot be served (410).
+async fn check_list_version(app: &App, call: &Call) -> Result<()> {
+    let rv = call
+        .query
+        .get("resourceVersion")
+        .map(String::as_str)
+        .unwrap_or_default();
+    if rv.is_empty() || rv == "0" {
+        return Ok(());
+    }
+    let wanted: u64 = rv
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv}")))?;
+    let exact = call
+        .query
+        .get("resourceVersionMatch")
+        .is_some_and(|m| m == "Exact");
+    for _ in 0..30 {
+        let current = app.store.revision();
+        if exact && wanted < current {
+            return Err(ApiError::expired(wanted, current));
+        }
+        if wanted <= current {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(ApiError::new(
+        504,
+        "Timeout",
+        format!(
+            "Too large resource version: {wanted}, current: {}",
+            app.store.revision()
+        ),
+    ))
+}
+
 /// GET of a collection.
 pub async fn list(app: &App, call: &Call) -> Result<Response> {
+    check_list_version(app, call).await?;
     let (items, revision, token) = list_objects(app, call).await?;
     let rv = revision.to_string();
     if call.table {

@@ -181,7 +181,8 @@ impl Store {
             election_timeout_min: 300,
             election_timeout_max: 600,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_every),
-            max_in_snapshot_log_to_keep: 1_000,
+            max_in_snapshot_log_to_keep: config.snapshot_every / 10,
+            purge_batch_size: 1,
             ..Default::default()
         };
         let raft_config = Arc::new(raft_config.validate().map_err(io)?);
@@ -219,6 +220,10 @@ impl Store {
         }
         raft.wait(Some(Duration::from_secs(30)))
             .metrics(|m| m.current_leader.is_some(), "a leader is elected")
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        // Entries committed before a crash are re-applied before the store serves.
+        raft.ensure_linearizable()
             .await
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
 
@@ -396,6 +401,25 @@ impl Store {
         .await
     }
 
+    /// Builds a snapshot now (the log behind it may then be purged) and waits for it.
+    pub async fn snapshot(&self) -> Result<(), StoreError> {
+        let applied = self.raft.metrics().borrow().last_applied;
+        self.raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        self.raft
+            .wait(Some(Duration::from_secs(30)))
+            .metrics(
+                |m| m.snapshot.is_some() && m.snapshot >= applied,
+                "the snapshot is built",
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| StoreError::Unavailable(e.to_string()))
+    }
+
     /// Forgets watch history up to `revision` on every member.
     pub async fn compact(&self, revision: u64) -> Result<(), StoreError> {
         self.write(vec![WriteOp::Compact { revision }]).await.map(|_| ())
@@ -477,6 +501,32 @@ mod tests {
         assert_eq!(store.list("/k/", None, 0).await.unwrap().items.len(), 50);
         let next = store.create("/k/new", vec![]).await.unwrap();
         assert_eq!(next.mod_revision, rev + 1);
+        store.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn snapshots_compact_the_log_and_survive_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = || StoreConfig {
+            snapshot_every: 50,
+            ..StoreConfig::single(dir.path().to_path_buf(), "127.0.0.1:0".parse().unwrap())
+        };
+        let rev = {
+            let store = Store::open(config()).await.unwrap();
+            for i in 0..300 {
+                store.create(&format!("/s/{i:04}"), vec![7; 32]).await.unwrap();
+            }
+            store.snapshot().await.unwrap();
+            let m = store.raft.metrics().borrow().clone();
+            assert!(m.purged.is_some(), "log not purged after snapshots: {m:?}");
+            let rev = store.revision();
+            store.shutdown().await;
+            rev
+        };
+        assert!(dir.path().join("snapshot.bin").exists());
+        let store = Store::open(config()).await.unwrap();
+        assert_eq!(store.revision(), rev);
+        assert_eq!(store.list("/s/", None, 0).await.unwrap().items.len(), 300);
         store.shutdown().await;
     }
 
