@@ -39,7 +39,7 @@ fn logs_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
 impl LogStore {
     /// Opens (or creates) the log database at `path`.
     pub fn open(path: &std::path::Path) -> Result<Self, redb::Error> {
-        let db = Database::create(path)?;
+        let db = super::open_db(path)?;
         let tx = db.begin_write().map_err(redb::Error::from)?;
         tx.open_table(LOGS).map_err(redb::Error::from)?;
         tx.open_table(META).map_err(redb::Error::from)?;

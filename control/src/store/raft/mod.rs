@@ -153,6 +153,21 @@ fn io(e: impl std::fmt::Display) -> StoreError {
     StoreError::Io(e.to_string())
 }
 
+/// Opens a redb database, waiting a little if a previous store in this process is still
+/// releasing it (openraft drops its storage asynchronously after shutdown).
+pub(crate) fn open_db(path: &std::path::Path) -> Result<redb::Database, redb::DatabaseError> {
+    let mut tries = 0;
+    loop {
+        match redb::Database::create(path) {
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) if tries < 100 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// The first key after every key that starts with `prefix`.
 fn prefix_end(prefix: &str) -> String {
     let mut bytes = prefix.as_bytes().to_vec();
@@ -404,20 +419,26 @@ impl Store {
     /// Builds a snapshot now (the log behind it may then be purged) and waits for it.
     pub async fn snapshot(&self) -> Result<(), StoreError> {
         let applied = self.raft.metrics().borrow().last_applied;
-        self.raft
-            .trigger()
-            .snapshot()
-            .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        self.raft
-            .wait(Some(Duration::from_secs(30)))
-            .metrics(
-                |m| m.snapshot.is_some() && m.snapshot >= applied,
-                "the snapshot is built",
-            )
-            .await
-            .map(|_| ())
-            .map_err(|e| StoreError::Unavailable(e.to_string()))
+        // A trigger that arrives while another snapshot is being built is dropped: retry.
+        for _ in 0..30 {
+            self.raft
+                .trigger()
+                .snapshot()
+                .await
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            let built = self
+                .raft
+                .wait(Some(Duration::from_secs(1)))
+                .metrics(
+                    |m| m.snapshot.is_some() && m.snapshot >= applied,
+                    "the snapshot is built",
+                )
+                .await;
+            if built.is_ok() {
+                return Ok(());
+            }
+        }
+        Err(StoreError::Unavailable("snapshot was not built".into()))
     }
 
     /// Forgets watch history up to `revision` on every member.

@@ -79,7 +79,7 @@ pub(crate) fn read_revision(db: &Database) -> Result<u64, redb::Error> {
 impl StateMachine {
     /// Opens (or creates) the state machine database.
     pub(crate) fn open(path: &std::path::Path) -> Result<Arc<Database>, redb::Error> {
-        let db = Database::create(path)?;
+        let db = super::open_db(path)?;
         let tx = db.begin_write()?;
         tx.open_table(KV)?;
         tx.open_table(SM_META)?;
