@@ -84,10 +84,8 @@ fn invalid_names_labels_and_missing_fields() {
         &["apply", "-f", "-"],
         "apiVersion: example.com/v9\nkind: Nothing\nmetadata: {name: x}\n",
     );
-    // Upstream says "no matches for kind"; kubectl reaches that only after validating against the
-    // protobuf OpenAPI v2 document, which Skiff does not serve yet, so validation reports it first.
     assert!(
-        err.contains("no matches for kind") || err.contains("error validating"),
+        err.contains(r#"no matches for kind "Nothing" in version "example.com/v9""#),
         "{err}"
     );
     assert_eq!(c.ok(&["get", "cm", "-o", "name"]).trim(), "");

@@ -380,3 +380,35 @@ pub fn aggregated(registry: &Registry, core: bool) -> Value {
     }
     json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items})
 }
+
+/// The Content-Type of the protobuf OpenAPI v2 document.
+pub const OPENAPI_V2_PROTOBUF: &str = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
+
+fn proto_bytes_field(tag: u8, data: &[u8], out: &mut Vec<u8>) {
+    out.push(tag << 3 | 2);
+    let mut len = data.len();
+    loop {
+        let byte = (len & 0x7f) as u8;
+        len >>= 7;
+        if len == 0 {
+            out.push(byte);
+            break;
+        }
+        out.push(byte | 0x80);
+    }
+    out.extend_from_slice(data);
+}
+
+/// `/openapi/v2` in gnostic's protobuf form (what kubectl asks for): the document header only.
+/// kubectl uses it for client-side validation, which it skips for Skiff because `/openapi/v3`
+/// advertises server-side field validation; kinds it does not know fail later with upstream's
+/// "no matches for kind" message.
+pub fn openapi_v2_protobuf() -> Vec<u8> {
+    let mut info = Vec::new();
+    proto_bytes_field(1, b"Kubernetes", &mut info);
+    proto_bytes_field(2, b"v1.32.0-skiff", &mut info);
+    let mut doc = Vec::new();
+    proto_bytes_field(1, b"2.0", &mut doc);
+    proto_bytes_field(2, &info, &mut doc);
+    doc
+}

@@ -170,12 +170,13 @@ async fn route(
             return discovery::openapi_v3_doc(&app.registry, g, v).map_or(Err(ApiError::no_route()), ok);
         }
         ["openapi", "v2"] => {
-            if !(accept.is_empty() || accept.contains("json") || accept.contains("*/*")) {
-                return Err(ApiError::new(
-                    406,
-                    "NotAcceptable",
-                    "only application/json is served for /openapi/v2",
-                ));
+            if accept.contains("protobuf") && !accept.contains("json") {
+                return Ok((
+                    StatusCode::OK,
+                    [(header::CONTENT_TYPE, discovery::OPENAPI_V2_PROTOBUF)],
+                    discovery::openapi_v2_protobuf(),
+                )
+                    .into_response());
             }
             return ok(discovery::openapi_v2(&app.registry));
         }
