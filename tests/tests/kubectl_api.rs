@@ -224,6 +224,36 @@ fn server_side_apply_tracks_managers_and_conflicts() {
 }
 
 #[test]
+fn server_side_apply_conflicts_with_fields_other_writers_set() {
+    let c = Control::start();
+    let cm =
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: shared, namespace: default}\ndata: {a: '1'}\n";
+    c.ok_stdin(&["apply", "-f", "-"], cm);
+    c.ok(&["label", "cm", "shared", "team=x"]);
+    let obj = json(&c.ok(&["get", "cm", "shared", "-o", "json", "--show-managed-fields"]));
+    let managers: Vec<&str> = obj["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["manager"].as_str().unwrap())
+        .collect();
+    assert!(
+        managers.contains(&"kubectl-client-side-apply") && managers.contains(&"kubectl-label"),
+        "{managers:?}"
+    );
+    // Same value: shared ownership, no conflict. Different value: conflict with the writer.
+    c.ok_stdin(&["apply", "--server-side", "--field-manager=ssa", "-f", "-"], cm);
+    let err = c.fails_stdin(
+        &["apply", "--server-side", "--field-manager=ssa", "-f", "-"],
+        &cm.replace("'1'", "'2'"),
+    );
+    assert!(
+        err.contains("kubectl-client-side-apply") && err.contains(".data.a"),
+        "{err}"
+    );
+}
+
+#[test]
 fn get_output_formats_selectors_and_chunks() {
     let c = Control::start();
     c.ok_stdin(&["apply", "-f", "-"], APP);

@@ -368,3 +368,74 @@ pub async fn create_from_apply(app: &App, call: &Call, patch: Value) -> Result<R
     let response = create(app, &create_call, &body).await?;
     Ok(response)
 }
+
+/// Records field ownership for a write that is not an apply (create, update, patch): the fields
+/// it changed move to its manager's `Update` entry, and fields that no longer exist leave every
+/// entry. Server-side apply then conflicts with them as upstream does.
+pub fn track_update(call: &Call, old: Option<&Value>, new: &mut Value) {
+    let root = call.info.schema();
+    let manager = call
+        .query
+        .get("fieldManager")
+        .cloned()
+        .unwrap_or_else(|| "unknown".into());
+    let empty = json!({});
+    let old_obj = old.unwrap_or(&empty);
+    let present = field_set(new, root);
+    // A list item's `.` marker (its existence) belongs to whoever added the item.
+    let changed: FieldSet = present
+        .iter()
+        .filter(|p| match p.last() {
+            Some(e) if e == "." => lookup(old_obj, p).is_none(),
+            _ => lookup(old_obj, p) != lookup(new, p),
+        })
+        .cloned()
+        .collect();
+    let mut entries: Vec<Value> = old_obj["metadata"]["managedFields"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let subresource = call.sub.clone().unwrap_or_default();
+    let mut mine = None;
+    for entry in &mut entries {
+        let mut set = FieldSet::new();
+        from_fields_v1(&entry["fieldsV1"], &mut Vec::new(), &mut set);
+        let is_mine = entry["manager"] == manager.as_str()
+            && entry["operation"] == "Update"
+            && entry["subresource"].as_str().unwrap_or_default() == subresource;
+        let kept: FieldSet = set
+            .into_iter()
+            .filter(|p| lookup(new, p).is_some() && (is_mine || !changed.contains(p)))
+            .collect();
+        if is_mine {
+            mine = Some(kept);
+            entry["fieldsV1"] = json!({});
+        } else {
+            entry["fieldsV1"] = to_fields_v1(&kept);
+        }
+    }
+    entries.retain(|e| e["fieldsV1"].as_object().is_some_and(|m| !m.is_empty()));
+    let mut mine = mine.unwrap_or_default();
+    mine.extend(changed);
+    if !mine.is_empty() {
+        let mut entry = json!({
+            "manager": manager,
+            "operation": "Update",
+            "apiVersion": call.info.api_version(),
+            "time": now(),
+            "fieldsType": "FieldsV1",
+            "fieldsV1": to_fields_v1(&mine),
+        });
+        if !subresource.is_empty() {
+            entry["subresource"] = json!(subresource);
+        }
+        entries.push(entry);
+    }
+    if entries.is_empty() {
+        if let Some(m) = new["metadata"].as_object_mut() {
+            m.remove("managedFields");
+        }
+    } else {
+        new["metadata"]["managedFields"] = Value::Array(entries);
+    }
+}

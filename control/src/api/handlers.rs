@@ -680,6 +680,9 @@ pub async fn create(app: &App, call: &Call, body: &[u8]) -> Result<Response> {
     }
     check_custom_resource(call, &mut obj)?;
     admission::apply_defaults(&call.info, &mut obj, true);
+    if obj["metadata"].get("managedFields").is_none() {
+        super::apply::track_update(call, None, &mut obj);
+    }
     invalid(call, &name, admission::validate(&call.info, &obj))?;
     check_namespace_lifecycle(app, call).await?;
     if call.info.crd.is_none() && call.info.kind == "CustomResourceDefinition" {
@@ -722,7 +725,13 @@ fn spec_part(obj: &Value) -> Value {
 }
 
 /// Writes `new` over `current` with the update rules shared by PUT and PATCH.
-async fn commit_update(app: &App, call: &Call, current: &KeyValue, mut new: Value) -> Result<Value> {
+async fn commit_update(
+    app: &App,
+    call: &Call,
+    current: &KeyValue,
+    mut new: Value,
+    track: bool,
+) -> Result<Value> {
     let name = call.name().to_owned();
     let old = from_kv(current);
     check_type(call, &mut new, &call.info.kind)?;
@@ -775,6 +784,9 @@ async fn commit_update(app: &App, call: &Call, current: &KeyValue, mut new: Valu
     }
     check_custom_resource(call, &mut new)?;
     admission::apply_defaults(&call.info, &mut new, false);
+    if track {
+        super::apply::track_update(call, Some(&old), &mut new);
+    }
     invalid(call, &name, admission::validate(&call.info, &new))?;
     if call.info.group.is_empty() && call.info.kind == "Service" {
         super::service::keep_allocations(&old, &mut new)
@@ -819,11 +831,12 @@ pub async fn update(app: &App, call: &Call, body: &[u8]) -> Result<Response> {
             },
             &current,
             obj,
+            true,
         )
         .await?;
         return Ok(json_response(StatusCode::OK, &to_scale(&call.info, &updated)));
     }
-    let updated = commit_update(app, call, &current, new).await?;
+    let updated = commit_update(app, call, &current, new, true).await?;
     Ok(json_response(StatusCode::OK, &updated))
 }
 
@@ -890,11 +903,13 @@ pub async fn patch(app: &App, call: &Call, body: &[u8]) -> Result<Response> {
                 },
                 &current,
                 obj,
+                true,
             )
             .await
             .map(|o| to_scale(&call.info, &o))
         } else {
-            commit_update(app, call, &current, patched).await
+            // Server-side apply has recorded ownership itself.
+            commit_update(app, call, &current, patched, patch_type != PatchType::Apply).await
         };
         match result {
             Err(e) if e.reason == "Conflict" && !pinned && attempt < 7 => continue,

@@ -225,6 +225,20 @@ async fn route(
         .get(header::CONTENT_TYPE)
         .and_then(|c| c.to_str().ok())
         .unwrap_or("application/json");
+    let mut query = query;
+    // As upstream: without an explicit field manager, writes are attributed to the user agent.
+    if !query.contains_key("fieldManager") {
+        let agent = headers
+            .get(header::USER_AGENT)
+            .and_then(|u| u.to_str().ok())
+            .unwrap_or("unknown");
+        let manager = agent
+            .split('/')
+            .next()
+            .filter(|m| !m.is_empty())
+            .unwrap_or("unknown");
+        query.insert("fieldManager".into(), manager.to_owned());
+    }
     let call = Call {
         info,
         ns: ns.map(str::to_owned),
