@@ -369,6 +369,56 @@ pub async fn create_from_apply(app: &App, call: &Call, patch: Value) -> Result<R
     Ok(response)
 }
 
+/// The `fieldsV1` tree of every field `value` sets, built in one walk (what `to_fields_v1` of
+/// `field_set` gives, without the intermediate paths).
+fn fields_tree(value: &Value, ctx: Ctx, names: &mut Vec<String>, top: bool, meta: bool) -> Value {
+    let Value::Object(map) = value else {
+        return json!({});
+    };
+    let mut out = Map::new();
+    for (k, v) in map {
+        if (top && (k == "apiVersion" || k == "kind")) || (meta && IGNORED_META.contains(&k.as_str())) {
+            continue;
+        }
+        let child = match v {
+            Value::Array(items) => match list_kind(ctx, names, k) {
+                ListKind::Map(keys) => {
+                    let item_ctx = ctx.items(k);
+                    names.push(k.clone());
+                    let mut list = Map::new();
+                    let mut sorted = keys.clone();
+                    sorted.sort_unstable();
+                    for item in items {
+                        let key: Map<String, Value> = sorted
+                            .iter()
+                            .filter_map(|name| item.get(*name).map(|v| ((*name).to_owned(), v.clone())))
+                            .collect();
+                        let mut node = match fields_tree(item, item_ctx, names, false, false) {
+                            Value::Object(m) => m,
+                            _ => Map::new(),
+                        };
+                        node.insert(".".into(), json!({}));
+                        list.insert(format!("k:{}", Value::Object(key)), Value::Object(node));
+                    }
+                    names.pop();
+                    Value::Object(list)
+                }
+                ListKind::Set => Value::Object(items.iter().map(|i| (format!("v:{i}"), json!({}))).collect()),
+                ListKind::Atomic => json!({}),
+            },
+            Value::Object(m) if !m.is_empty() => {
+                names.push(k.clone());
+                let t = fields_tree(v, ctx.child(k), names, false, top && k == "metadata");
+                names.pop();
+                t
+            }
+            _ => json!({}),
+        };
+        out.insert(format!("f:{k}"), child);
+    }
+    Value::Object(out)
+}
+
 /// Records field ownership for a write that is not an apply (create, update, patch): the fields
 /// it changed move to its manager's `Update` entry, and fields that no longer exist leave every
 /// entry. Server-side apply then conflicts with them as upstream does.
@@ -379,8 +429,25 @@ pub fn track_update(call: &Call, old: Option<&Value>, new: &mut Value) {
         .get("fieldManager")
         .cloned()
         .unwrap_or_else(|| "unknown".into());
-    let empty = json!({});
-    let old_obj = old.unwrap_or(&empty);
+    let Some(old_obj) = old else {
+        // A create owns everything it sets: one walk, no comparisons.
+        let tree = fields_tree(new, Ctx::root(root), &mut Vec::new(), true, false);
+        if tree.as_object().is_some_and(|m| !m.is_empty()) {
+            let mut entry = json!({
+                "manager": manager,
+                "operation": "Update",
+                "apiVersion": call.info.api_version(),
+                "time": now(),
+                "fieldsType": "FieldsV1",
+                "fieldsV1": tree,
+            });
+            if let Some(sub) = &call.sub {
+                entry["subresource"] = json!(sub);
+            }
+            new["metadata"]["managedFields"] = json!([entry]);
+        }
+        return;
+    };
     let present = field_set(new, root);
     // A list item's `.` marker (its existence) belongs to whoever added the item.
     let changed: FieldSet = present
@@ -437,5 +504,21 @@ pub fn track_update(call: &Call, old: Option<&Value>, new: &mut Value) {
         }
     } else {
         new["metadata"]["managedFields"] = Value::Array(entries);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_walk_tree_matches_the_path_set() {
+        let pod = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "labels": {"a": "b"}, "finalizers": ["x"]},
+            "spec": {"containers": [{"name": "c", "image": "i", "ports": [{"containerPort": 80, "protocol": "TCP"}]}],
+                     "tolerations": [{"key": "k"}]}});
+        let root = super::super::protobuf::message_for("v1", "Pod");
+        let tree = fields_tree(&pod, Ctx::root(root), &mut Vec::new(), true, false);
+        assert_eq!(tree, to_fields_v1(&field_set(&pod, root)));
     }
 }

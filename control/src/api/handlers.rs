@@ -616,11 +616,13 @@ async fn check_namespace_lifecycle(app: &App, call: &Call) -> Result<()> {
     let Some(ns) = call.ns.as_deref().filter(|_| call.info.namespaced) else {
         return Ok(());
     };
-    let kv = app
-        .store
-        .get(&format!("/registry/core/namespaces/{ns}"))
-        .await
-        .map_err(ApiError::internal)?;
+    // As upstream's NamespaceLifecycle: this member's state first, a linearizable read only when
+    // the namespace is not there (it may have just been created through another member).
+    let key = format!("/registry/core/namespaces/{ns}");
+    let kv = match app.store.get_local(&key).map_err(ApiError::internal)? {
+        Some(kv) => Some(kv),
+        None => app.store.get(&key).await.map_err(ApiError::internal)?,
+    };
     let ns_target = Target {
         group: "",
         resource: "namespaces",

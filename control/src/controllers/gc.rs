@@ -27,13 +27,36 @@ struct Graph {
     gone: HashSet<String>,
 }
 
-fn owner_uids(obj: &Value) -> Vec<String> {
-    obj["metadata"]["ownerReferences"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|r| r["uid"].as_str().map(str::to_owned))
-        .collect()
+/// The metadata the collector needs, decoded without building the whole object.
+#[derive(Debug, Default, serde::Deserialize)]
+struct Meta {
+    #[serde(default)]
+    metadata: MetaFields,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MetaFields {
+    #[serde(default)]
+    uid: String,
+    #[serde(default)]
+    owner_references: Vec<OwnerRef>,
+    #[serde(default)]
+    deletion_timestamp: Option<String>,
+    #[serde(default)]
+    finalizers: Vec<String>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct OwnerRef {
+    #[serde(default)]
+    uid: String,
+}
+
+fn meta(kv: &crate::store::KeyValue) -> MetaFields {
+    serde_json::from_slice::<Meta>(&kv.value)
+        .unwrap_or_default()
+        .metadata
 }
 
 impl Graph {
@@ -51,13 +74,12 @@ impl Graph {
         self.pending.remove(key);
     }
 
-    fn observe(&mut self, key: &str, obj: &Value) {
+    fn observe(&mut self, key: &str, meta: MetaFields) {
         self.forget(key);
-        let uid = meta_str(obj, "uid");
-        if !uid.is_empty() {
-            self.keys.insert(uid.to_owned(), key.to_owned());
+        if !meta.uid.is_empty() {
+            self.keys.insert(meta.uid, key.to_owned());
         }
-        let owners = owner_uids(obj);
+        let owners: Vec<String> = meta.owner_references.into_iter().map(|r| r.uid).collect();
         for o in &owners {
             self.dependents
                 .entry(o.clone())
@@ -68,21 +90,23 @@ impl Graph {
             }
         }
         self.owners.insert(key.to_owned(), owners);
-        let fins = finalizers(obj);
-        if obj["metadata"]["deletionTimestamp"].is_string()
-            && fins.iter().any(|f| f == "foregroundDeletion" || f == "orphan")
+        if meta.deletion_timestamp.is_some()
+            && meta
+                .finalizers
+                .iter()
+                .any(|f| f == "foregroundDeletion" || f == "orphan")
         {
             self.pending.insert(key.to_owned());
         }
     }
 
-    fn removed(&mut self, key: &str, obj: &Value) {
+    fn removed(&mut self, key: &str, meta: MetaFields) {
         self.forget(key);
-        let uid = meta_str(obj, "uid");
-        if self.keys.get(uid).is_some_and(|k| k == key) {
-            self.keys.remove(uid);
-            if self.dependents.contains_key(uid) {
-                self.gone.insert(uid.to_owned());
+        let uid = meta.uid;
+        if self.keys.get(&uid).is_some_and(|k| k == key) {
+            self.keys.remove(&uid);
+            if self.dependents.contains_key(&uid) {
+                self.gone.insert(uid);
             }
         }
     }
@@ -170,7 +194,7 @@ async fn run_once(app: &App) -> Result<(), StoreError> {
     let mut graph = Graph::default();
     let list = app.store.list("/registry/", None, 0).await?;
     for kv in &list.items {
-        graph.observe(&kv.key, &from_kv(kv));
+        graph.observe(&kv.key, meta(kv));
     }
     let mut watch = app.store.watch("/registry/", list.revision)?;
     loop {
@@ -181,8 +205,8 @@ async fn run_once(app: &App) -> Result<(), StoreError> {
         };
         let Some(event) = event else { return Ok(()) };
         match event.kind {
-            EventKind::Put => graph.observe(&event.kv.key, &from_kv(&event.kv)),
-            EventKind::Delete => graph.removed(&event.kv.key, &from_kv(&event.kv)),
+            EventKind::Put => graph.observe(&event.kv.key, meta(&event.kv)),
+            EventKind::Delete => graph.removed(&event.kv.key, meta(&event.kv)),
         }
     }
 }
