@@ -11,7 +11,7 @@ use axum::response::Response;
 use serde_json::{Map, Value, json};
 
 use super::App;
-use super::handlers::{Call, create};
+use super::handlers::{Call, create_object, json_response};
 use super::object::now;
 use super::patch::{Ctx, ListStrategy, apply_strategic_patch, list_strategy};
 use super::protobuf::Message;
@@ -355,7 +355,6 @@ pub async fn create_from_apply(app: &App, call: &Call, patch: Value) -> Result<R
     if obj["metadata"]["name"].as_str().is_none_or(str::is_empty) {
         obj["metadata"]["name"] = json!(name);
     }
-    let body = serde_json::to_vec(&obj).map_err(ApiError::internal)?;
     let create_call = Call {
         info: call.info.clone(),
         ns: call.ns.clone(),
@@ -365,8 +364,8 @@ pub async fn create_from_apply(app: &App, call: &Call, patch: Value) -> Result<R
         table: false,
         content_type: "application/json".into(),
     };
-    let response = create(app, &create_call, &body).await?;
-    Ok(response)
+    let created = create_object(app, &create_call, obj).await?;
+    Ok(json_response(axum::http::StatusCode::CREATED, &created))
 }
 
 /// The `fieldsV1` tree of every field `value` sets, built in one walk (what `to_fields_v1` of

@@ -646,7 +646,14 @@ async fn check_namespace_lifecycle(app: &App, call: &Call) -> Result<()> {
 
 /// POST to a collection.
 pub async fn create(app: &App, call: &Call, body: &[u8]) -> Result<Response> {
-    let mut obj = require_object(parse_body(body, &call.content_type)?)?;
+    let obj = require_object(parse_body(body, &call.content_type)?)?;
+    let created = create_object(app, call, obj).await?;
+    Ok(json_response(StatusCode::CREATED, &created))
+}
+
+/// Creates `obj` with everything a POST does (defaults, validation, admission, allocation);
+/// returns the stored object. Controllers create through this too.
+pub async fn create_object(app: &App, call: &Call, mut obj: Value) -> Result<Value> {
     check_type(call, &mut obj, &call.info.kind)?;
     check_unknown_fields(call, &obj)?;
     check_namespace(call, &mut obj)?;
@@ -704,7 +711,7 @@ pub async fn create(app: &App, call: &Call, body: &[u8]) -> Result<Response> {
             .map_err(|causes| ApiError::invalid(call.target(&name), &causes))?;
     }
     if call.dry_run() {
-        return Ok(json_response(StatusCode::CREATED, &obj));
+        return Ok(obj);
     }
     let kv = app
         .store
@@ -712,7 +719,7 @@ pub async fn create(app: &App, call: &Call, body: &[u8]) -> Result<Response> {
         .await
         .map_err(|e| ApiError::from_store(e, call.target(&name)))?;
     set_resource_version(&mut obj, kv.mod_revision);
-    Ok(json_response(StatusCode::CREATED, &obj))
+    Ok(obj)
 }
 
 /// Everything but metadata and status: a change here bumps `generation`.
@@ -840,6 +847,13 @@ pub async fn update(app: &App, call: &Call, body: &[u8]) -> Result<Response> {
     }
     let updated = commit_update(app, call, &current, new, true).await?;
     Ok(json_response(StatusCode::OK, &updated))
+}
+
+/// Replaces an object (or, with `call.sub` = `status`, its status) as a PUT does; `new` carries
+/// the `resourceVersion` it was read at, so a concurrent change fails with a conflict.
+pub async fn update_object(app: &App, call: &Call, new: Value) -> Result<Value> {
+    let current = read(app, call, call.name()).await?;
+    commit_update(app, call, &current, new, true).await
 }
 
 /// PATCH of an object (or its status or scale).

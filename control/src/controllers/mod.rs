@@ -15,15 +15,20 @@ mod compaction;
 mod crd;
 
 pub use crd::initial_finalizers as crd_finalizers;
+mod events;
 mod gc;
 mod namespace;
+mod replicaset;
+pub mod runtime;
 
 /// Starts the controllers.
 pub fn start(app: Arc<App>) {
     tokio::spawn(compaction::run(app.clone()));
     tokio::spawn(crd::run(app.clone()));
     tokio::spawn(gc::run(app.clone()));
-    tokio::spawn(namespace::run(app));
+    tokio::spawn(namespace::run(app.clone()));
+    let caches = runtime::Caches::default();
+    replicaset::start(app, &caches);
 }
 
 /// How long a controller waits before retrying after a failure, and between resyncs.

@@ -261,6 +261,11 @@ impl Store {
         }
     }
 
+    /// Whether this member leads the Raft group (controllers act only there).
+    pub async fn is_leader(&self) -> bool {
+        self.raft.current_leader().await == Some(self.node_id)
+    }
+
     /// The latest applied revision.
     pub fn revision(&self) -> u64 {
         self.hub.revision()

@@ -1,0 +1,340 @@
+//! The controller runtime: shared caches kept current from the store's watch (one per resource,
+//! shared by every controller that reads it), and work queues with de-duplication and
+//! rate-limited retries, as client-go's informers and work queues.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::ops::Bound;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::{Notify, broadcast};
+
+use crate::api::App;
+use crate::api::object::from_kv;
+use crate::store::EventKind;
+
+/// One change seen by a cache.
+#[derive(Debug, Clone)]
+pub struct Change {
+    /// The store key.
+    pub key: String,
+    /// The object before the change.
+    pub old: Option<Arc<Value>>,
+    /// The object after the change (None when deleted).
+    pub new: Option<Arc<Value>>,
+}
+
+/// A read-only, eventually consistent view of every object under one key prefix.
+#[derive(Debug)]
+pub struct Cache {
+    prefix: String,
+    objects: RwLock<BTreeMap<String, Arc<Value>>>,
+    /// The store revision the cache reflects.
+    revision: RwLock<u64>,
+    changes: broadcast::Sender<Change>,
+    updated: Notify,
+}
+
+impl Cache {
+    /// Starts a cache of the objects under `prefix`.
+    pub fn start(app: Arc<App>, prefix: &str) -> Arc<Self> {
+        let (changes, _) = broadcast::channel(16_384);
+        let cache = Arc::new(Self {
+            prefix: prefix.to_owned(),
+            objects: RwLock::new(BTreeMap::new()),
+            revision: RwLock::new(0),
+            changes,
+            updated: Notify::new(),
+        });
+        tokio::spawn(cache.clone().run(app));
+        cache
+    }
+
+    async fn run(self: Arc<Self>, app: Arc<App>) {
+        loop {
+            let list = match app.store.list(&self.prefix, None, 0).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::debug!(prefix = %self.prefix, error = %e, "cache list failed");
+                    tokio::time::sleep(super::RESYNC).await;
+                    continue;
+                }
+            };
+            let fresh: BTreeMap<String, Arc<Value>> = list
+                .items
+                .iter()
+                .map(|kv| (kv.key.clone(), Arc::new(from_kv(kv))))
+                .collect();
+            let previous = std::mem::replace(
+                &mut *self.objects.write().unwrap_or_else(|p| p.into_inner()),
+                fresh.clone(),
+            );
+            // Tell subscribers about everything that differs from what they saw before a relist.
+            for (key, obj) in &fresh {
+                if previous.get(key) != Some(obj) {
+                    let _ = self.changes.send(Change {
+                        key: key.clone(),
+                        old: previous.get(key).cloned(),
+                        new: Some(obj.clone()),
+                    });
+                }
+            }
+            for (key, obj) in previous.iter().filter(|(k, _)| !fresh.contains_key(*k)) {
+                let _ = self.changes.send(Change {
+                    key: key.clone(),
+                    old: Some(obj.clone()),
+                    new: None,
+                });
+            }
+            self.set_revision(list.revision);
+            let Ok(mut watch) = app.store.watch(&self.prefix, list.revision) else {
+                continue;
+            };
+            loop {
+                match watch.next().await {
+                    Ok(Some(event)) => {
+                        let key = event.kv.key.clone();
+                        let (old, new) = {
+                            let mut objects = self.objects.write().unwrap_or_else(|p| p.into_inner());
+                            match event.kind {
+                                EventKind::Put => {
+                                    let new = Arc::new(from_kv(&event.kv));
+                                    (objects.insert(key.clone(), new.clone()), Some(new))
+                                }
+                                EventKind::Delete => (objects.remove(&key), None),
+                            }
+                        };
+                        self.set_revision(event.revision);
+                        let _ = self.changes.send(Change { key, old, new });
+                    }
+                    Ok(None) => return,
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+
+    fn set_revision(&self, rev: u64) {
+        *self.revision.write().unwrap_or_else(|p| p.into_inner()) = rev;
+        self.updated.notify_waiters();
+    }
+
+    /// The store revision the cache reflects.
+    pub fn revision(&self) -> u64 {
+        *self.revision.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits (bounded) until the cache reflects revision `rev`, e.g. a controller's own writes.
+    pub async fn wait_for(&self, rev: u64) {
+        for _ in 0..100 {
+            let notified = self.updated.notified();
+            if self.revision() >= rev {
+                return;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(50), notified).await;
+        }
+    }
+
+    /// One object.
+    pub fn get(&self, key: &str) -> Option<Arc<Value>> {
+        self.objects
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned()
+    }
+
+    /// Every object in namespace `ns` (or all of them).
+    pub fn list(&self, ns: Option<&str>) -> Vec<Arc<Value>> {
+        let objects = self.objects.read().unwrap_or_else(|p| p.into_inner());
+        match ns {
+            None => objects.values().cloned().collect(),
+            Some(ns) => {
+                let start = format!("{}{ns}/", self.prefix);
+                objects
+                    .range::<String, _>((Bound::Included(&start), Bound::Unbounded))
+                    .take_while(|(k, _)| k.starts_with(&start))
+                    .map(|(_, v)| v.clone())
+                    .collect()
+            }
+        }
+    }
+
+    /// Changes from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.changes.subscribe()
+    }
+}
+
+/// The caches controllers share, one per resource prefix.
+#[derive(Debug, Default)]
+pub struct Caches {
+    caches: Mutex<HashMap<String, Arc<Cache>>>,
+}
+
+impl Caches {
+    /// The cache of objects under `prefix`, started on first use.
+    pub fn get(&self, app: &Arc<App>, prefix: &str) -> Arc<Cache> {
+        let mut caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
+        caches
+            .entry(prefix.to_owned())
+            .or_insert_with(|| Cache::start(app.clone(), prefix))
+            .clone()
+    }
+}
+
+#[derive(Debug, Default)]
+struct QueueState {
+    queue: VecDeque<String>,
+    queued: HashSet<String>,
+    processing: HashSet<String>,
+    /// Added while being processed: queued again when done.
+    dirty: HashSet<String>,
+    failures: HashMap<String, u32>,
+}
+
+/// A work queue of keys: each key is queued at most once and processed by one worker at a time.
+#[derive(Debug, Default)]
+pub struct Queue {
+    state: Mutex<QueueState>,
+    notify: Notify,
+}
+
+impl Queue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues `key` (no-op if it is already queued).
+    pub fn add(&self, key: &str) {
+        let mut s = self.lock();
+        if s.processing.contains(key) {
+            s.dirty.insert(key.to_owned());
+            return;
+        }
+        if s.queued.insert(key.to_owned()) {
+            s.queue.push_back(key.to_owned());
+            drop(s);
+            self.notify.notify_one();
+        }
+    }
+
+    /// Queues `key` after `delay`.
+    pub fn add_after(self: &Arc<Self>, key: &str, delay: Duration) {
+        let (queue, key) = (self.clone(), key.to_owned());
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            queue.add(&key);
+        });
+    }
+
+    /// Queues `key` again after an exponential back-off (5 ms doubling, at most 60 s).
+    pub fn retry(self: &Arc<Self>, key: &str) {
+        let n = {
+            let mut s = self.lock();
+            let n = s.failures.entry(key.to_owned()).or_default();
+            *n += 1;
+            *n
+        };
+        let delay = Duration::from_millis(5u64.saturating_mul(1 << n.min(14))).min(Duration::from_secs(60));
+        self.add_after(key, delay);
+    }
+
+    /// Clears `key`'s failure count.
+    pub fn forget(&self, key: &str) {
+        self.lock().failures.remove(key);
+    }
+
+    /// The next key to process.
+    pub async fn next(&self) -> String {
+        loop {
+            let notified = self.notify.notified();
+            {
+                let mut s = self.lock();
+                if let Some(key) = s.queue.pop_front() {
+                    s.queued.remove(&key);
+                    s.processing.insert(key.clone());
+                    return key;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Marks `key` processed.
+    pub fn done(&self, key: &str) {
+        let again = {
+            let mut s = self.lock();
+            s.processing.remove(key);
+            s.dirty.remove(key)
+        };
+        if again {
+            self.add(key);
+        }
+    }
+}
+
+/// What a reconcile asks for next.
+#[derive(Debug)]
+pub enum Next {
+    /// Nothing until something changes.
+    Done,
+    /// Look again after this long.
+    After(Duration),
+}
+
+/// Runs `workers` workers that reconcile keys from `queue`, only while this member leads.
+pub fn run_workers<F, Fut>(app: Arc<App>, name: &'static str, queue: Arc<Queue>, workers: usize, reconcile: F)
+where
+    F: Fn(String) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Next, String>> + Send,
+{
+    let reconcile = Arc::new(reconcile);
+    for _ in 0..workers {
+        let (app, queue, reconcile) = (app.clone(), queue.clone(), reconcile.clone());
+        tokio::spawn(async move {
+            loop {
+                let key = queue.next().await;
+                if !app.store.is_leader().await {
+                    queue.done(&key);
+                    queue.add_after(&key, super::RESYNC);
+                    continue;
+                }
+                match reconcile(key.clone()).await {
+                    Ok(Next::Done) => queue.forget(&key),
+                    Ok(Next::After(d)) => {
+                        queue.forget(&key);
+                        queue.add_after(&key, d);
+                    }
+                    Err(e) => {
+                        tracing::debug!(controller = name, %key, error = %e, "reconcile failed; retrying");
+                        queue.retry(&key);
+                    }
+                }
+                queue.done(&key);
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_key_is_queued_once_and_requeued_if_added_while_processing() {
+        let q = Arc::new(Queue::default());
+        q.add("a");
+        q.add("a");
+        q.add("b");
+        let first = q.next().await;
+        assert_eq!(first, "a");
+        q.add("a");
+        assert_eq!(q.next().await, "b");
+        q.done("b");
+        q.done("a");
+        assert_eq!(q.next().await, "a");
+    }
+}
