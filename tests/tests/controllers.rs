@@ -31,7 +31,7 @@ fn make_ready(c: &Control, selector: &str) {
     for pod in pods(c, selector) {
         let name = pod["metadata"]["name"].as_str().unwrap();
         let status = r#"{"status":{"phase":"Running","conditions":[{"type":"Ready","status":"True","lastTransitionTime":"2026-01-01T00:00:00Z"}]}}"#;
-        c.ok(&[
+        let out = c.kubectl(&[
             "patch",
             "pod",
             name,
@@ -40,6 +40,9 @@ fn make_ready(c: &Control, selector: &str) {
             "-p",
             status,
         ]);
+        // A pod deleted meanwhile (scaled down) is fine.
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() || err.contains("not found"), "{err}");
     }
 }
 
@@ -75,4 +78,137 @@ fn replicaset_keeps_its_replicas_and_reports_readiness() {
     // Deleting the ReplicaSet deletes its pods (garbage collection).
     c.ok(&["delete", "rs", "web"]);
     eventually("pods collected", || pods(&c, "app=web").is_empty());
+}
+
+fn deploy(name: &str, image: &str, strategy: &str) -> String {
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  replicas: 4\n  selector: {{matchLabels: {{app: {name}}}}}\n  strategy: {strategy}\n  template:\n    metadata: {{labels: {{app: {name}}}}}\n    spec: {{containers: [{{name: c, image: {image}}}]}}\n"
+    )
+}
+
+fn active_pods(c: &Control, selector: &str) -> Vec<Value> {
+    pods(c, selector)
+        .into_iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .collect()
+}
+
+fn ready_count(pods: &[Value]) -> usize {
+    pods.iter()
+        .filter(|p| {
+            p["status"]["conditions"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+        })
+        .count()
+}
+
+#[test]
+fn rolling_update_respects_max_surge_and_max_unavailable() {
+    let c = Control::start();
+    let strategy = "{type: RollingUpdate, rollingUpdate: {maxSurge: 1, maxUnavailable: 0}}";
+    c.ok_stdin(
+        &["apply", "-f", "-"],
+        &deploy("web", "registry.local/busybox:1.36", strategy),
+    );
+    eventually("4 pods", || active_pods(&c, "app=web").len() == 4);
+    make_ready(&c, "app=web");
+    c.ok(&["rollout", "status", "deployment/web", "--timeout=30s"]);
+    c.ok_stdin(
+        &["apply", "-f", "-"],
+        &deploy("web", "registry.local/busybox:1.37", strategy),
+    );
+    // Step by step: the kubelet (this test) makes new pods ready; at every observation there are
+    // at most replicas+maxSurge pods and at least replicas-maxUnavailable ready ones.
+    let mut steps = 0;
+    loop {
+        let current = active_pods(&c, "app=web");
+        assert!(
+            current.len() <= 5,
+            "more than replicas+maxSurge pods: {}",
+            current.len()
+        );
+        assert!(
+            ready_count(&current) >= 4,
+            "fewer than replicas-maxUnavailable ready pods"
+        );
+        let new_ready = current
+            .iter()
+            .filter(|p| p["spec"]["containers"][0]["image"] == "registry.local/busybox:1.37")
+            .count();
+        if new_ready == 4 && current.len() == 4 && ready_count(&current) == 4 {
+            break;
+        }
+        make_ready(&c, "app=web");
+        std::thread::sleep(Duration::from_millis(100));
+        steps += 1;
+        assert!(steps < 300, "rollout did not finish");
+    }
+    c.ok(&["rollout", "status", "deployment/web", "--timeout=30s"]);
+    let history = c.ok(&["rollout", "history", "deployment/web"]);
+    assert!(history.contains('1') && history.contains('2'), "{history}");
+    // Undo returns to the first template as revision 3.
+    c.ok(&["rollout", "undo", "deployment/web"]);
+    eventually("undo rolled out", || {
+        let p = active_pods(&c, "app=web");
+        make_ready(&c, "app=web");
+        p.len() == 4
+            && p.iter()
+                .all(|p| p["spec"]["containers"][0]["image"] == "registry.local/busybox:1.36")
+    });
+    let d = json(&c.ok(&["get", "deploy", "web", "-o", "json"]));
+    assert_eq!(
+        d["metadata"]["annotations"]["deployment.kubernetes.io/revision"],
+        "3"
+    );
+    // Paused: a template change waits for resume.
+    c.ok(&["rollout", "pause", "deployment/web"]);
+    c.ok(&["set", "image", "deployment/web", "c=registry.local/busybox:1.38"]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        active_pods(&c, "app=web")
+            .iter()
+            .all(|p| p["spec"]["containers"][0]["image"] != "registry.local/busybox:1.38")
+    );
+    c.ok(&["rollout", "resume", "deployment/web"]);
+    eventually("resumed rollout", || {
+        make_ready(&c, "app=web");
+        active_pods(&c, "app=web")
+            .iter()
+            .any(|p| p["spec"]["containers"][0]["image"] == "registry.local/busybox:1.38")
+    });
+}
+
+#[test]
+fn recreate_stops_old_pods_before_starting_new_ones() {
+    let c = Control::start();
+    c.ok_stdin(
+        &["apply", "-f", "-"],
+        &deploy("db", "registry.local/busybox:1.36", "{type: Recreate}"),
+    );
+    eventually("4 pods", || active_pods(&c, "app=db").len() == 4);
+    make_ready(&c, "app=db");
+    c.ok_stdin(
+        &["apply", "-f", "-"],
+        &deploy("db", "registry.local/busybox:1.37", "{type: Recreate}"),
+    );
+    let mut saw_new = false;
+    for _ in 0..300 {
+        let current = active_pods(&c, "app=db");
+        let images: Vec<&str> = current
+            .iter()
+            .map(|p| p["spec"]["containers"][0]["image"].as_str().unwrap())
+            .collect();
+        let (old, new) = (
+            images.iter().filter(|i| i.ends_with("1.36")).count(),
+            images.iter().filter(|i| i.ends_with("1.37")).count(),
+        );
+        assert!(old == 0 || new == 0, "old and new pods ran together: {images:?}");
+        if new == 4 {
+            saw_new = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(saw_new, "new pods never came up");
 }

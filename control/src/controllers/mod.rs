@@ -13,6 +13,7 @@ use crate::store::StoreError;
 
 mod compaction;
 mod crd;
+mod deployment;
 
 pub use crd::initial_finalizers as crd_finalizers;
 mod events;
@@ -28,7 +29,8 @@ pub fn start(app: Arc<App>) {
     tokio::spawn(gc::run(app.clone()));
     tokio::spawn(namespace::run(app.clone()));
     let caches = runtime::Caches::default();
-    replicaset::start(app, &caches);
+    replicaset::start(app.clone(), &caches);
+    deployment::start(app, &caches);
 }
 
 /// How long a controller waits before retrying after a failure, and between resyncs.

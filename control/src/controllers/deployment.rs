@@ -1,0 +1,648 @@
+//! The Deployment controller: one ReplicaSet per pod template (named by the template's hash),
+//! rolled over with RollingUpdate (maxSurge/maxUnavailable) or Recreate, with revision history,
+//! pause, and the status and conditions `kubectl rollout status` reads.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::events;
+use super::replicaset::{POD_PREFIX, RS_PREFIX, active, call, controller_of, owner_ref};
+use super::runtime::{Cache, Next, Queue, run_workers};
+use crate::api::App;
+use crate::api::handlers::{create_object, delete_one, update_object};
+use crate::api::object::{meta_str, now, parse_time};
+
+/// Store prefix of Deployments.
+pub const DEPLOY_PREFIX: &str = "/registry/apps/deployments/";
+const REVISION: &str = "deployment.kubernetes.io/revision";
+const HASH_LABEL: &str = "pod-template-hash";
+const MANAGER: &str = "deployment-controller";
+
+/// FNV-1a over the template, encoded as upstream's "safe" string.
+fn template_hash(template: &Value, collisions: i64) -> String {
+    let mut t = template.clone();
+    if let Some(labels) = t["metadata"]["labels"].as_object_mut() {
+        labels.remove(HASH_LABEL);
+    }
+    let text = format!(
+        "{}{}",
+        serde_json::to_string(&t).unwrap_or_default(),
+        if collisions > 0 {
+            collisions.to_string()
+        } else {
+            String::new()
+        }
+    );
+    let mut h: u32 = 0x811c9dc5;
+    for b in text.as_bytes() {
+        h ^= u32::from(*b);
+        h = h.wrapping_mul(0x01000193);
+    }
+    const SAFE: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    h.to_string()
+        .bytes()
+        .map(|b| SAFE[usize::from(b) % SAFE.len()] as char)
+        .collect()
+}
+
+/// A template with the hash label removed, for comparing a ReplicaSet's template to the Deployment's.
+fn without_hash(template: &Value) -> Value {
+    let mut t = template.clone();
+    if let Some(labels) = t["metadata"]["labels"].as_object_mut() {
+        labels.remove(HASH_LABEL);
+    }
+    t
+}
+
+/// Resolves an int-or-percent against `total`, rounding up or down.
+fn resolve(v: &Value, total: i64, round_up: bool) -> i64 {
+    match v {
+        Value::Number(n) => n.as_i64().unwrap_or(0),
+        Value::String(s) if s.ends_with('%') => {
+            let pct: i64 = s.trim_end_matches('%').parse().unwrap_or(0);
+            let scaled = total * pct;
+            if round_up {
+                (scaled + 99) / 100
+            } else {
+                scaled / 100
+            }
+        }
+        Value::String(s) => s.parse().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+fn revision(rs: &Value) -> i64 {
+    rs["metadata"]["annotations"][REVISION]
+        .as_str()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0)
+}
+
+fn replicas(rs: &Value) -> i64 {
+    rs["spec"]["replicas"].as_i64().unwrap_or(0)
+}
+
+fn status_count(rs: &Value, field: &str) -> i64 {
+    rs["status"][field].as_i64().unwrap_or(0)
+}
+
+/// Sets a ReplicaSet's replica count (and optionally its revision).
+async fn scale_rs(app: &App, rs: &Value, to: i64, rev: Option<i64>) -> Result<(), String> {
+    if replicas(rs) == to && rev.is_none_or(|r| r == revision(rs)) {
+        return Ok(());
+    }
+    let mut updated = rs.clone();
+    updated["spec"]["replicas"] = json!(to);
+    if let Some(r) = rev {
+        updated["metadata"]["annotations"][REVISION] = json!(r.to_string());
+    }
+    let c = call(
+        app,
+        "apps",
+        "replicasets",
+        meta_str(rs, "namespace"),
+        Some(meta_str(rs, "name")),
+        None,
+        MANAGER,
+    );
+    update_object(app, &c, updated)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.message)
+}
+
+fn condition(kind: &str, status: bool, reason: &str, message: &str, previous: &Value) -> Value {
+    let status_str = if status { "True" } else { "False" };
+    let old = previous["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == kind).cloned());
+    let ts = now();
+    let transition = match &old {
+        Some(o) if o["status"] == status_str => o["lastTransitionTime"].clone(),
+        _ => json!(ts),
+    };
+    let update = match &old {
+        Some(o) if o["status"] == status_str && o["reason"] == reason => o["lastUpdateTime"].clone(),
+        _ => json!(ts),
+    };
+    json!({"type": kind, "status": status_str, "lastUpdateTime": update, "lastTransitionTime": transition, "reason": reason, "message": message})
+}
+
+async fn reconcile(app: &App, deploys: &Cache, rss: &Cache, pods: &Cache, key: &str) -> Result<Next, String> {
+    let Some(d) = deploys.get(key) else {
+        return Ok(Next::Done);
+    };
+    if d["metadata"]["deletionTimestamp"].is_string() {
+        return Ok(Next::Done);
+    }
+    let (ns, name) = (
+        meta_str(&d, "namespace").to_owned(),
+        meta_str(&d, "name").to_owned(),
+    );
+    let mut owned: Vec<Arc<Value>> = rss
+        .list(Some(&ns))
+        .into_iter()
+        .filter(|rs| {
+            controller_of(rs, "Deployment") == Some(name.as_str())
+                && !rs["metadata"]["deletionTimestamp"].is_string()
+        })
+        .collect();
+    owned.sort_by_key(|rs| meta_str(rs, "creationTimestamp").to_owned());
+    let want = d["spec"]["replicas"].as_i64().unwrap_or(1).max(0);
+    let template = &d["spec"]["template"];
+    let new_rs = owned
+        .iter()
+        .find(|rs| without_hash(&rs["spec"]["template"]) == *template)
+        .cloned();
+    let old: Vec<Arc<Value>> = owned
+        .iter()
+        .filter(|rs| Some(*rs) != new_rs.as_ref())
+        .cloned()
+        .collect();
+    let max_old_rev = old.iter().map(|rs| revision(rs)).max().unwrap_or(0);
+    let paused = d["spec"]["paused"] == json!(true);
+    let recreate = d["spec"]["strategy"]["type"] == "Recreate";
+    let max_surge = if recreate {
+        0
+    } else {
+        resolve(&d["spec"]["strategy"]["rollingUpdate"]["maxSurge"], want, true)
+    };
+    let mut max_unavailable = if recreate {
+        want
+    } else {
+        resolve(
+            &d["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"],
+            want,
+            false,
+        )
+    };
+    if max_surge == 0 && max_unavailable == 0 {
+        max_unavailable = 1;
+    }
+    let mut changed = false;
+
+    // The ReplicaSet for the current template (created on first need, not while paused).
+    let new_rs = match new_rs {
+        Some(rs) => {
+            let rev = if revision(&rs) <= max_old_rev {
+                Some(max_old_rev + 1)
+            } else {
+                None
+            };
+            if rev.is_some() && !paused {
+                scale_rs(app, &rs, replicas(&rs), rev).await?;
+                changed = true;
+            }
+            Some(rs)
+        }
+        None if paused => None,
+        None => {
+            let hash = template_hash(template, d["status"]["collisionCount"].as_i64().unwrap_or(0));
+            let mut rs_template = template.clone();
+            rs_template["metadata"]["labels"][HASH_LABEL] = json!(hash);
+            let mut selector = d["spec"]["selector"].clone();
+            selector["matchLabels"][HASH_LABEL] = json!(hash);
+            let mut annotations = d["metadata"]["annotations"]
+                .as_object()
+                .cloned()
+                .unwrap_or_default();
+            annotations.retain(|k, _| !k.starts_with("kubectl.kubernetes.io/") && k != REVISION);
+            annotations.insert(REVISION.into(), json!((max_old_rev + 1).to_string()));
+            annotations.insert(
+                "deployment.kubernetes.io/desired-replicas".into(),
+                json!(want.to_string()),
+            );
+            annotations.insert(
+                "deployment.kubernetes.io/max-replicas".into(),
+                json!((want + max_surge).to_string()),
+            );
+            let initial = if recreate || !old.iter().any(|rs| replicas(rs) > 0) {
+                want
+            } else {
+                0
+            };
+            let initial = if recreate && old.iter().any(|rs| replicas(rs) > 0) {
+                0
+            } else {
+                initial
+            };
+            let rs = json!({
+                "apiVersion": "apps/v1",
+                "kind": "ReplicaSet",
+                "metadata": {
+                    "name": format!("{name}-{hash}"),
+                    "namespace": ns,
+                    "labels": rs_template["metadata"]["labels"],
+                    "annotations": annotations,
+                    "ownerReferences": [owner_ref(&d)],
+                },
+                "spec": {"replicas": initial, "minReadySeconds": d["spec"]["minReadySeconds"].as_i64().unwrap_or(0), "selector": selector, "template": rs_template},
+            });
+            let rs_call = call(app, "apps", "replicasets", &ns, None, None, MANAGER);
+            let created = create_object(app, &rs_call, rs).await.map_err(|e| e.message)?;
+            events::record(
+                app,
+                &d,
+                MANAGER,
+                "Normal",
+                "ScalingReplicaSet",
+                &format!(
+                    "Scaled up replica set {} to {initial}",
+                    meta_str(&created, "name")
+                ),
+            )
+            .await;
+            rss.wait_for(meta_str(&created, "resourceVersion").parse().unwrap_or(0))
+                .await;
+            changed = true;
+            rss.get(&format!("{RS_PREFIX}{ns}/{}", meta_str(&created, "name")))
+        }
+    };
+
+    if !paused && let Some(new_rs) = &new_rs {
+        let all_replicas: i64 = owned.iter().map(|rs| replicas(rs)).sum::<i64>()
+            + if owned
+                .iter()
+                .any(|rs| meta_str(rs, "uid") == meta_str(new_rs, "uid"))
+            {
+                0
+            } else {
+                replicas(new_rs)
+            };
+        if recreate {
+            let old_running = old.iter().any(|rs| replicas(rs) > 0)
+                || pods.list(Some(&ns)).iter().any(|p| {
+                    active(p)
+                        && old
+                            .iter()
+                            .any(|rs| controller_of(p, "ReplicaSet") == Some(meta_str(rs, "name")))
+                });
+            for rs in old.iter().filter(|rs| replicas(rs) > 0) {
+                scale_rs(app, rs, 0, None).await?;
+                events::record(
+                    app,
+                    &d,
+                    MANAGER,
+                    "Normal",
+                    "ScalingReplicaSet",
+                    &format!("Scaled down replica set {} to 0", meta_str(rs, "name")),
+                )
+                .await;
+                changed = true;
+            }
+            if !old_running && replicas(new_rs) != want {
+                scale_rs(app, new_rs, want, None).await?;
+                changed = true;
+            }
+        } else {
+            // Scale the new ReplicaSet up within maxSurge.
+            let allowed = want + max_surge - all_replicas;
+            let new_target = if replicas(new_rs) > want {
+                want
+            } else if allowed > 0 {
+                (replicas(new_rs) + allowed).min(want)
+            } else {
+                replicas(new_rs)
+            };
+            if new_target != replicas(new_rs) {
+                scale_rs(app, new_rs, new_target, None).await?;
+                events::record(
+                    app,
+                    &d,
+                    MANAGER,
+                    "Normal",
+                    "ScalingReplicaSet",
+                    &format!(
+                        "Scaled up replica set {} to {new_target}",
+                        meta_str(new_rs, "name")
+                    ),
+                )
+                .await;
+                changed = true;
+            }
+            // Scale old ReplicaSets down within maxUnavailable.
+            let all_now: i64 = old.iter().map(|rs| replicas(rs)).sum::<i64>() + new_target;
+            let min_available = want - max_unavailable;
+            let new_unavailable = new_target - status_count(new_rs, "availableReplicas");
+            let mut budget = all_now - min_available - new_unavailable.max(0);
+            // Unhealthy old replicas go first; they do not count as available anyway.
+            for rs in old.iter() {
+                if budget <= 0 {
+                    break;
+                }
+                let unhealthy = replicas(rs) - status_count(rs, "availableReplicas");
+                let cut = unhealthy.min(budget).max(0);
+                if cut > 0 {
+                    scale_rs(app, rs, replicas(rs) - cut, None).await?;
+                    budget -= cut;
+                    changed = true;
+                }
+            }
+            let available: i64 = owned.iter().map(|rs| status_count(rs, "availableReplicas")).sum();
+            let mut can_remove = (available - min_available).min(budget.max(0));
+            for rs in old.iter() {
+                if can_remove <= 0 {
+                    break;
+                }
+                let current = rs_replicas_after(rss, rs);
+                let cut = current.min(can_remove);
+                if cut > 0 {
+                    scale_rs(
+                        app,
+                        &rss.get(&rs_key(rs)).unwrap_or_else(|| rs.clone()),
+                        current - cut,
+                        None,
+                    )
+                    .await?;
+                    events::record(
+                        app,
+                        &d,
+                        MANAGER,
+                        "Normal",
+                        "ScalingReplicaSet",
+                        &format!(
+                            "Scaled down replica set {} to {}",
+                            meta_str(rs, "name"),
+                            current - cut
+                        ),
+                    )
+                    .await;
+                    can_remove -= cut;
+                    changed = true;
+                }
+            }
+        }
+    }
+
+    // Old, empty ReplicaSets beyond the history limit go, oldest first.
+    let limit = d["spec"]["revisionHistoryLimit"].as_i64().unwrap_or(10).max(0) as usize;
+    let empty_old: Vec<&Arc<Value>> = old
+        .iter()
+        .filter(|rs| replicas(rs) == 0 && status_count(rs, "replicas") == 0)
+        .collect();
+    if empty_old.len() > limit {
+        let rs_call = call(app, "apps", "replicasets", &ns, None, None, MANAGER);
+        for rs in empty_old.iter().take(empty_old.len() - limit) {
+            let _ = delete_one(
+                app,
+                &rs_call,
+                meta_str(rs, "name"),
+                Some("Background"),
+                None,
+                &Value::Null,
+                false,
+            )
+            .await;
+        }
+    }
+
+    if changed {
+        rss.wait_for(app.store.revision()).await;
+    }
+    // The Deployment carries the revision of its current ReplicaSet, as upstream.
+    let mut d = (*d).clone();
+    if let Some(rs) = new_rs.and_then(|rs| rss.get(&rs_key(&rs))) {
+        let rev = revision(&rs).to_string();
+        if d["metadata"]["annotations"][REVISION].as_str() != Some(rev.as_str()) {
+            if !d["metadata"]["annotations"].is_object() {
+                d["metadata"]["annotations"] = json!({});
+            }
+            d["metadata"]["annotations"][REVISION] = json!(rev);
+            let c = call(app, "apps", "deployments", &ns, Some(&name), None, MANAGER);
+            d = update_object(app, &c, d).await.map_err(|e| e.message)?;
+        }
+    }
+    update_status(app, &d, rss, want, max_unavailable).await
+}
+
+fn rs_key(rs: &Value) -> String {
+    format!(
+        "{RS_PREFIX}{}/{}",
+        meta_str(rs, "namespace"),
+        meta_str(rs, "name")
+    )
+}
+
+fn rs_replicas_after(rss: &Cache, rs: &Value) -> i64 {
+    rss.get(&rs_key(rs))
+        .map(|r| replicas(&r))
+        .unwrap_or_else(|| replicas(rs))
+}
+
+async fn update_status(
+    app: &App,
+    d: &Value,
+    rss: &Cache,
+    want: i64,
+    max_unavailable: i64,
+) -> Result<Next, String> {
+    let (ns, name) = (meta_str(d, "namespace"), meta_str(d, "name"));
+    let owned: Vec<Arc<Value>> = rss
+        .list(Some(ns))
+        .into_iter()
+        .filter(|rs| controller_of(rs, "Deployment") == Some(name))
+        .collect();
+    let template = &d["spec"]["template"];
+    let new_rs = owned
+        .iter()
+        .find(|rs| without_hash(&rs["spec"]["template"]) == *template);
+    let total: i64 = owned.iter().map(|rs| status_count(rs, "replicas")).sum();
+    let ready: i64 = owned.iter().map(|rs| status_count(rs, "readyReplicas")).sum();
+    let available: i64 = owned.iter().map(|rs| status_count(rs, "availableReplicas")).sum();
+    let updated = new_rs.map(|rs| status_count(rs, "replicas")).unwrap_or(0);
+    let new_available = new_rs
+        .map(|rs| status_count(rs, "availableReplicas"))
+        .unwrap_or(0);
+    let complete = updated == want && new_available == want && total == want;
+    let available_cond = if available >= want - max_unavailable {
+        condition(
+            "Available",
+            true,
+            "MinimumReplicasAvailable",
+            "Deployment has minimum availability.",
+            d,
+        )
+    } else {
+        condition(
+            "Available",
+            false,
+            "MinimumReplicasUnavailable",
+            "Deployment does not have minimum availability.",
+            d,
+        )
+    };
+    let rs_name = new_rs
+        .map(|rs| meta_str(rs, "name").to_owned())
+        .unwrap_or_default();
+    let deadline = d["spec"]["progressDeadlineSeconds"].as_i64().unwrap_or(600);
+    let previous_progress = d["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Progressing").cloned());
+    let progress_made = d["status"]["updatedReplicas"].as_i64().unwrap_or(-1) != updated
+        || d["status"]["availableReplicas"].as_i64().unwrap_or(-1) != available
+        || d["status"]["observedGeneration"] != d["metadata"]["generation"];
+    let progressing = if d["spec"]["paused"] == json!(true) {
+        condition("Progressing", true, "DeploymentPaused", "Deployment is paused", d)
+    } else if complete {
+        condition(
+            "Progressing",
+            true,
+            "NewReplicaSetAvailable",
+            &format!("ReplicaSet \"{rs_name}\" has successfully progressed."),
+            d,
+        )
+    } else {
+        let stalled = !progress_made
+            && previous_progress
+                .as_ref()
+                .and_then(|c| parse_time(c["lastUpdateTime"].as_str().unwrap_or_default()))
+                .is_some_and(|t| (time::OffsetDateTime::now_utc() - t).whole_seconds() > deadline);
+        if stalled {
+            condition(
+                "Progressing",
+                false,
+                "ProgressDeadlineExceeded",
+                &format!("ReplicaSet \"{rs_name}\" has timed out progressing."),
+                d,
+            )
+        } else {
+            let mut c = condition(
+                "Progressing",
+                true,
+                "ReplicaSetUpdated",
+                &format!("ReplicaSet \"{rs_name}\" is progressing."),
+                d,
+            );
+            if progress_made {
+                c["lastUpdateTime"] = json!(now());
+            }
+            c
+        }
+    };
+    let mut status = json!({
+        "observedGeneration": d["metadata"]["generation"],
+        "replicas": total,
+        "updatedReplicas": updated,
+        "readyReplicas": ready,
+        "availableReplicas": available,
+        "unavailableReplicas": (want - available).max(0),
+        "conditions": [available_cond, progressing],
+    });
+    if let Some(m) = status.as_object_mut() {
+        m.retain(|k, v| {
+            !matches!(
+                k.as_str(),
+                "replicas"
+                    | "updatedReplicas"
+                    | "readyReplicas"
+                    | "availableReplicas"
+                    | "unavailableReplicas"
+            ) || v != &json!(0)
+        });
+    }
+    if d["status"] != status {
+        let mut next = d.clone();
+        next["status"] = status;
+        let status_call = call(
+            app,
+            "apps",
+            "deployments",
+            ns,
+            Some(name),
+            Some("status"),
+            MANAGER,
+        );
+        update_object(app, &status_call, next)
+            .await
+            .map_err(|e| e.message)?;
+    }
+    if complete {
+        Ok(Next::Done)
+    } else {
+        // Re-check the progress deadline while a rollout is under way.
+        Ok(Next::After(Duration::from_secs(deadline.clamp(1, 10) as u64)))
+    }
+}
+
+/// Starts the controller.
+pub fn start(app: Arc<App>, caches: &super::runtime::Caches) {
+    let deploys = caches.get(&app, DEPLOY_PREFIX);
+    let rss = caches.get(&app, RS_PREFIX);
+    let pods = caches.get(&app, POD_PREFIX);
+    let queue = Arc::new(Queue::default());
+    {
+        let (queue, mut changes) = (queue.clone(), deploys.subscribe());
+        tokio::spawn(async move {
+            while let Ok(change) = changes.recv().await {
+                queue.add(&change.key);
+            }
+        });
+    }
+    {
+        let (queue, mut changes) = (queue.clone(), rss.subscribe());
+        tokio::spawn(async move {
+            while let Ok(change) = changes.recv().await {
+                for rs in [&change.old, &change.new].into_iter().flatten() {
+                    if let Some(owner) = controller_of(rs, "Deployment") {
+                        queue.add(&format!("{DEPLOY_PREFIX}{}/{owner}", meta_str(rs, "namespace")));
+                    }
+                }
+            }
+        });
+    }
+    {
+        // Recreate waits for old pods to go.
+        let (queue, rss, mut changes) = (queue.clone(), rss.clone(), pods.subscribe());
+        tokio::spawn(async move {
+            while let Ok(change) = changes.recv().await {
+                if change.new.is_some() {
+                    continue;
+                }
+                for pod in change.old.iter() {
+                    let Some(rs_name) = controller_of(pod, "ReplicaSet") else {
+                        continue;
+                    };
+                    let ns = meta_str(pod, "namespace");
+                    if let Some(rs) = rss.get(&format!("{RS_PREFIX}{ns}/{rs_name}"))
+                        && let Some(owner) = controller_of(&rs, "Deployment")
+                    {
+                        queue.add(&format!("{DEPLOY_PREFIX}{ns}/{owner}"));
+                    }
+                }
+            }
+        });
+    }
+    run_workers(app.clone(), "deployment", queue, 2, move |key| {
+        let (app, deploys, rss, pods) = (app.clone(), deploys.clone(), rss.clone(), pods.clone());
+        async move { reconcile(&app, &deploys, &rss, &pods, &key).await }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn int_or_percent_rounding() {
+        assert_eq!(resolve(&json!("25%"), 10, true), 3);
+        assert_eq!(resolve(&json!("25%"), 10, false), 2);
+        assert_eq!(resolve(&json!(2), 10, false), 2);
+    }
+
+    #[test]
+    fn hash_ignores_the_hash_label_and_is_safe() {
+        let t = json!({"metadata": {"labels": {"app": "a"}}, "spec": {}});
+        let mut with = t.clone();
+        with["metadata"]["labels"][HASH_LABEL] = json!("x");
+        assert_eq!(template_hash(&t, 0), template_hash(&with, 0));
+        assert!(
+            template_hash(&t, 0)
+                .bytes()
+                .all(|b| b"bcdfghjklmnpqrstvwxz2456789".contains(&b))
+        );
+        assert_ne!(template_hash(&t, 0), template_hash(&t, 1));
+    }
+}
