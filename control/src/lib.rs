@@ -5,4 +5,5 @@ pub mod api;
 pub mod bootstrap;
 pub mod controllers;
 pub mod pki;
+pub mod scheduler;
 pub mod store;

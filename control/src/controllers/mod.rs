@@ -16,10 +16,10 @@ mod crd;
 mod deployment;
 
 pub use crd::initial_finalizers as crd_finalizers;
-mod events;
+pub mod events;
 mod gc;
 mod namespace;
-mod replicaset;
+pub mod replicaset;
 pub mod runtime;
 
 /// Starts the controllers.
@@ -30,7 +30,8 @@ pub fn start(app: Arc<App>) {
     tokio::spawn(namespace::run(app.clone()));
     let caches = runtime::Caches::default();
     replicaset::start(app.clone(), &caches);
-    deployment::start(app, &caches);
+    deployment::start(app.clone(), &caches);
+    crate::scheduler::start(app, &caches);
 }
 
 /// How long a controller waits before retrying after a failure, and between resyncs.

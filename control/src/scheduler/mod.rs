@@ -1,0 +1,323 @@
+//! The scheduler: binds pending pods to nodes. Filters, then scores, as upstream; keeps per-node
+//! state incrementally so a decision costs O(nodes), and retries unschedulable pods only when the
+//! cluster changes (a node appears or changes, a pod goes away), not in a busy loop.
+
+mod filter;
+mod node_info;
+pub mod quantity;
+mod score;
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use self::node_info::{NodeInfo, pod_requests};
+use crate::api::App;
+use crate::api::handlers::{bind, update_object};
+use crate::api::object::{meta_str, now};
+use crate::controllers::events;
+use crate::controllers::replicaset::{POD_PREFIX, call};
+use crate::controllers::runtime::{Cache, Caches, Change};
+
+/// Store prefix of nodes.
+pub const NODE_PREFIX: &str = "/registry/core/nodes/";
+const NAME: &str = "default-scheduler";
+
+/// What the scheduler accounts for a bound pod.
+#[derive(Debug, Clone)]
+struct Bound {
+    node: String,
+    requests: BTreeMap<String, f64>,
+    ports: Vec<(String, i64)>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    nodes: BTreeMap<String, NodeInfo>,
+    bound: HashMap<String, Bound>,
+    pending: VecDeque<String>,
+    queued: HashSet<String>,
+    unschedulable: HashSet<String>,
+}
+
+fn pending(pod: &Value) -> bool {
+    pod["spec"]["nodeName"].as_str().is_none_or(str::is_empty)
+        && pod["spec"]["schedulerName"].as_str().is_none_or(|s| s == NAME)
+        && !pod["metadata"]["deletionTimestamp"].is_string()
+        && !matches!(pod["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
+}
+
+fn occupies(pod: &Value) -> Option<&str> {
+    if matches!(pod["status"]["phase"].as_str(), Some("Succeeded" | "Failed")) {
+        return None;
+    }
+    pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty())
+}
+
+impl State {
+    fn enqueue(&mut self, key: &str) {
+        if self.queued.insert(key.to_owned()) {
+            self.pending.push_back(key.to_owned());
+        }
+    }
+
+    /// Something that may let unschedulable pods fit happened.
+    fn cluster_changed(&mut self) {
+        for key in std::mem::take(&mut self.unschedulable) {
+            self.enqueue(&key);
+        }
+    }
+
+    fn unaccount(&mut self, key: &str) -> bool {
+        if let Some(b) = self.bound.remove(key) {
+            if let Some(info) = self.nodes.get_mut(&b.node) {
+                info.account(&b.requests, &b.ports, -1.0);
+            }
+            return true;
+        }
+        false
+    }
+
+    fn account(&mut self, key: &str, pod: &Value, node: &str) {
+        self.unaccount(key);
+        let b = Bound {
+            node: node.to_owned(),
+            requests: pod_requests(pod),
+            ports: filter::pod_host_ports(pod),
+        };
+        if let Some(info) = self.nodes.get_mut(node) {
+            info.account(&b.requests, &b.ports, 1.0);
+        }
+        self.bound.insert(key.to_owned(), b);
+    }
+
+    fn pod_changed(&mut self, change: &Change) {
+        match &change.new {
+            Some(pod) => {
+                match occupies(pod) {
+                    Some(node) => {
+                        let node = node.to_owned();
+                        if self.bound.get(&change.key).is_none_or(|b| b.node != node) {
+                            self.account(&change.key, pod, &node);
+                        }
+                    }
+                    None => {
+                        if self.unaccount(&change.key) {
+                            self.cluster_changed();
+                        }
+                    }
+                }
+                if pending(pod) && !self.unschedulable.contains(&change.key) {
+                    self.enqueue(&change.key);
+                }
+            }
+            None => {
+                self.unschedulable.remove(&change.key);
+                if self.unaccount(&change.key) {
+                    self.cluster_changed();
+                }
+            }
+        }
+    }
+
+    fn node_changed(&mut self, change: &Change) {
+        let name = change.key.rsplit('/').next().unwrap_or_default().to_owned();
+        match &change.new {
+            Some(node) => {
+                match self.nodes.get_mut(&name) {
+                    Some(info) => info.update_node(node.clone()),
+                    None => {
+                        let mut info = NodeInfo::new(node.clone());
+                        for b in self.bound.values().filter(|b| b.node == name) {
+                            info.account(&b.requests, &b.ports, 1.0);
+                        }
+                        self.nodes.insert(name, info);
+                    }
+                }
+                self.cluster_changed();
+            }
+            None => {
+                self.nodes.remove(&name);
+            }
+        }
+    }
+}
+
+/// The outcome of one scheduling attempt.
+enum Decision {
+    Node(String),
+    Unschedulable(String),
+}
+
+fn decide(state: &State, pod: &Value) -> Decision {
+    let requests = pod_requests(pod);
+    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+    let mut best: Option<(i64, &str)> = None;
+    for (name, info) in &state.nodes {
+        let failed = filter::check(pod, info, &requests);
+        if failed.is_empty() {
+            let s = score::score(pod, info, &requests);
+            // Highest score wins; equal scores go to the first node by name.
+            if best.is_none_or(|(b, _)| s > b) {
+                best = Some((s, name));
+            }
+        } else {
+            // Upstream reports one reason per node kind; count each distinct reason.
+            for r in failed {
+                *reasons.entry(r).or_default() += 1;
+            }
+        }
+    }
+    match best {
+        Some((_, node)) => Decision::Node(node.to_owned()),
+        None => Decision::Unschedulable(filter::unschedulable_message(state.nodes.len(), &reasons)),
+    }
+}
+
+async fn schedule_one(app: &App, pods: &Cache, state: &mut State, key: &str) {
+    let Some(pod) = pods.get(key) else { return };
+    if !pending(&pod) || state.bound.contains_key(key) {
+        return;
+    }
+    let (ns, name) = (
+        meta_str(&pod, "namespace").to_owned(),
+        meta_str(&pod, "name").to_owned(),
+    );
+    match decide(state, &pod) {
+        Decision::Node(node) => {
+            let c = call(app, "", "pods", &ns, Some(&name), Some("binding"), NAME);
+            let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name, "namespace": ns}, "target": {"apiVersion": "v1", "kind": "Node", "name": node}});
+            match bind(app, &c, binding.to_string().as_bytes()).await {
+                Ok(_) => {
+                    // Assume the pod is there before the cache says so.
+                    state.account(key, &pod, &node);
+                    events::record(
+                        app,
+                        &pod,
+                        NAME,
+                        "Normal",
+                        "Scheduled",
+                        &format!("Successfully assigned {ns}/{name} to {node}"),
+                    )
+                    .await;
+                }
+                Err(e) if e.code == 404 || e.code == 409 => {}
+                Err(e) => {
+                    tracing::debug!(%key, error = %e, "binding failed; retrying");
+                    state.enqueue(key);
+                }
+            }
+        }
+        Decision::Unschedulable(message) => {
+            state.unschedulable.insert(key.to_owned());
+            let already = pod["status"]["conditions"].as_array().is_some_and(|c| {
+                c.iter().any(|c| {
+                    c["type"] == "PodScheduled" && c["status"] == "False" && c["message"] == message.as_str()
+                })
+            });
+            if already {
+                return;
+            }
+            let mut updated = (*pod).clone();
+            let mut conditions: Vec<Value> = pod["status"]["conditions"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            conditions.retain(|c| c["type"] != "PodScheduled");
+            conditions.push(json!({"type": "PodScheduled", "status": "False", "lastProbeTime": null, "lastTransitionTime": now(), "reason": "Unschedulable", "message": message}));
+            updated["status"]["conditions"] = Value::Array(conditions);
+            let c = call(app, "", "pods", &ns, Some(&name), Some("status"), NAME);
+            if update_object(app, &c, updated).await.is_ok() {
+                events::record(app, &pod, NAME, "Warning", "FailedScheduling", &message).await;
+            }
+        }
+    }
+}
+
+async fn run(app: Arc<App>, pods: Arc<Cache>, nodes: Arc<Cache>) {
+    let mut state = State::default();
+    let mut pod_changes = pods.subscribe();
+    let mut node_changes = nodes.subscribe();
+    // Catch up with what the caches already hold.
+    for node in nodes.list(None) {
+        let key = format!("{NODE_PREFIX}{}", meta_str(&node, "name"));
+        state.node_changed(&Change {
+            key,
+            old: None,
+            new: Some(node),
+        });
+    }
+    for pod in pods.list(None) {
+        let key = format!(
+            "{POD_PREFIX}{}/{}",
+            meta_str(&pod, "namespace"),
+            meta_str(&pod, "name")
+        );
+        state.pod_changed(&Change {
+            key,
+            old: None,
+            new: Some(pod),
+        });
+    }
+    loop {
+        // Apply every change that has arrived, then schedule.
+        loop {
+            match node_changes.try_recv() {
+                Ok(c) => state.node_changed(&c),
+                Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => state.cluster_changed(),
+                Err(_) => break,
+            }
+        }
+        loop {
+            match pod_changes.try_recv() {
+                Ok(c) => state.pod_changed(&c),
+                Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => {
+                    for pod in pods.list(None) {
+                        let key = format!(
+                            "{POD_PREFIX}{}/{}",
+                            meta_str(&pod, "namespace"),
+                            meta_str(&pod, "name")
+                        );
+                        state.pod_changed(&Change {
+                            key,
+                            old: None,
+                            new: Some(pod),
+                        });
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        if let Some(key) = state.pending.pop_front() {
+            state.queued.remove(&key);
+            if !app.store.is_leader().await {
+                state.enqueue(&key);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            schedule_one(&app, &pods, &mut state, &key).await;
+            continue;
+        }
+        tokio::select! {
+            c = pod_changes.recv() => match c {
+                Ok(c) => state.pod_changed(&c),
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                Err(_) => state.cluster_changed(),
+            },
+            c = node_changes.recv() => match c {
+                Ok(c) => state.node_changed(&c),
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                Err(_) => state.cluster_changed(),
+            },
+        }
+    }
+}
+
+/// Starts the scheduler.
+pub fn start(app: Arc<App>, caches: &Caches) {
+    let pods = caches.get(&app, POD_PREFIX);
+    let nodes = caches.get(&app, NODE_PREFIX);
+    tokio::spawn(run(app, pods, nodes));
+}

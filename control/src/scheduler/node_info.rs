@@ -1,0 +1,95 @@
+//! What the scheduler tracks per node: allocatable resources, what bound pods request, pod count
+//! and host ports in use. Updated incrementally as pods are bound and removed.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::quantity;
+
+/// One node's scheduling state.
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    /// The Node object.
+    pub node: Arc<Value>,
+    /// `status.allocatable` in base units.
+    pub allocatable: BTreeMap<String, f64>,
+    /// Sum of the requests of pods bound here.
+    pub requested: BTreeMap<String, f64>,
+    /// Pods bound here.
+    pub pods: usize,
+    /// (protocol, port) pairs taken by bound pods.
+    pub host_ports: HashSet<(String, i64)>,
+}
+
+fn quantities(map: &Value) -> BTreeMap<String, f64> {
+    map.as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| {
+            let text = match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            quantity::parse(&text).map(|q| (k.clone(), q))
+        })
+        .collect()
+}
+
+impl NodeInfo {
+    /// State for a node with nothing bound yet.
+    pub fn new(node: Arc<Value>) -> Self {
+        let allocatable = quantities(&node["status"]["allocatable"]);
+        Self {
+            node,
+            allocatable,
+            requested: BTreeMap::new(),
+            pods: 0,
+            host_ports: HashSet::new(),
+        }
+    }
+
+    /// Replaces the Node object, keeping the bookkeeping.
+    pub fn update_node(&mut self, node: Arc<Value>) {
+        self.allocatable = quantities(&node["status"]["allocatable"]);
+        self.node = node;
+    }
+
+    /// Adds (`sign` = 1) or removes (-1) a pod's requests.
+    pub fn account(&mut self, requests: &BTreeMap<String, f64>, ports: &[(String, i64)], sign: f64) {
+        for (k, v) in requests {
+            *self.requested.entry(k.clone()).or_default() += sign * v;
+        }
+        if sign > 0.0 {
+            self.pods += 1;
+            self.host_ports.extend(ports.iter().cloned());
+        } else {
+            self.pods = self.pods.saturating_sub(1);
+            for p in ports {
+                self.host_ports.remove(p);
+            }
+        }
+    }
+}
+
+/// A pod's effective requests: the larger of its containers' sum and any one init container,
+/// plus overhead, as upstream computes them.
+pub fn pod_requests(pod: &Value) -> BTreeMap<String, f64> {
+    let mut sum: BTreeMap<String, f64> = BTreeMap::new();
+    for c in pod["spec"]["containers"].as_array().into_iter().flatten() {
+        for (k, v) in quantities(&c["resources"]["requests"]) {
+            *sum.entry(k).or_default() += v;
+        }
+    }
+    for c in pod["spec"]["initContainers"].as_array().into_iter().flatten() {
+        for (k, v) in quantities(&c["resources"]["requests"]) {
+            let e = sum.entry(k).or_default();
+            *e = e.max(v);
+        }
+    }
+    for (k, v) in quantities(&pod["spec"]["overhead"]) {
+        *sum.entry(k).or_default() += v;
+    }
+    sum
+}

@@ -1,0 +1,142 @@
+//! The scheduler against Node objects created through the API (no agents): filters, scores,
+//! unschedulable reporting, and retry when the cluster changes.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use skiff_tests::Control;
+
+fn json(s: &str) -> Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+fn node(name: &str, cpu: &str, labels: &str, taints: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Node\nmetadata: {{name: {name}, labels: {{{labels}}}}}\nspec: {{taints: [{taints}]}}\nstatus:\n  allocatable: {{cpu: '{cpu}', memory: 8Gi, pods: '110', nvidia.com/gpu: '{gpu}'}}\n  capacity: {{cpu: '{cpu}', memory: 8Gi, pods: '110'}}\n  conditions: [{{type: Ready, status: 'True'}}]\n",
+        gpu = if labels.contains("gpu") { "1" } else { "0" }
+    )
+}
+
+fn pod(name: &str, cpu: &str, extra_spec: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  containers: [{{name: c, image: registry.local/busybox:1.36, resources: {{requests: {{cpu: '{cpu}'}}}}}}]\n{extra_spec}"
+    )
+}
+
+fn node_of(c: &Control, pod: &str) -> String {
+    for _ in 0..200 {
+        let n = c.ok(&["get", "pod", pod, "-o", "jsonpath={.spec.nodeName}"]);
+        if !n.is_empty() {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("pod {pod} never scheduled");
+}
+
+fn cluster(c: &Control) {
+    c.ok_stdin(&["apply", "-f", "-"], &node("small", "1", "zone: a", ""));
+    c.ok_stdin(&["apply", "-f", "-"], &node("big", "8", "zone: b", ""));
+    c.ok_stdin(
+        &["apply", "-f", "-"],
+        &node(
+            "gpu",
+            "8",
+            "zone: b, gpu: 'true'",
+            "{key: dedicated, value: gpu, effect: NoSchedule}",
+        ),
+    );
+}
+
+#[test]
+fn filters_choose_the_feasible_node() {
+    let c = Control::start();
+    cluster(&c);
+    // Resources: only big (gpu is tainted) fits 4 CPUs.
+    c.ok_stdin(&["apply", "-f", "-"], &pod("cpu-heavy", "4", ""));
+    assert_eq!(node_of(&c, "cpu-heavy"), "big");
+    // nodeSelector.
+    c.ok_stdin(
+        &["apply", "-f", "-"],
+        &pod("zone-a", "100m", "  nodeSelector: {zone: a}\n"),
+    );
+    assert_eq!(node_of(&c, "zone-a"), "small");
+    // Required node affinity with NotIn.
+    let affinity = "  affinity: {nodeAffinity: {requiredDuringSchedulingIgnoredDuringExecution: {nodeSelectorTerms: [{matchExpressions: [{key: zone, operator: NotIn, values: [b]}]}]}}}\n";
+    c.ok_stdin(&["apply", "-f", "-"], &pod("not-b", "100m", affinity));
+    assert_eq!(node_of(&c, "not-b"), "small");
+    // Taints: only a tolerating pod lands on the GPU node; extended resources count.
+    let gpu = "  tolerations: [{key: dedicated, operator: Equal, value: gpu, effect: NoSchedule}]\n  nodeSelector: {gpu: 'true'}\n";
+    c.ok_stdin(
+        &["apply", "-f", "-"],
+        &pod("trainer", "100m", gpu).replace("cpu: '100m'", "cpu: '100m', nvidia.com/gpu: '1'"),
+    );
+    assert_eq!(node_of(&c, "trainer"), "gpu");
+    // Host ports: a second pod on the same port must go elsewhere.
+    let port = "  nodeSelector: {zone: b}\n  tolerations: [{key: dedicated, operator: Exists}]\n";
+    for name in ["port-1", "port-2"] {
+        let p = pod(name, "100m", port).replace(
+            "resources:",
+            "ports: [{containerPort: 80, hostPort: 8080}], resources:",
+        );
+        c.ok_stdin(&["apply", "-f", "-"], &p);
+    }
+    assert_ne!(node_of(&c, "port-1"), node_of(&c, "port-2"));
+    let events = c.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "reason=Scheduled",
+        "-o",
+        "name",
+    ]);
+    assert!(events.lines().count() >= 5, "{events}");
+}
+
+#[test]
+fn scores_spread_load_and_honour_preferences() {
+    let c = Control::start();
+    c.ok_stdin(&["apply", "-f", "-"], &node("n1", "4", "zone: a", ""));
+    c.ok_stdin(&["apply", "-f", "-"], &node("n2", "4", "zone: b", ""));
+    c.ok_stdin(&["apply", "-f", "-"], &pod("first", "2", ""));
+    let first = node_of(&c, "first");
+    // Least allocated: the next pod goes to the emptier node.
+    c.ok_stdin(&["apply", "-f", "-"], &pod("second", "1", ""));
+    assert_ne!(node_of(&c, "second"), first);
+    // A strong preference wins over balance.
+    let prefer = "  affinity: {nodeAffinity: {preferredDuringSchedulingIgnoredDuringExecution: [{weight: 100, preference: {matchExpressions: [{key: zone, operator: In, values: [a]}]}}]}}\n";
+    c.ok_stdin(&["apply", "-f", "-"], &pod("likes-a", "100m", prefer));
+    assert_eq!(node_of(&c, "likes-a"), "n1");
+}
+
+#[test]
+fn unschedulable_pods_say_why_and_are_retried_when_a_node_appears() {
+    let c = Control::start();
+    cluster(&c);
+    c.ok_stdin(
+        &["apply", "-f", "-"],
+        &pod("huge", "16", "  nodeSelector: {zone: b}\n"),
+    );
+    let mut message = String::new();
+    for _ in 0..200 {
+        let p = json(&c.ok(&["get", "pod", "huge", "-o", "json"]));
+        if let Some(cond) = p["status"]["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == "PodScheduled"))
+        {
+            message = cond["message"].as_str().unwrap_or_default().to_owned();
+            assert_eq!(cond["status"], "False");
+            assert_eq!(cond["reason"], "Unschedulable");
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        message,
+        "0/3 nodes are available: 1 Insufficient cpu, 1 node(s) didn't match Pod's node affinity/selector, 1 node(s) had untolerated taint {dedicated: gpu}."
+    );
+    let described = c.ok(&["describe", "pod", "huge"]);
+    assert!(described.contains("FailedScheduling"), "{described}");
+    c.ok_stdin(&["apply", "-f", "-"], &node("giant", "32", "zone: b", ""));
+    assert_eq!(node_of(&c, "huge"), "giant");
+}
