@@ -212,3 +212,88 @@ fn recreate_stops_old_pods_before_starting_new_ones() {
     }
     assert!(saw_new, "new pods never came up");
 }
+
+#[test]
+fn every_namespace_gets_a_default_service_account() {
+    let c = Control::start();
+    c.ok_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: team}\n",
+    );
+    eventually("default sa", || {
+        c.kubectl(&["-n", "team", "get", "sa", "default"])
+            .status
+            .success()
+    });
+    c.ok(&["-n", "team", "delete", "sa", "default"]);
+    eventually("recreated", || {
+        c.kubectl(&["-n", "team", "get", "sa", "default"])
+            .status
+            .success()
+    });
+}
+
+fn pod_with_ip(c: &Control, name: &str, ip: &str, ready: bool) {
+    let pod = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default, labels: {{app: api}}}}\nspec:\n  nodeName: n1\n  containers: [{{name: c, image: registry.local/busybox:1.36, ports: [{{name: http, containerPort: 8080}}]}}]\n"
+    );
+    c.ok_stdin(&["apply", "-f", "-"], &pod);
+    let status = format!(
+        r#"{{"status":{{"phase":"Running","podIP":"{ip}","conditions":[{{"type":"Ready","status":"{}"}}]}}}}"#,
+        if ready { "True" } else { "False" }
+    );
+    c.ok(&[
+        "patch",
+        "pod",
+        name,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &status,
+    ]);
+}
+
+#[test]
+fn endpoints_and_slices_follow_ready_pods() {
+    let c = Control::start();
+    c.ok_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: Service\nmetadata: {name: api, namespace: default}\nspec: {selector: {app: api}, ports: [{name: web, port: 80, targetPort: http}]}\n",
+    );
+    pod_with_ip(&c, "api-1", "10.244.0.11", true);
+    pod_with_ip(&c, "api-2", "10.244.0.12", false);
+    eventually("endpoints", || {
+        let ep = json(&c.ok(&["get", "endpoints", "api", "-o", "json"]));
+        ep["subsets"][0]["addresses"][0]["ip"] == "10.244.0.11"
+            && ep["subsets"][0]["notReadyAddresses"][0]["ip"] == "10.244.0.12"
+            && ep["subsets"][0]["ports"][0]["port"] == 8080
+    });
+    eventually("slice", || {
+        let list = json(&c.ok(&[
+            "get",
+            "endpointslices",
+            "-l",
+            "kubernetes.io/service-name=api",
+            "-o",
+            "json",
+        ]));
+        let Some(slice) = list["items"].as_array().and_then(|i| i.first().cloned()) else {
+            return false;
+        };
+        let ready: Vec<bool> = slice["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["conditions"]["ready"] == true)
+            .collect();
+        slice["ports"][0]["port"] == 8080 && ready.len() == 2 && ready.iter().filter(|r| **r).count() == 1
+    });
+    c.ok(&["delete", "pod", "api-1", "--grace-period=0", "--force"]);
+    eventually("removed", || {
+        let ep = json(&c.ok(&["get", "endpoints", "api", "-o", "json"]));
+        ep["subsets"][0]["addresses"].is_null()
+            && ep["subsets"][0]["notReadyAddresses"].as_array().map(Vec::len) == Some(1)
+    });
+    let table = c.ok(&["get", "endpoints", "api"]);
+    assert!(table.contains("api"), "{table}");
+}

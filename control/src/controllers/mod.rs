@@ -14,6 +14,7 @@ use crate::store::StoreError;
 mod compaction;
 mod crd;
 mod deployment;
+mod endpoints;
 
 pub use crd::initial_finalizers as crd_finalizers;
 pub mod events;
@@ -21,6 +22,7 @@ mod gc;
 mod namespace;
 pub mod replicaset;
 pub mod runtime;
+mod serviceaccount;
 
 /// Starts the controllers.
 pub fn start(app: Arc<App>) {
@@ -31,6 +33,8 @@ pub fn start(app: Arc<App>) {
     let caches = runtime::Caches::default();
     replicaset::start(app.clone(), &caches);
     deployment::start(app.clone(), &caches);
+    serviceaccount::start(app.clone(), &caches);
+    endpoints::start(app.clone(), &caches);
     crate::scheduler::start(app, &caches);
 }
 
