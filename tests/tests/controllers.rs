@@ -297,3 +297,112 @@ fn endpoints_and_slices_follow_ready_pods() {
     let table = c.ok(&["get", "endpoints", "api"]);
     assert!(table.contains("api"), "{table}");
 }
+
+fn set_phase(c: &Control, pod: &str, phase: &str) {
+    let status = format!(r#"{{"status":{{"phase":"{phase}"}}}}"#);
+    c.ok(&[
+        "patch",
+        "pod",
+        pod,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &status,
+    ]);
+}
+
+fn job(name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: batch/v1\nkind: Job\nmetadata: {{name: {name}, namespace: default}}\nspec:\n{spec}  template:\n    spec: {{restartPolicy: Never, containers: [{{name: c, image: registry.local/busybox:1.36}}]}}\n"
+    )
+}
+
+fn job_pods(c: &Control, name: &str) -> Vec<Value> {
+    pods(c, &format!("batch.kubernetes.io/job-name={name}"))
+}
+
+#[test]
+fn job_runs_to_completions_with_parallelism() {
+    let c = Control::start();
+    c.ok_stdin(
+        &["apply", "-f", "-"],
+        &job("batch", "  completions: 3\n  parallelism: 2\n"),
+    );
+    eventually("2 running", || job_pods(&c, "batch").len() == 2);
+    let mut done = 0;
+    while done < 3 {
+        let running: Vec<String> = job_pods(&c, "batch")
+            .iter()
+            .filter(|p| p["status"]["phase"] != "Succeeded")
+            .map(|p| p["metadata"]["name"].as_str().unwrap().to_owned())
+            .collect();
+        assert!(running.len() <= 2, "more than parallelism pods: {running:?}");
+        if let Some(p) = running.first() {
+            set_phase(&c, p, "Succeeded");
+            done += 1;
+            let want = done + (3 - done).min(2);
+            eventually("next pod", || job_pods(&c, "batch").len() >= want.min(3));
+        } else {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    c.ok(&["wait", "--for=condition=complete", "job/batch", "--timeout=20s"]);
+    assert_eq!(job_pods(&c, "batch").len(), 3);
+    let table = c.ok(&["get", "job", "batch"]);
+    assert!(table.contains("Complete") && table.contains("3/3"), "{table}");
+}
+
+#[test]
+fn job_fails_past_its_backoff_limit() {
+    let c = Control::start();
+    c.ok_stdin(&["apply", "-f", "-"], &job("flaky", "  backoffLimit: 0\n"));
+    eventually("1 pod", || job_pods(&c, "flaky").len() == 1);
+    let p = job_pods(&c, "flaky")[0]["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    set_phase(&c, &p, "Failed");
+    c.ok(&["wait", "--for=condition=failed", "job/flaky", "--timeout=20s"]);
+    let j = json(&c.ok(&["get", "job", "flaky", "-o", "json"]));
+    let failed = j["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Failed")
+        .unwrap()
+        .clone();
+    assert_eq!(failed["reason"], "BackoffLimitExceeded");
+    assert_eq!(job_pods(&c, "flaky").len(), 1, "no retry past the limit");
+}
+
+#[test]
+fn indexed_job_gives_each_pod_its_index() {
+    let c = Control::start();
+    c.ok_stdin(
+        &["apply", "-f", "-"],
+        &job(
+            "idx",
+            "  completions: 3\n  parallelism: 3\n  completionMode: Indexed\n",
+        ),
+    );
+    eventually("3 pods", || job_pods(&c, "idx").len() == 3);
+    let mut indexes: Vec<String> = job_pods(&c, "idx")
+        .iter()
+        .map(|p| {
+            p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    indexes.sort();
+    assert_eq!(indexes, ["0", "1", "2"]);
+    for p in job_pods(&c, "idx") {
+        set_phase(&c, p["metadata"]["name"].as_str().unwrap(), "Succeeded");
+    }
+    c.ok(&["wait", "--for=condition=complete", "job/idx", "--timeout=20s"]);
+    assert_eq!(
+        c.ok(&["get", "job", "idx", "-o", "jsonpath={.status.completedIndexes}"]),
+        "0-2"
+    );
+}

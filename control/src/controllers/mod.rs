@@ -19,6 +19,7 @@ mod endpoints;
 pub use crd::initial_finalizers as crd_finalizers;
 pub mod events;
 mod gc;
+mod job;
 mod namespace;
 pub mod replicaset;
 pub mod runtime;
@@ -35,6 +36,7 @@ pub fn start(app: Arc<App>) {
     deployment::start(app.clone(), &caches);
     serviceaccount::start(app.clone(), &caches);
     endpoints::start(app.clone(), &caches);
+    job::start(app.clone(), &caches);
     crate::scheduler::start(app, &caches);
 }
 
