@@ -30,9 +30,26 @@ struct Args {
     /// The range cluster IPs are allocated from.
     #[arg(long, default_value = "10.96.0.0/12")]
     service_cidr: String,
+    /// How long a node may go without a heartbeat (Lease renewal) before it is marked
+    /// `Ready=Unknown` and tainted unreachable.
+    #[arg(long, default_value = "40s", value_parser = parse_duration)]
+    node_monitor_grace_period: std::time::Duration,
     /// Store events kept for watches that start in the past; older revisions get 410 Gone.
     #[arg(long, default_value_t = 10_000)]
     watch_history: usize,
+}
+
+/// Parses `40s`, `2m`, `500ms` or plain seconds.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
+    match unit {
+        "" | "s" => Ok(std::time::Duration::from_secs(n)),
+        "ms" => Ok(std::time::Duration::from_millis(n)),
+        "m" => Ok(std::time::Duration::from_secs(n * 60)),
+        "h" => Ok(std::time::Duration::from_secs(n * 3600)),
+        _ => Err(format!("invalid duration {s:?} (use 40s, 2m, 500ms)")),
+    }
 }
 
 #[tokio::main]
@@ -61,7 +78,9 @@ async fn main() -> anyhow::Result<()> {
     store_config.watch_history = args.watch_history;
     let store = Store::open(store_config).await.context("opening the store")?;
 
-    let app = Arc::new(App::new(store.clone(), cidr));
+    let mut app = App::new(store.clone(), cidr);
+    app.node_grace = args.node_monitor_grace_period;
+    let app = Arc::new(app);
     skiff_control::bootstrap::ensure_defaults(&app)
         .await
         .context("creating default namespaces")?;

@@ -406,3 +406,70 @@ fn indexed_job_gives_each_pod_its_index() {
         "0-2"
     );
 }
+
+fn node_with_lease(c: &Control, name: &str) {
+    let node = format!(
+        "apiVersion: v1\nkind: Node\nmetadata: {{name: {name}}}\nstatus:\n  allocatable: {{cpu: '4', memory: 8Gi, pods: '110'}}\n  conditions: [{{type: Ready, status: 'True', reason: KubeletReady}}]\n"
+    );
+    c.ok_stdin(&["apply", "-f", "-"], &node);
+    renew(c, name);
+}
+
+/// Renews the node's Lease, as its kubelet would.
+fn renew(c: &Control, name: &str) {
+    let ts = std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%S.000000Z"])
+        .output()
+        .unwrap();
+    let ts = String::from_utf8_lossy(&ts.stdout).trim().to_owned();
+    let lease = format!(
+        "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {{name: {name}, namespace: kube-node-lease}}\nspec: {{holderIdentity: {name}, leaseDurationSeconds: 40, renewTime: '{ts}'}}\n"
+    );
+    c.ok_stdin(&["apply", "-f", "-"], &lease);
+}
+
+#[test]
+fn lost_node_is_tainted_and_its_pods_replaced_elsewhere() {
+    let c = Control::start_with(&["--node-monitor-grace-period", "2s"]);
+    node_with_lease(&c, "doomed");
+    let template = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: svc, namespace: default}\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: svc}}\n  template:\n    metadata: {labels: {app: svc}}\n    spec:\n      tolerations: [{key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 1}]\n      containers: [{name: c, image: registry.local/busybox:1.36}]\n";
+    c.ok_stdin(&["apply", "-f", "-"], template);
+    eventually("pods on doomed", || {
+        let p = pods(&c, "app=svc");
+        p.len() == 2 && p.iter().all(|p| p["spec"]["nodeName"] == "doomed")
+    });
+    // A healthy node joins and keeps its lease fresh; the first stops renewing.
+    node_with_lease(&c, "healthy");
+    let mut replaced = false;
+    for _ in 0..200 {
+        renew(&c, "healthy");
+        let node = json(&c.ok(&["get", "node", "doomed", "-o", "json"]));
+        let tainted = node["spec"]["taints"].as_array().is_some_and(|t| {
+            t.iter()
+                .any(|t| t["key"] == "node.kubernetes.io/unreachable" && t["effect"] == "NoExecute")
+        });
+        let active: Vec<Value> = pods(&c, "app=svc")
+            .into_iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .collect();
+        if tainted && active.len() == 2 && active.iter().all(|p| p["spec"]["nodeName"] == "healthy") {
+            replaced = true;
+            let ready = node["status"]["conditions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["type"] == "Ready")
+                .unwrap()
+                .clone();
+            assert_eq!(ready["status"], "Unknown");
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        replaced,
+        "pods were not evicted from the lost node and rescheduled"
+    );
+    let table = c.ok(&["get", "nodes"]);
+    assert!(table.contains("NotReady"), "{table}");
+}

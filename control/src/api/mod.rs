@@ -45,6 +45,8 @@ pub struct App {
     alloc: tokio::sync::Mutex<()>,
     /// The service CIDR cluster IPs come from.
     pub service_cidr: Cidr,
+    /// How long a node may go without a heartbeat before it is considered lost.
+    pub node_grace: std::time::Duration,
 }
 
 impl App {
@@ -55,6 +57,7 @@ impl App {
             registry: Registry::new(),
             alloc: tokio::sync::Mutex::new(()),
             service_cidr,
+            node_grace: std::time::Duration::from_secs(40),
         }
     }
 }

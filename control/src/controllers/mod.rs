@@ -21,6 +21,7 @@ pub mod events;
 mod gc;
 mod job;
 mod namespace;
+mod node_lifecycle;
 pub mod replicaset;
 pub mod runtime;
 mod serviceaccount;
@@ -37,6 +38,7 @@ pub fn start(app: Arc<App>) {
     serviceaccount::start(app.clone(), &caches);
     endpoints::start(app.clone(), &caches);
     job::start(app.clone(), &caches);
+    node_lifecycle::start(app.clone(), &caches);
     crate::scheduler::start(app, &caches);
 }
 
