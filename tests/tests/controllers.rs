@@ -473,3 +473,63 @@ fn lost_node_is_tainted_and_its_pods_replaced_elsewhere() {
     let table = c.ok(&["get", "nodes"]);
     assert!(table.contains("NotReady"), "{table}");
 }
+
+fn plain_node(c: &Control, name: &str, labels: &str) {
+    let node = format!(
+        "apiVersion: v1\nkind: Node\nmetadata: {{name: {name}, labels: {{{labels}}}}}\nstatus:\n  allocatable: {{cpu: '4', memory: 8Gi, pods: '110'}}\n  conditions: [{{type: Ready, status: 'True'}}]\n"
+    );
+    c.ok_stdin(&["apply", "-f", "-"], &node);
+}
+
+fn daemonset(image: &str) -> String {
+    format!(
+        "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {{name: agent, namespace: default}}\nspec:\n  selector: {{matchLabels: {{app: agent}}}}\n  template:\n    metadata: {{labels: {{app: agent}}}}\n    spec:\n      nodeSelector: {{role: worker}}\n      containers: [{{name: c, image: {image}}}]\n"
+    )
+}
+
+#[test]
+fn daemonset_runs_on_every_matching_node_and_rolls_within_max_unavailable() {
+    let c = Control::start();
+    plain_node(&c, "w1", "role: worker");
+    plain_node(&c, "w2", "role: worker");
+    plain_node(&c, "edge", "role: edge");
+    c.ok_stdin(&["apply", "-f", "-"], &daemonset("registry.local/busybox:1.36"));
+    let nodes_of = |c: &Control| {
+        let mut n: Vec<String> = active_pods(c, "app=agent")
+            .iter()
+            .filter_map(|p| p["spec"]["nodeName"].as_str().map(str::to_owned))
+            .collect();
+        n.sort();
+        n
+    };
+    eventually("one pod per worker", || nodes_of(&c) == ["w1", "w2"]);
+    // A node added later gets its daemon.
+    plain_node(&c, "w3", "role: worker");
+    eventually("third worker", || nodes_of(&c) == ["w1", "w2", "w3"]);
+    make_ready(&c, "app=agent");
+    c.ok(&["rollout", "status", "daemonset/agent", "--timeout=30s"]);
+    c.ok_stdin(&["apply", "-f", "-"], &daemonset("registry.local/busybox:1.37"));
+    let mut steps = 0;
+    loop {
+        let current = active_pods(&c, "app=agent");
+        let ready_nodes = ready_count(&current);
+        assert!(
+            ready_nodes >= 2,
+            "more than maxUnavailable=1 daemons down: {ready_nodes} ready"
+        );
+        let updated = current
+            .iter()
+            .filter(|p| p["spec"]["containers"][0]["image"] == "registry.local/busybox:1.37")
+            .count();
+        if updated == 3 && ready_nodes == 3 && current.len() == 3 {
+            break;
+        }
+        make_ready(&c, "app=agent");
+        std::thread::sleep(Duration::from_millis(100));
+        steps += 1;
+        assert!(steps < 300, "daemonset rollout did not finish");
+    }
+    c.ok(&["rollout", "status", "daemonset/agent", "--timeout=30s"]);
+    let history = c.ok(&["rollout", "history", "daemonset/agent"]);
+    assert!(history.contains('2'), "{history}");
+}

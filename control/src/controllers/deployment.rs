@@ -21,7 +21,7 @@ const HASH_LABEL: &str = "pod-template-hash";
 const MANAGER: &str = "deployment-controller";
 
 /// FNV-1a over the template, encoded as upstream's "safe" string.
-fn template_hash(template: &Value, collisions: i64) -> String {
+pub(crate) fn template_hash(template: &Value, collisions: i64) -> String {
     let mut t = template.clone();
     if let Some(labels) = t["metadata"]["labels"].as_object_mut() {
         labels.remove(HASH_LABEL);
@@ -57,7 +57,7 @@ fn without_hash(template: &Value) -> Value {
 }
 
 /// Resolves an int-or-percent against `total`, rounding up or down.
-fn resolve(v: &Value, total: i64, round_up: bool) -> i64 {
+pub(crate) fn resolve(v: &Value, total: i64, round_up: bool) -> i64 {
     match v {
         Value::Number(n) => n.as_i64().unwrap_or(0),
         Value::String(s) if s.ends_with('%') => {

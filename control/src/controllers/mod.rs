@@ -13,6 +13,7 @@ use crate::store::StoreError;
 
 mod compaction;
 mod crd;
+mod daemonset;
 mod deployment;
 mod endpoints;
 
@@ -39,6 +40,7 @@ pub fn start(app: Arc<App>) {
     endpoints::start(app.clone(), &caches);
     job::start(app.clone(), &caches);
     node_lifecycle::start(app.clone(), &caches);
+    daemonset::start(app.clone(), &caches);
     crate::scheduler::start(app, &caches);
 }
 

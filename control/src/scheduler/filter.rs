@@ -76,7 +76,8 @@ pub fn term_matches(term: &Value, node: &Value) -> bool {
     exprs_ok && fields_ok
 }
 
-fn selector_and_affinity_match(pod: &Value, node: &Value) -> bool {
+/// Whether the pod's nodeSelector and required node affinity accept the node.
+pub fn selector_and_affinity_match(pod: &Value, node: &Value) -> bool {
     let labels = &node["metadata"]["labels"];
     let selector_ok = pod["spec"]["nodeSelector"]
         .as_object()

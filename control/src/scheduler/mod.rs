@@ -2,7 +2,7 @@
 //! state incrementally so a decision costs O(nodes), and retries unschedulable pods only when the
 //! cluster changes (a node appears or changes, a pod goes away), not in a busy loop.
 
-mod filter;
+pub mod filter;
 mod node_info;
 pub mod quantity;
 mod score;
