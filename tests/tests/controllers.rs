@@ -533,3 +533,69 @@ fn daemonset_runs_on_every_matching_node_and_rolls_within_max_unavailable() {
     let history = c.ok(&["rollout", "history", "daemonset/agent"]);
     assert!(history.contains('2'), "{history}");
 }
+
+fn statefulset(replicas: u32, image: &str, partition: u32) -> String {
+    format!(
+        "apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {{name: db, namespace: default}}\nspec:\n  replicas: {replicas}\n  serviceName: db\n  selector: {{matchLabels: {{app: db}}}}\n  updateStrategy: {{type: RollingUpdate, rollingUpdate: {{partition: {partition}}}}}\n  template:\n    metadata: {{labels: {{app: db}}}}\n    spec: {{containers: [{{name: c, image: {image}}}]}}\n"
+    )
+}
+
+fn names(c: &Control, selector: &str) -> Vec<String> {
+    let mut n: Vec<String> = active_pods(c, selector)
+        .iter()
+        .map(|p| p["metadata"]["name"].as_str().unwrap().to_owned())
+        .collect();
+    n.sort();
+    n
+}
+
+#[test]
+fn statefulset_orders_creation_scale_down_and_partitioned_updates() {
+    let c = Control::start();
+    c.ok_stdin(
+        &["apply", "-f", "-"],
+        &statefulset(3, "registry.local/busybox:1.36", 0),
+    );
+    eventually("db-0 first", || names(&c, "app=db") == ["db-0"]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        names(&c, "app=db"),
+        ["db-0"],
+        "db-1 must wait for db-0 to be ready"
+    );
+    make_ready(&c, "app=db");
+    eventually("db-1", || names(&c, "app=db") == ["db-0", "db-1"]);
+    make_ready(&c, "app=db");
+    eventually("db-2", || names(&c, "app=db") == ["db-0", "db-1", "db-2"]);
+    make_ready(&c, "app=db");
+    let pod = json(&c.ok(&["get", "pod", "db-1", "-o", "json"]));
+    assert_eq!(pod["spec"]["hostname"], "db-1");
+    assert_eq!(pod["spec"]["subdomain"], "db");
+    // A partitioned update touches only ordinals >= partition, highest first.
+    c.ok_stdin(
+        &["apply", "-f", "-"],
+        &statefulset(3, "registry.local/busybox:1.37", 1),
+    );
+    eventually("db-2 and db-1 updated", || {
+        make_ready(&c, "app=db");
+        let p = active_pods(&c, "app=db");
+        let image = |n: &str| {
+            p.iter()
+                .find(|p| p["metadata"]["name"] == n)
+                .map(|p| p["spec"]["containers"][0]["image"].as_str().unwrap().to_owned())
+        };
+        image("db-2").as_deref() == Some("registry.local/busybox:1.37")
+            && image("db-1").as_deref() == Some("registry.local/busybox:1.37")
+    });
+    let p0 = json(&c.ok(&["get", "pod", "db-0", "-o", "json"]));
+    assert_eq!(
+        p0["spec"]["containers"][0]["image"],
+        "registry.local/busybox:1.36"
+    );
+    // Scale down removes the highest ordinals.
+    c.ok(&["scale", "statefulset", "db", "--replicas=1"]);
+    eventually("scaled to db-0", || {
+        make_ready(&c, "app=db");
+        names(&c, "app=db") == ["db-0"]
+    });
+}

@@ -26,6 +26,7 @@ mod node_lifecycle;
 pub mod replicaset;
 pub mod runtime;
 mod serviceaccount;
+mod statefulset;
 
 /// Starts the controllers.
 pub fn start(app: Arc<App>) {
@@ -41,6 +42,7 @@ pub fn start(app: Arc<App>) {
     job::start(app.clone(), &caches);
     node_lifecycle::start(app.clone(), &caches);
     daemonset::start(app.clone(), &caches);
+    statefulset::start(app.clone(), &caches);
     crate::scheduler::start(app, &caches);
 }
 

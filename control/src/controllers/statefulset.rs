@@ -1,0 +1,259 @@
+//! The StatefulSet controller: pods `<name>-<ordinal>` with stable identities (hostname and
+//! subdomain), created in order and removed in reverse order under `OrderedReady` (all at once
+//! under `Parallel`), and rolling updates from the highest ordinal down to `partition`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use super::deployment::template_hash;
+use super::events;
+use super::replicaset::{
+    POD_PREFIX, active, call, controller_of, pod_available, pod_from_template, pod_ready,
+};
+use super::runtime::{Cache, Caches, Next, Queue, run_workers};
+use crate::api::App;
+use crate::api::handlers::{create_object, delete_one, update_object};
+use crate::api::object::meta_str;
+
+/// Store prefix of StatefulSets.
+pub const STS_PREFIX: &str = "/registry/apps/statefulsets/";
+const HASH: &str = "controller-revision-hash";
+const MANAGER: &str = "statefulset-controller";
+
+fn ordinal(name: &str, pod: &Value) -> Option<i64> {
+    meta_str(pod, "name")
+        .strip_prefix(&format!("{name}-"))?
+        .parse()
+        .ok()
+}
+
+fn healthy(pod: &Value) -> bool {
+    pod["status"]["phase"] == "Running" && pod_ready(pod)
+}
+
+async fn reconcile(app: &App, stss: &Cache, pods: &Cache, key: &str) -> Result<Next, String> {
+    let Some(sts) = stss.get(key) else {
+        return Ok(Next::Done);
+    };
+    if sts["metadata"]["deletionTimestamp"].is_string() {
+        return Ok(Next::Done);
+    }
+    let (ns, name) = (
+        meta_str(&sts, "namespace").to_owned(),
+        meta_str(&sts, "name").to_owned(),
+    );
+    let want = sts["spec"]["replicas"].as_i64().unwrap_or(1).max(0);
+    let parallel = sts["spec"]["podManagementPolicy"] == "Parallel";
+    let template = &sts["spec"]["template"];
+    let revision = format!("{name}-{}", template_hash(template, 0));
+    let partition = sts["spec"]["updateStrategy"]["rollingUpdate"]["partition"]
+        .as_i64()
+        .unwrap_or(0);
+    let rolling = sts["spec"]["updateStrategy"]["type"]
+        .as_str()
+        .unwrap_or("RollingUpdate")
+        == "RollingUpdate";
+    let all: Vec<Arc<Value>> = pods
+        .list(Some(&ns))
+        .into_iter()
+        .filter(|p| controller_of(p, "StatefulSet") == Some(name.as_str()))
+        .collect();
+    let mut by_ordinal: BTreeMap<i64, Arc<Value>> = BTreeMap::new();
+    for p in &all {
+        if let Some(o) = ordinal(&name, p) {
+            by_ordinal.insert(o, p.clone());
+        }
+    }
+    let pod_call = call(app, "", "pods", &ns, None, None, MANAGER);
+    let mut wrote = false;
+    // A terminating pod blocks ordered progress until it is gone.
+    let terminating = by_ordinal
+        .values()
+        .any(|p| p["metadata"]["deletionTimestamp"].is_string());
+    if parallel || !terminating {
+        // Create missing ordinals, in order.
+        for o in 0..want {
+            if by_ordinal.contains_key(&o) {
+                if !parallel && !healthy(&by_ordinal[&o]) {
+                    break;
+                }
+                continue;
+            }
+            let pod_name = format!("{name}-{o}");
+            let mut pod = pod_from_template(template, &sts, &name, Some(&pod_name));
+            pod["metadata"]["labels"][HASH] = json!(revision);
+            pod["metadata"]["labels"]["statefulset.kubernetes.io/pod-name"] = json!(pod_name);
+            pod["metadata"]["labels"]["apps.kubernetes.io/pod-index"] = json!(o.to_string());
+            pod["spec"]["hostname"] = json!(pod_name);
+            if let Some(svc) = sts["spec"]["serviceName"].as_str().filter(|s| !s.is_empty()) {
+                pod["spec"]["subdomain"] = json!(svc);
+            }
+            match create_object(app, &pod_call, pod).await {
+                Ok(created) => {
+                    events::record(
+                        app,
+                        &sts,
+                        MANAGER,
+                        "Normal",
+                        "SuccessfulCreate",
+                        &format!("create Pod {pod_name} in StatefulSet {name} successful"),
+                    )
+                    .await;
+                    pods.wait_for(meta_str(&created, "resourceVersion").parse().unwrap_or(0))
+                        .await;
+                    wrote = true;
+                }
+                Err(e) if e.code == 409 => {}
+                Err(e) => return Err(e.message),
+            }
+            if !parallel {
+                break;
+            }
+        }
+        // Remove ordinals beyond replicas, highest first (one at a time when ordered).
+        let extra: Vec<(i64, Arc<Value>)> = by_ordinal
+            .iter()
+            .rev()
+            .filter(|(o, p)| **o >= want && active(p))
+            .map(|(o, p)| (*o, p.clone()))
+            .collect();
+        let others_healthy = by_ordinal
+            .iter()
+            .filter(|(o, _)| **o < want)
+            .all(|(_, p)| healthy(p));
+        for (_, p) in extra.iter().take(if parallel {
+            extra.len()
+        } else {
+            usize::from(others_healthy)
+        }) {
+            let _ = delete_one(
+                app,
+                &pod_call,
+                meta_str(p, "name"),
+                Some("Background"),
+                None,
+                &Value::Null,
+                false,
+            )
+            .await;
+            events::record(
+                app,
+                &sts,
+                MANAGER,
+                "Normal",
+                "SuccessfulDelete",
+                &format!(
+                    "delete Pod {} in StatefulSet {name} successful",
+                    meta_str(p, "name")
+                ),
+            )
+            .await;
+            wrote = true;
+        }
+        // Rolling update: replace out-of-date pods from the top ordinal down to the partition,
+        // one at a time, each once the others are healthy.
+        if rolling && extra.is_empty() && !wrote {
+            let all_healthy = (0..want).all(|o| by_ordinal.get(&o).is_some_and(|p| healthy(p)));
+            if all_healthy
+                && let Some((_, p)) = by_ordinal.iter().rev().find(|(o, p)| {
+                    **o >= partition && **o < want && p["metadata"]["labels"][HASH] != revision.as_str()
+                })
+            {
+                let _ = delete_one(
+                    app,
+                    &pod_call,
+                    meta_str(p, "name"),
+                    Some("Background"),
+                    None,
+                    &Value::Null,
+                    false,
+                )
+                .await;
+                wrote = true;
+            }
+        }
+    }
+    if wrote {
+        pods.wait_for(app.store.revision()).await;
+    }
+    let current: Vec<Arc<Value>> = pods
+        .list(Some(&ns))
+        .into_iter()
+        .filter(|p| controller_of(p, "StatefulSet") == Some(name.as_str()) && active(p))
+        .collect();
+    let updated = current
+        .iter()
+        .filter(|p| p["metadata"]["labels"][HASH] == revision.as_str())
+        .count();
+    let current_revision = if updated == current.len() {
+        revision.clone()
+    } else {
+        sts["status"]["currentRevision"]
+            .as_str()
+            .unwrap_or(&revision)
+            .to_owned()
+    };
+    let min_ready = sts["spec"]["minReadySeconds"].as_i64().unwrap_or(0);
+    let mut status = json!({
+        "observedGeneration": sts["metadata"]["generation"],
+        "replicas": current.len(),
+        "readyReplicas": current.iter().filter(|p| pod_ready(p)).count(),
+        "currentReplicas": current.iter().filter(|p| p["metadata"]["labels"][HASH] == current_revision.as_str()).count(),
+        "updatedReplicas": updated,
+        "availableReplicas": current.iter().filter(|p| pod_available(p, min_ready)).count(),
+        "currentRevision": current_revision,
+        "updateRevision": revision,
+        "collisionCount": 0,
+    });
+    if let Some(m) = status.as_object_mut() {
+        m.retain(|k, v| !matches!(k.as_str(), "readyReplicas" | "availableReplicas") || v != &json!(0));
+    }
+    if sts["status"] != status {
+        let mut next = (*sts).clone();
+        next["status"] = status;
+        let c = call(
+            app,
+            "apps",
+            "statefulsets",
+            &ns,
+            Some(&name),
+            Some("status"),
+            MANAGER,
+        );
+        update_object(app, &c, next).await.map_err(|e| e.message)?;
+    }
+    Ok(Next::Done)
+}
+
+/// Starts the controller.
+pub fn start(app: Arc<App>, caches: &Caches) {
+    let stss = caches.get(&app, STS_PREFIX);
+    let pods = caches.get(&app, POD_PREFIX);
+    let queue = Arc::new(Queue::default());
+    {
+        let (queue, mut changes) = (queue.clone(), stss.subscribe());
+        tokio::spawn(async move {
+            while let Ok(change) = changes.recv().await {
+                queue.add(&change.key);
+            }
+        });
+    }
+    {
+        let (queue, mut changes) = (queue.clone(), pods.subscribe());
+        tokio::spawn(async move {
+            while let Ok(change) = changes.recv().await {
+                for pod in [&change.old, &change.new].into_iter().flatten() {
+                    if let Some(owner) = controller_of(pod, "StatefulSet") {
+                        queue.add(&format!("{STS_PREFIX}{}/{owner}", meta_str(pod, "namespace")));
+                    }
+                }
+            }
+        });
+    }
+    run_workers(app.clone(), "statefulset", queue, 2, move |key| {
+        let (app, stss, pods) = (app.clone(), stss.clone(), pods.clone());
+        async move { reconcile(&app, &stss, &pods, &key).await }
+    });
+}
