@@ -307,9 +307,25 @@ pub fn validate(info: &ResourceInfo, obj: &Value) -> Causes {
                 ));
             }
         }
-        ("batch", "CronJob") if obj["spec"]["schedule"].as_str().is_none_or(str::is_empty) => {
-            causes.push(("spec.schedule".into(), "Required value".into()));
-        }
+        ("batch", "CronJob") => match obj["spec"]["schedule"].as_str().filter(|s| !s.is_empty()) {
+            None => causes.push(("spec.schedule".into(), "Required value".into())),
+            Some(schedule) => {
+                if let Err(e) = crate::controllers::cron::Schedule::parse(schedule) {
+                    causes.push((
+                        "spec.schedule".into(),
+                        format!("Invalid value: \"{schedule}\": {e}"),
+                    ));
+                }
+                if let Some(tz) = obj["spec"]["timeZone"].as_str()
+                    && jiff::tz::TimeZone::get(tz).is_err()
+                {
+                    causes.push((
+                        "spec.timeZone".into(),
+                        format!("Invalid value: \"{tz}\": unknown time zone {tz}"),
+                    ));
+                }
+            }
+        },
         ("apiextensions.k8s.io", "CustomResourceDefinition") => super::crd::validate(obj, &mut causes),
         _ => {}
     }

@@ -13,6 +13,8 @@ use crate::store::StoreError;
 
 mod compaction;
 mod crd;
+pub mod cron;
+pub mod cronjob;
 mod daemonset;
 mod deployment;
 mod endpoints;
@@ -20,7 +22,7 @@ mod endpoints;
 pub use crd::initial_finalizers as crd_finalizers;
 pub mod events;
 mod gc;
-mod job;
+pub mod job;
 mod namespace;
 mod node_lifecycle;
 pub mod replicaset;
@@ -43,6 +45,7 @@ pub fn start(app: Arc<App>) {
     node_lifecycle::start(app.clone(), &caches);
     daemonset::start(app.clone(), &caches);
     statefulset::start(app.clone(), &caches);
+    cronjob::start(app.clone(), &caches, Arc::new(cronjob::SystemClock));
     crate::scheduler::start(app, &caches);
 }
 

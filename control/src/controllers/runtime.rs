@@ -89,11 +89,16 @@ impl Cache {
                 });
             }
             self.set_revision(list.revision);
-            let Ok(mut watch) = app.store.watch(&self.prefix, list.revision) else {
+            // Watch everything so the cache's revision follows the store's even when other
+            // resources change; only this prefix's events change the cache.
+            let Ok(mut watch) = app.store.watch("/", list.revision) else {
                 continue;
             };
             loop {
                 match watch.next().await {
+                    Ok(Some(event)) if !event.kv.key.starts_with(&self.prefix) => {
+                        self.set_revision(event.revision)
+                    }
                     Ok(Some(event)) => {
                         let key = event.kv.key.clone();
                         let (old, new) = {
