@@ -140,3 +140,92 @@ fn unschedulable_pods_say_why_and_are_retried_when_a_node_appears() {
     c.ok_stdin(&["apply", "-f", "-"], &node("giant", "32", "zone: b", ""));
     assert_eq!(node_of(&c, "huge"), "giant");
 }
+
+fn zoned_nodes(c: &Control) {
+    for (name, zone) in [("n1", "a"), ("n2", "b"), ("n3", "b")] {
+        c.ok_stdin(
+            &["apply", "-f", "-"],
+            &node(
+                name,
+                "8",
+                &format!("zone: {zone}, kubernetes.io/hostname: {name}"),
+                "",
+            ),
+        );
+    }
+}
+
+fn labeled_pod(name: &str, app: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default, labels: {{app: {app}}}}}\nspec:\n  containers: [{{name: c, image: registry.local/busybox:1.36}}]\n{spec}"
+    )
+}
+
+#[test]
+fn pod_anti_affinity_and_affinity() {
+    let c = Control::start();
+    zoned_nodes(&c);
+    let anti = "  affinity: {podAntiAffinity: {requiredDuringSchedulingIgnoredDuringExecution: [{labelSelector: {matchLabels: {app: web}}, topologyKey: kubernetes.io/hostname}]}}\n";
+    let mut hosts = Vec::new();
+    for i in 0..3 {
+        c.ok_stdin(
+            &["apply", "-f", "-"],
+            &labeled_pod(&format!("web-{i}"), "web", anti),
+        );
+        hosts.push(node_of(&c, &format!("web-{i}")));
+    }
+    hosts.sort();
+    assert_eq!(hosts, ["n1", "n2", "n3"], "one web pod per host");
+    c.ok_stdin(&["apply", "-f", "-"], &labeled_pod("web-3", "web", anti));
+    let mut message = String::new();
+    for _ in 0..200 {
+        message = c.ok(&[
+            "get",
+            "pod",
+            "web-3",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type=='PodScheduled')].message}",
+        ]);
+        if !message.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        message,
+        "0/3 nodes are available: 3 node(s) didn't match pod anti-affinity rules."
+    );
+    // Required affinity: follow the cache pod's zone.
+    let cache_host = node_of(&c, "web-0");
+    c.ok_stdin(
+        &["apply", "-f", "-"],
+        &labeled_pod(
+            "cache",
+            "cache",
+            &format!("  nodeSelector: {{kubernetes.io/hostname: {cache_host}}}\n"),
+        ),
+    );
+    assert_eq!(node_of(&c, "cache"), cache_host);
+    let follow = "  affinity: {podAffinity: {requiredDuringSchedulingIgnoredDuringExecution: [{labelSelector: {matchLabels: {app: cache}}, topologyKey: kubernetes.io/hostname}]}}\n";
+    c.ok_stdin(
+        &["apply", "-f", "-"],
+        &labeled_pod("near-cache", "client", follow),
+    );
+    assert_eq!(node_of(&c, "near-cache"), cache_host);
+}
+
+#[test]
+fn topology_spread_balances_zones() {
+    let c = Control::start();
+    zoned_nodes(&c);
+    let spread = "  topologySpreadConstraints: [{maxSkew: 1, topologyKey: zone, whenUnsatisfiable: DoNotSchedule, labelSelector: {matchLabels: {app: spread}}}]\n";
+    let mut zones = std::collections::BTreeMap::new();
+    for i in 0..4 {
+        let name = format!("s-{i}");
+        c.ok_stdin(&["apply", "-f", "-"], &labeled_pod(&name, "spread", spread));
+        let n = node_of(&c, &name);
+        *zones.entry(if n == "n1" { "a" } else { "b" }).or_insert(0) += 1;
+    }
+    assert_eq!(zones.get("a"), Some(&2), "{zones:?}");
+    assert_eq!(zones.get("b"), Some(&2), "{zones:?}");
+}

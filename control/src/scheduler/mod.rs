@@ -2,6 +2,7 @@
 //! state incrementally so a decision costs O(nodes), and retries unschedulable pods only when the
 //! cluster changes (a node appears or changes, a pod goes away), not in a busy loop.
 
+mod affinity;
 pub mod filter;
 mod node_info;
 pub mod quantity;
@@ -31,6 +32,8 @@ struct Bound {
     node: String,
     requests: BTreeMap<String, f64>,
     ports: Vec<(String, i64)>,
+    /// The pod, for affinity and spread rules of later pods.
+    pod: Arc<Value>,
 }
 
 #[derive(Debug, Default)]
@@ -86,6 +89,7 @@ impl State {
             node: node.to_owned(),
             requests: pod_requests(pod),
             ports: filter::pod_host_ports(pod),
+            pod: Arc::new(pod.clone()),
         };
         if let Some(info) = self.nodes.get_mut(node) {
             info.account(&b.requests, &b.ports, 1.0);
@@ -153,12 +157,18 @@ enum Decision {
 
 fn decide(state: &State, pod: &Value) -> Decision {
     let requests = pod_requests(pod);
+    let rules = affinity::prepare(pod, &state.bound, &state.nodes);
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
     let mut best: Option<(i64, &str)> = None;
     for (name, info) in &state.nodes {
-        let failed = filter::check(pod, info, &requests);
+        let mut failed = filter::check(pod, info, &requests);
+        if failed.is_empty()
+            && let Some(reason) = rules.check(&info.node)
+        {
+            failed.push(reason);
+        }
         if failed.is_empty() {
-            let s = score::score(pod, info, &requests);
+            let s = score::score(pod, info, &requests) + rules.score(&info.node);
             // Highest score wins; equal scores go to the first node by name.
             if best.is_none_or(|(b, _)| s > b) {
                 best = Some((s, name));
