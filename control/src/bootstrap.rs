@@ -1,5 +1,5 @@
 //! Objects every cluster starts with: the `default`, `kube-system`, `kube-public` and
-//! `kube-node-lease` namespaces.
+//! `kube-node-lease` namespaces and the `system-*-critical` priority classes.
 
 use serde_json::json;
 
@@ -23,6 +23,27 @@ pub async fn ensure_defaults(app: &App) -> Result<(), StoreError> {
             "status": {"phase": "Active"},
         });
         match app.store.create(&key, to_stored(&obj)).await {
+            Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    for (name, value) in [
+        ("system-cluster-critical", 2_000_000_000i64),
+        ("system-node-critical", 2_000_001_000),
+    ] {
+        let key = format!("/registry/scheduling.k8s.io/priorityclasses/{name}");
+        if app.store.get(&key).await?.is_some() {
+            continue;
+        }
+        let class = json!({
+            "apiVersion": "scheduling.k8s.io/v1",
+            "kind": "PriorityClass",
+            "metadata": {"name": name, "uid": new_uid(), "creationTimestamp": now()},
+            "value": value,
+            "preemptionPolicy": "PreemptLowerPriority",
+            "description": "Used for system critical pods that must not be moved from their current node.",
+        });
+        match app.store.create(&key, to_stored(&class)).await {
             Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}
             Err(e) => return Err(e),
         }

@@ -599,3 +599,40 @@ fn statefulset_orders_creation_scale_down_and_partitioned_updates() {
         names(&c, "app=db") == ["db-0"]
     });
 }
+
+#[test]
+fn disruption_budget_guards_evictions() {
+    let c = Control::start();
+    for i in 0..3 {
+        pod_with_ip(&c, &format!("api-{i}"), &format!("10.244.0.{}", 20 + i), true);
+    }
+    c.ok_stdin(&["apply", "-f", "-"], "apiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {name: api, namespace: default}\nspec: {minAvailable: 2, selector: {matchLabels: {app: api}}}\n");
+    eventually("budget computed", || {
+        let pdb = json(&c.ok(&["get", "pdb", "api", "-o", "json"]));
+        pdb["status"]["disruptionsAllowed"] == 1 && pdb["status"]["currentHealthy"] == 3
+    });
+    let evict = |pod: &str| {
+        let body = format!(
+            r#"{{"apiVersion":"policy/v1","kind":"Eviction","metadata":{{"name":"{pod}","namespace":"default"}}}}"#
+        );
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), body).unwrap();
+        c.kubectl(&[
+            "create",
+            "--raw",
+            &format!("/api/v1/namespaces/default/pods/{pod}/eviction"),
+            "-f",
+            file.path().to_str().unwrap(),
+        ])
+    };
+    assert!(evict("api-0").status.success());
+    let refused = evict("api-1");
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success()
+            && (err.contains("disruption budget") || err.contains("TooManyRequests") || err.contains("429")),
+        "{err}"
+    );
+    let table = c.ok(&["get", "pdb"]);
+    assert!(table.contains("ALLOWED DISRUPTIONS"), "{table}");
+}

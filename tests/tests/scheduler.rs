@@ -229,3 +229,65 @@ fn topology_spread_balances_zones() {
     assert_eq!(zones.get("a"), Some(&2), "{zones:?}");
     assert_eq!(zones.get("b"), Some(&2), "{zones:?}");
 }
+
+#[test]
+fn high_priority_pod_preempts_lower_priority_ones() {
+    let c = Control::start();
+    c.ok_stdin(&["apply", "-f", "-"], &node("only", "2", "zone: a", ""));
+    c.ok_stdin(&["apply", "-f", "-"], "apiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata: {name: high}\nvalue: 1000\n---\napiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata: {name: low}\nvalue: 10\n");
+    let with_class =
+        |name: &str, class: &str, cpu: &str| pod(name, cpu, &format!("  priorityClassName: {class}\n"));
+    c.ok_stdin(&["apply", "-f", "-"], &with_class("low-1", "low", "1"));
+    c.ok_stdin(&["apply", "-f", "-"], &with_class("low-2", "low", "1"));
+    assert_eq!(node_of(&c, "low-1"), "only");
+    assert_eq!(node_of(&c, "low-2"), "only");
+    assert_eq!(
+        c.ok(&["get", "pod", "low-1", "-o", "jsonpath={.spec.priority}"]),
+        "10"
+    );
+    c.ok_stdin(&["apply", "-f", "-"], &with_class("important", "high", "1"));
+    // One low-priority pod is chosen as the victim and the preemptor is nominated to the node.
+    let mut victim = None;
+    for _ in 0..200 {
+        for v in ["low-1", "low-2"] {
+            if !c
+                .ok(&["get", "pod", v, "-o", "jsonpath={.metadata.deletionTimestamp}"])
+                .is_empty()
+            {
+                victim = Some(v);
+            }
+        }
+        if victim.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let victim = victim.expect("a victim");
+    let nominated = c.ok(&[
+        "get",
+        "pod",
+        "important",
+        "-o",
+        "jsonpath={.status.nominatedNodeName}",
+    ]);
+    assert_eq!(nominated, "only");
+    // The kubelet (this test) finishes the victim; the preemptor then lands.
+    c.ok(&["delete", "pod", victim, "--force", "--grace-period=0"]);
+    assert_eq!(node_of(&c, "important"), "only");
+    let survivor = if victim == "low-1" { "low-2" } else { "low-1" };
+    assert!(
+        c.ok(&[
+            "get",
+            "pod",
+            survivor,
+            "-o",
+            "jsonpath={.metadata.deletionTimestamp}"
+        ])
+        .is_empty()
+    );
+    let err = c.fails_stdin(&["apply", "-f", "-"], &with_class("nope", "missing", "100m"));
+    assert!(
+        err.contains("no PriorityClass with name missing was found"),
+        "{err}"
+    );
+}

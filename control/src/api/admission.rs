@@ -210,6 +210,9 @@ pub fn apply_defaults(info: &ResourceInfo, obj: &mut Value, creating: bool) {
             set_default(spec, "manualSelector", json!(false));
             default_template(obj);
         }
+        ("scheduling.k8s.io", "PriorityClass") => {
+            set_default(obj, "preemptionPolicy", json!("PreemptLowerPriority"))
+        }
         ("batch", "CronJob") => {
             let spec = &mut obj["spec"];
             set_default(spec, "concurrencyPolicy", json!("Allow"));
@@ -327,6 +330,18 @@ pub fn validate(info: &ResourceInfo, obj: &Value) -> Causes {
             }
         },
         ("apiextensions.k8s.io", "CustomResourceDefinition") => super::crd::validate(obj, &mut causes),
+        ("scheduling.k8s.io", "PriorityClass") if !obj["value"].is_i64() => {
+            causes.push(("value".into(), "Required value".into()));
+        }
+        ("policy", "PodDisruptionBudget") => {
+            let spec = &obj["spec"];
+            if spec.get("minAvailable").is_some() && spec.get("maxUnavailable").is_some() {
+                causes.push((
+                    "spec".into(),
+                    "Invalid value: minAvailable and maxUnavailable cannot be both set".into(),
+                ));
+            }
+        }
         _ => {}
     }
     causes

@@ -349,6 +349,7 @@ pub fn aggregated(registry: &Registry, core: bool) -> Value {
                                 let (g, ver, kind, verbs): (&str, &str, &str, &[&str]) = match s.as_str() {
                                     "scale" => ("autoscaling", "v1", "Scale", &["get", "patch", "update"]),
                                     "binding" => ("", "v1", "Binding", &["create"]),
+                                    "eviction" => ("policy", "v1", "Eviction", &["create"]),
                                     _ => (&r.group, &r.version, &r.kind, &["get", "patch", "update"]),
                                 };
                                 json!({"subresource": s, "responseKind": {"group": g, "version": ver, "kind": kind}, "verbs": verbs})

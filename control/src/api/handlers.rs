@@ -598,7 +598,8 @@ fn strip_paging(q: &HashMap<String, String>) -> HashMap<String, String> {
 }
 
 impl Call {
-    fn clone_meta(&self) -> Call {
+    /// A copy of the call's addressing and options.
+    pub fn clone_meta(&self) -> Call {
         Call {
             info: self.info.clone(),
             ns: self.ns.clone(),
@@ -609,6 +610,54 @@ impl Call {
             content_type: self.content_type.clone(),
         }
     }
+}
+
+/// The Priority admission plugin: a pod's `priorityClassName` (or the global default class)
+/// becomes `spec.priority` and `spec.preemptionPolicy`.
+async fn resolve_priority(app: &App, call: &Call, pod: &mut Value) -> Result<()> {
+    let name = pod["spec"]["priorityClassName"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let class = if name.is_empty() {
+        let all = app
+            .store
+            .list("/registry/scheduling.k8s.io/priorityclasses/", None, 0)
+            .await
+            .map_err(ApiError::internal)?;
+        all.items
+            .iter()
+            .map(from_kv)
+            .find(|c| c["globalDefault"] == json!(true))
+    } else {
+        let kv = app
+            .store
+            .get(&format!("/registry/scheduling.k8s.io/priorityclasses/{name}"))
+            .await
+            .map_err(ApiError::internal)?;
+        let Some(kv) = kv else {
+            return Err(ApiError::new(
+                403,
+                "Forbidden",
+                format!(
+                    "pods \"{}\" is forbidden: no PriorityClass with name {name} was found",
+                    call.name
+                        .clone()
+                        .unwrap_or_else(|| meta_str(pod, "name").to_owned())
+                ),
+            ));
+        };
+        Some(from_kv(&kv))
+    };
+    if let Some(class) = class {
+        pod["spec"]["priorityClassName"] = json!(meta_str(&class, "name"));
+        pod["spec"]["priority"] = class["value"].clone();
+        pod["spec"]["preemptionPolicy"] = class["preemptionPolicy"].clone();
+        if pod["spec"]["preemptionPolicy"].is_null() {
+            pod["spec"]["preemptionPolicy"] = json!("PreemptLowerPriority");
+        }
+    }
+    Ok(())
 }
 
 /// Checks the namespace exists and is not terminating before creating inside it.
@@ -688,6 +737,9 @@ pub async fn create_object(app: &App, call: &Call, mut obj: Value) -> Result<Val
         admission::generate_job_selector(&mut obj, &uid);
     }
     check_custom_resource(call, &mut obj)?;
+    if call.info.group.is_empty() && call.info.kind == "Pod" {
+        resolve_priority(app, call, &mut obj).await?;
+    }
     admission::apply_defaults(&call.info, &mut obj, true);
     if obj["metadata"].get("managedFields").is_none() {
         super::apply::track_update(call, None, &mut obj);

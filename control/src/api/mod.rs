@@ -4,6 +4,7 @@ mod admission;
 mod apply;
 pub mod crd;
 mod discovery;
+mod eviction;
 pub mod handlers;
 pub mod object;
 mod patch;
@@ -258,6 +259,7 @@ async fn route(
         (&Method::GET, false, _) => handlers::list(&app, &call).await,
         (&Method::POST, false, None) => handlers::create(&app, &call, body).await,
         (&Method::POST, true, Some("binding")) => handlers::bind(&app, &call, body).await,
+        (&Method::POST, true, Some("eviction")) => eviction::evict(&app, &call, body).await,
         (&Method::PUT, true, _) => handlers::update(&app, &call, body).await,
         (&Method::PATCH, true, _) => handlers::patch(&app, &call, body).await,
         (&Method::DELETE, true, None) => handlers::delete(&app, &call, body).await,

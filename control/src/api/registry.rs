@@ -109,6 +109,7 @@ impl ResourceInfo {
             let (kind, group, version, verbs): (&str, &str, &str, &[&str]) = match sub.as_str() {
                 "scale" => ("Scale", "autoscaling", "v1", &["get", "patch", "update"]),
                 "binding" => ("Binding", "", "v1", &["create"]),
+                "eviction" => ("Eviction", "policy", "v1", &["create"]),
                 _ => (&self.kind, "", "", &["get", "patch", "update"]),
             };
             let mut entry = json!({
@@ -155,7 +156,7 @@ const BUILTINS: &[Builtin] = &[
         namespaced: true,
         short: &["po"],
         all: true,
-        subs: &["status", "binding"],
+        subs: &["status", "binding", "eviction"],
     },
     Builtin {
         group: "",
@@ -302,6 +303,24 @@ const BUILTINS: &[Builtin] = &[
         subs: &[],
     },
     Builtin {
+        group: "scheduling.k8s.io",
+        kind: "PriorityClass",
+        plural: "priorityclasses",
+        namespaced: false,
+        short: &["pc"],
+        all: false,
+        subs: &[],
+    },
+    Builtin {
+        group: "policy",
+        kind: "PodDisruptionBudget",
+        plural: "poddisruptionbudgets",
+        namespaced: true,
+        short: &["pdb"],
+        all: false,
+        subs: &["status"],
+    },
+    Builtin {
         group: "apiextensions.k8s.io",
         kind: "CustomResourceDefinition",
         plural: "customresourcedefinitions",
@@ -319,6 +338,8 @@ const GROUP_ORDER: &[&str] = &[
     "batch",
     "discovery.k8s.io",
     "coordination.k8s.io",
+    "scheduling.k8s.io",
+    "policy",
     "apiextensions.k8s.io",
 ];
 

@@ -432,6 +432,41 @@ fn columns_and_row(info: &ResourceInfo, obj: &Value) -> (Vec<Column>, Vec<Value>
                 json!(age(obj)),
             ],
         ),
+        ("scheduling.k8s.io", "PriorityClass") => (
+            vec![
+                ("Name", "string", 0),
+                ("Value", "integer", 0),
+                ("Global-Default", "boolean", 0),
+                ("Age", "string", 0),
+                ("PreemptionPolicy", "string", 0),
+            ],
+            vec![
+                name,
+                obj["value"].clone(),
+                json!(obj["globalDefault"].as_bool().unwrap_or(false)),
+                json!(age(obj)),
+                json!(s(&obj["preemptionPolicy"])),
+            ],
+        ),
+        ("policy", "PodDisruptionBudget") => {
+            let or_na = |v: &Value| if v.is_null() { "N/A".to_owned() } else { s(v) };
+            (
+                vec![
+                    ("Name", "string", 0),
+                    ("Min Available", "string", 0),
+                    ("Max Unavailable", "string", 0),
+                    ("Allowed Disruptions", "integer", 0),
+                    ("Age", "string", 0),
+                ],
+                vec![
+                    name,
+                    json!(or_na(&spec["minAvailable"])),
+                    json!(or_na(&spec["maxUnavailable"])),
+                    json!(st["disruptionsAllowed"].as_i64().unwrap_or(0)),
+                    json!(age(obj)),
+                ],
+            )
+        }
         ("coordination.k8s.io", "Lease") => (
             vec![
                 ("Name", "string", 0),

@@ -17,6 +17,7 @@ pub mod cron;
 pub mod cronjob;
 mod daemonset;
 mod deployment;
+mod disruption;
 mod endpoints;
 
 pub use crd::initial_finalizers as crd_finalizers;
@@ -45,6 +46,7 @@ pub fn start(app: Arc<App>) {
     node_lifecycle::start(app.clone(), &caches);
     daemonset::start(app.clone(), &caches);
     statefulset::start(app.clone(), &caches);
+    disruption::start(app.clone(), &caches);
     cronjob::start(app.clone(), &caches, Arc::new(cronjob::SystemClock));
     crate::scheduler::start(app, &caches);
 }

@@ -149,6 +149,61 @@ impl State {
     }
 }
 
+fn priority(pod: &Value) -> i64 {
+    pod["spec"]["priority"].as_i64().unwrap_or(0)
+}
+
+/// Finds the node where evicting the fewest, lowest-priority pods lets `pod` fit (resources only),
+/// as upstream's default preemption: victims are chosen lowest priority first, then the ones not
+/// needed are reprieved, highest priority first. Returns the node and the victims' keys.
+fn preemption(state: &State, pod: &Value, requests: &BTreeMap<String, f64>) -> Option<(String, Vec<String>)> {
+    if pod["spec"]["preemptionPolicy"] == "Never" {
+        return None;
+    }
+    let prio = priority(pod);
+    let mut best: Option<((i64, usize), String, Vec<String>)> = None;
+    for (name, info) in &state.nodes {
+        let reasons = filter::check(pod, info, requests);
+        if reasons
+            .iter()
+            .any(|r| !(r.starts_with("Insufficient ") || r == "Too many pods"))
+        {
+            continue;
+        }
+        let mut candidates: Vec<(&String, &Bound)> = state
+            .bound
+            .iter()
+            .filter(|(_, b)| &b.node == name && priority(&b.pod) < prio)
+            .collect();
+        if candidates.is_empty() {
+            continue;
+        }
+        let mut sim = info.clone();
+        for (_, b) in &candidates {
+            sim.account(&b.requests, &b.ports, -1.0);
+        }
+        if !filter::check(pod, &sim, requests).is_empty() {
+            continue;
+        }
+        candidates.sort_by_key(|(k, b)| (std::cmp::Reverse(priority(&b.pod)), (*k).clone()));
+        let mut victims = Vec::new();
+        let mut max_prio = i64::MIN;
+        for (key, b) in candidates {
+            sim.account(&b.requests, &b.ports, 1.0);
+            if !filter::check(pod, &sim, requests).is_empty() {
+                sim.account(&b.requests, &b.ports, -1.0);
+                max_prio = max_prio.max(priority(&b.pod));
+                victims.push(key.clone());
+            }
+        }
+        let rank = (max_prio, victims.len());
+        if best.as_ref().is_none_or(|(r, _, _)| rank < *r) {
+            best = Some((rank, name.clone(), victims));
+        }
+    }
+    best.map(|(_, node, victims)| (node, victims))
+}
+
 /// The outcome of one scheduling attempt.
 enum Decision {
     Node(String),
@@ -222,15 +277,58 @@ async fn schedule_one(app: &App, pods: &Cache, state: &mut State, key: &str) {
         }
         Decision::Unschedulable(message) => {
             state.unschedulable.insert(key.to_owned());
+            let mut nominated = None;
+            if let Some((node, victims)) = preemption(state, &pod, &pod_requests(&pod)) {
+                let pod_call = call(app, "", "pods", &ns, None, None, NAME);
+                for victim in &victims {
+                    let Some(v) = pods.get(victim) else { continue };
+                    if v["metadata"]["deletionTimestamp"].is_string() {
+                        continue;
+                    }
+                    let vc = crate::api::handlers::Call {
+                        ns: v["metadata"]["namespace"].as_str().map(str::to_owned),
+                        ..pod_call.clone_meta()
+                    };
+                    if crate::api::handlers::delete_one(
+                        app,
+                        &vc,
+                        meta_str(&v, "name"),
+                        Some("Background"),
+                        None,
+                        &Value::Null,
+                        false,
+                    )
+                    .await
+                    .is_ok()
+                    {
+                        events::record(
+                            app,
+                            &v,
+                            NAME,
+                            "Normal",
+                            "Preempted",
+                            &format!("Preempted by pod {} on node {node}", meta_str(&pod, "uid")),
+                        )
+                        .await;
+                    }
+                }
+                nominated = Some(node);
+            }
             let already = pod["status"]["conditions"].as_array().is_some_and(|c| {
                 c.iter().any(|c| {
                     c["type"] == "PodScheduled" && c["status"] == "False" && c["message"] == message.as_str()
                 })
             });
-            if already {
+            let nominated_already = nominated
+                .as_deref()
+                .is_none_or(|n| pod["status"]["nominatedNodeName"] == n);
+            if already && nominated_already {
                 return;
             }
             let mut updated = (*pod).clone();
+            if let Some(node) = &nominated {
+                updated["status"]["nominatedNodeName"] = json!(node);
+            }
             let mut conditions: Vec<Value> = pod["status"]["conditions"]
                 .as_array()
                 .cloned()
