@@ -317,6 +317,99 @@ async fn bench_api(control: &Path, runs: &[(usize, usize)]) -> anyhow::Result<Va
     Ok(json!({"creates": results, "rss_idle_kib": idle, "rss_after_kib": after}))
 }
 
+/// Schedules `pods` pods onto `nodes` Node objects with skiff-control's scheduler (in process, on
+/// a real store; no agents) and reports pods/s and the creation-to-binding latency.
+async fn bench_scheduler(nodes: usize, pods: usize) -> anyhow::Result<Value> {
+    use skiff_control::api::object::to_stored;
+    use skiff_control::api::{App, Cidr, handlers::create_object};
+    use skiff_control::store::{EventKind, Store, StoreConfig};
+    let dir = tempfile::tempdir()?;
+    let mut config = StoreConfig::single(dir.path().to_owned(), "127.0.0.1:0".parse()?);
+    config.watch_history = 200_000;
+    let store = Store::open(config).await?;
+    let app = Arc::new(App::new(
+        store.clone(),
+        Cidr::parse("10.96.0.0/12").map_err(anyhow::Error::msg)?,
+    ));
+    skiff_control::bootstrap::ensure_defaults(&app).await?;
+    for i in 0..nodes {
+        let name = format!("node-{i:05}");
+        let node = json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "uid": format!("uid-{i}"), "labels": {"kubernetes.io/hostname": name, "zone": format!("zone-{}", i % 10)}},
+            "status": {"allocatable": {"cpu": "32", "memory": "128Gi", "pods": "110"}, "conditions": [{"type": "Ready", "status": "True"}]},
+        });
+        store
+            .create(&format!("/registry/core/nodes/{name}"), to_stored(&node))
+            .await?;
+    }
+    skiff_control::controllers::start(app.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut watch = store.watch("/registry/core/pods/", store.revision())?;
+    let created: Arc<std::sync::Mutex<std::collections::HashMap<String, Instant>>> = Arc::default();
+    let start = Instant::now();
+    let creator = {
+        let (app, created) = (app.clone(), created.clone());
+        tokio::spawn(async move {
+            drive(pods, 32, move |_, i| {
+                let (app, created) = (app.clone(), created.clone());
+                async move {
+                    let name = format!("pod-{i:06}");
+                    let mut spec = json!({"containers": [{"name": "c", "image": "registry.local/app:1",
+                        "resources": {"requests": {"cpu": format!("{}m", 100 + (i * 37) % 400), "memory": format!("{}Mi", 64 + (i * 53) % 192)}}}]});
+                    let mut labels = json!({"app": format!("app-{}", i % 100)});
+                    if i % 10 < 3 {
+                        spec["nodeSelector"] = json!({"zone": format!("zone-{}", i % 10)});
+                    }
+                    if i % 10 == 9 {
+                        labels["anti"] = json!(format!("group-{}", i % 200));
+                        spec["affinity"] = json!({"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                            {"labelSelector": {"matchLabels": {"anti": format!("group-{}", i % 200)}}, "topologyKey": "kubernetes.io/hostname"}]}});
+                    }
+                    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default", "labels": labels}, "spec": spec});
+                    let call = skiff_control::controllers::replicaset::call(&app, "", "pods", "default", None, None, "bench");
+                    let t = Instant::now();
+                    create_object(&app, &call, pod).await.map_err(|e| anyhow::anyhow!(e.message))?;
+                    created.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.insert(format!("/registry/core/pods/default/{name}"), t);
+                    Ok(())
+                }
+            })
+            .await
+        })
+    };
+    let mut latencies = Vec::with_capacity(pods);
+    let mut bound = std::collections::HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while bound.len() < pods && Instant::now() < deadline {
+        let Ok(Ok(Some(event))) = tokio::time::timeout(Duration::from_secs(5), watch.next()).await else {
+            continue;
+        };
+        if event.kind != EventKind::Put {
+            continue;
+        }
+        let obj: Value = serde_json::from_slice(&event.kv.value)?;
+        if obj["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty())
+            && bound.insert(event.kv.key.clone())
+        {
+            let at = Instant::now();
+            let t0 = created
+                .lock()
+                .map_err(|_| anyhow::anyhow!("poisoned"))?
+                .get(&event.kv.key)
+                .copied()
+                .unwrap_or(at);
+            latencies.push(at.saturating_duration_since(t0));
+        }
+    }
+    creator.await??;
+    let elapsed = start.elapsed();
+    let mut summary = summary("skiff-scheduler", 0, bound.len(), elapsed, latencies);
+    summary["nodes"] = json!(nodes);
+    summary["pods"] = json!(pods);
+    store.shutdown().await;
+    Ok(summary)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -338,7 +431,18 @@ async fn main() -> anyhow::Result<()> {
             let control = flag("--control").context("--control PATH is required")?;
             json!({"api": bench_api(&control, &[(1, 10_000), (64, 10_000)]).await?})
         }
-        _ => bail!("usage: skiff-bench store --etcd PATH | api --control PATH"),
+        Some("scheduler") => {
+            let nodes: usize = args
+                .get(2)
+                .and_then(|n| n.parse().ok())
+                .context("usage: skiff-bench scheduler NODES PODS")?;
+            let pods: usize = args
+                .get(3)
+                .and_then(|n| n.parse().ok())
+                .context("usage: skiff-bench scheduler NODES PODS")?;
+            json!({"scheduler": bench_scheduler(nodes, pods).await?})
+        }
+        _ => bail!("usage: skiff-bench store --etcd PATH | api --control PATH | scheduler NODES PODS"),
     };
     println!("{}", serde_json::to_string_pretty(&result)?);
     Ok(())

@@ -31,10 +31,11 @@ enum Cmd {
         #[arg(long)]
         debug: bool,
     },
-    /// Run a benchmark and record it in docs/benchmarks.md (`api`: store and API server).
+    /// Run a benchmark and record it in docs/benchmarks.md (`api`: store and API server;
+    /// `scheduler`: pods/s and latency onto 1,000 and 5,000 nodes).
     Bench {
         /// Which benchmark.
-        #[arg(value_parser = ["api"])]
+        #[arg(value_parser = ["api", "scheduler"])]
         which: String,
     },
     /// Regenerate control/src/api/protobuf/schema.rs from the k8s-pb crate's sources.
@@ -131,6 +132,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Test { args } => test(&args),
         Cmd::Bench { which } => match which.as_str() {
             "api" => bench::api(&root(), cargo),
+            "scheduler" => bench::scheduler(&root(), cargo),
             other => bail!("unknown benchmark {other}"),
         },
         Cmd::GenProtoSchema { k8s_pb } => {

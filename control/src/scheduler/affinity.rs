@@ -46,20 +46,47 @@ fn labels(v: &Value) -> Option<&Value> {
     v["metadata"].get("labels")
 }
 
+/// A term's namespaces and parsed selector, ready to test many pods.
+#[derive(Debug, Clone)]
+pub struct Selects {
+    namespaces: Vec<String>,
+    owner_ns: String,
+    selector: Option<LabelSelector>,
+}
+
+impl Selects {
+    /// Prepares a term written in namespace `owner_ns`.
+    pub fn new(term: &Value, owner_ns: &str) -> Self {
+        Self {
+            namespaces: term["namespaces"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|n| n.as_str().map(str::to_owned))
+                .collect(),
+            owner_ns: owner_ns.to_owned(),
+            selector: LabelSelector::from_object(&term["labelSelector"]).ok(),
+        }
+    }
+
+    /// Whether the term selects `candidate`.
+    pub fn matches(&self, candidate: &Value) -> bool {
+        let ns = candidate["metadata"]["namespace"].as_str().unwrap_or_default();
+        let ns_ok = if self.namespaces.is_empty() {
+            ns == self.owner_ns
+        } else {
+            self.namespaces.iter().any(|n| n == ns)
+        };
+        ns_ok
+            && self
+                .selector
+                .as_ref()
+                .is_some_and(|s| s.matches(labels(candidate)))
+    }
+}
+
 fn term_selects(term: &Value, owner_ns: &str, candidate: &Value) -> bool {
-    let namespaces: Vec<&str> = term["namespaces"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .collect();
-    let ns = candidate["metadata"]["namespace"].as_str().unwrap_or_default();
-    let ns_ok = if namespaces.is_empty() {
-        ns == owner_ns
-    } else {
-        namespaces.contains(&ns)
-    };
-    ns_ok && LabelSelector::from_object(&term["labelSelector"]).is_ok_and(|s| s.matches(labels(candidate)))
+    Selects::new(term, owner_ns).matches(candidate)
 }
 
 fn node_label<'a>(
@@ -79,9 +106,10 @@ fn prepare_term(
 ) -> Term {
     let key = term["topologyKey"].as_str().unwrap_or_default().to_owned();
     let ns = pod["metadata"]["namespace"].as_str().unwrap_or_default();
+    let selects = Selects::new(term, ns);
     let domains = bound
         .values()
-        .filter(|b| term_selects(term, ns, &b.pod))
+        .filter(|b| selects.matches(&b.pod))
         .filter_map(|b| node_label(nodes, &b.node, &key).map(str::to_owned))
         .collect();
     Term {
@@ -91,14 +119,46 @@ fn prepare_term(
     }
 }
 
-/// Prepares the pod's rules against the pods already bound.
+/// A bound pod's required anti-affinity term, parsed once: its selector and the topology domain
+/// it forbids.
+#[derive(Debug, Clone)]
+pub struct AntiTerm {
+    selects: Selects,
+    topology_key: String,
+    domain: Option<String>,
+}
+
+/// The required anti-affinity terms of a pod bound to `node`.
+pub fn anti_terms(pod: &Value, node: &Value) -> Vec<AntiTerm> {
+    let owner_ns = pod["metadata"]["namespace"].as_str().unwrap_or_default();
+    pod["spec"]["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| {
+            let key = t["topologyKey"].as_str().unwrap_or_default().to_owned();
+            AntiTerm {
+                selects: Selects::new(t, owner_ns),
+                domain: node["metadata"]["labels"][&key].as_str().map(str::to_owned),
+                topology_key: key,
+            }
+        })
+        .collect()
+}
+
+/// Prepares the pod's rules against the pods already bound; `anti` holds the bound pods' required
+/// anti-affinity terms.
 pub fn prepare(
     pod: &Value,
     bound: &HashMap<String, Bound>,
+    anti: &HashMap<String, Vec<AntiTerm>>,
     nodes: &std::collections::BTreeMap<String, NodeInfo>,
 ) -> Prepared {
     let mut p = Prepared::default();
     let aff = &pod["spec"]["affinity"];
+    if anti.is_empty() && aff.is_null() && pod["spec"]["topologySpreadConstraints"].is_null() {
+        return p;
+    }
     let ns = pod["metadata"]["namespace"].as_str().unwrap_or_default();
     for t in aff["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
         .as_array()
@@ -128,20 +188,11 @@ pub fn prepare(
         }
     }
     // Existing pods whose required anti-affinity selects this pod keep it out of their domain.
-    for b in bound.values() {
-        let owner_ns = b.pod["metadata"]["namespace"].as_str().unwrap_or_default();
-        for t in
-            b.pod["spec"]["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
-                .as_array()
-                .into_iter()
-                .flatten()
+    for t in anti.values().flatten() {
+        if let Some(domain) = &t.domain
+            && t.selects.matches(pod)
         {
-            if term_selects(t, owner_ns, pod) {
-                let key = t["topologyKey"].as_str().unwrap_or_default();
-                if let Some(v) = node_label(nodes, &b.node, key) {
-                    p.existing_anti.insert((key.to_owned(), v.to_owned()));
-                }
-            }
+            p.existing_anti.insert((t.topology_key.clone(), domain.clone()));
         }
     }
     for c in pod["spec"]["topologySpreadConstraints"]

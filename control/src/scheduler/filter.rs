@@ -106,7 +106,12 @@ fn host_ports(pod: &Value) -> Vec<(String, i64)> {
 /// Why `node` cannot run `pod` (empty if it can). As upstream, filters run in its plugin order
 /// (NodeUnschedulable, TaintToleration, NodeAffinity, NodePorts, NodeResourcesFit) and stop at
 /// the first that fails; the resource filter reports every insufficient resource.
-pub fn check(pod: &Value, info: &NodeInfo, requests: &BTreeMap<String, f64>) -> Vec<String> {
+pub fn check(
+    pod: &Value,
+    info: &NodeInfo,
+    requests: &BTreeMap<String, f64>,
+    ports: &[(String, i64)],
+) -> Vec<String> {
     let node = &info.node;
     if node["spec"]["unschedulable"] == true
         && !tolerates(
@@ -129,7 +134,7 @@ pub fn check(pod: &Value, info: &NodeInfo, requests: &BTreeMap<String, f64>) -> 
     if !selector_and_affinity_match(pod, node) {
         return vec!["node(s) didn't match Pod's node affinity/selector".to_owned()];
     }
-    if host_ports(pod).iter().any(|p| info.host_ports.contains(p)) {
+    if ports.iter().any(|p| info.host_ports.contains(p)) {
         return vec!["node(s) didn't have free ports for the requested pod ports".to_owned()];
     }
     let mut reasons = Vec::new();

@@ -38,8 +38,14 @@ struct Bound {
 
 #[derive(Debug, Default)]
 struct State {
+    /// Where the next decision starts looking, so sampled searches spread over all nodes.
+    next_start: usize,
     nodes: BTreeMap<String, NodeInfo>,
+    /// (label key, value) -> nodes carrying it, so pods with a nodeSelector visit only those.
+    by_label: HashMap<(String, String), std::collections::BTreeSet<String>>,
     bound: HashMap<String, Bound>,
+    /// Required anti-affinity terms of bound pods (they constrain every later decision).
+    anti: HashMap<String, Vec<affinity::AntiTerm>>,
     pending: VecDeque<String>,
     queued: HashSet<String>,
     unschedulable: HashSet<String>,
@@ -74,6 +80,7 @@ impl State {
     }
 
     fn unaccount(&mut self, key: &str) -> bool {
+        self.anti.remove(key);
         if let Some(b) = self.bound.remove(key) {
             if let Some(info) = self.nodes.get_mut(&b.node) {
                 info.account(&b.requests, &b.ports, -1.0);
@@ -93,6 +100,12 @@ impl State {
         };
         if let Some(info) = self.nodes.get_mut(node) {
             info.account(&b.requests, &b.ports, 1.0);
+        }
+        if let Some(info) = self.nodes.get(node) {
+            let terms = affinity::anti_terms(pod, &info.node);
+            if !terms.is_empty() {
+                self.anti.insert(key.to_owned(), terms);
+            }
         }
         self.bound.insert(key.to_owned(), b);
     }
@@ -126,8 +139,25 @@ impl State {
         }
     }
 
+    fn index_labels(&mut self, name: &str, node: &Value, add: bool) {
+        for (k, v) in node["metadata"]["labels"].as_object().into_iter().flatten() {
+            let key = (k.clone(), v.as_str().unwrap_or_default().to_owned());
+            if add {
+                self.by_label.entry(key).or_default().insert(name.to_owned());
+            } else if let Some(set) = self.by_label.get_mut(&key) {
+                set.remove(name);
+            }
+        }
+    }
+
     fn node_changed(&mut self, change: &Change) {
         let name = change.key.rsplit('/').next().unwrap_or_default().to_owned();
+        if let Some(old) = self.nodes.get(&name).map(|i| i.node.clone()) {
+            self.index_labels(&name, &old, false);
+        }
+        if let Some(new) = &change.new {
+            self.index_labels(&name, new, true);
+        }
         match &change.new {
             Some(node) => {
                 match self.nodes.get_mut(&name) {
@@ -161,9 +191,10 @@ fn preemption(state: &State, pod: &Value, requests: &BTreeMap<String, f64>) -> O
         return None;
     }
     let prio = priority(pod);
+    let ports = filter::pod_host_ports(pod);
     let mut best: Option<((i64, usize), String, Vec<String>)> = None;
     for (name, info) in &state.nodes {
-        let reasons = filter::check(pod, info, requests);
+        let reasons = filter::check(pod, info, requests, &ports);
         if reasons
             .iter()
             .any(|r| !(r.starts_with("Insufficient ") || r == "Too many pods"))
@@ -182,7 +213,7 @@ fn preemption(state: &State, pod: &Value, requests: &BTreeMap<String, f64>) -> O
         for (_, b) in &candidates {
             sim.account(&b.requests, &b.ports, -1.0);
         }
-        if !filter::check(pod, &sim, requests).is_empty() {
+        if !filter::check(pod, &sim, requests, &ports).is_empty() {
             continue;
         }
         candidates.sort_by_key(|(k, b)| (std::cmp::Reverse(priority(&b.pod)), (*k).clone()));
@@ -190,7 +221,7 @@ fn preemption(state: &State, pod: &Value, requests: &BTreeMap<String, f64>) -> O
         let mut max_prio = i64::MIN;
         for (key, b) in candidates {
             sim.account(&b.requests, &b.ports, 1.0);
-            if !filter::check(pod, &sim, requests).is_empty() {
+            if !filter::check(pod, &sim, requests, &ports).is_empty() {
                 sim.account(&b.requests, &b.ports, -1.0);
                 max_prio = max_prio.max(priority(&b.pod));
                 victims.push(key.clone());
@@ -210,22 +241,86 @@ enum Decision {
     Unschedulable(String),
 }
 
-fn decide(state: &State, pod: &Value) -> Decision {
+/// How many feasible nodes to find before scoring, as upstream's adaptive
+/// `percentageOfNodesToScore`: all of a small cluster, 50% minus 1% per 125 nodes (at least 5%
+/// and 100 nodes) of a large one. This keeps a decision's cost sub-linear in cluster size.
+fn feasible_nodes_to_find(total: usize) -> usize {
+    if total < 100 {
+        return total;
+    }
+    let percent = 50usize.saturating_sub(total / 125).max(5);
+    (total * percent / 100).max(100)
+}
+
+fn decide(state: &mut State, pod: &Value) -> Decision {
     let requests = pod_requests(pod);
-    let rules = affinity::prepare(pod, &state.bound, &state.nodes);
+    let ports = filter::pod_host_ports(pod);
+    let rules = affinity::prepare(pod, &state.bound, &state.anti, &state.nodes);
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
     let mut best: Option<(i64, &str)> = None;
-    for (name, info) in &state.nodes {
-        let mut failed = filter::check(pod, info, &requests);
+    let total = state.nodes.len();
+    let wanted = feasible_nodes_to_find(total);
+    let start = if total == 0 { 0 } else { state.next_start % total };
+    let mut feasible = 0;
+    let mut visited = 0;
+    // A nodeSelector narrows the search to the nodes indexed under its labels.
+    let narrowed: Option<Vec<&String>> = pod["spec"]["nodeSelector"]
+        .as_object()
+        .filter(|m| !m.is_empty())
+        .map(|sel| {
+            let mut sets: Vec<Option<&std::collections::BTreeSet<String>>> = sel
+                .iter()
+                .map(|(k, v)| {
+                    state
+                        .by_label
+                        .get(&(k.clone(), v.as_str().unwrap_or_default().to_owned()))
+                })
+                .collect();
+            sets.sort_by_key(|s| s.map_or(0, |s| s.len()));
+            match sets.first().copied().flatten() {
+                Some(smallest) => smallest
+                    .iter()
+                    .filter(|n| sets.iter().all(|s| s.is_some_and(|s| s.contains(*n))))
+                    .collect(),
+                None => Vec::new(),
+            }
+        });
+    let candidates: Box<dyn Iterator<Item = (&String, &NodeInfo)>> = match &narrowed {
+        Some(names) => Box::new(names.iter().filter_map(|n| state.nodes.get_key_value(*n))),
+        None => Box::new(
+            state
+                .nodes
+                .iter()
+                .skip(start)
+                .chain(state.nodes.iter().take(start)),
+        ),
+    };
+    if let Some(names) = &narrowed {
+        // Nodes the selector rules out still count in the message, as upstream reports them.
+        let excluded = total - names.len();
+        if excluded > 0 {
+            reasons.insert(
+                "node(s) didn't match Pod's node affinity/selector".to_owned(),
+                excluded,
+            );
+        }
+    }
+    for (name, info) in candidates {
+        if feasible >= wanted {
+            break;
+        }
+        visited += 1;
+        let mut failed = filter::check(pod, info, &requests, &ports);
         if failed.is_empty()
             && let Some(reason) = rules.check(&info.node)
         {
             failed.push(reason);
         }
         if failed.is_empty() {
+            feasible += 1;
             let s = score::score(pod, info, &requests) + rules.score(&info.node);
             // Highest score wins; equal scores go to the first node by name.
-            if best.is_none_or(|(b, _)| s > b) {
+            if best.is_none_or(|(b, bn)| s > b || (s == b && name.as_str() < bn)) {
                 best = Some((s, name));
             }
         } else {
@@ -235,13 +330,23 @@ fn decide(state: &State, pod: &Value) -> Decision {
             }
         }
     }
-    match best {
+    let decision = match best {
         Some((_, node)) => Decision::Node(node.to_owned()),
-        None => Decision::Unschedulable(filter::unschedulable_message(state.nodes.len(), &reasons)),
+        None => Decision::Unschedulable(filter::unschedulable_message(total, &reasons)),
+    };
+    if narrowed.is_none() {
+        state.next_start = start + visited;
     }
+    decision
 }
 
-async fn schedule_one(app: &App, pods: &Cache, state: &mut State, key: &str) {
+async fn schedule_one(
+    app: &Arc<App>,
+    pods: &Cache,
+    state: &mut State,
+    key: &str,
+    failed: &tokio::sync::mpsc::UnboundedSender<String>,
+) {
     let Some(pod) = pods.get(key) else { return };
     if !pending(&pod) || state.bound.contains_key(key) {
         return;
@@ -252,28 +357,32 @@ async fn schedule_one(app: &App, pods: &Cache, state: &mut State, key: &str) {
     );
     match decide(state, &pod) {
         Decision::Node(node) => {
-            let c = call(app, "", "pods", &ns, Some(&name), Some("binding"), NAME);
-            let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name, "namespace": ns}, "target": {"apiVersion": "v1", "kind": "Node", "name": node}});
-            match bind(app, &c, binding.to_string().as_bytes()).await {
-                Ok(_) => {
-                    // Assume the pod is there before the cache says so.
-                    state.account(key, &pod, &node);
-                    events::record(
-                        app,
-                        &pod,
-                        NAME,
-                        "Normal",
-                        "Scheduled",
-                        &format!("Successfully assigned {ns}/{name} to {node}"),
-                    )
-                    .await;
+            // Assume the pod is there now, and bind in the background as upstream does; a
+            // failed binding un-assumes it and queues it again.
+            state.account(key, &pod, &node);
+            let (app, key, failed) = (app.clone(), key.to_owned(), failed.clone());
+            tokio::spawn(async move {
+                let c = call(&app, "", "pods", &ns, Some(&name), Some("binding"), NAME);
+                let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name, "namespace": ns}, "target": {"apiVersion": "v1", "kind": "Node", "name": node}});
+                match bind(&app, &c, binding.to_string().as_bytes()).await {
+                    Ok(_) => {
+                        events::record(
+                            &app,
+                            &pod,
+                            NAME,
+                            "Normal",
+                            "Scheduled",
+                            &format!("Successfully assigned {ns}/{name} to {node}"),
+                        )
+                        .await;
+                    }
+                    Err(e) if e.code == 404 || e.code == 409 => {}
+                    Err(e) => {
+                        tracing::debug!(%key, error = %e, "binding failed; retrying");
+                        let _ = failed.send(key);
+                    }
                 }
-                Err(e) if e.code == 404 || e.code == 409 => {}
-                Err(e) => {
-                    tracing::debug!(%key, error = %e, "binding failed; retrying");
-                    state.enqueue(key);
-                }
-            }
+            });
         }
         Decision::Unschedulable(message) => {
             state.unschedulable.insert(key.to_owned());
@@ -346,6 +455,7 @@ async fn schedule_one(app: &App, pods: &Cache, state: &mut State, key: &str) {
 
 async fn run(app: Arc<App>, pods: Arc<Cache>, nodes: Arc<Cache>) {
     let mut state = State::default();
+    let (failed_tx, mut failed_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let mut pod_changes = pods.subscribe();
     let mut node_changes = nodes.subscribe();
     // Catch up with what the caches already hold.
@@ -371,6 +481,10 @@ async fn run(app: Arc<App>, pods: Arc<Cache>, nodes: Arc<Cache>) {
     }
     loop {
         // Apply every change that has arrived, then schedule.
+        while let Ok(key) = failed_rx.try_recv() {
+            state.unaccount(&key);
+            state.enqueue(&key);
+        }
         loop {
             match node_changes.try_recv() {
                 Ok(c) => state.node_changed(&c),
@@ -405,10 +519,14 @@ async fn run(app: Arc<App>, pods: Arc<Cache>, nodes: Arc<Cache>) {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
-            schedule_one(&app, &pods, &mut state, &key).await;
+            schedule_one(&app, &pods, &mut state, &key, &failed_tx).await;
             continue;
         }
         tokio::select! {
+            Some(key) = failed_rx.recv() => {
+                state.unaccount(&key);
+                state.enqueue(&key);
+            }
             c = pod_changes.recv() => match c {
                 Ok(c) => state.pod_changed(&c),
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
