@@ -13,7 +13,7 @@ use super::cron::Schedule;
 use super::events;
 use super::job::JOB_PREFIX;
 use super::replicaset::{call, controller_of, owner_ref};
-use super::runtime::{Cache, Caches, Next, Queue, run_workers};
+use super::runtime::{Cache, Caches, Next, Queue, queue_changes, queue_owners, run_workers};
 use crate::api::App;
 use crate::api::handlers::{create_object, delete_one, update_object};
 use crate::api::object::meta_str;
@@ -289,26 +289,8 @@ pub fn start(app: Arc<App>, caches: &Caches, clock: Arc<dyn Clock>) {
     let cjs = caches.get(&app, CJ_PREFIX);
     let jobs = caches.get(&app, JOB_PREFIX);
     let queue = Arc::new(Queue::default());
-    {
-        let (queue, mut changes) = (queue.clone(), cjs.subscribe());
-        tokio::spawn(async move {
-            while let Ok(change) = changes.recv().await {
-                queue.add(&change.key);
-            }
-        });
-    }
-    {
-        let (queue, mut changes) = (queue.clone(), jobs.subscribe());
-        tokio::spawn(async move {
-            while let Ok(change) = changes.recv().await {
-                for job in [&change.old, &change.new].into_iter().flatten() {
-                    if let Some(owner) = controller_of(job, "CronJob") {
-                        queue.add(&format!("{CJ_PREFIX}{}/{owner}", meta_str(job, "namespace")));
-                    }
-                }
-            }
-        });
-    }
+    queue_changes(&queue, &cjs);
+    queue_owners(&queue, &jobs, "CronJob", CJ_PREFIX);
     run_workers(app.clone(), "cronjob", queue, 1, move |key| {
         let (app, cjs, jobs, clock) = (app.clone(), cjs.clone(), jobs.clone(), clock.clone());
         async move { reconcile(&app, &cjs, &jobs, &key, clock.now()).await }

@@ -13,7 +13,7 @@ use super::events;
 use super::replicaset::{
     POD_PREFIX, active, call, controller_of, owner_ref, pod_available, pod_from_template, pod_ready,
 };
-use super::runtime::{Cache, Caches, Next, Queue, run_workers};
+use super::runtime::{Cache, Caches, Next, Queue, queue_changes, queue_owners, run_workers};
 use crate::api::App;
 use crate::api::handlers::{create_object, delete_one, update_object};
 use crate::api::object::meta_str;
@@ -284,14 +284,7 @@ pub fn start(app: Arc<App>, caches: &Caches) {
     let pods = caches.get(&app, POD_PREFIX);
     let revs = caches.get(&app, REV_PREFIX);
     let queue = Arc::new(Queue::default());
-    {
-        let (queue, mut changes) = (queue.clone(), dss.subscribe());
-        tokio::spawn(async move {
-            while let Ok(change) = changes.recv().await {
-                queue.add(&change.key);
-            }
-        });
-    }
+    queue_changes(&queue, &dss);
     {
         // Any node change may change where daemons belong.
         let (queue, dss, mut changes) = (queue.clone(), dss.clone(), nodes.subscribe());
@@ -307,18 +300,7 @@ pub fn start(app: Arc<App>, caches: &Caches) {
             }
         });
     }
-    {
-        let (queue, mut changes) = (queue.clone(), pods.subscribe());
-        tokio::spawn(async move {
-            while let Ok(change) = changes.recv().await {
-                for pod in [&change.old, &change.new].into_iter().flatten() {
-                    if let Some(owner) = controller_of(pod, "DaemonSet") {
-                        queue.add(&format!("{DS_PREFIX}{}/{owner}", meta_str(pod, "namespace")));
-                    }
-                }
-            }
-        });
-    }
+    queue_owners(&queue, &pods, "DaemonSet", DS_PREFIX);
     run_workers(app.clone(), "daemonset", queue, 2, move |key| {
         let (app, dss, nodes, pods, revs) = (
             app.clone(),

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::events;
 use super::replicaset::{POD_PREFIX, RS_PREFIX, active, call, controller_of, owner_ref};
-use super::runtime::{Cache, Next, Queue, run_workers};
+use super::runtime::{Cache, Next, Queue, queue_changes, queue_owners, run_workers};
 use crate::api::App;
 use crate::api::handlers::{create_object, delete_one, update_object};
 use crate::api::object::{meta_str, now, parse_time};
@@ -573,26 +573,8 @@ pub fn start(app: Arc<App>, caches: &super::runtime::Caches) {
     let rss = caches.get(&app, RS_PREFIX);
     let pods = caches.get(&app, POD_PREFIX);
     let queue = Arc::new(Queue::default());
-    {
-        let (queue, mut changes) = (queue.clone(), deploys.subscribe());
-        tokio::spawn(async move {
-            while let Ok(change) = changes.recv().await {
-                queue.add(&change.key);
-            }
-        });
-    }
-    {
-        let (queue, mut changes) = (queue.clone(), rss.subscribe());
-        tokio::spawn(async move {
-            while let Ok(change) = changes.recv().await {
-                for rs in [&change.old, &change.new].into_iter().flatten() {
-                    if let Some(owner) = controller_of(rs, "Deployment") {
-                        queue.add(&format!("{DEPLOY_PREFIX}{}/{owner}", meta_str(rs, "namespace")));
-                    }
-                }
-            }
-        });
-    }
+    queue_changes(&queue, &deploys);
+    queue_owners(&queue, &rss, "Deployment", DEPLOY_PREFIX);
     {
         // Recreate waits for old pods to go.
         let (queue, rss, mut changes) = (queue.clone(), rss.clone(), pods.subscribe());

@@ -7,7 +7,7 @@ use serde_json::json;
 
 use super::deployment::resolve;
 use super::replicaset::{POD_PREFIX, active, call, pod_ready};
-use super::runtime::{Cache, Caches, Next, Queue, run_workers};
+use super::runtime::{Cache, Caches, Next, Queue, queue_changes, run_workers};
 use crate::api::App;
 use crate::api::handlers::update_object;
 use crate::api::object::meta_str;
@@ -84,14 +84,7 @@ pub fn start(app: Arc<App>, caches: &Caches) {
     let pdbs = caches.get(&app, PDB_PREFIX);
     let pods = caches.get(&app, POD_PREFIX);
     let queue = Arc::new(Queue::default());
-    {
-        let (queue, mut changes) = (queue.clone(), pdbs.subscribe());
-        tokio::spawn(async move {
-            while let Ok(change) = changes.recv().await {
-                queue.add(&change.key);
-            }
-        });
-    }
+    queue_changes(&queue, &pdbs);
     {
         let (queue, pdbs, mut changes) = (queue.clone(), pdbs.clone(), pods.subscribe());
         tokio::spawn(async move {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use super::replicaset::{POD_PREFIX, call, pod_ready};
-use super::runtime::{Cache, Caches, Next, Queue, run_workers};
+use super::runtime::{Cache, Caches, Next, Queue, queue_changes, run_workers};
 use crate::api::App;
 use crate::api::handlers::{create_object, delete_one, update_object};
 use crate::api::object::meta_str;
@@ -255,14 +255,7 @@ pub fn start(app: Arc<App>, caches: &Caches) {
     let endpoints = caches.get(&app, EP_PREFIX);
     let slices = caches.get(&app, SLICE_PREFIX);
     let queue = Arc::new(Queue::default());
-    {
-        let (queue, mut changes) = (queue.clone(), services.subscribe());
-        tokio::spawn(async move {
-            while let Ok(change) = changes.recv().await {
-                queue.add(&change.key);
-            }
-        });
-    }
+    queue_changes(&queue, &services);
     {
         let (queue, services, mut changes) = (queue.clone(), services.clone(), pods.subscribe());
         tokio::spawn(async move {

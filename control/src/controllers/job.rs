@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::events;
 use super::replicaset::{POD_PREFIX, active, call, controller_of, pod_from_template, pod_ready};
-use super::runtime::{Cache, Caches, Next, Queue, run_workers};
+use super::runtime::{Cache, Caches, Next, Queue, queue_changes, queue_owners, run_workers};
 use crate::api::App;
 use crate::api::handlers::{create_object, delete_one, update_object};
 use crate::api::object::{meta_str, now, parse_time};
@@ -302,26 +302,8 @@ pub fn start(app: Arc<App>, caches: &Caches) {
     let jobs = caches.get(&app, JOB_PREFIX);
     let pods = caches.get(&app, POD_PREFIX);
     let queue = Arc::new(Queue::default());
-    {
-        let (queue, mut changes) = (queue.clone(), jobs.subscribe());
-        tokio::spawn(async move {
-            while let Ok(change) = changes.recv().await {
-                queue.add(&change.key);
-            }
-        });
-    }
-    {
-        let (queue, mut changes) = (queue.clone(), pods.subscribe());
-        tokio::spawn(async move {
-            while let Ok(change) = changes.recv().await {
-                for pod in [&change.old, &change.new].into_iter().flatten() {
-                    if let Some(owner) = controller_of(pod, "Job") {
-                        queue.add(&format!("{JOB_PREFIX}{}/{owner}", meta_str(pod, "namespace")));
-                    }
-                }
-            }
-        });
-    }
+    queue_changes(&queue, &jobs);
+    queue_owners(&queue, &pods, "Job", JOB_PREFIX);
     run_workers(app.clone(), "job", queue, 2, move |key| {
         let (app, jobs, pods) = (app.clone(), jobs.clone(), pods.clone());
         async move { reconcile(&app, &jobs, &pods, &key).await }

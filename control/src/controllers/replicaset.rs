@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::events;
-use super::runtime::{Cache, Next, Queue, run_workers};
+use super::runtime::{Cache, Next, Queue, queue_changes, queue_owners, run_workers};
 use crate::api::App;
 use crate::api::handlers::{Call, create_object, delete_one, update_object};
 use crate::api::object::{meta_str, parse_time};
@@ -278,26 +278,8 @@ pub fn start(app: Arc<App>, caches: &super::runtime::Caches) {
     let rs_cache = caches.get(&app, RS_PREFIX);
     let pods = caches.get(&app, POD_PREFIX);
     let queue = Arc::new(Queue::default());
-    {
-        let (queue, mut rs_changes) = (queue.clone(), rs_cache.subscribe());
-        tokio::spawn(async move {
-            while let Ok(change) = rs_changes.recv().await {
-                queue.add(&change.key);
-            }
-        });
-    }
-    {
-        let (queue, mut pod_changes) = (queue.clone(), pods.subscribe());
-        tokio::spawn(async move {
-            while let Ok(change) = pod_changes.recv().await {
-                for pod in [&change.old, &change.new].into_iter().flatten() {
-                    if let Some(owner) = controller_of(pod, "ReplicaSet") {
-                        queue.add(&format!("{RS_PREFIX}{}/{owner}", meta_str(pod, "namespace")));
-                    }
-                }
-            }
-        });
-    }
+    queue_changes(&queue, &rs_cache);
+    queue_owners(&queue, &pods, "ReplicaSet", RS_PREFIX);
     let (rs_c, pods_c, app_c) = (rs_cache.clone(), pods.clone(), app.clone());
     run_workers(app, "replicaset", queue, 2, move |key| {
         let (rs_c, pods_c, app_c) = (rs_c.clone(), pods_c.clone(), app_c.clone());

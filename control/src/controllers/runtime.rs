@@ -281,6 +281,32 @@ impl Queue {
     }
 }
 
+/// Queues the key of every object of `cache` that changes.
+pub fn queue_changes(queue: &Arc<Queue>, cache: &Cache) {
+    let (queue, mut changes) = (queue.clone(), cache.subscribe());
+    tokio::spawn(async move {
+        while let Ok(change) = changes.recv().await {
+            queue.add(&change.key);
+        }
+    });
+}
+
+/// Queues the controller of every changed object of `cache`: the owner of kind `kind` named in
+/// its controller reference, stored under `owner_prefix` in the same namespace.
+pub fn queue_owners(queue: &Arc<Queue>, cache: &Cache, kind: &'static str, owner_prefix: &'static str) {
+    let (queue, mut changes) = (queue.clone(), cache.subscribe());
+    tokio::spawn(async move {
+        while let Ok(change) = changes.recv().await {
+            for obj in [&change.old, &change.new].into_iter().flatten() {
+                if let Some(owner) = super::replicaset::controller_of(obj, kind) {
+                    let ns = obj["metadata"]["namespace"].as_str().unwrap_or_default();
+                    queue.add(&format!("{owner_prefix}{ns}/{owner}"));
+                }
+            }
+        }
+    });
+}
+
 /// What a reconcile asks for next.
 #[derive(Debug)]
 pub enum Next {

@@ -12,7 +12,7 @@ use super::events;
 use super::replicaset::{
     POD_PREFIX, active, call, controller_of, pod_available, pod_from_template, pod_ready,
 };
-use super::runtime::{Cache, Caches, Next, Queue, run_workers};
+use super::runtime::{Cache, Caches, Next, Queue, queue_changes, queue_owners, run_workers};
 use crate::api::App;
 use crate::api::handlers::{create_object, delete_one, update_object};
 use crate::api::object::meta_str;
@@ -232,26 +232,8 @@ pub fn start(app: Arc<App>, caches: &Caches) {
     let stss = caches.get(&app, STS_PREFIX);
     let pods = caches.get(&app, POD_PREFIX);
     let queue = Arc::new(Queue::default());
-    {
-        let (queue, mut changes) = (queue.clone(), stss.subscribe());
-        tokio::spawn(async move {
-            while let Ok(change) = changes.recv().await {
-                queue.add(&change.key);
-            }
-        });
-    }
-    {
-        let (queue, mut changes) = (queue.clone(), pods.subscribe());
-        tokio::spawn(async move {
-            while let Ok(change) = changes.recv().await {
-                for pod in [&change.old, &change.new].into_iter().flatten() {
-                    if let Some(owner) = controller_of(pod, "StatefulSet") {
-                        queue.add(&format!("{STS_PREFIX}{}/{owner}", meta_str(pod, "namespace")));
-                    }
-                }
-            }
-        });
-    }
+    queue_changes(&queue, &stss);
+    queue_owners(&queue, &pods, "StatefulSet", STS_PREFIX);
     run_workers(app.clone(), "statefulset", queue, 2, move |key| {
         let (app, stss, pods) = (app.clone(), stss.clone(), pods.clone());
         async move { reconcile(&app, &stss, &pods, &key).await }
