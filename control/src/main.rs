@@ -52,8 +52,22 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("skiff-control: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    // One line on failure, whatever RUST_BACKTRACE says.
+    if let Err(e) = runtime.block_on(run()) {
+        eprintln!("skiff-control: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -80,13 +94,18 @@ async fn main() -> anyhow::Result<()> {
 
     let mut app = App::new(store.clone(), cidr);
     app.node_grace = args.node_monitor_grace_period;
+    let token = std::fs::read_to_string(args.data_dir.join("node-token")).context("reading node-token")?;
+    app.node_secret = skiff_control::pki::parse_token(&token)
+        .map(|(_, s)| s.to_owned())
+        .unwrap_or_default();
+    let tls = api::server::tls_config(&pki).context("configuring TLS")?;
+    app.pki = Some(Arc::new(pki));
     let app = Arc::new(app);
     skiff_control::bootstrap::ensure_defaults(&app)
         .await
         .context("creating default namespaces")?;
     skiff_control::controllers::start(app.clone());
 
-    let tls = api::server::tls_config(&pki).context("configuring TLS")?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;

@@ -197,11 +197,50 @@ impl Pki {
         let token = data_dir.join("node-token");
         if read(&token)?.is_none() {
             let secret: [u8; 24] = rand::random();
-            let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
-            write_private(&token, &format!("K10{hex}\n"))?;
+            write_private(&token, &format!("K10{}::node:{}\n", self.ca_hash(), hex(&secret)))?;
         }
         Ok(())
     }
+
+    /// SHA-256 of the CA certificate (PEM), hex: agents pin the CA with it from their token.
+    pub fn ca_hash(&self) -> String {
+        hex(ring::digest::digest(&ring::digest::SHA256, self.ca_pem.as_bytes()).as_ref())
+    }
+
+    /// Signs a node's certificate request as `system:node:<name>` in `system:nodes`, whatever
+    /// subject the request asked for.
+    pub fn sign_node_csr(&self, csr_pem: &str, node_name: &str) -> Result<String, PkiError> {
+        let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, format!("system:node:{node_name}"));
+        dn.push(DnType::OrganizationName, "system:nodes");
+        csr.params.distinguished_name = dn;
+        csr.params.subject_alt_names = Vec::new();
+        csr.params.is_ca = IsCa::NoCa;
+        csr.params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        csr.params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        csr.params.not_before = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+        csr.params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(365);
+        let ca_key = KeyPair::from_pem(&self.ca_key_pem)?;
+        let issuer = Issuer::from_ca_cert_pem(&self.ca_pem, ca_key)?;
+        Ok(csr.signed_by(&issuer)?.pem())
+    }
+}
+
+/// Lowercase hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The parts of a node token: `K10<ca sha256>::node:<secret>`.
+pub fn parse_token(token: &str) -> Option<(&str, &str)> {
+    let rest = token.trim().strip_prefix("K10")?;
+    let (ca_hash, secret) = rest.split_once("::")?;
+    let secret = secret.split_once(':').map_or(secret, |(_, s)| s);
+    Some((ca_hash, secret))
 }
 
 fn hostname() -> Option<String> {
@@ -266,5 +305,36 @@ mod tests {
             .unwrap();
         let kc = std::fs::read_to_string(dir.path().join("admin.kubeconfig")).unwrap();
         assert!(kc.contains("server: https://127.0.0.1:6443"));
+        let token = std::fs::read_to_string(dir.path().join("node-token")).unwrap();
+        let (hash, secret) = parse_token(&token).unwrap();
+        assert_eq!(hash, first.ca_hash());
+        assert_eq!(secret.len(), 48);
+    }
+
+    #[test]
+    fn node_csr_is_signed_as_the_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::load_or_create(dir.path(), "127.0.0.1:6443".parse().unwrap()).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "system:masters-wannabe");
+        let csr = params.serialize_request(&key).unwrap().pem().unwrap();
+        let cert = pki.sign_node_csr(&csr, "n1").unwrap();
+        let der = rustls_pemfile::certs(&mut cert.as_bytes())
+            .next()
+            .unwrap()
+            .unwrap();
+        let (_, parsed) = x509_parser::parse_x509_certificate(der.as_ref()).unwrap();
+        let cn = parsed
+            .subject()
+            .iter_common_name()
+            .next()
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(cn, "system:node:n1");
     }
 }

@@ -118,7 +118,7 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
     // The end-to-end suites drive the real binaries; build them first.
-    run(cargo().args(["build", "-p", "skiff-control"]))?;
+    run(cargo().args(["build", "-p", "skiff-control", "-p", "skiff-agent"]))?;
     run(cargo().args(["test", "--workspace"]).args(args))
 }
 

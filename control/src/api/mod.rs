@@ -6,6 +6,7 @@ pub mod crd;
 mod discovery;
 mod eviction;
 pub mod handlers;
+mod join;
 pub mod object;
 mod patch;
 pub mod protobuf;
@@ -48,6 +49,10 @@ pub struct App {
     pub service_cidr: Cidr,
     /// How long a node may go without a heartbeat before it is considered lost.
     pub node_grace: std::time::Duration,
+    /// The cluster CA, for signing nodes' certificates when they join.
+    pub pki: Option<Arc<crate::pki::Pki>>,
+    /// The secret part of the node token agents join with.
+    pub node_secret: String,
 }
 
 impl App {
@@ -59,6 +64,8 @@ impl App {
             alloc: tokio::sync::Mutex::new(()),
             service_cidr,
             node_grace: std::time::Duration::from_secs(40),
+            pki: None,
+            node_secret: String::new(),
         }
     }
 }
@@ -108,7 +115,7 @@ async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
     let query = parse_query(parts.uri.query());
     let public = matches!(
         path.as_str(),
-        "/healthz" | "/livez" | "/readyz" | "/version" | "/version/"
+        "/healthz" | "/livez" | "/readyz" | "/version" | "/version/" | "/cacerts" | "/skiff/v1/join"
     );
     if !public && parts.extensions.get::<Identity>().is_none() {
         return unauthorized();
@@ -164,6 +171,16 @@ async fn route(
     match segs.as_slice() {
         ["healthz" | "livez" | "readyz", ..] => return Ok((StatusCode::OK, "ok").into_response()),
         ["version"] => return ok(discovery::version()),
+        ["cacerts"] => {
+            let ca = app.pki.as_ref().map(|p| p.ca_pem.clone()).unwrap_or_default();
+            return Ok((
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/x-pem-file")],
+                ca,
+            )
+                .into_response());
+        }
+        ["skiff", "v1", "join"] if method == Method::POST => return join::join(&app, body),
         ["api"] => return ok(discovery::core_versions()),
         ["apis"] => return ok(discovery::groups(&app.registry)),
         ["openapi", "v3"] => return ok(discovery::openapi_v3_root(&app.registry)),

@@ -1,0 +1,204 @@
+//! A small HTTPS client for the Kubernetes API, authenticated with the node's certificate.
+
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Method;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use serde_json::Value;
+
+type Https = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// The API server as the node sees it.
+#[derive(Clone)]
+pub struct ApiClient {
+    client: Https,
+    server: String,
+}
+
+impl std::fmt::Debug for ApiClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiClient")
+            .field("server", &self.server)
+            .finish_non_exhaustive()
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn connector(config: rustls::ClientConfig) -> Https {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_only()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Client::builder(hyper_util::rt::TokioExecutor::new()).build(https)
+}
+
+fn roots(ca_pem: &str) -> anyhow::Result<rustls::RootCertStore> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+        roots.add(cert?)?;
+    }
+    Ok(roots)
+}
+
+/// Accepts any server certificate. Used once, to fetch the CA whose hash the join token pins;
+/// nothing read through it is trusted before that check.
+#[derive(Debug)]
+struct PinLater(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for PinLater {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+impl ApiClient {
+    /// A client that does not verify the server yet (only for fetching the CA to pin).
+    pub fn unverified(server: &str) -> anyhow::Result<Self> {
+        let config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinLater(provider())))
+            .with_no_client_auth();
+        Ok(Self {
+            client: connector(config),
+            server: server.trim_end_matches('/').to_owned(),
+        })
+    }
+
+    /// A client that trusts `ca_pem` and presents no certificate.
+    pub fn anonymous(server: &str, ca_pem: &str) -> anyhow::Result<Self> {
+        let config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots(ca_pem)?)
+            .with_no_client_auth();
+        Ok(Self {
+            client: connector(config),
+            server: server.trim_end_matches('/').to_owned(),
+        })
+    }
+
+    /// A client that trusts `ca_pem` and authenticates with the node certificate.
+    pub fn with_identity(server: &str, ca_pem: &str, cert_pem: &str, key_pem: &str) -> anyhow::Result<Self> {
+        let certs = rustls_pemfile::certs(&mut cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
+        let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())?
+            .context("no private key in the node key file")?;
+        let config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots(ca_pem)?)
+            .with_client_auth_cert(certs, key)?;
+        Ok(Self {
+            client: connector(config),
+            server: server.trim_end_matches('/').to_owned(),
+        })
+    }
+
+    /// Sends a request; returns the status code and the body.
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<(u16, Bytes)> {
+        let bytes = body.map(serde_json::to_vec).transpose()?.unwrap_or_default();
+        let req = hyper::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.server))
+            .header("content-type", content_type)
+            .header("user-agent", "skiff-agent/0.1")
+            .body(Full::new(Bytes::from(bytes)))?;
+        let resp = self
+            .client
+            .request(req)
+            .await
+            .with_context(|| format!("request to {}{path}", self.server))?;
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok((status, body))
+    }
+
+    /// Sends JSON and parses a JSON answer; non-2xx answers become errors with the server's message.
+    pub async fn json(&self, method: Method, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
+        self.with_type(method, path, "application/json", body).await
+    }
+
+    /// Like [`json`](Self::json) with a specific Content-Type (patches).
+    pub async fn with_type(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<Value> {
+        let (status, bytes) = self.raw(method, path, content_type, body).await?;
+        let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        if !(200..300).contains(&status) {
+            let message = value["message"]
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+            bail!(ApiStatus {
+                code: status,
+                message
+            });
+        }
+        Ok(value)
+    }
+}
+
+/// A non-success answer from the API server.
+#[derive(Debug, thiserror::Error)]
+#[error("{message} ({code})")]
+pub struct ApiStatus {
+    /// HTTP status.
+    pub code: u16,
+    /// The Status message.
+    pub message: String,
+}
+
+/// The HTTP status of an API error, if it is one.
+pub fn status_code(e: &anyhow::Error) -> Option<u16> {
+    e.downcast_ref::<ApiStatus>().map(|s| s.code)
+}

@@ -1,0 +1,147 @@
+//! Registration and heartbeats: the Node object with its capacity, conditions and system info,
+//! a Lease in `kube-node-lease` renewed every few seconds, and the Ready condition's heartbeat.
+
+use std::time::Duration;
+
+use hyper::Method;
+use serde_json::{Value, json};
+
+use super::capacity;
+use super::client::{ApiClient, status_code};
+
+fn now() -> String {
+    let t = time::OffsetDateTime::now_utc();
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
+fn now_micro() -> String {
+    let t = time::OffsetDateTime::now_utc();
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.microsecond()
+    )
+}
+
+fn conditions() -> Value {
+    let ts = now();
+    let c = |kind: &str, status: &str, reason: &str, message: &str| json!({"type": kind, "status": status, "lastHeartbeatTime": ts, "lastTransitionTime": ts, "reason": reason, "message": message});
+    json!([
+        c(
+            "MemoryPressure",
+            "False",
+            "KubeletHasSufficientMemory",
+            "kubelet has sufficient memory available"
+        ),
+        c(
+            "DiskPressure",
+            "False",
+            "KubeletHasNoDiskPressure",
+            "kubelet has no disk pressure"
+        ),
+        c(
+            "PIDPressure",
+            "False",
+            "KubeletHasSufficientPID",
+            "kubelet has sufficient PID available"
+        ),
+        c(
+            "Ready",
+            "True",
+            "KubeletReady",
+            "skiff-agent is posting ready status"
+        ),
+    ])
+}
+
+fn status(name: &str, max_pods: u32) -> Value {
+    let cap = capacity::capacity(max_pods);
+    json!({
+        "capacity": cap,
+        "allocatable": cap,
+        "conditions": conditions(),
+        "addresses": [{"type": "Hostname", "address": name}],
+        "nodeInfo": capacity::node_info(),
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+    })
+}
+
+/// Creates the Node, or refreshes its status if it exists.
+pub async fn register(api: &ApiClient, name: &str, max_pods: u32) -> anyhow::Result<()> {
+    let node = json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "labels": {
+            "kubernetes.io/hostname": name,
+            "kubernetes.io/os": "linux",
+            "kubernetes.io/arch": capacity::arch(),
+            "beta.kubernetes.io/os": "linux",
+            "beta.kubernetes.io/arch": capacity::arch(),
+        }},
+        "status": status(name, max_pods),
+    });
+    match api.json(Method::POST, "/api/v1/nodes", Some(&node)).await {
+        Ok(_) => {}
+        Err(e) if status_code(&e) == Some(409) => {}
+        Err(e) => return Err(e.context("registering the node")),
+    }
+    let patch = json!({"status": status(name, max_pods)});
+    api.with_type(
+        Method::PATCH,
+        &format!("/api/v1/nodes/{name}/status"),
+        "application/merge-patch+json",
+        Some(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Renews the node's Lease (creating it the first time).
+pub async fn renew_lease(api: &ApiClient, name: &str, duration: Duration) -> anyhow::Result<()> {
+    let path = format!("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{name}");
+    let spec = json!({"holderIdentity": name, "leaseDurationSeconds": duration.as_secs().max(1), "renewTime": now_micro()});
+    let patch = json!({"spec": spec});
+    match api
+        .with_type(Method::PATCH, &path, "application/merge-patch+json", Some(&patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if status_code(&e) == Some(404) => {
+            let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": name, "namespace": "kube-node-lease"}, "spec": spec});
+            api.json(
+                Method::POST,
+                "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases",
+                Some(&lease),
+            )
+            .await
+            .map(|_| ())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Refreshes the conditions' heartbeat.
+pub async fn post_status(api: &ApiClient, name: &str) -> anyhow::Result<()> {
+    let patch = json!({"status": {"conditions": conditions()}});
+    api.with_type(
+        Method::PATCH,
+        &format!("/api/v1/nodes/{name}/status"),
+        "application/merge-patch+json",
+        Some(&patch),
+    )
+    .await
+    .map(|_| ())
+}

@@ -1,0 +1,153 @@
+//! skiff-agent joins a real control plane with the node token, registers its Node, and keeps it
+//! alive with Lease heartbeats; a stopped agent's node goes NotReady.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use skiff_tests::Control;
+
+fn agent_bin() -> std::path::PathBuf {
+    skiff_tests::control_bin().with_file_name("skiff-agent")
+}
+
+struct Agent(Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_agent(c: &Control, name: &str, token: &str, dir: &std::path::Path) -> Agent {
+    Agent(
+        Command::new(agent_bin())
+            .args([
+                "--server",
+                &c.url(),
+                "--token",
+                token,
+                "--node-name",
+                name,
+                "--lease-interval-seconds",
+                "1",
+            ])
+            .arg("--data-dir")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting skiff-agent"),
+    )
+}
+
+fn ready(c: &Control, name: &str) -> Option<String> {
+    let out = c.kubectl(&["get", "node", name, "-o", "json"]);
+    let node: Value = serde_json::from_slice(&out.stdout).ok()?;
+    node["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Ready")?["status"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+#[test]
+fn agent_joins_registers_and_heartbeats() {
+    let c = Control::start_with(&["--node-monitor-grace-period", "3s"]);
+    let token = std::fs::read_to_string(c.data_dir().join("node-token")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let agent = start_agent(&c, "worker-1", token.trim(), dir.path());
+    let mut ok = false;
+    for _ in 0..200 {
+        if ready(&c, "worker-1").as_deref() == Some("True") {
+            ok = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(ok, "node never became Ready");
+    let node: Value = serde_json::from_str(&c.ok(&["get", "node", "worker-1", "-o", "json"])).unwrap();
+    assert!(
+        node["status"]["capacity"]["cpu"]
+            .as_str()
+            .is_some_and(|c| c.parse::<u32>().unwrap() >= 1)
+    );
+    assert_eq!(node["status"]["nodeInfo"]["kubeletVersion"], "v1.32.0-skiff");
+    assert_eq!(node["metadata"]["labels"]["kubernetes.io/os"], "linux");
+    let holder = c.ok(&[
+        "-n",
+        "kube-node-lease",
+        "get",
+        "lease",
+        "worker-1",
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ]);
+    assert_eq!(holder, "worker-1");
+    // The node's identity is its own certificate, kept for restarts.
+    assert!(dir.path().join("node.crt").exists() && dir.path().join("node.key").exists());
+    drop(agent);
+    let mut lost = false;
+    for _ in 0..200 {
+        if ready(&c, "worker-1").as_deref() == Some("Unknown") {
+            lost = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(lost, "a stopped agent's node did not go NotReady");
+    // Restarting with the stored credentials brings it back.
+    let _again = start_agent(&c, "worker-1", token.trim(), dir.path());
+    let mut back = false;
+    for _ in 0..200 {
+        if ready(&c, "worker-1").as_deref() == Some("True") {
+            back = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(back, "the node did not come back after the agent restarted");
+}
+
+#[test]
+fn a_wrong_token_is_refused_with_one_line() {
+    let c = Control::start();
+    let token = std::fs::read_to_string(c.data_dir().join("node-token")).unwrap();
+    let (hash, _) = token.trim().split_once("::").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(agent_bin())
+        .args([
+            "--server",
+            &c.url(),
+            "--token",
+            &format!("{hash}::node:wrong"),
+            "--node-name",
+            "intruder",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("rejected the node token"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    // A token pinning another CA is refused before anything is sent.
+    let out = Command::new(agent_bin())
+        .args([
+            "--server",
+            &c.url(),
+            "--token",
+            &format!("K10{}::node:x", "0".repeat(64)),
+            "--node-name",
+            "intruder",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not match the node token"));
+    assert!(c.fails(&["get", "node", "intruder"]).contains("not found"));
+}
