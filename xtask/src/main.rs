@@ -122,7 +122,15 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     run(cargo().args(["test", "--workspace"]).args(args))
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() {
+    // One line on failure, whatever RUST_BACKTRACE says.
+    if let Err(e) = dispatch() {
+        eprintln!("cargo xtask: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn dispatch() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Up {
             data_dir,
