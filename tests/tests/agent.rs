@@ -88,6 +88,33 @@ fn agent_joins_registers_and_heartbeats() {
     assert_eq!(holder, "worker-1");
     // The node's identity is its own certificate, kept for restarts.
     assert!(dir.path().join("node.crt").exists() && dir.path().join("node.key").exists());
+    // With it, a node may read, but not act as an administrator.
+    let as_node = |args: &[&str]| {
+        let p = |f: &str| dir.path().join(f).to_string_lossy().into_owned();
+        Command::new("kubectl")
+            .env("KUBECONFIG", "/dev/null")
+            .args([
+                "--server",
+                &c.url(),
+                "--certificate-authority",
+                &p("ca.crt"),
+                "--client-certificate",
+                &p("node.crt"),
+                "--client-key",
+                &p("node.key"),
+            ])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert!(as_node(&["get", "nodes"]).status.success());
+    let denied = as_node(&["delete", "namespace", "default"]);
+    let err = String::from_utf8_lossy(&denied.stderr);
+    assert!(
+        !denied.status.success() && err.contains("Forbidden") && err.contains("system:node:worker-1"),
+        "{err}"
+    );
+    assert!(!as_node(&["label", "node", "other-node", "x=y"]).status.success());
     drop(agent);
     let mut lost = false;
     for _ in 0..200 {

@@ -2,6 +2,7 @@
 
 mod admission;
 mod apply;
+mod authz;
 pub mod crd;
 mod discovery;
 mod eviction;
@@ -131,7 +132,18 @@ async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
             .into_response();
         }
     };
-    match route(app, &parts.method, &path, query, &parts.headers, &body).await {
+    let who = parts.extensions.get::<Identity>().cloned();
+    match route(
+        app,
+        &parts.method,
+        &path,
+        query,
+        &parts.headers,
+        &body,
+        who.as_ref(),
+    )
+    .await
+    {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
@@ -144,6 +156,7 @@ async fn route(
     query: HashMap<String, String>,
     headers: &HeaderMap,
     body: &[u8],
+    who: Option<&Identity>,
 ) -> Result<Response, ApiError> {
     let segs: Vec<&str> = path
         .trim_matches('/')
@@ -270,6 +283,10 @@ async fn route(
         query,
     };
     let watching = legacy_watch || call.query.get("watch").is_some_and(|w| w == "true" || w == "1");
+    match who {
+        Some(who) => authz::authorize(who, authz::verb(method, &call, watching), &call)?,
+        None => return Err(ApiError::new(401, "Unauthorized", "Unauthorized")),
+    }
     match (method, call.name.is_some(), call.sub.as_deref()) {
         (&Method::GET, _, _) if watching => handlers::watch(app, call).await,
         (&Method::GET, true, _) => handlers::get(&app, &call).await,

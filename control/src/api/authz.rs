@@ -1,0 +1,80 @@
+//! Authorization until RBAC exists: `system:masters` may do anything; nodes
+//! (`system:node:<name>` in `system:nodes`) may read, and write only what a kubelet writes for
+//! itself (its Node and its status, its Lease, pod status, pod deletion, events); any other
+//! identity is refused. Refusals are upstream's `Forbidden` Status.
+
+use axum::http::Method;
+
+use super::handlers::Call;
+use super::server::Identity;
+use super::status::ApiError;
+
+/// The Kubernetes verb of a request.
+pub fn verb(method: &Method, call: &Call, watching: bool) -> &'static str {
+    match (method, call.name.is_some()) {
+        (&Method::GET, _) if watching => "watch",
+        (&Method::GET, true) => "get",
+        (&Method::GET, false) => "list",
+        (&Method::POST, _) => "create",
+        (&Method::PUT, _) => "update",
+        (&Method::PATCH, _) => "patch",
+        (&Method::DELETE, true) => "delete",
+        (&Method::DELETE, false) => "deletecollection",
+        _ => "unknown",
+    }
+}
+
+fn node_may(node: &str, verb: &str, call: &Call) -> bool {
+    if matches!(verb, "get" | "list" | "watch") {
+        return true;
+    }
+    let (group, resource) = (call.info.group.as_str(), call.info.plural.as_str());
+    let name = call.name.as_deref();
+    match (group, resource, call.sub.as_deref()) {
+        ("", "nodes", _) if verb == "create" => true,
+        ("", "nodes", None | Some("status")) => name == Some(node) && matches!(verb, "update" | "patch"),
+        ("coordination.k8s.io", "leases", None) => {
+            call.ns.as_deref() == Some("kube-node-lease") && (verb == "create" || name == Some(node))
+        }
+        ("", "pods", Some("status")) => matches!(verb, "update" | "patch"),
+        ("", "pods", None) => verb == "delete",
+        ("", "events", None) | ("events.k8s.io", "events", None) => {
+            matches!(verb, "create" | "update" | "patch")
+        }
+        _ => false,
+    }
+}
+
+/// Checks that `who` may do `verb` on the call's resource.
+pub fn authorize(who: &Identity, verb: &str, call: &Call) -> Result<(), ApiError> {
+    if who.groups.iter().any(|g| g == "system:masters") {
+        return Ok(());
+    }
+    let allowed = match who.user.strip_prefix("system:node:") {
+        Some(node) if who.groups.iter().any(|g| g == "system:nodes") => node_may(node, verb, call),
+        _ => false,
+    };
+    if allowed {
+        return Ok(());
+    }
+    let resource = match &call.sub {
+        Some(sub) => format!("{}/{sub}", call.info.plural),
+        None => call.info.plural.clone(),
+    };
+    let scope = match &call.ns {
+        Some(ns) => format!("in the namespace \"{ns}\""),
+        None => "at the cluster scope".to_owned(),
+    };
+    let subject = match &call.name {
+        Some(name) => format!("{} \"{name}\" is forbidden", call.info.plural),
+        None => format!("{} is forbidden", call.info.plural),
+    };
+    Err(ApiError::new(
+        403,
+        "Forbidden",
+        format!(
+            "{subject}: User \"{}\" cannot {verb} resource \"{resource}\" in API group \"{}\" {scope}",
+            who.user, call.info.group
+        ),
+    ))
+}
