@@ -287,7 +287,7 @@ pub async fn get(app: &App, call: &Call) -> Result<Response> {
     let kv = read(app, call, call.name()).await?;
     let obj = from_kv(&kv);
     match call.sub.as_deref() {
-        Some("scale") => Ok(json_response(StatusCode::OK, &to_scale(&call.info, &obj))),
+        Some("scale") => Ok(json_response(StatusCode::OK, &to_scale(&obj))),
         _ if call.table => Ok(json_response(
             StatusCode::OK,
             &table::table(&call.info, &[obj], &kv.mod_revision.to_string(), None, call),
@@ -883,7 +883,7 @@ pub async fn update(app: &App, call: &Call, body: &[u8]) -> Result<Response> {
     if call.sub.as_deref() == Some("scale") {
         let mut scale = new;
         check_type(call, &mut scale, "Scale")?;
-        let obj = from_scale(&call.info, &from_kv(&current), &scale, &current, call)?;
+        let obj = from_scale(&from_kv(&current), &scale, &current, call)?;
         let updated = commit_update(
             app,
             &Call {
@@ -895,7 +895,7 @@ pub async fn update(app: &App, call: &Call, body: &[u8]) -> Result<Response> {
             true,
         )
         .await?;
-        return Ok(json_response(StatusCode::OK, &to_scale(&call.info, &updated)));
+        return Ok(json_response(StatusCode::OK, &to_scale(&updated)));
     }
     let updated = commit_update(app, call, &current, new, true).await?;
     Ok(json_response(StatusCode::OK, &updated))
@@ -935,7 +935,7 @@ pub async fn patch(app: &App, call: &Call, body: &[u8]) -> Result<Response> {
         };
         let base = from_kv(&current);
         let base = if call.sub.as_deref() == Some("scale") {
-            to_scale(&call.info, &base)
+            to_scale(&base)
         } else {
             base
         };
@@ -962,7 +962,7 @@ pub async fn patch(app: &App, call: &Call, body: &[u8]) -> Result<Response> {
             patched["metadata"]["resourceVersion"] = json!(current.mod_revision.to_string());
         }
         let result = if call.sub.as_deref() == Some("scale") {
-            let obj = from_scale(&call.info, &from_kv(&current), &patched, &current, call)?;
+            let obj = from_scale(&from_kv(&current), &patched, &current, call)?;
             commit_update(
                 app,
                 &Call {
@@ -974,7 +974,7 @@ pub async fn patch(app: &App, call: &Call, body: &[u8]) -> Result<Response> {
                 true,
             )
             .await
-            .map(|o| to_scale(&call.info, &o))
+            .map(|o| to_scale(&o))
         } else {
             // Server-side apply has recorded ownership itself.
             commit_update(app, call, &current, patched, patch_type != PatchType::Apply).await
@@ -989,8 +989,7 @@ pub async fn patch(app: &App, call: &Call, body: &[u8]) -> Result<Response> {
 }
 
 /// The `Scale` view of a workload.
-fn to_scale(info: &ResourceInfo, obj: &Value) -> Value {
-    let selector = super::selector::LabelSelector::from_object(&obj["spec"]["selector"]).ok();
+fn to_scale(obj: &Value) -> Value {
     let selector_str = obj["spec"]["selector"]["matchLabels"]
         .as_object()
         .map(|m| {
@@ -1000,8 +999,6 @@ fn to_scale(info: &ResourceInfo, obj: &Value) -> Value {
                 .join(",")
         })
         .unwrap_or_default();
-    let _ = selector;
-    let _ = info;
     json!({
         "kind": "Scale",
         "apiVersion": "autoscaling/v1",
@@ -1018,13 +1015,7 @@ fn to_scale(info: &ResourceInfo, obj: &Value) -> Value {
 }
 
 /// Applies a `Scale` to its workload.
-fn from_scale(
-    _info: &ResourceInfo,
-    obj: &Value,
-    scale: &Value,
-    current: &KeyValue,
-    call: &Call,
-) -> Result<Value> {
+fn from_scale(obj: &Value, scale: &Value, current: &KeyValue, call: &Call) -> Result<Value> {
     let rv = scale["metadata"]["resourceVersion"].as_str().unwrap_or_default();
     if !rv.is_empty() && rv != current.mod_revision.to_string() {
         return Err(ApiError::conflict(call.target(call.name())));
