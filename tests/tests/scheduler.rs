@@ -291,3 +291,52 @@ fn high_priority_pod_preempts_lower_priority_ones() {
         "{err}"
     );
 }
+
+#[test]
+fn drain_evicts_and_pods_are_rescheduled_elsewhere() {
+    let c = Control::start();
+    c.ok_stdin(&["apply", "-f", "-"], &node("old", "8", "zone: a", ""));
+    let deploy = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: app, namespace: default}\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: app}}\n  template:\n    metadata: {labels: {app: app}}\n    spec: {containers: [{name: c, image: registry.local/busybox:1.36}]}\n";
+    c.ok_stdin(&["apply", "-f", "-"], deploy);
+    let on = |c: &Control, node: &str| -> usize {
+        let list: Value = json(&c.ok(&["get", "pods", "-l", "app=app", "-o", "json"]));
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["spec"]["nodeName"] == node && p["metadata"]["deletionTimestamp"].is_null())
+            .count()
+    };
+    for _ in 0..200 {
+        if on(&c, "old") == 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(on(&c, "old"), 2);
+    c.ok_stdin(&["apply", "-f", "-"], &node("new", "8", "zone: a", ""));
+    // drain cordons, then evicts through the eviction API; the kubelet stand-in (grace 0) is kubectl.
+    c.ok(&[
+        "drain",
+        "old",
+        "--ignore-daemonsets",
+        "--delete-emptydir-data",
+        "--grace-period=0",
+        "--force",
+        "--timeout=30s",
+    ]);
+    assert_eq!(
+        c.ok(&["get", "node", "old", "-o", "jsonpath={.spec.unschedulable}"]),
+        "true"
+    );
+    let mut moved = false;
+    for _ in 0..200 {
+        if on(&c, "new") == 2 && on(&c, "old") == 0 {
+            moved = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(moved, "pods were not rescheduled onto the remaining node");
+    assert!(c.ok(&["get", "nodes"]).contains("SchedulingDisabled"));
+}
