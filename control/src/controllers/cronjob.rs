@@ -12,10 +12,10 @@ use serde_json::{Value, json};
 use super::cron::Schedule;
 use super::events;
 use super::job::JOB_PREFIX;
-use super::replicaset::{call, controller_of, owner_ref};
+use super::replicaset::{call, controller_of, owner_ref, write_status};
 use super::runtime::{Cache, Caches, Next, Queue, queue_changes, queue_owners, run_workers};
 use crate::api::App;
-use crate::api::handlers::{create_object, delete_one, update_object};
+use crate::api::handlers::{create_object, delete_one};
 use crate::api::object::meta_str;
 
 /// Store prefix of CronJobs.
@@ -112,16 +112,9 @@ pub async fn reconcile(
     key: &str,
     now: Timestamp,
 ) -> Result<Next, String> {
-    let Some(cj) = cjs.get(key) else {
+    let Some((cj, ns, name)) = cjs.live(key) else {
         return Ok(Next::Done);
     };
-    if cj["metadata"]["deletionTimestamp"].is_string() {
-        return Ok(Next::Done);
-    }
-    let (ns, name) = (
-        meta_str(&cj, "namespace").to_owned(),
-        meta_str(&cj, "name").to_owned(),
-    );
     let spec = &cj["spec"];
     let schedule = Schedule::parse(spec["schedule"].as_str().unwrap_or_default())?;
     let tz = match spec["timeZone"].as_str() {
@@ -262,20 +255,7 @@ pub async fn reconcile(
     if let Some(t) = last_success {
         status["lastSuccessfulTime"] = json!(t);
     }
-    if cj["status"] != status {
-        let mut next = (*cj).clone();
-        next["status"] = status;
-        let c = call(
-            app,
-            "batch",
-            "cronjobs",
-            &ns,
-            Some(&name),
-            Some("status"),
-            MANAGER,
-        );
-        update_object(app, &c, next).await.map_err(|e| e.message)?;
-    }
+    write_status(app, &cj, "batch", "cronjobs", status, MANAGER).await?;
     Ok(match next_due(&schedule, &tz, now) {
         Some(t) => Next::After(Duration::from_secs(
             (t.as_second() - now.as_second()).max(1) as u64
@@ -301,6 +281,7 @@ pub fn start(app: Arc<App>, caches: &Caches, clock: Arc<dyn Clock>) {
 mod tests {
     use super::*;
     use crate::api::Cidr;
+    use crate::api::handlers::update_object;
     use crate::controllers::runtime::Caches;
     use crate::store::{Store, StoreConfig};
 

@@ -11,11 +11,11 @@ use serde_json::{Value, json};
 use super::deployment::{resolve, template_hash};
 use super::events;
 use super::replicaset::{
-    POD_PREFIX, active, call, controller_of, owner_ref, pod_available, pod_from_template, pod_ready,
+    POD_PREFIX, call, controller_of, owner_ref, pod_available, pod_from_template, pod_ready, write_status,
 };
 use super::runtime::{Cache, Caches, Next, Queue, queue_changes, queue_owners, run_workers};
 use crate::api::App;
-use crate::api::handlers::{create_object, delete_one, update_object};
+use crate::api::handlers::{create_object, delete_one};
 use crate::api::object::meta_str;
 use crate::scheduler::NODE_PREFIX;
 use crate::scheduler::filter::{selector_and_affinity_match, tolerates};
@@ -107,16 +107,9 @@ async fn reconcile(
     revs: &Cache,
     key: &str,
 ) -> Result<Next, String> {
-    let Some(ds) = dss.get(key) else {
+    let Some((ds, ns, name)) = dss.live(key) else {
         return Ok(Next::Done);
     };
-    if ds["metadata"]["deletionTimestamp"].is_string() {
-        return Ok(Next::Done);
-    }
-    let (ns, name) = (
-        meta_str(&ds, "namespace").to_owned(),
-        meta_str(&ds, "name").to_owned(),
-    );
     let template = &ds["spec"]["template"];
     let hash = template_hash(template, 0);
     ensure_revision(app, revs, &ds, &hash).await?;
@@ -126,11 +119,7 @@ async fn reconcile(
         .filter(|n| eligible(template, n))
         .map(|n| meta_str(n, "name").to_owned())
         .collect();
-    let owned: Vec<Arc<Value>> = pods
-        .list(Some(&ns))
-        .into_iter()
-        .filter(|p| controller_of(p, "DaemonSet") == Some(name.as_str()) && active(p))
-        .collect();
+    let owned: Vec<Arc<Value>> = pods.active_owned_by(&ns, "DaemonSet", &name);
     let mut by_node: BTreeMap<String, Vec<Arc<Value>>> = BTreeMap::new();
     for p in &owned {
         if let Some(n) = node_of(p) {
@@ -232,11 +221,7 @@ async fn reconcile(
     if wrote {
         pods.wait_for(app.store.revision()).await;
     }
-    let owned: Vec<Arc<Value>> = pods
-        .list(Some(&ns))
-        .into_iter()
-        .filter(|p| controller_of(p, "DaemonSet") == Some(name.as_str()) && active(p))
-        .collect();
+    let owned: Vec<Arc<Value>> = pods.active_owned_by(&ns, "DaemonSet", &name);
     let on_wanted: Vec<&Arc<Value>> = owned
         .iter()
         .filter(|p| node_of(p).is_some_and(|n| wanted.contains(&n)))
@@ -260,20 +245,7 @@ async fn reconcile(
     if let Some(m) = status.as_object_mut() {
         m.retain(|k, v| !matches!(k.as_str(), "numberAvailable" | "numberUnavailable") || v != &json!(0));
     }
-    if ds["status"] != status {
-        let mut updated = (*ds).clone();
-        updated["status"] = status;
-        let c = call(
-            app,
-            "apps",
-            "daemonsets",
-            &ns,
-            Some(&name),
-            Some("status"),
-            MANAGER,
-        );
-        update_object(app, &c, updated).await.map_err(|e| e.message)?;
-    }
+    write_status(app, &ds, "apps", "daemonsets", status, MANAGER).await?;
     Ok(Next::Done)
 }
 

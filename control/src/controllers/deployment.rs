@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::events;
-use super::replicaset::{POD_PREFIX, RS_PREFIX, active, call, controller_of, owner_ref};
+use super::replicaset::{POD_PREFIX, RS_PREFIX, active, call, controller_of, owner_ref, write_status};
 use super::runtime::{Cache, Next, Queue, queue_changes, queue_owners, run_workers};
 use crate::api::App;
 use crate::api::handlers::{create_object, delete_one, update_object};
@@ -132,16 +132,9 @@ fn condition(kind: &str, status: bool, reason: &str, message: &str, previous: &V
 }
 
 async fn reconcile(app: &App, deploys: &Cache, rss: &Cache, pods: &Cache, key: &str) -> Result<Next, String> {
-    let Some(d) = deploys.get(key) else {
+    let Some((d, ns, name)) = deploys.live(key) else {
         return Ok(Next::Done);
     };
-    if d["metadata"]["deletionTimestamp"].is_string() {
-        return Ok(Next::Done);
-    }
-    let (ns, name) = (
-        meta_str(&d, "namespace").to_owned(),
-        meta_str(&d, "name").to_owned(),
-    );
     let mut owned: Vec<Arc<Value>> = rss
         .list(Some(&ns))
         .into_iter()
@@ -543,22 +536,7 @@ async fn update_status(
             ) || v != &json!(0)
         });
     }
-    if d["status"] != status {
-        let mut next = d.clone();
-        next["status"] = status;
-        let status_call = call(
-            app,
-            "apps",
-            "deployments",
-            ns,
-            Some(name),
-            Some("status"),
-            MANAGER,
-        );
-        update_object(app, &status_call, next)
-            .await
-            .map_err(|e| e.message)?;
-    }
+    write_status(app, d, "apps", "deployments", status, MANAGER).await?;
     if complete {
         Ok(Next::Done)
     } else {

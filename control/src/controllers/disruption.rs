@@ -6,10 +6,9 @@ use std::sync::Arc;
 use serde_json::json;
 
 use super::deployment::resolve;
-use super::replicaset::{POD_PREFIX, active, call, pod_ready};
+use super::replicaset::{POD_PREFIX, active, pod_ready, write_status};
 use super::runtime::{Cache, Caches, Next, Queue, queue_changes, run_workers};
 use crate::api::App;
-use crate::api::handlers::update_object;
 use crate::api::object::meta_str;
 use crate::api::selector::LabelSelector;
 
@@ -19,7 +18,7 @@ async fn reconcile(app: &App, pdbs: &Cache, pods: &Cache, key: &str) -> Result<N
     let Some(pdb) = pdbs.get(key) else {
         return Ok(Next::Done);
     };
-    let (ns, name) = (
+    let (ns, _name) = (
         meta_str(&pdb, "namespace").to_owned(),
         meta_str(&pdb, "name").to_owned(),
     );
@@ -62,20 +61,15 @@ async fn reconcile(app: &App, pdbs: &Cache, pods: &Cache, key: &str) -> Result<N
         "expectedPods": expected,
         "conditions": [condition],
     });
-    if pdb["status"] != status {
-        let mut next = (*pdb).clone();
-        next["status"] = status;
-        let c = call(
-            app,
-            "policy",
-            "poddisruptionbudgets",
-            &ns,
-            Some(&name),
-            Some("status"),
-            "disruption-controller",
-        );
-        update_object(app, &c, next).await.map_err(|e| e.message)?;
-    }
+    write_status(
+        app,
+        &pdb,
+        "policy",
+        "poddisruptionbudgets",
+        status,
+        "disruption-controller",
+    )
+    .await?;
     Ok(Next::Done)
 }
 

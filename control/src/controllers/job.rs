@@ -11,10 +11,10 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::events;
-use super::replicaset::{POD_PREFIX, active, call, controller_of, pod_from_template, pod_ready};
+use super::replicaset::{POD_PREFIX, active, call, pod_from_template, pod_ready, put_status};
 use super::runtime::{Cache, Caches, Next, Queue, queue_changes, queue_owners, run_workers};
 use crate::api::App;
-use crate::api::handlers::{create_object, delete_one, update_object};
+use crate::api::handlers::{create_object, delete_one};
 use crate::api::object::{meta_str, now, parse_time};
 
 /// Store prefix of Jobs.
@@ -59,16 +59,9 @@ fn pod_index(pod: &Value) -> Option<i64> {
 }
 
 async fn reconcile(app: &App, jobs: &Cache, pods: &Cache, key: &str) -> Result<Next, String> {
-    let Some(job) = jobs.get(key) else {
+    let Some((job, ns, name)) = jobs.live(key) else {
         return Ok(Next::Done);
     };
-    if job["metadata"]["deletionTimestamp"].is_string() {
-        return Ok(Next::Done);
-    }
-    let (ns, name) = (
-        meta_str(&job, "namespace").to_owned(),
-        meta_str(&job, "name").to_owned(),
-    );
     let spec = &job["spec"];
     if finished(&job).is_some() {
         if let Some(ttl) = spec["ttlSecondsAfterFinished"].as_i64() {
@@ -84,11 +77,7 @@ async fn reconcile(app: &App, jobs: &Cache, pods: &Cache, key: &str) -> Result<N
         }
         return Ok(Next::Done);
     }
-    let owned: Vec<Arc<Value>> = pods
-        .list(Some(&ns))
-        .into_iter()
-        .filter(|p| controller_of(p, "Job") == Some(name.as_str()))
-        .collect();
+    let owned: Vec<Arc<Value>> = pods.owned_by(&ns, "Job", &name);
     let running: Vec<&Arc<Value>> = owned.iter().filter(|p| active(p)).collect();
     let succeeded_pods: Vec<&Arc<Value>> = owned
         .iter()
@@ -224,11 +213,7 @@ async fn reconcile(app: &App, jobs: &Cache, pods: &Cache, key: &str) -> Result<N
         }
     }
 
-    let running_now = pods
-        .list(Some(&ns))
-        .into_iter()
-        .filter(|p| controller_of(p, "Job") == Some(name.as_str()) && active(p))
-        .collect::<Vec<_>>();
+    let running_now = pods.active_owned_by(&ns, "Job", &name);
     let mut status = json!({
         "active": running_now.len(),
         "ready": running_now.iter().filter(|p| pod_ready(p)).count(),
@@ -289,10 +274,7 @@ async fn reconcile(app: &App, jobs: &Cache, pods: &Cache, key: &str) -> Result<N
     comparable(&mut previous);
     comparable(&mut candidate);
     if previous != candidate {
-        let mut updated = (*job).clone();
-        updated["status"] = status;
-        let c = call(app, "batch", "jobs", &ns, Some(&name), Some("status"), MANAGER);
-        update_object(app, &c, updated).await.map_err(|e| e.message)?;
+        put_status(app, &job, "batch", "jobs", status, MANAGER).await?;
     }
     Ok(next)
 }

@@ -46,6 +46,47 @@ pub fn call(
     }
 }
 
+/// Writes `obj`'s status subresource (`group`/`plural`) as `manager`.
+pub async fn put_status(
+    app: &App,
+    obj: &Value,
+    group: &str,
+    plural: &str,
+    status: Value,
+    manager: &str,
+) -> Result<(), String> {
+    let mut next = obj.clone();
+    next["status"] = status;
+    let c = call(
+        app,
+        group,
+        plural,
+        meta_str(obj, "namespace"),
+        Some(meta_str(obj, "name")),
+        Some("status"),
+        manager,
+    );
+    update_object(app, &c, next)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.message)
+}
+
+/// Writes `status` unless the object already has it.
+pub async fn write_status(
+    app: &App,
+    obj: &Value,
+    group: &str,
+    plural: &str,
+    status: Value,
+    manager: &str,
+) -> Result<(), String> {
+    if obj["status"] == status {
+        return Ok(());
+    }
+    put_status(app, obj, group, plural, status, manager).await
+}
+
 /// The uid of the controller that owns `obj` with the given kind, if any.
 pub fn controller_of<'a>(obj: &'a Value, kind: &str) -> Option<&'a str> {
     obj["metadata"]["ownerReferences"]
@@ -135,21 +176,10 @@ fn deletion_rank(pod: &Value) -> (u8, u8, u8, std::cmp::Reverse<String>) {
 }
 
 async fn reconcile(app: &App, rs_cache: &Cache, pods: &Cache, key: &str) -> Result<Next, String> {
-    let Some(rs) = rs_cache.get(key) else {
+    let Some((rs, ns, name)) = rs_cache.live(key) else {
         return Ok(Next::Done);
     };
-    if rs["metadata"]["deletionTimestamp"].is_string() {
-        return Ok(Next::Done);
-    }
-    let (ns, name) = (
-        meta_str(&rs, "namespace").to_owned(),
-        meta_str(&rs, "name").to_owned(),
-    );
-    let owned: Vec<Arc<Value>> = pods
-        .list(Some(&ns))
-        .into_iter()
-        .filter(|p| controller_of(p, "ReplicaSet") == Some(name.as_str()) && active(p))
-        .collect();
+    let owned: Vec<Arc<Value>> = pods.active_owned_by(&ns, "ReplicaSet", &name);
     let want = rs["spec"]["replicas"].as_i64().unwrap_or(1).max(0) as usize;
     let mut last_rev = 0;
     if owned.len() < want {
@@ -222,11 +252,7 @@ async fn reconcile(app: &App, rs_cache: &Cache, pods: &Cache, key: &str) -> Resu
         // Look again once the cache has seen these writes, so nothing is created twice.
         pods.wait_for(last_rev).await;
     }
-    let owned: Vec<Arc<Value>> = pods
-        .list(Some(&ns))
-        .into_iter()
-        .filter(|p| controller_of(p, "ReplicaSet") == Some(name.as_str()) && active(p))
-        .collect();
+    let owned: Vec<Arc<Value>> = pods.active_owned_by(&ns, "ReplicaSet", &name);
     let min_ready = rs["spec"]["minReadySeconds"].as_i64().unwrap_or(0);
     let template_labels = &rs["spec"]["template"]["metadata"]["labels"];
     let fully_labeled = owned
@@ -251,22 +277,7 @@ async fn reconcile(app: &App, rs_cache: &Cache, pods: &Cache, key: &str) -> Resu
     if let Some(m) = status.as_object_mut() {
         m.retain(|k, v| k == "replicas" || k == "observedGeneration" || v != &json!(0));
     }
-    if rs["status"] != status {
-        let mut updated = (*rs).clone();
-        updated["status"] = status;
-        let status_call = call(
-            app,
-            "apps",
-            "replicasets",
-            &ns,
-            Some(&name),
-            Some("status"),
-            "replicaset-controller",
-        );
-        update_object(app, &status_call, updated)
-            .await
-            .map_err(|e| e.message)?;
-    }
+    write_status(app, &rs, "apps", "replicasets", status, "replicaset-controller").await?;
     if ready > available {
         return Ok(Next::After(Duration::from_secs(min_ready.max(1) as u64)));
     }

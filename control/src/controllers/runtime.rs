@@ -167,6 +167,36 @@ impl Cache {
         }
     }
 
+    /// The object at `key` with its namespace and name, unless it is gone or being deleted
+    /// (a controller has nothing to do for it then).
+    pub fn live(&self, key: &str) -> Option<(Arc<Value>, String, String)> {
+        let obj = self
+            .get(key)
+            .filter(|o| !o["metadata"]["deletionTimestamp"].is_string())?;
+        let ns = obj["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+        Some((obj, ns, name))
+    }
+
+    /// Objects in `ns` whose controller is the `kind` named `name`.
+    pub fn owned_by(&self, ns: &str, kind: &str, name: &str) -> Vec<Arc<Value>> {
+        self.list(Some(ns))
+            .into_iter()
+            .filter(|o| super::replicaset::controller_of(o, kind) == Some(name))
+            .collect()
+    }
+
+    /// Like [`owned_by`](Self::owned_by), only pods that still count (not terminating or finished).
+    pub fn active_owned_by(&self, ns: &str, kind: &str, name: &str) -> Vec<Arc<Value>> {
+        self.owned_by(ns, kind, name)
+            .into_iter()
+            .filter(|p| super::replicaset::active(p))
+            .collect()
+    }
+
     /// Changes from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Change> {
         self.changes.subscribe()

@@ -10,11 +10,11 @@ use serde_json::{Value, json};
 use super::deployment::template_hash;
 use super::events;
 use super::replicaset::{
-    POD_PREFIX, active, call, controller_of, pod_available, pod_from_template, pod_ready,
+    POD_PREFIX, active, call, pod_available, pod_from_template, pod_ready, write_status,
 };
 use super::runtime::{Cache, Caches, Next, Queue, queue_changes, queue_owners, run_workers};
 use crate::api::App;
-use crate::api::handlers::{create_object, delete_one, update_object};
+use crate::api::handlers::{create_object, delete_one};
 use crate::api::object::meta_str;
 
 /// Store prefix of StatefulSets.
@@ -34,16 +34,9 @@ fn healthy(pod: &Value) -> bool {
 }
 
 async fn reconcile(app: &App, stss: &Cache, pods: &Cache, key: &str) -> Result<Next, String> {
-    let Some(sts) = stss.get(key) else {
+    let Some((sts, ns, name)) = stss.live(key) else {
         return Ok(Next::Done);
     };
-    if sts["metadata"]["deletionTimestamp"].is_string() {
-        return Ok(Next::Done);
-    }
-    let (ns, name) = (
-        meta_str(&sts, "namespace").to_owned(),
-        meta_str(&sts, "name").to_owned(),
-    );
     let want = sts["spec"]["replicas"].as_i64().unwrap_or(1).max(0);
     let parallel = sts["spec"]["podManagementPolicy"] == "Parallel";
     let template = &sts["spec"]["template"];
@@ -55,11 +48,7 @@ async fn reconcile(app: &App, stss: &Cache, pods: &Cache, key: &str) -> Result<N
         .as_str()
         .unwrap_or("RollingUpdate")
         == "RollingUpdate";
-    let all: Vec<Arc<Value>> = pods
-        .list(Some(&ns))
-        .into_iter()
-        .filter(|p| controller_of(p, "StatefulSet") == Some(name.as_str()))
-        .collect();
+    let all: Vec<Arc<Value>> = pods.owned_by(&ns, "StatefulSet", &name);
     let mut by_ordinal: BTreeMap<i64, Arc<Value>> = BTreeMap::new();
     for p in &all {
         if let Some(o) = ordinal(&name, p) {
@@ -178,11 +167,7 @@ async fn reconcile(app: &App, stss: &Cache, pods: &Cache, key: &str) -> Result<N
     if wrote {
         pods.wait_for(app.store.revision()).await;
     }
-    let current: Vec<Arc<Value>> = pods
-        .list(Some(&ns))
-        .into_iter()
-        .filter(|p| controller_of(p, "StatefulSet") == Some(name.as_str()) && active(p))
-        .collect();
+    let current: Vec<Arc<Value>> = pods.active_owned_by(&ns, "StatefulSet", &name);
     let updated = current
         .iter()
         .filter(|p| p["metadata"]["labels"][HASH] == revision.as_str())
@@ -210,20 +195,7 @@ async fn reconcile(app: &App, stss: &Cache, pods: &Cache, key: &str) -> Result<N
     if let Some(m) = status.as_object_mut() {
         m.retain(|k, v| !matches!(k.as_str(), "readyReplicas" | "availableReplicas") || v != &json!(0));
     }
-    if sts["status"] != status {
-        let mut next = (*sts).clone();
-        next["status"] = status;
-        let c = call(
-            app,
-            "apps",
-            "statefulsets",
-            &ns,
-            Some(&name),
-            Some("status"),
-            MANAGER,
-        );
-        update_object(app, &c, next).await.map_err(|e| e.message)?;
-    }
+    write_status(app, &sts, "apps", "statefulsets", status, MANAGER).await?;
     Ok(Next::Done)
 }
 
