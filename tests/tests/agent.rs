@@ -42,6 +42,17 @@ fn start_agent(c: &Control, name: &str, token: &str, dir: &std::path::Path) -> A
     )
 }
 
+/// Waits (bounded) until the node's Ready condition is `want`; false if it never is.
+fn wait_for_ready(c: &Control, name: &str, want: &str) -> bool {
+    for _ in 0..200 {
+        if ready(c, name).as_deref() == Some(want) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
 fn ready(c: &Control, name: &str) -> Option<String> {
     let out = c.kubectl(&["get", "node", name, "-o", "json"]);
     let node: Value = serde_json::from_slice(&out.stdout).ok()?;
@@ -59,14 +70,7 @@ fn agent_joins_registers_and_heartbeats() {
     let token = std::fs::read_to_string(c.data_dir().join("node-token")).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let agent = start_agent(&c, "worker-1", token.trim(), dir.path());
-    let mut ok = false;
-    for _ in 0..200 {
-        if ready(&c, "worker-1").as_deref() == Some("True") {
-            ok = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let ok = wait_for_ready(&c, "worker-1", "True");
     assert!(ok, "node never became Ready");
     let node: Value = serde_json::from_str(&c.ok(&["get", "node", "worker-1", "-o", "json"])).unwrap();
     assert!(
@@ -116,25 +120,11 @@ fn agent_joins_registers_and_heartbeats() {
     );
     assert!(!as_node(&["label", "node", "other-node", "x=y"]).status.success());
     drop(agent);
-    let mut lost = false;
-    for _ in 0..200 {
-        if ready(&c, "worker-1").as_deref() == Some("Unknown") {
-            lost = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let lost = wait_for_ready(&c, "worker-1", "Unknown");
     assert!(lost, "a stopped agent's node did not go NotReady");
     // Restarting with the stored credentials brings it back.
     let _again = start_agent(&c, "worker-1", token.trim(), dir.path());
-    let mut back = false;
-    for _ in 0..200 {
-        if ready(&c, "worker-1").as_deref() == Some("True") {
-            back = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let back = wait_for_ready(&c, "worker-1", "True");
     assert!(back, "the node did not come back after the agent restarted");
 }
 

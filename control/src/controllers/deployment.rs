@@ -89,6 +89,12 @@ fn status_count(rs: &Value, field: &str) -> i64 {
     rs["status"][field].as_i64().unwrap_or(0)
 }
 
+/// Records upstream's `ScalingReplicaSet` event on the Deployment.
+async fn record_scaling(app: &App, d: &Value, rs_name: &str, direction: &str, to: i64) {
+    let message = format!("Scaled {direction} replica set {rs_name} to {to}");
+    events::record(app, d, MANAGER, "Normal", "ScalingReplicaSet", &message).await;
+}
+
 /// Sets a ReplicaSet's replica count (and optionally its revision).
 async fn scale_rs(app: &App, rs: &Value, to: i64, rev: Option<i64>) -> Result<(), String> {
     if replicas(rs) == to && rev.is_none_or(|r| r == revision(rs)) {
@@ -236,18 +242,7 @@ async fn reconcile(app: &App, deploys: &Cache, rss: &Cache, pods: &Cache, key: &
             });
             let rs_call = call(app, "apps", "replicasets", &ns, None, None, MANAGER);
             let created = create_object(app, &rs_call, rs).await.map_err(|e| e.message)?;
-            events::record(
-                app,
-                &d,
-                MANAGER,
-                "Normal",
-                "ScalingReplicaSet",
-                &format!(
-                    "Scaled up replica set {} to {initial}",
-                    meta_str(&created, "name")
-                ),
-            )
-            .await;
+            record_scaling(app, &d, meta_str(&created, "name"), "up", initial).await;
             rss.wait_for(meta_str(&created, "resourceVersion").parse().unwrap_or(0))
                 .await;
             changed = true;
@@ -275,15 +270,7 @@ async fn reconcile(app: &App, deploys: &Cache, rss: &Cache, pods: &Cache, key: &
                 });
             for rs in old.iter().filter(|rs| replicas(rs) > 0) {
                 scale_rs(app, rs, 0, None).await?;
-                events::record(
-                    app,
-                    &d,
-                    MANAGER,
-                    "Normal",
-                    "ScalingReplicaSet",
-                    &format!("Scaled down replica set {} to 0", meta_str(rs, "name")),
-                )
-                .await;
+                record_scaling(app, &d, meta_str(rs, "name"), "down", 0).await;
                 changed = true;
             }
             if !old_running && replicas(new_rs) != want {
@@ -302,18 +289,7 @@ async fn reconcile(app: &App, deploys: &Cache, rss: &Cache, pods: &Cache, key: &
             };
             if new_target != replicas(new_rs) {
                 scale_rs(app, new_rs, new_target, None).await?;
-                events::record(
-                    app,
-                    &d,
-                    MANAGER,
-                    "Normal",
-                    "ScalingReplicaSet",
-                    &format!(
-                        "Scaled up replica set {} to {new_target}",
-                        meta_str(new_rs, "name")
-                    ),
-                )
-                .await;
+                record_scaling(app, &d, meta_str(new_rs, "name"), "up", new_target).await;
                 changed = true;
             }
             // Scale old ReplicaSets down within maxUnavailable.
@@ -350,19 +326,7 @@ async fn reconcile(app: &App, deploys: &Cache, rss: &Cache, pods: &Cache, key: &
                         None,
                     )
                     .await?;
-                    events::record(
-                        app,
-                        &d,
-                        MANAGER,
-                        "Normal",
-                        "ScalingReplicaSet",
-                        &format!(
-                            "Scaled down replica set {} to {}",
-                            meta_str(rs, "name"),
-                            current - cut
-                        ),
-                    )
-                    .await;
+                    record_scaling(app, &d, meta_str(rs, "name"), "down", current - cut).await;
                     can_remove -= cut;
                     changed = true;
                 }
