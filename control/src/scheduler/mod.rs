@@ -90,13 +90,13 @@ impl State {
         false
     }
 
-    fn account(&mut self, key: &str, pod: &Value, node: &str) {
+    fn account(&mut self, key: &str, pod: &Arc<Value>, node: &str) {
         self.unaccount(key);
         let b = Bound {
             node: node.to_owned(),
             requests: pod_requests(pod),
             ports: filter::pod_host_ports(pod),
-            pod: Arc::new(pod.clone()),
+            pod: pod.clone(),
         };
         if let Some(info) = self.nodes.get_mut(node) {
             info.account(&b.requests, &b.ports, 1.0);
