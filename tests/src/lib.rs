@@ -63,11 +63,33 @@ impl Control {
             raft_port: free_port(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
         };
-        c.spawn();
+        // A free port is only free until someone binds it: another test may take it between
+        // `free_port` and the server's bind. Then start over with fresh ports and state.
+        for attempt in 0.. {
+            c.launch();
+            match c.wait_ready() {
+                Ok(()) => break,
+                Err(log) if log.contains("Address already in use") && attempt < 5 => {
+                    c.kill9();
+                    let _ = std::fs::remove_dir_all(c.data_dir());
+                    let _ = std::fs::remove_file(c.dir.path().join("control.log"));
+                    c.port = free_port();
+                    c.raft_port = free_port();
+                }
+                Err(log) => panic!("skiff-control did not start: {log}"),
+            }
+        }
         c
     }
 
     fn spawn(&mut self) {
+        self.launch();
+        if let Err(log) = self.wait_ready() {
+            panic!("skiff-control did not start: {log}");
+        }
+    }
+
+    fn launch(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -86,23 +108,23 @@ impl Control {
             .spawn()
             .expect("starting skiff-control");
         self.child = Some(child);
-        self.wait_ready();
     }
 
-    fn wait_ready(&mut self) {
+    /// Waits until the server answers; on failure, says why with its log.
+    fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
-                panic!("skiff-control exited with {status}: {}", self.log());
+                return Err(format!("skiff-control exited with {status}: {}", self.log()));
             }
             if self.kubeconfig().exists() && self.kubectl(&["get", "--raw", "/readyz"]).status.success() {
-                return;
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("skiff-control did not become ready: {}", self.log());
+        Err(format!("skiff-control did not become ready: {}", self.log()))
     }
 
     /// The control plane's log so far.
