@@ -3,23 +3,129 @@
 //! This version joins a cluster, registers its Node and keeps it alive with Lease and status
 //! heartbeats. Running pods and programming Services arrive with the next slices.
 
+mod cgroups;
+mod image;
+mod ipam;
+mod net;
 mod node;
+mod pods;
+mod server;
+mod shim;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::Parser;
 
 /// Skiff's node agent.
 #[derive(Debug, Parser)]
-#[command(name = "skiff-agent", version)]
+#[command(name = "skiff-agent", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    agent: Args,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Runs one container (started by the agent; not for direct use).
+    #[command(hide = true)]
+    Shim(shim::ShimArgs),
+    /// Creates a pod's namespaces (started by the agent; not for direct use).
+    #[command(hide = true)]
+    Sandbox(net::SandboxArgs),
+    /// Manages the node's images.
+    #[command(subcommand)]
+    Image(ImageCommand),
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum ImageCommand {
+    /// Imports an OCI-layout or docker-save archive (works while the agent runs, or before).
+    Import {
+        /// The agent's data directory.
+        #[arg(long, default_value = "/var/lib/skiff/agent")]
+        data_dir: PathBuf,
+        /// Name the image gets when the archive carries no usable reference.
+        #[arg(long)]
+        name: Option<String>,
+        /// The archive (`.tar`, or gzip-compressed).
+        file: PathBuf,
+    },
+    /// Pulls an image from its registry.
+    Pull {
+        /// The agent's data directory.
+        #[arg(long, default_value = "/var/lib/skiff/agent")]
+        data_dir: PathBuf,
+        /// Registries spoken to over plain HTTP (loopback ones always are).
+        #[arg(long)]
+        insecure_registry: Vec<String>,
+        /// The image reference.
+        reference: String,
+    },
+    /// Lists the node's images.
+    List {
+        /// The agent's data directory.
+        #[arg(long, default_value = "/var/lib/skiff/agent")]
+        data_dir: PathBuf,
+    },
+}
+
+fn image_command(cmd: ImageCommand) -> anyhow::Result<()> {
+    match cmd {
+        ImageCommand::Import { data_dir, name, file } => {
+            let store = image::ImageStore::open(&data_dir)?;
+            for (img, names) in image::import::import(&store, &file, name.as_deref())? {
+                let shown = if names.is_empty() {
+                    "(no name; pass --name)".to_string()
+                } else {
+                    names.join(", ")
+                };
+                println!("imported {} {shown}", img.digest);
+            }
+            Ok(())
+        }
+        ImageCommand::Pull {
+            data_dir,
+            insecure_registry,
+            reference,
+        } => {
+            let store = image::ImageStore::open(&data_dir)?;
+            let r = image::Reference::parse(&reference).map_err(anyhow::Error::msg)?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let img = rt.block_on(async {
+                image::pull::Puller::new(insecure_registry)?
+                    .pull(&store, &r, None)
+                    .await
+            })?;
+            println!("pulled {r} {}", img.digest);
+            Ok(())
+        }
+        ImageCommand::List { data_dir } => {
+            let store = image::ImageStore::open(&data_dir)?;
+            for (name, digest) in store.names()? {
+                if !name.starts_with('@') {
+                    println!("{name}\t{digest}");
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The agent's own flags.
+#[derive(Debug, clap::Args)]
 struct Args {
     /// The control plane's API URL.
     #[arg(long, env = "SKIFF_SERVER", default_value = "https://127.0.0.1:6443")]
     server: String,
     /// The content of the control plane's `node-token` file.
     #[arg(long, env = "SKIFF_TOKEN")]
-    token: String,
+    token: Option<String>,
     /// This node's name (default: the host name).
     #[arg(long)]
     node_name: Option<String>,
@@ -35,6 +141,33 @@ struct Args {
     /// Pods this node accepts.
     #[arg(long, default_value_t = 110)]
     max_pods: u32,
+    /// The address this node reports and is reached at (default: the first global IPv4 address).
+    #[arg(long)]
+    node_ip: Option<String>,
+    /// Pod CIDR to use instead of the one the control plane assigns.
+    #[arg(long)]
+    pod_cidr: Option<String>,
+    /// The pod bridge.
+    #[arg(long, default_value = "skiff0")]
+    bridge: String,
+    /// Top-level cgroup of the node's pods.
+    #[arg(long, default_value = "skiff")]
+    cgroup_root: String,
+    /// Registries spoken to over plain HTTP (loopback ones always are).
+    #[arg(long)]
+    insecure_registry: Vec<String>,
+    /// `pids.max` of each container (0: unlimited).
+    #[arg(long, default_value_t = 4096)]
+    pids_limit: i64,
+    /// Address of the agent's HTTPS port (logs for the API server).
+    #[arg(long, default_value = "0.0.0.0")]
+    address: String,
+    /// The agent's HTTPS port.
+    #[arg(long, default_value_t = 10250)]
+    port: u16,
+    /// Do not program egress masquerading or enable IPv4 forwarding (the host does it).
+    #[arg(long)]
+    no_masquerade: bool,
 }
 
 fn host_name() -> String {
@@ -44,6 +177,21 @@ fn host_name() -> String {
 }
 
 fn main() {
+    let cli = Cli::parse();
+    // The shim is single-threaded by design: it must branch off before any runtime starts.
+    if let Some(Command::Shim(args)) = cli.command {
+        std::process::exit(shim::main(args));
+    }
+    if let Some(Command::Sandbox(args)) = cli.command {
+        std::process::exit(net::sandbox_main(args));
+    }
+    if let Some(Command::Image(cmd)) = cli.command {
+        if let Err(e) = image_command(cmd) {
+            eprintln!("skiff-agent: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -52,24 +200,52 @@ fn main() {
         }
     };
     // One line on failure, whatever RUST_BACKTRACE says.
-    if let Err(e) = runtime.block_on(run()) {
+    if let Err(e) = runtime.block_on(run(cli.agent)) {
         eprintln!("skiff-agent: {e:#}");
         std::process::exit(1);
     }
 }
 
-async fn run() -> anyhow::Result<()> {
+async fn run(args: Args) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let args = Args::parse();
+    let token = args
+        .token
+        .as_deref()
+        .ok_or_else(|| anyhow::anyhow!("--token (or SKIFF_TOKEN) is required"))?;
     let name = args.node_name.clone().unwrap_or_else(host_name);
-    let creds = node::join::join(&args.server, &args.token, &name, &args.data_dir).await?;
+    let creds = node::join::join(&args.server, token, &name, &args.data_dir).await?;
     let api = node::client::ApiClient::with_identity(&args.server, &creds.ca, &creds.cert, &creds.key)?;
-    node::heartbeat::register(&api, &name, args.max_pods).await?;
+    let node_ip = match &args.node_ip {
+        Some(ip) => ip.clone(),
+        None => net::default_ip().await.unwrap_or_else(|| "127.0.0.1".into()),
+    };
+    let listener = tokio::net::TcpListener::bind((args.address.as_str(), args.port))
+        .await
+        .with_context(|| format!("listening on {}:{}", args.address, args.port))?;
+    let port = listener.local_addr()?.port();
+    let tls = server::tls_config(&creds.ca, &creds.cert, &creds.key)?;
+    tokio::spawn(server::serve(listener, tls, args.data_dir.clone()));
+    node::heartbeat::register(&api, &name, args.max_pods, &node_ip, port).await?;
+    let cfg = pods::Config {
+        data_dir: args.data_dir.clone(),
+        node_name: name.clone(),
+        node_ip,
+        cgroup_root: args.cgroup_root.clone(),
+        bridge: args.bridge.clone(),
+        pod_cidr: args.pod_cidr.clone(),
+        insecure_registries: args.insecure_registry.clone(),
+        pids_limit: (args.pids_limit > 0).then_some(args.pids_limit),
+        masquerade: !args.no_masquerade,
+    };
+    tracing::info!(cgroups = cgroups::mode(), "container cgroups");
+    let pods_api = api.clone();
+    let ca = creds.ca.clone();
+    let mut pods_task = tokio::spawn(pods::run(cfg, pods_api, ca));
     tracing::info!(node = %name, server = %args.server, "registered");
     let lease_every = Duration::from_secs(args.lease_interval_seconds.max(1));
     let status_every = Duration::from_secs(args.status_interval_seconds.max(1));
@@ -86,6 +262,13 @@ async fn run() -> anyhow::Result<()> {
                 if let Err(e) = node::heartbeat::post_status(&api, &name).await {
                     tracing::warn!(error = %e, "status update failed");
                 }
+            }
+            done = &mut pods_task => {
+                return match done {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(e),
+                    Err(e) => Err(anyhow::anyhow!("the pod manager stopped: {e}")),
+                };
             }
             _ = tokio::signal::ctrl_c() => {
                 tracing::info!("interrupted");

@@ -34,6 +34,12 @@ struct Args {
     /// `Ready=Unknown` and tainted unreachable.
     #[arg(long, default_value = "40s", value_parser = parse_duration)]
     node_monitor_grace_period: std::time::Duration,
+    /// The range pod addresses come from; each node gets a share (empty: no allocation).
+    #[arg(long, default_value = "10.42.0.0/16")]
+    cluster_cidr: String,
+    /// Prefix length of each node's share of the cluster CIDR.
+    #[arg(long, default_value_t = 24)]
+    node_cidr_mask_size: u8,
     /// Store events kept for watches that start in the past; older revisions get 410 Gone.
     #[arg(long, default_value_t = 10_000)]
     watch_history: usize,
@@ -94,6 +100,16 @@ async fn run() -> anyhow::Result<()> {
 
     let mut app = App::new(store.clone(), cidr);
     app.node_grace = args.node_monitor_grace_period;
+    if !args.cluster_cidr.is_empty() {
+        app.cluster_cidr = Some(
+            skiff_control::controllers::node_ipam::ClusterCidr::parse(
+                &args.cluster_cidr,
+                args.node_cidr_mask_size,
+            )
+            .map_err(anyhow::Error::msg)
+            .context("--cluster-cidr")?,
+        );
+    }
     let token = std::fs::read_to_string(args.data_dir.join("node-token")).context("reading node-token")?;
     app.node_secret = skiff_control::pki::parse_token(&token)
         .map(|(_, s)| s.to_owned())

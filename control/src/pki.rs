@@ -29,6 +29,9 @@ pub enum PkiError {
     /// Certificate generation or parsing failed.
     #[error("certificate: {0}")]
     Cert(#[from] rcgen::Error),
+    /// A node name that cannot be a certificate's DNS name.
+    #[error("{0:?} cannot be named in a certificate")]
+    Name(String),
 }
 
 /// A PEM certificate and its private key.
@@ -215,13 +218,21 @@ impl Pki {
         dn.push(DnType::CommonName, format!("system:node:{node_name}"));
         dn.push(DnType::OrganizationName, "system:nodes");
         csr.params.distinguished_name = dn;
-        csr.params.subject_alt_names = Vec::new();
+        // The node serves its agent port with this certificate too (the API server checks the name).
+        csr.params.subject_alt_names = vec![rcgen::SanType::DnsName(
+            node_name
+                .try_into()
+                .map_err(|_| PkiError::Name(node_name.to_owned()))?,
+        )];
         csr.params.is_ca = IsCa::NoCa;
         csr.params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
         ];
-        csr.params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        csr.params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ClientAuth,
+            ExtendedKeyUsagePurpose::ServerAuth,
+        ];
         csr.params.not_before = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
         csr.params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(365);
         let ca_key = KeyPair::from_pem(&self.ca_key_pem)?;

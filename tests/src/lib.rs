@@ -1,6 +1,9 @@
 //! Fixtures for Skiff's end-to-end suites: a real `skiff-control` process in a temporary directory
 //! and real `kubectl` pointed at it.
 
+pub mod image;
+pub mod node;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -27,7 +30,7 @@ pub fn control_bin() -> PathBuf {
     bin
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

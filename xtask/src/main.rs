@@ -18,12 +18,18 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Build and start a single-node cluster on this host (control plane with its embedded store)
-    /// and write an admin kubeconfig.
+    /// Build and start a single-node cluster on this host (control plane with its embedded store,
+    /// and a node agent running pods here) and write an admin kubeconfig.
     Up {
         /// Directory for the control plane's state.
         #[arg(long, default_value = "/var/lib/skiff/control")]
         data_dir: PathBuf,
+        /// Directory for the node agent's state (images, pods, logs).
+        #[arg(long, default_value = "/var/lib/skiff/agent")]
+        agent_data_dir: PathBuf,
+        /// Start the control plane only.
+        #[arg(long)]
+        no_agent: bool,
         /// Kubernetes API address.
         #[arg(long, default_value = "0.0.0.0:6443")]
         listen: String,
@@ -75,29 +81,82 @@ fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
-fn up(data_dir: &Path, listen: &str, debug: bool) -> anyhow::Result<()> {
+fn up(data_dir: &Path, agent_dir: Option<&Path>, listen: &str, debug: bool) -> anyhow::Result<()> {
     let mut build = cargo();
-    build.args(["build", "-p", "skiff-control"]);
+    build.args(["build", "-p", "skiff-control", "-p", "skiff-agent"]);
     if !debug {
         build.arg("--release");
     }
     run(&mut build)?;
-    let bin = root()
+    let bins = root()
         .join("target")
-        .join(if debug { "debug" } else { "release" })
-        .join("skiff-control");
+        .join(if debug { "debug" } else { "release" });
+    let Some(agent_dir) = agent_dir else {
+        eprintln!(
+            "starting skiff-control; when it is serving:\n  export KUBECONFIG={}\n  kubectl get namespaces",
+            data_dir.join("admin.kubeconfig").display()
+        );
+        let err = exec(
+            Command::new(bins.join("skiff-control"))
+                .arg("--data-dir")
+                .arg(data_dir)
+                .arg("--listen")
+                .arg(listen),
+        );
+        return Err(err).context("starting skiff-control");
+    };
+    let mut control = Command::new(bins.join("skiff-control"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--listen")
+        .arg(listen)
+        .spawn()
+        .context("starting skiff-control")?;
+    let port = listen.rsplit_once(':').map(|(_, p)| p).unwrap_or("6443");
+    let server = format!("https://127.0.0.1:{port}");
+    // The control plane writes the node token and kubeconfig, then serves.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let token = loop {
+        if let Ok(Some(status)) = control.try_wait() {
+            bail!("skiff-control exited with {status}");
+        }
+        let serving = std::net::TcpStream::connect(format!("127.0.0.1:{port}")).is_ok();
+        if let (true, Ok(t)) = (serving, std::fs::read_to_string(data_dir.join("node-token"))) {
+            break t.trim().to_owned();
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = control.kill();
+            bail!("skiff-control did not start serving within 60s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut agent = match Command::new(bins.join("skiff-agent"))
+        .args(["--server", &server, "--token", &token])
+        .arg("--data-dir")
+        .arg(agent_dir)
+        .spawn()
+    {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = control.kill();
+            return Err(e).context("starting skiff-agent");
+        }
+    };
     eprintln!(
-        "starting skiff-control; when it is serving:\n  export KUBECONFIG={}\n  kubectl get namespaces",
+        "skiff is up: control plane and this node's agent.\n  export KUBECONFIG={}\n  kubectl get nodes\nCtrl-C stops both (running pods keep running and are adopted at the next start).",
         data_dir.join("admin.kubeconfig").display()
     );
-    let err = exec(
-        Command::new(bin)
-            .arg("--data-dir")
-            .arg(data_dir)
-            .arg("--listen")
-            .arg(listen),
-    );
-    Err(err).context("starting skiff-control")
+    loop {
+        if let Ok(Some(status)) = control.try_wait() {
+            let _ = agent.kill();
+            bail!("skiff-control exited with {status}");
+        }
+        if let Ok(Some(status)) = agent.try_wait() {
+            let _ = control.kill();
+            bail!("skiff-agent exited with {status}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }
 
 #[cfg(unix)]
@@ -134,9 +193,16 @@ fn dispatch() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Up {
             data_dir,
+            agent_data_dir,
+            no_agent,
             listen,
             debug,
-        } => up(&data_dir, &listen, debug),
+        } => up(
+            &data_dir,
+            (!no_agent).then_some(agent_data_dir.as_path()),
+            &listen,
+            debug,
+        ),
         Cmd::Test { args } => test(&args),
         Cmd::Bench { which } => match which.as_str() {
             "api" => bench::api(&root(), cargo),

@@ -79,6 +79,23 @@ fn read_json_names(dir: &Path, out: &mut JsonNames) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Fields Go embeds with `json:",inline"`: in JSON their message's fields sit in the parent object,
+/// while protobuf still nests them under the field's tag.
+const INLINE: &[(&str, &str)] = &[
+    ("api.core.v1.ConfigMapEnvSource", "localObjectReference"),
+    ("api.core.v1.ConfigMapKeySelector", "localObjectReference"),
+    ("api.core.v1.ConfigMapProjection", "localObjectReference"),
+    ("api.core.v1.ConfigMapVolumeSource", "localObjectReference"),
+    ("api.core.v1.SecretEnvSource", "localObjectReference"),
+    ("api.core.v1.SecretKeySelector", "localObjectReference"),
+    ("api.core.v1.SecretProjection", "localObjectReference"),
+    ("api.core.v1.EphemeralContainer", "ephemeralContainerCommon"),
+    ("api.core.v1.PersistentVolumeSpec", "persistentVolumeSource"),
+    ("api.core.v1.Probe", "handler"),
+    ("api.core.v1.Volume", "volumeSource"),
+    ("apimachinery.pkg.runtime.Unknown", "typeMeta"),
+];
+
 fn json_name_with(names: &JsonNames, snake: &str) -> String {
     names
         .get(&normalize(snake))
@@ -352,12 +369,13 @@ pub fn generate(k8s_pb: Option<&Path>, out: &Path) -> anyhow::Result<()> {
                 .collect();
             writeln!(
                 code,
-                "            Field {{ tag: {}, name: \"{}\", kind: {}, repeated: {}, optional: {}, merge_key: {:?}, strategy: {:?}, list_type: {:?}, map_keys: &[{}], doc: {:?} }},",
+                "            Field {{ tag: {}, name: \"{}\", kind: {}, repeated: {}, optional: {}, inline: {}, merge_key: {:?}, strategy: {:?}, list_type: {:?}, map_keys: &[{}], doc: {:?} }},",
                 f.tag,
                 f.name,
                 f.kind,
                 f.repeated,
                 f.doc.marker("optional").is_some(),
+                INLINE.contains(&(name.as_str(), f.name.as_str())),
                 f.doc.marker("patchMergeKey").unwrap_or_default(),
                 f.doc.marker("patchStrategy").unwrap_or_default(),
                 f.doc.marker("listType").unwrap_or_default(),

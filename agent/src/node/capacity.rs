@@ -34,9 +34,19 @@ pub fn arch() -> &'static str {
     }
 }
 
+/// CPUs this node offers.
+pub fn cpu_count() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// Memory this node offers, in bytes.
+pub fn memory_bytes() -> u64 {
+    memory_kib() * 1024
+}
+
 /// `status.capacity` (and, with nothing reserved yet, `status.allocatable`).
 pub fn capacity(max_pods: u32) -> Value {
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cpus = cpu_count();
     json!({"cpu": cpus.to_string(), "memory": format!("{}Ki", memory_kib()), "pods": max_pods.to_string()})
 }
 

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::Method;
@@ -159,6 +159,26 @@ impl ApiClient {
         Ok((status, body))
     }
 
+    /// Starts a streaming GET (a watch, or followed logs); non-2xx answers become errors.
+    pub async fn stream(&self, path: &str) -> anyhow::Result<hyper::body::Incoming> {
+        let req = hyper::Request::builder()
+            .method(Method::GET)
+            .uri(format!("{}{path}", self.server))
+            .header("user-agent", "skiff-agent/0.1")
+            .body(Full::new(Bytes::new()))?;
+        let resp = self
+            .client
+            .request(req)
+            .await
+            .with_context(|| format!("request to {}{path}", self.server))?;
+        let status = resp.status().as_u16();
+        if !(200..300).contains(&status) {
+            let bytes = resp.into_body().collect().await?.to_bytes();
+            return Err(api_error(status, &bytes).into());
+        }
+        Ok(resp.into_body())
+    }
+
     /// Sends JSON and parses a JSON answer; non-2xx answers become errors with the server's message.
     pub async fn json(&self, method: Method, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
         self.with_type(method, path, "application/json", body).await
@@ -173,19 +193,21 @@ impl ApiClient {
         body: Option<&Value>,
     ) -> anyhow::Result<Value> {
         let (status, bytes) = self.raw(method, path, content_type, body).await?;
-        let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         if !(200..300).contains(&status) {
-            let message = value["message"]
-                .as_str()
-                .map(str::to_owned)
-                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
-            bail!(ApiStatus {
-                code: status,
-                message
-            });
+            return Err(api_error(status, &bytes).into());
         }
-        Ok(value)
+        Ok(serde_json::from_slice(&bytes).unwrap_or(Value::Null))
     }
+}
+
+/// The error for a non-2xx answer, with the server's `Status` message when it sent one.
+fn api_error(code: u16, bytes: &[u8]) -> ApiStatus {
+    let value: Value = serde_json::from_slice(bytes).unwrap_or(Value::Null);
+    let message = value["message"]
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| String::from_utf8_lossy(bytes).into_owned());
+    ApiStatus { code, message }
 }
 
 /// A non-success answer from the API server.

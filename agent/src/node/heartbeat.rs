@@ -80,7 +80,13 @@ fn status(name: &str, max_pods: u32) -> Value {
 }
 
 /// Creates the Node, or refreshes its status if it exists.
-pub async fn register(api: &ApiClient, name: &str, max_pods: u32) -> anyhow::Result<()> {
+pub async fn register(
+    api: &ApiClient,
+    name: &str,
+    max_pods: u32,
+    node_ip: &str,
+    port: u16,
+) -> anyhow::Result<()> {
     let node = json!({
         "apiVersion": "v1",
         "kind": "Node",
@@ -98,7 +104,10 @@ pub async fn register(api: &ApiClient, name: &str, max_pods: u32) -> anyhow::Res
         Err(e) if status_code(&e) == Some(409) => {}
         Err(e) => return Err(e.context("registering the node")),
     }
-    let patch = json!({"status": status(name, max_pods)});
+    let mut patch = json!({"status": status(name, max_pods)});
+    patch["status"]["daemonEndpoints"] = json!({"kubeletEndpoint": {"Port": port}});
+    patch["status"]["addresses"] =
+        json!([{"type": "InternalIP", "address": node_ip}, {"type": "Hostname", "address": name}]);
     api.with_type(
         Method::PATCH,
         &format!("/api/v1/nodes/{name}/status"),

@@ -247,7 +247,7 @@ fn add_message_schemas(message: &'static Message, defs: &mut serde_json::Map<Str
     }
     defs.insert(name.clone(), json!({}));
     let mut properties = serde_json::Map::new();
-    for f in message.fields {
+    for f in message.json_fields() {
         let mut prop = if f.repeated {
             json!({"type": "array", "items": value_schema(f.kind, defs)})
         } else {

@@ -8,6 +8,7 @@ mod discovery;
 mod eviction;
 pub mod handlers;
 mod join;
+mod nodeproxy;
 pub mod object;
 mod patch;
 pub mod protobuf;
@@ -54,6 +55,8 @@ pub struct App {
     pub pki: Option<Arc<crate::pki::Pki>>,
     /// The secret part of the node token agents join with.
     pub node_secret: String,
+    /// Where nodes' pod CIDRs come from (None: nodes bring their own).
+    pub cluster_cidr: Option<crate::controllers::node_ipam::ClusterCidr>,
 }
 
 impl App {
@@ -67,6 +70,7 @@ impl App {
             node_grace: std::time::Duration::from_secs(40),
             pki: None,
             node_secret: String::new(),
+            cluster_cidr: None,
         }
     }
 }
@@ -289,6 +293,7 @@ async fn route(
     }
     match (method, call.name.is_some(), call.sub.as_deref()) {
         (&Method::GET, _, _) if watching => handlers::watch(app, call).await,
+        (&Method::GET, true, Some("log")) => nodeproxy::logs(&app, &call).await,
         (&Method::GET, true, _) => handlers::get(&app, &call).await,
         (&Method::GET, false, _) => handlers::list(&app, &call).await,
         (&Method::POST, false, None) => handlers::create(&app, &call, body).await,

@@ -110,6 +110,7 @@ impl ResourceInfo {
                 "scale" => ("Scale", "autoscaling", "v1", &["get", "patch", "update"]),
                 "binding" => ("Binding", "", "v1", &["create"]),
                 "eviction" => ("Eviction", "policy", "v1", &["create"]),
+                "log" => ("Pod", "", "", &["get"]),
                 _ => (&self.kind, "", "", &["get", "patch", "update"]),
             };
             let mut entry = json!({
@@ -156,7 +157,7 @@ const BUILTINS: &[Builtin] = &[
         namespaced: true,
         short: &["po"],
         all: true,
-        subs: &["status", "binding", "eviction"],
+        subs: &["status", "binding", "eviction", "log"],
     },
     Builtin {
         group: "",

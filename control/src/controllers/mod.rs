@@ -25,6 +25,7 @@ pub mod events;
 mod gc;
 pub mod job;
 mod namespace;
+pub mod node_ipam;
 mod node_lifecycle;
 pub mod replicaset;
 pub mod runtime;
@@ -44,6 +45,7 @@ pub fn start(app: Arc<App>) {
     endpoints::start(app.clone(), &caches);
     job::start(app.clone(), &caches);
     node_lifecycle::start(app.clone(), &caches);
+    node_ipam::start(app.clone(), &caches);
     daemonset::start(app.clone(), &caches);
     statefulset::start(app.clone(), &caches);
     disruption::start(app.clone(), &caches);

@@ -45,6 +45,8 @@ pub struct Field {
     pub repeated: bool,
     /// Upstream marks the field `+optional`.
     pub optional: bool,
+    /// Go embeds it with `json:",inline"`: its fields appear in the parent's JSON object.
+    pub inline: bool,
     /// `x-kubernetes-patch-merge-key` ("" when none).
     pub merge_key: &'static str,
     /// `x-kubernetes-patch-strategy` (`merge`, `retainKeys`, `merge,retainKeys` or "").
@@ -71,9 +73,21 @@ pub struct Message {
 impl Message {
     /// The field with this JSON name.
     pub fn field(&self, name: &str) -> Option<&'static Field> {
+        self.json_fields().into_iter().find(|f| f.name == name)
+    }
+
+    /// The fields as JSON shows them: inline (embedded) messages' fields in place of the inline field.
+    pub fn json_fields(&self) -> Vec<&'static Field> {
         // Messages live in a static table, so their fields are 'static too.
         let fields: &'static [Field] = self.fields;
-        fields.iter().find(|f| f.name == name)
+        let mut out = Vec::with_capacity(fields.len());
+        for f in fields {
+            match (f.inline, message_of(f.kind)) {
+                (true, Some(m)) => out.extend(m.json_fields()),
+                _ => out.push(f),
+            }
+        }
+        out
     }
 
     /// Whether values of this type are free-form JSON (CRD schemas, raw extensions), which have
@@ -82,6 +96,13 @@ impl Message {
         self.name.contains("JSONSchemaProps")
             || self.name.ends_with(".JSON")
             || self.name.ends_with("RawExtension")
+    }
+}
+
+fn message_of(kind: Kind) -> Option<&'static Message> {
+    match kind {
+        Kind::Message(n) => message(n),
+        _ => None,
     }
 }
 
@@ -369,6 +390,15 @@ fn decode_message(name: &str, buf: &[u8]) -> Result<Value, ProtoError> {
                 let list = out.entry(field.name).or_insert_with(|| json!([]));
                 if let Some(l) = list.as_array_mut() {
                     l.extend(values);
+                }
+            }
+            Kind::Message(n) if field.inline => {
+                // An embedded struct: its fields belong to this object.
+                let Raw::Bytes(inner) = raw else {
+                    return Err(err("embedded message is not length-delimited"));
+                };
+                if let Value::Object(m) = decode_message(n, inner)? {
+                    out.extend(m);
                 }
             }
             kind => {

@@ -1,0 +1,307 @@
+//! Pod networking on one node, over rtnetlink: the node's bridge, and a pod sandbox whose network,
+//! IPC and UTS namespaces are held open by bind mounts for the pod's life, with a veth into the bridge.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use futures::TryStreamExt;
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
+
+/// Opens a netlink connection in the calling thread's current network namespace.
+pub fn connect() -> anyhow::Result<Handle> {
+    let (conn, handle, _) = rtnetlink::new_connection().context("opening a netlink socket")?;
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
+/// The index of a link, if it exists.
+pub async fn link_index(h: &Handle, name: &str) -> anyhow::Result<Option<u32>> {
+    let mut links = h.link().get().match_name(name.to_string()).execute();
+    match links.try_next().await {
+        Ok(Some(l)) => Ok(Some(l.header.index)),
+        Ok(None) => Ok(None),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc_enodev() => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn libc_enodev() -> i32 {
+    nix::errno::Errno::ENODEV as i32
+}
+
+async fn up(h: &Handle, index: u32) -> anyhow::Result<()> {
+    h.link()
+        .set(LinkUnspec::new_with_index(index).up().build())
+        .execute()
+        .await?;
+    Ok(())
+}
+
+async fn add_addr(h: &Handle, index: u32, ip: Ipv4Addr, prefix: u8) -> anyhow::Result<()> {
+    match h.address().add(index, ip.into(), prefix).execute().await {
+        Ok(()) => Ok(()),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -(nix::errno::Errno::EEXIST as i32) => {
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Creates the node's bridge (if missing) with the gateway address, and brings it up.
+pub async fn ensure_bridge(h: &Handle, name: &str, gateway: Ipv4Addr, prefix: u8) -> anyhow::Result<()> {
+    let index = match link_index(h, name).await? {
+        Some(i) => i,
+        None => {
+            h.link()
+                .add(LinkBridge::new(name).build())
+                .execute()
+                .await
+                .with_context(|| format!("creating bridge {name}"))?;
+            link_index(h, name).await?.context("the new bridge vanished")?
+        }
+    };
+    add_addr(h, index, gateway, prefix).await?;
+    up(h, index).await
+}
+
+/// Removes a link if it exists.
+pub async fn delete_link(h: &Handle, name: &str) -> anyhow::Result<()> {
+    if let Some(i) = link_index(h, name).await? {
+        h.link().del(i).execute().await?;
+    }
+    Ok(())
+}
+
+/// A pod's network: where its veth goes and what address it gets.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PodNet {
+    /// The node's bridge.
+    #[arg(long)]
+    pub bridge: String,
+    /// Host-side name of the pod's veth.
+    #[arg(long)]
+    pub veth: String,
+    /// The pod's address.
+    #[arg(long)]
+    pub ip: Ipv4Addr,
+    /// Prefix length of the node's pod CIDR.
+    #[arg(long)]
+    pub prefix: u8,
+    /// The bridge's address, the pod's default gateway.
+    #[arg(long)]
+    pub gateway: Ipv4Addr,
+}
+
+/// `skiff-agent sandbox`: creates a pod's namespaces (single-threaded, before any runtime starts).
+#[derive(Debug, Clone, clap::Args)]
+pub struct SandboxArgs {
+    /// Directory where `net`, `ipc` and `uts` namespace files are bind-mounted.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// The pod's host name.
+    #[arg(long)]
+    pub hostname: String,
+    /// Share the host's network (and host name): only an IPC namespace is made.
+    #[arg(long)]
+    pub host_network: bool,
+    /// Wire the pod into the bridge (else it has only `lo`).
+    #[command(flatten)]
+    pub net: Option<PodNet>,
+}
+
+/// Namespace kinds a sandbox holds, and their `/proc/self/ns` names.
+pub const NAMESPACES: [&str; 3] = ["net", "ipc", "uts"];
+
+/// Runs the sandbox helper; returns the process exit code.
+pub fn sandbox_main(args: SandboxArgs) -> i32 {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("skiff-agent sandbox: {e}");
+            return 1;
+        }
+    };
+    match rt.block_on(create_sandbox(&args)) {
+        Ok(()) => 0,
+        Err(e) => {
+            let _ = release_sandbox(&args.dir);
+            eprintln!("skiff-agent sandbox: {e:#}");
+            1
+        }
+    }
+}
+
+async fn create_sandbox(args: &SandboxArgs) -> anyhow::Result<()> {
+    use nix::sched::CloneFlags;
+    std::fs::create_dir_all(&args.dir)?;
+    // A connection opened now stays in the host's namespace after the unshare below.
+    let host = connect()?;
+    let net = args.net.as_ref();
+    let peer = net.map(|n| format!("{}p", &n.veth[..n.veth.len().min(14)]));
+    if let (Some(n), Some(peer)) = (net, &peer) {
+        delete_link(&host, &n.veth).await?;
+        host.link()
+            .add(LinkVeth::new(&n.veth, peer).build())
+            .execute()
+            .await
+            .with_context(|| format!("creating veth {}", n.veth))?;
+    }
+    if args.host_network {
+        nix::sched::unshare(CloneFlags::CLONE_NEWIPC).context("unshare")?;
+        let target = args.dir.join("ipc");
+        std::fs::File::create(&target)?;
+        nix::mount::mount(
+            Some("/proc/self/ns/ipc"),
+            &target,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .context("bind-mounting the ipc namespace")?;
+        return Ok(());
+    }
+    nix::sched::unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS)
+        .context("unshare")?;
+    nix::unistd::sethostname(&args.hostname).context("sethostname")?;
+    for ns in NAMESPACES {
+        let target = args.dir.join(ns);
+        std::fs::File::create(&target)?;
+        nix::mount::mount(
+            Some(Path::new(&format!("/proc/self/ns/{ns}"))),
+            &target,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .with_context(|| format!("bind-mounting the {ns} namespace"))?;
+    }
+    let pod = connect()?;
+    let lo = link_index(&pod, "lo")
+        .await?
+        .context("no lo in the new namespace")?;
+    up(&pod, lo).await?;
+    if let (Some(n), Some(peer)) = (net, &peer) {
+        let bridge = link_index(&host, &n.bridge)
+            .await?
+            .with_context(|| format!("bridge {} is missing", n.bridge))?;
+        let veth = link_index(&host, &n.veth)
+            .await?
+            .context("the new veth vanished")?;
+        let peer_index = link_index(&host, peer).await?.context("the veth peer vanished")?;
+        let nsfile = std::fs::File::open(args.dir.join("net"))?;
+        use std::os::fd::AsRawFd;
+        host.link()
+            .set(
+                LinkUnspec::new_with_index(peer_index)
+                    .setns_by_fd(nsfile.as_raw_fd())
+                    .build(),
+            )
+            .execute()
+            .await
+            .context("moving the veth into the pod")?;
+        host.link()
+            .set(LinkUnspec::new_with_index(veth).controller(bridge).up().build())
+            .execute()
+            .await
+            .context("attaching the veth to the bridge")?;
+        let inner = link_index(&pod, peer)
+            .await?
+            .context("the veth did not arrive in the pod")?;
+        pod.link()
+            .set(LinkUnspec::new_with_index(inner).name("eth0".to_string()).build())
+            .execute()
+            .await?;
+        add_addr(&pod, inner, n.ip, n.prefix).await?;
+        up(&pod, inner).await?;
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(n.gateway)
+            .output_interface(inner)
+            .build();
+        pod.route()
+            .add(route)
+            .execute()
+            .await
+            .context("adding the pod's default route")?;
+    }
+    Ok(())
+}
+
+/// Unmounts a sandbox's namespace files (the namespaces go when nothing else holds them).
+pub fn release_sandbox(dir: &Path) -> anyhow::Result<()> {
+    for ns in NAMESPACES {
+        let target = dir.join(ns);
+        if target.exists() {
+            let _ = nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH);
+            std::fs::remove_file(&target).or_else(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// The first global IPv4 address of the host (what the node reports by default).
+pub async fn default_ip() -> Option<String> {
+    use rtnetlink::packet_route::address::AddressAttribute;
+    let h = connect().ok()?;
+    let mut addrs = h.address().get().execute();
+    while let Ok(Some(a)) = addrs.try_next().await {
+        if a.header.scope != rtnetlink::packet_route::address::AddressScope::Universe {
+            continue;
+        }
+        for attr in &a.attributes {
+            if let AddressAttribute::Address(std::net::IpAddr::V4(ip)) = attr
+                && !ip.is_loopback()
+            {
+                return Some(ip.to_string());
+            }
+        }
+    }
+    None
+}
+
+/// Whether a sandbox's namespaces are still held.
+pub fn sandbox_alive(dir: &Path) -> bool {
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let target = dir.join("net");
+    let t = target.to_string_lossy();
+    mounts.lines().any(|l| l.split(' ').nth(4) == Some(t.as_ref()))
+}
+
+/// Host-side veth name for a pod (at most 15 bytes, unique per pod uid).
+pub fn veth_name(prefix: &str, uid: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, uid.as_bytes());
+    let hex: String = digest
+        .as_ref()
+        .iter()
+        .take(5)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let p: String = prefix.chars().take(4).collect();
+    format!("{p}{hex}")
+}
+
+/// Checks an IPv4 CIDR and returns (network, prefix).
+pub fn parse_cidr(cidr: &str) -> anyhow::Result<(Ipv4Addr, u8)> {
+    let (ip, len) = cidr
+        .split_once('/')
+        .with_context(|| format!("{cidr:?} is not a CIDR"))?;
+    let ip: Ipv4Addr = ip
+        .parse()
+        .with_context(|| format!("{cidr:?} is not an IPv4 CIDR"))?;
+    let len: u8 = len
+        .parse()
+        .with_context(|| format!("{cidr:?} has a bad prefix length"))?;
+    if len > 30 {
+        bail!("{cidr:?} is too small for pods");
+    }
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    Ok((Ipv4Addr::from(u32::from(ip) & mask), len))
+}

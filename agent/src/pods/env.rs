@@ -1,0 +1,321 @@
+//! Container environment: the image's, then `envFrom`, then `env` (with `valueFrom` configMap/secret
+//! keys, pod fields and resource fields), as the kubelet builds it.
+
+use std::collections::HashMap;
+
+use anyhow::bail;
+use base64::Engine;
+use hyper::Method;
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+
+use crate::node::client::{ApiClient, status_code};
+
+/// A configuration error the pod status reports as `CreateContainerConfigError`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// Reads configMaps and secrets of one namespace through the API, each at most once per sync.
+#[derive(Debug)]
+pub struct Lookup<'a> {
+    api: &'a ApiClient,
+    namespace: String,
+    ca_pem: &'a str,
+    cache: Mutex<HashMap<(String, String), Option<Value>>>,
+}
+
+impl<'a> Lookup<'a> {
+    /// A lookup in `namespace`.
+    pub fn new(api: &'a ApiClient, namespace: &str, ca_pem: &'a str) -> Self {
+        Lookup {
+            api,
+            namespace: namespace.to_string(),
+            ca_pem,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn get(&self, resource: &str, name: &str) -> anyhow::Result<Option<Value>> {
+        let key = (resource.to_string(), name.to_string());
+        if let Some(v) = self.cache.lock().await.get(&key) {
+            return Ok(v.clone());
+        }
+        let path = format!("/api/v1/namespaces/{}/{resource}/{name}", self.namespace);
+        let v = match self.api.json(Method::GET, &path, None).await {
+            Ok(v) => Some(v),
+            Err(e) if status_code(&e) == Some(404) => None,
+            Err(e) => return Err(e),
+        };
+        self.cache.lock().await.insert(key, v.clone());
+        Ok(v)
+    }
+
+    /// A configMap, or None if it does not exist.
+    pub async fn config_map(&self, name: &str) -> anyhow::Result<Option<Value>> {
+        self.get("configmaps", name).await
+    }
+
+    /// A secret, or None if it does not exist.
+    pub async fn secret(&self, name: &str) -> anyhow::Result<Option<Value>> {
+        self.get("secrets", name).await
+    }
+
+    /// The cluster CA (for `clusterTrustBundle`-like projections).
+    pub fn ca_pem(&self) -> &str {
+        self.ca_pem
+    }
+
+    /// A bound service-account token through the TokenRequest API.
+    pub async fn service_account_token(&self, pod: &Value, source: &Value) -> anyhow::Result<String> {
+        let sa = pod["spec"]["serviceAccountName"].as_str().unwrap_or("default");
+        let req = json!({
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {
+                "audiences": source["audience"].as_str().map(|a| vec![a]).unwrap_or_default(),
+                "expirationSeconds": source["expirationSeconds"].as_i64().unwrap_or(3607),
+                "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": pod["metadata"]["name"], "uid": pod["metadata"]["uid"]},
+            },
+        });
+        let path = format!("/api/v1/namespaces/{}/serviceaccounts/{sa}/token", self.namespace);
+        match self.api.json(Method::POST, &path, Some(&req)).await {
+            Ok(v) => Ok(v["status"]["token"].as_str().unwrap_or_default().to_string()),
+            Err(e) => Err(super::volumes::MountError(format!(
+                "failed to fetch token for service account {sa}: {e}"
+            ))
+            .into()),
+        }
+    }
+}
+
+/// The value of a `fieldRef` path.
+pub fn field_ref(pod: &Value, path: &str) -> anyhow::Result<String> {
+    let m = &pod["metadata"];
+    let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    let map = |v: &Value| {
+        let mut lines: Vec<String> = v
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| {
+                format!(
+                    "{k}=\"{}\"",
+                    v.as_str()
+                        .unwrap_or_default()
+                        .replace('\\', "\\\\")
+                        .replace('"', "\\\"")
+                        .replace('\n', "\\n")
+                )
+            })
+            .collect();
+        lines.sort();
+        lines.join("\n")
+    };
+    Ok(match path {
+        "metadata.name" => s(&m["name"]),
+        "metadata.namespace" => s(&m["namespace"]),
+        "metadata.uid" => s(&m["uid"]),
+        "metadata.labels" => map(&m["labels"]),
+        "metadata.annotations" => map(&m["annotations"]),
+        "spec.nodeName" => s(&pod["spec"]["nodeName"]),
+        "spec.serviceAccountName" => s(&pod["spec"]["serviceAccountName"]),
+        "status.hostIP" => s(&pod["status"]["hostIP"]),
+        "status.hostIPs" => pod["status"]["hostIPs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|i| s(&i["ip"]))
+            .collect::<Vec<_>>()
+            .join(","),
+        "status.podIP" => s(&pod["status"]["podIP"]),
+        "status.podIPs" => pod["status"]["podIPs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|i| s(&i["ip"]))
+            .collect::<Vec<_>>()
+            .join(","),
+        p => {
+            if let Some(k) = p
+                .strip_prefix("metadata.labels['")
+                .and_then(|r| r.strip_suffix("']"))
+            {
+                s(&m["labels"][k])
+            } else if let Some(k) = p
+                .strip_prefix("metadata.annotations['")
+                .and_then(|r| r.strip_suffix("']"))
+            {
+                s(&m["annotations"][k])
+            } else {
+                bail!(ConfigError(format!("unsupported fieldRef path {p:?}")))
+            }
+        }
+    })
+}
+
+/// The value of a `resourceFieldRef` (limits default to the node's allocatable, as upstream).
+pub fn resource_field_ref(pod: &Value, r: &Value, default_container: Option<&str>) -> anyhow::Result<String> {
+    let cname = r["containerName"]
+        .as_str()
+        .or(default_container)
+        .unwrap_or_default();
+    let container = pod["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(pod["spec"]["initContainers"].as_array().into_iter().flatten())
+        .find(|c| c["name"].as_str() == Some(cname));
+    let Some(c) = container else {
+        bail!(ConfigError(format!(
+            "resourceFieldRef names unknown container {cname:?}"
+        )))
+    };
+    let resource = r["resource"].as_str().unwrap_or_default();
+    let (section, res) = resource.split_once('.').unwrap_or(("limits", resource));
+    let quantity = c["resources"][section][res].as_str();
+    let divisor = r["divisor"].as_str().unwrap_or("1");
+    let value = if res == "cpu" {
+        let millis = quantity.and_then(super::spec::cpu_millis).unwrap_or_else(|| {
+            if section == "limits" {
+                crate::node::capacity::cpu_count() as i64 * 1000
+            } else {
+                0
+            }
+        });
+        let d = super::spec::cpu_millis(divisor).unwrap_or(1000).max(1);
+        (millis + d - 1) / d
+    } else {
+        let bytes = quantity.and_then(super::spec::bytes).unwrap_or_else(|| {
+            if section == "limits" {
+                crate::node::capacity::memory_bytes() as i64
+            } else {
+                0
+            }
+        });
+        let d = super::spec::bytes(divisor).unwrap_or(1).max(1);
+        (bytes + d - 1) / d
+    };
+    Ok(value.to_string())
+}
+
+/// The container's environment, in the order the kubelet builds it.
+pub async fn resolve(
+    lookup: &Lookup<'_>,
+    pod: &Value,
+    container: &Value,
+    image_env: &[String],
+) -> anyhow::Result<Vec<(String, String)>> {
+    let mut env: Vec<(String, String)> = Vec::new();
+    let set = |env: &mut Vec<(String, String)>, k: String, v: String| {
+        env.retain(|(x, _)| *x != k);
+        env.push((k, v));
+    };
+    for e in image_env {
+        if let Some((k, v)) = e.split_once('=') {
+            set(&mut env, k.into(), v.into());
+        }
+    }
+    let b64 = |v: &Value| {
+        base64::engine::general_purpose::STANDARD
+            .decode(v.as_str().unwrap_or_default())
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    };
+    for from in container["envFrom"].as_array().into_iter().flatten() {
+        let prefix = from["prefix"].as_str().unwrap_or("");
+        if let Some(r) = from.get("configMapRef") {
+            let name = r["name"].as_str().unwrap_or_default();
+            match lookup.config_map(name).await? {
+                Some(cm) => {
+                    for (k, v) in cm["data"].as_object().into_iter().flatten() {
+                        set(
+                            &mut env,
+                            format!("{prefix}{k}"),
+                            v.as_str().unwrap_or_default().into(),
+                        );
+                    }
+                }
+                None if r["optional"].as_bool() == Some(true) => {}
+                None => bail!(ConfigError(format!("configmap \"{name}\" not found"))),
+            }
+        }
+        if let Some(r) = from.get("secretRef") {
+            let name = r["name"].as_str().unwrap_or_default();
+            match lookup.secret(name).await? {
+                Some(s) => {
+                    for (k, v) in s["data"].as_object().into_iter().flatten() {
+                        set(&mut env, format!("{prefix}{k}"), b64(v));
+                    }
+                }
+                None if r["optional"].as_bool() == Some(true) => {}
+                None => bail!(ConfigError(format!("secret \"{name}\" not found"))),
+            }
+        }
+    }
+    for e in container["env"].as_array().into_iter().flatten() {
+        let name = e["name"].as_str().unwrap_or_default().to_string();
+        if let Some(v) = e["value"].as_str() {
+            let expanded = super::spec::expand(v, &env);
+            set(&mut env, name, expanded);
+            continue;
+        }
+        let from = &e["valueFrom"];
+        let value = if let Some(r) = from.get("configMapKeyRef") {
+            let (cm, key) = (
+                r["name"].as_str().unwrap_or_default(),
+                r["key"].as_str().unwrap_or_default(),
+            );
+            match lookup.config_map(cm).await? {
+                Some(obj) => match obj["data"][key].as_str() {
+                    Some(v) => Some(v.to_string()),
+                    None if r["optional"].as_bool() == Some(true) => None,
+                    None => bail!(ConfigError(format!(
+                        "couldn't find key {key} in ConfigMap {}/{cm}",
+                        lookup.namespace
+                    ))),
+                },
+                None if r["optional"].as_bool() == Some(true) => None,
+                None => bail!(ConfigError(format!("configmap \"{cm}\" not found"))),
+            }
+        } else if let Some(r) = from.get("secretKeyRef") {
+            let (sec, key) = (
+                r["name"].as_str().unwrap_or_default(),
+                r["key"].as_str().unwrap_or_default(),
+            );
+            match lookup.secret(sec).await? {
+                Some(obj) => match obj["data"].get(key) {
+                    Some(v) => Some(b64(v)),
+                    None if r["optional"].as_bool() == Some(true) => None,
+                    None => bail!(ConfigError(format!(
+                        "couldn't find key {key} in Secret {}/{sec}",
+                        lookup.namespace
+                    ))),
+                },
+                None if r["optional"].as_bool() == Some(true) => None,
+                None => bail!(ConfigError(format!("secret \"{sec}\" not found"))),
+            }
+        } else if let Some(f) = from["fieldRef"]["fieldPath"].as_str() {
+            Some(field_ref(pod, f)?)
+        } else if from["resourceFieldRef"].is_object() {
+            Some(resource_field_ref(
+                pod,
+                &from["resourceFieldRef"],
+                container["name"].as_str(),
+            )?)
+        } else {
+            Some(String::new())
+        };
+        if let Some(v) = value {
+            set(&mut env, name, v);
+        }
+    }
+    if !env.iter().any(|(k, _)| k == "HOSTNAME") {
+        let host = pod["spec"]["hostname"]
+            .as_str()
+            .or(pod["metadata"]["name"].as_str())
+            .unwrap_or_default();
+        env.insert(0, ("HOSTNAME".into(), host.into()));
+    }
+    Ok(env)
+}

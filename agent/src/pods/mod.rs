@@ -1,0 +1,328 @@
+//! The kubelet half: makes the pods bound to this node real and reports their status.
+//!
+//! One task per pod (`worker`) reconciles the pod's desired state with what runs: sandbox
+//! namespaces and network, images, volumes, containers (through the shim), restarts with back-off,
+//! termination, clean-up, and the pod's status. Everything needed to pick a pod up again lives
+//! under `DATA_DIR/pods/<uid>`, so a restarted agent adopts running pods instead of restarting them.
+
+pub mod env;
+pub mod spec;
+pub mod volumes;
+mod worker;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use futures::StreamExt;
+use http_body_util::BodyExt;
+use hyper::Method;
+use serde_json::{Value, json};
+use tokio::sync::{Mutex, watch};
+
+use crate::image::ImageStore;
+use crate::image::pull::Puller;
+use crate::ipam::Ipam;
+use crate::node::client::{ApiClient, status_code};
+
+/// Node-level settings the pods share.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The agent's data directory.
+    pub data_dir: PathBuf,
+    /// This node's name.
+    pub node_name: String,
+    /// The address the node reports (`status.hostIP`).
+    pub node_ip: String,
+    /// Top-level cgroup for the node's pods (relative to each hierarchy's root).
+    pub cgroup_root: String,
+    /// The pod bridge.
+    pub bridge: String,
+    /// Pod CIDR to use instead of the Node's `spec.podCIDR`.
+    pub pod_cidr: Option<String>,
+    /// Registries spoken to over plain HTTP.
+    pub insecure_registries: Vec<String>,
+    /// `pids.max` for each container.
+    pub pids_limit: Option<i64>,
+    /// Program masquerading for pod egress (nftables) and enable forwarding.
+    pub masquerade: bool,
+}
+
+/// What every pod worker shares.
+#[derive(Debug)]
+pub struct Shared {
+    /// Settings.
+    pub cfg: Config,
+    /// The API.
+    pub api: ApiClient,
+    /// The cluster CA.
+    pub ca_pem: String,
+    /// Images.
+    pub images: ImageStore,
+    /// Registry client.
+    pub puller: Puller,
+    /// Pod addresses (once the pod CIDR is known).
+    pub ipam: Ipam,
+    /// This binary, re-exec'd as shim and sandbox helper.
+    pub exe: PathBuf,
+    /// One pull per image at a time.
+    pub pulls: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+}
+
+impl Shared {
+    /// `DATA_DIR/pods/<uid>`.
+    pub fn pod_dir(&self, uid: &str) -> PathBuf {
+        self.cfg.data_dir.join("pods").join(uid)
+    }
+
+    /// The log directory of a pod, as the kubelet names it.
+    pub fn log_dir(&self, namespace: &str, name: &str, uid: &str) -> PathBuf {
+        self.cfg
+            .data_dir
+            .join("logs")
+            .join(format!("{namespace}_{name}_{uid}"))
+    }
+
+    /// libcontainer's state root.
+    pub fn run_root(&self) -> PathBuf {
+        self.cfg.data_dir.join("run")
+    }
+}
+
+/// Waits for the node's pod CIDR, then prepares the bridge (and masquerading).
+async fn pod_cidr(api: &ApiClient, cfg: &Config) -> anyhow::Result<String> {
+    if let Some(c) = &cfg.pod_cidr {
+        return Ok(c.clone());
+    }
+    let mut waited = 0;
+    loop {
+        let node = api
+            .json(Method::GET, &format!("/api/v1/nodes/{}", cfg.node_name), None)
+            .await?;
+        if let Some(c) = node["spec"]["podCIDR"].as_str() {
+            return Ok(c.to_string());
+        }
+        if waited % 20 == 0 {
+            tracing::info!("waiting for the control plane to assign this node a pod CIDR");
+        }
+        waited += 1;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn setup_network(cfg: &Config, ipam: &Ipam, cidr: &str) -> anyhow::Result<()> {
+    let h = crate::net::connect()?;
+    crate::net::ensure_bridge(&h, &cfg.bridge, ipam.gateway(), ipam.prefix())
+        .await
+        .with_context(|| format!("setting up bridge {}", cfg.bridge))?;
+    if cfg.masquerade {
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling IPv4 forwarding")?;
+        let table = format!("skiff-{}", cfg.bridge);
+        let rules = format!(
+            "table ip {table} {{}}\ndelete table ip {table}\ntable ip {table} {{\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    ip saddr {cidr} oifname != \"{bridge}\" masquerade\n  }}\n  chain forward {{\n    type filter hook forward priority filter; policy accept;\n    iifname \"{bridge}\" accept\n    oifname \"{bridge}\" ct state established,related accept\n  }}\n}}\n",
+            bridge = cfg.bridge
+        );
+        let mut child = tokio::process::Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("running nft (package nftables) for pod masquerading")?;
+        use tokio::io::AsyncWriteExt;
+        child
+            .stdin
+            .take()
+            .context("nft stdin")?
+            .write_all(rules.as_bytes())
+            .await?;
+        let out = child.wait_with_output().await?;
+        if !out.status.success() {
+            anyhow::bail!("nft: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+    }
+    Ok(())
+}
+
+/// Runs the pod manager until the process ends.
+pub async fn run(cfg: Config, api: ApiClient, ca_pem: String) -> anyhow::Result<()> {
+    let cidr = pod_cidr(&api, &cfg).await?;
+    let ipam = Ipam::new(&cfg.data_dir.join("ipam"), &cidr)?;
+    setup_network(&cfg, &ipam, &cidr).await?;
+    tracing::info!(pod_cidr = %cidr, bridge = %cfg.bridge, "pod network ready");
+    let shared = Arc::new(Shared {
+        images: ImageStore::open(&cfg.data_dir)?,
+        puller: Puller::new(cfg.insecure_registries.clone())?,
+        ipam,
+        exe: std::env::current_exe().context("locating the agent binary")?,
+        pulls: Mutex::new(HashMap::new()),
+        cfg,
+        api,
+        ca_pem,
+    });
+    tokio::spawn(image_gc(shared.clone()));
+    let mut workers: HashMap<String, watch::Sender<Option<Value>>> = HashMap::new();
+    // Pods known from disk are adopted first: their containers keep running.
+    for (uid, pod) in worker::saved_pods(&shared) {
+        let (tx, rx) = watch::channel(Some(pod));
+        tokio::spawn(worker::run(shared.clone(), uid.clone(), rx));
+        workers.insert(uid, tx);
+    }
+    let selector = format!("spec.nodeName%3D{}", shared.cfg.node_name);
+    loop {
+        let list = match shared
+            .api
+            .json(
+                Method::GET,
+                &format!("/api/v1/pods?fieldSelector={selector}"),
+                None,
+            )
+            .await
+        {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing this node's pods failed");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let mut seen = std::collections::HashSet::new();
+        for pod in list["items"].as_array().into_iter().flatten() {
+            let uid = pod["metadata"]["uid"].as_str().unwrap_or_default().to_string();
+            seen.insert(uid.clone());
+            deliver(&shared, &mut workers, &uid, Some(pod.clone()));
+        }
+        let gone: Vec<String> = workers.keys().filter(|u| !seen.contains(*u)).cloned().collect();
+        for uid in gone {
+            deliver(&shared, &mut workers, &uid, None);
+        }
+        let rv = list["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or("0")
+            .to_string();
+        if let Err(e) = watch_pods(&shared, &mut workers, &selector, &rv).await {
+            tracing::debug!(error = %e, "pod watch ended");
+        }
+    }
+}
+
+/// Disk use (percent) above which unused images are removed, as the kubelet's image GC does.
+const IMAGE_GC_HIGH: u64 = 85;
+
+/// Removes images no pod on this node uses when the image filesystem runs full.
+async fn image_gc(shared: Arc<Shared>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let Ok(st) = nix::sys::statvfs::statvfs(&shared.cfg.data_dir) else {
+            continue;
+        };
+        let total = st.blocks();
+        if total == 0 || (total - st.blocks_available()) * 100 / total < IMAGE_GC_HIGH {
+            continue;
+        }
+        let mut keep = std::collections::BTreeSet::new();
+        for (_, pod) in worker::saved_pods(&shared) {
+            for key in ["containers", "initContainers"] {
+                for c in pod["spec"][key].as_array().into_iter().flatten() {
+                    let Ok(r) = crate::image::Reference::parse(c["image"].as_str().unwrap_or_default())
+                    else {
+                        continue;
+                    };
+                    if let Ok(Some(img)) = shared.images.resolve(&r) {
+                        keep.insert(img.digest);
+                    }
+                }
+            }
+        }
+        let images = shared.images.clone();
+        match tokio::task::spawn_blocking(move || images.collect_garbage(&keep)).await {
+            Ok(Ok(removed)) if !removed.is_empty() => {
+                tracing::info!(count = removed.len(), "removed unused images under disk pressure")
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "image garbage collection failed"),
+            _ => {}
+        }
+    }
+}
+
+fn deliver(
+    shared: &Arc<Shared>,
+    workers: &mut HashMap<String, watch::Sender<Option<Value>>>,
+    uid: &str,
+    pod: Option<Value>,
+) {
+    if let Some(tx) = workers.get(uid)
+        && !tx.is_closed()
+    {
+        let _ = tx.send(pod);
+        return;
+    }
+    workers.remove(uid);
+    let Some(pod) = pod else { return };
+    let (tx, rx) = watch::channel(Some(pod));
+    tokio::spawn(worker::run(shared.clone(), uid.to_string(), rx));
+    workers.insert(uid.to_string(), tx);
+}
+
+async fn watch_pods(
+    shared: &Arc<Shared>,
+    workers: &mut HashMap<String, watch::Sender<Option<Value>>>,
+    selector: &str,
+    rv: &str,
+) -> anyhow::Result<()> {
+    let path = format!(
+        "/api/v1/pods?watch=1&allowWatchBookmarks=true&fieldSelector={selector}&resourceVersion={rv}&timeoutSeconds=300"
+    );
+    let body = match shared.api.stream(&path).await {
+        Ok(b) => b,
+        Err(e) if status_code(&e) == Some(410) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let mut frames = body.into_data_stream();
+    let mut buf: Vec<u8> = Vec::new();
+    while let Some(chunk) = frames.next().await {
+        buf.extend_from_slice(&chunk?);
+        while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=nl).collect();
+            let Ok(event) = serde_json::from_slice::<Value>(&line) else {
+                continue;
+            };
+            let kind = event["type"].as_str().unwrap_or_default();
+            let obj = &event["object"];
+            match kind {
+                "ADDED" | "MODIFIED" => {
+                    let uid = obj["metadata"]["uid"].as_str().unwrap_or_default().to_string();
+                    deliver(shared, workers, &uid, Some(obj.clone()));
+                }
+                "DELETED" => {
+                    let uid = obj["metadata"]["uid"].as_str().unwrap_or_default().to_string();
+                    deliver(shared, workers, &uid, None);
+                }
+                "ERROR" => return Ok(()),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Confirms a pod's deletion once everything of it is gone on the node (the kubelet's final delete).
+pub async fn finish_deletion(api: &ApiClient, pod: &Value) -> anyhow::Result<()> {
+    let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default");
+    let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+    let body = json!({"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0,
+        "preconditions": {"uid": pod["metadata"]["uid"]}});
+    match api
+        .json(
+            Method::DELETE,
+            &format!("/api/v1/namespaces/{ns}/pods/{name}"),
+            Some(&body),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if matches!(status_code(&e), Some(404) | Some(409)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}

@@ -1,0 +1,542 @@
+//! The OCI runtime spec (`config.json`) for one container of a pod.
+
+use std::path::PathBuf;
+
+use serde_json::{Value, json};
+
+use crate::image::Image;
+
+/// A bind mount into the container.
+#[derive(Debug, Clone)]
+pub struct Bind {
+    /// Where it appears in the container.
+    pub target: String,
+    /// What is mounted there (on the host).
+    pub source: PathBuf,
+    /// Mounted read-only.
+    pub read_only: bool,
+}
+
+/// Everything the spec is made from.
+#[derive(Debug)]
+pub struct Plan<'a> {
+    /// The pod.
+    pub pod: &'a Value,
+    /// The container (from `spec.containers` or `spec.initContainers`).
+    pub container: &'a Value,
+    /// Its image.
+    pub image: &'a Image,
+    /// The prepared root filesystem (an overlay mount).
+    pub rootfs: PathBuf,
+    /// The pod's namespace files directory.
+    pub sandbox: PathBuf,
+    /// Resolved environment, in order.
+    pub env: Vec<(String, String)>,
+    /// Volume mounts and pod files (`/etc/hosts`, ...).
+    pub binds: Vec<Bind>,
+    /// cgroups path (relative to each hierarchy's root).
+    pub cgroups_path: String,
+    /// `pids.max` for the container, when limited.
+    pub pids_limit: Option<i64>,
+}
+
+/// Capabilities a container has by default (containerd's set).
+const DEFAULT_CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+/// Every capability the kernel knows (for privileged containers).
+fn all_caps() -> Vec<String> {
+    let last: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(40);
+    const NAMES: &[&str] = &[
+        "CHOWN",
+        "DAC_OVERRIDE",
+        "DAC_READ_SEARCH",
+        "FOWNER",
+        "FSETID",
+        "KILL",
+        "SETGID",
+        "SETUID",
+        "SETPCAP",
+        "LINUX_IMMUTABLE",
+        "NET_BIND_SERVICE",
+        "NET_BROADCAST",
+        "NET_ADMIN",
+        "NET_RAW",
+        "IPC_LOCK",
+        "IPC_OWNER",
+        "SYS_MODULE",
+        "SYS_RAWIO",
+        "SYS_CHROOT",
+        "SYS_PTRACE",
+        "SYS_PACCT",
+        "SYS_ADMIN",
+        "SYS_BOOT",
+        "SYS_NICE",
+        "SYS_RESOURCE",
+        "SYS_TIME",
+        "SYS_TTY_CONFIG",
+        "MKNOD",
+        "LEASE",
+        "AUDIT_WRITE",
+        "AUDIT_CONTROL",
+        "SETFCAP",
+        "MAC_OVERRIDE",
+        "MAC_ADMIN",
+        "SYSLOG",
+        "WAKE_ALARM",
+        "BLOCK_SUSPEND",
+        "AUDIT_READ",
+        "PERFMON",
+        "BPF",
+        "CHECKPOINT_RESTORE",
+    ];
+    NAMES
+        .iter()
+        .take(last as usize + 1)
+        .map(|n| format!("CAP_{n}"))
+        .collect()
+}
+
+/// Syscalls RuntimeDefault refuses (with EPERM): the ones containerd's and Docker's default profiles
+/// keep from unprivileged containers.
+const DENIED_SYSCALLS: &[&str] = &[
+    "acct",
+    "add_key",
+    "bpf",
+    "clock_adjtime",
+    "clock_settime",
+    "create_module",
+    "delete_module",
+    "finit_module",
+    "get_kernel_syms",
+    "get_mempolicy",
+    "init_module",
+    "ioperm",
+    "iopl",
+    "kcmp",
+    "kexec_file_load",
+    "kexec_load",
+    "keyctl",
+    "lookup_dcookie",
+    "mbind",
+    "mount",
+    "move_pages",
+    "name_to_handle_at",
+    "nfsservctl",
+    "open_by_handle_at",
+    "perf_event_open",
+    "pivot_root",
+    "process_vm_readv",
+    "process_vm_writev",
+    "ptrace",
+    "query_module",
+    "quotactl",
+    "reboot",
+    "request_key",
+    "set_mempolicy",
+    "setns",
+    "settimeofday",
+    "swapon",
+    "swapoff",
+    "sysfs",
+    "_sysctl",
+    "umount2",
+    "unshare",
+    "uselib",
+    "userfaultfd",
+    "ustat",
+    "vm86",
+    "vm86old",
+    "fsopen",
+    "fsconfig",
+    "fsmount",
+    "fspick",
+    "open_tree",
+    "move_mount",
+];
+
+fn seccomp_default() -> Value {
+    json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32", "SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"],
+        "syscalls": [{"names": DENIED_SYSCALLS, "action": "SCMP_ACT_ERRNO", "errnoRet": 1}],
+    })
+}
+
+/// Parses a Kubernetes quantity of CPU into millicores.
+pub fn cpu_millis(q: &str) -> Option<i64> {
+    if let Some(m) = q.strip_suffix('m') {
+        return m.parse().ok();
+    }
+    q.parse::<f64>().ok().map(|c| (c * 1000.0).round() as i64)
+}
+
+/// Parses a Kubernetes quantity of bytes.
+pub fn bytes(q: &str) -> Option<i64> {
+    const SUFFIXES: &[(&str, f64)] = &[
+        ("Ki", 1024.0),
+        ("Mi", 1048576.0),
+        ("Gi", 1073741824.0),
+        ("Ti", 1099511627776.0),
+        ("k", 1e3),
+        ("M", 1e6),
+        ("G", 1e9),
+        ("T", 1e12),
+        ("m", 1e-3),
+    ];
+    for (s, mult) in SUFFIXES {
+        if let Some(n) = q.strip_suffix(s) {
+            return n.parse::<f64>().ok().map(|v| (v * mult).ceil() as i64);
+        }
+    }
+    if let Some((m, e)) = q.split_once(['e', 'E']) {
+        return Some((m.parse::<f64>().ok()? * 10f64.powi(e.parse().ok()?)) as i64);
+    }
+    q.parse::<f64>().ok().map(|v| v.ceil() as i64)
+}
+
+/// The process arguments: Kubernetes' command/args over the image's entrypoint/cmd.
+pub fn argv(container: &Value, image: &Image, env: &[(String, String)]) -> Vec<String> {
+    let strings = |v: &Value| -> Option<Vec<String>> {
+        v.as_array()
+            .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+    };
+    let command = strings(&container["command"]);
+    let args = strings(&container["args"]);
+    let entry = strings(&image.config["Entrypoint"]).unwrap_or_default();
+    let cmd = strings(&image.config["Cmd"]).unwrap_or_default();
+    let argv = match (command, args) {
+        (Some(c), Some(a)) => c.into_iter().chain(a).collect(),
+        (Some(c), None) => c,
+        (None, Some(a)) => entry.into_iter().chain(a).collect(),
+        (None, None) => entry.into_iter().chain(cmd).collect(),
+    };
+    argv.into_iter().map(|a| expand(&a, env)).collect()
+}
+
+/// Expands `$(VAR)` references as Kubernetes does (`$$` escapes; unknown references stay as written).
+pub fn expand(s: &str, env: &[(String, String)]) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i + 1..];
+        if let Some(t) = tail.strip_prefix('$') {
+            out.push('$');
+            rest = t;
+        } else if let Some(t) = tail.strip_prefix('(')
+            && let Some(end) = t.find(')')
+        {
+            let name = &t[..end];
+            match env.iter().rev().find(|(k, _)| k == name) {
+                Some((_, v)) => out.push_str(v),
+                None => {
+                    out.push_str("$(");
+                    out.push_str(name);
+                    out.push(')');
+                }
+            }
+            rest = &t[end + 1..];
+        } else {
+            out.push('$');
+            rest = tail;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Looks a user (or group) name up in the container's `/etc/passwd` (`/etc/group`).
+fn lookup(rootfs: &std::path::Path, file: &str, name: &str) -> Option<(u32, u32)> {
+    let text = std::fs::read_to_string(rootfs.join("etc").join(file)).ok()?;
+    text.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        if f.first() != Some(&name) {
+            return None;
+        }
+        Some((
+            f.get(2)?.parse().ok()?,
+            f.get(3).and_then(|g| g.parse().ok()).unwrap_or(0),
+        ))
+    })
+}
+
+/// The user the process runs as: securityContext first (container, then pod), then the image's `User`.
+fn user(plan: &Plan<'_>) -> (u32, u32, Vec<u32>) {
+    let sc = &plan.container["securityContext"];
+    let psc = &plan.pod["spec"]["securityContext"];
+    let image_user = plan.image.config["User"].as_str().unwrap_or("");
+    let (iu, ig) = image_user.split_once(':').unwrap_or((image_user, ""));
+    let (mut uid, mut gid) = match iu.parse::<u32>() {
+        Ok(u) => (u, lookup(&plan.rootfs, "passwd", iu).map(|x| x.1).unwrap_or(0)),
+        Err(_) if iu.is_empty() => (0, 0),
+        Err(_) => lookup(&plan.rootfs, "passwd", iu).unwrap_or((0, 0)),
+    };
+    if !ig.is_empty() {
+        gid = ig
+            .parse()
+            .ok()
+            .or_else(|| lookup(&plan.rootfs, "group", ig).map(|x| x.0))
+            .unwrap_or(gid);
+    }
+    if let Some(u) = sc["runAsUser"].as_u64().or(psc["runAsUser"].as_u64()) {
+        uid = u as u32;
+    }
+    if let Some(g) = sc["runAsGroup"].as_u64().or(psc["runAsGroup"].as_u64()) {
+        gid = g as u32;
+    }
+    let mut extra: Vec<u32> = psc["supplementalGroups"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|g| g.as_u64().map(|g| g as u32)).collect())
+        .unwrap_or_default();
+    if let Some(fs) = psc["fsGroup"].as_u64() {
+        extra.push(fs as u32);
+    }
+    (uid, gid, extra)
+}
+
+/// Builds `config.json`.
+pub fn build(plan: &Plan<'_>) -> Value {
+    let c = plan.container;
+    let sc = &c["securityContext"];
+    let privileged = sc["privileged"].as_bool().unwrap_or(false);
+    let (uid, gid, extra_gids) = user(plan);
+    let mut caps: Vec<String> = if privileged {
+        all_caps()
+    } else {
+        DEFAULT_CAPS.iter().map(|s| s.to_string()).collect()
+    };
+    let norm = |s: &str| {
+        if s.starts_with("CAP_") {
+            s.to_string()
+        } else {
+            format!("CAP_{s}")
+        }
+    };
+    for add in sc["capabilities"]["add"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+    {
+        if add == "ALL" {
+            caps = all_caps();
+        } else if !caps.contains(&norm(add)) {
+            caps.push(norm(add));
+        }
+    }
+    for drop in sc["capabilities"]["drop"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+    {
+        if drop == "ALL" {
+            caps.clear();
+        } else {
+            caps.retain(|c| *c != norm(drop));
+        }
+    }
+    let env: Vec<String> = plan.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let cwd = c["workingDir"]
+        .as_str()
+        .filter(|w| !w.is_empty())
+        .or(plan.image.config["WorkingDir"].as_str().filter(|w| !w.is_empty()))
+        .unwrap_or("/");
+    let no_new_privs = !privileged && sc["allowPrivilegeEscalation"].as_bool() != Some(true);
+    let mut process = json!({
+        "terminal": false,
+        "user": {"uid": uid, "gid": gid, "additionalGids": extra_gids},
+        "args": argv(c, plan.image, &plan.env),
+        "env": env,
+        "cwd": cwd,
+        "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+        "noNewPrivileges": no_new_privs,
+    });
+    if uid != 0 {
+        // A non-root user starts without effective capabilities, as with runc.
+        process["capabilities"]["effective"] = json!([]);
+        process["capabilities"]["permitted"] = json!([]);
+    }
+
+    let mut mounts = vec![
+        json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
+        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", if privileged { "rw" } else { "ro" }]}),
+    ];
+    for b in &plan.binds {
+        let mut options = vec!["rbind", "rprivate"];
+        if b.read_only {
+            options.push("ro");
+        }
+        mounts.push(json!({"destination": b.target, "type": "bind", "source": b.source, "options": options}));
+    }
+
+    let mut linux = json!({
+        "namespaces": [
+            {"type": "pid"},
+            {"type": "mount"},
+            {"type": "cgroup"},
+            {"type": "network", "path": plan.sandbox.join("net")},
+            {"type": "ipc", "path": plan.sandbox.join("ipc")},
+            {"type": "uts", "path": plan.sandbox.join("uts")},
+        ],
+        "cgroupsPath": plan.cgroups_path,
+        "resources": resources(c, plan.pids_limit),
+    });
+    if privileged {
+        linux["resources"]["devices"] = json!([{"allow": true, "access": "rwm"}]);
+    } else {
+        linux["maskedPaths"] = json!([
+            "/proc/acpi",
+            "/proc/asound",
+            "/proc/kcore",
+            "/proc/keys",
+            "/proc/latency_stats",
+            "/proc/timer_list",
+            "/proc/timer_stats",
+            "/proc/sched_debug",
+            "/proc/scsi",
+            "/sys/firmware",
+            "/sys/devices/virtual/powercap"
+        ]);
+        linux["readonlyPaths"] = json!([
+            "/proc/bus",
+            "/proc/fs",
+            "/proc/irq",
+            "/proc/sys",
+            "/proc/sysrq-trigger"
+        ]);
+        let profile = sc["seccompProfile"]["type"]
+            .as_str()
+            .or(plan.pod["spec"]["securityContext"]["seccompProfile"]["type"].as_str())
+            .unwrap_or("RuntimeDefault");
+        if profile != "Unconfined" {
+            linux["seccomp"] = seccomp_default();
+        }
+    }
+    json!({
+        "ociVersion": "1.0.2",
+        "process": process,
+        "root": {"path": plan.rootfs, "readonly": sc["readOnlyRootFilesystem"].as_bool().unwrap_or(false)},
+        "hostname": null,
+        "mounts": mounts,
+        "linux": linux,
+    })
+}
+
+/// cgroup resources from requests and limits.
+pub fn resources(c: &Value, pids_limit: Option<i64>) -> Value {
+    let req = &c["resources"]["requests"];
+    let lim = &c["resources"]["limits"];
+    let mut r = json!({});
+    let cpu_req = req["cpu"]
+        .as_str()
+        .and_then(cpu_millis)
+        .or(lim["cpu"].as_str().and_then(cpu_millis));
+    // shares as the kubelet computes them: milliCPU * 1024 / 1000, at least 2.
+    let shares = cpu_req.map(|m| (m * 1024 / 1000).max(2)).unwrap_or(2);
+    r["cpu"] = json!({"shares": shares});
+    if let Some(m) = lim["cpu"].as_str().and_then(cpu_millis) {
+        let period = 100_000i64;
+        r["cpu"]["quota"] = json!((m * period / 1000).max(1000));
+        r["cpu"]["period"] = json!(period);
+    }
+    if let Some(b) = lim["memory"].as_str().and_then(bytes) {
+        r["memory"] = json!({"limit": b});
+    }
+    if let Some(p) = pids_limit {
+        r["pids"] = json!({"limit": p});
+    }
+    r
+}
+
+/// The pod's QoS class, as upstream computes it.
+pub fn qos_class(pod: &Value) -> &'static str {
+    let containers: Vec<&Value> = ["containers", "initContainers"]
+        .iter()
+        .flat_map(|k| pod["spec"][*k].as_array().into_iter().flatten())
+        .collect();
+    let mut any = false;
+    let mut guaranteed = true;
+    for c in &containers {
+        for res in ["cpu", "memory"] {
+            let r = c["resources"]["requests"][res].as_str();
+            let l = c["resources"]["limits"][res].as_str();
+            if r.is_some() || l.is_some() {
+                any = true;
+            }
+            match (r, l) {
+                (_, None) => guaranteed = false,
+                (Some(r), Some(l)) if r != l => guaranteed = false,
+                _ => {}
+            }
+        }
+    }
+    if !any {
+        "BestEffort"
+    } else if guaranteed {
+        "Guaranteed"
+    } else {
+        "Burstable"
+    }
+}
+
+/// The OOM score adjustment of the pod's processes, by QoS class (set by the shim after start:
+/// libcontainer 0.7 fails to create a container whose spec carries `oomScoreAdj`).
+pub fn oom_score_adj(pod: &Value) -> Option<i32> {
+    match qos_class(pod) {
+        "Guaranteed" => Some(-997),
+        "BestEffort" => Some(1000),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities() {
+        assert_eq!(cpu_millis("250m"), Some(250));
+        assert_eq!(cpu_millis("1.5"), Some(1500));
+        assert_eq!(bytes("64Mi"), Some(64 << 20));
+        assert_eq!(bytes("1G"), Some(1_000_000_000));
+        assert_eq!(bytes("128974848"), Some(128974848));
+    }
+
+    #[test]
+    fn expansion_follows_kubernetes() {
+        let env = vec![("A".to_string(), "x".to_string())];
+        assert_eq!(expand("$(A)-$(B)-$$(A)-$", &env), "x-$(B)-$(A)-$");
+    }
+
+    #[test]
+    fn qos() {
+        let p = json!({"spec": {"containers": [{"resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]}});
+        assert_eq!(qos_class(&p), "Guaranteed");
+        let p = json!({"spec": {"containers": [{"resources": {"requests": {"cpu": "1"}}}]}});
+        assert_eq!(qos_class(&p), "Burstable");
+        assert_eq!(qos_class(&json!({"spec": {"containers": [{}]}})), "BestEffort");
+    }
+}

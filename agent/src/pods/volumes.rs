@@ -1,0 +1,326 @@
+//! Pod volumes: emptyDir (disk or memory), hostPath, configMap, secret, downwardAPI and projected.
+//! Files of configMap/secret/downwardAPI volumes are written the kubelet's way (a `..data` symlink
+//! swapped atomically to a new timestamped directory), so updates reach running containers whole.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use base64::Engine;
+use serde_json::Value;
+
+use super::env::{Lookup, field_ref};
+
+/// The files a projected source contributes: relative path → (content, mode).
+type Files = BTreeMap<String, (Vec<u8>, u32)>;
+
+/// Why a volume could not be set up, as the pod's events and statuses say it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct MountError(pub String);
+
+fn items(
+    source: &Value,
+    data: &BTreeMap<String, Vec<u8>>,
+    default_mode: u32,
+    kind: &str,
+    name: &str,
+) -> anyhow::Result<Files> {
+    let mut files = Files::new();
+    match source["items"].as_array() {
+        Some(list) => {
+            for item in list {
+                let key = item["key"].as_str().unwrap_or_default();
+                let path = item["path"].as_str().unwrap_or(key);
+                let mode = item["mode"].as_u64().map(|m| m as u32).unwrap_or(default_mode);
+                match data.get(key) {
+                    Some(v) => {
+                        files.insert(path.to_string(), (v.clone(), mode));
+                    }
+                    None if source["optional"].as_bool() == Some(true) => {}
+                    None => bail!(MountError(
+                        format!("configmap references non-existent config key: {key}")
+                            .replace("configmap", kind)
+                    )),
+                }
+            }
+        }
+        None => {
+            for (k, v) in data {
+                files.insert(k.clone(), (v.clone(), default_mode));
+            }
+        }
+    }
+    let _ = name;
+    Ok(files)
+}
+
+async fn config_map_files(
+    lookup: &Lookup<'_>,
+    source: &Value,
+    default_mode: u32,
+) -> anyhow::Result<Option<Files>> {
+    let name = source["name"].as_str().unwrap_or_default();
+    match lookup.config_map(name).await? {
+        Some(cm) => {
+            let mut data: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+            for (k, v) in cm["data"].as_object().into_iter().flatten() {
+                data.insert(k.clone(), v.as_str().unwrap_or_default().as_bytes().to_vec());
+            }
+            for (k, v) in cm["binaryData"].as_object().into_iter().flatten() {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(v.as_str().unwrap_or_default())
+                    .unwrap_or_default();
+                data.insert(k.clone(), bytes);
+            }
+            Ok(Some(items(source, &data, default_mode, "configmap", name)?))
+        }
+        None if source["optional"].as_bool() == Some(true) => Ok(Some(Files::new())),
+        None => Err(MountError(format!("configmap \"{name}\" not found")).into()),
+    }
+}
+
+async fn secret_files(
+    lookup: &Lookup<'_>,
+    source: &Value,
+    name: &str,
+    default_mode: u32,
+) -> anyhow::Result<Option<Files>> {
+    match lookup.secret(name).await? {
+        Some(s) => {
+            let mut data: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+            for (k, v) in s["data"].as_object().into_iter().flatten() {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(v.as_str().unwrap_or_default())
+                    .unwrap_or_default();
+                data.insert(k.clone(), bytes);
+            }
+            Ok(Some(items(source, &data, default_mode, "secret", name)?))
+        }
+        None if source["optional"].as_bool() == Some(true) => Ok(Some(Files::new())),
+        None => Err(MountError(format!("secret \"{name}\" not found")).into()),
+    }
+}
+
+fn downward_files(pod: &Value, source: &Value, default_mode: u32) -> anyhow::Result<Files> {
+    let mut files = Files::new();
+    for item in source["items"].as_array().into_iter().flatten() {
+        let path = item["path"].as_str().unwrap_or_default().to_string();
+        let mode = item["mode"].as_u64().map(|m| m as u32).unwrap_or(default_mode);
+        let value = if let Some(f) = item["fieldRef"]["fieldPath"].as_str() {
+            field_ref(pod, f)?
+        } else if item["resourceFieldRef"].is_object() {
+            super::env::resource_field_ref(pod, &item["resourceFieldRef"], None)?
+        } else {
+            String::new()
+        };
+        files.insert(path, (value.into_bytes(), mode));
+    }
+    Ok(files)
+}
+
+/// The files a configMap/secret/downwardAPI/projected volume should hold now (None: not such a volume).
+pub async fn desired_files(
+    lookup: &Lookup<'_>,
+    pod: &Value,
+    volume: &Value,
+) -> anyhow::Result<Option<Files>> {
+    let mode_of = |v: &Value| v["defaultMode"].as_u64().map(|m| m as u32).unwrap_or(0o644);
+    if let Some(cm) = volume.get("configMap") {
+        return config_map_files(lookup, cm, mode_of(cm)).await;
+    }
+    if let Some(s) = volume.get("secret") {
+        let name = s["secretName"].as_str().unwrap_or_default();
+        return secret_files(lookup, s, name, mode_of(s)).await;
+    }
+    if let Some(d) = volume.get("downwardAPI") {
+        return Ok(Some(downward_files(pod, d, mode_of(d))?));
+    }
+    if let Some(p) = volume.get("projected") {
+        let default_mode = mode_of(p);
+        let mut all = Files::new();
+        for source in p["sources"].as_array().into_iter().flatten() {
+            let part = if let Some(cm) = source.get("configMap") {
+                config_map_files(lookup, cm, default_mode)
+                    .await?
+                    .unwrap_or_default()
+            } else if let Some(s) = source.get("secret") {
+                secret_files(lookup, s, s["name"].as_str().unwrap_or_default(), default_mode)
+                    .await?
+                    .unwrap_or_default()
+            } else if let Some(d) = source.get("downwardAPI") {
+                downward_files(pod, d, default_mode)?
+            } else if let Some(t) = source.get("serviceAccountToken") {
+                let path = t["path"].as_str().unwrap_or("token").to_string();
+                let token = lookup.service_account_token(pod, t).await?;
+                Files::from([(path, (token.into_bytes(), default_mode))])
+            } else if let Some(ctb) = source.get("clusterTrustBundle") {
+                let path = ctb["path"].as_str().unwrap_or("ca.crt").to_string();
+                Files::from([(path, (lookup.ca_pem().as_bytes().to_vec(), default_mode))])
+            } else {
+                Files::new()
+            };
+            all.extend(part);
+        }
+        return Ok(Some(all));
+    }
+    Ok(None)
+}
+
+/// Writes `files` into `dir` atomically (the kubelet's `..data` layout). Returns whether anything
+/// changed.
+pub fn write_files(dir: &Path, files: &Files) -> anyhow::Result<bool> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    let data_link = dir.join("..data");
+    let current = std::fs::read_link(&data_link).ok();
+    if let Some(cur) = &current {
+        let cur_dir = dir.join(cur);
+        let mut same = true;
+        let mut existing = 0;
+        for entry in walk(&cur_dir) {
+            existing += 1;
+            let rel = entry
+                .strip_prefix(&cur_dir)
+                .unwrap_or(&entry)
+                .to_string_lossy()
+                .into_owned();
+            let mode = std::fs::metadata(&entry)
+                .map(|m| m.permissions().mode() & 0o7777)
+                .unwrap_or(0);
+            match files.get(&rel) {
+                Some((content, m))
+                    if std::fs::read(&entry).ok().as_deref() == Some(content) && *m == mode => {}
+                _ => same = false,
+            }
+        }
+        if same && existing == files.len() {
+            return Ok(false);
+        }
+    }
+    let stamp = format!("..{}", time::OffsetDateTime::now_utc().unix_timestamp_nanos());
+    let new_dir = dir.join(&stamp);
+    std::fs::create_dir_all(&new_dir)?;
+    for (rel, (content, mode)) in files {
+        if rel.split('/').any(|c| c == ".." || c.is_empty()) {
+            bail!(MountError(format!("invalid path {rel:?} in volume")));
+        }
+        let p = new_dir.join(rel);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&p, content)?;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode))?;
+    }
+    let tmp_link = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp_link);
+    std::os::unix::fs::symlink(&stamp, &tmp_link)?;
+    std::fs::rename(&tmp_link, &data_link)?;
+    // Top-level names point through ..data.
+    let mut tops: Vec<String> = files
+        .keys()
+        .map(|k| k.split('/').next().unwrap_or(k).to_string())
+        .collect();
+    tops.dedup();
+    for top in &tops {
+        let link = dir.join(top);
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(format!("..data/{top}"), &link)?;
+        }
+    }
+    for e in std::fs::read_dir(dir)?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("..") {
+            if name != "..data" && name != stamp {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        } else if !tops.contains(&name) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    Ok(true)
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// Prepares an emptyDir; memory-backed ones are a tmpfs (sized by `sizeLimit`).
+pub fn empty_dir(dir: &Path, volume: &Value) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    if volume["emptyDir"]["medium"].as_str() == Some("Memory") && !is_mountpoint(dir) {
+        let mut opts = "mode=1777".to_string();
+        if let Some(b) = volume["emptyDir"]["sizeLimit"]
+            .as_str()
+            .and_then(super::spec::bytes)
+        {
+            opts.push_str(&format!(",size={b}"));
+        }
+        nix::mount::mount(
+            Some("tmpfs"),
+            dir,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some(opts.as_str()),
+        )
+        .context("mounting a memory emptyDir")?;
+    } else {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777))?;
+    }
+    Ok(())
+}
+
+/// Prepares a hostPath volume per its `type`.
+pub fn host_path(volume: &Value) -> anyhow::Result<PathBuf> {
+    let path = PathBuf::from(volume["hostPath"]["path"].as_str().unwrap_or_default());
+    let kind = volume["hostPath"]["type"].as_str().unwrap_or("");
+    match kind {
+        "DirectoryOrCreate" => std::fs::create_dir_all(&path)?,
+        "FileOrCreate" => {
+            if let Some(p) = path.parent() {
+                std::fs::create_dir_all(p)?;
+            }
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)?;
+        }
+        "Directory" if !path.is_dir() => bail!(MountError(format!(
+            "hostPath type check failed: {} is not a directory",
+            path.display()
+        ))),
+        "File" if !path.is_file() => bail!(MountError(format!(
+            "hostPath type check failed: {} is not a file",
+            path.display()
+        ))),
+        "Socket" | "CharDevice" | "BlockDevice" if !path.exists() => {
+            bail!(MountError(format!(
+                "hostPath type check failed: {} does not exist",
+                path.display()
+            )))
+        }
+        _ => {}
+    }
+    Ok(path)
+}
+
+/// Whether `dir` is a mount point.
+pub fn is_mountpoint(dir: &Path) -> bool {
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let t = dir.to_string_lossy();
+    mounts.lines().any(|l| l.split(' ').nth(4) == Some(t.as_ref()))
+}

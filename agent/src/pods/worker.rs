@@ -1,0 +1,1309 @@
+//! One pod's reconciliation loop.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use hyper::Method;
+use nix::sys::signal::Signal;
+use serde_json::{Value, json};
+use tokio::sync::{Notify, watch};
+
+use super::Shared;
+use super::env::{ConfigError, Lookup};
+use super::spec::{self, Bind, Plan};
+use super::volumes::{self, MountError};
+use crate::image::{Image, Reference};
+use crate::shim::{EXITED, Exited, STARTED, Started, now_rfc3339};
+
+/// Back-off between restarts (and image pulls): 10 s doubling to 5 min, as upstream.
+const BACKOFF_START: Duration = Duration::from_secs(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// A container that ran this long resets its back-off.
+const BACKOFF_RESET: Duration = Duration::from_secs(600);
+
+/// Pods saved on disk by a previous run of the agent.
+pub fn saved_pods(shared: &Shared) -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(shared.cfg.data_dir.join("pods")) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let uid = e.file_name().to_string_lossy().into_owned();
+        if let Ok(b) = std::fs::read(e.path().join("pod.json"))
+            && let Ok(pod) = serde_json::from_slice::<Value>(&b)
+        {
+            out.push((uid, pod));
+        }
+    }
+    out
+}
+
+/// One attempt of a container, as found on disk.
+#[derive(Debug, Clone, Default)]
+struct Attempt {
+    number: u32,
+    id: String,
+    started: Option<Started>,
+    exited: Option<Exited>,
+}
+
+/// What the worker knows about one container.
+#[derive(Debug, Default)]
+struct Ctr {
+    /// The latest attempt (None: never created).
+    current: Option<Attempt>,
+    /// The attempt before it, for `lastState`.
+    previous: Option<Attempt>,
+    /// Why it is not running, when it is not.
+    waiting: Option<(String, String)>,
+    /// Earliest next (re)start or pull.
+    not_before: Option<Instant>,
+    backoff: Option<Duration>,
+    pull_backoff: Option<Duration>,
+    image_id: Option<String>,
+}
+
+impl Ctr {
+    fn running(&self) -> bool {
+        self.current
+            .as_ref()
+            .is_some_and(|a| a.started.is_some() && a.exited.is_none())
+    }
+    fn exited(&self) -> Option<&Exited> {
+        self.current.as_ref().and_then(|a| a.exited.as_ref())
+    }
+    fn restart_count(&self) -> u32 {
+        self.current.as_ref().map(|a| a.number).unwrap_or(0)
+    }
+}
+
+struct Pod {
+    shared: Arc<Shared>,
+    uid: String,
+    dir: PathBuf,
+    pod: Value,
+    ctrs: HashMap<String, Ctr>,
+    ip: Option<String>,
+    sandbox_ready: bool,
+    last_status: Value,
+    exits: Arc<Notify>,
+    volume_sync: Option<Instant>,
+    start_time: Option<String>,
+}
+
+fn is_sidecar(c: &Value) -> bool {
+    c["restartPolicy"].as_str() == Some("Always")
+}
+
+fn pid_alive(pid: i32) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(p: &Path) -> Option<T> {
+    std::fs::read(p)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+}
+
+/// Runs one pod's worker until its pod is gone and cleaned up.
+pub async fn run(shared: Arc<Shared>, uid: String, mut rx: watch::Receiver<Option<Value>>) {
+    let Some(initial) = rx.borrow_and_update().clone() else {
+        return;
+    };
+    let dir = shared.pod_dir(&uid);
+    let mut pod = Pod {
+        shared,
+        uid,
+        dir,
+        pod: initial,
+        ctrs: HashMap::new(),
+        ip: None,
+        sandbox_ready: false,
+        last_status: Value::Null,
+        exits: Arc::new(Notify::new()),
+        volume_sync: None,
+        start_time: None,
+    };
+    pod.load();
+    let mut gone = false;
+    loop {
+        let wake = if gone || pod.pod["metadata"]["deletionTimestamp"].is_string() {
+            match pod.terminate(gone, &mut rx).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(pod = %pod.key(), error = %format!("{e:#}"), "pod clean-up failed; retrying");
+                    Duration::from_secs(2)
+                }
+            }
+        } else {
+            match pod.sync().await {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(pod = %pod.key(), error = %format!("{e:#}"), "pod sync failed");
+                    Duration::from_secs(2)
+                }
+            }
+        };
+        let exits = pod.exits.clone();
+        tokio::select! {
+            changed = rx.changed() => {
+                if changed.is_err() {
+                    gone = true;
+                    continue;
+                }
+                match rx.borrow_and_update().clone() {
+                    Some(p) => pod.pod = p,
+                    None => gone = true,
+                }
+            }
+            _ = exits.notified() => {}
+            _ = tokio::time::sleep(wake) => {}
+        }
+    }
+}
+
+impl Pod {
+    fn key(&self) -> String {
+        format!("{}/{}", self.ns(), self.name())
+    }
+    fn ns(&self) -> &str {
+        self.pod["metadata"]["namespace"].as_str().unwrap_or("default")
+    }
+    fn name(&self) -> &str {
+        self.pod["metadata"]["name"].as_str().unwrap_or_default()
+    }
+    fn restart_policy(&self) -> &str {
+        self.pod["spec"]["restartPolicy"].as_str().unwrap_or("Always")
+    }
+    fn host_network(&self) -> bool {
+        self.pod["spec"]["hostNetwork"].as_bool().unwrap_or(false)
+    }
+    fn sandbox(&self) -> PathBuf {
+        self.dir.join("ns")
+    }
+    fn containers(&self, key: &str) -> Vec<Value> {
+        self.pod["spec"][key].as_array().cloned().unwrap_or_default()
+    }
+    fn ctr_dir(&self, name: &str, attempt: u32) -> PathBuf {
+        self.dir.join("containers").join(name).join(attempt.to_string())
+    }
+    fn log_path(&self, name: &str, attempt: u32) -> PathBuf {
+        self.shared
+            .log_dir(self.ns(), self.name(), &self.uid)
+            .join(name)
+            .join(format!("{attempt}.log"))
+    }
+    fn cgroup_parent(&self) -> String {
+        format!("/{}/pod{}", self.shared.cfg.cgroup_root, self.uid)
+    }
+
+    /// Reads what a previous agent left: attempts, their status files, the pod's address.
+    fn load(&mut self) {
+        if let Ok(ip) = std::fs::read_to_string(self.dir.join("ip")) {
+            self.ip = Some(ip.trim().to_string());
+        }
+        self.start_time = std::fs::read_to_string(self.dir.join("start-time")).ok();
+        self.sandbox_ready = crate::net::sandbox_alive(&self.sandbox());
+        let Ok(rd) = std::fs::read_dir(self.dir.join("containers")) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let mut numbers: Vec<u32> = std::fs::read_dir(e.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|a| a.file_name().to_string_lossy().parse().ok())
+                .collect();
+            numbers.sort();
+            let mut c = Ctr::default();
+            let attempt = |n: u32| {
+                let st = self.ctr_dir(&name, n).join("status");
+                Attempt {
+                    number: n,
+                    id: std::fs::read_to_string(self.ctr_dir(&name, n).join("id")).unwrap_or_default(),
+                    started: read_json(&st.join(STARTED)),
+                    exited: read_json(&st.join(EXITED)),
+                }
+            };
+            if let Some(&n) = numbers.last() {
+                c.current = Some(attempt(n));
+            }
+            if numbers.len() > 1 {
+                c.previous = Some(attempt(numbers[numbers.len() - 2]));
+            }
+            self.ctrs.insert(name, c);
+        }
+    }
+
+    /// Re-reads the status files of running attempts; notices shims that died without a word.
+    fn refresh(&mut self) {
+        let dir = self.dir.clone();
+        for (name, c) in &mut self.ctrs {
+            let Some(a) = &mut c.current else { continue };
+            if a.exited.is_some() {
+                continue;
+            }
+            let st = dir
+                .join("containers")
+                .join(name)
+                .join(a.number.to_string())
+                .join("status");
+            a.exited = read_json(&st.join(EXITED));
+            if a.started.is_none() {
+                a.started = read_json(&st.join(STARTED));
+            }
+            if a.exited.is_none()
+                && let Some(s) = &a.started
+                && !pid_alive(s.pid)
+                && !pid_alive(s.shim_pid)
+            {
+                a.exited = Some(Exited {
+                    exit_code: 137,
+                    finished_at: now_rfc3339(),
+                    error: Some("the container's shim is gone".into()),
+                    ..Exited::default()
+                });
+            }
+        }
+    }
+
+    fn save(&self) -> anyhow::Result<()> {
+        std::fs::create_dir_all(&self.dir)?;
+        crate::image::write_atomic(&self.dir.join("pod.json"), &serde_json::to_vec(&self.pod)?)
+    }
+
+    /// One reconciliation pass; returns when to look again at the latest.
+    async fn sync(&mut self) -> anyhow::Result<Duration> {
+        self.save()?;
+        self.refresh();
+        if self.start_time.is_none() {
+            let t = now_rfc3339();
+            let _ = std::fs::write(self.dir.join("start-time"), &t);
+            self.start_time = Some(t);
+        }
+        let mut wake = Duration::from_secs(10);
+        if !self.sandbox_ready {
+            self.create_sandbox().await?;
+        }
+        let lookup_api = self.shared.api.clone();
+        let ca = self.shared.ca_pem.clone();
+        let pod_for_lookup = self.pod.clone();
+        let lookup = Lookup::new(&lookup_api, self.ns(), &ca);
+        // Volumes: created before any container, refreshed (configMap/secret updates) every pass.
+        let due = self
+            .volume_sync
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(2));
+        if due {
+            match self.sync_volumes(&lookup, &pod_for_lookup).await {
+                Ok(()) => self.volume_sync = Some(Instant::now()),
+                Err(e) => {
+                    let msg = format!("{e:#}");
+                    for c in self
+                        .containers("initContainers")
+                        .iter()
+                        .chain(self.containers("containers").iter())
+                    {
+                        let name = c["name"].as_str().unwrap_or_default().to_string();
+                        let entry = self.ctrs.entry(name).or_default();
+                        if entry.current.is_none() {
+                            entry.waiting = Some(("ContainerCreating".into(), msg.clone()));
+                        }
+                    }
+                    self.event("Warning", "FailedMount", &msg).await;
+                    self.post_status().await?;
+                    return Ok(Duration::from_secs(2));
+                }
+            }
+        }
+        wake = wake.min(Duration::from_secs(2));
+
+        let restart_policy = self.restart_policy().to_string();
+        // Init containers, in order; sidecars count as done once started.
+        let mut initialized = true;
+        let mut failed = false;
+        for c in self.containers("initContainers") {
+            let name = c["name"].as_str().unwrap_or_default().to_string();
+            let sidecar = is_sidecar(&c);
+            let state = self.ctrs.entry(name.clone()).or_default();
+            let done = if sidecar {
+                state.running()
+            } else {
+                state
+                    .exited()
+                    .is_some_and(|e| e.exit_code == 0 && e.error.is_none())
+            };
+            if done {
+                if sidecar {
+                    continue;
+                }
+                continue;
+            }
+            initialized = false;
+            if state.running() {
+                break;
+            }
+            if let Some(e) = state.exited()
+                && !sidecar
+                && restart_policy == "Never"
+                && e.exit_code != 0
+            {
+                failed = true;
+                break;
+            }
+            if let Some(d) = self.start_if_due(&c, &lookup, &pod_for_lookup).await? {
+                wake = wake.min(d);
+            }
+            break;
+        }
+        // Sidecars keep running (restarted on exit) while the pod runs.
+        if initialized {
+            for c in self.containers("initContainers").into_iter().filter(is_sidecar) {
+                let name = c["name"].as_str().unwrap_or_default().to_string();
+                if !self.ctrs.get(&name).is_some_and(Ctr::running)
+                    && let Some(d) = self.start_if_due(&c, &lookup, &pod_for_lookup).await?
+                {
+                    wake = wake.min(d);
+                }
+            }
+        }
+        if initialized && !failed {
+            for c in self.containers("containers") {
+                let name = c["name"].as_str().unwrap_or_default().to_string();
+                let state = self.ctrs.entry(name.clone()).or_default();
+                if state.running() {
+                    continue;
+                }
+                let restart = match state.exited() {
+                    None => true,
+                    Some(e) => match restart_policy.as_str() {
+                        "Never" => false,
+                        "OnFailure" => e.exit_code != 0 || e.error.is_some(),
+                        _ => true,
+                    },
+                };
+                if restart && let Some(d) = self.start_if_due(&c, &lookup, &pod_for_lookup).await? {
+                    wake = wake.min(d);
+                }
+            }
+        }
+        self.post_status().await?;
+        Ok(wake)
+    }
+
+    async fn create_sandbox(&mut self) -> anyhow::Result<()> {
+        std::fs::create_dir_all(self.sandbox())?;
+        let hostname = self.pod["spec"]["hostname"]
+            .as_str()
+            .unwrap_or(self.name())
+            .to_string();
+        let mut cmd = tokio::process::Command::new(&self.shared.exe);
+        cmd.arg("sandbox")
+            .arg("--dir")
+            .arg(self.sandbox())
+            .arg("--hostname")
+            .arg(&hostname);
+        if self.host_network() {
+            cmd.arg("--host-network");
+        } else {
+            let ip = self.shared.ipam.allocate(&self.uid)?;
+            std::fs::write(self.dir.join("ip"), ip.to_string())?;
+            self.ip = Some(ip.to_string());
+            cmd.arg("--bridge")
+                .arg(&self.shared.cfg.bridge)
+                .arg("--veth")
+                .arg(crate::net::veth_name("sk", &self.uid))
+                .arg("--ip")
+                .arg(ip.to_string())
+                .arg("--prefix")
+                .arg(self.shared.ipam.prefix().to_string())
+                .arg("--gateway")
+                .arg(self.shared.ipam.gateway().to_string());
+        }
+        let out = cmd.output().await.context("running the sandbox helper")?;
+        if !out.status.success() {
+            let msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            self.event(
+                "Warning",
+                "FailedCreatePodSandBox",
+                &format!("Failed to create pod sandbox: {msg}"),
+            )
+            .await;
+            bail!("creating the pod sandbox: {msg}");
+        }
+        self.write_pod_files(&hostname)?;
+        self.sandbox_ready = true;
+        Ok(())
+    }
+
+    fn write_pod_files(&self, hostname: &str) -> anyhow::Result<()> {
+        let ip = self.ip.clone().unwrap_or_else(|| self.shared.cfg.node_ip.clone());
+        let mut hosts = String::from(
+            "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+        );
+        let fqdn = match self.pod["spec"]["subdomain"].as_str() {
+            Some(sub) => format!("{hostname}.{sub}.{}.svc.cluster.local\t{hostname}", self.ns()),
+            None => hostname.to_string(),
+        };
+        hosts.push_str(&format!("{ip}\t{fqdn}\n"));
+        for alias in self.pod["spec"]["hostAliases"].as_array().into_iter().flatten() {
+            let names: Vec<&str> = alias["hostnames"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            hosts.push_str(&format!(
+                "{}\t{}\n",
+                alias["ip"].as_str().unwrap_or_default(),
+                names.join("\t")
+            ));
+        }
+        std::fs::write(self.dir.join("hosts"), hosts)?;
+        std::fs::write(self.dir.join("hostname"), format!("{hostname}\n"))?;
+        // Until cluster DNS exists, pods resolve like the host (minus loopback stubs they cannot reach).
+        let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let mut resolv: String = host
+            .lines()
+            .filter(|l| !(l.starts_with("nameserver") && (l.contains(" 127.") || l.contains(" ::1"))))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        if let Some(cfg) = self.pod["spec"]["dnsConfig"].as_object() {
+            for ns in cfg
+                .get("nameservers")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+            {
+                resolv.push_str(&format!("nameserver {ns}\n"));
+            }
+            let searches: Vec<&str> = cfg
+                .get("searches")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            if !searches.is_empty() {
+                resolv.push_str(&format!("search {}\n", searches.join(" ")));
+            }
+        }
+        std::fs::write(self.dir.join("resolv.conf"), resolv)?;
+        Ok(())
+    }
+
+    async fn sync_volumes(&mut self, lookup: &Lookup<'_>, pod: &Value) -> anyhow::Result<()> {
+        for v in pod["spec"]["volumes"].as_array().into_iter().flatten() {
+            let name = v["name"].as_str().unwrap_or_default();
+            let dir = self.dir.join("volumes").join(name);
+            if v.get("emptyDir").is_some() {
+                volumes::empty_dir(&dir, v)?;
+            } else if v.get("hostPath").is_some() {
+                volumes::host_path(v)?;
+            } else if let Some(files) = volumes::desired_files(lookup, pod, v).await? {
+                volumes::write_files(&dir, &files)?;
+            } else if v.get("persistentVolumeClaim").is_some() {
+                bail!(MountError(format!(
+                    "volume {name:?}: persistentVolumeClaim volumes are not supported on this node yet"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Host path behind a volume mount.
+    fn volume_source(&self, volume_name: &str) -> anyhow::Result<(PathBuf, bool)> {
+        let v = self.pod["spec"]["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|v| v["name"].as_str() == Some(volume_name))
+            .with_context(|| format!("volume {volume_name:?} is not defined"))?;
+        if v.get("hostPath").is_some() {
+            return Ok((
+                PathBuf::from(v["hostPath"]["path"].as_str().unwrap_or_default()),
+                false,
+            ));
+        }
+        let read_only = ["configMap", "secret", "downwardAPI", "projected"]
+            .iter()
+            .any(|k| v.get(*k).is_some());
+        Ok((self.dir.join("volumes").join(volume_name), read_only))
+    }
+
+    async fn ensure_image(&mut self, c: &Value) -> anyhow::Result<Image> {
+        let image = c["image"].as_str().unwrap_or_default();
+        let reference = Reference::parse(image).map_err(PullFailure::InvalidName)?;
+        let policy = c["imagePullPolicy"]
+            .as_str()
+            .unwrap_or(if reference.tag.as_deref() == Some("latest") {
+                "Always"
+            } else {
+                "IfNotPresent"
+            });
+        let local = self.shared.images.resolve(&reference)?;
+        match (policy, local) {
+            ("Never", Some(i)) | ("IfNotPresent", Some(i)) => return Ok(i),
+            ("Never", None) => {
+                return Err(PullFailure::NeverPull(format!(
+                    "Container image \"{image}\" is not present with pull policy of Never"
+                ))
+                .into());
+            }
+            _ => {}
+        }
+        let lock = {
+            let mut pulls = self.shared.pulls.lock().await;
+            pulls.entry(reference.to_string()).or_default().clone()
+        };
+        let _held = lock.lock().await;
+        if policy != "Always"
+            && let Some(i) = self.shared.images.resolve(&reference)?
+        {
+            return Ok(i);
+        }
+        let creds = self.pull_credentials(&reference).await;
+        self.event("Normal", "Pulling", &format!("Pulling image \"{image}\""))
+            .await;
+        let started = Instant::now();
+        match self
+            .shared
+            .puller
+            .pull(&self.shared.images, &reference, creds.as_ref())
+            .await
+        {
+            Ok(i) => {
+                self.event(
+                    "Normal",
+                    "Pulled",
+                    &format!(
+                        "Successfully pulled image \"{image}\" in {:.3}s",
+                        started.elapsed().as_secs_f64()
+                    ),
+                )
+                .await;
+                Ok(i)
+            }
+            Err(e) => {
+                Err(PullFailure::Pull(format!("failed to pull and unpack image \"{image}\": {e:#}")).into())
+            }
+        }
+    }
+
+    async fn pull_credentials(&self, reference: &Reference) -> Option<crate::image::pull::Credentials> {
+        let lookup = Lookup::new(&self.shared.api, self.ns(), &self.shared.ca_pem);
+        for s in self.pod["spec"]["imagePullSecrets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let name = s["name"].as_str().unwrap_or_default();
+            let Ok(Some(secret)) = lookup.secret(name).await else {
+                continue;
+            };
+            for key in [".dockerconfigjson", ".dockercfg"] {
+                let Some(data) = secret["data"][key].as_str() else {
+                    continue;
+                };
+                use base64::Engine;
+                let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(data) else {
+                    continue;
+                };
+                let Ok(cfg) = serde_json::from_slice::<Value>(&raw) else {
+                    continue;
+                };
+                if let Some(c) = crate::image::pull::credentials_from_docker_config(&cfg, &reference.registry)
+                {
+                    return Some(c);
+                }
+            }
+        }
+        None
+    }
+
+    /// Starts a container if its back-off allows; returns when to look again.
+    async fn start_if_due(
+        &mut self,
+        c: &Value,
+        lookup: &Lookup<'_>,
+        pod: &Value,
+    ) -> anyhow::Result<Option<Duration>> {
+        let name = c["name"].as_str().unwrap_or_default().to_string();
+        let state = self.ctrs.entry(name.clone()).or_default();
+        if let Some(t) = state.not_before
+            && t > Instant::now()
+        {
+            return Ok(Some(t - Instant::now()));
+        }
+        let image = match self.ensure_image(c).await {
+            Ok(i) => i,
+            Err(e) => {
+                let state = self.ctrs.entry(name.clone()).or_default();
+                let (reason, msg, backoff) = match e.downcast_ref::<PullFailure>() {
+                    Some(PullFailure::InvalidName(m)) => ("InvalidImageName".to_string(), m.clone(), None),
+                    Some(PullFailure::NeverPull(m)) => ("ErrImageNeverPull".to_string(), m.clone(), None),
+                    Some(PullFailure::Pull(m)) => {
+                        let next = state
+                            .pull_backoff
+                            .map(|b| (b * 2).min(BACKOFF_MAX))
+                            .unwrap_or(BACKOFF_START);
+                        state.pull_backoff = Some(next);
+                        ("ErrImagePull".to_string(), m.clone(), Some(next))
+                    }
+                    None => return Err(e),
+                };
+                self.event(
+                    "Warning",
+                    if reason == "ErrImagePull" {
+                        "Failed"
+                    } else {
+                        "InspectFailed"
+                    },
+                    &msg,
+                )
+                .await;
+                let state = self.ctrs.entry(name.clone()).or_default();
+                state.waiting = Some((reason, msg));
+                let wait = backoff.unwrap_or(Duration::from_secs(5));
+                state.not_before = Some(Instant::now() + wait);
+                if backoff.is_some() {
+                    // Shown while waiting for the next attempt, as upstream does after the first failure.
+                    let exits = self.exits.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(1500)).await;
+                        exits.notify_one();
+                    });
+                }
+                return Ok(Some(wait));
+            }
+        };
+        let state = self.ctrs.entry(name.clone()).or_default();
+        state.pull_backoff = None;
+        state.image_id = Some(format!(
+            "{}@{}",
+            Reference::parse(c["image"].as_str().unwrap_or_default())
+                .map(|r| r.name())
+                .unwrap_or_default(),
+            image.digest
+        ));
+        // Restart back-off, upstream's CrashLoopBackOff: the first restart is immediate, then 10 s,
+        // 20 s, ... up to 5 min; a container that ran for 10 min starts over.
+        if let Some(a) = state.current.as_ref().filter(|a| a.exited.is_some()) {
+            let ran = a
+                .started
+                .as_ref()
+                .and_then(|s| {
+                    time::OffsetDateTime::parse(&s.started_at, &time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+                .zip(a.exited.as_ref().and_then(|e| {
+                    time::OffsetDateTime::parse(
+                        &e.finished_at,
+                        &time::format_description::well_known::Rfc3339,
+                    )
+                    .ok()
+                }))
+                .map(|(s, e)| (e - s).whole_seconds().max(0) as u64)
+                .unwrap_or(0);
+            if ran >= BACKOFF_RESET.as_secs() {
+                state.backoff = None;
+            }
+            match (state.backoff, state.not_before) {
+                (None, _) => state.backoff = Some(BACKOFF_START),
+                (Some(b), None) => {
+                    state.not_before = Some(Instant::now() + b);
+                    let msg = format!(
+                        "back-off {}s restarting failed container={name} pod={}_{}({})",
+                        b.as_secs(),
+                        self.name(),
+                        self.ns(),
+                        self.uid
+                    );
+                    let state = self.ctrs.entry(name.clone()).or_default();
+                    state.waiting = Some(("CrashLoopBackOff".into(), msg));
+                    self.event("Warning", "BackOff", "Back-off restarting failed container")
+                        .await;
+                    return Ok(Some(b));
+                }
+                (Some(b), Some(_)) => state.backoff = Some((b * 2).min(BACKOFF_MAX)),
+            }
+        }
+        let state = self.ctrs.entry(name.clone()).or_default();
+        state.not_before = None;
+        let env = match super::env::resolve(lookup, pod, c, &image_env(&image)).await {
+            Ok(e) => e,
+            Err(e) => {
+                let msg = format!("{e:#}");
+                if e.downcast_ref::<ConfigError>().is_none() {
+                    return Err(e);
+                }
+                let state = self.ctrs.entry(name.clone()).or_default();
+                state.waiting = Some(("CreateContainerConfigError".into(), msg.clone()));
+                self.event("Warning", "Failed", &format!("Error: {msg}")).await;
+                return Ok(Some(Duration::from_secs(2)));
+            }
+        };
+        match self.start(c, &image, env).await {
+            Ok(()) => {
+                let state = self.ctrs.entry(name.clone()).or_default();
+                state.waiting = None;
+                Ok(None)
+            }
+            Err(e) => {
+                let msg = format!("{e:#}");
+                self.event("Warning", "Failed", &format!("Error: {msg}")).await;
+                let state = self.ctrs.entry(name).or_default();
+                state.waiting = Some(("CreateContainerError".into(), msg));
+                Ok(Some(Duration::from_secs(2)))
+            }
+        }
+    }
+
+    /// Creates the next attempt of a container and starts it through the shim.
+    async fn start(&mut self, c: &Value, image: &Image, env: Vec<(String, String)>) -> anyhow::Result<()> {
+        let name = c["name"].as_str().unwrap_or_default().to_string();
+        let number = self
+            .ctrs
+            .get(&name)
+            .and_then(|s| s.current.as_ref())
+            .map(|a| a.number + 1)
+            .unwrap_or(0);
+        let dir = self.ctr_dir(&name, number);
+        let bundle = dir.join("bundle");
+        let rootfs = bundle.join("rootfs");
+        for d in [
+            &rootfs,
+            &dir.join("upper"),
+            &dir.join("work"),
+            &dir.join("status"),
+        ] {
+            std::fs::create_dir_all(d)?;
+        }
+        let short: String = self
+            .uid
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .take(12)
+            .collect();
+        let id = format!("{short}-{name}-{number}");
+        std::fs::write(dir.join("id"), &id)?;
+        // The root filesystem: image layers (shared, read-only) under this attempt's upper dir.
+        let lower: Vec<String> = image
+            .layers
+            .iter()
+            .rev()
+            .map(|l| self.shared.images.layer_dir(l).map(|p| p.display().to_string()))
+            .collect::<anyhow::Result<_>>()?;
+        if !volumes::is_mountpoint(&rootfs) {
+            let opts = format!(
+                "lowerdir={},upperdir={},workdir={}",
+                lower.join(":"),
+                dir.join("upper").display(),
+                dir.join("work").display()
+            );
+            nix::mount::mount(
+                Some("overlay"),
+                &rootfs,
+                Some("overlay"),
+                nix::mount::MsFlags::empty(),
+                Some(opts.as_str()),
+            )
+            .context("mounting the container's overlay root")?;
+        }
+        let mut binds = vec![
+            Bind {
+                target: "/etc/hosts".into(),
+                source: self.dir.join("hosts"),
+                read_only: false,
+            },
+            Bind {
+                target: "/etc/hostname".into(),
+                source: self.dir.join("hostname"),
+                read_only: false,
+            },
+            Bind {
+                target: "/etc/resolv.conf".into(),
+                source: self.dir.join("resolv.conf"),
+                read_only: false,
+            },
+        ];
+        let term = dir.join("termination-log");
+        std::fs::write(&term, b"")?;
+        binds.push(Bind {
+            target: c["terminationMessagePath"]
+                .as_str()
+                .unwrap_or("/dev/termination-log")
+                .to_string(),
+            source: term,
+            read_only: false,
+        });
+        for m in c["volumeMounts"].as_array().into_iter().flatten() {
+            let (mut source, ro) = self.volume_source(m["name"].as_str().unwrap_or_default())?;
+            if let Some(sub) = m["subPath"].as_str().filter(|s| !s.is_empty()) {
+                if sub.split('/').any(|p| p == "..") {
+                    bail!("subPath {sub:?} may not contain '..'");
+                }
+                source = source.join(sub);
+                if !source.exists() {
+                    std::fs::create_dir_all(&source)?;
+                }
+            }
+            binds.push(Bind {
+                target: m["mountPath"].as_str().unwrap_or_default().to_string(),
+                source,
+                read_only: ro || m["readOnly"].as_bool().unwrap_or(false),
+            });
+        }
+        let cgroups_path = format!("{}/{id}", self.cgroup_parent());
+        let plan = Plan {
+            pod: &self.pod,
+            container: c,
+            image,
+            rootfs: rootfs.clone(),
+            sandbox: self.sandbox(),
+            env,
+            binds,
+            cgroups_path: cgroups_path.clone(),
+            pids_limit: self.shared.cfg.pids_limit,
+        };
+        let mut config = spec::build(&plan);
+        if self.host_network()
+            && let Some(ns) = config["linux"]["namespaces"].as_array_mut()
+        {
+            ns.retain(|n| !matches!(n["type"].as_str(), Some("network" | "uts")));
+        }
+        std::fs::write(bundle.join("config.json"), serde_json::to_vec_pretty(&config)?)?;
+        let log = self.log_path(&name, number);
+        std::fs::create_dir_all(log.parent().context("log path")?)?;
+        let status_dir = dir.join("status");
+        let memory_cgroup = crate::cgroups::memory_dir(&cgroups_path);
+        let mut cmd = tokio::process::Command::new(&self.shared.exe);
+        cmd.arg("shim")
+            .arg("--root")
+            .arg(self.shared.run_root())
+            .arg("--id")
+            .arg(&id)
+            .arg("--bundle")
+            .arg(&bundle)
+            .arg("--log")
+            .arg(&log)
+            .arg("--status-dir")
+            .arg(&status_dir)
+            .arg("--memory-cgroup")
+            .arg(memory_cgroup)
+            .args(spec::oom_score_adj(&self.pod).map(|a| format!("--oom-score-adj={a}")))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let mut child = cmd.spawn().context("starting the container shim")?;
+        let state = self.ctrs.entry(name.clone()).or_default();
+        state.previous = state.current.take();
+        state.current = Some(Attempt {
+            number,
+            id: id.clone(),
+            started: None,
+            exited: None,
+        });
+        let exits = self.exits.clone();
+        let shim = tokio::spawn(async move {
+            let _ = child.wait().await;
+            exits.notify_one();
+        });
+        // Wait until the shim says the process runs (or that it could not start).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let started: Option<Started> = read_json(&status_dir.join(STARTED));
+            let exited: Option<Exited> = read_json(&status_dir.join(EXITED));
+            if started.is_some() || exited.is_some() || shim.is_finished() || Instant::now() > deadline {
+                let state = self.ctrs.entry(name.clone()).or_default();
+                if let Some(a) = &mut state.current {
+                    a.started = started.or_else(|| read_json(&status_dir.join(STARTED)));
+                    a.exited = exited.or_else(|| read_json(&status_dir.join(EXITED)));
+                }
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let state = self
+            .ctrs
+            .get(&name)
+            .and_then(|s| s.current.clone())
+            .unwrap_or_default();
+        if let Some(e) = state.exited.as_ref().and_then(|e| e.error.clone()) {
+            self.event(
+                "Warning",
+                "Failed",
+                &format!("Error: failed to start container \"{name}\": {e}"),
+            )
+            .await;
+        } else {
+            self.event("Normal", "Started", &format!("Started container {name}"))
+                .await;
+        }
+        Ok(())
+    }
+
+    /// Stops everything of the pod and removes it from the node, then confirms the deletion.
+    async fn terminate(&mut self, gone: bool, rx: &mut watch::Receiver<Option<Value>>) -> anyhow::Result<()> {
+        self.refresh();
+        let grace = self.pod["metadata"]["deletionGracePeriodSeconds"]
+            .as_u64()
+            .or(self.pod["spec"]["terminationGracePeriodSeconds"].as_u64())
+            .unwrap_or(30);
+        let grace = if gone { grace.min(2) } else { grace };
+        let running: Vec<(String, i32)> = self
+            .ctrs
+            .iter()
+            .filter(|(_, c)| c.running())
+            .filter_map(|(n, c)| c.current.as_ref()?.started.as_ref().map(|s| (n.clone(), s.pid)))
+            .collect();
+        for (name, pid) in &running {
+            self.event("Normal", "Killing", &format!("Stopping container {name}"))
+                .await;
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(grace);
+        let mut killed = false;
+        loop {
+            self.refresh();
+            if !self.ctrs.values().any(Ctr::running) {
+                break;
+            }
+            if Instant::now() >= deadline && !killed {
+                for c in self.ctrs.values().filter(|c| c.running()) {
+                    if let Some(s) = c.current.as_ref().and_then(|a| a.started.as_ref()) {
+                        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(s.pid), Signal::SIGKILL);
+                    }
+                }
+                killed = true;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                _ = self.exits.notified() => {}
+                changed = rx.changed() => {
+                    if changed.is_ok() && let Some(p) = rx.borrow_and_update().clone() { self.pod = p; }
+                }
+            }
+        }
+        self.post_status().await.ok();
+        self.teardown().await?;
+        if !gone {
+            super::finish_deletion(&self.shared.api, &self.pod).await?;
+        }
+        tracing::info!(pod = %self.key(), "pod removed from the node");
+        Ok(())
+    }
+
+    async fn teardown(&mut self) -> anyhow::Result<()> {
+        // Container roots and memory volumes.
+        if let Ok(rd) = std::fs::read_dir(self.dir.join("containers")) {
+            for c in rd.flatten() {
+                for a in std::fs::read_dir(c.path()).into_iter().flatten().flatten() {
+                    let rootfs = a.path().join("bundle/rootfs");
+                    if volumes::is_mountpoint(&rootfs) {
+                        nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH)
+                            .context("unmounting a container root")?;
+                    }
+                }
+            }
+        }
+        if let Ok(rd) = std::fs::read_dir(self.dir.join("volumes")) {
+            for v in rd.flatten() {
+                if volumes::is_mountpoint(&v.path()) {
+                    nix::mount::umount2(&v.path(), nix::mount::MntFlags::MNT_DETACH)?;
+                }
+            }
+        }
+        crate::net::release_sandbox(&self.sandbox())?;
+        if !self.host_network() {
+            let h = crate::net::connect()?;
+            crate::net::delete_link(&h, &crate::net::veth_name("sk", &self.uid)).await?;
+            self.shared.ipam.release(&self.uid)?;
+        }
+        crate::cgroups::remove_tree(&self.cgroup_parent());
+        std::fs::remove_dir_all(&self.dir).or_else(ignore_missing)?;
+        std::fs::remove_dir_all(self.shared.log_dir(self.ns(), self.name(), &self.uid))
+            .or_else(ignore_missing)?;
+        Ok(())
+    }
+
+    async fn event(&self, kind: &str, reason: &str, message: &str) {
+        let now = now_rfc3339();
+        let ev = json!({
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": format!("{}.", self.name()), "namespace": self.ns()},
+            "involvedObject": {"kind": "Pod", "namespace": self.ns(), "name": self.name(), "uid": self.uid, "apiVersion": "v1"},
+            "reason": reason,
+            "message": message,
+            "type": kind,
+            "source": {"component": "kubelet", "host": self.shared.cfg.node_name},
+            "reportingComponent": "kubelet",
+            "reportingInstance": self.shared.cfg.node_name,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        });
+        let path = format!("/api/v1/namespaces/{}/events", self.ns());
+        if let Err(e) = self.shared.api.json(Method::POST, &path, Some(&ev)).await {
+            tracing::debug!(error = %e, "posting an event failed");
+        }
+    }
+
+    fn container_status(&self, c: &Value, init: bool) -> Value {
+        let name = c["name"].as_str().unwrap_or_default();
+        let empty = Ctr::default();
+        let s = self.ctrs.get(name).unwrap_or(&empty);
+        let terminated = |a: &Attempt| -> Value {
+            let e = a.exited.clone().unwrap_or_default();
+            let reason = if e.oom_killed {
+                "OOMKilled"
+            } else if e.error.is_some() {
+                "StartError"
+            } else if e.exit_code == 0 {
+                "Completed"
+            } else {
+                "Error"
+            };
+            let mut t = json!({
+                "exitCode": e.exit_code,
+                "reason": reason,
+                "startedAt": a.started.as_ref().map(|s| trim_ts(&s.started_at)),
+                "finishedAt": trim_ts(&e.finished_at),
+                "containerID": format!("skiff://{}", a.id),
+            });
+            if let Some(sig) = e.signal {
+                t["signal"] = json!(sig);
+            }
+            if let Some(m) = e.error {
+                t["message"] = json!(m);
+            }
+            t
+        };
+        let running = s.running();
+        let state = match (&s.current, &s.waiting) {
+            (Some(a), _) if running => {
+                json!({"running": {"startedAt": a.started.as_ref().map(|s| trim_ts(&s.started_at))}})
+            }
+            (_, Some((reason, message))) => json!({"waiting": {"reason": reason, "message": message}}),
+            (Some(a), None) if a.exited.is_some() => json!({"terminated": terminated(a)}),
+            _ => json!({"waiting": {"reason": if init { "PodInitializing" } else { "ContainerCreating" }}}),
+        };
+        let last = match (&s.current, &s.previous) {
+            (Some(a), _) if !running && s.waiting.is_some() && a.exited.is_some() => {
+                json!({"terminated": terminated(a)})
+            }
+            (_, Some(p)) if p.exited.is_some() => json!({"terminated": terminated(p)}),
+            _ => json!({}),
+        };
+        let mut st = json!({
+            "name": name,
+            "image": c["image"],
+            "imageID": s.image_id.clone().unwrap_or_default(),
+            "restartCount": s.restart_count(),
+            "ready": running && (!init || is_sidecar(c)),
+            "started": running,
+            "state": state,
+            "lastState": last,
+        });
+        if let Some(a) = &s.current {
+            st["containerID"] = json!(format!("skiff://{}", a.id));
+        }
+        st
+    }
+
+    async fn post_status(&mut self) -> anyhow::Result<()> {
+        let init: Vec<Value> = self
+            .containers("initContainers")
+            .iter()
+            .map(|c| self.container_status(c, true))
+            .collect();
+        let app: Vec<Value> = self
+            .containers("containers")
+            .iter()
+            .map(|c| self.container_status(c, false))
+            .collect();
+        let policy = self.restart_policy();
+        let init_done = self.containers("initContainers").iter().all(|c| {
+            let s = self.ctrs.get(c["name"].as_str().unwrap_or_default());
+            if is_sidecar(c) {
+                s.is_some_and(Ctr::running)
+            } else {
+                s.and_then(Ctr::exited)
+                    .is_some_and(|e| e.exit_code == 0 && e.error.is_none())
+            }
+        });
+        let init_failed = policy == "Never"
+            && self.containers("initContainers").iter().any(|c| {
+                !is_sidecar(c)
+                    && self
+                        .ctrs
+                        .get(c["name"].as_str().unwrap_or_default())
+                        .and_then(Ctr::exited)
+                        .is_some_and(|e| e.exit_code != 0 || e.error.is_some())
+            });
+        let apps: Vec<&Ctr> = self
+            .containers("containers")
+            .iter()
+            .filter_map(|c| self.ctrs.get(c["name"].as_str().unwrap_or_default()))
+            .collect();
+        let all_created =
+            apps.len() == self.containers("containers").len() && apps.iter().all(|c| c.current.is_some());
+        let any_running = apps.iter().any(|c| c.running());
+        let all_exited = all_created && apps.iter().all(|c| c.exited().is_some());
+        let all_ok = all_exited
+            && apps
+                .iter()
+                .all(|c| c.exited().is_some_and(|e| e.exit_code == 0 && e.error.is_none()));
+        let phase = if init_failed {
+            "Failed"
+        } else if !init_done || !all_created {
+            "Pending"
+        } else if all_exited && policy != "Always" && !apps.iter().any(|c| c.waiting.is_some()) {
+            if all_ok {
+                "Succeeded"
+            } else if policy == "Never" {
+                "Failed"
+            } else {
+                "Running"
+            }
+        } else if any_running || all_exited {
+            "Running"
+        } else {
+            "Pending"
+        };
+        let ready = phase == "Running" && app.iter().all(|s| s["ready"] == json!(true));
+        let old = &self.pod["status"];
+        let now = now_rfc3339();
+        let old_cond = |t: &str| {
+            old["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| c["type"] == json!(t))
+                .cloned()
+        };
+        let cond = |t: &str, ok: bool, reason: Option<&str>| {
+            let status = if ok { "True" } else { "False" };
+            let since = old_cond(t)
+                .filter(|c| c["status"] == json!(status))
+                .and_then(|c| c["lastTransitionTime"].as_str().map(str::to_string))
+                .unwrap_or_else(|| trim_ts(&now));
+            let mut c =
+                json!({"type": t, "status": status, "lastProbeTime": null, "lastTransitionTime": since});
+            if let Some(r) = reason.filter(|_| !ok) {
+                c["reason"] = json!(r);
+            }
+            c
+        };
+        let done = matches!(phase, "Succeeded" | "Failed");
+        let mut conditions = vec![
+            cond("PodReadyToStartContainers", self.sandbox_ready, None),
+            cond("Initialized", init_done, Some("ContainersNotInitialized")),
+            cond(
+                "Ready",
+                ready,
+                Some(if done {
+                    "PodCompleted"
+                } else {
+                    "ContainersNotReady"
+                }),
+            ),
+            cond(
+                "ContainersReady",
+                ready,
+                Some(if done {
+                    "PodCompleted"
+                } else {
+                    "ContainersNotReady"
+                }),
+            ),
+        ];
+        if let Some(s) = old_cond("PodScheduled") {
+            conditions.push(s);
+        }
+        let mut status = json!({
+            "phase": phase,
+            "conditions": conditions,
+            "hostIP": self.shared.cfg.node_ip,
+            "hostIPs": [{"ip": self.shared.cfg.node_ip}],
+            "startTime": self.start_time.as_deref().map(trim_ts),
+            "qosClass": spec::qos_class(&self.pod),
+            "containerStatuses": app,
+        });
+        let ip = if self.host_network() {
+            Some(self.shared.cfg.node_ip.clone())
+        } else {
+            self.ip.clone()
+        };
+        if let Some(ip) = ip {
+            status["podIP"] = json!(ip);
+            status["podIPs"] = json!([{"ip": ip}]);
+        }
+        if !init.is_empty() {
+            status["initContainerStatuses"] = json!(init);
+        }
+        // Compare without timestamps that change every pass.
+        if status == self.last_status {
+            return Ok(());
+        }
+        let path = format!("/api/v1/namespaces/{}/pods/{}/status", self.ns(), self.name());
+        let patch = json!({"metadata": {"uid": self.uid}, "status": status});
+        match self
+            .shared
+            .api
+            .with_type(Method::PATCH, &path, "application/merge-patch+json", Some(&patch))
+            .await
+        {
+            Ok(updated) => {
+                self.last_status = status;
+                if updated.is_object() {
+                    self.pod = updated;
+                }
+                Ok(())
+            }
+            Err(e) if crate::node::client::status_code(&e) == Some(404) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Kubernetes timestamps are whole seconds.
+fn trim_ts(ts: &str) -> String {
+    match ts.split_once('.') {
+        Some((head, _)) => format!("{head}Z"),
+        None => ts.to_string(),
+    }
+}
+
+fn ignore_missing(e: std::io::Error) -> std::io::Result<()> {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        Ok(())
+    } else {
+        Err(e)
+    }
+}
+
+fn image_env(image: &Image) -> Vec<String> {
+    image.config["Env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.as_str().map(str::to_string))
+        .collect()
+}
+
+/// Why an image could not be made available.
+#[derive(Debug, thiserror::Error)]
+enum PullFailure {
+    #[error("{0}")]
+    InvalidName(String),
+    #[error("{0}")]
+    NeverPull(String),
+    #[error("{0}")]
+    Pull(String),
+}

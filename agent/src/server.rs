@@ -1,0 +1,398 @@
+//! The agent's HTTPS endpoint (the kubelet port): container logs for `kubectl logs`, reached by the
+//! API server only. TLS with the node's certificate; clients must present a certificate of the
+//! cluster CA that is not a node's.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::Frame;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use crate::shim::EXITED;
+
+type Body = BoxBody<Bytes, std::io::Error>;
+
+fn text(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
+    let mut r = Response::new(
+        Full::new(Bytes::from(msg.into()))
+            .map_err(|e: Infallible| match e {})
+            .boxed(),
+    );
+    *r.status_mut() = status;
+    r
+}
+
+/// Builds the TLS configuration: serve with the node's certificate, require CA-signed clients.
+pub fn tls_config(ca_pem: &str, cert_pem: &str, key_pem: &str) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+        roots.add(c?)?;
+    }
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()?;
+    let certs = rustls_pemfile::certs(&mut cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
+    let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())?
+        .context("no private key in the node key file")?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Whether the peer's certificate belongs to a node (nodes may not read other nodes' pods).
+fn is_node(cert: &rustls::pki_types::CertificateDer<'_>) -> bool {
+    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert.as_ref()) else {
+        return true;
+    };
+    parsed
+        .subject()
+        .iter_organization()
+        .any(|o| o.as_str().ok() == Some("system:nodes"))
+}
+
+/// Serves until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener, tls: Arc<rustls::ServerConfig>, data_dir: PathBuf) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let data_dir = Arc::new(data_dir);
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        let acceptor = acceptor.clone();
+        let data_dir = data_dir.clone();
+        tokio::spawn(async move {
+            let Ok(stream) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let allowed = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .is_some_and(|c| !is_node(c));
+            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let data_dir = data_dir.clone();
+                async move {
+                    if !allowed {
+                        return Ok::<_, Infallible>(text(StatusCode::FORBIDDEN, "Forbidden"));
+                    }
+                    Ok(handle(&data_dir, req).await)
+                }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn query(req: &Request<hyper::body::Incoming>) -> HashMap<String, String> {
+    req.uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, v)| (k.to_string(), percent_decode(v)))
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(if b[i] == b'+' { b' ' } else { b[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn handle(data_dir: &Path, req: Request<hyper::body::Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match segs.as_slice() {
+        ["healthz"] => text(StatusCode::OK, "ok"),
+        ["containerLogs", ns, pod, container] => logs(data_dir, ns, pod, container, &query(&req)).await,
+        _ => text(StatusCode::NOT_FOUND, "404 page not found"),
+    }
+}
+
+/// Finds the pod's log directory (`logs/<ns>_<name>_<uid>`), newest uid first.
+fn pod_log_dir(data_dir: &Path, ns: &str, pod: &str) -> Option<(PathBuf, String)> {
+    let prefix = format!("{ns}_{pod}_");
+    let mut found: Vec<(std::time::SystemTime, PathBuf, String)> = std::fs::read_dir(data_dir.join("logs"))
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let uid = name.strip_prefix(&prefix)?.to_string();
+            Some((e.metadata().and_then(|m| m.modified()).ok()?, e.path(), uid))
+        })
+        .collect();
+    found.sort();
+    found.pop().map(|(_, p, uid)| (p, uid))
+}
+
+/// One CRI log record.
+struct Record<'a> {
+    ts: &'a str,
+    partial: bool,
+    content: &'a [u8],
+}
+
+fn parse_record(line: &[u8]) -> Option<Record<'_>> {
+    let mut parts = line.splitn(4, |&b| b == b' ');
+    let ts = std::str::from_utf8(parts.next()?).ok()?;
+    let _stream = parts.next()?;
+    let tag = parts.next()?;
+    let content = parts.next().unwrap_or(b"");
+    Some(Record {
+        ts,
+        partial: tag == b"P",
+        content,
+    })
+}
+
+fn ts_seconds(ts: &str) -> Option<i128> {
+    time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(|t| t.unix_timestamp_nanos())
+}
+
+/// Options of a log request.
+#[derive(Debug, Default, Clone)]
+struct LogOpts {
+    timestamps: bool,
+    since_nanos: Option<i128>,
+    tail: Option<usize>,
+    limit: Option<usize>,
+}
+
+/// Renders complete records to the user's view (partial records joined).
+fn render(records: &[u8], opts: &LogOpts, first_line: &mut bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    for line in records.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        let Some(r) = parse_record(line) else { continue };
+        if let Some(since) = opts.since_nanos
+            && ts_seconds(r.ts).is_some_and(|t| t < since)
+        {
+            continue;
+        }
+        if opts.timestamps && *first_line {
+            out.extend_from_slice(r.ts.as_bytes());
+            out.push(b' ');
+        }
+        out.extend_from_slice(r.content);
+        *first_line = !r.partial;
+        if !r.partial {
+            out.push(b'\n');
+        }
+    }
+    out
+}
+
+/// Keeps the last `n` lines of rendered output.
+fn tail_lines(out: &[u8], n: usize) -> &[u8] {
+    if n == 0 {
+        return &[];
+    }
+    let mut count = 0;
+    let end = if out.ends_with(b"\n") {
+        out.len() - 1
+    } else {
+        out.len()
+    };
+    for i in (0..end).rev() {
+        if out[i] == b'\n' {
+            count += 1;
+            if count == n {
+                return &out[i + 1..];
+            }
+        }
+    }
+    out
+}
+
+async fn logs(
+    data_dir: &Path,
+    ns: &str,
+    pod: &str,
+    container: &str,
+    q: &HashMap<String, String>,
+) -> Response<Body> {
+    let Some((dir, uid)) = pod_log_dir(data_dir, ns, pod) else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("pod {ns}/{pod} has no logs on this node"),
+        );
+    };
+    let mut attempts: Vec<u32> = std::fs::read_dir(dir.join(container))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().strip_suffix(".log")?.parse().ok())
+        .collect();
+    attempts.sort();
+    let previous = q.get("previous").is_some_and(|v| v == "true");
+    let attempt = if previous {
+        if attempts.len() < 2 {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("previous terminated container \"{container}\" in pod \"{pod}\" not found"),
+            );
+        }
+        attempts[attempts.len() - 2]
+    } else {
+        match attempts.last() {
+            Some(a) => *a,
+            None => {
+                return text(
+                    StatusCode::NOT_FOUND,
+                    format!("container \"{container}\" in pod \"{pod}\" has no logs"),
+                );
+            }
+        }
+    };
+    let file = dir.join(container).join(format!("{attempt}.log"));
+    let mut opts = LogOpts {
+        timestamps: q.get("timestamps").is_some_and(|v| v == "true"),
+        tail: q.get("tailLines").and_then(|v| v.parse().ok()),
+        limit: q.get("limitBytes").and_then(|v| v.parse().ok()),
+        ..LogOpts::default()
+    };
+    if let Some(s) = q.get("sinceSeconds").and_then(|v| v.parse::<i64>().ok()) {
+        opts.since_nanos =
+            Some(time::OffsetDateTime::now_utc().unix_timestamp_nanos() - i128::from(s) * 1_000_000_000);
+    } else if let Some(t) = q.get("sinceTime") {
+        opts.since_nanos = ts_seconds(t);
+    }
+    let status_file = data_dir
+        .join("pods")
+        .join(&uid)
+        .join("containers")
+        .join(container)
+        .join(attempt.to_string())
+        .join("status")
+        .join(EXITED);
+    let follow = q.get("follow").is_some_and(|v| v == "true") && !previous;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(16);
+    tokio::spawn(async move {
+        let Ok(mut f) = tokio::fs::File::open(&file).await else {
+            return;
+        };
+        let mut buf = Vec::new();
+        let _ = f.read_to_end(&mut buf).await;
+        let complete = buf.iter().rposition(|&b| b == b'\n').map(|i| i + 1).unwrap_or(0);
+        let mut first_line = true;
+        let rendered = render(&buf[..complete], &opts, &mut first_line);
+        let mut out: &[u8] = &rendered;
+        if let Some(n) = opts.tail {
+            out = tail_lines(out, n);
+        }
+        let mut budget = opts.limit.unwrap_or(usize::MAX);
+        let take = out.len().min(budget);
+        budget -= take;
+        if take > 0
+            && tx
+                .send(Ok(Frame::data(Bytes::copy_from_slice(&out[..take]))))
+                .await
+                .is_err()
+        {
+            return;
+        }
+        if !follow || budget == 0 {
+            return;
+        }
+        let mut pos = complete as u64;
+        let mut pending: Vec<u8> = buf[complete..].to_vec();
+        loop {
+            let exited = status_file.exists();
+            let _ = f.seek(std::io::SeekFrom::Start(pos + pending.len() as u64)).await;
+            let mut more = Vec::new();
+            let _ = f.read_to_end(&mut more).await;
+            if !more.is_empty() {
+                pending.extend_from_slice(&more);
+                if let Some(i) = pending.iter().rposition(|&b| b == b'\n') {
+                    let chunk: Vec<u8> = pending.drain(..=i).collect();
+                    pos += chunk.len() as u64;
+                    let mut rendered = render(&chunk, &opts, &mut first_line);
+                    rendered.truncate(budget);
+                    budget -= rendered.len();
+                    if !rendered.is_empty() && tx.send(Ok(Frame::data(Bytes::from(rendered)))).await.is_err()
+                    {
+                        return;
+                    }
+                    if budget == 0 {
+                        return;
+                    }
+                }
+                continue;
+            }
+            if exited {
+                return;
+            }
+            if tx.is_closed() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let stream = tokio_stream_from(rx);
+    let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+    r.headers_mut().insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static("text/plain"),
+    );
+    r
+}
+
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, std::io::Error>>,
+) -> impl futures::Stream<Item = Result<Frame<Bytes>, std::io::Error>> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_cri_records() {
+        let log = b"2026-01-01T00:00:00.1Z stdout F one\n2026-01-01T00:00:01.1Z stderr P tw\n2026-01-01T00:00:01.2Z stderr F o\n2026-01-01T00:00:02Z stdout F three\n";
+        let mut first = true;
+        let out = render(log, &LogOpts::default(), &mut first);
+        assert_eq!(out, b"one\ntwo\nthree\n");
+        assert_eq!(tail_lines(&out, 2), b"two\nthree\n");
+        let mut first = true;
+        let opts = LogOpts {
+            timestamps: true,
+            since_nanos: ts_seconds("2026-01-01T00:00:01Z"),
+            ..LogOpts::default()
+        };
+        assert_eq!(
+            render(log, &opts, &mut first),
+            b"2026-01-01T00:00:01.1Z two\n2026-01-01T00:00:02Z three\n"
+        );
+    }
+}

@@ -1,0 +1,352 @@
+//! The container shim: a single-threaded process, re-exec'd from the agent's own binary, that creates
+//! one container through libcontainer, stays its parent and reaper, copies its stdout/stderr into a
+//! CRI-format log file, and records how it ended.
+//!
+//! libcontainer forks with raw `clone3`, `chdir`s the whole process and changes the dumpable flag, so it
+//! must never run inside the agent's multi-threaded tokio runtime. The shim calls `setsid` so it
+//! outlives an agent restart; the agent finds the container again through the files written here.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::syscall::syscall::SyscallType;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+/// What the shim is asked to run.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ShimArgs {
+    /// libcontainer's state root.
+    #[arg(long)]
+    pub root: PathBuf,
+    /// The container id (unique on the node).
+    #[arg(long)]
+    pub id: String,
+    /// The OCI bundle (config.json and rootfs).
+    #[arg(long)]
+    pub bundle: PathBuf,
+    /// The CRI-format log file the container's output is appended to.
+    #[arg(long)]
+    pub log: PathBuf,
+    /// Directory where `started.json` and `exit.json` are written.
+    #[arg(long)]
+    pub status_dir: PathBuf,
+    /// The container's memory cgroup directory, read after exit to tell an OOM kill.
+    #[arg(long)]
+    pub memory_cgroup: Option<PathBuf>,
+    /// OOM score adjustment of the container's process.
+    #[arg(long, allow_hyphen_values = true)]
+    pub oom_score_adj: Option<i32>,
+}
+
+/// Written once the container's process runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Started {
+    /// The container's init process, as seen from the host.
+    pub pid: i32,
+    /// The shim's own pid.
+    pub shim_pid: i32,
+    /// RFC 3339.
+    pub started_at: String,
+}
+
+/// Written when the container has ended (or could not start).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Exited {
+    /// Exit code; 128+N for a signal, as a shell reports it.
+    pub exit_code: i32,
+    /// The signal that ended the process, if any.
+    pub signal: Option<i32>,
+    /// RFC 3339.
+    pub finished_at: String,
+    /// The kernel's OOM killer ended it.
+    pub oom_killed: bool,
+    /// The container could not be created or started: the reason.
+    pub error: Option<String>,
+}
+
+/// File names inside the status directory.
+pub const STARTED: &str = "started.json";
+/// File names inside the status directory.
+pub const EXITED: &str = "exit.json";
+
+/// Now, in RFC 3339 with nanoseconds, as CRI logs and Kubernetes timestamps use.
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+fn write_json<T: Serialize>(dir: &Path, name: &str, value: &T) -> std::io::Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, serde_json::to_vec(value).unwrap_or_default())?;
+    std::fs::rename(tmp, dir.join(name))
+}
+
+/// Runs the shim; returns the process exit code.
+pub fn main(args: ShimArgs) -> i32 {
+    // Own session: an agent restart (or its process group being signalled) leaves us alone.
+    let _ = nix::unistd::setsid();
+    match run(&args) {
+        Ok(()) => 0,
+        Err(e) => {
+            let exited = Exited {
+                exit_code: 128,
+                finished_at: now_rfc3339(),
+                error: Some(format!("{e:#}")),
+                ..Exited::default()
+            };
+            let _ = write_json(&args.status_dir, EXITED, &exited);
+            1
+        }
+    }
+}
+
+/// One output stream of the container, copied into the log line by line.
+struct Stream {
+    fd: OwnedFd,
+    name: &'static str,
+    pending: Vec<u8>,
+    open: bool,
+}
+
+/// Longest line written as one log record; longer ones are split into partial (`P`) records.
+const MAX_LINE: usize = 16 * 1024;
+
+impl Stream {
+    fn read(&mut self, log: &mut File) -> bool {
+        let mut buf = [0u8; 32 * 1024];
+        match nix::unistd::read(self.fd.as_raw_fd(), &mut buf) {
+            Ok(0) => {
+                self.open = false;
+                self.flush(log, true);
+                false
+            }
+            Ok(n) => {
+                self.pending.extend_from_slice(&buf[..n]);
+                self.flush(log, false);
+                true
+            }
+            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => false,
+            Err(_) => {
+                self.open = false;
+                self.flush(log, true);
+                false
+            }
+        }
+    }
+
+    /// Writes complete lines (and, at the end or when too long, the partial rest).
+    fn flush(&mut self, log: &mut File, eof: bool) {
+        let mut out = Vec::new();
+        let mut start = 0;
+        let ts = now_rfc3339();
+        while let Some(nl) = self.pending[start..].iter().position(|&b| b == b'\n') {
+            let line = &self.pending[start..start + nl];
+            for (i, chunk) in line.chunks(MAX_LINE).enumerate() {
+                let last = (i + 1) * MAX_LINE >= line.len();
+                record(&mut out, &ts, self.name, if last { "F" } else { "P" }, chunk);
+            }
+            if line.is_empty() {
+                record(&mut out, &ts, self.name, "F", b"");
+            }
+            start += nl + 1;
+        }
+        self.pending.drain(..start);
+        while self.pending.len() >= MAX_LINE || (eof && !self.pending.is_empty()) {
+            let take = self.pending.len().min(MAX_LINE);
+            let chunk: Vec<u8> = self.pending.drain(..take).collect();
+            record(&mut out, &ts, self.name, "P", &chunk);
+        }
+        if !out.is_empty() {
+            let _ = log.write_all(&out);
+        }
+    }
+}
+
+fn record(out: &mut Vec<u8>, ts: &str, stream: &str, tag: &str, content: &[u8]) {
+    out.extend_from_slice(ts.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(stream.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(tag.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(content);
+    out.push(b'\n');
+}
+
+fn run(args: &ShimArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    std::fs::create_dir_all(&args.status_dir)?;
+    let mut log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&args.log)
+        .with_context(|| format!("opening {}", args.log.display()))?;
+    let devnull = OpenOptions::new().read(true).write(true).open("/dev/null")?;
+    let (out_r, out_w) = nix::unistd::pipe()?;
+    let (err_r, err_w) = nix::unistd::pipe()?;
+    // The container inherits fds 0-2 when libcontainer forks it.
+    nix::unistd::dup2(devnull.as_raw_fd(), 0)?;
+    nix::unistd::dup2(out_w.as_raw_fd(), 1)?;
+    nix::unistd::dup2(err_w.as_raw_fd(), 2)?;
+    drop((out_w, err_w));
+
+    // The container inherits the score from its parent at fork; the shim takes its own back after.
+    // Lowering it needs CAP_SYS_RESOURCE, which a restricted host may withhold: then it stays as is.
+    let own_oom = match args.oom_score_adj {
+        Some(adj) => {
+            let own = std::fs::read_to_string("/proc/self/oom_score_adj").ok();
+            std::fs::write("/proc/self/oom_score_adj", adj.to_string())
+                .ok()
+                .and(own)
+        }
+        None => None,
+    };
+    let created = ContainerBuilder::new(args.id.clone(), SyscallType::default())
+        .with_root_path(&args.root)
+        .and_then(|b| b.validate_id())
+        .and_then(|b| {
+            b.as_init(&args.bundle)
+                .with_systemd(false)
+                .with_detach(false)
+                .build()
+        });
+    let started = created.and_then(|mut c| c.start().map(|()| c));
+    // Our copies of the write ends go, so the pipes reach EOF when the container's processes close them.
+    nix::unistd::dup2(devnull.as_raw_fd(), 1)?;
+    nix::unistd::dup2(devnull.as_raw_fd(), 2)?;
+    let mut container = started.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let pid = container.pid().context("the container has no pid")?;
+    if let Some(own) = &own_oom {
+        let _ = std::fs::write("/proc/self/oom_score_adj", own);
+    }
+    write_json(
+        &args.status_dir,
+        STARTED,
+        &Started {
+            pid: pid.as_raw(),
+            shim_pid: std::process::id() as i32,
+            started_at: now_rfc3339(),
+        },
+    )?;
+
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGCHLD);
+    mask.thread_block()?;
+    let sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
+    let mut streams = [
+        Stream {
+            fd: out_r,
+            name: "stdout",
+            pending: Vec::new(),
+            open: true,
+        },
+        Stream {
+            fd: err_r,
+            name: "stderr",
+            pending: Vec::new(),
+            open: true,
+        },
+    ];
+    let mut status = reap(pid)?;
+    while status.is_none() || streams.iter().any(|s| s.open) {
+        let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+        let open: Vec<usize> = (0..streams.len()).filter(|&i| streams[i].open).collect();
+        for &i in &open {
+            fds.push(PollFd::new(streams[i].fd.as_fd(), PollFlags::POLLIN));
+        }
+        // Once the process is gone, what remains in the pipes is drained; a grandchild that keeps
+        // them open does not keep the shim (and the pod) waiting longer than a moment.
+        let timeout = if status.is_some() {
+            PollTimeout::from(200u16)
+        } else {
+            PollTimeout::NONE
+        };
+        let n = match poll(&mut fds, timeout) {
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let ready: Vec<bool> = fds
+            .iter()
+            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+            .collect();
+        if ready[0] {
+            while let Ok(Some(_)) = sfd.read_signal() {}
+            if status.is_none() {
+                status = reap(pid)?;
+            }
+        }
+        for (k, &i) in open.iter().enumerate() {
+            if ready[k + 1] {
+                streams[i].read(&mut log);
+            }
+        }
+        if n == 0 && status.is_some() {
+            for s in &mut streams {
+                s.open = false;
+                s.flush(&mut log, true);
+            }
+        }
+    }
+    let (exit_code, signal) = status.unwrap_or((128, None));
+    let oom_killed = signal == Some(libc_sigkill()) && oom_kills(args.memory_cgroup.as_deref()) > 0;
+    let _ = container.delete(true);
+    write_json(
+        &args.status_dir,
+        EXITED,
+        &Exited {
+            exit_code,
+            signal,
+            finished_at: now_rfc3339(),
+            oom_killed,
+            error: None,
+        },
+    )?;
+    Ok(())
+}
+
+fn libc_sigkill() -> i32 {
+    Signal::SIGKILL as i32
+}
+
+/// Reaps `pid` if it has ended: its exit code and the signal that ended it.
+fn reap(pid: Pid) -> anyhow::Result<Option<(i32, Option<i32>)>> {
+    loop {
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(p, code)) if p == pid => return Ok(Some((code, None))),
+            Ok(WaitStatus::Signaled(p, sig, _)) if p == pid => {
+                return Ok(Some((128 + sig as i32, Some(sig as i32))));
+            }
+            Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => return Ok(None),
+            Ok(_) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// OOM kills recorded by the container's memory cgroup (v2 `memory.events`, v1 `memory.oom_control`).
+fn oom_kills(dir: Option<&Path>) -> u64 {
+    let Some(dir) = dir else { return 0 };
+    for file in ["memory.events", "memory.oom_control"] {
+        if let Ok(text) = std::fs::read_to_string(dir.join(file)) {
+            for line in text.lines() {
+                if let Some(n) = line.strip_prefix("oom_kill ") {
+                    return n.trim().parse().unwrap_or(0);
+                }
+            }
+        }
+    }
+    0
+}

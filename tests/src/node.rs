@@ -1,0 +1,254 @@
+//! A real node: `skiff-agent` joined to a [`Control`], running pods on this host with its own bridge,
+//! cgroup subtree and pod CIDR, all named with a prefix unique to the test, and removed on drop.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::Control;
+
+/// The `skiff-agent` binary under test.
+pub fn agent_bin() -> PathBuf {
+    crate::control_bin().with_file_name("skiff-agent")
+}
+
+/// A prefix for host objects that no other test (or run) uses at the same time.
+pub fn unique_prefix() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    format!("sk{:x}{n}", std::process::id() % 0xfffff)
+}
+
+/// The pod CIDR range handed to a test's control plane: a /16 inside 10.128.0.0/9 picked from the
+/// prefix, so concurrent tests do not share addresses.
+pub fn cluster_cidr(prefix: &str) -> String {
+    let h = prefix
+        .bytes()
+        .fold(7u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
+    format!("10.{}.0.0/16", 128 + h % 120)
+}
+
+/// A running agent.
+#[derive(Debug)]
+pub struct Node {
+    child: Option<Child>,
+    /// The node's name.
+    pub name: String,
+    /// Prefix of everything it creates on the host.
+    pub prefix: String,
+    dir: tempfile::TempDir,
+    port: u16,
+    server: String,
+    token: String,
+    kubeconfig: PathBuf,
+}
+
+impl Node {
+    /// Starts an agent joined to `control` (whose `--cluster-cidr` must be set).
+    pub fn start(control: &Control, prefix: &str) -> Node {
+        let token = std::fs::read_to_string(control.data_dir().join("node-token")).expect("node-token");
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{prefix}-agent-"))
+            .tempdir()
+            .expect("tempdir");
+        let mut node = Node {
+            child: None,
+            name: format!("{prefix}-node"),
+            prefix: prefix.to_string(),
+            dir,
+            port: crate::free_port(),
+            server: control.url(),
+            token: token.trim().to_string(),
+            kubeconfig: control.kubeconfig(),
+        };
+        node.launch();
+        node.wait_ready();
+        node
+    }
+
+    /// The agent's data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The agent's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    /// The bridge this node's pods hang off.
+    pub fn bridge(&self) -> String {
+        format!("{}br", self.prefix)
+    }
+
+    fn launch(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("agent.log"))
+            .expect("log file");
+        let child = Command::new(agent_bin())
+            .args([
+                "--server",
+                &self.server,
+                "--token",
+                &self.token,
+                "--node-name",
+                &self.name,
+            ])
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .args([
+                "--node-ip",
+                "127.0.0.1",
+                "--address",
+                "127.0.0.1",
+                "--port",
+                &self.port.to_string(),
+            ])
+            .args([
+                "--bridge",
+                &self.bridge(),
+                "--cgroup-root",
+                &self.prefix,
+                "--no-masquerade",
+            ])
+            .args(["--lease-interval-seconds", "1"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting skiff-agent");
+        self.child = Some(child);
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                panic!("skiff-agent exited with {status}: {}", self.log());
+            }
+            if self.log().contains("pod network ready") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("skiff-agent did not get ready: {}", self.log());
+    }
+
+    /// Kills the agent with SIGKILL (its pods' shims keep running).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the agent again on the same data directory.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.launch();
+        self.wait_ready();
+    }
+
+    /// Stops everything the node runs and removes what it created on the host.
+    fn clean_up(&mut self) {
+        // Let the agent stop and remove the pods it runs: force-delete them and wait (bounded).
+        let _ = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args([
+                "delete",
+                "pods",
+                "--all",
+                "-A",
+                "--grace-period=0",
+                "--force",
+                "--wait=false",
+            ])
+            .output();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline && self.child.is_some() {
+            let empty = std::fs::read_dir(self.data_dir().join("pods"))
+                .map(|mut d| d.next().is_none())
+                .unwrap_or(true);
+            if empty {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.kill9();
+        // Whatever is left (an agent that could not finish): containers, mounts, links, cgroups.
+        kill_containers(&self.data_dir());
+        unmount_under(self.dir.path());
+        let _ = Command::new("ip").args(["link", "del", &self.bridge()]).output();
+        remove_cgroups(&self.prefix);
+    }
+}
+
+fn kill_containers(data: &Path) {
+    let Ok(pods) = std::fs::read_dir(data.join("pods")) else {
+        return;
+    };
+    for pod in pods.flatten() {
+        for c in std::fs::read_dir(pod.path().join("containers"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            for a in std::fs::read_dir(c.path()).into_iter().flatten().flatten() {
+                let started = a.path().join("status/started.json");
+                let Ok(text) = std::fs::read_to_string(started) else {
+                    continue;
+                };
+                let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+                for key in ["pid", "shimPid"] {
+                    if let Some(pid) = v[key].as_i64() {
+                        let _ = Command::new("kill").args(["-9", &pid.to_string()]).output();
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn unmount_under(dir: &Path) {
+    let prefix = dir.to_string_lossy().into_owned();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut points: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|p| p.starts_with(&prefix))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for p in points {
+        let _ = Command::new("umount").args(["-l", p]).output();
+    }
+}
+
+/// Removes the test's cgroup subtree from every hierarchy (deepest first; only empty cgroups go).
+pub fn remove_cgroups(prefix: &str) {
+    fn rm(dir: &Path) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                rm(&e.path());
+            }
+        }
+        let _ = std::fs::remove_dir(dir);
+    }
+    let root = Path::new("/sys/fs/cgroup");
+    rm(&root.join(prefix));
+    for e in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        if e.file_type().map(|t| t.is_dir()).unwrap_or(false) && e.path().join(prefix).is_dir() {
+            rm(&e.path().join(prefix));
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.clean_up();
+    }
+}

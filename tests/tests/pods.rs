@@ -1,0 +1,356 @@
+//! skiff-agent runs real pods: images pulled from a registry on loopback (Debian's docker-registry,
+//! pushed with skopeo), containers through libcontainer via the shim, pod networking on a bridge,
+//! volumes, env, restarts, OOM kills, logs — all driven with real kubectl.
+//!
+//! Cgroups: this machine is hybrid, so containers get v1 cgroups (the test says which it checked).
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use skiff_tests::Control;
+use skiff_tests::image::Registry;
+use skiff_tests::node::{Node, cluster_cidr, unique_prefix};
+
+struct Cluster {
+    // Field order is drop order: the node goes first, while the control plane still answers.
+    node: Node,
+    registry: Registry,
+    c: Control,
+}
+
+fn cluster() -> Cluster {
+    let prefix = unique_prefix();
+    let c = Control::start_with(&["--cluster-cidr", &cluster_cidr(&prefix)]);
+    let registry = Registry::start_with_busybox();
+    let node = Node::start(&c, &prefix);
+    Cluster { node, registry, c }
+}
+
+impl Cluster {
+    fn pod(&self, name: &str) -> Value {
+        let out = self.c.kubectl(&["get", "pod", name, "-o", "json"]);
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    }
+
+    /// Waits (bounded) until `check` holds for the pod; panics with the pod and the agent's log if not.
+    fn wait_pod(&self, name: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let pod = self.pod(name);
+            if check(&pod) {
+                return pod;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "pod {name}: {what} never happened.\npod: {pod:#}\nagent log:\n{}",
+                    self.node.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn apply(&self, yaml: &str) {
+        self.c.ok_stdin(&["apply", "-f", "-"], yaml);
+    }
+}
+
+fn status<'a>(pod: &'a Value, container: &str) -> &'a Value {
+    pod["status"]["containerStatuses"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["name"] == container))
+        .unwrap_or(&Value::Null)
+}
+
+fn phase(pod: &Value) -> &str {
+    pod["status"]["phase"].as_str().unwrap_or("")
+}
+
+#[test]
+fn pods_run_log_restart_and_clean_up() {
+    let k = cluster();
+    let image = k.registry.busybox();
+
+    // kubectl run: the image is pulled from the registry, the pod gets an address from the node's
+    // pod CIDR and becomes Ready; logs come back through the API server.
+    k.c.ok(&[
+        "run",
+        "hello",
+        "--image",
+        &image,
+        "--",
+        "sh",
+        "-c",
+        "echo hello from $(hostname); ip -4 addr show eth0 | grep inet; sleep 3600",
+    ]);
+    let pod = k.wait_pod("hello", "Ready", |p| status(p, "hello")["ready"] == true);
+    let ip = pod["status"]["podIP"].as_str().expect("a pod IP").to_string();
+    let node: Value = serde_json::from_str(&k.c.ok(&["get", "node", &k.node.name, "-o", "json"])).unwrap();
+    let cidr = node["spec"]["podCIDR"].as_str().expect("the node got a pod CIDR");
+    let net = cidr
+        .split('/')
+        .next()
+        .unwrap()
+        .rsplit_once('.')
+        .unwrap()
+        .0
+        .to_string();
+    assert!(
+        ip.starts_with(&format!("{}.", net)),
+        "pod IP {ip} is in the node's {cidr}"
+    );
+    assert_eq!(pod["status"]["qosClass"], "BestEffort");
+    assert!(
+        status(&pod, "hello")["imageID"]
+            .as_str()
+            .unwrap()
+            .contains("@sha256:")
+    );
+    let logs = k.c.ok(&["logs", "hello"]);
+    assert!(logs.contains("hello from hello"), "{logs}");
+    assert!(
+        logs.contains(&format!("inet {ip}/24")),
+        "the container sees its address on eth0: {logs}"
+    );
+    // The pod answers on its address from the host, through the node's bridge.
+    let describe = k.c.ok(&["describe", "pod", "hello"]);
+    assert!(
+        describe.contains("Pulling") && describe.contains("Started"),
+        "{describe}"
+    );
+
+    // Init container and an emptyDir shared with the app container; env from a configMap and a
+    // secret; a configMap volume whose update reaches the running container.
+    k.c.ok(&["create", "configmap", "settings", "--from-literal=color=blue"]);
+    k.c.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "creds",
+        "--from-literal=password=s3cret",
+    ]);
+    k.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: shared}}
+spec:
+  restartPolicy: Never
+  initContainers:
+  - name: prepare
+    image: {image}
+    command: ["sh", "-c", "echo prepared-by-init > /work/greeting"]
+    volumeMounts: [{{name: work, mountPath: /work}}]
+  containers:
+  - name: main
+    image: {image}
+    command: ["sh", "-c", "cat /work/greeting; echo color=$COLOR password=$PASSWORD; while ! grep -q green /config/color; do sleep 0.2; done; echo saw $(cat /config/color)"]
+    env:
+    - name: COLOR
+      valueFrom: {{configMapKeyRef: {{name: settings, key: color}}}}
+    - name: PASSWORD
+      valueFrom: {{secretKeyRef: {{name: creds, key: password}}}}
+    volumeMounts:
+    - {{name: work, mountPath: /work}}
+    - {{name: config, mountPath: /config}}
+  volumes:
+  - {{name: work, emptyDir: {{}}}}
+  - {{name: config, configMap: {{name: settings}}}}
+"#
+    ));
+    k.wait_pod("shared", "main running", |p| {
+        status(p, "main")["state"]["running"].is_object()
+    });
+    k.c.ok_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata: {color: green}\n",
+    );
+    let pod = k.wait_pod("shared", "Succeeded", |p| phase(p) == "Succeeded");
+    assert_eq!(
+        pod["status"]["initContainerStatuses"][0]["state"]["terminated"]["reason"],
+        "Completed"
+    );
+    let logs = k.c.ok(&["logs", "shared", "-c", "main"]);
+    assert!(logs.contains("prepared-by-init"), "{logs}");
+    assert!(logs.contains("color=blue password=s3cret"), "{logs}");
+    assert!(
+        logs.contains("saw green"),
+        "the configMap update reached the mounted file: {logs}"
+    );
+
+    // A crashing container restarts with back-off: CrashLoopBackOff, previous logs kept.
+    k.c.ok(&[
+        "run",
+        "crash",
+        "--image",
+        &image,
+        "--",
+        "sh",
+        "-c",
+        "echo attempt; exit 3",
+    ]);
+    let pod = k.wait_pod("crash", "CrashLoopBackOff", |p| {
+        status(p, "crash")["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+    });
+    let s = status(&pod, "crash");
+    assert!(s["restartCount"].as_u64().unwrap() >= 1, "{s}");
+    assert_eq!(s["lastState"]["terminated"]["exitCode"], 3);
+    assert_eq!(s["lastState"]["terminated"]["reason"], "Error");
+    assert!(
+        s["state"]["waiting"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("back-off 10s restarting failed container=crash"),
+        "{s}"
+    );
+    assert!(k.c.ok(&["logs", "crash", "--previous"]).contains("attempt"));
+
+    // Over its memory limit the container is OOM-killed (v1 memory cgroup on this hybrid host).
+    k.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: hungry}}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: eat
+    image: {image}
+    command: ["sh", "-c", "dd if=/dev/zero of=/dev/null bs=64M count=1"]
+    resources: {{limits: {{memory: 16Mi, cpu: 200m}}}}
+"#
+    ));
+    let pod = k.wait_pod("hungry", "Failed", |p| phase(p) == "Failed");
+    assert_eq!(
+        status(&pod, "eat")["state"]["terminated"]["reason"],
+        "OOMKilled",
+        "{pod:#}"
+    );
+    assert_eq!(pod["status"]["qosClass"], "Guaranteed");
+
+    // Bad input gives clear pod statuses, not a crash: a missing image, a malformed reference, a
+    // missing secret.
+    k.c.ok(&[
+        "run",
+        "noimage",
+        "--image",
+        &format!("{}/skiff/missing:1", k.registry.host),
+    ]);
+    let pod = k.wait_pod("noimage", "pull failure", |p| {
+        matches!(
+            status(p, "noimage")["state"]["waiting"]["reason"].as_str(),
+            Some("ErrImagePull" | "ImagePullBackOff")
+        )
+    });
+    let msg = status(&pod, "noimage")["state"]["waiting"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        msg.contains("manifest unknown") || msg.contains("not found"),
+        "the registry's error is shown: {msg}"
+    );
+    // kubectl run checks references itself; the API does not, so the node must.
+    k.apply("apiVersion: v1\nkind: Pod\nmetadata: {name: badref}\nspec:\n  containers: [{name: badref, image: \"Bad/Image:1\"}]\n");
+    k.wait_pod("badref", "InvalidImageName", |p| {
+        status(p, "badref")["state"]["waiting"]["reason"] == "InvalidImageName"
+    });
+    k.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: nosecret}}
+spec:
+  containers:
+  - name: app
+    image: {image}
+    command: ["sleep", "3600"]
+    env: [{{name: X, valueFrom: {{secretKeyRef: {{name: absent, key: k}}}}}}]
+"#
+    ));
+    let pod = k.wait_pod("nosecret", "CreateContainerConfigError", |p| {
+        status(p, "app")["state"]["waiting"]["reason"] == "CreateContainerConfigError"
+    });
+    assert_eq!(
+        status(&pod, "app")["state"]["waiting"]["message"],
+        "secret \"absent\" not found"
+    );
+
+    // The agent is killed and restarted: the running pod is adopted, not restarted.
+    let before = status(&k.pod("hello"), "hello").clone();
+    let mut k = k;
+    k.node.restart();
+    k.c.ok(&[
+        "delete",
+        "pod",
+        "noimage",
+        "badref",
+        "nosecret",
+        "crash",
+        "--grace-period=1",
+    ]);
+    let after = status(&k.pod("hello"), "hello").clone();
+    assert_eq!(before["containerID"], after["containerID"]);
+    assert_eq!(after["restartCount"], 0);
+    assert!(after["state"]["running"].is_object(), "{after}");
+    assert!(k.c.ok(&["logs", "hello"]).contains("hello from hello"));
+
+    // Deletion with a grace period: sh as PID 1 ignores SIGTERM, so it is killed when the grace
+    // period ends, and the pod leaves the node and the API.
+    k.c.ok(&["delete", "pod", "hello", "--grace-period=1"]);
+    assert!(k.c.kubectl(&["get", "pod", "hello"]).status.code() != Some(0));
+    let pods_dir = k.node.data_dir().join("pods");
+    let holds_hello = || {
+        std::fs::read_dir(&pods_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                std::fs::read_to_string(e.path().join("pod.json"))
+                    .is_ok_and(|p| p.contains("\"name\":\"hello\""))
+            })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while holds_hello() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let gone = !holds_hello();
+    assert!(gone, "the deleted pod's state is removed from the node");
+}
+
+#[test]
+fn images_import_from_archives() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = skiff_tests::image::busybox_oci_archive(dir.path());
+    let data = dir.path().join("agent");
+    let run = |args: &[&str]| {
+        std::process::Command::new(skiff_tests::node::agent_bin())
+            .args(["image"])
+            .args(args)
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .unwrap()
+    };
+    // The archive names only a tag: it is imported, and --name gives it a reference.
+    let out = run(&["import", archive.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("pass --name"));
+    let out = run(&[
+        "import",
+        archive.to_str().unwrap(),
+        "--name",
+        "example.com/tools/busybox:1",
+    ]);
+    assert!(out.status.success());
+    let list = String::from_utf8_lossy(&run(&["list"]).stdout).into_owned();
+    assert!(list.contains("example.com/tools/busybox:1\tsha256:"), "{list}");
+    // Not an archive: one line, non-zero exit.
+    let junk = dir.path().join("junk.tar");
+    std::fs::write(&junk, b"definitely not a tarball").unwrap();
+    let out = run(&["import", junk.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.starts_with("skiff-agent: "), "{err}");
+}
