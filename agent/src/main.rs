@@ -33,6 +33,9 @@ enum Command {
     /// Runs one container (started by the agent; not for direct use).
     #[command(hide = true)]
     Shim(shim::ShimArgs),
+    /// Runs a command in a running container (started by the agent; not for direct use).
+    #[command(hide = true)]
+    Exec(shim::ExecArgs),
     /// Creates a pod's namespaces (started by the agent; not for direct use).
     #[command(hide = true)]
     Sandbox(net::SandboxArgs),
@@ -181,6 +184,9 @@ fn main() {
     // The shim is single-threaded by design: it must branch off before any runtime starts.
     if let Some(Command::Shim(args)) = cli.command {
         std::process::exit(shim::main(args));
+    }
+    if let Some(Command::Exec(args)) = cli.command {
+        std::process::exit(shim::exec_main(args));
     }
     if let Some(Command::Sandbox(args)) = cli.command {
         std::process::exit(net::sandbox_main(args));

@@ -350,3 +350,49 @@ fn oom_kills(dir: Option<&Path>) -> u64 {
     }
     0
 }
+
+/// `skiff-agent exec`: runs a command inside a running container (exec probes, `kubectl exec`),
+/// single-threaded like the shim, with this process's stdio.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ExecArgs {
+    /// libcontainer's state root.
+    #[arg(long)]
+    pub root: PathBuf,
+    /// The container id.
+    #[arg(long)]
+    pub id: String,
+    /// The command and its arguments.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
+/// Runs the exec helper; returns the command's exit code (128+N for a signal, 126 if it could not
+/// start).
+pub fn exec_main(args: ExecArgs) -> i32 {
+    let built = ContainerBuilder::new(args.id.clone(), SyscallType::default())
+        .with_root_path(&args.root)
+        .map(|b| {
+            b.as_tenant()
+                .with_container_args(args.command.clone())
+                .with_detach(false)
+                .build()
+        });
+    let pid = match built {
+        Ok(Ok(pid)) => pid,
+        Ok(Err(e)) | Err(e) => {
+            eprintln!("skiff-agent exec: {e}");
+            return 126;
+        }
+    };
+    loop {
+        match waitpid(pid, None) {
+            Ok(WaitStatus::Exited(_, code)) => return code,
+            Ok(WaitStatus::Signaled(_, sig, _)) => return 128 + sig as i32,
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => {
+                eprintln!("skiff-agent exec: {e}");
+                return 126;
+            }
+        }
+    }
+}

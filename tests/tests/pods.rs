@@ -354,3 +354,75 @@ fn images_import_from_archives() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.starts_with("skiff-agent: "), "{err}");
 }
+
+#[test]
+fn probes_flip_readiness_and_restart_unhealthy_containers() {
+    let k = cluster();
+    let image = k.registry.busybox();
+    k.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: probed}}
+spec:
+  containers:
+  - name: flip
+    image: {image}
+    command: ["sh", "-c", "sleep 2; touch /tmp/ready; sleep 4; rm /tmp/ready; sleep 3600"]
+    readinessProbe:
+      exec: {{command: ["test", "-f", "/tmp/ready"]}}
+      periodSeconds: 1
+      failureThreshold: 1
+  - name: web
+    image: {image}
+    command: ["httpd", "-f", "-p", "8080", "-h", "/var/www"]
+    ports: [{{name: http, containerPort: 8080}}]
+    readinessProbe:
+      httpGet: {{path: /index.html, port: http}}
+      periodSeconds: 1
+  - name: dead
+    image: {image}
+    command: ["sleep", "3600"]
+    livenessProbe:
+      tcpSocket: {{port: 9999}}
+      periodSeconds: 1
+      failureThreshold: 2
+  terminationGracePeriodSeconds: 1
+"#
+    ));
+    // The exec probe turns ready once the file exists, the HTTP probe once httpd answers.
+    k.wait_pod("probed", "flip and web ready", |p| {
+        status(p, "flip")["ready"] == true && status(p, "web")["ready"] == true
+    });
+    assert_eq!(status(&k.pod("probed"), "flip")["restartCount"], 0);
+    // ... and not ready again once the file is gone, without a restart.
+    let pod = k.wait_pod("probed", "flip unready", |p| status(p, "flip")["ready"] == false);
+    assert_eq!(status(&pod, "flip")["restartCount"], 0);
+    assert!(status(&pod, "flip")["state"]["running"].is_object());
+    let ready = pod["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap()
+        .clone();
+    assert_eq!(ready["status"], "False");
+    // Nothing listens on 9999: the liveness probe fails and the container is restarted.
+    let pod = k.wait_pod("probed", "dead restarted", |p| {
+        status(p, "dead")["restartCount"].as_u64().unwrap_or(0) >= 1
+    });
+    assert!(status(&pod, "web")["ready"] == true);
+    let events = k.c.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=probed",
+        "-o",
+        "json",
+    ]);
+    assert!(events.contains("Liveness probe failed: dial tcp"), "{events}");
+    assert!(
+        events.contains("failed liveness probe, will be restarted"),
+        "{events}"
+    );
+}

@@ -6,6 +6,7 @@
 //! under `DATA_DIR/pods/<uid>`, so a restarted agent adopts running pods instead of restarting them.
 
 pub mod env;
+pub mod probe;
 pub mod spec;
 pub mod volumes;
 mod worker;

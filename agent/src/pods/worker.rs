@@ -64,6 +64,12 @@ struct Ctr {
     backoff: Option<Duration>,
     pull_backoff: Option<Duration>,
     image_id: Option<String>,
+    /// Probes of the current attempt: (attempt, task, verdict).
+    probes: Option<(
+        u32,
+        tokio::task::AbortHandle,
+        Arc<std::sync::Mutex<super::probe::Verdict>>,
+    )>,
 }
 
 impl Ctr {
@@ -77,6 +83,19 @@ impl Ctr {
     }
     fn restart_count(&self) -> u32 {
         self.current.as_ref().map(|a| a.number).unwrap_or(0)
+    }
+    fn verdict(&self) -> super::probe::Verdict {
+        match &self.probes {
+            Some((n, _, v)) if Some(*n) == self.current.as_ref().map(|a| a.number) => {
+                v.lock().unwrap_or_else(|p| p.into_inner()).clone()
+            }
+            _ => super::probe::Verdict::default(),
+        }
+    }
+    fn stop_probes(&mut self) {
+        if let Some((_, task, _)) = self.probes.take() {
+            task.abort();
+        }
     }
 }
 
@@ -390,8 +409,66 @@ impl Pod {
                 }
             }
         }
+        self.sync_probes();
         self.post_status().await?;
         Ok(wake)
+    }
+
+    /// Starts probes for running attempts that have none; stops those of ended attempts.
+    fn sync_probes(&mut self) {
+        let specs: Vec<Value> = self
+            .containers("containers")
+            .into_iter()
+            .chain(self.containers("initContainers").into_iter().filter(is_sidecar))
+            .collect();
+        let grace = Duration::from_secs(
+            self.pod["spec"]["terminationGracePeriodSeconds"]
+                .as_u64()
+                .unwrap_or(30),
+        );
+        let ip = self.ip.clone().unwrap_or_else(|| self.shared.cfg.node_ip.clone());
+        for c in specs {
+            let name = c["name"].as_str().unwrap_or_default().to_string();
+            let Some(state) = self.ctrs.get_mut(&name) else {
+                continue;
+            };
+            let current = state.current.as_ref().map(|a| a.number);
+            if !state.running() {
+                state.stop_probes();
+                continue;
+            }
+            if state.probes.as_ref().is_some_and(|(n, _, _)| Some(*n) == current) {
+                continue;
+            }
+            state.stop_probes();
+            let Some(a) = state.current.clone() else { continue };
+            let Some(started) = a.started.clone() else {
+                continue;
+            };
+            let target = super::probe::Target {
+                ip: ip.clone(),
+                container: c.clone(),
+                exe: self.shared.exe.clone(),
+                root: self.shared.run_root(),
+                id: a.id.clone(),
+                pid: started.pid,
+                grace,
+            };
+            let verdict = Arc::new(std::sync::Mutex::new(super::probe::Verdict::default()));
+            let events = EventSink::new(&self.shared, &self.pod);
+            let report: super::probe::Report = Arc::new(move |reason, msg| {
+                let events = events.clone();
+                let kind = if reason == "Killing" { "Normal" } else { "Warning" };
+                tokio::spawn(async move { events.post(kind, reason, &msg).await });
+            });
+            let task = tokio::spawn(super::probe::run(
+                target,
+                verdict.clone(),
+                self.exits.clone(),
+                report,
+            ));
+            state.probes = Some((a.number, task.abort_handle(), verdict));
+        }
     }
 
     async fn create_sandbox(&mut self) -> anyhow::Result<()> {
@@ -955,6 +1032,9 @@ impl Pod {
             .or(self.pod["spec"]["terminationGracePeriodSeconds"].as_u64())
             .unwrap_or(30);
         let grace = if gone { grace.min(2) } else { grace };
+        for c in self.ctrs.values_mut() {
+            c.stop_probes();
+        }
         let running: Vec<(String, i32)> = self
             .ctrs
             .iter()
@@ -1032,26 +1112,9 @@ impl Pod {
     }
 
     async fn event(&self, kind: &str, reason: &str, message: &str) {
-        let now = now_rfc3339();
-        let ev = json!({
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"generateName": format!("{}.", self.name()), "namespace": self.ns()},
-            "involvedObject": {"kind": "Pod", "namespace": self.ns(), "name": self.name(), "uid": self.uid, "apiVersion": "v1"},
-            "reason": reason,
-            "message": message,
-            "type": kind,
-            "source": {"component": "kubelet", "host": self.shared.cfg.node_name},
-            "reportingComponent": "kubelet",
-            "reportingInstance": self.shared.cfg.node_name,
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
-        });
-        let path = format!("/api/v1/namespaces/{}/events", self.ns());
-        if let Err(e) = self.shared.api.json(Method::POST, &path, Some(&ev)).await {
-            tracing::debug!(error = %e, "posting an event failed");
-        }
+        EventSink::new(&self.shared, &self.pod)
+            .post(kind, reason, message)
+            .await;
     }
 
     fn container_status(&self, c: &Value, init: bool) -> Value {
@@ -1100,13 +1163,17 @@ impl Pod {
             (_, Some(p)) if p.exited.is_some() => json!({"terminated": terminated(p)}),
             _ => json!({}),
         };
+        let probed = c.get("readinessProbe").is_some() || c.get("startupProbe").is_some();
+        let verdict = s.verdict();
+        let ready = running && (!init || is_sidecar(c)) && (!probed || verdict.ready);
+        let started = running && (c.get("startupProbe").is_none() || verdict.started);
         let mut st = json!({
             "name": name,
             "image": c["image"],
             "imageID": s.image_id.clone().unwrap_or_default(),
             "restartCount": s.restart_count(),
-            "ready": running && (!init || is_sidecar(c)),
-            "started": running,
+            "ready": ready,
+            "started": started,
             "state": state,
             "lastState": last,
         });
@@ -1268,6 +1335,54 @@ impl Pod {
             }
             Err(e) if crate::node::client::status_code(&e) == Some(404) => Ok(()),
             Err(e) => Err(e),
+        }
+    }
+}
+
+/// Posts events about one pod (from the worker and from its probe tasks).
+#[derive(Clone)]
+struct EventSink {
+    api: crate::node::client::ApiClient,
+    node: String,
+    namespace: String,
+    name: String,
+    uid: Value,
+}
+
+impl EventSink {
+    fn new(shared: &Shared, pod: &Value) -> Self {
+        EventSink {
+            api: shared.api.clone(),
+            node: shared.cfg.node_name.clone(),
+            namespace: pod["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("default")
+                .to_string(),
+            name: pod["metadata"]["name"].as_str().unwrap_or_default().to_string(),
+            uid: pod["metadata"]["uid"].clone(),
+        }
+    }
+
+    async fn post(&self, kind: &str, reason: &str, message: &str) {
+        let now = trim_ts(&now_rfc3339());
+        let ev = json!({
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": format!("{}.", self.name), "namespace": self.namespace},
+            "involvedObject": {"kind": "Pod", "namespace": self.namespace, "name": self.name, "uid": self.uid, "apiVersion": "v1"},
+            "reason": reason,
+            "message": message,
+            "type": kind,
+            "source": {"component": "kubelet", "host": self.node},
+            "reportingComponent": "kubelet",
+            "reportingInstance": self.node,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        });
+        let path = format!("/api/v1/namespaces/{}/events", self.namespace);
+        if let Err(e) = self.api.json(Method::POST, &path, Some(&ev)).await {
+            tracing::debug!(error = %e, "posting an event failed");
         }
     }
 }

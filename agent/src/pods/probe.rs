@@ -1,0 +1,307 @@
+//! Liveness, readiness and startup probes (exec, HTTP, TCP) with upstream's timing fields.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Notify;
+
+/// What the probes of one container attempt have concluded so far.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// The startup probe succeeded (or there is none).
+    pub started: bool,
+    /// The readiness probe's current answer (true without a probe, once started).
+    pub ready: bool,
+    /// The container was killed for failing liveness or startup.
+    pub killed: Option<String>,
+}
+
+/// Where and how probes reach a container.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The pod's address.
+    pub ip: String,
+    /// The container (its `ports` resolve named ports).
+    pub container: Value,
+    /// The agent binary (for exec probes).
+    pub exe: PathBuf,
+    /// libcontainer's state root.
+    pub root: PathBuf,
+    /// The container id.
+    pub id: String,
+    /// The container's init process (killed when liveness fails).
+    pub pid: i32,
+    /// Grace period for a liveness kill.
+    pub grace: Duration,
+}
+
+fn secs(p: &Value, key: &str, default: u64) -> u64 {
+    p[key].as_u64().unwrap_or(default)
+}
+
+fn port(target: &Target, v: &Value) -> Option<u16> {
+    if let Some(n) = v.as_u64() {
+        return u16::try_from(n).ok();
+    }
+    let name = v.as_str()?;
+    if let Ok(n) = name.parse() {
+        return Some(n);
+    }
+    target.container["ports"]
+        .as_array()?
+        .iter()
+        .find(|p| p["name"].as_str() == Some(name))?["containerPort"]
+        .as_u64()
+        .and_then(|n| u16::try_from(n).ok())
+}
+
+/// Runs one probe once: Ok(()) on success, Err(why) on failure.
+pub async fn run_once(target: &Target, probe: &Value) -> Result<(), String> {
+    let timeout = Duration::from_secs(secs(probe, "timeoutSeconds", 1).max(1));
+    if let Some(exec) = probe.get("exec") {
+        let cmd: Vec<String> = exec["command"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c.as_str().map(str::to_string))
+            .collect();
+        let mut child = tokio::process::Command::new(&target.exe)
+            .arg("exec")
+            .arg("--root")
+            .arg(&target.root)
+            .arg("--id")
+            .arg(&target.id)
+            .arg("--")
+            .args(&cmd)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let mut out = child.stdout.take();
+        let status = tokio::time::timeout(timeout, child.wait()).await;
+        let mut text = String::new();
+        if let Some(o) = out.as_mut() {
+            let _ = tokio::time::timeout(Duration::from_millis(100), o.read_to_string(&mut text)).await;
+        }
+        return match status {
+            Err(_) => Err(format!("command timed out after {}s", timeout.as_secs())),
+            Ok(Ok(s)) if s.success() => Ok(()),
+            Ok(Ok(s)) => Err(format!(
+                "command {cmd:?} exited with {}: {}",
+                s.code().unwrap_or(-1),
+                text.trim()
+            )),
+            Ok(Err(e)) => Err(e.to_string()),
+        };
+    }
+    if let Some(h) = probe.get("httpGet") {
+        let p = port(target, &h["port"]).ok_or("invalid port")?;
+        let host = h["host"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .unwrap_or(&target.ip)
+            .to_string();
+        let path = h["path"].as_str().unwrap_or("/");
+        if h["scheme"].as_str() == Some("HTTPS") {
+            // Upstream does not verify the certificate either; a TLS handshake is out of scope here.
+            return tcp(&host, p, timeout).await;
+        }
+        let mut req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {host}:{p}\r\nUser-Agent: kube-probe/1.32\r\nAccept: */*\r\nConnection: close\r\n"
+        );
+        for header in h["httpHeaders"].as_array().into_iter().flatten() {
+            req.push_str(&format!(
+                "{}: {}\r\n",
+                header["name"].as_str().unwrap_or(""),
+                header["value"].as_str().unwrap_or("")
+            ));
+        }
+        req.push_str("\r\n");
+        let attempt = async {
+            let mut s = tokio::net::TcpStream::connect((host.as_str(), p))
+                .await
+                .map_err(|e| format!("Get \"http://{host}:{p}{path}\": {e}"))?;
+            s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
+            let mut buf = vec![0u8; 1024];
+            let n = s.read(&mut buf).await.map_err(|e| e.to_string())?;
+            let line = String::from_utf8_lossy(&buf[..n]);
+            let code: u16 = line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .ok_or("malformed HTTP response")?;
+            if (200..400).contains(&code) {
+                Ok(())
+            } else {
+                Err(format!("HTTP probe failed with statuscode: {code}"))
+            }
+        };
+        return tokio::time::timeout(timeout, attempt).await.unwrap_or_else(|_| {
+            Err(format!(
+                "Get \"http://{host}:{p}{path}\": context deadline exceeded"
+            ))
+        });
+    }
+    if let Some(t) = probe.get("tcpSocket") {
+        let p = port(target, &t["port"]).ok_or("invalid port")?;
+        let host = t["host"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .unwrap_or(&target.ip)
+            .to_string();
+        return tcp(&host, p, timeout).await;
+    }
+    if probe.get("grpc").is_some() {
+        return Err("gRPC probes are not supported by this node yet".into());
+    }
+    Ok(())
+}
+
+async fn tcp(host: &str, port: u16, timeout: Duration) -> Result<(), String> {
+    match tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host, port))).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(format!("dial tcp {host}:{port}: connect: {e}")),
+        Err(_) => Err(format!("dial tcp {host}:{port}: i/o timeout")),
+    }
+}
+
+/// Something to say about a probe, as an event.
+pub type Report = Arc<dyn Fn(&'static str, String) + Send + Sync>;
+
+/// Runs a container's probes until the task is aborted; updates `verdict` and wakes the worker.
+pub async fn run(target: Target, verdict: Arc<Mutex<Verdict>>, wake: Arc<Notify>, report: Report) {
+    let c = target.container.clone();
+    let (startup, liveness, readiness) = (
+        c.get("startupProbe").cloned(),
+        c.get("livenessProbe").cloned(),
+        c.get("readinessProbe").cloned(),
+    );
+    let set = |f: &dyn Fn(&mut Verdict)| {
+        let mut v = verdict.lock().unwrap_or_else(|p| p.into_inner());
+        let before = v.clone();
+        f(&mut v);
+        if *v != before {
+            wake.notify_one();
+        }
+    };
+    if startup.is_none() {
+        set(&|v| {
+            v.started = true;
+            v.ready = readiness.is_none();
+        });
+    }
+    let kill = |why: String| {
+        let target = target.clone();
+        let report = report.clone();
+        let verdict = verdict.clone();
+        let wake = wake.clone();
+        async move {
+            let name = target.container["name"].as_str().unwrap_or_default().to_string();
+            report("Killing", format!("Container {name} {why}, will be restarted"));
+            verdict.lock().unwrap_or_else(|p| p.into_inner()).killed = Some(why);
+            wake.notify_one();
+            let pid = nix::unistd::Pid::from_raw(target.pid);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = tokio::time::Instant::now() + target.grace;
+            while tokio::time::Instant::now() < deadline && nix::sys::signal::kill(pid, None).is_ok() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    };
+    // Startup first: the other probes wait for it.
+    if let Some(p) = &startup {
+        tokio::time::sleep(Duration::from_secs(secs(p, "initialDelaySeconds", 0))).await;
+        let period = Duration::from_secs(secs(p, "periodSeconds", 10).max(1));
+        let threshold = secs(p, "failureThreshold", 3).max(1);
+        let mut failures = 0;
+        loop {
+            match run_once(&target, p).await {
+                Ok(()) => break,
+                Err(e) => {
+                    failures += 1;
+                    report("Unhealthy", format!("Startup probe failed: {e}"));
+                    if failures >= threshold {
+                        kill("failed startup probe".into()).await;
+                        return;
+                    }
+                }
+            }
+            tokio::time::sleep(period).await;
+        }
+        set(&|v| {
+            v.started = true;
+            v.ready = readiness.is_none();
+        });
+    }
+    let readiness_loop = async {
+        let Some(p) = readiness.clone() else { return };
+        let (target, report) = (target.clone(), report.clone());
+        let (verdict, wake) = (verdict.clone(), wake.clone());
+        {
+            tokio::time::sleep(Duration::from_secs(secs(&p, "initialDelaySeconds", 0))).await;
+            let period = Duration::from_secs(secs(&p, "periodSeconds", 10).max(1));
+            let (ok_needed, fail_needed) = (
+                secs(&p, "successThreshold", 1).max(1),
+                secs(&p, "failureThreshold", 3).max(1),
+            );
+            let (mut oks, mut fails) = (0, 0);
+            loop {
+                match run_once(&target, &p).await {
+                    Ok(()) => {
+                        oks += 1;
+                        fails = 0;
+                    }
+                    Err(e) => {
+                        fails += 1;
+                        oks = 0;
+                        report("Unhealthy", format!("Readiness probe failed: {e}"));
+                    }
+                }
+                let ready = {
+                    let v = verdict.lock().unwrap_or_else(|p| p.into_inner());
+                    v.ready
+                };
+                let next = if oks >= ok_needed {
+                    true
+                } else if fails >= fail_needed {
+                    false
+                } else {
+                    ready
+                };
+                if next != ready {
+                    verdict.lock().unwrap_or_else(|p| p.into_inner()).ready = next;
+                    wake.notify_one();
+                }
+                tokio::time::sleep(period).await;
+            }
+        }
+    };
+    let liveness_loop = async {
+        let Some(p) = liveness else { return };
+        tokio::time::sleep(Duration::from_secs(secs(&p, "initialDelaySeconds", 0))).await;
+        let period = Duration::from_secs(secs(&p, "periodSeconds", 10).max(1));
+        let threshold = secs(&p, "failureThreshold", 3).max(1);
+        let mut failures = 0;
+        loop {
+            match run_once(&target, &p).await {
+                Ok(()) => failures = 0,
+                Err(e) => {
+                    failures += 1;
+                    report("Unhealthy", format!("Liveness probe failed: {e}"));
+                    if failures >= threshold {
+                        kill("failed liveness probe".into()).await;
+                        break;
+                    }
+                }
+            }
+            tokio::time::sleep(period).await;
+        }
+    };
+    tokio::join!(readiness_loop, liveness_loop);
+}
