@@ -6,6 +6,8 @@
 //! - `skiff-bench api --control PATH`: ConfigMap creates/s and latency percentiles through HTTPS
 //!   with 1 and 64 clients, and skiff-control's RSS idle and after the load.
 
+mod pods;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -430,6 +432,16 @@ async fn main() -> anyhow::Result<()> {
         Some("api") => {
             let control = flag("--control").context("--control PATH is required")?;
             json!({"api": bench_api(&control, &[(1, 10_000), (64, 10_000)]).await?})
+        }
+        Some("pods") => {
+            let control = flag("--control").context("--control PATH is required")?;
+            let agent = flag("--agent").context("--agent PATH is required")?;
+            json!({"pods": pods::run(&control, &agent, 20, 3)?})
+        }
+        Some("crun-loop") => {
+            let (b, root) = (args.get(2).context("bundle")?, args.get(3).context("root")?);
+            let n: usize = args.get(4).and_then(|n| n.parse().ok()).unwrap_or(50);
+            pods::crun_loop(std::path::Path::new(b), std::path::Path::new(root), n)?
         }
         Some("scheduler") => {
             let nodes: usize = args

@@ -80,6 +80,7 @@ async fn run() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| "info,openraft=warn,h2=warn,hyper=warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
     let cidr = Cidr::parse(&args.service_cidr)

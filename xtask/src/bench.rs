@@ -245,3 +245,100 @@ pub fn scheduler(root: &Path, cargo: impl Fn() -> Command) -> anyhow::Result<()>
     eprintln!("wrote {}", path.display());
     Ok(())
 }
+
+/// `cargo xtask bench pods`.
+pub fn pods(root: &Path, cargo: impl Fn() -> Command) -> anyhow::Result<()> {
+    let status = cargo()
+        .current_dir(root)
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "skiff-bench",
+            "-p",
+            "skiff-control",
+            "-p",
+            "skiff-agent",
+        ])
+        .status()?;
+    if !status.success() {
+        bail!("release build failed");
+    }
+    let bin = |n: &str| root.join("target/release").join(n);
+    let r = run_json(
+        Command::new(bin("skiff-bench"))
+            .arg("pods")
+            .arg("--control")
+            .arg(bin("skiff-control"))
+            .arg("--agent")
+            .arg(bin("skiff-agent")),
+    )?;
+    let p = &r["pods"];
+    let ms = |v: &serde_json::Value| format!("{} / {}", v["p50_ms"], v["p99_ms"]);
+    let mut body = String::new();
+    writeln!(body, "## Pods on one node (`cargo xtask bench pods`)\n")?;
+    writeln!(
+        body,
+        "Measured {} on {}; container cgroups: {}.\n",
+        today(),
+        machine(),
+        p["cgroups"].as_str().unwrap_or("?")
+    )?;
+    writeln!(
+        body,
+        "Real skiff-control and skiff-agent (release builds) on this host; the busybox image imported\nbeforehand (`imagePullPolicy: Never`). Ready latency is from the start of `kubectl apply` to the\npod's Ready=True as seen by a `kubectl get -w` watch; pods are deleted between rounds.\n"
+    )?;
+    writeln!(
+        body,
+        "| measure | p50 / p99 (ms) | samples |\n| --- | --- | --- |"
+    )?;
+    writeln!(
+        body,
+        "| 1 pod: apply to Ready | {} | {} |",
+        ms(&p["ready_1"]),
+        p["ready_1"]["samples"]
+    )?;
+    writeln!(
+        body,
+        "| 50 pods at once: apply to each Ready | {} | {} |",
+        ms(&p["ready_50"]),
+        p["ready_50"]["samples"]
+    )?;
+    writeln!(
+        body,
+        "\nAgent RSS: {:.1} MiB idle, {:.1} MiB with 50 pods (target: under 30 MiB at 50 pods).\n",
+        p["rss_idle_kib"].as_f64().unwrap_or(0.0) / 1024.0,
+        p["rss_50_kib"].as_f64().unwrap_or(0.0) / 1024.0
+    )?;
+    writeln!(
+        body,
+        "Container create+start+wait+delete of one bundle (`true`, pid/net/ipc/uts/mount namespaces, read-only\nbusybox root), 50 runs each, sequentially:\n"
+    )?;
+    writeln!(body, "| runtime | p50 / p99 (ms) |\n| --- | --- |")?;
+    writeln!(
+        body,
+        "| skiff shim (libcontainer 0.7, as the agent runs it) | {} |",
+        ms(&p["runtime"]["shim"])
+    )?;
+    writeln!(body, "| runc (Debian) `run` | {} |", ms(&p["runtime"]["runc"]))?;
+    let crun = &p["runtime"]["crun"];
+    if crun["error"].is_string() {
+        writeln!(
+            body,
+            "| crun (Debian) | failed: {} |",
+            crun["error"].as_str().unwrap_or("")
+        )?;
+    } else {
+        writeln!(
+            body,
+            "| crun (Debian) `run`, in a private mount namespace with a tmpfs over `/sys/fs/cgroup/unified` (crun refuses hybrid hosts) | {} |",
+            ms(crun)
+        )?;
+    }
+    writeln!(body)?;
+    let path = root.join("docs/benchmarks.md");
+    let doc = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".into());
+    std::fs::write(&path, replace_section(&doc, "pods", &body))?;
+    eprintln!("wrote {}", path.display());
+    Ok(())
+}

@@ -41,7 +41,7 @@ enum Cmd {
     /// `scheduler`: pods/s and latency onto 1,000 and 5,000 nodes).
     Bench {
         /// Which benchmark.
-        #[arg(value_parser = ["api", "scheduler"])]
+        #[arg(value_parser = ["api", "scheduler", "pods"])]
         which: String,
     },
     /// Regenerate control/src/api/protobuf/schema.rs from the k8s-pb crate's sources.
@@ -206,6 +206,7 @@ fn dispatch() -> anyhow::Result<()> {
         Cmd::Test { args } => test(&args),
         Cmd::Bench { which } => match which.as_str() {
             "api" => bench::api(&root(), cargo),
+            "pods" => bench::pods(&root(), cargo),
             "scheduler" => bench::scheduler(&root(), cargo),
             other => bail!("unknown benchmark {other}"),
         },

@@ -1,0 +1,477 @@
+//! `skiff-bench pods`: a real node on this host. Time from `kubectl apply` to Ready for 1 and 50
+//! pods (image present), the agent's RSS with 0 and 50 pods, and container create+start+delete of
+//! one bundle through the agent's shim (libcontainer) against Debian's runc and crun.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("VmRSS:")
+                    .map(|v| v.trim().trim_end_matches(" kB").trim().to_owned())
+            })
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn stats(mut v: Vec<f64>) -> Value {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    json!({"samples": v.len(), "p50_ms": (percentile(&v, 0.5) * 10.0).round() / 10.0, "p99_ms": (percentile(&v, 0.99) * 10.0).round() / 10.0})
+}
+
+struct Cluster {
+    kubeconfig: PathBuf,
+    agent: Option<Proc>,
+    _control: Proc,
+    agent_dir: PathBuf,
+    prefix: String,
+}
+
+impl Cluster {
+    fn kubectl(&self) -> Command {
+        let mut c = Command::new("kubectl");
+        c.arg("--kubeconfig").arg(&self.kubeconfig);
+        c
+    }
+
+    fn pods_on_node(&self) -> usize {
+        std::fs::read_dir(self.agent_dir.join("pods"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// Applies `n` pods and returns each one's time to Ready, in ms.
+    fn round(&self, n: usize, round: usize) -> anyhow::Result<Vec<f64>> {
+        let mut watch = Proc(
+            self.kubectl()
+                .args(["get", "pods", "-w", "--watch-only", "-o", "json"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()?,
+        );
+        let stdout = watch.0.stdout.take().context("watch stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel::<(String, Instant)>();
+        std::thread::spawn(move || {
+            let stream = serde_json::Deserializer::from_reader(BufReader::new(stdout)).into_iter::<Value>();
+            for pod in stream.flatten() {
+                let ready = pod["status"]["conditions"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
+                if ready
+                    && tx
+                        .send((
+                            pod["metadata"]["name"].as_str().unwrap_or_default().to_owned(),
+                            Instant::now(),
+                        ))
+                        .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let items: Vec<Value> = (0..n)
+            .map(|i| {
+                json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": format!("b{round}-{i}")},
+                "spec": {"terminationGracePeriodSeconds": 0, "containers": [{"name": "c", "image": "skiff.local/bench/busybox:1",
+                "imagePullPolicy": "Never", "command": ["sleep", "3600"]}]}})
+            })
+            .collect();
+        let list = json!({"apiVersion": "v1", "kind": "List", "items": items});
+        let t0 = Instant::now();
+        let mut apply = self
+            .kubectl()
+            .args(["apply", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()?;
+        std::io::Write::write_all(
+            &mut apply.stdin.take().context("stdin")?,
+            list.to_string().as_bytes(),
+        )?;
+        if !apply.wait()?.success() {
+            bail!("kubectl apply failed");
+        }
+        let mut ready = std::collections::HashMap::new();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while ready.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let (name, at) = rx
+                .recv_timeout(left)
+                .context("pods did not become Ready in 120s")?;
+            ready.entry(name).or_insert(at);
+        }
+        Ok(ready
+            .values()
+            .map(|t| t.duration_since(t0).as_secs_f64() * 1000.0)
+            .collect())
+    }
+
+    fn delete_all(&self) -> anyhow::Result<()> {
+        self.kubectl()
+            .args([
+                "delete",
+                "pods",
+                "--all",
+                "--grace-period=0",
+                "--force",
+                "--wait=false",
+            ])
+            .output()?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while self.pods_on_node() > 0 {
+            if Instant::now() > deadline {
+                bail!("pods were not cleaned up in 120s");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = self.delete_all();
+        self.agent.take();
+        let _ = Command::new("ip")
+            .args(["link", "del", &format!("{}br", self.prefix)])
+            .output();
+        remove_cgroups(&self.prefix);
+    }
+}
+
+fn remove_cgroups(prefix: &str) {
+    fn rm(dir: &Path) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                rm(&e.path());
+            }
+        }
+        let _ = std::fs::remove_dir(dir);
+    }
+    for e in std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            rm(&e.path().join(prefix));
+        }
+    }
+    rm(&Path::new("/sys/fs/cgroup").join(prefix));
+}
+
+fn start(control: &Path, agent: &Path, dir: &Path, prefix: &str) -> anyhow::Result<Cluster> {
+    let (api, raft, kubelet) = (free_port()?, free_port()?, free_port()?);
+    let cdir = dir.join("control");
+    let control = Proc(
+        Command::new(control)
+            .arg("--data-dir")
+            .arg(&cdir)
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{api}"),
+                "--raft-listen",
+                &format!("127.0.0.1:{raft}"),
+            ])
+            .args(["--cluster-cidr", "10.250.0.0/16"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let token = loop {
+        if std::net::TcpStream::connect(("127.0.0.1", api)).is_ok()
+            && let Ok(t) = std::fs::read_to_string(cdir.join("node-token"))
+        {
+            break t.trim().to_owned();
+        }
+        if Instant::now() > deadline {
+            bail!("skiff-control did not start");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let agent_dir = dir.join("agent");
+    let archive = skiff_tests::image::busybox_oci_archive(dir);
+    let out = Command::new(agent)
+        .args([
+            "image",
+            "import",
+            "--name",
+            "skiff.local/bench/busybox:1",
+            "--data-dir",
+        ])
+        .arg(&agent_dir)
+        .arg(&archive)
+        .output()?;
+    if !out.status.success() {
+        bail!("image import failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let log = dir.join("agent.log");
+    let child = Command::new(agent)
+        .args([
+            "--server",
+            &format!("https://127.0.0.1:{api}"),
+            "--token",
+            &token,
+            "--node-name",
+            &format!("{prefix}-node"),
+        ])
+        .arg("--data-dir")
+        .arg(&agent_dir)
+        .args([
+            "--node-ip",
+            "127.0.0.1",
+            "--address",
+            "127.0.0.1",
+            "--port",
+            &kubelet.to_string(),
+        ])
+        .args([
+            "--bridge",
+            &format!("{prefix}br"),
+            "--cgroup-root",
+            prefix,
+            "--no-masquerade",
+        ])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()?;
+    let cluster = Cluster {
+        kubeconfig: cdir.join("admin.kubeconfig"),
+        agent: Some(Proc(child)),
+        _control: control,
+        agent_dir,
+        prefix: prefix.to_owned(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("pod network ready")
+    {
+        if Instant::now() > deadline {
+            bail!(
+                "skiff-agent did not get ready: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(cluster)
+}
+
+/// An OCI bundle running `true`, for the runtime comparison.
+fn bundle(dir: &Path, layer_dir: &Path, cgroup: &str) -> anyhow::Result<PathBuf> {
+    let b = dir.join("bundle");
+    std::fs::create_dir_all(&b)?;
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(layer_dir)
+        .arg(b.join("rootfs"))
+        .status()?;
+    if !status.success() {
+        bail!("copying the rootfs failed");
+    }
+    let config = json!({
+        "ociVersion": "1.0.2",
+        "process": {"terminal": false, "user": {"uid": 0, "gid": 0}, "args": ["true"], "env": ["PATH=/bin"], "cwd": "/",
+            "capabilities": {"bounding": ["CAP_KILL"], "effective": ["CAP_KILL"], "permitted": ["CAP_KILL"]}, "noNewPrivileges": true},
+        "root": {"path": "rootfs", "readonly": true},
+        "hostname": "bench",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+        ],
+        "linux": {"namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
+            "cgroupsPath": format!("/{cgroup}/CID"), "resources": {}},
+    });
+    std::fs::write(b.join("config.json.in"), serde_json::to_vec_pretty(&config)?)?;
+    Ok(b)
+}
+
+/// Points the bundle's cgroup at a fresh path per container (runc and crun insist on unique ones).
+fn set_cgroup(b: &Path, id: &str) -> anyhow::Result<()> {
+    let t = std::fs::read_to_string(b.join("config.json.in"))?;
+    std::fs::write(b.join("config.json"), t.replace("CID", id))?;
+    Ok(())
+}
+
+fn time_runs(
+    n: usize,
+    b: &Path,
+    mut one: impl FnMut(&str) -> anyhow::Result<()>,
+    tag: &str,
+) -> anyhow::Result<Value> {
+    let mut v = Vec::new();
+    for i in 0..n {
+        let id = format!("{tag}{i}");
+        set_cgroup(b, &id)?;
+        let t = Instant::now();
+        one(&id)?;
+        v.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok(stats(v))
+}
+
+/// `skiff-bench crun-loop BUNDLE ROOT N`: crun runs, from inside a private mount namespace whose
+/// `/sys/fs/cgroup/unified` the caller covered with a tmpfs (crun refuses hybrid hosts).
+pub fn crun_loop(b: &Path, root: &Path, n: usize) -> anyhow::Result<Value> {
+    time_runs(
+        n,
+        b,
+        |id| {
+            let s = Command::new("crun")
+                .arg("--root")
+                .arg(root)
+                .args(["run", "--bundle"])
+                .arg(b)
+                .arg(id)
+                .stdout(Stdio::null())
+                .status()?;
+            if !s.success() {
+                bail!("crun run failed");
+            }
+            Ok(())
+        },
+        "crun",
+    )
+}
+
+/// The whole benchmark; prints JSON.
+pub fn run(control: &Path, agent: &Path, rounds_single: usize, rounds_fifty: usize) -> anyhow::Result<Value> {
+    let dir = tempfile::Builder::new().prefix("skiff-bench-pods-").tempdir()?;
+    let prefix = format!("skb{:x}", std::process::id() % 0xffff);
+    let cluster = start(control, agent, dir.path(), &prefix)?;
+    let agent_pid = cluster.agent.as_ref().map(|a| a.0.id()).unwrap_or(0);
+    std::thread::sleep(Duration::from_secs(1));
+    let rss_idle = rss_kib(agent_pid);
+    let mut single = Vec::new();
+    for r in 0..rounds_single {
+        single.extend(cluster.round(1, r)?);
+        cluster.delete_all()?;
+    }
+    let mut fifty = Vec::new();
+    let mut rss_fifty = 0;
+    for r in 0..rounds_fifty {
+        fifty.extend(cluster.round(50, 1000 + r)?);
+        std::thread::sleep(Duration::from_secs(1));
+        rss_fifty = rss_fifty.max(rss_kib(agent_pid));
+        cluster.delete_all()?;
+    }
+
+    // Runtimes: the same bundle through the shim (as the agent runs it), runc and crun.
+    let layers = cluster.agent_dir.join("images/layers");
+    let layer = std::fs::read_dir(&layers)?
+        .flatten()
+        .next()
+        .context("no unpacked layer")?
+        .path();
+    let b = bundle(dir.path(), &layer, &format!("{prefix}rt"))?;
+    let n = 50;
+    let shim_root = dir.path().join("shim-root");
+    let shim = time_runs(
+        n,
+        &b,
+        |id| {
+            let st = dir.path().join("st").join(id);
+            let s = Command::new(agent)
+                .args(["shim", "--id", id, "--root"])
+                .arg(&shim_root)
+                .arg("--bundle")
+                .arg(&b)
+                .arg("--log")
+                .arg(dir.path().join("shim.log"))
+                .arg("--status-dir")
+                .arg(&st)
+                .status()?;
+            let exited: Value = serde_json::from_slice(&std::fs::read(st.join("exit.json"))?)?;
+            if !s.success() || exited["exitCode"] != 0 {
+                bail!("shim run failed: {exited}");
+            }
+            Ok(())
+        },
+        "shim",
+    )?;
+    let runc_root = dir.path().join("runc-root");
+    let runc = time_runs(
+        n,
+        &b,
+        |id| {
+            let s = Command::new("runc")
+                .arg("--root")
+                .arg(&runc_root)
+                .args(["run", "--bundle"])
+                .arg(&b)
+                .arg(id)
+                .stdout(Stdio::null())
+                .status()?;
+            if !s.success() {
+                bail!("runc run failed");
+            }
+            Ok(())
+        },
+        "runc",
+    )?;
+    let me = std::env::current_exe()?;
+    let script = format!(
+        "mount -t tmpfs tmpfs /sys/fs/cgroup/unified && exec {} crun-loop {} {} {n}",
+        me.display(),
+        b.display(),
+        dir.path().join("crun-root").display()
+    );
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .output()?;
+    let crun = if out.status.success() {
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    } else {
+        json!({"error": String::from_utf8_lossy(&out.stderr).trim()})
+    };
+    remove_cgroups(&format!("{prefix}rt"));
+    let reader = BufReader::new(std::fs::File::open(dir.path().join("agent.log"))?);
+    let cgroups = reader
+        .lines()
+        .map_while(Result::ok)
+        .find(|l| l.contains("container cgroups"))
+        .unwrap_or_default();
+    drop(cluster);
+    Ok(json!({
+        "ready_1": stats(single),
+        "ready_50": stats(fifty),
+        "rss_idle_kib": rss_idle,
+        "rss_50_kib": rss_fifty,
+        "runtime": {"shim": shim, "runc": runc, "crun": crun},
+        "cgroups": cgroups.split_once("cgroups=").map(|(_, v)| v.trim().trim_matches('"')).unwrap_or("unknown"),
+    }))
+}
