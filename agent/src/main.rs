@@ -11,6 +11,7 @@ mod node;
 mod pods;
 mod server;
 mod shim;
+mod stream;
 
 use std::path::PathBuf;
 use std::time::Duration;

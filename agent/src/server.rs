@@ -18,9 +18,11 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::shim::EXITED;
 
-type Body = BoxBody<Bytes, std::io::Error>;
+/// Response bodies of the agent's endpoint.
+pub type Body = BoxBody<Bytes, std::io::Error>;
 
-fn text(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
+/// A plain-text response.
+pub fn text(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
     let mut r = Response::new(
         Full::new(Bytes::from(msg.into()))
             .map_err(|e: Infallible| match e {})
@@ -28,6 +30,13 @@ fn text(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
     );
     *r.status_mut() = status;
     r
+}
+
+/// An empty body.
+pub fn empty() -> Body {
+    Full::new(Bytes::new())
+        .map_err(|e: Infallible| match e {})
+        .boxed()
 }
 
 /// Builds the TLS configuration: serve with the node's certificate, require CA-signed clients.
@@ -92,7 +101,7 @@ pub async fn serve(listener: tokio::net::TcpListener, tls: Arc<rustls::ServerCon
                 }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .await;
         });
     }
@@ -109,7 +118,8 @@ fn query(req: &Request<hyper::body::Incoming>) -> HashMap<String, String> {
         .collect()
 }
 
-fn percent_decode(s: &str) -> String {
+/// Decodes `%XX` escapes and `+`.
+pub fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
@@ -128,11 +138,15 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-async fn handle(data_dir: &Path, req: Request<hyper::body::Incoming>) -> Response<Body> {
+async fn handle(data_dir: &Path, mut req: Request<hyper::body::Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     match segs.as_slice() {
         ["healthz"] => text(StatusCode::OK, "ok"),
+        ["exec", ns, pod, container] => {
+            let pairs = crate::stream::query_pairs(req.uri().query().unwrap_or(""));
+            crate::stream::exec(data_dir, &mut req, ns, pod, container, &pairs)
+        }
         ["containerLogs", ns, pod, container] => logs(data_dir, ns, pod, container, &query(&req)).await,
         _ => text(StatusCode::NOT_FOUND, "404 page not found"),
     }

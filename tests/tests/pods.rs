@@ -119,6 +119,42 @@ fn pods_run_log_restart_and_clean_up() {
         "{describe}"
     );
 
+    // kubectl exec (WebSocket v5.channel.k8s.io through the API server to the agent): output,
+    // exit code, stdin; kubectl cp rides on exec + tar.
+    let out = k.c.kubectl(&[
+        "exec",
+        "hello",
+        "--",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 3",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("err"));
+    assert_eq!(
+        k.c.ok_stdin(&["exec", "-i", "hello", "--", "cat"], "through stdin\n"),
+        "through stdin\n"
+    );
+    let local = tempfile::tempdir().unwrap();
+    std::fs::write(local.path().join("note.txt"), "copied in\n").unwrap();
+    let src = local.path().join("note.txt");
+    k.c.ok(&["cp", src.to_str().unwrap(), "hello:/tmp/note.txt"]);
+    assert_eq!(
+        k.c.ok(&["exec", "hello", "--", "cat", "/tmp/note.txt"]),
+        "copied in\n"
+    );
+    let back = local.path().join("back.txt");
+    k.c.ok(&["cp", "hello:/tmp/note.txt", back.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(&back).unwrap(), "copied in\n");
+    let err = k.c.fails(&["exec", "hello", "-c", "nope", "--", "true"]);
+    assert!(err.contains("container nope is not valid for pod hello"), "{err}");
+
     // Init container and an emptyDir shared with the app container; env from a configMap and a
     // secret; a configMap volume whose update reaches the running container.
     k.c.ok(&["create", "configmap", "settings", "--from-literal=color=blue"]);

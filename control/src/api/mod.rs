@@ -125,6 +125,19 @@ async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
     if !public && parts.extensions.get::<Identity>().is_none() {
         return unauthorized();
     }
+    // kubectl exec / cp: an upgraded connection joined to the node's agent.
+    if let ["api", "v1", "namespaces", ns, "pods", name, "exec"] =
+        path.trim_matches('/').split('/').collect::<Vec<_>>().as_slice()
+        && parts.headers.contains_key(header::UPGRADE)
+        && let Some(who) = parts.extensions.get::<Identity>().cloned()
+    {
+        let (ns, name) = (ns.to_string(), name.to_string());
+        let mut parts = parts;
+        return match nodeproxy::exec(&app, &who, &ns, &name, &mut parts).await {
+            Ok(r) => r,
+            Err(e) => e.into_response(),
+        };
+    }
     let body = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(b) => b,
         Err(_) => {

@@ -68,8 +68,14 @@ fn endpoint(node: &Value) -> Option<(String, u16)> {
     Some((ip.to_owned(), port))
 }
 
-/// GET `path` on a node's agent and streams the answer back.
-async fn get_from_node(app: &App, node_name: &str, path: &str) -> Result<Response> {
+/// An HTTP/1.1 connection to a node's agent (TLS, the node's certificate checked against its name).
+async fn connect_node(
+    app: &App,
+    node_name: &str,
+) -> Result<(
+    hyper::client::conn::http1::SendRequest<Empty<bytes::Bytes>>,
+    String,
+)> {
     let node = app
         .store
         .get(&format!("/registry/core/nodes/{node_name}"))
@@ -84,8 +90,14 @@ async fn get_from_node(app: &App, node_name: &str, path: &str) -> Result<Respons
             format!("node {node_name:?} reports no address"),
         )
     })?;
-    let url = format!("https://{host}:{port}{path}");
-    let failed = |e: String| ApiError::new(500, "InternalError", format!("Get \"{url}\": {e}"));
+    let authority = format!("{host}:{port}");
+    let failed = |e: String| {
+        ApiError::new(
+            500,
+            "InternalError",
+            format!("error dialing backend {authority}: {e}"),
+        )
+    };
     let tcp = tokio::time::timeout(
         std::time::Duration::from_secs(10),
         tokio::net::TcpStream::connect((host.as_str(), port)),
@@ -99,34 +111,45 @@ async fn get_from_node(app: &App, node_name: &str, path: &str) -> Result<Respons
         .connect(name, tcp)
         .await
         .map_err(|e| failed(format!("tls: {e}")))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
         .map_err(|e| failed(e.to_string()))?;
-    tokio::spawn(conn);
+    tokio::spawn(conn.with_upgrades());
+    Ok((sender, authority))
+}
+
+/// Turns an agent's error answer into the API's.
+async fn node_error(resp: hyper::Response<hyper::body::Incoming>) -> ApiError {
+    use http_body_util::BodyExt;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let msg = String::from_utf8_lossy(&body).trim().to_owned();
+    let reason = if status == StatusCode::NOT_FOUND {
+        "NotFound"
+    } else {
+        "BadRequest"
+    };
+    ApiError::new(status.as_u16(), reason, msg)
+}
+
+/// GET `path` on a node's agent and streams the answer back.
+async fn get_from_node(app: &App, node_name: &str, path: &str) -> Result<Response> {
+    let (mut sender, authority) = connect_node(app, node_name).await?;
     let req = hyper::Request::get(path)
-        .header("host", format!("{host}:{port}"))
+        .header("host", authority)
         .body(Empty::<bytes::Bytes>::new())
-        .map_err(|e| failed(e.to_string()))?;
+        .map_err(|e| ApiError::new(500, "InternalError", e.to_string()))?;
     let resp = sender
         .send_request(req)
         .await
-        .map_err(|e| failed(e.to_string()))?;
-    let status = resp.status();
-    if !status.is_success() {
-        use http_body_util::BodyExt;
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        let msg = String::from_utf8_lossy(&body).trim().to_owned();
-        let reason = if status == StatusCode::NOT_FOUND {
-            "NotFound"
-        } else {
-            "BadRequest"
-        };
-        return Err(ApiError::new(status.as_u16(), reason, msg));
+        .map_err(|e| ApiError::new(500, "InternalError", e.to_string()))?;
+    if !resp.status().is_success() {
+        return Err(node_error(resp).await);
     }
     let mut out = Response::new(Body::new(resp.into_body()));
     out.headers_mut().insert(
@@ -134,6 +157,127 @@ async fn get_from_node(app: &App, node_name: &str, path: &str) -> Result<Respons
         axum::http::HeaderValue::from_static("text/plain"),
     );
     Ok(out.into_response())
+}
+
+/// `pods/NAME/exec` with a WebSocket upgrade (what kubectl exec and cp use): checked here, then the
+/// upgrade goes to the node's agent and the two connections are joined byte for byte.
+pub async fn exec(
+    app: &App,
+    who: &super::server::Identity,
+    ns: &str,
+    name: &str,
+    parts: &mut axum::http::request::Parts,
+) -> Result<Response> {
+    if !who.groups.iter().any(|g| g == "system:masters") {
+        return Err(ApiError::new(
+            403,
+            "Forbidden",
+            format!(
+                "pods \"{name}\" is forbidden: User \"{}\" cannot create resource \"pods/exec\" in API group \"\" in the namespace \"{ns}\"",
+                who.user
+            ),
+        ));
+    }
+    let raw_query = parts.uri.query().unwrap_or("").to_owned();
+    let container_param = raw_query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("container="))
+        .map(percent_decode);
+    let kv = app
+        .store
+        .get(&format!("/registry/core/pods/{ns}/{name}"))
+        .await
+        .map_err(|e| ApiError::new(500, "InternalError", e.to_string()))?
+        .ok_or_else(|| ApiError::new(404, "NotFound", format!("pods \"{name}\" not found")))?;
+    let pod = from_kv(&kv);
+    let containers: Vec<String> = pod["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(pod["spec"]["initContainers"].as_array().into_iter().flatten())
+        .filter_map(|c| c["name"].as_str().map(str::to_owned))
+        .collect();
+    let container = match container_param.filter(|c| !c.is_empty()) {
+        Some(c) if containers.contains(&c) => c,
+        Some(c) => {
+            return Err(ApiError::bad_request(format!(
+                "container {c} is not valid for pod {name}"
+            )));
+        }
+        None => containers.first().cloned().unwrap_or_default(),
+    };
+    let Some(node) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) else {
+        return Err(ApiError::bad_request(format!(
+            "pod {name} does not have a host assigned"
+        )));
+    };
+    if matches!(pod["status"]["phase"].as_str(), Some("Succeeded" | "Failed")) {
+        return Err(ApiError::bad_request(format!(
+            "cannot exec into a container in a completed pod; current phase is {}",
+            pod["status"]["phase"].as_str().unwrap_or("")
+        )));
+    }
+    let (mut sender, authority) = connect_node(app, node).await?;
+    let mut req =
+        hyper::Request::get(format!("/exec/{ns}/{name}/{container}?{raw_query}")).header("host", authority);
+    for h in [
+        "upgrade",
+        "connection",
+        "sec-websocket-key",
+        "sec-websocket-version",
+        "sec-websocket-protocol",
+    ] {
+        if let Some(v) = parts.headers.get(h) {
+            req = req.header(h, v.clone());
+        }
+    }
+    let req = req
+        .body(Empty::<bytes::Bytes>::new())
+        .map_err(|e| ApiError::new(500, "InternalError", e.to_string()))?;
+    let mut resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| ApiError::new(500, "InternalError", e.to_string()))?;
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return Err(node_error(resp).await);
+    }
+    let client = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+    let Some(client) = client else {
+        return Err(ApiError::bad_request("the connection cannot be upgraded"));
+    };
+    let mut out = Response::new(Body::empty());
+    *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    for (k, v) in resp.headers() {
+        out.headers_mut().insert(k.clone(), v.clone());
+    }
+    let node_side = hyper::upgrade::on(&mut resp);
+    tokio::spawn(async move {
+        let (Ok(client), Ok(node)) = (client.await, node_side.await) else {
+            return;
+        };
+        let (mut a, mut b) = (TokioIo::new(client), TokioIo::new(node));
+        let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+    });
+    Ok(out)
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(if b[i] == b'+' { b' ' } else { b[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// `GET pods/NAME/log`.

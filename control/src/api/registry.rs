@@ -111,6 +111,7 @@ impl ResourceInfo {
                 "binding" => ("Binding", "", "v1", &["create"]),
                 "eviction" => ("Eviction", "policy", "v1", &["create"]),
                 "log" => ("Pod", "", "", &["get"]),
+                "exec" => ("PodExecOptions", "", "", &["create", "get"]),
                 _ => (&self.kind, "", "", &["get", "patch", "update"]),
             };
             let mut entry = json!({
@@ -157,7 +158,7 @@ const BUILTINS: &[Builtin] = &[
         namespaced: true,
         short: &["po"],
         all: true,
-        subs: &["status", "binding", "eviction", "log"],
+        subs: &["status", "binding", "eviction", "log", "exec"],
     },
     Builtin {
         group: "",
