@@ -462,3 +462,39 @@ spec:
         "{events}"
     );
 }
+
+#[test]
+fn lifecycle_hooks_run_around_the_container() {
+    let k = cluster();
+    let image = k.registry.busybox();
+    let host = tempfile::tempdir().unwrap();
+    k.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: hooked}}
+spec:
+  terminationGracePeriodSeconds: 5
+  containers:
+  - name: app
+    image: {image}
+    command: ["sh", "-c", "trap 'echo got TERM >> /out/log; exit 0' TERM; while [ ! -f /tmp/post ]; do sleep 0.1; done; echo saw postStart; while true; do sleep 0.1; done"]
+    lifecycle:
+      postStart: {{exec: {{command: ["touch", "/tmp/post"]}}}}
+      preStop: {{exec: {{command: ["sh", "-c", "echo preStop >> /out/log"]}}}}
+    volumeMounts: [{{name: out, mountPath: /out}}]
+  volumes:
+  - {{name: out, hostPath: {{path: {}, type: Directory}}}}
+"#,
+        host.path().display()
+    ));
+    k.wait_pod("hooked", "postStart seen", |_| {
+        k.c.kubectl(&["logs", "hooked"])
+            .stdout
+            .starts_with(b"saw postStart")
+    });
+    // Deletion: preStop runs first, then SIGTERM (which the trap answers), within the grace period.
+    k.c.ok(&["delete", "pod", "hooked"]);
+    let log = std::fs::read_to_string(host.path().join("log")).unwrap_or_default();
+    assert_eq!(log, "preStop\ngot TERM\n", "hooks and signal in order");
+}

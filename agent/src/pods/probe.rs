@@ -162,6 +162,17 @@ pub async fn run_once(target: &Target, probe: &Value) -> Result<(), String> {
     Ok(())
 }
 
+/// Runs a lifecycle hook (exec, httpGet, tcpSocket or sleep) within `budget`.
+pub async fn run_handler(target: &Target, handler: &Value, budget: Duration) -> Result<(), String> {
+    if let Some(secs) = handler["sleep"]["seconds"].as_u64() {
+        tokio::time::sleep(Duration::from_secs(secs).min(budget)).await;
+        return Ok(());
+    }
+    let mut as_probe = handler.clone();
+    as_probe["timeoutSeconds"] = serde_json::json!(budget.as_secs().max(1));
+    run_once(target, &as_probe).await
+}
+
 async fn tcp(host: &str, port: u16, timeout: Duration) -> Result<(), String> {
     match tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host, port))).await {
         Ok(Ok(_)) => Ok(()),

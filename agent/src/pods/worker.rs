@@ -445,15 +445,7 @@ impl Pod {
             let Some(started) = a.started.clone() else {
                 continue;
             };
-            let target = super::probe::Target {
-                ip: ip.clone(),
-                container: c.clone(),
-                exe: self.shared.exe.clone(),
-                root: self.shared.run_root(),
-                id: a.id.clone(),
-                pid: started.pid,
-                grace,
-            };
+            let target = target(&self.shared, &c, &a.id, started.pid, grace, &ip);
             let verdict = Arc::new(std::sync::Mutex::new(super::probe::Verdict::default()));
             let events = EventSink::new(&self.shared, &self.pod);
             let report: super::probe::Report = Arc::new(move |reason, msg| {
@@ -1020,6 +1012,27 @@ impl Pod {
         } else {
             self.event("Normal", "Started", &format!("Started container {name}"))
                 .await;
+            if let (Some(hook), Some(started)) = (c["lifecycle"].get("postStart"), state.started.as_ref()) {
+                // As upstream: the hook runs right after the start; if it fails, the container is killed.
+                let ip = self.ip.clone().unwrap_or_else(|| self.shared.cfg.node_ip.clone());
+                let target = target(
+                    &self.shared,
+                    c,
+                    &state.id,
+                    started.pid,
+                    Duration::from_secs(2),
+                    &ip,
+                );
+                if let Err(e) = super::probe::run_handler(&target, hook, Duration::from_secs(30)).await {
+                    self.event(
+                        "Warning",
+                        "FailedPostStartHook",
+                        &format!("PostStartHook failed: {e}"),
+                    )
+                    .await;
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(started.pid), Signal::SIGKILL);
+                }
+            }
         }
         Ok(())
     }
@@ -1041,12 +1054,51 @@ impl Pod {
             .filter(|(_, c)| c.running())
             .filter_map(|(n, c)| c.current.as_ref()?.started.as_ref().map(|s| (n.clone(), s.pid)))
             .collect();
+        // preStop hooks run first, within the grace period, then SIGTERM.
+        let started_at = Instant::now();
+        let ip = self.ip.clone().unwrap_or_else(|| self.shared.cfg.node_ip.clone());
+        let mut hooks = Vec::new();
+        for (name, pid) in &running {
+            let spec = self
+                .containers("containers")
+                .into_iter()
+                .chain(self.containers("initContainers"))
+                .find(|c| c["name"].as_str() == Some(name.as_str()));
+            let id = self
+                .ctrs
+                .get(name)
+                .and_then(|c| c.current.as_ref())
+                .map(|a| a.id.clone())
+                .unwrap_or_default();
+            if let Some(c) = spec
+                && let Some(hook) = c["lifecycle"].get("preStop").cloned()
+            {
+                let target = target(&self.shared, &c, &id, *pid, Duration::from_secs(grace), &ip);
+                let events = EventSink::new(&self.shared, &self.pod);
+                let budget = Duration::from_secs(grace);
+                hooks.push(tokio::spawn(async move {
+                    if let Err(e) = super::probe::run_handler(&target, &hook, budget).await {
+                        events
+                            .post(
+                                "Warning",
+                                "FailedPreStopHook",
+                                &format!("PreStopHook failed: {e}"),
+                            )
+                            .await;
+                    }
+                }));
+            }
+        }
+        for h in hooks {
+            let left = Duration::from_secs(grace).saturating_sub(started_at.elapsed());
+            let _ = tokio::time::timeout(left, h).await;
+        }
         for (name, pid) in &running {
             self.event("Normal", "Killing", &format!("Stopping container {name}"))
                 .await;
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), Signal::SIGTERM);
         }
-        let deadline = Instant::now() + Duration::from_secs(grace);
+        let deadline = started_at + Duration::from_secs(grace);
         let mut killed = false;
         loop {
             self.refresh();
@@ -1336,6 +1388,19 @@ impl Pod {
             Err(e) if crate::node::client::status_code(&e) == Some(404) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+}
+
+/// How probes and hooks reach a container attempt.
+fn target(shared: &Shared, c: &Value, id: &str, pid: i32, grace: Duration, ip: &str) -> super::probe::Target {
+    super::probe::Target {
+        ip: ip.to_string(),
+        container: c.clone(),
+        exe: shared.exe.clone(),
+        root: shared.run_root(),
+        id: id.to_string(),
+        pid,
+        grace,
     }
 }
 
