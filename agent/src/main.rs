@@ -169,9 +169,22 @@ struct Args {
     /// The agent's HTTPS port.
     #[arg(long, default_value_t = 10250)]
     port: u16,
+    /// Container log size that triggers rotation (`10Mi`, `500Ki`, or bytes).
+    #[arg(long, default_value = "10Mi", value_parser = parse_size)]
+    container_log_max_size: u64,
+    /// Container log files kept per container, the current one included.
+    #[arg(long, default_value_t = 5)]
+    container_log_max_files: u32,
     /// Do not program egress masquerading or enable IPv4 forwarding (the host does it).
     #[arg(long)]
     no_masquerade: bool,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    pods::spec::bytes(s)
+        .filter(|b| *b >= 0)
+        .map(|b| b as u64)
+        .ok_or_else(|| format!("invalid size {s:?} (use 10Mi, 500Ki or bytes)"))
 }
 
 fn host_name() -> String {
@@ -249,6 +262,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         insecure_registries: args.insecure_registry.clone(),
         pids_limit: (args.pids_limit > 0).then_some(args.pids_limit),
         masquerade: !args.no_masquerade,
+        log_max_size: args.container_log_max_size,
+        log_max_files: args.container_log_max_files,
     };
     tracing::info!(cgroups = cgroups::mode(), "container cgroups");
     let pods_api = api.clone();

@@ -363,6 +363,19 @@ async fn logs(
                 }
                 continue;
             }
+            // Rotated (the shim renamed the file away): carry on in the new one.
+            let rotated = {
+                use std::os::unix::fs::MetadataExt;
+                let now = std::fs::metadata(&file).map(|m| m.ino()).ok();
+                let open = f.metadata().await.map(|m| m.ino()).ok();
+                now.is_some() && now != open
+            };
+            if rotated && let Ok(next) = tokio::fs::File::open(&file).await {
+                f = next;
+                pos = 0;
+                pending.clear();
+                continue;
+            }
             if exited {
                 return;
             }

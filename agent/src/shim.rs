@@ -41,6 +41,12 @@ pub struct ShimArgs {
     /// The container's memory cgroup directory, read after exit to tell an OOM kill.
     #[arg(long)]
     pub memory_cgroup: Option<PathBuf>,
+    /// Size at which the log is rotated (0: never).
+    #[arg(long, default_value_t = 10 * 1024 * 1024)]
+    pub log_max_size: u64,
+    /// Log files kept, the current one included.
+    #[arg(long, default_value_t = 5)]
+    pub log_max_files: u32,
     /// OOM score adjustment of the container's process.
     #[arg(long, allow_hyphen_values = true)]
     pub oom_score_adj: Option<i32>,
@@ -111,6 +117,57 @@ pub fn main(args: ShimArgs) -> i32 {
     }
 }
 
+/// The container's log file, rotated like the kubelet's (`containerLogMaxSize`/`MaxFiles`): when it
+/// grows past `max_size`, it becomes `NAME.1` (older ones shift up) and a fresh file starts.
+struct Log {
+    path: PathBuf,
+    file: File,
+    size: u64,
+    max_size: u64,
+    max_files: u32,
+}
+
+impl Log {
+    fn open(path: &Path, max_size: u64, max_files: u32) -> std::io::Result<Log> {
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let size = file.metadata()?.len();
+        Ok(Log {
+            path: path.to_path_buf(),
+            file,
+            size,
+            max_size,
+            max_files,
+        })
+    }
+
+    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        if self.max_size > 0 && self.size > 0 && self.size + bytes.len() as u64 > self.max_size {
+            self.rotate()?;
+        }
+        self.file.write_all(bytes)?;
+        self.size += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> std::io::Result<()> {
+        let name = |i: u32| PathBuf::from(format!("{}.{i}", self.path.display()));
+        let keep = self.max_files.max(1) - 1;
+        if keep == 0 {
+            self.file.set_len(0)?;
+            self.size = 0;
+            return Ok(());
+        }
+        let _ = std::fs::remove_file(name(keep));
+        for i in (1..keep).rev() {
+            let _ = std::fs::rename(name(i), name(i + 1));
+        }
+        std::fs::rename(&self.path, name(1))?;
+        self.file = OpenOptions::new().create(true).append(true).open(&self.path)?;
+        self.size = 0;
+        Ok(())
+    }
+}
+
 /// One output stream of the container, copied into the log line by line.
 struct Stream {
     fd: OwnedFd,
@@ -123,7 +180,7 @@ struct Stream {
 const MAX_LINE: usize = 16 * 1024;
 
 impl Stream {
-    fn read(&mut self, log: &mut File) -> bool {
+    fn read(&mut self, log: &mut Log) -> bool {
         let mut buf = [0u8; 32 * 1024];
         match nix::unistd::read(self.fd.as_raw_fd(), &mut buf) {
             Ok(0) => {
@@ -146,7 +203,7 @@ impl Stream {
     }
 
     /// Writes complete lines (and, at the end or when too long, the partial rest).
-    fn flush(&mut self, log: &mut File, eof: bool) {
+    fn flush(&mut self, log: &mut Log, eof: bool) {
         let mut out = Vec::new();
         let mut start = 0;
         let ts = now_rfc3339();
@@ -187,10 +244,7 @@ fn record(out: &mut Vec<u8>, ts: &str, stream: &str, tag: &str, content: &[u8]) 
 fn run(args: &ShimArgs) -> anyhow::Result<()> {
     use anyhow::Context;
     std::fs::create_dir_all(&args.status_dir)?;
-    let mut log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&args.log)
+    let mut log = Log::open(&args.log, args.log_max_size, args.log_max_files)
         .with_context(|| format!("opening {}", args.log.display()))?;
     let devnull = OpenOptions::new().read(true).write(true).open("/dev/null")?;
     let (out_r, out_w) = nix::unistd::pipe()?;
@@ -394,5 +448,32 @@ pub fn exec_main(args: ExecArgs) -> i32 {
                 return 126;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logs_rotate_and_keep_a_bounded_number_of_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        let mut log = Log::open(&path, 100, 3).unwrap();
+        for i in 0..10 {
+            log.write_all(format!("{i:0>59}\n").as_bytes()).unwrap();
+        }
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["0.log", "0.log.1", "0.log.2"]);
+        assert!(std::fs::metadata(&path).unwrap().len() <= 100);
+        assert!(
+            std::fs::read_to_string(&path)
+                .unwrap()
+                .ends_with("00000000000000000000000000000000000000000000000000000000009\n")
+        );
     }
 }

@@ -49,6 +49,10 @@ pub struct Config {
     pub pids_limit: Option<i64>,
     /// Program masquerading for pod egress (nftables) and enable forwarding.
     pub masquerade: bool,
+    /// Container log size that triggers rotation, in bytes.
+    pub log_max_size: u64,
+    /// Container log files kept (the current one included).
+    pub log_max_files: u32,
 }
 
 /// What every pod worker shares.

@@ -965,6 +965,8 @@ impl Pod {
             .arg("--memory-cgroup")
             .arg(memory_cgroup)
             .args(spec::oom_score_adj(&self.pod).map(|a| format!("--oom-score-adj={a}")))
+            .arg(format!("--log-max-size={}", self.shared.cfg.log_max_size))
+            .arg(format!("--log-max-files={}", self.shared.cfg.log_max_files))
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
