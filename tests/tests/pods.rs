@@ -314,8 +314,34 @@ spec:
 
     // The agent is killed and restarted: the running pod is adopted, not restarted.
     let before = status(&k.pod("hello"), "hello").clone();
+    k.c.ok(&["run", "doomed", "--image", &image, "--", "sleep", "3600"]);
+    let doomed = k.wait_pod("doomed", "Ready", |p| status(p, "doomed")["ready"] == true);
+    let doomed_uid = doomed["metadata"]["uid"].as_str().unwrap().to_string();
+    let started: Value = serde_json::from_str(
+        &std::fs::read_to_string(k.node.data_dir().join(format!(
+            "pods/{doomed_uid}/containers/doomed/0/status/started.json"
+        )))
+        .unwrap(),
+    )
+    .unwrap();
+    let doomed_pid = started["pid"].as_i64().unwrap();
     let mut k = k;
+    k.node.kill9();
+    // While the agent is down, one pod is removed from the API outright.
+    k.c.ok(&["delete", "pod", "doomed", "--grace-period=0", "--force"]);
     k.node.restart();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while k.node.data_dir().join(format!("pods/{doomed_uid}")).exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        !k.node.data_dir().join(format!("pods/{doomed_uid}")).exists(),
+        "the returning agent cleans up a pod deleted meanwhile"
+    );
+    assert!(
+        !std::path::Path::new(&format!("/proc/{doomed_pid}")).exists(),
+        "its container is gone"
+    );
     k.c.ok(&[
         "delete",
         "pod",
