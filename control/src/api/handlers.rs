@@ -58,7 +58,7 @@ impl Call {
         self.name.as_deref().unwrap_or_default()
     }
 
-    pub(crate) fn key(&self, name: &str) -> String {
+    fn key(&self, name: &str) -> String {
         self.info.key(self.ns.as_deref(), name)
     }
 

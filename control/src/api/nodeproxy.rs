@@ -182,21 +182,10 @@ pub async fn exec(
     let container_param = raw_query
         .split('&')
         .find_map(|kv| kv.strip_prefix("container="))
-        .map(percent_decode);
-    let kv = app
-        .store
-        .get(&format!("/registry/core/pods/{ns}/{name}"))
-        .await
-        .map_err(|e| ApiError::new(500, "InternalError", e.to_string()))?
-        .ok_or_else(|| ApiError::new(404, "NotFound", format!("pods \"{name}\" not found")))?;
-    let pod = from_kv(&kv);
-    let containers: Vec<String> = pod["spec"]["containers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .chain(pod["spec"]["initContainers"].as_array().into_iter().flatten())
-        .filter_map(|c| c["name"].as_str().map(str::to_owned))
-        .collect();
+        .map(super::percent_decode);
+    let pod = read_pod(app, ns, name).await?;
+    let mut containers = container_names(&pod, "containers");
+    containers.extend(container_names(&pod, "initContainers"));
     let container = match container_param.filter(|c| !c.is_empty()) {
         Some(c) if containers.contains(&c) => c,
         Some(c) => {
@@ -261,45 +250,36 @@ pub async fn exec(
     Ok(out)
 }
 
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && i + 2 < b.len()
-            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16)
-        {
-            out.push(v);
-            i += 3;
-            continue;
-        }
-        out.push(if b[i] == b'+' { b' ' } else { b[i] });
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+/// The pod `ns/name`, or upstream's NotFound.
+async fn read_pod(app: &App, ns: &str, name: &str) -> Result<Value> {
+    let kv = app
+        .store
+        .get(&format!("/registry/core/pods/{ns}/{name}"))
+        .await
+        .map_err(|e| ApiError::new(500, "InternalError", e.to_string()))?
+        .ok_or_else(|| ApiError::new(404, "NotFound", format!("pods \"{name}\" not found")))?;
+    Ok(from_kv(&kv))
+}
+
+/// Names of the pod's containers of one kind (`containers`, `initContainers`).
+fn container_names(pod: &Value, key: &str) -> Vec<String> {
+    pod["spec"][key]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str().map(str::to_owned))
+        .collect()
 }
 
 /// `GET pods/NAME/log`.
 pub async fn logs(app: &App, call: &Call) -> Result<Response> {
     let ns = call.ns.clone().unwrap_or_default();
     let name = call.name.clone().unwrap_or_default();
-    let kv = app
-        .store
-        .get(&call.key(&name))
-        .await
-        .map_err(|e| ApiError::new(500, "InternalError", e.to_string()))?
-        .ok_or_else(|| ApiError::new(404, "NotFound", format!("pods \"{name}\" not found")))?;
-    let pod = from_kv(&kv);
-    let names = |key: &str| -> Vec<String> {
-        pod["spec"][key]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|c| c["name"].as_str().map(str::to_owned))
-            .collect()
-    };
-    let (app_names, init_names) = (names("containers"), names("initContainers"));
+    let pod = read_pod(app, &ns, &name).await?;
+    let (app_names, init_names) = (
+        container_names(&pod, "containers"),
+        container_names(&pod, "initContainers"),
+    );
     let container = match call.query.get("container").filter(|c| !c.is_empty()) {
         Some(c) => c.clone(),
         None if app_names.len() == 1 => app_names[0].clone(),
