@@ -21,13 +21,11 @@ pub async fn link_index(h: &Handle, name: &str) -> anyhow::Result<Option<u32>> {
     match links.try_next().await {
         Ok(Some(l)) => Ok(Some(l.header.index)),
         Ok(None) => Ok(None),
-        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc_enodev() => Ok(None),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -(nix::errno::Errno::ENODEV as i32) => {
+            Ok(None)
+        }
         Err(e) => Err(e.into()),
     }
-}
-
-fn libc_enodev() -> i32 {
-    nix::errno::Errno::ENODEV as i32
 }
 
 async fn up(h: &Handle, index: u32) -> anyhow::Result<()> {
@@ -267,12 +265,7 @@ pub async fn default_ip() -> Option<String> {
 
 /// Whether a sandbox's namespaces are still held.
 pub fn sandbox_alive(dir: &Path) -> bool {
-    let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let target = dir.join("net");
-    let t = target.to_string_lossy();
-    mounts.lines().any(|l| l.split(' ').nth(4) == Some(t.as_ref()))
+    crate::pods::volumes::is_mountpoint(&dir.join("net"))
 }
 
 /// Host-side veth name for a pod (at most 15 bytes, unique per pod uid).

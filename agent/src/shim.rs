@@ -80,6 +80,13 @@ pub struct Exited {
     pub error: Option<String>,
 }
 
+impl Exited {
+    /// Exit code 0 after a real start.
+    pub fn succeeded(&self) -> bool {
+        self.exit_code == 0 && self.error.is_none()
+    }
+}
+
 /// File names inside the status directory.
 pub const STARTED: &str = "started.json";
 /// File names inside the status directory.
@@ -354,7 +361,7 @@ fn run(args: &ShimArgs) -> anyhow::Result<()> {
         }
     }
     let (exit_code, signal) = status.unwrap_or((128, None));
-    let oom_killed = signal == Some(libc_sigkill()) && oom_kills(args.memory_cgroup.as_deref()) > 0;
+    let oom_killed = signal == Some(Signal::SIGKILL as i32) && oom_kills(args.memory_cgroup.as_deref()) > 0;
     let _ = container.delete(true);
     write_json(
         &args.status_dir,
@@ -368,10 +375,6 @@ fn run(args: &ShimArgs) -> anyhow::Result<()> {
         },
     )?;
     Ok(())
-}
-
-fn libc_sigkill() -> i32 {
-    Signal::SIGKILL as i32
 }
 
 /// Reaps `pid` if it has ended: its exit code and the signal that ended it.

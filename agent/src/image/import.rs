@@ -87,17 +87,7 @@ pub fn import(
         .map_err(anyhow::Error::msg)?;
     let scratch = store.scratch()?;
     let dir = scratch.path();
-    let f = std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
-    let mut head = [0u8; 2];
-    let gz = std::io::Read::read(&mut &f, &mut head)
-        .map(|n| n == 2 && head == [0x1f, 0x8b])
-        .unwrap_or(false);
-    let f = std::fs::File::open(file)?;
-    let reader: Box<dyn std::io::Read> = if gz {
-        Box::new(flate2::read::MultiGzDecoder::new(f))
-    } else {
-        Box::new(std::io::BufReader::new(f))
-    };
+    let reader = super::open_tarball(file).with_context(|| format!("cannot open {}", file.display()))?;
     let mut archive = tar::Archive::new(reader);
     archive
         .unpack(dir)

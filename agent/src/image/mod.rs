@@ -182,18 +182,7 @@ impl ImageStore {
         if dest.exists() {
             return Ok(0);
         }
-        let mut file = File::open(tarball)?;
-        let mut magic = [0u8; 4];
-        let n = file.read(&mut magic)?;
-        drop(file);
-        let file = std::io::BufReader::new(File::open(tarball)?);
-        let reader: Box<dyn Read> = if n >= 2 && magic[..2] == [0x1f, 0x8b] {
-            Box::new(flate2::read::MultiGzDecoder::new(file))
-        } else if n == 4 && magic == [0x28, 0xb5, 0x2f, 0xfd] {
-            bail!("zstd-compressed layers are not supported yet");
-        } else {
-            Box::new(file)
-        };
+        let reader = open_tarball(tarball)?;
         let scratch = tempfile::Builder::new()
             .prefix("layer-")
             .tempdir_in(self.root.join("tmp"))?;
@@ -319,6 +308,20 @@ impl ImageStore {
             }
         }
         Ok(removed)
+    }
+}
+
+/// Opens a tar archive, decompressing it if it is gzip'd (zstd is refused with a clear error).
+pub fn open_tarball(path: &Path) -> anyhow::Result<Box<dyn Read>> {
+    let mut magic = [0u8; 4];
+    let n = File::open(path)?.read(&mut magic)?;
+    let file = std::io::BufReader::new(File::open(path)?);
+    if n >= 2 && magic[..2] == [0x1f, 0x8b] {
+        Ok(Box::new(flate2::read::MultiGzDecoder::new(file)))
+    } else if n == 4 && magic == [0x28, 0xb5, 0x2f, 0xfd] {
+        bail!("zstd-compressed archives are not supported yet")
+    } else {
+        Ok(Box::new(file))
     }
 }
 

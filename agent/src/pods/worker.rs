@@ -81,6 +81,14 @@ impl Ctr {
     fn exited(&self) -> Option<&Exited> {
         self.current.as_ref().and_then(|a| a.exited.as_ref())
     }
+    /// An init container is done once it succeeded; a sidecar once it runs.
+    fn init_done(&self, sidecar: bool) -> bool {
+        if sidecar {
+            self.running()
+        } else {
+            self.exited().is_some_and(Exited::succeeded)
+        }
+    }
     fn restart_count(&self) -> u32 {
         self.current.as_ref().map(|a| a.number).unwrap_or(0)
     }
@@ -111,6 +119,8 @@ struct Pod {
     exits: Arc<Notify>,
     volume_sync: Option<Instant>,
     start_time: Option<String>,
+    /// resourceVersion of the pod last written to `pod.json`.
+    saved: String,
 }
 
 fn is_sidecar(c: &Value) -> bool {
@@ -145,6 +155,7 @@ pub async fn run(shared: Arc<Shared>, uid: String, mut rx: watch::Receiver<Optio
         exits: Arc::new(Notify::new()),
         volume_sync: None,
         start_time: None,
+        saved: String::new(),
     };
     pod.load();
     let mut gone = false;
@@ -199,6 +210,10 @@ impl Pod {
     }
     fn host_network(&self) -> bool {
         self.pod["spec"]["hostNetwork"].as_bool().unwrap_or(false)
+    }
+    /// Where the pod is reached: its own address, or the node's.
+    fn address(&self) -> String {
+        self.ip.clone().unwrap_or_else(|| self.shared.cfg.node_ip.clone())
     }
     fn sandbox(&self) -> PathBuf {
         self.dir.join("ns")
@@ -290,9 +305,18 @@ impl Pod {
         }
     }
 
-    fn save(&self) -> anyhow::Result<()> {
+    /// Keeps `pod.json` (what a restarted agent adopts) at the latest version of the pod.
+    fn save(&mut self) -> anyhow::Result<()> {
+        let version = self.pod["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or_default();
+        if !self.saved.is_empty() && self.saved == version {
+            return Ok(());
+        }
         std::fs::create_dir_all(&self.dir)?;
-        crate::image::write_atomic(&self.dir.join("pod.json"), &serde_json::to_vec(&self.pod)?)
+        crate::image::write_atomic(&self.dir.join("pod.json"), &serde_json::to_vec(&self.pod)?)?;
+        self.saved = version.to_string();
+        Ok(())
     }
 
     /// One reconciliation pass; returns when to look again at the latest.
@@ -348,17 +372,7 @@ impl Pod {
             let name = c["name"].as_str().unwrap_or_default().to_string();
             let sidecar = is_sidecar(&c);
             let state = self.ctrs.entry(name.clone()).or_default();
-            let done = if sidecar {
-                state.running()
-            } else {
-                state
-                    .exited()
-                    .is_some_and(|e| e.exit_code == 0 && e.error.is_none())
-            };
-            if done {
-                if sidecar {
-                    continue;
-                }
+            if state.init_done(sidecar) {
                 continue;
             }
             initialized = false;
@@ -368,7 +382,7 @@ impl Pod {
             if let Some(e) = state.exited()
                 && !sidecar
                 && restart_policy == "Never"
-                && e.exit_code != 0
+                && !e.succeeded()
             {
                 failed = true;
                 break;
@@ -400,7 +414,7 @@ impl Pod {
                     None => true,
                     Some(e) => match restart_policy.as_str() {
                         "Never" => false,
-                        "OnFailure" => e.exit_code != 0 || e.error.is_some(),
+                        "OnFailure" => !e.succeeded(),
                         _ => true,
                     },
                 };
@@ -426,7 +440,7 @@ impl Pod {
                 .as_u64()
                 .unwrap_or(30),
         );
-        let ip = self.ip.clone().unwrap_or_else(|| self.shared.cfg.node_ip.clone());
+        let ip = self.address();
         for c in specs {
             let name = c["name"].as_str().unwrap_or_default().to_string();
             let Some(state) = self.ctrs.get_mut(&name) else {
@@ -509,7 +523,7 @@ impl Pod {
     }
 
     fn write_pod_files(&self, hostname: &str) -> anyhow::Result<()> {
-        let ip = self.ip.clone().unwrap_or_else(|| self.shared.cfg.node_ip.clone());
+        let ip = self.address();
         let mut hosts = String::from(
             "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
         );
@@ -1016,7 +1030,7 @@ impl Pod {
                 .await;
             if let (Some(hook), Some(started)) = (c["lifecycle"].get("postStart"), state.started.as_ref()) {
                 // As upstream: the hook runs right after the start; if it fails, the container is killed.
-                let ip = self.ip.clone().unwrap_or_else(|| self.shared.cfg.node_ip.clone());
+                let ip = self.address();
                 let target = target(
                     &self.shared,
                     c,
@@ -1058,7 +1072,7 @@ impl Pod {
             .collect();
         // preStop hooks run first, within the grace period, then SIGTERM.
         let started_at = Instant::now();
-        let ip = self.ip.clone().unwrap_or_else(|| self.shared.cfg.node_ip.clone());
+        let ip = self.address();
         let mut hooks = Vec::new();
         for (name, pid) in &running {
             let spec = self
@@ -1250,13 +1264,9 @@ impl Pod {
             .collect();
         let policy = self.restart_policy();
         let init_done = self.containers("initContainers").iter().all(|c| {
-            let s = self.ctrs.get(c["name"].as_str().unwrap_or_default());
-            if is_sidecar(c) {
-                s.is_some_and(Ctr::running)
-            } else {
-                s.and_then(Ctr::exited)
-                    .is_some_and(|e| e.exit_code == 0 && e.error.is_none())
-            }
+            self.ctrs
+                .get(c["name"].as_str().unwrap_or_default())
+                .is_some_and(|s| s.init_done(is_sidecar(c)))
         });
         let init_failed = policy == "Never"
             && self.containers("initContainers").iter().any(|c| {
@@ -1265,7 +1275,7 @@ impl Pod {
                         .ctrs
                         .get(c["name"].as_str().unwrap_or_default())
                         .and_then(Ctr::exited)
-                        .is_some_and(|e| e.exit_code != 0 || e.error.is_some())
+                        .is_some_and(|e| !e.succeeded())
             });
         let apps: Vec<&Ctr> = self
             .containers("containers")
@@ -1276,10 +1286,7 @@ impl Pod {
             apps.len() == self.containers("containers").len() && apps.iter().all(|c| c.current.is_some());
         let any_running = apps.iter().any(|c| c.running());
         let all_exited = all_created && apps.iter().all(|c| c.exited().is_some());
-        let all_ok = all_exited
-            && apps
-                .iter()
-                .all(|c| c.exited().is_some_and(|e| e.exit_code == 0 && e.error.is_none()));
+        let all_ok = all_exited && apps.iter().all(|c| c.exited().is_some_and(Exited::succeeded));
         let phase = if init_failed {
             "Failed"
         } else if !init_done || !all_created {
