@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
+use skiff_tests::free_port;
+use skiff_tests::node::remove_cgroups;
 
 struct Proc(Child);
 
@@ -17,10 +19,6 @@ impl Drop for Proc {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -170,29 +168,8 @@ impl Drop for Cluster {
     }
 }
 
-fn remove_cgroups(prefix: &str) {
-    fn rm(dir: &Path) {
-        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                rm(&e.path());
-            }
-        }
-        let _ = std::fs::remove_dir(dir);
-    }
-    for e in std::fs::read_dir("/sys/fs/cgroup")
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-            rm(&e.path().join(prefix));
-        }
-    }
-    rm(&Path::new("/sys/fs/cgroup").join(prefix));
-}
-
 fn start(control: &Path, agent: &Path, dir: &Path, prefix: &str) -> anyhow::Result<Cluster> {
-    let (api, raft, kubelet) = (free_port()?, free_port()?, free_port()?);
+    let (api, raft, kubelet) = (free_port(), free_port(), free_port());
     let cdir = dir.join("control");
     let control = Proc(
         Command::new(control)

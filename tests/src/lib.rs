@@ -30,7 +30,8 @@ pub fn control_bin() -> PathBuf {
     bin
 }
 
-pub(crate) fn free_port() -> u16 {
+/// A loopback port free at the moment of asking.
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

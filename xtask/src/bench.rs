@@ -49,6 +49,30 @@ fn run_json(cmd: &mut Command) -> anyhow::Result<serde_json::Value> {
     Ok(serde_json::from_slice(&out.stdout)?)
 }
 
+/// Builds the named packages in release mode.
+fn build_release(root: &Path, cargo: &impl Fn() -> Command, packages: &[&str]) -> anyhow::Result<()> {
+    let mut cmd = cargo();
+    cmd.current_dir(root).args(["build", "--release"]);
+    for p in packages {
+        cmd.args(["-p", p]);
+    }
+    if !cmd.status()?.success() {
+        bail!("release build failed");
+    }
+    Ok(())
+}
+
+/// Replaces (or adds) benchmark section `name` of `docs/benchmarks.md` with `body`.
+fn write_section(root: &Path, name: &str, body: &str) -> anyhow::Result<()> {
+    let path = root.join("docs/benchmarks.md");
+    let doc = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+        "# Benchmarks\n\nWritten by `cargo xtask bench ...`; each section is replaced by its latest run.\n".into()
+    });
+    std::fs::write(&path, replace_section(&doc, name, body))?;
+    eprintln!("wrote {}", path.display());
+    Ok(())
+}
+
 /// The run whose throughput is the median, per (system, concurrency).
 fn medians(runs: &[Vec<serde_json::Value>]) -> Vec<serde_json::Value> {
     let mut out = Vec::new();
@@ -91,13 +115,7 @@ pub fn api(root: &Path, cargo: impl Fn() -> Command) -> anyhow::Result<()> {
             "etcd is not installed: apt-get install etcd-server (the store benchmark runs etcd 3.4 beside Skiff's store)"
         );
     };
-    let status = cargo()
-        .current_dir(root)
-        .args(["build", "--release", "-p", "skiff-control", "-p", "skiff-bench"])
-        .status()?;
-    if !status.success() {
-        bail!("release build failed");
-    }
+    build_release(root, &cargo, &["skiff-control", "skiff-bench"])?;
     let bin = root.join("target/release");
     let mut store_runs = Vec::new();
     let mut api_runs = Vec::new();
@@ -179,22 +197,13 @@ pub fn api(root: &Path, cargo: impl Fn() -> Command) -> anyhow::Result<()> {
         body,
         "\nTargets: store throughput at or above etcd's at both concurrencies; API create p99 under 10 ms\nat 64 clients; idle RSS under 64 MiB.\n"
     )?;
-    let path = root.join("docs/benchmarks.md");
-    let doc = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n\nWritten by `cargo xtask bench ...`; each section is replaced by its latest run.\n".into());
-    std::fs::write(&path, replace_section(&doc, "api", &body))?;
-    eprintln!("wrote {}", path.display());
+    write_section(root, "api", &body)?;
     Ok(())
 }
 
 /// `cargo xtask bench scheduler`.
 pub fn scheduler(root: &Path, cargo: impl Fn() -> Command) -> anyhow::Result<()> {
-    let status = cargo()
-        .current_dir(root)
-        .args(["build", "--release", "-p", "skiff-bench"])
-        .status()?;
-    if !status.success() {
-        bail!("release build failed");
-    }
+    build_release(root, &cargo, &["skiff-bench"])?;
     let bin = root.join("target/release/skiff-bench");
     let mut body = String::new();
     writeln!(body, "## Scheduler (`cargo xtask bench scheduler`)\n")?;
@@ -239,31 +248,13 @@ pub fn scheduler(root: &Path, cargo: impl Fn() -> Command) -> anyhow::Result<()>
         body,
         "Upstream reference (kube-scheduler's scheduler_perf, as published in kubernetes/kubernetes PR\n#115422 on a 36-core machine; the closest shapes published there are 500-node ones):\nSchedulingBasic/500Nodes ~1,000 pods/s (p90), SchedulingPodAntiAffinity/500Nodes ~287 pods/s,\nMixedSchedulingBasePod/500Nodes ~366 pods/s. The 10x target over these is not met yet on\n2 cores; see the issue notes.\n"
     )?;
-    let path = root.join("docs/benchmarks.md");
-    let doc = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".into());
-    std::fs::write(&path, replace_section(&doc, "scheduler", &body))?;
-    eprintln!("wrote {}", path.display());
+    write_section(root, "scheduler", &body)?;
     Ok(())
 }
 
 /// `cargo xtask bench pods`.
 pub fn pods(root: &Path, cargo: impl Fn() -> Command) -> anyhow::Result<()> {
-    let status = cargo()
-        .current_dir(root)
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "skiff-bench",
-            "-p",
-            "skiff-control",
-            "-p",
-            "skiff-agent",
-        ])
-        .status()?;
-    if !status.success() {
-        bail!("release build failed");
-    }
+    build_release(root, &cargo, &["skiff-bench", "skiff-control", "skiff-agent"])?;
     let bin = |n: &str| root.join("target/release").join(n);
     let r = run_json(
         Command::new(bin("skiff-bench"))
@@ -336,9 +327,6 @@ pub fn pods(root: &Path, cargo: impl Fn() -> Command) -> anyhow::Result<()> {
         )?;
     }
     writeln!(body)?;
-    let path = root.join("docs/benchmarks.md");
-    let doc = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".into());
-    std::fs::write(&path, replace_section(&doc, "pods", &body))?;
-    eprintln!("wrote {}", path.display());
+    write_section(root, "pods", &body)?;
     Ok(())
 }
