@@ -184,6 +184,35 @@ async fn tcp(host: &str, port: u16, timeout: Duration) -> Result<(), String> {
 /// Something to say about a probe, as an event.
 pub type Report = Arc<dyn Fn(&'static str, String) + Send + Sync>;
 
+/// Probes every period after the initial delay until `failureThreshold` failures in a row (false)
+/// or, with `stop_on_success`, the first success (true). Each failure is reported.
+async fn until_failed(
+    target: &Target,
+    p: &Value,
+    kind: &str,
+    stop_on_success: bool,
+    report: &Report,
+) -> bool {
+    tokio::time::sleep(Duration::from_secs(secs(p, "initialDelaySeconds", 0))).await;
+    let period = Duration::from_secs(secs(p, "periodSeconds", 10).max(1));
+    let threshold = secs(p, "failureThreshold", 3).max(1);
+    let mut failures = 0;
+    loop {
+        match run_once(target, p).await {
+            Ok(()) if stop_on_success => return true,
+            Ok(()) => failures = 0,
+            Err(e) => {
+                failures += 1;
+                report("Unhealthy", format!("{kind} probe failed: {e}"));
+                if failures >= threshold {
+                    return false;
+                }
+            }
+        }
+        tokio::time::sleep(period).await;
+    }
+}
+
 /// Runs a container's probes until the task is aborted; updates `verdict` and wakes the worker.
 pub async fn run(target: Target, verdict: Arc<Mutex<Verdict>>, wake: Arc<Notify>, report: Report) {
     let c = target.container.clone();
@@ -227,23 +256,9 @@ pub async fn run(target: Target, verdict: Arc<Mutex<Verdict>>, wake: Arc<Notify>
     };
     // Startup first: the other probes wait for it.
     if let Some(p) = &startup {
-        tokio::time::sleep(Duration::from_secs(secs(p, "initialDelaySeconds", 0))).await;
-        let period = Duration::from_secs(secs(p, "periodSeconds", 10).max(1));
-        let threshold = secs(p, "failureThreshold", 3).max(1);
-        let mut failures = 0;
-        loop {
-            match run_once(&target, p).await {
-                Ok(()) => break,
-                Err(e) => {
-                    failures += 1;
-                    report("Unhealthy", format!("Startup probe failed: {e}"));
-                    if failures >= threshold {
-                        kill("failed startup probe".into()).await;
-                        return;
-                    }
-                }
-            }
-            tokio::time::sleep(period).await;
+        if !until_failed(&target, p, "Startup", true, &report).await {
+            kill("failed startup probe".into()).await;
+            return;
         }
         set(&|v| {
             v.started = true;
@@ -294,24 +309,10 @@ pub async fn run(target: Target, verdict: Arc<Mutex<Verdict>>, wake: Arc<Notify>
         }
     };
     let liveness_loop = async {
-        let Some(p) = liveness else { return };
-        tokio::time::sleep(Duration::from_secs(secs(&p, "initialDelaySeconds", 0))).await;
-        let period = Duration::from_secs(secs(&p, "periodSeconds", 10).max(1));
-        let threshold = secs(&p, "failureThreshold", 3).max(1);
-        let mut failures = 0;
-        loop {
-            match run_once(&target, &p).await {
-                Ok(()) => failures = 0,
-                Err(e) => {
-                    failures += 1;
-                    report("Unhealthy", format!("Liveness probe failed: {e}"));
-                    if failures >= threshold {
-                        kill("failed liveness probe".into()).await;
-                        break;
-                    }
-                }
-            }
-            tokio::time::sleep(period).await;
+        if let Some(p) = liveness
+            && !until_failed(&target, &p, "Liveness", false, &report).await
+        {
+            kill("failed liveness probe".into()).await;
         }
     };
     tokio::join!(readiness_loop, liveness_loop);
