@@ -1,46 +1,12 @@
 //! skiff-agent joins a real control plane with the node token, registers its Node, and keeps it
 //! alive with Lease heartbeats; a stopped agent's node goes NotReady.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
 use skiff_tests::Control;
-
-fn agent_bin() -> std::path::PathBuf {
-    skiff_tests::control_bin().with_file_name("skiff-agent")
-}
-
-struct Agent(Child);
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_agent(c: &Control, name: &str, token: &str, dir: &std::path::Path) -> Agent {
-    Agent(
-        Command::new(agent_bin())
-            .args([
-                "--server",
-                &c.url(),
-                "--token",
-                token,
-                "--node-name",
-                name,
-                "--lease-interval-seconds",
-                "1",
-            ])
-            .arg("--data-dir")
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting skiff-agent"),
-    )
-}
+use skiff_tests::node::{Node, agent_bin, cluster_cidr, unique_prefix};
 
 /// Waits (bounded) until the node's Ready condition is `want`; false if it never is.
 fn wait_for_ready(c: &Control, name: &str, want: &str) -> bool {
@@ -66,13 +32,20 @@ fn ready(c: &Control, name: &str) -> Option<String> {
 
 #[test]
 fn agent_joins_registers_and_heartbeats() {
-    let c = Control::start_with(&["--node-monitor-grace-period", "3s"]);
-    let token = std::fs::read_to_string(c.data_dir().join("node-token")).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let agent = start_agent(&c, "worker-1", token.trim(), dir.path());
-    let ok = wait_for_ready(&c, "worker-1", "True");
+    // The agent runs with the test's own bridge, cgroup subtree and pod range (see `Node`).
+    let prefix = unique_prefix();
+    let c = Control::start_with(&[
+        "--node-monitor-grace-period",
+        "3s",
+        "--cluster-cidr",
+        &cluster_cidr(&prefix),
+    ]);
+    let mut agent = Node::start(&c, &prefix);
+    let name = agent.name.clone();
+    let dir = agent.data_dir();
+    let ok = wait_for_ready(&c, &name, "True");
     assert!(ok, "node never became Ready");
-    let node: Value = serde_json::from_str(&c.ok(&["get", "node", "worker-1", "-o", "json"])).unwrap();
+    let node: Value = serde_json::from_str(&c.ok(&["get", "node", &name, "-o", "json"])).unwrap();
     assert!(
         node["status"]["capacity"]["cpu"]
             .as_str()
@@ -85,16 +58,16 @@ fn agent_joins_registers_and_heartbeats() {
         "kube-node-lease",
         "get",
         "lease",
-        "worker-1",
+        &name,
         "-o",
         "jsonpath={.spec.holderIdentity}",
     ]);
-    assert_eq!(holder, "worker-1");
+    assert_eq!(holder, name);
     // The node's identity is its own certificate, kept for restarts.
-    assert!(dir.path().join("node.crt").exists() && dir.path().join("node.key").exists());
+    assert!(dir.join("node.crt").exists() && dir.join("node.key").exists());
     // With it, a node may read, but not act as an administrator.
     let as_node = |args: &[&str]| {
-        let p = |f: &str| dir.path().join(f).to_string_lossy().into_owned();
+        let p = |f: &str| dir.join(f).to_string_lossy().into_owned();
         Command::new("kubectl")
             .env("KUBECONFIG", "/dev/null")
             .args([
@@ -115,16 +88,16 @@ fn agent_joins_registers_and_heartbeats() {
     let denied = as_node(&["delete", "namespace", "default"]);
     let err = String::from_utf8_lossy(&denied.stderr);
     assert!(
-        !denied.status.success() && err.contains("Forbidden") && err.contains("system:node:worker-1"),
+        !denied.status.success() && err.contains("Forbidden") && err.contains(&format!("system:node:{name}")),
         "{err}"
     );
     assert!(!as_node(&["label", "node", "other-node", "x=y"]).status.success());
-    drop(agent);
-    let lost = wait_for_ready(&c, "worker-1", "Unknown");
+    agent.kill9();
+    let lost = wait_for_ready(&c, &name, "Unknown");
     assert!(lost, "a stopped agent's node did not go NotReady");
     // Restarting with the stored credentials brings it back.
-    let _again = start_agent(&c, "worker-1", token.trim(), dir.path());
-    let back = wait_for_ready(&c, "worker-1", "True");
+    agent.restart();
+    let back = wait_for_ready(&c, &name, "True");
     assert!(back, "the node did not come back after the agent restarted");
 }
 
