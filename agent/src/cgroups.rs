@@ -14,6 +14,50 @@ pub fn mode() -> &'static str {
     if is_unified() { "v2" } else { "v1 (hybrid/legacy)" }
 }
 
+/// The cgroup2 hierarchy on a hybrid host (v1 controllers plus a controller-less cgroup2 mount at
+/// `/sys/fs/cgroup/unified`); `None` on unified and pure-v1 hosts.
+pub fn hybrid_unified() -> Option<PathBuf> {
+    let unified = Path::new(ROOT).join("unified");
+    (!is_unified() && unified.join("cgroup.procs").exists()).then_some(unified)
+}
+
+/// The cgroup2 directory for a cgroups path (where the service proxy's socket hooks see the
+/// processes): under the root on unified hosts, under `unified` on hybrid ones.
+pub fn unified_dir(cgroups_path: &str) -> Option<PathBuf> {
+    let rel = cgroups_path.trim_start_matches('/');
+    if is_unified() {
+        return Some(Path::new(ROOT).join(rel));
+    }
+    hybrid_unified().map(|u| u.join(rel))
+}
+
+/// On a hybrid host, moves the calling process into the cgroup2 directory for `cgroups_path`
+/// (created if needed). libcontainer places containers in the v1 hierarchies only there, and a
+/// child inherits its parent's cgroup2 membership, so a shim that joins first brings its container
+/// along. Nothing to do on unified hosts, where libcontainer places the container itself.
+pub fn join_hybrid_unified(cgroups_path: &str) -> std::io::Result<()> {
+    let Some(unified) = hybrid_unified() else {
+        return Ok(());
+    };
+    let dir = unified.join(cgroups_path.trim_start_matches('/'));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string())
+}
+
+/// On a hybrid host, moves the calling process into the cgroup2 directory of process `pid` (an exec
+/// into a container joins the container's).
+pub fn join_hybrid_unified_of(pid: i32) -> std::io::Result<()> {
+    let Some(unified) = hybrid_unified() else {
+        return Ok(());
+    };
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+    let Some(path) = cgroups.lines().find_map(|l| l.strip_prefix("0::")) else {
+        return Ok(());
+    };
+    let dir = unified.join(path.trim_start_matches('/'));
+    std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string())
+}
+
 /// The memory cgroup directory of a cgroups path.
 pub fn memory_dir(cgroups_path: &str) -> PathBuf {
     let rel = cgroups_path.trim_start_matches('/');

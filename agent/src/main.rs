@@ -1,7 +1,7 @@
 //! skiff-agent: the node agent (kubelet and kube-proxy in one process).
 //!
-//! This version joins a cluster, registers its Node and keeps it alive with Lease and status
-//! heartbeats. Running pods and programming Services arrive with the next slices.
+//! It joins a cluster, registers its Node and keeps it alive with Lease and status heartbeats, runs
+//! the pods bound to it (`pods`), and implements Services with eBPF socket hooks (`proxy`).
 
 mod cgroups;
 mod image;
@@ -9,6 +9,7 @@ mod ipam;
 mod net;
 mod node;
 mod pods;
+mod proxy;
 mod server;
 mod shim;
 mod stream;
@@ -178,6 +179,39 @@ struct Args {
     /// Do not program egress masquerading or enable IPv4 forwarding (the host does it).
     #[arg(long)]
     no_masquerade: bool,
+    /// How Services are implemented on this node.
+    #[arg(long, value_enum, default_value = "auto")]
+    proxy_mode: proxy::Mode,
+    /// The cluster's service range (as the control plane's `--service-cidr`): every pod, and the
+    /// node unless `--no-service-route`, gets an unreachable route for it.
+    #[arg(long, default_value = "10.96.0.0/12")]
+    service_cidr: String,
+    /// Do not install the unreachable route for the service range in the node's own namespace.
+    #[arg(long)]
+    no_service_route: bool,
+    /// Where the eBPF maps and links are pinned (a BPF filesystem is mounted at /sys/fs/bpf if
+    /// none is).
+    #[arg(long, default_value = "/sys/fs/bpf/skiff")]
+    bpf_dir: PathBuf,
+    /// The cgroup2 directory the socket hooks attach to: `node` (the cgroup2 root: pods and host
+    /// processes), `pods` (only this agent's pods), or a path.
+    #[arg(long, default_value = "node")]
+    proxy_cgroup: String,
+}
+
+/// The cgroup2 directory named by `--proxy-cgroup`, created when it is the pods' own.
+fn proxy_cgroup(args: &Args) -> anyhow::Result<PathBuf> {
+    let root = cgroups::unified_dir("")
+        .context("no cgroup2 hierarchy on this host: the eBPF service proxy needs one")?;
+    Ok(match args.proxy_cgroup.as_str() {
+        "node" => root,
+        "pods" => {
+            let dir = root.join(&args.cgroup_root);
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            dir
+        }
+        path => PathBuf::from(path),
+    })
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -264,8 +298,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
         masquerade: !args.no_masquerade,
         log_max_size: args.container_log_max_size,
         log_max_files: args.container_log_max_files,
+        service_cidr: args.service_cidr.clone(),
     };
     tracing::info!(cgroups = cgroups::mode(), "container cgroups");
+    if !args.no_service_route {
+        net::add_unreachable(&net::connect()?, &args.service_cidr).await?;
+    }
+    let proxy_cfg = proxy::Config {
+        mode: args.proxy_mode,
+        node_name: name.clone(),
+        pin_dir: args.bpf_dir.clone(),
+        cgroup: proxy_cgroup(&args)?,
+    };
+    let mut proxy_task = tokio::spawn(proxy::run(proxy_cfg, api.clone()));
     let pods_api = api.clone();
     let ca = creds.ca.clone();
     let mut pods_task = tokio::spawn(pods::run(cfg, pods_api, ca));
@@ -284,6 +329,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
             _ = status.tick() => {
                 if let Err(e) = node::heartbeat::post_status(&api, &name).await {
                     tracing::warn!(error = %e, "status update failed");
+                }
+            }
+            done = &mut proxy_task => {
+                match done {
+                    Ok(Ok(())) => proxy_task = tokio::spawn(std::future::pending()),
+                    Ok(Err(e)) => return Err(e.context("service proxy")),
+                    Err(e) => anyhow::bail!("the service proxy stopped: {e}"),
                 }
             }
             done = &mut pods_task => {

@@ -89,6 +89,10 @@ pub struct PodNet {
     /// The bridge's address, the pod's default gateway.
     #[arg(long)]
     pub gateway: Ipv4Addr,
+    /// The cluster's service range: the pod gets an unreachable route for it, so a service address
+    /// that the proxy has not programmed fails inside the pod instead of leaving the node.
+    #[arg(long)]
+    pub service_cidr: Option<String>,
 }
 
 /// `skiff-agent sandbox`: creates a pod's namespaces (single-threaded, before any runtime starts).
@@ -221,8 +225,26 @@ async fn create_sandbox(args: &SandboxArgs) -> anyhow::Result<()> {
             .execute()
             .await
             .context("adding the pod's default route")?;
+        if let Some(cidr) = &n.service_cidr {
+            add_unreachable(&pod, cidr).await?;
+        }
     }
     Ok(())
+}
+
+/// Installs (or keeps) an `unreachable` route for `cidr` in the namespace `h` talks to.
+pub async fn add_unreachable(h: &Handle, cidr: &str) -> anyhow::Result<()> {
+    let (addr, prefix) = parse_cidr(cidr)?;
+    let route = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(addr, prefix)
+        .kind(rtnetlink::packet_route::route::RouteType::Unreachable)
+        .build();
+    h.route()
+        .add(route)
+        .replace()
+        .execute()
+        .await
+        .with_context(|| format!("adding an unreachable route for the service range {cidr}"))
 }
 
 /// Unmounts a sandbox's namespace files (the namespaces go when nothing else holds them).

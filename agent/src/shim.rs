@@ -41,6 +41,10 @@ pub struct ShimArgs {
     /// The container's memory cgroup directory, read after exit to tell an OOM kill.
     #[arg(long)]
     pub memory_cgroup: Option<PathBuf>,
+    /// The container's cgroups path: on a hybrid host the shim joins its cgroup2 directory first, so
+    /// that the container is there for the service proxy's socket hooks.
+    #[arg(long)]
+    pub cgroups_path: Option<String>,
     /// Size at which the log is rotated (0: never).
     #[arg(long, default_value_t = 10 * 1024 * 1024)]
     pub log_max_size: u64,
@@ -273,6 +277,9 @@ fn run(args: &ShimArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
+    if let Some(path) = &args.cgroups_path {
+        crate::cgroups::join_hybrid_unified(path).context("joining the pod's cgroup2 directory")?;
+    }
     let created = ContainerBuilder::new(args.id.clone(), SyscallType::default())
         .with_root_path(&args.root)
         .and_then(|b| b.validate_id())
@@ -426,6 +433,15 @@ pub struct ExecArgs {
 /// Runs the exec helper; returns the command's exit code (128+N for a signal, 126 if it could not
 /// start).
 pub fn exec_main(args: ExecArgs) -> i32 {
+    // The command's sockets must be in the container's cgroup2 directory for the service proxy.
+    let joined = libcontainer::container::Container::load(args.root.join(&args.id))
+        .map_err(|e| e.to_string())
+        .and_then(|c| c.pid().ok_or_else(|| "the container is not running".to_string()))
+        .and_then(|pid| crate::cgroups::join_hybrid_unified_of(pid.as_raw()).map_err(|e| e.to_string()));
+    if let Err(e) = joined {
+        eprintln!("skiff-agent exec: joining the container's cgroup2 directory: {e}");
+        return 126;
+    }
     let built = ContainerBuilder::new(args.id.clone(), SyscallType::default())
         .with_root_path(&args.root)
         .map(|b| {

@@ -52,6 +52,19 @@ impl Node {
             .prefix(&format!("{prefix}-agent-"))
             .tempdir()
             .expect("tempdir");
+        // The node's BPF filesystem: its own mount, so pins never touch the host's /sys/fs/bpf.
+        let bpffs = dir.path().join("bpffs");
+        std::fs::create_dir_all(&bpffs).expect("bpffs dir");
+        let mounted = Command::new("mount")
+            .args(["-t", "bpf", "bpf"])
+            .arg(&bpffs)
+            .output()
+            .expect("running mount");
+        assert!(
+            mounted.status.success(),
+            "mounting a BPF filesystem for the node (needs root): {}",
+            String::from_utf8_lossy(&mounted.stderr)
+        );
         let mut node = Node {
             child: None,
             name: format!("{prefix}-node"),
@@ -75,6 +88,11 @@ impl Node {
     /// The agent's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    /// Where the node's service proxy pins its eBPF maps (`services_v1`, `backends_v1`, ...).
+    pub fn bpf_dir(&self) -> PathBuf {
+        self.dir.path().join("bpffs/skiff")
     }
 
     /// The bridge this node's pods hang off.
@@ -114,6 +132,17 @@ impl Node {
                 &self.prefix,
                 "--no-masquerade",
             ])
+            // Services through eBPF, served to this node's pods only; the unreachable route for
+            // the service range goes into each pod's namespace, not the host's.
+            .args([
+                "--proxy-mode",
+                "ebpf",
+                "--proxy-cgroup",
+                "pods",
+                "--no-service-route",
+            ])
+            .arg("--bpf-dir")
+            .arg(self.bpf_dir())
             .args(["--lease-interval-seconds", "1"])
             .stdout(Stdio::null())
             .stderr(log)

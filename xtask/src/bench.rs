@@ -51,6 +51,9 @@ fn run_json(cmd: &mut Command) -> anyhow::Result<serde_json::Value> {
 
 /// Builds the named packages in release mode.
 fn build_release(root: &Path, cargo: &impl Fn() -> Command, packages: &[&str]) -> anyhow::Result<()> {
+    if packages.contains(&"skiff-agent") {
+        crate::ebpf::build(root)?;
+    }
     let mut cmd = cargo();
     cmd.current_dir(root).args(["build", "--release"]);
     for p in packages {

@@ -7,6 +7,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod ebpf;
 mod proto_schema;
 
 #[derive(Debug, Parser)]
@@ -50,6 +51,9 @@ enum Cmd {
         #[arg(long)]
         k8s_pb: Option<PathBuf>,
     },
+    /// Build the eBPF programs (agent-ebpf/) that the agent embeds; installs nightly's rust-src and
+    /// bpf-linker first when missing.
+    BuildEbpf,
     /// Run every check CI runs: formatting, clippy, unit and end-to-end tests.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -82,6 +86,7 @@ fn cargo() -> Command {
 }
 
 fn up(data_dir: &Path, agent_dir: Option<&Path>, listen: &str, debug: bool) -> anyhow::Result<()> {
+    ebpf::build(&root())?;
     let mut build = cargo();
     build.args(["build", "-p", "skiff-control", "-p", "skiff-agent"]);
     if !debug {
@@ -175,6 +180,9 @@ fn test(args: &[String]) -> anyhow::Result<()> {
         bail!("kubectl is not installed: apt-get install kubernetes-client (or put kubectl on PATH)");
     }
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run(cargo().args(["fmt", "--manifest-path", "agent-ebpf/Cargo.toml", "--", "--check"]))?;
+    // The agent embeds the eBPF object; build it before clippy compiles the agent.
+    ebpf::build(&root())?;
     run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
     // The end-to-end suites drive the real binaries; build them first.
     run(cargo().args(["build", "-p", "skiff-control", "-p", "skiff-agent"]))?;
@@ -204,6 +212,11 @@ fn dispatch() -> anyhow::Result<()> {
             debug,
         ),
         Cmd::Test { args } => test(&args),
+        Cmd::BuildEbpf => {
+            let object = ebpf::build(&root())?;
+            eprintln!("{}", object.display());
+            Ok(())
+        }
         Cmd::Bench { which } => match which.as_str() {
             "api" => bench::api(&root(), cargo),
             "pods" => bench::pods(&root(), cargo),

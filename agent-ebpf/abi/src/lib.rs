@@ -1,1 +1,121 @@
+//! Map keys and values shared by Skiff's eBPF programs (`agent-ebpf`) and the agent.
+//!
+//! One `#[repr(C)]` definition per map so that the kernel and userspace can never disagree. Addresses
+//! are stored as their four octets and ports in host byte order, so that `bpftool map dump` prints
+//! `"addr": [10,43,0,10]` and `"port": 80`. Every struct has explicit padding and a compile-time size
+//! check; a layout change bumps the map's `_vN` suffix.
 #![no_std]
+
+/// Maximum number of service ports (VIP, port, protocol) the node can program.
+pub const MAX_SERVICES: u32 = 65_536;
+/// Maximum number of backends over all service ports (each revision of a service's backend set
+/// occupies its own entries until the switch-over is done, so this leaves headroom).
+pub const MAX_BACKENDS: u32 = 1_048_576;
+/// Sockets whose peer address is remembered for `getpeername()`/`recvmsg()` (LRU).
+pub const MAX_SOCKETS: u32 = 262_144;
+
+/// `services_v1`: hash, [`ServiceKey`] → [`Service`]. Written by the agent, read by every hook.
+pub const SERVICES_MAP: &str = "services_v1";
+/// `backends_v1`: hash, [`BackendKey`] → [`Backend`]. Written by the agent before the service entry
+/// that points at them.
+pub const BACKENDS_MAP: &str = "backends_v1";
+/// `sockets_v1`: LRU hash, socket cookie (`u64`) → [`Origin`]. Written by `connect4`/`sendmsg4`,
+/// read by `getpeername4`/`recvmsg4` to show the application the service address it asked for.
+pub const SOCKETS_MAP: &str = "sockets_v1";
+
+/// Program (and section) names of the socket-level hooks, as attached by the agent.
+pub const PROGRAMS: [(&str, &str); 4] = [
+    ("connect4", "cgroup/connect4"),
+    ("sendmsg4", "cgroup/sendmsg4"),
+    ("recvmsg4", "cgroup/recvmsg4"),
+    ("getpeername4", "cgroup/getpeername4"),
+];
+
+/// IP protocol numbers as stored in [`ServiceKey::protocol`].
+pub const PROTO_TCP: u8 = 6;
+/// UDP.
+pub const PROTO_UDP: u8 = 17;
+/// SCTP.
+pub const PROTO_SCTP: u8 = 132;
+
+/// A service port as a client addresses it: the cluster IP, the service port and the protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    /// Cluster IP octets.
+    pub addr: [u8; 4],
+    /// Service port, host byte order.
+    pub port: u16,
+    /// [`PROTO_TCP`], [`PROTO_UDP`] or [`PROTO_SCTP`].
+    pub protocol: u8,
+    /// Always zero.
+    pub pad: u8,
+}
+
+/// The backend set currently in force for a [`ServiceKey`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Service {
+    /// Identifies this revision of the backend set: its backends are `(id, 0..count)` in
+    /// `backends_v1`. A new revision gets a new id, so a reader never sees a half-written set.
+    pub id: u32,
+    /// Number of backends; 0 means the service has no usable endpoint and connections are refused.
+    pub count: u32,
+    /// `sessionAffinity: ClientIP` timeout in seconds; 0 when the service has no affinity.
+    pub affinity_timeout: u32,
+    /// Always zero.
+    pub pad: u32,
+}
+
+/// One backend slot of a service revision.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendKey {
+    /// [`Service::id`].
+    pub id: u32,
+    /// `0..Service::count`.
+    pub slot: u32,
+}
+
+/// An endpoint address and target port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Backend {
+    /// Endpoint (pod) IP octets.
+    pub addr: [u8; 4],
+    /// Target port, host byte order.
+    pub port: u16,
+    /// Always zero.
+    pub pad: u16,
+}
+
+/// The service address a socket was connected or sent to before it was rewritten to a backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Origin {
+    /// Cluster IP octets.
+    pub addr: [u8; 4],
+    /// Service port, host byte order.
+    pub port: u16,
+    /// Always zero.
+    pub pad: u16,
+    /// The backend the socket was sent to (replies from it are shown as coming from `addr`).
+    pub backend: Backend,
+}
+
+const _: () = assert!(size_of::<ServiceKey>() == 8);
+const _: () = assert!(size_of::<Service>() == 16);
+const _: () = assert!(size_of::<BackendKey>() == 8);
+const _: () = assert!(size_of::<Backend>() == 8);
+const _: () = assert!(size_of::<Origin>() == 16);
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain `#[repr(C)]` integers and byte arrays with explicit padding: every bit pattern is
+    // a valid value and there are no implicit padding bytes.
+    unsafe impl aya::Pod for super::ServiceKey {}
+    unsafe impl aya::Pod for super::Service {}
+    unsafe impl aya::Pod for super::BackendKey {}
+    unsafe impl aya::Pod for super::Backend {}
+    unsafe impl aya::Pod for super::Origin {}
+}

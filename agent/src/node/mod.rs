@@ -4,3 +4,4 @@ pub mod capacity;
 pub mod client;
 pub mod heartbeat;
 pub mod join;
+pub mod watch;

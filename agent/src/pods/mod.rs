@@ -53,6 +53,8 @@ pub struct Config {
     pub log_max_size: u64,
     /// Container log files kept (the current one included).
     pub log_max_files: u32,
+    /// The cluster's service range (an unreachable route in every pod).
+    pub service_cidr: String,
 }
 
 /// What every pod worker shares.

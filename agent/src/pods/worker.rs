@@ -504,7 +504,9 @@ impl Pod {
                 .arg("--prefix")
                 .arg(self.shared.ipam.prefix().to_string())
                 .arg("--gateway")
-                .arg(self.shared.ipam.gateway().to_string());
+                .arg(self.shared.ipam.gateway().to_string())
+                .arg("--service-cidr")
+                .arg(&self.shared.cfg.service_cidr);
         }
         let out = cmd.output().await.context("running the sandbox helper")?;
         if !out.status.success() {
@@ -978,6 +980,8 @@ impl Pod {
             .arg(&status_dir)
             .arg("--memory-cgroup")
             .arg(memory_cgroup)
+            .arg("--cgroups-path")
+            .arg(&cgroups_path)
             .args(spec::oom_score_adj(&self.pod).map(|a| format!("--oom-score-adj={a}")))
             .arg(format!("--log-max-size={}", self.shared.cfg.log_max_size))
             .arg(format!("--log-max-files={}", self.shared.cfg.log_max_files))

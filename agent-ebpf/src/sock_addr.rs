@@ -1,0 +1,117 @@
+//! The `cgroup/*4` socket address hooks.
+
+use aya_ebpf::bindings::bpf_sock_addr;
+use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_set_retval};
+use aya_ebpf::macros::cgroup_sock_addr;
+use aya_ebpf::programs::SockAddrContext;
+use skiff_abi::{Backend, BackendKey, Origin, ServiceKey};
+
+use crate::maps::{BACKENDS_V1, SERVICES_V1, SOCKETS_V1};
+
+/// Let the operation proceed.
+const ALLOW: i32 = 1;
+/// Fail the operation (with the error set by `bpf_set_retval`).
+const REJECT: i32 = 0;
+const ECONNREFUSED: i32 = 111;
+
+/// TCP `connect()` and UDP `connect()`: pick a backend for a service address.
+#[cgroup_sock_addr(connect4)]
+pub fn connect4(ctx: SockAddrContext) -> i32 {
+    balance(&ctx)
+}
+
+/// UDP `sendto()`/`sendmsg()` on an unconnected socket: pick a backend per message.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
+    balance(&ctx)
+}
+
+/// UDP `recvfrom()`/`recvmsg()`: a reply from the backend appears to come from the service.
+#[cgroup_sock_addr(recvmsg4)]
+pub fn recvmsg4(ctx: SockAddrContext) -> i32 {
+    restore(&ctx);
+    ALLOW
+}
+
+/// `getpeername()`: a socket connected through a service reports the service address.
+#[cgroup_sock_addr(getpeername4)]
+pub fn getpeername4(ctx: SockAddrContext) -> i32 {
+    restore(&ctx);
+    ALLOW
+}
+
+fn addr_of(sa: *const bpf_sock_addr) -> ([u8; 4], u16) {
+    // SAFETY: the kernel passes a valid context; user_ip4 and user_port are read as whole u32 words
+    // as the verifier requires.
+    let (ip, port) = unsafe { ((*sa).user_ip4, (*sa).user_port) };
+    (ip.to_ne_bytes(), u16::from_be(port as u16))
+}
+
+fn set_addr(sa: *mut bpf_sock_addr, addr: [u8; 4], port: u16) {
+    // SAFETY: as in `addr_of`; these fields are writable in every cgroup/*4 sock_addr hook.
+    unsafe {
+        (*sa).user_ip4 = u32::from_ne_bytes(addr);
+        (*sa).user_port = u32::from(port.to_be());
+    }
+}
+
+fn balance(ctx: &SockAddrContext) -> i32 {
+    let sa = ctx.sock_addr;
+    let (addr, port) = addr_of(sa);
+    // SAFETY: as in `addr_of`.
+    let protocol = unsafe { (*sa).protocol } as u8;
+    let key = ServiceKey {
+        addr,
+        port,
+        protocol,
+        pad: 0,
+    };
+    let Some(service) = SERVICES_V1.get_ptr(&key) else {
+        return ALLOW;
+    };
+    // SAFETY: a map value pointer from a successful lookup; the value is copied out at once.
+    let service = unsafe { *service };
+    if service.count == 0 {
+        // Upstream's conformance tests expect "connection refused", not EPERM or EHOSTUNREACH.
+        // SAFETY: a helper call with a plain integer.
+        unsafe { bpf_set_retval(-ECONNREFUSED) };
+        return REJECT;
+    }
+    // SAFETY: a helper call without arguments.
+    let slot = unsafe { bpf_get_prandom_u32() } % service.count;
+    let Some(backend) = BACKENDS_V1.get_ptr(&BackendKey { id: service.id, slot }) else {
+        // The set was replaced between the two lookups; the old one is being deleted. Leave the
+        // address alone: the node's unreachable route for the service range fails it locally.
+        return ALLOW;
+    };
+    // SAFETY: as above.
+    let backend: Backend = unsafe { *backend };
+    set_addr(sa, backend.addr, backend.port);
+    // Remembered for getpeername() (connected sockets) and recvmsg() (UDP replies). An LRU map:
+    // entries of closed sockets age out.
+    // SAFETY: a helper call with the program's own context.
+    let cookie = unsafe { bpf_get_socket_cookie(sa.cast()) };
+    let origin = Origin {
+        addr,
+        port,
+        pad: 0,
+        backend,
+    };
+    let _ = SOCKETS_V1.insert(cookie, origin, 0);
+    ALLOW
+}
+
+fn restore(ctx: &SockAddrContext) {
+    let sa = ctx.sock_addr;
+    // SAFETY: a helper call with the program's own context.
+    let cookie = unsafe { bpf_get_socket_cookie(sa.cast()) };
+    let Some(origin) = SOCKETS_V1.get_ptr(&cookie) else {
+        return;
+    };
+    // SAFETY: a map value pointer from a successful lookup; copied out at once.
+    let origin: Origin = unsafe { *origin };
+    let (addr, port) = addr_of(sa);
+    if addr == origin.backend.addr && port == origin.backend.port {
+        set_addr(sa, origin.addr, origin.port);
+    }
+}

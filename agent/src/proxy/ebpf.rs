@@ -1,0 +1,237 @@
+//! The eBPF data plane: loads agent-ebpf's socket hooks, pins their maps and links under the pin
+//! directory, attaches them to the pods' cgroup2 directory and writes service entries.
+
+use std::collections::BTreeMap;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use aya::maps::{HashMap as BpfHash, MapData};
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::{CgroupAttachMode, CgroupSockAddr};
+use skiff_abi::{
+    BACKENDS_MAP, Backend, BackendKey, PROGRAMS, SERVICES_MAP, SOCKETS_MAP, Service, ServiceKey,
+};
+
+use super::model::Entry;
+
+/// The object built by `cargo xtask build-ebpf`, embedded by the build script (empty when the agent
+/// was built without it).
+static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/skiff-ebpf.o"));
+
+/// `statfs` magic of a BPF filesystem.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Whether this agent carries its eBPF programs.
+pub fn available() -> bool {
+    !OBJECT.is_empty()
+}
+
+/// The loaded programs and the maps the agent writes.
+#[derive(Debug)]
+pub struct Ebpf {
+    bpf: aya::Ebpf,
+    services: BpfHash<MapData, ServiceKey, Service>,
+    backends: BpfHash<MapData, BackendKey, Backend>,
+    /// What each service port is programmed with now.
+    programmed: BTreeMap<ServiceKey, Service>,
+    next_id: u32,
+    pin_dir: PathBuf,
+    cgroup: PathBuf,
+    attached: bool,
+}
+
+/// Makes sure `dir` is on a BPF filesystem; mounts one at `/sys/fs/bpf` when that is where it goes
+/// and nothing is mounted there yet (as Cilium does on a fresh node).
+fn ensure_bpffs(dir: &Path) -> anyhow::Result<()> {
+    let on_bpffs = |p: &Path| {
+        nix::sys::statfs::statfs(p)
+            .map(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
+            .unwrap_or(false)
+    };
+    let mut existing = dir;
+    while !existing.exists() {
+        existing = existing
+            .parent()
+            .context("the pin directory has no existing parent")?;
+    }
+    if on_bpffs(existing) {
+        return Ok(());
+    }
+    let sys = Path::new("/sys/fs/bpf");
+    if dir.starts_with(sys) && sys.is_dir() {
+        nix::mount::mount(
+            Some("bpf"),
+            sys,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .context("mounting the BPF filesystem at /sys/fs/bpf")?;
+        return Ok(());
+    }
+    bail!(
+        "{} is not on a BPF filesystem (mount -t bpf bpf DIR, or use a directory under /sys/fs/bpf)",
+        dir.display()
+    )
+}
+
+/// Replaces whatever is pinned at `path` (an earlier agent's map or link).
+fn unpin(path: &Path) -> anyhow::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing the pin {}", path.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+impl Ebpf {
+    /// Loads the programs (verified by the kernel now) and creates fresh maps; nothing is attached
+    /// until [`Ebpf::attach`].
+    pub fn load(pin_dir: &Path, cgroup: &Path) -> anyhow::Result<Self> {
+        if !available() {
+            bail!(
+                "this agent was built without its eBPF programs (run `cargo xtask build-ebpf`, then rebuild)"
+            );
+        }
+        ensure_bpffs(pin_dir)?;
+        std::fs::create_dir_all(pin_dir.join("links"))
+            .with_context(|| format!("creating {}", pin_dir.display()))?;
+        let mut bpf = aya::EbpfLoader::new()
+            .load(OBJECT)
+            .context("loading the eBPF object")?;
+        for (name, _) in PROGRAMS {
+            let program: &mut CgroupSockAddr = bpf
+                .program_mut(name)
+                .with_context(|| format!("the eBPF object has no program {name}"))?
+                .try_into()
+                .with_context(|| format!("{name} is not a cgroup sock_addr program"))?;
+            program
+                .load()
+                .with_context(|| format!("the kernel rejected the {name} program"))?;
+        }
+        let mut take = |name: &str| {
+            bpf.take_map(name)
+                .with_context(|| format!("the eBPF object has no map {name}"))
+        };
+        let services = BpfHash::try_from(take(SERVICES_MAP)?)?;
+        let backends = BpfHash::try_from(take(BACKENDS_MAP)?)?;
+        Ok(Self {
+            bpf,
+            services,
+            backends,
+            programmed: BTreeMap::new(),
+            next_id: 1,
+            pin_dir: pin_dir.to_owned(),
+            cgroup: cgroup.to_owned(),
+            attached: false,
+        })
+    }
+
+    /// Pins the maps and attaches the hooks to the cgroup, replacing an earlier agent's: their
+    /// links are pinned too, so they kept serving while no agent ran; they go only once the new
+    /// hooks, with maps already filled, are attached.
+    pub fn attach(&mut self) -> anyhow::Result<()> {
+        if self.attached {
+            return Ok(());
+        }
+        use aya::maps::IterableMap;
+        for (name, map) in [
+            (SERVICES_MAP, IterableMap::map(&self.services)),
+            (BACKENDS_MAP, IterableMap::map(&self.backends)),
+        ] {
+            let path = self.pin_dir.join(name);
+            unpin(&path)?;
+            map.pin(&path)
+                .with_context(|| format!("pinning {}", path.display()))?;
+        }
+        let sockets = self.pin_dir.join(SOCKETS_MAP);
+        unpin(&sockets)?;
+        self.bpf
+            .map(SOCKETS_MAP)
+            .context("the eBPF object has no sockets map")?
+            .pin(&sockets)
+            .with_context(|| format!("pinning {}", sockets.display()))?;
+        let cgroup = std::fs::File::open(&self.cgroup)
+            .with_context(|| format!("opening the cgroup {}", self.cgroup.display()))?;
+        for (name, _) in PROGRAMS {
+            let program: &mut CgroupSockAddr = self
+                .bpf
+                .program_mut(name)
+                .context("program vanished")?
+                .try_into()?;
+            // Through a BPF link (the only way aya attaches on 5.7+), which takes no flags and
+            // always coexists with other programs, the earlier agent's among them.
+            let id = program
+                .attach(cgroup.as_fd(), CgroupAttachMode::Single)
+                .with_context(|| format!("attaching {name} to {}", self.cgroup.display()))?;
+            let link = FdLink::try_from(program.take_link(id)?)
+                .context("the kernel attached without a BPF link (needs Linux 5.7 or later)")?;
+            let path = self.pin_dir.join("links").join(name);
+            let old = PinnedLink::from_pin(&path).ok();
+            if let Some(old) = old {
+                // Dropping the unpinned link detaches the earlier agent's program.
+                drop(old.unpin().context("unpinning the earlier agent's link")?);
+            }
+            link.pin(&path)
+                .with_context(|| format!("pinning the {name} link at {}", path.display()))?;
+        }
+        self.attached = true;
+        tracing::info!(cgroup = %self.cgroup.display(), pins = %self.pin_dir.display(), "eBPF service hooks attached");
+        Ok(())
+    }
+
+    fn allocate_id(&mut self) -> u32 {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1).max(1);
+        id
+    }
+
+    /// Programs one service port (`None`: removes it). A changed backend set is written under a new
+    /// id before the service entry switches to it, then the old set is deleted: a connecting socket
+    /// sees either the old set or the new one, never a mix.
+    pub fn apply(&mut self, key: ServiceKey, entry: Option<&Entry>) -> anyhow::Result<()> {
+        let old = self.programmed.get(&key).copied();
+        match entry {
+            Some(entry) => {
+                let id = self.allocate_id();
+                for (slot, backend) in entry.backends.iter().enumerate() {
+                    self.backends
+                        .insert(
+                            BackendKey {
+                                id,
+                                slot: slot as u32,
+                            },
+                            backend,
+                            0,
+                        )
+                        .context("writing a backend")?;
+                }
+                let service = Service {
+                    id,
+                    count: entry.backends.len() as u32,
+                    affinity_timeout: entry.affinity_timeout,
+                    pad: 0,
+                };
+                self.services
+                    .insert(key, service, 0)
+                    .context("writing a service")?;
+                self.programmed.insert(key, service);
+            }
+            None => {
+                match self.services.remove(&key) {
+                    Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                    Err(e) => return Err(e).context("removing a service"),
+                }
+                self.programmed.remove(&key);
+            }
+        }
+        if let Some(old) = old {
+            for slot in 0..old.count {
+                let _ = self.backends.remove(&BackendKey { id: old.id, slot });
+            }
+        }
+        Ok(())
+    }
+}
