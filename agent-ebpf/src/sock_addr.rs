@@ -1,12 +1,14 @@
 //! The `cgroup/*4` socket address hooks.
 
 use aya_ebpf::bindings::bpf_sock_addr;
-use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_set_retval};
+use aya_ebpf::helpers::{
+    bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_set_retval,
+};
 use aya_ebpf::macros::cgroup_sock_addr;
 use aya_ebpf::programs::SockAddrContext;
-use skiff_abi::{Backend, BackendKey, Origin, ServiceKey};
+use skiff_abi::{Affinity, AffinityKey, Backend, BackendKey, MemberKey, Origin, Service, ServiceKey};
 
-use crate::maps::{BACKENDS_V1, SERVICES_V1, SOCKETS_V1};
+use crate::maps::{AFFINITY_V1, BACKENDS_V1, MEMBERS_V1, SERVICES_V1, SOCKETS_V1};
 
 /// Let the operation proceed.
 const ALLOW: i32 = 1;
@@ -77,15 +79,39 @@ fn balance(ctx: &SockAddrContext) -> i32 {
         unsafe { bpf_set_retval(-ECONNREFUSED) };
         return REJECT;
     }
-    // SAFETY: a helper call without arguments.
-    let slot = unsafe { bpf_get_prandom_u32() } % service.count;
-    let Some(backend) = BACKENDS_V1.get_ptr(&BackendKey { id: service.id, slot }) else {
-        // The set was replaced between the two lookups; the old one is being deleted. Leave the
-        // address alone: the node's unreachable route for the service range fails it locally.
-        return ALLOW;
+    let sticky = if service.affinity_timeout == 0 {
+        None
+    } else {
+        // SAFETY: a helper call with the program's own context.
+        let client = unsafe { bpf_get_netns_cookie(sa.cast()) };
+        Some(AffinityKey { client, service: key })
     };
-    // SAFETY: as above.
-    let backend: Backend = unsafe { *backend };
+    // SAFETY: a helper call without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let backend = match sticky.as_ref().and_then(|k| remembered(k, &service, now)) {
+        Some(backend) => backend,
+        None => {
+            // SAFETY: a helper call without arguments.
+            let slot = unsafe { bpf_get_prandom_u32() } % service.count;
+            let Some(backend) = BACKENDS_V1.get_ptr(&BackendKey { id: service.id, slot }) else {
+                // The set was replaced between the two lookups; the old one is being deleted.
+                // Leave the address alone: the unreachable route for the service range fails it.
+                return ALLOW;
+            };
+            // SAFETY: as above.
+            unsafe { *backend }
+        }
+    };
+    if let Some(k) = &sticky {
+        let _ = AFFINITY_V1.insert(
+            k,
+            Affinity {
+                backend,
+                last_used: now,
+            },
+            0,
+        );
+    }
     set_addr(sa, backend.addr, backend.port);
     // Remembered for getpeername() (connected sockets) and recvmsg() (UDP replies). An LRU map:
     // entries of closed sockets age out.
@@ -99,6 +125,22 @@ fn balance(ctx: &SockAddrContext) -> i32 {
     };
     let _ = SOCKETS_V1.insert(cookie, origin, 0);
     ALLOW
+}
+
+/// The backend this client used last for the service, if within the affinity timeout and still in
+/// the service's current backend set.
+fn remembered(key: &AffinityKey, service: &Service, now: u64) -> Option<Backend> {
+    let last = AFFINITY_V1.get_ptr(key)?;
+    // SAFETY: a map value pointer from a successful lookup; copied out at once.
+    let last: Affinity = unsafe { *last };
+    if now.saturating_sub(last.last_used) > u64::from(service.affinity_timeout) * 1_000_000_000 {
+        return None;
+    }
+    MEMBERS_V1.get_ptr(&MemberKey {
+        id: service.id,
+        backend: last.backend,
+    })?;
+    Some(last.backend)
 }
 
 fn restore(ctx: &SockAddrContext) {

@@ -95,6 +95,28 @@ impl Node {
         self.dir.path().join("bpffs/skiff")
     }
 
+    /// The cgroup2 directory of the node's pods, where its socket hooks are attached (`unified/`
+    /// on a hybrid host such as this one).
+    pub fn pods_cgroup2(&self) -> PathBuf {
+        let root = Path::new("/sys/fs/cgroup");
+        if root.join("cgroup.controllers").exists() {
+            root.join(&self.prefix)
+        } else {
+            root.join("unified").join(&self.prefix)
+        }
+    }
+
+    /// A command that runs `program args...` from inside the node's pods cgroup2 directory, so the
+    /// node's service hooks apply to it as to a pod (with the host's network).
+    pub fn in_pods_cgroup(&self, program: &str) -> Command {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(r#"echo $$ > "$0/cgroup.procs" && exec "$@""#)
+            .arg(self.pods_cgroup2())
+            .arg(program);
+        cmd
+    }
+
     /// The bridge this node's pods hang off.
     pub fn bridge(&self) -> String {
         format!("{}br", self.prefix)

@@ -86,6 +86,31 @@ impl Cluster {
     }
 }
 
+/// Connects to ADDR PORT; prints the peer address the socket reports, then the HTTP body.
+const PEER_CLIENT: &str = r#"
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+print(*s.getpeername())
+s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+data = b""
+while True:
+    d = s.recv(4096)
+    if not d:
+        break
+    data += d
+print(data.split(b"\r\n\r\n", 1)[1].decode().strip())
+"#;
+
+/// Sends a datagram to ADDR PORT; prints the address the answer comes from, then the answer.
+const UDP_CLIENT: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(5)
+s.sendto(b"ping", (sys.argv[1], int(sys.argv[2])))
+data, peer = s.recvfrom(100)
+print(*peer, data.decode())
+"#;
+
 fn bpftool_dump(map: &Path) -> Vec<Value> {
     let out = Command::new("bpftool")
         .args(["-j", "map", "dump", "pinned"])
@@ -196,6 +221,31 @@ spec:
         .collect();
     assert_eq!(backends, expected);
 
+    // A connected socket reports the service, not the backend, as its peer (getpeername4): a
+    // client in the node's pods cgroup.
+    let out = k
+        .node
+        .in_pods_cgroup("python3")
+        .args(["-c", PEER_CLIENT, &vip, "80"])
+        .output()
+        .expect("python3");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some(format!("{vip} 80").as_str()), "{out:?}");
+    assert!(replicas.contains(lines.next().unwrap_or_default()), "{out:?}");
+
+    // sessionAffinity: ClientIP keeps a client on one replica.
+    k.c.ok_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: Service\nmetadata: {name: sticky}\nspec:\n  selector: {app: web}\n  sessionAffinity: ClientIP\n  ports: [{name: http, port: 80, targetPort: http}]\n",
+    );
+    let sticky =
+        k.c.ok(&["get", "service", "sticky", "-o", "jsonpath={.spec.clusterIP}"]);
+    k.wait("the sticky service answering", || {
+        k.answers(&sticky, 1).len() == 1
+    });
+    assert_eq!(k.answers(&sticky, 20).len(), 1, "session affinity broke");
+
     // No endpoints: connecting is refused right away (as kube-proxy's reject rules do).
     k.c.ok(&["scale", "deployment", "web", "--replicas=0"]);
     k.wait("the service refusing connections", || {
@@ -212,4 +262,63 @@ spec:
     k.wait("the new replicas answering through the service", || {
         k.answers(&vip, 20) == replicas
     });
+}
+
+#[test]
+fn udp_services_answer_from_the_service_address() {
+    let k = cluster();
+    // A UDP echo backend on the node's bridge address (an address of this test's own bridge),
+    // behind a selector-less Service with a hand-written EndpointSlice.
+    let cidr =
+        k.c.ok(&["get", "node", &k.node.name, "-o", "jsonpath={.spec.podCIDR}"]);
+    let net: std::net::Ipv4Addr = cidr.split('/').next().unwrap().parse().unwrap();
+    let gateway = std::net::Ipv4Addr::from(u32::from(net) + 1);
+    let echo = std::net::UdpSocket::bind((gateway, 0)).expect("binding the echo backend");
+    let port = echo.local_addr().unwrap().port();
+    echo.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let server = std::thread::spawn(move || {
+        let mut buf = [0u8; 100];
+        // Bounded: answers at most 50 datagrams, stops after 30 s of silence.
+        for _ in 0..50 {
+            let Ok((n, from)) = echo.recv_from(&mut buf) else {
+                break;
+            };
+            let _ = echo.send_to(&buf[..n], from);
+        }
+    });
+    k.c.ok_stdin(
+        &["apply", "-f", "-"],
+        &format!(
+            r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: echo}}
+spec:
+  ports: [{{name: dns, port: 53, protocol: UDP}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: echo-1
+  labels: {{kubernetes.io/service-name: echo}}
+addressType: IPv4
+ports: [{{name: dns, port: {port}, protocol: UDP}}]
+endpoints: [{{addresses: ["{gateway}"]}}]
+"#
+        ),
+    );
+    let vip =
+        k.c.ok(&["get", "service", "echo", "-o", "jsonpath={.spec.clusterIP}"]);
+    let mut last = String::new();
+    k.wait("a UDP answer from the service address", || {
+        let out = k
+            .node
+            .in_pods_cgroup("python3")
+            .args(["-c", UDP_CLIENT, &vip, "53"])
+            .output()
+            .expect("python3");
+        last = format!("{out:?}");
+        String::from_utf8_lossy(&out.stdout).trim() == format!("{vip} 53 ping")
+    });
+    drop(server);
 }

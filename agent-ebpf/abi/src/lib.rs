@@ -12,7 +12,7 @@ pub const MAX_SERVICES: u32 = 65_536;
 /// occupies its own entries until the switch-over is done, so this leaves headroom).
 pub const MAX_BACKENDS: u32 = 1_048_576;
 /// Sockets whose peer address is remembered for `getpeername()`/`recvmsg()` (LRU).
-pub const MAX_SOCKETS: u32 = 262_144;
+pub const MAX_SOCKETS: u32 = 65_536;
 
 /// `services_v1`: hash, [`ServiceKey`] → [`Service`]. Written by the agent, read by every hook.
 pub const SERVICES_MAP: &str = "services_v1";
@@ -22,6 +22,15 @@ pub const BACKENDS_MAP: &str = "backends_v1";
 /// `sockets_v1`: LRU hash, socket cookie (`u64`) → [`Origin`]. Written by `connect4`/`sendmsg4`,
 /// read by `getpeername4`/`recvmsg4` to show the application the service address it asked for.
 pub const SOCKETS_MAP: &str = "sockets_v1";
+
+/// `members_v1`: hash, [`MemberKey`] → slot (`u32`). Which backends belong to a backend set; written
+/// with `backends_v1`. Lets a remembered session-affinity backend be checked in O(1).
+pub const MEMBERS_MAP: &str = "members_v1";
+/// `affinity_v1`: LRU hash, [`AffinityKey`] → [`Affinity`]. `sessionAffinity: ClientIP`: the backend
+/// each client (network namespace) last used per service port. Written by `connect4`/`sendmsg4`.
+pub const AFFINITY_MAP: &str = "affinity_v1";
+/// Remembered session-affinity clients (LRU).
+pub const MAX_AFFINITY: u32 = 65_536;
 
 /// Program (and section) names of the socket-level hooks, as attached by the agent.
 pub const PROGRAMS: [(&str, &str); 4] = [
@@ -103,6 +112,40 @@ pub struct Origin {
     pub backend: Backend,
 }
 
+/// A backend of one backend set.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MemberKey {
+    /// [`Service::id`].
+    pub id: u32,
+    /// The backend.
+    pub backend: Backend,
+}
+
+/// A client of a service port with session affinity.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    /// The client's network namespace cookie (one per pod; the node's for host processes), standing
+    /// for upstream's client IP.
+    pub client: u64,
+    /// The service port.
+    pub service: ServiceKey,
+}
+
+/// Where a client's last connection to a service port went.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Affinity {
+    /// The backend.
+    pub backend: Backend,
+    /// `bpf_ktime_get_ns()` of that connection.
+    pub last_used: u64,
+}
+
+const _: () = assert!(size_of::<MemberKey>() == 12);
+const _: () = assert!(size_of::<AffinityKey>() == 16);
+const _: () = assert!(size_of::<Affinity>() == 16);
 const _: () = assert!(size_of::<ServiceKey>() == 8);
 const _: () = assert!(size_of::<Service>() == 16);
 const _: () = assert!(size_of::<BackendKey>() == 8);
@@ -118,4 +161,7 @@ mod user {
     unsafe impl aya::Pod for super::BackendKey {}
     unsafe impl aya::Pod for super::Backend {}
     unsafe impl aya::Pod for super::Origin {}
+    unsafe impl aya::Pod for super::MemberKey {}
+    unsafe impl aya::Pod for super::AffinityKey {}
+    unsafe impl aya::Pod for super::Affinity {}
 }

@@ -10,7 +10,8 @@ use aya::maps::{HashMap as BpfHash, MapData};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{CgroupAttachMode, CgroupSockAddr};
 use skiff_abi::{
-    BACKENDS_MAP, Backend, BackendKey, PROGRAMS, SERVICES_MAP, SOCKETS_MAP, Service, ServiceKey,
+    AFFINITY_MAP, BACKENDS_MAP, Backend, BackendKey, MEMBERS_MAP, MemberKey, PROGRAMS, SERVICES_MAP,
+    SOCKETS_MAP, Service, ServiceKey,
 };
 
 use super::model::Entry;
@@ -33,6 +34,7 @@ pub struct Ebpf {
     bpf: aya::Ebpf,
     services: BpfHash<MapData, ServiceKey, Service>,
     backends: BpfHash<MapData, BackendKey, Backend>,
+    members: BpfHash<MapData, MemberKey, u32>,
     /// What each service port is programmed with now.
     programmed: BTreeMap<ServiceKey, Service>,
     next_id: u32,
@@ -117,10 +119,12 @@ impl Ebpf {
         };
         let services = BpfHash::try_from(take(SERVICES_MAP)?)?;
         let backends = BpfHash::try_from(take(BACKENDS_MAP)?)?;
+        let members = BpfHash::try_from(take(MEMBERS_MAP)?)?;
         Ok(Self {
             bpf,
             services,
             backends,
+            members,
             programmed: BTreeMap::new(),
             next_id: 1,
             pin_dir: pin_dir.to_owned(),
@@ -140,19 +144,22 @@ impl Ebpf {
         for (name, map) in [
             (SERVICES_MAP, IterableMap::map(&self.services)),
             (BACKENDS_MAP, IterableMap::map(&self.backends)),
+            (MEMBERS_MAP, IterableMap::map(&self.members)),
         ] {
             let path = self.pin_dir.join(name);
             unpin(&path)?;
             map.pin(&path)
                 .with_context(|| format!("pinning {}", path.display()))?;
         }
-        let sockets = self.pin_dir.join(SOCKETS_MAP);
-        unpin(&sockets)?;
-        self.bpf
-            .map(SOCKETS_MAP)
-            .context("the eBPF object has no sockets map")?
-            .pin(&sockets)
-            .with_context(|| format!("pinning {}", sockets.display()))?;
+        for name in [SOCKETS_MAP, AFFINITY_MAP] {
+            let path = self.pin_dir.join(name);
+            unpin(&path)?;
+            self.bpf
+                .map(name)
+                .with_context(|| format!("the eBPF object has no map {name}"))?
+                .pin(&path)
+                .with_context(|| format!("pinning {}", path.display()))?;
+        }
         let cgroup = std::fs::File::open(&self.cgroup)
             .with_context(|| format!("opening the cgroup {}", self.cgroup.display()))?;
         for (name, _) in PROGRAMS {
@@ -197,16 +204,20 @@ impl Ebpf {
             Some(entry) => {
                 let id = self.allocate_id();
                 for (slot, backend) in entry.backends.iter().enumerate() {
+                    let slot = slot as u32;
                     self.backends
+                        .insert(BackendKey { id, slot }, backend, 0)
+                        .context("writing a backend")?;
+                    self.members
                         .insert(
-                            BackendKey {
+                            MemberKey {
                                 id,
-                                slot: slot as u32,
+                                backend: *backend,
                             },
-                            backend,
+                            slot,
                             0,
                         )
-                        .context("writing a backend")?;
+                        .context("writing a backend set member")?;
                 }
                 let service = Service {
                     id,
@@ -229,7 +240,11 @@ impl Ebpf {
         }
         if let Some(old) = old {
             for slot in 0..old.count {
-                let _ = self.backends.remove(&BackendKey { id: old.id, slot });
+                let key = BackendKey { id: old.id, slot };
+                if let Ok(backend) = self.backends.get(&key, 0) {
+                    let _ = self.members.remove(&MemberKey { id: old.id, backend });
+                }
+                let _ = self.backends.remove(&key);
             }
         }
         Ok(())
