@@ -7,6 +7,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod clean_host;
 mod ebpf;
 mod proto_schema;
 
@@ -54,6 +55,9 @@ enum Cmd {
     /// Build the eBPF programs (agent-ebpf/) that the agent embeds; installs nightly's rust-src and
     /// bpf-linker first when missing.
     BuildEbpf,
+    /// Remove what interrupted test runs left on this host (processes, mounts, bridges, cgroups,
+    /// nftables tables named with the tests' `sk<hex>` prefix).
+    CleanHost,
     /// Run every check CI runs: formatting, clippy, unit and end-to-end tests.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -212,6 +216,7 @@ fn dispatch() -> anyhow::Result<()> {
             debug,
         ),
         Cmd::Test { args } => test(&args),
+        Cmd::CleanHost => clean_host::run(),
         Cmd::BuildEbpf => {
             let object = ebpf::build(&root())?;
             eprintln!("{}", object.display());
