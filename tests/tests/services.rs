@@ -126,6 +126,24 @@ fn bpftool_dump(map: &Path) -> Vec<Value> {
     serde_json::from_slice(&out.stdout).expect("bpftool -j prints JSON")
 }
 
+/// The programs attached to a cgroup, as (program id, attach type, name).
+fn hooks(cgroup: &Path) -> BTreeSet<(u64, String, String)> {
+    let out = Command::new("bpftool")
+        .args(["-j", "cgroup", "show"])
+        .arg(cgroup)
+        .output()
+        .expect("running bpftool");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .map(|h| {
+            let text = |k: &str| h[k].as_str().unwrap_or_default().to_string();
+            (h["id"].as_u64().unwrap_or(0), text("attach_type"), text("name"))
+        })
+        .collect()
+}
+
 fn octets(ip: &str) -> Value {
     let ip: std::net::Ipv4Addr = ip.parse().expect("an IPv4 address");
     serde_json::json!(ip.octets())
@@ -133,7 +151,7 @@ fn octets(ip: &str) -> Value {
 
 #[test]
 fn cluster_ip_balances_refuses_without_endpoints_and_follows_scaling() {
-    let k = cluster();
+    let mut k = cluster();
     let image = k.registry.busybox();
     k.c.ok_stdin(
         &["apply", "-f", "-"],
@@ -245,6 +263,28 @@ spec:
         k.answers(&sticky, 1).len() == 1
     });
     assert_eq!(k.answers(&sticky, 20).len(), 1, "session affinity broke");
+
+    // An agent restart replaces the hooks (new programs attached, the old links unpinned, never
+    // both left behind) and the service keeps working.
+    let before = hooks(&k.node.pods_cgroup2());
+    assert_eq!(before.len(), 4, "{before:?}");
+    k.node.restart();
+    let mut seen = BTreeSet::new();
+    k.wait("the restarted agent's hooks replacing the old ones", || {
+        let now = hooks(&k.node.pods_cgroup2());
+        if now != seen {
+            eprintln!("hooks attached now: {now:?}");
+            seen = now.clone();
+        }
+        now.len() == 4 && now.is_disjoint(&before)
+    });
+    k.wait("the replicas answering after the restart", || {
+        let answers = k.answers(&vip, 30);
+        if answers != replicas {
+            eprintln!("after the restart, answers {answers:?}, replicas {replicas:?}");
+        }
+        answers == replicas
+    });
 
     // No endpoints: connecting is refused right away (as kube-proxy's reject rules do).
     k.c.ok(&["scale", "deployment", "web", "--replicas=0"]);
