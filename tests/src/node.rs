@@ -6,6 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::Control;
+use crate::image::Registry;
 
 /// The `skiff-agent` binary under test.
 pub fn agent_bin() -> PathBuf {
@@ -301,5 +302,29 @@ pub fn remove_cgroups(prefix: &str) {
 impl Drop for Node {
     fn drop(&mut self) {
         self.clean_up();
+    }
+}
+
+/// A one-node cluster: a control plane with a cluster CIDR, a registry serving the busybox test
+/// image, and a node agent.
+#[derive(Debug)]
+pub struct Cluster {
+    // Field order is drop order: the node goes first, while the control plane still answers.
+    /// The node.
+    pub node: Node,
+    /// The registry on loopback.
+    pub registry: Registry,
+    /// The control plane.
+    pub c: Control,
+}
+
+impl Cluster {
+    /// Starts all three, named with a fresh prefix.
+    pub fn start() -> Cluster {
+        let prefix = unique_prefix();
+        let c = Control::start_with(&["--cluster-cidr", &cluster_cidr(&prefix)]);
+        let registry = Registry::start_with_busybox();
+        let node = Node::start(&c, &prefix);
+        Cluster { node, registry, c }
     }
 }

@@ -7,32 +7,22 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use skiff_tests::Control;
-use skiff_tests::image::Registry;
-use skiff_tests::node::{Node, cluster_cidr, unique_prefix};
+use skiff_tests::node::Cluster;
 
-struct Cluster {
-    // Field order is drop order: the node goes first, while the control plane still answers.
-    node: Node,
-    registry: Registry,
-    c: Control,
+/// Helpers on the shared fixture for this suite.
+trait PodCluster {
+    fn pod(&self, name: &str) -> Value;
+    /// Waits (bounded) until `check` holds for the pod; panics with the pod and the agent's log if not.
+    fn wait_pod(&self, name: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value;
+    fn apply(&self, yaml: &str);
 }
 
-fn cluster() -> Cluster {
-    let prefix = unique_prefix();
-    let c = Control::start_with(&["--cluster-cidr", &cluster_cidr(&prefix)]);
-    let registry = Registry::start_with_busybox();
-    let node = Node::start(&c, &prefix);
-    Cluster { node, registry, c }
-}
-
-impl Cluster {
+impl PodCluster for Cluster {
     fn pod(&self, name: &str) -> Value {
         let out = self.c.kubectl(&["get", "pod", name, "-o", "json"]);
         serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
     }
 
-    /// Waits (bounded) until `check` holds for the pod; panics with the pod and the agent's log if not.
     fn wait_pod(&self, name: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -68,7 +58,7 @@ fn phase(pod: &Value) -> &str {
 
 #[test]
 fn pods_run_log_restart_and_clean_up() {
-    let k = cluster();
+    let k = Cluster::start();
     let image = k.registry.busybox();
 
     // kubectl run: the image is pulled from the registry, the pod gets an address from the node's
@@ -419,7 +409,7 @@ fn images_import_from_archives() {
 
 #[test]
 fn probes_flip_readiness_and_restart_unhealthy_containers() {
-    let k = cluster();
+    let k = Cluster::start();
     let image = k.registry.busybox();
     k.apply(&format!(
         r#"
@@ -491,7 +481,7 @@ spec:
 
 #[test]
 fn lifecycle_hooks_run_around_the_container() {
-    let k = cluster();
+    let k = Cluster::start();
     let image = k.registry.busybox();
     let host = tempfile::tempdir().unwrap();
     k.apply(&format!(

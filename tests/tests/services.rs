@@ -11,26 +11,19 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use skiff_tests::Control;
-use skiff_tests::image::Registry;
-use skiff_tests::node::{Node, cluster_cidr, unique_prefix};
+use skiff_tests::node::Cluster;
 
-struct Cluster {
-    // Field order is drop order: the node goes first, while the control plane still answers.
-    node: Node,
-    registry: Registry,
-    c: Control,
+/// Helpers on the shared fixture for this suite.
+trait ServiceCluster {
+    fn wait(&self, what: &str, check: impl FnMut() -> bool);
+    /// Runs a shell command in the client pod; returns stdout and stderr together.
+    fn in_client(&self, script: &str) -> String;
+    fn ready_pod_names(&self) -> BTreeSet<String>;
+    /// Host names that answer through the service over `n` requests.
+    fn answers(&self, vip: &str, n: usize) -> BTreeSet<String>;
 }
 
-fn cluster() -> Cluster {
-    let prefix = unique_prefix();
-    let c = Control::start_with(&["--cluster-cidr", &cluster_cidr(&prefix)]);
-    let registry = Registry::start_with_busybox();
-    let node = Node::start(&c, &prefix);
-    Cluster { node, registry, c }
-}
-
-impl Cluster {
+impl ServiceCluster for Cluster {
     fn wait(&self, what: &str, mut check: impl FnMut() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(90);
         while !check() {
@@ -46,7 +39,6 @@ impl Cluster {
         }
     }
 
-    /// Runs a shell command in the client pod; returns stdout and stderr together.
     fn in_client(&self, script: &str) -> String {
         let out = self.c.kubectl(&["exec", "client", "--", "sh", "-c", script]);
         format!(
@@ -75,7 +67,6 @@ impl Cluster {
             .collect()
     }
 
-    /// Host names that answer through the service over `n` requests.
     fn answers(&self, vip: &str, n: usize) -> BTreeSet<String> {
         let script = format!("for i in $(seq {n}); do timeout 5 wget -q -O - http://{vip}/ 2>&1; done");
         self.in_client(&script)
@@ -151,7 +142,7 @@ fn octets(ip: &str) -> Value {
 
 #[test]
 fn cluster_ip_balances_refuses_without_endpoints_and_follows_scaling() {
-    let mut k = cluster();
+    let mut k = Cluster::start();
     let image = k.registry.busybox();
     k.c.ok_stdin(
         &["apply", "-f", "-"],
@@ -306,7 +297,7 @@ spec:
 
 #[test]
 fn udp_services_answer_from_the_service_address() {
-    let k = cluster();
+    let k = Cluster::start();
     // A UDP echo backend on the node's bridge address (an address of this test's own bridge),
     // behind a selector-less Service with a hand-written EndpointSlice.
     let cidr =

@@ -17,8 +17,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use futures::StreamExt;
-use http_body_util::BodyExt;
 use hyper::Method;
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, watch};
@@ -27,6 +25,7 @@ use crate::image::ImageStore;
 use crate::image::pull::Puller;
 use crate::ipam::Ipam;
 use crate::node::client::{ApiClient, status_code};
+use crate::node::watch::{Event, reflect};
 
 /// Node-level settings the pods share.
 #[derive(Debug, Clone)]
@@ -176,42 +175,38 @@ pub async fn run(cfg: Config, api: ApiClient, ca_pem: String) -> anyhow::Result<
         tokio::spawn(worker::run(shared.clone(), uid.clone(), rx));
         workers.insert(uid, tx);
     }
-    let selector = format!("spec.nodeName%3D{}", shared.cfg.node_name);
-    loop {
-        let list = match shared
-            .api
-            .json(
-                Method::GET,
-                &format!("/api/v1/pods?fieldSelector={selector}"),
-                None,
-            )
-            .await
-        {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::warn!(error = %e, "listing this node's pods failed");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(256);
+    tokio::spawn(reflect(
+        shared.api.clone(),
+        format!(
+            "/api/v1/pods?fieldSelector=spec.nodeName%3D{}",
+            shared.cfg.node_name
+        ),
+        tx,
+    ));
+    while let Some(event) = rx.recv().await {
+        match event {
+            Event::Listed(pods) => {
+                let mut seen = std::collections::HashSet::new();
+                for pod in pods {
+                    let uid = uid_of(&pod);
+                    seen.insert(uid.clone());
+                    deliver(&shared, &mut workers, &uid, Some(pod));
+                }
+                let gone: Vec<String> = workers.keys().filter(|u| !seen.contains(*u)).cloned().collect();
+                for uid in gone {
+                    deliver(&shared, &mut workers, &uid, None);
+                }
             }
-        };
-        let mut seen = std::collections::HashSet::new();
-        for pod in list["items"].as_array().into_iter().flatten() {
-            let uid = pod["metadata"]["uid"].as_str().unwrap_or_default().to_string();
-            seen.insert(uid.clone());
-            deliver(&shared, &mut workers, &uid, Some(pod.clone()));
-        }
-        let gone: Vec<String> = workers.keys().filter(|u| !seen.contains(*u)).cloned().collect();
-        for uid in gone {
-            deliver(&shared, &mut workers, &uid, None);
-        }
-        let rv = list["metadata"]["resourceVersion"]
-            .as_str()
-            .unwrap_or("0")
-            .to_string();
-        if let Err(e) = watch_pods(&shared, &mut workers, &selector, &rv).await {
-            tracing::debug!(error = %e, "pod watch ended");
+            Event::Applied(pod) => deliver(&shared, &mut workers, &uid_of(&pod), Some(pod)),
+            Event::Deleted(pod) => deliver(&shared, &mut workers, &uid_of(&pod), None),
         }
     }
+    anyhow::bail!("the pod watch stopped")
+}
+
+fn uid_of(pod: &Value) -> String {
+    pod["metadata"]["uid"].as_str().unwrap_or_default().to_string()
 }
 
 /// Disk use (percent) above which unused images are removed, as the kubelet's image GC does.
@@ -270,48 +265,6 @@ fn deliver(
     let (tx, rx) = watch::channel(Some(pod));
     tokio::spawn(worker::run(shared.clone(), uid.to_string(), rx));
     workers.insert(uid.to_string(), tx);
-}
-
-async fn watch_pods(
-    shared: &Arc<Shared>,
-    workers: &mut HashMap<String, watch::Sender<Option<Value>>>,
-    selector: &str,
-    rv: &str,
-) -> anyhow::Result<()> {
-    let path = format!(
-        "/api/v1/pods?watch=1&allowWatchBookmarks=true&fieldSelector={selector}&resourceVersion={rv}&timeoutSeconds=300"
-    );
-    let body = match shared.api.stream(&path).await {
-        Ok(b) => b,
-        Err(e) if status_code(&e) == Some(410) => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    let mut frames = body.into_data_stream();
-    let mut buf: Vec<u8> = Vec::new();
-    while let Some(chunk) = frames.next().await {
-        buf.extend_from_slice(&chunk?);
-        while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = buf.drain(..=nl).collect();
-            let Ok(event) = serde_json::from_slice::<Value>(&line) else {
-                continue;
-            };
-            let kind = event["type"].as_str().unwrap_or_default();
-            let obj = &event["object"];
-            match kind {
-                "ADDED" | "MODIFIED" => {
-                    let uid = obj["metadata"]["uid"].as_str().unwrap_or_default().to_string();
-                    deliver(shared, workers, &uid, Some(obj.clone()));
-                }
-                "DELETED" => {
-                    let uid = obj["metadata"]["uid"].as_str().unwrap_or_default().to_string();
-                    deliver(shared, workers, &uid, None);
-                }
-                "ERROR" => return Ok(()),
-                _ => {}
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Confirms a pod's deletion once everything of it is gone on the node (the kubelet's final delete).
