@@ -320,8 +320,10 @@ async fn bench_api(control: &Path, runs: &[(usize, usize)]) -> anyhow::Result<Va
 }
 
 /// Schedules `pods` pods onto `nodes` Node objects with skiff-control's scheduler (in process, on
-/// a real store; no agents) and reports pods/s and the creation-to-binding latency.
-async fn bench_scheduler(nodes: usize, pods: usize) -> anyhow::Result<Value> {
+/// a real store; no agents) and reports pods/s and the creation-to-binding latency. With
+/// `backlog`, every pod is created before the controllers start, so the rate is the scheduler's
+/// own (binding writes included) rather than bounded by how fast pods are created.
+async fn bench_scheduler(nodes: usize, pods: usize, backlog: bool) -> anyhow::Result<Value> {
     use skiff_control::api::object::to_stored;
     use skiff_control::api::{App, Cidr, handlers::create_object};
     use skiff_control::store::{EventKind, Store, StoreConfig};
@@ -345,12 +347,14 @@ async fn bench_scheduler(nodes: usize, pods: usize) -> anyhow::Result<Value> {
             .create(&format!("/registry/core/nodes/{name}"), to_stored(&node))
             .await?;
     }
-    skiff_control::controllers::start(app.clone());
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    if !backlog {
+        skiff_control::controllers::start(app.clone());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let mut watch = store.watch("/registry/core/pods/", store.revision())?;
     let created: Arc<std::sync::Mutex<std::collections::HashMap<String, Instant>>> = Arc::default();
-    let start = Instant::now();
-    let creator = {
+    let mut start = Instant::now();
+    let mut creator = Some({
         let (app, created) = (app.clone(), created.clone());
         tokio::spawn(async move {
             drive(pods, 32, move |_, i| {
@@ -378,7 +382,12 @@ async fn bench_scheduler(nodes: usize, pods: usize) -> anyhow::Result<Value> {
             })
             .await
         })
-    };
+    });
+    if backlog && let Some(c) = creator.take() {
+        c.await??;
+        start = Instant::now();
+        skiff_control::controllers::start(app.clone());
+    }
     let mut latencies = Vec::with_capacity(pods);
     let mut bound = std::collections::HashSet::new();
     let deadline = Instant::now() + Duration::from_secs(600);
@@ -394,16 +403,22 @@ async fn bench_scheduler(nodes: usize, pods: usize) -> anyhow::Result<Value> {
             && bound.insert(event.kv.key.clone())
         {
             let at = Instant::now();
-            let t0 = created
-                .lock()
-                .map_err(|_| anyhow::anyhow!("poisoned"))?
-                .get(&event.kv.key)
-                .copied()
-                .unwrap_or(at);
+            let t0 = if backlog {
+                start
+            } else {
+                created
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("poisoned"))?
+                    .get(&event.kv.key)
+                    .copied()
+                    .unwrap_or(at)
+            };
             latencies.push(at.saturating_duration_since(t0));
         }
     }
-    creator.await??;
+    if let Some(c) = creator {
+        c.await??;
+    }
     let elapsed = start.elapsed();
     let mut summary = summary("skiff-scheduler", 0, bound.len(), elapsed, latencies);
     summary["nodes"] = json!(nodes);
@@ -452,9 +467,12 @@ async fn main() -> anyhow::Result<()> {
                 .get(3)
                 .and_then(|n| n.parse().ok())
                 .context("usage: skiff-bench scheduler NODES PODS")?;
-            json!({"scheduler": bench_scheduler(nodes, pods).await?})
+            let backlog = args.get(4).is_some_and(|a| a == "--backlog");
+            json!({"scheduler": bench_scheduler(nodes, pods, backlog).await?})
         }
-        _ => bail!("usage: skiff-bench store --etcd PATH | api --control PATH | scheduler NODES PODS"),
+        _ => bail!(
+            "usage: skiff-bench store --etcd PATH | api --control PATH | scheduler NODES PODS [--backlog]"
+        ),
     };
     println!("{}", serde_json::to_string_pretty(&result)?);
     Ok(())

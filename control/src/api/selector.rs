@@ -113,6 +113,17 @@ impl LabelSelector {
         Ok(Self(reqs))
     }
 
+    /// One label every selected object must carry, with the values it may have (from the first
+    /// `Eq` or `In` requirement), so callers can look candidates up in a label index instead of
+    /// testing every object. None when no requirement pins a label.
+    pub fn required_values(&self) -> Option<(&str, Vec<&str>)> {
+        self.0.iter().find_map(|req| match req {
+            LabelReq::Eq(k, v) => Some((k.as_str(), vec![v.as_str()])),
+            LabelReq::In(k, vs) => Some((k.as_str(), vs.iter().map(String::as_str).collect())),
+            _ => None,
+        })
+    }
+
     /// Whether the selector selects nothing-in-particular (matches everything).
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()

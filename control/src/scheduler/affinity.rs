@@ -69,6 +69,17 @@ impl Selects {
         }
     }
 
+    /// The labels a selected pod must carry one of, for index lookups (None: any pod may match).
+    fn index_keys(&self) -> Option<Vec<(String, String)>> {
+        let (key, values) = self.selector.as_ref()?.required_values()?;
+        Some(
+            values
+                .into_iter()
+                .map(|v| (key.to_owned(), v.to_owned()))
+                .collect(),
+        )
+    }
+
     /// Whether the term selects `candidate`.
     pub fn matches(&self, candidate: &Value) -> bool {
         let ns = candidate["metadata"]["namespace"].as_str().unwrap_or_default();
@@ -97,20 +108,110 @@ fn node_label<'a>(
     nodes.get(node)?.node["metadata"]["labels"][key].as_str()
 }
 
-fn prepare_term(
-    term: &Value,
-    pod: &Value,
-    bound: &HashMap<String, Bound>,
-    nodes: &std::collections::BTreeMap<String, NodeInfo>,
-    weight: i64,
-) -> Term {
+/// Bound pods by label, and bound pods' required anti-affinity terms by a label they require, so
+/// a decision tests only the pods (and terms) that can match instead of every bound pod.
+#[derive(Debug, Default)]
+pub struct PodIndex {
+    by_label: HashMap<(String, String), HashSet<String>>,
+    anti: HashMap<String, Vec<AntiTerm>>,
+    anti_by_label: HashMap<(String, String), HashSet<String>>,
+    /// Pods with an anti-affinity term that pins no label (tested for every decision).
+    anti_unindexed: HashSet<String>,
+}
+
+fn label_pairs(pod: &Value) -> impl Iterator<Item = (String, String)> + '_ {
+    labels(pod)
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+}
+
+impl PodIndex {
+    /// Indexes a pod bound to `node`.
+    pub fn insert(&mut self, key: &str, pod: &Value, node: &Value) {
+        for pair in label_pairs(pod) {
+            self.by_label.entry(pair).or_default().insert(key.to_owned());
+        }
+        let terms = anti_terms(pod, node);
+        if terms.is_empty() {
+            return;
+        }
+        for t in &terms {
+            match t.selects.index_keys() {
+                Some(pairs) => {
+                    for pair in pairs {
+                        self.anti_by_label.entry(pair).or_default().insert(key.to_owned());
+                    }
+                }
+                None => {
+                    self.anti_unindexed.insert(key.to_owned());
+                }
+            }
+        }
+        self.anti.insert(key.to_owned(), terms);
+    }
+
+    /// Forgets a pod indexed with `insert`.
+    pub fn remove(&mut self, key: &str, pod: &Value) {
+        for pair in label_pairs(pod) {
+            if let Some(set) = self.by_label.get_mut(&pair) {
+                set.remove(key);
+                if set.is_empty() {
+                    self.by_label.remove(&pair);
+                }
+            }
+        }
+        for t in self.anti.remove(key).into_iter().flatten() {
+            for pair in t.selects.index_keys().into_iter().flatten() {
+                if let Some(set) = self.anti_by_label.get_mut(&pair) {
+                    set.remove(key);
+                    if set.is_empty() {
+                        self.anti_by_label.remove(&pair);
+                    }
+                }
+            }
+        }
+        self.anti_unindexed.remove(key);
+    }
+
+    /// The bound pods `selects` may select (a superset; callers still test each).
+    fn candidates<'a>(&'a self, selects: &Selects, bound: &'a HashMap<String, Bound>) -> Vec<&'a Bound> {
+        match selects.index_keys() {
+            Some(pairs) => pairs
+                .iter()
+                .filter_map(|p| self.by_label.get(p))
+                .flatten()
+                .filter_map(|k| bound.get(k))
+                .collect(),
+            None => bound.values().collect(),
+        }
+    }
+
+    /// The required anti-affinity terms of bound pods that may select `pod`.
+    fn anti_for<'a>(&'a self, pod: &Value) -> impl Iterator<Item = &'a AntiTerm> {
+        let mut owners: HashSet<&String> = self.anti_unindexed.iter().collect();
+        for pair in label_pairs(pod) {
+            owners.extend(self.anti_by_label.get(&pair).into_iter().flatten());
+        }
+        owners.into_iter().filter_map(|k| self.anti.get(k)).flatten()
+    }
+
+    fn has_anti(&self) -> bool {
+        !self.anti.is_empty()
+    }
+}
+
+fn prepare_term(term: &Value, pod: &Value, cluster: &Cluster<'_>, weight: i64) -> Term {
     let key = term["topologyKey"].as_str().unwrap_or_default().to_owned();
     let ns = pod["metadata"]["namespace"].as_str().unwrap_or_default();
     let selects = Selects::new(term, ns);
-    let domains = bound
-        .values()
+    let domains = cluster
+        .index
+        .candidates(&selects, cluster.bound)
+        .into_iter()
         .filter(|b| selects.matches(&b.pod))
-        .filter_map(|b| node_label(nodes, &b.node, &key).map(str::to_owned))
+        .filter_map(|b| node_label(cluster.nodes, &b.node, &key).map(str::to_owned))
         .collect();
     Term {
         topology_key: key,
@@ -146,17 +247,22 @@ pub fn anti_terms(pod: &Value, node: &Value) -> Vec<AntiTerm> {
         .collect()
 }
 
-/// Prepares the pod's rules against the pods already bound; `anti` holds the bound pods' required
-/// anti-affinity terms.
-pub fn prepare(
-    pod: &Value,
-    bound: &HashMap<String, Bound>,
-    anti: &HashMap<String, Vec<AntiTerm>>,
-    nodes: &std::collections::BTreeMap<String, NodeInfo>,
-) -> Prepared {
+/// What a decision reads of the cluster: bound pods, their index, and the nodes.
+pub struct Cluster<'a> {
+    /// Bound pods by key.
+    pub bound: &'a HashMap<String, Bound>,
+    /// Their label and anti-affinity index.
+    pub index: &'a PodIndex,
+    /// Nodes by name.
+    pub nodes: &'a std::collections::BTreeMap<String, NodeInfo>,
+}
+
+/// Prepares the pod's rules against the pods already bound.
+pub fn prepare(pod: &Value, cluster: &Cluster<'_>) -> Prepared {
+    let (bound, nodes) = (cluster.bound, cluster.nodes);
     let mut p = Prepared::default();
     let aff = &pod["spec"]["affinity"];
-    if anti.is_empty() && aff.is_null() && pod["spec"]["topologySpreadConstraints"].is_null() {
+    if !cluster.index.has_anti() && aff.is_null() && pod["spec"]["topologySpreadConstraints"].is_null() {
         return p;
     }
     let ns = pod["metadata"]["namespace"].as_str().unwrap_or_default();
@@ -167,14 +273,14 @@ pub fn prepare(
     {
         p.self_match = p.required.is_empty() || p.self_match;
         p.self_match &= term_selects(t, ns, pod);
-        p.required.push(prepare_term(t, pod, bound, nodes, 0));
+        p.required.push(prepare_term(t, pod, cluster, 0));
     }
     for t in aff["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
         .as_array()
         .into_iter()
         .flatten()
     {
-        p.anti.push(prepare_term(t, pod, bound, nodes, 0));
+        p.anti.push(prepare_term(t, pod, cluster, 0));
     }
     for (field, sign) in [("podAffinity", 1), ("podAntiAffinity", -1)] {
         for w in aff[field]["preferredDuringSchedulingIgnoredDuringExecution"]
@@ -184,11 +290,11 @@ pub fn prepare(
         {
             let weight = w["weight"].as_i64().unwrap_or(0) * sign;
             p.preferred
-                .push(prepare_term(&w["podAffinityTerm"], pod, bound, nodes, weight));
+                .push(prepare_term(&w["podAffinityTerm"], pod, cluster, weight));
         }
     }
     // Existing pods whose required anti-affinity selects this pod keep it out of their domain.
-    for t in anti.values().flatten() {
+    for t in cluster.index.anti_for(pod) {
         if let Some(domain) = &t.domain
             && t.selects.matches(pod)
         {
@@ -212,7 +318,12 @@ pub fn prepare(
                     .map(|v| (v.to_owned(), 0))
             })
             .collect();
-        for b in bound.values() {
+        let selects = Selects {
+            namespaces: Vec::new(),
+            owner_ns: ns.to_owned(),
+            selector: selector.clone(),
+        };
+        for b in cluster.index.candidates(&selects, bound) {
             let same_ns = b.pod["metadata"]["namespace"].as_str() == Some(ns);
             if same_ns
                 && selector.as_ref().is_some_and(|s| s.matches(labels(&b.pod)))
@@ -289,5 +400,64 @@ impl Prepared {
             })
             .sum();
         affinity + spread
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn node(name: &str) -> NodeInfo {
+        NodeInfo::new(std::sync::Arc::new(
+            json!({"metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}}}),
+        ))
+    }
+
+    #[test]
+    fn the_index_finds_bound_pods_and_existing_anti_affinity_until_they_go() {
+        let nodes =
+            std::collections::BTreeMap::from([("n1".to_owned(), node("n1")), ("n2".to_owned(), node("n2"))]);
+        let anti = json!({"requiredDuringSchedulingIgnoredDuringExecution": [
+            {"labelSelector": {"matchExpressions": [{"key": "app", "operator": "In", "values": ["db"]}]}, "topologyKey": "kubernetes.io/hostname"}]});
+        let bound_pod = json!({"metadata": {"name": "a", "namespace": "ns", "labels": {"app": "db"}},
+            "spec": {"affinity": {"podAntiAffinity": anti}}});
+        let mut bound = HashMap::new();
+        bound.insert(
+            "a".to_owned(),
+            Bound {
+                node: "n1".to_owned(),
+                requests: Default::default(),
+                ports: Vec::new(),
+                pod: std::sync::Arc::new(bound_pod.clone()),
+            },
+        );
+        let mut index = PodIndex::default();
+        index.insert("a", &bound_pod, &nodes["n1"].node);
+        let newcomer = json!({"metadata": {"name": "b", "namespace": "ns", "labels": {"app": "db"}},
+            "spec": {"affinity": {"podAntiAffinity": anti}}});
+        let cluster = Cluster {
+            bound: &bound,
+            index: &index,
+            nodes: &nodes,
+        };
+        let rules = prepare(&newcomer, &cluster);
+        assert_eq!(
+            rules.check(&nodes["n1"].node).as_deref(),
+            Some("node(s) didn't match pod anti-affinity rules")
+        );
+        assert_eq!(rules.check(&nodes["n2"].node), None);
+        // A pod in another namespace is not selected by a term without namespaces.
+        let other_ns = json!({"metadata": {"name": "c", "namespace": "other", "labels": {"app": "db"}}});
+        assert_eq!(prepare(&other_ns, &cluster).check(&nodes["n1"].node), None);
+        index.remove("a", &bound_pod);
+        bound.clear();
+        let cluster = Cluster {
+            bound: &bound,
+            index: &index,
+            nodes: &nodes,
+        };
+        assert_eq!(prepare(&newcomer, &cluster).check(&nodes["n1"].node), None);
+        assert!(index.by_label.is_empty() && index.anti_by_label.is_empty() && !index.has_anti());
     }
 }

@@ -76,18 +76,65 @@ pub fn term_matches(term: &Value, node: &Value) -> bool {
     exprs_ok && fields_ok
 }
 
+/// The parts of a pod that filters and scores read, looked up once per decision rather than once
+/// per node.
+#[derive(Debug)]
+pub struct PodView<'a> {
+    /// The pod.
+    pub pod: &'a Value,
+    tolerations: &'a [Value],
+    node_selector: Option<&'a serde_json::Map<String, Value>>,
+    required_terms: Option<&'a [Value]>,
+    /// `preferredDuringSchedulingIgnoredDuringExecution` node affinity terms.
+    pub preferred_terms: &'a [Value],
+}
+
+impl<'a> PodView<'a> {
+    /// Looks the pod's scheduling fields up.
+    pub fn new(pod: &'a Value) -> Self {
+        let spec = &pod["spec"];
+        let node_affinity = &spec["affinity"]["nodeAffinity"];
+        Self {
+            pod,
+            tolerations: spec["tolerations"].as_array().map_or(&[], Vec::as_slice),
+            node_selector: spec["nodeSelector"].as_object().filter(|m| !m.is_empty()),
+            required_terms:
+                node_affinity["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+                    .as_array()
+                    .map(Vec::as_slice),
+            preferred_terms: node_affinity["preferredDuringSchedulingIgnoredDuringExecution"]
+                .as_array()
+                .map_or(&[], Vec::as_slice),
+        }
+    }
+
+    /// Stops testing the nodeSelector, for callers that only pass nodes already found through a
+    /// label index.
+    pub fn selector_already_matched(&mut self) {
+        self.node_selector = None;
+    }
+
+    /// Whether the pod tolerates a taint.
+    pub fn tolerates(&self, taint: &Value) -> bool {
+        !self.tolerations.is_empty() && tolerates(self.pod, taint)
+    }
+
+    /// Whether the pod's nodeSelector and required node affinity accept the node.
+    pub fn node_matches(&self, node: &Value) -> bool {
+        let selector_ok = self.node_selector.is_none_or(|sel| {
+            let labels = &node["metadata"]["labels"];
+            sel.iter().all(|(k, v)| labels.get(k) == Some(v))
+        });
+        selector_ok
+            && self
+                .required_terms
+                .is_none_or(|terms| terms.iter().any(|t| term_matches(t, node)))
+    }
+}
+
 /// Whether the pod's nodeSelector and required node affinity accept the node.
 pub fn selector_and_affinity_match(pod: &Value, node: &Value) -> bool {
-    let labels = &node["metadata"]["labels"];
-    let selector_ok = pod["spec"]["nodeSelector"]
-        .as_object()
-        .is_none_or(|sel| sel.iter().all(|(k, v)| labels.get(k) == Some(v)));
-    let required = &pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"];
-    let affinity_ok = match required["nodeSelectorTerms"].as_array() {
-        Some(terms) => terms.iter().any(|t| term_matches(t, node)),
-        None => true,
-    };
-    selector_ok && affinity_ok
+    PodView::new(pod).node_matches(node)
 }
 
 fn host_ports(pod: &Value) -> Vec<(String, i64)> {
@@ -107,23 +154,22 @@ fn host_ports(pod: &Value) -> Vec<(String, i64)> {
 /// (NodeUnschedulable, TaintToleration, NodeAffinity, NodePorts, NodeResourcesFit) and stop at
 /// the first that fails; the resource filter reports every insufficient resource.
 pub fn check(
-    pod: &Value,
+    pod: &PodView<'_>,
     info: &NodeInfo,
     requests: &BTreeMap<String, f64>,
     ports: &[(String, i64)],
 ) -> Vec<String> {
     let node = &info.node;
-    if node["spec"]["unschedulable"] == true
-        && !tolerates(
-            pod,
+    if info.unschedulable
+        && !pod.tolerates(
             &serde_json::json!({"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}),
         )
     {
         return vec!["node(s) were unschedulable".to_owned()];
     }
-    for taint in node["spec"]["taints"].as_array().into_iter().flatten() {
+    for taint in &info.taints {
         let effect = taint["effect"].as_str().unwrap_or_default();
-        if (effect == "NoSchedule" || effect == "NoExecute") && !tolerates(pod, taint) {
+        if (effect == "NoSchedule" || effect == "NoExecute") && !pod.tolerates(taint) {
             return vec![format!(
                 "node(s) had untolerated taint {{{}: {}}}",
                 taint["key"].as_str().unwrap_or_default(),
@@ -131,7 +177,7 @@ pub fn check(
             )];
         }
     }
-    if !selector_and_affinity_match(pod, node) {
+    if !pod.node_matches(node) {
         return vec!["node(s) didn't match Pod's node affinity/selector".to_owned()];
     }
     if ports.iter().any(|p| info.host_ports.contains(p)) {

@@ -44,8 +44,9 @@ struct State {
     /// (label key, value) -> nodes carrying it, so pods with a nodeSelector visit only those.
     by_label: HashMap<(String, String), std::collections::BTreeSet<String>>,
     bound: HashMap<String, Bound>,
-    /// Required anti-affinity terms of bound pods (they constrain every later decision).
-    anti: HashMap<String, Vec<affinity::AntiTerm>>,
+    /// Bound pods by label, and their required anti-affinity terms (which constrain every later
+    /// decision).
+    index: affinity::PodIndex,
     pending: VecDeque<String>,
     queued: HashSet<String>,
     unschedulable: HashSet<String>,
@@ -80,8 +81,8 @@ impl State {
     }
 
     fn unaccount(&mut self, key: &str) -> bool {
-        self.anti.remove(key);
         if let Some(b) = self.bound.remove(key) {
+            self.index.remove(key, &b.pod);
             if let Some(info) = self.nodes.get_mut(&b.node) {
                 info.account(&b.requests, &b.ports, -1.0);
             }
@@ -101,11 +102,9 @@ impl State {
         if let Some(info) = self.nodes.get_mut(node) {
             info.account(&b.requests, &b.ports, 1.0);
         }
-        if let Some(info) = self.nodes.get(node) {
-            let terms = affinity::anti_terms(pod, &info.node);
-            if !terms.is_empty() {
-                self.anti.insert(key.to_owned(), terms);
-            }
+        match self.nodes.get(node) {
+            Some(info) => self.index.insert(key, pod, &info.node),
+            None => self.index.insert(key, pod, &Value::Null),
         }
         self.bound.insert(key.to_owned(), b);
     }
@@ -192,9 +191,10 @@ fn preemption(state: &State, pod: &Value, requests: &BTreeMap<String, f64>) -> O
     }
     let prio = priority(pod);
     let ports = filter::pod_host_ports(pod);
+    let view = filter::PodView::new(pod);
     let mut best: Option<((i64, usize), String, Vec<String>)> = None;
     for (name, info) in &state.nodes {
-        let reasons = filter::check(pod, info, requests, &ports);
+        let reasons = filter::check(&view, info, requests, &ports);
         if reasons
             .iter()
             .any(|r| !(r.starts_with("Insufficient ") || r == "Too many pods"))
@@ -213,7 +213,7 @@ fn preemption(state: &State, pod: &Value, requests: &BTreeMap<String, f64>) -> O
         for (_, b) in &candidates {
             sim.account(&b.requests, &b.ports, -1.0);
         }
-        if !filter::check(pod, &sim, requests, &ports).is_empty() {
+        if !filter::check(&view, &sim, requests, &ports).is_empty() {
             continue;
         }
         candidates.sort_by_key(|(k, b)| (std::cmp::Reverse(priority(&b.pod)), (*k).clone()));
@@ -221,7 +221,7 @@ fn preemption(state: &State, pod: &Value, requests: &BTreeMap<String, f64>) -> O
         let mut max_prio = i64::MIN;
         for (key, b) in candidates {
             sim.account(&b.requests, &b.ports, 1.0);
-            if !filter::check(pod, &sim, requests, &ports).is_empty() {
+            if !filter::check(&view, &sim, requests, &ports).is_empty() {
                 sim.account(&b.requests, &b.ports, -1.0);
                 max_prio = max_prio.max(priority(&b.pod));
                 victims.push(key.clone());
@@ -255,7 +255,15 @@ fn feasible_nodes_to_find(total: usize) -> usize {
 fn decide(state: &mut State, pod: &Value) -> Decision {
     let requests = pod_requests(pod);
     let ports = filter::pod_host_ports(pod);
-    let rules = affinity::prepare(pod, &state.bound, &state.anti, &state.nodes);
+    let mut view = filter::PodView::new(pod);
+    let rules = affinity::prepare(
+        pod,
+        &affinity::Cluster {
+            bound: &state.bound,
+            index: &state.index,
+            nodes: &state.nodes,
+        },
+    );
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
     let mut best: Option<(i64, &str)> = None;
     let total = state.nodes.len();
@@ -296,6 +304,7 @@ fn decide(state: &mut State, pod: &Value) -> Decision {
         ),
     };
     if let Some(names) = &narrowed {
+        view.selector_already_matched();
         // Nodes the selector rules out still count in the message, as upstream reports them.
         let excluded = total - names.len();
         if excluded > 0 {
@@ -310,7 +319,7 @@ fn decide(state: &mut State, pod: &Value) -> Decision {
             break;
         }
         visited += 1;
-        let mut failed = filter::check(pod, info, &requests, &ports);
+        let mut failed = filter::check(&view, info, &requests, &ports);
         if failed.is_empty()
             && let Some(reason) = rules.check(&info.node)
         {
@@ -318,7 +327,7 @@ fn decide(state: &mut State, pod: &Value) -> Decision {
         }
         if failed.is_empty() {
             feasible += 1;
-            let s = score::score(pod, info, &requests) + rules.score(&info.node);
+            let s = score::score(&view, info, &requests) + rules.score(&info.node);
             // Highest score wins; equal scores go to the first node by name.
             if best.is_none_or(|(b, bn)| s > b || (s == b && name.as_str() < bn)) {
                 best = Some((s, name));

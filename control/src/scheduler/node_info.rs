@@ -13,6 +13,10 @@ use super::quantity;
 pub struct NodeInfo {
     /// The Node object.
     pub node: Arc<Value>,
+    /// `spec.unschedulable` (cordoned).
+    pub unschedulable: bool,
+    /// `spec.taints`.
+    pub taints: Vec<Value>,
     /// `status.allocatable` in base units.
     pub allocatable: BTreeMap<String, f64>,
     /// Sum of the requests of pods bound here.
@@ -42,6 +46,8 @@ impl NodeInfo {
     pub fn new(node: Arc<Value>) -> Self {
         let allocatable = quantities(&node["status"]["allocatable"]);
         Self {
+            unschedulable: node["spec"]["unschedulable"] == true,
+            taints: node["spec"]["taints"].as_array().cloned().unwrap_or_default(),
             node,
             allocatable,
             requested: BTreeMap::new(),
@@ -53,6 +59,8 @@ impl NodeInfo {
     /// Replaces the Node object, keeping the bookkeeping.
     pub fn update_node(&mut self, node: Arc<Value>) {
         self.allocatable = quantities(&node["status"]["allocatable"]);
+        self.unschedulable = node["spec"]["unschedulable"] == true;
+        self.taints = node["spec"]["taints"].as_array().cloned().unwrap_or_default();
         self.node = node;
     }
 

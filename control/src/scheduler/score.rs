@@ -3,9 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::Value;
-
-use super::filter::{term_matches, tolerates};
+use super::filter::{PodView, term_matches};
 use super::node_info::NodeInfo;
 
 /// Requests used for scoring: pods that request nothing count as upstream's defaults.
@@ -18,7 +16,7 @@ fn scoring_request(requests: &BTreeMap<String, f64>, resource: &str) -> f64 {
 }
 
 /// The total score of `node` for a pod with `requests`, plus the node's preferred-affinity weight.
-pub fn score(pod: &Value, info: &NodeInfo, requests: &BTreeMap<String, f64>) -> i64 {
+pub fn score(pod: &PodView<'_>, info: &NodeInfo, requests: &BTreeMap<String, f64>) -> i64 {
     let fraction = |resource: &str| {
         let alloc = info.allocatable.get(resource).copied().unwrap_or(0.0);
         if alloc <= 0.0 {
@@ -30,19 +28,16 @@ pub fn score(pod: &Value, info: &NodeInfo, requests: &BTreeMap<String, f64>) -> 
     let (cpu, mem) = (fraction("cpu"), fraction("memory"));
     let least_allocated = (((1.0 - cpu) + (1.0 - mem)) / 2.0 * 100.0) as i64;
     let balanced = ((1.0 - (cpu - mem).abs()) * 100.0) as i64;
-    let preferred: i64 =
-        pod["spec"]["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|p| term_matches(&p["preference"], &info.node))
-            .map(|p| p["weight"].as_i64().unwrap_or(0))
-            .sum();
-    let untolerated_soft = info.node["spec"]["taints"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|t| t["effect"] == "PreferNoSchedule" && !tolerates(pod, t))
+    let preferred: i64 = pod
+        .preferred_terms
+        .iter()
+        .filter(|p| term_matches(&p["preference"], &info.node))
+        .map(|p| p["weight"].as_i64().unwrap_or(0))
+        .sum();
+    let untolerated_soft = info
+        .taints
+        .iter()
+        .filter(|t| t["effect"] == "PreferNoSchedule" && !pod.tolerates(t))
         .count() as i64;
     least_allocated + balanced + preferred - untolerated_soft * 10
 }
