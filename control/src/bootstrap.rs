@@ -48,5 +48,22 @@ pub async fn ensure_defaults(app: &App) -> Result<(), StoreError> {
             Err(e) => return Err(e),
         }
     }
+    // The default StorageClass: a directory on the node the pod lands on, as k3s's local-path.
+    let key = "/registry/storage.k8s.io/storageclasses/local-path";
+    if app.store.get(key).await?.is_none() {
+        let class = json!({
+            "apiVersion": "storage.k8s.io/v1",
+            "kind": "StorageClass",
+            "metadata": {"name": "local-path", "uid": new_uid(), "creationTimestamp": now(),
+                         "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
+            "provisioner": crate::controllers::volume::LOCAL_PATH,
+            "reclaimPolicy": "Delete",
+            "volumeBindingMode": "WaitForFirstConsumer",
+        });
+        match app.store.create(key, to_stored(&class)).await {
+            Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
     Ok(())
 }

@@ -231,12 +231,8 @@ pub fn scheduler(root: &Path, cargo: impl Fn() -> Command) -> anyhow::Result<()>
         for _ in 0..RUNS {
             let r = run_json(Command::new(&bin).args(["scheduler", &nodes.to_string(), "10000"]))?;
             streaming.push(vec![r["scheduler"].clone()]);
-            let r = run_json(Command::new(&bin).args([
-                "scheduler",
-                &nodes.to_string(),
-                "10000",
-                "--backlog",
-            ]))?;
+            let r =
+                run_json(Command::new(&bin).args(["scheduler", &nodes.to_string(), "10000", "--backlog"]))?;
             backlog.push(vec![r["scheduler"].clone()]);
         }
         let m = medians(&streaming).remove(0);

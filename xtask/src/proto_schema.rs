@@ -20,6 +20,7 @@ const PACKAGES: &[&str] = &[
     "api/discovery/v1",
     "api/policy/v1",
     "api/scheduling/v1",
+    "api/storage/v1",
     "api/authentication/v1",
     "apimachinery/pkg/apis/meta/v1",
     "apimachinery/pkg/api/resource",

@@ -56,6 +56,24 @@ impl<'a> Lookup<'a> {
         self.get("configmaps", name).await
     }
 
+    /// A PersistentVolumeClaim, or None if it does not exist.
+    pub async fn claim(&self, name: &str) -> anyhow::Result<Option<Value>> {
+        self.get("persistentvolumeclaims", name).await
+    }
+
+    /// A PersistentVolume (cluster-scoped), or None if it does not exist.
+    pub async fn volume(&self, name: &str) -> anyhow::Result<Option<Value>> {
+        match self
+            .api
+            .json(Method::GET, &format!("/api/v1/persistentvolumes/{name}"), None)
+            .await
+        {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if status_code(&e) == Some(404) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// A secret, or None if it does not exist.
     pub async fn secret(&self, name: &str) -> anyhow::Result<Option<Value>> {
         self.get("secrets", name).await

@@ -316,6 +316,58 @@ pub fn host_path(volume: &Value) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// The host directory behind a bound claim: its volume's `hostPath` (created when its type says
+/// so) or `local` path. Unbound claims and other volume sources are mount errors, retried.
+pub async fn claim_path(lookup: &Lookup<'_>, claim: &str) -> anyhow::Result<PathBuf> {
+    let Some(pvc) = lookup.claim(claim).await? else {
+        bail!(MountError(format!("persistentvolumeclaim \"{claim}\" not found")));
+    };
+    let volume = pvc["spec"]["volumeName"].as_str().unwrap_or_default();
+    if volume.is_empty() || pvc["status"]["phase"] != "Bound" {
+        bail!(MountError(format!(
+            "persistentvolumeclaim \"{claim}\" is not bound yet"
+        )));
+    }
+    let Some(pv) = lookup.volume(volume).await? else {
+        bail!(MountError(format!("persistentvolume \"{volume}\" not found")));
+    };
+    let spec = &pv["spec"];
+    if spec.get("hostPath").is_some() {
+        return host_path(spec);
+    }
+    if let Some(path) = spec["local"]["path"].as_str() {
+        let path = PathBuf::from(path);
+        if !path.exists() {
+            bail!(MountError(format!(
+                "local volume {volume}: {} does not exist",
+                path.display()
+            )));
+        }
+        return Ok(path);
+    }
+    bail!(MountError(format!(
+        "persistentvolume \"{volume}\": only hostPath and local volumes are supported"
+    )))
+}
+
+/// Makes the pod's volume directory for a claim a symlink to the volume's host path, so mounts
+/// (and an agent restart) find it where every other volume lives.
+pub fn link_claim(dir: &Path, target: &Path) -> anyhow::Result<()> {
+    if std::fs::read_link(dir).is_ok_and(|t| t == target) {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir(dir)?,
+        Ok(_) => std::fs::remove_file(dir)?,
+        Err(_) => {}
+    }
+    std::os::unix::fs::symlink(target, dir)?;
+    Ok(())
+}
+
 /// Whether `dir` is a mount point.
 pub fn is_mountpoint(dir: &Path) -> bool {
     let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else {

@@ -14,7 +14,7 @@ use tokio::sync::{Notify, watch};
 use super::Shared;
 use super::env::{ConfigError, Lookup};
 use super::spec::{self, Bind, Plan};
-use super::volumes::{self, MountError};
+use super::volumes;
 use crate::image::{Image, Reference};
 use crate::shim::{EXITED, Exited, STARTED, Started, now_rfc3339};
 
@@ -591,10 +591,9 @@ impl Pod {
                 volumes::host_path(v)?;
             } else if let Some(files) = volumes::desired_files(lookup, pod, v).await? {
                 volumes::write_files(&dir, &files)?;
-            } else if v.get("persistentVolumeClaim").is_some() {
-                bail!(MountError(format!(
-                    "volume {name:?}: persistentVolumeClaim volumes are not supported on this node yet"
-                )));
+            } else if let Some(claim) = v["persistentVolumeClaim"]["claimName"].as_str() {
+                let path = volumes::claim_path(lookup, claim).await?;
+                volumes::link_claim(&dir, &path)?;
             }
         }
         Ok(())
@@ -616,7 +615,8 @@ impl Pod {
         }
         let read_only = ["configMap", "secret", "downwardAPI", "projected"]
             .iter()
-            .any(|k| v.get(*k).is_some());
+            .any(|k| v.get(*k).is_some())
+            || v["persistentVolumeClaim"]["readOnly"] == true;
         Ok((self.dir.join("volumes").join(volume_name), read_only))
     }
 

@@ -467,6 +467,91 @@ fn columns_and_row(info: &ResourceInfo, obj: &Value) -> (Vec<Column>, Vec<Value>
                 ],
             )
         }
+        ("", "PersistentVolume") => {
+            let claim = &spec["claimRef"];
+            (
+                vec![
+                    ("Name", "string", 0),
+                    ("Capacity", "string", 0),
+                    ("Access Modes", "string", 0),
+                    ("Reclaim Policy", "string", 0),
+                    ("Status", "string", 0),
+                    ("Claim", "string", 0),
+                    ("StorageClass", "string", 0),
+                    ("VolumeAttributesClass", "string", 0),
+                    ("Reason", "string", 0),
+                    ("Age", "string", 0),
+                    ("VolumeMode", "string", 1),
+                ],
+                vec![
+                    name,
+                    json!(s(&spec["capacity"]["storage"])),
+                    json!(access_modes(&spec["accessModes"])),
+                    json!(s(&spec["persistentVolumeReclaimPolicy"])),
+                    json!(s(&st["phase"])),
+                    json!(if claim.is_object() {
+                        format!("{}/{}", s(&claim["namespace"]), s(&claim["name"]))
+                    } else {
+                        String::new()
+                    }),
+                    json!(s(&spec["storageClassName"])),
+                    json!("<unset>"),
+                    json!(s(&st["reason"])),
+                    json!(age(obj)),
+                    json!(s(&spec["volumeMode"])),
+                ],
+            )
+        }
+        ("", "PersistentVolumeClaim") => (
+            vec![
+                ("Name", "string", 0),
+                ("Status", "string", 0),
+                ("Volume", "string", 0),
+                ("Capacity", "string", 0),
+                ("Access Modes", "string", 0),
+                ("StorageClass", "string", 0),
+                ("VolumeAttributesClass", "string", 0),
+                ("Age", "string", 0),
+                ("VolumeMode", "string", 1),
+            ],
+            vec![
+                name,
+                json!(s(&st["phase"])),
+                json!(s(&spec["volumeName"])),
+                json!(s(&st["capacity"]["storage"])),
+                json!(access_modes(&st["accessModes"])),
+                json!(s(&spec["storageClassName"])),
+                json!("<unset>"),
+                json!(age(obj)),
+                json!(s(&spec["volumeMode"])),
+            ],
+        ),
+        ("storage.k8s.io", "StorageClass") => {
+            let default =
+                obj["metadata"]["annotations"]["storageclass.kubernetes.io/is-default-class"] == "true";
+            (
+                vec![
+                    ("Name", "string", 0),
+                    ("Provisioner", "string", 0),
+                    ("ReclaimPolicy", "string", 0),
+                    ("VolumeBindingMode", "string", 0),
+                    ("AllowVolumeExpansion", "string", 0),
+                    ("Age", "string", 0),
+                ],
+                vec![
+                    json!(if default {
+                        format!("{} (default)", meta_str(obj, "name"))
+                    } else {
+                        meta_str(obj, "name").to_owned()
+                    }),
+                    json!(s(&obj["provisioner"])),
+                    json!(obj["reclaimPolicy"].as_str().unwrap_or("Delete")),
+                    json!(obj["volumeBindingMode"].as_str().unwrap_or("Immediate")),
+                    json!(obj["allowVolumeExpansion"].as_bool().unwrap_or(false)),
+                    json!(age(obj)),
+                ],
+            )
+        }
         ("coordination.k8s.io", "Lease") => (
             vec![
                 ("Name", "string", 0),
@@ -484,6 +569,24 @@ fn columns_and_row(info: &ResourceInfo, obj: &Value) -> (Vec<Column>, Vec<Value>
             vec![name, json!(age(obj))],
         ),
     }
+}
+
+/// `RWO,ROX` as kubectl prints access modes.
+fn access_modes(modes: &Value) -> String {
+    modes
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(|m| match m {
+            "ReadWriteOnce" => "RWO",
+            "ReadOnlyMany" => "ROX",
+            "ReadWriteMany" => "RWX",
+            "ReadWriteOncePod" => "RWOP",
+            other => other,
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn job_status(job: &Value) -> &'static str {

@@ -31,6 +31,7 @@ pub mod replicaset;
 pub mod runtime;
 mod serviceaccount;
 mod statefulset;
+pub mod volume;
 
 /// Starts the controllers.
 pub fn start(app: Arc<App>) {
@@ -49,6 +50,7 @@ pub fn start(app: Arc<App>) {
     daemonset::start(app.clone(), &caches);
     statefulset::start(app.clone(), &caches);
     disruption::start(app.clone(), &caches);
+    volume::start(app.clone(), &caches);
     cronjob::start(app.clone(), &caches, Arc::new(cronjob::SystemClock));
     crate::scheduler::start(app, &caches);
 }

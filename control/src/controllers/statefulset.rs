@@ -29,6 +29,53 @@ fn ordinal(name: &str, pod: &Value) -> Option<i64> {
         .ok()
 }
 
+/// Creates the claims of the set's `volumeClaimTemplates` for ordinal `pod_name` (named
+/// `<template>-<pod>`, as upstream) unless they exist, and points the pod's volumes at them.
+async fn claims_for(app: &App, sts: &Value, pod_name: &str, pod: &mut Value) -> Result<(), String> {
+    let ns = meta_str(sts, "namespace");
+    let claim_call = call(app, "", "persistentvolumeclaims", ns, None, None, MANAGER);
+    for template in sts["spec"]["volumeClaimTemplates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let volume = meta_str(template, "name");
+        let claim_name = format!("{volume}-{pod_name}");
+        let mut claim = json!({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": claim_name, "namespace": ns,
+                "labels": template["metadata"]["labels"].as_object().cloned().unwrap_or_default()},
+            "spec": template["spec"],
+        });
+        for (k, v) in sts["spec"]["selector"]["matchLabels"]
+            .as_object()
+            .into_iter()
+            .flatten()
+        {
+            claim["metadata"]["labels"][k] = v.clone();
+        }
+        if let Some(a) = template["metadata"]["annotations"].as_object() {
+            claim["metadata"]["annotations"] = json!(a);
+        }
+        if sts["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"] == "Delete" {
+            let mut owner = super::replicaset::owner_ref(sts);
+            owner["controller"] = json!(false);
+            claim["metadata"]["ownerReferences"] = json!([owner]);
+        }
+        match create_object(app, &claim_call, claim).await {
+            Ok(_) => {}
+            Err(e) if e.code == 409 => {}
+            Err(e) => return Err(e.message),
+        }
+        let entry = json!({"name": volume, "persistentVolumeClaim": {"claimName": claim_name}});
+        let volumes = pod["spec"]["volumes"].as_array().cloned().unwrap_or_default();
+        let mut volumes: Vec<Value> = volumes.into_iter().filter(|v| v["name"] != volume).collect();
+        volumes.push(entry);
+        pod["spec"]["volumes"] = Value::Array(volumes);
+    }
+    Ok(())
+}
+
 fn healthy(pod: &Value) -> bool {
     pod["status"]["phase"] == "Running" && pod_ready(pod)
 }
@@ -79,6 +126,7 @@ async fn reconcile(app: &App, stss: &Cache, pods: &Cache, key: &str) -> Result<N
             if let Some(svc) = sts["spec"]["serviceName"].as_str().filter(|s| !s.is_empty()) {
                 pod["spec"]["subdomain"] = json!(svc);
             }
+            claims_for(app, &sts, &pod_name, &mut pod).await?;
             match create_object(app, &pod_call, pod).await {
                 Ok(created) => {
                     events::record(

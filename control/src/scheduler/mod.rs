@@ -7,6 +7,7 @@ pub mod filter;
 mod node_info;
 pub mod quantity;
 mod score;
+mod volumes;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -49,6 +50,8 @@ struct State {
     index: affinity::PodIndex,
     pending: VecDeque<String>,
     queued: HashSet<String>,
+    /// PersistentVolumes, claims and classes, for pods with claims.
+    volumes: Option<volumes::Volumes>,
     unschedulable: HashSet<String>,
 }
 
@@ -237,7 +240,8 @@ fn preemption(state: &State, pod: &Value, requests: &BTreeMap<String, f64>) -> O
 
 /// The outcome of one scheduling attempt.
 enum Decision {
-    Node(String),
+    /// Bind here, after telling these claims (of `WaitForFirstConsumer` classes) the node.
+    Node(String, Vec<Arc<Value>>),
     Unschedulable(String),
 }
 
@@ -253,6 +257,11 @@ fn feasible_nodes_to_find(total: usize) -> usize {
 }
 
 fn decide(state: &mut State, pod: &Value) -> Decision {
+    let total = state.nodes.len();
+    let claims = state.volumes.as_ref().map(|v| v.resolve(pod)).unwrap_or_default();
+    if let Some(why) = &claims.blocked {
+        return Decision::Unschedulable(format!("0/{total} nodes are available: {why}."));
+    }
     let requests = pod_requests(pod);
     let ports = filter::pod_host_ports(pod);
     let mut view = filter::PodView::new(pod);
@@ -266,7 +275,6 @@ fn decide(state: &mut State, pod: &Value) -> Decision {
     );
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
     let mut best: Option<(i64, &str)> = None;
-    let total = state.nodes.len();
     let wanted = feasible_nodes_to_find(total);
     let start = if total == 0 { 0 } else { state.next_start % total };
     let mut feasible = 0;
@@ -325,6 +333,11 @@ fn decide(state: &mut State, pod: &Value) -> Decision {
         {
             failed.push(reason);
         }
+        if failed.is_empty()
+            && let Some(reason) = claims.check(&info.node)
+        {
+            failed.push(reason.to_owned());
+        }
         if failed.is_empty() {
             feasible += 1;
             let s = score::score(&view, info, &requests) + rules.score(&info.node);
@@ -340,7 +353,7 @@ fn decide(state: &mut State, pod: &Value) -> Decision {
         }
     }
     let decision = match best {
-        Some((_, node)) => Decision::Node(node.to_owned()),
+        Some((_, node)) => Decision::Node(node.to_owned(), claims.waiting()),
         None => Decision::Unschedulable(filter::unschedulable_message(total, &reasons)),
     };
     if narrowed.is_none() {
@@ -365,12 +378,19 @@ async fn schedule_one(
         meta_str(&pod, "name").to_owned(),
     );
     match decide(state, &pod) {
-        Decision::Node(node) => {
+        Decision::Node(node, claims) => {
             // Assume the pod is there now, and bind in the background as upstream does; a
             // failed binding un-assumes it and queues it again.
             state.account(key, &pod, &node);
             let (app, key, failed) = (app.clone(), key.to_owned(), failed.clone());
             tokio::spawn(async move {
+                for claim in claims {
+                    if let Err(e) = select_node(&app, &claim, &node).await {
+                        tracing::debug!(%key, error = %e, "marking the claim's node failed; retrying");
+                        let _ = failed.send(key);
+                        return;
+                    }
+                }
                 let c = call(&app, "", "pods", &ns, Some(&name), Some("binding"), NAME);
                 let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name, "namespace": ns}, "target": {"apiVersion": "v1", "kind": "Node", "name": node}});
                 match bind(&app, &c, binding.to_string().as_bytes()).await {
@@ -462,8 +482,45 @@ async fn schedule_one(
     }
 }
 
-async fn run(app: Arc<App>, pods: Arc<Cache>, nodes: Arc<Cache>) {
-    let mut state = State::default();
+/// Tells a `WaitForFirstConsumer` claim which node its pod got (upstream's
+/// `volume.kubernetes.io/selected-node`), so the binder binds or provisions there.
+async fn select_node(app: &App, claim: &Value, node: &str) -> Result<(), String> {
+    let mut next = claim.clone();
+    next["metadata"]["annotations"][crate::controllers::volume::SELECTED_NODE] = json!(node);
+    if next == *claim {
+        return Ok(());
+    }
+    let c = call(
+        app,
+        "",
+        "persistentvolumeclaims",
+        meta_str(claim, "namespace"),
+        Some(meta_str(claim, "name")),
+        None,
+        NAME,
+    );
+    update_object(app, &c, next)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.message)
+}
+
+async fn run(app: Arc<App>, pods: Arc<Cache>, nodes: Arc<Cache>, volumes: volumes::Volumes) {
+    let (volume_tx, mut volume_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    for cache in [&volumes.pvs, &volumes.claims, &volumes.classes] {
+        let (tx, mut changes) = (volume_tx.clone(), cache.subscribe());
+        tokio::spawn(async move {
+            while changes.recv().await.is_ok() {
+                if tx.send(()).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    let mut state = State {
+        volumes: Some(volumes),
+        ..State::default()
+    };
     let (failed_tx, mut failed_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let mut pod_changes = pods.subscribe();
     let mut node_changes = nodes.subscribe();
@@ -493,6 +550,14 @@ async fn run(app: Arc<App>, pods: Arc<Cache>, nodes: Arc<Cache>) {
         while let Ok(key) = failed_rx.try_recv() {
             state.unaccount(&key);
             state.enqueue(&key);
+        }
+        // Volumes, claims or classes changed: pods waiting on them may fit now.
+        let mut volumes_changed = false;
+        while volume_rx.try_recv().is_ok() {
+            volumes_changed = true;
+        }
+        if volumes_changed {
+            state.cluster_changed();
         }
         loop {
             match node_changes.try_recv() {
@@ -536,6 +601,7 @@ async fn run(app: Arc<App>, pods: Arc<Cache>, nodes: Arc<Cache>) {
                 state.unaccount(&key);
                 state.enqueue(&key);
             }
+            Some(()) = volume_rx.recv() => state.cluster_changed(),
             c = pod_changes.recv() => match c {
                 Ok(c) => state.pod_changed(&c),
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
@@ -554,5 +620,10 @@ async fn run(app: Arc<App>, pods: Arc<Cache>, nodes: Arc<Cache>) {
 pub fn start(app: Arc<App>, caches: &Caches) {
     let pods = caches.get(&app, POD_PREFIX);
     let nodes = caches.get(&app, NODE_PREFIX);
-    tokio::spawn(run(app, pods, nodes));
+    let volumes = volumes::Volumes {
+        pvs: caches.get(&app, crate::controllers::volume::PV_PREFIX),
+        claims: caches.get(&app, crate::controllers::volume::PVC_PREFIX),
+        classes: caches.get(&app, crate::controllers::volume::SC_PREFIX),
+    };
+    tokio::spawn(run(app, pods, nodes, volumes));
 }
