@@ -514,3 +514,63 @@ spec:
     let log = std::fs::read_to_string(host.path().join("log")).unwrap_or_default();
     assert_eq!(log, "preStop\ngot TERM\n", "hooks and signal in order");
 }
+
+#[test]
+fn claims_mount_their_provisioned_volume_and_outlive_the_pod() {
+    let k = Cluster::start();
+    let image = k.registry.busybox();
+    let storage = tempfile::tempdir().unwrap();
+    k.apply(&format!(
+        r#"
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata: {{name: test-local}}
+provisioner: skiff.io/local-path
+volumeBindingMode: WaitForFirstConsumer
+reclaimPolicy: Retain
+parameters: {{path: {path}}}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {{name: data}}
+spec:
+  storageClassName: test-local
+  accessModes: [ReadWriteOnce]
+  resources: {{requests: {{storage: 1Gi}}}}
+"#,
+        path = storage.path().display()
+    ));
+    let writer = |name: &str, command: &str| {
+        format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: app
+    image: {image}
+    command: ["sh", "-c", "{command}"]
+    volumeMounts: [{{name: data, mountPath: /data}}]
+  volumes:
+  - {{name: data, persistentVolumeClaim: {{claimName: data}}}}
+"#
+        )
+    };
+    k.apply(&writer("first", "echo kept > /data/file"));
+    k.wait_pod("first", "Succeeded", |p| phase(p) == "Succeeded");
+    let volume =
+        k.c.ok(&["get", "pvc", "data", "-o", "jsonpath={.spec.volumeName}"]);
+    let dir = storage.path().join(format!("{volume}_default_data"));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("file")).unwrap_or_default(),
+        "kept\n",
+        "the container wrote into the provisioned directory"
+    );
+    // A second pod sees what the first one left.
+    k.c.ok(&["delete", "pod", "first"]);
+    k.apply(&writer("second", "cat /data/file"));
+    k.wait_pod("second", "Succeeded", |p| phase(p) == "Succeeded");
+    assert_eq!(k.c.ok(&["logs", "second"]).trim(), "kept");
+}
