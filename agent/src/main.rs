@@ -327,7 +327,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 }
             }
             _ = status.tick() => {
-                if let Err(e) = node::heartbeat::post_status(&api, &name).await {
+                let images = image::ImageStore::open(&args.data_dir)
+                    .and_then(|s| s.node_images())
+                    .unwrap_or_else(|e| {
+                        tracing::warn!(error = %e, "listing images for the node status failed");
+                        serde_json::Value::Array(Vec::new())
+                    });
+                if let Err(e) = node::heartbeat::post_status(&api, &name, images).await {
                     tracing::warn!(error = %e, "status update failed");
                 }
             }

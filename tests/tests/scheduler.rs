@@ -340,3 +340,124 @@ fn drain_evicts_and_pods_are_rescheduled_elsewhere() {
     assert!(moved, "pods were not rescheduled onto the remaining node");
     assert!(c.ok(&["get", "nodes"]).contains("SchedulingDisabled"));
 }
+
+fn make_ready(c: &Control, pod: &str) {
+    let status = r#"{"status":{"phase":"Running","conditions":[{"type":"Ready","status":"True","lastTransitionTime":"2026-01-01T00:00:00Z"}]}}"#;
+    c.ok(&[
+        "patch",
+        "pod",
+        pod,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        status,
+    ]);
+}
+
+fn deleting(c: &Control, pod: &str) -> bool {
+    !c.ok(&["get", "pod", pod, "-o", "jsonpath={.metadata.deletionTimestamp}"])
+        .is_empty()
+}
+
+#[test]
+fn preemption_spares_pods_a_disruption_budget_protects() {
+    let c = Control::start();
+    c.ok_stdin(&["apply", "-f", "-"], &node("n1", "1", "zone: a", ""));
+    c.ok_stdin(&["apply", "-f", "-"], &node("n2", "1", "zone: a", ""));
+    c.ok_stdin(&["apply", "-f", "-"], "apiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata: {name: high}\nvalue: 1000\n---\napiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata: {name: low}\nvalue: 10\n");
+    // Two low-priority pods fill the two nodes; "guarded" is the one a budget protects. By name
+    // alone n1 would be preferred, so pin "guarded" there.
+    let low = |name: &str, node_name: &str| {
+        pod(
+            name,
+            "1",
+            &format!("  priorityClassName: low\n  nodeSelector: {{kubernetes.io/hostname: {node_name}}}\n"),
+        )
+        .replace(
+            "namespace: default}",
+            &format!("namespace: default, labels: {{app: {name}}}}}"),
+        )
+    };
+    for (name, n) in [("guarded", "n1"), ("free", "n2")] {
+        c.ok_stdin(&["apply", "-f", "-"], &low(name, n));
+    }
+    // The Node objects above carry no hostname label; add it so the selectors match.
+    for n in ["n1", "n2"] {
+        c.ok(&["label", "node", n, &format!("kubernetes.io/hostname={n}")]);
+    }
+    assert_eq!(node_of(&c, "guarded"), "n1");
+    assert_eq!(node_of(&c, "free"), "n2");
+    for p in ["guarded", "free"] {
+        make_ready(&c, p);
+    }
+    c.ok_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {name: guard, namespace: default}\nspec: {minAvailable: 1, selector: {matchLabels: {app: guarded}}}\n",
+    );
+    for _ in 0..200 {
+        if c.ok(&[
+            "get",
+            "pdb",
+            "guard",
+            "-o",
+            "jsonpath={.status.currentHealthy}/{.status.disruptionsAllowed}",
+        ]) == "1/0"
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    c.ok_stdin(
+        &["apply", "-f", "-"],
+        &pod("urgent", "1", "  priorityClassName: high\n"),
+    );
+    for _ in 0..200 {
+        if deleting(&c, "free") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(deleting(&c, "free"), "the unprotected pod is the victim");
+    assert!(!deleting(&c, "guarded"), "the budget's pod is spared");
+    assert_eq!(
+        c.ok(&[
+            "get",
+            "pod",
+            "urgent",
+            "-o",
+            "jsonpath={.status.nominatedNodeName}"
+        ]),
+        "n2"
+    );
+}
+
+#[test]
+fn image_locality_prefers_nodes_that_hold_the_image() {
+    let c = Control::start();
+    // Equal nodes apart from the images they report; by name alone "a-plain" would win.
+    c.ok_stdin(&["apply", "-f", "-"], &node("a-plain", "4", "zone: a", ""));
+    c.ok_stdin(&["apply", "-f", "-"], &node("b-cached", "4", "zone: a", ""));
+    let images = r#"{"status":{"images":[{"names":["registry.local/big:1","registry.local/big@sha256:0123"],"sizeBytes":524288000}]}}"#;
+    c.ok(&[
+        "patch",
+        "node",
+        "b-cached",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        images,
+    ]);
+    let with_image =
+        |name: &str, image: &str| pod(name, "100m", "").replace("registry.local/busybox:1.36", image);
+    c.ok_stdin(
+        &["apply", "-f", "-"],
+        &with_image("uses-big", "registry.local/big:1"),
+    );
+    assert_eq!(node_of(&c, "uses-big"), "b-cached");
+    // A pod whose image no node holds goes by the other scores (here: the name).
+    c.ok_stdin(
+        &["apply", "-f", "-"],
+        &with_image("uses-other", "registry.local/other:1"),
+    );
+    assert_eq!(node_of(&c, "uses-other"), "a-plain");
+}

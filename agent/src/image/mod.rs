@@ -266,6 +266,35 @@ impl ImageStore {
         Ok(out)
     }
 
+    /// `status.images` for the Node: each stored image's names and size, largest first, at most
+    /// 50 (the kubelet's default `nodeStatusMaxImages`). The scheduler's image locality score
+    /// reads it.
+    pub fn node_images(&self) -> anyhow::Result<Value> {
+        let names = self.names()?;
+        let mut images: Vec<(u64, Vec<String>)> = self
+            .images()?
+            .into_iter()
+            .map(|i| {
+                let mut n: Vec<String> = names
+                    .iter()
+                    .filter(|(_, d)| **d == i.digest)
+                    .map(|(name, _)| name.clone())
+                    .collect();
+                n.sort();
+                (i.size, n)
+            })
+            .filter(|(_, n)| !n.is_empty())
+            .collect();
+        images.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        images.truncate(50);
+        Ok(Value::Array(
+            images
+                .into_iter()
+                .map(|(size, names)| serde_json::json!({"names": names, "sizeBytes": size}))
+                .collect(),
+        ))
+    }
+
     /// Removes images not in `keep` (manifest digests) and layers no remaining image uses.
     /// Returns the manifests removed.
     pub fn collect_garbage(&self, keep: &BTreeSet<String>) -> anyhow::Result<Vec<String>> {

@@ -142,9 +142,9 @@ pub async fn renew_lease(api: &ApiClient, name: &str, duration: Duration) -> any
     }
 }
 
-/// Refreshes the conditions' heartbeat.
-pub async fn post_status(api: &ApiClient, name: &str) -> anyhow::Result<()> {
-    let patch = json!({"status": {"conditions": conditions()}});
+/// Refreshes the conditions' heartbeat and the list of images the node holds.
+pub async fn post_status(api: &ApiClient, name: &str, images: Value) -> anyhow::Result<()> {
+    let patch = json!({"status": {"conditions": conditions(), "images": images}});
     api.with_type(
         Method::PATCH,
         &format!("/api/v1/nodes/{name}/status"),

@@ -12,7 +12,8 @@ use crate::api::App;
 use crate::api::object::meta_str;
 use crate::api::selector::LabelSelector;
 
-const PDB_PREFIX: &str = "/registry/policy/poddisruptionbudgets/";
+/// Store prefix of PodDisruptionBudgets.
+pub const PDB_PREFIX: &str = "/registry/policy/poddisruptionbudgets/";
 
 async fn reconcile(app: &App, pdbs: &Cache, pods: &Cache, key: &str) -> Result<Next, String> {
     let Some(pdb) = pdbs.get(key) else {

@@ -17,7 +17,7 @@ pub mod cron;
 pub mod cronjob;
 mod daemonset;
 mod deployment;
-mod disruption;
+pub mod disruption;
 mod endpoints;
 
 pub use crd::initial_finalizers as crd_finalizers;

@@ -50,8 +50,12 @@ struct State {
     index: affinity::PodIndex,
     pending: VecDeque<String>,
     queued: HashSet<String>,
+    /// How many nodes hold each image (normalized name), for image locality.
+    image_nodes: HashMap<String, usize>,
     /// PersistentVolumes, claims and classes, for pods with claims.
     volumes: Option<volumes::Volumes>,
+    /// PodDisruptionBudgets, which preemption tries not to break.
+    pdbs: Option<Arc<Cache>>,
     unschedulable: HashSet<String>,
 }
 
@@ -157,6 +161,16 @@ impl State {
         if let Some(old) = self.nodes.get(&name).map(|i| i.node.clone()) {
             self.index_labels(&name, &old, false);
         }
+        if let Some(info) = self.nodes.get(&name) {
+            for image in info.images.keys() {
+                if let Some(n) = self.image_nodes.get_mut(image) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        self.image_nodes.remove(image);
+                    }
+                }
+            }
+        }
         if let Some(new) = &change.new {
             self.index_labels(&name, new, true);
         }
@@ -169,7 +183,12 @@ impl State {
                         for b in self.bound.values().filter(|b| b.node == name) {
                             info.account(&b.requests, &b.ports, 1.0);
                         }
-                        self.nodes.insert(name, info);
+                        self.nodes.insert(name.clone(), info);
+                    }
+                }
+                if let Some(info) = self.nodes.get(&name) {
+                    for image in info.images.keys() {
+                        *self.image_nodes.entry(image.clone()).or_default() += 1;
                     }
                 }
                 self.cluster_changed();
@@ -185,9 +204,53 @@ fn priority(pod: &Value) -> i64 {
     pod["spec"]["priority"].as_i64().unwrap_or(0)
 }
 
+/// The PodDisruptionBudgets the scheduler checks victims against: (namespace, selector, disruptions
+/// still allowed).
+fn budgets(state: &State) -> Vec<(String, crate::api::selector::LabelSelector, i64)> {
+    state
+        .pdbs
+        .as_ref()
+        .map(|c| c.list(None))
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|pdb| {
+            let selector = crate::api::selector::LabelSelector::from_object(&pdb["spec"]["selector"]).ok()?;
+            Some((
+                meta_str(pdb, "namespace").to_owned(),
+                selector,
+                pdb["status"]["disruptionsAllowed"].as_i64().unwrap_or(0),
+            ))
+        })
+        .collect()
+}
+
+/// Which of `pods` (most important first) an eviction of all of them would break a budget for,
+/// as upstream's filterPodsWithPDBViolation.
+fn violating(
+    pods: &[(&String, &Bound)],
+    budgets: &[(String, crate::api::selector::LabelSelector, i64)],
+) -> HashSet<String> {
+    let mut allowed: Vec<i64> = budgets.iter().map(|b| b.2).collect();
+    let mut out = HashSet::new();
+    for (key, b) in pods {
+        let ns = b.pod["metadata"]["namespace"].as_str().unwrap_or_default();
+        for (i, (pdb_ns, selector, _)) in budgets.iter().enumerate() {
+            if pdb_ns == ns && !selector.is_empty() && selector.matches(b.pod["metadata"].get("labels")) {
+                allowed[i] -= 1;
+                if allowed[i] < 0 {
+                    out.insert((*key).clone());
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Finds the node where evicting the fewest, lowest-priority pods lets `pod` fit (resources only),
 /// as upstream's default preemption: victims are chosen lowest priority first, then the ones not
-/// needed are reprieved, highest priority first. Returns the node and the victims' keys.
+/// needed are reprieved, highest priority first and those a PodDisruptionBudget protects before
+/// the others; nodes whose victims break fewer budgets win, then lower victim priority, then
+/// fewer victims. Returns the node and the victims' keys.
 fn preemption(state: &State, pod: &Value, requests: &BTreeMap<String, f64>) -> Option<(String, Vec<String>)> {
     if pod["spec"]["preemptionPolicy"] == "Never" {
         return None;
@@ -195,7 +258,10 @@ fn preemption(state: &State, pod: &Value, requests: &BTreeMap<String, f64>) -> O
     let prio = priority(pod);
     let ports = filter::pod_host_ports(pod);
     let view = filter::PodView::new(pod);
-    let mut best: Option<((i64, usize), String, Vec<String>)> = None;
+    let budgets = budgets(state);
+    // (budgets broken, highest victim priority, victims), node, victims.
+    type Candidate = ((usize, i64, usize), String, Vec<String>);
+    let mut best: Option<Candidate> = None;
     for (name, info) in &state.nodes {
         let reasons = filter::check(&view, info, requests, &ports);
         if reasons
@@ -220,17 +286,22 @@ fn preemption(state: &State, pod: &Value, requests: &BTreeMap<String, f64>) -> O
             continue;
         }
         candidates.sort_by_key(|(k, b)| (std::cmp::Reverse(priority(&b.pod)), (*k).clone()));
+        let protected = violating(&candidates, &budgets);
+        // Reprieve protected pods first, so budgets break only when nothing else helps.
+        candidates.sort_by_key(|(k, _)| !protected.contains(*k));
         let mut victims = Vec::new();
         let mut max_prio = i64::MIN;
+        let mut breaks = 0;
         for (key, b) in candidates {
             sim.account(&b.requests, &b.ports, 1.0);
             if !filter::check(&view, &sim, requests, &ports).is_empty() {
                 sim.account(&b.requests, &b.ports, -1.0);
                 max_prio = max_prio.max(priority(&b.pod));
+                breaks += usize::from(protected.contains(key));
                 victims.push(key.clone());
             }
         }
-        let rank = (max_prio, victims.len());
+        let rank = (breaks, max_prio, victims.len());
         if best.as_ref().is_none_or(|(r, _, _)| rank < *r) {
             best = Some((rank, name.clone(), victims));
         }
@@ -265,6 +336,12 @@ fn decide(state: &mut State, pod: &Value) -> Decision {
     let requests = pod_requests(pod);
     let ports = filter::pod_host_ports(pod);
     let mut view = filter::PodView::new(pod);
+    let images: Vec<String> = ["initContainers", "containers"]
+        .iter()
+        .flat_map(|k| pod["spec"][*k].as_array().into_iter().flatten())
+        .filter_map(|c| c["image"].as_str())
+        .map(node_info::normalized_image)
+        .collect();
     let rules = affinity::prepare(
         pod,
         &affinity::Cluster {
@@ -340,7 +417,9 @@ fn decide(state: &mut State, pod: &Value) -> Decision {
         }
         if failed.is_empty() {
             feasible += 1;
-            let s = score::score(&view, info, &requests) + rules.score(&info.node);
+            let s = score::score(&view, info, &requests)
+                + rules.score(&info.node)
+                + score::image_locality(&images, info, &state.image_nodes, total);
             // Highest score wins; equal scores go to the first node by name.
             if best.is_none_or(|(b, bn)| s > b || (s == b && name.as_str() < bn)) {
                 best = Some((s, name));
@@ -505,7 +584,13 @@ async fn select_node(app: &App, claim: &Value, node: &str) -> Result<(), String>
         .map_err(|e| e.message)
 }
 
-async fn run(app: Arc<App>, pods: Arc<Cache>, nodes: Arc<Cache>, volumes: volumes::Volumes) {
+async fn run(
+    app: Arc<App>,
+    pods: Arc<Cache>,
+    nodes: Arc<Cache>,
+    volumes: volumes::Volumes,
+    pdbs: Arc<Cache>,
+) {
     let (volume_tx, mut volume_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     for cache in [&volumes.pvs, &volumes.claims, &volumes.classes] {
         let (tx, mut changes) = (volume_tx.clone(), cache.subscribe());
@@ -519,6 +604,7 @@ async fn run(app: Arc<App>, pods: Arc<Cache>, nodes: Arc<Cache>, volumes: volume
     }
     let mut state = State {
         volumes: Some(volumes),
+        pdbs: Some(pdbs),
         ..State::default()
     };
     let (failed_tx, mut failed_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
@@ -625,5 +711,6 @@ pub fn start(app: Arc<App>, caches: &Caches) {
         claims: caches.get(&app, crate::controllers::volume::PVC_PREFIX),
         classes: caches.get(&app, crate::controllers::volume::SC_PREFIX),
     };
-    tokio::spawn(run(app, pods, nodes, volumes));
+    let pdbs = caches.get(&app, crate::controllers::disruption::PDB_PREFIX);
+    tokio::spawn(run(app, pods, nodes, volumes, pdbs));
 }

@@ -17,6 +17,8 @@ pub struct NodeInfo {
     pub unschedulable: bool,
     /// `spec.taints`.
     pub taints: Vec<Value>,
+    /// `status.images`: each name (normalized) the node holds, with the image's size.
+    pub images: std::collections::HashMap<String, f64>,
     /// `status.allocatable` in base units.
     pub allocatable: BTreeMap<String, f64>,
     /// Sum of the requests of pods bound here.
@@ -41,11 +43,39 @@ fn quantities(map: &Value) -> BTreeMap<String, f64> {
         .collect()
 }
 
+/// An image name as the scheduler compares them: with `:latest` when it has no tag or digest.
+pub fn normalized_image(name: &str) -> String {
+    let last = name.rsplit('/').next().unwrap_or(name);
+    if last.contains(':') || last.contains('@') {
+        name.to_owned()
+    } else {
+        format!("{name}:latest")
+    }
+}
+
+fn images(node: &Value) -> std::collections::HashMap<String, f64> {
+    node["status"]["images"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|i| {
+            let size = i["sizeBytes"].as_f64().unwrap_or(0.0);
+            i["names"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .map(move |n| (normalized_image(n), size))
+        })
+        .collect()
+}
+
 impl NodeInfo {
     /// State for a node with nothing bound yet.
     pub fn new(node: Arc<Value>) -> Self {
         let allocatable = quantities(&node["status"]["allocatable"]);
         Self {
+            images: images(&node),
             unschedulable: node["spec"]["unschedulable"] == true,
             taints: node["spec"]["taints"].as_array().cloned().unwrap_or_default(),
             node,
@@ -60,6 +90,7 @@ impl NodeInfo {
     pub fn update_node(&mut self, node: Arc<Value>) {
         self.allocatable = quantities(&node["status"]["allocatable"]);
         self.unschedulable = node["spec"]["unschedulable"] == true;
+        self.images = images(&node);
         self.taints = node["spec"]["taints"].as_array().cloned().unwrap_or_default();
         self.node = node;
     }
