@@ -327,18 +327,31 @@ fn statefulset_claims_are_provisioned_on_the_pods_nodes() {
             claim
         );
     }
-    // Deleting a provisioned volume's claim deletes the volume (reclaim policy Delete).
+    // Scaling down with `whenScaled: Delete` deletes the removed ordinal's claim, and a
+    // provisioned volume goes with its claim (reclaim policy Delete).
     let volume = c.ok(&["get", "pvc", "data-web-1", "-o", "jsonpath={.spec.volumeName}"]);
-    c.ok(&["delete", "statefulset", "web", "--cascade=orphan"]);
     c.ok(&[
-        "delete",
-        "pod",
-        "web-1",
-        "--wait=false",
-        "--grace-period=0",
-        "--force",
+        "patch",
+        "statefulset",
+        "web",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"replicas":1,"persistentVolumeClaimRetentionPolicy":{"whenScaled":"Delete"}}}"#,
     ]);
-    c.ok(&["delete", "pvc", "data-web-1"]);
+    for _ in 0..200 {
+        if !c.kubectl(&["get", "pvc", "data-web-1"]).status.success() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !c.kubectl(&["get", "pvc", "data-web-1"]).status.success(),
+        "the removed ordinal's claim is deleted"
+    );
+    assert!(
+        c.kubectl(&["get", "pvc", "data-web-0"]).status.success(),
+        "the kept ordinal's claim stays"
+    );
     for _ in 0..200 {
         if c.kubectl(&["get", "pv", &volume]).status.success() {
             std::thread::sleep(Duration::from_millis(50));

@@ -76,6 +76,29 @@ async fn claims_for(app: &App, sts: &Value, pod_name: &str, pod: &mut Value) -> 
     Ok(())
 }
 
+/// Deletes the template claims of a pod removed by a scale-down (`whenScaled: Delete`).
+async fn delete_claims(app: &App, sts: &Value, pod_name: &str) {
+    let ns = meta_str(sts, "namespace");
+    let claim_call = call(app, "", "persistentvolumeclaims", ns, None, None, MANAGER);
+    for template in sts["spec"]["volumeClaimTemplates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let claim = format!("{}-{pod_name}", meta_str(template, "name"));
+        let _ = delete_one(
+            app,
+            &claim_call,
+            &claim,
+            Some("Background"),
+            None,
+            &Value::Null,
+            false,
+        )
+        .await;
+    }
+}
+
 fn healthy(pod: &Value) -> bool {
     pod["status"]["phase"] == "Running" && pod_ready(pod)
 }
@@ -175,6 +198,9 @@ async fn reconcile(app: &App, stss: &Cache, pods: &Cache, key: &str) -> Result<N
                 false,
             )
             .await;
+            if sts["spec"]["persistentVolumeClaimRetentionPolicy"]["whenScaled"] == "Delete" {
+                delete_claims(app, &sts, meta_str(p, "name")).await;
+            }
             events::record(
                 app,
                 &sts,
