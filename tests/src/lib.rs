@@ -210,6 +210,20 @@ impl Control {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Merge-patches a pod's status subresource, as a kubelet would write it.
+    #[track_caller]
+    pub fn patch_pod_status(&self, pod: &str, patch: &str) -> String {
+        self.ok(&[
+            "patch",
+            "pod",
+            pod,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            patch,
+        ])
+    }
+
     /// Runs kubectl with stdin, asserts success, returns stdout.
     #[track_caller]
     pub fn ok_stdin(&self, args: &[&str], stdin: &str) -> String {

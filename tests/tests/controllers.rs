@@ -299,16 +299,7 @@ fn endpoints_and_slices_follow_ready_pods() {
 }
 
 fn set_phase(c: &Control, pod: &str, phase: &str) {
-    let status = format!(r#"{{"status":{{"phase":"{phase}"}}}}"#);
-    c.ok(&[
-        "patch",
-        "pod",
-        pod,
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        &status,
-    ]);
+    c.patch_pod_status(pod, &format!(r#"{{"status":{{"phase":"{phase}"}}}}"#));
 }
 
 fn job(name: &str, spec: &str) -> String {

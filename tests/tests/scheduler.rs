@@ -343,15 +343,7 @@ fn drain_evicts_and_pods_are_rescheduled_elsewhere() {
 
 fn make_ready(c: &Control, pod: &str) {
     let status = r#"{"status":{"phase":"Running","conditions":[{"type":"Ready","status":"True","lastTransitionTime":"2026-01-01T00:00:00Z"}]}}"#;
-    c.ok(&[
-        "patch",
-        "pod",
-        pod,
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        status,
-    ]);
+    c.patch_pod_status(pod, status);
 }
 
 fn deleting(c: &Control, pod: &str) -> bool {

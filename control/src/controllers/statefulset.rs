@@ -29,18 +29,24 @@ fn ordinal(name: &str, pod: &Value) -> Option<i64> {
         .ok()
 }
 
-/// Creates the claims of the set's `volumeClaimTemplates` for ordinal `pod_name` (named
-/// `<template>-<pod>`, as upstream) unless they exist, and points the pod's volumes at them.
-async fn claims_for(app: &App, sts: &Value, pod_name: &str, pod: &mut Value) -> Result<(), String> {
-    let ns = meta_str(sts, "namespace");
-    let claim_call = call(app, "", "persistentvolumeclaims", ns, None, None, MANAGER);
-    for template in sts["spec"]["volumeClaimTemplates"]
+/// The set's `volumeClaimTemplates` with the claim each names for `pod_name`
+/// (`<template>-<pod>`, as upstream).
+fn template_claims<'a>(sts: &'a Value, pod_name: &str) -> Vec<(&'a Value, String)> {
+    sts["spec"]["volumeClaimTemplates"]
         .as_array()
         .into_iter()
         .flatten()
-    {
+        .map(|t| (t, format!("{}-{pod_name}", meta_str(t, "name"))))
+        .collect()
+}
+
+/// Creates the claims of the set's `volumeClaimTemplates` for ordinal `pod_name` unless they
+/// exist, and points the pod's volumes at them.
+async fn claims_for(app: &App, sts: &Value, pod_name: &str, pod: &mut Value) -> Result<(), String> {
+    let ns = meta_str(sts, "namespace");
+    let claim_call = call(app, "", "persistentvolumeclaims", ns, None, None, MANAGER);
+    for (template, claim_name) in template_claims(sts, pod_name) {
         let volume = meta_str(template, "name");
-        let claim_name = format!("{volume}-{pod_name}");
         let mut claim = json!({
             "apiVersion": "v1", "kind": "PersistentVolumeClaim",
             "metadata": {"name": claim_name, "namespace": ns,
@@ -80,12 +86,7 @@ async fn claims_for(app: &App, sts: &Value, pod_name: &str, pod: &mut Value) -> 
 async fn delete_claims(app: &App, sts: &Value, pod_name: &str) {
     let ns = meta_str(sts, "namespace");
     let claim_call = call(app, "", "persistentvolumeclaims", ns, None, None, MANAGER);
-    for template in sts["spec"]["volumeClaimTemplates"]
-        .as_array()
-        .into_iter()
-        .flatten()
-    {
-        let claim = format!("{}-{pod_name}", meta_str(template, "name"));
+    for (_, claim) in template_claims(sts, pod_name) {
         let _ = delete_one(
             app,
             &claim_call,
