@@ -2,15 +2,15 @@
 //! pods (image present), the agent's RSS with 0 and 50 pods, and container create+start+delete of
 //! one bundle through the agent's shim (libcontainer) against Debian's runc and crun.
 
-use std::io::{BufRead, BufReader};
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
-use skiff_tests::free_port;
-use skiff_tests::node::remove_cgroups;
+use skiff_tests::Control;
+use skiff_tests::node::{Node, cluster_cidr, remove_cgroups, unique_prefix};
 
 struct Proc(Child);
 
@@ -47,23 +47,20 @@ fn stats(mut v: Vec<f64>) -> Value {
     json!({"samples": v.len(), "p50_ms": (percentile(&v, 0.5) * 10.0).round() / 10.0, "p99_ms": (percentile(&v, 0.99) * 10.0).round() / 10.0})
 }
 
+/// The test suites' one-node cluster, on release binaries.
 struct Cluster {
-    kubeconfig: PathBuf,
-    agent: Option<Proc>,
-    _control: Proc,
-    agent_dir: PathBuf,
-    prefix: String,
+    // Field order is drop order: the node goes first, while the control plane still answers.
+    node: Node,
+    control: Control,
 }
 
 impl Cluster {
     fn kubectl(&self) -> Command {
-        let mut c = Command::new("kubectl");
-        c.arg("--kubeconfig").arg(&self.kubeconfig);
-        c
+        self.control.kubectl_cmd(&[])
     }
 
     fn pods_on_node(&self) -> usize {
-        std::fs::read_dir(self.agent_dir.join("pods"))
+        std::fs::read_dir(self.node.data_dir().join("pods"))
             .map(|d| d.count())
             .unwrap_or(0)
     }
@@ -157,49 +154,10 @@ impl Cluster {
     }
 }
 
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = self.delete_all();
-        self.agent.take();
-        let _ = Command::new("ip")
-            .args(["link", "del", &format!("{}br", self.prefix)])
-            .output();
-        remove_cgroups(&self.prefix);
-    }
-}
-
 fn start(control: &Path, agent: &Path, dir: &Path, prefix: &str) -> anyhow::Result<Cluster> {
-    let (api, raft, kubelet) = (free_port(), free_port(), free_port());
-    let cdir = dir.join("control");
-    let control = Proc(
-        Command::new(control)
-            .arg("--data-dir")
-            .arg(&cdir)
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{api}"),
-                "--raft-listen",
-                &format!("127.0.0.1:{raft}"),
-            ])
-            .args(["--cluster-cidr", "10.250.0.0/16"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let token = loop {
-        if std::net::TcpStream::connect(("127.0.0.1", api)).is_ok()
-            && let Ok(t) = std::fs::read_to_string(cdir.join("node-token"))
-        {
-            break t.trim().to_owned();
-        }
-        if Instant::now() > deadline {
-            bail!("skiff-control did not start");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let agent_dir = dir.join("agent");
-    let archive = skiff_tests::image::busybox_oci_archive(dir);
+    let control = Control::start_bin(control, &["--cluster-cidr", &cluster_cidr(prefix)]);
+    let node = Node::start_bin(&control, prefix, agent);
+    // Imported while the agent runs, as on an air-gapped node.
     let out = Command::new(agent)
         .args([
             "image",
@@ -208,67 +166,15 @@ fn start(control: &Path, agent: &Path, dir: &Path, prefix: &str) -> anyhow::Resu
             "skiff.local/bench/busybox:1",
             "--data-dir",
         ])
-        .arg(&agent_dir)
-        .arg(&archive)
+        .arg(node.data_dir())
+        .arg(skiff_tests::image::busybox_oci_archive(dir))
         .output()?;
     if !out.status.success() {
         bail!("image import failed: {}", String::from_utf8_lossy(&out.stderr));
     }
-    let log = dir.join("agent.log");
-    let child = Command::new(agent)
-        .args([
-            "--server",
-            &format!("https://127.0.0.1:{api}"),
-            "--token",
-            &token,
-            "--node-name",
-            &format!("{prefix}-node"),
-        ])
-        .arg("--data-dir")
-        .arg(&agent_dir)
-        .args([
-            "--node-ip",
-            "127.0.0.1",
-            "--address",
-            "127.0.0.1",
-            "--port",
-            &kubelet.to_string(),
-        ])
-        .args([
-            "--bridge",
-            &format!("{prefix}br"),
-            "--cgroup-root",
-            prefix,
-            "--no-masquerade",
-        ])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log)?)
-        .spawn()?;
-    let cluster = Cluster {
-        kubeconfig: cdir.join("admin.kubeconfig"),
-        agent: Some(Proc(child)),
-        _control: control,
-        agent_dir,
-        prefix: prefix.to_owned(),
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .contains("pod network ready")
-    {
-        if Instant::now() > deadline {
-            bail!(
-                "skiff-agent did not get ready: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(cluster)
+    Ok(Cluster { node, control })
 }
 
-/// An OCI bundle running `true`, for the runtime comparison.
 fn bundle(dir: &Path, layer_dir: &Path, cgroup: &str) -> anyhow::Result<PathBuf> {
     let b = dir.join("bundle");
     std::fs::create_dir_all(&b)?;
@@ -348,9 +254,9 @@ pub fn crun_loop(b: &Path, root: &Path, n: usize) -> anyhow::Result<Value> {
 /// The whole benchmark; prints JSON.
 pub fn run(control: &Path, agent: &Path, rounds_single: usize, rounds_fifty: usize) -> anyhow::Result<Value> {
     let dir = tempfile::Builder::new().prefix("skiff-bench-pods-").tempdir()?;
-    let prefix = format!("skb{:x}", std::process::id() % 0xffff);
+    let prefix = unique_prefix();
     let cluster = start(control, agent, dir.path(), &prefix)?;
-    let agent_pid = cluster.agent.as_ref().map(|a| a.0.id()).unwrap_or(0);
+    let agent_pid = cluster.node.pid().unwrap_or(0);
     std::thread::sleep(Duration::from_secs(1));
     let rss_idle = rss_kib(agent_pid);
     let mut single = Vec::new();
@@ -368,7 +274,7 @@ pub fn run(control: &Path, agent: &Path, rounds_single: usize, rounds_fifty: usi
     }
 
     // Runtimes: the same bundle through the shim (as the agent runs it), runc and crun.
-    let layers = cluster.agent_dir.join("images/layers");
+    let layers = cluster.node.data_dir().join("images/layers");
     let layer = std::fs::read_dir(&layers)?
         .flatten()
         .next()
@@ -436,12 +342,12 @@ pub fn run(control: &Path, agent: &Path, rounds_single: usize, rounds_fifty: usi
         json!({"error": String::from_utf8_lossy(&out.stderr).trim()})
     };
     remove_cgroups(&format!("{prefix}rt"));
-    let reader = BufReader::new(std::fs::File::open(dir.path().join("agent.log"))?);
-    let cgroups = reader
+    let log = cluster.node.log();
+    let cgroups = log
         .lines()
-        .map_while(Result::ok)
         .find(|l| l.contains("container cgroups"))
-        .unwrap_or_default();
+        .unwrap_or_default()
+        .to_owned();
     drop(cluster);
     Ok(json!({
         "ready_1": stats(single),

@@ -41,6 +41,7 @@ pub fn free_port() -> u16 {
 /// A running control plane; killed (by PID) and its directory removed when dropped.
 #[derive(Debug)]
 pub struct Control {
+    bin: PathBuf,
     child: Option<Child>,
     dir: tempfile::TempDir,
     port: u16,
@@ -56,11 +57,17 @@ impl Control {
 
     /// Starts with extra flags.
     pub fn start_with(extra: &[&str]) -> Self {
+        Self::start_bin(&control_bin(), extra)
+    }
+
+    /// Starts the `skiff-control` binary `bin` (a release build, for benchmarks) with extra flags.
+    pub fn start_bin(bin: &Path, extra: &[&str]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("skiff-e2e-")
             .tempdir()
             .expect("temp dir");
         let mut c = Self {
+            bin: bin.to_owned(),
             child: None,
             dir,
             port: free_port(),
@@ -99,7 +106,7 @@ impl Control {
             .append(true)
             .open(self.dir.path().join("control.log"))
             .expect("log file");
-        let child = Command::new(control_bin())
+        let child = Command::new(&self.bin)
             .arg("--data-dir")
             .arg(self.dir.path().join("data"))
             .arg("--listen")

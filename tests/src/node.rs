@@ -33,6 +33,7 @@ pub fn cluster_cidr(prefix: &str) -> String {
 /// A running agent.
 #[derive(Debug)]
 pub struct Node {
+    bin: PathBuf,
     child: Option<Child>,
     /// The node's name.
     pub name: String,
@@ -48,6 +49,11 @@ pub struct Node {
 impl Node {
     /// Starts an agent joined to `control` (whose `--cluster-cidr` must be set).
     pub fn start(control: &Control, prefix: &str) -> Node {
+        Self::start_bin(control, prefix, &agent_bin())
+    }
+
+    /// Starts the `skiff-agent` binary `bin` (a release build, for benchmarks) as [`Node::start`].
+    pub fn start_bin(control: &Control, prefix: &str, bin: &Path) -> Node {
         let token = std::fs::read_to_string(control.data_dir().join("node-token")).expect("node-token");
         let dir = tempfile::Builder::new()
             .prefix(&format!("{prefix}-agent-"))
@@ -67,6 +73,7 @@ impl Node {
             String::from_utf8_lossy(&mounted.stderr)
         );
         let mut node = Node {
+            bin: bin.to_owned(),
             child: None,
             name: format!("{prefix}-node"),
             prefix: prefix.to_string(),
@@ -84,6 +91,11 @@ impl Node {
     /// The agent's data directory.
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
+    }
+
+    /// The agent's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// The agent's log so far.
@@ -129,7 +141,7 @@ impl Node {
             .append(true)
             .open(self.dir.path().join("agent.log"))
             .expect("log file");
-        let child = Command::new(agent_bin())
+        let child = Command::new(&self.bin)
             .args([
                 "--server",
                 &self.server,
