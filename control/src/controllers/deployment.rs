@@ -8,7 +8,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::events;
-use super::replicaset::{POD_PREFIX, RS_PREFIX, active, call, controller_of, owner_ref, write_status};
+use super::replicaset::{
+    POD_PREFIX, RS_PREFIX, active, call, controller_of, owner_ref, put_object, write_status,
+};
 use super::runtime::{Cache, Next, Queue, queue_changes, queue_owners, run_workers};
 use crate::api::App;
 use crate::api::handlers::{create_object, delete_one, update_object};
@@ -105,19 +107,9 @@ async fn scale_rs(app: &App, rs: &Value, to: i64, rev: Option<i64>) -> Result<()
     if let Some(r) = rev {
         updated["metadata"]["annotations"][REVISION] = json!(r.to_string());
     }
-    let c = call(
-        app,
-        "apps",
-        "replicasets",
-        meta_str(rs, "namespace"),
-        Some(meta_str(rs, "name")),
-        None,
-        MANAGER,
-    );
-    update_object(app, &c, updated)
+    put_object(app, updated, "apps", "replicasets", None, MANAGER)
         .await
         .map(|_| ())
-        .map_err(|e| e.message)
 }
 
 fn condition(kind: &str, status: bool, reason: &str, message: &str, previous: &Value) -> Value {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use super::replicaset::{POD_PREFIX, call, pod_ready};
+use super::replicaset::{POD_PREFIX, call, pod_ready, put_object};
 use super::runtime::{Cache, Caches, Next, Queue, queue_changes, run_workers};
 use crate::api::App;
 use crate::api::handlers::{create_object, delete_one, update_object};
@@ -209,16 +209,15 @@ async fn reconcile(
                 let mut updated = (**slice).clone();
                 updated["endpoints"] = json!(slice_endpoints);
                 updated["ports"] = json!(slice_ports);
-                let c = call(
+                put_object(
                     app,
+                    updated,
                     "discovery.k8s.io",
                     "endpointslices",
-                    ns,
-                    Some(meta_str(slice, "name")),
                     None,
                     "endpointslice-controller",
-                );
-                update_object(app, &c, updated).await.map_err(|e| e.message)?;
+                )
+                .await?;
             }
         }
         None => {

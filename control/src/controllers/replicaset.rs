@@ -46,6 +46,28 @@ pub fn call(
     }
 }
 
+/// Writes `next` over the object (or its subresource `sub`) of `group`/`plural` that its
+/// metadata names, as `manager`; returns the stored object.
+pub async fn put_object(
+    app: &App,
+    next: Value,
+    group: &str,
+    plural: &str,
+    sub: Option<&str>,
+    manager: &str,
+) -> Result<Value, String> {
+    let c = call(
+        app,
+        group,
+        plural,
+        meta_str(&next, "namespace"),
+        Some(meta_str(&next, "name")),
+        sub,
+        manager,
+    );
+    update_object(app, &c, next).await.map_err(|e| e.message)
+}
+
 /// Writes `obj`'s status subresource (`group`/`plural`) as `manager`.
 pub async fn put_status(
     app: &App,
@@ -57,19 +79,9 @@ pub async fn put_status(
 ) -> Result<(), String> {
     let mut next = obj.clone();
     next["status"] = status;
-    let c = call(
-        app,
-        group,
-        plural,
-        meta_str(obj, "namespace"),
-        Some(meta_str(obj, "name")),
-        Some("status"),
-        manager,
-    );
-    update_object(app, &c, next)
+    put_object(app, next, group, plural, Some("status"), manager)
         .await
         .map(|_| ())
-        .map_err(|e| e.message)
 }
 
 /// Writes `status` unless the object already has it.
