@@ -319,6 +319,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let status_every = Duration::from_secs(args.status_interval_seconds.max(1));
     let mut lease = tokio::time::interval(lease_every);
     let mut status = tokio::time::interval(status_every);
+    let images = image::ImageStore::open(&args.data_dir)?;
     loop {
         tokio::select! {
             _ = lease.tick() => {
@@ -327,9 +328,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 }
             }
             _ = status.tick() => {
-                let images = image::ImageStore::open(&args.data_dir)
-                    .and_then(|s| s.node_images())
-                    .unwrap_or_else(|e| {
+                let images = images.node_images().unwrap_or_else(|e| {
                         tracing::warn!(error = %e, "listing images for the node status failed");
                         serde_json::Value::Array(Vec::new())
                     });

@@ -9,10 +9,10 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use super::events;
-use super::replicaset::{call, put_status};
+use super::replicaset::{call, put_object, put_status};
 use super::runtime::{Cache, Caches, Next, Queue, queue_changes, run_workers};
 use crate::api::App;
-use crate::api::handlers::{create_object, delete_one, update_object};
+use crate::api::handlers::{create_object, delete_one};
 use crate::api::object::meta_str;
 use crate::api::selector::LabelSelector;
 use crate::scheduler::filter::term_matches;
@@ -37,6 +37,15 @@ pub const DEFAULT_LOCAL_PATH: &str = "/var/lib/skiff/storage";
 /// The class a claim asks for: its `storageClassName`, "" for none.
 pub fn claim_class(claim: &Value) -> &str {
     claim["spec"]["storageClassName"].as_str().unwrap_or_default()
+}
+
+/// The StorageClass a claim names (None for no class, or one that does not exist).
+pub fn class_of(classes: &Cache, claim: &Value) -> Option<Arc<Value>> {
+    let name = claim_class(claim);
+    if name.is_empty() {
+        return None;
+    }
+    classes.get(&format!("{SC_PREFIX}{name}"))
 }
 
 /// Whether binding of claims of `class` waits for a pod to be scheduled.
@@ -114,13 +123,6 @@ struct Ctx {
 }
 
 impl Ctx {
-    fn class(&self, name: &str) -> Option<Arc<Value>> {
-        if name.is_empty() {
-            return None;
-        }
-        self.classes.get(&format!("{SC_PREFIX}{name}"))
-    }
-
     fn default_class(&self) -> Option<Arc<Value>> {
         let mut defaults: Vec<Arc<Value>> = self
             .classes
@@ -138,16 +140,7 @@ impl Ctx {
     }
 
     async fn update(&self, plural: &str, obj: Value) -> Result<Value, String> {
-        let c = call(
-            &self.app,
-            "",
-            plural,
-            meta_str(&obj, "namespace"),
-            Some(meta_str(&obj, "name")),
-            None,
-            MANAGER,
-        );
-        update_object(&self.app, &c, obj).await.map_err(|e| e.message)
+        put_object(&self.app, obj, "", plural, None, MANAGER).await
     }
 
     async fn set_phase(&self, obj: &Value, plural: &str, phase: &str, extra: Value) -> Result<(), String> {
@@ -198,7 +191,7 @@ impl Ctx {
                 }
             };
         }
-        let class = self.class(claim_class(&claim));
+        let class = class_of(&self.classes, &claim);
         let node = if waits_for_consumer(class.as_deref()) {
             let Some(node_name) = claim["metadata"]["annotations"][SELECTED_NODE].as_str() else {
                 self.pending(

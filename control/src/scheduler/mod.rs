@@ -336,12 +336,17 @@ fn decide(state: &mut State, pod: &Value) -> Decision {
     let requests = pod_requests(pod);
     let ports = filter::pod_host_ports(pod);
     let mut view = filter::PodView::new(pod);
-    let images: Vec<String> = ["initContainers", "containers"]
-        .iter()
-        .flat_map(|k| pod["spec"][*k].as_array().into_iter().flatten())
-        .filter_map(|c| c["image"].as_str())
-        .map(node_info::normalized_image)
-        .collect();
+    // Image locality only matters once some node reports images.
+    let images: Vec<String> = if state.image_nodes.is_empty() {
+        Vec::new()
+    } else {
+        ["initContainers", "containers"]
+            .iter()
+            .flat_map(|k| pod["spec"][*k].as_array().into_iter().flatten())
+            .filter_map(|c| c["image"].as_str())
+            .map(node_info::normalized_image)
+            .collect()
+    };
     let rules = affinity::prepare(
         pod,
         &affinity::Cluster {
@@ -569,19 +574,9 @@ async fn select_node(app: &App, claim: &Value, node: &str) -> Result<(), String>
     if next == *claim {
         return Ok(());
     }
-    let c = call(
-        app,
-        "",
-        "persistentvolumeclaims",
-        meta_str(claim, "namespace"),
-        Some(meta_str(claim, "name")),
-        None,
-        NAME,
-    );
-    update_object(app, &c, next)
+    crate::controllers::replicaset::put_object(app, next, "", "persistentvolumeclaims", None, NAME)
         .await
         .map(|_| ())
-        .map_err(|e| e.message)
 }
 
 async fn run(

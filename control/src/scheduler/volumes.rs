@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::controllers::runtime::Cache;
 use crate::controllers::volume::{
-    self, PV_PREFIX, PVC_PREFIX, SC_PREFIX, claim_class, provisions, volume_fits_node, waits_for_consumer,
+    self, PV_PREFIX, PVC_PREFIX, provisions, volume_fits_node, waits_for_consumer,
 };
 
 /// The caches volume binding reads.
@@ -64,10 +64,7 @@ impl Volumes {
                     }
                 },
                 None => {
-                    let class_name = claim_class(&claim);
-                    let class = (!class_name.is_empty())
-                        .then(|| self.classes.get(&format!("{SC_PREFIX}{class_name}")))
-                        .flatten();
+                    let class = volume::class_of(&self.classes, &claim);
                     if !waits_for_consumer(class.as_deref()) {
                         out.blocked = Some("pod has unbound immediate PersistentVolumeClaims".to_owned());
                         return out;
