@@ -217,6 +217,19 @@ impl Control {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Waits (bounded) until the scheduler has bound `pod`, and returns its node.
+    #[track_caller]
+    pub fn scheduled_node(&self, pod: &str) -> String {
+        for _ in 0..200 {
+            let node = self.ok(&["get", "pod", pod, "-o", "jsonpath={.spec.nodeName}"]);
+            if !node.is_empty() {
+                return node;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("pod {pod} was never scheduled");
+    }
+
     /// Merge-patches a pod's status subresource, as a kubelet would write it.
     #[track_caller]
     pub fn patch_pod_status(&self, pod: &str, patch: &str) -> String {

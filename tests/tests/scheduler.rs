@@ -23,17 +23,6 @@ fn pod(name: &str, cpu: &str, extra_spec: &str) -> String {
     )
 }
 
-fn node_of(c: &Control, pod: &str) -> String {
-    for _ in 0..200 {
-        let n = c.ok(&["get", "pod", pod, "-o", "jsonpath={.spec.nodeName}"]);
-        if !n.is_empty() {
-            return n;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("pod {pod} never scheduled");
-}
-
 fn cluster(c: &Control) {
     c.ok_stdin(&["apply", "-f", "-"], &node("small", "1", "zone: a", ""));
     c.ok_stdin(&["apply", "-f", "-"], &node("big", "8", "zone: b", ""));
@@ -54,24 +43,24 @@ fn filters_choose_the_feasible_node() {
     cluster(&c);
     // Resources: only big (gpu is tainted) fits 4 CPUs.
     c.ok_stdin(&["apply", "-f", "-"], &pod("cpu-heavy", "4", ""));
-    assert_eq!(node_of(&c, "cpu-heavy"), "big");
+    assert_eq!(c.scheduled_node("cpu-heavy"), "big");
     // nodeSelector.
     c.ok_stdin(
         &["apply", "-f", "-"],
         &pod("zone-a", "100m", "  nodeSelector: {zone: a}\n"),
     );
-    assert_eq!(node_of(&c, "zone-a"), "small");
+    assert_eq!(c.scheduled_node("zone-a"), "small");
     // Required node affinity with NotIn.
     let affinity = "  affinity: {nodeAffinity: {requiredDuringSchedulingIgnoredDuringExecution: {nodeSelectorTerms: [{matchExpressions: [{key: zone, operator: NotIn, values: [b]}]}]}}}\n";
     c.ok_stdin(&["apply", "-f", "-"], &pod("not-b", "100m", affinity));
-    assert_eq!(node_of(&c, "not-b"), "small");
+    assert_eq!(c.scheduled_node("not-b"), "small");
     // Taints: only a tolerating pod lands on the GPU node; extended resources count.
     let gpu = "  tolerations: [{key: dedicated, operator: Equal, value: gpu, effect: NoSchedule}]\n  nodeSelector: {gpu: 'true'}\n";
     c.ok_stdin(
         &["apply", "-f", "-"],
         &pod("trainer", "100m", gpu).replace("cpu: '100m'", "cpu: '100m', nvidia.com/gpu: '1'"),
     );
-    assert_eq!(node_of(&c, "trainer"), "gpu");
+    assert_eq!(c.scheduled_node("trainer"), "gpu");
     // Host ports: a second pod on the same port must go elsewhere.
     let port = "  nodeSelector: {zone: b}\n  tolerations: [{key: dedicated, operator: Exists}]\n";
     for name in ["port-1", "port-2"] {
@@ -81,7 +70,7 @@ fn filters_choose_the_feasible_node() {
         );
         c.ok_stdin(&["apply", "-f", "-"], &p);
     }
-    assert_ne!(node_of(&c, "port-1"), node_of(&c, "port-2"));
+    assert_ne!(c.scheduled_node("port-1"), c.scheduled_node("port-2"));
     let events = c.ok(&[
         "get",
         "events",
@@ -99,14 +88,14 @@ fn scores_spread_load_and_honour_preferences() {
     c.ok_stdin(&["apply", "-f", "-"], &node("n1", "4", "zone: a", ""));
     c.ok_stdin(&["apply", "-f", "-"], &node("n2", "4", "zone: b", ""));
     c.ok_stdin(&["apply", "-f", "-"], &pod("first", "2", ""));
-    let first = node_of(&c, "first");
+    let first = c.scheduled_node("first");
     // Least allocated: the next pod goes to the emptier node.
     c.ok_stdin(&["apply", "-f", "-"], &pod("second", "1", ""));
-    assert_ne!(node_of(&c, "second"), first);
+    assert_ne!(c.scheduled_node("second"), first);
     // A strong preference wins over balance.
     let prefer = "  affinity: {nodeAffinity: {preferredDuringSchedulingIgnoredDuringExecution: [{weight: 100, preference: {matchExpressions: [{key: zone, operator: In, values: [a]}]}}]}}\n";
     c.ok_stdin(&["apply", "-f", "-"], &pod("likes-a", "100m", prefer));
-    assert_eq!(node_of(&c, "likes-a"), "n1");
+    assert_eq!(c.scheduled_node("likes-a"), "n1");
 }
 
 #[test]
@@ -138,7 +127,7 @@ fn unschedulable_pods_say_why_and_are_retried_when_a_node_appears() {
     let described = c.ok(&["describe", "pod", "huge"]);
     assert!(described.contains("FailedScheduling"), "{described}");
     c.ok_stdin(&["apply", "-f", "-"], &node("giant", "32", "zone: b", ""));
-    assert_eq!(node_of(&c, "huge"), "giant");
+    assert_eq!(c.scheduled_node("huge"), "giant");
 }
 
 fn zoned_nodes(c: &Control) {
@@ -172,7 +161,7 @@ fn pod_anti_affinity_and_affinity() {
             &["apply", "-f", "-"],
             &labeled_pod(&format!("web-{i}"), "web", anti),
         );
-        hosts.push(node_of(&c, &format!("web-{i}")));
+        hosts.push(c.scheduled_node(&format!("web-{i}")));
     }
     hosts.sort();
     assert_eq!(hosts, ["n1", "n2", "n3"], "one web pod per host");
@@ -196,7 +185,7 @@ fn pod_anti_affinity_and_affinity() {
         "0/3 nodes are available: 3 node(s) didn't match pod anti-affinity rules."
     );
     // Required affinity: follow the cache pod's zone.
-    let cache_host = node_of(&c, "web-0");
+    let cache_host = c.scheduled_node("web-0");
     c.ok_stdin(
         &["apply", "-f", "-"],
         &labeled_pod(
@@ -205,13 +194,13 @@ fn pod_anti_affinity_and_affinity() {
             &format!("  nodeSelector: {{kubernetes.io/hostname: {cache_host}}}\n"),
         ),
     );
-    assert_eq!(node_of(&c, "cache"), cache_host);
+    assert_eq!(c.scheduled_node("cache"), cache_host);
     let follow = "  affinity: {podAffinity: {requiredDuringSchedulingIgnoredDuringExecution: [{labelSelector: {matchLabels: {app: cache}}, topologyKey: kubernetes.io/hostname}]}}\n";
     c.ok_stdin(
         &["apply", "-f", "-"],
         &labeled_pod("near-cache", "client", follow),
     );
-    assert_eq!(node_of(&c, "near-cache"), cache_host);
+    assert_eq!(c.scheduled_node("near-cache"), cache_host);
 }
 
 #[test]
@@ -223,7 +212,7 @@ fn topology_spread_balances_zones() {
     for i in 0..4 {
         let name = format!("s-{i}");
         c.ok_stdin(&["apply", "-f", "-"], &labeled_pod(&name, "spread", spread));
-        let n = node_of(&c, &name);
+        let n = c.scheduled_node(&name);
         *zones.entry(if n == "n1" { "a" } else { "b" }).or_insert(0) += 1;
     }
     assert_eq!(zones.get("a"), Some(&2), "{zones:?}");
@@ -239,8 +228,8 @@ fn high_priority_pod_preempts_lower_priority_ones() {
         |name: &str, class: &str, cpu: &str| pod(name, cpu, &format!("  priorityClassName: {class}\n"));
     c.ok_stdin(&["apply", "-f", "-"], &with_class("low-1", "low", "1"));
     c.ok_stdin(&["apply", "-f", "-"], &with_class("low-2", "low", "1"));
-    assert_eq!(node_of(&c, "low-1"), "only");
-    assert_eq!(node_of(&c, "low-2"), "only");
+    assert_eq!(c.scheduled_node("low-1"), "only");
+    assert_eq!(c.scheduled_node("low-2"), "only");
     assert_eq!(
         c.ok(&["get", "pod", "low-1", "-o", "jsonpath={.spec.priority}"]),
         "10"
@@ -273,7 +262,7 @@ fn high_priority_pod_preempts_lower_priority_ones() {
     assert_eq!(nominated, "only");
     // The kubelet (this test) finishes the victim; the preemptor then lands.
     c.ok(&["delete", "pod", victim, "--force", "--grace-period=0"]);
-    assert_eq!(node_of(&c, "important"), "only");
+    assert_eq!(c.scheduled_node("important"), "only");
     let survivor = if victim == "low-1" { "low-2" } else { "low-1" };
     assert!(
         c.ok(&[
@@ -377,8 +366,8 @@ fn preemption_spares_pods_a_disruption_budget_protects() {
     for n in ["n1", "n2"] {
         c.ok(&["label", "node", n, &format!("kubernetes.io/hostname={n}")]);
     }
-    assert_eq!(node_of(&c, "guarded"), "n1");
-    assert_eq!(node_of(&c, "free"), "n2");
+    assert_eq!(c.scheduled_node("guarded"), "n1");
+    assert_eq!(c.scheduled_node("free"), "n2");
     for p in ["guarded", "free"] {
         make_ready(&c, p);
     }
@@ -445,11 +434,11 @@ fn image_locality_prefers_nodes_that_hold_the_image() {
         &["apply", "-f", "-"],
         &with_image("uses-big", "registry.local/big:1"),
     );
-    assert_eq!(node_of(&c, "uses-big"), "b-cached");
+    assert_eq!(c.scheduled_node("uses-big"), "b-cached");
     // A pod whose image no node holds goes by the other scores (here: the name).
     c.ok_stdin(
         &["apply", "-f", "-"],
         &with_image("uses-other", "registry.local/other:1"),
     );
-    assert_eq!(node_of(&c, "uses-other"), "a-plain");
+    assert_eq!(c.scheduled_node("uses-other"), "a-plain");
 }

@@ -31,11 +31,12 @@ fn pod_with_claim(name: &str, claim: &str, extra_spec: &str) -> String {
     )
 }
 
-fn eventually(c: &Control, args: &[&str], want: &str) -> String {
+/// Polls `kubectl args` (bounded) until its output passes `check`; returns that output.
+fn poll(c: &Control, args: &[&str], want: &str, check: impl Fn(&str) -> bool) -> String {
     let mut last = String::new();
     for _ in 0..200 {
         last = c.ok(args);
-        if last == want {
+        if check(&last) {
             return last;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -43,27 +44,12 @@ fn eventually(c: &Control, args: &[&str], want: &str) -> String {
     panic!("kubectl {args:?}: wanted {want:?}, last saw {last:?}");
 }
 
-fn eventually_contains(c: &Control, args: &[&str], want: &str) -> String {
-    let mut last = String::new();
-    for _ in 0..200 {
-        last = c.ok(args);
-        if last.contains(want) {
-            return last;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("kubectl {args:?}: wanted {want:?} in it, last saw {last:?}");
+fn eventually(c: &Control, args: &[&str], want: &str) -> String {
+    poll(c, args, want, |out| out == want)
 }
 
-fn scheduled_node(c: &Control, pod: &str) -> String {
-    for _ in 0..200 {
-        let node = c.ok(&["get", "pod", pod, "-o", "jsonpath={.spec.nodeName}"]);
-        if !node.is_empty() {
-            return node;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("pod {pod} was never scheduled");
+fn eventually_contains(c: &Control, args: &[&str], want: &str) -> String {
+    poll(c, args, want, |out| out.contains(want))
 }
 
 fn setup(c: &Control) {
@@ -291,7 +277,7 @@ fn statefulset_claims_are_provisioned_on_the_pods_nodes() {
             &["get", "pvc", &claim, "-o", "jsonpath={.status.phase}"],
             "Bound",
         );
-        let node = scheduled_node(&c, &pod);
+        let node = c.scheduled_node(&pod);
         assert!(node == "a" || node == "b", "{pod} on {node:?}");
         assert_eq!(
             c.ok(&[
