@@ -179,14 +179,21 @@ struct Args {
     /// Do not program egress masquerading or enable IPv4 forwarding (the host does it).
     #[arg(long)]
     no_masquerade: bool,
+    /// Network namespace (a path such as `/run/netns/NAME`) that holds the node's network: bridge,
+    /// pod veths, routes, nftables, probes and host-network pods. Default: the agent's own. For
+    /// simulated nodes sharing one host.
+    #[arg(long)]
+    netns: Option<PathBuf>,
     /// How Services are implemented on this node.
     #[arg(long, value_enum, default_value = "auto")]
     proxy_mode: proxy::Mode,
-    /// The cluster's service range (as the control plane's `--service-cidr`): every pod, and the
-    /// node unless `--no-service-route`, gets an unreachable route for it.
+    /// The cluster's service range (as the control plane's `--service-cidr`): traffic to it that
+    /// matches no service is refused on the node (an unreachable route in every pod and the node
+    /// with eBPF; a reject in the table with nftables).
     #[arg(long, default_value = "10.96.0.0/12")]
     service_cidr: String,
-    /// Do not install the unreachable route for the service range in the node's own namespace.
+    /// Do not route the service range in the node's own namespace (unreachable with eBPF, to the
+    /// pod bridge with nftables).
     #[arg(long)]
     no_service_route: bool,
     /// Where the eBPF maps and links are pinned (a BPF filesystem is mounted at /sys/fs/bpf if
@@ -199,11 +206,13 @@ struct Args {
     proxy_cgroup: String,
 }
 
-/// The cgroup2 directory named by `--proxy-cgroup`, created when it is the pods' own.
-fn proxy_cgroup(args: &Args) -> anyhow::Result<PathBuf> {
-    let root = cgroups::unified_dir("")
-        .context("no cgroup2 hierarchy on this host: the eBPF service proxy needs one")?;
-    Ok(match args.proxy_cgroup.as_str() {
+/// The cgroup2 directory named by `--proxy-cgroup`, created when it is the pods' own; `None` when
+/// the host has no cgroup2 hierarchy.
+fn proxy_cgroup(args: &Args) -> anyhow::Result<Option<PathBuf>> {
+    let Some(root) = cgroups::unified_dir("") else {
+        return Ok(None);
+    };
+    Ok(Some(match args.proxy_cgroup.as_str() {
         "node" => root,
         "pods" => {
             let dir = root.join(&args.cgroup_root);
@@ -211,7 +220,22 @@ fn proxy_cgroup(args: &Args) -> anyhow::Result<PathBuf> {
             dir
         }
         path => PathBuf::from(path),
-    })
+    }))
+}
+
+/// The nftables plane needs bridged pod traffic to pass the IP hooks (so that an answer from a pod
+/// on the same bridge is translated back), as upstream kube-proxy does: `br_netfilter` with
+/// `bridge-nf-call-iptables` on, in the node's network namespace.
+fn ensure_bridge_netfilter() {
+    let path = "/proc/sys/net/bridge/bridge-nf-call-iptables";
+    let result = net::in_node_netns(|| match std::fs::read_to_string(path) {
+        Ok(v) if v.trim() == "1" => Ok(()),
+        Ok(_) => std::fs::write(path, "1"),
+        Err(e) => Err(e),
+    });
+    if let Err(e) = result.and_then(|r| r) {
+        tracing::warn!(error = %e, "bridged traffic bypasses nftables (load br_netfilter): a pod reaching a service backed by a pod on the same node gets no answer");
+    }
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -272,6 +296,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .token
         .as_deref()
         .ok_or_else(|| anyhow::anyhow!("--token (or SKIFF_TOKEN) is required"))?;
+    if let Some(ns) = &args.netns {
+        net::set_node_netns(ns)?;
+    }
     let name = args.node_name.clone().unwrap_or_else(host_name);
     let creds = node::join::join(&args.server, token, &name, &args.data_dir).await?;
     let api = node::client::ApiClient::with_identity(&args.server, &creds.ca, &creds.cert, &creds.key)?;
@@ -286,7 +313,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let tls = server::tls_config(&creds.ca, &creds.cert, &creds.key)?;
     tokio::spawn(server::serve(listener, tls, args.data_dir.clone()));
     node::heartbeat::register(&api, &name, args.max_pods, &node_ip, port).await?;
-    let cfg = pods::Config {
+    let mut cfg = pods::Config {
         data_dir: args.data_dir.clone(),
         node_name: name.clone(),
         node_ip,
@@ -298,19 +325,39 @@ async fn run(args: Args) -> anyhow::Result<()> {
         masquerade: !args.no_masquerade,
         log_max_size: args.container_log_max_size,
         log_max_files: args.container_log_max_files,
-        service_cidr: args.service_cidr.clone(),
+        service_cidr: Some(args.service_cidr.clone()),
+        node_service_route: None,
     };
     tracing::info!(cgroups = cgroups::mode(), "container cgroups");
-    if !args.no_service_route {
-        net::add_unreachable(&net::connect()?, &args.service_cidr).await?;
-    }
     let proxy_cfg = proxy::Config {
         mode: args.proxy_mode,
-        node_name: name.clone(),
         pin_dir: args.bpf_dir.clone(),
         cgroup: proxy_cgroup(&args)?,
+        service_cidr: args.service_cidr.clone(),
     };
-    let mut proxy_task = tokio::spawn(proxy::run(proxy_cfg, api.clone()));
+    let plane = proxy::start(&proxy_cfg).await?;
+    let nftables = plane.as_ref().map(proxy::Plane::mode) == Some(proxy::Mode::Nftables);
+    // Traffic to the service range that no service matches must fail on the node: eBPF rewrites
+    // sockets before routing, so an unreachable route catches the rest; nftables translates after
+    // routing, so the range is routed to the bridge and its table rejects the rest instead.
+    if nftables {
+        ensure_bridge_netfilter();
+        cfg.service_cidr = None;
+    }
+    if !args.no_service_route {
+        cfg.node_service_route = Some(if nftables {
+            pods::ServiceRoute::ViaBridge(args.service_cidr.clone())
+        } else {
+            pods::ServiceRoute::Unreachable(args.service_cidr.clone())
+        });
+    }
+    let mut proxy_task = match plane {
+        Some(plane) => {
+            tracing::info!(mode = ?plane.mode(), "service proxy");
+            tokio::spawn(proxy::run(plane, name.clone(), api.clone()))
+        }
+        None => tokio::spawn(std::future::pending()),
+    };
     let pods_api = api.clone();
     let ca = creds.ca.clone();
     let mut pods_task = tokio::spawn(pods::run(cfg, pods_api, ca));

@@ -3,14 +3,121 @@
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use anyhow::{Context, bail};
 use futures::TryStreamExt;
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
-/// Opens a netlink connection in the calling thread's current network namespace.
+/// The network namespace that holds the node's network (`--netns`), when it is not the agent's own.
+static NODE_NETNS: OnceLock<(PathBuf, std::fs::File)> = OnceLock::new();
+
+/// Puts the node's network (bridge, pod veths, routes, nftables, probes) in the network namespace
+/// at `path` instead of the agent's own. Called once, at start-up.
+pub fn set_node_netns(path: &Path) -> anyhow::Result<()> {
+    let file =
+        std::fs::File::open(path).with_context(|| format!("opening network namespace {}", path.display()))?;
+    NODE_NETNS
+        .set((path.to_owned(), file))
+        .map_err(|_| anyhow::anyhow!("the node's network namespace is already set"))
+}
+
+/// The node's network namespace, when it is not the agent's own.
+pub fn node_netns() -> Option<&'static Path> {
+    NODE_NETNS.get().map(|(p, _)| p.as_path())
+}
+
+/// Enters the network namespace at `path` for the whole (single-threaded) calling process.
+pub fn enter_netns(path: &Path) -> anyhow::Result<()> {
+    let file =
+        std::fs::File::open(path).with_context(|| format!("opening network namespace {}", path.display()))?;
+    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
+        .with_context(|| format!("entering network namespace {}", path.display()))
+}
+
+/// Runs `f` in the node's network namespace: sockets it opens stay there. Without `--netns` it runs
+/// in place; with it, on a short-lived thread that joins the namespace (and the caller's runtime).
+pub fn in_node_netns<T: Send>(f: impl FnOnce() -> T + Send) -> std::io::Result<T> {
+    let Some((_, file)) = NODE_NETNS.get() else {
+        return Ok(f());
+    };
+    let rt = tokio::runtime::Handle::try_current().ok();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let _entered = rt.as_ref().map(tokio::runtime::Handle::enter);
+            nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)?;
+            Ok(f())
+        })
+        .join()
+        .unwrap_or_else(|_| {
+            Err(std::io::Error::other(
+                "a network namespace helper thread panicked",
+            ))
+        })
+    })
+}
+
+/// A command that runs `program` in the node's network namespace.
+pub fn command(program: &str) -> tokio::process::Command {
+    match node_netns() {
+        Some(path) => {
+            let mut cmd = tokio::process::Command::new("nsenter");
+            cmd.arg(format!("--net={}", path.display())).arg(program);
+            cmd
+        }
+        None => tokio::process::Command::new(program),
+    }
+}
+
+/// Applies an nftables script (`nft -f -`) in the node's network namespace.
+pub async fn nft(script: &str) -> anyhow::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let mut child = command("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("running nft (package nftables)")?;
+    let mut stdin = child.stdin.take().context("nft stdin")?;
+    stdin.write_all(script.as_bytes()).await?;
+    drop(stdin);
+    let out = child.wait_with_output().await?;
+    if !out.status.success() {
+        bail!("nft: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+/// Connects to `host:port` from the node's network namespace (probes, hooks).
+pub async fn tcp_connect(host: &str, port: u16) -> std::io::Result<tokio::net::TcpStream> {
+    if NODE_NETNS.get().is_none() {
+        return tokio::net::TcpStream::connect((host, port)).await;
+    }
+    let mut last = None;
+    for addr in tokio::net::lookup_host((host, port)).await? {
+        let socket = in_node_netns(|| {
+            if addr.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()
+            } else {
+                tokio::net::TcpSocket::new_v6()
+            }
+        })??;
+        match socket.connect(addr).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::NotFound, format!("no address for {host}"))
+    }))
+}
+
+/// Opens a netlink connection in the node's network namespace.
 pub fn connect() -> anyhow::Result<Handle> {
-    let (conn, handle, _) = rtnetlink::new_connection().context("opening a netlink socket")?;
+    let (conn, handle, _) = in_node_netns(rtnetlink::new_connection)
+        .and_then(|r| r)
+        .context("opening a netlink socket")?;
     tokio::spawn(conn);
     Ok(handle)
 }
@@ -110,6 +217,9 @@ pub struct SandboxArgs {
     /// Wire the pod into the bridge (else it has only `lo`).
     #[command(flatten)]
     pub net: Option<PodNet>,
+    /// The node's network namespace (the agent's `--netns`), entered before anything else.
+    #[arg(long)]
+    pub node_netns: Option<PathBuf>,
 }
 
 /// Namespace kinds a sandbox holds, and their `/proc/self/ns` names.
@@ -117,6 +227,12 @@ pub const NAMESPACES: [&str; 3] = ["net", "ipc", "uts"];
 
 /// Runs the sandbox helper; returns the process exit code.
 pub fn sandbox_main(args: SandboxArgs) -> i32 {
+    if let Some(ns) = &args.node_netns
+        && let Err(e) = enter_netns(ns)
+    {
+        eprintln!("skiff-agent sandbox: {e:#}");
+        return 1;
+    }
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -245,6 +361,25 @@ pub async fn add_unreachable(h: &Handle, cidr: &str) -> anyhow::Result<()> {
         .execute()
         .await
         .with_context(|| format!("adding an unreachable route for the service range {cidr}"))
+}
+
+/// Installs (or keeps) a route for `cidr` out of link `dev` (no gateway).
+pub async fn add_link_route(h: &Handle, cidr: &str, dev: &str) -> anyhow::Result<()> {
+    let (addr, prefix) = parse_cidr(cidr)?;
+    let index = link_index(h, dev)
+        .await?
+        .with_context(|| format!("no link {dev}"))?;
+    let route = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(addr, prefix)
+        .output_interface(index)
+        .scope(rtnetlink::packet_route::route::RouteScope::Link)
+        .build();
+    h.route()
+        .add(route)
+        .replace()
+        .execute()
+        .await
+        .with_context(|| format!("adding a route for {cidr} via {dev}"))
 }
 
 /// Unmounts a sandbox's namespace files (the namespaces go when nothing else holds them).

@@ -30,6 +30,25 @@ pub fn cluster_cidr(prefix: &str) -> String {
     format!("10.{}.0.0/16", 128 + h % 120)
 }
 
+/// How a node implements Services.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proxy {
+    /// eBPF socket hooks on the node's pods cgroup, maps pinned on the node's own bpffs.
+    Ebpf,
+    /// The `inet skiff` nftables table in the node's network namespace.
+    Nftables,
+}
+
+impl Proxy {
+    /// The agent's `--proxy-mode` value.
+    pub fn flag(self) -> &'static str {
+        match self {
+            Proxy::Ebpf => "ebpf",
+            Proxy::Nftables => "nftables",
+        }
+    }
+}
+
 /// A running agent.
 #[derive(Debug)]
 pub struct Node {
@@ -44,6 +63,9 @@ pub struct Node {
     server: String,
     token: String,
     kubeconfig: PathBuf,
+    proxy: Proxy,
+    /// The network namespace (under /run/netns) holding the node's network, if it has its own.
+    netns: Option<String>,
 }
 
 impl Node {
@@ -54,6 +76,16 @@ impl Node {
 
     /// Starts the `skiff-agent` binary `bin` (a release build, for benchmarks) as [`Node::start`].
     pub fn start_bin(control: &Control, prefix: &str, bin: &Path) -> Node {
+        Self::start_full(control, prefix, bin, Proxy::Ebpf, false)
+    }
+
+    /// Starts an agent whose network (bridge, pods, routes, nftables) lives in a network namespace
+    /// of its own, `<prefix>-n`, with services through `proxy`.
+    pub fn start_in_netns(control: &Control, prefix: &str, proxy: Proxy) -> Node {
+        Self::start_full(control, prefix, &agent_bin(), proxy, true)
+    }
+
+    fn start_full(control: &Control, prefix: &str, bin: &Path, proxy: Proxy, own_netns: bool) -> Node {
         let token = std::fs::read_to_string(control.data_dir().join("node-token")).expect("node-token");
         let dir = tempfile::Builder::new()
             .prefix(&format!("{prefix}-agent-"))
@@ -82,7 +114,23 @@ impl Node {
             server: control.url(),
             token: token.trim().to_string(),
             kubeconfig: control.kubeconfig(),
+            proxy,
+            netns: None,
         };
+        if own_netns {
+            let name = format!("{prefix}-n");
+            let added = Command::new("ip")
+                .args(["netns", "add", &name])
+                .output()
+                .expect("running ip");
+            assert!(
+                added.status.success(),
+                "ip netns add {name}: {}",
+                String::from_utf8_lossy(&added.stderr)
+            );
+            node.netns = Some(name);
+            node.ok_in_netns(&["ip", "link", "set", "lo", "up"]);
+        }
         node.launch();
         node.wait_ready();
         node
@@ -120,14 +168,53 @@ impl Node {
     }
 
     /// A command that runs `program args...` from inside the node's pods cgroup2 directory, so the
-    /// node's service hooks apply to it as to a pod (with the host's network).
+    /// node's service hooks apply to it as to a pod, with the node's network (its namespace, or
+    /// the host's).
     pub fn in_pods_cgroup(&self, program: &str) -> Command {
         let mut cmd = Command::new("sh");
         cmd.arg("-c")
             .arg(r#"echo $$ > "$0/cgroup.procs" && exec "$@""#)
-            .arg(self.pods_cgroup2())
-            .arg(program);
+            .arg(self.pods_cgroup2());
+        if let Some(path) = self.netns_path() {
+            cmd.arg("nsenter").arg(format!("--net={}", path.display()));
+        }
+        cmd.arg(program);
         cmd
+    }
+
+    /// The node's network namespace file, when it has its own.
+    pub fn netns_path(&self) -> Option<PathBuf> {
+        self.netns.as_ref().map(|n| Path::new("/run/netns").join(n))
+    }
+
+    /// A command that runs `program` in the node's network namespace (which must be its own).
+    pub fn in_netns(&self, program: &str) -> Command {
+        let path = self
+            .netns_path()
+            .expect("the node has a network namespace of its own");
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", path.display())).arg(program);
+        cmd
+    }
+
+    /// Runs `argv` in the node's network namespace; panics unless it succeeds; returns stdout.
+    pub fn ok_in_netns(&self, argv: &[&str]) -> String {
+        let out = self
+            .in_netns(argv[0])
+            .args(&argv[1..])
+            .output()
+            .expect("running nsenter");
+        assert!(
+            out.status.success(),
+            "{argv:?} in the node's namespace: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// How the node implements Services.
+    pub fn proxy(&self) -> Proxy {
+        self.proxy
     }
 
     /// The bridge this node's pods hang off.
@@ -141,41 +228,36 @@ impl Node {
             .append(true)
             .open(self.dir.path().join("agent.log"))
             .expect("log file");
-        let child = Command::new(&self.bin)
-            .args([
-                "--server",
-                &self.server,
-                "--token",
-                &self.token,
-                "--node-name",
-                &self.name,
-            ])
-            .arg("--data-dir")
-            .arg(self.data_dir())
-            .args([
-                "--node-ip",
-                "127.0.0.1",
-                "--address",
-                "127.0.0.1",
-                "--port",
-                &self.port.to_string(),
-            ])
-            .args([
-                "--bridge",
-                &self.bridge(),
-                "--cgroup-root",
-                &self.prefix,
-                "--no-masquerade",
-            ])
-            // Services through eBPF, served to this node's pods only; the unreachable route for
-            // the service range goes into each pod's namespace, not the host's.
-            .args([
-                "--proxy-mode",
-                "ebpf",
-                "--proxy-cgroup",
-                "pods",
-                "--no-service-route",
-            ])
+        let mut cmd = Command::new(&self.bin);
+        cmd.args([
+            "--server",
+            &self.server,
+            "--token",
+            &self.token,
+            "--node-name",
+            &self.name,
+        ])
+        .arg("--data-dir")
+        .arg(self.data_dir())
+        .args([
+            "--node-ip",
+            "127.0.0.1",
+            "--address",
+            "127.0.0.1",
+            "--port",
+            &self.port.to_string(),
+        ])
+        .args(["--bridge", &self.bridge(), "--cgroup-root", &self.prefix])
+        // eBPF services are served to this node's pods only.
+        .args(["--proxy-mode", self.proxy.flag(), "--proxy-cgroup", "pods"]);
+        // In its own namespace the node forwards, masquerades and routes the service range as a
+        // real one; on the host's network it must not touch the host's forwarding, nftables or
+        // routes (the unreachable route for the service range goes into each pod's namespace).
+        match self.netns_path() {
+            Some(path) => cmd.arg("--netns").arg(path),
+            None => cmd.args(["--no-masquerade", "--no-service-route"]),
+        };
+        let child = cmd
             .arg("--bpf-dir")
             .arg(self.bpf_dir())
             .args(["--lease-interval-seconds", "1"])
@@ -248,6 +330,9 @@ impl Node {
         kill_containers(&self.data_dir());
         unmount_under(self.dir.path());
         let _ = Command::new("ip").args(["link", "del", &self.bridge()]).output();
+        if let Some(ns) = self.netns.take() {
+            let _ = Command::new("ip").args(["netns", "del", &ns]).output();
+        }
         remove_cgroups(&self.prefix);
     }
 }
@@ -337,6 +422,15 @@ impl Cluster {
         let c = Control::start_with(&["--cluster-cidr", &cluster_cidr(&prefix)]);
         let registry = Registry::start_with_busybox();
         let node = Node::start(&c, &prefix);
+        Cluster { node, registry, c }
+    }
+
+    /// Starts all three with the node in a network namespace of its own, services through `proxy`.
+    pub fn start_in_netns(proxy: Proxy) -> Cluster {
+        let prefix = unique_prefix();
+        let c = Control::start_with(&["--cluster-cidr", &cluster_cidr(&prefix)]);
+        let registry = Registry::start_with_busybox();
+        let node = Node::start_in_netns(&c, &prefix, proxy);
         Cluster { node, registry, c }
     }
 }

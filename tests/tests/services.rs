@@ -1,9 +1,10 @@
-//! Services through the agent's eBPF socket hooks: a ClusterIP reached from a pod lands on every
-//! ready replica; with no endpoints, `connect()` is refused; scaling up brings the new backends in;
-//! `bpftool` dumps the pinned maps with field names. Real kubectl, real pods from a real registry.
+//! Services, through each data plane (eBPF socket hooks, nftables): a ClusterIP reached from a pod
+//! lands on every ready replica; with no endpoints, `connect()` is refused; scaling up brings the
+//! new backends in; `bpftool` dumps the pinned maps with field names, `nft` lists the table. Real
+//! kubectl, real pods from a real registry; each node in a network namespace of its own.
 //!
 //! Cgroups: this machine is hybrid; the agent places each pod in a cgroup2 directory of its own
-//! subtree (`/sys/fs/cgroup/unified/<prefix>/...`), where the hooks are attached.
+//! subtree (`/sys/fs/cgroup/unified/<prefix>/...`), where the eBPF hooks are attached.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -11,7 +12,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use skiff_tests::node::Cluster;
+use skiff_tests::node::{Cluster, Proxy};
 
 /// Helpers on the shared fixture for this suite.
 trait ServiceCluster {
@@ -140,9 +141,63 @@ fn octets(ip: &str) -> Value {
     serde_json::json!(ip.octets())
 }
 
+/// The pinned maps dump with field names: the service port and its backends.
+fn ebpf_programs_service(k: &Cluster, vip: &str, pod_ips: &BTreeSet<String>) {
+    let services = bpftool_dump(&k.node.bpf_dir().join("services_v1"));
+    let entry = services
+        .iter()
+        .find(|e| e["formatted"]["key"]["addr"] == octets(vip) && e["formatted"]["key"]["port"] == 80)
+        .unwrap_or_else(|| panic!("no services_v1 entry for {vip}:80 in {services:#?}"));
+    assert_eq!(entry["formatted"]["key"]["protocol"], 6, "{entry:#}");
+    assert_eq!(entry["formatted"]["value"]["count"], pod_ips.len(), "{entry:#}");
+    let id = entry["formatted"]["value"]["id"].clone();
+    let backends: BTreeSet<String> = bpftool_dump(&k.node.bpf_dir().join("backends_v1"))
+        .iter()
+        .filter(|e| e["formatted"]["key"]["id"] == id)
+        .map(|e| {
+            let b = &e["formatted"]["value"];
+            format!("{}:{}", b["addr"], b["port"])
+        })
+        .collect();
+    let expected: BTreeSet<String> = pod_ips.iter().map(|ip| format!("{}:8080", octets(ip))).collect();
+    assert_eq!(backends, expected);
+}
+
+/// The node's `inet skiff` table sends the service port to its chain, which DNATs to the backends.
+fn nftables_programs_service(k: &Cluster, vip: &str, pod_ips: &BTreeSet<String>) {
+    let table = k.node.ok_in_netns(&["nft", "list", "table", "inet", "skiff"]);
+    let chain = format!("svc-{vip}-tcp-80");
+    assert!(
+        table.contains(&format!("{vip} . tcp . 80 : goto {chain}")),
+        "{table}"
+    );
+    let listed = k
+        .node
+        .ok_in_netns(&["nft", "list", "chain", "inet", "skiff", &chain]);
+    assert!(
+        listed.contains(&format!("numgen random mod {} vmap", pod_ips.len())),
+        "{listed}"
+    );
+    for ip in pod_ips {
+        assert!(
+            table.contains(&format!("dnat ip to {ip}:8080")),
+            "{ip} in {table}"
+        );
+    }
+}
+
 #[test]
-fn cluster_ip_balances_refuses_without_endpoints_and_follows_scaling() {
-    let mut k = Cluster::start();
+fn cluster_ip_balances_refuses_without_endpoints_and_follows_scaling_ebpf() {
+    cluster_ip_balances_refuses_without_endpoints_and_follows_scaling(Proxy::Ebpf);
+}
+
+#[test]
+fn cluster_ip_balances_refuses_without_endpoints_and_follows_scaling_nftables() {
+    cluster_ip_balances_refuses_without_endpoints_and_follows_scaling(Proxy::Nftables);
+}
+
+fn cluster_ip_balances_refuses_without_endpoints_and_follows_scaling(proxy: Proxy) {
+    let mut k = Cluster::start_in_netns(proxy);
     let image = k.registry.busybox();
     k.c.ok_stdin(
         &["apply", "-f", "-"],
@@ -199,36 +254,22 @@ spec:
         k.answers(&vip, 30) == replicas
     });
 
-    // The pinned maps dump with field names: the service port and its three backends.
-    let services = bpftool_dump(&k.node.bpf_dir().join("services_v1"));
-    let entry = services
-        .iter()
-        .find(|e| e["formatted"]["key"]["addr"] == octets(&vip) && e["formatted"]["key"]["port"] == 80)
-        .unwrap_or_else(|| panic!("no services_v1 entry for {vip}:80 in {services:#?}"));
-    assert_eq!(entry["formatted"]["key"]["protocol"], 6, "{entry:#}");
-    assert_eq!(entry["formatted"]["value"]["count"], 3, "{entry:#}");
-    let id = entry["formatted"]["value"]["id"].clone();
-    let backends: BTreeSet<String> = bpftool_dump(&k.node.bpf_dir().join("backends_v1"))
-        .iter()
-        .filter(|e| e["formatted"]["key"]["id"] == id)
-        .map(|e| {
-            let b = &e["formatted"]["value"];
-            format!("{}:{}", b["addr"], b["port"])
-        })
-        .collect();
-    let out = k.c.ok(&[
-        "get",
-        "pods",
-        "-l",
-        "app=web",
-        "-o",
-        "jsonpath={.items[*].status.podIP}",
-    ]);
-    let expected: BTreeSet<String> = out
+    let pod_ips: BTreeSet<String> =
+        k.c.ok(&[
+            "get",
+            "pods",
+            "-l",
+            "app=web",
+            "-o",
+            "jsonpath={.items[*].status.podIP}",
+        ])
         .split_whitespace()
-        .map(|ip| format!("{}:8080", octets(ip)))
+        .map(str::to_string)
         .collect();
-    assert_eq!(backends, expected);
+    match proxy {
+        Proxy::Ebpf => ebpf_programs_service(&k, &vip, &pod_ips),
+        Proxy::Nftables => nftables_programs_service(&k, &vip, &pod_ips),
+    }
 
     // A connected socket reports the service, not the backend, as its peer (getpeername4): a
     // client in the node's pods cgroup.
@@ -256,19 +297,23 @@ spec:
     assert_eq!(k.answers(&sticky, 20).len(), 1, "session affinity broke");
 
     // An agent restart replaces the hooks (new programs attached, the old links unpinned, never
-    // both left behind) and the service keeps working.
-    let before = hooks(&k.node.pods_cgroup2());
-    assert_eq!(before.len(), 4, "{before:?}");
-    k.node.restart();
-    let mut seen = BTreeSet::new();
-    k.wait("the restarted agent's hooks replacing the old ones", || {
-        let now = hooks(&k.node.pods_cgroup2());
-        if now != seen {
-            eprintln!("hooks attached now: {now:?}");
-            seen = now.clone();
-        }
-        now.len() == 4 && now.is_disjoint(&before)
-    });
+    // both left behind) or rebuilds the table, and the service keeps working.
+    if proxy == Proxy::Ebpf {
+        let before = hooks(&k.node.pods_cgroup2());
+        assert_eq!(before.len(), 4, "{before:?}");
+        k.node.restart();
+        let mut seen = BTreeSet::new();
+        k.wait("the restarted agent's hooks replacing the old ones", || {
+            let now = hooks(&k.node.pods_cgroup2());
+            if now != seen {
+                eprintln!("hooks attached now: {now:?}");
+                seen = now.clone();
+            }
+            now.len() == 4 && now.is_disjoint(&before)
+        });
+    } else {
+        k.node.restart();
+    }
     k.wait("the replicas answering after the restart", || {
         let answers = k.answers(&vip, 30);
         if answers != replicas {
@@ -295,28 +340,45 @@ spec:
     });
 }
 
+/// A UDP echo server on ADDR PORT: answers at most 50 datagrams, stops after 30 s of silence.
+const UDP_ECHO: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.settimeout(30)
+for _ in range(50):
+    try:
+        data, peer = s.recvfrom(100)
+    except socket.timeout:
+        break
+    s.sendto(data, peer)
+"#;
+
 #[test]
-fn udp_services_answer_from_the_service_address() {
-    let k = Cluster::start();
-    // A UDP echo backend on the node's bridge address (an address of this test's own bridge),
-    // behind a selector-less Service with a hand-written EndpointSlice.
+fn udp_services_answer_from_the_service_address_ebpf() {
+    udp_services_answer_from_the_service_address(Proxy::Ebpf);
+}
+
+#[test]
+fn udp_services_answer_from_the_service_address_nftables() {
+    udp_services_answer_from_the_service_address(Proxy::Nftables);
+}
+
+fn udp_services_answer_from_the_service_address(proxy: Proxy) {
+    let k = Cluster::start_in_netns(proxy);
+    // A UDP echo backend on the node's bridge address (in the node's own namespace), behind a
+    // selector-less Service with a hand-written EndpointSlice.
     let cidr =
         k.c.ok(&["get", "node", &k.node.name, "-o", "jsonpath={.spec.podCIDR}"]);
     let net: std::net::Ipv4Addr = cidr.split('/').next().unwrap().parse().unwrap();
     let gateway = std::net::Ipv4Addr::from(u32::from(net) + 1);
-    let echo = std::net::UdpSocket::bind((gateway, 0)).expect("binding the echo backend");
-    let port = echo.local_addr().unwrap().port();
-    echo.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let server = std::thread::spawn(move || {
-        let mut buf = [0u8; 100];
-        // Bounded: answers at most 50 datagrams, stops after 30 s of silence.
-        for _ in 0..50 {
-            let Ok((n, from)) = echo.recv_from(&mut buf) else {
-                break;
-            };
-            let _ = echo.send_to(&buf[..n], from);
-        }
-    });
+    let port = 5353;
+    let mut echo = k
+        .node
+        .in_netns("python3")
+        .args(["-c", UDP_ECHO, &gateway.to_string(), &port.to_string()])
+        .spawn()
+        .expect("starting the echo backend");
     k.c.ok_stdin(
         &["apply", "-f", "-"],
         &format!(
@@ -351,5 +413,6 @@ endpoints: [{{addresses: ["{gateway}"]}}]
         last = format!("{out:?}");
         String::from_utf8_lossy(&out.stdout).trim() == format!("{vip} 53 ping")
     });
-    drop(server);
+    let _ = echo.kill();
+    let _ = echo.wait();
 }

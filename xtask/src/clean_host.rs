@@ -1,6 +1,7 @@
 //! `cargo xtask clean-host`: removes what interrupted test runs left on this host, recognised by the
 //! tests' unique prefix (`sk<hex>`): their agents, shims and containers, mounts under their temporary
-//! directories (bpffs, overlays, namespace files), bridges, cgroups and nftables tables. Production
+//! directories (bpffs, overlays, namespace files), bridges, cgroups, nftables tables and network
+//! namespaces. Production
 //! names (`skiff0`, the `skiff` cgroup, `/sys/fs/bpf/skiff`) never match.
 
 use std::path::{Path, PathBuf};
@@ -15,6 +16,12 @@ fn is_prefix(name: &str) -> bool {
 /// A test bridge: `<prefix>br`.
 fn is_bridge(name: &str) -> bool {
     name.strip_suffix("br").is_some_and(is_prefix)
+}
+
+/// A test node's (or test network's) namespace: `<prefix>-<suffix>` under /run/netns.
+fn is_netns(name: &str) -> bool {
+    name.split_once('-')
+        .is_some_and(|(p, rest)| is_prefix(p) && !rest.is_empty())
 }
 
 /// The test nodes' temporary directories: `<tmp>/<prefix>-agent-XXXX`.
@@ -164,6 +171,21 @@ fn remove_nft_tables() {
     }
 }
 
+/// Network namespaces of test nodes: their links, pod veths and nftables tables go with them.
+fn remove_netns() {
+    for e in std::fs::read_dir("/run/netns").into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if is_netns(&name)
+            && Command::new("ip")
+                .args(["netns", "del", &name])
+                .status()
+                .is_ok_and(|s| s.success())
+        {
+            eprintln!("deleted network namespace {name}");
+        }
+    }
+}
+
 /// Removes every test leftover it finds; reports what it removed.
 pub fn run() -> anyhow::Result<()> {
     let dirs = node_dirs();
@@ -174,6 +196,7 @@ pub fn run() -> anyhow::Result<()> {
     remove_bridges();
     remove_cgroups();
     remove_nft_tables();
+    remove_netns();
     for d in &dirs {
         if std::fs::remove_dir_all(d).is_ok() {
             eprintln!("removed {}", d.display());
@@ -190,6 +213,7 @@ mod tests {
     fn only_test_prefixes_match() {
         assert!(is_prefix("sk357c0"));
         assert!(is_bridge("sk357c0br"));
+        assert!(is_netns("sk357c0-n") && !is_netns("skiff-n") && !is_netns("sk357c0"));
         for production in ["skiff", "skiff0", "sk", "skiff-sk1br", "sk12-x"] {
             assert!(!is_prefix(production) && !is_bridge(production), "{production}");
         }

@@ -52,8 +52,21 @@ pub struct Config {
     pub log_max_size: u64,
     /// Container log files kept (the current one included).
     pub log_max_files: u32,
-    /// The cluster's service range (an unreachable route in every pod).
-    pub service_cidr: String,
+    /// The cluster's service range: an unreachable route in every pod (`None` when the node's
+    /// nftables proxy rejects unmatched service traffic instead).
+    pub service_cidr: Option<String>,
+    /// The route the node itself gets for the service range, if any.
+    pub node_service_route: Option<ServiceRoute>,
+}
+
+/// How the node routes its service range.
+#[derive(Debug, Clone)]
+pub enum ServiceRoute {
+    /// `unreachable CIDR`: what the eBPF hooks do not rewrite fails at once.
+    Unreachable(String),
+    /// `CIDR dev BRIDGE`: gives the node's own connections a route, so that nftables (which
+    /// translates after routing) sees them; the table rejects what matches no service.
+    ViaBridge(String),
 }
 
 /// What every pod worker shares.
@@ -123,30 +136,23 @@ async fn setup_network(cfg: &Config, ipam: &Ipam, cidr: &str) -> anyhow::Result<
     crate::net::ensure_bridge(&h, &cfg.bridge, ipam.gateway(), ipam.prefix())
         .await
         .with_context(|| format!("setting up bridge {}", cfg.bridge))?;
+    match &cfg.node_service_route {
+        Some(ServiceRoute::Unreachable(cidr)) => crate::net::add_unreachable(&h, cidr).await?,
+        Some(ServiceRoute::ViaBridge(cidr)) => crate::net::add_link_route(&h, cidr, &cfg.bridge).await?,
+        None => {}
+    }
     if cfg.masquerade {
-        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling IPv4 forwarding")?;
+        crate::net::in_node_netns(|| std::fs::write("/proc/sys/net/ipv4/ip_forward", "1"))
+            .and_then(|r| r)
+            .context("enabling IPv4 forwarding")?;
         let table = format!("skiff-{}", cfg.bridge);
         let rules = format!(
             "table ip {table} {{}}\ndelete table ip {table}\ntable ip {table} {{\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    ip saddr {cidr} oifname != \"{bridge}\" masquerade\n  }}\n  chain forward {{\n    type filter hook forward priority filter; policy accept;\n    iifname \"{bridge}\" accept\n    oifname \"{bridge}\" ct state established,related accept\n  }}\n}}\n",
             bridge = cfg.bridge
         );
-        let mut child = tokio::process::Command::new("nft")
-            .args(["-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .context("running nft (package nftables) for pod masquerading")?;
-        use tokio::io::AsyncWriteExt;
-        child
-            .stdin
-            .take()
-            .context("nft stdin")?
-            .write_all(rules.as_bytes())
-            .await?;
-        let out = child.wait_with_output().await?;
-        if !out.status.success() {
-            anyhow::bail!("nft: {}", String::from_utf8_lossy(&out.stderr).trim());
-        }
+        crate::net::nft(&rules)
+            .await
+            .context("programming pod masquerading")?;
     }
     Ok(())
 }

@@ -123,7 +123,7 @@ pub async fn run_once(target: &Target, probe: &Value) -> Result<(), String> {
         }
         req.push_str("\r\n");
         let attempt = async {
-            let mut s = tokio::net::TcpStream::connect((host.as_str(), p))
+            let mut s = crate::net::tcp_connect(&host, p)
                 .await
                 .map_err(|e| format!("Get \"http://{host}:{p}{path}\": {e}"))?;
             s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
@@ -174,7 +174,7 @@ pub async fn run_handler(target: &Target, handler: &Value, budget: Duration) -> 
 }
 
 async fn tcp(host: &str, port: u16, timeout: Duration) -> Result<(), String> {
-    match tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host, port))).await {
+    match tokio::time::timeout(timeout, crate::net::tcp_connect(host, port)).await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(format!("dial tcp {host}:{port}: connect: {e}")),
         Err(_) => Err(format!("dial tcp {host}:{port}: i/o timeout")),

@@ -489,6 +489,9 @@ impl Pod {
             .arg(self.sandbox())
             .arg("--hostname")
             .arg(&hostname);
+        if let Some(ns) = crate::net::node_netns() {
+            cmd.arg("--node-netns").arg(ns);
+        }
         if self.host_network() {
             cmd.arg("--host-network");
         } else {
@@ -504,9 +507,10 @@ impl Pod {
                 .arg("--prefix")
                 .arg(self.shared.ipam.prefix().to_string())
                 .arg("--gateway")
-                .arg(self.shared.ipam.gateway().to_string())
-                .arg("--service-cidr")
-                .arg(&self.shared.cfg.service_cidr);
+                .arg(self.shared.ipam.gateway().to_string());
+            if let Some(cidr) = &self.shared.cfg.service_cidr {
+                cmd.arg("--service-cidr").arg(cidr);
+            }
         }
         let out = cmd.output().await.context("running the sandbox helper")?;
         if !out.status.success() {
@@ -960,6 +964,10 @@ impl Pod {
             && let Some(ns) = config["linux"]["namespaces"].as_array_mut()
         {
             ns.retain(|n| !matches!(n["type"].as_str(), Some("network" | "uts")));
+            // The node's network is the host network of its pods.
+            if let Some(node) = crate::net::node_netns() {
+                ns.push(serde_json::json!({"type": "network", "path": node}));
+            }
         }
         std::fs::write(bundle.join("config.json"), serde_json::to_vec_pretty(&config)?)?;
         let log = self.log_path(&name, number);

@@ -1,8 +1,10 @@
 //! The service proxy (the kube-proxy half): watches Services and EndpointSlices and programs each
-//! changed service into the data plane.
+//! changed service into the data plane: eBPF socket hooks ([`ebpf`]) or an nftables table
+//! ([`nft`]), both fed by the same model ([`model`]).
 
 pub mod ebpf;
 pub mod model;
+pub mod nft;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -18,10 +20,12 @@ use model::Entry;
 /// How services are implemented on this node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
-    /// eBPF socket hooks when this agent carries its programs and the kernel takes them.
+    /// eBPF when this agent carries its programs and the kernel takes them, else nftables.
     Auto,
     /// eBPF socket-level load balancing (cgroup/connect4, sendmsg4, recvmsg4, getpeername4).
     Ebpf,
+    /// One `inet skiff` nftables table with verdict maps (DNAT per connection).
+    Nftables,
     /// No service proxy on this node.
     None,
 }
@@ -31,12 +35,83 @@ pub enum Mode {
 pub struct Config {
     /// The data plane.
     pub mode: Mode,
-    /// This node's name (for `internalTrafficPolicy: Local`).
-    pub node_name: String,
     /// Where maps and links are pinned (on a BPF filesystem).
     pub pin_dir: PathBuf,
-    /// The cgroup2 directory whose processes (and their descendants') sockets are served.
-    pub cgroup: PathBuf,
+    /// The cgroup2 directory whose processes (and their descendants') sockets are served; `None`
+    /// when the host has no cgroup2 hierarchy (eBPF is then unavailable).
+    pub cgroup: Option<PathBuf>,
+    /// The cluster's service range (rejected by the nftables plane unless a service matches).
+    pub service_cidr: String,
+}
+
+/// The data plane a node's services are programmed into.
+#[derive(Debug)]
+pub enum Plane {
+    /// eBPF socket hooks.
+    Ebpf(Box<ebpf::Ebpf>),
+    /// The nftables table.
+    Nftables(nft::Nft),
+}
+
+impl Plane {
+    /// The mode this plane implements.
+    pub fn mode(&self) -> Mode {
+        match self {
+            Plane::Ebpf(_) => Mode::Ebpf,
+            Plane::Nftables(_) => Mode::Nftables,
+        }
+    }
+
+    /// Programs `changes`; `Ok(false)` when they did not go in and must be retried.
+    async fn apply(&mut self, changes: &[(ServiceKey, Option<Entry>)]) -> anyhow::Result<bool> {
+        match self {
+            Plane::Ebpf(p) => {
+                for (key, entry) in changes {
+                    if let Err(e) = p.apply(*key, entry.as_ref()) {
+                        tracing::warn!(error = %format!("{e:#}"), ?key, "programming a service failed");
+                    }
+                }
+                p.attach()
+                    .map_err(|e| e.context("attaching the eBPF service hooks"))?;
+            }
+            Plane::Nftables(p) => {
+                if let Err(e) = p.apply(changes).await {
+                    tracing::warn!(error = %format!("{e:#}"), "programming services into nftables failed; retrying");
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// Picks and prepares the data plane (eBPF programs are loaded and verified now); `None` when the
+/// node proxies no services.
+pub async fn start(cfg: &Config) -> anyhow::Result<Option<Plane>> {
+    let nftables = || Ok(Some(Plane::Nftables(nft::Nft::new(&cfg.service_cidr))));
+    let load = || async {
+        let Some(cgroup) = cfg.cgroup.clone() else {
+            anyhow::bail!("no cgroup2 hierarchy on this host: the eBPF service proxy needs one");
+        };
+        let pins = cfg.pin_dir.clone();
+        tokio::task::spawn_blocking(move || ebpf::Ebpf::load(&pins, &cgroup)).await?
+    };
+    match cfg.mode {
+        Mode::None => Ok(None),
+        Mode::Nftables => nftables(),
+        Mode::Ebpf => Ok(Some(Plane::Ebpf(Box::new(load().await?)))),
+        Mode::Auto if !ebpf::available() => {
+            tracing::info!("this agent carries no eBPF programs: services go through nftables");
+            nftables()
+        }
+        Mode::Auto => match load().await {
+            Ok(p) => Ok(Some(Plane::Ebpf(Box::new(p)))),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "eBPF is unavailable: services go through nftables");
+                nftables()
+            }
+        },
+    }
 }
 
 /// Everything known about services, and what each one is programmed with.
@@ -133,28 +208,8 @@ impl State {
     }
 }
 
-/// Runs the proxy until the process ends.
-pub async fn run(cfg: Config, api: ApiClient) -> anyhow::Result<()> {
-    let mode = match cfg.mode {
-        Mode::None => return Ok(()),
-        Mode::Auto if !ebpf::available() => {
-            tracing::warn!("this agent carries no eBPF programs: services are not proxied on this node");
-            return Ok(());
-        }
-        m => m,
-    };
-    let loaded = {
-        let (pins, cgroup) = (cfg.pin_dir.clone(), cfg.cgroup.clone());
-        tokio::task::spawn_blocking(move || ebpf::Ebpf::load(&pins, &cgroup)).await?
-    };
-    let mut plane = match (loaded, mode) {
-        (Ok(p), _) => p,
-        (Err(e), Mode::Auto) => {
-            tracing::warn!(error = %format!("{e:#}"), "eBPF is unavailable: services are not proxied on this node");
-            return Ok(());
-        }
-        (Err(e), _) => return Err(e),
-    };
+/// Runs the proxy with `plane` until the process ends.
+pub async fn run(mut plane: Plane, node_name: String, api: ApiClient) -> anyhow::Result<()> {
     let (svc_tx, mut svc_rx) = mpsc::channel(1024);
     let (slice_tx, mut slice_rx) = mpsc::channel(1024);
     tokio::spawn(reflect(api.clone(), "/api/v1/services".into(), svc_tx));
@@ -165,8 +220,11 @@ pub async fn run(cfg: Config, api: ApiClient) -> anyhow::Result<()> {
     ));
     let mut state = State::default();
     let (mut services_listed, mut slices_listed) = (false, false);
+    let mut retry = false;
     loop {
+        let backoff = tokio::time::sleep(std::time::Duration::from_secs(1));
         tokio::select! {
+            _ = backoff, if retry => {}
             Some(ev) = svc_rx.recv() => match ev {
                 Event::Listed(items) => { state.list_services(items); services_listed = true; }
                 Event::Applied(o) => state.set_service(o, false),
@@ -184,57 +242,10 @@ pub async fn run(cfg: Config, api: ApiClient) -> anyhow::Result<()> {
         if !settled {
             continue;
         }
-        let changes = state.changes(&cfg.node_name);
-        for (key, entry) in &changes {
-            if let Err(e) = plane.apply(*key, entry.as_ref()) {
-                tracing::warn!(error = %format!("{e:#}"), ?key, "programming a service failed");
-            }
-        }
-        if let Err(e) = plane.attach() {
-            return Err(e.context("attaching the eBPF service hooks"));
-        }
+        let changes = state.changes(&node_name);
+        retry = !plane.apply(&changes).await?;
         if !changes.is_empty() {
             tracing::debug!(changes = changes.len(), "services programmed");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use serde_json::json;
-
-    use super::*;
-
-    fn svc(ip: &str) -> Value {
-        json!({"metadata": {"namespace": "ns", "name": "web"},
-               "spec": {"clusterIP": ip, "ports": [{"port": 80}]}})
-    }
-
-    fn slice(name: &str, ip: &str) -> Value {
-        json!({"metadata": {"namespace": "ns", "name": name,
-                            "labels": {"kubernetes.io/service-name": "web"}},
-               "ports": [{"port": 8080}], "endpoints": [{"addresses": [ip]}]})
-    }
-
-    #[test]
-    fn only_changed_service_ports_are_reprogrammed() {
-        let mut s = State::default();
-        s.list_services(vec![svc("10.96.0.1")]);
-        s.list_slices(vec![slice("a", "10.42.0.2")]);
-        let first = s.changes("n");
-        assert_eq!(first.len(), 1);
-        assert_eq!(first[0].1.as_ref().unwrap().backends.len(), 1);
-        // An unrelated relist changes nothing.
-        s.list_slices(vec![slice("a", "10.42.0.2")]);
-        assert!(s.changes("n").is_empty());
-        s.set_slice(slice("b", "10.42.0.3"), false);
-        assert_eq!(s.changes("n")[0].1.as_ref().unwrap().backends.len(), 2);
-        // A new cluster IP replaces the old key.
-        s.set_service(svc("10.96.0.2"), false);
-        let moved = s.changes("n");
-        assert_eq!(moved.len(), 2);
-        assert!(moved.iter().any(|(k, e)| k.addr == [10, 96, 0, 1] && e.is_none()));
-        s.set_service(svc("10.96.0.2"), true);
-        assert!(matches!(s.changes("n").as_slice(), [(_, None)]));
     }
 }
