@@ -10,6 +10,7 @@ mod net;
 mod node;
 mod pods;
 mod proxy;
+mod routes;
 mod server;
 mod shim;
 mod stream;
@@ -184,6 +185,9 @@ struct Args {
     /// simulated nodes sharing one host.
     #[arg(long)]
     netns: Option<PathBuf>,
+    /// Do not route other nodes' pod ranges (the host's network does it).
+    #[arg(long)]
+    no_node_routes: bool,
     /// How Services are implemented on this node.
     #[arg(long, value_enum, default_value = "auto")]
     proxy_mode: proxy::Mode,
@@ -312,6 +316,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let port = listener.local_addr()?.port();
     let tls = server::tls_config(&creds.ca, &creds.cert, &creds.key)?;
     tokio::spawn(server::serve(listener, tls, args.data_dir.clone()));
+    tokio::spawn(node::tunnel::run(api.clone(), args.data_dir.clone()));
     node::heartbeat::register(&api, &name, args.max_pods, &node_ip, port).await?;
     let mut cfg = pods::Config {
         data_dir: args.data_dir.clone(),
@@ -327,6 +332,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         log_max_files: args.container_log_max_files,
         service_cidr: Some(args.service_cidr.clone()),
         node_service_route: None,
+        node_routes: !args.no_node_routes,
     };
     tracing::info!(cgroups = cgroups::mode(), "container cgroups");
     let proxy_cfg = proxy::Config {

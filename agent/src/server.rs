@@ -91,20 +91,29 @@ pub async fn serve(listener: tokio::net::TcpListener, tls: Arc<rustls::ServerCon
                 .peer_certificates()
                 .and_then(|c| c.first())
                 .is_some_and(|c| !is_node(c));
-            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let data_dir = data_dir.clone();
-                async move {
-                    if !allowed {
-                        return Ok::<_, Infallible>(text(StatusCode::FORBIDDEN, "Forbidden"));
-                    }
-                    Ok(handle(&data_dir, req).await)
-                }
-            });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .await;
+            serve_io(TokioIo::new(stream), allowed, data_dir).await;
         });
     }
+}
+
+/// Serves one connection (HTTP/1.1 with upgrades, or HTTP/2); `allowed`: whether the peer may use
+/// the endpoint (else every request is forbidden).
+pub async fn serve_io<I>(io: I, allowed: bool, data_dir: Arc<PathBuf>)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+        let data_dir = data_dir.clone();
+        async move {
+            if !allowed {
+                return Ok::<_, Infallible>(text(StatusCode::FORBIDDEN, "Forbidden"));
+            }
+            Ok(handle(&data_dir, req).await)
+        }
+    });
+    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+        .serve_connection_with_upgrades(io, service)
+        .await;
 }
 
 fn query(req: &Request<hyper::body::Incoming>) -> HashMap<String, String> {

@@ -66,6 +66,8 @@ pub struct Node {
     proxy: Proxy,
     /// The network namespace (under /run/netns) holding the node's network, if it has its own.
     netns: Option<String>,
+    /// The address the node reports (`InternalIP`).
+    pub ip: String,
 }
 
 impl Node {
@@ -76,16 +78,31 @@ impl Node {
 
     /// Starts the `skiff-agent` binary `bin` (a release build, for benchmarks) as [`Node::start`].
     pub fn start_bin(control: &Control, prefix: &str, bin: &Path) -> Node {
-        Self::start_full(control, prefix, bin, Proxy::Ebpf, false)
+        Self::start_full(control, prefix, bin, Proxy::Ebpf, None)
     }
 
     /// Starts an agent whose network (bridge, pods, routes, nftables) lives in a network namespace
     /// of its own, `<prefix>-n`, with services through `proxy`.
     pub fn start_in_netns(control: &Control, prefix: &str, proxy: Proxy) -> Node {
-        Self::start_full(control, prefix, &agent_bin(), proxy, true)
+        Self::start_full(control, prefix, &agent_bin(), proxy, Some(None))
     }
 
-    fn start_full(control: &Control, prefix: &str, bin: &Path, proxy: Proxy, own_netns: bool) -> Node {
+    /// Starts an agent in a network namespace of its own that is wired to `fabric`, whose
+    /// address there it reports as its `InternalIP` (which the control plane cannot reach: it
+    /// talks to the agent through the agent's tunnel).
+    pub fn start_on_fabric(control: &Control, prefix: &str, proxy: Proxy, fabric: &Fabric) -> Node {
+        Self::start_full(control, prefix, &agent_bin(), proxy, Some(Some(fabric)))
+    }
+
+    /// `netns`: `None` for the host's network, `Some(None)` for a namespace of its own,
+    /// `Some(Some(fabric))` for one wired to `fabric`.
+    fn start_full(
+        control: &Control,
+        prefix: &str,
+        bin: &Path,
+        proxy: Proxy,
+        netns: Option<Option<&Fabric>>,
+    ) -> Node {
         let token = std::fs::read_to_string(control.data_dir().join("node-token")).expect("node-token");
         let dir = tempfile::Builder::new()
             .prefix(&format!("{prefix}-agent-"))
@@ -116,8 +133,9 @@ impl Node {
             kubeconfig: control.kubeconfig(),
             proxy,
             netns: None,
+            ip: "127.0.0.1".into(),
         };
-        if own_netns {
+        if let Some(fabric) = netns {
             let name = format!("{prefix}-n");
             let added = Command::new("ip")
                 .args(["netns", "add", &name])
@@ -130,6 +148,9 @@ impl Node {
             );
             node.netns = Some(name);
             node.ok_in_netns(&["ip", "link", "set", "lo", "up"]);
+            if let Some(fabric) = fabric {
+                node.ip = fabric.attach(node.netns.as_deref().unwrap_or_default());
+            }
         }
         node.launch();
         node.wait_ready();
@@ -241,7 +262,7 @@ impl Node {
         .arg(self.data_dir())
         .args([
             "--node-ip",
-            "127.0.0.1",
+            &self.ip,
             "--address",
             "127.0.0.1",
             "--port",
@@ -255,7 +276,7 @@ impl Node {
         // routes (the unreachable route for the service range goes into each pod's namespace).
         match self.netns_path() {
             Some(path) => cmd.arg("--netns").arg(path),
-            None => cmd.args(["--no-masquerade", "--no-service-route"]),
+            None => cmd.args(["--no-masquerade", "--no-service-route", "--no-node-routes"]),
         };
         let child = cmd
             .arg("--bpf-dir")
@@ -399,6 +420,120 @@ pub fn remove_cgroups(prefix: &str) {
 impl Drop for Node {
     fn drop(&mut self) {
         self.clean_up();
+    }
+}
+
+/// A network joining simulated nodes: a bridge in a network namespace of its own (`<prefix>-fab`),
+/// one veth per node (`eth0` in the node's namespace) with an address from a /24 of 172.31.0.0/16
+/// picked from the prefix. Nothing else is connected to it; removed on drop.
+#[derive(Debug)]
+pub struct Fabric {
+    netns: String,
+    subnet: String,
+    attached: std::sync::atomic::AtomicU8,
+}
+
+impl Fabric {
+    /// Creates the namespace and its bridge.
+    pub fn new(prefix: &str) -> Fabric {
+        let netns = format!("{prefix}-fab");
+        let h = prefix
+            .bytes()
+            .fold(11u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
+        let fabric = Fabric {
+            netns,
+            subnet: format!("172.31.{}", h % 250),
+            attached: std::sync::atomic::AtomicU8::new(0),
+        };
+        run_ok(&["ip", "netns", "add", &fabric.netns]);
+        let n = &fabric.netns;
+        run_ok(&["ip", "-n", n, "link", "add", "fab", "type", "bridge"]);
+        run_ok(&["ip", "-n", n, "link", "set", "fab", "up"]);
+        run_ok(&["ip", "-n", n, "link", "set", "lo", "up"]);
+        fabric
+    }
+
+    /// Wires the namespace `netns` in; returns its address on the fabric.
+    pub fn attach(&self, netns: &str) -> String {
+        let i = self.attached.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let port = format!("n{i}");
+        let ip = format!("{}.{}", self.subnet, i + 1);
+        let n = &self.netns;
+        run_ok(&[
+            "ip", "-n", n, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", netns,
+        ]);
+        run_ok(&["ip", "-n", n, "link", "set", &port, "master", "fab", "up"]);
+        run_ok(&[
+            "ip",
+            "-n",
+            netns,
+            "addr",
+            "add",
+            &format!("{ip}/24"),
+            "dev",
+            "eth0",
+        ]);
+        run_ok(&["ip", "-n", netns, "link", "set", "eth0", "up"]);
+        ip
+    }
+
+    /// A command that runs `program` in the fabric's namespace: outside every node.
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.netns)).arg(program);
+        cmd
+    }
+}
+
+impl Drop for Fabric {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.netns]).output();
+    }
+}
+
+fn run_ok(argv: &[&str]) {
+    let out = Command::new(argv[0])
+        .args(&argv[1..])
+        .output()
+        .expect("running a command");
+    assert!(
+        out.status.success(),
+        "{argv:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Several nodes, each in a network namespace of its own, joined by a [`Fabric`], sharing a
+/// control plane and a registry.
+#[derive(Debug)]
+pub struct MultiCluster {
+    // Field order is drop order: nodes first, while the control plane still answers.
+    /// The nodes.
+    pub nodes: Vec<Node>,
+    /// The network between them.
+    pub fabric: Fabric,
+    /// The registry on loopback.
+    pub registry: Registry,
+    /// The control plane.
+    pub c: Control,
+}
+
+impl MultiCluster {
+    /// Starts `n` nodes with services through `proxy`.
+    pub fn start(n: usize, proxy: Proxy) -> MultiCluster {
+        let prefix = unique_prefix();
+        let c = Control::start_with(&["--cluster-cidr", &cluster_cidr(&prefix)]);
+        let registry = Registry::start_with_busybox();
+        let fabric = Fabric::new(&prefix);
+        let nodes = (0..n)
+            .map(|_| Node::start_on_fabric(&c, &unique_prefix(), proxy, &fabric))
+            .collect();
+        MultiCluster {
+            nodes,
+            fabric,
+            registry,
+            c,
+        }
     }
 }
 

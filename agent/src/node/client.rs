@@ -18,6 +18,7 @@ type Https = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 pub struct ApiClient {
     client: Https,
     server: String,
+    tls: Arc<rustls::ClientConfig>,
 }
 
 impl std::fmt::Debug for ApiClient {
@@ -32,12 +33,12 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn connector(config: rustls::ClientConfig) -> Https {
+fn connector(config: &rustls::ClientConfig) -> Https {
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     http.enforce_http(false);
     let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(config)
+        .with_tls_config(config.clone())
         .https_only()
         .enable_http1()
         .enable_http2()
@@ -102,8 +103,9 @@ impl ApiClient {
             .with_custom_certificate_verifier(Arc::new(PinLater(provider())))
             .with_no_client_auth();
         Ok(Self {
-            client: connector(config),
+            client: connector(&config),
             server: server.trim_end_matches('/').to_owned(),
+            tls: Arc::new(config),
         })
     }
 
@@ -114,8 +116,9 @@ impl ApiClient {
             .with_root_certificates(roots(ca_pem)?)
             .with_no_client_auth();
         Ok(Self {
-            client: connector(config),
+            client: connector(&config),
             server: server.trim_end_matches('/').to_owned(),
+            tls: Arc::new(config),
         })
     }
 
@@ -129,9 +132,52 @@ impl ApiClient {
             .with_root_certificates(roots(ca_pem)?)
             .with_client_auth_cert(certs, key)?;
         Ok(Self {
-            client: connector(config),
+            client: connector(&config),
             server: server.trim_end_matches('/').to_owned(),
+            tls: Arc::new(config),
         })
+    }
+
+    /// Opens a connection of its own to the API server and upgrades it to `protocol` with a GET of
+    /// `path` (HTTP/1.1, the node certificate presented); returns the upgraded byte stream.
+    pub async fn upgrade(&self, path: &str, protocol: &str) -> anyhow::Result<hyper::upgrade::Upgraded> {
+        let uri: hyper::Uri = self.server.parse().context("the server URL")?;
+        let host = uri
+            .host()
+            .context("the server URL has no host")?
+            .trim_matches(['[', ']'])
+            .to_owned();
+        let port = uri.port_u16().unwrap_or(443);
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+            .await
+            .with_context(|| format!("connecting to {host}:{port}"))?;
+        tcp.set_nodelay(true)?;
+        let mut config = (*self.tls).clone();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let name = ServerName::try_from(host.clone())?;
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .context("TLS with the API server")?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
+        tokio::spawn(conn.with_upgrades());
+        let req = hyper::Request::get(path)
+            .header(
+                hyper::header::HOST,
+                uri.authority().map(|a| a.as_str()).unwrap_or(&host),
+            )
+            .header(hyper::header::CONNECTION, "Upgrade")
+            .header(hyper::header::UPGRADE, protocol)
+            .header("user-agent", "skiff-agent/0.1")
+            .body(http_body_util::Empty::<Bytes>::new())?;
+        let resp = sender.send_request(req).await?;
+        let status = resp.status().as_u16();
+        if status != 101 {
+            let bytes = resp.into_body().collect().await?.to_bytes();
+            return Err(api_error(status, &bytes).into());
+        }
+        Ok(hyper::upgrade::on(resp).await?)
     }
 
     /// Sends a request; returns the status code and the body.

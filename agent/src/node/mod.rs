@@ -4,4 +4,5 @@ pub mod capacity;
 pub mod client;
 pub mod heartbeat;
 pub mod join;
+pub mod tunnel;
 pub mod watch;

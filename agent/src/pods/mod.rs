@@ -57,6 +57,8 @@ pub struct Config {
     pub service_cidr: Option<String>,
     /// The route the node itself gets for the service range, if any.
     pub node_service_route: Option<ServiceRoute>,
+    /// Route other nodes' pod ranges to them ([`crate::routes`]).
+    pub node_routes: bool,
 }
 
 /// How the node routes its service range.
@@ -131,6 +133,12 @@ async fn pod_cidr(api: &ApiClient, cfg: &Config) -> anyhow::Result<String> {
     }
 }
 
+/// The node's masquerade table (family `ip`): traffic from pods to anything but pods
+/// (`@pod-cidrs`: this node's range and, as routes to them appear, other nodes') is masqueraded.
+fn masquerade_table(cfg: &Config) -> String {
+    format!("skiff-{}", cfg.bridge)
+}
+
 async fn setup_network(cfg: &Config, ipam: &Ipam, cidr: &str) -> anyhow::Result<()> {
     let h = crate::net::connect()?;
     crate::net::ensure_bridge(&h, &cfg.bridge, ipam.gateway(), ipam.prefix())
@@ -145,9 +153,9 @@ async fn setup_network(cfg: &Config, ipam: &Ipam, cidr: &str) -> anyhow::Result<
         crate::net::in_node_netns(|| std::fs::write("/proc/sys/net/ipv4/ip_forward", "1"))
             .and_then(|r| r)
             .context("enabling IPv4 forwarding")?;
-        let table = format!("skiff-{}", cfg.bridge);
+        let table = masquerade_table(cfg);
         let rules = format!(
-            "table ip {table} {{}}\ndelete table ip {table}\ntable ip {table} {{\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    ip saddr {cidr} oifname != \"{bridge}\" masquerade\n  }}\n  chain forward {{\n    type filter hook forward priority filter; policy accept;\n    iifname \"{bridge}\" accept\n    oifname \"{bridge}\" ct state established,related accept\n  }}\n}}\n",
+            "table ip {table} {{}}\ndelete table ip {table}\ntable ip {table} {{\n  set pod-cidrs {{\n    type ipv4_addr; flags interval;\n    elements = {{ {cidr} }}\n  }}\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    ip saddr {cidr} ip daddr != @pod-cidrs oifname != \"{bridge}\" masquerade\n  }}\n  chain forward {{\n    type filter hook forward priority filter; policy accept;\n    iifname \"{bridge}\" accept\n    oifname \"{bridge}\" ct state established,related accept\n  }}\n}}\n",
             bridge = cfg.bridge
         );
         crate::net::nft(&rules)
@@ -162,6 +170,15 @@ pub async fn run(cfg: Config, api: ApiClient, ca_pem: String) -> anyhow::Result<
     let cidr = pod_cidr(&api, &cfg).await?;
     let ipam = Ipam::new(&cfg.data_dir.join("ipam"), &cidr)?;
     setup_network(&cfg, &ipam, &cidr).await?;
+    if cfg.node_routes {
+        let table = cfg.masquerade.then(|| masquerade_table(&cfg));
+        let (api, own) = (api.clone(), cfg.node_name.clone());
+        tokio::spawn(async move {
+            if let Err(e) = crate::routes::run(api, own, table).await {
+                tracing::warn!(error = %format!("{e:#}"), "routes to other nodes' pods stopped");
+            }
+        });
+    }
     tracing::info!(pod_cidr = %cidr, bridge = %cfg.bridge, "pod network ready");
     let shared = Arc::new(Shared {
         images: ImageStore::open(&cfg.data_dir)?,

@@ -18,6 +18,7 @@ pub mod server;
 mod service;
 pub mod status;
 mod table;
+pub mod tunnel;
 mod validation;
 
 use std::collections::HashMap;
@@ -57,6 +58,8 @@ pub struct App {
     pub node_secret: String,
     /// Where nodes' pod CIDRs come from (None: nodes bring their own).
     pub cluster_cidr: Option<crate::controllers::node_ipam::ClusterCidr>,
+    /// Agents' open tunnels, through which their endpoints are reached.
+    pub tunnels: tunnel::Tunnels,
 }
 
 impl App {
@@ -71,6 +74,7 @@ impl App {
             pki: None,
             node_secret: String::new(),
             cluster_cidr: None,
+            tunnels: tunnel::Tunnels::default(),
         }
     }
 }
@@ -124,6 +128,16 @@ async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
     );
     if !public && parts.extensions.get::<Identity>().is_none() {
         return unauthorized();
+    }
+    // An agent opening its tunnel.
+    if path == "/skiff/v1/tunnel"
+        && let Some(who) = parts.extensions.get::<Identity>().cloned()
+    {
+        let mut parts = parts;
+        return match tunnel::accept(app.clone(), &who, &mut parts) {
+            Ok(r) => r,
+            Err(e) => e.into_response(),
+        };
     }
     // kubectl exec / cp: an upgraded connection joined to the node's agent.
     if let ["api", "v1", "namespaces", ns, "pods", name, "exec"] =

@@ -1,6 +1,7 @@
-//! Requests the API server forwards to a node's agent: `pods/NAME/log` (kubectl logs).
+//! Requests the API server forwards to a node's agent: `pods/NAME/log` (kubectl logs), exec.
 //!
-//! The agent is reached on the port its Node reports (`status.daemonEndpoints.kubeletEndpoint`), over
+//! The agent is reached through the tunnel it keeps open to the API server ([`super::tunnel`]), or,
+//! when it has none, on the port its Node reports (`status.daemonEndpoints.kubeletEndpoint`), over
 //! TLS: the agent's certificate must be the cluster CA's certificate for that node name, and the API
 //! server presents a client certificate of its own.
 
@@ -68,7 +69,8 @@ fn endpoint(node: &Value) -> Option<(String, u16)> {
     Some((ip.to_owned(), port))
 }
 
-/// An HTTP/1.1 connection to a node's agent (TLS, the node's certificate checked against its name).
+/// An HTTP/1.1 connection to a node's agent: through the agent's tunnel when it has one open, else
+/// dialled (TLS, the node's certificate checked against its name).
 async fn connect_node(
     app: &App,
     node_name: &str,
@@ -76,6 +78,20 @@ async fn connect_node(
     hyper::client::conn::http1::SendRequest<Empty<bytes::Bytes>>,
     String,
 )> {
+    if let Some(stream) = app.tunnels.open_stream(node_name).await {
+        let failed = |e: String| {
+            ApiError::new(
+                500,
+                "InternalError",
+                format!("error dialing backend {node_name} through its tunnel: {e}"),
+            )
+        };
+        let (sender, conn) = hyper::client::conn::http1::handshake(stream.map_err(failed)?)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        tokio::spawn(conn.with_upgrades());
+        return Ok((sender, format!("{node_name}:10250")));
+    }
     let node = app
         .store
         .get(&format!("/registry/core/nodes/{node_name}"))

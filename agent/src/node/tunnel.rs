@@ -1,0 +1,72 @@
+//! The agent's end of the node tunnel: one connection the agent opens to the API server
+//! (`GET /skiff/v1/tunnel`, upgraded to `skiff-tunnel/1`) and keeps open, over which the API server
+//! reaches the agent's endpoint (logs, exec, attach, port-forward) without dialling the node, as
+//! k3s does. The API server is the HTTP/2 client on it: each `CONNECT` stream it opens carries one
+//! HTTP/1.1 connection to the agent's handler. The stream comes from the API server this agent
+//! authenticated (its CA is pinned), so no client certificate is checked on it.
+
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioExecutor;
+
+use super::client::ApiClient;
+use crate::server::{self, Body};
+
+/// The protocol named in the tunnel's `Upgrade` header (as the control plane's).
+pub const PROTOCOL: &str = "skiff-tunnel/1";
+
+/// Keeps a tunnel open until the process ends, reconnecting with back-off (1 s doubling to 30 s).
+pub async fn run(api: ApiClient, data_dir: PathBuf) {
+    let data_dir = Arc::new(data_dir);
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        match api.upgrade("/skiff/v1/tunnel", PROTOCOL).await {
+            Ok(io) => {
+                backoff = Duration::from_secs(1);
+                tracing::info!("tunnel to the API server open");
+                serve(io, data_dir.clone()).await;
+                tracing::warn!("tunnel to the API server closed; reopening");
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "opening the tunnel to the API server failed")
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// Serves the API server's `CONNECT` streams until the tunnel closes.
+async fn serve(io: hyper::upgrade::Upgraded, data_dir: Arc<PathBuf>) {
+    let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+        let data_dir = data_dir.clone();
+        async move {
+            if req.method() != Method::CONNECT {
+                return Ok::<Response<Body>, Infallible>(server::text(
+                    StatusCode::BAD_REQUEST,
+                    "the tunnel carries CONNECT streams only",
+                ));
+            }
+            let stream = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                if let Ok(stream) = stream.await {
+                    server::serve_io(stream, true, data_dir).await;
+                }
+            });
+            Ok(Response::new(server::empty()))
+        }
+    });
+    let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(15))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .serve_connection(io, service)
+        .await;
+    if let Err(e) = served {
+        tracing::debug!(error = %e, "tunnel connection ended");
+    }
+}
