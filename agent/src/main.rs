@@ -4,6 +4,7 @@
 //! the pods bound to it (`pods`), and implements Services with eBPF socket hooks (`proxy`).
 
 mod cgroups;
+mod dns;
 mod image;
 mod ipam;
 mod net;
@@ -185,6 +186,20 @@ struct Args {
     /// simulated nodes sharing one host.
     #[arg(long)]
     netns: Option<PathBuf>,
+    /// The cluster DNS address written into pods' resolv.conf (default: the tenth address of
+    /// `--service-cidr`, where the control plane puts the `kube-dns` Service).
+    #[arg(long)]
+    cluster_dns: Option<std::net::Ipv4Addr>,
+    /// The cluster domain.
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+    /// Resolvers for names outside the cluster domain (default: the host's resolv.conf
+    /// nameservers), `IP` or `IP:PORT`.
+    #[arg(long, value_parser = parse_upstream)]
+    dns_upstream: Vec<std::net::SocketAddr>,
+    /// Do not answer cluster DNS on this node (pods then resolve like the host).
+    #[arg(long)]
+    no_dns: bool,
     /// Do not route other nodes' pod ranges (the host's network does it).
     #[arg(long)]
     no_node_routes: bool,
@@ -240,6 +255,15 @@ fn ensure_bridge_netfilter() {
     if let Err(e) = result.and_then(|r| r) {
         tracing::warn!(error = %e, "bridged traffic bypasses nftables (load br_netfilter): a pod reaching a service backed by a pod on the same node gets no answer");
     }
+}
+
+fn parse_upstream(s: &str) -> Result<std::net::SocketAddr, String> {
+    s.parse()
+        .or_else(|_| {
+            s.parse::<std::net::IpAddr>()
+                .map(|ip| std::net::SocketAddr::new(ip, 53))
+        })
+        .map_err(|_| format!("invalid resolver address {s:?} (use IP or IP:PORT)"))
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -333,6 +357,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
         service_cidr: Some(args.service_cidr.clone()),
         node_service_route: None,
         node_routes: !args.no_node_routes,
+        dns: if args.no_dns {
+            None
+        } else {
+            let (base, _) = net::parse_cidr(&args.service_cidr)?;
+            Some(pods::Dns {
+                address: args
+                    .cluster_dns
+                    .unwrap_or_else(|| std::net::Ipv4Addr::from(u32::from(base) + 10)),
+                domain: args.cluster_domain.trim_matches('.').to_string(),
+                upstreams: if args.dns_upstream.is_empty() {
+                    dns::host_upstreams()
+                } else {
+                    args.dns_upstream.clone()
+                },
+            })
+        },
     };
     tracing::info!(cgroups = cgroups::mode(), "container cgroups");
     let proxy_cfg = proxy::Config {

@@ -1,5 +1,6 @@
 //! Objects every cluster starts with: the `default`, `kube-system`, `kube-public` and
-//! `kube-node-lease` namespaces and the `system-*-critical` priority classes.
+//! `kube-node-lease` namespaces, the `system-*-critical` priority classes, the default
+//! StorageClass and the `kube-dns` Service.
 
 use serde_json::json;
 
@@ -61,6 +62,17 @@ pub async fn ensure_defaults(app: &App) -> Result<(), StoreError> {
             "volumeBindingMode": "WaitForFirstConsumer",
         });
         match app.store.create(key, to_stored(&class)).await {
+            Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    // Cluster DNS at the tenth address of the service range (the allocator never hands it out).
+    let key = "/registry/core/services/kube-system/kube-dns";
+    if app.store.get(key).await?.is_none() {
+        let mut svc = crate::controllers::cluster_dns::service(app.service_cidr.nth(10));
+        svc["metadata"]["uid"] = json!(new_uid());
+        svc["metadata"]["creationTimestamp"] = json!(now());
+        match app.store.create(key, to_stored(&svc)).await {
             Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}
             Err(e) => return Err(e),
         }

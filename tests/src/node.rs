@@ -68,6 +68,9 @@ pub struct Node {
     netns: Option<String>,
     /// The address the node reports (`InternalIP`).
     pub ip: String,
+    /// The loopback port the node's DNS forwards other names to (nothing answers unless a test
+    /// starts a resolver there; queries never leave the host).
+    pub dns_upstream_port: u16,
 }
 
 impl Node {
@@ -134,6 +137,7 @@ impl Node {
             proxy,
             netns: None,
             ip: "127.0.0.1".into(),
+            dns_upstream_port: crate::free_port(),
         };
         if let Some(fabric) = netns {
             let name = format!("{prefix}-n");
@@ -279,6 +283,7 @@ impl Node {
             None => cmd.args(["--no-masquerade", "--no-service-route", "--no-node-routes"]),
         };
         let child = cmd
+            .args(["--dns-upstream", &format!("127.0.0.1:{}", self.dns_upstream_port)])
             .arg("--bpf-dir")
             .arg(self.bpf_dir())
             .args(["--lease-interval-seconds", "1"])

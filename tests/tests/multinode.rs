@@ -191,6 +191,31 @@ spec:
         );
     }
 
+    // Each node's pods resolve the service through their own node's DNS.
+    for client in ["client-a", "client-b"] {
+        let mut last = String::new();
+        wait(&k, &format!("{client} resolving the service"), || {
+            let out = k.c.kubectl(&[
+                "exec",
+                client,
+                "--",
+                "sh",
+                "-c",
+                "nslookup web.default.svc.cluster.local 2>&1",
+            ]);
+            last = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            if !last.contains(&format!("Address: {vip}")) {
+                eprintln!("{client}: {last}");
+                return false;
+            }
+            true
+        });
+    }
+
     // Scaled to zero: refused on both nodes.
     k.c.ok(&["scale", "deployment", "web", "--replicas=0"]);
     for client in ["client-a", "client-b"] {

@@ -416,3 +416,131 @@ endpoints: [{{addresses: ["{gateway}"]}}]
     let _ = echo.kill();
     let _ = echo.wait();
 }
+
+/// A resolver on loopback for names outside the cluster: `outside.test` is 192.0.2.44, every
+/// other name NXDOMAIN (bounded: at most 50 queries, stops after 60 s of silence).
+const FAKE_UPSTREAM: &str = r#"
+import socket, struct, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.settimeout(60)
+for _ in range(50):
+    try:
+        q, peer = s.recvfrom(512)
+    except socket.timeout:
+        break
+    end = q.index(b"\0", 12) + 5
+    qtype = struct.unpack("!H", q[end - 4:end - 2])[0]
+    known = q[12:end - 4].lower() == b"\x07outside\x04test\x00"
+    answers = 1 if known and qtype == 1 else 0
+    flags = b"\x81\x80" if known else b"\x81\x83"
+    head = q[:2] + flags + q[4:6] + struct.pack("!HHH", answers, 0, 0)
+    body = q[12:end]
+    if answers:
+        body += b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 30, 4) + bytes([192, 0, 2, 44])
+    s.sendto(head + body, peer)
+"#;
+
+#[test]
+fn dns_names_resolve_from_pods_ebpf() {
+    dns_names_resolve_from_pods(Proxy::Ebpf);
+}
+
+#[test]
+fn dns_names_resolve_from_pods_nftables() {
+    dns_names_resolve_from_pods(Proxy::Nftables);
+}
+
+fn dns_names_resolve_from_pods(proxy: Proxy) {
+    let k = Cluster::start_in_netns(proxy);
+    let image = k.registry.busybox();
+    let mut upstream = Command::new("python3")
+        .args(["-c", FAKE_UPSTREAM, &k.node.dns_upstream_port.to_string()])
+        .spawn()
+        .expect("starting the fake upstream resolver");
+    k.c.ok_stdin(
+        &["apply", "-f", "-"],
+        &format!(
+            r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: web}}
+spec:
+  ports: [{{name: http, port: 80, protocol: TCP}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: db}}
+spec:
+  clusterIP: None
+  ports: [{{name: pg, port: 5432, protocol: TCP}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: db-1
+  labels: {{kubernetes.io/service-name: db}}
+addressType: IPv4
+ports: [{{name: pg, port: 5432, protocol: TCP}}]
+endpoints: [{{addresses: ["10.1.2.3"], hostname: db-0}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: client}}
+spec:
+  terminationGracePeriodSeconds: 0
+  containers:
+  - name: sh
+    image: {image}
+    command: ["sleep", "3600"]
+"#
+        ),
+    );
+    let vip =
+        k.c.ok(&["get", "service", "web", "-o", "jsonpath={.spec.clusterIP}"]);
+    let dns_ip = k.c.ok(&[
+        "get",
+        "service",
+        "kube-dns",
+        "-n",
+        "kube-system",
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ]);
+    k.wait("the client running", || {
+        k.c.ok(&["get", "pod", "client", "-o", "jsonpath={.status.phase}"]) == "Running"
+    });
+    // The stock resolv.conf: cluster DNS, the namespace's search path, ndots:5.
+    let resolv = k.in_client("cat /etc/resolv.conf");
+    assert!(resolv.contains(&format!("nameserver {dns_ip}")), "{resolv}");
+    assert!(
+        resolv.contains("search default.svc.cluster.local svc.cluster.local cluster.local"),
+        "{resolv}"
+    );
+    assert!(resolv.contains("options ndots:5"), "{resolv}");
+
+    let lookup = |name: &str| k.in_client(&format!("nslookup {name} 2>&1"));
+    let mut last = String::new();
+    k.wait("the service name resolving", || {
+        last = lookup("web.default.svc.cluster.local");
+        last.contains(&format!("Address: {vip}"))
+    });
+    // Short names through the search path.
+    let out = lookup("web");
+    assert!(out.contains(&format!("Address: {vip}")), "{out}");
+    // Headless: the endpoints, and each by its hostname; SRV per named port.
+    let out = lookup("db.default.svc.cluster.local");
+    assert!(out.contains("Address: 10.1.2.3"), "{out}");
+    let out = lookup("db-0.db.default.svc.cluster.local");
+    assert!(out.contains("Address: 10.1.2.3"), "{out}");
+    let out = k.in_client("nslookup -type=SRV _pg._tcp.db.default.svc.cluster.local 2>&1");
+    assert!(out.contains("5432 db-0.db.default.svc.cluster.local"), "{out}");
+    // A missing name in the cluster domain is NXDOMAIN.
+    let out = lookup("nope.default.svc.cluster.local");
+    assert!(out.contains("NXDOMAIN"), "{out}");
+    // Other names go to the node's upstream resolver.
+    let out = lookup("outside.test.");
+    assert!(out.contains("Address: 192.0.2.44"), "{out}");
+    let _ = upstream.kill();
+    let _ = upstream.wait();
+}

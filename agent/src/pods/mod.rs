@@ -59,6 +59,19 @@ pub struct Config {
     pub node_service_route: Option<ServiceRoute>,
     /// Route other nodes' pod ranges to them ([`crate::routes`]).
     pub node_routes: bool,
+    /// Cluster DNS, when this node answers it.
+    pub dns: Option<Dns>,
+}
+
+/// Cluster DNS as the node's pods see it.
+#[derive(Debug, Clone)]
+pub struct Dns {
+    /// The `kube-dns` Service address (pods' nameserver).
+    pub address: std::net::Ipv4Addr,
+    /// The cluster domain.
+    pub domain: String,
+    /// Resolvers for other names.
+    pub upstreams: Vec<std::net::SocketAddr>,
 }
 
 /// How the node routes its service range.
@@ -176,6 +189,19 @@ pub async fn run(cfg: Config, api: ApiClient, ca_pem: String) -> anyhow::Result<
         tokio::spawn(async move {
             if let Err(e) = crate::routes::run(api, own, table).await {
                 tracing::warn!(error = %format!("{e:#}"), "routes to other nodes' pods stopped");
+            }
+        });
+    }
+    if let Some(dns) = &cfg.dns {
+        let dns_cfg = crate::dns::Config {
+            domain: dns.domain.clone(),
+            listen: ipam.gateway(),
+            upstreams: dns.upstreams.clone(),
+        };
+        let api = api.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::dns::run(dns_cfg, api).await {
+                tracing::warn!(error = %format!("{e:#}"), "cluster DNS stopped");
             }
         });
     }

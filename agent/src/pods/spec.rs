@@ -540,3 +540,126 @@ mod tests {
         assert_eq!(qos_class(&json!({"spec": {"containers": [{}]}})), "BestEffort");
     }
 }
+
+/// A pod's `/etc/resolv.conf`, as the kubelet writes it for its `dnsPolicy`: `ClusterFirst` (the
+/// default; for host-network pods only as `ClusterFirstWithHostNet`) points at cluster DNS with the
+/// namespace's search path, then the host's search domains, and `ndots:5`; `Default` (or no cluster
+/// DNS on this node) copies the host's (minus loopback stubs a pod cannot reach); `None` starts
+/// empty. `dnsConfig` nameservers, searches and options are merged in.
+pub fn resolv_conf(pod: &Value, host_network: bool, dns: Option<&super::Dns>, host: &str) -> String {
+    let policy = pod["spec"]["dnsPolicy"].as_str().unwrap_or("ClusterFirst");
+    let cluster = match policy {
+        "ClusterFirst" if !host_network => dns,
+        "ClusterFirstWithHostNet" => dns,
+        _ => None,
+    };
+    let field = |line: &str, key: &str| -> Vec<String> {
+        line.strip_prefix(key)
+            .filter(|rest| rest.starts_with([' ', '\t']))
+            .map(|rest| rest.split_whitespace().map(str::to_string).collect())
+            .unwrap_or_default()
+    };
+    let host_lines: Vec<&str> = host.lines().map(str::trim).collect();
+    let host_searches: Vec<String> = host_lines
+        .iter()
+        .flat_map(|l| {
+            let mut s = field(l, "search");
+            s.extend(field(l, "domain"));
+            s
+        })
+        .collect();
+    let (mut servers, mut searches, mut options): (Vec<String>, Vec<String>, Vec<String>) =
+        match (policy, cluster) {
+            ("None", _) => Default::default(),
+            (_, Some(dns)) => {
+                let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default");
+                let d = &dns.domain;
+                let mut searches = vec![format!("{ns}.svc.{d}"), format!("svc.{d}"), d.clone()];
+                searches.extend(host_searches);
+                (
+                    vec![dns.address.to_string()],
+                    searches,
+                    vec!["ndots:5".to_string()],
+                )
+            }
+            _ => (
+                host_lines
+                    .iter()
+                    .flat_map(|l| field(l, "nameserver"))
+                    .filter(|ip| !(ip.starts_with("127.") || ip == "::1"))
+                    .collect(),
+                host_searches,
+                host_lines.iter().flat_map(|l| field(l, "options")).collect(),
+            ),
+        };
+    let cfg = &pod["spec"]["dnsConfig"];
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.as_str().map(str::to_string))
+            .collect()
+    };
+    servers.extend(strings(&cfg["nameservers"]));
+    searches.extend(strings(&cfg["searches"]));
+    for o in cfg["options"].as_array().into_iter().flatten() {
+        let Some(name) = o["name"].as_str() else { continue };
+        options.retain(|existing| existing.split(':').next() != Some(name));
+        options.push(match o["value"].as_str() {
+            Some(v) => format!("{name}:{v}"),
+            None => name.to_string(),
+        });
+    }
+    let mut out = String::new();
+    if !searches.is_empty() {
+        out.push_str(&format!("search {}\n", searches.join(" ")));
+    }
+    for s in servers {
+        out.push_str(&format!("nameserver {s}\n"));
+    }
+    if !options.is_empty() {
+        out.push_str(&format!("options {}\n", options.join(" ")));
+    }
+    out
+}
+
+#[cfg(test)]
+mod resolv_tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn dns() -> crate::pods::Dns {
+        crate::pods::Dns {
+            address: "10.96.0.10".parse().unwrap(),
+            domain: "cluster.local".into(),
+            upstreams: Vec::new(),
+        }
+    }
+
+    const HOST: &str = "search example.com\nnameserver 127.0.0.53\nnameserver 192.0.2.1\noptions edns0\n";
+
+    #[test]
+    fn cluster_first_points_at_cluster_dns_with_the_namespace_search_path() {
+        let pod = json!({"metadata": {"namespace": "shop"}, "spec": {"dnsConfig": {"options": [{"name": "ndots", "value": "2"}], "searches": ["extra.local"]}}});
+        assert_eq!(
+            resolv_conf(&pod, false, Some(&dns()), HOST),
+            "search shop.svc.cluster.local svc.cluster.local cluster.local example.com extra.local\nnameserver 10.96.0.10\noptions ndots:2\n"
+        );
+    }
+
+    #[test]
+    fn host_network_and_default_policy_resolve_like_the_host() {
+        let pod = json!({"metadata": {"namespace": "shop"}, "spec": {}});
+        let host_like = "search example.com\nnameserver 192.0.2.1\noptions edns0\n";
+        assert_eq!(resolv_conf(&pod, true, Some(&dns()), HOST), host_like);
+        let pod = json!({"metadata": {"namespace": "shop"}, "spec": {"dnsPolicy": "Default"}});
+        assert_eq!(resolv_conf(&pod, false, Some(&dns()), HOST), host_like);
+        assert_eq!(resolv_conf(&json!({"spec": {}}), false, None, HOST), host_like);
+        let pod = json!({"spec": {"dnsPolicy": "None", "dnsConfig": {"nameservers": ["192.0.2.9"]}}});
+        assert_eq!(
+            resolv_conf(&pod, false, Some(&dns()), HOST),
+            "nameserver 192.0.2.9\n"
+        );
+    }
+}

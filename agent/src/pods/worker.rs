@@ -553,34 +553,13 @@ impl Pod {
         }
         std::fs::write(self.dir.join("hosts"), hosts)?;
         std::fs::write(self.dir.join("hostname"), format!("{hostname}\n"))?;
-        // Until cluster DNS exists, pods resolve like the host (minus loopback stubs they cannot reach).
         let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-        let mut resolv: String = host
-            .lines()
-            .filter(|l| !(l.starts_with("nameserver") && (l.contains(" 127.") || l.contains(" ::1"))))
-            .map(|l| format!("{l}\n"))
-            .collect();
-        if let Some(cfg) = self.pod["spec"]["dnsConfig"].as_object() {
-            for ns in cfg
-                .get("nameservers")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-            {
-                resolv.push_str(&format!("nameserver {ns}\n"));
-            }
-            let searches: Vec<&str> = cfg
-                .get("searches")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-                .collect();
-            if !searches.is_empty() {
-                resolv.push_str(&format!("search {}\n", searches.join(" ")));
-            }
-        }
+        let resolv = spec::resolv_conf(
+            &self.pod,
+            self.host_network(),
+            self.shared.cfg.dns.as_ref(),
+            &host,
+        );
         std::fs::write(self.dir.join("resolv.conf"), resolv)?;
         Ok(())
     }

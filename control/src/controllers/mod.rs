@@ -11,6 +11,7 @@ use crate::api::handlers::Call;
 use crate::api::object::{finalizers, from_kv, to_stored};
 use crate::store::StoreError;
 
+pub mod cluster_dns;
 mod compaction;
 mod crd;
 pub mod cron;
@@ -47,6 +48,7 @@ pub fn start(app: Arc<App>) {
     job::start(app.clone(), &caches);
     node_lifecycle::start(app.clone(), &caches);
     node_ipam::start(app.clone(), &caches);
+    cluster_dns::start(app.clone(), &caches);
     daemonset::start(app.clone(), &caches);
     statefulset::start(app.clone(), &caches);
     disruption::start(app.clone(), &caches);

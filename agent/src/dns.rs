@@ -1,0 +1,613 @@
+//! Cluster DNS, answered by every agent for its own node's pods on the pod bridge address (the
+//! `kube-dns` Service sends each node's pods to their own agent, see the control plane's
+//! `cluster_dns` controller). Records follow the Kubernetes DNS specification:
+//!
+//! - `<service>.<ns>.svc.<domain>`: A of the cluster IP; for a headless service, A of each ready
+//!   endpoint; CNAME for an ExternalName service.
+//! - `<hostname>.<service>.<ns>.svc.<domain>` (an endpoint's `hostname`, or its address with dashes):
+//!   A of that endpoint of a headless service.
+//! - `_<port>._<proto>.<service>.<ns>.svc.<domain>`: SRV per named port (per endpoint when headless).
+//! - `<a-b-c-d>.<ns>.pod.<domain>`: A of that address.
+//!
+//! Other names are forwarded to the node's upstream resolvers.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::rr::rdata::{A, CNAME, SRV};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crate::node::client::ApiClient;
+use crate::node::watch::{Event, reflect};
+
+/// Time to live of the answers, in seconds (CoreDNS's default for the cluster domain).
+const TTL: u32 = 5;
+
+/// DNS settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The cluster domain (`cluster.local`).
+    pub domain: String,
+    /// Where the server listens (the pod bridge address), port 53.
+    pub listen: Ipv4Addr,
+    /// Resolvers for names outside the cluster domain.
+    pub upstreams: Vec<SocketAddr>,
+}
+
+/// What a name resolves to.
+#[derive(Debug, PartialEq)]
+pub enum Lookup {
+    /// Records for the answer section.
+    Records(Vec<Record>),
+    /// The name exists but has no record of the asked type.
+    NoData,
+    /// No such name in the cluster domain.
+    NxDomain,
+    /// Not in the cluster domain: forward.
+    Elsewhere,
+}
+
+/// Services and their EndpointSlices, as DNS sees them.
+#[derive(Debug, Default)]
+pub struct Zone {
+    domain: String,
+    services: BTreeMap<String, Value>,
+    slices: BTreeMap<String, Value>,
+}
+
+/// A ready endpoint of a service: its address, hostname and ports (name, protocol, number).
+struct Endpoint {
+    ip: Ipv4Addr,
+    hostname: Option<String>,
+    ports: Vec<(String, String, u16)>,
+}
+
+fn dashed(ip: Ipv4Addr) -> String {
+    ip.to_string().replace('.', "-")
+}
+
+fn undashed(label: &str) -> Option<Ipv4Addr> {
+    label.replace('-', ".").parse().ok()
+}
+
+impl Zone {
+    /// An empty zone for `domain`.
+    pub fn new(domain: &str) -> Self {
+        Self {
+            domain: domain.trim_matches('.').to_lowercase(),
+            ..Self::default()
+        }
+    }
+
+    fn set(map: &mut BTreeMap<String, Value>, obj: Value, deleted: bool) {
+        let key = crate::proxy::model::key_of(&obj);
+        if deleted {
+            map.remove(&key);
+        } else {
+            map.insert(key, obj);
+        }
+    }
+
+    /// Applies a watch event on Services.
+    pub fn service_event(&mut self, ev: Event) {
+        match ev {
+            Event::Listed(items) => {
+                self.services.clear();
+                items
+                    .into_iter()
+                    .for_each(|o| Self::set(&mut self.services, o, false));
+            }
+            Event::Applied(o) => Self::set(&mut self.services, o, false),
+            Event::Deleted(o) => Self::set(&mut self.services, o, true),
+        }
+    }
+
+    /// Applies a watch event on EndpointSlices.
+    pub fn slice_event(&mut self, ev: Event) {
+        match ev {
+            Event::Listed(items) => {
+                self.slices.clear();
+                items
+                    .into_iter()
+                    .for_each(|o| Self::set(&mut self.slices, o, false));
+            }
+            Event::Applied(o) => Self::set(&mut self.slices, o, false),
+            Event::Deleted(o) => Self::set(&mut self.slices, o, true),
+        }
+    }
+
+    fn endpoints(&self, ns: &str, svc: &str) -> Vec<Endpoint> {
+        let mut out = Vec::new();
+        let key = format!("{ns}/{svc}");
+        for slice in self.slices.values() {
+            if crate::proxy::model::service_of_slice(slice).as_deref() != Some(key.as_str())
+                || slice["addressType"].as_str().unwrap_or("IPv4") != "IPv4"
+            {
+                continue;
+            }
+            let ports: Vec<(String, String, u16)> = slice["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| {
+                    Some((
+                        p["name"].as_str().unwrap_or_default().to_lowercase(),
+                        p["protocol"].as_str().unwrap_or("TCP").to_lowercase(),
+                        u16::try_from(p["port"].as_u64()?).ok()?,
+                    ))
+                })
+                .collect();
+            for e in slice["endpoints"].as_array().into_iter().flatten() {
+                if !e["conditions"]["ready"].as_bool().unwrap_or(true) {
+                    continue;
+                }
+                for addr in e["addresses"].as_array().into_iter().flatten() {
+                    if let Some(ip) = addr.as_str().and_then(|a| a.parse().ok()) {
+                        out.push(Endpoint {
+                            ip,
+                            hostname: e["hostname"].as_str().map(str::to_lowercase),
+                            ports: ports.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        out.sort_by_key(|e| e.ip);
+        out.dedup_by_key(|e| e.ip);
+        out
+    }
+
+    fn name(&self, labels: &[&str]) -> Option<Name> {
+        Name::from_ascii(format!("{}.{}.", labels.join("."), self.domain)).ok()
+    }
+
+    /// Answers `qtype` for `name` (any case, with or without the final dot).
+    pub fn lookup(&self, name: &str, qtype: RecordType) -> Lookup {
+        let name = name.trim_end_matches('.').to_lowercase();
+        let rest = if name == self.domain {
+            ""
+        } else if let Some(r) = name.strip_suffix(&format!(".{}", self.domain)) {
+            r
+        } else {
+            return Lookup::Elsewhere;
+        };
+        let labels: Vec<&str> = if rest.is_empty() {
+            Vec::new()
+        } else {
+            rest.split('.').collect()
+        };
+        let a = |owner: Name, ip: Ipv4Addr| Record::from_rdata(owner, TTL, RData::A(A(ip)));
+        match labels.as_slice() {
+            [] | ["svc"] | ["pod"] | [_, "svc"] | [_, "pod"] => Lookup::NoData,
+            [ip, _ns, "pod"] => match undashed(ip) {
+                Some(addr) if qtype == RecordType::A => Lookup::Records(vec![a(self.owner(&labels), addr)]),
+                Some(_) => Lookup::NoData,
+                None => Lookup::NxDomain,
+            },
+            [svc, ns, "svc"] => {
+                let Some(service) = self.services.get(&format!("{ns}/{svc}")) else {
+                    return Lookup::NxDomain;
+                };
+                let spec = &service["spec"];
+                let owner = self.owner(&labels);
+                if spec["type"] == "ExternalName" {
+                    return match spec["externalName"]
+                        .as_str()
+                        .and_then(|n| Name::from_ascii(format!("{}.", n.trim_end_matches('.'))).ok())
+                    {
+                        Some(target) => {
+                            Lookup::Records(vec![Record::from_rdata(owner, TTL, RData::CNAME(CNAME(target)))])
+                        }
+                        None => Lookup::NxDomain,
+                    };
+                }
+                if qtype != RecordType::A {
+                    return Lookup::NoData;
+                }
+                match spec["clusterIP"].as_str() {
+                    Some("None") => {
+                        let records: Vec<Record> = self
+                            .endpoints(ns, svc)
+                            .iter()
+                            .map(|e| a(owner.clone(), e.ip))
+                            .collect();
+                        if records.is_empty() {
+                            Lookup::NoData
+                        } else {
+                            Lookup::Records(records)
+                        }
+                    }
+                    Some(ip) => match ip.parse() {
+                        Ok(ip) => Lookup::Records(vec![a(owner, ip)]),
+                        Err(_) => Lookup::NoData,
+                    },
+                    None => Lookup::NoData,
+                }
+            }
+            [host, svc, ns, "svc"] if !host.starts_with('_') => {
+                let Some(service) = self.services.get(&format!("{ns}/{svc}")) else {
+                    return Lookup::NxDomain;
+                };
+                if service["spec"]["clusterIP"] != "None" {
+                    return Lookup::NxDomain;
+                }
+                let hit: Vec<Record> = self
+                    .endpoints(ns, svc)
+                    .iter()
+                    .filter(|e| e.hostname.as_deref() == Some(*host) || dashed(e.ip) == *host)
+                    .map(|e| a(self.owner(&labels), e.ip))
+                    .collect();
+                match (hit.is_empty(), qtype) {
+                    (true, _) => Lookup::NxDomain,
+                    (false, RecordType::A) => Lookup::Records(hit),
+                    (false, _) => Lookup::NoData,
+                }
+            }
+            [port, proto, svc, ns, "svc"] => {
+                let (Some(port), Some(proto)) = (port.strip_prefix('_'), proto.strip_prefix('_')) else {
+                    return Lookup::NxDomain;
+                };
+                let Some(service) = self.services.get(&format!("{ns}/{svc}")) else {
+                    return Lookup::NxDomain;
+                };
+                let owner = self.owner(&labels);
+                let mut records = Vec::new();
+                if service["spec"]["clusterIP"] == "None" {
+                    for e in self.endpoints(ns, svc) {
+                        let Some((_, _, number)) = e.ports.iter().find(|(n, p, _)| n == port && p == proto)
+                        else {
+                            continue;
+                        };
+                        let host = e.hostname.clone().unwrap_or_else(|| dashed(e.ip));
+                        if let Some(target) = self.name(&[&host, svc, ns, "svc"]) {
+                            records.push(Record::from_rdata(
+                                owner.clone(),
+                                TTL,
+                                RData::SRV(SRV::new(0, 100, *number, target)),
+                            ));
+                        }
+                    }
+                } else {
+                    let found = service["spec"]["ports"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .find(|p| {
+                            p["name"].as_str().unwrap_or_default().eq_ignore_ascii_case(port)
+                                && p["protocol"]
+                                    .as_str()
+                                    .unwrap_or("TCP")
+                                    .eq_ignore_ascii_case(proto)
+                        });
+                    if let (Some(p), Some(target)) = (found, self.name(&[svc, ns, "svc"]))
+                        && let Some(number) = p["port"].as_u64().and_then(|n| u16::try_from(n).ok())
+                    {
+                        records.push(Record::from_rdata(
+                            owner,
+                            TTL,
+                            RData::SRV(SRV::new(0, 100, number, target)),
+                        ));
+                    }
+                }
+                match (records.is_empty(), qtype) {
+                    (true, _) => Lookup::NxDomain,
+                    (false, RecordType::SRV) => Lookup::Records(records),
+                    (false, _) => Lookup::NoData,
+                }
+            }
+            _ => Lookup::NxDomain,
+        }
+    }
+
+    fn owner(&self, labels: &[&str]) -> Name {
+        self.name(labels).unwrap_or_default()
+    }
+}
+
+/// Answers one query message (raw bytes); `None` when it must be forwarded.
+pub fn answer(zone: &Zone, query: &[u8]) -> Option<Vec<u8>> {
+    let Ok(msg) = Message::from_vec(query) else {
+        return None;
+    };
+    let q = msg.queries.first()?;
+    let lookup = zone.lookup(&q.name().to_ascii(), q.query_type());
+    let mut resp = Message::response(msg.metadata.id, msg.metadata.op_code);
+    resp.metadata.recursion_desired = msg.metadata.recursion_desired;
+    resp.metadata.recursion_available = true;
+    resp.metadata.authoritative = true;
+    resp.add_query(q.clone());
+    match lookup {
+        Lookup::Elsewhere => return None,
+        Lookup::Records(records) => {
+            resp.add_answers(records);
+        }
+        Lookup::NoData => {}
+        Lookup::NxDomain => resp.metadata.response_code = ResponseCode::NXDomain,
+    }
+    resp.to_vec().ok()
+}
+
+fn servfail(query: &[u8]) -> Option<Vec<u8>> {
+    let msg = Message::from_vec(query).ok()?;
+    let mut resp = Message::error_msg(msg.metadata.id, msg.metadata.op_code, ResponseCode::ServFail);
+    resp.add_queries(msg.queries);
+    resp.to_vec().ok()
+}
+
+/// Forwards a query over UDP to the first upstream that answers (from the agent's own network).
+async fn forward(upstreams: &[SocketAddr], query: &[u8]) -> Option<Vec<u8>> {
+    for up in upstreams {
+        let any: SocketAddr = if up.is_ipv4() {
+            ([0, 0, 0, 0], 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let Ok(sock) = tokio::net::UdpSocket::bind(any).await else {
+            continue;
+        };
+        // Connected, so that an unreachable resolver fails at once instead of timing out.
+        if sock.connect(up).await.is_err() || sock.send(query).await.is_err() {
+            continue;
+        }
+        let mut buf = vec![0u8; 4096];
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(2), sock.recv(&mut buf)).await {
+            buf.truncate(n);
+            return Some(buf);
+        }
+    }
+    servfail(query)
+}
+
+async fn respond(zone: &RwLock<Zone>, upstreams: &[SocketAddr], query: &[u8]) -> Option<Vec<u8>> {
+    let local = {
+        let z = zone.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        answer(&z, query)
+    };
+    match local {
+        Some(r) => Some(r),
+        None => forward(upstreams, query).await,
+    }
+}
+
+/// The nameservers of the host's `/etc/resolv.conf`, port 53.
+pub fn host_upstreams() -> Vec<SocketAddr> {
+    std::fs::read_to_string("/etc/resolv.conf")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_prefix("nameserver"))
+        .filter_map(|ip| ip.trim().parse::<std::net::IpAddr>().ok())
+        .map(|ip| SocketAddr::new(ip, 53))
+        .collect()
+}
+
+/// Serves DNS until the process ends.
+pub async fn run(cfg: Config, api: ApiClient) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let addr = SocketAddr::from((cfg.listen, 53));
+    let (udp, tcp) = crate::net::in_node_netns(|| -> std::io::Result<_> {
+        let udp = std::net::UdpSocket::bind(addr)?;
+        udp.set_nonblocking(true)?;
+        let tcp = std::net::TcpListener::bind(addr)?;
+        tcp.set_nonblocking(true)?;
+        Ok((udp, tcp))
+    })
+    .and_then(|r| r)
+    .with_context(|| format!("listening for DNS on {addr}"))?;
+    let udp = Arc::new(tokio::net::UdpSocket::from_std(udp)?);
+    let tcp = tokio::net::TcpListener::from_std(tcp)?;
+    let zone = Arc::new(RwLock::new(Zone::new(&cfg.domain)));
+    let upstreams = Arc::new(cfg.upstreams.clone());
+
+    let (svc_tx, mut svc_rx) = mpsc::channel(256);
+    let (slice_tx, mut slice_rx) = mpsc::channel(256);
+    tokio::spawn(reflect(api.clone(), "/api/v1/services".into(), svc_tx));
+    tokio::spawn(reflect(
+        api,
+        "/apis/discovery.k8s.io/v1/endpointslices".into(),
+        slice_tx,
+    ));
+    {
+        let zone = zone.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    Some(ev) = svc_rx.recv() => zone.write().unwrap_or_else(std::sync::PoisonError::into_inner).service_event(ev),
+                    Some(ev) = slice_rx.recv() => zone.write().unwrap_or_else(std::sync::PoisonError::into_inner).slice_event(ev),
+                    else => return,
+                }
+            }
+        });
+    }
+    {
+        let (zone, upstreams) = (zone.clone(), upstreams.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut conn, _)) = tcp.accept().await else {
+                    continue;
+                };
+                let (zone, upstreams) = (zone.clone(), upstreams.clone());
+                tokio::spawn(async move {
+                    // Length-prefixed messages (RFC 1035 4.2.2), several per connection.
+                    loop {
+                        let Ok(Ok(len)) =
+                            tokio::time::timeout(Duration::from_secs(10), conn.read_u16()).await
+                        else {
+                            return;
+                        };
+                        let mut query = vec![0u8; usize::from(len)];
+                        if conn.read_exact(&mut query).await.is_err() {
+                            return;
+                        }
+                        let Some(resp) = respond(&zone, &upstreams, &query).await else {
+                            return;
+                        };
+                        let Ok(n) = u16::try_from(resp.len()) else { return };
+                        if conn.write_u16(n).await.is_err() || conn.write_all(&resp).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+    }
+    tracing::info!(%addr, domain = %cfg.domain, "cluster DNS listening");
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let (n, from) = udp.recv_from(&mut buf).await?;
+        let query = buf[..n].to_vec();
+        let (zone, upstreams, udp) = (zone.clone(), upstreams.clone(), udp.clone());
+        tokio::spawn(async move {
+            if let Some(mut resp) = respond(&zone, &upstreams, &query).await {
+                // Over UDP an answer is at most 512 bytes unless the client said otherwise (EDNS):
+                // set the truncation bit so that it retries over TCP.
+                let limit = Message::from_vec(&query)
+                    .ok()
+                    .and_then(|m| m.edns.map(|e| usize::from(e.max_payload())))
+                    .unwrap_or(512)
+                    .max(512);
+                if resp.len() > limit
+                    && let Ok(m) = Message::from_vec(&resp)
+                    && let Ok(t) = m.truncate().to_vec()
+                {
+                    resp = t;
+                }
+                let _ = udp.send_to(&resp, from).await;
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn zone() -> Zone {
+        let mut z = Zone::new("cluster.local");
+        z.service_event(Event::Listed(vec![
+            json!({"metadata": {"namespace": "default", "name": "web"},
+                   "spec": {"clusterIP": "10.96.0.20", "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}}),
+            json!({"metadata": {"namespace": "default", "name": "db"},
+                   "spec": {"clusterIP": "None", "ports": [{"name": "pg", "port": 5432, "protocol": "TCP"}]}}),
+            json!({"metadata": {"namespace": "default", "name": "ext"},
+                   "spec": {"type": "ExternalName", "externalName": "example.org"}}),
+        ]));
+        z.slice_event(Event::Listed(vec![json!({
+            "metadata": {"namespace": "default", "name": "db-1", "labels": {"kubernetes.io/service-name": "db"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "pg", "port": 5432, "protocol": "TCP"}],
+            "endpoints": [
+                {"addresses": ["10.42.0.7"], "hostname": "db-0", "conditions": {"ready": true}},
+                {"addresses": ["10.42.1.8"], "conditions": {"ready": true}},
+                {"addresses": ["10.42.1.9"], "conditions": {"ready": false}},
+            ]
+        })]));
+        z
+    }
+
+    fn ips(l: Lookup) -> BTreeSet<String> {
+        match l {
+            Lookup::Records(r) => r
+                .iter()
+                .map(|r| match &r.data {
+                    RData::A(a) => a.0.to_string(),
+                    RData::CNAME(c) => c.0.to_ascii(),
+                    RData::SRV(s) => format!("{} {}", s.port, s.target.to_ascii()),
+                    other => format!("{other:?}"),
+                })
+                .collect(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn set(items: &[&str]) -> BTreeSet<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn services_resolve_as_the_kubernetes_dns_spec_says() {
+        let z = zone();
+        assert_eq!(
+            ips(z.lookup("web.default.svc.cluster.local.", RecordType::A)),
+            set(&["10.96.0.20"])
+        );
+        assert_eq!(
+            ips(z.lookup("WEB.default.svc.cluster.local", RecordType::A)),
+            set(&["10.96.0.20"])
+        );
+        assert_eq!(
+            z.lookup("web.default.svc.cluster.local", RecordType::AAAA),
+            Lookup::NoData
+        );
+        assert_eq!(
+            ips(z.lookup("db.default.svc.cluster.local", RecordType::A)),
+            set(&["10.42.0.7", "10.42.1.8"])
+        );
+        assert_eq!(
+            ips(z.lookup("db-0.db.default.svc.cluster.local", RecordType::A)),
+            set(&["10.42.0.7"])
+        );
+        assert_eq!(
+            ips(z.lookup("10-42-1-8.db.default.svc.cluster.local", RecordType::A)),
+            set(&["10.42.1.8"])
+        );
+        assert_eq!(
+            ips(z.lookup("_http._tcp.web.default.svc.cluster.local", RecordType::SRV)),
+            set(&["80 web.default.svc.cluster.local."])
+        );
+        assert_eq!(
+            ips(z.lookup("_pg._tcp.db.default.svc.cluster.local", RecordType::SRV)),
+            set(&[
+                "5432 db-0.db.default.svc.cluster.local.",
+                "5432 10-42-1-8.db.default.svc.cluster.local."
+            ])
+        );
+        assert_eq!(
+            ips(z.lookup("ext.default.svc.cluster.local", RecordType::A)),
+            set(&["example.org."])
+        );
+        assert_eq!(
+            ips(z.lookup("10-42-0-5.default.pod.cluster.local", RecordType::A)),
+            set(&["10.42.0.5"])
+        );
+        assert_eq!(
+            z.lookup("nope.default.svc.cluster.local", RecordType::A),
+            Lookup::NxDomain
+        );
+        assert_eq!(
+            z.lookup("web.other.svc.cluster.local", RecordType::A),
+            Lookup::NxDomain
+        );
+        assert_eq!(z.lookup("svc.cluster.local", RecordType::A), Lookup::NoData);
+        assert_eq!(z.lookup("example.org", RecordType::A), Lookup::Elsewhere);
+    }
+
+    #[test]
+    fn answers_are_wire_messages_with_the_query_id() {
+        let z = zone();
+        let mut q = Message::query();
+        q.metadata.id = 4242;
+        q.add_query(hickory_proto::op::Query::query(
+            Name::from_ascii("web.default.svc.cluster.local.").unwrap(),
+            RecordType::A,
+        ));
+        let resp = Message::from_vec(&answer(&z, &q.to_vec().unwrap()).unwrap()).unwrap();
+        assert_eq!(resp.metadata.id, 4242);
+        assert_eq!(resp.answers.len(), 1);
+        let mut q = Message::query();
+        q.add_query(hickory_proto::op::Query::query(
+            Name::from_ascii("example.org.").unwrap(),
+            RecordType::A,
+        ));
+        assert!(answer(&z, &q.to_vec().unwrap()).is_none());
+    }
+}
