@@ -2,7 +2,7 @@
 //! `InternalIP`, a route `podCIDR via InternalIP` in the node's network namespace (over
 //! rtnetlink), so pods on different nodes reach each other unchanged (no NAT between pods). The
 //! pod ranges also go into the masquerade table's `pod-cidrs` set, so traffic between pods is not
-//! masqueraded. Routes of nodes that go away are removed.
+//! masqueraded. Routes (and set elements) of nodes that go away are removed.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -98,10 +98,20 @@ pub async fn run(api: ApiClient, own: String, masquerade_table: Option<String>) 
         }
         let want: BTreeMap<String, NodeRoute> = nodes.values().filter_map(|n| route_of(n, &own)).collect();
         for (name, r) in &have {
-            if want.get(name) != Some(r)
-                && let Err(e) = remove(&h, r).await
-            {
+            if want.get(name) == Some(r) {
+                continue;
+            }
+            if let Err(e) = remove(&h, r).await {
                 tracing::warn!(node = %name, error = %format!("{e:#}"), "removing a node route failed");
+            }
+            if let Some(table) = &masquerade_table {
+                let script = format!(
+                    "delete element ip {table} pod-cidrs {{ {}/{} }}\n",
+                    r.cidr.0, r.cidr.1
+                );
+                if let Err(e) = crate::net::nft(&script).await {
+                    tracing::warn!(node = %name, error = %format!("{e:#}"), "removing a pod range from the masquerade exemptions failed");
+                }
             }
         }
         for (name, r) in &want {
