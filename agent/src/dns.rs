@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_proto::op::{Message, ResponseCode};
@@ -21,10 +21,6 @@ use hickory_proto::rr::rdata::{A, CNAME, SRV};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
-
-use crate::node::client::ApiClient;
-use crate::node::watch::{Event, reflect};
 
 /// Time to live of the answers, in seconds (CoreDNS's default for the cluster domain).
 const TTL: u32 = 5;
@@ -38,6 +34,8 @@ pub struct Config {
     pub listen: Ipv4Addr,
     /// Resolvers for names outside the cluster domain.
     pub upstreams: Vec<SocketAddr>,
+    /// The node's Service and EndpointSlice watches.
+    pub feeds: crate::proxy::Feeds,
 }
 
 /// What a name resolves to.
@@ -53,12 +51,13 @@ pub enum Lookup {
     Elsewhere,
 }
 
-/// Services and their EndpointSlices, as DNS sees them.
-#[derive(Debug, Default)]
-pub struct Zone {
-    domain: String,
-    services: BTreeMap<String, Value>,
-    slices: BTreeMap<String, Value>,
+/// Services and their EndpointSlices (by `namespace/name`), as DNS sees them: a view of the
+/// node's shared watches.
+#[derive(Debug, Clone, Copy)]
+pub struct Zone<'a> {
+    domain: &'a str,
+    services: &'a BTreeMap<String, Value>,
+    slices: &'a BTreeMap<String, Value>,
 }
 
 /// A ready endpoint of a service: its address, hostname and ports (name, protocol, number).
@@ -76,49 +75,17 @@ fn undashed(label: &str) -> Option<Ipv4Addr> {
     label.replace('-', ".").parse().ok()
 }
 
-impl Zone {
-    /// An empty zone for `domain`.
-    pub fn new(domain: &str) -> Self {
+impl<'a> Zone<'a> {
+    /// The zone `domain` (lowercase, no dots around it) over these services and slices.
+    pub fn new(
+        domain: &'a str,
+        services: &'a BTreeMap<String, Value>,
+        slices: &'a BTreeMap<String, Value>,
+    ) -> Self {
         Self {
-            domain: domain.trim_matches('.').to_lowercase(),
-            ..Self::default()
-        }
-    }
-
-    fn set(map: &mut BTreeMap<String, Value>, obj: Value, deleted: bool) {
-        let key = crate::proxy::model::key_of(&obj);
-        if deleted {
-            map.remove(&key);
-        } else {
-            map.insert(key, obj);
-        }
-    }
-
-    /// Applies a watch event on Services.
-    pub fn service_event(&mut self, ev: Event) {
-        match ev {
-            Event::Listed(items) => {
-                self.services.clear();
-                items
-                    .into_iter()
-                    .for_each(|o| Self::set(&mut self.services, o, false));
-            }
-            Event::Applied(o) => Self::set(&mut self.services, o, false),
-            Event::Deleted(o) => Self::set(&mut self.services, o, true),
-        }
-    }
-
-    /// Applies a watch event on EndpointSlices.
-    pub fn slice_event(&mut self, ev: Event) {
-        match ev {
-            Event::Listed(items) => {
-                self.slices.clear();
-                items
-                    .into_iter()
-                    .for_each(|o| Self::set(&mut self.slices, o, false));
-            }
-            Event::Applied(o) => Self::set(&mut self.slices, o, false),
-            Event::Deleted(o) => Self::set(&mut self.slices, o, true),
+            domain,
+            services,
+            slices,
         }
     }
 
@@ -364,14 +331,16 @@ async fn forward(upstreams: &[SocketAddr], query: &[u8]) -> Option<Vec<u8>> {
     servfail(query)
 }
 
-async fn respond(zone: &RwLock<Zone>, upstreams: &[SocketAddr], query: &[u8]) -> Option<Vec<u8>> {
-    let local = {
-        let z = zone.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        answer(&z, query)
-    };
+/// Answers from the node's watches, or forwards.
+async fn respond(cfg: &Config, query: &[u8]) -> Option<Vec<u8>> {
+    let local = cfg.feeds.services.read(|services| {
+        cfg.feeds
+            .slices
+            .read(|slices| answer(&Zone::new(&cfg.domain, services, slices), query))
+    });
     match local {
         Some(r) => Some(r),
-        None => forward(upstreams, query).await,
+        None => forward(&cfg.upstreams, query).await,
     }
 }
 
@@ -387,7 +356,7 @@ pub fn host_upstreams() -> Vec<SocketAddr> {
 }
 
 /// Serves DNS until the process ends.
-pub async fn run(cfg: Config, api: ApiClient) -> anyhow::Result<()> {
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
     use anyhow::Context;
     let addr = SocketAddr::from((cfg.listen, 53));
     let (udp, tcp) = crate::net::in_node_netns(|| -> std::io::Result<_> {
@@ -401,37 +370,15 @@ pub async fn run(cfg: Config, api: ApiClient) -> anyhow::Result<()> {
     .with_context(|| format!("listening for DNS on {addr}"))?;
     let udp = Arc::new(tokio::net::UdpSocket::from_std(udp)?);
     let tcp = tokio::net::TcpListener::from_std(tcp)?;
-    let zone = Arc::new(RwLock::new(Zone::new(&cfg.domain)));
-    let upstreams = Arc::new(cfg.upstreams.clone());
-
-    let (svc_tx, mut svc_rx) = mpsc::channel(256);
-    let (slice_tx, mut slice_rx) = mpsc::channel(256);
-    tokio::spawn(reflect(api.clone(), "/api/v1/services".into(), svc_tx));
-    tokio::spawn(reflect(
-        api,
-        "/apis/discovery.k8s.io/v1/endpointslices".into(),
-        slice_tx,
-    ));
+    let cfg = Arc::new(cfg);
     {
-        let zone = zone.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    Some(ev) = svc_rx.recv() => zone.write().unwrap_or_else(std::sync::PoisonError::into_inner).service_event(ev),
-                    Some(ev) = slice_rx.recv() => zone.write().unwrap_or_else(std::sync::PoisonError::into_inner).slice_event(ev),
-                    else => return,
-                }
-            }
-        });
-    }
-    {
-        let (zone, upstreams) = (zone.clone(), upstreams.clone());
+        let cfg = cfg.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((mut conn, _)) = tcp.accept().await else {
                     continue;
                 };
-                let (zone, upstreams) = (zone.clone(), upstreams.clone());
+                let cfg = cfg.clone();
                 tokio::spawn(async move {
                     // Length-prefixed messages (RFC 1035 4.2.2), several per connection.
                     loop {
@@ -444,7 +391,7 @@ pub async fn run(cfg: Config, api: ApiClient) -> anyhow::Result<()> {
                         if conn.read_exact(&mut query).await.is_err() {
                             return;
                         }
-                        let Some(resp) = respond(&zone, &upstreams, &query).await else {
+                        let Some(resp) = respond(&cfg, &query).await else {
                             return;
                         };
                         let Ok(n) = u16::try_from(resp.len()) else { return };
@@ -461,9 +408,9 @@ pub async fn run(cfg: Config, api: ApiClient) -> anyhow::Result<()> {
     loop {
         let (n, from) = udp.recv_from(&mut buf).await?;
         let query = buf[..n].to_vec();
-        let (zone, upstreams, udp) = (zone.clone(), upstreams.clone(), udp.clone());
+        let (cfg, udp) = (cfg.clone(), udp.clone());
         tokio::spawn(async move {
-            if let Some(mut resp) = respond(&zone, &upstreams, &query).await {
+            if let Some(mut resp) = respond(&cfg, &query).await {
                 // Over UDP an answer is at most 512 bytes unless the client said otherwise (EDNS):
                 // set the truncation bit so that it retries over TCP.
                 let limit = Message::from_vec(&query)
@@ -490,18 +437,20 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::node::watch::key_of;
 
-    fn zone() -> Zone {
-        let mut z = Zone::new("cluster.local");
-        z.service_event(Event::Listed(vec![
+    /// (services, slices) by `namespace/name`.
+    fn objects() -> (BTreeMap<String, Value>, BTreeMap<String, Value>) {
+        let by_key = |items: Vec<Value>| items.into_iter().map(|o| (key_of(&o), o)).collect();
+        let services = by_key(vec![
             json!({"metadata": {"namespace": "default", "name": "web"},
                    "spec": {"clusterIP": "10.96.0.20", "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}}),
             json!({"metadata": {"namespace": "default", "name": "db"},
                    "spec": {"clusterIP": "None", "ports": [{"name": "pg", "port": 5432, "protocol": "TCP"}]}}),
             json!({"metadata": {"namespace": "default", "name": "ext"},
                    "spec": {"type": "ExternalName", "externalName": "example.org"}}),
-        ]));
-        z.slice_event(Event::Listed(vec![json!({
+        ]);
+        let slices = by_key(vec![json!({
             "metadata": {"namespace": "default", "name": "db-1", "labels": {"kubernetes.io/service-name": "db"}},
             "addressType": "IPv4",
             "ports": [{"name": "pg", "port": 5432, "protocol": "TCP"}],
@@ -510,8 +459,8 @@ mod tests {
                 {"addresses": ["10.42.1.8"], "conditions": {"ready": true}},
                 {"addresses": ["10.42.1.9"], "conditions": {"ready": false}},
             ]
-        })]));
-        z
+        })]);
+        (services, slices)
     }
 
     fn ips(l: Lookup) -> BTreeSet<String> {
@@ -535,7 +484,8 @@ mod tests {
 
     #[test]
     fn services_resolve_as_the_kubernetes_dns_spec_says() {
-        let z = zone();
+        let (services, slices) = objects();
+        let z = Zone::new("cluster.local", &services, &slices);
         assert_eq!(
             ips(z.lookup("web.default.svc.cluster.local.", RecordType::A)),
             set(&["10.96.0.20"])
@@ -593,7 +543,8 @@ mod tests {
 
     #[test]
     fn answers_are_wire_messages_with_the_query_id() {
-        let z = zone();
+        let (services, slices) = objects();
+        let z = Zone::new("cluster.local", &services, &slices);
         let mut q = Message::query();
         q.metadata.id = 4242;
         q.add_query(hickory_proto::op::Query::query(

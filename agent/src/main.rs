@@ -342,6 +342,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tokio::spawn(server::serve(listener, tls, args.data_dir.clone()));
     tokio::spawn(node::tunnel::run(api.clone(), args.data_dir.clone()));
     node::heartbeat::register(&api, &name, args.max_pods, &node_ip, port).await?;
+    let feeds = proxy::Feeds::new(&api);
     let mut cfg = pods::Config {
         data_dir: args.data_dir.clone(),
         node_name: name.clone(),
@@ -365,12 +366,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 address: args
                     .cluster_dns
                     .unwrap_or_else(|| std::net::Ipv4Addr::from(u32::from(base) + 10)),
-                domain: args.cluster_domain.trim_matches('.').to_string(),
+                domain: args.cluster_domain.trim_matches('.').to_lowercase(),
                 upstreams: if args.dns_upstream.is_empty() {
                     dns::host_upstreams()
                 } else {
                     args.dns_upstream.clone()
                 },
+                feeds: feeds.clone(),
             })
         },
     };
@@ -400,7 +402,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut proxy_task = match plane {
         Some(plane) => {
             tracing::info!(mode = ?plane.mode(), "service proxy");
-            tokio::spawn(proxy::run(plane, name.clone(), api.clone()))
+            tokio::spawn(proxy::run(plane, name.clone(), feeds.clone()))
         }
         None => tokio::spawn(std::future::pending()),
     };

@@ -348,6 +348,14 @@ async fn create_sandbox(args: &SandboxArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Adds `route`, replacing one to the same destination.
+pub async fn replace_route(
+    h: &Handle,
+    route: rtnetlink::packet_route::route::RouteMessage,
+) -> Result<(), rtnetlink::Error> {
+    h.route().add(route).replace().execute().await
+}
+
 /// Installs (or keeps) an `unreachable` route for `cidr` in the namespace `h` talks to.
 pub async fn add_unreachable(h: &Handle, cidr: &str) -> anyhow::Result<()> {
     let (addr, prefix) = parse_cidr(cidr)?;
@@ -355,10 +363,7 @@ pub async fn add_unreachable(h: &Handle, cidr: &str) -> anyhow::Result<()> {
         .destination_prefix(addr, prefix)
         .kind(rtnetlink::packet_route::route::RouteType::Unreachable)
         .build();
-    h.route()
-        .add(route)
-        .replace()
-        .execute()
+    replace_route(h, route)
         .await
         .with_context(|| format!("adding an unreachable route for the service range {cidr}"))
 }
@@ -374,10 +379,7 @@ pub async fn add_link_route(h: &Handle, cidr: &str, dev: &str) -> anyhow::Result
         .output_interface(index)
         .scope(rtnetlink::packet_route::route::RouteScope::Link)
         .build();
-    h.route()
-        .add(route)
-        .replace()
-        .execute()
+    replace_route(h, route)
         .await
         .with_context(|| format!("adding a route for {cidr} via {dev}"))
 }

@@ -49,10 +49,7 @@ fn message(r: &NodeRoute) -> rtnetlink::packet_route::route::RouteMessage {
 }
 
 async fn add(h: &Handle, r: &NodeRoute) -> anyhow::Result<()> {
-    h.route()
-        .add(message(r))
-        .replace()
-        .execute()
+    crate::net::replace_route(h, message(r))
         .await
         .with_context(|| format!("adding a route to {}/{} via {}", r.cidr.0, r.cidr.1, r.via))
 }

@@ -42,11 +42,16 @@ fn ready(p: &Value) -> bool {
             .any(|c| c["type"] == "Ready" && c["status"] == "True")
 }
 
+/// What a shell `script` run in `pod` prints on stdout.
+fn in_pod(k: &MultiCluster, pod: &str, script: &str) -> String {
+    let out = k.c.kubectl(&["exec", pod, "--", "sh", "-c", script]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Host names answering `url` from pod `client` over `n` requests.
 fn answers(k: &MultiCluster, client: &str, url: &str, n: usize) -> BTreeSet<String> {
     let script = format!("for i in $(seq {n}); do timeout 5 wget -q -O - {url} 2>&1; done");
-    let out = k.c.kubectl(&["exec", client, "--", "sh", "-c", &script]);
-    String::from_utf8_lossy(&out.stdout)
+    in_pod(k, client, &script)
         .lines()
         .map(|l| l.trim().to_string())
         .filter(|l| !l.is_empty())
@@ -193,26 +198,13 @@ spec:
 
     // Each node's pods resolve the service through their own node's DNS.
     for client in ["client-a", "client-b"] {
-        let mut last = String::new();
         wait(&k, &format!("{client} resolving the service"), || {
-            let out = k.c.kubectl(&[
-                "exec",
-                client,
-                "--",
-                "sh",
-                "-c",
-                "nslookup web.default.svc.cluster.local 2>&1",
-            ]);
-            last = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            if !last.contains(&format!("Address: {vip}")) {
-                eprintln!("{client}: {last}");
-                return false;
+            let out = in_pod(&k, client, "nslookup web.default.svc.cluster.local 2>&1");
+            let resolved = out.contains(&format!("Address: {vip}"));
+            if !resolved {
+                eprintln!("{client}: {out}");
             }
-            true
+            resolved
         });
     }
 
@@ -220,15 +212,12 @@ spec:
     k.c.ok(&["scale", "deployment", "web", "--replicas=0"]);
     for client in ["client-a", "client-b"] {
         wait(&k, &format!("the service refusing {client}"), || {
-            let out = k.c.kubectl(&[
-                "exec",
+            in_pod(
+                &k,
                 client,
-                "--",
-                "sh",
-                "-c",
                 &format!("timeout 5 wget -q -O - http://{vip}/ 2>&1; echo exit=$?"),
-            ]);
-            String::from_utf8_lossy(&out.stdout).contains("Connection refused")
+            )
+            .contains("Connection refused")
         });
     }
 }

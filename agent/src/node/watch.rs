@@ -1,6 +1,9 @@
 //! A list+watch of one resource collection that keeps going: re-lists after an expired version or a
-//! dropped connection and reports what it sees as [`Event`]s.
+//! dropped connection and reports what it sees as [`Event`]s; [`Shared`] lets several consumers
+//! use one list+watch.
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -11,7 +14,7 @@ use tokio::sync::mpsc;
 use super::client::{ApiClient, status_code};
 
 /// What a reflector reports.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Event {
     /// A fresh list: these are all the objects now (anything not in it is gone).
     Listed(Vec<Value>),
@@ -57,6 +60,118 @@ pub async fn reflect(api: ApiClient, path: String, tx: mpsc::Sender<Event>) {
                 }
             }
         }
+    }
+}
+
+/// One list+watch shared by several consumers (the service proxy and DNS watch the same
+/// collections): each subscriber first gets a [`Event::Listed`] of everything known so far, then
+/// every event after it. The list+watch starts with the first consumer.
+#[derive(Clone)]
+pub struct Shared {
+    path: String,
+    api: ApiClient,
+    started: Arc<std::sync::Once>,
+    state: Arc<Mutex<SharedState>>,
+}
+
+#[derive(Default)]
+struct SharedState {
+    /// `namespace/name` → object, once the first list is in.
+    objects: Option<BTreeMap<String, Value>>,
+    subscribers: Vec<mpsc::Sender<Event>>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `namespace/name` of an object.
+pub fn key_of(obj: &Value) -> String {
+    format!(
+        "{}/{}",
+        obj["metadata"]["namespace"].as_str().unwrap_or_default(),
+        obj["metadata"]["name"].as_str().unwrap_or_default()
+    )
+}
+
+impl Shared {
+    /// A shared list+watch of `path`, started by the first [`Shared::subscribe`] or
+    /// [`Shared::read`].
+    pub fn new(api: ApiClient, path: &str) -> Self {
+        Self {
+            path: path.to_owned(),
+            api,
+            started: Arc::new(std::sync::Once::new()),
+            state: Arc::default(),
+        }
+    }
+
+    fn start(&self) {
+        self.started.call_once(|| self.spawn());
+    }
+
+    fn spawn(&self) {
+        let (tx, mut rx) = mpsc::channel(1024);
+        tokio::spawn(reflect(self.api.clone(), self.path.clone(), tx));
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            while let Some(ev) = rx.recv().await {
+                // The cache and the subscriber list change together, so that a new subscriber's
+                // snapshot and the events it is sent afterwards neither miss nor repeat one.
+                let subscribers = {
+                    let mut st = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    match &ev {
+                        Event::Listed(items) => {
+                            st.objects = Some(items.iter().map(|o| (key_of(o), o.clone())).collect());
+                        }
+                        Event::Applied(o) => {
+                            st.objects.get_or_insert_default().insert(key_of(o), o.clone());
+                        }
+                        Event::Deleted(o) => {
+                            st.objects.get_or_insert_default().remove(&key_of(o));
+                        }
+                    }
+                    st.subscribers.retain(|s| !s.is_closed());
+                    st.subscribers.clone()
+                };
+                for s in subscribers {
+                    let _ = s.send(ev.clone()).await;
+                }
+            }
+        });
+    }
+
+    /// Runs `f` on the objects known now, by `namespace/name` (empty before the first list).
+    pub fn read<R>(&self, f: impl FnOnce(&BTreeMap<String, Value>) -> R) -> R {
+        self.start();
+        let st = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match &st.objects {
+            Some(objects) => f(objects),
+            None => f(&BTreeMap::new()),
+        }
+    }
+
+    /// A receiver of the collection's events, starting with what is known now.
+    pub fn subscribe(&self) -> mpsc::Receiver<Event> {
+        self.start();
+        let (tx, rx) = mpsc::channel(1024);
+        let mut st = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(objects) = &st.objects {
+            // A fresh channel has room for this first message.
+            let _ = tx.try_send(Event::Listed(objects.values().cloned().collect()));
+        }
+        st.subscribers.push(tx);
+        rx
     }
 }
 

@@ -72,6 +72,8 @@ pub struct Dns {
     pub domain: String,
     /// Resolvers for other names.
     pub upstreams: Vec<std::net::SocketAddr>,
+    /// The node's Service and EndpointSlice watches the answers come from.
+    pub feeds: crate::proxy::Feeds,
 }
 
 /// How the node routes its service range.
@@ -197,10 +199,10 @@ pub async fn run(cfg: Config, api: ApiClient, ca_pem: String) -> anyhow::Result<
             domain: dns.domain.clone(),
             listen: ipam.gateway(),
             upstreams: dns.upstreams.clone(),
+            feeds: dns.feeds.clone(),
         };
-        let api = api.clone();
         tokio::spawn(async move {
-            if let Err(e) = crate::dns::run(dns_cfg, api).await {
+            if let Err(e) = crate::dns::run(dns_cfg).await {
                 tracing::warn!(error = %format!("{e:#}"), "cluster DNS stopped");
             }
         });

@@ -546,7 +546,13 @@ mod tests {
 /// namespace's search path, then the host's search domains, and `ndots:5`; `Default` (or no cluster
 /// DNS on this node) copies the host's (minus loopback stubs a pod cannot reach); `None` starts
 /// empty. `dnsConfig` nameservers, searches and options are merged in.
-pub fn resolv_conf(pod: &Value, host_network: bool, dns: Option<&super::Dns>, host: &str) -> String {
+/// `dns`: the cluster DNS address and domain, when this node answers cluster DNS.
+pub fn resolv_conf(
+    pod: &Value,
+    host_network: bool,
+    dns: Option<(std::net::Ipv4Addr, &str)>,
+    host: &str,
+) -> String {
     let policy = pod["spec"]["dnsPolicy"].as_str().unwrap_or("ClusterFirst");
     let cluster = match policy {
         "ClusterFirst" if !host_network => dns,
@@ -571,16 +577,11 @@ pub fn resolv_conf(pod: &Value, host_network: bool, dns: Option<&super::Dns>, ho
     let (mut servers, mut searches, mut options): (Vec<String>, Vec<String>, Vec<String>) =
         match (policy, cluster) {
             ("None", _) => Default::default(),
-            (_, Some(dns)) => {
+            (_, Some((address, d))) => {
                 let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default");
-                let d = &dns.domain;
-                let mut searches = vec![format!("{ns}.svc.{d}"), format!("svc.{d}"), d.clone()];
+                let mut searches = vec![format!("{ns}.svc.{d}"), format!("svc.{d}"), d.to_string()];
                 searches.extend(host_searches);
-                (
-                    vec![dns.address.to_string()],
-                    searches,
-                    vec!["ndots:5".to_string()],
-                )
+                (vec![address.to_string()], searches, vec!["ndots:5".to_string()])
             }
             _ => (
                 host_lines
@@ -629,12 +630,8 @@ mod resolv_tests {
 
     use super::*;
 
-    fn dns() -> crate::pods::Dns {
-        crate::pods::Dns {
-            address: "10.96.0.10".parse().unwrap(),
-            domain: "cluster.local".into(),
-            upstreams: Vec::new(),
-        }
+    fn dns() -> Option<(std::net::Ipv4Addr, &'static str)> {
+        Some(("10.96.0.10".parse().unwrap(), "cluster.local"))
     }
 
     const HOST: &str = "search example.com\nnameserver 127.0.0.53\nnameserver 192.0.2.1\noptions edns0\n";
@@ -643,7 +640,7 @@ mod resolv_tests {
     fn cluster_first_points_at_cluster_dns_with_the_namespace_search_path() {
         let pod = json!({"metadata": {"namespace": "shop"}, "spec": {"dnsConfig": {"options": [{"name": "ndots", "value": "2"}], "searches": ["extra.local"]}}});
         assert_eq!(
-            resolv_conf(&pod, false, Some(&dns()), HOST),
+            resolv_conf(&pod, false, dns(), HOST),
             "search shop.svc.cluster.local svc.cluster.local cluster.local example.com extra.local\nnameserver 10.96.0.10\noptions ndots:2\n"
         );
     }
@@ -652,14 +649,11 @@ mod resolv_tests {
     fn host_network_and_default_policy_resolve_like_the_host() {
         let pod = json!({"metadata": {"namespace": "shop"}, "spec": {}});
         let host_like = "search example.com\nnameserver 192.0.2.1\noptions edns0\n";
-        assert_eq!(resolv_conf(&pod, true, Some(&dns()), HOST), host_like);
+        assert_eq!(resolv_conf(&pod, true, dns(), HOST), host_like);
         let pod = json!({"metadata": {"namespace": "shop"}, "spec": {"dnsPolicy": "Default"}});
-        assert_eq!(resolv_conf(&pod, false, Some(&dns()), HOST), host_like);
+        assert_eq!(resolv_conf(&pod, false, dns(), HOST), host_like);
         assert_eq!(resolv_conf(&json!({"spec": {}}), false, None, HOST), host_like);
         let pod = json!({"spec": {"dnsPolicy": "None", "dnsConfig": {"nameservers": ["192.0.2.9"]}}});
-        assert_eq!(
-            resolv_conf(&pod, false, Some(&dns()), HOST),
-            "nameserver 192.0.2.9\n"
-        );
+        assert_eq!(resolv_conf(&pod, false, dns(), HOST), "nameserver 192.0.2.9\n");
     }
 }

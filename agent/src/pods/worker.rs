@@ -557,7 +557,11 @@ impl Pod {
         let resolv = spec::resolv_conf(
             &self.pod,
             self.host_network(),
-            self.shared.cfg.dns.as_ref(),
+            self.shared
+                .cfg
+                .dns
+                .as_ref()
+                .map(|d| (d.address, d.domain.as_str())),
             &host,
         );
         std::fs::write(self.dir.join("resolv.conf"), resolv)?;

@@ -11,10 +11,9 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 use skiff_abi::ServiceKey;
-use tokio::sync::mpsc;
 
 use crate::node::client::ApiClient;
-use crate::node::watch::{Event, reflect};
+use crate::node::watch::{Event, Shared};
 use model::Entry;
 
 /// How services are implemented on this node.
@@ -114,6 +113,25 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Option<Plane>> {
     }
 }
 
+/// The node's shared watches of Services and EndpointSlices (the proxy and DNS both use them).
+#[derive(Debug, Clone)]
+pub struct Feeds {
+    /// `/api/v1/services`.
+    pub services: Shared,
+    /// `/apis/discovery.k8s.io/v1/endpointslices`.
+    pub slices: Shared,
+}
+
+impl Feeds {
+    /// Both watches (each starts with its first consumer).
+    pub fn new(api: &ApiClient) -> Self {
+        Self {
+            services: Shared::new(api.clone(), "/api/v1/services"),
+            slices: Shared::new(api.clone(), "/apis/discovery.k8s.io/v1/endpointslices"),
+        }
+    }
+}
+
 /// Everything known about services, and what each one is programmed with.
 #[derive(Debug, Default)]
 struct State {
@@ -208,16 +226,10 @@ impl State {
     }
 }
 
-/// Runs the proxy with `plane` until the process ends.
-pub async fn run(mut plane: Plane, node_name: String, api: ApiClient) -> anyhow::Result<()> {
-    let (svc_tx, mut svc_rx) = mpsc::channel(1024);
-    let (slice_tx, mut slice_rx) = mpsc::channel(1024);
-    tokio::spawn(reflect(api.clone(), "/api/v1/services".into(), svc_tx));
-    tokio::spawn(reflect(
-        api,
-        "/apis/discovery.k8s.io/v1/endpointslices".into(),
-        slice_tx,
-    ));
+/// Runs the proxy with `plane` until the process ends, fed by the node's Service and
+/// EndpointSlice watches.
+pub async fn run(mut plane: Plane, node_name: String, feeds: Feeds) -> anyhow::Result<()> {
+    let (mut svc_rx, mut slice_rx) = (feeds.services.subscribe(), feeds.slices.subscribe());
     let mut state = State::default();
     let (mut services_listed, mut slices_listed) = (false, false);
     let mut retry = false;

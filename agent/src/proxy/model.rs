@@ -26,14 +26,7 @@ pub fn service_of_slice(slice: &Value) -> Option<String> {
     Some(format!("{ns}/{name}"))
 }
 
-/// `namespace/name` of an object.
-pub fn key_of(obj: &Value) -> String {
-    format!(
-        "{}/{}",
-        obj["metadata"]["namespace"].as_str().unwrap_or_default(),
-        obj["metadata"]["name"].as_str().unwrap_or_default()
-    )
-}
+pub use crate::node::watch::key_of;
 
 fn protocol(name: Option<&str>) -> Option<u8> {
     match name.unwrap_or("TCP") {

@@ -97,8 +97,18 @@ impl Nft {
         let script = self.script(changes);
         match crate::net::nft(&script).await {
             Ok(()) => {
-                self.programmed = self.desired.clone();
-                self.rebuild = false;
+                if self.rebuild {
+                    self.programmed = self.desired.clone();
+                    self.rebuild = false;
+                } else {
+                    // Only the changed ports: an endpoint change costs the same at any table size.
+                    for (key, _) in changes {
+                        match self.desired.get(key) {
+                            Some(e) => self.programmed.insert(*key, e.clone()),
+                            None => self.programmed.remove(key),
+                        };
+                    }
+                }
                 Ok(())
             }
             Err(e) => {

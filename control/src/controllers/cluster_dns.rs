@@ -11,7 +11,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use super::replicaset::{call, put_object};
-use super::runtime::{Cache, Caches};
+use super::runtime::{Cache, Caches, sync_on_changes};
 use crate::api::App;
 use crate::api::handlers::create_object;
 use crate::api::object::meta_str;
@@ -128,17 +128,12 @@ async fn sync(app: &App, nodes: &Cache, slices: &Cache) -> Result<(), String> {
 pub fn start(app: Arc<App>, caches: &Caches) {
     let nodes = caches.get(&app, NODE_PREFIX);
     let slices = caches.get(&app, "/registry/discovery.k8s.io/endpointslices/");
-    let mut changes = nodes.subscribe();
-    tokio::spawn(async move {
-        loop {
-            if app.store.is_leader().await
-                && let Err(e) = sync(&app, &nodes, &slices).await
-            {
+    let (a, n) = (app.clone(), nodes.clone());
+    sync_on_changes(app, &nodes, move || {
+        let (app, nodes, slices) = (a.clone(), n.clone(), slices.clone());
+        async move {
+            if let Err(e) = sync(&app, &nodes, &slices).await {
                 tracing::warn!(error = %e, "updating the cluster DNS endpoints failed");
-            }
-            tokio::select! {
-                r = changes.recv() => if let Err(tokio::sync::broadcast::error::RecvError::Closed) = r { return },
-                _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
             }
         }
     });

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde_json::json;
 
 use super::edit_object;
-use super::runtime::{Cache, Caches};
+use super::runtime::{Cache, Caches, sync_on_changes};
 use crate::api::App;
 use crate::api::object::meta_str;
 use crate::scheduler::NODE_PREFIX;
@@ -95,17 +95,10 @@ async fn assign(app: &App, nodes: &Cache, range: ClusterCidr) {
 pub fn start(app: Arc<App>, caches: &Caches) {
     let Some(range) = app.cluster_cidr else { return };
     let nodes = caches.get(&app, NODE_PREFIX);
-    let mut changes = nodes.subscribe();
-    tokio::spawn(async move {
-        loop {
-            if app.store.is_leader().await {
-                assign(&app, &nodes, range).await;
-            }
-            tokio::select! {
-                r = changes.recv() => if let Err(tokio::sync::broadcast::error::RecvError::Closed) = r { return },
-                _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
-            }
-        }
+    let (a, n) = (app.clone(), nodes.clone());
+    sync_on_changes(app, &nodes, move || {
+        let (app, nodes) = (a.clone(), n.clone());
+        async move { assign(&app, &nodes, range).await }
     });
 }
 

@@ -346,6 +346,27 @@ pub enum Next {
     After(Duration),
 }
 
+/// Runs `sync` whenever `cache` changes, and at least every 5 s, while this member leads (for
+/// controllers that recompute one result from a whole collection).
+pub fn sync_on_changes<F, Fut>(app: Arc<App>, cache: &Cache, sync: F)
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let mut changes = cache.subscribe();
+    tokio::spawn(async move {
+        loop {
+            if app.store.is_leader().await {
+                sync().await;
+            }
+            tokio::select! {
+                r = changes.recv() => if let Err(broadcast::error::RecvError::Closed) = r { return },
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
+        }
+    });
+}
+
 /// Runs `workers` workers that reconcile keys from `queue`, only while this member leads.
 pub fn run_workers<F, Fut>(app: Arc<App>, name: &'static str, queue: Arc<Queue>, workers: usize, reconcile: F)
 where
