@@ -2,13 +2,16 @@
 //!
 //! `connect4` (TCP, connected UDP) and `sendmsg4` (unconnected UDP) rewrite a service address to one
 //! of its backends before the socket ever sends a packet, so ClusterIP traffic needs no per-packet
-//! NAT. `getpeername4` and `recvmsg4` show the application the service address it asked for. Maps are
-//! described in `skiff_abi` and in `docs/ebpf-maps.md`.
+//! NAT. `getpeername4` and `recvmsg4` show the application the service address it asked for.
+//! Connections from outside the node (NodePorts, external IPs) are translated per packet by the tc
+//! programs `nodeport_in` and `nodeport_out` on the node's interfaces. Maps are described in
+//! `skiff_abi` and in `docs/ebpf-maps.md`.
 #![no_std]
 #![no_main]
 
 mod maps;
 mod sock_addr;
+mod tc;
 
 #[cfg(not(test))]
 #[panic_handler]

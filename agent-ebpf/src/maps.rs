@@ -6,8 +6,8 @@ use aya_ebpf::bindings::BPF_F_NO_PREALLOC;
 use aya_ebpf::btf_maps::{HashMap, LruHashMap};
 use aya_ebpf::macros::btf_map;
 use skiff_abi::{
-    Affinity, AffinityKey, Backend, BackendKey, MAX_AFFINITY, MAX_BACKENDS, MAX_SERVICES, MAX_SOCKETS,
-    MemberKey, Origin, Service, ServiceKey,
+    Affinity, AffinityKey, Backend, BackendKey, FlowKey, Frontend, MAX_AFFINITY, MAX_BACKENDS, MAX_FLOWS,
+    MAX_SERVICES, MAX_SOCKETS, MemberKey, NatTarget, Origin, Service, ServiceKey,
 };
 
 /// `services_v1`: service port → current backend set (see [`skiff_abi::SERVICES_MAP`]).
@@ -41,3 +41,12 @@ pub static MEMBERS_V1: HashMap<MemberKey, u32, { MAX_BACKENDS as usize }, { BPF_
 /// `affinity_v1`: (client, service port) → last backend (see [`skiff_abi::AFFINITY_MAP`]).
 #[btf_map(name = "affinity_v1")]
 pub static AFFINITY_V1: LruHashMap<AffinityKey, Affinity, { MAX_AFFINITY as usize }> = LruHashMap::new();
+
+/// `nat_flows_v1`: connection from outside → its backend (see [`skiff_abi::NAT_FLOWS_MAP`]).
+#[btf_map(name = "nat_flows_v1")]
+pub static NAT_FLOWS_V1: LruHashMap<FlowKey, NatTarget, { MAX_FLOWS as usize }> = LruHashMap::new();
+
+/// `nat_replies_v1`: the backend's side of a connection from outside → the address the client sent
+/// to (see [`skiff_abi::NAT_REPLIES_MAP`]).
+#[btf_map(name = "nat_replies_v1")]
+pub static NAT_REPLIES_V1: LruHashMap<FlowKey, Frontend, { MAX_FLOWS as usize }> = LruHashMap::new();

@@ -79,39 +79,13 @@ fn balance(ctx: &SockAddrContext) -> i32 {
         unsafe { bpf_set_retval(-ECONNREFUSED) };
         return REJECT;
     }
-    let sticky = if service.affinity_timeout == 0 {
-        None
-    } else {
-        // SAFETY: a helper call with the program's own context.
-        let client = unsafe { bpf_get_netns_cookie(sa.cast()) };
-        Some(AffinityKey { client, service: key })
+    // SAFETY: a helper call with the program's own context (only needed under affinity).
+    let client = || unsafe { bpf_get_netns_cookie(sa.cast()) };
+    let Some(backend) = pick(&key, &service, client) else {
+        // The set was replaced between the two lookups; the old one is being deleted. Leave the
+        // address alone: the unreachable route for the service range fails it.
+        return ALLOW;
     };
-    // SAFETY: a helper call without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let backend = match sticky.as_ref().and_then(|k| remembered(k, &service, now)) {
-        Some(backend) => backend,
-        None => {
-            // SAFETY: a helper call without arguments.
-            let slot = unsafe { bpf_get_prandom_u32() } % service.count;
-            let Some(backend) = BACKENDS_V1.get_ptr(&BackendKey { id: service.id, slot }) else {
-                // The set was replaced between the two lookups; the old one is being deleted.
-                // Leave the address alone: the unreachable route for the service range fails it.
-                return ALLOW;
-            };
-            // SAFETY: as above.
-            unsafe { *backend }
-        }
-    };
-    if let Some(k) = &sticky {
-        let _ = AFFINITY_V1.insert(
-            k,
-            Affinity {
-                backend,
-                last_used: now,
-            },
-            0,
-        );
-    }
     set_addr(sa, backend.addr, backend.port);
     // Remembered for getpeername() (connected sockets) and recvmsg() (UDP replies). An LRU map:
     // entries of closed sockets age out.
@@ -125,6 +99,43 @@ fn balance(ctx: &SockAddrContext) -> i32 {
     };
     let _ = SOCKETS_V1.insert(cookie, origin, 0);
     ALLOW
+}
+
+/// A backend of `service` (at `key`) for a new connection: the one `client` used last under
+/// `sessionAffinity: ClientIP`, else one at random. `client` identifies the client (only called when
+/// the service has affinity). `None` when the backend set was replaced meanwhile.
+pub(crate) fn pick(key: &ServiceKey, service: &Service, client: impl FnOnce() -> u64) -> Option<Backend> {
+    let sticky = if service.affinity_timeout == 0 {
+        None
+    } else {
+        Some(AffinityKey {
+            client: client(),
+            service: *key,
+        })
+    };
+    // SAFETY: a helper call without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let backend = match sticky.as_ref().and_then(|k| remembered(k, service, now)) {
+        Some(backend) => backend,
+        None => {
+            // SAFETY: a helper call without arguments.
+            let slot = unsafe { bpf_get_prandom_u32() } % service.count;
+            let backend = BACKENDS_V1.get_ptr(&BackendKey { id: service.id, slot })?;
+            // SAFETY: a map value pointer from a successful lookup; copied out at once.
+            unsafe { *backend }
+        }
+    };
+    if let Some(k) = &sticky {
+        let _ = AFFINITY_V1.insert(
+            k,
+            Affinity {
+                backend,
+                last_used: now,
+            },
+            0,
+        );
+    }
+    Some(backend)
 }
 
 /// The backend this client used last for the service, if within the affinity timeout and still in

@@ -223,6 +223,10 @@ struct Args {
     /// processes), `pods` (only this agent's pods), or a path.
     #[arg(long, default_value = "node")]
     proxy_cgroup: String,
+    /// Interfaces where NodePort and external-IP connections arrive (eBPF mode; default: those
+    /// holding the node's address).
+    #[arg(long, value_delimiter = ',')]
+    nodeport_interfaces: Vec<String>,
 }
 
 /// The cgroup2 directory named by `--proxy-cgroup`, created when it is the pods' own; `None` when
@@ -343,6 +347,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tokio::spawn(node::tunnel::run(api.clone(), args.data_dir.clone()));
     node::heartbeat::register(&api, &name, args.max_pods, &node_ip, port).await?;
     let feeds = proxy::Feeds::new(&api);
+    let node_ips: Vec<std::net::Ipv4Addr> = node_ip.parse().into_iter().collect();
     let mut cfg = pods::Config {
         data_dir: args.data_dir.clone(),
         node_name: name.clone(),
@@ -382,6 +387,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         pin_dir: args.bpf_dir.clone(),
         cgroup: proxy_cgroup(&args)?,
         service_cidr: args.service_cidr.clone(),
+        node_ips: node_ips.clone(),
+        interfaces: args.nodeport_interfaces.clone(),
     };
     let plane = proxy::start(&proxy_cfg).await?;
     let nftables = plane.as_ref().map(proxy::Plane::mode) == Some(proxy::Mode::Nftables);
@@ -402,7 +409,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut proxy_task = match plane {
         Some(plane) => {
             tracing::info!(mode = ?plane.mode(), "service proxy");
-            tokio::spawn(proxy::run(plane, name.clone(), feeds.clone()))
+            tokio::spawn(proxy::run(plane, name.clone(), node_ips, feeds.clone()))
         }
         None => tokio::spawn(std::future::pending()),
     };

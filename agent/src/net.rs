@@ -422,6 +422,34 @@ pub async fn default_ip() -> Option<String> {
     None
 }
 
+/// The names of the node's interfaces that hold any of `ips` (where NodePorts are served).
+pub async fn interfaces_with(ips: &[Ipv4Addr]) -> anyhow::Result<Vec<String>> {
+    use rtnetlink::packet_route::address::AddressAttribute;
+    use rtnetlink::packet_route::link::LinkAttribute;
+    let h = connect()?;
+    let mut indexes = std::collections::BTreeSet::new();
+    let mut addrs = h.address().get().execute();
+    while let Some(a) = addrs.try_next().await? {
+        let holds = a.attributes.iter().any(
+            |attr| matches!(attr, AddressAttribute::Address(std::net::IpAddr::V4(ip)) if ips.contains(ip)),
+        );
+        if holds {
+            indexes.insert(a.header.index);
+        }
+    }
+    let mut names = Vec::new();
+    for index in indexes {
+        let mut links = h.link().get().match_index(index).execute();
+        if let Some(l) = links.try_next().await? {
+            names.extend(l.attributes.into_iter().find_map(|a| match a {
+                LinkAttribute::IfName(n) => Some(n),
+                _ => None,
+            }));
+        }
+    }
+    Ok(names)
+}
+
 /// Whether a sandbox's namespaces are still held.
 pub fn sandbox_alive(dir: &Path) -> bool {
     crate::pods::volumes::is_mountpoint(&dir.join("net"))

@@ -430,7 +430,8 @@ impl Drop for Node {
 
 /// A network joining simulated nodes: a bridge in a network namespace of its own (`<prefix>-fab`),
 /// one veth per node (`eth0` in the node's namespace) with an address from a /24 of 172.31.0.0/16
-/// picked from the prefix. Nothing else is connected to it; removed on drop.
+/// picked from the prefix. The bridge itself holds the first address: a client outside every node
+/// ([`Fabric::command`]). Nothing else is connected to it; removed on drop.
 #[derive(Debug)]
 pub struct Fabric {
     netns: String,
@@ -455,7 +456,35 @@ impl Fabric {
         run_ok(&["ip", "-n", n, "link", "add", "fab", "type", "bridge"]);
         run_ok(&["ip", "-n", n, "link", "set", "fab", "up"]);
         run_ok(&["ip", "-n", n, "link", "set", "lo", "up"]);
+        let own = format!("{}/24", fabric.client_ip());
+        run_ok(&["ip", "-n", n, "addr", "add", &own, "dev", "fab"]);
         fabric
+    }
+
+    /// The fabric's own address: where [`Fabric::command`]'s connections come from.
+    pub fn client_ip(&self) -> String {
+        format!("{}.1", self.subnet)
+    }
+
+    /// An address of the fabric's subnet that no namespace holds (`last` is its last octet, from
+    /// 200 up); [`Fabric::route`] can send it to a node.
+    pub fn spare_ip(&self, last: u8) -> String {
+        assert!(last >= 200, "addresses below .200 go to nodes");
+        format!("{}.{last}", self.subnet)
+    }
+
+    /// Routes `addr` (one address) to the node at `via`, in the fabric's namespace.
+    pub fn route(&self, addr: &str, via: &str) {
+        run_ok(&[
+            "ip",
+            "-n",
+            &self.netns,
+            "route",
+            "replace",
+            &format!("{addr}/32"),
+            "via",
+            via,
+        ]);
     }
 
     /// Wires the namespace `netns` in; returns its address on the fabric.
@@ -573,4 +602,20 @@ impl Cluster {
         let node = Node::start_in_netns(&c, &prefix, proxy);
         Cluster { node, registry, c }
     }
+}
+
+/// The entries of the pinned map `map`, as `bpftool -j map dump` prints them (named fields).
+pub fn bpftool_dump(map: &Path) -> Vec<serde_json::Value> {
+    let out = Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(map)
+        .output()
+        .expect("running bpftool (package bpftool)");
+    assert!(
+        out.status.success(),
+        "bpftool map dump {}: {}",
+        map.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("bpftool -j prints JSON")
 }

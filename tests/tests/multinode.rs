@@ -2,14 +2,15 @@
 //! sharing one control plane: pods on different nodes reach each other over the routes the agents
 //! program; a ClusterIP service load-balances across nodes from a pod on each node; the control
 //! plane reaches each agent (logs, exec) only through the agent's tunnel, since the nodes'
-//! addresses live on the test network that the control plane is not on. Every test runs against
-//! both data planes.
+//! addresses live on the test network that the control plane is not on. NodePorts and an external
+//! IP are reached from outside every node, with both external traffic policies. Every test runs
+//! against both data planes.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use skiff_tests::node::{MultiCluster, Proxy};
+use skiff_tests::node::{MultiCluster, Proxy, bpftool_dump};
 
 fn wait(k: &MultiCluster, what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -48,6 +49,29 @@ fn in_pod(k: &MultiCluster, pod: &str, script: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// What `n` requests to `url` from outside every node (the fabric's namespace) were answered with
+/// (addresses as IPv4: busybox httpd's CGI shows IPv4 clients v4-mapped).
+fn outside(k: &MultiCluster, url: &str, n: usize) -> BTreeSet<String> {
+    let script = format!("for i in $(seq {n}); do timeout 5 busybox wget -q -O - {url} 2>&1; done");
+    let out = k
+        .fabric
+        .command("sh")
+        .args(["-c", &script])
+        .output()
+        .expect("running wget in the fabric's namespace");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let l = l.trim();
+            l.strip_prefix("[::ffff:")
+                .and_then(|a| a.strip_suffix(']'))
+                .unwrap_or(l)
+                .to_string()
+        })
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
 /// Host names answering `url` from pod `client` over `n` requests.
 fn answers(k: &MultiCluster, client: &str, url: &str, n: usize) -> BTreeSet<String> {
     let script = format!("for i in $(seq {n}); do timeout 5 wget -q -O - {url} 2>&1; done");
@@ -72,6 +96,7 @@ fn services_balance_across_nodes(proxy: Proxy) {
     let k = MultiCluster::start(2, proxy);
     let image = k.registry.busybox();
     let (a, b) = (&k.nodes[0], &k.nodes[1]);
+    let external_ip = k.fabric.spare_ip(200);
     k.c.ok_stdin(
         &["apply", "-f", "-"],
         &format!(
@@ -91,7 +116,7 @@ spec:
       containers:
       - name: httpd
         image: {image}
-        command: ["sh", "-c", "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www"]
+        command: ["sh", "-c", "mkdir -p /www/cgi-bin && hostname > /www/index.html && printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho $REMOTE_ADDR\\n' > /www/cgi-bin/peer && chmod +x /www/cgi-bin/peer && exec httpd -f -p 8080 -h /www"]
         ports: [{{containerPort: 8080, name: http}}]
         readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}
 ---
@@ -99,6 +124,25 @@ apiVersion: v1
 kind: Service
 metadata: {{name: web}}
 spec:
+  selector: {{app: web}}
+  ports: [{{name: http, port: 80, targetPort: http}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web-np}}
+spec:
+  type: NodePort
+  selector: {{app: web}}
+  externalIPs: [{external_ip}]
+  ports: [{{name: http, port: 80, targetPort: http}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web-local}}
+spec:
+  type: NodePort
+  externalTrafficPolicy: Local
+  internalTrafficPolicy: Local
   selector: {{app: web}}
   ports: [{{name: http, port: 80, targetPort: http}}]
 ---
@@ -208,8 +252,95 @@ spec:
         });
     }
 
-    // Scaled to zero: refused on both nodes.
+    // From outside every node (the fabric's own address): a NodePort on each node's address lands
+    // on every replica under externalTrafficPolicy Cluster, masqueraded (the replica sees a node,
+    // not the client); under Local only on that node's replicas, which see the client's address.
+    let node_port = |svc: &str| {
+        k.c.ok(&["get", "service", svc, "-o", "jsonpath={.spec.ports[0].nodePort}"])
+    };
+    let (np, local_np) = (node_port("web-np"), node_port("web-local"));
+    let client = k.fabric.client_ip();
+    for n in &k.nodes {
+        wait(
+            &k,
+            &format!("every replica answering NodePort {np} of {}", n.name),
+            || outside(&k, &format!("http://{}:{np}/", n.ip), 30) == replicas,
+        );
+        let peers = outside(&k, &format!("http://{}:{np}/cgi-bin/peer", n.ip), 6);
+        assert!(
+            !peers.is_empty() && !peers.contains(&client),
+            "masqueraded under Cluster: {peers:?}"
+        );
+        let local: BTreeSet<String> = web
+            .iter()
+            .filter(|p| p["spec"]["nodeName"] == n.name.as_str())
+            .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
+            .collect();
+        wait(
+            &k,
+            &format!("{}'s replicas answering its Local NodePort", n.name),
+            || outside(&k, &format!("http://{}:{local_np}/", n.ip), 20) == local,
+        );
+        assert_eq!(
+            outside(&k, &format!("http://{}:{local_np}/cgi-bin/peer", n.ip), 3),
+            BTreeSet::from([client.clone()]),
+            "the client's address kept under Local"
+        );
+    }
+
+    if proxy == Proxy::Ebpf {
+        // The translated connections, with named fields: from the client to node A's NodePort.
+        let flows = bpftool_dump(&a.bpf_dir().join("nat_flows_v1"));
+        let octets = |ip: &str| -> Vec<u64> { ip.split('.').filter_map(|o| o.parse().ok()).collect() };
+        assert!(
+            flows.iter().any(|f| {
+                let f = &f["formatted"];
+                f["key"]["client"] == serde_json::json!(octets(&client))
+                    && f["key"]["peer"] == serde_json::json!(octets(&a.ip))
+                    && f["key"]["peer_port"].as_u64().map(|p| p.to_string()) == Some(np.clone())
+                    && f["value"]["backend"]["port"] == 8080
+            }),
+            "{flows:#?}"
+        );
+    }
+
+    // An external IP, routed to node A by the network, lands on every replica.
+    k.fabric.route(&external_ip, &a.ip);
+    wait(&k, "every replica answering the external IP", || {
+        outside(&k, &format!("http://{external_ip}/"), 30) == replicas
+    });
+
+    // internalTrafficPolicy Local: each client reaches only its own node's replicas.
+    let local_vip =
+        k.c.ok(&["get", "service", "web-local", "-o", "jsonpath={.spec.clusterIP}"]);
+    for (client, node) in [("client-a", a), ("client-b", b)] {
+        let local: BTreeSet<String> = web
+            .iter()
+            .filter(|p| p["spec"]["nodeName"] == node.name.as_str())
+            .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
+            .collect();
+        assert_eq!(
+            answers(&k, client, &format!("http://{local_vip}/"), 20),
+            local,
+            "{client} through an internalTrafficPolicy Local service"
+        );
+    }
+
+    // Scaled to zero: refused on both nodes, from pods and from outside.
     k.c.ok(&["scale", "deployment", "web", "--replicas=0"]);
+    wait(&k, "the NodePort refusing outside clients", || {
+        let url = format!("http://{}:{np}/", a.ip);
+        let out = k
+            .fabric
+            .command("sh")
+            .args([
+                "-c",
+                &format!("timeout 5 busybox wget -q -O - {url} 2>&1; echo exit=$?"),
+            ])
+            .output()
+            .expect("running wget in the fabric's namespace");
+        String::from_utf8_lossy(&out.stdout).contains("Connection refused")
+    });
     for client in ["client-a", "client-b"] {
         wait(&k, &format!("the service refusing {client}"), || {
             in_pod(

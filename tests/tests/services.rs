@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use skiff_tests::node::{Cluster, Proxy};
+use skiff_tests::node::{Cluster, Proxy, bpftool_dump};
 
 /// Helpers on the shared fixture for this suite.
 trait ServiceCluster {
@@ -102,21 +102,6 @@ s.sendto(b"ping", (sys.argv[1], int(sys.argv[2])))
 data, peer = s.recvfrom(100)
 print(*peer, data.decode())
 "#;
-
-fn bpftool_dump(map: &Path) -> Vec<Value> {
-    let out = Command::new("bpftool")
-        .args(["-j", "map", "dump", "pinned"])
-        .arg(map)
-        .output()
-        .expect("running bpftool (package bpftool)");
-    assert!(
-        out.status.success(),
-        "bpftool map dump {}: {}",
-        map.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("bpftool -j prints JSON")
-}
 
 /// The programs attached to a cgroup, as (program id, attach type, name).
 fn hooks(cgroup: &Path) -> BTreeSet<(u64, String, String)> {

@@ -32,6 +32,19 @@ pub const AFFINITY_MAP: &str = "affinity_v1";
 /// Remembered session-affinity clients (LRU).
 pub const MAX_AFFINITY: u32 = 65_536;
 
+/// `nat_flows_v1`: LRU hash, [`FlowKey`] (peer: the address the client sent to) → [`NatTarget`].
+/// Written by `nodeport_in` for each new connection from outside, so its later packets go to the
+/// same backend.
+pub const NAT_FLOWS_MAP: &str = "nat_flows_v1";
+/// `nat_replies_v1`: LRU hash, [`FlowKey`] (peer: the backend) → [`Frontend`]. Written with
+/// `nat_flows_v1`; `nodeport_out` gives the backend's answers the address the client sent to.
+pub const NAT_REPLIES_MAP: &str = "nat_replies_v1";
+/// Connections from outside remembered for translation (LRU).
+pub const MAX_FLOWS: u32 = 262_144;
+
+/// The tc programs on the node's interfaces: `(program, direction)`.
+pub const TC_PROGRAMS: [(&str, &str); 2] = [("nodeport_in", "ingress"), ("nodeport_out", "egress")];
+
 /// Program (and section) names of the socket-level hooks, as attached by the agent.
 pub const PROGRAMS: [(&str, &str); 4] = [
     ("connect4", "cgroup/connect4"),
@@ -72,9 +85,18 @@ pub struct Service {
     pub count: u32,
     /// `sessionAffinity: ClientIP` timeout in seconds; 0 when the service has no affinity.
     pub affinity_timeout: u32,
-    /// Always zero.
-    pub pad: u32,
+    /// [`FLAG_EXTERNAL`], [`FLAG_MASQUERADE`].
+    pub flags: u32,
 }
+
+/// [`Service::flags`]: the address is reached from outside the node too (a NodePort on a node
+/// address, an external IP): the `nodeport_in` tc program translates packets arriving for it.
+pub const FLAG_EXTERNAL: u32 = 1;
+/// [`Service::flags`]: connections from outside are masqueraded to the node's address
+/// (`externalTrafficPolicy: Cluster`), so the answer comes back through this node.
+pub const FLAG_MASQUERADE: u32 = 2;
+/// The packet mark that asks the node's masquerade rule to masquerade a connection (upstream's).
+pub const MASQUERADE_MARK: u32 = 0x4000;
 
 /// One backend slot of a service revision.
 #[repr(C)]
@@ -143,6 +165,52 @@ pub struct Affinity {
     pub last_used: u64,
 }
 
+/// A connection from outside the node, as the client addresses it (its packets arriving) or as the
+/// backend answers it (with the backend as `peer`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// Client address octets.
+    pub client: [u8; 4],
+    /// The node address or external IP the client sent to, or the backend's address.
+    pub peer: [u8; 4],
+    /// Client port, host byte order.
+    pub client_port: u16,
+    /// The peer's port, host byte order.
+    pub peer_port: u16,
+    /// [`PROTO_TCP`] or [`PROTO_UDP`].
+    pub protocol: u8,
+    /// Always zero.
+    pub pad: [u8; 3],
+}
+
+/// Where a connection from outside goes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatTarget {
+    /// The backend.
+    pub backend: Backend,
+    /// The service's [`Service::flags`] when the connection began.
+    pub flags: u32,
+    /// Always zero.
+    pub pad: u32,
+}
+
+/// The address a client sent to (a node address and NodePort, or an external IP and port).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Frontend {
+    /// Address octets.
+    pub addr: [u8; 4],
+    /// Port, host byte order.
+    pub port: u16,
+    /// Always zero.
+    pub pad: u16,
+}
+
+const _: () = assert!(size_of::<FlowKey>() == 16);
+const _: () = assert!(size_of::<NatTarget>() == 16);
+const _: () = assert!(size_of::<Frontend>() == 8);
 const _: () = assert!(size_of::<MemberKey>() == 12);
 const _: () = assert!(size_of::<AffinityKey>() == 16);
 const _: () = assert!(size_of::<Affinity>() == 16);
@@ -164,4 +232,7 @@ mod user {
     unsafe impl aya::Pod for super::MemberKey {}
     unsafe impl aya::Pod for super::AffinityKey {}
     unsafe impl aya::Pod for super::Affinity {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::NatTarget {}
+    unsafe impl aya::Pod for super::Frontend {}
 }

@@ -170,8 +170,10 @@ async fn setup_network(cfg: &Config, ipam: &Ipam, cidr: &str) -> anyhow::Result<
             .context("enabling IPv4 forwarding")?;
         let table = masquerade_table(cfg);
         let rules = format!(
-            "table ip {table} {{}}\ndelete table ip {table}\ntable ip {table} {{\n  set pod-cidrs {{\n    type ipv4_addr; flags interval;\n    elements = {{ {cidr} }}\n  }}\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    ip saddr {cidr} ip daddr != @pod-cidrs oifname != \"{bridge}\" masquerade\n  }}\n  chain forward {{\n    type filter hook forward priority filter; policy accept;\n    iifname \"{bridge}\" accept\n    oifname \"{bridge}\" ct state established,related accept\n  }}\n}}\n",
-            bridge = cfg.bridge
+            "table ip {table} {{}}\ndelete table ip {table}\ntable ip {table} {{\n  set pod-cidrs {{\n    type ipv4_addr; flags interval;\n    elements = {{ {cidr} }}\n  }}\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    meta mark & {mark:#x} == {mark:#x} masquerade\n    ip saddr {cidr} ip daddr != @pod-cidrs oifname != \"{bridge}\" masquerade\n  }}\n  chain forward {{\n    type filter hook forward priority filter; policy accept;\n    iifname \"{bridge}\" accept\n    oifname \"{bridge}\" ct state established,related accept\n  }}\n}}\n",
+            bridge = cfg.bridge,
+            // Set by the service proxy on connections from outside that must be masqueraded.
+            mark = skiff_abi::MASQUERADE_MARK,
         );
         crate::net::nft(&rules)
             .await

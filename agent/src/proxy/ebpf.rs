@@ -1,5 +1,6 @@
-//! The eBPF data plane: loads agent-ebpf's socket hooks, pins their maps and links under the pin
-//! directory, attaches them to the pods' cgroup2 directory and writes service entries.
+//! The eBPF data plane: loads agent-ebpf's socket hooks and tc programs, pins their maps and links
+//! under the pin directory, attaches the hooks to the pods' cgroup2 directory and the tc programs to
+//! the node's interfaces (NodePorts, external IPs), and writes service entries.
 
 use std::collections::BTreeMap;
 use std::os::fd::AsFd;
@@ -8,10 +9,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use aya::maps::{HashMap as BpfHash, MapData};
 use aya::programs::links::{FdLink, PinnedLink};
-use aya::programs::{CgroupAttachMode, CgroupSockAddr};
+use aya::programs::tc::SchedClassifierLink;
+use aya::programs::{CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType};
 use skiff_abi::{
-    AFFINITY_MAP, BACKENDS_MAP, Backend, BackendKey, MEMBERS_MAP, MemberKey, PROGRAMS, SERVICES_MAP,
-    SOCKETS_MAP, Service, ServiceKey,
+    AFFINITY_MAP, BACKENDS_MAP, Backend, BackendKey, FLAG_EXTERNAL, FLAG_MASQUERADE, MEMBERS_MAP, MemberKey,
+    NAT_FLOWS_MAP, NAT_REPLIES_MAP, PROGRAMS, SERVICES_MAP, SOCKETS_MAP, Service, ServiceKey, TC_PROGRAMS,
 };
 
 use super::model::Entry;
@@ -40,6 +42,8 @@ pub struct Ebpf {
     next_id: u32,
     pin_dir: PathBuf,
     cgroup: PathBuf,
+    /// The node's interfaces whose packets the tc programs translate.
+    interfaces: Vec<String>,
     attached: bool,
 }
 
@@ -90,8 +94,9 @@ fn unpin(path: &Path) -> anyhow::Result<()> {
 
 impl Ebpf {
     /// Loads the programs (verified by the kernel now) and creates fresh maps; nothing is attached
-    /// until [`Ebpf::attach`].
-    pub fn load(pin_dir: &Path, cgroup: &Path) -> anyhow::Result<Self> {
+    /// until [`Ebpf::attach`], which puts the socket hooks on `cgroup` and the tc programs on
+    /// `interfaces`.
+    pub fn load(pin_dir: &Path, cgroup: &Path, interfaces: &[String]) -> anyhow::Result<Self> {
         if !available() {
             bail!(
                 "this agent was built without its eBPF programs (run `cargo xtask build-ebpf`, then rebuild)"
@@ -113,6 +118,16 @@ impl Ebpf {
                 .load()
                 .with_context(|| format!("the kernel rejected the {name} program"))?;
         }
+        for (name, _) in TC_PROGRAMS {
+            let program: &mut SchedClassifier = bpf
+                .program_mut(name)
+                .with_context(|| format!("the eBPF object has no program {name}"))?
+                .try_into()
+                .with_context(|| format!("{name} is not a tc program"))?;
+            program
+                .load()
+                .with_context(|| format!("the kernel rejected the {name} program"))?;
+        }
         let mut take = |name: &str| {
             bpf.take_map(name)
                 .with_context(|| format!("the eBPF object has no map {name}"))
@@ -129,6 +144,7 @@ impl Ebpf {
             next_id: 1,
             pin_dir: pin_dir.to_owned(),
             cgroup: cgroup.to_owned(),
+            interfaces: interfaces.to_vec(),
             attached: false,
         })
     }
@@ -151,7 +167,7 @@ impl Ebpf {
             map.pin(&path)
                 .with_context(|| format!("pinning {}", path.display()))?;
         }
-        for name in [SOCKETS_MAP, AFFINITY_MAP] {
+        for name in [SOCKETS_MAP, AFFINITY_MAP, NAT_FLOWS_MAP, NAT_REPLIES_MAP] {
             let path = self.pin_dir.join(name);
             unpin(&path)?;
             self.bpf
@@ -184,9 +200,46 @@ impl Ebpf {
             link.pin(&path)
                 .with_context(|| format!("pinning the {name} link at {}", path.display()))?;
         }
+        self.attach_interfaces()?;
         self.attached = true;
-        tracing::info!(cgroup = %self.cgroup.display(), pins = %self.pin_dir.display(), "eBPF service hooks attached");
+        tracing::info!(cgroup = %self.cgroup.display(), interfaces = ?self.interfaces, pins = %self.pin_dir.display(), "eBPF service hooks attached");
         Ok(())
+    }
+
+    /// Attaches the tc programs to the node's interfaces (in the node's network namespace) through
+    /// pinned TCX links: an earlier agent's link gets the new program atomically.
+    fn attach_interfaces(&mut self) -> anyhow::Result<()> {
+        let (bpf, interfaces, links) = (&mut self.bpf, &self.interfaces, self.pin_dir.join("links"));
+        crate::net::in_node_netns(move || -> anyhow::Result<()> {
+            for iface in interfaces {
+                for (name, direction) in TC_PROGRAMS {
+                    let program: &mut SchedClassifier =
+                        bpf.program_mut(name).context("program vanished")?.try_into()?;
+                    let path = links.join(format!("{name}-{iface}"));
+                    let replaced = PinnedLink::from_pin(&path).ok().and_then(|old| {
+                        let old = SchedClassifierLink::try_from(FdLink::from(old)).ok()?;
+                        program.attach_to_link(old).ok()
+                    });
+                    if replaced.is_some() {
+                        continue;
+                    }
+                    unpin(&path)?;
+                    let kind = if direction == "ingress" {
+                        TcAttachType::Ingress
+                    } else {
+                        TcAttachType::Egress
+                    };
+                    let id = program
+                        .attach(iface, kind)
+                        .with_context(|| format!("attaching {name} to {iface} ({direction})"))?;
+                    let link = FdLink::try_from(program.take_link(id)?)
+                        .context("the kernel attached without a TCX link (needs Linux 6.6 or later)")?;
+                    link.pin(&path)
+                        .with_context(|| format!("pinning the {name} link at {}", path.display()))?;
+                }
+            }
+            Ok(())
+        })?
     }
 
     fn allocate_id(&mut self) -> u32 {
@@ -223,7 +276,8 @@ impl Ebpf {
                     id,
                     count: entry.backends.len() as u32,
                     affinity_timeout: entry.affinity_timeout,
-                    pad: 0,
+                    flags: if entry.external { FLAG_EXTERNAL } else { 0 }
+                        | if entry.masquerade { FLAG_MASQUERADE } else { 0 },
                 };
                 self.services
                     .insert(key, service, 0)

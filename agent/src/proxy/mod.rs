@@ -7,8 +7,10 @@ pub mod model;
 pub mod nft;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
+use anyhow::Context as _;
 use serde_json::Value;
 use skiff_abi::ServiceKey;
 
@@ -41,6 +43,11 @@ pub struct Config {
     pub cgroup: Option<PathBuf>,
     /// The cluster's service range (rejected by the nftables plane unless a service matches).
     pub service_cidr: String,
+    /// The node addresses that serve NodePorts.
+    pub node_ips: Vec<Ipv4Addr>,
+    /// The interfaces where connections from outside arrive (eBPF); empty: those holding
+    /// `node_ips`.
+    pub interfaces: Vec<String>,
 }
 
 /// The data plane a node's services are programmed into.
@@ -93,7 +100,17 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Option<Plane>> {
             anyhow::bail!("no cgroup2 hierarchy on this host: the eBPF service proxy needs one");
         };
         let pins = cfg.pin_dir.clone();
-        tokio::task::spawn_blocking(move || ebpf::Ebpf::load(&pins, &cgroup)).await?
+        let interfaces = if cfg.interfaces.is_empty() {
+            crate::net::interfaces_with(&cfg.node_ips)
+                .await
+                .context("finding the interfaces of the node's addresses")?
+        } else {
+            cfg.interfaces.clone()
+        };
+        if interfaces.is_empty() {
+            tracing::warn!(addresses = ?cfg.node_ips, "no interface holds the node's addresses: NodePorts are served to the node's own sockets only");
+        }
+        tokio::task::spawn_blocking(move || ebpf::Ebpf::load(&pins, &cgroup, &interfaces)).await?
     };
     match cfg.mode {
         Mode::None => Ok(None),
@@ -193,7 +210,7 @@ impl State {
     }
 
     /// The changes that bring the data plane in line with the dirty services.
-    fn changes(&mut self, node: &str) -> Vec<(ServiceKey, Option<Entry>)> {
+    fn changes(&mut self, node: &str, node_ips: &[Ipv4Addr]) -> Vec<(ServiceKey, Option<Entry>)> {
         let mut out = Vec::new();
         for name in std::mem::take(&mut self.dirty) {
             let wanted = match self.services.get(&name) {
@@ -205,7 +222,7 @@ impl State {
                         .flatten()
                         .filter_map(|k| self.slices.get(k))
                         .collect();
-                    model::entries(svc, &slices, node)
+                    model::entries(svc, &slices, node, node_ips)
                 }
                 None => BTreeMap::new(),
             };
@@ -227,8 +244,13 @@ impl State {
 }
 
 /// Runs the proxy with `plane` until the process ends, fed by the node's Service and
-/// EndpointSlice watches.
-pub async fn run(mut plane: Plane, node_name: String, feeds: Feeds) -> anyhow::Result<()> {
+/// EndpointSlice watches; NodePorts are served on `node_ips`.
+pub async fn run(
+    mut plane: Plane,
+    node_name: String,
+    node_ips: Vec<Ipv4Addr>,
+    feeds: Feeds,
+) -> anyhow::Result<()> {
     let (mut svc_rx, mut slice_rx) = (feeds.services.subscribe(), feeds.slices.subscribe());
     let mut state = State::default();
     let (mut services_listed, mut slices_listed) = (false, false);
@@ -254,7 +276,7 @@ pub async fn run(mut plane: Plane, node_name: String, feeds: Feeds) -> anyhow::R
         if !settled {
             continue;
         }
-        let changes = state.changes(&node_name);
+        let changes = state.changes(&node_name, &node_ips);
         retry = !plane.apply(&changes).await?;
         if !changes.is_empty() {
             tracing::debug!(changes = changes.len(), "services programmed");

@@ -17,6 +17,11 @@ pub struct Entry {
     pub backends: Vec<Backend>,
     /// `sessionAffinity: ClientIP` timeout in seconds (0: none).
     pub affinity_timeout: u32,
+    /// Reached from outside the node (a NodePort on a node address, an external IP, a load
+    /// balancer address), not only from its sockets.
+    pub external: bool,
+    /// Connections from outside are masqueraded (`externalTrafficPolicy: Cluster`).
+    pub masquerade: bool,
 }
 
 /// `namespace/name` of a Service, or of the Service an EndpointSlice belongs to.
@@ -43,25 +48,44 @@ fn condition(endpoint: &Value, name: &str, default: bool) -> bool {
 }
 
 /// The service ports of `service` with their backends from `slices`, as kube-proxy programs them on
-/// node `node`: ready endpoints, or the serving terminating ones when none is ready; only this
-/// node's endpoints under `internalTrafficPolicy: Local`. Headless and ExternalName services have
-/// none.
-pub fn entries(service: &Value, slices: &[&Value], node: &str) -> BTreeMap<ServiceKey, Entry> {
+/// node `node` (whose NodePorts listen on `node_ips`): ready endpoints, or the serving terminating
+/// ones when none is ready. Cluster IPs use only this node's endpoints under
+/// `internalTrafficPolicy: Local`; NodePorts, external IPs and load-balancer addresses under
+/// `externalTrafficPolicy: Local` (keeping the client's address), and are masqueraded otherwise.
+/// Headless and ExternalName services have none.
+pub fn entries(
+    service: &Value,
+    slices: &[&Value],
+    node: &str,
+    node_ips: &[Ipv4Addr],
+) -> BTreeMap<ServiceKey, Entry> {
     let mut out = BTreeMap::new();
     let spec = &service["spec"];
     if spec["type"].as_str() == Some("ExternalName") {
         return out;
     }
-    let mut ips: Vec<Ipv4Addr> = spec["clusterIPs"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .chain(std::iter::once(&spec["clusterIP"]))
-        .filter_map(|ip| ip.as_str()?.parse().ok())
-        .collect();
-    ips.sort();
-    ips.dedup();
-    let local_only = spec["internalTrafficPolicy"].as_str() == Some("Local");
+    let addrs = |list: &Value| -> Vec<Ipv4Addr> {
+        let mut ips: Vec<Ipv4Addr> = list
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|ip| ip.as_str().or(ip["ip"].as_str())?.parse().ok())
+            .collect();
+        ips.sort();
+        ips.dedup();
+        ips
+    };
+    let mut cluster_ips = addrs(&spec["clusterIPs"]);
+    cluster_ips.extend(addrs(&Value::Array(vec![spec["clusterIP"].clone()])));
+    cluster_ips.sort();
+    cluster_ips.dedup();
+    let mut external_ips = addrs(&spec["externalIPs"]);
+    if spec["type"].as_str() == Some("LoadBalancer") {
+        external_ips.extend(addrs(&service["status"]["loadBalancer"]["ingress"]));
+    }
+    let node_port_type = matches!(spec["type"].as_str(), Some("NodePort" | "LoadBalancer"));
+    let internal_local = spec["internalTrafficPolicy"].as_str() == Some("Local");
+    let external_local = spec["externalTrafficPolicy"].as_str() == Some("Local");
     let affinity_timeout = if spec["sessionAffinity"].as_str() == Some("ClientIP") {
         spec["sessionAffinityConfig"]["clientIP"]["timeoutSeconds"]
             .as_u64()
@@ -77,66 +101,99 @@ pub fn entries(service: &Value, slices: &[&Value], node: &str) -> BTreeMap<Servi
         let Some(number) = port["port"].as_u64().and_then(|p| u16::try_from(p).ok()) else {
             continue;
         };
-        let port_name = port["name"].as_str().unwrap_or_default();
-        let mut ready = BTreeSet::new();
-        let mut terminating = BTreeSet::new();
-        for slice in slices {
-            if slice["addressType"].as_str().unwrap_or("IPv4") != "IPv4" {
-                continue;
-            }
-            let Some(target) = slice["ports"].as_array().into_iter().flatten().find(|p| {
-                p["name"].as_str().unwrap_or_default() == port_name
-                    && protocol(p["protocol"].as_str()) == Some(proto)
-            }) else {
-                continue;
-            };
-            let Some(target) = target["port"].as_u64().and_then(|p| u16::try_from(p).ok()) else {
-                continue;
-            };
-            for endpoint in slice["endpoints"].as_array().into_iter().flatten() {
-                if local_only && endpoint["nodeName"].as_str() != Some(node) {
-                    continue;
-                }
-                let is_ready = condition(endpoint, "ready", true);
-                let serving = condition(endpoint, "serving", is_ready);
-                let is_terminating = condition(endpoint, "terminating", false);
-                for addr in endpoint["addresses"].as_array().into_iter().flatten() {
-                    let Some(ip) = addr.as_str().and_then(|a| a.parse::<Ipv4Addr>().ok()) else {
-                        continue;
-                    };
-                    let backend = Backend {
-                        addr: ip.octets(),
-                        port: target,
-                        pad: 0,
-                    };
-                    if is_ready {
-                        ready.insert(backend);
-                    } else if serving && is_terminating {
-                        terminating.insert(backend);
-                    }
-                }
-            }
+        let node_port = port["nodePort"]
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| node_port_type && *p != 0);
+        let candidates = endpoints(slices, port["name"].as_str().unwrap_or_default(), proto);
+        let backends = |local_only: bool| -> Vec<Backend> {
+            let mine = |e: &&Candidate| !local_only || e.1 == Some(node);
+            let ready: BTreeSet<Backend> = candidates.0.iter().filter(mine).map(|e| e.0).collect();
+            let terminating: BTreeSet<Backend> = candidates.1.iter().filter(mine).map(|e| e.0).collect();
+            if ready.is_empty() { terminating } else { ready }
+                .into_iter()
+                .collect()
+        };
+        let key = |ip: &Ipv4Addr, port: u16| ServiceKey {
+            addr: ip.octets(),
+            port,
+            protocol: proto,
+            pad: 0,
+        };
+        let internal = Entry {
+            backends: backends(internal_local),
+            affinity_timeout,
+            external: false,
+            masquerade: false,
+        };
+        for ip in &cluster_ips {
+            out.insert(key(ip, number), internal.clone());
         }
-        let backends: Vec<Backend> = if ready.is_empty() { terminating } else { ready }
-            .into_iter()
-            .collect();
-        for ip in &ips {
-            let key = ServiceKey {
-                addr: ip.octets(),
-                port: number,
-                protocol: proto,
-                pad: 0,
-            };
-            out.insert(
-                key,
-                Entry {
-                    backends: backends.clone(),
-                    affinity_timeout,
-                },
-            );
+        let external = Entry {
+            backends: backends(external_local),
+            affinity_timeout,
+            external: true,
+            masquerade: !external_local,
+        };
+        for ip in &external_ips {
+            out.insert(key(ip, number), external.clone());
+        }
+        if let Some(np) = node_port {
+            for ip in node_ips {
+                out.insert(key(ip, np), external.clone());
+            }
         }
     }
     out
+}
+
+/// A backend and the node it runs on.
+type Candidate<'a> = (Backend, Option<&'a str>);
+
+/// The endpoints behind the service port named `port_name` (protocol `proto`): the ready ones, and
+/// the serving terminating ones.
+fn endpoints<'a>(
+    slices: &[&'a Value],
+    port_name: &str,
+    proto: u8,
+) -> (Vec<Candidate<'a>>, Vec<Candidate<'a>>) {
+    let (mut ready, mut terminating) = (Vec::new(), Vec::new());
+    for slice in slices {
+        if slice["addressType"].as_str().unwrap_or("IPv4") != "IPv4" {
+            continue;
+        }
+        let Some(target) = slice["ports"].as_array().into_iter().flatten().find(|p| {
+            p["name"].as_str().unwrap_or_default() == port_name
+                && protocol(p["protocol"].as_str()) == Some(proto)
+        }) else {
+            continue;
+        };
+        let Some(target) = target["port"].as_u64().and_then(|p| u16::try_from(p).ok()) else {
+            continue;
+        };
+        for endpoint in slice["endpoints"].as_array().into_iter().flatten() {
+            let is_ready = condition(endpoint, "ready", true);
+            let serving = condition(endpoint, "serving", is_ready);
+            let is_terminating = condition(endpoint, "terminating", false);
+            let node = endpoint["nodeName"].as_str();
+            for addr in endpoint["addresses"].as_array().into_iter().flatten() {
+                let Some(ip) = addr.as_str().and_then(|a| a.parse::<Ipv4Addr>().ok()) else {
+                    continue;
+                };
+                let backend = Backend {
+                    addr: ip.octets(),
+                    port: target,
+                    pad: 0,
+                };
+                if is_ready {
+                    ready.push((backend, node));
+                } else if serving && is_terminating {
+                    terminating.push((backend, node));
+                }
+            }
+        }
+    }
+    (ready, terminating)
 }
 
 #[cfg(test)]
@@ -193,7 +250,7 @@ mod tests {
             {"addresses": ["10.42.0.4"], "conditions": {"ready": true}, "nodeName": "b"},
             {"addresses": ["10.42.0.6"], "conditions": {"ready": false}, "nodeName": "a"},
         ]));
-        let e = entries(&service(json!({})), &[&s], "a");
+        let e = entries(&service(json!({})), &[&s], "a", &[]);
         assert_eq!(e.len(), 1);
         assert_eq!(
             e[&key()].backends,
@@ -208,19 +265,19 @@ mod tests {
             "conditions": {"ready": false, "serving": true, "terminating": true}});
         let only = slice(json!([term.clone()]));
         assert_eq!(
-            entries(&service(json!({})), &[&only], "a")[&key()].backends,
+            entries(&service(json!({})), &[&only], "a", &[])[&key()].backends,
             vec![backend("10.42.0.7")]
         );
         let both = slice(json!([term, {"addresses": ["10.42.0.8"], "conditions": {"ready": true}}]));
         assert_eq!(
-            entries(&service(json!({})), &[&both], "a")[&key()].backends,
+            entries(&service(json!({})), &[&both], "a", &[])[&key()].backends,
             vec![backend("10.42.0.8")]
         );
     }
 
     #[test]
     fn no_endpoints_means_an_empty_entry_that_refuses() {
-        let e = entries(&service(json!({})), &[], "a");
+        let e = entries(&service(json!({})), &[], "a", &[]);
         assert_eq!(e[&key()], Entry::default());
     }
 
@@ -232,7 +289,7 @@ mod tests {
         ]));
         let svc = service(json!({"internalTrafficPolicy": "Local"}));
         assert_eq!(
-            entries(&svc, &[&s], "b")[&key()].backends,
+            entries(&svc, &[&s], "b", &[])[&key()].backends,
             vec![backend("10.42.1.5")]
         );
     }
@@ -243,11 +300,12 @@ mod tests {
             entries(
                 &service(json!({"clusterIP": "None", "clusterIPs": ["None"]})),
                 &[],
-                "a"
+                "a",
+                &[]
             )
             .is_empty()
         );
-        assert!(entries(&service(json!({"type": "ExternalName"})), &[], "a").is_empty());
+        assert!(entries(&service(json!({"type": "ExternalName"})), &[], "a", &[]).is_empty());
     }
 
     #[test]
@@ -260,7 +318,7 @@ mod tests {
         let mut s = slice(json!([{"addresses": ["10.42.0.5"]}]));
         s["ports"] = json!([{"name": "dns", "port": 5353, "protocol": "UDP"},
                             {"name": "http", "port": 8080, "protocol": "TCP"}]);
-        let e = entries(&svc, &[&s], "a");
+        let e = entries(&svc, &[&s], "a", &[]);
         let udp = ServiceKey {
             addr: [10, 96, 0, 10],
             port: 53,
@@ -270,5 +328,48 @@ mod tests {
         assert_eq!(e[&udp].backends[0].port, 5353);
         assert_eq!(e[&key()].backends[0].port, 8080);
         assert_eq!(e[&key()].affinity_timeout, 10_800);
+    }
+
+    #[test]
+    fn node_ports_and_external_ips_follow_the_external_traffic_policy() {
+        let s = slice(json!([
+            {"addresses": ["10.42.0.5"], "nodeName": "a"},
+            {"addresses": ["10.42.1.5"], "nodeName": "b"},
+        ]));
+        let node_ips = ["172.31.0.2".parse().unwrap()];
+        let at = |ip: [u8; 4], port: u16| ServiceKey {
+            addr: ip,
+            port,
+            protocol: PROTO_TCP,
+            pad: 0,
+        };
+        let svc = service(json!({
+            "type": "NodePort",
+            "externalIPs": ["192.0.2.10"],
+            "ports": [{"name": "http", "port": 80, "protocol": "TCP", "nodePort": 30080}]
+        }));
+        let e = entries(&svc, &[&s], "a", &node_ips);
+        assert_eq!(e.len(), 3);
+        let np = &e[&at([172, 31, 0, 2], 30080)];
+        assert_eq!(np.backends.len(), 2);
+        assert!(np.external && np.masquerade);
+        assert_eq!(&e[&at([192, 0, 2, 10], 80)], np);
+        assert!(!e[&key()].external);
+
+        let mut local = svc.clone();
+        local["spec"]["externalTrafficPolicy"] = json!("Local");
+        let e = entries(&local, &[&s], "a", &node_ips);
+        let np = &e[&at([172, 31, 0, 2], 30080)];
+        assert_eq!(np.backends, vec![backend("10.42.0.5")]);
+        assert!(np.external && !np.masquerade);
+        assert_eq!(e[&key()].backends.len(), 2, "cluster IPs keep every endpoint");
+
+        let mut cluster_ip = svc;
+        cluster_ip["spec"]["type"] = json!("ClusterIP");
+        let e = entries(&cluster_ip, &[&s], "a", &node_ips);
+        assert!(
+            !e.contains_key(&at([172, 31, 0, 2], 30080)),
+            "a ClusterIP service has no node port"
+        );
     }
 }

@@ -12,15 +12,12 @@ use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
-use skiff_abi::{Backend, PROTO_SCTP, PROTO_TCP, PROTO_UDP, ServiceKey};
+use skiff_abi::{Backend, MASQUERADE_MARK, PROTO_SCTP, PROTO_TCP, PROTO_UDP, ServiceKey};
 
 use super::model::Entry;
 
 /// The table's name (family `inet`).
 pub const TABLE: &str = "skiff";
-
-/// Packet mark bit for "masquerade this connection" (hairpin traffic), as upstream uses.
-const MASQUERADE_MARK: &str = "0x4000";
 
 /// The nftables data plane and what it has programmed.
 #[derive(Debug)]
@@ -156,7 +153,7 @@ impl Nft {
             format!("add rule {t} reject-chain meta l4proto tcp reject with tcp reset"),
             format!("add rule {t} reject-chain reject"),
             format!("add chain {t} mark-for-masquerade"),
-            format!("add rule {t} mark-for-masquerade meta mark set meta mark or {MASQUERADE_MARK}"),
+            format!("add rule {t} mark-for-masquerade meta mark set meta mark or {MASQUERADE_MARK:#x}"),
             format!("add chain {t} services"),
             format!("add rule {t} services ip daddr . meta l4proto . th dport vmap @service-ips"),
             format!("add chain {t} endpoints-check"),
@@ -185,7 +182,7 @@ impl Nft {
                 "add chain {t} nat-postrouting {{ type nat hook postrouting priority 100 ; policy accept ; }}"
             ),
             format!(
-                "add rule {t} nat-postrouting meta mark and {MASQUERADE_MARK} == {MASQUERADE_MARK} meta mark set meta mark xor {MASQUERADE_MARK} masquerade"
+                "add rule {t} nat-postrouting meta mark and {MASQUERADE_MARK:#x} == {MASQUERADE_MARK:#x} meta mark set meta mark xor {MASQUERADE_MARK:#x} masquerade"
             ),
             // Whatever still heads for the service range after DNAT matched no service port.
             format!(
@@ -237,6 +234,10 @@ fn change(s: &mut String, programmed: &HashMap<ServiceKey, Entry>, key: &Service
     if let Some(e) = want.filter(|_| wants_backends) {
         line(format!("add chain {t} {svc}"));
         line(format!("flush chain {t} {svc}"));
+        if e.masquerade {
+            // From outside under `externalTrafficPolicy: Cluster`: the answer must come back here.
+            line(format!("add rule {t} {svc} jump mark-for-masquerade"));
+        }
         let mut picks = String::new();
         for (i, b) in e.backends.iter().enumerate() {
             let ep = endpoint_chain(key, b);
@@ -323,6 +324,7 @@ mod tests {
         Entry {
             backends: backends.iter().map(|b| backend(*b)).collect(),
             affinity_timeout: affinity,
+            ..Entry::default()
         }
     }
 
@@ -425,6 +427,26 @@ mod tests {
                 "delete chain inet skiff ep-10.96.0.10-tcp-80-10.42.0.5-8080",
                 "delete chain inet skiff svc-10.96.0.10-tcp-80",
             ]
+        );
+    }
+
+    #[test]
+    fn external_ports_under_cluster_policy_are_marked_for_masquerade() {
+        let mut nft = Nft::new("10.96.0.0/12");
+        nft.rebuild = false;
+        let mut e = entry(&[5], 0);
+        e.external = true;
+        e.masquerade = true;
+        nft.desired.insert(key(), e.clone());
+        let s = nft.script(&[(key(), Some(e))]);
+        let svc = service_chain(&key());
+        let first = lines(&s)
+            .into_iter()
+            .position(|l| l.starts_with(&format!("add rule inet skiff {svc} ")))
+            .expect("a service chain rule");
+        assert_eq!(
+            lines(&s)[first],
+            format!("add rule inet skiff {svc} jump mark-for-masquerade")
         );
     }
 }
