@@ -10,10 +10,12 @@ mod ipam;
 mod net;
 mod node;
 mod pods;
+mod portforward;
 mod proxy;
 mod routes;
 mod server;
 mod shim;
+mod spdy;
 mod stream;
 
 use std::path::PathBuf;

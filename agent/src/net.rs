@@ -41,6 +41,15 @@ pub fn in_node_netns<T: Send>(f: impl FnOnce() -> T + Send) -> std::io::Result<T
     let Some((_, file)) = NODE_NETNS.get() else {
         return Ok(f());
     };
+    on_thread_in(file, f)
+}
+
+/// Runs `f` in the network namespace at `path` (a pod's), on a short-lived thread.
+pub fn in_netns<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> std::io::Result<T> {
+    on_thread_in(&std::fs::File::open(path)?, f)
+}
+
+fn on_thread_in<T: Send>(file: &std::fs::File, f: impl FnOnce() -> T + Send) -> std::io::Result<T> {
     let rt = tokio::runtime::Handle::try_current().ok();
     std::thread::scope(|s| {
         s.spawn(|| {

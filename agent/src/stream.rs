@@ -19,34 +19,37 @@ use crate::server::{Body, text};
 
 const PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
 
-/// A running container of a pod on this node: (libcontainer id).
-fn running_container(data_dir: &Path, ns: &str, pod: &str, container: &str) -> Option<String> {
-    for e in std::fs::read_dir(data_dir.join("pods")).ok()?.flatten() {
-        let Ok(b) = std::fs::read(e.path().join("pod.json")) else {
-            continue;
-        };
-        let Ok(p) = serde_json::from_slice::<Value>(&b) else {
-            continue;
-        };
-        if p["metadata"]["namespace"] != ns || p["metadata"]["name"] != pod {
-            continue;
-        }
-        let dir = e.path().join("containers").join(container);
-        let latest = std::fs::read_dir(&dir)
-            .ok()?
-            .flatten()
-            .filter_map(|a| a.file_name().to_string_lossy().parse::<u32>().ok())
-            .max()?;
-        let attempt = dir.join(latest.to_string());
-        if attempt.join("status/exit.json").exists() || !attempt.join("status/started.json").exists() {
-            return None;
-        }
-        return std::fs::read_to_string(attempt.join("id")).ok();
-    }
-    None
+/// The directory of pod `ns/name` on this node (`pods/<uid>`, holding `pod.json`).
+pub fn pod_dir(data_dir: &Path, ns: &str, pod: &str) -> Option<std::path::PathBuf> {
+    std::fs::read_dir(data_dir.join("pods"))
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|dir| {
+            std::fs::read(dir.join("pod.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                .is_some_and(|p| p["metadata"]["namespace"] == ns && p["metadata"]["name"] == pod)
+        })
 }
 
-fn accept_key(key: &str) -> String {
+/// A running container of a pod on this node: (libcontainer id).
+fn running_container(data_dir: &Path, ns: &str, pod: &str, container: &str) -> Option<String> {
+    let dir = pod_dir(data_dir, ns, pod)?.join("containers").join(container);
+    let latest = std::fs::read_dir(&dir)
+        .ok()?
+        .flatten()
+        .filter_map(|a| a.file_name().to_string_lossy().parse::<u32>().ok())
+        .max()?;
+    let attempt = dir.join(latest.to_string());
+    if attempt.join("status/exit.json").exists() || !attempt.join("status/started.json").exists() {
+        return None;
+    }
+    std::fs::read_to_string(attempt.join("id")).ok()
+}
+
+/// `Sec-WebSocket-Accept` for a client's `Sec-WebSocket-Key`.
+pub fn accept_key(key: &str) -> String {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
     ctx.update(key.as_bytes());
     ctx.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");

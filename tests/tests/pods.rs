@@ -45,6 +45,29 @@ impl PodCluster for Cluster {
     }
 }
 
+/// `GET /` from `127.0.0.1:port`, retried until `patience` runs out (the forwarder may still be
+/// starting): the whole response.
+fn http_get(port: u16, patience: Duration) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let deadline = Instant::now() + patience;
+    loop {
+        let attempt = (|| -> std::io::Result<String> {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            s.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+            let mut body = String::new();
+            s.read_to_string(&mut body)?;
+            Ok(body)
+        })();
+        match attempt {
+            Ok(body) if !body.is_empty() => return Ok(body),
+            Ok(_) if Instant::now() > deadline => return Err("an empty answer".into()),
+            Err(e) if Instant::now() > deadline => return Err(e.to_string()),
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
 fn status<'a>(pod: &'a Value, container: &str) -> &'a Value {
     pod["status"]["containerStatuses"]
         .as_array()
@@ -144,6 +167,58 @@ fn pods_run_log_restart_and_clean_up() {
     assert_eq!(std::fs::read_to_string(&back).unwrap(), "copied in\n");
     let err = k.c.fails(&["exec", "hello", "-c", "nope", "--", "true"]);
     assert!(err.contains("container nope is not valid for pod hello"), "{err}");
+
+    // kubectl port-forward to a server that listens on the pod's loopback only: SPDY tunneled in
+    // WebSocket messages (kubectl's default), then plain SPDY (its fallback).
+    k.c.ok(&[
+        "exec",
+        "hello",
+        "--",
+        "sh",
+        "-c",
+        "mkdir -p /tmp/www && echo forwarded > /tmp/www/index.html && httpd -p 127.0.0.1:8080 -h /tmp/www",
+    ]);
+    for websockets in ["true", "false"] {
+        let local = skiff_tests::free_port();
+        let mut pf =
+            k.c.kubectl_cmd(&["port-forward", "pod/hello", &format!("{local}:8080")])
+                .env("KUBECTL_PORT_FORWARD_WEBSOCKETS", websockets)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("running kubectl port-forward");
+        let got = (0..3)
+            .map(|_| http_get(local, Duration::from_secs(20)))
+            .collect::<Vec<_>>();
+        let _ = pf.kill();
+        let out = pf.wait_with_output().expect("kubectl port-forward's output");
+        for body in &got {
+            assert!(
+                body.as_deref().is_ok_and(|b| b.ends_with("\r\n\r\nforwarded\n")),
+                "port-forward (websockets={websockets}): {got:?}\nkubectl: {}{}\nagent log:\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                k.node.log()
+            );
+        }
+    }
+    // Nothing listens on the pod's port 8081: kubectl reports the agent's error.
+    let local = skiff_tests::free_port();
+    let mut pf =
+        k.c.kubectl_cmd(&["port-forward", "pod/hello", &format!("{local}:8081")])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("running kubectl port-forward");
+    let answer = http_get(local, Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = pf.kill();
+    let out = pf.wait_with_output().expect("kubectl port-forward's output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        answer.is_err() && stderr.contains("error forwarding port 8081"),
+        "{answer:?}\n{stderr}"
+    );
 
     // Init container and an emptyDir shared with the app container; env from a configMap and a
     // secret; a configMap volume whose update reaches the running container.

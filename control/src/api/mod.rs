@@ -139,15 +139,27 @@ async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
             Err(e) => e.into_response(),
         };
     }
-    // kubectl exec / cp: an upgraded connection joined to the node's agent.
-    if let ["api", "v1", "namespaces", ns, "pods", name, "exec"] =
-        path.trim_matches('/').split('/').collect::<Vec<_>>().as_slice()
+    // kubectl exec / cp / port-forward: an upgraded connection joined to the node's agent.
+    if let [
+        "api",
+        "v1",
+        "namespaces",
+        ns,
+        "pods",
+        name,
+        sub @ ("exec" | "portforward"),
+    ] = path.trim_matches('/').split('/').collect::<Vec<_>>().as_slice()
         && parts.headers.contains_key(header::UPGRADE)
         && let Some(who) = parts.extensions.get::<Identity>().cloned()
     {
-        let (ns, name) = (ns.to_string(), name.to_string());
+        let (ns, name, sub) = (ns.to_string(), name.to_string(), sub.to_string());
         let mut parts = parts;
-        return match nodeproxy::exec(&app, &who, &ns, &name, &mut parts).await {
+        let joined = if sub == "exec" {
+            nodeproxy::exec(&app, &who, &ns, &name, &mut parts).await
+        } else {
+            nodeproxy::portforward(&app, &who, &ns, &name, &mut parts).await
+        };
+        return match joined {
             Ok(r) => r,
             Err(e) => e.into_response(),
         };

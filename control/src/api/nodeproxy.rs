@@ -1,4 +1,5 @@
-//! Requests the API server forwards to a node's agent: `pods/NAME/log` (kubectl logs), exec.
+//! Requests the API server forwards to a node's agent: `pods/NAME/log` (kubectl logs), exec,
+//! port-forward.
 //!
 //! The agent is reached through the tunnel it keeps open to the API server ([`super::tunnel`]), or,
 //! when it has none, on the port its Node reports (`status.daemonEndpoints.kubeletEndpoint`), over
@@ -184,16 +185,7 @@ pub async fn exec(
     name: &str,
     parts: &mut axum::http::request::Parts,
 ) -> Result<Response> {
-    if !who.groups.iter().any(|g| g == "system:masters") {
-        return Err(ApiError::new(
-            403,
-            "Forbidden",
-            format!(
-                "pods \"{name}\" is forbidden: User \"{}\" cannot create resource \"pods/exec\" in API group \"\" in the namespace \"{ns}\"",
-                who.user
-            ),
-        ));
-    }
+    authorize(who, ns, name, "exec")?;
     let raw_query = parts.uri.query().unwrap_or("").to_owned();
     let container_param = raw_query
         .split('&')
@@ -222,17 +214,50 @@ pub async fn exec(
             pod["status"]["phase"].as_str().unwrap_or("")
         )));
     }
+    join_upgrade(
+        app,
+        node,
+        &format!("/exec/{ns}/{name}/{container}?{raw_query}"),
+        parts,
+    )
+    .await
+}
+
+/// Denied unless the user may `create` the pod subresource (`exec`, `portforward`).
+fn authorize(who: &super::server::Identity, ns: &str, name: &str, subresource: &str) -> Result<()> {
+    if who.groups.iter().any(|g| g == "system:masters") {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        403,
+        "Forbidden",
+        format!(
+            "pods \"{name}\" is forbidden: User \"{}\" cannot create resource \"pods/{subresource}\" in API group \"\" in the namespace \"{ns}\"",
+            who.user
+        ),
+    ))
+}
+
+/// Sends the client's upgrade request on to `path` on the node's agent and, once the agent has
+/// switched protocols, joins the two upgraded connections byte for byte (as upstream's
+/// upgrade-aware proxy): WebSocket (exec, port-forward tunneled SPDY) or SPDY/3.1.
+async fn join_upgrade(
+    app: &App,
+    node: &str,
+    path: &str,
+    parts: &mut axum::http::request::Parts,
+) -> Result<Response> {
     let (mut sender, authority) = connect_node(app, node).await?;
-    let mut req =
-        hyper::Request::get(format!("/exec/{ns}/{name}/{container}?{raw_query}")).header("host", authority);
+    let mut req = hyper::Request::get(path).header("host", authority);
     for h in [
         "upgrade",
         "connection",
         "sec-websocket-key",
         "sec-websocket-version",
         "sec-websocket-protocol",
+        "x-stream-protocol-version",
     ] {
-        if let Some(v) = parts.headers.get(h) {
+        for v in parts.headers.get_all(h) {
             req = req.header(h, v.clone());
         }
     }
@@ -253,7 +278,7 @@ pub async fn exec(
     let mut out = Response::new(Body::empty());
     *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     for (k, v) in resp.headers() {
-        out.headers_mut().insert(k.clone(), v.clone());
+        out.headers_mut().append(k.clone(), v.clone());
     }
     let node_side = hyper::upgrade::on(&mut resp);
     tokio::spawn(async move {
@@ -264,6 +289,31 @@ pub async fn exec(
         let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
     });
     Ok(out)
+}
+
+/// `kubectl port-forward`: the pod's agent serves the SPDY streams (`portforward.k8s.io`), plain or
+/// tunneled in WebSocket messages.
+pub async fn portforward(
+    app: &App,
+    who: &super::server::Identity,
+    ns: &str,
+    name: &str,
+    parts: &mut axum::http::request::Parts,
+) -> Result<Response> {
+    authorize(who, ns, name, "portforward")?;
+    let pod = read_pod(app, ns, name).await?;
+    let Some(node) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) else {
+        return Err(ApiError::bad_request(format!(
+            "pod {name} does not have a host assigned"
+        )));
+    };
+    if pod["status"]["phase"].as_str() != Some("Running") {
+        return Err(ApiError::bad_request(format!(
+            "unable to forward port because pod is not running. Current status={}",
+            pod["status"]["phase"].as_str().unwrap_or("Unknown")
+        )));
+    }
+    join_upgrade(app, node, &format!("/portForward/{ns}/{name}"), parts).await
 }
 
 /// The pod `ns/name`, or upstream's NotFound.
