@@ -103,23 +103,41 @@ pub async fn tcp_connect(host: &str, port: u16) -> std::io::Result<tokio::net::T
     if NODE_NETNS.get().is_none() {
         return tokio::net::TcpStream::connect((host, port)).await;
     }
+    let addrs: Vec<_> = tokio::net::lookup_host((host, port)).await?.collect();
+    if addrs.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("no address for {host}"),
+        ));
+    }
+    tcp_connect_in(None, addrs).await
+}
+
+/// Connects to the first of `addrs` that answers, from the network namespace at `netns` (a pod's;
+/// `None`: the node's).
+pub async fn tcp_connect_in(
+    netns: Option<&Path>,
+    addrs: impl IntoIterator<Item = std::net::SocketAddr>,
+) -> std::io::Result<tokio::net::TcpStream> {
     let mut last = None;
-    for addr in tokio::net::lookup_host((host, port)).await? {
-        let socket = in_node_netns(|| {
+    for addr in addrs {
+        let new = || {
             if addr.is_ipv4() {
                 tokio::net::TcpSocket::new_v4()
             } else {
                 tokio::net::TcpSocket::new_v6()
             }
-        })??;
+        };
+        let socket = match netns {
+            Some(path) => in_netns(path, new)??,
+            None => in_node_netns(new)??,
+        };
         match socket.connect(addr).await {
             Ok(s) => return Ok(s),
             Err(e) => last = Some(e),
         }
     }
-    Err(last.unwrap_or_else(|| {
-        std::io::Error::new(std::io::ErrorKind::NotFound, format!("no address for {host}"))
-    }))
+    Err(last.unwrap_or_else(|| std::io::Error::other("no address to connect to")))
 }
 
 /// Opens a netlink connection in the node's network namespace.

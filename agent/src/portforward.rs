@@ -45,13 +45,7 @@ pub fn handle(
     ns: &str,
     pod: &str,
 ) -> Response<Body> {
-    let header = |n: &str| {
-        req.headers()
-            .get(n)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned()
-    };
+    let header = |n: &str| crate::server::header(req, n);
     let Some(netns) = crate::stream::pod_dir(data_dir, ns, pod).map(|d| d.join("ns/net")) else {
         return text(
             StatusCode::NOT_FOUND,
@@ -320,22 +314,9 @@ async fn forward(
 
 /// A TCP connection to `localhost:port` in the network namespace at `netns` (IPv4, then IPv6).
 async fn connect(netns: &Path, port: u16) -> std::io::Result<tokio::net::TcpStream> {
-    let mut last = None;
-    for addr in [
+    let localhost = [
         std::net::SocketAddr::from(([127, 0, 0, 1], port)),
         std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)),
-    ] {
-        let socket = crate::net::in_netns(netns, || {
-            if addr.is_ipv4() {
-                tokio::net::TcpSocket::new_v4()
-            } else {
-                tokio::net::TcpSocket::new_v6()
-            }
-        })??;
-        match socket.connect(addr).await {
-            Ok(s) => return Ok(s),
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last.unwrap_or_else(|| std::io::Error::other("no address to connect to")))
+    ];
+    crate::net::tcp_connect_in(Some(netns), localhost).await
 }

@@ -32,6 +32,15 @@ pub fn text(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
     r
 }
 
+/// The value of request header `name` (empty when missing or not text).
+pub fn header<B>(req: &Request<B>, name: &str) -> String {
+    req.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
+}
+
 /// An empty body.
 pub fn empty() -> Body {
     Full::new(Bytes::new())

@@ -65,13 +65,7 @@ pub fn exec(
     container: &str,
     query: &[(String, String)],
 ) -> Response<Body> {
-    let header = |n: &str| {
-        req.headers()
-            .get(n)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned()
-    };
+    let header = |n: &str| crate::server::header(req, n);
     if !header("upgrade").eq_ignore_ascii_case("websocket") {
         return text(
             StatusCode::BAD_REQUEST,
