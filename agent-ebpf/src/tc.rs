@@ -76,6 +76,24 @@ impl Packet {
         })
     }
 
+    /// The connection this packet belongs to, keyed by the remote client: arriving, the client is
+    /// the source; leaving, the destination.
+    fn flow(&self, arriving: bool) -> FlowKey {
+        let ((client, client_port), (peer, peer_port)) = if arriving {
+            ((self.src, self.sport), (self.dst, self.dport))
+        } else {
+            ((self.dst, self.dport), (self.src, self.sport))
+        };
+        FlowKey {
+            client,
+            peer,
+            client_port,
+            peer_port,
+            protocol: self.protocol,
+            pad: [0; 3],
+        }
+    }
+
     /// Offset of the transport checksum, and the flags its updates need.
     fn csum(&self) -> (usize, u64) {
         if self.protocol == PROTO_TCP {
@@ -134,14 +152,7 @@ pub fn nodeport_out(ctx: TcContext) -> i32 {
 
 fn ingress(ctx: &TcContext) -> Option<()> {
     let pkt = Packet::parse(ctx)?;
-    let flow = FlowKey {
-        client: pkt.src,
-        peer: pkt.dst,
-        client_port: pkt.sport,
-        peer_port: pkt.dport,
-        protocol: pkt.protocol,
-        pad: [0; 3],
-    };
+    let flow = pkt.flow(true);
     let target = match NAT_FLOWS_V1.get_ptr(&flow) {
         // SAFETY: a map value pointer from a successful lookup; copied out at once.
         Some(t) => unsafe { *t },
@@ -197,14 +208,7 @@ fn ingress(ctx: &TcContext) -> Option<()> {
 
 fn egress(ctx: &TcContext) -> Option<()> {
     let pkt = Packet::parse(ctx)?;
-    let reply = FlowKey {
-        client: pkt.dst,
-        peer: pkt.src,
-        client_port: pkt.dport,
-        peer_port: pkt.sport,
-        protocol: pkt.protocol,
-        pad: [0; 3],
-    };
+    let reply = pkt.flow(false);
     // SAFETY: a map value pointer from a successful lookup; copied out at once.
     let frontend = unsafe { *NAT_REPLIES_V1.get_ptr(&reply)? };
     rewrite(

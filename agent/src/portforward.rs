@@ -27,6 +27,8 @@ pub const PROTOCOL: &str = "portforward.k8s.io";
 pub const TUNNEL_PROTOCOL: &str = "SPDY/3.1+portforward.k8s.io";
 /// Bytes read from the pod per data frame.
 const CHUNK: usize = 32 * 1024;
+/// Received bytes acknowledged with one WINDOW_UPDATE (half SPDY/3.1's initial 64 KiB window).
+const WINDOW_STEP: u32 = 32 * 1024;
 
 /// What the connection's writer sends.
 #[derive(Debug)]
@@ -181,6 +183,8 @@ where
     });
     let mut pending: HashMap<String, Pending> = HashMap::new();
     let mut sinks: HashMap<u32, mpsc::UnboundedSender<Option<Bytes>>> = HashMap::new();
+    // Bytes received and not yet acknowledged, per stream and (id 0) for the session.
+    let mut unacked: HashMap<u32, u32> = HashMap::new();
     let mut forwards = tokio::task::JoinSet::new();
     loop {
         let frame = match reader.next().await {
@@ -226,11 +230,18 @@ where
                 }
             }
             Frame::Data { id, data, fin } => {
-                if !data.is_empty() {
-                    // The stream's and the session's windows (SPDY/3.1 flow control).
-                    let n = data.len() as u32;
-                    let _ = out.send(Out::Window(id, n)).await;
-                    let _ = out.send(Out::Window(0, n)).await;
+                // Re-open the stream's and the session's windows (SPDY/3.1 flow control) once half
+                // of a window has been received.
+                for key in [id, 0] {
+                    let n = unacked.entry(key).or_default();
+                    *n += data.len() as u32;
+                    if *n >= WINDOW_STEP {
+                        let _ = out.send(Out::Window(key, *n)).await;
+                        *n = 0;
+                    }
+                }
+                if fin {
+                    unacked.remove(&id);
                 }
                 if let Some(tx) = sinks.get(&id) {
                     if !data.is_empty() {
@@ -245,6 +256,7 @@ where
             Frame::RstStream { id } => {
                 // Dropping the sender ends the connection's upload side.
                 sinks.remove(&id);
+                unacked.remove(&id);
             }
             Frame::Ping { id } => {
                 let _ = out.send(Out::Ping(id)).await;

@@ -186,6 +186,12 @@ spec:
         .iter()
         .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
         .collect();
+    let replicas_on = |node: &str| -> BTreeSet<String> {
+        web.iter()
+            .filter(|p| p["spec"]["nodeName"] == node)
+            .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
+            .collect()
+    };
 
     // The nodes report their addresses on the test network, which the control plane (on the
     // host's loopback) cannot reach: logs and exec come through the agents' tunnels.
@@ -271,11 +277,7 @@ spec:
             !peers.is_empty() && !peers.contains(&client),
             "masqueraded under Cluster: {peers:?}"
         );
-        let local: BTreeSet<String> = web
-            .iter()
-            .filter(|p| p["spec"]["nodeName"] == n.name.as_str())
-            .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
-            .collect();
+        let local = replicas_on(&n.name);
         wait(
             &k,
             &format!("{}'s replicas answering its Local NodePort", n.name),
@@ -314,11 +316,7 @@ spec:
     let local_vip =
         k.c.ok(&["get", "service", "web-local", "-o", "jsonpath={.spec.clusterIP}"]);
     for (client, node) in [("client-a", a), ("client-b", b)] {
-        let local: BTreeSet<String> = web
-            .iter()
-            .filter(|p| p["spec"]["nodeName"] == node.name.as_str())
-            .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
-            .collect();
+        let local = replicas_on(&node.name);
         assert_eq!(
             answers(&k, client, &format!("http://{local_vip}/"), 20),
             local,

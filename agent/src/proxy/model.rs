@@ -64,25 +64,12 @@ pub fn entries(
     if spec["type"].as_str() == Some("ExternalName") {
         return out;
     }
-    let addrs = |list: &Value| -> Vec<Ipv4Addr> {
-        let mut ips: Vec<Ipv4Addr> = list
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|ip| ip.as_str().or(ip["ip"].as_str())?.parse().ok())
-            .collect();
-        ips.sort();
-        ips.dedup();
-        ips
-    };
-    let mut cluster_ips = addrs(&spec["clusterIPs"]);
-    cluster_ips.extend(addrs(&Value::Array(vec![spec["clusterIP"].clone()])));
-    cluster_ips.sort();
-    cluster_ips.dedup();
-    let mut external_ips = addrs(&spec["externalIPs"]);
-    if spec["type"].as_str() == Some("LoadBalancer") {
-        external_ips.extend(addrs(&service["status"]["loadBalancer"]["ingress"]));
-    }
+    let cluster_ips = ipv4s(items(&spec["clusterIPs"]).chain([&spec["clusterIP"]]));
+    let load_balancer = &service["status"]["loadBalancer"]["ingress"];
+    let external_ips = ipv4s(
+        items(&spec["externalIPs"])
+            .chain(items(load_balancer).filter(|_| spec["type"].as_str() == Some("LoadBalancer"))),
+    );
     let node_port_type = matches!(spec["type"].as_str(), Some("NodePort" | "LoadBalancer"));
     let internal_local = spec["internalTrafficPolicy"].as_str() == Some("Local");
     let external_local = spec["externalTrafficPolicy"].as_str() == Some("Local");
@@ -145,6 +132,22 @@ pub fn entries(
         }
     }
     out
+}
+
+/// The elements of a JSON array (none for anything else).
+fn items(v: &Value) -> impl Iterator<Item = &Value> {
+    v.as_array().into_iter().flatten()
+}
+
+/// The distinct IPv4 addresses among `values` (address strings, or load-balancer ingress objects
+/// with an `ip`), sorted.
+fn ipv4s<'a>(values: impl Iterator<Item = &'a Value>) -> Vec<Ipv4Addr> {
+    let mut ips: Vec<Ipv4Addr> = values
+        .filter_map(|v| v.as_str().or(v["ip"].as_str())?.parse().ok())
+        .collect();
+    ips.sort();
+    ips.dedup();
+    ips
 }
 
 /// A backend and the node it runs on.
