@@ -3,26 +3,12 @@
 //! It joins a cluster, registers its Node and keeps it alive with Lease and status heartbeats, runs
 //! the pods bound to it (`pods`), and implements Services with eBPF socket hooks (`proxy`).
 
-mod cgroups;
-mod dns;
-mod image;
-mod ipam;
-mod net;
-mod node;
-mod pods;
-mod portforward;
-mod proxy;
-mod routes;
-mod server;
-mod shim;
-mod spdy;
-mod stream;
-
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use skiff_agent::{cgroups, dns, image, net, node, pods, proxy, server, shim};
 
 /// Skiff's node agent.
 #[derive(Debug, Parser)]

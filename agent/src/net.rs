@@ -350,6 +350,13 @@ async fn create_sandbox(args: &SandboxArgs) -> anyhow::Result<()> {
             .execute()
             .await
             .context("attaching the veth to the bridge")?;
+        // Hairpin: a pod's connection to its own service may be DNATed back to the pod; the bridge
+        // must send that frame back out of the port it came in on (kubelet's hairpin-veth mode).
+        host.link()
+            .set_port(rtnetlink::LinkBridgePort::new(veth).hairpin(true).build())
+            .execute()
+            .await
+            .context("turning on hairpin mode on the pod's bridge port")?;
         let inner = link_index(&pod, peer)
             .await?
             .context("the veth did not arrive in the pod")?;

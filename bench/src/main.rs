@@ -7,6 +7,7 @@
 //!   with 1 and 64 clients, and skiff-control's RSS idle and after the load.
 
 mod pods;
+mod proxy;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -453,6 +454,25 @@ async fn main() -> anyhow::Result<()> {
             let agent = flag("--agent").context("--agent PATH is required")?;
             json!({"pods": pods::run(&control, &agent, 20, 3)?})
         }
+        Some("proxy") => {
+            // `proxy [--sizes 100,1000] [--planes ebpf,nftables]`
+            let list = |name: &str| {
+                args.iter()
+                    .position(|a| a == name)
+                    .and_then(|i| args.get(i + 1))
+                    .map(|v| v.split(',').map(str::to_owned).collect::<Vec<_>>())
+            };
+            let sizes = match list("--sizes") {
+                Some(s) => s
+                    .iter()
+                    .map(|n| n.parse().context("--sizes takes numbers"))
+                    .collect::<anyhow::Result<Vec<usize>>>()?,
+                None => vec![100, 1_000, 10_000],
+            };
+            let planes = list("--planes").unwrap_or_else(proxy::planes);
+            json!({"proxy": proxy::bench(&sizes, &planes).await?})
+        }
+        Some("proxy-client") => proxy::client(std::path::Path::new(args.get(2).context("targets file")?))?,
         Some("crun-loop") => {
             let (b, root) = (args.get(2).context("bundle")?, args.get(3).context("root")?);
             let n: usize = args.get(4).and_then(|n| n.parse().ok()).unwrap_or(50);
@@ -471,7 +491,7 @@ async fn main() -> anyhow::Result<()> {
             json!({"scheduler": bench_scheduler(nodes, pods, backlog).await?})
         }
         _ => bail!(
-            "usage: skiff-bench store --etcd PATH | api --control PATH | scheduler NODES PODS [--backlog]"
+            "usage: skiff-bench store --etcd PATH | api --control PATH | scheduler NODES PODS [--backlog] | pods --control PATH --agent PATH | proxy [--sizes N,..] [--planes P,..]"
         ),
     };
     println!("{}", serde_json::to_string_pretty(&result)?);

@@ -148,10 +148,11 @@ fn ebpf_programs_service(k: &Cluster, vip: &str, pod_ips: &BTreeSet<String>) {
     assert_eq!(backends, expected);
 }
 
-/// The node's `inet skiff` table sends the service port to its chain, which DNATs to the backends.
+/// The node's `inet skiff` table sends the service port to the shared chain for its endpoint count,
+/// which DNATs through the `endpoints` map.
 fn nftables_programs_service(k: &Cluster, vip: &str, pod_ips: &BTreeSet<String>) {
     let table = k.node.ok_in_netns(&["nft", "list", "table", "inet", "skiff"]);
-    let chain = format!("svc-{vip}-tcp-80");
+    let chain = format!("pick-{}", pod_ips.len());
     assert!(
         table.contains(&format!("{vip} . tcp . 80 : goto {chain}")),
         "{table}"
@@ -160,13 +161,16 @@ fn nftables_programs_service(k: &Cluster, vip: &str, pod_ips: &BTreeSet<String>)
         .node
         .ok_in_netns(&["nft", "list", "chain", "inet", "skiff", &chain]);
     assert!(
-        listed.contains(&format!("numgen random mod {} vmap", pod_ips.len())),
+        listed.contains(&format!("numgen random mod {} map @endpoints", pod_ips.len())),
         "{listed}"
     );
+    let endpoints = k
+        .node
+        .ok_in_netns(&["nft", "list", "map", "inet", "skiff", "endpoints"]);
     for ip in pod_ips {
         assert!(
-            table.contains(&format!("dnat ip to {ip}:8080")),
-            "{ip} in {table}"
+            endpoints.contains(&format!(": {ip} . 8080")),
+            "{ip} in {endpoints}"
         );
     }
 }
@@ -323,6 +327,18 @@ spec:
     k.wait("the new replicas answering through the service", || {
         k.answers(&vip, 20) == replicas
     });
+
+    // Hairpin: a replica reaching its own service lands on itself too (nftables masquerades that
+    // connection, or the answer would bypass the translation back).
+    for replica in &replicas {
+        let script = format!("for i in $(seq 20); do timeout 5 wget -q -O - http://{vip}/; done");
+        let answers: BTreeSet<String> =
+            k.c.ok(&["exec", replica, "--", "sh", "-c", &script])
+                .lines()
+                .map(str::to_string)
+                .collect();
+        assert_eq!(&answers, &replicas, "from {replica}");
+    }
 }
 
 /// A UDP echo server on ADDR PORT: answers at most 50 datagrams, stops after 30 s of silence.

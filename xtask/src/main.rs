@@ -40,10 +40,11 @@ enum Cmd {
         debug: bool,
     },
     /// Run a benchmark and record it in docs/benchmarks.md (`api`: store and API server;
-    /// `scheduler`: pods/s and latency onto 1,000 and 5,000 nodes).
+    /// `scheduler`: pods/s and latency onto 1,000 and 5,000 nodes; `pods`: a real node; `proxy`:
+    /// the service data planes side by side).
     Bench {
         /// Which benchmark.
-        #[arg(value_parser = ["api", "scheduler", "pods"])]
+        #[arg(value_parser = ["api", "scheduler", "pods", "proxy"])]
         which: String,
     },
     /// Regenerate control/src/api/protobuf/schema.rs from the k8s-pb crate's sources.
@@ -226,6 +227,7 @@ fn dispatch() -> anyhow::Result<()> {
             "api" => bench::api(&root(), cargo),
             "pods" => bench::pods(&root(), cargo),
             "scheduler" => bench::scheduler(&root(), cargo),
+            "proxy" => bench::proxy(&root(), cargo),
             other => bail!("unknown benchmark {other}"),
         },
         Cmd::GenProtoSchema { k8s_pb } => {

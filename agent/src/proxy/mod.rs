@@ -69,7 +69,7 @@ impl Plane {
     }
 
     /// Programs `changes`; `Ok(false)` when they did not go in and must be retried.
-    async fn apply(&mut self, changes: &[(ServiceKey, Option<Entry>)]) -> anyhow::Result<bool> {
+    pub async fn apply(&mut self, changes: &[(ServiceKey, Option<Entry>)]) -> anyhow::Result<bool> {
         match self {
             Plane::Ebpf(p) => {
                 for (key, entry) in changes {

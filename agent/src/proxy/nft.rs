@@ -1,10 +1,13 @@
 //! The nftables data plane: one `inet skiff` table in the node's network namespace, shaped like
 //! upstream kube-proxy's nftables mode. A verdict map keyed by (cluster IP, protocol, port) sends a
-//! new connection to its service's chain in one lookup; the service chain picks an endpoint chain at
-//! random (or the client's remembered one under `sessionAffinity: ClientIP`), which DNATs to the
-//! backend. Service ports without endpoints are in a second map that rejects them (TCP reset, or
-//! ICMP port unreachable), and anything else sent to the service range is rejected too, so it never
-//! leaves the node.
+//! new connection, in one lookup, to a chain shared by every service port with the same number of
+//! endpoints (`pick-N`), which DNATs to the endpoint in slot `numgen random mod N` of the
+//! `endpoints` map. A service port is thus only map elements, so the table's size (and what `nft`
+//! reads back before every transaction) does not grow with the services, and an endpoint change is
+//! a few element updates. Ports with `sessionAffinity: ClientIP` get upstream's shape instead: their
+//! own service chain and one chain and timed set per endpoint. Service ports without endpoints are
+//! in a second map that rejects them (TCP reset, or ICMP port unreachable), and anything else sent
+//! to the service range is rejected too, so it never leaves the node.
 //!
 //! Every change is one `nft -f` transaction: a service is never seen half-written.
 
@@ -27,6 +30,10 @@ pub struct Nft {
     programmed: HashMap<ServiceKey, Entry>,
     /// What should be held: `programmed` plus changes not yet applied.
     desired: HashMap<ServiceKey, Entry>,
+    /// The shared `pick-N` chains the kernel holds.
+    picks: BTreeSet<(usize, bool)>,
+    /// Backend addresses in the `hairpin` set, with how many programmed ports use each.
+    hairpins: HashMap<[u8; 4], usize>,
     /// The table must be (re)built from `desired` (at start, and after a failed transaction).
     rebuild: bool,
 }
@@ -75,6 +82,8 @@ impl Nft {
             service_cidr: service_cidr.to_string(),
             programmed: HashMap::new(),
             desired: HashMap::new(),
+            picks: BTreeSet::new(),
+            hairpins: HashMap::new(),
             rebuild: true,
         }
     }
@@ -91,9 +100,11 @@ impl Nft {
         if !self.rebuild && changes.is_empty() {
             return Ok(());
         }
-        let script = self.script(changes);
-        match crate::net::nft(&script).await {
+        let tx = self.script(changes);
+        match crate::net::nft(&tx.s).await {
             Ok(()) => {
+                self.picks = tx.picks;
+                self.hairpins = tx.hairpins;
                 if self.rebuild {
                     self.programmed = self.desired.clone();
                     self.rebuild = false;
@@ -117,23 +128,32 @@ impl Nft {
 
     /// The transaction that brings the table from `programmed` to `desired` (`changes` name the
     /// service ports that differ).
-    fn script(&self, changes: &[(ServiceKey, Option<Entry>)]) -> String {
-        let mut s = String::new();
+    fn script(&self, changes: &[(ServiceKey, Option<Entry>)]) -> Tx {
         if self.rebuild {
-            self.base(&mut s);
+            let mut tx = Tx {
+                s: String::new(),
+                picks: BTreeSet::new(),
+                hairpins: HashMap::new(),
+            };
+            self.base(&mut tx.s);
             let empty = HashMap::new();
             let mut keys: Vec<&ServiceKey> = self.desired.keys().collect();
             keys.sort();
             for key in keys {
-                change(&mut s, &empty, key, self.desired.get(key));
+                tx.change(&empty, key, self.desired.get(key));
             }
-        } else {
-            let keys: BTreeSet<&ServiceKey> = changes.iter().map(|(k, _)| k).collect();
-            for key in keys {
-                change(&mut s, &self.programmed, key, self.desired.get(key));
-            }
+            return tx;
         }
-        s
+        let mut tx = Tx {
+            s: String::new(),
+            picks: self.picks.clone(),
+            hairpins: self.hairpins.clone(),
+        };
+        let keys: BTreeSet<&ServiceKey> = changes.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            tx.change(&self.programmed, key, self.desired.get(key));
+        }
+        tx
     }
 
     /// The table from scratch: an earlier agent's table goes in the same transaction. Priorities
@@ -149,6 +169,12 @@ impl Nft {
             format!(
                 "add map {t} no-endpoint-services {{ type ipv4_addr . inet_proto . inet_service : verdict ; }}"
             ),
+            // Slot i of a service port's endpoints: the `pick-N` chains DNAT through it.
+            format!(
+                "add map {t} endpoints {{ typeof ip daddr . meta l4proto . th dport . numgen random mod 1 : ip daddr . th dport ; }}"
+            ),
+            // Every backend address twice: a connection DNATed back to its own source (hairpin).
+            format!("add set {t} hairpin {{ type ipv4_addr . ipv4_addr ; }}"),
             format!("add chain {t} reject-chain"),
             format!("add rule {t} reject-chain meta l4proto tcp reject with tcp reset"),
             format!("add rule {t} reject-chain reject"),
@@ -181,6 +207,7 @@ impl Nft {
             format!(
                 "add chain {t} nat-postrouting {{ type nat hook postrouting priority 100 ; policy accept ; }}"
             ),
+            format!("add rule {t} nat-postrouting ct status dnat ip saddr . ip daddr @hairpin masquerade"),
             format!(
                 "add rule {t} nat-postrouting meta mark and {MASQUERADE_MARK:#x} == {MASQUERADE_MARK:#x} meta mark set meta mark xor {MASQUERADE_MARK:#x} masquerade"
             ),
@@ -201,101 +228,220 @@ impl Nft {
     }
 }
 
-/// Appends the commands that take service port `key` from `programmed[key]` to `want`.
-fn change(s: &mut String, programmed: &HashMap<ServiceKey, Entry>, key: &ServiceKey, want: Option<&Entry>) {
-    let t = format!("inet {TABLE}");
-    let old = programmed.get(key);
-    let had_backends = old.is_some_and(|e| !e.backends.is_empty());
-    let had_reject = old.is_some_and(|e| e.backends.is_empty());
-    let wants_backends = want.is_some_and(|e| !e.backends.is_empty());
-    let wants_reject = want.is_some_and(|e| e.backends.is_empty());
-    let elem = element(key);
-    let svc = service_chain(key);
-    let mut line = |l: String| {
-        s.push_str(&l);
-        s.push('\n');
-    };
+/// How a service port is programmed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// Not at all.
+    Absent,
+    /// Refused: an element of `no-endpoint-services`.
+    Reject,
+    /// The common case: `service-ips` sends it to the shared chain `pick-N` (`pick-N-masq`), which
+    /// DNATs through the `endpoints` map; no chain of its own.
+    Pick { count: usize, masquerade: bool },
+    /// `sessionAffinity: ClientIP`: its own service chain and one chain and timed set per
+    /// endpoint, as upstream.
+    Chains,
+}
 
-    if had_reject && !wants_reject {
-        line(format!("delete element {t} no-endpoint-services {{ {elem} }}"));
+fn shape(entry: Option<&Entry>) -> Shape {
+    match entry {
+        None => Shape::Absent,
+        Some(e) if e.backends.is_empty() => Shape::Reject,
+        Some(e) if e.affinity_timeout > 0 => Shape::Chains,
+        Some(e) => Shape::Pick {
+            count: e.backends.len(),
+            masquerade: e.masquerade,
+        },
     }
-    if had_backends && !wants_backends {
-        line(format!("delete element {t} service-ips {{ {elem} }}"));
+}
+
+/// The shared chain that picks among `count` endpoints.
+fn pick_chain(count: usize, masquerade: bool) -> String {
+    if masquerade {
+        format!("pick-{count}-masq")
+    } else {
+        format!("pick-{count}")
     }
-    if wants_reject && !had_reject {
-        line(format!(
-            "add element {t} no-endpoint-services {{ {elem} : goto reject-chain }}"
-        ));
+}
+
+/// The chain `service-ips` sends `key` to, when it has one.
+fn target(shape: Shape, key: &ServiceKey) -> Option<String> {
+    match shape {
+        Shape::Pick { count, masquerade } => Some(pick_chain(count, masquerade)),
+        Shape::Chains => Some(service_chain(key)),
+        Shape::Absent | Shape::Reject => None,
+    }
+}
+
+/// The backends a port reaches through the `endpoints` map (slot `i` is element `... . i`).
+fn mapped(entry: Option<&Entry>) -> &[Backend] {
+    match (shape(entry), entry) {
+        (Shape::Pick { .. }, Some(e)) => &e.backends,
+        _ => &[],
+    }
+}
+
+/// One transaction being written, with what the kernel will hold once it commits.
+struct Tx {
+    s: String,
+    /// The `pick-N` chains that exist.
+    picks: BTreeSet<(usize, bool)>,
+    /// Backend addresses in the `hairpin` set, with how many service ports use each.
+    hairpins: HashMap<[u8; 4], usize>,
+}
+
+impl Tx {
+    fn line(&mut self, l: String) {
+        self.s.push_str(&l);
+        self.s.push('\n');
     }
 
-    // The endpoint chains and affinity sets wanted now; the service chain is rewritten after them.
-    let mut new_chains = BTreeSet::new();
-    let mut new_sets = BTreeSet::new();
-    if let Some(e) = want.filter(|_| wants_backends) {
-        line(format!("add chain {t} {svc}"));
-        line(format!("flush chain {t} {svc}"));
+    fn hairpin(&mut self, addr: [u8; 4], add: bool) {
+        let t = format!("inet {TABLE}");
+        let a = Ipv4Addr::from(addr);
+        let n = self.hairpins.entry(addr).or_default();
+        if add {
+            *n += 1;
+            if *n == 1 {
+                self.line(format!("add element {t} hairpin {{ {a} . {a} }}"));
+            }
+        } else {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.hairpins.remove(&addr);
+                self.line(format!("delete element {t} hairpin {{ {a} . {a} }}"));
+            }
+        }
+    }
+
+    /// Appends the commands that take service port `key` from `programmed[key]` to `want`: map
+    /// elements that go away first, then chains, then new elements (which may point at them), then
+    /// chains nothing points at any more.
+    fn change(&mut self, programmed: &HashMap<ServiceKey, Entry>, key: &ServiceKey, want: Option<&Entry>) {
+        let t = format!("inet {TABLE}");
+        let old = programmed.get(key);
+        let (was, will) = (shape(old), shape(want));
+        let elem = element(key);
+        let (from, to) = (target(was, key), target(will, key));
+        let (old_slots, new_slots) = (mapped(old), mapped(want));
+        let slots = old_slots.len().max(new_slots.len());
+
+        if was == Shape::Reject && will != Shape::Reject {
+            self.line(format!("delete element {t} no-endpoint-services {{ {elem} }}"));
+        }
+        if from.is_some() && from != to {
+            self.line(format!("delete element {t} service-ips {{ {elem} }}"));
+        }
+        for i in 0..slots {
+            if old_slots.get(i).is_some() && old_slots.get(i) != new_slots.get(i) {
+                self.line(format!("delete element {t} endpoints {{ {elem} . {i} }}"));
+            }
+        }
+
+        if let Shape::Pick { count, masquerade } = will
+            && self.picks.insert((count, masquerade))
+        {
+            let chain = pick_chain(count, masquerade);
+            self.line(format!("add chain {t} {chain}"));
+            if masquerade {
+                // From outside under `externalTrafficPolicy: Cluster`: the answer must come back here.
+                self.line(format!("add rule {t} {chain} jump mark-for-masquerade"));
+            }
+            self.line(format!(
+                "add rule {t} {chain} dnat ip to ip daddr . meta l4proto . th dport . numgen random mod {count} map @endpoints"
+            ));
+        }
+        let (new_chains, new_sets) = match want {
+            Some(e) if will == Shape::Chains => self.chains(key, e),
+            _ => Default::default(),
+        };
+
+        for (i, b) in new_slots.iter().enumerate() {
+            if old_slots.get(i) != Some(b) {
+                let addr = Ipv4Addr::from(b.addr);
+                self.line(format!(
+                    "add element {t} endpoints {{ {elem} . {i} : {addr} . {} }}",
+                    b.port
+                ));
+            }
+        }
+        for b in want.map(|e| e.backends.as_slice()).unwrap_or_default() {
+            self.hairpin(b.addr, true);
+        }
+        if let Some(to) = to.as_ref().filter(|_| from != to) {
+            self.line(format!("add element {t} service-ips {{ {elem} : goto {to} }}"));
+        }
+        if will == Shape::Reject && was != Shape::Reject {
+            self.line(format!(
+                "add element {t} no-endpoint-services {{ {elem} : goto reject-chain }}"
+            ));
+        }
+        for b in old.map(|e| e.backends.as_slice()).unwrap_or_default() {
+            self.hairpin(b.addr, false);
+        }
+
+        // The old service chain (flushed first, so nothing refers to its endpoint chains and sets
+        // any more), then its endpoint chains and sets.
+        if let Some(o) = old.filter(|_| was == Shape::Chains) {
+            let svc = service_chain(key);
+            if will != Shape::Chains {
+                self.line(format!("flush chain {t} {svc}"));
+            }
+            for b in &o.backends {
+                let ep = endpoint_chain(key, b);
+                if !new_chains.contains(&ep) {
+                    self.line(format!("flush chain {t} {ep}"));
+                    self.line(format!("delete chain {t} {ep}"));
+                }
+                let set = affinity_set(key, b, o.affinity_timeout);
+                if !new_sets.contains(&set) {
+                    self.line(format!("delete set {t} {set}"));
+                }
+            }
+            if will != Shape::Chains {
+                self.line(format!("delete chain {t} {svc}"));
+            }
+        }
+    }
+
+    /// Writes (or rewrites) the service chain of an affinity port with its endpoint chains and
+    /// sets; returns their names.
+    fn chains(&mut self, key: &ServiceKey, e: &Entry) -> (BTreeSet<String>, BTreeSet<String>) {
+        let t = format!("inet {TABLE}");
+        let svc = service_chain(key);
+        let (mut chains, mut sets) = (BTreeSet::new(), BTreeSet::new());
+        self.line(format!("add chain {t} {svc}"));
+        self.line(format!("flush chain {t} {svc}"));
         if e.masquerade {
-            // From outside under `externalTrafficPolicy: Cluster`: the answer must come back here.
-            line(format!("add rule {t} {svc} jump mark-for-masquerade"));
+            self.line(format!("add rule {t} {svc} jump mark-for-masquerade"));
         }
         let mut picks = String::new();
         for (i, b) in e.backends.iter().enumerate() {
             let ep = endpoint_chain(key, b);
             let addr = Ipv4Addr::from(b.addr);
-            line(format!("add chain {t} {ep}"));
-            line(format!("flush chain {t} {ep}"));
-            line(format!(
-                "add rule {t} {ep} ip saddr {addr} jump mark-for-masquerade"
+            let set = affinity_set(key, b, e.affinity_timeout);
+            self.line(format!("add chain {t} {ep}"));
+            self.line(format!("flush chain {t} {ep}"));
+            self.line(format!(
+                "add set {t} {set} {{ type ipv4_addr ; flags dynamic,timeout ; timeout {}s ; }}",
+                e.affinity_timeout
             ));
-            if e.affinity_timeout > 0 {
-                let set = affinity_set(key, b, e.affinity_timeout);
-                line(format!(
-                    "add set {t} {set} {{ type ipv4_addr ; flags dynamic,timeout ; timeout {}s ; }}",
-                    e.affinity_timeout
-                ));
-                line(format!("add rule {t} {ep} update @{set} {{ ip saddr }}"));
-                line(format!("add rule {t} {svc} ip saddr @{set} goto {ep}"));
-                new_sets.insert(set);
-            }
-            line(format!(
+            self.line(format!("add rule {t} {ep} update @{set} {{ ip saddr }}"));
+            self.line(format!("add rule {t} {svc} ip saddr @{set} goto {ep}"));
+            self.line(format!(
                 "add rule {t} {ep} meta l4proto {} dnat ip to {addr}:{}",
                 proto_name(key.protocol),
                 b.port
             ));
             let _ = write!(picks, "{}{i} : goto {ep}", if i == 0 { "" } else { ", " });
-            new_chains.insert(ep);
+            chains.insert(ep);
+            sets.insert(set);
         }
-        line(format!(
+        self.line(format!(
             "add rule {t} {svc} numgen random mod {} vmap {{ {picks} }}",
             e.backends.len()
         ));
-        if !had_backends {
-            line(format!("add element {t} service-ips {{ {elem} : goto {svc} }}"));
-        }
-    }
-
-    // What the old entry had and the new one does not: the service chain (flushed first, so that
-    // nothing refers to the endpoint chains and sets any more), then its endpoint chains and sets.
-    if let Some(o) = old.filter(|_| had_backends) {
-        if !wants_backends {
-            line(format!("flush chain {t} {svc}"));
-        }
-        for b in &o.backends {
-            let ep = endpoint_chain(key, b);
-            if !new_chains.contains(&ep) {
-                line(format!("flush chain {t} {ep}"));
-                line(format!("delete chain {t} {ep}"));
-            }
-            if o.affinity_timeout > 0 {
-                let set = affinity_set(key, b, o.affinity_timeout);
-                if !new_sets.contains(&set) {
-                    line(format!("delete set {t} {set}"));
-                }
-            }
-        }
-        if !wants_backends {
-            line(format!("delete chain {t} {svc}"));
-        }
+        (chains, sets)
     }
 }
 
@@ -332,11 +478,31 @@ mod tests {
         s.lines().collect()
     }
 
+    fn script(n: &Nft, changes: &[(ServiceKey, Option<Entry>)]) -> String {
+        n.script(changes).s
+    }
+
+    /// `n` after `changes` went in (what `apply` records on success).
+    fn committed(n: &mut Nft, changes: &[(ServiceKey, Option<Entry>)]) -> String {
+        for (k, e) in changes {
+            match e {
+                Some(e) => n.desired.insert(*k, e.clone()),
+                None => n.desired.remove(k),
+            };
+        }
+        let tx = n.script(changes);
+        n.programmed = n.desired.clone();
+        n.picks = tx.picks;
+        n.hairpins = tx.hairpins;
+        n.rebuild = false;
+        tx.s
+    }
+
     #[test]
     fn first_transaction_rebuilds_the_table_with_every_service() {
         let mut n = Nft::new("10.96.0.0/12");
         n.desired.insert(key(), entry(&[5, 6], 0));
-        let s = n.script(&[]);
+        let s = script(&n, &[]);
         let l = lines(&s);
         assert_eq!(
             &l[..3],
@@ -349,104 +515,163 @@ mod tests {
         assert!(l.contains(
             &"add rule inet skiff filter-forward ct state new ip daddr 10.96.0.0/12 jump reject-chain"
         ));
-        assert!(l.contains(
-            &"add element inet skiff service-ips { 10.96.0.10 . tcp . 80 : goto svc-10.96.0.10-tcp-80 }"
-        ));
-        assert!(l.contains(
-            &"add rule inet skiff svc-10.96.0.10-tcp-80 numgen random mod 2 vmap { 0 : goto ep-10.96.0.10-tcp-80-10.42.0.5-8080, 1 : goto ep-10.96.0.10-tcp-80-10.42.0.6-8080 }"
-        ));
-        assert!(l.contains(&"add rule inet skiff ep-10.96.0.10-tcp-80-10.42.0.6-8080 meta l4proto tcp dnat ip to 10.42.0.6:8080"));
-        assert!(!s.contains("delete element"), "{s}");
+        let pick = "add rule inet skiff pick-2 dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 2 map @endpoints";
+        let elem = "add element inet skiff service-ips { 10.96.0.10 . tcp . 80 : goto pick-2 }";
+        assert!(l.contains(&pick) && l.contains(&elem), "{s}");
+        for (slot, last) in [(0, 5), (1, 6)] {
+            let e = format!(
+                "add element inet skiff endpoints {{ 10.96.0.10 . tcp . 80 . {slot} : 10.42.0.{last} . 8080 }}"
+            );
+            assert!(l.contains(&e.as_str()), "{e} in {s}");
+            let h = format!("add element inet skiff hairpin {{ 10.42.0.{last} . 10.42.0.{last} }}");
+            assert!(l.contains(&h.as_str()), "{h} in {s}");
+        }
+        assert!(!s.contains("delete element") && !s.contains("svc-"), "{s}");
     }
 
     #[test]
-    fn scaling_rewrites_the_service_chain_before_dropping_old_endpoints() {
+    fn an_endpoint_change_touches_only_its_elements() {
         let mut n = Nft::new("10.96.0.0/12");
-        n.rebuild = false;
-        n.programmed.insert(key(), entry(&[5, 6], 0));
-        n.desired.insert(key(), entry(&[6, 7], 0));
-        let s = n.script(&[(key(), Some(entry(&[6, 7], 0)))]);
+        committed(&mut n, &[(key(), Some(entry(&[5, 6], 0)))]);
+        let s = committed(&mut n, &[(key(), Some(entry(&[5, 7], 0)))]);
+        assert_eq!(
+            lines(&s),
+            [
+                "delete element inet skiff endpoints { 10.96.0.10 . tcp . 80 . 1 }",
+                "add element inet skiff endpoints { 10.96.0.10 . tcp . 80 . 1 : 10.42.0.7 . 8080 }",
+                "add element inet skiff hairpin { 10.42.0.7 . 10.42.0.7 }",
+                "delete element inet skiff hairpin { 10.42.0.6 . 10.42.0.6 }",
+            ]
+        );
+        // Scaling up moves the port to the next shared chain, created once.
+        let s = committed(&mut n, &[(key(), Some(entry(&[5, 7, 8], 0)))]);
         let l = lines(&s);
         let pos = |needle: &str| {
             l.iter()
                 .position(|x| *x == needle)
                 .unwrap_or_else(|| panic!("{needle} in {s}"))
         };
-        let rewrite = pos("flush chain inet skiff svc-10.96.0.10-tcp-80");
-        let dropped = pos("delete chain inet skiff ep-10.96.0.10-tcp-80-10.42.0.5-8080");
-        assert!(rewrite < dropped);
         assert!(
-            !s.contains("delete chain inet skiff ep-10.96.0.10-tcp-80-10.42.0.6-8080"),
+            pos("add chain inet skiff pick-3")
+                < pos("add element inet skiff service-ips { 10.96.0.10 . tcp . 80 : goto pick-3 }")
+        );
+        assert!(
+            pos("delete element inet skiff service-ips { 10.96.0.10 . tcp . 80 }")
+                < pos("add chain inet skiff pick-3")
+        );
+        let other = ServiceKey { port: 81, ..key() };
+        let s = committed(&mut n, &[(other, Some(entry(&[5, 7, 9], 0)))]);
+        assert!(!s.contains("add chain"), "{s}");
+        // A backend address shared by two ports stays in the hairpin set until both let it go.
+        assert!(!s.contains("hairpin { 10.42.0.5"), "{s}");
+        let s = committed(&mut n, &[(key(), None)]);
+        assert!(!s.contains("hairpin { 10.42.0.5"), "{s}");
+        assert!(
+            s.contains("delete element inet skiff hairpin { 10.42.0.8 . 10.42.0.8 }"),
             "{s}"
         );
-        // The map element already points at the service chain.
-        assert!(!s.contains("element"), "{s}");
     }
 
     #[test]
-    fn no_endpoints_moves_the_port_to_the_reject_map_and_back() {
+    fn affinity_ports_get_their_own_chains_and_lose_them_again() {
         let mut n = Nft::new("10.96.0.0/12");
-        n.rebuild = false;
-        n.programmed.insert(key(), entry(&[5], 60));
-        n.desired.insert(key(), entry(&[], 60));
-        let s = n.script(&[(key(), Some(entry(&[], 60)))]);
+        committed(&mut n, &[(key(), Some(entry(&[5, 6], 0)))]);
+        let s = committed(&mut n, &[(key(), Some(entry(&[5, 6], 60)))]);
         let l = lines(&s);
-        assert!(l.contains(&"delete element inet skiff service-ips { 10.96.0.10 . tcp . 80 }"));
-        assert!(l.contains(
-            &"add element inet skiff no-endpoint-services { 10.96.0.10 . tcp . 80 : goto reject-chain }"
-        ));
-        assert!(l.contains(&"delete set inet skiff aff-10.96.0.10-tcp-80-10.42.0.5-8080-t60"));
-        assert_eq!(l.last(), Some(&"delete chain inet skiff svc-10.96.0.10-tcp-80"));
-
-        n.programmed.insert(key(), entry(&[], 60));
-        n.desired.insert(key(), entry(&[5], 60));
-        let s = n.script(&[(key(), Some(entry(&[5], 60)))]);
-        let l = lines(&s);
-        assert_eq!(
-            l[0],
-            "delete element inet skiff no-endpoint-services { 10.96.0.10 . tcp . 80 }"
+        let pos = |needle: &str| {
+            l.iter()
+                .position(|x| *x == needle)
+                .unwrap_or_else(|| panic!("{needle} in {s}"))
+        };
+        assert!(
+            pos("delete element inet skiff endpoints { 10.96.0.10 . tcp . 80 . 0 }")
+                < pos("add chain inet skiff svc-10.96.0.10-tcp-80")
         );
         assert!(l.contains(&"add rule inet skiff svc-10.96.0.10-tcp-80 ip saddr @aff-10.96.0.10-tcp-80-10.42.0.5-8080-t60 goto ep-10.96.0.10-tcp-80-10.42.0.5-8080"));
-        assert!(l.contains(
-            &"add element inet skiff service-ips { 10.96.0.10 . tcp . 80 : goto svc-10.96.0.10-tcp-80 }"
-        ));
+        assert!(l.contains(&"add rule inet skiff ep-10.96.0.10-tcp-80-10.42.0.6-8080 meta l4proto tcp dnat ip to 10.42.0.6:8080"));
+        assert!(
+            pos(
+                "add rule inet skiff svc-10.96.0.10-tcp-80 numgen random mod 2 vmap { 0 : goto ep-10.96.0.10-tcp-80-10.42.0.5-8080, 1 : goto ep-10.96.0.10-tcp-80-10.42.0.6-8080 }"
+            ) < pos(
+                "add element inet skiff service-ips { 10.96.0.10 . tcp . 80 : goto svc-10.96.0.10-tcp-80 }"
+            )
+        );
+        assert!(!s.contains("hairpin"), "{s}");
+
+        // One endpoint goes: only its chain and set are dropped, after the service chain's rewrite.
+        let s = committed(&mut n, &[(key(), Some(entry(&[6], 60)))]);
+        let l = lines(&s);
+        let pos = |needle: &str| {
+            l.iter()
+                .position(|x| *x == needle)
+                .unwrap_or_else(|| panic!("{needle} in {s}"))
+        };
+        assert!(
+            pos("flush chain inet skiff svc-10.96.0.10-tcp-80")
+                < pos("delete chain inet skiff ep-10.96.0.10-tcp-80-10.42.0.5-8080")
+        );
+        assert!(l.contains(&"delete set inet skiff aff-10.96.0.10-tcp-80-10.42.0.5-8080-t60"));
+        assert!(
+            !s.contains("delete chain inet skiff ep-10.96.0.10-tcp-80-10.42.0.6-8080")
+                && !s.contains("service-ips"),
+            "{s}"
+        );
+
+        // Without endpoints the port is refused and every chain goes.
+        let s = committed(&mut n, &[(key(), Some(entry(&[], 60)))]);
+        assert_eq!(
+            lines(&s),
+            [
+                "delete element inet skiff service-ips { 10.96.0.10 . tcp . 80 }",
+                "add element inet skiff no-endpoint-services { 10.96.0.10 . tcp . 80 : goto reject-chain }",
+                "delete element inet skiff hairpin { 10.42.0.6 . 10.42.0.6 }",
+                "flush chain inet skiff svc-10.96.0.10-tcp-80",
+                "flush chain inet skiff ep-10.96.0.10-tcp-80-10.42.0.6-8080",
+                "delete chain inet skiff ep-10.96.0.10-tcp-80-10.42.0.6-8080",
+                "delete set inet skiff aff-10.96.0.10-tcp-80-10.42.0.6-8080-t60",
+                "delete chain inet skiff svc-10.96.0.10-tcp-80",
+            ]
+        );
+        let s = committed(&mut n, &[(key(), Some(entry(&[5], 0)))]);
+        assert_eq!(
+            lines(&s)[0],
+            "delete element inet skiff no-endpoint-services { 10.96.0.10 . tcp . 80 }"
+        );
     }
 
     #[test]
     fn removing_a_port_removes_everything_it_had() {
         let mut n = Nft::new("10.96.0.0/12");
-        n.rebuild = false;
-        n.programmed.insert(key(), entry(&[5], 0));
-        let s = n.script(&[(key(), None)]);
+        committed(&mut n, &[(key(), Some(entry(&[5], 0)))]);
+        let s = committed(&mut n, &[(key(), None)]);
         assert_eq!(
             lines(&s),
             [
                 "delete element inet skiff service-ips { 10.96.0.10 . tcp . 80 }",
-                "flush chain inet skiff svc-10.96.0.10-tcp-80",
-                "flush chain inet skiff ep-10.96.0.10-tcp-80-10.42.0.5-8080",
-                "delete chain inet skiff ep-10.96.0.10-tcp-80-10.42.0.5-8080",
-                "delete chain inet skiff svc-10.96.0.10-tcp-80",
+                "delete element inet skiff endpoints { 10.96.0.10 . tcp . 80 . 0 }",
+                "delete element inet skiff hairpin { 10.42.0.5 . 10.42.0.5 }",
             ]
         );
     }
 
     #[test]
     fn external_ports_under_cluster_policy_are_marked_for_masquerade() {
-        let mut nft = Nft::new("10.96.0.0/12");
-        nft.rebuild = false;
+        let mut n = Nft::new("10.96.0.0/12");
         let mut e = entry(&[5], 0);
         e.external = true;
         e.masquerade = true;
-        nft.desired.insert(key(), e.clone());
-        let s = nft.script(&[(key(), Some(e))]);
-        let svc = service_chain(&key());
-        let first = lines(&s)
-            .into_iter()
-            .position(|l| l.starts_with(&format!("add rule inet skiff {svc} ")))
-            .expect("a service chain rule");
+        let s = committed(&mut n, &[(key(), Some(e))]);
+        let l = lines(&s);
+        let chain = l
+            .iter()
+            .position(|x| *x == "add chain inet skiff pick-1-masq")
+            .expect("pick-1-masq");
         assert_eq!(
-            lines(&s)[first],
-            format!("add rule inet skiff {svc} jump mark-for-masquerade")
+            l[chain + 1],
+            "add rule inet skiff pick-1-masq jump mark-for-masquerade"
+        );
+        assert!(
+            l.contains(&"add element inet skiff service-ips { 10.96.0.10 . tcp . 80 : goto pick-1-masq }")
         );
     }
 }
