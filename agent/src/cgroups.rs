@@ -69,7 +69,7 @@ pub fn memory_dir(cgroups_path: &str) -> PathBuf {
 }
 
 /// Every hierarchy directory a cgroups path may have been created in.
-fn candidates(cgroups_path: &str) -> Vec<PathBuf> {
+pub fn candidates(cgroups_path: &str) -> Vec<PathBuf> {
     let rel = cgroups_path.trim_start_matches('/');
     if is_unified() {
         return vec![Path::new(ROOT).join(rel)];

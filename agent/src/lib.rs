@@ -15,3 +15,4 @@ pub mod server;
 pub mod shim;
 mod spdy;
 mod stream;
+pub mod uninstall;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use skiff_agent::{cgroups, dns, image, net, node, pods, proxy, server, shim};
+use skiff_agent::{cgroups, dns, image, net, node, pods, proxy, server, shim, uninstall};
 
 /// Skiff's node agent.
 #[derive(Debug, Parser)]
@@ -34,6 +34,9 @@ enum Command {
     /// Manages the node's images.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Removes what the agent put on this node (stop the agent first): its pods, mounts, cgroups,
+    /// eBPF pins and programs, nftables tables, routes, bridge and data directory.
+    Uninstall(uninstall::UninstallArgs),
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -282,6 +285,9 @@ fn main() {
     }
     if let Some(Command::Sandbox(args)) = cli.command {
         std::process::exit(net::sandbox_main(args));
+    }
+    if let Some(Command::Uninstall(args)) = cli.command {
+        std::process::exit(uninstall::main(args));
     }
     if let Some(Command::Image(cmd)) = cli.command {
         if let Err(e) = image_command(cmd) {

@@ -390,11 +390,44 @@ pub async fn replace_route(
     h.route().add(route).replace().execute().await
 }
 
+/// The routing protocol number the agent's routes carry (`ip route show proto 115`), so that
+/// `skiff-agent uninstall` finds them all.
+pub const ROUTE_PROTOCOL: u8 = 115;
+
+fn agent_protocol() -> rtnetlink::packet_route::route::RouteProtocol {
+    rtnetlink::packet_route::route::RouteProtocol::Other(ROUTE_PROTOCOL)
+}
+
+/// A route builder for `cidr` marked as the agent's.
+pub fn agent_route(addr: Ipv4Addr, prefix: u8) -> RouteMessageBuilder<Ipv4Addr> {
+    RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(addr, prefix)
+        .protocol(agent_protocol())
+}
+
+/// Removes every IPv4 route of the main table that carries [`ROUTE_PROTOCOL`].
+pub async fn delete_routes_of_agent(h: &Handle) -> anyhow::Result<()> {
+    use futures::TryStreamExt;
+    let mut routes = h
+        .route()
+        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .execute();
+    let mut ours = Vec::new();
+    while let Some(r) = routes.try_next().await.context("listing routes")? {
+        if r.header.protocol == agent_protocol() {
+            ours.push(r);
+        }
+    }
+    for r in ours {
+        h.route().del(r).execute().await.context("removing a route")?;
+    }
+    Ok(())
+}
+
 /// Installs (or keeps) an `unreachable` route for `cidr` in the namespace `h` talks to.
 pub async fn add_unreachable(h: &Handle, cidr: &str) -> anyhow::Result<()> {
     let (addr, prefix) = parse_cidr(cidr)?;
-    let route = RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(addr, prefix)
+    let route = agent_route(addr, prefix)
         .kind(rtnetlink::packet_route::route::RouteType::Unreachable)
         .build();
     replace_route(h, route)
@@ -408,8 +441,7 @@ pub async fn add_link_route(h: &Handle, cidr: &str, dev: &str) -> anyhow::Result
     let index = link_index(h, dev)
         .await?
         .with_context(|| format!("no link {dev}"))?;
-    let route = RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(addr, prefix)
+    let route = agent_route(addr, prefix)
         .output_interface(index)
         .scope(rtnetlink::packet_route::route::RouteScope::Link)
         .build();

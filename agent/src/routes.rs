@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use anyhow::Context;
-use rtnetlink::{Handle, RouteMessageBuilder};
+use rtnetlink::Handle;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
@@ -42,10 +42,7 @@ pub fn route_of(node: &Value, own: &str) -> Option<(String, NodeRoute)> {
 }
 
 fn message(r: &NodeRoute) -> rtnetlink::packet_route::route::RouteMessage {
-    RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(r.cidr.0, r.cidr.1)
-        .gateway(r.via)
-        .build()
+    crate::net::agent_route(r.cidr.0, r.cidr.1).gateway(r.via).build()
 }
 
 async fn add(h: &Handle, r: &NodeRoute) -> anyhow::Result<()> {

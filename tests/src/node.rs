@@ -247,6 +247,26 @@ impl Node {
         format!("{}br", self.prefix)
     }
 
+    /// The node's top-level pods cgroup (`--cgroup-root`).
+    pub fn cgroup_root(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `skiff-agent uninstall` with the flags this node's agent runs with.
+    pub fn uninstall_cmd(&self) -> Command {
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("uninstall")
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .args(["--bridge", &self.bridge(), "--cgroup-root", &self.prefix])
+            .arg("--bpf-dir")
+            .arg(self.bpf_dir());
+        if let Some(path) = self.netns_path() {
+            cmd.arg("--netns").arg(path);
+        }
+        cmd
+    }
+
     fn launch(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
