@@ -205,6 +205,33 @@ pub async fn delete_link(h: &Handle, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Removes bridge `name` with every link attached to it (the pods' host-side veths, which take
+/// their peers along): a pod's namespace that is being torn down may still hold its veth for a
+/// moment.
+pub async fn delete_bridge_and_ports(h: &Handle, name: &str) -> anyhow::Result<()> {
+    use futures::TryStreamExt;
+    use rtnetlink::packet_route::link::LinkAttribute;
+    let Some(bridge) = link_index(h, name).await? else {
+        return Ok(());
+    };
+    let mut links = h.link().get().execute();
+    let mut ports = Vec::new();
+    while let Some(l) = links.try_next().await.context("listing links")? {
+        if l.attributes
+            .iter()
+            .any(|a| matches!(a, LinkAttribute::Controller(i) if *i == bridge))
+        {
+            ports.push(l.header.index);
+        }
+    }
+    for port in ports {
+        // Gone already when its namespace went first.
+        let _ = h.link().del(port).execute().await;
+    }
+    h.link().del(bridge).execute().await?;
+    Ok(())
+}
+
 /// A pod's network: where its veth goes and what address it gets.
 #[derive(Debug, Clone, clap::Args)]
 pub struct PodNet {

@@ -240,15 +240,25 @@ fn network(args: &UninstallArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async {
-        crate::net::nft(&tables)
-            .await
-            .context("removing the nftables tables")?;
         let h = crate::net::connect()?;
         crate::net::delete_routes_of_agent(&h).await?;
-        crate::net::delete_link(&h, &args.bridge)
+        crate::net::delete_bridge_and_ports(&h, &args.bridge)
             .await
-            .with_context(|| format!("removing the bridge {}", args.bridge))
+            .with_context(|| format!("removing the bridge {}", args.bridge))?;
+        // Without nft on the host the agent made no tables either.
+        if which("nft") {
+            crate::net::nft(&tables)
+                .await
+                .context("removing the nftables tables")?;
+        }
+        Ok(())
     })
+}
+
+/// Whether `program` is on `PATH`.
+fn which(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(program).is_file()))
 }
 
 /// Removes the data directory, unless something is still mounted in it (it would be deleted
