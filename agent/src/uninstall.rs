@@ -268,11 +268,7 @@ fn remove_data(dir: &Path) -> anyhow::Result<()> {
     if !left.is_empty() {
         bail!("still mounted under it: {left:?}");
     }
-    let own_mount = std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.split(' ').nth(4).is_some_and(|p| Path::new(p) == dir));
-    if !own_mount {
+    if !crate::pods::volumes::is_mountpoint(dir) {
         return match std::fs::remove_dir_all(dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 Err(e).with_context(|| format!("removing {}", dir.display()))

@@ -42,9 +42,15 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-fn stats(mut v: Vec<f64>) -> Value {
+fn stats(v: Vec<f64>) -> Value {
+    stats_to(v, 10.0)
+}
+
+/// Sample count, p50 and p99 of `v` (ms), rounded to `1 / per_ms` ms.
+pub fn stats_to(mut v: Vec<f64>, per_ms: f64) -> Value {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    json!({"samples": v.len(), "p50_ms": (percentile(&v, 0.5) * 10.0).round() / 10.0, "p99_ms": (percentile(&v, 0.99) * 10.0).round() / 10.0})
+    let pct = |p: f64| (percentile(&v, p) * per_ms).round() / per_ms;
+    json!({"samples": v.len(), "p50_ms": pct(0.5), "p99_ms": pct(0.99)})
 }
 
 /// The test suites' one-node cluster, on release binaries.

@@ -492,16 +492,9 @@ async fn measure(host: &Host, plane: &str, n: usize) -> anyhow::Result<Measured>
     })
 }
 
-fn stats(mut v: Vec<f64>) -> Value {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    let pct = |p: f64| {
-        if v.is_empty() {
-            return 0.0;
-        }
-        let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-        (v[i.min(v.len() - 1)] * 1000.0).round() / 1000.0
-    };
-    json!({"samples": v.len(), "p50_ms": pct(0.5), "p99_ms": pct(0.99)})
+/// p50/p99 in ms to the microsecond (these latencies are tens of microseconds).
+fn stats(v: Vec<f64>) -> Value {
+    crate::pods::stats_to(v, 1000.0)
 }
 
 /// `skiff-bench proxy [SIZES...]`: every plane at every size, as JSON rows.

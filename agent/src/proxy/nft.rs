@@ -129,29 +129,25 @@ impl Nft {
     /// The transaction that brings the table from `programmed` to `desired` (`changes` name the
     /// service ports that differ).
     fn script(&self, changes: &[(ServiceKey, Option<Entry>)]) -> Tx {
+        let mut tx = Tx {
+            s: String::new(),
+            picks: BTreeSet::new(),
+            hairpins: HashMap::new(),
+        };
         if self.rebuild {
-            let mut tx = Tx {
-                s: String::new(),
-                picks: BTreeSet::new(),
-                hairpins: HashMap::new(),
-            };
             self.base(&mut tx.s);
             let empty = HashMap::new();
-            let mut keys: Vec<&ServiceKey> = self.desired.keys().collect();
-            keys.sort();
+            let keys: BTreeSet<&ServiceKey> = self.desired.keys().collect();
             for key in keys {
                 tx.change(&empty, key, self.desired.get(key));
             }
-            return tx;
-        }
-        let mut tx = Tx {
-            s: String::new(),
-            picks: self.picks.clone(),
-            hairpins: self.hairpins.clone(),
-        };
-        let keys: BTreeSet<&ServiceKey> = changes.iter().map(|(k, _)| k).collect();
-        for key in keys {
-            tx.change(&self.programmed, key, self.desired.get(key));
+        } else {
+            tx.picks = self.picks.clone();
+            tx.hairpins = self.hairpins.clone();
+            let keys: BTreeSet<&ServiceKey> = changes.iter().map(|(k, _)| k).collect();
+            for key in keys {
+                tx.change(&self.programmed, key, self.desired.get(key));
+            }
         }
         tx
     }
