@@ -35,7 +35,7 @@ pub struct Config {
     /// Resolvers for names outside the cluster domain.
     pub upstreams: Vec<SocketAddr>,
     /// The node's Service and EndpointSlice watches.
-    pub feeds: crate::proxy::Feeds,
+    pub feeds: crate::node::stream::Feeds,
 }
 
 /// What a name resolves to.

@@ -1,7 +1,9 @@
 //! skiff-agent's library: the node agent's parts, used by its binary (`main.rs`) and by the
 //! benchmarks (`skiff-bench proxy` drives the service data planes directly).
 
+mod attach;
 pub mod cgroups;
+mod channels;
 pub mod dns;
 pub mod image;
 mod ipam;

@@ -340,7 +340,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tokio::spawn(server::serve(listener, tls, args.data_dir.clone()));
     tokio::spawn(node::tunnel::run(api.clone(), args.data_dir.clone()));
     node::heartbeat::register(&api, &name, args.max_pods, &node_ip, port).await?;
-    let feeds = proxy::Feeds::new(&api);
+    let feeds = node::stream::Feeds::default();
+    tokio::spawn(node::stream::run(api.clone(), name.clone(), feeds.clone()));
     let node_ips: Vec<std::net::Ipv4Addr> = node_ip.parse().into_iter().collect();
     let mut cfg = pods::Config {
         data_dir: args.data_dir.clone(),
@@ -371,9 +372,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 } else {
                     args.dns_upstream.clone()
                 },
-                feeds: feeds.clone(),
             })
         },
+        feeds: feeds.clone(),
     };
     tracing::info!(cgroups = cgroups::mode(), "container cgroups");
     let proxy_cfg = proxy::Config {

@@ -19,7 +19,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
 use crate::server::{Body, text};
-use crate::spdy::{self, Frame};
+use crate::spdy::{self, Frame, Out};
 
 /// The SPDY sub-protocol (`X-Stream-Protocol-Version`).
 pub const PROTOCOL: &str = "portforward.k8s.io";
@@ -27,18 +27,6 @@ pub const PROTOCOL: &str = "portforward.k8s.io";
 pub const TUNNEL_PROTOCOL: &str = "SPDY/3.1+portforward.k8s.io";
 /// Bytes read from the pod per data frame.
 const CHUNK: usize = 32 * 1024;
-/// Received bytes acknowledged with one WINDOW_UPDATE (half SPDY/3.1's initial 64 KiB window).
-const WINDOW_STEP: u32 = 32 * 1024;
-
-/// What the connection's writer sends.
-#[derive(Debug)]
-enum Out {
-    Reply(u32),
-    Data(u32, Bytes, bool),
-    Reset(u32),
-    Ping(u32),
-    Window(u32, u32),
-}
 
 /// `/portForward/NS/POD` with a SPDY or WebSocket upgrade.
 pub fn handle(
@@ -163,28 +151,10 @@ where
 {
     let (rd, wr) = tokio::io::split(io);
     let mut reader = spdy::Reader::new(rd);
-    let (out, mut out_rx) = mpsc::channel::<Out>(64);
-    let writer = tokio::spawn(async move {
-        let mut w = spdy::Writer::new(wr);
-        let _ = w.settings().await;
-        while let Some(o) = out_rx.recv().await {
-            let sent = match o {
-                Out::Reply(id) => w.syn_reply(id).await,
-                Out::Data(id, data, fin) => w.data(id, &data, fin).await,
-                Out::Reset(id) => w.rst_stream(id, spdy::REFUSED_STREAM).await,
-                Out::Ping(id) => w.ping(id).await,
-                Out::Window(id, n) => w.window_update(id, n).await,
-            };
-            if sent.is_err() {
-                break;
-            }
-        }
-        let _ = w.go_away().await;
-    });
+    let (out, writer) = spdy::spawn_writer(wr);
     let mut pending: HashMap<String, Pending> = HashMap::new();
     let mut sinks: HashMap<u32, mpsc::UnboundedSender<Option<Bytes>>> = HashMap::new();
-    // Bytes received and not yet acknowledged, per stream and (id 0) for the session.
-    let mut unacked: HashMap<u32, u32> = HashMap::new();
+    let mut windows = spdy::Windows::default();
     let mut forwards = tokio::task::JoinSet::new();
     loop {
         let frame = match reader.next().await {
@@ -230,19 +200,7 @@ where
                 }
             }
             Frame::Data { id, data, fin } => {
-                // Re-open the stream's and the session's windows (SPDY/3.1 flow control) once half
-                // of a window has been received.
-                for key in [id, 0] {
-                    let n = unacked.entry(key).or_default();
-                    *n += data.len() as u32;
-                    if *n >= WINDOW_STEP {
-                        let _ = out.send(Out::Window(key, *n)).await;
-                        *n = 0;
-                    }
-                }
-                if fin {
-                    unacked.remove(&id);
-                }
+                windows.received(id, data.len(), fin, &out).await;
                 if let Some(tx) = sinks.get(&id) {
                     if !data.is_empty() {
                         let _ = tx.send(Some(data));
@@ -256,7 +214,7 @@ where
             Frame::RstStream { id } => {
                 // Dropping the sender ends the connection's upload side.
                 sinks.remove(&id);
-                unacked.remove(&id);
+                windows.reset(id);
             }
             Frame::Ping { id } => {
                 let _ = out.send(Out::Ping(id)).await;

@@ -12,8 +12,7 @@ use rtnetlink::Handle;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use crate::node::client::ApiClient;
-use crate::node::watch::{Event, reflect};
+use crate::node::watch::Event;
 
 /// One route to another node's pods.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,10 +61,12 @@ async fn remove(h: &Handle, r: &NodeRoute) -> anyhow::Result<()> {
 
 /// Keeps the routes to other nodes' pods until the process ends. `masquerade_table` names the
 /// node's masquerade table whose `pod-cidrs` set gets each range (when the agent masquerades).
-pub async fn run(api: ApiClient, own: String, masquerade_table: Option<String>) -> anyhow::Result<()> {
+pub async fn run(
+    mut rx: mpsc::Receiver<Event>,
+    own: String,
+    masquerade_table: Option<String>,
+) -> anyhow::Result<()> {
     let h = crate::net::connect()?;
-    let (tx, mut rx) = mpsc::channel(256);
-    tokio::spawn(reflect(api, "/api/v1/nodes".into(), tx));
     let mut have: BTreeMap<String, NodeRoute> = BTreeMap::new();
     let mut nodes: BTreeMap<String, Value> = BTreeMap::new();
     while let Some(ev) = rx.recv().await {

@@ -165,6 +165,10 @@ async fn handle(data_dir: &Path, mut req: Request<hyper::body::Incoming>) -> Res
             let pairs = crate::stream::query_pairs(req.uri().query().unwrap_or(""));
             crate::stream::exec(data_dir, &mut req, ns, pod, container, &pairs)
         }
+        ["attach", ns, pod, container] => {
+            let pairs = crate::stream::query_pairs(req.uri().query().unwrap_or(""));
+            crate::stream::attach(data_dir, &mut req, ns, pod, container, &pairs)
+        }
         ["portForward", ns, pod] => crate::portforward::handle(data_dir, &mut req, ns, pod),
         ["containerLogs", ns, pod, container] => logs(data_dir, ns, pod, container, &query(&req)).await,
         _ => text(StatusCode::NOT_FOUND, "404 page not found"),

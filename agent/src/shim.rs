@@ -54,6 +54,15 @@ pub struct ShimArgs {
     /// OOM score adjustment of the container's process.
     #[arg(long, allow_hyphen_values = true)]
     pub oom_score_adj: Option<i32>,
+    /// The container reads stdin, which attached clients write (`stdin: true`).
+    #[arg(long)]
+    pub stdin: bool,
+    /// Stdin ends when the first attached client leaves (`stdinOnce: true`).
+    #[arg(long)]
+    pub stdin_once: bool,
+    /// The container's stdio is a terminal (`tty: true`).
+    #[arg(long)]
+    pub tty: bool,
 }
 
 /// Written once the container's process runs.
@@ -183,6 +192,8 @@ impl Log {
 struct Stream {
     fd: OwnedFd,
     name: &'static str,
+    /// The attach channel of this stream.
+    channel: u8,
     pending: Vec<u8>,
     open: bool,
 }
@@ -191,7 +202,7 @@ struct Stream {
 const MAX_LINE: usize = 16 * 1024;
 
 impl Stream {
-    fn read(&mut self, log: &mut Log) -> bool {
+    fn read(&mut self, log: &mut Log, attach: Option<&mut crate::attach::Server>) -> bool {
         let mut buf = [0u8; 32 * 1024];
         match nix::unistd::read(self.fd.as_raw_fd(), &mut buf) {
             Ok(0) => {
@@ -200,6 +211,9 @@ impl Stream {
                 false
             }
             Ok(n) => {
+                if let Some(attach) = attach {
+                    attach.output(self.channel, &buf[..n]);
+                }
                 self.pending.extend_from_slice(&buf[..n]);
                 self.flush(log, false);
                 true
@@ -258,13 +272,36 @@ fn run(args: &ShimArgs) -> anyhow::Result<()> {
     let mut log = Log::open(&args.log, args.log_max_size, args.log_max_files)
         .with_context(|| format!("opening {}", args.log.display()))?;
     let devnull = OpenOptions::new().read(true).write(true).open("/dev/null")?;
-    let (out_r, out_w) = nix::unistd::pipe()?;
-    let (err_r, err_w) = nix::unistd::pipe()?;
-    // The container inherits fds 0-2 when libcontainer forks it.
-    nix::unistd::dup2(devnull.as_raw_fd(), 0)?;
-    nix::unistd::dup2(out_w.as_raw_fd(), 1)?;
-    nix::unistd::dup2(err_w.as_raw_fd(), 2)?;
-    drop((out_w, err_w));
+    // The container inherits fds 0-2 when libcontainer forks it: a terminal's slave side for all
+    // three, or pipes (and /dev/null as stdin unless it reads stdin).
+    let mut outputs: Vec<(OwnedFd, &'static str, u8)> = Vec::new();
+    let mut stdin_w: Option<OwnedFd> = None;
+    let mut tty_master: Option<OwnedFd> = None;
+    if args.tty {
+        let pty = nix::pty::openpty(None, None)?;
+        for fd in 0..3 {
+            nix::unistd::dup2(pty.slave.as_raw_fd(), fd)?;
+        }
+        if args.stdin {
+            stdin_w = Some(pty.master.try_clone()?);
+        }
+        outputs.push((pty.master.try_clone()?, "stdout", crate::attach::STDOUT));
+        tty_master = Some(pty.master);
+    } else {
+        let (out_r, out_w) = nix::unistd::pipe()?;
+        let (err_r, err_w) = nix::unistd::pipe()?;
+        if args.stdin {
+            let (in_r, in_w) = nix::unistd::pipe()?;
+            nix::unistd::dup2(in_r.as_raw_fd(), 0)?;
+            stdin_w = Some(in_w);
+        } else {
+            nix::unistd::dup2(devnull.as_raw_fd(), 0)?;
+        }
+        nix::unistd::dup2(out_w.as_raw_fd(), 1)?;
+        nix::unistd::dup2(err_w.as_raw_fd(), 2)?;
+        outputs.push((out_r, "stdout", crate::attach::STDOUT));
+        outputs.push((err_r, "stderr", crate::attach::STDERR));
+    }
 
     // The container inherits the score from its parent at fork; the shim takes its own back after.
     // Lowering it needs CAP_SYS_RESOURCE, which a restricted host may withhold: then it stays as is.
@@ -290,9 +327,11 @@ fn run(args: &ShimArgs) -> anyhow::Result<()> {
                 .build()
         });
     let started = created.and_then(|mut c| c.start().map(|()| c));
-    // Our copies of the write ends go, so the pipes reach EOF when the container's processes close them.
-    nix::unistd::dup2(devnull.as_raw_fd(), 1)?;
-    nix::unistd::dup2(devnull.as_raw_fd(), 2)?;
+    // Our copies of the container's ends go, so the pipes (or the terminal) reach EOF when the
+    // container's processes close them.
+    for fd in 0..3 {
+        nix::unistd::dup2(devnull.as_raw_fd(), fd)?;
+    }
     let mut container = started.map_err(|e| anyhow::anyhow!("{e}"))?;
     let pid = container.pid().context("the container has no pid")?;
     if let Some(own) = &own_oom {
@@ -312,26 +351,29 @@ fn run(args: &ShimArgs) -> anyhow::Result<()> {
     mask.add(Signal::SIGCHLD);
     mask.thread_block()?;
     let sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
-    let mut streams = [
-        Stream {
-            fd: out_r,
-            name: "stdout",
+    let mut streams: Vec<Stream> = outputs
+        .into_iter()
+        .map(|(fd, name, channel)| Stream {
+            fd,
+            name,
+            channel,
             pending: Vec::new(),
             open: true,
-        },
-        Stream {
-            fd: err_r,
-            name: "stderr",
-            pending: Vec::new(),
-            open: true,
-        },
-    ];
+        })
+        .collect();
+    // Attaching is best effort: the container runs whether or not its socket could be made (then
+    // `kubectl attach` finds no socket, and a stdin nobody can write is closed).
+    let mut attach = crate::attach::Server::bind(&args.status_dir, stdin_w, args.stdin_once, tty_master).ok();
     let mut status = reap(pid)?;
     while status.is_none() || streams.iter().any(|s| s.open) {
         let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
         let open: Vec<usize> = (0..streams.len()).filter(|&i| streams[i].open).collect();
         for &i in &open {
             fds.push(PollFd::new(streams[i].fd.as_fd(), PollFlags::POLLIN));
+        }
+        let attach_at = fds.len();
+        if let Some(a) = &attach {
+            fds.extend(a.poll_fds());
         }
         // Once the process is gone, what remains in the pipes is drained; a grandchild that keeps
         // them open does not keep the shim (and the pod) waiting longer than a moment.
@@ -357,8 +399,11 @@ fn run(args: &ShimArgs) -> anyhow::Result<()> {
         }
         for (k, &i) in open.iter().enumerate() {
             if ready[k + 1] {
-                streams[i].read(&mut log);
+                streams[i].read(&mut log, attach.as_mut());
             }
+        }
+        if let Some(a) = attach.as_mut() {
+            a.handle(&ready[attach_at..]);
         }
         if n == 0 && status.is_some() {
             for s in &mut streams {
@@ -369,6 +414,8 @@ fn run(args: &ShimArgs) -> anyhow::Result<()> {
     }
     let (exit_code, signal) = status.unwrap_or((128, None));
     let oom_killed = signal == Some(Signal::SIGKILL as i32) && oom_kills(args.memory_cgroup.as_deref()) > 0;
+    drop(attach);
+    let _ = std::fs::remove_file(args.status_dir.join(crate::attach::SOCKET));
     let _ = container.delete(true);
     write_json(
         &args.status_dir,

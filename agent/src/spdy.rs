@@ -315,6 +315,81 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
     }
 }
 
+/// What a session's writer task sends.
+#[derive(Debug)]
+pub enum Out {
+    /// SYN_REPLY: the stream is accepted.
+    Reply(u32),
+    /// Data on a stream, the last of it with the flag.
+    Data(u32, Bytes, bool),
+    /// RST_STREAM: the stream is refused.
+    Reset(u32),
+    /// A ping's answer.
+    Ping(u32),
+    /// WINDOW_UPDATE of a stream (0: the session).
+    Window(u32, u32),
+}
+
+/// Starts the task that writes a session's frames: SETTINGS, then what arrives on the returned
+/// sender, then GOAWAY once every sender is gone (or the connection fails).
+pub fn spawn_writer<W>(wr: W) -> (tokio::sync::mpsc::Sender<Out>, tokio::task::JoinHandle<()>)
+where
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let (out, mut rx) = tokio::sync::mpsc::channel::<Out>(64);
+    let writer = tokio::spawn(async move {
+        let mut w = Writer::new(wr);
+        let _ = w.settings().await;
+        while let Some(o) = rx.recv().await {
+            let sent = match o {
+                Out::Reply(id) => w.syn_reply(id).await,
+                Out::Data(id, data, fin) => w.data(id, &data, fin).await,
+                Out::Reset(id) => w.rst_stream(id, REFUSED_STREAM).await,
+                Out::Ping(id) => w.ping(id).await,
+                Out::Window(id, n) => w.window_update(id, n).await,
+            };
+            if sent.is_err() {
+                break;
+            }
+        }
+        let _ = w.go_away().await;
+    });
+    (out, writer)
+}
+
+/// Received bytes acknowledged with one WINDOW_UPDATE (half SPDY/3.1's initial 64 KiB window).
+const WINDOW_STEP: u32 = 32 * 1024;
+
+/// SPDY/3.1 flow control of what the peer sends: its stream's and the session's windows are
+/// re-opened once half of a window has been received.
+#[derive(Debug, Default)]
+pub struct Windows {
+    /// Bytes received and not yet acknowledged, per stream and (id 0) for the session.
+    unacked: std::collections::HashMap<u32, u32>,
+}
+
+impl Windows {
+    /// Counts `len` bytes received on stream `id` (its last with `fin`).
+    pub async fn received(&mut self, id: u32, len: usize, fin: bool, out: &tokio::sync::mpsc::Sender<Out>) {
+        for key in [id, 0] {
+            let n = self.unacked.entry(key).or_default();
+            *n += len as u32;
+            if *n >= WINDOW_STEP {
+                let _ = out.send(Out::Window(key, *n)).await;
+                *n = 0;
+            }
+        }
+        if fin {
+            self.unacked.remove(&id);
+        }
+    }
+
+    /// Forgets stream `id`.
+    pub fn reset(&mut self, id: u32) {
+        self.unacked.remove(&id);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

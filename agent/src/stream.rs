@@ -1,20 +1,20 @@
-//! `kubectl exec` (and `kubectl cp`, which execs tar) on the agent: the WebSocket channel protocol
-//! (`v5.channel.k8s.io`, `v4.channel.k8s.io`) over an upgraded HTTPS connection that the API server
-//! forwards byte for byte. Each message is a channel byte (0 stdin, 1 stdout, 2 stderr, 3 status,
-//! 4 resize, 255 close in v5) followed by data. The command runs through `skiff-agent exec`.
+//! `kubectl exec` (and `kubectl cp`, which execs tar) and `kubectl attach` on the agent: the WebSocket
+//! channel protocol (`v5.channel.k8s.io`, `v4.channel.k8s.io`) over an upgraded HTTPS connection that
+//! the API server forwards byte for byte. Each message is a channel byte (0 stdin, 1 stdout, 2 stderr,
+//! 3 status, 4 resize, 255 close in v5) followed by data. An exec'd command runs through
+//! `skiff-agent exec`; an attach joins the container's shim through its socket ([`crate::attach`]).
 
 use std::path::Path;
 
 use base64::Engine;
 use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
+use crate::channels::{Channels, Wanted};
 use crate::server::{Body, text};
 
 const PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
@@ -33,8 +33,13 @@ pub fn pod_dir(data_dir: &Path, ns: &str, pod: &str) -> Option<std::path::PathBu
         })
 }
 
-/// A running container of a pod on this node: (libcontainer id).
+/// A running container of a pod on this node: its libcontainer id.
 fn running_container(data_dir: &Path, ns: &str, pod: &str, container: &str) -> Option<String> {
+    std::fs::read_to_string(running_attempt(data_dir, ns, pod, container)?.join("id")).ok()
+}
+
+/// The directory of a running container's current attempt (`containers/<name>/<n>`).
+fn running_attempt(data_dir: &Path, ns: &str, pod: &str, container: &str) -> Option<std::path::PathBuf> {
     let dir = pod_dir(data_dir, ns, pod)?.join("containers").join(container);
     let latest = std::fs::read_dir(&dir)
         .ok()?
@@ -45,7 +50,7 @@ fn running_container(data_dir: &Path, ns: &str, pod: &str, container: &str) -> O
     if attempt.join("status/exit.json").exists() || !attempt.join("status/started.json").exists() {
         return None;
     }
-    std::fs::read_to_string(attempt.join("id")).ok()
+    Some(attempt)
 }
 
 /// `Sec-WebSocket-Accept` for a client's `Sec-WebSocket-Key`.
@@ -56,7 +61,131 @@ pub fn accept_key(key: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(ctx.finish().as_ref())
 }
 
-/// `GET /exec/NS/POD/CONTAINER?command=...&stdin=..&stdout=..&stderr=..&tty=..` with a WebSocket upgrade.
+/// How a client upgrades its connection.
+#[derive(Debug, Clone, Copy)]
+enum Upgrade {
+    /// WebSocket with this channel protocol.
+    Ws(&'static str),
+    /// SPDY/3.1 streams.
+    Spdy,
+}
+
+/// The upgrade a request asks for that this node speaks, or the status and reason to refuse it.
+fn negotiate(req: &Request<hyper::body::Incoming>, what: &str) -> Result<Upgrade, (StatusCode, String)> {
+    let header = |n: &str| crate::server::header(req, n);
+    let upgrade = header("upgrade");
+    if upgrade.eq_ignore_ascii_case("websocket") {
+        let offered = header("sec-websocket-protocol");
+        return PROTOCOLS
+            .iter()
+            .find(|p| offered.split(',').any(|o| o.trim() == **p))
+            .map(|p| Upgrade::Ws(p))
+            .ok_or_else(|| {
+                (
+                    StatusCode::BAD_REQUEST,
+                    format!("unsupported subprotocols {offered:?}; this node speaks {PROTOCOLS:?}"),
+                )
+            });
+    }
+    if upgrade.eq_ignore_ascii_case("SPDY/3.1") {
+        let offered: Vec<&str> = req
+            .headers()
+            .get_all("x-stream-protocol-version")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        return crate::channels::spdy_protocol(offered.iter().copied())
+            .map(|_| Upgrade::Spdy)
+            .ok_or_else(|| {
+                (
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "unable to upgrade: unable to negotiate protocol: client supports {offered:?}, server supports [{}]",
+                        crate::channels::SPDY_PROTOCOL
+                    ),
+                )
+            });
+    }
+    Err((
+        StatusCode::BAD_REQUEST,
+        format!("{what} needs a WebSocket (v5.channel.k8s.io) or SPDY/3.1 upgrade"),
+    ))
+}
+
+/// Accepts the upgrade and runs `session` on the client's channels.
+fn upgrade<F, Fut>(
+    req: &mut Request<hyper::body::Incoming>,
+    how: Upgrade,
+    wanted: Wanted,
+    session: F,
+) -> Response<Body>
+where
+    F: FnOnce(Channels) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let key = crate::server::header(req, "sec-websocket-key");
+    let on_upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else { return };
+        let io = TokioIo::new(upgraded);
+        let conn = match how {
+            Upgrade::Ws(protocol) => Channels::Ws {
+                ws: Box::new(
+                    tokio_tungstenite::WebSocketStream::from_raw_socket(io, Role::Server, None).await,
+                ),
+                v5: protocol == PROTOCOLS[0],
+            },
+            Upgrade::Spdy => match crate::channels::Spdy::accept(io, wanted).await {
+                Ok(s) => Channels::Spdy(s),
+                Err(e) => {
+                    tracing::debug!(error = %e, "SPDY session set-up failed");
+                    return;
+                }
+            },
+        };
+        if let Err(e) = session(conn).await {
+            tracing::debug!(error = %e, "stream session ended with an error");
+        }
+    });
+    let mut r = Response::new(crate::server::empty());
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert("connection", hyper::header::HeaderValue::from_static("Upgrade"));
+    match how {
+        Upgrade::Ws(protocol) => {
+            h.insert("upgrade", hyper::header::HeaderValue::from_static("websocket"));
+            if let Ok(v) = hyper::header::HeaderValue::from_str(&accept_key(&key)) {
+                h.insert("sec-websocket-accept", v);
+            }
+            h.insert(
+                "sec-websocket-protocol",
+                hyper::header::HeaderValue::from_static(protocol),
+            );
+        }
+        Upgrade::Spdy => {
+            h.insert("upgrade", hyper::header::HeaderValue::from_static("SPDY/3.1"));
+            h.insert(
+                "x-stream-protocol-version",
+                hyper::header::HeaderValue::from_static(crate::channels::SPDY_PROTOCOL),
+            );
+        }
+    }
+    r
+}
+
+/// The streams a request's query asks for.
+fn wanted(query: &[(String, String)]) -> Wanted {
+    let flag = |k: &str| query.iter().any(|(q, v)| q == k && (v == "true" || v == "1"));
+    Wanted {
+        stdin: flag("stdin"),
+        stdout: flag("stdout"),
+        stderr: flag("stderr"),
+        tty: flag("tty"),
+    }
+}
+
+/// `GET /exec/NS/POD/CONTAINER?command=...&stdin=..&stdout=..&stderr=..&tty=..` with a WebSocket or
+/// SPDY upgrade.
 pub fn exec(
     data_dir: &Path,
     req: &mut Request<hyper::body::Incoming>,
@@ -65,22 +194,9 @@ pub fn exec(
     container: &str,
     query: &[(String, String)],
 ) -> Response<Body> {
-    let header = |n: &str| crate::server::header(req, n);
-    if !header("upgrade").eq_ignore_ascii_case("websocket") {
-        return text(
-            StatusCode::BAD_REQUEST,
-            "exec needs a WebSocket upgrade (v5.channel.k8s.io)",
-        );
-    }
-    let offered = header("sec-websocket-protocol");
-    let Some(protocol) = PROTOCOLS
-        .iter()
-        .find(|p| offered.split(',').any(|o| o.trim() == **p))
-    else {
-        return text(
-            StatusCode::BAD_REQUEST,
-            format!("unsupported subprotocols {offered:?}; this node speaks {PROTOCOLS:?}"),
-        );
+    let how = match negotiate(req, "exec") {
+        Ok(h) => h,
+        Err((code, refused)) => return text(code, refused),
     };
     let Some(id) = running_container(data_dir, ns, pod, container) else {
         return text(
@@ -88,8 +204,6 @@ pub fn exec(
             format!("container {container} is not running in pod {ns}/{pod} on this node"),
         );
     };
-    let get = |k: &str| query.iter().find(|(q, _)| q == k).map(|(_, v)| v.as_str());
-    let flag = |k: &str| get(k).is_some_and(|v| v == "true" || v == "1");
     let command: Vec<String> = query
         .iter()
         .filter(|(k, _)| k == "command")
@@ -98,43 +212,96 @@ pub fn exec(
     if command.is_empty() {
         return text(StatusCode::BAD_REQUEST, "you must specify at least 1 command");
     }
-    let opts = Opts {
-        stdin: flag("stdin"),
-        tty: flag("tty"),
-        v5: *protocol == PROTOCOLS[0],
-    };
-    let key = header("sec-websocket-key");
-    let on_upgrade = hyper::upgrade::on(req);
+    let wanted = wanted(query);
     let root = data_dir.join("run");
-    tokio::spawn(async move {
-        let Ok(upgraded) = on_upgrade.await else { return };
-        let ws =
-            tokio_tungstenite::WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None)
-                .await;
-        if let Err(e) = session(ws, &root, &id, command, opts).await {
-            tracing::debug!(error = %e, "exec session ended with an error");
-        }
-    });
-    let mut r = Response::new(crate::server::empty());
-    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = r.headers_mut();
-    h.insert("upgrade", hyper::header::HeaderValue::from_static("websocket"));
-    h.insert("connection", hyper::header::HeaderValue::from_static("Upgrade"));
-    if let Ok(v) = hyper::header::HeaderValue::from_str(&accept_key(&key)) {
-        h.insert("sec-websocket-accept", v);
-    }
-    h.insert(
-        "sec-websocket-protocol",
-        hyper::header::HeaderValue::from_static(protocol),
-    );
-    r
+    upgrade(req, how, wanted, move |conn| async move {
+        session(conn, &root, &id, command, wanted).await
+    })
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Opts {
-    stdin: bool,
-    tty: bool,
-    v5: bool,
+/// `GET /attach/NS/POD/CONTAINER?stdin=..&stdout=..&stderr=..&tty=..` with a WebSocket or SPDY
+/// upgrade.
+pub fn attach(
+    data_dir: &Path,
+    req: &mut Request<hyper::body::Incoming>,
+    ns: &str,
+    pod: &str,
+    container: &str,
+    query: &[(String, String)],
+) -> Response<Body> {
+    let how = match negotiate(req, "attach") {
+        Ok(h) => h,
+        Err((code, refused)) => return text(code, refused),
+    };
+    let Some(attempt) = running_attempt(data_dir, ns, pod, container) else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("container {container} is not running in pod {ns}/{pod} on this node"),
+        );
+    };
+    let wanted = wanted(query);
+    upgrade(req, how, wanted, move |conn| async move {
+        attach_session(conn, &attempt.join("status"), wanted).await
+    })
+}
+
+/// Joins a client to the container's shim until either side ends.
+async fn attach_session(mut conn: Channels, status_dir: &Path, wanted: Wanted) -> anyhow::Result<()> {
+    use crate::attach::{CLOSE_STDIN, RESIZE, STDIN, frame, parse_resize, read_frame};
+    let (mut from_shim, mut to_shim) = crate::attach::connect(status_dir).await?.into_split();
+    // Frames are read on their own task: a read cut short by the other branch would lose its place.
+    let (tx, mut output) = tokio::sync::mpsc::channel::<(u8, Vec<u8>)>(16);
+    let reader = tokio::spawn(async move {
+        while let Ok(Some(f)) = read_frame(&mut from_shim).await {
+            if tx.send(f).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut ended = false;
+    loop {
+        tokio::select! {
+            msg = conn.recv() => match msg {
+                Some((channel, data)) => {
+                    let sent = match channel {
+                        0 if wanted.stdin => Some(frame(STDIN, &data)),
+                        4 => parse_resize(&data).map(|(w, h)| {
+                            let mut size = w.to_be_bytes().to_vec();
+                            size.extend_from_slice(&h.to_be_bytes());
+                            frame(RESIZE, &size)
+                        }),
+                        crate::channels::CLOSE => Some(frame(CLOSE_STDIN, &[])),
+                        _ => None,
+                    };
+                    if let Some(f) = sent {
+                        to_shim.write_all(&f).await?;
+                    }
+                }
+                // Leaving closes the socket; the shim ends a `stdinOnce` container's stdin.
+                None => break,
+            },
+            out = output.recv() => match out {
+                Some((channel @ (1 | 2), data)) => {
+                    let on = if channel == 1 { wanted.stdout } else { wanted.stderr };
+                    if on || wanted.tty {
+                        conn.send(channel, &data).await?;
+                    }
+                }
+                Some(_) => {}
+                None => {
+                    // The container ended: the session ends as a successful one.
+                    conn.send(3, status(Some(0), &[]).to_string().as_bytes()).await?;
+                    ended = true;
+                    break;
+                }
+            },
+        }
+    }
+    reader.abort();
+    if ended {
+        conn.close().await;
+    }
+    Ok(())
 }
 
 /// The status message kubectl turns into its exit code.
@@ -153,16 +320,13 @@ fn status(code: Option<i32>, command: &[String]) -> Value {
     }
 }
 
-async fn session<S>(
-    mut ws: tokio_tungstenite::WebSocketStream<S>,
+async fn session(
+    mut conn: Channels,
     root: &Path,
     id: &str,
     command: Vec<String>,
-    opts: Opts,
-) -> anyhow::Result<()>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
+    opts: Wanted,
+) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
     let mut cmd = tokio::process::Command::new(exe);
     cmd.arg("exec")
@@ -242,36 +406,33 @@ where
     let mut outputs_open = true;
     loop {
         tokio::select! {
-            msg = ws.next() => match msg {
-                Some(Ok(Message::Binary(data))) if !data.is_empty() => match data[0] {
-                    0 => {
-                        if let Some(w) = stdin.as_mut() {
-                            let _ = w.write_all(&data[1..]).await;
-                        } else if let Some(w) = pty_writer.as_mut() {
-                            let _ = w.write_all(&data[1..]).await;
-                        }
+            msg = conn.recv() => match msg {
+                Some((0, data)) => {
+                    if let Some(w) = stdin.as_mut() {
+                        let _ = w.write_all(&data).await;
+                    } else if let Some(w) = pty_writer.as_mut() {
+                        let _ = w.write_all(&data).await;
                     }
-                    255 if opts.v5 && data.get(1) == Some(&0) => {
-                        stdin.take();
+                }
+                Some((crate::channels::CLOSE, _)) => {
+                    stdin.take();
+                }
+                Some((4, data)) => {
+                    if let (Some(tty), Some((width, height))) = (pty_writer.as_ref(), crate::attach::parse_resize(&data)) {
+                        let _ = crate::attach::set_size(tty, width, height);
                     }
-                    _ => {}
-                },
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
+                }
+                Some(_) => {}
+                None => {
                     stdin.take();
                     if exit.is_none() {
                         let _ = child.start_kill();
                     }
                     break;
                 }
-                _ => {}
             },
             out = rx.recv(), if outputs_open => match out {
-                Some((channel, data)) => {
-                    let mut frame = Vec::with_capacity(data.len() + 1);
-                    frame.push(channel);
-                    frame.extend_from_slice(&data);
-                    ws.send(Message::Binary(frame.into())).await?;
-                }
+                Some((channel, data)) => conn.send(channel, &data).await?,
                 None => outputs_open = false,
             },
             ended = child.wait(), if exit.is_none() => {
@@ -281,20 +442,11 @@ where
                     let _ = tokio::time::timeout(std::time::Duration::from_millis(500), r).await;
                 }
                 while let Ok((channel, data)) = rx.try_recv() {
-                    let mut frame = vec![channel];
-                    frame.extend_from_slice(&data);
-                    ws.send(Message::Binary(frame.into())).await?;
+                    conn.send(channel, &data).await?;
                 }
-                let mut frame = vec![3u8];
-                frame.extend_from_slice(status(exit.flatten(), &command).to_string().as_bytes());
-                ws.send(Message::Binary(frame.into())).await?;
-                // A normal closure (1000): kubectl treats a close without a code as an error.
-                let frame = tokio_tungstenite::tungstenite::protocol::CloseFrame {
-                    code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,
-                    reason: "".into(),
-                };
-                let _ = ws.close(Some(frame)).await;
-                break;
+                conn.send(3, status(exit.flatten(), &command).to_string().as_bytes()).await?;
+                conn.close().await;
+                return Ok(());
             }
         }
     }

@@ -34,6 +34,11 @@ struct Args {
     /// `Ready=Unknown` and tainted unreachable.
     #[arg(long, default_value = "40s", value_parser = parse_duration)]
     node_monitor_grace_period: std::time::Duration,
+    /// How long a node agent's stream lasts at least before the control plane ends it (it ends
+    /// between this and twice this, like the API server's watches); the agent resumes at once
+    /// from its last revision, which spreads agents over the members of an HA control plane.
+    #[arg(long, default_value = "30m", value_parser = parse_duration)]
+    node_stream_timeout: std::time::Duration,
     /// The range pod addresses come from; each node gets a share (empty: no allocation).
     #[arg(long, default_value = "10.42.0.0/16")]
     cluster_cidr: String,
@@ -101,6 +106,7 @@ async fn run() -> anyhow::Result<()> {
 
     let mut app = App::new(store.clone(), cidr);
     app.node_grace = args.node_monitor_grace_period;
+    app.node_stream_timeout = args.node_stream_timeout;
     if !args.cluster_cidr.is_empty() {
         app.cluster_cidr = Some(
             skiff_control::controllers::node_ipam::ClusterCidr::parse(

@@ -1,6 +1,6 @@
 //! Skiff's gRPC contracts, generated from the `.proto` files in `proto/proto`.
 //!
-//! Each contract is versioned in its package name (`skiff.raft.v1`); changes are additive only.
+//! Each contract is versioned in its package name (`skiff.raft.v1`, `skiff.node.v1`); changes are additive only.
 
 /// Raft transport between control-plane store members.
 pub mod raft {
@@ -8,5 +8,14 @@ pub mod raft {
     #[allow(missing_docs, missing_debug_implementations, clippy::all)]
     pub mod v1 {
         tonic::include_proto!("skiff.raft.v1");
+    }
+}
+
+/// The node agent's stream from the control plane.
+pub mod node {
+    /// Version 1 of the node contract.
+    #[allow(missing_docs, missing_debug_implementations, clippy::all)]
+    pub mod v1 {
+        tonic::include_proto!("skiff.node.v1");
     }
 }

@@ -141,3 +141,70 @@ fn a_wrong_token_is_refused_with_one_line() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not match the node token"));
     assert!(c.fails(&["get", "node", "intruder"]).contains("not found"));
 }
+
+#[test]
+fn the_node_stream_resumes_after_the_control_plane_ends_it() {
+    // The control plane ends each node stream after 1-2 s here (30-60 min by default); the agent
+    // must carry on from its last revision without a new snapshot and miss nothing.
+    let prefix = unique_prefix();
+    let c = Control::start_with(&[
+        "--node-stream-timeout",
+        "1s",
+        "--cluster-cidr",
+        &cluster_cidr(&prefix),
+    ]);
+    let agent = Node::start(&c, &prefix);
+    assert!(wait_for_ready(&c, &agent.name, "True"), "node never became Ready");
+    let resumes = |log: &str| log.matches("node stream resumed").count();
+    let mut waited = 0;
+    while resumes(&agent.log()) < 2 && waited < 300 {
+        std::thread::sleep(Duration::from_millis(100));
+        waited += 1;
+    }
+    assert!(
+        resumes(&agent.log()) >= 2,
+        "the stream never resumed: {}",
+        agent.log()
+    );
+    // A pod bound to the node after the resumes reaches it (its status comes from the agent) ...
+    c.ok_stdin(
+        &["apply", "-f", "-"],
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: late}}\nspec:\n  nodeName: {}\n  containers: [{{name: late, image: \"Bad/Image:1\"}}]\n",
+            agent.name
+        ),
+    );
+    let mut reason = String::new();
+    for _ in 0..300 {
+        reason = c
+            .kubectl(&[
+                "get",
+                "pod",
+                "late",
+                "-o",
+                "jsonpath={.status.containerStatuses[0].state.waiting.reason}",
+            ])
+            .stdout
+            .iter()
+            .map(|&b| b as char)
+            .collect();
+        if reason == "InvalidImageName" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        reason,
+        "InvalidImageName",
+        "the agent never saw the pod: {}",
+        agent.log()
+    );
+    // ... and so does its deletion, which the agent confirms.
+    c.ok(&["delete", "pod", "late", "--timeout=60s"]);
+    let log = agent.log();
+    assert_eq!(
+        log.matches("node stream started with a snapshot").count(),
+        1,
+        "a resume needs no new snapshot: {log}"
+    );
+}

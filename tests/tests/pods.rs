@@ -168,6 +168,114 @@ fn pods_run_log_restart_and_clean_up() {
     let err = k.c.fails(&["exec", "hello", "-c", "nope", "--", "true"]);
     assert!(err.contains("container nope is not valid for pod hello"), "{err}");
 
+    // The same over SPDY/3.1 (kubectl's fallback, and older kubectl's only way): output, exit code,
+    // stdin, and an attach through kubectl run -i.
+    let spdy = |args: &[&str], stdin: &str| {
+        use std::io::Write;
+        let mut child =
+            k.c.kubectl_cmd(args)
+                .env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false")
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("running kubectl");
+        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        child.wait_with_output().expect("kubectl's output")
+    };
+    let out = spdy(
+        &[
+            "exec",
+            "hello",
+            "--",
+            "sh",
+            "-c",
+            "echo out; echo err >&2; exit 3",
+        ],
+        "",
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+    assert!(err.contains("err"), "{err}");
+    let out = spdy(&["exec", "-i", "hello", "--", "cat"], "through spdy\n");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "through spdy\n");
+    let out = spdy(
+        &[
+            "run",
+            "spdy-reader",
+            "-i",
+            "--rm",
+            "--restart=Never",
+            "--image",
+            &image,
+            "--",
+            "sh",
+            "-c",
+            "read line; echo got $line",
+        ],
+        "over spdy\n",
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("got over spdy"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // kubectl run -i: the container reads stdin through an attach session (stdinOnce), which ends
+    // when the container does; --rm then deletes the pod.
+    let out = k.c.ok_stdin(
+        &[
+            "run",
+            "reader",
+            "-i",
+            "--rm",
+            "--restart=Never",
+            "--image",
+            &image,
+            "--",
+            "sh",
+            "-c",
+            "read line; echo got $line",
+        ],
+        "piped in\n",
+    );
+    assert!(out.contains("got piped in"), "{out}");
+    // kubectl attach to a running container: what it writes from then on, and stdin into it; with
+    // stdinOnce its stdin ends when the session does. A terminal container gets a terminal.
+    k.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: talker}}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: talker
+    image: {image}
+    stdin: true
+    stdinOnce: true
+    command: ["sh", "-c", "while read l; do echo heard $l; echo noted $l >&2; done; echo bye"]
+  - name: term
+    image: {image}
+    tty: true
+    command: ["sh", "-c", "[ -t 0 ] && [ -t 1 ] && echo on a terminal; sleep 3600"]
+"#
+    ));
+    k.wait_pod("talker", "Running", |p| phase(p) == "Running");
+    let out =
+        k.c.ok_stdin(&["attach", "-i", "talker", "-c", "talker"], "one\ntwo\n");
+    assert!(
+        out.contains("heard one\nheard two\n") && out.contains("bye"),
+        "{out}"
+    );
+    k.wait_pod("talker", "its first container to end", |p| {
+        status(p, "talker")["state"]["terminated"]["exitCode"] == 0
+    });
+    let logs = k.c.ok(&["logs", "talker", "-c", "term"]);
+    assert_eq!(logs, "on a terminal\r\n", "a terminal's output, as logged");
+    k.c.ok(&["delete", "pod", "talker", "--grace-period=1"]);
+
     // kubectl port-forward to a server that listens on the pod's loopback only: SPDY tunneled in
     // WebSocket messages (kubectl's default), then plain SPDY (its fallback).
     k.c.ok(&[
@@ -401,7 +509,8 @@ spec:
     }
     assert!(
         !k.node.data_dir().join(format!("pods/{doomed_uid}")).exists(),
-        "the returning agent cleans up a pod deleted meanwhile"
+        "the returning agent cleans up a pod deleted meanwhile: {}",
+        k.node.log()
     );
     assert!(
         !std::path::Path::new(&format!("/proc/{doomed_pid}")).exists(),

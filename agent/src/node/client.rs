@@ -109,6 +109,26 @@ impl ApiClient {
         })
     }
 
+    /// A gRPC channel to the control plane over the same TLS (HTTP/2 only), connected lazily and
+    /// kept alive with pings so that a silently dead connection is noticed.
+    pub fn grpc_channel(&self) -> anyhow::Result<tonic::transport::Channel> {
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.enforce_http(false);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config((*self.tls).clone())
+            .https_only()
+            .enable_http2()
+            .wrap_connector(http);
+        let endpoint = tonic::transport::Endpoint::from_shared(self.server.clone())
+            .with_context(|| format!("the server address {}", self.server))?
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .http2_keep_alive_interval(std::time::Duration::from_secs(10))
+            .keep_alive_timeout(std::time::Duration::from_secs(10))
+            .keep_alive_while_idle(true);
+        Ok(endpoint.connect_with_connector_lazy(https))
+    }
+
     /// A client that trusts `ca_pem` and presents no certificate.
     pub fn anonymous(server: &str, ca_pem: &str) -> anyhow::Result<Self> {
         let config = rustls::ClientConfig::builder_with_provider(provider())

@@ -25,7 +25,7 @@ use crate::image::ImageStore;
 use crate::image::pull::Puller;
 use crate::ipam::Ipam;
 use crate::node::client::{ApiClient, status_code};
-use crate::node::watch::{Event, reflect};
+use crate::node::watch::Event;
 
 /// Node-level settings the pods share.
 #[derive(Debug, Clone)]
@@ -61,6 +61,9 @@ pub struct Config {
     pub node_routes: bool,
     /// Cluster DNS, when this node answers it.
     pub dns: Option<Dns>,
+    /// The node's stream: its pods, and the Services, EndpointSlices and Nodes that DNS and the
+    /// routes to other nodes follow.
+    pub feeds: crate::node::stream::Feeds,
 }
 
 /// Cluster DNS as the node's pods see it.
@@ -72,8 +75,6 @@ pub struct Dns {
     pub domain: String,
     /// Resolvers for other names.
     pub upstreams: Vec<std::net::SocketAddr>,
-    /// The node's Service and EndpointSlice watches the answers come from.
-    pub feeds: crate::proxy::Feeds,
 }
 
 /// How the node routes its service range.
@@ -189,9 +190,9 @@ pub async fn run(cfg: Config, api: ApiClient, ca_pem: String) -> anyhow::Result<
     setup_network(&cfg, &ipam, &cidr).await?;
     if cfg.node_routes {
         let table = cfg.masquerade.then(|| masquerade_table(&cfg));
-        let (api, own) = (api.clone(), cfg.node_name.clone());
+        let (nodes, own) = (cfg.feeds.nodes.subscribe(), cfg.node_name.clone());
         tokio::spawn(async move {
-            if let Err(e) = crate::routes::run(api, own, table).await {
+            if let Err(e) = crate::routes::run(nodes, own, table).await {
                 tracing::warn!(error = %format!("{e:#}"), "routes to other nodes' pods stopped");
             }
         });
@@ -201,7 +202,7 @@ pub async fn run(cfg: Config, api: ApiClient, ca_pem: String) -> anyhow::Result<
             domain: dns.domain.clone(),
             listen: ipam.gateway(),
             upstreams: dns.upstreams.clone(),
-            feeds: dns.feeds.clone(),
+            feeds: cfg.feeds.clone(),
         };
         tokio::spawn(async move {
             if let Err(e) = crate::dns::run(dns_cfg).await {
@@ -224,19 +225,11 @@ pub async fn run(cfg: Config, api: ApiClient, ca_pem: String) -> anyhow::Result<
     let mut workers: HashMap<String, watch::Sender<Option<Value>>> = HashMap::new();
     // Pods known from disk are adopted first: their containers keep running.
     for (uid, pod) in worker::saved_pods(&shared) {
-        let (tx, rx) = watch::channel(Some(pod));
-        tokio::spawn(worker::run(shared.clone(), uid.clone(), rx));
+        let (tx, rx) = watch::channel(Some(pod.clone()));
+        tokio::spawn(worker::run(shared.clone(), uid.clone(), pod, rx));
         workers.insert(uid, tx);
     }
-    let (tx, mut rx) = tokio::sync::mpsc::channel(256);
-    tokio::spawn(reflect(
-        shared.api.clone(),
-        format!(
-            "/api/v1/pods?fieldSelector=spec.nodeName%3D{}",
-            shared.cfg.node_name
-        ),
-        tx,
-    ));
+    let mut rx = shared.cfg.feeds.pods.subscribe();
     while let Some(event) = rx.recv().await {
         match event {
             Event::Listed(pods) => {
@@ -255,7 +248,7 @@ pub async fn run(cfg: Config, api: ApiClient, ca_pem: String) -> anyhow::Result<
             Event::Deleted(pod) => deliver(&shared, &mut workers, &uid_of(&pod), None),
         }
     }
-    anyhow::bail!("the pod watch stopped")
+    anyhow::bail!("the node stream stopped")
 }
 
 fn uid_of(pod: &Value) -> String {
@@ -315,8 +308,8 @@ fn deliver(
     }
     workers.remove(uid);
     let Some(pod) = pod else { return };
-    let (tx, rx) = watch::channel(Some(pod));
-    tokio::spawn(worker::run(shared.clone(), uid.to_string(), rx));
+    let (tx, rx) = watch::channel(Some(pod.clone()));
+    tokio::spawn(worker::run(shared.clone(), uid.to_string(), pod, rx));
     workers.insert(uid.to_string(), tx);
 }
 

@@ -138,10 +138,11 @@ fn read_json<T: serde::de::DeserializeOwned>(p: &Path) -> Option<T> {
 }
 
 /// Runs one pod's worker until its pod is gone and cleaned up.
-pub async fn run(shared: Arc<Shared>, uid: String, mut rx: watch::Receiver<Option<Value>>) {
-    let Some(initial) = rx.borrow_and_update().clone() else {
-        return;
-    };
+pub async fn run(shared: Arc<Shared>, uid: String, initial: Value, mut rx: watch::Receiver<Option<Value>>) {
+    // The pod may be gone before this task first runs; then it is cleaned up as it was last known.
+    let latest = rx.borrow_and_update().clone();
+    let mut gone = latest.is_none();
+    let initial = latest.unwrap_or(initial);
     let dir = shared.pod_dir(&uid);
     let mut pod = Pod {
         shared,
@@ -158,7 +159,6 @@ pub async fn run(shared: Arc<Shared>, uid: String, mut rx: watch::Receiver<Optio
         saved: String::new(),
     };
     pod.load();
-    let mut gone = false;
     loop {
         let wake = if gone || pod.pod["metadata"]["deletionTimestamp"].is_string() {
             match pod.terminate(gone, &mut rx).await {
@@ -976,6 +976,16 @@ impl Pod {
             .args(spec::oom_score_adj(&self.pod).map(|a| format!("--oom-score-adj={a}")))
             .arg(format!("--log-max-size={}", self.shared.cfg.log_max_size))
             .arg(format!("--log-max-files={}", self.shared.cfg.log_max_files))
+            .args(
+                [
+                    ("--stdin", "stdin"),
+                    ("--stdin-once", "stdinOnce"),
+                    ("--tty", "tty"),
+                ]
+                .into_iter()
+                .filter(|(_, field)| c[*field].as_bool() == Some(true))
+                .map(|(flag, _)| flag),
+            )
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());

@@ -14,8 +14,8 @@ use anyhow::Context as _;
 use serde_json::Value;
 use skiff_abi::ServiceKey;
 
-use crate::node::client::ApiClient;
-use crate::node::watch::{Event, Shared};
+use crate::node::stream::Feeds;
+use crate::node::watch::Event;
 use model::Entry;
 
 /// How services are implemented on this node.
@@ -127,25 +127,6 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Option<Plane>> {
                 nftables()
             }
         },
-    }
-}
-
-/// The node's shared watches of Services and EndpointSlices (the proxy and DNS both use them).
-#[derive(Debug, Clone)]
-pub struct Feeds {
-    /// `/api/v1/services`.
-    pub services: Shared,
-    /// `/apis/discovery.k8s.io/v1/endpointslices`.
-    pub slices: Shared,
-}
-
-impl Feeds {
-    /// Both watches (each starts with its first consumer).
-    pub fn new(api: &ApiClient) -> Self {
-        Self {
-            services: Shared::new(api.clone(), "/api/v1/services"),
-            slices: Shared::new(api.clone(), "/apis/discovery.k8s.io/v1/endpointslices"),
-        }
     }
 }
 

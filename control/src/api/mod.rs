@@ -9,6 +9,7 @@ mod eviction;
 pub mod handlers;
 mod join;
 mod nodeproxy;
+pub mod nodestream;
 pub mod object;
 mod patch;
 pub mod protobuf;
@@ -52,6 +53,8 @@ pub struct App {
     pub service_cidr: Cidr,
     /// How long a node may go without a heartbeat before it is considered lost.
     pub node_grace: std::time::Duration,
+    /// How long a node's stream lasts at least (it ends between this and twice this).
+    pub node_stream_timeout: std::time::Duration,
     /// The cluster CA, for signing nodes' certificates when they join.
     pub pki: Option<Arc<crate::pki::Pki>>,
     /// The secret part of the node token agents join with.
@@ -71,6 +74,7 @@ impl App {
             alloc: tokio::sync::Mutex::new(()),
             service_cidr,
             node_grace: std::time::Duration::from_secs(40),
+            node_stream_timeout: std::time::Duration::from_secs(1800),
             pki: None,
             node_secret: String::new(),
             cluster_cidr: None,
@@ -79,9 +83,17 @@ impl App {
     }
 }
 
-/// The axum router: everything goes through one dispatcher that parses Kubernetes paths.
+/// The axum router: agents' `NodeService` gRPC stream, and everything else through one dispatcher
+/// that parses Kubernetes paths.
 pub fn router(app: Arc<App>) -> Router {
-    Router::new().fallback(dispatch).with_state(app)
+    use skiff_proto::node::v1::node_service_server::NodeServiceServer;
+    let nodes = NodeServiceServer::new(nodestream::NodeStreams::new(app.clone()))
+        .max_encoding_message_size(nodestream::MAX_MESSAGE)
+        .max_decoding_message_size(nodestream::MAX_MESSAGE);
+    Router::new()
+        .route_service("/skiff.node.v1.NodeService/{*rest}", nodes)
+        .fallback(dispatch)
+        .with_state(app)
 }
 
 fn parse_query(q: Option<&str>) -> HashMap<String, String> {
@@ -147,15 +159,15 @@ async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
         ns,
         "pods",
         name,
-        sub @ ("exec" | "portforward"),
+        sub @ ("exec" | "attach" | "portforward"),
     ] = path.trim_matches('/').split('/').collect::<Vec<_>>().as_slice()
         && parts.headers.contains_key(header::UPGRADE)
         && let Some(who) = parts.extensions.get::<Identity>().cloned()
     {
         let (ns, name, sub) = (ns.to_string(), name.to_string(), sub.to_string());
         let mut parts = parts;
-        let joined = if sub == "exec" {
-            nodeproxy::exec(&app, &who, &ns, &name, &mut parts).await
+        let joined = if sub == "exec" || sub == "attach" {
+            nodeproxy::exec(&app, &who, &ns, &name, &sub, &mut parts).await
         } else {
             nodeproxy::portforward(&app, &who, &ns, &name, &mut parts).await
         };

@@ -176,16 +176,18 @@ async fn get_from_node(app: &App, node_name: &str, path: &str) -> Result<Respons
     Ok(out.into_response())
 }
 
-/// `pods/NAME/exec` with a WebSocket upgrade (what kubectl exec and cp use): checked here, then the
-/// upgrade goes to the node's agent and the two connections are joined byte for byte.
+/// `pods/NAME/exec` or `pods/NAME/attach` (`sub`) with a WebSocket upgrade (what kubectl exec, cp,
+/// attach and run -i use): checked here, then the upgrade goes to the node's agent and the two
+/// connections are joined byte for byte.
 pub async fn exec(
     app: &App,
     who: &super::server::Identity,
     ns: &str,
     name: &str,
+    sub: &str,
     parts: &mut axum::http::request::Parts,
 ) -> Result<Response> {
-    authorize(who, ns, name, "exec")?;
+    authorize(who, ns, name, sub)?;
     let raw_query = parts.uri.query().unwrap_or("").to_owned();
     let container_param = raw_query
         .split('&')
@@ -209,15 +211,16 @@ pub async fn exec(
         )));
     };
     if matches!(pod["status"]["phase"].as_str(), Some("Succeeded" | "Failed")) {
+        let what = if sub == "attach" { "attach to" } else { "exec into" };
         return Err(ApiError::bad_request(format!(
-            "cannot exec into a container in a completed pod; current phase is {}",
+            "cannot {what} a container in a completed pod; current phase is {}",
             pod["status"]["phase"].as_str().unwrap_or("")
         )));
     }
     join_upgrade(
         app,
         node,
-        &format!("/exec/{ns}/{name}/{container}?{raw_query}"),
+        &format!("/{sub}/{ns}/{name}/{container}?{raw_query}"),
         parts,
     )
     .await

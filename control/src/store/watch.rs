@@ -153,6 +153,11 @@ pub struct WatchStream {
 }
 
 impl WatchStream {
+    /// The revision this watcher has seen everything up to (of its prefix).
+    pub fn revision(&self) -> u64 {
+        self.after
+    }
+
     /// The next event, or an error when the watcher fell too far behind (it must re-list).
     /// `Ok(None)` means the store shut down.
     pub async fn next(&mut self) -> Result<Option<Arc<Event>>, StoreError> {
