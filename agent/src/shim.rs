@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::syscall::syscall::SyscallType;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signal::{SigHandler, SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
@@ -317,6 +317,9 @@ fn run(args: &ShimArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.cgroups_path {
         crate::cgroups::join_hybrid_unified(path).context("joining the pod's cgroup2 directory")?;
     }
+    // Rust ignores SIGPIPE in its processes, and an ignored signal stays ignored across exec: the
+    // container starts with the default, as under runc; the shim takes its own back after the fork.
+    set_sigpipe(SigHandler::SigDfl);
     let created = ContainerBuilder::new(args.id.clone(), SyscallType::default())
         .with_root_path(&args.root)
         .and_then(|b| b.validate_id())
@@ -327,6 +330,7 @@ fn run(args: &ShimArgs) -> anyhow::Result<()> {
                 .build()
         });
     let started = created.and_then(|mut c| c.start().map(|()| c));
+    set_sigpipe(SigHandler::SigIgn);
     // Our copies of the container's ends go, so the pipes (or the terminal) reach EOF when the
     // container's processes close them.
     for fd in 0..3 {
@@ -431,6 +435,14 @@ fn run(args: &ShimArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Sets the disposition of SIGPIPE (default or ignored; no handler).
+#[expect(unsafe_code, reason = "sigaction has no safe wrapper")]
+fn set_sigpipe(handler: SigHandler) {
+    // SAFETY: SigDfl and SigIgn install no handler function, and the shim and the exec helper are
+    // single-threaded.
+    let _ = unsafe { nix::sys::signal::signal(Signal::SIGPIPE, handler) };
+}
+
 /// Reaps `pid` if it has ended: its exit code and the signal that ended it.
 fn reap(pid: Pid) -> anyhow::Result<Option<(i32, Option<i32>)>> {
     loop {
@@ -489,6 +501,8 @@ pub fn exec_main(args: ExecArgs) -> i32 {
         eprintln!("skiff-agent exec: joining the container's cgroup2 directory: {e}");
         return 126;
     }
+    // As for the container's first process (see `run`).
+    set_sigpipe(SigHandler::SigDfl);
     let built = ContainerBuilder::new(args.id.clone(), SyscallType::default())
         .with_root_path(&args.root)
         .map(|b| {

@@ -167,6 +167,19 @@ fn pods_run_log_restart_and_clean_up() {
     assert_eq!(std::fs::read_to_string(&back).unwrap(), "copied in\n");
     let err = k.c.fails(&["exec", "hello", "-c", "nope", "--", "true"]);
     assert!(err.contains("container nope is not valid for pod hello"), "{err}");
+    // Container processes do not inherit the agent's ignored SIGPIPE (Rust programs ignore it).
+    let ignored = k.c.ok(&[
+        "exec",
+        "hello",
+        "--",
+        "sh",
+        "-c",
+        "grep SigIgn /proc/1/status /proc/self/status",
+    ]);
+    for line in ignored.lines() {
+        let mask = u64::from_str_radix(line.rsplit('\t').next().unwrap().trim(), 16).unwrap();
+        assert_eq!(mask & (1 << 12), 0, "SIGPIPE is not ignored: {ignored}");
+    }
 
     // The same over SPDY/3.1 (kubectl's fallback, and older kubectl's only way): output, exit code,
     // stdin, and an attach through kubectl run -i.
