@@ -288,12 +288,11 @@ async fn read<R>(
     }
 }
 
-/// The SPDY protocol of `offered` (the values of all `X-Stream-Protocol-Version` headers) this node
-/// speaks, if any.
-pub fn spdy_protocol<'a>(offered: impl IntoIterator<Item = &'a str>) -> Option<&'static str> {
+/// Whether `offered` (the values of all `X-Stream-Protocol-Version` headers) includes the SPDY
+/// protocol this node speaks.
+pub fn offers_spdy_protocol<'a>(offered: impl IntoIterator<Item = &'a str>) -> bool {
     offered
         .into_iter()
         .flat_map(|v| v.split(','))
         .any(|p| p.trim() == SPDY_PROTOCOL)
-        .then_some(SPDY_PROTOCOL)
 }

@@ -33,11 +33,6 @@ pub fn pod_dir(data_dir: &Path, ns: &str, pod: &str) -> Option<std::path::PathBu
         })
 }
 
-/// A running container of a pod on this node: its libcontainer id.
-fn running_container(data_dir: &Path, ns: &str, pod: &str, container: &str) -> Option<String> {
-    std::fs::read_to_string(running_attempt(data_dir, ns, pod, container)?.join("id")).ok()
-}
-
 /// The directory of a running container's current attempt (`containers/<name>/<n>`).
 fn running_attempt(data_dir: &Path, ns: &str, pod: &str, container: &str) -> Option<std::path::PathBuf> {
     let dir = pod_dir(data_dir, ns, pod)?.join("containers").join(container);
@@ -94,8 +89,8 @@ fn negotiate(req: &Request<hyper::body::Incoming>, what: &str) -> Result<Upgrade
             .iter()
             .filter_map(|v| v.to_str().ok())
             .collect();
-        return crate::channels::spdy_protocol(offered.iter().copied())
-            .map(|_| Upgrade::Spdy)
+        return crate::channels::offers_spdy_protocol(offered.iter().copied())
+            .then_some(Upgrade::Spdy)
             .ok_or_else(|| {
                 (
                     StatusCode::FORBIDDEN,
@@ -184,6 +179,24 @@ fn wanted(query: &[(String, String)]) -> Wanted {
     }
 }
 
+/// The upgrade an exec or attach request asks for and its running container's attempt directory,
+/// or the status and reason to refuse it.
+fn session_target(
+    data_dir: &Path,
+    req: &Request<hyper::body::Incoming>,
+    what: &str,
+    (ns, pod, container): (&str, &str, &str),
+) -> Result<(Upgrade, std::path::PathBuf), (StatusCode, String)> {
+    let how = negotiate(req, what)?;
+    let attempt = running_attempt(data_dir, ns, pod, container).ok_or_else(|| {
+        (
+            StatusCode::NOT_FOUND,
+            format!("container {container} is not running in pod {ns}/{pod} on this node"),
+        )
+    })?;
+    Ok((how, attempt))
+}
+
 /// `GET /exec/NS/POD/CONTAINER?command=...&stdin=..&stdout=..&stderr=..&tty=..` with a WebSocket or
 /// SPDY upgrade.
 pub fn exec(
@@ -194,15 +207,17 @@ pub fn exec(
     container: &str,
     query: &[(String, String)],
 ) -> Response<Body> {
-    let how = match negotiate(req, "exec") {
-        Ok(h) => h,
+    let (how, id) = match session_target(data_dir, req, "exec", (ns, pod, container)) {
+        Ok((how, attempt)) => match std::fs::read_to_string(attempt.join("id")) {
+            Ok(id) => (how, id),
+            Err(e) => {
+                return text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("reading the container id: {e}"),
+                );
+            }
+        },
         Err((code, refused)) => return text(code, refused),
-    };
-    let Some(id) = running_container(data_dir, ns, pod, container) else {
-        return text(
-            StatusCode::NOT_FOUND,
-            format!("container {container} is not running in pod {ns}/{pod} on this node"),
-        );
     };
     let command: Vec<String> = query
         .iter()
@@ -229,15 +244,9 @@ pub fn attach(
     container: &str,
     query: &[(String, String)],
 ) -> Response<Body> {
-    let how = match negotiate(req, "attach") {
-        Ok(h) => h,
+    let (how, attempt) = match session_target(data_dir, req, "attach", (ns, pod, container)) {
+        Ok(target) => target,
         Err((code, refused)) => return text(code, refused),
-    };
-    let Some(attempt) = running_attempt(data_dir, ns, pod, container) else {
-        return text(
-            StatusCode::NOT_FOUND,
-            format!("container {container} is not running in pod {ns}/{pod} on this node"),
-        );
     };
     let wanted = wanted(query);
     upgrade(req, how, wanted, move |conn| async move {

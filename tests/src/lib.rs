@@ -49,6 +49,24 @@ pub struct Control {
     extra: Vec<String>,
 }
 
+/// Runs `cmd` with `stdin` written to it and returns its output.
+pub fn output_with_stdin(mut cmd: Command, stdin: &str) -> Output {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running the command");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("writing stdin");
+    child.wait_with_output().expect("the command's output")
+}
+
 impl Control {
     /// Starts `skiff-control` on loopback with a fresh data directory.
     pub fn start() -> Self {
@@ -188,21 +206,7 @@ impl Control {
 
     /// Runs kubectl with `stdin` and returns its output.
     pub fn kubectl_stdin(&self, args: &[&str], stdin: &str) -> Output {
-        use std::io::Write;
-        let mut child = self
-            .kubectl_cmd(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("running kubectl");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(stdin.as_bytes())
-            .expect("writing stdin");
-        child.wait_with_output().expect("kubectl output")
+        output_with_stdin(self.kubectl_cmd(args), stdin)
     }
 
     /// Runs kubectl, asserts success, returns stdout.

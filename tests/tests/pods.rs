@@ -184,17 +184,9 @@ fn pods_run_log_restart_and_clean_up() {
     // The same over SPDY/3.1 (kubectl's fallback, and older kubectl's only way): output, exit code,
     // stdin, and an attach through kubectl run -i.
     let spdy = |args: &[&str], stdin: &str| {
-        use std::io::Write;
-        let mut child =
-            k.c.kubectl_cmd(args)
-                .env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false")
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .expect("running kubectl");
-        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-        child.wait_with_output().expect("kubectl's output")
+        let mut cmd = k.c.kubectl_cmd(args);
+        cmd.env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false");
+        skiff_tests::output_with_stdin(cmd, stdin)
     };
     let out = spdy(
         &[

@@ -13,6 +13,21 @@ use serde_json::Value;
 
 type Https = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
+/// TLS over TCP with `config`, offering HTTP/2 and, unless `h2_only`, HTTP/1.1.
+fn https(config: &rustls::ClientConfig, h2_only: bool) -> hyper_rustls::HttpsConnector<HttpConnector> {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config.clone())
+        .https_only();
+    if h2_only {
+        builder.enable_http2().wrap_connector(http)
+    } else {
+        builder.enable_http1().enable_http2().wrap_connector(http)
+    }
+}
+
 /// The API server as the node sees it.
 #[derive(Clone)]
 pub struct ApiClient {
@@ -34,16 +49,7 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 fn connector(config: &rustls::ClientConfig) -> Https {
-    let mut http = HttpConnector::new();
-    http.set_nodelay(true);
-    http.enforce_http(false);
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(config.clone())
-        .https_only()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http);
-    Client::builder(hyper_util::rt::TokioExecutor::new()).build(https)
+    Client::builder(hyper_util::rt::TokioExecutor::new()).build(https(config, false))
 }
 
 fn roots(ca_pem: &str) -> anyhow::Result<rustls::RootCertStore> {
@@ -112,21 +118,13 @@ impl ApiClient {
     /// A gRPC channel to the control plane over the same TLS (HTTP/2 only), connected lazily and
     /// kept alive with pings so that a silently dead connection is noticed.
     pub fn grpc_channel(&self) -> anyhow::Result<tonic::transport::Channel> {
-        let mut http = HttpConnector::new();
-        http.set_nodelay(true);
-        http.enforce_http(false);
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config((*self.tls).clone())
-            .https_only()
-            .enable_http2()
-            .wrap_connector(http);
         let endpoint = tonic::transport::Endpoint::from_shared(self.server.clone())
             .with_context(|| format!("the server address {}", self.server))?
             .connect_timeout(std::time::Duration::from_secs(5))
             .http2_keep_alive_interval(std::time::Duration::from_secs(10))
             .keep_alive_timeout(std::time::Duration::from_secs(10))
             .keep_alive_while_idle(true);
-        Ok(endpoint.connect_with_connector_lazy(https))
+        Ok(endpoint.connect_with_connector_lazy(https(&self.tls, true)))
     }
 
     /// A client that trusts `ca_pem` and presents no certificate.
