@@ -93,11 +93,15 @@ while True:
 print(data.split(b"\r\n\r\n", 1)[1].decode().strip())
 "#;
 
-/// Sends a datagram to ADDR PORT; prints the address the answer comes from, then the answer.
+/// Sends a datagram to ADDR PORT (from source port SPORT if given); prints the address the answer
+/// comes from, then the answer.
 const UDP_CLIENT: &str = r#"
 import socket, sys
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.settimeout(5)
+if len(sys.argv) > 3:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("", int(sys.argv[3])))
 s.sendto(b"ping", (sys.argv[1], int(sys.argv[2])))
 data, peer = s.recvfrom(100)
 print(*peer, data.decode())
@@ -341,48 +345,54 @@ spec:
     }
 }
 
-/// A UDP echo server on ADDR PORT: answers at most 50 datagrams, stops after 30 s of silence.
+/// A UDP echo server on ADDR PORT, answering with TAG appended: answers at most 500 datagrams,
+/// stops after 30 s of silence.
 const UDP_ECHO: &str = r#"
 import socket, sys
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.bind((sys.argv[1], int(sys.argv[2])))
 s.settimeout(30)
-for _ in range(50):
+for _ in range(500):
     try:
         data, peer = s.recvfrom(100)
     except socket.timeout:
         break
-    s.sendto(data, peer)
+    s.sendto(data + sys.argv[3].encode(), peer)
 "#;
 
 #[test]
-fn udp_services_answer_from_the_service_address_ebpf() {
-    udp_services_answer_from_the_service_address(Proxy::Ebpf);
+fn udp_services_answer_from_the_service_address_and_leave_removed_backends_ebpf() {
+    udp_services_answer_from_the_service_address_and_leave_removed_backends(Proxy::Ebpf);
 }
 
 #[test]
-fn udp_services_answer_from_the_service_address_nftables() {
-    udp_services_answer_from_the_service_address(Proxy::Nftables);
+fn udp_services_answer_from_the_service_address_and_leave_removed_backends_nftables() {
+    udp_services_answer_from_the_service_address_and_leave_removed_backends(Proxy::Nftables);
 }
 
-fn udp_services_answer_from_the_service_address(proxy: Proxy) {
+/// A UDP answer comes from the service address; when the service's backend is replaced, a client
+/// that keeps sending from the same port moves to the new backend (nftables: the stale conntrack
+/// entry of its flow is deleted; eBPF: every datagram is balanced on its own).
+fn udp_services_answer_from_the_service_address_and_leave_removed_backends(proxy: Proxy) {
     let k = Cluster::start_in_netns(proxy);
-    // A UDP echo backend on the node's bridge address (in the node's own namespace), behind a
+    // Two UDP echo backends on the node's bridge address (in the node's own namespace), behind a
     // selector-less Service with a hand-written EndpointSlice.
     let cidr =
         k.c.ok(&["get", "node", &k.node.name, "-o", "jsonpath={.spec.podCIDR}"]);
     let net: std::net::Ipv4Addr = cidr.split('/').next().unwrap().parse().unwrap();
     let gateway = std::net::Ipv4Addr::from(u32::from(net) + 1);
-    let port = 5353;
-    let mut echo = k
-        .node
-        .in_netns("python3")
-        .args(["-c", UDP_ECHO, &gateway.to_string(), &port.to_string()])
-        .spawn()
-        .expect("starting the echo backend");
-    k.c.ok_stdin(
-        &["apply", "-f", "-"],
-        &format!(
+    let echoes: Vec<_> = [(5353, "-a"), (5354, "-b")]
+        .into_iter()
+        .map(|(port, tag)| {
+            k.node
+                .in_netns("python3")
+                .args(["-c", UDP_ECHO, &gateway.to_string(), &port.to_string(), tag])
+                .spawn()
+                .expect("starting an echo backend")
+        })
+        .collect();
+    let slice = |port: u16| {
+        format!(
             r#"
 apiVersion: v1
 kind: Service
@@ -399,23 +409,32 @@ addressType: IPv4
 ports: [{{name: dns, port: {port}, protocol: UDP}}]
 endpoints: [{{addresses: ["{gateway}"]}}]
 "#
-        ),
-    );
+        )
+    };
+    k.c.ok_stdin(&["apply", "-f", "-"], &slice(5353));
     let vip =
         k.c.ok(&["get", "service", "echo", "-o", "jsonpath={.spec.clusterIP}"]);
-    let mut last = String::new();
-    k.wait("a UDP answer from the service address", || {
+    // Every datagram from the same source port: one flow for conntrack.
+    let ask = || {
         let out = k
             .node
             .in_pods_cgroup("python3")
-            .args(["-c", UDP_CLIENT, &vip, "53"])
+            .args(["-c", UDP_CLIENT, &vip, "53", "40053"])
             .output()
             .expect("python3");
-        last = format!("{out:?}");
-        String::from_utf8_lossy(&out.stdout).trim() == format!("{vip} 53 ping")
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    k.wait("a UDP answer from the service address", || {
+        ask() == format!("{vip} 53 ping-a")
     });
-    let _ = echo.kill();
-    let _ = echo.wait();
+    k.c.ok_stdin(&["apply", "-f", "-"], &slice(5354));
+    k.wait("the same client flow answered by the new backend", || {
+        ask() == format!("{vip} 53 ping-b")
+    });
+    for mut echo in echoes {
+        let _ = echo.kill();
+        let _ = echo.wait();
+    }
 }
 
 /// A resolver on loopback for names outside the cluster: `outside.test` is 192.0.2.44, every

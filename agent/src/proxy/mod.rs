@@ -2,6 +2,7 @@
 //! changed service into the data plane: eBPF socket hooks ([`ebpf`]) or an nftables table
 //! ([`nft`]), both fed by the same model ([`model`]).
 
+pub mod conntrack;
 pub mod ebpf;
 pub mod model;
 pub mod nft;

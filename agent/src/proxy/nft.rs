@@ -17,6 +17,7 @@ use std::net::Ipv4Addr;
 
 use skiff_abi::{Backend, MASQUERADE_MARK, PROTO_SCTP, PROTO_TCP, PROTO_UDP, ServiceKey};
 
+use super::conntrack;
 use super::model::Entry;
 
 /// The table's name (family `inet`).
@@ -103,6 +104,7 @@ impl Nft {
         let tx = self.script(changes);
         match crate::net::nft(&tx.s).await {
             Ok(()) => {
+                self.flush_stale_udp(changes).await;
                 self.picks = tx.picks;
                 self.hairpins = tx.hairpins;
                 if self.rebuild {
@@ -123,6 +125,28 @@ impl Nft {
                 self.rebuild = true;
                 Err(e)
             }
+        }
+    }
+
+    /// Deletes the conntrack entries of UDP flows to backends that the committed transaction took
+    /// out of their service ports (while `programmed` still holds what was there before).
+    async fn flush_stale_udp(&self, changes: &[(ServiceKey, Option<Entry>)]) {
+        let keys: BTreeSet<&ServiceKey> = if self.rebuild {
+            self.programmed.keys().chain(self.desired.keys()).collect()
+        } else {
+            changes.iter().map(|(k, _)| k).collect()
+        };
+        let stale: Vec<conntrack::Stale> = keys
+            .into_iter()
+            .flat_map(|k| conntrack::stale(k, self.programmed.get(k), self.desired.get(k)))
+            .collect();
+        if stale.is_empty() {
+            return;
+        }
+        match tokio::task::spawn_blocking(move || conntrack::flush(&stale)).await {
+            Ok(Ok(n)) => tracing::debug!(deleted = n, "stale UDP conntrack entries deleted"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "deleting stale UDP conntrack entries failed"),
+            Err(e) => tracing::warn!(error = %e, "the conntrack flush task failed"),
         }
     }
 
