@@ -232,23 +232,25 @@ pub async fn delete_bridge_and_ports(h: &Handle, name: &str) -> anyhow::Result<(
     Ok(())
 }
 
-/// A pod's network: where its veth goes and what address it gets.
+/// A pod's network: where its veth goes and what address it gets. All of it or none of it: its
+/// arguments are not required one by one (clap would then require them of host-network pods too),
+/// but a pod network with one missing is refused when parsed.
 #[derive(Debug, Clone, clap::Args)]
 pub struct PodNet {
     /// The node's bridge.
-    #[arg(long)]
+    #[arg(long, required = false)]
     pub bridge: String,
     /// Host-side name of the pod's veth.
-    #[arg(long)]
+    #[arg(long, required = false)]
     pub veth: String,
     /// The pod's address.
-    #[arg(long)]
+    #[arg(long, required = false)]
     pub ip: Ipv4Addr,
     /// Prefix length of the node's pod CIDR.
-    #[arg(long)]
+    #[arg(long, required = false)]
     pub prefix: u8,
     /// The bridge's address, the pod's default gateway.
-    #[arg(long)]
+    #[arg(long, required = false)]
     pub gateway: Ipv4Addr,
     /// The cluster's service range: the pod gets an unreachable route for it, so a service address
     /// that the proxy has not programmed fails inside the pod instead of leaving the node.
@@ -577,4 +579,43 @@ pub fn parse_cidr(cidr: &str) -> anyhow::Result<(Ipv4Addr, u8)> {
     }
     let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
     Ok((Ipv4Addr::from(u32::from(ip) & mask), len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        sandbox: SandboxArgs,
+    }
+
+    #[test]
+    fn sandbox_arguments_parse_with_and_without_a_pod_network() {
+        let host = Cli::try_parse_from(["x", "--dir", "/d", "--hostname", "h", "--host-network"]).unwrap();
+        assert!(host.sandbox.host_network && host.sandbox.net.is_none());
+        let pod = Cli::try_parse_from([
+            "x",
+            "--dir",
+            "/d",
+            "--hostname",
+            "h",
+            "--bridge",
+            "br",
+            "--veth",
+            "v",
+            "--ip",
+            "10.0.0.2",
+            "--prefix",
+            "24",
+            "--gateway",
+            "10.0.0.1",
+        ])
+        .unwrap();
+        let net = pod.sandbox.net.unwrap();
+        assert_eq!((net.ip, net.prefix), (Ipv4Addr::new(10, 0, 0, 2), 24));
+        assert!(Cli::try_parse_from(["x", "--dir", "/d", "--hostname", "h", "--bridge", "br"]).is_err());
+    }
 }

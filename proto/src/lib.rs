@@ -19,3 +19,12 @@ pub mod node {
         tonic::include_proto!("skiff.node.v1");
     }
 }
+
+/// The standard gRPC health-checking protocol (`grpc.health.v1`) that gRPC probes speak.
+pub mod health {
+    /// Version 1, as upstream defines it.
+    #[allow(missing_docs, missing_debug_implementations, clippy::all)]
+    pub mod v1 {
+        tonic::include_proto!("grpc.health.v1");
+    }
+}

@@ -666,6 +666,58 @@ spec:
         events.contains("failed liveness probe, will be restarted"),
         "{events}"
     );
+
+    // gRPC: a `grpc.health.v1` server on the node's address (127.0.0.1 here) behind a
+    // host-network pod; its readiness follows what the server answers.
+    let health = tempfile::tempdir().unwrap();
+    let status_file = health.path().join("status");
+    std::fs::write(&status_file, "SERVING").unwrap();
+    let port = skiff_tests::free_port();
+    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_grpc-health"))
+        .arg(format!("127.0.0.1:{port}"))
+        .arg(&status_file)
+        .spawn()
+        .expect("starting the gRPC health server");
+    k.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: grpc-probed}}
+spec:
+  hostNetwork: true
+  containers:
+  - name: app
+    image: {image}
+    command: ["sleep", "3600"]
+    readinessProbe:
+      grpc: {{port: {port}, service: app}}
+      periodSeconds: 1
+      failureThreshold: 1
+  terminationGracePeriodSeconds: 1
+"#
+    ));
+    k.wait_pod("grpc-probed", "ready through gRPC", |p| {
+        status(p, "app")["ready"] == true
+    });
+    std::fs::write(&status_file, "NOT_SERVING").unwrap();
+    let pod = k.wait_pod("grpc-probed", "unready through gRPC", |p| {
+        status(p, "app")["ready"] == false
+    });
+    assert_eq!(status(&pod, "app")["restartCount"], 0);
+    let events = k.c.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=grpc-probed",
+        "-o",
+        "json",
+    ]);
+    assert!(
+        events.contains(r#"Readiness probe failed: service unhealthy (responded with \"NOT_SERVING\")"#),
+        "{events}"
+    );
+    let _ = server.kill();
+    let _ = server.wait();
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! Liveness, readiness and startup probes (exec, HTTP, TCP) with upstream's timing fields.
+//! Liveness, readiness and startup probes (exec, HTTP, TCP, gRPC) with upstream's timing fields.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -156,10 +156,76 @@ pub async fn run_once(target: &Target, probe: &Value) -> Result<(), String> {
             .to_string();
         return tcp(&host, p, timeout).await;
     }
-    if probe.get("grpc").is_some() {
-        return Err("gRPC probes are not supported by this node yet".into());
+    if let Some(g) = probe.get("grpc") {
+        let p = g["port"]
+            .as_u64()
+            .and_then(|n| u16::try_from(n).ok())
+            .ok_or("invalid port")?;
+        let service = g["service"].as_str().unwrap_or_default();
+        return grpc(&target.ip, p, service, timeout).await;
     }
     Ok(())
+}
+
+/// A gRPC probe: `grpc.health.v1.Health/Check` for `service` over plaintext HTTP/2, from the node's
+/// network namespace; healthy only when the answer is `SERVING`. Messages as upstream's kubelet.
+async fn grpc(host: &str, port: u16, service: &str, timeout: Duration) -> Result<(), String> {
+    use skiff_proto::health::v1::health_check_response::ServingStatus;
+    use skiff_proto::health::v1::{HealthCheckRequest, health_client::HealthClient};
+    let connect = async {
+        let stream = crate::net::tcp_connect(host, port).await?;
+        // tonic dials through a connector: hand it the connection made in the right namespace.
+        let mut stream = Some(stream);
+        tonic::transport::Endpoint::from_shared(format!("http://{host}:{port}"))
+            .map_err(std::io::Error::other)?
+            .connect_with_connector(tower::service_fn(move |_| {
+                let s = stream.take().map(hyper_util::rt::TokioIo::new);
+                async move { s.ok_or_else(|| std::io::Error::other("the probe's connection is used up")) }
+            }))
+            .await
+            .map_err(std::io::Error::other)
+    };
+    let channel = match tokio::time::timeout(timeout, connect).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return Err(format!("failed to connect service \"{host}:{port}\": {e}")),
+        Err(_) => {
+            return Err(format!(
+                "timeout: failed to connect service \"{host}:{port}\" within {}s",
+                timeout.as_secs()
+            ));
+        }
+    };
+    let mut client = HealthClient::new(channel);
+    let request = HealthCheckRequest {
+        service: service.to_string(),
+    };
+    let answer = match tokio::time::timeout(timeout, client.check(request)).await {
+        Ok(Ok(a)) => a.into_inner(),
+        Ok(Err(status)) => {
+            return Err(format!(
+                "health rpc probe failed: rpc error: code = {:?} desc = {}",
+                status.code(),
+                status.message()
+            ));
+        }
+        Err(_) => {
+            return Err(format!(
+                "timeout: health rpc did not complete within {}s",
+                timeout.as_secs()
+            ));
+        }
+    };
+    match ServingStatus::try_from(answer.status) {
+        Ok(ServingStatus::Serving) => Ok(()),
+        Ok(other) => Err(format!(
+            "service unhealthy (responded with \"{}\")",
+            other.as_str_name()
+        )),
+        Err(_) => Err(format!(
+            "service unhealthy (responded with status {})",
+            answer.status
+        )),
+    }
 }
 
 /// Runs a lifecycle hook (exec, httpGet, tcpSocket or sleep) within `budget`.
