@@ -4,6 +4,7 @@
 mod attach;
 pub mod cgroups;
 mod channels;
+mod console;
 pub mod dns;
 pub mod image;
 mod ipam;

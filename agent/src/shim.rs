@@ -272,21 +272,17 @@ fn run(args: &ShimArgs) -> anyhow::Result<()> {
     let mut log = Log::open(&args.log, args.log_max_size, args.log_max_files)
         .with_context(|| format!("opening {}", args.log.display()))?;
     let devnull = OpenOptions::new().read(true).write(true).open("/dev/null")?;
-    // The container inherits fds 0-2 when libcontainer forks it: a terminal's slave side for all
-    // three, or pipes (and /dev/null as stdin unless it reads stdin).
+    // The container inherits fds 0-2 when libcontainer forks it: pipes (and /dev/null as stdin
+    // unless it reads stdin). With a terminal, the container's init makes one in the container and
+    // sends us its master side over the console socket (see `console`).
     let mut outputs: Vec<(OwnedFd, &'static str, u8)> = Vec::new();
     let mut stdin_w: Option<OwnedFd> = None;
     let mut tty_master: Option<OwnedFd> = None;
-    if args.tty {
-        let pty = nix::pty::openpty(None, None)?;
+    let console = if args.tty {
         for fd in 0..3 {
-            nix::unistd::dup2(pty.slave.as_raw_fd(), fd)?;
+            nix::unistd::dup2(devnull.as_raw_fd(), fd)?;
         }
-        if args.stdin {
-            stdin_w = Some(pty.master.try_clone()?);
-        }
-        outputs.push((pty.master.try_clone()?, "stdout", crate::attach::STDOUT));
-        tty_master = Some(pty.master);
+        Some(crate::console::Socket::bind().context("binding the console socket")?)
     } else {
         let (out_r, out_w) = nix::unistd::pipe()?;
         let (err_r, err_w) = nix::unistd::pipe()?;
@@ -301,7 +297,8 @@ fn run(args: &ShimArgs) -> anyhow::Result<()> {
         nix::unistd::dup2(err_w.as_raw_fd(), 2)?;
         outputs.push((out_r, "stdout", crate::attach::STDOUT));
         outputs.push((err_r, "stderr", crate::attach::STDERR));
-    }
+        None
+    };
 
     // The container inherits the score from its parent at fork; the shim takes its own back after.
     // Lowering it needs CAP_SYS_RESOURCE, which a restricted host may withhold: then it stays as is.
@@ -324,9 +321,12 @@ fn run(args: &ShimArgs) -> anyhow::Result<()> {
         .with_root_path(&args.root)
         .and_then(|b| b.validate_id())
         .and_then(|b| {
-            b.as_init(&args.bundle)
+            b.with_console_socket(console.as_ref().map(|c| c.path()))
+                .as_init(&args.bundle)
                 .with_systemd(false)
-                .with_detach(false)
+                // libcontainer asks for a console socket only of "detached" containers; the flag
+                // changes nothing else (the shim stays the container's parent either way).
+                .with_detach(console.is_some())
                 .build()
         });
     let started = created.and_then(|mut c| c.start().map(|()| c));
@@ -338,6 +338,15 @@ fn run(args: &ShimArgs) -> anyhow::Result<()> {
     }
     let mut container = started.map_err(|e| anyhow::anyhow!("{e}"))?;
     let pid = container.pid().context("the container has no pid")?;
+    if let Some(console) = console {
+        let master = crate::console::receive(&console.listener, std::time::Duration::from_secs(10))
+            .context("receiving the container's terminal")?;
+        if args.stdin {
+            stdin_w = Some(master.try_clone()?);
+        }
+        outputs.push((master.try_clone()?, "stdout", crate::attach::STDOUT));
+        tty_master = Some(master);
+    }
     if let Some(own) = &own_oom {
         let _ = std::fs::write("/proc/self/oom_score_adj", own);
     }
@@ -484,31 +493,73 @@ pub struct ExecArgs {
     /// The container id.
     #[arg(long)]
     pub id: String,
+    /// Run the command on a terminal made in the container, whose master side is sent to the
+    /// console socket listening here (see `console`).
+    #[arg(long)]
+    pub console_socket: Option<PathBuf>,
     /// The command and its arguments.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
+}
+
+/// The process an exec'd command runs as with a terminal: the container's own (user,
+/// capabilities, environment, working directory, no_new_privs), with the command's arguments and
+/// `terminal` set, as containerd writes it for `runc exec`. Written beside `console`.
+fn terminal_process(
+    container: &libcontainer::container::Container,
+    command: &[String],
+    console: &Path,
+) -> anyhow::Result<PathBuf> {
+    let config = container.bundle().join("config.json");
+    let spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&config)?)?;
+    let mut process = spec["process"].clone();
+    process["args"] = serde_json::json!(command);
+    process["terminal"] = serde_json::json!(true);
+    let path = console.with_extension("process.json");
+    std::fs::write(&path, serde_json::to_vec(&process)?)?;
+    Ok(path)
 }
 
 /// Runs the exec helper; returns the command's exit code (128+N for a signal, 126 if it could not
 /// start).
 pub fn exec_main(args: ExecArgs) -> i32 {
     // The command's sockets must be in the container's cgroup2 directory for the service proxy.
-    let joined = libcontainer::container::Container::load(args.root.join(&args.id))
-        .map_err(|e| e.to_string())
-        .and_then(|c| c.pid().ok_or_else(|| "the container is not running".to_string()))
+    let container = match libcontainer::container::Container::load(args.root.join(&args.id)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("skiff-agent exec: {e}");
+            return 126;
+        }
+    };
+    let joined = container
+        .pid()
+        .ok_or_else(|| "the container is not running".to_string())
         .and_then(|pid| crate::cgroups::join_hybrid_unified_of(pid.as_raw()).map_err(|e| e.to_string()));
     if let Err(e) = joined {
         eprintln!("skiff-agent exec: joining the container's cgroup2 directory: {e}");
         return 126;
     }
+    let process = match &args.console_socket {
+        Some(console) => match terminal_process(&container, &args.command, console) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                eprintln!("skiff-agent exec: writing the terminal's process: {e:#}");
+                return 126;
+            }
+        },
+        None => None,
+    };
     // As for the container's first process (see `run`).
     set_sigpipe(SigHandler::SigDfl);
     let built = ContainerBuilder::new(args.id.clone(), SyscallType::default())
         .with_root_path(&args.root)
         .map(|b| {
-            b.as_tenant()
+            b.with_console_socket(args.console_socket.as_ref())
+                .as_tenant()
                 .with_container_args(args.command.clone())
-                .with_detach(false)
+                .with_process(process.as_ref())
+                // As in `run`: "detached" only lets libcontainer take the console socket.
+                .with_detach(args.console_socket.is_some())
                 .build()
         });
     let pid = match built {

@@ -336,36 +336,45 @@ async fn session(
     command: Vec<String>,
     opts: Wanted,
 ) -> anyhow::Result<()> {
+    // With a terminal, the command runs on one made in the container (its controlling terminal),
+    // whose master side comes to a console socket of ours; the helper's own errors still come as
+    // stderr.
+    let console = opts.tty.then(crate::console::Socket::bind).transpose()?;
     let exe = std::env::current_exe()?;
     let mut cmd = tokio::process::Command::new(exe);
-    cmd.arg("exec")
-        .arg("--root")
-        .arg(root)
-        .arg("--id")
-        .arg(id)
-        .arg("--")
+    cmd.arg("exec").arg("--root").arg(root).arg("--id").arg(id);
+    if let Some(c) = &console {
+        cmd.arg("--console-socket").arg(c.path());
+    }
+    cmd.arg("--")
         .args(&command)
-        .kill_on_drop(true);
-    // With a terminal, the command gets a pty's slave side for all three streams.
-    let mut pty_master: Option<tokio::fs::File> = None;
-    if opts.tty {
-        let pty = nix::pty::openpty(None, None)?;
-        let slave = std::fs::File::from(pty.slave);
-        cmd.stdin(slave.try_clone()?)
-            .stdout(slave.try_clone()?)
-            .stderr(slave);
-        pty_master = Some(tokio::fs::File::from_std(std::fs::File::from(pty.master)));
-    } else {
-        cmd.stdin(if opts.stdin {
+        .kill_on_drop(true)
+        .stdin(if opts.stdin && console.is_none() {
             std::process::Stdio::piped()
         } else {
             std::process::Stdio::null()
         })
-        .stdout(std::process::Stdio::piped())
+        .stdout(if console.is_none() {
+            std::process::Stdio::piped()
+        } else {
+            std::process::Stdio::null()
+        })
         .stderr(std::process::Stdio::piped());
-    }
     let mut child = cmd.spawn()?;
     drop(cmd);
+    let mut pty_master: Option<tokio::fs::File> = None;
+    if let Some(console) = &console {
+        let ended = async {
+            while let Ok(None) = child.try_wait() {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        };
+        // Without a terminal (the helper failed first), its stderr says why, and its exit status
+        // ends the session below.
+        if let Ok(master) = crate::console::receive_async(console, ended).await {
+            pty_master = Some(tokio::fs::File::from_std(std::fs::File::from(master)));
+        }
+    }
     let mut stdin = child.stdin.take();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(u8, Bytes)>(16);
     let mut readers = Vec::new();

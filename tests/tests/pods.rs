@@ -264,7 +264,7 @@ spec:
   - name: term
     image: {image}
     tty: true
-    command: ["sh", "-c", "[ -t 0 ] && [ -t 1 ] && echo on a terminal; sleep 3600"]
+    command: ["sh", "-c", "[ -t 0 ] && [ -t 1 ] && echo on a terminal; (exec 3</dev/tty) && echo controlling; sleep 3600"]
 "#
     ));
     k.wait_pod("talker", "Running", |p| phase(p) == "Running");
@@ -278,8 +278,33 @@ spec:
         status(p, "talker")["state"]["terminated"]["exitCode"] == 0
     });
     let logs = k.c.ok(&["logs", "talker", "-c", "term"]);
-    assert_eq!(logs, "on a terminal\r\n", "a terminal's output, as logged");
+    // ... which is its controlling terminal (so a shell has job control), as runc makes it.
+    assert_eq!(
+        logs,
+        "on a terminal\r\ncontrolling\r\n",
+        "a terminal's output, as logged\npod: {:#}\nagent log:\n{}",
+        k.pod("talker"),
+        k.node.log()
+    );
     k.c.ok(&["delete", "pod", "talker", "--grace-period=1"]);
+    // kubectl exec -it from a terminal (script(1) gives kubectl one): the command's terminal is its
+    // controlling terminal too, over WebSocket and over SPDY.
+    for websockets in ["true", "false"] {
+        let out = std::process::Command::new("script")
+            .args([
+                "-qec",
+                "kubectl exec -it hello -- sh -c '(exec 3</dev/tty) && echo controlling; exit 4'",
+                "/dev/null",
+            ])
+            .env("KUBECONFIG", k.c.kubeconfig())
+            .env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", websockets)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("running script(1)");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("controlling"), "websockets={websockets}: {text}");
+        assert_eq!(out.status.code(), Some(4), "websockets={websockets}: {text}");
+    }
 
     // kubectl port-forward to a server that listens on the pod's loopback only: SPDY tunneled in
     // WebSocket messages (kubectl's default), then plain SPDY (its fallback).

@@ -362,7 +362,7 @@ pub fn build(plan: &Plan<'_>) -> Value {
         .unwrap_or("/");
     let no_new_privs = !privileged && sc["allowPrivilegeEscalation"].as_bool() != Some(true);
     let mut process = json!({
-        "terminal": false,
+        "terminal": c["tty"].as_bool().unwrap_or(false),
         "user": {"uid": uid, "gid": gid, "additionalGids": extra_gids},
         "args": argv(c, plan.image, &plan.env),
         "env": env,
