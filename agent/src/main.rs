@@ -242,6 +242,17 @@ fn proxy_cgroup(args: &Args) -> anyhow::Result<Option<PathBuf>> {
 /// `bridge-nf-call-iptables` on, in the node's network namespace.
 fn ensure_bridge_netfilter() {
     let path = "/proc/sys/net/bridge/bridge-nf-call-iptables";
+    if !std::path::Path::new(path).exists() {
+        // The module is not loaded (nothing loads it on demand): as k3s does, load it.
+        match std::process::Command::new("modprobe")
+            .arg("br_netfilter")
+            .status()
+        {
+            Ok(s) if s.success() => tracing::info!("loaded br_netfilter"),
+            Ok(s) => tracing::warn!(status = %s, "modprobe br_netfilter failed"),
+            Err(e) => tracing::warn!(error = %e, "running modprobe br_netfilter"),
+        }
+    }
     let result = net::in_node_netns(|| match std::fs::read_to_string(path) {
         Ok(v) if v.trim() == "1" => Ok(()),
         Ok(_) => std::fs::write(path, "1"),

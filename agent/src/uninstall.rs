@@ -1,6 +1,7 @@
 //! `skiff-agent uninstall`: takes off the node what an agent put there, so the host is left as it
 //! was before the agent first ran: its pods' processes, mounts and cgroups, the eBPF pins (which
-//! detaches the socket and tc programs, since their links are held by nothing else), the nftables
+//! detaches the socket and tc programs, since their links are held by nothing else; before Linux
+//! 6.6 the tc programs are qdisc filters, detached by name), the nftables
 //! tables, the routes it added, the pod bridge and, unless kept, the data directory. The agent must
 //! be stopped first; kernel settings it turned on (IPv4 forwarding, `bridge-nf-call-iptables`)
 //! stay, as other software may rely on them.
@@ -236,6 +237,7 @@ fn network(args: &UninstallArgs) -> anyhow::Result<()> {
         t = crate::proxy::nft::TABLE,
         b = args.bridge
     );
+    crate::proxy::ebpf::detach_tc_filters();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

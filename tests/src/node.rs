@@ -196,10 +196,17 @@ impl Node {
     /// node's service hooks apply to it as to a pod, with the node's network (its namespace, or
     /// the host's).
     pub fn in_pods_cgroup(&self, program: &str) -> Command {
+        // On a unified host the pods' directory enables controllers for its children, so no
+        // process may live in it (cgroup v2's no-internal-process rule): a leaf of its own.
+        let mut dir = self.pods_cgroup2();
+        if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+            dir.push("test-client");
+            let _ = std::fs::create_dir_all(&dir);
+        }
         let mut cmd = Command::new("sh");
         cmd.arg("-c")
             .arg(r#"echo $$ > "$0/cgroup.procs" && exec "$@""#)
-            .arg(self.pods_cgroup2());
+            .arg(dir);
         if let Some(path) = self.netns_path() {
             cmd.arg("nsenter").arg(format!("--net={}", path.display()));
         }

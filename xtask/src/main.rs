@@ -10,6 +10,7 @@ mod bench;
 mod clean_host;
 mod ebpf;
 mod proto_schema;
+mod vm;
 
 #[derive(Debug, Parser)]
 #[command(name = "cargo xtask")]
@@ -59,11 +60,19 @@ enum Cmd {
     /// Remove what interrupted test runs left on this host (processes, mounts, bridges, cgroups,
     /// nftables tables named with the tests' `sk<hex>` prefix).
     CleanHost,
-    /// Run every check CI runs: formatting, clippy, unit and end-to-end tests.
+    /// Run every check CI runs: formatting, clippy, unit and end-to-end tests, then the pods and
+    /// eBPF services suites again in a pure cgroup v2 machine (`test-vm`).
     Test {
-        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        /// Extra arguments for `cargo test` (e.g. a test name filter); with them, the cgroup v2
+        /// machine is skipped.
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
+    },
+    /// Run the pods suite and the services suite's eBPF tests in a pure cgroup v2 machine (QEMU
+    /// with Debian's kernel; the binaries of the last `cargo xtask test` build).
+    TestVm {
+        /// A test name filter for both suites.
+        filter: Option<String>,
     },
 }
 
@@ -191,7 +200,57 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
     // The end-to-end suites drive the real binaries; build them first.
     run(cargo().args(["build", "-p", "skiff-control", "-p", "skiff-agent"]))?;
-    run(cargo().args(["test", "--workspace"]).args(args))
+    let cgroups = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        "cgroup v2 (unified)"
+    } else if Path::new("/sys/fs/cgroup/unified/cgroup.procs").exists() {
+        "hybrid: cgroup v1 controllers, a controller-less cgroup2 at /sys/fs/cgroup/unified"
+    } else {
+        "cgroup v1"
+    };
+    eprintln!("+ the suites run on this host's cgroups: {cgroups}");
+    run(cargo().args(["test", "--workspace"]).args(args))?;
+    if args.is_empty() {
+        test_vm(None)?;
+    }
+    Ok(())
+}
+
+/// The suites that run again in the cgroup v2 machine, with their test filters: the runtime
+/// (cgroups, OOM kills, probes, exec) and the eBPF service hooks (cgroup2 attach, tc on a kernel
+/// without TCX).
+const VM_SUITES: [(&str, &str); 2] = [("pods", ""), ("services", "ebpf")];
+
+fn test_vm(filter: Option<&str>) -> anyhow::Result<()> {
+    let out = cargo()
+        .args(["test", "-p", "skiff-tests", "--no-run", "--message-format=json"])
+        .current_dir(root())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("building the test binaries")?;
+    if !out.status.success() {
+        bail!("building the test binaries failed");
+    }
+    let mut script = String::from("rc=0\n");
+    for (suite, default_filter) in VM_SUITES {
+        let exe = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| {
+                v["reason"] == "compiler-artifact"
+                    && v["target"]["name"] == suite
+                    && v["target"]["kind"]
+                        .as_array()
+                        .is_some_and(|k| k.iter().any(|k| k == "test"))
+            })
+            .and_then(|v| v["executable"].as_str().map(str::to_owned))
+            .with_context(|| format!("no test binary for the {suite} suite"))?;
+        let filter = filter.unwrap_or(default_filter);
+        script.push_str(&format!(
+            "echo \"cgroup v2 machine: the {suite} suite\"\n'{exe}' '{filter}' --test-threads=2 || rc=1\n"
+        ));
+    }
+    script.push_str("exit $rc\n");
+    vm::run_in_vm(&root(), &root(), &script)
 }
 
 fn main() {
@@ -217,6 +276,7 @@ fn dispatch() -> anyhow::Result<()> {
             debug,
         ),
         Cmd::Test { args } => test(&args),
+        Cmd::TestVm { filter } => test_vm(filter.as_deref()),
         Cmd::CleanHost => clean_host::run(),
         Cmd::BuildEbpf => {
             let object = ebpf::build(&root())?;

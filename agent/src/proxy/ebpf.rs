@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use aya::maps::{HashMap as BpfHash, MapData};
 use aya::programs::links::{FdLink, PinnedLink};
-use aya::programs::tc::SchedClassifierLink;
+use aya::programs::tc::{NlOptions, SchedClassifierLink, TcHandle};
 use aya::programs::{CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType};
+use aya::util::KernelVersion;
 use skiff_abi::{
     AFFINITY_MAP, BACKENDS_MAP, Backend, BackendKey, FLAG_EXTERNAL, FLAG_MASQUERADE, MEMBERS_MAP, MemberKey,
     NAT_FLOWS_MAP, NAT_REPLIES_MAP, PROGRAMS, SERVICES_MAP, SOCKETS_MAP, Service, ServiceKey, TC_PROGRAMS,
@@ -224,11 +225,12 @@ impl Ebpf {
                         continue;
                     }
                     unpin(&path)?;
-                    let kind = if direction == "ingress" {
-                        TcAttachType::Ingress
-                    } else {
-                        TcAttachType::Egress
-                    };
+                    let kind = tc_kind(direction);
+                    if !has_tcx() {
+                        attach_netlink(program, iface, kind)
+                            .with_context(|| format!("attaching {name} to {iface} ({direction})"))?;
+                        continue;
+                    }
                     let id = program
                         .attach(iface, kind)
                         .with_context(|| format!("attaching {name} to {iface} ({direction})"))?;
@@ -303,4 +305,69 @@ impl Ebpf {
         }
         Ok(())
     }
+}
+
+/// Detaches the tc programs that [`attach_netlink`] left on the interfaces of the current network
+/// namespace (kernels without TCX; with TCX, unpinning their links detaches them).
+pub fn detach_tc_filters() {
+    let Ok(interfaces) = nix::net::if_::if_nameindex() else {
+        return;
+    };
+    for iface in interfaces.iter() {
+        let iface = iface.name().to_string_lossy();
+        for (name, direction) in TC_PROGRAMS {
+            let kind = tc_kind(direction);
+            // NotFound (none there) is the common case.
+            let _ = aya::programs::tc::qdisc_detach_program(&iface, kind, name);
+        }
+    }
+}
+
+/// The attach type for a direction of `TC_PROGRAMS`.
+fn tc_kind(direction: &str) -> TcAttachType {
+    if direction == "ingress" {
+        TcAttachType::Ingress
+    } else {
+        TcAttachType::Egress
+    }
+}
+
+/// Whether the kernel attaches tc programs through TCX links (Linux 6.6+), as aya then does.
+fn has_tcx() -> bool {
+    KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
+}
+
+/// Where the tc programs sit on kernels before TCX (Linux 6.6): a filter of the `clsact` qdisc at a
+/// fixed priority and handle of ours, so a restarted agent replaces its predecessor's program in
+/// place (and `skiff-agent uninstall` finds it by name).
+const TC_PRIORITY: u16 = 0x5c1f;
+const TC_HANDLE: TcHandle = TcHandle::new(0, 1);
+
+/// Attaches a tc program through netlink (kernels without TCX): adds the interface's `clsact`
+/// qdisc if it has none, then replaces our filter if one is there, or creates it. The filter stays
+/// when the agent exits, as a pinned TCX link does.
+fn attach_netlink(program: &mut SchedClassifier, iface: &str, kind: TcAttachType) -> anyhow::Result<()> {
+    if let Err(e) = aya::programs::tc::qdisc_add_clsact(iface) {
+        // EEXIST: the interface has its clsact qdisc already.
+        let exists = matches!(&e, aya::programs::tc::TcError::NetlinkError(n) if n.raw_os_error() == Some(nix::libc::EEXIST));
+        if !exists {
+            return Err(e).context("adding the clsact qdisc");
+        }
+    }
+    let ours = SchedClassifierLink::attached(iface, kind, TC_PRIORITY, TC_HANDLE, None)?;
+    let id = match program.attach_to_link(ours) {
+        Ok(id) => id,
+        Err(_) => program.attach_with_options(
+            iface,
+            kind,
+            aya::programs::tc::TcAttachOptions::Netlink(NlOptions {
+                priority: TC_PRIORITY,
+                handle: TC_HANDLE,
+                ..NlOptions::default()
+            }),
+        )?,
+    };
+    // Taken out of the program, the link is not detached when the agent's programs are dropped.
+    std::mem::forget(program.take_link(id)?);
+    Ok(())
 }

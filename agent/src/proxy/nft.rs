@@ -189,9 +189,13 @@ impl Nft {
             format!(
                 "add map {t} no-endpoint-services {{ type ipv4_addr . inet_proto . inet_service : verdict ; }}"
             ),
-            // Slot i of a service port's endpoints: the `pick-N` chains DNAT through it.
+            // Slot i of a service port's endpoints: the `pick-N` chains DNAT through it. The key's
+            // port is declared as `tcp dport` (the same type, inet_service) although the rules read
+            // `th dport`: with `th` next to `ip` in the stored typeof, nft 1.0.6 fails to load the
+            // map back from Linux 6.1 ("conflicting protocols specified: ip vs. th"), so every later
+            // transaction that adds a `pick-N` chain would fail there.
             format!(
-                "add map {t} endpoints {{ typeof ip daddr . meta l4proto . th dport . numgen random mod 1 : ip daddr . th dport ; }}"
+                "add map {t} endpoints {{ typeof ip daddr . meta l4proto . tcp dport . numgen random mod 1 : ip daddr . tcp dport ; }}"
             ),
             // Every backend address twice: a connection DNATed back to its own source (hairpin).
             format!("add set {t} hairpin {{ type ipv4_addr . ipv4_addr ; }}"),
