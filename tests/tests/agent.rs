@@ -92,6 +92,93 @@ fn agent_joins_registers_and_heartbeats() {
         "{err}"
     );
     assert!(!as_node(&["label", "node", "other-node", "x=y"]).status.success());
+
+    // Node restriction: a node reads only the secrets, config maps and claims of the pods bound to
+    // it, never the whole set, and writes the status of (or deletes) only its own pods.
+    c.ok_stdin(
+        &["apply", "-f", "-"],
+        &format!(
+            r#"
+apiVersion: v1
+kind: Secret
+metadata: {{name: used}}
+stringData: {{k: v}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: unused}}
+stringData: {{k: v}}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: used-cm}}
+data: {{k: v}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: theirs}}
+spec:
+  nodeName: another-node
+  containers: [{{name: c, image: 127.0.0.1:9/none}}]
+  volumes: [{{name: s, secret: {{secretName: unused}}}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: mine}}
+spec:
+  nodeName: {name}
+  containers:
+  - name: c
+    image: 127.0.0.1:9/none
+    env: [{{name: K, valueFrom: {{configMapKeyRef: {{name: used-cm, key: k}}}}}}]
+  volumes: [{{name: s, secret: {{secretName: used}}}}]
+"#
+        ),
+    );
+    let refused = |args: &[&str], why: &str| {
+        let out = as_node(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("Forbidden") && err.contains(why),
+            "{args:?}: {err}"
+        );
+    };
+    assert!(as_node(&["get", "secret", "used"]).status.success());
+    assert!(as_node(&["get", "configmap", "used-cm"]).status.success());
+    refused(&["get", "secret", "unused"], "no relationship found between node");
+    refused(&["get", "secrets"], "cannot list resource \"secrets\"");
+    refused(
+        &["get", "--raw", "/api/v1/namespaces/default/configmaps?watch=1"],
+        "cannot watch resource \"configmaps\"",
+    );
+    let status = r#"{"status":{"message":"hello"}}"#;
+    refused(
+        &[
+            "patch",
+            "pod",
+            "theirs",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            status,
+        ],
+        "can only update pod status or delete pods bound to it",
+    );
+    refused(
+        &["delete", "pod", "theirs"],
+        "can only update pod status or delete pods bound to it",
+    );
+    let ok = as_node(&[
+        "patch",
+        "pod",
+        "mine",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        status,
+    ]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    c.ok(&["delete", "pod", "mine", "theirs", "--grace-period=0", "--force"]);
     agent.kill9();
     let lost = wait_for_ready(&c, &name, "Unknown");
     assert!(lost, "a stopped agent's node did not go NotReady");

@@ -1,7 +1,8 @@
 //! Authorization until RBAC exists: `system:masters` may do anything; nodes
 //! (`system:node:<name>` in `system:nodes`) may read, and write only what a kubelet writes for
-//! itself (its Node and its status, its Lease, pod status, pod deletion, events); any other
-//! identity is refused. Refusals are upstream's `Forbidden` Status.
+//! itself (its Node and its status, its Lease, pod status, pod deletion, events), with the objects
+//! checked by [`super::noderestriction`] (its own pods, what they use); any other identity is
+//! refused. Refusals are upstream's `Forbidden` Status.
 
 use axum::http::Method;
 
@@ -25,10 +26,14 @@ pub fn verb(method: &Method, call: &Call, watching: bool) -> &'static str {
 }
 
 fn node_may(node: &str, verb: &str, call: &Call) -> bool {
-    if matches!(verb, "get" | "list" | "watch") {
-        return true;
-    }
     let (group, resource) = (call.info.group.as_str(), call.info.plural.as_str());
+    if matches!(verb, "get" | "list" | "watch") {
+        // One by one, and only those its pods use (`noderestriction`): never the whole set.
+        return match (group, resource) {
+            ("", "secrets" | "configmaps" | "persistentvolumeclaims" | "persistentvolumes") => verb == "get",
+            _ => true,
+        };
+    }
     let name = call.name.as_deref();
     match (group, resource, call.sub.as_deref()) {
         ("", "nodes", _) if verb == "create" => true,
@@ -45,15 +50,19 @@ fn node_may(node: &str, verb: &str, call: &Call) -> bool {
     }
 }
 
+/// The node a request comes from, when it is a node's (`system:node:<name>` in `system:nodes`).
+pub fn node_of(who: &Identity) -> Option<&str> {
+    who.user
+        .strip_prefix("system:node:")
+        .filter(|_| who.groups.iter().any(|g| g == "system:nodes"))
+}
+
 /// Checks that `who` may do `verb` on the call's resource.
 pub fn authorize(who: &Identity, verb: &str, call: &Call) -> Result<(), ApiError> {
     if who.groups.iter().any(|g| g == "system:masters") {
         return Ok(());
     }
-    let allowed = match who.user.strip_prefix("system:node:") {
-        Some(node) if who.groups.iter().any(|g| g == "system:nodes") => node_may(node, verb, call),
-        _ => false,
-    };
+    let allowed = node_of(who).is_some_and(|node| node_may(node, verb, call));
     if allowed {
         return Ok(());
     }

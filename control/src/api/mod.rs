@@ -9,6 +9,7 @@ mod eviction;
 pub mod handlers;
 mod join;
 mod nodeproxy;
+mod noderestriction;
 pub mod nodestream;
 pub mod object;
 mod patch;
@@ -338,9 +339,15 @@ async fn route(
         query,
     };
     let watching = legacy_watch || call.query.get("watch").is_some_and(|w| w == "true" || w == "1");
-    match who {
-        Some(who) => authz::authorize(who, authz::verb(method, &call, watching), &call)?,
-        None => return Err(ApiError::new(401, "Unauthorized", "Unauthorized")),
+    let Some(who) = who else {
+        return Err(ApiError::new(401, "Unauthorized", "Unauthorized"));
+    };
+    let verb = authz::verb(method, &call, watching);
+    authz::authorize(who, verb, &call)?;
+    if let Some(node) = authz::node_of(who)
+        && !who.groups.iter().any(|g| g == "system:masters")
+    {
+        noderestriction::check(&app, node, verb, &call).await?;
     }
     match (method, call.name.is_some(), call.sub.as_deref()) {
         (&Method::GET, _, _) if watching => handlers::watch(app, call).await,
