@@ -10,6 +10,7 @@
 #![no_main]
 
 mod maps;
+mod reject;
 mod sock_addr;
 mod tc;
 

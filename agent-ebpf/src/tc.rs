@@ -6,8 +6,9 @@
 //! the destination; the kernel then routes the packet to the pod, here or on another node. Under
 //! `externalTrafficPolicy: Cluster` the packet is also marked for the node's masquerade rule, so the
 //! answer from a pod on another node comes back through this one. `nodeport_out` (egress) gives
-//! the answers the address the client sent to. A port without a usable backend is left alone: nothing
-//! on the node listens there, so the kernel answers with a TCP reset or ICMP port unreachable.
+//! the answers the address the client sent to. A service port without endpoints (a cluster IP
+//! routed here from elsewhere, a NodePort, an external IP) is answered by `reject`: a TCP reset or
+//! an ICMP port unreachable, as kube-proxy rejects it.
 
 use aya_ebpf::bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK};
 use aya_ebpf::macros::classifier;
@@ -138,8 +139,18 @@ fn rewrite(
 /// Packets arriving on a node interface: a connection to a NodePort or external IP goes to a backend.
 #[classifier]
 pub fn nodeport_in(ctx: TcContext) -> i32 {
-    let _ = ingress(&ctx);
-    TC_ACT_OK as i32
+    match ingress(&ctx) {
+        Some(Verdict::Answered(verdict)) => verdict,
+        _ => TC_ACT_OK as i32,
+    }
+}
+
+/// What became of an arriving packet.
+enum Verdict {
+    /// Translated to a backend (or left alone): it goes on.
+    Pass,
+    /// Turned into the reject answer and sent back: the program returns this.
+    Answered(i32),
 }
 
 /// Packets leaving a node interface: a backend's answer to a translated connection gets the address
@@ -150,7 +161,7 @@ pub fn nodeport_out(ctx: TcContext) -> i32 {
     TC_ACT_OK as i32
 }
 
-fn ingress(ctx: &TcContext) -> Option<()> {
+fn ingress(ctx: &TcContext) -> Option<Verdict> {
     let pkt = Packet::parse(ctx)?;
     let flow = pkt.flow(true);
     let target = match NAT_FLOWS_V1.get_ptr(&flow) {
@@ -165,7 +176,11 @@ fn ingress(ctx: &TcContext) -> Option<()> {
             };
             // SAFETY: as above.
             let service = unsafe { *SERVICES_V1.get_ptr(&key)? };
-            if service.flags & FLAG_EXTERNAL == 0 || service.count == 0 {
+            if service.count == 0 {
+                // A service port without endpoints: refused, as the socket hooks refuse it.
+                return crate::reject::answer(ctx, pkt.protocol, pkt.l4 - ETH_HLEN).map(Verdict::Answered);
+            }
+            if service.flags & FLAG_EXTERNAL == 0 {
                 return None;
             }
             let client = || REMOTE_CLIENT | u64::from(u32::from_be_bytes(pkt.src));
@@ -203,7 +218,8 @@ fn ingress(ctx: &TcContext) -> Option<()> {
         pkt.l4 + 2,
         (pkt.dst, b.addr),
         (pkt.dport, b.port),
-    )
+    )?;
+    Some(Verdict::Pass)
 }
 
 fn egress(ctx: &TcContext) -> Option<()> {

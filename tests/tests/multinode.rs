@@ -125,7 +125,7 @@ kind: Service
 metadata: {{name: web}}
 spec:
   selector: {{app: web}}
-  ports: [{{name: http, port: 80, targetPort: http}}]
+  ports: [{{name: http, port: 80, targetPort: http}}, {{name: dgram, port: 53, protocol: UDP, targetPort: 5353}}]
 ---
 apiVersion: v1
 kind: Service
@@ -349,4 +349,42 @@ spec:
             .contains("Connection refused")
         });
     }
+    // Its cluster IP routed to node A from outside every node: the packets bypass the socket hooks,
+    // and the packet path refuses them too (a TCP reset, an ICMP port unreachable for UDP).
+    k.fabric.route(&vip, &a.ip);
+    let mut last = String::new();
+    wait(&k, "the cluster IP refusing outside clients", || {
+        let out = k
+            .fabric
+            .command("python3")
+            .args(["-c", REFUSED_PROBE, &vip])
+            .output()
+            .expect("running python3 in the fabric's namespace");
+        last = String::from_utf8_lossy(&out.stdout).into_owned();
+        last == "tcp refused\nudp refused\n"
+    });
 }
+
+/// TCP to ADDR:80 and UDP to ADDR:53 (a connected socket, which reports ICMP errors): how each ends.
+const REFUSED_PROBE: &str = r#"
+import socket, sys
+addr = sys.argv[1]
+try:
+    socket.create_connection((addr, 80), timeout=3)
+    print("tcp connected")
+except ConnectionRefusedError:
+    print("tcp refused")
+except OSError as e:
+    print("tcp", e)
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.settimeout(3)
+u.connect((addr, 53))
+try:
+    u.send(b"x")
+    u.recv(10)
+    print("udp answered")
+except ConnectionRefusedError:
+    print("udp refused")
+except OSError as e:
+    print("udp", e)
+"#;

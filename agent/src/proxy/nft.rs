@@ -101,8 +101,21 @@ impl Nft {
         if !self.rebuild && changes.is_empty() {
             return Ok(());
         }
-        let tx = self.script(changes);
-        match crate::net::nft(&tx.s).await {
+        let mut tx = self.script(changes);
+        let mut result = crate::net::nft(&tx.s).await;
+        if let Err(e) = &result
+            && !self.rebuild
+        {
+            // A change that fails on its own goes in with the whole table at once: nft 1.0.6 cannot
+            // add a rule that uses the `endpoints` map once it has to read that map back from
+            // Linux 6.1 ("conflicting protocols specified: ip vs. th"), so there a new `pick-N`
+            // chain only goes in with a rebuild.
+            tracing::debug!(error = %format!("{e:#}"), "an incremental nftables transaction failed; rebuilding the table");
+            self.rebuild = true;
+            tx = self.script(changes);
+            result = crate::net::nft(&tx.s).await;
+        }
+        match result {
             Ok(()) => {
                 self.flush_stale_udp(changes).await;
                 self.picks = tx.picks;
@@ -189,13 +202,9 @@ impl Nft {
             format!(
                 "add map {t} no-endpoint-services {{ type ipv4_addr . inet_proto . inet_service : verdict ; }}"
             ),
-            // Slot i of a service port's endpoints: the `pick-N` chains DNAT through it. The key's
-            // port is declared as `tcp dport` (the same type, inet_service) although the rules read
-            // `th dport`: with `th` next to `ip` in the stored typeof, nft 1.0.6 fails to load the
-            // map back from Linux 6.1 ("conflicting protocols specified: ip vs. th"), so every later
-            // transaction that adds a `pick-N` chain would fail there.
+            // Slot i of a service port's endpoints: the `pick-N` chains DNAT through it.
             format!(
-                "add map {t} endpoints {{ typeof ip daddr . meta l4proto . tcp dport . numgen random mod 1 : ip daddr . tcp dport ; }}"
+                "add map {t} endpoints {{ typeof ip daddr . meta l4proto . th dport . numgen random mod 1 : ip daddr . th dport ; }}"
             ),
             // Every backend address twice: a connection DNATed back to its own source (hairpin).
             format!("add set {t} hairpin {{ type ipv4_addr . ipv4_addr ; }}"),
