@@ -61,15 +61,15 @@ enum Cmd {
     /// nftables tables named with the tests' `sk<hex>` prefix).
     CleanHost,
     /// Run every check CI runs: formatting, clippy, unit and end-to-end tests, then the pods and
-    /// eBPF services suites again in a pure cgroup v2 machine (`test-vm`).
+    /// services suites again in a pure cgroup v2 machine (`test-vm`).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter); with them, the cgroup v2
         /// machine is skipped.
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
-    /// Run the pods suite and the services suite's eBPF tests in a pure cgroup v2 machine (QEMU
-    /// with Debian's kernel; the binaries of the last `cargo xtask test` build).
+    /// Run the pods and services suites in a pure cgroup v2 machine (QEMU with Debian's kernel;
+    /// the binaries of the last `cargo xtask test` build).
     TestVm {
         /// A test name filter for both suites.
         filter: Option<String>,
@@ -216,9 +216,9 @@ fn test(args: &[String]) -> anyhow::Result<()> {
 }
 
 /// The suites that run again in the cgroup v2 machine, with their test filters: the runtime
-/// (cgroups, OOM kills, probes, exec) and the eBPF service hooks (cgroup2 attach, tc on a kernel
-/// without TCX).
-const VM_SUITES: [(&str, &str); 2] = [("pods", ""), ("services", "ebpf")];
+/// (cgroups, OOM kills, probes, exec) and both service planes (eBPF hooks on cgroup2 and tc on a
+/// kernel without TCX; nftables with that kernel).
+const VM_SUITES: [(&str, &str); 2] = [("pods", ""), ("services", "")];
 
 fn test_vm(filter: Option<&str>) -> anyhow::Result<()> {
     let out = cargo()
