@@ -843,3 +843,79 @@ spec:
     k.wait_pod("second", "Succeeded", |p| phase(p) == "Succeeded");
     assert_eq!(k.c.ok(&["logs", "second"]).trim(), "kept");
 }
+
+#[test]
+fn projected_service_account_tokens_authenticate_as_the_pods_account() {
+    let k = Cluster::start();
+    let image = k.registry.busybox();
+    k.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: tokened}}
+spec:
+  terminationGracePeriodSeconds: 0
+  containers:
+  - name: app
+    image: {image}
+    command: ["sleep", "3600"]
+    volumeMounts: [{{name: tokens, mountPath: /var/run/secrets/tokens}}]
+  volumes:
+  - name: tokens
+    projected:
+      sources:
+      - serviceAccountToken: {{path: api, expirationSeconds: 3600}}
+      - serviceAccountToken: {{path: vault, audience: vault, expirationSeconds: 3600}}
+"#
+    ));
+    k.wait_pod("tokened", "Running", |p| phase(p) == "Running");
+    let read = |file: &str| {
+        k.c.ok(&[
+            "exec",
+            "tokened",
+            "--",
+            "cat",
+            &format!("/var/run/secrets/tokens/{file}"),
+        ])
+    };
+    let token = read("api");
+    assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+    // kubectl with the token alone: it authenticates as the pod's service account (which, without
+    // RBAC yet, may do nothing: Forbidden, not Unauthorized).
+    let ca = k.c.data_dir().join("pki/ca.crt");
+    let with_token = |token: &str| {
+        let out = std::process::Command::new("kubectl")
+            .env("KUBECONFIG", "/dev/null")
+            .args(["--server", &k.c.url(), "--token", token])
+            .arg(format!("--certificate-authority={}", ca.display()))
+            .args(["get", "pods"])
+            .output()
+            .expect("running kubectl");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = with_token(&token);
+    assert!(
+        err.contains(r#"User "system:serviceaccount:default:default" cannot list resource "pods""#),
+        "{err}\ntoken: {token}\ncontrol log:\n{}",
+        k.c.log()
+    );
+    // A token for another audience is no key to the API server, nor is a forged one.
+    let vault = read("vault");
+    assert!(
+        with_token(&vault).contains("Unauthorized"),
+        "{}",
+        with_token(&vault)
+    );
+    let (signed, _) = token.rsplit_once('.').unwrap();
+    assert!(with_token(&format!("{signed}.AAAA")).contains("Unauthorized"));
+    // The volume is refreshed every few seconds, the token only near the end of its life.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(read("api"), token);
+    // Bound to the pod: gone with it.
+    k.c.ok(&["delete", "pod", "tokened", "--grace-period=0", "--force"]);
+    assert!(
+        with_token(&token).contains("Unauthorized"),
+        "{}",
+        with_token(&token)
+    );
+}

@@ -84,8 +84,38 @@ impl<'a> Lookup<'a> {
         self.ca_pem
     }
 
-    /// A bound service-account token through the TokenRequest API.
+    /// A bound service-account token through the TokenRequest API; the same one until 80% of its
+    /// lifetime has passed, as the kubelet renews it (volumes are refreshed every few seconds).
     pub async fn service_account_token(&self, pod: &Value, source: &Value) -> anyhow::Result<String> {
+        use std::time::{Duration, Instant};
+        type Tokens = std::sync::Mutex<HashMap<String, (String, Instant)>>;
+        static TOKENS: std::sync::OnceLock<Tokens> = std::sync::OnceLock::new();
+        let tokens = TOKENS.get_or_init(Default::default);
+        let seconds = source["expirationSeconds"].as_i64().unwrap_or(3607);
+        let key = format!(
+            "{}/{}/{seconds}",
+            pod["metadata"]["uid"].as_str().unwrap_or_default(),
+            source["audience"].as_str().unwrap_or_default()
+        );
+        let now = Instant::now();
+        if let Ok(mut held) = tokens.lock() {
+            // Tokens of pods long gone are forgotten.
+            held.retain(|_, (_, renew)| now < *renew + Duration::from_secs(3600));
+            if let Some((token, renew)) = held.get(&key)
+                && now < *renew
+            {
+                return Ok(token.clone());
+            }
+        }
+        let token = self.request_token(pod, source).await?;
+        let renew = now + Duration::from_secs(u64::try_from(seconds).unwrap_or(3600) * 8 / 10);
+        if let Ok(mut held) = tokens.lock() {
+            held.insert(key, (token.clone(), renew));
+        }
+        Ok(token)
+    }
+
+    async fn request_token(&self, pod: &Value, source: &Value) -> anyhow::Result<String> {
         let sa = pod["spec"]["serviceAccountName"].as_str().unwrap_or("default");
         let req = json!({
             "apiVersion": "authentication.k8s.io/v1",

@@ -42,6 +42,8 @@ fn node_may(node: &str, verb: &str, call: &Call) -> bool {
             call.ns.as_deref() == Some("kube-node-lease") && (verb == "create" || name == Some(node))
         }
         ("", "pods", Some("status")) => matches!(verb, "update" | "patch"),
+        // Only for pods bound to it (`token::create` checks the bound pod).
+        ("", "serviceaccounts", Some("token")) => verb == "create",
         ("", "pods", None) => verb == "delete",
         ("", "events", None) | ("events.k8s.io", "events", None) => {
             matches!(verb, "create" | "update" | "patch")

@@ -20,6 +20,7 @@ pub mod server;
 mod service;
 pub mod status;
 mod table;
+pub mod token;
 pub mod tunnel;
 mod validation;
 
@@ -64,6 +65,8 @@ pub struct App {
     pub cluster_cidr: Option<crate::controllers::node_ipam::ClusterCidr>,
     /// Agents' open tunnels, through which their endpoints are reached.
     pub tunnels: tunnel::Tunnels,
+    /// Service-account token signer (its key lives in the store; loaded on first use).
+    signer: tokio::sync::OnceCell<token::Signer>,
 }
 
 impl App {
@@ -78,6 +81,7 @@ impl App {
             node_stream_timeout: std::time::Duration::from_secs(1800),
             pki: None,
             node_secret: String::new(),
+            signer: tokio::sync::OnceCell::new(),
             cluster_cidr: None,
             tunnels: tunnel::Tunnels::default(),
         }
@@ -132,7 +136,22 @@ fn unauthorized() -> Response {
 }
 
 async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    // Without a client certificate, a bearer token (a service account's) may say who it is.
+    if parts.extensions.get::<Identity>().is_none()
+        && let Some(bearer) = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|a| a.to_str().ok())
+            .and_then(|a| a.strip_prefix("Bearer "))
+    {
+        match token::authenticate(&app, bearer.trim()).await {
+            Ok(id) => {
+                parts.extensions.insert(id);
+            }
+            Err(e) => return e.into_response(),
+        }
+    }
     let path = parts.uri.path().to_owned();
     let query = parse_query(parts.uri.query());
     let public = matches!(
@@ -357,6 +376,7 @@ async fn route(
         (&Method::POST, false, None) => handlers::create(&app, &call, body).await,
         (&Method::POST, true, Some("binding")) => handlers::bind(&app, &call, body).await,
         (&Method::POST, true, Some("eviction")) => eviction::evict(&app, &call, body).await,
+        (&Method::POST, true, Some("token")) => token::create(&app, &call, body, authz::node_of(who)).await,
         (&Method::PUT, true, _) => handlers::update(&app, &call, body).await,
         (&Method::PATCH, true, _) => handlers::patch(&app, &call, body).await,
         (&Method::DELETE, true, None) => handlers::delete(&app, &call, body).await,

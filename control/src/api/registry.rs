@@ -112,6 +112,7 @@ impl ResourceInfo {
                 "eviction" => ("Eviction", "policy", "v1", &["create"]),
                 "log" => ("Pod", "", "", &["get"]),
                 "exec" => ("PodExecOptions", "", "", &["create", "get"]),
+                "token" => ("TokenRequest", "authentication.k8s.io", "v1", &["create"]),
                 _ => (&self.kind, "", "", &["get", "patch", "update"]),
             };
             let mut entry = json!({
@@ -203,7 +204,7 @@ const BUILTINS: &[Builtin] = &[
         namespaced: true,
         short: &["sa"],
         all: false,
-        subs: &[],
+        subs: &["token"],
     },
     Builtin {
         group: "",
