@@ -10,7 +10,7 @@ ln -sf pts/ptmx /dev/ptmx
 mount -t tmpfs tmpfs /dev/shm
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 mount -t bpf bpf /sys/fs/bpf
-mount -t tmpfs tmpfs /tmp
+# /tmp stays the overlay's (the workspace may live there); what the suites write lands in its tmpfs.
 mount -t tmpfs tmpfs /run
 echo /sbin/modprobe > /proc/sys/kernel/modprobe
 ip link set lo up
