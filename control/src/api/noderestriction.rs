@@ -62,55 +62,51 @@ pub fn referenced(pod: &Value, resource: &str) -> Vec<String> {
     let containers = ["initContainers", "containers", "ephemeralContainers"]
         .into_iter()
         .flat_map(|k| spec[k].as_array().into_iter().flatten());
-    match resource {
-        "secrets" => {
-            for v in volumes {
-                push(&v["secret"]["secretName"]);
-                for s in v["projected"]["sources"].as_array().into_iter().flatten() {
-                    push(&s["secret"]["name"]);
-                }
+    // Where a pod names a Secret or a ConfigMap: the volume source and its name field, the
+    // projected source, the env key reference and the envFrom source.
+    let fields = match resource {
+        "secrets" => Some((("secret", "secretName"), "secret", "secretKeyRef", "secretRef")),
+        "configmaps" => Some((
+            ("configMap", "name"),
+            "configMap",
+            "configMapKeyRef",
+            "configMapRef",
+        )),
+        _ => None,
+    };
+    if let Some(((volume, volume_name), projected, key_ref, env_from)) = fields {
+        for v in volumes {
+            push(&v[volume][volume_name]);
+            for s in v["projected"]["sources"].as_array().into_iter().flatten() {
+                push(&s[projected]["name"]);
             }
-            for c in containers {
-                for e in c["env"].as_array().into_iter().flatten() {
-                    push(&e["valueFrom"]["secretKeyRef"]["name"]);
-                }
-                for e in c["envFrom"].as_array().into_iter().flatten() {
-                    push(&e["secretRef"]["name"]);
-                }
+        }
+        for c in containers {
+            for e in c["env"].as_array().into_iter().flatten() {
+                push(&e["valueFrom"][key_ref]["name"]);
             }
+            for e in c["envFrom"].as_array().into_iter().flatten() {
+                push(&e[env_from]["name"]);
+            }
+        }
+        if resource == "secrets" {
             for s in spec["imagePullSecrets"].as_array().into_iter().flatten() {
                 push(&s["name"]);
             }
         }
-        "configmaps" => {
-            for v in volumes {
-                push(&v["configMap"]["name"]);
-                for s in v["projected"]["sources"].as_array().into_iter().flatten() {
-                    push(&s["configMap"]["name"]);
-                }
-            }
-            for c in containers {
-                for e in c["env"].as_array().into_iter().flatten() {
-                    push(&e["valueFrom"]["configMapKeyRef"]["name"]);
-                }
-                for e in c["envFrom"].as_array().into_iter().flatten() {
-                    push(&e["configMapRef"]["name"]);
-                }
+        return out;
+    }
+    if resource == "persistentvolumeclaims" {
+        let pod_name = pod["metadata"]["name"].as_str().unwrap_or_default();
+        for v in volumes {
+            push(&v["persistentVolumeClaim"]["claimName"]);
+            // A generic ephemeral volume's claim is named after the pod and the volume.
+            if v["ephemeral"].is_object()
+                && let Some(name) = v["name"].as_str()
+            {
+                push(&Value::String(format!("{pod_name}-{name}")));
             }
         }
-        "persistentvolumeclaims" => {
-            let pod_name = pod["metadata"]["name"].as_str().unwrap_or_default();
-            for v in volumes {
-                push(&v["persistentVolumeClaim"]["claimName"]);
-                // A generic ephemeral volume's claim is named after the pod and the volume.
-                if v["ephemeral"].is_object()
-                    && let Some(name) = v["name"].as_str()
-                {
-                    push(&Value::String(format!("{pod_name}-{name}")));
-                }
-            }
-        }
-        _ => {}
     }
     out
 }
