@@ -472,7 +472,10 @@ async fn main() -> anyhow::Result<()> {
             let planes = list("--planes").unwrap_or_else(proxy::planes);
             json!({"proxy": proxy::bench(&sizes, &planes).await?})
         }
-        Some("proxy-client") => proxy::client(std::path::Path::new(args.get(2).context("targets file")?))?,
+        Some("proxy-client") => proxy::client(
+            std::path::Path::new(args.get(2).context("targets file")?),
+            args.get(3).and_then(|n| n.parse().ok()),
+        )?,
         Some("crun-loop") => {
             let (b, root) = (args.get(2).context("bundle")?, args.get(3).context("root")?);
             let n: usize = args.get(4).and_then(|n| n.parse().ok()).unwrap_or(50);

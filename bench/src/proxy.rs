@@ -39,6 +39,10 @@ const ENDPOINT_RANGE: &str = "10.128.0.0/15";
 const CHANGES: usize = 20;
 /// Sequential connections timed for latency.
 const LATENCY_SAMPLES: usize = 2_000;
+/// The eBPF plane's latency is also measured paired with the floor: this many rounds, each of
+/// `LATENCY_SAMPLES / PAIRED_ROUNDS` connections straight to the endpoints from a cgroup without
+/// the hooks, then as many through the hooks, while both share the same namespace, tables and time.
+const PAIRED_ROUNDS: usize = 10;
 /// Requests/s: concurrent client threads and duration.
 const RPS_THREADS: usize = 4;
 const RPS_SECONDS: u64 = 3;
@@ -238,6 +242,8 @@ fn iptables_restore(ns: &str, program: &str, rules: &str, noflush: bool) -> anyh
 struct Host {
     prefix: String,
     cgroup: PathBuf,
+    /// A sibling cgroup2 directory without the hooks (the paired floor's client).
+    bare_cgroup: PathBuf,
     /// Holds the bpffs mount (named like a test node's directory, so `cargo xtask clean-host`
     /// finds it after an interrupted run).
     dir: tempfile::TempDir,
@@ -267,8 +273,15 @@ impl Host {
         let dir = tempfile::Builder::new()
             .prefix(&format!("{prefix}-agent-"))
             .tempdir()?;
-        let host = Host { prefix, cgroup, dir };
+        let bare_cgroup = cgroup.with_file_name(format!("{prefix}-bare"));
+        let host = Host {
+            prefix,
+            cgroup,
+            bare_cgroup,
+            dir,
+        };
         std::fs::create_dir_all(&host.cgroup).context("creating the client's cgroup2 directory")?;
+        std::fs::create_dir_all(&host.bare_cgroup).context("creating the bare cgroup2 directory")?;
         std::fs::create_dir_all(host.bpffs())?;
         run(Command::new("mount").args(["-t", "bpf", "bpf"]).arg(host.bpffs()))?;
         let s = host.server_ns();
@@ -310,18 +323,29 @@ impl Host {
     /// Runs the client in the cgroup (moved first: `ip netns exec` hides cgroup2), in the client
     /// namespace, against `targets`.
     fn client(&self, targets: &[SocketAddrV4]) -> anyhow::Result<Value> {
+        self.client_in(&self.cgroup, targets, None)
+    }
+
+    /// The client in `cgroup`; with `samples`, only that many latency samples (as a list).
+    fn client_in(
+        &self,
+        cgroup: &Path,
+        targets: &[SocketAddrV4],
+        samples: Option<usize>,
+    ) -> anyhow::Result<Value> {
         let list = self.dir.path().join("targets");
         let text: String = targets.iter().map(|t| format!("{t}\n")).collect();
         std::fs::write(&list, text)?;
         let me = std::env::current_exe()?;
         let out = Command::new("sh")
             .arg("-c")
-            .arg(r#"echo $$ > "$1/cgroup.procs" && exec ip netns exec "$2" "$3" proxy-client "$4""#)
+            .arg(r#"echo $$ > "$1/cgroup.procs" && exec ip netns exec "$2" "$3" proxy-client "$4" $5"#)
             .arg("sh")
-            .arg(&self.cgroup)
+            .arg(cgroup)
             .arg(self.client_ns())
             .arg(me)
             .arg(&list)
+            .arg(samples.map(|n| n.to_string()).unwrap_or_default())
             .output()?;
         if !out.status.success() {
             bail!(
@@ -341,6 +365,7 @@ impl Drop for Host {
         let _ = std::fs::remove_dir_all(self.bpffs().join("skiff"));
         let _ = Command::new("umount").arg(self.bpffs()).output();
         let _ = std::fs::remove_dir(&self.cgroup);
+        let _ = std::fs::remove_dir(&self.bare_cgroup);
     }
 }
 
@@ -379,6 +404,8 @@ struct Measured {
     program_all_ms: f64,
     change_ms: Vec<f64>,
     client: Value,
+    /// eBPF only: (through the hooks, straight to the endpoints) latencies, in interleaved rounds.
+    paired: Option<(Vec<f64>, Vec<f64>)>,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -442,22 +469,22 @@ async fn measure(host: &Host, plane: &str, n: usize) -> anyhow::Result<Measured>
         .map(|i| SocketAddrV4::new(cluster_ip(i), SERVICE_PORT))
         .collect();
     let c = host.client_ns();
+    let endpoints: Vec<SocketAddrV4> = (0..n * ENDPOINTS)
+        .map(|k| SocketAddrV4::new(endpoint_ip(k), TARGET_PORT))
+        .collect();
     Ok(match plane {
-        "direct" => {
-            let endpoints: Vec<SocketAddrV4> = (0..n * ENDPOINTS)
-                .map(|k| SocketAddrV4::new(endpoint_ip(k), TARGET_PORT))
-                .collect();
-            Measured {
-                program_all_ms: 0.0,
-                change_ms: Vec::new(),
-                client: host.client(&endpoints)?,
-            }
-        }
+        "direct" => Measured {
+            program_all_ms: 0.0,
+            change_ms: Vec::new(),
+            client: host.client(&endpoints)?,
+            paired: None,
+        },
         "ebpf" => {
             let pins = host.bpffs().join("skiff");
             let ebpf = Ebpf::load(&pins, &host.cgroup, &[])?;
             let (program_all_ms, change_ms, plane) = agent_plane(Plane::Ebpf(Box::new(ebpf)), n).await?;
             let client = host.client(&services);
+            let paired = paired_latency(host, &services, &endpoints);
             // Dropping the plane and its pins detaches the hooks.
             drop(plane);
             std::fs::remove_dir_all(&pins)?;
@@ -465,6 +492,7 @@ async fn measure(host: &Host, plane: &str, n: usize) -> anyhow::Result<Measured>
                 program_all_ms,
                 change_ms,
                 client: client?,
+                paired: Some(paired?),
             }
         }
         "nftables" => {
@@ -477,6 +505,7 @@ async fn measure(host: &Host, plane: &str, n: usize) -> anyhow::Result<Measured>
                 program_all_ms,
                 change_ms,
                 client: host.client(&services)?,
+                paired: None,
             }
         }
         "iptables-legacy" | "iptables-nft" => {
@@ -486,10 +515,42 @@ async fn measure(host: &Host, plane: &str, n: usize) -> anyhow::Result<Measured>
                 program_all_ms,
                 change_ms,
                 client: host.client(&services)?,
+                paired: None,
             }
         }
         other => bail!("unknown plane {other}"),
     })
+}
+
+/// The eBPF plane's latency and the floor's, in interleaved rounds (see `PAIRED_ROUNDS`).
+fn paired_latency(
+    host: &Host,
+    services: &[SocketAddrV4],
+    endpoints: &[SocketAddrV4],
+) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+    let per_round = LATENCY_SAMPLES / PAIRED_ROUNDS;
+    let samples = |v: Value| -> Vec<f64> {
+        v["samples"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_f64)
+            .collect()
+    };
+    let (mut hooked, mut floor) = (Vec::new(), Vec::new());
+    for _ in 0..PAIRED_ROUNDS {
+        floor.extend(samples(host.client_in(
+            &host.bare_cgroup,
+            endpoints,
+            Some(per_round),
+        )?));
+        hooked.extend(samples(host.client_in(
+            &host.cgroup,
+            services,
+            Some(per_round),
+        )?));
+    }
+    Ok((hooked, floor))
 }
 
 /// p50/p99 in ms to the microsecond (these latencies are tens of microseconds).
@@ -508,10 +569,14 @@ pub async fn bench(sizes: &[usize], planes: &[String]) -> anyhow::Result<Value> 
             let m = measure(&host, plane, n)
                 .await
                 .with_context(|| format!("{plane} with {n} services"))?;
-            rows.push(json!({"plane": plane, "services": n, "endpoints": n * ENDPOINTS,
+            let mut row = json!({"plane": plane, "services": n, "endpoints": n * ENDPOINTS,
                 "program_all_ms": (m.program_all_ms * 10.0).round() / 10.0,
                 "change": stats(m.change_ms), "latency": m.client["latency"],
-                "rps": m.client["rps"], "errors": m.client["errors"]}));
+                "rps": m.client["rps"], "errors": m.client["errors"]});
+            if let Some((hooked, floor)) = m.paired {
+                row["paired"] = json!({"ebpf": stats(hooked), "direct": stats(floor)});
+            }
+            rows.push(row);
         }
     }
     Ok(json!(rows))
@@ -550,9 +615,9 @@ fn request(target: &SocketAddrV4) -> std::io::Result<Duration> {
     Ok(first)
 }
 
-/// `skiff-bench proxy-client TARGETS`: latency of sequential requests to random targets, then
-/// requests/s from several threads.
-pub fn client(targets: &Path) -> anyhow::Result<Value> {
+/// `skiff-bench proxy-client TARGETS [SAMPLES]`: latency of sequential requests to random targets,
+/// then requests/s from several threads; with SAMPLES, only that many latencies, as a list.
+pub fn client(targets: &Path, samples: Option<usize>) -> anyhow::Result<Value> {
     let targets: Vec<SocketAddrV4> = std::fs::read_to_string(targets)?
         .lines()
         .map(|l| l.parse())
@@ -560,7 +625,11 @@ pub fn client(targets: &Path) -> anyhow::Result<Value> {
     if targets.is_empty() {
         bail!("no targets");
     }
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    // Each run (and each paired round) picks its own targets.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (u64::from(nanos) << 20 | 1));
     let mut errors = 0u64;
     // Warm up (ARP, caches), then time.
     let warm = (0..100)
@@ -570,11 +639,14 @@ pub fn client(targets: &Path) -> anyhow::Result<Value> {
         bail!("no target answered");
     }
     let mut latency = Vec::with_capacity(LATENCY_SAMPLES);
-    for _ in 0..LATENCY_SAMPLES {
+    for _ in 0..samples.unwrap_or(LATENCY_SAMPLES) {
         match request(&targets[rng.below(targets.len())]) {
             Ok(d) => latency.push(ms(d)),
             Err(_) => errors += 1,
         }
+    }
+    if samples.is_some() {
+        return Ok(json!({"samples": latency, "errors": errors}));
     }
     let deadline = Instant::now() + Duration::from_secs(RPS_SECONDS);
     let t0 = Instant::now();
