@@ -638,6 +638,9 @@ spec:
     readinessProbe:
       exec: {{command: ["test", "-f", "/tmp/ready"]}}
       periodSeconds: 1
+      # An exec probe starts a libcontainer tenant: seconds, not milliseconds, on an emulated CPU
+      # (the cgroup v2 machine).
+      timeoutSeconds: 10
       failureThreshold: 1
   - name: web
     image: {image}
@@ -720,6 +723,7 @@ spec:
     readinessProbe:
       grpc: {{port: {port}, service: app}}
       periodSeconds: 1
+      timeoutSeconds: 5
       failureThreshold: 1
   terminationGracePeriodSeconds: 1
 "#
