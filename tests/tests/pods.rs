@@ -24,7 +24,8 @@ impl PodCluster for Cluster {
     }
 
     fn wait_pod(&self, name: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        // Generous: the suite also runs in the cgroup v2 machine, on an emulated CPU.
+        let deadline = Instant::now() + Duration::from_secs(180);
         loop {
             let pod = self.pod(name);
             if check(&pod) {
