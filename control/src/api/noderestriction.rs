@@ -29,8 +29,14 @@ fn forbidden(node: &str, verb: &str, call: &Call, why: &str) -> ApiError {
     )
 }
 
-fn internal(e: impl std::fmt::Display) -> ApiError {
-    ApiError::new(500, "InternalError", e.to_string())
+/// A node reading an object none of its pods uses.
+fn unrelated(node: &str, verb: &str, call: &Call) -> ApiError {
+    forbidden(
+        node,
+        verb,
+        call,
+        &format!("no relationship found between node '{node}' and this object"),
+    )
 }
 
 /// The pods bound to `node`, in namespace `ns` or (None) in every namespace.
@@ -39,7 +45,11 @@ async fn pods_on(app: &App, node: &str, ns: Option<&str>) -> Result<Vec<Value>, 
         Some(ns) => format!("/registry/core/pods/{ns}/"),
         None => "/registry/core/pods/".to_owned(),
     };
-    let listed = app.store.list(&prefix, None, 0).await.map_err(internal)?;
+    let listed = app
+        .store
+        .list(&prefix, None, 0)
+        .await
+        .map_err(ApiError::internal)?;
     Ok(listed
         .items
         .iter()
@@ -128,12 +138,7 @@ pub async fn check(app: &App, node: &str, verb: &str, call: &Call) -> Result<(),
             if used {
                 return Ok(());
             }
-            Err(forbidden(
-                node,
-                verb,
-                call,
-                &format!("no relationship found between node '{node}' and this object"),
-            ))
+            Err(unrelated(node, verb, call))
         }
         ("persistentvolumes", None, "get") => {
             let name = call.name();
@@ -141,23 +146,18 @@ pub async fn check(app: &App, node: &str, verb: &str, call: &Call) -> Result<(),
                 let pod_ns = pod["metadata"]["namespace"].as_str().unwrap_or("default");
                 for claim in referenced(&pod, "persistentvolumeclaims") {
                     let key = format!("/registry/core/persistentvolumeclaims/{pod_ns}/{claim}");
-                    if let Some(kv) = app.store.get(&key).await.map_err(internal)?
+                    if let Some(kv) = app.store.get(&key).await.map_err(ApiError::internal)?
                         && from_kv(&kv)["spec"]["volumeName"].as_str() == Some(name)
                     {
                         return Ok(());
                     }
                 }
             }
-            Err(forbidden(
-                node,
-                verb,
-                call,
-                &format!("no relationship found between node '{node}' and this object"),
-            ))
+            Err(unrelated(node, verb, call))
         }
         ("pods", Some("status"), _) | ("pods", None, "delete") => {
             let key = format!("/registry/core/pods/{}/{}", ns.unwrap_or_default(), call.name());
-            let Some(kv) = app.store.get(&key).await.map_err(internal)? else {
+            let Some(kv) = app.store.get(&key).await.map_err(ApiError::internal)? else {
                 // The handler answers NotFound.
                 return Ok(());
             };

@@ -42,10 +42,6 @@ fn unb64(text: &str) -> Option<Vec<u8>> {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text).ok()
 }
 
-fn internal(e: impl std::fmt::Display) -> ApiError {
-    ApiError::new(500, "InternalError", e.to_string())
-}
-
 impl Signer {
     fn from_pkcs8(pkcs8: &[u8]) -> Option<Signer> {
         let key =
@@ -66,7 +62,7 @@ impl Signer {
         let sig = self
             .key
             .sign(&SystemRandom::new(), input.as_bytes())
-            .map_err(|_| internal("signing a token failed"))?;
+            .map_err(|_| ApiError::internal("signing a token failed"))?;
         Ok(format!("{input}.{}", b64(sig.as_ref())))
     }
 
@@ -91,22 +87,22 @@ impl Signer {
 pub async fn signer(app: &App) -> Result<&Signer, ApiError> {
     app.signer
         .get_or_try_init(|| async {
-            if let Some(kv) = app.store.get(KEY).await.map_err(internal)? {
+            if let Some(kv) = app.store.get(KEY).await.map_err(ApiError::internal)? {
                 return Signer::from_pkcs8(&kv.value)
-                    .ok_or_else(|| internal("the stored signing key is unreadable"));
+                    .ok_or_else(|| ApiError::internal("the stored signing key is unreadable"));
             }
             let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
-                .map_err(|_| internal("generating the signing key failed"))?;
+                .map_err(|_| ApiError::internal("generating the signing key failed"))?;
             let op = WriteOp::Create {
                 key: KEY.to_owned(),
                 value: pkcs8.as_ref().to_vec(),
             };
-            let value = match app.store.write(vec![op]).await.map_err(internal)?.pop() {
+            let value = match app.store.write(vec![op]).await.map_err(ApiError::internal)?.pop() {
                 // Another member was first: its key is the cluster's.
                 Some(WriteResult::AlreadyExists { current }) => current.value,
                 _ => pkcs8.as_ref().to_vec(),
             };
-            Signer::from_pkcs8(&value).ok_or_else(|| internal("the signing key is unreadable"))
+            Signer::from_pkcs8(&value).ok_or_else(|| ApiError::internal("the signing key is unreadable"))
         })
         .await
 }
@@ -121,7 +117,7 @@ async fn object(app: &App, resource: &str, ns: &str, name: &str) -> Result<Optio
         .store
         .get(&key)
         .await
-        .map_err(internal)?
+        .map_err(ApiError::internal)?
         .map(|kv| from_kv(&kv)))
 }
 
