@@ -474,10 +474,6 @@ fn dns_names_resolve_from_pods_nftables() {
 fn dns_names_resolve_from_pods(proxy: Proxy) {
     let k = Cluster::start_in_netns(proxy);
     let image = k.registry.busybox();
-    let mut upstream = Command::new("python3")
-        .args(["-c", FAKE_UPSTREAM, &k.node.dns_upstream_port.to_string()])
-        .spawn()
-        .expect("starting the fake upstream resolver");
     k.c.ok_stdin(
         &["apply", "-f", "-"],
         &format!(
@@ -558,9 +554,27 @@ spec:
     // A missing name in the cluster domain is NXDOMAIN.
     let out = lookup("nope.default.svc.cluster.local");
     assert!(out.contains("NXDOMAIN"), "{out}");
-    // Other names go to the node's upstream resolver.
-    let out = lookup("outside.test.");
-    assert!(out.contains("Address: 192.0.2.44"), "{out}");
-    let _ = upstream.kill();
-    let _ = upstream.wait();
+    // Other names go to the node's upstream resolver. It starts only now: it stops after 60 s
+    // without a query, and the client may take longer than that to start on a slow machine.
+    let _upstream = Upstream(
+        Command::new("python3")
+            .args(["-c", FAKE_UPSTREAM, &k.node.dns_upstream_port.to_string()])
+            .spawn()
+            .expect("starting the fake upstream resolver"),
+    );
+    // Until it has bound its port, the agent answers SERVFAIL.
+    k.wait("the upstream name resolving", || {
+        last = lookup("outside.test.");
+        last.contains("Address: 192.0.2.44")
+    });
+}
+
+/// The fake upstream resolver, stopped when the test ends or fails.
+struct Upstream(std::process::Child);
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
