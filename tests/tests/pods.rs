@@ -468,6 +468,58 @@ spec:
     );
     assert_eq!(pod["status"]["qosClass"], "Guaranteed");
 
+    // A Burstable container gets its memory limit, and on cgroup v2 a memory.high between its
+    // request and limit (the kubelet's Memory QoS: request + 0.9 × (limit − request), to a page).
+    k.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: burst}}
+spec:
+  terminationGracePeriodSeconds: 0
+  containers:
+  - name: c
+    image: {image}
+    command: ["sleep", "3600"]
+    resources: {{requests: {{memory: 8Mi}}, limits: {{memory: 32Mi}}}}
+"#
+    ));
+    let pod = k.wait_pod("burst", "running", |p| {
+        status(p, "c")["state"]["running"].is_object()
+    });
+    assert_eq!(pod["status"]["qosClass"], "Burstable");
+    let uid = pod["metadata"]["uid"].as_str().unwrap();
+    let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let (hierarchy, limit_file) = if v2 {
+        ("/sys/fs/cgroup".to_string(), "memory.max")
+    } else {
+        ("/sys/fs/cgroup/memory".to_string(), "memory.limit_in_bytes")
+    };
+    let pod_dir = format!("{hierarchy}/{}/pod{uid}", k.node.prefix);
+    let read = |p: std::path::PathBuf| std::fs::read_to_string(p).unwrap_or_default().trim().to_string();
+    let limited: Vec<_> = std::fs::read_dir(&pod_dir)
+        .unwrap_or_else(|e| panic!("{pod_dir}: {e}"))
+        .flatten()
+        .map(|e| e.path())
+        .filter(|d| read(d.join(limit_file)) == (32u64 << 20).to_string())
+        .collect();
+    assert_eq!(
+        limited.len(),
+        1,
+        "one container cgroup under {pod_dir} with a 32 MiB limit"
+    );
+    if v2 {
+        let high = (8u64 << 20) + (24u64 << 20) * 9 / 10;
+        assert_eq!(
+            read(limited[0].join("memory.high")),
+            (high / 4096 * 4096).to_string()
+        );
+        eprintln!("cgroup v2: memory.max and memory.high checked");
+    } else {
+        eprintln!("cgroup v1 (hybrid host): memory.limit_in_bytes checked; memory.high is v2 only");
+    }
+    k.c.ok(&["delete", "pod", "burst", "--wait=false"]);
+
     // Bad input gives clear pod statuses, not a crash: a missing image, a malformed reference, a
     // missing secret.
     k.c.ok(&[

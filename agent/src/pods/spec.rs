@@ -402,7 +402,7 @@ pub fn build(plan: &Plan<'_>) -> Value {
             {"type": "uts", "path": plan.sandbox.join("uts")},
         ],
         "cgroupsPath": plan.cgroups_path,
-        "resources": resources(c, plan.pids_limit),
+        "resources": resources(c, plan.pids_limit, crate::cgroups::is_unified()),
     });
     if privileged {
         linux["resources"]["devices"] = json!([{"allow": true, "access": "rwm"}]);
@@ -445,8 +445,17 @@ pub fn build(plan: &Plan<'_>) -> Value {
     })
 }
 
-/// cgroup resources from requests and limits.
-pub fn resources(c: &Value, pids_limit: Option<i64>) -> Value {
+/// The share of the room between a memory request and limit a container may use before the
+/// kernel throttles it (the kubelet's `memoryThrottlingFactor` default).
+const MEMORY_THROTTLING_FACTOR: f64 = 0.9;
+
+/// cgroup resources from requests and limits. On a unified (cgroup v2) host a container whose memory
+/// limit is above its request is also throttled before it reaches the limit, through the OCI
+/// `unified` map, as the kubelet's Memory QoS does: `memory.high` is request + 0.9 × (limit −
+/// request), rounded down to a page. Never for a Guaranteed container (request = limit), which
+/// `memory.max` alone bounds. (Upstream also sets `memory.min` to the request on the container and
+/// its pod and QoS cgroups; a container's alone protects nothing, so it is left out.)
+pub fn resources(c: &Value, pids_limit: Option<i64>, unified_host: bool) -> Value {
     let req = &c["resources"]["requests"];
     let lim = &c["resources"]["limits"];
     let mut r = json!({});
@@ -462,13 +471,28 @@ pub fn resources(c: &Value, pids_limit: Option<i64>) -> Value {
         r["cpu"]["quota"] = json!((m * period / 1000).max(1000));
         r["cpu"]["period"] = json!(period);
     }
-    if let Some(b) = lim["memory"].as_str().and_then(bytes) {
+    let mem_limit = lim["memory"].as_str().and_then(bytes);
+    if let Some(b) = mem_limit {
         r["memory"] = json!({"limit": b});
+    }
+    if unified_host && let Some(high) = memory_high(req["memory"].as_str().and_then(bytes), mem_limit) {
+        r["unified"] = json!({"memory.high": high.to_string()});
     }
     if let Some(p) = pids_limit {
         r["pids"] = json!({"limit": p});
     }
     r
+}
+
+/// `memory.high` for a container's memory request and limit (see [`resources`]).
+fn memory_high(request: Option<i64>, limit: Option<i64>) -> Option<i64> {
+    // A request defaults to the limit, as the API server's defaulting does.
+    let request = request.or(limit)?;
+    let limit = limit.filter(|&l| l > request)?;
+    let page = rustix::param::page_size() as i64;
+    let high = request as f64 + (limit - request) as f64 * MEMORY_THROTTLING_FACTOR;
+    let high = (high / page as f64).floor() as i64 * page;
+    (high > request).then_some(high)
 }
 
 /// The pod's QoS class, as upstream computes it.
@@ -529,6 +553,29 @@ mod tests {
     fn expansion_follows_kubernetes() {
         let env = vec![("A".to_string(), "x".to_string())];
         assert_eq!(expand("$(A)-$(B)-$$(A)-$", &env), "x-$(B)-$(A)-$");
+    }
+
+    #[test]
+    fn memory_high_follows_the_kubelet() {
+        let c = json!({"resources": {"requests": {"memory": "8Mi"}, "limits": {"memory": "32Mi"}}});
+        let r = resources(&c, None, true);
+        assert_eq!(r["memory"]["limit"], 32 << 20);
+        // 8 Mi + 0.9 × 24 Mi = 29.6 Mi, rounded down to a page.
+        let page = rustix::param::page_size() as i64;
+        let high = (8 << 20) + (24 << 20) * 9 / 10;
+        assert_eq!(r["unified"]["memory.high"], (high / page * page).to_string());
+        // Guaranteed (a limit alone, or equal to the request), or no limit: never throttled.
+        for c in [
+            json!({"resources": {"limits": {"memory": "32Mi"}}}),
+            json!({"resources": {"requests": {"memory": "32Mi"}, "limits": {"memory": "32Mi"}}}),
+            json!({"resources": {"requests": {"memory": "32Mi"}}}),
+            json!({}),
+        ] {
+            assert!(resources(&c, None, true).get("unified").is_none(), "{c}");
+        }
+        // On v1 hosts the map is never set.
+        let c = json!({"resources": {"requests": {"memory": "8Mi"}, "limits": {"memory": "32Mi"}}});
+        assert!(resources(&c, None, false).get("unified").is_none());
     }
 
     #[test]
