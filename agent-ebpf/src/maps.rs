@@ -3,11 +3,11 @@
 //! hashes are not preallocated: kernel memory follows the services programmed, not the limits.
 
 use aya_ebpf::bindings::BPF_F_NO_PREALLOC;
-use aya_ebpf::btf_maps::{HashMap, LruHashMap};
+use aya_ebpf::btf_maps::{HashMap, LruHashMap, SkStorage};
 use aya_ebpf::macros::btf_map;
 use skiff_abi::{
     Affinity, AffinityKey, Backend, BackendKey, FlowKey, Frontend, MAX_AFFINITY, MAX_BACKENDS, MAX_FLOWS,
-    MAX_SERVICES, MAX_SOCKETS, MemberKey, NatTarget, Origin, Service, ServiceKey,
+    MAX_SERVICES, MemberKey, NatTarget, Origin, Service, ServiceKey,
 };
 
 /// `services_v1`: service port → current backend set (see [`skiff_abi::SERVICES_MAP`]).
@@ -28,10 +28,10 @@ pub static BACKENDS_V1: HashMap<
     { BPF_F_NO_PREALLOC as usize },
 > = HashMap::new();
 
-/// `sockets_v1`: socket cookie → the service address it was rewritten from (see
+/// `sockets_v2`: per-socket storage, the service address the socket was rewritten from (see
 /// [`skiff_abi::SOCKETS_MAP`]).
-#[btf_map(name = "sockets_v1")]
-pub static SOCKETS_V1: LruHashMap<u64, Origin, { MAX_SOCKETS as usize }> = LruHashMap::new();
+#[btf_map(name = "sockets_v2")]
+pub static SOCKETS_V2: SkStorage<Origin> = SkStorage::new();
 
 /// `members_v1`: (backend set, backend) → slot (see [`skiff_abi::MEMBERS_MAP`]).
 #[btf_map(name = "members_v1")]

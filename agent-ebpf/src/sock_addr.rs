@@ -2,13 +2,13 @@
 
 use aya_ebpf::bindings::bpf_sock_addr;
 use aya_ebpf::helpers::{
-    bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_set_retval,
+    bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_set_retval,
 };
 use aya_ebpf::macros::cgroup_sock_addr;
 use aya_ebpf::programs::SockAddrContext;
 use skiff_abi::{Affinity, AffinityKey, Backend, BackendKey, MemberKey, Origin, Service, ServiceKey};
 
-use crate::maps::{AFFINITY_V1, BACKENDS_V1, MEMBERS_V1, SERVICES_V1, SOCKETS_V1};
+use crate::maps::{AFFINITY_V1, BACKENDS_V1, MEMBERS_V1, SERVICES_V1, SOCKETS_V2};
 
 /// Let the operation proceed.
 const ALLOW: i32 = 1;
@@ -87,17 +87,22 @@ fn balance(ctx: &SockAddrContext) -> i32 {
         return ALLOW;
     };
     set_addr(sa, backend.addr, backend.port);
-    // Remembered for getpeername() (connected sockets) and recvmsg() (UDP replies). An LRU map:
-    // entries of closed sockets age out.
-    // SAFETY: a helper call with the program's own context.
-    let cookie = unsafe { bpf_get_socket_cookie(sa.cast()) };
-    let origin = Origin {
-        addr,
-        port,
-        pad: 0,
-        backend,
-    };
-    let _ = SOCKETS_V1.insert(cookie, origin, 0);
+    // Remembered for getpeername() (connected sockets) and recvmsg() (UDP replies), in storage
+    // the kernel attaches to the socket and frees with it: no shared table to insert into, evict
+    // from or age.
+    // SAFETY: the program's own context; the kernel zero-fills a new entry.
+    let origin = unsafe { SOCKETS_V2.get_or_insert_ptr_mut(ctx, None) };
+    if !origin.is_null() {
+        // SAFETY: a non-null storage pointer for this socket, written whole.
+        unsafe {
+            *origin = Origin {
+                addr,
+                port,
+                pad: 0,
+                backend,
+            }
+        };
+    }
     ALLOW
 }
 
@@ -156,12 +161,12 @@ fn remembered(key: &AffinityKey, service: &Service, now: u64) -> Option<Backend>
 
 fn restore(ctx: &SockAddrContext) {
     let sa = ctx.sock_addr;
-    // SAFETY: a helper call with the program's own context.
-    let cookie = unsafe { bpf_get_socket_cookie(sa.cast()) };
-    let Some(origin) = SOCKETS_V1.get_ptr(&cookie) else {
+    // SAFETY: the program's own context; a lookup only.
+    let origin = unsafe { SOCKETS_V2.get_ptr_mut(ctx) };
+    if origin.is_null() {
         return;
-    };
-    // SAFETY: a map value pointer from a successful lookup; copied out at once.
+    }
+    // SAFETY: a non-null storage pointer for this socket; copied out at once.
     let origin: Origin = unsafe { *origin };
     let (addr, port) = addr_of(sa);
     if addr == origin.backend.addr && port == origin.backend.port {

@@ -40,9 +40,13 @@ const CHANGES: usize = 20;
 /// Sequential connections timed for latency.
 const LATENCY_SAMPLES: usize = 2_000;
 /// The eBPF plane's latency is also measured paired with the floor: this many rounds, each of
-/// `LATENCY_SAMPLES / PAIRED_ROUNDS` connections straight to the endpoints from a cgroup without
-/// the hooks, then as many through the hooks, while both share the same namespace, tables and time.
-const PAIRED_ROUNDS: usize = 10;
+/// `PAIRED_SAMPLES` connections straight to the endpoints from a cgroup without the hooks, then as
+/// many through the hooks, while both share the same namespace, tables and time. Many short rounds:
+/// the floor of one round can differ from the next by more than the hooks cost (where the
+/// scheduler places the client against the listener).
+const PAIRED_ROUNDS: usize = 50;
+/// Connections timed per paired round and side (on one CPU, see `Host::client_in`).
+const PAIRED_SAMPLES: usize = 200;
 /// Requests/s: concurrent client threads and duration.
 const RPS_THREADS: usize = 4;
 const RPS_SECONDS: u64 = 3;
@@ -339,13 +343,16 @@ impl Host {
         let me = std::env::current_exe()?;
         let out = Command::new("sh")
             .arg("-c")
-            .arg(r#"echo $$ > "$1/cgroup.procs" && exec ip netns exec "$2" "$3" proxy-client "$4" $5"#)
+            .arg(r#"echo $$ > "$1/cgroup.procs" && exec $6 ip netns exec "$2" "$3" proxy-client "$4" $5"#)
             .arg("sh")
             .arg(cgroup)
             .arg(self.client_ns())
             .arg(me)
             .arg(&list)
             .arg(samples.map(|n| n.to_string()).unwrap_or_default())
+            // The paired rounds' clients all run on the first CPU: where the scheduler places a
+            // client against the listener moves its latency by more than the hooks cost.
+            .arg(if samples.is_some() { "taskset -c 0" } else { "" })
             .output()?;
         if !out.status.success() {
             bail!(
@@ -406,6 +413,8 @@ struct Measured {
     client: Value,
     /// eBPF only: (through the hooks, straight to the endpoints) latencies, in interleaved rounds.
     paired: Option<(Vec<f64>, Vec<f64>)>,
+    /// eBPF only: the kernel's accounting of `connect4` over the paired rounds: (runs, ns per run).
+    hook: Option<(u64, f64)>,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -478,21 +487,32 @@ async fn measure(host: &Host, plane: &str, n: usize) -> anyhow::Result<Measured>
             change_ms: Vec::new(),
             client: host.client(&endpoints)?,
             paired: None,
+            hook: None,
         },
         "ebpf" => {
             let pins = host.bpffs().join("skiff");
             let ebpf = Ebpf::load(&pins, &host.cgroup, &[])?;
             let (program_all_ms, change_ms, plane) = agent_plane(Plane::Ebpf(Box::new(ebpf)), n).await?;
             let client = host.client(&services);
+            // The kernel counts each program's runs and run time while statistics are enabled
+            // (until the descriptor is closed).
+            let stats_on = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+                .context("enabling the kernel's eBPF run-time statistics")?;
+            let before = connect4_runs()?;
             let paired = paired_latency(host, &services, &endpoints);
+            let after = connect4_runs()?;
+            drop(stats_on);
             // Dropping the plane and its pins detaches the hooks.
             drop(plane);
             std::fs::remove_dir_all(&pins)?;
+            let runs = after.0.saturating_sub(before.0);
+            let per_run = (after.1.saturating_sub(before.1)).as_nanos() as f64 / runs.max(1) as f64;
             Measured {
                 program_all_ms,
                 change_ms,
                 client: client?,
                 paired: Some(paired?),
+                hook: Some((runs, per_run)),
             }
         }
         "nftables" => {
@@ -506,6 +526,7 @@ async fn measure(host: &Host, plane: &str, n: usize) -> anyhow::Result<Measured>
                 change_ms,
                 client: host.client(&services)?,
                 paired: None,
+                hook: None,
             }
         }
         "iptables-legacy" | "iptables-nft" => {
@@ -516,10 +537,25 @@ async fn measure(host: &Host, plane: &str, n: usize) -> anyhow::Result<Measured>
                 change_ms,
                 client: host.client(&services)?,
                 paired: None,
+                hook: None,
             }
         }
         other => bail!("unknown plane {other}"),
     })
+}
+
+/// Runs and total run time, as the kernel accounts them, of the programs named `connect4` (only
+/// this benchmark's run while it measures: each serves its own cgroup).
+fn connect4_runs() -> anyhow::Result<(u64, Duration)> {
+    let (mut runs, mut time) = (0, Duration::ZERO);
+    for p in aya::programs::loaded_programs() {
+        let p = p.context("listing the loaded eBPF programs")?;
+        if p.name_as_str() == Some("connect4") {
+            runs += p.run_count();
+            time += p.run_time();
+        }
+    }
+    Ok((runs, time))
 }
 
 /// The eBPF plane's latency and the floor's, in interleaved rounds (see `PAIRED_ROUNDS`).
@@ -528,7 +564,7 @@ fn paired_latency(
     services: &[SocketAddrV4],
     endpoints: &[SocketAddrV4],
 ) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
-    let per_round = LATENCY_SAMPLES / PAIRED_ROUNDS;
+    let per_round = PAIRED_SAMPLES;
     let samples = |v: Value| -> Vec<f64> {
         v["samples"]
             .as_array()
@@ -538,17 +574,18 @@ fn paired_latency(
             .collect()
     };
     let (mut hooked, mut floor) = (Vec::new(), Vec::new());
-    for _ in 0..PAIRED_ROUNDS {
-        floor.extend(samples(host.client_in(
-            &host.bare_cgroup,
-            endpoints,
-            Some(per_round),
-        )?));
-        hooked.extend(samples(host.client_in(
-            &host.cgroup,
-            services,
-            Some(per_round),
-        )?));
+    for round in 0..PAIRED_ROUNDS {
+        // Each side goes first in every other round, so neither gains from its place.
+        let mut sides: [(&mut Vec<f64>, &Path, &[SocketAddrV4]); 2] = [
+            (&mut floor, &host.bare_cgroup, endpoints),
+            (&mut hooked, &host.cgroup, services),
+        ];
+        if round % 2 == 1 {
+            sides.reverse();
+        }
+        for (out, cgroup, targets) in sides {
+            out.extend(samples(host.client_in(cgroup, targets, Some(per_round))?));
+        }
     }
     Ok((hooked, floor))
 }
@@ -575,6 +612,9 @@ pub async fn bench(sizes: &[usize], planes: &[String]) -> anyhow::Result<Value> 
                 "rps": m.client["rps"], "errors": m.client["errors"]});
             if let Some((hooked, floor)) = m.paired {
                 row["paired"] = json!({"ebpf": stats(hooked), "direct": stats(floor)});
+            }
+            if let Some((runs, ns)) = m.hook {
+                row["connect4"] = json!({"runs": runs, "ns_per_run": ns.round()});
             }
             rows.push(row);
         }

@@ -11,17 +11,19 @@ pub const MAX_SERVICES: u32 = 65_536;
 /// Maximum number of backends over all service ports (each revision of a service's backend set
 /// occupies its own entries until the switch-over is done, so this leaves headroom).
 pub const MAX_BACKENDS: u32 = 1_048_576;
-/// Sockets whose peer address is remembered for `getpeername()`/`recvmsg()` (LRU).
-pub const MAX_SOCKETS: u32 = 65_536;
 
 /// `services_v1`: hash, [`ServiceKey`] → [`Service`]. Written by the agent, read by every hook.
 pub const SERVICES_MAP: &str = "services_v1";
 /// `backends_v1`: hash, [`BackendKey`] → [`Backend`]. Written by the agent before the service entry
 /// that points at them.
 pub const BACKENDS_MAP: &str = "backends_v1";
-/// `sockets_v1`: LRU hash, socket cookie (`u64`) → [`Origin`]. Written by `connect4`/`sendmsg4`,
-/// read by `getpeername4`/`recvmsg4` to show the application the service address it asked for.
-pub const SOCKETS_MAP: &str = "sockets_v1";
+/// `sockets_v2`: socket storage (`BPF_MAP_TYPE_SK_STORAGE`), socket → [`Origin`], kept by the
+/// kernel with the socket and freed with it. Written by `connect4`/`sendmsg4`, read by
+/// `getpeername4`/`recvmsg4` to show the application the service address it asked for. (`_v1` was
+/// an LRU hash keyed by socket cookie: an insert, and once full an eviction, on every connect.)
+pub const SOCKETS_MAP: &str = "sockets_v2";
+/// Pins of maps an earlier agent used and this one no longer does; the agent removes them.
+pub const RETIRED_MAPS: [&str; 1] = ["sockets_v1"];
 
 /// `members_v1`: hash, [`MemberKey`] → slot (`u32`). Which backends belong to a backend set; written
 /// with `backends_v1`. Lets a remembered session-affinity backend be checked in O(1).

@@ -14,7 +14,8 @@ use aya::programs::{CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachT
 use aya::util::KernelVersion;
 use skiff_abi::{
     AFFINITY_MAP, BACKENDS_MAP, Backend, BackendKey, FLAG_EXTERNAL, FLAG_MASQUERADE, MEMBERS_MAP, MemberKey,
-    NAT_FLOWS_MAP, NAT_REPLIES_MAP, PROGRAMS, SERVICES_MAP, SOCKETS_MAP, Service, ServiceKey, TC_PROGRAMS,
+    NAT_FLOWS_MAP, NAT_REPLIES_MAP, PROGRAMS, RETIRED_MAPS, SERVICES_MAP, SOCKETS_MAP, Service, ServiceKey,
+    TC_PROGRAMS,
 };
 
 use super::model::Entry;
@@ -167,6 +168,10 @@ impl Ebpf {
             unpin(&path)?;
             map.pin(&path)
                 .with_context(|| format!("pinning {}", path.display()))?;
+        }
+        // Maps of earlier layouts, which only an earlier agent's programs used.
+        for name in RETIRED_MAPS {
+            unpin(&self.pin_dir.join(name))?;
         }
         for name in [SOCKETS_MAP, AFFINITY_MAP, NAT_FLOWS_MAP, NAT_REPLIES_MAP] {
             let path = self.pin_dir.join(name);
