@@ -1,9 +1,7 @@
 //! The `cgroup/*4` socket address hooks.
 
 use aya_ebpf::bindings::bpf_sock_addr;
-use aya_ebpf::helpers::{
-    bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_set_retval,
-};
+use aya_ebpf::helpers::{bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_set_retval};
 use aya_ebpf::macros::cgroup_sock_addr;
 use aya_ebpf::programs::SockAddrContext;
 use skiff_abi::{Affinity, AffinityKey, Backend, BackendKey, MemberKey, Origin, Service, ServiceKey};
