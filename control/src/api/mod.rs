@@ -1,6 +1,6 @@
 //! The Kubernetes API server: HTTPS, discovery, OpenAPI and REST semantics over the store.
 
-mod admission;
+pub(crate) mod admission;
 mod apply;
 mod authz;
 pub mod crd;
