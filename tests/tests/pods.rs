@@ -968,56 +968,6 @@ spec:
     // The volume is refreshed every few seconds, the token only near the end of its life.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(read("api"), token);
-    // Without asking, as with upstream's ServiceAccount admission, every container also has the
-    // API credentials at the standard path: a bound token, the cluster CA (from the namespace's
-    // kube-root-ca.crt, which the control plane publishes) and the namespace.
-    let standard = |file: &str| {
-        k.c.ok(&[
-            "exec",
-            "tokened",
-            "--",
-            "cat",
-            &format!("/var/run/secrets/kubernetes.io/serviceaccount/{file}"),
-        ])
-    };
-    assert_eq!(standard("namespace"), "default");
-    let ca_pem = std::fs::read_to_string(&ca).unwrap();
-    assert_eq!(standard("ca.crt").trim(), ca_pem.trim());
-    assert_eq!(
-        k.c.ok(&[
-            "get",
-            "configmap",
-            "kube-root-ca.crt",
-            "-o",
-            "jsonpath={.data.ca\\.crt}"
-        ])
-        .trim(),
-        ca_pem.trim()
-    );
-    let standard_token = standard("token");
-    assert!(
-        with_token(&standard_token)
-            .contains(r#"User "system:serviceaccount:default:default" cannot list resource "pods""#),
-        "{}",
-        with_token(&standard_token)
-    );
-    // A pod (or its account) can opt out.
-    k.apply(&format!(
-        r#"
-apiVersion: v1
-kind: Pod
-metadata: {{name: tokenless}}
-spec:
-  automountServiceAccountToken: false
-  terminationGracePeriodSeconds: 0
-  containers:
-  - name: app
-    image: {image}
-    command: ["sleep", "3600"]
-"#
-    ));
-    let pod = k.wait_pod("tokenless", "Running", |p| phase(p) == "Running");
-    assert!(pod["spec"]["volumes"].is_null(), "{:#}", pod["spec"]);
     // Bound to the pod: gone with it.
     k.c.ok(&["delete", "pod", "tokened", "--grace-period=0", "--force"]);
     assert!(

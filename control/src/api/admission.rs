@@ -91,57 +91,6 @@ fn default_pod(obj: &mut Value, creating: bool) {
     }
 }
 
-/// Where the ServiceAccount admission mounts a pod's API credentials.
-pub const SERVICE_ACCOUNT_MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
-/// The ConfigMap, in every namespace, holding the cluster CA that pods verify the API server with.
-pub const ROOT_CA_CONFIG_MAP: &str = "kube-root-ca.crt";
-
-/// Upstream's ServiceAccount admission for a new pod: unless the pod (or else its service account,
-/// `account_automount`) opts out with `automountServiceAccountToken: false`, a projected
-/// `kube-api-access-*` volume (a bound token of about an hour, the cluster CA from
-/// `kube-root-ca.crt`, the namespace) is mounted read-only at [`SERVICE_ACCOUNT_MOUNT`] in every
-/// container that has nothing mounted there. `volume_name` is the volume's name.
-pub fn mount_service_account_token(pod: &mut Value, account_automount: Option<bool>, volume_name: &str) {
-    let spec = &mut pod["spec"];
-    if !spec.is_object()
-        || !spec["automountServiceAccountToken"]
-            .as_bool()
-            .or(account_automount)
-            .unwrap_or(true)
-    {
-        return;
-    }
-    let mount = json!({"name": volume_name, "readOnly": true, "mountPath": SERVICE_ACCOUNT_MOUNT});
-    let mut mounted = false;
-    for field in ["initContainers", "containers", "ephemeralContainers"] {
-        for c in items_mut(spec, field) {
-            let taken = c["volumeMounts"]
-                .as_array()
-                .is_some_and(|ms| ms.iter().any(|m| m["mountPath"] == SERVICE_ACCOUNT_MOUNT));
-            if taken {
-                continue;
-            }
-            match c["volumeMounts"].as_array_mut() {
-                Some(ms) => ms.push(mount.clone()),
-                None => c["volumeMounts"] = json!([mount.clone()]),
-            }
-            mounted = true;
-        }
-    }
-    if !mounted {
-        return;
-    }
-    let volume = json!({"name": volume_name, "projected": {"defaultMode": 420, "sources": [
-        {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
-        {"configMap": {"name": ROOT_CA_CONFIG_MAP, "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
-        {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}},
-    ]}});
-    match spec["volumes"].as_array_mut() {
-        Some(vs) => vs.push(volume),
-        None => spec["volumes"] = json!([volume]),
-    }
-}
-
 /// Defaults a workload's update strategy: `RollingUpdate` with `rolling` as its parameters.
 fn default_strategy(spec: &mut Value, field: &str, rolling: Value) {
     set_default(spec, field, json!({}));
@@ -396,56 +345,4 @@ pub fn validate(info: &ResourceInfo, obj: &Value) -> Causes {
         _ => {}
     }
     causes
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn service_account_credentials_are_mounted_unless_opted_out() {
-        let pod = json!({"spec": {
-            "initContainers": [{"name": "i"}],
-            "containers": [
-                {"name": "a", "volumeMounts": [{"name": "data", "mountPath": "/data"}]},
-                {"name": "b", "volumeMounts": [{"name": "own", "mountPath": SERVICE_ACCOUNT_MOUNT}]},
-            ],
-        }});
-        let mut p = pod.clone();
-        mount_service_account_token(&mut p, None, "kube-api-access-x");
-        let spec = &p["spec"];
-        assert_eq!(spec["volumes"][0]["name"], "kube-api-access-x");
-        let sources = &spec["volumes"][0]["projected"]["sources"];
-        assert_eq!(sources[0]["serviceAccountToken"]["path"], "token");
-        assert_eq!(sources[1]["configMap"]["name"], ROOT_CA_CONFIG_MAP);
-        assert_eq!(sources[2]["downwardAPI"]["items"][0]["path"], "namespace");
-        assert_eq!(
-            spec["initContainers"][0]["volumeMounts"][0]["mountPath"],
-            SERVICE_ACCOUNT_MOUNT
-        );
-        assert_eq!(spec["containers"][0]["volumeMounts"][1]["readOnly"], true);
-        // A container that mounts something there itself keeps it.
-        assert_eq!(spec["containers"][1]["volumeMounts"].as_array().unwrap().len(), 1);
-
-        // Opted out by the pod, or by its account when the pod says nothing.
-        for (pod_says, account_says) in [
-            (Some(false), None),
-            (None, Some(false)),
-            (Some(false), Some(true)),
-        ] {
-            let mut p = pod.clone();
-            if let Some(v) = pod_says {
-                p["spec"]["automountServiceAccountToken"] = json!(v);
-            }
-            mount_service_account_token(&mut p, account_says, "kube-api-access-x");
-            assert!(
-                p["spec"].get("volumes").is_none(),
-                "{pod_says:?} {account_says:?}"
-            );
-        }
-        let mut p = pod;
-        p["spec"]["automountServiceAccountToken"] = json!(true);
-        mount_service_account_token(&mut p, Some(false), "kube-api-access-x");
-        assert!(p["spec"]["volumes"].is_array(), "the pod's own choice wins");
-    }
 }

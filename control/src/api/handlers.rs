@@ -614,26 +614,6 @@ impl Call {
 
 /// The Priority admission plugin: a pod's `priorityClassName` (or the global default class)
 /// becomes `spec.priority` and `spec.preemptionPolicy`.
-/// Upstream's ServiceAccount admission (see [`admission::mount_service_account_token`]). The
-/// account's own `automountServiceAccountToken` counts when the pod sets none. Unlike upstream, a
-/// pod whose account does not exist yet is admitted (its token is issued once the account exists).
-async fn service_account_admission(app: &App, pod: &mut Value) -> Result<()> {
-    let account = pod["spec"]["serviceAccountName"]
-        .as_str()
-        .filter(|a| !a.is_empty())
-        .unwrap_or("default");
-    let key = format!(
-        "/registry/core/serviceaccounts/{}/{account}",
-        meta_str(pod, "namespace")
-    );
-    let kv = app.store.get(&key).await.map_err(ApiError::internal)?;
-    let automount = kv
-        .map(|kv| from_kv(&kv))
-        .and_then(|sa| sa["automountServiceAccountToken"].as_bool());
-    admission::mount_service_account_token(pod, automount, &generate_name("kube-api-access-"));
-    Ok(())
-}
-
 async fn resolve_priority(app: &App, call: &Call, pod: &mut Value) -> Result<()> {
     let name = pod["spec"]["priorityClassName"]
         .as_str()
@@ -759,7 +739,6 @@ pub async fn create_object(app: &App, call: &Call, mut obj: Value) -> Result<Val
     check_custom_resource(call, &mut obj)?;
     if call.info.group.is_empty() && call.info.kind == "Pod" {
         resolve_priority(app, call, &mut obj).await?;
-        service_account_admission(app, &mut obj).await?;
     }
     admission::apply_defaults(&call.info, &mut obj, true);
     if obj["metadata"].get("managedFields").is_none() {

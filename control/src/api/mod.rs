@@ -1,6 +1,6 @@
 //! The Kubernetes API server: HTTPS, discovery, OpenAPI and REST semantics over the store.
 
-pub(crate) mod admission;
+mod admission;
 mod apply;
 mod authz;
 pub mod crd;
