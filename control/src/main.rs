@@ -48,6 +48,10 @@ struct Args {
     /// Store events kept for watches that start in the past; older revisions get 410 Gone.
     #[arg(long, default_value_t = 10_000)]
     watch_history: usize,
+    /// Client connections the API server serves at once (default: 4096, or what the descriptor
+    /// limit allows); 64 more serve only health checks and `system:masters` clients.
+    #[arg(long)]
+    max_connections: Option<usize>,
 }
 
 /// Parses `40s`, `2m`, `500ms` or plain seconds.
@@ -64,7 +68,13 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 }
 
 fn main() {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        // Room for recursive walkers over objects at the nesting limit in unoptimised builds;
+        // only touched pages cost memory.
+        .thread_stack_size(8 * 1024 * 1024)
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("skiff-control: cannot start the async runtime: {e}");
@@ -88,6 +98,11 @@ async fn run() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
+    let nofile = api::server::raise_descriptor_limit();
+    let mut limits = api::server::ConnLimits::for_descriptors(nofile);
+    if let Some(max) = args.max_connections {
+        limits.max = max;
+    }
     let cidr = Cidr::parse(&args.service_cidr)
         .map_err(anyhow::Error::msg)
         .context("--service-cidr")?;
@@ -135,9 +150,11 @@ async fn run() -> anyhow::Result<()> {
     tracing::info!(
         listen = %listener.local_addr()?,
         kubeconfig = %args.data_dir.join("admin.kubeconfig").display(),
+        max_connections = limits.max,
+        descriptors = nofile,
         "skiff-control serving"
     );
-    let serving = api::server::serve(listener, tls, api::router(app));
+    let serving = api::server::serve(listener, tls, api::router(app), limits);
     tokio::select! {
         () = serving => {}
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted, shutting down"),

@@ -3,6 +3,7 @@
 
 pub mod image;
 pub mod node;
+pub mod raw;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

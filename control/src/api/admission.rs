@@ -246,6 +246,19 @@ pub fn generate_job_selector(obj: &mut Value, uid: &str) {
     }
 }
 
+/// The bytes a ConfigMap's or Secret's data map holds: keys and values, base64 values decoded.
+fn data_size(data: &Value, base64: bool) -> usize {
+    data.as_object().into_iter().flatten().fold(0, |n, (k, v)| {
+        let v = v.as_str().unwrap_or_default();
+        let len = if base64 {
+            ((v.len() / 4) * 3).saturating_sub(v.bytes().rev().take_while(|b| *b == b'=').count().min(2))
+        } else {
+            v.len()
+        };
+        n + k.len() + len
+    })
+}
+
 /// Validates `obj` as `info`'s kind; returns the field errors.
 pub fn validate(info: &ResourceInfo, obj: &Value) -> Causes {
     let mut causes = Causes::new();
@@ -332,6 +345,23 @@ pub fn validate(info: &ResourceInfo, obj: &Value) -> Causes {
         ("apiextensions.k8s.io", "CustomResourceDefinition") => super::crd::validate(obj, &mut causes),
         ("scheduling.k8s.io", "PriorityClass") if !obj["value"].is_i64() => {
             causes.push(("value".into(), "Required value".into()));
+        }
+        ("", "ConfigMap" | "Secret") => {
+            let size = if info.kind == "Secret" {
+                data_size(&obj["data"], true)
+            } else {
+                data_size(&obj["data"], false) + data_size(&obj["binaryData"], true)
+            };
+            if size > super::limits::MAX_DATA_BYTES {
+                let field = if info.kind == "Secret" { "data" } else { "[]" };
+                causes.push((
+                    field.into(),
+                    format!(
+                        "Too long: must have at most {} bytes",
+                        super::limits::MAX_DATA_BYTES
+                    ),
+                ));
+            }
         }
         ("policy", "PodDisruptionBudget") => {
             let spec = &obj["spec"];

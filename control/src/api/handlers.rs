@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 
 use super::App;
 use super::admission;
+use super::limits;
 use super::object::{
     finalizers, from_kv, generate_name, meta_str, new_uid, now, set_resource_version, to_stored,
 };
@@ -85,6 +86,12 @@ impl Call {
                 .unwrap_or_default(),
         )
         .map_err(ApiError::bad_request)?;
+        if let Some(f) = fields
+            .fields()
+            .find(|f| !super::query::selectable_field(&self.info.group, &self.info.plural, f))
+        {
+            return Err(ApiError::bad_request(format!("field label not supported: {f}")));
+        }
         Ok((labels, fields))
     }
 }
@@ -99,29 +106,52 @@ pub fn json_response(code: StatusCode, value: &Value) -> Response {
         .into_response()
 }
 
-/// Parses a request body as JSON or YAML into an object.
+/// Parses a request body as JSON, YAML or Kubernetes protobuf into an object, nested at most
+/// [`limits::MAX_DEPTH`] levels.
 pub fn parse_body(body: &[u8], content_type: &str) -> Result<Value> {
-    if content_type.contains("protobuf") && super::protobuf::is_protobuf(body) {
-        return super::protobuf::decode(body).map_err(|e| ApiError::bad_request(e.to_string()));
+    let media = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    match media.as_str() {
+        "application/vnd.kubernetes.protobuf" if super::protobuf::is_protobuf(body) => {
+            let value = super::protobuf::decode(body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+            return check_depth(value);
+        }
+        "application/vnd.kubernetes.protobuf" => {
+            return Err(ApiError::bad_request(
+                "the body of the request is not a Kubernetes protobuf envelope",
+            ));
+        }
+        // No Content-Type is JSON, as upstream (kubectl's `create --raw` sends none).
+        "" | "application/json" | "application/yaml" | "*/*" => {}
+        _ => {
+            return Err(ApiError::new(
+                415,
+                "UnsupportedMediaType",
+                format!(
+                    "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf ({content_type} is not supported)"
+                ),
+            ));
+        }
     }
-    if content_type.contains("protobuf") || content_type.contains("cbor") {
-        return Err(ApiError::new(
-            415,
-            "UnsupportedMediaType",
-            format!(
-                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml ({content_type} is not supported)"
-            ),
-        ));
+    if media == "application/yaml" {
+        return limits::decode_yaml(body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")));
     }
-    let yaml = content_type.contains("yaml");
-    let value: Value = if yaml {
-        serde_yaml::from_slice(body)
-            .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?
-    } else {
-        serde_json::from_slice(body).map_err(|e| {
-            ApiError::bad_request(format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml: {e}"))
-        })?
-    };
+    let value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml: {e}"))
+    })?;
+    check_depth(value)
+}
+
+/// Refuses an object nested deeper than [`limits::MAX_DEPTH`] (a decoded body or a patch's result).
+fn check_depth(value: Value) -> Result<Value> {
+    if limits::too_deep(&value, limits::MAX_DEPTH) {
+        return Err(ApiError::bad_request(limits::too_deep_message()));
+    }
     Ok(value)
 }
 
@@ -271,6 +301,23 @@ fn invalid(call: &Call, name: &str, causes: Vec<(String, String)>) -> Result<()>
     } else {
         Err(ApiError::invalid(call.target(name), &causes))
     }
+}
+
+/// The bytes to store for `obj`, or 413 when they exceed the store's value limit (etcd's 1.5 MiB).
+fn stored_bytes(obj: &Value) -> Result<Vec<u8>> {
+    let bytes = to_stored(obj);
+    if bytes.len() > limits::MAX_OBJECT_BYTES {
+        return Err(ApiError::new(
+            413,
+            "RequestEntityTooLarge",
+            format!(
+                "Request entity too large: the object is {} bytes, the store's limit is {}",
+                bytes.len(),
+                limits::MAX_OBJECT_BYTES
+            ),
+        ));
+    }
+    Ok(bytes)
 }
 
 /// Reads an object or fails with 404.
@@ -767,7 +814,7 @@ pub async fn create_object(app: &App, call: &Call, mut obj: Value) -> Result<Val
     }
     let kv = app
         .store
-        .create(&call.key(&name), to_stored(&obj))
+        .create(&call.key(&name), stored_bytes(&obj)?)
         .await
         .map_err(|e| ApiError::from_store(e, call.target(&name)))?;
     set_resource_version(&mut obj, kv.mod_revision);
@@ -868,7 +915,7 @@ async fn commit_update(
     }
     let kv = app
         .store
-        .update(&call.key(&name), to_stored(&new), Some(current.mod_revision))
+        .update(&call.key(&name), stored_bytes(&new)?, Some(current.mod_revision))
         .await
         .map_err(|e| ApiError::from_store(e, call.target(&name)))?;
     set_resource_version(&mut new, kv.mod_revision);
@@ -939,7 +986,7 @@ pub async fn patch(app: &App, call: &Call, body: &[u8]) -> Result<Response> {
         } else {
             base
         };
-        let mut patched = match patch_type {
+        let patched = match patch_type {
             PatchType::Json => {
                 apply_json_patch(&base, &patch).map_err(|e| ApiError::new(422, "Invalid", e))?
             }
@@ -954,6 +1001,7 @@ pub async fn patch(app: &App, call: &Call, body: &[u8]) -> Result<Response> {
             }
             PatchType::Apply => super::apply::apply(call, &base, &patch)?,
         };
+        let mut patched = check_depth(patched)?;
         check_unknown_fields(call, &patched)?;
         // A patch that carries resourceVersion is a precondition; otherwise retry on conflicts.
         let pinned = !meta_str(&patched, "resourceVersion").is_empty()

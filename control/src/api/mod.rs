@@ -8,12 +8,14 @@ mod discovery;
 mod eviction;
 pub mod handlers;
 mod join;
+pub mod limits;
 mod nodeproxy;
 mod noderestriction;
 pub mod nodestream;
 pub mod object;
 mod patch;
 pub mod protobuf;
+mod query;
 pub mod registry;
 pub mod selector;
 pub mod server;
@@ -41,6 +43,9 @@ use crate::store::Store;
 
 /// The largest request body accepted, as upstream (3 MiB).
 pub const MAX_BODY: usize = 3 * 1024 * 1024;
+
+/// How long a request body may take to arrive.
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Shared state of the API server.
 #[derive(Debug)]
@@ -196,9 +201,20 @@ async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
             Err(e) => e.into_response(),
         };
     }
-    let body = match axum::body::to_bytes(body, MAX_BODY).await {
-        Ok(b) => b,
+    let body = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await {
+        Ok(Ok(b)) => b,
         Err(_) => {
+            return ApiError::new(
+                408,
+                "Timeout",
+                format!(
+                    "the request body did not arrive within {}s",
+                    BODY_TIMEOUT.as_secs()
+                ),
+            )
+            .into_response();
+        }
+        Ok(Err(_)) => {
             return ApiError::new(
                 413,
                 "RequestEntityTooLarge",
@@ -333,8 +349,9 @@ async fn route(
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|c| c.to_str().ok())
-        .unwrap_or("application/json");
+        .unwrap_or_default();
     let mut query = query;
+    query::check(method, &mut query)?;
     // As upstream: without an explicit field manager, writes are attributed to the user agent.
     if !query.contains_key("fieldManager") {
         let agent = headers
@@ -357,7 +374,7 @@ async fn route(
         content_type: content_type.to_owned(),
         query,
     };
-    let watching = legacy_watch || call.query.get("watch").is_some_and(|w| w == "true" || w == "1");
+    let watching = legacy_watch || call.query.get("watch").is_some_and(|w| w == "true");
     let Some(who) = who else {
         return Err(ApiError::new(401, "Unauthorized", "Unauthorized"));
     };

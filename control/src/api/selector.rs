@@ -164,6 +164,11 @@ impl FieldSelector {
         Ok(Self(terms))
     }
 
+    /// The fields the selector names.
+    pub fn fields(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(k, _, _)| k.as_str())
+    }
+
     /// The value required for `path`, if the selector pins it (`metadata.name=x`).
     pub fn pinned(&self, path: &str) -> Option<&str> {
         self.0

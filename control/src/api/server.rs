@@ -2,9 +2,11 @@
 //! identity attached to each request.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use rustls::pki_types::CertificateDer;
 use tokio::net::TcpListener;
@@ -74,25 +76,179 @@ fn identity(cert: &CertificateDer<'_>) -> Option<Identity> {
     Some(Identity { user, groups })
 }
 
-/// Accepts connections until the process ends, serving `app` on each.
-pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, app: Router) {
+/// Bounds on connections, as kube-apiserver's (timeouts) plus a connection cap with a reserve.
+#[derive(Debug, Clone)]
+pub struct ConnLimits {
+    /// Connections served normally.
+    pub max: usize,
+    /// Connections beyond `max` that still serve health checks (`/readyz`, `/livez`, `/healthz`)
+    /// and `system:masters` clients, so an operator can get in while the server is full; other
+    /// requests on them get `429`. Past `max + reserve` connections are closed when accepted.
+    pub reserve: usize,
+    /// Time for a client to complete the TLS handshake.
+    pub handshake: Duration,
+    /// Time for an HTTP/1 client to send a request's headers, also while idle between requests.
+    pub header: Duration,
+    /// HTTP/2 ping interval; a peer that does not answer within it is disconnected.
+    pub keepalive: Duration,
+}
+
+impl Default for ConnLimits {
+    fn default() -> Self {
+        Self {
+            max: 4096,
+            reserve: 64,
+            handshake: Duration::from_secs(10),
+            header: Duration::from_secs(32),
+            keepalive: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ConnLimits {
+    /// Limits that fit the process's descriptor limit: the cap leaves room for the store's
+    /// files, the Raft transport and outgoing connections.
+    pub fn for_descriptors(nofile: u64) -> Self {
+        let default = Self::default();
+        let usable = usize::try_from(nofile.saturating_sub(256)).unwrap_or(usize::MAX);
+        let max = default.max.min(usable.saturating_sub(default.reserve)).max(16);
+        Self { max, ..default }
+    }
+}
+
+/// Raises the soft descriptor limit to the hard one and returns the limit now in force.
+pub fn raise_descriptor_limit() -> u64 {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let hard = limit.maximum.unwrap_or(1 << 20).min(1 << 20);
+    if limit.current.is_some_and(|c| c < hard)
+        && setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(hard),
+                maximum: limit.maximum,
+            },
+        )
+        .is_ok()
+    {
+        return hard;
+    }
+    limit.current.unwrap_or(hard)
+}
+
+/// Logs a recurring condition at most once per interval, with how often it happened meanwhile.
+#[derive(Debug)]
+struct Throttled {
+    every: Duration,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl Throttled {
+    fn new(every: Duration) -> Self {
+        Self {
+            every,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// Whether to log now; if so, how many were suppressed since the last time.
+    fn due(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        if self.last.is_some_and(|l| now.duration_since(l) < self.every) {
+            self.suppressed += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
+/// One open connection, counted until dropped.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Whether a connection over the cap may serve this request: health checks, and clients of
+/// `system:masters`.
+fn reserved_may_serve(path: &str, who: Option<&Identity>) -> bool {
+    matches!(path, "/readyz" | "/livez" | "/healthz")
+        || who.is_some_and(|w| w.groups.iter().any(|g| g == "system:masters"))
+}
+
+fn too_many_connections() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let mut r = super::status::ApiError::new(
+        429,
+        "TooManyRequests",
+        "too many open connections, please try again later",
+    )
+    .into_response();
+    r.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        axum::http::HeaderValue::from_static("1"),
+    );
+    r.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    r
+}
+
+/// Accepts connections until the process ends, serving `app` on each within `limits`.
+pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, app: Router, limits: ConnLimits) {
     let acceptor = TlsAcceptor::from(tls);
+    let open = Arc::new(AtomicUsize::new(0));
+    let mut accept_errors = Throttled::new(Duration::from_secs(5));
+    let mut shed = Throttled::new(Duration::from_secs(5));
+    let mut backoff = Duration::ZERO;
+    let limits = Arc::new(limits);
     loop {
         let (tcp, peer) = match listener.accept().await {
-            Ok(c) => c,
+            Ok(c) => {
+                backoff = Duration::ZERO;
+                c
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
+                // Out of descriptors (or another transient failure): the pending connection stays
+                // in the backlog, so wait instead of spinning, and say so once in a while.
+                backoff = (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+                if let Some(suppressed) = accept_errors.due() {
+                    tracing::warn!(error = %e, suppressed, open = open.load(Ordering::Relaxed), "accepting connections failed; backing off");
+                }
+                tokio::time::sleep(backoff).await;
                 continue;
             }
         };
+        let count = open.fetch_add(1, Ordering::Relaxed);
+        let slot = Slot(open.clone());
+        if count >= limits.max + limits.reserve {
+            if let Some(suppressed) = shed.due() {
+                tracing::warn!(%peer, open = count, suppressed, "connection limit reached; closing new connections");
+            }
+            drop((tcp, slot));
+            continue;
+        }
+        let reserved = count >= limits.max;
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let app = app.clone();
+        let limits = limits.clone();
         tokio::spawn(async move {
-            let stream = match acceptor.accept(tcp).await {
-                Ok(s) => s,
-                Err(e) => {
+            let _slot = slot;
+            let stream = match tokio::time::timeout(limits.handshake, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "tls handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "tls handshake timed out");
                     return;
                 }
             };
@@ -104,12 +260,28 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, app: R
                 .and_then(identity);
             let service =
                 hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                    if let Some(who) = &who {
-                        req.extensions_mut().insert(who.clone());
+                    let app = app.clone();
+                    let who = who.clone();
+                    async move {
+                        if reserved && !reserved_may_serve(req.uri().path(), who.as_ref()) {
+                            return Ok(too_many_connections());
+                        }
+                        if let Some(who) = who {
+                            req.extensions_mut().insert(who);
+                        }
+                        app.oneshot(req.map(axum::body::Body::new)).await
                     }
-                    app.clone().oneshot(req.map(axum::body::Body::new))
                 });
-            let builder = auto::Builder::new(TokioExecutor::new());
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header);
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .keep_alive_interval(limits.keepalive)
+                .keep_alive_timeout(limits.keepalive);
             if let Err(e) = builder
                 .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .await
@@ -117,5 +289,43 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, app: R
                 tracing::debug!(%peer, error = %e, "connection closed with error");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cap_fits_the_descriptor_limit() {
+        assert_eq!(ConnLimits::for_descriptors(1024).max, 1024 - 256 - 64);
+        assert_eq!(ConnLimits::for_descriptors(1 << 20).max, 4096);
+        assert_eq!(ConnLimits::for_descriptors(100).max, 16);
+    }
+
+    #[test]
+    fn reserved_connections_serve_health_and_admins_only() {
+        let admin = Identity {
+            user: "admin".into(),
+            groups: vec!["system:masters".into()],
+        };
+        let node = Identity {
+            user: "system:node:a".into(),
+            groups: vec!["system:nodes".into()],
+        };
+        assert!(reserved_may_serve("/readyz", None));
+        assert!(reserved_may_serve("/api/v1/pods", Some(&admin)));
+        assert!(!reserved_may_serve("/api/v1/pods", Some(&node)));
+        assert!(!reserved_may_serve("/version", None));
+    }
+
+    #[test]
+    fn throttled_logs_count_what_they_skipped() {
+        let mut t = Throttled::new(Duration::from_secs(3600));
+        assert_eq!(t.due(), Some(0));
+        assert_eq!(t.due(), None);
+        assert_eq!(t.due(), None);
+        t.last = Some(Instant::now() - Duration::from_secs(7200));
+        assert_eq!(t.due(), Some(2));
     }
 }

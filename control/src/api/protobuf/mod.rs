@@ -157,6 +157,11 @@ pub fn message(name: &str) -> Option<&'static Message> {
         .map(|i| &schema::MESSAGES[i])
 }
 
+/// How deep messages may nest in a body. Each message is at least one level of the JSON it
+/// becomes, so this keeps decoded objects within what the JSON decoder accepts (128 levels), and
+/// the decoder's recursion far from the end of its thread's stack.
+pub const MAX_MESSAGE_DEPTH: usize = 64;
+
 /// The magic prefix of Kubernetes protobuf bodies.
 const MAGIC: &[u8] = b"k8s\0";
 
@@ -242,30 +247,30 @@ fn read_fields(buf: &[u8]) -> Result<Vec<(u32, Raw<'_>)>, ProtoError> {
     Ok(out)
 }
 
-fn scalar(kind: Kind, raw: &Raw<'_>) -> Result<Value, ProtoError> {
+fn scalar(kind: Kind, raw: &Raw<'_>, depth: usize) -> Result<Value, ProtoError> {
     Ok(match (kind, raw) {
         (Kind::Str, Raw::Bytes(b)) => json!(String::from_utf8_lossy(b)),
         (Kind::Bytes, Raw::Bytes(b)) => json!(base64::engine::general_purpose::STANDARD.encode(b)),
         (Kind::Bool, Raw::Varint(v)) => json!(*v != 0),
         (Kind::Int, Raw::Varint(v)) => json!(*v as i64),
         (Kind::F64, Raw::Fixed64(v)) => json!(f64::from_bits(*v)),
-        (Kind::Message(name), Raw::Bytes(b)) => decode_message(name, b)?,
+        (Kind::Message(name), Raw::Bytes(b)) => decode_message(name, b, depth + 1)?,
         _ => return Err(err("field has the wrong wire type")),
     })
 }
 
 /// Decodes the packed or unpacked values of a repeated scalar.
-fn repeated_scalars(kind: Kind, raw: &Raw<'_>) -> Result<Vec<Value>, ProtoError> {
+fn repeated_scalars(kind: Kind, raw: &Raw<'_>, depth: usize) -> Result<Vec<Value>, ProtoError> {
     match (kind, raw) {
         (Kind::Int | Kind::Bool, Raw::Bytes(b)) => {
             let mut r = Reader { buf: b, pos: 0 };
             let mut out = Vec::new();
             while !r.done() {
-                out.push(scalar(kind, &Raw::Varint(r.varint()?))?);
+                out.push(scalar(kind, &Raw::Varint(r.varint()?), depth)?);
             }
             Ok(out)
         }
-        _ => Ok(vec![scalar(kind, raw)?]),
+        _ => Ok(vec![scalar(kind, raw, depth)?]),
     }
 }
 
@@ -345,7 +350,12 @@ fn go_duration(ns: i64) -> String {
     }
 }
 
-fn decode_message(name: &str, buf: &[u8]) -> Result<Value, ProtoError> {
+fn decode_message(name: &str, buf: &[u8], depth: usize) -> Result<Value, ProtoError> {
+    if depth > MAX_MESSAGE_DEPTH {
+        return Err(err(format!(
+            "exceeded the maximum nesting depth of {MAX_MESSAGE_DEPTH} messages"
+        )));
+    }
     if let Some(v) = special(name, buf)? {
         return Ok(v);
     }
@@ -364,8 +374,8 @@ fn decode_message(name: &str, buf: &[u8]) -> Result<Value, ProtoError> {
                 let mut value = Value::Null;
                 for (t, r) in read_fields(entry)? {
                     match t {
-                        1 => key = scalar(*k, &r)?,
-                        2 => value = scalar(*v, &r)?,
+                        1 => key = scalar(*k, &r, depth)?,
+                        2 => value = scalar(*v, &r, depth)?,
                         _ => {}
                     }
                 }
@@ -386,7 +396,7 @@ fn decode_message(name: &str, buf: &[u8]) -> Result<Value, ProtoError> {
                 }
             }
             _ if field.repeated => {
-                let values = repeated_scalars(field.kind, &raw)?;
+                let values = repeated_scalars(field.kind, &raw, depth)?;
                 let list = out.entry(field.name).or_insert_with(|| json!([]));
                 if let Some(l) = list.as_array_mut() {
                     l.extend(values);
@@ -397,12 +407,12 @@ fn decode_message(name: &str, buf: &[u8]) -> Result<Value, ProtoError> {
                 let Raw::Bytes(inner) = raw else {
                     return Err(err("embedded message is not length-delimited"));
                 };
-                if let Value::Object(m) = decode_message(n, inner)? {
+                if let Value::Object(m) = decode_message(n, inner, depth + 1)? {
                     out.extend(m);
                 }
             }
             kind => {
-                let value = scalar(kind, &raw)?;
+                let value = scalar(kind, &raw, depth)?;
                 // Go's omitempty: empty strings and zero times are absent in upstream's JSON.
                 if value.is_null() || value.as_str() == Some("") {
                     continue;
@@ -448,7 +458,7 @@ pub fn decode(body: &[u8]) -> Result<Value, ProtoError> {
     let (api_version, kind) = type_meta;
     let msg = message_for(&api_version, &kind)
         .ok_or_else(|| err(format!("no protobuf schema for {kind} in {api_version}")))?;
-    let mut obj = decode_message(msg.name, raw)?;
+    let mut obj = decode_message(msg.name, raw, 0)?;
     if let Some(m) = obj.as_object_mut() {
         m.insert("apiVersion".into(), json!(api_version));
         m.insert("kind".into(), json!(kind));
@@ -522,5 +532,26 @@ mod tests {
             obj,
             json!({"metadata": {"name": "cfg"}, "data": {"a": "1"}, "apiVersion": "v1", "kind": "ConfigMap"})
         );
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_crash() {
+        // JSONSchemaProps{not: JSONSchemaProps{not: ...}}, 2,000 levels in a few kilobytes.
+        let mut inner = Vec::new();
+        for _ in 0..2000 {
+            let mut outer = Vec::new();
+            bytes_field(28, &inner, &mut outer);
+            inner = outer;
+        }
+        let name = "apiextensions_apiserver.pkg.apis.apiextensions.v1.JsonSchemaProps";
+        let e = decode_message(name, &inner, 0).unwrap_err();
+        assert!(e.to_string().contains("maximum nesting depth"), "{e}");
+        let mut ok = Vec::new();
+        for _ in 0..MAX_MESSAGE_DEPTH {
+            let mut outer = Vec::new();
+            bytes_field(28, &ok, &mut outer);
+            ok = outer;
+        }
+        assert!(decode_message(name, &ok, 0).is_ok());
     }
 }
