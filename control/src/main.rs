@@ -48,6 +48,10 @@ struct Args {
     /// Store events kept for watches that start in the past; older revisions get 410 Gone.
     #[arg(long, default_value_t = 10_000)]
     watch_history: usize,
+    /// Free disk space (MiB) kept on the data directory's filesystem: below it the store refuses
+    /// writes (reads go on, `/readyz` fails) until space is freed.
+    #[arg(long, default_value_t = 64)]
+    min_free_disk_mb: u64,
     /// Client connections the API server serves at once (default: 4096, or what the descriptor
     /// limit allows); 64 more serve only health checks and `system:masters` clients.
     #[arg(long)]
@@ -117,6 +121,7 @@ async fn run() -> anyhow::Result<()> {
     let mut store_config = StoreConfig::single(args.data_dir.join("store"), args.raft_listen);
     store_config.node_id = args.node_id;
     store_config.watch_history = args.watch_history;
+    store_config.min_free_disk = args.min_free_disk_mb << 20;
     let store = Store::open(store_config).await.context("opening the store")?;
 
     let mut app = App::new(store.clone(), cidr);

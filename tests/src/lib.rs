@@ -48,6 +48,8 @@ pub struct Control {
     port: u16,
     raft_port: u16,
     extra: Vec<String>,
+    /// A filesystem the fixture mounted over the data directory, unmounted on drop.
+    mount: Option<PathBuf>,
 }
 
 /// Runs `cmd` with `stdin` written to it and returns its output.
@@ -81,6 +83,16 @@ impl Control {
 
     /// Starts the `skiff-control` binary `bin` (a release build, for benchmarks) with extra flags.
     pub fn start_bin(bin: &Path, extra: &[&str]) -> Self {
+        Self::start_full(bin, extra, None)
+    }
+
+    /// Starts with extra flags and the data directory on a tmpfs of `size_mb` MiB of its own
+    /// (root only), so a test can fill it.
+    pub fn start_on_tmpfs(size_mb: u32, extra: &[&str]) -> Self {
+        Self::start_full(&control_bin(), extra, Some(size_mb))
+    }
+
+    fn start_full(bin: &Path, extra: &[&str], tmpfs: Option<u32>) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("skiff-e2e-")
             .tempdir()
@@ -92,7 +104,23 @@ impl Control {
             port: free_port(),
             raft_port: free_port(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            mount: None,
         };
+        if let Some(size) = tmpfs {
+            let data = c.data_dir();
+            std::fs::create_dir_all(&data).expect("data dir");
+            let out = Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}m,mode=0700"), "tmpfs"])
+                .arg(&data)
+                .output()
+                .expect("running mount");
+            assert!(
+                out.status.success(),
+                "mounting a tmpfs needs root: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            c.mount = Some(data);
+        }
         // A free port is only free until someone binds it: another test may take it between
         // `free_port` and the server's bind. Then start over with fresh ports and state.
         for attempt in 0.. {
@@ -101,7 +129,11 @@ impl Control {
                 Ok(()) => break,
                 Err(log) if log.contains("Address already in use") && attempt < 5 => {
                     c.kill9();
-                    let _ = std::fs::remove_dir_all(c.data_dir());
+                    // Empty the data directory (it may be a mount point).
+                    for entry in std::fs::read_dir(c.data_dir()).into_iter().flatten().flatten() {
+                        let _ = std::fs::remove_dir_all(entry.path())
+                            .or_else(|_| std::fs::remove_file(entry.path()));
+                    }
                     let _ = std::fs::remove_file(c.dir.path().join("control.log"));
                     c.port = free_port();
                     c.raft_port = free_port();
@@ -289,5 +321,8 @@ impl Control {
 impl Drop for Control {
     fn drop(&mut self) {
         self.kill9();
+        if let Some(mount) = self.mount.take() {
+            let _ = Command::new("umount").arg(&mount).status();
+        }
     }
 }

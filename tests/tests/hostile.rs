@@ -377,3 +377,88 @@ fn idle_and_excess_connections_do_not_lock_out_the_admin() {
     // a slow header is the HTTP/1 header timeout's (32 s).
     eprintln!("figures: an idle pre-handshake connection closed after {closed_after:?}");
 }
+
+/// Free bytes on the filesystem holding `path`.
+fn free_bytes(path: &std::path::Path) -> u64 {
+    let out = std::process::Command::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(path)
+        .output()
+        .expect("running df");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .expect("df's answer")
+}
+
+#[test]
+fn a_full_disk_stops_writes_until_space_returns() {
+    // The store keeps 16 MiB free on a 96 MiB filesystem of the test's own.
+    let c = Control::start_on_tmpfs(96, &["--min-free-disk-mb", "16"]);
+    let raw = RawClient::new(&c);
+    let mut acknowledged = Vec::new();
+    for i in 0..5 {
+        let name = format!("before-{i}");
+        c.ok(&["create", "configmap", &name, "--from-literal=k=v"]);
+        acknowledged.push(name);
+    }
+    // Fill the filesystem to within 4 MiB of full.
+    let filler = c.data_dir().join("filler");
+    let size = free_bytes(&c.data_dir()).saturating_sub(4 << 20);
+    let out = std::process::Command::new("fallocate")
+        .args(["-l", &size.to_string()])
+        .arg(&filler)
+        .output()
+        .expect("running fallocate");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Within a few polls writes are refused with a Status that says why, and /readyz says so.
+    let mut refused = None;
+    for i in 0..100 {
+        let cm = format!(r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"during-{i}"}}}}"#);
+        let a = raw.send("POST", CMS, Some("application/json"), cm.as_bytes(), 10);
+        if a.code == 201 {
+            acknowledged.push(format!("during-{i}"));
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        }
+        refused = Some(a);
+        break;
+    }
+    let refused = refused.expect("writes were still accepted on a full disk");
+    expect(&refused, 503, "ServiceUnavailable");
+    assert!(refused.body.contains("disk is full"), "{}", refused.body);
+    let ready = raw.send("GET", "/readyz", None, b"", 10);
+    assert_eq!(ready.code, 500, "{}", ready.body);
+    assert!(ready.body.contains("disk is full"), "{}", ready.body);
+    // The process is alive and reads go on.
+    assert_eq!(raw.send("GET", "/livez", None, b"", 10).code, 200);
+    for name in &acknowledged {
+        c.ok(&["get", "configmap", name]);
+    }
+    // Space returns: writes resume without a restart, and nothing acknowledged is lost.
+    std::fs::remove_file(&filler).unwrap();
+    let mut resumed = false;
+    for _ in 0..100 {
+        if raw
+            .send(
+                "POST",
+                CMS,
+                Some("application/json"),
+                br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"after"}}"#,
+                10,
+            )
+            .code
+            == 201
+        {
+            resumed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(resumed, "writes did not resume: {}", c.log());
+    still_ready(&c, &raw);
+    for name in acknowledged.iter().map(String::as_str).chain(["after"]) {
+        c.ok(&["get", "configmap", name]);
+    }
+}

@@ -136,6 +136,25 @@ pub(crate) fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// `/livez`, `/readyz` and `/healthz` as upstream words them: `ok`, or 500 with each check's
+/// verdict. Live: the store's Raft core runs. Ready (and healthy): also a leader, and room on disk
+/// for writes.
+fn health(app: &App, check: &str) -> Response {
+    let failure = if check == "livez" {
+        app.store.not_live()
+    } else {
+        app.store.not_ready()
+    };
+    match failure {
+        None => (StatusCode::OK, "ok").into_response(),
+        Some(why) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("[+]ping ok\n[-]store failed: {why}\n{check} check failed\n"),
+        )
+            .into_response(),
+    }
+}
+
 fn unauthorized() -> Response {
     ApiError::new(401, "Unauthorized", "Unauthorized").into_response()
 }
@@ -273,7 +292,7 @@ async fn route(
             .into_response());
     }
     match segs.as_slice() {
-        ["healthz" | "livez" | "readyz", ..] => return Ok((StatusCode::OK, "ok").into_response()),
+        [check @ ("healthz" | "livez" | "readyz"), ..] => return Ok(health(&app, check)),
         ["version"] => return ok(discovery::version()),
         ["cacerts"] => {
             let ca = app.pki.as_ref().map(|p| p.ca_pem.clone()).unwrap_or_default();

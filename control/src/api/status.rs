@@ -184,7 +184,7 @@ impl ApiError {
             StoreError::NotFound { .. } => Self::not_found(t),
             StoreError::Conflict { .. } => Self::conflict(t),
             StoreError::Compacted { requested, oldest } => Self::expired(requested, oldest),
-            StoreError::Unavailable(m) => Self::new(503, "ServiceUnavailable", m),
+            StoreError::Unavailable(m) | StoreError::NoSpace(m) => Self::new(503, "ServiceUnavailable", m),
             StoreError::Io(m) => Self::internal(m),
         }
     }

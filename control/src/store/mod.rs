@@ -96,6 +96,9 @@ pub enum StoreError {
     /// This member cannot serve the request now (no leader, shutting down).
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The disk is (nearly) full: writes are refused until space is freed.
+    #[error("{0}")]
+    NoSpace(String),
     /// A disk or encoding failure.
     #[error("storage failure: {0}")]
     Io(String),

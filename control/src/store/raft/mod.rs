@@ -2,6 +2,7 @@
 //! read/write/watch API the rest of the control plane uses.
 
 // openraft's StorageError and RPCError are large by design and are its API.
+mod disk;
 #[expect(clippy::result_large_err, reason = "openraft's error types")]
 mod log_store;
 #[expect(clippy::result_large_err, reason = "openraft's error types")]
@@ -42,6 +43,8 @@ pub struct StoreConfig {
     pub watch_history: usize,
     /// Log entries between snapshots.
     pub snapshot_every: u64,
+    /// Free bytes kept on the data directory's filesystem: below this, writes are refused.
+    pub min_free_disk: u64,
 }
 
 impl StoreConfig {
@@ -53,6 +56,7 @@ impl StoreConfig {
             raft_listen,
             watch_history: 10_000,
             snapshot_every: 10_000,
+            min_free_disk: 64 << 20,
         }
     }
 }
@@ -125,6 +129,7 @@ pub struct Store {
     db: Arc<Database>,
     hub: Arc<WatchHub>,
     node_id: NodeId,
+    disk: Arc<disk::DiskGuard>,
     _server: Arc<ServerGuard>,
 }
 
@@ -242,6 +247,7 @@ impl Store {
             .await
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
 
+        let disk = disk::DiskGuard::start(&config.data_dir, config.min_free_disk);
         let (writes, queue) = tokio::sync::mpsc::channel(4 * MAX_BATCH);
         tokio::spawn(group_commit(raft.clone(), queue));
         Ok(Self {
@@ -250,6 +256,7 @@ impl Store {
             db,
             hub,
             node_id: config.node_id,
+            disk,
             _server: Arc::new(ServerGuard { stop: Some(stop_tx) }),
         })
     }
@@ -259,6 +266,33 @@ impl Store {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }
+    }
+
+    /// What keeps this member from serving writes now (`/readyz`): a full disk, no leader, or
+    /// a stopped Raft core.
+    pub fn not_ready(&self) -> Option<String> {
+        if let Some(why) = self.not_live() {
+            return Some(why);
+        }
+        if let Some(why) = self.disk.refusal() {
+            return Some(why);
+        }
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        m.current_leader
+            .is_none()
+            .then(|| "the store has no Raft leader".to_owned())
+    }
+
+    /// What keeps this member from ever serving again without a restart (`/livez`): its Raft
+    /// core stopped on a fatal error.
+    pub fn not_live(&self) -> Option<String> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        m.running_state
+            .as_ref()
+            .err()
+            .map(|e| format!("the store's Raft core stopped: {e}"))
     }
 
     /// Whether this member leads the Raft group (controllers act only there).
@@ -343,7 +377,21 @@ impl Store {
     }
 
     /// Proposes writes as one log entry; returns each write's result once durable and applied.
+    /// Refused while the disk is full (compactions, which free space, are not).
     pub async fn write(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteResult>, StoreError> {
+        if !ops.iter().all(|op| matches!(op, WriteOp::Compact { .. })) {
+            let bytes = ops
+                .iter()
+                .map(|op| match op {
+                    WriteOp::Create { key, value } | WriteOp::Update { key, value, .. } => {
+                        key.len() + value.len()
+                    }
+                    WriteOp::Delete { key, .. } => key.len(),
+                    WriteOp::Compact { .. } => 0,
+                })
+                .sum::<usize>();
+            self.disk.admit(bytes as u64).map_err(StoreError::NoSpace)?;
+        }
         let (reply, rx) = oneshot::channel();
         let closed = || StoreError::Unavailable("store is shutting down".into());
         self.writes
