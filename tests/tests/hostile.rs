@@ -462,3 +462,42 @@ fn a_full_disk_stops_writes_until_space_returns() {
         c.ok(&["get", "configmap", name]);
     }
 }
+
+#[test]
+fn patches_of_objects_with_thousands_of_list_items_cost_linear_time() {
+    let c = Control::start();
+    let raw = RawClient::new(&c);
+    let containers = |image: &str| -> Vec<Value> {
+        (0..3000)
+            .map(|i| json!({"name": format!("c{i}"), "image": image, "env": [{"name": "A", "value": "1"}]}))
+            .collect()
+    };
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "wide"}, "spec": {"containers": containers("x:1")}});
+    let start = Instant::now();
+    let a = raw.send(
+        "POST",
+        "/api/v1/namespaces/default/pods",
+        Some("application/json"),
+        pod.to_string().as_bytes(),
+        300,
+    );
+    assert_eq!(a.code, 201, "{}", a.body);
+    let created = start.elapsed();
+    let patch = json!({"spec": {"containers": containers("x:2")}});
+    let start = Instant::now();
+    let a = raw.send(
+        "PATCH",
+        "/api/v1/namespaces/default/pods/wide",
+        Some("application/strategic-merge-patch+json"),
+        patch.to_string().as_bytes(),
+        300,
+    );
+    let patched = start.elapsed();
+    assert_eq!(a.code, 200, "{}", a.body);
+    let images = c.ok(&["get", "pod", "wide", "-o", "jsonpath={.spec.containers[*].image}"]);
+    assert_eq!(images.split(' ').filter(|i| *i == "x:2").count(), 3000);
+    still_ready(&c, &raw);
+    eprintln!(
+        "figures: a 3,000-container pod created in {created:?}, strategic-merge-patched in {patched:?}"
+    );
+}

@@ -164,33 +164,74 @@ fn from_fields_v1(tree: &Value, path: &mut Path, out: &mut FieldSet) {
     }
 }
 
-/// The value at a field path, if present.
-fn lookup<'a>(obj: &'a Value, path: &[String]) -> Option<&'a Value> {
-    let mut cur = obj;
-    for el in path {
-        if el == "." {
-            return Some(cur);
-        }
-        cur = step(cur, el)?;
-    }
-    Some(cur)
+/// Looks up many field paths in the same objects: list items are found through an index built
+/// once per list and key (instead of a scan per path, which made every write to an object with
+/// thousands of list items quadratic).
+#[derive(Default)]
+struct Finder {
+    /// (list address, key field names) → key values → position.
+    keyed: std::collections::HashMap<(usize, Vec<String>), std::collections::HashMap<String, usize>>,
+    /// list address → item → position.
+    sets: std::collections::HashMap<usize, std::collections::HashMap<String, usize>>,
 }
 
-fn step<'a>(cur: &'a Value, el: &str) -> Option<&'a Value> {
-    if let Some(f) = el.strip_prefix("f:") {
-        cur.get(f)
-    } else if let Some(k) = el.strip_prefix("k:") {
-        let key: Value = serde_json::from_str(k).ok()?;
-        let key = key.as_object()?;
-        cur.as_array()?
-            .iter()
-            .find(|item| key.iter().all(|(kk, kv)| item.get(kk) == Some(kv)))
-    } else if let Some(v) = el.strip_prefix("v:") {
-        let v: Value = serde_json::from_str(v).ok()?;
-        cur.as_array()?.iter().find(|item| **item == v)
-    } else {
-        None
+impl Finder {
+    /// The value at a field path, if present.
+    fn lookup<'a>(&mut self, obj: &'a Value, path: &[String]) -> Option<&'a Value> {
+        let mut cur = obj;
+        for el in path {
+            if el == "." {
+                return Some(cur);
+            }
+            cur = self.step(cur, el)?;
+        }
+        Some(cur)
     }
+
+    fn step<'a>(&mut self, cur: &'a Value, el: &str) -> Option<&'a Value> {
+        if let Some(f) = el.strip_prefix("f:") {
+            return cur.get(f);
+        }
+        let items = cur.as_array()?;
+        let addr = items.as_ptr() as usize;
+        if let Some(k) = el.strip_prefix("k:") {
+            let key: Map<String, Value> = serde_json::from_str(k).ok()?;
+            let names: Vec<String> = key.keys().cloned().collect();
+            let wanted = key_string(names.iter().map(|n| key.get(n)))?;
+            let index = self.keyed.entry((addr, names)).or_insert_with_key(|(_, names)| {
+                let mut index = std::collections::HashMap::new();
+                for (i, item) in items.iter().enumerate() {
+                    if let Some(k) = key_string(names.iter().map(|n| item.get(n))) {
+                        index.entry(k).or_insert(i);
+                    }
+                }
+                index
+            });
+            index.get(&wanted).map(|i| &items[*i])
+        } else if let Some(v) = el.strip_prefix("v:") {
+            let v: Value = serde_json::from_str(v).ok()?;
+            let index = self.sets.entry(addr).or_insert_with(|| {
+                let mut index = std::collections::HashMap::new();
+                for (i, item) in items.iter().enumerate() {
+                    index.entry(item.to_string()).or_insert(i);
+                }
+                index
+            });
+            index.get(&v.to_string()).map(|i| &items[*i])
+        } else {
+            None
+        }
+    }
+}
+
+/// The key values of a list item as one string, or None when one is missing.
+fn key_string<'a>(values: impl Iterator<Item = Option<&'a Value>>) -> Option<String> {
+    let mut out = String::new();
+    for v in values {
+        out.push_str(&v?.to_string());
+        out.push('\u{0}');
+    }
+    Some(out)
 }
 
 /// Removes the field at `path` from `obj`.
@@ -274,6 +315,7 @@ pub fn apply(call: &Call, base: &Value, patch: &Value) -> Result<Value, ApiError
         .unwrap_or_default();
     let mut previous = FieldSet::new();
     let mut conflicts = Vec::new();
+    let (mut in_base, mut in_patch) = (Finder::default(), Finder::default());
     for entry in &mut entries {
         let mut set = FieldSet::new();
         from_fields_v1(&entry["fieldsV1"], &mut Vec::new(), &mut set);
@@ -286,7 +328,7 @@ pub fn apply(call: &Call, base: &Value, patch: &Value) -> Result<Value, ApiError
             if path.last().is_some_and(|e| e == ".") {
                 continue;
             }
-            if lookup(base, path) != lookup(patch, path) {
+            if in_base.lookup(base, path) != in_patch.lookup(patch, path) {
                 taken.push(path.clone());
                 conflicts.push(format!(
                     "conflict with \"{}\": {}",
@@ -448,12 +490,13 @@ pub fn track_update(call: &Call, old: Option<&Value>, new: &mut Value) {
         return;
     };
     let present = field_set(new, root);
+    let (mut in_old, mut in_new) = (Finder::default(), Finder::default());
     // A list item's `.` marker (its existence) belongs to whoever added the item.
     let changed: FieldSet = present
         .iter()
         .filter(|p| match p.last() {
-            Some(e) if e == "." => lookup(old_obj, p).is_none(),
-            _ => lookup(old_obj, p) != lookup(new, p),
+            Some(e) if e == "." => in_old.lookup(old_obj, p).is_none(),
+            _ => in_old.lookup(old_obj, p) != in_new.lookup(new, p),
         })
         .cloned()
         .collect();
@@ -471,7 +514,7 @@ pub fn track_update(call: &Call, old: Option<&Value>, new: &mut Value) {
             && entry["subresource"].as_str().unwrap_or_default() == subresource;
         let kept: FieldSet = set
             .into_iter()
-            .filter(|p| lookup(new, p).is_some() && (is_mine || !changed.contains(p)))
+            .filter(|p| in_new.lookup(new, p).is_some() && (is_mine || !changed.contains(p)))
             .collect();
         if is_mine {
             mine = Some(kept);

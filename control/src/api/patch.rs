@@ -6,6 +6,8 @@
 //! `$setElementOrder/`, `$deleteFromPrimitiveList/` and `$retainKeys` directives that kubectl sends.
 //! The merge keys are upstream's `x-kubernetes-patch-merge-key` tags for the kinds Skiff serves.
 
+use std::collections::{HashMap, HashSet};
+
 use serde_json::{Map, Value};
 
 use super::protobuf::{Field, Message};
@@ -188,7 +190,8 @@ fn merge_map(
         }
         if let Some(field) = key.strip_prefix("$deleteFromPrimitiveList/") {
             if let (Some(Value::Array(list)), Value::Array(remove)) = (out.get_mut(field), pv) {
-                list.retain(|v| !remove.contains(v));
+                let remove: HashSet<String> = remove.iter().map(Value::to_string).collect();
+                list.retain(|v| !remove.contains(&v.to_string()));
             }
             continue;
         }
@@ -228,8 +231,9 @@ fn merge_list(
         ListStrategy::Replace => Ok(patch.iter().cloned().map(strip_directives).collect()),
         ListStrategy::PrimitiveSet => {
             let mut out = current.to_vec();
+            let mut seen: HashSet<String> = out.iter().map(Value::to_string).collect();
             for v in patch {
-                if !out.contains(v) {
+                if seen.insert(v.to_string()) {
                     out.push(v.clone());
                 }
             }
@@ -247,7 +251,14 @@ fn merge_list(
                 return Ok(items.collect());
             }
             let item_ctx = ctx.items(field);
-            let mut out = current.to_vec();
+            // Items by merge key, so that merging n items into m is linear, not n x m.
+            let mut out: Vec<Option<Value>> = current.iter().cloned().map(Some).collect();
+            let mut index: HashMap<String, usize> = HashMap::new();
+            for (i, c) in current.iter().enumerate() {
+                if let Some(k) = c.get(merge_key) {
+                    index.entry(k.to_string()).or_insert(i);
+                }
+            }
             path.push(field.to_owned());
             for item in patch {
                 let Some(key_value) = item.get(merge_key) else {
@@ -256,27 +267,30 @@ fn merge_list(
                         "map: {item} does not contain declared merge key: {merge_key}"
                     ));
                 };
-                let pos = out.iter().position(|c| c.get(merge_key) == Some(key_value));
+                let key = key_value.to_string();
+                let pos = index.get(&key).copied();
                 let deleting = item.get("$patch").and_then(Value::as_str) == Some("delete");
                 match (pos, deleting) {
                     (Some(i), true) => {
-                        out.remove(i);
+                        out[i] = None;
+                        index.remove(&key);
                     }
                     (None, true) => {}
                     (Some(i), false) => {
-                        if let Some(v) = merge_value(Some(&out[i]), item, item_ctx, path)? {
-                            out[i] = v;
+                        if let Some(v) = merge_value(out[i].as_ref(), item, item_ctx, path)? {
+                            out[i] = Some(v);
                         }
                     }
                     (None, false) => {
                         if let Some(v) = merge_value(None, item, item_ctx, path)? {
-                            out.push(v);
+                            index.insert(key, out.len());
+                            out.push(Some(v));
                         }
                     }
                 }
             }
             path.pop();
-            Ok(out)
+            Ok(out.into_iter().flatten().collect())
         }
     }
 }
@@ -339,6 +353,24 @@ mod tests {
         assert_eq!(out["metadata"]["labels"], json!({"b": "2"}));
         assert_eq!(out["metadata"]["finalizers"], json!(["y"]));
         assert_eq!(out["spec"]["ports"], json!([{"port": 80}]));
+    }
+
+    #[test]
+    fn thousands_of_keyed_items_merge_in_linear_time() {
+        let containers = |image: &str| -> Vec<Value> {
+            (0..5000)
+                .map(|i| json!({"name": format!("c{i}"), "image": image, "env": [{"name": "A", "value": "1"}]}))
+                .collect()
+        };
+        let pod = json!({"spec": {"containers": containers("x:1")}});
+        let patch = json!({"spec": {"containers": containers("x:2")}});
+        let start = std::time::Instant::now();
+        let out = apply_strategic_patch(&pod, &patch, pod_schema()).unwrap();
+        eprintln!("5,000 containers merged in {:?}", start.elapsed());
+        let merged = out["spec"]["containers"].as_array().unwrap();
+        assert_eq!(merged.len(), 5000);
+        assert!(merged.iter().all(|c| c["image"] == "x:2"));
+        assert_eq!(merged[4999]["name"], "c4999");
     }
 
     #[test]
