@@ -147,6 +147,21 @@ pub fn parse_body(body: &[u8], content_type: &str) -> Result<Value> {
     check_depth(value)
 }
 
+/// [`parse_body`], in the CPU pool when the body is large.
+pub async fn parse_body_pooled(body: &[u8], content_type: &str) -> Result<Value> {
+    if body.len() < super::cpu::OFFLOAD_BYTES {
+        return parse_body(body, content_type);
+    }
+    let (body, content_type) = (body.to_vec(), content_type.to_owned());
+    super::cpu::run(move || {
+        let value = parse_body(&body, &content_type)?;
+        // What the store could never hold is refused before admission spends time on it.
+        stored_bytes(&value)?;
+        Ok(value)
+    })
+    .await
+}
+
 /// Refuses an object nested deeper than [`limits::MAX_DEPTH`] (a decoded body or a patch's result).
 fn check_depth(value: Value) -> Result<Value> {
     if limits::too_deep(&value, limits::MAX_DEPTH) {
@@ -484,13 +499,40 @@ pub async fn list(app: &App, call: &Call) -> Result<Response> {
     if let Some(t) = token {
         metadata["continue"] = json!(t);
     }
-    let list = json!({
+    let head = json!({
         "kind": format!("{}List", call.info.kind),
         "apiVersion": call.info.api_version(),
         "metadata": metadata,
-        "items": items,
+        "items": [],
     });
-    Ok(json_response(StatusCode::OK, &list))
+    Ok(streamed_list(&head, items))
+}
+
+/// A list response encoded one item at a time as the client reads it, so a large list is never
+/// held twice (as objects and as one encoded body). `head` is the list with empty `items`, last.
+fn streamed_list(head: &Value, items: Vec<Value>) -> Response {
+    let mut open = serde_json::to_vec(head).unwrap_or_default();
+    // `..."items":[]}` → `..."items":[`
+    open.truncate(open.len().saturating_sub(2));
+    let count = items.len();
+    let parts = items.into_iter().enumerate().map(move |(i, item)| {
+        let mut chunk = serde_json::to_vec(&item).unwrap_or_default();
+        if i + 1 < count {
+            chunk.push(b',');
+        }
+        Ok::<_, std::convert::Infallible>(bytes::Bytes::from(chunk))
+    });
+    let stream = futures::stream::iter(
+        std::iter::once(Ok(bytes::Bytes::from(open)))
+            .chain(parts)
+            .chain(std::iter::once(Ok(bytes::Bytes::from_static(b"]}")))),
+    );
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from_stream(stream),
+    )
+        .into_response()
 }
 
 fn watch_line(call: &Call, kind: &str, obj: Value) -> bytes::Bytes {
@@ -742,7 +784,7 @@ async fn check_namespace_lifecycle(app: &App, call: &Call) -> Result<()> {
 
 /// POST to a collection.
 pub async fn create(app: &App, call: &Call, body: &[u8]) -> Result<Response> {
-    let obj = require_object(parse_body(body, &call.content_type)?)?;
+    let obj = require_object(parse_body_pooled(body, &call.content_type).await?)?;
     let created = create_object(app, call, obj).await?;
     Ok(json_response(StatusCode::CREATED, &created))
 }
@@ -924,7 +966,7 @@ async fn commit_update(
 
 /// PUT of an object (or its status or scale).
 pub async fn update(app: &App, call: &Call, body: &[u8]) -> Result<Response> {
-    let new = require_object(parse_body(body, &call.content_type)?)?;
+    let new = require_object(parse_body_pooled(body, &call.content_type).await?)?;
     check_unknown_fields(call, &new)?;
     let current = read(app, call, call.name()).await?;
     if call.sub.as_deref() == Some("scale") {
@@ -968,9 +1010,9 @@ pub async fn patch(app: &App, call: &Call, body: &[u8]) -> Result<Response> {
         ));
     }
     let patch = if patch_type == PatchType::Apply {
-        parse_body(body, "application/yaml")?
+        parse_body_pooled(body, "application/yaml").await?
     } else {
-        parse_body(body, "application/json")?
+        parse_body_pooled(body, "application/json").await?
     };
     for attempt in 0..8 {
         let current = match read(app, call, call.name()).await {
@@ -986,21 +1028,27 @@ pub async fn patch(app: &App, call: &Call, body: &[u8]) -> Result<Response> {
         } else {
             base
         };
-        let patched = match patch_type {
-            PatchType::Json => {
-                apply_json_patch(&base, &patch).map_err(|e| ApiError::new(422, "Invalid", e))?
+        let size = current.value.len() + body.len();
+        let (call_meta, patch_doc) = (call.clone_meta(), patch.clone());
+        let patched = super::cpu::run_sized(size, move || {
+            let (call, patch) = (call_meta, patch_doc);
+            match patch_type {
+                PatchType::Json => {
+                    apply_json_patch(&base, &patch).map_err(|e| ApiError::new(422, "Invalid", e))
+                }
+                PatchType::Merge => Ok(apply_merge_patch(&base, &patch)),
+                PatchType::Strategic => {
+                    let root = if call.sub.as_deref() == Some("scale") {
+                        super::protobuf::message_for("autoscaling/v1", "Scale")
+                    } else {
+                        call.info.schema()
+                    };
+                    apply_strategic_patch(&base, &patch, root).map_err(ApiError::bad_request)
+                }
+                PatchType::Apply => super::apply::apply(&call, &base, &patch),
             }
-            PatchType::Merge => apply_merge_patch(&base, &patch),
-            PatchType::Strategic => {
-                let root = if call.sub.as_deref() == Some("scale") {
-                    super::protobuf::message_for("autoscaling/v1", "Scale")
-                } else {
-                    call.info.schema()
-                };
-                apply_strategic_patch(&base, &patch, root).map_err(ApiError::bad_request)?
-            }
-            PatchType::Apply => super::apply::apply(call, &base, &patch)?,
-        };
+        })
+        .await?;
         let mut patched = check_depth(patched)?;
         check_unknown_fields(call, &patched)?;
         // A patch that carries resourceVersion is a precondition; otherwise retry on conflicts.
@@ -1327,4 +1375,28 @@ pub async fn delete_collection(app: &App, call: &Call, body: &[u8]) -> Result<Re
         "items": deleted,
     });
     Ok(json_response(StatusCode::OK, &list))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body_json(r: Response) -> Value {
+        let bytes = axum::body::to_bytes(r.into_body(), usize::MAX).await.unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn streamed_lists_are_the_lists_they_stand_for() {
+        let head = json!({"kind": "ConfigMapList", "apiVersion": "v1", "metadata": {"resourceVersion": "7"}, "items": []});
+        for items in [
+            vec![],
+            vec![json!({"a": 1})],
+            vec![json!({"a": 1}), json!({"b": [2, 3]}), json!("x")],
+        ] {
+            let mut want = head.clone();
+            want["items"] = json!(items);
+            assert_eq!(body_json(streamed_list(&head, items)).await, want);
+        }
+    }
 }

@@ -3,6 +3,7 @@
 mod admission;
 mod apply;
 mod authz;
+mod cpu;
 pub mod crd;
 mod discovery;
 mod eviction;
