@@ -16,7 +16,7 @@ pub fn object(root: &Path) -> PathBuf {
 
 /// A command with the variables that cargo/rustup set for the host build removed, so that the
 /// nightly toolchain and its own flags are used.
-fn clean(program: &str) -> Command {
+pub(crate) fn clean(program: &str) -> Command {
     let mut cmd = Command::new(program);
     for var in [
         "RUSTC",
@@ -37,15 +37,15 @@ fn clean(program: &str) -> Command {
     cmd
 }
 
-fn output(cmd: &mut Command) -> Option<String> {
+pub(crate) fn output(cmd: &mut Command) -> Option<String> {
     let out = cmd.output().ok()?;
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn step(what: &str, cmd: &mut Command) -> anyhow::Result<()> {
-    eprintln!("build-ebpf: {what}");
+pub(crate) fn step(what: &str, cmd: &mut Command) -> anyhow::Result<()> {
+    eprintln!("xtask: {what}");
     let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
     if !status.success() {
         bail!("{what} failed ({status}); see the output above");
@@ -53,8 +53,8 @@ fn step(what: &str, cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Installs the nightly toolchain, its `rust-src` and `bpf-linker` when missing.
-fn ensure_toolchain() -> anyhow::Result<()> {
+/// Installs the nightly toolchain when missing (the eBPF build and the fuzz targets need it).
+pub(crate) fn ensure_nightly() -> anyhow::Result<()> {
     let toolchains = output(clean("rustup").args(["toolchain", "list"]))
         .context("rustup is needed to build the eBPF programs (https://rustup.rs)")?;
     if !toolchains.lines().any(|l| l.starts_with("nightly")) {
@@ -63,6 +63,12 @@ fn ensure_toolchain() -> anyhow::Result<()> {
             clean("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]),
         )?;
     }
+    Ok(())
+}
+
+/// Installs the nightly toolchain, its `rust-src` and `bpf-linker` when missing.
+fn ensure_toolchain() -> anyhow::Result<()> {
+    ensure_nightly()?;
     let components =
         output(clean("rustup").args(["component", "list", "--installed", "--toolchain", "nightly"]))
             .unwrap_or_default();

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod clean_host;
 mod ebpf;
+mod fuzz;
 mod proto_schema;
 mod vm;
 
@@ -57,6 +58,13 @@ enum Cmd {
     /// Build the eBPF programs (agent-ebpf/) that the agent embeds; installs nightly's rust-src and
     /// bpf-linker first when missing.
     BuildEbpf,
+    /// Fuzz the API server's decoders and patches (fuzz/, cargo-fuzz on nightly), each target for
+    /// a bounded time from the corpora in fuzz/corpus/; `cargo xtask test` runs it for 20 s each.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
+    },
     /// Remove what interrupted test runs left on this host (processes, mounts, bridges, cgroups,
     /// nftables tables named with the tests' `sk<hex>` prefix).
     CleanHost,
@@ -210,6 +218,7 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     eprintln!("+ the suites run on this host's cgroups: {cgroups}");
     run(cargo().args(["test", "--workspace"]).args(args))?;
     if args.is_empty() {
+        fuzz::run(&root(), 20)?;
         test_vm(None)?;
     }
     Ok(())
@@ -277,6 +286,7 @@ fn dispatch() -> anyhow::Result<()> {
         ),
         Cmd::Test { args } => test(&args),
         Cmd::TestVm { filter } => test_vm(filter.as_deref()),
+        Cmd::Fuzz { seconds } => fuzz::run(&root(), seconds),
         Cmd::CleanHost => clean_host::run(),
         Cmd::BuildEbpf => {
             let object = ebpf::build(&root())?;
