@@ -6,12 +6,13 @@ use serde_json::json;
 
 use crate::api::App;
 use crate::api::object::{new_uid, now, to_stored};
+use crate::objects::keys;
 use crate::store::StoreError;
 
 /// Creates the built-in namespaces if they are missing.
 pub async fn ensure_defaults(app: &App) -> Result<(), StoreError> {
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
-        let key = format!("/registry/core/namespaces/{ns}");
+        let key = keys::object(keys::NAMESPACES, None, ns);
         if app.store.get(&key).await?.is_some() {
             continue;
         }
@@ -32,7 +33,7 @@ pub async fn ensure_defaults(app: &App) -> Result<(), StoreError> {
         ("system-cluster-critical", 2_000_000_000i64),
         ("system-node-critical", 2_000_001_000),
     ] {
-        let key = format!("/registry/scheduling.k8s.io/priorityclasses/{name}");
+        let key = keys::object(keys::PRIORITY_CLASSES, None, name);
         if app.store.get(&key).await?.is_some() {
             continue;
         }
@@ -50,7 +51,7 @@ pub async fn ensure_defaults(app: &App) -> Result<(), StoreError> {
         }
     }
     // The default StorageClass: a directory on the node the pod lands on, as k3s's local-path.
-    let key = "/registry/storage.k8s.io/storageclasses/local-path";
+    let key = &keys::object(keys::STORAGE_CLASSES, None, "local-path");
     if app.store.get(key).await?.is_none() {
         let class = json!({
             "apiVersion": "storage.k8s.io/v1",
@@ -67,7 +68,7 @@ pub async fn ensure_defaults(app: &App) -> Result<(), StoreError> {
         }
     }
     // Cluster DNS at the tenth address of the service range (the allocator never hands it out).
-    let key = "/registry/core/services/kube-system/kube-dns";
+    let key = &keys::object(keys::SERVICES, Some("kube-system"), "kube-dns");
     if app.store.get(key).await?.is_none() {
         let mut svc = crate::controllers::cluster_dns::service(app.service_cidr.nth(10));
         svc["metadata"]["uid"] = json!(new_uid());

@@ -10,9 +10,10 @@ use super::handlers::{Call, delete_one, json_response, parse_body};
 use super::object::{from_kv, meta_str, to_stored};
 use super::selector::LabelSelector;
 use super::status::ApiError;
+use crate::objects::keys;
 use crate::store::StoreError;
 
-const PDB_PREFIX: &str = "/registry/policy/poddisruptionbudgets/";
+const PDB_PREFIX: &str = keys::POD_DISRUPTION_BUDGETS;
 
 /// Evicts the pod named in the call.
 pub async fn evict(app: &App, call: &Call, body: &[u8]) -> Result<Response, ApiError> {

@@ -21,6 +21,7 @@ use super::registry::ResourceInfo;
 use super::selector::{FieldSelector, LabelSelector};
 use super::status::{ApiError, Target, success};
 use super::table;
+use crate::objects::keys;
 use crate::store::{EventKind, KeyValue, StoreError};
 
 /// One parsed request on a resource.
@@ -711,7 +712,7 @@ async fn resolve_priority(app: &App, call: &Call, pod: &mut Value) -> Result<()>
     let class = if name.is_empty() {
         let all = app
             .store
-            .list("/registry/scheduling.k8s.io/priorityclasses/", None, 0)
+            .list(keys::PRIORITY_CLASSES, None, 0)
             .await
             .map_err(ApiError::internal)?;
         all.items
@@ -721,7 +722,7 @@ async fn resolve_priority(app: &App, call: &Call, pod: &mut Value) -> Result<()>
     } else {
         let kv = app
             .store
-            .get(&format!("/registry/scheduling.k8s.io/priorityclasses/{name}"))
+            .get(&keys::object(keys::PRIORITY_CLASSES, None, &name))
             .await
             .map_err(ApiError::internal)?;
         let Some(kv) = kv else {
@@ -756,7 +757,7 @@ async fn check_namespace_lifecycle(app: &App, call: &Call) -> Result<()> {
     };
     // As upstream's NamespaceLifecycle: this member's state first, a linearizable read only when
     // the namespace is not there (it may have just been created through another member).
-    let key = format!("/registry/core/namespaces/{ns}");
+    let key = keys::object(keys::NAMESPACES, None, ns);
     let kv = match app.store.get_local(&key).map_err(ApiError::internal)? {
         Some(kv) => Some(kv),
         None => app.store.get(&key).await.map_err(ApiError::internal)?,

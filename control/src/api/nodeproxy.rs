@@ -6,6 +6,7 @@
 //! TLS: the agent's certificate must be the cluster CA's certificate for that node name, and the API
 //! server presents a client certificate of its own.
 
+use crate::objects::keys;
 use std::sync::{Arc, OnceLock};
 
 use axum::body::Body;
@@ -95,7 +96,7 @@ async fn connect_node(
     }
     let node = app
         .store
-        .get(&format!("/registry/core/nodes/{node_name}"))
+        .get(&keys::object(keys::NODES, None, node_name))
         .await
         .map_err(|e| ApiError::new(500, "InternalError", e.to_string()))?
         .map(|kv| from_kv(&kv))
@@ -323,7 +324,7 @@ pub async fn portforward(
 async fn read_pod(app: &App, ns: &str, name: &str) -> Result<Value> {
     let kv = app
         .store
-        .get(&format!("/registry/core/pods/{ns}/{name}"))
+        .get(&keys::object(keys::PODS, Some(ns), name))
         .await
         .map_err(|e| ApiError::new(500, "InternalError", e.to_string()))?
         .ok_or_else(|| ApiError::new(404, "NotFound", format!("pods \"{name}\" not found")))?;

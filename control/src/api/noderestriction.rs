@@ -4,6 +4,7 @@
 //! them), and it writes the status of, or deletes, only pods bound to it. [`super::authz`] has let
 //! the request through by verb and resource; this looks at the objects.
 
+use crate::objects::keys;
 use serde_json::Value;
 
 use super::App;
@@ -42,8 +43,8 @@ fn unrelated(node: &str, verb: &str, call: &Call) -> ApiError {
 /// The pods bound to `node`, in namespace `ns` or (None) in every namespace.
 async fn pods_on(app: &App, node: &str, ns: Option<&str>) -> Result<Vec<Value>, ApiError> {
     let prefix = match ns {
-        Some(ns) => format!("/registry/core/pods/{ns}/"),
-        None => "/registry/core/pods/".to_owned(),
+        Some(ns) => keys::in_namespace(keys::PODS, ns),
+        None => keys::PODS.to_owned(),
     };
     let listed = app
         .store
@@ -145,7 +146,7 @@ pub async fn check(app: &App, node: &str, verb: &str, call: &Call) -> Result<(),
             for pod in pods_on(app, node, None).await? {
                 let pod_ns = pod["metadata"]["namespace"].as_str().unwrap_or("default");
                 for claim in referenced(&pod, "persistentvolumeclaims") {
-                    let key = format!("/registry/core/persistentvolumeclaims/{pod_ns}/{claim}");
+                    let key = keys::object(keys::PERSISTENT_VOLUME_CLAIMS, Some(pod_ns), &claim);
                     if let Some(kv) = app.store.get(&key).await.map_err(ApiError::internal)?
                         && from_kv(&kv)["spec"]["volumeName"].as_str() == Some(name)
                     {
@@ -156,7 +157,7 @@ pub async fn check(app: &App, node: &str, verb: &str, call: &Call) -> Result<(),
             Err(unrelated(node, verb, call))
         }
         ("pods", Some("status"), _) | ("pods", None, "delete") => {
-            let key = format!("/registry/core/pods/{}/{}", ns.unwrap_or_default(), call.name());
+            let key = keys::object(keys::PODS, Some(ns.unwrap_or_default()), call.name());
             let Some(kv) = app.store.get(&key).await.map_err(ApiError::internal)? else {
                 // The handler answers NotFound.
                 return Ok(());

@@ -17,6 +17,7 @@ use tonic::{Request, Response, Status};
 use super::App;
 use super::object::{from_kv, set_resource_version};
 use super::server::Identity;
+use crate::objects::keys;
 use crate::store::{Event, EventKind, StoreError, WatchStream};
 
 /// Snapshot parts are cut at about this many bytes of objects (agents accept up to 16 MiB).
@@ -111,7 +112,7 @@ impl pb::node_service_server::NodeService for NodeStreams {
         // The store watch starts before anything is listed, so no change falls between the two.
         let (watch, resumed, start) = match req.resume_revision {
             0 => self.fresh_watch()?,
-            from => match self.app.store.watch("/registry/", from) {
+            from => match self.app.store.watch(keys::ROOT, from) {
                 Ok(w) => (w, true, from),
                 Err(StoreError::Compacted { .. }) => self.fresh_watch()?,
                 Err(e) => return Err(Status::unavailable(e.to_string())),
@@ -139,7 +140,7 @@ impl NodeStreams {
         let watch = self
             .app
             .store
-            .watch("/registry/", from)
+            .watch(keys::ROOT, from)
             .map_err(|e| Status::unavailable(e.to_string()))?;
         Ok((watch, false, from))
     }
@@ -330,7 +331,7 @@ mod tests {
         let obj = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default"},
             "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox"}]}});
         (
-            format!("/registry/core/pods/default/{name}"),
+            keys::object(keys::PODS, Some("default"), name),
             obj.to_string().into_bytes(),
         )
     }
@@ -339,7 +340,7 @@ mod tests {
         let obj = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "default"},
             "spec": {"clusterIP": "10.96.0.20", "ports": [{"port": 80}]}});
         (
-            format!("/registry/core/services/default/{name}"),
+            keys::object(keys::SERVICES, Some("default"), name),
             obj.to_string().into_bytes(),
         )
     }
@@ -439,10 +440,7 @@ mod tests {
         // its deletion.
         put(&app, pod("elsewhere", "b")).await;
         app.store
-            .create(
-                "/registry/coordination.k8s.io/leases/kube-node-lease/a",
-                b"{}".to_vec(),
-            )
+            .create(&keys::object(keys::NODE_LEASES, None, "a"), b"{}".to_vec())
             .await
             .unwrap();
         let (key, unbound) = pod("late", "");
@@ -501,7 +499,7 @@ mod tests {
             put(
                 &app,
                 (
-                    format!("/registry/core/services/default/s{i:02}"),
+                    keys::object(keys::SERVICES, Some("default"), &format!("s{i:02}")),
                     obj.to_string().into_bytes(),
                 ),
             )

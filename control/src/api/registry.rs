@@ -1,6 +1,7 @@
 //! The resource types the API server serves: the built-in kinds plus those that
 //! CustomResourceDefinitions add at run time.
 
+use crate::objects::keys;
 use std::sync::{Arc, RwLock};
 
 use serde_json::{Value, json};
@@ -42,12 +43,7 @@ impl ResourceInfo {
 
     /// The store key prefix for all objects of this resource.
     pub fn prefix(&self) -> String {
-        let group = if self.group.is_empty() {
-            "core"
-        } else {
-            &self.group
-        };
-        format!("/registry/{group}/{}/", self.plural)
+        keys::prefix(&self.group, &self.plural)
     }
 
     /// The store key prefix for one namespace (or all objects when cluster-scoped / `ns` is None).

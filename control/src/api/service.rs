@@ -3,6 +3,7 @@
 //! Allocations are derived from the stored Services under the API server's allocation lock, so two
 //! creates can never take the same address.
 
+use crate::objects::keys;
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 
@@ -59,7 +60,7 @@ impl Cidr {
 async fn used(app: &App) -> Result<(HashSet<String>, HashSet<i64>), Causes> {
     let list = app
         .store
-        .list("/registry/core/services/", None, 0)
+        .list(keys::SERVICES, None, 0)
         .await
         .map_err(|e| vec![("spec.clusterIP".to_owned(), format!("Internal error: {e}"))])?;
     let mut ips = HashSet::new();

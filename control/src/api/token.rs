@@ -17,6 +17,7 @@ use super::handlers::{Call, json_response, parse_body};
 use super::object::from_kv;
 use super::server::Identity;
 use super::status::ApiError;
+use crate::objects::keys;
 use crate::store::{WriteOp, WriteResult};
 
 /// The issuer, and the audience the API server accepts, as upstream's defaults.
@@ -112,7 +113,7 @@ fn now() -> i64 {
 }
 
 async fn object(app: &App, resource: &str, ns: &str, name: &str) -> Result<Option<Value>, ApiError> {
-    let key = format!("/registry/core/{resource}/{ns}/{name}");
+    let key = keys::object(&keys::prefix("", resource), Some(ns), name);
     Ok(app
         .store
         .get(&key)

@@ -15,6 +15,7 @@ use super::runtime::{Cache, Caches, sync_on_changes};
 use crate::api::App;
 use crate::api::handlers::create_object;
 use crate::api::object::meta_str;
+use crate::objects::keys;
 use crate::scheduler::NODE_PREFIX;
 
 /// The Service's namespace and name.
@@ -23,7 +24,6 @@ pub const NAMESPACE: &str = "kube-system";
 pub const SERVICE: &str = "kube-dns";
 /// The EndpointSlice this controller keeps.
 const SLICE: &str = "kube-dns-nodes";
-const SLICE_KEY: &str = "/registry/discovery.k8s.io/endpointslices/kube-system/kube-dns-nodes";
 const MANAGER: &str = "skiff-cluster-dns";
 
 /// The `kube-dns` Service for cluster IP `ip`.
@@ -89,7 +89,8 @@ async fn sync(app: &App, nodes: &Cache, slices: &Cache) -> Result<(), String> {
         {"name": "dns", "port": 53, "protocol": "UDP"},
         {"name": "dns-tcp", "port": 53, "protocol": "TCP"},
     ]);
-    match slices.get(SLICE_KEY) {
+    let slice_key = keys::object(keys::ENDPOINT_SLICES, Some(NAMESPACE), SLICE);
+    match slices.get(&slice_key) {
         Some(slice) => {
             if slice["endpoints"].as_array().cloned().unwrap_or_default() == wanted {
                 return Ok(());
@@ -127,7 +128,7 @@ async fn sync(app: &App, nodes: &Cache, slices: &Cache) -> Result<(), String> {
 /// Starts the controller.
 pub fn start(app: Arc<App>, caches: &Caches) {
     let nodes = caches.get(&app, NODE_PREFIX);
-    let slices = caches.get(&app, "/registry/discovery.k8s.io/endpointslices/");
+    let slices = caches.get(&app, keys::ENDPOINT_SLICES);
     let (a, n) = (app.clone(), nodes.clone());
     sync_on_changes(app, &nodes, move || {
         let (app, nodes, slices) = (a.clone(), n.clone(), slices.clone());

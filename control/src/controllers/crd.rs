@@ -11,18 +11,18 @@ use super::{call_for_key, remove_finalizer};
 use crate::api::App;
 use crate::api::handlers::delete_one;
 use crate::api::object::{finalizers, from_kv, meta_str};
+use crate::objects::keys;
 
-const PREFIX: &str = "/registry/apiextensions.k8s.io/customresourcedefinitions/";
+const PREFIX: &str = keys::CUSTOM_RESOURCE_DEFINITIONS;
 
 /// The finalizer that holds a CRD until its custom resources are gone.
 pub const CLEANUP: &str = "customresourcecleanup.apiextensions.k8s.io";
 
 /// Deletes the custom resources of a terminating CRD; returns whether none are left.
 async fn clean_up(app: &App, crd: &Value) -> Result<bool, crate::store::StoreError> {
-    let prefix = format!(
-        "/registry/{}/{}/",
+    let prefix = keys::prefix(
         crd["spec"]["group"].as_str().unwrap_or_default(),
-        crd["spec"]["names"]["plural"].as_str().unwrap_or_default()
+        crd["spec"]["names"]["plural"].as_str().unwrap_or_default(),
     );
     let list = app.store.list(&prefix, None, 0).await?;
     for kv in &list.items {

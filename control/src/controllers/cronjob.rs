@@ -17,9 +17,10 @@ use super::runtime::{Cache, Caches, Next, Queue, queue_changes, queue_owners, ru
 use crate::api::App;
 use crate::api::handlers::{create_object, delete_one};
 use crate::api::object::meta_str;
+use crate::objects::keys;
 
 /// Store prefix of CronJobs.
-pub const CJ_PREFIX: &str = "/registry/batch/cronjobs/";
+pub const CJ_PREFIX: &str = keys::CRON_JOBS;
 const MANAGER: &str = "cronjob-controller";
 /// Minutes looked back for missed schedules (one year), as a bound on work.
 const LOOKBACK_MINUTES: i64 = 366 * 24 * 60;

@@ -17,12 +17,13 @@ use super::runtime::{Cache, Caches, Next, Queue, queue_changes, queue_owners, ru
 use crate::api::App;
 use crate::api::handlers::{create_object, delete_one};
 use crate::api::object::meta_str;
+use crate::objects::keys;
 use crate::scheduler::NODE_PREFIX;
 use crate::scheduler::filter::{selector_and_affinity_match, tolerates};
 
 /// Store prefix of DaemonSets.
-pub const DS_PREFIX: &str = "/registry/apps/daemonsets/";
-const REV_PREFIX: &str = "/registry/apps/controllerrevisions/";
+pub const DS_PREFIX: &str = keys::DAEMON_SETS;
+const REV_PREFIX: &str = keys::CONTROLLER_REVISIONS;
 const HASH: &str = "controller-revision-hash";
 const MANAGER: &str = "daemonset-controller";
 

@@ -15,9 +15,10 @@ use super::runtime::{Cache, Next, Queue, queue_changes, queue_owners, run_worker
 use crate::api::App;
 use crate::api::handlers::{create_object, delete_one, update_object};
 use crate::api::object::{meta_str, now, parse_time};
+use crate::objects::keys;
 
 /// Store prefix of Deployments.
-pub const DEPLOY_PREFIX: &str = "/registry/apps/deployments/";
+pub const DEPLOY_PREFIX: &str = keys::DEPLOYMENTS;
 const REVISION: &str = "deployment.kubernetes.io/revision";
 const HASH_LABEL: &str = "pod-template-hash";
 const MANAGER: &str = "deployment-controller";

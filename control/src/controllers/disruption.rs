@@ -11,9 +11,10 @@ use super::runtime::{Cache, Caches, Next, Queue, queue_changes, run_workers};
 use crate::api::App;
 use crate::api::object::meta_str;
 use crate::api::selector::LabelSelector;
+use crate::objects::keys;
 
 /// Store prefix of PodDisruptionBudgets.
-pub const PDB_PREFIX: &str = "/registry/policy/poddisruptionbudgets/";
+pub const PDB_PREFIX: &str = keys::POD_DISRUPTION_BUDGETS;
 
 async fn reconcile(app: &App, pdbs: &Cache, pods: &Cache, key: &str) -> Result<Next, String> {
     let Some(pdb) = pdbs.get(key) else {

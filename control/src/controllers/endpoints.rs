@@ -12,10 +12,11 @@ use super::runtime::{Cache, Caches, Next, Queue, queue_changes, run_workers};
 use crate::api::App;
 use crate::api::handlers::{create_object, delete_one, update_object};
 use crate::api::object::meta_str;
+use crate::objects::keys;
 
-const SVC_PREFIX: &str = "/registry/core/services/";
-const EP_PREFIX: &str = "/registry/core/endpoints/";
-const SLICE_PREFIX: &str = "/registry/discovery.k8s.io/endpointslices/";
+const SVC_PREFIX: &str = keys::SERVICES;
+const EP_PREFIX: &str = keys::ENDPOINTS;
+const SLICE_PREFIX: &str = keys::ENDPOINT_SLICES;
 const MANAGED_BY: &str = "endpointslice-controller.k8s.io";
 
 /// One Endpoints subset being built: ready addresses, not-ready addresses, ports.

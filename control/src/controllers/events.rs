@@ -4,6 +4,7 @@ use serde_json::{Value, json};
 
 use crate::api::App;
 use crate::api::object::{meta_str, now, to_stored};
+use crate::objects::keys;
 
 /// Records a `Normal` or `Warning` event about `object`, as `component`.
 pub async fn record(app: &App, object: &Value, component: &str, kind: &str, reason: &str, message: &str) {
@@ -39,7 +40,7 @@ pub async fn record(app: &App, object: &Value, component: &str, kind: &str, reas
         "reportingComponent": component,
         "reportingInstance": "skiff-control",
     });
-    let key = format!("/registry/core/events/{ns}/{name}");
+    let key = keys::object(keys::EVENTS, Some(ns), &name);
     if let Err(e) = app.store.create(&key, to_stored(&event)).await {
         tracing::debug!(error = %e, "event not recorded");
     }

@@ -10,6 +10,7 @@ use super::{RESYNC, call_for_key, edit_object, remove_finalizer};
 use crate::api::App;
 use crate::api::handlers::delete_one;
 use crate::api::object::{finalizers, from_kv, meta_str};
+use crate::objects::keys;
 use crate::store::{EventKind, StoreError};
 
 /// What the collector knows about every object with a uid.
@@ -192,11 +193,11 @@ async fn process(app: &App, graph: &mut Graph) {
 
 async fn run_once(app: &App) -> Result<(), StoreError> {
     let mut graph = Graph::default();
-    let list = app.store.list("/registry/", None, 0).await?;
+    let list = app.store.list(keys::ROOT, None, 0).await?;
     for kv in &list.items {
         graph.observe(&kv.key, meta(kv));
     }
-    let mut watch = app.store.watch("/registry/", list.revision)?;
+    let mut watch = app.store.watch(keys::ROOT, list.revision)?;
     loop {
         process(app, &mut graph).await;
         let event = tokio::select! {

@@ -16,9 +16,10 @@ use super::runtime::{Cache, Caches, Next, Queue, queue_changes, queue_owners, ru
 use crate::api::App;
 use crate::api::handlers::{create_object, delete_one};
 use crate::api::object::{meta_str, now, parse_time};
+use crate::objects::keys;
 
 /// Store prefix of Jobs.
-pub const JOB_PREFIX: &str = "/registry/batch/jobs/";
+pub const JOB_PREFIX: &str = keys::JOBS;
 const MANAGER: &str = "job-controller";
 const INDEX: &str = "batch.kubernetes.io/job-completion-index";
 

@@ -9,6 +9,7 @@ use serde_json::Value;
 use crate::api::App;
 use crate::api::handlers::Call;
 use crate::api::object::{finalizers, from_kv, to_stored};
+use crate::objects::keys;
 use crate::store::StoreError;
 
 pub mod cluster_dns;
@@ -62,11 +63,8 @@ const RESYNC: Duration = Duration::from_secs(1);
 
 /// A `Call` addressing the object stored at `key`, if the key belongs to a served resource.
 pub(crate) fn call_for_key(app: &App, key: &str) -> Option<Call> {
-    let rest = key.strip_prefix("/registry/")?;
+    let (group, plural, rest) = keys::split(key)?;
     let mut parts = rest.split('/');
-    let group = parts.next()?;
-    let group = if group == "core" { "" } else { group };
-    let plural = parts.next()?;
     let info = app
         .registry
         .all()

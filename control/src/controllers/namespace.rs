@@ -9,9 +9,10 @@ use super::{RESYNC, edit_object};
 use crate::api::App;
 use crate::api::handlers::{Call, delete_one};
 use crate::api::object::{from_kv, meta_str};
+use crate::objects::keys;
 use crate::store::StoreError;
 
-const PREFIX: &str = "/registry/core/namespaces/";
+const PREFIX: &str = keys::NAMESPACES;
 
 /// Deletes the contents of `ns`; returns whether it is empty.
 async fn drain(app: &App, ns: &str) -> Result<bool, StoreError> {

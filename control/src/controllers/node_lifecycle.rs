@@ -14,9 +14,10 @@ use super::runtime::{Cache, Caches};
 use crate::api::App;
 use crate::api::handlers::delete_one;
 use crate::api::object::{meta_str, now, parse_time};
+use crate::objects::keys;
 use crate::scheduler::NODE_PREFIX;
 
-const LEASE_PREFIX: &str = "/registry/coordination.k8s.io/leases/kube-node-lease/";
+const LEASE_PREFIX: &str = keys::NODE_LEASES;
 const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 const NOT_READY: &str = "node.kubernetes.io/not-ready";
 

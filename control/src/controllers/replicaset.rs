@@ -11,11 +11,12 @@ use super::runtime::{Cache, Next, Queue, queue_changes, queue_owners, run_worker
 use crate::api::App;
 use crate::api::handlers::{Call, create_object, delete_one, update_object};
 use crate::api::object::{meta_str, parse_time};
+use crate::objects::keys;
 
 /// Store prefix of ReplicaSets.
-pub const RS_PREFIX: &str = "/registry/apps/replicasets/";
+pub const RS_PREFIX: &str = keys::REPLICA_SETS;
 /// Store prefix of pods.
-pub const POD_PREFIX: &str = "/registry/core/pods/";
+pub const POD_PREFIX: &str = keys::PODS;
 
 /// The `Call` for writing `plural` objects in `ns` as the controller `manager`.
 pub fn call(

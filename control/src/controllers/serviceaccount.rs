@@ -9,9 +9,10 @@ use super::runtime::{Caches, Next, Queue, run_workers};
 use crate::api::App;
 use crate::api::handlers::create_object;
 use crate::api::object::meta_str;
+use crate::objects::keys;
 
-const NS_PREFIX: &str = "/registry/core/namespaces/";
-const SA_PREFIX: &str = "/registry/core/serviceaccounts/";
+const NS_PREFIX: &str = keys::NAMESPACES;
+const SA_PREFIX: &str = keys::SERVICE_ACCOUNTS;
 
 /// Starts the controller.
 pub fn start(app: Arc<App>, caches: &Caches) {

@@ -16,9 +16,10 @@ use super::runtime::{Cache, Caches, Next, Queue, queue_changes, queue_owners, ru
 use crate::api::App;
 use crate::api::handlers::{create_object, delete_one};
 use crate::api::object::meta_str;
+use crate::objects::keys;
 
 /// Store prefix of StatefulSets.
-pub const STS_PREFIX: &str = "/registry/apps/statefulsets/";
+pub const STS_PREFIX: &str = keys::STATEFUL_SETS;
 const HASH: &str = "controller-revision-hash";
 const MANAGER: &str = "statefulset-controller";
 

@@ -15,15 +15,16 @@ use crate::api::App;
 use crate::api::handlers::{create_object, delete_one};
 use crate::api::object::meta_str;
 use crate::api::selector::LabelSelector;
+use crate::objects::keys;
 use crate::scheduler::filter::term_matches;
 use crate::scheduler::quantity;
 
 /// Store prefix of PersistentVolumes.
-pub const PV_PREFIX: &str = "/registry/core/persistentvolumes/";
+pub const PV_PREFIX: &str = keys::PERSISTENT_VOLUMES;
 /// Store prefix of PersistentVolumeClaims.
-pub const PVC_PREFIX: &str = "/registry/core/persistentvolumeclaims/";
+pub const PVC_PREFIX: &str = keys::PERSISTENT_VOLUME_CLAIMS;
 /// Store prefix of StorageClasses.
-pub const SC_PREFIX: &str = "/registry/storage.k8s.io/storageclasses/";
+pub const SC_PREFIX: &str = keys::STORAGE_CLASSES;
 /// The provisioner Skiff implements itself: a directory on the chosen node.
 pub const LOCAL_PATH: &str = "skiff.io/local-path";
 /// The annotation through which the scheduler tells the binder which node a claim's pod got.

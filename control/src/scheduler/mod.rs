@@ -22,9 +22,10 @@ use crate::api::object::{meta_str, now};
 use crate::controllers::events;
 use crate::controllers::replicaset::{POD_PREFIX, call};
 use crate::controllers::runtime::{Cache, Caches, Change};
+use crate::objects::keys;
 
 /// Store prefix of nodes.
-pub const NODE_PREFIX: &str = "/registry/core/nodes/";
+pub const NODE_PREFIX: &str = keys::NODES;
 const NAME: &str = "default-scheduler";
 
 /// What the scheduler accounts for a bound pod.
