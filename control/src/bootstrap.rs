@@ -5,8 +5,8 @@
 use serde_json::json;
 
 use crate::api::App;
-use crate::api::object::{new_uid, now, to_stored};
 use crate::objects::keys;
+use crate::objects::meta::{new_uid, now, to_stored};
 use crate::store::StoreError;
 
 /// Creates the built-in namespaces if they are missing.

@@ -2,9 +2,9 @@
 
 use serde_json::{Value, json};
 
-use super::object::items_mut;
 use super::registry::ResourceInfo;
 use super::validation::{Causes, check_metadata, check_pod_spec, check_selector_matches_template};
+use crate::objects::meta::items_mut;
 
 fn set_default(obj: &mut Value, key: &str, value: Value) {
     if let Some(map) = obj.as_object_mut()

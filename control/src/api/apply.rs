@@ -12,10 +12,10 @@ use serde_json::{Map, Value, json};
 
 use super::App;
 use super::handlers::{Call, create_object, json_response};
-use super::object::now;
 use super::patch::{Ctx, ListStrategy, apply_strategic_patch, list_strategy};
 use super::protobuf::Message;
 use super::status::ApiError;
+use crate::objects::meta::now;
 
 type Path = Vec<String>;
 type FieldSet = BTreeSet<Path>;

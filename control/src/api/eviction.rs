@@ -7,10 +7,10 @@ use serde_json::json;
 
 use super::App;
 use super::handlers::{Call, delete_one, json_response, parse_body};
-use super::object::{from_kv, meta_str, to_stored};
 use super::selector::LabelSelector;
 use super::status::ApiError;
 use crate::objects::keys;
+use crate::objects::meta::{from_kv, meta_str, to_stored};
 use crate::store::StoreError;
 
 const PDB_PREFIX: &str = keys::POD_DISRUPTION_BUDGETS;
@@ -80,7 +80,7 @@ pub async fn evict(app: &App, call: &Call, body: &[u8]) -> Result<Response, ApiE
             }
             // Spend one disruption before deleting, so concurrent evictions cannot overspend.
             pdb["status"]["disruptionsAllowed"] = json!(allowed - 1);
-            pdb["status"]["disruptedPods"][&name] = json!(super::object::now());
+            pdb["status"]["disruptedPods"][&name] = json!(crate::objects::meta::now());
             match app
                 .store
                 .update(&kv.key, to_stored(&pdb), Some(kv.mod_revision))

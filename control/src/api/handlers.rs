@@ -13,15 +13,15 @@ use serde_json::{Value, json};
 use super::App;
 use super::admission;
 use super::limits;
-use super::object::{
-    finalizers, from_kv, generate_name, meta_str, new_uid, now, set_resource_version, to_stored,
-};
 use super::patch::{Ctx, PatchType, apply_json_patch, apply_merge_patch, apply_strategic_patch};
 use super::registry::ResourceInfo;
 use super::selector::{FieldSelector, LabelSelector};
 use super::status::{ApiError, Target, success};
 use super::table;
 use crate::objects::keys;
+use crate::objects::meta::{
+    finalizers, from_kv, generate_name, meta_str, new_uid, now, set_resource_version, to_stored,
+};
 use crate::store::{EventKind, KeyValue, StoreError};
 
 /// One parsed request on a resource.
@@ -1307,7 +1307,7 @@ pub async fn delete_one(
                 0
             };
             let at = time::OffsetDateTime::now_utc() + time::Duration::seconds(grace_s);
-            obj["metadata"]["deletionTimestamp"] = json!(super::object::format_time(at));
+            obj["metadata"]["deletionTimestamp"] = json!(crate::objects::meta::format_time(at));
             obj["metadata"]["deletionGracePeriodSeconds"] = json!(grace_s);
         }
         if !fins.is_empty() {

@@ -14,7 +14,6 @@ pub mod limits;
 mod nodeproxy;
 mod noderestriction;
 pub mod nodestream;
-pub mod object;
 pub mod patch;
 pub mod protobuf;
 mod query;

@@ -19,8 +19,8 @@ use serde_json::Value;
 
 use super::App;
 use super::handlers::Call;
-use super::object::from_kv;
 use super::status::ApiError;
+use crate::objects::meta::from_kv;
 
 type Result<T> = std::result::Result<T, ApiError>;
 

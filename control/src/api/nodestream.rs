@@ -15,9 +15,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::App;
-use super::object::{from_kv, set_resource_version};
 use super::server::Identity;
 use crate::objects::keys;
+use crate::objects::meta::{from_kv, set_resource_version};
 use crate::store::{Event, EventKind, StoreError, WatchStream};
 
 /// Snapshot parts are cut at about this many bytes of objects (agents accept up to 16 MiB).

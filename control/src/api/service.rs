@@ -11,8 +11,8 @@ use rand::Rng;
 use serde_json::{Value, json};
 
 use super::App;
-use super::object::{from_kv, items_mut};
 use super::validation::Causes;
+use crate::objects::meta::{from_kv, items_mut};
 
 /// The node port range, as upstream's default.
 pub const NODE_PORTS: std::ops::RangeInclusive<i64> = 30000..=32767;

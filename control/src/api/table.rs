@@ -3,8 +3,8 @@
 use serde_json::{Value, json};
 
 use super::handlers::Call;
-use super::object::{meta_str, parse_time};
 use super::registry::ResourceInfo;
+use crate::objects::meta::{meta_str, parse_time};
 
 /// A column: name, type, priority (1 = only with `-o wide`).
 type Column = (&'static str, &'static str, u8);

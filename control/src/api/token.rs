@@ -14,10 +14,10 @@ use serde_json::{Value, json};
 
 use super::App;
 use super::handlers::{Call, json_response, parse_body};
-use super::object::from_kv;
 use super::server::Identity;
 use super::status::ApiError;
 use crate::objects::keys;
+use crate::objects::meta::from_kv;
 use crate::store::{WriteOp, WriteResult};
 
 /// The issuer, and the audience the API server accepts, as upstream's defaults.

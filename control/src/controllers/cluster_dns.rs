@@ -10,12 +10,12 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use super::replicaset::{call, put_object};
 use super::runtime::{Cache, Caches, sync_on_changes};
+use super::write::{call, put_object};
 use crate::api::App;
 use crate::api::handlers::create_object;
-use crate::api::object::meta_str;
 use crate::objects::keys;
+use crate::objects::meta::meta_str;
 use crate::scheduler::NODE_PREFIX;
 
 /// The Service's namespace and name.

@@ -10,8 +10,8 @@ use serde_json::{Value, json};
 use super::{call_for_key, remove_finalizer};
 use crate::api::App;
 use crate::api::handlers::delete_one;
-use crate::api::object::{finalizers, from_kv, meta_str};
 use crate::objects::keys;
+use crate::objects::meta::{finalizers, from_kv, meta_str};
 
 const PREFIX: &str = keys::CUSTOM_RESOURCE_DEFINITIONS;
 

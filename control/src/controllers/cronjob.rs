@@ -12,12 +12,13 @@ use serde_json::{Value, json};
 use super::cron::Schedule;
 use super::events;
 use super::job::JOB_PREFIX;
-use super::replicaset::{call, controller_of, owner_ref, write_status};
 use super::runtime::{Cache, Caches, Next, Queue, queue_changes, queue_owners, run_workers};
+use super::write::{call, write_status};
 use crate::api::App;
 use crate::api::handlers::{create_object, delete_one};
-use crate::api::object::meta_str;
 use crate::objects::keys;
+use crate::objects::meta::meta_str;
+use crate::objects::meta::{controller_of, owner_ref};
 
 /// Store prefix of CronJobs.
 pub const CJ_PREFIX: &str = keys::CRON_JOBS;

@@ -10,14 +10,13 @@ use serde_json::{Value, json};
 
 use super::deployment::{resolve, template_hash};
 use super::events;
-use super::replicaset::{
-    POD_PREFIX, call, controller_of, owner_ref, pod_available, pod_from_template, pod_ready, write_status,
-};
 use super::runtime::{Cache, Caches, Next, Queue, queue_changes, queue_owners, run_workers};
+use super::write::{call, write_status};
 use crate::api::App;
 use crate::api::handlers::{create_object, delete_one};
-use crate::api::object::meta_str;
 use crate::objects::keys;
+use crate::objects::meta::meta_str;
+use crate::objects::meta::{controller_of, owner_ref, pod_available, pod_from_template, pod_ready};
 use crate::scheduler::NODE_PREFIX;
 use crate::scheduler::filter::{selector_and_affinity_match, tolerates};
 
@@ -254,7 +253,7 @@ async fn reconcile(
 pub fn start(app: Arc<App>, caches: &Caches) {
     let dss = caches.get(&app, DS_PREFIX);
     let nodes = caches.get(&app, NODE_PREFIX);
-    let pods = caches.get(&app, POD_PREFIX);
+    let pods = caches.get(&app, keys::PODS);
     let revs = caches.get(&app, REV_PREFIX);
     let queue = Arc::new(Queue::default());
     queue_changes(&queue, &dss);

@@ -8,14 +8,13 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::events;
-use super::replicaset::{
-    POD_PREFIX, RS_PREFIX, active, call, controller_of, owner_ref, put_object, write_status,
-};
 use super::runtime::{Cache, Next, Queue, queue_changes, queue_owners, run_workers};
+use super::write::{call, put_object, write_status};
 use crate::api::App;
 use crate::api::handlers::{create_object, delete_one, update_object};
-use crate::api::object::{meta_str, now, parse_time};
 use crate::objects::keys;
+use crate::objects::meta::{active, controller_of, owner_ref};
+use crate::objects::meta::{meta_str, now, parse_time};
 
 /// Store prefix of Deployments.
 pub const DEPLOY_PREFIX: &str = keys::DEPLOYMENTS;
@@ -239,7 +238,11 @@ async fn reconcile(app: &App, deploys: &Cache, rss: &Cache, pods: &Cache, key: &
             rss.wait_for(meta_str(&created, "resourceVersion").parse().unwrap_or(0))
                 .await;
             changed = true;
-            rss.get(&format!("{RS_PREFIX}{ns}/{}", meta_str(&created, "name")))
+            rss.get(&keys::object(
+                keys::REPLICA_SETS,
+                Some(&ns),
+                meta_str(&created, "name"),
+            ))
         }
     };
 
@@ -369,10 +372,10 @@ async fn reconcile(app: &App, deploys: &Cache, rss: &Cache, pods: &Cache, key: &
 }
 
 fn rs_key(rs: &Value) -> String {
-    format!(
-        "{RS_PREFIX}{}/{}",
-        meta_str(rs, "namespace"),
-        meta_str(rs, "name")
+    keys::object(
+        keys::REPLICA_SETS,
+        Some(meta_str(rs, "namespace")),
+        meta_str(rs, "name"),
     )
 }
 
@@ -505,8 +508,8 @@ async fn update_status(
 /// Starts the controller.
 pub fn start(app: Arc<App>, caches: &super::runtime::Caches) {
     let deploys = caches.get(&app, DEPLOY_PREFIX);
-    let rss = caches.get(&app, RS_PREFIX);
-    let pods = caches.get(&app, POD_PREFIX);
+    let rss = caches.get(&app, keys::REPLICA_SETS);
+    let pods = caches.get(&app, keys::PODS);
     let queue = Arc::new(Queue::default());
     queue_changes(&queue, &deploys);
     queue_owners(&queue, &rss, "Deployment", DEPLOY_PREFIX);
@@ -523,7 +526,7 @@ pub fn start(app: Arc<App>, caches: &super::runtime::Caches) {
                         continue;
                     };
                     let ns = meta_str(pod, "namespace");
-                    if let Some(rs) = rss.get(&format!("{RS_PREFIX}{ns}/{rs_name}"))
+                    if let Some(rs) = rss.get(&keys::object(keys::REPLICA_SETS, Some(ns), rs_name))
                         && let Some(owner) = controller_of(&rs, "Deployment")
                     {
                         queue.add(&format!("{DEPLOY_PREFIX}{ns}/{owner}"));

@@ -6,12 +6,13 @@ use std::sync::Arc;
 use serde_json::json;
 
 use super::deployment::resolve;
-use super::replicaset::{POD_PREFIX, active, pod_ready, write_status};
 use super::runtime::{Cache, Caches, Next, Queue, queue_changes, run_workers};
+use super::write::write_status;
 use crate::api::App;
-use crate::api::object::meta_str;
 use crate::api::selector::LabelSelector;
 use crate::objects::keys;
+use crate::objects::meta::meta_str;
+use crate::objects::meta::{active, pod_ready};
 
 /// Store prefix of PodDisruptionBudgets.
 pub const PDB_PREFIX: &str = keys::POD_DISRUPTION_BUDGETS;
@@ -52,7 +53,7 @@ async fn reconcile(app: &App, pdbs: &Cache, pods: &Cache, key: &str) -> Result<N
         c
     } else {
         let mut c = condition;
-        c["lastTransitionTime"] = json!(crate::api::object::now());
+        c["lastTransitionTime"] = json!(crate::objects::meta::now());
         c
     };
     let status = json!({
@@ -78,7 +79,7 @@ async fn reconcile(app: &App, pdbs: &Cache, pods: &Cache, key: &str) -> Result<N
 /// Starts the controller.
 pub fn start(app: Arc<App>, caches: &Caches) {
     let pdbs = caches.get(&app, PDB_PREFIX);
-    let pods = caches.get(&app, POD_PREFIX);
+    let pods = caches.get(&app, keys::PODS);
     let queue = Arc::new(Queue::default());
     queue_changes(&queue, &pdbs);
     {

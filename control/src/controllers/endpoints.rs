@@ -7,12 +7,13 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use super::replicaset::{POD_PREFIX, call, pod_ready, put_object};
 use super::runtime::{Cache, Caches, Next, Queue, queue_changes, run_workers};
+use super::write::{call, put_object};
 use crate::api::App;
 use crate::api::handlers::{create_object, delete_one, update_object};
-use crate::api::object::meta_str;
 use crate::objects::keys;
+use crate::objects::meta::meta_str;
+use crate::objects::meta::pod_ready;
 
 const SVC_PREFIX: &str = keys::SERVICES;
 const EP_PREFIX: &str = keys::ENDPOINTS;
@@ -251,7 +252,7 @@ async fn reconcile(
 /// Starts the controller.
 pub fn start(app: Arc<App>, caches: &Caches) {
     let services = caches.get(&app, SVC_PREFIX);
-    let pods = caches.get(&app, POD_PREFIX);
+    let pods = caches.get(&app, keys::PODS);
     let endpoints = caches.get(&app, EP_PREFIX);
     let slices = caches.get(&app, SLICE_PREFIX);
     let queue = Arc::new(Queue::default());

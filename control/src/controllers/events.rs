@@ -3,8 +3,8 @@
 use serde_json::{Value, json};
 
 use crate::api::App;
-use crate::api::object::{meta_str, now, to_stored};
 use crate::objects::keys;
+use crate::objects::meta::{meta_str, now, to_stored};
 
 /// Records a `Normal` or `Warning` event about `object`, as `component`.
 pub async fn record(app: &App, object: &Value, component: &str, kind: &str, reason: &str, message: &str) {
@@ -21,7 +21,7 @@ pub async fn record(app: &App, object: &Value, component: &str, kind: &str, reas
     let event = json!({
         "apiVersion": "v1",
         "kind": "Event",
-        "metadata": {"name": name, "namespace": ns, "uid": crate::api::object::new_uid(), "creationTimestamp": ts},
+        "metadata": {"name": name, "namespace": ns, "uid": crate::objects::meta::new_uid(), "creationTimestamp": ts},
         "involvedObject": {
             "apiVersion": object["apiVersion"],
             "kind": object["kind"],

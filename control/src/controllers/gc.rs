@@ -9,8 +9,8 @@ use serde_json::{Value, json};
 use super::{RESYNC, call_for_key, edit_object, remove_finalizer};
 use crate::api::App;
 use crate::api::handlers::delete_one;
-use crate::api::object::{finalizers, from_kv, meta_str};
 use crate::objects::keys;
+use crate::objects::meta::{finalizers, from_kv, meta_str};
 use crate::store::{EventKind, StoreError};
 
 /// What the collector knows about every object with a uid.

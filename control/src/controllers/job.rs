@@ -11,12 +11,13 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::events;
-use super::replicaset::{POD_PREFIX, active, call, pod_from_template, pod_ready, put_status};
 use super::runtime::{Cache, Caches, Next, Queue, queue_changes, queue_owners, run_workers};
+use super::write::{call, put_status};
 use crate::api::App;
 use crate::api::handlers::{create_object, delete_one};
-use crate::api::object::{meta_str, now, parse_time};
 use crate::objects::keys;
+use crate::objects::meta::{active, pod_from_template, pod_ready};
+use crate::objects::meta::{meta_str, now, parse_time};
 
 /// Store prefix of Jobs.
 pub const JOB_PREFIX: &str = keys::JOBS;
@@ -283,7 +284,7 @@ async fn reconcile(app: &App, jobs: &Cache, pods: &Cache, key: &str) -> Result<N
 /// Starts the controller.
 pub fn start(app: Arc<App>, caches: &Caches) {
     let jobs = caches.get(&app, JOB_PREFIX);
-    let pods = caches.get(&app, POD_PREFIX);
+    let pods = caches.get(&app, keys::PODS);
     let queue = Arc::new(Queue::default());
     queue_changes(&queue, &jobs);
     queue_owners(&queue, &pods, "Job", JOB_PREFIX);

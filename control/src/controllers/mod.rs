@@ -8,8 +8,8 @@ use serde_json::Value;
 
 use crate::api::App;
 use crate::api::handlers::Call;
-use crate::api::object::{finalizers, from_kv, to_stored};
 use crate::objects::keys;
+use crate::objects::meta::{finalizers, from_kv, to_stored};
 use crate::store::StoreError;
 
 pub mod cluster_dns;
@@ -34,6 +34,7 @@ pub mod runtime;
 mod serviceaccount;
 mod statefulset;
 pub mod volume;
+pub mod write;
 
 /// Starts the controllers.
 pub fn start(app: Arc<App>) {

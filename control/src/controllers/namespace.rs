@@ -8,8 +8,8 @@ use serde_json::Value;
 use super::{RESYNC, edit_object};
 use crate::api::App;
 use crate::api::handlers::{Call, delete_one};
-use crate::api::object::{from_kv, meta_str};
 use crate::objects::keys;
+use crate::objects::meta::{from_kv, meta_str};
 use crate::store::StoreError;
 
 const PREFIX: &str = keys::NAMESPACES;

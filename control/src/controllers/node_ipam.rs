@@ -10,7 +10,7 @@ use serde_json::json;
 use super::edit_object;
 use super::runtime::{Cache, Caches, sync_on_changes};
 use crate::api::App;
-use crate::api::object::meta_str;
+use crate::objects::meta::meta_str;
 use crate::scheduler::NODE_PREFIX;
 
 /// The cluster's pod range and the size of each node's share.

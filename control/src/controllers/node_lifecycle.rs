@@ -9,12 +9,12 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::edit_object;
-use super::replicaset::{POD_PREFIX, call};
 use super::runtime::{Cache, Caches};
+use super::write::call;
 use crate::api::App;
 use crate::api::handlers::delete_one;
-use crate::api::object::{meta_str, now, parse_time};
 use crate::objects::keys;
+use crate::objects::meta::{meta_str, now, parse_time};
 use crate::scheduler::NODE_PREFIX;
 
 const LEASE_PREFIX: &str = keys::NODE_LEASES;
@@ -184,7 +184,7 @@ async fn evict(app: &App, nodes: &Cache, pods: &Cache) {
 pub fn start(app: Arc<App>, caches: &Caches) {
     let nodes = caches.get(&app, NODE_PREFIX);
     let leases = caches.get(&app, LEASE_PREFIX);
-    let pods = caches.get(&app, POD_PREFIX);
+    let pods = caches.get(&app, keys::PODS);
     tokio::spawn(async move {
         let grace_ms = app.node_grace.as_millis() as i64;
         let period = (app.node_grace / 4).clamp(Duration::from_millis(250), Duration::from_secs(1));

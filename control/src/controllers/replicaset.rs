@@ -8,167 +8,11 @@ use serde_json::{Value, json};
 
 use super::events;
 use super::runtime::{Cache, Next, Queue, queue_changes, queue_owners, run_workers};
+use super::write::{call, write_status};
 use crate::api::App;
-use crate::api::handlers::{Call, create_object, delete_one, update_object};
-use crate::api::object::{meta_str, parse_time};
+use crate::api::handlers::{create_object, delete_one};
 use crate::objects::keys;
-
-/// Store prefix of ReplicaSets.
-pub const RS_PREFIX: &str = keys::REPLICA_SETS;
-/// Store prefix of pods.
-pub const POD_PREFIX: &str = keys::PODS;
-
-/// The `Call` for writing `plural` objects in `ns` as the controller `manager`.
-pub fn call(
-    app: &App,
-    group: &str,
-    plural: &str,
-    ns: &str,
-    name: Option<&str>,
-    sub: Option<&str>,
-    manager: &str,
-) -> Call {
-    let info = app
-        .registry
-        .all()
-        .into_iter()
-        .find(|r| r.group == group && r.plural == plural)
-        .expect("built-in resource is registered");
-    Call {
-        info,
-        ns: Some(ns.to_owned()),
-        name: name.map(str::to_owned),
-        sub: sub.map(str::to_owned),
-        query: [("fieldManager".to_owned(), manager.to_owned())]
-            .into_iter()
-            .collect(),
-        table: false,
-        content_type: "application/json".into(),
-    }
-}
-
-/// Writes `next` over the object (or its subresource `sub`) of `group`/`plural` that its
-/// metadata names, as `manager`; returns the stored object.
-pub async fn put_object(
-    app: &App,
-    next: Value,
-    group: &str,
-    plural: &str,
-    sub: Option<&str>,
-    manager: &str,
-) -> Result<Value, String> {
-    let c = call(
-        app,
-        group,
-        plural,
-        meta_str(&next, "namespace"),
-        Some(meta_str(&next, "name")),
-        sub,
-        manager,
-    );
-    update_object(app, &c, next).await.map_err(|e| e.message)
-}
-
-/// Writes `obj`'s status subresource (`group`/`plural`) as `manager`.
-pub async fn put_status(
-    app: &App,
-    obj: &Value,
-    group: &str,
-    plural: &str,
-    status: Value,
-    manager: &str,
-) -> Result<(), String> {
-    let mut next = obj.clone();
-    next["status"] = status;
-    put_object(app, next, group, plural, Some("status"), manager)
-        .await
-        .map(|_| ())
-}
-
-/// Writes `status` unless the object already has it.
-pub async fn write_status(
-    app: &App,
-    obj: &Value,
-    group: &str,
-    plural: &str,
-    status: Value,
-    manager: &str,
-) -> Result<(), String> {
-    if obj["status"] == status {
-        return Ok(());
-    }
-    put_status(app, obj, group, plural, status, manager).await
-}
-
-/// The uid of the controller that owns `obj` with the given kind, if any.
-pub fn controller_of<'a>(obj: &'a Value, kind: &str) -> Option<&'a str> {
-    obj["metadata"]["ownerReferences"]
-        .as_array()?
-        .iter()
-        .find(|r| r["controller"] == json!(true) && r["kind"] == kind)
-        .and_then(|r| r["name"].as_str())
-}
-
-/// Whether a pod is Ready.
-pub fn pod_ready(pod: &Value) -> bool {
-    pod["status"]["conditions"]
-        .as_array()
-        .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
-}
-
-/// Whether a pod has been Ready for at least `min_ready` seconds.
-pub fn pod_available(pod: &Value, min_ready: i64) -> bool {
-    if !pod_ready(pod) {
-        return false;
-    }
-    if min_ready <= 0 {
-        return true;
-    }
-    let since = pod["status"]["conditions"]
-        .as_array()
-        .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
-        .and_then(|c| parse_time(c["lastTransitionTime"].as_str().unwrap_or_default()));
-    since.is_some_and(|t| (time::OffsetDateTime::now_utc() - t).whole_seconds() >= min_ready)
-}
-
-/// Pods that count toward a controller: not terminating and not finished.
-pub fn active(pod: &Value) -> bool {
-    !pod["metadata"]["deletionTimestamp"].is_string()
-        && !matches!(pod["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
-}
-
-/// The owner reference a controller puts on what it creates.
-pub fn owner_ref(owner: &Value) -> Value {
-    json!({
-        "apiVersion": owner["apiVersion"],
-        "kind": owner["kind"],
-        "name": meta_str(owner, "name"),
-        "uid": meta_str(owner, "uid"),
-        "controller": true,
-        "blockOwnerDeletion": true,
-    })
-}
-
-/// A pod from `template`, owned by `owner`, named `prefix` plus a random suffix (or exactly
-/// `name` when given).
-pub fn pod_from_template(template: &Value, owner: &Value, prefix: &str, name: Option<&str>) -> Value {
-    let mut meta = json!({
-        "namespace": meta_str(owner, "namespace"),
-        "labels": template["metadata"]["labels"].clone(),
-        "ownerReferences": [owner_ref(owner)],
-    });
-    match name {
-        Some(n) => meta["name"] = json!(n),
-        None => meta["generateName"] = json!(format!("{prefix}-")),
-    }
-    if let Some(a) = template["metadata"].get("annotations").filter(|a| a.is_object()) {
-        meta["annotations"] = a.clone();
-    }
-    if !meta["labels"].is_object() {
-        meta["labels"] = json!({});
-    }
-    json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": template["spec"].clone()})
-}
+use crate::objects::meta::{meta_str, pod_available, pod_from_template, pod_ready};
 
 /// Which extra pods go first when scaling down, as upstream: unscheduled, pending, not ready,
 /// then the newest.
@@ -299,11 +143,11 @@ async fn reconcile(app: &App, rs_cache: &Cache, pods: &Cache, key: &str) -> Resu
 
 /// Starts the controller.
 pub fn start(app: Arc<App>, caches: &super::runtime::Caches) {
-    let rs_cache = caches.get(&app, RS_PREFIX);
-    let pods = caches.get(&app, POD_PREFIX);
+    let rs_cache = caches.get(&app, keys::REPLICA_SETS);
+    let pods = caches.get(&app, keys::PODS);
     let queue = Arc::new(Queue::default());
     queue_changes(&queue, &rs_cache);
-    queue_owners(&queue, &pods, "ReplicaSet", RS_PREFIX);
+    queue_owners(&queue, &pods, "ReplicaSet", keys::REPLICA_SETS);
     let (rs_c, pods_c, app_c) = (rs_cache.clone(), pods.clone(), app.clone());
     run_workers(app, "replicaset", queue, 2, move |key| {
         let (rs_c, pods_c, app_c) = (rs_c.clone(), pods_c.clone(), app_c.clone());

@@ -12,7 +12,7 @@ use serde_json::Value;
 use tokio::sync::{Notify, broadcast};
 
 use crate::api::App;
-use crate::api::object::from_kv;
+use crate::objects::meta::from_kv;
 use crate::store::EventKind;
 
 /// One change seen by a cache.
@@ -185,7 +185,7 @@ impl Cache {
     pub fn owned_by(&self, ns: &str, kind: &str, name: &str) -> Vec<Arc<Value>> {
         self.list(Some(ns))
             .into_iter()
-            .filter(|o| super::replicaset::controller_of(o, kind) == Some(name))
+            .filter(|o| crate::objects::meta::controller_of(o, kind) == Some(name))
             .collect()
     }
 
@@ -193,7 +193,7 @@ impl Cache {
     pub fn active_owned_by(&self, ns: &str, kind: &str, name: &str) -> Vec<Arc<Value>> {
         self.owned_by(ns, kind, name)
             .into_iter()
-            .filter(|p| super::replicaset::active(p))
+            .filter(|p| crate::objects::meta::active(p))
             .collect()
     }
 
@@ -328,7 +328,7 @@ pub fn queue_owners(queue: &Arc<Queue>, cache: &Cache, kind: &'static str, owner
     tokio::spawn(async move {
         while let Ok(change) = changes.recv().await {
             for obj in [&change.old, &change.new].into_iter().flatten() {
-                if let Some(owner) = super::replicaset::controller_of(obj, kind) {
+                if let Some(owner) = crate::objects::meta::controller_of(obj, kind) {
                     let ns = obj["metadata"]["namespace"].as_str().unwrap_or_default();
                     queue.add(&format!("{owner_prefix}{ns}/{owner}"));
                 }

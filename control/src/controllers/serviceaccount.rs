@@ -4,12 +4,12 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use super::replicaset::call;
 use super::runtime::{Caches, Next, Queue, run_workers};
+use super::write::call;
 use crate::api::App;
 use crate::api::handlers::create_object;
-use crate::api::object::meta_str;
 use crate::objects::keys;
+use crate::objects::meta::meta_str;
 
 const NS_PREFIX: &str = keys::NAMESPACES;
 const SA_PREFIX: &str = keys::SERVICE_ACCOUNTS;

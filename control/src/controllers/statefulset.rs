@@ -9,14 +9,13 @@ use serde_json::{Value, json};
 
 use super::deployment::template_hash;
 use super::events;
-use super::replicaset::{
-    POD_PREFIX, active, call, pod_available, pod_from_template, pod_ready, write_status,
-};
 use super::runtime::{Cache, Caches, Next, Queue, queue_changes, queue_owners, run_workers};
+use super::write::{call, write_status};
 use crate::api::App;
 use crate::api::handlers::{create_object, delete_one};
-use crate::api::object::meta_str;
 use crate::objects::keys;
+use crate::objects::meta::meta_str;
+use crate::objects::meta::{active, pod_available, pod_from_template, pod_ready};
 
 /// Store prefix of StatefulSets.
 pub const STS_PREFIX: &str = keys::STATEFUL_SETS;
@@ -65,7 +64,7 @@ async fn claims_for(app: &App, sts: &Value, pod_name: &str, pod: &mut Value) -> 
             claim["metadata"]["annotations"] = json!(a);
         }
         if sts["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"] == "Delete" {
-            let mut owner = super::replicaset::owner_ref(sts);
+            let mut owner = crate::objects::meta::owner_ref(sts);
             owner["controller"] = json!(false);
             claim["metadata"]["ownerReferences"] = json!([owner]);
         }
@@ -278,7 +277,7 @@ async fn reconcile(app: &App, stss: &Cache, pods: &Cache, key: &str) -> Result<N
 /// Starts the controller.
 pub fn start(app: Arc<App>, caches: &Caches) {
     let stss = caches.get(&app, STS_PREFIX);
-    let pods = caches.get(&app, POD_PREFIX);
+    let pods = caches.get(&app, keys::PODS);
     let queue = Arc::new(Queue::default());
     queue_changes(&queue, &stss);
     queue_owners(&queue, &pods, "StatefulSet", STS_PREFIX);

@@ -9,13 +9,13 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use super::events;
-use super::replicaset::{call, put_object, put_status};
 use super::runtime::{Cache, Caches, Next, Queue, queue_changes, run_workers};
+use super::write::{call, put_object, put_status};
 use crate::api::App;
 use crate::api::handlers::{create_object, delete_one};
-use crate::api::object::meta_str;
 use crate::api::selector::LabelSelector;
 use crate::objects::keys;
+use crate::objects::meta::meta_str;
 use crate::scheduler::filter::term_matches;
 use crate::scheduler::quantity;
 

@@ -1,5 +1,7 @@
 //! The layer between the store and everything that reads or writes objects (the API handlers,
-//! the controllers, the scheduler). Today: where objects live in the store (`keys`); the one
-//! write path and the admission chain move here next (see docs/architecture.md).
+//! the controllers, the scheduler). Today: where objects live in the store (`keys`) and the
+//! helpers on objects as JSON (`meta`); the one write path and the admission chain move here
+//! next (see docs/architecture.md).
 
 pub mod keys;
+pub mod meta;

@@ -18,11 +18,11 @@ use serde_json::{Value, json};
 use self::node_info::{NodeInfo, pod_requests};
 use crate::api::App;
 use crate::api::handlers::{bind, update_object};
-use crate::api::object::{meta_str, now};
 use crate::controllers::events;
-use crate::controllers::replicaset::{POD_PREFIX, call};
 use crate::controllers::runtime::{Cache, Caches, Change};
+use crate::controllers::write::call;
 use crate::objects::keys;
+use crate::objects::meta::{meta_str, now};
 
 /// Store prefix of nodes.
 pub const NODE_PREFIX: &str = keys::NODES;
@@ -575,7 +575,7 @@ async fn select_node(app: &App, claim: &Value, node: &str) -> Result<(), String>
     if next == *claim {
         return Ok(());
     }
-    crate::controllers::replicaset::put_object(app, next, "", "persistentvolumeclaims", None, NAME)
+    crate::controllers::write::put_object(app, next, "", "persistentvolumeclaims", None, NAME)
         .await
         .map(|_| ())
 }
@@ -616,10 +616,10 @@ async fn run(
         });
     }
     for pod in pods.list(None) {
-        let key = format!(
-            "{POD_PREFIX}{}/{}",
-            meta_str(&pod, "namespace"),
-            meta_str(&pod, "name")
+        let key = keys::object(
+            keys::PODS,
+            Some(meta_str(&pod, "namespace")),
+            meta_str(&pod, "name"),
         );
         state.pod_changed(&Change {
             key,
@@ -653,10 +653,10 @@ async fn run(
                 Ok(c) => state.pod_changed(&c),
                 Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => {
                     for pod in pods.list(None) {
-                        let key = format!(
-                            "{POD_PREFIX}{}/{}",
-                            meta_str(&pod, "namespace"),
-                            meta_str(&pod, "name")
+                        let key = keys::object(
+                            keys::PODS,
+                            Some(meta_str(&pod, "namespace")),
+                            meta_str(&pod, "name"),
                         );
                         state.pod_changed(&Change {
                             key,
@@ -700,7 +700,7 @@ async fn run(
 
 /// Starts the scheduler.
 pub fn start(app: Arc<App>, caches: &Caches) {
-    let pods = caches.get(&app, POD_PREFIX);
+    let pods = caches.get(&app, keys::PODS);
     let nodes = caches.get(&app, NODE_PREFIX);
     let volumes = volumes::Volumes {
         pvs: caches.get(&app, crate::controllers::volume::PV_PREFIX),

@@ -281,7 +281,7 @@ fn format_time(seconds: i64, nanos: i64, micro: bool) -> Value {
     let Ok(t) = time::OffsetDateTime::from_unix_timestamp(seconds) else {
         return Value::Null;
     };
-    let base = super::object::format_time(t);
+    let base = crate::objects::meta::format_time(t);
     if micro {
         json!(format!("{}.{:06}Z", base.trim_end_matches('Z'), nanos / 1000))
     } else {
