@@ -325,8 +325,8 @@ async fn bench_api(control: &Path, runs: &[(usize, usize)]) -> anyhow::Result<Va
 /// `backlog`, every pod is created before the controllers start, so the rate is the scheduler's
 /// own (binding writes included) rather than bounded by how fast pods are created.
 async fn bench_scheduler(nodes: usize, pods: usize, backlog: bool) -> anyhow::Result<Value> {
-    use skiff_control::api::object::to_stored;
     use skiff_control::api::{App, Cidr, handlers::create_object};
+    use skiff_control::objects::meta::to_stored;
     use skiff_control::store::{EventKind, Store, StoreConfig};
     let dir = tempfile::tempdir()?;
     let mut config = StoreConfig::single(dir.path().to_owned(), "127.0.0.1:0".parse()?);
@@ -345,14 +345,18 @@ async fn bench_scheduler(nodes: usize, pods: usize, backlog: bool) -> anyhow::Re
             "status": {"allocatable": {"cpu": "32", "memory": "128Gi", "pods": "110"}, "conditions": [{"type": "Ready", "status": "True"}]},
         });
         store
-            .create(&format!("/registry/core/nodes/{name}"), to_stored(&node))
+            .create(
+                &skiff_control::objects::keys::object(skiff_control::objects::keys::NODES, None, &name),
+                to_stored(&node),
+            )
             .await?;
     }
     if !backlog {
-        skiff_control::controllers::start(app.clone());
+        let caches = skiff_control::controllers::start(app.clone());
+        skiff_control::scheduler::start(app.clone(), &caches);
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let mut watch = store.watch("/registry/core/pods/", store.revision())?;
+    let mut watch = store.watch(skiff_control::objects::keys::PODS, store.revision())?;
     let created: Arc<std::sync::Mutex<std::collections::HashMap<String, Instant>>> = Arc::default();
     let mut start = Instant::now();
     let mut creator = Some({
@@ -374,10 +378,10 @@ async fn bench_scheduler(nodes: usize, pods: usize, backlog: bool) -> anyhow::Re
                             {"labelSelector": {"matchLabels": {"anti": format!("group-{}", i % 200)}}, "topologyKey": "kubernetes.io/hostname"}]}});
                     }
                     let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default", "labels": labels}, "spec": spec});
-                    let call = skiff_control::controllers::replicaset::call(&app, "", "pods", "default", None, None, "bench");
+                    let call = skiff_control::controllers::write::call(&app, "", "pods", "default", None, None, "bench");
                     let t = Instant::now();
                     create_object(&app, &call, pod).await.map_err(|e| anyhow::anyhow!(e.message))?;
-                    created.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.insert(format!("/registry/core/pods/default/{name}"), t);
+                    created.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.insert(skiff_control::objects::keys::object(skiff_control::objects::keys::PODS, Some("default"), &name), t);
                     Ok(())
                 }
             })
@@ -387,7 +391,8 @@ async fn bench_scheduler(nodes: usize, pods: usize, backlog: bool) -> anyhow::Re
     if backlog && let Some(c) = creator.take() {
         c.await??;
         start = Instant::now();
-        skiff_control::controllers::start(app.clone());
+        let caches = skiff_control::controllers::start(app.clone());
+        skiff_control::scheduler::start(app.clone(), &caches);
     }
     let mut latencies = Vec::with_capacity(pods);
     let mut bound = std::collections::HashSet::new();

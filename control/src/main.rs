@@ -129,7 +129,7 @@ async fn run() -> anyhow::Result<()> {
     app.node_stream_timeout = args.node_stream_timeout;
     if !args.cluster_cidr.is_empty() {
         app.cluster_cidr = Some(
-            skiff_control::controllers::node_ipam::ClusterCidr::parse(
+            skiff_control::objects::cluster_cidr::ClusterCidr::parse(
                 &args.cluster_cidr,
                 args.node_cidr_mask_size,
             )
@@ -147,7 +147,8 @@ async fn run() -> anyhow::Result<()> {
     skiff_control::bootstrap::ensure_defaults(&app)
         .await
         .context("creating default namespaces")?;
-    skiff_control::controllers::start(app.clone());
+    let caches = skiff_control::controllers::start(app.clone());
+    skiff_control::scheduler::start(app.clone(), &caches);
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

@@ -326,7 +326,7 @@ pub fn validate(info: &ResourceInfo, obj: &Value) -> Causes {
         ("batch", "CronJob") => match obj["spec"]["schedule"].as_str().filter(|s| !s.is_empty()) {
             None => causes.push(("spec.schedule".into(), "Required value".into())),
             Some(schedule) => {
-                if let Err(e) = crate::controllers::cron::Schedule::parse(schedule) {
+                if let Err(e) = crate::objects::cron::Schedule::parse(schedule) {
                     causes.push((
                         "spec.schedule".into(),
                         format!("Invalid value: \"{schedule}\": {e}"),

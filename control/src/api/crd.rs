@@ -294,6 +294,18 @@ pub fn validate_custom(info: &ResourceInfo, obj: &mut Value, strict: bool) -> Sc
     report
 }
 
+/// The finalizer that holds a CRD until its custom resources are gone.
+pub const CLEANUP: &str = "customresourcecleanup.apiextensions.k8s.io";
+
+/// The finalizer list a new CRD starts with.
+pub fn initial_finalizers(existing: &Value) -> Value {
+    let mut list: Vec<Value> = existing.as_array().cloned().unwrap_or_default();
+    if !list.iter().any(|f| f == CLEANUP) {
+        list.push(json!(CLEANUP));
+    }
+    Value::Array(list)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -838,7 +838,7 @@ pub async fn create_object(app: &App, call: &Call, mut obj: Value) -> Result<Val
     check_namespace_lifecycle(app, call).await?;
     if call.info.crd.is_none() && call.info.kind == "CustomResourceDefinition" {
         obj["status"] = super::crd::established_status(&obj, &now());
-        obj["metadata"]["finalizers"] = crate::controllers::crd_finalizers(&obj["metadata"]["finalizers"]);
+        obj["metadata"]["finalizers"] = super::crd::initial_finalizers(&obj["metadata"]["finalizers"]);
     }
     // Only Services allocate; their lock is held until the create is stored.
     let is_service = call.info.group.is_empty() && call.info.kind == "Service";

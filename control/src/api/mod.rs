@@ -68,7 +68,7 @@ pub struct App {
     /// The secret part of the node token agents join with.
     pub node_secret: String,
     /// Where nodes' pod CIDRs come from (None: nodes bring their own).
-    pub cluster_cidr: Option<crate::controllers::node_ipam::ClusterCidr>,
+    pub cluster_cidr: Option<crate::objects::cluster_cidr::ClusterCidr>,
     /// Agents' open tunnels, through which their endpoints are reached.
     pub tunnels: tunnel::Tunnels,
     /// Service-account token signer (its key lives in the store; loaded on first use).

@@ -16,7 +16,6 @@ use crate::api::App;
 use crate::api::handlers::create_object;
 use crate::objects::keys;
 use crate::objects::meta::meta_str;
-use crate::scheduler::NODE_PREFIX;
 
 /// The Service's namespace and name.
 pub const NAMESPACE: &str = "kube-system";
@@ -127,7 +126,7 @@ async fn sync(app: &App, nodes: &Cache, slices: &Cache) -> Result<(), String> {
 
 /// Starts the controller.
 pub fn start(app: Arc<App>, caches: &Caches) {
-    let nodes = caches.get(&app, NODE_PREFIX);
+    let nodes = caches.get(&app, keys::NODES);
     let slices = caches.get(&app, keys::ENDPOINT_SLICES);
     let (a, n) = (app.clone(), nodes.clone());
     sync_on_changes(app, &nodes, move || {

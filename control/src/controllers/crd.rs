@@ -5,18 +5,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::{call_for_key, remove_finalizer};
 use crate::api::App;
+use crate::api::crd::CLEANUP;
 use crate::api::handlers::delete_one;
 use crate::objects::keys;
 use crate::objects::meta::{finalizers, from_kv, meta_str};
 
 const PREFIX: &str = keys::CUSTOM_RESOURCE_DEFINITIONS;
-
-/// The finalizer that holds a CRD until its custom resources are gone.
-pub const CLEANUP: &str = "customresourcecleanup.apiextensions.k8s.io";
 
 /// Deletes the custom resources of a terminating CRD; returns whether none are left.
 async fn clean_up(app: &App, crd: &Value) -> Result<bool, crate::store::StoreError> {
@@ -61,15 +59,6 @@ async fn sync(app: &App) -> Result<(u64, bool), crate::store::StoreError> {
         }
     }
     Ok((list.revision, terminating))
-}
-
-/// The finalizer list a new CRD starts with.
-pub fn initial_finalizers(existing: &Value) -> Value {
-    let mut list: Vec<Value> = existing.as_array().cloned().unwrap_or_default();
-    if !list.iter().any(|f| f == CLEANUP) {
-        list.push(json!(CLEANUP));
-    }
-    Value::Array(list)
 }
 
 /// Re-reads the CRDs whenever one changes (and every second while one is being deleted).

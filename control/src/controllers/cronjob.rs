@@ -9,13 +9,13 @@ use std::time::Duration;
 use jiff::{Timestamp, tz::TimeZone};
 use serde_json::{Value, json};
 
-use super::cron::Schedule;
 use super::events;
 use super::job::JOB_PREFIX;
 use super::runtime::{Cache, Caches, Next, Queue, queue_changes, queue_owners, run_workers};
 use super::write::{call, write_status};
 use crate::api::App;
 use crate::api::handlers::{create_object, delete_one};
+use crate::objects::cron::Schedule;
 use crate::objects::keys;
 use crate::objects::meta::meta_str;
 use crate::objects::meta::{controller_of, owner_ref};

@@ -17,8 +17,7 @@ use crate::api::handlers::{create_object, delete_one};
 use crate::objects::keys;
 use crate::objects::meta::meta_str;
 use crate::objects::meta::{controller_of, owner_ref, pod_available, pod_from_template, pod_ready};
-use crate::scheduler::NODE_PREFIX;
-use crate::scheduler::filter::{selector_and_affinity_match, tolerates};
+use crate::objects::scheduling::{selector_and_affinity_match, tolerates};
 
 /// Store prefix of DaemonSets.
 pub const DS_PREFIX: &str = keys::DAEMON_SETS;
@@ -252,7 +251,7 @@ async fn reconcile(
 /// Starts the controller.
 pub fn start(app: Arc<App>, caches: &Caches) {
     let dss = caches.get(&app, DS_PREFIX);
-    let nodes = caches.get(&app, NODE_PREFIX);
+    let nodes = caches.get(&app, keys::NODES);
     let pods = caches.get(&app, keys::PODS);
     let revs = caches.get(&app, REV_PREFIX);
     let queue = Arc::new(Queue::default());

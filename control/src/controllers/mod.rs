@@ -15,14 +15,12 @@ use crate::store::StoreError;
 pub mod cluster_dns;
 mod compaction;
 mod crd;
-pub mod cron;
 pub mod cronjob;
 mod daemonset;
 mod deployment;
 pub mod disruption;
 mod endpoints;
 
-pub use crd::initial_finalizers as crd_finalizers;
 pub mod events;
 mod gc;
 pub mod job;
@@ -36,8 +34,8 @@ mod statefulset;
 pub mod volume;
 pub mod write;
 
-/// Starts the controllers.
-pub fn start(app: Arc<App>) {
+/// Starts the controllers; returns their shared caches, which the scheduler reads too.
+pub fn start(app: Arc<App>) -> runtime::Caches {
     tokio::spawn(compaction::run(app.clone()));
     tokio::spawn(crd::run(app.clone()));
     tokio::spawn(gc::run(app.clone()));
@@ -55,8 +53,8 @@ pub fn start(app: Arc<App>) {
     statefulset::start(app.clone(), &caches);
     disruption::start(app.clone(), &caches);
     volume::start(app.clone(), &caches);
-    cronjob::start(app.clone(), &caches, Arc::new(cronjob::SystemClock));
-    crate::scheduler::start(app, &caches);
+    cronjob::start(app, &caches, Arc::new(cronjob::SystemClock));
+    caches
 }
 
 /// How long a controller waits before retrying after a failure, and between resyncs.

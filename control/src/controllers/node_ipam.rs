@@ -2,7 +2,6 @@
 //! as kube-controller-manager's range allocator does.
 
 use std::collections::HashSet;
-use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use serde_json::json;
@@ -10,52 +9,9 @@ use serde_json::json;
 use super::edit_object;
 use super::runtime::{Cache, Caches, sync_on_changes};
 use crate::api::App;
+use crate::objects::cluster_cidr::ClusterCidr;
+use crate::objects::keys;
 use crate::objects::meta::meta_str;
-use crate::scheduler::NODE_PREFIX;
-
-/// The cluster's pod range and the size of each node's share.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClusterCidr {
-    base: u32,
-    prefix: u8,
-    node_prefix: u8,
-}
-
-impl ClusterCidr {
-    /// Parses `a.b.c.d/n` with the per-node mask size.
-    pub fn parse(cidr: &str, node_prefix: u8) -> Result<Self, String> {
-        let (ip, len) = cidr
-            .split_once('/')
-            .ok_or_else(|| format!("invalid CIDR {cidr:?}"))?;
-        let ip: Ipv4Addr = ip.parse().map_err(|_| format!("invalid CIDR {cidr:?}"))?;
-        let prefix: u8 = len
-            .parse()
-            .ok()
-            .filter(|p| *p <= 30)
-            .ok_or_else(|| format!("invalid CIDR {cidr:?}"))?;
-        if node_prefix < prefix || node_prefix > 30 {
-            return Err(format!(
-                "node CIDR mask size {node_prefix} does not fit in {cidr}"
-            ));
-        }
-        let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - prefix) };
-        Ok(ClusterCidr {
-            base: u32::from(ip) & mask,
-            prefix,
-            node_prefix,
-        })
-    }
-
-    /// The `i`th node subnet, if the range has one.
-    fn subnet(&self, i: u32) -> Option<String> {
-        let count = 1u64 << (self.node_prefix - self.prefix);
-        if u64::from(i) >= count {
-            return None;
-        }
-        let base = self.base + (i << (32 - self.node_prefix));
-        Some(format!("{}/{}", Ipv4Addr::from(base), self.node_prefix))
-    }
-}
 
 async fn assign(app: &App, nodes: &Cache, range: ClusterCidr) {
     let all = nodes.list(None);
@@ -71,7 +27,7 @@ async fn assign(app: &App, nodes: &Cache, range: ClusterCidr) {
             );
             return;
         };
-        let key = format!("{NODE_PREFIX}{}", meta_str(node, "name"));
+        let key = keys::object(keys::NODES, None, meta_str(node, "name"));
         let c = cidr.clone();
         let result = edit_object(app, &key, move |n| {
             if !n["spec"]["podCIDR"].is_null() {
@@ -94,7 +50,7 @@ async fn assign(app: &App, nodes: &Cache, range: ClusterCidr) {
 /// Starts the allocator.
 pub fn start(app: Arc<App>, caches: &Caches) {
     let Some(range) = app.cluster_cidr else { return };
-    let nodes = caches.get(&app, NODE_PREFIX);
+    let nodes = caches.get(&app, keys::NODES);
     let (a, n) = (app.clone(), nodes.clone());
     sync_on_changes(app, &nodes, move || {
         let (app, nodes) = (a.clone(), n.clone());

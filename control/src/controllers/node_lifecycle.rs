@@ -15,7 +15,6 @@ use crate::api::App;
 use crate::api::handlers::delete_one;
 use crate::objects::keys;
 use crate::objects::meta::{meta_str, now, parse_time};
-use crate::scheduler::NODE_PREFIX;
 
 const LEASE_PREFIX: &str = keys::NODE_LEASES;
 const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
@@ -60,7 +59,7 @@ async fn check_node(app: &App, node: &Value, leases: &Cache, grace_ms: i64) {
     };
     let lost = heartbeat.is_some_and(|age| age > grace_ms);
     let taint_key = wanted_taints(node, lost);
-    let key = format!("{NODE_PREFIX}{name}");
+    let key = keys::object(keys::NODES, None, &name);
     let result = edit_object(app, &key, |n| {
         let mut changed = false;
         if lost && ready_status(n) != Some("Unknown") {
@@ -182,7 +181,7 @@ async fn evict(app: &App, nodes: &Cache, pods: &Cache) {
 
 /// Starts the controller: a pass every quarter of the grace period (at most every second).
 pub fn start(app: Arc<App>, caches: &Caches) {
-    let nodes = caches.get(&app, NODE_PREFIX);
+    let nodes = caches.get(&app, keys::NODES);
     let leases = caches.get(&app, LEASE_PREFIX);
     let pods = caches.get(&app, keys::PODS);
     tokio::spawn(async move {

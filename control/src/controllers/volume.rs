@@ -16,8 +16,8 @@ use crate::api::handlers::{create_object, delete_one};
 use crate::api::selector::LabelSelector;
 use crate::objects::keys;
 use crate::objects::meta::meta_str;
-use crate::scheduler::filter::term_matches;
-use crate::scheduler::quantity;
+use crate::objects::quantity;
+use crate::objects::scheduling::term_matches;
 
 /// Store prefix of PersistentVolumes.
 pub const PV_PREFIX: &str = keys::PERSISTENT_VOLUMES;
@@ -203,10 +203,7 @@ impl Ctx {
                 .await?;
                 return Ok(Next::Done);
             };
-            match self
-                .nodes
-                .get(&format!("{}{node_name}", crate::scheduler::NODE_PREFIX))
-            {
+            match self.nodes.get(&keys::object(keys::NODES, None, node_name)) {
                 Some(n) => Some(n),
                 None => return Ok(Next::After(std::time::Duration::from_secs(2))),
             }
@@ -433,7 +430,7 @@ pub fn start(app: Arc<App>, caches: &Caches) {
         pvs: caches.get(&app, PV_PREFIX),
         claims: caches.get(&app, PVC_PREFIX),
         classes: caches.get(&app, SC_PREFIX),
-        nodes: caches.get(&app, crate::scheduler::NODE_PREFIX),
+        nodes: caches.get(&app, keys::NODES),
         app: app.clone(),
     });
     let queue = Arc::new(Queue::default());

@@ -3,5 +3,9 @@
 //! helpers on objects as JSON (`meta`); the one write path and the admission chain move here
 //! next (see docs/architecture.md).
 
+pub mod cluster_cidr;
+pub mod cron;
 pub mod keys;
 pub mod meta;
+pub mod quantity;
+pub mod scheduling;

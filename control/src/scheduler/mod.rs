@@ -5,7 +5,6 @@
 mod affinity;
 pub mod filter;
 mod node_info;
-pub mod quantity;
 mod score;
 mod volumes;
 
@@ -25,7 +24,6 @@ use crate::objects::keys;
 use crate::objects::meta::{meta_str, now};
 
 /// Store prefix of nodes.
-pub const NODE_PREFIX: &str = keys::NODES;
 const NAME: &str = "default-scheduler";
 
 /// What the scheduler accounts for a bound pod.
@@ -608,7 +606,7 @@ async fn run(
     let mut node_changes = nodes.subscribe();
     // Catch up with what the caches already hold.
     for node in nodes.list(None) {
-        let key = format!("{NODE_PREFIX}{}", meta_str(&node, "name"));
+        let key = keys::object(keys::NODES, None, meta_str(&node, "name"));
         state.node_changed(&Change {
             key,
             old: None,
@@ -701,7 +699,7 @@ async fn run(
 /// Starts the scheduler.
 pub fn start(app: Arc<App>, caches: &Caches) {
     let pods = caches.get(&app, keys::PODS);
-    let nodes = caches.get(&app, NODE_PREFIX);
+    let nodes = caches.get(&app, keys::NODES);
     let volumes = volumes::Volumes {
         pvs: caches.get(&app, crate::controllers::volume::PV_PREFIX),
         claims: caches.get(&app, crate::controllers::volume::PVC_PREFIX),

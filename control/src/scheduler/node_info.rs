@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::quantity;
+use crate::objects::quantity;
 
 /// One node's scheduling state.
 #[derive(Debug, Clone)]
