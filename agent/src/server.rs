@@ -132,28 +132,8 @@ fn query(req: &Request<hyper::body::Incoming>) -> HashMap<String, String> {
         .split('&')
         .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
         .filter(|(k, _)| !k.is_empty())
-        .map(|(k, v)| (k.to_string(), percent_decode(v)))
+        .map(|(k, v)| (k.to_string(), skiff_common::url::percent_decode(v)))
         .collect()
-}
-
-/// Decodes `%XX` escapes and `+`.
-pub fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && i + 2 < b.len()
-            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16)
-        {
-            out.push(v);
-            i += 3;
-            continue;
-        }
-        out.push(if b[i] == b'+' { b' ' } else { b[i] });
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 async fn handle(data_dir: &Path, mut req: Request<hyper::body::Incoming>) -> Response<Body> {
@@ -212,9 +192,7 @@ fn parse_record(line: &[u8]) -> Option<Record<'_>> {
 }
 
 fn ts_seconds(ts: &str) -> Option<i128> {
-    time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339)
-        .ok()
-        .map(|t| t.unix_timestamp_nanos())
+    skiff_common::time::parse(ts).map(|t| t.unix_timestamp_nanos())
 }
 
 /// Options of a log request.

@@ -477,7 +477,10 @@ pub fn query_pairs(q: &str) -> Vec<(String, String)> {
         .filter(|kv| !kv.is_empty())
         .map(|kv| {
             let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            (crate::server::percent_decode(k), crate::server::percent_decode(v))
+            (
+                skiff_common::url::percent_decode(k),
+                skiff_common::url::percent_decode(v),
+            )
         })
         .collect()
 }

@@ -66,23 +66,10 @@ fn read(path: &Path) -> Result<Option<String>, PkiError> {
 
 /// Writes a file readable by its owner only, through a temporary file and a rename.
 pub fn write_private(path: &Path, contents: &str) -> Result<(), PkiError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let io = |source| PkiError::Io {
+    skiff_common::fs::write_private(path, contents).map_err(|source| PkiError::Io {
         path: path.to_owned(),
         source,
-    };
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io)?;
-    f.write_all(contents.as_bytes()).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    })
 }
 
 fn ca_params() -> CertificateParams {

@@ -192,7 +192,7 @@ impl Puller {
                 if k.trim() == "realm" {
                     realm = Some(v.to_string());
                 } else {
-                    query.push(format!("{}={}", k.trim(), urlencode(v)));
+                    query.push(format!("{}={}", k.trim(), skiff_common::url::encode(v)));
                 }
             }
         }
@@ -451,15 +451,6 @@ fn split_params(s: &str) -> Vec<String> {
         out.push(cur);
     }
     out
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -26,18 +26,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(contents.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+    skiff_common::fs::write_private(path, contents).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Loads the credentials from `dir`, or joins with `token` and stores them there.

@@ -768,17 +768,12 @@ impl Pod {
             let ran = a
                 .started
                 .as_ref()
-                .and_then(|s| {
-                    time::OffsetDateTime::parse(&s.started_at, &time::format_description::well_known::Rfc3339)
-                        .ok()
-                })
-                .zip(a.exited.as_ref().and_then(|e| {
-                    time::OffsetDateTime::parse(
-                        &e.finished_at,
-                        &time::format_description::well_known::Rfc3339,
-                    )
-                    .ok()
-                }))
+                .and_then(|s| skiff_common::time::parse(&s.started_at))
+                .zip(
+                    a.exited
+                        .as_ref()
+                        .and_then(|e| skiff_common::time::parse(&e.finished_at)),
+                )
                 .map(|(s, e)| (e - s).whole_seconds().max(0) as u64)
                 .unwrap_or(0);
             if ran >= BACKOFF_RESET.as_secs() {

@@ -41,6 +41,7 @@ use self::server::Identity;
 pub use self::service::Cidr;
 use self::status::ApiError;
 use crate::store::Store;
+use skiff_common::url::percent_decode;
 
 /// The largest request body accepted, as upstream (3 MiB).
 pub const MAX_BODY: usize = 3 * 1024 * 1024;
@@ -114,27 +115,6 @@ fn parse_query(q: Option<&str>) -> HashMap<String, String> {
         out.insert(percent_decode(k), percent_decode(v));
     }
     out
-}
-
-pub(crate) fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => match u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                Ok(b) => {
-                    out.push(b);
-                    i += 2;
-                }
-                Err(_) => out.push(b'%'),
-            },
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// `/livez`, `/readyz` and `/healthz` as upstream words them: `ok`, or 500 with each check's

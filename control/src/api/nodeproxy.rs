@@ -193,7 +193,7 @@ pub async fn exec(
     let container_param = raw_query
         .split('&')
         .find_map(|kv| kv.strip_prefix("container="))
-        .map(super::percent_decode);
+        .map(skiff_common::url::percent_decode);
     let pod = read_pod(app, ns, name).await?;
     let mut containers = container_names(&pod, "containers");
     containers.extend(container_names(&pod, "initContainers"));
@@ -403,18 +403,9 @@ pub async fn logs(app: &App, call: &Call) -> Result<Response> {
         "limitBytes",
     ] {
         if let Some(v) = call.query.get(key) {
-            q.push(format!("{key}={}", urlencode(v)));
+            q.push(format!("{key}={}", skiff_common::url::encode(v)));
         }
     }
     let path = format!("/containerLogs/{ns}/{name}/{container}?{}", q.join("&"));
     get_from_node(app, node, &path).await
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }

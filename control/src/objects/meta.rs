@@ -5,15 +5,7 @@ use serde_json::{Value, json};
 
 use crate::store::KeyValue;
 
-/// The current time as upstream formats timestamps (RFC 3339, seconds, UTC).
-pub fn now() -> String {
-    format_time(time::OffsetDateTime::now_utc())
-}
-
-/// Parses an RFC 3339 timestamp.
-pub fn parse_time(s: &str) -> Option<time::OffsetDateTime> {
-    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
-}
+pub use skiff_common::time::{format as format_time, now, parse as parse_time};
 
 /// The bytes stored for an object: its JSON without `resourceVersion`, which the store derives.
 pub fn to_stored(obj: &Value) -> Vec<u8> {
@@ -82,19 +74,6 @@ pub fn items_mut<'a>(value: &'a mut Value, key: &str) -> impl Iterator<Item = &'
 /// A new object uid.
 pub fn new_uid() -> String {
     uuid::Uuid::new_v4().to_string()
-}
-
-/// Formats a time as upstream's timestamps.
-pub fn format_time(t: time::OffsetDateTime) -> String {
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
 }
 
 /// The uid of the controller that owns `obj` with the given kind, if any.
