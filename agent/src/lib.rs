@@ -1,21 +1,19 @@
 //! skiff-agent's library: the node agent's parts, used by its binary (`main.rs`) and by the
 //! benchmarks (`skiff-bench proxy` drives the service data planes directly).
+//!
+//! - `node/`: joining, the Node and its Lease, the control plane's stream and tunnel.
+//! - `pods/`: the per-pod worker, volumes, env, probes, the pod spec.
+//! - `runtime/`: the container shim, consoles, attach sockets, cgroups.
+//! - `image/`: pulls, imports, the layer store.
+//! - `network/`: the bridge and pod sandboxes, IPAM, routes between nodes, cluster DNS.
+//! - `proxy/`: Services in the kernel (eBPF and nftables).
+//! - `server/`: the HTTPS endpoint the API server proxies to (logs, exec, attach, port-forward).
 
-mod attach;
-pub mod cgroups;
-mod channels;
-mod console;
-pub mod dns;
 pub mod image;
-mod ipam;
-pub mod net;
+pub mod network;
 pub mod node;
 pub mod pods;
-mod portforward;
 pub mod proxy;
-mod routes;
+pub mod runtime;
 pub mod server;
-pub mod shim;
-mod spdy;
-mod stream;
 pub mod uninstall;

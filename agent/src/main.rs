@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use skiff_agent::{cgroups, dns, image, net, node, pods, proxy, server, shim, uninstall};
+use skiff_agent::network::{dns, pod_net};
+use skiff_agent::runtime::{cgroups, shim};
+use skiff_agent::{image, node, pods, proxy, server, uninstall};
 
 /// Skiff's node agent.
 #[derive(Debug, Parser)]
@@ -30,7 +32,7 @@ enum Command {
     Exec(shim::ExecArgs),
     /// Creates a pod's namespaces (started by the agent; not for direct use).
     #[command(hide = true)]
-    Sandbox(net::SandboxArgs),
+    Sandbox(pod_net::SandboxArgs),
     /// Manages the node's images.
     #[command(subcommand)]
     Image(ImageCommand),
@@ -253,7 +255,7 @@ fn ensure_bridge_netfilter() {
             Err(e) => tracing::warn!(error = %e, "running modprobe br_netfilter"),
         }
     }
-    let result = net::in_node_netns(|| match std::fs::read_to_string(path) {
+    let result = pod_net::in_node_netns(|| match std::fs::read_to_string(path) {
         Ok(v) if v.trim() == "1" => Ok(()),
         Ok(_) => std::fs::write(path, "1"),
         Err(e) => Err(e),
@@ -295,7 +297,7 @@ fn main() {
         std::process::exit(shim::exec_main(args));
     }
     if let Some(Command::Sandbox(args)) = cli.command {
-        std::process::exit(net::sandbox_main(args));
+        std::process::exit(pod_net::sandbox_main(args));
     }
     if let Some(Command::Uninstall(args)) = cli.command {
         std::process::exit(uninstall::main(args));
@@ -334,14 +336,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .as_deref()
         .ok_or_else(|| anyhow::anyhow!("--token (or SKIFF_TOKEN) is required"))?;
     if let Some(ns) = &args.netns {
-        net::set_node_netns(ns)?;
+        pod_net::set_node_netns(ns)?;
     }
     let name = args.node_name.clone().unwrap_or_else(host_name);
     let creds = node::join::join(&args.server, token, &name, &args.data_dir).await?;
     let api = node::client::ApiClient::with_identity(&args.server, &creds.ca, &creds.cert, &creds.key)?;
     let node_ip = match &args.node_ip {
         Some(ip) => ip.clone(),
-        None => net::default_ip().await.unwrap_or_else(|| "127.0.0.1".into()),
+        None => pod_net::default_ip().await.unwrap_or_else(|| "127.0.0.1".into()),
     };
     let listener = tokio::net::TcpListener::bind((args.address.as_str(), args.port))
         .await
@@ -372,7 +374,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         dns: if args.no_dns {
             None
         } else {
-            let (base, _) = net::parse_cidr(&args.service_cidr)?;
+            let (base, _) = pod_net::parse_cidr(&args.service_cidr)?;
             Some(pods::Dns {
                 address: args
                     .cluster_dns

@@ -135,7 +135,7 @@ fn cgroup_pids(cgroup_root: &str) -> Vec<u32> {
         }
     }
     let mut out = Vec::new();
-    for dir in crate::cgroups::candidates(cgroup_root) {
+    for dir in crate::runtime::cgroups::candidates(cgroup_root) {
         walk(&dir, &mut out);
     }
     out.sort_unstable();
@@ -202,8 +202,8 @@ fn unmount_under(dir: &Path) -> anyhow::Result<()> {
 fn remove_cgroups(cgroup_root: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        crate::cgroups::remove_tree(cgroup_root);
-        let left: Vec<PathBuf> = crate::cgroups::candidates(cgroup_root)
+        crate::runtime::cgroups::remove_tree(cgroup_root);
+        let left: Vec<PathBuf> = crate::runtime::cgroups::candidates(cgroup_root)
             .into_iter()
             .filter(|d| d.is_dir())
             .collect();
@@ -230,7 +230,7 @@ fn remove_pins(bpf_dir: &Path) -> anyhow::Result<()> {
 /// The nftables tables, the agent's routes and the bridge, in the node's network namespace.
 fn network(args: &UninstallArgs) -> anyhow::Result<()> {
     if let Some(ns) = &args.netns {
-        crate::net::enter_netns(ns)?;
+        crate::network::pod_net::enter_netns(ns)?;
     }
     let tables = format!(
         "add table inet {t}\ndelete table inet {t}\nadd table ip skiff-{b}\ndelete table ip skiff-{b}\n",
@@ -242,14 +242,14 @@ fn network(args: &UninstallArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let h = crate::net::connect()?;
-        crate::net::delete_routes_of_agent(&h).await?;
-        crate::net::delete_bridge_and_ports(&h, &args.bridge)
+        let h = crate::network::pod_net::connect()?;
+        crate::network::pod_net::delete_routes_of_agent(&h).await?;
+        crate::network::pod_net::delete_bridge_and_ports(&h, &args.bridge)
             .await
             .with_context(|| format!("removing the bridge {}", args.bridge))?;
         // Without nft on the host the agent made no tables either.
         if which("nft") {
-            crate::net::nft(&tables)
+            crate::network::pod_net::nft(&tables)
                 .await
                 .context("removing the nftables tables")?;
         }

@@ -297,7 +297,7 @@ impl Host {
         // The agent's nftables plane runs `nft` in the node's namespace: here, the client's. Each
         // plane gets a fresh namespace under the same name, which `nft` opens by path each time.
         host.fresh_client()?;
-        skiff_agent::net::set_node_netns(&PathBuf::from("/run/netns").join(host.client_ns()))?;
+        skiff_agent::network::pod_net::set_node_netns(&PathBuf::from("/run/netns").join(host.client_ns()))?;
         Ok(host)
     }
 
@@ -381,7 +381,7 @@ fn serve(ns: &str) -> anyhow::Result<()> {
     let path = PathBuf::from("/run/netns").join(ns);
     let listener = std::thread::scope(|s| {
         s.spawn(|| -> anyhow::Result<TcpListener> {
-            skiff_agent::net::enter_netns(&path)?;
+            skiff_agent::network::pod_net::enter_netns(&path)?;
             Ok(TcpListener::bind(("0.0.0.0", TARGET_PORT))?)
         })
         .join()
@@ -516,7 +516,7 @@ async fn measure(host: &Host, plane: &str, n: usize) -> anyhow::Result<Measured>
             }
         }
         "nftables" => {
-            if skiff_agent::net::node_netns().is_none() {
+            if skiff_agent::network::pod_net::node_netns().is_none() {
                 bail!("the nftables plane would program the host's namespace");
             }
             let (program_all_ms, change_ms, _plane) =

@@ -23,7 +23,7 @@ use tokio::sync::{Mutex, watch};
 
 use crate::image::ImageStore;
 use crate::image::pull::Puller;
-use crate::ipam::Ipam;
+use crate::network::ipam::Ipam;
 use crate::node::client::{ApiClient, status_code};
 use crate::node::watch::Event;
 
@@ -57,7 +57,7 @@ pub struct Config {
     pub service_cidr: Option<String>,
     /// The route the node itself gets for the service range, if any.
     pub node_service_route: Option<ServiceRoute>,
-    /// Route other nodes' pod ranges to them ([`crate::routes`]).
+    /// Route other nodes' pod ranges to them ([`crate::network::routes`]).
     pub node_routes: bool,
     /// Cluster DNS, when this node answers it.
     pub dns: Option<Dns>,
@@ -156,17 +156,19 @@ fn masquerade_table(cfg: &Config) -> String {
 }
 
 async fn setup_network(cfg: &Config, ipam: &Ipam, cidr: &str) -> anyhow::Result<()> {
-    let h = crate::net::connect()?;
-    crate::net::ensure_bridge(&h, &cfg.bridge, ipam.gateway(), ipam.prefix())
+    let h = crate::network::pod_net::connect()?;
+    crate::network::pod_net::ensure_bridge(&h, &cfg.bridge, ipam.gateway(), ipam.prefix())
         .await
         .with_context(|| format!("setting up bridge {}", cfg.bridge))?;
     match &cfg.node_service_route {
-        Some(ServiceRoute::Unreachable(cidr)) => crate::net::add_unreachable(&h, cidr).await?,
-        Some(ServiceRoute::ViaBridge(cidr)) => crate::net::add_link_route(&h, cidr, &cfg.bridge).await?,
+        Some(ServiceRoute::Unreachable(cidr)) => crate::network::pod_net::add_unreachable(&h, cidr).await?,
+        Some(ServiceRoute::ViaBridge(cidr)) => {
+            crate::network::pod_net::add_link_route(&h, cidr, &cfg.bridge).await?
+        }
         None => {}
     }
     if cfg.masquerade {
-        crate::net::in_node_netns(|| std::fs::write("/proc/sys/net/ipv4/ip_forward", "1"))
+        crate::network::pod_net::in_node_netns(|| std::fs::write("/proc/sys/net/ipv4/ip_forward", "1"))
             .and_then(|r| r)
             .context("enabling IPv4 forwarding")?;
         let table = masquerade_table(cfg);
@@ -176,7 +178,7 @@ async fn setup_network(cfg: &Config, ipam: &Ipam, cidr: &str) -> anyhow::Result<
             // Set by the service proxy on connections from outside that must be masqueraded.
             mark = skiff_abi::MASQUERADE_MARK,
         );
-        crate::net::nft(&rules)
+        crate::network::pod_net::nft(&rules)
             .await
             .context("programming pod masquerading")?;
     }
@@ -192,20 +194,20 @@ pub async fn run(cfg: Config, api: ApiClient, ca_pem: String) -> anyhow::Result<
         let table = cfg.masquerade.then(|| masquerade_table(&cfg));
         let (nodes, own) = (cfg.feeds.nodes.subscribe(), cfg.node_name.clone());
         tokio::spawn(async move {
-            if let Err(e) = crate::routes::run(nodes, own, table).await {
+            if let Err(e) = crate::network::routes::run(nodes, own, table).await {
                 tracing::warn!(error = %format!("{e:#}"), "routes to other nodes' pods stopped");
             }
         });
     }
     if let Some(dns) = &cfg.dns {
-        let dns_cfg = crate::dns::Config {
+        let dns_cfg = crate::network::dns::Config {
             domain: dns.domain.clone(),
             listen: ipam.gateway(),
             upstreams: dns.upstreams.clone(),
             feeds: cfg.feeds.clone(),
         };
         tokio::spawn(async move {
-            if let Err(e) = crate::dns::run(dns_cfg).await {
+            if let Err(e) = crate::network::dns::run(dns_cfg).await {
                 tracing::warn!(error = %format!("{e:#}"), "cluster DNS stopped");
             }
         });

@@ -123,7 +123,7 @@ pub async fn run_once(target: &Target, probe: &Value) -> Result<(), String> {
         }
         req.push_str("\r\n");
         let attempt = async {
-            let mut s = crate::net::tcp_connect(&host, p)
+            let mut s = crate::network::pod_net::tcp_connect(&host, p)
                 .await
                 .map_err(|e| format!("Get \"http://{host}:{p}{path}\": {e}"))?;
             s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
@@ -173,7 +173,7 @@ async fn grpc(host: &str, port: u16, service: &str, timeout: Duration) -> Result
     use skiff_proto::health::v1::health_check_response::ServingStatus;
     use skiff_proto::health::v1::{HealthCheckRequest, health_client::HealthClient};
     let connect = async {
-        let stream = crate::net::tcp_connect(host, port).await?;
+        let stream = crate::network::pod_net::tcp_connect(host, port).await?;
         // tonic dials through a connector: hand it the connection made in the right namespace.
         let mut stream = Some(stream);
         tonic::transport::Endpoint::from_shared(format!("http://{host}:{port}"))
@@ -240,7 +240,7 @@ pub async fn run_handler(target: &Target, handler: &Value, budget: Duration) -> 
 }
 
 async fn tcp(host: &str, port: u16, timeout: Duration) -> Result<(), String> {
-    match tokio::time::timeout(timeout, crate::net::tcp_connect(host, port)).await {
+    match tokio::time::timeout(timeout, crate::network::pod_net::tcp_connect(host, port)).await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(format!("dial tcp {host}:{port}: connect: {e}")),
         Err(_) => Err(format!("dial tcp {host}:{port}: i/o timeout")),

@@ -402,7 +402,7 @@ pub fn build(plan: &Plan<'_>) -> Value {
             {"type": "uts", "path": plan.sandbox.join("uts")},
         ],
         "cgroupsPath": plan.cgroups_path,
-        "resources": resources(c, plan.pids_limit, crate::cgroups::is_unified()),
+        "resources": resources(c, plan.pids_limit, crate::runtime::cgroups::is_unified()),
     });
     if privileged {
         linux["resources"]["devices"] = json!([{"allow": true, "access": "rwm"}]);

@@ -16,7 +16,7 @@ use super::env::{ConfigError, Lookup};
 use super::spec::{self, Bind, Plan};
 use super::volumes;
 use crate::image::{Image, Reference};
-use crate::shim::{EXITED, Exited, STARTED, Started, now_rfc3339};
+use crate::runtime::shim::{EXITED, Exited, STARTED, Started, now_rfc3339};
 
 /// Back-off between restarts (and image pulls): 10 s doubling to 5 min, as upstream.
 const BACKOFF_START: Duration = Duration::from_secs(10);
@@ -240,7 +240,7 @@ impl Pod {
             self.ip = Some(ip.trim().to_string());
         }
         self.start_time = std::fs::read_to_string(self.dir.join("start-time")).ok();
-        self.sandbox_ready = crate::net::sandbox_alive(&self.sandbox());
+        self.sandbox_ready = crate::network::pod_net::sandbox_alive(&self.sandbox());
         let Ok(rd) = std::fs::read_dir(self.dir.join("containers")) else {
             return;
         };
@@ -489,7 +489,7 @@ impl Pod {
             .arg(self.sandbox())
             .arg("--hostname")
             .arg(&hostname);
-        if let Some(ns) = crate::net::node_netns() {
+        if let Some(ns) = crate::network::pod_net::node_netns() {
             cmd.arg("--node-netns").arg(ns);
         }
         if self.host_network() {
@@ -501,7 +501,7 @@ impl Pod {
             cmd.arg("--bridge")
                 .arg(&self.shared.cfg.bridge)
                 .arg("--veth")
-                .arg(crate::net::veth_name("sk", &self.uid))
+                .arg(crate::network::pod_net::veth_name("sk", &self.uid))
                 .arg("--ip")
                 .arg(ip.to_string())
                 .arg("--prefix")
@@ -943,7 +943,7 @@ impl Pod {
         {
             ns.retain(|n| !matches!(n["type"].as_str(), Some("network" | "uts")));
             // The node's network is the host network of its pods.
-            if let Some(node) = crate::net::node_netns() {
+            if let Some(node) = crate::network::pod_net::node_netns() {
                 ns.push(serde_json::json!({"type": "network", "path": node}));
             }
         }
@@ -951,7 +951,7 @@ impl Pod {
         let log = self.log_path(&name, number);
         std::fs::create_dir_all(log.parent().context("log path")?)?;
         let status_dir = dir.join("status");
-        let memory_cgroup = crate::cgroups::memory_dir(&cgroups_path);
+        let memory_cgroup = crate::runtime::cgroups::memory_dir(&cgroups_path);
         let mut cmd = tokio::process::Command::new(&self.shared.exe);
         cmd.arg("shim")
             .arg("--root")
@@ -1166,13 +1166,14 @@ impl Pod {
                 }
             }
         }
-        crate::net::release_sandbox(&self.sandbox())?;
+        crate::network::pod_net::release_sandbox(&self.sandbox())?;
         if !self.host_network() {
-            let h = crate::net::connect()?;
-            crate::net::delete_link(&h, &crate::net::veth_name("sk", &self.uid)).await?;
+            let h = crate::network::pod_net::connect()?;
+            crate::network::pod_net::delete_link(&h, &crate::network::pod_net::veth_name("sk", &self.uid))
+                .await?;
             self.shared.ipam.release(&self.uid)?;
         }
-        crate::cgroups::remove_tree(&self.cgroup_parent());
+        crate::runtime::cgroups::remove_tree(&self.cgroup_parent());
         std::fs::remove_dir_all(&self.dir).or_else(ignore_missing)?;
         std::fs::remove_dir_all(self.shared.log_dir(self.ns(), self.name(), &self.uid))
             .or_else(ignore_missing)?;

@@ -121,7 +121,7 @@ pub fn flush(stale: &[Stale]) -> std::io::Result<usize> {
     if stale.is_empty() {
         return Ok(0);
     }
-    crate::net::in_node_netns(|| {
+    crate::network::pod_net::in_node_netns(|| {
         let sock = Netlink::open()?;
         let flows = sock.dump()?;
         let mut deleted = 0;

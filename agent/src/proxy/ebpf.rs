@@ -216,7 +216,7 @@ impl Ebpf {
     /// pinned TCX links: an earlier agent's link gets the new program atomically.
     fn attach_interfaces(&mut self) -> anyhow::Result<()> {
         let (bpf, interfaces, links) = (&mut self.bpf, &self.interfaces, self.pin_dir.join("links"));
-        crate::net::in_node_netns(move || -> anyhow::Result<()> {
+        crate::network::pod_net::in_node_netns(move || -> anyhow::Result<()> {
             for iface in interfaces {
                 for (name, direction) in TC_PROGRAMS {
                     let program: &mut SchedClassifier =

@@ -102,7 +102,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Option<Plane>> {
         };
         let pins = cfg.pin_dir.clone();
         let interfaces = if cfg.interfaces.is_empty() {
-            crate::net::interfaces_with(&cfg.node_ips)
+            crate::network::pod_net::interfaces_with(&cfg.node_ips)
                 .await
                 .context("finding the interfaces of the node's addresses")?
         } else {

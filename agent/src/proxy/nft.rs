@@ -102,7 +102,7 @@ impl Nft {
             return Ok(());
         }
         let mut tx = self.script(changes);
-        let mut result = crate::net::nft(&tx.s).await;
+        let mut result = crate::network::pod_net::nft(&tx.s).await;
         if let Err(e) = &result
             && !self.rebuild
         {
@@ -113,7 +113,7 @@ impl Nft {
             tracing::debug!(error = %format!("{e:#}"), "an incremental nftables transaction failed; rebuilding the table");
             self.rebuild = true;
             tx = self.script(changes);
-            result = crate::net::nft(&tx.s).await;
+            result = crate::network::pod_net::nft(&tx.s).await;
         }
         match result {
             Ok(()) => {

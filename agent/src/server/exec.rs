@@ -2,7 +2,7 @@
 //! channel protocol (`v5.channel.k8s.io`, `v4.channel.k8s.io`) over an upgraded HTTPS connection that
 //! the API server forwards byte for byte. Each message is a channel byte (0 stdin, 1 stdout, 2 stderr,
 //! 3 status, 4 resize, 255 close in v5) followed by data. An exec'd command runs through
-//! `skiff-agent exec`; an attach joins the container's shim through its socket ([`crate::attach`]).
+//! `skiff-agent exec`; an attach joins the container's shim through its socket ([`crate::runtime::attach`]).
 
 use std::path::Path;
 
@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::protocol::Role;
 
-use crate::channels::{Channels, Wanted};
+use crate::server::channels::{Channels, Wanted};
 use crate::server::{Body, text};
 
 const PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
@@ -89,14 +89,14 @@ fn negotiate(req: &Request<hyper::body::Incoming>, what: &str) -> Result<Upgrade
             .iter()
             .filter_map(|v| v.to_str().ok())
             .collect();
-        return crate::channels::offers_spdy_protocol(offered.iter().copied())
+        return crate::server::channels::offers_spdy_protocol(offered.iter().copied())
             .then_some(Upgrade::Spdy)
             .ok_or_else(|| {
                 (
                     StatusCode::FORBIDDEN,
                     format!(
                         "unable to upgrade: unable to negotiate protocol: client supports {offered:?}, server supports [{}]",
-                        crate::channels::SPDY_PROTOCOL
+                        crate::server::channels::SPDY_PROTOCOL
                     ),
                 )
             });
@@ -130,7 +130,7 @@ where
                 ),
                 v5: protocol == PROTOCOLS[0],
             },
-            Upgrade::Spdy => match crate::channels::Spdy::accept(io, wanted).await {
+            Upgrade::Spdy => match crate::server::channels::Spdy::accept(io, wanted).await {
                 Ok(s) => Channels::Spdy(s),
                 Err(e) => {
                     tracing::debug!(error = %e, "SPDY session set-up failed");
@@ -161,7 +161,7 @@ where
             h.insert("upgrade", hyper::header::HeaderValue::from_static("SPDY/3.1"));
             h.insert(
                 "x-stream-protocol-version",
-                hyper::header::HeaderValue::from_static(crate::channels::SPDY_PROTOCOL),
+                hyper::header::HeaderValue::from_static(crate::server::channels::SPDY_PROTOCOL),
             );
         }
     }
@@ -256,8 +256,8 @@ pub fn attach(
 
 /// Joins a client to the container's shim until either side ends.
 async fn attach_session(mut conn: Channels, status_dir: &Path, wanted: Wanted) -> anyhow::Result<()> {
-    use crate::attach::{CLOSE_STDIN, RESIZE, STDIN, frame, parse_resize, read_frame};
-    let (mut from_shim, mut to_shim) = crate::attach::connect(status_dir).await?.into_split();
+    use crate::runtime::attach::{CLOSE_STDIN, RESIZE, STDIN, frame, parse_resize, read_frame};
+    let (mut from_shim, mut to_shim) = crate::runtime::attach::connect(status_dir).await?.into_split();
     // Frames are read on their own task: a read cut short by the other branch would lose its place.
     let (tx, mut output) = tokio::sync::mpsc::channel::<(u8, Vec<u8>)>(16);
     let reader = tokio::spawn(async move {
@@ -279,7 +279,7 @@ async fn attach_session(mut conn: Channels, status_dir: &Path, wanted: Wanted) -
                             size.extend_from_slice(&h.to_be_bytes());
                             frame(RESIZE, &size)
                         }),
-                        crate::channels::CLOSE => Some(frame(CLOSE_STDIN, &[])),
+                        crate::server::channels::CLOSE => Some(frame(CLOSE_STDIN, &[])),
                         _ => None,
                     };
                     if let Some(f) = sent {
@@ -339,7 +339,7 @@ async fn session(
     // With a terminal, the command runs on one made in the container (its controlling terminal),
     // whose master side comes to a console socket of ours; the helper's own errors still come as
     // stderr.
-    let console = opts.tty.then(crate::console::Socket::bind).transpose()?;
+    let console = opts.tty.then(crate::runtime::console::Socket::bind).transpose()?;
     let exe = std::env::current_exe()?;
     let mut cmd = tokio::process::Command::new(exe);
     cmd.arg("exec").arg("--root").arg(root).arg("--id").arg(id);
@@ -371,7 +371,7 @@ async fn session(
         };
         // Without a terminal (the helper failed first), its stderr says why, and its exit status
         // ends the session below.
-        if let Ok(master) = crate::console::receive_async(console, ended).await {
+        if let Ok(master) = crate::runtime::console::receive_async(console, ended).await {
             pty_master = Some(tokio::fs::File::from_std(std::fs::File::from(master)));
         }
     }
@@ -432,12 +432,12 @@ async fn session(
                         let _ = w.write_all(&data).await;
                     }
                 }
-                Some((crate::channels::CLOSE, _)) => {
+                Some((crate::server::channels::CLOSE, _)) => {
                     stdin.take();
                 }
                 Some((4, data)) => {
-                    if let (Some(tty), Some((width, height))) = (pty_writer.as_ref(), crate::attach::parse_resize(&data)) {
-                        let _ = crate::attach::set_size(tty, width, height);
+                    if let (Some(tty), Some((width, height))) = (pty_writer.as_ref(), crate::runtime::attach::parse_resize(&data)) {
+                        let _ = crate::runtime::attach::set_size(tty, width, height);
                     }
                 }
                 Some(_) => {}

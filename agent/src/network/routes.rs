@@ -29,7 +29,7 @@ pub fn route_of(node: &Value, own: &str) -> Option<(String, NodeRoute)> {
     if name == own {
         return None;
     }
-    let cidr = crate::net::parse_cidr(node["spec"]["podCIDR"].as_str()?).ok()?;
+    let cidr = crate::network::pod_net::parse_cidr(node["spec"]["podCIDR"].as_str()?).ok()?;
     let via = node["status"]["addresses"]
         .as_array()?
         .iter()
@@ -41,11 +41,13 @@ pub fn route_of(node: &Value, own: &str) -> Option<(String, NodeRoute)> {
 }
 
 fn message(r: &NodeRoute) -> rtnetlink::packet_route::route::RouteMessage {
-    crate::net::agent_route(r.cidr.0, r.cidr.1).gateway(r.via).build()
+    crate::network::pod_net::agent_route(r.cidr.0, r.cidr.1)
+        .gateway(r.via)
+        .build()
 }
 
 async fn add(h: &Handle, r: &NodeRoute) -> anyhow::Result<()> {
-    crate::net::replace_route(h, message(r))
+    crate::network::pod_net::replace_route(h, message(r))
         .await
         .with_context(|| format!("adding a route to {}/{} via {}", r.cidr.0, r.cidr.1, r.via))
 }
@@ -66,7 +68,7 @@ pub async fn run(
     own: String,
     masquerade_table: Option<String>,
 ) -> anyhow::Result<()> {
-    let h = crate::net::connect()?;
+    let h = crate::network::pod_net::connect()?;
     let mut have: BTreeMap<String, NodeRoute> = BTreeMap::new();
     let mut nodes: BTreeMap<String, Value> = BTreeMap::new();
     while let Some(ev) = rx.recv().await {
@@ -104,7 +106,7 @@ pub async fn run(
                     "delete element ip {table} pod-cidrs {{ {}/{} }}\n",
                     r.cidr.0, r.cidr.1
                 );
-                if let Err(e) = crate::net::nft(&script).await {
+                if let Err(e) = crate::network::pod_net::nft(&script).await {
                     tracing::warn!(node = %name, error = %format!("{e:#}"), "removing a pod range from the masquerade exemptions failed");
                 }
             }
@@ -122,7 +124,7 @@ pub async fn run(
                     "add element ip {table} pod-cidrs {{ {}/{} }}\n",
                     r.cidr.0, r.cidr.1
                 );
-                if let Err(e) = crate::net::nft(&script).await {
+                if let Err(e) = crate::network::pod_net::nft(&script).await {
                     tracing::warn!(node = %name, error = %format!("{e:#}"), "exempting a pod range from masquerading failed");
                 }
             }

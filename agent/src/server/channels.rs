@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::spdy::{self, Frame, Out};
+use crate::server::spdy::{self, Frame, Out};
 
 /// A WebSocket over the upgraded connection.
 pub type Ws = tokio_tungstenite::WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;

@@ -359,7 +359,7 @@ pub fn host_upstreams() -> Vec<SocketAddr> {
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     use anyhow::Context;
     let addr = SocketAddr::from((cfg.listen, 53));
-    let (udp, tcp) = crate::net::in_node_netns(|| -> std::io::Result<_> {
+    let (udp, tcp) = crate::network::pod_net::in_node_netns(|| -> std::io::Result<_> {
         let udp = std::net::UdpSocket::bind(addr)?;
         udp.set_nonblocking(true)?;
         let tcp = std::net::TcpListener::bind(addr)?;

@@ -18,7 +18,7 @@ pub struct Ipam {
 impl Ipam {
     /// The allocator for `cidr`, its state kept under `dir`.
     pub fn new(dir: &Path, cidr: &str) -> anyhow::Result<Ipam> {
-        let (network, prefix) = crate::net::parse_cidr(cidr)?;
+        let (network, prefix) = crate::network::pod_net::parse_cidr(cidr)?;
         std::fs::create_dir_all(dir)?;
         Ok(Ipam {
             file: dir.join(format!("{}_{prefix}.json", network)),

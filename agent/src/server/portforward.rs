@@ -18,8 +18,8 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
+use crate::server::spdy::{self, Frame, Out};
 use crate::server::{Body, text};
-use crate::spdy::{self, Frame, Out};
 
 /// The SPDY sub-protocol (`X-Stream-Protocol-Version`).
 pub const PROTOCOL: &str = "portforward.k8s.io";
@@ -36,7 +36,7 @@ pub fn handle(
     pod: &str,
 ) -> Response<Body> {
     let header = |n: &str| crate::server::header(req, n);
-    let Some(netns) = crate::stream::pod_dir(data_dir, ns, pod).map(|d| d.join("ns/net")) else {
+    let Some(netns) = crate::server::exec::pod_dir(data_dir, ns, pod).map(|d| d.join("ns/net")) else {
         return text(
             StatusCode::NOT_FOUND,
             format!("pod {ns}/{pod} is not running on this node"),
@@ -60,7 +60,7 @@ pub fn handle(
             );
         }
         h.insert("upgrade", HeaderValue::from_static("websocket"));
-        if let Ok(v) = HeaderValue::from_str(&crate::stream::accept_key(&key)) {
+        if let Ok(v) = HeaderValue::from_str(&crate::server::exec::accept_key(&key)) {
             h.insert("sec-websocket-accept", v);
         }
         h.insert(
@@ -288,5 +288,5 @@ async fn connect(netns: &Path, port: u16) -> std::io::Result<tokio::net::TcpStre
         std::net::SocketAddr::from(([127, 0, 0, 1], port)),
         std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)),
     ];
-    crate::net::tcp_connect_in(Some(netns), localhost).await
+    crate::network::pod_net::tcp_connect_in(Some(netns), localhost).await
 }

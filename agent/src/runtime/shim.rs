@@ -202,7 +202,7 @@ struct Stream {
 const MAX_LINE: usize = 16 * 1024;
 
 impl Stream {
-    fn read(&mut self, log: &mut Log, attach: Option<&mut crate::attach::Server>) -> bool {
+    fn read(&mut self, log: &mut Log, attach: Option<&mut crate::runtime::attach::Server>) -> bool {
         let mut buf = [0u8; 32 * 1024];
         match nix::unistd::read(self.fd.as_raw_fd(), &mut buf) {
             Ok(0) => {
@@ -282,7 +282,7 @@ fn run(args: &ShimArgs) -> anyhow::Result<()> {
         for fd in 0..3 {
             nix::unistd::dup2(devnull.as_raw_fd(), fd)?;
         }
-        Some(crate::console::Socket::bind().context("binding the console socket")?)
+        Some(crate::runtime::console::Socket::bind().context("binding the console socket")?)
     } else {
         let (out_r, out_w) = nix::unistd::pipe()?;
         let (err_r, err_w) = nix::unistd::pipe()?;
@@ -295,8 +295,8 @@ fn run(args: &ShimArgs) -> anyhow::Result<()> {
         }
         nix::unistd::dup2(out_w.as_raw_fd(), 1)?;
         nix::unistd::dup2(err_w.as_raw_fd(), 2)?;
-        outputs.push((out_r, "stdout", crate::attach::STDOUT));
-        outputs.push((err_r, "stderr", crate::attach::STDERR));
+        outputs.push((out_r, "stdout", crate::runtime::attach::STDOUT));
+        outputs.push((err_r, "stderr", crate::runtime::attach::STDERR));
         None
     };
 
@@ -312,7 +312,7 @@ fn run(args: &ShimArgs) -> anyhow::Result<()> {
         None => None,
     };
     if let Some(path) = &args.cgroups_path {
-        crate::cgroups::join_hybrid_unified(path).context("joining the pod's cgroup2 directory")?;
+        crate::runtime::cgroups::join_hybrid_unified(path).context("joining the pod's cgroup2 directory")?;
     }
     // Rust ignores SIGPIPE in its processes, and an ignored signal stays ignored across exec: the
     // container starts with the default, as under runc; the shim takes its own back after the fork.
@@ -339,12 +339,12 @@ fn run(args: &ShimArgs) -> anyhow::Result<()> {
     let mut container = started.map_err(|e| anyhow::anyhow!("{e}"))?;
     let pid = container.pid().context("the container has no pid")?;
     if let Some(console) = console {
-        let master = crate::console::receive(&console.listener, std::time::Duration::from_secs(10))
+        let master = crate::runtime::console::receive(&console.listener, std::time::Duration::from_secs(10))
             .context("receiving the container's terminal")?;
         if args.stdin {
             stdin_w = Some(master.try_clone()?);
         }
-        outputs.push((master.try_clone()?, "stdout", crate::attach::STDOUT));
+        outputs.push((master.try_clone()?, "stdout", crate::runtime::attach::STDOUT));
         tty_master = Some(master);
     }
     if let Some(own) = &own_oom {
@@ -376,7 +376,8 @@ fn run(args: &ShimArgs) -> anyhow::Result<()> {
         .collect();
     // Attaching is best effort: the container runs whether or not its socket could be made (then
     // `kubectl attach` finds no socket, and a stdin nobody can write is closed).
-    let mut attach = crate::attach::Server::bind(&args.status_dir, stdin_w, args.stdin_once, tty_master).ok();
+    let mut attach =
+        crate::runtime::attach::Server::bind(&args.status_dir, stdin_w, args.stdin_once, tty_master).ok();
     let mut status = reap(pid)?;
     while status.is_none() || streams.iter().any(|s| s.open) {
         let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
@@ -428,7 +429,7 @@ fn run(args: &ShimArgs) -> anyhow::Result<()> {
     let (exit_code, signal) = status.unwrap_or((128, None));
     let oom_killed = signal == Some(Signal::SIGKILL as i32) && oom_kills(args.memory_cgroup.as_deref()) > 0;
     drop(attach);
-    let _ = std::fs::remove_file(args.status_dir.join(crate::attach::SOCKET));
+    let _ = std::fs::remove_file(args.status_dir.join(crate::runtime::attach::SOCKET));
     let _ = container.delete(true);
     write_json(
         &args.status_dir,
@@ -534,7 +535,9 @@ pub fn exec_main(args: ExecArgs) -> i32 {
     let joined = container
         .pid()
         .ok_or_else(|| "the container is not running".to_string())
-        .and_then(|pid| crate::cgroups::join_hybrid_unified_of(pid.as_raw()).map_err(|e| e.to_string()));
+        .and_then(|pid| {
+            crate::runtime::cgroups::join_hybrid_unified_of(pid.as_raw()).map_err(|e| e.to_string())
+        });
     if let Err(e) = joined {
         eprintln!("skiff-agent exec: joining the container's cgroup2 directory: {e}");
         return 126;

@@ -2,6 +2,11 @@
 //! API server only. TLS with the node's certificate; clients must present a certificate of the
 //! cluster CA that is not a node's.
 
+pub mod channels;
+pub mod exec;
+pub mod portforward;
+pub mod spdy;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
@@ -16,7 +21,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use crate::shim::EXITED;
+use crate::runtime::shim::EXITED;
 
 /// Response bodies of the agent's endpoint.
 pub type Body = BoxBody<Bytes, std::io::Error>;
@@ -142,14 +147,14 @@ async fn handle(data_dir: &Path, mut req: Request<hyper::body::Incoming>) -> Res
     match segs.as_slice() {
         ["healthz"] => text(StatusCode::OK, "ok"),
         ["exec", ns, pod, container] => {
-            let pairs = crate::stream::query_pairs(req.uri().query().unwrap_or(""));
-            crate::stream::exec(data_dir, &mut req, ns, pod, container, &pairs)
+            let pairs = crate::server::exec::query_pairs(req.uri().query().unwrap_or(""));
+            crate::server::exec::exec(data_dir, &mut req, ns, pod, container, &pairs)
         }
         ["attach", ns, pod, container] => {
-            let pairs = crate::stream::query_pairs(req.uri().query().unwrap_or(""));
-            crate::stream::attach(data_dir, &mut req, ns, pod, container, &pairs)
+            let pairs = crate::server::exec::query_pairs(req.uri().query().unwrap_or(""));
+            crate::server::exec::attach(data_dir, &mut req, ns, pod, container, &pairs)
         }
-        ["portForward", ns, pod] => crate::portforward::handle(data_dir, &mut req, ns, pod),
+        ["portForward", ns, pod] => crate::server::portforward::handle(data_dir, &mut req, ns, pod),
         ["containerLogs", ns, pod, container] => logs(data_dir, ns, pod, container, &query(&req)).await,
         _ => text(StatusCode::NOT_FOUND, "404 page not found"),
     }

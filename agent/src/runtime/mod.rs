@@ -1,0 +1,7 @@
+//! Running containers: the shim process that creates and reaps them through libcontainer, their
+//! consoles and attach sockets, and the cgroups they are placed in.
+
+pub mod attach;
+pub mod cgroups;
+pub mod console;
+pub mod shim;
