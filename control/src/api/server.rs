@@ -85,7 +85,8 @@ pub struct ConnLimits {
     /// and `system:masters` clients, so an operator can get in while the server is full; other
     /// requests on them get `429`. Past `max + reserve` connections are closed when accepted.
     pub reserve: usize,
-    /// Time for a client to complete the TLS handshake.
+    /// Time for a client to complete the TLS handshake (kube-apiserver: its 32 s header deadline,
+    /// which Go applies from the first byte, handshake included).
     pub handshake: Duration,
     /// Time for an HTTP/1 client to send a request's headers, also while idle between requests.
     pub header: Duration,
@@ -98,7 +99,7 @@ impl Default for ConnLimits {
         Self {
             max: 4096,
             reserve: 64,
-            handshake: Duration::from_secs(10),
+            handshake: Duration::from_secs(32),
             header: Duration::from_secs(32),
             keepalive: Duration::from_secs(30),
         }
