@@ -113,6 +113,17 @@ impl RawClient {
         }
     }
 
+    /// POSTs `value` as JSON to `path`; waits at most `max_secs`.
+    pub fn post_json(&self, path: &str, value: &serde_json::Value, max_secs: u32) -> Answer {
+        self.send(
+            "POST",
+            path,
+            Some("application/json"),
+            value.to_string().as_bytes(),
+            max_secs,
+        )
+    }
+
     /// The directory holding the PEM files.
     pub fn dir(&self) -> &Path {
         self.dir.path()

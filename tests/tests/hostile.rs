@@ -275,13 +275,7 @@ fn objects_and_data_are_held_to_the_store_limits() {
     let big = "x".repeat(1024 * 1024 + 10);
     let cm =
         json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "big"}, "data": {"a": big}});
-    let a = raw.send(
-        "POST",
-        CMS,
-        Some("application/json"),
-        cm.to_string().as_bytes(),
-        30,
-    );
+    let a = raw.post_json(CMS, &cm, 30);
     expect(&a, 422, "Invalid");
     assert!(
         a.body.contains("Too long: must have at most 1048576 bytes"),
@@ -290,35 +284,17 @@ fn objects_and_data_are_held_to_the_store_limits() {
     );
     let secret =
         json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "big"}, "stringData": {"a": big}});
-    let a = raw.send(
-        "POST",
-        "/api/v1/namespaces/default/secrets",
-        Some("application/json"),
-        secret.to_string().as_bytes(),
-        30,
-    );
+    let a = raw.post_json("/api/v1/namespaces/default/secrets", &secret, 30);
     expect(&a, 422, "Invalid");
     // Any object: the store's 1.5 MiB value limit, below the 3 MiB request limit.
     let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "big"}, "extra": "y".repeat(1600 * 1024)});
-    let a = raw.send(
-        "POST",
-        CMS,
-        Some("application/json"),
-        cm.to_string().as_bytes(),
-        30,
-    );
+    let a = raw.post_json(CMS, &cm, 30);
     expect(&a, 413, "RequestEntityTooLarge");
     assert!(c.fails(&["get", "cm", "big"]).contains("not found"));
     assert!(c.fails(&["get", "secret", "big"]).contains("not found"));
     // Just under the limits is fine.
     let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "big"}, "data": {"a": "x".repeat(1000 * 1024)}});
-    let a = raw.send(
-        "POST",
-        CMS,
-        Some("application/json"),
-        cm.to_string().as_bytes(),
-        30,
-    );
+    let a = raw.post_json(CMS, &cm, 30);
     assert_eq!(a.code, 201, "{}", a.body);
     still_ready(&c, &raw);
 }
@@ -474,13 +450,7 @@ fn patches_of_objects_with_thousands_of_list_items_cost_linear_time() {
     };
     let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "wide"}, "spec": {"containers": containers("x:1")}});
     let start = Instant::now();
-    let a = raw.send(
-        "POST",
-        "/api/v1/namespaces/default/pods",
-        Some("application/json"),
-        pod.to_string().as_bytes(),
-        300,
-    );
+    let a = raw.post_json("/api/v1/namespaces/default/pods", &pod, 300);
     assert_eq!(a.code, 201, "{}", a.body);
     let created = start.elapsed();
     let patch = json!({"spec": {"containers": containers("x:2")}});

@@ -1015,11 +1015,13 @@ pub async fn patch(app: &App, call: &Call, body: &[u8]) -> Result<Response> {
     } else {
         parse_body_pooled(body, "application/json").await?
     };
+    // Shared with each attempt's (possibly pooled) patch job instead of copied into it.
+    let patch = Arc::new(patch);
     for attempt in 0..8 {
         let current = match read(app, call, call.name()).await {
             Ok(kv) => kv,
             Err(e) if e.code == 404 && patch_type == PatchType::Apply && call.sub.is_none() => {
-                return super::apply::create_from_apply(app, call, patch).await;
+                return super::apply::create_from_apply(app, call, Arc::unwrap_or_clone(patch)).await;
             }
             Err(e) => return Err(e),
         };
@@ -1030,7 +1032,7 @@ pub async fn patch(app: &App, call: &Call, body: &[u8]) -> Result<Response> {
             base
         };
         let size = current.value.len() + body.len();
-        let (call_meta, patch_doc) = (call.clone_meta(), patch.clone());
+        let (call_meta, patch_doc) = (call.clone_meta(), Arc::clone(&patch));
         let patched = super::cpu::run_sized(size, move || {
             let (call, patch) = (call_meta, patch_doc);
             match patch_type {

@@ -24,15 +24,12 @@ pub const MAX_DATA_BYTES: usize = 1024 * 1024;
 pub fn too_deep(v: &Value, max: usize) -> bool {
     let mut stack: Vec<(&Value, usize)> = vec![(v, 1)];
     while let Some((v, depth)) = stack.pop() {
-        let children: Box<dyn Iterator<Item = &Value>> = match v {
-            Value::Array(a) => Box::new(a.iter()),
-            Value::Object(m) => Box::new(m.values()),
-            _ => continue,
-        };
-        if depth > max {
-            return true;
+        match v {
+            Value::Array(_) | Value::Object(_) if depth > max => return true,
+            Value::Array(a) => stack.extend(a.iter().map(|c| (c, depth + 1))),
+            Value::Object(m) => stack.extend(m.values().map(|c| (c, depth + 1))),
+            _ => {}
         }
-        stack.extend(children.map(|c| (c, depth + 1)));
     }
     false
 }
