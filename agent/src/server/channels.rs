@@ -111,13 +111,13 @@ impl Channels {
                 };
                 let _ = Ws::close(&mut ws, Some(frame)).await;
             }
-            Channels::Spdy(s) => {
+            Channels::Spdy(mut s) => {
                 for id in s.ids.values() {
                     let _ = s.out.send(Out::Data(*id, Bytes::new(), true)).await;
                 }
-                drop(s.out);
+                let _ = s.out.send(Out::End).await;
                 s.reader.abort();
-                let _ = s.writer.await;
+                let _ = (&mut s.writer).await;
             }
         }
     }
@@ -132,6 +132,15 @@ pub struct Spdy {
     ids: HashMap<u8, u32>,
     reader: tokio::task::JoinHandle<()>,
     writer: tokio::task::JoinHandle<()>,
+}
+
+/// A session dropped without [`Channels::close`] (it failed) still ends the connection: its reader
+/// goes, and with it the last sender the writer waits on; the writer says GOAWAY and the
+/// connection closes, so the client sees the end rather than waiting for streams that never end.
+impl Drop for Spdy {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
 }
 
 fn channel_of(stream_type: &str) -> Option<u8> {
@@ -239,7 +248,10 @@ async fn read<R>(
             Some(f) => f,
             None => match reader.next().await {
                 Ok(Some(f)) => f,
-                _ => return,
+                end => {
+                    tracing::debug!(?end, "SPDY: the client's side ended");
+                    return;
+                }
             },
         };
         match frame {
@@ -282,7 +294,10 @@ async fn read<R>(
             Frame::Ping { id } => {
                 let _ = out.send(Out::Ping(id)).await;
             }
-            Frame::GoAway => return,
+            Frame::GoAway => {
+                tracing::debug!("SPDY: the client went away");
+                return;
+            }
             Frame::RstStream { .. } | Frame::Other => {}
         }
     }

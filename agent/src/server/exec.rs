@@ -257,7 +257,9 @@ pub fn attach(
 /// Joins a client to the container's shim until either side ends.
 async fn attach_session(mut conn: Channels, status_dir: &Path, wanted: Wanted) -> anyhow::Result<()> {
     use crate::runtime::attach::{CLOSE_STDIN, RESIZE, STDIN, frame, parse_resize, read_frame};
-    let (mut from_shim, mut to_shim) = crate::runtime::attach::connect(status_dir).await?.into_split();
+    let (mut from_shim, to_shim) = crate::runtime::attach::connect(status_dir).await?.into_split();
+    let mut to_shim = Some(to_shim);
+    tracing::debug!(?wanted, "attach: joined the shim");
     // Frames are read on their own task: a read cut short by the other branch would lose its place.
     let (tx, mut output) = tokio::sync::mpsc::channel::<(u8, Vec<u8>)>(16);
     let reader = tokio::spawn(async move {
@@ -282,12 +284,20 @@ async fn attach_session(mut conn: Channels, status_dir: &Path, wanted: Wanted) -
                         crate::server::channels::CLOSE => Some(frame(CLOSE_STDIN, &[])),
                         _ => None,
                     };
-                    if let Some(f) = sent {
-                        to_shim.write_all(&f).await?;
+                    // The shim goes when its container ends, which may be before the client's
+                    // last input arrives: what it has still written ends the session below, as
+                    // a finished one, rather than the failed write.
+                    if let (Some(f), Some(shim)) = (sent, to_shim.as_mut())
+                        && shim.write_all(&f).await.is_err()
+                    {
+                        to_shim = None;
                     }
                 }
                 // Leaving closes the socket; the shim ends a `stdinOnce` container's stdin.
-                None => break,
+                None => {
+                    tracing::debug!("attach: the client left");
+                    break;
+                }
             },
             out = output.recv() => match out {
                 Some((channel @ (1 | 2), data)) => {
@@ -299,6 +309,7 @@ async fn attach_session(mut conn: Channels, status_dir: &Path, wanted: Wanted) -
                 Some(_) => {}
                 None => {
                     // The container ended: the session ends as a successful one.
+                    tracing::debug!("attach: the container's output ended");
                     conn.send(3, status(Some(0), &[]).to_string().as_bytes()).await?;
                     ended = true;
                     break;
@@ -483,4 +494,90 @@ pub fn query_pairs(q: &str) -> Vec<(String, String)> {
             )
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::attach::{SOCKET, STDOUT, frame};
+    use crate::server::channels::Spdy;
+    use crate::server::spdy::tests::{data_frame, header_compressor, syn_stream};
+    use crate::server::spdy::{Frame, Reader};
+    use std::io::Write as _;
+
+    /// `kubectl run -i` over SPDY, where the container reads its line, answers and ends before
+    /// the client's end of stdin reaches the shim, whose socket is gone by then: the client still
+    /// gets the output, a successful status and the end of every stream, never a session that
+    /// stays open.
+    #[tokio::test]
+    async fn an_attach_whose_container_ends_first_ends_with_its_output_and_status() {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = std::os::unix::net::UnixListener::bind(dir.path().join(SOCKET)).unwrap();
+        let (leave, told) = std::sync::mpsc::channel::<()>();
+        // A shim whose container has ended: it reads nothing more (a write to it fails, as to an
+        // exited shim's), sends the last output and goes when told.
+        let shim = std::thread::spawn(move || {
+            let (mut sock, _) = listener.accept().unwrap();
+            sock.shutdown(std::net::Shutdown::Read).unwrap();
+            sock.write_all(&frame(STDOUT, b"got x\n")).unwrap();
+            let _ = told.recv();
+        });
+        let wanted = Wanted {
+            stdin: true,
+            stdout: true,
+            stderr: false,
+            tty: false,
+        };
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let status_dir = dir.path().to_owned();
+        let session = tokio::spawn(async move {
+            let conn = Channels::Spdy(Spdy::accept(server, wanted).await.unwrap());
+            attach_session(conn, &status_dir, wanted).await
+        });
+        let (rd, mut wr) = tokio::io::split(client);
+        let mut deflate = header_compressor();
+        let mut opening = Vec::new();
+        for (id, kind) in [(1, "error"), (3, "stdin"), (5, "stdout")] {
+            opening.extend(syn_stream(&mut deflate, id, &[("streamtype", kind)], false));
+        }
+        wr.write_all(&opening).await.unwrap();
+        let mut frames = Reader::new(rd);
+        let mut next = async || {
+            tokio::time::timeout(std::time::Duration::from_secs(10), frames.next())
+                .await
+                .expect("the session goes on: the client would wait forever")
+                .unwrap()
+        };
+        let mut out = Vec::new();
+        while out.is_empty() {
+            if let Some(Frame::Data { id: 5, data, .. }) = next().await {
+                out.extend_from_slice(&data);
+            }
+        }
+        // The shim has stopped reading; stdin and its end arrive now.
+        wr.write_all(&data_frame(3, b"x\n", true)).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        leave.send(()).unwrap();
+        let mut status = Vec::new();
+        let mut ended = Vec::new();
+        while let Some(f) = next().await {
+            if let Frame::Data { id, data, fin } = f {
+                match id {
+                    1 => status.extend_from_slice(&data),
+                    5 => out.extend_from_slice(&data),
+                    _ => {}
+                }
+                if fin {
+                    ended.push(id);
+                }
+            }
+        }
+        session.await.unwrap().unwrap();
+        shim.join().unwrap();
+        assert_eq!(out, b"got x\n");
+        let status: Value = serde_json::from_slice(&status).unwrap();
+        assert_eq!(status["status"], "Success");
+        ended.sort();
+        assert_eq!(ended, [1, 3, 5], "every stream ends");
+    }
 }

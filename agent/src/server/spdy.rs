@@ -328,10 +328,12 @@ pub enum Out {
     Ping(u32),
     /// WINDOW_UPDATE of a stream (0: the session).
     Window(u32, u32),
+    /// The session is over: GOAWAY, then the writer ends (whoever else still holds a sender).
+    End,
 }
 
 /// Starts the task that writes a session's frames: SETTINGS, then what arrives on the returned
-/// sender, then GOAWAY once every sender is gone (or the connection fails).
+/// sender, then GOAWAY once told [`Out::End`] or every sender is gone (or the connection fails).
 pub fn spawn_writer<W>(wr: W) -> (tokio::sync::mpsc::Sender<Out>, tokio::task::JoinHandle<()>)
 where
     W: AsyncWrite + Unpin + Send + 'static,
@@ -347,6 +349,7 @@ where
                 Out::Reset(id) => w.rst_stream(id, REFUSED_STREAM).await,
                 Out::Ping(id) => w.ping(id).await,
                 Out::Window(id, n) => w.window_update(id, n).await,
+                Out::End => break,
             };
             if sent.is_err() {
                 break;
@@ -391,11 +394,32 @@ impl Windows {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
+    /// A client's compressor of header blocks (one per connection, as the headers share it).
+    pub(crate) fn header_compressor() -> Compress {
+        let mut deflate = Compress::new(Compression::best(), true);
+        deflate.set_dictionary(dictionary()).unwrap();
+        deflate
+    }
+
+    /// A client's DATA frame on stream `id`.
+    pub(crate) fn data_frame(id: u32, data: &[u8], fin: bool) -> Vec<u8> {
+        let mut frame = id.to_be_bytes().to_vec();
+        let flags = if fin { FLAG_FIN } else { 0 };
+        frame.extend_from_slice(&((u32::from(flags) << 24) | data.len() as u32).to_be_bytes());
+        frame.extend_from_slice(data);
+        frame
+    }
+
     /// A client's SYN_STREAM as Go's framer writes it: headers compressed with the dictionary.
-    fn syn_stream(deflate: &mut Compress, id: u32, headers: &[(&str, &str)], fin: bool) -> Vec<u8> {
+    pub(crate) fn syn_stream(
+        deflate: &mut Compress,
+        id: u32,
+        headers: &[(&str, &str)],
+        fin: bool,
+    ) -> Vec<u8> {
         let mut raw = (headers.len() as u32).to_be_bytes().to_vec();
         for (n, v) in headers {
             raw.extend_from_slice(&(n.len() as u32).to_be_bytes());
@@ -424,8 +448,7 @@ mod tests {
 
     #[tokio::test]
     async fn reads_streams_and_data_and_answers() {
-        let mut deflate = Compress::new(Compression::best(), true);
-        deflate.set_dictionary(dictionary()).unwrap();
+        let mut deflate = header_compressor();
         let mut input = syn_stream(
             &mut deflate,
             1,
