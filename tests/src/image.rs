@@ -1,6 +1,7 @@
 //! Test images and a registry on loopback: a busybox image built from Debian's `busybox-static`,
 //! written as an OCI-layout archive, and served by Debian's `docker-registry` after a `skopeo copy`.
 
+use crate::BoundedOutput;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -230,7 +231,7 @@ impl Registry {
             .args(["copy", "--quiet", "--dest-tls-verify=false"])
             .arg(format!("oci-archive:{}", archive.display()))
             .arg(format!("docker://{}/{name}", self.host))
-            .output()
+            .bounded_output()
             .expect("skopeo (Debian package skopeo) is needed");
         assert!(
             out.status.success(),

@@ -52,22 +52,115 @@ pub struct Control {
     mount: Option<PathBuf>,
 }
 
-/// Runs `cmd` with `stdin` written to it and returns its output.
+/// How long one command a suite runs (kubectl, curl, a helper) may take before the test fails
+/// with what the command printed so far, instead of hanging the whole run.
+pub const COMMAND_LIMIT: Duration = Duration::from_secs(180);
+
+/// Runs `cmd` with `stdin` written to it and returns its output (bounded by [`COMMAND_LIMIT`]).
+#[track_caller]
 pub fn output_with_stdin(mut cmd: Command, stdin: &str) -> Output {
-    use std::io::Write;
+    output_within(&mut cmd, Some(stdin), COMMAND_LIMIT)
+}
+
+/// Runs `cmd` in a process group of its own, feeding it `stdin` (or nothing), and returns its
+/// output. Past `limit` the group is killed and the test fails with the command and what it
+/// printed so far.
+#[track_caller]
+pub fn output_within(cmd: &mut Command, stdin: Option<&str>, limit: Duration) -> Output {
+    try_output_within(cmd, stdin, limit).unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
+}
+
+/// [`output_within`], with an error if the command cannot be started.
+#[track_caller]
+pub fn try_output_within(cmd: &mut Command, stdin: Option<&str>, limit: Duration) -> std::io::Result<Output> {
+    use std::io::{Read, Write};
+    use std::os::unix::process::CommandExt;
+    let what = format!("{:?}", cmd);
     let mut child = cmd
-        .stdin(Stdio::piped())
+        .process_group(0)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .spawn()
-        .expect("running the command");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin.as_bytes())
-        .expect("writing stdin");
-    child.wait_with_output().expect("the command's output")
+        .spawn()?;
+    let feeder = child.stdin.take().map(|mut pipe| {
+        let input = stdin.unwrap_or_default().as_bytes().to_vec();
+        // A command that exits without reading its input closes the pipe: not an error here.
+        std::thread::spawn(move || drop(pipe.write_all(&input)))
+    });
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for the command") {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    if status.is_none() {
+        kill_group(child.id());
+        let _ = child.wait();
+    }
+    let stdout = stdout.join().unwrap_or_default();
+    let stderr = stderr.join().unwrap_or_default();
+    if let Some(feeder) = feeder {
+        let _ = feeder.join();
+    }
+    match status {
+        Some(status) => Ok(Output {
+            status,
+            stdout,
+            stderr,
+        }),
+        None => panic!(
+            "{what} did not finish within {} s and was killed\nstdout so far: {}\nstderr so far: {}",
+            limit.as_secs(),
+            String::from_utf8_lossy(&stdout),
+            String::from_utf8_lossy(&stderr)
+        ),
+    }
+}
+
+/// The last `lines` lines of `text`: what a failing test prints of a process's log.
+pub fn tail(text: &str, lines: usize) -> &str {
+    let start = text.rmatch_indices('\n').nth(lines).map_or(0, |(i, _)| i + 1);
+    &text[start..]
+}
+
+/// Kills a process group started by [`output_within`] (its leader's id is the group's).
+fn kill_group(leader: u32) {
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{leader}")])
+        .status();
+}
+
+/// Bounded `output()` for the commands the suites run: see [`output_within`].
+pub trait BoundedOutput {
+    /// Runs the command with no input and returns its output, failing the test past
+    /// [`COMMAND_LIMIT`].
+    fn bounded_output(&mut self) -> std::io::Result<Output>;
+}
+
+impl BoundedOutput for Command {
+    #[track_caller]
+    fn bounded_output(&mut self) -> std::io::Result<Output> {
+        try_output_within(self, None, COMMAND_LIMIT)
+    }
 }
 
 impl Control {
@@ -233,11 +326,13 @@ impl Control {
     }
 
     /// Runs kubectl and returns its output.
+    #[track_caller]
     pub fn kubectl(&self, args: &[&str]) -> Output {
-        self.kubectl_cmd(args).output().expect("running kubectl")
+        output_within(&mut self.kubectl_cmd(args), None, COMMAND_LIMIT)
     }
 
     /// Runs kubectl with `stdin` and returns its output.
+    #[track_caller]
     pub fn kubectl_stdin(&self, args: &[&str], stdin: &str) -> Output {
         output_with_stdin(self.kubectl_cmd(args), stdin)
     }
@@ -320,6 +415,12 @@ impl Control {
 
 impl Drop for Control {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- skiff-control's log, last lines ---\n{}",
+                tail(&self.log(), 200)
+            );
+        }
         self.kill9();
         if let Some(mount) = self.mount.take() {
             let _ = Command::new("umount").arg(&mount).status();

@@ -1,6 +1,7 @@
 //! A real node: `skiff-agent` joined to a [`Control`], running pods on this host with its own bridge,
 //! cgroup subtree and pod CIDR, all named with a prefix unique to the test, and removed on drop.
 
+use crate::BoundedOutput;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -117,7 +118,7 @@ impl Node {
         let mounted = Command::new("mount")
             .args(["-t", "bpf", "bpf"])
             .arg(&bpffs)
-            .output()
+            .bounded_output()
             .expect("running mount");
         assert!(
             mounted.status.success(),
@@ -143,7 +144,7 @@ impl Node {
             let name = format!("{prefix}-n");
             let added = Command::new("ip")
                 .args(["netns", "add", &name])
-                .output()
+                .bounded_output()
                 .expect("running ip");
             assert!(
                 added.status.success(),
@@ -234,7 +235,7 @@ impl Node {
         let out = self
             .in_netns(argv[0])
             .args(&argv[1..])
-            .output()
+            .bounded_output()
             .expect("running nsenter");
         assert!(
             out.status.success(),
@@ -367,7 +368,7 @@ impl Node {
                 "--force",
                 "--wait=false",
             ])
-            .output();
+            .bounded_output();
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline && self.child.is_some() {
             let empty = std::fs::read_dir(self.data_dir().join("pods"))
@@ -382,9 +383,11 @@ impl Node {
         // Whatever is left (an agent that could not finish): containers, mounts, links, cgroups.
         kill_containers(&self.data_dir());
         unmount_under(self.dir.path());
-        let _ = Command::new("ip").args(["link", "del", &self.bridge()]).output();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge()])
+            .bounded_output();
         if let Some(ns) = self.netns.take() {
-            let _ = Command::new("ip").args(["netns", "del", &ns]).output();
+            let _ = Command::new("ip").args(["netns", "del", &ns]).bounded_output();
         }
         remove_cgroups(&self.prefix);
     }
@@ -408,7 +411,9 @@ fn kill_containers(data: &Path) {
                 let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
                 for key in ["pid", "shimPid"] {
                     if let Some(pid) = v[key].as_i64() {
-                        let _ = Command::new("kill").args(["-9", &pid.to_string()]).output();
+                        let _ = Command::new("kill")
+                            .args(["-9", &pid.to_string()])
+                            .bounded_output();
                     }
                 }
             }
@@ -426,7 +431,7 @@ fn unmount_under(dir: &Path) {
         .collect();
     points.sort_by_key(|p| std::cmp::Reverse(p.len()));
     for p in points {
-        let _ = Command::new("umount").args(["-l", p]).output();
+        let _ = Command::new("umount").args(["-l", p]).bounded_output();
     }
 }
 
@@ -451,6 +456,12 @@ pub fn remove_cgroups(prefix: &str) {
 
 impl Drop for Node {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- the agent's log, last lines ---\n{}",
+                crate::tail(&self.log(), 300)
+            );
+        }
         self.clean_up();
     }
 }
@@ -548,14 +559,16 @@ impl Fabric {
 
 impl Drop for Fabric {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.netns]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .bounded_output();
     }
 }
 
 fn run_ok(argv: &[&str]) {
     let out = Command::new(argv[0])
         .args(&argv[1..])
-        .output()
+        .bounded_output()
         .expect("running a command");
     assert!(
         out.status.success(),
@@ -636,7 +649,7 @@ pub fn bpftool_dump(map: &Path) -> Vec<serde_json::Value> {
     let out = Command::new("bpftool")
         .args(["-j", "map", "dump", "pinned"])
         .arg(map)
-        .output()
+        .bounded_output()
         .expect("running bpftool (package bpftool)");
     assert!(
         out.status.success(),

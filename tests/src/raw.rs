@@ -1,6 +1,7 @@
 //! Raw HTTPS requests to the API server with the admin's client certificate, through `curl`, for
 //! what kubectl cannot send: any method, header, content type and body.
 
+use crate::BoundedOutput;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -104,7 +105,7 @@ impl RawClient {
         }
         let out = cmd
             .arg(format!("{}{path}", self.url))
-            .output()
+            .bounded_output()
             .expect("running curl");
         let code = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
         Answer {

@@ -1,6 +1,7 @@
 //! skiff-agent joins a real control plane with the node token, registers its Node, and keeps it
 //! alive with Lease heartbeats; a stopped agent's node goes NotReady.
 
+use skiff_tests::BoundedOutput;
 use std::process::Command;
 use std::time::Duration;
 
@@ -81,7 +82,7 @@ fn agent_joins_registers_and_heartbeats() {
                 &p("node.key"),
             ])
             .args(args)
-            .output()
+            .bounded_output()
             .unwrap()
     };
     assert!(as_node(&["get", "nodes"]).status.success());
@@ -205,7 +206,7 @@ fn a_wrong_token_is_refused_with_one_line() {
         ])
         .arg("--data-dir")
         .arg(dir.path())
-        .output()
+        .bounded_output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
@@ -223,7 +224,7 @@ fn a_wrong_token_is_refused_with_one_line() {
         ])
         .arg("--data-dir")
         .arg(dir.path())
-        .output()
+        .bounded_output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not match the node token"));
     assert!(c.fails(&["get", "node", "intruder"]).contains("not found"));

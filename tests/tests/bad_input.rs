@@ -1,6 +1,7 @@
 //! Bad input gets a Kubernetes Status with the right reason and code, and stores nothing.
 
 use serde_json::Value;
+use skiff_tests::BoundedOutput;
 use skiff_tests::Control;
 
 fn raw_post(c: &Control, path: &str, body: &str) -> String {
@@ -212,7 +213,7 @@ fn unauthenticated_requests_get_401() {
             "/api/v1/namespaces",
         ])
         .env("KUBECONFIG", "/dev/null")
-        .output()
+        .bounded_output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

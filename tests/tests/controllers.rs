@@ -1,6 +1,7 @@
 //! Controllers inside skiff-control, driven with real kubectl; the test acts as the kubelet by
 //! writing pod status through the API.
 
+use skiff_tests::BoundedOutput;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -410,7 +411,7 @@ fn node_with_lease(c: &Control, name: &str) {
 fn renew(c: &Control, name: &str) {
     let ts = std::process::Command::new("date")
         .args(["-u", "+%Y-%m-%dT%H:%M:%S.000000Z"])
-        .output()
+        .bounded_output()
         .unwrap();
     let ts = String::from_utf8_lossy(&ts.stdout).trim().to_owned();
     let lease = format!(

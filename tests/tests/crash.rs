@@ -1,5 +1,6 @@
 //! kill -9 during a stream of writes loses no acknowledged write and corrupts nothing.
 
+use skiff_tests::BoundedOutput;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -27,7 +28,7 @@ fn kill9_during_writes_keeps_every_acknowledged_write() {
                         .env("KUBECONFIG", &kubeconfig)
                         .args(["create", "--raw", "/api/v1/namespaces/default/configmaps", "-f"])
                         .arg(file.path())
-                        .output()
+                        .bounded_output()
                         .unwrap();
                     if out.status.success() {
                         acked.lock().unwrap().push(name);

@@ -1,6 +1,7 @@
 //! Hostile input, bounded and on loopback: the control plane stays up, answers with the right
 //! `Status`, keeps `/readyz` truthful and leaves stored data unchanged.
 
+use skiff_tests::BoundedOutput;
 use std::io::Read;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
@@ -359,7 +360,7 @@ fn free_bytes(path: &std::path::Path) -> u64 {
     let out = std::process::Command::new("df")
         .args(["--output=avail", "-B1"])
         .arg(path)
-        .output()
+        .bounded_output()
         .expect("running df");
     String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -385,7 +386,7 @@ fn a_full_disk_stops_writes_until_space_returns() {
     let out = std::process::Command::new("fallocate")
         .args(["-l", &size.to_string()])
         .arg(&filler)
-        .output()
+        .bounded_output()
         .expect("running fallocate");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // Within a few polls writes are refused with a Status that says why, and /readyz says so.

@@ -6,6 +6,7 @@
 //! IP are reached from outside every node, with both external traffic policies. Every test runs
 //! against both data planes.
 
+use skiff_tests::BoundedOutput;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
@@ -57,7 +58,7 @@ fn outside(k: &MultiCluster, url: &str, n: usize) -> BTreeSet<String> {
         .fabric
         .command("sh")
         .args(["-c", &script])
-        .output()
+        .bounded_output()
         .expect("running wget in the fabric's namespace");
     String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -335,7 +336,7 @@ spec:
                 "-c",
                 &format!("timeout 5 busybox wget -q -O - {url} 2>&1; echo exit=$?"),
             ])
-            .output()
+            .bounded_output()
             .expect("running wget in the fabric's namespace");
         String::from_utf8_lossy(&out.stdout).contains("Connection refused")
     });
@@ -358,7 +359,7 @@ spec:
             .fabric
             .command("python3")
             .args(["-c", REFUSED_PROBE, &vip])
-            .output()
+            .bounded_output()
             .expect("running python3 in the fabric's namespace");
         last = String::from_utf8_lossy(&out.stdout).into_owned();
         last == "tcp refused\nudp refused\n"

@@ -4,6 +4,7 @@
 //!
 //! Cgroups: this machine is hybrid, so containers get v1 cgroups (the test says which it checked).
 
+use skiff_tests::BoundedOutput;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -300,7 +301,7 @@ spec:
             .env("KUBECONFIG", k.c.kubeconfig())
             .env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", websockets)
             .stdin(std::process::Stdio::null())
-            .output()
+            .bounded_output()
             .expect("running script(1)");
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(text.contains("controlling"), "websockets={websockets}: {text}");
@@ -648,7 +649,7 @@ fn images_import_from_archives() {
             .args(args)
             .arg("--data-dir")
             .arg(&data)
-            .output()
+            .bounded_output()
             .unwrap()
     };
     // The archive names only a tag: it is imported, and --name gives it a reference.
@@ -946,7 +947,7 @@ spec:
             .args(["--server", &k.c.url(), "--token", token])
             .arg(format!("--certificate-authority={}", ca.display()))
             .args(["get", "pods"])
-            .output()
+            .bounded_output()
             .expect("running kubectl");
         String::from_utf8_lossy(&out.stderr).into_owned()
     };

@@ -6,6 +6,7 @@
 //! Cgroups: this machine is hybrid; the agent places each pod in a cgroup2 directory of its own
 //! subtree (`/sys/fs/cgroup/unified/<prefix>/...`), where the eBPF hooks are attached.
 
+use skiff_tests::BoundedOutput;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
@@ -112,7 +113,7 @@ fn hooks(cgroup: &Path) -> BTreeSet<(u64, String, String)> {
     let out = Command::new("bpftool")
         .args(["-j", "cgroup", "show"])
         .arg(cgroup)
-        .output()
+        .bounded_output()
         .expect("running bpftool");
     let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     v.as_array()
@@ -270,7 +271,7 @@ spec:
         .node
         .in_pods_cgroup("python3")
         .args(["-c", PEER_CLIENT, &vip, "80"])
-        .output()
+        .bounded_output()
         .expect("python3");
     let text = String::from_utf8_lossy(&out.stdout);
     let mut lines = text.lines();
@@ -420,7 +421,7 @@ endpoints: [{{addresses: ["{gateway}"]}}]
             .node
             .in_pods_cgroup("python3")
             .args(["-c", UDP_CLIENT, &vip, "53", "40053"])
-            .output()
+            .bounded_output()
             .expect("python3");
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };

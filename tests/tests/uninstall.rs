@@ -3,6 +3,7 @@
 //! nftables tables, routes, the bridge, the data directory). Both proxy planes; the cgroups the
 //! containers used are v1 on hybrid hosts such as this one, v2 on unified ones.
 
+use skiff_tests::BoundedOutput;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -64,7 +65,7 @@ fn processes_under(dir: &Path) -> Vec<String> {
 fn uninstall(k: &Cluster) -> std::process::Output {
     k.node
         .uninstall_cmd()
-        .output()
+        .bounded_output()
         .expect("running skiff-agent uninstall")
 }
 
