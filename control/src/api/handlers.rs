@@ -11,14 +11,13 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::App;
-use super::admission;
+use super::admission::{self, Operation};
 use super::limits;
 use super::patch::{Ctx, PatchType, apply_json_patch, apply_merge_patch, apply_strategic_patch};
 use super::registry::ResourceInfo;
 use super::selector::{FieldSelector, LabelSelector};
 use super::status::{ApiError, Target, success};
 use super::table;
-use crate::objects::keys;
 use crate::objects::meta::{
     finalizers, from_kv, generate_name, meta_str, new_uid, now, set_resource_version, to_stored,
 };
@@ -52,6 +51,17 @@ impl Call {
             resource: &self.info.plural,
             kind: &self.info.kind,
             name,
+        }
+    }
+
+    /// What admission plugins know of this request.
+    fn admission(&self, operation: Operation) -> admission::Attributes<'_> {
+        admission::Attributes {
+            info: &self.info,
+            operation,
+            namespace: self.ns.as_deref().filter(|_| self.info.namespaced),
+            url_name: self.name(),
+            strict: self.strict(),
         }
     }
 
@@ -271,23 +281,6 @@ fn unknown_fields(value: &Value, ctx: Ctx, path: &str, out: &mut Vec<String>) {
     }
 }
 
-/// Validates a custom resource against its CRD's schema, pruning undeclared fields (or rejecting
-/// them under `fieldValidation=Strict`).
-fn check_custom_resource(call: &Call, obj: &mut Value) -> Result<()> {
-    if call.info.crd.is_none() {
-        return Ok(());
-    }
-    let report = super::crd::validate_custom(&call.info, obj, call.strict());
-    if !report.unknown.is_empty() {
-        return Err(ApiError::bad_request(format!(
-            "strict decoding error: {}",
-            report.unknown.join(", ")
-        )));
-    }
-    let name = meta_str(obj, "name").to_owned();
-    invalid(call, &name, report.causes)
-}
-
 /// Under `fieldValidation=Strict`, rejects fields the kind's schema does not have, at any depth.
 fn check_unknown_fields(call: &Call, obj: &Value) -> Result<()> {
     if !call.strict() {
@@ -308,14 +301,6 @@ fn check_unknown_fields(call: &Call, obj: &Value) -> Result<()> {
             "strict decoding error: {}",
             unknown.join(", ")
         )))
-    }
-}
-
-fn invalid(call: &Call, name: &str, causes: Vec<(String, String)>) -> Result<()> {
-    if causes.is_empty() {
-        Ok(())
-    } else {
-        Err(ApiError::invalid(call.target(name), &causes))
     }
 }
 
@@ -702,87 +687,6 @@ impl Call {
     }
 }
 
-/// The Priority admission plugin: a pod's `priorityClassName` (or the global default class)
-/// becomes `spec.priority` and `spec.preemptionPolicy`.
-async fn resolve_priority(app: &App, call: &Call, pod: &mut Value) -> Result<()> {
-    let name = pod["spec"]["priorityClassName"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    let class = if name.is_empty() {
-        let all = app
-            .store
-            .list(keys::PRIORITY_CLASSES, None, 0)
-            .await
-            .map_err(ApiError::internal)?;
-        all.items
-            .iter()
-            .map(from_kv)
-            .find(|c| c["globalDefault"] == json!(true))
-    } else {
-        let kv = app
-            .store
-            .get(&keys::object(keys::PRIORITY_CLASSES, None, &name))
-            .await
-            .map_err(ApiError::internal)?;
-        let Some(kv) = kv else {
-            return Err(ApiError::new(
-                403,
-                "Forbidden",
-                format!(
-                    "pods \"{}\" is forbidden: no PriorityClass with name {name} was found",
-                    call.name
-                        .clone()
-                        .unwrap_or_else(|| meta_str(pod, "name").to_owned())
-                ),
-            ));
-        };
-        Some(from_kv(&kv))
-    };
-    if let Some(class) = class {
-        pod["spec"]["priorityClassName"] = json!(meta_str(&class, "name"));
-        pod["spec"]["priority"] = class["value"].clone();
-        pod["spec"]["preemptionPolicy"] = class["preemptionPolicy"].clone();
-        if pod["spec"]["preemptionPolicy"].is_null() {
-            pod["spec"]["preemptionPolicy"] = json!("PreemptLowerPriority");
-        }
-    }
-    Ok(())
-}
-
-/// Checks the namespace exists and is not terminating before creating inside it.
-async fn check_namespace_lifecycle(app: &App, call: &Call) -> Result<()> {
-    let Some(ns) = call.ns.as_deref().filter(|_| call.info.namespaced) else {
-        return Ok(());
-    };
-    // As upstream's NamespaceLifecycle: this member's state first, a linearizable read only when
-    // the namespace is not there (it may have just been created through another member).
-    let key = keys::object(keys::NAMESPACES, None, ns);
-    let kv = match app.store.get_local(&key).map_err(ApiError::internal)? {
-        Some(kv) => Some(kv),
-        None => app.store.get(&key).await.map_err(ApiError::internal)?,
-    };
-    let ns_target = Target {
-        group: "",
-        resource: "namespaces",
-        kind: "Namespace",
-        name: ns,
-    };
-    match kv {
-        None => Err(ApiError::not_found(ns_target)),
-        Some(kv) if from_kv(&kv)["metadata"]["deletionTimestamp"].is_string() => Err(ApiError::new(
-            403,
-            "Forbidden",
-            format!(
-                "{} \"{}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
-                call.info.plural,
-                call.name.as_deref().unwrap_or_default()
-            ),
-        )),
-        Some(_) => Ok(()),
-    }
-}
-
 /// POST to a collection.
 pub async fn create(app: &App, call: &Call, body: &[u8]) -> Result<Response> {
     let obj = require_object(parse_body_pooled(body, &call.content_type).await?)?;
@@ -823,19 +727,12 @@ pub async fn create_object(app: &App, call: &Call, mut obj: Value) -> Result<Val
         obj["metadata"]["generation"] = json!(1);
     }
     let name = meta_str(&obj, "name").to_owned();
-    if call.info.kind == "Job" && call.info.group == "batch" {
-        admission::generate_job_selector(&mut obj, &uid);
-    }
-    check_custom_resource(call, &mut obj)?;
-    if call.info.group.is_empty() && call.info.kind == "Pod" {
-        resolve_priority(app, call, &mut obj).await?;
-    }
-    admission::apply_defaults(&call.info, &mut obj, true);
+    let attrs = call.admission(Operation::Create);
+    admission::mutate(&app.store, &attrs, &mut obj).await?;
     if obj["metadata"].get("managedFields").is_none() {
         super::apply::track_update(call, None, &mut obj);
     }
-    invalid(call, &name, admission::validate(&call.info, &obj))?;
-    check_namespace_lifecycle(app, call).await?;
+    admission::validate(&app.store, &attrs, &obj).await?;
     if call.info.crd.is_none() && call.info.kind == "CustomResourceDefinition" {
         obj["status"] = super::crd::established_status(&obj, &now());
         obj["metadata"]["finalizers"] = super::crd::initial_finalizers(&obj["metadata"]["finalizers"]);
@@ -933,12 +830,12 @@ async fn commit_update(
         let bump = spec_part(&old) != spec_part(&new);
         new["metadata"]["generation"] = json!(if bump { g + 1 } else { g });
     }
-    check_custom_resource(call, &mut new)?;
-    admission::apply_defaults(&call.info, &mut new, false);
+    let attrs = call.admission(Operation::Update);
+    admission::mutate(&app.store, &attrs, &mut new).await?;
     if track {
         super::apply::track_update(call, Some(&old), &mut new);
     }
-    invalid(call, &name, admission::validate(&call.info, &new))?;
+    admission::validate(&app.store, &attrs, &new).await?;
     if call.info.group.is_empty() && call.info.kind == "Service" {
         super::service::keep_allocations(&old, &mut new)
             .map_err(|c| ApiError::invalid(call.target(&name), &c))?;

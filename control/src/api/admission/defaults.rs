@@ -1,10 +1,27 @@
-//! Admission for the built-in kinds: upstream's defaults, then validation.
+//! The defaults of the built-in kinds (upstream's `SetDefaults_*` and the DefaultTolerationSeconds
+//! plugin): the last mutating plugin, so that what earlier plugins set is kept.
 
 use serde_json::{Value, json};
 
-use super::registry::ResourceInfo;
-use super::validation::{Causes, check_metadata, check_pod_spec, check_selector_matches_template};
+use super::{Attributes, Lookup, Operation, Plugin};
+use crate::api::registry::ResourceInfo;
+use crate::api::status::ApiError;
 use crate::objects::meta::items_mut;
+
+/// Fills unset fields with upstream's defaults.
+pub struct Defaults;
+
+#[tonic::async_trait]
+impl Plugin for Defaults {
+    fn name(&self) -> &'static str {
+        "Defaults"
+    }
+
+    async fn admit(&self, _: &dyn Lookup, attrs: &Attributes<'_>, obj: &mut Value) -> Result<(), ApiError> {
+        apply_defaults(attrs.info, obj, attrs.operation == Operation::Create);
+        Ok(())
+    }
+}
 
 fn set_default(obj: &mut Value, key: &str, value: Value) {
     if let Some(map) = obj.as_object_mut()
@@ -32,7 +49,7 @@ fn default_container(c: &mut Value) {
 }
 
 /// Fills a pod spec's defaults (also used for templates).
-pub fn default_pod_spec(spec: &mut Value) {
+fn default_pod_spec(spec: &mut Value) {
     if !spec.is_object() {
         return;
     }
@@ -109,7 +126,7 @@ fn default_template(obj: &mut Value) {
 }
 
 /// Applies defaults for `info`'s kind to `obj`. `creating` is false on updates.
-pub fn apply_defaults(info: &ResourceInfo, obj: &mut Value, creating: bool) {
+fn apply_defaults(info: &ResourceInfo, obj: &mut Value, creating: bool) {
     if !info.group.is_empty() && info.crd.is_some() {
         return;
     }
@@ -225,154 +242,112 @@ pub fn apply_defaults(info: &ResourceInfo, obj: &mut Value, creating: bool) {
     }
 }
 
-/// Job selectors are generated from the job's uid unless `manualSelector` is set.
-pub fn generate_job_selector(obj: &mut Value, uid: &str) {
-    if obj["spec"]["manualSelector"] == json!(true) {
-        return;
-    }
-    obj["spec"]["selector"] = json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}});
-    let name = obj["metadata"]["name"].clone();
-    let labels = &mut obj["spec"]["template"]["metadata"]["labels"];
-    if !labels.is_object() {
-        *labels = json!({});
-    }
-    for (k, v) in [
-        ("batch.kubernetes.io/controller-uid", json!(uid)),
-        ("controller-uid", json!(uid)),
-        ("batch.kubernetes.io/job-name", name.clone()),
-        ("job-name", name),
-    ] {
-        labels[k] = v;
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::admission::testing::{Objects, block_on, create, resource};
 
-/// The bytes a ConfigMap's or Secret's data map holds: keys and values, base64 values decoded.
-fn data_size(data: &Value, base64: bool) -> usize {
-    data.as_object().into_iter().flatten().fold(0, |n, (k, v)| {
-        let v = v.as_str().unwrap_or_default();
-        let len = if base64 {
-            ((v.len() / 4) * 3).saturating_sub(v.bytes().rev().take_while(|b| *b == b'=').count().min(2))
-        } else {
-            v.len()
-        };
-        n + k.len() + len
-    })
-}
-
-/// Validates `obj` as `info`'s kind; returns the field errors.
-pub fn validate(info: &ResourceInfo, obj: &Value) -> Causes {
-    let mut causes = Causes::new();
-    let label_names = matches!(
-        (info.group.as_str(), info.kind.as_str()),
-        ("", "Namespace") | ("", "Service")
-    );
-    check_metadata(obj, label_names, &mut causes);
-    match (info.group.as_str(), info.kind.as_str()) {
-        ("", "Pod") => check_pod_spec("spec", &obj["spec"], &mut causes),
-        ("", "Service") => {
-            let spec = &obj["spec"];
-            let headless = spec["clusterIP"] == "None";
-            let ports = spec["ports"].as_array();
-            if spec["type"] != "ExternalName" && !headless && ports.is_none_or(|p| p.is_empty()) {
-                causes.push(("spec.ports".into(), "Required value".into()));
-            }
-            for (i, p) in ports.into_iter().flatten().enumerate() {
-                let port = p["port"].as_i64().unwrap_or(0);
-                if !(1..=65535).contains(&port) {
-                    causes.push((
-                        format!("spec.ports[{i}].port"),
-                        format!("Invalid value: {port}: must be between 1 and 65535, inclusive"),
-                    ));
-                }
-                if ports.is_some_and(|all| all.len() > 1) && p["name"].as_str().is_none_or(str::is_empty) {
-                    causes.push((format!("spec.ports[{i}].name"), "Required value".into()));
-                }
-            }
-            let ty = spec["type"].as_str().unwrap_or("ClusterIP");
-            if !["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"].contains(&ty) {
-                causes.push((
-                    "spec.type".into(),
-                    format!("Unsupported value: \"{ty}\": supported values: \"ClusterIP\", \"ExternalName\", \"LoadBalancer\", \"NodePort\""),
-                ));
-            }
-        }
-        ("apps", "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet") => {
-            check_selector_matches_template(obj, &mut causes);
-            check_pod_spec(
-                "spec.template.spec",
-                &obj["spec"]["template"]["spec"],
-                &mut causes,
-            );
-            if let Some(r) = obj["spec"]["replicas"].as_i64()
-                && r < 0
-            {
-                causes.push((
-                    "spec.replicas".into(),
-                    format!("Invalid value: {r}: must be greater than or equal to 0"),
-                ));
-            }
-        }
-        ("batch", "Job") => {
-            let spec = &obj["spec"]["template"]["spec"];
-            check_pod_spec("spec.template.spec", spec, &mut causes);
-            let policy = spec["restartPolicy"].as_str().unwrap_or("Always");
-            if !["OnFailure", "Never"].contains(&policy) {
-                causes.push((
-                    "spec.template.spec.restartPolicy".into(),
-                    "Required value: valid values: \"OnFailure\", \"Never\"".into(),
-                ));
-            }
-        }
-        ("batch", "CronJob") => match obj["spec"]["schedule"].as_str().filter(|s| !s.is_empty()) {
-            None => causes.push(("spec.schedule".into(), "Required value".into())),
-            Some(schedule) => {
-                if let Err(e) = crate::objects::cron::Schedule::parse(schedule) {
-                    causes.push((
-                        "spec.schedule".into(),
-                        format!("Invalid value: \"{schedule}\": {e}"),
-                    ));
-                }
-                if let Some(tz) = obj["spec"]["timeZone"].as_str()
-                    && jiff::tz::TimeZone::get(tz).is_err()
-                {
-                    causes.push((
-                        "spec.timeZone".into(),
-                        format!("Invalid value: \"{tz}\": unknown time zone {tz}"),
-                    ));
-                }
-            }
-        },
-        ("apiextensions.k8s.io", "CustomResourceDefinition") => super::crd::validate(obj, &mut causes),
-        ("scheduling.k8s.io", "PriorityClass") if !obj["value"].is_i64() => {
-            causes.push(("value".into(), "Required value".into()));
-        }
-        ("", "ConfigMap" | "Secret") => {
-            let size = if info.kind == "Secret" {
-                data_size(&obj["data"], true)
-            } else {
-                data_size(&obj["data"], false) + data_size(&obj["binaryData"], true)
-            };
-            if size > super::limits::MAX_DATA_BYTES {
-                let field = if info.kind == "Secret" { "data" } else { "[]" };
-                causes.push((
-                    field.into(),
-                    format!(
-                        "Too long: must have at most {} bytes",
-                        super::limits::MAX_DATA_BYTES
-                    ),
-                ));
-            }
-        }
-        ("policy", "PodDisruptionBudget") => {
-            let spec = &obj["spec"];
-            if spec.get("minAvailable").is_some() && spec.get("maxUnavailable").is_some() {
-                causes.push((
-                    "spec".into(),
-                    "Invalid value: minAvailable and maxUnavailable cannot be both set".into(),
-                ));
-            }
-        }
-        _ => {}
+    fn admit(info: &ResourceInfo, operation: Operation, obj: &mut Value) {
+        let mut attrs = create(info, "default");
+        attrs.operation = operation;
+        block_on(Defaults.admit(&Objects::default(), &attrs, obj)).unwrap();
     }
-    causes
+
+    #[test]
+    fn a_new_pod_gets_upstreams_defaults_qos_and_tolerations() {
+        let pods = resource("", "v1", "pods");
+        let mut pod = json!({"spec": {"containers": [
+            {"name": "a", "image": "busybox", "ports": [{"containerPort": 80}],
+             "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}},
+            {"name": "b", "image": "busybox:1.36", "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}
+        ]}});
+        admit(&pods, Operation::Create, &mut pod);
+        let spec = &pod["spec"];
+        assert_eq!(spec["restartPolicy"], "Always");
+        assert_eq!(spec["terminationGracePeriodSeconds"], 30);
+        assert_eq!(spec["serviceAccountName"], "default");
+        assert_eq!(
+            spec["containers"][0]["imagePullPolicy"], "Always",
+            "an untagged image"
+        );
+        assert_eq!(
+            spec["containers"][1]["imagePullPolicy"], "IfNotPresent",
+            "a pinned tag"
+        );
+        assert_eq!(spec["containers"][0]["ports"][0]["protocol"], "TCP");
+        let tolerated: Vec<&Value> = spec["tolerations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| &t["key"])
+            .collect();
+        assert_eq!(
+            tolerated,
+            ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"]
+        );
+        assert_eq!(
+            pod["status"],
+            json!({"phase": "Pending", "qosClass": "Guaranteed"})
+        );
+    }
+
+    #[test]
+    fn set_fields_are_kept_and_updates_leave_status_alone() {
+        let pods = resource("", "v1", "pods");
+        let mut pod = json!({
+            "spec": {"restartPolicy": "Never", "tolerations": [{"key": "node.kubernetes.io/unreachable", "operator": "Exists"}],
+                     "containers": [{"name": "a", "image": "busybox", "imagePullPolicy": "Never"}]},
+            "status": {"phase": "Running"}
+        });
+        admit(&pods, Operation::Update, &mut pod);
+        assert_eq!(pod["spec"]["restartPolicy"], "Never");
+        assert_eq!(pod["spec"]["containers"][0]["imagePullPolicy"], "Never");
+        assert_eq!(
+            pod["spec"]["tolerations"].as_array().unwrap().len(),
+            2,
+            "only the missing one added"
+        );
+        assert_eq!(pod["status"], json!({"phase": "Running"}));
+    }
+
+    #[test]
+    fn workloads_get_strategies_and_secrets_their_string_data_encoded() {
+        let deployments = resource("apps", "v1", "deployments");
+        let mut d = json!({"spec": {"template": {"spec": {"containers": [{"name": "a", "image": "x"}]}}}});
+        admit(&deployments, Operation::Create, &mut d);
+        assert_eq!(d["spec"]["replicas"], 1);
+        assert_eq!(
+            d["spec"]["strategy"],
+            json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}})
+        );
+        assert_eq!(d["spec"]["template"]["spec"]["dnsPolicy"], "ClusterFirst");
+        let mut recreate = json!({"spec": {"strategy": {"type": "Recreate"}, "template": {"spec": {}}}});
+        admit(&deployments, Operation::Create, &mut recreate);
+        assert_eq!(recreate["spec"]["strategy"], json!({"type": "Recreate"}));
+
+        let secrets = resource("", "v1", "secrets");
+        let mut secret = json!({"stringData": {"password": "s3cret"}, "data": {"user": "YWRtaW4="}});
+        admit(&secrets, Operation::Create, &mut secret);
+        assert_eq!(
+            secret,
+            json!({"type": "Opaque", "data": {"user": "YWRtaW4=", "password": "czNjcmV0"}})
+        );
+    }
+
+    #[test]
+    fn services_default_their_ports_and_policies_by_type() {
+        let services = resource("", "v1", "services");
+        let mut svc = json!({"spec": {"type": "NodePort", "ports": [{"port": 80}]}});
+        admit(&services, Operation::Create, &mut svc);
+        assert_eq!(
+            svc["spec"]["ports"][0],
+            json!({"port": 80, "protocol": "TCP", "targetPort": 80})
+        );
+        assert_eq!(svc["spec"]["externalTrafficPolicy"], "Cluster");
+        assert_eq!(svc["spec"]["ipFamilies"], json!(["IPv4"]));
+        let mut external = json!({"spec": {"type": "ExternalName", "externalName": "example.com"}});
+        admit(&services, Operation::Create, &mut external);
+        assert!(external["spec"].get("ipFamilies").is_none());
+        assert!(external["spec"].get("externalTrafficPolicy").is_none());
+    }
 }

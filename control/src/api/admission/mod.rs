@@ -1,0 +1,229 @@
+//! Admission: what every create and update of an object passes through after it is decoded and
+//! before it is stored, as upstream's chain of admission plugins. The mutating plugins run in
+//! order, then (after managedFields are tracked) the validating ones; the first error ends the
+//! request. A plugin is a file here and a line in [`MUTATING`] or [`VALIDATING`].
+//!
+//! Plugins read other objects through [`Lookup`] (the store, or a map in their unit tests).
+
+mod custom_resources;
+mod defaults;
+mod job_selector;
+mod namespace_lifecycle;
+mod priority;
+mod validation;
+
+use serde_json::Value;
+
+use super::registry::ResourceInfo;
+use super::status::{ApiError, Target};
+use crate::objects::meta::from_kv;
+use crate::store::Store;
+
+/// The write being admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    /// A new object.
+    Create,
+    /// A change to a stored object.
+    Update,
+}
+
+/// What a plugin knows about the request besides the object.
+#[derive(Debug, Clone, Copy)]
+pub struct Attributes<'a> {
+    /// The resource written.
+    pub info: &'a ResourceInfo,
+    /// Create or update.
+    pub operation: Operation,
+    /// The request's namespace, for namespaced resources.
+    pub namespace: Option<&'a str>,
+    /// The name on the request's path ("" for a create, whose name is in the object).
+    pub url_name: &'a str,
+    /// `fieldValidation=Strict`: unknown fields are errors rather than dropped.
+    pub strict: bool,
+}
+
+impl Attributes<'_> {
+    /// Whether the resource is the built-in `group`/`kind`.
+    pub fn is(&self, group: &str, kind: &str) -> bool {
+        self.info.group == group && self.info.kind == kind && self.info.crd.is_none()
+    }
+
+    /// The object `name` of this resource, for error messages.
+    pub fn target<'n>(&'n self, name: &'n str) -> Target<'n> {
+        Target {
+            group: &self.info.group,
+            resource: &self.info.plural,
+            kind: &self.info.kind,
+            name,
+        }
+    }
+
+    /// 422 with `causes` for `obj`, unless there are none.
+    pub fn invalid(&self, obj: &Value, causes: Vec<(String, String)>) -> Result<(), ApiError> {
+        if causes.is_empty() {
+            Ok(())
+        } else {
+            let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+            Err(ApiError::invalid(self.target(name), &causes))
+        }
+    }
+}
+
+/// The objects plugins may read.
+#[tonic::async_trait]
+pub trait Lookup: Sync {
+    /// The object at `key` (a linearizable read).
+    async fn get(&self, key: &str) -> Result<Option<Value>, ApiError>;
+    /// The object at `key` as this member has it, without a round trip to the leader.
+    fn get_local(&self, key: &str) -> Result<Option<Value>, ApiError>;
+    /// The objects under `prefix`.
+    async fn list(&self, prefix: &str) -> Result<Vec<Value>, ApiError>;
+}
+
+#[tonic::async_trait]
+impl Lookup for Store {
+    async fn get(&self, key: &str) -> Result<Option<Value>, ApiError> {
+        let kv = Store::get(self, key).await.map_err(ApiError::internal)?;
+        Ok(kv.as_ref().map(from_kv))
+    }
+
+    fn get_local(&self, key: &str) -> Result<Option<Value>, ApiError> {
+        let kv = Store::get_local(self, key).map_err(ApiError::internal)?;
+        Ok(kv.as_ref().map(from_kv))
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<Value>, ApiError> {
+        let all = Store::list(self, prefix, None, 0)
+            .await
+            .map_err(ApiError::internal)?;
+        Ok(all.items.iter().map(from_kv).collect())
+    }
+}
+
+/// One admission plugin. The default methods admit everything, so a plugin implements only the
+/// phase it acts in.
+#[tonic::async_trait]
+pub trait Plugin: Sync {
+    /// Its name, as upstream names its counterpart where there is one.
+    fn name(&self) -> &'static str;
+
+    /// Changes the object before it is validated (mutating phase).
+    async fn admit(
+        &self,
+        _lookup: &dyn Lookup,
+        _attrs: &Attributes<'_>,
+        _obj: &mut Value,
+    ) -> Result<(), ApiError> {
+        Ok(())
+    }
+
+    /// Accepts or refuses the object as it will be stored (validating phase).
+    async fn validate(
+        &self,
+        _lookup: &dyn Lookup,
+        _attrs: &Attributes<'_>,
+        _obj: &Value,
+    ) -> Result<(), ApiError> {
+        Ok(())
+    }
+}
+
+/// The mutating plugins, in order: a Job's generated selector, a custom resource's schema
+/// (pruning and defaults), a pod's priority, then the built-in defaults.
+pub const MUTATING: &[&dyn Plugin] = &[
+    &job_selector::JobSelector,
+    &custom_resources::CustomResources,
+    &priority::Priority,
+    &defaults::Defaults,
+];
+
+/// The validating plugins, in order.
+pub const VALIDATING: &[&dyn Plugin] = &[&validation::Validation, &namespace_lifecycle::NamespaceLifecycle];
+
+/// Runs the mutating phase on `obj`.
+pub async fn mutate(lookup: &dyn Lookup, attrs: &Attributes<'_>, obj: &mut Value) -> Result<(), ApiError> {
+    for plugin in MUTATING {
+        plugin
+            .admit(lookup, attrs, obj)
+            .await
+            .inspect_err(|e| tracing::debug!(plugin = plugin.name(), error = %e, "admission refused"))?;
+    }
+    Ok(())
+}
+
+/// Runs the validating phase on `obj`.
+pub async fn validate(lookup: &dyn Lookup, attrs: &Attributes<'_>, obj: &Value) -> Result<(), ApiError> {
+    for plugin in VALIDATING {
+        plugin
+            .validate(lookup, attrs, obj)
+            .await
+            .inspect_err(|e| tracing::debug!(plugin = plugin.name(), error = %e, "admission refused"))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! A [`Lookup`] over a map, and the attributes of a request, for the plugins' unit tests.
+
+    use std::collections::BTreeMap;
+
+    use serde_json::Value;
+
+    use super::{Attributes, Lookup, Operation};
+    use crate::api::registry::{Registry, ResourceInfo};
+    use crate::api::status::ApiError;
+
+    /// Objects by store key.
+    #[derive(Default)]
+    pub struct Objects(pub BTreeMap<String, Value>);
+
+    #[tonic::async_trait]
+    impl Lookup for Objects {
+        async fn get(&self, key: &str) -> Result<Option<Value>, ApiError> {
+            Ok(self.0.get(key).cloned())
+        }
+
+        fn get_local(&self, key: &str) -> Result<Option<Value>, ApiError> {
+            Ok(self.0.get(key).cloned())
+        }
+
+        async fn list(&self, prefix: &str) -> Result<Vec<Value>, ApiError> {
+            Ok(self
+                .0
+                .range(prefix.to_owned()..)
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .map(|(_, v)| v.clone())
+                .collect())
+        }
+    }
+
+    /// The built-in resource `plural` of `group`/`version`.
+    pub fn resource(group: &str, version: &str, plural: &str) -> ResourceInfo {
+        Registry::new()
+            .lookup(group, version, plural)
+            .expect("a built-in resource")
+            .as_ref()
+            .clone()
+    }
+
+    /// A create in namespace `ns` (if the resource is namespaced).
+    pub fn create<'a>(info: &'a ResourceInfo, ns: &'a str) -> Attributes<'a> {
+        Attributes {
+            info,
+            operation: Operation::Create,
+            namespace: info.namespaced.then_some(ns),
+            url_name: "",
+            strict: false,
+        }
+    }
+
+    /// Runs a future to its end on a current-thread runtime.
+    pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime")
+            .block_on(f)
+    }
+}

@@ -1,0 +1,259 @@
+//! Validation of the built-in kinds: metadata, pod specs, selectors, ports, schedules, data sizes;
+//! the field checks themselves are in `api/validation.rs`. Runs after every mutating plugin.
+
+use serde_json::Value;
+
+use super::{Attributes, Lookup, Plugin};
+use crate::api::registry::ResourceInfo;
+use crate::api::status::ApiError;
+use crate::api::validation::{Causes, check_metadata, check_pod_spec, check_selector_matches_template};
+
+/// Rejects an invalid object with 422 and its field causes.
+pub struct Validation;
+
+#[tonic::async_trait]
+impl Plugin for Validation {
+    fn name(&self) -> &'static str {
+        "Validation"
+    }
+
+    async fn validate(&self, _: &dyn Lookup, attrs: &Attributes<'_>, obj: &Value) -> Result<(), ApiError> {
+        attrs.invalid(obj, validate(attrs.info, obj))
+    }
+}
+
+/// The bytes a ConfigMap's or Secret's data map holds: keys and values, base64 values decoded.
+fn data_size(data: &Value, base64: bool) -> usize {
+    data.as_object().into_iter().flatten().fold(0, |n, (k, v)| {
+        let v = v.as_str().unwrap_or_default();
+        let len = if base64 {
+            ((v.len() / 4) * 3).saturating_sub(v.bytes().rev().take_while(|b| *b == b'=').count().min(2))
+        } else {
+            v.len()
+        };
+        n + k.len() + len
+    })
+}
+
+/// Validates `obj` as `info`'s kind; returns the field errors.
+fn validate(info: &ResourceInfo, obj: &Value) -> Causes {
+    let mut causes = Causes::new();
+    let label_names = matches!(
+        (info.group.as_str(), info.kind.as_str()),
+        ("", "Namespace") | ("", "Service")
+    );
+    check_metadata(obj, label_names, &mut causes);
+    match (info.group.as_str(), info.kind.as_str()) {
+        ("", "Pod") => check_pod_spec("spec", &obj["spec"], &mut causes),
+        ("", "Service") => {
+            let spec = &obj["spec"];
+            let headless = spec["clusterIP"] == "None";
+            let ports = spec["ports"].as_array();
+            if spec["type"] != "ExternalName" && !headless && ports.is_none_or(|p| p.is_empty()) {
+                causes.push(("spec.ports".into(), "Required value".into()));
+            }
+            for (i, p) in ports.into_iter().flatten().enumerate() {
+                let port = p["port"].as_i64().unwrap_or(0);
+                if !(1..=65535).contains(&port) {
+                    causes.push((
+                        format!("spec.ports[{i}].port"),
+                        format!("Invalid value: {port}: must be between 1 and 65535, inclusive"),
+                    ));
+                }
+                if ports.is_some_and(|all| all.len() > 1) && p["name"].as_str().is_none_or(str::is_empty) {
+                    causes.push((format!("spec.ports[{i}].name"), "Required value".into()));
+                }
+            }
+            let ty = spec["type"].as_str().unwrap_or("ClusterIP");
+            if !["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"].contains(&ty) {
+                causes.push((
+                    "spec.type".into(),
+                    format!("Unsupported value: \"{ty}\": supported values: \"ClusterIP\", \"ExternalName\", \"LoadBalancer\", \"NodePort\""),
+                ));
+            }
+        }
+        ("apps", "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet") => {
+            check_selector_matches_template(obj, &mut causes);
+            check_pod_spec(
+                "spec.template.spec",
+                &obj["spec"]["template"]["spec"],
+                &mut causes,
+            );
+            if let Some(r) = obj["spec"]["replicas"].as_i64()
+                && r < 0
+            {
+                causes.push((
+                    "spec.replicas".into(),
+                    format!("Invalid value: {r}: must be greater than or equal to 0"),
+                ));
+            }
+        }
+        ("batch", "Job") => {
+            let spec = &obj["spec"]["template"]["spec"];
+            check_pod_spec("spec.template.spec", spec, &mut causes);
+            let policy = spec["restartPolicy"].as_str().unwrap_or("Always");
+            if !["OnFailure", "Never"].contains(&policy) {
+                causes.push((
+                    "spec.template.spec.restartPolicy".into(),
+                    "Required value: valid values: \"OnFailure\", \"Never\"".into(),
+                ));
+            }
+        }
+        ("batch", "CronJob") => match obj["spec"]["schedule"].as_str().filter(|s| !s.is_empty()) {
+            None => causes.push(("spec.schedule".into(), "Required value".into())),
+            Some(schedule) => {
+                if let Err(e) = crate::objects::cron::Schedule::parse(schedule) {
+                    causes.push((
+                        "spec.schedule".into(),
+                        format!("Invalid value: \"{schedule}\": {e}"),
+                    ));
+                }
+                if let Some(tz) = obj["spec"]["timeZone"].as_str()
+                    && jiff::tz::TimeZone::get(tz).is_err()
+                {
+                    causes.push((
+                        "spec.timeZone".into(),
+                        format!("Invalid value: \"{tz}\": unknown time zone {tz}"),
+                    ));
+                }
+            }
+        },
+        ("apiextensions.k8s.io", "CustomResourceDefinition") => crate::api::crd::validate(obj, &mut causes),
+        ("scheduling.k8s.io", "PriorityClass") if !obj["value"].is_i64() => {
+            causes.push(("value".into(), "Required value".into()));
+        }
+        ("", "ConfigMap" | "Secret") => {
+            let size = if info.kind == "Secret" {
+                data_size(&obj["data"], true)
+            } else {
+                data_size(&obj["data"], false) + data_size(&obj["binaryData"], true)
+            };
+            if size > crate::api::limits::MAX_DATA_BYTES {
+                let field = if info.kind == "Secret" { "data" } else { "[]" };
+                causes.push((
+                    field.into(),
+                    format!(
+                        "Too long: must have at most {} bytes",
+                        crate::api::limits::MAX_DATA_BYTES
+                    ),
+                ));
+            }
+        }
+        ("policy", "PodDisruptionBudget") => {
+            let spec = &obj["spec"];
+            if spec.get("minAvailable").is_some() && spec.get("maxUnavailable").is_some() {
+                causes.push((
+                    "spec".into(),
+                    "Invalid value: minAvailable and maxUnavailable cannot be both set".into(),
+                ));
+            }
+        }
+        _ => {}
+    }
+    causes
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::api::admission::testing::{Objects, block_on, create, resource};
+
+    fn check(info: &ResourceInfo, obj: Value) -> Result<(), ApiError> {
+        block_on(Validation.validate(&Objects::default(), &create(info, "default"), &obj))
+    }
+
+    fn fields(err: ApiError) -> Vec<String> {
+        err.details.unwrap()["causes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["field"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn services_need_ports_in_range_and_named_when_several() {
+        let services = resource("", "v1", "services");
+        check(
+            &services,
+            json!({"metadata": {"name": "ok"}, "spec": {"ports": [{"port": 80}]}}),
+        )
+        .unwrap();
+        check(
+            &services,
+            json!({"metadata": {"name": "h"}, "spec": {"clusterIP": "None"}}),
+        )
+        .unwrap();
+        let err = check(
+            &services,
+            json!({"metadata": {"name": "bad"}, "spec": {"type": "Magic", "ports": [{"port": 0}, {"port": 81, "name": "b"}]}}),
+        )
+        .unwrap_err();
+        assert_eq!(err.code, 422);
+        assert_eq!(
+            fields(err),
+            ["spec.ports[0].port", "spec.ports[0].name", "spec.type"]
+        );
+    }
+
+    #[test]
+    fn workloads_jobs_and_cronjobs_are_checked() {
+        let deployments = resource("apps", "v1", "deployments");
+        let err = check(
+            &deployments,
+            json!({"metadata": {"name": "d"}, "spec": {"replicas": -1,
+                "selector": {"matchLabels": {"app": "a"}},
+                "template": {"metadata": {"labels": {"app": "a"}}, "spec": {"containers": [{"name": "c", "image": "x"}]}}}}),
+        )
+        .unwrap_err();
+        assert_eq!(fields(err), ["spec.replicas"]);
+        let jobs = resource("batch", "v1", "jobs");
+        let err = check(
+            &jobs,
+            json!({"metadata": {"name": "j"}, "spec": {"template": {"spec": {
+                "restartPolicy": "Always", "containers": [{"name": "c", "image": "x"}]}}}}),
+        )
+        .unwrap_err();
+        assert_eq!(fields(err), ["spec.template.spec.restartPolicy"]);
+        let cronjobs = resource("batch", "v1", "cronjobs");
+        let err = check(
+            &cronjobs,
+            json!({"metadata": {"name": "c"}, "spec": {"schedule": "every day", "timeZone": "Mars/Olympus"}}),
+        )
+        .unwrap_err();
+        assert_eq!(fields(err), ["spec.schedule", "spec.timeZone"]);
+    }
+
+    #[test]
+    fn configmap_and_secret_data_are_held_to_a_mebibyte() {
+        let configmaps = resource("", "v1", "configmaps");
+        let limit = crate::api::limits::MAX_DATA_BYTES;
+        let at_limit = "x".repeat(limit - 1);
+        check(
+            &configmaps,
+            json!({"metadata": {"name": "c"}, "data": {"k": at_limit}}),
+        )
+        .unwrap();
+        let over = "x".repeat(limit);
+        assert_eq!(
+            check(
+                &configmaps,
+                json!({"metadata": {"name": "c"}, "data": {"k": over}})
+            )
+            .unwrap_err()
+            .code,
+            422
+        );
+        // Secrets count decoded bytes: base64 of just under the limit passes.
+        use base64::Engine;
+        let secrets = resource("", "v1", "secrets");
+        let encoded = base64::engine::general_purpose::STANDARD.encode(vec![0u8; limit - 10]);
+        check(
+            &secrets,
+            json!({"metadata": {"name": "s"}, "data": {"k": encoded}}),
+        )
+        .unwrap();
+    }
+}
