@@ -5,6 +5,8 @@
 //! acknowledged only once the log entry is durable and applied; the state machine and the log are
 //! redb databases, committed with fsync.
 
+#[cfg(test)]
+pub(crate) mod conformance;
 mod raft;
 mod watch;
 
@@ -113,4 +115,87 @@ pub struct ListResult {
     pub revision: u64,
     /// Whether more keys follow the last returned one.
     pub more: bool,
+}
+
+/// The store as the control plane needs it, etcd's model: keys with a create and a mod revision,
+/// one global revision that every write bumps, conditional writes, ordered prefix lists with
+/// pages, and watches of a prefix from a past revision. [`Store`] (the Raft store) implements it;
+/// `store/conformance.rs` is the suite that every implementation, and every membership of the
+/// Raft store, must pass.
+#[tonic::async_trait]
+pub trait KeyValueStore: Send + Sync {
+    /// The latest applied revision.
+    fn revision(&self) -> u64;
+    /// The value at `key` (a linearizable read).
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError>;
+    /// The value at `key` as this member has applied it (no round trip to the leader).
+    fn get_local(&self, key: &str) -> Result<Option<KeyValue>, StoreError>;
+    /// Keys under `prefix` in key order, after `start_after`, at most `limit` (0: all).
+    async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<ListResult, StoreError>;
+    /// Applies `ops` in order; each has its own result, and one that fails changes nothing.
+    async fn write(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteResult>, StoreError>;
+    /// Creates `key`.
+    async fn create(&self, key: &str, value: Vec<u8>) -> Result<KeyValue, StoreError>;
+    /// Replaces `key` if its mod revision is still `expected` (when given).
+    async fn update(&self, key: &str, value: Vec<u8>, expected: Option<u64>) -> Result<KeyValue, StoreError>;
+    /// Deletes `key` if its mod revision is still `expected` (when given); the deleted value comes
+    /// back with the deletion's revision as its mod revision.
+    async fn delete(&self, key: &str, expected: Option<u64>) -> Result<KeyValue, StoreError>;
+    /// Forgets watch history up to `revision`.
+    async fn compact(&self, revision: u64) -> Result<(), StoreError>;
+    /// Changes under `prefix` after revision `from`: the retained ones, then live ones.
+    fn watch(&self, prefix: &str, from: u64) -> Result<WatchStream, StoreError>;
+}
+
+#[tonic::async_trait]
+impl KeyValueStore for Store {
+    fn revision(&self) -> u64 {
+        Store::revision(self)
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        Store::get(self, key).await
+    }
+
+    fn get_local(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        Store::get_local(self, key)
+    }
+
+    async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<ListResult, StoreError> {
+        Store::list(self, prefix, start_after, limit).await
+    }
+
+    async fn write(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteResult>, StoreError> {
+        Store::write(self, ops).await
+    }
+
+    async fn create(&self, key: &str, value: Vec<u8>) -> Result<KeyValue, StoreError> {
+        Store::create(self, key, value).await
+    }
+
+    async fn update(&self, key: &str, value: Vec<u8>, expected: Option<u64>) -> Result<KeyValue, StoreError> {
+        Store::update(self, key, value, expected).await
+    }
+
+    async fn delete(&self, key: &str, expected: Option<u64>) -> Result<KeyValue, StoreError> {
+        Store::delete(self, key, expected).await
+    }
+
+    async fn compact(&self, revision: u64) -> Result<(), StoreError> {
+        Store::compact(self, revision).await
+    }
+
+    fn watch(&self, prefix: &str, from: u64) -> Result<WatchStream, StoreError> {
+        Store::watch(self, prefix, from)
+    }
 }

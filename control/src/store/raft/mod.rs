@@ -518,44 +518,17 @@ mod tests {
         .unwrap()
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_single_member_passes_the_store_conformance_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path()).await;
+        crate::store::conformance::run(&store).await;
+        store.shutdown().await;
+    }
+
     #[test]
     fn prefix_end_is_the_next_key() {
         assert_eq!(prefix_end("/registry/pods/"), "/registry/pods0");
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn create_update_delete_with_revisions_and_cas() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(dir.path()).await;
-        let a = store.create("/r/a", b"1".to_vec()).await.unwrap();
-        assert!(matches!(
-            store.create("/r/a", b"x".to_vec()).await,
-            Err(StoreError::AlreadyExists { .. })
-        ));
-        let a2 = store
-            .update("/r/a", b"2".to_vec(), Some(a.mod_revision))
-            .await
-            .unwrap();
-        assert!(a2.mod_revision > a.mod_revision);
-        assert_eq!(a2.create_revision, a.create_revision);
-        assert!(matches!(
-            store.update("/r/a", b"3".to_vec(), Some(a.mod_revision)).await,
-            Err(StoreError::Conflict { .. })
-        ));
-        store.create("/r/b", b"b".to_vec()).await.unwrap();
-        store.create("/s/c", b"c".to_vec()).await.unwrap();
-        let page = store.list("/r/", None, 1).await.unwrap();
-        assert_eq!(page.items.len(), 1);
-        assert!(page.more);
-        let rest = store.list("/r/", Some("/r/a"), 0).await.unwrap();
-        assert_eq!(
-            rest.items.iter().map(|k| k.key.as_str()).collect::<Vec<_>>(),
-            vec!["/r/b"]
-        );
-        let deleted = store.delete("/r/a", None).await.unwrap();
-        assert_eq!(deleted.value, b"2");
-        assert!(store.get("/r/a").await.unwrap().is_none());
-        store.shutdown().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
