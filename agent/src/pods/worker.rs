@@ -18,12 +18,6 @@ use super::volumes;
 use crate::image::{Image, Reference};
 use crate::runtime::shim::{EXITED, Exited, STARTED, Started, now_rfc3339};
 
-/// Back-off between restarts (and image pulls): 10 s doubling to 5 min, as upstream.
-const BACKOFF_START: Duration = Duration::from_secs(10);
-const BACKOFF_MAX: Duration = Duration::from_secs(300);
-/// A container that ran this long resets its back-off.
-const BACKOFF_RESET: Duration = Duration::from_secs(600);
-
 /// Pods saved on disk by a previous run of the agent.
 pub fn saved_pods(shared: &Shared) -> Vec<(String, Value)> {
     let mut out = Vec::new();
@@ -59,10 +53,8 @@ struct Ctr {
     previous: Option<Attempt>,
     /// Why it is not running, when it is not.
     waiting: Option<(String, String)>,
-    /// Earliest next (re)start or pull.
-    not_before: Option<Instant>,
-    backoff: Option<Duration>,
-    pull_backoff: Option<Duration>,
+    /// Restart and pull back-off.
+    backoff: super::backoff::Backoff,
     image_id: Option<String>,
     /// Probes of the current attempt: (attempt, task, verdict).
     probes: Option<(
@@ -706,25 +698,29 @@ impl Pod {
     ) -> anyhow::Result<Option<Duration>> {
         let name = c["name"].as_str().unwrap_or_default().to_string();
         let state = self.ctrs.entry(name.clone()).or_default();
-        if let Some(t) = state.not_before
-            && t > Instant::now()
-        {
-            return Ok(Some(t - Instant::now()));
+        if let Some(due) = state.backoff.due_in(Instant::now()) {
+            return Ok(Some(due));
         }
         let image = match self.ensure_image(c).await {
             Ok(i) => i,
             Err(e) => {
                 let state = self.ctrs.entry(name.clone()).or_default();
-                let (reason, msg, backoff) = match e.downcast_ref::<PullFailure>() {
-                    Some(PullFailure::InvalidName(m)) => ("InvalidImageName".to_string(), m.clone(), None),
-                    Some(PullFailure::NeverPull(m)) => ("ErrImageNeverPull".to_string(), m.clone(), None),
+                let now = Instant::now();
+                let (reason, msg, wait, retried) = match e.downcast_ref::<PullFailure>() {
+                    Some(PullFailure::InvalidName(m)) => (
+                        "InvalidImageName",
+                        m.clone(),
+                        state.backoff.image_unavailable(now),
+                        false,
+                    ),
+                    Some(PullFailure::NeverPull(m)) => (
+                        "ErrImageNeverPull",
+                        m.clone(),
+                        state.backoff.image_unavailable(now),
+                        false,
+                    ),
                     Some(PullFailure::Pull(m)) => {
-                        let next = state
-                            .pull_backoff
-                            .map(|b| (b * 2).min(BACKOFF_MAX))
-                            .unwrap_or(BACKOFF_START);
-                        state.pull_backoff = Some(next);
-                        ("ErrImagePull".to_string(), m.clone(), Some(next))
+                        ("ErrImagePull", m.clone(), state.backoff.pull_failed(now), true)
                     }
                     None => return Err(e),
                 };
@@ -739,10 +735,8 @@ impl Pod {
                 )
                 .await;
                 let state = self.ctrs.entry(name.clone()).or_default();
-                state.waiting = Some((reason, msg));
-                let wait = backoff.unwrap_or(Duration::from_secs(5));
-                state.not_before = Some(Instant::now() + wait);
-                if backoff.is_some() {
+                state.waiting = Some((reason.to_owned(), msg));
+                if retried {
                     // Shown while waiting for the next attempt, as upstream does after the first failure.
                     let exits = self.exits.clone();
                     tokio::spawn(async move {
@@ -754,7 +748,7 @@ impl Pod {
             }
         };
         let state = self.ctrs.entry(name.clone()).or_default();
-        state.pull_backoff = None;
+        state.backoff.pulled();
         state.image_id = Some(format!(
             "{}@{}",
             Reference::parse(c["image"].as_str().unwrap_or_default())
@@ -762,8 +756,7 @@ impl Pod {
                 .unwrap_or_default(),
             image.digest
         ));
-        // Restart back-off, upstream's CrashLoopBackOff: the first restart is immediate, then 10 s,
-        // 20 s, ... up to 5 min; a container that ran for 10 min starts over.
+        // Restart back-off (upstream's CrashLoopBackOff) of a container that has exited.
         if let Some(a) = state.current.as_ref().filter(|a| a.exited.is_some()) {
             let ran = a
                 .started
@@ -776,31 +769,23 @@ impl Pod {
                 )
                 .map(|(s, e)| (e - s).whole_seconds().max(0) as u64)
                 .unwrap_or(0);
-            if ran >= BACKOFF_RESET.as_secs() {
-                state.backoff = None;
-            }
-            match (state.backoff, state.not_before) {
-                (None, _) => state.backoff = Some(BACKOFF_START),
-                (Some(b), None) => {
-                    state.not_before = Some(Instant::now() + b);
-                    let msg = format!(
-                        "back-off {}s restarting failed container={name} pod={}_{}({})",
-                        b.as_secs(),
-                        self.name(),
-                        self.ns(),
-                        self.uid
-                    );
-                    let state = self.ctrs.entry(name.clone()).or_default();
-                    state.waiting = Some(("CrashLoopBackOff".into(), msg));
-                    self.event("Warning", "BackOff", "Back-off restarting failed container")
-                        .await;
-                    return Ok(Some(b));
-                }
-                (Some(b), Some(_)) => state.backoff = Some((b * 2).min(BACKOFF_MAX)),
+            if let Some(b) = state.backoff.restart(Duration::from_secs(ran), Instant::now()) {
+                let msg = format!(
+                    "back-off {}s restarting failed container={name} pod={}_{}({})",
+                    b.as_secs(),
+                    self.name(),
+                    self.ns(),
+                    self.uid
+                );
+                let state = self.ctrs.entry(name.clone()).or_default();
+                state.waiting = Some(("CrashLoopBackOff".into(), msg));
+                self.event("Warning", "BackOff", "Back-off restarting failed container")
+                    .await;
+                return Ok(Some(b));
             }
         }
         let state = self.ctrs.entry(name.clone()).or_default();
-        state.not_before = None;
+        state.backoff.starting();
         let env = match super::env::resolve(lookup, pod, c, &image_env(&image)).await {
             Ok(e) => e,
             Err(e) => {
