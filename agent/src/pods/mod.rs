@@ -6,9 +6,11 @@
 //! under `DATA_DIR/pods/<uid>`, so a restarted agent adopts running pods instead of restarting them.
 
 mod backoff;
+mod containers;
 pub mod env;
 pub mod probe;
 pub mod spec;
+mod status;
 pub mod volumes;
 mod worker;
 

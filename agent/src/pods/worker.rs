@@ -12,8 +12,10 @@ use serde_json::{Value, json};
 use tokio::sync::{Notify, watch};
 
 use super::Shared;
+use super::containers::{Attempt, Ctr, is_sidecar};
 use super::env::{ConfigError, Lookup};
 use super::spec::{self, Bind, Plan};
+use super::status::trim_ts;
 use super::volumes;
 use crate::image::{Image, Reference};
 use crate::runtime::shim::{EXITED, Exited, STARTED, Started, now_rfc3339};
@@ -35,70 +37,6 @@ pub fn saved_pods(shared: &Shared) -> Vec<(String, Value)> {
     out
 }
 
-/// One attempt of a container, as found on disk.
-#[derive(Debug, Clone, Default)]
-struct Attempt {
-    number: u32,
-    id: String,
-    started: Option<Started>,
-    exited: Option<Exited>,
-}
-
-/// What the worker knows about one container.
-#[derive(Debug, Default)]
-struct Ctr {
-    /// The latest attempt (None: never created).
-    current: Option<Attempt>,
-    /// The attempt before it, for `lastState`.
-    previous: Option<Attempt>,
-    /// Why it is not running, when it is not.
-    waiting: Option<(String, String)>,
-    /// Restart and pull back-off.
-    backoff: super::backoff::Backoff,
-    image_id: Option<String>,
-    /// Probes of the current attempt: (attempt, task, verdict).
-    probes: Option<(
-        u32,
-        tokio::task::AbortHandle,
-        Arc<std::sync::Mutex<super::probe::Verdict>>,
-    )>,
-}
-
-impl Ctr {
-    fn running(&self) -> bool {
-        self.current
-            .as_ref()
-            .is_some_and(|a| a.started.is_some() && a.exited.is_none())
-    }
-    fn exited(&self) -> Option<&Exited> {
-        self.current.as_ref().and_then(|a| a.exited.as_ref())
-    }
-    /// An init container is done once it succeeded; a sidecar once it runs.
-    fn init_done(&self, sidecar: bool) -> bool {
-        if sidecar {
-            self.running()
-        } else {
-            self.exited().is_some_and(Exited::succeeded)
-        }
-    }
-    fn restart_count(&self) -> u32 {
-        self.current.as_ref().map(|a| a.number).unwrap_or(0)
-    }
-    fn verdict(&self) -> super::probe::Verdict {
-        match &self.probes {
-            Some((n, _, v)) if Some(*n) == self.current.as_ref().map(|a| a.number) => {
-                v.lock().unwrap_or_else(|p| p.into_inner()).clone()
-            }
-            _ => super::probe::Verdict::default(),
-        }
-    }
-    fn stop_probes(&mut self) {
-        if let Some((_, task, _)) = self.probes.take() {
-            task.abort();
-        }
-    }
-}
-
 struct Pod {
     shared: Arc<Shared>,
     uid: String,
@@ -113,10 +51,6 @@ struct Pod {
     start_time: Option<String>,
     /// resourceVersion of the pod last written to `pod.json`.
     saved: String,
-}
-
-fn is_sidecar(c: &Value) -> bool {
-    c["restartPolicy"].as_str() == Some("Always")
 }
 
 fn pid_alive(pid: i32) -> bool {
@@ -1171,196 +1105,23 @@ impl Pod {
             .await;
     }
 
-    fn container_status(&self, c: &Value, init: bool) -> Value {
-        let name = c["name"].as_str().unwrap_or_default();
-        let empty = Ctr::default();
-        let s = self.ctrs.get(name).unwrap_or(&empty);
-        let terminated = |a: &Attempt| -> Value {
-            let e = a.exited.clone().unwrap_or_default();
-            let reason = if e.oom_killed {
-                "OOMKilled"
-            } else if e.error.is_some() {
-                "StartError"
-            } else if e.exit_code == 0 {
-                "Completed"
-            } else {
-                "Error"
-            };
-            let mut t = json!({
-                "exitCode": e.exit_code,
-                "reason": reason,
-                "startedAt": a.started.as_ref().map(|s| trim_ts(&s.started_at)),
-                "finishedAt": trim_ts(&e.finished_at),
-                "containerID": format!("skiff://{}", a.id),
-            });
-            if let Some(sig) = e.signal {
-                t["signal"] = json!(sig);
-            }
-            if let Some(m) = e.error {
-                t["message"] = json!(m);
-            }
-            t
-        };
-        let running = s.running();
-        let state = match (&s.current, &s.waiting) {
-            (Some(a), _) if running => {
-                json!({"running": {"startedAt": a.started.as_ref().map(|s| trim_ts(&s.started_at))}})
-            }
-            (_, Some((reason, message))) => json!({"waiting": {"reason": reason, "message": message}}),
-            (Some(a), None) if a.exited.is_some() => json!({"terminated": terminated(a)}),
-            _ => json!({"waiting": {"reason": if init { "PodInitializing" } else { "ContainerCreating" }}}),
-        };
-        let last = match (&s.current, &s.previous) {
-            (Some(a), _) if !running && s.waiting.is_some() && a.exited.is_some() => {
-                json!({"terminated": terminated(a)})
-            }
-            (_, Some(p)) if p.exited.is_some() => json!({"terminated": terminated(p)}),
-            _ => json!({}),
-        };
-        let probed = c.get("readinessProbe").is_some() || c.get("startupProbe").is_some();
-        let verdict = s.verdict();
-        let ready = running && (!init || is_sidecar(c)) && (!probed || verdict.ready);
-        let started = running && (c.get("startupProbe").is_none() || verdict.started);
-        let mut st = json!({
-            "name": name,
-            "image": c["image"],
-            "imageID": s.image_id.clone().unwrap_or_default(),
-            "restartCount": s.restart_count(),
-            "ready": ready,
-            "started": started,
-            "state": state,
-            "lastState": last,
-        });
-        if let Some(a) = &s.current {
-            st["containerID"] = json!(format!("skiff://{}", a.id));
-        }
-        st
-    }
-
     async fn post_status(&mut self) -> anyhow::Result<()> {
-        let init: Vec<Value> = self
-            .containers("initContainers")
-            .iter()
-            .map(|c| self.container_status(c, true))
-            .collect();
-        let app: Vec<Value> = self
-            .containers("containers")
-            .iter()
-            .map(|c| self.container_status(c, false))
-            .collect();
-        let policy = self.restart_policy();
-        let init_done = self.containers("initContainers").iter().all(|c| {
-            self.ctrs
-                .get(c["name"].as_str().unwrap_or_default())
-                .is_some_and(|s| s.init_done(is_sidecar(c)))
-        });
-        let init_failed = policy == "Never"
-            && self.containers("initContainers").iter().any(|c| {
-                !is_sidecar(c)
-                    && self
-                        .ctrs
-                        .get(c["name"].as_str().unwrap_or_default())
-                        .and_then(Ctr::exited)
-                        .is_some_and(|e| !e.succeeded())
-            });
-        let apps: Vec<&Ctr> = self
-            .containers("containers")
-            .iter()
-            .filter_map(|c| self.ctrs.get(c["name"].as_str().unwrap_or_default()))
-            .collect();
-        let all_created =
-            apps.len() == self.containers("containers").len() && apps.iter().all(|c| c.current.is_some());
-        let any_running = apps.iter().any(|c| c.running());
-        let all_exited = all_created && apps.iter().all(|c| c.exited().is_some());
-        let all_ok = all_exited && apps.iter().all(|c| c.exited().is_some_and(Exited::succeeded));
-        let phase = if init_failed {
-            "Failed"
-        } else if !init_done || !all_created {
-            "Pending"
-        } else if all_exited && policy != "Always" && !apps.iter().any(|c| c.waiting.is_some()) {
-            if all_ok {
-                "Succeeded"
-            } else if policy == "Never" {
-                "Failed"
-            } else {
-                "Running"
-            }
-        } else if any_running || all_exited {
-            "Running"
-        } else {
-            "Pending"
-        };
-        let ready = phase == "Running" && app.iter().all(|s| s["ready"] == json!(true));
-        let old = &self.pod["status"];
-        let now = now_rfc3339();
-        let old_cond = |t: &str| {
-            old["conditions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|c| c["type"] == json!(t))
-                .cloned()
-        };
-        let cond = |t: &str, ok: bool, reason: Option<&str>| {
-            let status = if ok { "True" } else { "False" };
-            let since = old_cond(t)
-                .filter(|c| c["status"] == json!(status))
-                .and_then(|c| c["lastTransitionTime"].as_str().map(str::to_string))
-                .unwrap_or_else(|| trim_ts(&now));
-            let mut c =
-                json!({"type": t, "status": status, "lastProbeTime": null, "lastTransitionTime": since});
-            if let Some(r) = reason.filter(|_| !ok) {
-                c["reason"] = json!(r);
-            }
-            c
-        };
-        let done = matches!(phase, "Succeeded" | "Failed");
-        let mut conditions = vec![
-            cond("PodReadyToStartContainers", self.sandbox_ready, None),
-            cond("Initialized", init_done, Some("ContainersNotInitialized")),
-            cond(
-                "Ready",
-                ready,
-                Some(if done {
-                    "PodCompleted"
-                } else {
-                    "ContainersNotReady"
-                }),
-            ),
-            cond(
-                "ContainersReady",
-                ready,
-                Some(if done {
-                    "PodCompleted"
-                } else {
-                    "ContainersNotReady"
-                }),
-            ),
-        ];
-        if let Some(s) = old_cond("PodScheduled") {
-            conditions.push(s);
-        }
-        let mut status = json!({
-            "phase": phase,
-            "conditions": conditions,
-            "hostIP": self.shared.cfg.node_ip,
-            "hostIPs": [{"ip": self.shared.cfg.node_ip}],
-            "startTime": self.start_time.as_deref().map(trim_ts),
-            "qosClass": spec::qos_class(&self.pod),
-            "containerStatuses": app,
-        });
         let ip = if self.host_network() {
             Some(self.shared.cfg.node_ip.clone())
         } else {
             self.ip.clone()
         };
-        if let Some(ip) = ip {
-            status["podIP"] = json!(ip);
-            status["podIPs"] = json!([{"ip": ip}]);
-        }
-        if !init.is_empty() {
-            status["initContainerStatuses"] = json!(init);
-        }
+        let status = super::status::pod_status(
+            &super::status::PodView {
+                pod: &self.pod,
+                ctrs: &self.ctrs,
+                sandbox_ready: self.sandbox_ready,
+                node_ip: &self.shared.cfg.node_ip,
+                ip: ip.as_deref(),
+                start_time: self.start_time.as_deref(),
+            },
+            &now_rfc3339(),
+        );
         // Compare without timestamps that change every pass.
         if status == self.last_status {
             return Ok(());
@@ -1444,14 +1205,6 @@ impl EventSink {
         if let Err(e) = self.api.json(Method::POST, &path, Some(&ev)).await {
             tracing::debug!(error = %e, "posting an event failed");
         }
-    }
-}
-
-/// Kubernetes timestamps are whole seconds.
-fn trim_ts(ts: &str) -> String {
-    match ts.split_once('.') {
-        Some((head, _)) => format!("{head}Z"),
-        None => ts.to_string(),
     }
 }
 
