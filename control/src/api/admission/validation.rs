@@ -35,6 +35,26 @@ fn data_size(data: &Value, base64: bool) -> usize {
     })
 }
 
+/// Why `key` cannot be a ConfigMap or Secret key (upstream's `IsConfigMapKey`), if it cannot.
+fn config_key_problem(key: &str) -> Option<String> {
+    if key.len() > 253 {
+        return Some("must be no more than 253 characters".into());
+    }
+    if key.is_empty()
+        || !key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+    {
+        return Some("a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')".into());
+    }
+    match key {
+        "." => Some("must not be '.'".into()),
+        ".." => Some("must not be '..'".into()),
+        _ if key.starts_with("..") => Some("must not start with '..'".into()),
+        _ => None,
+    }
+}
+
 /// Validates `obj` as `info`'s kind; returns the field errors.
 fn validate(info: &ResourceInfo, obj: &Value) -> Causes {
     let mut causes = Causes::new();
@@ -123,6 +143,28 @@ fn validate(info: &ResourceInfo, obj: &Value) -> Causes {
             causes.push(("value".into(), "Required value".into()));
         }
         ("", "ConfigMap" | "Secret") => {
+            // A Secret's `stringData` is in `data` by now (the defaults plugin moves it).
+            let maps: &[&str] = if info.kind == "Secret" {
+                &["data"]
+            } else {
+                &["data", "binaryData"]
+            };
+            for map in maps {
+                for key in obj[*map].as_object().into_iter().flatten().map(|(k, _)| k) {
+                    if let Some(problem) = config_key_problem(key) {
+                        causes.push((
+                            format!("{map}[{key}]"),
+                            format!("Invalid value: \"{key}\": {problem}"),
+                        ));
+                    }
+                    if info.kind == "ConfigMap" && *map == "data" && obj["binaryData"].get(key).is_some() {
+                        causes.push((
+                            format!("data[{key}]"),
+                            format!("Invalid value: \"{key}\": duplicate of key present in binaryData"),
+                        ));
+                    }
+                }
+            }
             let size = if info.kind == "Secret" {
                 data_size(&obj["data"], true)
             } else {
@@ -224,6 +266,35 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(fields(err), ["spec.schedule", "spec.timeZone"]);
+    }
+
+    #[test]
+    fn configmap_and_secret_keys_are_config_keys() {
+        let secrets = resource("", "v1", "secrets");
+        check(
+            &secrets,
+            json!({"metadata": {"name": "s"}, "data": {"tls.crt": "", "KEY_1-x": ""}}),
+        )
+        .unwrap();
+        let err = check(
+            &secrets,
+            json!({"metadata": {"name": "s"}, "data": {"": "dmFsdWUtMQ=="}}),
+        )
+        .unwrap_err();
+        assert_eq!(fields(err), ["data[]"]);
+        let err = check(
+            &secrets,
+            json!({"metadata": {"name": "s"}, "data": {"a/b": "eA=="}}),
+        )
+        .unwrap_err();
+        assert_eq!(fields(err), ["data[a/b]"]);
+        let configmaps = resource("", "v1", "configmaps");
+        let err = check(
+            &configmaps,
+            json!({"metadata": {"name": "c"}, "data": {"..hidden": "", "same": ""}, "binaryData": {".": "", "same": ""}}),
+        )
+        .unwrap_err();
+        assert_eq!(fields(err), ["data[..hidden]", "data[same]", "binaryData[.]"]);
     }
 
     #[test]
