@@ -11,6 +11,7 @@ use super::selector::LabelSelector;
 use super::status::ApiError;
 use crate::objects::keys;
 use crate::objects::meta::{from_kv, meta_str, to_stored};
+use crate::objects::write::{DeleteOptions, Preconditions, Propagation};
 use crate::store::StoreError;
 
 const PDB_PREFIX: &str = keys::POD_DISRUPTION_BUDGETS;
@@ -104,10 +105,12 @@ pub async fn evict(app: &App, call: &Call, body: &[u8]) -> Result<Response, ApiE
         app,
         &pod_call,
         &name,
-        opts["propagationPolicy"].as_str(),
-        grace,
-        &opts["preconditions"],
-        call.query.get("dryRun").is_some_and(|d| d == "All"),
+        &DeleteOptions {
+            propagation: opts["propagationPolicy"].as_str().and_then(Propagation::parse),
+            grace_seconds: grace,
+            preconditions: Preconditions::from_json(&opts["preconditions"]),
+            dry_run: call.query.get("dryRun").is_some_and(|d| d == "All"),
+        },
     )
     .await?;
     Ok(json_response(

@@ -1,7 +1,7 @@
 //! The REST verbs on objects: get, list, watch, create, update, patch, delete, deletecollection,
 //! and the `status`, `scale` and `binding` subresources.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +21,7 @@ use super::table;
 use crate::objects::meta::{
     finalizers, from_kv, generate_name, meta_str, new_uid, now, set_resource_version, to_stored,
 };
+use crate::objects::write::{DeleteOptions, Deletion, Preconditions, Propagation, plan_deletion};
 use crate::store::{EventKind, KeyValue, StoreError};
 
 /// One parsed request on a resource.
@@ -1119,114 +1120,56 @@ pub async fn delete(app: &App, call: &Call, body: &[u8]) -> Result<Response> {
         app,
         call,
         &name,
-        policy.as_deref(),
-        grace,
-        &opts["preconditions"],
-        dry_run,
+        &DeleteOptions {
+            propagation: policy.as_deref().and_then(Propagation::parse),
+            grace_seconds: grace,
+            preconditions: Preconditions::from_json(&opts["preconditions"]),
+            dry_run,
+        },
     )
     .await?;
     Ok(json_response(StatusCode::OK, &outcome))
 }
 
 /// Deletes (or starts deleting) one object; returns what the DELETE responds with.
-pub async fn delete_one(
-    app: &App,
-    call: &Call,
-    name: &str,
-    policy: Option<&str>,
-    grace: Option<i64>,
-    preconditions: &Value,
-    dry_run: bool,
-) -> Result<Value> {
+pub async fn delete_one(app: &App, call: &Call, name: &str, opts: &DeleteOptions) -> Result<Value> {
+    let core = call.info.group.is_empty();
     for _ in 0..8 {
         let current = read(app, call, name).await?;
-        let mut obj = from_kv(&current);
-        if let Some(uid) = preconditions["uid"].as_str()
-            && uid != meta_str(&obj, "uid")
+        let obj = from_kv(&current);
+        opts.preconditions
+            .check(&obj, current.mod_revision)
+            .map_err(|e| {
+                ApiError::new(
+                    409,
+                    "Conflict",
+                    format!(
+                        "Operation cannot be fulfilled on {} \"{name}\": {e}",
+                        call.target(name).qualified()
+                    ),
+                )
+            })?;
+        let written = match plan_deletion(&obj, core, &call.info.kind, opts, time::OffsetDateTime::now_utc())
         {
-            return Err(ApiError::new(
-                409,
-                "Conflict",
-                format!(
-                    "Operation cannot be fulfilled on {} \"{name}\": Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
-                    call.target(name).qualified(),
-                    meta_str(&obj, "uid")
-                ),
-            ));
-        }
-        if let Some(rv) = preconditions["resourceVersion"].as_str()
-            && rv != current.mod_revision.to_string()
-        {
-            return Err(ApiError::new(
-                409,
-                "Conflict",
-                format!(
-                    "Operation cannot be fulfilled on {} \"{name}\": Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
-                    call.target(name).qualified(),
-                    current.mod_revision
-                ),
-            ));
-        }
-        let mut fins: BTreeSet<String> = finalizers(&obj).into_iter().collect();
-        let mut changed = false;
-        match policy {
-            Some("Foreground") => changed |= fins.insert("foregroundDeletion".into()),
-            Some("Orphan") => changed |= fins.insert("orphan".into()),
-            _ => {}
-        }
-        let graceful_pod = call.info.group.is_empty()
-            && call.info.kind == "Pod"
-            && obj["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty())
-            && !matches!(obj["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
-            && grace
-                .or_else(|| obj["spec"]["terminationGracePeriodSeconds"].as_i64())
-                .unwrap_or(30)
-                > 0;
-        let is_namespace = call.info.group.is_empty() && call.info.kind == "Namespace";
-        let already_deleting = obj["metadata"]["deletionTimestamp"].is_string();
-        if fins.is_empty() && !graceful_pod && !is_namespace {
-            if dry_run {
-                return Ok(obj);
-            }
-            match app.store.delete(&current.key, Some(current.mod_revision)).await {
-                Ok(_) => return Ok(success(call.target(name), meta_str(&obj, "uid"))),
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(e) => return Err(ApiError::from_store(e, call.target(name))),
-            }
-        }
-        if already_deleting && !changed {
-            return Ok(obj);
-        }
-        if !already_deleting {
-            let grace_s = if graceful_pod {
-                grace
-                    .or_else(|| obj["spec"]["terminationGracePeriodSeconds"].as_i64())
-                    .unwrap_or(30)
-            } else {
-                0
-            };
-            let at = time::OffsetDateTime::now_utc() + time::Duration::seconds(grace_s);
-            obj["metadata"]["deletionTimestamp"] = json!(crate::objects::meta::format_time(at));
-            obj["metadata"]["deletionGracePeriodSeconds"] = json!(grace_s);
-        }
-        if !fins.is_empty() {
-            obj["metadata"]["finalizers"] = json!(fins.into_iter().collect::<Vec<_>>());
-        }
-        if is_namespace {
-            obj["status"]["phase"] = json!("Terminating");
-        }
-        if dry_run {
-            return Ok(obj);
-        }
-        match app
-            .store
-            .update(&current.key, to_stored(&obj), Some(current.mod_revision))
-            .await
-        {
-            Ok(kv) => {
-                set_resource_version(&mut obj, kv.mod_revision);
-                return Ok(obj);
-            }
+            Deletion::Unchanged => return Ok(obj),
+            Deletion::Remove if opts.dry_run => return Ok(obj),
+            Deletion::Remove => app
+                .store
+                .delete(&current.key, Some(current.mod_revision))
+                .await
+                .map(|_| success(call.target(name), meta_str(&obj, "uid"))),
+            Deletion::Mark(marked) if opts.dry_run => return Ok(marked),
+            Deletion::Mark(mut marked) => app
+                .store
+                .update(&current.key, to_stored(&marked), Some(current.mod_revision))
+                .await
+                .map(|kv| {
+                    set_resource_version(&mut marked, kv.mod_revision);
+                    marked
+                }),
+        };
+        match written {
+            Ok(answer) => return Ok(answer),
             Err(StoreError::Conflict { .. }) => continue,
             Err(e) => return Err(ApiError::from_store(e, call.target(name))),
         }
@@ -1256,10 +1199,11 @@ pub async fn delete_collection(app: &App, call: &Call, body: &[u8]) -> Result<Re
             app,
             &ns_call,
             &name,
-            policy.as_deref(),
-            None,
-            &Value::Null,
-            call.dry_run(),
+            &DeleteOptions {
+                propagation: policy.as_deref().and_then(Propagation::parse),
+                dry_run: call.dry_run(),
+                ..DeleteOptions::default()
+            },
         )
         .await
         {

@@ -13,6 +13,7 @@ use crate::api::crd::CLEANUP;
 use crate::api::handlers::delete_one;
 use crate::objects::keys;
 use crate::objects::meta::{finalizers, from_kv, meta_str};
+use crate::objects::write::DeleteOptions;
 
 const PREFIX: &str = keys::CUSTOM_RESOURCE_DEFINITIONS;
 
@@ -28,7 +29,7 @@ async fn clean_up(app: &App, crd: &Value) -> Result<bool, crate::store::StoreErr
             continue;
         };
         let name = call.name().to_owned();
-        if let Err(e) = delete_one(app, &call, &name, Some("Background"), None, &Value::Null, false).await
+        if let Err(e) = delete_one(app, &call, &name, &DeleteOptions::background()).await
             && e.code != 404
         {
             tracing::warn!(key = %kv.key, error = %e, "could not delete custom resource");

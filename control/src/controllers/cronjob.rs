@@ -19,6 +19,7 @@ use crate::objects::cron::Schedule;
 use crate::objects::keys;
 use crate::objects::meta::meta_str;
 use crate::objects::meta::{controller_of, owner_ref};
+use crate::objects::write::DeleteOptions;
 
 /// Store prefix of CronJobs.
 pub const CJ_PREFIX: &str = keys::CRON_JOBS;
@@ -155,16 +156,9 @@ pub async fn reconcile(
                 }
                 "Replace" => {
                     for j in active.drain(..) {
-                        let _ = delete_one(
-                            app,
-                            &job_call,
-                            meta_str(&j, "name"),
-                            Some("Background"),
-                            None,
-                            &Value::Null,
-                            false,
-                        )
-                        .await;
+                        let _ =
+                            delete_one(app, &job_call, meta_str(&j, "name"), &DeleteOptions::background())
+                                .await;
                         events::record(
                             app,
                             &cj,
@@ -226,16 +220,7 @@ pub async fn reconcile(
     ] {
         let done: Vec<&Arc<Value>> = owned.iter().filter(|j| finished(j) == Some(ok)).collect();
         for j in done.iter().take(done.len().saturating_sub(limit.max(0) as usize)) {
-            let _ = delete_one(
-                app,
-                &job_call,
-                meta_str(j, "name"),
-                Some("Background"),
-                None,
-                &Value::Null,
-                false,
-            )
-            .await;
+            let _ = delete_one(app, &job_call, meta_str(j, "name"), &DeleteOptions::background()).await;
         }
     }
 

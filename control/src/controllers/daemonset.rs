@@ -18,6 +18,7 @@ use crate::objects::keys;
 use crate::objects::meta::meta_str;
 use crate::objects::meta::{controller_of, owner_ref, pod_available, pod_from_template, pod_ready};
 use crate::objects::scheduling::{selector_and_affinity_match, tolerates};
+use crate::objects::write::DeleteOptions;
 
 /// Store prefix of DaemonSets.
 pub const DS_PREFIX: &str = keys::DAEMON_SETS;
@@ -131,16 +132,7 @@ async fn reconcile(
     for (node, list) in &by_node {
         let keep = usize::from(wanted.contains(node));
         for p in list.iter().skip(keep) {
-            let _ = delete_one(
-                app,
-                &pod_call,
-                meta_str(p, "name"),
-                Some("Background"),
-                None,
-                &Value::Null,
-                false,
-            )
-            .await;
+            let _ = delete_one(app, &pod_call, meta_str(p, "name"), &DeleteOptions::background()).await;
             wrote = true;
         }
     }
@@ -181,16 +173,7 @@ async fn reconcile(
             if available {
                 budget -= 1;
             }
-            let _ = delete_one(
-                app,
-                &pod_call,
-                meta_str(p, "name"),
-                Some("Background"),
-                None,
-                &Value::Null,
-                false,
-            )
-            .await;
+            let _ = delete_one(app, &pod_call, meta_str(p, "name"), &DeleteOptions::background()).await;
             by_node.remove(node);
             wrote = true;
         }

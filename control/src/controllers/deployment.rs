@@ -15,6 +15,7 @@ use crate::api::handlers::{create_object, delete_one, update_object};
 use crate::objects::keys;
 use crate::objects::meta::{active, controller_of, owner_ref};
 use crate::objects::meta::{meta_str, now, parse_time};
+use crate::objects::write::DeleteOptions;
 
 /// Store prefix of Deployments.
 pub const DEPLOY_PREFIX: &str = keys::DEPLOYMENTS;
@@ -339,16 +340,7 @@ async fn reconcile(app: &App, deploys: &Cache, rss: &Cache, pods: &Cache, key: &
     if empty_old.len() > limit {
         let rs_call = call(app, "apps", "replicasets", &ns, None, None, MANAGER);
         for rs in empty_old.iter().take(empty_old.len() - limit) {
-            let _ = delete_one(
-                app,
-                &rs_call,
-                meta_str(rs, "name"),
-                Some("Background"),
-                None,
-                &Value::Null,
-                false,
-            )
-            .await;
+            let _ = delete_one(app, &rs_call, meta_str(rs, "name"), &DeleteOptions::background()).await;
         }
     }
 

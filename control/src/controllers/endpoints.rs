@@ -14,6 +14,7 @@ use crate::api::handlers::{create_object, delete_one, update_object};
 use crate::objects::keys;
 use crate::objects::meta::meta_str;
 use crate::objects::meta::pod_ready;
+use crate::objects::write::DeleteOptions;
 
 const SVC_PREFIX: &str = keys::SERVICES;
 const EP_PREFIX: &str = keys::ENDPOINTS;
@@ -82,20 +83,11 @@ async fn reconcile(
             "endpointslice-controller",
         );
         for s in existing_slices {
-            let _ = delete_one(
-                app,
-                &slice_call,
-                meta_str(&s, "name"),
-                None,
-                None,
-                &Value::Null,
-                false,
-            )
-            .await;
+            let _ = delete_one(app, &slice_call, meta_str(&s, "name"), &DeleteOptions::default()).await;
         }
         if services.get(key).is_none() && endpoints.get(&format!("{EP_PREFIX}{ns}/{name}")).is_some() {
             let ep_call = call(app, "", "endpoints", ns, None, None, "endpoint-controller");
-            let _ = delete_one(app, &ep_call, name, None, None, &Value::Null, false).await;
+            let _ = delete_one(app, &ep_call, name, &DeleteOptions::default()).await;
         }
         return Ok(Next::Done);
     };

@@ -4,13 +4,14 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::{RESYNC, call_for_key, edit_object, remove_finalizer};
 use crate::api::App;
 use crate::api::handlers::delete_one;
 use crate::objects::keys;
 use crate::objects::meta::{finalizers, from_kv, meta_str};
+use crate::objects::write::{DeleteOptions, Propagation};
 use crate::store::{EventKind, StoreError};
 
 /// What the collector knows about every object with a uid.
@@ -118,7 +119,16 @@ async fn delete_key(app: &App, key: &str, policy: &str) {
         return;
     };
     let name = call.name().to_owned();
-    if let Err(e) = delete_one(app, &call, &name, Some(policy), None, &Value::Null, false).await
+    if let Err(e) = delete_one(
+        app,
+        &call,
+        &name,
+        &DeleteOptions {
+            propagation: Propagation::parse(policy),
+            ..DeleteOptions::default()
+        },
+    )
+    .await
         && e.code != 404
     {
         tracing::warn!(%key, error = %e, "garbage collector could not delete");

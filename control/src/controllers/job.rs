@@ -18,6 +18,7 @@ use crate::api::handlers::{create_object, delete_one};
 use crate::objects::keys;
 use crate::objects::meta::{active, pod_from_template, pod_ready};
 use crate::objects::meta::{meta_str, now, parse_time};
+use crate::objects::write::{DeleteOptions, Propagation};
 
 /// Store prefix of Jobs.
 pub const JOB_PREFIX: &str = keys::JOBS;
@@ -72,7 +73,7 @@ async fn reconcile(app: &App, jobs: &Cache, pods: &Cache, key: &str) -> Result<N
                 .unwrap_or(0);
             if since >= ttl {
                 let c = call(app, "batch", "jobs", &ns, None, None, MANAGER);
-                let _ = delete_one(app, &c, &name, Some("Background"), None, &Value::Null, false).await;
+                let _ = delete_one(app, &c, &name, &DeleteOptions::background()).await;
                 return Ok(Next::Done);
             }
             return Ok(Next::After(Duration::from_secs((ttl - since).max(1) as u64)));
@@ -133,10 +134,11 @@ async fn reconcile(app: &App, jobs: &Cache, pods: &Cache, key: &str) -> Result<N
                 app,
                 &pod_call,
                 meta_str(p, "name"),
-                Some("Background"),
-                Some(0),
-                &Value::Null,
-                false,
+                &DeleteOptions {
+                    propagation: Some(Propagation::Background),
+                    grace_seconds: Some(0),
+                    ..DeleteOptions::default()
+                },
             )
             .await;
         }

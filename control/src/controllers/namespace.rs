@@ -3,13 +3,12 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use serde_json::Value;
-
 use super::{RESYNC, edit_object};
 use crate::api::App;
 use crate::api::handlers::{Call, delete_one};
 use crate::objects::keys;
 use crate::objects::meta::{from_kv, meta_str};
+use crate::objects::write::DeleteOptions;
 use crate::store::StoreError;
 
 const PREFIX: &str = keys::NAMESPACES;
@@ -39,7 +38,7 @@ async fn drain(app: &App, ns: &str) -> Result<bool, StoreError> {
                 content_type: "application/json".into(),
             };
             let name = meta_str(&obj, "name").to_owned();
-            if let Err(e) = delete_one(app, &call, &name, Some("Background"), None, &Value::Null, false).await
+            if let Err(e) = delete_one(app, &call, &name, &DeleteOptions::background()).await
                 && e.code != 404
             {
                 tracing::warn!(%ns, %name, error = %e, "could not delete namespace content");

@@ -15,6 +15,7 @@ use crate::api::App;
 use crate::api::handlers::delete_one;
 use crate::objects::keys;
 use crate::objects::meta::{meta_str, now, parse_time};
+use crate::objects::write::DeleteOptions;
 
 const LEASE_PREFIX: &str = keys::NODE_LEASES;
 const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
@@ -169,9 +170,7 @@ async fn evict(app: &App, nodes: &Cache, pods: &Cache) {
                     &format!("Marking for deletion Pod {ns}/{pod_name}"),
                 )
                 .await;
-                if let Err(e) =
-                    delete_one(app, &c, pod_name, Some("Background"), None, &Value::Null, false).await
-                {
+                if let Err(e) = delete_one(app, &c, pod_name, &DeleteOptions::background()).await {
                     tracing::debug!(pod = %pod_name, error = %e, "eviction failed");
                 }
             }

@@ -13,6 +13,7 @@ use crate::api::App;
 use crate::api::handlers::{create_object, delete_one};
 use crate::objects::keys;
 use crate::objects::meta::{meta_str, pod_available, pod_from_template, pod_ready};
+use crate::objects::write::DeleteOptions;
 
 /// Which extra pods go first when scaling down, as upstream: unscheduled, pending, not ready,
 /// then the newest.
@@ -77,17 +78,7 @@ async fn reconcile(app: &App, rs_cache: &Cache, pods: &Cache, key: &str) -> Resu
         let pod_call = call(app, "", "pods", &ns, None, None, "replicaset-controller");
         for pod in extra.iter().take(owned.len() - want) {
             let pod_name = meta_str(pod, "name").to_owned();
-            match delete_one(
-                app,
-                &pod_call,
-                &pod_name,
-                Some("Background"),
-                None,
-                &Value::Null,
-                false,
-            )
-            .await
-            {
+            match delete_one(app, &pod_call, &pod_name, &DeleteOptions::background()).await {
                 Ok(_) => {
                     events::record(
                         app,

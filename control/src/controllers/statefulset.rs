@@ -16,6 +16,7 @@ use crate::api::handlers::{create_object, delete_one};
 use crate::objects::keys;
 use crate::objects::meta::meta_str;
 use crate::objects::meta::{active, pod_available, pod_from_template, pod_ready};
+use crate::objects::write::DeleteOptions;
 
 /// Store prefix of StatefulSets.
 pub const STS_PREFIX: &str = keys::STATEFUL_SETS;
@@ -87,16 +88,7 @@ async fn delete_claims(app: &App, sts: &Value, pod_name: &str) {
     let ns = meta_str(sts, "namespace");
     let claim_call = call(app, "", "persistentvolumeclaims", ns, None, None, MANAGER);
     for (_, claim) in template_claims(sts, pod_name) {
-        let _ = delete_one(
-            app,
-            &claim_call,
-            &claim,
-            Some("Background"),
-            None,
-            &Value::Null,
-            false,
-        )
-        .await;
+        let _ = delete_one(app, &claim_call, &claim, &DeleteOptions::background()).await;
     }
 }
 
@@ -189,16 +181,7 @@ async fn reconcile(app: &App, stss: &Cache, pods: &Cache, key: &str) -> Result<N
         } else {
             usize::from(others_healthy)
         }) {
-            let _ = delete_one(
-                app,
-                &pod_call,
-                meta_str(p, "name"),
-                Some("Background"),
-                None,
-                &Value::Null,
-                false,
-            )
-            .await;
+            let _ = delete_one(app, &pod_call, meta_str(p, "name"), &DeleteOptions::background()).await;
             if sts["spec"]["persistentVolumeClaimRetentionPolicy"]["whenScaled"] == "Delete" {
                 delete_claims(app, &sts, meta_str(p, "name")).await;
             }
@@ -225,16 +208,7 @@ async fn reconcile(app: &App, stss: &Cache, pods: &Cache, key: &str) -> Result<N
                     **o >= partition && **o < want && p["metadata"]["labels"][HASH] != revision.as_str()
                 })
             {
-                let _ = delete_one(
-                    app,
-                    &pod_call,
-                    meta_str(p, "name"),
-                    Some("Background"),
-                    None,
-                    &Value::Null,
-                    false,
-                )
-                .await;
+                let _ = delete_one(app, &pod_call, meta_str(p, "name"), &DeleteOptions::background()).await;
                 wrote = true;
             }
         }

@@ -18,6 +18,7 @@ use crate::objects::keys;
 use crate::objects::meta::meta_str;
 use crate::objects::quantity;
 use crate::objects::scheduling::term_matches;
+use crate::objects::write::DeleteOptions;
 
 /// Store prefix of PersistentVolumes.
 pub const PV_PREFIX: &str = keys::PERSISTENT_VOLUMES;
@@ -389,17 +390,7 @@ impl Ctx {
         match policy {
             "Delete" if pv["metadata"]["annotations"][PROVISIONED_BY] == LOCAL_PATH => {
                 let c = call(&self.app, "", "persistentvolumes", "", None, None, MANAGER);
-                match delete_one(
-                    &self.app,
-                    &c,
-                    meta_str(pv, "name"),
-                    None,
-                    None,
-                    &Value::Null,
-                    false,
-                )
-                .await
-                {
+                match delete_one(&self.app, &c, meta_str(pv, "name"), &DeleteOptions::default()).await {
                     Ok(_) => Ok(Next::Done),
                     Err(e) if e.code == 404 => Ok(Next::Done),
                     Err(e) => Err(e.message),

@@ -22,6 +22,7 @@ use crate::controllers::runtime::{Cache, Caches, Change};
 use crate::controllers::write::call;
 use crate::objects::keys;
 use crate::objects::meta::{meta_str, now};
+use crate::objects::write::DeleteOptions;
 
 /// Store prefix of nodes.
 const NAME: &str = "default-scheduler";
@@ -514,10 +515,7 @@ async fn schedule_one(
                         app,
                         &vc,
                         meta_str(&v, "name"),
-                        Some("Background"),
-                        None,
-                        &Value::Null,
-                        false,
+                        &DeleteOptions::background(),
                     )
                     .await
                     .is_ok()
