@@ -20,6 +20,15 @@ use super::volumes;
 use crate::image::{Image, Reference};
 use crate::runtime::shim::{EXITED, Exited, STARTED, Started, now_rfc3339};
 
+/// `namespace/name`, as the pod's log lines say which pod they are about.
+fn pod_key(pod: &Value) -> String {
+    format!(
+        "{}/{}",
+        pod["metadata"]["namespace"].as_str().unwrap_or("default"),
+        pod["metadata"]["name"].as_str().unwrap_or_default()
+    )
+}
+
 /// Pods saved on disk by a previous run of the agent.
 pub fn saved_pods(shared: &Shared) -> Vec<(String, Value)> {
     let mut out = Vec::new();
@@ -64,6 +73,7 @@ fn read_json<T: serde::de::DeserializeOwned>(p: &Path) -> Option<T> {
 }
 
 /// Runs one pod's worker until its pod is gone and cleaned up.
+#[tracing::instrument(name = "pod", skip_all, fields(pod = %pod_key(&initial), uid = %uid))]
 pub async fn run(shared: Arc<Shared>, uid: String, initial: Value, mut rx: watch::Receiver<Option<Value>>) {
     // The pod may be gone before this task first runs; then it is cleaned up as it was last known.
     let latest = rx.borrow_and_update().clone();
@@ -90,7 +100,7 @@ pub async fn run(shared: Arc<Shared>, uid: String, initial: Value, mut rx: watch
             match pod.terminate(gone, &mut rx).await {
                 Ok(()) => return,
                 Err(e) => {
-                    tracing::warn!(pod = %pod.key(), error = %format!("{e:#}"), "pod clean-up failed; retrying");
+                    tracing::warn!(error = %format!("{e:#}"), "pod clean-up failed; retrying");
                     Duration::from_secs(2)
                 }
             }
@@ -98,7 +108,7 @@ pub async fn run(shared: Arc<Shared>, uid: String, initial: Value, mut rx: watch
             match pod.sync().await {
                 Ok(d) => d,
                 Err(e) => {
-                    tracing::warn!(pod = %pod.key(), error = %format!("{e:#}"), "pod sync failed");
+                    tracing::warn!(error = %format!("{e:#}"), "pod sync failed");
                     Duration::from_secs(2)
                 }
             }
@@ -122,9 +132,6 @@ pub async fn run(shared: Arc<Shared>, uid: String, initial: Value, mut rx: watch
 }
 
 impl Pod {
-    fn key(&self) -> String {
-        format!("{}/{}", self.ns(), self.name())
-    }
     fn ns(&self) -> &str {
         self.pod["metadata"]["namespace"].as_str().unwrap_or("default")
     }
@@ -1061,7 +1068,7 @@ impl Pod {
         if !gone {
             super::finish_deletion(&self.shared.api, &self.pod).await?;
         }
-        tracing::info!(pod = %self.key(), "pod removed from the node");
+        tracing::info!("pod removed from the node");
         Ok(())
     }
 

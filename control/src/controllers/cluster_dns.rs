@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
+use super::error::Error;
 use super::runtime::{Cache, Caches, sync_on_changes};
 use super::write::{call, put_object};
 use crate::api::App;
@@ -82,7 +83,7 @@ pub fn endpoints(nodes: &[Arc<Value>]) -> Vec<Value> {
     out
 }
 
-async fn sync(app: &App, nodes: &Cache, slices: &Cache) -> Result<(), String> {
+async fn sync(app: &App, nodes: &Cache, slices: &Cache) -> Result<(), Error> {
     let wanted = endpoints(&nodes.list(None));
     let ports = json!([
         {"name": "dns", "port": 53, "protocol": "UDP"},
@@ -118,7 +119,7 @@ async fn sync(app: &App, nodes: &Cache, slices: &Cache) -> Result<(), String> {
                 None,
                 MANAGER,
             );
-            create_object(app, &c, slice).await.map_err(|e| e.message)?;
+            create_object(app, &c, slice).await?;
         }
     }
     Ok(())

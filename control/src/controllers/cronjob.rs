@@ -9,6 +9,7 @@ use std::time::Duration;
 use jiff::{Timestamp, tz::TimeZone};
 use serde_json::{Value, json};
 
+use super::error::Error;
 use super::events;
 use super::job::JOB_PREFIX;
 use super::runtime::{Cache, Caches, Next, Queue, queue_changes, queue_owners, run_workers};
@@ -114,7 +115,7 @@ pub async fn reconcile(
     jobs: &Cache,
     key: &str,
     now: Timestamp,
-) -> Result<Next, String> {
+) -> Result<Next, Error> {
     let Some((cj, ns, name)) = cjs.live(key) else {
         return Ok(Next::Done);
     };
@@ -206,7 +207,7 @@ pub async fn reconcile(
                         active.push(Arc::new(created));
                     }
                     Err(e) if e.code == 409 => {}
-                    Err(e) => return Err(e.message),
+                    Err(e) => return Err(e.into()),
                 }
             }
             last_schedule = Some(t);

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use super::deployment::{resolve, template_hash};
+use super::error::Error;
 use super::events;
 use super::runtime::{Cache, Caches, Next, Queue, queue_changes, queue_owners, run_workers};
 use super::write::{call, write_status};
@@ -66,7 +67,7 @@ fn node_of(pod: &Value) -> Option<String> {
         .map(str::to_owned)
 }
 
-async fn ensure_revision(app: &App, revs: &Cache, ds: &Value, hash: &str) -> Result<(), String> {
+async fn ensure_revision(app: &App, revs: &Cache, ds: &Value, hash: &str) -> Result<(), Error> {
     let ns = meta_str(ds, "namespace");
     let name = format!("{}-{hash}", meta_str(ds, "name"));
     if revs.get(&format!("{REV_PREFIX}{ns}/{name}")).is_some() {
@@ -95,7 +96,7 @@ async fn ensure_revision(app: &App, revs: &Cache, ds: &Value, hash: &str) -> Res
     match create_object(app, &c, rev).await {
         Ok(_) => Ok(()),
         Err(e) if e.code == 409 => Ok(()),
-        Err(e) => Err(e.message),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -106,7 +107,7 @@ async fn reconcile(
     pods: &Cache,
     revs: &Cache,
     key: &str,
-) -> Result<Next, String> {
+) -> Result<Next, Error> {
     let Some((ds, ns, name)) = dss.live(key) else {
         return Ok(Next::Done);
     };
@@ -197,7 +198,7 @@ async fn reconcile(
                 .await;
                 wrote = true;
             }
-            Err(e) => return Err(e.message),
+            Err(e) => return Err(e.into()),
         }
     }
     if wrote {

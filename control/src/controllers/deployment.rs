@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use super::error::Error;
 use super::events;
 use super::runtime::{Cache, Next, Queue, queue_changes, queue_owners, run_workers};
 use super::write::{call, put_object, write_status};
@@ -99,7 +100,7 @@ async fn record_scaling(app: &App, d: &Value, rs_name: &str, direction: &str, to
 }
 
 /// Sets a ReplicaSet's replica count (and optionally its revision).
-async fn scale_rs(app: &App, rs: &Value, to: i64, rev: Option<i64>) -> Result<(), String> {
+async fn scale_rs(app: &App, rs: &Value, to: i64, rev: Option<i64>) -> Result<(), Error> {
     if replicas(rs) == to && rev.is_none_or(|r| r == revision(rs)) {
         return Ok(());
     }
@@ -130,7 +131,7 @@ fn condition(kind: &str, status: bool, reason: &str, message: &str, previous: &V
     json!({"type": kind, "status": status_str, "lastUpdateTime": update, "lastTransitionTime": transition, "reason": reason, "message": message})
 }
 
-async fn reconcile(app: &App, deploys: &Cache, rss: &Cache, pods: &Cache, key: &str) -> Result<Next, String> {
+async fn reconcile(app: &App, deploys: &Cache, rss: &Cache, pods: &Cache, key: &str) -> Result<Next, Error> {
     let Some((d, ns, name)) = deploys.live(key) else {
         return Ok(Next::Done);
     };
@@ -234,7 +235,7 @@ async fn reconcile(app: &App, deploys: &Cache, rss: &Cache, pods: &Cache, key: &
                 "spec": {"replicas": initial, "minReadySeconds": d["spec"]["minReadySeconds"].as_i64().unwrap_or(0), "selector": selector, "template": rs_template},
             });
             let rs_call = call(app, "apps", "replicasets", &ns, None, None, MANAGER);
-            let created = create_object(app, &rs_call, rs).await.map_err(|e| e.message)?;
+            let created = create_object(app, &rs_call, rs).await?;
             record_scaling(app, &d, meta_str(&created, "name"), "up", initial).await;
             rss.wait_for(meta_str(&created, "resourceVersion").parse().unwrap_or(0))
                 .await;
@@ -357,7 +358,7 @@ async fn reconcile(app: &App, deploys: &Cache, rss: &Cache, pods: &Cache, key: &
             }
             d["metadata"]["annotations"][REVISION] = json!(rev);
             let c = call(app, "apps", "deployments", &ns, Some(&name), None, MANAGER);
-            d = update_object(app, &c, d).await.map_err(|e| e.message)?;
+            d = update_object(app, &c, d).await?;
         }
     }
     update_status(app, &d, rss, want, max_unavailable).await
@@ -383,7 +384,7 @@ async fn update_status(
     rss: &Cache,
     want: i64,
     max_unavailable: i64,
-) -> Result<Next, String> {
+) -> Result<Next, Error> {
     let (ns, name) = (meta_str(d, "namespace"), meta_str(d, "name"));
     let owned: Vec<Arc<Value>> = rss
         .list(Some(ns))

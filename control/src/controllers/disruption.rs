@@ -6,6 +6,7 @@ use std::sync::Arc;
 use serde_json::json;
 
 use super::deployment::resolve;
+use super::error::Error;
 use super::runtime::{Cache, Caches, Next, Queue, queue_changes, run_workers};
 use super::write::write_status;
 use crate::api::App;
@@ -17,7 +18,7 @@ use crate::objects::meta::{active, pod_ready};
 /// Store prefix of PodDisruptionBudgets.
 pub const PDB_PREFIX: &str = keys::POD_DISRUPTION_BUDGETS;
 
-async fn reconcile(app: &App, pdbs: &Cache, pods: &Cache, key: &str) -> Result<Next, String> {
+async fn reconcile(app: &App, pdbs: &Cache, pods: &Cache, key: &str) -> Result<Next, Error> {
     let Some(pdb) = pdbs.get(key) else {
         return Ok(Next::Done);
     };

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
+use super::error::Error;
 use super::runtime::{Cache, Caches, Next, Queue, queue_changes, run_workers};
 use super::write::{call, put_object};
 use crate::api::App;
@@ -57,11 +58,11 @@ async fn reconcile(
     endpoints: &Cache,
     slices: &Cache,
     key: &str,
-) -> Result<Next, String> {
+) -> Result<Next, Error> {
     let (ns, name) = key
         .trim_start_matches(SVC_PREFIX)
         .split_once('/')
-        .ok_or("bad key")?;
+        .ok_or_else(|| Error::Invalid("bad key".into()))?;
     let svc = services.get(key);
     let existing_slices: Vec<Arc<Value>> = slices
         .list(Some(ns))
@@ -150,7 +151,7 @@ async fn reconcile(
                 let mut updated = (*ep).clone();
                 updated["subsets"] = json!(subsets);
                 let c = call(app, "", "endpoints", ns, Some(name), None, "endpoint-controller");
-                update_object(app, &c, updated).await.map_err(|e| e.message)?;
+                update_object(app, &c, updated).await?;
             }
         }
         None => {
@@ -159,7 +160,7 @@ async fn reconcile(
                 ep["metadata"]["labels"] = labels.clone();
             }
             let c = call(app, "", "endpoints", ns, None, None, "endpoint-controller");
-            create_object(app, &c, ep).await.map_err(|e| e.message)?;
+            create_object(app, &c, ep).await?;
         }
     }
 
@@ -232,7 +233,7 @@ async fn reconcile(
                 None,
                 "endpointslice-controller",
             );
-            let created = create_object(app, &c, slice).await.map_err(|e| e.message)?;
+            let created = create_object(app, &c, slice).await?;
             slices
                 .wait_for(meta_str(&created, "resourceVersion").parse().unwrap_or(0))
                 .await;

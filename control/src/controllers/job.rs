@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use super::error::Error;
 use super::events;
 use super::runtime::{Cache, Caches, Next, Queue, queue_changes, queue_owners, run_workers};
 use super::write::{call, put_status};
@@ -61,7 +62,7 @@ fn pod_index(pod: &Value) -> Option<i64> {
         .and_then(|i| i.parse().ok())
 }
 
-async fn reconcile(app: &App, jobs: &Cache, pods: &Cache, key: &str) -> Result<Next, String> {
+async fn reconcile(app: &App, jobs: &Cache, pods: &Cache, key: &str) -> Result<Next, Error> {
     let Some((job, ns, name)) = jobs.live(key) else {
         return Ok(Next::Done);
     };
@@ -206,7 +207,7 @@ async fn reconcile(app: &App, jobs: &Cache, pods: &Cache, key: &str) -> Result<N
                         pods.wait_for(meta_str(&created, "resourceVersion").parse().unwrap_or(0))
                             .await;
                     }
-                    Err(e) => return Err(e.message),
+                    Err(e) => return Err(e.into()),
                 }
                 to_create -= 1;
             }

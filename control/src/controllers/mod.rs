@@ -20,6 +20,7 @@ mod daemonset;
 mod deployment;
 pub mod disruption;
 mod endpoints;
+pub mod error;
 
 pub mod events;
 mod gc;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use super::error::Error;
 use super::events;
 use super::runtime::{Cache, Next, Queue, queue_changes, queue_owners, run_workers};
 use super::write::{call, write_status};
@@ -33,7 +34,7 @@ fn deletion_rank(pod: &Value) -> (u8, u8, u8, std::cmp::Reverse<String>) {
     )
 }
 
-async fn reconcile(app: &App, rs_cache: &Cache, pods: &Cache, key: &str) -> Result<Next, String> {
+async fn reconcile(app: &App, rs_cache: &Cache, pods: &Cache, key: &str) -> Result<Next, Error> {
     let Some((rs, ns, name)) = rs_cache.live(key) else {
         return Ok(Next::Done);
     };
@@ -68,7 +69,7 @@ async fn reconcile(app: &App, rs_cache: &Cache, pods: &Cache, key: &str) -> Resu
                         &format!("Error creating: {}", e.message),
                     )
                     .await;
-                    return Err(e.message);
+                    return Err(e.into());
                 }
             }
         }
@@ -91,7 +92,7 @@ async fn reconcile(app: &App, rs_cache: &Cache, pods: &Cache, key: &str) -> Resu
                     .await
                 }
                 Err(e) if e.code == 404 => {}
-                Err(e) => return Err(e.message),
+                Err(e) => return Err(e.into()),
             }
         }
         last_rev = app.store.revision();

@@ -11,9 +11,11 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::{Notify, broadcast};
 
+use super::error::Error;
 use crate::api::App;
 use crate::objects::meta::from_kv;
 use crate::store::EventKind;
+use tracing::Instrument;
 
 /// One change seen by a cache.
 #[derive(Debug, Clone)]
@@ -371,7 +373,7 @@ where
 pub fn run_workers<F, Fut>(app: Arc<App>, name: &'static str, queue: Arc<Queue>, workers: usize, reconcile: F)
 where
     F: Fn(String) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<Next, String>> + Send,
+    Fut: Future<Output = Result<Next, Error>> + Send,
 {
     let reconcile = Arc::new(reconcile);
     for _ in 0..workers {
@@ -384,7 +386,8 @@ where
                     queue.add_after(&key, super::RESYNC);
                     continue;
                 }
-                match reconcile(key.clone()).await {
+                let span = tracing::debug_span!("reconcile", controller = name, key = %key);
+                match reconcile(key.clone()).instrument(span).await {
                     Ok(Next::Done) => queue.forget(&key),
                     Ok(Next::After(d)) => {
                         queue.forget(&key);

@@ -58,7 +58,7 @@ pub fn start(app: Arc<App>, caches: &Caches) {
             match create_object(&app, &c, sa).await {
                 Ok(_) => Ok(Next::Done),
                 Err(e) if e.code == 409 || e.code == 403 || e.code == 404 => Ok(Next::Done),
-                Err(e) => Err(e.message),
+                Err(e) => Err(e.into()),
             }
         }
     });

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use super::deployment::template_hash;
+use super::error::Error;
 use super::events;
 use super::runtime::{Cache, Caches, Next, Queue, queue_changes, queue_owners, run_workers};
 use super::write::{call, write_status};
@@ -43,7 +44,7 @@ fn template_claims<'a>(sts: &'a Value, pod_name: &str) -> Vec<(&'a Value, String
 
 /// Creates the claims of the set's `volumeClaimTemplates` for ordinal `pod_name` unless they
 /// exist, and points the pod's volumes at them.
-async fn claims_for(app: &App, sts: &Value, pod_name: &str, pod: &mut Value) -> Result<(), String> {
+async fn claims_for(app: &App, sts: &Value, pod_name: &str, pod: &mut Value) -> Result<(), Error> {
     let ns = meta_str(sts, "namespace");
     let claim_call = call(app, "", "persistentvolumeclaims", ns, None, None, MANAGER);
     for (template, claim_name) in template_claims(sts, pod_name) {
@@ -72,7 +73,7 @@ async fn claims_for(app: &App, sts: &Value, pod_name: &str, pod: &mut Value) -> 
         match create_object(app, &claim_call, claim).await {
             Ok(_) => {}
             Err(e) if e.code == 409 => {}
-            Err(e) => return Err(e.message),
+            Err(e) => return Err(e.into()),
         }
         let entry = json!({"name": volume, "persistentVolumeClaim": {"claimName": claim_name}});
         let volumes = pod["spec"]["volumes"].as_array().cloned().unwrap_or_default();
@@ -96,7 +97,7 @@ fn healthy(pod: &Value) -> bool {
     pod["status"]["phase"] == "Running" && pod_ready(pod)
 }
 
-async fn reconcile(app: &App, stss: &Cache, pods: &Cache, key: &str) -> Result<Next, String> {
+async fn reconcile(app: &App, stss: &Cache, pods: &Cache, key: &str) -> Result<Next, Error> {
     let Some((sts, ns, name)) = stss.live(key) else {
         return Ok(Next::Done);
     };
@@ -159,7 +160,7 @@ async fn reconcile(app: &App, stss: &Cache, pods: &Cache, key: &str) -> Result<N
                     wrote = true;
                 }
                 Err(e) if e.code == 409 => {}
-                Err(e) => return Err(e.message),
+                Err(e) => return Err(e.into()),
             }
             if !parallel {
                 break;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
+use super::error::Error;
 use super::events;
 use super::runtime::{Cache, Caches, Next, Queue, queue_changes, run_workers};
 use super::write::{call, put_object, put_status};
@@ -141,11 +142,11 @@ impl Ctx {
         defaults.into_iter().next()
     }
 
-    async fn update(&self, plural: &str, obj: Value) -> Result<Value, String> {
+    async fn update(&self, plural: &str, obj: Value) -> Result<Value, Error> {
         put_object(&self.app, obj, "", plural, None, MANAGER).await
     }
 
-    async fn set_phase(&self, obj: &Value, plural: &str, phase: &str, extra: Value) -> Result<(), String> {
+    async fn set_phase(&self, obj: &Value, plural: &str, phase: &str, extra: Value) -> Result<(), Error> {
         let mut status = obj["status"].clone();
         if !status.is_object() {
             status = json!({});
@@ -162,7 +163,7 @@ impl Ctx {
         put_status(&self.app, obj, "", plural, status, MANAGER).await
     }
 
-    async fn sync_claim(&self, key: &str) -> Result<Next, String> {
+    async fn sync_claim(&self, key: &str) -> Result<Next, Error> {
         let Some(claim) = self.claims.get(key) else {
             return Ok(Next::Done);
         };
@@ -231,7 +232,7 @@ impl Ctx {
         }
     }
 
-    async fn pending(&self, claim: &Value, reason: &str, message: &str) -> Result<(), String> {
+    async fn pending(&self, claim: &Value, reason: &str, message: &str) -> Result<(), Error> {
         if claim["status"]["phase"] != "Pending" {
             events::record(&self.app, claim, MANAGER, "Normal", reason, message).await;
         }
@@ -240,7 +241,7 @@ impl Ctx {
     }
 
     /// Points the volume at the claim, then the claim at the volume; statuses follow.
-    async fn bind(&self, pv: &Value, claim: &Value) -> Result<Next, String> {
+    async fn bind(&self, pv: &Value, claim: &Value) -> Result<Next, Error> {
         let mut pv_next = pv.clone();
         pv_next["spec"]["claimRef"] = json!({
             "kind": "PersistentVolumeClaim",
@@ -258,7 +259,7 @@ impl Ctx {
         self.finish_binding(&pv, claim).await
     }
 
-    async fn finish_binding(&self, pv: &Value, claim: &Value) -> Result<Next, String> {
+    async fn finish_binding(&self, pv: &Value, claim: &Value) -> Result<Next, Error> {
         self.set_phase(pv, "persistentvolumes", "Bound", json!({}))
             .await?;
         let claim = if claim["spec"]["volumeName"] == pv["metadata"]["name"] {
@@ -293,7 +294,7 @@ impl Ctx {
     }
 
     /// Creates a hostPath volume on `node` for the claim, pre-bound to it.
-    async fn provision(&self, class: &Value, claim: &Value, node: &Value) -> Result<Next, String> {
+    async fn provision(&self, class: &Value, claim: &Value, node: &Value) -> Result<Next, Error> {
         let name = format!("pvc-{}", meta_str(claim, "uid"));
         if self.pvs.get(&format!("{PV_PREFIX}{name}")).is_some() {
             return Ok(Next::Done);
@@ -339,11 +340,11 @@ impl Ctx {
                 Ok(Next::Done)
             }
             Err(e) if e.code == 409 => Ok(Next::Done),
-            Err(e) => Err(e.message),
+            Err(e) => Err(e.into()),
         }
     }
 
-    async fn sync_volume(&self, key: &str) -> Result<Next, String> {
+    async fn sync_volume(&self, key: &str) -> Result<Next, Error> {
         let Some(pv) = self.pvs.get(key) else {
             return Ok(Next::Done);
         };
@@ -383,7 +384,7 @@ impl Ctx {
     }
 
     /// The volume's claim is gone: keep it (Retain), or delete it when Skiff provisioned it.
-    async fn release(&self, pv: &Value) -> Result<Next, String> {
+    async fn release(&self, pv: &Value) -> Result<Next, Error> {
         let policy = pv["spec"]["persistentVolumeReclaimPolicy"]
             .as_str()
             .unwrap_or("Retain");
@@ -393,7 +394,7 @@ impl Ctx {
                 match delete_one(&self.app, &c, meta_str(pv, "name"), &DeleteOptions::default()).await {
                     Ok(_) => Ok(Next::Done),
                     Err(e) if e.code == 404 => Ok(Next::Done),
-                    Err(e) => Err(e.message),
+                    Err(e) => Err(e.into()),
                 }
             }
             "Delete" => {

@@ -4,6 +4,7 @@
 
 use serde_json::Value;
 
+use super::error::Error;
 use crate::api::App;
 use crate::api::handlers::{Call, update_object};
 use crate::objects::meta::meta_str;
@@ -46,7 +47,7 @@ pub async fn put_object(
     plural: &str,
     sub: Option<&str>,
     manager: &str,
-) -> Result<Value, String> {
+) -> Result<Value, Error> {
     let c = call(
         app,
         group,
@@ -56,7 +57,7 @@ pub async fn put_object(
         sub,
         manager,
     );
-    update_object(app, &c, next).await.map_err(|e| e.message)
+    Ok(update_object(app, &c, next).await?)
 }
 
 /// Writes `obj`'s status subresource (`group`/`plural`) as `manager`.
@@ -67,7 +68,7 @@ pub async fn put_status(
     plural: &str,
     status: Value,
     manager: &str,
-) -> Result<(), String> {
+) -> Result<(), Error> {
     let mut next = obj.clone();
     next["status"] = status;
     put_object(app, next, group, plural, Some("status"), manager)
@@ -83,7 +84,7 @@ pub async fn write_status(
     plural: &str,
     status: Value,
     manager: &str,
-) -> Result<(), String> {
+) -> Result<(), Error> {
     if obj["status"] == status {
         return Ok(());
     }

@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use self::node_info::{NodeInfo, pod_requests};
 use crate::api::App;
 use crate::api::handlers::{bind, update_object};
+use crate::controllers::error::Error;
 use crate::controllers::events;
 use crate::controllers::runtime::{Cache, Caches, Change};
 use crate::controllers::write::call;
@@ -565,7 +566,7 @@ async fn schedule_one(
 
 /// Tells a `WaitForFirstConsumer` claim which node its pod got (upstream's
 /// `volume.kubernetes.io/selected-node`), so the binder binds or provisions there.
-async fn select_node(app: &App, claim: &Value, node: &str) -> Result<(), String> {
+async fn select_node(app: &App, claim: &Value, node: &str) -> Result<(), Error> {
     let mut next = claim.clone();
     next["metadata"]["annotations"][crate::controllers::volume::SELECTED_NODE] = json!(node);
     if next == *claim {
