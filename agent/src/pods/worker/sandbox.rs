@@ -1,0 +1,170 @@
+//! A pod's sandbox: its network namespace and address, the files every container mounts
+//! (hosts, resolv.conf, hostname), its volumes, and tearing all of it down.
+
+use super::*;
+
+impl Pod {
+    pub(super) async fn create_sandbox(&mut self) -> anyhow::Result<()> {
+        std::fs::create_dir_all(self.sandbox())?;
+        let hostname = self.pod["spec"]["hostname"]
+            .as_str()
+            .unwrap_or(self.name())
+            .to_string();
+        let mut cmd = tokio::process::Command::new(&self.shared.exe);
+        cmd.arg("sandbox")
+            .arg("--dir")
+            .arg(self.sandbox())
+            .arg("--hostname")
+            .arg(&hostname);
+        if let Some(ns) = crate::network::pod_net::node_netns() {
+            cmd.arg("--node-netns").arg(ns);
+        }
+        if self.host_network() {
+            cmd.arg("--host-network");
+        } else {
+            let ip = self.shared.ipam.allocate(&self.uid)?;
+            std::fs::write(self.dir.join("ip"), ip.to_string())?;
+            self.ip = Some(ip.to_string());
+            cmd.arg("--bridge")
+                .arg(&self.shared.cfg.bridge)
+                .arg("--veth")
+                .arg(crate::network::pod_net::veth_name("sk", &self.uid))
+                .arg("--ip")
+                .arg(ip.to_string())
+                .arg("--prefix")
+                .arg(self.shared.ipam.prefix().to_string())
+                .arg("--gateway")
+                .arg(self.shared.ipam.gateway().to_string());
+            if let Some(cidr) = &self.shared.cfg.service_cidr {
+                cmd.arg("--service-cidr").arg(cidr);
+            }
+        }
+        let out = cmd.output().await.context("running the sandbox helper")?;
+        if !out.status.success() {
+            let msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            self.event(
+                "Warning",
+                "FailedCreatePodSandBox",
+                &format!("Failed to create pod sandbox: {msg}"),
+            )
+            .await;
+            bail!("creating the pod sandbox: {msg}");
+        }
+        self.write_pod_files(&hostname)?;
+        self.sandbox_ready = true;
+        Ok(())
+    }
+
+    pub(super) fn write_pod_files(&self, hostname: &str) -> anyhow::Result<()> {
+        let ip = self.address();
+        let mut hosts = String::from(
+            "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+        );
+        let fqdn = match self.pod["spec"]["subdomain"].as_str() {
+            Some(sub) => format!("{hostname}.{sub}.{}.svc.cluster.local\t{hostname}", self.ns()),
+            None => hostname.to_string(),
+        };
+        hosts.push_str(&format!("{ip}\t{fqdn}\n"));
+        for alias in self.pod["spec"]["hostAliases"].as_array().into_iter().flatten() {
+            let names: Vec<&str> = alias["hostnames"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            hosts.push_str(&format!(
+                "{}\t{}\n",
+                alias["ip"].as_str().unwrap_or_default(),
+                names.join("\t")
+            ));
+        }
+        std::fs::write(self.dir.join("hosts"), hosts)?;
+        std::fs::write(self.dir.join("hostname"), format!("{hostname}\n"))?;
+        let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let resolv = spec::resolv_conf(
+            &self.pod,
+            self.host_network(),
+            self.shared
+                .cfg
+                .dns
+                .as_ref()
+                .map(|d| (d.address, d.domain.as_str())),
+            &host,
+        );
+        std::fs::write(self.dir.join("resolv.conf"), resolv)?;
+        Ok(())
+    }
+
+    pub(super) async fn sync_volumes(&mut self, lookup: &Lookup<'_>, pod: &Value) -> anyhow::Result<()> {
+        for v in pod["spec"]["volumes"].as_array().into_iter().flatten() {
+            let name = v["name"].as_str().unwrap_or_default();
+            let dir = self.dir.join("volumes").join(name);
+            if v.get("emptyDir").is_some() {
+                volumes::empty_dir(&dir, v)?;
+            } else if v.get("hostPath").is_some() {
+                volumes::host_path(v)?;
+            } else if let Some(files) = volumes::desired_files(lookup, pod, v).await? {
+                volumes::write_files(&dir, &files)?;
+            } else if let Some(claim) = v["persistentVolumeClaim"]["claimName"].as_str() {
+                let path = volumes::claim_path(lookup, claim).await?;
+                volumes::link_claim(&dir, &path)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Host path behind a volume mount.
+    pub(super) fn volume_source(&self, volume_name: &str) -> anyhow::Result<(PathBuf, bool)> {
+        let v = self.pod["spec"]["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|v| v["name"].as_str() == Some(volume_name))
+            .with_context(|| format!("volume {volume_name:?} is not defined"))?;
+        if v.get("hostPath").is_some() {
+            return Ok((
+                PathBuf::from(v["hostPath"]["path"].as_str().unwrap_or_default()),
+                false,
+            ));
+        }
+        let read_only = ["configMap", "secret", "downwardAPI", "projected"]
+            .iter()
+            .any(|k| v.get(*k).is_some())
+            || v["persistentVolumeClaim"]["readOnly"] == true;
+        Ok((self.dir.join("volumes").join(volume_name), read_only))
+    }
+
+    pub(super) async fn teardown(&mut self) -> anyhow::Result<()> {
+        // Container roots and memory volumes.
+        if let Ok(rd) = std::fs::read_dir(self.dir.join("containers")) {
+            for c in rd.flatten() {
+                for a in std::fs::read_dir(c.path()).into_iter().flatten().flatten() {
+                    let rootfs = a.path().join("bundle/rootfs");
+                    if volumes::is_mountpoint(&rootfs) {
+                        nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH)
+                            .context("unmounting a container root")?;
+                    }
+                }
+            }
+        }
+        if let Ok(rd) = std::fs::read_dir(self.dir.join("volumes")) {
+            for v in rd.flatten() {
+                if volumes::is_mountpoint(&v.path()) {
+                    nix::mount::umount2(&v.path(), nix::mount::MntFlags::MNT_DETACH)?;
+                }
+            }
+        }
+        crate::network::pod_net::release_sandbox(&self.sandbox())?;
+        if !self.host_network() {
+            let h = crate::network::pod_net::connect()?;
+            crate::network::pod_net::delete_link(&h, &crate::network::pod_net::veth_name("sk", &self.uid))
+                .await?;
+            self.shared.ipam.release(&self.uid)?;
+        }
+        crate::runtime::cgroups::remove_tree(&self.cgroup_parent());
+        std::fs::remove_dir_all(&self.dir).or_else(ignore_missing)?;
+        std::fs::remove_dir_all(self.shared.log_dir(self.ns(), self.name(), &self.uid))
+            .or_else(ignore_missing)?;
+        Ok(())
+    }
+}
