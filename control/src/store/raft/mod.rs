@@ -8,6 +8,7 @@ mod log_store;
 #[expect(clippy::result_large_err, reason = "openraft's error types")]
 mod network;
 #[expect(clippy::result_large_err, reason = "openraft's error types")]
+mod snapshot;
 mod state_machine;
 mod types;
 

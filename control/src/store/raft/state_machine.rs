@@ -8,10 +8,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use openraft::storage::{RaftStateMachine, Snapshot};
-use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, SnapshotMeta, StoredMembership};
+use openraft::{EntryPayload, ErrorSubject, ErrorVerb, SnapshotMeta, StoredMembership};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+use super::snapshot::{SnapshotBuilder, SnapshotData, read_snapshot_file, write_snapshot_file};
 use super::types::{Entry, LogId, NodeId, Response, StorageError, TypeConfig, decode, encode, io_err};
 use crate::store::watch::{Event, EventKind, WatchHub};
 use crate::store::{KeyValue, WriteOp, WriteResult};
@@ -42,13 +43,6 @@ impl Record {
     }
 }
 
-/// The whole key space at one log id, as sent to a lagging member.
-#[derive(Debug, Serialize, Deserialize)]
-struct SnapshotData {
-    revision: u64,
-    kvs: Vec<(String, Record)>,
-}
-
 /// The state machine; the store handle shares its database for reads.
 pub struct StateMachine {
     db: Arc<Database>,
@@ -62,7 +56,7 @@ impl std::fmt::Debug for StateMachine {
     }
 }
 
-fn sm_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
+pub(super) fn sm_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
     io_err(ErrorSubject::StateMachine, verb, e)
 }
 
@@ -95,6 +89,10 @@ impl StateMachine {
         }
     }
 
+    #[expect(
+        clippy::result_large_err,
+        reason = "openraft's StorageError is what the state machine's trait methods return"
+    )]
     fn meta_get<T: for<'de> Deserialize<'de>>(&self, name: &str) -> Result<Option<T>, StorageError> {
         let read = |e: &dyn std::fmt::Display| sm_err(ErrorVerb::Read, e);
         let tx = self.db.begin_read().map_err(|e| read(&e))?;
@@ -104,42 +102,6 @@ impl StateMachine {
             None => Ok(None),
         }
     }
-
-    fn read_snapshot_file(&self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let bytes = match std::fs::read(&self.snapshot_path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(sm_err(ErrorVerb::Read, e)),
-        };
-        let (meta, data): (SnapshotMeta<NodeId, openraft::BasicNode>, Vec<u8>) =
-            decode(&bytes).map_err(|e| sm_err(ErrorVerb::Read, e))?;
-        Ok(Some(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
-        }))
-    }
-}
-
-/// Writes a snapshot file atomically (temp file, fsync, rename).
-fn write_snapshot_file(
-    path: &std::path::Path,
-    meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
-    data: &[u8],
-) -> Result<(), StorageError> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let write = |e: std::io::Error| {
-        io_err(
-            ErrorSubject::Snapshot(Some(meta.signature())),
-            ErrorVerb::Write,
-            e,
-        )
-    };
-    let bytes = encode(&(meta, data));
-    let mut f = std::fs::File::create(&tmp).map_err(write)?;
-    f.write_all(&bytes).map_err(write)?;
-    f.sync_all().map_err(write)?;
-    std::fs::rename(&tmp, path).map_err(write)
 }
 
 /// Stores `value` at `key` at the next revision, after `prev` (the value it replaces, if any).
@@ -308,10 +270,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        SnapshotBuilder {
-            db: self.db.clone(),
-            snapshot_path: self.snapshot_path.clone(),
-        }
+        SnapshotBuilder::new(self.db.clone(), self.snapshot_path.clone())
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
@@ -350,75 +309,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        self.read_snapshot_file()
-    }
-}
-
-/// Builds a snapshot from a consistent read of the state machine.
-pub struct SnapshotBuilder {
-    db: Arc<Database>,
-    snapshot_path: PathBuf,
-}
-
-impl std::fmt::Debug for SnapshotBuilder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SnapshotBuilder").finish_non_exhaustive()
-    }
-}
-
-impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
-    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let read = |e: &dyn std::fmt::Display| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e);
-        // Make every applied entry durable before openraft may purge the log behind the snapshot.
-        let flush = self.db.begin_write().map_err(|e| read(&e))?;
-        {
-            let mut meta = flush.open_table(SM_META).map_err(|e| read(&e))?;
-            let stamp = time::OffsetDateTime::now_utc().unix_timestamp();
-            meta.insert("flushed_at", encode(&stamp).as_slice())
-                .map_err(|e| read(&e))?;
-        }
-        flush.commit().map_err(|e| read(&e))?;
-        let tx = self.db.begin_read().map_err(|e| read(&e))?;
-        let meta_table = tx.open_table(SM_META).map_err(|e| read(&e))?;
-        let get = |name: &str| -> Result<Option<Vec<u8>>, StorageError> {
-            Ok(meta_table
-                .get(name)
-                .map_err(|e| read(&e))?
-                .map(|v| v.value().to_vec()))
-        };
-        let applied: Option<LogId> = match get(APPLIED)? {
-            Some(b) => decode(&b).map_err(|e| read(&e))?,
-            None => None,
-        };
-        let membership: StoredMembership<NodeId, openraft::BasicNode> = match get(MEMBERSHIP)? {
-            Some(b) => decode(&b).map_err(|e| read(&e))?,
-            None => StoredMembership::default(),
-        };
-        let revision: u64 = match get(REVISION)? {
-            Some(b) => decode(&b).map_err(|e| read(&e))?,
-            None => 0,
-        };
-        let table = tx.open_table(KV).map_err(|e| read(&e))?;
-        let mut kvs = Vec::new();
-        for item in table.iter().map_err(|e| read(&e))? {
-            let (k, v) = item.map_err(|e| read(&e))?;
-            kvs.push((k.value().to_owned(), decode(v.value()).map_err(|e| read(&e))?));
-        }
-        let data = encode(&SnapshotData { revision, kvs });
-        let snapshot_id = format!(
-            "{}-{}",
-            applied.map(|l| l.index).unwrap_or(0),
-            time::OffsetDateTime::now_utc().unix_timestamp_nanos()
-        );
-        let meta = SnapshotMeta {
-            last_log_id: applied,
-            last_membership: membership,
-            snapshot_id,
-        };
-        write_snapshot_file(&self.snapshot_path, &meta, &data)?;
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
-        })
+        read_snapshot_file(&self.snapshot_path)
     }
 }

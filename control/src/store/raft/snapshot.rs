@@ -1,0 +1,134 @@
+//! Raft snapshots: the whole key space at one log id, built from a consistent read of the state
+//! machine (after making every applied entry durable, since openraft may then purge the log),
+//! written atomically to `snapshot.bin`, and sent to members that are too far behind.
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use openraft::storage::Snapshot;
+use openraft::{ErrorSubject, ErrorVerb, RaftSnapshotBuilder, SnapshotMeta, StoredMembership};
+use redb::{Database, ReadableDatabase, ReadableTable};
+use serde::{Deserialize, Serialize};
+
+use super::state_machine::{APPLIED, KV, MEMBERSHIP, REVISION, Record, SM_META, sm_err};
+use super::types::{LogId, NodeId, StorageError, TypeConfig, decode, encode, io_err};
+
+/// The whole key space at one log id, as sent to a lagging member.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct SnapshotData {
+    pub(super) revision: u64,
+    pub(super) kvs: Vec<(String, Record)>,
+}
+
+/// The latest snapshot written, if any.
+pub(super) fn read_snapshot_file(path: &Path) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(sm_err(ErrorVerb::Read, e)),
+    };
+    let (meta, data): (SnapshotMeta<NodeId, openraft::BasicNode>, Vec<u8>) =
+        decode(&bytes).map_err(|e| sm_err(ErrorVerb::Read, e))?;
+    Ok(Some(Snapshot {
+        meta,
+        snapshot: Box::new(Cursor::new(data)),
+    }))
+}
+
+/// Writes a snapshot file atomically (temp file, fsync, rename).
+pub(super) fn write_snapshot_file(
+    path: &Path,
+    meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
+    data: &[u8],
+) -> Result<(), StorageError> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let write = |e: std::io::Error| {
+        io_err(
+            ErrorSubject::Snapshot(Some(meta.signature())),
+            ErrorVerb::Write,
+            e,
+        )
+    };
+    let bytes = encode(&(meta, data));
+    let mut f = std::fs::File::create(&tmp).map_err(write)?;
+    f.write_all(&bytes).map_err(write)?;
+    f.sync_all().map_err(write)?;
+    std::fs::rename(&tmp, path).map_err(write)
+}
+
+/// Builds a snapshot from a consistent read of the state machine.
+pub struct SnapshotBuilder {
+    db: Arc<Database>,
+    snapshot_path: PathBuf,
+}
+
+impl SnapshotBuilder {
+    pub(super) fn new(db: Arc<Database>, snapshot_path: PathBuf) -> Self {
+        Self { db, snapshot_path }
+    }
+}
+
+impl std::fmt::Debug for SnapshotBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotBuilder").finish_non_exhaustive()
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let read = |e: &dyn std::fmt::Display| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e);
+        // Make every applied entry durable before openraft may purge the log behind the snapshot.
+        let flush = self.db.begin_write().map_err(|e| read(&e))?;
+        {
+            let mut meta = flush.open_table(SM_META).map_err(|e| read(&e))?;
+            let stamp = time::OffsetDateTime::now_utc().unix_timestamp();
+            meta.insert("flushed_at", encode(&stamp).as_slice())
+                .map_err(|e| read(&e))?;
+        }
+        flush.commit().map_err(|e| read(&e))?;
+        let tx = self.db.begin_read().map_err(|e| read(&e))?;
+        let meta_table = tx.open_table(SM_META).map_err(|e| read(&e))?;
+        let get = |name: &str| -> Result<Option<Vec<u8>>, StorageError> {
+            Ok(meta_table
+                .get(name)
+                .map_err(|e| read(&e))?
+                .map(|v| v.value().to_vec()))
+        };
+        let applied: Option<LogId> = match get(APPLIED)? {
+            Some(b) => decode(&b).map_err(|e| read(&e))?,
+            None => None,
+        };
+        let membership: StoredMembership<NodeId, openraft::BasicNode> = match get(MEMBERSHIP)? {
+            Some(b) => decode(&b).map_err(|e| read(&e))?,
+            None => StoredMembership::default(),
+        };
+        let revision: u64 = match get(REVISION)? {
+            Some(b) => decode(&b).map_err(|e| read(&e))?,
+            None => 0,
+        };
+        let table = tx.open_table(KV).map_err(|e| read(&e))?;
+        let mut kvs = Vec::new();
+        for item in table.iter().map_err(|e| read(&e))? {
+            let (k, v) = item.map_err(|e| read(&e))?;
+            kvs.push((k.value().to_owned(), decode(v.value()).map_err(|e| read(&e))?));
+        }
+        let data = encode(&SnapshotData { revision, kvs });
+        let snapshot_id = format!(
+            "{}-{}",
+            applied.map(|l| l.index).unwrap_or(0),
+            time::OffsetDateTime::now_utc().unix_timestamp_nanos()
+        );
+        let meta = SnapshotMeta {
+            last_log_id: applied,
+            last_membership: membership,
+            snapshot_id,
+        };
+        write_snapshot_file(&self.snapshot_path, &meta, &data)?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
