@@ -61,6 +61,15 @@ fn invalid_names_labels_and_missing_fields() {
         "apiVersion: v1\nkind: Namespace\nmetadata: {name: has.dot}\n",
     );
     assert!(err.contains("RFC 1123 label"), "{err}");
+    // Most names are RFC 1123 subdomains: up to 253 characters, with no 63-character cap on a part
+    // (the conformance suite names ConfigMaps with 73); namespace and service names are labels.
+    let long = "a".repeat(73);
+    c.ok(&["create", "configmap", &long, "--from-literal=k=v"]);
+    c.ok(&["delete", "configmap", &long]);
+    let err = c.fails(&["create", "namespace", &"n".repeat(64)]);
+    assert!(err.contains("RFC 1123 label"), "{err}");
+    let err = c.fails(&["create", "configmap", &"b".repeat(254)]);
+    assert!(err.contains("RFC 1123 subdomain"), "{err}");
     let err = c.fails_stdin(&["apply", "-f", "-"], "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ok, namespace: default, labels: {a: 'not valid!'}}\n");
     assert!(err.contains("metadata.labels"), "{err}");
     let err = c.fails_stdin(

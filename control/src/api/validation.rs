@@ -5,17 +5,23 @@ use serde_json::Value;
 /// Field errors as `(field path, message)`.
 pub type Causes = Vec<(String, String)>;
 
-fn is_dns_label(s: &str) -> bool {
+/// `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, of any length.
+fn is_label_shaped(s: &str) -> bool {
     !s.is_empty()
-        && s.len() <= 63
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
 
+fn is_dns_label(s: &str) -> bool {
+    s.len() <= 63 && is_label_shaped(s)
+}
+
+/// Upstream's IsDNS1123Subdomain: at most 253 characters of dot-separated label-shaped parts, which
+/// (unlike DNS labels) have no length limit of their own.
 fn is_dns_subdomain(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns_label)
+    s.len() <= 253 && s.split('.').all(is_label_shaped)
 }
 
 /// Validates a DNS-1123 subdomain name (most kinds).
@@ -220,5 +226,26 @@ mod tests {
             &mut ok,
         );
         assert!(ok.is_empty(), "{ok:?}");
+    }
+
+    #[test]
+    fn subdomain_names_may_be_long_and_labels_may_not() {
+        let long = "a".repeat(100);
+        let mut causes = Causes::new();
+        check_metadata(&json!({"metadata": {"name": long}}), false, &mut causes);
+        check_metadata(
+            &json!({"metadata": {"name": format!("x.{}", "b".repeat(260))}}),
+            false,
+            &mut causes,
+        );
+        assert_eq!(causes.len(), 1, "100 characters pass, 262 fail: {causes:?}");
+        assert_eq!(causes[0].0, "metadata.name");
+        let mut causes = Causes::new();
+        check_metadata(&json!({"metadata": {"name": "c".repeat(64)}}), true, &mut causes);
+        assert_eq!(
+            causes.len(),
+            1,
+            "a namespace or service name is a 63-character label"
+        );
     }
 }
