@@ -81,6 +81,14 @@ const APPLETS: &[&str] = &[
 /// Writes an OCI-layout archive of a busybox image (from the host's static busybox) into `dir`;
 /// returns the archive path.
 pub fn busybox_oci_archive(dir: &Path) -> PathBuf {
+    busybox_oci_archive_with_env(
+        dir,
+        &["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+    )
+}
+
+/// [`busybox_oci_archive`] with `env` as the image config's environment.
+pub fn busybox_oci_archive_with_env(dir: &Path, env: &[&str]) -> PathBuf {
     let busybox = std::fs::read("/bin/busybox").expect("/bin/busybox (Debian's busybox-static) is needed");
     let mut layer = Vec::new();
     for d in [
@@ -130,7 +138,7 @@ pub fn busybox_oci_archive(dir: &Path) -> PathBuf {
     let config = serde_json::to_vec(&json!({
         "architecture": "amd64",
         "os": "linux",
-        "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": ["sh"]},
+        "config": {"Env": env, "Cmd": ["sh"]},
         "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{diff_id}")]},
     }))
     .expect("json");
@@ -243,6 +251,15 @@ impl Registry {
     /// The busybox test image's reference.
     pub fn busybox(&self) -> String {
         format!("{}/skiff/busybox:1", self.host)
+    }
+
+    /// Pushes the busybox image with no environment in its config (no `PATH`, as some images
+    /// have) and returns its reference.
+    pub fn busybox_without_path(&self) -> String {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let archive = busybox_oci_archive_with_env(dir.path(), &[]);
+        self.push(&archive, "skiff/busybox-nopath:1");
+        format!("{}/skiff/busybox-nopath:1", self.host)
     }
 }
 

@@ -840,6 +840,40 @@ spec:
     k.c.ok(&["delete", "pod", "hooked"]);
     let log = std::fs::read_to_string(host.path().join("log")).unwrap_or_default();
     assert_eq!(log, "preStop\ngot TERM\n", "hooks and signal in order");
+
+    // An image whose config sets no PATH still finds its commands (the runtime's default PATH, as
+    // containerd's), and the downward API gives the pod's and node's addresses in env.
+    let bare = k.registry.busybox_without_path();
+    k.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: bare}}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: app
+    image: {bare}
+    command: ["sh", "-c", "echo PATH=$PATH; echo POD_IP=$POD_IP HOST_IP=$HOST_IP"]
+    env:
+    - name: POD_IP
+      valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}
+    - name: HOST_IP
+      valueFrom: {{fieldRef: {{fieldPath: status.hostIP}}}}
+"#
+    ));
+    let pod = k.wait_pod("bare", "Succeeded", |p| phase(p) == "Succeeded");
+    let logs = k.c.ok(&["logs", "bare"]);
+    assert!(
+        logs.contains("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"),
+        "{logs}"
+    );
+    let ip = pod["status"]["podIP"].as_str().expect("a pod IP");
+    let host_ip = pod["status"]["hostIP"].as_str().expect("a host IP");
+    assert!(
+        logs.contains(&format!("POD_IP={ip} HOST_IP={host_ip}\n")),
+        "{logs}"
+    );
 }
 
 #[test]

@@ -247,6 +247,9 @@ pub fn resource_field_ref(pod: &Value, r: &Value, default_container: Option<&str
     Ok(value.to_string())
 }
 
+/// The PATH a container gets when its image sets none.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 /// The container's environment, in the order the kubelet builds it.
 pub async fn resolve(
     lookup: &Lookup<'_>,
@@ -254,7 +257,8 @@ pub async fn resolve(
     container: &Value,
     image_env: &[String],
 ) -> anyhow::Result<Vec<(String, String)>> {
-    let mut env: Vec<(String, String)> = Vec::new();
+    // As containerd and CRI-O: a PATH for images whose config sets none (theirs wins if set).
+    let mut env: Vec<(String, String)> = vec![("PATH".into(), DEFAULT_PATH.into())];
     let set = |env: &mut Vec<(String, String)>, k: String, v: String| {
         env.retain(|(x, _)| *x != k);
         env.push((k, v));

@@ -273,7 +273,14 @@ impl Pod {
         }
         let lookup_api = self.shared.api.clone();
         let ca = self.shared.ca_pem.clone();
-        let pod_for_lookup = self.pod.clone();
+        // The downward API reads the pod's addresses, which this node knows before the pod's
+        // status (written at the end of this pass) says so.
+        let mut pod_for_lookup = self.pod.clone();
+        let (pod_ip, node_ip) = (self.address(), self.shared.cfg.node_ip.clone());
+        pod_for_lookup["status"]["podIP"] = json!(pod_ip);
+        pod_for_lookup["status"]["podIPs"] = json!([{"ip": pod_ip}]);
+        pod_for_lookup["status"]["hostIP"] = json!(node_ip);
+        pod_for_lookup["status"]["hostIPs"] = json!([{"ip": node_ip}]);
         let lookup = Lookup::new(&lookup_api, self.ns(), &ca);
         // Volumes: created before any container, refreshed (configMap/secret updates) every pass.
         let due = self
