@@ -288,6 +288,7 @@ fn host_name() -> String {
 }
 
 fn main() {
+    skiff_agent::runtime::helper::init();
     let cli = Cli::parse();
     // The shim is single-threaded by design: it must branch off before any runtime starts.
     if let Some(Command::Shim(args)) = cli.command {

@@ -634,6 +634,15 @@ impl Cluster {
         Cluster { node, registry, c }
     }
 
+    /// Starts all three, the node running the agent binary at `bin`.
+    pub fn start_with_agent(bin: &Path) -> Cluster {
+        let prefix = unique_prefix();
+        let c = Control::start_with(&["--cluster-cidr", &cluster_cidr(&prefix)]);
+        let registry = Registry::start_with_busybox();
+        let node = Node::start_bin(&c, &prefix, bin);
+        Cluster { node, registry, c }
+    }
+
     /// Starts all three with the node in a network namespace of its own, services through `proxy`.
     pub fn start_in_netns(proxy: Proxy) -> Cluster {
         let prefix = unique_prefix();

@@ -877,6 +877,32 @@ spec:
 }
 
 #[test]
+fn exec_and_new_containers_outlive_an_upgrade_of_the_agent_binary() {
+    // The agent runs from a copy, which an "upgrade" then replaces on disk with something else.
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("skiff-agent");
+    std::fs::copy(skiff_tests::node::agent_bin(), &bin).unwrap();
+    let k = Cluster::start_with_agent(&bin);
+    let image = k.registry.busybox();
+    let run = |name: &str| {
+        k.c.ok(&["run", name, "--image", &image, "--", "sleep", "3600"]);
+        k.wait_pod(name, "Running", |p| phase(p) == "Running");
+    };
+    run("before");
+    std::fs::remove_file(&bin).unwrap();
+    std::fs::write(&bin, "#!/bin/sh\necho another version >&2\nexit 42\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // Exec goes through the binary that runs, and so does a new pod's shim.
+    assert_eq!(
+        k.c.ok(&["exec", "before", "--", "echo", "still here"]),
+        "still here\n"
+    );
+    run("after");
+    assert_eq!(k.c.ok(&["exec", "after", "--", "echo", "new too"]), "new too\n");
+}
+
+#[test]
 fn claims_mount_their_provisioned_volume_and_outlive_the_pod() {
     let k = Cluster::start();
     let image = k.registry.busybox();

@@ -105,8 +105,6 @@ pub struct Shared {
     pub puller: Puller,
     /// Pod addresses (once the pod CIDR is known).
     pub ipam: Ipam,
-    /// This binary, re-exec'd as shim and sandbox helper.
-    pub exe: PathBuf,
     /// One pull per image at a time.
     pub pulls: Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
@@ -220,7 +218,6 @@ pub async fn run(cfg: Config, api: ApiClient, ca_pem: String) -> anyhow::Result<
         images: ImageStore::open(&cfg.data_dir)?,
         puller: Puller::new(cfg.insecure_registries.clone())?,
         ipam,
-        exe: std::env::current_exe().context("locating the agent binary")?,
         pulls: Mutex::new(HashMap::new()),
         cfg,
         api,

@@ -26,8 +26,6 @@ pub struct Target {
     pub ip: String,
     /// The container (its `ports` resolve named ports).
     pub container: Value,
-    /// The agent binary (for exec probes).
-    pub exe: PathBuf,
     /// libcontainer's state root.
     pub root: PathBuf,
     /// The container id.
@@ -68,8 +66,7 @@ pub async fn run_once(target: &Target, probe: &Value) -> Result<(), String> {
             .flatten()
             .filter_map(|c| c.as_str().map(str::to_string))
             .collect();
-        let mut child = tokio::process::Command::new(&target.exe)
-            .arg("exec")
+        let mut child = crate::runtime::helper::command("exec")
             .arg("--root")
             .arg(&target.root)
             .arg("--id")

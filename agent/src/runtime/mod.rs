@@ -4,4 +4,5 @@
 pub mod attach;
 pub mod cgroups;
 pub mod console;
+pub mod helper;
 pub mod shim;

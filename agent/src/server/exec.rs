@@ -351,9 +351,8 @@ async fn session(
     // whose master side comes to a console socket of ours; the helper's own errors still come as
     // stderr.
     let console = opts.tty.then(crate::runtime::console::Socket::bind).transpose()?;
-    let exe = std::env::current_exe()?;
-    let mut cmd = tokio::process::Command::new(exe);
-    cmd.arg("exec").arg("--root").arg(root).arg("--id").arg(id);
+    let mut cmd = crate::runtime::helper::command("exec");
+    cmd.arg("--root").arg(root).arg("--id").arg(id);
     if let Some(c) = &console {
         cmd.arg("--console-socket").arg(c.path());
     }

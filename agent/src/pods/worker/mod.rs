@@ -671,9 +671,8 @@ impl Pod {
         std::fs::create_dir_all(log.parent().context("log path")?)?;
         let status_dir = dir.join("status");
         let memory_cgroup = crate::runtime::cgroups::memory_dir(&cgroups_path);
-        let mut cmd = tokio::process::Command::new(&self.shared.exe);
-        cmd.arg("shim")
-            .arg("--root")
+        let mut cmd = crate::runtime::helper::command("shim");
+        cmd.arg("--root")
             .arg(self.shared.run_root())
             .arg("--id")
             .arg(&id)
@@ -918,7 +917,6 @@ fn target(shared: &Shared, c: &Value, id: &str, pid: i32, grace: Duration, ip: &
     super::probe::Target {
         ip: ip.to_string(),
         container: c.clone(),
-        exe: shared.exe.clone(),
         root: shared.run_root(),
         id: id.to_string(),
         pid,

@@ -10,9 +10,8 @@ impl Pod {
             .as_str()
             .unwrap_or(self.name())
             .to_string();
-        let mut cmd = tokio::process::Command::new(&self.shared.exe);
-        cmd.arg("sandbox")
-            .arg("--dir")
+        let mut cmd = crate::runtime::helper::command("sandbox");
+        cmd.arg("--dir")
             .arg(self.sandbox())
             .arg("--hostname")
             .arg(&hostname);
