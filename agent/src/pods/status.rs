@@ -105,34 +105,21 @@ fn container_status(ctrs: &HashMap<String, Ctr>, c: &Value, init: bool) -> Value
 
 /// The pod's status at `now` (RFC 3339).
 pub(super) fn pod_status(v: &PodView<'_>, now: &str) -> Value {
-    let init: Vec<Value> = containers(v.pod, "initContainers")
-        .iter()
-        .map(|c| container_status(v.ctrs, c, true))
-        .collect();
-    let app: Vec<Value> = containers(v.pod, "containers")
-        .iter()
-        .map(|c| container_status(v.ctrs, c, false))
-        .collect();
+    let inits = containers(v.pod, "initContainers");
+    let specs = containers(v.pod, "containers");
+    let state = |c: &Value| v.ctrs.get(c["name"].as_str().unwrap_or_default());
+    let init: Vec<Value> = inits.iter().map(|c| container_status(v.ctrs, c, true)).collect();
+    let app: Vec<Value> = specs.iter().map(|c| container_status(v.ctrs, c, false)).collect();
     let policy = v.pod["spec"]["restartPolicy"].as_str().unwrap_or("Always");
-    let init_done = containers(v.pod, "initContainers").iter().all(|c| {
-        v.ctrs
-            .get(c["name"].as_str().unwrap_or_default())
-            .is_some_and(|s| s.init_done(is_sidecar(c)))
-    });
-    let init_failed = policy == "Never"
-        && containers(v.pod, "initContainers").iter().any(|c| {
-            !is_sidecar(c)
-                && v.ctrs
-                    .get(c["name"].as_str().unwrap_or_default())
-                    .and_then(Ctr::exited)
-                    .is_some_and(|e| !e.succeeded())
-        });
-    let apps: Vec<&Ctr> = containers(v.pod, "containers")
+    let init_done = inits
         .iter()
-        .filter_map(|c| v.ctrs.get(c["name"].as_str().unwrap_or_default()))
-        .collect();
-    let all_created =
-        apps.len() == containers(v.pod, "containers").len() && apps.iter().all(|c| c.current.is_some());
+        .all(|c| state(c).is_some_and(|s| s.init_done(is_sidecar(c))));
+    let init_failed = policy == "Never"
+        && inits
+            .iter()
+            .any(|c| !is_sidecar(c) && state(c).and_then(Ctr::exited).is_some_and(|e| !e.succeeded()));
+    let apps: Vec<&Ctr> = specs.iter().filter_map(|c| state(c)).collect();
+    let all_created = apps.len() == specs.len() && apps.iter().all(|c| c.current.is_some());
     let any_running = apps.iter().any(|c| c.running());
     let all_exited = all_created && apps.iter().all(|c| c.exited().is_some());
     let all_ok = all_exited && apps.iter().all(|c| c.exited().is_some_and(Exited::succeeded));
