@@ -4,6 +4,7 @@
 
 mod images;
 mod sandbox;
+mod termination;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -774,11 +775,7 @@ impl Pod {
     /// Stops everything of the pod and removes it from the node, then confirms the deletion.
     async fn terminate(&mut self, gone: bool, rx: &mut watch::Receiver<Option<Value>>) -> anyhow::Result<()> {
         self.refresh();
-        let grace = self.pod["metadata"]["deletionGracePeriodSeconds"]
-            .as_u64()
-            .or(self.pod["spec"]["terminationGracePeriodSeconds"].as_u64())
-            .unwrap_or(30);
-        let grace = if gone { grace.min(2) } else { grace };
+        let grace = termination::grace_period(&self.pod, gone);
         for c in self.ctrs.values_mut() {
             c.stop_probes();
         }
@@ -807,11 +804,10 @@ impl Pod {
             if let Some(c) = spec
                 && let Some(hook) = c["lifecycle"].get("preStop").cloned()
             {
-                let target = target(&self.shared, &c, &id, *pid, Duration::from_secs(grace), &ip);
+                let target = target(&self.shared, &c, &id, *pid, grace, &ip);
                 let events = EventSink::new(&self.shared, &self.pod);
-                let budget = Duration::from_secs(grace);
                 hooks.push(tokio::spawn(async move {
-                    if let Err(e) = super::probe::run_handler(&target, &hook, budget).await {
+                    if let Err(e) = super::probe::run_handler(&target, &hook, grace).await {
                         events
                             .post(
                                 "Warning",
@@ -824,15 +820,17 @@ impl Pod {
             }
         }
         for h in hooks {
-            let left = Duration::from_secs(grace).saturating_sub(started_at.elapsed());
+            let left = grace.saturating_sub(started_at.elapsed());
             let _ = tokio::time::timeout(left, h).await;
         }
-        for (name, pid) in &running {
-            self.event("Normal", "Killing", &format!("Stopping container {name}"))
-                .await;
+        for (_, pid) in &running {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), Signal::SIGTERM);
         }
-        let deadline = started_at + Duration::from_secs(grace);
+        let deadline = termination::kill_deadline(started_at, grace, Instant::now());
+        for (name, _) in &running {
+            self.event("Normal", "Killing", &format!("Stopping container {name}"))
+                .await;
+        }
         let mut killed = false;
         loop {
             self.refresh();
