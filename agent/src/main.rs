@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use skiff_agent::network::{dns, pod_net};
+use skiff_agent::network::{api_relay, dns, pod_net};
 use skiff_agent::runtime::{cgroups, shim};
 use skiff_agent::{image, node, pods, proxy, server, uninstall};
 
@@ -357,6 +357,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let feeds = node::stream::Feeds::default();
     tokio::spawn(node::stream::run(api.clone(), name.clone(), feeds.clone()));
     let node_ips: Vec<std::net::Ipv4Addr> = node_ip.parse().into_iter().collect();
+    let host_alias = tokio::sync::watch::Sender::new(None);
     let mut cfg = pods::Config {
         data_dir: args.data_dir.clone(),
         node_name: name.clone(),
@@ -388,6 +389,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 },
             })
         },
+        api_relay: api_relay::loopback_server(&args.server),
+        host_alias: host_alias.clone(),
         feeds: feeds.clone(),
     };
     tracing::info!(cgroups = cgroups::mode(), "container cgroups");
@@ -418,7 +421,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut proxy_task = match plane {
         Some(plane) => {
             tracing::info!(mode = ?plane.mode(), "service proxy");
-            tokio::spawn(proxy::run(plane, name.clone(), node_ips, feeds.clone()))
+            tokio::spawn(proxy::run(
+                plane,
+                name.clone(),
+                node_ips,
+                feeds.clone(),
+                host_alias.subscribe(),
+            ))
         }
         None => tokio::spawn(std::future::pending()),
     };

@@ -109,7 +109,7 @@ fn original_endpoints(i: usize) -> Vec<Ipv4Addr> {
 /// What the agent's model makes of service `i` with `endpoints`.
 fn model_entries(i: usize, endpoints: &[Ipv4Addr]) -> BTreeMap<ServiceKey, Entry> {
     let (service, slice) = service_objects(i, endpoints);
-    model::entries(&service, &[&slice], "bench", &[])
+    model::entries(&service, &[&slice], "bench", &[], None)
 }
 
 /// The service and endpoint chains upstream kube-proxy names after hashes; any stable hash does.

@@ -1,12 +1,12 @@
 //! Objects every cluster starts with: the `default`, `kube-system`, `kube-public` and
 //! `kube-node-lease` namespaces, the `system-*-critical` priority classes, the default
-//! StorageClass and the `kube-dns` Service.
+//! StorageClass, the `kube-dns` Service and the `kubernetes` Service that leads pods to the API.
 
 use serde_json::json;
 
 use crate::api::App;
 use crate::objects::keys;
-use crate::objects::meta::{new_uid, now, to_stored};
+use crate::objects::meta::{from_kv, new_uid, now, to_stored};
 use crate::store::StoreError;
 
 /// Creates the built-in namespaces if they are missing.
@@ -76,6 +76,91 @@ pub async fn ensure_defaults(app: &App) -> Result<(), StoreError> {
         match app.store.create(key, to_stored(&svc)).await {
             Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}
             Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// The `default/kubernetes` Service (the service range's first address, port 443) and its
+/// Endpoints and EndpointSlice naming this API server, as the API server's endpoint reconciler
+/// keeps them: in-cluster clients find the API through `KUBERNETES_SERVICE_HOST`/`_PORT` or
+/// `kubernetes.default.svc`. The endpoints follow `advertise` across restarts.
+pub async fn ensure_api_service(app: &App, advertise: std::net::SocketAddrV4) -> Result<(), StoreError> {
+    let key = &keys::object(keys::SERVICES, Some("default"), "kubernetes");
+    if app.store.get(key).await?.is_none() {
+        let svc = json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "kubernetes", "namespace": "default", "uid": new_uid(),
+                         "creationTimestamp": now(),
+                         "labels": {"component": "apiserver", "provider": "kubernetes"}},
+            "spec": {
+                "type": "ClusterIP",
+                "clusterIP": app.service_cidr.nth(1).to_string(),
+                "clusterIPs": [app.service_cidr.nth(1).to_string()],
+                "ipFamilies": ["IPv4"],
+                "ipFamilyPolicy": "SingleStack",
+                "internalTrafficPolicy": "Cluster",
+                "sessionAffinity": "None",
+                "ports": [{"name": "https", "port": 443, "protocol": "TCP",
+                           "targetPort": advertise.port()}],
+            },
+            "status": {"loadBalancer": {}},
+        });
+        match app.store.create(key, to_stored(&svc)).await {
+            Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let (ip, port) = (advertise.ip().to_string(), advertise.port());
+    let endpoints = json!({
+        "apiVersion": "v1",
+        "kind": "Endpoints",
+        "metadata": {"name": "kubernetes", "namespace": "default",
+                     "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+        "subsets": [{"addresses": [{"ip": ip}],
+                     "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}],
+    });
+    let slice = json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {"name": "kubernetes", "namespace": "default",
+                     "labels": {"kubernetes.io/service-name": "kubernetes"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [ip], "conditions": {"ready": true}}],
+        "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
+    });
+    for (prefix, obj, parts) in [
+        (keys::ENDPOINTS, endpoints, &["subsets"][..]),
+        (
+            keys::ENDPOINT_SLICES,
+            slice,
+            &["addressType", "endpoints", "ports"][..],
+        ),
+    ] {
+        let key = &keys::object(prefix, Some("default"), "kubernetes");
+        match app.store.get(key).await? {
+            None => {
+                let mut obj = obj;
+                obj["metadata"]["uid"] = json!(new_uid());
+                obj["metadata"]["creationTimestamp"] = json!(now());
+                match app.store.create(key, to_stored(&obj)).await {
+                    Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Some(kv) => {
+                let mut current = from_kv(&kv);
+                if parts.iter().all(|p| current[*p] == obj[*p]) {
+                    continue;
+                }
+                for p in parts {
+                    current[*p] = obj[*p].clone();
+                }
+                app.store
+                    .update(key, to_stored(&current), Some(kv.mod_revision))
+                    .await?;
+            }
         }
     }
     Ok(())

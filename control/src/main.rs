@@ -21,6 +21,11 @@ struct Args {
     /// Address of the Kubernetes API (HTTPS).
     #[arg(long, default_value = "0.0.0.0:6443")]
     listen: SocketAddr,
+    /// The address pods and other nodes reach this API server at, published as the endpoint of the
+    /// `default/kubernetes` Service (default: the `--listen` address, or this host's address on its
+    /// default route when that is unspecified).
+    #[arg(long)]
+    advertise_address: Option<std::net::Ipv4Addr>,
     /// Address of the Raft transport between store members (gRPC).
     #[arg(long, default_value = "127.0.0.1:6444")]
     raft_listen: SocketAddr,
@@ -56,6 +61,28 @@ struct Args {
     /// limit allows); 64 more serve only health checks and `system:masters` clients.
     #[arg(long)]
     max_connections: Option<usize>,
+}
+
+/// The address published for an API server listening on `listen`: that address, or for an
+/// unspecified one the source address of this host's default route (a UDP socket's `connect`
+/// picks it; nothing is sent), else loopback.
+fn advertise_ip(listen: std::net::IpAddr) -> std::net::Ipv4Addr {
+    if let std::net::IpAddr::V4(ip) = listen
+        && !ip.is_unspecified()
+    {
+        return ip;
+    }
+    std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| {
+            s.connect("192.0.2.1:9")?;
+            s.local_addr()
+        })
+        .ok()
+        .and_then(|a| match a.ip() {
+            std::net::IpAddr::V4(ip) if !ip.is_unspecified() => Some(ip),
+            _ => None,
+        })
+        .unwrap_or(std::net::Ipv4Addr::LOCALHOST)
 }
 
 /// Parses `40s`, `2m`, `500ms` or plain seconds.
@@ -113,8 +140,14 @@ async fn run() -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
 
-    let pki =
-        Pki::load_or_create(&args.data_dir.join("pki"), args.listen).context("loading the cluster CA")?;
+    let advertise = std::net::SocketAddrV4::new(
+        args.advertise_address
+            .unwrap_or_else(|| advertise_ip(args.listen.ip())),
+        args.listen.port(),
+    );
+    let in_cluster = [(*advertise.ip()).into(), cidr.nth(1).into()];
+    let pki = Pki::load_or_create(&args.data_dir.join("pki"), args.listen, &in_cluster)
+        .context("loading the cluster CA")?;
     pki.write_bootstrap_files(&args.data_dir, &local_url(args.listen))
         .context("writing bootstrap files")?;
 
@@ -147,6 +180,9 @@ async fn run() -> anyhow::Result<()> {
     skiff_control::bootstrap::ensure_defaults(&app)
         .await
         .context("creating default namespaces")?;
+    skiff_control::bootstrap::ensure_api_service(&app, advertise)
+        .await
+        .context("publishing the kubernetes Service")?;
     let caches = skiff_control::controllers::start(app.clone());
     skiff_control::scheduler::start(app.clone(), &caches);
 

@@ -89,8 +89,10 @@ fn ca_params() -> CertificateParams {
 
 impl Pki {
     /// Loads the CA from `dir` (creating it on first start) and issues a serving certificate for
-    /// `listen` plus loopback, `localhost` and the host name.
-    pub fn load_or_create(dir: &Path, listen: SocketAddr) -> Result<Self, PkiError> {
+    /// `listen` plus loopback, `localhost`, the host name, the `kubernetes.default.svc` names and
+    /// `also` (the advertised address and the `kubernetes` Service's cluster IP, which in-cluster
+    /// clients connect to).
+    pub fn load_or_create(dir: &Path, listen: SocketAddr, also: &[IpAddr]) -> Result<Self, PkiError> {
         std::fs::create_dir_all(dir).map_err(|source| PkiError::Io {
             path: dir.to_owned(),
             source,
@@ -114,7 +116,7 @@ impl Pki {
                 key_pem: String::new(),
             },
         };
-        pki.serving = pki.issue_serving(listen)?;
+        pki.serving = pki.issue_serving(listen, also)?;
         Ok(pki)
     }
 
@@ -131,7 +133,7 @@ impl Pki {
         })
     }
 
-    fn issue_serving(&self, listen: SocketAddr) -> Result<CertAndKey, PkiError> {
+    fn issue_serving(&self, listen: SocketAddr, also: &[IpAddr]) -> Result<CertAndKey, PkiError> {
         let mut params = CertificateParams::default();
         params
             .distinguished_name
@@ -139,6 +141,11 @@ impl Pki {
         let mut ips: Vec<IpAddr> = vec![Ipv4Addr::LOCALHOST.into(), Ipv6Addr::LOCALHOST.into()];
         if !listen.ip().is_unspecified() {
             ips.push(listen.ip());
+        }
+        for ip in also {
+            if !ips.contains(ip) {
+                ips.push(*ip);
+            }
         }
         let mut names = vec![
             "localhost".to_owned(),
@@ -294,8 +301,8 @@ mod tests {
     fn ca_is_reused_across_starts() {
         let dir = tempfile::tempdir().unwrap();
         let listen: SocketAddr = "0.0.0.0:6443".parse().unwrap();
-        let first = Pki::load_or_create(dir.path(), listen).unwrap();
-        let second = Pki::load_or_create(dir.path(), listen).unwrap();
+        let first = Pki::load_or_create(dir.path(), listen, &[]).unwrap();
+        let second = Pki::load_or_create(dir.path(), listen, &[]).unwrap();
         assert_eq!(first.ca_pem, second.ca_pem);
         assert_ne!(first.serving.cert_pem, second.serving.cert_pem);
         first
@@ -312,7 +319,7 @@ mod tests {
     #[test]
     fn node_csr_is_signed_as_the_node() {
         let dir = tempfile::tempdir().unwrap();
-        let pki = Pki::load_or_create(dir.path(), "127.0.0.1:6443".parse().unwrap()).unwrap();
+        let pki = Pki::load_or_create(dir.path(), "127.0.0.1:6443".parse().unwrap(), &[]).unwrap();
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::default();
         params

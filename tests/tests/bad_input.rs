@@ -98,7 +98,11 @@ fn invalid_names_labels_and_missing_fields() {
         err.contains(r#"no matches for kind "Nothing" in version "example.com/v9""#),
         "{err}"
     );
-    assert_eq!(c.ok(&["get", "cm", "-o", "name"]).trim(), "");
+    // Nothing was stored but the cluster CA that every namespace holds.
+    assert_eq!(
+        c.ok(&["get", "cm", "-o", "name"]).trim(),
+        "configmap/kube-root-ca.crt"
+    );
 }
 
 #[test]

@@ -324,7 +324,7 @@ fn get_output_formats_selectors_and_chunks() {
     let chunked = c.ok(&["-n", "shop", "get", "cm", "--chunk-size=5", "-o", "name"]);
     let unchunked = c.ok(&["-n", "shop", "get", "cm", "--chunk-size=0", "-o", "name"]);
     assert_eq!(chunked, unchunked);
-    assert_eq!(chunked.lines().count(), 13);
+    assert_eq!(chunked.lines().count(), 13 + 1, "with kube-root-ca.crt");
     let raw = json(&c.ok(&["get", "--raw", "/api/v1/namespaces/shop/configmaps?limit=5"]));
     assert_eq!(raw["items"].as_array().unwrap().len(), 5);
     assert!(raw["metadata"]["continue"].is_string());
@@ -785,5 +785,8 @@ fn delete_collection_with_a_selector() {
         "/api/v1/namespaces/default/configmaps?labelSelector=tier%3Dfront",
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(c.ok(&["get", "cm", "-o", "name"]).trim(), "configmap/c");
+    assert_eq!(
+        c.ok(&["get", "cm", "-o", "name"]).trim(),
+        "configmap/c\nconfigmap/kube-root-ca.crt"
+    );
 }

@@ -966,8 +966,20 @@ spec:
 fn projected_service_account_tokens_authenticate_as_the_pods_account() {
     let k = Cluster::start();
     let image = k.registry.busybox();
+    // The host's kubectl (a static binary), to run as an in-cluster client inside the pod.
+    let kubectl = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|dir| dir.join("kubectl"))
+        .find(|p| p.is_file())
+        .and_then(|p| std::fs::canonicalize(p).ok())
+        .expect("kubectl on PATH");
     k.apply(&format!(
         r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: web}}
+spec:
+  ports: [{{name: http, port: 80}}]
+---
 apiVersion: v1
 kind: Pod
 metadata: {{name: tokened}}
@@ -977,14 +989,18 @@ spec:
   - name: app
     image: {image}
     command: ["sleep", "3600"]
-    volumeMounts: [{{name: tokens, mountPath: /var/run/secrets/tokens}}]
+    volumeMounts:
+    - {{name: tokens, mountPath: /var/run/secrets/tokens}}
+    - {{name: kubectl, mountPath: /usr/local/bin/kubectl}}
   volumes:
   - name: tokens
     projected:
       sources:
       - serviceAccountToken: {{path: api, expirationSeconds: 3600}}
       - serviceAccountToken: {{path: vault, audience: vault, expirationSeconds: 3600}}
-"#
+  - {{name: kubectl, hostPath: {{path: {}, type: File}}}}
+"#,
+        kubectl.display()
     ));
     k.wait_pod("tokened", "Running", |p| phase(p) == "Running");
     let read = |file: &str| {
@@ -998,6 +1014,119 @@ spec:
     };
     let token = read("api");
     assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+    // What in-cluster clients read: every pod mounts a kube-api-access volume (a bound token, the
+    // cluster CA, the namespace), and the API's Service is in its environment with the others of
+    // its namespace.
+    let ca = k.c.data_dir().join("pki/ca.crt");
+    let api_path = "/var/run/secrets/kubernetes.io/serviceaccount";
+    let in_pod = |pod: &str, file: &str| k.c.ok(&["exec", pod, "--", "cat", &format!("{api_path}/{file}")]);
+    assert_eq!(in_pod("tokened", "namespace"), "default");
+    assert_eq!(in_pod("tokened", "ca.crt"), std::fs::read_to_string(&ca).unwrap());
+    let mounted = in_pod("tokened", "token");
+    let api: Value = serde_json::from_str(&k.c.ok(&["get", "service", "kubernetes", "-o", "json"])).unwrap();
+    let api_ip = api["spec"]["clusterIP"].as_str().unwrap().to_owned();
+    assert_eq!(api["spec"]["ports"][0]["port"], 443);
+    let endpoints = k.c.ok(&[
+        "get",
+        "endpoints",
+        "kubernetes",
+        "-o",
+        "jsonpath={.subsets[0].addresses[0].ip}:{.subsets[0].ports[0].port}",
+    ]);
+    assert_eq!(endpoints, k.c.url().trim_start_matches("https://"));
+    let web_ip =
+        k.c.ok(&["get", "service", "web", "-o", "jsonpath={.spec.clusterIP}"]);
+    let env = k.c.ok(&["exec", "tokened", "--", "env"]);
+    for var in [
+        format!("KUBERNETES_SERVICE_HOST={api_ip}"),
+        "KUBERNETES_SERVICE_PORT=443".into(),
+        "KUBERNETES_SERVICE_PORT_HTTPS=443".into(),
+        format!("KUBERNETES_PORT=tcp://{api_ip}:443"),
+        format!("WEB_SERVICE_HOST={web_ip}"),
+        format!("WEB_PORT_80_TCP=tcp://{web_ip}:80"),
+        format!("WEB_PORT_80_TCP_ADDR={web_ip}"),
+    ] {
+        assert!(env.lines().any(|l| l == var), "{var} in:\n{env}");
+    }
+    // An in-cluster client (kubectl without a kubeconfig) reaches the API server through the
+    // `kubernetes` Service, trusts it with the mounted CA and authenticates with the mounted token.
+    let err = k.c.fails(&["exec", "tokened", "--", "kubectl", "get", "pods"]);
+    assert!(
+        err.contains(r#"User "system:serviceaccount:default:default" cannot list resource "pods""#),
+        "{err}"
+    );
+    // Service links off: only the API's Service; automount off: no credentials.
+    k.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: quiet}}
+spec:
+  terminationGracePeriodSeconds: 0
+  enableServiceLinks: false
+  automountServiceAccountToken: false
+  containers:
+  - {{name: app, image: {image}, command: ["sleep", "3600"]}}
+"#
+    ));
+    k.wait_pod("quiet", "Running", |p| phase(p) == "Running");
+    let env = k.c.ok(&["exec", "quiet", "--", "env"]);
+    assert!(
+        env.contains("KUBERNETES_SERVICE_HOST=") && !env.contains("WEB_SERVICE_HOST"),
+        "{env}"
+    );
+    assert!(
+        k.c.fails(&["exec", "quiet", "--", "ls", api_path])
+            .contains("No such file")
+    );
+
+    // The official Python client, in a pod: `load_incluster_config()` finds the API through the
+    // environment and the mounted credentials. Its interpreter and libraries are the host's
+    // (Debian's python3 under /usr, mounted read-only), the client a venv `cargo xtask test` makes.
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/python-client");
+    let venv = std::fs::canonicalize(&venv).unwrap_or_else(|_| {
+        panic!(
+            "{} is missing: `cargo xtask test` makes it (python3 -m venv, pip install kubernetes)",
+            venv.display()
+        )
+    });
+    let script = "from kubernetes import client, config\n\
+config.load_incluster_config()\n\
+ns = open('/var/run/secrets/kubernetes.io/serviceaccount/namespace').read()\n\
+try:\n    print('listed', len(client.CoreV1Api().list_namespaced_pod(ns).items))\n\
+except client.ApiException as e:\n    print('status', e.status)\n    print(e.body)\n";
+    k.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: python}}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: client
+    image: {image}
+    command: ["{venv}/bin/python", "-c", {script:?}]
+    volumeMounts:
+    - {{name: usr, mountPath: /usr, readOnly: true}}
+    - {{name: lib, mountPath: /lib, readOnly: true}}
+    - {{name: lib64, mountPath: /lib64, readOnly: true}}
+    - {{name: venv, mountPath: {venv}, readOnly: true}}
+  volumes:
+  - {{name: usr, hostPath: {{path: /usr, type: Directory}}}}
+  - {{name: lib, hostPath: {{path: /usr/lib, type: Directory}}}}
+  - {{name: lib64, hostPath: {{path: /usr/lib64, type: Directory}}}}
+  - {{name: venv, hostPath: {{path: {venv}, type: Directory}}}}
+"#,
+        venv = venv.display()
+    ));
+    k.wait_pod("python", "done", |p| matches!(phase(p), "Succeeded" | "Failed"));
+    let out = k.c.ok(&["logs", "python"]);
+    assert!(
+        out.starts_with("status 403")
+            && out
+                .contains(r#"User \"system:serviceaccount:default:default\" cannot list resource \"pods\""#),
+        "{out}"
+    );
     // kubectl with the token alone: it authenticates as the pod's service account (which, without
     // RBAC yet, may do nothing: Forbidden, not Unauthorized).
     let ca = k.c.data_dir().join("pki/ca.crt");
@@ -1012,6 +1141,7 @@ spec:
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
     let err = with_token(&token);
+    assert!(with_token(&mounted).contains(r#"User "system:serviceaccount:default:default" cannot list"#));
     assert!(
         err.contains(r#"User "system:serviceaccount:default:default" cannot list resource "pods""#),
         "{err}\ntoken: {token}\ncontrol log:\n{}",

@@ -11,6 +11,7 @@ mod clean_host;
 mod ebpf;
 mod fuzz;
 mod proto_schema;
+mod python_client;
 mod vm;
 
 #[derive(Debug, Parser)]
@@ -208,6 +209,7 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
     // The end-to-end suites drive the real binaries; build them first.
     run(cargo().args(["build", "-p", "skiff-control", "-p", "skiff-agent"]))?;
+    python_client::ensure(&root())?;
     let cgroups = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
         "cgroup v2 (unified)"
     } else if Path::new("/sys/fs/cgroup/unified/cgroup.procs").exists() {

@@ -2,6 +2,7 @@
 //! (`pod_net`), addresses from the node's pod CIDR (`ipam`), routes to other nodes' pods
 //! (`routes`) and the node's cluster DNS server (`dns`).
 
+pub mod api_relay;
 pub mod dns;
 pub mod ipam;
 pub mod pod_net;

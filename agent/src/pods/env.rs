@@ -11,6 +11,9 @@ use tokio::sync::Mutex;
 
 use crate::node::client::{ApiClient, status_code};
 
+/// The ConfigMap with the cluster CA in every namespace.
+const ROOT_CA_CONFIG_MAP: &str = "kube-root-ca.crt";
+
 /// A configuration error the pod status reports as `CreateContainerConfigError`.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -51,8 +54,14 @@ impl<'a> Lookup<'a> {
         Ok(v)
     }
 
-    /// A configMap, or None if it does not exist.
+    /// A configMap, or None if it does not exist. `kube-root-ca.crt`, which every pod's
+    /// `kube-api-access-*` volume projects and the control plane keeps equal to the cluster CA in
+    /// every namespace, comes from the CA this node joined with: no request per pod and pass (the
+    /// kubelet reads it from a watch).
     pub async fn config_map(&self, name: &str) -> anyhow::Result<Option<Value>> {
+        if name == ROOT_CA_CONFIG_MAP && !self.ca_pem.is_empty() {
+            return Ok(Some(json!({"data": {"ca.crt": self.ca_pem}})));
+        }
         self.get("configmaps", name).await
     }
 
@@ -256,6 +265,7 @@ pub async fn resolve(
     pod: &Value,
     container: &Value,
     image_env: &[String],
+    service_env: &[(String, String)],
 ) -> anyhow::Result<Vec<(String, String)>> {
     // As containerd and CRI-O: a PATH for images whose config sets none (theirs wins if set).
     let mut env: Vec<(String, String)> = vec![("PATH".into(), DEFAULT_PATH.into())];
@@ -267,6 +277,11 @@ pub async fn resolve(
         if let Some((k, v)) = e.split_once('=') {
             set(&mut env, k.into(), v.into());
         }
+    }
+    // The services' variables come after the image's (the runtime lets the pod's win) and before
+    // envFrom and env, which may use them in `$(VAR)` and override them.
+    for (k, v) in service_env {
+        set(&mut env, k.clone(), v.clone());
     }
     let b64 = |v: &Value| {
         base64::engine::general_purpose::STANDARD

@@ -9,6 +9,7 @@ mod backoff;
 mod containers;
 pub mod env;
 pub mod probe;
+mod service_env;
 pub mod spec;
 mod status;
 pub mod volumes;
@@ -64,6 +65,12 @@ pub struct Config {
     pub node_routes: bool,
     /// Cluster DNS, when this node answers it.
     pub dns: Option<Dns>,
+    /// The API server's loopback address when it runs on this host's loopback only: pods reach it
+    /// through a relay on the bridge address ([`crate::network::api_relay`]).
+    pub api_relay: Option<std::net::SocketAddrV4>,
+    /// Where the bridge address is announced once the relay listens on it, for the service proxy
+    /// to point loopback endpoints there.
+    pub host_alias: tokio::sync::watch::Sender<Option<std::net::Ipv4Addr>>,
     /// The node's stream: its pods, and the Services, EndpointSlices and Nodes that DNS and the
     /// routes to other nodes follow.
     pub feeds: crate::node::stream::Feeds,
@@ -212,6 +219,17 @@ pub async fn run(cfg: Config, api: ApiClient, ca_pem: String) -> anyhow::Result<
                 tracing::warn!(error = %format!("{e:#}"), "cluster DNS stopped");
             }
         });
+    }
+    if let Some(upstream) = cfg.api_relay {
+        let listen = std::net::SocketAddrV4::new(ipam.gateway(), upstream.port());
+        match crate::network::api_relay::listen(listen) {
+            Ok(listener) => {
+                tracing::info!(%listen, %upstream, "API server relay for pods listening");
+                tokio::spawn(crate::network::api_relay::serve(listener, upstream));
+                cfg.host_alias.send_replace(Some(ipam.gateway()));
+            }
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "pods cannot reach the API server"),
+        }
     }
     tracing::info!(pod_cidr = %cidr, bridge = %cfg.bridge, "pod network ready");
     let shared = Arc::new(Shared {

@@ -140,6 +140,8 @@ struct State {
     slices_of: HashMap<String, BTreeSet<String>>,
     programmed: HashMap<String, BTreeMap<ServiceKey, Entry>>,
     dirty: BTreeSet<String>,
+    /// Where loopback endpoints are reached ([`model::entries`]).
+    host: Option<Ipv4Addr>,
 }
 
 impl State {
@@ -191,6 +193,14 @@ impl State {
         }
     }
 
+    /// A new address for loopback endpoints: every service is looked at again.
+    fn set_host(&mut self, host: Option<Ipv4Addr>) {
+        if host != self.host {
+            self.host = host;
+            self.dirty.extend(self.services.keys().cloned());
+        }
+    }
+
     /// The changes that bring the data plane in line with the dirty services.
     fn changes(&mut self, node: &str, node_ips: &[Ipv4Addr]) -> Vec<(ServiceKey, Option<Entry>)> {
         let mut out = Vec::new();
@@ -204,7 +214,7 @@ impl State {
                         .flatten()
                         .filter_map(|k| self.slices.get(k))
                         .collect();
-                    model::entries(svc, &slices, node, node_ips)
+                    model::entries(svc, &slices, node, node_ips, self.host)
                 }
                 None => BTreeMap::new(),
             };
@@ -226,15 +236,18 @@ impl State {
 }
 
 /// Runs the proxy with `plane` until the process ends, fed by the node's Service and
-/// EndpointSlice watches; NodePorts are served on `node_ips`.
+/// EndpointSlice watches; NodePorts are served on `node_ips`, loopback endpoints at `host` once
+/// it is known.
 pub async fn run(
     mut plane: Plane,
     node_name: String,
     node_ips: Vec<Ipv4Addr>,
     feeds: Feeds,
+    mut host: tokio::sync::watch::Receiver<Option<Ipv4Addr>>,
 ) -> anyhow::Result<()> {
     let (mut svc_rx, mut slice_rx) = (feeds.services.subscribe(), feeds.slices.subscribe());
     let mut state = State::default();
+    state.set_host(*host.borrow_and_update());
     let (mut services_listed, mut slices_listed) = (false, false);
     let mut retry = false;
     loop {
@@ -251,6 +264,7 @@ pub async fn run(
                 Event::Applied(o) => state.set_slice(o, false),
                 Event::Deleted(o) => state.set_slice(o, true),
             },
+            Ok(()) = host.changed() => state.set_host(*host.borrow_and_update()),
             else => anyhow::bail!("the service watches stopped"),
         }
         // Apply once both initial lists are in, so that the first attach serves a complete set.

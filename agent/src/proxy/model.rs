@@ -52,12 +52,15 @@ fn condition(endpoint: &Value, name: &str, default: bool) -> bool {
 /// ones when none is ready. Cluster IPs use only this node's endpoints under
 /// `internalTrafficPolicy: Local`; NodePorts, external IPs and load-balancer addresses under
 /// `externalTrafficPolicy: Local` (keeping the client's address), and are masqueraded otherwise.
-/// Headless and ExternalName services have none.
+/// Headless and ExternalName services have none. An endpoint on loopback (the API server of a
+/// single-host cluster) is reached at `host`, the node's address that pods can reach and where
+/// [`crate::network::api_relay`] listens, when there is one.
 pub fn entries(
     service: &Value,
     slices: &[&Value],
     node: &str,
     node_ips: &[Ipv4Addr],
+    host: Option<Ipv4Addr>,
 ) -> BTreeMap<ServiceKey, Entry> {
     let mut out = BTreeMap::new();
     let spec = &service["spec"];
@@ -92,7 +95,7 @@ pub fn entries(
             .as_u64()
             .and_then(|p| u16::try_from(p).ok())
             .filter(|p| node_port_type && *p != 0);
-        let candidates = endpoints(slices, port["name"].as_str().unwrap_or_default(), proto);
+        let candidates = endpoints(slices, port["name"].as_str().unwrap_or_default(), proto, host);
         let backends = |local_only: bool| -> Vec<Backend> {
             let mine = |e: &&Candidate| !local_only || e.1 == Some(node);
             let ready: BTreeSet<Backend> = candidates.0.iter().filter(mine).map(|e| e.0).collect();
@@ -159,6 +162,7 @@ fn endpoints<'a>(
     slices: &[&'a Value],
     port_name: &str,
     proto: u8,
+    host: Option<Ipv4Addr>,
 ) -> (Vec<Candidate<'a>>, Vec<Candidate<'a>>) {
     let (mut ready, mut terminating) = (Vec::new(), Vec::new());
     for slice in slices {
@@ -180,9 +184,14 @@ fn endpoints<'a>(
             let is_terminating = condition(endpoint, "terminating", false);
             let node = endpoint["nodeName"].as_str();
             for addr in endpoint["addresses"].as_array().into_iter().flatten() {
-                let Some(ip) = addr.as_str().and_then(|a| a.parse::<Ipv4Addr>().ok()) else {
+                let Some(mut ip) = addr.as_str().and_then(|a| a.parse::<Ipv4Addr>().ok()) else {
                     continue;
                 };
+                if ip.is_loopback()
+                    && let Some(host) = host
+                {
+                    ip = host;
+                }
                 let backend = Backend {
                     addr: ip.octets(),
                     port: target,
@@ -253,7 +262,7 @@ mod tests {
             {"addresses": ["10.42.0.4"], "conditions": {"ready": true}, "nodeName": "b"},
             {"addresses": ["10.42.0.6"], "conditions": {"ready": false}, "nodeName": "a"},
         ]));
-        let e = entries(&service(json!({})), &[&s], "a", &[]);
+        let e = entries(&service(json!({})), &[&s], "a", &[], None);
         assert_eq!(e.len(), 1);
         assert_eq!(
             e[&key()].backends,
@@ -268,19 +277,34 @@ mod tests {
             "conditions": {"ready": false, "serving": true, "terminating": true}});
         let only = slice(json!([term.clone()]));
         assert_eq!(
-            entries(&service(json!({})), &[&only], "a", &[])[&key()].backends,
+            entries(&service(json!({})), &[&only], "a", &[], None)[&key()].backends,
             vec![backend("10.42.0.7")]
         );
         let both = slice(json!([term, {"addresses": ["10.42.0.8"], "conditions": {"ready": true}}]));
         assert_eq!(
-            entries(&service(json!({})), &[&both], "a", &[])[&key()].backends,
+            entries(&service(json!({})), &[&both], "a", &[], None)[&key()].backends,
             vec![backend("10.42.0.8")]
         );
     }
 
     #[test]
+    fn loopback_endpoints_are_reached_at_the_host_alias() {
+        let s = slice(json!([{"addresses": ["127.0.0.1"], "conditions": {"ready": true}}]));
+        let svc = service(json!({}));
+        assert_eq!(
+            entries(&svc, &[&s], "a", &[], None)[&key()].backends,
+            vec![backend("127.0.0.1")]
+        );
+        let alias = Some(Ipv4Addr::new(10, 42, 0, 1));
+        assert_eq!(
+            entries(&svc, &[&s], "a", &[], alias)[&key()].backends,
+            vec![backend("10.42.0.1")]
+        );
+    }
+
+    #[test]
     fn no_endpoints_means_an_empty_entry_that_refuses() {
-        let e = entries(&service(json!({})), &[], "a", &[]);
+        let e = entries(&service(json!({})), &[], "a", &[], None);
         assert_eq!(e[&key()], Entry::default());
     }
 
@@ -292,7 +316,7 @@ mod tests {
         ]));
         let svc = service(json!({"internalTrafficPolicy": "Local"}));
         assert_eq!(
-            entries(&svc, &[&s], "b", &[])[&key()].backends,
+            entries(&svc, &[&s], "b", &[], None)[&key()].backends,
             vec![backend("10.42.1.5")]
         );
     }
@@ -304,11 +328,12 @@ mod tests {
                 &service(json!({"clusterIP": "None", "clusterIPs": ["None"]})),
                 &[],
                 "a",
-                &[]
+                &[],
+                None
             )
             .is_empty()
         );
-        assert!(entries(&service(json!({"type": "ExternalName"})), &[], "a", &[]).is_empty());
+        assert!(entries(&service(json!({"type": "ExternalName"})), &[], "a", &[], None).is_empty());
     }
 
     #[test]
@@ -321,7 +346,7 @@ mod tests {
         let mut s = slice(json!([{"addresses": ["10.42.0.5"]}]));
         s["ports"] = json!([{"name": "dns", "port": 5353, "protocol": "UDP"},
                             {"name": "http", "port": 8080, "protocol": "TCP"}]);
-        let e = entries(&svc, &[&s], "a", &[]);
+        let e = entries(&svc, &[&s], "a", &[], None);
         let udp = ServiceKey {
             addr: [10, 96, 0, 10],
             port: 53,
@@ -351,7 +376,7 @@ mod tests {
             "externalIPs": ["192.0.2.10"],
             "ports": [{"name": "http", "port": 80, "protocol": "TCP", "nodePort": 30080}]
         }));
-        let e = entries(&svc, &[&s], "a", &node_ips);
+        let e = entries(&svc, &[&s], "a", &node_ips, None);
         assert_eq!(e.len(), 3);
         let np = &e[&at([172, 31, 0, 2], 30080)];
         assert_eq!(np.backends.len(), 2);
@@ -361,7 +386,7 @@ mod tests {
 
         let mut local = svc.clone();
         local["spec"]["externalTrafficPolicy"] = json!("Local");
-        let e = entries(&local, &[&s], "a", &node_ips);
+        let e = entries(&local, &[&s], "a", &node_ips, None);
         let np = &e[&at([172, 31, 0, 2], 30080)];
         assert_eq!(np.backends, vec![backend("10.42.0.5")]);
         assert!(np.external && !np.masquerade);
@@ -369,7 +394,7 @@ mod tests {
 
         let mut cluster_ip = svc;
         cluster_ip["spec"]["type"] = json!("ClusterIP");
-        let e = entries(&cluster_ip, &[&s], "a", &node_ips);
+        let e = entries(&cluster_ip, &[&s], "a", &node_ips, None);
         assert!(
             !e.contains_key(&at([172, 31, 0, 2], 30080)),
             "a ClusterIP service has no node port"

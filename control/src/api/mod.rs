@@ -140,6 +140,15 @@ fn unauthorized() -> Response {
     ApiError::new(401, "Unauthorized", "Unauthorized").into_response()
 }
 
+/// The token of an `Authorization: Bearer TOKEN` header, the scheme in any case (the Python
+/// client sends `bearer`), as upstream's bearer token authenticator reads it.
+fn bearer_token(header: &str) -> Option<&str> {
+    let mut parts = header.trim().splitn(3, ' ');
+    let scheme = parts.next()?;
+    let token = parts.next().filter(|t| !t.is_empty())?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token)
+}
+
 async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
     let (mut parts, body) = req.into_parts();
     // Without a client certificate, a bearer token (a service account's) may say who it is.
@@ -148,9 +157,9 @@ async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|a| a.to_str().ok())
-            .and_then(|a| a.strip_prefix("Bearer "))
+            .and_then(bearer_token)
     {
-        match token::authenticate(&app, bearer.trim()).await {
+        match token::authenticate(&app, bearer).await {
             Ok(id) => {
                 parts.extensions.insert(id);
             }
@@ -399,5 +408,21 @@ async fn route(
         (&Method::DELETE, true, None) => handlers::delete(&app, &call, body).await,
         (&Method::DELETE, false, None) => handlers::delete_collection(&app, &call, body).await,
         _ => Err(ApiError::method_not_allowed()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn the_bearer_scheme_is_read_in_any_case() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("  BEARER abc  "), Some("abc"));
+        assert_eq!(bearer_token("Bearer abc extra"), Some("abc"));
+        assert_eq!(bearer_token("Bearer "), None);
+        assert_eq!(bearer_token("Bearer"), None);
+        assert_eq!(bearer_token("Basic abc"), None);
     }
 }

@@ -92,7 +92,7 @@ pub async fn allocate(app: &App, svc: &mut Value, _old: Option<&Value>) -> Resul
             let start = rand::rng().random_range(1..=size);
             let free = (0..size)
                 .map(|i| cidr.nth((start + i - 1) % size + 1))
-                .find(|ip| !ips.contains(&ip.to_string()) && *ip != cidr.nth(10))
+                .find(|ip| !ips.contains(&ip.to_string()) && *ip != cidr.nth(1) && *ip != cidr.nth(10))
                 .ok_or_else(|| {
                     vec![(
                         "spec.clusterIPs".to_owned(),

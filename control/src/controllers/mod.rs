@@ -29,6 +29,7 @@ mod namespace;
 pub mod node_ipam;
 mod node_lifecycle;
 pub mod replicaset;
+mod root_ca;
 pub mod runtime;
 mod serviceaccount;
 mod statefulset;
@@ -45,6 +46,7 @@ pub fn start(app: Arc<App>) -> runtime::Caches {
     replicaset::start(app.clone(), &caches);
     deployment::start(app.clone(), &caches);
     serviceaccount::start(app.clone(), &caches);
+    root_ca::start(app.clone(), &caches);
     endpoints::start(app.clone(), &caches);
     job::start(app.clone(), &caches);
     node_lifecycle::start(app.clone(), &caches);

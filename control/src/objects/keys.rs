@@ -17,6 +17,8 @@ pub const SERVICES: &str = "/registry/core/services/";
 pub const ENDPOINTS: &str = "/registry/core/endpoints/";
 /// Events (core/v1).
 pub const EVENTS: &str = "/registry/core/events/";
+/// ConfigMaps.
+pub const CONFIG_MAPS: &str = "/registry/core/configmaps/";
 /// ServiceAccounts.
 pub const SERVICE_ACCOUNTS: &str = "/registry/core/serviceaccounts/";
 /// PersistentVolumes.
@@ -86,6 +88,7 @@ mod tests {
     fn keys_round_trip() {
         assert_eq!(prefix("", "pods"), PODS);
         assert_eq!(prefix("apps", "deployments"), DEPLOYMENTS);
+        assert_eq!(prefix("", "configmaps"), CONFIG_MAPS);
         let key = object(PODS, Some("default"), "web");
         assert_eq!(key, "/registry/core/pods/default/web");
         assert_eq!(split(&key), Some(("", "pods", "default/web")));

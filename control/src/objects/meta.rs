@@ -7,6 +7,10 @@ use crate::store::KeyValue;
 
 pub use skiff_common::time::{format as format_time, now, parse as parse_time};
 
+/// The ConfigMap every namespace holds with the cluster CA (which pods' `kube-api-access-*`
+/// volumes project as `ca.crt`).
+pub const ROOT_CA_CONFIG_MAP: &str = "kube-root-ca.crt";
+
 /// The bytes stored for an object: its JSON without `resourceVersion`, which the store derives.
 pub fn to_stored(obj: &Value) -> Vec<u8> {
     let mut obj = obj.clone();

@@ -521,7 +521,13 @@ impl Pod {
         }
         let state = self.ctrs.entry(name.clone()).or_default();
         state.backoff.starting();
-        let env = match super::env::resolve(lookup, pod, c, &image_env(&image)).await {
+        let services = self
+            .shared
+            .cfg
+            .feeds
+            .services
+            .read(|all| super::service_env::service_env(pod, all.values()));
+        let env = match super::env::resolve(lookup, pod, c, &image_env(&image), &services).await {
             Ok(e) => e,
             Err(e) => {
                 let msg = format!("{e:#}");

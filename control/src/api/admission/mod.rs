@@ -10,6 +10,7 @@ mod defaults;
 mod job_selector;
 mod namespace_lifecycle;
 mod priority;
+pub mod service_account;
 mod validation;
 
 use serde_json::Value;
@@ -130,12 +131,14 @@ pub trait Plugin: Sync {
 }
 
 /// The mutating plugins, in order: a Job's generated selector, a custom resource's schema
-/// (pruning and defaults), a pod's priority, then the built-in defaults.
+/// (pruning and defaults), a pod's priority, the built-in defaults, then a pod's service account and
+/// its API credentials.
 pub const MUTATING: &[&dyn Plugin] = &[
     &job_selector::JobSelector,
     &custom_resources::CustomResources,
     &priority::Priority,
     &defaults::Defaults,
+    &service_account::ServiceAccount,
 ];
 
 /// The validating plugins, in order.
