@@ -413,7 +413,11 @@ fn renew(c: &Control, name: &str) {
         .args(["-u", "+%Y-%m-%dT%H:%M:%S.000000Z"])
         .bounded_output()
         .unwrap();
-    let ts = String::from_utf8_lossy(&ts.stdout).trim().to_owned();
+    renew_at(c, name, String::from_utf8_lossy(&ts.stdout).trim());
+}
+
+/// Renews the node's Lease with `ts` as its renewal time (a kubelet's clock, maybe wrong).
+fn renew_at(c: &Control, name: &str, ts: &str) {
     let lease = format!(
         "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {{name: {name}, namespace: kube-node-lease}}\nspec: {{holderIdentity: {name}, leaseDurationSeconds: 40, renewTime: '{ts}'}}\n"
     );
@@ -430,11 +434,20 @@ fn lost_node_is_tainted_and_its_pods_replaced_elsewhere() {
         let p = pods(&c, "app=svc");
         p.len() == 2 && p.iter().all(|p| p["spec"]["nodeName"] == "doomed")
     });
-    // A healthy node joins and keeps its lease fresh; the first stops renewing.
+    // A healthy node joins and keeps its lease fresh; the first stops renewing. A third renews
+    // too, but its clock is years behind (and it registered with an old heartbeat): the grace
+    // period counts from when the control plane saw a renewal, so it stays Ready.
     node_with_lease(&c, "healthy");
+    let lagging = "apiVersion: v1\nkind: Node\nmetadata: {name: lagging}\nspec:\n  taints: [{key: spare, effect: NoSchedule}]\nstatus:\n  allocatable: {cpu: '4', memory: 8Gi, pods: '110'}\n  conditions: [{type: Ready, status: 'True', reason: KubeletReady, lastHeartbeatTime: '2021-03-04T05:06:07Z'}]\n";
+    c.ok_stdin(&["apply", "-f", "-"], lagging);
     let mut replaced = false;
-    for _ in 0..200 {
+    for i in 0..200 {
         renew(&c, "healthy");
+        renew_at(
+            &c,
+            "lagging",
+            &format!("2021-03-04T05:{:02}:{:02}.000000Z", 10 + i / 60, i % 60),
+        );
         let node = json(&c.ok(&["get", "node", "doomed", "-o", "json"]));
         let tainted = node["spec"]["taints"].as_array().is_some_and(|t| {
             t.iter()
@@ -464,6 +477,29 @@ fn lost_node_is_tainted_and_its_pods_replaced_elsewhere() {
     );
     let table = c.ok(&["get", "nodes"]);
     assert!(table.contains("NotReady"), "{table}");
+    let node = json(&c.ok(&["get", "node", "lagging", "-o", "json"]));
+    assert_eq!(node["spec"]["taints"].as_array().map(Vec::len), Some(1), "{node}");
+    // Field selectors read an unset `spec.unschedulable` as false, as upstream (the conformance
+    // suite picks schedulable nodes so).
+    let schedulable = c.ok(&[
+        "get",
+        "nodes",
+        "--field-selector",
+        "spec.unschedulable=false",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(schedulable.lines().count(), 3, "{schedulable}");
+    c.ok(&["cordon", "healthy"]);
+    let cordoned = c.ok(&[
+        "get",
+        "nodes",
+        "--field-selector",
+        "spec.unschedulable=true",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(cordoned.trim(), "node/healthy");
 }
 
 fn plain_node(c: &Control, name: &str, labels: &str) {

@@ -739,6 +739,20 @@ fn dry_run_and_generate_name() {
         "{a} {b}"
     );
     assert_eq!(a.trim().len(), "configmap/batch-".len() + 5);
+    // A created object of a kind with a status has one, `{}` at least, as upstream answers;
+    // a kind without (ConfigMap) gets none.
+    let created = json(&c.ok(&[
+        "create",
+        "deployment",
+        "fresh",
+        "--image=registry.local/busybox:1.36",
+        "--dry-run=server",
+        "-o",
+        "json",
+    ]));
+    assert_eq!(created["status"], serde_json::json!({}), "{created}");
+    let cm = json(&c.ok_stdin(&["create", "-f", "-", "-o", "json"], manifest));
+    assert!(cm.get("status").is_none(), "{cm}");
 }
 
 #[test]

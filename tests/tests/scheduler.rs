@@ -99,6 +99,42 @@ fn scores_spread_load_and_honour_preferences() {
 }
 
 #[test]
+fn pods_without_requests_spread_over_equal_nodes() {
+    // Scoring counts a pod that requests nothing as upstream's non-zero defaults (100m CPU,
+    // 200 MiB), on the node it is bound to too: six such replicas on three equal nodes go two
+    // to a node, not six to one.
+    let c = Control::start();
+    for n in ["e1", "e2", "e3"] {
+        c.ok_stdin(&["apply", "-f", "-"], &node(n, "4", "zone: a", ""));
+    }
+    let deployment = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: plain, namespace: default}\nspec:\n  replicas: 6\n  selector: {matchLabels: {app: plain}}\n  template:\n    metadata: {labels: {app: plain}}\n    spec:\n      containers: [{name: c, image: registry.local/busybox:1.36}]\n";
+    c.ok_stdin(&["apply", "-f", "-"], deployment);
+    let mut per_node = std::collections::BTreeMap::new();
+    for _ in 0..200 {
+        let pods = json(&c.ok(&["get", "pods", "-l", "app=plain", "-o", "json"]));
+        let nodes: Vec<String> = pods["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|p| p["spec"]["nodeName"].as_str().map(str::to_owned))
+            .collect();
+        if nodes.len() == 6 {
+            per_node.clear();
+            for n in nodes {
+                *per_node.entry(n).or_insert(0) += 1;
+            }
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(
+        per_node.values().copied().collect::<Vec<i32>>(),
+        [2, 2, 2],
+        "{per_node:?}"
+    );
+}
+
+#[test]
 fn unschedulable_pods_say_why_and_are_retried_when_a_node_appears() {
     let c = Control::start();
     cluster(&c);

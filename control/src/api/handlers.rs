@@ -734,6 +734,11 @@ pub async fn create_object(app: &App, call: &Call, mut obj: Value) -> Result<Val
         super::apply::track_update(call, None, &mut obj);
     }
     admission::validate(&app.store, &attrs, &obj).await?;
+    // A built-in kind with a status carries one from the start, `{}` at least, as upstream
+    // writes its types' status structs.
+    if obj.get("status").is_none() && call.info.schema().is_some_and(|m| m.field("status").is_some()) {
+        obj["status"] = json!({});
+    }
     if call.info.crd.is_none() && call.info.kind == "CustomResourceDefinition" {
         obj["status"] = super::crd::established_status(&obj, &now());
         obj["metadata"]["finalizers"] = super::crd::initial_finalizers(&obj["metadata"]["finalizers"]);

@@ -177,21 +177,38 @@ impl FieldSelector {
             .map(|(_, _, v)| v.as_str())
     }
 
-    /// Whether the object satisfies every term; a missing field reads as "".
+    /// Whether the object satisfies every term, each field read as upstream's selectable fields
+    /// give it ([`field_value`]).
     pub fn matches(&self, obj: &Value) -> bool {
-        self.0.iter().all(|(path, eq, want)| {
-            let mut cur = Some(obj);
-            for seg in path.split('.') {
-                cur = cur.and_then(|c| c.get(seg));
-            }
-            let have = match cur {
-                Some(Value::String(s)) => s.clone(),
-                Some(Value::Bool(b)) => b.to_string(),
-                Some(Value::Number(n)) => n.to_string(),
-                _ => String::new(),
-            };
-            (have == *want) == *eq
-        })
+        self.0
+            .iter()
+            .all(|(path, eq, want)| (field_value(obj, path) == *want) == *eq)
+    }
+}
+
+/// The value of selectable field `path` of `obj` as upstream's `*ToSelectableFields` write it:
+/// booleans and counts that are unset read as `false` and `0` (a schedulable node has
+/// `spec.unschedulable=false`), an event's `source` is its source component, a namespace's `name`
+/// its name; any other missing field reads as "".
+pub fn field_value(obj: &Value, path: &str) -> String {
+    let path = match path {
+        "source" => "source.component",
+        "name" => "metadata.name",
+        p => p,
+    };
+    let mut cur = Some(obj);
+    for seg in path.split('.') {
+        cur = cur.and_then(|c| c.get(seg));
+    }
+    match cur {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Bool(b)) => b.to_string(),
+        Some(Value::Number(n)) => n.to_string(),
+        _ => match path {
+            "spec.unschedulable" | "spec.hostNetwork" => "false".into(),
+            "status.replicas" | "status.successful" => "0".into(),
+            _ => String::new(),
+        },
     }
 }
 
@@ -225,5 +242,35 @@ mod tests {
                 .unwrap()
                 .matches(&json!({}))
         );
+    }
+
+    #[test]
+    fn unset_booleans_and_counts_read_as_upstream_writes_them() {
+        let node = json!({"metadata": {"name": "n1"}, "spec": {}});
+        let schedulable = FieldSelector::parse("spec.unschedulable=false").unwrap();
+        assert!(schedulable.matches(&node));
+        assert!(!schedulable.matches(&json!({"spec": {"unschedulable": true}})));
+        assert!(
+            FieldSelector::parse("spec.hostNetwork=false")
+                .unwrap()
+                .matches(&json!({}))
+        );
+        assert!(
+            FieldSelector::parse("status.successful=0")
+                .unwrap()
+                .matches(&json!({}))
+        );
+        assert!(
+            FieldSelector::parse("status.replicas=0")
+                .unwrap()
+                .matches(&json!({"status": {}}))
+        );
+        let event = json!({"source": {"component": "kubelet"}, "reason": "Started"});
+        assert!(
+            FieldSelector::parse("source=kubelet,reason=Started")
+                .unwrap()
+                .matches(&event)
+        );
+        assert!(FieldSelector::parse("name=n1").unwrap().matches(&node));
     }
 }

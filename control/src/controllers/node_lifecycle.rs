@@ -3,8 +3,9 @@
 //! gets the `not-ready` taints; both are removed when it is Ready again. Pods on a node with a
 //! NoExecute taint are evicted when they do not tolerate it, or after their `tolerationSeconds`.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
@@ -45,20 +46,61 @@ fn wanted_taints(node: &Value, lost: bool) -> Option<&'static str> {
     }
 }
 
-async fn check_node(app: &App, node: &Value, leases: &Cache, grace_ms: i64) {
+/// When this controller last saw each node's heartbeat change, by its own clock (as upstream's
+/// `nodeHealthMap`): the grace period counts from when a heartbeat was observed, not from the
+/// timestamp the node wrote, so a node registered with an old `lastHeartbeatTime` (or a clock
+/// that lags) gets its full grace period, and so does every node when a new leader starts.
+#[derive(Debug, Default)]
+struct Health {
+    /// Node name → (Lease `renewTime`, Ready `lastHeartbeatTime`) as last seen, and when they
+    /// last changed.
+    seen: HashMap<String, ((String, String), Instant)>,
+}
+
+impl Health {
+    /// Records the node's heartbeat marks at `now`; returns how long they have not changed, or
+    /// None for a node no kubelet ever reported for (no Lease, no heartbeat), which is left alone.
+    fn observe(
+        &mut self,
+        name: &str,
+        lease: Option<&str>,
+        status: Option<&str>,
+        now: Instant,
+    ) -> Option<Duration> {
+        if lease.is_none() && status.is_none() {
+            self.seen.remove(name);
+            return None;
+        }
+        let marks = (
+            lease.unwrap_or_default().to_owned(),
+            status.unwrap_or_default().to_owned(),
+        );
+        let entry = self
+            .seen
+            .entry(name.to_owned())
+            .or_insert_with(|| (marks.clone(), now));
+        if entry.0 != marks {
+            *entry = (marks, now);
+        }
+        Some(now.saturating_duration_since(entry.1))
+    }
+
+    /// Forgets nodes that are gone.
+    fn retain(&mut self, names: &HashSet<String>) {
+        self.seen.retain(|n, _| names.contains(n));
+    }
+}
+
+async fn check_node(app: &App, node: &Value, leases: &Cache, health: &mut Health, grace: Duration) {
     let name = meta_str(node, "name").to_owned();
     let lease = leases.get(&format!("{LEASE_PREFIX}{name}"));
-    let lease_age = lease.as_ref().and_then(|l| age(&l["spec"]["renewTime"]));
-    let status_age = node["status"]["conditions"]
+    let renewed = lease.as_ref().and_then(|l| l["spec"]["renewTime"].as_str());
+    let heartbeat = node["status"]["conditions"]
         .as_array()
         .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
-        .and_then(|c| age(&c["lastHeartbeatTime"]));
-    // A node no kubelet ever reported for (no Lease, no heartbeat) is left alone.
-    let heartbeat = match (lease_age, status_age) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
-    let lost = heartbeat.is_some_and(|age| age > grace_ms);
+        .and_then(|c| c["lastHeartbeatTime"].as_str());
+    let silent = health.observe(&name, renewed, heartbeat, Instant::now());
+    let lost = silent.is_some_and(|d| d > grace);
     let taint_key = wanted_taints(node, lost);
     let key = keys::object(keys::NODES, None, &name);
     let result = edit_object(app, &key, |n| {
@@ -184,17 +226,52 @@ pub fn start(app: Arc<App>, caches: &Caches) {
     let leases = caches.get(&app, LEASE_PREFIX);
     let pods = caches.get(&app, keys::PODS);
     tokio::spawn(async move {
-        let grace_ms = app.node_grace.as_millis() as i64;
         let period = (app.node_grace / 4).clamp(Duration::from_millis(250), Duration::from_secs(1));
+        let mut health = Health::default();
         loop {
             tokio::time::sleep(period).await;
             if !app.store.is_leader().await {
+                // A member that leads again starts every node's grace period afresh.
+                health = Health::default();
                 continue;
             }
-            for node in nodes.list(None) {
-                check_node(&app, &node, &leases, grace_ms).await;
+            let all = nodes.list(None);
+            health.retain(&all.iter().map(|n| meta_str(n, "name").to_owned()).collect());
+            for node in all {
+                check_node(&app, &node, &leases, &mut health, app.node_grace).await;
             }
             evict(&app, &nodes, &pods).await;
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_grace_period_counts_from_when_a_heartbeat_was_seen_to_change() {
+        let mut health = Health::default();
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        // First seen with a heartbeat written long ago: silent for no time yet.
+        let old = Some("2020-01-01T00:00:00Z");
+        assert_eq!(health.observe("n1", None, old, at(0)), Some(Duration::ZERO));
+        assert_eq!(
+            health.observe("n1", None, old, at(30)),
+            Some(Duration::from_secs(30))
+        );
+        // A renewed Lease restarts the count.
+        let renewed = Some("2020-01-01T00:00:31Z");
+        assert_eq!(health.observe("n1", renewed, old, at(31)), Some(Duration::ZERO));
+        assert_eq!(
+            health.observe("n1", renewed, old, at(72)),
+            Some(Duration::from_secs(41))
+        );
+        // A node nothing ever reported for is left alone.
+        assert_eq!(health.observe("bare", None, None, at(100)), None);
+        // Gone nodes are forgotten: seen again, they start afresh.
+        health.retain(&HashSet::new());
+        assert_eq!(health.observe("n1", renewed, old, at(200)), Some(Duration::ZERO));
+    }
 }

@@ -23,6 +23,9 @@ pub struct NodeInfo {
     pub allocatable: BTreeMap<String, f64>,
     /// Sum of the requests of pods bound here.
     pub requested: BTreeMap<String, f64>,
+    /// Sum of the CPU and memory requests of pods bound here as scoring counts them
+    /// ([`scoring_request`]).
+    pub scored: BTreeMap<String, f64>,
     /// Pods bound here.
     pub pods: usize,
     /// (protocol, port) pairs taken by bound pods.
@@ -81,6 +84,7 @@ impl NodeInfo {
             node,
             allocatable,
             requested: BTreeMap::new(),
+            scored: BTreeMap::new(),
             pods: 0,
             host_ports: HashSet::new(),
         }
@@ -100,6 +104,9 @@ impl NodeInfo {
         for (k, v) in requests {
             *self.requested.entry(k.clone()).or_default() += sign * v;
         }
+        for r in ["cpu", "memory"] {
+            *self.scored.entry(r.to_owned()).or_default() += sign * scoring_request(requests, r);
+        }
         if sign > 0.0 {
             self.pods += 1;
             self.host_ports.extend(ports.iter().cloned());
@@ -109,6 +116,16 @@ impl NodeInfo {
                 self.host_ports.remove(p);
             }
         }
+    }
+}
+
+/// A pod's CPU or memory request as scoring counts it: upstream's non-zero defaults (100m CPU,
+/// 200 MiB) for a pod that requests none, so pods without requests spread over nodes.
+pub fn scoring_request(requests: &BTreeMap<String, f64>, resource: &str) -> f64 {
+    match (requests.get(resource).copied().unwrap_or(0.0), resource) {
+        (0.0, "cpu") => 0.1,
+        (0.0, "memory") => 200.0 * 1024.0 * 1024.0,
+        (v, _) => v,
     }
 }
 

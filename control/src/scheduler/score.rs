@@ -4,16 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::filter::{PodView, term_matches};
-use super::node_info::NodeInfo;
-
-/// Requests used for scoring: pods that request nothing count as upstream's defaults.
-fn scoring_request(requests: &BTreeMap<String, f64>, resource: &str) -> f64 {
-    match (requests.get(resource).copied().unwrap_or(0.0), resource) {
-        (0.0, "cpu") => 0.1,
-        (0.0, "memory") => 200.0 * 1024.0 * 1024.0,
-        (v, _) => v,
-    }
-}
+use super::node_info::{NodeInfo, scoring_request};
 
 const MB: f64 = 1024.0 * 1024.0;
 
@@ -48,7 +39,7 @@ pub fn score(pod: &PodView<'_>, info: &NodeInfo, requests: &BTreeMap<String, f64
         if alloc <= 0.0 {
             return 1.0;
         }
-        ((info.requested.get(resource).copied().unwrap_or(0.0) + scoring_request(requests, resource)) / alloc)
+        ((info.scored.get(resource).copied().unwrap_or(0.0) + scoring_request(requests, resource)) / alloc)
             .min(1.0)
     };
     let (cpu, mem) = (fraction("cpu"), fraction("memory"));
