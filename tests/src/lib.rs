@@ -31,6 +31,32 @@ pub fn control_bin() -> PathBuf {
     bin
 }
 
+/// The venv with the official Kubernetes Python client (`kubernetes` 32) that `cargo xtask test`
+/// makes under `target/python-client` from Debian's python3.
+pub fn python_venv() -> PathBuf {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/python-client");
+    std::fs::canonicalize(&venv).unwrap_or_else(|_| {
+        panic!(
+            "{} is missing: `cargo xtask test` makes it (python3 -m venv, pip install kubernetes)",
+            venv.display()
+        )
+    })
+}
+
+/// Runs `script` with the Python client's interpreter against the cluster of `kubeconfig`
+/// (bounded like every command); returns its output.
+#[track_caller]
+pub fn python(kubeconfig: &Path, script: &str) -> Output {
+    output_within(
+        Command::new(python_venv().join("bin/python"))
+            .arg("-c")
+            .arg(script)
+            .env("KUBECONFIG", kubeconfig),
+        None,
+        COMMAND_LIMIT,
+    )
+}
+
 /// A loopback port free at the moment of asking.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -342,6 +342,29 @@ spec:
             );
         }
     }
+    // The Python client's port-forward: WebSocket with the channel protocol (v4.channel.k8s.io).
+    let out = skiff_tests::python(
+        &k.c.kubeconfig(),
+        "from kubernetes import client, config\n\
+from kubernetes.stream import portforward\n\
+config.load_kube_config()\n\
+pf = portforward(client.CoreV1Api().connect_get_namespaced_pod_portforward, 'hello', 'default', ports='8080')\n\
+s = pf.socket(8080)\n\
+s.setblocking(True)\n\
+s.sendall(b'GET / HTTP/1.0\\r\\nHost: hello\\r\\n\\r\\n')\n\
+body = b''\n\
+while True:\n    chunk = s.recv(4096)\n    if not chunk:\n        break\n    body += chunk\n\
+print(body.decode().split('\\r\\n\\r\\n', 1)[1], end='')\n\
+print('error:', pf.error(8080))\n",
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text,
+        "forwarded\nerror: None\n",
+        "{}\nagent log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        k.node.log()
+    );
     // Nothing listens on the pod's port 8081: kubectl reports the agent's error.
     let local = skiff_tests::free_port();
     let mut pf =
@@ -874,6 +897,35 @@ spec:
         logs.contains(&format!("POD_IP={ip} HOST_IP={host_ip}\n")),
         "{logs}"
     );
+
+    // no_new_privs as the kubelet sets it: only with `allowPrivilegeEscalation: false`. A non-root
+    // user that may escalate still runs under the runtime's default seccomp profile.
+    let image = k.registry.busybox();
+    let report = r#"["sh", "-c", "id -u; grep NoNewPrivs /proc/self/status"]"#;
+    k.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: privileges}}
+spec:
+  restartPolicy: Never
+  securityContext: {{seccompProfile: {{type: RuntimeDefault}}}}
+  containers:
+  - {{name: escalating, image: {image}, command: {report},
+      securityContext: {{runAsUser: 1000, allowPrivilegeEscalation: true}}}}
+  - {{name: confined, image: {image}, command: {report},
+      securityContext: {{runAsUser: 1000, allowPrivilegeEscalation: false}}}}
+  - {{name: unset, image: {image}, command: {report}}}
+"#
+    ));
+    k.wait_pod("privileges", "Succeeded", |p| phase(p) == "Succeeded");
+    let report = |c: &str| {
+        let out = k.c.ok(&["logs", "privileges", "-c", c]);
+        out.split_whitespace().collect::<Vec<_>>().join(" ")
+    };
+    assert_eq!(report("escalating"), "1000 NoNewPrivs: 0");
+    assert_eq!(report("confined"), "1000 NoNewPrivs: 1");
+    assert_eq!(report("unset"), "0 NoNewPrivs: 0");
 }
 
 #[test]
@@ -1083,13 +1135,7 @@ spec:
     // The official Python client, in a pod: `load_incluster_config()` finds the API through the
     // environment and the mounted credentials. Its interpreter and libraries are the host's
     // (Debian's python3 under /usr, mounted read-only), the client a venv `cargo xtask test` makes.
-    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/python-client");
-    let venv = std::fs::canonicalize(&venv).unwrap_or_else(|_| {
-        panic!(
-            "{} is missing: `cargo xtask test` makes it (python3 -m venv, pip install kubernetes)",
-            venv.display()
-        )
-    });
+    let venv = skiff_tests::python_venv();
     let script = "from kubernetes import client, config\n\
 config.load_incluster_config()\n\
 ns = open('/var/run/secrets/kubernetes.io/serviceaccount/namespace').read()\n\

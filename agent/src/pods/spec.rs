@@ -360,7 +360,6 @@ pub fn build(plan: &Plan<'_>) -> Value {
         .filter(|w| !w.is_empty())
         .or(plan.image.config["WorkingDir"].as_str().filter(|w| !w.is_empty()))
         .unwrap_or("/");
-    let no_new_privs = !privileged && sc["allowPrivilegeEscalation"].as_bool() != Some(true);
     let mut process = json!({
         "terminal": c["tty"].as_bool().unwrap_or(false),
         "user": {"uid": uid, "gid": gid, "additionalGids": extra_gids},
@@ -368,8 +367,14 @@ pub fn build(plan: &Plan<'_>) -> Value {
         "env": env,
         "cwd": cwd,
         "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
-        "noNewPrivileges": no_new_privs,
     });
+    // As the kubelet: `no_new_privs` only when `allowPrivilegeEscalation` is false, so setuid
+    // binaries work by default. Only then is the field set at all: libcontainer loads the seccomp
+    // filter before dropping privileges only when the field is absent (with `false` it loads it
+    // after, where a non-root user may not, and the container fails to start).
+    if !privileged && sc["allowPrivilegeEscalation"].as_bool() == Some(false) {
+        process["noNewPrivileges"] = json!(true);
+    }
     if uid != 0 {
         // A non-root user starts without effective capabilities, as with runc.
         process["capabilities"]["effective"] = json!([]);

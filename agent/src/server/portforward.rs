@@ -25,6 +25,10 @@ use crate::server::{Body, text};
 pub const PROTOCOL: &str = "portforward.k8s.io";
 /// The WebSocket sub-protocol that tunnels it.
 pub const TUNNEL_PROTOCOL: &str = "SPDY/3.1+portforward.k8s.io";
+/// The WebSocket channel protocol of upstream's port-forward without SPDY (the Python client's):
+/// for the `i`-th requested port, channel `2i` carries data and `2i+1` errors, each opened by a
+/// message with the port number (little-endian).
+pub const CHANNEL_PROTOCOL: &str = "v4.channel.k8s.io";
 /// Bytes read from the pod per data frame.
 const CHUNK: usize = 32 * 1024;
 
@@ -50,13 +54,40 @@ pub fn handle(
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = r.headers_mut();
     h.insert("connection", HeaderValue::from_static("Upgrade"));
+    let query = req.uri().query().unwrap_or_default().to_owned();
     let on_upgrade = hyper::upgrade::on(req);
-    if upgrade.eq_ignore_ascii_case("websocket") {
-        let offered = offered_ws;
-        if !offered.split(',').any(|p| p.trim() == TUNNEL_PROTOCOL) {
+    let offers = |p: &str| offered_ws.split(',').any(|o| o.trim() == p);
+    if upgrade.eq_ignore_ascii_case("websocket") && !offers(TUNNEL_PROTOCOL) && offers(CHANNEL_PROTOCOL) {
+        let ports = match query_ports(&query) {
+            Ok(p) => p,
+            Err(e) => return text(StatusCode::BAD_REQUEST, e),
+        };
+        h.insert("upgrade", HeaderValue::from_static("websocket"));
+        if let Ok(v) = HeaderValue::from_str(&crate::server::exec::accept_key(&key)) {
+            h.insert("sec-websocket-accept", v);
+        }
+        h.insert(
+            "sec-websocket-protocol",
+            HeaderValue::from_static(CHANNEL_PROTOCOL),
+        );
+        tokio::spawn(async move {
+            let Ok(upgraded) = on_upgrade.await else { return };
+            let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                TokioIo::new(upgraded),
+                Role::Server,
+                None,
+            )
+            .await;
+            serve_channels(ws, netns, ports).await;
+        });
+    } else if upgrade.eq_ignore_ascii_case("websocket") {
+        let offered = offered_ws.clone();
+        if !offers(TUNNEL_PROTOCOL) {
             return text(
                 StatusCode::BAD_REQUEST,
-                format!("unsupported subprotocols {offered:?}; this node speaks {TUNNEL_PROTOCOL:?}"),
+                format!(
+                    "unsupported subprotocols {offered:?}; this node speaks {TUNNEL_PROTOCOL:?} and {CHANNEL_PROTOCOL:?}"
+                ),
             );
         }
         h.insert("upgrade", HeaderValue::from_static("websocket"));
@@ -133,6 +164,134 @@ where
                 }
             },
         }
+    }
+}
+
+/// The ports of a channel-protocol request: every `port` (the kubelet's name) or `ports` (the
+/// API's) query parameter, each possibly a comma-separated list.
+fn query_ports(query: &str) -> Result<Vec<u16>, String> {
+    let mut ports = Vec::new();
+    for (k, v) in query.split('&').filter_map(|kv| kv.split_once('=')) {
+        if k != "port" && k != "ports" {
+            continue;
+        }
+        for p in v
+            .split("%2C")
+            .flat_map(|p| p.split(','))
+            .filter(|p| !p.is_empty())
+        {
+            match p.parse::<u16>() {
+                Ok(n) if n > 0 => ports.push(n),
+                _ => return Err(format!("invalid port {p:?}")),
+            }
+        }
+    }
+    if ports.is_empty() {
+        return Err("query parameter \"port\" is required".into());
+    }
+    Ok(ports)
+}
+
+/// Serves the channel protocol: one connection to `localhost:PORT` in the pod per requested
+/// port, for as long as it lasts; the WebSocket closes when every one has ended.
+async fn serve_channels<S>(ws: tokio_tungstenite::WebSocketStream<S>, netns: PathBuf, ports: Vec<u16>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sink, mut stream) = ws.split();
+    let (out, mut outgoing) = mpsc::channel::<Message>(64);
+    let writer = tokio::spawn(async move {
+        while let Some(m) = outgoing.recv().await {
+            if sink.send(m).await.is_err() {
+                return;
+            }
+        }
+        let _ = sink.close().await;
+    });
+    let mut uploads = Vec::new();
+    let mut forwards = tokio::task::JoinSet::new();
+    for (i, port) in ports.into_iter().enumerate() {
+        let Ok(data) = u8::try_from(2 * i) else { break };
+        let error = data + 1;
+        let [lo, hi] = port.to_le_bytes();
+        for channel in [data, error] {
+            let _ = out
+                .send(Message::Binary(Bytes::from(vec![channel, lo, hi])))
+                .await;
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        uploads.push(tx);
+        forwards.spawn(forward_channel(netns.clone(), port, data, rx, out.clone()));
+    }
+    drop(out);
+    let reading = async {
+        while let Some(Ok(msg)) = stream.next().await {
+            match msg {
+                Message::Binary(b) if b.len() > 1 && b[0] % 2 == 0 => {
+                    if let Some(tx) = uploads.get(usize::from(b[0] / 2)) {
+                        let _ = tx.send(b.slice(1..));
+                    }
+                }
+                Message::Close(_) => break,
+                _ => {}
+            }
+        }
+    };
+    let client_left = tokio::select! {
+        () = reading => true,
+        () = async { while forwards.join_next().await.is_some() {} } => false,
+    };
+    if client_left {
+        forwards.abort_all();
+    }
+    drop(forwards);
+    let _ = writer.await;
+}
+
+/// One port of the channel protocol: joins channel `data` to `localhost:port` in the pod; a
+/// failure is reported on the error channel (`data + 1`).
+async fn forward_channel(
+    netns: PathBuf,
+    port: u16,
+    data: u8,
+    mut rx: mpsc::UnboundedReceiver<Bytes>,
+    out: mpsc::Sender<Message>,
+) {
+    let framed = |channel: u8, bytes: &[u8]| {
+        let mut m = Vec::with_capacity(bytes.len() + 1);
+        m.push(channel);
+        m.extend_from_slice(bytes);
+        Message::Binary(Bytes::from(m))
+    };
+    let sock = match connect(&netns, port).await {
+        Ok(s) => s,
+        Err(e) => {
+            let msg = format!("error forwarding port {port} to pod: {e}");
+            let _ = out.send(framed(data + 1, msg.as_bytes())).await;
+            return;
+        }
+    };
+    let (mut r, mut w) = sock.into_split();
+    let upload = async {
+        while let Some(chunk) = rx.recv().await {
+            if w.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+        let _ = w.shutdown().await;
+    };
+    let download = async {
+        let mut buf = vec![0u8; CHUNK];
+        while let Ok(n) = r.read(&mut buf).await {
+            if n == 0 || out.send(framed(data, &buf[..n])).await.is_err() {
+                break;
+            }
+        }
+    };
+    // The pod closing its side ends the forward; the client's uploads end with the session.
+    tokio::select! {
+        () = download => {}
+        () = async { upload.await; std::future::pending::<()>().await } => {}
     }
 }
 
@@ -289,4 +448,19 @@ async fn connect(netns: &Path, port: u16) -> std::io::Result<tokio::net::TcpStre
         std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)),
     ];
     crate::network::pod_net::tcp_connect_in(Some(netns), localhost).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::query_ports;
+
+    #[test]
+    fn ports_come_from_port_or_ports_parameters() {
+        assert_eq!(query_ports("port=8080&port=9090"), Ok(vec![8080, 9090]));
+        assert_eq!(query_ports("ports=80,443"), Ok(vec![80, 443]));
+        assert_eq!(query_ports("ports=80%2C443&x=1"), Ok(vec![80, 443]));
+        assert!(query_ports("").unwrap_err().contains("\"port\" is required"));
+        assert!(query_ports("port=0").is_err());
+        assert!(query_ports("port=http").is_err());
+    }
 }

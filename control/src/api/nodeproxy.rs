@@ -317,7 +317,9 @@ pub async fn portforward(
             pod["status"]["phase"].as_str().unwrap_or("Unknown")
         )));
     }
-    join_upgrade(app, node, &format!("/portForward/{ns}/{name}"), parts).await
+    // The ports a WebSocket client asks for (`ports=`) go along; SPDY clients name them per stream.
+    let query = parts.uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+    join_upgrade(app, node, &format!("/portForward/{ns}/{name}{query}"), parts).await
 }
 
 /// The pod `ns/name`, or upstream's NotFound.
