@@ -77,16 +77,38 @@ impl RawClient {
         body: &[u8],
         max_secs: u32,
     ) -> Answer {
-        let body_file = self.file("body");
-        let out_file = self.file("out");
-        std::fs::write(&body_file, body).unwrap();
-        let _ = std::fs::remove_file(&out_file);
         let header = match content_type {
             Some(ct) => format!("Content-Type: {ct}"),
             None => "Content-Type:".to_owned(),
         };
+        self.send_with(method, path, &[&header], body, max_secs)
+    }
+
+    /// GETs `path` with `Accept: accept`.
+    pub fn get_accepting(&self, path: &str, accept: &str) -> Answer {
+        self.send_with("GET", path, &[&format!("Accept: {accept}")], &[], 30)
+    }
+
+    /// Sends `method path` with extra `headers` (`Name: value`) and `body`; waits at most
+    /// `max_secs`.
+    pub fn send_with(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[&str],
+        body: &[u8],
+        max_secs: u32,
+    ) -> Answer {
+        let body_file = self.file("body");
+        let out_file = self.file("out");
+        std::fs::write(&body_file, body).unwrap();
+        let _ = std::fs::remove_file(&out_file);
         let mut cmd = Command::new("curl");
-        cmd.args(["-sS", "-X", method, "-H", &header, "-o"])
+        cmd.args(["-sS", "-X", method]);
+        for h in headers {
+            cmd.args(["-H", h]);
+        }
+        cmd.arg("-o")
             .arg(&out_file)
             .args([
                 "-w",

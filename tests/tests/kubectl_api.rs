@@ -785,6 +785,37 @@ fn watch_with_bookmarks_over_raw_api() {
         bookmark["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"],
         "true"
     );
+
+    // Metadata only, as controller-runtime's metadata watches ask: get, list and watch answer
+    // PartialObjectMetadata(List).
+    let raw = skiff_tests::raw::RawClient::new(&c);
+    let one = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json";
+    let list = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json";
+    let got = raw
+        .get_accepting("/api/v1/namespaces/default/configmaps/w1", one)
+        .json();
+    assert_eq!(got["kind"], "PartialObjectMetadata", "{got}");
+    assert_eq!(got["apiVersion"], "meta.k8s.io/v1");
+    assert_eq!(got["metadata"]["name"], "w1");
+    assert!(got.get("data").is_none());
+    let all = raw
+        .get_accepting("/api/v1/namespaces/default/configmaps", list)
+        .json();
+    assert_eq!(all["kind"], "PartialObjectMetadataList", "{all}");
+    assert!(
+        all["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["kind"] == "PartialObjectMetadata")
+    );
+    let watched = raw.get_accepting(initial, one);
+    let first: Value = json(watched.body.lines().next().unwrap());
+    assert_eq!(
+        first["object"]["kind"], "PartialObjectMetadata",
+        "{}",
+        watched.body
+    );
 }
 
 #[test]

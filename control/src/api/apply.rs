@@ -404,6 +404,7 @@ pub async fn create_from_apply(app: &App, call: &Call, patch: Value) -> Result<R
         sub: None,
         query: call.query.clone(),
         table: false,
+        partial: None,
         content_type: "application/json".into(),
     };
     let created = create_object(app, &create_call, obj).await?;

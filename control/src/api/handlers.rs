@@ -39,6 +39,9 @@ pub struct Call {
     pub query: HashMap<String, String>,
     /// Whether the client asked for a `Table`.
     pub table: bool,
+    /// The `meta.k8s.io` version of `PartialObjectMetadata` when the client asked for objects as
+    /// their metadata only (controller-runtime's metadata watches).
+    pub partial: Option<&'static str>,
     /// The request's Content-Type.
     pub content_type: String,
 }
@@ -341,6 +344,7 @@ pub async fn get(app: &App, call: &Call) -> Result<Response> {
             StatusCode::OK,
             &table::table(&call.info, &[obj], &kv.mod_revision.to_string(), None, call),
         )),
+        _ if call.partial.is_some() => Ok(json_response(StatusCode::OK, &call.view(obj))),
         _ => Ok(json_response(StatusCode::OK, &obj)),
     }
 }
@@ -486,12 +490,17 @@ pub async fn list(app: &App, call: &Call) -> Result<Response> {
     if let Some(t) = token {
         metadata["continue"] = json!(t);
     }
+    let (kind, api_version) = match call.partial {
+        Some(v) => ("PartialObjectMetadataList".to_owned(), format!("meta.k8s.io/{v}")),
+        None => (format!("{}List", call.info.kind), call.info.api_version()),
+    };
     let head = json!({
-        "kind": format!("{}List", call.info.kind),
-        "apiVersion": call.info.api_version(),
+        "kind": kind,
+        "apiVersion": api_version,
         "metadata": metadata,
         "items": [],
     });
+    let items = items.into_iter().map(|o| call.view(o)).collect();
     Ok(streamed_list(&head, items))
 }
 
@@ -526,6 +535,8 @@ fn watch_line(call: &Call, kind: &str, obj: Value) -> bytes::Bytes {
     let object = if call.table && kind != "BOOKMARK" && kind != "ERROR" {
         let rv = meta_str(&obj, "resourceVersion").to_owned();
         table::table(&call.info, &[obj], &rv, None, call)
+    } else if kind != "ERROR" {
+        call.view(obj)
     } else {
         obj
     };
@@ -674,6 +685,18 @@ fn strip_paging(q: &HashMap<String, String>) -> HashMap<String, String> {
 }
 
 impl Call {
+    /// `obj` as the client asked to see it: whole, or as `PartialObjectMetadata`.
+    fn view(&self, obj: Value) -> Value {
+        match self.partial {
+            Some(v) => json!({
+                "kind": "PartialObjectMetadata",
+                "apiVersion": format!("meta.k8s.io/{v}"),
+                "metadata": obj["metadata"],
+            }),
+            None => obj,
+        }
+    }
+
     /// A copy of the call's addressing and options.
     pub fn clone_meta(&self) -> Call {
         Call {
@@ -683,6 +706,7 @@ impl Call {
             sub: self.sub.clone(),
             query: self.query.clone(),
             table: self.table,
+            partial: self.partial,
             content_type: self.content_type.clone(),
         }
     }

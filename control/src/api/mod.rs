@@ -140,6 +140,25 @@ fn unauthorized() -> Response {
     ApiError::new(401, "Unauthorized", "Unauthorized").into_response()
 }
 
+/// The `meta.k8s.io` version when `Accept` asks for `PartialObjectMetadata` (or its list): the
+/// first such media type, e.g. `application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1`.
+fn partial_metadata(accept: &str) -> Option<&'static str> {
+    accept.split(',').find_map(|media| {
+        let params: Vec<&str> = media.split(';').map(str::trim).collect();
+        let is = |p: &str| params.contains(&p);
+        if !(is("as=PartialObjectMetadata") || is("as=PartialObjectMetadataList")) || !is("g=meta.k8s.io") {
+            return None;
+        }
+        if is("v=v1") {
+            Some("v1")
+        } else if is("v=v1beta1") {
+            Some("v1beta1")
+        } else {
+            None
+        }
+    })
+}
+
 /// The token of an `Authorization: Bearer TOKEN` header, the scheme in any case (the Python
 /// client sends `bearer`), as upstream's bearer token authenticator reads it.
 fn bearer_token(header: &str) -> Option<&str> {
@@ -380,6 +399,7 @@ async fn route(
         name: name.map(str::to_owned),
         sub: sub.map(str::to_owned),
         table: accept.contains("as=Table"),
+        partial: partial_metadata(accept),
         content_type: content_type.to_owned(),
         query,
     };
@@ -414,6 +434,28 @@ async fn route(
 #[cfg(test)]
 mod tests {
     use super::bearer_token;
+
+    #[test]
+    fn partial_metadata_is_asked_for_with_its_group_and_version() {
+        use super::partial_metadata;
+        assert_eq!(
+            partial_metadata(
+                "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
+            ),
+            Some("v1")
+        );
+        assert_eq!(
+            partial_metadata(
+                "application/vnd.kubernetes.protobuf;as=PartialObjectMetadata;g=meta.k8s.io;v=v1beta1"
+            ),
+            Some("v1beta1")
+        );
+        assert_eq!(
+            partial_metadata("application/json;as=Table;g=meta.k8s.io;v=v1"),
+            None
+        );
+        assert_eq!(partial_metadata("application/json"), None);
+    }
 
     #[test]
     fn the_bearer_scheme_is_read_in_any_case() {

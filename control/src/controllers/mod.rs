@@ -84,6 +84,7 @@ pub(crate) fn call_for_key(app: &App, key: &str) -> Option<Call> {
         sub: None,
         query: Default::default(),
         table: false,
+        partial: None,
         content_type: "application/json".into(),
     })
 }

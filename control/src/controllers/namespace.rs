@@ -35,6 +35,7 @@ async fn drain(app: &App, ns: &str) -> Result<bool, StoreError> {
                 sub: None,
                 query: Default::default(),
                 table: false,
+                partial: None,
                 content_type: "application/json".into(),
             };
             let name = meta_str(&obj, "name").to_owned();

@@ -34,6 +34,7 @@ pub fn call(
             .into_iter()
             .collect(),
         table: false,
+        partial: None,
         content_type: "application/json".into(),
     }
 }
