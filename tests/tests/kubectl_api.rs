@@ -721,6 +721,36 @@ fn typed_kubectl_commands_send_protobuf_and_it_is_understood() {
     let job = json(&c.ok(&["-n", "typed", "get", "job", "once", "-o", "json"]));
     assert_eq!(job["spec"]["template"]["spec"]["restartPolicy"], "Never");
     assert!(job["spec"]["selector"]["matchLabels"]["batch.kubernetes.io/controller-uid"].is_string());
+
+    // A delete whose DeleteOptions body is protobuf, as client-go in protobuf mode sends it (tagged
+    // with the resource's group version, `v1`): what every namespace deletion of the conformance
+    // suite does.
+    let field = |tag: u8, bytes: &[u8], out: &mut Vec<u8>| {
+        out.push((tag << 3) | 2);
+        out.push(u8::try_from(bytes.len()).unwrap());
+        out.extend_from_slice(bytes);
+    };
+    let mut opts = Vec::new();
+    field(4, b"Foreground", &mut opts);
+    let mut type_meta = Vec::new();
+    field(1, b"v1", &mut type_meta);
+    field(2, b"DeleteOptions", &mut type_meta);
+    let mut body = b"k8s\0".to_vec();
+    field(1, &type_meta, &mut body);
+    field(2, &opts, &mut body);
+    let raw = skiff_tests::raw::RawClient::new(&c);
+    let answer = raw.send(
+        "DELETE",
+        "/api/v1/namespaces/typed/configmaps/cfg",
+        Some("application/vnd.kubernetes.protobuf"),
+        &body,
+        30,
+    );
+    assert_eq!(answer.code, 200, "{}", answer.body);
+    assert!(
+        c.fails(&["-n", "typed", "get", "cm", "cfg"])
+            .contains("not found")
+    );
 }
 
 #[test]

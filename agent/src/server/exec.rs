@@ -340,6 +340,16 @@ fn status(code: Option<i32>, command: &[String]) -> Value {
     }
 }
 
+/// Ends a session whose command could not be started with a Failure status that says why (the
+/// client reports it), instead of dropping the connection.
+async fn could_not_run(mut conn: Channels, why: String) -> anyhow::Result<()> {
+    let failure = json!({"metadata": {}, "status": "Failure", "reason": "InternalError",
+                         "message": format!("the command could not be run: {why}")});
+    conn.send(3, failure.to_string().as_bytes()).await?;
+    conn.close().await;
+    Ok(())
+}
+
 async fn session(
     mut conn: Channels,
     root: &Path,
@@ -350,7 +360,10 @@ async fn session(
     // With a terminal, the command runs on one made in the container (its controlling terminal),
     // whose master side comes to a console socket of ours; the helper's own errors still come as
     // stderr.
-    let console = opts.tty.then(crate::runtime::console::Socket::bind).transpose()?;
+    let console = match opts.tty.then(crate::runtime::console::Socket::bind).transpose() {
+        Ok(c) => c,
+        Err(e) => return could_not_run(conn, format!("no terminal: {e}")).await,
+    };
     let mut cmd = crate::runtime::helper::command("exec");
     cmd.arg("--root").arg(root).arg("--id").arg(id);
     if let Some(c) = &console {
@@ -370,7 +383,10 @@ async fn session(
             std::process::Stdio::null()
         })
         .stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn()?;
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return could_not_run(conn, format!("starting the exec helper: {e}")).await,
+    };
     drop(cmd);
     let mut pty_master: Option<tokio::fs::File> = None;
     if let Some(console) = &console {

@@ -161,6 +161,8 @@ impl ApiError {
     }
 
     /// The `Status` object for this error.
+    /// (Fields in upstream's order; a NotFound always has `details`, `{}` at least, which kubectl
+    /// reads without checking.)
     pub fn to_status(&self) -> Value {
         let mut status = json!({
             "kind": "Status",
@@ -169,11 +171,13 @@ impl ApiError {
             "status": "Failure",
             "message": self.message,
             "reason": self.reason,
-            "code": self.code,
         });
-        if let Some(d) = &self.details {
-            status["details"] = d.clone();
+        match &self.details {
+            Some(d) => status["details"] = d.clone(),
+            None if self.code == 404 => status["details"] = json!({}),
+            None => {}
         }
+        status["code"] = json!(self.code);
         status
     }
 
@@ -206,4 +210,40 @@ pub fn success(t: Target<'_>, uid: &str) -> Value {
         "status": "Success",
         "details": {"name": t.name, "group": t.group, "kind": t.resource, "uid": uid},
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ApiError;
+
+    #[test]
+    fn statuses_have_upstreams_field_order_and_a_not_found_has_details() {
+        let status = ApiError::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
+        .to_status();
+        let keys: Vec<&str> = status.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "kind",
+                "apiVersion",
+                "metadata",
+                "status",
+                "message",
+                "reason",
+                "details",
+                "code"
+            ]
+        );
+        assert_eq!(status["details"], serde_json::json!({}));
+        let bad = ApiError::bad_request("nope").to_status();
+        assert!(bad.get("details").is_none());
+        assert_eq!(
+            bad.as_object().unwrap().keys().next_back().map(String::as_str),
+            Some("code")
+        );
+    }
 }

@@ -167,6 +167,20 @@ const MAGIC: &[u8] = b"k8s\0";
 
 /// The message that encodes `kind` in `apiVersion`.
 pub fn message_for(api_version: &str, kind: &str) -> Option<&'static Message> {
+    // The request options are registered in every group version, as upstream's
+    // `metav1.AddToGroupVersion` does: client-go sends a core delete's DeleteOptions as `v1`.
+    if matches!(
+        kind,
+        "DeleteOptions"
+            | "ListOptions"
+            | "GetOptions"
+            | "CreateOptions"
+            | "UpdateOptions"
+            | "PatchOptions"
+            | "WatchEvent"
+    ) {
+        return message(&format!("apimachinery.pkg.apis.meta.v1.{kind}"));
+    }
     let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
     let package = match group {
         "" => format!("api.core.{version}"),
@@ -532,6 +546,26 @@ mod tests {
             obj,
             json!({"metadata": {"name": "cfg"}, "data": {"a": "1"}, "apiVersion": "v1", "kind": "ConfigMap"})
         );
+    }
+
+    #[test]
+    fn delete_options_decode_in_any_group_version() {
+        // DeleteOptions{gracePeriodSeconds: 0, propagationPolicy: "Foreground"} as client-go
+        // sends it for a core delete: tagged `v1`.
+        let mut opts = Vec::new();
+        opts.extend_from_slice(&[1 << 3, 0]);
+        bytes_field(4, b"Foreground", &mut opts);
+        for api_version in ["v1", "apps/v1", "meta.k8s.io/v1"] {
+            let mut tm = Vec::new();
+            bytes_field(1, api_version.as_bytes(), &mut tm);
+            bytes_field(2, b"DeleteOptions", &mut tm);
+            let mut body = MAGIC.to_vec();
+            bytes_field(1, &tm, &mut body);
+            bytes_field(2, &opts, &mut body);
+            let obj = decode(&body).unwrap();
+            assert_eq!(obj["propagationPolicy"], "Foreground", "{api_version}");
+            assert_eq!(obj["gracePeriodSeconds"], 0, "{api_version}");
+        }
     }
 
     #[test]
