@@ -57,19 +57,29 @@ pub fn handle(
     let query = req.uri().query().unwrap_or_default().to_owned();
     let on_upgrade = hyper::upgrade::on(req);
     let offers = |p: &str| offered_ws.split(',').any(|o| o.trim() == p);
-    if upgrade.eq_ignore_ascii_case("websocket") && !offers(TUNNEL_PROTOCOL) && offers(CHANNEL_PROTOCOL) {
-        let ports = match query_ports(&query) {
-            Ok(p) => p,
-            Err(e) => return text(StatusCode::BAD_REQUEST, e),
+    if upgrade.eq_ignore_ascii_case("websocket") {
+        // SPDY tunneled in WebSocket messages (kubectl's) when offered, else the channel
+        // protocol (the Python client's), whose ports come in the query.
+        let (protocol, ports) = if offers(TUNNEL_PROTOCOL) {
+            (TUNNEL_PROTOCOL, None)
+        } else if offers(CHANNEL_PROTOCOL) {
+            match query_ports(&query) {
+                Ok(p) => (CHANNEL_PROTOCOL, Some(p)),
+                Err(e) => return text(StatusCode::BAD_REQUEST, e),
+            }
+        } else {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "unsupported subprotocols {offered_ws:?}; this node speaks {TUNNEL_PROTOCOL:?} and {CHANNEL_PROTOCOL:?}"
+                ),
+            );
         };
         h.insert("upgrade", HeaderValue::from_static("websocket"));
         if let Ok(v) = HeaderValue::from_str(&crate::server::exec::accept_key(&key)) {
             h.insert("sec-websocket-accept", v);
         }
-        h.insert(
-            "sec-websocket-protocol",
-            HeaderValue::from_static(CHANNEL_PROTOCOL),
-        );
+        h.insert("sec-websocket-protocol", HeaderValue::from_static(protocol));
         tokio::spawn(async move {
             let Ok(upgraded) = on_upgrade.await else { return };
             let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
@@ -78,37 +88,14 @@ pub fn handle(
                 None,
             )
             .await;
-            serve_channels(ws, netns, ports).await;
-        });
-    } else if upgrade.eq_ignore_ascii_case("websocket") {
-        let offered = offered_ws.clone();
-        if !offers(TUNNEL_PROTOCOL) {
-            return text(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "unsupported subprotocols {offered:?}; this node speaks {TUNNEL_PROTOCOL:?} and {CHANNEL_PROTOCOL:?}"
-                ),
-            );
-        }
-        h.insert("upgrade", HeaderValue::from_static("websocket"));
-        if let Ok(v) = HeaderValue::from_str(&crate::server::exec::accept_key(&key)) {
-            h.insert("sec-websocket-accept", v);
-        }
-        h.insert(
-            "sec-websocket-protocol",
-            HeaderValue::from_static(TUNNEL_PROTOCOL),
-        );
-        tokio::spawn(async move {
-            let Ok(upgraded) = on_upgrade.await else { return };
-            let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
-                TokioIo::new(upgraded),
-                Role::Server,
-                None,
-            )
-            .await;
-            let (ours, theirs) = tokio::io::duplex(256 * 1024);
-            tokio::spawn(tunnel(ws, theirs));
-            serve(ours, netns).await;
+            match ports {
+                Some(ports) => serve_channels(ws, netns, ports).await,
+                None => {
+                    let (ours, theirs) = tokio::io::duplex(256 * 1024);
+                    tokio::spawn(tunnel(ws, theirs));
+                    serve(ours, netns).await;
+                }
+            }
         });
     } else if upgrade.eq_ignore_ascii_case("SPDY/3.1") {
         let offered = offered_spdy;

@@ -500,7 +500,10 @@ pub async fn list(app: &App, call: &Call) -> Result<Response> {
         "metadata": metadata,
         "items": [],
     });
-    let items = items.into_iter().map(|o| call.view(o)).collect();
+    let items = match call.partial {
+        Some(_) => items.into_iter().map(|o| call.view(o)).collect(),
+        None => items,
+    };
     Ok(streamed_list(&head, items))
 }
 
