@@ -325,14 +325,15 @@ async fn bench_api(control: &Path, runs: &[(usize, usize)]) -> anyhow::Result<Va
 /// `backlog`, every pod is created before the controllers start, so the rate is the scheduler's
 /// own (binding writes included) rather than bounded by how fast pods are created.
 async fn bench_scheduler(nodes: usize, pods: usize, backlog: bool) -> anyhow::Result<Value> {
-    use skiff_control::api::{App, Cidr, handlers::create_object};
+    use skiff_control::objects::Objects;
     use skiff_control::objects::meta::to_stored;
+    use skiff_control::objects::service::Cidr;
     use skiff_control::store::{EventKind, Store, StoreConfig};
     let dir = tempfile::tempdir()?;
     let mut config = StoreConfig::single(dir.path().to_owned(), "127.0.0.1:0".parse()?);
     config.watch_history = 200_000;
     let store = Store::open(config).await?;
-    let app = Arc::new(App::new(
+    let app = Arc::new(Objects::new(
         store.clone(),
         Cidr::parse("10.96.0.0/12").map_err(anyhow::Error::msg)?,
     ));
@@ -352,7 +353,7 @@ async fn bench_scheduler(nodes: usize, pods: usize, backlog: bool) -> anyhow::Re
             .await?;
     }
     if !backlog {
-        let caches = skiff_control::controllers::start(app.clone());
+        let caches = skiff_control::controllers::start(app.clone(), &Default::default());
         skiff_control::scheduler::start(app.clone(), &caches);
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -380,7 +381,7 @@ async fn bench_scheduler(nodes: usize, pods: usize, backlog: bool) -> anyhow::Re
                     let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default", "labels": labels}, "spec": spec});
                     let call = skiff_control::controllers::write::call(&app, "", "pods", "default", None, None, "bench");
                     let t = Instant::now();
-                    create_object(&app, &call, pod).await.map_err(|e| anyhow::anyhow!(e.message))?;
+                    app.create(&call, pod).await.map_err(|e| anyhow::anyhow!(e.message))?;
                     created.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.insert(skiff_control::objects::keys::object(skiff_control::objects::keys::PODS, Some("default"), &name), t);
                     Ok(())
                 }
@@ -391,7 +392,7 @@ async fn bench_scheduler(nodes: usize, pods: usize, backlog: bool) -> anyhow::Re
     if backlog && let Some(c) = creator.take() {
         c.await??;
         start = Instant::now();
-        let caches = skiff_control::controllers::start(app.clone());
+        let caches = skiff_control::controllers::start(app.clone(), &Default::default());
         skiff_control::scheduler::start(app.clone(), &caches);
     }
     let mut latencies = Vec::with_capacity(pods);

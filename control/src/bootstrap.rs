@@ -4,13 +4,13 @@
 
 use serde_json::json;
 
-use crate::api::App;
+use crate::objects::Objects;
 use crate::objects::keys;
 use crate::objects::meta::{from_kv, new_uid, now, to_stored};
 use crate::store::StoreError;
 
 /// Creates the built-in namespaces if they are missing.
-pub async fn ensure_defaults(app: &App) -> Result<(), StoreError> {
+pub async fn ensure_defaults(app: &Objects) -> Result<(), StoreError> {
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         let key = keys::object(keys::NAMESPACES, None, ns);
         if app.store.get(&key).await?.is_some() {
@@ -85,7 +85,7 @@ pub async fn ensure_defaults(app: &App) -> Result<(), StoreError> {
 /// Endpoints and EndpointSlice naming this API server, as the API server's endpoint reconciler
 /// keeps them: in-cluster clients find the API through `KUBERNETES_SERVICE_HOST`/`_PORT` or
 /// `kubernetes.default.svc`. The endpoints follow `advertise` across restarts.
-pub async fn ensure_api_service(app: &App, advertise: std::net::SocketAddrV4) -> Result<(), StoreError> {
+pub async fn ensure_api_service(app: &Objects, advertise: std::net::SocketAddrV4) -> Result<(), StoreError> {
     let key = &keys::object(keys::SERVICES, Some("default"), "kubernetes");
     if app.store.get(key).await?.is_none() {
         let svc = json!({

@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use skiff_control::api::{self, App, Cidr};
+use skiff_control::api::{self, App};
+use skiff_control::objects::Objects;
+use skiff_control::objects::service::Cidr;
 use skiff_control::pki::{Pki, local_url};
 use skiff_control::store::{Store, StoreConfig};
 
@@ -157,34 +159,40 @@ async fn run() -> anyhow::Result<()> {
     store_config.min_free_disk = args.min_free_disk_mb << 20;
     let store = Store::open(store_config).await.context("opening the store")?;
 
-    let mut app = App::new(store.clone(), cidr);
-    app.node_grace = args.node_monitor_grace_period;
-    app.node_stream_timeout = args.node_stream_timeout;
-    if !args.cluster_cidr.is_empty() {
-        app.cluster_cidr = Some(
+    let cluster_cidr = if args.cluster_cidr.is_empty() {
+        None
+    } else {
+        Some(
             skiff_control::objects::cluster_cidr::ClusterCidr::parse(
                 &args.cluster_cidr,
                 args.node_cidr_mask_size,
             )
             .map_err(anyhow::Error::msg)
             .context("--cluster-cidr")?,
-        );
-    }
+        )
+    };
+    let objects = Arc::new(Objects::new(store.clone(), cidr).with_cluster_cidr(cluster_cidr));
+    let mut app = App::new(objects.clone());
+    app.node_stream_timeout = args.node_stream_timeout;
     let token = std::fs::read_to_string(args.data_dir.join("node-token")).context("reading node-token")?;
     app.node_secret = skiff_control::pki::parse_token(&token)
         .map(|(_, s)| s.to_owned())
         .unwrap_or_default();
     let tls = api::server::tls_config(&pki).context("configuring TLS")?;
+    let controllers = skiff_control::controllers::Config {
+        node_grace: args.node_monitor_grace_period,
+        root_ca: Some(pki.ca_pem.clone()),
+    };
     app.pki = Some(Arc::new(pki));
     let app = Arc::new(app);
-    skiff_control::bootstrap::ensure_defaults(&app)
+    skiff_control::bootstrap::ensure_defaults(&objects)
         .await
         .context("creating default namespaces")?;
-    skiff_control::bootstrap::ensure_api_service(&app, advertise)
+    skiff_control::bootstrap::ensure_api_service(&objects, advertise)
         .await
         .context("publishing the kubernetes Service")?;
-    let caches = skiff_control::controllers::start(app.clone());
-    skiff_control::scheduler::start(app.clone(), &caches);
+    let caches = skiff_control::controllers::start(objects.clone(), &controllers);
+    skiff_control::scheduler::start(objects, &caches);
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

@@ -50,7 +50,7 @@ enum Cmd {
         #[arg(value_parser = ["api", "scheduler", "pods", "proxy"])]
         which: String,
     },
-    /// Regenerate control/src/api/protobuf/schema.rs from the k8s-pb crate's sources.
+    /// Regenerate control/src/objects/schema/table.rs from the k8s-pb crate's sources.
     GenProtoSchema {
         /// The k8s-pb 0.9.0 source directory (default: found in the cargo registry).
         #[arg(long)]
@@ -303,7 +303,7 @@ fn dispatch() -> anyhow::Result<()> {
             other => bail!("unknown benchmark {other}"),
         },
         Cmd::GenProtoSchema { k8s_pb } => {
-            let out = root().join("control/src/api/protobuf/schema.rs");
+            let out = root().join("control/src/objects/schema/table.rs");
             proto_schema::generate(k8s_pb.as_deref(), &out)?;
             run(cargo().args(["fmt", "-p", "skiff-control"]))
         }

@@ -8,7 +8,7 @@ use axum::http::Method;
 
 use super::handlers::Call;
 use super::server::Identity;
-use super::status::ApiError;
+use crate::objects::status::ApiError;
 
 /// The Kubernetes verb of a request.
 pub fn verb(method: &Method, call: &Call, watching: bool) -> &'static str {

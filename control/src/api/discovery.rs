@@ -5,7 +5,7 @@
 use serde_json::{Value, json};
 
 use super::protobuf::{Kind, Message};
-use super::registry::Registry;
+use crate::objects::registry::Registry;
 
 /// `/version`.
 pub fn version() -> Value {
@@ -276,7 +276,7 @@ fn add_message_schemas(message: &'static Message, defs: &mut serde_json::Map<Str
     );
 }
 
-fn crd_schema(r: &super::registry::ResourceInfo) -> Option<Value> {
+fn crd_schema(r: &crate::objects::registry::ResourceInfo) -> Option<Value> {
     let crd = r.crd.as_ref()?;
     crd["spec"]["versions"]
         .as_array()?

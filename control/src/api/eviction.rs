@@ -6,11 +6,11 @@ use axum::response::Response;
 use serde_json::json;
 
 use super::App;
-use super::handlers::{Call, delete_one, json_response, parse_body};
-use super::selector::LabelSelector;
-use super::status::ApiError;
+use super::handlers::{Call, json_response, parse_body};
 use crate::objects::keys;
 use crate::objects::meta::{from_kv, meta_str, to_stored};
+use crate::objects::selector::LabelSelector;
+use crate::objects::status::ApiError;
 use crate::objects::write::{DeleteOptions, Preconditions, Propagation};
 use crate::store::StoreError;
 
@@ -37,7 +37,7 @@ pub async fn evict(app: &App, call: &Call, body: &[u8]) -> Result<Response, ApiE
         .map_err(ApiError::internal)?
         .map(|kv| from_kv(&kv))
         .ok_or_else(|| {
-            ApiError::not_found(super::status::Target {
+            ApiError::not_found(crate::objects::status::Target {
                 group: "",
                 resource: "pods",
                 kind: "Pod",
@@ -101,18 +101,18 @@ pub async fn evict(app: &App, call: &Call, body: &[u8]) -> Result<Response, ApiE
     }
     let opts = &eviction["deleteOptions"];
     let grace = opts["gracePeriodSeconds"].as_i64();
-    delete_one(
-        app,
-        &pod_call,
-        &name,
-        &DeleteOptions {
-            propagation: opts["propagationPolicy"].as_str().and_then(Propagation::parse),
-            grace_seconds: grace,
-            preconditions: Preconditions::from_json(&opts["preconditions"]),
-            dry_run: call.query.get("dryRun").is_some_and(|d| d == "All"),
-        },
-    )
-    .await?;
+    app.objects
+        .delete(
+            &pod_call.write(),
+            &name,
+            &DeleteOptions {
+                propagation: opts["propagationPolicy"].as_str().and_then(Propagation::parse),
+                grace_seconds: grace,
+                preconditions: Preconditions::from_json(&opts["preconditions"]),
+                dry_run: call.query.get("dryRun").is_some_and(|d| d == "All"),
+            },
+        )
+        .await?;
     Ok(json_response(
         StatusCode::CREATED,
         &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),

@@ -5,9 +5,9 @@
 use serde_json::Value;
 
 use super::handlers::parse_body;
-use super::limits::{MAX_DEPTH, too_deep};
-use super::patch::{apply_json_patch, apply_merge_patch, apply_strategic_patch};
 use super::protobuf::message_for;
+use crate::objects::limits::{MAX_DEPTH, too_deep};
+use crate::objects::patch::{apply_json_patch, apply_merge_patch, apply_strategic_patch};
 
 /// Decodes `data` as a request body of `content_type` (JSON, YAML or Kubernetes protobuf).
 pub fn decode(content_type: &str, data: &[u8]) {

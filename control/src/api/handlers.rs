@@ -11,17 +11,17 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::App;
-use super::admission::{self, Operation};
-use super::limits;
-use super::patch::{Ctx, PatchType, apply_json_patch, apply_merge_patch, apply_strategic_patch};
-use super::registry::ResourceInfo;
-use super::selector::{FieldSelector, LabelSelector};
-use super::status::{ApiError, Target, success};
 use super::table;
-use crate::objects::meta::{
-    finalizers, from_kv, generate_name, meta_str, new_uid, now, set_resource_version, to_stored,
+use crate::objects::limits;
+use crate::objects::meta::{from_kv, meta_str, set_resource_version};
+use crate::objects::patch::PatchType;
+use crate::objects::registry::ResourceInfo;
+use crate::objects::selector::{FieldSelector, LabelSelector};
+use crate::objects::status::{ApiError, Target, success};
+use crate::objects::write::{
+    DeleteOptions, Preconditions, Propagation, Request, WriteOptions, check_patch_type, check_type,
+    check_unknown_fields, from_scale, stored_bytes, to_scale,
 };
-use crate::objects::write::{DeleteOptions, Deletion, Preconditions, Propagation, plan_deletion};
 use crate::store::{EventKind, KeyValue, StoreError};
 
 /// One parsed request on a resource.
@@ -49,26 +49,6 @@ pub struct Call {
 type Result<T> = std::result::Result<T, ApiError>;
 
 impl Call {
-    fn target<'a>(&'a self, name: &'a str) -> Target<'a> {
-        Target {
-            group: &self.info.group,
-            resource: &self.info.plural,
-            kind: &self.info.kind,
-            name,
-        }
-    }
-
-    /// What admission plugins know of this request.
-    fn admission(&self, operation: Operation) -> admission::Attributes<'_> {
-        admission::Attributes {
-            info: &self.info,
-            operation,
-            namespace: self.ns.as_deref().filter(|_| self.info.namespaced),
-            url_name: self.name(),
-            strict: self.strict(),
-        }
-    }
-
     /// The object name from the path, or "".
     pub fn name(&self) -> &str {
         self.name.as_deref().unwrap_or_default()
@@ -76,6 +56,31 @@ impl Call {
 
     fn key(&self, name: &str) -> String {
         self.info.key(self.ns.as_deref(), name)
+    }
+
+    /// The write this request makes, with its options from the query.
+    pub fn write(&self) -> Request {
+        Request {
+            info: self.info.clone(),
+            ns: self.ns.clone(),
+            name: self.name.clone(),
+            sub: self.sub.clone(),
+            options: WriteOptions {
+                manager: self.query.get("fieldManager").cloned(),
+                dry_run: self.dry_run(),
+                strict: self.strict(),
+                force: self.query.get("force").is_some_and(|f| f == "true"),
+            },
+        }
+    }
+
+    fn target<'a>(&'a self, name: &'a str) -> Target<'a> {
+        Target {
+            group: &self.info.group,
+            resource: &self.info.plural,
+            kind: &self.info.kind,
+            name,
+        }
     }
 
     fn dry_run(&self) -> bool {
@@ -164,11 +169,11 @@ pub fn parse_body(body: &[u8], content_type: &str) -> Result<Value> {
 
 /// [`parse_body`], in the CPU pool when the body is large.
 pub async fn parse_body_pooled(body: &[u8], content_type: &str) -> Result<Value> {
-    if body.len() < super::cpu::OFFLOAD_BYTES {
+    if body.len() < crate::objects::cpu::OFFLOAD_BYTES {
         return parse_body(body, content_type);
     }
     let (body, content_type) = (body.to_vec(), content_type.to_owned());
-    super::cpu::run(move || {
+    crate::objects::cpu::run(move || {
         let value = parse_body(&body, &content_type)?;
         // What the store could never hold is refused before admission spends time on it.
         stored_bytes(&value)?;
@@ -193,145 +198,9 @@ fn require_object(value: Value) -> Result<Value> {
     }
 }
 
-/// Checks `apiVersion`/`kind` against the endpoint, filling them when absent.
-fn check_type(call: &Call, obj: &mut Value, expected_kind: &str) -> Result<()> {
-    let av = call.info.api_version();
-    let sub_typed = matches!(call.sub.as_deref(), Some("scale"));
-    let expected_av = if sub_typed {
-        "autoscaling/v1".to_owned()
-    } else {
-        av
-    };
-    match obj["apiVersion"].as_str() {
-        None | Some("") => obj["apiVersion"] = json!(expected_av),
-        Some(v) if v == expected_av => {}
-        Some(v) => {
-            return Err(ApiError::bad_request(format!(
-                "the API version in the data ({v}) does not match the expected API version ({expected_av})"
-            )));
-        }
-    }
-    match obj["kind"].as_str() {
-        None | Some("") => obj["kind"] = json!(expected_kind),
-        Some(k) if k == expected_kind => {}
-        Some(k) => {
-            return Err(ApiError::bad_request(format!(
-                "the kind in the data ({k}) does not match the expected kind ({expected_kind})"
-            )));
-        }
-    }
-    if !obj["metadata"].is_object() {
-        if obj["metadata"].is_null() {
-            obj["metadata"] = json!({});
-        } else {
-            return Err(ApiError::bad_request("metadata must be an object"));
-        }
-    }
-    Ok(())
-}
-
-/// Checks or fills the object's namespace from the path.
-fn check_namespace(call: &Call, obj: &mut Value) -> Result<()> {
-    if !call.info.namespaced {
-        if let Some(m) = obj["metadata"].as_object_mut() {
-            m.remove("namespace");
-        }
-        return Ok(());
-    }
-    let path_ns = call.ns.as_deref().unwrap_or_default();
-    match obj["metadata"]["namespace"].as_str() {
-        None | Some("") => obj["metadata"]["namespace"] = json!(path_ns),
-        Some(ns) if ns == path_ns => {}
-        Some(_) => {
-            return Err(ApiError::bad_request(
-                "the namespace of the provided object does not match the namespace sent on the request",
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Collects the paths of fields the schema does not know, below `ctx`.
-fn unknown_fields(value: &Value, ctx: Ctx, path: &str, out: &mut Vec<String>) {
-    match (value, ctx) {
-        (Value::Object(map), Ctx::Msg(_)) => {
-            for (k, v) in map {
-                let here = if path.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{path}.{k}")
-                };
-                if ctx.field(k).is_none() && !(path.is_empty() && (k == "apiVersion" || k == "kind")) {
-                    out.push(format!("unknown field \"{here}\""));
-                    continue;
-                }
-                match v {
-                    Value::Array(items) => {
-                        let item_ctx = ctx.items(k);
-                        for (i, item) in items.iter().enumerate() {
-                            unknown_fields(item, item_ctx, &format!("{here}[{i}]"), out);
-                        }
-                    }
-                    _ => unknown_fields(v, ctx.child(k), &here, out),
-                }
-            }
-        }
-        (Value::Object(map), Ctx::MapOf(Some(_))) => {
-            for (k, v) in map {
-                unknown_fields(v, ctx.child(k), &format!("{path}.{k}"), out);
-            }
-        }
-        _ => {}
-    }
-}
-
-/// Under `fieldValidation=Strict`, rejects fields the kind's schema does not have, at any depth.
-fn check_unknown_fields(call: &Call, obj: &Value) -> Result<()> {
-    if !call.strict() {
-        return Ok(());
-    }
-    let root = if call.sub.as_deref() == Some("scale") {
-        super::protobuf::message_for("autoscaling/v1", "Scale")
-    } else {
-        call.info.schema()
-    };
-    let Some(root) = root else { return Ok(()) };
-    let mut unknown = Vec::new();
-    unknown_fields(obj, Ctx::Msg(root), "", &mut unknown);
-    if unknown.is_empty() {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request(format!(
-            "strict decoding error: {}",
-            unknown.join(", ")
-        )))
-    }
-}
-
-/// The bytes to store for `obj`, or 413 when they exceed the store's value limit (etcd's 1.5 MiB).
-fn stored_bytes(obj: &Value) -> Result<Vec<u8>> {
-    let bytes = to_stored(obj);
-    if bytes.len() > limits::MAX_OBJECT_BYTES {
-        return Err(ApiError::new(
-            413,
-            "RequestEntityTooLarge",
-            format!(
-                "Request entity too large: the object is {} bytes, the store's limit is {}",
-                bytes.len(),
-                limits::MAX_OBJECT_BYTES
-            ),
-        ));
-    }
-    Ok(bytes)
-}
-
 /// Reads an object or fails with 404.
 async fn read(app: &App, call: &Call, name: &str) -> Result<KeyValue> {
-    app.store
-        .get(&call.key(name))
-        .await
-        .map_err(|e| ApiError::from_store(e, call.target(name)))?
-        .ok_or_else(|| ApiError::not_found(call.target(name)))
+    app.objects.read(&call.write(), name).await
 }
 
 /// GET of one object (or its status).
@@ -718,214 +587,28 @@ impl Call {
 /// POST to a collection.
 pub async fn create(app: &App, call: &Call, body: &[u8]) -> Result<Response> {
     let obj = require_object(parse_body_pooled(body, &call.content_type).await?)?;
-    let created = create_object(app, call, obj).await?;
+    let created = app.objects.create(&call.write(), obj).await?;
     Ok(json_response(StatusCode::CREATED, &created))
-}
-
-/// Creates `obj` with everything a POST does (defaults, validation, admission, allocation);
-/// returns the stored object. Controllers create through this too.
-pub async fn create_object(app: &App, call: &Call, mut obj: Value) -> Result<Value> {
-    check_type(call, &mut obj, &call.info.kind)?;
-    check_unknown_fields(call, &obj)?;
-    check_namespace(call, &mut obj)?;
-    let meta = obj["metadata"]
-        .as_object_mut()
-        .ok_or_else(|| ApiError::bad_request("metadata must be an object"))?;
-    if meta.get("name").and_then(Value::as_str).is_none_or(str::is_empty)
-        && let Some(prefix) = meta
-            .get("generateName")
-            .and_then(Value::as_str)
-            .filter(|p| !p.is_empty())
-    {
-        let name = generate_name(prefix);
-        meta.insert("name".into(), json!(name));
-    }
-    for f in [
-        "resourceVersion",
-        "deletionTimestamp",
-        "deletionGracePeriodSeconds",
-        "selfLink",
-    ] {
-        meta.remove(f);
-    }
-    let uid = new_uid();
-    meta.insert("uid".into(), json!(uid));
-    meta.insert("creationTimestamp".into(), json!(now()));
-    if obj.get("spec").is_some() {
-        obj["metadata"]["generation"] = json!(1);
-    }
-    let name = meta_str(&obj, "name").to_owned();
-    let attrs = call.admission(Operation::Create);
-    admission::mutate(&app.store, &attrs, &mut obj).await?;
-    if obj["metadata"].get("managedFields").is_none() {
-        super::apply::track_update(call, None, &mut obj);
-    }
-    admission::validate(&app.store, &attrs, &obj).await?;
-    // A built-in kind with a status carries one from the start, `{}` at least, as upstream
-    // writes its types' status structs.
-    if obj.get("status").is_none() && call.info.schema().is_some_and(|m| m.field("status").is_some()) {
-        obj["status"] = json!({});
-    }
-    if call.info.crd.is_none() && call.info.kind == "CustomResourceDefinition" {
-        obj["status"] = super::crd::established_status(&obj, &now());
-        obj["metadata"]["finalizers"] = super::crd::initial_finalizers(&obj["metadata"]["finalizers"]);
-    }
-    // Only Services allocate; their lock is held until the create is stored.
-    let is_service = call.info.group.is_empty() && call.info.kind == "Service";
-    let _alloc = if is_service {
-        Some(app.alloc.lock().await)
-    } else {
-        None
-    };
-    if is_service {
-        super::service::allocate(app, &mut obj, None)
-            .await
-            .map_err(|causes| ApiError::invalid(call.target(&name), &causes))?;
-    }
-    if call.dry_run() {
-        return Ok(obj);
-    }
-    let kv = app
-        .store
-        .create(&call.key(&name), stored_bytes(&obj)?)
-        .await
-        .map_err(|e| ApiError::from_store(e, call.target(&name)))?;
-    set_resource_version(&mut obj, kv.mod_revision);
-    Ok(obj)
-}
-
-/// Everything but metadata and status: a change here bumps `generation`.
-fn spec_part(obj: &Value) -> Value {
-    let mut o = obj.clone();
-    if let Some(m) = o.as_object_mut() {
-        for k in ["metadata", "status", "apiVersion", "kind"] {
-            m.remove(k);
-        }
-    }
-    o
-}
-
-/// Writes `new` over `current` with the update rules shared by PUT and PATCH.
-async fn commit_update(
-    app: &App,
-    call: &Call,
-    current: &KeyValue,
-    mut new: Value,
-    track: bool,
-) -> Result<Value> {
-    let name = call.name().to_owned();
-    let old = from_kv(current);
-    check_type(call, &mut new, &call.info.kind)?;
-    check_namespace(call, &mut new)?;
-    if meta_str(&new, "name") != name {
-        return Err(ApiError::bad_request(format!(
-            "the name of the object ({}) does not match the name on the URL ({name})",
-            meta_str(&new, "name")
-        )));
-    }
-    let rv = meta_str(&new, "resourceVersion");
-    if !rv.is_empty() && rv != current.mod_revision.to_string() {
-        return Err(ApiError::conflict(call.target(&name)));
-    }
-    match call.sub.as_deref() {
-        Some("status") => {
-            let status = new["status"].clone();
-            new = old.clone();
-            new["status"] = status;
-        }
-        _ if call.info.has_subresource("status") && call.info.kind != "CustomResourceDefinition" => {
-            new["status"] = old["status"].clone();
-            if new["status"].is_null()
-                && let Some(m) = new.as_object_mut()
-            {
-                m.remove("status");
-            }
-        }
-        _ => {}
-    }
-    for f in [
-        "uid",
-        "creationTimestamp",
-        "deletionTimestamp",
-        "deletionGracePeriodSeconds",
-    ] {
-        match old["metadata"].get(f) {
-            Some(v) => new["metadata"][f] = v.clone(),
-            None => {
-                if let Some(m) = new["metadata"].as_object_mut() {
-                    m.remove(f);
-                }
-            }
-        }
-    }
-    let generation = old["metadata"]["generation"].as_i64();
-    if let Some(g) = generation {
-        let bump = spec_part(&old) != spec_part(&new);
-        new["metadata"]["generation"] = json!(if bump { g + 1 } else { g });
-    }
-    let attrs = call.admission(Operation::Update);
-    admission::mutate(&app.store, &attrs, &mut new).await?;
-    if track {
-        super::apply::track_update(call, Some(&old), &mut new);
-    }
-    admission::validate(&app.store, &attrs, &new).await?;
-    if call.info.group.is_empty() && call.info.kind == "Service" {
-        super::service::keep_allocations(&old, &mut new)
-            .map_err(|c| ApiError::invalid(call.target(&name), &c))?;
-    }
-    if call.dry_run() {
-        return Ok(new);
-    }
-    // The last finalizer removed from an object being deleted completes the deletion.
-    if old["metadata"]["deletionTimestamp"].is_string() && finalizers(&new).is_empty() {
-        let kv = app
-            .store
-            .delete(&call.key(&name), Some(current.mod_revision))
-            .await
-            .map_err(|e| ApiError::from_store(e, call.target(&name)))?;
-        set_resource_version(&mut new, kv.mod_revision);
-        return Ok(new);
-    }
-    let kv = app
-        .store
-        .update(&call.key(&name), stored_bytes(&new)?, Some(current.mod_revision))
-        .await
-        .map_err(|e| ApiError::from_store(e, call.target(&name)))?;
-    set_resource_version(&mut new, kv.mod_revision);
-    Ok(new)
 }
 
 /// PUT of an object (or its status or scale).
 pub async fn update(app: &App, call: &Call, body: &[u8]) -> Result<Response> {
     let new = require_object(parse_body_pooled(body, &call.content_type).await?)?;
-    check_unknown_fields(call, &new)?;
-    let current = read(app, call, call.name()).await?;
+    let req = call.write();
+    check_unknown_fields(&req, &new)?;
+    let current = app.objects.read(&req, call.name()).await?;
     if call.sub.as_deref() == Some("scale") {
         let mut scale = new;
-        check_type(call, &mut scale, "Scale")?;
-        let obj = from_scale(&from_kv(&current), &scale, &current, call)?;
-        let updated = commit_update(
-            app,
-            &Call {
-                sub: None,
-                ..call.clone_meta()
-            },
-            &current,
-            obj,
-            true,
-        )
-        .await?;
+        check_type(&req, &mut scale, "Scale")?;
+        let obj = from_scale(&from_kv(&current), &scale, &current, &req)?;
+        let updated = app
+            .objects
+            .commit_update(&req.at(None), &current, obj, true)
+            .await?;
         return Ok(json_response(StatusCode::OK, &to_scale(&updated)));
     }
-    let updated = commit_update(app, call, &current, new, true).await?;
+    let updated = app.objects.commit_update(&req, &current, new, true).await?;
     Ok(json_response(StatusCode::OK, &updated))
-}
-
-/// Replaces an object (or, with `call.sub` = `status`, its status) as a PUT does; `new` carries
-/// the `resourceVersion` it was read at, so a concurrent change fails with a conflict.
-pub async fn update_object(app: &App, call: &Call, new: Value) -> Result<Value> {
-    let current = read(app, call, call.name()).await?;
-    commit_update(app, call, &current, new, true).await
 }
 
 /// PATCH of an object (or its status or scale).
@@ -933,135 +616,20 @@ pub async fn patch(app: &App, call: &Call, body: &[u8]) -> Result<Response> {
     let patch_type = PatchType::from_content_type(&call.content_type).ok_or_else(|| {
         ApiError::new(415, "UnsupportedMediaType", "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json")
     })?;
-    if patch_type == PatchType::Strategic && call.info.crd.is_some() {
-        return Err(ApiError::new(
-            415,
-            "UnsupportedMediaType",
-            "strategic merge patch is not supported for custom resources",
-        ));
-    }
+    let req = call.write();
+    check_patch_type(&req, patch_type)?;
     let patch = if patch_type == PatchType::Apply {
         parse_body_pooled(body, "application/yaml").await?
     } else {
         parse_body_pooled(body, "application/json").await?
     };
-    // Shared with each attempt's (possibly pooled) patch job instead of copied into it.
-    let patch = Arc::new(patch);
-    for attempt in 0..8 {
-        let current = match read(app, call, call.name()).await {
-            Ok(kv) => kv,
-            Err(e) if e.code == 404 && patch_type == PatchType::Apply && call.sub.is_none() => {
-                return super::apply::create_from_apply(app, call, Arc::unwrap_or_clone(patch)).await;
-            }
-            Err(e) => return Err(e),
-        };
-        let base = from_kv(&current);
-        let base = if call.sub.as_deref() == Some("scale") {
-            to_scale(&base)
-        } else {
-            base
-        };
-        let size = current.value.len() + body.len();
-        let (call_meta, patch_doc) = (call.clone_meta(), Arc::clone(&patch));
-        let patched = super::cpu::run_sized(size, move || {
-            let (call, patch) = (call_meta, patch_doc);
-            match patch_type {
-                PatchType::Json => {
-                    apply_json_patch(&base, &patch).map_err(|e| ApiError::new(422, "Invalid", e))
-                }
-                PatchType::Merge => Ok(apply_merge_patch(&base, &patch)),
-                PatchType::Strategic => {
-                    let root = if call.sub.as_deref() == Some("scale") {
-                        super::protobuf::message_for("autoscaling/v1", "Scale")
-                    } else {
-                        call.info.schema()
-                    };
-                    apply_strategic_patch(&base, &patch, root).map_err(ApiError::bad_request)
-                }
-                PatchType::Apply => super::apply::apply(&call, &base, &patch),
-            }
-        })
-        .await?;
-        let mut patched = check_depth(patched)?;
-        check_unknown_fields(call, &patched)?;
-        // A patch that carries resourceVersion is a precondition; otherwise retry on conflicts.
-        let pinned = !meta_str(&patched, "resourceVersion").is_empty()
-            && meta_str(&patched, "resourceVersion") != current.mod_revision.to_string();
-        if !pinned {
-            patched["metadata"]["resourceVersion"] = json!(current.mod_revision.to_string());
-        }
-        let result = if call.sub.as_deref() == Some("scale") {
-            let obj = from_scale(&from_kv(&current), &patched, &current, call)?;
-            commit_update(
-                app,
-                &Call {
-                    sub: None,
-                    ..call.clone_meta()
-                },
-                &current,
-                obj,
-                true,
-            )
-            .await
-            .map(|o| to_scale(&o))
-        } else {
-            // Server-side apply has recorded ownership itself.
-            commit_update(app, call, &current, patched, patch_type != PatchType::Apply).await
-        };
-        match result {
-            Err(e) if e.reason == "Conflict" && !pinned && attempt < 7 => continue,
-            Err(e) => return Err(e),
-            Ok(obj) => return Ok(json_response(StatusCode::OK, &obj)),
-        }
-    }
-    Err(ApiError::conflict(call.target(call.name())))
-}
-
-/// The `Scale` view of a workload.
-fn to_scale(obj: &Value) -> Value {
-    let selector_str = obj["spec"]["selector"]["matchLabels"]
-        .as_object()
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-                .collect::<Vec<_>>()
-                .join(",")
-        })
-        .unwrap_or_default();
-    json!({
-        "kind": "Scale",
-        "apiVersion": "autoscaling/v1",
-        "metadata": {
-            "name": obj["metadata"]["name"],
-            "namespace": obj["metadata"]["namespace"],
-            "uid": obj["metadata"]["uid"],
-            "resourceVersion": obj["metadata"]["resourceVersion"],
-            "creationTimestamp": obj["metadata"]["creationTimestamp"],
-        },
-        "spec": {"replicas": obj["spec"]["replicas"].as_i64().unwrap_or(0)},
-        "status": {"replicas": obj["status"]["replicas"].as_i64().unwrap_or(0), "selector": selector_str},
-    })
-}
-
-/// Applies a `Scale` to its workload.
-fn from_scale(obj: &Value, scale: &Value, current: &KeyValue, call: &Call) -> Result<Value> {
-    let rv = scale["metadata"]["resourceVersion"].as_str().unwrap_or_default();
-    if !rv.is_empty() && rv != current.mod_revision.to_string() {
-        return Err(ApiError::conflict(call.target(call.name())));
-    }
-    let replicas = scale["spec"]["replicas"].as_i64().unwrap_or(0);
-    if replicas < 0 {
-        return Err(ApiError::invalid(
-            call.target(call.name()),
-            &[(
-                "spec.replicas".into(),
-                format!("Invalid value: {replicas}: must be greater than or equal to 0"),
-            )],
-        ));
-    }
-    let mut obj = obj.clone();
-    obj["spec"]["replicas"] = json!(replicas);
-    Ok(obj)
+    let (patched, created) = app.objects.patch(&req, patch_type, patch, body.len()).await?;
+    let code = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(json_response(code, &patched))
 }
 
 /// POST pods/NAME/binding: assigns the pod to a node.
@@ -1074,47 +642,13 @@ pub async fn bind(app: &App, call: &Call, body: &[u8]) -> Result<Response> {
             &[("target.name".into(), "Required value".into())],
         ));
     }
-    let pod_call = Call {
-        sub: None,
-        ..call.clone_meta()
-    };
-    let current = read(app, &pod_call, call.name()).await?;
-    let mut pod = from_kv(&current);
-    if pod["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty()) {
-        return Err(ApiError::new(
-            409,
-            "Conflict",
-            format!(
-                "Operation cannot be fulfilled on pods/binding \"{}\": pod {} is already assigned to node \"{}\"",
-                call.name(),
-                call.name(),
-                pod["spec"]["nodeName"].as_str().unwrap_or_default()
-            ),
-        ));
-    }
-    pod["spec"]["nodeName"] = json!(node);
-    let conditions = pod["status"]["conditions"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let mut conditions: Vec<Value> = conditions
-        .into_iter()
-        .filter(|c| c["type"] != "PodScheduled")
-        .collect();
-    conditions.push(
-        json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now()}),
-    );
-    pod["status"]["conditions"] = Value::Array(conditions);
+    let pod = app.objects.bind(&call.write().at(None), &node).await?;
     if call.dry_run() {
         return Ok(json_response(
             StatusCode::CREATED,
             &success(call.target(call.name()), meta_str(&pod, "uid")),
         ));
     }
-    app.store
-        .update(&current.key, to_stored(&pod), Some(current.mod_revision))
-        .await
-        .map_err(|e| ApiError::from_store(e, call.target(call.name())))?;
     Ok(json_response(
         StatusCode::CREATED,
         &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
@@ -1148,65 +682,20 @@ pub async fn delete(app: &App, call: &Call, body: &[u8]) -> Result<Response> {
             .as_array()
             .is_some_and(|d| d.iter().any(|v| v == "All"));
     let name = call.name().to_owned();
-    let outcome = delete_one(
-        app,
-        call,
-        &name,
-        &DeleteOptions {
-            propagation: policy.as_deref().and_then(Propagation::parse),
-            grace_seconds: grace,
-            preconditions: Preconditions::from_json(&opts["preconditions"]),
-            dry_run,
-        },
-    )
-    .await?;
+    let outcome = app
+        .objects
+        .delete(
+            &call.write(),
+            &name,
+            &DeleteOptions {
+                propagation: policy.as_deref().and_then(Propagation::parse),
+                grace_seconds: grace,
+                preconditions: Preconditions::from_json(&opts["preconditions"]),
+                dry_run,
+            },
+        )
+        .await?;
     Ok(json_response(StatusCode::OK, &outcome))
-}
-
-/// Deletes (or starts deleting) one object; returns what the DELETE responds with.
-pub async fn delete_one(app: &App, call: &Call, name: &str, opts: &DeleteOptions) -> Result<Value> {
-    let core = call.info.group.is_empty();
-    for _ in 0..8 {
-        let current = read(app, call, name).await?;
-        let obj = from_kv(&current);
-        opts.preconditions
-            .check(&obj, current.mod_revision)
-            .map_err(|e| {
-                ApiError::new(
-                    409,
-                    "Conflict",
-                    format!(
-                        "Operation cannot be fulfilled on {} \"{name}\": {e}",
-                        call.target(name).qualified()
-                    ),
-                )
-            })?;
-        let written = match plan_deletion(&obj, core, &call.info.kind, opts, time::OffsetDateTime::now_utc())
-        {
-            Deletion::Unchanged => return Ok(obj),
-            Deletion::Remove if opts.dry_run => return Ok(obj),
-            Deletion::Remove => app
-                .store
-                .delete(&current.key, Some(current.mod_revision))
-                .await
-                .map(|_| success(call.target(name), meta_str(&obj, "uid"))),
-            Deletion::Mark(marked) if opts.dry_run => return Ok(marked),
-            Deletion::Mark(mut marked) => app
-                .store
-                .update(&current.key, to_stored(&marked), Some(current.mod_revision))
-                .await
-                .map(|kv| {
-                    set_resource_version(&mut marked, kv.mod_revision);
-                    marked
-                }),
-        };
-        match written {
-            Ok(answer) => return Ok(answer),
-            Err(StoreError::Conflict { .. }) => continue,
-            Err(e) => return Err(ApiError::from_store(e, call.target(name))),
-        }
-    }
-    Err(ApiError::conflict(call.target(name)))
 }
 
 /// DELETE of a collection.
@@ -1227,17 +716,18 @@ pub async fn delete_collection(app: &App, call: &Call, body: &[u8]) -> Result<Re
             ns: obj["metadata"]["namespace"].as_str().map(str::to_owned),
             ..call.clone_meta()
         };
-        match delete_one(
-            app,
-            &ns_call,
-            &name,
-            &DeleteOptions {
-                propagation: policy.as_deref().and_then(Propagation::parse),
-                dry_run: call.dry_run(),
-                ..DeleteOptions::default()
-            },
-        )
-        .await
+        match app
+            .objects
+            .delete(
+                &ns_call.write(),
+                &name,
+                &DeleteOptions {
+                    propagation: policy.as_deref().and_then(Propagation::parse),
+                    dry_run: call.dry_run(),
+                    ..DeleteOptions::default()
+                },
+            )
+            .await
         {
             Ok(_) => deleted.push(obj),
             Err(e) if e.code == 404 => {}

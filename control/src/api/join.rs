@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use super::App;
 use super::handlers::json_response;
-use super::status::ApiError;
+use crate::objects::status::ApiError;
 
 fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -24,7 +24,7 @@ pub fn join(app: &App, body: &[u8]) -> Result<Response, ApiError> {
     }
     let name = req["nodeName"].as_str().unwrap_or_default();
     let mut causes = Vec::new();
-    super::validation::check_subdomain("nodeName", name, &mut causes);
+    crate::objects::validation::check_subdomain("nodeName", name, &mut causes);
     if let Some((_, m)) = causes.first() {
         return Err(ApiError::bad_request(format!("nodeName: {m}")));
     }

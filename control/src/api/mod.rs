@@ -1,31 +1,20 @@
 //! The Kubernetes API server: HTTPS, discovery, OpenAPI and REST semantics over the store.
 
-mod admission;
-mod apply;
 mod authz;
-mod cpu;
-pub mod crd;
 mod discovery;
 mod eviction;
 pub mod fuzz;
 pub mod handlers;
 mod join;
-pub mod limits;
 mod nodeproxy;
 mod noderestriction;
 pub mod nodestream;
-pub mod patch;
 pub mod protobuf;
 mod query;
-pub mod registry;
-pub mod selector;
 pub mod server;
-mod service;
-pub mod status;
 mod table;
 pub mod token;
 pub mod tunnel;
-mod validation;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -36,11 +25,9 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use self::handlers::{Call, json_response};
-pub use self::registry::Registry;
 use self::server::Identity;
-pub use self::service::Cidr;
-use self::status::ApiError;
-use crate::store::Store;
+use crate::objects::Objects;
+use crate::objects::status::ApiError;
 use skiff_common::url::percent_decode;
 
 /// The largest request body accepted, as upstream (3 MiB).
@@ -49,27 +36,18 @@ pub const MAX_BODY: usize = 3 * 1024 * 1024;
 /// How long a request body may take to arrive.
 pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Shared state of the API server.
+/// Shared state of the API server: the objects, and what only the API server needs (node
+/// joining and streams, agents' tunnels, token signing).
 #[derive(Debug)]
 pub struct App {
-    /// The store.
-    pub store: Store,
-    /// Served resources.
-    pub registry: Registry,
-    /// Serialises address allocation for Services.
-    alloc: tokio::sync::Mutex<()>,
-    /// The service CIDR cluster IPs come from.
-    pub service_cidr: Cidr,
-    /// How long a node may go without a heartbeat before it is considered lost.
-    pub node_grace: std::time::Duration,
+    /// The objects, shared with the controllers and the scheduler.
+    pub objects: Arc<Objects>,
     /// How long a node's stream lasts at least (it ends between this and twice this).
     pub node_stream_timeout: std::time::Duration,
     /// The cluster CA, for signing nodes' certificates when they join.
     pub pki: Option<Arc<crate::pki::Pki>>,
     /// The secret part of the node token agents join with.
     pub node_secret: String,
-    /// Where nodes' pod CIDRs come from (None: nodes bring their own).
-    pub cluster_cidr: Option<crate::objects::cluster_cidr::ClusterCidr>,
     /// Agents' open tunnels, through which their endpoints are reached.
     pub tunnels: tunnel::Tunnels,
     /// Service-account token signer (its key lives in the store; loaded on first use).
@@ -77,21 +55,24 @@ pub struct App {
 }
 
 impl App {
-    /// API server state over `store`.
-    pub fn new(store: Store, service_cidr: Cidr) -> Self {
+    /// API server state over `objects`.
+    pub fn new(objects: Arc<Objects>) -> Self {
         Self {
-            store,
-            registry: Registry::new(),
-            alloc: tokio::sync::Mutex::new(()),
-            service_cidr,
-            node_grace: std::time::Duration::from_secs(40),
+            objects,
             node_stream_timeout: std::time::Duration::from_secs(1800),
             pki: None,
             node_secret: String::new(),
             signer: tokio::sync::OnceCell::new(),
-            cluster_cidr: None,
             tunnels: tunnel::Tunnels::default(),
         }
+    }
+}
+
+impl std::ops::Deref for App {
+    type Target = Objects;
+
+    fn deref(&self) -> &Objects {
+        &self.objects
     }
 }
 

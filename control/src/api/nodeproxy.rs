@@ -19,8 +19,8 @@ use serde_json::Value;
 
 use super::App;
 use super::handlers::Call;
-use super::status::ApiError;
 use crate::objects::meta::from_kv;
+use crate::objects::status::ApiError;
 
 type Result<T> = std::result::Result<T, ApiError>;
 

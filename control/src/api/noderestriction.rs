@@ -9,8 +9,8 @@ use serde_json::Value;
 
 use super::App;
 use super::handlers::Call;
-use super::status::ApiError;
 use crate::objects::meta::from_kv;
+use crate::objects::status::ApiError;
 
 fn forbidden(node: &str, verb: &str, call: &Call, why: &str) -> ApiError {
     let resource = match &call.sub {

@@ -314,7 +314,7 @@ mod tests {
     use tokio_stream::StreamExt;
 
     use super::*;
-    use crate::api::Cidr;
+    use crate::objects::service::Cidr;
     use crate::store::{Store, StoreConfig};
 
     async fn app(dir: &std::path::Path) -> Arc<App> {
@@ -324,7 +324,10 @@ mod tests {
         ))
         .await
         .unwrap();
-        Arc::new(App::new(store, Cidr::parse("10.96.0.0/12").unwrap()))
+        Arc::new(App::new(Arc::new(crate::objects::Objects::new(
+            store,
+            Cidr::parse("10.96.0.0/12").unwrap(),
+        ))))
     }
 
     fn pod(name: &str, node: &str) -> (String, Vec<u8>) {

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use axum::http::Method;
 use serde_json::json;
 
-use super::status::ApiError;
+use crate::objects::status::ApiError;
 
 /// Boolean parameters; their values are rewritten to `true`/`false` once checked.
 const BOOLS: &[&str] = &[

@@ -184,7 +184,7 @@ fn reserved_may_serve(path: &str, who: Option<&Identity>) -> bool {
 
 fn too_many_connections() -> axum::response::Response {
     use axum::response::IntoResponse;
-    let mut r = super::status::ApiError::new(
+    let mut r = crate::objects::status::ApiError::new(
         429,
         "TooManyRequests",
         "too many open connections, please try again later",

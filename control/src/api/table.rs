@@ -3,8 +3,8 @@
 use serde_json::{Value, json};
 
 use super::handlers::Call;
-use super::registry::ResourceInfo;
 use crate::objects::meta::{meta_str, parse_time};
+use crate::objects::registry::ResourceInfo;
 
 /// A column: name, type, priority (1 = only with `-o wide`).
 type Column = (&'static str, &'static str, u8);
@@ -621,7 +621,7 @@ pub fn table(info: &ResourceInfo, objs: &[Value], rv: &str, token: Option<&str>,
         .get("includeObject")
         .map(String::as_str)
         .unwrap_or("Metadata");
-    let custom = super::crd::printer_columns(info);
+    let custom = crate::objects::crd::printer_columns(info);
     let mut defs: Vec<Value> = Vec::new();
     let mut rows = Vec::new();
     for (i, obj) in objs.iter().enumerate() {

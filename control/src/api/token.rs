@@ -15,9 +15,9 @@ use serde_json::{Value, json};
 use super::App;
 use super::handlers::{Call, json_response, parse_body};
 use super::server::Identity;
-use super::status::ApiError;
 use crate::objects::keys;
 use crate::objects::meta::from_kv;
+use crate::objects::status::ApiError;
 use crate::store::{WriteOp, WriteResult};
 
 /// The issuer, and the audience the API server accepts, as upstream's defaults.

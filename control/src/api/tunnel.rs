@@ -20,7 +20,7 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioExecutor;
 
 use super::server::Identity;
-use super::status::ApiError;
+use crate::objects::status::ApiError;
 
 /// The protocol named in the tunnel's `Upgrade` header.
 pub const PROTOCOL: &str = "skiff-tunnel/1";

@@ -13,8 +13,7 @@ use serde_json::{Value, json};
 use super::error::Error;
 use super::runtime::{Cache, Caches, sync_on_changes};
 use super::write::{call, put_object};
-use crate::api::App;
-use crate::api::handlers::create_object;
+use crate::objects::Objects;
 use crate::objects::keys;
 use crate::objects::meta::meta_str;
 
@@ -83,7 +82,7 @@ pub fn endpoints(nodes: &[Arc<Value>]) -> Vec<Value> {
     out
 }
 
-async fn sync(app: &App, nodes: &Cache, slices: &Cache) -> Result<(), Error> {
+async fn sync(app: &Objects, nodes: &Cache, slices: &Cache) -> Result<(), Error> {
     let wanted = endpoints(&nodes.list(None));
     let ports = json!([
         {"name": "dns", "port": 53, "protocol": "UDP"},
@@ -119,14 +118,14 @@ async fn sync(app: &App, nodes: &Cache, slices: &Cache) -> Result<(), Error> {
                 None,
                 MANAGER,
             );
-            create_object(app, &c, slice).await?;
+            app.create(&c, slice).await?;
         }
     }
     Ok(())
 }
 
 /// Starts the controller.
-pub fn start(app: Arc<App>, caches: &Caches) {
+pub fn start(app: Arc<Objects>, caches: &Caches) {
     let nodes = caches.get(&app, keys::NODES);
     let slices = caches.get(&app, keys::ENDPOINT_SLICES);
     let (a, n) = (app.clone(), nodes.clone());

@@ -4,13 +4,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::api::App;
+use crate::objects::Objects;
 
 /// How often history is compacted.
 const INTERVAL: Duration = Duration::from_secs(300);
 
 /// Compacts to the revision observed one interval earlier.
-pub async fn run(app: Arc<App>) {
+pub async fn run(app: Arc<Objects>) {
     let mut previous = app.store.revision();
     loop {
         tokio::time::sleep(INTERVAL).await;

@@ -8,9 +8,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::{call_for_key, remove_finalizer};
-use crate::api::App;
-use crate::api::crd::CLEANUP;
-use crate::api::handlers::delete_one;
+use crate::objects::Objects;
+use crate::objects::crd::CLEANUP;
 use crate::objects::keys;
 use crate::objects::meta::{finalizers, from_kv, meta_str};
 use crate::objects::write::DeleteOptions;
@@ -18,7 +17,7 @@ use crate::objects::write::DeleteOptions;
 const PREFIX: &str = keys::CUSTOM_RESOURCE_DEFINITIONS;
 
 /// Deletes the custom resources of a terminating CRD; returns whether none are left.
-async fn clean_up(app: &App, crd: &Value) -> Result<bool, crate::store::StoreError> {
+async fn clean_up(app: &Objects, crd: &Value) -> Result<bool, crate::store::StoreError> {
     let prefix = keys::prefix(
         crd["spec"]["group"].as_str().unwrap_or_default(),
         crd["spec"]["names"]["plural"].as_str().unwrap_or_default(),
@@ -29,7 +28,7 @@ async fn clean_up(app: &App, crd: &Value) -> Result<bool, crate::store::StoreErr
             continue;
         };
         let name = call.name().to_owned();
-        if let Err(e) = delete_one(app, &call, &name, &DeleteOptions::background()).await
+        if let Err(e) = app.delete(&call, &name, &DeleteOptions::background()).await
             && e.code != 404
         {
             tracing::warn!(key = %kv.key, error = %e, "could not delete custom resource");
@@ -40,12 +39,12 @@ async fn clean_up(app: &App, crd: &Value) -> Result<bool, crate::store::StoreErr
 
 /// Serves every stored CRD's versions and finishes deleting CRDs whose resources are gone.
 /// Returns the revision read and whether a CRD is still terminating.
-async fn sync(app: &App) -> Result<(u64, bool), crate::store::StoreError> {
+async fn sync(app: &Objects) -> Result<(u64, bool), crate::store::StoreError> {
     let list = app.store.list(PREFIX, None, 0).await?;
     let crds: Vec<Value> = list.items.iter().map(from_kv).collect();
     // Terminating CRDs stay served until their resources are cleaned up, as upstream.
     app.registry
-        .set_custom(crds.iter().flat_map(crate::api::crd::resources).collect());
+        .set_custom(crds.iter().flat_map(crate::objects::crd::resources).collect());
     let mut terminating = false;
     for crd in crds
         .iter()
@@ -63,7 +62,7 @@ async fn sync(app: &App) -> Result<(u64, bool), crate::store::StoreError> {
 }
 
 /// Re-reads the CRDs whenever one changes (and every second while one is being deleted).
-pub async fn run(app: Arc<App>) {
+pub async fn run(app: Arc<Objects>) {
     loop {
         let (rev, mut terminating) = match sync(&app).await {
             Ok(r) => r,

@@ -14,8 +14,7 @@ use super::events;
 use super::job::JOB_PREFIX;
 use super::runtime::{Cache, Caches, Next, Queue, queue_changes, queue_owners, run_workers};
 use super::write::{call, write_status};
-use crate::api::App;
-use crate::api::handlers::{create_object, delete_one};
+use crate::objects::Objects;
 use crate::objects::cron::Schedule;
 use crate::objects::keys;
 use crate::objects::meta::meta_str;
@@ -110,7 +109,7 @@ fn next_due(schedule: &Schedule, tz: &TimeZone, now: Timestamp) -> Option<Timest
 
 /// One pass over a CronJob at time `now`.
 pub async fn reconcile(
-    app: &App,
+    app: &Objects,
     cjs: &Cache,
     jobs: &Cache,
     key: &str,
@@ -157,9 +156,9 @@ pub async fn reconcile(
                 }
                 "Replace" => {
                     for j in active.drain(..) {
-                        let _ =
-                            delete_one(app, &job_call, meta_str(&j, "name"), &DeleteOptions::background())
-                                .await;
+                        let _ = app
+                            .delete(&job_call, meta_str(&j, "name"), &DeleteOptions::background())
+                            .await;
                         events::record(
                             app,
                             &cj,
@@ -191,7 +190,7 @@ pub async fn reconcile(
                 );
                 meta.insert("annotations".into(), json!(annotations));
                 let job = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": template["spec"]});
-                match create_object(app, &job_call, job).await {
+                match app.create(&job_call, job).await {
                     Ok(created) => {
                         events::record(
                             app,
@@ -221,7 +220,9 @@ pub async fn reconcile(
     ] {
         let done: Vec<&Arc<Value>> = owned.iter().filter(|j| finished(j) == Some(ok)).collect();
         for j in done.iter().take(done.len().saturating_sub(limit.max(0) as usize)) {
-            let _ = delete_one(app, &job_call, meta_str(j, "name"), &DeleteOptions::background()).await;
+            let _ = app
+                .delete(&job_call, meta_str(j, "name"), &DeleteOptions::background())
+                .await;
         }
     }
 
@@ -253,7 +254,7 @@ pub async fn reconcile(
 }
 
 /// Starts the controller with `clock`.
-pub fn start(app: Arc<App>, caches: &Caches, clock: Arc<dyn Clock>) {
+pub fn start(app: Arc<Objects>, caches: &Caches, clock: Arc<dyn Clock>) {
     let cjs = caches.get(&app, CJ_PREFIX);
     let jobs = caches.get(&app, JOB_PREFIX);
     let queue = Arc::new(Queue::default());
@@ -268,19 +269,21 @@ pub fn start(app: Arc<App>, caches: &Caches, clock: Arc<dyn Clock>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::Cidr;
-    use crate::api::handlers::update_object;
     use crate::controllers::runtime::Caches;
+    use crate::objects::service::Cidr;
     use crate::store::{Store, StoreConfig};
 
-    async fn fixture(dir: &std::path::Path) -> (Arc<App>, Arc<Cache>, Arc<Cache>) {
+    async fn fixture(dir: &std::path::Path) -> (Arc<Objects>, Arc<Cache>, Arc<Cache>) {
         let store = Store::open(StoreConfig::single(
             dir.to_path_buf(),
             "127.0.0.1:0".parse().unwrap(),
         ))
         .await
         .unwrap();
-        let app = Arc::new(App::new(store, Cidr::parse("10.96.0.0/12").unwrap()));
+        let app = Arc::new(crate::objects::Objects::new(
+            store,
+            Cidr::parse("10.96.0.0/12").unwrap(),
+        ));
         crate::bootstrap::ensure_defaults(&app).await.unwrap();
         let caches = Caches::default();
         let cjs = caches.get(&app, CJ_PREFIX);
@@ -288,19 +291,16 @@ mod tests {
         (app, cjs, jobs)
     }
 
-    async fn create_cronjob(app: &App, cjs: &Cache, name: &str, schedule: &str, extra: Value) -> Value {
+    async fn create_cronjob(app: &Objects, cjs: &Cache, name: &str, schedule: &str, extra: Value) -> Value {
         let mut spec = json!({"schedule": schedule, "jobTemplate": {"spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "registry.local/busybox:1.36"}]}}}}});
         for (k, v) in extra.as_object().into_iter().flatten() {
             spec[k] = v.clone();
         }
         let cj = json!({"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": name, "namespace": "default"}, "spec": spec});
-        let created = create_object(
-            app,
-            &call(app, "batch", "cronjobs", "default", None, None, "test"),
-            cj,
-        )
-        .await
-        .unwrap();
+        let created = app
+            .create(&call(app, "batch", "cronjobs", "default", None, None, "test"), cj)
+            .await
+            .unwrap();
         cjs.wait_for(app.store.revision()).await;
         created
     }
@@ -315,7 +315,7 @@ mod tests {
         n
     }
 
-    async fn run(app: &App, cjs: &Cache, jobs: &Cache, name: &str, now: Timestamp) {
+    async fn run(app: &Objects, cjs: &Cache, jobs: &Cache, name: &str, now: Timestamp) {
         reconcile(app, cjs, jobs, &format!("{CJ_PREFIX}default/{name}"), now)
             .await
             .unwrap();
@@ -378,8 +378,7 @@ mod tests {
         let job_name = job_names(&jobs)[0].clone();
         let mut job = (*jobs.get(&format!("{JOB_PREFIX}default/{job_name}")).unwrap()).clone();
         job["status"] = json!({"conditions": [{"type": "Complete", "status": "True"}], "completionTime": "2026-11-26T00:00:00Z"});
-        update_object(
-            &app,
+        app.update(
             &call(
                 &app,
                 "batch",

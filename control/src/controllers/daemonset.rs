@@ -13,8 +13,7 @@ use super::error::Error;
 use super::events;
 use super::runtime::{Cache, Caches, Next, Queue, queue_changes, queue_owners, run_workers};
 use super::write::{call, write_status};
-use crate::api::App;
-use crate::api::handlers::{create_object, delete_one};
+use crate::objects::Objects;
 use crate::objects::keys;
 use crate::objects::meta::meta_str;
 use crate::objects::meta::{controller_of, owner_ref, pod_available, pod_from_template, pod_ready};
@@ -67,7 +66,7 @@ fn node_of(pod: &Value) -> Option<String> {
         .map(str::to_owned)
 }
 
-async fn ensure_revision(app: &App, revs: &Cache, ds: &Value, hash: &str) -> Result<(), Error> {
+async fn ensure_revision(app: &Objects, revs: &Cache, ds: &Value, hash: &str) -> Result<(), Error> {
     let ns = meta_str(ds, "namespace");
     let name = format!("{}-{hash}", meta_str(ds, "name"));
     if revs.get(&format!("{REV_PREFIX}{ns}/{name}")).is_some() {
@@ -93,7 +92,7 @@ async fn ensure_revision(app: &App, revs: &Cache, ds: &Value, hash: &str) -> Res
         "revision": existing + 1,
     });
     let c = call(app, "apps", "controllerrevisions", ns, None, None, MANAGER);
-    match create_object(app, &c, rev).await {
+    match app.create(&c, rev).await {
         Ok(_) => Ok(()),
         Err(e) if e.code == 409 => Ok(()),
         Err(e) => Err(e.into()),
@@ -101,7 +100,7 @@ async fn ensure_revision(app: &App, revs: &Cache, ds: &Value, hash: &str) -> Res
 }
 
 async fn reconcile(
-    app: &App,
+    app: &Objects,
     dss: &Cache,
     nodes: &Cache,
     pods: &Cache,
@@ -133,7 +132,9 @@ async fn reconcile(
     for (node, list) in &by_node {
         let keep = usize::from(wanted.contains(node));
         for p in list.iter().skip(keep) {
-            let _ = delete_one(app, &pod_call, meta_str(p, "name"), &DeleteOptions::background()).await;
+            let _ = app
+                .delete(&pod_call, meta_str(p, "name"), &DeleteOptions::background())
+                .await;
             wrote = true;
         }
     }
@@ -174,7 +175,9 @@ async fn reconcile(
             if available {
                 budget -= 1;
             }
-            let _ = delete_one(app, &pod_call, meta_str(p, "name"), &DeleteOptions::background()).await;
+            let _ = app
+                .delete(&pod_call, meta_str(p, "name"), &DeleteOptions::background())
+                .await;
             by_node.remove(node);
             wrote = true;
         }
@@ -185,7 +188,7 @@ async fn reconcile(
         pod["metadata"]["labels"][HASH] = json!(hash);
         pod["spec"]["tolerations"] = daemon_tolerations(template);
         pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"] = json!({"nodeSelectorTerms": [{"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]}]});
-        match create_object(app, &pod_call, pod).await {
+        match app.create(&pod_call, pod).await {
             Ok(created) => {
                 events::record(
                     app,
@@ -233,7 +236,7 @@ async fn reconcile(
 }
 
 /// Starts the controller.
-pub fn start(app: Arc<App>, caches: &Caches) {
+pub fn start(app: Arc<Objects>, caches: &Caches) {
     let dss = caches.get(&app, DS_PREFIX);
     let nodes = caches.get(&app, keys::NODES);
     let pods = caches.get(&app, keys::PODS);

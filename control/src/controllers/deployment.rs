@@ -11,8 +11,7 @@ use super::error::Error;
 use super::events;
 use super::runtime::{Cache, Next, Queue, queue_changes, queue_owners, run_workers};
 use super::write::{call, put_object, write_status};
-use crate::api::App;
-use crate::api::handlers::{create_object, delete_one, update_object};
+use crate::objects::Objects;
 use crate::objects::keys;
 use crate::objects::meta::{active, controller_of, owner_ref};
 use crate::objects::meta::{meta_str, now, parse_time};
@@ -94,13 +93,13 @@ fn status_count(rs: &Value, field: &str) -> i64 {
 }
 
 /// Records upstream's `ScalingReplicaSet` event on the Deployment.
-async fn record_scaling(app: &App, d: &Value, rs_name: &str, direction: &str, to: i64) {
+async fn record_scaling(app: &Objects, d: &Value, rs_name: &str, direction: &str, to: i64) {
     let message = format!("Scaled {direction} replica set {rs_name} to {to}");
     events::record(app, d, MANAGER, "Normal", "ScalingReplicaSet", &message).await;
 }
 
 /// Sets a ReplicaSet's replica count (and optionally its revision).
-async fn scale_rs(app: &App, rs: &Value, to: i64, rev: Option<i64>) -> Result<(), Error> {
+async fn scale_rs(app: &Objects, rs: &Value, to: i64, rev: Option<i64>) -> Result<(), Error> {
     if replicas(rs) == to && rev.is_none_or(|r| r == revision(rs)) {
         return Ok(());
     }
@@ -131,7 +130,13 @@ fn condition(kind: &str, status: bool, reason: &str, message: &str, previous: &V
     json!({"type": kind, "status": status_str, "lastUpdateTime": update, "lastTransitionTime": transition, "reason": reason, "message": message})
 }
 
-async fn reconcile(app: &App, deploys: &Cache, rss: &Cache, pods: &Cache, key: &str) -> Result<Next, Error> {
+async fn reconcile(
+    app: &Objects,
+    deploys: &Cache,
+    rss: &Cache,
+    pods: &Cache,
+    key: &str,
+) -> Result<Next, Error> {
     let Some((d, ns, name)) = deploys.live(key) else {
         return Ok(Next::Done);
     };
@@ -235,7 +240,7 @@ async fn reconcile(app: &App, deploys: &Cache, rss: &Cache, pods: &Cache, key: &
                 "spec": {"replicas": initial, "minReadySeconds": d["spec"]["minReadySeconds"].as_i64().unwrap_or(0), "selector": selector, "template": rs_template},
             });
             let rs_call = call(app, "apps", "replicasets", &ns, None, None, MANAGER);
-            let created = create_object(app, &rs_call, rs).await?;
+            let created = app.create(&rs_call, rs).await?;
             record_scaling(app, &d, meta_str(&created, "name"), "up", initial).await;
             rss.wait_for(meta_str(&created, "resourceVersion").parse().unwrap_or(0))
                 .await;
@@ -341,7 +346,9 @@ async fn reconcile(app: &App, deploys: &Cache, rss: &Cache, pods: &Cache, key: &
     if empty_old.len() > limit {
         let rs_call = call(app, "apps", "replicasets", &ns, None, None, MANAGER);
         for rs in empty_old.iter().take(empty_old.len() - limit) {
-            let _ = delete_one(app, &rs_call, meta_str(rs, "name"), &DeleteOptions::background()).await;
+            let _ = app
+                .delete(&rs_call, meta_str(rs, "name"), &DeleteOptions::background())
+                .await;
         }
     }
 
@@ -358,7 +365,7 @@ async fn reconcile(app: &App, deploys: &Cache, rss: &Cache, pods: &Cache, key: &
             }
             d["metadata"]["annotations"][REVISION] = json!(rev);
             let c = call(app, "apps", "deployments", &ns, Some(&name), None, MANAGER);
-            d = update_object(app, &c, d).await?;
+            d = app.update(&c, d).await?;
         }
     }
     update_status(app, &d, rss, want, max_unavailable).await
@@ -379,7 +386,7 @@ fn rs_replicas_after(rss: &Cache, rs: &Value) -> i64 {
 }
 
 async fn update_status(
-    app: &App,
+    app: &Objects,
     d: &Value,
     rss: &Cache,
     want: i64,
@@ -499,7 +506,7 @@ async fn update_status(
 }
 
 /// Starts the controller.
-pub fn start(app: Arc<App>, caches: &super::runtime::Caches) {
+pub fn start(app: Arc<Objects>, caches: &super::runtime::Caches) {
     let deploys = caches.get(&app, DEPLOY_PREFIX);
     let rss = caches.get(&app, keys::REPLICA_SETS);
     let pods = caches.get(&app, keys::PODS);

@@ -9,16 +9,16 @@ use super::deployment::resolve;
 use super::error::Error;
 use super::runtime::{Cache, Caches, Next, Queue, queue_changes, run_workers};
 use super::write::write_status;
-use crate::api::App;
-use crate::api::selector::LabelSelector;
+use crate::objects::Objects;
 use crate::objects::keys;
 use crate::objects::meta::meta_str;
 use crate::objects::meta::{active, pod_ready};
+use crate::objects::selector::LabelSelector;
 
 /// Store prefix of PodDisruptionBudgets.
 pub const PDB_PREFIX: &str = keys::POD_DISRUPTION_BUDGETS;
 
-async fn reconcile(app: &App, pdbs: &Cache, pods: &Cache, key: &str) -> Result<Next, Error> {
+async fn reconcile(app: &Objects, pdbs: &Cache, pods: &Cache, key: &str) -> Result<Next, Error> {
     let Some(pdb) = pdbs.get(key) else {
         return Ok(Next::Done);
     };
@@ -78,7 +78,7 @@ async fn reconcile(app: &App, pdbs: &Cache, pods: &Cache, key: &str) -> Result<N
 }
 
 /// Starts the controller.
-pub fn start(app: Arc<App>, caches: &Caches) {
+pub fn start(app: Arc<Objects>, caches: &Caches) {
     let pdbs = caches.get(&app, PDB_PREFIX);
     let pods = caches.get(&app, keys::PODS);
     let queue = Arc::new(Queue::default());

@@ -10,8 +10,7 @@ use serde_json::{Value, json};
 use super::error::Error;
 use super::runtime::{Cache, Caches, Next, Queue, queue_changes, run_workers};
 use super::write::{call, put_object};
-use crate::api::App;
-use crate::api::handlers::{create_object, delete_one, update_object};
+use crate::objects::Objects;
 use crate::objects::keys;
 use crate::objects::meta::meta_str;
 use crate::objects::meta::pod_ready;
@@ -52,7 +51,7 @@ fn target_ref(pod: &Value) -> Value {
 }
 
 async fn reconcile(
-    app: &App,
+    app: &Objects,
     services: &Cache,
     pods: &Cache,
     endpoints: &Cache,
@@ -84,11 +83,13 @@ async fn reconcile(
             "endpointslice-controller",
         );
         for s in existing_slices {
-            let _ = delete_one(app, &slice_call, meta_str(&s, "name"), &DeleteOptions::default()).await;
+            let _ = app
+                .delete(&slice_call, meta_str(&s, "name"), &DeleteOptions::default())
+                .await;
         }
         if services.get(key).is_none() && endpoints.get(&format!("{EP_PREFIX}{ns}/{name}")).is_some() {
             let ep_call = call(app, "", "endpoints", ns, None, None, "endpoint-controller");
-            let _ = delete_one(app, &ep_call, name, &DeleteOptions::default()).await;
+            let _ = app.delete(&ep_call, name, &DeleteOptions::default()).await;
         }
         return Ok(Next::Done);
     };
@@ -151,7 +152,7 @@ async fn reconcile(
                 let mut updated = (*ep).clone();
                 updated["subsets"] = json!(subsets);
                 let c = call(app, "", "endpoints", ns, Some(name), None, "endpoint-controller");
-                update_object(app, &c, updated).await?;
+                app.update(&c, updated).await?;
             }
         }
         None => {
@@ -160,7 +161,7 @@ async fn reconcile(
                 ep["metadata"]["labels"] = labels.clone();
             }
             let c = call(app, "", "endpoints", ns, None, None, "endpoint-controller");
-            create_object(app, &c, ep).await?;
+            app.create(&c, ep).await?;
         }
     }
 
@@ -233,7 +234,7 @@ async fn reconcile(
                 None,
                 "endpointslice-controller",
             );
-            let created = create_object(app, &c, slice).await?;
+            let created = app.create(&c, slice).await?;
             slices
                 .wait_for(meta_str(&created, "resourceVersion").parse().unwrap_or(0))
                 .await;
@@ -243,7 +244,7 @@ async fn reconcile(
 }
 
 /// Starts the controller.
-pub fn start(app: Arc<App>, caches: &Caches) {
+pub fn start(app: Arc<Objects>, caches: &Caches) {
     let services = caches.get(&app, SVC_PREFIX);
     let pods = caches.get(&app, keys::PODS);
     let endpoints = caches.get(&app, EP_PREFIX);

@@ -1,6 +1,6 @@
 //! Why a reconcile did not finish. The worker logs it (debug) and retries the key with back-off.
 
-use crate::api::status::ApiError;
+use crate::objects::status::ApiError;
 
 /// A reconcile's failure.
 #[derive(Debug, thiserror::Error)]

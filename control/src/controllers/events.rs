@@ -2,12 +2,12 @@
 
 use serde_json::{Value, json};
 
-use crate::api::App;
+use crate::objects::Objects;
 use crate::objects::keys;
 use crate::objects::meta::{meta_str, now, to_stored};
 
 /// Records a `Normal` or `Warning` event about `object`, as `component`.
-pub async fn record(app: &App, object: &Value, component: &str, kind: &str, reason: &str, message: &str) {
+pub async fn record(app: &Objects, object: &Value, component: &str, kind: &str, reason: &str, message: &str) {
     let ns = match meta_str(object, "namespace") {
         "" => "default",
         ns => ns,

@@ -7,8 +7,7 @@ use std::sync::Arc;
 use serde_json::json;
 
 use super::{RESYNC, call_for_key, edit_object, remove_finalizer};
-use crate::api::App;
-use crate::api::handlers::delete_one;
+use crate::objects::Objects;
 use crate::objects::keys;
 use crate::objects::meta::{finalizers, from_kv, meta_str};
 use crate::objects::write::{DeleteOptions, Propagation};
@@ -114,28 +113,28 @@ impl Graph {
     }
 }
 
-async fn delete_key(app: &App, key: &str, policy: &str) {
+async fn delete_key(app: &Objects, key: &str, policy: &str) {
     let Some(call) = call_for_key(app, key) else {
         return;
     };
     let name = call.name().to_owned();
-    if let Err(e) = delete_one(
-        app,
-        &call,
-        &name,
-        &DeleteOptions {
-            propagation: Propagation::parse(policy),
-            ..DeleteOptions::default()
-        },
-    )
-    .await
+    if let Err(e) = app
+        .delete(
+            &call,
+            &name,
+            &DeleteOptions {
+                propagation: Propagation::parse(policy),
+                ..DeleteOptions::default()
+            },
+        )
+        .await
         && e.code != 404
     {
         tracing::warn!(%key, error = %e, "garbage collector could not delete");
     }
 }
 
-async fn drop_owner_ref(app: &App, key: &str, uid: &str) -> Result<(), StoreError> {
+async fn drop_owner_ref(app: &Objects, key: &str, uid: &str) -> Result<(), StoreError> {
     edit_object(app, key, |obj| {
         let Some(refs) = obj["metadata"]["ownerReferences"].as_array_mut() else {
             return false;
@@ -154,7 +153,7 @@ async fn drop_owner_ref(app: &App, key: &str, uid: &str) -> Result<(), StoreErro
 }
 
 /// One pass over the work the graph holds.
-async fn process(app: &App, graph: &mut Graph) {
+async fn process(app: &Objects, graph: &mut Graph) {
     // Dependents of owners that no longer exist.
     for uid in std::mem::take(&mut graph.gone) {
         if graph.keys.contains_key(&uid) {
@@ -201,7 +200,7 @@ async fn process(app: &App, graph: &mut Graph) {
     }
 }
 
-async fn run_once(app: &App) -> Result<(), StoreError> {
+async fn run_once(app: &Objects) -> Result<(), StoreError> {
     let mut graph = Graph::default();
     let list = app.store.list(keys::ROOT, None, 0).await?;
     for kv in &list.items {
@@ -223,7 +222,7 @@ async fn run_once(app: &App) -> Result<(), StoreError> {
 }
 
 /// Runs the collector until the store shuts down.
-pub async fn run(app: Arc<App>) {
+pub async fn run(app: Arc<Objects>) {
     loop {
         match run_once(&app).await {
             Ok(()) => return,

@@ -14,8 +14,7 @@ use super::error::Error;
 use super::events;
 use super::runtime::{Cache, Caches, Next, Queue, queue_changes, queue_owners, run_workers};
 use super::write::{call, put_status};
-use crate::api::App;
-use crate::api::handlers::{create_object, delete_one};
+use crate::objects::Objects;
 use crate::objects::keys;
 use crate::objects::meta::{active, pod_from_template, pod_ready};
 use crate::objects::meta::{meta_str, now, parse_time};
@@ -62,7 +61,7 @@ fn pod_index(pod: &Value) -> Option<i64> {
         .and_then(|i| i.parse().ok())
 }
 
-async fn reconcile(app: &App, jobs: &Cache, pods: &Cache, key: &str) -> Result<Next, Error> {
+async fn reconcile(app: &Objects, jobs: &Cache, pods: &Cache, key: &str) -> Result<Next, Error> {
     let Some((job, ns, name)) = jobs.live(key) else {
         return Ok(Next::Done);
     };
@@ -74,7 +73,7 @@ async fn reconcile(app: &App, jobs: &Cache, pods: &Cache, key: &str) -> Result<N
                 .unwrap_or(0);
             if since >= ttl {
                 let c = call(app, "batch", "jobs", &ns, None, None, MANAGER);
-                let _ = delete_one(app, &c, &name, &DeleteOptions::background()).await;
+                let _ = app.delete(&c, &name, &DeleteOptions::background()).await;
                 return Ok(Next::Done);
             }
             return Ok(Next::After(Duration::from_secs((ttl - since).max(1) as u64)));
@@ -131,17 +130,17 @@ async fn reconcile(app: &App, jobs: &Cache, pods: &Cache, key: &str) -> Result<N
     let mut next = Next::Done;
     if condition.as_ref().is_some_and(|c| c["type"] == "Failed") || suspended {
         for p in &running {
-            let _ = delete_one(
-                app,
-                &pod_call,
-                meta_str(p, "name"),
-                &DeleteOptions {
-                    propagation: Some(Propagation::Background),
-                    grace_seconds: Some(0),
-                    ..DeleteOptions::default()
-                },
-            )
-            .await;
+            let _ = app
+                .delete(
+                    &pod_call,
+                    meta_str(p, "name"),
+                    &DeleteOptions {
+                        propagation: Some(Propagation::Background),
+                        grace_seconds: Some(0),
+                        ..DeleteOptions::default()
+                    },
+                )
+                .await;
         }
     } else if condition.is_none() {
         // Upstream's back-off after failures: 10 s doubling, at most 6 minutes.
@@ -193,7 +192,7 @@ async fn reconcile(app: &App, jobs: &Cache, pods: &Cache, key: &str) -> Result<N
                     }
                     index += 1;
                 }
-                match create_object(app, &pod_call, pod).await {
+                match app.create(&pod_call, pod).await {
                     Ok(created) => {
                         events::record(
                             app,
@@ -285,7 +284,7 @@ async fn reconcile(app: &App, jobs: &Cache, pods: &Cache, key: &str) -> Result<N
 }
 
 /// Starts the controller.
-pub fn start(app: Arc<App>, caches: &Caches) {
+pub fn start(app: Arc<Objects>, caches: &Caches) {
     let jobs = caches.get(&app, JOB_PREFIX);
     let pods = caches.get(&app, keys::PODS);
     let queue = Arc::new(Queue::default());

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::api::App;
-use crate::api::handlers::Call;
+use crate::objects::Objects;
 use crate::objects::keys;
 use crate::objects::meta::{finalizers, from_kv, to_stored};
+use crate::objects::write::Request;
 use crate::store::StoreError;
 
 pub mod cluster_dns;
@@ -36,8 +36,26 @@ mod statefulset;
 pub mod volume;
 pub mod write;
 
+/// What the controllers are told at start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// How long a node may go without a heartbeat before it is considered lost.
+    pub node_grace: Duration,
+    /// The cluster CA certificate (PEM) published in every namespace as `kube-root-ca.crt`.
+    pub root_ca: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            node_grace: Duration::from_secs(40),
+            root_ca: None,
+        }
+    }
+}
+
 /// Starts the controllers; returns their shared caches, which the scheduler reads too.
-pub fn start(app: Arc<App>) -> runtime::Caches {
+pub fn start(app: Arc<Objects>, config: &Config) -> runtime::Caches {
     tokio::spawn(compaction::run(app.clone()));
     tokio::spawn(crd::run(app.clone()));
     tokio::spawn(gc::run(app.clone()));
@@ -46,10 +64,10 @@ pub fn start(app: Arc<App>) -> runtime::Caches {
     replicaset::start(app.clone(), &caches);
     deployment::start(app.clone(), &caches);
     serviceaccount::start(app.clone(), &caches);
-    root_ca::start(app.clone(), &caches);
+    root_ca::start(app.clone(), &caches, config.root_ca.as_deref());
     endpoints::start(app.clone(), &caches);
     job::start(app.clone(), &caches);
-    node_lifecycle::start(app.clone(), &caches);
+    node_lifecycle::start(app.clone(), &caches, config.node_grace);
     node_ipam::start(app.clone(), &caches);
     cluster_dns::start(app.clone(), &caches);
     daemonset::start(app.clone(), &caches);
@@ -63,8 +81,8 @@ pub fn start(app: Arc<App>) -> runtime::Caches {
 /// How long a controller waits before retrying after a failure, and between resyncs.
 const RESYNC: Duration = Duration::from_secs(1);
 
-/// A `Call` addressing the object stored at `key`, if the key belongs to a served resource.
-pub(crate) fn call_for_key(app: &App, key: &str) -> Option<Call> {
+/// The write addressing the object stored at `key`, if the key belongs to a served resource.
+pub(crate) fn call_for_key(app: &Objects, key: &str) -> Option<Request> {
     let (group, plural, rest) = keys::split(key)?;
     let mut parts = rest.split('/');
     let info = app
@@ -77,22 +95,13 @@ pub(crate) fn call_for_key(app: &App, key: &str) -> Option<Call> {
     } else {
         (None, parts.next()?.to_owned())
     };
-    Some(Call {
-        info,
-        ns,
-        name: Some(name),
-        sub: None,
-        query: Default::default(),
-        table: false,
-        partial: None,
-        content_type: "application/json".into(),
-    })
+    Some(Request::new(info, ns.as_deref(), Some(&name)))
 }
 
 /// Rewrites the object at `key` with `edit` (compare-and-swap, retried on conflict). If the object
 /// is being deleted and `edit` leaves it without finalizers, the deletion completes.
 pub(crate) async fn edit_object(
-    app: &App,
+    app: &Objects,
     key: &str,
     edit: impl Fn(&mut Value) -> bool,
 ) -> Result<(), StoreError> {
@@ -120,7 +129,7 @@ pub(crate) async fn edit_object(
 }
 
 /// Removes one finalizer from the object at `key`.
-pub(crate) async fn remove_finalizer(app: &App, key: &str, finalizer: &str) -> Result<(), StoreError> {
+pub(crate) async fn remove_finalizer(app: &Objects, key: &str, finalizer: &str) -> Result<(), StoreError> {
     edit_object(app, key, |obj| {
         let Some(list) = obj["metadata"]["finalizers"].as_array_mut() else {
             return false;

@@ -4,17 +4,17 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use super::{RESYNC, edit_object};
-use crate::api::App;
-use crate::api::handlers::{Call, delete_one};
+use crate::objects::Objects;
 use crate::objects::keys;
 use crate::objects::meta::{from_kv, meta_str};
 use crate::objects::write::DeleteOptions;
+use crate::objects::write::Request;
 use crate::store::StoreError;
 
 const PREFIX: &str = keys::NAMESPACES;
 
 /// Deletes the contents of `ns`; returns whether it is empty.
-async fn drain(app: &App, ns: &str) -> Result<bool, StoreError> {
+async fn drain(app: &Objects, ns: &str) -> Result<bool, StoreError> {
     let mut empty = true;
     let mut seen = HashSet::new();
     for info in app.registry.all().into_iter().filter(|r| r.namespaced) {
@@ -28,18 +28,9 @@ async fn drain(app: &App, ns: &str) -> Result<bool, StoreError> {
             if obj["metadata"]["deletionTimestamp"].is_string() {
                 continue;
             }
-            let call = Call {
-                info: info.clone(),
-                ns: Some(ns.to_owned()),
-                name: Some(meta_str(&obj, "name").to_owned()),
-                sub: None,
-                query: Default::default(),
-                table: false,
-                partial: None,
-                content_type: "application/json".into(),
-            };
+            let call = Request::new(info.clone(), Some(ns), Some(meta_str(&obj, "name")));
             let name = meta_str(&obj, "name").to_owned();
-            if let Err(e) = delete_one(app, &call, &name, &DeleteOptions::background()).await
+            if let Err(e) = app.delete(&call, &name, &DeleteOptions::background()).await
                 && e.code != 404
             {
                 tracing::warn!(%ns, %name, error = %e, "could not delete namespace content");
@@ -49,7 +40,7 @@ async fn drain(app: &App, ns: &str) -> Result<bool, StoreError> {
     Ok(empty)
 }
 
-async fn finish(app: &App, ns: &str) -> Result<(), StoreError> {
+async fn finish(app: &Objects, ns: &str) -> Result<(), StoreError> {
     // Dropping the `kubernetes` finalizer; with no metadata finalizers left the namespace goes.
     edit_object(app, &format!("{PREFIX}{ns}"), |obj| {
         if let Some(spec) = obj["spec"].as_object_mut() {
@@ -60,7 +51,7 @@ async fn finish(app: &App, ns: &str) -> Result<(), StoreError> {
     .await
 }
 
-async fn pass(app: &App) -> Result<bool, StoreError> {
+async fn pass(app: &Objects) -> Result<bool, StoreError> {
     let list = app.store.list(PREFIX, None, 0).await?;
     let mut terminating = false;
     for kv in &list.items {
@@ -79,7 +70,7 @@ async fn pass(app: &App) -> Result<bool, StoreError> {
 
 /// Runs the namespace controller: a pass whenever a namespace changes, and every second while one
 /// is terminating.
-pub async fn run(app: Arc<App>) {
+pub async fn run(app: Arc<Objects>) {
     let mut watch = None;
     loop {
         let terminating = match pass(&app).await {

@@ -8,12 +8,12 @@ use serde_json::json;
 
 use super::edit_object;
 use super::runtime::{Cache, Caches, sync_on_changes};
-use crate::api::App;
+use crate::objects::Objects;
 use crate::objects::cluster_cidr::ClusterCidr;
 use crate::objects::keys;
 use crate::objects::meta::meta_str;
 
-async fn assign(app: &App, nodes: &Cache, range: ClusterCidr) {
+async fn assign(app: &Objects, nodes: &Cache, range: ClusterCidr) {
     let all = nodes.list(None);
     let mut used: HashSet<String> = all
         .iter()
@@ -48,7 +48,7 @@ async fn assign(app: &App, nodes: &Cache, range: ClusterCidr) {
 }
 
 /// Starts the allocator.
-pub fn start(app: Arc<App>, caches: &Caches) {
+pub fn start(app: Arc<Objects>, caches: &Caches) {
     let Some(range) = app.cluster_cidr else { return };
     let nodes = caches.get(&app, keys::NODES);
     let (a, n) = (app.clone(), nodes.clone());

@@ -12,8 +12,7 @@ use serde_json::{Value, json};
 use super::edit_object;
 use super::runtime::{Cache, Caches};
 use super::write::call;
-use crate::api::App;
-use crate::api::handlers::delete_one;
+use crate::objects::Objects;
 use crate::objects::keys;
 use crate::objects::meta::{meta_str, now, parse_time};
 use crate::objects::write::DeleteOptions;
@@ -91,7 +90,7 @@ impl Health {
     }
 }
 
-async fn check_node(app: &App, node: &Value, leases: &Cache, health: &mut Health, grace: Duration) {
+async fn check_node(app: &Objects, node: &Value, leases: &Cache, health: &mut Health, grace: Duration) {
     let name = meta_str(node, "name").to_owned();
     let lease = leases.get(&format!("{LEASE_PREFIX}{name}"));
     let renewed = lease.as_ref().and_then(|l| l["spec"]["renewTime"].as_str());
@@ -187,7 +186,7 @@ fn eviction_due(pod: &Value, taints: &[Value]) -> Option<i64> {
     due
 }
 
-async fn evict(app: &App, nodes: &Cache, pods: &Cache) {
+async fn evict(app: &Objects, nodes: &Cache, pods: &Cache) {
     for node in nodes.list(None) {
         let taints: Vec<Value> = node["spec"]["taints"].as_array().cloned().unwrap_or_default();
         if !taints.iter().any(|t| t["effect"] == "NoExecute") {
@@ -212,7 +211,7 @@ async fn evict(app: &App, nodes: &Cache, pods: &Cache) {
                     &format!("Marking for deletion Pod {ns}/{pod_name}"),
                 )
                 .await;
-                if let Err(e) = delete_one(app, &c, pod_name, &DeleteOptions::background()).await {
+                if let Err(e) = app.delete(&c, pod_name, &DeleteOptions::background()).await {
                     tracing::debug!(pod = %pod_name, error = %e, "eviction failed");
                 }
             }
@@ -221,12 +220,12 @@ async fn evict(app: &App, nodes: &Cache, pods: &Cache) {
 }
 
 /// Starts the controller: a pass every quarter of the grace period (at most every second).
-pub fn start(app: Arc<App>, caches: &Caches) {
+pub fn start(app: Arc<Objects>, caches: &Caches, grace: Duration) {
     let nodes = caches.get(&app, keys::NODES);
     let leases = caches.get(&app, LEASE_PREFIX);
     let pods = caches.get(&app, keys::PODS);
     tokio::spawn(async move {
-        let period = (app.node_grace / 4).clamp(Duration::from_millis(250), Duration::from_secs(1));
+        let period = (grace / 4).clamp(Duration::from_millis(250), Duration::from_secs(1));
         let mut health = Health::default();
         loop {
             tokio::time::sleep(period).await;
@@ -238,7 +237,7 @@ pub fn start(app: Arc<App>, caches: &Caches) {
             let all = nodes.list(None);
             health.retain(&all.iter().map(|n| meta_str(n, "name").to_owned()).collect());
             for node in all {
-                check_node(&app, &node, &leases, &mut health, app.node_grace).await;
+                check_node(&app, &node, &leases, &mut health, grace).await;
             }
             evict(&app, &nodes, &pods).await;
         }

@@ -10,8 +10,7 @@ use super::error::Error;
 use super::events;
 use super::runtime::{Cache, Next, Queue, queue_changes, queue_owners, run_workers};
 use super::write::{call, write_status};
-use crate::api::App;
-use crate::api::handlers::{create_object, delete_one};
+use crate::objects::Objects;
 use crate::objects::keys;
 use crate::objects::meta::{meta_str, pod_available, pod_from_template, pod_ready};
 use crate::objects::write::DeleteOptions;
@@ -34,7 +33,7 @@ fn deletion_rank(pod: &Value) -> (u8, u8, u8, std::cmp::Reverse<String>) {
     )
 }
 
-async fn reconcile(app: &App, rs_cache: &Cache, pods: &Cache, key: &str) -> Result<Next, Error> {
+async fn reconcile(app: &Objects, rs_cache: &Cache, pods: &Cache, key: &str) -> Result<Next, Error> {
     let Some((rs, ns, name)) = rs_cache.live(key) else {
         return Ok(Next::Done);
     };
@@ -46,7 +45,7 @@ async fn reconcile(app: &App, rs_cache: &Cache, pods: &Cache, key: &str) -> Resu
         let pod_call = call(app, "", "pods", &ns, None, None, "replicaset-controller");
         for _ in owned.len()..want.min(owned.len() + 500) {
             let pod = pod_from_template(template, &rs, &name, None);
-            match create_object(app, &pod_call, pod).await {
+            match app.create(&pod_call, pod).await {
                 Ok(created) => {
                     last_rev = last_rev.max(meta_str(&created, "resourceVersion").parse().unwrap_or(0));
                     events::record(
@@ -79,7 +78,10 @@ async fn reconcile(app: &App, rs_cache: &Cache, pods: &Cache, key: &str) -> Resu
         let pod_call = call(app, "", "pods", &ns, None, None, "replicaset-controller");
         for pod in extra.iter().take(owned.len() - want) {
             let pod_name = meta_str(pod, "name").to_owned();
-            match delete_one(app, &pod_call, &pod_name, &DeleteOptions::background()).await {
+            match app
+                .delete(&pod_call, &pod_name, &DeleteOptions::background())
+                .await
+            {
                 Ok(_) => {
                     events::record(
                         app,
@@ -134,7 +136,7 @@ async fn reconcile(app: &App, rs_cache: &Cache, pods: &Cache, key: &str) -> Resu
 }
 
 /// Starts the controller.
-pub fn start(app: Arc<App>, caches: &super::runtime::Caches) {
+pub fn start(app: Arc<Objects>, caches: &super::runtime::Caches) {
     let rs_cache = caches.get(&app, keys::REPLICA_SETS);
     let pods = caches.get(&app, keys::PODS);
     let queue = Arc::new(Queue::default());

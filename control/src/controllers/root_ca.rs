@@ -9,11 +9,10 @@ use serde_json::{Value, json};
 
 use super::runtime::{Caches, Next, Queue, run_workers};
 use super::write::{call, put_object};
-use crate::api::App;
-use crate::api::handlers::create_object;
-use crate::api::status::ApiError;
+use crate::objects::Objects;
 use crate::objects::keys;
 use crate::objects::meta::{ROOT_CA_CONFIG_MAP, from_kv, meta_str};
+use crate::objects::status::ApiError;
 
 const MANAGER: &str = "root-ca-cert-publisher";
 const DESCRIPTION: &str = "Contains a CA bundle that can be used to verify the kube-apiserver when using internal endpoints such as the internal service IP or kubernetes.default.svc. No other usage is guaranteed across distributions of Kubernetes clusters.";
@@ -32,8 +31,8 @@ fn config_map(ns: &str, ca_pem: &str) -> Value {
 }
 
 /// Starts the controller (nothing to publish without a cluster CA).
-pub fn start(app: Arc<App>, caches: &Caches) {
-    let Some(ca_pem) = app.pki.as_ref().map(|p| p.ca_pem.clone()) else {
+pub fn start(app: Arc<Objects>, caches: &Caches, ca_pem: Option<&str>) {
+    let Some(ca_pem) = ca_pem.map(str::to_owned) else {
         return;
     };
     let namespaces = caches.get(&app, keys::NAMESPACES);
@@ -61,7 +60,7 @@ pub fn start(app: Arc<App>, caches: &Caches) {
             match app.store.get(&key).await.map_err(ApiError::internal)? {
                 None => {
                     let c = call(&app, "", "configmaps", &ns, None, None, MANAGER);
-                    match create_object(&app, &c, wanted).await {
+                    match app.create(&c, wanted).await {
                         Ok(_) => {}
                         // Already there (a race) or the namespace is going: nothing to do.
                         Err(e) if e.code == 409 || e.code == 403 || e.code == 404 => {}

@@ -12,7 +12,7 @@ use serde_json::Value;
 use tokio::sync::{Notify, broadcast};
 
 use super::error::Error;
-use crate::api::App;
+use crate::objects::Objects;
 use crate::objects::meta::from_kv;
 use crate::store::EventKind;
 use tracing::Instrument;
@@ -41,7 +41,7 @@ pub struct Cache {
 
 impl Cache {
     /// Starts a cache of the objects under `prefix`.
-    pub fn start(app: Arc<App>, prefix: &str) -> Arc<Self> {
+    pub fn start(app: Arc<Objects>, prefix: &str) -> Arc<Self> {
         let (changes, _) = broadcast::channel(16_384);
         let cache = Arc::new(Self {
             prefix: prefix.to_owned(),
@@ -54,7 +54,7 @@ impl Cache {
         cache
     }
 
-    async fn run(self: Arc<Self>, app: Arc<App>) {
+    async fn run(self: Arc<Self>, app: Arc<Objects>) {
         loop {
             let list = match app.store.list(&self.prefix, None, 0).await {
                 Ok(l) => l,
@@ -213,7 +213,7 @@ pub struct Caches {
 
 impl Caches {
     /// The cache of objects under `prefix`, started on first use.
-    pub fn get(&self, app: &Arc<App>, prefix: &str) -> Arc<Cache> {
+    pub fn get(&self, app: &Arc<Objects>, prefix: &str) -> Arc<Cache> {
         let mut caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
         caches
             .entry(prefix.to_owned())
@@ -350,7 +350,7 @@ pub enum Next {
 
 /// Runs `sync` whenever `cache` changes, and at least every 5 s, while this member leads (for
 /// controllers that recompute one result from a whole collection).
-pub fn sync_on_changes<F, Fut>(app: Arc<App>, cache: &Cache, sync: F)
+pub fn sync_on_changes<F, Fut>(app: Arc<Objects>, cache: &Cache, sync: F)
 where
     F: Fn() -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send,
@@ -370,8 +370,13 @@ where
 }
 
 /// Runs `workers` workers that reconcile keys from `queue`, only while this member leads.
-pub fn run_workers<F, Fut>(app: Arc<App>, name: &'static str, queue: Arc<Queue>, workers: usize, reconcile: F)
-where
+pub fn run_workers<F, Fut>(
+    app: Arc<Objects>,
+    name: &'static str,
+    queue: Arc<Queue>,
+    workers: usize,
+    reconcile: F,
+) where
     F: Fn(String) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Next, Error>> + Send,
 {

@@ -6,8 +6,7 @@ use serde_json::json;
 
 use super::runtime::{Caches, Next, Queue, run_workers};
 use super::write::call;
-use crate::api::App;
-use crate::api::handlers::create_object;
+use crate::objects::Objects;
 use crate::objects::keys;
 use crate::objects::meta::meta_str;
 
@@ -15,7 +14,7 @@ const NS_PREFIX: &str = keys::NAMESPACES;
 const SA_PREFIX: &str = keys::SERVICE_ACCOUNTS;
 
 /// Starts the controller.
-pub fn start(app: Arc<App>, caches: &Caches) {
+pub fn start(app: Arc<Objects>, caches: &Caches) {
     let namespaces = caches.get(&app, NS_PREFIX);
     let accounts = caches.get(&app, SA_PREFIX);
     let queue = Arc::new(Queue::default());
@@ -55,7 +54,7 @@ pub fn start(app: Arc<App>, caches: &Caches) {
                 None,
                 "service-account-controller",
             );
-            match create_object(&app, &c, sa).await {
+            match app.create(&c, sa).await {
                 Ok(_) => Ok(Next::Done),
                 Err(e) if e.code == 409 || e.code == 403 || e.code == 404 => Ok(Next::Done),
                 Err(e) => Err(e.into()),

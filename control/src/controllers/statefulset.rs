@@ -12,8 +12,7 @@ use super::error::Error;
 use super::events;
 use super::runtime::{Cache, Caches, Next, Queue, queue_changes, queue_owners, run_workers};
 use super::write::{call, write_status};
-use crate::api::App;
-use crate::api::handlers::{create_object, delete_one};
+use crate::objects::Objects;
 use crate::objects::keys;
 use crate::objects::meta::meta_str;
 use crate::objects::meta::{active, pod_available, pod_from_template, pod_ready};
@@ -44,7 +43,7 @@ fn template_claims<'a>(sts: &'a Value, pod_name: &str) -> Vec<(&'a Value, String
 
 /// Creates the claims of the set's `volumeClaimTemplates` for ordinal `pod_name` unless they
 /// exist, and points the pod's volumes at them.
-async fn claims_for(app: &App, sts: &Value, pod_name: &str, pod: &mut Value) -> Result<(), Error> {
+async fn claims_for(app: &Objects, sts: &Value, pod_name: &str, pod: &mut Value) -> Result<(), Error> {
     let ns = meta_str(sts, "namespace");
     let claim_call = call(app, "", "persistentvolumeclaims", ns, None, None, MANAGER);
     for (template, claim_name) in template_claims(sts, pod_name) {
@@ -70,7 +69,7 @@ async fn claims_for(app: &App, sts: &Value, pod_name: &str, pod: &mut Value) -> 
             owner["controller"] = json!(false);
             claim["metadata"]["ownerReferences"] = json!([owner]);
         }
-        match create_object(app, &claim_call, claim).await {
+        match app.create(&claim_call, claim).await {
             Ok(_) => {}
             Err(e) if e.code == 409 => {}
             Err(e) => return Err(e.into()),
@@ -85,11 +84,13 @@ async fn claims_for(app: &App, sts: &Value, pod_name: &str, pod: &mut Value) -> 
 }
 
 /// Deletes the template claims of a pod removed by a scale-down (`whenScaled: Delete`).
-async fn delete_claims(app: &App, sts: &Value, pod_name: &str) {
+async fn delete_claims(app: &Objects, sts: &Value, pod_name: &str) {
     let ns = meta_str(sts, "namespace");
     let claim_call = call(app, "", "persistentvolumeclaims", ns, None, None, MANAGER);
     for (_, claim) in template_claims(sts, pod_name) {
-        let _ = delete_one(app, &claim_call, &claim, &DeleteOptions::background()).await;
+        let _ = app
+            .delete(&claim_call, &claim, &DeleteOptions::background())
+            .await;
     }
 }
 
@@ -97,7 +98,7 @@ fn healthy(pod: &Value) -> bool {
     pod["status"]["phase"] == "Running" && pod_ready(pod)
 }
 
-async fn reconcile(app: &App, stss: &Cache, pods: &Cache, key: &str) -> Result<Next, Error> {
+async fn reconcile(app: &Objects, stss: &Cache, pods: &Cache, key: &str) -> Result<Next, Error> {
     let Some((sts, ns, name)) = stss.live(key) else {
         return Ok(Next::Done);
     };
@@ -144,7 +145,7 @@ async fn reconcile(app: &App, stss: &Cache, pods: &Cache, key: &str) -> Result<N
                 pod["spec"]["subdomain"] = json!(svc);
             }
             claims_for(app, &sts, &pod_name, &mut pod).await?;
-            match create_object(app, &pod_call, pod).await {
+            match app.create(&pod_call, pod).await {
                 Ok(created) => {
                     events::record(
                         app,
@@ -182,7 +183,9 @@ async fn reconcile(app: &App, stss: &Cache, pods: &Cache, key: &str) -> Result<N
         } else {
             usize::from(others_healthy)
         }) {
-            let _ = delete_one(app, &pod_call, meta_str(p, "name"), &DeleteOptions::background()).await;
+            let _ = app
+                .delete(&pod_call, meta_str(p, "name"), &DeleteOptions::background())
+                .await;
             if sts["spec"]["persistentVolumeClaimRetentionPolicy"]["whenScaled"] == "Delete" {
                 delete_claims(app, &sts, meta_str(p, "name")).await;
             }
@@ -209,7 +212,9 @@ async fn reconcile(app: &App, stss: &Cache, pods: &Cache, key: &str) -> Result<N
                     **o >= partition && **o < want && p["metadata"]["labels"][HASH] != revision.as_str()
                 })
             {
-                let _ = delete_one(app, &pod_call, meta_str(p, "name"), &DeleteOptions::background()).await;
+                let _ = app
+                    .delete(&pod_call, meta_str(p, "name"), &DeleteOptions::background())
+                    .await;
                 wrote = true;
             }
         }
@@ -250,7 +255,7 @@ async fn reconcile(app: &App, stss: &Cache, pods: &Cache, key: &str) -> Result<N
 }
 
 /// Starts the controller.
-pub fn start(app: Arc<App>, caches: &Caches) {
+pub fn start(app: Arc<Objects>, caches: &Caches) {
     let stss = caches.get(&app, STS_PREFIX);
     let pods = caches.get(&app, keys::PODS);
     let queue = Arc::new(Queue::default());

@@ -12,13 +12,12 @@ use super::error::Error;
 use super::events;
 use super::runtime::{Cache, Caches, Next, Queue, queue_changes, run_workers};
 use super::write::{call, put_object, put_status};
-use crate::api::App;
-use crate::api::handlers::{create_object, delete_one};
-use crate::api::selector::LabelSelector;
+use crate::objects::Objects;
 use crate::objects::keys;
 use crate::objects::meta::meta_str;
 use crate::objects::quantity;
 use crate::objects::scheduling::term_matches;
+use crate::objects::selector::LabelSelector;
 use crate::objects::write::DeleteOptions;
 
 /// Store prefix of PersistentVolumes.
@@ -118,7 +117,7 @@ pub fn best_volume<'a>(pvs: &'a [Arc<Value>], claim: &Value, node: Option<&Value
 }
 
 struct Ctx {
-    app: Arc<App>,
+    app: Arc<Objects>,
     pvs: Arc<Cache>,
     claims: Arc<Cache>,
     classes: Arc<Cache>,
@@ -323,7 +322,7 @@ impl Ctx {
             },
         });
         let c = call(&self.app, "", "persistentvolumes", "", None, None, MANAGER);
-        match create_object(&self.app, &c, pv).await {
+        match self.app.create(&c, pv).await {
             Ok(_) => {
                 events::record(
                     &self.app,
@@ -391,7 +390,11 @@ impl Ctx {
         match policy {
             "Delete" if pv["metadata"]["annotations"][PROVISIONED_BY] == LOCAL_PATH => {
                 let c = call(&self.app, "", "persistentvolumes", "", None, None, MANAGER);
-                match delete_one(&self.app, &c, meta_str(pv, "name"), &DeleteOptions::default()).await {
+                match self
+                    .app
+                    .delete(&c, meta_str(pv, "name"), &DeleteOptions::default())
+                    .await
+                {
                     Ok(_) => Ok(Next::Done),
                     Err(e) if e.code == 404 => Ok(Next::Done),
                     Err(e) => Err(e.into()),
@@ -417,7 +420,7 @@ impl Ctx {
 }
 
 /// Starts the controller.
-pub fn start(app: Arc<App>, caches: &Caches) {
+pub fn start(app: Arc<Objects>, caches: &Caches) {
     let ctx = Arc::new(Ctx {
         pvs: caches.get(&app, PV_PREFIX),
         claims: caches.get(&app, PVC_PREFIX),

@@ -1,48 +1,33 @@
 //! How controllers (and the scheduler) write objects: as a named field manager, through the same
-//! create/update paths as API requests (admission, defaults, validation, managedFields). These
-//! become thin once the typed write path lives in `objects/`.
+//! create/update paths as API requests (admission, defaults, validation, managedFields).
 
 use serde_json::Value;
 
 use super::error::Error;
-use crate::api::App;
-use crate::api::handlers::{Call, update_object};
+use crate::objects::Objects;
 use crate::objects::meta::meta_str;
+use crate::objects::write::Request;
 
-/// The `Call` for writing `plural` objects in `ns` as the controller `manager`.
+/// The write of `plural` objects (object `name`, subresource `sub`) in `ns` as the controller
+/// `manager`.
 pub fn call(
-    app: &App,
+    app: &Objects,
     group: &str,
     plural: &str,
     ns: &str,
     name: Option<&str>,
     sub: Option<&str>,
     manager: &str,
-) -> Call {
-    let info = app
-        .registry
-        .all()
-        .into_iter()
-        .find(|r| r.group == group && r.plural == plural)
-        .expect("built-in resource is registered");
-    Call {
-        info,
-        ns: Some(ns.to_owned()),
-        name: name.map(str::to_owned),
-        sub: sub.map(str::to_owned),
-        query: [("fieldManager".to_owned(), manager.to_owned())]
-            .into_iter()
-            .collect(),
-        table: false,
-        partial: None,
-        content_type: "application/json".into(),
-    }
+) -> Request {
+    Request::new(app.resource(group, plural), Some(ns), name)
+        .at(sub)
+        .by(manager)
 }
 
 /// Writes `next` over the object (or its subresource `sub`) of `group`/`plural` that its
 /// metadata names, as `manager`; returns the stored object.
 pub async fn put_object(
-    app: &App,
+    app: &Objects,
     next: Value,
     group: &str,
     plural: &str,
@@ -58,12 +43,12 @@ pub async fn put_object(
         sub,
         manager,
     );
-    Ok(update_object(app, &c, next).await?)
+    Ok(app.update(&c, next).await?)
 }
 
 /// Writes `obj`'s status subresource (`group`/`plural`) as `manager`.
 pub async fn put_status(
-    app: &App,
+    app: &Objects,
     obj: &Value,
     group: &str,
     plural: &str,
@@ -79,7 +64,7 @@ pub async fn put_status(
 
 /// Writes `status` unless the object already has it.
 pub async fn write_status(
-    app: &App,
+    app: &Objects,
     obj: &Value,
     group: &str,
     plural: &str,

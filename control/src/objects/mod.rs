@@ -1,13 +1,67 @@
 //! The layer between the store and everything that reads or writes objects (the API handlers,
-//! the controllers, the scheduler): where objects live in the store (`keys`), the helpers on
-//! objects as JSON (`meta`), and the transport-free rules of writes (`write`: delete options,
-//! preconditions, what a delete does). The rest of the write path moves here next (see
-//! docs/architecture.md).
+//! the controllers, the scheduler), shared through one [`Objects`] handle: the write path
+//! (`write`, with `admission`, `patch`, `apply`, `service` allocation), what objects are (`schema`,
+//! `registry`, `crd`, `validation`), where they live in the store (`keys`) and the helpers on
+//! objects as JSON (`meta`). See docs/architecture.md.
 
+pub mod admission;
+pub mod apply;
 pub mod cluster_cidr;
+pub mod cpu;
+pub mod crd;
 pub mod cron;
 pub mod keys;
+pub mod limits;
 pub mod meta;
+pub mod patch;
 pub mod quantity;
+pub mod registry;
 pub mod scheduling;
+pub mod schema;
+pub mod selector;
+pub mod service;
+pub mod status;
+pub mod validation;
 pub mod write;
+
+use self::cluster_cidr::ClusterCidr;
+use self::registry::Registry;
+use self::service::Cidr;
+use crate::store::Store;
+
+/// The objects of the cluster: the store they live in, the resources served, and what a write
+/// allocates from (service addresses, node pod ranges). The API server, the controllers and the
+/// scheduler read and write through one shared handle.
+#[derive(Debug)]
+pub struct Objects {
+    /// The store.
+    pub store: Store,
+    /// Served resources (built-in and custom).
+    pub registry: Registry,
+    /// The service CIDR cluster IPs come from.
+    pub service_cidr: Cidr,
+    /// Where nodes' pod CIDRs come from (None: nodes bring their own).
+    pub cluster_cidr: Option<ClusterCidr>,
+    /// Serialises address allocation for Services.
+    alloc: tokio::sync::Mutex<()>,
+}
+
+impl Objects {
+    /// The objects in `store`, cluster IPs from `service_cidr`.
+    pub fn new(store: Store, service_cidr: Cidr) -> Self {
+        Self {
+            store,
+            registry: Registry::new(),
+            service_cidr,
+            cluster_cidr: None,
+            alloc: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Nodes' pod CIDRs come from `range`.
+    #[must_use]
+    pub fn with_cluster_cidr(mut self, range: Option<ClusterCidr>) -> Self {
+        self.cluster_cidr = range;
+        self
+    }
+}

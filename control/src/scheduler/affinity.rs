@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::Bound;
 use super::node_info::NodeInfo;
-use crate::api::selector::LabelSelector;
+use crate::objects::selector::LabelSelector;
 
 /// A pod (anti-)affinity term prepared against the cluster.
 #[derive(Debug)]

@@ -16,15 +16,15 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use self::node_info::{NodeInfo, pod_requests};
-use crate::api::App;
-use crate::api::handlers::{bind, update_object};
 use crate::controllers::error::Error;
 use crate::controllers::events;
 use crate::controllers::runtime::{Cache, Caches, Change};
 use crate::controllers::write::call;
+use crate::objects::Objects;
 use crate::objects::keys;
 use crate::objects::meta::{meta_str, now};
 use crate::objects::write::DeleteOptions;
+use crate::objects::write::Request;
 
 /// Store prefix of nodes.
 const NAME: &str = "default-scheduler";
@@ -344,7 +344,7 @@ fn decide(state: &mut State, pod: &Value) -> Decision {
 }
 
 async fn schedule_one(
-    app: &Arc<App>,
+    app: &Arc<Objects>,
     pods: &Cache,
     state: &mut State,
     key: &str,
@@ -372,9 +372,8 @@ async fn schedule_one(
                         return;
                     }
                 }
-                let c = call(&app, "", "pods", &ns, Some(&name), Some("binding"), NAME);
-                let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name, "namespace": ns}, "target": {"apiVersion": "v1", "kind": "Node", "name": node}});
-                match bind(&app, &c, binding.to_string().as_bytes()).await {
+                let c = call(&app, "", "pods", &ns, Some(&name), None, NAME);
+                match app.bind(&c, &node).await {
                     Ok(_) => {
                         events::record(
                             &app,
@@ -404,18 +403,14 @@ async fn schedule_one(
                     if v["metadata"]["deletionTimestamp"].is_string() {
                         continue;
                     }
-                    let vc = crate::api::handlers::Call {
+                    let vc = Request {
                         ns: v["metadata"]["namespace"].as_str().map(str::to_owned),
-                        ..pod_call.clone_meta()
+                        ..pod_call.clone()
                     };
-                    if crate::api::handlers::delete_one(
-                        app,
-                        &vc,
-                        meta_str(&v, "name"),
-                        &DeleteOptions::background(),
-                    )
-                    .await
-                    .is_ok()
+                    if app
+                        .delete(&vc, meta_str(&v, "name"), &DeleteOptions::background())
+                        .await
+                        .is_ok()
                     {
                         events::record(
                             app,
@@ -453,7 +448,7 @@ async fn schedule_one(
             conditions.push(json!({"type": "PodScheduled", "status": "False", "lastProbeTime": null, "lastTransitionTime": now(), "reason": "Unschedulable", "message": message}));
             updated["status"]["conditions"] = Value::Array(conditions);
             let c = call(app, "", "pods", &ns, Some(&name), Some("status"), NAME);
-            if update_object(app, &c, updated).await.is_ok() {
+            if app.update(&c, updated).await.is_ok() {
                 events::record(app, &pod, NAME, "Warning", "FailedScheduling", &message).await;
             }
         }
@@ -462,7 +457,7 @@ async fn schedule_one(
 
 /// Tells a `WaitForFirstConsumer` claim which node its pod got (upstream's
 /// `volume.kubernetes.io/selected-node`), so the binder binds or provisions there.
-async fn select_node(app: &App, claim: &Value, node: &str) -> Result<(), Error> {
+async fn select_node(app: &Objects, claim: &Value, node: &str) -> Result<(), Error> {
     let mut next = claim.clone();
     next["metadata"]["annotations"][crate::controllers::volume::SELECTED_NODE] = json!(node);
     if next == *claim {
@@ -474,7 +469,7 @@ async fn select_node(app: &App, claim: &Value, node: &str) -> Result<(), Error> 
 }
 
 async fn run(
-    app: Arc<App>,
+    app: Arc<Objects>,
     pods: Arc<Cache>,
     nodes: Arc<Cache>,
     volumes: volumes::Volumes,
@@ -592,7 +587,7 @@ async fn run(
 }
 
 /// Starts the scheduler.
-pub fn start(app: Arc<App>, caches: &Caches) {
+pub fn start(app: Arc<Objects>, caches: &Caches) {
     let pods = caches.get(&app, keys::PODS);
     let nodes = caches.get(&app, keys::NODES);
     let volumes = volumes::Volumes {

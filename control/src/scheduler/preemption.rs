@@ -10,7 +10,7 @@ use crate::objects::meta::meta_str;
 
 /// The PodDisruptionBudgets the scheduler checks victims against: (namespace, selector, disruptions
 /// still allowed).
-fn budgets(state: &State) -> Vec<(String, crate::api::selector::LabelSelector, i64)> {
+fn budgets(state: &State) -> Vec<(String, crate::objects::selector::LabelSelector, i64)> {
     state
         .pdbs
         .as_ref()
@@ -18,7 +18,8 @@ fn budgets(state: &State) -> Vec<(String, crate::api::selector::LabelSelector, i
         .unwrap_or_default()
         .iter()
         .filter_map(|pdb| {
-            let selector = crate::api::selector::LabelSelector::from_object(&pdb["spec"]["selector"]).ok()?;
+            let selector =
+                crate::objects::selector::LabelSelector::from_object(&pdb["spec"]["selector"]).ok()?;
             Some((
                 meta_str(pdb, "namespace").to_owned(),
                 selector,
@@ -32,7 +33,7 @@ fn budgets(state: &State) -> Vec<(String, crate::api::selector::LabelSelector, i
 /// as upstream's filterPodsWithPDBViolation.
 fn violating(
     pods: &[(&String, &Bound)],
-    budgets: &[(String, crate::api::selector::LabelSelector, i64)],
+    budgets: &[(String, crate::objects::selector::LabelSelector, i64)],
 ) -> HashSet<String> {
     let mut allowed: Vec<i64> = budgets.iter().map(|b| b.2).collect();
     let mut out = HashSet::new();

@@ -4,8 +4,8 @@
 use serde_json::Value;
 
 use super::{Attributes, Lookup, Operation, Plugin};
-use crate::api::status::{ApiError, Target};
 use crate::objects::keys;
+use crate::objects::status::{ApiError, Target};
 
 /// Refuses creates in missing or terminating namespaces.
 pub struct NamespaceLifecycle;
@@ -55,7 +55,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::api::admission::testing::{Objects, block_on, create, resource};
+    use crate::objects::admission::testing::{Objects, block_on, create, resource};
 
     fn namespaces() -> Objects {
         let mut objects = Objects::default();

@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 use rand::Rng;
 use serde_json::{Value, json};
 
-use super::App;
+use super::Objects;
 use super::validation::Causes;
 use crate::objects::meta::{from_kv, items_mut};
 
@@ -57,8 +57,8 @@ impl Cidr {
     }
 }
 
-async fn used(app: &App) -> Result<(HashSet<String>, HashSet<i64>), Causes> {
-    let list = app
+async fn used(objects: &Objects) -> Result<(HashSet<String>, HashSet<i64>), Causes> {
+    let list = objects
         .store
         .list(keys::SERVICES, None, 0)
         .await
@@ -78,13 +78,13 @@ async fn used(app: &App) -> Result<(HashSet<String>, HashSet<i64>), Causes> {
 }
 
 /// Allocates (or checks) the cluster IP and node ports of a new Service.
-pub async fn allocate(app: &App, svc: &mut Value, _old: Option<&Value>) -> Result<(), Causes> {
+pub async fn allocate(objects: &Objects, svc: &mut Value, _old: Option<&Value>) -> Result<(), Causes> {
     let spec = &mut svc["spec"];
     if spec["type"] == "ExternalName" {
         return Ok(());
     }
-    let (ips, ports) = used(app).await?;
-    let cidr = app.service_cidr;
+    let (ips, ports) = used(objects).await?;
+    let cidr = objects.service_cidr;
     match spec["clusterIP"].as_str().unwrap_or_default() {
         "None" => spec["clusterIPs"] = json!(["None"]),
         "" => {

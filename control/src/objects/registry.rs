@@ -63,11 +63,11 @@ impl ResourceInfo {
     }
 
     /// The schema of the kind, for built-in kinds (custom resources have their CRD's schema).
-    pub fn schema(&self) -> Option<&'static super::protobuf::Message> {
+    pub fn schema(&self) -> Option<&'static super::schema::Message> {
         if self.crd.is_some() {
             return None;
         }
-        super::protobuf::message_for(&self.api_version(), &self.kind)
+        super::schema::message_for(&self.api_version(), &self.kind)
     }
 
     /// Whether `sub` is served for this resource.

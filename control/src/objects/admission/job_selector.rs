@@ -4,8 +4,8 @@
 use serde_json::{Value, json};
 
 use super::{Attributes, Lookup, Operation, Plugin};
-use crate::api::status::ApiError;
 use crate::objects::meta::meta_str;
+use crate::objects::status::ApiError;
 
 /// Generates a new Job's selector.
 pub struct JobSelector;
@@ -49,7 +49,7 @@ fn generate_job_selector(obj: &mut Value, uid: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::admission::testing::{Objects, block_on, create, resource};
+    use crate::objects::admission::testing::{Objects, block_on, create, resource};
 
     #[test]
     fn a_new_job_selects_its_pods_by_uid_unless_manual() {

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 
 use serde_json::{Value, json};
 
-use super::meta::{finalizers, format_time, meta_str};
+use crate::objects::meta::{finalizers, format_time, meta_str};
 
 /// How a delete treats the object's dependents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -175,8 +175,8 @@ pub(crate) mod testing {
     use serde_json::Value;
 
     use super::{Attributes, Lookup, Operation};
-    use crate::api::registry::{Registry, ResourceInfo};
-    use crate::api::status::ApiError;
+    use crate::objects::registry::{Registry, ResourceInfo};
+    use crate::objects::status::ApiError;
 
     /// Objects by store key.
     #[derive(Default)]

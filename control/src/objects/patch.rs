@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 
 use serde_json::{Map, Value};
 
-use super::protobuf::{Field, Message};
+use super::schema::{Field, Message};
 
 /// The PATCH content types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -315,7 +315,7 @@ mod tests {
     use serde_json::json;
 
     fn pod_schema() -> Option<&'static Message> {
-        super::super::protobuf::message_for("v1", "Pod")
+        crate::objects::schema::message_for("v1", "Pod")
     }
 
     #[test]
@@ -348,7 +348,7 @@ mod tests {
                          "spec": {"ports": [{"port": 80}, {"port": 443}]}});
         let patch = json!({"metadata": {"labels": {"a": null}, "$deleteFromPrimitiveList/finalizers": ["x"]},
                            "spec": {"ports": [{"port": 443, "$patch": "delete"}]}});
-        let out = apply_strategic_patch(&obj, &patch, super::super::protobuf::message_for("v1", "Service"))
+        let out = apply_strategic_patch(&obj, &patch, crate::objects::schema::message_for("v1", "Service"))
             .unwrap();
         assert_eq!(out["metadata"]["labels"], json!({"b": "2"}));
         assert_eq!(out["metadata"]["finalizers"], json!(["y"]));

@@ -5,7 +5,7 @@
 use serde_json::Value;
 
 use super::{Attributes, Lookup, Plugin};
-use crate::api::status::ApiError;
+use crate::objects::status::ApiError;
 
 /// Holds custom resources to their schema.
 pub struct CustomResources;
@@ -20,7 +20,7 @@ impl Plugin for CustomResources {
         if attrs.info.crd.is_none() {
             return Ok(());
         }
-        let report = crate::api::crd::validate_custom(attrs.info, obj, attrs.strict);
+        let report = crate::objects::crd::validate_custom(attrs.info, obj, attrs.strict);
         if !report.unknown.is_empty() {
             return Err(ApiError::bad_request(format!(
                 "strict decoding error: {}",
@@ -36,9 +36,9 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::api::admission::testing::{Objects, block_on, create};
+    use crate::objects::admission::testing::{Objects, block_on, create};
 
-    fn widgets() -> crate::api::registry::ResourceInfo {
+    fn widgets() -> crate::objects::registry::ResourceInfo {
         let crd = json!({"spec": {"group": "example.com", "scope": "Namespaced",
         "names": {"plural": "widgets", "kind": "Widget"},
         "versions": [{"name": "v1", "served": true, "storage": true, "schema": {"openAPIV3Schema": {
@@ -46,7 +46,7 @@ mod tests {
             "properties": {"spec": {"type": "object", "required": ["size"], "properties": {
                 "size": {"type": "integer"}
             }}}}}}]}});
-        crate::api::crd::resources(&crd).remove(0).as_ref().clone()
+        crate::objects::crd::resources(&crd).remove(0).as_ref().clone()
     }
 
     #[test]

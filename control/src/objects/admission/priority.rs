@@ -5,9 +5,9 @@
 use serde_json::{Value, json};
 
 use super::{Attributes, Lookup, Operation, Plugin};
-use crate::api::status::ApiError;
 use crate::objects::keys;
 use crate::objects::meta::meta_str;
+use crate::objects::status::ApiError;
 
 /// Resolves a new pod's priority class.
 pub struct Priority;
@@ -67,7 +67,7 @@ impl Plugin for Priority {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::admission::testing::{Objects, block_on, create, resource};
+    use crate::objects::admission::testing::{Objects, block_on, create, resource};
 
     fn classes() -> Objects {
         let mut objects = Objects::default();

@@ -4,9 +4,9 @@
 use serde_json::Value;
 
 use super::{Attributes, Lookup, Plugin};
-use crate::api::registry::ResourceInfo;
-use crate::api::status::ApiError;
-use crate::api::validation::{Causes, check_metadata, check_pod_spec, check_selector_matches_template};
+use crate::objects::registry::ResourceInfo;
+use crate::objects::status::ApiError;
+use crate::objects::validation::{Causes, check_metadata, check_pod_spec, check_selector_matches_template};
 
 /// Rejects an invalid object with 422 and its field causes.
 pub struct Validation;
@@ -138,7 +138,9 @@ fn validate(info: &ResourceInfo, obj: &Value) -> Causes {
                 }
             }
         },
-        ("apiextensions.k8s.io", "CustomResourceDefinition") => crate::api::crd::validate(obj, &mut causes),
+        ("apiextensions.k8s.io", "CustomResourceDefinition") => {
+            crate::objects::crd::validate(obj, &mut causes)
+        }
         ("scheduling.k8s.io", "PriorityClass") if !obj["value"].is_i64() => {
             causes.push(("value".into(), "Required value".into()));
         }
@@ -170,13 +172,13 @@ fn validate(info: &ResourceInfo, obj: &Value) -> Causes {
             } else {
                 data_size(&obj["data"], false) + data_size(&obj["binaryData"], true)
             };
-            if size > crate::api::limits::MAX_DATA_BYTES {
+            if size > crate::objects::limits::MAX_DATA_BYTES {
                 let field = if info.kind == "Secret" { "data" } else { "[]" };
                 causes.push((
                     field.into(),
                     format!(
                         "Too long: must have at most {} bytes",
-                        crate::api::limits::MAX_DATA_BYTES
+                        crate::objects::limits::MAX_DATA_BYTES
                     ),
                 ));
             }
@@ -200,7 +202,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::api::admission::testing::{Objects, block_on, create, resource};
+    use crate::objects::admission::testing::{Objects, block_on, create, resource};
 
     fn check(info: &ResourceInfo, obj: Value) -> Result<(), ApiError> {
         block_on(Validation.validate(&Objects::default(), &create(info, "default"), &obj))
@@ -300,7 +302,7 @@ mod tests {
     #[test]
     fn configmap_and_secret_data_are_held_to_a_mebibyte() {
         let configmaps = resource("", "v1", "configmaps");
-        let limit = crate::api::limits::MAX_DATA_BYTES;
+        let limit = crate::objects::limits::MAX_DATA_BYTES;
         let at_limit = "x".repeat(limit - 1);
         check(
             &configmaps,

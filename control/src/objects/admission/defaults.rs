@@ -4,9 +4,9 @@
 use serde_json::{Value, json};
 
 use super::{Attributes, Lookup, Operation, Plugin};
-use crate::api::registry::ResourceInfo;
-use crate::api::status::ApiError;
 use crate::objects::meta::items_mut;
+use crate::objects::registry::ResourceInfo;
+use crate::objects::status::ApiError;
 
 /// Fills unset fields with upstream's defaults.
 pub struct Defaults;
@@ -245,7 +245,7 @@ fn apply_defaults(info: &ResourceInfo, obj: &mut Value, creating: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::admission::testing::{Objects, block_on, create, resource};
+    use crate::objects::admission::testing::{Objects, block_on, create, resource};
 
     fn admit(info: &ResourceInfo, operation: Operation, obj: &mut Value) {
         let mut attrs = create(info, "default");

@@ -7,9 +7,9 @@
 use serde_json::{Value, json};
 
 use super::{Attributes, Lookup, Operation, Plugin};
-use crate::api::status::ApiError;
 use crate::objects::keys;
 use crate::objects::meta::{ROOT_CA_CONFIG_MAP, generate_name};
+use crate::objects::status::ApiError;
 
 /// Where in-cluster clients (client-go, the Python client, kubectl) look for their credentials.
 pub const MOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
@@ -19,6 +19,7 @@ const VOLUME_PREFIX: &str = "kube-api-access-";
 const MIRROR: &str = "kubernetes.io/config.mirror";
 
 /// Sets the pod's service account and mounts its API credentials.
+#[derive(Debug)]
 pub struct ServiceAccount;
 
 /// The projected volume upstream injects (its defaults spelled out: admission runs after them).
@@ -121,7 +122,7 @@ impl Plugin for ServiceAccount {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::admission::testing::{Objects, block_on, create, resource};
+    use crate::objects::admission::testing::{Objects, block_on, create, resource};
 
     fn admit(objects: &Objects, pod: &mut Value) {
         let pods = resource("", "v1", "pods");

@@ -7,14 +7,12 @@
 
 use std::collections::BTreeSet;
 
-use axum::response::Response;
 use serde_json::{Map, Value, json};
 
-use super::App;
-use super::handlers::{Call, create_object, json_response};
 use super::patch::{Ctx, ListStrategy, apply_strategic_patch, list_strategy};
-use super::protobuf::Message;
+use super::schema::Message;
 use super::status::ApiError;
+use super::write::Request;
 use crate::objects::meta::now;
 
 type Path = Vec<String>;
@@ -297,18 +295,18 @@ fn display_path(path: &[String]) -> String {
 }
 
 /// Applies `patch` (an applied configuration) to `base` for the request's field manager.
-pub fn apply(call: &Call, base: &Value, patch: &Value) -> Result<Value, ApiError> {
-    let manager = call.query.get("fieldManager").filter(|m| !m.is_empty()).ok_or_else(|| {
+pub fn apply(req: &Request, base: &Value, patch: &Value) -> Result<Value, ApiError> {
+    let manager = req.options.manager.as_ref().filter(|m| !m.is_empty()).ok_or_else(|| {
         ApiError::new(422, "Invalid", "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch")
     })?;
-    let force = call.query.get("force").is_some_and(|f| f == "true");
+    let force = req.options.force;
     if !patch.is_object() {
         return Err(ApiError::bad_request(
             "the applied configuration must be an object",
         ));
     }
-    let ours = field_set(patch, call.info.schema());
-    let av = call.info.api_version();
+    let ours = field_set(patch, req.info.schema());
+    let av = req.info.api_version();
     let mut entries: Vec<Value> = base["metadata"]["managedFields"]
         .as_array()
         .cloned()
@@ -375,7 +373,7 @@ pub fn apply(call: &Call, base: &Value, patch: &Value) -> Result<Value, ApiError
         m.remove("resourceVersion");
     }
     let mut merged =
-        apply_strategic_patch(&result, &clean, call.info.schema()).map_err(ApiError::bad_request)?;
+        apply_strategic_patch(&result, &clean, req.info.schema()).map_err(ApiError::bad_request)?;
     entries.retain(|e| !(e["manager"] == manager.as_str() && e["operation"] == "Apply"));
     entries.retain(|e| e["fieldsV1"].as_object().is_some_and(|m| !m.is_empty()));
     entries.push(json!({
@@ -388,27 +386,6 @@ pub fn apply(call: &Call, base: &Value, patch: &Value) -> Result<Value, ApiError
     }));
     merged["metadata"]["managedFields"] = Value::Array(entries);
     Ok(merged)
-}
-
-/// Server-side apply of an object that does not exist yet: a create owned by the applier.
-pub async fn create_from_apply(app: &App, call: &Call, patch: Value) -> Result<Response, ApiError> {
-    let name = call.name().to_owned();
-    let mut obj = apply(call, &json!({"metadata": {}}), &patch)?;
-    if obj["metadata"]["name"].as_str().is_none_or(str::is_empty) {
-        obj["metadata"]["name"] = json!(name);
-    }
-    let create_call = Call {
-        info: call.info.clone(),
-        ns: call.ns.clone(),
-        name: None,
-        sub: None,
-        query: call.query.clone(),
-        table: false,
-        partial: None,
-        content_type: "application/json".into(),
-    };
-    let created = create_object(app, &create_call, obj).await?;
-    Ok(json_response(axum::http::StatusCode::CREATED, &created))
 }
 
 /// The `fieldsV1` tree of every field `value` sets, built in one walk (what `to_fields_v1` of
@@ -464,13 +441,9 @@ fn fields_tree(value: &Value, ctx: Ctx, names: &mut Vec<String>, top: bool, meta
 /// Records field ownership for a write that is not an apply (create, update, patch): the fields
 /// it changed move to its manager's `Update` entry, and fields that no longer exist leave every
 /// entry. Server-side apply then conflicts with them as upstream does.
-pub fn track_update(call: &Call, old: Option<&Value>, new: &mut Value) {
-    let root = call.info.schema();
-    let manager = call
-        .query
-        .get("fieldManager")
-        .cloned()
-        .unwrap_or_else(|| "unknown".into());
+pub fn track_update(req: &Request, old: Option<&Value>, new: &mut Value) {
+    let root = req.info.schema();
+    let manager = req.options.manager.clone().unwrap_or_else(|| "unknown".into());
     let Some(old_obj) = old else {
         // A create owns everything it sets: one walk, no comparisons.
         let tree = fields_tree(new, Ctx::root(root), &mut Vec::new(), true, false);
@@ -478,12 +451,12 @@ pub fn track_update(call: &Call, old: Option<&Value>, new: &mut Value) {
             let mut entry = json!({
                 "manager": manager,
                 "operation": "Update",
-                "apiVersion": call.info.api_version(),
+                "apiVersion": req.info.api_version(),
                 "time": now(),
                 "fieldsType": "FieldsV1",
                 "fieldsV1": tree,
             });
-            if let Some(sub) = &call.sub {
+            if let Some(sub) = &req.sub {
                 entry["subresource"] = json!(sub);
             }
             new["metadata"]["managedFields"] = json!([entry]);
@@ -505,7 +478,7 @@ pub fn track_update(call: &Call, old: Option<&Value>, new: &mut Value) {
         .as_array()
         .cloned()
         .unwrap_or_default();
-    let subresource = call.sub.clone().unwrap_or_default();
+    let subresource = req.sub.clone().unwrap_or_default();
     let mut mine = None;
     for entry in &mut entries {
         let mut set = FieldSet::new();
@@ -531,7 +504,7 @@ pub fn track_update(call: &Call, old: Option<&Value>, new: &mut Value) {
         let mut entry = json!({
             "manager": manager,
             "operation": "Update",
-            "apiVersion": call.info.api_version(),
+            "apiVersion": req.info.api_version(),
             "time": now(),
             "fieldsType": "FieldsV1",
             "fieldsV1": to_fields_v1(&mine),
@@ -560,7 +533,7 @@ mod tests {
             "metadata": {"name": "p", "labels": {"a": "b"}, "finalizers": ["x"]},
             "spec": {"containers": [{"name": "c", "image": "i", "ports": [{"containerPort": 80, "protocol": "TCP"}]}],
                      "tolerations": [{"key": "k"}]}});
-        let root = super::super::protobuf::message_for("v1", "Pod");
+        let root = crate::objects::schema::message_for("v1", "Pod");
         let tree = fields_tree(&pod, Ctx::root(root), &mut Vec::new(), true, false);
         assert_eq!(tree, to_fields_v1(&field_set(&pod, root)));
     }
