@@ -270,7 +270,7 @@ fn remove_data(dir: &Path) -> anyhow::Result<()> {
     if !left.is_empty() {
         bail!("still mounted under it: {left:?}");
     }
-    if !crate::pods::volumes::is_mountpoint(dir) {
+    if !skiff_common::fs::is_mountpoint(dir) {
         return match std::fs::remove_dir_all(dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 Err(e).with_context(|| format!("removing {}", dir.display()))

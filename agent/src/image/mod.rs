@@ -209,13 +209,14 @@ impl ImageStore {
     pub fn add_image(&self, image: &Image, names: &[String]) -> anyhow::Result<()> {
         let hexd = digest_hex(&image.digest)?;
         let path = self.root.join("images").join(format!("{hexd}.json"));
-        write_atomic(&path, &serde_json::to_vec_pretty(image)?)?;
+        skiff_common::fs::write_private(&path, &serde_json::to_vec_pretty(image)?)?;
         let mut all = self.names()?;
         for n in names {
             all.insert(n.clone(), image.digest.clone());
         }
         all.insert(format!("@{}", image.digest), image.digest.clone());
-        write_atomic(&self.root.join("names.json"), &serde_json::to_vec_pretty(&all)?)
+        skiff_common::fs::write_private(&self.root.join("names.json"), serde_json::to_vec_pretty(&all)?)?;
+        Ok(())
     }
 
     /// Every name the store knows, to the manifest digest it names.
@@ -323,7 +324,7 @@ impl ImageStore {
         }
         let mut names = self.names()?;
         names.retain(|_, d| keep.contains(d));
-        write_atomic(&self.root.join("names.json"), &serde_json::to_vec_pretty(&names)?)?;
+        skiff_common::fs::write_private(&self.root.join("names.json"), &serde_json::to_vec_pretty(&names)?)?;
         for e in std::fs::read_dir(self.root.join("layers"))? {
             let e = e?;
             if !live_layers.contains(e.file_name().to_string_lossy().as_ref()) {
@@ -352,16 +353,6 @@ pub fn open_tarball(path: &Path) -> anyhow::Result<Box<dyn Read>> {
     } else {
         Ok(Box::new(file))
     }
-}
-
-/// Writes a file so that readers see the old or the new content, never half of it.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let dir = path.parent().context("path has no parent")?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path)?;
-    Ok(())
 }
 
 /// Unpacks a layer tar into `dest`, turning OCI whiteouts into overlayfs ones. Returns bytes written.

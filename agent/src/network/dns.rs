@@ -93,7 +93,7 @@ impl<'a> Zone<'a> {
         let mut out = Vec::new();
         let key = format!("{ns}/{svc}");
         for slice in self.slices.values() {
-            if crate::proxy::model::service_of_slice(slice).as_deref() != Some(key.as_str())
+            if crate::node::watch::service_of_slice(slice).as_deref() != Some(key.as_str())
                 || slice["addressType"].as_str().unwrap_or("IPv4") != "IPv4"
             {
                 continue;

@@ -61,7 +61,7 @@ impl Ipam {
         let before = map.clone();
         let out = f(&mut map)?;
         if map != before {
-            crate::image::write_atomic(&self.file, &serde_json::to_vec_pretty(&map)?)?;
+            skiff_common::fs::write_private(&self.file, &serde_json::to_vec_pretty(&map)?)?;
         }
         Ok(out)
     }

@@ -547,7 +547,7 @@ pub async fn interfaces_with(ips: &[Ipv4Addr]) -> anyhow::Result<Vec<String>> {
 
 /// Whether a sandbox's namespaces are still held.
 pub fn sandbox_alive(dir: &Path) -> bool {
-    crate::pods::volumes::is_mountpoint(&dir.join("net"))
+    skiff_common::fs::is_mountpoint(&dir.join("net"))
 }
 
 /// Host-side veth name for a pod (at most 15 bytes, unique per pod uid).

@@ -6,5 +6,4 @@ pub mod client;
 pub mod heartbeat;
 pub mod join;
 pub mod stream;
-pub mod tunnel;
 pub mod watch;

@@ -43,6 +43,13 @@ impl std::fmt::Debug for Shared {
     }
 }
 
+/// `namespace/name` of a Service, or of the Service an EndpointSlice belongs to.
+pub fn service_of_slice(slice: &Value) -> Option<String> {
+    let ns = slice["metadata"]["namespace"].as_str()?;
+    let name = slice["metadata"]["labels"]["kubernetes.io/service-name"].as_str()?;
+    Some(format!("{ns}/{name}"))
+}
+
 /// `namespace/name` of an object.
 pub fn key_of(obj: &Value) -> String {
     format!(

@@ -138,10 +138,9 @@ impl<'a> Lookup<'a> {
         let path = format!("/api/v1/namespaces/{}/serviceaccounts/{sa}/token", self.namespace);
         match self.api.json(Method::POST, &path, Some(&req)).await {
             Ok(v) => Ok(v["status"]["token"].as_str().unwrap_or_default().to_string()),
-            Err(e) => Err(super::volumes::MountError(format!(
+            Err(e) => Err(anyhow::anyhow!(
                 "failed to fetch token for service account {sa}: {e}"
-            ))
-            .into()),
+            )),
         }
     }
 }

@@ -8,6 +8,7 @@
 mod backoff;
 mod containers;
 pub mod env;
+mod pass;
 pub mod probe;
 mod service_env;
 pub mod spec;

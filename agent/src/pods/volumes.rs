@@ -259,7 +259,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 /// Prepares an emptyDir; memory-backed ones are a tmpfs (sized by `sizeLimit`).
 pub fn empty_dir(dir: &Path, volume: &Value) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
-    if volume["emptyDir"]["medium"].as_str() == Some("Memory") && !is_mountpoint(dir) {
+    if volume["emptyDir"]["medium"].as_str() == Some("Memory") && !skiff_common::fs::is_mountpoint(dir) {
         let mut opts = "mode=1777".to_string();
         if let Some(b) = volume["emptyDir"]["sizeLimit"]
             .as_str()
@@ -366,13 +366,4 @@ pub fn link_claim(dir: &Path, target: &Path) -> anyhow::Result<()> {
     }
     std::os::unix::fs::symlink(target, dir)?;
     Ok(())
-}
-
-/// Whether `dir` is a mount point.
-pub fn is_mountpoint(dir: &Path) -> bool {
-    let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let t = dir.to_string_lossy();
-    mounts.lines().any(|l| l.split(' ').nth(4) == Some(t.as_ref()))
 }

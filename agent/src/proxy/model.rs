@@ -24,14 +24,7 @@ pub struct Entry {
     pub masquerade: bool,
 }
 
-/// `namespace/name` of a Service, or of the Service an EndpointSlice belongs to.
-pub fn service_of_slice(slice: &Value) -> Option<String> {
-    let ns = slice["metadata"]["namespace"].as_str()?;
-    let name = slice["metadata"]["labels"]["kubernetes.io/service-name"].as_str()?;
-    Some(format!("{ns}/{name}"))
-}
-
-pub use crate::node::watch::key_of;
+pub use crate::node::watch::{key_of, service_of_slice};
 
 fn protocol(name: Option<&str>) -> Option<u8> {
     match name.unwrap_or("TCP") {

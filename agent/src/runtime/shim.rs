@@ -66,7 +66,7 @@ pub struct ShimArgs {
 }
 
 /// Written once the container's process runs.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Started {
     /// The container's init process, as seen from the host.

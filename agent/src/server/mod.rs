@@ -6,6 +6,7 @@ pub mod channels;
 pub mod exec;
 pub mod portforward;
 pub mod spdy;
+pub mod tunnel;
 
 use std::collections::HashMap;
 use std::convert::Infallible;

@@ -145,9 +145,6 @@ impl Pod {
     fn name(&self) -> &str {
         self.pod["metadata"]["name"].as_str().unwrap_or_default()
     }
-    fn restart_policy(&self) -> &str {
-        self.pod["spec"]["restartPolicy"].as_str().unwrap_or("Always")
-    }
     fn host_network(&self) -> bool {
         self.pod["spec"]["hostNetwork"].as_bool().unwrap_or(false)
     }
@@ -254,7 +251,7 @@ impl Pod {
             return Ok(());
         }
         std::fs::create_dir_all(&self.dir)?;
-        crate::image::write_atomic(&self.dir.join("pod.json"), &serde_json::to_vec(&self.pod)?)?;
+        skiff_common::fs::write_private(&self.dir.join("pod.json"), &serde_json::to_vec(&self.pod)?)?;
         self.saved = version.to_string();
         Ok(())
     }
@@ -311,63 +308,9 @@ impl Pod {
         }
         wake = wake.min(Duration::from_secs(2));
 
-        let restart_policy = self.restart_policy().to_string();
-        // Init containers, in order; sidecars count as done once started.
-        let mut initialized = true;
-        let mut failed = false;
-        for c in self.containers("initContainers") {
-            let name = c["name"].as_str().unwrap_or_default().to_string();
-            let sidecar = is_sidecar(&c);
-            let state = self.ctrs.entry(name.clone()).or_default();
-            if state.init_done(sidecar) {
-                continue;
-            }
-            initialized = false;
-            if state.running() {
-                break;
-            }
-            if let Some(e) = state.exited()
-                && !sidecar
-                && restart_policy == "Never"
-                && !e.succeeded()
-            {
-                failed = true;
-                break;
-            }
+        for c in super::pass::plan(&self.pod, &self.ctrs).start {
             if let Some(d) = self.start_if_due(&c, &lookup, &pod_for_lookup).await? {
                 wake = wake.min(d);
-            }
-            break;
-        }
-        // Sidecars keep running (restarted on exit) while the pod runs.
-        if initialized {
-            for c in self.containers("initContainers").into_iter().filter(is_sidecar) {
-                let name = c["name"].as_str().unwrap_or_default().to_string();
-                if !self.ctrs.get(&name).is_some_and(Ctr::running)
-                    && let Some(d) = self.start_if_due(&c, &lookup, &pod_for_lookup).await?
-                {
-                    wake = wake.min(d);
-                }
-            }
-        }
-        if initialized && !failed {
-            for c in self.containers("containers") {
-                let name = c["name"].as_str().unwrap_or_default().to_string();
-                let state = self.ctrs.entry(name.clone()).or_default();
-                if state.running() {
-                    continue;
-                }
-                let restart = match state.exited() {
-                    None => true,
-                    Some(e) => match restart_policy.as_str() {
-                        "Never" => false,
-                        "OnFailure" => !e.succeeded(),
-                        _ => true,
-                    },
-                };
-                if restart && let Some(d) = self.start_if_due(&c, &lookup, &pod_for_lookup).await? {
-                    wake = wake.min(d);
-                }
             }
         }
         self.sync_probes();
@@ -591,7 +534,7 @@ impl Pod {
             .rev()
             .map(|l| self.shared.images.layer_dir(l).map(|p| p.display().to_string()))
             .collect::<anyhow::Result<_>>()?;
-        if !volumes::is_mountpoint(&rootfs) {
+        if !skiff_common::fs::is_mountpoint(&rootfs) {
             let opts = format!(
                 "lowerdir={},upperdir={},workdir={}",
                 lower.join(":"),

@@ -139,7 +139,7 @@ impl Pod {
             for c in rd.flatten() {
                 for a in std::fs::read_dir(c.path()).into_iter().flatten().flatten() {
                     let rootfs = a.path().join("bundle/rootfs");
-                    if volumes::is_mountpoint(&rootfs) {
+                    if skiff_common::fs::is_mountpoint(&rootfs) {
                         nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH)
                             .context("unmounting a container root")?;
                     }
@@ -148,7 +148,7 @@ impl Pod {
         }
         if let Ok(rd) = std::fs::read_dir(self.dir.join("volumes")) {
             for v in rd.flatten() {
-                if volumes::is_mountpoint(&v.path()) {
+                if skiff_common::fs::is_mountpoint(&v.path()) {
                     nix::mount::umount2(&v.path(), nix::mount::MntFlags::MNT_DETACH)?;
                 }
             }

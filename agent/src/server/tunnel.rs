@@ -13,7 +13,7 @@ use std::time::Duration;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioExecutor;
 
-use super::client::ApiClient;
+use crate::node::client::ApiClient;
 use crate::server::{self, Body};
 
 /// The protocol named in the tunnel's `Upgrade` header (as the control plane's).
