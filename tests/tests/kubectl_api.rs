@@ -865,3 +865,142 @@ fn delete_collection_with_a_selector() {
         "configmap/c\nconfigmap/kube-root-ca.crt"
     );
 }
+
+const CHART_KINDS: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: IngressClass
+metadata: {name: example}
+spec: {controller: example.com/ingress-controller}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: web, namespace: default}
+spec:
+  ingressClassName: example
+  rules:
+  - host: shop.example
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: dns-only, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  egress:
+  - ports: [{port: 53}]
+---
+apiVersion: node.k8s.io/v1
+kind: RuntimeClass
+metadata: {name: sandboxed}
+handler: crun
+---
+apiVersion: v1
+kind: PodTemplate
+metadata: {name: worker, namespace: default}
+template:
+  metadata: {labels: {app: worker}}
+  spec:
+    containers: [{name: w, image: registry.local/busybox:1.36}]
+---
+apiVersion: storage.k8s.io/v1
+kind: CSIDriver
+metadata: {name: csi.example.com}
+spec: {attachRequired: false}
+"#;
+
+/// The kinds of networking.k8s.io, node.k8s.io, PodTemplate and the CSI objects that manifests and
+/// charts carry: each 404'd. Stored, defaulted and validated as upstream, listed by discovery, and
+/// read by kubectl (its typed `create ingress` sends protobuf) and the official Python client.
+#[test]
+fn networking_runtime_class_pod_template_and_csi_kinds() {
+    let c = Control::start();
+    c.ok_stdin(&["apply", "-f", "-"], CHART_KINDS);
+    let names = c.ok(&[
+        "get",
+        "ingressclasses,ingresses,networkpolicies,runtimeclasses,podtemplates,csidrivers",
+        "-A",
+        "-o",
+        "name",
+    ]);
+    for name in [
+        "ingressclass.networking.k8s.io/example",
+        "ingress.networking.k8s.io/web",
+        "networkpolicy.networking.k8s.io/dns-only",
+        "runtimeclass.node.k8s.io/sandboxed",
+        "podtemplate/worker",
+        "csidriver.storage.k8s.io/csi.example.com",
+    ] {
+        assert!(names.lines().any(|l| l == name), "{name} missing: {names}");
+    }
+    let table = c.ok(&[
+        "get",
+        "ingress/web",
+        "networkpolicy/dns-only",
+        "runtimeclass/sandboxed",
+    ]);
+    for row in [
+        "ingress.networking.k8s.io/web   example   shop.example",
+        "networkpolicy.networking.k8s.io/dns-only   app=web",
+        "runtimeclass.node.k8s.io/sandboxed   crun",
+    ] {
+        assert!(table.contains(row), "{row} missing:\n{table}");
+    }
+    let resources = c.ok(&["api-resources", "--api-group", "networking.k8s.io"]);
+    assert!(
+        resources.contains("ing") && resources.contains("netpol"),
+        "{resources}"
+    );
+    // Upstream's defaults: the policy types a NetworkPolicy's rules imply, TCP ports, pod specs.
+    let np = json(&c.ok(&["get", "networkpolicy", "dns-only", "-o", "json"]));
+    assert_eq!(
+        np["spec"]["policyTypes"],
+        serde_json::json!(["Ingress", "Egress"])
+    );
+    assert_eq!(np["spec"]["egress"][0]["ports"][0]["protocol"], "TCP");
+    let template = json(&c.ok(&["get", "podtemplate", "worker", "-o", "json"]));
+    assert_eq!(template["template"]["spec"]["restartPolicy"], "Always");
+    // kubectl's typed command (protobuf body).
+    c.ok(&["create", "ingress", "api", "--rule=api.example/v1*=api:8080"]);
+    let created = json(&c.ok(&["get", "ingress", "api", "-o", "json"]));
+    assert_eq!(
+        created["spec"]["rules"][0]["http"]["paths"][0]["pathType"],
+        "Prefix"
+    );
+    assert_eq!(
+        created["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["port"]["number"],
+        8080
+    );
+    // Validation: a path without its type, a backend with no port.
+    let err = c.fails_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: bad}\nspec:\n  rules:\n  - http:\n      paths:\n      - {path: /, backend: {service: {name: web, port: {}}}}\n",
+    );
+    assert!(
+        err.contains("spec.rules[0].http.paths[0].pathType: Required value")
+            && err.contains("spec.rules[0].http.paths[0].backend.service.port.name: Required value"),
+        "{err}"
+    );
+    let err = c.fails_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: node.k8s.io/v1\nkind: RuntimeClass\nmetadata: {name: nohandler}\n",
+    );
+    assert!(err.contains("handler: Required value"), "{err}");
+    // The official Python client's typed APIs.
+    let out = skiff_tests::python(
+        &c.kubeconfig(),
+        "from kubernetes import client, config\n\
+config.load_kube_config()\n\
+net = client.NetworkingV1Api()\n\
+print(sorted(i.metadata.name for i in net.list_namespaced_ingress('default').items))\n\
+print([p.spec.policy_types for p in net.list_network_policy_for_all_namespaces().items])\n\
+print([r.handler for r in client.NodeV1Api().list_runtime_class().items])\n",
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "['api', 'web']\n[['Ingress', 'Egress']]\n['crun']\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

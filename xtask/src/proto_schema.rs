@@ -22,6 +22,8 @@ const PACKAGES: &[&str] = &[
     "api/scheduling/v1",
     "api/storage/v1",
     "api/authentication/v1",
+    "api/networking/v1",
+    "api/node/v1",
     "apimachinery/pkg/apis/meta/v1",
     "apimachinery/pkg/api/resource",
     "apimachinery/pkg/util/intstr",
@@ -94,6 +96,7 @@ const INLINE: &[(&str, &str)] = &[
     ("api.core.v1.PersistentVolumeSpec", "persistentVolumeSource"),
     ("api.core.v1.Probe", "handler"),
     ("api.core.v1.Volume", "volumeSource"),
+    ("api.networking.v1.IngressRule", "ingressRuleValue"),
     ("apimachinery.pkg.runtime.Unknown", "typeMeta"),
 ];
 

@@ -560,6 +560,86 @@ fn columns_and_row(info: &ResourceInfo, obj: &Value) -> (Vec<Column>, Vec<Value>
             ],
             vec![name, json!(s(&spec["holderIdentity"])), json!(age(obj))],
         ),
+        ("networking.k8s.io", "Ingress") => {
+            let rules = spec["rules"].as_array().cloned().unwrap_or_default();
+            let hosts: Vec<String> = rules
+                .iter()
+                .map(|r| {
+                    r["host"]
+                        .as_str()
+                        .filter(|h| !h.is_empty())
+                        .unwrap_or("*")
+                        .to_owned()
+                })
+                .collect();
+            let address: Vec<String> = st["loadBalancer"]["ingress"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|i| i["ip"].as_str().or_else(|| i["hostname"].as_str()))
+                .map(str::to_owned)
+                .collect();
+            let tls = spec["tls"].as_array().is_some_and(|t| !t.is_empty());
+            (
+                vec![
+                    ("Name", "string", 0),
+                    ("Class", "string", 0),
+                    ("Hosts", "string", 0),
+                    ("Address", "string", 0),
+                    ("Ports", "string", 0),
+                    ("Age", "string", 0),
+                ],
+                vec![
+                    name,
+                    json!(or_none(s(&spec["ingressClassName"]))),
+                    json!(if hosts.is_empty() {
+                        "*".to_owned()
+                    } else {
+                        hosts.join(",")
+                    }),
+                    json!(address.join(",")),
+                    json!(if tls { "80, 443" } else { "80" }),
+                    json!(age(obj)),
+                ],
+            )
+        }
+        ("networking.k8s.io", "IngressClass") => (
+            vec![
+                ("Name", "string", 0),
+                ("Controller", "string", 0),
+                ("Parameters", "string", 0),
+                ("Age", "string", 0),
+            ],
+            vec![
+                name,
+                json!(s(&spec["controller"])),
+                json!(match spec["parameters"]["kind"].as_str() {
+                    Some(kind) => format!("{kind}/{}", s(&spec["parameters"]["name"])),
+                    None => "<none>".to_owned(),
+                }),
+                json!(age(obj)),
+            ],
+        ),
+        ("networking.k8s.io", "NetworkPolicy") => (
+            vec![
+                ("Name", "string", 0),
+                ("Pod-Selector", "string", 0),
+                ("Age", "string", 0),
+            ],
+            vec![
+                name,
+                json!(or_none(selector_string(&spec["podSelector"]["matchLabels"]))),
+                json!(age(obj)),
+            ],
+        ),
+        ("node.k8s.io", "RuntimeClass") => (
+            vec![
+                ("Name", "string", 0),
+                ("Handler", "string", 0),
+                ("Age", "string", 0),
+            ],
+            vec![name, json!(s(&obj["handler"])), json!(age(obj))],
+        ),
         ("apiextensions.k8s.io", "CustomResourceDefinition") => (
             vec![("Name", "string", 0), ("Created At", "date", 0)],
             vec![name, json!(meta_str(obj, "creationTimestamp"))],

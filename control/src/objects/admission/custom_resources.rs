@@ -1,6 +1,6 @@
 //! Custom resources against their CRD's structural schema: fields the schema does not declare are
 //! pruned (or, under `fieldValidation=Strict`, refused with 400), defaults are filled and type,
-//! `required` and `enum` errors are 422s. The schema walk itself is `api/crd.rs`.
+//! `required` and `enum` errors are 422s. The schema walk itself is `objects/crd.rs`.
 
 use serde_json::Value;
 

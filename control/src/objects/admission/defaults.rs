@@ -155,6 +155,8 @@ fn apply_defaults(info: &ResourceInfo, obj: &mut Value, creating: bool) {
                 }
             }
         }
+        ("", "PodTemplate") => default_pod_spec(&mut obj["template"]["spec"]),
+        ("networking.k8s.io", kind) => super::networking::defaults(kind, obj),
         ("", "Service") => {
             let spec = &mut obj["spec"];
             set_default(spec, "type", json!("ClusterIP"));

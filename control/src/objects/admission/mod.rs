@@ -9,6 +9,7 @@ mod custom_resources;
 mod defaults;
 mod job_selector;
 mod namespace_lifecycle;
+mod networking;
 mod priority;
 pub mod service_account;
 mod validation;

@@ -1,12 +1,14 @@
 //! Validation of the built-in kinds: metadata, pod specs, selectors, ports, schedules, data sizes;
-//! the field checks themselves are in `api/validation.rs`. Runs after every mutating plugin.
+//! the field checks themselves are in `objects/validation.rs`. Runs after every mutating plugin.
 
 use serde_json::Value;
 
 use super::{Attributes, Lookup, Plugin};
 use crate::objects::registry::ResourceInfo;
 use crate::objects::status::ApiError;
-use crate::objects::validation::{Causes, check_metadata, check_pod_spec, check_selector_matches_template};
+use crate::objects::validation::{
+    Causes, check_label_name, check_metadata, check_pod_spec, check_selector_matches_template,
+};
 
 /// Rejects an invalid object with 422 and its field causes.
 pub struct Validation;
@@ -181,6 +183,19 @@ fn validate(info: &ResourceInfo, obj: &Value) -> Causes {
                         crate::objects::limits::MAX_DATA_BYTES
                     ),
                 ));
+            }
+        }
+        ("", "PodTemplate") => check_pod_spec("template.spec", &obj["template"]["spec"], &mut causes),
+        ("networking.k8s.io", kind) => super::networking::validate(kind, obj, &mut causes),
+        ("node.k8s.io", "RuntimeClass") => match obj["handler"].as_str() {
+            None | Some("") => causes.push(("handler".into(), "Required value".into())),
+            Some(h) => check_label_name("handler", h, &mut causes),
+        },
+        ("storage.k8s.io", "VolumeAttachment") => {
+            for f in ["attacher", "nodeName"] {
+                if obj["spec"][f].as_str().is_none_or(str::is_empty) {
+                    causes.push((format!("spec.{f}"), "Required value".into()));
+                }
             }
         }
         ("policy", "PodDisruptionBudget") => {
