@@ -81,6 +81,73 @@ fn replicaset_keeps_its_replicas_and_reports_readiness() {
     eventually("pods collected", || pods(&c, "app=web").is_empty());
 }
 
+/// A ReplicationController (the Python client's, the conformance suite's and older charts'
+/// replica set; it 404'd): selector and labels default to the template's, pods are made and
+/// scaled like a ReplicaSet's, and both kinds adopt orphans their selector matches and release
+/// pods relabelled out of it.
+#[test]
+fn replication_controllers_run_and_replica_controllers_adopt_and_release_pods() {
+    let c = Control::start();
+    // An orphan that the controller will find.
+    c.ok_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: stray, labels: {app: legacy}}\nspec: {containers: [{name: c, image: registry.local/busybox:1.36}]}\n",
+    );
+    c.ok_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: ReplicationController\nmetadata: {name: legacy}\nspec:\n  replicas: 2\n  template:\n    metadata: {labels: {app: legacy}}\n    spec: {containers: [{name: c, image: registry.local/busybox:1.36}]}\n",
+    );
+    let rc = json(&c.ok(&["get", "rc", "legacy", "-o", "json"]));
+    assert_eq!(rc["spec"]["selector"], serde_json::json!({"app": "legacy"}));
+    assert_eq!(rc["metadata"]["labels"], serde_json::json!({"app": "legacy"}));
+    // The orphan counts as one of the two.
+    eventually("stray adopted, one more made", || {
+        let p = pods(&c, "app=legacy");
+        p.len() == 2
+            && p.iter()
+                .all(|p| p["metadata"]["ownerReferences"][0]["kind"] == "ReplicationController")
+    });
+    c.ok(&["scale", "rc", "legacy", "--replicas=3"]);
+    eventually("scaled up", || pods(&c, "app=legacy").len() == 3);
+    make_ready(&c, "app=legacy");
+    eventually("ready replicas reported", || {
+        let rc = json(&c.ok(&["get", "rc", "legacy", "-o", "json"]));
+        rc["status"]["readyReplicas"] == 3 && rc["status"]["replicas"] == 3
+    });
+    let table = c.ok(&["get", "rc", "legacy", "-o", "wide"]);
+    assert!(table.contains("app=legacy"), "{table}");
+    // A pod relabelled out of the selector is released, and replaced.
+    c.ok(&["label", "pod", "stray", "app=gone", "--overwrite"]);
+    eventually("stray released and replaced", || {
+        let stray = json(&c.ok(&["get", "pod", "stray", "-o", "json"]));
+        stray["metadata"]["ownerReferences"]
+            .as_array()
+            .is_none_or(Vec::is_empty)
+            && pods(&c, "app=legacy").len() == 3
+    });
+    // A selector that does not match the template is refused.
+    let err = c.fails_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: ReplicationController\nmetadata: {name: bad}\nspec:\n  selector: {app: x}\n  template:\n    metadata: {labels: {app: y}}\n    spec: {containers: [{name: c, image: registry.local/busybox:1.36}]}\n",
+    );
+    assert!(
+        err.contains("`selector` does not match template `labels`"),
+        "{err}"
+    );
+    // A ReplicaSet adopts an orphan too.
+    c.ok_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: loose, labels: {app: web}}\nspec: {containers: [{name: c, image: registry.local/busybox:1.36}]}\n",
+    );
+    c.ok_stdin(&["apply", "-f", "-"], RS);
+    eventually("loose pod adopted by the ReplicaSet", || {
+        let loose = json(&c.ok(&["get", "pod", "loose", "-o", "json"]));
+        loose["metadata"]["ownerReferences"][0]["kind"] == "ReplicaSet" && pods(&c, "app=web").len() == 3
+    });
+    c.ok(&["delete", "rc", "legacy"]);
+    eventually("pods collected", || pods(&c, "app=legacy").is_empty());
+}
+
 fn deploy(name: &str, image: &str, strategy: &str) -> String {
     format!(
         "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  replicas: 4\n  selector: {{matchLabels: {{app: {name}}}}}\n  strategy: {strategy}\n  template:\n    metadata: {{labels: {{app: {name}}}}}\n    spec: {{containers: [{{name: c, image: {image}}}]}}\n"

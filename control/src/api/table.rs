@@ -326,7 +326,7 @@ fn columns_and_row(info: &ResourceInfo, obj: &Value) -> (Vec<Column>, Vec<Value>
                 json!(selector_string(&spec["selector"]["matchLabels"])),
             ],
         ),
-        ("apps", "ReplicaSet") => (
+        ("apps", "ReplicaSet") | ("", "ReplicationController") => (
             vec![
                 ("Name", "string", 0),
                 ("Desired", "integer", 0),
@@ -345,7 +345,11 @@ fn columns_and_row(info: &ResourceInfo, obj: &Value) -> (Vec<Column>, Vec<Value>
                 json!(age(obj)),
                 json!(containers(obj, "name")),
                 json!(containers(obj, "image")),
-                json!(selector_string(&spec["selector"]["matchLabels"])),
+                json!(selector_string(if info.kind == "ReplicationController" {
+                    &spec["selector"]
+                } else {
+                    &spec["selector"]["matchLabels"]
+                })),
             ],
         ),
         ("apps", "StatefulSet") => (

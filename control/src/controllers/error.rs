@@ -9,6 +9,9 @@ pub enum Error {
     /// leader): usually gone on the next try.
     #[error("{} ({} {})", .0.message, .0.code, .0.reason)]
     Api(#[from] ApiError),
+    /// A direct store write (an ownership change) failed.
+    #[error("store: {0}")]
+    Store(#[from] crate::store::StoreError),
     /// What the controller read cannot be acted on as it is (a bad selector, an unknown time
     /// zone): retried in case it is fixed.
     #[error("{0}")]

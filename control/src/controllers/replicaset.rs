@@ -1,5 +1,8 @@
-//! The ReplicaSet controller: keeps `spec.replicas` pods from the template running, and reports
-//! replicas, ready and available counts with `observedGeneration`.
+//! The ReplicaSet controller, which also runs ReplicationControllers (the same controller with a
+//! plain label map for a selector): keeps `spec.replicas` pods from the template running, adopts
+//! orphan pods its selector matches and releases its pods that no longer match (as upstream's
+//! ControllerRefManager), and reports replicas, ready and available counts with
+//! `observedGeneration`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,8 +15,119 @@ use super::runtime::{Cache, Next, Queue, queue_changes, queue_owners, run_worker
 use super::write::{call, write_status};
 use crate::objects::Objects;
 use crate::objects::keys;
-use crate::objects::meta::{meta_str, pod_available, pod_from_template, pod_ready};
+use crate::objects::meta::{active, meta_str, owner_ref, pod_available, pod_from_template, pod_ready};
+use crate::objects::selector::LabelSelector;
 use crate::objects::write::DeleteOptions;
+
+/// Which of the two kinds a controller runs.
+#[derive(Debug, Clone, Copy)]
+struct Flavour {
+    kind: &'static str,
+    group: &'static str,
+    plural: &'static str,
+    prefix: &'static str,
+    manager: &'static str,
+}
+
+const REPLICA_SET: Flavour = Flavour {
+    kind: "ReplicaSet",
+    group: "apps",
+    plural: "replicasets",
+    prefix: keys::REPLICA_SETS,
+    manager: "replicaset-controller",
+};
+
+const REPLICATION_CONTROLLER: Flavour = Flavour {
+    kind: "ReplicationController",
+    group: "",
+    plural: "replicationcontrollers",
+    prefix: keys::REPLICATION_CONTROLLERS,
+    manager: "replication-controller",
+};
+
+impl Flavour {
+    /// The owner's pod selector; None when it has none (it then claims no pod it did not make).
+    fn selector(self, owner: &Value) -> Option<LabelSelector> {
+        let selector = &owner["spec"]["selector"];
+        let selector = if self.kind == "ReplicationController" {
+            LabelSelector::from_object(&json!({ "matchLabels": selector }))
+        } else {
+            LabelSelector::from_object(selector)
+        };
+        selector.ok().filter(|s| !s.is_empty())
+    }
+}
+
+/// What claiming pods means for `owner` (of `kind`, selecting with `selector`): the orphans to
+/// adopt (active, no controller, matched) and its own pods to release (no longer matched), by
+/// name. Nothing is adopted while the owner is being deleted.
+fn claims(
+    owner: &Value,
+    kind: &str,
+    selector: &LabelSelector,
+    pods: &[Arc<Value>],
+) -> (Vec<String>, Vec<String>) {
+    let uid = meta_str(owner, "uid");
+    let deleting = owner["metadata"]["deletionTimestamp"].is_string();
+    let mut adopt = Vec::new();
+    let mut release = Vec::new();
+    for pod in pods {
+        let controller = pod["metadata"]["ownerReferences"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["controller"] == json!(true));
+        let matched = selector.matches(pod["metadata"].get("labels"));
+        match controller {
+            None if matched && !deleting && active(pod) => adopt.push(meta_str(pod, "name").to_owned()),
+            Some(r) if r["kind"] == kind && r["uid"] == uid && !matched => {
+                release.push(meta_str(pod, "name").to_owned());
+            }
+            _ => {}
+        }
+    }
+    (adopt, release)
+}
+
+/// Adopts and releases pods as [`claims`] says; returns whether anything was written.
+async fn claim(app: &Objects, f: Flavour, owner: &Value, pods: &Cache, ns: &str) -> Result<bool, Error> {
+    let Some(selector) = f.selector(owner) else {
+        return Ok(false);
+    };
+    let (adopt, release) = claims(owner, f.kind, &selector, &pods.list(Some(ns)));
+    let uid = meta_str(owner, "uid").to_owned();
+    for name in &adopt {
+        let key = keys::object(keys::PODS, Some(ns), name);
+        super::edit_object(app, &key, |pod| {
+            let refs = &mut pod["metadata"]["ownerReferences"];
+            if refs
+                .as_array()
+                .is_some_and(|r| r.iter().any(|r| r["controller"] == json!(true)))
+            {
+                return false;
+            }
+            match refs.as_array_mut() {
+                Some(r) => r.push(owner_ref(owner)),
+                None => *refs = json!([owner_ref(owner)]),
+            }
+            true
+        })
+        .await?;
+    }
+    for name in &release {
+        let key = keys::object(keys::PODS, Some(ns), name);
+        super::edit_object(app, &key, |pod| {
+            let Some(refs) = pod["metadata"]["ownerReferences"].as_array_mut() else {
+                return false;
+            };
+            let before = refs.len();
+            refs.retain(|r| r["uid"] != uid.as_str());
+            refs.len() != before
+        })
+        .await?;
+    }
+    Ok(!adopt.is_empty() || !release.is_empty())
+}
 
 /// Which extra pods go first when scaling down, as upstream: unscheduled, pending, not ready,
 /// then the newest.
@@ -33,16 +147,25 @@ fn deletion_rank(pod: &Value) -> (u8, u8, u8, std::cmp::Reverse<String>) {
     )
 }
 
-async fn reconcile(app: &Objects, rs_cache: &Cache, pods: &Cache, key: &str) -> Result<Next, Error> {
+async fn reconcile(
+    app: &Objects,
+    f: Flavour,
+    rs_cache: &Cache,
+    pods: &Cache,
+    key: &str,
+) -> Result<Next, Error> {
     let Some((rs, ns, name)) = rs_cache.live(key) else {
         return Ok(Next::Done);
     };
-    let owned: Vec<Arc<Value>> = pods.active_owned_by(&ns, "ReplicaSet", &name);
+    if claim(app, f, &rs, pods, &ns).await? {
+        pods.wait_for(app.store.revision()).await;
+    }
+    let owned: Vec<Arc<Value>> = pods.active_owned_by(&ns, f.kind, &name);
     let want = rs["spec"]["replicas"].as_i64().unwrap_or(1).max(0) as usize;
     let mut last_rev = 0;
     if owned.len() < want {
         let template = &rs["spec"]["template"];
-        let pod_call = call(app, "", "pods", &ns, None, None, "replicaset-controller");
+        let pod_call = call(app, "", "pods", &ns, None, None, f.manager);
         for _ in owned.len()..want.min(owned.len() + 500) {
             let pod = pod_from_template(template, &rs, &name, None);
             match app.create(&pod_call, pod).await {
@@ -51,7 +174,7 @@ async fn reconcile(app: &Objects, rs_cache: &Cache, pods: &Cache, key: &str) -> 
                     events::record(
                         app,
                         &rs,
-                        "replicaset-controller",
+                        f.manager,
                         "Normal",
                         "SuccessfulCreate",
                         &format!("Created pod: {}", meta_str(&created, "name")),
@@ -62,7 +185,7 @@ async fn reconcile(app: &Objects, rs_cache: &Cache, pods: &Cache, key: &str) -> 
                     events::record(
                         app,
                         &rs,
-                        "replicaset-controller",
+                        f.manager,
                         "Warning",
                         "FailedCreate",
                         &format!("Error creating: {}", e.message),
@@ -75,7 +198,7 @@ async fn reconcile(app: &Objects, rs_cache: &Cache, pods: &Cache, key: &str) -> 
     } else if owned.len() > want {
         let mut extra = owned.clone();
         extra.sort_by_key(|p| deletion_rank(p));
-        let pod_call = call(app, "", "pods", &ns, None, None, "replicaset-controller");
+        let pod_call = call(app, "", "pods", &ns, None, None, f.manager);
         for pod in extra.iter().take(owned.len() - want) {
             let pod_name = meta_str(pod, "name").to_owned();
             match app
@@ -86,7 +209,7 @@ async fn reconcile(app: &Objects, rs_cache: &Cache, pods: &Cache, key: &str) -> 
                     events::record(
                         app,
                         &rs,
-                        "replicaset-controller",
+                        f.manager,
                         "Normal",
                         "SuccessfulDelete",
                         &format!("Deleted pod: {pod_name}"),
@@ -103,7 +226,7 @@ async fn reconcile(app: &Objects, rs_cache: &Cache, pods: &Cache, key: &str) -> 
         // Look again once the cache has seen these writes, so nothing is created twice.
         pods.wait_for(last_rev).await;
     }
-    let owned: Vec<Arc<Value>> = pods.active_owned_by(&ns, "ReplicaSet", &name);
+    let owned: Vec<Arc<Value>> = pods.active_owned_by(&ns, f.kind, &name);
     let min_ready = rs["spec"]["minReadySeconds"].as_i64().unwrap_or(0);
     let template_labels = &rs["spec"]["template"]["metadata"]["labels"];
     let fully_labeled = owned
@@ -128,23 +251,124 @@ async fn reconcile(app: &Objects, rs_cache: &Cache, pods: &Cache, key: &str) -> 
     if let Some(m) = status.as_object_mut() {
         m.retain(|k, v| k == "replicas" || k == "observedGeneration" || v != &json!(0));
     }
-    write_status(app, &rs, "apps", "replicasets", status, "replicaset-controller").await?;
+    write_status(app, &rs, f.group, f.plural, status, f.manager).await?;
     if ready > available {
         return Ok(Next::After(Duration::from_secs(min_ready.max(1) as u64)));
     }
     Ok(Next::Done)
 }
 
-/// Starts the controller.
+/// Starts the controllers of ReplicaSets and of ReplicationControllers.
 pub fn start(app: Arc<Objects>, caches: &super::runtime::Caches) {
-    let rs_cache = caches.get(&app, keys::REPLICA_SETS);
+    for f in [REPLICA_SET, REPLICATION_CONTROLLER] {
+        start_one(app.clone(), caches, f);
+    }
+}
+
+fn start_one(app: Arc<Objects>, caches: &super::runtime::Caches, f: Flavour) {
+    let owners = caches.get(&app, f.prefix);
     let pods = caches.get(&app, keys::PODS);
     let queue = Arc::new(Queue::default());
-    queue_changes(&queue, &rs_cache);
-    queue_owners(&queue, &pods, "ReplicaSet", keys::REPLICA_SETS);
-    let (rs_c, pods_c, app_c) = (rs_cache.clone(), pods.clone(), app.clone());
-    run_workers(app, "replicaset", queue, 2, move |key| {
+    queue_changes(&queue, &owners);
+    queue_owners(&queue, &pods, f.kind, f.prefix);
+    queue_selecting(&queue, &pods, &owners, f);
+    let (rs_c, pods_c, app_c) = (owners.clone(), pods.clone(), app.clone());
+    let name = if f.kind == "ReplicaSet" {
+        "replicaset"
+    } else {
+        "replicationcontroller"
+    };
+    run_workers(app, name, queue, 2, move |key| {
         let (rs_c, pods_c, app_c) = (rs_c.clone(), pods_c.clone(), app_c.clone());
-        async move { reconcile(&app_c, &rs_c, &pods_c, &key).await }
+        async move { reconcile(&app_c, f, &rs_c, &pods_c, &key).await }
     });
+}
+
+/// Queues the owners whose selector matches a changed pod that has no controller, so they adopt it.
+fn queue_selecting(queue: &Arc<Queue>, pods: &Cache, owners: &Arc<Cache>, f: Flavour) {
+    let (queue, owners, mut changes) = (queue.clone(), owners.clone(), pods.subscribe());
+    tokio::spawn(async move {
+        while let Ok(change) = changes.recv().await {
+            let Some(pod) = change.new.as_ref().filter(|p| {
+                active(p)
+                    && !p["metadata"]["ownerReferences"]
+                        .as_array()
+                        .is_some_and(|r| r.iter().any(|r| r["controller"] == json!(true)))
+            }) else {
+                continue;
+            };
+            let ns = pod["metadata"]["namespace"].as_str().unwrap_or_default();
+            for owner in owners.list(Some(ns)) {
+                if f.selector(&owner)
+                    .is_some_and(|s| s.matches(pod["metadata"].get("labels")))
+                {
+                    queue.add(&keys::object(f.prefix, Some(ns), meta_str(&owner, "name")));
+                }
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(name: &str, labels: Value, owner: Option<(&str, &str)>) -> Arc<Value> {
+        let mut p = json!({"metadata": {"name": name, "namespace": "default", "labels": labels}, "status": {"phase": "Running"}});
+        if let Some((kind, uid)) = owner {
+            p["metadata"]["ownerReferences"] =
+                json!([{"kind": kind, "name": "x", "uid": uid, "controller": true}]);
+        }
+        Arc::new(p)
+    }
+
+    #[test]
+    fn orphans_that_match_are_adopted_and_owned_pods_that_do_not_are_released() {
+        let rc = json!({"kind": "ReplicationController", "metadata": {"name": "web", "uid": "u1"},
+            "spec": {"selector": {"app": "web"}}});
+        let selector = REPLICATION_CONTROLLER.selector(&rc).unwrap();
+        let pods = [
+            pod("orphan", json!({"app": "web"}), None),
+            pod("stranger", json!({"app": "db"}), None),
+            pod(
+                "mine",
+                json!({"app": "web"}),
+                Some(("ReplicationController", "u1")),
+            ),
+            pod(
+                "relabelled",
+                json!({"app": "other"}),
+                Some(("ReplicationController", "u1")),
+            ),
+            pod("theirs", json!({"app": "web"}), Some(("ReplicaSet", "u2"))),
+        ];
+        let (adopt, release) = claims(&rc, "ReplicationController", &selector, &pods);
+        assert_eq!(adopt, ["orphan"]);
+        assert_eq!(release, ["relabelled"]);
+        // Nothing is adopted by an owner being deleted; finished pods are not adopted.
+        let mut deleting = rc.clone();
+        deleting["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+        assert!(
+            claims(&deleting, "ReplicationController", &selector, &pods)
+                .0
+                .is_empty()
+        );
+        let done = Arc::new(
+            json!({"metadata": {"name": "done", "labels": {"app": "web"}}, "status": {"phase": "Succeeded"}}),
+        );
+        assert!(
+            claims(&rc, "ReplicationController", &selector, &[done])
+                .0
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_replica_set_selects_with_expressions_and_an_empty_selector_claims_nothing() {
+        let rs = json!({"spec": {"selector": {"matchExpressions": [{"key": "tier", "operator": "In", "values": ["a", "b"]}]}}});
+        let selector = REPLICA_SET.selector(&rs).unwrap();
+        assert!(selector.matches(Some(&json!({"tier": "b"}))));
+        assert!(REPLICA_SET.selector(&json!({"spec": {"selector": {}}})).is_none());
+        assert!(REPLICATION_CONTROLLER.selector(&json!({"spec": {}})).is_none());
+    }
 }

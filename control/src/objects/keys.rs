@@ -37,6 +37,8 @@ pub const NODE_LEASES: &str = "/registry/coordination.k8s.io/leases/kube-node-le
 pub const DEPLOYMENTS: &str = "/registry/apps/deployments/";
 /// ReplicaSets.
 pub const REPLICA_SETS: &str = "/registry/apps/replicasets/";
+/// ReplicationControllers.
+pub const REPLICATION_CONTROLLERS: &str = "/registry/core/replicationcontrollers/";
 /// StatefulSets.
 pub const STATEFUL_SETS: &str = "/registry/apps/statefulsets/";
 /// DaemonSets.

@@ -348,6 +348,15 @@ const BUILTINS: &[Builtin] = &[
     },
     Builtin {
         group: "",
+        kind: "ReplicationController",
+        plural: "replicationcontrollers",
+        namespaced: true,
+        short: &["rc"],
+        all: true,
+        subs: &["status", "scale"],
+    },
+    Builtin {
+        group: "",
         kind: "PodTemplate",
         plural: "podtemplates",
         namespaced: true,

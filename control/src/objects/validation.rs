@@ -176,6 +176,26 @@ pub fn check_pod_spec(field: &str, spec: &Value, causes: &mut Causes) {
 }
 
 /// Checks that a workload's template labels match its selector.
+/// A ReplicationController's selector (a plain label map) is set and matches its template's labels.
+pub fn check_map_selector_matches_template(obj: &Value, causes: &mut Causes) {
+    let selector = obj["spec"]["selector"].as_object().filter(|s| !s.is_empty());
+    let Some(selector) = selector else {
+        causes.push(("spec.selector".into(), "Required value".into()));
+        return;
+    };
+    let labels = &obj["spec"]["template"]["metadata"]["labels"];
+    if !selector.iter().all(|(k, v)| labels.get(k) == Some(v)) {
+        causes.push((
+            "spec.template.metadata.labels".into(),
+            format!(
+                "Invalid value: {}: `selector` does not match template `labels`",
+                serde_json::to_string(labels).unwrap_or_default()
+            ),
+        ));
+    }
+}
+
+/// A workload's label selector is set, not empty, and matches its template's labels.
 pub fn check_selector_matches_template(obj: &Value, causes: &mut Causes) {
     let selector = &obj["spec"]["selector"];
     if selector.is_null() {

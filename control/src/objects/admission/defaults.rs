@@ -194,6 +194,21 @@ fn apply_defaults(info: &ResourceInfo, obj: &mut Value, creating: bool) {
             set_default(&mut obj["spec"], "replicas", json!(1));
             default_template(obj);
         }
+        ("", "ReplicationController") => {
+            // The selector, and the controller's own labels, default to the template's labels.
+            let labels = obj["spec"]["template"]["metadata"]["labels"].clone();
+            if labels.as_object().is_some_and(|l| !l.is_empty()) {
+                let empty = |v: &Value| v.as_object().is_none_or(serde_json::Map::is_empty);
+                if empty(&obj["spec"]["selector"]) {
+                    obj["spec"]["selector"] = labels.clone();
+                }
+                if empty(&obj["metadata"]["labels"]) {
+                    obj["metadata"]["labels"] = labels;
+                }
+            }
+            set_default(&mut obj["spec"], "replicas", json!(1));
+            default_template(obj);
+        }
         ("apps", "StatefulSet") => {
             let spec = &mut obj["spec"];
             set_default(spec, "replicas", json!(1));

@@ -7,7 +7,8 @@ use super::{Attributes, Lookup, Plugin};
 use crate::objects::registry::ResourceInfo;
 use crate::objects::status::ApiError;
 use crate::objects::validation::{
-    Causes, check_label_name, check_metadata, check_pod_spec, check_selector_matches_template,
+    Causes, check_label_name, check_map_selector_matches_template, check_metadata, check_pod_spec,
+    check_selector_matches_template,
 };
 
 /// Rejects an invalid object with 422 and its field causes.
@@ -94,8 +95,13 @@ fn validate(info: &ResourceInfo, obj: &Value) -> Causes {
                 ));
             }
         }
-        ("apps", "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet") => {
-            check_selector_matches_template(obj, &mut causes);
+        ("apps", "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet")
+        | ("", "ReplicationController") => {
+            if info.kind == "ReplicationController" {
+                check_map_selector_matches_template(obj, &mut causes);
+            } else {
+                check_selector_matches_template(obj, &mut causes);
+            }
             check_pod_spec(
                 "spec.template.spec",
                 &obj["spec"]["template"]["spec"],

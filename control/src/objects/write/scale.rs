@@ -9,7 +9,13 @@ use crate::store::KeyValue;
 
 /// The `Scale` view of a workload.
 pub fn to_scale(obj: &Value) -> Value {
-    let selector_str = obj["spec"]["selector"]["matchLabels"]
+    // A ReplicationController's selector is a plain label map.
+    let selector = if obj["kind"] == "ReplicationController" {
+        &obj["spec"]["selector"]
+    } else {
+        &obj["spec"]["selector"]["matchLabels"]
+    };
+    let selector_str = selector
         .as_object()
         .map(|m| {
             m.iter()
