@@ -365,6 +365,40 @@ print('error:', pf.error(8080))\n",
         String::from_utf8_lossy(&out.stderr),
         k.node.log()
     );
+    // The proxy subresources (what `kubectl proxy` users open and the conformance suite reads its
+    // pods' answers through): to a pod's port, and to a Service's ready endpoint.
+    let body = k.c.ok(&[
+        "get",
+        "--raw",
+        "/api/v1/namespaces/default/pods/hello:8080/proxy/",
+    ]);
+    assert_eq!(body, "forwarded\n", "agent log:\n{}", k.node.log());
+    let missing = k.c.fails(&[
+        "get",
+        "--raw",
+        "/api/v1/namespaces/default/pods/hello:http/proxy/",
+    ]);
+    assert!(missing.contains("no such port"), "{missing}");
+    k.c.ok(&["expose", "pod", "hello", "--port=80", "--target-port=8080"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = k.c.kubectl(&[
+            "get",
+            "--raw",
+            "/api/v1/namespaces/default/services/hello/proxy/index.html",
+        ]);
+        if String::from_utf8_lossy(&out.stdout) == "forwarded\n" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "services/proxy: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    k.c.ok(&["delete", "service", "hello"]);
     // Nothing listens on the pod's port 8081: kubectl reports the agent's error.
     let local = skiff_tests::free_port();
     let mut pf =

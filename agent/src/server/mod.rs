@@ -5,6 +5,7 @@
 pub mod channels;
 pub mod exec;
 pub mod portforward;
+pub mod proxy;
 pub mod spdy;
 pub mod tunnel;
 
@@ -157,6 +158,21 @@ async fn handle(data_dir: &Path, mut req: Request<hyper::body::Incoming>) -> Res
         }
         ["portForward", ns, pod] => crate::server::portforward::handle(data_dir, &mut req, ns, pod),
         ["containerLogs", ns, pod, container] => logs(data_dir, ns, pod, container, &query(&req)).await,
+        ["podProxy", ns, pod, port, ..] => {
+            // The path after the port, exactly as asked (trailing slash and escapes kept).
+            let prefix_len = format!("/podProxy/{ns}/{pod}/{port}").len();
+            let rest = match &path[prefix_len.min(path.len())..] {
+                "" => "/".to_owned(),
+                r => r.to_owned(),
+            };
+            match port.parse::<u16>() {
+                Ok(port) if port > 0 => {
+                    let (ns, pod) = (ns.to_string(), pod.to_string());
+                    crate::server::proxy::relay(data_dir, req, &ns, &pod, port, &rest).await
+                }
+                _ => text(StatusCode::BAD_REQUEST, format!("invalid port {port:?}")),
+            }
+        }
         _ => text(StatusCode::NOT_FOUND, "404 page not found"),
     }
 }

@@ -185,6 +185,33 @@ async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
             Err(e) => e.into_response(),
         };
     }
+    // pods/NAME[:PORT]/proxy/... and services/NAME[:PORT]/proxy/...: one request relayed to a pod.
+    if let [
+        "api",
+        "v1",
+        "namespaces",
+        ns,
+        kind @ ("pods" | "services"),
+        name,
+        "proxy",
+        ..,
+    ] = path.trim_matches('/').split('/').collect::<Vec<_>>().as_slice()
+        && let Some(who) = parts.extensions.get::<Identity>().cloned()
+    {
+        let prefix = format!("/api/v1/namespaces/{ns}/{kind}/{name}/proxy");
+        let rest = path.get(prefix.len()..).unwrap_or_default();
+        let rest = if rest.is_empty() { "/" } else { rest };
+        let target = nodeproxy::ProxyTarget {
+            ns,
+            kind,
+            name: &skiff_common::url::percent_decode(name),
+            rest,
+        };
+        return match nodeproxy::proxy(&app, &who, &target, parts, body).await {
+            Ok(r) => r,
+            Err(e) => e.into_response(),
+        };
+    }
     // kubectl exec / cp / port-forward: an upgraded connection joined to the node's agent.
     if let [
         "api",

@@ -15,11 +15,11 @@ use http_body_util::Empty;
 use hyper::StatusCode;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use super::App;
 use super::handlers::Call;
-use crate::objects::meta::from_kv;
+use crate::objects::meta::{from_kv, meta_str};
 use crate::objects::status::ApiError;
 
 type Result<T> = std::result::Result<T, ApiError>;
@@ -73,13 +73,15 @@ fn endpoint(node: &Value) -> Option<(String, u16)> {
 
 /// An HTTP/1.1 connection to a node's agent: through the agent's tunnel when it has one open, else
 /// dialled (TLS, the node's certificate checked against its name).
-async fn connect_node(
+async fn connect_node<B>(
     app: &App,
     node_name: &str,
-) -> Result<(
-    hyper::client::conn::http1::SendRequest<Empty<bytes::Bytes>>,
-    String,
-)> {
+) -> Result<(hyper::client::conn::http1::SendRequest<B>, String)>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     if let Some(stream) = app.tunnels.open_stream(node_name).await {
         let failed = |e: String| {
             ApiError::new(
@@ -229,6 +231,17 @@ pub async fn exec(
 
 /// Denied unless the user may `create` the pod subresource (`exec`, `portforward`).
 fn authorize(who: &super::server::Identity, ns: &str, name: &str, subresource: &str) -> Result<()> {
+    authorize_on(who, "pods", ns, name, subresource)
+}
+
+/// Denied unless the user may `create` subresource `sub` of `resource` (until RBAC: masters only).
+fn authorize_on(
+    who: &super::server::Identity,
+    resource: &str,
+    ns: &str,
+    name: &str,
+    sub: &str,
+) -> Result<()> {
     if who.groups.iter().any(|g| g == "system:masters") {
         return Ok(());
     }
@@ -236,7 +249,7 @@ fn authorize(who: &super::server::Identity, ns: &str, name: &str, subresource: &
         403,
         "Forbidden",
         format!(
-            "pods \"{name}\" is forbidden: User \"{}\" cannot create resource \"pods/{subresource}\" in API group \"\" in the namespace \"{ns}\"",
+            "{resource} \"{name}\" is forbidden: User \"{}\" cannot create resource \"{resource}/{sub}\" in API group \"\" in the namespace \"{ns}\"",
             who.user
         ),
     ))
@@ -410,4 +423,196 @@ pub async fn logs(app: &App, call: &Call) -> Result<Response> {
     }
     let path = format!("/containerLogs/{ns}/{name}/{container}?{}", q.join("&"));
     get_from_node(app, node, &path).await
+}
+
+/// A `proxy` subresource request: `pods` or `services`, the name as written in the path
+/// (`NAME`, `NAME:PORT` or `SCHEME:NAME:PORT`), and the path after `proxy`.
+#[derive(Debug)]
+pub struct ProxyTarget<'a> {
+    /// Namespace.
+    pub ns: &'a str,
+    /// `pods` or `services`.
+    pub kind: &'a str,
+    /// The name with its optional scheme and port.
+    pub name: &'a str,
+    /// The path after `proxy` (at least `/`).
+    pub rest: &'a str,
+}
+
+/// Splits `[SCHEME:]NAME[:PORT]`.
+fn name_and_port(raw: &str) -> Result<(&str, &str)> {
+    let parts: Vec<&str> = raw.split(':').collect();
+    let (scheme, name, port) = match parts.as_slice() {
+        [name] => ("", *name, ""),
+        [name, port] => ("", *name, *port),
+        [scheme, name, port] => (*scheme, *name, *port),
+        _ => return Err(ApiError::bad_request(format!("invalid request {raw:?}"))),
+    };
+    if !matches!(scheme, "" | "http") {
+        return Err(ApiError::bad_request(format!(
+            "proxying over {scheme} is not supported"
+        )));
+    }
+    Ok((name, port))
+}
+
+/// The pod and port a `proxy` request goes to: a pod's port (a number or a container port's
+/// name, 80 when none is given), or for a Service one of its ready endpoints on the Service
+/// port named (or numbered) in the request.
+async fn proxy_backend(app: &App, target: &ProxyTarget<'_>) -> Result<(Value, u16)> {
+    let (name, port) = name_and_port(target.name)?;
+    if target.kind == "pods" {
+        let pod = read_pod(app, target.ns, name).await?;
+        let number = match port {
+            "" => 80,
+            p => match p.parse::<u16>() {
+                Ok(n) => n,
+                Err(_) => pod["spec"]["containers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|c| c["ports"].as_array().into_iter().flatten())
+                    .find(|cp| cp["name"] == p)
+                    .and_then(|cp| cp["containerPort"].as_u64())
+                    .and_then(|n| u16::try_from(n).ok())
+                    .ok_or_else(|| {
+                        ApiError::new(
+                            503,
+                            "ServiceUnavailable",
+                            format!("no such port {p:?} on pod {name}"),
+                        )
+                    })?,
+            },
+        };
+        return Ok((pod, number));
+    }
+    let svc = app
+        .store
+        .get(&keys::object(keys::SERVICES, Some(target.ns), name))
+        .await
+        .map_err(|e| ApiError::new(500, "InternalError", e.to_string()))?
+        .map(|kv| from_kv(&kv))
+        .ok_or_else(|| ApiError::new(404, "NotFound", format!("services \"{name}\" not found")))?;
+    let svc_port = svc["spec"]["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| match port.parse::<i64>() {
+            Ok(n) => p["port"].as_i64() == Some(n),
+            Err(_) => p["name"].as_str().unwrap_or_default() == port,
+        })
+        .ok_or_else(|| {
+            ApiError::new(
+                503,
+                "ServiceUnavailable",
+                format!("no service port {port:?} found for service {name:?}"),
+            )
+        })?;
+    let port_name = svc_port["name"].as_str().unwrap_or_default();
+    let slices = app
+        .store
+        .list(&keys::in_namespace(keys::ENDPOINT_SLICES, target.ns), None, 0)
+        .await
+        .map_err(|e| ApiError::new(500, "InternalError", e.to_string()))?;
+    let mut backends: Vec<(String, u16)> = Vec::new();
+    for slice in slices.items.iter().map(from_kv) {
+        if slice["metadata"]["labels"]["kubernetes.io/service-name"] != name {
+            continue;
+        }
+        let Some(number) = slice["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["name"].as_str().unwrap_or_default() == port_name)
+            .and_then(|p| p["port"].as_u64())
+            .and_then(|n| u16::try_from(n).ok())
+        else {
+            continue;
+        };
+        for ep in slice["endpoints"].as_array().into_iter().flatten() {
+            if ep["conditions"]["ready"] != json!(false)
+                && ep["targetRef"]["kind"] == "Pod"
+                && let Some(pod) = ep["targetRef"]["name"].as_str()
+            {
+                backends.push((pod.to_owned(), number));
+            }
+        }
+    }
+    if backends.is_empty() {
+        return Err(ApiError::new(
+            503,
+            "ServiceUnavailable",
+            format!("no endpoints available for service \"{name}\""),
+        ));
+    }
+    let (pod, number) = backends.swap_remove(rand::random_range(0..backends.len()));
+    Ok((read_pod(app, target.ns, &pod).await?, number))
+}
+
+/// `pods/NAME[:PORT]/proxy/...` and `services/NAME[:PORT]/proxy/...`: the request, with its
+/// method, headers and body, relayed through the pod's agent to the pod's port; the answer
+/// streamed back.
+pub async fn proxy(
+    app: &App,
+    who: &super::server::Identity,
+    target: &ProxyTarget<'_>,
+    parts: axum::http::request::Parts,
+    body: Body,
+) -> Result<Response> {
+    authorize_on(who, target.kind, target.ns, target.name, "proxy")?;
+    let (pod, port) = proxy_backend(app, target).await?;
+    let pod_name = meta_str(&pod, "name");
+    let Some(node) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) else {
+        return Err(ApiError::new(
+            503,
+            "ServiceUnavailable",
+            format!("pod {pod_name} does not have a host assigned"),
+        ));
+    };
+    let (mut sender, authority) = connect_node::<Body>(app, node).await?;
+    let query = parts.uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+    let path = format!("/podProxy/{}/{pod_name}/{port}{}{query}", target.ns, target.rest);
+    let mut req = hyper::Request::builder().method(parts.method.clone()).uri(path);
+    for (k, v) in &parts.headers {
+        if !matches!(
+            k.as_str(),
+            "host"
+                | "authorization"
+                | "connection"
+                | "keep-alive"
+                | "te"
+                | "trailer"
+                | "transfer-encoding"
+                | "upgrade"
+        ) {
+            req = req.header(k, v);
+        }
+    }
+    let req = req
+        .header("host", authority)
+        .body(body)
+        .map_err(|e| ApiError::new(500, "InternalError", e.to_string()))?;
+    let resp = sender.send_request(req).await.map_err(|e| {
+        ApiError::new(
+            503,
+            "ServiceUnavailable",
+            format!("error trying to reach service: {e}"),
+        )
+    })?;
+    let (parts, body) = resp.into_parts();
+    Ok(Response::from_parts(parts, Body::new(body)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::name_and_port;
+
+    #[test]
+    fn proxy_names_carry_an_optional_scheme_and_port() {
+        assert_eq!(name_and_port("web").unwrap(), ("web", ""));
+        assert_eq!(name_and_port("web:8080").unwrap(), ("web", "8080"));
+        assert_eq!(name_and_port("http:web:metrics").unwrap(), ("web", "metrics"));
+        assert_eq!(name_and_port("https:web:443").unwrap_err().code, 400);
+        assert_eq!(name_and_port("a:b:c:d").unwrap_err().code, 400);
+    }
 }

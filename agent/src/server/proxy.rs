@@ -1,0 +1,103 @@
+//! `pods/NAME:PORT/proxy/...` (and `services/.../proxy`, which the API server resolves to a pod):
+//! one HTTP request relayed to a port of a pod on this node and its answer streamed back. The
+//! connection is made in the pod's network namespace, to its address (or loopback), so no route
+//! from the node to pod addresses is needed.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+
+use http_body_util::BodyExt;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+
+use super::{Body, text};
+
+/// Headers that belong to one connection, not to the request or answer relayed.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Relays `req` to `port` of pod `ns/pod`, asking for `rest` (the path after `proxy`, with the
+/// request's query).
+pub async fn relay(
+    data_dir: &Path,
+    req: Request<hyper::body::Incoming>,
+    ns: &str,
+    pod: &str,
+    port: u16,
+    rest: &str,
+) -> Response<Body> {
+    let Some(dir) = super::exec::pod_dir(data_dir, ns, pod) else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("pod {ns}/{pod} is not on this node"),
+        );
+    };
+    let ip: Option<IpAddr> = std::fs::read_to_string(dir.join("ip"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok());
+    let mut addrs: Vec<SocketAddr> = ip.map(|ip| SocketAddr::new(ip, port)).into_iter().collect();
+    addrs.push(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+    let netns = dir.join("ns/net");
+    let netns = netns.exists().then_some(netns.as_path());
+    let stream = match crate::network::pod_net::tcp_connect_in(netns, addrs).await {
+        Ok(s) => s,
+        Err(e) => {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "error trying to reach service: dial tcp {}:{port}: {e}",
+                    ip.map_or("127.0.0.1".into(), |i| i.to_string())
+                ),
+            );
+        }
+    };
+    let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
+        Ok(c) => c,
+        Err(e) => {
+            return text(
+                StatusCode::BAD_GATEWAY,
+                format!("error trying to reach service: {e}"),
+            );
+        }
+    };
+    tokio::spawn(conn);
+    let (parts, body) = req.into_parts();
+    let target = match parts.uri.query() {
+        Some(q) => format!("{rest}?{q}"),
+        None => rest.to_owned(),
+    };
+    let mut out = Request::builder().method(parts.method).uri(target);
+    for (name, value) in &parts.headers {
+        if !HOP_BY_HOP.contains(&name.as_str()) && name != hyper::header::HOST {
+            out = out.header(name, value);
+        }
+    }
+    let host = match ip {
+        Some(ip) => format!("{ip}:{port}"),
+        None => format!("localhost:{port}"),
+    };
+    let Ok(out) = out.header(hyper::header::HOST, host).body(body) else {
+        return text(StatusCode::BAD_REQUEST, "invalid proxied request");
+    };
+    match sender.send_request(out).await {
+        Ok(resp) => {
+            let (mut parts, body) = resp.into_parts();
+            for h in HOP_BY_HOP {
+                parts.headers.remove(*h);
+            }
+            Response::from_parts(parts, body.map_err(std::io::Error::other).boxed())
+        }
+        Err(e) => text(
+            StatusCode::BAD_GATEWAY,
+            format!("error trying to reach service: {e}"),
+        ),
+    }
+}
