@@ -57,6 +57,39 @@ fn foreground_cascade_deletes_dependents_before_the_owner() {
     assert!(c.fails(&["get", "cm", "fg-child"]).contains("not found"));
 }
 
+/// A dependent that another, live owner also names is not deleted with the first owner: it only
+/// loses that owner's reference (the conformance suite's "should not delete dependents that have
+/// both valid owner and owner that's waiting for dependents to be deleted").
+#[test]
+fn foreground_cascade_spares_dependents_another_owner_holds() {
+    let c = Control::start();
+    let doomed = family(&c, "two");
+    c.ok_stdin(&["apply", "-f", "-"], &cm("keeper", None));
+    let keeper = c.ok(&["get", "cm", "keeper", "-o", "jsonpath={.metadata.uid}"]);
+    c.ok_stdin(
+        &["apply", "-f", "-"],
+        &format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: shared, namespace: default, ownerReferences: [{{apiVersion: v1, kind: ConfigMap, name: two-owner, uid: {doomed}}}, {{apiVersion: v1, kind: ConfigMap, name: keeper, uid: {keeper}}}]}}\n"
+        ),
+    );
+    c.ok(&[
+        "delete",
+        "cm",
+        "two-owner",
+        "--cascade=foreground",
+        "--timeout=30s",
+    ]);
+    assert!(c.fails(&["get", "cm", "two-child"]).contains("not found"));
+    let owners = c.ok(&[
+        "get",
+        "cm",
+        "shared",
+        "-o",
+        "jsonpath={.metadata.ownerReferences[*].name}",
+    ]);
+    assert_eq!(owners, "keeper");
+}
+
 #[test]
 fn background_cascade_and_orphaning() {
     let c = Control::start();

@@ -1004,3 +1004,46 @@ print([r.handler for r in client.NodeV1Api().list_runtime_class().items])\n",
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `events.k8s.io/v1` Events (what client-go's event recorders and the conformance suite write
+/// now; it 404'd) are the core Events: one written through either API is read through both, with
+/// the fields renamed as upstream converts them.
+#[test]
+fn events_k8s_io_and_core_events_are_the_same_events() {
+    let c = Control::start();
+    let out = skiff_tests::python(
+        &c.kubeconfig(),
+        "from kubernetes import client, config\n\
+import datetime\n\
+config.load_kube_config()\n\
+ev = client.EventsV1Api()\n\
+now = datetime.datetime.now(datetime.timezone.utc)\n\
+ev.create_namespaced_event('default', client.EventsV1Event(\n\
+    metadata=client.V1ObjectMeta(name='started', labels={'test': 'events'}), event_time=now,\n\
+    regarding=client.V1ObjectReference(kind='Pod', name='web', namespace='default'),\n\
+    note='Started container web', reason='Started', type='Normal', action='Start',\n\
+    reporting_controller='example.com/agent', reporting_instance='node-a'))\n\
+core = client.CoreV1Api().read_namespaced_event('started', 'default')\n\
+print(core.involved_object.name, core.message, core.reporting_component)\n\
+ev.patch_namespaced_event('started', 'default', {'note': 'Restarted'})\n\
+print([e.note for e in ev.list_namespaced_event('default', label_selector='test=events').items])\n",
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "web Started container web example.com/agent\n['Restarted']\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A core Event (kubectl, the controllers) is an events.k8s.io one too.
+    c.ok_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: Event\nmetadata: {name: scaled}\ninvolvedObject: {kind: Deployment, name: web}\nreason: ScalingReplicaSet\nmessage: Scaled up\ntype: Normal\n",
+    );
+    let got = json(&c.ok(&["get", "events.v1.events.k8s.io", "scaled", "-o", "json"]));
+    assert_eq!(got["apiVersion"], "events.k8s.io/v1");
+    assert_eq!(got["regarding"]["name"], "web");
+    assert_eq!(got["note"], "Scaled up");
+    assert!(got.get("message").is_none(), "{got}");
+    c.ok(&["delete", "events.v1.events.k8s.io", "scaled"]);
+    c.fails(&["get", "event", "scaled"]);
+}

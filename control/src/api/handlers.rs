@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use super::App;
 use super::table;
 use crate::objects::limits;
-use crate::objects::meta::{from_kv, meta_str, set_resource_version};
+use crate::objects::meta::{meta_str, set_resource_version};
 use crate::objects::patch::PatchType;
 use crate::objects::registry::ResourceInfo;
 use crate::objects::selector::{FieldSelector, LabelSelector};
@@ -206,7 +206,7 @@ async fn read(app: &App, call: &Call, name: &str) -> Result<KeyValue> {
 /// GET of one object (or its status).
 pub async fn get(app: &App, call: &Call) -> Result<Response> {
     let kv = read(app, call, call.name()).await?;
-    let obj = from_kv(&kv);
+    let obj = call.info.decode(&kv);
     match call.sub.as_deref() {
         Some("scale") => Ok(json_response(StatusCode::OK, &to_scale(&obj))),
         _ if call.table => Ok(json_response(
@@ -259,7 +259,7 @@ async fn list_objects(app: &App, call: &Call) -> Result<(Vec<Value>, u64, Option
             .map_err(|e| ApiError::from_store(e, call.target(name)))?;
         let rev = app.store.revision();
         let items = kv
-            .map(|kv| from_kv(&kv))
+            .map(|kv| call.info.decode(&kv))
             .filter(|o| labels.matches(o["metadata"].get("labels")) && fields.matches(o))
             .into_iter()
             .collect();
@@ -281,7 +281,7 @@ async fn list_objects(app: &App, call: &Call) -> Result<(Vec<Value>, u64, Option
         let last = page.items.last().map(|kv| kv.key.clone());
         let mut filled_at = None;
         for kv in &page.items {
-            let obj = from_kv(kv);
+            let obj = call.info.decode(kv);
             if labels.matches(obj["metadata"].get("labels")) && fields.matches(&obj) {
                 items.push(obj);
                 if limit > 0 && items.len() == limit {
@@ -512,8 +512,8 @@ pub async fn watch(app: Arc<App>, call: Call) -> Result<Response> {
                         let matches = |o: &Value| st.labels.matches(o["metadata"].get("labels")) && st.fields.matches(o);
                         let line = match event.kind {
                             EventKind::Put => {
-                                let new = from_kv(&event.kv);
-                                let was = event.prev.as_ref().map(|p| matches(&from_kv(p))).unwrap_or(false);
+                                let new = st.call.info.decode(&event.kv);
+                                let was = event.prev.as_ref().map(|p| matches(&st.call.info.decode(p))).unwrap_or(false);
                                 match (matches(&new), was) {
                                     (true, false) => Some(("ADDED", new)),
                                     (true, true) => Some(("MODIFIED", new)),
@@ -522,7 +522,7 @@ pub async fn watch(app: Arc<App>, call: Call) -> Result<Response> {
                                 }
                             }
                             EventKind::Delete => {
-                                let mut old = from_kv(&event.kv);
+                                let mut old = st.call.info.decode(&event.kv);
                                 set_resource_version(&mut old, event.revision);
                                 matches(&old).then_some(("DELETED", old))
                             }
@@ -600,7 +600,7 @@ pub async fn update(app: &App, call: &Call, body: &[u8]) -> Result<Response> {
     if call.sub.as_deref() == Some("scale") {
         let mut scale = new;
         check_type(&req, &mut scale, "Scale")?;
-        let obj = from_scale(&from_kv(&current), &scale, &current, &req)?;
+        let obj = from_scale(&call.info.decode(&current), &scale, &current, &req)?;
         let updated = app
             .objects
             .commit_update(&req.at(None), &current, obj, true)

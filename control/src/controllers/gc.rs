@@ -101,6 +101,18 @@ impl Graph {
         }
     }
 
+    /// Whether `key` has an owner besides `except` that exists and is not itself waiting to be
+    /// deleted (foreground or orphaning): upstream's "solid" owner.
+    fn has_solid_owner(&self, key: &str, except: &str) -> bool {
+        self.owners.get(key).into_iter().flatten().any(|o| {
+            o != except
+                && self
+                    .keys
+                    .get(o)
+                    .is_some_and(|owner_key| !self.pending.contains(owner_key))
+        })
+    }
+
     fn removed(&mut self, key: &str, meta: MetaFields) {
         self.forget(key);
         let uid = meta.uid;
@@ -193,7 +205,15 @@ async fn process(app: &Objects, graph: &mut Graph) {
                 }
             } else {
                 for dep in &dependents {
-                    delete_key(app, dep, "Foreground").await;
+                    // A dependent that another owner still holds (one that exists and is not
+                    // being deleted itself) only loses its reference to this one, as upstream.
+                    if graph.has_solid_owner(dep, &uid) {
+                        if let Err(e) = drop_owner_ref(app, dep, &uid).await {
+                            tracing::warn!(key = %dep, error = %e, "could not drop an owner reference");
+                        }
+                    } else {
+                        delete_key(app, dep, "Foreground").await;
+                    }
                 }
             }
         }
@@ -231,5 +251,36 @@ pub async fn run(app: Arc<Objects>) {
                 tokio::time::sleep(RESYNC).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(uid: &str, owners: &[&str], deleting: Option<&str>) -> MetaFields {
+        MetaFields {
+            uid: uid.into(),
+            owner_references: owners.iter().map(|o| OwnerRef { uid: (*o).into() }).collect(),
+            deletion_timestamp: deleting.map(|_| "2026-12-02T00:00:00Z".into()),
+            finalizers: deleting.map(|f| vec![f.to_owned()]).unwrap_or_default(),
+        }
+    }
+
+    #[test]
+    fn a_dependent_with_another_live_owner_is_held_by_it() {
+        let mut g = Graph::default();
+        g.observe("rc/doomed", meta("u-doomed", &[], Some("foregroundDeletion")));
+        g.observe("rc/stay", meta("u-stay", &[], None));
+        g.observe("pod/shared", meta("u-p1", &["u-doomed", "u-stay"], None));
+        g.observe("pod/only", meta("u-p2", &["u-doomed"], None));
+        assert!(g.has_solid_owner("pod/shared", "u-doomed"));
+        assert!(!g.has_solid_owner("pod/only", "u-doomed"));
+        // An owner that is itself waiting on its dependents holds nothing.
+        g.observe("rc/stay", meta("u-stay", &[], Some("foregroundDeletion")));
+        assert!(!g.has_solid_owner("pod/shared", "u-doomed"));
+        // Nor does one that is gone.
+        g.removed("rc/stay", meta("u-stay", &[], None));
+        assert!(!g.has_solid_owner("pod/shared", "u-doomed"));
     }
 }

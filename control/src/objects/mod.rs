@@ -7,6 +7,7 @@
 pub mod admission;
 pub mod apply;
 pub mod cluster_cidr;
+pub mod convert;
 pub mod cpu;
 pub mod crd;
 pub mod cron;

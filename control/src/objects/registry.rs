@@ -41,9 +41,18 @@ impl ResourceInfo {
         }
     }
 
-    /// The store key prefix for all objects of this resource.
+    /// The store key prefix for all objects of this resource (`events.k8s.io` Events are stored
+    /// as core Events: see `convert.rs`).
     pub fn prefix(&self) -> String {
+        if super::convert::converted(self) {
+            return keys::EVENTS.to_owned();
+        }
         keys::prefix(&self.group, &self.plural)
+    }
+
+    /// A stored object as this resource serves it.
+    pub fn decode(&self, kv: &crate::store::KeyValue) -> Value {
+        super::convert::to_served(self, super::meta::from_kv(kv))
     }
 
     /// The store key prefix for one namespace (or all objects when cluster-scoped / `ns` is None).
@@ -392,6 +401,15 @@ const BUILTINS: &[Builtin] = &[
         subs: &[],
     },
     Builtin {
+        group: "events.k8s.io",
+        kind: "Event",
+        plural: "events",
+        namespaced: true,
+        short: &["ev"],
+        all: false,
+        subs: &[],
+    },
+    Builtin {
         group: "node.k8s.io",
         kind: "RuntimeClass",
         plural: "runtimeclasses",
@@ -449,6 +467,7 @@ const GROUP_ORDER: &[&str] = &[
     "storage.k8s.io",
     "policy",
     "networking.k8s.io",
+    "events.k8s.io",
     "node.k8s.io",
     "apiextensions.k8s.io",
 ];

@@ -16,6 +16,7 @@ pub use self::deletion::*;
 pub use self::scale::{from_scale, to_scale};
 use super::Objects;
 use super::admission::{self, Operation};
+use super::convert::to_storage;
 use super::limits;
 use super::meta::{
     finalizers, from_kv, generate_name, meta_str, new_uid, now, set_resource_version, to_stored,
@@ -340,7 +341,7 @@ impl Objects {
         }
         let kv = self
             .store
-            .create(&req.key(&name), stored_bytes(&obj)?)
+            .create(&req.key(&name), stored_bytes(&to_storage(&req.info, &obj))?)
             .await
             .map_err(|e| ApiError::from_store(e, req.target(&name)))?;
         set_resource_version(&mut obj, kv.mod_revision);
@@ -365,7 +366,7 @@ impl Objects {
         track: bool,
     ) -> Result<Value> {
         let name = req.name().to_owned();
-        let old = from_kv(current);
+        let old = req.info.decode(current);
         check_type(req, &mut new, &req.info.kind)?;
         check_namespace(req, &mut new)?;
         if meta_str(&new, "name") != name {
@@ -439,7 +440,11 @@ impl Objects {
         }
         let kv = self
             .store
-            .update(&req.key(&name), stored_bytes(&new)?, Some(current.mod_revision))
+            .update(
+                &req.key(&name),
+                stored_bytes(&to_storage(&req.info, &new))?,
+                Some(current.mod_revision),
+            )
             .await
             .map_err(|e| ApiError::from_store(e, req.target(&name)))?;
         set_resource_version(&mut new, kv.mod_revision);
@@ -452,7 +457,7 @@ impl Objects {
         let core = req.info.group.is_empty();
         for _ in 0..8 {
             let current = self.read(req, name).await?;
-            let obj = from_kv(&current);
+            let obj = req.info.decode(&current);
             opts.preconditions
                 .check(&obj, current.mod_revision)
                 .map_err(|e| {
@@ -477,7 +482,11 @@ impl Objects {
                     Deletion::Mark(marked) if opts.dry_run => return Ok(marked),
                     Deletion::Mark(mut marked) => self
                         .store
-                        .update(&current.key, to_stored(&marked), Some(current.mod_revision))
+                        .update(
+                            &current.key,
+                            to_stored(&to_storage(&req.info, &marked)),
+                            Some(current.mod_revision),
+                        )
                         .await
                         .map(|kv| {
                             set_resource_version(&mut marked, kv.mod_revision);
@@ -555,7 +564,7 @@ impl Objects {
                 }
                 Err(e) => return Err(e),
             };
-            let base = from_kv(&current);
+            let base = req.info.decode(&current);
             let base = if scale { to_scale(&base) } else { base };
             let size = current.value.len() + body_len;
             let (job_req, patch_doc) = (req.clone(), Arc::clone(&patch));
@@ -590,7 +599,7 @@ impl Objects {
                 patched["metadata"]["resourceVersion"] = json!(current.mod_revision.to_string());
             }
             let result = if scale {
-                let obj = from_scale(&from_kv(&current), &patched, &current, req)?;
+                let obj = from_scale(&req.info.decode(&current), &patched, &current, req)?;
                 self.commit_update(&req.clone().at(None), &current, obj, true)
                     .await
                     .map(|o| to_scale(&o))
