@@ -555,6 +555,28 @@ spec:
         "crd/widgets.example.com",
         "--timeout=20s",
     ]);
+    // /openapi/v2 (JSON) is Swagger 2.0: references into its definitions, and a CRD's
+    // definition is its schema as written plus the kind it serves (what the conformance suite's
+    // CustomResourcePublishOpenAPI specs compare).
+    let v2 = json(&c.ok(&["get", "--raw", "/openapi/v2"]));
+    assert_eq!(v2["swagger"], "2.0");
+    assert!(
+        !v2.to_string().contains("#/components/"),
+        "OpenAPI 3 references in v2"
+    );
+    let mut widget = v2["definitions"]["com.example.v1.Widget"].clone();
+    assert_eq!(
+        widget["x-kubernetes-group-version-kind"],
+        serde_json::json!([{"group": "example.com", "version": "v1", "kind": "Widget"}])
+    );
+    widget
+        .as_object_mut()
+        .unwrap()
+        .remove("x-kubernetes-group-version-kind");
+    assert_eq!(
+        widget,
+        serde_json::json!({"type": "object", "properties": {"spec": {"type": "object", "properties": {"size": {"type": "integer"}}}}})
+    );
     let w = |name: &str, size: u32| {
         format!(
             "apiVersion: example.com/v1\nkind: Widget\nmetadata: {{name: {name}, namespace: default, labels: {{k: v}}}}\nspec: {{size: {size}}}\n"

@@ -173,22 +173,10 @@ pub fn openapi_v3_doc(registry: &Registry, group: &str, version: &str) -> Option
             }
             continue;
         }
+        // A custom resource's definition is its CRD's schema as written (no schema: any object),
+        // as upstream publishes it.
         let mut schema = crd_schema(r).unwrap_or_else(|| json!({"type": "object"}));
         schema["x-kubernetes-group-version-kind"] = json!([ext]);
-        schema["description"] = json!(format!(
-            "{} is a {} resource served by Skiff.",
-            r.kind,
-            r.api_version()
-        ));
-        if schema.get("properties").is_none() {
-            schema["properties"] = json!({
-                "apiVersion": {"type": "string", "description": "APIVersion defines the versioned schema of this representation of an object."},
-                "kind": {"type": "string", "description": "Kind is a string value representing the REST resource this object represents."},
-                "metadata": {"type": "object", "description": "Standard object's metadata."},
-                "spec": {"type": "object", "description": "Specification of the desired behavior."},
-                "status": {"type": "object", "description": "Most recently observed status."},
-            });
-        }
         schemas.insert(schema_name, schema);
     }
     Some(json!({
@@ -298,6 +286,26 @@ fn schema_name(group: &str, version: &str, kind: &str) -> String {
     format!("{g}.{version}.{kind}")
 }
 
+/// Points `$ref`s at Swagger 2.0's `#/definitions/` instead of OpenAPI 3's components.
+fn v2_refs(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            for (k, child) in m.iter_mut() {
+                match child {
+                    Value::String(r) if k == "$ref" => {
+                        if let Some(name) = r.strip_prefix("#/components/schemas/") {
+                            *r = format!("#/definitions/{name}");
+                        }
+                    }
+                    _ => v2_refs(child),
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(v2_refs),
+        _ => {}
+    }
+}
+
 /// `/openapi/v2`: the same paths in Swagger 2.0 form.
 pub fn openapi_v2(registry: &Registry) -> Value {
     let mut paths = serde_json::Map::new();
@@ -310,12 +318,25 @@ pub fn openapi_v2(registry: &Registry) -> Value {
                     for op in item.as_object_mut().into_iter().flat_map(|m| m.values_mut()) {
                         if let Some(m) = op.as_object_mut() {
                             m.remove("requestBody");
+                            // Swagger 2.0 query parameters carry their type themselves.
+                            for param in m
+                                .get_mut("parameters")
+                                .and_then(Value::as_array_mut)
+                                .into_iter()
+                                .flatten()
+                            {
+                                if let Some(schema) = param.as_object_mut().and_then(|p| p.remove("schema")) {
+                                    param["type"] = schema["type"].clone();
+                                }
+                            }
                         }
                     }
                     paths.insert(p.clone(), item);
                 }
                 for (k, s) in doc["components"]["schemas"].as_object().into_iter().flatten() {
-                    definitions.insert(k.clone(), s.clone());
+                    let mut s = s.clone();
+                    v2_refs(&mut s);
+                    definitions.insert(k.clone(), s);
                 }
             }
         }
