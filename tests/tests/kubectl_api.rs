@@ -1069,3 +1069,72 @@ print([e.note for e in ev.list_namespaced_event('default', label_selector='test=
     c.ok(&["delete", "events.v1.events.k8s.io", "scaled"]);
     c.fails(&["get", "event", "scaled"]);
 }
+
+/// A CRD's value constraints are enforced on its custom resources as upstream's validator does
+/// (bounds, lengths, patterns, formats, item counts, set and map lists); they were ignored.
+#[test]
+fn custom_resources_meet_their_schemas_constraints() {
+    let c = Control::start();
+    let crd = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: gadgets.example.com}
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {plural: gadgets, singular: gadget, kind: Gadget}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            properties:
+              replicas: {type: integer, minimum: 1, maximum: 10}
+              name: {type: string, pattern: '^[a-z]+$', maxLength: 8}
+              address: {type: string, format: ipv4}
+              tags: {type: array, maxItems: 3, items: {type: string}, x-kubernetes-list-type: set}
+"#;
+    c.ok_stdin(&["apply", "-f", "-"], crd);
+    c.ok(&[
+        "wait",
+        "--for=condition=established",
+        "crd/gadgets.example.com",
+        "--timeout=20s",
+    ]);
+    let gadget = |spec: &str| {
+        format!(
+            "apiVersion: example.com/v1\nkind: Gadget\nmetadata: {{name: g, namespace: default}}\nspec: {spec}\n"
+        )
+    };
+    c.ok_stdin(
+        &["apply", "-f", "-"],
+        &gadget("{replicas: 3, name: good, address: 10.0.0.1, tags: [a, b]}"),
+    );
+    let err = c.fails_stdin(
+        &["apply", "-f", "-"],
+        &gadget("{replicas: 0, name: Bad-Name-Here, address: 10.0.0.300, tags: [a, b, a, c]}"),
+    );
+    for want in [
+        "spec.replicas: Invalid value: 0: spec.replicas in body should be greater than or equal to 1",
+        "spec.name: Invalid value: \"Bad-Name-Here\": spec.name in body should match '^[a-z]+$'",
+        "spec.name: Too long: may not be more than 8 bytes",
+        "spec.address: Invalid value: \"10.0.0.300\": spec.address in body must be of type ipv4",
+        "spec.tags: Too many: 4: must have at most 3 items",
+        "spec.tags[2]: Duplicate value: \"a\"",
+    ] {
+        assert!(err.contains(want), "{want} missing from: {err}");
+    }
+    // A pattern that is not a regular expression is refused with the CRD.
+    let err = c.fails_stdin(
+        &["apply", "-f", "-"],
+        &crd.replace("gadgets", "bad")
+            .replace("Gadget", "Bad")
+            .replace("^[a-z]+$", "(unclosed"),
+    );
+    assert!(err.contains("must be a valid regular expression"), "{err}");
+}

@@ -39,12 +39,53 @@ pub fn validate(obj: &Value, causes: &mut Causes) {
             "Invalid value: must have exactly one version marked as storage version".into(),
         ));
     }
+    for (i, v) in versions.into_iter().flatten().enumerate() {
+        check_patterns(
+            &v["schema"]["openAPIV3Schema"],
+            &format!("spec.versions[{i}].schema.openAPIV3Schema"),
+            causes,
+        );
+    }
     let name = obj["metadata"]["name"].as_str().unwrap_or_default();
     if !group.is_empty() && !plural.is_empty() && name != format!("{plural}.{group}") {
         causes.push((
             "metadata.name".into(),
             format!("Invalid value: \"{name}\": must be spec.names.plural+\".\"+spec.group"),
         ));
+    }
+}
+
+/// Every `pattern` in a schema must compile (RE2 syntax, as upstream's validator reads it).
+fn check_patterns(schema: &Value, path: &str, causes: &mut Causes) {
+    let Some(map) = schema.as_object() else { return };
+    if let Some(p) = map.get("pattern").and_then(Value::as_str)
+        && let Err(e) = super::schema_constraints::compile(p)
+    {
+        causes.push((
+            format!("{path}.pattern"),
+            format!("Invalid value: \"{p}\": must be a valid regular expression, but isn't: {e}"),
+        ));
+    }
+    for key in ["properties", "patternProperties", "definitions"] {
+        for (name, sub) in map.get(key).and_then(Value::as_object).into_iter().flatten() {
+            check_patterns(sub, &format!("{path}.{key}[{name}]"), causes);
+        }
+    }
+    for key in ["items", "additionalProperties", "not"] {
+        if let Some(sub) = map.get(key) {
+            check_patterns(sub, &format!("{path}.{key}"), causes);
+        }
+    }
+    for key in ["allOf", "anyOf", "oneOf"] {
+        for (i, sub) in map
+            .get(key)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            check_patterns(sub, &format!("{path}.{key}[{i}]"), causes);
+        }
     }
 }
 
@@ -211,6 +252,7 @@ fn check(
             ),
         ));
     }
+    super::schema_constraints::check(value, schema, path, causes);
     match value {
         Value::Object(map) => {
             for req in schema["required"]

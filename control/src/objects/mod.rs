@@ -19,6 +19,7 @@ pub mod quantity;
 pub mod registry;
 pub mod scheduling;
 pub mod schema;
+pub mod schema_constraints;
 pub mod selector;
 pub mod service;
 pub mod status;

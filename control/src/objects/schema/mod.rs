@@ -84,10 +84,13 @@ impl Message {
 
     /// Whether values of this type are free-form JSON (CRD schemas, raw extensions), which have
     /// no fixed fields to check or merge by.
+    /// The table spells them as k8s-pb does (`JsonSchemaProps`, `Json`).
     pub fn is_open(&self) -> bool {
-        self.name.contains("JSONSchemaProps")
-            || self.name.ends_with(".JSON")
-            || self.name.ends_with("RawExtension")
+        let type_name = self.name.rsplit('.').next().unwrap_or_default();
+        type_name.starts_with("JsonSchemaProps")
+            || type_name.starts_with("JSONSchemaProps")
+            || type_name.eq_ignore_ascii_case("JSON")
+            || type_name == "RawExtension"
     }
 }
 
@@ -164,4 +167,23 @@ pub fn message_for(api_version: &str, kind: &str) -> Option<&'static Message> {
         g => format!("api.{}.{version}", g.split('.').next().unwrap_or(g)),
     };
     message(&format!("{package}.{kind}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::message;
+
+    #[test]
+    fn crd_schemas_and_raw_json_are_open() {
+        for open in [
+            "apiextensions_apiserver.pkg.apis.apiextensions.v1.JsonSchemaProps",
+            "apiextensions_apiserver.pkg.apis.apiextensions.v1.JsonSchemaPropsOrArray",
+            "apiextensions_apiserver.pkg.apis.apiextensions.v1.JsonSchemaPropsOrBool",
+            "apiextensions_apiserver.pkg.apis.apiextensions.v1.Json",
+            "apimachinery.pkg.runtime.RawExtension",
+        ] {
+            assert!(message(open).is_some_and(|m| m.is_open()), "{open}");
+        }
+        assert!(!message("api.core.v1.Pod").unwrap().is_open());
+    }
 }
