@@ -1138,3 +1138,29 @@ spec:
     );
     assert!(err.contains("must be a valid regular expression"), "{err}");
 }
+
+/// `kubectl get componentstatuses` (deprecated, still answered upstream; it 404'd).
+#[test]
+fn component_statuses_answer() {
+    let c = Control::start();
+    let table = c.ok(&["get", "cs"]);
+    for row in ["scheduler", "controller-manager", "etcd-0"] {
+        assert!(
+            table
+                .lines()
+                .any(|l| l.starts_with(row) && l.contains("Healthy") && l.contains("ok")),
+            "{row} missing:\n{table}"
+        );
+    }
+    let etcd = json(&c.ok(&["get", "cs", "etcd-0", "-o", "json"]));
+    assert_eq!(etcd["conditions"][0]["type"], "Healthy");
+    assert!(
+        c.fails(&["get", "cs", "nope"]).contains("NotFound")
+            || c.fails(&["get", "cs", "nope"]).contains("not found")
+    );
+    assert!(
+        c.fails(&["delete", "cs", "scheduler"])
+            .contains("MethodNotAllowed")
+            || c.fails(&["delete", "cs", "scheduler"]).contains("not allowed")
+    );
+}

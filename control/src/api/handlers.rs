@@ -74,7 +74,8 @@ impl Call {
         }
     }
 
-    fn target<'a>(&'a self, name: &'a str) -> Target<'a> {
+    /// Object `name` of the request's resource, for errors.
+    pub fn target<'a>(&'a self, name: &'a str) -> Target<'a> {
         Target {
             group: &self.info.group,
             resource: &self.info.plural,

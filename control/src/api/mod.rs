@@ -1,6 +1,7 @@
 //! The Kubernetes API server: HTTPS, discovery, OpenAPI and REST semantics over the store.
 
 mod authz;
+mod componentstatus;
 mod discovery;
 mod eviction;
 pub mod fuzz;
@@ -421,6 +422,9 @@ async fn route(
         && !who.groups.iter().any(|g| g == "system:masters")
     {
         noderestriction::check(&app, node, verb, &call).await?;
+    }
+    if call.info.group.is_empty() && call.info.kind == "ComponentStatus" {
+        return componentstatus::serve(&app, &call, method);
     }
     match (method, call.name.is_some(), call.sub.as_deref()) {
         (&Method::GET, _, _) if watching => handlers::watch(app, call).await,

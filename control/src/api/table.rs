@@ -564,6 +564,27 @@ fn columns_and_row(info: &ResourceInfo, obj: &Value) -> (Vec<Column>, Vec<Value>
             ],
             vec![name, json!(s(&spec["holderIdentity"])), json!(age(obj))],
         ),
+        ("", "ComponentStatus") => {
+            let healthy = &obj["conditions"][0];
+            (
+                vec![
+                    ("Name", "string", 0),
+                    ("Status", "string", 0),
+                    ("Message", "string", 0),
+                    ("Error", "string", 0),
+                ],
+                vec![
+                    name,
+                    json!(if healthy["status"] == "True" {
+                        "Healthy"
+                    } else {
+                        "Unhealthy"
+                    }),
+                    json!(s(&healthy["message"])),
+                    json!(s(&healthy["error"])),
+                ],
+            )
+        }
         ("networking.k8s.io", "Ingress") => {
             let rules = spec["rules"].as_array().cloned().unwrap_or_default();
             let hosts: Vec<String> = rules

@@ -357,6 +357,15 @@ const BUILTINS: &[Builtin] = &[
     },
     Builtin {
         group: "",
+        kind: "ComponentStatus",
+        plural: "componentstatuses",
+        namespaced: false,
+        short: &["cs"],
+        all: false,
+        subs: &[],
+    },
+    Builtin {
+        group: "",
         kind: "ReplicationController",
         plural: "replicationcontrollers",
         namespaced: true,
