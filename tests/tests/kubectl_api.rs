@@ -1164,3 +1164,71 @@ fn component_statuses_answer() {
             || c.fails(&["delete", "cs", "scheduler"]).contains("not allowed")
     );
 }
+
+/// A Service whose type changes gets what the new type needs and loses what it no longer has,
+/// as upstream (ExternalName to ClusterIP got no cluster IP; the conformance suite's "should be
+/// able to change the type from ExternalName to ClusterIP/NodePort").
+#[test]
+fn service_type_changes_allocate_and_release_addresses() {
+    let c = Control::start();
+    c.ok(&[
+        "create",
+        "service",
+        "externalname",
+        "moved",
+        "--external-name=db.example.com",
+    ]);
+    let get = |c: &Control| json(&c.ok(&["get", "service", "moved", "-o", "json"]));
+    assert!(get(&c)["spec"].get("clusterIP").is_none());
+    c.ok(&[
+        "patch",
+        "service",
+        "moved",
+        "--type=merge",
+        "-p",
+        r#"{"spec": {"type": "ClusterIP", "externalName": null, "ports": [{"port": 80}]}}"#,
+    ]);
+    let svc = get(&c);
+    let ip = svc["spec"]["clusterIP"].as_str().unwrap_or_default().to_owned();
+    assert!(ip.starts_with("10."), "{svc}");
+    assert_eq!(svc["spec"]["clusterIPs"], serde_json::json!([ip]));
+    c.ok(&[
+        "patch",
+        "service",
+        "moved",
+        "--type=merge",
+        "-p",
+        r#"{"spec": {"type": "NodePort"}}"#,
+    ]);
+    let svc = get(&c);
+    assert_eq!(svc["spec"]["clusterIP"], ip.as_str());
+    let node_port = svc["spec"]["ports"][0]["nodePort"].as_i64().unwrap_or_default();
+    assert!((30000..=32767).contains(&node_port), "{svc}");
+    c.ok(&[
+        "patch",
+        "service",
+        "moved",
+        "--type=merge",
+        "-p",
+        r#"{"spec": {"type": "ClusterIP"}}"#,
+    ]);
+    assert!(get(&c)["spec"]["ports"][0].get("nodePort").is_none());
+    c.ok(&[
+        "patch",
+        "service",
+        "moved",
+        "--type=merge",
+        "-p",
+        r#"{"spec": {"type": "ExternalName", "externalName": "db.example.com"}}"#,
+    ]);
+    let svc = get(&c);
+    assert!(
+        svc["spec"].get("clusterIP").is_none() && svc["spec"].get("clusterIPs").is_none(),
+        "{svc}"
+    );
+    // The address went back to the pool: another Service may ask for it.
+    c.ok_stdin(
+        &["apply", "-f", "-"],
+        &format!("apiVersion: v1\nkind: Service\nmetadata: {{name: reuse}}\nspec: {{clusterIP: {ip}, ports: [{{port: 80}}]}}\n"),
+    );
+}

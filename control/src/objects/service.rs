@@ -57,7 +57,8 @@ impl Cidr {
     }
 }
 
-async fn used(objects: &Objects) -> Result<(HashSet<String>, HashSet<i64>), Causes> {
+/// The cluster IPs and node ports Services hold, except the Service with uid `except`.
+async fn used(objects: &Objects, except: &str) -> Result<(HashSet<String>, HashSet<i64>), Causes> {
     let list = objects
         .store
         .list(keys::SERVICES, None, 0)
@@ -67,6 +68,9 @@ async fn used(objects: &Objects) -> Result<(HashSet<String>, HashSet<i64>), Caus
     let mut ports = HashSet::new();
     for kv in &list.items {
         let svc = from_kv(kv);
+        if !except.is_empty() && svc["metadata"]["uid"] == except {
+            continue;
+        }
         for ip in svc["spec"]["clusterIPs"].as_array().into_iter().flatten() {
             ips.extend(ip.as_str().map(str::to_owned));
         }
@@ -77,13 +81,15 @@ async fn used(objects: &Objects) -> Result<(HashSet<String>, HashSet<i64>), Caus
     Ok((ips, ports))
 }
 
-/// Allocates (or checks) the cluster IP and node ports of a new Service.
+/// Allocates (or checks) the cluster IP and node ports of a new Service (or of an updated one,
+/// whose own allocations do not count as taken).
 pub async fn allocate(objects: &Objects, svc: &mut Value, _old: Option<&Value>) -> Result<(), Causes> {
+    let own = svc["metadata"]["uid"].as_str().unwrap_or_default().to_owned();
     let spec = &mut svc["spec"];
     if spec["type"] == "ExternalName" {
         return Ok(());
     }
-    let (ips, ports) = used(objects).await?;
+    let (ips, ports) = used(objects, &own).await?;
     let cidr = objects.service_cidr;
     match spec["clusterIP"].as_str().unwrap_or_default() {
         "None" => spec["clusterIPs"] = json!(["None"]),
@@ -167,13 +173,41 @@ pub async fn allocate(objects: &Objects, svc: &mut Value, _old: Option<&Value>) 
     Ok(())
 }
 
-/// On update, a Service keeps its cluster IP and node ports; changing the IP is rejected.
+fn has_node_ports(svc: &Value) -> bool {
+    matches!(svc["spec"]["type"].as_str(), Some("NodePort" | "LoadBalancer"))
+}
+
+/// On update, a Service keeps its cluster IP and node ports while its new type has them; changing
+/// the IP is rejected. A type that no longer has them drops those the update left as they were,
+/// as upstream's `dropTypeDependentFields`: ExternalName has no cluster IP, ClusterIP no node ports.
 pub fn keep_allocations(old: &Value, new: &mut Value) -> Result<(), Causes> {
     let old_ip = old["spec"]["clusterIP"].clone();
+    if new["spec"]["type"] == "ExternalName" {
+        if let Some(spec) = new["spec"].as_object_mut()
+            && spec.get("clusterIP").is_none_or(|ip| ip == &old_ip || ip == "")
+        {
+            for f in [
+                "clusterIP",
+                "clusterIPs",
+                "ipFamilies",
+                "ipFamilyPolicy",
+                "internalTrafficPolicy",
+            ] {
+                spec.remove(f);
+            }
+        }
+        return Ok(());
+    }
     match new["spec"]["clusterIP"].as_str() {
         None | Some("") => {
             new["spec"]["clusterIP"] = old_ip;
             new["spec"]["clusterIPs"] = old["spec"]["clusterIPs"].clone();
+            if new["spec"]["clusterIP"].is_null()
+                && let Some(spec) = new["spec"].as_object_mut()
+            {
+                spec.remove("clusterIP");
+                spec.remove("clusterIPs");
+            }
         }
         Some(ip) if Some(ip) != old_ip.as_str() && old_ip.is_string() => {
             return Err(vec![(
@@ -187,6 +221,7 @@ pub fn keep_allocations(old: &Value, new: &mut Value) -> Result<(), Causes> {
             }
         }
     }
+    let keep_ports = has_node_ports(new);
     let old_ports = old["spec"]["ports"].as_array().cloned().unwrap_or_default();
     for port in new
         .get_mut("spec")
@@ -194,14 +229,46 @@ pub fn keep_allocations(old: &Value, new: &mut Value) -> Result<(), Causes> {
         .into_iter()
         .flatten()
     {
-        if port.get("nodePort").is_none()
-            && let Some(prev) = old_ports
-                .iter()
-                .find(|p| p["port"] == port["port"] && p["protocol"] == port["protocol"])
-            && let Some(np) = prev.get("nodePort")
-        {
-            port["nodePort"] = np.clone();
+        let prev = old_ports
+            .iter()
+            .find(|p| p["port"] == port["port"] && p["protocol"] == port["protocol"])
+            .and_then(|p| p.get("nodePort"));
+        match (port.get("nodePort"), prev) {
+            (None, Some(np)) if keep_ports => port["nodePort"] = np.clone(),
+            (Some(np), Some(was)) if !keep_ports && np == was => {
+                if let Some(p) = port.as_object_mut() {
+                    p.remove("nodePort");
+                }
+            }
+            _ => {}
         }
     }
     Ok(())
+}
+
+/// Whether an updated Service lacks an allocation its type needs (ExternalName changed to a type
+/// with a cluster IP, ClusterIP changed to NodePort).
+pub fn needs_allocation(svc: &Value) -> bool {
+    let spec = &svc["spec"];
+    (spec["type"] != "ExternalName" && spec["clusterIP"].as_str().is_none_or(str::is_empty))
+        || (has_node_ports(svc)
+            && spec["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|p| p.get("nodePort").is_none()))
+}
+
+/// Allocates what an updated Service's new type needs, under the allocation lock; the guard is
+/// held until the caller has stored the Service.
+pub async fn reallocate<'a>(
+    objects: &'a Objects,
+    svc: &mut Value,
+) -> Result<Option<tokio::sync::MutexGuard<'a, ()>>, Causes> {
+    if !needs_allocation(svc) {
+        return Ok(None);
+    }
+    let guard = objects.alloc.lock().await;
+    allocate(objects, svc, None).await?;
+    Ok(Some(guard))
 }

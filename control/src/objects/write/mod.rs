@@ -421,9 +421,17 @@ impl Objects {
             super::apply::track_update(req, Some(&old), &mut new);
         }
         admission::validate(&self.store, &attrs, &new).await?;
+        // A Service keeps its addresses, and gets those a new type needs (the lock is held
+        // until it is stored).
+        let mut _alloc = None;
         if req.info.group.is_empty() && req.info.kind == "Service" {
             super::service::keep_allocations(&old, &mut new)
                 .map_err(|c| ApiError::invalid(req.target(&name), &c))?;
+            if !req.options.dry_run {
+                _alloc = super::service::reallocate(self, &mut new)
+                    .await
+                    .map_err(|c| ApiError::invalid(req.target(&name), &c))?;
+            }
         }
         if req.options.dry_run {
             return Ok(new);
