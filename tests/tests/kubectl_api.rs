@@ -85,6 +85,12 @@ fn discovery_and_version() {
     }
     let version = json(&c.ok(&["version", "-o", "json"]));
     assert_eq!(version["serverVersion"]["major"], "1");
+    // A commit as upstream reports one (the conformance suite matches [0-9a-f]+).
+    let commit = version["serverVersion"]["gitCommit"].as_str().unwrap_or_default();
+    assert!(
+        commit.len() == 40 && commit.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{version}"
+    );
     let ns = c.ok(&["get", "namespaces", "-o", "name"]);
     assert!(
         ns.contains("namespace/default") && ns.contains("namespace/kube-system"),

@@ -163,8 +163,13 @@ fn apply_defaults(info: &ResourceInfo, obj: &mut Value, creating: bool) {
             set_default(spec, "sessionAffinity", json!("None"));
             for port in items_mut(spec, "ports") {
                 set_default(port, "protocol", json!("TCP"));
-                let p = port["port"].clone();
-                set_default(port, "targetPort", p);
+                // Unset, 0 or "" (what a Go client's zero IntOrString sends) means the port itself.
+                if matches!(&port["targetPort"], Value::Null)
+                    || port["targetPort"] == json!(0)
+                    || port["targetPort"] == json!("")
+                {
+                    port["targetPort"] = port["port"].clone();
+                }
             }
             if spec["type"] != "ExternalName" {
                 set_default(spec, "internalTrafficPolicy", json!("Cluster"));
@@ -360,6 +365,12 @@ mod tests {
             svc["spec"]["ports"][0],
             json!({"port": 80, "protocol": "TCP", "targetPort": 80})
         );
+        // A Go client's zero targetPort is the port too.
+        let mut zero =
+            json!({"spec": {"ports": [{"port": 81, "targetPort": 0}, {"port": 82, "targetPort": "http"}]}});
+        admit(&services, Operation::Create, &mut zero);
+        assert_eq!(zero["spec"]["ports"][0]["targetPort"], 81);
+        assert_eq!(zero["spec"]["ports"][1]["targetPort"], "http");
         assert_eq!(svc["spec"]["externalTrafficPolicy"], "Cluster");
         assert_eq!(svc["spec"]["ipFamilies"], json!(["IPv4"]));
         let mut external = json!({"spec": {"type": "ExternalName", "externalName": "example.com"}});
