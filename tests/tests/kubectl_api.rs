@@ -570,6 +570,10 @@ spec:
         !v2.to_string().contains("#/components/"),
         "OpenAPI 3 references in v2"
     );
+    assert!(
+        !v2.to_string().contains("x-kubernetes-preserve-unknown-fields"),
+        "OpenAPI 3 keyword in v2"
+    );
     let mut widget = v2["definitions"]["com.example.v1.Widget"].clone();
     assert_eq!(
         widget["x-kubernetes-group-version-kind"],

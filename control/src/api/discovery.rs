@@ -286,10 +286,14 @@ fn schema_name(group: &str, version: &str, kind: &str) -> String {
     format!("{g}.{version}.{kind}")
 }
 
-/// Points `$ref`s at Swagger 2.0's `#/definitions/` instead of OpenAPI 3's components.
+/// A schema in Swagger 2.0 form: `$ref`s point at `#/definitions/` instead of OpenAPI 3's
+/// components, and the OpenAPI 3 only keywords that upstream's v2 conversion drops
+/// (`nullable`, `x-kubernetes-preserve-unknown-fields`) are gone.
 fn v2_refs(v: &mut Value) {
     match v {
         Value::Object(m) => {
+            m.remove("nullable");
+            m.remove("x-kubernetes-preserve-unknown-fields");
             for (k, child) in m.iter_mut() {
                 match child {
                     Value::String(r) if k == "$ref" => {
