@@ -842,6 +842,15 @@ spec:
     k.wait_pod("grpc-probed", "ready through gRPC", |p| {
         status(p, "app")["ready"] == true
     });
+    // A host-network pod sees the node's hosts file under the kubelet's header (other pods get
+    // one naming the pod).
+    let hosts = k.c.ok(&["exec", "grpc-probed", "--", "cat", "/etc/hosts"]);
+    let node_hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+    assert!(
+        hosts.starts_with("# Kubernetes-managed hosts file (host network).\n")
+            && hosts.contains(node_hosts.trim_end()),
+        "{hosts}"
+    );
     std::fs::write(&status_file, "NOT_SERVING").unwrap();
     let pod = k.wait_pod("grpc-probed", "unready through gRPC", |p| {
         status(p, "app")["ready"] == false

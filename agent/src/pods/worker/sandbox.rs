@@ -56,14 +56,26 @@ impl Pod {
 
     pub(super) fn write_pod_files(&self, hostname: &str) -> anyhow::Result<()> {
         let ip = self.address();
-        let mut hosts = String::from(
-            "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
-        );
-        let fqdn = match self.pod["spec"]["subdomain"].as_str() {
-            Some(sub) => format!("{hostname}.{sub}.{}.svc.cluster.local\t{hostname}", self.ns()),
-            None => hostname.to_string(),
+        // A host-network pod sees the node's hosts file (with its aliases after it), as the
+        // kubelet writes it; other pods get one that names the pod.
+        let mut hosts = if self.host_network() {
+            let node = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+            let mut hosts = format!("# Kubernetes-managed hosts file (host network).\n{node}");
+            if !hosts.ends_with('\n') {
+                hosts.push('\n');
+            }
+            hosts
+        } else {
+            let mut hosts = String::from(
+                "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+            );
+            let fqdn = match self.pod["spec"]["subdomain"].as_str() {
+                Some(sub) => format!("{hostname}.{sub}.{}.svc.cluster.local\t{hostname}", self.ns()),
+                None => hostname.to_string(),
+            };
+            hosts.push_str(&format!("{ip}\t{fqdn}\n"));
+            hosts
         };
-        hosts.push_str(&format!("{ip}\t{fqdn}\n"));
         for alias in self.pod["spec"]["hostAliases"].as_array().into_iter().flatten() {
             let names: Vec<&str> = alias["hostnames"]
                 .as_array()
