@@ -464,7 +464,14 @@ async fn proxy_backend(app: &App, target: &ProxyTarget<'_>) -> Result<(Value, u1
     if target.kind == "pods" {
         let pod = read_pod(app, target.ns, name).await?;
         let number = match port {
-            "" => 80,
+            // No port: the first port a container declares, as upstream; else 80.
+            "" => pod["spec"]["containers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find_map(|c| c["ports"][0]["containerPort"].as_u64())
+                .and_then(|n| u16::try_from(n).ok())
+                .unwrap_or(80),
             p => match p.parse::<u16>() {
                 Ok(n) => n,
                 Err(_) => pod["spec"]["containers"]

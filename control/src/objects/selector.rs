@@ -191,8 +191,17 @@ impl FieldSelector {
 /// `spec.unschedulable=false`), an event's `source` is its source component, a namespace's `name`
 /// its name; any other missing field reads as "".
 pub fn field_value(obj: &Value, path: &str) -> String {
+    // An event's source is its component, or else its reporting controller (an event written
+    // through events.k8s.io has only the latter), as upstream's event field set.
+    if path == "source" {
+        return [&obj["source"]["component"], &obj["reportingComponent"]]
+            .into_iter()
+            .filter_map(Value::as_str)
+            .find(|s| !s.is_empty())
+            .unwrap_or_default()
+            .to_owned();
+    }
     let path = match path {
-        "source" => "source.component",
         "name" => "metadata.name",
         p => p,
     };

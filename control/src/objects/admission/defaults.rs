@@ -163,6 +163,12 @@ fn apply_defaults(info: &ResourceInfo, obj: &mut Value, creating: bool) {
             set_default(spec, "sessionAffinity", json!("None"));
             for port in items_mut(spec, "ports") {
                 set_default(port, "protocol", json!("TCP"));
+                // A Go client's zero nodePort (protobuf sends it) is no node port.
+                if port["nodePort"] == json!(0)
+                    && let Some(p) = port.as_object_mut()
+                {
+                    p.remove("nodePort");
+                }
                 // Unset, 0 or "" (what a Go client's zero IntOrString sends) means the port itself.
                 if matches!(&port["targetPort"], Value::Null)
                     || port["targetPort"] == json!(0)

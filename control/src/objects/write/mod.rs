@@ -381,9 +381,29 @@ impl Objects {
         }
         match req.sub.as_deref() {
             Some("status") => {
+                // A status write changes the status, and the labels and annotations (upstream's
+                // status strategies reset the spec; the apps workloads keep their labels too).
                 let status = new["status"].clone();
+                let keep_labels = req.info.group == "apps";
+                let (labels, annotations) = (
+                    new["metadata"]["labels"].clone(),
+                    new["metadata"]["annotations"].clone(),
+                );
                 new = old.clone();
                 new["status"] = status;
+                for (field, value) in [("labels", labels), ("annotations", annotations)] {
+                    if field == "labels" && keep_labels {
+                        continue;
+                    }
+                    match value {
+                        Value::Null => {
+                            if let Some(m) = new["metadata"].as_object_mut() {
+                                m.remove(field);
+                            }
+                        }
+                        v => new["metadata"][field] = v,
+                    }
+                }
             }
             _ if req.info.has_subresource("status") && req.info.kind != "CustomResourceDefinition" => {
                 new["status"] = old["status"].clone();

@@ -132,6 +132,16 @@ async fn an_update_at_an_old_version_conflicts_and_spec_changes_bump_generation(
     assert_eq!(written["spec"]["replicas"], 3);
     assert_eq!(written["status"]["replicas"], 3);
     assert_eq!(written["metadata"]["generation"], 2);
+    // A status write takes annotations along (an apps workload keeps its labels).
+    let mut annotated = written.clone();
+    annotated["metadata"]["annotations"] = json!({"patchedstatus": "true"});
+    annotated["metadata"]["labels"] = json!({"changed": "yes"});
+    let written = o
+        .update(&req.clone().at(Some("status")), annotated)
+        .await
+        .unwrap();
+    assert_eq!(written["metadata"]["annotations"]["patchedstatus"], "true");
+    assert!(written["metadata"].get("labels").is_none());
     // An update of the object leaves the status alone.
     let mut spec = written.clone();
     spec["status"] = json!({"replicas": 0});
