@@ -1236,6 +1236,18 @@ fn service_type_changes_allocate_and_release_addresses() {
         svc["spec"].get("clusterIP").is_none() && svc["spec"].get("clusterIPs").is_none(),
         "{svc}"
     );
+    // NodePort straight to ExternalName drops the node ports too.
+    c.ok(&["create", "service", "nodeport", "np", "--tcp=80:8080"]);
+    c.ok(&[
+        "patch",
+        "service",
+        "np",
+        "--type=merge",
+        "-p",
+        r#"{"spec": {"type": "ExternalName", "externalName": "db.example.com"}}"#,
+    ]);
+    let np = json(&c.ok(&["get", "service", "np", "-o", "json"]));
+    assert!(np["spec"]["ports"][0].get("nodePort").is_none(), "{np}");
     // The address went back to the pool: another Service may ask for it.
     c.ok_stdin(
         &["apply", "-f", "-"],

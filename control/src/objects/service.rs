@@ -181,6 +181,28 @@ fn has_node_ports(svc: &Value) -> bool {
 /// the IP is rejected. A type that no longer has them drops those the update left as they were,
 /// as upstream's `dropTypeDependentFields`: ExternalName has no cluster IP, ClusterIP no node ports.
 pub fn keep_allocations(old: &Value, new: &mut Value) -> Result<(), Causes> {
+    let keep_ports = has_node_ports(new);
+    let old_ports = old["spec"]["ports"].as_array().cloned().unwrap_or_default();
+    for port in new
+        .get_mut("spec")
+        .map(|s| items_mut(s, "ports"))
+        .into_iter()
+        .flatten()
+    {
+        let prev = old_ports
+            .iter()
+            .find(|p| p["port"] == port["port"] && p["protocol"] == port["protocol"])
+            .and_then(|p| p.get("nodePort"));
+        match (port.get("nodePort"), prev) {
+            (None, Some(np)) if keep_ports => port["nodePort"] = np.clone(),
+            (Some(np), Some(was)) if !keep_ports && np == was => {
+                if let Some(p) = port.as_object_mut() {
+                    p.remove("nodePort");
+                }
+            }
+            _ => {}
+        }
+    }
     let old_ip = old["spec"]["clusterIP"].clone();
     if new["spec"]["type"] == "ExternalName" {
         if let Some(spec) = new["spec"].as_object_mut()
@@ -219,28 +241,6 @@ pub fn keep_allocations(old: &Value, new: &mut Value) -> Result<(), Causes> {
             if new["spec"]["clusterIPs"].is_null() {
                 new["spec"]["clusterIPs"] = old["spec"]["clusterIPs"].clone();
             }
-        }
-    }
-    let keep_ports = has_node_ports(new);
-    let old_ports = old["spec"]["ports"].as_array().cloned().unwrap_or_default();
-    for port in new
-        .get_mut("spec")
-        .map(|s| items_mut(s, "ports"))
-        .into_iter()
-        .flatten()
-    {
-        let prev = old_ports
-            .iter()
-            .find(|p| p["port"] == port["port"] && p["protocol"] == port["protocol"])
-            .and_then(|p| p.get("nodePort"));
-        match (port.get("nodePort"), prev) {
-            (None, Some(np)) if keep_ports => port["nodePort"] = np.clone(),
-            (Some(np), Some(was)) if !keep_ports && np == was => {
-                if let Some(p) = port.as_object_mut() {
-                    p.remove("nodePort");
-                }
-            }
-            _ => {}
         }
     }
     Ok(())

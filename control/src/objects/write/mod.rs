@@ -430,7 +430,10 @@ impl Objects {
                 }
             }
         }
-        let generation = old["metadata"]["generation"].as_i64();
+        // Only kinds with a spec (and custom resources) count generations; an Event a Go
+        // client created with `generation: 0` keeps it.
+        let counted = old.get("spec").is_some() || new.get("spec").is_some() || req.info.crd.is_some();
+        let generation = old["metadata"]["generation"].as_i64().filter(|_| counted);
         if let Some(g) = generation {
             let bump = spec_part(&old) != spec_part(&new);
             new["metadata"]["generation"] = json!(if bump { g + 1 } else { g });

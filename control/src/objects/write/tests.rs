@@ -254,3 +254,22 @@ async fn a_pod_binds_once() {
     );
     assert_eq!(o.bind(&pod, "node-b").await.unwrap_err().code, 409);
 }
+
+#[tokio::test]
+async fn kinds_without_a_spec_keep_their_generation() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = objects(dir.path()).await;
+    let req = config_maps(&o, None);
+    // What a Go client's protobuf body carries: an explicit zero generation.
+    let created = o
+        .create(
+            &req,
+            json!({"metadata": {"name": "g", "generation": 0}, "data": {"a": "1"}}),
+        )
+        .await
+        .unwrap();
+    let mut next = created.clone();
+    next["data"]["a"] = json!("2");
+    let updated = o.update(&config_maps(&o, Some("g")), next).await.unwrap();
+    assert_eq!(updated["metadata"]["generation"], 0);
+}
