@@ -76,12 +76,7 @@ impl Call {
 
     /// Object `name` of the request's resource, for errors.
     pub fn target<'a>(&'a self, name: &'a str) -> Target<'a> {
-        Target {
-            group: &self.info.group,
-            resource: &self.info.plural,
-            kind: &self.info.kind,
-            name,
-        }
+        self.info.target(name)
     }
 
     fn dry_run(&self) -> bool {

@@ -50,6 +50,16 @@ impl ResourceInfo {
         keys::prefix(&self.group, &self.plural)
     }
 
+    /// Object `name` of this resource, for errors.
+    pub fn target<'a>(&'a self, name: &'a str) -> super::status::Target<'a> {
+        super::status::Target {
+            group: &self.group,
+            resource: &self.plural,
+            kind: &self.kind,
+            name,
+        }
+    }
+
     /// A stored object as this resource serves it.
     pub fn decode(&self, kv: &crate::store::KeyValue) -> Value {
         super::convert::to_served(self, super::meta::from_kv(kv))

@@ -53,12 +53,7 @@ impl Attributes<'_> {
 
     /// The object `name` of this resource, for error messages.
     pub fn target<'n>(&'n self, name: &'n str) -> Target<'n> {
-        Target {
-            group: &self.info.group,
-            resource: &self.info.plural,
-            kind: &self.info.kind,
-            name,
-        }
+        self.info.target(name)
     }
 
     /// 422 with `causes` for `obj`, unless there are none.

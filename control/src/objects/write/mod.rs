@@ -94,12 +94,7 @@ impl Request {
 
     /// Object `name` of this resource, for errors.
     pub fn target<'a>(&'a self, name: &'a str) -> Target<'a> {
-        Target {
-            group: &self.info.group,
-            resource: &self.info.plural,
-            kind: &self.info.kind,
-            name,
-        }
+        self.info.target(name)
     }
 
     /// What admission plugins know of this write.
