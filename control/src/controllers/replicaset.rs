@@ -15,7 +15,9 @@ use super::runtime::{Cache, Next, Queue, queue_changes, queue_owners, run_worker
 use super::write::{call, write_status};
 use crate::objects::Objects;
 use crate::objects::keys;
-use crate::objects::meta::{active, meta_str, owner_ref, pod_available, pod_from_template, pod_ready};
+use crate::objects::meta::{
+    active, controller_ref, meta_str, owner_ref, pod_available, pod_from_template, pod_ready,
+};
 use crate::objects::selector::LabelSelector;
 use crate::objects::write::DeleteOptions;
 
@@ -72,11 +74,7 @@ fn claims(
     let mut adopt = Vec::new();
     let mut release = Vec::new();
     for pod in pods {
-        let controller = pod["metadata"]["ownerReferences"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|r| r["controller"] == json!(true));
+        let controller = controller_ref(pod);
         let matched = selector.matches(pod["metadata"].get("labels"));
         match controller {
             None if matched && !deleting && active(pod) => adopt.push(meta_str(pod, "name").to_owned()),
@@ -99,13 +97,10 @@ async fn claim(app: &Objects, f: Flavour, owner: &Value, pods: &Cache, ns: &str)
     for name in &adopt {
         let key = keys::object(keys::PODS, Some(ns), name);
         super::edit_object(app, &key, |pod| {
-            let refs = &mut pod["metadata"]["ownerReferences"];
-            if refs
-                .as_array()
-                .is_some_and(|r| r.iter().any(|r| r["controller"] == json!(true)))
-            {
+            if controller_ref(pod).is_some() {
                 return false;
             }
+            let refs = &mut pod["metadata"]["ownerReferences"];
             match refs.as_array_mut() {
                 Some(r) => r.push(owner_ref(owner)),
                 None => *refs = json!([owner_ref(owner)]),
@@ -289,12 +284,11 @@ fn queue_selecting(queue: &Arc<Queue>, pods: &Cache, owners: &Arc<Cache>, f: Fla
     let (queue, owners, mut changes) = (queue.clone(), owners.clone(), pods.subscribe());
     tokio::spawn(async move {
         while let Ok(change) = changes.recv().await {
-            let Some(pod) = change.new.as_ref().filter(|p| {
-                active(p)
-                    && !p["metadata"]["ownerReferences"]
-                        .as_array()
-                        .is_some_and(|r| r.iter().any(|r| r["controller"] == json!(true)))
-            }) else {
+            let Some(pod) = change
+                .new
+                .as_ref()
+                .filter(|p| active(p) && controller_ref(p).is_none())
+            else {
                 continue;
             };
             let ns = pod["metadata"]["namespace"].as_str().unwrap_or_default();

@@ -80,7 +80,15 @@ pub fn new_uid() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
-/// The uid of the controller that owns `obj` with the given kind, if any.
+/// The owner reference of `obj`'s controller, if it has one.
+pub fn controller_ref(obj: &Value) -> Option<&Value> {
+    obj["metadata"]["ownerReferences"]
+        .as_array()?
+        .iter()
+        .find(|r| r["controller"] == json!(true))
+}
+
+/// The name of the controller that owns `obj` with the given kind, if any.
 pub fn controller_of<'a>(obj: &'a Value, kind: &str) -> Option<&'a str> {
     obj["metadata"]["ownerReferences"]
         .as_array()?

@@ -378,25 +378,22 @@ impl Objects {
             Some("status") => {
                 // A status write changes the status, and the labels and annotations (upstream's
                 // status strategies reset the spec; the apps workloads keep their labels too).
-                let status = new["status"].clone();
-                let keep_labels = req.info.group == "apps";
-                let (labels, annotations) = (
-                    new["metadata"]["labels"].clone(),
-                    new["metadata"]["annotations"].clone(),
-                );
+                let (status, meta) = (new["status"].take(), new["metadata"].take());
                 new = old.clone();
                 new["status"] = status;
-                for (field, value) in [("labels", labels), ("annotations", annotations)] {
-                    if field == "labels" && keep_labels {
-                        continue;
-                    }
-                    match value {
+                let fields: &[&str] = if req.info.group == "apps" {
+                    &["annotations"]
+                } else {
+                    &["labels", "annotations"]
+                };
+                for &field in fields {
+                    match &meta[field] {
                         Value::Null => {
                             if let Some(m) = new["metadata"].as_object_mut() {
                                 m.remove(field);
                             }
                         }
-                        v => new["metadata"][field] = v,
+                        v => new["metadata"][field] = v.clone(),
                     }
                 }
             }
