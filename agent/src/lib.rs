@@ -2,7 +2,8 @@
 //! benchmarks (`skiff-bench proxy` drives the service data planes directly).
 //!
 //! - `node/`: joining, the Node and its Lease, the control plane's stream and its API client.
-//! - `pods/`: the per-pod worker, volumes, env, probes, the pod spec.
+//! - `pods/`: the per-pod worker (a state machine behind the `Runtime` seam; `host/` is the real
+//!   runtime), volumes, env, probes, the pod spec.
 //! - `runtime/`: the container shim, consoles, attach sockets, cgroups.
 //! - `image/`: pulls, imports, the layer store.
 //! - `network/`: the bridge and pod sandboxes, IPAM, routes between nodes, cluster DNS.

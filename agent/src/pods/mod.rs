@@ -8,8 +8,10 @@
 mod backoff;
 mod containers;
 pub mod env;
+mod host;
 mod pass;
 pub mod probe;
+mod runtime;
 mod service_env;
 pub mod spec;
 mod status;

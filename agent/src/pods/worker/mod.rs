@@ -1,31 +1,26 @@
-//! One pod's reconciliation loop: its sandbox and volumes (`sandbox.rs`), images (`images.rs`),
-//! containers started, probed, restarted with back-off and stopped (here), and the status it
-//! reports (`../status.rs`).
+//! One pod's state machine: its sandbox and volumes made ready, images pulled, containers started
+//! in the order the pass plans (`../pass.rs`), probed, restarted with back-off (`../backoff.rs`)
+//! and stopped (`termination.rs`), and the status it reports (`../status.rs`). Every effect goes
+//! through the pod's [`Runtime`] (`../host/` on a node), so whole passes are unit-tested (`tests.rs`).
 
-mod images;
-mod sandbox;
 mod termination;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
-use hyper::Method;
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 use tokio::sync::{Notify, watch};
 
 use super::Shared;
-use super::containers::{Attempt, Ctr, is_sidecar};
-use super::env::{ConfigError, Lookup};
-use super::spec::{self, Bind, Plan};
-use super::status::trim_ts;
-use super::volumes;
+use super::containers::{Ctr, is_sidecar};
+use super::env::ConfigError;
+use super::host::Host;
+use super::runtime::{PullFailure, Runtime};
 use crate::image::{Image, Reference};
-use crate::runtime::shim::{EXITED, Exited, STARTED, Started, now_rfc3339};
-use images::{PullFailure, image_env};
 
 /// `namespace/name`, as the pod's log lines say which pod they are about.
 fn pod_key(pod: &Value) -> String {
@@ -53,10 +48,11 @@ pub fn saved_pods(shared: &Shared) -> Vec<(String, Value)> {
     out
 }
 
-struct Pod {
-    shared: Arc<Shared>,
+struct Pod<R> {
+    rt: R,
     uid: String,
-    dir: PathBuf,
+    /// The node's address (the pod's too, on the host network).
+    node_ip: String,
     pod: Value,
     ctrs: HashMap<String, Ctr>,
     ip: Option<String>,
@@ -65,43 +61,24 @@ struct Pod {
     exits: Arc<Notify>,
     volume_sync: Option<Instant>,
     start_time: Option<String>,
-    /// resourceVersion of the pod last written to `pod.json`.
+    /// resourceVersion of the pod last saved.
     saved: String,
 }
 
-fn pid_alive(pid: i32) -> bool {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
-}
-
-fn read_json<T: serde::de::DeserializeOwned>(p: &Path) -> Option<T> {
-    std::fs::read(p)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-}
-
-/// Runs one pod's worker until its pod is gone and cleaned up.
+/// Runs one pod's worker on this node until its pod is gone and cleaned up.
 #[tracing::instrument(name = "pod", skip_all, fields(pod = %pod_key(&initial), uid = %uid))]
-pub async fn run(shared: Arc<Shared>, uid: String, initial: Value, mut rx: watch::Receiver<Option<Value>>) {
+pub async fn run(shared: Arc<Shared>, uid: String, initial: Value, rx: watch::Receiver<Option<Value>>) {
+    let rt = Host::new(shared.clone(), &uid, &initial);
+    drive(Pod::new(rt, uid, shared.cfg.node_ip.clone(), initial), rx).await
+}
+
+async fn drive<R: Runtime>(mut pod: Pod<R>, mut rx: watch::Receiver<Option<Value>>) {
     // The pod may be gone before this task first runs; then it is cleaned up as it was last known.
     let latest = rx.borrow_and_update().clone();
     let mut gone = latest.is_none();
-    let initial = latest.unwrap_or(initial);
-    let dir = shared.pod_dir(&uid);
-    let mut pod = Pod {
-        shared,
-        uid,
-        dir,
-        pod: initial,
-        ctrs: HashMap::new(),
-        ip: None,
-        sandbox_ready: false,
-        last_status: Value::Null,
-        exits: Arc::new(Notify::new()),
-        volume_sync: None,
-        start_time: None,
-        saved: String::new(),
-    };
-    pod.load();
+    if let Some(latest) = latest {
+        pod.pod = latest;
+    }
     loop {
         let wake = if gone || pod.pod["metadata"]["deletionTimestamp"].is_string() {
             match pod.terminate(gone, &mut rx).await {
@@ -138,7 +115,26 @@ pub async fn run(shared: Arc<Shared>, uid: String, initial: Value, mut rx: watch
     }
 }
 
-impl Pod {
+impl<R: Runtime> Pod<R> {
+    /// The worker of `pod`, picking up what a previous agent left of it.
+    fn new(rt: R, uid: String, node_ip: String, pod: Value) -> Self {
+        let saved = rt.load();
+        Pod {
+            rt,
+            uid,
+            node_ip,
+            pod,
+            ctrs: saved.ctrs,
+            ip: saved.ip,
+            sandbox_ready: saved.sandbox_ready,
+            last_status: Value::Null,
+            exits: Arc::new(Notify::new()),
+            volume_sync: None,
+            start_time: saved.start_time,
+            saved: String::new(),
+        }
+    }
+
     fn ns(&self) -> &str {
         self.pod["metadata"]["namespace"].as_str().unwrap_or("default")
     }
@@ -150,99 +146,24 @@ impl Pod {
     }
     /// Where the pod is reached: its own address, or the node's.
     fn address(&self) -> String {
-        self.ip.clone().unwrap_or_else(|| self.shared.cfg.node_ip.clone())
-    }
-    fn sandbox(&self) -> PathBuf {
-        self.dir.join("ns")
+        self.ip.clone().unwrap_or_else(|| self.node_ip.clone())
     }
     fn containers(&self, key: &str) -> Vec<Value> {
         self.pod["spec"][key].as_array().cloned().unwrap_or_default()
     }
-    fn ctr_dir(&self, name: &str, attempt: u32) -> PathBuf {
-        self.dir.join("containers").join(name).join(attempt.to_string())
-    }
-    fn log_path(&self, name: &str, attempt: u32) -> PathBuf {
-        self.shared
-            .log_dir(self.ns(), self.name(), &self.uid)
-            .join(name)
-            .join(format!("{attempt}.log"))
-    }
-    fn cgroup_parent(&self) -> String {
-        format!("/{}/pod{}", self.shared.cfg.cgroup_root, self.uid)
-    }
 
-    /// Reads what a previous agent left: attempts, their status files, the pod's address.
-    fn load(&mut self) {
-        if let Ok(ip) = std::fs::read_to_string(self.dir.join("ip")) {
-            self.ip = Some(ip.trim().to_string());
-        }
-        self.start_time = std::fs::read_to_string(self.dir.join("start-time")).ok();
-        self.sandbox_ready = crate::network::pod_net::sandbox_alive(&self.sandbox());
-        let Ok(rd) = std::fs::read_dir(self.dir.join("containers")) else {
-            return;
-        };
-        for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let mut numbers: Vec<u32> = std::fs::read_dir(e.path())
-                .into_iter()
-                .flatten()
-                .flatten()
-                .filter_map(|a| a.file_name().to_string_lossy().parse().ok())
-                .collect();
-            numbers.sort();
-            let mut c = Ctr::default();
-            let attempt = |n: u32| {
-                let st = self.ctr_dir(&name, n).join("status");
-                Attempt {
-                    number: n,
-                    id: std::fs::read_to_string(self.ctr_dir(&name, n).join("id")).unwrap_or_default(),
-                    started: read_json(&st.join(STARTED)),
-                    exited: read_json(&st.join(EXITED)),
-                }
-            };
-            if let Some(&n) = numbers.last() {
-                c.current = Some(attempt(n));
-            }
-            if numbers.len() > 1 {
-                c.previous = Some(attempt(numbers[numbers.len() - 2]));
-            }
-            self.ctrs.insert(name, c);
-        }
-    }
-
-    /// Re-reads the status files of running attempts; notices shims that died without a word.
+    /// Re-reads the running attempts: started, ended, or their shim gone.
     fn refresh(&mut self) {
-        let dir = self.dir.clone();
         for (name, c) in &mut self.ctrs {
-            let Some(a) = &mut c.current else { continue };
-            if a.exited.is_some() {
-                continue;
-            }
-            let st = dir
-                .join("containers")
-                .join(name)
-                .join(a.number.to_string())
-                .join("status");
-            a.exited = read_json(&st.join(EXITED));
-            if a.started.is_none() {
-                a.started = read_json(&st.join(STARTED));
-            }
-            if a.exited.is_none()
-                && let Some(s) = &a.started
-                && !pid_alive(s.pid)
-                && !pid_alive(s.shim_pid)
+            if let Some(a) = &mut c.current
+                && a.exited.is_none()
             {
-                a.exited = Some(Exited {
-                    exit_code: 137,
-                    finished_at: now_rfc3339(),
-                    error: Some("the container's shim is gone".into()),
-                    ..Exited::default()
-                });
+                self.rt.observe(name, a);
             }
         }
     }
 
-    /// Keeps `pod.json` (what a restarted agent adopts) at the latest version of the pod.
+    /// Keeps the saved pod (what a restarted agent adopts) at its latest version.
     fn save(&mut self) -> anyhow::Result<()> {
         let version = self.pod["metadata"]["resourceVersion"]
             .as_str()
@@ -250,8 +171,7 @@ impl Pod {
         if !self.saved.is_empty() && self.saved == version {
             return Ok(());
         }
-        std::fs::create_dir_all(&self.dir)?;
-        skiff_common::fs::write_private(&self.dir.join("pod.json"), &serde_json::to_vec(&self.pod)?)?;
+        self.rt.save(&self.pod)?;
         self.saved = version.to_string();
         Ok(())
     }
@@ -261,32 +181,31 @@ impl Pod {
         self.save()?;
         self.refresh();
         if self.start_time.is_none() {
-            let t = now_rfc3339();
-            let _ = std::fs::write(self.dir.join("start-time"), &t);
+            let t = self.rt.timestamp();
+            self.rt.save_start_time(&t);
             self.start_time = Some(t);
         }
         let mut wake = Duration::from_secs(10);
         if !self.sandbox_ready {
-            self.create_sandbox().await?;
+            self.ip = self.rt.create_sandbox(&self.pod).await?;
+            self.sandbox_ready = true;
         }
-        let lookup_api = self.shared.api.clone();
-        let ca = self.shared.ca_pem.clone();
         // The downward API reads the pod's addresses, which this node knows before the pod's
         // status (written at the end of this pass) says so.
         let mut pod_for_lookup = self.pod.clone();
-        let (pod_ip, node_ip) = (self.address(), self.shared.cfg.node_ip.clone());
+        let (pod_ip, node_ip) = (self.address(), self.node_ip.clone());
         pod_for_lookup["status"]["podIP"] = json!(pod_ip);
         pod_for_lookup["status"]["podIPs"] = json!([{"ip": pod_ip}]);
         pod_for_lookup["status"]["hostIP"] = json!(node_ip);
         pod_for_lookup["status"]["hostIPs"] = json!([{"ip": node_ip}]);
-        let lookup = Lookup::new(&lookup_api, self.ns(), &ca);
         // Volumes: created before any container, refreshed (configMap/secret updates) every pass.
+        let now = self.rt.now();
         let due = self
             .volume_sync
-            .is_none_or(|t| t.elapsed() >= Duration::from_secs(2));
+            .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(2));
         if due {
-            match self.sync_volumes(&lookup, &pod_for_lookup).await {
-                Ok(()) => self.volume_sync = Some(Instant::now()),
+            match self.rt.sync_volumes(&pod_for_lookup).await {
+                Ok(()) => self.volume_sync = Some(now),
                 Err(e) => {
                     let msg = format!("{e:#}");
                     for c in self
@@ -300,7 +219,7 @@ impl Pod {
                             entry.waiting = Some(("ContainerCreating".into(), msg.clone()));
                         }
                     }
-                    self.event("Warning", "FailedMount", &msg).await;
+                    self.rt.event("Warning", "FailedMount", &msg).await;
                     self.post_status().await?;
                     return Ok(Duration::from_secs(2));
                 }
@@ -309,7 +228,7 @@ impl Pod {
         wake = wake.min(Duration::from_secs(2));
 
         for c in super::pass::plan(&self.pod, &self.ctrs).start {
-            if let Some(d) = self.start_if_due(&c, &lookup, &pod_for_lookup).await? {
+            if let Some(d) = self.start_if_due(&c, &pod_for_lookup).await? {
                 wake = wake.min(d);
             }
         }
@@ -349,41 +268,32 @@ impl Pod {
             let Some(started) = a.started.clone() else {
                 continue;
             };
-            let target = target(&self.shared, &c, &a.id, started.pid, grace, &ip);
+            let target = self.rt.target(&c, &a.id, started.pid, grace, &ip);
             let verdict = Arc::new(std::sync::Mutex::new(super::probe::Verdict::default()));
-            let events = EventSink::new(&self.shared, &self.pod);
+            let rt = self.rt.clone();
             let report: super::probe::Report = Arc::new(move |reason, msg| {
-                let events = events.clone();
+                let rt = rt.clone();
                 let kind = if reason == "Killing" { "Normal" } else { "Warning" };
-                tokio::spawn(async move { events.post(kind, reason, &msg).await });
+                tokio::spawn(async move { rt.event(kind, reason, &msg).await });
             });
-            let task = tokio::spawn(super::probe::run(
-                target,
-                verdict.clone(),
-                self.exits.clone(),
-                report,
-            ));
-            state.probes = Some((a.number, task.abort_handle(), verdict));
+            let task = self.rt.probe(target, verdict.clone(), self.exits.clone(), report);
+            state.probes = Some((a.number, task, verdict));
         }
     }
 
     /// Starts a container if its back-off allows; returns when to look again.
-    async fn start_if_due(
-        &mut self,
-        c: &Value,
-        lookup: &Lookup<'_>,
-        pod: &Value,
-    ) -> anyhow::Result<Option<Duration>> {
+    async fn start_if_due(&mut self, c: &Value, pod: &Value) -> anyhow::Result<Option<Duration>> {
         let name = c["name"].as_str().unwrap_or_default().to_string();
+        let now = self.rt.now();
         let state = self.ctrs.entry(name.clone()).or_default();
-        if let Some(due) = state.backoff.due_in(Instant::now()) {
+        if let Some(due) = state.backoff.due_in(now) {
             return Ok(Some(due));
         }
-        let image = match self.ensure_image(c).await {
+        let image = match self.rt.image(&self.pod, c).await {
             Ok(i) => i,
             Err(e) => {
+                let now = self.rt.now();
                 let state = self.ctrs.entry(name.clone()).or_default();
-                let now = Instant::now();
                 let (reason, msg, wait, retried) = match e.downcast_ref::<PullFailure>() {
                     Some(PullFailure::InvalidName(m)) => (
                         "InvalidImageName",
@@ -402,16 +312,12 @@ impl Pod {
                     }
                     None => return Err(e),
                 };
-                self.event(
-                    "Warning",
-                    if reason == "ErrImagePull" {
-                        "Failed"
-                    } else {
-                        "InspectFailed"
-                    },
-                    &msg,
-                )
-                .await;
+                let event = if reason == "ErrImagePull" {
+                    "Failed"
+                } else {
+                    "InspectFailed"
+                };
+                self.rt.event("Warning", event, &msg).await;
                 let state = self.ctrs.entry(name.clone()).or_default();
                 state.waiting = Some((reason.to_owned(), msg));
                 if retried {
@@ -447,7 +353,7 @@ impl Pod {
                 )
                 .map(|(s, e)| (e - s).whole_seconds().max(0) as u64)
                 .unwrap_or(0);
-            if let Some(b) = state.backoff.restart(Duration::from_secs(ran), Instant::now()) {
+            if let Some(b) = state.backoff.restart(Duration::from_secs(ran), self.rt.now()) {
                 let msg = format!(
                     "back-off {}s restarting failed container={name} pod={}_{}({})",
                     b.as_secs(),
@@ -457,20 +363,14 @@ impl Pod {
                 );
                 let state = self.ctrs.entry(name.clone()).or_default();
                 state.waiting = Some(("CrashLoopBackOff".into(), msg));
-                self.event("Warning", "BackOff", "Back-off restarting failed container")
+                self.rt
+                    .event("Warning", "BackOff", "Back-off restarting failed container")
                     .await;
                 return Ok(Some(b));
             }
         }
-        let state = self.ctrs.entry(name.clone()).or_default();
         state.backoff.starting();
-        let services = self
-            .shared
-            .cfg
-            .feeds
-            .services
-            .read(|all| super::service_env::service_env(pod, all.values()));
-        let env = match super::env::resolve(lookup, pod, c, &image_env(&image), &services).await {
+        let env = match self.rt.env(pod, c, &image).await {
             Ok(e) => e,
             Err(e) => {
                 let msg = format!("{e:#}");
@@ -479,7 +379,7 @@ impl Pod {
                 }
                 let state = self.ctrs.entry(name.clone()).or_default();
                 state.waiting = Some(("CreateContainerConfigError".into(), msg.clone()));
-                self.event("Warning", "Failed", &format!("Error: {msg}")).await;
+                self.rt.event("Warning", "Failed", &format!("Error: {msg}")).await;
                 return Ok(Some(Duration::from_secs(2)));
             }
         };
@@ -491,7 +391,7 @@ impl Pod {
             }
             Err(e) => {
                 let msg = format!("{e:#}");
-                self.event("Warning", "Failed", &format!("Error: {msg}")).await;
+                self.rt.event("Warning", "Failed", &format!("Error: {msg}")).await;
                 let state = self.ctrs.entry(name).or_default();
                 state.waiting = Some(("CreateContainerError".into(), msg));
                 Ok(Some(Duration::from_secs(2)))
@@ -499,7 +399,7 @@ impl Pod {
         }
     }
 
-    /// Creates the next attempt of a container and starts it through the shim.
+    /// Starts the next attempt of a container, then runs its postStart hook.
     async fn start(&mut self, c: &Value, image: &Image, env: Vec<(String, String)>) -> anyhow::Result<()> {
         let name = c["name"].as_str().unwrap_or_default().to_string();
         let number = self
@@ -508,214 +408,43 @@ impl Pod {
             .and_then(|s| s.current.as_ref())
             .map(|a| a.number + 1)
             .unwrap_or(0);
-        let dir = self.ctr_dir(&name, number);
-        let bundle = dir.join("bundle");
-        let rootfs = bundle.join("rootfs");
-        for d in [
-            &rootfs,
-            &dir.join("upper"),
-            &dir.join("work"),
-            &dir.join("status"),
-        ] {
-            std::fs::create_dir_all(d)?;
-        }
-        let short: String = self
-            .uid
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric())
-            .take(12)
-            .collect();
-        let id = format!("{short}-{name}-{number}");
-        std::fs::write(dir.join("id"), &id)?;
-        // The root filesystem: image layers (shared, read-only) under this attempt's upper dir.
-        let lower: Vec<String> = image
-            .layers
-            .iter()
-            .rev()
-            .map(|l| self.shared.images.layer_dir(l).map(|p| p.display().to_string()))
-            .collect::<anyhow::Result<_>>()?;
-        if !skiff_common::fs::is_mountpoint(&rootfs) {
-            let opts = format!(
-                "lowerdir={},upperdir={},workdir={}",
-                lower.join(":"),
-                dir.join("upper").display(),
-                dir.join("work").display()
-            );
-            nix::mount::mount(
-                Some("overlay"),
-                &rootfs,
-                Some("overlay"),
-                nix::mount::MsFlags::empty(),
-                Some(opts.as_str()),
-            )
-            .context("mounting the container's overlay root")?;
-        }
-        let mut binds = vec![
-            Bind {
-                target: "/etc/hosts".into(),
-                source: self.dir.join("hosts"),
-                read_only: false,
-            },
-            Bind {
-                target: "/etc/hostname".into(),
-                source: self.dir.join("hostname"),
-                read_only: false,
-            },
-            Bind {
-                target: "/etc/resolv.conf".into(),
-                source: self.dir.join("resolv.conf"),
-                read_only: false,
-            },
-        ];
-        let term = dir.join("termination-log");
-        std::fs::write(&term, b"")?;
-        binds.push(Bind {
-            target: c["terminationMessagePath"]
-                .as_str()
-                .unwrap_or("/dev/termination-log")
-                .to_string(),
-            source: term,
-            read_only: false,
-        });
-        for m in c["volumeMounts"].as_array().into_iter().flatten() {
-            let (mut source, ro) = self.volume_source(m["name"].as_str().unwrap_or_default())?;
-            if let Some(sub) = m["subPath"].as_str().filter(|s| !s.is_empty()) {
-                if sub.split('/').any(|p| p == "..") {
-                    bail!("subPath {sub:?} may not contain '..'");
-                }
-                source = source.join(sub);
-                if !source.exists() {
-                    std::fs::create_dir_all(&source)?;
-                }
-            }
-            binds.push(Bind {
-                target: m["mountPath"].as_str().unwrap_or_default().to_string(),
-                source,
-                read_only: ro || m["readOnly"].as_bool().unwrap_or(false),
-            });
-        }
-        let cgroups_path = format!("{}/{id}", self.cgroup_parent());
-        let plan = Plan {
-            pod: &self.pod,
-            container: c,
-            image,
-            rootfs: rootfs.clone(),
-            sandbox: self.sandbox(),
-            env,
-            binds,
-            cgroups_path: cgroups_path.clone(),
-            pids_limit: self.shared.cfg.pids_limit,
-        };
-        let mut config = spec::build(&plan);
-        if self.host_network()
-            && let Some(ns) = config["linux"]["namespaces"].as_array_mut()
-        {
-            ns.retain(|n| !matches!(n["type"].as_str(), Some("network" | "uts")));
-            // The node's network is the host network of its pods.
-            if let Some(node) = crate::network::pod_net::node_netns() {
-                ns.push(serde_json::json!({"type": "network", "path": node}));
-            }
-        }
-        std::fs::write(bundle.join("config.json"), serde_json::to_vec_pretty(&config)?)?;
-        let log = self.log_path(&name, number);
-        std::fs::create_dir_all(log.parent().context("log path")?)?;
-        let status_dir = dir.join("status");
-        let memory_cgroup = crate::runtime::cgroups::memory_dir(&cgroups_path);
-        let mut cmd = crate::runtime::helper::command("shim");
-        cmd.arg("--root")
-            .arg(self.shared.run_root())
-            .arg("--id")
-            .arg(&id)
-            .arg("--bundle")
-            .arg(&bundle)
-            .arg("--log")
-            .arg(&log)
-            .arg("--status-dir")
-            .arg(&status_dir)
-            .arg("--memory-cgroup")
-            .arg(memory_cgroup)
-            .arg("--cgroups-path")
-            .arg(&cgroups_path)
-            .args(spec::oom_score_adj(&self.pod).map(|a| format!("--oom-score-adj={a}")))
-            .arg(format!("--log-max-size={}", self.shared.cfg.log_max_size))
-            .arg(format!("--log-max-files={}", self.shared.cfg.log_max_files))
-            .args(
-                [
-                    ("--stdin", "stdin"),
-                    ("--stdin-once", "stdinOnce"),
-                    ("--tty", "tty"),
-                ]
-                .into_iter()
-                .filter(|(_, field)| c[*field].as_bool() == Some(true))
-                .map(|(flag, _)| flag),
-            )
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        let mut child = cmd.spawn().context("starting the container shim")?;
+        let attempt = self
+            .rt
+            .start(&self.pod, c, image, env, number, &self.exits)
+            .await?;
         let state = self.ctrs.entry(name.clone()).or_default();
-        state.previous = state.current.take();
-        state.current = Some(Attempt {
-            number,
-            id: id.clone(),
-            started: None,
-            exited: None,
-        });
-        let exits = self.exits.clone();
-        let shim = tokio::spawn(async move {
-            let _ = child.wait().await;
-            exits.notify_one();
-        });
-        // Wait until the shim says the process runs (or that it could not start).
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let started: Option<Started> = read_json(&status_dir.join(STARTED));
-            let exited: Option<Exited> = read_json(&status_dir.join(EXITED));
-            if started.is_some() || exited.is_some() || shim.is_finished() || Instant::now() > deadline {
-                let state = self.ctrs.entry(name.clone()).or_default();
-                if let Some(a) = &mut state.current {
-                    a.started = started.or_else(|| read_json(&status_dir.join(STARTED)));
-                    a.exited = exited.or_else(|| read_json(&status_dir.join(EXITED)));
-                }
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        let state = self
-            .ctrs
-            .get(&name)
-            .and_then(|s| s.current.clone())
-            .unwrap_or_default();
-        if let Some(e) = state.exited.as_ref().and_then(|e| e.error.clone()) {
-            self.event(
-                "Warning",
-                "Failed",
-                &format!("Error: failed to start container \"{name}\": {e}"),
-            )
-            .await;
-        } else {
-            self.event("Normal", "Started", &format!("Started container {name}"))
+        state.previous = state.current.replace(attempt.clone());
+        if let Some(e) = attempt.exited.as_ref().and_then(|e| e.error.clone()) {
+            self.rt
+                .event(
+                    "Warning",
+                    "Failed",
+                    &format!("Error: failed to start container \"{name}\": {e}"),
+                )
                 .await;
-            if let (Some(hook), Some(started)) = (c["lifecycle"].get("postStart"), state.started.as_ref()) {
-                // As upstream: the hook runs right after the start; if it fails, the container is killed.
-                let ip = self.address();
-                let target = target(
-                    &self.shared,
-                    c,
-                    &state.id,
-                    started.pid,
-                    Duration::from_secs(2),
-                    &ip,
-                );
-                if let Err(e) = super::probe::run_handler(&target, hook, Duration::from_secs(30)).await {
-                    self.event(
+            return Ok(());
+        }
+        self.rt
+            .event("Normal", "Started", &format!("Started container {name}"))
+            .await;
+        if let (Some(hook), Some(started)) = (c["lifecycle"].get("postStart"), attempt.started.as_ref()) {
+            // As upstream: the hook runs right after the start; if it fails, the container is killed.
+            let target = self.rt.target(
+                c,
+                &attempt.id,
+                started.pid,
+                Duration::from_secs(2),
+                &self.address(),
+            );
+            if let Err(e) = self.rt.run_hook(&target, hook, Duration::from_secs(30)).await {
+                self.rt
+                    .event(
                         "Warning",
                         "FailedPostStartHook",
                         &format!("PostStartHook failed: {e}"),
                     )
                     .await;
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(started.pid), Signal::SIGKILL);
-                }
+                self.rt.signal(started.pid, Signal::SIGKILL);
             }
         }
         Ok(())
@@ -735,7 +464,7 @@ impl Pod {
             .filter_map(|(n, c)| c.current.as_ref()?.started.as_ref().map(|s| (n.clone(), s.pid)))
             .collect();
         // preStop hooks run first, within the grace period, then SIGTERM.
-        let started_at = Instant::now();
+        let started_at = self.rt.now();
         let ip = self.address();
         let mut hooks = Vec::new();
         for (name, pid) in &running {
@@ -753,31 +482,31 @@ impl Pod {
             if let Some(c) = spec
                 && let Some(hook) = c["lifecycle"].get("preStop").cloned()
             {
-                let target = target(&self.shared, &c, &id, *pid, grace, &ip);
-                let events = EventSink::new(&self.shared, &self.pod);
+                let target = self.rt.target(&c, &id, *pid, grace, &ip);
+                let rt = self.rt.clone();
                 hooks.push(tokio::spawn(async move {
-                    if let Err(e) = super::probe::run_handler(&target, &hook, grace).await {
-                        events
-                            .post(
-                                "Warning",
-                                "FailedPreStopHook",
-                                &format!("PreStopHook failed: {e}"),
-                            )
-                            .await;
+                    if let Err(e) = rt.run_hook(&target, &hook, grace).await {
+                        rt.event(
+                            "Warning",
+                            "FailedPreStopHook",
+                            &format!("PreStopHook failed: {e}"),
+                        )
+                        .await;
                     }
                 }));
             }
         }
         for h in hooks {
-            let left = grace.saturating_sub(started_at.elapsed());
+            let left = grace.saturating_sub(self.rt.now().saturating_duration_since(started_at));
             let _ = tokio::time::timeout(left, h).await;
         }
         for (_, pid) in &running {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), Signal::SIGTERM);
+            self.rt.signal(*pid, Signal::SIGTERM);
         }
-        let deadline = termination::kill_deadline(started_at, grace, Instant::now());
+        let deadline = termination::kill_deadline(started_at, grace, self.rt.now());
         for (name, _) in &running {
-            self.event("Normal", "Killing", &format!("Stopping container {name}"))
+            self.rt
+                .event("Normal", "Killing", &format!("Stopping container {name}"))
                 .await;
         }
         let mut killed = false;
@@ -786,10 +515,10 @@ impl Pod {
             if !self.ctrs.values().any(Ctr::running) {
                 break;
             }
-            if Instant::now() >= deadline && !killed {
+            if self.rt.now() >= deadline && !killed {
                 for c in self.ctrs.values().filter(|c| c.running()) {
                     if let Some(s) = c.current.as_ref().and_then(|a| a.started.as_ref()) {
-                        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(s.pid), Signal::SIGKILL);
+                        self.rt.signal(s.pid, Signal::SIGKILL);
                     }
                 }
                 killed = true;
@@ -803,23 +532,17 @@ impl Pod {
             }
         }
         self.post_status().await.ok();
-        self.teardown().await?;
+        self.rt.teardown(&self.pod).await?;
         if !gone {
-            super::finish_deletion(&self.shared.api, &self.pod).await?;
+            self.rt.finish_deletion(&self.pod).await?;
         }
         tracing::info!("pod removed from the node");
         Ok(())
     }
 
-    async fn event(&self, kind: &str, reason: &str, message: &str) {
-        EventSink::new(&self.shared, &self.pod)
-            .post(kind, reason, message)
-            .await;
-    }
-
     async fn post_status(&mut self) -> anyhow::Result<()> {
         let ip = if self.host_network() {
-            Some(self.shared.cfg.node_ip.clone())
+            Some(self.node_ip.clone())
         } else {
             self.ip.clone()
         };
@@ -828,101 +551,22 @@ impl Pod {
                 pod: &self.pod,
                 ctrs: &self.ctrs,
                 sandbox_ready: self.sandbox_ready,
-                node_ip: &self.shared.cfg.node_ip,
+                node_ip: &self.node_ip,
                 ip: ip.as_deref(),
                 start_time: self.start_time.as_deref(),
             },
-            &now_rfc3339(),
+            &self.rt.timestamp(),
         );
         // Compare without timestamps that change every pass.
         if status == self.last_status {
             return Ok(());
         }
-        let path = format!("/api/v1/namespaces/{}/pods/{}/status", self.ns(), self.name());
-        let patch = json!({"metadata": {"uid": self.uid}, "status": status});
-        match self
-            .shared
-            .api
-            .with_type(Method::PATCH, &path, "application/merge-patch+json", Some(&patch))
-            .await
-        {
-            Ok(updated) => {
-                self.last_status = status;
-                if updated.is_object() {
-                    self.pod = updated;
-                }
-                Ok(())
+        if let Some(updated) = self.rt.post_status(&status).await? {
+            self.last_status = status;
+            if updated.is_object() {
+                self.pod = updated;
             }
-            Err(e) if crate::node::client::status_code(&e) == Some(404) => Ok(()),
-            Err(e) => Err(e),
         }
-    }
-}
-
-/// How probes and hooks reach a container attempt.
-fn target(shared: &Shared, c: &Value, id: &str, pid: i32, grace: Duration, ip: &str) -> super::probe::Target {
-    super::probe::Target {
-        ip: ip.to_string(),
-        container: c.clone(),
-        root: shared.run_root(),
-        id: id.to_string(),
-        pid,
-        grace,
-    }
-}
-
-/// Posts events about one pod (from the worker and from its probe tasks).
-#[derive(Clone)]
-struct EventSink {
-    api: crate::node::client::ApiClient,
-    node: String,
-    namespace: String,
-    name: String,
-    uid: Value,
-}
-
-impl EventSink {
-    fn new(shared: &Shared, pod: &Value) -> Self {
-        EventSink {
-            api: shared.api.clone(),
-            node: shared.cfg.node_name.clone(),
-            namespace: pod["metadata"]["namespace"]
-                .as_str()
-                .unwrap_or("default")
-                .to_string(),
-            name: pod["metadata"]["name"].as_str().unwrap_or_default().to_string(),
-            uid: pod["metadata"]["uid"].clone(),
-        }
-    }
-
-    async fn post(&self, kind: &str, reason: &str, message: &str) {
-        let now = trim_ts(&now_rfc3339());
-        let ev = json!({
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"generateName": format!("{}.", self.name), "namespace": self.namespace},
-            "involvedObject": {"kind": "Pod", "namespace": self.namespace, "name": self.name, "uid": self.uid, "apiVersion": "v1"},
-            "reason": reason,
-            "message": message,
-            "type": kind,
-            "source": {"component": "kubelet", "host": self.node},
-            "reportingComponent": "kubelet",
-            "reportingInstance": self.node,
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
-        });
-        let path = format!("/api/v1/namespaces/{}/events", self.namespace);
-        if let Err(e) = self.api.json(Method::POST, &path, Some(&ev)).await {
-            tracing::debug!(error = %e, "posting an event failed");
-        }
-    }
-}
-
-fn ignore_missing(e: std::io::Error) -> std::io::Result<()> {
-    if e.kind() == std::io::ErrorKind::NotFound {
         Ok(())
-    } else {
-        Err(e)
     }
 }

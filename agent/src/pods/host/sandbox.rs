@@ -1,15 +1,15 @@
 //! A pod's sandbox: its network namespace and address, the files every container mounts
 //! (hosts, resolv.conf, hostname), its volumes, and tearing all of it down.
 
-use super::*;
+use anyhow::{Context, bail};
 
-impl Pod {
-    pub(super) async fn create_sandbox(&mut self) -> anyhow::Result<()> {
+use super::*;
+use crate::pods::{spec, volumes};
+
+impl Host {
+    pub(super) async fn make_sandbox(&self, pod: &Value) -> anyhow::Result<Option<String>> {
         std::fs::create_dir_all(self.sandbox())?;
-        let hostname = self.pod["spec"]["hostname"]
-            .as_str()
-            .unwrap_or(self.name())
-            .to_string();
+        let hostname = pod["spec"]["hostname"].as_str().unwrap_or(&self.name).to_string();
         let mut cmd = crate::runtime::helper::command("sandbox");
         cmd.arg("--dir")
             .arg(self.sandbox())
@@ -18,12 +18,13 @@ impl Pod {
         if let Some(ns) = crate::network::pod_net::node_netns() {
             cmd.arg("--node-netns").arg(ns);
         }
-        if self.host_network() {
+        let mut own_ip = None;
+        if host_network(pod) {
             cmd.arg("--host-network");
         } else {
             let ip = self.shared.ipam.allocate(&self.uid)?;
             std::fs::write(self.dir.join("ip"), ip.to_string())?;
-            self.ip = Some(ip.to_string());
+            own_ip = Some(ip.to_string());
             cmd.arg("--bridge")
                 .arg(&self.shared.cfg.bridge)
                 .arg("--veth")
@@ -49,16 +50,16 @@ impl Pod {
             .await;
             bail!("creating the pod sandbox: {msg}");
         }
-        self.write_pod_files(&hostname)?;
-        self.sandbox_ready = true;
-        Ok(())
+        let ip = own_ip.clone().unwrap_or_else(|| self.shared.cfg.node_ip.clone());
+        self.write_pod_files(pod, &hostname, &ip)?;
+        Ok(own_ip)
     }
 
-    pub(super) fn write_pod_files(&self, hostname: &str) -> anyhow::Result<()> {
-        let ip = self.address();
+    fn write_pod_files(&self, pod: &Value, hostname: &str, ip: &str) -> anyhow::Result<()> {
+        let host_network = host_network(pod);
         // A host-network pod sees the node's hosts file (with its aliases after it), as the
         // kubelet writes it; other pods get one that names the pod.
-        let mut hosts = if self.host_network() {
+        let mut hosts = if host_network {
             let node = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
             let mut hosts = format!("# Kubernetes-managed hosts file (host network).\n{node}");
             if !hosts.ends_with('\n') {
@@ -69,14 +70,17 @@ impl Pod {
             let mut hosts = String::from(
                 "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
             );
-            let fqdn = match self.pod["spec"]["subdomain"].as_str() {
-                Some(sub) => format!("{hostname}.{sub}.{}.svc.cluster.local\t{hostname}", self.ns()),
+            let fqdn = match pod["spec"]["subdomain"].as_str() {
+                Some(sub) => format!(
+                    "{hostname}.{sub}.{}.svc.cluster.local\t{hostname}",
+                    self.namespace
+                ),
                 None => hostname.to_string(),
             };
             hosts.push_str(&format!("{ip}\t{fqdn}\n"));
             hosts
         };
-        for alias in self.pod["spec"]["hostAliases"].as_array().into_iter().flatten() {
+        for alias in pod["spec"]["hostAliases"].as_array().into_iter().flatten() {
             let names: Vec<&str> = alias["hostnames"]
                 .as_array()
                 .into_iter()
@@ -93,8 +97,8 @@ impl Pod {
         std::fs::write(self.dir.join("hostname"), format!("{hostname}\n"))?;
         let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
         let resolv = spec::resolv_conf(
-            &self.pod,
-            self.host_network(),
+            pod,
+            host_network,
             self.shared
                 .cfg
                 .dns
@@ -106,7 +110,8 @@ impl Pod {
         Ok(())
     }
 
-    pub(super) async fn sync_volumes(&mut self, lookup: &Lookup<'_>, pod: &Value) -> anyhow::Result<()> {
+    pub(super) async fn make_volumes(&self, pod: &Value) -> anyhow::Result<()> {
+        let lookup = self.lookup();
         for v in pod["spec"]["volumes"].as_array().into_iter().flatten() {
             let name = v["name"].as_str().unwrap_or_default();
             let dir = self.dir.join("volumes").join(name);
@@ -114,10 +119,10 @@ impl Pod {
                 volumes::empty_dir(&dir, v)?;
             } else if v.get("hostPath").is_some() {
                 volumes::host_path(v)?;
-            } else if let Some(files) = volumes::desired_files(lookup, pod, v).await? {
+            } else if let Some(files) = volumes::desired_files(&lookup, pod, v).await? {
                 volumes::write_files(&dir, &files)?;
             } else if let Some(claim) = v["persistentVolumeClaim"]["claimName"].as_str() {
-                let path = volumes::claim_path(lookup, claim).await?;
+                let path = volumes::claim_path(&lookup, claim).await?;
                 volumes::link_claim(&dir, &path)?;
             }
         }
@@ -125,8 +130,8 @@ impl Pod {
     }
 
     /// Host path behind a volume mount.
-    pub(super) fn volume_source(&self, volume_name: &str) -> anyhow::Result<(PathBuf, bool)> {
-        let v = self.pod["spec"]["volumes"]
+    pub(super) fn volume_source(&self, pod: &Value, volume_name: &str) -> anyhow::Result<(PathBuf, bool)> {
+        let v = pod["spec"]["volumes"]
             .as_array()
             .into_iter()
             .flatten()
@@ -145,7 +150,7 @@ impl Pod {
         Ok((self.dir.join("volumes").join(volume_name), read_only))
     }
 
-    pub(super) async fn teardown(&mut self) -> anyhow::Result<()> {
+    pub(super) async fn remove(&self, pod: &Value) -> anyhow::Result<()> {
         // Container roots and memory volumes.
         if let Ok(rd) = std::fs::read_dir(self.dir.join("containers")) {
             for c in rd.flatten() {
@@ -166,7 +171,7 @@ impl Pod {
             }
         }
         crate::network::pod_net::release_sandbox(&self.sandbox())?;
-        if !self.host_network() {
+        if !host_network(pod) {
             let h = crate::network::pod_net::connect()?;
             crate::network::pod_net::delete_link(&h, &crate::network::pod_net::veth_name("sk", &self.uid))
                 .await?;
@@ -174,7 +179,7 @@ impl Pod {
         }
         crate::runtime::cgroups::remove_tree(&self.cgroup_parent());
         std::fs::remove_dir_all(&self.dir).or_else(ignore_missing)?;
-        std::fs::remove_dir_all(self.shared.log_dir(self.ns(), self.name(), &self.uid))
+        std::fs::remove_dir_all(self.shared.log_dir(&self.namespace, &self.name, &self.uid))
             .or_else(ignore_missing)?;
         Ok(())
     }

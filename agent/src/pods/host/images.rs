@@ -2,9 +2,11 @@
 //! `imagePullPolicy` says, and why not when it cannot be had.
 
 use super::*;
+use crate::image::Reference;
+use crate::pods::runtime::PullFailure;
 
-impl Pod {
-    pub(super) async fn ensure_image(&mut self, c: &Value) -> anyhow::Result<Image> {
+impl Host {
+    pub(super) async fn ensure_image(&self, pod: &Value, c: &Value) -> anyhow::Result<Image> {
         let image = c["image"].as_str().unwrap_or_default();
         let reference = Reference::parse(image).map_err(PullFailure::InvalidName)?;
         let policy = c["imagePullPolicy"]
@@ -35,7 +37,7 @@ impl Pod {
         {
             return Ok(i);
         }
-        let creds = self.pull_credentials(&reference).await;
+        let creds = self.pull_credentials(pod, &reference).await;
         self.event("Normal", "Pulling", &format!("Pulling image \"{image}\""))
             .await;
         let started = Instant::now();
@@ -63,16 +65,13 @@ impl Pod {
         }
     }
 
-    pub(super) async fn pull_credentials(
+    async fn pull_credentials(
         &self,
+        pod: &Value,
         reference: &Reference,
     ) -> Option<crate::image::pull::Credentials> {
-        let lookup = Lookup::new(&self.shared.api, self.ns(), &self.shared.ca_pem);
-        for s in self.pod["spec"]["imagePullSecrets"]
-            .as_array()
-            .into_iter()
-            .flatten()
-        {
+        let lookup = self.lookup();
+        for s in pod["spec"]["imagePullSecrets"].as_array().into_iter().flatten() {
             let name = s["name"].as_str().unwrap_or_default();
             let Ok(Some(secret)) = lookup.secret(name).await else {
                 continue;
@@ -105,15 +104,4 @@ pub(super) fn image_env(image: &Image) -> Vec<String> {
         .flatten()
         .filter_map(|e| e.as_str().map(str::to_string))
         .collect()
-}
-
-/// Why an image could not be made available.
-#[derive(Debug, thiserror::Error)]
-pub(super) enum PullFailure {
-    #[error("{0}")]
-    InvalidName(String),
-    #[error("{0}")]
-    NeverPull(String),
-    #[error("{0}")]
-    Pull(String),
 }
