@@ -583,9 +583,45 @@ spec:
         .as_object_mut()
         .unwrap()
         .remove("x-kubernetes-group-version-kind");
+    // Upstream adds the type meta and object metadata (the conformance suite drops them before
+    // comparing).
+    assert_eq!(
+        widget["properties"]["metadata"]["$ref"],
+        "#/definitions/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
+    );
+    for added in ["metadata", "apiVersion", "kind"] {
+        widget["properties"].as_object_mut().unwrap().remove(added);
+    }
     assert_eq!(
         widget,
         serde_json::json!({"type": "object", "properties": {"spec": {"type": "object", "properties": {"size": {"type": "integer"}}}}})
+    );
+    // `kubectl explain` from the protobuf /openapi/v2, which kubectl up to 1.26 reads for explain,
+    // client-side validation and apply's patch metadata (newer ones when asked for v2).
+    let explain = |what: &str| {
+        let out = c.kubectl(&["explain", what, "--output=plaintext-openapiv2"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        if err.contains("unknown flag") {
+            // kubectl before 1.27 has only v2.
+            return c.ok(&["explain", what]);
+        }
+        assert!(out.status.success(), "kubectl explain {what}: {err}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let spec = explain("widgets.spec");
+    assert!(
+        spec.contains("Widget") && spec.contains("size") && spec.contains("<integer>"),
+        "{spec}"
+    );
+    let meta = explain("widgets.metadata");
+    assert!(
+        meta.contains("Standard object's metadata") && meta.contains("creationTimestamp"),
+        "{meta}"
+    );
+    let ports = explain("pods.spec.containers.ports");
+    assert!(
+        ports.contains("containerPort") && ports.contains("<integer>"),
+        "{ports}"
     );
     let w = |name: &str, size: u32| {
         format!(

@@ -175,7 +175,13 @@ pub fn openapi_v3_doc(registry: &Registry, group: &str, version: &str) -> Option
         }
         // A custom resource's definition is its CRD's schema as written (no schema: any object),
         // as upstream publishes it.
-        let mut schema = crd_schema(r).unwrap_or_else(|| json!({"type": "object"}));
+        let mut schema = match crd_schema(r) {
+            Some(mut schema) => {
+                kube_native(&mut schema, true, &mut schemas);
+                schema
+            }
+            None => json!({"type": "object"}),
+        };
         schema["x-kubernetes-group-version-kind"] = json!([ext]);
         schemas.insert(schema_name, schema);
     }
@@ -258,10 +264,75 @@ fn add_message_schemas(message: &'static Message, defs: &mut serde_json::Map<Str
         }
         properties.insert(f.name.to_owned(), prop);
     }
+    // Kinds (what has object or list metadata) carry their type meta, as upstream's TypeMeta.
+    let kind = message.json_fields().into_iter().any(|f| {
+        f.name == "metadata"
+            && matches!(f.kind, Kind::Message(m) if m == OBJECT_META || m == "apimachinery.pkg.apis.meta.v1.ListMeta")
+    });
+    if kind {
+        let mut with_type_meta = type_meta();
+        with_type_meta.extend(properties);
+        properties = with_type_meta;
+    }
     defs.insert(
         name,
         json!({"type": "object", "description": message.doc, "properties": properties}),
     );
+}
+
+const OBJECT_META: &str = "apimachinery.pkg.apis.meta.v1.ObjectMeta";
+
+/// `apiVersion` and `kind`, as upstream's TypeMeta documents them.
+fn type_meta() -> serde_json::Map<String, Value> {
+    let mut m = serde_json::Map::new();
+    m.insert("apiVersion".into(), json!({"type": "string", "description": "APIVersion defines the versioned schema of this representation of an object.\nServers should convert recognized schemas to the latest internal value, and\nmay reject unrecognized values.\nMore info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#resources"}));
+    m.insert("kind".into(), json!({"type": "string", "description": "Kind is a string value representing the REST resource this object represents.\nServers may infer this from the endpoint the client submits requests to.\nCannot be updated.\nIn CamelCase.\nMore info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#types-kinds"}));
+    m
+}
+
+/// A custom resource's schema as upstream publishes it (`buildKubeNative`): its type meta and
+/// object metadata added at the root and on every embedded resource.
+fn kube_native(schema: &mut Value, root: bool, defs: &mut serde_json::Map<String, Value>) {
+    let Some(m) = schema.as_object_mut() else { return };
+    for k in ["additionalProperties", "items"] {
+        if let Some(s) = m.get_mut(k) {
+            kube_native(s, false, defs);
+        }
+    }
+    for s in m
+        .get_mut("properties")
+        .and_then(Value::as_object_mut)
+        .into_iter()
+        .flat_map(|p| p.values_mut())
+    {
+        kube_native(s, false, defs);
+    }
+    let embedded = m.get("x-kubernetes-embedded-resource") == Some(&Value::Bool(true));
+    if !root && !embedded {
+        return;
+    }
+    if let Some(meta) = super::protobuf::message(OBJECT_META) {
+        add_message_schemas(meta, defs);
+    }
+    let props = m.entry("properties").or_insert_with(|| json!({}));
+    if let Some(props) = props.as_object_mut() {
+        props.extend(type_meta());
+        props.insert(
+            "metadata".into(),
+            json!({"allOf": [{"$ref": format!("#/components/schemas/{}", component_name(OBJECT_META))}],
+                   "description": "Standard object's metadata. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#metadata"}),
+        );
+    }
+    if embedded {
+        let required = m.entry("required").or_insert_with(|| json!([]));
+        if let Some(required) = required.as_array_mut() {
+            for k in ["kind", "apiVersion"] {
+                if !required.iter().any(|r| r == k) {
+                    required.push(json!(k));
+                }
+            }
+        }
+    }
 }
 
 fn crd_schema(r: &crate::objects::registry::ResourceInfo) -> Option<Value> {
@@ -284,68 +355,6 @@ fn schema_name(group: &str, version: &str, kind: &str) -> String {
         other => other.split('.').rev().collect::<Vec<_>>().join("."),
     };
     format!("{g}.{version}.{kind}")
-}
-
-/// A schema in Swagger 2.0 form: `$ref`s point at `#/definitions/` instead of OpenAPI 3's
-/// components, and the OpenAPI 3 only keywords that upstream's v2 conversion drops
-/// (`nullable`, `x-kubernetes-preserve-unknown-fields`) are gone.
-fn v2_refs(v: &mut Value) {
-    match v {
-        Value::Object(m) => {
-            m.remove("nullable");
-            m.remove("x-kubernetes-preserve-unknown-fields");
-            for (k, child) in m.iter_mut() {
-                match child {
-                    Value::String(r) if k == "$ref" => {
-                        if let Some(name) = r.strip_prefix("#/components/schemas/") {
-                            *r = format!("#/definitions/{name}");
-                        }
-                    }
-                    _ => v2_refs(child),
-                }
-            }
-        }
-        Value::Array(items) => items.iter_mut().for_each(v2_refs),
-        _ => {}
-    }
-}
-
-/// `/openapi/v2`: the same paths in Swagger 2.0 form.
-pub fn openapi_v2(registry: &Registry) -> Value {
-    let mut paths = serde_json::Map::new();
-    let mut definitions = serde_json::Map::new();
-    for (g, vs) in registry.groups() {
-        for v in vs {
-            if let Some(doc) = openapi_v3_doc(registry, &g, &v) {
-                for (p, item) in doc["paths"].as_object().into_iter().flatten() {
-                    let mut item = item.clone();
-                    for op in item.as_object_mut().into_iter().flat_map(|m| m.values_mut()) {
-                        if let Some(m) = op.as_object_mut() {
-                            m.remove("requestBody");
-                            // Swagger 2.0 query parameters carry their type themselves.
-                            for param in m
-                                .get_mut("parameters")
-                                .and_then(Value::as_array_mut)
-                                .into_iter()
-                                .flatten()
-                            {
-                                if let Some(schema) = param.as_object_mut().and_then(|p| p.remove("schema")) {
-                                    param["type"] = schema["type"].clone();
-                                }
-                            }
-                        }
-                    }
-                    paths.insert(p.clone(), item);
-                }
-                for (k, s) in doc["components"]["schemas"].as_object().into_iter().flatten() {
-                    let mut s = s.clone();
-                    v2_refs(&mut s);
-                    definitions.insert(k.clone(), s);
-                }
-            }
-        }
-    }
-    json!({"swagger": "2.0", "info": {"title": "Kubernetes", "version": "v1.32.0-skiff"}, "paths": paths, "definitions": definitions})
 }
 
 /// The Content-Type of aggregated discovery responses.
@@ -405,36 +414,4 @@ pub fn aggregated(registry: &Registry, core: bool) -> Value {
         items.push(json!({"metadata": {"name": group}, "versions": versions}));
     }
     json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items})
-}
-
-/// The Content-Type of the protobuf OpenAPI v2 document.
-pub const OPENAPI_V2_PROTOBUF: &str = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
-
-fn proto_bytes_field(tag: u8, data: &[u8], out: &mut Vec<u8>) {
-    out.push(tag << 3 | 2);
-    let mut len = data.len();
-    loop {
-        let byte = (len & 0x7f) as u8;
-        len >>= 7;
-        if len == 0 {
-            out.push(byte);
-            break;
-        }
-        out.push(byte | 0x80);
-    }
-    out.extend_from_slice(data);
-}
-
-/// `/openapi/v2` in gnostic's protobuf form (what kubectl asks for): the document header only.
-/// kubectl uses it for client-side validation, which it skips for Skiff because `/openapi/v3`
-/// advertises server-side field validation; kinds it does not know fail later with upstream's
-/// "no matches for kind" message.
-pub fn openapi_v2_protobuf() -> Vec<u8> {
-    let mut info = Vec::new();
-    proto_bytes_field(1, b"Kubernetes", &mut info);
-    proto_bytes_field(2, b"v1.32.0-skiff", &mut info);
-    let mut doc = Vec::new();
-    proto_bytes_field(1, b"2.0", &mut doc);
-    proto_bytes_field(2, &info, &mut doc);
-    doc
 }

@@ -10,6 +10,7 @@ mod join;
 mod nodeproxy;
 mod noderestriction;
 pub mod nodestream;
+mod openapi_v2;
 pub mod protobuf;
 mod query;
 pub mod server;
@@ -335,12 +336,12 @@ async fn route(
             if accept.contains("protobuf") && !accept.contains("json") {
                 return Ok((
                     StatusCode::OK,
-                    [(header::CONTENT_TYPE, discovery::OPENAPI_V2_PROTOBUF)],
-                    discovery::openapi_v2_protobuf(),
+                    [(header::CONTENT_TYPE, openapi_v2::PROTOBUF)],
+                    openapi_v2::protobuf(&openapi_v2::document(&app.registry)),
                 )
                     .into_response());
             }
-            return ok(discovery::openapi_v2(&app.registry));
+            return ok(openapi_v2::document(&app.registry));
         }
         ["api", v] => {
             return discovery::resources(&app.registry, "", v).map_or(Err(ApiError::no_route()), ok);
