@@ -406,9 +406,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let nftables = plane.as_ref().map(proxy::Plane::mode) == Some(proxy::Mode::Nftables);
     // Traffic to the service range that no service matches must fail on the node: eBPF rewrites
     // sockets before routing, so an unreachable route catches the rest; nftables translates after
-    // routing, so the range is routed to the bridge and its table rejects the rest instead.
+    // routing, so the range is routed to the bridge and its table rejects the rest instead. Pods
+    // send the range to the node like any address (as with kube-proxy, a UDP `connect()` to a
+    // service address on a port no service has succeeds: clients find their own address that
+    // way); only when the node has no route for it do they get an unreachable route of their own.
     if nftables {
         ensure_bridge_netfilter();
+    }
+    if nftables || !args.no_service_route {
         cfg.service_cidr = None;
     }
     if !args.no_service_route {

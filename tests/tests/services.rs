@@ -527,6 +527,13 @@ spec:
     k.wait("the client running", || {
         k.c.ok(&["get", "pod", "client", "-o", "jsonpath={.status.phase}"]) == "Running"
     });
+    // A service address is routed through the node as any other (where what no service matches is
+    // refused): a UDP `connect()` to it on a port no service has finds the pod's own address, as
+    // clients such as the guestbook's replicas do to learn it.
+    let ip =
+        k.c.ok(&["get", "pod", "client", "-o", "jsonpath={.status.podIP}"]);
+    let route = k.in_client(&format!("ip route get {vip} 2>&1"));
+    assert!(route.contains(&format!("src {ip}")), "{route}");
     // The stock resolv.conf: cluster DNS, the namespace's search path, ndots:5.
     let resolv = k.in_client("cat /etc/resolv.conf");
     assert!(resolv.contains(&format!("nameserver {dns_ip}")), "{resolv}");
