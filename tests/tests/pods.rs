@@ -1256,3 +1256,98 @@ spec:
         with_token(&token)
     );
 }
+
+#[test]
+fn kubectl_debug_adds_ephemeral_containers_that_see_their_target() {
+    let k = Cluster::start();
+    let image = k.registry.busybox();
+    k.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: web}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {{name: app, image: {image}, command: ["sh", "-c", "sleep 3600"]}}
+"#
+    ));
+    k.wait_pod("web", "Running", |p| phase(p) == "Running");
+
+    // A debugger targeting the app sees its processes, in the pod's network and host name.
+    k.c.ok(&[
+        "debug",
+        "web",
+        "--image",
+        &image,
+        "--container=dbg",
+        "--target=app",
+        "--",
+        "sh",
+        "-c",
+        "ps; hostname",
+    ]);
+    let pod = k.wait_pod("web", "the debugger ran to its end", |p| {
+        p["status"]["ephemeralContainerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
+    });
+    assert_eq!(pod["spec"]["ephemeralContainers"][0]["name"], "dbg");
+    let status = &pod["status"]["ephemeralContainerStatuses"][0];
+    assert_eq!(
+        (status["name"].as_str(), status["ready"].as_bool()),
+        (Some("dbg"), Some(false))
+    );
+    assert_eq!(phase(&pod), "Running", "an ended debugger leaves the pod running");
+    let logs = k.c.ok(&["logs", "web", "-c", "dbg"]);
+    assert!(logs.contains("sleep 3600") && logs.contains("web\n"), "{logs}");
+
+    // `kubectl debug -i` attaches to the new container's stdin.
+    let out = k.c.ok_stdin(
+        &[
+            "debug",
+            "web",
+            "-i",
+            "--image",
+            &image,
+            "--container=shell",
+            "--",
+            "sh",
+        ],
+        "echo hello from $(hostname)\nexit\n",
+    );
+    assert!(out.contains("hello from web"), "{out}");
+    let pod = k.wait_pod("web", "the shell ended", |p| {
+        p["status"]["ephemeralContainerStatuses"][1]["state"]["terminated"].is_object()
+    });
+    // Ended ephemeral containers are never restarted.
+    std::thread::sleep(Duration::from_secs(2));
+    let again = k.pod("web");
+    assert_eq!(
+        again["status"]["ephemeralContainerStatuses"], pod["status"]["ephemeralContainerStatuses"],
+        "an ephemeral container was restarted"
+    );
+
+    // They are added, never removed, and a pod is never created with one.
+    let err = k.c.fails(&[
+        "patch",
+        "pod",
+        "web",
+        "--subresource=ephemeralcontainers",
+        "--type=json",
+        "-p",
+        r#"[{"op": "remove", "path": "/spec/ephemeralContainers/0"}]"#,
+    ]);
+    assert!(
+        err.contains(r#"existing ephemeral containers "dbg" may not be removed"#),
+        "{err}"
+    );
+    let err = k.c.fails_stdin(
+        &["apply", "-f", "-"],
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: early}}\nspec:\n  containers: [{{name: app, image: {image}}}]\n  ephemeralContainers: [{{name: dbg, image: {image}}}]\n"
+        ),
+    );
+    assert!(
+        err.contains("spec.ephemeralContainers: Forbidden: cannot be set on create"),
+        "{err}"
+    );
+}

@@ -2,8 +2,9 @@
 //! kubelet's `computePodActions`: init containers one at a time in order (a sidecar counts as done
 //! once it runs; a failed one ends the pod under `restartPolicy: Never`), sidecars restarted while
 //! the pod runs, then the app containers that are not running and that the restart policy lets
-//! start again. Whether each may start *now* is the back-off's call (`backoff.rs`); the worker
-//! starts them (`worker/`). Pure, so the pass is unit-tested without a runtime.
+//! start again; ephemeral containers once each. Whether each may start *now* is the back-off's
+//! call (`backoff.rs`); the worker starts them (`worker/`). Pure, so the pass is unit-tested
+//! without a runtime.
 
 use std::collections::HashMap;
 
@@ -24,6 +25,15 @@ pub(super) fn plan(pod: &Value, ctrs: &HashMap<String, Ctr>) -> Pass {
     let specs = |field: &str| -> Vec<Value> { pod["spec"][field].as_array().cloned().unwrap_or_default() };
     let state = |c: &Value| ctrs.get(c["name"].as_str().unwrap_or_default());
     let mut pass = Pass::default();
+    // Ephemeral containers (`kubectl debug`) start once each, even before the pod is initialized,
+    // and never again; not in a pod that has ended.
+    if !matches!(pod["status"]["phase"].as_str(), Some("Succeeded" | "Failed")) {
+        for c in specs("ephemeralContainers") {
+            if state(&c).is_none_or(|s| s.current.is_none()) {
+                pass.start.push(c);
+            }
+        }
+    }
     // Init containers, in order; the first that is not done is the only one looked at.
     let mut initialized = true;
     let mut failed = false;
@@ -187,5 +197,24 @@ mod tests {
         assert_eq!(names(&plan(&p("Always"), &ctrs())), ["ok", "bad"]);
         assert_eq!(names(&plan(&p("OnFailure"), &ctrs())), ["bad"]);
         assert!(plan(&p("Never"), &ctrs()).start.is_empty());
+    }
+
+    #[test]
+    fn ephemeral_containers_start_once_even_during_init_and_not_in_an_ended_pod() {
+        let mut p = pod("Always", &["setup"], &[], &["app"]);
+        p["spec"]["ephemeralContainers"] = json!([{"name": "debugger"}]);
+        // Initialization is under way: the debugger starts beside the init container.
+        let pass = plan(&p, &HashMap::new());
+        assert_eq!(names(&pass), ["debugger", "setup"]);
+        // Once it ran and ended, it is never started again.
+        let ctrs = HashMap::from([
+            ("setup".to_string(), exited(0)),
+            ("app".to_string(), running()),
+            ("debugger".to_string(), exited(0)),
+        ]);
+        assert!(plan(&p, &ctrs).start.is_empty());
+        // An ended pod starts none.
+        p["status"]["phase"] = json!("Succeeded");
+        assert!(names(&plan(&p, &HashMap::new())).iter().all(|n| *n != "debugger"));
     }
 }

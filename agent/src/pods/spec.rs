@@ -22,7 +22,7 @@ pub struct Bind {
 pub struct Plan<'a> {
     /// The pod.
     pub pod: &'a Value,
-    /// The container (from `spec.containers` or `spec.initContainers`).
+    /// The container (from `spec.containers`, `spec.initContainers` or `spec.ephemeralContainers`).
     pub container: &'a Value,
     /// Its image.
     pub image: &'a Image,
@@ -38,6 +38,8 @@ pub struct Plan<'a> {
     pub cgroups_path: String,
     /// `pids.max` for the container, when limited.
     pub pids_limit: Option<i64>,
+    /// A PID namespace to join instead of a new one (an ephemeral container's target's).
+    pub pid_namespace: Option<PathBuf>,
 }
 
 /// Capabilities a container has by default (containerd's set).
@@ -399,7 +401,10 @@ pub fn build(plan: &Plan<'_>) -> Value {
 
     let mut linux = json!({
         "namespaces": [
-            {"type": "pid"},
+            match &plan.pid_namespace {
+                Some(path) => json!({"type": "pid", "path": path}),
+                None => json!({"type": "pid"}),
+            },
             {"type": "mount"},
             {"type": "cgroup"},
             {"type": "network", "path": plan.sandbox.join("net")},

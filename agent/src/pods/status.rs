@@ -37,7 +37,10 @@ pub(super) fn trim_ts(ts: &str) -> String {
     }
 }
 
-fn container_status(ctrs: &HashMap<String, Ctr>, c: &Value, init: bool) -> Value {
+/// One container's status; `init`: it is an init container; `initializing`: the pod has init
+/// containers, so a container not yet created waits as `PodInitializing` (the kubelet's default
+/// state then) rather than `ContainerCreating`.
+fn container_status(ctrs: &HashMap<String, Ctr>, c: &Value, init: bool, initializing: bool) -> Value {
     let name = c["name"].as_str().unwrap_or_default();
     let empty = Ctr::default();
     let s = ctrs.get(name).unwrap_or(&empty);
@@ -74,7 +77,9 @@ fn container_status(ctrs: &HashMap<String, Ctr>, c: &Value, init: bool) -> Value
         }
         (_, Some((reason, message))) => json!({"waiting": {"reason": reason, "message": message}}),
         (Some(a), None) if a.exited.is_some() => json!({"terminated": terminated(a)}),
-        _ => json!({"waiting": {"reason": if init { "PodInitializing" } else { "ContainerCreating" }}}),
+        _ => {
+            json!({"waiting": {"reason": if initializing { "PodInitializing" } else { "ContainerCreating" }}})
+        }
     };
     let last = match (&s.current, &s.previous) {
         (Some(a), _) if !running && s.waiting.is_some() && a.exited.is_some() => {
@@ -108,8 +113,24 @@ pub(super) fn pod_status(v: &PodView<'_>, now: &str) -> Value {
     let inits = containers(v.pod, "initContainers");
     let specs = containers(v.pod, "containers");
     let state = |c: &Value| v.ctrs.get(c["name"].as_str().unwrap_or_default());
-    let init: Vec<Value> = inits.iter().map(|c| container_status(v.ctrs, c, true)).collect();
-    let app: Vec<Value> = specs.iter().map(|c| container_status(v.ctrs, c, false)).collect();
+    let initializing = !inits.is_empty();
+    let init: Vec<Value> = inits
+        .iter()
+        .map(|c| container_status(v.ctrs, c, true, initializing))
+        .collect();
+    let app: Vec<Value> = specs
+        .iter()
+        .map(|c| container_status(v.ctrs, c, false, initializing))
+        .collect();
+    // Ephemeral containers are never ready and count for neither phase nor conditions.
+    let ephemeral: Vec<Value> = containers(v.pod, "ephemeralContainers")
+        .iter()
+        .map(|c| {
+            let mut st = container_status(v.ctrs, c, true, initializing);
+            st["ready"] = json!(false);
+            st
+        })
+        .collect();
     let policy = v.pod["spec"]["restartPolicy"].as_str().unwrap_or("Always");
     let init_done = inits
         .iter()
@@ -203,6 +224,9 @@ pub(super) fn pod_status(v: &PodView<'_>, now: &str) -> Value {
     }
     if !init.is_empty() {
         status["initContainerStatuses"] = json!(init);
+    }
+    if !ephemeral.is_empty() {
+        status["ephemeralContainerStatuses"] = json!(ephemeral);
     }
     status
 }
@@ -359,9 +383,10 @@ mod tests {
         );
         let failed = status(&p, vec![("setup", ctr(Some(attempt(0, Some(2)))))]);
         assert_eq!(failed["phase"], "Failed");
+        // As the kubelet: with init containers, a container not created yet is PodInitializing.
         assert_eq!(
             failed["containerStatuses"][0]["state"],
-            json!({"waiting": {"reason": "ContainerCreating"}})
+            json!({"waiting": {"reason": "PodInitializing"}})
         );
         let none = status(&p, vec![]);
         assert_eq!(

@@ -199,6 +199,7 @@ pub async fn exec(
     let pod = read_pod(app, ns, name).await?;
     let mut containers = container_names(&pod, "containers");
     containers.extend(container_names(&pod, "initContainers"));
+    containers.extend(container_names(&pod, "ephemeralContainers"));
     let container = match container_param.filter(|c| !c.is_empty()) {
         Some(c) if containers.contains(&c) => c,
         Some(c) => {
@@ -377,7 +378,10 @@ pub async fn logs(app: &App, call: &Call) -> Result<Response> {
             )));
         }
     };
-    if !app_names.contains(&container) && !init_names.contains(&container) {
+    if !app_names.contains(&container)
+        && !init_names.contains(&container)
+        && !container_names(&pod, "ephemeralContainers").contains(&container)
+    {
         return Err(ApiError::bad_request(format!(
             "container {container} is not valid for pod {name}"
         )));
@@ -389,6 +393,12 @@ pub async fn logs(app: &App, call: &Call) -> Result<Response> {
         .flatten()
         .chain(
             pod["status"]["initContainerStatuses"]
+                .as_array()
+                .into_iter()
+                .flatten(),
+        )
+        .chain(
+            pod["status"]["ephemeralContainerStatuses"]
                 .as_array()
                 .into_iter()
                 .flatten(),

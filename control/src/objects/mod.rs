@@ -11,6 +11,7 @@ pub mod convert;
 pub mod cpu;
 pub mod crd;
 pub mod cron;
+pub mod ephemeral;
 pub mod keys;
 pub mod limits;
 pub mod meta;

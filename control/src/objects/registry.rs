@@ -174,7 +174,14 @@ const BUILTINS: &[Builtin] = &[
         namespaced: true,
         short: &["po"],
         all: true,
-        subs: &["status", "binding", "eviction", "log", "exec"],
+        subs: &[
+            "status",
+            "binding",
+            "eviction",
+            "log",
+            "exec",
+            "ephemeralcontainers",
+        ],
     },
     Builtin {
         group: "",

@@ -163,6 +163,29 @@ pub fn check_pod_spec(field: &str, spec: &Value, causes: &mut Causes) {
         false,
         causes,
     );
+    if field == "spec" {
+        check_containers(
+            "spec.ephemeralContainers",
+            spec.get("ephemeralContainers"),
+            false,
+            causes,
+        );
+        super::ephemeral::check(spec, causes);
+    }
+    // A name is unique among all of the pod's containers.
+    let mut seen = std::collections::HashSet::new();
+    for list in ["containers", "initContainers", "ephemeralContainers"] {
+        for (i, c) in spec[list].as_array().into_iter().flatten().enumerate() {
+            if let Some(name) = c["name"].as_str().filter(|n| !n.is_empty())
+                && !seen.insert(name)
+            {
+                causes.push((
+                    format!("{field}.{list}[{i}].name"),
+                    format!("Duplicate value: \"{name}\""),
+                ));
+            }
+        }
+    }
     if let Some(policy) = spec["restartPolicy"].as_str()
         && !["Always", "OnFailure", "Never"].contains(&policy)
     {

@@ -8,6 +8,21 @@ use crate::pods::spec::{self, Bind, Plan};
 use crate::runtime::shim::Started;
 
 impl Host {
+    /// The host PID of a running container of the pod (its latest attempt's).
+    fn running_pid(&self, name: &str) -> Option<i32> {
+        let latest = std::fs::read_dir(self.dir.join("containers").join(name))
+            .ok()?
+            .flatten()
+            .filter_map(|a| a.file_name().to_string_lossy().parse::<u32>().ok())
+            .max()?;
+        let status = self.ctr_dir(name, latest).join("status");
+        if status.join(EXITED).exists() {
+            return None;
+        }
+        let started: Started = read_json(&status.join(STARTED))?;
+        pid_alive(started.pid).then_some(started.pid)
+    }
+
     /// Creates attempt `number` of container `c` and starts it through the shim; returns once the
     /// shim says the process runs or that it could not start.
     pub(super) async fn start_attempt(
@@ -117,6 +132,11 @@ impl Host {
             binds,
             cgroups_path: cgroups_path.clone(),
             pids_limit: self.shared.cfg.pids_limit,
+            // An ephemeral container sees the processes of the container it targets.
+            pid_namespace: c["targetContainerName"]
+                .as_str()
+                .and_then(|target| self.running_pid(target))
+                .map(|pid| PathBuf::from(format!("/proc/{pid}/ns/pid"))),
         };
         let mut config = spec::build(&plan);
         if host_network(pod)

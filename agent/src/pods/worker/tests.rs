@@ -233,7 +233,7 @@ async fn a_new_pod_gets_its_sandbox_then_init_containers_in_order_then_its_app()
     let status = fake.last_status();
     assert_eq!(status["podIP"], "10.244.0.7");
     assert!(state_of(&status, "migrate")["running"].is_object());
-    assert_eq!(state_of(&status, "app")["waiting"]["reason"], "ContainerCreating");
+    assert_eq!(state_of(&status, "app")["waiting"]["reason"], "PodInitializing");
 
     // The init container succeeds: the app starts on the next pass, the sandbox is not remade.
     fake.with(|s| s.exits.insert("migrate".into(), 0));

@@ -21,7 +21,20 @@ impl Plugin for Validation {
     }
 
     async fn validate(&self, _: &dyn Lookup, attrs: &Attributes<'_>, obj: &Value) -> Result<(), ApiError> {
-        attrs.invalid(obj, validate(attrs.info, obj))
+        let mut causes = validate(attrs.info, obj);
+        // Ephemeral containers are added to a running pod through its subresource only.
+        if attrs.is("", "Pod")
+            && attrs.operation == super::Operation::Create
+            && obj["spec"]["ephemeralContainers"]
+                .as_array()
+                .is_some_and(|l| !l.is_empty())
+        {
+            causes.push((
+                "spec.ephemeralContainers".into(),
+                "Forbidden: cannot be set on create".into(),
+            ));
+        }
+        attrs.invalid(obj, causes)
     }
 }
 

@@ -397,7 +397,14 @@ impl Objects {
                     }
                 }
             }
+            Some("ephemeralcontainers") => {
+                new = super::ephemeral::add(&old, &new)
+                    .map_err(|causes| ApiError::invalid(req.target(&name), &causes))?;
+            }
             _ if req.info.has_subresource("status") && req.info.kind != "CustomResourceDefinition" => {
+                if req.info.has_subresource("ephemeralcontainers") {
+                    super::ephemeral::keep(&old, &mut new);
+                }
                 new["status"] = old["status"].clone();
                 if new["status"].is_null()
                     && let Some(m) = new.as_object_mut()
