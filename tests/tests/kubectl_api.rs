@@ -1185,6 +1185,80 @@ spec:
     assert!(err.contains("must be a valid regular expression"), "{err}");
 }
 
+/// Custom resources get their schema's defaults when written, and when read after a default was
+/// added to the schema (the conformance suite's "custom resource defaulting for requests and from
+/// storage").
+#[test]
+fn custom_resources_get_their_defaults_on_writes_and_from_storage() {
+    let c = Control::start();
+    let crd = |extra: &str| {
+        format!(
+            r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {{name: knobs.example.com}}
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {{plural: knobs, singular: knob, kind: Knob}}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            properties:
+              level: {{type: integer, default: 5}}
+              mode: {{type: string{extra}}}
+"#
+        )
+    };
+    c.ok_stdin(&["apply", "-f", "-"], &crd(""));
+    c.ok(&[
+        "wait",
+        "--for=condition=established",
+        "crd/knobs.example.com",
+        "--timeout=20s",
+    ]);
+    let knob = "apiVersion: example.com/v1\nkind: Knob\nmetadata: {name: k, namespace: default}\nspec: {mode: fast}\n";
+    let mut created = false;
+    for _ in 0..100 {
+        if c.kubectl_stdin(&["create", "-f", "-"], knob).status.success() {
+            created = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(created, "the custom resource was never accepted");
+    let spec = || json(&c.ok(&["get", "knob", "k", "-o", "json"]))["spec"].clone();
+    assert_eq!(spec(), serde_json::json!({"level": 5, "mode": "fast"}));
+    // A default added later shows on objects stored before it, without a write.
+    let bare =
+        "apiVersion: example.com/v1\nkind: Knob\nmetadata: {name: bare, namespace: default}\nspec: {}\n";
+    c.ok_stdin(&["create", "-f", "-"], bare);
+    c.ok_stdin(&["apply", "-f", "-"], &crd(", default: slow"));
+    let bare_spec = || json(&c.ok(&["get", "knob", "bare", "-o", "json"]))["spec"].clone();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while bare_spec()["mode"] != "slow" && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(bare_spec(), serde_json::json!({"level": 5, "mode": "slow"}));
+    assert_eq!(spec()["mode"], "fast", "a set value is kept");
+    let listed = json(&c.ok(&["get", "knobs", "-o", "json"]));
+    assert!(
+        listed["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|k| k["spec"]["level"] == 5),
+        "{listed}"
+    );
+}
+
 /// `kubectl get componentstatuses` (deprecated, still answered upstream; it 404'd).
 #[test]
 fn component_statuses_answer() {

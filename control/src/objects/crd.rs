@@ -181,13 +181,66 @@ pub fn printer_columns(info: &ResourceInfo) -> Vec<(String, String, String, i64)
 
 /// The `openAPIV3Schema` of the CRD version `info` serves.
 fn version_schema(info: &ResourceInfo) -> Option<Value> {
-    let crd = info.crd.as_ref()?;
+    schema_of(info).cloned()
+}
+
+fn schema_of(info: &ResourceInfo) -> Option<&Value> {
+    let crd = info.crd.as_deref()?;
     crd["spec"]["versions"]
         .as_array()?
         .iter()
         .find(|v| v["name"] == info.version.as_str())
-        .map(|v| v["schema"]["openAPIV3Schema"].clone())
+        .map(|v| &v["schema"]["openAPIV3Schema"])
         .filter(|s| s.is_object())
+}
+
+/// Fills in the schema's `default`s where a field is missing (or null and not nullable), inside
+/// the defaults filled too, as upstream's structural defaulting does.
+fn apply_defaults(value: &mut Value, schema: &Value) {
+    match value {
+        Value::Object(map) => {
+            if let Some(props) = schema["properties"].as_object() {
+                for (key, sub) in props {
+                    let Some(default) = sub.get("default") else {
+                        continue;
+                    };
+                    let missing = match map.get(key) {
+                        None => true,
+                        Some(Value::Null) => sub["nullable"] != json!(true),
+                        Some(_) => false,
+                    };
+                    if missing {
+                        map.insert(key.clone(), default.clone());
+                    }
+                }
+                for (key, v) in map.iter_mut() {
+                    if let Some(sub) = props.get(key) {
+                        apply_defaults(v, sub);
+                    }
+                }
+            } else if let Some(additional) = schema.get("additionalProperties").filter(|a| a.is_object()) {
+                for v in map.values_mut() {
+                    apply_defaults(v, additional);
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(item) = schema.get("items").filter(|s| s.is_object()) {
+                for v in items {
+                    apply_defaults(v, item);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A custom resource as read from storage: the defaults its schema has now, including those
+/// added after it was written (upstream defaults on reads too).
+pub fn default_stored(info: &ResourceInfo, obj: &mut Value) {
+    if let Some(schema) = schema_of(info) {
+        apply_defaults(obj, schema);
+    }
 }
 
 fn type_name(v: &Value) -> &'static str {
@@ -331,6 +384,7 @@ pub struct SchemaReport {
 pub fn validate_custom(info: &ResourceInfo, obj: &mut Value, strict: bool) -> SchemaReport {
     let mut report = SchemaReport::default();
     if let Some(schema) = version_schema(info) {
+        apply_defaults(obj, &schema);
         check(obj, &schema, "", strict, &mut report.causes, &mut report.unknown);
     }
     report
@@ -364,6 +418,38 @@ mod tests {
                 "free": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}
             }}}}}}]}});
         resources(&crd).remove(0).as_ref().clone()
+    }
+
+    #[test]
+    fn defaults_fill_missing_and_null_fields_on_writes_and_on_reads_from_storage() {
+        let crd = json!({"spec": {"group": "example.com", "scope": "Namespaced",
+        "names": {"plural": "widgets", "kind": "Widget"},
+        "versions": [{"name": "v1", "served": true, "storage": true, "schema": {"openAPIV3Schema": {
+            "type": "object",
+            "properties": {"spec": {"type": "object", "default": {}, "properties": {
+                "size": {"type": "integer", "default": 3},
+                "colour": {"type": "string", "default": "red"},
+                "note": {"type": "string", "nullable": true, "default": "n"},
+                "ports": {"type": "array", "items": {"type": "object", "properties": {
+                    "protocol": {"type": "string", "default": "TCP"}}}},
+                "byName": {"type": "object", "additionalProperties": {"type": "object", "properties": {
+                    "weight": {"type": "integer", "default": 1}}}}
+            }}}}}}]}});
+        let info = resources(&crd).remove(0).as_ref().clone();
+        // A request without a spec gets the spec's default, then the defaults inside it.
+        let mut empty = json!({"metadata": {"name": "w"}});
+        let report = validate_custom(&info, &mut empty, true);
+        assert!(report.causes.is_empty(), "{report:?}");
+        assert_eq!(empty["spec"], json!({"size": 3, "colour": "red", "note": "n"}));
+        // Set values stay; a null is defaulted unless the field is nullable; lists and maps too.
+        let mut set = json!({"spec": {"size": 7, "colour": null, "note": null,
+            "ports": [{"protocol": "UDP"}, {}], "byName": {"a": {}}}});
+        default_stored(&info, &mut set);
+        assert_eq!(
+            set["spec"],
+            json!({"size": 7, "colour": "red", "note": null, "ports": [{"protocol": "UDP"}, {"protocol": "TCP"}],
+                   "byName": {"a": {"weight": 1}}})
+        );
     }
 
     #[test]

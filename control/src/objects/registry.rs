@@ -62,7 +62,11 @@ impl ResourceInfo {
 
     /// A stored object as this resource serves it.
     pub fn decode(&self, kv: &crate::store::KeyValue) -> Value {
-        super::convert::to_served(self, super::meta::from_kv(kv))
+        let mut obj = super::convert::to_served(self, super::meta::from_kv(kv));
+        if self.crd.is_some() {
+            super::crd::default_stored(self, &mut obj);
+        }
+        obj
     }
 
     /// The store key prefix for one namespace (or all objects when cluster-scoped / `ns` is None).
