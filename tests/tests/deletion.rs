@@ -158,3 +158,24 @@ fn deleting_a_namespace_deletes_its_contents() {
     );
     assert!(err.contains("not found"), "{err}");
 }
+
+/// Three objects owning each other in a circle, every reference blocking: deleting one in the
+/// foreground deletes all three instead of leaving them waiting on each other (the conformance
+/// suite's "should not be blocked by dependency circle").
+#[test]
+fn a_circle_of_owners_is_deleted_in_the_foreground() {
+    let c = Control::start();
+    let uid = |name: &str| c.ok(&["get", "cm", name, "-o", "jsonpath={.metadata.uid}"]);
+    for name in ["c1", "c2", "c3"] {
+        c.ok_stdin(&["apply", "-f", "-"], &cm(name, None));
+    }
+    for (name, owner) in [("c1", "c3"), ("c2", "c1"), ("c3", "c2")] {
+        c.ok_stdin(&["apply", "-f", "-"], &cm(name, Some((owner, &uid(owner)))));
+    }
+    c.ok(&["delete", "cm", "c1", "--cascade=foreground", "--wait=false"]);
+    eventually(&c, "the whole circle deleted", |c| {
+        ["c1", "c2", "c3"]
+            .iter()
+            .all(|n| !c.kubectl(&["get", "cm", n]).status.success())
+    });
+}

@@ -1,5 +1,8 @@
 //! Owner-reference garbage collection: background deletion of dependents whose owners are gone,
-//! foreground deletion (dependents first, then the owner), and orphaning.
+//! foreground deletion (dependents first, then the owner, which waits for those whose reference
+//! sets `blockOwnerDeletion`), and orphaning. Owners that own each other in a circle are deleted
+//! as upstream does: a dependent whose own dependents are already waiting has its references
+//! made non-blocking, so that nobody waits on anybody for ever.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -20,8 +23,11 @@ struct Graph {
     keys: HashMap<String, String>,
     /// owner uid -> keys of objects that name it in `ownerReferences`.
     dependents: HashMap<String, HashSet<String>>,
-    /// key -> owner uids it names.
-    owners: HashMap<String, Vec<String>>,
+    /// key -> owner uids it names, each with whether the reference blocks the owner's
+    /// foreground deletion (`blockOwnerDeletion`).
+    owners: HashMap<String, Vec<(String, bool)>>,
+    /// key -> uid of every live object.
+    uids: HashMap<String, String>,
     /// Objects being deleted with the `foregroundDeletion` or `orphan` finalizer.
     pending: HashSet<String>,
     /// Owner uids that disappeared and whose dependents must be looked at.
@@ -49,9 +55,12 @@ struct MetaFields {
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct OwnerRef {
     #[serde(default)]
     uid: String,
+    #[serde(default)]
+    block_owner_deletion: Option<bool>,
 }
 
 fn meta(kv: &crate::store::KeyValue) -> MetaFields {
@@ -63,7 +72,7 @@ fn meta(kv: &crate::store::KeyValue) -> MetaFields {
 impl Graph {
     fn forget(&mut self, key: &str) {
         if let Some(owners) = self.owners.remove(key) {
-            for o in owners {
+            for (o, _) in owners {
                 if let Some(set) = self.dependents.get_mut(&o) {
                     set.remove(key);
                     if set.is_empty() {
@@ -78,10 +87,15 @@ impl Graph {
     fn observe(&mut self, key: &str, meta: MetaFields) {
         self.forget(key);
         if !meta.uid.is_empty() {
+            self.uids.insert(key.to_owned(), meta.uid.clone());
             self.keys.insert(meta.uid, key.to_owned());
         }
-        let owners: Vec<String> = meta.owner_references.into_iter().map(|r| r.uid).collect();
-        for o in &owners {
+        let owners: Vec<(String, bool)> = meta
+            .owner_references
+            .into_iter()
+            .map(|r| (r.uid, r.block_owner_deletion == Some(true)))
+            .collect();
+        for (o, _) in &owners {
             self.dependents
                 .entry(o.clone())
                 .or_default()
@@ -104,7 +118,7 @@ impl Graph {
     /// Whether `key` has an owner besides `except` that exists and is not itself waiting to be
     /// deleted (foreground or orphaning): upstream's "solid" owner.
     fn has_solid_owner(&self, key: &str, except: &str) -> bool {
-        self.owners.get(key).into_iter().flatten().any(|o| {
+        self.owners.get(key).into_iter().flatten().any(|(o, _)| {
             o != except
                 && self
                     .keys
@@ -113,8 +127,29 @@ impl Graph {
         })
     }
 
+    /// Whether `key`'s reference to the owner `uid` holds that owner's foreground deletion.
+    fn blocks(&self, key: &str, uid: &str) -> bool {
+        self.owners
+            .get(key)
+            .is_some_and(|owners| owners.iter().any(|(o, block)| o == uid && *block))
+    }
+
+    /// Whether one of `key`'s dependents is itself waiting on its dependents: deleting `key` in
+    /// the foreground would then close a circle of owners waiting on each other.
+    fn closes_a_circle(&self, key: &str) -> bool {
+        let Some(uid) = self.uids.get(key) else {
+            return false;
+        };
+        self.dependents
+            .get(uid)
+            .into_iter()
+            .flatten()
+            .any(|d| self.pending.contains(d))
+    }
+
     fn removed(&mut self, key: &str, meta: MetaFields) {
         self.forget(key);
+        self.uids.remove(key);
         let uid = meta.uid;
         if self.keys.get(&uid).is_some_and(|k| k == key) {
             self.keys.remove(&uid);
@@ -146,6 +181,25 @@ async fn delete_key(app: &Objects, key: &str, policy: &str) {
     }
 }
 
+/// Makes every owner reference of `key` non-blocking (`blockOwnerDeletion: false`).
+async fn unblock_owner_refs(app: &Objects, key: &str) -> Result<(), StoreError> {
+    edit_object(app, key, |obj| {
+        let mut changed = false;
+        for r in obj["metadata"]["ownerReferences"]
+            .as_array_mut()
+            .into_iter()
+            .flatten()
+        {
+            if r["blockOwnerDeletion"] == json!(true) {
+                r["blockOwnerDeletion"] = json!(false);
+                changed = true;
+            }
+        }
+        changed
+    })
+    .await
+}
+
 async fn drop_owner_ref(app: &Objects, key: &str, uid: &str) -> Result<(), StoreError> {
     edit_object(app, key, |obj| {
         let Some(refs) = obj["metadata"]["ownerReferences"].as_array_mut() else {
@@ -173,7 +227,7 @@ async fn process(app: &Objects, graph: &mut Graph) {
         }
         for key in graph.dependents.get(&uid).cloned().unwrap_or_default() {
             let owners = graph.owners.get(&key).cloned().unwrap_or_default();
-            if owners.iter().all(|o| !graph.keys.contains_key(o)) {
+            if owners.iter().all(|(o, _)| !graph.keys.contains_key(o)) {
                 delete_key(app, &key, "Background").await;
             } else if let Err(e) = drop_owner_ref(app, &key, &uid).await {
                 tracing::warn!(%key, error = %e, "garbage collector could not drop an owner reference");
@@ -199,7 +253,7 @@ async fn process(app: &Objects, graph: &mut Graph) {
                 tracing::warn!(%key, error = %e, "could not remove the orphan finalizer");
             }
         } else if fins.iter().any(|f| f == "foregroundDeletion") {
-            if dependents.is_empty() {
+            if !dependents.iter().any(|d| graph.blocks(d, &uid)) {
                 if let Err(e) = remove_finalizer(app, &key, "foregroundDeletion").await {
                     tracing::warn!(%key, error = %e, "could not remove the foregroundDeletion finalizer");
                 }
@@ -212,6 +266,11 @@ async fn process(app: &Objects, graph: &mut Graph) {
                             tracing::warn!(key = %dep, error = %e, "could not drop an owner reference");
                         }
                     } else {
+                        if graph.closes_a_circle(dep)
+                            && let Err(e) = unblock_owner_refs(app, dep).await
+                        {
+                            tracing::warn!(key = %dep, error = %e, "could not unblock owner references");
+                        }
                         delete_key(app, dep, "Foreground").await;
                     }
                 }
@@ -261,7 +320,13 @@ mod tests {
     fn meta(uid: &str, owners: &[&str], deleting: Option<&str>) -> MetaFields {
         MetaFields {
             uid: uid.into(),
-            owner_references: owners.iter().map(|o| OwnerRef { uid: (*o).into() }).collect(),
+            owner_references: owners
+                .iter()
+                .map(|o| OwnerRef {
+                    uid: (*o).into(),
+                    block_owner_deletion: Some(true),
+                })
+                .collect(),
             deletion_timestamp: deleting.map(|_| "2026-12-02T00:00:00Z".into()),
             finalizers: deleting.map(|f| vec![f.to_owned()]).unwrap_or_default(),
         }
@@ -282,5 +347,24 @@ mod tests {
         // Nor does one that is gone.
         g.removed("rc/stay", meta("u-stay", &[], None));
         assert!(!g.has_solid_owner("pod/shared", "u-doomed"));
+    }
+
+    #[test]
+    fn only_blocking_references_hold_an_owner_and_a_circle_is_seen() {
+        let mut g = Graph::default();
+        g.observe("cm/one", meta("u1", &["u3"], Some("foregroundDeletion")));
+        g.observe("cm/two", meta("u2", &["u1"], None));
+        g.observe("cm/three", meta("u3", &["u2"], None));
+        assert!(g.blocks("cm/two", "u1"));
+        // Two's dependent (three) is not waiting yet: deleting two closes nothing.
+        assert!(!g.closes_a_circle("cm/two"));
+        // Once two waits too, deleting three (whose dependent one waits) would close the circle.
+        g.observe("cm/two", meta("u2", &["u1"], Some("foregroundDeletion")));
+        assert!(g.closes_a_circle("cm/three"));
+        // A reference without blockOwnerDeletion does not hold its owner.
+        let mut loose = meta("u3", &["u2"], None);
+        loose.owner_references[0].block_owner_deletion = Some(false);
+        g.observe("cm/three", loose);
+        assert!(!g.blocks("cm/three", "u2"));
     }
 }
