@@ -281,6 +281,62 @@ fn recreate_stops_old_pods_before_starting_new_ones() {
     assert!(saw_new, "new pods never came up");
 }
 
+/// A Deployment adopts a ReplicaSet that its selector matches and nobody controls, and numbers
+/// its own after the adopted one's revision (the conformance suite's "RollingUpdateDeployment
+/// should delete old pods and create new ones").
+#[test]
+fn a_deployment_adopts_orphan_replica_sets_and_revises_after_them() {
+    let c = Control::start();
+    c.ok_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: apps/v1\nkind: ReplicaSet\nmetadata: {name: legacy, namespace: default, labels: {app: roll}, annotations: {deployment.kubernetes.io/revision: '3546343826724305833'}}\nspec:\n  replicas: 1\n  selector: {matchLabels: {app: roll}}\n  template:\n    metadata: {labels: {app: roll, era: old}}\n    spec: {containers: [{name: c, image: registry.local/busybox:1.36}]}\n",
+    );
+    c.ok_stdin(
+        &["apply", "-f", "-"],
+        &deploy("roll", "registry.local/busybox:1.37", "{type: RollingUpdate}"),
+    );
+    let revision = || {
+        c.ok(&[
+            "get",
+            "deployment",
+            "roll",
+            "-o",
+            "jsonpath={.metadata.annotations.deployment\\.kubernetes\\.io/revision}",
+        ])
+    };
+    let mut seen = String::new();
+    for _ in 0..300 {
+        seen = revision();
+        if seen == "3546343826724305834" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        seen,
+        "3546343826724305834",
+        "rs: {}",
+        c.ok(&["get", "rs", "-o", "yaml"])
+    );
+    let legacy = json(&c.ok(&["get", "rs", "legacy", "-o", "json"]));
+    let owner = &legacy["metadata"]["ownerReferences"][0];
+    assert_eq!(
+        (owner["kind"].as_str(), owner["name"].as_str()),
+        (Some("Deployment"), Some("roll"))
+    );
+    assert_eq!(owner["controller"], true);
+    // The adopted set is an old one: it is scaled down as the new pods become ready.
+    eventually("new pods", || !active_pods(&c, "app=roll").is_empty());
+    for _ in 0..20 {
+        make_ready(&c, "app=roll");
+        if c.ok(&["get", "rs", "legacy", "-o", "jsonpath={.spec.replicas}"]) == "0" {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("the adopted ReplicaSet was never scaled down");
+}
+
 #[test]
 fn every_namespace_gets_a_default_service_account() {
     let c = Control::start();

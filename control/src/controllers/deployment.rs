@@ -15,6 +15,7 @@ use crate::objects::Objects;
 use crate::objects::keys;
 use crate::objects::meta::{active, controller_of, owner_ref};
 use crate::objects::meta::{meta_str, now, parse_time};
+use crate::objects::selector::LabelSelector;
 use crate::objects::write::DeleteOptions;
 
 /// Store prefix of Deployments.
@@ -140,6 +141,21 @@ async fn reconcile(
     let Some((d, ns, name)) = deploys.live(key) else {
         return Ok(Next::Done);
     };
+    // ReplicaSets without a controller that the selector matches are adopted (an old one keeps its
+    // revision, so the next is numbered after it); those it no longer matches are released.
+    if let Ok(selector) = LabelSelector::from_object(&d["spec"]["selector"])
+        && super::replicaset::claim_objects(
+            app,
+            &d,
+            "Deployment",
+            &selector,
+            &rss.list(Some(&ns)),
+            keys::REPLICA_SETS,
+        )
+        .await?
+    {
+        rss.wait_for(app.store.revision()).await;
+    }
     let mut owned: Vec<Arc<Value>> = rss
         .list(Some(&ns))
         .into_iter()

@@ -92,10 +92,25 @@ async fn claim(app: &Objects, f: Flavour, owner: &Value, pods: &Cache, ns: &str)
     let Some(selector) = f.selector(owner) else {
         return Ok(false);
     };
-    let (adopt, release) = claims(owner, f.kind, &selector, &pods.list(Some(ns)));
+    claim_objects(app, owner, f.kind, &selector, &pods.list(Some(ns)), keys::PODS).await
+}
+
+/// Adopts the orphans among `objects` (stored under `prefix`: pods, or a Deployment's
+/// ReplicaSets) that `selector` matches, and releases those of `owner` it no longer matches, as
+/// upstream's controller ref manager; returns whether anything was written.
+pub(super) async fn claim_objects(
+    app: &Objects,
+    owner: &Value,
+    kind: &str,
+    selector: &LabelSelector,
+    objects: &[Arc<Value>],
+    prefix: &str,
+) -> Result<bool, Error> {
+    let ns = meta_str(owner, "namespace");
+    let (adopt, release) = claims(owner, kind, selector, objects);
     let uid = meta_str(owner, "uid").to_owned();
     for name in &adopt {
-        let key = keys::object(keys::PODS, Some(ns), name);
+        let key = keys::object(prefix, Some(ns), name);
         super::edit_object(app, &key, |pod| {
             if controller_ref(pod).is_some() {
                 return false;
@@ -110,7 +125,7 @@ async fn claim(app: &Objects, f: Flavour, owner: &Value, pods: &Cache, ns: &str)
         .await?;
     }
     for name in &release {
-        let key = keys::object(keys::PODS, Some(ns), name);
+        let key = keys::object(prefix, Some(ns), name);
         super::edit_object(app, &key, |pod| {
             let Some(refs) = pod["metadata"]["ownerReferences"].as_array_mut() else {
                 return false;
