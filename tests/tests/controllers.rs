@@ -436,6 +436,39 @@ fn job_pods(c: &Control, name: &str) -> Vec<Value> {
     pods(c, &format!("batch.kubernetes.io/job-name={name}"))
 }
 
+/// A Job adopts the orphaned pods its selector matches and releases those it no longer matches
+/// (the conformance suite's "Job should adopt matching orphans and release non-matching pods").
+#[test]
+fn a_job_adopts_orphans_and_releases_pods_it_no_longer_selects() {
+    let c = Control::start();
+    c.ok_stdin(&["apply", "-f", "-"], &job("keep", "  parallelism: 2\n"));
+    eventually("2 pods", || job_pods(&c, "keep").len() == 2);
+    let name = job_pods(&c, "keep")[0]["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let owner = || {
+        json(&c.ok(&["get", "pod", &name, "-o", "json"]))["metadata"]["ownerReferences"][0]["kind"].clone()
+    };
+    c.ok(&[
+        "patch",
+        "pod",
+        &name,
+        "--type=json",
+        "-p",
+        r#"[{"op": "remove", "path": "/metadata/ownerReferences"}]"#,
+    ]);
+    eventually("the orphan readopted", || owner() == "Job");
+    c.ok(&[
+        "label",
+        "pod",
+        &name,
+        "batch.kubernetes.io/controller-uid-",
+        "controller-uid-",
+    ]);
+    eventually("the unselected pod released", || owner().is_null());
+}
+
 #[test]
 fn job_runs_to_completions_with_parallelism() {
     let c = Control::start();

@@ -18,6 +18,7 @@ use crate::objects::Objects;
 use crate::objects::keys;
 use crate::objects::meta::{active, pod_from_template, pod_ready};
 use crate::objects::meta::{meta_str, now, parse_time};
+use crate::objects::selector::LabelSelector;
 use crate::objects::write::{DeleteOptions, Propagation};
 
 /// Store prefix of Jobs.
@@ -61,6 +62,13 @@ fn pod_index(pod: &Value) -> Option<i64> {
         .and_then(|i| i.parse().ok())
 }
 
+/// A Job's pod selector (set by defaulting from the job's uid).
+fn selector(job: &Value) -> Option<LabelSelector> {
+    LabelSelector::from_object(&job["spec"]["selector"])
+        .ok()
+        .filter(|s| !s.is_empty())
+}
+
 async fn reconcile(app: &Objects, jobs: &Cache, pods: &Cache, key: &str) -> Result<Next, Error> {
     let Some((job, ns, name)) = jobs.live(key) else {
         return Ok(Next::Done);
@@ -79,6 +87,14 @@ async fn reconcile(app: &Objects, jobs: &Cache, pods: &Cache, key: &str) -> Resu
             return Ok(Next::After(Duration::from_secs((ttl - since).max(1) as u64)));
         }
         return Ok(Next::Done);
+    }
+    // Pods the selector matches that nobody controls are adopted; those it no longer matches are
+    // released (upstream's controller ref manager).
+    if let Some(selector) = selector(&job)
+        && super::replicaset::claim_objects(app, &job, "Job", &selector, &pods.list(Some(&ns)), keys::PODS)
+            .await?
+    {
+        pods.wait_for(app.store.revision()).await;
     }
     let owned: Vec<Arc<Value>> = pods.owned_by(&ns, "Job", &name);
     let running: Vec<&Arc<Value>> = owned.iter().filter(|p| active(p)).collect();
@@ -290,6 +306,7 @@ pub fn start(app: Arc<Objects>, caches: &Caches) {
     let queue = Arc::new(Queue::default());
     queue_changes(&queue, &jobs);
     queue_owners(&queue, &pods, "Job", JOB_PREFIX);
+    super::replicaset::queue_selecting(&queue, &pods, &jobs, JOB_PREFIX, selector);
     run_workers(app.clone(), "job", queue, 2, move |key| {
         let (app, jobs, pods) = (app.clone(), jobs.clone(), pods.clone());
         async move { reconcile(&app, &jobs, &pods, &key).await }

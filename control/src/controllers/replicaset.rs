@@ -281,7 +281,7 @@ fn start_one(app: Arc<Objects>, caches: &super::runtime::Caches, f: Flavour) {
     let queue = Arc::new(Queue::default());
     queue_changes(&queue, &owners);
     queue_owners(&queue, &pods, f.kind, f.prefix);
-    queue_selecting(&queue, &pods, &owners, f);
+    queue_selecting(&queue, &pods, &owners, f.prefix, move |o| f.selector(o));
     let (rs_c, pods_c, app_c) = (owners.clone(), pods.clone(), app.clone());
     let name = if f.kind == "ReplicaSet" {
         "replicaset"
@@ -294,8 +294,15 @@ fn start_one(app: Arc<Objects>, caches: &super::runtime::Caches, f: Flavour) {
     });
 }
 
-/// Queues the owners whose selector matches a changed pod that has no controller, so they adopt it.
-fn queue_selecting(queue: &Arc<Queue>, pods: &Cache, owners: &Arc<Cache>, f: Flavour) {
+/// Queues the owners (stored under `prefix`) whose selector matches a changed pod that has no
+/// controller, so they adopt it.
+pub(super) fn queue_selecting(
+    queue: &Arc<Queue>,
+    pods: &Cache,
+    owners: &Arc<Cache>,
+    prefix: &'static str,
+    selector: impl Fn(&Value) -> Option<LabelSelector> + Send + 'static,
+) {
     let (queue, owners, mut changes) = (queue.clone(), owners.clone(), pods.subscribe());
     tokio::spawn(async move {
         while let Ok(change) = changes.recv().await {
@@ -308,10 +315,8 @@ fn queue_selecting(queue: &Arc<Queue>, pods: &Cache, owners: &Arc<Cache>, f: Fla
             };
             let ns = pod["metadata"]["namespace"].as_str().unwrap_or_default();
             for owner in owners.list(Some(ns)) {
-                if f.selector(&owner)
-                    .is_some_and(|s| s.matches(pod["metadata"].get("labels")))
-                {
-                    queue.add(&keys::object(f.prefix, Some(ns), meta_str(&owner, "name")));
+                if selector(&owner).is_some_and(|s| s.matches(pod["metadata"].get("labels"))) {
+                    queue.add(&keys::object(prefix, Some(ns), meta_str(&owner, "name")));
                 }
             }
         }
