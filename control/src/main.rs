@@ -179,11 +179,13 @@ async fn run() -> anyhow::Result<()> {
         .map(|(_, s)| s.to_owned())
         .unwrap_or_default();
     let tls = api::server::tls_config(&pki).context("configuring TLS")?;
+    let pki = Arc::new(pki);
     let controllers = skiff_control::controllers::Config {
         node_grace: args.node_monitor_grace_period,
         root_ca: Some(pki.ca_pem.clone()),
+        ca: Some(pki.clone()),
     };
-    app.pki = Some(Arc::new(pki));
+    app.pki = Some(pki);
     let app = Arc::new(app);
     skiff_control::bootstrap::ensure_defaults(&objects)
         .await

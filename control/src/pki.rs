@@ -204,6 +204,43 @@ impl Pki {
         hex(ring::digest::digest(&ring::digest::SHA256, self.ca_pem.as_bytes()).as_ref())
     }
 
+    /// Signs a CertificateSigningRequest's PEM request with the cluster CA: its subject and names
+    /// as requested, the key and extended usages named (upstream's `usages`), valid for
+    /// `seconds` (at most a year).
+    pub fn sign_request(&self, csr_pem: &str, usages: &[&str], seconds: i64) -> Result<String, PkiError> {
+        let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)?;
+        csr.params.is_ca = IsCa::NoCa;
+        csr.params.key_usages = usages
+            .iter()
+            .filter_map(|u| match *u {
+                "digital signature" => Some(KeyUsagePurpose::DigitalSignature),
+                "key encipherment" => Some(KeyUsagePurpose::KeyEncipherment),
+                "content commitment" => Some(KeyUsagePurpose::ContentCommitment),
+                "key agreement" => Some(KeyUsagePurpose::KeyAgreement),
+                "data encipherment" => Some(KeyUsagePurpose::DataEncipherment),
+                _ => None,
+            })
+            .collect();
+        csr.params.extended_key_usages = usages
+            .iter()
+            .filter_map(|u| match *u {
+                "client auth" => Some(ExtendedKeyUsagePurpose::ClientAuth),
+                "server auth" => Some(ExtendedKeyUsagePurpose::ServerAuth),
+                "code signing" => Some(ExtendedKeyUsagePurpose::CodeSigning),
+                "email protection" => Some(ExtendedKeyUsagePurpose::EmailProtection),
+                "timestamping" => Some(ExtendedKeyUsagePurpose::TimeStamping),
+                "ocsp signing" => Some(ExtendedKeyUsagePurpose::OcspSigning),
+                _ => None,
+            })
+            .collect();
+        let now = time::OffsetDateTime::now_utc();
+        csr.params.not_before = now - time::Duration::minutes(5);
+        csr.params.not_after = now + time::Duration::seconds(seconds.clamp(600, 365 * 86400));
+        let ca_key = KeyPair::from_pem(&self.ca_key_pem)?;
+        let issuer = Issuer::from_ca_cert_pem(&self.ca_pem, ca_key)?;
+        Ok(csr.signed_by(&issuer)?.pem())
+    }
+
     /// Signs a node's certificate request as `system:node:<name>` in `system:nodes`, whatever
     /// subject the request asked for.
     pub fn sign_node_csr(&self, csr_pem: &str, node_name: &str) -> Result<String, PkiError> {

@@ -1259,6 +1259,103 @@ spec:
     );
 }
 
+/// A user's client certificate through the API, as upstream: a CertificateSigningRequest records
+/// who asked (not what the body claims), `kubectl certificate approve` approves it, the cluster CA
+/// signs it, and the certificate authenticates its subject.
+#[test]
+fn certificate_signing_requests_are_approved_signed_and_authenticate() {
+    use base64::Engine;
+    let c = Control::start();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name.push(rcgen::DnType::CommonName, "jane");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "devs");
+    let request = params.serialize_request(&key).unwrap().pem().unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&request);
+    let csr = |name: &str| {
+        format!(
+            "apiVersion: certificates.k8s.io/v1\nkind: CertificateSigningRequest\nmetadata: {{name: {name}}}\nspec:\n  request: {b64}\n  signerName: kubernetes.io/kube-apiserver-client\n  expirationSeconds: 86400\n  usages: [client auth]\n  username: forged\n  groups: [system:masters]\n"
+        )
+    };
+    c.ok_stdin(&["create", "-f", "-"], &csr("jane"));
+    let stored = json(&c.ok(&["get", "csr", "jane", "-o", "json"]));
+    assert_eq!(stored["spec"]["username"], "skiff-admin", "{stored}");
+    assert!(
+        !stored["spec"]["groups"].as_array().unwrap().is_empty()
+            && stored["spec"]["groups"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|g| g != "forged"),
+        "{stored}"
+    );
+    let table = c.ok(&["get", "csr"]);
+    assert!(table.contains("jane") && table.contains("Pending"), "{table}");
+    c.ok(&["certificate", "approve", "jane"]);
+    let mut cert = String::new();
+    for _ in 0..100 {
+        cert = c.ok(&["get", "csr", "jane", "-o", "jsonpath={.status.certificate}"]);
+        if !cert.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        !cert.is_empty(),
+        "never signed: {}",
+        c.ok(&["get", "csr", "jane", "-o", "yaml"])
+    );
+    let table = c.ok(&["get", "csr", "jane"]);
+    assert!(table.contains("Approved,Issued"), "{table}");
+    // The certificate authenticates jane (who may do nothing yet: no role grants her anything).
+    let dir = tempfile::tempdir().unwrap();
+    let cert_pem = base64::engine::general_purpose::STANDARD
+        .decode(cert.trim())
+        .unwrap();
+    std::fs::write(dir.path().join("jane.crt"), cert_pem).unwrap();
+    std::fs::write(dir.path().join("jane.key"), key.serialize_pem()).unwrap();
+    let ca = c.data_dir().join("pki").join("ca.crt");
+    let out = std::process::Command::new("kubectl")
+        .args(["--kubeconfig=/dev/null", "--server", &c.url()])
+        .arg(format!("--certificate-authority={}", ca.display()))
+        .arg(format!(
+            "--client-certificate={}",
+            dir.path().join("jane.crt").display()
+        ))
+        .arg(format!("--client-key={}", dir.path().join("jane.key").display()))
+        .args(["get", "pods"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("User \"jane\" cannot list"), "{err}");
+    // A denied request is never signed; approving and denying at once is refused.
+    c.ok_stdin(&["create", "-f", "-"], &csr("bob"));
+    c.ok(&["certificate", "deny", "bob"]);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(
+        c.ok(&["get", "csr", "bob", "-o", "jsonpath={.status.certificate}"]),
+        ""
+    );
+    let mut both = json(&c.ok(&["get", "csr", "bob", "-o", "json"]));
+    both["status"]["conditions"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"type": "Approved", "status": "True", "reason": "Sneaky"}));
+    let err = c.fails_stdin(
+        &[
+            "replace",
+            "--raw",
+            "/apis/certificates.k8s.io/v1/certificatesigningrequests/bob/approval",
+            "-f",
+            "-",
+        ],
+        &both.to_string(),
+    );
+    assert!(err.contains("mutually exclusive"), "{err}");
+}
+
 /// `kubectl get componentstatuses` (deprecated, still answered upstream; it 404'd).
 #[test]
 fn component_statuses_answer() {

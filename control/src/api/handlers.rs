@@ -587,6 +587,23 @@ pub async fn create(app: &App, call: &Call, body: &[u8]) -> Result<Response> {
     Ok(json_response(StatusCode::CREATED, &created))
 }
 
+/// POST of a CertificateSigningRequest: who asked is the caller, whatever the body says.
+pub async fn create_csr(
+    app: &App,
+    call: &Call,
+    body: &[u8],
+    who: &super::server::Identity,
+) -> Result<Response> {
+    let mut obj = require_object(parse_body_pooled(body, &call.content_type).await?)?;
+    let mut groups = who.groups.clone();
+    if !groups.iter().any(|g| g == "system:authenticated") {
+        groups.push("system:authenticated".to_owned());
+    }
+    crate::objects::certificates::set_requester(&mut obj, &who.user, &groups);
+    let created = app.objects.create(&call.write(), obj).await?;
+    Ok(json_response(StatusCode::CREATED, &created))
+}
+
 /// PUT of an object (or its status or scale).
 pub async fn update(app: &App, call: &Call, body: &[u8]) -> Result<Response> {
     let new = require_object(parse_body_pooled(body, &call.content_type).await?)?;

@@ -432,6 +432,9 @@ async fn route(
         (&Method::GET, true, Some("log")) => nodeproxy::logs(&app, &call).await,
         (&Method::GET, true, _) => handlers::get(&app, &call).await,
         (&Method::GET, false, _) => handlers::list(&app, &call).await,
+        (&Method::POST, false, None) if call.info.kind == "CertificateSigningRequest" => {
+            handlers::create_csr(&app, &call, body, who).await
+        }
         (&Method::POST, false, None) => handlers::create(&app, &call, body).await,
         (&Method::POST, true, Some("binding")) => handlers::bind(&app, &call, body).await,
         (&Method::POST, true, Some("eviction")) => eviction::evict(&app, &call, body).await,

@@ -645,6 +645,46 @@ fn columns_and_row(info: &ResourceInfo, obj: &Value) -> (Vec<Column>, Vec<Value>
                 json!(age(obj)),
             ],
         ),
+        ("certificates.k8s.io", "CertificateSigningRequest") => {
+            // Upstream's CONDITION: the condition types that hold, then Issued once signed.
+            let mut condition: Vec<String> = st["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|c| c["status"] == "True")
+                .filter_map(|c| c["type"].as_str().map(str::to_owned))
+                .collect();
+            if st["certificate"].as_str().is_some_and(|c| !c.is_empty()) {
+                condition.push("Issued".to_owned());
+            }
+            let condition = if condition.is_empty() {
+                "Pending".to_owned()
+            } else {
+                condition.join(",")
+            };
+            (
+                vec![
+                    ("Name", "string", 0),
+                    ("Age", "string", 0),
+                    ("SignerName", "string", 0),
+                    ("Requestor", "string", 0),
+                    ("RequestedDuration", "string", 0),
+                    ("Condition", "string", 0),
+                ],
+                vec![
+                    name,
+                    json!(age(obj)),
+                    json!(s(&spec["signerName"])),
+                    json!(s(&spec["username"])),
+                    json!(
+                        spec["expirationSeconds"]
+                            .as_i64()
+                            .map_or("<none>".to_owned(), human_duration)
+                    ),
+                    json!(condition),
+                ],
+            )
+        }
         ("networking.k8s.io", "NetworkPolicy") => (
             vec![
                 ("Name", "string", 0),

@@ -16,6 +16,7 @@ pub mod cluster_dns;
 mod compaction;
 mod crd;
 pub mod cronjob;
+mod csr_signer;
 mod daemonset;
 mod deployment;
 pub mod disruption;
@@ -43,6 +44,8 @@ pub struct Config {
     pub node_grace: Duration,
     /// The cluster CA certificate (PEM) published in every namespace as `kube-root-ca.crt`.
     pub root_ca: Option<String>,
+    /// The cluster CA that signs approved CertificateSigningRequests.
+    pub ca: Option<Arc<crate::pki::Pki>>,
 }
 
 impl Default for Config {
@@ -50,6 +53,7 @@ impl Default for Config {
         Self {
             node_grace: Duration::from_secs(40),
             root_ca: None,
+            ca: None,
         }
     }
 }
@@ -65,6 +69,7 @@ pub fn start(app: Arc<Objects>, config: &Config) -> runtime::Caches {
     deployment::start(app.clone(), &caches);
     serviceaccount::start(app.clone(), &caches);
     root_ca::start(app.clone(), &caches, config.root_ca.as_deref());
+    csr_signer::start(app.clone(), &caches, config.ca.clone());
     endpoints::start(app.clone(), &caches);
     job::start(app.clone(), &caches);
     node_lifecycle::start(app.clone(), &caches, config.node_grace);

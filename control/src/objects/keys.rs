@@ -53,6 +53,8 @@ pub const CRON_JOBS: &str = "/registry/batch/cronjobs/";
 pub const POD_DISRUPTION_BUDGETS: &str = "/registry/policy/poddisruptionbudgets/";
 /// CustomResourceDefinitions.
 pub const CUSTOM_RESOURCE_DEFINITIONS: &str = "/registry/apiextensions.k8s.io/customresourcedefinitions/";
+/// CertificateSigningRequests (cluster-scoped).
+pub const CERTIFICATE_SIGNING_REQUESTS: &str = "/registry/certificates.k8s.io/certificatesigningrequests/";
 
 /// The prefix of every object of `resource` in `group` ("" for core).
 pub fn prefix(group: &str, resource: &str) -> String {

@@ -413,6 +413,15 @@ const BUILTINS: &[Builtin] = &[
         subs: &["status"],
     },
     Builtin {
+        group: "certificates.k8s.io",
+        kind: "CertificateSigningRequest",
+        plural: "certificatesigningrequests",
+        namespaced: false,
+        short: &["csr"],
+        all: false,
+        subs: &["status", "approval"],
+    },
+    Builtin {
         group: "networking.k8s.io",
         kind: "IngressClass",
         plural: "ingressclasses",

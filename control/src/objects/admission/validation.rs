@@ -81,6 +81,9 @@ fn validate(info: &ResourceInfo, obj: &Value) -> Causes {
     check_metadata(obj, label_names, &mut causes);
     match (info.group.as_str(), info.kind.as_str()) {
         ("", "Pod") => check_pod_spec("spec", &obj["spec"], &mut causes),
+        ("certificates.k8s.io", "CertificateSigningRequest") => {
+            crate::objects::certificates::check(obj, &mut causes);
+        }
         ("", "Service") => {
             let spec = &obj["spec"];
             let headless = spec["clusterIP"] == "None";

@@ -397,6 +397,12 @@ impl Objects {
                     }
                 }
             }
+            Some("approval") => {
+                // Approval writes the conditions only (upstream's CSR approval strategy).
+                let conditions = new["status"]["conditions"].take();
+                new = old.clone();
+                new["status"]["conditions"] = conditions;
+            }
             Some("ephemeralcontainers") => {
                 new = super::ephemeral::add(&old, &new)
                     .map_err(|causes| ApiError::invalid(req.target(&name), &causes))?;
