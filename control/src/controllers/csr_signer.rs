@@ -1,6 +1,7 @@
 //! Upstream's CSR signing controller: an approved CertificateSigningRequest for one of the
 //! signers the cluster CA serves (`objects::certificates::SIGNERS`) gets its certificate in
-//! `status.certificate`; one whose request cannot be signed gets a `Failed` condition. Requests
+//! `status.certificate`; one whose request cannot be signed, or that the signer's rules refuse
+//! (`signer_refuses`), gets a `Failed` condition. Requests
 //! for other signers are left to whoever serves them.
 
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use serde_json::{Value, json};
 use super::runtime::{Caches, Next, Queue, queue_changes, run_workers};
 use super::write::put_status;
 use crate::objects::Objects;
-use crate::objects::certificates::{SIGNERS, ready_to_sign, request_pem};
+use crate::objects::certificates::{SIGNERS, ready_to_sign, request_pem, signer_refuses};
 use crate::objects::keys;
 use crate::objects::meta::now;
 use crate::pki::Pki;
@@ -27,9 +28,12 @@ fn signed_status(ca: &Pki, csr: &Value) -> Value {
         .collect();
     let seconds = csr["spec"]["expirationSeconds"].as_i64().unwrap_or(365 * 86400);
     let mut status = csr["status"].clone();
-    let signed = request_pem(csr)
-        .ok_or_else(|| "the request is not base64 PEM".to_owned())
-        .and_then(|pem| ca.sign_request(&pem, &usages, seconds).map_err(|e| e.to_string()));
+    let signed = match signer_refuses(csr) {
+        Some(why) => Err(why),
+        None => request_pem(csr)
+            .ok_or_else(|| "the request is not base64 PEM".to_owned())
+            .and_then(|pem| ca.sign_request(&pem, &usages, seconds).map_err(|e| e.to_string())),
+    };
     match signed {
         Ok(cert) => {
             use base64::Engine;

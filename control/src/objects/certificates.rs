@@ -132,6 +132,54 @@ pub fn set_requester(csr: &mut Value, user: &str, groups: &[String]) {
     }
 }
 
+/// Why the signer named in `csr` will not issue it (upstream's per-signer rules), if it will not:
+/// client certificates only authenticate clients, and the kubelet signers issue only to nodes
+/// (`system:node:NAME` in `system:nodes`).
+pub fn signer_refuses(csr: &Value) -> Option<String> {
+    let usages: Vec<&str> = csr["spec"]["usages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let signer = csr["spec"]["signerName"].as_str().unwrap_or_default();
+    let allowed: &[&str] = match signer {
+        "kubernetes.io/kubelet-serving" => &["digital signature", "key encipherment", "server auth"],
+        _ => &["digital signature", "key encipherment", "client auth"],
+    };
+    if let Some(u) = usages.iter().find(|u| !allowed.contains(u)) {
+        return Some(format!("usage \"{u}\" is not allowed by signer {signer}"));
+    }
+    let params = rcgen::CertificateSigningRequestParams::from_pem(&request_pem(csr)?).ok()?;
+    let field = |t: rcgen::DnType| -> Vec<String> {
+        params
+            .params
+            .distinguished_name
+            .iter()
+            .filter(|(k, _)| **k == t)
+            .filter_map(|(_, v)| match v {
+                rcgen::DnValue::Utf8String(s) => Some(s.clone()),
+                rcgen::DnValue::PrintableString(s) => Some(s.as_str().to_owned()),
+                rcgen::DnValue::Ia5String(s) => Some(s.as_str().to_owned()),
+                _ => None,
+            })
+            .collect()
+    };
+    if signer != "kubernetes.io/kube-apiserver-client" {
+        let (cn, o) = (
+            field(rcgen::DnType::CommonName),
+            field(rcgen::DnType::OrganizationName),
+        );
+        let node = cn.len() == 1 && cn[0].starts_with("system:node:") && o == ["system:nodes"];
+        if !node {
+            return Some(format!(
+                "signer {signer} issues only to nodes: subject must be CN=system:node:<name>, O=system:nodes"
+            ));
+        }
+    }
+    None
+}
+
 /// Whether a request may be signed now: approved, not denied or failed, and not yet issued.
 pub fn ready_to_sign(csr: &Value) -> bool {
     let conditions = csr["status"]["conditions"]
@@ -201,5 +249,29 @@ mod tests {
         let mut forged = json!({"spec": {"username": "admin", "groups": ["system:masters"], "uid": "x"}});
         set_requester(&mut forged, "jane", &["devs".to_owned()]);
         assert_eq!(forged["spec"], json!({"username": "jane", "groups": ["devs"]}));
+    }
+
+    #[test]
+    fn client_signers_issue_client_certificates_and_kubelet_signers_only_to_nodes() {
+        let request = |cn: &str, o: &str| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+            params.distinguished_name.push(rcgen::DnType::OrganizationName, o);
+            params.serialize_request(&key).unwrap().pem().unwrap()
+        };
+        let mut client = csr(
+            &request("jane", "devs"),
+            json!(["client auth", "digital signature"]),
+        );
+        assert_eq!(signer_refuses(&client), None);
+        client["spec"]["usages"] = json!(["server auth"]);
+        assert!(signer_refuses(&client).unwrap().contains("server auth"));
+        let mut serving = csr(&request("jane", "devs"), json!(["server auth"]));
+        serving["spec"]["signerName"] = json!("kubernetes.io/kubelet-serving");
+        assert!(signer_refuses(&serving).unwrap().contains("only to nodes"));
+        let mut node = csr(&request("system:node:n1", "system:nodes"), json!(["server auth"]));
+        node["spec"]["signerName"] = json!("kubernetes.io/kubelet-serving");
+        assert_eq!(signer_refuses(&node), None);
     }
 }
