@@ -776,6 +776,26 @@ fn statefulset_orders_creation_scale_down_and_partitioned_updates() {
         p0["spec"]["containers"][0]["image"],
         "registry.local/busybox:1.36"
     );
+    // Back to the first template, its fields written in another order: the same revision as
+    // at first (upstream's rollback finds its old revision).
+    let revision = |field: &str| c.ok(&["get", "sts", "db", "-o", &format!("jsonpath={{.status.{field}}}")]);
+    let mut sts = json(&c.ok(&["get", "sts", "db", "-o", "json"]));
+    let first = revision("currentRevision");
+    assert_ne!(first, revision("updateRevision"));
+    sts["spec"]["template"] = serde_json::from_str(
+        r#"{"spec": {"containers": [{"image": "registry.local/busybox:1.36", "name": "c"}]}, "metadata": {"labels": {"app": "db"}}}"#,
+    )
+    .unwrap();
+    c.ok_stdin(&["replace", "-f", "-"], &sts.to_string());
+    eventually("the rollback's revision", || revision("updateRevision") == first);
+    // A failed pod is deleted and made again.
+    let uid = |pod: &str| c.ok(&["get", "pod", pod, "-o", "jsonpath={.metadata.uid}"]);
+    let before = uid("db-0");
+    set_phase(&c, "db-0", "Failed");
+    eventually("db-0 recreated", || {
+        let now = c.kubectl(&["get", "pod", "db-0", "-o", "jsonpath={.metadata.uid}"]);
+        now.status.success() && !now.stdout.is_empty() && String::from_utf8_lossy(&now.stdout) != before
+    });
     // Scale down removes the highest ordinals.
     c.ok(&["scale", "statefulset", "db", "--replicas=1"]);
     eventually("scaled to db-0", || {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use super::deployment::{resolve, template_hash};
+use super::deployment::{legacy_template_hash, resolve, template_hash};
 use super::error::Error;
 use super::events;
 use super::runtime::{Cache, Caches, Next, Queue, queue_changes, queue_owners, run_workers};
@@ -112,6 +112,12 @@ async fn reconcile(
     };
     let template = &ds["spec"]["template"];
     let hash = template_hash(template, 0);
+    // Pods labelled before templates were hashed with sorted keys are at the current template too.
+    let legacy = legacy_template_hash(template);
+    let current = |p: &Value| {
+        let label = &p["metadata"]["labels"][HASH];
+        label == hash.as_str() || label == legacy.as_str()
+    };
     ensure_revision(app, revs, &ds, &hash).await?;
     let all_nodes = nodes.list(None);
     let wanted: Vec<String> = all_nodes
@@ -164,7 +170,7 @@ async fn reconcile(
             let Some(p) = by_node.get(node).and_then(|l| l.first()) else {
                 continue;
             };
-            if p["metadata"]["labels"][HASH] == hash.as_str() {
+            if current(p) {
                 continue;
             }
             // Unavailable old pods can go at once; available ones only within the budget.
@@ -224,7 +230,7 @@ async fn reconcile(
         "desiredNumberScheduled": wanted.len(),
         "numberReady": on_wanted.iter().filter(|p| pod_ready(p)).count(),
         "observedGeneration": ds["metadata"]["generation"],
-        "updatedNumberScheduled": on_wanted.iter().filter(|p| p["metadata"]["labels"][HASH] == hash.as_str()).count(),
+        "updatedNumberScheduled": on_wanted.iter().filter(|p| current(p)).count(),
         "numberAvailable": available,
         "numberUnavailable": wanted.len() - available,
     });

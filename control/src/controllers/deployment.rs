@@ -24,8 +24,33 @@ const REVISION: &str = "deployment.kubernetes.io/revision";
 const HASH_LABEL: &str = "pod-template-hash";
 const MANAGER: &str = "deployment-controller";
 
-/// FNV-1a over the template, encoded as upstream's "safe" string.
+/// FNV-1a over the template with its keys sorted (the same template hashes the same however its
+/// fields were ordered when written: a rollback finds its old revision), encoded as upstream's
+/// "safe" string.
 pub(crate) fn template_hash(template: &Value, collisions: i64) -> String {
+    hash_template(&sorted(template), collisions)
+}
+
+/// The hash written before templates were hashed with sorted keys: pods labelled with it are at
+/// the same template, so an upgrade does not roll every StatefulSet and DaemonSet.
+pub(crate) fn legacy_template_hash(template: &Value) -> String {
+    hash_template(template, 0)
+}
+
+/// `v` with every object's keys in sorted order.
+fn sorted(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => {
+            let mut entries: Vec<(&String, &Value)> = m.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            Value::Object(entries.into_iter().map(|(k, v)| (k.clone(), sorted(v))).collect())
+        }
+        Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
+        other => other.clone(),
+    }
+}
+
+fn hash_template(template: &Value, collisions: i64) -> String {
     let mut t = template.clone();
     if let Some(labels) = t["metadata"]["labels"].as_object_mut() {
         labels.remove(HASH_LABEL);
@@ -580,5 +605,16 @@ mod tests {
                 .all(|b| b"bcdfghjklmnpqrstvwxz2456789".contains(&b))
         );
         assert_ne!(template_hash(&t, 0), template_hash(&t, 1));
+        // Field order does not matter: a template read back in another order hashes the same.
+        let reordered: Value = serde_json::from_str(
+            r#"{"spec": {"containers": [{"image": "i", "name": "c"}]}, "metadata": {"labels": {"app": "a"}}}"#,
+        )
+        .unwrap();
+        let ordered: Value = serde_json::from_str(
+            r#"{"metadata": {"labels": {"app": "a"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(template_hash(&reordered, 0), template_hash(&ordered, 0));
+        assert_ne!(legacy_template_hash(&reordered), legacy_template_hash(&ordered));
     }
 }

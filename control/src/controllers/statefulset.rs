@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use super::deployment::template_hash;
+use super::deployment::{legacy_template_hash, template_hash};
 use super::error::Error;
 use super::events;
 use super::runtime::{Cache, Caches, Next, Queue, queue_changes, queue_owners, run_workers};
@@ -106,6 +106,12 @@ async fn reconcile(app: &Objects, stss: &Cache, pods: &Cache, key: &str) -> Resu
     let parallel = sts["spec"]["podManagementPolicy"] == "Parallel";
     let template = &sts["spec"]["template"];
     let revision = format!("{name}-{}", template_hash(template, 0));
+    // Pods labelled before revisions were hashed with sorted keys are at the current template too.
+    let legacy = format!("{name}-{}", legacy_template_hash(template));
+    let at_revision = |p: &Value| {
+        let label = &p["metadata"]["labels"][HASH];
+        label == revision.as_str() || label == legacy.as_str()
+    };
     let partition = sts["spec"]["updateStrategy"]["rollingUpdate"]["partition"]
         .as_i64()
         .unwrap_or(0);
@@ -129,6 +135,27 @@ async fn reconcile(app: &Objects, stss: &Cache, pods: &Cache, key: &str) -> Resu
     if parallel || !terminating {
         // Create missing ordinals, in order.
         for o in 0..want {
+            // A pod that failed (or ended) is deleted and made again, as upstream.
+            if let Some(p) = by_ordinal.get(&o)
+                && matches!(p["status"]["phase"].as_str(), Some("Failed" | "Succeeded"))
+                && !p["metadata"]["deletionTimestamp"].is_string()
+            {
+                let pod_name = meta_str(p, "name").to_owned();
+                let _ = app
+                    .delete(&pod_call, &pod_name, &DeleteOptions::background())
+                    .await;
+                events::record(
+                    app,
+                    &sts,
+                    MANAGER,
+                    "Warning",
+                    "RecreatingFailedPod",
+                    &format!("StatefulSet {ns}/{name} is recreating failed Pod {pod_name}"),
+                )
+                .await;
+                wrote = true;
+                break;
+            }
             if by_ordinal.contains_key(&o) {
                 if !parallel && !healthy(&by_ordinal[&o]) {
                     break;
@@ -208,9 +235,10 @@ async fn reconcile(app: &Objects, stss: &Cache, pods: &Cache, key: &str) -> Resu
         if rolling && extra.is_empty() && !wrote {
             let all_healthy = (0..want).all(|o| by_ordinal.get(&o).is_some_and(|p| healthy(p)));
             if all_healthy
-                && let Some((_, p)) = by_ordinal.iter().rev().find(|(o, p)| {
-                    **o >= partition && **o < want && p["metadata"]["labels"][HASH] != revision.as_str()
-                })
+                && let Some((_, p)) = by_ordinal
+                    .iter()
+                    .rev()
+                    .find(|(o, p)| **o >= partition && **o < want && !at_revision(p))
             {
                 let _ = app
                     .delete(&pod_call, meta_str(p, "name"), &DeleteOptions::background())
@@ -223,10 +251,7 @@ async fn reconcile(app: &Objects, stss: &Cache, pods: &Cache, key: &str) -> Resu
         pods.wait_for(app.store.revision()).await;
     }
     let current: Vec<Arc<Value>> = pods.active_owned_by(&ns, "StatefulSet", &name);
-    let updated = current
-        .iter()
-        .filter(|p| p["metadata"]["labels"][HASH] == revision.as_str())
-        .count();
+    let updated = current.iter().filter(|p| at_revision(p)).count();
     let current_revision = if updated == current.len() {
         revision.clone()
     } else {
@@ -240,7 +265,10 @@ async fn reconcile(app: &Objects, stss: &Cache, pods: &Cache, key: &str) -> Resu
         "observedGeneration": sts["metadata"]["generation"],
         "replicas": current.len(),
         "readyReplicas": current.iter().filter(|p| pod_ready(p)).count(),
-        "currentReplicas": current.iter().filter(|p| p["metadata"]["labels"][HASH] == current_revision.as_str()).count(),
+        "currentReplicas": current
+            .iter()
+            .filter(|p| if current_revision == revision { at_revision(p) } else { p["metadata"]["labels"][HASH] == current_revision.as_str() })
+            .count(),
         "updatedReplicas": updated,
         "availableReplicas": current.iter().filter(|p| pod_available(p, min_ready)).count(),
         "currentRevision": current_revision,
