@@ -776,6 +776,33 @@ fn statefulset_orders_creation_scale_down_and_partitioned_updates() {
         p0["spec"]["containers"][0]["image"],
         "registry.local/busybox:1.36"
     );
+    // Below the partition a pod made again gets the current revision's template, kept as a
+    // ControllerRevision.
+    let old_uid = c.ok(&["get", "pod", "db-0", "-o", "jsonpath={.metadata.uid}"]);
+    c.ok(&["delete", "pod", "db-0", "--wait=false"]);
+    eventually("db-0 made again", || {
+        let out = c.kubectl(&["get", "pod", "db-0", "-o", "json"]);
+        out.status.success()
+            && json(&String::from_utf8_lossy(&out.stdout))["metadata"]["uid"] != old_uid.as_str()
+    });
+    let p0 = json(&c.ok(&["get", "pod", "db-0", "-o", "json"]));
+    assert_eq!(
+        p0["spec"]["containers"][0]["image"],
+        "registry.local/busybox:1.36"
+    );
+    assert_eq!(
+        p0["metadata"]["labels"]["controller-revision-hash"]
+            .as_str()
+            .unwrap(),
+        c.ok(&["get", "sts", "db", "-o", "jsonpath={.status.currentRevision}"])
+    );
+    let revisions = c.ok(&["get", "controllerrevisions", "-o", "name"]);
+    assert_eq!(
+        revisions.lines().filter(|l| l.contains("/db-")).count(),
+        2,
+        "{revisions}"
+    );
+    make_ready(&c, "app=db");
     // Back to the first template, its fields written in another order: the same revision as
     // at first (upstream's rollback finds its old revision).
     let revision = |field: &str| c.ok(&["get", "sts", "db", "-o", &format!("jsonpath={{.status.{field}}}")]);

@@ -66,7 +66,16 @@ fn node_of(pod: &Value) -> Option<String> {
         .map(str::to_owned)
 }
 
-async fn ensure_revision(app: &Objects, revs: &Cache, ds: &Value, hash: &str) -> Result<(), Error> {
+/// Records `owner`'s (a DaemonSet's or StatefulSet's, of `kind`) current template as the
+/// ControllerRevision `<name>-<hash>`, numbered after the owner's others, unless it exists.
+pub(super) async fn ensure_revision(
+    app: &Objects,
+    revs: &Cache,
+    owner: &Value,
+    kind: &str,
+    hash: &str,
+) -> Result<(), Error> {
+    let ds = owner;
     let ns = meta_str(ds, "namespace");
     let name = format!("{}-{hash}", meta_str(ds, "name"));
     if revs.get(&format!("{REV_PREFIX}{ns}/{name}")).is_some() {
@@ -75,7 +84,7 @@ async fn ensure_revision(app: &Objects, revs: &Cache, ds: &Value, hash: &str) ->
     let existing = revs
         .list(Some(ns))
         .into_iter()
-        .filter(|r| controller_of(r, "DaemonSet") == Some(meta_str(ds, "name")))
+        .filter(|r| controller_of(r, kind) == Some(meta_str(ds, "name")))
         .filter_map(|r| r["revision"].as_i64())
         .max()
         .unwrap_or(0);
@@ -118,7 +127,7 @@ async fn reconcile(
         let label = &p["metadata"]["labels"][HASH];
         label == hash.as_str() || label == legacy.as_str()
     };
-    ensure_revision(app, revs, &ds, &hash).await?;
+    ensure_revision(app, revs, &ds, "DaemonSet", &hash).await?;
     let all_nodes = nodes.list(None);
     let wanted: Vec<String> = all_nodes
         .iter()

@@ -98,14 +98,34 @@ fn healthy(pod: &Value) -> bool {
     pod["status"]["phase"] == "Running" && pod_ready(pod)
 }
 
-async fn reconcile(app: &Objects, stss: &Cache, pods: &Cache, key: &str) -> Result<Next, Error> {
+async fn reconcile(
+    app: &Objects,
+    stss: &Cache,
+    pods: &Cache,
+    revs: &Cache,
+    key: &str,
+) -> Result<Next, Error> {
     let Some((sts, ns, name)) = stss.live(key) else {
         return Ok(Next::Done);
     };
     let want = sts["spec"]["replicas"].as_i64().unwrap_or(1).max(0);
     let parallel = sts["spec"]["podManagementPolicy"] == "Parallel";
     let template = &sts["spec"]["template"];
-    let revision = format!("{name}-{}", template_hash(template, 0));
+    let hash = template_hash(template, 0);
+    let revision = format!("{name}-{hash}");
+    super::daemonset::ensure_revision(app, revs, &sts, "StatefulSet", &hash).await?;
+    // Pods made again below the partition (or, without one, below the current replicas) while an
+    // update rolls get the current revision's template, as upstream.
+    let current_template: Option<(String, Value)> = sts["status"]["currentRevision"]
+        .as_str()
+        .filter(|r| *r != revision)
+        .and_then(|r| {
+            let rev = revs.get(&keys::object(keys::CONTROLLER_REVISIONS, Some(&ns), r))?;
+            Some((r.to_owned(), rev["data"]["spec"]["template"].clone()))
+        })
+        .filter(|(_, t)| t.is_object());
+    let partition_set = sts["spec"]["updateStrategy"]["rollingUpdate"]["partition"].is_i64();
+    let current_replicas = sts["status"]["currentReplicas"].as_i64().unwrap_or(0);
     // Pods labelled before revisions were hashed with sorted keys are at the current template too.
     let legacy = format!("{name}-{}", legacy_template_hash(template));
     let at_revision = |p: &Value| {
@@ -163,8 +183,17 @@ async fn reconcile(app: &Objects, stss: &Cache, pods: &Cache, key: &str) -> Resu
                 continue;
             }
             let pod_name = format!("{name}-{o}");
+            let below = if partition_set {
+                o < partition
+            } else {
+                o < current_replicas
+            };
+            let (template, label) = match &current_template {
+                Some((rev, t)) if rolling && below => (t, rev.as_str()),
+                _ => (template, revision.as_str()),
+            };
             let mut pod = pod_from_template(template, &sts, &name, Some(&pod_name));
-            pod["metadata"]["labels"][HASH] = json!(revision);
+            pod["metadata"]["labels"][HASH] = json!(label);
             pod["metadata"]["labels"]["statefulset.kubernetes.io/pod-name"] = json!(pod_name);
             pod["metadata"]["labels"]["apps.kubernetes.io/pod-index"] = json!(o.to_string());
             pod["spec"]["hostname"] = json!(pod_name);
@@ -286,11 +315,12 @@ async fn reconcile(app: &Objects, stss: &Cache, pods: &Cache, key: &str) -> Resu
 pub fn start(app: Arc<Objects>, caches: &Caches) {
     let stss = caches.get(&app, STS_PREFIX);
     let pods = caches.get(&app, keys::PODS);
+    let revs = caches.get(&app, keys::CONTROLLER_REVISIONS);
     let queue = Arc::new(Queue::default());
     queue_changes(&queue, &stss);
     queue_owners(&queue, &pods, "StatefulSet", STS_PREFIX);
     run_workers(app.clone(), "statefulset", queue, 2, move |key| {
-        let (app, stss, pods) = (app.clone(), stss.clone(), pods.clone());
-        async move { reconcile(&app, &stss, &pods, &key).await }
+        let (app, stss, pods, revs) = (app.clone(), stss.clone(), pods.clone(), revs.clone());
+        async move { reconcile(&app, &stss, &pods, &revs, &key).await }
     });
 }
