@@ -831,6 +831,38 @@ fn statefulset_orders_creation_scale_down_and_partitioned_updates() {
     });
 }
 
+/// An ordered scale-down halts while the pod to remove is unhealthy (unless it is the lowest
+/// unhealthy one), as upstream ("Scaling should happen in predictable order and halt if any
+/// stateful pod is unhealthy").
+#[test]
+fn statefulset_scale_down_halts_on_unhealthy_pods() {
+    let c = Control::start();
+    c.ok_stdin(
+        &["apply", "-f", "-"],
+        &statefulset(2, "registry.local/busybox:1.36", 0),
+    );
+    eventually("both pods", || {
+        make_ready(&c, "app=db");
+        names(&c, "app=db") == ["db-0", "db-1"]
+    });
+    make_ready(&c, "app=db");
+    let not_ready = r#"{"status":{"phase":"Running","conditions":[{"type":"Ready","status":"False","lastTransitionTime":"2026-01-01T00:00:00Z"}]}}"#;
+    for pod in ["db-0", "db-1"] {
+        c.patch_pod_status(pod, not_ready);
+    }
+    c.ok(&["scale", "statefulset", "db", "--replicas=0"]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        names(&c, "app=db"),
+        ["db-0", "db-1"],
+        "an unhealthy pod was removed"
+    );
+    eventually("scaled to none once healthy", || {
+        make_ready(&c, "app=db");
+        names(&c, "app=db").is_empty()
+    });
+}
+
 #[test]
 fn disruption_budget_guards_evictions() {
     let c = Control::start();

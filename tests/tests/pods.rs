@@ -1351,3 +1351,25 @@ spec:
         "{err}"
     );
 }
+
+/// A pod bound to the node by name whose host port a running pod holds is refused by the node
+/// (phase Failed, reason NodePorts) and never started, as the kubelet refuses it.
+#[test]
+fn a_pod_whose_host_port_is_taken_is_refused_by_the_node() {
+    let k = Cluster::start();
+    let image = k.registry.busybox();
+    let node = k.node.name.clone();
+    let pod = |name: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {node}\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {{name: app, image: {image}, command: [sleep, '3600'], ports: [{{containerPort: 21017, hostPort: 21017}}]}}\n"
+        )
+    };
+    k.apply(&pod("holder"));
+    k.wait_pod("holder", "Running", |p| phase(p) == "Running");
+    k.apply(&pod("late"));
+    let late = k.wait_pod("late", "refused", |p| phase(p) == "Failed");
+    assert_eq!(late["status"]["reason"], "NodePorts");
+    assert_eq!(late["status"]["message"], "Predicate NodePorts failed");
+    assert!(late["status"]["containerStatuses"].is_null(), "{late:#}");
+    k.c.ok(&["delete", "pod", "late", "--timeout=60s"]);
+}

@@ -5,6 +5,7 @@
 //! termination, clean-up, and the pod's status. Everything needed to pick a pod up again lives
 //! under `DATA_DIR/pods/<uid>`, so a restarted agent adopts running pods instead of restarting them.
 
+mod admission;
 mod backoff;
 mod containers;
 pub mod env;

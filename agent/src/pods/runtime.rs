@@ -55,6 +55,8 @@ pub(super) trait Runtime: Clone + Send + Sync + 'static {
 
     /// What a previous agent left on disk (nothing for a new pod).
     fn load(&self) -> Saved;
+    /// The other pods this node runs (admitted, not ended).
+    fn neighbours(&self) -> Vec<Value>;
     /// Keeps the pod's latest version where a restarted agent finds it.
     fn save(&self, pod: &Value) -> anyhow::Result<()>;
     /// Records when the pod was first taken up.

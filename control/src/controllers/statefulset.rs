@@ -234,10 +234,16 @@ async fn reconcile(
             .iter()
             .filter(|(o, _)| **o < want)
             .all(|(_, p)| healthy(p));
+        // Ordered: the highest goes once the others are healthy, and only if it is healthy itself
+        // or the lowest unhealthy pod (upstream halts a scale-down on an unhealthy pod).
+        let first_unhealthy = by_ordinal.iter().find(|(_, p)| !healthy(p)).map(|(o, _)| *o);
+        let top_may_go = extra
+            .first()
+            .is_some_and(|(o, p)| healthy(p) || Some(*o) == first_unhealthy);
         for (_, p) in extra.iter().take(if parallel {
             extra.len()
         } else {
-            usize::from(others_healthy)
+            usize::from(others_healthy && top_may_go)
         }) {
             let _ = app
                 .delete(&pod_call, meta_str(p, "name"), &DeleteOptions::background())

@@ -157,6 +157,22 @@ impl Runtime for Host {
         saved
     }
 
+    fn neighbours(&self) -> Vec<Value> {
+        self.shared.cfg.feeds.pods.read(|all| {
+            all.values()
+                .filter(|p| p["metadata"]["uid"].as_str().is_some_and(|u| u != self.uid))
+                .filter(|p| !matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed")))
+                .filter(|p| {
+                    // Admitted: its worker has written it down.
+                    p["metadata"]["uid"]
+                        .as_str()
+                        .is_some_and(|u| self.shared.pod_dir(u).join("pod.json").exists())
+                })
+                .cloned()
+                .collect()
+        })
+    }
+
     fn save(&self, pod: &Value) -> anyhow::Result<()> {
         std::fs::create_dir_all(&self.dir)?;
         skiff_common::fs::write_private(&self.dir.join("pod.json"), &serde_json::to_vec(pod)?)?;

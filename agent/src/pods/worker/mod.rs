@@ -63,6 +63,8 @@ struct Pod<R> {
     start_time: Option<String>,
     /// resourceVersion of the pod last saved.
     saved: String,
+    /// Refused at admission: never started, reported Failed.
+    refused: bool,
 }
 
 /// Runs one pod's worker on this node until its pod is gone and cleaned up.
@@ -132,6 +134,7 @@ impl<R: Runtime> Pod<R> {
             volume_sync: None,
             start_time: saved.start_time,
             saved: String::new(),
+            refused: false,
         }
     }
 
@@ -176,8 +179,36 @@ impl<R: Runtime> Pod<R> {
         Ok(())
     }
 
+    /// The kubelet's admission, before anything of a new pod exists on the node: host ports taken
+    /// by a running pod refuse it (`admission.rs`). A pod refused before (by a previous agent too)
+    /// stays refused.
+    fn admit(&mut self) -> bool {
+        if self.refused {
+            return false;
+        }
+        let new = !self.sandbox_ready && self.ctrs.is_empty() && self.saved.is_empty();
+        let was_refused =
+            self.pod["status"]["phase"] == "Failed" && self.pod["status"]["reason"] == "NodePorts";
+        if new
+            && (was_refused
+                || (super::admission::wants_host_ports(&self.pod)
+                    && super::admission::host_port_conflict(&self.pod, &self.rt.neighbours())))
+        {
+            self.refused = true;
+            return false;
+        }
+        true
+    }
+
     /// One reconciliation pass; returns when to look again at the latest.
     async fn sync(&mut self) -> anyhow::Result<Duration> {
+        if !self.admit() {
+            let status = super::admission::refused_status();
+            if status != self.last_status && self.rt.post_status(&status).await?.is_some() {
+                self.last_status = status;
+            }
+            return Ok(Duration::from_secs(60));
+        }
         self.save()?;
         self.refresh();
         if self.start_time.is_none() {
@@ -452,6 +483,13 @@ impl<R: Runtime> Pod<R> {
 
     /// Stops everything of the pod and removes it from the node, then confirms the deletion.
     async fn terminate(&mut self, gone: bool, rx: &mut watch::Receiver<Option<Value>>) -> anyhow::Result<()> {
+        if self.refused {
+            // Nothing of it was ever made on the node.
+            if !gone {
+                self.rt.finish_deletion(&self.pod).await?;
+            }
+            return Ok(());
+        }
         self.refresh();
         let grace = termination::grace_period(&self.pod, gone);
         for c in self.ctrs.values_mut() {

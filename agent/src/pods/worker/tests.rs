@@ -29,6 +29,8 @@ struct State {
     exits: HashMap<String, i32>,
     /// Scripted: processes that ignore SIGTERM.
     ignore_term: HashSet<i32>,
+    /// Scripted: the other pods running on the node.
+    neighbours: Vec<Value>,
     /// Recorded.
     sandboxes: u32,
     pulls: Vec<String>,
@@ -78,6 +80,9 @@ impl Runtime for Fake {
     }
     fn load(&self) -> Saved {
         Saved::default()
+    }
+    fn neighbours(&self) -> Vec<Value> {
+        self.with(|s| s.neighbours.clone())
     }
     fn save(&self, _: &Value) -> anyhow::Result<()> {
         Ok(())
@@ -390,4 +395,39 @@ async fn termination_sends_sigterm_then_sigkill_after_the_grace_period_then_remo
     );
     assert!(fake.with(|s| s.torn_down && s.deleted));
     assert_eq!(fake.reasons().iter().filter(|r| *r == "Killing").count(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pod_whose_host_port_is_taken_is_refused_and_never_started() {
+    let fake = Fake::new();
+    let port = json!([{"containerPort": 80, "hostPort": 21017}]);
+    fake.with(|s| s.neighbours = vec![pod(json!({"containers": [{"name": "web", "ports": port}]}))]);
+    let mut w = worker(
+        &fake,
+        json!({"containers": [{"name": "app", "image": "app:1", "ports": port}]}),
+    );
+    w.sync().await.unwrap();
+    w.sync().await.unwrap();
+    assert_eq!(fake.with(|s| (s.sandboxes, s.starts.len())), (0, 0));
+    assert_eq!(
+        fake.with(|s| s.statuses.clone()),
+        [json!({"phase": "Failed", "reason": "NodePorts", "message": "Predicate NodePorts failed"})]
+    );
+    // Deleted, it is confirmed gone without a tear-down of what never existed.
+    let (_tx, mut rx) = watch::channel(None);
+    w.terminate(false, &mut rx).await.unwrap();
+    assert!(fake.with(|s| s.deleted && !s.torn_down));
+    // A pod with a free port is admitted.
+    let free = Fake::new();
+    fake.with(|s| {
+        s.neighbours
+            .clone_into(&mut free.state.lock().unwrap().neighbours)
+    });
+    let mut ok = worker(
+        &free,
+        json!({"containers": [{"name": "app", "image": "app:1",
+        "ports": [{"containerPort": 80, "hostPort": 8080}]}]}),
+    );
+    ok.sync().await.unwrap();
+    assert_eq!(free.with(|s| s.starts.len()), 1);
 }
