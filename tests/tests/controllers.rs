@@ -247,6 +247,66 @@ fn rolling_update_respects_max_surge_and_max_unavailable() {
     });
 }
 
+/// Resizing a Deployment mid-rollout grows every running ReplicaSet in proportion instead of only
+/// the new one (the conformance suite's "deployment should support proportional scaling").
+#[test]
+fn a_resize_mid_rollout_scales_replica_sets_in_proportion() {
+    let c = Control::start();
+    let strategy = "{type: RollingUpdate, rollingUpdate: {maxSurge: 3, maxUnavailable: 2}}";
+    let manifest = |image: &str, replicas: u32| {
+        deploy("prop", image, strategy).replace("replicas: 4", &format!("replicas: {replicas}"))
+    };
+    c.ok_stdin(
+        &["apply", "-f", "-"],
+        &manifest("registry.local/busybox:1.36", 10),
+    );
+    eventually("10 ready", || {
+        make_ready(&c, "app=prop");
+        active_pods(&c, "app=prop").len() == 10
+    });
+    make_ready(&c, "app=prop");
+    // A rollout whose new pods never become ready stalls with both sets running.
+    c.ok_stdin(
+        &["apply", "-f", "-"],
+        &manifest("registry.local/busybox:1.37", 10),
+    );
+    let sizes = || -> Vec<(String, i64)> {
+        let list = json(&c.ok(&["get", "rs", "-l", "app=prop", "-o", "json"]));
+        let mut v: Vec<(String, i64)> = list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|rs| {
+                (
+                    rs["spec"]["template"]["spec"]["containers"][0]["image"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned(),
+                    rs["spec"]["replicas"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    eventually("the rollout stalled at 13 with both sets", || {
+        let s = sizes();
+        s.len() == 2 && s.iter().map(|x| x.1).sum::<i64>() == 13 && s.iter().all(|x| x.1 > 0)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let before = sizes();
+    c.ok(&["scale", "deployment", "prop", "--replicas=30"]);
+    eventually("both sets grown to 33 in all", || {
+        let s = sizes();
+        s.iter().map(|x| x.1).sum::<i64>() == 33
+    });
+    let after = sizes();
+    assert!(
+        after.iter().zip(&before).all(|(a, b)| a.1 > b.1),
+        "not every set grew: {before:?} -> {after:?}"
+    );
+}
+
 #[test]
 fn recreate_stops_old_pods_before_starting_new_ones() {
     let c = Control::start();

@@ -124,6 +124,59 @@ async fn record_scaling(app: &Objects, d: &Value, rs_name: &str, direction: &str
     events::record(app, d, MANAGER, "Normal", "ScalingReplicaSet", &message).await;
 }
 
+const DESIRED: &str = "deployment.kubernetes.io/desired-replicas";
+const MAX_REPLICAS: &str = "deployment.kubernetes.io/max-replicas";
+
+fn annotation_i64(rs: &Value, key: &str) -> Option<i64> {
+    rs["metadata"]["annotations"][key].as_str()?.parse().ok()
+}
+
+/// Upstream's proportional scaling: when a Deployment is resized while several of its
+/// ReplicaSets run (a rollout in progress), each set's share follows the new size in proportion
+/// to the size it had (`max-replicas` says for what total it was sized); what rounding leaves
+/// goes to the first set (the newest when growing, the largest when shrinking). `sets` are
+/// (replicas, max-replicas annotation, creation time); returns the new sizes in the same order.
+fn proportional_sizes(sets: &[(i64, Option<i64>, String)], want: i64, max_surge: i64) -> Vec<i64> {
+    let allowed = if want == 0 { 0 } else { want + max_surge };
+    let total: i64 = sets.iter().map(|s| s.0).sum();
+    let to_add = allowed - total;
+    let mut order: Vec<usize> = (0..sets.len()).collect();
+    if to_add > 0 {
+        // Newest first.
+        order.sort_by(|a, b| sets[*b].2.cmp(&sets[*a].2));
+    } else {
+        // Largest first, newest first among equals.
+        order.sort_by(|a, b| sets[*b].0.cmp(&sets[*a].0).then(sets[*b].2.cmp(&sets[*a].2)));
+    }
+    let mut sizes: Vec<i64> = sets.iter().map(|s| s.0).collect();
+    let mut added = 0;
+    for &i in &order {
+        let (current, annotated, _) = &sets[i];
+        if to_add == 0 {
+            break;
+        }
+        let fraction = if want == 0 {
+            -current
+        } else {
+            let annotated = annotated.filter(|a| *a > 0).unwrap_or(total.max(1));
+            ((*current as f64) * ((want + max_surge) as f64) / (annotated as f64)).round() as i64 - current
+        };
+        let left = to_add - added;
+        let proportion = if to_add > 0 {
+            fraction.min(left)
+        } else {
+            fraction.max(left)
+        };
+        sizes[i] += proportion;
+        added += proportion;
+    }
+    // What rounding left over goes to the first.
+    if let Some(&first) = order.first() {
+        sizes[first] = (sizes[first] + to_add - added).max(0);
+    }
+    sizes
+}
+
 /// Sets a ReplicaSet's replica count (and optionally its revision).
 async fn scale_rs(app: &Objects, rs: &Value, to: i64, rev: Option<i64>) -> Result<(), Error> {
     if replicas(rs) == to && rev.is_none_or(|r| r == revision(rs)) {
@@ -320,6 +373,47 @@ async fn reconcile(
             if !old_running && replicas(new_rs) != want {
                 scale_rs(app, new_rs, want, None).await?;
                 changed = true;
+            }
+        } else if let Some(resized) = {
+            // A resize while several sets run: proportional scaling, this pass only.
+            let active: Vec<&Arc<Value>> = owned
+                .iter()
+                .chain(
+                    std::iter::once(new_rs)
+                        .filter(|n| !owned.iter().any(|o| meta_str(o, "uid") == meta_str(n, "uid"))),
+                )
+                .filter(|rs| replicas(rs) > 0)
+                .collect();
+            let resized = active.len() > 1
+                && active
+                    .iter()
+                    .any(|rs| annotation_i64(rs, DESIRED).is_some_and(|d| d != want));
+            resized.then_some(active)
+        } {
+            let sets: Vec<(i64, Option<i64>, String)> = resized
+                .iter()
+                .map(|rs| {
+                    (
+                        replicas(rs),
+                        annotation_i64(rs, MAX_REPLICAS),
+                        meta_str(rs, "creationTimestamp").to_owned(),
+                    )
+                })
+                .collect();
+            let sizes = proportional_sizes(&sets, want, max_surge);
+            for (rs, size) in resized.iter().zip(sizes) {
+                let mut updated = (***rs).clone();
+                updated["spec"]["replicas"] = json!(size);
+                updated["metadata"]["annotations"][DESIRED] = json!(want.to_string());
+                updated["metadata"]["annotations"][MAX_REPLICAS] = json!((want + max_surge).to_string());
+                if updated != ***rs {
+                    put_object(app, updated, "apps", "replicasets", None, MANAGER).await?;
+                    if size != replicas(rs) {
+                        let direction = if size > replicas(rs) { "up" } else { "down" };
+                        record_scaling(app, &d, meta_str(rs, "name"), direction, size).await;
+                    }
+                    changed = true;
+                }
             }
         } else {
             // Scale the new ReplicaSet up within maxSurge.
@@ -585,6 +679,21 @@ pub fn start(app: Arc<Objects>, caches: &super::runtime::Caches) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_resize_mid_rollout_scales_every_set_in_proportion() {
+        // Upstream's conformance numbers: 10 replicas (maxSurge 3) mid-rollout with 8 old and 5
+        // new pods, resized to 30: 20 old and 13 new.
+        let sets = vec![
+            (8, Some(13), "2026-01-01T00:00:00Z".to_owned()),
+            (5, Some(13), "2026-01-01T00:01:00Z".to_owned()),
+        ];
+        assert_eq!(proportional_sizes(&sets, 30, 3), [20, 13]);
+        // Shrinking takes from the largest first; rounding leftovers go to it.
+        assert_eq!(proportional_sizes(&sets, 5, 3), [5, 3]);
+        // To zero: every set goes.
+        assert_eq!(proportional_sizes(&sets, 0, 3), [0, 0]);
+    }
 
     #[test]
     fn int_or_percent_rounding() {
