@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use super::runtime::{Caches, Next, Queue, queue_changes, run_workers};
 use super::write::put_status;
 use crate::objects::Objects;
-use crate::objects::certificates::{SIGNERS, ready_to_sign, request_pem, signer_refuses};
+use crate::objects::certificates::{SIGNERS, ready_to_sign, request_pem, signer_refuses, usages};
 use crate::objects::keys;
 use crate::objects::meta::now;
 use crate::pki::Pki;
@@ -20,12 +20,7 @@ const MANAGER: &str = "certificatesigningrequest-signing-controller";
 
 /// The status after signing `csr` (the certificate, or why not).
 fn signed_status(ca: &Pki, csr: &Value) -> Value {
-    let usages: Vec<&str> = csr["spec"]["usages"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .collect();
+    let usages = usages(csr);
     let seconds = csr["spec"]["expirationSeconds"].as_i64().unwrap_or(365 * 86400);
     let mut status = csr["status"].clone();
     let signed = match signer_refuses(csr) {

@@ -75,20 +75,19 @@ pub(super) async fn ensure_revision(
     kind: &str,
     hash: &str,
 ) -> Result<(), Error> {
-    let ds = owner;
-    let ns = meta_str(ds, "namespace");
-    let name = format!("{}-{hash}", meta_str(ds, "name"));
+    let ns = meta_str(owner, "namespace");
+    let name = format!("{}-{hash}", meta_str(owner, "name"));
     if revs.get(&format!("{REV_PREFIX}{ns}/{name}")).is_some() {
         return Ok(());
     }
     let existing = revs
         .list(Some(ns))
         .into_iter()
-        .filter(|r| controller_of(r, kind) == Some(meta_str(ds, "name")))
+        .filter(|r| controller_of(r, kind) == Some(meta_str(owner, "name")))
         .filter_map(|r| r["revision"].as_i64())
         .max()
         .unwrap_or(0);
-    let mut labels = ds["spec"]["template"]["metadata"]["labels"]
+    let mut labels = owner["spec"]["template"]["metadata"]["labels"]
         .as_object()
         .cloned()
         .unwrap_or_default();
@@ -96,8 +95,8 @@ pub(super) async fn ensure_revision(
     let rev = json!({
         "apiVersion": "apps/v1",
         "kind": "ControllerRevision",
-        "metadata": {"name": name, "namespace": ns, "labels": labels, "ownerReferences": [owner_ref(ds)]},
-        "data": {"spec": {"template": ds["spec"]["template"], "$patch": "replace"}},
+        "metadata": {"name": name, "namespace": ns, "labels": labels, "ownerReferences": [owner_ref(owner)]},
+        "data": {"spec": {"template": owner["spec"]["template"], "$patch": "replace"}},
         "revision": existing + 1,
     });
     let c = call(app, "apps", "controllerrevisions", ns, None, None, MANAGER);

@@ -48,6 +48,16 @@ pub fn request_pem(csr: &Value) -> Option<String> {
     String::from_utf8(raw).ok()
 }
 
+/// The key and extended usages a CSR asks for.
+pub fn usages(csr: &Value) -> Vec<&str> {
+    csr["spec"]["usages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect()
+}
+
 /// Field errors of a new request.
 pub fn check(csr: &Value, causes: &mut Causes) {
     let spec = &csr["spec"];
@@ -136,12 +146,7 @@ pub fn set_requester(csr: &mut Value, user: &str, groups: &[String]) {
 /// client certificates only authenticate clients, and the kubelet signers issue only to nodes
 /// (`system:node:NAME` in `system:nodes`).
 pub fn signer_refuses(csr: &Value) -> Option<String> {
-    let usages: Vec<&str> = csr["spec"]["usages"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .collect();
+    let usages = usages(csr);
     let signer = csr["spec"]["signerName"].as_str().unwrap_or_default();
     let allowed: &[&str] = match signer {
         "kubernetes.io/kubelet-serving" => &["digital signature", "key encipherment", "server auth"],
