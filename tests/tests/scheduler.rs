@@ -109,16 +109,21 @@ fn pods_without_requests_spread_over_equal_nodes() {
     }
     let deployment = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: plain, namespace: default}\nspec:\n  replicas: 6\n  selector: {matchLabels: {app: plain}}\n  template:\n    metadata: {labels: {app: plain}}\n    spec:\n      containers: [{name: c, image: registry.local/busybox:1.36}]\n";
     c.ok_stdin(&["apply", "-f", "-"], deployment);
+    assert_eq!(pods_per_node(&c, "app=plain", 6), [2, 2, 2]);
+}
+
+/// How many of the `want` pods `selector` selects each node holds, once all are bound.
+fn pods_per_node(c: &Control, selector: &str, want: usize) -> Vec<i32> {
     let mut per_node = std::collections::BTreeMap::new();
     for _ in 0..200 {
-        let pods = json(&c.ok(&["get", "pods", "-l", "app=plain", "-o", "json"]));
+        let pods = json(&c.ok(&["get", "pods", "-l", selector, "-o", "json"]));
         let nodes: Vec<String> = pods["items"]
             .as_array()
             .unwrap()
             .iter()
             .filter_map(|p| p["spec"]["nodeName"].as_str().map(str::to_owned))
             .collect();
-        if nodes.len() == 6 {
+        if nodes.len() == want {
             per_node.clear();
             for n in nodes {
                 *per_node.entry(n).or_insert(0) += 1;
@@ -127,11 +132,38 @@ fn pods_without_requests_spread_over_equal_nodes() {
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    assert_eq!(
-        per_node.values().copied().collect::<Vec<i32>>(),
-        [2, 2, 2],
-        "{per_node:?}"
+    per_node.into_values().collect()
+}
+
+#[test]
+fn replicas_spread_over_hosts_by_default() {
+    // On nodes so large that the non-zero default requests move no resource score, upstream's
+    // system default spread constraints (hosts maxSkew 3, zones maxSkew 5, ScheduleAnyway, over
+    // the pods of the same Services and controllers) still spread a Deployment's replicas and a
+    // Service's bare pods, where before every one went to the first node by name.
+    let c = Control::start();
+    for (n, zone) in [("h1", "a"), ("h2", "a"), ("h3", "b")] {
+        let node = format!(
+            "apiVersion: v1\nkind: Node\nmetadata: {{name: {n}, labels: {{kubernetes.io/hostname: {n}, topology.kubernetes.io/zone: {zone}}}}}\nstatus:\n  allocatable: {{cpu: '256', memory: 2Ti, pods: '110'}}\n  capacity: {{cpu: '256', memory: 2Ti, pods: '110'}}\n  conditions: [{{type: Ready, status: 'True'}}]\n"
+        );
+        c.ok_stdin(&["apply", "-f", "-"], &node);
+    }
+    let deployment = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: default}\nspec:\n  replicas: 6\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      containers: [{name: c, image: registry.local/busybox:1.36}]\n";
+    c.ok_stdin(&["apply", "-f", "-"], deployment);
+    assert_eq!(pods_per_node(&c, "app=web", 6), [2, 2, 2]);
+    // Bare pods a Service selects spread too.
+    c.ok_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: Service\nmetadata: {name: cache, namespace: default}\nspec:\n  selector: {app: cache}\n  ports: [{port: 80}]\n",
     );
+    for i in 0..3 {
+        c.ok_stdin(
+            &["apply", "-f", "-"],
+            &labeled_pod(&format!("cache-{i}"), "cache", ""),
+        );
+        c.scheduled_node(&format!("cache-{i}"));
+    }
+    assert_eq!(pods_per_node(&c, "app=cache", 3), [1, 1, 1]);
 }
 
 #[test]

@@ -124,6 +124,22 @@ impl LabelSelector {
         })
     }
 
+    /// The selector that requires both this one's and `other`'s requirements.
+    pub fn and(mut self, other: &Self) -> Self {
+        self.0.extend(other.0.iter().cloned());
+        self
+    }
+
+    /// A selector requiring exactly these labels (a Service's or ReplicationController's
+    /// `selector` map).
+    pub fn from_map(map: &serde_json::Map<String, Value>) -> Self {
+        Self(
+            map.iter()
+                .map(|(k, v)| LabelReq::Eq(k.clone(), v.as_str().unwrap_or_default().to_owned()))
+                .collect(),
+        )
+    }
+
     /// Whether the selector selects nothing-in-particular (matches everything).
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()

@@ -29,6 +29,14 @@ struct Spread {
     min: i64,
 }
 
+impl Spread {
+    /// Upstream's `topologyNormalizingWeight`: ln(domains + 2), so a constraint over many small
+    /// domains (hosts) weighs more per pod than one over a few large ones (zones).
+    fn weight(&self) -> f64 {
+        (self.counts.len() as f64 + 2.0).ln()
+    }
+}
+
 /// Everything the pod's affinity and spread rules need, computed once per decision.
 #[derive(Debug, Default)]
 pub struct Prepared {
@@ -40,6 +48,9 @@ pub struct Prepared {
     existing_anti: HashSet<(String, String)>,
     preferred: Vec<Term>,
     spread: Vec<Spread>,
+    /// The soft constraints are the system defaults: nodes missing a topology key are scored
+    /// on the keys they have instead of being ignored.
+    default_spread: bool,
 }
 
 fn labels(v: &Value) -> Option<&Value> {
@@ -257,14 +268,56 @@ pub struct Cluster<'a> {
     pub nodes: &'a std::collections::BTreeMap<String, NodeInfo>,
 }
 
-/// Prepares the pod's rules against the pods already bound.
-pub fn prepare(pod: &Value, cluster: &Cluster<'_>) -> Prepared {
+/// One spread constraint as written (or defaulted), before counting.
+struct Constraint {
+    key: String,
+    max_skew: i64,
+    hard: bool,
+    selector: Option<LabelSelector>,
+}
+
+/// The pod's spread constraints, and whether they are the defaults: its own, or, when it has
+/// none, the system defaults over `default_selector` (soft, hosts and zones).
+fn spread_constraints(pod: &Value, default_selector: Option<&LabelSelector>) -> (Vec<Constraint>, bool) {
+    let own: Vec<_> = pod["spec"]["topologySpreadConstraints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| Constraint {
+            key: c["topologyKey"].as_str().unwrap_or_default().to_owned(),
+            max_skew: c["maxSkew"].as_i64().unwrap_or(1),
+            hard: c["whenUnsatisfiable"].as_str().unwrap_or("DoNotSchedule") == "DoNotSchedule",
+            selector: LabelSelector::from_object(&c["labelSelector"]).ok(),
+        })
+        .collect();
+    match default_selector {
+        Some(selector) if own.is_empty() => (
+            super::default_spread::CONSTRAINTS
+                .iter()
+                .map(|(key, max_skew)| Constraint {
+                    key: (*key).to_owned(),
+                    max_skew: *max_skew,
+                    hard: false,
+                    selector: Some(selector.clone()),
+                })
+                .collect(),
+            true,
+        ),
+        _ => (own, false),
+    }
+}
+
+/// Prepares the pod's rules against the pods already bound. `default_selector` selects the
+/// pods of the pod's Services and controllers, for the default spread constraints.
+pub fn prepare(pod: &Value, cluster: &Cluster<'_>, default_selector: Option<&LabelSelector>) -> Prepared {
     let (bound, nodes) = (cluster.bound, cluster.nodes);
     let mut p = Prepared::default();
     let aff = &pod["spec"]["affinity"];
-    if !cluster.index.has_anti() && aff.is_null() && pod["spec"]["topologySpreadConstraints"].is_null() {
+    let (constraints, defaults) = spread_constraints(pod, default_selector);
+    if !cluster.index.has_anti() && aff.is_null() && constraints.is_empty() {
         return p;
     }
+    p.default_spread = defaults;
     let ns = pod["metadata"]["namespace"].as_str().unwrap_or_default();
     for t in aff["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
         .as_array()
@@ -301,13 +354,13 @@ pub fn prepare(pod: &Value, cluster: &Cluster<'_>) -> Prepared {
             p.existing_anti.insert((t.topology_key.clone(), domain.clone()));
         }
     }
-    for c in pod["spec"]["topologySpreadConstraints"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    for Constraint {
+        key,
+        max_skew,
+        hard,
+        selector,
+    } in constraints
     {
-        let key = c["topologyKey"].as_str().unwrap_or_default().to_owned();
-        let selector = LabelSelector::from_object(&c["labelSelector"]).ok();
         // Every domain among eligible nodes starts at zero.
         let mut counts: HashMap<String, i64> = nodes
             .values()
@@ -336,8 +389,8 @@ pub fn prepare(pod: &Value, cluster: &Cluster<'_>) -> Prepared {
         let min = counts.values().copied().min().unwrap_or(0);
         p.spread.push(Spread {
             topology_key: key,
-            max_skew: c["maxSkew"].as_i64().unwrap_or(1),
-            hard: c["whenUnsatisfiable"].as_str().unwrap_or("DoNotSchedule") == "DoNotSchedule",
+            max_skew,
+            hard,
             counts,
             min,
         });
@@ -382,24 +435,37 @@ impl Prepared {
         None
     }
 
-    /// Preferred (anti-)affinity weights and soft spread for the node.
+    /// Preferred (anti-)affinity weights for the node.
     pub fn score(&self, node: &Value) -> i64 {
         let label = |k: &str| node["metadata"]["labels"][k].as_str();
-        let affinity: i64 = self
-            .preferred
+        self.preferred
             .iter()
             .filter(|t| label(&t.topology_key).is_some_and(|v| t.domains.contains(v)))
             .map(|t| t.weight)
-            .sum();
-        let spread: i64 = self
-            .spread
-            .iter()
-            .filter(|s| !s.hard)
-            .map(|s| {
-                label(&s.topology_key).map_or(-100, |v| -10 * (s.counts.get(v).copied().unwrap_or(0) - s.min))
+            .sum()
+    }
+
+    /// Whether the pod has soft spread constraints to score ([`spread_raw`](Self::spread_raw)).
+    pub fn scores_spread(&self) -> bool {
+        self.spread.iter().any(|s| !s.hard)
+    }
+
+    /// Upstream's PodTopologySpread score before normalizing, lower is better: for each soft
+    /// constraint, the matching pods in the node's domain times the constraint's weight, plus
+    /// `maxSkew - 1`. None when the node is ignored (it lacks a key of the pod's own constraints).
+    pub fn spread_raw(&self, node: &Value) -> Option<i64> {
+        let label = |k: &str| node["metadata"]["labels"][k].as_str();
+        let soft = self.spread.iter().filter(|s| !s.hard);
+        if !self.default_spread && soft.clone().any(|s| label(&s.topology_key).is_none()) {
+            return None;
+        }
+        let score: f64 = soft
+            .filter_map(|s| {
+                let count = s.counts.get(label(&s.topology_key)?).copied().unwrap_or(0);
+                Some(count as f64 * s.weight() + (s.max_skew - 1) as f64)
             })
             .sum();
-        affinity + spread
+        Some(score.round() as i64)
     }
 }
 
@@ -441,7 +507,7 @@ mod tests {
             index: &index,
             nodes: &nodes,
         };
-        let rules = prepare(&newcomer, &cluster);
+        let rules = prepare(&newcomer, &cluster, None);
         assert_eq!(
             rules.check(&nodes["n1"].node).as_deref(),
             Some("node(s) didn't match pod anti-affinity rules")
@@ -449,7 +515,7 @@ mod tests {
         assert_eq!(rules.check(&nodes["n2"].node), None);
         // A pod in another namespace is not selected by a term without namespaces.
         let other_ns = json!({"metadata": {"name": "c", "namespace": "other", "labels": {"app": "db"}}});
-        assert_eq!(prepare(&other_ns, &cluster).check(&nodes["n1"].node), None);
+        assert_eq!(prepare(&other_ns, &cluster, None).check(&nodes["n1"].node), None);
         index.remove("a", &bound_pod);
         bound.clear();
         let cluster = Cluster {
@@ -457,7 +523,7 @@ mod tests {
             index: &index,
             nodes: &nodes,
         };
-        assert_eq!(prepare(&newcomer, &cluster).check(&nodes["n1"].node), None);
+        assert_eq!(prepare(&newcomer, &cluster, None).check(&nodes["n1"].node), None);
         assert!(index.by_label.is_empty() && index.anti_by_label.is_empty() && !index.has_anti());
     }
 }

@@ -3,6 +3,7 @@
 //! cluster changes (a node appears or changes, a pod goes away), not in a busy loop.
 
 mod affinity;
+mod default_spread;
 pub mod filter;
 mod node_info;
 mod preemption;
@@ -58,6 +59,8 @@ struct State {
     volumes: Option<volumes::Volumes>,
     /// PodDisruptionBudgets, which preemption tries not to break.
     pdbs: Option<Arc<Cache>>,
+    /// Services and controllers, whose selectors make a pod's default spread constraints.
+    owners: Option<default_spread::Owners>,
     unschedulable: HashSet<String>,
 }
 
@@ -244,6 +247,10 @@ fn decide(state: &mut State, pod: &Value) -> Decision {
             .map(node_info::normalized_image)
             .collect()
     };
+    let default_selector = match (&state.owners, &pod["spec"]["topologySpreadConstraints"]) {
+        (Some(owners), Value::Null) => owners.selector(pod),
+        _ => None,
+    };
     let rules = affinity::prepare(
         pod,
         &affinity::Cluster {
@@ -251,9 +258,11 @@ fn decide(state: &mut State, pod: &Value) -> Decision {
             index: &state.index,
             nodes: &state.nodes,
         },
+        default_selector.as_ref(),
     );
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
-    let mut best: Option<(i64, &str)> = None;
+    // Feasible nodes: (name, score so far, raw spread score).
+    let mut scored: Vec<(&str, i64, Option<i64>)> = Vec::new();
     let wanted = feasible_nodes_to_find(total);
     let start = if total == 0 { 0 } else { state.next_start % total };
     let mut feasible = 0;
@@ -322,10 +331,7 @@ fn decide(state: &mut State, pod: &Value) -> Decision {
             let s = score::score(&view, info, &requests)
                 + rules.score(&info.node)
                 + score::image_locality(&images, info, &state.image_nodes, total);
-            // Highest score wins; equal scores go to the first node by name.
-            if best.is_none_or(|(b, bn)| s > b || (s == b && name.as_str() < bn)) {
-                best = Some((s, name));
-            }
+            scored.push((name, s, rules.spread_raw(&info.node)));
         } else {
             // Upstream reports one reason per node kind; count each distinct reason.
             for r in failed {
@@ -333,8 +339,15 @@ fn decide(state: &mut State, pod: &Value) -> Decision {
             }
         }
     }
+    if rules.scores_spread() {
+        score::add_spread(&mut scored);
+    }
+    // Highest score wins; equal scores go to the first node by name.
+    let best = scored
+        .into_iter()
+        .max_by(|(an, a, _), (bn, b, _)| a.cmp(b).then(bn.cmp(an)));
     let decision = match best {
-        Some((_, node)) => Decision::Node(node.to_owned(), claims.waiting()),
+        Some((node, _, _)) => Decision::Node(node.to_owned(), claims.waiting()),
         None => Decision::Unschedulable(filter::unschedulable_message(total, &reasons)),
     };
     if narrowed.is_none() {
@@ -474,6 +487,7 @@ async fn run(
     nodes: Arc<Cache>,
     volumes: volumes::Volumes,
     pdbs: Arc<Cache>,
+    owners: default_spread::Owners,
 ) {
     let (volume_tx, mut volume_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     for cache in [&volumes.pvs, &volumes.claims, &volumes.classes] {
@@ -489,6 +503,7 @@ async fn run(
     let mut state = State {
         volumes: Some(volumes),
         pdbs: Some(pdbs),
+        owners: Some(owners),
         ..State::default()
     };
     let (failed_tx, mut failed_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
@@ -596,5 +611,11 @@ pub fn start(app: Arc<Objects>, caches: &Caches) {
         classes: caches.get(&app, crate::controllers::volume::SC_PREFIX),
     };
     let pdbs = caches.get(&app, crate::controllers::disruption::PDB_PREFIX);
-    tokio::spawn(run(app, pods, nodes, volumes, pdbs));
+    let owners = default_spread::Owners {
+        services: caches.get(&app, keys::SERVICES),
+        replication_controllers: caches.get(&app, keys::REPLICATION_CONTROLLERS),
+        replica_sets: caches.get(&app, keys::REPLICA_SETS),
+        stateful_sets: caches.get(&app, keys::STATEFUL_SETS),
+    };
+    tokio::spawn(run(app, pods, nodes, volumes, pdbs, owners));
 }

@@ -58,3 +58,43 @@ pub fn score(pod: &PodView<'_>, info: &NodeInfo, requests: &BTreeMap<String, f64
         .count() as i64;
     least_allocated + balanced + preferred - untolerated_soft * 10
 }
+
+/// Adds upstream's normalized PodTopologySpread score (0-100, weight 2 as in the default profile)
+/// to each feasible node's score: the node with the fewest matching pods in its domains gets the
+/// most, `100 * (max + min - raw) / max`; nodes the constraints ignore get nothing.
+pub fn add_spread(scored: &mut [(&str, i64, Option<i64>)]) {
+    let raws = scored.iter().filter_map(|(_, _, r)| *r);
+    let (min, max) = (raws.clone().min().unwrap_or(0), raws.max().unwrap_or(0));
+    for (_, score, raw) in scored.iter_mut() {
+        let spread = match *raw {
+            None => 0,
+            Some(_) if max == 0 => 100,
+            Some(r) => 100 * (max + min - r) / max,
+        };
+        *score += 2 * spread;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_scores_normalize_as_upstream() {
+        // Raw scores 6, 9 and 7 (lower is better) and one ignored node.
+        let mut scored = [
+            ("a", 0, Some(6)),
+            ("b", 0, Some(9)),
+            ("c", 10, Some(7)),
+            ("d", 0, None),
+        ];
+        add_spread(&mut scored);
+        let got: Vec<i64> = scored.iter().map(|(_, s, _)| *s).collect();
+        // 100 * (9 + 6 - raw) / 9, doubled; the ignored node gets nothing.
+        assert_eq!(got, [2 * 100, 2 * 66, 10 + 2 * 88, 0]);
+        // All at zero: every node gets the full score.
+        let mut zero = [("a", 0, Some(0)), ("b", 0, Some(0))];
+        add_spread(&mut zero);
+        assert_eq!(zero.map(|(_, s, _)| s), [200, 200]);
+    }
+}
