@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::App;
+use super::protobuf;
 use super::table;
 use crate::objects::limits;
 use crate::objects::meta::{meta_str, set_resource_version};
@@ -44,6 +45,9 @@ pub struct Call {
     pub partial: Option<&'static str>,
     /// The request's Content-Type.
     pub content_type: String,
+    /// The client takes protobuf first and the kind has a message: watches stream protobuf
+    /// frames (other responses are converted on their way out).
+    pub protobuf: bool,
 }
 
 type Result<T> = std::result::Result<T, ApiError>;
@@ -408,6 +412,10 @@ fn watch_line(call: &Call, kind: &str, obj: Value) -> bytes::Bytes {
     } else {
         obj
     };
+    if call.protobuf {
+        let body = protobuf::encode::encode(&object).unwrap_or_default();
+        return bytes::Bytes::from(protobuf::encode::watch_frame(kind, &body));
+    }
     let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
     line.push(b'\n');
     bytes::Bytes::from(line)
@@ -479,6 +487,7 @@ pub async fn watch(app: Arc<App>, call: Call) -> Result<Response> {
         bookmarks: bool,
         deadline: tokio::time::Instant,
     }
+    let st_protobuf = call.protobuf;
     let state = State {
         app,
         call,
@@ -537,9 +546,14 @@ pub async fn watch(app: Arc<App>, call: Call) -> Result<Response> {
             }
         }
     });
+    let content_type = if st_protobuf {
+        protobuf::encode::WATCH_CONTENT_TYPE
+    } else {
+        "application/json"
+    };
     Response::builder()
         .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CONTENT_TYPE, content_type)
         .header(header::TRANSFER_ENCODING, "chunked")
         .body(Body::from_stream(body))
         .map_err(ApiError::internal)
@@ -575,6 +589,7 @@ impl Call {
             query: self.query.clone(),
             table: self.table,
             partial: self.partial,
+            protobuf: self.protobuf,
             content_type: self.content_type.clone(),
         }
     }

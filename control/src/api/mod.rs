@@ -262,7 +262,7 @@ async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
         }
     };
     let who = parts.extensions.get::<Identity>().cloned();
-    match route(
+    let response = match route(
         app,
         &parts.method,
         &path,
@@ -275,7 +275,41 @@ async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
     {
         Ok(r) => r,
         Err(e) => e.into_response(),
+    };
+    let accept = parts.headers.get(header::ACCEPT).and_then(|a| a.to_str().ok());
+    if accept.is_some_and(protobuf::encode::preferred) {
+        return as_protobuf(response).await;
     }
+    response
+}
+
+/// A whole JSON response as protobuf, for a client that prefers it, when its kind has a message
+/// (custom resources, tables and streams stay as they are: the client takes JSON too, and
+/// decodes by the Content-Type).
+async fn as_protobuf(response: Response) -> Response {
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|c| c.as_bytes() == b"application/json");
+    if !is_json || response.headers().contains_key(header::TRANSFER_ENCODING) {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+        return ApiError::internal("reading a response to encode it").into_response();
+    };
+    let encoded = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| protobuf::encode::encode(&v));
+    let Some(encoded) = encoded else {
+        return Response::from_parts(parts, axum::body::Body::from(bytes));
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(protobuf::encode::CONTENT_TYPE),
+    );
+    Response::from_parts(parts, axum::body::Body::from(encoded))
 }
 
 async fn route(
@@ -403,6 +437,8 @@ async fn route(
             .unwrap_or("unknown");
         query.insert("fieldManager".into(), manager.to_owned());
     }
+    let protobuf = protobuf::encode::preferred(accept)
+        && protobuf::encode::message_of_kind(&info.api_version(), &info.kind).is_some();
     let call = Call {
         info,
         ns: ns.map(str::to_owned),
@@ -411,6 +447,7 @@ async fn route(
         table: accept.contains("as=Table"),
         partial: partial_metadata(accept),
         content_type: content_type.to_owned(),
+        protobuf,
         query,
     };
     let watching = legacy_watch || call.query.get("watch").is_some_and(|w| w == "true");

@@ -1,4 +1,5 @@
-//! Decoding Kubernetes protobuf request bodies (`application/vnd.kubernetes.protobuf`) to JSON.
+//! Decoding Kubernetes protobuf request bodies (`application/vnd.kubernetes.protobuf`) to JSON
+//! (encoding responses: [`encode`]).
 //!
 //! kubectl's typed commands (`create namespace`, `create configmap`, `run`, `expose`, ...) send
 //! protobuf and do not fall back to JSON. A body is the magic `k8s\0` followed by a
@@ -7,6 +8,8 @@
 //! the k8s-pb crate) into the JSON upstream would have produced: empty strings are dropped (Go's
 //! `omitempty`), and `Time`, `Quantity`, `IntOrString`, `RawExtension` and `FieldsV1` take their
 //! JSON forms.
+
+pub mod encode;
 
 pub use crate::objects::schema::{Field, Kind, Message, message, message_for};
 

@@ -159,7 +159,21 @@ pub fn message_for(api_version: &str, kind: &str) -> Option<&'static Message> {
     ) {
         return message(&format!("apimachinery.pkg.apis.meta.v1.{kind}"));
     }
+    // Errors and discovery documents are `meta/v1` types served as `v1`.
+    if api_version == "v1"
+        && matches!(
+            kind,
+            "Status" | "APIVersions" | "APIGroupList" | "APIResourceList"
+        )
+    {
+        return message(&format!("apimachinery.pkg.apis.meta.v1.{kind}"));
+    }
     let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    // Only built-in groups have messages: a custom resource's group has a dot and is not one of
+    // Kubernetes' own (`*.k8s.io`), whatever its first label.
+    if group.contains('.') && !group.ends_with(".k8s.io") {
+        return None;
+    }
     let package = match group {
         "" => format!("api.core.{version}"),
         "meta.k8s.io" => format!("apimachinery.pkg.apis.meta.{version}"),
