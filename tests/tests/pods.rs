@@ -1373,3 +1373,114 @@ fn a_pod_whose_host_port_is_taken_is_refused_by_the_node() {
     assert!(late["status"]["containerStatuses"].is_null(), "{late:#}");
     k.c.ok(&["delete", "pod", "late", "--timeout=60s"]);
 }
+
+#[test]
+fn proxies_reach_tls_ports_and_keep_html_links_under_the_proxy() {
+    // The conformance suite's proxy spec, with a server of our own: plain and TLS ports of a pod
+    // (Python's http.server and ssl, the host's interpreter mounted read-only, a self-signed
+    // certificate from a Secret), through pods/proxy and services/proxy. HTML links to absolute
+    // paths come back under the proxy path, as upstream's proxy rewrites them.
+    let k = Cluster::start();
+    let image = k.registry.busybox();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["web".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (crt_path, key_path) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(&crt_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    k.c.ok(&[
+        "create",
+        "secret",
+        "tls",
+        "certs",
+        &format!("--cert={}", crt_path.display()),
+        &format!("--key={}", key_path.display()),
+    ]);
+    let script = r#"import http.server, ssl, threading
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = self.server.body.encode()
+        self.send_response(200)
+        self.send_header('Content-Type', self.server.ctype)
+        self.send_header('Content-Length', str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+def serve(port, body, ctype, tls):
+    s = http.server.ThreadingHTTPServer(('0.0.0.0', port), H)
+    s.body, s.ctype = body, ctype
+    if tls:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain('/certs/tls.crt', '/certs/tls.key')
+        s.socket = ctx.wrap_socket(s.socket, server_side=True)
+    s.serve_forever()
+for args in [(1080, '<a href="/rewriteme">test</a>', 'text/html; charset=utf-8', False),
+             (443, '<a href="/tlsrewriteme">test</a>', 'text/html', True),
+             (460, 'tls baz', 'text/plain', True)]:
+    threading.Thread(target=serve, args=args).start()
+"#;
+    k.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: web, labels: {{app: web}}}}
+spec:
+  containers:
+  - name: server
+    image: {image}
+    command: ["/usr/bin/python3", "-c", {script:?}]
+    volumeMounts:
+    - {{name: usr, mountPath: /usr, readOnly: true}}
+    - {{name: lib, mountPath: /lib, readOnly: true}}
+    - {{name: lib64, mountPath: /lib64, readOnly: true}}
+    - {{name: certs, mountPath: /certs, readOnly: true}}
+  volumes:
+  - {{name: usr, hostPath: {{path: /usr, type: Directory}}}}
+  - {{name: lib, hostPath: {{path: /usr/lib, type: Directory}}}}
+  - {{name: lib64, hostPath: {{path: /usr/lib64, type: Directory}}}}
+  - {{name: certs, secret: {{secretName: certs}}}}
+"#
+    ));
+    k.wait_pod("web", "running", |p| phase(p) == "Running");
+    k.c.ok(&["create", "service", "clusterip", "web", "--tcp=444:460"]);
+    let get = |path: &str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = k.c.kubectl(&["get", "--raw", path]);
+            if out.status.success() || Instant::now() > deadline {
+                return format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    };
+    let pods = "/api/v1/namespaces/default/pods";
+    for (path, want) in [
+        (
+            format!("{pods}/web:1080/proxy/"),
+            format!(r#"<a href="{pods}/web:1080/proxy/rewriteme">test</a>"#),
+        ),
+        (
+            format!("{pods}/http:web:1080/proxy/"),
+            format!(r#"<a href="{pods}/http:web:1080/proxy/rewriteme">test</a>"#),
+        ),
+        (
+            format!("{pods}/https:web:443/proxy/"),
+            format!(r#"<a href="{pods}/https:web:443/proxy/tlsrewriteme">test</a>"#),
+        ),
+        (format!("{pods}/https:web:460/proxy/"), "tls baz".to_owned()),
+        (
+            "/api/v1/namespaces/default/services/https:web:444-460/proxy/".to_owned(),
+            "tls baz".to_owned(),
+        ),
+    ] {
+        assert_eq!(get(&path), want, "{path}\nagent log:\n{}", k.node.log());
+    }
+}

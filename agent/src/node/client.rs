@@ -60,10 +60,20 @@ fn roots(ca_pem: &str) -> anyhow::Result<rustls::RootCertStore> {
     Ok(roots)
 }
 
-/// Accepts any server certificate. Used once, to fetch the CA whose hash the join token pins;
-/// nothing read through it is trusted before that check.
+/// Accepts any server certificate. Used to fetch the CA whose hash the join token pins (nothing
+/// read through it is trusted before that check), and for `https` pod proxies, which upstream
+/// makes without verifying the pod's certificate either.
 #[derive(Debug)]
 struct PinLater(Arc<rustls::crypto::CryptoProvider>);
+
+/// A TLS client configuration that accepts any server certificate (see [`PinLater`]).
+pub fn unverified_tls() -> anyhow::Result<rustls::ClientConfig> {
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinLater(provider())))
+        .with_no_client_auth())
+}
 
 impl rustls::client::danger::ServerCertVerifier for PinLater {
     fn verify_server_cert(
@@ -103,11 +113,7 @@ impl rustls::client::danger::ServerCertVerifier for PinLater {
 impl ApiClient {
     /// A client that does not verify the server yet (only for fetching the CA to pin).
     pub fn unverified(server: &str) -> anyhow::Result<Self> {
-        let config = rustls::ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinLater(provider())))
-            .with_no_client_auth();
+        let config = unverified_tls()?;
         Ok(Self {
             client: connector(&config),
             server: server.trim_end_matches('/').to_owned(),

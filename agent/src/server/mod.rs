@@ -165,10 +165,12 @@ async fn handle(data_dir: &Path, mut req: Request<hyper::body::Incoming>) -> Res
                 "" => "/".to_owned(),
                 r => r.to_owned(),
             };
-            match port.parse::<u16>() {
-                Ok(port) if port > 0 => {
-                    let (ns, pod) = (ns.to_string(), pod.to_string());
-                    crate::server::proxy::relay(data_dir, req, &ns, &pod, port, &rest).await
+            // `PORT` or `SCHEME:PORT`.
+            let (scheme, number) = port.split_once(':').unwrap_or(("http", port));
+            match (scheme, number.parse::<u16>()) {
+                ("http" | "https", Ok(number)) if number > 0 => {
+                    let (ns, pod, tls) = (ns.to_string(), pod.to_string(), scheme == "https");
+                    crate::server::proxy::relay(data_dir, req, &ns, &pod, (number, tls), &rest).await
                 }
                 _ => text(StatusCode::BAD_REQUEST, format!("invalid port {port:?}")),
             }

@@ -24,14 +24,40 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
-/// Relays `req` to `port` of pod `ns/pod`, asking for `rest` (the path after `proxy`, with the
+/// An HTTP/1 connection over `stream`, driven in the background.
+async fn http1<S>(stream: S) -> anyhow::Result<hyper::client::conn::http1::SendRequest<hyper::body::Incoming>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+/// TLS over `stream` to the pod at `ip`, accepting whatever certificate it shows.
+async fn tls_connect(
+    stream: tokio::net::TcpStream,
+    ip: Option<IpAddr>,
+) -> anyhow::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let config = std::sync::Arc::new(crate::node::client::unverified_tls()?);
+    let name = match ip {
+        Some(ip) => rustls::pki_types::ServerName::IpAddress(ip.into()),
+        None => rustls::pki_types::ServerName::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST).into()),
+    };
+    Ok(tokio_rustls::TlsConnector::from(config)
+        .connect(name, stream)
+        .await?)
+}
+
+/// Relays `req` to port `port.0` of pod `ns/pod` (over TLS when `port.1`, not verifying the
+/// pod's certificate, as upstream), asking for `rest` (the path after `proxy`, with the
 /// request's query).
 pub async fn relay(
     data_dir: &Path,
     req: Request<hyper::body::Incoming>,
     ns: &str,
     pod: &str,
-    port: u16,
+    (port, tls): (u16, bool),
     rest: &str,
 ) -> Response<Body> {
     let Some(dir) = super::exec::pod_dir(data_dir, ns, pod) else {
@@ -59,8 +85,16 @@ pub async fn relay(
             );
         }
     };
-    let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
-        Ok(c) => c,
+    let handshake = if tls {
+        match tls_connect(stream, ip).await {
+            Ok(stream) => http1(stream).await,
+            Err(e) => Err(e),
+        }
+    } else {
+        http1(stream).await
+    };
+    let mut sender = match handshake {
+        Ok(sender) => sender,
         Err(e) => {
             return text(
                 StatusCode::BAD_GATEWAY,
@@ -68,7 +102,6 @@ pub async fn relay(
             );
         }
     };
-    tokio::spawn(conn);
     let (parts, body) = req.into_parts();
     let target = match parts.uri.query() {
         Some(q) => format!("{rest}?{q}"),

@@ -6,6 +6,7 @@ mod discovery;
 mod eviction;
 pub mod fuzz;
 pub mod handlers;
+mod html_rewrite;
 mod join;
 mod nodeproxy;
 mod noderestriction;
@@ -208,6 +209,7 @@ async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
             kind,
             name: &skiff_common::url::percent_decode(name),
             rest,
+            prefix: &prefix,
         };
         return match nodeproxy::proxy(&app, &who, &target, parts, body).await {
             Ok(r) => r,

@@ -10,6 +10,7 @@ use crate::objects::keys;
 use std::sync::{Arc, OnceLock};
 
 use axum::body::Body;
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use http_body_util::Empty;
 use hyper::StatusCode;
@@ -447,10 +448,13 @@ pub struct ProxyTarget<'a> {
     pub name: &'a str,
     /// The path after `proxy` (at least `/`).
     pub rest: &'a str,
+    /// The request's path up to and including `proxy`, as the client wrote it: proxied HTML's
+    /// links are moved under it.
+    pub prefix: &'a str,
 }
 
-/// Splits `[SCHEME:]NAME[:PORT]`.
-fn name_and_port(raw: &str) -> Result<(&str, &str)> {
+/// Splits `[SCHEME:]NAME[:PORT]` into (https, name, port).
+fn name_and_port(raw: &str) -> Result<(bool, &str, &str)> {
     let parts: Vec<&str> = raw.split(':').collect();
     let (scheme, name, port) = match parts.as_slice() {
         [name] => ("", *name, ""),
@@ -458,19 +462,19 @@ fn name_and_port(raw: &str) -> Result<(&str, &str)> {
         [scheme, name, port] => (*scheme, *name, *port),
         _ => return Err(ApiError::bad_request(format!("invalid request {raw:?}"))),
     };
-    if !matches!(scheme, "" | "http") {
+    if !matches!(scheme, "" | "http" | "https") {
         return Err(ApiError::bad_request(format!(
             "proxying over {scheme} is not supported"
         )));
     }
-    Ok((name, port))
+    Ok((scheme == "https", name, port))
 }
 
 /// The pod and port a `proxy` request goes to: a pod's port (a number or a container port's
 /// name, 80 when none is given), or for a Service one of its ready endpoints on the Service
-/// port named (or numbered) in the request.
-async fn proxy_backend(app: &App, target: &ProxyTarget<'_>) -> Result<(Value, u16)> {
-    let (name, port) = name_and_port(target.name)?;
+/// port named (or numbered) in the request; and whether to speak TLS to it.
+async fn proxy_backend(app: &App, target: &ProxyTarget<'_>) -> Result<(Value, u16, bool)> {
+    let (tls, name, port) = name_and_port(target.name)?;
     if target.kind == "pods" {
         let pod = read_pod(app, target.ns, name).await?;
         let number = match port {
@@ -501,7 +505,7 @@ async fn proxy_backend(app: &App, target: &ProxyTarget<'_>) -> Result<(Value, u1
                     })?,
             },
         };
-        return Ok((pod, number));
+        return Ok((pod, number, tls));
     }
     let svc = app
         .store
@@ -563,7 +567,7 @@ async fn proxy_backend(app: &App, target: &ProxyTarget<'_>) -> Result<(Value, u1
         ));
     }
     let (pod, number) = backends.swap_remove(rand::random_range(0..backends.len()));
-    Ok((read_pod(app, target.ns, &pod).await?, number))
+    Ok((read_pod(app, target.ns, &pod).await?, number, tls))
 }
 
 /// `pods/NAME[:PORT]/proxy/...` and `services/NAME[:PORT]/proxy/...`: the request, with its
@@ -577,7 +581,7 @@ pub async fn proxy(
     body: Body,
 ) -> Result<Response> {
     authorize_on(who, target.kind, target.ns, target.name, "proxy")?;
-    let (pod, port) = proxy_backend(app, target).await?;
+    let (pod, port, tls) = proxy_backend(app, target).await?;
     let pod_name = meta_str(&pod, "name");
     let Some(node) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) else {
         return Err(ApiError::new(
@@ -588,7 +592,21 @@ pub async fn proxy(
     };
     let (mut sender, authority) = connect_node::<Body>(app, node).await?;
     let query = parts.uri.query().map(|q| format!("?{q}")).unwrap_or_default();
-    let path = format!("/podProxy/{}/{pod_name}/{port}{}{query}", target.ns, target.rest);
+    let port_segment = if tls {
+        format!("https:{port}")
+    } else {
+        port.to_string()
+    };
+    let path = format!(
+        "/podProxy/{}/{pod_name}/{port_segment}{}{query}",
+        target.ns, target.rest
+    );
+    let client_host = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
     let mut req = hyper::Request::builder().method(parts.method.clone()).uri(path);
     for (k, v) in &parts.headers {
         if !matches!(
@@ -616,8 +634,43 @@ pub async fn proxy(
             format!("error trying to reach service: {e}"),
         )
     })?;
-    let (parts, body) = resp.into_parts();
-    Ok(Response::from_parts(parts, Body::new(body)))
+    let (mut parts, body) = resp.into_parts();
+    // Links keep to the proxy: redirects, and HTML the pod serves (unless it is compressed).
+    let pod_host = format!("{}:{port}", pod["status"]["podIP"].as_str().unwrap_or_default());
+    let hosts = [pod_host.as_str(), client_host.as_str()];
+    if let Some(location) = parts.headers.get(header::LOCATION).and_then(|l| l.to_str().ok()) {
+        let moved = super::html_rewrite::rewrite_url(location, target.prefix, &hosts);
+        if let Ok(v) = header::HeaderValue::from_str(&moved) {
+            parts.headers.insert(header::LOCATION, v);
+        }
+        return Ok(Response::from_parts(parts, Body::new(body)));
+    }
+    let html = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|c| c.to_str().ok())
+        .and_then(|c| c.split(';').next())
+        .is_some_and(|c| c.trim().eq_ignore_ascii_case("text/html"));
+    let encoded = parts
+        .headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|e| !e.as_bytes().eq_ignore_ascii_case(b"identity"));
+    if !html || encoded {
+        return Ok(Response::from_parts(parts, Body::new(body)));
+    }
+    let page = http_body_util::BodyExt::collect(body)
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                503,
+                "ServiceUnavailable",
+                format!("error reading from the pod: {e}"),
+            )
+        })?
+        .to_bytes();
+    let page = super::html_rewrite::rewrite_html(&String::from_utf8_lossy(&page), target.prefix, &hosts);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Ok(Response::from_parts(parts, Body::from(page)))
 }
 
 #[cfg(test)]
@@ -626,10 +679,14 @@ mod tests {
 
     #[test]
     fn proxy_names_carry_an_optional_scheme_and_port() {
-        assert_eq!(name_and_port("web").unwrap(), ("web", ""));
-        assert_eq!(name_and_port("web:8080").unwrap(), ("web", "8080"));
-        assert_eq!(name_and_port("http:web:metrics").unwrap(), ("web", "metrics"));
-        assert_eq!(name_and_port("https:web:443").unwrap_err().code, 400);
+        assert_eq!(name_and_port("web").unwrap(), (false, "web", ""));
+        assert_eq!(name_and_port("web:8080").unwrap(), (false, "web", "8080"));
+        assert_eq!(
+            name_and_port("http:web:metrics").unwrap(),
+            (false, "web", "metrics")
+        );
+        assert_eq!(name_and_port("https:web:443").unwrap(), (true, "web", "443"));
+        assert_eq!(name_and_port("ftp:web:21").unwrap_err().code, 400);
         assert_eq!(name_and_port("a:b:c:d").unwrap_err().code, 400);
     }
 }
