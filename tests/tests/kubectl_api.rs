@@ -1609,3 +1609,83 @@ fn service_type_changes_allocate_and_release_addresses() {
         &format!("apiVersion: v1\nkind: Service\nmetadata: {{name: reuse}}\nspec: {{clusterIP: {ip}, ports: [{{port: 80}}]}}\n"),
     );
 }
+
+#[test]
+fn flow_control_and_api_services_are_served_with_upstreams_defaults() {
+    // API Priority and Fairness' default configuration and the built-in group versions'
+    // APIServices, as `kubectl get` shows them on upstream's API server.
+    let c = Control::start();
+    let schemas = c.ok(&["get", "flowschemas", "--no-headers"]);
+    assert_eq!(schemas.lines().count(), 13, "{schemas}");
+    let catch_all = schemas.lines().find(|l| l.starts_with("catch-all ")).unwrap();
+    assert_eq!(
+        catch_all.split_whitespace().collect::<Vec<_>>(),
+        [
+            "catch-all",
+            "catch-all",
+            "10000",
+            "ByUser",
+            catch_all.split_whitespace().nth(4).unwrap(),
+            "False"
+        ],
+    );
+    let levels = c.ok(&[
+        "get",
+        "prioritylevelconfigurations",
+        "workload-low",
+        "exempt",
+        "--no-headers",
+    ]);
+    let rows: Vec<Vec<&str>> = levels.lines().map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(
+        rows[0][..6],
+        ["workload-low", "Limited", "100", "128", "6", "50"],
+        "{levels}"
+    );
+    assert_eq!(
+        rows[1][..6],
+        ["exempt", "Exempt", "<none>", "<none>", "<none>", "<none>"],
+        "{levels}"
+    );
+    let services = c.ok(&["get", "apiservices", "--no-headers"]);
+    for name in [
+        "v1.",
+        "v1.apps",
+        "v1.flowcontrol.apiserver.k8s.io",
+        "v1.apiregistration.k8s.io",
+    ] {
+        let row = services
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("{name} not in\n{services}"));
+        assert_eq!(
+            row.split_whitespace().skip(1).take(2).collect::<Vec<_>>(),
+            ["Local", "True"],
+            "{row}"
+        );
+    }
+    let apps = json(&c.ok(&["get", "apiservice", "v1.apps", "-o", "json"]));
+    assert_eq!(apps["spec"]["groupPriorityMinimum"], 17800);
+    // Objects of one's own are stored and validated; typed reads (protobuf) see them.
+    c.ok_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: flowcontrol.apiserver.k8s.io/v1\nkind: FlowSchema\nmetadata: {name: batch-jobs}\nspec:\n  priorityLevelConfiguration: {name: workload-low}\n  matchingPrecedence: 5000\n  distinguisherMethod: {type: ByNamespace}\n  rules:\n  - subjects: [{kind: Group, group: {name: batch}}]\n    resourceRules: [{verbs: ['*'], apiGroups: ['batch'], resources: ['jobs'], namespaces: ['*']}]\n",
+    );
+    assert!(
+        c.ok(&["describe", "flowschema", "batch-jobs"])
+            .contains("workload-low")
+    );
+    let bad = c.fails_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: flowcontrol.apiserver.k8s.io/v1\nkind: FlowSchema\nmetadata: {name: bad}\nspec:\n  priorityLevelConfiguration: {name: workload-low}\n  matchingPrecedence: 20000\n",
+    );
+    assert!(
+        bad.contains("spec.matchingPrecedence") && bad.contains("between 1 and 10000"),
+        "{bad}"
+    );
+    let misnamed = c.fails_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: apiregistration.k8s.io/v1\nkind: APIService\nmetadata: {name: v1.metrics}\nspec: {group: metrics.k8s.io, version: v1beta1, groupPriorityMinimum: 100, versionPriority: 100, insecureSkipTLSVerify: true, service: {namespace: kube-system, name: metrics-server}}\n",
+    );
+    assert!(misnamed.contains("v1beta1.metrics.k8s.io"), "{misnamed}");
+}

@@ -705,6 +705,82 @@ fn columns_and_row(info: &ResourceInfo, obj: &Value) -> (Vec<Column>, Vec<Value>
             ],
             vec![name, json!(s(&obj["handler"])), json!(age(obj))],
         ),
+        ("flowcontrol.apiserver.k8s.io", "FlowSchema") => {
+            let dangling = st["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| c["type"] == "Dangling")
+                .and_then(|c| c["status"].as_str())
+                .unwrap_or("?");
+            (
+                vec![
+                    ("Name", "string", 0),
+                    ("PriorityLevel", "string", 0),
+                    ("MatchingPrecedence", "string", 0),
+                    ("DistinguisherMethod", "string", 0),
+                    ("Age", "string", 0),
+                    ("MissingPL", "string", 0),
+                ],
+                vec![
+                    name,
+                    json!(s(&spec["priorityLevelConfiguration"]["name"])),
+                    json!(spec["matchingPrecedence"].as_i64().unwrap_or(1000).to_string()),
+                    json!(spec["distinguisherMethod"]["type"].as_str().unwrap_or("*")),
+                    json!(age(obj)),
+                    json!(dangling),
+                ],
+            )
+        }
+        ("flowcontrol.apiserver.k8s.io", "PriorityLevelConfiguration") => {
+            let limited = &spec["limited"];
+            let queuing = &limited["limitResponse"]["queuing"];
+            let number = |v: &Value| v.as_i64().map_or("<none>".to_owned(), |n| n.to_string());
+            (
+                vec![
+                    ("Name", "string", 0),
+                    ("Type", "string", 0),
+                    ("NominalConcurrencyShares", "string", 0),
+                    ("Queues", "string", 0),
+                    ("HandSize", "string", 0),
+                    ("QueueLengthLimit", "string", 0),
+                    ("Age", "string", 0),
+                ],
+                vec![
+                    name,
+                    json!(s(&spec["type"])),
+                    json!(number(&limited["nominalConcurrencyShares"])),
+                    json!(number(&queuing["queues"])),
+                    json!(number(&queuing["handSize"])),
+                    json!(number(&queuing["queueLengthLimit"])),
+                    json!(age(obj)),
+                ],
+            )
+        }
+        ("apiregistration.k8s.io", "APIService") => {
+            let service = match spec["service"]["name"].as_str() {
+                Some(svc) => format!("{}/{svc}", s(&spec["service"]["namespace"])),
+                None => "Local".to_owned(),
+            };
+            let available = st["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| c["type"] == "Available")
+                .map_or("Unknown".to_owned(), |c| match c["status"].as_str() {
+                    Some("True") => "True".to_owned(),
+                    other => format!("{} ({})", other.unwrap_or("Unknown"), s(&c["reason"])),
+                });
+            (
+                vec![
+                    ("Name", "string", 0),
+                    ("Service", "string", 0),
+                    ("Available", "string", 0),
+                    ("Age", "string", 0),
+                ],
+                vec![name, json!(service), json!(available), json!(age(obj))],
+            )
+        }
         ("apiextensions.k8s.io", "CustomResourceDefinition") => (
             vec![("Name", "string", 0), ("Created At", "date", 0)],
             vec![name, json!(meta_str(obj, "creationTimestamp"))],

@@ -485,6 +485,33 @@ const BUILTINS: &[Builtin] = &[
         subs: &["status"],
     },
     Builtin {
+        group: "flowcontrol.apiserver.k8s.io",
+        kind: "FlowSchema",
+        plural: "flowschemas",
+        namespaced: false,
+        short: &[],
+        all: false,
+        subs: &["status"],
+    },
+    Builtin {
+        group: "flowcontrol.apiserver.k8s.io",
+        kind: "PriorityLevelConfiguration",
+        plural: "prioritylevelconfigurations",
+        namespaced: false,
+        short: &[],
+        all: false,
+        subs: &["status"],
+    },
+    Builtin {
+        group: "apiregistration.k8s.io",
+        kind: "APIService",
+        plural: "apiservices",
+        namespaced: false,
+        short: &[],
+        all: false,
+        subs: &["status"],
+    },
+    Builtin {
         group: "apiextensions.k8s.io",
         kind: "CustomResourceDefinition",
         plural: "customresourcedefinitions",
@@ -509,6 +536,8 @@ const GROUP_ORDER: &[&str] = &[
     "events.k8s.io",
     "node.k8s.io",
     "apiextensions.k8s.io",
+    "flowcontrol.apiserver.k8s.io",
+    "apiregistration.k8s.io",
 ];
 
 /// All served resources; custom resources come and go with their CRDs.

@@ -220,6 +220,76 @@ fn validate(info: &ResourceInfo, obj: &Value) -> Causes {
                 }
             }
         }
+        ("flowcontrol.apiserver.k8s.io", "FlowSchema") => {
+            let spec = &obj["spec"];
+            if spec["priorityLevelConfiguration"]["name"]
+                .as_str()
+                .is_none_or(str::is_empty)
+            {
+                causes.push((
+                    "spec.priorityLevelConfiguration.name".into(),
+                    "Required value".into(),
+                ));
+            }
+            if let Some(p) = spec["matchingPrecedence"]
+                .as_i64()
+                .filter(|p| !(1..=10000).contains(p))
+            {
+                causes.push((
+                    "spec.matchingPrecedence".into(),
+                    format!("Invalid value: {p}: must be between 1 and 10000, inclusive"),
+                ));
+            }
+        }
+        ("flowcontrol.apiserver.k8s.io", "PriorityLevelConfiguration") => {
+            let ty = obj["spec"]["type"].as_str().unwrap_or_default();
+            if !matches!(ty, "Exempt" | "Limited") {
+                causes.push((
+                    "spec.type".into(),
+                    format!("Unsupported value: \"{ty}\": supported values: \"Exempt\", \"Limited\""),
+                ));
+            } else if obj["spec"][ty.to_ascii_lowercase()].is_null() {
+                causes.push((
+                    format!("spec.{}", ty.to_ascii_lowercase()),
+                    "Required value".into(),
+                ));
+            }
+        }
+        ("apiregistration.k8s.io", "APIService") => {
+            let spec = &obj["spec"];
+            let (group, version) = (
+                spec["group"].as_str().unwrap_or_default(),
+                spec["version"].as_str().unwrap_or_default(),
+            );
+            if version.is_empty() {
+                causes.push(("spec.version".into(), "Required value".into()));
+            }
+            let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+            if name != format!("{version}.{group}") {
+                causes.push((
+                    "metadata.name".into(),
+                    format!("Invalid value: \"{name}\": must be `spec.version+\".\"+spec.group`: \"{version}.{group}\""),
+                ));
+            }
+            for (field, min) in [("groupPriorityMinimum", 1), ("versionPriority", 1)] {
+                if spec[field].as_i64().is_none_or(|p| p < min) {
+                    causes.push((
+                        format!("spec.{field}"),
+                        "Invalid value: must be positive and less than 1000000".into(),
+                    ));
+                }
+            }
+            if spec["service"].is_object()
+                && spec["caBundle"].is_null()
+                && spec["insecureSkipTLSVerify"] != true
+            {
+                causes.push((
+                    "spec.caBundle".into(),
+                    "Required value: must be set when insecureSkipTLSVerify is false and service is set"
+                        .into(),
+                ));
+            }
+        }
         ("policy", "PodDisruptionBudget") => {
             let spec = &obj["spec"];
             if spec.get("minAvailable").is_some() && spec.get("maxUnavailable").is_some() {

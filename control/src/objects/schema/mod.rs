@@ -178,6 +178,7 @@ pub fn message_for(api_version: &str, kind: &str) -> Option<&'static Message> {
         "" => format!("api.core.{version}"),
         "meta.k8s.io" => format!("apimachinery.pkg.apis.meta.{version}"),
         "apiextensions.k8s.io" => format!("apiextensions_apiserver.pkg.apis.apiextensions.{version}"),
+        "apiregistration.k8s.io" => format!("kube_aggregator.pkg.apis.apiregistration.{version}"),
         g => format!("api.{}.{version}", g.split('.').next().unwrap_or(g)),
     };
     message(&format!("{package}.{kind}"))

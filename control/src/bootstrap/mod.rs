@@ -1,6 +1,11 @@
 //! Objects every cluster starts with: the `default`, `kube-system`, `kube-public` and
 //! `kube-node-lease` namespaces, the `system-*-critical` priority classes, the default
-//! StorageClass, the `kube-dns` Service and the `kubernetes` Service that leads pods to the API.
+//! StorageClass, the `kube-dns` Service and the `kubernetes` Service that leads pods to the API,
+//! API Priority and Fairness' default flow schemas and priority levels, and the built-in group
+//! versions' APIServices.
+
+mod api_services;
+mod flowcontrol;
 
 use serde_json::json;
 
@@ -63,6 +68,57 @@ pub async fn ensure_defaults(app: &Objects) -> Result<(), StoreError> {
             "volumeBindingMode": "WaitForFirstConsumer",
         });
         match app.store.create(key, to_stored(&class)).await {
+            Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    // Upstream's default flow control configuration and local APIServices; the APIServices follow
+    // what this version serves (one that is no longer served goes).
+    let flow_control = flowcontrol::priority_levels()
+        .into_iter()
+        .map(|o| {
+            (
+                keys::prefix("flowcontrol.apiserver.k8s.io", "prioritylevelconfigurations"),
+                o,
+            )
+        })
+        .chain(
+            flowcontrol::flow_schemas()
+                .into_iter()
+                .map(|o| (keys::prefix("flowcontrol.apiserver.k8s.io", "flowschemas"), o)),
+        );
+    let api_service_prefix = keys::prefix("apiregistration.k8s.io", "apiservices");
+    let local = api_services::local(&app.registry);
+    let served: Vec<String> = local
+        .iter()
+        .map(|o| {
+            keys::object(
+                &api_service_prefix,
+                None,
+                o["metadata"]["name"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    for kv in app.store.list(&api_service_prefix, None, 0).await?.items {
+        let stale = from_kv(&kv)["metadata"]["labels"]["kube-aggregator.kubernetes.io/automanaged"]
+            == "onstart"
+            && !served.contains(&kv.key);
+        if stale {
+            app.store.delete(&kv.key, Some(kv.mod_revision)).await?;
+        }
+    }
+    for (prefix, mut obj) in flow_control.chain(local.into_iter().map(|o| (api_service_prefix.clone(), o))) {
+        let key = keys::object(
+            &prefix,
+            None,
+            obj["metadata"]["name"].as_str().unwrap_or_default(),
+        );
+        if app.store.get(&key).await?.is_some() {
+            continue;
+        }
+        obj["metadata"]["uid"] = json!(new_uid());
+        obj["metadata"]["creationTimestamp"] = json!(now());
+        match app.store.create(&key, to_stored(&obj)).await {
             Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}
             Err(e) => return Err(e),
         }
