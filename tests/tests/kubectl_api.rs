@@ -1689,3 +1689,91 @@ fn flow_control_and_api_services_are_served_with_upstreams_defaults() {
     );
     assert!(misnamed.contains("v1beta1.metrics.k8s.io"), "{misnamed}");
 }
+
+#[test]
+fn custom_resources_are_served_at_every_version_and_stored_at_one() {
+    // A CRD with two served versions and `conversion: None`: objects are stored at the storage
+    // version and read at any served one with only `apiVersion` changed; each version validates
+    // by its own schema; a new storage version joins `storedVersions`.
+    let c = Control::start();
+    let crd = |storage_v2: bool| {
+        format!(
+            r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {{name: gadgets.example.com}}
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {{plural: gadgets, singular: gadget, kind: Gadget}}
+  conversion: {{strategy: None}}
+  versions:
+  - name: v1
+    served: true
+    storage: {v1}
+    schema: {{openAPIV3Schema: {{type: object, properties: {{spec: {{type: object, properties: {{size: {{type: integer}}, replicas: {{type: integer}}}}}}, status: {{type: object, properties: {{replicas: {{type: integer}}}}}}}}}}}}
+    subresources: {{status: {{}}, scale: {{specReplicasPath: .spec.replicas, statusReplicasPath: .status.replicas}}}}
+  - name: v2
+    served: true
+    storage: {v2}
+    schema: {{openAPIV3Schema: {{type: object, properties: {{spec: {{type: object, properties: {{size: {{type: integer, maximum: 10}}, replicas: {{type: integer}}}}}}, status: {{type: object, properties: {{replicas: {{type: integer}}}}}}}}}}}}
+    subresources: {{status: {{}}}}
+"#,
+            v1 = !storage_v2,
+            v2 = storage_v2
+        )
+    };
+    c.ok_stdin(&["apply", "-f", "-"], &crd(false));
+    c.ok(&[
+        "wait",
+        "--for=condition=established",
+        "crd/gadgets.example.com",
+        "--timeout=20s",
+    ]);
+    c.ok_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: example.com/v2\nkind: Gadget\nmetadata: {name: g}\nspec: {size: 3, replicas: 2}\n",
+    );
+    let raw = |version: &str| {
+        json(&c.ok(&[
+            "get",
+            "--raw",
+            &format!("/apis/example.com/{version}/namespaces/default/gadgets/g"),
+        ]))
+    };
+    assert_eq!(raw("v1")["apiVersion"], "example.com/v1");
+    assert_eq!(raw("v2")["apiVersion"], "example.com/v2");
+    assert_eq!(raw("v1")["spec"], raw("v2")["spec"]);
+    // The scale subresource of v1 reads and writes the object written through v2.
+    c.ok(&["scale", "gadgets.v1.example.com", "g", "--replicas=5"]);
+    assert_eq!(raw("v2")["spec"]["replicas"], 5);
+    // Lists and watches at each version carry that version.
+    let listed = json(&c.ok(&["get", "--raw", "/apis/example.com/v1/namespaces/default/gadgets"]));
+    assert_eq!(listed["items"][0]["apiVersion"], "example.com/v1", "{listed}");
+    // Each version's schema: v2 caps size at 10, v1 does not.
+    let refused = c.fails_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: example.com/v2\nkind: Gadget\nmetadata: {name: big}\nspec: {size: 11}\n",
+    );
+    assert!(refused.contains("spec.size"), "{refused}");
+    c.ok_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: example.com/v1\nkind: Gadget\nmetadata: {name: big}\nspec: {size: 11}\n",
+    );
+    // Moving storage to v2 keeps v1 in storedVersions until objects are migrated.
+    let stored = || {
+        c.ok(&[
+            "get",
+            "crd",
+            "gadgets.example.com",
+            "-o",
+            "jsonpath={.status.storedVersions}",
+        ])
+    };
+    assert_eq!(stored(), r#"["v1"]"#);
+    c.ok_stdin(&["apply", "-f", "-"], &crd(true));
+    assert_eq!(stored(), r#"["v1","v2"]"#);
+    c.ok(&["label", "gadgets.v1.example.com", "g", "moved=yes"]);
+    assert_eq!(raw("v2")["metadata"]["labels"]["moved"], "yes");
+    assert_eq!(raw("v1")["apiVersion"], "example.com/v1");
+}

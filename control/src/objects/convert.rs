@@ -1,6 +1,8 @@
 //! Kinds served in one API version and stored as another: `events.k8s.io/v1` Events are kept as
-//! `core/v1` Events (upstream keeps both under one key space), so both APIs see the same events.
-//! An object is converted to its stored form before it is written and back when it is read.
+//! `core/v1` Events (upstream keeps both under one key space), so both APIs see the same events;
+//! custom resources of a CRD with several versions are kept at its storage version and served at
+//! any served one (conversion strategy `None`: only `apiVersion` changes). An object is converted
+//! to its stored form before it is written and back when it is read.
 
 use std::borrow::Cow;
 
@@ -45,22 +47,44 @@ fn renamed(obj: &Value, api_version: &str, from_served: bool) -> Value {
     Value::Object(out)
 }
 
+/// The version a custom resource of `info` is stored at, when it is not the one `info` serves.
+fn other_storage_version(info: &ResourceInfo) -> Option<&str> {
+    let crd = info.crd.as_ref()?;
+    let storage = crd["spec"]["versions"]
+        .as_array()?
+        .iter()
+        .find(|v| v["storage"] == json!(true))?["name"]
+        .as_str()?;
+    (storage != info.version).then_some(storage)
+}
+
 /// `obj` (as `info` serves it) in the form it is stored in.
 pub fn to_storage<'a>(info: &ResourceInfo, obj: &'a Value) -> Cow<'a, Value> {
     if converted(info) {
-        Cow::Owned(renamed(obj, "v1", true))
-    } else {
-        Cow::Borrowed(obj)
+        return Cow::Owned(renamed(obj, "v1", true));
+    }
+    match other_storage_version(info) {
+        Some(version) => {
+            let mut stored = obj.clone();
+            stored["apiVersion"] = json!(format!("{}/{version}", info.group));
+            Cow::Owned(stored)
+        }
+        None => Cow::Borrowed(obj),
     }
 }
 
 /// A stored object as `info` serves it.
-pub fn to_served(info: &ResourceInfo, obj: Value) -> Value {
+pub fn to_served(info: &ResourceInfo, mut obj: Value) -> Value {
     if converted(info) {
-        renamed(&obj, &info.api_version(), false)
-    } else {
-        obj
+        return renamed(&obj, &info.api_version(), false);
     }
+    if info.crd.is_some() && obj.is_object() {
+        let served = info.api_version();
+        if obj["apiVersion"].as_str() != Some(served.as_str()) {
+            obj["apiVersion"] = json!(served);
+        }
+    }
+    obj
 }
 
 #[cfg(test)]

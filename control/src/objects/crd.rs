@@ -137,13 +137,22 @@ pub fn resources(crd: &Value) -> Vec<Arc<ResourceInfo>> {
 /// The status a CRD gets once its names are served.
 pub fn established_status(crd: &Value, now: &str) -> Value {
     let names = crd["spec"]["names"].clone();
-    let storage: Vec<Value> = crd["spec"]["versions"]
+    // Every version objects were ever stored at stays listed (until an operator migrates them
+    // and trims the list), the current storage version last.
+    let mut storage: Vec<Value> = crd["status"]["storedVersions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for v in crd["spec"]["versions"]
         .as_array()
         .into_iter()
         .flatten()
         .filter(|v| v["storage"] == json!(true))
-        .map(|v| v["name"].clone())
-        .collect();
+    {
+        if !storage.contains(&v["name"]) {
+            storage.push(v["name"].clone());
+        }
+    }
     json!({
         "acceptedNames": names,
         "storedVersions": storage,

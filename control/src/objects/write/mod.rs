@@ -418,6 +418,14 @@ impl Objects {
                     m.remove("status");
                 }
             }
+            None if req.info.crd.is_none() && req.info.kind == "CustomResourceDefinition" => {
+                // A new storage version joins the versions objects were ever stored at.
+                if new["status"].is_null() {
+                    new["status"] = old["status"].clone();
+                }
+                let stored = super::crd::established_status(&new, &now())["storedVersions"].take();
+                new["status"]["storedVersions"] = stored;
+            }
             _ => {}
         }
         for f in [
