@@ -193,6 +193,12 @@ async fn run() -> anyhow::Result<()> {
     skiff_control::bootstrap::ensure_api_service(&objects, advertise)
         .await
         .context("publishing the kubernetes Service")?;
+    if let Some(pki) = &app.pki {
+        skiff_control::bootstrap::ensure_extension_auth(&objects, &pki.ca_pem, &pki.front_proxy_ca_pem)
+            .await
+            .context("publishing extension-apiserver-authentication")?;
+    }
+    api::aggregator::start(app.clone());
     let caches = skiff_control::controllers::start(objects.clone(), &controllers);
     skiff_control::scheduler::start(objects, &caches);
 

@@ -43,6 +43,10 @@ pub struct CertAndKey {
     pub key_pem: String,
 }
 
+/// The name the API server's front proxy certificate carries, which aggregated API servers
+/// accept (`requestheader-allowed-names`).
+pub const FRONT_PROXY_CLIENT: &str = "front-proxy-client";
+
 /// The loaded CA plus the serving credentials for this start.
 #[derive(Debug)]
 pub struct Pki {
@@ -51,6 +55,59 @@ pub struct Pki {
     ca_key_pem: String,
     /// The API server's serving certificate.
     pub serving: CertAndKey,
+    /// The front proxy's CA (a CA of its own, as upstream's `requestheader-client-ca-file`: a
+    /// certificate the cluster CA signs, which users can get through a CSR, must not be able to
+    /// pass as the proxy), PEM.
+    pub front_proxy_ca_pem: String,
+    /// The certificate the API server presents to aggregated API servers
+    /// (`front-proxy-client`, signed by the front proxy CA).
+    pub front_proxy_client: CertAndKey,
+}
+
+/// The CA `name` in `dir` (`NAME.crt`, `NAME.key`), created with common name `cn` when missing.
+fn load_or_create_ca(dir: &Path, name: &str, cn: &str) -> Result<(String, String), PkiError> {
+    let (crt, key) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+    Ok(match (read(&crt)?, read(&key)?) {
+        (Some(cert), Some(key)) => (cert, key),
+        _ => {
+            let pair = KeyPair::generate()?;
+            let mut params = ca_params();
+            params.distinguished_name = DistinguishedName::new();
+            params.distinguished_name.push(DnType::CommonName, cn);
+            let cert = params.self_signed(&pair)?;
+            write_private(&key, &pair.serialize_pem())?;
+            write_private(&crt, &cert.pem())?;
+            (cert.pem(), pair.serialize_pem())
+        }
+    })
+}
+
+/// Signs `params` (valid for a year from an hour ago) with the CA `ca_pem`/`ca_key_pem`.
+fn sign_with(ca_pem: &str, ca_key_pem: &str, mut params: CertificateParams) -> Result<CertAndKey, PkiError> {
+    let ca_key = KeyPair::from_pem(ca_key_pem)?;
+    let issuer = Issuer::from_ca_cert_pem(ca_pem, ca_key)?;
+    params.not_before = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+    params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(365);
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &issuer)?;
+    Ok(CertAndKey {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+fn client_params(user: &str, groups: &[&str]) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params.distinguished_name.push(DnType::CommonName, user);
+    for group in groups {
+        params.distinguished_name.push(DnType::OrganizationName, *group);
+    }
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params
 }
 
 fn read(path: &Path) -> Result<Option<String>, PkiError> {
@@ -97,17 +154,14 @@ impl Pki {
             path: dir.to_owned(),
             source,
         })?;
-        let (ca_crt, ca_key) = (dir.join("ca.crt"), dir.join("ca.key"));
-        let (ca_pem, ca_key_pem) = match (read(&ca_crt)?, read(&ca_key)?) {
-            (Some(cert), Some(key)) => (cert, key),
-            _ => {
-                let key = KeyPair::generate()?;
-                let cert = ca_params().self_signed(&key)?;
-                write_private(&ca_key, &key.serialize_pem())?;
-                write_private(&ca_crt, &cert.pem())?;
-                (cert.pem(), key.serialize_pem())
-            }
-        };
+        let (ca_pem, ca_key_pem) = load_or_create_ca(dir, "ca", "skiff-ca")?;
+        let (front_proxy_ca_pem, front_proxy_key) =
+            load_or_create_ca(dir, "front-proxy-ca", "skiff-front-proxy-ca")?;
+        let front_proxy_client = sign_with(
+            &front_proxy_ca_pem,
+            &front_proxy_key,
+            client_params(FRONT_PROXY_CLIENT, &[]),
+        )?;
         let mut pki = Self {
             ca_pem,
             ca_key_pem,
@@ -115,22 +169,15 @@ impl Pki {
                 cert_pem: String::new(),
                 key_pem: String::new(),
             },
+            front_proxy_ca_pem,
+            front_proxy_client,
         };
         pki.serving = pki.issue_serving(listen, also)?;
         Ok(pki)
     }
 
-    fn sign(&self, mut params: CertificateParams) -> Result<CertAndKey, PkiError> {
-        let ca_key = KeyPair::from_pem(&self.ca_key_pem)?;
-        let issuer = Issuer::from_ca_cert_pem(&self.ca_pem, ca_key)?;
-        params.not_before = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
-        params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(365);
-        let key = KeyPair::generate()?;
-        let cert = params.signed_by(&key, &issuer)?;
-        Ok(CertAndKey {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        })
+    fn sign(&self, params: CertificateParams) -> Result<CertAndKey, PkiError> {
+        sign_with(&self.ca_pem, &self.ca_key_pem, params)
     }
 
     fn issue_serving(&self, listen: SocketAddr, also: &[IpAddr]) -> Result<CertAndKey, PkiError> {
@@ -171,17 +218,7 @@ impl Pki {
 
     /// Issues a client certificate for `user` in `groups` (as CN and O, like Kubernetes).
     pub fn issue_client(&self, user: &str, groups: &[&str]) -> Result<CertAndKey, PkiError> {
-        let mut params = CertificateParams::default();
-        params.distinguished_name.push(DnType::CommonName, user);
-        for group in groups {
-            params.distinguished_name.push(DnType::OrganizationName, *group);
-        }
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        self.sign(params)
+        self.sign(client_params(user, groups))
     }
 
     /// Writes `admin.kubeconfig` (if missing) and `node-token` (if missing) into `data_dir`.

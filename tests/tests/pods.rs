@@ -1484,3 +1484,178 @@ spec:
         assert_eq!(get(&path), want, "{path}\nagent log:\n{}", k.node.log());
     }
 }
+
+#[test]
+fn api_services_hand_their_group_to_an_aggregated_server_in_a_pod() {
+    // API aggregation as metrics-server and custom API servers use it: an APIService names a
+    // Service; the API server checks the server behind it (Available), lists its resources in
+    // discovery, and proxies requests to it over TLS (the server's certificate checked against
+    // caBundle), presenting the front proxy certificate, with the caller in X-Remote-User and
+    // X-Remote-Group. The server (Python's http.server and ssl) trusts the front proxy CA from
+    // kube-system/extension-apiserver-authentication, as aggregated servers do.
+    let k = Cluster::start();
+    let image = k.registry.busybox();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["wardle.kube-system.svc".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (crt_path, key_path) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(&crt_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    k.c.ok(&[
+        "-n",
+        "kube-system",
+        "create",
+        "secret",
+        "tls",
+        "wardle-certs",
+        &format!("--cert={}", crt_path.display()),
+        &format!("--key={}", key_path.display()),
+    ]);
+    let script = r#"import http.server, ssl, json
+gv = '/apis/wardle.example.com/v1alpha1'
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        cert = self.connection.getpeercert() or {}
+        proxy = dict(x[0] for x in cert.get('subject', ())).get('commonName')
+        if self.path == gv:
+            body = {'kind': 'APIResourceList', 'apiVersion': 'v1', 'groupVersion': 'wardle.example.com/v1alpha1',
+                    'resources': [{'name': 'flunders', 'singularName': 'flunder', 'namespaced': True,
+                                   'kind': 'Flunder', 'verbs': ['get', 'list']}]}
+        elif self.path.split('?')[0] == gv + '/namespaces/default/flunders':
+            body = {'kind': 'FlunderList', 'apiVersion': 'wardle.example.com/v1alpha1', 'metadata': {},
+                    'items': [{'kind': 'Flunder', 'apiVersion': 'wardle.example.com/v1alpha1',
+                               'metadata': {'name': 'seen', 'namespace': 'default'},
+                               'spec': {'user': self.headers.get('X-Remote-User'),
+                                        'groups': self.headers.get_all('X-Remote-Group'), 'proxy': proxy}}]}
+        else:
+            self.send_response(404)
+            self.end_headers()
+            return
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header('Content-Type', 'application/json')
+        self.send_header('Content-Length', str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+    def log_message(self, *a):
+        pass
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain('/certs/tls.crt', '/certs/tls.key')
+ctx.verify_mode = ssl.CERT_REQUIRED
+ctx.load_verify_locations(cadata=open('/auth/requestheader-client-ca-file').read())
+s = http.server.ThreadingHTTPServer(('0.0.0.0', 8443), H)
+s.socket = ctx.wrap_socket(s.socket, server_side=True)
+s.serve_forever()
+"#;
+    k.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: wardle, namespace: kube-system, labels: {{app: wardle}}}}
+spec:
+  containers:
+  - name: server
+    image: {image}
+    command: ["/usr/bin/python3", "-c", {script:?}]
+    volumeMounts:
+    - {{name: usr, mountPath: /usr, readOnly: true}}
+    - {{name: lib, mountPath: /lib, readOnly: true}}
+    - {{name: lib64, mountPath: /lib64, readOnly: true}}
+    - {{name: certs, mountPath: /certs, readOnly: true}}
+    - {{name: auth, mountPath: /auth, readOnly: true}}
+  volumes:
+  - {{name: usr, hostPath: {{path: /usr, type: Directory}}}}
+  - {{name: lib, hostPath: {{path: /usr/lib, type: Directory}}}}
+  - {{name: lib64, hostPath: {{path: /usr/lib64, type: Directory}}}}
+  - {{name: certs, secret: {{secretName: wardle-certs}}}}
+  - {{name: auth, configMap: {{name: extension-apiserver-authentication}}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: wardle, namespace: kube-system}}
+spec:
+  selector: {{app: wardle}}
+  ports: [{{port: 443, targetPort: 8443}}]
+---
+apiVersion: apiregistration.k8s.io/v1
+kind: APIService
+metadata: {{name: v1alpha1.wardle.example.com}}
+spec:
+  group: wardle.example.com
+  version: v1alpha1
+  groupPriorityMinimum: 1000
+  versionPriority: 15
+  caBundle: {bundle}
+  service: {{namespace: kube-system, name: wardle, port: 443}}
+"#,
+        bundle = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, cert.pem())
+    ));
+    let condition = |status: &str| {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let got = k.c.ok(&[
+                "get",
+                "apiservice",
+                "v1alpha1.wardle.example.com",
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Available\")].status} {.status.conditions[?(@.type==\"Available\")].reason}",
+            ]);
+            if got.starts_with(status) {
+                return got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "APIService never {status}: {got}\npod: {:#}\nagent log:\n{}",
+                k.pod("wardle"),
+                k.node.log()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    };
+    condition("True");
+    let resources = k.c.ok(&["api-resources", "--api-group=wardle.example.com"]);
+    assert!(
+        resources.contains("flunders") && resources.contains("Flunder"),
+        "{resources}"
+    );
+    let listed = json_value(&k.c.ok(&["get", "flunders", "-o", "json"]));
+    let spec = &listed["items"][0]["spec"];
+    assert_eq!(spec["user"], "skiff-admin", "{listed}");
+    assert_eq!(spec["proxy"], "front-proxy-client", "{listed}");
+    let groups = spec["groups"].to_string();
+    assert!(
+        groups.contains("system:masters") && groups.contains("system:authenticated"),
+        "{listed}"
+    );
+    // The server goes away: the APIService says so, and its requests get a 503.
+    k.c.ok(&[
+        "-n",
+        "kube-system",
+        "delete",
+        "pod",
+        "wardle",
+        "--grace-period=0",
+        "--force",
+    ]);
+    let down = condition("False");
+    assert!(
+        down.ends_with("MissingEndpoints") || down.ends_with("FailedDiscoveryCheck"),
+        "{down}"
+    );
+    let refused = k.c.fails(&[
+        "get",
+        "--raw",
+        "/apis/wardle.example.com/v1alpha1/namespaces/default/flunders",
+    ]);
+    assert!(
+        refused.contains("ServiceUnavailable") || refused.contains("unable to handle"),
+        "{refused}"
+    );
+}
+
+fn json_value(s: &str) -> Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}

@@ -158,6 +158,13 @@ async fn handle(data_dir: &Path, mut req: Request<hyper::body::Incoming>) -> Res
         }
         ["portForward", ns, pod] => crate::server::portforward::handle(data_dir, &mut req, ns, pod),
         ["containerLogs", ns, pod, container] => logs(data_dir, ns, pod, container, &query(&req)).await,
+        ["podConnect", ns, pod, port] => match port.parse::<u16>() {
+            Ok(port) if port > 0 => {
+                let (ns, pod) = (ns.to_string(), pod.to_string());
+                crate::server::proxy::connect(data_dir, &mut req, &ns, &pod, port).await
+            }
+            _ => text(StatusCode::BAD_REQUEST, format!("invalid port {port:?}")),
+        },
         ["podProxy", ns, pod, port, ..] => {
             // The path after the port, exactly as asked (trailing slash and escapes kept).
             let prefix_len = format!("/podProxy/{ns}/{pod}/{port}").len();

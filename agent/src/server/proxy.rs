@@ -24,6 +24,81 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
+/// A TCP connection to `port` of pod `ns/pod`, made in the pod's network namespace (its address,
+/// else loopback), with the address; or the answer saying why not.
+async fn dial(
+    data_dir: &Path,
+    ns: &str,
+    pod: &str,
+    port: u16,
+) -> Result<(tokio::net::TcpStream, Option<IpAddr>), Response<Body>> {
+    let Some(dir) = super::exec::pod_dir(data_dir, ns, pod) else {
+        return Err(text(
+            StatusCode::NOT_FOUND,
+            format!("pod {ns}/{pod} is not on this node"),
+        ));
+    };
+    let ip: Option<IpAddr> = std::fs::read_to_string(dir.join("ip"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok());
+    let mut addrs: Vec<SocketAddr> = ip.map(|ip| SocketAddr::new(ip, port)).into_iter().collect();
+    addrs.push(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+    let netns = dir.join("ns/net");
+    let netns = netns.exists().then_some(netns.as_path());
+    match crate::network::pod_net::tcp_connect_in(netns, addrs).await {
+        Ok(s) => Ok((s, ip)),
+        Err(e) => Err(text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "error trying to reach service: dial tcp {}:{port}: {e}",
+                ip.map_or("127.0.0.1".into(), |i| i.to_string())
+            ),
+        )),
+    }
+}
+
+/// `GET /podConnect/NS/POD/PORT` with `Upgrade: tcp`: the connection becomes a byte stream to the
+/// pod's port, over which the API server speaks a protocol of its own (TLS to an aggregated API
+/// server, which must see the API server's client certificate, not the agent's).
+pub async fn connect(
+    data_dir: &Path,
+    req: &mut Request<hyper::body::Incoming>,
+    ns: &str,
+    pod: &str,
+    port: u16,
+) -> Response<Body> {
+    let upgrade = req
+        .headers()
+        .get(hyper::header::UPGRADE)
+        .and_then(|u| u.to_str().ok())
+        .unwrap_or_default();
+    if !upgrade.eq_ignore_ascii_case("tcp") {
+        return text(StatusCode::BAD_REQUEST, "podConnect needs Upgrade: tcp");
+    }
+    let (mut pod_side, _) = match dial(data_dir, ns, pod, port).await {
+        Ok(s) => s,
+        Err(answer) => return answer,
+    };
+    let on_upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        if let Ok(upgraded) = on_upgrade.await {
+            let mut client = TokioIo::new(upgraded);
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut pod_side).await;
+        }
+    });
+    let mut answer = Response::new(super::empty());
+    *answer.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    answer.headers_mut().insert(
+        hyper::header::CONNECTION,
+        hyper::header::HeaderValue::from_static("Upgrade"),
+    );
+    answer.headers_mut().insert(
+        hyper::header::UPGRADE,
+        hyper::header::HeaderValue::from_static("tcp"),
+    );
+    answer
+}
+
 /// An HTTP/1 connection over `stream`, driven in the background.
 async fn http1<S>(stream: S) -> anyhow::Result<hyper::client::conn::http1::SendRequest<hyper::body::Incoming>>
 where
@@ -60,30 +135,9 @@ pub async fn relay(
     (port, tls): (u16, bool),
     rest: &str,
 ) -> Response<Body> {
-    let Some(dir) = super::exec::pod_dir(data_dir, ns, pod) else {
-        return text(
-            StatusCode::NOT_FOUND,
-            format!("pod {ns}/{pod} is not on this node"),
-        );
-    };
-    let ip: Option<IpAddr> = std::fs::read_to_string(dir.join("ip"))
-        .ok()
-        .and_then(|s| s.trim().parse().ok());
-    let mut addrs: Vec<SocketAddr> = ip.map(|ip| SocketAddr::new(ip, port)).into_iter().collect();
-    addrs.push(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
-    let netns = dir.join("ns/net");
-    let netns = netns.exists().then_some(netns.as_path());
-    let stream = match crate::network::pod_net::tcp_connect_in(netns, addrs).await {
+    let (stream, ip) = match dial(data_dir, ns, pod, port).await {
         Ok(s) => s,
-        Err(e) => {
-            return text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "error trying to reach service: dial tcp {}:{port}: {e}",
-                    ip.map_or("127.0.0.1".into(), |i| i.to_string())
-                ),
-            );
-        }
+        Err(answer) => return answer,
     };
     let handshake = if tls {
         match tls_connect(stream, ip).await {

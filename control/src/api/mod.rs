@@ -1,5 +1,6 @@
 //! The Kubernetes API server: HTTPS, discovery, OpenAPI and REST semantics over the store.
 
+pub mod aggregator;
 mod authz;
 mod componentstatus;
 mod discovery;
@@ -55,6 +56,8 @@ pub struct App {
     pub tunnels: tunnel::Tunnels,
     /// Service-account token signer (its key lives in the store; loaded on first use).
     signer: tokio::sync::OnceCell<token::Signer>,
+    /// Aggregated API servers (APIServices with a `service`).
+    pub aggregated: aggregator::Aggregated,
 }
 
 impl App {
@@ -67,6 +70,7 @@ impl App {
             node_secret: String::new(),
             signer: tokio::sync::OnceCell::new(),
             tunnels: tunnel::Tunnels::default(),
+            aggregated: aggregator::Aggregated::default(),
         }
     }
 }
@@ -216,6 +220,17 @@ async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
             Err(e) => e.into_response(),
         };
     }
+    // A group version an aggregated API server serves (and this one does not).
+    if let ["apis", group, version, ..] = path.trim_matches('/').split('/').collect::<Vec<_>>().as_slice()
+        && app.registry.in_group_version(group, version).is_empty()
+        && let Some(remote) = app.aggregated.get(group, version)
+        && let Some(who) = parts.extensions.get::<Identity>().cloned()
+    {
+        return match aggregator::proxy(&app, &remote, &who, parts, body).await {
+            Ok(r) => r,
+            Err(e) => e.into_response(),
+        };
+    }
     // kubectl exec / cp / port-forward: an upgraded connection joined to the node's agent.
     if let [
         "api",
@@ -338,7 +353,12 @@ async fn route(
         && accept.contains("as=APIGroupDiscoveryList")
         && accept.contains("v=v2;")
     {
-        let body = discovery::aggregated(&app.registry, segs == ["api"]);
+        let mut body = discovery::aggregated(&app.registry, segs == ["api"]);
+        if segs == ["apis"]
+            && let Some(items) = body["items"].as_array_mut()
+        {
+            items.extend(aggregator::discovery_items(&app));
+        }
         return Ok((
             StatusCode::OK,
             [(header::CONTENT_TYPE, discovery::AGGREGATED_CONTENT_TYPE)],
@@ -360,7 +380,13 @@ async fn route(
         }
         ["skiff", "v1", "join"] if method == Method::POST => return join::join(&app, body),
         ["api"] => return ok(discovery::core_versions()),
-        ["apis"] => return ok(discovery::groups(&app.registry)),
+        ["apis"] => {
+            let mut groups = discovery::groups(&app.registry);
+            if let Some(list) = groups["groups"].as_array_mut() {
+                list.extend(aggregator::group_entries(&app));
+            }
+            return ok(groups);
+        }
         ["openapi", "v3"] => return ok(discovery::openapi_v3_root(&app.registry)),
         ["openapi", "v3", "api", v] => {
             return discovery::openapi_v3_doc(&app.registry, "", v).map_or(Err(ApiError::no_route()), ok);
@@ -382,7 +408,21 @@ async fn route(
         ["api", v] => {
             return discovery::resources(&app.registry, "", v).map_or(Err(ApiError::no_route()), ok);
         }
-        ["apis", g] => return discovery::group(&app.registry, g).map_or(Err(ApiError::no_route()), ok),
+        ["apis", g] => {
+            let remote = || {
+                aggregator::group_entries(&app)
+                    .into_iter()
+                    .find(|e| e["name"] == *g)
+                    .map(|mut e| {
+                        e["kind"] = serde_json::json!("APIGroup");
+                        e["apiVersion"] = serde_json::json!("v1");
+                        e
+                    })
+            };
+            return discovery::group(&app.registry, g)
+                .or_else(remote)
+                .map_or(Err(ApiError::no_route()), ok);
+        }
         ["apis", g, v] => {
             return discovery::resources(&app.registry, g, v).map_or(Err(ApiError::no_route()), ok);
         }

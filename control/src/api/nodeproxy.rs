@@ -507,6 +507,20 @@ async fn proxy_backend(app: &App, target: &ProxyTarget<'_>) -> Result<(Value, u1
         };
         return Ok((pod, number, tls));
     }
+    let (pod, number) = service_backend(app, target.ns, name, port).await?;
+    Ok((pod, number, tls))
+}
+
+/// One ready endpoint of Service `ns/name` on its port `port` (a number or a port's name): the
+/// pod and the pod's port.
+pub async fn service_backend(app: &App, ns: &str, name: &str, port: &str) -> Result<(Value, u16)> {
+    let target = ProxyTarget {
+        ns,
+        kind: "services",
+        name,
+        rest: "/",
+        prefix: "",
+    };
     let svc = app
         .store
         .get(&keys::object(keys::SERVICES, Some(target.ns), name))
@@ -567,7 +581,46 @@ async fn proxy_backend(app: &App, target: &ProxyTarget<'_>) -> Result<(Value, u1
         ));
     }
     let (pod, number) = backends.swap_remove(rand::random_range(0..backends.len()));
-    Ok((read_pod(app, target.ns, &pod).await?, number, tls))
+    Ok((read_pod(app, target.ns, &pod).await?, number))
+}
+
+/// A byte stream to `port` of `pod`, through its node's agent (`Upgrade: tcp`): for protocols
+/// the API server speaks to pods itself (TLS to aggregated API servers).
+pub async fn connect_pod(app: &App, pod: &Value, port: u16) -> Result<TokioIo<hyper::upgrade::Upgraded>> {
+    let (ns, name) = (meta_str(pod, "namespace"), meta_str(pod, "name"));
+    let Some(node) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) else {
+        return Err(ApiError::new(
+            503,
+            "ServiceUnavailable",
+            format!("pod {name} does not have a host assigned"),
+        ));
+    };
+    let (mut sender, authority) = connect_node::<Empty<bytes::Bytes>>(app, node).await?;
+    let req = hyper::Request::get(format!("/podConnect/{ns}/{name}/{port}"))
+        .header("host", authority)
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::UPGRADE, "tcp")
+        .body(Empty::<bytes::Bytes>::new())
+        .map_err(|e| ApiError::new(500, "InternalError", e.to_string()))?;
+    let mut resp = sender.send_request(req).await.map_err(|e| {
+        ApiError::new(
+            503,
+            "ServiceUnavailable",
+            format!("error trying to reach service: {e}"),
+        )
+    })?;
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        let e = node_error(resp).await;
+        return Err(ApiError::new(503, "ServiceUnavailable", e.message));
+    }
+    let upgraded = hyper::upgrade::on(&mut resp).await.map_err(|e| {
+        ApiError::new(
+            503,
+            "ServiceUnavailable",
+            format!("error trying to reach service: {e}"),
+        )
+    })?;
+    Ok(TokioIo::new(upgraded))
 }
 
 /// `pods/NAME[:PORT]/proxy/...` and `services/NAME[:PORT]/proxy/...`: the request, with its

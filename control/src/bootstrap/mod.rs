@@ -221,3 +221,51 @@ pub async fn ensure_api_service(app: &Objects, advertise: std::net::SocketAddrV4
     }
     Ok(())
 }
+
+/// `kube-system/extension-apiserver-authentication`, as upstream's API server publishes it:
+/// how aggregated API servers (metrics-server, custom API servers) authenticate the requests it
+/// proxies to them: the front proxy's CA and name, and the headers that carry the user.
+pub async fn ensure_extension_auth(
+    app: &Objects,
+    client_ca: &str,
+    front_proxy_ca: &str,
+) -> Result<(), StoreError> {
+    let key = keys::object(
+        keys::CONFIG_MAPS,
+        Some("kube-system"),
+        "extension-apiserver-authentication",
+    );
+    let data = json!({
+        "client-ca-file": client_ca,
+        "requestheader-client-ca-file": front_proxy_ca,
+        "requestheader-allowed-names": format!("[\"{}\"]", crate::pki::FRONT_PROXY_CLIENT),
+        "requestheader-username-headers": "[\"X-Remote-User\"]",
+        "requestheader-group-headers": "[\"X-Remote-Group\"]",
+        "requestheader-extra-headers-prefix": "[\"X-Remote-Extra-\"]",
+    });
+    match app.store.get(&key).await? {
+        Some(kv) => {
+            let mut current = from_kv(&kv);
+            if current["data"] != data {
+                current["data"] = data;
+                app.store
+                    .update(&key, to_stored(&current), Some(kv.mod_revision))
+                    .await?;
+            }
+        }
+        None => {
+            let cm = json!({
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": "extension-apiserver-authentication", "namespace": "kube-system",
+                    "uid": new_uid(), "creationTimestamp": now()},
+                "data": data,
+            });
+            match app.store.create(&key, to_stored(&cm)).await {
+                Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
+}
