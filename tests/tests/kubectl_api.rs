@@ -1777,3 +1777,91 @@ spec:
     assert_eq!(raw("v2")["metadata"]["labels"]["moved"], "yes");
     assert_eq!(raw("v1")["apiVersion"], "example.com/v1");
 }
+
+#[test]
+fn custom_resources_are_held_to_their_cel_rules() {
+    // x-kubernetes-validations: rules over a node's value (`self`), transition rules (`oldSelf`)
+    // on updates only, messages, messageExpression, reason and fieldPath; rules that do not
+    // compile keep the CRD out.
+    let c = Control::start();
+    let broken = c.fails_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {name: bads.example.com}\nspec:\n  group: example.com\n  scope: Namespaced\n  names: {plural: bads, singular: bad, kind: Bad}\n  versions:\n  - name: v1\n    served: true\n    storage: true\n    schema: {openAPIV3Schema: {type: object, x-kubernetes-validations: [{rule: 'self.spec.a >'}], properties: {spec: {type: object, properties: {a: {type: integer}}}}}}\n",
+    );
+    assert!(
+        broken.contains("x-kubernetes-validations[0].rule") && broken.contains("compilation failed"),
+        "{broken}"
+    );
+    let crd = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: scalers.example.com}
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {plural: scalers, singular: scaler, kind: Scaler}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            x-kubernetes-validations:
+            - {rule: "self.minReplicas <= self.replicas", message: "replicas must be at least minReplicas"}
+            - {rule: "!has(self.paused) || !self.paused || self.replicas == 0", reason: FieldValueForbidden, fieldPath: .paused, messageExpression: "'a paused scaler runs no replicas, not ' + string(self.replicas)"}
+            properties:
+              id:
+                type: string
+                x-kubernetes-validations: [{rule: "self == oldSelf", message: "id is immutable"}]
+              replicas: {type: integer}
+              minReplicas: {type: integer}
+              paused: {type: boolean}
+              tags:
+                type: array
+                items: {type: string}
+                x-kubernetes-validations: [{rule: "self.all(t, t.startsWith('team-'))"}]
+"#;
+    c.ok_stdin(&["apply", "-f", "-"], crd);
+    c.ok(&[
+        "wait",
+        "--for=condition=established",
+        "crd/scalers.example.com",
+        "--timeout=20s",
+    ]);
+    let scaler = |id: &str, replicas: i64, min: i64, extra: &str| {
+        format!(
+            "apiVersion: example.com/v1\nkind: Scaler\nmetadata: {{name: s}}\nspec: {{id: {id}, replicas: {replicas}, minReplicas: {min}{extra}}}\n"
+        )
+    };
+    c.ok_stdin(&["apply", "-f", "-"], &scaler("a1", 3, 1, ", tags: [team-web]"));
+    let below = c.fails_stdin(&["apply", "-f", "-"], &scaler("a1", 1, 2, ""));
+    assert!(
+        below.contains("spec: Invalid value: \"object\": replicas must be at least minReplicas"),
+        "{below}"
+    );
+    let paused = c.fails_stdin(&["apply", "-f", "-"], &scaler("a1", 3, 1, ", paused: true"));
+    assert!(
+        paused.contains("spec.paused: Forbidden: a paused scaler runs no replicas, not 3"),
+        "{paused}"
+    );
+    let tags = c.fails_stdin(&["apply", "-f", "-"], &scaler("a1", 3, 1, ", tags: [web]"));
+    assert!(
+        tags.contains("spec.tags") && tags.contains("failed rule: self.all(t, t.startsWith('team-'))"),
+        "{tags}"
+    );
+    let moved = c.fails_stdin(&["apply", "-f", "-"], &scaler("b2", 3, 1, ""));
+    assert!(
+        moved.contains("spec.id: Invalid value: \"string\": id is immutable"),
+        "{moved}"
+    );
+    // A new object may have any id: transition rules need an old value.
+    c.ok_stdin(
+        &["apply", "-f", "-"],
+        &scaler("b2", 3, 1, "").replace("name: s}", "name: t}"),
+    );
+    c.ok_stdin(&["apply", "-f", "-"], &scaler("a1", 0, 0, ", paused: true"));
+}

@@ -55,7 +55,8 @@ pub fn validate(obj: &Value, causes: &mut Causes) {
     }
 }
 
-/// Every `pattern` in a schema must compile (RE2 syntax, as upstream's validator reads it).
+/// Every `pattern` in a schema must compile (RE2 syntax, as upstream's validator reads it), and
+/// every CEL rule (`x-kubernetes-validations`).
 fn check_patterns(schema: &Value, path: &str, causes: &mut Causes) {
     let Some(map) = schema.as_object() else { return };
     if let Some(p) = map.get("pattern").and_then(Value::as_str)
@@ -65,6 +66,17 @@ fn check_patterns(schema: &Value, path: &str, causes: &mut Causes) {
             format!("{path}.pattern"),
             format!("Invalid value: \"{p}\": must be a valid regular expression, but isn't: {e}"),
         ));
+    }
+    for (i, rule) in map
+        .get("x-kubernetes-validations")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        if let Some(why) = super::cel::check_rule(rule) {
+            causes.push((format!("{path}.x-kubernetes-validations[{i}].rule"), why));
+        }
     }
     for key in ["properties", "patternProperties", "definitions"] {
         for (name, sub) in map.get(key).and_then(Value::as_object).into_iter().flatten() {
@@ -268,6 +280,7 @@ fn type_name(v: &Value) -> &'static str {
 /// the schema does not declare.
 fn check(
     value: &mut Value,
+    old: Option<&Value>,
     schema: &Value,
     path: &str,
     strict: bool,
@@ -342,7 +355,8 @@ fn check(
                 match sub {
                     Some(sub) => {
                         if let Some(v) = map.get_mut(&key) {
-                            check(v, sub, &here, strict, causes, unknown);
+                            let old = old.and_then(|o| o.get(&key));
+                            check(v, old, sub, &here, strict, causes, unknown);
                         }
                     }
                     None if preserve || additional == &json!(true) => {}
@@ -356,8 +370,10 @@ fn check(
         Value::Array(items) => {
             if let Some(item_schema) = schema.get("items").filter(|s| s.is_object()) {
                 for (i, item) in items.iter_mut().enumerate() {
+                    let old = old_item(schema, old, item);
                     check(
                         item,
+                        old,
                         item_schema,
                         &format!("{path}[{i}]"),
                         strict,
@@ -369,6 +385,21 @@ fn check(
         }
         _ => {}
     }
+    causes.extend(super::cel::validate(schema, value, old, path));
+}
+
+/// The item of the old list that `item` replaces, for transition rules: lists of type `map` pair
+/// items by their keys; other lists have no such pairing, as upstream.
+fn old_item<'a>(schema: &Value, old: Option<&'a Value>, item: &Value) -> Option<&'a Value> {
+    if schema["x-kubernetes-list-type"] != "map" {
+        return None;
+    }
+    let keys = schema["x-kubernetes-list-map-keys"].as_array()?;
+    old?.as_array()?.iter().find(|o| {
+        keys.iter()
+            .filter_map(Value::as_str)
+            .all(|k| o.get(k) == item.get(k))
+    })
 }
 
 fn join(path: &str, key: &str) -> String {
@@ -390,11 +421,32 @@ pub struct SchemaReport {
 
 /// Validates a custom resource against its CRD's structural schema. Undeclared fields are pruned,
 /// as upstream does, or reported when `strict` (`fieldValidation=Strict`, kubectl's default).
-pub fn validate_custom(info: &ResourceInfo, obj: &mut Value, strict: bool) -> SchemaReport {
+pub fn validate_custom(
+    info: &ResourceInfo,
+    obj: &mut Value,
+    old: Option<&Value>,
+    strict: bool,
+) -> SchemaReport {
     let mut report = SchemaReport::default();
     if let Some(schema) = version_schema(info) {
         apply_defaults(obj, &schema);
-        check(obj, &schema, "", strict, &mut report.causes, &mut report.unknown);
+        let mut walk = || {
+            check(
+                obj,
+                old,
+                &schema,
+                "",
+                strict,
+                &mut report.causes,
+                &mut report.unknown,
+            )
+        };
+        // CEL rules run on a stack of their own (see `cel`); one thread for the whole object.
+        if schema.to_string().contains("x-kubernetes-validations") {
+            super::cel::on_big_stack(walk);
+        } else {
+            walk();
+        }
     }
     report
 }
@@ -447,7 +499,7 @@ mod tests {
         let info = resources(&crd).remove(0).as_ref().clone();
         // A request without a spec gets the spec's default, then the defaults inside it.
         let mut empty = json!({"metadata": {"name": "w"}});
-        let report = validate_custom(&info, &mut empty, true);
+        let report = validate_custom(&info, &mut empty, None, true);
         assert!(report.causes.is_empty(), "{report:?}");
         assert_eq!(empty["spec"], json!({"size": 3, "colour": "red", "note": "n"}));
         // Set values stay; a null is defaulted unless the field is nullable; lists and maps too.
@@ -466,7 +518,7 @@ mod tests {
         let info = widget_info();
         let mut ok = json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"},
             "spec": {"size": 1, "colour": "red", "labels": {"a": "b"}, "free": {"x": 1}, "extra": true}});
-        let report = validate_custom(&info, &mut ok, false);
+        let report = validate_custom(&info, &mut ok, None, false);
         assert!(
             report.causes.is_empty() && report.unknown.is_empty(),
             "{report:?}"
@@ -475,15 +527,15 @@ mod tests {
         assert_eq!(ok["spec"]["free"]["x"], 1);
         let mut strict = json!({"spec": {"size": 1, "extra": true}});
         assert_eq!(
-            validate_custom(&info, &mut strict, true).unknown,
+            validate_custom(&info, &mut strict, None, true).unknown,
             vec!["unknown field \"spec.extra\"".to_owned()]
         );
         let mut bad = json!({"spec": {"size": "big", "colour": "green"}});
-        let report = validate_custom(&info, &mut bad, false);
+        let report = validate_custom(&info, &mut bad, None, false);
         assert_eq!(report.causes.len(), 2, "{report:?}");
         let mut missing = json!({"spec": {}});
         assert_eq!(
-            validate_custom(&info, &mut missing, false).causes[0].1,
+            validate_custom(&info, &mut missing, None, false).causes[0].1,
             "Required value"
         );
     }

@@ -6,6 +6,7 @@
 
 pub mod admission;
 pub mod apply;
+pub mod cel;
 pub mod certificates;
 pub mod cluster_cidr;
 pub mod convert;

@@ -20,7 +20,7 @@ impl Plugin for CustomResources {
         if attrs.info.crd.is_none() {
             return Ok(());
         }
-        let report = crate::objects::crd::validate_custom(attrs.info, obj, attrs.strict);
+        let report = crate::objects::crd::validate_custom(attrs.info, obj, attrs.old, attrs.strict);
         if !report.unknown.is_empty() {
             return Err(ApiError::bad_request(format!(
                 "strict decoding error: {}",

@@ -43,6 +43,8 @@ pub struct Attributes<'a> {
     pub url_name: &'a str,
     /// `fieldValidation=Strict`: unknown fields are errors rather than dropped.
     pub strict: bool,
+    /// The object an update replaces (as served).
+    pub old: Option<&'a Value>,
 }
 
 impl Attributes<'_> {
@@ -215,6 +217,7 @@ pub(crate) mod testing {
             namespace: info.namespaced.then_some(ns),
             url_name: "",
             strict: false,
+            old: None,
         }
     }
 

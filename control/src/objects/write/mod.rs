@@ -105,6 +105,7 @@ impl Request {
             namespace: self.ns.as_deref().filter(|_| self.info.namespaced),
             url_name: self.name(),
             strict: self.options.strict,
+            old: None,
         }
     }
 }
@@ -451,7 +452,8 @@ impl Objects {
             let bump = spec_part(&old) != spec_part(&new);
             new["metadata"]["generation"] = json!(if bump { g + 1 } else { g });
         }
-        let attrs = req.admission(Operation::Update);
+        let mut attrs = req.admission(Operation::Update);
+        attrs.old = Some(&old);
         admission::mutate(&self.store, &attrs, &mut new).await?;
         if track {
             super::apply::track_update(req, Some(&old), &mut new);
