@@ -689,7 +689,9 @@ fn lost_node_is_tainted_and_its_pods_replaced_elsewhere() {
     }
     assert!(
         replaced,
-        "pods were not evicted from the lost node and rescheduled"
+        "pods were not evicted from the lost node and rescheduled\npods: {}\nnode: {}",
+        c.ok(&["get", "pods", "-o", "wide"]),
+        c.ok(&["get", "node", "doomed", "-o", "yaml"])
     );
     let table = c.ok(&["get", "nodes"]);
     assert!(table.contains("NotReady"), "{table}");

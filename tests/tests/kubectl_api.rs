@@ -1865,3 +1865,208 @@ spec:
     );
     c.ok_stdin(&["apply", "-f", "-"], &scaler("a1", 0, 0, ", paused: true"));
 }
+
+#[test]
+fn rbac_roles_and_bindings_grant_what_they_say_and_no_more() {
+    // RBAC as kubectl users meet it: impersonation (`--as`), Roles and RoleBindings, ClusterRoles
+    // bound in a namespace, the aggregated `view` role, `kubectl auth can-i` (with `--list`) and
+    // `auth whoami`, service-account tokens, and the escalation check on roles and bindings.
+    let c = Control::start();
+    for ns in ["team", "other"] {
+        c.ok(&["create", "namespace", ns]);
+    }
+    let jane = |args: &[&str]| c.kubectl(&[&["--as", "jane", "--as-group", "devs"], args].concat());
+    let text = |out: std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let denied = text(jane(&["get", "pods", "-n", "team"]));
+    assert!(
+        denied.contains(r#"pods is forbidden: User "jane" cannot list resource "pods" in API group "" in the namespace "team""#),
+        "{denied}"
+    );
+    assert_eq!(
+        text(jane(&["auth", "can-i", "list", "pods", "-n", "team"])).trim(),
+        "no"
+    );
+    assert_eq!(
+        text(jane(&[
+            "auth",
+            "whoami",
+            "-o",
+            "jsonpath={.status.userInfo.username}"
+        ])),
+        "jane"
+    );
+    c.ok(&[
+        "-n",
+        "team",
+        "create",
+        "role",
+        "pod-reader",
+        "--verb=get,list,watch",
+        "--resource=pods",
+    ]);
+    c.ok(&[
+        "-n",
+        "team",
+        "create",
+        "rolebinding",
+        "jane-reads",
+        "--role=pod-reader",
+        "--user=jane",
+    ]);
+    assert!(jane(&["get", "pods", "-n", "team"]).status.success());
+    assert!(text(jane(&["get", "pods", "-n", "other"])).contains("forbidden"));
+    assert_eq!(
+        text(jane(&["auth", "can-i", "list", "pods", "-n", "team"])).trim(),
+        "yes"
+    );
+    assert_eq!(
+        text(jane(&["auth", "can-i", "delete", "pods", "-n", "team"])).trim(),
+        "no"
+    );
+    let listed = text(jane(&["auth", "can-i", "--list", "-n", "team"]));
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("pods ") && l.contains("[get list watch]")),
+        "{listed}"
+    );
+    // A ClusterRole bound to a group in one namespace: `view` is aggregated from
+    // `system:aggregate-to-view` (and grows with any role labelled to join it).
+    c.ok(&[
+        "-n",
+        "other",
+        "create",
+        "rolebinding",
+        "devs-view",
+        "--clusterrole=view",
+        "--group=devs",
+    ]);
+    assert!(jane(&["get", "deployments", "-n", "other"]).status.success());
+    assert!(text(jane(&["get", "secrets", "-n", "other"])).contains("forbidden"));
+    c.ok_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: widgets-view\n  labels: {rbac.authorization.k8s.io/aggregate-to-view: 'true'}\nrules: [{apiGroups: [example.com], resources: [widgets], verbs: [get, list, watch]}]\n",
+    );
+    let mut view = String::new();
+    for _ in 0..100 {
+        view = c.ok(&["get", "clusterrole", "view", "-o", "json"]);
+        if view.contains("widgets") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(view.contains("widgets") && view.contains("deployments"), "{view}");
+    // (Asked directly: kubectl's can-i resolves resources through discovery, and no CRD serves
+    // widgets here.)
+    let review = c.kubectl_stdin(
+        &["--as", "jane", "--as-group", "devs", "create", "-f", "-", "-o", "jsonpath={.status.allowed}"],
+        "apiVersion: authorization.k8s.io/v1\nkind: SelfSubjectAccessReview\nspec:\n  resourceAttributes: {namespace: other, verb: list, group: example.com, resource: widgets}\n",
+    );
+    assert_eq!(text(review), "true");
+    // Escalation: jane may write roles and bindings in `team` (but not `escalate` or `bind`:
+    // a `*` verb would include them), and may not grant what she lacks.
+    c.ok(&[
+        "-n",
+        "team",
+        "create",
+        "role",
+        "rbac-editor",
+        "--verb=get,list,create,update,patch,delete",
+        "--resource=roles,rolebindings",
+    ]);
+    c.ok(&[
+        "-n",
+        "team",
+        "create",
+        "rolebinding",
+        "jane-rbac",
+        "--role=rbac-editor",
+        "--user=jane",
+    ]);
+    let escalating = text(jane(&[
+        "-n",
+        "team",
+        "create",
+        "role",
+        "secrets",
+        "--verb=get",
+        "--resource=secrets",
+    ]));
+    assert!(
+        escalating.contains("attempting to grant RBAC permissions not currently held"),
+        "{escalating}"
+    );
+    assert!(
+        jane(&[
+            "-n",
+            "team",
+            "create",
+            "role",
+            "readers",
+            "--verb=get",
+            "--resource=pods"
+        ])
+        .status
+        .success()
+    );
+    let binding_admin = text(jane(&[
+        "-n",
+        "team",
+        "create",
+        "rolebinding",
+        "mine",
+        "--clusterrole=cluster-admin",
+        "--user=jane",
+    ]));
+    assert!(binding_admin.contains("forbidden"), "{binding_admin}");
+    // A service account's token: authenticated as the account, allowed what its bindings say,
+    // and not allowed to impersonate.
+    c.ok(&["-n", "team", "create", "serviceaccount", "robot"]);
+    let token = c.ok(&["-n", "team", "create", "token", "robot"]);
+    let ca = c.data_dir().join("pki").join("ca.crt");
+    let robot = |args: &[&str]| {
+        let out = std::process::Command::new("kubectl")
+            .args([
+                "--kubeconfig=/dev/null",
+                "--server",
+                &c.url(),
+                "--token",
+                token.trim(),
+            ])
+            .arg(format!("--certificate-authority={}", ca.display()))
+            .args(args)
+            .output()
+            .unwrap();
+        text(out)
+    };
+    assert!(robot(&["get", "pods", "-n", "team"]).contains("system:serviceaccount:team:robot"));
+    c.ok(&[
+        "-n",
+        "team",
+        "create",
+        "rolebinding",
+        "robot-reads",
+        "--role=pod-reader",
+        "--serviceaccount=team:robot",
+    ]);
+    assert!(robot(&["get", "pods", "-n", "team"]).contains("No resources found"));
+    let impersonating = robot(&["--as", "jane", "get", "pods", "-n", "team"]);
+    assert!(
+        impersonating.contains("cannot impersonate resource \"users\""),
+        "{impersonating}"
+    );
+    // Bindings show their role and subjects.
+    let bindings = c.ok(&["-n", "team", "get", "rolebindings", "-o", "wide"]);
+    assert!(
+        bindings
+            .lines()
+            .any(|l| l.starts_with("jane-reads") && l.contains("Role/pod-reader") && l.contains("jane")),
+        "{bindings}"
+    );
+}

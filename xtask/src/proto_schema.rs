@@ -22,6 +22,7 @@ const PACKAGES: &[&str] = &[
     "api/scheduling/v1",
     "api/storage/v1",
     "api/authentication/v1",
+    "api/authorization/v1",
     "api/events/v1",
     "api/networking/v1",
     "api/node/v1",

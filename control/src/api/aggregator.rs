@@ -282,18 +282,40 @@ pub async fn proxy(
     parts: axum::http::request::Parts,
     body: Body,
 ) -> Result<Response, ApiError> {
-    if !who.groups.iter().any(|g| g == "system:masters") {
-        return Err(ApiError::new(
-            403,
-            "Forbidden",
-            format!(
-                "user \"{}\" cannot access {} in API group \"{}\"",
-                who.user,
-                parts.uri.path(),
-                remote.group
-            ),
-        ));
-    }
+    let path = parts.uri.path().to_owned();
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let rest = segs.get(3..).unwrap_or_default();
+    let (namespace, rest) = match rest {
+        ["namespaces", ns, more @ ..] if !more.is_empty() => (Some(*ns), more),
+        _ => (None, rest),
+    };
+    let watching = parts.uri.query().is_some_and(|q| {
+        q.split('&')
+            .any(|kv| matches!(kv, "watch=true" | "watch=1" | "watch=True"))
+    });
+    let (name, subresource) = (rest.get(1).copied(), rest.get(2).copied());
+    let verb = match (parts.method.as_str(), name.is_some()) {
+        ("GET", _) if watching => "watch",
+        ("GET", true) => "get",
+        ("GET", false) => "list",
+        ("POST", _) => "create",
+        ("PUT", _) => "update",
+        ("PATCH", _) => "patch",
+        ("DELETE", true) => "delete",
+        ("DELETE", false) => "deletecollection",
+        _ => "get",
+    };
+    let target = match rest.first() {
+        Some(resource) => super::rbac::Target::Resource {
+            group: &remote.group,
+            resource,
+            subresource,
+            namespace,
+            name,
+        },
+        None => super::rbac::Target::Path(&path),
+    };
+    super::authz::allow(app, who, verb, &target).await?;
     if remote.resources.is_none() {
         return Err(ApiError::new(
             503,

@@ -1,12 +1,14 @@
-//! Authorization until RBAC exists: `system:masters` may do anything; nodes
-//! (`system:node:<name>` in `system:nodes`) may read, and write only what a kubelet writes for
-//! itself (its Node and its status, its Lease, pod status, pod deletion, events), with the objects
-//! checked by [`super::noderestriction`] (its own pods, what they use); any other identity is
-//! refused. Refusals are upstream's `Forbidden` Status.
+//! Authorization, as upstream's chain: `system:masters` may do anything; nodes
+//! (`system:node:<name>` in `system:nodes`) may read, and write what a kubelet writes for itself
+//! (its Node and its status, its Lease, pod status, pod deletion, events), with the objects
+//! checked by [`super::noderestriction`] (its own pods, what they use); then RBAC
+//! ([`super::rbac`]) for everyone. Refusals are upstream's `Forbidden` Status.
 
 use axum::http::Method;
 
+use super::App;
 use super::handlers::Call;
+use super::rbac::{Subject, Target};
 use super::server::Identity;
 use crate::objects::status::ApiError;
 
@@ -60,32 +62,61 @@ pub fn node_of(who: &Identity) -> Option<&str> {
 }
 
 /// Checks that `who` may do `verb` on the call's resource.
-pub fn authorize(who: &Identity, verb: &str, call: &Call) -> Result<(), ApiError> {
-    if who.groups.iter().any(|g| g == "system:masters") {
+pub async fn authorize(app: &App, who: &Identity, verb: &str, call: &Call) -> Result<(), ApiError> {
+    if node_of(who).is_some_and(|node| node_may(node, verb, call)) {
         return Ok(());
     }
-    let allowed = node_of(who).is_some_and(|node| node_may(node, verb, call));
-    if allowed {
+    let target = Target::Resource {
+        group: &call.info.group,
+        resource: &call.info.plural,
+        subresource: call.sub.as_deref(),
+        namespace: call.ns.as_deref(),
+        name: call.name.as_deref(),
+    };
+    allow(app, who, verb, &target).await
+}
+
+/// Checks that `who` may do `verb` on `target`: `system:masters` always, else RBAC.
+pub async fn allow(app: &App, who: &Identity, verb: &str, target: &Target<'_>) -> Result<(), ApiError> {
+    if who.groups.iter().any(|g| g == "system:masters")
+        || app
+            .rbac
+            .allows(&app.objects, &Subject::of(who), verb, target)
+            .await
+    {
         return Ok(());
     }
-    let resource = match &call.sub {
-        Some(sub) => format!("{}/{sub}", call.info.plural),
-        None => call.info.plural.clone(),
+    Err(forbidden(&who.user, verb, target))
+}
+
+/// Upstream's refusal: `pods "web" is forbidden: User "jane" cannot get resource "pods" in API
+/// group "" in the namespace "default"`.
+pub fn forbidden(user: &str, verb: &str, target: &Target<'_>) -> ApiError {
+    let message = match *target {
+        Target::Path(path) => format!("forbidden: User \"{user}\" cannot {verb} path \"{path}\""),
+        Target::Resource {
+            group,
+            resource,
+            subresource,
+            namespace,
+            name,
+        } => {
+            let shown = match subresource {
+                Some(sub) => format!("{resource}/{sub}"),
+                None => resource.to_owned(),
+            };
+            let scope = match namespace {
+                Some(ns) => format!("in the namespace \"{ns}\""),
+                None => "at the cluster scope".to_owned(),
+            };
+            let subject = match name {
+                Some(name) => format!("{resource} \"{name}\" is forbidden"),
+                None => format!("{resource} is forbidden"),
+            };
+            format!(
+                "{subject}: User \"{user}\" cannot {verb} resource \"{shown}\" in API group \"{group}\" {scope}"
+            )
+        }
     };
-    let scope = match &call.ns {
-        Some(ns) => format!("in the namespace \"{ns}\""),
-        None => "at the cluster scope".to_owned(),
-    };
-    let subject = match &call.name {
-        Some(name) => format!("{} \"{name}\" is forbidden", call.info.plural),
-        None => format!("{} is forbidden", call.info.plural),
-    };
-    Err(ApiError::new(
-        403,
-        "Forbidden",
-        format!(
-            "{subject}: User \"{}\" cannot {verb} resource \"{resource}\" in API group \"{}\" {scope}",
-            who.user, call.info.group
-        ),
-    ))
+    ApiError::new(403, "Forbidden", message)
 }

@@ -394,7 +394,9 @@ pub fn aggregated(registry: &Registry, core: bool) -> Value {
                             "responseKind": {"group": r.group, "version": r.version, "kind": r.kind},
                             "scope": if r.namespaced { "Namespaced" } else { "Cluster" },
                             "singularResource": r.singular,
-                            "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
+                            "verbs": if r.is_review() { json!(["create"]) } else {
+                                json!(["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"])
+                            },
                         });
                         if !r.short_names.is_empty() {
                             entry["shortNames"] = json!(r.short_names);

@@ -15,6 +15,8 @@ pub mod nodestream;
 mod openapi_v2;
 pub mod protobuf;
 mod query;
+pub mod rbac;
+mod reviews;
 pub mod server;
 mod table;
 pub mod token;
@@ -58,6 +60,8 @@ pub struct App {
     signer: tokio::sync::OnceCell<token::Signer>,
     /// Aggregated API servers (APIServices with a `service`).
     pub aggregated: aggregator::Aggregated,
+    /// Roles and bindings.
+    pub rbac: rbac::Rbac,
 }
 
 impl App {
@@ -71,6 +75,7 @@ impl App {
             signer: tokio::sync::OnceCell::new(),
             tunnels: tunnel::Tunnels::default(),
             aggregated: aggregator::Aggregated::default(),
+            rbac: rbac::Rbac::default(),
         }
     }
 }
@@ -147,6 +152,64 @@ fn partial_metadata(accept: &str) -> Option<&'static str> {
     })
 }
 
+/// The identity `who` asks to act as (`Impersonate-User`, `Impersonate-Group`), after checking
+/// that it may `impersonate` that user (or service account) and each group, as upstream.
+async fn impersonate(app: &App, who: &Identity, headers: &HeaderMap) -> Result<Identity, ApiError> {
+    let user = headers
+        .get("impersonate-user")
+        .and_then(|u| u.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let account = user
+        .strip_prefix("system:serviceaccount:")
+        .and_then(|rest| rest.split_once(':'));
+    let target = match account {
+        Some((ns, name)) => rbac::Target::Resource {
+            group: "",
+            resource: "serviceaccounts",
+            subresource: None,
+            namespace: Some(ns),
+            name: Some(name),
+        },
+        None => rbac::Target::Resource {
+            group: "",
+            resource: "users",
+            subresource: None,
+            namespace: None,
+            name: Some(&user),
+        },
+    };
+    authz::allow(app, who, "impersonate", &target).await?;
+    let mut groups: Vec<String> = Vec::new();
+    for g in headers
+        .get_all("impersonate-group")
+        .iter()
+        .filter_map(|g| g.to_str().ok())
+    {
+        let target = rbac::Target::Resource {
+            group: "",
+            resource: "groups",
+            subresource: None,
+            namespace: None,
+            name: Some(g),
+        };
+        authz::allow(app, who, "impersonate", &target).await?;
+        groups.push(g.to_owned());
+    }
+    if let Some((ns, _)) = account
+        && groups.is_empty()
+    {
+        groups = vec![
+            "system:serviceaccounts".to_owned(),
+            format!("system:serviceaccounts:{ns}"),
+        ];
+    }
+    if !groups.iter().any(|g| g == "system:authenticated") {
+        groups.push("system:authenticated".to_owned());
+    }
+    Ok(Identity { user, groups })
+}
+
 /// The token of an `Authorization: Bearer TOKEN` header, the scheme in any case (the Python
 /// client sends `bearer`), as upstream's bearer token authenticator reads it.
 fn bearer_token(header: &str) -> Option<&str> {
@@ -169,6 +232,17 @@ async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
         match token::authenticate(&app, bearer).await {
             Ok(id) => {
                 parts.extensions.insert(id);
+            }
+            Err(e) => return e.into_response(),
+        }
+    }
+    // `kubectl --as USER --as-group GROUP`: act as someone else, when allowed to impersonate them.
+    if parts.headers.contains_key("impersonate-user")
+        && let Some(who) = parts.extensions.get::<Identity>().cloned()
+    {
+        match impersonate(&app, &who, &parts.headers).await {
+            Ok(as_who) => {
+                parts.extensions.insert(as_who);
             }
             Err(e) => return e.into_response(),
         }
@@ -497,11 +571,37 @@ async fn route(
         return Err(ApiError::new(401, "Unauthorized", "Unauthorized"));
     };
     let verb = authz::verb(method, &call, watching);
-    authz::authorize(who, verb, &call)?;
+    authz::authorize(&app, who, verb, &call).await?;
     if let Some(node) = authz::node_of(who)
         && !who.groups.iter().any(|g| g == "system:masters")
     {
         noderestriction::check(&app, node, verb, &call).await?;
+    }
+    // A role or binding written by anyone but an admin may not grant more than its writer holds:
+    // the write is tried first (dry run) to see what would be stored.
+    if call.info.group == rbac::GROUP
+        && call.info.crd.is_none()
+        && matches!(*method, Method::POST | Method::PUT | Method::PATCH)
+        && !who.groups.iter().any(|g| g == "system:masters")
+    {
+        let mut dry = call.clone_meta();
+        dry.query.insert("dryRun".into(), "All".into());
+        let tried = match *method {
+            Method::POST => handlers::create(&app, &dry, body).await?,
+            Method::PUT => handlers::update(&app, &dry, body).await?,
+            _ => handlers::patch(&app, &dry, body).await?,
+        };
+        let bytes = axum::body::to_bytes(tried.into_body(), usize::MAX)
+            .await
+            .map_err(ApiError::internal)?;
+        let object: serde_json::Value = serde_json::from_slice(&bytes).map_err(ApiError::internal)?;
+        rbac::check_escalation(&app, who, &call.info.kind, call.ns.as_deref(), &object).await?;
+    }
+    if call.info.is_review() {
+        return match method {
+            &Method::POST if call.name.is_none() => reviews::create(&app, &call, body, who).await,
+            _ => Err(ApiError::method_not_allowed()),
+        };
     }
     if call.info.group.is_empty() && call.info.kind == "ComponentStatus" {
         return componentstatus::serve(&app, &call, method);

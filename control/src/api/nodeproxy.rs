@@ -191,7 +191,7 @@ pub async fn exec(
     sub: &str,
     parts: &mut axum::http::request::Parts,
 ) -> Result<Response> {
-    authorize(who, ns, name, sub)?;
+    authorize(app, who, ns, name, sub).await?;
     let raw_query = parts.uri.query().unwrap_or("").to_owned();
     let container_param = raw_query
         .split('&')
@@ -231,30 +231,35 @@ pub async fn exec(
     .await
 }
 
-/// Denied unless the user may `create` the pod subresource (`exec`, `portforward`).
-fn authorize(who: &super::server::Identity, ns: &str, name: &str, subresource: &str) -> Result<()> {
-    authorize_on(who, "pods", ns, name, subresource)
+/// Denied unless the user may `create` the pod subresource (`exec`, `attach`, `portforward`).
+async fn authorize(
+    app: &App,
+    who: &super::server::Identity,
+    ns: &str,
+    name: &str,
+    subresource: &str,
+) -> Result<()> {
+    authorize_on(app, who, "create", "pods", ns, name, subresource).await
 }
 
-/// Denied unless the user may `create` subresource `sub` of `resource` (until RBAC: masters only).
-fn authorize_on(
+/// Denied unless the user may `verb` subresource `sub` of `resource`.
+async fn authorize_on(
+    app: &App,
     who: &super::server::Identity,
+    verb: &str,
     resource: &str,
     ns: &str,
     name: &str,
     sub: &str,
 ) -> Result<()> {
-    if who.groups.iter().any(|g| g == "system:masters") {
-        return Ok(());
-    }
-    Err(ApiError::new(
-        403,
-        "Forbidden",
-        format!(
-            "{resource} \"{name}\" is forbidden: User \"{}\" cannot create resource \"{resource}/{sub}\" in API group \"\" in the namespace \"{ns}\"",
-            who.user
-        ),
-    ))
+    let target = super::rbac::Target::Resource {
+        group: "",
+        resource,
+        subresource: Some(sub),
+        namespace: Some(ns),
+        name: Some(name),
+    };
+    super::authz::allow(app, who, verb, &target).await
 }
 
 /// Sends the client's upgrade request on to `path` on the node's agent and, once the agent has
@@ -319,7 +324,7 @@ pub async fn portforward(
     name: &str,
     parts: &mut axum::http::request::Parts,
 ) -> Result<Response> {
-    authorize(who, ns, name, "portforward")?;
+    authorize(app, who, ns, name, "portforward").await?;
     let pod = read_pod(app, ns, name).await?;
     let Some(node) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) else {
         return Err(ApiError::bad_request(format!(
@@ -633,7 +638,15 @@ pub async fn proxy(
     parts: axum::http::request::Parts,
     body: Body,
 ) -> Result<Response> {
-    authorize_on(who, target.kind, target.ns, target.name, "proxy")?;
+    // Upstream's verb for a proxied request follows its method.
+    let verb = match parts.method.as_str() {
+        "POST" => "create",
+        "PUT" => "update",
+        "PATCH" => "patch",
+        "DELETE" => "delete",
+        _ => "get",
+    };
+    authorize_on(app, who, verb, target.kind, target.ns, target.name, "proxy").await?;
     let (pod, port, tls) = proxy_backend(app, target).await?;
     let pod_name = meta_str(&pod, "name");
     let Some(node) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) else {

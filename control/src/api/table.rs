@@ -781,6 +781,47 @@ fn columns_and_row(info: &ResourceInfo, obj: &Value) -> (Vec<Column>, Vec<Value>
                 vec![name, json!(service), json!(available), json!(age(obj))],
             )
         }
+        ("rbac.authorization.k8s.io", "Role" | "ClusterRole") => (
+            vec![("Name", "string", 0), ("Created At", "date", 0)],
+            vec![name, json!(meta_str(obj, "creationTimestamp"))],
+        ),
+        ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding") => {
+            let subjects = |kind: &str| {
+                let names: Vec<String> = obj["subjects"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|sub| sub["kind"] == kind)
+                    .map(|sub| match (kind, sub["namespace"].as_str()) {
+                        ("ServiceAccount", Some(ns)) => format!("{ns}/{}", s(&sub["name"])),
+                        _ => s(&sub["name"]),
+                    })
+                    .collect();
+                json!(names.join(", "))
+            };
+            (
+                vec![
+                    ("Name", "string", 0),
+                    ("Role", "string", 0),
+                    ("Age", "string", 0),
+                    ("Users", "string", 1),
+                    ("Groups", "string", 1),
+                    ("ServiceAccounts", "string", 1),
+                ],
+                vec![
+                    name,
+                    json!(format!(
+                        "{}/{}",
+                        s(&obj["roleRef"]["kind"]),
+                        s(&obj["roleRef"]["name"])
+                    )),
+                    json!(age(obj)),
+                    subjects("User"),
+                    subjects("Group"),
+                    subjects("ServiceAccount"),
+                ],
+            )
+        }
         ("apiextensions.k8s.io", "CustomResourceDefinition") => (
             vec![("Name", "string", 0), ("Created At", "date", 0)],
             vec![name, json!(meta_str(obj, "creationTimestamp"))],

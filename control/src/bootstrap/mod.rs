@@ -1,11 +1,12 @@
 //! Objects every cluster starts with: the `default`, `kube-system`, `kube-public` and
 //! `kube-node-lease` namespaces, the `system-*-critical` priority classes, the default
 //! StorageClass, the `kube-dns` Service and the `kubernetes` Service that leads pods to the API,
-//! API Priority and Fairness' default flow schemas and priority levels, and the built-in group
-//! versions' APIServices.
+//! API Priority and Fairness' default flow schemas and priority levels, the built-in group
+//! versions' APIServices, and upstream's default RBAC roles and bindings.
 
 mod api_services;
 mod flowcontrol;
+mod rbac;
 
 use serde_json::json;
 
@@ -121,6 +122,46 @@ pub async fn ensure_defaults(app: &Objects) -> Result<(), StoreError> {
         match app.store.create(&key, to_stored(&obj)).await {
             Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}
             Err(e) => return Err(e),
+        }
+    }
+    // Upstream's default roles and bindings, reconciled.
+    let group = "rbac.authorization.k8s.io";
+    let defaults = rbac::cluster_roles()
+        .into_iter()
+        .map(|r| (keys::prefix(group, "clusterroles"), r))
+        .chain(
+            rbac::cluster_role_bindings()
+                .into_iter()
+                .map(|b| (keys::prefix(group, "clusterrolebindings"), b)),
+        )
+        .chain(
+            rbac::roles()
+                .into_iter()
+                .map(|r| (keys::prefix(group, "roles"), r)),
+        );
+    for (prefix, mut obj) in defaults {
+        let ns = obj["metadata"]["namespace"].as_str().map(str::to_owned);
+        let key = keys::object(
+            &prefix,
+            ns.as_deref(),
+            obj["metadata"]["name"].as_str().unwrap_or_default(),
+        );
+        match app.store.get(&key).await? {
+            Some(kv) => {
+                if let Some(next) = rbac::reconcile(&from_kv(&kv), &obj) {
+                    app.store
+                        .update(&key, to_stored(&next), Some(kv.mod_revision))
+                        .await?;
+                }
+            }
+            None => {
+                obj["metadata"]["uid"] = json!(new_uid());
+                obj["metadata"]["creationTimestamp"] = json!(now());
+                match app.store.create(&key, to_stored(&obj)).await {
+                    Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
         }
     }
     // Cluster DNS at the tenth address of the service range (the allocator never hands it out).

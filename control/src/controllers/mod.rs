@@ -13,6 +13,7 @@ use crate::objects::write::Request;
 use crate::store::StoreError;
 
 pub mod cluster_dns;
+mod clusterrole_aggregation;
 mod compaction;
 mod crd;
 pub mod cronjob;
@@ -69,6 +70,7 @@ pub fn start(app: Arc<Objects>, config: &Config) -> runtime::Caches {
     deployment::start(app.clone(), &caches);
     serviceaccount::start(app.clone(), &caches);
     root_ca::start(app.clone(), &caches, config.root_ca.as_deref());
+    clusterrole_aggregation::start(app.clone(), &caches);
     csr_signer::start(app.clone(), &caches, config.ca.clone());
     endpoints::start(app.clone(), &caches);
     job::start(app.clone(), &caches);

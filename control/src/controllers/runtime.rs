@@ -153,6 +153,17 @@ impl Cache {
             .cloned()
     }
 
+    /// Every object whose key starts with `key_prefix` (a cache of a whole group holds several
+    /// resources).
+    pub fn under(&self, key_prefix: &str) -> Vec<Arc<Value>> {
+        let objects = self.objects.read().unwrap_or_else(|p| p.into_inner());
+        objects
+            .range::<str, _>((Bound::Included(key_prefix), Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(key_prefix))
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
     /// Every object in namespace `ns` (or all of them).
     pub fn list(&self, ns: Option<&str>) -> Vec<Arc<Value>> {
         let objects = self.objects.read().unwrap_or_else(|p| p.into_inner());

@@ -62,6 +62,12 @@ pub fn prefix(group: &str, resource: &str) -> String {
     format!("{ROOT}{group}/{resource}/")
 }
 
+/// The prefix of every resource of API group `group`.
+pub fn group_prefix(group: &str) -> String {
+    let group = if group.is_empty() { "core" } else { group };
+    format!("{ROOT}{group}/")
+}
+
 /// The key of an object under `prefix` (one of the constants or [`prefix`]): namespaced when
 /// `ns` is given.
 pub fn object(prefix: &str, ns: Option<&str>, name: &str) -> String {

@@ -98,18 +98,32 @@ impl ResourceInfo {
         self.subresources.iter().any(|s| s == sub)
     }
 
+    /// Whether the resource is a request answered in place and never stored (the access and
+    /// token reviews): it can only be created.
+    pub fn is_review(&self) -> bool {
+        self.crd.is_none()
+            && matches!(
+                self.group.as_str(),
+                "authorization.k8s.io" | "authentication.k8s.io"
+            )
+    }
+
     /// The discovery entry (`APIResource`) for the resource and its subresources.
     pub fn discovery(&self) -> Vec<Value> {
-        let verbs = [
-            "create",
-            "delete",
-            "deletecollection",
-            "get",
-            "list",
-            "patch",
-            "update",
-            "watch",
-        ];
+        let verbs: &[&str] = if self.is_review() {
+            &["create"]
+        } else {
+            &[
+                "create",
+                "delete",
+                "deletecollection",
+                "get",
+                "list",
+                "patch",
+                "update",
+                "watch",
+            ]
+        };
         let mut main = json!({
             "name": self.plural,
             "singularName": self.singular,
@@ -512,6 +526,96 @@ const BUILTINS: &[Builtin] = &[
         subs: &["status"],
     },
     Builtin {
+        group: "rbac.authorization.k8s.io",
+        kind: "Role",
+        plural: "roles",
+        namespaced: true,
+        short: &[],
+        all: false,
+        subs: &[],
+    },
+    Builtin {
+        group: "rbac.authorization.k8s.io",
+        kind: "RoleBinding",
+        plural: "rolebindings",
+        namespaced: true,
+        short: &[],
+        all: false,
+        subs: &[],
+    },
+    Builtin {
+        group: "rbac.authorization.k8s.io",
+        kind: "ClusterRole",
+        plural: "clusterroles",
+        namespaced: false,
+        short: &[],
+        all: false,
+        subs: &[],
+    },
+    Builtin {
+        group: "rbac.authorization.k8s.io",
+        kind: "ClusterRoleBinding",
+        plural: "clusterrolebindings",
+        namespaced: false,
+        short: &[],
+        all: false,
+        subs: &[],
+    },
+    Builtin {
+        group: "authorization.k8s.io",
+        kind: "SelfSubjectAccessReview",
+        plural: "selfsubjectaccessreviews",
+        namespaced: false,
+        short: &[],
+        all: false,
+        subs: &[],
+    },
+    Builtin {
+        group: "authorization.k8s.io",
+        kind: "SubjectAccessReview",
+        plural: "subjectaccessreviews",
+        namespaced: false,
+        short: &[],
+        all: false,
+        subs: &[],
+    },
+    Builtin {
+        group: "authorization.k8s.io",
+        kind: "LocalSubjectAccessReview",
+        plural: "localsubjectaccessreviews",
+        namespaced: true,
+        short: &[],
+        all: false,
+        subs: &[],
+    },
+    Builtin {
+        group: "authorization.k8s.io",
+        kind: "SelfSubjectRulesReview",
+        plural: "selfsubjectrulesreviews",
+        namespaced: false,
+        short: &[],
+        all: false,
+        subs: &[],
+    },
+    Builtin {
+        group: "authentication.k8s.io",
+        kind: "TokenReview",
+        plural: "tokenreviews",
+        namespaced: false,
+        short: &[],
+        all: false,
+        subs: &[],
+    },
+    Builtin {
+        group: "authentication.k8s.io",
+        kind: "SelfSubjectReview",
+        plural: "selfsubjectreviews",
+        namespaced: false,
+        short: &[],
+        all: false,
+        subs: &[],
+    },
+    Builtin {
         group: "apiextensions.k8s.io",
         kind: "CustomResourceDefinition",
         plural: "customresourcedefinitions",
@@ -538,6 +642,9 @@ const GROUP_ORDER: &[&str] = &[
     "apiextensions.k8s.io",
     "flowcontrol.apiserver.k8s.io",
     "apiregistration.k8s.io",
+    "rbac.authorization.k8s.io",
+    "authorization.k8s.io",
+    "authentication.k8s.io",
 ];
 
 /// All served resources; custom resources come and go with their CRDs.

@@ -34,6 +34,14 @@ impl Plugin for Validation {
                 "Forbidden: cannot be set on create".into(),
             ));
         }
+        // A binding's role is fixed: upstream refuses to change it (delete and recreate).
+        if attrs.info.group == "rbac.authorization.k8s.io"
+            && let Some(old) = attrs.old
+            && old.get("roleRef").is_some()
+            && old["roleRef"] != obj["roleRef"]
+        {
+            causes.push(("roleRef".into(), "Invalid value: cannot change roleRef".into()));
+        }
         attrs.invalid(obj, causes)
     }
 }
@@ -68,6 +76,78 @@ fn config_key_problem(key: &str) -> Option<String> {
         ".." => Some("must not be '..'".into()),
         _ if key.starts_with("..") => Some("must not start with '..'".into()),
         _ => None,
+    }
+}
+
+/// Roles' rules and bindings' role and subjects, as upstream validates them.
+fn check_rbac(kind: &str, obj: &Value, causes: &mut Causes) {
+    let empty = |v: &Value| v.as_array().is_none_or(|a| a.is_empty());
+    match kind {
+        "Role" | "ClusterRole" => {
+            for (i, rule) in obj["rules"].as_array().into_iter().flatten().enumerate() {
+                let at = |f: &str| format!("rules[{i}].{f}");
+                if empty(&rule["verbs"]) {
+                    causes.push((
+                        at("verbs"),
+                        "Required value: verbs must contain at least one value".into(),
+                    ));
+                }
+                let urls = !empty(&rule["nonResourceURLs"]);
+                if urls && kind == "Role" {
+                    causes.push((
+                        at("nonResourceURLs"),
+                        "Invalid value: namespaced rules cannot apply to non-resource URLs".into(),
+                    ));
+                }
+                if urls && (!empty(&rule["resources"]) || !empty(&rule["apiGroups"])) {
+                    causes.push((
+                        at("nonResourceURLs"),
+                        "Invalid value: rules cannot apply to both regular resources and non-resource URLs"
+                            .into(),
+                    ));
+                }
+                if !urls && empty(&rule["resources"]) {
+                    causes.push((
+                        at("resources"),
+                        "Required value: resource rules must supply at least one api group".into(),
+                    ));
+                }
+            }
+        }
+        _ => {
+            let role = &obj["roleRef"];
+            let allowed: &[&str] = if kind == "RoleBinding" {
+                &["Role", "ClusterRole"]
+            } else {
+                &["ClusterRole"]
+            };
+            match role["kind"].as_str() {
+                Some(k) if allowed.contains(&k) => {}
+                other => causes.push((
+                    "roleRef.kind".into(),
+                    format!(
+                        "Unsupported value: \"{}\": supported values: \"{}\"",
+                        other.unwrap_or_default(),
+                        allowed.join("\", \"")
+                    ),
+                )),
+            }
+            if role["name"].as_str().is_none_or(str::is_empty) {
+                causes.push(("roleRef.name".into(), "Required value".into()));
+            }
+            for (i, subject) in obj["subjects"].as_array().into_iter().flatten().enumerate() {
+                let kind = subject["kind"].as_str().unwrap_or_default();
+                if !matches!(kind, "User" | "Group" | "ServiceAccount") {
+                    causes.push((
+                        format!("subjects[{i}].kind"),
+                        format!("Unsupported value: \"{kind}\": supported values: \"ServiceAccount\", \"User\", \"Group\""),
+                    ));
+                }
+                if subject["name"].as_str().is_none_or(str::is_empty) {
+                    causes.push((format!("subjects[{i}].name"), "Required value".into()));
+                }
+            }
+        }
     }
 }
 
@@ -290,6 +370,7 @@ fn validate(info: &ResourceInfo, obj: &Value) -> Causes {
                 ));
             }
         }
+        ("rbac.authorization.k8s.io", kind) => check_rbac(kind, obj, &mut causes),
         ("policy", "PodDisruptionBudget") => {
             let spec = &obj["spec"];
             if spec.get("minAvailable").is_some() && spec.get("maxUnavailable").is_some() {
