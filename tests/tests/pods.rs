@@ -1176,8 +1176,18 @@ spec:
     );
 
     // The official Python client, in a pod: `load_incluster_config()` finds the API through the
-    // environment and the mounted credentials. Its interpreter and libraries are the host's
-    // (Debian's python3 under /usr, mounted read-only), the client a venv `cargo xtask test` makes.
+    // environment and the mounted credentials, and lists its namespace's pods as the pod's
+    // service account, which a RoleBinding lets read (`view`). Its interpreter and libraries are
+    // the host's (Debian's python3 under /usr, mounted read-only), the client a venv `cargo xtask
+    // test` makes.
+    k.c.ok(&["create", "serviceaccount", "reader"]);
+    k.c.ok(&[
+        "create",
+        "rolebinding",
+        "reader-views",
+        "--clusterrole=view",
+        "--serviceaccount=default:reader",
+    ]);
     let venv = skiff_tests::python_venv();
     let script = "from kubernetes import client, config\n\
 config.load_incluster_config()\n\
@@ -1191,6 +1201,7 @@ kind: Pod
 metadata: {{name: python}}
 spec:
   restartPolicy: Never
+  serviceAccountName: reader
   containers:
   - name: client
     image: {image}
@@ -1210,14 +1221,9 @@ spec:
     ));
     k.wait_pod("python", "done", |p| matches!(phase(p), "Succeeded" | "Failed"));
     let out = k.c.ok(&["logs", "python"]);
-    assert!(
-        out.starts_with("status 403")
-            && out
-                .contains(r#"User \"system:serviceaccount:default:default\" cannot list resource \"pods\""#),
-        "{out}"
-    );
-    // kubectl with the token alone: it authenticates as the pod's service account (which, without
-    // RBAC yet, may do nothing: Forbidden, not Unauthorized).
+    assert!(out.starts_with("listed "), "{out}");
+    // kubectl with the token alone: it authenticates as the pod's service account (which no
+    // binding lets list pods: Forbidden, not Unauthorized).
     let ca = k.c.data_dir().join("pki/ca.crt");
     let with_token = |token: &str| {
         let out = std::process::Command::new("kubectl")
