@@ -2061,6 +2061,19 @@ fn rbac_roles_and_bindings_grant_what_they_say_and_no_more() {
         impersonating.contains("cannot impersonate resource \"users\""),
         "{impersonating}"
     );
+    // RBAC names are path segments, colons and all (upstream's own roles are `system:...`).
+    c.ok(&[
+        "create",
+        "clusterrolebinding",
+        "wardler:team:reader",
+        "--clusterrole=view",
+        "--user=jane",
+    ]);
+    let slashed = c.fails(&["create", "clusterrole", "a/b", "--verb=get", "--resource=pods"]);
+    assert!(
+        slashed.contains("may not contain '/'") || slashed.contains("invalid"),
+        "{slashed}"
+    );
     // Bindings show their role and subjects.
     let bindings = c.ok(&["-n", "team", "get", "rolebindings", "-o", "wide"]);
     assert!(

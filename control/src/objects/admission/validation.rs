@@ -158,7 +158,25 @@ fn validate(info: &ResourceInfo, obj: &Value) -> Causes {
         (info.group.as_str(), info.kind.as_str()),
         ("", "Namespace") | ("", "Service")
     );
-    check_metadata(obj, label_names, &mut causes);
+    let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+    if info.group == "rbac.authorization.k8s.io" && !name.is_empty() {
+        // RBAC names are path segments (`system:controller:x`), as upstream's ValidateRBACName:
+        // the rest of the metadata is checked as for any object.
+        let mut renamed = obj.clone();
+        renamed["metadata"]["name"] = serde_json::json!("x");
+        check_metadata(&renamed, false, &mut causes);
+        let problem = match name {
+            "." | ".." => Some(format!("may not be '{name}'")),
+            _ if name.contains('/') => Some("may not contain '/'".to_owned()),
+            _ if name.contains('%') => Some("may not contain '%'".to_owned()),
+            _ => None,
+        };
+        if let Some(p) = problem {
+            causes.push(("metadata.name".into(), format!("Invalid value: \"{name}\": {p}")));
+        }
+    } else {
+        check_metadata(obj, label_names, &mut causes);
+    }
     match (info.group.as_str(), info.kind.as_str()) {
         ("", "Pod") => check_pod_spec("spec", &obj["spec"], &mut causes),
         ("certificates.k8s.io", "CertificateSigningRequest") => {
