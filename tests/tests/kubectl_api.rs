@@ -2061,6 +2061,48 @@ fn rbac_roles_and_bindings_grant_what_they_say_and_no_more() {
         impersonating.contains("cannot impersonate resource \"users\""),
         "{impersonating}"
     );
+    // A role limited to one name allows listing and watching that name through a field selector,
+    // as informers of one object do.
+    c.ok(&[
+        "-n",
+        "team",
+        "create",
+        "configmap",
+        "settings",
+        "--from-literal=a=b",
+    ]);
+    c.ok(&[
+        "-n",
+        "team",
+        "create",
+        "role",
+        "settings-reader",
+        "--verb=get,list,watch",
+        "--resource=configmaps",
+        "--resource-name=settings",
+    ]);
+    c.ok(&[
+        "-n",
+        "team",
+        "create",
+        "rolebinding",
+        "jane-settings",
+        "--role=settings-reader",
+        "--user=jane",
+    ]);
+    assert!(
+        jane(&[
+            "-n",
+            "team",
+            "get",
+            "configmaps",
+            "--field-selector",
+            "metadata.name=settings"
+        ])
+        .status
+        .success()
+    );
+    assert!(text(jane(&["-n", "team", "get", "configmaps"])).contains("forbidden"));
     // RBAC names are path segments, colons and all (upstream's own roles are `system:...`).
     c.ok(&[
         "create",

@@ -66,12 +66,22 @@ pub async fn authorize(app: &App, who: &Identity, verb: &str, call: &Call) -> Re
     if node_of(who).is_some_and(|node| node_may(node, verb, call)) {
         return Ok(());
     }
+    // A list or watch pinned to one name by `fieldSelector=metadata.name=NAME` is a request for
+    // that object, as upstream's request info reads it (informers of one ConfigMap rely on it).
+    let pinned = match (&call.name, verb) {
+        (None, "list" | "watch") => call
+            .query
+            .get("fieldSelector")
+            .and_then(|f| crate::objects::selector::FieldSelector::parse(f).ok())
+            .and_then(|f| f.pinned("metadata.name").map(str::to_owned)),
+        _ => None,
+    };
     let target = Target::Resource {
         group: &call.info.group,
         resource: &call.info.plural,
         subresource: call.sub.as_deref(),
         namespace: call.ns.as_deref(),
-        name: call.name.as_deref(),
+        name: call.name.as_deref().or(pinned.as_deref()),
     };
     allow(app, who, verb, &target).await
 }
