@@ -442,13 +442,23 @@ pub fn validate_custom(
             )
         };
         // CEL rules run on a stack of their own (see `cel`); one thread for the whole object.
-        if schema.to_string().contains("x-kubernetes-validations") {
+        if has_rules(&schema) {
             super::cel::on_big_stack(walk);
         } else {
             walk();
         }
     }
     report
+}
+
+/// Whether any node of `schema` carries CEL rules (a walk, not a serialization: it runs on
+/// every write of a custom resource).
+fn has_rules(schema: &Value) -> bool {
+    match schema {
+        Value::Object(map) => map.contains_key("x-kubernetes-validations") || map.values().any(has_rules),
+        Value::Array(items) => items.iter().any(has_rules),
+        _ => false,
+    }
 }
 
 /// The finalizer that holds a CRD until its custom resources are gone.

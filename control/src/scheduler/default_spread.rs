@@ -51,17 +51,18 @@ impl Owners {
     /// (`spec.selector` maps) and ReplicaSet and StatefulSet (`spec.selector` objects) of the pod's
     /// namespace that select it, together. None when nothing selects the pod.
     pub fn selector(&self, pod: &Value) -> Option<LabelSelector> {
-        let labels = pod["metadata"]["labels"].as_object().filter(|l| !l.is_empty())?;
-        let labels = Value::Object(labels.clone());
+        // The pod's labels, borrowed: this runs for every scheduling decision.
+        let labels = &pod["metadata"]["labels"];
+        labels.as_object().filter(|l| !l.is_empty())?;
         let ns = pod["metadata"]["namespace"].as_str().unwrap_or_default();
         let maps = [&self.services, &self.replication_controllers]
             .into_iter()
             .flat_map(|c| c.list(Some(ns)))
-            .filter_map(|o| map_selecting(&o["spec"]["selector"], &labels));
+            .filter_map(|o| map_selecting(&o["spec"]["selector"], labels));
         let objects = [&self.replica_sets, &self.stateful_sets]
             .into_iter()
             .flat_map(|c| c.list(Some(ns)))
-            .filter_map(|o| object_selecting(&o["spec"]["selector"], &labels));
+            .filter_map(|o| object_selecting(&o["spec"]["selector"], labels));
         let merged = maps
             .chain(objects)
             .fold(LabelSelector::default(), |all, s| all.and(&s));

@@ -55,7 +55,8 @@ fn put_varint(tag: u32, v: u64, out: &mut Vec<u8>) {
     varint(v, out);
 }
 
-fn put_bytes(tag: u32, data: &[u8], out: &mut Vec<u8>) {
+/// Writes a length-delimited field.
+pub(super) fn put_bytes(tag: u32, data: &[u8], out: &mut Vec<u8>) {
     varint(u64::from(tag) << 3 | 2, out);
     varint(data.len() as u64, out);
     out.extend_from_slice(data);

@@ -326,23 +326,8 @@ pub fn decode(body: &[u8]) -> Result<Value, ProtoError> {
 mod tests {
     use super::*;
 
-    fn varint(mut v: u64, out: &mut Vec<u8>) {
-        loop {
-            let b = (v & 0x7f) as u8;
-            v >>= 7;
-            if v == 0 {
-                out.push(b);
-                return;
-            }
-            out.push(b | 0x80);
-        }
-    }
-
-    fn bytes_field(tag: u32, data: &[u8], out: &mut Vec<u8>) {
-        varint(u64::from(tag) << 3 | 2, out);
-        varint(data.len() as u64, out);
-        out.extend_from_slice(data);
-    }
+    // The encoder's writer builds the bodies these tests decode.
+    use super::encode::put_bytes as bytes_field;
 
     #[test]
     fn every_message_reference_resolves() {
