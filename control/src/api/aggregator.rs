@@ -22,6 +22,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
 use super::App;
+use super::nodeproxy::unreachable;
 use super::server::Identity;
 use crate::objects::keys;
 use crate::objects::meta::{from_kv, meta_str, now};
@@ -183,25 +184,18 @@ impl Remote {
 
     /// An HTTP/1 connection to one of the Service's ready endpoints, over TLS.
     async fn connect(&self, app: &App) -> Result<hyper::client::conn::http1::SendRequest<Body>, ApiError> {
-        let unavailable = |e: String| {
-            ApiError::new(
-                503,
-                "ServiceUnavailable",
-                format!("error trying to reach service: {e}"),
-            )
-        };
         let (ns, name, port) = &self.service;
         let (pod, number) = super::nodeproxy::service_backend(app, ns, name, &port.to_string()).await?;
         let stream = super::nodeproxy::connect_pod(app, &pod, number).await?;
-        let server_name = rustls::pki_types::ServerName::try_from(self.server_name.clone())
-            .map_err(|e| unavailable(e.to_string()))?;
+        let server_name =
+            rustls::pki_types::ServerName::try_from(self.server_name.clone()).map_err(unreachable)?;
         let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
             .connect(server_name, stream)
             .await
-            .map_err(|e| unavailable(format!("tls: {e}")))?;
+            .map_err(|e| unreachable(format!("tls: {e}")))?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
-            .map_err(|e| unavailable(e.to_string()))?;
+            .map_err(unreachable)?;
         tokio::spawn(conn.with_upgrades());
         Ok(sender)
     }
@@ -345,13 +339,7 @@ pub async fn proxy(
     let req = req
         .body(body)
         .map_err(|e| ApiError::new(500, "InternalError", e.to_string()))?;
-    let resp = sender.send_request(req).await.map_err(|e| {
-        ApiError::new(
-            503,
-            "ServiceUnavailable",
-            format!("error trying to reach service: {e}"),
-        )
-    })?;
+    let resp = sender.send_request(req).await.map_err(unreachable)?;
     let (mut parts, body) = resp.into_parts();
     for h in ["connection", "keep-alive", "transfer-encoding", "upgrade"] {
         parts.headers.remove(h);

@@ -589,6 +589,15 @@ pub async fn service_backend(app: &App, ns: &str, name: &str, port: &str) -> Res
     Ok((read_pod(app, target.ns, &pod).await?, number))
 }
 
+/// Upstream's answer when a pod or service behind a proxy cannot be reached.
+pub fn unreachable(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(
+        503,
+        "ServiceUnavailable",
+        format!("error trying to reach service: {e}"),
+    )
+}
+
 /// A byte stream to `port` of `pod`, through its node's agent (`Upgrade: tcp`): for protocols
 /// the API server speaks to pods itself (TLS to aggregated API servers).
 pub async fn connect_pod(app: &App, pod: &Value, port: u16) -> Result<TokioIo<hyper::upgrade::Upgraded>> {
@@ -607,24 +616,12 @@ pub async fn connect_pod(app: &App, pod: &Value, port: u16) -> Result<TokioIo<hy
         .header(header::UPGRADE, "tcp")
         .body(Empty::<bytes::Bytes>::new())
         .map_err(|e| ApiError::new(500, "InternalError", e.to_string()))?;
-    let mut resp = sender.send_request(req).await.map_err(|e| {
-        ApiError::new(
-            503,
-            "ServiceUnavailable",
-            format!("error trying to reach service: {e}"),
-        )
-    })?;
+    let mut resp = sender.send_request(req).await.map_err(unreachable)?;
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         let e = node_error(resp).await;
         return Err(ApiError::new(503, "ServiceUnavailable", e.message));
     }
-    let upgraded = hyper::upgrade::on(&mut resp).await.map_err(|e| {
-        ApiError::new(
-            503,
-            "ServiceUnavailable",
-            format!("error trying to reach service: {e}"),
-        )
-    })?;
+    let upgraded = hyper::upgrade::on(&mut resp).await.map_err(unreachable)?;
     Ok(TokioIo::new(upgraded))
 }
 
@@ -693,13 +690,7 @@ pub async fn proxy(
         .header("host", authority)
         .body(body)
         .map_err(|e| ApiError::new(500, "InternalError", e.to_string()))?;
-    let resp = sender.send_request(req).await.map_err(|e| {
-        ApiError::new(
-            503,
-            "ServiceUnavailable",
-            format!("error trying to reach service: {e}"),
-        )
-    })?;
+    let resp = sender.send_request(req).await.map_err(unreachable)?;
     let (mut parts, body) = resp.into_parts();
     // Links keep to the proxy: redirects, and HTML the pod serves (unless it is compressed).
     let pod_host = format!("{}:{port}", pod["status"]["podIP"].as_str().unwrap_or_default());
