@@ -8,7 +8,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::Method;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::ServerName;
 use serde_json::Value;
 
 type Https = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
@@ -60,54 +60,14 @@ fn roots(ca_pem: &str) -> anyhow::Result<rustls::RootCertStore> {
     Ok(roots)
 }
 
-/// Accepts any server certificate. Used to fetch the CA whose hash the join token pins (nothing
-/// read through it is trusted before that check), and for `https` pod proxies, which upstream
-/// makes without verifying the pod's certificate either.
-#[derive(Debug)]
-struct PinLater(Arc<rustls::crypto::CryptoProvider>);
-
-/// A TLS client configuration that accepts any server certificate (see [`PinLater`]).
+/// A TLS client configuration that accepts any server certificate: for fetching the CA the join
+/// token pins, and for `https` pod proxies (`skiff_common::tls::AnyServerCert`).
 pub fn unverified_tls() -> anyhow::Result<rustls::ClientConfig> {
     Ok(rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PinLater(provider())))
+        .with_custom_certificate_verifier(skiff_common::tls::AnyServerCert::new(provider()))
         .with_no_client_auth())
-}
-
-impl rustls::client::danger::ServerCertVerifier for PinLater {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
 
 impl ApiClient {
