@@ -187,6 +187,9 @@ async fn run() -> anyhow::Result<()> {
     };
     app.pki = Some(pki);
     let app = Arc::new(app);
+    let webhooks = api::webhooks::Calls::new(&objects);
+    webhooks.serve(&app);
+    objects.set_webhooks(webhooks);
     skiff_control::bootstrap::ensure_defaults(&objects)
         .await
         .context("creating default namespaces")?;

@@ -2125,3 +2125,313 @@ fn rbac_roles_and_bindings_grant_what_they_say_and_no_more() {
         "{bindings}"
     );
 }
+
+/// An admission webhook server for the test: Python's http.server and ssl on 127.0.0.1 (a port
+/// of its own, printed on its first line), its certificate for 127.0.0.1 from `dir`.
+/// `/validate` refuses objects with a `forbidden` data key and deletes of objects labelled
+/// `keep`; `/mutate` labels objects, notes who asked in an annotation and gives pods an init
+/// container; `/slow` answers after three seconds; `/always-deny` refuses everything.
+fn webhook_server(dir: &std::path::Path) -> (Killed, u16) {
+    use std::io::BufRead;
+    let script = r#"import http.server, ssl, json, base64, time, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        review = json.loads(self.rfile.read(int(self.headers['Content-Length'])))
+        req = review['request']
+        obj = req.get('object') or {}
+        old = req.get('oldObject') or {}
+        resp = {'uid': req['uid'], 'allowed': True}
+        if self.path.startswith('/validate'):
+            if 'forbidden' in (obj.get('data') or {}):
+                resp = {'uid': req['uid'], 'allowed': False, 'status': {'code': 403, 'message': 'the forbidden key is not welcome'}}
+            elif req['operation'] == 'DELETE' and 'keep' in (old.get('metadata', {}).get('labels') or {}):
+                resp = {'uid': req['uid'], 'allowed': False, 'status': {'message': 'kept objects stay'}}
+        elif self.path.startswith('/mutate'):
+            ops = []
+            if not obj['metadata'].get('labels'):
+                ops.append({'op': 'add', 'path': '/metadata/labels', 'value': {}})
+            ops.append({'op': 'add', 'path': '/metadata/labels/mutated-by', 'value': 'webhook'})
+            if not obj['metadata'].get('annotations'):
+                ops.append({'op': 'add', 'path': '/metadata/annotations', 'value': {}})
+            ops.append({'op': 'add', 'path': '/metadata/annotations/asked-by', 'value': req['userInfo']['username']})
+            if req['kind']['kind'] == 'Pod':
+                ops.append({'op': 'add', 'path': '/spec/initContainers', 'value': [{'name': 'added', 'image': 'registry.local/busybox:1.36'}]})
+            resp['patchType'] = 'JSONPatch'
+            resp['patch'] = base64.b64encode(json.dumps(ops).encode()).decode()
+        elif self.path.startswith('/slow'):
+            time.sleep(3)
+        elif self.path.startswith('/always-deny'):
+            resp = {'uid': req['uid'], 'allowed': False}
+        data = json.dumps({'apiVersion': review['apiVersion'], 'kind': 'AdmissionReview', 'response': resp}).encode()
+        self.send_response(200)
+        self.send_header('Content-Type', 'application/json')
+        self.send_header('Content-Length', str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+    def log_message(self, *a):
+        pass
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[1] + '/tls.crt', sys.argv[1] + '/tls.key')
+s = http.server.ThreadingHTTPServer(('127.0.0.1', 0), H)
+s.socket = ctx.wrap_socket(s.socket, server_side=True)
+print(s.server_address[1], flush=True)
+s.serve_forever()
+"#;
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(dir)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("webhook server said {line:?}"));
+    (Killed(child), port)
+}
+
+/// A child process killed when the test ends, passed or not.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn admission_webhooks_refuse_patch_and_fail_as_configured() {
+    // Mutating and validating webhooks at a URL (a server on loopback with its own CA, as
+    // cert-manager, Kyverno or Gatekeeper run theirs): refusals carry the webhook's message,
+    // patches apply and are defaulted, deletes are asked about, namespaces are selected by
+    // label, an unreachable or slow webhook fails the request (or not, with Ignore), and the
+    // webhook configurations themselves are never sent to webhooks.
+    let c = Control::start();
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    std::fs::write(dir.path().join("tls.crt"), cert.pem()).unwrap();
+    std::fs::write(dir.path().join("tls.key"), key.serialize_pem()).unwrap();
+    let (_server, port) = webhook_server(dir.path());
+    let bundle = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, cert.pem());
+    // A webhook at `url` on `resources` for `ops`, in namespaces labelled hooked=yes.
+    let hook = |name: &str, url: &str, resources: &str, ops: &str, extra: &str| {
+        format!(
+            "- name: {name}\n  clientConfig: {{url: '{url}', caBundle: {bundle}}}\n  rules: [{{operations: {ops}, apiGroups: ['*'], apiVersions: ['*'], resources: {resources}}}]\n  sideEffects: None\n  admissionReviewVersions: [v1]\n  namespaceSelector: {{matchLabels: {{hooked: 'yes'}}}}\n{extra}"
+        )
+    };
+    let at = |path: &str| format!("https://127.0.0.1:{port}{path}");
+    let bad = c.fails_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingWebhookConfiguration\nmetadata: {name: bad}\nwebhooks:\n- name: short\n  clientConfig: {url: 'http://127.0.0.1/'}\n  sideEffects: Some\n  admissionReviewVersions: [v1]\n",
+    );
+    assert!(
+        bad.contains("webhooks[0].name")
+            && bad.contains("at least three segments")
+            && bad.contains("'https' is the only allowed URL scheme"),
+        "{bad}"
+    );
+    c.ok_stdin(
+        &["apply", "-f", "-"],
+        &format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: hooked, labels: {{hooked: 'yes'}}}}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: plain}}\n---\napiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingWebhookConfiguration\nmetadata: {{name: policy}}\nwebhooks:\n{}{}{}---\napiVersion: admissionregistration.k8s.io/v1\nkind: MutatingWebhookConfiguration\nmetadata: {{name: labeller}}\nwebhooks:\n{}",
+            hook("deny.skiff.test", &at("/validate"), "[configmaps]", "[CREATE, UPDATE, DELETE]", ""),
+            // Nothing listens on port 1.
+            hook("down.skiff.test", "https://127.0.0.1:1/", "[secrets]", "['*']", ""),
+            // Would refuse every change to a webhook configuration, were it asked.
+            hook("guard.skiff.test", &at("/always-deny"), "[validatingwebhookconfigurations, mutatingwebhookconfigurations]", "['*']", ""),
+            hook("label.skiff.test", &at("/mutate"), "[configmaps, pods]", "[CREATE]", ""),
+        ),
+    );
+    let listed = c.ok(&["get", "validatingwebhookconfigurations"]);
+    assert!(
+        listed.contains("WEBHOOKS") && listed.contains("policy") && listed.contains('3'),
+        "{listed}"
+    );
+    // Configurations take effect within moments (the API server watches them).
+    let refused = {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let out = c.kubectl(&[
+                "-n",
+                "hooked",
+                "create",
+                "configmap",
+                "bad",
+                "--from-literal=forbidden=1",
+            ]);
+            if !out.status.success() {
+                break String::from_utf8_lossy(&out.stderr).into_owned();
+            }
+            c.ok(&["-n", "hooked", "delete", "configmap", "bad"]);
+            assert!(std::time::Instant::now() < deadline, "the webhook never refused");
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    };
+    assert!(
+        refused.contains(
+            "admission webhook \"deny.skiff.test\" denied the request: the forbidden key is not welcome"
+        ),
+        "{refused}"
+    );
+    // The mutating webhook labelled it and saw who asked.
+    c.ok(&[
+        "-n",
+        "hooked",
+        "create",
+        "configmap",
+        "good",
+        "--from-literal=a=1",
+    ]);
+    let good = json(&c.ok(&["-n", "hooked", "get", "configmap", "good", "-o", "json"]));
+    assert_eq!(good["metadata"]["labels"]["mutated-by"], "webhook", "{good}");
+    assert_eq!(
+        good["metadata"]["annotations"]["asked-by"], "skiff-admin",
+        "{good}"
+    );
+    // A patched pod gets the defaults of what the webhook added.
+    c.ok(&[
+        "-n",
+        "hooked",
+        "run",
+        "pod",
+        "--image=registry.local/busybox:1.36",
+    ]);
+    let pod = json(&c.ok(&["-n", "hooked", "get", "pod", "pod", "-o", "json"]));
+    assert_eq!(pod["spec"]["initContainers"][0]["name"], "added", "{pod}");
+    assert_eq!(
+        pod["spec"]["initContainers"][0]["terminationMessagePolicy"], "File",
+        "{pod}"
+    );
+    // Updates and deletes are asked about too.
+    let update = c.fails(&[
+        "-n",
+        "hooked",
+        "patch",
+        "configmap",
+        "good",
+        "-p",
+        r#"{"data":{"forbidden":"x"}}"#,
+    ]);
+    assert!(update.contains("the forbidden key is not welcome"), "{update}");
+    c.ok(&["-n", "hooked", "label", "configmap", "good", "keep=yes"]);
+    let delete = c.fails(&["-n", "hooked", "delete", "configmap", "good"]);
+    assert!(
+        delete.contains("admission webhook \"deny.skiff.test\" denied the request: kept objects stay"),
+        "{delete}"
+    );
+    // Namespaces the selector does not pick are left alone.
+    c.ok(&[
+        "-n",
+        "plain",
+        "create",
+        "configmap",
+        "bad",
+        "--from-literal=forbidden=1",
+    ]);
+    // An unreachable webhook fails its requests closed (500)...
+    let closed = c.fails(&[
+        "-n",
+        "hooked",
+        "create",
+        "secret",
+        "generic",
+        "s",
+        "--from-literal=a=1",
+    ]);
+    assert!(
+        closed.contains("InternalError")
+            || closed.contains("Internal error occurred: failed calling webhook \"down.skiff.test\""),
+        "{closed}"
+    );
+    c.ok(&[
+        "-n",
+        "plain",
+        "create",
+        "secret",
+        "generic",
+        "s",
+        "--from-literal=a=1",
+    ]);
+    // ... or open, with failurePolicy Ignore.
+    c.ok(&[
+        "patch",
+        "validatingwebhookconfiguration",
+        "policy",
+        "--type=json",
+        "-p",
+        r#"[{"op":"replace","path":"/webhooks/1/failurePolicy","value":"Ignore"}]"#,
+    ]);
+    let opened = {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            if c.kubectl(&[
+                "-n",
+                "hooked",
+                "create",
+                "secret",
+                "generic",
+                "s",
+                "--from-literal=a=1",
+            ])
+            .status
+            .success()
+            {
+                break true;
+            }
+            if std::time::Instant::now() > deadline {
+                break false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    };
+    assert!(opened, "failurePolicy Ignore never let the secret in");
+    // A webhook slower than its timeout fails the request with upstream's words.
+    c.ok_stdin(
+        &["apply", "-f", "-"],
+        &format!(
+            "apiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingWebhookConfiguration\nmetadata: {{name: slow}}\nwebhooks:\n{}",
+            hook("slow.skiff.test", &at("/slow"), "[services]", "[CREATE]", "  timeoutSeconds: 1\n")
+        ),
+    );
+    let slow = {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let out = c.kubectl(&[
+                "-n",
+                "hooked",
+                "create",
+                "service",
+                "clusterip",
+                "slow",
+                "--tcp=80:80",
+            ]);
+            if !out.status.success() {
+                break String::from_utf8_lossy(&out.stderr).into_owned();
+            }
+            c.ok(&["-n", "hooked", "delete", "service", "slow"]);
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the slow webhook never timed out"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    };
+    assert!(
+        slow.contains(&format!(
+            "Post \"https://127.0.0.1:{port}/slow?timeout=1s\": context deadline exceeded"
+        )),
+        "{slow}"
+    );
+    // The guard webhook would refuse every change to webhook configurations: it is never asked.
+    c.ok(&["delete", "validatingwebhookconfiguration", "slow", "policy"]);
+    c.ok(&["delete", "mutatingwebhookconfiguration", "labeller"]);
+}

@@ -29,6 +29,7 @@ const PACKAGES: &[&str] = &[
     "api/certificates/v1",
     "api/flowcontrol/v1",
     "api/rbac/v1",
+    "api/admissionregistration/v1",
     "kube_aggregator/pkg/apis/apiregistration/v1",
     "apimachinery/pkg/apis/meta/v1",
     "apimachinery/pkg/api/resource",
@@ -103,6 +104,11 @@ const INLINE: &[(&str, &str)] = &[
     ("api.core.v1.Probe", "handler"),
     ("api.core.v1.Volume", "volumeSource"),
     ("api.networking.v1.IngressRule", "ingressRuleValue"),
+    ("api.admissionregistration.v1.RuleWithOperations", "rule"),
+    (
+        "api.admissionregistration.v1.NamedRuleWithOperations",
+        "ruleWithOperations",
+    ),
     ("apimachinery.pkg.runtime.Unknown", "typeMeta"),
 ];
 

@@ -97,13 +97,7 @@ fn tls_config(app: &App, spec: &Value) -> Result<rustls::ClientConfig, String> {
         let bundle = base64::engine::general_purpose::STANDARD
             .decode(spec["caBundle"].as_str().unwrap_or_default())
             .map_err(|e| format!("caBundle: {e}"))?;
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_pemfile::certs(&mut bundle.as_slice()) {
-            roots
-                .add(cert.map_err(|e| format!("caBundle: {e}"))?)
-                .map_err(|e| format!("caBundle: {e}"))?;
-        }
-        builder.with_root_certificates(roots)
+        builder.with_root_certificates(super::webhooks::roots(&bundle)?)
     };
     let pki = app.pki.as_ref().ok_or("the API server has no certificates")?;
     let certs: Vec<_> = rustls_pemfile::certs(&mut pki.front_proxy_client.cert_pem.as_bytes())

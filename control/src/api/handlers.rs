@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use super::App;
 use super::protobuf;
 use super::table;
+use crate::objects::admission::UserInfo;
 use crate::objects::limits;
 use crate::objects::meta::{meta_str, set_resource_version};
 use crate::objects::patch::PatchType;
@@ -48,6 +49,8 @@ pub struct Call {
     /// The client takes protobuf first and the kind has a message: watches stream protobuf
     /// frames (other responses are converted on their way out).
     pub protobuf: bool,
+    /// Who asks, as admission webhooks are told.
+    pub user: Option<Arc<UserInfo>>,
 }
 
 type Result<T> = std::result::Result<T, ApiError>;
@@ -74,6 +77,7 @@ impl Call {
                 dry_run: self.dry_run(),
                 strict: self.strict(),
                 force: self.query.get("force").is_some_and(|f| f == "true"),
+                user: self.user.clone(),
             },
         }
     }
@@ -591,6 +595,7 @@ impl Call {
             partial: self.partial,
             protobuf: self.protobuf,
             content_type: self.content_type.clone(),
+            user: self.user.clone(),
         }
     }
 }

@@ -21,6 +21,7 @@ pub mod server;
 mod table;
 pub mod token;
 pub mod tunnel;
+pub mod webhooks;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -33,6 +34,7 @@ use axum::response::{IntoResponse, Response};
 use self::handlers::{Call, json_response};
 use self::server::Identity;
 use crate::objects::Objects;
+use crate::objects::admission::UserInfo;
 use crate::objects::status::ApiError;
 use skiff_common::url::percent_decode;
 
@@ -565,6 +567,16 @@ async fn route(
         content_type: content_type.to_owned(),
         protobuf,
         query,
+        user: who.map(|w| {
+            let mut groups = w.groups.clone();
+            if !groups.iter().any(|g| g == "system:authenticated") {
+                groups.push("system:authenticated".to_owned());
+            }
+            Arc::new(UserInfo {
+                username: w.user.clone(),
+                groups,
+            })
+        }),
     };
     let watching = legacy_watch || call.query.get("watch").is_some_and(|w| w == "true");
     let Some(who) = who else {

@@ -222,6 +222,7 @@ pub async fn exec(
             pod["status"]["phase"].as_str().unwrap_or("")
         )));
     }
+    admit_connect(app, who, ns, name, sub, &connect_options(sub, &raw_query)).await?;
     join_upgrade(
         app,
         node,
@@ -229,6 +230,78 @@ pub async fn exec(
         parts,
     )
     .await
+}
+
+/// The options object of a connection to a pod (`PodExecOptions`, `PodAttachOptions`,
+/// `PodPortForwardOptions`) from its query, as admission webhooks are sent it.
+fn connect_options(sub: &str, raw_query: &str) -> Value {
+    let pairs: Vec<(&str, String)> = raw_query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k, skiff_common::url::percent_decode(v)))
+        .collect();
+    let truthy = |key: &str| {
+        pairs
+            .iter()
+            .any(|(k, v)| *k == key && super::query::parse_bool(v) == Some(true))
+    };
+    let all = |key: &str| -> Vec<String> {
+        pairs
+            .iter()
+            .filter(|(k, _)| *k == key)
+            .map(|(_, v)| v.clone())
+            .collect()
+    };
+    let mut options = match sub {
+        "portforward" => json!({
+            "kind": "PodPortForwardOptions",
+            "ports": all("ports").iter().filter_map(|p| p.parse::<u16>().ok()).collect::<Vec<_>>(),
+        }),
+        _ => json!({
+            "kind": if sub == "exec" { "PodExecOptions" } else { "PodAttachOptions" },
+            "stdin": truthy("stdin"),
+            "stdout": truthy("stdout"),
+            "stderr": truthy("stderr"),
+            "tty": truthy("tty"),
+        }),
+    };
+    options["apiVersion"] = json!("v1");
+    if let Some(c) = all("container").into_iter().next() {
+        options["container"] = json!(c);
+    }
+    if sub == "exec" {
+        options["command"] = json!(all("command"));
+    }
+    options
+}
+
+/// The admission webhooks' say on a connection to pod `ns/name` (`sub`: exec, attach,
+/// portforward) with `options`.
+async fn admit_connect(
+    app: &App,
+    who: &super::server::Identity,
+    ns: &str,
+    name: &str,
+    sub: &str,
+    options: &Value,
+) -> Result<()> {
+    let info = app.objects.resource("", "pods");
+    let user = crate::objects::admission::UserInfo {
+        username: who.user.clone(),
+        groups: who.groups.clone(),
+    };
+    let attrs = crate::objects::admission::Attributes {
+        info: &info,
+        operation: crate::objects::admission::Operation::Connect,
+        namespace: Some(ns),
+        url_name: name,
+        strict: false,
+        old: None,
+        sub: Some(sub),
+        user: Some(&user),
+        dry_run: false,
+    };
+    app.objects.admit_by_webhooks(&attrs, Some(options)).await
 }
 
 /// Denied unless the user may `create` the pod subresource (`exec`, `attach`, `portforward`).
@@ -337,6 +410,16 @@ pub async fn portforward(
             pod["status"]["phase"].as_str().unwrap_or("Unknown")
         )));
     }
+    let raw_query = parts.uri.query().unwrap_or_default();
+    admit_connect(
+        app,
+        who,
+        ns,
+        name,
+        "portforward",
+        &connect_options("portforward", raw_query),
+    )
+    .await?;
     // The ports a WebSocket client asks for (`ports=`) go along; SPDY clients name them per stream.
     let query = parts.uri.query().map(|q| format!("?{q}")).unwrap_or_default();
     join_upgrade(app, node, &format!("/portForward/{ns}/{name}{query}"), parts).await

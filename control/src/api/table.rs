@@ -781,6 +781,21 @@ fn columns_and_row(info: &ResourceInfo, obj: &Value) -> (Vec<Column>, Vec<Value>
                 vec![name, json!(service), json!(available), json!(age(obj))],
             )
         }
+        (
+            "admissionregistration.k8s.io",
+            "MutatingWebhookConfiguration" | "ValidatingWebhookConfiguration",
+        ) => (
+            vec![
+                ("Name", "string", 0),
+                ("Webhooks", "integer", 0),
+                ("Age", "string", 0),
+            ],
+            vec![
+                name,
+                json!(obj["webhooks"].as_array().map_or(0, Vec::len)),
+                json!(age(obj)),
+            ],
+        ),
         ("rbac.authorization.k8s.io", "Role" | "ClusterRole") => (
             vec![("Name", "string", 0), ("Created At", "date", 0)],
             vec![name, json!(meta_str(obj, "creationTimestamp"))],

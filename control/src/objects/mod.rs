@@ -49,6 +49,9 @@ pub struct Objects {
     pub cluster_cidr: Option<ClusterCidr>,
     /// Serialises address allocation for Services.
     alloc: tokio::sync::Mutex<()>,
+    /// Admission webhooks' configurations and calls (the API server's; none in unit tests and
+    /// until the API server starts).
+    webhooks: std::sync::OnceLock<std::sync::Arc<dyn admission::webhooks::Backend>>,
 }
 
 impl Objects {
@@ -60,7 +63,13 @@ impl Objects {
             service_cidr,
             cluster_cidr: None,
             alloc: tokio::sync::Mutex::new(()),
+            webhooks: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Writes are sent to the admission webhooks `backend` knows (once; later calls are ignored).
+    pub fn set_webhooks(&self, backend: std::sync::Arc<dyn admission::webhooks::Backend>) {
+        let _ = self.webhooks.set(backend);
     }
 
     /// Nodes' pod CIDRs come from `range`.

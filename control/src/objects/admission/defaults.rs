@@ -132,6 +132,12 @@ fn apply_defaults(info: &ResourceInfo, obj: &mut Value, creating: bool) {
     }
     match (info.group.as_str(), info.kind.as_str()) {
         ("", "Pod") => default_pod(obj, creating),
+        (
+            super::webhooks::GROUP,
+            kind @ ("MutatingWebhookConfiguration" | "ValidatingWebhookConfiguration"),
+        ) => {
+            super::webhooks::default_configuration(kind.starts_with("Mutating"), obj);
+        }
         ("", "Namespace") => {
             set_default(obj, "spec", json!({"finalizers": ["kubernetes"]}));
             if creating {

@@ -13,6 +13,7 @@ mod networking;
 mod priority;
 pub mod service_account;
 mod validation;
+pub mod webhooks;
 
 use serde_json::Value;
 
@@ -28,6 +29,26 @@ pub enum Operation {
     Create,
     /// A change to a stored object.
     Update,
+    /// A deletion (admission webhooks only).
+    Delete,
+    /// A connection to a pod (`exec`, `attach`, `portforward`; admission webhooks only).
+    Connect,
+}
+
+/// Who makes a request, as an `AdmissionReview` and a `TokenReview` show it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserInfo {
+    /// User name.
+    pub username: String,
+    /// Groups.
+    pub groups: Vec<String>,
+}
+
+impl UserInfo {
+    /// The `authentication/v1` `UserInfo` object.
+    pub fn to_json(&self) -> Value {
+        serde_json::json!({"username": self.username, "groups": self.groups})
+    }
 }
 
 /// What a plugin knows about the request besides the object.
@@ -43,8 +64,14 @@ pub struct Attributes<'a> {
     pub url_name: &'a str,
     /// `fieldValidation=Strict`: unknown fields are errors rather than dropped.
     pub strict: bool,
-    /// The object an update replaces (as served).
+    /// The object an update replaces or a delete removes (as served).
     pub old: Option<&'a Value>,
+    /// The subresource written (`status`, `scale`, `attach`, ...).
+    pub sub: Option<&'a str>,
+    /// Who asks (None: the control plane itself).
+    pub user: Option<&'a UserInfo>,
+    /// `dryRun=All`.
+    pub dry_run: bool,
 }
 
 impl Attributes<'_> {
@@ -153,6 +180,18 @@ pub async fn mutate(lookup: &dyn Lookup, attrs: &Attributes<'_>, obj: &mut Value
     Ok(())
 }
 
+/// Applies the built-in defaults and a custom resource's schema again, to an object admission
+/// webhooks changed (upstream decodes their patched object, which defaults it).
+pub async fn redefault(lookup: &dyn Lookup, attrs: &Attributes<'_>, obj: &mut Value) -> Result<(), ApiError> {
+    for plugin in [
+        &custom_resources::CustomResources as &dyn Plugin,
+        &defaults::Defaults,
+    ] {
+        plugin.admit(lookup, attrs, obj).await?;
+    }
+    Ok(())
+}
+
 /// Runs the validating phase on `obj`.
 pub async fn validate(lookup: &dyn Lookup, attrs: &Attributes<'_>, obj: &Value) -> Result<(), ApiError> {
     for plugin in VALIDATING {
@@ -218,12 +257,16 @@ pub(crate) mod testing {
             url_name: "",
             strict: false,
             old: None,
+            sub: None,
+            user: None,
+            dry_run: false,
         }
     }
 
     /// Runs a future to its end on a current-thread runtime.
     pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
         tokio::runtime::Builder::new_current_thread()
+            .enable_time()
             .build()
             .expect("a runtime")
             .block_on(f)

@@ -353,6 +353,15 @@ fn validate(info: &ResourceInfo, obj: &Value) -> Causes {
                 ));
             }
         }
+        (
+            super::webhooks::GROUP,
+            kind @ ("MutatingWebhookConfiguration" | "ValidatingWebhookConfiguration"),
+        ) => {
+            causes.extend(super::webhooks::validate_configuration(
+                kind.starts_with("Mutating"),
+                obj,
+            ));
+        }
         ("apiregistration.k8s.io", "APIService") => {
             let spec = &obj["spec"];
             let (group, version) = (

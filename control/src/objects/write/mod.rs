@@ -39,6 +39,8 @@ pub struct WriteOptions {
     pub strict: bool,
     /// `force=true`: a server-side apply takes fields other managers own.
     pub force: bool,
+    /// Who writes (None: the control plane itself), for admission webhooks.
+    pub user: Option<Arc<admission::UserInfo>>,
 }
 
 /// What a write addresses: a resource, and the namespace, name and subresource of the object.
@@ -106,6 +108,9 @@ impl Request {
             url_name: self.name(),
             strict: self.options.strict,
             old: None,
+            sub: self.sub.as_deref(),
+            user: self.options.user.as_deref(),
+            dry_run: self.options.dry_run,
         }
     }
 }
@@ -307,10 +312,12 @@ impl Objects {
         let name = meta_str(&obj, "name").to_owned();
         let attrs = req.admission(Operation::Create);
         admission::mutate(&self.store, &attrs, &mut obj).await?;
+        self.mutate_by_webhooks(&attrs, &mut obj).await?;
         if obj["metadata"].get("managedFields").is_none() {
             super::apply::track_update(req, None, &mut obj);
         }
         admission::validate(&self.store, &attrs, &obj).await?;
+        self.validate_by_webhooks(&attrs, Some(&obj)).await?;
         // A built-in kind with a status carries one from the start, `{}` at least, as upstream
         // writes its types' status structs.
         if obj.get("status").is_none() && req.info.schema().is_some_and(|m| m.field("status").is_some()) {
@@ -455,10 +462,12 @@ impl Objects {
         let mut attrs = req.admission(Operation::Update);
         attrs.old = Some(&old);
         admission::mutate(&self.store, &attrs, &mut new).await?;
+        self.mutate_by_webhooks(&attrs, &mut new).await?;
         if track {
             super::apply::track_update(req, Some(&old), &mut new);
         }
         admission::validate(&self.store, &attrs, &new).await?;
+        self.validate_by_webhooks(&attrs, Some(&new)).await?;
         // A Service keeps its addresses, and gets those a new type needs (the lock is held
         // until it is stored).
         let mut _alloc = None;
@@ -501,9 +510,15 @@ impl Objects {
     /// preconditions, finalizers and propagation; returns what a DELETE responds with.
     pub async fn delete(&self, req: &Request, name: &str, opts: &DeleteOptions) -> Result<Value> {
         let core = req.info.group.is_empty();
-        for _ in 0..8 {
+        for attempt in 0..8 {
             let current = self.read(req, name).await?;
             let obj = req.info.decode(&current);
+            if attempt == 0 {
+                let mut attrs = req.admission(Operation::Delete);
+                attrs.old = Some(&obj);
+                attrs.dry_run = opts.dry_run;
+                self.admit_by_webhooks(&attrs, None).await?;
+            }
             opts.preconditions
                 .check(&obj, current.mod_revision)
                 .map_err(|e| {
@@ -546,6 +561,48 @@ impl Objects {
             }
         }
         Err(ApiError::conflict(req.target(name)))
+    }
+
+    /// The mutating admission webhooks' turn on `obj`; what they change gets the built-in
+    /// defaults (and a custom resource's schema) again.
+    async fn mutate_by_webhooks(&self, attrs: &admission::Attributes<'_>, obj: &mut Value) -> Result<()> {
+        let Some(backend) = self.webhooks.get() else {
+            return Ok(());
+        };
+        if admission::webhooks::mutate(&self.store, backend.as_ref(), attrs, obj).await? {
+            admission::redefault(&self.store, attrs, obj).await?;
+        }
+        Ok(())
+    }
+
+    /// The validating admission webhooks' turn on `obj` (None for a delete or a connect).
+    async fn validate_by_webhooks(
+        &self,
+        attrs: &admission::Attributes<'_>,
+        obj: Option<&Value>,
+    ) -> Result<()> {
+        match self.webhooks.get() {
+            Some(backend) => admission::webhooks::validate(&self.store, backend.as_ref(), attrs, obj).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Both webhook phases for a request that writes no object of its own: a delete (the
+    /// object in `attrs.old`) or a connect (`obj`: its options, such as `PodAttachOptions`). A
+    /// mutating webhook may refuse it; what it would change is dropped.
+    pub async fn admit_by_webhooks(
+        &self,
+        attrs: &admission::Attributes<'_>,
+        obj: Option<&Value>,
+    ) -> Result<()> {
+        let Some(backend) = self.webhooks.get() else {
+            return Ok(());
+        };
+        let mut scratch = obj.cloned().unwrap_or(Value::Null);
+        if obj.is_some() {
+            admission::webhooks::mutate(&self.store, backend.as_ref(), attrs, &mut scratch).await?;
+        }
+        admission::webhooks::validate(&self.store, backend.as_ref(), attrs, obj).await
     }
 
     /// Assigns the request's pod to `node` (the `binding` subresource): 409 if it already has
