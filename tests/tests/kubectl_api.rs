@@ -2435,3 +2435,115 @@ fn admission_webhooks_refuse_patch_and_fail_as_configured() {
     c.ok(&["delete", "validatingwebhookconfiguration", "slow", "policy"]);
     c.ok(&["delete", "mutatingwebhookconfiguration", "labeller"]);
 }
+
+#[test]
+fn resource_quotas_count_usage_and_limit_ranges_default_and_bound_pods() {
+    // A namespace's ResourceQuota counts what its objects use (status.used, kept by the quota
+    // controller) and refuses creates beyond its hard limits in upstream's words; its
+    // LimitRange gives containers default requests and limits and refuses pods outside min/max.
+    let c = Control::start();
+    c.ok(&["create", "namespace", "q"]);
+    c.ok_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: LimitRange\nmetadata: {name: bounds, namespace: q}\nspec:\n  limits:\n  - type: Container\n    min: {cpu: 50m}\n    max: {cpu: 800m, memory: 1Gi}\n    defaultRequest: {cpu: 400m, memory: 64Mi}\n",
+    );
+    let range = json(&c.ok(&["-n", "q", "get", "limitrange", "bounds", "-o", "json"]));
+    // max is the default limit (upstream's LimitRange defaults).
+    assert_eq!(
+        range["spec"]["limits"][0]["default"],
+        serde_json::json!({"cpu": "800m", "memory": "1Gi"}),
+        "{range}"
+    );
+    c.ok(&[
+        "-n",
+        "q",
+        "create",
+        "quota",
+        "compute",
+        "--hard=pods=2,requests.cpu=1,limits.memory=4Gi,count/deployments.apps=1",
+    ]);
+    let used = |want: &[(&str, &str)]| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let quota = json(&c.ok(&["-n", "q", "get", "quota", "compute", "-o", "json"]));
+            if want.iter().all(|(k, v)| quota["status"]["used"][*k] == *v) {
+                return quota;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "quota never used {want:?}: {quota}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    };
+    let quota = used(&[
+        ("pods", "0"),
+        ("requests.cpu", "0"),
+        ("count/deployments.apps", "0"),
+    ]);
+    assert_eq!(quota["status"]["hard"]["pods"], "2", "{quota}");
+    let pod = |name: &str, cpu: Option<&str>| {
+        let resources = cpu.map_or(String::new(), |cpu| {
+            format!("\n    resources: {{requests: {{cpu: {cpu}}}}}")
+        });
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: q}}\nspec:\n  containers:\n  - name: main\n    image: registry.local/busybox:1.36{resources}\n"
+        )
+    };
+    c.ok_stdin(&["apply", "-f", "-"], &pod("first", None));
+    let first = json(&c.ok(&["-n", "q", "get", "pod", "first", "-o", "json"]));
+    assert_eq!(
+        first["spec"]["containers"][0]["resources"],
+        serde_json::json!({"requests": {"cpu": "400m", "memory": "64Mi"}, "limits": {"cpu": "800m", "memory": "1Gi"}}),
+        "{first}"
+    );
+    used(&[("pods", "1"), ("requests.cpu", "400m"), ("limits.memory", "1Gi")]);
+    let over = c.fails_stdin(&["apply", "-f", "-"], &pod("greedy", Some("700m")));
+    assert!(
+        over.contains("exceeded quota: compute, requested: requests.cpu=700m, used: requests.cpu=400m, limited: requests.cpu=1"),
+        "{over}"
+    );
+    let small = c.fails_stdin(&["apply", "-f", "-"], &pod("tiny", Some("10m")));
+    assert!(
+        small.contains("minimum cpu usage per Container is 50m, but request is 10m"),
+        "{small}"
+    );
+    c.ok_stdin(&["apply", "-f", "-"], &pod("second", Some("500m")));
+    let third = c.fails_stdin(&["apply", "-f", "-"], &pod("third", Some("50m")));
+    assert!(
+        third.contains("exceeded quota: compute") && third.contains("pods=1"),
+        "{third}"
+    );
+    let table = c.ok(&["-n", "q", "get", "quota"]);
+    assert!(
+        table.contains("pods: 2/2") && table.contains("limits.memory: 2Gi/4Gi"),
+        "{table}"
+    );
+    let described = c.ok(&["-n", "q", "describe", "quota", "compute"]);
+    assert!(
+        described.contains("requests.cpu") && described.contains("900m"),
+        "{described}"
+    );
+    // Deleting a pod gives its share back.
+    c.ok(&["-n", "q", "delete", "pod", "first", "--grace-period=0", "--force"]);
+    used(&[("pods", "1"), ("requests.cpu", "500m")]);
+    c.ok_stdin(&["apply", "-f", "-"], &pod("third", Some("50m")));
+    // Object counts of other groups.
+    c.ok(&[
+        "-n",
+        "q",
+        "create",
+        "deployment",
+        "one",
+        "--image=registry.local/busybox:1.36",
+    ]);
+    let second = c.fails(&[
+        "-n",
+        "q",
+        "create",
+        "deployment",
+        "two",
+        "--image=registry.local/busybox:1.36",
+    ]);
+    assert!(second.contains("exceeded quota: compute, requested: count/deployments.apps=1, used: count/deployments.apps=1, limited: count/deployments.apps=1"), "{second}");
+}

@@ -781,6 +781,36 @@ fn columns_and_row(info: &ResourceInfo, obj: &Value) -> (Vec<Column>, Vec<Value>
                 vec![name, json!(service), json!(available), json!(age(obj))],
             )
         }
+        ("", "ResourceQuota") => {
+            let (mut request, mut limit) = (Vec::new(), Vec::new());
+            for (k, v) in spec["hard"].as_object().into_iter().flatten() {
+                let used = st["used"][k].as_str().unwrap_or("0");
+                let entry = format!("{k}: {used}/{}", v.as_str().unwrap_or_default());
+                if k.starts_with("limits.") {
+                    limit.push(entry);
+                } else {
+                    request.push(entry);
+                }
+            }
+            (
+                vec![
+                    ("Name", "string", 0),
+                    ("Age", "string", 0),
+                    ("Request", "string", 0),
+                    ("Limit", "string", 0),
+                ],
+                vec![
+                    name,
+                    json!(age(obj)),
+                    json!(request.join(", ")),
+                    json!(limit.join(", ")),
+                ],
+            )
+        }
+        ("", "LimitRange") => (
+            vec![("Name", "string", 0), ("Created At", "date", 0)],
+            vec![name, json!(meta_str(obj, "creationTimestamp"))],
+        ),
         (
             "admissionregistration.k8s.io",
             "MutatingWebhookConfiguration" | "ValidatingWebhookConfiguration",

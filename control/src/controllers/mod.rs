@@ -31,6 +31,7 @@ mod namespace;
 pub mod node_ipam;
 mod node_lifecycle;
 pub mod replicaset;
+mod resource_quota;
 mod root_ca;
 pub mod runtime;
 mod serviceaccount;
@@ -81,6 +82,7 @@ pub fn start(app: Arc<Objects>, config: &Config) -> runtime::Caches {
     statefulset::start(app.clone(), &caches);
     disruption::start(app.clone(), &caches);
     volume::start(app.clone(), &caches);
+    resource_quota::start(app.clone(), &caches);
     cronjob::start(app, &caches, Arc::new(cronjob::SystemClock));
     caches
 }

@@ -19,6 +19,7 @@ pub mod limits;
 pub mod meta;
 pub mod patch;
 pub mod quantity;
+pub mod quota;
 pub mod registry;
 pub mod scheduling;
 pub mod schema;

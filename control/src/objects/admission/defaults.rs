@@ -32,6 +32,17 @@ fn set_default(obj: &mut Value, key: &str, value: Value) {
 }
 
 fn default_container(c: &mut Value) {
+    // A limit without a request is the request too.
+    if let Some(limits) = c["resources"]["limits"].as_object().cloned() {
+        if !c["resources"]["requests"].is_object() && !limits.is_empty() {
+            c["resources"]["requests"] = json!({});
+        }
+        for (k, v) in limits {
+            if c["resources"]["requests"].get(&k).is_none() {
+                c["resources"]["requests"][k] = v;
+            }
+        }
+    }
     set_default(c, "terminationMessagePath", json!("/dev/termination-log"));
     set_default(c, "terminationMessagePolicy", json!("File"));
     set_default(c, "resources", json!({}));
@@ -132,6 +143,7 @@ fn apply_defaults(info: &ResourceInfo, obj: &mut Value, creating: bool) {
     }
     match (info.group.as_str(), info.kind.as_str()) {
         ("", "Pod") => default_pod(obj, creating),
+        ("", "LimitRange") => super::limit_ranger::default_limit_range(obj),
         (
             super::webhooks::GROUP,
             kind @ ("MutatingWebhookConfiguration" | "ValidatingWebhookConfiguration"),

@@ -8,6 +8,7 @@
 mod custom_resources;
 mod defaults;
 mod job_selector;
+mod limit_ranger;
 mod namespace_lifecycle;
 mod networking;
 mod priority;
@@ -156,18 +157,23 @@ pub trait Plugin: Sync {
 }
 
 /// The mutating plugins, in order: a Job's generated selector, a custom resource's schema
-/// (pruning and defaults), a pod's priority, the built-in defaults, then a pod's service account and
+/// (pruning and defaults), a pod's priority, its LimitRange defaults, the built-in defaults, then a pod's service account and
 /// its API credentials.
 pub const MUTATING: &[&dyn Plugin] = &[
     &job_selector::JobSelector,
     &custom_resources::CustomResources,
     &priority::Priority,
+    &limit_ranger::LimitRanger,
     &defaults::Defaults,
     &service_account::ServiceAccount,
 ];
 
 /// The validating plugins, in order.
-pub const VALIDATING: &[&dyn Plugin] = &[&validation::Validation, &namespace_lifecycle::NamespaceLifecycle];
+pub const VALIDATING: &[&dyn Plugin] = &[
+    &validation::Validation,
+    &namespace_lifecycle::NamespaceLifecycle,
+    &limit_ranger::LimitRanger,
+];
 
 /// Runs the mutating phase on `obj`.
 pub async fn mutate(lookup: &dyn Lookup, attrs: &Attributes<'_>, obj: &mut Value) -> Result<(), ApiError> {

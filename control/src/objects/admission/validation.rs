@@ -353,6 +353,64 @@ fn validate(info: &ResourceInfo, obj: &Value) -> Causes {
                 ));
             }
         }
+        ("", "ResourceQuota") => {
+            for (k, v) in obj["spec"]["hard"].as_object().into_iter().flatten() {
+                if crate::objects::quota::milli(v).is_none_or(|m| m < 0) {
+                    causes.push((
+                        format!("spec.hard[{k}]"),
+                        format!("Invalid value: {v}: must be a non-negative quantity"),
+                    ));
+                }
+            }
+            for (i, scope) in obj["spec"]["scopes"].as_array().into_iter().flatten().enumerate() {
+                let s = scope.as_str().unwrap_or_default();
+                if !matches!(
+                    s,
+                    "Terminating"
+                        | "NotTerminating"
+                        | "BestEffort"
+                        | "NotBestEffort"
+                        | "PriorityClass"
+                        | "CrossNamespacePodAffinity"
+                ) {
+                    causes.push((format!("spec.scopes[{i}]"), format!("Unsupported value: \"{s}\": supported values: \"BestEffort\", \"CrossNamespacePodAffinity\", \"NotBestEffort\", \"NotTerminating\", \"PriorityClass\", \"Terminating\"")));
+                }
+            }
+        }
+        ("", "LimitRange") => {
+            use crate::objects::quota::milli;
+            for (i, item) in obj["spec"]["limits"].as_array().into_iter().flatten().enumerate() {
+                let ty = item["type"].as_str().unwrap_or_default();
+                if !matches!(ty, "Container" | "Pod" | "PersistentVolumeClaim") {
+                    causes.push((format!("spec.limits[{i}].type"), format!("Unsupported value: \"{ty}\": supported values: \"Container\", \"PersistentVolumeClaim\", \"Pod\"")));
+                }
+                for field in ["min", "max", "default", "defaultRequest", "maxLimitRequestRatio"] {
+                    for (k, v) in item[field].as_object().into_iter().flatten() {
+                        if milli(v).is_none() {
+                            causes.push((
+                                format!("spec.limits[{i}].{field}[{k}]"),
+                                format!("Invalid value: {v}: must be a quantity"),
+                            ));
+                        }
+                    }
+                }
+                for (k, v) in item["min"].as_object().into_iter().flatten() {
+                    let max = &item["max"][k];
+                    if let (Some(lo), Some(hi)) = (milli(v), milli(max))
+                        && lo > hi
+                    {
+                        causes.push((
+                            format!("spec.limits[{i}].min[{k}]"),
+                            format!(
+                                "Invalid value: {v}: min value {} is greater than max value {}",
+                                v.as_str().unwrap_or_default(),
+                                max.as_str().unwrap_or_default()
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
         (
             super::webhooks::GROUP,
             kind @ ("MutatingWebhookConfiguration" | "ValidatingWebhookConfiguration"),

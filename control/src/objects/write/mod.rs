@@ -327,6 +327,10 @@ impl Objects {
             obj["status"] = super::crd::established_status(&obj, &now());
             obj["metadata"]["finalizers"] = super::crd::initial_finalizers(&obj["metadata"]["finalizers"]);
         }
+        if let Some(ns) = attrs.namespace {
+            self.charge_quotas(&req.info, ns, &obj, req.options.dry_run)
+                .await?;
+        }
         // Only Services allocate; their lock is held until the create is stored.
         let is_service = req.info.group.is_empty() && req.info.kind == "Service";
         let _alloc = if is_service {

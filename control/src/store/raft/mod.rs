@@ -345,6 +345,21 @@ impl Store {
         limit: usize,
     ) -> Result<ListResult, StoreError> {
         self.linearize().await?;
+        self.list_range(prefix, start_after, limit)
+    }
+
+    /// Every key under `prefix` as this member has applied it, without a read-index round (for
+    /// checks that may lag a moment, as upstream's informer caches do).
+    pub fn list_local(&self, prefix: &str) -> Result<ListResult, StoreError> {
+        self.list_range(prefix, None, 0)
+    }
+
+    fn list_range(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<ListResult, StoreError> {
         let tx = self.db.begin_read().map_err(io)?;
         let meta = tx.open_table(SM_META).map_err(io)?;
         let revision = match meta.get(REVISION).map_err(io)? {
