@@ -139,8 +139,12 @@ async fn run() -> anyhow::Result<()> {
     let cidr = Cidr::parse(&args.service_cidr)
         .map_err(anyhow::Error::msg)
         .context("--service-cidr")?;
+    // The store holds every Secret and the service-account signing key, the PKI the CA keys:
+    // root's alone, including what an older release left readable.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    keep_private(&args.data_dir).with_context(|| format!("restricting {}", args.data_dir.display()))?;
 
     let advertise = std::net::SocketAddrV4::new(
         args.advertise_address
@@ -221,5 +225,24 @@ async fn run() -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted, shutting down"),
     }
     store.shutdown().await;
+    Ok(())
+}
+
+/// Makes `path` and everything under it root's only: directories 0700, files 0600.
+fn keep_private(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::symlink_metadata(path)?;
+    if meta.file_type().is_symlink() {
+        return Ok(());
+    }
+    let mode = if meta.is_dir() { 0o700 } else { 0o600 };
+    if meta.permissions().mode() & 0o777 != mode {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    }
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            keep_private(&entry?.path())?;
+        }
+    }
     Ok(())
 }

@@ -35,6 +35,23 @@ pub async fn ensure_defaults(app: &Objects) -> Result<(), StoreError> {
             Err(e) => return Err(e),
         }
     }
+    // Their `default` accounts, which pods need from the first (the service account controller
+    // makes them for later namespaces).
+    for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        let key = keys::object(keys::SERVICE_ACCOUNTS, Some(ns), "default");
+        if app.store.get(&key).await?.is_some() {
+            continue;
+        }
+        let sa = json!({
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": "default", "namespace": ns, "uid": new_uid(), "creationTimestamp": now()},
+        });
+        match app.store.create(&key, to_stored(&sa)).await {
+            Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
     for (name, value) in [
         ("system-cluster-critical", 2_000_000_000i64),
         ("system-node-critical", 2_000_001_000),

@@ -2,7 +2,8 @@
 //! unless the pod or its account turns `automountServiceAccountToken` off, every container mounts
 //! a `kube-api-access-*` projected volume at `/var/run/secrets/kubernetes.io/serviceaccount` with
 //! what an in-cluster client reads: a bound token, the cluster CA (`kube-root-ca.crt`) and the
-//! namespace.
+//! namespace. A pod naming an account that does not exist is refused, and one without image
+//! pull secrets of its own gets its account's.
 
 use serde_json::{Value, json};
 
@@ -38,6 +39,22 @@ fn api_access_volume(name: &str) -> Value {
     })
 }
 
+/// The pod's service account. The `default` one, which the service account controller makes
+/// for a new namespace, is looked for again for a second or so (upstream's ten tries).
+async fn find_account(lookup: &dyn Lookup, ns: &str, name: &str) -> Result<Option<Value>, ApiError> {
+    let key = keys::object(keys::SERVICE_ACCOUNTS, Some(ns), name);
+    let tries = if name == "default" { 10 } else { 1 };
+    for attempt in 0..tries {
+        if attempt > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(100 + rand::random_range(0..100))).await;
+        }
+        if let Some(sa) = lookup.get(&key).await? {
+            return Ok(Some(sa));
+        }
+    }
+    Ok(None)
+}
+
 #[tonic::async_trait]
 impl Plugin for ServiceAccount {
     fn name(&self) -> &'static str {
@@ -66,18 +83,29 @@ impl Plugin for ServiceAccount {
         };
         pod["spec"]["serviceAccountName"] = json!(account);
         pod["spec"]["serviceAccount"] = json!(account);
-        let automount = match pod["spec"]["automountServiceAccountToken"].as_bool() {
-            Some(set) => set,
-            None => {
-                let ns = attrs.namespace.unwrap_or("default");
-                let key = keys::object(keys::SERVICE_ACCOUNTS, Some(ns), &account);
-                lookup
-                    .get(&key)
-                    .await?
-                    .and_then(|sa| sa["automountServiceAccountToken"].as_bool())
-                    .unwrap_or(true)
-            }
-        };
+        let ns = attrs.namespace.unwrap_or("default");
+        let sa = find_account(lookup, ns, &account).await?.ok_or_else(|| {
+            ApiError::new(
+                403,
+                "Forbidden",
+                format!(
+                    "pods \"{}\" is forbidden: error looking up service account {ns}/{account}: serviceaccount \"{account}\" not found",
+                    pod["metadata"]["name"].as_str().unwrap_or_default()
+                ),
+            )
+        })?;
+        // The account's image pull secrets, unless the pod names its own.
+        if pod["spec"]["imagePullSecrets"]
+            .as_array()
+            .is_none_or(Vec::is_empty)
+            && let Some(secrets) = sa["imagePullSecrets"].as_array().filter(|s| !s.is_empty())
+        {
+            pod["spec"]["imagePullSecrets"] = json!(secrets);
+        }
+        let automount = pod["spec"]["automountServiceAccountToken"]
+            .as_bool()
+            .or_else(|| sa["automountServiceAccountToken"].as_bool())
+            .unwrap_or(true);
         if !automount {
             return Ok(());
         }
@@ -124,9 +152,42 @@ mod tests {
     use super::*;
     use crate::objects::admission::testing::{Objects, block_on, create, resource};
 
+    /// The objects of namespace `shop` with its `default` account (and `extra` ones).
+    fn shop(extra: &[Value]) -> Objects {
+        let mut objects = Objects::default();
+        for sa in std::iter::once(&json!({"metadata": {"name": "default"}})).chain(extra) {
+            let name = sa["metadata"]["name"].as_str().unwrap();
+            objects.0.insert(
+                keys::object(keys::SERVICE_ACCOUNTS, Some("shop"), name),
+                sa.clone(),
+            );
+        }
+        objects
+    }
+
     fn admit(objects: &Objects, pod: &mut Value) {
         let pods = resource("", "v1", "pods");
         block_on(ServiceAccount.admit(objects, &create(&pods, "shop"), pod)).unwrap();
+    }
+
+    #[test]
+    fn a_missing_account_is_refused_and_an_accounts_pull_secrets_are_used() {
+        let pods = resource("", "v1", "pods");
+        let mut pod = json!({"metadata": {"name": "p"}, "spec": {"serviceAccountName": "ghost", "containers": [{"name": "a"}]}});
+        let err = block_on(ServiceAccount.admit(&shop(&[]), &create(&pods, "shop"), &mut pod)).unwrap_err();
+        assert_eq!(err.code, 403);
+        assert_eq!(
+            err.message,
+            "pods \"p\" is forbidden: error looking up service account shop/ghost: serviceaccount \"ghost\" not found"
+        );
+        let puller = json!({"metadata": {"name": "puller"}, "imagePullSecrets": [{"name": "regcred"}]});
+        let mut pod = json!({"metadata": {"name": "p"}, "spec": {"serviceAccountName": "puller", "containers": [{"name": "a"}]}});
+        admit(&shop(std::slice::from_ref(&puller)), &mut pod);
+        assert_eq!(pod["spec"]["imagePullSecrets"], json!([{"name": "regcred"}]));
+        let mut own = json!({"metadata": {"name": "p"}, "spec": {"serviceAccountName": "puller",
+            "imagePullSecrets": [{"name": "mine"}], "containers": [{"name": "a"}]}});
+        admit(&shop(&[puller]), &mut own);
+        assert_eq!(own["spec"]["imagePullSecrets"], json!([{"name": "mine"}]));
     }
 
     fn mounts<'a>(pod: &'a Value, list: &str, i: usize) -> Vec<&'a str> {
@@ -144,7 +205,7 @@ mod tests {
             "initContainers": [{"name": "init"}],
             "containers": [{"name": "a", "volumeMounts": [{"name": "data", "mountPath": "/data"}]}, {"name": "b"}],
             "volumes": [{"name": "data", "emptyDir": {}}]}});
-        admit(&Objects::default(), &mut pod);
+        admit(&shop(&[]), &mut pod);
         assert_eq!(pod["spec"]["serviceAccountName"], "default");
         assert_eq!(pod["spec"]["serviceAccount"], "default");
         assert_eq!(mounts(&pod, "initContainers", 0), [MOUNT_PATH]);
@@ -164,11 +225,7 @@ mod tests {
 
     #[test]
     fn automount_off_on_the_pod_or_its_account_mounts_nothing() {
-        let mut objects = Objects::default();
-        objects.0.insert(
-            keys::object(keys::SERVICE_ACCOUNTS, Some("shop"), "quiet"),
-            json!({"metadata": {"name": "quiet"}, "automountServiceAccountToken": false}),
-        );
+        let objects = shop(&[json!({"metadata": {"name": "quiet"}, "automountServiceAccountToken": false})]);
         let mut pod = json!({"metadata": {"name": "p"}, "spec": {"serviceAccountName": "quiet", "containers": [{"name": "a"}]}});
         admit(&objects, &mut pod);
         assert_eq!(pod["spec"]["volumes"], Value::Null);
@@ -188,7 +245,7 @@ mod tests {
     fn a_container_with_its_own_mount_there_and_mirror_pods_are_left_alone() {
         let mut pod = json!({"metadata": {"name": "p"}, "spec": {"containers": [
             {"name": "a", "volumeMounts": [{"name": "mine", "mountPath": MOUNT_PATH}]}]}});
-        admit(&Objects::default(), &mut pod);
+        admit(&shop(&[]), &mut pod);
         assert_eq!(pod["spec"].get("initContainers"), None, "no list added");
         assert_eq!(
             pod["spec"]["containers"][0]["volumeMounts"]
@@ -200,7 +257,7 @@ mod tests {
         assert_eq!(pod["spec"]["volumes"], Value::Null);
         let mut mirror = json!({"metadata": {"name": "p", "annotations": {MIRROR: "x"}},
                                 "spec": {"containers": [{"name": "a"}]}});
-        admit(&Objects::default(), &mut mirror);
+        admit(&shop(&[]), &mut mirror);
         assert_eq!(mirror["spec"]["containers"][0].get("volumeMounts"), None);
     }
 }
