@@ -2130,7 +2130,8 @@ fn rbac_roles_and_bindings_grant_what_they_say_and_no_more() {
 /// of its own, printed on its first line), its certificate for 127.0.0.1 from `dir`.
 /// `/validate` refuses objects with a `forbidden` data key and deletes of objects labelled
 /// `keep`; `/mutate` labels objects, notes who asked in an annotation and gives pods an init
-/// container; `/slow` answers after three seconds; `/always-deny` refuses everything.
+/// container; `/slow` answers after three seconds; `/always-deny` refuses everything;
+/// `/convert` converts custom resources between v1 (`hostPort`) and v2 (`host`, `port`).
 fn webhook_server(dir: &std::path::Path) -> (Killed, u16) {
     use std::io::BufRead;
     let script = r#"import http.server, ssl, json, base64, time, sys
@@ -2162,6 +2163,19 @@ class H(http.server.BaseHTTPRequestHandler):
             time.sleep(3)
         elif self.path.startswith('/always-deny'):
             resp = {'uid': req['uid'], 'allowed': False}
+        elif self.path.startswith('/convert'):
+            # v1 keeps hostPort: "h:p"; v2 keeps host and port.
+            want = req['desiredAPIVersion']
+            out = []
+            for o in req['objects']:
+                o = dict(o)
+                if want.endswith('/v2') and 'hostPort' in o:
+                    o['host'], o['port'] = o.pop('hostPort').split(':')
+                elif want.endswith('/v1') and 'host' in o:
+                    o['hostPort'] = o.pop('host') + ':' + o.pop('port')
+                o['apiVersion'] = want
+                out.append(o)
+            resp = {'uid': req['uid'], 'convertedObjects': out, 'result': {'status': 'Success'}}
         data = json.dumps({'apiVersion': review['apiVersion'], 'kind': 'AdmissionReview', 'response': resp}).encode()
         self.send_response(200)
         self.send_header('Content-Type', 'application/json')
@@ -2632,4 +2646,109 @@ fn pods_need_their_service_account_and_get_its_pull_secrets() {
         ),
     );
     c.ok(&["-n", "fresh", "get", "pod", "early"]);
+}
+
+#[test]
+fn custom_resources_convert_through_their_crds_conversion_webhook() {
+    // spec.conversion.strategy Webhook: objects are stored at the storage version and served at
+    // the one asked for, converted by the CRD's webhook (a ConversionReview per read or write
+    // that needs one, a list in one review), as cert-manager's and Crossplane's CRDs do.
+    let c = Control::start();
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    std::fs::write(dir.path().join("tls.crt"), cert.pem()).unwrap();
+    std::fs::write(dir.path().join("tls.key"), key.serialize_pem()).unwrap();
+    let (server, port) = webhook_server(dir.path());
+    let bundle = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, cert.pem());
+    let version = |name: &str, storage: bool| {
+        format!(
+            "  - name: {name}\n    served: true\n    storage: {storage}\n    schema: {{openAPIV3Schema: {{type: object, x-kubernetes-preserve-unknown-fields: true}}}}\n"
+        )
+    };
+    let crd = |storage_v2: bool| {
+        format!(
+            "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {{name: endpoints.example.com}}\nspec:\n  group: example.com\n  scope: Namespaced\n  names: {{plural: endpoints, singular: endpoint, kind: Endpoint}}\n  conversion:\n    strategy: Webhook\n    webhook:\n      conversionReviewVersions: [v1]\n      clientConfig: {{url: 'https://127.0.0.1:{port}/convert', caBundle: {bundle}}}\n  versions:\n{}{}",
+            version("v1", !storage_v2),
+            version("v2", storage_v2)
+        )
+    };
+    c.ok_stdin(&["apply", "-f", "-"], &crd(false));
+    let created = {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let out = c.kubectl_stdin(
+                &["apply", "-f", "-"],
+                "apiVersion: example.com/v1\nkind: Endpoint\nmetadata: {name: one}\nhostPort: 'localhost:8080'\n",
+            );
+            if out.status.success() || std::time::Instant::now() > deadline {
+                break out;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+    };
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let v2 = json(&c.ok(&[
+        "get",
+        "--raw",
+        "/apis/example.com/v2/namespaces/default/endpoints/one",
+    ]));
+    assert_eq!(
+        (
+            v2["apiVersion"].as_str(),
+            v2["host"].as_str(),
+            v2["port"].as_str()
+        ),
+        (Some("example.com/v2"), Some("localhost"), Some("8080")),
+        "{v2}"
+    );
+    assert!(v2.get("hostPort").is_none(), "{v2}");
+    // v2 becomes the storage version; a v1 write is stored converted, and both versions list both.
+    c.ok_stdin(&["apply", "-f", "-"], &crd(true));
+    c.ok_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: example.com/v1\nkind: Endpoint\nmetadata: {name: two}\nhostPort: 'example.org:443'\n",
+    );
+    let v1 = json(&c.ok(&[
+        "get",
+        "--raw",
+        "/apis/example.com/v1/namespaces/default/endpoints",
+    ]));
+    let ports: Vec<&str> = v1["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| o["hostPort"].as_str())
+        .collect();
+    assert_eq!(ports, ["localhost:8080", "example.org:443"], "{v1}");
+    let v2 = json(&c.ok(&[
+        "get",
+        "--raw",
+        "/apis/example.com/v2/namespaces/default/endpoints",
+    ]));
+    let hosts: Vec<&str> = v2["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| o["host"].as_str())
+        .collect();
+    assert_eq!(hosts, ["localhost", "example.org"], "{v2}");
+    // A webhook that cannot be reached fails the read with upstream's words.
+    drop(server);
+    let down = c.fails(&[
+        "get",
+        "--raw",
+        "/apis/example.com/v2/namespaces/default/endpoints/one",
+    ]);
+    assert!(
+        down.contains("conversion webhook for example.com/v2, Kind=Endpoint failed"),
+        "{down}"
+    );
 }

@@ -210,7 +210,10 @@ async fn read(app: &App, call: &Call, name: &str) -> Result<KeyValue> {
 /// GET of one object (or its status).
 pub async fn get(app: &App, call: &Call) -> Result<Response> {
     let kv = read(app, call, call.name()).await?;
-    let obj = call.info.decode(&kv);
+    let mut obj = call.info.decode(&kv);
+    app.objects
+        .served_form(&call.info, std::slice::from_mut(&mut obj))
+        .await?;
     match call.sub.as_deref() {
         Some("scale") => Ok(json_response(StatusCode::OK, &to_scale(&obj))),
         _ if call.table => Ok(json_response(
@@ -244,6 +247,13 @@ fn decode_continue(token: &str) -> Result<(String, u64)> {
 
 /// Lists matching objects; returns the items, the revision and the continue token.
 async fn list_objects(app: &App, call: &Call) -> Result<(Vec<Value>, u64, Option<String>)> {
+    let (mut items, revision, token) = list_stored(app, call).await?;
+    app.objects.served_form(&call.info, &mut items).await?;
+    Ok((items, revision, token))
+}
+
+/// Lists matching objects as stored (see [`list_objects`]).
+async fn list_stored(app: &App, call: &Call) -> Result<(Vec<Value>, u64, Option<String>)> {
     let (labels, fields) = call.selectors()?;
     let limit: usize = call.query.get("limit").and_then(|l| l.parse().ok()).unwrap_or(0);
     let prefix = call.info.prefix_in(call.ns.as_deref());
@@ -521,7 +531,11 @@ pub async fn watch(app: Arc<App>, call: Call) -> Result<Response> {
                         let matches = |o: &Value| st.labels.matches(o["metadata"].get("labels")) && st.fields.matches(o);
                         let line = match event.kind {
                             EventKind::Put => {
-                                let new = st.call.info.decode(&event.kv);
+                                let mut new = st.call.info.decode(&event.kv);
+                                if let Err(e) = st.app.objects.served_form(&st.call.info, std::slice::from_mut(&mut new)).await {
+                                    st.lines.push_back(watch_line(&st.call, "ERROR", e.to_status()));
+                                    continue;
+                                }
                                 let was = event.prev.as_ref().map(|p| matches(&st.call.info.decode(p))).unwrap_or(false);
                                 match (matches(&new), was) {
                                     (true, false) => Some(("ADDED", new)),
@@ -532,6 +546,10 @@ pub async fn watch(app: Arc<App>, call: Call) -> Result<Response> {
                             }
                             EventKind::Delete => {
                                 let mut old = st.call.info.decode(&event.kv);
+                                if let Err(e) = st.app.objects.served_form(&st.call.info, std::slice::from_mut(&mut old)).await {
+                                    st.lines.push_back(watch_line(&st.call, "ERROR", e.to_status()));
+                                    continue;
+                                }
                                 set_resource_version(&mut old, event.revision);
                                 matches(&old).then_some(("DELETED", old))
                             }
@@ -633,7 +651,11 @@ pub async fn update(app: &App, call: &Call, body: &[u8]) -> Result<Response> {
     if call.sub.as_deref() == Some("scale") {
         let mut scale = new;
         check_type(&req, &mut scale, "Scale")?;
-        let obj = from_scale(&call.info.decode(&current), &scale, &current, &req)?;
+        let mut stored = call.info.decode(&current);
+        app.objects
+            .served_form(&call.info, std::slice::from_mut(&mut stored))
+            .await?;
+        let obj = from_scale(&stored, &scale, &current, &req)?;
         let updated = app
             .objects
             .commit_update(&req.at(None), &current, obj, true)

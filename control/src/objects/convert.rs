@@ -1,14 +1,17 @@
 //! Kinds served in one API version and stored as another: `events.k8s.io/v1` Events are kept as
 //! `core/v1` Events (upstream keeps both under one key space), so both APIs see the same events;
 //! custom resources of a CRD with several versions are kept at its storage version and served at
-//! any served one (conversion strategy `None`: only `apiVersion` changes). An object is converted
-//! to its stored form before it is written and back when it is read.
+//! any served one (conversion strategy `None`: only `apiVersion` changes; strategy `Webhook`: the
+//! CRD's conversion webhook is sent a `ConversionReview`, through the admission webhooks'
+//! [`Backend`](super::admission::webhooks::Backend)). An object is converted to its stored form
+//! before it is written and back when it is read.
 
 use std::borrow::Cow;
 
 use serde_json::{Map, Value, json};
 
 use super::registry::ResourceInfo;
+use super::status::ApiError;
 
 /// `events.k8s.io/v1` field names and the `core/v1` names they are stored under (the rest —
 /// metadata, eventTime, series, reportingInstance, action, reason, related, type — are the same).
@@ -58,10 +61,20 @@ fn other_storage_version(info: &ResourceInfo) -> Option<&str> {
     (storage != info.version).then_some(storage)
 }
 
-/// `obj` (as `info` serves it) in the form it is stored in.
+/// The conversion webhook of a custom resource whose CRD converts with one.
+pub fn webhook(info: &ResourceInfo) -> Option<&Value> {
+    let conversion = &info.crd.as_ref()?["spec"]["conversion"];
+    (conversion["strategy"] == "Webhook").then_some(&conversion["webhook"])
+}
+
+/// `obj` (as `info` serves it) in the form it is stored in (a webhook-converted custom resource
+/// as it is: [`Objects::storage_form`] converts those).
 pub fn to_storage<'a>(info: &ResourceInfo, obj: &'a Value) -> Cow<'a, Value> {
     if converted(info) {
         return Cow::Owned(renamed(obj, "v1", true));
+    }
+    if webhook(info).is_some() {
+        return Cow::Borrowed(obj);
     }
     match other_storage_version(info) {
         Some(version) => {
@@ -78,13 +91,191 @@ pub fn to_served(info: &ResourceInfo, mut obj: Value) -> Value {
     if converted(info) {
         return renamed(&obj, &info.api_version(), false);
     }
-    if info.crd.is_some() && obj.is_object() {
+    if info.crd.is_some() && obj.is_object() && webhook(info).is_none() {
         let served = info.api_version();
         if obj["apiVersion"].as_str() != Some(served.as_str()) {
             obj["apiVersion"] = json!(served);
         }
     }
     obj
+}
+
+/// How long a conversion webhook may take (upstream's fixed 30 seconds).
+const WEBHOOK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// What a conversion webhook answered for `objects`, converted to `desired`; the metadata stays
+/// the API server's but for labels and annotations, as upstream keeps it.
+fn converted_objects(
+    answer: &[u8],
+    uid: &str,
+    desired: &str,
+    objects: &[Value],
+) -> Result<Vec<Value>, String> {
+    let answer: Value = serde_json::from_slice(answer).map_err(|e| format!("invalid response: {e}"))?;
+    let response = &answer["response"];
+    if response["uid"] != uid {
+        return Err(format!(
+            "expected response.uid={uid:?}, got {:?}",
+            response["uid"].as_str().unwrap_or_default()
+        ));
+    }
+    if response["result"]["status"] != "Success" {
+        return Err(format!(
+            "conversion failed: {}",
+            response["result"]["message"]
+                .as_str()
+                .unwrap_or("without explanation")
+        ));
+    }
+    let out = response["convertedObjects"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if out.len() != objects.len() {
+        return Err(format!(
+            "expected {} converted objects, got {}",
+            objects.len(),
+            out.len()
+        ));
+    }
+    out.into_iter()
+        .zip(objects)
+        .map(|(mut new, old)| {
+            if new["apiVersion"] != desired {
+                return Err(format!(
+                    "invalid converted object: expected apiVersion {desired}, got {}",
+                    new["apiVersion"].as_str().unwrap_or_default()
+                ));
+            }
+            let mut meta = old["metadata"].clone();
+            for k in ["labels", "annotations"] {
+                match new["metadata"].get(k) {
+                    Some(v) if !v.is_null() => meta[k] = v.clone(),
+                    _ => {
+                        if let Some(m) = meta.as_object_mut() {
+                            m.remove(k);
+                        }
+                    }
+                }
+            }
+            new["metadata"] = meta;
+            Ok(new)
+        })
+        .collect()
+}
+
+impl super::Objects {
+    /// Converts the objects of `objects` that are not at `desired` (an apiVersion) with the
+    /// CRD's conversion webhook, all in one review; nothing for other kinds.
+    pub async fn convert_to(
+        &self,
+        info: &ResourceInfo,
+        objects: &mut [Value],
+        desired: &str,
+    ) -> Result<(), ApiError> {
+        let Some(hook) = webhook(info) else {
+            return Ok(());
+        };
+        let at: Vec<usize> = (0..objects.len())
+            .filter(|i| objects[*i].is_object() && objects[*i]["apiVersion"] != desired)
+            .collect();
+        if at.is_empty() {
+            return Ok(());
+        }
+        let failed = |e: String| {
+            ApiError::internal(format!(
+                "conversion webhook for {}, Kind={} failed: {e}",
+                info.api_version(),
+                info.kind
+            ))
+        };
+        let backend = self
+            .webhooks
+            .get()
+            .ok_or_else(|| failed("no webhook transport".into()))?;
+        let versions: Vec<&str> = hook["conversionReviewVersions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        let review_version = if versions.contains(&"v1") || versions.is_empty() {
+            "v1"
+        } else {
+            "v1beta1"
+        };
+        let originals: Vec<Value> = at.iter().map(|i| objects[*i].clone()).collect();
+        let uid = super::meta::new_uid();
+        let review = json!({
+            "apiVersion": format!("apiextensions.k8s.io/{review_version}"),
+            "kind": "ConversionReview",
+            "request": {"uid": uid, "desiredAPIVersion": desired, "objects": originals},
+        });
+        let config = &hook["clientConfig"];
+        let url = match config["url"].as_str() {
+            Some(url) => url.to_owned(),
+            None => {
+                let svc = &config["service"];
+                format!(
+                    "https://{}.{}.svc:{}{}",
+                    svc["name"].as_str().unwrap_or_default(),
+                    svc["namespace"].as_str().unwrap_or_default(),
+                    svc["port"].as_u64().unwrap_or(443),
+                    svc["path"].as_str().unwrap_or_default()
+                )
+            }
+        };
+        let url = format!("{url}{}timeout=30s", if url.contains('?') { '&' } else { '?' });
+        let path = {
+            let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
+            rest.find('/').map_or_else(
+                || format!("/{}", &rest[rest.find('?').unwrap_or(rest.len())..]),
+                |i| rest[i..].to_owned(),
+            )
+        };
+        let body = serde_json::to_vec(&review).map_err(|e| failed(e.to_string()))?;
+        let answer = match tokio::time::timeout(WEBHOOK_TIMEOUT, backend.call(config, &path, body)).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(e)) => return Err(failed(format!("Post \"{url}\": {e}"))),
+            Err(_) => return Err(failed(format!("Post \"{url}\": context deadline exceeded"))),
+        };
+        let converted = converted_objects(&answer, &uid, desired, &originals).map_err(failed)?;
+        for (i, obj) in at.into_iter().zip(converted) {
+            objects[i] = obj;
+        }
+        Ok(())
+    }
+
+    /// Stored objects of `info` (already decoded) as `info` serves them.
+    pub async fn served_form(&self, info: &ResourceInfo, objects: &mut [Value]) -> Result<(), ApiError> {
+        self.convert_to(info, objects, &info.api_version()).await
+    }
+
+    /// `obj` (as `info` serves it) in the form it is stored in.
+    pub async fn storage_form<'a>(
+        &self,
+        info: &ResourceInfo,
+        obj: &'a Value,
+    ) -> Result<Cow<'a, Value>, ApiError> {
+        if webhook(info).is_none() {
+            return Ok(to_storage(info, obj));
+        }
+        let Some(version) = info.crd.as_ref().and_then(|crd| {
+            crd["spec"]["versions"]
+                .as_array()?
+                .iter()
+                .find(|v| v["storage"] == json!(true))?["name"]
+                .as_str()
+                .map(str::to_owned)
+        }) else {
+            return Ok(Cow::Borrowed(obj));
+        };
+        let mut one = [obj.clone()];
+        self.convert_to(info, &mut one, &format!("{}/{version}", info.group))
+            .await?;
+        let [stored] = one;
+        Ok(Cow::Owned(stored))
+    }
 }
 
 #[cfg(test)]

@@ -27,6 +27,36 @@ pub fn validate(obj: &Value, causes: &mut Causes) {
             "Unsupported value: supported values: \"Cluster\", \"Namespaced\"".into(),
         ));
     }
+    let conversion = &spec["conversion"];
+    match conversion["strategy"].as_str() {
+        None | Some("None") => {}
+        Some("Webhook") => {
+            let hook = &conversion["webhook"];
+            let versions: Vec<&str> = hook["conversionReviewVersions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            if !versions.iter().any(|v| matches!(*v, "v1" | "v1beta1")) {
+                causes.push((
+                    "spec.conversion.webhook.conversionReviewVersions".into(),
+                    "Required value: must include at least one of v1, v1beta1".into(),
+                ));
+            }
+            let config = &hook["clientConfig"];
+            if config["url"].is_string() == config["service"].is_object() {
+                causes.push((
+                    "spec.conversion.webhook.clientConfig".into(),
+                    "Required value: exactly one of url or service is required".into(),
+                ));
+            }
+        }
+        Some(other) => causes.push((
+            "spec.conversion.strategy".into(),
+            format!("Unsupported value: \"{other}\": supported values: \"None\", \"Webhook\""),
+        )),
+    }
     let versions = spec["versions"].as_array();
     let storage_versions = versions
         .into_iter()

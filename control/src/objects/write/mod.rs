@@ -16,7 +16,6 @@ pub use self::deletion::*;
 pub use self::scale::{from_scale, to_scale};
 use super::Objects;
 use super::admission::{self, Operation};
-use super::convert::to_storage;
 use super::limits;
 use super::meta::{
     finalizers, from_kv, generate_name, meta_str, new_uid, now, set_resource_version, to_stored,
@@ -348,7 +347,10 @@ impl Objects {
         }
         let kv = self
             .store
-            .create(&req.key(&name), stored_bytes(&to_storage(&req.info, &obj))?)
+            .create(
+                &req.key(&name),
+                stored_bytes(self.storage_form(&req.info, &obj).await?.as_ref())?,
+            )
             .await
             .map_err(|e| ApiError::from_store(e, req.target(&name)))?;
         set_resource_version(&mut obj, kv.mod_revision);
@@ -373,7 +375,9 @@ impl Objects {
         track: bool,
     ) -> Result<Value> {
         let name = req.name().to_owned();
-        let old = req.info.decode(current);
+        let mut old = req.info.decode(current);
+        self.served_form(&req.info, std::slice::from_mut(&mut old))
+            .await?;
         check_type(req, &mut new, &req.info.kind)?;
         check_namespace(req, &mut new)?;
         if meta_str(&new, "name") != name {
@@ -501,7 +505,7 @@ impl Objects {
             .store
             .update(
                 &req.key(&name),
-                stored_bytes(&to_storage(&req.info, &new))?,
+                stored_bytes(self.storage_form(&req.info, &new).await?.as_ref())?,
                 Some(current.mod_revision),
             )
             .await
@@ -516,7 +520,9 @@ impl Objects {
         let core = req.info.group.is_empty();
         for attempt in 0..8 {
             let current = self.read(req, name).await?;
-            let obj = req.info.decode(&current);
+            let mut obj = req.info.decode(&current);
+            self.served_form(&req.info, std::slice::from_mut(&mut obj))
+                .await?;
             if attempt == 0 {
                 let mut attrs = req.admission(Operation::Delete);
                 attrs.old = Some(&obj);
@@ -545,18 +551,16 @@ impl Objects {
                         .await
                         .map(|_| super::status::success(req.target(name), meta_str(&obj, "uid"))),
                     Deletion::Mark(marked) if opts.dry_run => return Ok(marked),
-                    Deletion::Mark(mut marked) => self
-                        .store
-                        .update(
-                            &current.key,
-                            to_stored(&to_storage(&req.info, &marked)),
-                            Some(current.mod_revision),
-                        )
-                        .await
-                        .map(|kv| {
-                            set_resource_version(&mut marked, kv.mod_revision);
-                            marked
-                        }),
+                    Deletion::Mark(mut marked) => {
+                        let bytes = to_stored(self.storage_form(&req.info, &marked).await?.as_ref());
+                        self.store
+                            .update(&current.key, bytes, Some(current.mod_revision))
+                            .await
+                            .map(|kv| {
+                                set_resource_version(&mut marked, kv.mod_revision);
+                                marked
+                            })
+                    }
                 };
             match written {
                 Ok(answer) => return Ok(answer),
@@ -671,7 +675,9 @@ impl Objects {
                 }
                 Err(e) => return Err(e),
             };
-            let base = req.info.decode(&current);
+            let mut base = req.info.decode(&current);
+            self.served_form(&req.info, std::slice::from_mut(&mut base))
+                .await?;
             let base = if scale { to_scale(&base) } else { base };
             let size = current.value.len() + body_len;
             let (job_req, patch_doc) = (req.clone(), Arc::clone(&patch));
@@ -706,7 +712,10 @@ impl Objects {
                 patched["metadata"]["resourceVersion"] = json!(current.mod_revision.to_string());
             }
             let result = if scale {
-                let obj = from_scale(&req.info.decode(&current), &patched, &current, req)?;
+                let mut stored = req.info.decode(&current);
+                self.served_form(&req.info, std::slice::from_mut(&mut stored))
+                    .await?;
+                let obj = from_scale(&stored, &patched, &current, req)?;
                 self.commit_update(&req.clone().at(None), &current, obj, true)
                     .await
                     .map(|o| to_scale(&o))
