@@ -179,6 +179,62 @@ spec:
         status,
     ]);
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    // Node isolation: no other Node or Lease, no control-plane label on itself, events only
+    // about itself and its pods.
+    let manifests = tempfile::tempdir().unwrap();
+    let file = |name: &str, yaml: String| {
+        let path = manifests.path().join(name);
+        std::fs::write(&path, yaml).unwrap();
+        path.to_string_lossy().into_owned()
+    };
+    let other_node = file(
+        "node.yaml",
+        "apiVersion: v1\nkind: Node\nmetadata: {name: impostor}\n".into(),
+    );
+    refused(
+        &["create", "-f", &other_node],
+        &format!("node \"{name}\" is not allowed to modify node \"impostor\""),
+    );
+    let other_lease = file(
+        "lease.yaml",
+        "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {name: impostor, namespace: kube-node-lease}\n".into(),
+    );
+    refused(
+        &["create", "-f", &other_lease],
+        "can only access node lease with the same name as the requesting node",
+    );
+    refused(
+        &["label", "node", &name, "node-role.kubernetes.io/control-plane="],
+        "is not allowed to modify labels: node-role.kubernetes.io/control-plane",
+    );
+    let own_label = as_node(&["label", "node", &name, "node.kubernetes.io/pool=a"]);
+    assert!(
+        own_label.status.success(),
+        "{}",
+        String::from_utf8_lossy(&own_label.stderr)
+    );
+    let event = |file_name: &str, kind: &str, about: &str| {
+        file(
+            file_name,
+            format!(
+                "apiVersion: v1\nkind: Event\nmetadata: {{name: {file_name}, namespace: default}}\ninvolvedObject: {{kind: {kind}, name: {about}, namespace: default}}\nreason: Test\nmessage: hi\n"
+            ),
+        )
+    };
+    let about_mine = as_node(&["create", "-f", &event("mine", "Pod", "mine")]);
+    assert!(
+        about_mine.status.success(),
+        "{}",
+        String::from_utf8_lossy(&about_mine.stderr)
+    );
+    refused(
+        &["create", "-f", &event("theirs", "Pod", "theirs")],
+        "can only create events about itself or pods bound to it",
+    );
+    refused(
+        &["create", "-f", &event("web", "Deployment", "web")],
+        "can only create events about itself or pods bound to it",
+    );
     c.ok(&["delete", "pod", "mine", "theirs", "--grace-period=0", "--force"]);
     agent.kill9();
     let lost = wait_for_ready(&c, &name, "Unknown");
@@ -228,6 +284,32 @@ fn a_wrong_token_is_refused_with_one_line() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not match the node token"));
     assert!(c.fails(&["get", "node", "intruder"]).contains("not found"));
+    // The right token does not take over a name whose node exists (its agent holds a
+    // certificate): the operator removes that node first.
+    c.ok_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: Node\nmetadata: {name: taken}\n",
+    );
+    let out = Command::new(agent_bin())
+        .args([
+            "--server",
+            &c.url(),
+            "--token",
+            token.trim(),
+            "--node-name",
+            "taken",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .bounded_output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("node \"taken\" already exists") && err.contains("kubectl delete node taken"),
+        "{err}"
+    );
+    assert!(!dir.path().join("node.crt").exists());
 }
 
 #[test]

@@ -1,5 +1,8 @@
 //! `POST /skiff/v1/join`: an agent presenting the node token gets its certificate request signed
-//! as `system:node:<name>`; from then on it talks to the control plane with mTLS.
+//! as `system:node:<name>`; from then on it talks to the control plane with mTLS. A name whose
+//! Node exists is taken (its agent holds a certificate for it): joining under it again needs the
+//! operator to remove that Node first, so one node token cannot be used to impersonate another
+//! node and read its pods' secrets.
 
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -14,7 +17,7 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Verifies the token and signs the node's certificate request.
-pub fn join(app: &App, body: &[u8]) -> Result<Response, ApiError> {
+pub async fn join(app: &App, body: &[u8]) -> Result<Response, ApiError> {
     let req: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("invalid join request: {e}")))?;
     let token = req["token"].as_str().unwrap_or_default();
@@ -27,6 +30,16 @@ pub fn join(app: &App, body: &[u8]) -> Result<Response, ApiError> {
     crate::objects::validation::check_subdomain("nodeName", name, &mut causes);
     if let Some((_, m)) = causes.first() {
         return Err(ApiError::bad_request(format!("nodeName: {m}")));
+    }
+    let node = crate::objects::keys::object(crate::objects::keys::NODES, None, name);
+    if app.store.get(&node).await.map_err(ApiError::internal)?.is_some() {
+        return Err(ApiError::new(
+            409,
+            "AlreadyExists",
+            format!(
+                "node \"{name}\" already exists and holds a certificate; to join another machine under its name, remove it first (kubectl delete node {name})"
+            ),
+        ));
     }
     let pki = app
         .pki

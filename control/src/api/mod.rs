@@ -454,7 +454,7 @@ async fn route(
             )
                 .into_response());
         }
-        ["skiff", "v1", "join"] if method == Method::POST => return join::join(&app, body),
+        ["skiff", "v1", "join"] if method == Method::POST => return join::join(&app, body).await,
         ["api"] => return ok(discovery::core_versions()),
         ["apis"] => {
             let mut groups = discovery::groups(&app.registry);

@@ -11,6 +11,7 @@ mod job_selector;
 mod limit_ranger;
 mod namespace_lifecycle;
 mod networking;
+mod node_restriction;
 mod priority;
 pub mod service_account;
 mod validation;
@@ -173,6 +174,7 @@ pub const VALIDATING: &[&dyn Plugin] = &[
     &validation::Validation,
     &namespace_lifecycle::NamespaceLifecycle,
     &limit_ranger::LimitRanger,
+    &node_restriction::NodeRestriction,
 ];
 
 /// Runs the mutating phase on `obj`.
