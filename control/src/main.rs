@@ -59,6 +59,10 @@ struct Args {
     /// writes (reads go on, `/readyz` fails) until space is freed.
     #[arg(long, default_value_t = 64)]
     min_free_disk_mb: u64,
+    /// Users authenticated by bearer token: upstream's static token file, CSV lines
+    /// `token,user,uid[,"group1,group2"]`.
+    #[arg(long)]
+    token_auth_file: Option<PathBuf>,
     /// Client connections the API server serves at once (default: 4096, or what the descriptor
     /// limit allows); 64 more serve only health checks and `system:masters` clients.
     #[arg(long)]
@@ -190,6 +194,12 @@ async fn run() -> anyhow::Result<()> {
         ca: Some(pki.clone()),
     };
     app.pki = Some(pki);
+    if let Some(file) = &args.token_auth_file {
+        let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        app.static_tokens = api::token::StaticTokens::parse(&text)
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("--token-auth-file {}", file.display()))?;
+    }
     let app = Arc::new(app);
     let webhooks = api::webhooks::Calls::new(&objects);
     webhooks.serve(&app);

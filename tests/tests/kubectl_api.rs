@@ -2752,3 +2752,109 @@ fn custom_resources_convert_through_their_crds_conversion_webhook() {
         "{down}"
     );
 }
+
+#[test]
+fn static_and_bootstrap_tokens_authenticate_as_upstream() {
+    // --token-auth-file (upstream's CSV) and bootstrap tokens (kube-system Secrets of type
+    // bootstrap.kubernetes.io/token): who they stand for, what RBAC then lets them do (a
+    // bootstrap token: ask for a certificate, nothing else), and 401 for unknown, expired or
+    // malformed ones.
+    let files = tempfile::tempdir().unwrap();
+    let token_file = files.path().join("tokens.csv");
+    std::fs::write(
+        &token_file,
+        "# token,user,uid,groups\ns3cr3t-alice,alice,1001,\"dev,ops\"\n",
+    )
+    .unwrap();
+    let c = Control::start_with(&["--token-auth-file", token_file.to_str().unwrap()]);
+    let ca = c.data_dir().join("pki").join("ca.crt");
+    let with_token = |token: &str, args: &[&str]| {
+        std::process::Command::new("kubectl")
+            .args(["--kubeconfig=/dev/null", "--server", &c.url()])
+            .arg(format!("--certificate-authority={}", ca.display()))
+            .arg(format!("--token={token}"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let text = |o: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    let alice = with_token("s3cr3t-alice", &["auth", "whoami", "-o", "json"]);
+    assert!(alice.status.success(), "{}", text(&alice));
+    let review = json(&String::from_utf8_lossy(&alice.stdout));
+    assert_eq!(review["status"]["userInfo"]["username"], "alice", "{review}");
+    assert_eq!(
+        review["status"]["userInfo"]["groups"],
+        serde_json::json!(["dev", "ops", "system:authenticated"]),
+        "{review}"
+    );
+    let denied = with_token("s3cr3t-alice", &["get", "pods"]);
+    assert!(
+        text(&denied).contains("User \"alice\" cannot list resource \"pods\""),
+        "{}",
+        text(&denied)
+    );
+    c.ok(&[
+        "create",
+        "rolebinding",
+        "devs-view",
+        "--clusterrole=view",
+        "--group=dev",
+    ]);
+    let allowed = {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let out = with_token("s3cr3t-alice", &["get", "pods"]);
+            if out.status.success() || std::time::Instant::now() > deadline {
+                break out;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    };
+    assert!(allowed.status.success(), "{}", text(&allowed));
+    let unknown = with_token("not-a-token", &["get", "pods"]);
+    assert!(text(&unknown).contains("Unauthorized"), "{}", text(&unknown));
+    // Bootstrap tokens.
+    let secret = |id: &str, expiration: &str| {
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: bootstrap-token-{id}, namespace: kube-system}}\ntype: bootstrap.kubernetes.io/token\nstringData:\n  token-id: {id}\n  token-secret: 0123456789abcdef\n  usage-bootstrap-authentication: 'true'\n  auth-extra-groups: system:bootstrappers:worker\n  expiration: '{expiration}'\n"
+        )
+    };
+    c.ok_stdin(&["apply", "-f", "-"], &secret("abcdef", "2099-01-01T00:00:00Z"));
+    c.ok_stdin(&["apply", "-f", "-"], &secret("old123", "2020-01-01T00:00:00Z"));
+    let boot = with_token("abcdef.0123456789abcdef", &["auth", "whoami", "-o", "json"]);
+    assert!(boot.status.success(), "{}", text(&boot));
+    let review = json(&String::from_utf8_lossy(&boot.stdout));
+    assert_eq!(
+        review["status"]["userInfo"]["username"], "system:bootstrap:abcdef",
+        "{review}"
+    );
+    let can = |token: &str, verb: &str, what: &str| {
+        String::from_utf8_lossy(&with_token(token, &["auth", "can-i", verb, what]).stdout)
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(
+        can("abcdef.0123456789abcdef", "create", "certificatesigningrequests"),
+        "yes"
+    );
+    assert_eq!(can("abcdef.0123456789abcdef", "list", "pods"), "no");
+    assert_eq!(can("abcdef.0123456789abcdef", "get", "secrets"), "no");
+    for bad in [
+        "old123.0123456789abcdef",
+        "abcdef.ffffffffffffffff",
+        "zzzzzz.0123456789abcdef",
+    ] {
+        let out = with_token(bad, &["auth", "whoami"]);
+        assert!(
+            !out.status.success() && text(&out).contains("Unauthorized"),
+            "{bad}: {}",
+            text(&out)
+        );
+    }
+}

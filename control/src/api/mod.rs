@@ -64,6 +64,8 @@ pub struct App {
     pub aggregated: aggregator::Aggregated,
     /// Roles and bindings.
     pub rbac: rbac::Rbac,
+    /// The users of `--token-auth-file`.
+    pub static_tokens: token::StaticTokens,
 }
 
 impl App {
@@ -78,6 +80,7 @@ impl App {
             tunnels: tunnel::Tunnels::default(),
             aggregated: aggregator::Aggregated::default(),
             rbac: rbac::Rbac::default(),
+            static_tokens: token::StaticTokens::default(),
         }
     }
 }
@@ -223,7 +226,7 @@ fn bearer_token(header: &str) -> Option<&str> {
 
 async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
     let (mut parts, body) = req.into_parts();
-    // Without a client certificate, a bearer token (a service account's) may say who it is.
+    // Without a client certificate, a bearer token may say who it is.
     if parts.extensions.get::<Identity>().is_none()
         && let Some(bearer) = parts
             .headers
@@ -231,7 +234,15 @@ async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
             .and_then(|a| a.to_str().ok())
             .and_then(bearer_token)
     {
-        match token::authenticate(&app, bearer).await {
+        // A static token, a bootstrap token, else a service account's.
+        let who = match app.static_tokens.get(bearer) {
+            Some(id) => Ok(id.clone()),
+            None => match token::bootstrap_identity(&app, bearer).await {
+                Some(result) => result,
+                None => token::authenticate(&app, bearer).await,
+            },
+        };
+        match who {
             Ok(id) => {
                 parts.extensions.insert(id);
             }

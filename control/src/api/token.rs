@@ -273,6 +273,141 @@ pub async fn authenticate(app: &App, token: &str) -> Result<Identity, ApiError> 
     })
 }
 
+/// The users of a static token file (`--token-auth-file`, upstream's CSV format: `token,user,uid`
+/// and optionally a quoted, comma-separated group list), by token.
+#[derive(Debug, Default)]
+pub struct StaticTokens(std::collections::HashMap<String, Identity>);
+
+impl StaticTokens {
+    /// Parses the file's text; errors name the line.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut out = std::collections::HashMap::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let fields = csv_fields(line);
+            let (Some(token), Some(user)) = (fields.first(), fields.get(1)) else {
+                return Err(format!("line {}: want token,user,uid[,\"groups\"]", i + 1));
+            };
+            if token.is_empty() || user.is_empty() || fields.len() < 3 {
+                return Err(format!("line {}: want token,user,uid[,\"groups\"]", i + 1));
+            }
+            let mut groups: Vec<String> = fields
+                .get(3)
+                .map(|g| {
+                    g.split(',')
+                        .map(str::trim)
+                        .filter(|g| !g.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default();
+            groups.push("system:authenticated".to_owned());
+            out.insert(
+                token.clone(),
+                Identity {
+                    user: user.clone(),
+                    groups,
+                },
+            );
+        }
+        Ok(Self(out))
+    }
+
+    /// Who `token` stands for, if it is one of the file's.
+    pub fn get(&self, token: &str) -> Option<&Identity> {
+        self.0.get(token)
+    }
+}
+
+/// The fields of one CSV line (double quotes around a field that holds commas).
+fn csv_fields(line: &str) -> Vec<String> {
+    let (mut out, mut field, mut quoted) = (Vec::new(), String::new(), false);
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                field.push('"');
+                chars.next();
+            }
+            '"' => quoted = !quoted,
+            ',' if !quoted => out.push(std::mem::take(&mut field).trim().to_owned()),
+            c => field.push(c),
+        }
+    }
+    out.push(field.trim().to_owned());
+    out
+}
+
+/// A bootstrap token (`ID.SECRET`, six and sixteen of `[a-z0-9]`): the `kube-system`
+/// `bootstrap-token-ID` Secret of type `bootstrap.kubernetes.io/token` holding the secret, usable
+/// for authentication and not expired, stands for `system:bootstrap:ID` in `system:bootstrappers`
+/// (and its `auth-extra-groups`). None when the token is not of that form.
+pub async fn bootstrap_identity(app: &App, token: &str) -> Option<Result<Identity, ApiError>> {
+    let (id, secret) = token.split_once('.')?;
+    let shape =
+        |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if !(shape(id, 6) && shape(secret, 16)) {
+        return None;
+    }
+    let unauthorized = || ApiError::new(401, "Unauthorized", "Unauthorized");
+    let check = async {
+        let stored = object(app, "secrets", "kube-system", &format!("bootstrap-token-{id}"))
+            .await?
+            .ok_or_else(unauthorized)?;
+        if stored["type"] != "bootstrap.kubernetes.io/token"
+            || stored["metadata"]["deletionTimestamp"].is_string()
+        {
+            return Err(unauthorized());
+        }
+        let field = |k: &str| {
+            stored["data"][k]
+                .as_str()
+                .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok())
+                .and_then(|v| String::from_utf8(v).ok())
+                .unwrap_or_default()
+        };
+        let same = field("token-id") == id
+            && field("token-secret").len() == secret.len()
+            && field("token-secret")
+                .bytes()
+                .zip(secret.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+        if !same || field("usage-bootstrap-authentication") != "true" {
+            return Err(unauthorized());
+        }
+        let expiration = field("expiration");
+        if !expiration.is_empty() {
+            let expires =
+                time::OffsetDateTime::parse(&expiration, &time::format_description::well_known::Rfc3339)
+                    .map_err(|_| unauthorized())?;
+            if expires <= time::OffsetDateTime::now_utc() {
+                return Err(unauthorized());
+            }
+        }
+        let mut groups = vec!["system:bootstrappers".to_owned()];
+        for g in field("auth-extra-groups")
+            .split(',')
+            .map(str::trim)
+            .filter(|g| !g.is_empty())
+        {
+            if !g.starts_with("system:bootstrappers:") {
+                return Err(unauthorized());
+            }
+            groups.push(g.to_owned());
+        }
+        groups.push("system:authenticated".to_owned());
+        Ok(Identity {
+            user: format!("system:bootstrap:{id}"),
+            groups,
+        })
+    };
+    Some(check.await)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -296,5 +431,16 @@ mod tests {
         let (rest, _) = token.rsplit_once('.').unwrap();
         let forged = format!("{rest}.{}", b64(&[0u8; 64]));
         assert_eq!(signer.verify(&forged, 1500), None);
+    }
+
+    #[test]
+    fn static_token_files_are_read_as_upstream_writes_them() {
+        let tokens = StaticTokens::parse("# comment\nabc,alice,1,\"dev,ops\"\ndef,bob,2\n").unwrap();
+        let alice = tokens.get("abc").unwrap();
+        assert_eq!(alice.user, "alice");
+        assert_eq!(alice.groups, ["dev", "ops", "system:authenticated"]);
+        assert_eq!(tokens.get("def").unwrap().groups, ["system:authenticated"]);
+        assert!(tokens.get("nope").is_none());
+        assert!(StaticTokens::parse("onlytoken\n").unwrap_err().contains("line 1"));
     }
 }

@@ -271,6 +271,15 @@ pub fn cluster_roles() -> Vec<Value> {
             )],
         ),
         cluster_role(
+            "system:node-bootstrapper",
+            &[],
+            vec![rule(
+                &["certificates.k8s.io"],
+                &["certificatesigningrequests"],
+                &["create", "get", "list", "watch"],
+            )],
+        ),
+        cluster_role(
             "system:auth-delegator",
             &[],
             vec![
@@ -297,6 +306,8 @@ pub fn cluster_role_bindings() -> Vec<Value> {
         binding("cluster-admin", vec![group("system:masters")]),
         binding("system:basic-user", vec![group("system:authenticated")]),
         binding("system:discovery", vec![group("system:authenticated")]),
+        // Bootstrap tokens may ask for a certificate and nothing else (kubeadm's binding).
+        binding("system:node-bootstrapper", vec![group("system:bootstrappers")]),
         binding(
             "system:public-info-viewer",
             vec![group("system:authenticated"), group("system:unauthenticated")],
