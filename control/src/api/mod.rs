@@ -224,7 +224,19 @@ fn bearer_token(header: &str) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then_some(token)
 }
 
-async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
+async fn dispatch(state: State<Arc<App>>, req: Request) -> Response {
+    let (mut response, warnings) = crate::objects::admission::with_warnings(serve(state, req)).await;
+    for w in warnings {
+        // RFC 7234 warn-code 299 with a quoted text, as upstream writes them.
+        let text = w.replace('\\', "\\\\").replace('"', "\\\"");
+        if let Ok(v) = axum::http::HeaderValue::from_str(&format!("299 - \"{text}\"")) {
+            response.headers_mut().append("warning", v);
+        }
+    }
+    response
+}
+
+async fn serve(State(app): State<Arc<App>>, req: Request) -> Response {
     let (mut parts, body) = req.into_parts();
     // Without a client certificate, a bearer token may say who it is.
     if parts.extensions.get::<Identity>().is_none()

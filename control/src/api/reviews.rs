@@ -90,6 +90,17 @@ fn rules_review(app: &App, who: &Subject, namespace: &str) -> Value {
 
 /// Answers a review: the request with its `status` filled in (201, as upstream).
 pub async fn create(app: &App, call: &Call, body: &[u8], who: &Identity) -> Result<Response, ApiError> {
+    // Reviews have no metadata to print: no Table of them (upstream's 406).
+    if call.table || call.partial.is_some() {
+        return Err(ApiError::new(
+            406,
+            "NotAcceptable",
+            format!(
+                "the resource {} does not support being converted to a Table",
+                call.info.target("").qualified()
+            ),
+        ));
+    }
     let mut review = parse_body(body, &call.content_type)?;
     review["apiVersion"] = json!(call.info.api_version());
     review["kind"] = json!(call.info.kind);

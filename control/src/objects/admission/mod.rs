@@ -12,6 +12,7 @@ mod limit_ranger;
 mod namespace_lifecycle;
 mod networking;
 mod node_restriction;
+mod pod_security;
 mod priority;
 pub mod service_account;
 mod validation;
@@ -23,6 +24,25 @@ use super::registry::ResourceInfo;
 use super::status::{ApiError, Target};
 use crate::objects::meta::from_kv;
 use crate::store::Store;
+
+tokio::task_local! {
+    /// The warnings given while serving one request.
+    static WARNINGS: std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+}
+
+/// Gives the request being served a warning (a `Warning` header, which kubectl prints); nothing
+/// outside a request (controllers' writes).
+pub fn warn(message: String) {
+    let _ = WARNINGS.try_with(|w| w.lock().unwrap_or_else(|p| p.into_inner()).push(message));
+}
+
+/// Runs `serve` collecting the warnings admission gives it.
+pub async fn with_warnings<F: std::future::Future>(serve: F) -> (F::Output, Vec<String>) {
+    let warnings = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let out = WARNINGS.scope(warnings.clone(), serve).await;
+    let list = std::mem::take(&mut *warnings.lock().unwrap_or_else(|p| p.into_inner()));
+    (out, list)
+}
 
 /// The write being admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,6 +195,7 @@ pub const VALIDATING: &[&dyn Plugin] = &[
     &namespace_lifecycle::NamespaceLifecycle,
     &limit_ranger::LimitRanger,
     &node_restriction::NodeRestriction,
+    &pod_security::PodSecurity,
 ];
 
 /// Runs the mutating phase on `obj`.

@@ -326,6 +326,13 @@ fn denied(name: &str, result: &Value) -> ApiError {
     err
 }
 
+/// A webhook's `warnings`, passed on to the client.
+fn give_warnings(response: &Value) {
+    for w in strs(&response["warnings"]) {
+        super::warn(w.to_owned());
+    }
+}
+
 /// A call that did not give an answer: an internal error naming the webhook.
 fn failed(name: &str, what: impl std::fmt::Display) -> ApiError {
     ApiError::internal(format!("failed calling webhook \"{name}\": {what}"))
@@ -485,6 +492,7 @@ async fn mutate_one(
         }
         Err(e) => return Err(failed(name, e)),
     };
+    give_warnings(&response);
     if response["allowed"] != true {
         return Err(denied(name, &response["status"]));
     }
@@ -569,6 +577,9 @@ pub async fn validate(
     .await;
     for ((hook, _), answer) in hooks.iter().zip(answers) {
         let name = hook["name"].as_str().unwrap_or_default();
+        if let Ok(response) = &answer {
+            give_warnings(response);
+        }
         match answer {
             Ok(response) if response["allowed"] == true => {}
             Ok(response) => return Err(denied(name, &response["status"])),
