@@ -2140,13 +2140,22 @@ fn rbac_roles_and_bindings_grant_what_they_say_and_no_more() {
 }
 
 /// An admission webhook server for the test: Python's http.server and ssl on 127.0.0.1 (a port
-/// of its own, printed on its first line), its certificate for 127.0.0.1 from `dir`.
+/// of its own, printed on its first line), with a self-signed certificate for 127.0.0.1; returns
+/// it, its port and the certificate as a `caBundle`.
 /// `/validate` refuses objects with a `forbidden` data key and deletes of objects labelled
 /// `keep`; `/mutate` labels objects, notes who asked in an annotation and gives pods an init
 /// container; `/slow` answers after three seconds; `/always-deny` refuses everything;
 /// `/convert` converts custom resources between v1 (`hostPort`) and v2 (`host`, `port`).
-fn webhook_server(dir: &std::path::Path) -> (Killed, u16) {
+fn webhook_server() -> (Killed, u16, String) {
     use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    std::fs::write(dir.path().join("tls.crt"), cert.pem()).unwrap();
+    std::fs::write(dir.path().join("tls.key"), key.serialize_pem()).unwrap();
     let script = r#"import http.server, ssl, json, base64, time, sys
 class H(http.server.BaseHTTPRequestHandler):
     def do_POST(self):
@@ -2206,7 +2215,7 @@ s.serve_forever()
 "#;
     let mut child = std::process::Command::new("python3")
         .args(["-c", script])
-        .arg(dir)
+        .arg(dir.path())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("python3");
@@ -2218,7 +2227,9 @@ s.serve_forever()
         .trim()
         .parse()
         .unwrap_or_else(|_| panic!("webhook server said {line:?}"));
-    (Killed(child), port)
+    // The server has read its key and certificate once it has printed its port.
+    let bundle = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, cert.pem());
+    (Killed(child), port, bundle)
 }
 
 /// A child process killed when the test ends, passed or not.
@@ -2239,16 +2250,7 @@ fn admission_webhooks_refuse_patch_and_fail_as_configured() {
     // label, an unreachable or slow webhook fails the request (or not, with Ignore), and the
     // webhook configurations themselves are never sent to webhooks.
     let c = Control::start();
-    let dir = tempfile::tempdir().unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    std::fs::write(dir.path().join("tls.crt"), cert.pem()).unwrap();
-    std::fs::write(dir.path().join("tls.key"), key.serialize_pem()).unwrap();
-    let (_server, port) = webhook_server(dir.path());
-    let bundle = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, cert.pem());
+    let (_server, port, bundle) = webhook_server();
     // A webhook at `url` on `resources` for `ops`, in namespaces labelled hooked=yes.
     let hook = |name: &str, url: &str, resources: &str, ops: &str, extra: &str| {
         format!(
@@ -2667,16 +2669,7 @@ fn custom_resources_convert_through_their_crds_conversion_webhook() {
     // the one asked for, converted by the CRD's webhook (a ConversionReview per read or write
     // that needs one, a list in one review), as cert-manager's and Crossplane's CRDs do.
     let c = Control::start();
-    let dir = tempfile::tempdir().unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    std::fs::write(dir.path().join("tls.crt"), cert.pem()).unwrap();
-    std::fs::write(dir.path().join("tls.key"), key.serialize_pem()).unwrap();
-    let (server, port) = webhook_server(dir.path());
-    let bundle = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, cert.pem());
+    let (server, port, bundle) = webhook_server();
     let version = |name: &str, storage: bool| {
         format!(
             "  - name: {name}\n    served: true\n    storage: {storage}\n    schema: {{openAPIV3Schema: {{type: object, x-kubernetes-preserve-unknown-fields: true}}}}\n"

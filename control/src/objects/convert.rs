@@ -212,27 +212,8 @@ impl super::Objects {
             "request": {"uid": uid, "desiredAPIVersion": desired, "objects": originals},
         });
         let config = &hook["clientConfig"];
-        let url = match config["url"].as_str() {
-            Some(url) => url.to_owned(),
-            None => {
-                let svc = &config["service"];
-                format!(
-                    "https://{}.{}.svc:{}{}",
-                    svc["name"].as_str().unwrap_or_default(),
-                    svc["namespace"].as_str().unwrap_or_default(),
-                    svc["port"].as_u64().unwrap_or(443),
-                    svc["path"].as_str().unwrap_or_default()
-                )
-            }
-        };
-        let url = format!("{url}{}timeout=30s", if url.contains('?') { '&' } else { '?' });
-        let path = {
-            let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
-            rest.find('/').map_or_else(
-                || format!("/{}", &rest[rest.find('?').unwrap_or(rest.len())..]),
-                |i| rest[i..].to_owned(),
-            )
-        };
+        let url = super::admission::webhooks::url_of(config, WEBHOOK_TIMEOUT.as_secs());
+        let path = super::admission::webhooks::path_of(&url);
         let body = serde_json::to_vec(&review).map_err(|e| failed(e.to_string()))?;
         let answer = match tokio::time::timeout(WEBHOOK_TIMEOUT, backend.call(config, &path, body)).await {
             Ok(Ok(answer)) => answer,

@@ -338,8 +338,9 @@ fn failed(name: &str, what: impl std::fmt::Display) -> ApiError {
     ApiError::internal(format!("failed calling webhook \"{name}\": {what}"))
 }
 
-/// The service or URL a webhook's client config names, as upstream prints it in errors.
-fn url_of(client_config: &Value, timeout: u64) -> String {
+/// The service or URL a webhook's client config names, as upstream prints it in errors (also
+/// for CRD conversion webhooks).
+pub(crate) fn url_of(client_config: &Value, timeout: u64) -> String {
     let base = match client_config["url"].as_str() {
         Some(url) => url.to_owned(),
         None => {
@@ -358,7 +359,7 @@ fn url_of(client_config: &Value, timeout: u64) -> String {
 }
 
 /// The path (and query) of the call on the webhook's server.
-fn path_of(url: &str) -> String {
+pub(crate) fn path_of(url: &str) -> String {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     match rest.find('/') {
         Some(i) => rest[i..].to_owned(),
