@@ -2575,6 +2575,43 @@ fn resource_quotas_count_usage_and_limit_ranges_default_and_bound_pods() {
         "--image=registry.local/busybox:1.36",
     ]);
     assert!(second.contains("exceeded quota: compute, requested: count/deployments.apps=1, used: count/deployments.apps=1, limited: count/deployments.apps=1"), "{second}");
+    // A ReplicationController over the pod quota says so in its ReplicaFailure condition, which
+    // goes once it fits.
+    c.ok_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: ReplicationController\nmetadata: {name: over, namespace: q}\nspec:\n  replicas: 1\n  selector: {app: over}\n  template:\n    metadata: {labels: {app: over}}\n    spec: {containers: [{name: main, image: registry.local/busybox:1.36, resources: {requests: {cpu: 50m}}}]}\n",
+    );
+    let condition = |want: bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let rc = json(&c.ok(&["-n", "q", "get", "rc", "over", "-o", "json"]));
+            let found = rc["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| c["type"] == "ReplicaFailure")
+                .cloned();
+            if found.is_some() == want {
+                return found;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "ReplicaFailure never {want}: {rc}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    };
+    let failed = condition(true).unwrap();
+    assert_eq!(failed["reason"], "FailedCreate", "{failed}");
+    assert!(
+        failed["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("exceeded quota: compute"),
+        "{failed}"
+    );
+    c.ok(&["-n", "q", "scale", "rc", "over", "--replicas=0"]);
+    condition(false);
 }
 
 #[test]

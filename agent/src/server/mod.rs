@@ -76,15 +76,23 @@ pub fn tls_config(ca_pem: &str, cert_pem: &str, key_pem: &str) -> anyhow::Result
     Ok(Arc::new(config))
 }
 
-/// Whether the peer's certificate belongs to a node (nodes may not read other nodes' pods).
-fn is_node(cert: &rustls::pki_types::CertificateDer<'_>) -> bool {
+/// The identity the API server presents when it dials an agent.
+const API_SERVER: &str = "system:kube-apiserver";
+
+/// Whether the peer's certificate is the API server's: only it may use the node's endpoints
+/// (logs, exec, attach, port-forward, proxies), after it has authorized the request through
+/// RBAC. Other clients of the cluster CA — users, other nodes — go through the API server.
+fn is_api_server(cert: &rustls::pki_types::CertificateDer<'_>) -> bool {
     let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert.as_ref()) else {
-        return true;
+        return false;
     };
-    parsed
-        .subject()
-        .iter_organization()
-        .any(|o| o.as_str().ok() == Some("system:nodes"))
+    let subject = parsed.subject();
+    subject
+        .iter_common_name()
+        .any(|cn| cn.as_str().ok() == Some(API_SERVER))
+        && subject
+            .iter_organization()
+            .any(|o| o.as_str().ok() == Some("system:masters"))
 }
 
 /// Serves until the process ends.
@@ -106,7 +114,7 @@ pub async fn serve(listener: tokio::net::TcpListener, tls: Arc<rustls::ServerCon
                 .1
                 .peer_certificates()
                 .and_then(|c| c.first())
-                .is_some_and(|c| !is_node(c));
+                .is_some_and(|c| is_api_server(c));
             serve_io(TokioIo::new(stream), allowed, data_dir).await;
         });
     }
@@ -435,6 +443,25 @@ fn tokio_stream_from(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_api_servers_certificate_may_use_the_node() {
+        let cert = |cn: &str, org: &str| {
+            let mut params = rcgen::CertificateParams::default();
+            params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+            params
+                .distinguished_name
+                .push(rcgen::DnType::OrganizationName, org);
+            let key = rcgen::KeyPair::generate().unwrap();
+            params.self_signed(&key).unwrap().der().clone()
+        };
+        assert!(is_api_server(&cert("system:kube-apiserver", "system:masters")));
+        // An administrator, a user with a signed CSR, another node: through the API server.
+        assert!(!is_api_server(&cert("skiff-admin", "system:masters")));
+        assert!(!is_api_server(&cert("jane", "devs")));
+        assert!(!is_api_server(&cert("system:node:other", "system:nodes")));
+        assert!(!is_api_server(&cert("system:kube-apiserver", "devs")));
+    }
 
     #[test]
     fn renders_cri_records() {

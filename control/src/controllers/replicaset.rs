@@ -173,6 +173,9 @@ async fn reconcile(
     let owned: Vec<Arc<Value>> = pods.active_owned_by(&ns, f.kind, &name);
     let want = rs["spec"]["replicas"].as_i64().unwrap_or(1).max(0) as usize;
     let mut last_rev = 0;
+    // A create that failed (a quota, admission): reported in the ReplicaFailure condition, and
+    // tried again with back-off once the status is written.
+    let mut failure: Option<crate::objects::status::ApiError> = None;
     if owned.len() < want {
         let template = &rs["spec"]["template"];
         let pod_call = call(app, "", "pods", &ns, None, None, f.manager);
@@ -201,7 +204,8 @@ async fn reconcile(
                         &format!("Error creating: {}", e.message),
                     )
                     .await;
-                    return Err(e.into());
+                    failure = Some(e);
+                    break;
                 }
             }
         }
@@ -261,11 +265,37 @@ async fn reconcile(
     if let Some(m) = status.as_object_mut() {
         m.retain(|k, v| k == "replicas" || k == "observedGeneration" || v != &json!(0));
     }
+    let conditions = failure_conditions(&rs["status"]["conditions"], failure.as_ref());
+    if !conditions.is_empty() {
+        status["conditions"] = Value::Array(conditions);
+    }
     write_status(app, &rs, f.group, f.plural, status, f.manager).await?;
+    if let Some(e) = failure {
+        return Err(e.into());
+    }
     if ready > available {
         return Ok(Next::After(Duration::from_secs(min_ready.max(1) as u64)));
     }
     Ok(Next::Done)
+}
+
+/// The conditions to keep with upstream's `ReplicaFailure`: added (FailedCreate, the error) when
+/// a create failed and it is not there yet, removed once creates succeed again.
+fn failure_conditions(current: &Value, failure: Option<&crate::objects::status::ApiError>) -> Vec<Value> {
+    let mut out: Vec<Value> = current.as_array().cloned().unwrap_or_default();
+    let has = out.iter().any(|c| c["type"] == "ReplicaFailure");
+    match failure {
+        Some(e) if !has => out.push(json!({
+            "type": "ReplicaFailure",
+            "status": "True",
+            "reason": "FailedCreate",
+            "message": e.message,
+            "lastTransitionTime": crate::objects::meta::now(),
+        })),
+        None if has => out.retain(|c| c["type"] != "ReplicaFailure"),
+        _ => {}
+    }
+    out
 }
 
 /// Starts the controllers of ReplicaSets and of ReplicationControllers.
