@@ -11,7 +11,7 @@ use skiff_control::api::{self, App};
 use skiff_control::objects::Objects;
 use skiff_control::objects::service::Cidr;
 use skiff_control::pki::{Pki, local_url};
-use skiff_control::store::{Store, StoreConfig};
+use skiff_control::store::{Encryption, Store, StoreConfig};
 
 /// Skiff's control plane.
 #[derive(Debug, Parser)]
@@ -63,6 +63,28 @@ struct Args {
     /// `token,user,uid[,"group1,group2"]`.
     #[arg(long)]
     token_auth_file: Option<PathBuf>,
+    /// Upstream's `EncryptionConfiguration` file: which resources are encrypted at rest, and
+    /// with which keys (default: DATA_DIR/encryption-config.yaml, made at first start with a new
+    /// key for Secrets). Values stored otherwise than it writes are rewritten at start.
+    #[arg(long)]
+    encryption_provider_config: Option<PathBuf>,
+    /// The audit log: upstream's audit.k8s.io/v1 Events as JSON lines (`-`: standard output;
+    /// default DATA_DIR/audit.log).
+    #[arg(long)]
+    audit_log_path: Option<PathBuf>,
+    /// Upstream's audit Policy file: what is logged at which level (default: every request at
+    /// Metadata but health checks and node heartbeats).
+    #[arg(long)]
+    audit_policy_file: Option<PathBuf>,
+    /// Size in MiB at which the audit log is rotated (0: never).
+    #[arg(long, default_value_t = 100)]
+    audit_log_maxsize: u64,
+    /// Rotated audit logs kept (0: all).
+    #[arg(long, default_value_t = 10)]
+    audit_log_maxbackup: usize,
+    /// Days a rotated audit log is kept (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    audit_log_maxage: u64,
     /// Client connections the API server serves at once (default: 4096, or what the descriptor
     /// limit allows); 64 more serve only health checks and `system:masters` clients.
     #[arg(long)]
@@ -165,7 +187,32 @@ async fn run() -> anyhow::Result<()> {
     store_config.node_id = args.node_id;
     store_config.watch_history = args.watch_history;
     store_config.min_free_disk = args.min_free_disk_mb << 20;
+    let encryption_file = match &args.encryption_provider_config {
+        Some(file) => file.clone(),
+        None => {
+            let file = args.data_dir.join("encryption-config.yaml");
+            if !file.exists() {
+                std::fs::write(&file, Encryption::generate_default())
+                    .with_context(|| format!("writing {}", file.display()))?;
+            }
+            file
+        }
+    };
+    let text = std::fs::read_to_string(&encryption_file)
+        .with_context(|| format!("reading {}", encryption_file.display()))?;
+    store_config.encryption = Arc::new(
+        Encryption::parse(&text)
+            .with_context(|| format!("--encryption-provider-config {}", encryption_file.display()))?,
+    );
     let store = Store::open(store_config).await.context("opening the store")?;
+    let rewriting = store.clone();
+    tokio::spawn(async move {
+        match rewriting.reencrypt().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(values = n, "rewrote values stored with an older key or provider"),
+            Err(e) => tracing::error!(error = %e, "rewriting values stored with an older key or provider"),
+        }
+    });
 
     let cluster_cidr = if args.cluster_cidr.is_empty() {
         None
@@ -200,6 +247,28 @@ async fn run() -> anyhow::Result<()> {
             .map_err(anyhow::Error::msg)
             .with_context(|| format!("--token-auth-file {}", file.display()))?;
     }
+    let policy = match &args.audit_policy_file {
+        Some(file) => {
+            let text =
+                std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+            api::audit::Policy::parse(&text)
+                .with_context(|| format!("--audit-policy-file {}", file.display()))?
+        }
+        None => api::audit::Policy::default_policy(),
+    };
+    let sink = api::audit::Sink {
+        path: args
+            .audit_log_path
+            .clone()
+            .unwrap_or_else(|| args.data_dir.join("audit.log")),
+        max_bytes: args.audit_log_maxsize << 20,
+        max_backups: args.audit_log_maxbackup,
+        max_age_days: args.audit_log_maxage,
+    };
+    app.audit = Some(
+        api::audit::Audit::start(policy, sink.clone())
+            .with_context(|| format!("opening the audit log {}", sink.path.display()))?,
+    );
     let app = Arc::new(app);
     let webhooks = api::webhooks::Calls::new(&objects);
     webhooks.serve(&app);

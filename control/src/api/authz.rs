@@ -64,6 +64,7 @@ pub fn node_of(who: &Identity) -> Option<&str> {
 /// Checks that `who` may do `verb` on the call's resource.
 pub async fn authorize(app: &App, who: &Identity, verb: &str, call: &Call) -> Result<(), ApiError> {
     if node_of(who).is_some_and(|node| node_may(node, verb, call)) {
+        super::audit::note_decision("allow", "the node authorizer".into());
         return Ok(());
     }
     // A list or watch pinned to one name by `fieldSelector=metadata.name=NAME` is a request for
@@ -83,7 +84,10 @@ pub async fn authorize(app: &App, who: &Identity, verb: &str, call: &Call) -> Re
         namespace: call.ns.as_deref(),
         name: call.name.as_deref().or(pinned.as_deref()),
     };
-    allow(app, who, verb, &target).await
+    let decision = allow(app, who, verb, &target).await;
+    let verdict = if decision.is_ok() { "allow" } else { "forbid" };
+    super::audit::note_decision(verdict, String::new());
+    decision
 }
 
 /// Checks that `who` may do `verb` on `target`: `system:masters` always, else RBAC.

@@ -1,6 +1,7 @@
 //! The Kubernetes API server: HTTPS, discovery, OpenAPI and REST semantics over the store.
 
 pub mod aggregator;
+pub mod audit;
 mod authz;
 mod componentstatus;
 mod discovery;
@@ -66,6 +67,8 @@ pub struct App {
     pub rbac: rbac::Rbac,
     /// The users of `--token-auth-file`.
     pub static_tokens: token::StaticTokens,
+    /// The audit log (none: requests are not audited).
+    pub audit: Option<Arc<audit::Audit>>,
 }
 
 impl App {
@@ -81,6 +84,7 @@ impl App {
             aggregated: aggregator::Aggregated::default(),
             rbac: rbac::Rbac::default(),
             static_tokens: token::StaticTokens::default(),
+            audit: None,
         }
     }
 }
@@ -225,7 +229,27 @@ fn bearer_token(header: &str) -> Option<&str> {
 }
 
 async fn dispatch(state: State<Arc<App>>, req: Request) -> Response {
-    let (mut response, warnings) = crate::objects::admission::with_warnings(serve(state, req)).await;
+    let protobuf = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|a| a.to_str().ok())
+        .is_some_and(protobuf::encode::preferred);
+    let audited = async {
+        let response = match state.0.audit.clone() {
+            Some(audit) => {
+                let received = audit::Received::of(&req);
+                audit.record(&received, serve(state, req)).await
+            }
+            None => serve(state, req).await,
+        };
+        // Encoded last, so that the audit log has the object as JSON.
+        if protobuf && response.extensions().get::<Encodable>().is_some() {
+            as_protobuf(response).await
+        } else {
+            response
+        }
+    };
+    let (mut response, warnings) = crate::objects::admission::with_warnings(audited).await;
     for w in warnings {
         // RFC 7234 warn-code 299 with a quoted text, as upstream writes them.
         let text = w.replace('\\', "\\\\").replace('"', "\\\"");
@@ -238,6 +262,9 @@ async fn dispatch(state: State<Arc<App>>, req: Request) -> Response {
 
 async fn serve(State(app): State<Arc<App>>, req: Request) -> Response {
     let (mut parts, body) = req.into_parts();
+    if let Some(who) = parts.extensions.get::<Identity>() {
+        audit::note_user(who);
+    }
     // Without a client certificate, a bearer token may say who it is.
     if parts.extensions.get::<Identity>().is_none()
         && let Some(bearer) = parts
@@ -256,6 +283,7 @@ async fn serve(State(app): State<Arc<App>>, req: Request) -> Response {
         };
         match who {
             Ok(id) => {
+                audit::note_user(&id);
                 parts.extensions.insert(id);
             }
             Err(e) => return e.into_response(),
@@ -267,6 +295,7 @@ async fn serve(State(app): State<Arc<App>>, req: Request) -> Response {
     {
         match impersonate(&app, &who, &parts.headers).await {
             Ok(as_who) => {
+                audit::note_impersonated(&as_who);
                 parts.extensions.insert(as_who);
             }
             Err(e) => return e.into_response(),
@@ -377,6 +406,7 @@ async fn serve(State(app): State<Arc<App>>, req: Request) -> Response {
             .into_response();
         }
     };
+    audit::note_request_body(&body);
     let who = parts.extensions.get::<Identity>().cloned();
     let response = match route(
         app,
@@ -392,12 +422,15 @@ async fn serve(State(app): State<Arc<App>>, req: Request) -> Response {
         Ok(r) => r,
         Err(e) => e.into_response(),
     };
-    let accept = parts.headers.get(header::ACCEPT).and_then(|a| a.to_str().ok());
-    if accept.is_some_and(protobuf::encode::preferred) {
-        return as_protobuf(response).await;
-    }
+    let mut response = response;
+    response.extensions_mut().insert(Encodable);
     response
 }
+
+/// Marks a response of the API's own handlers, which a client that prefers protobuf gets as
+/// protobuf (proxied and upgraded ones stay as they are).
+#[derive(Debug, Clone, Copy)]
+struct Encodable;
 
 /// A whole JSON response as protobuf, for a client that prefers it, when its kind has a message
 /// (custom resources, tables and streams stay as they are: the client takes JSON too, and

@@ -24,6 +24,10 @@ pub struct Identity {
     pub groups: Vec<String>,
 }
 
+/// The address a request came from.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub std::net::SocketAddr);
+
 /// Errors while setting up TLS.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsSetupError {
@@ -270,6 +274,7 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, app: R
                         if let Some(who) = who {
                             req.extensions_mut().insert(who);
                         }
+                        req.extensions_mut().insert(Peer(peer));
                         app.oneshot(req.map(axum::body::Body::new)).await
                     }
                 });

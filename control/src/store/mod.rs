@@ -7,9 +7,11 @@
 
 #[cfg(test)]
 pub(crate) mod conformance;
+pub mod encryption;
 mod raft;
 mod watch;
 
+pub use encryption::Encryption;
 pub use raft::{Store, StoreConfig};
 pub use watch::{Event, EventKind, WatchStream};
 

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::broadcast;
 
+use super::encryption::Encryption;
 use super::{KeyValue, StoreError};
 
 /// Whether a key was written or removed.
@@ -45,6 +46,8 @@ pub(crate) struct WatchHub {
     inner: Mutex<Inner>,
     tx: broadcast::Sender<Arc<Event>>,
     capacity: usize,
+    /// Events carry values as written: opened once here, not by every watcher.
+    encryption: Arc<Encryption>,
 }
 
 impl std::fmt::Debug for WatchHub {
@@ -56,7 +59,7 @@ impl std::fmt::Debug for WatchHub {
 }
 
 impl WatchHub {
-    pub(crate) fn new(revision: u64, capacity: usize) -> Self {
+    pub(crate) fn new(revision: u64, capacity: usize, encryption: Arc<Encryption>) -> Self {
         let (tx, _) = broadcast::channel(capacity.max(1024));
         Self {
             inner: Mutex::new(Inner {
@@ -66,7 +69,18 @@ impl WatchHub {
             }),
             tx,
             capacity,
+            encryption,
         }
+    }
+
+    /// `kv` with its value as written; a value that cannot be opened is logged and left empty
+    /// (its reader reports it undecodable).
+    fn opened(&self, mut kv: KeyValue) -> KeyValue {
+        match self.encryption.open(&kv.key, std::mem::take(&mut kv.value)) {
+            Ok((value, _)) => kv.value = value,
+            Err(e) => tracing::error!(error = %e, "watch event"),
+        }
+        kv
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -81,7 +95,11 @@ impl WatchHub {
     /// Records events applied up to `revision` and wakes watchers.
     pub(crate) fn publish(&self, events: Vec<Event>, revision: u64) {
         let mut inner = self.lock();
-        for event in events {
+        for mut event in events {
+            if !self.encryption.is_empty() {
+                event.kv = self.opened(event.kv);
+                event.prev = event.prev.map(|kv| self.opened(kv));
+            }
             let event = Arc::new(event);
             inner.history.push_back(event.clone());
             // Nobody listening is fine; the history still serves later watchers.
@@ -205,7 +223,7 @@ mod tests {
 
     #[tokio::test]
     async fn backlog_then_live_without_gaps_or_duplicates() {
-        let hub = WatchHub::new(0, 100);
+        let hub = WatchHub::new(0, 100, Arc::default());
         hub.publish(vec![put("/a/1", 1), put("/b/1", 2), put("/a/2", 3)], 3);
         let mut w = hub.subscribe("/a/", 1).unwrap();
         hub.publish(vec![put("/a/3", 4)], 4);
@@ -218,7 +236,7 @@ mod tests {
 
     #[test]
     fn too_old_revision_is_compacted() {
-        let hub = WatchHub::new(0, 2);
+        let hub = WatchHub::new(0, 2, Arc::default());
         hub.publish(vec![put("/a", 1), put("/a", 2), put("/a", 3)], 3);
         assert!(matches!(
             hub.subscribe("/", 0),

@@ -25,22 +25,47 @@ use super::status::{ApiError, Target};
 use crate::objects::meta::from_kv;
 use crate::store::Store;
 
+/// What admission says about one request besides its verdict.
+#[derive(Debug, Default)]
+struct Notes {
+    /// `Warning` headers.
+    warnings: Vec<String>,
+    /// Annotations of the request's audit event.
+    audit: Vec<(String, String)>,
+}
+
 tokio::task_local! {
-    /// The warnings given while serving one request.
-    static WARNINGS: std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+    /// The notes of the request being served.
+    static NOTES: std::sync::Arc<std::sync::Mutex<Notes>>;
+}
+
+fn with_notes<T>(f: impl FnOnce(&mut Notes) -> T) -> Option<T> {
+    NOTES
+        .try_with(|n| f(&mut n.lock().unwrap_or_else(|p| p.into_inner())))
+        .ok()
 }
 
 /// Gives the request being served a warning (a `Warning` header, which kubectl prints); nothing
 /// outside a request (controllers' writes).
 pub fn warn(message: String) {
-    let _ = WARNINGS.try_with(|w| w.lock().unwrap_or_else(|p| p.into_inner()).push(message));
+    with_notes(|n| n.warnings.push(message));
+}
+
+/// Annotates the audit event of the request being served (PodSecurity's `audit` verdicts).
+pub fn annotate_audit(key: &str, value: String) {
+    with_notes(|n| n.audit.push((key.to_owned(), value)));
+}
+
+/// The audit annotations given so far to the request being served.
+pub fn audit_annotations() -> Vec<(String, String)> {
+    with_notes(|n| n.audit.clone()).unwrap_or_default()
 }
 
 /// Runs `serve` collecting the warnings admission gives it.
 pub async fn with_warnings<F: std::future::Future>(serve: F) -> (F::Output, Vec<String>) {
-    let warnings = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let out = WARNINGS.scope(warnings.clone(), serve).await;
-    let list = std::mem::take(&mut *warnings.lock().unwrap_or_else(|p| p.into_inner()));
+    let notes = std::sync::Arc::new(std::sync::Mutex::new(Notes::default()));
+    let out = NOTES.scope(notes.clone(), serve).await;
+    let list = std::mem::take(&mut notes.lock().unwrap_or_else(|p| p.into_inner()).warnings);
     (out, list)
 }
 
@@ -127,6 +152,9 @@ pub trait Lookup: Sync {
     fn get_local(&self, key: &str) -> Result<Option<Value>, ApiError>;
     /// The objects under `prefix`.
     async fn list(&self, prefix: &str) -> Result<Vec<Value>, ApiError>;
+    /// The objects under `prefix` as this member has them, without a round trip to the leader
+    /// (what upstream's plugins read from their informers' caches).
+    fn list_local(&self, prefix: &str) -> Result<Vec<Value>, ApiError>;
 }
 
 #[tonic::async_trait]
@@ -145,6 +173,11 @@ impl Lookup for Store {
         let all = Store::list(self, prefix, None, 0)
             .await
             .map_err(ApiError::internal)?;
+        Ok(all.items.iter().map(from_kv).collect())
+    }
+
+    fn list_local(&self, prefix: &str) -> Result<Vec<Value>, ApiError> {
+        let all = Store::list_local(self, prefix).map_err(ApiError::internal)?;
         Ok(all.items.iter().map(from_kv).collect())
     }
 }
@@ -259,6 +292,10 @@ pub(crate) mod testing {
         }
 
         async fn list(&self, prefix: &str) -> Result<Vec<Value>, ApiError> {
+            self.list_local(prefix)
+        }
+
+        fn list_local(&self, prefix: &str) -> Result<Vec<Value>, ApiError> {
             Ok(self
                 .0
                 .range(prefix.to_owned()..)

@@ -418,13 +418,14 @@ impl Plugin for PodSecurity {
         if audit > Level::Privileged {
             let found = violations(spec, audit);
             if !found.is_empty() {
-                tracing::info!(
-                    namespace = ns,
-                    name = meta_str(obj, "name"),
-                    kind = %attrs.info.kind,
-                    level = audit.name(),
-                    violations = %found.join(", "),
-                    "pod-security.kubernetes.io/audit-violations"
+                // On the request's audit event, as upstream.
+                super::annotate_audit(
+                    "pod-security.kubernetes.io/audit-violations",
+                    format!(
+                        "would violate PodSecurity \"{}:latest\": {}",
+                        audit.name(),
+                        found.join(", ")
+                    ),
                 );
             }
         }
