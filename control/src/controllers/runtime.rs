@@ -376,6 +376,15 @@ where
                 r = changes.recv() => if let Err(broadcast::error::RecvError::Closed) = r { return },
                 _ = tokio::time::sleep(Duration::from_secs(5)) => {}
             }
+            // One sync covers every change so far: a burst (5,000 nodes registering) costs one
+            // pass, not one per change.
+            loop {
+                match changes.try_recv() {
+                    Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) => {}
+                    Err(broadcast::error::TryRecvError::Closed) => return,
+                    Err(broadcast::error::TryRecvError::Empty) => break,
+                }
+            }
         }
     });
 }

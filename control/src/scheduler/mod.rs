@@ -234,6 +234,7 @@ fn decide(state: &mut State, pod: &Value) -> Decision {
         return Decision::Unschedulable(format!("0/{total} nodes are available: {why}."));
     }
     let requests = pod_requests(pod);
+    let scoring = node_info::scoring_requests(&requests);
     let ports = filter::pod_host_ports(pod);
     let mut view = filter::PodView::new(pod);
     // Image locality only matters once some node reports images.
@@ -261,9 +262,13 @@ fn decide(state: &mut State, pod: &Value) -> Decision {
         default_selector.as_ref(),
     );
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
-    // Feasible nodes: (name, score so far, raw spread score).
-    let mut scored: Vec<(&str, i64, Option<i64>)> = Vec::new();
     let wanted = feasible_nodes_to_find(total);
+    // Feasible nodes: (name, score so far, raw spread score), kept only when the spread score,
+    // normalized over all of them, is still to be added; otherwise the best so far.
+    let spread = rules.scores_spread();
+    let mut scored: Vec<(&str, i64, Option<i64>)> =
+        Vec::with_capacity(if spread { wanted.min(total) } else { 0 });
+    let mut best: Option<(&str, i64)> = None;
     let start = if total == 0 { 0 } else { state.next_start % total };
     let mut feasible = 0;
     let mut visited = 0;
@@ -328,10 +333,15 @@ fn decide(state: &mut State, pod: &Value) -> Decision {
         }
         if failed.is_empty() {
             feasible += 1;
-            let s = score::score(&view, info, &requests)
+            let s = score::score(&view, info, scoring)
                 + rules.score(&info.node)
                 + score::image_locality(&images, info, &state.image_nodes, total);
-            scored.push((name, s, rules.spread_raw(&info.node)));
+            if spread {
+                scored.push((name, s, rules.spread_raw(&info.node)));
+            } else if best.is_none_or(|(bn, b)| s > b || (s == b && name.as_str() < bn)) {
+                // Highest score wins; equal scores go to the first node by name.
+                best = Some((name, s));
+            }
         } else {
             // Upstream reports one reason per node kind; count each distinct reason.
             for r in failed {
@@ -339,15 +349,15 @@ fn decide(state: &mut State, pod: &Value) -> Decision {
             }
         }
     }
-    if rules.scores_spread() {
+    if spread {
         score::add_spread(&mut scored);
+        best = scored
+            .into_iter()
+            .max_by(|(an, a, _), (bn, b, _)| a.cmp(b).then(bn.cmp(an)))
+            .map(|(name, s, _)| (name, s));
     }
-    // Highest score wins; equal scores go to the first node by name.
-    let best = scored
-        .into_iter()
-        .max_by(|(an, a, _), (bn, b, _)| a.cmp(b).then(bn.cmp(an)));
     let decision = match best {
-        Some((node, _, _)) => Decision::Node(node.to_owned(), claims.waiting()),
+        Some((node, _)) => Decision::Node(node.to_owned(), claims.waiting()),
         None => Decision::Unschedulable(filter::unschedulable_message(total, &reasons)),
     };
     if narrowed.is_none() {

@@ -25,7 +25,9 @@ pub struct NodeInfo {
     pub requested: BTreeMap<String, f64>,
     /// Sum of the CPU and memory requests of pods bound here as scoring counts them
     /// ([`scoring_request`]).
-    pub scored: BTreeMap<String, f64>,
+    pub scored: [f64; 2],
+    /// Allocatable CPU and memory (what scoring reads for every node of every decision).
+    pub scoring_allocatable: [f64; 2],
     /// Pods bound here.
     pub pods: usize,
     /// (protocol, port) pairs taken by bound pods.
@@ -78,13 +80,14 @@ impl NodeInfo {
     pub fn new(node: Arc<Value>) -> Self {
         let allocatable = quantities(&node["status"]["allocatable"]);
         Self {
+            scoring_allocatable: scoring_pair(&allocatable),
             images: images(&node),
             unschedulable: node["spec"]["unschedulable"] == true,
             taints: node["spec"]["taints"].as_array().cloned().unwrap_or_default(),
             node,
             allocatable,
             requested: BTreeMap::new(),
-            scored: BTreeMap::new(),
+            scored: [0.0; 2],
             pods: 0,
             host_ports: HashSet::new(),
         }
@@ -93,6 +96,7 @@ impl NodeInfo {
     /// Replaces the Node object, keeping the bookkeeping.
     pub fn update_node(&mut self, node: Arc<Value>) {
         self.allocatable = quantities(&node["status"]["allocatable"]);
+        self.scoring_allocatable = scoring_pair(&self.allocatable);
         self.unschedulable = node["spec"]["unschedulable"] == true;
         self.images = images(&node);
         self.taints = node["spec"]["taints"].as_array().cloned().unwrap_or_default();
@@ -104,9 +108,9 @@ impl NodeInfo {
         for (k, v) in requests {
             *self.requested.entry(k.clone()).or_default() += sign * v;
         }
-        for r in ["cpu", "memory"] {
-            *self.scored.entry(r.to_owned()).or_default() += sign * scoring_request(requests, r);
-        }
+        let [cpu, memory] = scoring_requests(requests);
+        self.scored[0] += sign * cpu;
+        self.scored[1] += sign * memory;
         if sign > 0.0 {
             self.pods += 1;
             self.host_ports.extend(ports.iter().cloned());
@@ -117,6 +121,16 @@ impl NodeInfo {
             }
         }
     }
+}
+
+/// CPU and memory of `amounts`, 0 where absent.
+fn scoring_pair(amounts: &BTreeMap<String, f64>) -> [f64; 2] {
+    ["cpu", "memory"].map(|r| amounts.get(r).copied().unwrap_or(0.0))
+}
+
+/// A pod's CPU and memory requests as scoring counts them ([`scoring_request`]).
+pub fn scoring_requests(requests: &BTreeMap<String, f64>) -> [f64; 2] {
+    ["cpu", "memory"].map(|r| scoring_request(requests, r))
 }
 
 /// A pod's CPU or memory request as scoring counts it: upstream's non-zero defaults (100m CPU,

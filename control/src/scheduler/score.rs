@@ -1,10 +1,8 @@
 //! Scores (0-100 each, summed): least allocated and balanced allocation of CPU and memory,
 //! preferred node affinity, and fewer untolerated PreferNoSchedule taints.
 
-use std::collections::BTreeMap;
-
 use super::filter::{PodView, term_matches};
-use super::node_info::{NodeInfo, scoring_request};
+use super::node_info::NodeInfo;
 
 const MB: f64 = 1024.0 * 1024.0;
 
@@ -33,16 +31,17 @@ pub fn image_locality(
 }
 
 /// The total score of `node` for a pod with `requests`, plus the node's preferred-affinity weight.
-pub fn score(pod: &PodView<'_>, info: &NodeInfo, requests: &BTreeMap<String, f64>) -> i64 {
-    let fraction = |resource: &str| {
-        let alloc = info.allocatable.get(resource).copied().unwrap_or(0.0);
+/// `requests` is the pod's CPU and memory as scoring counts them
+/// ([`super::node_info::scoring_requests`]).
+pub fn score(pod: &PodView<'_>, info: &NodeInfo, requests: [f64; 2]) -> i64 {
+    let fraction = |i: usize| {
+        let alloc = info.scoring_allocatable[i];
         if alloc <= 0.0 {
             return 1.0;
         }
-        ((info.scored.get(resource).copied().unwrap_or(0.0) + scoring_request(requests, resource)) / alloc)
-            .min(1.0)
+        ((info.scored[i] + requests[i]) / alloc).min(1.0)
     };
-    let (cpu, mem) = (fraction("cpu"), fraction("memory"));
+    let (cpu, mem) = (fraction(0), fraction(1));
     let least_allocated = (((1.0 - cpu) + (1.0 - mem)) / 2.0 * 100.0) as i64;
     let balanced = ((1.0 - (cpu - mem).abs()) * 100.0) as i64;
     let preferred: i64 = pod

@@ -14,11 +14,10 @@ use crate::objects::status::ApiError;
 /// Applies and enforces LimitRanges.
 pub struct LimitRanger;
 
-/// The limit items of `kind` of the namespace's LimitRanges.
+/// The limit items of `kind` of the namespace's LimitRanges (as this member has them, like
+/// upstream's informer cache).
 async fn items(lookup: &dyn Lookup, ns: &str, kind: &str) -> Result<Vec<Value>, ApiError> {
-    let ranges = lookup
-        .list(&format!("{}{ns}/", keys::prefix("", "limitranges")))
-        .await?;
+    let ranges = lookup.list_local(&format!("{}{ns}/", keys::prefix("", "limitranges")))?;
     Ok(ranges
         .iter()
         .flat_map(|r| r["spec"]["limits"].as_array().cloned().unwrap_or_default())

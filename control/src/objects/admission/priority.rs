@@ -32,13 +32,15 @@ impl Plugin for Priority {
             .unwrap_or_default()
             .to_owned();
         let class = if name.is_empty() {
-            let all = lookup.list(keys::PRIORITY_CLASSES).await?;
+            let all = lookup.list_local(keys::PRIORITY_CLASSES)?;
             all.into_iter().find(|c| c["globalDefault"] == json!(true))
         } else {
-            let Some(class) = lookup
-                .get(&keys::object(keys::PRIORITY_CLASSES, None, &name))
-                .await?
-            else {
+            let key = keys::object(keys::PRIORITY_CLASSES, None, &name);
+            let class = match lookup.get_local(&key)? {
+                Some(class) => Some(class),
+                None => lookup.get(&key).await?,
+            };
+            let Some(class) = class else {
                 let pod_name = if attrs.url_name.is_empty() {
                     meta_str(pod, "name")
                 } else {

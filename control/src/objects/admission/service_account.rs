@@ -48,6 +48,10 @@ async fn find_account(lookup: &dyn Lookup, ns: &str, name: &str) -> Result<Optio
         if attempt > 0 {
             tokio::time::sleep(std::time::Duration::from_millis(100 + rand::random_range(0..100))).await;
         }
+        // The local copy first (the account is rarely new); a miss asks the leader.
+        if let Some(sa) = lookup.get_local(&key)? {
+            return Ok(Some(sa));
+        }
         if let Some(sa) = lookup.get(&key).await? {
             return Ok(Some(sa));
         }
