@@ -7,6 +7,7 @@
 //! info does; who made it comes from [`note_user`] and [`note_impersonated`], which the
 //! dispatcher calls while it authenticates, inside [`Audit::record`]'s scope.
 
+use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -16,7 +17,7 @@ use axum::http::{Method, header};
 use axum::response::Response;
 use bytes::Bytes;
 use futures::StreamExt as _;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::server::Identity;
 
@@ -518,18 +519,9 @@ pub fn note_decision(decision: &'static str, reason: String) {
     with_notes(|n| n.decision = Some((decision, reason)));
 }
 
+/// RFC 3339 in UTC with microseconds, as upstream writes audit timestamps.
 fn timestamp(t: jiff::Timestamp) -> String {
-    t.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
-}
-
-/// A user as upstream's audit events show it: every authenticated user is in
-/// `system:authenticated`.
-fn user_json(who: &Identity) -> Value {
-    let mut groups = who.groups.clone();
-    if !groups.iter().any(|g| g == "system:authenticated") {
-        groups.push("system:authenticated".to_owned());
-    }
-    json!({"username": who.user, "groups": groups})
+    format!("{t:.6}")
 }
 
 /// What the audit log needs of a request before it is served.
@@ -569,15 +561,16 @@ impl Received {
     }
 }
 
-/// Drops into one more event when the body of a long-running response ends.
-struct Complete(Option<(std::sync::mpsc::Sender<String>, Value)>);
+/// Sends the `ResponseComplete` event of a long-running response when its body ends.
+struct Complete(Option<(std::sync::mpsc::Sender<String>, Event)>);
 
 impl Drop for Complete {
     fn drop(&mut self) {
         if let Some((lines, mut event)) = self.0.take() {
-            event["stage"] = json!("ResponseComplete");
-            event["stageTimestamp"] = json!(timestamp(jiff::Timestamp::now()));
-            let _ = lines.send(event.to_string());
+            event.stage_timestamp = timestamp(jiff::Timestamp::now());
+            if let Ok(line) = serde_json::to_string(&event) {
+                let _ = lines.send(line);
+            }
         }
     }
 }
@@ -635,7 +628,7 @@ impl Audit {
         let response = NOTES.scope(notes.clone(), serve).await;
         let notes = std::mem::take(&mut *notes.lock().unwrap_or_else(|p| p.into_inner()));
         let path = uri.path();
-        let info = request_info(method, path, uri.query());
+        let mut info = request_info(method, path, uri.query());
         let acting = notes.impersonated.as_ref().or(notes.user.as_ref());
         let (mut level, omit) = self.policy.level_of(acting, path, &info);
         if level == Level::None {
@@ -645,58 +638,65 @@ impl Audit {
             level = level.min(Level::Metadata);
         }
         let code = response.status().as_u16();
-        let mut event = json!({
-            "kind": "Event",
-            "apiVersion": "audit.k8s.io/v1",
-            "level": level.name(),
-            "auditID": uuid::Uuid::new_v4().to_string(),
-            "requestURI": uri.path_and_query().map_or(path, |p| p.as_str()),
-            "verb": info.verb,
-            "user": notes.user.as_ref().map_or_else(|| json!({"username": "system:anonymous", "groups": ["system:unauthenticated"]}), user_json),
-            "sourceIPs": peer.map(|ip| vec![ip.to_string()]).unwrap_or_default(),
-            "requestReceivedTimestamp": timestamp(received),
-        });
-        if let Some(agent) = user_agent {
-            event["userAgent"] = json!(agent);
+        let mut annotations = BTreeMap::new();
+        if let Some((decision, reason)) = notes.decision {
+            annotations.insert("authorization.k8s.io/decision".to_owned(), decision.to_owned());
+            annotations.insert("authorization.k8s.io/reason".to_owned(), reason);
         }
-        if let Some(who) = &notes.impersonated {
-            event["impersonatedUser"] = user_json(who);
-        }
-        if info.resource_request {
-            let mut object_ref = json!({"resource": info.resource, "apiVersion": info.version});
-            for (field, value) in [
-                ("namespace", &info.namespace),
-                ("name", &info.name),
-                ("apiGroup", &info.group),
-                ("subresource", &info.subresource),
-            ] {
-                if !value.is_empty() {
-                    object_ref[field] = json!(value);
-                }
-            }
-            event["objectRef"] = object_ref;
-        }
-        let mut annotations = serde_json::Map::new();
-        if let Some((decision, reason)) = &notes.decision {
-            annotations.insert("authorization.k8s.io/decision".into(), json!(decision));
-            annotations.insert("authorization.k8s.io/reason".into(), json!(reason));
-        }
-        for (k, v) in crate::objects::admission::audit_annotations() {
-            annotations.insert(k, json!(v));
-        }
-        if !annotations.is_empty() {
-            event["annotations"] = Value::Object(annotations);
-        }
-        if level >= Level::Request
+        annotations.extend(crate::objects::admission::audit_annotations());
+        let request_object = if level >= Level::Request
             && let Some(body) = notes.request_body.as_ref().filter(|b| !b.is_empty())
-            && let Ok(object) = super::handlers::parse_body(body, content_type)
         {
             // JSON, YAML or protobuf: logged as the object it decodes to, as upstream.
-            event["requestObject"] = object;
-        }
-        let long_running = info.verb == "watch" || code == 101;
+            super::handlers::parse_body(body, content_type).ok()
+        } else {
+            None
+        };
+        let mut event = Event {
+            kind: "Event",
+            api_version: "audit.k8s.io/v1",
+            level: level.name(),
+            audit_id: uuid::Builder::from_random_bytes(rand::random())
+                .into_uuid()
+                .hyphenated()
+                .to_string(),
+            stage: "ResponseComplete",
+            request_uri: uri.path_and_query().map_or(path, |p| p.as_str()).to_owned(),
+            user: notes.user.as_ref().map_or_else(
+                || User {
+                    username: "system:anonymous".to_owned(),
+                    groups: vec!["system:unauthenticated".to_owned()],
+                },
+                User::of,
+            ),
+            impersonated_user: notes.impersonated.as_ref().map(User::of),
+            source_ips: peer.map(|ip| vec![ip.to_string()]).unwrap_or_default(),
+            user_agent: user_agent.clone(),
+            object_ref: info.resource_request.then(|| ObjectRef {
+                resource: std::mem::take(&mut info.resource),
+                namespace: std::mem::take(&mut info.namespace),
+                name: std::mem::take(&mut info.name),
+                api_group: std::mem::take(&mut info.group),
+                api_version: std::mem::take(&mut info.version),
+                subresource: std::mem::take(&mut info.subresource),
+            }),
+            verb: info.verb,
+            response_status: ResponseStatus {
+                metadata: Empty {},
+                code,
+                status: None,
+                message: None,
+                reason: None,
+                details: None,
+            },
+            request_object,
+            response_object: None,
+            request_received_timestamp: timestamp(received),
+            stage_timestamp: String::new(),
+            annotations,
+        };
+        let long_running = event.verb == "watch" || code == 101;
         let (mut parts, body) = response.into_parts();
-        let mut status = json!({"metadata": {}, "code": code});
         let is_json = parts
             .headers
             .get(header::CONTENT_TYPE)
@@ -707,14 +707,15 @@ impl Audit {
                 Ok(bytes) => {
                     if let Ok(object) = serde_json::from_slice::<Value>(&bytes) {
                         if code >= 400 && object["kind"] == "Status" {
-                            for field in ["status", "message", "reason", "details"] {
-                                if !object[field].is_null() {
-                                    status[field] = object[field].clone();
-                                }
-                            }
+                            let field = |name: &str| Some(object[name].clone()).filter(|v| !v.is_null());
+                            let status = &mut event.response_status;
+                            status.status = field("status");
+                            status.message = field("message");
+                            status.reason = field("reason");
+                            status.details = field("details");
                         }
                         if level == Level::RequestResponse {
-                            event["responseObject"] = object;
+                            event.response_object = Some(object);
                         }
                     }
                     Body::from(bytes)
@@ -724,21 +725,19 @@ impl Audit {
         } else {
             body
         };
-        event["responseStatus"] = status;
-        let now = timestamp(jiff::Timestamp::now());
+        event.stage_timestamp = timestamp(jiff::Timestamp::now());
         let omitted = |stage: &str| omit.iter().any(|s| s == stage);
         if long_running {
             if !omitted("ResponseStarted") {
-                let mut started = event.clone();
-                started["stage"] = json!("ResponseStarted");
-                started["stageTimestamp"] = json!(now);
-                let _ = self.lines.send(started.to_string());
+                event.stage = "ResponseStarted";
+                self.send(&event);
             }
             if omitted("ResponseComplete") {
                 return Response::from_parts(parts, body);
             }
             // Logged when the stream ends (or the client goes).
             parts.headers.remove(header::CONTENT_LENGTH);
+            event.stage = "ResponseComplete";
             let mut guard = Complete(Some((self.lines.clone(), event)));
             let stream = body.into_data_stream().map(move |chunk| {
                 let _ = &mut guard;
@@ -747,12 +746,102 @@ impl Audit {
             return Response::from_parts(parts, Body::from_stream(stream));
         }
         if !omitted("ResponseComplete") {
-            event["stage"] = json!("ResponseComplete");
-            event["stageTimestamp"] = json!(now);
-            let _ = self.lines.send(event.to_string());
+            self.send(&event);
         }
         Response::from_parts(parts, body)
     }
+
+    fn send(&self, event: &Event) {
+        if let Ok(line) = serde_json::to_string(event) {
+            let _ = self.lines.send(line);
+        }
+    }
+}
+
+/// An `audit.k8s.io/v1` Event, its fields in upstream's order.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Event {
+    kind: &'static str,
+    api_version: &'static str,
+    level: &'static str,
+    #[serde(rename = "auditID")]
+    audit_id: String,
+    stage: &'static str,
+    #[serde(rename = "requestURI")]
+    request_uri: String,
+    verb: String,
+    user: User,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    impersonated_user: Option<User>,
+    #[serde(rename = "sourceIPs")]
+    source_ips: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_agent: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    object_ref: Option<ObjectRef>,
+    response_status: ResponseStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_object: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_object: Option<Value>,
+    request_received_timestamp: String,
+    stage_timestamp: String,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    annotations: BTreeMap<String, String>,
+}
+
+#[derive(serde::Serialize)]
+struct User {
+    username: String,
+    groups: Vec<String>,
+}
+
+impl User {
+    /// A user as upstream's audit events show it: every authenticated user is in
+    /// `system:authenticated`.
+    fn of(who: &Identity) -> Self {
+        let mut groups = who.groups.clone();
+        if !groups.iter().any(|g| g == "system:authenticated") {
+            groups.push("system:authenticated".to_owned());
+        }
+        Self {
+            username: who.user.clone(),
+            groups,
+        }
+    }
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ObjectRef {
+    resource: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    namespace: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    name: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    api_group: String,
+    api_version: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    subresource: String,
+}
+
+#[derive(serde::Serialize)]
+struct Empty {}
+
+#[derive(serde::Serialize)]
+struct ResponseStatus {
+    metadata: Empty,
+    code: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    details: Option<Value>,
 }
 
 #[cfg(test)]
@@ -761,6 +850,14 @@ mod tests {
 
     fn info(method: Method, path: &str, query: Option<&str>) -> RequestInfo {
         request_info(&method, path, query)
+    }
+
+    #[test]
+    fn timestamps_are_utc_with_microseconds() {
+        let t: jiff::Timestamp = "2026-12-03T11:17:27.4142661Z".parse().unwrap();
+        assert_eq!(timestamp(t), "2026-12-03T11:17:27.414266Z");
+        let t: jiff::Timestamp = "2026-12-03T11:17:27Z".parse().unwrap();
+        assert_eq!(timestamp(t), "2026-12-03T11:17:27.000000Z");
     }
 
     #[test]
