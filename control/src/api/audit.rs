@@ -138,23 +138,10 @@ pub fn request_info(method: &Method, path: &str, query: Option<&str>) -> Request
         info.name = name;
     }
     let named = !rest.get(1).is_none_or(|n| n.is_empty());
-    info.verb = match (method, named) {
-        (&Method::GET, _) if watching => "watch",
-        (&Method::GET, true) => "get",
-        (&Method::GET, false) => "list",
-        (&Method::POST, _) => "create",
-        (&Method::PUT, _) => "update",
-        (&Method::PATCH, _) => "patch",
-        (&Method::DELETE, true) => "delete",
-        (&Method::DELETE, false) => "deletecollection",
-        (m, _) => {
-            return RequestInfo {
-                verb: m.as_str().to_ascii_lowercase(),
-                ..info
-            };
-        }
-    }
-    .to_owned();
+    info.verb = match super::authz::verb_for(method, named, watching) {
+        "unknown" => method.as_str().to_ascii_lowercase(),
+        verb => verb.to_owned(),
+    };
     info
 }
 

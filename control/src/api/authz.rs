@@ -14,7 +14,12 @@ use crate::objects::status::ApiError;
 
 /// The Kubernetes verb of a request.
 pub fn verb(method: &Method, call: &Call, watching: bool) -> &'static str {
-    match (method, call.name.is_some()) {
+    verb_for(method, call.name.is_some(), watching)
+}
+
+/// The Kubernetes verb of a request with `method` on one object (`named`) or a collection.
+pub fn verb_for(method: &Method, named: bool, watching: bool) -> &'static str {
+    match (method, named) {
         (&Method::GET, _) if watching => "watch",
         (&Method::GET, true) => "get",
         (&Method::GET, false) => "list",
