@@ -128,11 +128,10 @@ pub fn request_info(method: &Method, path: &str, query: Option<&str>) -> Request
     if info.name.is_empty()
         && matches!(*method, Method::GET)
         && let Some(name) = param("fieldSelector").and_then(|f| {
-            f.split(',').find_map(|term| {
-                term.strip_prefix("metadata.name=")
-                    .or_else(|| term.strip_prefix("metadata.name=="))
-                    .map(str::to_owned)
-            })
+            // Pinned to one object, as the authorizer reads it.
+            crate::objects::selector::FieldSelector::parse(&f)
+                .ok()
+                .and_then(|f| f.pinned("metadata.name").map(str::to_owned))
         })
     {
         info.name = name;
