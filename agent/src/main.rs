@@ -159,6 +159,10 @@ struct Args {
     /// `pids.max` of each container (0: unlimited).
     #[arg(long, default_value_t = 4096)]
     pids_limit: i64,
+    /// Directory of `Localhost` seccomp profiles: a pod's `localhostProfile` is a path under it
+    /// (default: `DATA_DIR/seccomp`).
+    #[arg(long)]
+    seccomp_profile_root: Option<PathBuf>,
     /// Address of the agent's HTTPS port (logs for the API server).
     #[arg(long, default_value = "0.0.0.0")]
     address: String,
@@ -367,6 +371,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         pod_cidr: args.pod_cidr.clone(),
         insecure_registries: args.insecure_registry.clone(),
         pids_limit: (args.pids_limit > 0).then_some(args.pids_limit),
+        seccomp_profile_root: args
+            .seccomp_profile_root
+            .clone()
+            .unwrap_or_else(|| args.data_dir.join("seccomp")),
         masquerade: !args.no_masquerade,
         log_max_size: args.container_log_max_size,
         log_max_files: args.container_log_max_files,

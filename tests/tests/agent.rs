@@ -378,3 +378,329 @@ fn the_node_stream_resumes_after_the_control_plane_ends_it() {
         "a resume needs no new snapshot: {log}"
     );
 }
+
+/// A kubeconfig file for the cluster `c` with the credentials `user` (`kubectl config
+/// set-credentials` flags), written as a user would with kubectl itself.
+fn kubeconfig(c: &Control, dir: &std::path::Path, name: &str, user: &[&str]) -> std::path::PathBuf {
+    let path = dir.join(format!("{name}.kubeconfig"));
+    let ca = c.data_dir().join("pki/ca.crt");
+    let config = |args: &[&str]| {
+        let out = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&path)
+            .arg("config")
+            .args(args)
+            .bounded_output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    config(&[
+        "set-cluster",
+        "skiff",
+        "--server",
+        &c.url(),
+        &format!("--certificate-authority={}", ca.display()),
+        "--embed-certs",
+    ]);
+    config(&[&["set-credentials", name], user].concat());
+    config(&["set-context", name, "--cluster", "skiff", "--user", name]);
+    config(&["use-context", name]);
+    path
+}
+
+/// A client certificate for `user` in `groups` through the CertificateSigningRequest API (the
+/// `kube-apiserver-client` signer), approved with `kubectl certificate approve`: (cert, key) files.
+fn client_certificate(c: &Control, dir: &std::path::Path, user: &str, groups: &[&str]) -> (String, String) {
+    let key = dir.join(format!("{user}.key"));
+    let csr = dir.join(format!("{user}.csr"));
+    let subject: String = std::iter::once(format!("/CN={user}"))
+        .chain(groups.iter().map(|g| format!("/O={g}")))
+        .collect();
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&csr)
+        .args(["-subj", &subject])
+        .bounded_output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    use base64::Engine;
+    let request = base64::engine::general_purpose::STANDARD.encode(std::fs::read(&csr).unwrap());
+    c.ok_stdin(
+        &["apply", "-f", "-"],
+        &format!(
+            "apiVersion: certificates.k8s.io/v1\nkind: CertificateSigningRequest\nmetadata: {{name: {user}}}\nspec:\n  request: {request}\n  signerName: kubernetes.io/kube-apiserver-client\n  usages: [client auth]\n"
+        ),
+    );
+    c.ok(&["certificate", "approve", user]);
+    let mut cert = String::new();
+    for _ in 0..200 {
+        cert = c.ok(&["get", "csr", user, "-o", "jsonpath={.status.certificate}"]);
+        if !cert.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let cert = base64::engine::general_purpose::STANDARD
+        .decode(cert.trim())
+        .expect("a signed certificate");
+    let cert_path = dir.join(format!("{user}.crt"));
+    std::fs::write(&cert_path, cert).unwrap();
+    (cert_path.display().to_string(), key.display().to_string())
+}
+
+#[test]
+fn each_identity_may_do_what_its_kubeconfig_grants_and_no_more() {
+    // Six kubeconfigs as operators make them: the admin's; an `edit` user in one namespace and a
+    // cluster-wide `view` user, both with certificates from the CSR API; the node's own
+    // certificate; a service account's token; a bootstrap token. `kubectl auth can-i` (and
+    // `--list`) answers for each as its requests are then served.
+    let prefix = unique_prefix();
+    let c = Control::start_with(&["--cluster-cidr", &cluster_cidr(&prefix)]);
+    let agent = Node::start(&c, &prefix);
+    assert!(wait_for_ready(&c, &agent.name, "True"), "node never became Ready");
+    let dir = tempfile::tempdir().unwrap();
+    c.ok(&["create", "namespace", "team"]);
+    let (edit_crt, edit_key) = client_certificate(&c, dir.path(), "erin", &["editors"]);
+    c.ok(&[
+        "-n",
+        "team",
+        "create",
+        "rolebinding",
+        "editors",
+        "--clusterrole=edit",
+        "--group=editors",
+    ]);
+    let (view_crt, view_key) = client_certificate(&c, dir.path(), "vic", &[]);
+    c.ok(&[
+        "create",
+        "clusterrolebinding",
+        "vic-views",
+        "--clusterrole=view",
+        "--user=vic",
+    ]);
+    let node_dir = agent.data_dir();
+    let file = |f: &str| node_dir.join(f).display().to_string();
+    c.ok(&["-n", "team", "create", "serviceaccount", "builder"]);
+    c.ok(&[
+        "-n",
+        "team",
+        "create",
+        "rolebinding",
+        "builder",
+        "--clusterrole=edit",
+        "--serviceaccount=team:builder",
+    ]);
+    let sa_token = c
+        .ok(&["-n", "team", "create", "token", "builder"])
+        .trim()
+        .to_owned();
+    c.ok_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: bootstrap-token-abcdef, namespace: kube-system}\ntype: bootstrap.kubernetes.io/token\nstringData:\n  token-id: abcdef\n  token-secret: 0123456789abcdef\n  usage-bootstrap-authentication: 'true'\n  expiration: '2099-01-01T00:00:00Z'\n",
+    );
+    let path = |p: &std::path::Path| p.display().to_string();
+    let configs = [
+        ("admin", path(&c.kubeconfig())),
+        (
+            "edit",
+            path(&kubeconfig(
+                &c,
+                dir.path(),
+                "erin",
+                &[
+                    &format!("--client-certificate={edit_crt}"),
+                    &format!("--client-key={edit_key}"),
+                    "--embed-certs",
+                ],
+            )),
+        ),
+        (
+            "view",
+            path(&kubeconfig(
+                &c,
+                dir.path(),
+                "vic",
+                &[
+                    &format!("--client-certificate={view_crt}"),
+                    &format!("--client-key={view_key}"),
+                    "--embed-certs",
+                ],
+            )),
+        ),
+        (
+            "node",
+            path(&kubeconfig(
+                &c,
+                dir.path(),
+                "node",
+                &[
+                    &format!("--client-certificate={}", file("node.crt")),
+                    &format!("--client-key={}", file("node.key")),
+                    "--embed-certs",
+                ],
+            )),
+        ),
+        (
+            "sa",
+            path(&kubeconfig(
+                &c,
+                dir.path(),
+                "builder",
+                &[&format!("--token={sa_token}")],
+            )),
+        ),
+        (
+            "bootstrap",
+            path(&kubeconfig(
+                &c,
+                dir.path(),
+                "bootstrap",
+                &["--token=abcdef.0123456789abcdef"],
+            )),
+        ),
+    ];
+    let run = |who: &str, args: &[&str]| {
+        let config = &configs.iter().find(|(n, _)| *n == who).unwrap().1;
+        Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(config)
+            .args(args)
+            .bounded_output()
+            .unwrap()
+    };
+    let kubectl = |who: &str, args: &[&str]| {
+        let out = run(who, args);
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    // The answer (kubectl warns on stderr about a namespace given for a cluster-wide resource).
+    let can = |who: &str, args: &[&str]| {
+        String::from_utf8_lossy(&run(who, &[&["auth", "can-i"], args].concat()).stdout)
+            .trim()
+            .to_owned()
+    };
+    let whoami = |who: &str| {
+        kubectl(
+            who,
+            &["auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"],
+        )
+    };
+    assert_eq!(whoami("admin"), "skiff-admin");
+    assert_eq!(whoami("edit"), "erin");
+    assert_eq!(whoami("view"), "vic");
+    assert_eq!(whoami("node"), format!("system:node:{}", agent.name));
+    assert_eq!(whoami("sa"), "system:serviceaccount:team:builder");
+    assert_eq!(whoami("bootstrap"), "system:bootstrap:abcdef");
+
+    // The admin: everything.
+    let list = kubectl("admin", &["auth", "can-i", "--list"]);
+    assert!(
+        list.lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["*.*", "[]", "[]", "[*]"]),
+        "{list}"
+    );
+    // `edit` in its namespace: workloads and secrets, no RBAC; nothing elsewhere.
+    for (who, label) in [("edit", "erin"), ("sa", "builder")] {
+        assert_eq!(
+            can(who, &["create", "deployments", "-n", "team"]),
+            "yes",
+            "{label}"
+        );
+        assert_eq!(can(who, &["get", "secrets", "-n", "team"]), "yes", "{label}");
+        assert_eq!(
+            can(who, &["create", "rolebindings", "-n", "team"]),
+            "no",
+            "{label}"
+        );
+        assert_eq!(
+            can(who, &["create", "deployments", "-n", "default"]),
+            "no",
+            "{label}"
+        );
+        let list = kubectl(who, &["auth", "can-i", "--list", "-n", "team"]);
+        let pods = list
+            .lines()
+            .find(|l| l.starts_with("pods "))
+            .unwrap_or_else(|| panic!("{label}: {list}"));
+        for verb in ["create", "delete", "get", "list", "patch", "update", "watch"] {
+            assert!(pods.contains(verb), "{label}: {pods}");
+        }
+        assert!(
+            !list.lines().any(|l| l.starts_with("roles.rbac")),
+            "{label}: {list}"
+        );
+    }
+    assert!(kubectl("edit", &["-n", "team", "create", "configmap", "made-by-erin"]).contains("created"));
+    assert!(kubectl("edit", &["-n", "default", "create", "configmap", "x"]).contains("forbidden"));
+    // `view` everywhere: reads, but not secrets, and no writes.
+    assert_eq!(can("view", &["list", "pods", "--all-namespaces"]), "yes");
+    assert_eq!(can("view", &["get", "secrets", "-n", "team"]), "no");
+    assert_eq!(can("view", &["create", "pods", "-n", "team"]), "no");
+    let list = kubectl("view", &["auth", "can-i", "--list", "-n", "team"]);
+    let deployments = list
+        .lines()
+        .find(|l| l.starts_with("deployments.apps "))
+        .unwrap_or_else(|| panic!("{list}"));
+    assert!(deployments.ends_with("[get list watch]"), "{deployments}");
+    assert!(kubectl("view", &["-n", "team", "get", "configmap", "made-by-erin"]).contains("made-by-erin"));
+    assert!(kubectl("view", &["-n", "team", "delete", "configmap", "made-by-erin"]).contains("forbidden"));
+    // The node: what the node authorizer allows, asked as its requests are decided.
+    let node = agent.name.as_str();
+    assert_eq!(can("node", &["get", "nodes"]), "yes");
+    assert_eq!(can("node", &["patch", &format!("node/{node}")]), "yes");
+    assert_eq!(can("node", &["patch", "node/someone-else"]), "no");
+    assert_eq!(can("node", &["list", "secrets", "-n", "team"]), "no");
+    assert_eq!(can("node", &["delete", "namespaces"]), "no");
+    let list = kubectl("node", &["auth", "can-i", "--list"]);
+    assert!(!list.contains("*.*"), "{list}");
+    // The bootstrap token: ask for a certificate, nothing else.
+    assert_eq!(can("bootstrap", &["create", "certificatesigningrequests"]), "yes");
+    assert_eq!(can("bootstrap", &["list", "pods", "-n", "team"]), "no");
+    let list = kubectl("bootstrap", &["auth", "can-i", "--list"]);
+    assert!(
+        list.lines().any(
+            |l| l.starts_with("certificatesigningrequests.certificates.k8s.io ") && l.contains("create")
+        ),
+        "{list}"
+    );
+    assert!(!list.lines().any(|l| l.starts_with("pods ")), "{list}");
+
+    // A forged token (another signature), an expired one and one of an account that no longer
+    // exists are 401s.
+    let (head, _) = sa_token.rsplit_once('.').unwrap();
+    let forged = format!("{head}.{}", "A".repeat(86));
+    let ca = c.data_dir().join("pki/ca.crt");
+    let with_token = |token: &str| {
+        let out = Command::new("kubectl")
+            .args(["--kubeconfig=/dev/null", "--server", &c.url()])
+            .arg(format!("--certificate-authority={}", ca.display()))
+            .arg(format!("--token={token}"))
+            .args(["get", "pods", "-n", "team"])
+            .bounded_output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    assert!(with_token(&forged).contains("Unauthorized"), "forged");
+    c.ok_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: bootstrap-token-old123, namespace: kube-system}\ntype: bootstrap.kubernetes.io/token\nstringData:\n  token-id: old123\n  token-secret: 0123456789abcdef\n  usage-bootstrap-authentication: 'true'\n  expiration: '2020-01-01T00:00:00Z'\n",
+    );
+    let expired = with_token("old123.0123456789abcdef");
+    assert!(expired.contains("Unauthorized"), "expired: {expired}");
+    c.ok(&["-n", "team", "delete", "serviceaccount", "builder"]);
+    assert!(with_token(&sa_token).contains("Unauthorized"), "deleted account");
+}

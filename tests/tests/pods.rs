@@ -1665,3 +1665,169 @@ spec:
 fn json_value(s: &str) -> Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
 }
+
+#[test]
+fn pods_are_confined_as_their_security_context_says() {
+    let mut k = Cluster::start();
+    let image = k.registry.busybox();
+    let node = k.node.name.clone();
+    // Under the default profile and capabilities a root container can neither make namespaces nor
+    // mount, nor open raw sockets; the capabilities alone do not lift the profile, and only
+    // `Unconfined` with them does.
+    let probe = r#"["sh", "-c", "unshare -n true 2>/dev/null && echo unshare:ok || echo unshare:denied; mount -t tmpfs t /tmp 2>/dev/null && echo mount:ok || echo mount:denied; ping -c1 -W1 127.0.0.1 >/dev/null 2>&1 && echo raw:ok || echo raw:denied; awk '$5 ~ \"^/proc/\" {n++} END {print \"masked:\" n+0}' /proc/self/mountinfo"]"#;
+    k.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: confined}}
+spec:
+  restartPolicy: Never
+  containers:
+  - {{name: plain, image: {image}, command: {probe}}}
+  - {{name: capable, image: {image}, command: {probe},
+      securityContext: {{capabilities: {{add: [SYS_ADMIN, NET_RAW]}}}}}}
+  - {{name: unconfined, image: {image}, command: {probe},
+      securityContext: {{seccompProfile: {{type: Unconfined}}, procMount: Unmasked,
+        capabilities: {{add: [SYS_ADMIN, NET_RAW]}}}}}}
+"#
+    ));
+    k.wait_pod("confined", "Succeeded", |p| phase(p) == "Succeeded");
+    let report = |c: &str| {
+        k.c.ok(&["logs", "confined", "-c", c])
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let plain = report("plain");
+    assert!(
+        plain.starts_with("unshare:denied mount:denied raw:denied masked:"),
+        "{plain}"
+    );
+    assert_ne!(
+        plain, "unshare:denied mount:denied raw:denied masked:0",
+        "/proc is masked"
+    );
+    let capable = report("capable");
+    assert!(
+        capable.starts_with("unshare:denied mount:denied raw:ok"),
+        "{capable}"
+    );
+    assert_eq!(report("unconfined"), "unshare:ok mount:ok raw:ok masked:0");
+
+    // Localhost profiles come from the agent's profile directory; one that is missing keeps the
+    // container from being created, with the reason upstream gives.
+    let profiles = k.node.data_dir().join("seccomp/profiles");
+    std::fs::create_dir_all(&profiles).unwrap();
+    std::fs::write(
+        profiles.join("no-mkdir.json"),
+        r#"{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]}"#,
+    )
+    .unwrap();
+    let local = |name: &str, profile: &str| {
+        format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  restartPolicy: Never
+  securityContext: {{seccompProfile: {{type: Localhost, localhostProfile: {profile}}}}}
+  containers:
+  - {{name: app, image: {image}, command: ["sh", "-c", "mkdir /tmp/d || echo refused; touch /tmp/f && echo touched"]}}
+"#
+        )
+    };
+    k.apply(&local("localhost", "profiles/no-mkdir.json"));
+    k.wait_pod("localhost", "Succeeded", |p| phase(p) == "Succeeded");
+    let log = k.c.ok(&["logs", "localhost"]);
+    assert!(
+        log.contains("Operation not permitted") && log.ends_with("refused\ntouched\n"),
+        "{log}"
+    );
+    k.apply(&local("missing", "profiles/absent.json"));
+    let missing = k.wait_pod("missing", "CreateContainerError", |p| {
+        status(p, "app")["state"]["waiting"]["reason"] == "CreateContainerError"
+    });
+    let message = status(&missing, "app")["state"]["waiting"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        message.contains("cannot load seccomp profile") && message.contains("profiles/absent.json"),
+        "{message}"
+    );
+
+    // fsGroup owns the pod's volumes: setgid directories the group may write, files it may read,
+    // and what the container makes inherits the group.
+    k.apply(&format!(
+        r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: settings}}
+data: {{key: value}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: grouped}}
+spec:
+  restartPolicy: Never
+  securityContext: {{runAsUser: 1000, runAsGroup: 1000, fsGroup: 2000}}
+  containers:
+  - name: app
+    image: {image}
+    command: ["sh", "-c", "id -G; stat -c '%g %a' /data /config/..data/key; touch /data/new && stat -c '%g' /data/new"]
+    volumeMounts: [{{name: data, mountPath: /data}}, {{name: config, mountPath: /config}}]
+  volumes:
+  - {{name: data, emptyDir: {{}}}}
+  - {{name: config, configMap: {{name: settings, defaultMode: 0400}}}}
+"#
+    ));
+    k.wait_pod("grouped", "Succeeded", |p| phase(p) == "Succeeded");
+    assert_eq!(
+        k.c.ok(&["logs", "grouped"]),
+        "1000 2000\n2000 2777\n2000 440\n2000\n"
+    );
+
+    // A privileged pod that got past the API server's PodSecurity (the namespace was labelled
+    // after the pod was made, while the agent was down) is refused by the node.
+    k.node.kill9();
+    k.c.ok(&["create", "namespace", "locked-later"]);
+    k.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: root, namespace: locked-later}}\nspec:\n  nodeName: {node}\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {{name: app, image: {image}, command: [sleep, '3600'], securityContext: {{privileged: true}}}}\n"
+    ));
+    let labelled = k.c.kubectl(&[
+        "label",
+        "namespace",
+        "locked-later",
+        "pod-security.kubernetes.io/enforce=baseline",
+    ]);
+    assert!(labelled.status.success());
+    assert!(
+        String::from_utf8_lossy(&labelled.stderr).contains("existing pods in namespace \"locked-later\" violate the new PodSecurity enforce level \"baseline:latest\""),
+        "{}",
+        String::from_utf8_lossy(&labelled.stderr)
+    );
+    k.node.restart();
+    let refused =
+        k.c.ok(&["get", "pod", "root", "-n", "locked-later", "-o", "json"]);
+    let _ = refused;
+    let mut pod = Value::Null;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        pod = json_value(&k.c.ok(&["get", "pod", "root", "-n", "locked-later", "-o", "json"]));
+        if phase(&pod) == "Failed" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(pod["status"]["reason"], "PodSecurity", "{pod:#}");
+    assert_eq!(
+        pod["status"]["message"],
+        "Pod Security \"baseline\" of namespace \"locked-later\" forbids this privileged pod: privileged (container \"app\" must not set securityContext.privileged=true)"
+    );
+    assert!(
+        pod["status"]["containerStatuses"].is_null(),
+        "never started: {pod:#}"
+    );
+    k.c.ok(&["delete", "namespace", "locked-later", "--timeout=60s"]);
+}

@@ -1,9 +1,37 @@
 //! The kubelet's admission of a pod bound to this node: a pod whose host ports are taken by a
 //! pod already running here is refused (phase `Failed`, reason `NodePorts`), never started, as
 //! upstream's `GeneralPredicates` refuse it. The scheduler checks the same, but a pod created
-//! with `nodeName` set skips the scheduler.
+//! with `nodeName` set skips the scheduler. And, as defence in depth behind the API server's
+//! PodSecurity admission, a privileged pod (one that breaks the `baseline` level) in a namespace
+//! whose enforced level is `baseline` or `restricted` is refused (reason `PodSecurity`): such a
+//! pod got into the store around the admission (made before the namespace was labelled, or
+//! written to the store directly), and the node does not run it.
 
 use serde_json::Value;
+use skiff_common::pod_security::{LABEL, Level, violations};
+
+/// What makes `pod` privileged (its `baseline` violations, in upstream's words); empty for the
+/// pods most namespaces hold, which the agent then admits without reading their namespace.
+pub fn privileges(pod: &Value) -> Vec<String> {
+    violations(&pod["spec"], Level::Baseline)
+}
+
+/// The refusal of a pod with `privileges` in `namespace`, when its enforced level forbids them.
+pub fn pod_security_refusal(privileges: &[String], namespace: &Value) -> Option<Value> {
+    let enforced = namespace["metadata"]["labels"][format!("{LABEL}enforce")]
+        .as_str()
+        .and_then(Level::parse)?;
+    if enforced == Level::Privileged || privileges.is_empty() {
+        return None;
+    }
+    let message = format!(
+        "Pod Security \"{}\" of namespace \"{}\" forbids this privileged pod: {}",
+        enforced.name(),
+        namespace["metadata"]["name"].as_str().unwrap_or_default(),
+        privileges.join(", ")
+    );
+    Some(serde_json::json!({"phase": "Failed", "reason": "PodSecurity", "message": message}))
+}
 
 /// The (host IP, host port, protocol) a pod's containers claim on the node.
 fn host_ports(pod: &Value) -> Vec<(String, i64, String)> {
@@ -45,7 +73,7 @@ pub fn host_port_conflict<'a>(pod: &Value, others: impl IntoIterator<Item = &'a 
 }
 
 /// The status of a pod refused for its host ports.
-pub fn refused_status() -> Value {
+pub fn host_ports_refused() -> Value {
     serde_json::json!({"phase": "Failed", "reason": "NodePorts", "message": "Predicate NodePorts failed"})
 }
 
@@ -54,6 +82,33 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn a_privileged_pod_is_refused_where_its_namespace_enforces_baseline_or_more() {
+        let privileged = json!({"spec": {"hostPID": true, "containers": [{"name": "c",
+            "securityContext": {"privileged": true}}]}});
+        let found = privileges(&privileged);
+        assert_eq!(
+            found,
+            [
+                "host namespaces (hostPID=true)",
+                "privileged (container \"c\" must not set securityContext.privileged=true)"
+            ]
+        );
+        let ns = |level: &str| json!({"metadata": {"name": "team", "labels": {"pod-security.kubernetes.io/enforce": level}}});
+        let refused = pod_security_refusal(&found, &ns("restricted")).unwrap();
+        assert_eq!(refused["reason"], "PodSecurity");
+        assert_eq!(
+            refused["message"],
+            "Pod Security \"restricted\" of namespace \"team\" forbids this privileged pod: host namespaces (hostPID=true), privileged (container \"c\" must not set securityContext.privileged=true)"
+        );
+        assert!(pod_security_refusal(&found, &ns("baseline")).is_some());
+        assert!(pod_security_refusal(&found, &ns("privileged")).is_none());
+        assert!(pod_security_refusal(&found, &json!({"metadata": {"name": "team"}})).is_none());
+        // A plain pod is not privileged; one that is merely not restricted is not either.
+        let plain = json!({"spec": {"containers": [{"name": "c", "image": "x"}]}});
+        assert!(privileges(&plain).is_empty());
+    }
 
     fn pod(ports: Value) -> Value {
         json!({"spec": {"containers": [{"name": "c", "ports": ports}]}})

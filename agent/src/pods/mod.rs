@@ -54,6 +54,8 @@ pub struct Config {
     pub insecure_registries: Vec<String>,
     /// `pids.max` for each container.
     pub pids_limit: Option<i64>,
+    /// Where `Localhost` seccomp profiles are read from (`localhostProfile` is relative to it).
+    pub seccomp_profile_root: PathBuf,
     /// Program masquerading for pod egress (nftables) and enable forwarding.
     pub masquerade: bool,
     /// Container log size that triggers rotation, in bytes.

@@ -57,6 +57,8 @@ pub(super) trait Runtime: Clone + Send + Sync + 'static {
     fn load(&self) -> Saved;
     /// The other pods this node runs (admitted, not ended).
     fn neighbours(&self) -> Vec<Value>;
+    /// The pod's namespace, as the API server has it (`None` when it is gone).
+    fn namespace(&self) -> impl Future<Output = anyhow::Result<Option<Value>>> + Send;
     /// Keeps the pod's latest version where a restarted agent finds it.
     fn save(&self, pod: &Value) -> anyhow::Result<()>;
     /// Records when the pod was first taken up.

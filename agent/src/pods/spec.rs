@@ -40,16 +40,21 @@ pub struct Plan<'a> {
     pub pids_limit: Option<i64>,
     /// A PID namespace to join instead of a new one (an ephemeral container's target's).
     pub pid_namespace: Option<PathBuf>,
+    /// The seccomp filter its `seccompProfile` asks for ([`seccomp_profile`]); a privileged
+    /// container runs without one whatever it says.
+    pub seccomp: Option<Value>,
 }
 
-/// Capabilities a container has by default (containerd's set).
+/// Capabilities a container has by default: containerd's set without `NET_RAW`, as CRI-O and
+/// Podman leave it out (raw and packet sockets let a container forge traffic on the pod network;
+/// a container that needs them adds the capability, which the baseline Pod Security level
+/// refuses).
 const DEFAULT_CAPS: &[&str] = &[
     "CAP_CHOWN",
     "CAP_DAC_OVERRIDE",
     "CAP_FSETID",
     "CAP_FOWNER",
     "CAP_MKNOD",
-    "CAP_NET_RAW",
     "CAP_SETGID",
     "CAP_SETUID",
     "CAP_SETFCAP",
@@ -174,12 +179,102 @@ const DENIED_SYSCALLS: &[&str] = &[
     "move_mount",
 ];
 
-fn seccomp_default() -> Value {
+/// The `RuntimeDefault` profile.
+pub fn seccomp_default() -> Value {
     json!({
         "defaultAction": "SCMP_ACT_ALLOW",
         "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32", "SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"],
         "syscalls": [{"names": DENIED_SYSCALLS, "action": "SCMP_ACT_ERRNO", "errnoRet": 1}],
     })
+}
+
+/// Why a container's seccomp profile cannot be had (the container is not created; its status says
+/// `CreateContainerError` with this message, as upstream's runtime reports it).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ProfileError(pub String);
+
+/// The seccomp filter of container `c` of `pod`: its `seccompProfile`, else the pod's, else
+/// `RuntimeDefault`. `Unconfined` is none; `Localhost` reads `localhostProfile` under `root` (the
+/// kubelet's `--seccomp-profile-root`), in the OCI runtime spec's format or Docker's (`archMap`,
+/// `name` for one syscall, `defaultErrnoRet`).
+pub fn seccomp_profile(
+    pod: &Value,
+    c: &Value,
+    root: &std::path::Path,
+) -> Result<Option<Value>, ProfileError> {
+    let own = &c["securityContext"]["seccompProfile"];
+    let profile = if own["type"].is_string() {
+        own
+    } else {
+        &pod["spec"]["securityContext"]["seccompProfile"]
+    };
+    match profile["type"].as_str().unwrap_or("RuntimeDefault") {
+        "Unconfined" => Ok(None),
+        "Localhost" => {
+            let name = profile["localhostProfile"].as_str().unwrap_or_default();
+            if name.is_empty() || name.starts_with('/') || name.split('/').any(|p| p == "..") {
+                return Err(ProfileError(format!(
+                    "localhostProfile {name:?} must be a path relative to the seccomp profile root, without \"..\""
+                )));
+            }
+            let path = root.join(name);
+            let text = std::fs::read(&path).map_err(|e| {
+                ProfileError(format!(
+                    "cannot load seccomp profile {:?}: {e}",
+                    path.display().to_string()
+                ))
+            })?;
+            let invalid = |e: String| {
+                ProfileError(format!(
+                    "cannot load seccomp profile {:?}: {e}",
+                    path.display().to_string()
+                ))
+            };
+            let docker: Value = serde_json::from_slice(&text).map_err(|e| invalid(e.to_string()))?;
+            let oci = oci_profile(docker);
+            serde_json::from_value::<oci_spec::runtime::LinuxSeccomp>(oci.clone())
+                .map_err(|e| invalid(e.to_string()))?;
+            Ok(Some(oci))
+        }
+        _ => Ok(Some(seccomp_default())),
+    }
+}
+
+/// A seccomp profile in the OCI runtime spec's form, from that form or Docker's.
+fn oci_profile(mut p: Value) -> Value {
+    if let Some(arch_map) = p.get("archMap").and_then(Value::as_array).cloned() {
+        let arches: Vec<Value> = arch_map
+            .iter()
+            .flat_map(|a| {
+                std::iter::once(a["architecture"].clone())
+                    .chain(a["subArchitectures"].as_array().cloned().unwrap_or_default())
+            })
+            .filter(Value::is_string)
+            .collect();
+        p["architectures"] = Value::Array(arches);
+    }
+    let default_errno = p.get("defaultErrnoRet").cloned();
+    if let Some(o) = p.as_object_mut() {
+        o.remove("archMap");
+    }
+    for rule in p["syscalls"].as_array_mut().into_iter().flatten() {
+        let Some(o) = rule.as_object_mut() else { continue };
+        if let Some(name) = o.remove("name") {
+            o.insert("names".into(), json!([name]));
+        }
+        // Docker's filters by capability and kernel version: their rules apply as written.
+        o.remove("includes");
+        o.remove("excludes");
+        o.remove("comment");
+        if o.get("action").and_then(Value::as_str) == Some("SCMP_ACT_ERRNO")
+            && !o.contains_key("errnoRet")
+            && let Some(errno) = &default_errno
+        {
+            o.insert("errnoRet".into(), errno.clone());
+        }
+    }
+    p
 }
 
 /// Parses a Kubernetes quantity of CPU into millicores.
@@ -416,7 +511,10 @@ pub fn build(plan: &Plan<'_>) -> Value {
     });
     if privileged {
         linux["resources"]["devices"] = json!([{"allow": true, "access": "rwm"}]);
-    } else {
+        return finish(plan, process, mounts, linux);
+    }
+    // `procMount: Unmasked` leaves /proc as the kernel shows it (for nested container runtimes).
+    if sc["procMount"].as_str() != Some("Unmasked") {
         linux["maskedPaths"] = json!([
             "/proc/acpi",
             "/proc/asound",
@@ -437,14 +535,15 @@ pub fn build(plan: &Plan<'_>) -> Value {
             "/proc/sys",
             "/proc/sysrq-trigger"
         ]);
-        let profile = sc["seccompProfile"]["type"]
-            .as_str()
-            .or(plan.pod["spec"]["securityContext"]["seccompProfile"]["type"].as_str())
-            .unwrap_or("RuntimeDefault");
-        if profile != "Unconfined" {
-            linux["seccomp"] = seccomp_default();
-        }
     }
+    if let Some(filter) = &plan.seccomp {
+        linux["seccomp"] = filter.clone();
+    }
+    finish(plan, process, mounts, linux)
+}
+
+fn finish(plan: &Plan<'_>, process: Value, mounts: Vec<Value>, linux: Value) -> Value {
+    let sc = &plan.container["securityContext"];
     json!({
         "ociVersion": "1.0.2",
         "process": process,
@@ -549,6 +648,104 @@ pub fn oom_score_adj(pod: &Value) -> Option<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seccomp_profiles_come_from_the_container_the_pod_or_the_default() {
+        let root = tempfile::tempdir().unwrap();
+        let pod = |sc: Value| json!({"spec": {"securityContext": sc}});
+        let plain = json!({"name": "c"});
+        // RuntimeDefault unless asked otherwise; Unconfined is none.
+        assert_eq!(
+            seccomp_profile(&pod(json!({})), &plain, root.path()).unwrap(),
+            Some(seccomp_default())
+        );
+        let unconfined = pod(json!({"seccompProfile": {"type": "Unconfined"}}));
+        assert_eq!(seccomp_profile(&unconfined, &plain, root.path()).unwrap(), None);
+        let own = json!({"name": "c", "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}}});
+        assert!(seccomp_profile(&unconfined, &own, root.path()).unwrap().is_some());
+        // Localhost: a file under the root, OCI's format or Docker's.
+        std::fs::create_dir_all(root.path().join("profiles")).unwrap();
+        std::fs::write(
+            root.path().join("profiles/docker.json"),
+            r#"{"defaultAction": "SCMP_ACT_ALLOW", "defaultErrnoRet": 1,
+                "archMap": [{"architecture": "SCMP_ARCH_X86_64", "subArchitectures": ["SCMP_ARCH_X86"]}],
+                "syscalls": [{"name": "mkdir", "action": "SCMP_ACT_ERRNO", "comment": "no"},
+                             {"names": ["chmod"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}]}"#,
+        )
+        .unwrap();
+        let local =
+            |name: &str| pod(json!({"seccompProfile": {"type": "Localhost", "localhostProfile": name}}));
+        let got = seccomp_profile(&local("profiles/docker.json"), &plain, root.path())
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            got,
+            json!({"defaultAction": "SCMP_ACT_ALLOW", "defaultErrnoRet": 1,
+                "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86"],
+                "syscalls": [{"action": "SCMP_ACT_ERRNO", "names": ["mkdir"], "errnoRet": 1},
+                             {"names": ["chmod"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}]})
+        );
+        // A missing, malformed or escaping profile is an error that names it.
+        let missing = seccomp_profile(&local("profiles/none.json"), &plain, root.path()).unwrap_err();
+        assert!(missing.0.starts_with("cannot load seccomp profile"), "{missing}");
+        assert!(missing.0.contains("profiles/none.json"), "{missing}");
+        std::fs::write(
+            root.path().join("bad.json"),
+            r#"{"defaultAction": "SCMP_ACT_NOPE"}"#,
+        )
+        .unwrap();
+        assert!(seccomp_profile(&local("bad.json"), &plain, root.path()).is_err());
+        assert!(seccomp_profile(&local("../etc/passwd"), &plain, root.path()).is_err());
+        assert!(seccomp_profile(&local("/etc/passwd"), &plain, root.path()).is_err());
+    }
+
+    #[test]
+    fn default_capabilities_leave_raw_sockets_out_and_unmasked_proc_is_bare() {
+        assert!(!DEFAULT_CAPS.contains(&"CAP_NET_RAW"));
+        let image = Image {
+            digest: String::new(),
+            config_digest: String::new(),
+            layers: vec![],
+            config: json!({}),
+            size: 0,
+        };
+        let pod = json!({"spec": {}});
+        fn plan<'a>(pod: &'a Value, c: &'a Value, image: &'a Image) -> Plan<'a> {
+            Plan {
+                pod,
+                container: c,
+                image,
+                rootfs: "/r".into(),
+                sandbox: "/s".into(),
+                env: vec![],
+                binds: vec![],
+                cgroups_path: "p".into(),
+                pids_limit: None,
+                pid_namespace: None,
+                seccomp: Some(seccomp_default()),
+            }
+        }
+        let plain = json!({"name": "c"});
+        let spec = build(&plan(&pod, &plain, &image));
+        assert!(
+            spec["linux"]["maskedPaths"]
+                .as_array()
+                .is_some_and(|m| !m.is_empty())
+        );
+        assert!(spec["linux"]["seccomp"].is_object());
+        let unmasked = json!({"name": "c", "securityContext": {"procMount": "Unmasked"}});
+        let spec = build(&plan(&pod, &unmasked, &image));
+        assert!(spec["linux"]["maskedPaths"].is_null() && spec["linux"]["readonlyPaths"].is_null());
+        assert!(spec["linux"]["seccomp"].is_object(), "still filtered");
+        let privileged = json!({"name": "c", "securityContext": {"privileged": true}});
+        let spec = build(&plan(&pod, &privileged, &image));
+        assert!(spec["linux"]["seccomp"].is_null() && spec["linux"]["maskedPaths"].is_null());
+        assert!(
+            spec["process"]["capabilities"]["bounding"]
+                .as_array()
+                .is_some_and(|c| c.contains(&json!("CAP_NET_RAW")))
+        );
+    }
 
     #[test]
     fn quantities() {

@@ -167,11 +167,17 @@ pub async fn desired_files(
     Ok(None)
 }
 
-/// Writes `files` into `dir` atomically (the kubelet's `..data` layout). Returns whether anything
-/// changed.
-pub fn write_files(dir: &Path, files: &Files) -> anyhow::Result<bool> {
+/// Writes `files` into `dir` atomically (the kubelet's `..data` layout), owned by the pod's
+/// `fsGroup` when it has one (group-readable, [`set_ownership`]). Returns whether anything changed.
+pub fn write_files(dir: &Path, files: &Files, fs_group: Option<u32>) -> anyhow::Result<bool> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(dir)?;
+    if let Some(gid) = fs_group
+        && !owned_by(dir, gid, true)
+    {
+        set_ownership(dir, gid, true)?;
+    }
+    let group_mask = if fs_group.is_some() { 0o440 } else { 0 };
     let data_link = dir.join("..data");
     let current = std::fs::read_link(&data_link).ok();
     if let Some(cur) = &current {
@@ -190,7 +196,8 @@ pub fn write_files(dir: &Path, files: &Files) -> anyhow::Result<bool> {
                 .unwrap_or(0);
             match files.get(&rel) {
                 Some((content, m))
-                    if std::fs::read(&entry).ok().as_deref() == Some(content) && *m == mode => {}
+                    if std::fs::read(&entry).ok().as_deref() == Some(content)
+                        && (*m | group_mask) == mode => {}
                 _ => same = false,
             }
         }
@@ -211,6 +218,9 @@ pub fn write_files(dir: &Path, files: &Files) -> anyhow::Result<bool> {
         }
         std::fs::write(&p, content)?;
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode))?;
+    }
+    if let Some(gid) = fs_group {
+        set_ownership(&new_dir, gid, true)?;
     }
     let tmp_link = dir.join("..data_tmp");
     let _ = std::fs::remove_file(&tmp_link);
@@ -256,8 +266,57 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Prepares an emptyDir; memory-backed ones are a tmpfs (sized by `sizeLimit`).
+/// Whether a volume's root is already the pod's `fsGroup`'s: group-owned by it, setgid, and
+/// group-readable (and writable unless read-only). What `fsGroupChangePolicy: OnRootMismatch`
+/// looks at; the agent looks at it before every change, so a volume is walked once per pod and
+/// again only when something else changed its root (a new `..data` of a configMap volume, a claim
+/// another pod owned).
+pub fn owned_by(dir: &Path, gid: u32, read_only: bool) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let need = if read_only { 0o2550 } else { 0o2770 };
+    std::fs::metadata(dir).is_ok_and(|m| m.gid() == gid && m.mode() & need == need)
+}
+
+/// Gives a volume to the pod's `fsGroup`, as the kubelet's `SetVolumeOwnership` does: every file
+/// and directory group-owned by it and group-readable (and group-writable unless the volume is
+/// read-only), directories also group-searchable and setgid, so that what containers create in
+/// them belongs to the group too. Symbolic links are re-owned, never followed.
+pub fn set_ownership(dir: &Path, gid: u32, read_only: bool) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mask = if read_only { 0o440 } else { 0o660 };
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        // The root itself may be a claim's link to its volume: that one is followed.
+        let meta = if path == dir {
+            std::fs::metadata(&path)
+        } else {
+            std::fs::symlink_metadata(&path)
+        }
+        .with_context(|| format!("reading {}", path.display()))?;
+        let target = if path == dir {
+            std::fs::canonicalize(&path)?
+        } else {
+            path.clone()
+        };
+        std::os::unix::fs::lchown(&target, None, Some(gid))
+            .with_context(|| format!("giving {} to group {gid}", path.display()))?;
+        if meta.file_type().is_symlink() {
+            continue;
+        }
+        let mut mode = meta.permissions().mode() & 0o7777 | mask;
+        if meta.is_dir() {
+            mode |= 0o2110;
+            pending.extend(std::fs::read_dir(&target)?.flatten().map(|e| e.path()));
+        }
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
+}
+
+/// Prepares an emptyDir; memory-backed ones are a tmpfs (sized by `sizeLimit`). A new one is
+/// world-writable, as upstream makes it; an existing one is left as it is.
 pub fn empty_dir(dir: &Path, volume: &Value) -> anyhow::Result<()> {
+    let new = !dir.exists();
     std::fs::create_dir_all(dir)?;
     if volume["emptyDir"]["medium"].as_str() == Some("Memory") && !skiff_common::fs::is_mountpoint(dir) {
         let mut opts = "mode=1777".to_string();
@@ -275,7 +334,7 @@ pub fn empty_dir(dir: &Path, volume: &Value) -> anyhow::Result<()> {
             Some(opts.as_str()),
         )
         .context("mounting a memory emptyDir")?;
-    } else {
+    } else if new {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777))?;
     }
@@ -317,8 +376,10 @@ pub fn host_path(volume: &Value) -> anyhow::Result<PathBuf> {
 }
 
 /// The host directory behind a bound claim: its volume's `hostPath` (created when its type says
-/// so) or `local` path. Unbound claims and other volume sources are mount errors, retried.
-pub async fn claim_path(lookup: &Lookup<'_>, claim: &str) -> anyhow::Result<PathBuf> {
+/// so) or `local` path, and whether the pod's `fsGroup` owns it (`local` volumes and the ones
+/// provisioned for claims; not a `hostPath` an operator named, as upstream). Unbound claims and
+/// other volume sources are mount errors, retried.
+pub async fn claim_path(lookup: &Lookup<'_>, claim: &str) -> anyhow::Result<(PathBuf, bool)> {
     let Some(pvc) = lookup.claim(claim).await? else {
         bail!(MountError(format!("persistentvolumeclaim \"{claim}\" not found")));
     };
@@ -333,7 +394,8 @@ pub async fn claim_path(lookup: &Lookup<'_>, claim: &str) -> anyhow::Result<Path
     };
     let spec = &pv["spec"];
     if spec.get("hostPath").is_some() {
-        return host_path(spec);
+        let provisioned = pv["metadata"]["annotations"]["pv.kubernetes.io/provisioned-by"].is_string();
+        return Ok((host_path(spec)?, provisioned));
     }
     if let Some(path) = spec["local"]["path"].as_str() {
         let path = PathBuf::from(path);
@@ -343,7 +405,7 @@ pub async fn claim_path(lookup: &Lookup<'_>, claim: &str) -> anyhow::Result<Path
                 path.display()
             )));
         }
-        return Ok(path);
+        return Ok((path, true));
     }
     bail!(MountError(format!(
         "persistentvolume \"{volume}\": only hostPath and local volumes are supported"
@@ -366,4 +428,53 @@ pub fn link_claim(dir: &Path, target: &Path) -> anyhow::Result<()> {
     }
     std::os::unix::fs::symlink(target, dir)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    use super::*;
+
+    fn mode_gid(p: &Path) -> (u32, u32) {
+        let m = std::fs::symlink_metadata(p).unwrap();
+        (m.mode() & 0o7777, m.gid())
+    }
+
+    #[test]
+    fn fs_group_owns_volumes_as_the_kubelet_sets_their_ownership() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipped: giving files to a group needs root");
+            return;
+        }
+        let gid = 4321;
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("scratch");
+        empty_dir(&empty, &serde_json::json!({"emptyDir": {}})).unwrap();
+        std::fs::create_dir(empty.join("sub")).unwrap();
+        std::fs::write(empty.join("sub/f"), "x").unwrap();
+        std::fs::set_permissions(empty.join("sub/f"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(!owned_by(&empty, gid, false));
+        set_ownership(&empty, gid, false).unwrap();
+        assert!(owned_by(&empty, gid, false));
+        assert_eq!(mode_gid(&empty), (0o2777, gid));
+        assert_eq!(mode_gid(&empty.join("sub")), (0o2775, gid));
+        assert_eq!(mode_gid(&empty.join("sub/f")), (0o660, gid));
+        // A later pass leaves a prepared emptyDir alone (no reset to 0777).
+        empty_dir(&empty, &serde_json::json!({"emptyDir": {}})).unwrap();
+        assert_eq!(mode_gid(&empty), (0o2777, gid));
+
+        // File volumes: written owned and group-readable, and not rewritten on the next pass.
+        let files: Files = [("key".to_string(), (b"v".to_vec(), 0o400))].into();
+        let cm = dir.path().join("config");
+        assert!(write_files(&cm, &files, Some(gid)).unwrap());
+        assert_eq!(mode_gid(&cm.join("..data/key")), (0o440, gid));
+        assert_eq!(mode_gid(&cm.join("key")).1, gid, "the link too");
+        assert!(owned_by(&cm, gid, true));
+        assert!(!write_files(&cm, &files, Some(gid)).unwrap(), "unchanged");
+        // Without fsGroup the mode is the one asked for.
+        let plain = dir.path().join("plain");
+        write_files(&plain, &files, None).unwrap();
+        assert_eq!(mode_gid(&plain.join("..data/key")), (0o400, 0));
+    }
 }

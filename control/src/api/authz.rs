@@ -32,8 +32,18 @@ pub fn verb_for(method: &Method, named: bool, watching: bool) -> &'static str {
     }
 }
 
-fn node_may(node: &str, verb: &str, call: &Call) -> bool {
-    let (group, resource) = (call.info.group.as_str(), call.info.plural.as_str());
+/// What the node authorizer lets node `node` do: read, and write what a kubelet writes for itself.
+pub fn node_may(node: &str, verb: &str, target: &Target<'_>) -> bool {
+    let Target::Resource {
+        group,
+        resource,
+        subresource,
+        namespace,
+        name,
+    } = *target
+    else {
+        return false;
+    };
     if matches!(verb, "get" | "list" | "watch") {
         // One by one, and only those its pods use (`noderestriction`): never the whole set.
         return match (group, resource) {
@@ -41,12 +51,11 @@ fn node_may(node: &str, verb: &str, call: &Call) -> bool {
             _ => true,
         };
     }
-    let name = call.name.as_deref();
-    match (group, resource, call.sub.as_deref()) {
+    match (group, resource, subresource) {
         ("", "nodes", _) if verb == "create" => true,
         ("", "nodes", None | Some("status")) => name == Some(node) && matches!(verb, "update" | "patch"),
         ("coordination.k8s.io", "leases", None) => {
-            call.ns.as_deref() == Some("kube-node-lease") && (verb == "create" || name == Some(node))
+            namespace == Some("kube-node-lease") && (verb == "create" || name == Some(node))
         }
         ("", "pods", Some("status")) => matches!(verb, "update" | "patch"),
         // Only for pods bound to it (`token::create` checks the bound pod).
@@ -68,10 +77,6 @@ pub fn node_of(who: &Identity) -> Option<&str> {
 
 /// Checks that `who` may do `verb` on the call's resource.
 pub async fn authorize(app: &App, who: &Identity, verb: &str, call: &Call) -> Result<(), ApiError> {
-    if node_of(who).is_some_and(|node| node_may(node, verb, call)) {
-        super::audit::note_decision("allow", "the node authorizer".into());
-        return Ok(());
-    }
     // A list or watch pinned to one name by `fieldSelector=metadata.name=NAME` is a request for
     // that object, as upstream's request info reads it (informers of one ConfigMap rely on it).
     let pinned = match (&call.name, verb) {
@@ -89,6 +94,10 @@ pub async fn authorize(app: &App, who: &Identity, verb: &str, call: &Call) -> Re
         namespace: call.ns.as_deref(),
         name: call.name.as_deref().or(pinned.as_deref()),
     };
+    if node_of(who).is_some_and(|node| node_may(node, verb, &target)) {
+        super::audit::note_decision("allow", "the node authorizer".into());
+        return Ok(());
+    }
     let decision = allow(app, who, verb, &target).await;
     let verdict = if decision.is_ok() { "allow" } else { "forbid" };
     super::audit::note_decision(verdict, String::new());

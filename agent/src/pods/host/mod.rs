@@ -157,6 +157,15 @@ impl Runtime for Host {
         saved
     }
 
+    async fn namespace(&self) -> anyhow::Result<Option<Value>> {
+        let path = format!("/api/v1/namespaces/{}", self.namespace);
+        match self.shared.api.json(hyper::Method::GET, &path, None).await {
+            Ok(ns) => Ok(Some(ns)),
+            Err(e) if crate::node::client::status_code(&e) == Some(404) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     fn neighbours(&self) -> Vec<Value> {
         self.shared.cfg.feeds.pods.read(|all| {
             all.values()

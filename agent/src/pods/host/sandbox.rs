@@ -112,18 +112,34 @@ impl Host {
 
     pub(super) async fn make_volumes(&self, pod: &Value) -> anyhow::Result<()> {
         let lookup = self.lookup();
+        let fs_group = pod["spec"]["securityContext"]["fsGroup"]
+            .as_u64()
+            .and_then(|g| u32::try_from(g).ok());
         for v in pod["spec"]["volumes"].as_array().into_iter().flatten() {
             let name = v["name"].as_str().unwrap_or_default();
             let dir = self.dir.join("volumes").join(name);
-            if v.get("emptyDir").is_some() {
+            let owned = if v.get("emptyDir").is_some() {
                 volumes::empty_dir(&dir, v)?;
+                true
             } else if v.get("hostPath").is_some() {
                 volumes::host_path(v)?;
+                false
             } else if let Some(files) = volumes::desired_files(&lookup, pod, v).await? {
-                volumes::write_files(&dir, &files)?;
+                volumes::write_files(&dir, &files, fs_group)?;
+                false
             } else if let Some(claim) = v["persistentVolumeClaim"]["claimName"].as_str() {
-                let path = volumes::claim_path(&lookup, claim).await?;
+                let (path, owned) = volumes::claim_path(&lookup, claim).await?;
                 volumes::link_claim(&dir, &path)?;
+                owned
+            } else {
+                false
+            };
+            // The pod's fsGroup owns what its emptyDirs and claims hold (not a host path).
+            if let Some(gid) = fs_group.filter(|_| owned) {
+                let (_, read_only) = self.volume_source(pod, name)?;
+                if !volumes::owned_by(&dir, gid, read_only) {
+                    volumes::set_ownership(&dir, gid, read_only)?;
+                }
             }
         }
         Ok(())

@@ -35,6 +35,13 @@ impl Host {
         wake: &Arc<Notify>,
     ) -> anyhow::Result<Attempt> {
         let name = c["name"].as_str().unwrap_or_default().to_string();
+        // A profile that cannot be read fails the attempt before anything of it exists.
+        let privileged = c["securityContext"]["privileged"].as_bool() == Some(true);
+        let seccomp = if privileged {
+            None
+        } else {
+            spec::seccomp_profile(pod, c, &self.shared.cfg.seccomp_profile_root)?
+        };
         let dir = self.ctr_dir(&name, number);
         let bundle = dir.join("bundle");
         let rootfs = bundle.join("rootfs");
@@ -137,6 +144,7 @@ impl Host {
                 .as_str()
                 .and_then(|target| self.running_pid(target))
                 .map(|pid| PathBuf::from(format!("/proc/{pid}/ns/pid"))),
+            seccomp,
         };
         let mut config = spec::build(&plan);
         if host_network(pod)

@@ -63,8 +63,8 @@ struct Pod<R> {
     start_time: Option<String>,
     /// resourceVersion of the pod last saved.
     saved: String,
-    /// Refused at admission: never started, reported Failed.
-    refused: bool,
+    /// Refused at admission: never started, reported Failed with this status.
+    refused: Option<Value>,
 }
 
 /// Runs one pod's worker on this node until its pod is gone and cleaned up.
@@ -134,7 +134,7 @@ impl<R: Runtime> Pod<R> {
             volume_sync: None,
             start_time: saved.start_time,
             saved: String::new(),
-            refused: false,
+            refused: None,
         }
     }
 
@@ -180,30 +180,47 @@ impl<R: Runtime> Pod<R> {
     }
 
     /// The kubelet's admission, before anything of a new pod exists on the node: host ports taken
-    /// by a running pod refuse it (`admission.rs`). A pod refused before (by a previous agent too)
-    /// stays refused.
-    fn admit(&mut self) -> bool {
-        if self.refused {
-            return false;
+    /// by a running pod, or privileges its namespace's enforced Pod Security level forbids, refuse
+    /// it (`admission.rs`). A pod refused before (by a previous agent too) stays refused.
+    async fn admit(&mut self) -> anyhow::Result<bool> {
+        if self.refused.is_some() {
+            return Ok(false);
         }
         let new = !self.sandbox_ready && self.ctrs.is_empty() && self.saved.is_empty();
-        let was_refused =
-            self.pod["status"]["phase"] == "Failed" && self.pod["status"]["reason"] == "NodePorts";
-        if new
-            && (was_refused
-                || (super::admission::wants_host_ports(&self.pod)
-                    && super::admission::host_port_conflict(&self.pod, &self.rt.neighbours())))
-        {
-            self.refused = true;
-            return false;
+        if !new {
+            return Ok(true);
         }
-        true
+        let status = &self.pod["status"];
+        if status["phase"] == "Failed"
+            && matches!(status["reason"].as_str(), Some("NodePorts" | "PodSecurity"))
+        {
+            self.refused =
+                Some(json!({"phase": "Failed", "reason": status["reason"], "message": status["message"]}));
+            return Ok(false);
+        }
+        if super::admission::wants_host_ports(&self.pod)
+            && super::admission::host_port_conflict(&self.pod, &self.rt.neighbours())
+        {
+            self.refused = Some(super::admission::host_ports_refused());
+            return Ok(false);
+        }
+        let privileges = super::admission::privileges(&self.pod);
+        if !privileges.is_empty()
+            && let Some(ns) = self.rt.namespace().await?
+            && let Some(refused) = super::admission::pod_security_refusal(&privileges, &ns)
+        {
+            let message = refused["message"].as_str().unwrap_or_default().to_owned();
+            self.rt.event("Warning", "PodSecurity", &message).await;
+            self.refused = Some(refused);
+            return Ok(false);
+        }
+        Ok(true)
     }
 
     /// One reconciliation pass; returns when to look again at the latest.
     async fn sync(&mut self) -> anyhow::Result<Duration> {
-        if !self.admit() {
-            let status = super::admission::refused_status();
+        if !self.admit().await? {
+            let status = self.refused.clone().unwrap_or_default();
             if status != self.last_status && self.rt.post_status(&status).await?.is_some() {
                 self.last_status = status;
             }
@@ -483,7 +500,7 @@ impl<R: Runtime> Pod<R> {
 
     /// Stops everything of the pod and removes it from the node, then confirms the deletion.
     async fn terminate(&mut self, gone: bool, rx: &mut watch::Receiver<Option<Value>>) -> anyhow::Result<()> {
-        if self.refused {
+        if self.refused.is_some() {
             // Nothing of it was ever made on the node.
             if !gone {
                 self.rt.finish_deletion(&self.pod).await?;

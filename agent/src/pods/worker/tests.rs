@@ -31,6 +31,8 @@ struct State {
     ignore_term: HashSet<i32>,
     /// Scripted: the other pods running on the node.
     neighbours: Vec<Value>,
+    /// Scripted: the pod's namespace.
+    namespace: Option<Value>,
     /// Recorded.
     sandboxes: u32,
     pulls: Vec<String>,
@@ -83,6 +85,9 @@ impl Runtime for Fake {
     }
     fn neighbours(&self) -> Vec<Value> {
         self.with(|s| s.neighbours.clone())
+    }
+    async fn namespace(&self) -> anyhow::Result<Option<Value>> {
+        Ok(self.with(|s| s.namespace.clone()))
     }
     fn save(&self, _: &Value) -> anyhow::Result<()> {
         Ok(())
@@ -430,4 +435,34 @@ async fn a_pod_whose_host_port_is_taken_is_refused_and_never_started() {
     );
     ok.sync().await.unwrap();
     assert_eq!(free.with(|s| s.starts.len()), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_privileged_pod_is_refused_where_its_namespace_enforces_pod_security() {
+    let fake = Fake::new();
+    fake.with(|s| {
+        s.namespace = Some(json!({"metadata": {"name": "default",
+            "labels": {"pod-security.kubernetes.io/enforce": "baseline"}}}))
+    });
+    let privileged = json!({"containers": [{"name": "app", "image": "app:1",
+        "securityContext": {"privileged": true}}]});
+    let mut w = worker(&fake, privileged.clone());
+    w.sync().await.unwrap();
+    w.sync().await.unwrap();
+    assert_eq!(fake.with(|s| (s.sandboxes, s.starts.len())), (0, 0));
+    let status = fake.last_status();
+    assert_eq!(status["phase"], "Failed");
+    assert_eq!(status["reason"], "PodSecurity");
+    assert_eq!(
+        status["message"],
+        "Pod Security \"baseline\" of namespace \"default\" forbids this privileged pod: privileged (container \"app\" must not set securityContext.privileged=true)"
+    );
+    assert_eq!(fake.with(|s| s.statuses.len()), 1, "posted once");
+    assert!(fake.reasons().contains(&"PodSecurity".to_string()));
+    // Where the namespace enforces nothing, the same pod runs.
+    let open = Fake::new();
+    open.with(|s| s.namespace = Some(json!({"metadata": {"name": "default"}})));
+    let mut ok = worker(&open, privileged);
+    ok.sync().await.unwrap();
+    assert_eq!(open.with(|s| s.starts.len()), 1);
 }
