@@ -33,6 +33,9 @@ enum Command {
     /// Creates a pod's namespaces (started by the agent; not for direct use).
     #[command(hide = true)]
     Sandbox(pod_net::SandboxArgs),
+    /// Holds a pod's new user namespace for the sandbox helper (not for direct use).
+    #[command(hide = true)]
+    UsernsHold,
     /// Manages the node's images.
     #[command(subcommand)]
     Image(ImageCommand),
@@ -300,6 +303,9 @@ fn main() {
     }
     if let Some(Command::Exec(args)) = cli.command {
         std::process::exit(shim::exec_main(args));
+    }
+    if let Some(Command::UsernsHold) = cli.command {
+        std::process::exit(skiff_agent::runtime::userns::hold_main());
     }
     if let Some(Command::Sandbox(args)) = cli.command {
         std::process::exit(pod_net::sandbox_main(args));

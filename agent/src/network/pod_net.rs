@@ -276,10 +276,60 @@ pub struct SandboxArgs {
     /// The node's network namespace (the agent's `--netns`), entered before anything else.
     #[arg(long)]
     pub node_netns: Option<PathBuf>,
+    /// Give the pod a user namespace mapping its IDs from this host ID (`hostUsers: false`); its
+    /// network, IPC and UTS namespaces are then made inside it.
+    #[arg(long)]
+    pub userns_base: Option<u32>,
 }
 
-/// Namespace kinds a sandbox holds, and their `/proc/self/ns` names.
-pub const NAMESPACES: [&str; 3] = ["net", "ipc", "uts"];
+/// Namespace kinds a sandbox holds, and their `/proc/self/ns` names (`user` only for pods in a
+/// user namespace).
+pub const NAMESPACES: [&str; 4] = ["net", "ipc", "uts", "user"];
+
+/// Bind-mounts the namespaces `names` of the process whose `/proc` entry is `proc` into `dir`.
+fn bind_namespaces(dir: &Path, proc: &str, names: &[&str]) -> anyhow::Result<()> {
+    for ns in names {
+        let target = dir.join(ns);
+        std::fs::File::create(&target)?;
+        nix::mount::mount(
+            Some(Path::new(&format!("{proc}/ns/{ns}"))),
+            &target,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .with_context(|| format!("bind-mounting the {ns} namespace"))?;
+    }
+    Ok(())
+}
+
+/// Makes the pod's user namespace (IDs from `base`) with its network, IPC and UTS namespaces
+/// inside, through `skiff-agent userns-hold`, and bind-mounts all four into `dir`.
+fn make_user_namespaces(dir: &Path, base: u32) -> anyhow::Result<()> {
+    use std::io::BufRead;
+    let mut holder = std::process::Command::new("/proc/self/exe")
+        .arg("userns-hold")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("starting the user namespace holder")?;
+    let made = (|| -> anyhow::Result<()> {
+        let mut line = String::new();
+        let stdout = holder.stdout.take().context("the holder's stdout")?;
+        std::io::BufReader::new(stdout).read_line(&mut line)?;
+        if line.trim() != "ready" {
+            bail!("the user namespace holder failed");
+        }
+        let proc = format!("/proc/{}", holder.id());
+        let map = crate::runtime::userns::id_map(base);
+        std::fs::write(format!("{proc}/uid_map"), &map).context("writing the pod's uid_map")?;
+        std::fs::write(format!("{proc}/gid_map"), &map).context("writing the pod's gid_map")?;
+        bind_namespaces(dir, &proc, &NAMESPACES)
+    })();
+    drop(holder.stdin.take());
+    let _ = holder.wait();
+    made
+}
 
 /// Runs the sandbox helper; returns the process exit code.
 pub fn sandbox_main(args: SandboxArgs) -> i32 {
@@ -323,33 +373,31 @@ async fn create_sandbox(args: &SandboxArgs) -> anyhow::Result<()> {
     }
     if args.host_network {
         nix::sched::unshare(CloneFlags::CLONE_NEWIPC).context("unshare")?;
-        let target = args.dir.join("ipc");
-        std::fs::File::create(&target)?;
-        nix::mount::mount(
-            Some("/proc/self/ns/ipc"),
-            &target,
-            None::<&str>,
-            nix::mount::MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .context("bind-mounting the ipc namespace")?;
-        return Ok(());
+        return bind_namespaces(&args.dir, "/proc/self", &["ipc"]);
     }
-    nix::sched::unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS)
-        .context("unshare")?;
+    match args.userns_base {
+        Some(base) => {
+            make_user_namespaces(&args.dir, base)?;
+            // This helper stays in the host's user namespace (its netlink socket must): it
+            // enters the pod's UTS and network namespaces, which it may as their owner's parent.
+            for (ns, flag) in [
+                ("uts", CloneFlags::CLONE_NEWUTS),
+                ("net", CloneFlags::CLONE_NEWNET),
+            ] {
+                let file = std::fs::File::open(args.dir.join(ns))?;
+                nix::sched::setns(file, flag)
+                    .with_context(|| format!("entering the pod's {ns} namespace"))?;
+            }
+        }
+        None => {
+            nix::sched::unshare(
+                CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS,
+            )
+            .context("unshare")?;
+            bind_namespaces(&args.dir, "/proc/self", &NAMESPACES[..3])?;
+        }
+    }
     nix::unistd::sethostname(&args.hostname).context("sethostname")?;
-    for ns in NAMESPACES {
-        let target = args.dir.join(ns);
-        std::fs::File::create(&target)?;
-        nix::mount::mount(
-            Some(Path::new(&format!("/proc/self/ns/{ns}"))),
-            &target,
-            None::<&str>,
-            nix::mount::MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .with_context(|| format!("bind-mounting the {ns} namespace"))?;
-    }
     let pod = connect()?;
     let lo = link_index(&pod, "lo")
         .await?

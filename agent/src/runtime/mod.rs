@@ -6,3 +6,4 @@ pub mod cgroups;
 pub mod console;
 pub mod helper;
 pub mod shim;
+pub mod userns;

@@ -521,6 +521,24 @@ fn terminal_process(
     Ok(path)
 }
 
+/// Joins the user namespace the container's spec names, if it names one.
+fn join_user_namespace(container: &libcontainer::container::Container) -> anyhow::Result<()> {
+    let config = container.bundle().join("config.json");
+    let spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&config)?)?;
+    let Some(path) = spec["linux"]["namespaces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|ns| ns["type"] == "user")
+        .and_then(|ns| ns["path"].as_str())
+    else {
+        return Ok(());
+    };
+    let file = std::fs::File::open(path)?;
+    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWUSER)?;
+    Ok(())
+}
+
 /// Runs the exec helper; returns the command's exit code (128+N for a signal, 126 if it could not
 /// start).
 pub fn exec_main(args: ExecArgs) -> i32 {
@@ -540,6 +558,14 @@ pub fn exec_main(args: ExecArgs) -> i32 {
         });
     if let Err(e) = joined {
         eprintln!("skiff-agent exec: joining the container's cgroup2 directory: {e}");
+        return 126;
+    }
+    // A pod in a user namespace of its own: the command joins it too (libcontainer's tenant
+    // joins every namespace of the container's but that one). Joined here, first, while this
+    // process may still write the container's cgroups: in it the process keeps its host IDs and
+    // has every capability over the container's other namespaces, which the namespace owns.
+    if let Err(e) = join_user_namespace(&container) {
+        eprintln!("skiff-agent exec: joining the pod's user namespace: {e:#}");
         return 126;
     }
     let process = match &args.console_socket {

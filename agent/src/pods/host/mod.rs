@@ -87,6 +87,16 @@ fn host_network(pod: &Value) -> bool {
     pod["spec"]["hostNetwork"].as_bool().unwrap_or(false)
 }
 
+/// Whether the pod runs in a user namespace of its own (`hostUsers: false`; never with a host
+/// namespace, which the API server refuses with it too).
+fn own_users(pod: &Value) -> bool {
+    let spec = &pod["spec"];
+    spec["hostUsers"] == false
+        && !["hostNetwork", "hostPID", "hostIPC"]
+            .iter()
+            .any(|k| spec[*k].as_bool() == Some(true))
+}
+
 fn pid_alive(pid: i32) -> bool {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
 }

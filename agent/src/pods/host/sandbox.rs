@@ -18,6 +18,13 @@ impl Host {
         if let Some(ns) = crate::network::pod_net::node_netns() {
             cmd.arg("--node-netns").arg(ns);
         }
+        if own_users(pod) {
+            static ALLOCATING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+            let _one_at_a_time = ALLOCATING.lock().unwrap_or_else(|p| p.into_inner());
+            let pods = self.dir.parent().context("the pods directory")?;
+            let base = crate::runtime::userns::allocate(pods, &self.dir)?;
+            cmd.arg("--userns-base").arg(base.to_string());
+        }
         let mut own_ip = None;
         if host_network(pod) {
             cmd.arg("--host-network");
@@ -112,9 +119,11 @@ impl Host {
 
     pub(super) async fn make_volumes(&self, pod: &Value) -> anyhow::Result<()> {
         let lookup = self.lookup();
+        // In a user namespace the group is the host's ID of the pod's `fsGroup`.
         let fs_group = pod["spec"]["securityContext"]["fsGroup"]
             .as_u64()
-            .and_then(|g| u32::try_from(g).ok());
+            .and_then(|g| u32::try_from(g).ok())
+            .map(|g| crate::runtime::userns::base_of(&self.dir).map_or(g, |base| base + g));
         for v in pod["spec"]["volumes"].as_array().into_iter().flatten() {
             let name = v["name"].as_str().unwrap_or_default();
             let dir = self.dir.join("volumes").join(name);
@@ -179,8 +188,13 @@ impl Host {
                 }
             }
         }
-        if let Ok(rd) = std::fs::read_dir(self.dir.join("volumes")) {
-            for v in rd.flatten() {
+        // Memory volumes, and the idmapped views of image layers of a pod in a user namespace.
+        for sub in ["volumes", "layers"] {
+            for v in std::fs::read_dir(self.dir.join(sub))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
                 if skiff_common::fs::is_mountpoint(&v.path()) {
                     nix::mount::umount2(&v.path(), nix::mount::MntFlags::MNT_DETACH)?;
                 }
@@ -194,6 +208,16 @@ impl Host {
             self.shared.ipam.release(&self.uid)?;
         }
         crate::runtime::cgroups::remove_tree(&self.cgroup_parent());
+        // Never through a mount: an image layer's files are every pod's.
+        let under = format!("{}/", self.dir.display());
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        if let Some(m) = mounts
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .find(|m| m.starts_with(&under))
+        {
+            bail!("{m} is still mounted; the pod's directory is kept");
+        }
         std::fs::remove_dir_all(&self.dir).or_else(ignore_missing)?;
         std::fs::remove_dir_all(self.shared.log_dir(&self.namespace, &self.name, &self.uid))
             .or_else(ignore_missing)?;

@@ -62,12 +62,28 @@ impl Host {
         let id = format!("{short}-{name}-{number}");
         std::fs::write(dir.join("id"), &id)?;
         // The root filesystem: image layers (shared, read-only) under this attempt's upper dir.
-        let lower: Vec<String> = image
-            .layers
-            .iter()
-            .rev()
-            .map(|l| self.shared.images.layer_dir(l).map(|p| p.display().to_string()))
-            .collect::<anyhow::Result<_>>()?;
+        // A pod in a user namespace sees the layers through idmapped mounts, owned by its IDs,
+        // and owns the upper directory (so its root owns the image's files as without one).
+        let userns = crate::runtime::userns::base_of(&self.dir);
+        let mut lower: Vec<String> = Vec::new();
+        for layer in image.layers.iter().rev() {
+            let dir = self.shared.images.layer_dir(layer)?;
+            let Some(_) = userns else {
+                lower.push(dir.display().to_string());
+                continue;
+            };
+            let view = crate::runtime::userns::layer_view(&self.dir, layer);
+            if !skiff_common::fs::is_mountpoint(&view) {
+                std::fs::create_dir_all(&view)?;
+                crate::runtime::userns::mount_idmapped(&dir, &view, &self.sandbox().join("user"))?;
+            }
+            lower.push(view.display().to_string());
+        }
+        if let Some(base) = userns {
+            for d in [dir.join("upper"), dir.join("work")] {
+                std::os::unix::fs::chown(&d, Some(base), Some(base))?;
+            }
+        }
         if !skiff_common::fs::is_mountpoint(&rootfs) {
             let opts = format!(
                 "lowerdir={},upperdir={},workdir={}",
@@ -103,6 +119,9 @@ impl Host {
         ];
         let term = dir.join("termination-log");
         std::fs::write(&term, b"")?;
+        if let Some(base) = userns {
+            std::os::unix::fs::chown(&term, Some(base), Some(base))?;
+        }
         binds.push(Bind {
             target: c["terminationMessagePath"]
                 .as_str()
@@ -155,6 +174,14 @@ impl Host {
             if let Some(node) = crate::network::pod_net::node_netns() {
                 ns.push(serde_json::json!({"type": "network", "path": node}));
             }
+        }
+        if userns.is_some()
+            && let Some(ns) = config["linux"]["namespaces"].as_array_mut()
+        {
+            ns.insert(
+                0,
+                serde_json::json!({"type": "user", "path": self.sandbox().join("user")}),
+            );
         }
         std::fs::write(bundle.join("config.json"), serde_json::to_vec_pretty(&config)?)?;
         let log = self.log_path(&name, number);
