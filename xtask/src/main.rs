@@ -1,7 +1,7 @@
 //! `cargo xtask`: Skiff's build, bring-up and test tooling.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -108,14 +108,103 @@ fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
+/// Installs (as root) or names what this host lacks: `xtask/prerequisites.sh up|test`.
+fn prerequisites(which: &str) -> anyhow::Result<()> {
+    run(Command::new("bash").arg("xtask/prerequisites.sh").arg(which))
+        .context("the host lacks what Skiff needs (xtask/prerequisites.sh says what)")
+}
+
+/// Says which step of `up` runs, so a first build's minutes are not silent.
+fn step(n: u32, what: &str) {
+    eprintln!("\n==> [{n}/5] {what}");
+}
+
+/// Whether a Skiff control plane with `kubeconfig` answers on the local `port`.
+fn skiff_answers(kubeconfig: &Path) -> bool {
+    kubeconfig.exists()
+        && Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(["get", "--raw", "/readyz", "--request-timeout=5s"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+}
+
+/// Waits until a node is Ready (or a process ends, or two minutes pass).
+fn wait_for_a_ready_node(kubeconfig: &Path, control: &mut Child, agent: &mut Child) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        if let Ok(Some(status)) = control.try_wait() {
+            let _ = agent.kill();
+            bail!("skiff-control exited with {status}");
+        }
+        if let Ok(Some(status)) = agent.try_wait() {
+            let _ = control.kill();
+            bail!("skiff-agent exited with {status}");
+        }
+        let ready = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args([
+                "get",
+                "nodes",
+                "-o",
+                "jsonpath={.items[*].status.conditions[?(@.type==\"Ready\")].status}",
+            ])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("True"));
+        if ready {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("the node did not become Ready within 2 minutes (see the agent's log above)");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
 fn up(data_dir: &Path, agent_dir: Option<&Path>, listen: &str, debug: bool) -> anyhow::Result<()> {
+    let port = listen
+        .rsplit_once(':')
+        .map(|(_, p)| p)
+        .unwrap_or("6443")
+        .to_owned();
+    let kubeconfig = data_dir.join("admin.kubeconfig");
+    step(1, "checking this host's prerequisites");
+    prerequisites("up")?;
+    if std::net::TcpStream::connect(format!("127.0.0.1:{port}")).is_ok() {
+        if skiff_answers(&kubeconfig) {
+            eprintln!(
+                "skiff is already running on this host (port {port}); nothing to start.\n  export KUBECONFIG={}\n  kubectl get nodes",
+                kubeconfig.display()
+            );
+            return Ok(());
+        }
+        bail!(
+            "port {port} is taken by a program that is not this host's Skiff (no answer with {}); stop it or pass --listen ADDR:PORT",
+            kubeconfig.display()
+        );
+    }
+    step(
+        2,
+        "building the eBPF programs (the first time installs nightly rust-src and bpf-linker)",
+    );
     ebpf::build(&root())?;
+    step(
+        3,
+        if debug {
+            "building skiff-control and skiff-agent (debug)"
+        } else {
+            "building skiff-control and skiff-agent (release; a first build takes 10-20 minutes)"
+        },
+    );
     let mut build = cargo();
     build.args(["build", "-p", "skiff-control", "-p", "skiff-agent"]);
     if !debug {
         build.arg("--release");
     }
     run(&mut build)?;
+    step(4, "starting the control plane");
     let bins = root()
         .join("target")
         .join(if debug { "debug" } else { "release" });
@@ -140,7 +229,6 @@ fn up(data_dir: &Path, agent_dir: Option<&Path>, listen: &str, debug: bool) -> a
         .arg(listen)
         .spawn()
         .context("starting skiff-control")?;
-    let port = listen.rsplit_once(':').map(|(_, p)| p).unwrap_or("6443");
     let server = format!("https://127.0.0.1:{port}");
     // The control plane writes the node token and kubeconfig, then serves.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
@@ -158,6 +246,10 @@ fn up(data_dir: &Path, agent_dir: Option<&Path>, listen: &str, debug: bool) -> a
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
+    step(
+        5,
+        "starting this node's agent and waiting for the node to be Ready",
+    );
     let mut agent = match Command::new(bins.join("skiff-agent"))
         .args(["--server", &server, "--token", &token])
         .arg("--data-dir")
@@ -170,9 +262,10 @@ fn up(data_dir: &Path, agent_dir: Option<&Path>, listen: &str, debug: bool) -> a
             return Err(e).context("starting skiff-agent");
         }
     };
+    wait_for_a_ready_node(&kubeconfig, &mut control, &mut agent)?;
     eprintln!(
-        "skiff is up: control plane and this node's agent.\n  export KUBECONFIG={}\n  kubectl get nodes\nCtrl-C stops both (running pods keep running and are adopted at the next start).",
-        data_dir.join("admin.kubeconfig").display()
+        "\nskiff is up: the control plane and this node's agent, the node Ready.\n  export KUBECONFIG={}\n  kubectl get nodes\nCtrl-C stops both (running pods keep running and are adopted at the next start).",
+        kubeconfig.display()
     );
     loop {
         if let Ok(Some(status)) = control.try_wait() {
@@ -194,6 +287,7 @@ fn exec(cmd: &mut Command) -> std::io::Error {
 }
 
 fn test(args: &[String]) -> anyhow::Result<()> {
+    prerequisites("test")?;
     if Command::new("kubectl")
         .arg("version")
         .arg("--client")
