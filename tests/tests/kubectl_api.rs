@@ -3206,3 +3206,199 @@ fn every_request_is_audited_at_its_policy_level() {
         "{non_resource:#?}"
     );
 }
+
+#[test]
+fn control_plane_metrics_scrape_with_upstreams_names() {
+    // `/metrics` in Prometheus' text format, read with the Prometheus project's own parser, under
+    // kube-apiserver's, etcd's, kube-scheduler's and client-go's names; for `system:masters` and
+    // the `system:monitoring` group, not for everyone.
+    let c = Control::start();
+    c.ok(&["create", "configmap", "counted", "--from-literal=k=v"]);
+    c.ok(&["get", "configmaps"]);
+    // A pod no node can take: one unschedulable attempt.
+    c.ok(&["run", "waiting", "--image=registry.local/busybox:1.36"]);
+    // An open watch while the metrics are read.
+    let mut watch = c
+        .kubectl_cmd(&["get", "configmaps", "--watch"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let families = |text: &str| -> Value {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("metrics.txt");
+        std::fs::write(&file, text).unwrap();
+        let script = format!(
+            r#"
+import json
+from prometheus_client.parser import text_string_to_metric_families
+out = {{}}
+for family in text_string_to_metric_families(open({file:?}).read()):
+    out[family.name] = {{"type": family.type, "samples": [[s.name, s.labels, s.value] for s in family.samples]}}
+print(json.dumps(out))
+"#,
+            file = file.display().to_string()
+        );
+        let out = skiff_tests::python(&c.kubeconfig(), &script);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        json(&String::from_utf8_lossy(&out.stdout))
+    };
+    let sample = |f: &Value, family: &str, name: &str, want: &[(&str, &str)]| -> Option<f64> {
+        f[family]["samples"].as_array()?.iter().find_map(|s| {
+            let labels = &s[1];
+            (s[0] == name && want.iter().all(|(k, v)| labels[*k] == *v)).then(|| s[2].as_f64().unwrap_or(0.0))
+        })
+    };
+    let mut f = Value::Null;
+    for _ in 0..100 {
+        f = families(&c.ok(&["get", "--raw", "/metrics"]));
+        let watching = sample(
+            &f,
+            "apiserver_longrunning_requests",
+            "apiserver_longrunning_requests",
+            &[("verb", "WATCH"), ("resource", "configmaps")],
+        );
+        let attempted = sample(
+            &f,
+            "scheduler_schedule_attempts",
+            "scheduler_schedule_attempts_total",
+            &[("result", "unschedulable")],
+        );
+        if watching.unwrap_or(0.0) >= 1.0 && attempted.unwrap_or(0.0) >= 1.0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = watch.kill();
+    let _ = watch.wait();
+    assert_eq!(f["apiserver_request"]["type"], "counter", "{f:#}");
+    let created = sample(
+        &f,
+        "apiserver_request",
+        "apiserver_request_total",
+        &[
+            ("verb", "POST"),
+            ("resource", "configmaps"),
+            ("code", "201"),
+            ("scope", "namespace"),
+            ("version", "v1"),
+            ("component", "apiserver"),
+        ],
+    );
+    assert!(created.unwrap_or(0.0) >= 1.0, "{f:#}");
+    assert_eq!(f["apiserver_request_duration_seconds"]["type"], "histogram");
+    let listed = sample(
+        &f,
+        "apiserver_request_duration_seconds",
+        "apiserver_request_duration_seconds_count",
+        &[("verb", "LIST"), ("resource", "configmaps")],
+    );
+    assert!(listed.unwrap_or(0.0) >= 1.0, "{f:#}");
+    assert!(
+        sample(
+            &f,
+            "apiserver_longrunning_requests",
+            "apiserver_longrunning_requests",
+            &[("verb", "WATCH"), ("resource", "configmaps")]
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "{f:#}"
+    );
+    assert!(
+        sample(
+            &f,
+            "etcd_disk_wal_fsync_duration_seconds",
+            "etcd_disk_wal_fsync_duration_seconds_count",
+            &[]
+        )
+        .unwrap_or(0.0)
+            >= 1.0
+    );
+    assert!(
+        sample(
+            &f,
+            "etcd_disk_backend_commit_duration_seconds",
+            "etcd_disk_backend_commit_duration_seconds_count",
+            &[]
+        )
+        .unwrap_or(0.0)
+            >= 1.0
+    );
+    assert!(
+        sample(
+            &f,
+            "etcd_mvcc_db_total_size_in_bytes",
+            "etcd_mvcc_db_total_size_in_bytes",
+            &[]
+        )
+        .unwrap_or(0.0)
+            > 0.0
+    );
+    assert_eq!(
+        sample(&f, "etcd_server_is_leader", "etcd_server_is_leader", &[]),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&f, "etcd_server_has_leader", "etcd_server_has_leader", &[]),
+        Some(1.0)
+    );
+    assert!(
+        sample(
+            &f,
+            "scheduler_schedule_attempts",
+            "scheduler_schedule_attempts_total",
+            &[("result", "unschedulable"), ("profile", "default-scheduler")]
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "{f:#}"
+    );
+    assert!(
+        sample(
+            &f,
+            "scheduler_scheduling_attempt_duration_seconds",
+            "scheduler_scheduling_attempt_duration_seconds_count",
+            &[("result", "unschedulable")]
+        )
+        .unwrap_or(0.0)
+            >= 1.0
+    );
+    // client-go's workqueue metrics, one series per controller.
+    let queues: Vec<&str> = f["workqueue_adds"]["samples"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s[1]["name"].as_str())
+        .collect();
+    assert!(queues.len() >= 5, "{queues:?}");
+    for family in [
+        "workqueue_depth",
+        "workqueue_queue_duration_seconds",
+        "workqueue_work_duration_seconds",
+        "workqueue_retries",
+    ] {
+        assert!(f[family].is_object(), "{family} missing");
+    }
+    // Who may read them.
+    let denied = c.kubectl(&["--as", "jane", "get", "--raw", "/metrics"]);
+    assert!(!denied.status.success());
+    assert!(
+        String::from_utf8_lossy(&denied.stderr).contains("Forbidden"),
+        "{}",
+        String::from_utf8_lossy(&denied.stderr)
+    );
+    let monitor = c.kubectl(&[
+        "--as",
+        "prometheus",
+        "--as-group",
+        "system:monitoring",
+        "get",
+        "--raw",
+        "/metrics",
+    ]);
+    assert!(
+        monitor.status.success(),
+        "{}",
+        String::from_utf8_lossy(&monitor.stderr)
+    );
+}

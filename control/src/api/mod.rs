@@ -228,7 +228,74 @@ fn bearer_token(header: &str) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then_some(token)
 }
 
+/// Serves a request and counts it as upstream's metrics do (`crate::metrics`): by its verb,
+/// resource, scope and code, its duration (not for watches and connections, which are counted as
+/// long-running while they last), and as in flight while it is served.
 async fn dispatch(state: State<Arc<App>>, req: Request) -> Response {
+    use crate::metrics;
+    use futures::StreamExt;
+    let started = std::time::Instant::now();
+    let info = audit::request_info(req.method(), req.uri().path(), req.uri().query());
+    let apply = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|c| c.as_bytes().starts_with(b"application/apply-patch"));
+    let (verb, scope) = metrics::request_verb_and_scope(&info, req.method().as_str(), apply);
+    let dry_run = if req.uri().query().is_some_and(|q| q.contains("dryRun=All")) {
+        "All"
+    } else {
+        ""
+    };
+    let long_running = matches!(verb, "WATCH" | "CONNECT");
+    let kind = if matches!(verb, "GET" | "LIST" | "HEAD" | "OPTIONS") {
+        "readOnly"
+    } else {
+        "mutating"
+    };
+    let in_flight = (!long_running).then(|| metrics::Held::new(&metrics::API_INFLIGHT, &[kind]));
+    let response = served(state, req).await;
+    drop(in_flight);
+    let code = response.status().as_u16().to_string();
+    let labels = [
+        verb,
+        dry_run,
+        &info.group,
+        &info.version,
+        &info.resource,
+        &info.subresource,
+        scope,
+        "apiserver",
+    ];
+    metrics::API_REQUESTS.inc(&[&labels[..], &[code.as_str()]].concat());
+    if !long_running {
+        metrics::API_DURATION.observe(&labels, started.elapsed().as_secs_f64());
+        return response;
+    }
+    if !response.status().is_success() {
+        return response;
+    }
+    // Open until its body ends or the client goes.
+    let held = metrics::Held::new(
+        &metrics::API_LONGRUNNING,
+        &[
+            verb,
+            &info.group,
+            &info.version,
+            &info.resource,
+            &info.subresource,
+            scope,
+            "apiserver",
+        ],
+    );
+    let (parts, body) = response.into_parts();
+    let stream = body.into_data_stream().map(move |chunk| {
+        let _ = &held;
+        chunk
+    });
+    Response::from_parts(parts, axum::body::Body::from_stream(stream))
+}
+
+async fn served(state: State<Arc<App>>, req: Request) -> Response {
     let protobuf = req
         .headers()
         .get(header::ACCEPT)
@@ -501,6 +568,16 @@ async fn route(
     match segs.as_slice() {
         [check @ ("healthz" | "livez" | "readyz"), ..] => return Ok(health(&app, check)),
         ["version"] => return ok(discovery::version()),
+        ["metrics"] if method == Method::GET => {
+            let who = who.ok_or_else(|| ApiError::new(401, "Unauthorized", "Unauthorized"))?;
+            authz::allow(&app, who, "get", &rbac::Target::Path("/metrics")).await?;
+            return Ok((
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+                crate::metrics::render(),
+            )
+                .into_response());
+        }
         ["cacerts"] => {
             let ca = app.pki.as_ref().map(|p| p.ca_pem.clone()).unwrap_or_default();
             return Ok((

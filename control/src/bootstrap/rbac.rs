@@ -263,6 +263,23 @@ pub fn cluster_roles() -> Vec<Value> {
             )],
         ),
         cluster_role(
+            "system:monitoring",
+            &[],
+            vec![urls(
+                &[
+                    "/healthz",
+                    "/healthz/*",
+                    "/livez",
+                    "/livez/*",
+                    "/metrics",
+                    "/metrics/slis",
+                    "/readyz",
+                    "/readyz/*",
+                ],
+                &["get"],
+            )],
+        ),
+        cluster_role(
             "system:public-info-viewer",
             &[],
             vec![urls(
@@ -306,6 +323,7 @@ pub fn cluster_role_bindings() -> Vec<Value> {
         binding("cluster-admin", vec![group("system:masters")]),
         binding("system:basic-user", vec![group("system:authenticated")]),
         binding("system:discovery", vec![group("system:authenticated")]),
+        binding("system:monitoring", vec![group("system:monitoring")]),
         // Bootstrap tokens may ask for a certificate and nothing else (kubeadm's binding).
         binding("system:node-bootstrapper", vec![group("system:bootstrappers")]),
         binding(

@@ -235,6 +235,10 @@ impl Caches {
 
 #[derive(Debug, Default)]
 struct QueueState {
+    /// The controller's name once its workers run (what the `workqueue_*` metrics are named by).
+    name: Option<&'static str>,
+    /// When each queued key was added.
+    added: HashMap<String, std::time::Instant>,
     queue: VecDeque<String>,
     queued: HashSet<String>,
     processing: HashSet<String>,
@@ -264,8 +268,23 @@ impl Queue {
         }
         if s.queued.insert(key.to_owned()) {
             s.queue.push_back(key.to_owned());
+            if let Some(name) = s.name {
+                s.added.insert(key.to_owned(), std::time::Instant::now());
+                crate::metrics::QUEUE_ADDS.inc(&[name]);
+                crate::metrics::QUEUE_DEPTH.add(&[name], 1.0);
+            }
             drop(s);
             self.notify.notify_one();
+        }
+    }
+
+    /// Names the queue in the `workqueue_*` metrics.
+    pub fn name(&self, name: &'static str) {
+        let mut s = self.lock();
+        if s.name.is_none() {
+            crate::metrics::QUEUE_DEPTH.set(&[name], s.queue.len() as f64);
+            crate::metrics::QUEUE_ADDS.add(&[name], 0.0);
+            s.name = Some(name);
         }
     }
 
@@ -287,6 +306,9 @@ impl Queue {
             *n
         };
         let delay = Duration::from_millis(5u64.saturating_mul(1 << n.min(14))).min(Duration::from_secs(60));
+        if let Some(name) = self.lock().name {
+            crate::metrics::QUEUE_RETRIES.inc(&[name]);
+        }
         self.add_after(key, delay);
     }
 
@@ -304,6 +326,12 @@ impl Queue {
                 if let Some(key) = s.queue.pop_front() {
                     s.queued.remove(&key);
                     s.processing.insert(key.clone());
+                    if let Some(name) = s.name {
+                        crate::metrics::QUEUE_DEPTH.add(&[name], -1.0);
+                        if let Some(at) = s.added.remove(&key) {
+                            crate::metrics::QUEUE_WAIT.observe(&[name], at.elapsed().as_secs_f64());
+                        }
+                    }
                     return key;
                 }
             }
@@ -401,6 +429,7 @@ pub fn run_workers<F, Fut>(
     Fut: Future<Output = Result<Next, Error>> + Send,
 {
     let reconcile = Arc::new(reconcile);
+    queue.name(name);
     for _ in 0..workers {
         let (app, queue, reconcile) = (app.clone(), queue.clone(), reconcile.clone());
         tokio::spawn(async move {
@@ -412,7 +441,10 @@ pub fn run_workers<F, Fut>(
                     continue;
                 }
                 let span = tracing::debug_span!("reconcile", controller = name, key = %key);
-                match reconcile(key.clone()).instrument(span).await {
+                let started = std::time::Instant::now();
+                let outcome = reconcile(key.clone()).instrument(span).await;
+                crate::metrics::QUEUE_WORK.observe(&[name], started.elapsed().as_secs_f64());
+                match outcome {
                     Ok(Next::Done) => queue.forget(&key),
                     Ok(Next::After(d)) => {
                         queue.forget(&key);

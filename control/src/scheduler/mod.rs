@@ -381,7 +381,15 @@ async fn schedule_one(
         meta_str(&pod, "namespace").to_owned(),
         meta_str(&pod, "name").to_owned(),
     );
-    match decide(state, &pod) {
+    let started = std::time::Instant::now();
+    let decision = decide(state, &pod);
+    let result = match decision {
+        Decision::Node(..) => "scheduled",
+        Decision::Unschedulable(_) => "unschedulable",
+    };
+    crate::metrics::SCHEDULE_ATTEMPTS.inc(&[NAME, result]);
+    crate::metrics::SCHEDULING_DURATION.observe(&[NAME, result], started.elapsed().as_secs_f64());
+    match decision {
         Decision::Node(node, claims) => {
             // Assume the pod is there now, and bind in the background as upstream does; a
             // failed binding un-assumes it and queues it again.
@@ -411,6 +419,7 @@ async fn schedule_one(
                     Err(e) if e.code == 404 || e.code == 409 => {}
                     Err(e) => {
                         tracing::debug!(%key, error = %e, "binding failed; retrying");
+                        crate::metrics::SCHEDULE_ATTEMPTS.inc(&[NAME, "error"]);
                         let _ = failed.send(key);
                     }
                 }

@@ -87,6 +87,11 @@ impl WatchHub {
         self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Watch streams open on the store.
+    pub(crate) fn watchers(&self) -> usize {
+        self.tx.receiver_count()
+    }
+
     /// The latest revision published.
     pub(crate) fn revision(&self) -> u64 {
         self.lock().current

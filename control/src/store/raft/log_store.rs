@@ -153,8 +153,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     .map_err(|e| write(&e))?;
             }
         }
-        // Default durability is Immediate: commit returns after fsync.
+        // Default durability is Immediate: commit returns after fsync (etcd's WAL fsync).
+        let started = std::time::Instant::now();
         let result = tx.commit().map_err(std::io::Error::other);
+        crate::metrics::WAL_FSYNC.observe(&[], started.elapsed().as_secs_f64());
         let failed = result.as_ref().err().map(|e| write(e));
         callback.log_io_completed(result);
         match failed {

@@ -205,6 +205,24 @@ fn prefix_end(prefix: &str) -> String {
     "\u{7f}".repeat(8)
 }
 
+/// Sets the store's gauges before each scrape (`crate::metrics`): the state database's size,
+/// leadership, watchers and revision. It holds the hub weakly, so a closed store is left out.
+fn register_metrics(raft: &Raft, hub: &Arc<WatchHub>, node_id: u64, db_path: std::path::PathBuf) {
+    use crate::metrics;
+    let (raft_metrics, hub) = (raft.metrics(), Arc::downgrade(hub));
+    metrics::register(Box::new(move || {
+        let Some(hub) = hub.upgrade() else { return };
+        let leader = raft_metrics.borrow().current_leader;
+        metrics::HAS_LEADER.set(&[], f64::from(u8::from(leader.is_some())));
+        metrics::IS_LEADER.set(&[], f64::from(u8::from(leader == Some(node_id))));
+        if let Ok(meta) = std::fs::metadata(&db_path) {
+            metrics::DB_SIZE.set(&[], meta.len() as f64);
+        }
+        metrics::STORE_WATCHERS.set(&[], hub.watchers() as f64);
+        metrics::REVISION.set(&[], hub.revision() as f64);
+    }));
+}
+
 impl Store {
     /// Opens the store, starts its Raft member and transport, and waits until it can serve.
     pub async fn open(config: StoreConfig) -> Result<Self, StoreError> {
@@ -271,6 +289,7 @@ impl Store {
             .await
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
 
+        register_metrics(&raft, &hub, config.node_id, config.data_dir.join("state.redb"));
         let disk = disk::DiskGuard::start(&config.data_dir, config.min_free_disk);
         let (writes, queue) = tokio::sync::mpsc::channel(4 * MAX_BATCH);
         tokio::spawn(group_commit(raft.clone(), queue));

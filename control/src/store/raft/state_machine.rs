@@ -261,7 +261,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .map_err(|e| write(&e))?;
             revision = rev;
         }
+        let started = std::time::Instant::now();
         tx.commit().map_err(|e| write(&e))?;
+        crate::metrics::BACKEND_COMMIT.observe(&[], started.elapsed().as_secs_f64());
         self.hub.publish(events, revision);
         if let Some(upto) = compact_to {
             self.hub.compact(upto);
