@@ -362,6 +362,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let port = listener.local_addr()?.port();
     let tls = server::tls_config(&creds.ca, &creds.cert, &creds.key)?;
     tokio::spawn(server::serve(listener, tls, args.data_dir.clone()));
+    skiff_agent::runtime::stats::start(args.data_dir.clone(), args.cgroup_root.clone(), name.clone());
     tokio::spawn(server::tunnel::run(api.clone(), args.data_dir.clone()));
     node::heartbeat::register(&api, &name, args.max_pods, &node_ip, port).await?;
     let feeds = node::stream::Feeds::default();

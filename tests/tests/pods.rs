@@ -1944,3 +1944,114 @@ spec:
         "{passwd}"
     );
 }
+
+#[test]
+fn kubectl_top_shows_what_nodes_and_pods_use() {
+    // metrics.k8s.io from the agents' stats (no metrics-server to install), and the agent's
+    // cAdvisor and resource metrics through the API server's node proxy.
+    let k = Cluster::start();
+    let image = k.registry.busybox();
+    let node = k.node.name.clone();
+    k.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: burner, labels: {{app: burner}}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {{name: spin, image: {image}, command: ["sh", "-c", "while :; do :; done"]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: idler, labels: {{app: idler}}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {{name: rest, image: {image}, command: ["sleep", "3600"]}}
+"#
+    ));
+    k.wait_pod("burner", "Running", |p| phase(p) == "Running");
+    k.wait_pod("idler", "Running", |p| phase(p) == "Running");
+    // `kubectl top pod --no-headers`: NAME CPU(cores) MEMORY(bytes), once the agent has two readings.
+    let millicores =
+        |line: &str| -> Option<u64> { line.split_whitespace().nth(1)?.strip_suffix('m')?.parse().ok() };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut top = String::new();
+    while Instant::now() < deadline {
+        let out = k.c.kubectl(&["top", "pod", "--no-headers"]);
+        top = String::from_utf8_lossy(&out.stdout).into_owned();
+        if top.lines().any(|l| l.starts_with("burner ")) && top.lines().any(|l| l.starts_with("idler ")) {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let burner = top
+        .lines()
+        .find(|l| l.starts_with("burner "))
+        .unwrap_or_else(|| panic!("{top}"));
+    let idler = top
+        .lines()
+        .find(|l| l.starts_with("idler "))
+        .unwrap_or_else(|| panic!("{top}"));
+    assert!(millicores(burner).is_some_and(|m| m >= 200), "a busy loop: {top}");
+    assert!(millicores(idler).is_some_and(|m| m < 50), "sleep: {top}");
+    assert!(burner.trim_end().ends_with("Mi"), "{burner}");
+    // Selected by label, per container, and for the node.
+    let selected =
+        k.c.ok(&["top", "pod", "-l", "app=burner", "--no-headers", "--containers"]);
+    assert!(
+        selected.starts_with("burner ") && selected.contains(" spin ") && !selected.contains("idler"),
+        "{selected}"
+    );
+    let nodes = k.c.ok(&["top", "node", "--no-headers"]);
+    let line = nodes
+        .lines()
+        .find(|l| l.starts_with(&node))
+        .unwrap_or_else(|| panic!("{nodes}"));
+    assert!(millicores(line).is_some_and(|m| m >= 200), "{nodes}");
+    // The agent's metrics, as Prometheus' node jobs scrape them through the API server.
+    let cadvisor = k.c.ok(&[
+        "get",
+        "--raw",
+        &format!("/api/v1/nodes/{node}/proxy/metrics/cadvisor"),
+    ]);
+    let line = cadvisor
+        .lines()
+        .find(|l| l.starts_with("container_cpu_usage_seconds_total{") && l.contains("pod=\"burner\""))
+        .unwrap_or_else(|| panic!("{cadvisor}"));
+    let seconds: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(seconds > 0.5, "{line}");
+    assert!(
+        cadvisor.contains(
+            "container_memory_working_set_bytes{container=\"rest\",namespace=\"default\",pod=\"idler\"}"
+        ),
+        "{cadvisor}"
+    );
+    let resource = k.c.ok(&[
+        "get",
+        "--raw",
+        &format!("/api/v1/nodes/{node}/proxy/metrics/resource"),
+    ]);
+    assert!(
+        resource.contains("\nnode_cpu_usage_seconds_total ")
+            && resource.contains("pod_memory_working_set_bytes{namespace=\"default\",pod=\"burner\"}"),
+        "{resource}"
+    );
+    let summary = json_value(&k.c.ok(&[
+        "get",
+        "--raw",
+        &format!("/api/v1/nodes/{node}/proxy/stats/summary"),
+    ]));
+    assert_eq!(summary["node"]["nodeName"], node.as_str());
+    // Exec stays on the pods' subresource: the node proxy serves reads of stats only.
+    assert!(
+        k.c.fails(&[
+            "get",
+            "--raw",
+            &format!("/api/v1/nodes/{node}/proxy/exec/default/burner/spin")
+        ])
+        .contains("NotFound")
+    );
+    k.c.ok(&["delete", "pod", "burner", "idler", "--timeout=60s"]);
+}

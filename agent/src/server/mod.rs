@@ -1,5 +1,6 @@
-//! The agent's HTTPS endpoint (the kubelet port): container logs for `kubectl logs`, reached by the
-//! API server only. TLS with the node's certificate; clients must present a certificate of the
+//! The agent's HTTPS endpoint (the kubelet port): container logs for `kubectl logs`, exec, attach,
+//! port-forward, pod proxies, and the kubelet's stats (`/stats/summary`, `/metrics/resource`,
+//! `/metrics/cadvisor`), reached by the API server only. TLS with the node's certificate; clients must present a certificate of the
 //! cluster CA that is not a node's.
 
 pub mod channels;
@@ -36,6 +37,22 @@ pub fn text(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
             .boxed(),
     );
     *r.status_mut() = status;
+    r
+}
+
+/// Prometheus' text format.
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// A response with a body of `content_type`.
+fn typed(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Response<Body> {
+    let mut r = text(status, String::new());
+    *r.body_mut() = Full::new(Bytes::from(body))
+        .map_err(|e: Infallible| match e {})
+        .boxed();
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
     r
 }
 
@@ -156,6 +173,15 @@ async fn handle(data_dir: &Path, mut req: Request<hyper::body::Incoming>) -> Res
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     match segs.as_slice() {
         ["healthz"] => text(StatusCode::OK, "ok"),
+        ["stats", "summary"] => {
+            let body = serde_json::to_vec(&crate::runtime::stats::summary()).unwrap_or_default();
+            typed(StatusCode::OK, "application/json", body)
+        }
+        ["metrics", which @ ("resource" | "cadvisor")] => typed(
+            StatusCode::OK,
+            PROMETHEUS_TEXT,
+            crate::runtime::stats::prometheus(*which == "resource").into_bytes(),
+        ),
         ["exec", ns, pod, container] => {
             let pairs = crate::server::exec::query_pairs(req.uri().query().unwrap_or(""));
             crate::server::exec::exec(data_dir, &mut req, ns, pod, container, &pairs)

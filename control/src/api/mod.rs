@@ -17,6 +17,7 @@ mod openapi_v2;
 pub mod protobuf;
 mod query;
 pub mod rbac;
+mod resource_metrics;
 mod reviews;
 pub mod server;
 mod table;
@@ -415,6 +416,37 @@ async fn serve(State(app): State<Arc<App>>, req: Request) -> Response {
             Err(e) => e.into_response(),
         };
     }
+    // nodes/NAME/proxy/...: the agent's stats and metrics.
+    if let ["api", "v1", "nodes", node, "proxy", ..] =
+        path.trim_matches('/').split('/').collect::<Vec<_>>().as_slice()
+        && let Some(who) = parts.extensions.get::<Identity>().cloned()
+    {
+        let prefix = format!("/api/v1/nodes/{node}/proxy");
+        let mut rest = path.get(prefix.len()..).unwrap_or_default().to_owned();
+        if let Some(q) = parts.uri.query() {
+            rest = format!("{rest}?{q}");
+        }
+        let node = skiff_common::url::percent_decode(node);
+        return match nodeproxy::node_proxy(&app, &who, &parts.method, &node, &rest).await {
+            Ok(r) => r,
+            Err(e) => e.into_response(),
+        };
+    }
+    // metrics.k8s.io, served here unless an APIService for it answers.
+    if let ["apis", resource_metrics::GROUP, rest @ ..] =
+        path.trim_matches('/').split('/').collect::<Vec<_>>().as_slice()
+        && resource_metrics::served(&app)
+        && let Some(who) = parts.extensions.get::<Identity>().cloned()
+    {
+        if parts.method != Method::GET {
+            return ApiError::method_not_allowed().into_response();
+        }
+        let rest: Vec<&str> = rest.iter().copied().filter(|s| !s.is_empty()).collect();
+        return match resource_metrics::serve(&app, &who, &rest, &query).await {
+            Ok(r) => r,
+            Err(e) => e.into_response(),
+        };
+    }
     // A group version an aggregated API server serves (and this one does not).
     if let ["apis", group, version, ..] = path.trim_matches('/').split('/').collect::<Vec<_>>().as_slice()
         && app.registry.in_group_version(group, version).is_empty()
@@ -557,6 +589,9 @@ async fn route(
             && let Some(items) = body["items"].as_array_mut()
         {
             items.extend(aggregator::discovery_items(&app));
+            if resource_metrics::served(&app) {
+                items.push(resource_metrics::discovery_item());
+            }
         }
         return Ok((
             StatusCode::OK,
@@ -593,6 +628,9 @@ async fn route(
             let mut groups = discovery::groups(&app.registry);
             if let Some(list) = groups["groups"].as_array_mut() {
                 list.extend(aggregator::group_entries(&app));
+                if resource_metrics::served(&app) {
+                    list.push(resource_metrics::group_entry());
+                }
             }
             return ok(groups);
         }

@@ -180,6 +180,102 @@ async fn get_from_node(app: &App, node_name: &str, path: &str) -> Result<Respons
     Ok(out.into_response())
 }
 
+/// GET `path` on a node's agent within `limit`: the answer's Content-Type and body.
+pub async fn fetch_from_node(
+    app: &App,
+    node_name: &str,
+    path: &str,
+    limit: std::time::Duration,
+) -> Result<(String, bytes::Bytes)> {
+    use http_body_util::BodyExt;
+    let fetch = async {
+        let (mut sender, authority) = connect_node(app, node_name).await?;
+        let req = hyper::Request::get(path)
+            .header("host", authority)
+            .body(Empty::<bytes::Bytes>::new())
+            .map_err(|e| ApiError::new(500, "InternalError", e.to_string()))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| ApiError::new(500, "InternalError", e.to_string()))?;
+        if !resp.status().is_success() {
+            return Err(node_error(resp).await);
+        }
+        let content_type = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("text/plain")
+            .to_owned();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ApiError::new(500, "InternalError", e.to_string()))?
+            .to_bytes();
+        Ok((content_type, body))
+    };
+    tokio::time::timeout(limit, fetch).await.map_err(|_| {
+        ApiError::new(
+            503,
+            "ServiceUnavailable",
+            format!("node {node_name:?} did not answer within {}s", limit.as_secs()),
+        )
+    })?
+}
+
+/// `nodes/NAME/proxy/PATH`: what the node's agent serves for reading — its stats and metrics
+/// (`/stats/summary`, `/metrics/resource`, `/metrics/cadvisor`) and health — for those who may
+/// `get` `nodes/proxy`, as upstream (Prometheus' usual node jobs scrape through it). Exec and the
+/// other connections stay on the pods' subresources, authorized there.
+pub async fn node_proxy(
+    app: &App,
+    who: &super::server::Identity,
+    method: &axum::http::Method,
+    node: &str,
+    rest: &str,
+) -> Result<Response> {
+    if method != axum::http::Method::GET {
+        return Err(ApiError::method_not_allowed());
+    }
+    authorize_on_cluster(app, who, "get", "nodes", node, "proxy").await?;
+    let path = if rest.is_empty() { "/" } else { rest };
+    let readable = matches!(
+        path.split('?').next().unwrap_or_default(),
+        "/healthz" | "/stats/summary" | "/metrics/resource" | "/metrics/cadvisor"
+    );
+    if !readable {
+        return Err(ApiError::new(
+            404,
+            "NotFound",
+            format!(
+                "the node proxy serves /healthz, /stats/summary, /metrics/resource and /metrics/cadvisor, not {path}"
+            ),
+        ));
+    }
+    let (content_type, body) = fetch_from_node(app, node, path, std::time::Duration::from_secs(10)).await?;
+    Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
+}
+
+/// Denied unless the user may `verb` subresource `sub` of the cluster-scoped `resource` `name`.
+async fn authorize_on_cluster(
+    app: &App,
+    who: &super::server::Identity,
+    verb: &str,
+    resource: &str,
+    name: &str,
+    sub: &str,
+) -> Result<()> {
+    let target = super::rbac::Target::Resource {
+        group: "",
+        resource,
+        subresource: Some(sub),
+        namespace: None,
+        name: Some(name),
+    };
+    super::authz::allow(app, who, verb, &target).await
+}
+
 /// `pods/NAME/exec` or `pods/NAME/attach` (`sub`) with a WebSocket upgrade (what kubectl exec, cp,
 /// attach and run -i use): checked here, then the upgrade goes to the node's agent and the two
 /// connections are joined byte for byte.

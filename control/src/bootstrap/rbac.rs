@@ -262,6 +262,20 @@ pub fn cluster_roles() -> Vec<Value> {
                 &["get"],
             )],
         ),
+        // metrics-server's role: `kubectl top` for whoever may view.
+        cluster_role(
+            "system:aggregated-metrics-reader",
+            &[
+                (&to_view.0, &to_view.1),
+                (&to_edit.0, &to_edit.1),
+                (&to_admin.0, &to_admin.1),
+            ],
+            vec![rule(
+                &["metrics.k8s.io"],
+                &["pods", "nodes"],
+                &["get", "list", "watch"],
+            )],
+        ),
         cluster_role(
             "system:monitoring",
             &[],
