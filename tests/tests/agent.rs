@@ -243,6 +243,44 @@ spec:
     agent.restart();
     let back = wait_for_ready(&c, &name, "True");
     assert!(back, "the node did not come back after the agent restarted");
+    // Each change is an event on the Node, with upstream's reasons and words: NodeReady from the
+    // agent at registration and again after it came back, NodeNotReady from the node controller.
+    let node_events = || -> Vec<(String, String)> {
+        let list: Value =
+            serde_json::from_str(&c.ok(&["get", "events", "-n", "default", "-o", "json"])).unwrap();
+        list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["involvedObject"]["kind"] == "Node" && e["involvedObject"]["name"] == name.as_str())
+            .map(|e| {
+                (
+                    e["reason"].as_str().unwrap_or_default().to_owned(),
+                    e["message"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let mut events = node_events();
+    for _ in 0..100 {
+        if events.iter().filter(|(r, _)| r == "NodeReady").count() >= 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        events = node_events();
+    }
+    let ready = (
+        "NodeReady".to_owned(),
+        format!("Node {name} status is now: NodeReady"),
+    );
+    assert_eq!(events.iter().filter(|e| **e == ready).count(), 2, "{events:?}");
+    assert!(
+        events.contains(&(
+            "NodeNotReady".to_owned(),
+            format!("Node {name} status is now: NodeNotReady")
+        )),
+        "{events:?}"
+    );
 }
 
 #[test]

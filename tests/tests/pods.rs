@@ -525,6 +525,22 @@ spec:
         "{pod:#}"
     );
     assert_eq!(pod["status"]["qosClass"], "Guaranteed");
+    // The node reports what the OOM killer did (the kubelet's OOMKilling event on the Node).
+    let mut oom = String::new();
+    for _ in 0..100 {
+        oom = k.c.ok(&["get", "events", "-n", "default", "-o", "jsonpath={range .items[?(@.reason==\"OOMKilling\")]}{.involvedObject.kind}/{.involvedObject.name}: {.message}{\"\\n\"}{end}"]);
+        if !oom.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        oom.starts_with(&format!(
+            "Node/{}: Memory cgroup out of memory: Killed process ",
+            k.node.name
+        )) && oom.contains(" of container eat of pod default/hungry"),
+        "{oom}"
+    );
 
     // A Burstable container gets its memory limit, and on cgroup v2 a memory.high between its
     // request and limit (the kubelet's Memory QoS: request + 0.9 × (limit − request), to a page).

@@ -54,7 +54,50 @@ fn status(name: &str, max_pods: u32) -> Value {
     })
 }
 
-/// Creates the Node, or refreshes its status if it exists.
+/// Records an event about the Node `name` (in `default`, as the kubelet does: `NodeReady`,
+/// `OOMKilling`, ...). A failure is logged, never fatal.
+pub async fn node_event(api: &ApiClient, name: &str, kind: &str, reason: &str, message: &str) {
+    let ts = now();
+    let ev = json!({
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": format!("{name}."), "namespace": "default"},
+        // The kubelet names its Node by name in the uid field too.
+        "involvedObject": {"kind": "Node", "name": name, "uid": name, "apiVersion": "v1"},
+        "reason": reason,
+        "message": message,
+        "type": kind,
+        "source": {"component": "kubelet", "host": name},
+        "reportingComponent": "kubelet",
+        "reportingInstance": name,
+        "firstTimestamp": ts,
+        "lastTimestamp": ts,
+        "count": 1,
+    });
+    if let Err(e) = api
+        .json(Method::POST, "/api/v1/namespaces/default/events", Some(&ev))
+        .await
+    {
+        tracing::debug!(error = %e, "posting a node event failed");
+    }
+}
+
+/// The Ready condition's status the Node has now (None when it has none, or no Node).
+async fn ready_now(api: &ApiClient, name: &str) -> Option<String> {
+    let node = api
+        .json(Method::GET, &format!("/api/v1/nodes/{name}"), None)
+        .await
+        .ok()?;
+    node["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Ready")?["status"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// Creates the Node, or refreshes its status if it exists; a Node that was not Ready before gets
+/// the kubelet's `NodeReady` event.
 pub async fn register(
     api: &ApiClient,
     name: &str,
@@ -74,11 +117,11 @@ pub async fn register(
         }},
         "status": status(name, max_pods),
     });
-    match api.json(Method::POST, "/api/v1/nodes", Some(&node)).await {
-        Ok(_) => {}
-        Err(e) if status_code(&e) == Some(409) => {}
+    let was_ready = match api.json(Method::POST, "/api/v1/nodes", Some(&node)).await {
+        Ok(_) => false,
+        Err(e) if status_code(&e) == Some(409) => ready_now(api, name).await.as_deref() == Some("True"),
         Err(e) => return Err(e.context("registering the node")),
-    }
+    };
     let mut patch = json!({"status": status(name, max_pods)});
     patch["status"]["daemonEndpoints"] = json!({"kubeletEndpoint": {"Port": port}});
     patch["status"]["addresses"] =
@@ -90,6 +133,16 @@ pub async fn register(
         Some(&patch),
     )
     .await?;
+    if !was_ready {
+        node_event(
+            api,
+            name,
+            "Normal",
+            "NodeReady",
+            &format!("Node {name} status is now: NodeReady"),
+        )
+        .await;
+    }
     Ok(())
 }
 

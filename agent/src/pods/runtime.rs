@@ -115,6 +115,8 @@ pub(super) trait Runtime: Clone + Send + Sync + 'static {
 
     /// Records an event about the pod.
     fn event(&self, kind: &str, reason: &str, message: &str) -> impl Future<Output = ()> + Send;
+    /// Records an event about the node (`OOMKilling`).
+    fn node_event(&self, kind: &str, reason: &str, message: &str) -> impl Future<Output = ()> + Send;
     /// Writes the pod's status; returns the pod as updated (`None` when it is gone).
     fn post_status(&self, status: &Value) -> impl Future<Output = anyhow::Result<Option<Value>>> + Send;
     /// Removes everything of the pod from the node.

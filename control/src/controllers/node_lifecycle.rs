@@ -102,9 +102,12 @@ async fn check_node(app: &Objects, node: &Value, leases: &Cache, health: &mut He
     let lost = silent.is_some_and(|d| d > grace);
     let taint_key = wanted_taints(node, lost);
     let key = keys::object(keys::NODES, None, &name);
+    let went_unknown = std::sync::atomic::AtomicBool::new(false);
     let result = edit_object(app, &key, |n| {
         let mut changed = false;
+        went_unknown.store(false, std::sync::atomic::Ordering::Relaxed);
         if lost && ready_status(n) != Some("Unknown") {
+            went_unknown.store(true, std::sync::atomic::Ordering::Relaxed);
             let mut conditions = n["status"]["conditions"].as_array().cloned().unwrap_or_default();
             for c in conditions.iter_mut() {
                 if matches!(c["type"].as_str(), Some("Ready" | "MemoryPressure" | "DiskPressure" | "PIDPressure")) {
@@ -150,8 +153,14 @@ async fn check_node(app: &Objects, node: &Value, leases: &Cache, health: &mut He
         changed
     })
     .await;
-    if let Err(e) = result {
-        tracing::debug!(node = %name, error = %e, "node lifecycle update failed");
+    match result {
+        // As upstream's node controller records the change on the Node.
+        Ok(_) if went_unknown.load(std::sync::atomic::Ordering::Relaxed) => {
+            let message = format!("Node {name} status is now: NodeNotReady");
+            super::events::record(app, node, "node-controller", "Normal", "NodeNotReady", &message).await;
+        }
+        Ok(_) => {}
+        Err(e) => tracing::debug!(node = %name, error = %e, "node lifecycle update failed"),
     }
 }
 

@@ -310,6 +310,11 @@ impl Runtime for Host {
         }
     }
 
+    async fn node_event(&self, kind: &str, reason: &str, message: &str) {
+        let node = &self.shared.cfg.node_name;
+        crate::node::heartbeat::node_event(&self.shared.api, node, kind, reason, message).await;
+    }
+
     async fn post_status(&self, status: &Value) -> anyhow::Result<Option<Value>> {
         let path = format!("/api/v1/namespaces/{}/pods/{}/status", self.namespace, self.name);
         let patch = json!({"metadata": {"uid": self.uid}, "status": status});

@@ -155,15 +155,21 @@ impl<R: Runtime> Pod<R> {
         self.pod["spec"][key].as_array().cloned().unwrap_or_default()
     }
 
-    /// Re-reads the running attempts: started, ended, or their shim gone.
-    fn refresh(&mut self) {
+    /// Re-reads the running attempts: started, ended, or their shim gone. Returns the containers
+    /// the kernel's OOM killer ended since the last look (with their process).
+    fn refresh(&mut self) -> Vec<(String, i32)> {
+        let mut oom_killed = Vec::new();
         for (name, c) in &mut self.ctrs {
             if let Some(a) = &mut c.current
                 && a.exited.is_none()
             {
                 self.rt.observe(name, a);
+                if a.exited.as_ref().is_some_and(|e| e.oom_killed) {
+                    oom_killed.push((name.clone(), a.started.as_ref().map_or(0, |s| s.pid)));
+                }
             }
         }
+        oom_killed
     }
 
     /// Keeps the saved pod (what a restarted agent adopts) at its latest version.
@@ -227,7 +233,15 @@ impl<R: Runtime> Pod<R> {
             return Ok(Duration::from_secs(60));
         }
         self.save()?;
-        self.refresh();
+        for (container, pid) in self.refresh() {
+            // The kubelet's OOM watcher reports on the node what the kernel killed.
+            let message = format!(
+                "Memory cgroup out of memory: Killed process {pid} of container {container} of pod {}/{}",
+                self.ns(),
+                self.name()
+            );
+            self.rt.node_event("Warning", "OOMKilling", &message).await;
+        }
         if self.start_time.is_none() {
             let t = self.rt.timestamp();
             self.rt.save_start_time(&t);
@@ -507,7 +521,7 @@ impl<R: Runtime> Pod<R> {
             }
             return Ok(());
         }
-        self.refresh();
+        let _ = self.refresh();
         let grace = termination::grace_period(&self.pod, gone);
         for c in self.ctrs.values_mut() {
             c.stop_probes();
@@ -566,7 +580,7 @@ impl<R: Runtime> Pod<R> {
         }
         let mut killed = false;
         loop {
-            self.refresh();
+            let _ = self.refresh();
             if !self.ctrs.values().any(Ctr::running) {
                 break;
             }

@@ -191,6 +191,9 @@ impl Runtime for Fake {
     async fn event(&self, _: &str, reason: &str, message: &str) {
         self.with(|s| s.events.push((reason.into(), message.into())));
     }
+    async fn node_event(&self, _: &str, reason: &str, message: &str) {
+        self.with(|s| s.events.push((reason.to_owned(), message.to_owned())));
+    }
     async fn post_status(&self, status: &Value) -> anyhow::Result<Option<Value>> {
         self.with(|s| s.statuses.push(status.clone()));
         Ok(Some(Value::Null))
