@@ -7,12 +7,17 @@
 #   test: also a registry on loopback (docker-registry, skopeo), busybox-static (the test image),
 #         bpftool (the proxy tests dump its maps), qemu-system-x86 (the pure cgroup v2 machine) and
 #         python3-venv (the official Python client runs in a pod from a venv), and rustfmt/clippy.
+#   bench: what test needs, and the peers measured beside Skiff (etcd-server, runc, crun,
+#         iptables).
 # The eBPF toolchain (nightly rust-src, bpf-linker) is installed by xtask itself when it builds.
 set -euo pipefail
-want=${1:?usage: prerequisites.sh up|test}
+want=${1:?usage: prerequisites.sh up|test|bench}
 packages=(libseccomp-dev pkg-config curl nftables iproute2)
-if [ "$want" = test ]; then
+if [ "$want" = test ] || [ "$want" = bench ]; then
   packages+=(busybox-static docker-registry skopeo bpftool qemu-system-x86 python3-venv)
+fi
+if [ "$want" = bench ]; then
+  packages+=(etcd-server runc crun iptables)
 fi
 command -v kubectl >/dev/null 2>&1 || packages+=(kubernetes-client)
 

@@ -389,7 +389,7 @@ fn dispatch() -> anyhow::Result<()> {
             eprintln!("{}", object.display());
             Ok(())
         }
-        Cmd::Bench { which } => match which.as_str() {
+        Cmd::Bench { which } => match prerequisites("bench").map(|()| which.as_str())? {
             "api" => bench::api(&root(), cargo),
             "pods" => bench::pods(&root(), cargo),
             "scheduler" => bench::scheduler(&root(), cargo),

@@ -76,6 +76,8 @@ struct Sampler {
     latest: Mutex<Snapshot>,
     /// Previous CPU readings by cgroup path (or "" for the node), with when they were taken.
     previous: Mutex<HashMap<String, (u64, SystemTime)>>,
+    /// Each pod directory's (namespace, name, uid), read from its `pod.json` once.
+    pods: Mutex<HashMap<PathBuf, (String, String, String)>>,
 }
 
 static SAMPLER: OnceLock<Arc<Sampler>> = OnceLock::new();
@@ -88,14 +90,16 @@ pub fn start(data_dir: PathBuf, cgroup_root: String, node_name: String) {
         node_name,
         latest: Mutex::new(Snapshot::default()),
         previous: Mutex::new(HashMap::new()),
+        pods: Mutex::new(HashMap::new()),
     });
     if SAMPLER.set(sampler.clone()).is_err() {
         return;
     }
+    // In place on the runtime: a few small reads of cgroup files and /proc per pod every 10 s
+    // (a thread of its own would cost the agent its stack and a malloc arena).
     tokio::spawn(async move {
         loop {
-            let s = sampler.clone();
-            let _ = tokio::task::spawn_blocking(move || s.sample()).await;
+            sampler.sample();
             tokio::time::sleep(INTERVAL).await;
         }
     });
@@ -199,19 +203,28 @@ impl Sampler {
         let node = node_usage().map(|u| self.usage("", u, now)).unwrap_or_default();
         let mut pods = Vec::new();
         let mut seen = Vec::new();
+        let mut known = self.pods.lock().unwrap_or_else(|p| p.into_inner());
+        let mut present = Vec::new();
         for entry in std::fs::read_dir(self.data_dir.join("pods"))
             .into_iter()
             .flatten()
             .flatten()
         {
             let dir = entry.path();
-            let Some(pod) = std::fs::read(dir.join("pod.json"))
-                .ok()
-                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-            else {
+            present.push(dir.clone());
+            if !known.contains_key(&dir) {
+                let Some(pod) = std::fs::read(dir.join("pod.json"))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                else {
+                    continue;
+                };
+                let field = |f: &str| pod["metadata"][f].as_str().unwrap_or_default().to_owned();
+                known.insert(dir.clone(), (field("namespace"), field("name"), field("uid")));
+            }
+            let Some((namespace, name, uid)) = known.get(&dir).cloned() else {
                 continue;
             };
-            let uid = pod["metadata"]["uid"].as_str().unwrap_or_default().to_owned();
             let pod_cgroup = format!("/{}/pod{uid}", self.cgroup_root);
             let Some(reading) = cgroup_usage(&pod_cgroup) else {
                 continue;
@@ -230,16 +243,15 @@ impl Sampler {
             }
             containers.sort_by(|a, b| a.name.cmp(&b.name));
             pods.push(PodStats {
-                namespace: pod["metadata"]["namespace"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned(),
-                name: pod["metadata"]["name"].as_str().unwrap_or_default().to_owned(),
+                namespace,
+                name,
                 uid,
                 usage: self.usage(&pod_cgroup, reading, now),
                 containers,
             });
         }
+        known.retain(|dir, _| present.contains(dir));
+        drop(known);
         pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         // Forget cgroups that are gone.
         self.previous
@@ -445,6 +457,7 @@ mod tests {
             node_name: String::new(),
             latest: Mutex::new(Snapshot::default()),
             previous: Mutex::new(HashMap::new()),
+            pods: Mutex::new(HashMap::new()),
         };
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(100);
         let first = s.usage("c", (1_000_000_000, 10, 8), t0);
