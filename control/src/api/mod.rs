@@ -276,18 +276,8 @@ async fn dispatch(state: State<Arc<App>>, req: Request) -> Response {
         return response;
     }
     // Open until its body ends or the client goes.
-    let held = metrics::Held::new(
-        &metrics::API_LONGRUNNING,
-        &[
-            verb,
-            &info.group,
-            &info.version,
-            &info.resource,
-            &info.subresource,
-            scope,
-            "apiserver",
-        ],
-    );
+    // The request's labels but `dry_run`.
+    let held = metrics::Held::new(&metrics::API_LONGRUNNING, &[&labels[..1], &labels[2..]].concat());
     let (parts, body) = response.into_parts();
     let stream = body.into_data_stream().map(move |chunk| {
         let _ = &held;

@@ -158,8 +158,12 @@ async fn node_error(resp: hyper::Response<hyper::body::Incoming>) -> ApiError {
     ApiError::new(status.as_u16(), reason, msg)
 }
 
-/// GET `path` on a node's agent and streams the answer back.
-async fn get_from_node(app: &App, node_name: &str, path: &str) -> Result<Response> {
+/// GET `path` on a node's agent: its successful answer, else the API's error for it.
+async fn request_node(
+    app: &App,
+    node_name: &str,
+    path: &str,
+) -> Result<hyper::Response<hyper::body::Incoming>> {
     let (mut sender, authority) = connect_node(app, node_name).await?;
     let req = hyper::Request::get(path)
         .header("host", authority)
@@ -172,6 +176,12 @@ async fn get_from_node(app: &App, node_name: &str, path: &str) -> Result<Respons
     if !resp.status().is_success() {
         return Err(node_error(resp).await);
     }
+    Ok(resp)
+}
+
+/// GET `path` on a node's agent and streams the answer back.
+async fn get_from_node(app: &App, node_name: &str, path: &str) -> Result<Response> {
+    let resp = request_node(app, node_name, path).await?;
     let mut out = Response::new(Body::new(resp.into_body()));
     out.headers_mut().insert(
         axum::http::header::CONTENT_TYPE,
@@ -189,18 +199,7 @@ pub async fn fetch_from_node(
 ) -> Result<(String, bytes::Bytes)> {
     use http_body_util::BodyExt;
     let fetch = async {
-        let (mut sender, authority) = connect_node(app, node_name).await?;
-        let req = hyper::Request::get(path)
-            .header("host", authority)
-            .body(Empty::<bytes::Bytes>::new())
-            .map_err(|e| ApiError::new(500, "InternalError", e.to_string()))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| ApiError::new(500, "InternalError", e.to_string()))?;
-        if !resp.status().is_success() {
-            return Err(node_error(resp).await);
-        }
+        let resp = request_node(app, node_name, path).await?;
         let content_type = resp
             .headers()
             .get(header::CONTENT_TYPE)
