@@ -235,10 +235,11 @@ async fn run() -> anyhow::Result<()> {
         .unwrap_or_default();
     let tls = api::server::tls_config(&pki).context("configuring TLS")?;
     let pki = Arc::new(pki);
-    let controllers = skiff_control::controllers::Config {
+    let mut controllers = skiff_control::controllers::Config {
         node_grace: args.node_monitor_grace_period,
         root_ca: Some(pki.ca_pem.clone()),
         ca: Some(pki.clone()),
+        metrics: None,
     };
     app.pki = Some(pki);
     if let Some(file) = &args.token_auth_file {
@@ -285,6 +286,7 @@ async fn run() -> anyhow::Result<()> {
             .context("publishing extension-apiserver-authentication")?;
     }
     api::aggregator::start(app.clone());
+    controllers.metrics = Some(Arc::new(api::resource_metrics::AgentMetrics::new(app.clone())));
     let caches = skiff_control::controllers::start(objects.clone(), &controllers);
     skiff_control::scheduler::start(objects, &caches);
 

@@ -2071,3 +2071,178 @@ spec:
     );
     k.c.ok(&["delete", "pod", "burner", "idler", "--timeout=60s"]);
 }
+
+#[test]
+fn a_horizontal_pod_autoscaler_scales_a_busy_deployment_up_and_an_idle_one_down() {
+    // `kubectl autoscale` (an autoscaling/v1 HPA) on a Deployment whose pod burns a core against
+    // a 100m request: the controller reads the pods' use from the agents' stats and scales to
+    // the maximum; made idle, with a v2 behavior that does not wait, it scales back to one.
+    let k = Cluster::start();
+    let image = k.registry.busybox();
+    let deployment = |command: &str| {
+        format!(
+            r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: burn}}
+spec:
+  selector: {{matchLabels: {{app: burn}}}}
+  template:
+    metadata: {{labels: {{app: burn}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: spin
+        image: {image}
+        command: ["sh", "-c", "{command}"]
+        resources: {{requests: {{cpu: 100m}}}}
+"#
+        )
+    };
+    k.apply(&deployment("while :; do :; done"));
+    let created = k.c.ok(&[
+        "autoscale",
+        "deployment",
+        "burn",
+        "--cpu-percent=50",
+        "--min=1",
+        "--max=3",
+    ]);
+    assert!(
+        created.contains("horizontalpodautoscaler.autoscaling/burn autoscaled"),
+        "{created}"
+    );
+    let table = k.c.ok(&["get", "hpa", "burn", "--no-headers"]);
+    let columns: Vec<&str> = table.split_whitespace().collect();
+    assert_eq!(columns[..2], ["burn", "Deployment/burn"], "{table}");
+    assert_eq!(
+        columns[columns.len() - 4..columns.len() - 1],
+        ["1", "3", "1"],
+        "{table}"
+    );
+    let replicas = || {
+        k.c.ok(&["get", "deploy", "burn", "-o", "jsonpath={.spec.replicas}"])
+    };
+    let wait_replicas = |want: &str| {
+        let deadline = Instant::now() + Duration::from_secs(150);
+        while replicas() != want {
+            assert!(
+                Instant::now() < deadline,
+                "the HPA did not scale burn to {want}: {}\n{}",
+                k.c.ok(&["describe", "hpa", "burn"]),
+                k.c.ok(&["top", "pod"])
+            );
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    };
+    wait_replicas("3");
+    let events = k.c.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.kind=HorizontalPodAutoscaler",
+        "-o",
+        "jsonpath={range .items[*]}{.reason}: {.message}{\"\\n\"}{end}",
+    ]);
+    assert!(
+        events.contains("SuccessfulRescale: New size: 3; reason: cpu resource utilization (percentage of request) above target"),
+        "{events}"
+    );
+    let hpa = json_value(&k.c.ok(&["get", "hpa", "burn", "-o", "json"]));
+    assert_eq!(hpa["apiVersion"], "autoscaling/v2");
+    assert_eq!(
+        hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"],
+        50
+    );
+    assert_eq!(hpa["status"]["desiredReplicas"], 3, "{hpa:#}");
+    let measured = hpa["status"]["currentMetrics"][0]["resource"]["current"]["averageUtilization"]
+        .as_i64()
+        .unwrap_or_default();
+    assert!(measured > 100, "a busy loop against 100m: {hpa:#}");
+    let conditions: Vec<String> = hpa["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            format!(
+                "{}={}",
+                c["type"].as_str().unwrap_or_default(),
+                c["status"].as_str().unwrap_or_default()
+            )
+        })
+        .collect();
+    assert!(
+        conditions.contains(&"ScalingActive=True".to_owned())
+            && conditions.contains(&"ScalingLimited=True".to_owned()),
+        "{conditions:?}"
+    );
+    assert!(
+        k.c.ok(&["get", "hpa", "burn", "--no-headers"]).contains("cpu: "),
+        "targets shown as upstream"
+    );
+
+    // The v2 behavior, set through v2, rides in v1's annotation and is kept by a v1 update.
+    k.c.ok(&[
+        "patch",
+        "hpa",
+        "burn",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"behavior":{"scaleDown":{"stabilizationWindowSeconds":0}}}}"#,
+    ]);
+    let v1 = json_value(&k.c.ok(&[
+        "get",
+        "--raw",
+        "/apis/autoscaling/v1/namespaces/default/horizontalpodautoscalers/burn",
+    ]));
+    assert_eq!(v1["spec"]["targetCPUUtilizationPercentage"], 50, "{v1:#}");
+    assert!(v1["status"]["currentCPUUtilizationPercentage"].is_i64(), "{v1:#}");
+    let mut v1 = v1;
+    v1["metadata"]["labels"] = serde_json::json!({"team": "a"});
+    k.c.ok_stdin(&["replace", "-f", "-"], &v1.to_string());
+    let hpa = json_value(&k.c.ok(&["get", "hpa", "burn", "-o", "json"]));
+    assert_eq!(hpa["metadata"]["labels"]["team"], "a");
+    assert!(
+        hpa["metadata"].get("annotations").is_none(),
+        "v1's annotations are not kept: {hpa:#}"
+    );
+    assert_eq!(
+        hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"], 0,
+        "{hpa:#}"
+    );
+    assert_eq!(
+        hpa["spec"]["behavior"]["scaleUp"]["policies"][0]["type"], "Pods",
+        "defaults filled in"
+    );
+
+    // Idle: back to the minimum (the manifest leaves the replicas to the HPA).
+    k.apply(&deployment("sleep 3600"));
+    wait_replicas("1");
+    let events = k.c.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.kind=HorizontalPodAutoscaler",
+        "-o",
+        "jsonpath={range .items[*]}{.reason}: {.message}{\"\\n\"}{end}",
+    ]);
+    assert!(
+        events.contains("SuccessfulRescale: New size: 1; reason: All metrics below target"),
+        "{events}"
+    );
+
+    // Bad specs are refused with the fields named.
+    let refused = k.c.fails_stdin(
+        &["apply", "-f", "-"],
+        r#"{"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "bad"},
+            "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "burn"},
+                     "minReplicas": 3, "maxReplicas": 2,
+                     "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization"}}}]}}"#,
+    );
+    assert!(
+        refused
+            .contains("spec.maxReplicas: Invalid value: 2: must be greater than or equal to `minReplicas`")
+            && refused.contains("spec.metrics[0].resource.target.averageUtilization: Required value"),
+        "{refused}"
+    );
+}

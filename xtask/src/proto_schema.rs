@@ -16,6 +16,7 @@ const PACKAGES: &[&str] = &[
     "api/apps/v1",
     "api/batch/v1",
     "api/autoscaling/v1",
+    "api/autoscaling/v2",
     "api/coordination/v1",
     "api/discovery/v1",
     "api/policy/v1",

@@ -17,7 +17,7 @@ mod openapi_v2;
 pub mod protobuf;
 mod query;
 pub mod rbac;
-mod resource_metrics;
+pub mod resource_metrics;
 mod reviews;
 pub mod server;
 mod table;

@@ -74,7 +74,7 @@ fn memory(bytes: u64) -> String {
 }
 
 /// The Summary of every node that answers (the others are left out, as metrics-server does).
-async fn summaries(app: &App) -> Result<Vec<(Value, Value)>, ApiError> {
+async fn summaries(app: &App) -> Result<Summaries, ApiError> {
     let nodes = app.store.list_local(keys::NODES).map_err(ApiError::internal)?;
     let nodes: Vec<Value> = nodes.items.iter().map(crate::objects::meta::from_kv).collect();
     let fetches = nodes.into_iter().map(|node| async move {
@@ -124,7 +124,7 @@ fn node_metrics(node: &Value, summary: &Value, now: &str) -> Option<Value> {
     )
 }
 
-fn pod_metrics(pod: &Value, stats: &Value, now: &str) -> Option<Value> {
+fn pod_metrics_of(pod: &Value, stats: &Value, now: &str) -> Option<Value> {
     let containers: Vec<Value> = stats["containers"]
         .as_array()
         .into_iter()
@@ -138,6 +138,99 @@ fn pod_metrics(pod: &Value, stats: &Value, now: &str) -> Option<Value> {
         json!({"metadata": object_meta(meta_str(pod, "name"), Some(meta_str(pod, "namespace")), &pod["metadata"]["labels"], now),
         "timestamp": stats["cpu"]["time"], "window": "10s", "containers": containers}),
     )
+}
+
+/// The PodMetrics of the pods in scope that the agents have readings of (the store's pods give
+/// their labels).
+fn pod_metrics(
+    app: &App,
+    summaries: &[(Value, Value)],
+    namespace: Option<&str>,
+    name: Option<&str>,
+    selector: &LabelSelector,
+    now: &str,
+) -> Result<Vec<Value>, ApiError> {
+    let prefix = match namespace {
+        Some(ns) => keys::in_namespace(keys::PODS, ns),
+        None => keys::PODS.to_owned(),
+    };
+    let pods = app.store.list_local(&prefix).map_err(ApiError::internal)?;
+    let pods: HashMap<String, Value> = pods
+        .items
+        .iter()
+        .map(crate::objects::meta::from_kv)
+        .map(|p| (meta_str(&p, "uid").to_owned(), p))
+        .collect();
+    Ok(summaries
+        .iter()
+        .flat_map(|(_, summary)| summary["pods"].as_array().cloned().unwrap_or_default())
+        .filter_map(|stats| {
+            let pod = pods.get(stats["podRef"]["uid"].as_str()?)?;
+            let wanted = name.is_none_or(|n| meta_str(pod, "name") == n)
+                && selector.matches(pod["metadata"].get("labels"));
+            wanted.then(|| pod_metrics_of(pod, &stats, now)).flatten()
+        })
+        .collect())
+}
+
+/// Each answering node with its Summary.
+type Summaries = Vec<(Value, Value)>;
+
+/// The horizontal pod autoscaler's metrics: what `kubectl top pod` shows, read from the agents
+/// the same way (an aggregated metrics-server, if one is installed, is not asked). The nodes'
+/// summaries are read once for every HPA looked at within a few seconds (the agents sample every
+/// 10 s).
+pub struct AgentMetrics {
+    app: std::sync::Arc<App>,
+    last: tokio::sync::Mutex<Option<(std::time::Instant, Summaries)>>,
+}
+
+impl AgentMetrics {
+    /// Metrics read through `app`'s node tunnels.
+    pub fn new(app: std::sync::Arc<App>) -> Self {
+        Self {
+            app,
+            last: tokio::sync::Mutex::new(None),
+        }
+    }
+}
+
+impl std::fmt::Debug for AgentMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AgentMetrics")
+    }
+}
+
+/// How long the nodes' summaries are reused.
+const SUMMARIES_REUSED: Duration = Duration::from_secs(5);
+
+impl crate::controllers::hpa::MetricsSource for AgentMetrics {
+    fn pod_metrics<'a>(
+        &'a self,
+        namespace: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<Vec<Value>, String>> {
+        Box::pin(async move {
+            let mut last = self.last.lock().await;
+            let fresh = last
+                .as_ref()
+                .is_some_and(|(at, _)| at.elapsed() < SUMMARIES_REUSED);
+            if !fresh {
+                let read = summaries(&self.app).await.map_err(|e| e.message)?;
+                *last = Some((std::time::Instant::now(), read));
+            }
+            let summaries = last.as_ref().map(|(_, s)| s.as_slice()).unwrap_or_default();
+            let now = crate::objects::meta::now();
+            pod_metrics(
+                &self.app,
+                summaries,
+                Some(namespace),
+                None,
+                &LabelSelector::default(),
+                &now,
+            )
+            .map_err(|e| e.message)
+        })
+    }
 }
 
 /// Serves `/apis/metrics.k8s.io[/v1beta1[/...]]` (`rest` after the group).
@@ -209,28 +302,7 @@ pub async fn serve(
             "metadata": {}, "items": items}),
         );
     }
-    // Pods: the agents' readings of the pods the store has (for their labels), in scope.
-    let prefix = match namespace {
-        Some(ns) => keys::in_namespace(keys::PODS, ns),
-        None => keys::PODS.to_owned(),
-    };
-    let pods = app.store.list_local(&prefix).map_err(ApiError::internal)?;
-    let pods: HashMap<String, Value> = pods
-        .items
-        .iter()
-        .map(crate::objects::meta::from_kv)
-        .map(|p| (meta_str(&p, "uid").to_owned(), p))
-        .collect();
-    let mut items: Vec<Value> = summaries
-        .iter()
-        .flat_map(|(_, summary)| summary["pods"].as_array().cloned().unwrap_or_default())
-        .filter_map(|stats| {
-            let pod = pods.get(stats["podRef"]["uid"].as_str()?)?;
-            let wanted = name.is_none_or(|n| meta_str(pod, "name") == n)
-                && selector.matches(pod["metadata"].get("labels"));
-            wanted.then(|| pod_metrics(pod, &stats, &now)).flatten()
-        })
-        .collect();
+    let mut items = pod_metrics(app, &summaries, namespace, name, &selector, &now)?;
     if let Some(n) = name {
         let mut item = items.pop().ok_or_else(|| not_found("pods", n))?;
         item["kind"] = json!("PodMetrics");
@@ -272,7 +344,7 @@ mod tests {
         let stats = json!({"cpu": {"time": "t"}, "containers": [
             {"name": "c", "cpu": {"usageNanoCores": 1000}, "memory": {"workingSetBytes": 2048}},
             {"name": "new", "cpu": {}, "memory": {}}]});
-        let m = pod_metrics(&pod, &stats, "now").unwrap();
+        let m = pod_metrics_of(&pod, &stats, "now").unwrap();
         assert_eq!(
             m["containers"],
             json!([{"name": "c", "usage": {"cpu": "1000n", "memory": "2Ki"}}])

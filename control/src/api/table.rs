@@ -118,6 +118,59 @@ fn service_ports(svc: &Value) -> String {
     or_none(ports.join(","))
 }
 
+/// Upstream's `formatHPAMetrics`: `cpu: 45%/50%`, `<unknown>` until measured, two at most.
+fn hpa_targets(specs: &Value, statuses: &Value) -> String {
+    let specs = specs.as_array().map(Vec::as_slice).unwrap_or_default();
+    if specs.is_empty() {
+        return "<none>".into();
+    }
+    let list: Vec<String> = specs
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| {
+            let field = match spec["type"].as_str() {
+                Some("Resource") => "resource",
+                Some("ContainerResource") => "containerResource",
+                Some("Pods") => "pods",
+                Some("Object") => "object",
+                Some("External") => "external",
+                _ => return "<unknown type>".to_owned(),
+            };
+            let (target, current) = (&spec[field]["target"], &statuses[i][field]["current"]);
+            let average = if field == "external" && !target["averageValue"].is_null() {
+                " (avg)"
+            } else {
+                ""
+            };
+            let shown = |v: &Value| match v {
+                Value::Null => "<unknown>".to_owned(),
+                Value::Number(n) => format!("{n}%"),
+                v => s(v),
+            };
+            let (current, target) = if !target["averageUtilization"].is_null() {
+                (
+                    shown(&current["averageUtilization"]),
+                    shown(&target["averageUtilization"]),
+                )
+            } else if !target["averageValue"].is_null() {
+                (shown(&current["averageValue"]), s(&target["averageValue"]))
+            } else {
+                (shown(&current["value"]), s(&target["value"]))
+            };
+            match field {
+                "resource" | "containerResource" => {
+                    format!("{}: {current}/{target}", s(&spec[field]["name"]))
+                }
+                _ => format!("{current}/{target}{average}"),
+            }
+        })
+        .collect();
+    match list.len() {
+        n if n > 2 => format!("{} + {} more...", list[..2].join(", "), n - 2),
+        _ => list.join(", "),
+    }
+}
+
 fn columns_and_row(info: &ResourceInfo, obj: &Value) -> (Vec<Column>, Vec<Value>) {
     let name = json!(meta_str(obj, "name"));
     let st = &obj["status"];
@@ -436,6 +489,39 @@ fn columns_and_row(info: &ResourceInfo, obj: &Value) -> (Vec<Column>, Vec<Value>
                 json!(age(obj)),
             ],
         ),
+        ("autoscaling", "HorizontalPodAutoscaler") => {
+            let v2 = match info.version.as_str() {
+                "v1" => crate::objects::autoscaling::from_v1(obj),
+                _ => obj.clone(),
+            };
+            let target = &v2["spec"]["scaleTargetRef"];
+            (
+                vec![
+                    ("Name", "string", 0),
+                    ("Reference", "string", 0),
+                    ("Targets", "string", 0),
+                    ("MinPods", "string", 0),
+                    ("MaxPods", "string", 0),
+                    ("Replicas", "string", 0),
+                    ("Age", "string", 0),
+                ],
+                vec![
+                    name,
+                    json!(format!("{}/{}", s(&target["kind"]), s(&target["name"]))),
+                    json!(hpa_targets(
+                        &v2["spec"]["metrics"],
+                        &v2["status"]["currentMetrics"]
+                    )),
+                    json!(match &v2["spec"]["minReplicas"] {
+                        Value::Null => "<unset>".to_owned(),
+                        v => s(v),
+                    }),
+                    json!(s(&v2["spec"]["maxReplicas"])),
+                    json!(v2["status"]["currentReplicas"].as_i64().unwrap_or(0)),
+                    json!(age(obj)),
+                ],
+            )
+        }
         ("scheduling.k8s.io", "PriorityClass") => (
             vec![
                 ("Name", "string", 0),

@@ -26,6 +26,7 @@ pub mod error;
 
 pub mod events;
 mod gc;
+pub mod hpa;
 pub mod job;
 mod namespace;
 pub mod node_ipam;
@@ -48,6 +49,8 @@ pub struct Config {
     pub root_ca: Option<String>,
     /// The cluster CA that signs approved CertificateSigningRequests.
     pub ca: Option<Arc<crate::pki::Pki>>,
+    /// Where the horizontal pod autoscaler reads pods' resource use.
+    pub metrics: Option<Arc<dyn hpa::MetricsSource>>,
 }
 
 impl Default for Config {
@@ -56,6 +59,7 @@ impl Default for Config {
             node_grace: Duration::from_secs(40),
             root_ca: None,
             ca: None,
+            metrics: None,
         }
     }
 }
@@ -83,6 +87,7 @@ pub fn start(app: Arc<Objects>, config: &Config) -> runtime::Caches {
     disruption::start(app.clone(), &caches);
     volume::start(app.clone(), &caches);
     resource_quota::start(app.clone(), &caches);
+    hpa::start(app.clone(), &caches, config.metrics.clone());
     cronjob::start(app, &caches, Arc::new(cronjob::SystemClock));
     caches
 }

@@ -1,5 +1,6 @@
 //! Kinds served in one API version and stored as another: `events.k8s.io/v1` Events are kept as
 //! `core/v1` Events (upstream keeps both under one key space), so both APIs see the same events;
+//! `autoscaling/v1` HorizontalPodAutoscalers are kept as `autoscaling/v2` (see `autoscaling.rs`);
 //! custom resources of a CRD with several versions are kept at its storage version and served at
 //! any served one (conversion strategy `None`: only `apiVersion` changes; strategy `Webhook`: the
 //! CRD's conversion webhook is sent a `ConversionReview`, through the admission webhooks'
@@ -28,6 +29,11 @@ const EVENT_FIELDS: &[(&str, &str)] = &[
 /// Whether objects of `info` are stored as another kind.
 pub fn converted(info: &ResourceInfo) -> bool {
     info.group == "events.k8s.io" && info.kind == "Event"
+}
+
+/// Whether `info` is `autoscaling/v1` HorizontalPodAutoscalers (stored as v2).
+fn hpa_v1(info: &ResourceInfo) -> bool {
+    info.crd.is_none() && info.version == "v1" && super::autoscaling::is_hpa(&info.group, &info.kind)
 }
 
 fn renamed(obj: &Value, api_version: &str, from_served: bool) -> Value {
@@ -73,6 +79,9 @@ pub fn to_storage<'a>(info: &ResourceInfo, obj: &'a Value) -> Cow<'a, Value> {
     if converted(info) {
         return Cow::Owned(renamed(obj, "v1", true));
     }
+    if hpa_v1(info) {
+        return Cow::Owned(super::autoscaling::from_v1(obj));
+    }
     if webhook(info).is_some() {
         return Cow::Borrowed(obj);
     }
@@ -90,6 +99,9 @@ pub fn to_storage<'a>(info: &ResourceInfo, obj: &'a Value) -> Cow<'a, Value> {
 pub fn to_served(info: &ResourceInfo, mut obj: Value) -> Value {
     if converted(info) {
         return renamed(&obj, &info.api_version(), false);
+    }
+    if hpa_v1(info) {
+        return super::autoscaling::to_v1(&obj);
     }
     if info.crd.is_some() && obj.is_object() && webhook(info).is_none() {
         let served = info.api_version();

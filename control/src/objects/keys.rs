@@ -49,6 +49,8 @@ pub const CONTROLLER_REVISIONS: &str = "/registry/apps/controllerrevisions/";
 pub const JOBS: &str = "/registry/batch/jobs/";
 /// CronJobs.
 pub const CRON_JOBS: &str = "/registry/batch/cronjobs/";
+/// HorizontalPodAutoscalers.
+pub const HORIZONTAL_POD_AUTOSCALERS: &str = "/registry/autoscaling/horizontalpodautoscalers/";
 /// PodDisruptionBudgets.
 pub const POD_DISRUPTION_BUDGETS: &str = "/registry/policy/poddisruptionbudgets/";
 /// CustomResourceDefinitions.
@@ -108,7 +110,12 @@ mod tests {
             "/registry/core/pods/kube-system/"
         );
         assert_eq!(split("/elsewhere/x"), None);
-        for constant in [NODE_LEASES, CUSTOM_RESOURCE_DEFINITIONS, POD_DISRUPTION_BUDGETS] {
+        for constant in [
+            NODE_LEASES,
+            CUSTOM_RESOURCE_DEFINITIONS,
+            POD_DISRUPTION_BUDGETS,
+            HORIZONTAL_POD_AUTOSCALERS,
+        ] {
             let key = format!("{constant}x");
             let (group, resource, _) = split(&key).unwrap();
             assert!(constant.starts_with(&prefix(group, resource)));

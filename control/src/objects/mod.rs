@@ -6,6 +6,7 @@
 
 pub mod admission;
 pub mod apply;
+pub mod autoscaling;
 pub mod cel;
 pub mod certificates;
 pub mod cluster_cidr;

@@ -328,6 +328,15 @@ const BUILTINS: &[Builtin] = &[
         subs: &["status"],
     },
     Builtin {
+        group: "autoscaling",
+        kind: "HorizontalPodAutoscaler",
+        plural: "horizontalpodautoscalers",
+        namespaced: true,
+        short: &["hpa"],
+        all: true,
+        subs: &["status"],
+    },
+    Builtin {
         group: "discovery.k8s.io",
         kind: "EndpointSlice",
         plural: "endpointslices",
@@ -667,6 +676,7 @@ const GROUP_ORDER: &[&str] = &[
     "",
     "apps",
     "batch",
+    "autoscaling",
     "discovery.k8s.io",
     "coordination.k8s.io",
     "scheduling.k8s.io",
@@ -684,6 +694,14 @@ const GROUP_ORDER: &[&str] = &[
     "authentication.k8s.io",
 ];
 
+/// The versions a built-in kind is served in, the preferred (stored) one first.
+fn versions(b: &Builtin) -> &'static [&'static str] {
+    match (b.group, b.kind) {
+        ("autoscaling", "HorizontalPodAutoscaler") => &["v2", "v1"],
+        _ => &["v1"],
+    }
+}
+
 /// All served resources; custom resources come and go with their CRDs.
 #[derive(Debug, Default)]
 pub struct Registry {
@@ -696,10 +714,11 @@ impl Registry {
     pub fn new() -> Self {
         let builtin = BUILTINS
             .iter()
-            .map(|b| {
+            .flat_map(|b| versions(b).iter().map(move |v| (b, *v)))
+            .map(|(b, version)| {
                 Arc::new(ResourceInfo {
                     group: b.group.into(),
-                    version: "v1".into(),
+                    version: version.into(),
                     kind: b.kind.into(),
                     plural: b.plural.into(),
                     singular: b.kind.to_lowercase(),

@@ -174,6 +174,10 @@ fn apply_defaults(info: &ResourceInfo, obj: &mut Value, creating: bool) {
             }
         }
         ("", "PodTemplate") => default_pod_spec(&mut obj["template"]["spec"]),
+        ("autoscaling", "HorizontalPodAutoscaler") if info.version == "v1" => {
+            crate::objects::autoscaling::default_v1(obj)
+        }
+        ("autoscaling", "HorizontalPodAutoscaler") => crate::objects::autoscaling::default_v2(obj),
         ("networking.k8s.io", kind) => super::networking::defaults(kind, obj),
         ("", "Service") => {
             let spec = &mut obj["spec"];

@@ -456,6 +456,9 @@ fn validate(info: &ResourceInfo, obj: &Value) -> Causes {
             }
         }
         ("rbac.authorization.k8s.io", kind) => check_rbac(kind, obj, &mut causes),
+        ("autoscaling", "HorizontalPodAutoscaler") => {
+            crate::objects::autoscaling::validate(&info.version, obj, &mut causes)
+        }
         ("policy", "PodDisruptionBudget") => {
             let spec = &obj["spec"];
             if spec.get("minAvailable").is_some() && spec.get("maxUnavailable").is_some() {
