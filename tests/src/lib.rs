@@ -57,6 +57,41 @@ pub fn python(kubeconfig: &Path, script: &str) -> Output {
     )
 }
 
+/// `text` (Prometheus' text format) read with the Prometheus project's own parser
+/// (`prometheus_client`): `{family: {"type": T, "samples": [[name, labels, value], ...]}}`.
+pub fn prometheus_families(kubeconfig: &Path, text: &str) -> serde_json::Value {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("metrics.txt");
+    std::fs::write(&file, text).unwrap();
+    let script = format!(
+        r#"
+import json
+from prometheus_client.parser import text_string_to_metric_families
+out = {{}}
+for family in text_string_to_metric_families(open({file:?}).read()):
+    out[family.name] = {{"type": family.type, "samples": [[s.name, s.labels, s.value] for s in family.samples]}}
+print(json.dumps(out))
+"#,
+        file = file.display().to_string()
+    );
+    let out = python(kubeconfig, &script);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The value of sample `name` of `family` whose labels include `want`.
+pub fn prometheus_sample(
+    families: &serde_json::Value,
+    family: &str,
+    name: &str,
+    want: &[(&str, &str)],
+) -> Option<f64> {
+    families[family]["samples"].as_array()?.iter().find_map(|s| {
+        let labels = &s[1];
+        (s[0] == name && want.iter().all(|(k, v)| labels[*k] == *v)).then(|| s[2].as_f64().unwrap_or(0.0))
+    })
+}
+
 /// A loopback port free at the moment of asking.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -3223,31 +3223,8 @@ fn control_plane_metrics_scrape_with_upstreams_names() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let families = |text: &str| -> Value {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("metrics.txt");
-        std::fs::write(&file, text).unwrap();
-        let script = format!(
-            r#"
-import json
-from prometheus_client.parser import text_string_to_metric_families
-out = {{}}
-for family in text_string_to_metric_families(open({file:?}).read()):
-    out[family.name] = {{"type": family.type, "samples": [[s.name, s.labels, s.value] for s in family.samples]}}
-print(json.dumps(out))
-"#,
-            file = file.display().to_string()
-        );
-        let out = skiff_tests::python(&c.kubeconfig(), &script);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        json(&String::from_utf8_lossy(&out.stdout))
-    };
-    let sample = |f: &Value, family: &str, name: &str, want: &[(&str, &str)]| -> Option<f64> {
-        f[family]["samples"].as_array()?.iter().find_map(|s| {
-            let labels = &s[1];
-            (s[0] == name && want.iter().all(|(k, v)| labels[*k] == *v)).then(|| s[2].as_f64().unwrap_or(0.0))
-        })
-    };
+    let families = |text: &str| skiff_tests::prometheus_families(&c.kubeconfig(), text);
+    let sample = skiff_tests::prometheus_sample;
     let mut f = Value::Null;
     for _ in 0..100 {
         f = families(&c.ok(&["get", "--raw", "/metrics"]));

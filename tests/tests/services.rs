@@ -344,6 +344,68 @@ spec:
                 .collect();
         assert_eq!(&answers, &replicas, "from {replica}");
     }
+
+    // The agent's metrics, through the node proxy as Prometheus scrapes them, under kube-proxy's
+    // and the kubelet's names: syncs, their latency from the endpoints controller's trigger
+    // times (`endpoints.kubernetes.io/last-change-trigger-time` on the slices it updates), what
+    // the data plane holds, pod starts.
+    let text = k.c.ok(&[
+        "get",
+        "--raw",
+        &format!("/api/v1/nodes/{}/proxy/metrics", k.node.name),
+    ]);
+    let f = skiff_tests::prometheus_families(&k.c.kubeconfig(), &text);
+    let sample = |family: &str, name: &str, want: &[(&str, &str)]| {
+        skiff_tests::prometheus_sample(&f, family, name, want)
+            .unwrap_or_else(|| panic!("no {name} {want:?} in {text}"))
+    };
+    let mode = match proxy {
+        Proxy::Nftables => "nftables",
+        _ => "ebpf",
+    };
+    assert!(
+        sample(
+            "skiff_proxy_map_entries",
+            "skiff_proxy_map_entries",
+            &[("mode", mode), ("map", "services")]
+        ) >= 1.0
+    );
+    assert!(
+        sample(
+            "skiff_proxy_map_entries",
+            "skiff_proxy_map_entries",
+            &[("mode", mode), ("map", "backends")]
+        ) >= 2.0
+    );
+    for histogram in [
+        "kubeproxy_sync_proxy_rules_duration_seconds",
+        "kubeproxy_network_programming_duration_seconds",
+        "kubelet_pod_start_duration_seconds",
+    ] {
+        assert_eq!(f[histogram]["type"], "histogram", "{text}");
+        assert!(
+            sample(histogram, &format!("{histogram}_count"), &[]) >= 1.0,
+            "{histogram}: {text}"
+        );
+    }
+    assert!(
+        sample(
+            "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+            "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+            &[]
+        ) > 1.7e9
+    );
+    assert!(
+        sample(
+            "kubeproxy_sync_proxy_rules_endpoint_changes",
+            "kubeproxy_sync_proxy_rules_endpoint_changes_total",
+            &[]
+        ) >= 1.0
+    );
+    assert!(
+        sample("kubelet_running_pods", "kubelet_running_pods", &[]) >= 3.0,
+        "{text}"
+    );
 }
 
 /// A UDP echo server on ADDR PORT, answering with TAG appended: answers at most 500 datagrams,

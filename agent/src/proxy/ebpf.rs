@@ -255,6 +255,16 @@ impl Ebpf {
         id
     }
 
+    /// The maps' entries: service ports, backend slots, backend set members (one per slot).
+    pub fn entries(&self) -> Vec<(&'static str, usize)> {
+        let backends: usize = self.programmed.values().map(|s| s.count as usize).sum();
+        vec![
+            ("services", self.programmed.len()),
+            ("backends", backends),
+            ("members", backends),
+        ]
+    }
+
     /// Programs one service port (`None`: removes it). A changed backend set is written under a new
     /// id before the service entry switches to it, then the old set is deleted: a connecting socket
     /// sees either the old set or the new one, never a mix.

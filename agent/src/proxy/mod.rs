@@ -15,6 +15,7 @@ use anyhow::Context as _;
 use serde_json::Value;
 use skiff_abi::ServiceKey;
 
+use crate::metrics;
 use crate::node::stream::Feeds;
 use crate::node::watch::Event;
 use model::Entry;
@@ -66,6 +67,22 @@ impl Plane {
         match self {
             Plane::Ebpf(_) => Mode::Ebpf,
             Plane::Nftables(_) => Mode::Nftables,
+        }
+    }
+
+    /// The mode's name in metrics.
+    pub fn mode_name(&self) -> &'static str {
+        match self {
+            Plane::Ebpf(_) => "ebpf",
+            Plane::Nftables(_) => "nftables",
+        }
+    }
+
+    /// How many entries each of the data plane's maps holds.
+    pub fn entries(&self) -> Vec<(&'static str, usize)> {
+        match self {
+            Plane::Ebpf(p) => p.entries(),
+            Plane::Nftables(p) => p.entries(),
         }
     }
 
@@ -142,6 +159,10 @@ struct State {
     dirty: BTreeSet<String>,
     /// Where loopback endpoints are reached ([`model::entries`]).
     host: Option<Ipv4Addr>,
+    /// The trigger times of the slice changes not programmed yet (newer than `started`).
+    triggers: Vec<time::OffsetDateTime>,
+    /// When this proxy started: older trigger times are not its latency.
+    started: Option<time::OffsetDateTime>,
 }
 
 impl State {
@@ -152,6 +173,20 @@ impl State {
             self.services.remove(&key);
         } else {
             self.services.insert(key, obj);
+        }
+    }
+
+    /// Remembers when the change a slice update carries happened (the endpoints controller's
+    /// `endpoints.kubernetes.io/last-change-trigger-time`), as kube-proxy's tracker does.
+    fn note_trigger(&mut self, slice: &Value) {
+        let Some(t) = slice["metadata"]["annotations"]["endpoints.kubernetes.io/last-change-trigger-time"]
+            .as_str()
+            .and_then(skiff_common::time::parse)
+        else {
+            return;
+        };
+        if self.started.is_some_and(|s| t > s) {
+            self.triggers.push(t);
         }
     }
 
@@ -246,7 +281,10 @@ pub async fn run(
     mut host: tokio::sync::watch::Receiver<Option<Ipv4Addr>>,
 ) -> anyhow::Result<()> {
     let (mut svc_rx, mut slice_rx) = (feeds.services.subscribe(), feeds.slices.subscribe());
-    let mut state = State::default();
+    let mut state = State {
+        started: Some(time::OffsetDateTime::now_utc()),
+        ..State::default()
+    };
     state.set_host(*host.borrow_and_update());
     let (mut services_listed, mut slices_listed) = (false, false);
     let mut retry = false;
@@ -256,13 +294,17 @@ pub async fn run(
             _ = backoff, if retry => {}
             Some(ev) = svc_rx.recv() => match ev {
                 Event::Listed(items) => { state.list_services(items); services_listed = true; }
-                Event::Applied(o) => state.set_service(o, false),
-                Event::Deleted(o) => state.set_service(o, true),
+                Event::Applied(o) => { metrics::SERVICE_CHANGES.inc(&[]); state.set_service(o, false) }
+                Event::Deleted(o) => { metrics::SERVICE_CHANGES.inc(&[]); state.set_service(o, true) }
             },
             Some(ev) = slice_rx.recv() => match ev {
                 Event::Listed(items) => { state.list_slices(items); slices_listed = true; }
-                Event::Applied(o) => state.set_slice(o, false),
-                Event::Deleted(o) => state.set_slice(o, true),
+                Event::Applied(o) => {
+                    metrics::ENDPOINT_CHANGES.inc(&[]);
+                    state.note_trigger(&o);
+                    state.set_slice(o, false)
+                }
+                Event::Deleted(o) => { metrics::ENDPOINT_CHANGES.inc(&[]); state.set_slice(o, true) }
             },
             Ok(()) = host.changed() => state.set_host(*host.borrow_and_update()),
             else => anyhow::bail!("the service watches stopped"),
@@ -273,9 +315,19 @@ pub async fn run(
             continue;
         }
         let changes = state.changes(&node_name, &node_ips);
+        let began = std::time::Instant::now();
         retry = !plane.apply(&changes).await?;
-        if !changes.is_empty() {
+        if !changes.is_empty() && !retry {
             tracing::debug!(changes = changes.len(), "services programmed");
+            metrics::SYNC_DURATION.observe(&[], began.elapsed().as_secs_f64());
+            let now = time::OffsetDateTime::now_utc();
+            metrics::LAST_SYNC.set(&[], now.unix_timestamp() as f64);
+            for t in state.triggers.drain(..) {
+                metrics::NETWORK_PROGRAMMING.observe(&[], (now - t).as_seconds_f64().max(0.0));
+            }
+            for (map, n) in plane.entries() {
+                metrics::MAP_ENTRIES.set(&[plane.mode_name(), map], n as f64);
+            }
         }
     }
 }

@@ -76,6 +76,12 @@ fn affinity_set(key: &ServiceKey, backend: &Backend, timeout: u32) -> String {
 }
 
 impl Nft {
+    /// What the table holds: service ports and their backends.
+    pub fn entries(&self) -> Vec<(&'static str, usize)> {
+        let backends = self.programmed.values().map(|e| e.backends.len()).sum();
+        vec![("services", self.programmed.len()), ("backends", backends)]
+    }
+
     /// A data plane that rejects traffic to `service_cidr` unless a service port matches. Nothing
     /// touches the kernel before the first [`Nft::apply`].
     pub fn new(service_cidr: &str) -> Self {

@@ -309,6 +309,16 @@ fn usage_json(u: &Usage, at: &str) -> (Value, Value) {
 }
 
 /// The kubelet's Summary API (`/stats/summary`), the parts metrics-server reads.
+/// How many pods and containers the last sample found running.
+pub fn running() -> (usize, usize) {
+    let snap = latest();
+    (
+        snap.pods.len(),
+        snap.pods.iter().map(|p| p.containers.len()).sum(),
+    )
+}
+
+/// The Summary API's document (`/stats/summary`).
 pub fn summary() -> Value {
     let snap = latest();
     let at = snap.at.map(rfc3339).unwrap_or_default();

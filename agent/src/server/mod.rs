@@ -1,6 +1,6 @@
 //! The agent's HTTPS endpoint (the kubelet port): container logs for `kubectl logs`, exec, attach,
-//! port-forward, pod proxies, and the kubelet's stats (`/stats/summary`, `/metrics/resource`,
-//! `/metrics/cadvisor`), reached by the API server only. TLS with the node's certificate; clients must present a certificate of the
+//! port-forward, pod proxies, the kubelet's stats (`/stats/summary`, `/metrics/resource`,
+//! `/metrics/cadvisor`) and the agent's metrics (`/metrics`), reached by the API server only. TLS with the node's certificate; clients must present a certificate of the
 //! cluster CA that is not a node's.
 
 pub mod channels;
@@ -177,6 +177,11 @@ async fn handle(data_dir: &Path, mut req: Request<hyper::body::Incoming>) -> Res
             let body = serde_json::to_vec(&crate::runtime::stats::summary()).unwrap_or_default();
             typed(StatusCode::OK, "application/json", body)
         }
+        ["metrics"] => typed(
+            StatusCode::OK,
+            PROMETHEUS_TEXT,
+            crate::metrics::render().into_bytes(),
+        ),
         ["metrics", which @ ("resource" | "cadvisor")] => typed(
             StatusCode::OK,
             PROMETHEUS_TEXT,

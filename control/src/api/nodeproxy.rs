@@ -224,7 +224,7 @@ pub async fn fetch_from_node(
 }
 
 /// `nodes/NAME/proxy/PATH`: what the node's agent serves for reading — its stats and metrics
-/// (`/stats/summary`, `/metrics/resource`, `/metrics/cadvisor`) and health — for those who may
+/// (`/stats/summary`, `/metrics`, `/metrics/resource`, `/metrics/cadvisor`) and health — for those who may
 /// `get` `nodes/proxy`, as upstream (Prometheus' usual node jobs scrape through it). Exec and the
 /// other connections stay on the pods' subresources, authorized there.
 pub async fn node_proxy(
@@ -241,14 +241,14 @@ pub async fn node_proxy(
     let path = if rest.is_empty() { "/" } else { rest };
     let readable = matches!(
         path.split('?').next().unwrap_or_default(),
-        "/healthz" | "/stats/summary" | "/metrics/resource" | "/metrics/cadvisor"
+        "/healthz" | "/stats/summary" | "/metrics" | "/metrics/resource" | "/metrics/cadvisor"
     );
     if !readable {
         return Err(ApiError::new(
             404,
             "NotFound",
             format!(
-                "the node proxy serves /healthz, /stats/summary, /metrics/resource and /metrics/cadvisor, not {path}"
+                "the node proxy serves /healthz, /stats/summary, /metrics, /metrics/resource and /metrics/cadvisor, not {path}"
             ),
         ));
     }

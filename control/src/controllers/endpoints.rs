@@ -50,6 +50,49 @@ fn target_ref(pod: &Value) -> Value {
     json!({"kind": "Pod", "namespace": meta_str(pod, "namespace"), "name": meta_str(pod, "name"), "uid": meta_str(pod, "uid")})
 }
 
+/// Upstream's annotation with the time of the earliest change an Endpoints or EndpointSlice
+/// update carries (kube-proxy measures its network programming latency from it).
+const TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+
+/// Upstream's trigger time for an update of `previous` (the object as it is): the earliest of the
+/// changes since its last trigger time — pods becoming ready or not (their Ready condition's
+/// transition) and the service's creation. `None` when no such change is newer (a pod went away).
+fn trigger_time(previous: Option<&Value>, svc: &Value, members: &[Arc<Value>]) -> Option<String> {
+    let last = previous
+        .and_then(|o| o["metadata"]["annotations"][TRIGGER_TIME].as_str())
+        .and_then(crate::objects::meta::parse_time);
+    fn ready_changed(pod: &Value) -> Option<&str> {
+        pod["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "Ready")?["lastTransitionTime"]
+            .as_str()
+    }
+    members
+        .iter()
+        .filter_map(|p| ready_changed(p))
+        .chain(svc["metadata"]["creationTimestamp"].as_str())
+        .filter_map(crate::objects::meta::parse_time)
+        .filter(|t| last.is_none_or(|l| *t > l))
+        .min()
+        .map(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default()
+        })
+}
+
+/// Sets (or removes) the trigger time annotation of `obj`.
+fn annotate_trigger(obj: &mut Value, trigger: Option<&str>) {
+    match trigger {
+        Some(t) => obj["metadata"]["annotations"][TRIGGER_TIME] = json!(t),
+        None => {
+            if let Some(a) = obj["metadata"]["annotations"].as_object_mut() {
+                a.remove(TRIGGER_TIME);
+            }
+        }
+    }
+}
+
 async fn reconcile(
     app: &Objects,
     services: &Cache,
@@ -151,6 +194,7 @@ async fn reconcile(
             if current != subsets {
                 let mut updated = (*ep).clone();
                 updated["subsets"] = json!(subsets);
+                annotate_trigger(&mut updated, trigger_time(Some(&ep), &svc, &members).as_deref());
                 let c = call(app, "", "endpoints", ns, Some(name), None, "endpoint-controller");
                 app.update(&c, updated).await?;
             }
@@ -160,6 +204,7 @@ async fn reconcile(
             if labels.is_object() {
                 ep["metadata"]["labels"] = labels.clone();
             }
+            annotate_trigger(&mut ep, trigger_time(None, &svc, &members).as_deref());
             let c = call(app, "", "endpoints", ns, None, None, "endpoint-controller");
             app.create(&c, ep).await?;
         }
@@ -205,6 +250,7 @@ async fn reconcile(
                 let mut updated = (**slice).clone();
                 updated["endpoints"] = json!(slice_endpoints);
                 updated["ports"] = json!(slice_ports);
+                annotate_trigger(&mut updated, trigger_time(Some(slice), &svc, &members).as_deref());
                 put_object(
                     app,
                     updated,
@@ -217,7 +263,7 @@ async fn reconcile(
             }
         }
         None => {
-            let slice = json!({
+            let mut slice = json!({
                 "apiVersion": "discovery.k8s.io/v1",
                 "kind": "EndpointSlice",
                 "metadata": {"generateName": format!("{name}-"), "namespace": ns, "labels": slice_labels, "ownerReferences": [owner]},
@@ -225,6 +271,7 @@ async fn reconcile(
                 "endpoints": slice_endpoints,
                 "ports": slice_ports,
             });
+            annotate_trigger(&mut slice, trigger_time(None, &svc, &members).as_deref());
             let c = call(
                 app,
                 "discovery.k8s.io",

@@ -65,6 +65,9 @@ struct Pod<R> {
     saved: String,
     /// Refused at admission: never started, reported Failed with this status.
     refused: Option<Value>,
+    /// When this agent first saw the pod, until it reports it Running (a pod an earlier agent
+    /// started has none): `kubelet_pod_start_duration_seconds`.
+    first_seen: Option<Instant>,
 }
 
 /// Runs one pod's worker on this node until its pod is gone and cleaned up.
@@ -132,6 +135,7 @@ impl<R: Runtime> Pod<R> {
             last_status: Value::Null,
             exits: Arc::new(Notify::new()),
             volume_sync: None,
+            first_seen: saved.start_time.is_none().then(Instant::now),
             start_time: saved.start_time,
             saved: String::new(),
             refused: None,
@@ -631,6 +635,11 @@ impl<R: Runtime> Pod<R> {
             return Ok(());
         }
         if let Some(updated) = self.rt.post_status(&status).await? {
+            if status["phase"] == "Running"
+                && let Some(seen) = self.first_seen.take()
+            {
+                crate::metrics::POD_START.observe(&[], seen.elapsed().as_secs_f64());
+            }
             self.last_status = status;
             if updated.is_object() {
                 self.pod = updated;
