@@ -16,6 +16,7 @@
 //! import no other folder.
 
 pub mod image;
+pub mod inspect;
 pub mod metrics;
 pub mod network;
 pub mod node;

@@ -39,6 +39,8 @@ enum Command {
     /// Manages the node's images.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Prints the node's services, backends, pods, containers or images as a table.
+    Inspect(skiff_agent::inspect::InspectArgs),
     /// Removes what the agent put on this node (stop the agent first): its pods, mounts, cgroups,
     /// eBPF pins and programs, nftables tables, routes, bridge and data directory.
     Uninstall(uninstall::UninstallArgs),
@@ -313,6 +315,16 @@ fn main() {
     if let Some(Command::Uninstall(args)) = cli.command {
         std::process::exit(uninstall::main(args));
     }
+    if let Some(Command::Inspect(args)) = cli.command {
+        match skiff_agent::inspect::render(&args) {
+            Ok(table) => print!("{table}"),
+            Err(e) => {
+                eprintln!("skiff-agent: {e:#}");
+                std::process::exit(1);
+            }
+        }
+        return;
+    }
     if let Some(Command::Image(cmd)) = cli.command {
         if let Err(e) = image_command(cmd) {
             eprintln!("skiff-agent: {e:#}");
@@ -447,6 +459,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 node_ips,
                 feeds.clone(),
                 host_alias.subscribe(),
+                args.data_dir.join(proxy::RECORD),
             ))
         }
         None => tokio::spawn(std::future::pending()),

@@ -406,6 +406,73 @@ spec:
         sample("kubelet_running_pods", "kubelet_running_pods", &[]) >= 3.0,
         "{text}"
     );
+
+    // `skiff-agent inspect` lists what kubectl shows, from the node's side.
+    let inspect = |what: &str| {
+        let out = skiff_tests::output_within(
+            Command::new(skiff_tests::node::agent_bin()).args([
+                "inspect",
+                what,
+                "--data-dir",
+                &k.node.data_dir().display().to_string(),
+                "--cgroup-root",
+                k.node.cgroup_root(),
+            ]),
+            None,
+            Duration::from_secs(30),
+        );
+        assert!(
+            out.status.success(),
+            "inspect {what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let services = inspect("services");
+    let row = services
+        .lines()
+        .find(|l| l.starts_with("default/web "))
+        .unwrap_or_else(|| panic!("{services}"));
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        cells[1..4],
+        [format!("{vip}:80/TCP").as_str(), "2", mode][..],
+        "{services}"
+    );
+    let backends = inspect("backends");
+    assert_eq!(
+        backends.lines().filter(|l| l.starts_with("default/web ")).count(),
+        2,
+        "{backends}"
+    );
+    let pods = inspect("pods");
+    for replica in &replicas {
+        assert!(
+            pods.lines().any(|l| l.starts_with("default ")
+                && l.contains(&format!(" {replica} "))
+                && l.contains(" 1/1 ")),
+            "{replica}: {pods}"
+        );
+    }
+    let containers = inspect("containers");
+    for replica in &replicas {
+        let row = containers
+            .lines()
+            .find(|l| l.starts_with(&format!("default/{replica} ")))
+            .unwrap_or_else(|| panic!("{replica}: {containers}"));
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(cells[1..3], ["httpd", "Running"], "{containers}");
+        assert!(cells[4].parse::<u32>().is_ok(), "a PID: {row}");
+        assert!(Path::new(cells[6]).exists(), "the log file: {row}");
+    }
+    let images = inspect("images");
+    assert!(
+        images
+            .lines()
+            .skip(1)
+            .any(|l| image.starts_with(l.split_whitespace().next().unwrap_or("-"))),
+        "{image}: {images}"
+    );
 }
 
 /// A UDP echo server on ADDR PORT, answering with TAG appended: answers at most 500 datagrams,

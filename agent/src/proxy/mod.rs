@@ -270,6 +270,69 @@ impl State {
     }
 }
 
+/// The record's path under the data directory.
+pub const RECORD: &str = "proxy/services.json";
+
+/// One programmed service port as `skiff-agent inspect services` reads it.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Programmed {
+    /// The Service, `namespace/name`.
+    pub service: String,
+    /// `address:port/PROTOCOL`.
+    pub address: String,
+    /// `ip:port` of each backend, in slot order.
+    pub backends: Vec<String>,
+    /// Reached from outside the node.
+    pub external: bool,
+    /// Connections from outside are masqueraded.
+    pub masquerade: bool,
+    /// `sessionAffinity: ClientIP` timeout (0: none).
+    pub affinity_timeout: u32,
+}
+
+/// The record of what the data plane was last programmed with (`DATA_DIR/proxy/services.json`):
+/// the mode and every service port, with the Service each belongs to, which the kernel's maps do
+/// not hold.
+pub fn write_record(
+    path: &std::path::Path,
+    mode: &str,
+    programmed: &HashMap<String, BTreeMap<ServiceKey, Entry>>,
+) -> anyhow::Result<()> {
+    let mut ports: Vec<Programmed> = programmed
+        .iter()
+        .flat_map(|(service, entries)| {
+            entries.iter().map(move |(key, e)| Programmed {
+                service: service.clone(),
+                address: format!(
+                    "{}:{}/{}",
+                    Ipv4Addr::from(key.addr),
+                    key.port,
+                    match key.protocol {
+                        skiff_abi::PROTO_UDP => "UDP",
+                        skiff_abi::PROTO_SCTP => "SCTP",
+                        _ => "TCP",
+                    }
+                ),
+                backends: e
+                    .backends
+                    .iter()
+                    .map(|b| format!("{}:{}", Ipv4Addr::from(b.addr), b.port))
+                    .collect(),
+                external: e.external,
+                masquerade: e.masquerade,
+                affinity_timeout: e.affinity_timeout,
+            })
+        })
+        .collect();
+    ports.sort_by(|a, b| (&a.service, &a.address).cmp(&(&b.service, &b.address)));
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let body = serde_json::json!({"mode": mode, "services": ports});
+    skiff_common::fs::write_private(path, &serde_json::to_vec(&body)?)?;
+    Ok(())
+}
+
 /// Runs the proxy with `plane` until the process ends, fed by the node's Service and
 /// EndpointSlice watches; NodePorts are served on `node_ips`, loopback endpoints at `host` once
 /// it is known.
@@ -279,6 +342,7 @@ pub async fn run(
     node_ips: Vec<Ipv4Addr>,
     feeds: Feeds,
     mut host: tokio::sync::watch::Receiver<Option<Ipv4Addr>>,
+    record: PathBuf,
 ) -> anyhow::Result<()> {
     let (mut svc_rx, mut slice_rx) = (feeds.services.subscribe(), feeds.slices.subscribe());
     let mut state = State {
@@ -327,6 +391,9 @@ pub async fn run(
             }
             for (map, n) in plane.entries() {
                 metrics::MAP_ENTRIES.set(&[plane.mode_name(), map], n as f64);
+            }
+            if let Err(e) = write_record(&record, plane.mode_name(), &state.programmed) {
+                tracing::debug!(error = %e, path = %record.display(), "recording the programmed services failed");
             }
         }
     }
