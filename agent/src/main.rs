@@ -125,6 +125,10 @@ fn image_command(cmd: ImageCommand) -> anyhow::Result<()> {
 /// The agent's own flags.
 #[derive(Debug, clap::Args)]
 struct Args {
+    /// How log lines are written: `text` or `json` (the filter is `RUST_LOG`, changeable with
+    /// `PUT /debug/flags/v` through the node proxy).
+    #[arg(long, default_value = "text")]
+    log_format: skiff_common::logging::Format,
     /// The control plane's API URL.
     #[arg(long, env = "SKIFF_SERVER", default_value = "https://127.0.0.1:6443")]
     server: String,
@@ -347,13 +351,7 @@ fn main() {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    skiff_common::logging::init(args.log_format, "");
     let token = args
         .token
         .as_deref()

@@ -17,6 +17,10 @@ use skiff_control::store::{Encryption, Store, StoreConfig};
 #[derive(Debug, Parser)]
 #[command(name = "skiff-control", version)]
 struct Args {
+    /// How log lines are written: `text` or `json` (the filter is `RUST_LOG`, changeable with
+    /// `PUT /debug/flags/v`).
+    #[arg(long, default_value = "text")]
+    log_format: skiff_common::logging::Format,
     /// Directory for the store, the CA and the bootstrap files.
     #[arg(long, default_value = "/var/lib/skiff/control", env = "SKIFF_DATA_DIR")]
     data_dir: PathBuf,
@@ -148,15 +152,8 @@ fn main() {
 }
 
 async fn run() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,openraft=warn,h2=warn,hyper=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let args = Args::parse();
+    skiff_common::logging::init(args.log_format, "openraft=warn,h2=warn,hyper=warn");
     let nofile = api::server::raise_descriptor_limit();
     let mut limits = api::server::ConnLimits::for_descriptors(nofile);
     if let Some(max) = args.max_connections {

@@ -742,3 +742,88 @@ fn each_identity_may_do_what_its_kubeconfig_grants_and_no_more() {
     c.ok(&["-n", "team", "delete", "serviceaccount", "builder"]);
     assert!(with_token(&sa_token).contains("Unauthorized"), "deleted account");
 }
+
+#[test]
+fn logs_are_json_lines_on_request_and_their_filter_changes_at_run_time() {
+    // `--log-format json`: one JSON object per line. `PUT /debug/flags/v` (kubectl replace --raw)
+    // sets the filter from a klog verbosity or a filter, on skiff-control and, through the node
+    // proxy, on an agent.
+    let prefix = unique_prefix();
+    let c = Control::start_with(&["--cluster-cidr", &cluster_cidr(&prefix), "--log-format", "json"]);
+    let agent = Node::start(&c, &prefix);
+    let lines: Vec<Value> = c
+        .log()
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let serving = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "skiff-control serving")
+        .unwrap_or_else(|| panic!("{}", c.log()));
+    assert_eq!(serving["level"], "INFO");
+    assert!(
+        serving["timestamp"].as_str().is_some() && serving["fields"]["listen"].is_string(),
+        "{serving}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let put = |path: &str, body: &str| {
+        let file = dir.path().join("body");
+        std::fs::write(&file, body).unwrap();
+        c.kubectl(&["replace", "--raw", path, "-f", &file.display().to_string()])
+    };
+    let ok = |path: &str, body: &str| {
+        let out = put(path, body);
+        assert!(
+            out.status.success(),
+            "{path} {body}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(
+        ok("/debug/flags/v", "4").starts_with("successfully set klog.logging.verbosity to 4"),
+        "control"
+    );
+    let changed = |log: &str, filter: &str| {
+        log.lines()
+            .any(|l| l.contains("log filter changed") && l.contains(filter))
+    };
+    assert!(changed(&c.log(), "debug,openraft=warn"), "{}", c.log());
+    // At `warn`, the change itself (an info line) is no longer written.
+    ok("/debug/flags/v", "warn");
+    assert!(!changed(&c.log(), "\"warn\""), "{}", c.log());
+    let refused = put("/debug/flags/v", "skiff_control=loud");
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("invalid filter"),
+        "{refused:?}"
+    );
+
+    // The agent's, through the node proxy (update on nodes/proxy).
+    let node = format!("/api/v1/nodes/{}/proxy/debug/flags/v", agent.name);
+    let answer = ok(&node, "skiff_agent=debug,info");
+    assert_eq!(
+        answer.trim(),
+        "successfully set the log filter to skiff_agent=debug,info"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !changed(&agent.log(), "skiff_agent=debug") {
+        assert!(std::time::Instant::now() < deadline, "{}", agent.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A viewer may read the node's metrics but not change its logging.
+    let viewer = c.kubectl(&[
+        "--as=someone",
+        "replace",
+        "--raw",
+        &node,
+        "-f",
+        &dir.path().join("body").display().to_string(),
+    ]);
+    assert!(
+        !viewer.status.success() && String::from_utf8_lossy(&viewer.stderr).contains("forbidden"),
+        "{viewer:?}"
+    );
+}

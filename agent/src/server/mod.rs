@@ -177,6 +177,20 @@ async fn handle(data_dir: &Path, mut req: Request<hyper::body::Incoming>) -> Res
             let body = serde_json::to_vec(&crate::runtime::stats::summary()).unwrap_or_default();
             typed(StatusCode::OK, "application/json", body)
         }
+        ["debug", "flags", "v"] if req.method() == hyper::Method::PUT => {
+            use http_body_util::BodyExt;
+            let body = match http_body_util::Limited::new(req.into_body(), 4096)
+                .collect()
+                .await
+            {
+                Ok(b) => b.to_bytes(),
+                Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
+            };
+            match skiff_common::logging::set_filter_answer(&body) {
+                Ok(answer) => text(StatusCode::OK, answer),
+                Err(e) => text(StatusCode::BAD_REQUEST, e),
+            }
+        }
         ["metrics"] => typed(
             StatusCode::OK,
             PROMETHEUS_TEXT,

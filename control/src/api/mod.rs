@@ -417,7 +417,7 @@ async fn serve(State(app): State<Arc<App>>, req: Request) -> Response {
             rest = format!("{rest}?{q}");
         }
         let node = skiff_common::url::percent_decode(node);
-        return match nodeproxy::node_proxy(&app, &who, &parts.method, &node, &rest).await {
+        return match nodeproxy::node_proxy(&app, &who, &parts.method, &node, &rest, body).await {
             Ok(r) => r,
             Err(e) => e.into_response(),
         };
@@ -593,6 +593,13 @@ async fn route(
     match segs.as_slice() {
         [check @ ("healthz" | "livez" | "readyz"), ..] => return Ok(health(&app, check)),
         ["version"] => return ok(discovery::version()),
+        ["debug", "flags", "v"] if method == Method::PUT => {
+            let who = who.ok_or_else(|| ApiError::new(401, "Unauthorized", "Unauthorized"))?;
+            authz::allow(&app, who, "put", &rbac::Target::Path("/debug/flags/v")).await?;
+            return skiff_common::logging::set_filter_answer(body)
+                .map(|answer| answer.into_response())
+                .map_err(ApiError::bad_request);
+        }
         ["metrics"] if method == Method::GET => {
             let who = who.ok_or_else(|| ApiError::new(401, "Unauthorized", "Unauthorized"))?;
             authz::allow(&app, who, "get", &rbac::Target::Path("/metrics")).await?;

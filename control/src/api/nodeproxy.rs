@@ -179,6 +179,29 @@ async fn request_node(
     Ok(resp)
 }
 
+/// PUT `body` to `path` on a node's agent: the answer's body, or the API's error for it.
+async fn put_to_node(app: &App, node_name: &str, path: &str, body: bytes::Bytes) -> Result<bytes::Bytes> {
+    use http_body_util::BodyExt;
+    let (mut sender, authority) = connect_node::<http_body_util::Full<bytes::Bytes>>(app, node_name).await?;
+    let req = hyper::Request::put(path)
+        .header("host", authority)
+        .body(http_body_util::Full::new(body))
+        .map_err(|e| ApiError::new(500, "InternalError", e.to_string()))?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| ApiError::new(500, "InternalError", e.to_string()))?;
+    if !resp.status().is_success() {
+        return Err(node_error(resp).await);
+    }
+    Ok(resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| ApiError::new(500, "InternalError", e.to_string()))?
+        .to_bytes())
+}
+
 /// GET `path` on a node's agent and streams the answer back.
 async fn get_from_node(app: &App, node_name: &str, path: &str) -> Result<Response> {
     let resp = request_node(app, node_name, path).await?;
@@ -226,19 +249,30 @@ pub async fn fetch_from_node(
 /// `nodes/NAME/proxy/PATH`: what the node's agent serves for reading — its stats and metrics
 /// (`/stats/summary`, `/metrics`, `/metrics/resource`, `/metrics/cadvisor`) and health — for those who may
 /// `get` `nodes/proxy`, as upstream (Prometheus' usual node jobs scrape through it). Exec and the
-/// other connections stay on the pods' subresources, authorized there.
+/// other connections stay on the pods' subresources, authorized there. `PUT /debug/flags/v` sets the
+/// agent's log filter (for those who may `update` `nodes/proxy`).
 pub async fn node_proxy(
     app: &App,
     who: &super::server::Identity,
     method: &axum::http::Method,
     node: &str,
     rest: &str,
+    body: Body,
 ) -> Result<Response> {
+    let path = if rest.is_empty() { "/" } else { rest };
+    // The agent's log filter, set as a kubelet's verbosity is (`PUT /debug/flags/v`).
+    if method == axum::http::Method::PUT && path == "/debug/flags/v" {
+        authorize_on_cluster(app, who, "update", "nodes", node, "proxy").await?;
+        let body = axum::body::to_bytes(body, 4096)
+            .await
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let answer = put_to_node(app, node, path, body).await?;
+        return Ok(([(header::CONTENT_TYPE, "text/plain")], answer).into_response());
+    }
     if method != axum::http::Method::GET {
         return Err(ApiError::method_not_allowed());
     }
     authorize_on_cluster(app, who, "get", "nodes", node, "proxy").await?;
-    let path = if rest.is_empty() { "/" } else { rest };
     let readable = matches!(
         path.split('?').next().unwrap_or_default(),
         "/healthz" | "/stats/summary" | "/metrics" | "/metrics/resource" | "/metrics/cadvisor"
