@@ -1773,6 +1773,73 @@ spec:
         "{message}"
     );
 
+    // runAsNonRoot: a root image (busybox has no user) or an explicit uid 0 is refused with the
+    // kubelet's words; an explicit non-root uid runs.
+    let non_root = |name: &str, user: &str| {
+        format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  restartPolicy: Never
+  securityContext: {{runAsNonRoot: true{user}}}
+  containers:
+  - {{name: app, image: {image}, command: ["id", "-u"]}}
+"#
+        )
+    };
+    for (name, user, words) in [
+        (
+            "root-image",
+            "",
+            "container has runAsNonRoot and image will run as root",
+        ),
+        (
+            "root-uid",
+            ", runAsUser: 0",
+            "container's runAsUser breaks non-root policy",
+        ),
+    ] {
+        k.apply(&non_root(name, user));
+        let refused = k.wait_pod(name, "CreateContainerConfigError", |p| {
+            status(p, "app")["state"]["waiting"]["reason"] == "CreateContainerConfigError"
+        });
+        let message = status(&refused, "app")["state"]["waiting"]["message"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            message.starts_with(words) && message.contains("container: app"),
+            "{message}"
+        );
+    }
+    // A privileged container gets every capability the agent holds (its own set: a host without
+    // one must not make privileged pods fail to start) and may change its network; an
+    // unprivileged one may not.
+    for (name, privileged) in [("privileged", true), ("unprivileged", false)] {
+        k.apply(&format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: app
+    image: {image}
+    command: ["sh", "-c", "ip link add v0 type veth peer name v1 && echo added || echo refused"]
+    securityContext: {{privileged: {privileged}}}
+"#
+        ));
+        k.wait_pod(name, "Succeeded", |p| phase(p) == "Succeeded");
+        let log = k.c.ok(&["logs", name]);
+        let want = if privileged { "added" } else { "refused" };
+        assert!(log.lines().any(|l| l == want), "{name}: {log}");
+    }
+    k.apply(&non_root("non-root-uid", ", runAsUser: 1234"));
+    k.wait_pod("non-root-uid", "Succeeded", |p| phase(p) == "Succeeded");
+    assert_eq!(k.c.ok(&["logs", "non-root-uid"]).trim(), "1234");
+
     // fsGroup owns the pod's volumes: setgid directories the group may write, files it may read,
     // and what the container makes inherits the group.
     k.apply(&format!(

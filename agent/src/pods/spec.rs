@@ -65,12 +65,22 @@ const DEFAULT_CAPS: &[&str] = &[
     "CAP_AUDIT_WRITE",
 ];
 
-/// Every capability the kernel knows (for privileged containers).
+/// The capabilities of this process's bounding set (`CapBnd` of `/proc/self/status`), as a mask.
+fn own_bounding_set() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapBnd:"))?;
+    u64::from_str_radix(hex.trim(), 16).ok()
+}
+
+/// Every capability the kernel knows that the agent holds itself (for privileged containers: as
+/// containerd's and CRI-O's, a privileged container gets the runtime's own capabilities; one the
+/// agent lacks could not be given, and the container would fail to start).
 fn all_caps() -> Vec<String> {
     let last: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(40);
+    let held = own_bounding_set().unwrap_or(u64::MAX);
     const NAMES: &[&str] = &[
         "CHOWN",
         "DAC_OVERRIDE",
@@ -116,8 +126,10 @@ fn all_caps() -> Vec<String> {
     ];
     NAMES
         .iter()
+        .enumerate()
         .take(last as usize + 1)
-        .map(|n| format!("CAP_{n}"))
+        .filter(|(bit, _)| held & (1u64 << bit) != 0)
+        .map(|(_, n)| format!("CAP_{n}"))
         .collect()
 }
 
@@ -373,6 +385,45 @@ fn lookup(rootfs: &std::path::Path, file: &str, name: &str) -> Option<(u32, u32)
             f.get(3).and_then(|g| g.parse().ok()).unwrap_or(0),
         ))
     })
+}
+
+/// The kubelet's `verifyRunAsNonRoot`: with `runAsNonRoot`, the container must run as a user that
+/// is known not to be root — an explicit non-zero `runAsUser`, or an image whose `User` is a
+/// numeric non-zero uid (an image without a user runs as root; a user name cannot be verified).
+/// The error is the container's `CreateContainerConfigError`, in upstream's words.
+pub fn verify_run_as_non_root(pod: &Value, container: &Value, image_config: &Value) -> Result<(), String> {
+    let (sc, psc) = (&container["securityContext"], &pod["spec"]["securityContext"]);
+    let non_root = sc["runAsNonRoot"].as_bool().or(psc["runAsNonRoot"].as_bool());
+    if non_root != Some(true) {
+        return Ok(());
+    }
+    let who = format!(
+        "pod: \"{}_{}({})\", container: {}",
+        pod["metadata"]["name"].as_str().unwrap_or_default(),
+        pod["metadata"]["namespace"].as_str().unwrap_or_default(),
+        pod["metadata"]["uid"].as_str().unwrap_or_default(),
+        container["name"].as_str().unwrap_or_default()
+    );
+    if let Some(uid) = sc["runAsUser"].as_i64().or(psc["runAsUser"].as_i64()) {
+        return match uid {
+            0 => Err(format!("container's runAsUser breaks non-root policy ({who})")),
+            _ => Ok(()),
+        };
+    }
+    let user = image_config["User"].as_str().unwrap_or_default();
+    let user = user.split(':').next().unwrap_or_default();
+    match user.parse::<i64>() {
+        Ok(0) => Err(format!(
+            "container has runAsNonRoot and image will run as root ({who})"
+        )),
+        Ok(_) => Ok(()),
+        Err(_) if user.is_empty() => Err(format!(
+            "container has runAsNonRoot and image will run as root ({who})"
+        )),
+        Err(_) => Err(format!(
+            "container has runAsNonRoot and image has non-numeric user ({user}), cannot verify user is non-root ({who})"
+        )),
+    }
 }
 
 /// The user the process runs as: securityContext first (container, then pod), then the image's `User`.
@@ -648,6 +699,39 @@ pub fn oom_score_adj(pod: &Value) -> Option<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn run_as_non_root_refuses_what_may_be_root() {
+        let pod = |psc: Value| json!({"metadata": {"name": "p", "namespace": "n", "uid": "u"}, "spec": {"securityContext": psc}});
+        let c = json!({"name": "app"});
+        let image = |user: &str| json!({"User": user});
+        assert_eq!(verify_run_as_non_root(&pod(json!({})), &c, &image("")), Ok(()));
+        let err = verify_run_as_non_root(&pod(json!({"runAsNonRoot": true})), &c, &image("")).unwrap_err();
+        assert_eq!(
+            err,
+            "container has runAsNonRoot and image will run as root (pod: \"p_n(u)\", container: app)"
+        );
+        assert!(verify_run_as_non_root(&pod(json!({"runAsNonRoot": true})), &c, &image("0:0")).is_err());
+        assert_eq!(
+            verify_run_as_non_root(&pod(json!({"runAsNonRoot": true})), &c, &image("1000")),
+            Ok(())
+        );
+        assert!(
+            verify_run_as_non_root(&pod(json!({"runAsNonRoot": true})), &c, &image("nobody"))
+                .unwrap_err()
+                .contains("image has non-numeric user (nobody), cannot verify user is non-root")
+        );
+        let explicit = |uid: i64| json!({"name": "app", "securityContext": {"runAsUser": uid}});
+        assert!(
+            verify_run_as_non_root(&pod(json!({"runAsNonRoot": true})), &explicit(0), &image("1000"))
+                .unwrap_err()
+                .starts_with("container's runAsUser breaks non-root policy")
+        );
+        assert_eq!(
+            verify_run_as_non_root(&pod(json!({"runAsNonRoot": true})), &explicit(7), &image("")),
+            Ok(())
+        );
+    }
 
     #[test]
     fn seccomp_profiles_come_from_the_container_the_pod_or_the_default() {

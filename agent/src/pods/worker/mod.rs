@@ -436,6 +436,12 @@ impl<R: Runtime> Pod<R> {
             }
         }
         state.backoff.starting();
+        if let Err(msg) = super::spec::verify_run_as_non_root(pod, c, &image.config) {
+            let state = self.ctrs.entry(name.clone()).or_default();
+            state.waiting = Some(("CreateContainerConfigError".into(), msg.clone()));
+            self.rt.event("Warning", "Failed", &format!("Error: {msg}")).await;
+            return Ok(Some(Duration::from_secs(2)));
+        }
         let env = match self.rt.env(pod, c, &image).await {
             Ok(e) => e,
             Err(e) => {
