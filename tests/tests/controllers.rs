@@ -961,3 +961,41 @@ fn disruption_budget_guards_evictions() {
     let table = c.ok(&["get", "pdb"]);
     assert!(table.contains("ALLOWED DISRUPTIONS"), "{table}");
 }
+
+#[test]
+fn every_namespace_keeps_its_root_ca_config_map() {
+    // Deleted or emptied, `kube-root-ca.crt` comes back at once (not at the next minute's check),
+    // as upstream's root CA publisher puts it back.
+    let c = Control::start();
+    c.ok(&["create", "namespace", "ca-kept"]);
+    let ca = || {
+        c.kubectl(&[
+            "get",
+            "configmap",
+            "kube-root-ca.crt",
+            "-n",
+            "ca-kept",
+            "-o",
+            "jsonpath={.data.ca\\.crt}",
+        ])
+    };
+    let has_ca = || {
+        let out = ca();
+        out.status.success()
+            && String::from_utf8_lossy(&out.stdout).starts_with("-----BEGIN CERTIFICATE-----")
+    };
+    eventually("published", has_ca);
+    c.ok(&["delete", "configmap", "kube-root-ca.crt", "-n", "ca-kept"]);
+    eventually("recreated after deletion", has_ca);
+    c.ok(&[
+        "patch",
+        "configmap",
+        "kube-root-ca.crt",
+        "-n",
+        "ca-kept",
+        "--type=merge",
+        "-p",
+        r#"{"data":{"ca.crt":""}}"#,
+    ]);
+    eventually("restored after a change", has_ca);
+}

@@ -1,6 +1,7 @@
 //! Upstream's root CA publisher: every namespace holds a `kube-root-ca.crt` ConfigMap with the
 //! cluster CA, which the `kube-api-access-*` volume of every pod projects as `ca.crt`. Recreated
-//! when deleted and put back when changed (checked when the namespace changes and every minute).
+//! when deleted and put back when changed (at once, from a watch of the ConfigMaps' keys; and
+//! checked when the namespace changes and every minute).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,6 +46,35 @@ pub fn start(app: Arc<Objects>, caches: &Caches, ca_pem: Option<&str>) {
     });
     for ns in namespaces.list(None) {
         queue.add(meta_str(&ns, "name"));
+    }
+    // The ConfigMaps themselves: one deleted or changed is put back at once (a watch of the
+    // ConfigMaps' keys, no cache of their contents).
+    {
+        let (app, q) = (app.clone(), queue.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok(mut watch) = app.store.watch(keys::CONFIG_MAPS, app.store.revision()) else {
+                    tokio::time::sleep(super::RESYNC).await;
+                    continue;
+                };
+                loop {
+                    match watch.next().await {
+                        Ok(Some(event)) => {
+                            if let Some(ns) = event
+                                .kv
+                                .key
+                                .strip_prefix(keys::CONFIG_MAPS)
+                                .and_then(|rest| rest.strip_suffix(&format!("/{ROOT_CA_CONFIG_MAP}")))
+                            {
+                                q.add(ns);
+                            }
+                        }
+                        Ok(None) => return,
+                        Err(_) => break,
+                    }
+                }
+            }
+        });
     }
     run_workers(app.clone(), "root-ca-cert-publisher", queue, 1, move |ns| {
         let (app, namespaces, ca_pem) = (app.clone(), namespaces.clone(), ca_pem.clone());
