@@ -230,7 +230,11 @@ pub fn resource_field_ref(pod: &Value, r: &Value, default_container: Option<&str
     let resource = r["resource"].as_str().unwrap_or_default();
     let (section, res) = resource.split_once('.').unwrap_or(("limits", resource));
     let quantity = c["resources"][section][res].as_str();
-    let divisor = r["divisor"].as_str().unwrap_or("1");
+    // A zero divisor (what a Go client's unset Quantity sends) means 1, as the kubelet reads it.
+    let divisor = r["divisor"]
+        .as_str()
+        .filter(|d| super::spec::bytes(d) != Some(0) && super::spec::cpu_millis(d) != Some(0))
+        .unwrap_or("1");
     let value = if res == "cpu" {
         let millis = quantity.and_then(super::spec::cpu_millis).unwrap_or_else(|| {
             if section == "limits" {
@@ -377,11 +381,35 @@ pub async fn resolve(
         }
     }
     if !env.iter().any(|(k, _)| k == "HOSTNAME") {
-        let host = pod["spec"]["hostname"]
-            .as_str()
-            .or(pod["metadata"]["name"].as_str())
-            .unwrap_or_default();
-        env.insert(0, ("HOSTNAME".into(), host.into()));
+        env.insert(0, ("HOSTNAME".into(), super::spec::pod_hostname(pod)));
     }
     Ok(env)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resource_fields_round_up_to_their_divisor_and_a_zero_divisor_is_one() {
+        let pod = json!({"spec": {"containers": [{"name": "c", "resources": {
+            "limits": {"cpu": "1250m", "memory": "64Mi"}, "requests": {"cpu": "250m", "memory": "32Mi"}}}]}});
+        let field = |resource: &str, divisor: Value| {
+            let mut r = json!({"containerName": "c", "resource": resource});
+            if !divisor.is_null() {
+                r["divisor"] = divisor;
+            }
+            resource_field_ref(&pod, &r, None).unwrap()
+        };
+        assert_eq!(field("limits.cpu", Value::Null), "2");
+        assert_eq!(
+            field("limits.cpu", json!("0")),
+            "2",
+            "a Go client's unset divisor"
+        );
+        assert_eq!(field("requests.cpu", json!("0")), "1");
+        assert_eq!(field("requests.cpu", json!("1m")), "250");
+        assert_eq!(field("limits.memory", json!("0")), "67108864");
+        assert_eq!(field("limits.memory", json!("1Mi")), "64");
+    }
 }

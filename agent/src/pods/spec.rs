@@ -387,6 +387,20 @@ fn lookup(rootfs: &std::path::Path, file: &str, name: &str) -> Option<(u32, u32)
     })
 }
 
+/// A pod's host name: `spec.hostname`, else its name, cut to 63 characters without a trailing
+/// `-` or `.` (the kubelet's `truncatePodHostnameIfNeeded`: the kernel takes 64 at most).
+pub fn pod_hostname(pod: &Value) -> String {
+    let name = pod["spec"]["hostname"]
+        .as_str()
+        .filter(|h| !h.is_empty())
+        .or(pod["metadata"]["name"].as_str())
+        .unwrap_or_default();
+    if name.len() <= 63 {
+        return name.to_owned();
+    }
+    name[..63].trim_end_matches(['-', '.']).to_owned()
+}
+
 /// The kubelet's `verifyRunAsNonRoot`: with `runAsNonRoot`, the container must run as a user that
 /// is known not to be root — an explicit non-zero `runAsUser`, or an image whose `User` is a
 /// numeric non-zero uid (an image without a user runs as root; a user name cannot be verified).
@@ -699,6 +713,18 @@ pub fn oom_score_adj(pod: &Value) -> Option<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_pod_names_make_63_character_host_names() {
+        let pod = json!({"metadata": {"name": format!("{}-{}", "a".repeat(62), "b".repeat(10))}});
+        assert_eq!(
+            pod_hostname(&pod),
+            "a".repeat(62),
+            "cut, without the trailing dash"
+        );
+        let named = json!({"metadata": {"name": "p"}, "spec": {"hostname": "h"}});
+        assert_eq!(pod_hostname(&named), "h");
+    }
 
     #[test]
     fn run_as_non_root_refuses_what_may_be_root() {

@@ -206,6 +206,28 @@ pub(super) fn pod_status(v: &PodView<'_>, now: &str) -> Value {
             }),
         ),
     ];
+    // The kubelet's messages: which containers keep a condition false.
+    let incomplete: Vec<&str> = inits
+        .iter()
+        .filter(|c| !state(c).is_some_and(|s| s.init_done(is_sidecar(c))))
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    if !init_done && !incomplete.is_empty() {
+        conditions[1]["message"] = json!(format!(
+            "containers with incomplete status: [{}]",
+            incomplete.join(" ")
+        ));
+    }
+    let unready: Vec<&str> = app
+        .iter()
+        .filter(|s| s["ready"] != json!(true))
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    if !ready && !done && !unready.is_empty() {
+        let message = json!(format!("containers with unready status: [{}]", unready.join(" ")));
+        conditions[2]["message"] = message.clone();
+        conditions[3]["message"] = message;
+    }
     if let Some(s) = old_cond("PodScheduled") {
         conditions.push(s);
     }
@@ -363,6 +385,14 @@ mod tests {
         assert_eq!(
             (initialized["status"].clone(), initialized["reason"].clone()),
             (json!("False"), json!("ContainersNotInitialized"))
+        );
+        assert_eq!(
+            initialized["message"],
+            "containers with incomplete status: [setup]"
+        );
+        assert_eq!(
+            condition(&waiting, "Ready")["message"],
+            "containers with unready status: [app]"
         );
         assert_eq!(
             waiting["initContainerStatuses"][0]["ready"], false,

@@ -9,7 +9,7 @@ use crate::pods::{spec, volumes};
 impl Host {
     pub(super) async fn make_sandbox(&self, pod: &Value) -> anyhow::Result<Option<String>> {
         std::fs::create_dir_all(self.sandbox())?;
-        let hostname = pod["spec"]["hostname"].as_str().unwrap_or(&self.name).to_string();
+        let hostname = crate::pods::spec::pod_hostname(pod);
         let mut cmd = crate::runtime::helper::command("sandbox");
         cmd.arg("--dir")
             .arg(self.sandbox())
