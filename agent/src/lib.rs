@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod pods;
+pub mod preflight;
 pub mod proxy;
 pub mod runtime;
 pub mod server;

@@ -39,6 +39,9 @@ enum Command {
     /// Manages the node's images.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Checks that this node can run the agent (kernel, its configuration, cgroups, BPF
+    /// filesystem, port, clock, another service proxy), one line each; exit status 1 on a failure.
+    Preflight(skiff_agent::preflight::PreflightArgs),
     /// Prints the node's services, backends, pods, containers or images as a table.
     Inspect(skiff_agent::inspect::InspectArgs),
     /// Removes what the agent put on this node (stop the agent first): its pods, mounts, cgroups,
@@ -319,6 +322,9 @@ fn main() {
     if let Some(Command::Uninstall(args)) = cli.command {
         std::process::exit(uninstall::main(args));
     }
+    if let Some(Command::Preflight(args)) = cli.command {
+        std::process::exit(skiff_agent::preflight::main(&args));
+    }
     if let Some(Command::Inspect(args)) = cli.command {
         match skiff_agent::inspect::render(&args) {
             Ok(table) => print!("{table}"),
@@ -352,6 +358,15 @@ fn main() {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     skiff_common::logging::init(args.log_format, "");
+    let checks = skiff_agent::preflight::PreflightArgs {
+        port: args.port,
+        bpf_dir: args.bpf_dir.clone(),
+    };
+    for c in skiff_agent::preflight::run(&checks) {
+        if c.verdict != skiff_agent::preflight::Verdict::Ok {
+            tracing::warn!(check = c.name, "pre-flight: {}", c.detail);
+        }
+    }
     let token = args
         .token
         .as_deref()

@@ -827,3 +827,57 @@ fn logs_are_json_lines_on_request_and_their_filter_changes_at_run_time() {
         "{viewer:?}"
     );
 }
+
+#[test]
+fn preflight_checks_say_one_line_each_and_fail_on_a_taken_port() {
+    let run = |port: u16| {
+        skiff_tests::output_within(
+            Command::new(agent_bin()).args(["preflight", "--port", &port.to_string()]),
+            None,
+            Duration::from_secs(60),
+        )
+    };
+    let free = skiff_tests::free_port();
+    let out = run(free);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let names: Vec<&str> = text.lines().filter_map(|l| l.split_whitespace().nth(1)).collect();
+    assert_eq!(
+        names,
+        [
+            "kernel",
+            "config",
+            "btf",
+            "cgroups",
+            "overlayfs",
+            "bpffs",
+            "port",
+            "clock",
+            "kube-proxy"
+        ],
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .all(|l| ["ok ", "warn ", "FAIL "].iter().any(|p| l.starts_with(p))),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("ok   port       {free}/tcp is free")),
+        "{text}"
+    );
+    // A port someone holds: the check fails, names the holder, and the exit status says so.
+    let held = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let taken = held.local_addr().unwrap().port();
+    let out = run(taken);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!("FAIL port       {taken}/tcp is in use by ")),
+        "{text}"
+    );
+}

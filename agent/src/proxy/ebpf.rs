@@ -25,7 +25,7 @@ use super::model::Entry;
 static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/skiff-ebpf.o"));
 
 /// `statfs` magic of a BPF filesystem.
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+pub const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// Whether this agent carries its eBPF programs.
 pub fn available() -> bool {
