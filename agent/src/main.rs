@@ -358,6 +358,7 @@ fn main() {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     skiff_common::logging::init(args.log_format, "");
+    skiff_agent::node::capacity::set_storage_dir(&args.data_dir);
     let checks = skiff_agent::preflight::PreflightArgs {
         port: args.port,
         bpf_dir: args.bpf_dir.clone(),

@@ -2313,3 +2313,78 @@ spec:
         "{refused}"
     );
 }
+
+#[test]
+fn pods_outgrowing_their_local_storage_are_evicted() {
+    // The kubelet's local storage eviction: an emptyDir past its sizeLimit, a container past its
+    // ephemeral-storage limit (writable layer and log): killed, Failed/Evicted with the kubelet's
+    // words, an Evicted event; a pod within its limits stays.
+    let k = Cluster::start();
+    let image = k.registry.busybox();
+    let pod = |name: &str, write_to: &str, volumes: &str, limits: &str| {
+        format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: app
+    image: {image}
+    command: ["sh", "-c", "dd if=/dev/zero of={write_to}/blob bs=1M count=4 && sleep 3600"]
+    resources: {{limits: {{{limits}}}}}
+    volumeMounts: [{{name: scratch, mountPath: /scratch}}]
+  volumes: [{{name: scratch, emptyDir: {{{volumes}}}}}]
+"#
+        )
+    };
+    k.apply(&pod("full-volume", "/scratch", "sizeLimit: 1Mi", ""));
+    k.apply(&pod("full-layer", "/tmp", "", "ephemeral-storage: 2Mi"));
+    k.apply(&pod(
+        "roomy",
+        "/scratch",
+        "sizeLimit: 64Mi",
+        "ephemeral-storage: 64Mi",
+    ));
+    for (name, words) in [
+        (
+            "full-volume",
+            "Usage of EmptyDir volume \"scratch\" exceeds the limit \"1Mi\". ",
+        ),
+        (
+            "full-layer",
+            "Pod ephemeral local storage usage exceeds the total limit of containers 2Mi. ",
+        ),
+    ] {
+        let evicted = k.wait_pod(name, "Evicted", |p| p["status"]["reason"] == "Evicted");
+        assert_eq!(phase(&evicted), "Failed", "{evicted:#}");
+        assert_eq!(evicted["status"]["message"], words, "{evicted:#}");
+        let killed = k.wait_pod(name, "its container killed", |p| {
+            status(p, "app")["state"]["terminated"].is_object()
+        });
+        assert_eq!(
+            status(&killed, "app")["state"]["terminated"]["exitCode"],
+            137,
+            "{killed:#}"
+        );
+        let events = k.c.ok(&[
+            "get",
+            "events",
+            "--field-selector",
+            &format!("involvedObject.name={name},reason=Evicted"),
+            "-o",
+            "jsonpath={.items[*].message}",
+        ]);
+        assert!(events.contains(words.trim_end()), "{events}");
+    }
+    assert_eq!(phase(&k.pod("roomy")), "Running");
+    k.c.ok(&[
+        "delete",
+        "pod",
+        "full-volume",
+        "full-layer",
+        "roomy",
+        "--timeout=60s",
+    ]);
+}

@@ -44,10 +44,29 @@ pub fn memory_bytes() -> u64 {
     memory_kib() * 1024
 }
 
+/// The directory whose filesystem holds the pods' writable layers, logs and emptyDirs (the
+/// agent's data directory; set once at start).
+static STORAGE_DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// Sets where `ephemeral-storage` is measured.
+pub fn set_storage_dir(dir: &std::path::Path) {
+    let _ = STORAGE_DIR.set(dir.to_owned());
+}
+
+/// The size of that filesystem in bytes (the kubelet's nodefs capacity).
+fn ephemeral_storage() -> Option<u64> {
+    let st = nix::sys::statvfs::statvfs(STORAGE_DIR.get()?).ok()?;
+    Some(st.blocks() * st.fragment_size())
+}
+
 /// `status.capacity` (and, with nothing reserved yet, `status.allocatable`).
 pub fn capacity(max_pods: u32) -> Value {
     let cpus = cpu_count();
-    json!({"cpu": cpus.to_string(), "memory": format!("{}Ki", memory_kib()), "pods": max_pods.to_string()})
+    let mut cap = json!({"cpu": cpus.to_string(), "memory": format!("{}Ki", memory_kib()), "pods": max_pods.to_string()});
+    if let Some(bytes) = ephemeral_storage() {
+        cap["ephemeral-storage"] = json!(format!("{}Ki", bytes / 1024));
+    }
+    cap
 }
 
 /// `status.nodeInfo`.

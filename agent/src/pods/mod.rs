@@ -9,6 +9,7 @@ mod admission;
 mod backoff;
 mod containers;
 pub mod env;
+pub mod eviction;
 mod host;
 mod pass;
 pub mod probe;

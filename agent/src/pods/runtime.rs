@@ -115,6 +115,8 @@ pub(super) trait Runtime: Clone + Send + Sync + 'static {
 
     /// Records an event about the pod.
     fn event(&self, kind: &str, reason: &str, message: &str) -> impl Future<Output = ()> + Send;
+    /// The pod's use of the node's disk (containers' writable layers and logs, emptyDirs).
+    fn local_storage(&self, pod: &Value) -> super::eviction::Usage;
     /// Records an event about the node (`OOMKilling`).
     fn node_event(&self, kind: &str, reason: &str, message: &str) -> impl Future<Output = ()> + Send;
     /// Writes the pod's status; returns the pod as updated (`None` when it is gone).

@@ -310,6 +310,33 @@ impl Runtime for Host {
         }
     }
 
+    fn local_storage(&self, pod: &Value) -> super::eviction::Usage {
+        use super::eviction::disk_usage;
+        let mut usage = super::eviction::Usage::default();
+        for c in pod["spec"]["containers"].as_array().into_iter().flatten() {
+            let name = c["name"].as_str().unwrap_or_default();
+            let attempt = std::fs::read_dir(self.dir.join("containers").join(name))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+                .max();
+            if let Some(n) = attempt {
+                let used =
+                    disk_usage(&self.ctr_dir(name, n).join("upper")) + disk_usage(&self.log_path(name, n));
+                usage.containers.insert(name.to_owned(), used);
+            }
+        }
+        for v in pod["spec"]["volumes"].as_array().into_iter().flatten() {
+            if v.get("emptyDir").is_some() && v["emptyDir"]["medium"] != "Memory" {
+                let name = v["name"].as_str().unwrap_or_default();
+                usage
+                    .empty_dirs
+                    .insert(name.to_owned(), disk_usage(&self.dir.join("volumes").join(name)));
+            }
+        }
+        usage
+    }
     async fn node_event(&self, kind: &str, reason: &str, message: &str) {
         let node = &self.shared.cfg.node_name;
         crate::node::heartbeat::node_event(&self.shared.api, node, kind, reason, message).await;

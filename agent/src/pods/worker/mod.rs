@@ -65,6 +65,9 @@ struct Pod<R> {
     saved: String,
     /// Refused at admission: never started, reported Failed with this status.
     refused: Option<Value>,
+    /// Evicted by the node (local storage), with the kubelet's message: its containers are
+    /// killed and stay down, the pod is reported Failed.
+    evicted: Option<String>,
     /// When this agent first saw the pod, until it reports it Running (a pod an earlier agent
     /// started has none): `kubelet_pod_start_duration_seconds`.
     first_seen: Option<Instant>,
@@ -139,6 +142,7 @@ impl<R: Runtime> Pod<R> {
             start_time: saved.start_time,
             saved: String::new(),
             refused: None,
+            evicted: None,
         }
     }
 
@@ -245,6 +249,9 @@ impl<R: Runtime> Pod<R> {
                 self.name()
             );
             self.rt.node_event("Warning", "OOMKilling", &message).await;
+        }
+        if let Some(wake) = self.evict().await? {
+            return Ok(wake);
         }
         if self.start_time.is_none() {
             let t = self.rt.timestamp();
@@ -471,6 +478,39 @@ impl<R: Runtime> Pod<R> {
         }
     }
 
+    /// Local storage eviction (`eviction.rs`): decides it once (an earlier agent's decision is read
+    /// back from the pod's status), then keeps the containers down and the pod reported Failed.
+    /// `None` while the pod stays.
+    async fn evict(&mut self) -> anyhow::Result<Option<Duration>> {
+        let status = &self.pod["status"];
+        if self.evicted.is_none() && status["phase"] == "Failed" && status["reason"] == "Evicted" {
+            self.evicted = Some(status["message"].as_str().unwrap_or_default().to_owned());
+        }
+        if self.evicted.is_none() && self.sandbox_ready && super::eviction::watched(&self.pod) {
+            let usage = self.rt.local_storage(&self.pod);
+            if let Some(message) = super::eviction::reason(&self.pod, &usage) {
+                tracing::info!(reason = %message.trim_end(), "evicting the pod");
+                self.rt.event("Warning", "Evicted", &message).await;
+                self.evicted = Some(message);
+            }
+        }
+        if self.evicted.is_none() {
+            return Ok(None);
+        }
+        let mut running = false;
+        for c in self.ctrs.values_mut() {
+            c.stop_probes();
+            if c.running()
+                && let Some(s) = c.current.as_ref().and_then(|a| a.started.as_ref())
+            {
+                self.rt.signal(s.pid, Signal::SIGKILL);
+                running = true;
+            }
+        }
+        self.post_status().await?;
+        Ok(Some(Duration::from_secs(if running { 1 } else { 60 })))
+    }
+
     /// Starts the next attempt of a container, then runs its postStart hook.
     async fn start(&mut self, c: &Value, image: &Image, env: Vec<(String, String)>) -> anyhow::Result<()> {
         let name = c["name"].as_str().unwrap_or_default().to_string();
@@ -636,6 +676,16 @@ impl<R: Runtime> Pod<R> {
             },
             &self.rt.timestamp(),
         );
+        let mut status = status;
+        if let Some(message) = &self.evicted {
+            status["phase"] = json!("Failed");
+            status["reason"] = json!("Evicted");
+            status["message"] = json!(message);
+            if let Some(conditions) = status["conditions"].as_array_mut() {
+                conditions.push(json!({"type": "DisruptionTarget", "status": "True",
+                    "reason": "TerminationByKubelet", "message": message}));
+            }
+        }
         // Compare without timestamps that change every pass.
         if status == self.last_status {
             return Ok(());

@@ -191,6 +191,9 @@ impl Runtime for Fake {
     async fn event(&self, _: &str, reason: &str, message: &str) {
         self.with(|s| s.events.push((reason.into(), message.into())));
     }
+    fn local_storage(&self, _: &Value) -> crate::pods::eviction::Usage {
+        crate::pods::eviction::Usage::default()
+    }
     async fn node_event(&self, _: &str, reason: &str, message: &str) {
         self.with(|s| s.events.push((reason.to_owned(), message.to_owned())));
     }
