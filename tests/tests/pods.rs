@@ -1871,6 +1871,45 @@ spec:
         "1000 2000\n2000 2777\n2000 440\n2000\n"
     );
 
+    // A projected service account token is its user's alone when the pod names a user, and
+    // group-readable through fsGroup (the kubelet's rule); without either it is 0644 root's.
+    let token_pod = |name: &str, sc: &str| {
+        format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  restartPolicy: Never
+  securityContext: {{{sc}}}
+  containers:
+  - {{name: app, image: {image}, command: ["ls", "-lnL", "/tokens/token"], volumeMounts: [{{name: tokens, mountPath: /tokens}}]}}
+  volumes:
+  - {{name: tokens, projected: {{sources: [{{serviceAccountToken: {{path: token, expirationSeconds: 3600}}}}]}}}}
+"#
+        )
+    };
+    for (name, sc, want) in [
+        ("token-user", "runAsUser: 1000", "-rw------- 1000 0"),
+        ("token-group", "fsGroup: 3000", "-rw-r----- 0 3000"),
+        (
+            "token-both",
+            "runAsUser: 1000, fsGroup: 3000",
+            "-rw-r----- 1000 3000",
+        ),
+        ("token-plain", "", "-rw-r--r-- 0 0"),
+    ] {
+        k.apply(&token_pod(name, sc));
+        k.wait_pod(name, "Succeeded", |p| phase(p) == "Succeeded");
+        let listed = k.c.ok(&["logs", name]);
+        let fields: Vec<&str> = listed.split_whitespace().collect();
+        assert_eq!(
+            format!("{} {} {}", fields[0], fields[2], fields[3]),
+            want,
+            "{name}: {listed}"
+        );
+    }
+
     // A privileged pod that got past the API server's PodSecurity (the namespace was labelled
     // after the pod was made, while the agent was down) is refused by the node.
     k.node.kill9();

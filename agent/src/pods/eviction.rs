@@ -87,7 +87,12 @@ pub fn reason(pod: &Value, usage: &Usage) -> Option<String> {
                 .flatten()
                 .any(|v| v["name"] == name && v["emptyDir"]["medium"] == "Memory")
         };
-        let volumes: u64 = usage.empty_dirs.iter().filter(|(n, _)| on_disk(n)).map(|(_, u)| u).sum();
+        let volumes: u64 = usage
+            .empty_dirs
+            .iter()
+            .filter(|(n, _)| on_disk(n))
+            .map(|(_, u)| u)
+            .sum();
         let total_use: u64 = usage.containers.values().sum::<u64>() + volumes;
         if total_use > total_limit {
             let shown = match limits.as_slice() {

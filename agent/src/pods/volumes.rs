@@ -11,8 +11,25 @@ use serde_json::Value;
 
 use super::env::{Lookup, field_ref};
 
-/// The files a projected source contributes: relative path → (content, mode).
-type Files = BTreeMap<String, (Vec<u8>, u32)>;
+/// The files a volume holds: relative path → (content, mode, owner: the pod's user for a
+/// service account token, else root).
+type Files = BTreeMap<String, (Vec<u8>, u32, Option<u32>)>;
+
+/// The kubelet's `getFSUser`: the user every container of the pod runs as, when the pod says
+/// (`runAsUser`, the same for all of them).
+fn fs_user(pod: &Value) -> Option<u32> {
+    let pod_user = pod["spec"]["securityContext"]["runAsUser"].as_u64();
+    let mut users = pod["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(pod["spec"]["initContainers"].as_array().into_iter().flatten())
+        .map(|c| c["securityContext"]["runAsUser"].as_u64().or(pod_user));
+    let first = users.next()??;
+    users
+        .all(|u| u == Some(first))
+        .then(|| u32::try_from(first).ok())?
+}
 
 /// Why a volume could not be set up, as the pod's events and statuses say it.
 #[derive(Debug, thiserror::Error)]
@@ -35,7 +52,7 @@ fn items(
                 let mode = item["mode"].as_u64().map(|m| m as u32).unwrap_or(default_mode);
                 match data.get(key) {
                     Some(v) => {
-                        files.insert(path.to_string(), (v.clone(), mode));
+                        files.insert(path.to_string(), (v.clone(), mode, None));
                     }
                     None if source["optional"].as_bool() == Some(true) => {}
                     None => bail!(MountError(
@@ -47,7 +64,7 @@ fn items(
         }
         None => {
             for (k, v) in data {
-                files.insert(k.clone(), (v.clone(), default_mode));
+                files.insert(k.clone(), (v.clone(), default_mode, None));
             }
         }
     }
@@ -114,7 +131,7 @@ fn downward_files(pod: &Value, source: &Value, default_mode: u32) -> anyhow::Res
         } else {
             String::new()
         };
-        files.insert(path, (value.into_bytes(), mode));
+        files.insert(path, (value.into_bytes(), mode, None));
     }
     Ok(files)
 }
@@ -153,10 +170,19 @@ pub async fn desired_files(
             } else if let Some(t) = source.get("serviceAccountToken") {
                 let path = t["path"].as_str().unwrap_or("token").to_string();
                 let token = lookup.service_account_token(pod, t).await?;
-                Files::from([(path, (token.into_bytes(), default_mode))])
+                // As the kubelet: the token is its user's alone when the pod names a user or a
+                // group (the group gets read through fsGroup ownership).
+                let user = fs_user(pod);
+                let has_group = pod["spec"]["securityContext"]["fsGroup"].is_u64();
+                let mode = if user.is_some() || has_group {
+                    0o600
+                } else {
+                    default_mode
+                };
+                Files::from([(path, (token.into_bytes(), mode, user))])
             } else if let Some(ctb) = source.get("clusterTrustBundle") {
                 let path = ctb["path"].as_str().unwrap_or("ca.crt").to_string();
-                Files::from([(path, (lookup.ca_pem().as_bytes().to_vec(), default_mode))])
+                Files::from([(path, (lookup.ca_pem().as_bytes().to_vec(), default_mode, None))])
             } else {
                 Files::new()
             };
@@ -195,9 +221,12 @@ pub fn write_files(dir: &Path, files: &Files, fs_group: Option<u32>) -> anyhow::
                 .map(|m| m.permissions().mode() & 0o7777)
                 .unwrap_or(0);
             match files.get(&rel) {
-                Some((content, m))
+                Some((content, m, owner))
                     if std::fs::read(&entry).ok().as_deref() == Some(content)
-                        && (*m | group_mask) == mode => {}
+                        && (*m | group_mask) == mode
+                        && std::fs::metadata(&entry).is_ok_and(|meta| {
+                            std::os::unix::fs::MetadataExt::uid(&meta) == owner.unwrap_or(0)
+                        }) => {}
                 _ => same = false,
             }
         }
@@ -208,7 +237,7 @@ pub fn write_files(dir: &Path, files: &Files, fs_group: Option<u32>) -> anyhow::
     let stamp = format!("..{}", time::OffsetDateTime::now_utc().unix_timestamp_nanos());
     let new_dir = dir.join(&stamp);
     std::fs::create_dir_all(&new_dir)?;
-    for (rel, (content, mode)) in files {
+    for (rel, (content, mode, owner)) in files {
         if rel.split('/').any(|c| c == ".." || c.is_empty()) {
             bail!(MountError(format!("invalid path {rel:?} in volume")));
         }
@@ -218,6 +247,9 @@ pub fn write_files(dir: &Path, files: &Files, fs_group: Option<u32>) -> anyhow::
         }
         std::fs::write(&p, content)?;
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode))?;
+        if let Some(uid) = owner {
+            std::os::unix::fs::chown(&p, Some(*uid), None)?;
+        }
     }
     if let Some(gid) = fs_group {
         set_ownership(&new_dir, gid, true)?;
@@ -465,7 +497,7 @@ mod tests {
         assert_eq!(mode_gid(&empty), (0o2777, gid));
 
         // File volumes: written owned and group-readable, and not rewritten on the next pass.
-        let files: Files = [("key".to_string(), (b"v".to_vec(), 0o400))].into();
+        let files: Files = [("key".to_string(), (b"v".to_vec(), 0o400, None))].into();
         let cm = dir.path().join("config");
         assert!(write_files(&cm, &files, Some(gid)).unwrap());
         assert_eq!(mode_gid(&cm.join("..data/key")), (0o440, gid));

@@ -133,7 +133,13 @@ impl Host {
             } else if v.get("hostPath").is_some() {
                 volumes::host_path(v)?;
                 false
-            } else if let Some(files) = volumes::desired_files(&lookup, pod, v).await? {
+            } else if let Some(mut files) = volumes::desired_files(&lookup, pod, v).await? {
+                // In a user namespace a file's owner is the host's ID of the pod's user.
+                if let Some(base) = crate::runtime::userns::base_of(&self.dir) {
+                    for owner in files.values_mut().filter_map(|f| f.2.as_mut()) {
+                        *owner += base;
+                    }
+                }
                 volumes::write_files(&dir, &files, fs_group)?;
                 false
             } else if let Some(claim) = v["persistentVolumeClaim"]["claimName"].as_str() {
