@@ -2354,7 +2354,7 @@ spec:
 }
 
 #[test]
-fn pods_outgrowing_their_local_storage_are_evicted() {
+fn pods_outgrowing_their_local_storage_or_deadline_are_ended_by_the_node() {
     // The kubelet's local storage eviction: an emptyDir past its sizeLimit, a container past its
     // ephemeral-storage limit (writable layer and log): killed, Failed/Evicted with the kubelet's
     // words, an Evicted event; a pod within its limits stays.
@@ -2418,6 +2418,26 @@ spec:
         assert!(events.contains(words.trim_end()), "{events}");
     }
     assert_eq!(phase(&k.pod("roomy")), "Running");
+    // activeDeadlineSeconds, lowered on a running pod (it may only go down): the node ends it.
+    k.c.ok(&[
+        "patch",
+        "pod",
+        "roomy",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"activeDeadlineSeconds":2}}"#,
+    ]);
+    let ended = k.wait_pod("roomy", "DeadlineExceeded", |p| {
+        p["status"]["reason"] == "DeadlineExceeded"
+    });
+    assert_eq!(phase(&ended), "Failed");
+    assert_eq!(
+        ended["status"]["message"],
+        "Pod was active on the node longer than the specified deadline"
+    );
+    k.wait_pod("roomy", "its container killed", |p| {
+        status(p, "app")["state"]["terminated"].is_object()
+    });
     k.c.ok(&[
         "delete",
         "pod",

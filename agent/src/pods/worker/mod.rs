@@ -65,9 +65,10 @@ struct Pod<R> {
     saved: String,
     /// Refused at admission: never started, reported Failed with this status.
     refused: Option<Value>,
-    /// Evicted by the node (local storage), with the kubelet's message: its containers are
-    /// killed and stay down, the pod is reported Failed.
-    evicted: Option<String>,
+    /// Ended by the node — evicted (local storage) or past its `activeDeadlineSeconds` — with the
+    /// kubelet's reason and message: its containers are killed and stay down, the pod is
+    /// reported Failed.
+    evicted: Option<(&'static str, String)>,
     /// When this agent first saw the pod, until it reports it Running (a pod an earlier agent
     /// started has none): `kubelet_pod_start_duration_seconds`.
     first_seen: Option<Instant>,
@@ -478,20 +479,34 @@ impl<R: Runtime> Pod<R> {
         }
     }
 
-    /// Local storage eviction (`eviction.rs`): decides it once (an earlier agent's decision is read
-    /// back from the pod's status), then keeps the containers down and the pod reported Failed.
-    /// `None` while the pod stays.
+    /// Local storage eviction (`eviction.rs`) and `activeDeadlineSeconds`: decided once (an
+    /// earlier agent's decision is read back from the pod's status), then the containers are kept
+    /// down and the pod reported Failed. `None` while the pod stays.
     async fn evict(&mut self) -> anyhow::Result<Option<Duration>> {
         let status = &self.pod["status"];
-        if self.evicted.is_none() && status["phase"] == "Failed" && status["reason"] == "Evicted" {
-            self.evicted = Some(status["message"].as_str().unwrap_or_default().to_owned());
+        if self.evicted.is_none() && status["phase"] == "Failed" {
+            let message = status["message"].as_str().unwrap_or_default().to_owned();
+            match status["reason"].as_str() {
+                Some("Evicted") => self.evicted = Some(("Evicted", message)),
+                Some("DeadlineExceeded") => self.evicted = Some(("DeadlineExceeded", message)),
+                _ => {}
+            }
+        }
+        if self.evicted.is_none()
+            && let Some(deadline) = self.pod["spec"]["activeDeadlineSeconds"].as_i64()
+            && let Some(started) = self.start_time.as_deref().and_then(skiff_common::time::parse)
+            && time::OffsetDateTime::now_utc() - started >= time::Duration::seconds(deadline)
+        {
+            let message = "Pod was active on the node longer than the specified deadline".to_owned();
+            self.rt.event("Normal", "DeadlineExceeded", &message).await;
+            self.evicted = Some(("DeadlineExceeded", message));
         }
         if self.evicted.is_none() && self.sandbox_ready && super::eviction::watched(&self.pod) {
             let usage = self.rt.local_storage(&self.pod);
             if let Some(message) = super::eviction::reason(&self.pod, &usage) {
                 tracing::info!(reason = %message.trim_end(), "evicting the pod");
                 self.rt.event("Warning", "Evicted", &message).await;
-                self.evicted = Some(message);
+                self.evicted = Some(("Evicted", message));
             }
         }
         if self.evicted.is_none() {
@@ -677,11 +692,14 @@ impl<R: Runtime> Pod<R> {
             &self.rt.timestamp(),
         );
         let mut status = status;
-        if let Some(message) = &self.evicted {
+        if let Some((reason, message)) = &self.evicted {
             status["phase"] = json!("Failed");
-            status["reason"] = json!("Evicted");
+            status["reason"] = json!(reason);
             status["message"] = json!(message);
-            if let Some(conditions) = status["conditions"].as_array_mut() {
+            if let Some(conditions) = status["conditions"]
+                .as_array_mut()
+                .filter(|_| *reason == "Evicted")
+            {
                 conditions.push(json!({"type": "DisruptionTarget", "status": "True",
                     "reason": "TerminationByKubelet", "message": message}));
             }
