@@ -359,15 +359,6 @@ fn main() {
 async fn run(args: Args) -> anyhow::Result<()> {
     skiff_common::logging::init(args.log_format, "");
     skiff_agent::node::capacity::set_storage_dir(&args.data_dir);
-    let checks = skiff_agent::preflight::PreflightArgs {
-        port: args.port,
-        bpf_dir: args.bpf_dir.clone(),
-    };
-    for c in skiff_agent::preflight::run(&checks) {
-        if c.verdict != skiff_agent::preflight::Verdict::Ok {
-            tracing::warn!(check = c.name, "pre-flight: {}", c.detail);
-        }
-    }
     let token = args
         .token
         .as_deref()
@@ -377,6 +368,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let name = args.node_name.clone().unwrap_or_else(host_name);
     let creds = node::join::join(&args.server, token, &name, &args.data_dir).await?;
+    // Once the node may join (a refused token stays a one-line error): what may not work here.
+    let checks = skiff_agent::preflight::PreflightArgs {
+        port: args.port,
+        bpf_dir: args.bpf_dir.clone(),
+    };
+    for c in skiff_agent::preflight::run(&checks) {
+        if c.verdict != skiff_agent::preflight::Verdict::Ok {
+            tracing::warn!(check = c.name, "pre-flight: {}", c.detail);
+        }
+    }
     let api = node::client::ApiClient::with_identity(&args.server, &creds.ca, &creds.cert, &creds.key)?;
     let node_ip = match &args.node_ip {
         Some(ip) => ip.clone(),
