@@ -307,18 +307,20 @@ fn clock() -> Check {
 }
 
 fn other_proxy() -> Check {
-    let nft = std::process::Command::new("nft")
-        .args(["list", "tables"])
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    let iptables = std::process::Command::new("iptables")
-        .args(["-t", "nat", "-S", "KUBE-SERVICES"])
-        .output()
-        .is_ok_and(|o| o.status.success());
+    // Read-only: `nft list` never creates anything (an `iptables` listing may create its table).
+    let nft = |args: &[&str]| {
+        std::process::Command::new("nft")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+    };
+    let tables = nft(&["list", "tables"]).unwrap_or_default();
+    let iptables = tables.lines().any(|l| l.trim() == "table ip nat")
+        && nft(&["list", "chain", "ip", "nat", "KUBE-SERVICES"]).is_some();
     let mut found = Vec::new();
-    if nft.lines().any(|l| l.ends_with(" kube-proxy")) {
+    if tables.lines().any(|l| l.ends_with(" kube-proxy")) {
         found.push("nftables table kube-proxy");
     }
     if iptables {
