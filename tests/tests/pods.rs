@@ -2447,3 +2447,48 @@ spec:
         "--timeout=60s",
     ]);
 }
+
+#[test]
+fn terminated_containers_report_their_termination_message() {
+    // The kubelet's termination message: the terminationMessagePath file, or with
+    // FallbackToLogsOnError the log's tail when the file is empty and the container failed; a
+    // completed init container is ready.
+    let k = Cluster::start();
+    let image = k.registry.busybox();
+    k.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: said}}
+spec:
+  restartPolicy: Never
+  initContainers:
+  - {{name: setup, image: {image}, command: ["true"]}}
+  containers:
+  - {{name: app, image: {image}, command: ["sh", "-c", "echo -n DONE > /dev/termination-log"], terminationMessagePath: /dev/termination-log}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: fell-back}}
+spec:
+  restartPolicy: Never
+  containers:
+  - {{name: app, image: {image}, command: ["sh", "-c", "echo first; echo last words; exit 3"], terminationMessagePolicy: FallbackToLogsOnError}}
+"#
+    ));
+    let said = k.wait_pod("said", "Succeeded", |p| phase(p) == "Succeeded");
+    assert_eq!(
+        status(&said, "app")["state"]["terminated"]["message"],
+        "DONE",
+        "{said:#}"
+    );
+    assert_eq!(
+        said["status"]["initContainerStatuses"][0]["ready"], true,
+        "{said:#}"
+    );
+    let fell = k.wait_pod("fell-back", "Failed", |p| phase(p) == "Failed");
+    let message = status(&fell, "app")["state"]["terminated"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert_eq!(message.trim_end(), "first\nlast words", "{fell:#}");
+}

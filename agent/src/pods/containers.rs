@@ -18,6 +18,9 @@ pub(super) struct Attempt {
     pub started: Option<Started>,
     /// Written when it ended (or could not start).
     pub exited: Option<Exited>,
+    /// Its termination message, read once it ended (`terminationMessagePath`, or the log's tail
+    /// with `FallbackToLogsOnError`).
+    pub message: Option<String>,
 }
 
 /// What the worker knows about one container.

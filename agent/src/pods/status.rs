@@ -65,7 +65,7 @@ fn container_status(ctrs: &HashMap<String, Ctr>, c: &Value, init: bool, initiali
         if let Some(sig) = e.signal {
             t["signal"] = json!(sig);
         }
-        if let Some(m) = e.error {
+        if let Some(m) = e.error.or_else(|| a.message.clone().filter(|m| !m.is_empty())) {
             t["message"] = json!(m);
         }
         t
@@ -90,7 +90,14 @@ fn container_status(ctrs: &HashMap<String, Ctr>, c: &Value, init: bool, initiali
     };
     let probed = c.get("readinessProbe").is_some() || c.get("startupProbe").is_some();
     let verdict = s.verdict();
-    let ready = running && (!init || is_sidecar(c)) && (!probed || verdict.ready);
+    // A completed init container is ready, as the kubelet reports it.
+    let completed = init
+        && !is_sidecar(c)
+        && s.current
+            .as_ref()
+            .and_then(|a| a.exited.as_ref())
+            .is_some_and(Exited::succeeded);
+    let ready = completed || (running && (!init || is_sidecar(c)) && (!probed || verdict.ready));
     let started = running && (c.get("startupProbe").is_none() || verdict.started);
     let mut st = json!({
         "name": name,
@@ -274,6 +281,7 @@ mod tests {
                 finished_at: "2026-12-02T10:01:00.500Z".into(),
                 ..Exited::default()
             }),
+            message: None,
         }
     }
 

@@ -75,6 +75,53 @@ impl Inner {
             .join(name)
             .join(format!("{attempt}.log"))
     }
+    /// The kubelet's termination message: the container's `terminationMessagePath` file (4 KiB at
+    /// most), or with `FallbackToLogsOnError`, when that is empty and the container failed, the
+    /// last 80 lines (2 KiB at most) of its log.
+    fn termination_message(&self, name: &str, attempt: u32, exit_code: i32) -> String {
+        use std::io::Read as _;
+        let mut message = String::new();
+        if let Ok(f) = std::fs::File::open(self.ctr_dir(name, attempt).join("termination-log")) {
+            let _ = f.take(4096).read_to_string(&mut message);
+        }
+        if !message.is_empty() || exit_code == 0 {
+            return message;
+        }
+        let policy = std::fs::read(self.dir.join("pod.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .and_then(|pod| {
+                pod["spec"]["containers"]
+                    .as_array()?
+                    .iter()
+                    .chain(pod["spec"]["initContainers"].as_array().into_iter().flatten())
+                    .find(|c| c["name"] == name)?["terminationMessagePolicy"]
+                    .as_str()
+                    .map(str::to_owned)
+            });
+        if policy.as_deref() != Some("FallbackToLogsOnError") {
+            return message;
+        }
+        // CRI log lines: `TIMESTAMP STREAM TAG CONTENT`; `P` parts continue on the next line.
+        let log = std::fs::read_to_string(self.log_path(name, attempt)).unwrap_or_default();
+        let mut text = String::new();
+        for line in log.lines() {
+            let mut f = line.splitn(4, ' ');
+            let (_, _, tag, content) = (f.next(), f.next(), f.next(), f.next().unwrap_or_default());
+            text.push_str(content);
+            if tag != Some("P") {
+                text.push('\n');
+            }
+        }
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(80)..].join("\n");
+        let start = tail.len().saturating_sub(2048);
+        let start = (start..tail.len())
+            .find(|i| tail.is_char_boundary(*i))
+            .unwrap_or(tail.len());
+        tail[start..].to_owned()
+    }
+
     fn cgroup_parent(&self) -> String {
         format!("/{}/pod{}", self.shared.cfg.cgroup_root, self.uid)
     }
@@ -154,6 +201,7 @@ impl Runtime for Host {
                     id: std::fs::read_to_string(self.ctr_dir(&name, n).join("id")).unwrap_or_default(),
                     started: read_json(&st.join(STARTED)),
                     exited: read_json(&st.join(EXITED)),
+                    message: None,
                 }
             };
             if let Some(&n) = numbers.last() {
@@ -242,6 +290,11 @@ impl Runtime for Host {
         a.exited = read_json(&st.join(EXITED));
         if a.started.is_none() {
             a.started = read_json(&st.join(STARTED));
+        }
+        if a.message.is_none()
+            && let Some(e) = &a.exited
+        {
+            a.message = Some(self.termination_message(container, a.number, e.exit_code));
         }
         if a.exited.is_none()
             && let Some(s) = &a.started

@@ -231,6 +231,7 @@ impl Host {
             id,
             started: None,
             exited: None,
+            message: None,
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {

@@ -149,6 +149,7 @@ impl Runtime for Fake {
                 started_at,
             }),
             exited: None,
+            message: None,
         })
     }
     fn observe(&self, container: &str, a: &mut Attempt) {
