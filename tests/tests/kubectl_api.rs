@@ -1502,6 +1502,24 @@ fn certificate_signing_requests_are_approved_signed_and_authenticate() {
         &both.to_string(),
     );
     assert!(err.contains("mutually exclusive"), "{err}");
+    // An approval write keeps its labels and annotations, never the spec (upstream's strategy).
+    let mut annotated = json(&c.ok(&["get", "csr", "bob", "-o", "json"]));
+    let usages = annotated["spec"]["usages"].clone();
+    annotated["metadata"]["annotations"] = serde_json::json!({"reviewed-by": "e2e"});
+    annotated["spec"]["usages"] = serde_json::json!(["digital signature"]);
+    c.ok_stdin(
+        &[
+            "replace",
+            "--raw",
+            "/apis/certificates.k8s.io/v1/certificatesigningrequests/bob/approval",
+            "-f",
+            "-",
+        ],
+        &annotated.to_string(),
+    );
+    let after = json(&c.ok(&["get", "csr", "bob", "-o", "json"]));
+    assert_eq!(after["metadata"]["annotations"]["reviewed-by"], "e2e", "{after}");
+    assert_eq!(after["spec"]["usages"], usages, "{after}");
 }
 
 /// `kubectl get componentstatuses` (deprecated, still answered upstream; it 404'd).

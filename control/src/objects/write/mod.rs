@@ -391,12 +391,21 @@ impl Objects {
             return Err(ApiError::conflict(req.target(&name)));
         }
         match req.sub.as_deref() {
-            Some("status") => {
+            sub @ (Some("status") | Some("approval")) => {
                 // A status write changes the status, and the labels and annotations (upstream's
-                // status strategies reset the spec; the apps workloads keep their labels too).
-                let (status, meta) = (new["status"].take(), new["metadata"].take());
-                new = old.clone();
-                new["status"] = status;
+                // status strategies reset the spec; the apps workloads keep their labels too);
+                // an approval the conditions only, and the labels and annotations (upstream's
+                // CSR approval strategy).
+                let meta = new["metadata"].take();
+                if sub == Some("approval") {
+                    let conditions = new["status"]["conditions"].take();
+                    new = old.clone();
+                    new["status"]["conditions"] = conditions;
+                } else {
+                    let status = new["status"].take();
+                    new = old.clone();
+                    new["status"] = status;
+                }
                 let fields: &[&str] = if req.info.group == "apps" {
                     &["annotations"]
                 } else {
@@ -412,12 +421,6 @@ impl Objects {
                         v => new["metadata"][field] = v.clone(),
                     }
                 }
-            }
-            Some("approval") => {
-                // Approval writes the conditions only (upstream's CSR approval strategy).
-                let conditions = new["status"]["conditions"].take();
-                new = old.clone();
-                new["status"]["conditions"] = conditions;
             }
             Some("ephemeralcontainers") => {
                 new = super::ephemeral::add(&old, &new)
