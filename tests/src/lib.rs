@@ -380,7 +380,10 @@ impl Control {
     /// A `kubectl` command using the admin kubeconfig.
     pub fn kubectl_cmd(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("kubectl");
+        // A discovery cache of its own: another test's control plane on a reused port must not
+        // answer for this one (kubectl would skip the discovery requests a test looks for).
         cmd.env("KUBECONFIG", self.kubeconfig())
+            .env("KUBECACHEDIR", self.dir.path().join("kubectl-cache"))
             .env_remove("KUBERNETES_SERVICE_HOST")
             .args(args);
         cmd
