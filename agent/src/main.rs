@@ -373,7 +373,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         port: args.port,
         bpf_dir: args.bpf_dir.clone(),
     };
-    for c in skiff_agent::preflight::run(&checks) {
+    for c in skiff_agent::preflight::run_at_start(&checks) {
         if c.verdict != skiff_agent::preflight::Verdict::Ok {
             tracing::warn!(check = c.name, "pre-flight: {}", c.detail);
         }
