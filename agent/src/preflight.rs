@@ -342,17 +342,9 @@ fn other_proxy() -> Check {
 
 /// Every check, in order.
 pub fn run(args: &PreflightArgs) -> Vec<Check> {
-    vec![
-        kernel(),
-        config_checks(kernel_config().as_deref()),
-        btf(),
-        cgroups(),
-        overlay(),
-        bpffs(&args.bpf_dir),
-        port(args.port),
-        clock(),
-        other_proxy(),
-    ]
+    let mut checks = run_at_start(args);
+    checks.insert(1, config_checks(kernel_config().as_deref()));
+    checks
 }
 
 /// The checks the agent logs as it starts: all but the kernel configuration (decompressing

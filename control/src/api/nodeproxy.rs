@@ -158,16 +158,21 @@ async fn node_error(resp: hyper::Response<hyper::body::Incoming>) -> ApiError {
     ApiError::new(status.as_u16(), reason, msg)
 }
 
-/// GET `path` on a node's agent: its successful answer, else the API's error for it.
+/// `method` `path` (with `body`) on a node's agent: its successful answer, else the API's error
+/// for it.
 async fn request_node(
     app: &App,
     node_name: &str,
+    method: hyper::Method,
     path: &str,
+    body: bytes::Bytes,
 ) -> Result<hyper::Response<hyper::body::Incoming>> {
-    let (mut sender, authority) = connect_node(app, node_name).await?;
-    let req = hyper::Request::get(path)
+    let (mut sender, authority) = connect_node::<http_body_util::Full<bytes::Bytes>>(app, node_name).await?;
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
         .header("host", authority)
-        .body(Empty::<bytes::Bytes>::new())
+        .body(http_body_util::Full::new(body))
         .map_err(|e| ApiError::new(500, "InternalError", e.to_string()))?;
     let resp = sender
         .send_request(req)
@@ -182,18 +187,7 @@ async fn request_node(
 /// PUT `body` to `path` on a node's agent: the answer's body, or the API's error for it.
 async fn put_to_node(app: &App, node_name: &str, path: &str, body: bytes::Bytes) -> Result<bytes::Bytes> {
     use http_body_util::BodyExt;
-    let (mut sender, authority) = connect_node::<http_body_util::Full<bytes::Bytes>>(app, node_name).await?;
-    let req = hyper::Request::put(path)
-        .header("host", authority)
-        .body(http_body_util::Full::new(body))
-        .map_err(|e| ApiError::new(500, "InternalError", e.to_string()))?;
-    let resp = sender
-        .send_request(req)
-        .await
-        .map_err(|e| ApiError::new(500, "InternalError", e.to_string()))?;
-    if !resp.status().is_success() {
-        return Err(node_error(resp).await);
-    }
+    let resp = request_node(app, node_name, hyper::Method::PUT, path, body).await?;
     Ok(resp
         .into_body()
         .collect()
@@ -204,7 +198,7 @@ async fn put_to_node(app: &App, node_name: &str, path: &str, body: bytes::Bytes)
 
 /// GET `path` on a node's agent and streams the answer back.
 async fn get_from_node(app: &App, node_name: &str, path: &str) -> Result<Response> {
-    let resp = request_node(app, node_name, path).await?;
+    let resp = request_node(app, node_name, hyper::Method::GET, path, bytes::Bytes::new()).await?;
     let mut out = Response::new(Body::new(resp.into_body()));
     out.headers_mut().insert(
         axum::http::header::CONTENT_TYPE,
@@ -222,7 +216,7 @@ pub async fn fetch_from_node(
 ) -> Result<(String, bytes::Bytes)> {
     use http_body_util::BodyExt;
     let fetch = async {
-        let resp = request_node(app, node_name, path).await?;
+        let resp = request_node(app, node_name, hyper::Method::GET, path, bytes::Bytes::new()).await?;
         let content_type = resp
             .headers()
             .get(header::CONTENT_TYPE)

@@ -734,6 +734,19 @@ async fn target_of(
     Ok((info, kv))
 }
 
+/// Writes the HPA's status (unless it already has it).
+async fn write_hpa_status(app: &Objects, hpa: &Value, status: Value) -> Result<(), Error> {
+    write_status(
+        app,
+        hpa,
+        "autoscaling",
+        "horizontalpodautoscalers",
+        status,
+        MANAGER,
+    )
+    .await
+}
+
 async fn reconcile(
     app: &Objects,
     hpas: &Cache,
@@ -774,15 +787,7 @@ async fn reconcile(
                 &format!("the HPA controller was unable to get the target's current scale: {e}"),
             );
             status["conditions"] = json!(conditions);
-            write_status(
-                app,
-                &hpa,
-                "autoscaling",
-                "horizontalpodautoscalers",
-                status,
-                MANAGER,
-            )
-            .await?;
+            write_hpa_status(app, &hpa, status).await?;
             return Ok(Next::Done);
         }
     };
@@ -824,15 +829,7 @@ async fn reconcile(
                     "the HPA target's scale is missing a selector",
                 );
                 status["conditions"] = json!(conditions);
-                write_status(
-                    app,
-                    &hpa,
-                    "autoscaling",
-                    "horizontalpodautoscalers",
-                    status,
-                    MANAGER,
-                )
-                .await?;
+                write_hpa_status(app, &hpa, status).await?;
                 return Ok(Next::Done);
             }
         };
@@ -882,15 +879,7 @@ async fn reconcile(
             set_condition(&mut conditions, "ScalingActive", false, reason, &message);
             status["currentReplicas"] = json!(current);
             status["conditions"] = json!(conditions);
-            write_status(
-                app,
-                &hpa,
-                "autoscaling",
-                "horizontalpodautoscalers",
-                status,
-                MANAGER,
-            )
-            .await?;
+            write_hpa_status(app, &hpa, status).await?;
             return Ok(Next::Done);
         };
         set_condition(
@@ -944,15 +933,7 @@ async fn reconcile(
                 ),
             );
             status["conditions"] = json!(conditions);
-            write_status(
-                app,
-                &hpa,
-                "autoscaling",
-                "horizontalpodautoscalers",
-                status,
-                MANAGER,
-            )
-            .await?;
+            write_hpa_status(app, &hpa, status).await?;
             return Ok(Next::Done);
         }
         set_condition(
@@ -996,15 +977,7 @@ async fn reconcile(
         (false, Value::String(t)) => next["lastScaleTime"] = json!(t),
         _ => {}
     }
-    write_status(
-        app,
-        &hpa,
-        "autoscaling",
-        "horizontalpodautoscalers",
-        next,
-        MANAGER,
-    )
-    .await?;
+    write_hpa_status(app, &hpa, next).await?;
     Ok(Next::Done)
 }
 
