@@ -17,6 +17,7 @@
 
 pub mod image;
 pub mod inspect;
+pub mod memory;
 pub mod metrics;
 pub mod network;
 pub mod node;

@@ -138,6 +138,10 @@ struct Args {
     /// The content of the control plane's `node-token` file.
     #[arg(long, env = "SKIFF_TOKEN")]
     token: Option<String>,
+    /// A file holding the token (the control plane's `node-token` on a server, as k3s's
+    /// `--token-file`): kept out of the process's arguments.
+    #[arg(long, env = "SKIFF_TOKEN_FILE", conflicts_with = "token")]
+    token_file: Option<PathBuf>,
     /// This node's name (default: the host name).
     #[arg(long)]
     node_name: Option<String>,
@@ -342,6 +346,7 @@ fn main() {
         }
         return;
     }
+    skiff_agent::memory::configure();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -359,10 +364,15 @@ fn main() {
 async fn run(args: Args) -> anyhow::Result<()> {
     skiff_common::logging::init(args.log_format, "");
     skiff_agent::node::capacity::set_storage_dir(&args.data_dir);
-    let token = args
-        .token
-        .as_deref()
-        .ok_or_else(|| anyhow::anyhow!("--token (or SKIFF_TOKEN) is required"))?;
+    let token = match (&args.token, &args.token_file) {
+        (Some(t), _) => t.clone(),
+        (None, Some(file)) => std::fs::read_to_string(file)
+            .with_context(|| format!("reading the token file {}", file.display()))?
+            .trim()
+            .to_string(),
+        (None, None) => anyhow::bail!("--token or --token-file (or SKIFF_TOKEN) is required"),
+    };
+    let token = token.as_str();
     if let Some(ns) = &args.netns {
         pod_net::set_node_netns(ns)?;
     }
@@ -389,6 +399,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let port = listener.local_addr()?.port();
     let tls = server::tls_config(&creds.ca, &creds.cert, &creds.key)?;
     tokio::spawn(server::serve(listener, tls, args.data_dir.clone()));
+    skiff_agent::memory::start_trimming();
     skiff_agent::runtime::stats::start(args.data_dir.clone(), args.cgroup_root.clone(), name.clone());
     tokio::spawn(server::tunnel::run(api.clone(), args.data_dir.clone()));
     node::heartbeat::register(&api, &name, args.max_pods, &node_ip, port).await?;

@@ -128,7 +128,13 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Option<Plane>> {
         if interfaces.is_empty() {
             tracing::warn!(addresses = ?cfg.node_ips, "no interface holds the node's addresses: NodePorts are served to the node's own sockets only");
         }
-        tokio::task::spawn_blocking(move || ebpf::Ebpf::load(&pins, &cgroup, &interfaces)).await?
+        tokio::task::spawn_blocking(move || {
+            let loaded = ebpf::Ebpf::load(&pins, &cgroup, &interfaces);
+            // The kernel's BTF, parsed by the loader (about 9 MiB), is free now.
+            crate::memory::trim();
+            loaded
+        })
+        .await?
     };
     match cfg.mode {
         Mode::None => Ok(None),
