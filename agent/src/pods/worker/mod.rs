@@ -551,6 +551,10 @@ impl<R: Runtime> Pod<R> {
                 .await;
             return Ok(());
         }
+        // The kubelet's two events (create, then start); the runtime does both in one call.
+        self.rt
+            .event("Normal", "Created", &format!("Created container {name}"))
+            .await;
         self.rt
             .event("Normal", "Started", &format!("Started container {name}"))
             .await;

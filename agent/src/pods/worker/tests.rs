@@ -264,7 +264,7 @@ async fn a_new_pod_gets_its_sandbox_then_init_containers_in_order_then_its_app()
     assert_eq!(state_of(&status, "migrate")["terminated"]["reason"], "Completed");
     assert!(state_of(&status, "app")["running"].is_object());
     assert_eq!(status["phase"], "Running");
-    assert_eq!(fake.reasons(), ["Started", "Started"]);
+    assert_eq!(fake.reasons(), ["Created", "Started", "Created", "Started"]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -376,7 +376,10 @@ async fn a_missing_env_reference_is_a_config_error_and_a_failed_post_start_hook_
     });
     w.sync().await.unwrap();
     assert_eq!(fake.with(|s| s.signals.clone()), [(101, Signal::SIGKILL)]);
-    assert_eq!(fake.reasons(), ["Failed", "Started", "FailedPostStartHook"]);
+    assert_eq!(
+        fake.reasons(),
+        ["Failed", "Created", "Started", "FailedPostStartHook"]
+    );
 }
 
 #[tokio::test(start_paused = true)]
