@@ -191,6 +191,10 @@ struct Args {
     /// Container log files kept per container, the current one included.
     #[arg(long, default_value_t = 5)]
     container_log_max_files: u32,
+    /// Hard eviction thresholds, the kubelet's syntax (`memory.available<100Mi,nodefs.available<10%`;
+    /// empty: none): while one is met the node reports pressure and evicts pods.
+    #[arg(long, default_value = skiff_agent::pods::pressure::DEFAULT_THRESHOLDS, value_parser = skiff_agent::pods::pressure::parse_thresholds)]
+    eviction_hard: skiff_agent::pods::pressure::Thresholds,
     /// Do not program egress masquerading or enable IPv4 forwarding (the host does it).
     #[arg(long)]
     no_masquerade: bool,
@@ -423,6 +427,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         masquerade: !args.no_masquerade,
         log_max_size: args.container_log_max_size,
         log_max_files: args.container_log_max_files,
+        eviction_hard: args.eviction_hard.0.clone(),
         service_cidr: Some(args.service_cidr.clone()),
         node_service_route: None,
         node_routes: !args.no_node_routes,

@@ -72,7 +72,14 @@ pub struct Node {
     /// The loopback port the node's DNS forwards other names to (nothing answers unless a test
     /// starts a resolver there; queries never leave the host).
     pub dns_upstream_port: u16,
+    /// `--eviction-hard`.
+    eviction_hard: String,
 }
+
+/// The test agents' hard eviction thresholds: memory only. Upstream's disk thresholds
+/// (`nodefs.available<10%`, `imagefs.available<15%`) would put every test node under disk
+/// pressure on a build machine whose disk is nearly full, refusing every pod.
+pub const EVICTION_HARD: &str = "memory.available<100Mi";
 
 impl Node {
     /// Starts an agent joined to `control` (whose `--cluster-cidr` must be set).
@@ -82,20 +89,32 @@ impl Node {
 
     /// Starts the `skiff-agent` binary `bin` (a release build, for benchmarks) as [`Node::start`].
     pub fn start_bin(control: &Control, prefix: &str, bin: &Path) -> Node {
-        Self::start_full(control, prefix, bin, Proxy::Ebpf, None)
+        Self::start_full(control, prefix, bin, Proxy::Ebpf, None, EVICTION_HARD)
     }
 
     /// Starts an agent whose network (bridge, pods, routes, nftables) lives in a network namespace
     /// of its own, `<prefix>-n`, with services through `proxy`.
     pub fn start_in_netns(control: &Control, prefix: &str, proxy: Proxy) -> Node {
-        Self::start_full(control, prefix, &agent_bin(), proxy, Some(None))
+        Self::start_full(control, prefix, &agent_bin(), proxy, Some(None), EVICTION_HARD)
     }
 
     /// Starts an agent in a network namespace of its own that is wired to `fabric`, whose
     /// address there it reports as its `InternalIP` (which the control plane cannot reach: it
     /// talks to the agent through the agent's tunnel).
     pub fn start_on_fabric(control: &Control, prefix: &str, proxy: Proxy, fabric: &Fabric) -> Node {
-        Self::start_full(control, prefix, &agent_bin(), proxy, Some(Some(fabric)))
+        Self::start_full(
+            control,
+            prefix,
+            &agent_bin(),
+            proxy,
+            Some(Some(fabric)),
+            EVICTION_HARD,
+        )
+    }
+
+    /// Starts an agent as [`Node::start`] with the hard eviction thresholds `thresholds`.
+    pub fn start_with_eviction_hard(control: &Control, prefix: &str, thresholds: &str) -> Node {
+        Self::start_full(control, prefix, &agent_bin(), Proxy::Ebpf, None, thresholds)
     }
 
     /// `netns`: `None` for the host's network, `Some(None)` for a namespace of its own,
@@ -106,6 +125,7 @@ impl Node {
         bin: &Path,
         proxy: Proxy,
         netns: Option<Option<&Fabric>>,
+        eviction_hard: &str,
     ) -> Node {
         let token = std::fs::read_to_string(control.data_dir().join("node-token")).expect("node-token");
         let dir = tempfile::Builder::new()
@@ -139,6 +159,7 @@ impl Node {
             netns: None,
             ip: "127.0.0.1".into(),
             dns_upstream_port: crate::free_port(),
+            eviction_hard: eviction_hard.to_owned(),
         };
         if let Some(fabric) = netns {
             let name = format!("{prefix}-n");
@@ -315,6 +336,7 @@ impl Node {
             .arg("--bpf-dir")
             .arg(self.bpf_dir())
             .args(["--lease-interval-seconds", "1"])
+            .args(["--eviction-hard", &self.eviction_hard])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -640,6 +662,15 @@ impl Cluster {
         let c = Control::start_with(&["--cluster-cidr", &cluster_cidr(&prefix)]);
         let registry = Registry::start_with_busybox();
         let node = Node::start_bin(&c, &prefix, bin);
+        Cluster { node, registry, c }
+    }
+
+    /// Starts all three, the agent with the hard eviction thresholds `thresholds`.
+    pub fn start_with_eviction_hard(thresholds: &str) -> Cluster {
+        let prefix = unique_prefix();
+        let c = Control::start_with(&["--cluster-cidr", &cluster_cidr(&prefix)]);
+        let registry = Registry::start_with_busybox();
+        let node = Node::start_with_eviction_hard(&c, &prefix, thresholds);
         Cluster { node, registry, c }
     }
 

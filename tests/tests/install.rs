@@ -209,6 +209,8 @@ fn install_script_runs_a_server_and_the_uninstaller_leaves_nothing_behind() {
         "pods".into(),
         "--dns-upstream".into(),
         format!("127.0.0.1:{}", free_port()),
+        "--eviction-hard".into(),
+        skiff_tests::node::EVICTION_HARD.into(),
     ];
     let mut install = Command::new("sh");
     install

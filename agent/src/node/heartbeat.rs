@@ -14,19 +14,38 @@ use skiff_common::time::{now, now_micro};
 fn conditions() -> Value {
     let ts = now();
     let c = |kind: &str, status: &str, reason: &str, message: &str| json!({"type": kind, "status": status, "lastHeartbeatTime": ts, "lastTransitionTime": ts, "reason": reason, "message": message});
+    let pressure = crate::pods::pressure::current();
     json!([
-        c(
-            "MemoryPressure",
-            "False",
-            "KubeletHasSufficientMemory",
-            "kubelet has sufficient memory available"
-        ),
-        c(
-            "DiskPressure",
-            "False",
-            "KubeletHasNoDiskPressure",
-            "kubelet has no disk pressure"
-        ),
+        if pressure.memory {
+            c(
+                "MemoryPressure",
+                "True",
+                "KubeletHasInsufficientMemory",
+                "kubelet has insufficient memory available",
+            )
+        } else {
+            c(
+                "MemoryPressure",
+                "False",
+                "KubeletHasSufficientMemory",
+                "kubelet has sufficient memory available",
+            )
+        },
+        if pressure.disk {
+            c(
+                "DiskPressure",
+                "True",
+                "KubeletHasDiskPressure",
+                "kubelet has disk pressure",
+            )
+        } else {
+            c(
+                "DiskPressure",
+                "False",
+                "KubeletHasNoDiskPressure",
+                "kubelet has no disk pressure",
+            )
+        },
         c(
             "PIDPressure",
             "False",
@@ -170,15 +189,24 @@ pub async fn renew_lease(api: &ApiClient, name: &str, duration: Duration) -> any
     }
 }
 
-/// Refreshes the conditions' heartbeat and the list of images the node holds.
-pub async fn post_status(api: &ApiClient, name: &str, images: Value) -> anyhow::Result<()> {
-    let patch = json!({"status": {"conditions": conditions(), "images": images}});
+/// Merge-patches the Node's status.
+async fn patch_status(api: &ApiClient, name: &str, status: Value) -> anyhow::Result<()> {
     api.with_type(
         Method::PATCH,
         &format!("/api/v1/nodes/{name}/status"),
         "application/merge-patch+json",
-        Some(&patch),
+        Some(&json!({ "status": status })),
     )
     .await
     .map(|_| ())
+}
+
+/// Writes the conditions now (the node's pressure changed).
+pub async fn post_conditions(api: &ApiClient, name: &str) -> anyhow::Result<()> {
+    patch_status(api, name, json!({"conditions": conditions()})).await
+}
+
+/// Refreshes the conditions' heartbeat and the list of images the node holds.
+pub async fn post_status(api: &ApiClient, name: &str, images: Value) -> anyhow::Result<()> {
+    patch_status(api, name, json!({"conditions": conditions(), "images": images})).await
 }

@@ -12,6 +12,7 @@ pub mod env;
 pub mod eviction;
 mod host;
 mod pass;
+pub mod pressure;
 pub mod probe;
 mod runtime;
 mod service_env;
@@ -63,6 +64,8 @@ pub struct Config {
     pub log_max_size: u64,
     /// Container log files kept (the current one included).
     pub log_max_files: u32,
+    /// Hard eviction thresholds (`pressure.rs`).
+    pub eviction_hard: Vec<pressure::Threshold>,
     /// The cluster's service range: an unreachable route in every pod (`None` when the node's
     /// nftables proxy rejects unmatched service traffic instead).
     pub service_cidr: Option<String>,
@@ -249,6 +252,7 @@ pub async fn run(cfg: Config, api: ApiClient, ca_pem: String) -> anyhow::Result<
         ca_pem,
     });
     tokio::spawn(image_gc(shared.clone()));
+    pressure::start(shared.clone(), shared.cfg.eviction_hard.clone());
     let mut workers: HashMap<String, watch::Sender<Option<Value>>> = HashMap::new();
     // Pods known from disk are adopted first: their containers keep running.
     for (uid, pod) in worker::saved_pods(&shared) {

@@ -117,6 +117,10 @@ pub(super) trait Runtime: Clone + Send + Sync + 'static {
     fn event(&self, kind: &str, reason: &str, message: &str) -> impl Future<Output = ()> + Send;
     /// The pod's use of the node's disk (containers' writable layers and logs, emptyDirs).
     fn local_storage(&self, pod: &Value) -> super::eviction::Usage;
+    /// The node's memory and disk pressure (`pressure.rs`), for admission.
+    fn node_pressure(&self) -> super::pressure::Pressure;
+    /// The node-pressure eviction decided for this pod, taken once.
+    fn take_eviction(&self) -> Option<String>;
     /// Records an event about the node (`OOMKilling`).
     fn node_event(&self, kind: &str, reason: &str, message: &str) -> impl Future<Output = ()> + Send;
     /// Writes the pod's status; returns the pod as updated (`None` when it is gone).

@@ -369,10 +369,15 @@ fn attach_netlink(program: &mut SchedClassifier, iface: &str, kind: TcAttachType
             return Err(e).context("adding the clsact qdisc");
         }
     }
-    let ours = SchedClassifierLink::attached(iface, kind, TC_PRIORITY, TC_HANDLE, None)?;
-    let id = match program.attach_to_link(ours) {
-        Ok(id) => id,
-        Err(_) => program.attach_with_options(
+    // Replace ours, or create it; when another agent on the same interface created it between the
+    // two (test nodes sharing `lo`), the creation fails with EEXIST and the replacement is retried.
+    let mut attempt = 0;
+    let id = loop {
+        let ours = SchedClassifierLink::attached(iface, kind, TC_PRIORITY, TC_HANDLE, None)?;
+        if let Ok(id) = program.attach_to_link(ours) {
+            break id;
+        }
+        match program.attach_with_options(
             iface,
             kind,
             aya::programs::tc::TcAttachOptions::Netlink(NlOptions {
@@ -380,7 +385,11 @@ fn attach_netlink(program: &mut SchedClassifier, iface: &str, kind: TcAttachType
                 handle: TC_HANDLE,
                 ..NlOptions::default()
             }),
-        )?,
+        ) {
+            Ok(id) => break id,
+            Err(_) if attempt < 3 => attempt += 1,
+            Err(e) => return Err(e.into()),
+        }
     };
     // Taken out of the program, the link is not detached when the agent's programs are dropped.
     std::mem::forget(program.take_link(id)?);

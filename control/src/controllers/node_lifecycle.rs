@@ -2,6 +2,7 @@
 //! grace period gets `Ready=Unknown` and the `unreachable` taints; a node reporting `Ready=False`
 //! gets the `not-ready` taints; both are removed when it is Ready again. Pods on a node with a
 //! NoExecute taint are evicted when they do not tolerate it, or after their `tolerationSeconds`.
+//! A node reporting memory, disk or PID pressure is tainted `NoSchedule` for it while it lasts.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -20,6 +21,31 @@ use crate::objects::write::DeleteOptions;
 const LEASE_PREFIX: &str = keys::NODE_LEASES;
 const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 const NOT_READY: &str = "node.kubernetes.io/not-ready";
+
+/// Conditions a node reports that taint it `NoSchedule` while they are True (upstream's
+/// TaintNodesByCondition).
+const CONDITION_TAINTS: [(&str, &str); 3] = [
+    ("MemoryPressure", "node.kubernetes.io/memory-pressure"),
+    ("DiskPressure", "node.kubernetes.io/disk-pressure"),
+    ("PIDPressure", "node.kubernetes.io/pid-pressure"),
+];
+
+/// Adds the `NoSchedule` taints of the node's True pressure conditions and removes the others.
+fn sync_condition_taints(node: &Value, taints: &mut Vec<Value>) {
+    for (condition, key) in CONDITION_TAINTS {
+        let on = node["status"]["conditions"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["type"] == condition && c["status"] == "True"));
+        let has = taints
+            .iter()
+            .any(|t| t["key"] == key && t["effect"] == "NoSchedule");
+        if on && !has {
+            taints.push(json!({"key": key, "effect": "NoSchedule"}));
+        } else if !on && has {
+            taints.retain(|t| !(t["key"] == key && t["effect"] == "NoSchedule"));
+        }
+    }
+}
 
 fn age(ts: &Value) -> Option<i64> {
     parse_time(ts.as_str()?).map(|t| (time::OffsetDateTime::now_utc() - t).whole_milliseconds() as i64)
@@ -140,6 +166,7 @@ async fn check_node(app: &Objects, node: &Value, leases: &Cache, health: &mut He
                 }
             }
         }
+        sync_condition_taints(n, &mut taints);
         if taints != old_taints {
             changed = true;
             if taints.is_empty() {
@@ -256,6 +283,28 @@ pub fn start(app: Arc<Objects>, caches: &Caches, grace: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pressure_conditions_taint_the_node_no_schedule_while_true() {
+        let node = |memory: &str| {
+            json!({"status": {"conditions": [
+            {"type": "MemoryPressure", "status": memory}, {"type": "DiskPressure", "status": "False"}]}})
+        };
+        let other = json!({"key": "team", "value": "a", "effect": "NoSchedule"});
+        let mut taints = vec![other.clone()];
+        sync_condition_taints(&node("True"), &mut taints);
+        assert_eq!(
+            taints,
+            [
+                other.clone(),
+                json!({"key": "node.kubernetes.io/memory-pressure", "effect": "NoSchedule"})
+            ]
+        );
+        sync_condition_taints(&node("True"), &mut taints);
+        assert_eq!(taints.len(), 2);
+        sync_condition_taints(&node("False"), &mut taints);
+        assert_eq!(taints, [other]);
+    }
 
     #[test]
     fn the_grace_period_counts_from_when_a_heartbeat_was_seen_to_change() {

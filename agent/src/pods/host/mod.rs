@@ -390,6 +390,12 @@ impl Runtime for Host {
         }
         usage
     }
+    fn node_pressure(&self) -> super::pressure::Pressure {
+        super::pressure::current()
+    }
+    fn take_eviction(&self) -> Option<String> {
+        super::pressure::take_eviction(&self.uid)
+    }
     async fn node_event(&self, kind: &str, reason: &str, message: &str) {
         let node = &self.shared.cfg.node_name;
         crate::node::heartbeat::node_event(&self.shared.api, node, kind, reason, message).await;

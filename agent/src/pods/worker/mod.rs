@@ -219,6 +219,12 @@ impl<R: Runtime> Pod<R> {
             self.refused = Some(super::admission::host_ports_refused());
             return Ok(false);
         }
+        if let Some(refused) = super::pressure::admission_refusal(&self.pod, self.rt.node_pressure()) {
+            let message = refused["message"].as_str().unwrap_or_default().to_owned();
+            self.rt.event("Warning", "Evicted", &message).await;
+            self.refused = Some(refused);
+            return Ok(false);
+        }
         let privileges = super::admission::privileges(&self.pod);
         if !privileges.is_empty()
             && let Some(ns) = self.rt.namespace().await?
@@ -500,6 +506,15 @@ impl<R: Runtime> Pod<R> {
             let message = "Pod was active on the node longer than the specified deadline".to_owned();
             self.rt.event("Normal", "DeadlineExceeded", &message).await;
             self.evicted = Some(("DeadlineExceeded", message));
+        }
+        // Taken whether or not the pod is ended already, so that the next decision can follow.
+        let pressure_eviction = self.rt.take_eviction();
+        if self.evicted.is_none()
+            && let Some(message) = pressure_eviction
+        {
+            tracing::info!(reason = %message.trim_end(), "evicting the pod for node pressure");
+            self.rt.event("Warning", "Evicted", &message).await;
+            self.evicted = Some(("Evicted", message));
         }
         if self.evicted.is_none() && self.sandbox_ready && super::eviction::watched(&self.pod) {
             let usage = self.rt.local_storage(&self.pod);

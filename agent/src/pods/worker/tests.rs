@@ -33,6 +33,10 @@ struct State {
     neighbours: Vec<Value>,
     /// Scripted: the pod's namespace.
     namespace: Option<Value>,
+    /// Scripted: the node's pressure.
+    pressure: crate::pods::pressure::Pressure,
+    /// Scripted: a node-pressure eviction decided for the pod.
+    eviction: Option<String>,
     /// Recorded.
     sandboxes: u32,
     pulls: Vec<String>,
@@ -194,6 +198,12 @@ impl Runtime for Fake {
     }
     fn local_storage(&self, _: &Value) -> crate::pods::eviction::Usage {
         crate::pods::eviction::Usage::default()
+    }
+    fn node_pressure(&self) -> crate::pods::pressure::Pressure {
+        self.with(|s| s.pressure)
+    }
+    fn take_eviction(&self) -> Option<String> {
+        self.with(|s| s.eviction.take())
     }
     async fn node_event(&self, _: &str, reason: &str, message: &str) {
         self.with(|s| s.events.push((reason.to_owned(), message.to_owned())));
@@ -475,4 +485,45 @@ async fn a_privileged_pod_is_refused_where_its_namespace_enforces_pod_security()
     let mut ok = worker(&open, privileged);
     ok.sync().await.unwrap();
     assert_eq!(open.with(|s| s.starts.len()), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn node_pressure_refuses_new_best_effort_pods_and_evicts_a_running_one_when_told() {
+    use crate::pods::pressure::Pressure;
+    let fake = Fake::new();
+    fake.with(|s| {
+        s.pressure = Pressure {
+            memory: true,
+            disk: false,
+        }
+    });
+    let mut w = worker(&fake, json!({"containers": [{"name": "app", "image": "app:1"}]}));
+    w.sync().await.unwrap();
+    assert_eq!(fake.with(|s| (s.sandboxes, s.starts.len())), (0, 0));
+    assert_eq!(
+        fake.last_status(),
+        json!({"phase": "Failed", "reason": "Evicted", "message": "The node had condition: [MemoryPressure]. "})
+    );
+    assert_eq!(fake.reasons(), ["Evicted"]);
+
+    // A running pod the eviction manager picks is killed and reported evicted, once.
+    let running = Fake::new();
+    let mut w = worker(
+        &running,
+        json!({"containers": [{"name": "app", "image": "app:1",
+            "resources": {"requests": {"memory": "1Mi"}}}]}),
+    );
+    w.sync().await.unwrap();
+    assert_eq!(running.with(|s| s.starts.len()), 1);
+    let message = "The node was low on resource: memory. Threshold quantity: 100Mi, available: 10Ki. ";
+    running.with(|s| s.eviction = Some(message.into()));
+    w.sync().await.unwrap();
+    let status = running.last_status();
+    assert_eq!(status["phase"], "Failed");
+    assert_eq!(status["reason"], "Evicted");
+    assert_eq!(status["message"], message);
+    assert!(running.with(|s| s.signals.iter().any(|(_, sig)| *sig == Signal::SIGKILL)));
+    assert_eq!(running.with(|s| s.eviction.clone()), None, "taken");
+    w.sync().await.unwrap();
+    assert_eq!(running.with(|s| s.starts.len()), 1, "not restarted");
 }
