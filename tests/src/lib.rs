@@ -123,6 +123,22 @@ pub fn output_with_stdin(mut cmd: Command, stdin: &str) -> Output {
     output_within(&mut cmd, Some(stdin), COMMAND_LIMIT)
 }
 
+/// Processes whose command line names `dir` (an agent's helpers and its containers' shims).
+pub fn processes_under(dir: &Path) -> Vec<String> {
+    let dir = dir.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter_map(|e| {
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            cmd.contains(&dir).then_some(cmd)
+        })
+        .collect()
+}
+
 /// Runs `cmd` in a process group of its own, feeding it `stdin` (or nothing), and returns its
 /// output. Past `limit` the group is killed and the test fails with the command and what it
 /// printed so far.

@@ -90,22 +90,6 @@ fn snapshot(root: &Path, netns: &str, prefix: &str) -> Snapshot {
     }
 }
 
-/// Processes whose command line names `dir`.
-fn processes_under(dir: &Path) -> Vec<String> {
-    let dir = dir.to_string_lossy().into_owned();
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
-        .filter_map(|e| {
-            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            cmd.contains(&dir).then_some(cmd)
-        })
-        .collect()
-}
-
 /// Removes the installation, the namespace and the BPF mount also when the test fails.
 struct Cleanup {
     root: PathBuf,
@@ -251,23 +235,12 @@ fn install_script_runs_a_server_and_the_uninstaller_leaves_nothing_behind() {
             .expect("running kubectl")
     };
     let agent_log = || std::fs::read_to_string(root.join("run/skiff/skiff-agent.log")).unwrap_or_default();
-    let applied = Command::new("kubectl")
+    let mut apply = Command::new("kubectl");
+    apply
         .env("KUBECONFIG", &kubeconfig)
         .env("KUBECACHEDIR", dir.path().join("kubectl-cache"))
-        .args(["apply", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            c.stdin
-                .take()
-                .expect("stdin")
-                .write_all(WORKLOAD.replace("IMAGE", &registry.busybox()).as_bytes())?;
-            c.wait_with_output()
-        })
-        .expect("kubectl apply");
+        .args(["apply", "-f", "-"]);
+    let applied = skiff_tests::output_with_stdin(apply, &WORKLOAD.replace("IMAGE", &registry.busybox()));
     assert!(applied.status.success(), "{applied:?}");
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -295,11 +268,15 @@ fn install_script_runs_a_server_and_the_uninstaller_leaves_nothing_behind() {
         format!("node/{prefix}-node")
     );
     assert!(bpffs.join("skiff/services_v1").exists(), "eBPF maps are pinned");
-    assert!(!processes_under(&root).is_empty());
+    assert!(!skiff_tests::processes_under(&root).is_empty());
 
     let removed = run(&mut Command::new(root.join("usr/local/bin/skiff-uninstall.sh")));
     assert!(removed.contains("removed"), "{removed}");
-    assert!(processes_under(&root).is_empty(), "{:?}", processes_under(&root));
+    assert!(
+        skiff_tests::processes_under(&root).is_empty(),
+        "{:?}",
+        skiff_tests::processes_under(&root)
+    );
     let after = snapshot(&root, &netns, &prefix);
     assert_eq!(before, after, "the uninstaller left something behind");
 }

@@ -4,7 +4,6 @@
 //! containers used are v1 on hybrid hosts such as this one, v2 on unified ones.
 
 use skiff_tests::BoundedOutput;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use skiff_tests::node::{Cluster, Proxy};
@@ -44,22 +43,6 @@ fn uninstall_leaves_the_node_as_it_was_ebpf() {
 #[test]
 fn uninstall_leaves_the_node_as_it_was_nftables() {
     uninstall_leaves_the_node_as_it_was(Proxy::Nftables);
-}
-
-/// Processes started with a path inside `dir` (the agent's helpers and containers' shims).
-fn processes_under(dir: &Path) -> Vec<String> {
-    let dir = dir.to_string_lossy().into_owned();
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
-        .filter_map(|e| {
-            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            cmd.contains(&dir).then_some(cmd)
-        })
-        .collect()
 }
 
 fn uninstall(k: &Cluster) -> std::process::Output {
@@ -104,7 +87,7 @@ fn uninstall_leaves_the_node_as_it_was(proxy: Proxy) {
     assert!(tables(&k).contains(&masquerade), "{}", tables(&k));
     assert!(!routes(&k).is_empty(), "the agent's routes carry protocol 115");
     assert!(links(&k).contains(&bridge));
-    assert!(!processes_under(&data).is_empty());
+    assert!(!skiff_tests::processes_under(&data).is_empty());
     match proxy {
         Proxy::Ebpf => assert!(k.node.bpf_dir().join("services_v1").exists()),
         Proxy::Nftables => assert!(tables(&k).contains("table inet skiff"), "{}", tables(&k)),
@@ -124,7 +107,11 @@ fn uninstall_leaves_the_node_as_it_was(proxy: Proxy) {
     let out = uninstall(&k);
     assert!(out.status.success(), "{out:?}");
 
-    assert!(processes_under(&data).is_empty(), "{:?}", processes_under(&data));
+    assert!(
+        skiff_tests::processes_under(&data).is_empty(),
+        "{:?}",
+        skiff_tests::processes_under(&data)
+    );
     let tables_left = tables(&k);
     assert!(
         !tables_left.contains(&masquerade) && !tables_left.contains("table inet skiff"),
