@@ -12,7 +12,7 @@ mod raft;
 mod watch;
 
 pub use encryption::Encryption;
-pub use raft::{Store, StoreConfig};
+pub use raft::{MEMBER_NAME, MEMBER_ORG, MemberStatus, MembershipOp, PeerTls, Store, StoreConfig};
 pub use watch::{Event, EventKind, WatchStream};
 
 use serde::{Deserialize, Serialize};

@@ -25,8 +25,10 @@ use skiff_proto::raft::v1::raft_service_server::RaftServiceServer;
 use tokio::sync::oneshot;
 
 use self::log_store::LogStore;
-use self::network::{Network, RaftGrpc};
+pub use self::network::{MEMBER_NAME, MEMBER_ORG, PeerTls};
+use self::network::{Network, Peers, RaftGrpc};
 use self::state_machine::{KV, REVISION, Record, SM_META, StateMachine, read_revision};
+pub use self::types::{MemberStatus, MembershipOp};
 use self::types::{NodeId, Raft, Request, decode};
 use super::encryption::Encryption;
 use super::watch::WatchHub;
@@ -49,6 +51,11 @@ pub struct StoreConfig {
     pub min_free_disk: u64,
     /// How values are protected at rest (default: stored as written).
     pub encryption: Arc<Encryption>,
+    /// Mutual TLS between members (none: plain gRPC, for a member alone on loopback in tests).
+    pub tls: Option<Arc<PeerTls>>,
+    /// A member joining an existing cluster: it does not found a cluster of its own and waits for
+    /// the leader to add it ([`Store::wait_until_serving`]).
+    pub join: bool,
 }
 
 impl StoreConfig {
@@ -62,6 +69,8 @@ impl StoreConfig {
             snapshot_every: 10_000,
             min_free_disk: 64 << 20,
             encryption: Arc::default(),
+            tls: None,
+            join: false,
         }
     }
 }
@@ -79,7 +88,7 @@ const IN_FLIGHT: usize = 4;
 
 /// Proposes queued writes in batches: while batches are in flight, new writes queue up and go
 /// together in the next log entry, so concurrent writers share one fsync.
-async fn group_commit(raft: Raft, mut rx: tokio::sync::mpsc::Receiver<Pending>) {
+async fn group_commit(raft: Raft, peers: Arc<Peers>, mut rx: tokio::sync::mpsc::Receiver<Pending>) {
     let permits = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
     while let Some(first) = rx.recv().await {
         let Ok(permit) = permits.clone().acquire_owned().await else {
@@ -96,7 +105,7 @@ async fn group_commit(raft: Raft, mut rx: tokio::sync::mpsc::Receiver<Pending>) 
                 Err(_) => break,
             }
         }
-        let raft = raft.clone();
+        let (raft, peers) = (raft.clone(), peers.clone());
         tokio::spawn(async move {
             let mut sizes = Vec::with_capacity(batch.len());
             let mut ops = Vec::with_capacity(count);
@@ -106,17 +115,23 @@ async fn group_commit(raft: Raft, mut rx: tokio::sync::mpsc::Receiver<Pending>) 
                 ops.extend(p.ops);
                 replies.push(p.reply);
             }
-            let result = raft.client_write(Request { ops }).await;
+            let request = Request { ops };
+            let result = match raft.client_write(request.clone()).await {
+                Ok(reply) => Ok(reply.data),
+                // A follower hands the batch to the leader.
+                Err(e) if e.forward_to_leader::<BasicNode>().is_some() => peers.forward(&request).await,
+                Err(e) => Err(e.to_string()),
+            };
             drop(permit);
             match result {
                 Ok(reply) => {
-                    let mut results = reply.data.results.into_iter();
+                    let mut results = reply.results.into_iter();
                     for (size, tx) in sizes.into_iter().zip(replies) {
                         let _ = tx.send(Ok(results.by_ref().take(size).collect()));
                     }
                 }
                 Err(e) => {
-                    let err = StoreError::Unavailable(e.to_string());
+                    let err = StoreError::Unavailable(e);
                     for tx in replies {
                         let _ = tx.send(Err(err.clone()));
                     }
@@ -136,6 +151,8 @@ pub struct Store {
     node_id: NodeId,
     disk: Arc<disk::DiskGuard>,
     encryption: Arc<Encryption>,
+    peers: Arc<Peers>,
+    raft_addr: SocketAddr,
     _server: Arc<ServerGuard>,
 }
 
@@ -248,7 +265,10 @@ impl Store {
             ..Default::default()
         };
         let raft_config = Arc::new(raft_config.validate().map_err(io)?);
-        let raft = Raft::new(config.node_id, raft_config, Network, log, sm)
+        let network = Network {
+            tls: config.tls.clone(),
+        };
+        let raft = Raft::new(config.node_id, raft_config, network, log, sm)
             .await
             .map_err(io)?;
 
@@ -257,10 +277,18 @@ impl Store {
             .map_err(io)?;
         let local = listener.local_addr().map_err(io)?;
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let service = RaftServiceServer::new(RaftGrpc { raft: raft.clone() });
+        let service = RaftServiceServer::new(RaftGrpc {
+            raft: raft.clone(),
+            hub: hub.clone(),
+            verify_members: config.tls.is_some(),
+        });
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &config.tls {
+            builder = builder.tls_config(tls.server()).map_err(io)?;
+        }
         tokio::spawn(async move {
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-            let served = tonic::transport::Server::builder()
+            let served = builder
                 .add_service(service)
                 .serve_with_incoming_shutdown(incoming, async {
                     let _ = stop_rx.await;
@@ -271,7 +299,7 @@ impl Store {
             }
         });
 
-        if !raft.is_initialized().await.map_err(io)? {
+        if !config.join && !raft.is_initialized().await.map_err(io)? {
             let members = BTreeMap::from([(
                 config.node_id,
                 BasicNode {
@@ -280,20 +308,12 @@ impl Store {
             )]);
             raft.initialize(members).await.map_err(io)?;
         }
-        raft.wait(Some(Duration::from_secs(30)))
-            .metrics(|m| m.current_leader.is_some(), "a leader is elected")
-            .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        // Entries committed before a crash are re-applied before the store serves.
-        raft.ensure_linearizable()
-            .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-
         register_metrics(&raft, &hub, config.node_id, config.data_dir.join("state.redb"));
         let disk = disk::DiskGuard::start(&config.data_dir, config.min_free_disk);
         let (writes, queue) = tokio::sync::mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(group_commit(raft.clone(), queue));
-        Ok(Self {
+        let peers = Arc::new(Peers::new(raft.clone(), config.tls.clone()));
+        tokio::spawn(group_commit(raft.clone(), peers.clone(), queue));
+        let store = Self {
             raft,
             writes,
             db,
@@ -301,8 +321,77 @@ impl Store {
             node_id: config.node_id,
             disk,
             encryption: config.encryption,
+            peers,
+            raft_addr: local,
             _server: Arc::new(ServerGuard { stop: Some(stop_tx) }),
-        })
+        };
+        if !config.join {
+            store.wait_until_serving(Duration::from_secs(30)).await?;
+        }
+        Ok(store)
+    }
+
+    /// Waits until this member knows a leader and has applied everything committed before (a
+    /// member that joins: until the leader has added it and it has caught up).
+    pub async fn wait_until_serving(&self, timeout: Duration) -> Result<(), StoreError> {
+        self.raft
+            .wait(Some(timeout))
+            .metrics(|m| m.current_leader.is_some(), "a leader is elected")
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        // Entries committed before a crash are re-applied before the store serves.
+        self.linearize().await
+    }
+
+    /// This member's id.
+    pub fn member_id(&self) -> u64 {
+        self.node_id
+    }
+
+    /// The address the Raft transport listens on.
+    pub fn raft_addr(&self) -> SocketAddr {
+        self.raft_addr
+    }
+
+    /// The members: (id, Raft address, voter) in id order, and the leader's id if known.
+    pub fn members(&self) -> (Vec<(u64, String, bool)>, Option<u64>) {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let membership = m.membership_config.membership();
+        let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, node)| (*id, node.addr.clone(), voters.contains(id)))
+            .collect();
+        (members, m.current_leader)
+    }
+
+    /// What the member at Raft address `addr` reports of itself (this one answers directly).
+    pub async fn member_status(&self, id: u64, addr: &str) -> Result<MemberStatus, StoreError> {
+        if id == self.node_id {
+            return Ok(network::local_status(&self.raft, &self.hub));
+        }
+        self.peers.status(addr).await.map_err(StoreError::Unavailable)
+    }
+
+    /// Makes a membership change through the leader. Adding a learner waits until it has caught
+    /// up (up to `timeout`).
+    pub async fn change_membership(&self, op: MembershipOp, timeout: Duration) -> Result<(), StoreError> {
+        if self.is_leader().await {
+            return tokio::time::timeout(timeout, network::change_membership(&self.raft, &op))
+                .await
+                .map_err(|_| {
+                    StoreError::Unavailable(format!(
+                        "the membership change took over {} s",
+                        timeout.as_secs()
+                    ))
+                })?
+                .map_err(StoreError::Unavailable);
+        }
+        self.peers
+            .change_membership(&op, timeout)
+            .await
+            .map_err(StoreError::Unavailable)
     }
 
     /// Stops the Raft member.
@@ -355,12 +444,23 @@ impl Store {
     }
 
     /// Waits until this member has applied everything committed before the call (read-index).
+    /// On a follower, the leader gives the index (after confirming its leadership with a quorum)
+    /// and the follower waits until it has applied that far.
     async fn linearize(&self) -> Result<(), StoreError> {
-        self.raft
-            .ensure_linearizable()
-            .await
-            .map(|_| ())
-            .map_err(|e| StoreError::Unavailable(e.to_string()))
+        let unavailable = |e: String| StoreError::Unavailable(e);
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(e) if e.forward_to_leader::<BasicNode>().is_some() => {
+                let index = self.peers.read_index().await.map_err(unavailable)?;
+                self.raft
+                    .wait(Some(Duration::from_secs(10)))
+                    .applied_index_at_least(Some(index), "the leader's read index is applied")
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| unavailable(e.to_string()))
+            }
+            Err(e) => Err(unavailable(e.to_string())),
+        }
     }
 
     /// Reads one key.
@@ -743,6 +843,76 @@ mod tests {
         let store = Store::open(encrypted(dir.path(), &[("k1", K1)])).await.unwrap();
         assert!(store.get(secret).await.is_err());
         store.shutdown().await;
+    }
+
+    async fn member(dir: &std::path::Path, id: u64, join: bool) -> Store {
+        Store::open(StoreConfig {
+            node_id: id,
+            join,
+            ..StoreConfig::single(dir.to_path_buf(), "127.0.0.1:0".parse().unwrap())
+        })
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn three_members_replicate_forward_and_survive_the_leaders_loss() {
+        let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let first = member(dirs[0].path(), 1, false).await;
+        first.create("/h/before", b"1".to_vec()).await.unwrap();
+        let mut others = Vec::new();
+        for (i, dir) in dirs.iter().enumerate().skip(1) {
+            let id = i as u64 + 1;
+            let m = member(dir.path(), id, true).await;
+            let addr = m.raft_addr().to_string();
+            // Added through a member that is not the leader, once there is one.
+            let via = others.last().unwrap_or(&first);
+            via.change_membership(MembershipOp::AddLearner { id, addr }, Duration::from_secs(30))
+                .await
+                .unwrap();
+            via.change_membership(MembershipOp::Promote { id }, Duration::from_secs(30))
+                .await
+                .unwrap();
+            m.wait_until_serving(Duration::from_secs(30)).await.unwrap();
+            others.push(m);
+        }
+        let (members, leader) = others[1].members();
+        assert_eq!(members.iter().filter(|m| m.2).count(), 3, "{members:?}");
+        assert_eq!(leader, Some(1));
+        // A follower reads what the leader wrote before it joined, writes through the leader,
+        // and every member reads the write at once (read index).
+        assert_eq!(others[0].get("/h/before").await.unwrap().unwrap().value, b"1");
+        let written = others[1].create("/h/from-follower", b"2".to_vec()).await.unwrap();
+        for m in [&first, &others[0], &others[1]] {
+            let kv = m.get("/h/from-follower").await.unwrap().unwrap();
+            assert_eq!(kv.mod_revision, written.mod_revision);
+        }
+        let status = others[0]
+            .member_status(3, &others[1].raft_addr().to_string())
+            .await
+            .unwrap();
+        assert_eq!((status.id, status.leader), (3, Some(1)));
+        // The store's own conformance suite through a follower.
+        crate::store::conformance::run(&others[0]).await;
+        // The leader goes; the two left elect one and take writes.
+        first.shutdown().await;
+        drop(first);
+        let mut done = None;
+        for _ in 0..100 {
+            match others[0].create("/h/after", b"3".to_vec()).await {
+                Ok(kv) => {
+                    done = Some(kv);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        let after = done.expect("no write accepted after the leader stopped");
+        assert!(after.mod_revision > written.mod_revision);
+        assert_eq!(others[1].get("/h/after").await.unwrap().unwrap().value, b"3");
+        for m in others {
+            m.shutdown().await;
+        }
     }
 
     #[test]

@@ -1,4 +1,12 @@
-//! Raft transport over tonic: the client side (one per peer) and the gRPC service.
+//! Raft transport over tonic: the client side (one per peer), the calls a follower makes to the
+//! leader (forwarded writes, read index, membership changes), and the gRPC service. Between
+//! members it is mutual TLS with certificates from the cluster CA that name a store member
+//! (organization `system:skiff-members`); a certificate of any other kind (an admin's, a node's)
+//! is refused.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use openraft::BasicNode;
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
@@ -7,17 +15,68 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 use skiff_proto::raft::v1::RaftPayload;
 use skiff_proto::raft::v1::raft_service_client::RaftServiceClient;
 use skiff_proto::raft::v1::raft_service_server::RaftService;
-use tonic::transport::Channel;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity, ServerTlsConfig};
 
-use super::types::{NodeId, Raft, TypeConfig, decode, encode};
+use super::types::{MemberStatus, MembershipOp, NodeId, Raft, Request, Response, TypeConfig, decode, encode};
+use crate::store::watch::WatchHub;
+
+/// The organization every store member's peer certificate carries.
+pub const MEMBER_ORG: &str = "system:skiff-members";
+/// The name every member's peer certificate is issued for (and verified against).
+pub const MEMBER_NAME: &str = "skiff-member";
+
+/// This member's credentials for the Raft transport: the cluster CA and a certificate from it
+/// for [`MEMBER_NAME`] in [`MEMBER_ORG`], for both ends.
+#[derive(Debug, Clone)]
+pub struct PeerTls {
+    /// The cluster CA, PEM.
+    pub ca_pem: String,
+    /// This member's certificate, PEM.
+    pub cert_pem: String,
+    /// Its key, PEM.
+    pub key_pem: String,
+}
+
+impl PeerTls {
+    pub(super) fn server(&self) -> ServerTlsConfig {
+        ServerTlsConfig::new()
+            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
+            .client_ca_root(Certificate::from_pem(&self.ca_pem))
+    }
+
+    fn client(&self) -> ClientTlsConfig {
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.ca_pem))
+            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
+            .domain_name(MEMBER_NAME)
+    }
+}
+
+/// Opens a channel to a member's Raft address.
+async fn connect(addr: &str, tls: Option<&PeerTls>) -> Result<Channel, String> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut endpoint = Channel::from_shared(format!("{scheme}://{addr}"))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(2));
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls.client()).map_err(|e| e.to_string())?;
+    }
+    endpoint
+        .connect()
+        .await
+        .map_err(|e| format!("connecting to {addr}: {e}"))
+}
 
 /// Creates a client per peer.
 #[derive(Debug, Clone, Default)]
-pub struct Network;
+pub struct Network {
+    pub(super) tls: Option<Arc<PeerTls>>,
+}
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
@@ -26,6 +85,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         PeerClient {
             target,
             addr: node.addr.clone(),
+            tls: self.tls.clone(),
             client: None,
         }
     }
@@ -36,6 +96,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 pub struct PeerClient {
     target: NodeId,
     addr: String,
+    tls: Option<Arc<PeerTls>>,
     client: Option<RaftServiceClient<Channel>>,
 }
 
@@ -46,12 +107,9 @@ impl PeerClient {
         if let Some(c) = &self.client {
             return Ok(c.clone());
         }
-        let endpoint = Channel::from_shared(format!("http://{}", self.addr))
-            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let channel = endpoint
-            .connect()
+        let channel = connect(&self.addr, self.tls.as_deref())
             .await
-            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e))))?;
         let client = RaftServiceClient::new(channel);
         self.client = Some(client.clone());
         Ok(client)
@@ -112,10 +170,199 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     }
 }
 
+/// Calls a member makes to other members outside Raft's own traffic: to the leader for what only
+/// it may do, and to anyone for its status. Channels are kept per address.
+pub(super) struct Peers {
+    raft: Raft,
+    tls: Option<Arc<PeerTls>>,
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+/// How long a call to another member may take (a membership change that waits for a learner to
+/// catch up excepted).
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl std::fmt::Debug for Peers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peers").finish_non_exhaustive()
+    }
+}
+
+impl Peers {
+    pub(super) fn new(raft: Raft, tls: Option<Arc<PeerTls>>) -> Self {
+        Self {
+            raft,
+            tls,
+            channels: Mutex::default(),
+        }
+    }
+
+    async fn client(&self, addr: &str) -> Result<RaftServiceClient<Channel>, String> {
+        let cached = self
+            .channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(addr)
+            .cloned();
+        let channel = match cached {
+            Some(c) => c,
+            None => {
+                let c = connect(addr, self.tls.as_deref()).await?;
+                self.channels
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(addr.to_owned(), c.clone());
+                c
+            }
+        };
+        Ok(RaftServiceClient::new(channel))
+    }
+
+    fn forget(&self, addr: &str) {
+        self.channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(addr);
+    }
+
+    /// The leader's Raft address, as this member knows it.
+    pub(super) fn leader_addr(&self) -> Result<String, String> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let leader = m.current_leader.ok_or("the store has no Raft leader")?;
+        m.membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|n| n.addr.clone())
+            .ok_or_else(|| format!("the leader {leader:x} is not in this member's membership"))
+    }
+
+    /// Calls `method` on the member at `addr` with `request`, decoding `Result<T, String>`.
+    async fn call<Q: Serialize, T: DeserializeOwned>(
+        &self,
+        addr: &str,
+        method: &'static str,
+        request: &Q,
+        timeout: Duration,
+    ) -> Result<T, String> {
+        let mut client = self.client(addr).await?;
+        let payload = RaftPayload {
+            data: encode(request),
+        };
+        let call = async {
+            match method {
+                "forward" => client.forward(payload).await,
+                "read_index" => client.read_index(payload).await,
+                "change_membership" => client.change_membership(payload).await,
+                _ => client.status(payload).await,
+            }
+        };
+        let reply = match tokio::time::timeout(timeout, call).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(status)) => {
+                self.forget(addr);
+                return Err(format!("{method} on {addr}: {}", status.message()));
+            }
+            Err(_) => {
+                self.forget(addr);
+                return Err(format!(
+                    "{method} on {addr}: no answer in {} s",
+                    timeout.as_secs()
+                ));
+            }
+        };
+        decode::<Result<T, String>>(&reply.into_inner().data).map_err(|e| e.to_string())?
+    }
+
+    /// Has the leader propose `request`; returns once this member has applied it too, so what a
+    /// writer was told is done, it reads here (as on the leader).
+    pub(super) async fn forward(&self, request: &Request) -> Result<Response, String> {
+        let leader = self.leader_addr()?;
+        let (response, index): (Response, u64) = self.call(&leader, "forward", request, CALL_TIMEOUT).await?;
+        self.raft
+            .wait(Some(CALL_TIMEOUT))
+            .applied_index_at_least(Some(index), "a forwarded write is applied")
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(response)
+    }
+
+    /// The leader's read index: the log index a linearizable read must wait for.
+    pub(super) async fn read_index(&self) -> Result<u64, String> {
+        let leader = self.leader_addr()?;
+        self.call(&leader, "read_index", &(), CALL_TIMEOUT).await
+    }
+
+    /// Has the leader make a membership change.
+    pub(super) async fn change_membership(&self, op: &MembershipOp, timeout: Duration) -> Result<(), String> {
+        let leader = self.leader_addr()?;
+        self.call(&leader, "change_membership", op, timeout).await
+    }
+
+    /// What the member at `addr` reports of itself.
+    pub(super) async fn status(&self, addr: &str) -> Result<MemberStatus, String> {
+        self.call(addr, "status", &(), Duration::from_secs(2)).await
+    }
+}
+
+/// What this member reports of itself.
+pub(super) fn local_status(raft: &Raft, hub: &WatchHub) -> MemberStatus {
+    let metrics = raft.metrics();
+    let m = metrics.borrow();
+    MemberStatus {
+        id: m.id,
+        leader: m.current_leader,
+        term: m.current_term,
+        applied_index: m.last_applied.map_or(0, |l| l.index),
+        revision: hub.revision(),
+    }
+}
+
+/// Makes a membership change on this member, which must lead.
+pub(super) async fn change_membership(raft: &Raft, op: &MembershipOp) -> Result<(), String> {
+    use std::collections::BTreeSet;
+    let result = match op {
+        MembershipOp::AddLearner { id, addr } => {
+            raft.add_learner(*id, BasicNode { addr: addr.clone() }, true)
+                .await
+        }
+        MembershipOp::Promote { id } => {
+            raft.change_membership(openraft::ChangeMembers::AddVoterIds(BTreeSet::from([*id])), false)
+                .await
+        }
+        MembershipOp::Remove { id } => {
+            let voters: BTreeSet<NodeId> = raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .voter_ids()
+                .collect();
+            let change = if voters.contains(id) {
+                openraft::ChangeMembers::RemoveVoters(BTreeSet::from([*id]))
+            } else {
+                openraft::ChangeMembers::RemoveNodes(BTreeSet::from([*id]))
+            };
+            // Removing a voter leaves it a learner (retain); then the node goes too.
+            match raft.change_membership(change, false).await {
+                Ok(_) if voters.contains(id) => {
+                    raft.change_membership(openraft::ChangeMembers::RemoveNodes(BTreeSet::from([*id])), false)
+                        .await
+                }
+                other => other,
+            }
+        }
+    };
+    result.map(|_| ()).map_err(|e| e.to_string())
+}
+
 /// The gRPC service that feeds peers' RPCs into the local Raft node.
 #[derive(Clone)]
 pub struct RaftGrpc {
     pub(crate) raft: Raft,
+    pub(crate) hub: Arc<WatchHub>,
+    /// Whether callers must present a member certificate (the transport is TLS).
+    pub(crate) verify_members: bool,
 }
 
 impl std::fmt::Debug for RaftGrpc {
@@ -128,40 +375,105 @@ fn bad_request(e: postcard::Error) -> tonic::Status {
     tonic::Status::invalid_argument(format!("undecodable raft payload: {e}"))
 }
 
+/// Whether a DER certificate names a store member (organization [`MEMBER_ORG`]).
+fn is_member(der: &[u8]) -> bool {
+    x509_parser::parse_x509_certificate(der).is_ok_and(|(_, cert)| {
+        cert.subject()
+            .iter_organization()
+            .any(|o| o.as_str() == Ok(MEMBER_ORG))
+    })
+}
+
+impl RaftGrpc {
+    /// The request's payload, if its caller is a store member.
+    fn payload(&self, request: tonic::Request<RaftPayload>) -> Result<Vec<u8>, tonic::Status> {
+        if self.verify_members {
+            let certs = request.peer_certs();
+            let member = certs
+                .as_deref()
+                .and_then(|c| c.first())
+                .is_some_and(|c| is_member(c));
+            if !member {
+                return Err(tonic::Status::permission_denied(format!(
+                    "only store members (certificates in {MEMBER_ORG}) may call the Raft service"
+                )));
+            }
+        }
+        Ok(request.into_inner().data)
+    }
+}
+
+fn reply<T: Serialize>(value: &T) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
+    Ok(tonic::Response::new(RaftPayload { data: encode(value) }))
+}
+
 #[tonic::async_trait]
 impl RaftService for RaftGrpc {
     async fn append_entries(
         &self,
         request: tonic::Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
-        let rpc: AppendEntriesRequest<TypeConfig> =
-            decode(&request.into_inner().data).map_err(bad_request)?;
-        let result = self.raft.append_entries(rpc).await;
-        Ok(tonic::Response::new(RaftPayload {
-            data: encode(&result),
-        }))
+        let rpc: AppendEntriesRequest<TypeConfig> = decode(&self.payload(request)?).map_err(bad_request)?;
+        reply(&self.raft.append_entries(rpc).await)
     }
 
     async fn vote(
         &self,
         request: tonic::Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
-        let rpc: VoteRequest<NodeId> = decode(&request.into_inner().data).map_err(bad_request)?;
-        let result = self.raft.vote(rpc).await;
-        Ok(tonic::Response::new(RaftPayload {
-            data: encode(&result),
-        }))
+        let rpc: VoteRequest<NodeId> = decode(&self.payload(request)?).map_err(bad_request)?;
+        reply(&self.raft.vote(rpc).await)
     }
 
     async fn install_snapshot(
         &self,
         request: tonic::Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
-        let rpc: InstallSnapshotRequest<TypeConfig> =
-            decode(&request.into_inner().data).map_err(bad_request)?;
-        let result = self.raft.install_snapshot(rpc).await;
-        Ok(tonic::Response::new(RaftPayload {
-            data: encode(&result),
-        }))
+        let rpc: InstallSnapshotRequest<TypeConfig> = decode(&self.payload(request)?).map_err(bad_request)?;
+        reply(&self.raft.install_snapshot(rpc).await)
+    }
+
+    async fn forward(
+        &self,
+        request: tonic::Request<RaftPayload>,
+    ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
+        let rpc: Request = decode(&self.payload(request)?).map_err(bad_request)?;
+        let result = self
+            .raft
+            .client_write(rpc)
+            .await
+            .map(|r| (r.data, r.log_id.index))
+            .map_err(|e| e.to_string());
+        reply(&result)
+    }
+
+    async fn read_index(
+        &self,
+        request: tonic::Request<RaftPayload>,
+    ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
+        self.payload(request)?;
+        let result = self
+            .raft
+            .get_read_log_id()
+            .await
+            .map(|(read, _)| read.map_or(0, |l| l.index))
+            .map_err(|e| e.to_string());
+        reply(&result)
+    }
+
+    async fn change_membership(
+        &self,
+        request: tonic::Request<RaftPayload>,
+    ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
+        let op: MembershipOp = decode(&self.payload(request)?).map_err(bad_request)?;
+        reply(&change_membership(&self.raft, &op).await)
+    }
+
+    async fn status(
+        &self,
+        request: tonic::Request<RaftPayload>,
+    ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
+        self.payload(request)?;
+        reply(&Ok::<_, String>(local_status(&self.raft, &self.hub)))
     }
 }

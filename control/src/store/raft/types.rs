@@ -54,3 +54,29 @@ pub fn io_err(
 ) -> StorageError {
     openraft::StorageIOError::new(subject, verb, openraft::AnyError::error(e.to_string())).into()
 }
+
+/// A membership change, made by the leader (a follower forwards it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum MembershipOp {
+    /// Adds a learner at a Raft address and waits until it has caught up with the log.
+    AddLearner { id: NodeId, addr: String },
+    /// Makes a learner a voter.
+    Promote { id: NodeId },
+    /// Removes a member (voter or learner).
+    Remove { id: NodeId },
+}
+
+/// What one member reports of itself (`Status` RPC).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MemberStatus {
+    /// The member's id.
+    pub id: NodeId,
+    /// The leader it follows, if it knows one.
+    pub leader: Option<NodeId>,
+    /// Its current term.
+    pub term: u64,
+    /// The index of the last log entry it applied.
+    pub applied_index: u64,
+    /// The store revision it applied.
+    pub revision: u64,
+}
