@@ -15,8 +15,10 @@ use skiff_control::store::{Encryption, Store, StoreConfig};
 
 /// Skiff's control plane.
 #[derive(Debug, Parser)]
-#[command(name = "skiff-control", version)]
+#[command(name = "skiff-control", version, args_conflicts_with_subcommands = true)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// How log lines are written: `text` or `json` (the filter is `RUST_LOG`, changeable with
     /// `PUT /debug/flags/v`).
     #[arg(long, default_value = "text")]
@@ -35,9 +37,26 @@ struct Args {
     /// Address of the Raft transport between store members (gRPC).
     #[arg(long, default_value = "127.0.0.1:6444")]
     raft_listen: SocketAddr,
-    /// This store member's id.
-    #[arg(long, default_value_t = 1)]
-    node_id: u64,
+    /// This store member's id (default: the one it was given when it joined, or 1 for the
+    /// member that founds the cluster).
+    #[arg(long)]
+    node_id: Option<u64>,
+    /// Join the store of an existing control plane as a new member: its API URL (any member's).
+    /// The new member gets the cluster's CAs, tokens and encryption configuration from it, is
+    /// added as a learner, and becomes a voter once it has caught up. Ignored once joined.
+    #[arg(long, requires = "token")]
+    join: Option<String>,
+    /// The server token for `--join`: the content of DATA_DIR/server-token on the first member
+    /// (the node token does not add members).
+    #[arg(long, env = "SKIFF_SERVER_TOKEN")]
+    token: Option<String>,
+    /// This member's name in `skiff-control member list` (default: the host name).
+    #[arg(long)]
+    name: Option<String>,
+    /// The Raft address other members dial (default: `--raft-listen`, or this host's advertised
+    /// address with its port when that is unspecified).
+    #[arg(long)]
+    raft_advertise: Option<SocketAddr>,
     /// The range cluster IPs are allocated from.
     #[arg(long, default_value = "10.96.0.0/12")]
     service_cidr: String,
@@ -93,6 +112,20 @@ struct Args {
     /// limit allows); 64 more serve only health checks and `system:masters` clients.
     #[arg(long)]
     max_connections: Option<usize>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// The store's members: `list`, `remove ID`, `promote ID` (IDs as listed).
+    Member {
+        /// `list`, `remove` or `promote`.
+        action: String,
+        /// The member, for `remove` and `promote`.
+        id: Option<String>,
+        /// An administrator's kubeconfig (any member's server).
+        #[arg(long, env = "KUBECONFIG")]
+        kubeconfig: PathBuf,
+    },
 }
 
 /// The address published for an API server listening on `listen`: that address, or for an
@@ -153,6 +186,14 @@ fn main() {
 
 async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(Command::Member {
+        action,
+        id,
+        kubeconfig,
+    }) = &args.command
+    {
+        return skiff_control::membership::command(kubeconfig, action, id.as_deref()).await;
+    }
     skiff_common::logging::init(args.log_format, "openraft=warn,h2=warn,hyper=warn");
     let nofile = api::server::raise_descriptor_limit();
     let mut limits = api::server::ConnLimits::for_descriptors(nofile);
@@ -174,14 +215,49 @@ async fn run() -> anyhow::Result<()> {
             .unwrap_or_else(|| advertise_ip(args.listen.ip())),
         args.listen.port(),
     );
+    let join = args.join.as_ref().map(|url| skiff_control::membership::Join {
+        url: url.trim_end_matches('/').to_owned(),
+        token: args.token.clone().unwrap_or_default(),
+    });
+    if let Some(join) = &join
+        && !args.data_dir.join("pki").join("ca.key").exists()
+    {
+        join.fetch_shared_files(&args.data_dir).await?;
+    }
+    let store_dir = args.data_dir.join("store");
+    let id_file = store_dir.join("member-id");
+    let saved_id = std::fs::read_to_string(&id_file)
+        .ok()
+        .and_then(|s| u64::from_str_radix(s.trim(), 16).ok());
+    let node_id = match (args.node_id, saved_id) {
+        (Some(id), _) | (None, Some(id)) => id,
+        // etcd's member ids are random too; kept below 2^63 for tools that read them signed.
+        (None, None) if join.is_some() => (rand::random::<u64>() >> 1).max(2),
+        (None, None) => 1,
+    };
+    if join.is_some() && saved_id != Some(node_id) {
+        std::fs::create_dir_all(&store_dir).with_context(|| format!("creating {}", store_dir.display()))?;
+        std::fs::write(&id_file, format!("{node_id:016x}\n"))
+            .with_context(|| format!("writing {}", id_file.display()))?;
+    }
+
     let in_cluster = [(*advertise.ip()).into(), cidr.nth(1).into()];
     let pki = Pki::load_or_create(&args.data_dir.join("pki"), args.listen, &in_cluster)
         .context("loading the cluster CA")?;
     pki.write_bootstrap_files(&args.data_dir, &local_url(args.listen))
         .context("writing bootstrap files")?;
 
-    let mut store_config = StoreConfig::single(args.data_dir.join("store"), args.raft_listen);
-    store_config.node_id = args.node_id;
+    let mut store_config = StoreConfig::single(store_dir, args.raft_listen);
+    store_config.node_id = node_id;
+    store_config.join = join.is_some();
+    let member_cert = pki
+        .issue_member(node_id)
+        .context("issuing the store member certificate")?;
+    store_config.tls = Some(Arc::new(skiff_control::store::PeerTls {
+        ca_pem: pki.ca_pem.clone(),
+        cert_pem: member_cert.cert_pem,
+        key_pem: member_cert.key_pem,
+    }));
     store_config.watch_history = args.watch_history;
     store_config.min_free_disk = args.min_free_disk_mb << 20;
     let encryption_file = match &args.encryption_provider_config {
@@ -202,6 +278,35 @@ async fn run() -> anyhow::Result<()> {
             .with_context(|| format!("--encryption-provider-config {}", encryption_file.display()))?,
     );
     let store = Store::open(store_config).await.context("opening the store")?;
+    let raft_advertise = args.raft_advertise.unwrap_or_else(|| {
+        let bound = store.raft_addr();
+        if bound.ip().is_unspecified() {
+            SocketAddr::new((*advertise.ip()).into(), bound.port())
+        } else {
+            bound
+        }
+    });
+    let name = args
+        .name
+        .clone()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|n| n.trim().to_lowercase())
+        .unwrap_or_else(|| "default".to_owned());
+    let api_url = format!("https://{advertise}");
+    if let Some(join) = &join {
+        if !store.members().0.iter().any(|m| m.0 == node_id) {
+            tracing::info!(url = %join.url, member = format!("{node_id:016x}"), "joining the store");
+            join.add(&pki.ca_pem, node_id, &name, &raft_advertise.to_string(), &api_url)
+                .await?;
+        }
+        store
+            .wait_until_serving(std::time::Duration::from_secs(60))
+            .await
+            .context("waiting for the store after joining")?;
+    }
+    record_member(&store, &name, &raft_advertise.to_string(), &api_url)
+        .await
+        .context("recording this member")?;
     let rewriting = store.clone();
     tokio::spawn(async move {
         match rewriting.reencrypt().await {
@@ -230,6 +335,14 @@ async fn run() -> anyhow::Result<()> {
     app.node_secret = skiff_control::pki::parse_token(&token)
         .map(|(_, s)| s.to_owned())
         .unwrap_or_default();
+    let server_token =
+        std::fs::read_to_string(args.data_dir.join("server-token")).context("reading server-token")?;
+    app.joining = Some(api::members::Joining {
+        secret: skiff_control::pki::parse_token(&server_token)
+            .map(|(_, s)| s.to_owned())
+            .unwrap_or_default(),
+        bundle: skiff_control::membership::shared_bundle(&args.data_dir, &encryption_file)?,
+    });
     let tls = api::server::tls_config(&pki).context("configuring TLS")?;
     let pki = Arc::new(pki);
     let mut controllers = skiff_control::controllers::Config {
@@ -303,6 +416,19 @@ async fn run() -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted, shutting down"),
     }
     store.shutdown().await;
+    Ok(())
+}
+
+/// Keeps this member's name and addresses beside the Raft membership (`member list` shows them).
+async fn record_member(store: &Store, name: &str, peer: &str, api_url: &str) -> anyhow::Result<()> {
+    let key = api::members::record_key(store.member_id());
+    let record = serde_json::json!({"name": name, "peerAddress": peer, "apiURL": api_url});
+    let value = serde_json::to_vec(&record)?;
+    match store.get(&key).await? {
+        Some(kv) if kv.value == value => {}
+        Some(kv) => drop(store.update(&key, value, Some(kv.mod_revision)).await?),
+        None => drop(store.create(&key, value).await?),
+    }
     Ok(())
 }
 

@@ -47,6 +47,9 @@ pub struct CertAndKey {
 /// accept (`requestheader-allowed-names`).
 pub const FRONT_PROXY_CLIENT: &str = "front-proxy-client";
 
+/// The files under `DATA_DIR/pki` every member of a cluster shares: the CAs and their keys.
+pub const SHARED_FILES: [&str; 4] = ["ca.crt", "ca.key", "front-proxy-ca.crt", "front-proxy-ca.key"];
+
 /// The loaded CA plus the serving credentials for this start.
 #[derive(Debug)]
 pub struct Pki {
@@ -228,12 +231,32 @@ impl Pki {
             let admin = self.issue_client("skiff-admin", &["system:masters"])?;
             write_private(&kubeconfig, &render_kubeconfig(server_url, &self.ca_pem, &admin))?;
         }
-        let token = data_dir.join("node-token");
-        if read(&token)?.is_none() {
-            let secret: [u8; 24] = rand::random();
-            write_private(&token, &format!("K10{}::node:{}\n", self.ca_hash(), hex(&secret)))?;
+        for (file, label) in [("node-token", "node"), ("server-token", "server")] {
+            let token = data_dir.join(file);
+            if read(&token)?.is_none() {
+                let secret: [u8; 24] = rand::random();
+                write_private(
+                    &token,
+                    &format!("K10{}::{label}:{}\n", self.ca_hash(), hex(&secret)),
+                )?;
+            }
         }
         Ok(())
+    }
+
+    /// The certificate a store member presents to the others, as server and client: for
+    /// [`crate::store::MEMBER_NAME`] in [`crate::store::MEMBER_ORG`].
+    pub fn issue_member(&self, id: u64) -> Result<CertAndKey, PkiError> {
+        let mut params = client_params(
+            &format!("{}:{id:016x}", crate::store::MEMBER_NAME),
+            &[crate::store::MEMBER_ORG],
+        );
+        params.subject_alt_names = vec![SanType::DnsName(crate::store::MEMBER_NAME.try_into()?)];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        self.sign(params)
     }
 
     /// SHA-256 of the CA certificate (PEM), hex: agents pin the CA with it from their token.

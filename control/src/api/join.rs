@@ -12,7 +12,8 @@ use super::App;
 use super::handlers::json_response;
 use crate::objects::status::ApiError;
 
-fn same(a: &[u8], b: &[u8]) -> bool {
+/// Compares secrets in constant time.
+pub(super) fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

@@ -10,6 +10,7 @@ pub mod fuzz;
 pub mod handlers;
 mod html_rewrite;
 mod join;
+pub mod members;
 mod nodeproxy;
 mod noderestriction;
 pub mod nodestream;
@@ -70,6 +71,8 @@ pub struct App {
     pub static_tokens: token::StaticTokens,
     /// The audit log (none: requests are not audited).
     pub audit: Option<Arc<audit::Audit>>,
+    /// What members joining the store present and get (none: members cannot join here).
+    pub joining: Option<members::Joining>,
 }
 
 impl App {
@@ -86,6 +89,7 @@ impl App {
             rbac: rbac::Rbac::default(),
             static_tokens: token::StaticTokens::default(),
             audit: None,
+            joining: None,
         }
     }
 }
@@ -361,10 +365,18 @@ async fn serve(State(app): State<Arc<App>>, req: Request) -> Response {
     }
     let path = parts.uri.path().to_owned();
     let query = parse_query(parts.uri.query());
+    // The join paths check their token themselves (a node's, a store member's).
     let public = matches!(
         path.as_str(),
-        "/healthz" | "/livez" | "/readyz" | "/version" | "/version/" | "/cacerts" | "/skiff/v1/join"
-    );
+        "/healthz"
+            | "/livez"
+            | "/readyz"
+            | "/version"
+            | "/version/"
+            | "/cacerts"
+            | "/skiff/v1/join"
+            | "/skiff/v1/members/bootstrap"
+    ) || (path == "/skiff/v1/members" && parts.method == Method::POST);
     if !public && parts.extensions.get::<Identity>().is_none() {
         return unauthorized();
     }
@@ -620,6 +632,7 @@ async fn route(
                 .into_response());
         }
         ["skiff", "v1", "join"] if method == Method::POST => return join::join(&app, body).await,
+        ["skiff", "v1", "members", rest @ ..] => return members::serve(&app, method, rest, body, who).await,
         ["api"] => return ok(discovery::core_versions()),
         ["apis"] => {
             let mut groups = discovery::groups(&app.registry);

@@ -25,8 +25,8 @@ use skiff_proto::raft::v1::raft_service_server::RaftServiceServer;
 use tokio::sync::oneshot;
 
 use self::log_store::LogStore;
+use self::network::{Channels, Network, Peers, RaftGrpc};
 pub use self::network::{MEMBER_NAME, MEMBER_ORG, PeerTls};
-use self::network::{Network, Peers, RaftGrpc};
 use self::state_machine::{KV, REVISION, Record, SM_META, StateMachine, read_revision};
 pub use self::types::{MemberStatus, MembershipOp};
 use self::types::{NodeId, Raft, Request, decode};
@@ -116,12 +116,35 @@ async fn group_commit(raft: Raft, peers: Arc<Peers>, mut rx: tokio::sync::mpsc::
                 replies.push(p.reply);
             }
             let request = Request { ops };
-            let result = match raft.client_write(request.clone()).await {
-                Ok(reply) => Ok(reply.data),
-                // A follower hands the batch to the leader.
-                Err(e) if e.forward_to_leader::<BasicNode>().is_some() => peers.forward(&request).await,
-                Err(e) => Err(e.to_string()),
-            };
+            let mut result = Err(String::new());
+            // While an election runs there is nobody to propose to, or the leader this member
+            // knows is gone: wait for the next (up to ~3 s). Nothing was sent then, so trying
+            // again cannot apply a write twice.
+            for _ in 0..30 {
+                result = match raft.client_write(request.clone()).await {
+                    Ok(reply) => Ok(reply.data),
+                    Err(e) => match e.forward_to_leader::<BasicNode>() {
+                        // A follower hands the batch to the leader.
+                        Some(to) => match &to.leader_node {
+                            Some(leader) => match peers.forward(&leader.addr, &request).await {
+                                Err(e) if e.starts_with(network::NOT_SENT) => {
+                                    result = Err(e);
+                                    tokio::time::sleep(Duration::from_millis(100)).await;
+                                    continue;
+                                }
+                                other => other,
+                            },
+                            None => {
+                                result = Err(e.to_string());
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                                continue;
+                            }
+                        },
+                        None => Err(e.to_string()),
+                    },
+                };
+                break;
+            }
             drop(permit);
             match result {
                 Ok(reply) => {
@@ -256,17 +279,20 @@ impl Store {
 
         let raft_config = openraft::Config {
             cluster_name: "skiff".into(),
-            heartbeat_interval: 100,
-            election_timeout_min: 300,
-            election_timeout_max: 600,
+            // A leadership confirmation (each linearizable read) waits one heartbeat interval for
+            // the voters' answers: room for a loaded machine.
+            heartbeat_interval: 150,
+            election_timeout_min: 500,
+            election_timeout_max: 1000,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_every),
             max_in_snapshot_log_to_keep: config.snapshot_every / 10,
             purge_batch_size: 1,
             ..Default::default()
         };
         let raft_config = Arc::new(raft_config.validate().map_err(io)?);
+        let channels = Channels::new(config.tls.clone());
         let network = Network {
-            tls: config.tls.clone(),
+            channels: channels.clone(),
         };
         let raft = Raft::new(config.node_id, raft_config, network, log, sm)
             .await
@@ -311,7 +337,7 @@ impl Store {
         register_metrics(&raft, &hub, config.node_id, config.data_dir.join("state.redb"));
         let disk = disk::DiskGuard::start(&config.data_dir, config.min_free_disk);
         let (writes, queue) = tokio::sync::mpsc::channel(4 * MAX_BATCH);
-        let peers = Arc::new(Peers::new(raft.clone(), config.tls.clone()));
+        let peers = Arc::new(Peers::new(raft.clone(), channels));
         tokio::spawn(group_commit(raft.clone(), peers.clone(), queue));
         let store = Self {
             raft,
@@ -447,20 +473,42 @@ impl Store {
     /// On a follower, the leader gives the index (after confirming its leadership with a quorum)
     /// and the follower waits until it has applied that far.
     async fn linearize(&self) -> Result<(), StoreError> {
-        let unavailable = |e: String| StoreError::Unavailable(e);
-        match self.raft.ensure_linearizable().await {
-            Ok(_) => Ok(()),
-            Err(e) if e.forward_to_leader::<BasicNode>().is_some() => {
-                let index = self.peers.read_index().await.map_err(unavailable)?;
-                self.raft
-                    .wait(Some(Duration::from_secs(10)))
-                    .applied_index_at_least(Some(index), "the leader's read index is applied")
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| unavailable(e.to_string()))
+        use openraft::error::{CheckIsLeaderError, RaftError};
+        let mut last = String::new();
+        // Leadership moves (a restarted member that led before learns the new leader from the
+        // refusal) and a voter may be slow to answer one confirmation: a few tries over ~5 s.
+        for _ in 0..50 {
+            match self.raft.ensure_linearizable().await {
+                Ok(_) => return Ok(()),
+                Err(e) => match e.forward_to_leader::<BasicNode>() {
+                    Some(to) => match to
+                        .leader_node
+                        .as_ref()
+                        .filter(|_| to.leader_id != Some(self.node_id))
+                    {
+                        Some(leader) => match self.peers.read_index(&leader.addr).await {
+                            Ok(index) => {
+                                return self
+                                    .raft
+                                    .wait(Some(Duration::from_secs(10)))
+                                    .applied_index_at_least(Some(index), "the leader's read index is applied")
+                                    .await
+                                    .map(|_| ())
+                                    .map_err(|e| StoreError::Unavailable(e.to_string()));
+                            }
+                            Err(e) => last = e,
+                        },
+                        None => last = "the store has no Raft leader".to_owned(),
+                    },
+                    None if matches!(e, RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
+                        last = e.to_string();
+                    }
+                    None => return Err(StoreError::Unavailable(e.to_string())),
+                },
             }
-            Err(e) => Err(unavailable(e.to_string())),
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        Err(StoreError::Unavailable(last))
     }
 
     /// Reads one key.

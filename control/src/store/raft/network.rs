@@ -72,10 +72,44 @@ async fn connect(addr: &str, tls: Option<&PeerTls>) -> Result<Channel, String> {
         .map_err(|e| format!("connecting to {addr}: {e}"))
 }
 
+/// One HTTP/2 connection per member address, shared by every client of this member: openraft
+/// makes a new client for each leadership confirmation (every linearizable read), which must not
+/// cost a TLS handshake.
+#[derive(Debug, Default)]
+pub(super) struct Channels {
+    tls: Option<Arc<PeerTls>>,
+    open: Mutex<HashMap<String, Channel>>,
+}
+
+impl Channels {
+    pub(super) fn new(tls: Option<Arc<PeerTls>>) -> Arc<Self> {
+        Arc::new(Self {
+            tls,
+            open: Mutex::default(),
+        })
+    }
+
+    async fn get(&self, addr: &str) -> Result<Channel, String> {
+        if let Some(c) = self.open.lock().unwrap_or_else(|e| e.into_inner()).get(addr) {
+            return Ok(c.clone());
+        }
+        let c = connect(addr, self.tls.as_deref()).await?;
+        self.open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(addr.to_owned(), c.clone());
+        Ok(c)
+    }
+
+    fn forget(&self, addr: &str) {
+        self.open.lock().unwrap_or_else(|e| e.into_inner()).remove(addr);
+    }
+}
+
 /// Creates a client per peer.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Network {
-    pub(super) tls: Option<Arc<PeerTls>>,
+    pub(super) channels: Arc<Channels>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -85,7 +119,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         PeerClient {
             target,
             addr: node.addr.clone(),
-            tls: self.tls.clone(),
+            channels: self.channels.clone(),
             client: None,
         }
     }
@@ -96,7 +130,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 pub struct PeerClient {
     target: NodeId,
     addr: String,
-    tls: Option<Arc<PeerTls>>,
+    channels: Arc<Channels>,
     client: Option<RaftServiceClient<Channel>>,
 }
 
@@ -107,7 +141,9 @@ impl PeerClient {
         if let Some(c) = &self.client {
             return Ok(c.clone());
         }
-        let channel = connect(&self.addr, self.tls.as_deref())
+        let channel = self
+            .channels
+            .get(&self.addr)
             .await
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e))))?;
         let client = RaftServiceClient::new(channel);
@@ -139,6 +175,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         let reply = client.append_entries(RaftPayload { data: encode(&rpc) }).await;
         if reply.is_err() {
             self.client = None;
+            self.channels.forget(&self.addr);
         }
         self.decode_reply(reply)
     }
@@ -152,6 +189,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         let reply = client.install_snapshot(RaftPayload { data: encode(&rpc) }).await;
         if reply.is_err() {
             self.client = None;
+            self.channels.forget(&self.addr);
         }
         self.decode_reply(reply)
     }
@@ -165,6 +203,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         let reply = client.vote(RaftPayload { data: encode(&rpc) }).await;
         if reply.is_err() {
             self.client = None;
+            self.channels.forget(&self.addr);
         }
         self.decode_reply(reply)
     }
@@ -174,9 +213,12 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 /// it may do, and to anyone for its status. Channels are kept per address.
 pub(super) struct Peers {
     raft: Raft,
-    tls: Option<Arc<PeerTls>>,
-    channels: Mutex<HashMap<String, Channel>>,
+    channels: Arc<Channels>,
 }
+
+/// What the error of a call that never reached the other member starts with (it may be tried
+/// again without risk of doing twice what it asks).
+pub(super) const NOT_SENT: &str = "not sent: ";
 
 /// How long a call to another member may take (a membership change that waits for a learner to
 /// catch up excepted).
@@ -189,40 +231,16 @@ impl std::fmt::Debug for Peers {
 }
 
 impl Peers {
-    pub(super) fn new(raft: Raft, tls: Option<Arc<PeerTls>>) -> Self {
-        Self {
-            raft,
-            tls,
-            channels: Mutex::default(),
-        }
+    pub(super) fn new(raft: Raft, channels: Arc<Channels>) -> Self {
+        Self { raft, channels }
     }
 
     async fn client(&self, addr: &str) -> Result<RaftServiceClient<Channel>, String> {
-        let cached = self
-            .channels
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(addr)
-            .cloned();
-        let channel = match cached {
-            Some(c) => c,
-            None => {
-                let c = connect(addr, self.tls.as_deref()).await?;
-                self.channels
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(addr.to_owned(), c.clone());
-                c
-            }
-        };
-        Ok(RaftServiceClient::new(channel))
+        Ok(RaftServiceClient::new(self.channels.get(addr).await?))
     }
 
     fn forget(&self, addr: &str) {
-        self.channels
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(addr);
+        self.channels.forget(addr);
     }
 
     /// The leader's Raft address, as this member knows it.
@@ -245,7 +263,7 @@ impl Peers {
         request: &Q,
         timeout: Duration,
     ) -> Result<T, String> {
-        let mut client = self.client(addr).await?;
+        let mut client = self.client(addr).await.map_err(|e| format!("{NOT_SENT}{e}"))?;
         let payload = RaftPayload {
             data: encode(request),
         };
@@ -261,7 +279,11 @@ impl Peers {
             Ok(Ok(reply)) => reply,
             Ok(Err(status)) => {
                 self.forget(addr);
-                return Err(format!("{method} on {addr}: {}", status.message()));
+                // A connection that could not be made carried nothing.
+                let unsent =
+                    status.code() == tonic::Code::Unavailable && status.message().contains("connect");
+                let prefix = if unsent { NOT_SENT } else { "" };
+                return Err(format!("{prefix}{method} on {addr}: {}", status.message()));
             }
             Err(_) => {
                 self.forget(addr);
@@ -276,9 +298,8 @@ impl Peers {
 
     /// Has the leader propose `request`; returns once this member has applied it too, so what a
     /// writer was told is done, it reads here (as on the leader).
-    pub(super) async fn forward(&self, request: &Request) -> Result<Response, String> {
-        let leader = self.leader_addr()?;
-        let (response, index): (Response, u64) = self.call(&leader, "forward", request, CALL_TIMEOUT).await?;
+    pub(super) async fn forward(&self, leader: &str, request: &Request) -> Result<Response, String> {
+        let (response, index): (Response, u64) = self.call(leader, "forward", request, CALL_TIMEOUT).await?;
         self.raft
             .wait(Some(CALL_TIMEOUT))
             .applied_index_at_least(Some(index), "a forwarded write is applied")
@@ -288,9 +309,8 @@ impl Peers {
     }
 
     /// The leader's read index: the log index a linearizable read must wait for.
-    pub(super) async fn read_index(&self) -> Result<u64, String> {
-        let leader = self.leader_addr()?;
-        self.call(&leader, "read_index", &(), CALL_TIMEOUT).await
+    pub(super) async fn read_index(&self, leader: &str) -> Result<u64, String> {
+        self.call(leader, "read_index", &(), CALL_TIMEOUT).await
     }
 
     /// Has the leader make a membership change.

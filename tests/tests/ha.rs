@@ -1,0 +1,176 @@
+//! A control plane of three members on loopback: members join with the server token (and not
+//! with the node token), every member serves the API with the same objects, writes through a
+//! follower, the leader's loss (writes go on through the others), a restarted member catching
+//! up, and `skiff-control member list|remove`.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use skiff_tests::{BoundedOutput, Control, control_bin};
+
+/// `skiff-control member ARGS --kubeconfig` of `via`: stdout, or the failure with stderr.
+fn member(via: &Control, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(control_bin())
+        .arg("member")
+        .args(args)
+        .arg("--kubeconfig")
+        .arg(via.kubeconfig())
+        .bounded_output()
+        .expect("running skiff-control member");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// The member list's rows: (id, name, role, health).
+fn rows(list: &str) -> Vec<(String, String, String, String)> {
+    list.lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (
+                f[0].to_owned(),
+                f[1].to_owned(),
+                f[2].to_owned(),
+                f[6..].join(" "),
+            )
+        })
+        .collect()
+}
+
+fn join(first: &Control, name: &str, token: &str) -> Control {
+    let url = first.url();
+    Control::start_with(&["--join", &url, "--token", token, "--name", name])
+}
+
+#[test]
+fn three_members_serve_one_store_and_outlive_the_leader() {
+    let first = Control::start_with(&["--name", "one"]);
+    let token = std::fs::read_to_string(first.data_dir().join("server-token")).unwrap();
+    let node_token = std::fs::read_to_string(first.data_dir().join("node-token")).unwrap();
+    assert!(token.contains("::server:"), "{token}");
+
+    // The node token does not add a store member: one line, non-zero exit.
+    let out = Command::new(control_bin())
+        .args(["--data-dir"])
+        .arg(first.data_dir().parent().unwrap().join("refused"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--raft-listen",
+            "127.0.0.1:0",
+            "--join",
+            &first.url(),
+            "--token",
+            node_token.trim(),
+        ])
+        .bounded_output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a server token"), "{err}");
+
+    first.ok(&["create", "configmap", "before", "--from-literal=k=1"]);
+    let second = join(&first, "two", &token);
+    let third = join(&second, "three", &token);
+
+    let list = member(&third, &["list"]).unwrap();
+    let members = rows(&list);
+    assert_eq!(members.len(), 3, "{list}");
+    assert_eq!(members.iter().filter(|m| m.2 == "leader").count(), 1, "{list}");
+    assert!(members.iter().all(|m| m.3 == "healthy"), "{list}");
+    let names: Vec<&str> = members.iter().map(|m| m.1.as_str()).collect();
+    for name in ["one", "two", "three"] {
+        assert!(names.contains(&name), "{list}");
+    }
+    // One CA: every member's admin kubeconfig works on every member's API.
+    assert!(
+        list.contains(&second.url()) && list.contains(&third.url()),
+        "{list}"
+    );
+
+    // Written through one member, read at once through each (linearizable reads).
+    assert_eq!(
+        third.ok(&["get", "configmap", "before", "-o", "jsonpath={.data.k}"]),
+        "1"
+    );
+    second.ok(&["create", "configmap", "through-second", "--from-literal=k=2"]);
+    for m in [&first, &second, &third] {
+        assert_eq!(
+            m.ok(&["get", "configmap", "through-second", "-o", "jsonpath={.data.k}"]),
+            "2"
+        );
+    }
+    // Watches on one member see writes made through another.
+    let mut watch = third.kubectl_cmd(&["get", "configmaps", "--watch-only", "-o", "name"]);
+    let watcher = watch.stdout(std::process::Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    first.ok(&["create", "configmap", "watched", "--from-literal=k=3"]);
+
+    // The leader goes: writes go on through the others once they elect one.
+    let leader = members.iter().find(|m| m.2 == "leader").unwrap().1.clone();
+    let mut all = [first, second, third];
+    let li = ["one", "two", "three"].iter().position(|n| *n == leader).unwrap();
+    all[li].kill9();
+    let other = &all[(li + 1) % 3];
+    let start = Instant::now();
+    let mut created = false;
+    while start.elapsed() < Duration::from_secs(30) {
+        if other
+            .kubectl(&["create", "configmap", "after-leader", "--from-literal=k=4"])
+            .status
+            .success()
+        {
+            created = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(created, "no write accepted after the leader was killed");
+    eprintln!("writes resumed {:?} after the leader was killed", start.elapsed());
+    let list = member(other, &["list"]).unwrap();
+    let after = rows(&list);
+    assert!(
+        after
+            .iter()
+            .any(|m| m.1 == leader && m.3.starts_with("unreachable")),
+        "{list}"
+    );
+    assert_eq!(after.iter().filter(|m| m.2 == "leader").count(), 1, "{list}");
+
+    // Restarted, the old leader catches up and serves what was written while it was down.
+    all[li].restart();
+    assert_eq!(
+        all[li].ok(&["get", "configmap", "after-leader", "-o", "jsonpath={.data.k}"]),
+        "4"
+    );
+
+    let mut watcher = watcher;
+    let _ = watcher.kill();
+    let out = watcher.wait_with_output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("configmap/watched"),
+        "the watch missed a write made through another member"
+    );
+
+    // Removing a member (through one that stays): the list shrinks, the rest go on.
+    let gone = rows(&member(&all[0], &["list"]).unwrap())
+        .into_iter()
+        .find(|m| m.2 != "leader")
+        .unwrap();
+    let stay = ["one", "two", "three"].iter().position(|n| *n != gone.1).unwrap();
+    let list = member(&all[stay], &["remove", &gone.0]).unwrap();
+    assert_eq!(rows(&list).len(), 2, "{list}");
+    let list = member(&all[stay], &["list"]).unwrap();
+    assert_eq!(rows(&list).len(), 2, "{list}");
+    assert!(
+        rows(&list).iter().all(|m| m.1 != gone.1 && m.3 == "healthy"),
+        "{list}"
+    );
+    all[stay].ok(&["create", "configmap", "after-removal"]);
+    // An unknown member: a clear error.
+    let err = member(&all[stay], &["remove", "00000000000000ff"]).unwrap_err();
+    assert!(err.contains("not found"), "{err}");
+}
