@@ -387,15 +387,19 @@ async fn run() -> anyhow::Result<()> {
     skiff_control::bootstrap::ensure_defaults(&objects)
         .await
         .context("creating default namespaces")?;
-    skiff_control::bootstrap::ensure_api_service(&objects, advertise)
-        .await
-        .context("publishing the kubernetes Service")?;
+    // With more members the leader keeps the Service's endpoints (`publish_api_servers`).
+    if store.members().0.len() == 1 {
+        skiff_control::bootstrap::ensure_api_service(&objects, advertise)
+            .await
+            .context("publishing the kubernetes Service")?;
+    }
     if let Some(pki) = &app.pki {
         skiff_control::bootstrap::ensure_extension_auth(&objects, &pki.ca_pem, &pki.front_proxy_ca_pem)
             .await
             .context("publishing extension-apiserver-authentication")?;
     }
     api::aggregator::start(app.clone());
+    api::members::publish_api_servers(app.clone(), advertise);
     controllers.metrics = Some(Arc::new(api::resource_metrics::AgentMetrics::new(app.clone())));
     let caches = skiff_control::controllers::start(objects.clone(), &controllers);
     skiff_control::scheduler::start(objects, &caches);

@@ -106,7 +106,10 @@ pub struct Control {
     bin: PathBuf,
     child: Option<Child>,
     dir: tempfile::TempDir,
+    ip: String,
     port: u16,
+    /// Whether `port` was asked for (kept when a start is retried).
+    fixed_port: bool,
     raft_port: u16,
     extra: Vec<String>,
     /// A filesystem the fixture mounted over the data directory, unmounted on drop.
@@ -262,7 +265,17 @@ impl Control {
         Self::start_full(&control_bin(), extra, Some(size_mb))
     }
 
+    /// Starts with the API and Raft on loopback address `ip` (`127.0.0.2`: a second host, as
+    /// far as addresses go), the API on `port` (API servers of one cluster share their port).
+    pub fn start_at(ip: &str, port: u16, extra: &[&str]) -> Self {
+        Self::start_inner(&control_bin(), extra, None, Some((ip, port)))
+    }
+
     fn start_full(bin: &Path, extra: &[&str], tmpfs: Option<u32>) -> Self {
+        Self::start_inner(bin, extra, tmpfs, None)
+    }
+
+    fn start_inner(bin: &Path, extra: &[&str], tmpfs: Option<u32>, at: Option<(&str, u16)>) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("skiff-e2e-")
             .tempdir()
@@ -271,7 +284,9 @@ impl Control {
             bin: bin.to_owned(),
             child: None,
             dir,
-            port: free_port(),
+            ip: at.map_or("127.0.0.1", |a| a.0).to_owned(),
+            port: at.map_or_else(free_port, |a| a.1),
+            fixed_port: at.is_some(),
             raft_port: free_port(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             mount: None,
@@ -305,7 +320,9 @@ impl Control {
                             .or_else(|_| std::fs::remove_file(entry.path()));
                     }
                     let _ = std::fs::remove_file(c.dir.path().join("control.log"));
-                    c.port = free_port();
+                    if !c.fixed_port {
+                        c.port = free_port();
+                    }
                     c.raft_port = free_port();
                 }
                 Err(log) => panic!("skiff-control did not start: {log}"),
@@ -331,9 +348,9 @@ impl Control {
             .arg("--data-dir")
             .arg(self.dir.path().join("data"))
             .arg("--listen")
-            .arg(format!("127.0.0.1:{}", self.port))
+            .arg(format!("{}:{}", self.ip, self.port))
             .arg("--raft-listen")
-            .arg(format!("127.0.0.1:{}", self.raft_port))
+            .arg(format!("{}:{}", self.ip, self.raft_port))
             .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(log)
@@ -376,7 +393,7 @@ impl Control {
 
     /// The API server's URL.
     pub fn url(&self) -> String {
-        format!("https://127.0.0.1:{}", self.port)
+        format!("https://{}:{}", self.ip, self.port)
     }
 
     /// Kills the process with SIGKILL (no clean shutdown) and waits for it.

@@ -6,7 +6,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use skiff_tests::{BoundedOutput, Control, control_bin};
+use skiff_tests::{BoundedOutput, Control, control_bin, free_port};
 
 /// `skiff-control member ARGS --kubeconfig` of `via`: stdout, or the failure with stderr.
 fn member(via: &Control, args: &[&str]) -> Result<String, String> {
@@ -40,14 +40,46 @@ fn rows(list: &str) -> Vec<(String, String, String, String)> {
         .collect()
 }
 
-fn join(first: &Control, name: &str, token: &str) -> Control {
+/// A member on its own loopback address (as on a host of its own), on the first one's port.
+fn join(first: &Control, ip: &str, port: u16, name: &str, token: &str) -> Control {
     let url = first.url();
-    Control::start_with(&["--join", &url, "--token", token, "--name", name])
+    Control::start_at(ip, port, &["--join", &url, "--token", token, "--name", name])
+}
+
+/// The addresses of the `kubernetes` Service's EndpointSlice, sorted.
+fn api_endpoints(via: &Control) -> Vec<String> {
+    let out = via.ok(&[
+        "get",
+        "endpointslice",
+        "kubernetes",
+        "-o",
+        "jsonpath={.endpoints[*].addresses[0]}",
+    ]);
+    let mut ips: Vec<String> = out.split_whitespace().map(str::to_owned).collect();
+    ips.sort();
+    ips
+}
+
+/// Waits (up to 40 s) until the `kubernetes` Service lists exactly `want`.
+fn wait_for_api_endpoints(via: &Control, want: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let got = api_endpoints(via);
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the kubernetes Service lists {got:?}, not {want:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 #[test]
 fn three_members_serve_one_store_and_outlive_the_leader() {
-    let first = Control::start_with(&["--name", "one"]);
+    let port = free_port();
+    let first = Control::start_at("127.0.0.1", port, &["--name", "one"]);
     let token = std::fs::read_to_string(first.data_dir().join("server-token")).unwrap();
     let node_token = std::fs::read_to_string(first.data_dir().join("node-token")).unwrap();
     assert!(token.contains("::server:"), "{token}");
@@ -73,8 +105,8 @@ fn three_members_serve_one_store_and_outlive_the_leader() {
     assert!(err.contains("not a server token"), "{err}");
 
     first.ok(&["create", "configmap", "before", "--from-literal=k=1"]);
-    let second = join(&first, "two", &token);
-    let third = join(&second, "three", &token);
+    let second = join(&first, "127.0.0.2", port, "two", &token);
+    let third = join(&second, "127.0.0.3", port, "three", &token);
 
     let list = member(&third, &["list"]).unwrap();
     let members = rows(&list);
@@ -90,6 +122,9 @@ fn three_members_serve_one_store_and_outlive_the_leader() {
         list.contains(&second.url()) && list.contains(&third.url()),
         "{list}"
     );
+
+    // Pods reach the API through every member.
+    wait_for_api_endpoints(&first, &["127.0.0.1", "127.0.0.2", "127.0.0.3"]);
 
     // Written through one member, read at once through each (linearizable reads).
     assert_eq!(
@@ -139,6 +174,14 @@ fn three_members_serve_one_store_and_outlive_the_leader() {
         "{list}"
     );
     assert_eq!(after.iter().filter(|m| m.2 == "leader").count(), 1, "{list}");
+    // The dead member's API server leaves the kubernetes Service.
+    let alive: Vec<&str> = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| *i != li)
+        .map(|(_, ip)| ip)
+        .collect();
+    wait_for_api_endpoints(other, &alive);
 
     // Restarted, the old leader catches up and serves what was written while it was down.
     all[li].restart();

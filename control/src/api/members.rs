@@ -246,3 +246,56 @@ async fn list(app: &App) -> Result<Value, ApiError> {
     }
     Ok(json!({"kind": "MemberList", "items": items}))
 }
+
+/// The API servers a member's record names, with the members' health: what the `kubernetes`
+/// Service's endpoints are made of.
+async fn healthy_api_servers(app: &App) -> Result<Vec<std::net::SocketAddrV4>, ApiError> {
+    let listed = list(app).await?;
+    Ok(listed["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["health"] == "healthy")
+        .filter_map(|m| m["apiURL"].as_str()?.strip_prefix("https://")?.parse().ok())
+        .collect())
+}
+
+/// On the leader, every 10 s: the `default/kubernetes` Service's endpoints are the healthy
+/// members' API servers on this member's port (upstream's endpoint reconciler: all API servers
+/// of a cluster serve on one port), so pods reach the API through whichever are up.
+pub fn publish_api_servers(app: std::sync::Arc<App>, own: std::net::SocketAddrV4) {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            if !app.store.is_leader().await {
+                continue;
+            }
+            let servers = match healthy_api_servers(&app).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(error = %e.message, "listing the API servers");
+                    continue;
+                }
+            };
+            let mut ips: Vec<std::net::Ipv4Addr> = servers
+                .iter()
+                .filter(|s| s.port() == own.port())
+                .map(|s| *s.ip())
+                .collect();
+            if ips.is_empty() {
+                ips.push(*own.ip());
+            }
+            let published = app
+                .store
+                .as_leader(crate::bootstrap::ensure_api_endpoints(
+                    &app.objects,
+                    &ips,
+                    own.port(),
+                ))
+                .await;
+            if let Err(e) = published {
+                tracing::debug!(error = %e, "publishing the API servers");
+            }
+        }
+    });
+}

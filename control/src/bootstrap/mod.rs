@@ -200,6 +200,16 @@ pub async fn ensure_defaults(app: &Objects) -> Result<(), StoreError> {
 /// keeps them: in-cluster clients find the API through `KUBERNETES_SERVICE_HOST`/`_PORT` or
 /// `kubernetes.default.svc`. The endpoints follow `advertise` across restarts.
 pub async fn ensure_api_service(app: &Objects, advertise: std::net::SocketAddrV4) -> Result<(), StoreError> {
+    ensure_api_endpoints(app, &[*advertise.ip()], advertise.port()).await
+}
+
+/// The `default/kubernetes` Service with `servers` (the API servers, all on `port`) as its
+/// endpoints; the Endpoints and EndpointSlice are written only when they change.
+pub async fn ensure_api_endpoints(
+    app: &Objects,
+    servers: &[std::net::Ipv4Addr],
+    port: u16,
+) -> Result<(), StoreError> {
     let key = &keys::object(keys::SERVICES, Some("default"), "kubernetes");
     if app.store.get(key).await?.is_none() {
         let svc = json!({
@@ -217,7 +227,7 @@ pub async fn ensure_api_service(app: &Objects, advertise: std::net::SocketAddrV4
                 "internalTrafficPolicy": "Cluster",
                 "sessionAffinity": "None",
                 "ports": [{"name": "https", "port": 443, "protocol": "TCP",
-                           "targetPort": advertise.port()}],
+                           "targetPort": port}],
             },
             "status": {"loadBalancer": {}},
         });
@@ -226,13 +236,15 @@ pub async fn ensure_api_service(app: &Objects, advertise: std::net::SocketAddrV4
             Err(e) => return Err(e),
         }
     }
-    let (ip, port) = (advertise.ip().to_string(), advertise.port());
+    let mut ips: Vec<String> = servers.iter().map(ToString::to_string).collect();
+    ips.sort();
+    ips.dedup();
     let endpoints = json!({
         "apiVersion": "v1",
         "kind": "Endpoints",
         "metadata": {"name": "kubernetes", "namespace": "default",
                      "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
-        "subsets": [{"addresses": [{"ip": ip}],
+        "subsets": [{"addresses": ips.iter().map(|ip| json!({"ip": ip})).collect::<Vec<_>>(),
                      "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}],
     });
     let slice = json!({
@@ -241,7 +253,7 @@ pub async fn ensure_api_service(app: &Objects, advertise: std::net::SocketAddrV4
         "metadata": {"name": "kubernetes", "namespace": "default",
                      "labels": {"kubernetes.io/service-name": "kubernetes"}},
         "addressType": "IPv4",
-        "endpoints": [{"addresses": [ip], "conditions": {"ready": true}}],
+        "endpoints": ips.iter().map(|ip| json!({"addresses": [ip], "conditions": {"ready": true}})).collect::<Vec<_>>(),
         "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
     });
     for (prefix, obj, parts) in [

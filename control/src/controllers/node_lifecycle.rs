@@ -270,12 +270,15 @@ pub fn start(app: Arc<Objects>, caches: &Caches, grace: Duration) {
                 health = Health::default();
                 continue;
             }
-            let all = nodes.list(None);
-            health.retain(&all.iter().map(|n| meta_str(n, "name").to_owned()).collect());
-            for node in all {
-                check_node(&app, &node, &leases, &mut health, grace).await;
-            }
-            evict(&app, &nodes, &pods).await;
+            let pass = async {
+                let all = nodes.list(None);
+                health.retain(&all.iter().map(|n| meta_str(n, "name").to_owned()).collect());
+                for node in all {
+                    check_node(&app, &node, &leases, &mut health, grace).await;
+                }
+                evict(&app, &nodes, &pods).await;
+            };
+            app.store.as_leader(pass).await;
         }
     });
 }

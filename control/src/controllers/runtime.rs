@@ -398,7 +398,7 @@ where
     tokio::spawn(async move {
         loop {
             if app.store.is_leader().await {
-                sync().await;
+                app.store.as_leader(sync()).await;
             }
             tokio::select! {
                 r = changes.recv() => if let Err(broadcast::error::RecvError::Closed) = r { return },
@@ -442,7 +442,7 @@ pub fn run_workers<F, Fut>(
                 }
                 let span = tracing::debug_span!("reconcile", controller = name, key = %key);
                 let started = std::time::Instant::now();
-                let outcome = reconcile(key.clone()).instrument(span).await;
+                let outcome = app.store.as_leader(reconcile(key.clone()).instrument(span)).await;
                 crate::metrics::QUEUE_WORK.observe(&[name], started.elapsed().as_secs_f64());
                 match outcome {
                     Ok(Next::Done) => queue.forget(&key),

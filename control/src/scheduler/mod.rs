@@ -597,7 +597,9 @@ async fn run(
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
-            schedule_one(&app, &pods, &mut state, &key, &failed_tx).await;
+            app.store
+                .as_leader(schedule_one(&app, &pods, &mut state, &key, &failed_tx))
+                .await;
             continue;
         }
         tokio::select! {

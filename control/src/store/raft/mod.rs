@@ -78,7 +78,14 @@ impl StoreConfig {
 /// Writes waiting to be proposed together (group commit).
 struct Pending {
     ops: Vec<WriteOp>,
+    /// Made by work that acts only on the leader (controllers, the scheduler): never forwarded.
+    leader_only: bool,
     reply: oneshot::Sender<Result<Vec<WriteResult>, StoreError>>,
+}
+
+tokio::task_local! {
+    /// Set while a controller or the scheduler acts (see [`Store::as_leader`]).
+    static LEADER_ONLY: ();
 }
 
 /// Most writes proposed in one log entry.
@@ -107,60 +114,80 @@ async fn group_commit(raft: Raft, peers: Arc<Peers>, mut rx: tokio::sync::mpsc::
         }
         let (raft, peers) = (raft.clone(), peers.clone());
         tokio::spawn(async move {
-            let mut sizes = Vec::with_capacity(batch.len());
-            let mut ops = Vec::with_capacity(count);
-            let mut replies = Vec::with_capacity(batch.len());
-            for p in batch {
-                sizes.push(p.ops.len());
-                ops.extend(p.ops);
-                replies.push(p.reply);
-            }
-            let request = Request { ops };
-            let mut result = Err(String::new());
-            // While an election runs there is nobody to propose to, or the leader this member
-            // knows is gone: wait for the next (up to ~3 s). Nothing was sent then, so trying
-            // again cannot apply a write twice.
-            for _ in 0..30 {
-                result = match raft.client_write(request.clone()).await {
-                    Ok(reply) => Ok(reply.data),
-                    Err(e) => match e.forward_to_leader::<BasicNode>() {
-                        // A follower hands the batch to the leader.
-                        Some(to) => match &to.leader_node {
-                            Some(leader) => match peers.forward(&leader.addr, &request).await {
-                                Err(e) if e.starts_with(network::NOT_SENT) => {
-                                    result = Err(e);
-                                    tokio::time::sleep(Duration::from_millis(100)).await;
-                                    continue;
-                                }
-                                other => other,
-                            },
-                            None => {
-                                result = Err(e.to_string());
-                                tokio::time::sleep(Duration::from_millis(100)).await;
-                                continue;
-                            }
-                        },
-                        None => Err(e.to_string()),
-                    },
-                };
-                break;
-            }
+            propose(&raft, &peers, batch).await;
             drop(permit);
-            match result {
-                Ok(reply) => {
-                    let mut results = reply.results.into_iter();
-                    for (size, tx) in sizes.into_iter().zip(replies) {
-                        let _ = tx.send(Ok(results.by_ref().take(size).collect()));
-                    }
-                }
-                Err(e) => {
-                    let err = StoreError::Unavailable(e);
-                    for tx in replies {
-                        let _ = tx.send(Err(err.clone()));
-                    }
-                }
-            }
         });
+    }
+}
+
+/// Proposes one batch and answers each of its writers.
+async fn propose(raft: &Raft, peers: &Peers, mut batch: Vec<Pending>) {
+    let request = |batch: &[Pending]| Request {
+        ops: batch.iter().flat_map(|p| p.ops.iter().cloned()).collect(),
+    };
+    let mut result = Err(String::new());
+    let mut forwarding = false;
+    // While an election runs there is nobody to propose to, or the leader this member knows is
+    // gone: wait for the next (up to ~3 s). Nothing was sent then, so trying again cannot apply
+    // a write twice.
+    for _ in 0..30 {
+        let leader = if forwarding {
+            peers.leader_addr().map(Some).unwrap_or(None)
+        } else {
+            match raft.client_write(request(&batch)).await {
+                Ok(reply) => {
+                    result = Ok(reply.data);
+                    break;
+                }
+                Err(e) => match e.forward_to_leader::<BasicNode>() {
+                    Some(to) => to.leader_node.as_ref().map(|n| n.addr.clone()),
+                    None => {
+                        result = Err(e.to_string());
+                        break;
+                    }
+                },
+            }
+        };
+        if !forwarding {
+            // This member does not lead: what only a leader may write is refused, not handed
+            // over (a controller of a deposed leader must not act through the new one).
+            forwarding = true;
+            let (fenced, rest): (Vec<_>, Vec<_>) = batch.into_iter().partition(|p| p.leader_only);
+            for p in fenced {
+                let _ = p.reply.send(Err(StoreError::Unavailable(
+                    "this member no longer leads the store; leader-only work is not forwarded".into(),
+                )));
+            }
+            batch = rest;
+            if batch.is_empty() {
+                return;
+            }
+        }
+        match leader {
+            Some(addr) => match peers.forward(&addr, &request(&batch)).await {
+                Err(e) if e.starts_with(network::NOT_SENT) => result = Err(e),
+                other => {
+                    result = other;
+                    break;
+                }
+            },
+            None => result = Err("the store has no Raft leader".to_owned()),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    match result {
+        Ok(reply) => {
+            let mut results = reply.results.into_iter();
+            for p in batch {
+                let _ = p.reply.send(Ok(results.by_ref().take(p.ops.len()).collect()));
+            }
+        }
+        Err(e) => {
+            let err = StoreError::Unavailable(e);
+            for p in batch {
+                let _ = p.reply.send(Err(err.clone()));
+            }
+        }
     }
 }
 
@@ -454,6 +481,13 @@ impl Store {
             .map(|e| format!("the store's Raft core stopped: {e}"))
     }
 
+    /// Runs `work` as leader-only work: its writes (made in this task) are refused, not forwarded,
+    /// once this member no longer leads. Controllers and the scheduler check [`Store::is_leader`]
+    /// before they act and act through this, so a deposed leader's cannot write through the new.
+    pub async fn as_leader<F: std::future::Future>(&self, work: F) -> F::Output {
+        LEADER_ONLY.scope((), work).await
+    }
+
     /// Whether this member leads the Raft group (controllers act only there).
     pub async fn is_leader(&self) -> bool {
         self.raft.current_leader().await == Some(self.node_id)
@@ -642,8 +676,13 @@ impl Store {
         }
         let (reply, rx) = oneshot::channel();
         let closed = || StoreError::Unavailable("store is shutting down".into());
+        let leader_only = LEADER_ONLY.try_with(|_| ()).is_ok();
         self.writes
-            .send(Pending { ops, reply })
+            .send(Pending {
+                ops,
+                leader_only,
+                reply,
+            })
             .await
             .map_err(|_| closed())?;
         let results = rx.await.map_err(|_| closed())??;
@@ -940,6 +979,19 @@ mod tests {
             .await
             .unwrap();
         assert_eq!((status.id, status.leader), (3, Some(1)));
+        // Leader-only work on a follower (a deposed leader's controller) is refused, not forwarded.
+        let fenced = others[0]
+            .as_leader(others[0].create("/h/fenced", b"x".to_vec()))
+            .await;
+        assert!(
+            matches!(&fenced, Err(StoreError::Unavailable(m)) if m.contains("no longer leads")),
+            "{fenced:?}"
+        );
+        assert!(first.get("/h/fenced").await.unwrap().is_none());
+        first
+            .as_leader(first.create("/h/leader-only", b"y".to_vec()))
+            .await
+            .unwrap();
         // The store's own conformance suite through a follower.
         crate::store::conformance::run(&others[0]).await;
         // The leader goes; the two left elect one and take writes.
