@@ -409,6 +409,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     node::heartbeat::register(&api, &name, args.max_pods, &node_ip, port).await?;
     let feeds = node::stream::Feeds::default();
     tokio::spawn(node::stream::run(api.clone(), name.clone(), feeds.clone()));
+    tokio::spawn(node::stream::follow_api_servers(
+        api.clone(),
+        feeds.slices.clone(),
+    ));
     let node_ips: Vec<std::net::Ipv4Addr> = node_ip.parse().into_iter().collect();
     let host_alias = tokio::sync::watch::Sender::new(None);
     let mut cfg = pods::Config {

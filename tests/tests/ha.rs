@@ -217,3 +217,108 @@ fn three_members_serve_one_store_and_outlive_the_leader() {
     let err = member(&all[stay], &["remove", "00000000000000ff"]).unwrap_err();
     assert!(err.contains("not found"), "{err}");
 }
+
+/// Polls `check` every 500 ms for up to `limit`, failing with `what`.
+fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn agents_move_to_another_member_when_theirs_dies() {
+    use skiff_tests::node::{Node, cluster_cidr, unique_prefix};
+    let prefix = unique_prefix();
+    let cidr = cluster_cidr(&prefix);
+    let port = free_port();
+    let mut first = Control::start_at("127.0.0.1", port, &["--name", "one", "--cluster-cidr", &cidr]);
+    let token = std::fs::read_to_string(first.data_dir().join("server-token")).unwrap();
+    let second = Control::start_at(
+        "127.0.0.2",
+        port,
+        &[
+            "--join",
+            &first.url(),
+            "--token",
+            &token,
+            "--name",
+            "two",
+            "--cluster-cidr",
+            &cidr,
+        ],
+    );
+    let _third = Control::start_at(
+        "127.0.0.3",
+        port,
+        &[
+            "--join",
+            &first.url(),
+            "--token",
+            &token,
+            "--name",
+            "three",
+            "--cluster-cidr",
+            &cidr,
+        ],
+    );
+    let registry = skiff_tests::image::Registry::start_with_busybox();
+    // The agent is given the first member only; it learns the others from the control plane.
+    let node = Node::start(&first, &prefix);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !node.log().contains("127.0.0.3") {
+        let slice = second.kubectl(&["get", "endpointslice", "kubernetes", "-o", "json"]);
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not learn every member: {}\n{}",
+            skiff_tests::tail(&node.log(), 30),
+            String::from_utf8_lossy(&slice.stdout)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    first.kill9();
+    second.ok(&[
+        "run",
+        "after",
+        "--image",
+        &registry.busybox(),
+        "--restart=Never",
+        "--",
+        "sleep",
+        "3600",
+    ]);
+    wait_until(
+        "the pod to run on the agent of a dead member",
+        Duration::from_secs(120),
+        || {
+            second
+                .kubectl(&["get", "pod", "after", "-o", "jsonpath={.status.phase}"])
+                .stdout
+                == b"Running"
+        },
+    );
+    assert!(
+        node.log().contains("moving to another"),
+        "{}",
+        skiff_tests::tail(&node.log(), 40)
+    );
+    // Its heartbeats reach the others.
+    let ready = second.ok(&[
+        "get",
+        "node",
+        &node.name,
+        "-o",
+        "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+    ]);
+    assert_eq!(ready, "True");
+    second.ok(&[
+        "delete",
+        "pod",
+        "after",
+        "--grace-period=0",
+        "--force",
+        "--wait=false",
+    ]);
+}

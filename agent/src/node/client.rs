@@ -28,20 +28,37 @@ fn https(config: &rustls::ClientConfig, h2_only: bool) -> hyper_rustls::HttpsCon
     }
 }
 
+/// The API servers the node knows: the `--server` it was given first, then every member of an
+/// HA control plane it learned (the `default/kubernetes` Service's endpoints, as k3s's agent load
+/// balancer does); requests go to the current one, and move to the next when it cannot be
+/// reached.
+#[derive(Debug)]
+struct Servers {
+    list: Vec<String>,
+    current: usize,
+}
+
 /// The API server as the node sees it.
 #[derive(Clone)]
 pub struct ApiClient {
     client: Https,
-    server: String,
+    servers: Arc<std::sync::RwLock<Servers>>,
     tls: Arc<rustls::ClientConfig>,
 }
 
 impl std::fmt::Debug for ApiClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ApiClient")
-            .field("server", &self.server)
+            .field("server", &self.server())
             .finish_non_exhaustive()
     }
+}
+
+fn servers(server: &str) -> Arc<std::sync::RwLock<Servers>> {
+    Arc::new(std::sync::RwLock::new(Servers {
+        list: vec![server.trim_end_matches('/').to_owned()],
+        current: 0,
+    }))
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -71,12 +88,53 @@ pub fn unverified_tls() -> anyhow::Result<rustls::ClientConfig> {
 }
 
 impl ApiClient {
+    /// The API server requests go to now.
+    pub fn server(&self) -> String {
+        let s = self.servers.read().unwrap_or_else(|e| e.into_inner());
+        s.list[s.current].clone()
+    }
+
+    /// Every API server known, the one given first.
+    pub fn servers(&self) -> Vec<String> {
+        self.servers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .list
+            .clone()
+    }
+
+    /// Moves on from `failed` (if it is still the current one) to the next server known.
+    pub fn fail_over(&self, failed: &str) {
+        let mut s = self.servers.write().unwrap_or_else(|e| e.into_inner());
+        if s.list.len() > 1 && s.list[s.current] == failed {
+            s.current = (s.current + 1) % s.list.len();
+            tracing::warn!(from = failed, to = %s.list[s.current], "API server unreachable; moving to another");
+        }
+    }
+
+    /// The API servers learned besides the one given first (the current one is kept).
+    pub fn learn_servers(&self, learned: &[String]) {
+        let mut s = self.servers.write().unwrap_or_else(|e| e.into_inner());
+        let current = s.list[s.current].clone();
+        let mut list = vec![s.list[0].clone()];
+        for url in learned {
+            if !list.contains(url) {
+                list.push(url.clone());
+            }
+        }
+        if list != s.list {
+            tracing::info!(servers = ?list, "API servers known");
+            s.current = list.iter().position(|u| *u == current).unwrap_or(0);
+            s.list = list;
+        }
+    }
+
     /// A client that does not verify the server yet (only for fetching the CA to pin).
     pub fn unverified(server: &str) -> anyhow::Result<Self> {
         let config = unverified_tls()?;
         Ok(Self {
             client: connector(&config),
-            server: server.trim_end_matches('/').to_owned(),
+            servers: servers(server),
             tls: Arc::new(config),
         })
     }
@@ -84,8 +142,9 @@ impl ApiClient {
     /// A gRPC channel to the control plane over the same TLS (HTTP/2 only), connected lazily and
     /// kept alive with pings so that a silently dead connection is noticed.
     pub fn grpc_channel(&self) -> anyhow::Result<tonic::transport::Channel> {
-        let endpoint = tonic::transport::Endpoint::from_shared(self.server.clone())
-            .with_context(|| format!("the server address {}", self.server))?
+        let server = self.server();
+        let endpoint = tonic::transport::Endpoint::from_shared(server.clone())
+            .with_context(|| format!("the server address {server}"))?
             .connect_timeout(std::time::Duration::from_secs(5))
             .http2_keep_alive_interval(std::time::Duration::from_secs(10))
             .keep_alive_timeout(std::time::Duration::from_secs(10))
@@ -101,7 +160,7 @@ impl ApiClient {
             .with_no_client_auth();
         Ok(Self {
             client: connector(&config),
-            server: server.trim_end_matches('/').to_owned(),
+            servers: servers(server),
             tls: Arc::new(config),
         })
     }
@@ -117,7 +176,7 @@ impl ApiClient {
             .with_client_auth_cert(certs, key)?;
         Ok(Self {
             client: connector(&config),
-            server: server.trim_end_matches('/').to_owned(),
+            servers: servers(server),
             tls: Arc::new(config),
         })
     }
@@ -125,7 +184,21 @@ impl ApiClient {
     /// Opens a connection of its own to the API server and upgrades it to `protocol` with a GET of
     /// `path` (HTTP/1.1, the node certificate presented); returns the upgraded byte stream.
     pub async fn upgrade(&self, path: &str, protocol: &str) -> anyhow::Result<hyper::upgrade::Upgraded> {
-        let uri: hyper::Uri = self.server.parse().context("the server URL")?;
+        let server = self.server();
+        let upgraded = self.upgrade_at(&server, path, protocol).await;
+        if upgraded.is_err() {
+            self.fail_over(&server);
+        }
+        upgraded
+    }
+
+    async fn upgrade_at(
+        &self,
+        server: &str,
+        path: &str,
+        protocol: &str,
+    ) -> anyhow::Result<hyper::upgrade::Upgraded> {
+        let uri: hyper::Uri = server.parse().context("the server URL")?;
         let host = uri
             .host()
             .context("the server URL has no host")?
@@ -172,35 +245,61 @@ impl ApiClient {
         content_type: &str,
         body: Option<&Value>,
     ) -> anyhow::Result<(u16, Bytes)> {
-        let bytes = body.map(serde_json::to_vec).transpose()?.unwrap_or_default();
-        let req = hyper::Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.server))
-            .header("content-type", content_type)
-            .header("user-agent", "skiff-agent/0.1")
-            .body(Full::new(Bytes::from(bytes)))?;
+        let bytes = Bytes::from(body.map(serde_json::to_vec).transpose()?.unwrap_or_default());
         let resp = self
-            .client
-            .request(req)
+            .send(|server| {
+                hyper::Request::builder()
+                    .method(method.clone())
+                    .uri(format!("{server}{path}"))
+                    .header("content-type", content_type)
+                    .header("user-agent", "skiff-agent/0.1")
+                    .body(Full::new(bytes.clone()))
+            })
             .await
-            .with_context(|| format!("request to {}{path}", self.server))?;
+            .with_context(|| format!("request to {}{path}", self.server()))?;
         let status = resp.status().as_u16();
         let body = resp.into_body().collect().await?.to_bytes();
         Ok((status, body))
     }
 
+    /// Sends the request `make` builds for a server, to the current one; one that cannot be
+    /// connected to (the request never left) is tried on each other server known in turn.
+    async fn send(
+        &self,
+        make: impl Fn(&str) -> Result<hyper::Request<Full<Bytes>>, hyper::http::Error>,
+    ) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
+        let tries = self.servers.read().unwrap_or_else(|e| e.into_inner()).list.len();
+        let mut attempt = 0;
+        loop {
+            let server = self.server();
+            match self.client.request(make(&server)?).await {
+                Err(e) if e.is_connect() && attempt + 1 < tries => {
+                    self.fail_over(&server);
+                    attempt += 1;
+                }
+                Err(e) => {
+                    if e.is_connect() {
+                        self.fail_over(&server);
+                    }
+                    return Err(e.into());
+                }
+                Ok(resp) => return Ok(resp),
+            }
+        }
+    }
+
     /// Starts a streaming GET (a watch, or followed logs); non-2xx answers become errors.
     pub async fn stream(&self, path: &str) -> anyhow::Result<hyper::body::Incoming> {
-        let req = hyper::Request::builder()
-            .method(Method::GET)
-            .uri(format!("{}{path}", self.server))
-            .header("user-agent", "skiff-agent/0.1")
-            .body(Full::new(Bytes::new()))?;
         let resp = self
-            .client
-            .request(req)
+            .send(|server| {
+                hyper::Request::builder()
+                    .method(Method::GET)
+                    .uri(format!("{server}{path}"))
+                    .header("user-agent", "skiff-agent/0.1")
+                    .body(Full::new(Bytes::new()))
+            })
             .await
-            .with_context(|| format!("request to {}{path}", self.server))?;
+            .with_context(|| format!("request to {}{path}", self.server()))?;
         let status = resp.status().as_u16();
         if !(200..300).contains(&status) {
             let bytes = resp.into_body().collect().await?.to_bytes();

@@ -55,15 +55,22 @@ impl Feeds {
 }
 
 /// Keeps the stream of `node` flowing into `feeds` until the process ends.
+/// A stream that fails moves to the next API server the node knows (an HA control plane's other
+/// members) and resumes there from its revision: every member has the same revisions.
 pub async fn run(api: ApiClient, node: String, feeds: Feeds) {
-    let channel = match api.grpc_channel() {
-        Ok(c) => c,
+    let connect = |api: &ApiClient| match api.grpc_channel() {
+        Ok(c) => Some((
+            api.server(),
+            NodeServiceClient::new(c).max_decoding_message_size(MAX_MESSAGE),
+        )),
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "cannot set up the node stream");
-            return;
+            None
         }
     };
-    let mut client = NodeServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE);
+    let Some((mut server, mut client)) = connect(&api) else {
+        return;
+    };
     let mut follower = Follower {
         node,
         feeds,
@@ -84,6 +91,12 @@ pub async fn run(api: ApiClient, node: String, feeds: Feeds) {
             }
             Err(e) => {
                 tracing::warn!(revision = follower.revision, error = %format!("{e:#}"), "node stream interrupted");
+                api.fail_over(&server);
+                if api.server() != server
+                    && let Some((next, c)) = connect(&api)
+                {
+                    (server, client) = (next, c);
+                }
                 if follower.revision != before {
                     Duration::from_millis(200)
                 } else {
@@ -159,5 +172,55 @@ impl Follower {
             }
         }
         Ok(())
+    }
+}
+
+/// The API servers of the `default/kubernetes` Service's EndpointSlices (`https://IP:PORT` of
+/// each ready endpoint).
+fn api_servers(slices: &std::collections::BTreeMap<String, serde_json::Value>) -> Vec<String> {
+    let mut urls = Vec::new();
+    for slice in slices.values() {
+        if crate::node::watch::service_of_slice(slice).as_deref() != Some("default/kubernetes") {
+            continue;
+        }
+        let Some(port) = slice["ports"]
+            .as_array()
+            .and_then(|p| p.first())
+            .and_then(|p| p["port"].as_u64())
+        else {
+            continue;
+        };
+        for endpoint in slice["endpoints"].as_array().into_iter().flatten() {
+            if endpoint["conditions"]["ready"] == false {
+                continue;
+            }
+            for ip in endpoint["addresses"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|a| a.as_str())
+            {
+                let host = if ip.contains(':') {
+                    format!("[{ip}]")
+                } else {
+                    ip.to_owned()
+                };
+                urls.push(format!("https://{host}:{port}"));
+            }
+        }
+    }
+    urls.sort();
+    urls
+}
+
+/// Keeps the API client's list of servers to the control plane's members, from the node stream's
+/// EndpointSlices (checked every 5 s).
+pub async fn follow_api_servers(api: ApiClient, slices: crate::node::watch::Shared) {
+    loop {
+        let urls = slices.read(api_servers);
+        if !urls.is_empty() {
+            api.learn_servers(&urls);
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
     }
 }

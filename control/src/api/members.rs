@@ -199,6 +199,11 @@ async fn add(app: &App, req: &Value) -> Result<Response, ApiError> {
             .await
     };
     if let Err(e) = added.await {
+        // A learner that never caught up (unreachable, or refused by the others) goes again.
+        let _ = app
+            .store
+            .change_membership(MembershipOp::Remove { id }, Duration::from_secs(10))
+            .await;
         let _ = app.store.delete(&record_key(id), None).await;
         return Err(unavailable(e));
     }

@@ -333,20 +333,24 @@ impl Store {
         let service = RaftServiceServer::new(RaftGrpc {
             raft: raft.clone(),
             hub: hub.clone(),
-            verify_members: config.tls.is_some(),
         });
-        let mut builder = tonic::transport::Server::builder();
-        if let Some(tls) = &config.tls {
-            builder = builder.tls_config(tls.server()).map_err(io)?;
-        }
+        let tls = config.tls.as_ref().map(|t| t.server()).transpose().map_err(io)?;
         tokio::spawn(async move {
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-            let served = builder
-                .add_service(service)
-                .serve_with_incoming_shutdown(incoming, async {
-                    let _ = stop_rx.await;
-                })
-                .await;
+            let router = tonic::transport::Server::builder().add_service(service);
+            let stop = async {
+                let _ = stop_rx.await;
+            };
+            let served = match tls {
+                Some(tls) => {
+                    router
+                        .serve_with_incoming_shutdown(network::tls_incoming(listener, tls), stop)
+                        .await
+                }
+                None => {
+                    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                    router.serve_with_incoming_shutdown(incoming, stop).await
+                }
+            };
             if let Err(e) = served {
                 tracing::error!(error = %e, "raft transport stopped");
             }
@@ -1012,6 +1016,58 @@ mod tests {
         assert_eq!(others[1].get("/h/after").await.unwrap().unwrap().value, b"3");
         for m in others {
             m.shutdown().await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn members_talk_mutual_tls_and_refuse_other_certificates_of_the_ca() {
+        let pki_dir = tempfile::tempdir().unwrap();
+        let pki =
+            crate::pki::Pki::load_or_create(pki_dir.path(), "127.0.0.1:0".parse().unwrap(), &[]).unwrap();
+        let tls = |cert: crate::pki::CertAndKey| {
+            Some(Arc::new(PeerTls {
+                ca_pem: pki.ca_pem.clone(),
+                cert_pem: cert.cert_pem,
+                key_pem: cert.key_pem,
+            }))
+        };
+        let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let open = |i: usize, id: u64, join: bool, tls| {
+            Store::open(StoreConfig {
+                node_id: id,
+                join,
+                tls,
+                ..StoreConfig::single(dirs[i].path().to_path_buf(), "127.0.0.1:0".parse().unwrap())
+            })
+        };
+        let first = open(0, 1, false, tls(pki.issue_member(1).unwrap()))
+            .await
+            .unwrap();
+        let second = open(1, 2, true, tls(pki.issue_member(2).unwrap())).await.unwrap();
+        let addr = second.raft_addr().to_string();
+        first
+            .change_membership(MembershipOp::AddLearner { id: 2, addr }, Duration::from_secs(20))
+            .await
+            .unwrap();
+        first.create("/t/a", b"1".to_vec()).await.unwrap();
+        second.wait_until_serving(Duration::from_secs(10)).await.unwrap();
+        assert_eq!(second.get("/t/a").await.unwrap().unwrap().value, b"1");
+        // An administrator's certificate from the same CA is not a member's: refused.
+        let admin = pki.issue_client("skiff-admin", &["system:masters"]).unwrap();
+        let intruder = open(2, 3, true, tls(admin)).await.unwrap();
+        let addr = intruder.raft_addr().to_string();
+        let added = first
+            .change_membership(MembershipOp::AddLearner { id: 3, addr }, Duration::from_secs(3))
+            .await;
+        assert!(added.is_err(), "a member with an admin certificate was added");
+        assert!(
+            intruder
+                .member_status(1, &first.raft_addr().to_string())
+                .await
+                .is_err()
+        );
+        for s in [first, second, intruder] {
+            s.shutdown().await;
         }
     }
 

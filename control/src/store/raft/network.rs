@@ -20,7 +20,7 @@ use serde::de::DeserializeOwned;
 use skiff_proto::raft::v1::RaftPayload;
 use skiff_proto::raft::v1::raft_service_client::RaftServiceClient;
 use skiff_proto::raft::v1::raft_service_server::RaftService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity, ServerTlsConfig};
+use tonic::transport::Channel;
 
 use super::types::{MemberStatus, MembershipOp, NodeId, Raft, Request, Response, TypeConfig, decode, encode};
 use crate::store::watch::WatchHub;
@@ -42,34 +42,154 @@ pub struct PeerTls {
     pub key_pem: String,
 }
 
+// TLS is done here with tokio-rustls rather than by tonic's `tls-*` features: those make every
+// tonic channel of the build (the agent's too, built alongside) refuse `https` URIs it has no TLS
+// configuration of its own for.
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
 impl PeerTls {
-    pub(super) fn server(&self) -> ServerTlsConfig {
-        ServerTlsConfig::new()
-            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
-            .client_ca_root(Certificate::from_pem(&self.ca_pem))
+    fn roots(&self) -> Result<Arc<rustls::RootCertStore>, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pemfile::certs(&mut self.ca_pem.as_bytes()) {
+            roots
+                .add(cert.map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(Arc::new(roots))
     }
 
-    fn client(&self) -> ClientTlsConfig {
-        ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(&self.ca_pem))
-            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
-            .domain_name(MEMBER_NAME)
+    fn identity(
+        &self,
+    ) -> Result<
+        (
+            Vec<rustls::pki_types::CertificateDer<'static>>,
+            rustls::pki_types::PrivateKeyDer<'static>,
+        ),
+        String,
+    > {
+        let certs = rustls_pemfile::certs(&mut self.cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        let key = rustls_pemfile::private_key(&mut self.key_pem.as_bytes())
+            .map_err(|e| e.to_string())?
+            .ok_or("no private key in the member certificate")?;
+        Ok((certs, key))
     }
+
+    /// The server side: a member's certificate, clients must present one from the cluster CA.
+    pub(super) fn server(&self) -> Result<Arc<rustls::ServerConfig>, String> {
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(self.roots()?, provider())
+            .build()
+            .map_err(|e| e.to_string())?;
+        let (certs, key) = self.identity()?;
+        let mut config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(certs, key)
+            .map_err(|e| e.to_string())?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    fn client(&self) -> Result<Arc<rustls::ClientConfig>, String> {
+        let (certs, key) = self.identity()?;
+        let mut config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(self.roots()?)
+            .with_client_auth_cert(certs, key)
+            .map_err(|e| e.to_string())?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
+/// Accepts connections on `listener`, each through a TLS handshake of its own (a slow client
+/// holds up nobody), as a stream for tonic's server: only callers presenting a store member's
+/// certificate get through.
+pub(super) fn tls_incoming(
+    listener: tokio::net::TcpListener,
+    config: Arc<rustls::ServerConfig>,
+) -> tokio_stream::wrappers::ReceiverStream<
+    std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
+> {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(error = %e, "raft transport accept");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            if tx.is_closed() {
+                return;
+            }
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        // The CA vouches for every certificate it issued (admins', nodes'): only a
+                        // member's is let in.
+                        let member = tls
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .is_some_and(|c| is_member(c));
+                        if member {
+                            drop(tx.send(Ok(tls)).await);
+                        } else {
+                            tracing::warn!(
+                                peer = ?tls.get_ref().0.peer_addr().ok(),
+                                "refused a Raft connection whose certificate is not a store member's ({MEMBER_ORG})"
+                            );
+                        }
+                    }
+                    Ok(Err(e)) => tracing::debug!(error = %e, "raft transport TLS handshake"),
+                    Err(_) => tracing::debug!("raft transport TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
 /// Opens a channel to a member's Raft address.
 async fn connect(addr: &str, tls: Option<&PeerTls>) -> Result<Channel, String> {
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    let mut endpoint = Channel::from_shared(format!("{scheme}://{addr}"))
+    // The scheme is `http` either way: TLS, when configured, is the connector's.
+    let endpoint = Channel::from_shared(format!("http://{addr}"))
         .map_err(|e| e.to_string())?
         .connect_timeout(Duration::from_secs(2));
-    if let Some(tls) = tls {
-        endpoint = endpoint.tls_config(tls.client()).map_err(|e| e.to_string())?;
-    }
-    endpoint
-        .connect()
-        .await
-        .map_err(|e| format!("connecting to {addr}: {e}"))
+    let connected = match tls {
+        None => endpoint.connect().await,
+        Some(tls) => {
+            let config = tls.client()?;
+            let connector = tower::service_fn(move |uri: tonic::transport::Uri| {
+                let config = config.clone();
+                async move {
+                    let host = uri.host().unwrap_or_default().to_owned();
+                    let port = uri.port_u16().unwrap_or(80);
+                    let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+                    tcp.set_nodelay(true)?;
+                    let name = rustls::pki_types::ServerName::try_from(MEMBER_NAME)
+                        .map_err(std::io::Error::other)?;
+                    let tls = tokio_rustls::TlsConnector::from(config)
+                        .connect(name, tcp)
+                        .await?;
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+                }
+            });
+            endpoint.connect_with_connector(connector).await
+        }
+    };
+    connected.map_err(|e| format!("connecting to {addr}: {e}"))
 }
 
 /// One HTTP/2 connection per member address, shared by every client of this member: openraft
@@ -343,8 +463,28 @@ pub(super) async fn change_membership(raft: &Raft, op: &MembershipOp) -> Result<
     use std::collections::BTreeSet;
     let result = match op {
         MembershipOp::AddLearner { id, addr } => {
-            raft.add_learner(*id, BasicNode { addr: addr.clone() }, true)
-                .await
+            let added = raft
+                .add_learner(*id, BasicNode { addr: addr.clone() }, false)
+                .await;
+            if let Ok(resp) = &added {
+                // Caught up: it holds the log up to its own membership entry (openraft's own
+                // blocking wait accepts a lag of thousands of entries, even a learner never reached).
+                let target = resp.log_id.index;
+                let id = *id;
+                raft.wait(None)
+                    .metrics(
+                        |m| {
+                            m.replication
+                                .as_ref()
+                                .and_then(|r| r.get(&id))
+                                .is_some_and(|matched| matched.is_some_and(|l| l.index >= target))
+                        },
+                        "the new learner has caught up",
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            added
         }
         MembershipOp::Promote { id } => {
             raft.change_membership(openraft::ChangeMembers::AddVoterIds(BTreeSet::from([*id])), false)
@@ -381,8 +521,6 @@ pub(super) async fn change_membership(raft: &Raft, op: &MembershipOp) -> Result<
 pub struct RaftGrpc {
     pub(crate) raft: Raft,
     pub(crate) hub: Arc<WatchHub>,
-    /// Whether callers must present a member certificate (the transport is TLS).
-    pub(crate) verify_members: bool,
 }
 
 impl std::fmt::Debug for RaftGrpc {
@@ -405,20 +543,8 @@ fn is_member(der: &[u8]) -> bool {
 }
 
 impl RaftGrpc {
-    /// The request's payload, if its caller is a store member.
+    /// The request's payload (callers were checked at the TLS handshake: [`tls_incoming`]).
     fn payload(&self, request: tonic::Request<RaftPayload>) -> Result<Vec<u8>, tonic::Status> {
-        if self.verify_members {
-            let certs = request.peer_certs();
-            let member = certs
-                .as_deref()
-                .and_then(|c| c.first())
-                .is_some_and(|c| is_member(c));
-            if !member {
-                return Err(tonic::Status::permission_denied(format!(
-                    "only store members (certificates in {MEMBER_ORG}) may call the Raft service"
-                )));
-            }
-        }
         Ok(request.into_inner().data)
     }
 }
