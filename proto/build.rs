@@ -10,6 +10,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &["proto/raft.proto", "proto/node.proto", "proto/health.proto"],
         &["proto"],
     )?;
+    // etcd's v3 API, which the store serves for etcdctl: server side only.
+    tonic_prost_build::configure()
+        .build_client(false)
+        .generate_default_stubs(true)
+        .compile_protos(&["proto/etcd/rpc.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

@@ -6,7 +6,8 @@
 #         iproute2 (the node's network), kubectl (Debian's kubernetes-client, unless one is on PATH).
 #   test: also a registry on loopback (docker-registry, skopeo), busybox-static (the test image),
 #         bpftool (the proxy tests dump its maps), qemu-system-x86 (the pure cgroup v2 machine) and
-#         python3-venv (the official Python client runs in a pod from a venv), and rustfmt/clippy.
+#         python3-venv (the official Python client runs in a pod from a venv), etcd-client (etcdctl
+#         against the store's etcd API), and rustfmt/clippy.
 #   bench: what test needs, and the peers measured beside Skiff (etcd-server, runc, crun,
 #         iptables).
 # The eBPF toolchain (nightly rust-src, bpf-linker) is installed by xtask itself when it builds.
@@ -14,7 +15,7 @@ set -euo pipefail
 want=${1:?usage: prerequisites.sh up|test|bench}
 packages=(libseccomp-dev pkg-config curl nftables iproute2)
 if [ "$want" = test ] || [ "$want" = bench ]; then
-  packages+=(busybox-static docker-registry skopeo bpftool qemu-system-x86 python3-venv)
+  packages+=(busybox-static docker-registry skopeo bpftool qemu-system-x86 python3-venv etcd-client)
 fi
 if [ "$want" = bench ]; then
   packages+=(etcd-server runc crun iptables)

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod bootstrap;
 pub mod controllers;
+pub mod etcd;
 pub mod membership;
 pub mod metrics;
 pub mod objects;

@@ -57,6 +57,10 @@ struct Args {
     /// address with its port when that is unspecified).
     #[arg(long)]
     raft_advertise: Option<SocketAddr>,
+    /// Serve etcd's v3 API (for `etcdctl`) on this address: TLS, client certificates of the
+    /// cluster CA in `system:masters` (the admin kubeconfig's). Off unless given.
+    #[arg(long)]
+    etcd_listen: Option<SocketAddr>,
     /// The range cluster IPs are allocated from.
     #[arg(long, default_value = "10.96.0.0/12")]
     service_cidr: String,
@@ -343,6 +347,20 @@ async fn run() -> anyhow::Result<()> {
             .unwrap_or_default(),
         bundle: skiff_control::membership::shared_bundle(&args.data_dir, &encryption_file)?,
     });
+    if let Some(addr) = args.etcd_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding --etcd-listen {addr}"))?;
+        let url = format!("https://{}", listener.local_addr()?);
+        let etcd = skiff_control::etcd::Etcd::new(
+            store.clone(),
+            &objects.registry,
+            &pki.ca_pem,
+            &args.data_dir,
+            url,
+        );
+        skiff_control::etcd::serve(etcd, listener, skiff_control::etcd::server_tls(&pki)?);
+    }
     let tls = api::server::tls_config(&pki).context("configuring TLS")?;
     let pki = Arc::new(pki);
     let mut controllers = skiff_control::controllers::Config {

@@ -28,3 +28,23 @@ pub mod health {
         tonic::include_proto!("grpc.health.v1");
     }
 }
+
+/// etcd's v3 API (vendored from etcd, Apache-2.0), which the control plane's store serves so that
+/// `etcdctl` works against it. Package names as etcd's, so the generated code finds its siblings.
+pub mod etcd {
+    /// `etcdserverpb`: the KV, Watch, Lease, Cluster, Maintenance and Auth services.
+    #[allow(missing_docs, missing_debug_implementations, clippy::all)]
+    pub mod etcdserverpb {
+        tonic::include_proto!("etcdserverpb");
+    }
+    /// `mvccpb`: keys and events.
+    #[allow(missing_docs, missing_debug_implementations, clippy::all)]
+    pub mod mvccpb {
+        tonic::include_proto!("mvccpb");
+    }
+    /// `authpb`: users and roles.
+    #[allow(missing_docs, missing_debug_implementations, clippy::all)]
+    pub mod authpb {
+        tonic::include_proto!("authpb");
+    }
+}

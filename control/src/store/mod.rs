@@ -12,7 +12,10 @@ mod raft;
 mod watch;
 
 pub use encryption::Encryption;
-pub use raft::{MEMBER_NAME, MEMBER_ORG, MemberStatus, MembershipOp, PeerTls, Store, StoreConfig};
+pub use raft::{
+    MEMBER_NAME, MEMBER_ORG, MemberStatus, MembershipOp, PeerTls, Store, StoreConfig, prefix_end,
+    tls_incoming,
+};
 pub use watch::{Event, EventKind, WatchStream};
 
 use serde::{Deserialize, Serialize};
@@ -45,6 +48,74 @@ pub enum WriteOp {
     Delete { key: String, expected: Option<u64> },
     /// Forget watch history up to `revision`.
     Compact { revision: u64 },
+    /// Create or replace `key` (etcd's put).
+    Put { key: String, value: Vec<u8> },
+    /// If every comparison holds, `success`, else `failure`, all in one log entry (etcd's txn;
+    /// each write of the branch takes a revision of its own).
+    Txn {
+        compares: Vec<Compare>,
+        success: Vec<WriteOp>,
+        failure: Vec<WriteOp>,
+    },
+}
+
+/// A comparison on one key in a [`WriteOp::Txn`] (etcd's `Compare`). A missing key has version,
+/// create and mod revision 0 and no value; an existing key's version is 1 (the store does not
+/// count modifications).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Compare {
+    /// The key.
+    pub key: String,
+    /// What is compared.
+    pub target: CompareTarget,
+    /// How.
+    pub op: CompareOp,
+}
+
+/// The side of a [`Compare`] taken from the key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum CompareTarget {
+    /// The key's version against this.
+    Version(u64),
+    /// Its create revision against this.
+    Create(u64),
+    /// Its mod revision against this.
+    Mod(u64),
+    /// Its value against these bytes.
+    Value(Vec<u8>),
+}
+
+/// How a [`Compare`] compares.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum CompareOp {
+    /// Equal.
+    Equal,
+    /// The key's side is greater.
+    Greater,
+    /// The key's side is less.
+    Less,
+    /// Not equal.
+    NotEqual,
+}
+
+impl Compare {
+    /// Whether the comparison holds for `current` (the key's value, if it exists).
+    pub fn holds(&self, current: Option<&KeyValue>) -> bool {
+        use std::cmp::Ordering;
+        let ordering = match (&self.target, current) {
+            (CompareTarget::Value(_), None) => return false,
+            (CompareTarget::Value(v), Some(kv)) => kv.value.as_slice().cmp(v.as_slice()),
+            (CompareTarget::Version(v), kv) => u64::from(kv.is_some()).cmp(v),
+            (CompareTarget::Create(v), kv) => kv.map_or(0, |kv| kv.create_revision).cmp(v),
+            (CompareTarget::Mod(v), kv) => kv.map_or(0, |kv| kv.mod_revision).cmp(v),
+        };
+        match self.op {
+            CompareOp::Equal => ordering == Ordering::Equal,
+            CompareOp::Greater => ordering == Ordering::Greater,
+            CompareOp::Less => ordering == Ordering::Less,
+            CompareOp::NotEqual => ordering != Ordering::Equal,
+        }
+    }
 }
 
 /// What a write produced.
@@ -58,6 +129,11 @@ pub enum WriteResult {
     NotFound,
     /// The key's mod revision is not the expected one.
     Conflict { current: KeyValue },
+    /// A transaction: whether its comparisons held, and the results of the branch it ran.
+    Txn {
+        succeeded: bool,
+        results: Vec<WriteResult>,
+    },
 }
 
 /// Errors of store operations.

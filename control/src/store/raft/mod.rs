@@ -26,7 +26,7 @@ use tokio::sync::oneshot;
 
 use self::log_store::LogStore;
 use self::network::{Channels, Network, Peers, RaftGrpc};
-pub use self::network::{MEMBER_NAME, MEMBER_ORG, PeerTls};
+pub use self::network::{MEMBER_NAME, MEMBER_ORG, PeerTls, tls_incoming};
 use self::state_machine::{KV, REVISION, Record, SM_META, StateMachine, read_revision};
 pub use self::types::{MemberStatus, MembershipOp};
 use self::types::{NodeId, Raft, Request, decode};
@@ -261,7 +261,7 @@ impl ListResult {
 }
 
 /// The first key after every key that starts with `prefix`.
-fn prefix_end(prefix: &str) -> String {
+pub fn prefix_end(prefix: &str) -> String {
     let mut bytes = prefix.as_bytes().to_vec();
     while let Some(last) = bytes.pop() {
         if last < 0x7f {
@@ -343,7 +343,10 @@ impl Store {
             let served = match tls {
                 Some(tls) => {
                     router
-                        .serve_with_incoming_shutdown(network::tls_incoming(listener, tls), stop)
+                        .serve_with_incoming_shutdown(
+                            network::tls_incoming(listener, tls, network::is_member, MEMBER_ORG),
+                            stop,
+                        )
                         .await
                 }
                 None => {
@@ -403,6 +406,11 @@ impl Store {
     /// This member's id.
     pub fn member_id(&self) -> u64 {
         self.node_id
+    }
+
+    /// The Raft term this member is in.
+    pub fn term(&self) -> u64 {
+        self.raft.metrics().borrow().current_term
     }
 
     /// The address the Raft transport listens on.
@@ -656,26 +664,75 @@ impl Store {
     }
 
     /// Proposes writes as one log entry; returns each write's result once durable and applied.
-    /// Refused while the disk is full (compactions, which free space, are not).
+    /// Refused while the disk is full (compactions, which free space, are not). Values are
+    /// sealed and opened as the encryption configuration says.
     pub async fn write(&self, mut ops: Vec<WriteOp>) -> Result<Vec<WriteResult>, StoreError> {
         if !self.encryption.is_empty() {
             for op in &mut ops {
-                if let WriteOp::Create { key, value } | WriteOp::Update { key, value, .. } = op {
-                    *value = self.encryption.seal(key, std::mem::take(value));
+                self.seal(op);
+            }
+        }
+        let results = self.write_raw(ops).await?;
+        if self.encryption.is_empty() {
+            return Ok(results);
+        }
+        results.into_iter().map(|r| self.open_result(r)).collect()
+    }
+
+    fn seal(&self, op: &mut WriteOp) {
+        match op {
+            WriteOp::Create { key, value }
+            | WriteOp::Update { key, value, .. }
+            | WriteOp::Put { key, value } => {
+                *value = self.encryption.seal(key, std::mem::take(value));
+            }
+            WriteOp::Txn { success, failure, .. } => {
+                for op in success.iter_mut().chain(failure.iter_mut()) {
+                    self.seal(op);
                 }
+            }
+            WriteOp::Delete { .. } | WriteOp::Compact { .. } => {}
+        }
+    }
+
+    fn open_result(&self, r: WriteResult) -> Result<WriteResult, StoreError> {
+        Ok(match r {
+            WriteResult::Done { revision, kv } => WriteResult::Done {
+                revision,
+                kv: kv.map(|kv| self.opened(kv)).transpose()?,
+            },
+            WriteResult::AlreadyExists { current } => WriteResult::AlreadyExists {
+                current: self.opened(current)?,
+            },
+            WriteResult::Conflict { current } => WriteResult::Conflict {
+                current: self.opened(current)?,
+            },
+            WriteResult::NotFound => WriteResult::NotFound,
+            WriteResult::Txn { succeeded, results } => WriteResult::Txn {
+                succeeded,
+                results: results
+                    .into_iter()
+                    .map(|r| self.open_result(r))
+                    .collect::<Result<_, _>>()?,
+            },
+        })
+    }
+
+    /// [`Store::write`] with values as given and answered as stored (no encryption either way):
+    /// etcd's API, which shows what is on disk as etcd shows what kube-apiserver wrote.
+    pub async fn write_raw(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteResult>, StoreError> {
+        fn size(op: &WriteOp) -> usize {
+            match op {
+                WriteOp::Create { key, value }
+                | WriteOp::Update { key, value, .. }
+                | WriteOp::Put { key, value } => key.len() + value.len(),
+                WriteOp::Delete { key, .. } => key.len(),
+                WriteOp::Compact { .. } => 0,
+                WriteOp::Txn { success, failure, .. } => success.iter().chain(failure).map(size).sum(),
             }
         }
         if !ops.iter().all(|op| matches!(op, WriteOp::Compact { .. })) {
-            let bytes = ops
-                .iter()
-                .map(|op| match op {
-                    WriteOp::Create { key, value } | WriteOp::Update { key, value, .. } => {
-                        key.len() + value.len()
-                    }
-                    WriteOp::Delete { key, .. } => key.len(),
-                    WriteOp::Compact { .. } => 0,
-                })
-                .sum::<usize>();
+            let bytes = ops.iter().map(size).sum::<usize>();
             self.disk.admit(bytes as u64).map_err(StoreError::NoSpace)?;
         }
         let (reply, rx) = oneshot::channel();
@@ -689,28 +746,44 @@ impl Store {
             })
             .await
             .map_err(|_| closed())?;
-        let results = rx.await.map_err(|_| closed())??;
-        if self.encryption.is_empty() {
-            return Ok(results);
+        rx.await.map_err(|_| closed())?
+    }
+
+    /// Every key in `[start, end)` (end `None`: to the end of the key space) as stored, at most
+    /// `limit` (0: all), after a linearizable read index; and the store's revision.
+    pub async fn range_raw(
+        &self,
+        start: &str,
+        end: Option<&str>,
+        limit: usize,
+    ) -> Result<ListResult, StoreError> {
+        self.linearize().await?;
+        let tx = self.db.begin_read().map_err(io)?;
+        let meta = tx.open_table(SM_META).map_err(io)?;
+        let revision = match meta.get(REVISION).map_err(io)? {
+            Some(v) => decode(v.value()).map_err(io)?,
+            None => 0,
+        };
+        let table = tx.open_table(KV).map_err(io)?;
+        let upper = match end {
+            Some(end) => Bound::Excluded(end),
+            None => Bound::Unbounded,
+        };
+        let mut items = Vec::new();
+        let mut more = false;
+        for item in table.range::<&str>((Bound::Included(start), upper)).map_err(io)? {
+            let (k, v) = item.map_err(io)?;
+            if limit > 0 && items.len() == limit {
+                more = true;
+                break;
+            }
+            items.push(decode::<Record>(v.value()).map_err(io)?.into_kv(k.value()));
         }
-        results
-            .into_iter()
-            .map(|r| {
-                Ok(match r {
-                    WriteResult::Done { revision, kv } => WriteResult::Done {
-                        revision,
-                        kv: kv.map(|kv| self.opened(kv)).transpose()?,
-                    },
-                    WriteResult::AlreadyExists { current } => WriteResult::AlreadyExists {
-                        current: self.opened(current)?,
-                    },
-                    WriteResult::Conflict { current } => WriteResult::Conflict {
-                        current: self.opened(current)?,
-                    },
-                    WriteResult::NotFound => WriteResult::NotFound,
-                })
-            })
-            .collect()
+        Ok(ListResult {
+            items,
+            revision,
+            more,
+        })
     }
 
     async fn write_one(&self, op: WriteOp) -> Result<KeyValue, StoreError> {
@@ -719,7 +792,8 @@ impl Store {
             WriteOp::Update { key, expected, .. } | WriteOp::Delete { key, expected } => {
                 (key.clone(), *expected)
             }
-            WriteOp::Compact { .. } => (String::new(), None),
+            WriteOp::Put { key, .. } => (key.clone(), None),
+            WriteOp::Compact { .. } | WriteOp::Txn { .. } => (String::new(), None),
         };
         let result = self.write(vec![op]).await?.into_iter().next();
         match result {
@@ -730,7 +804,7 @@ impl Store {
                 mod_revision: revision,
                 ..kv
             }),
-            Some(WriteResult::Done { kv: None, .. }) | None => {
+            Some(WriteResult::Done { kv: None, .. } | WriteResult::Txn { .. }) | None => {
                 Err(StoreError::Io("empty write result".into()))
             }
             Some(WriteResult::AlreadyExists { current }) => Err(StoreError::AlreadyExists {

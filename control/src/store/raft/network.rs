@@ -108,11 +108,13 @@ impl PeerTls {
 }
 
 /// Accepts connections on `listener`, each through a TLS handshake of its own (a slow client
-/// holds up nobody), as a stream for tonic's server: only callers presenting a store member's
-/// certificate get through.
-pub(super) fn tls_incoming(
+/// holds up nobody), as a stream for tonic's server: only callers whose certificate `allow`s
+/// (`who` says whom, in the log) get through.
+pub fn tls_incoming(
     listener: tokio::net::TcpListener,
     config: Arc<rustls::ServerConfig>,
+    allow: fn(&[u8]) -> bool,
+    who: &'static str,
 ) -> tokio_stream::wrappers::ReceiverStream<
     std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
 > {
@@ -135,20 +137,20 @@ pub(super) fn tls_incoming(
             tokio::spawn(async move {
                 match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
-                        // The CA vouches for every certificate it issued (admins', nodes'): only a
-                        // member's is let in.
-                        let member = tls
+                        // The CA vouches for every certificate it issued (admins', nodes'): only
+                        // the callers' kind is let in.
+                        let allowed = tls
                             .get_ref()
                             .1
                             .peer_certificates()
                             .and_then(|c| c.first())
-                            .is_some_and(|c| is_member(c));
-                        if member {
+                            .is_some_and(|c| allow(c));
+                        if allowed {
                             drop(tx.send(Ok(tls)).await);
                         } else {
                             tracing::warn!(
                                 peer = ?tls.get_ref().0.peer_addr().ok(),
-                                "refused a Raft connection whose certificate is not a store member's ({MEMBER_ORG})"
+                                "refused a connection whose certificate is not in {who}"
                             );
                         }
                     }
@@ -534,7 +536,7 @@ fn bad_request(e: postcard::Error) -> tonic::Status {
 }
 
 /// Whether a DER certificate names a store member (organization [`MEMBER_ORG`]).
-fn is_member(der: &[u8]) -> bool {
+pub(super) fn is_member(der: &[u8]) -> bool {
     x509_parser::parse_x509_certificate(der).is_ok_and(|(_, cert)| {
         cert.subject()
             .iter_organization()

@@ -136,11 +136,23 @@ fn put(
     ))
 }
 
-/// Applies one write to the key table, producing its result and, if it changed anything, an event.
+/// Applies one write to the key table, producing its result and the events of what it changed.
 fn apply_op(
     kv: &mut redb::Table<&str, &[u8]>,
     revision: &mut u64,
     op: WriteOp,
+    events: &mut Vec<Event>,
+) -> Result<WriteResult, redb::StorageError> {
+    let (result, event) = apply_one(kv, revision, op, events)?;
+    events.extend(event);
+    Ok(result)
+}
+
+fn apply_one(
+    kv: &mut redb::Table<&str, &[u8]>,
+    revision: &mut u64,
+    op: WriteOp,
+    events: &mut Vec<Event>,
 ) -> Result<(WriteResult, Option<Event>), redb::StorageError> {
     let current =
         |kv: &redb::Table<&str, &[u8]>, key: &str| -> Result<Option<KeyValue>, redb::StorageError> {
@@ -195,6 +207,29 @@ fn apply_op(
             },
             None,
         )),
+        WriteOp::Put { key, value } => {
+            let prev = current(kv, &key)?;
+            put(kv, revision, key, value, prev)
+        }
+        WriteOp::Txn {
+            compares,
+            success,
+            failure,
+        } => {
+            let mut succeeded = true;
+            for c in &compares {
+                if !c.holds(current(kv, &c.key)?.as_ref()) {
+                    succeeded = false;
+                    break;
+                }
+            }
+            let branch = if succeeded { success } else { failure };
+            let mut results = Vec::with_capacity(branch.len());
+            for op in branch {
+                results.push(apply_op(kv, revision, op, events)?);
+            }
+            Ok((WriteResult::Txn { succeeded, results }, None))
+        }
     }
 }
 
@@ -242,9 +277,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             if let WriteOp::Compact { revision } = op {
                                 compact_to = Some(revision);
                             }
-                            let (result, event) = apply_op(&mut kv, &mut rev, op).map_err(|e| write(&e))?;
+                            let result =
+                                apply_op(&mut kv, &mut rev, op, &mut events).map_err(|e| write(&e))?;
                             response.results.push(result);
-                            events.extend(event);
                         }
                     }
                     EntryPayload::Membership(m) => {
