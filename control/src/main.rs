@@ -130,6 +130,19 @@ enum Command {
         #[arg(long, env = "KUBECONFIG")]
         kubeconfig: PathBuf,
     },
+    /// Backups: `restore FILE --data-dir DIR` makes DIR's store from a backup that
+    /// `etcdctl snapshot save` wrote (checked against its SHA-256); the next start there founds a
+    /// new one-member cluster with that state.
+    Snapshot {
+        /// `restore`.
+        action: String,
+        /// The backup file.
+        file: PathBuf,
+        /// The data directory to restore into (its store must not exist yet; its CA and tokens,
+        /// if there, are kept).
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
 }
 
 /// The address published for an API server listening on `listen`: that address, or for an
@@ -190,13 +203,34 @@ fn main() {
 
 async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
-    if let Some(Command::Member {
-        action,
-        id,
-        kubeconfig,
-    }) = &args.command
-    {
-        return skiff_control::membership::command(kubeconfig, action, id.as_deref()).await;
+    match &args.command {
+        Some(Command::Member {
+            action,
+            id,
+            kubeconfig,
+        }) => {
+            return skiff_control::membership::command(kubeconfig, action, id.as_deref()).await;
+        }
+        Some(Command::Snapshot {
+            action,
+            file,
+            data_dir,
+        }) => {
+            if action != "restore" {
+                anyhow::bail!("usage: skiff-control snapshot restore FILE --data-dir DIR");
+            }
+            let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+            let (revision, keys) = skiff_control::store::restore(&bytes, &data_dir.join("store"))
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("restoring {}", file.display()))?;
+            println!(
+                "restored {keys} keys at revision {revision} into {}; start skiff-control with --data-dir {} (a new one-member cluster)",
+                data_dir.join("store").display(),
+                data_dir.display()
+            );
+            return Ok(());
+        }
+        None => {}
     }
     skiff_common::logging::init(args.log_format, "openraft=warn,h2=warn,hyper=warn");
     let nofile = api::server::raise_descriptor_limit();

@@ -1,6 +1,7 @@
 //! Debian's stock `etcdctl` (3.4) against the store's etcd API (`--etcd-listen`), with the admin
 //! kubeconfig's certificate: keys in upstream's layout, get/put/del/txn/watch, compaction, defrag,
-//! member list, endpoint health and status; a client without a certificate is refused.
+//! member list, endpoint health and status, snapshot save and `skiff-control snapshot restore`; a
+//! client without a certificate is refused.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -187,4 +188,42 @@ fn etcdctl_reads_and_writes_the_store_as_upstream_lays_it_out() {
         .bounded_output()
         .unwrap();
     assert!(!anonymous.status.success());
+
+    // A backup with `etcdctl snapshot save`, restored with `skiff-control snapshot restore` into
+    // the data directory (its CA and tokens kept): the objects are back, the kubeconfig works.
+    let backup = e.dir.path().join("backup.db");
+    e.ok(&["snapshot", "save", backup.to_str().unwrap()]);
+    let mut c = c;
+    c.ok(&["create", "configmap", "after-backup"]);
+    c.kill9();
+    std::fs::remove_dir_all(c.data_dir().join("store")).unwrap();
+    let restore = |file: &std::path::Path| {
+        Command::new(skiff_tests::control_bin())
+            .args(["snapshot", "restore"])
+            .arg(file)
+            .arg("--data-dir")
+            .arg(c.data_dir())
+            .bounded_output()
+            .unwrap()
+    };
+    let mut damaged = std::fs::read(&backup).unwrap();
+    damaged[100] ^= 0xff;
+    let damaged_file = e.dir.path().join("damaged.db");
+    std::fs::write(&damaged_file, damaged).unwrap();
+    let refused = restore(&damaged_file);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("damaged"));
+    let restored = restore(&backup);
+    assert!(
+        restored.status.success(),
+        "{}",
+        String::from_utf8_lossy(&restored.stderr)
+    );
+    c.restart();
+    assert_eq!(
+        c.ok(&["get", "configmap", "settings", "-o", "jsonpath={.data.color}"]),
+        "blue"
+    );
+    assert!(!c.kubectl(&["get", "configmap", "after-backup"]).status.success());
+    c.ok(&["create", "configmap", "after-restore"]);
 }

@@ -7,8 +7,9 @@
 //! What differs from etcd: every write of a transaction takes a revision of its own (etcd gives a
 //! transaction one); a key's `version` is 1 while it exists (the store does not count changes);
 //! reads at a past revision are refused (the store keeps no history of values, only of events
-//! for watches); leases, authentication, snapshots and member changes are not served here
-//! (members: `skiff-control member`).
+//! for watches); leases, authentication and member changes are not served here (members:
+//! `skiff-control member`). `snapshot save` writes Skiff's backup format (the keys at one
+//! revision with a SHA-256), which `skiff-control snapshot restore` reads.
 
 pub mod keys;
 
@@ -690,6 +691,29 @@ impl pb::maintenance_server::Maintenance for Etcd {
             is_learner: !self.store.members().0.iter().any(|m| m.0 == s.id && m.2),
             ..Default::default()
         }))
+    }
+
+    async fn snapshot(
+        &self,
+        _request: Request<pb::SnapshotRequest>,
+    ) -> Result<Response<BoxStream<pb::SnapshotResponse>>, Status> {
+        let backup = self.store.backup().await.map_err(status)?;
+        let header = self.header(self.store.revision());
+        let total = backup.len();
+        let chunks: Vec<Result<pb::SnapshotResponse, Status>> = backup
+            .chunks(64 << 10)
+            .enumerate()
+            .map(|(i, chunk)| {
+                let sent = (i * (64 << 10) + chunk.len()) as u64;
+                Ok(pb::SnapshotResponse {
+                    header: header.clone(),
+                    remaining_bytes: total as u64 - sent,
+                    blob: chunk.to_vec(),
+                    version: "3.5.0".into(),
+                })
+            })
+            .collect();
+        Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
     }
 
     async fn defragment(

@@ -13,7 +13,7 @@ mod watch;
 
 pub use encryption::Encryption;
 pub use raft::{
-    MEMBER_NAME, MEMBER_ORG, MemberStatus, MembershipOp, PeerTls, Store, StoreConfig, prefix_end,
+    MEMBER_NAME, MEMBER_ORG, MemberStatus, MembershipOp, PeerTls, Store, StoreConfig, prefix_end, restore,
     tls_incoming,
 };
 pub use watch::{Event, EventKind, WatchStream};

@@ -272,6 +272,12 @@ pub fn prefix_end(prefix: &str) -> String {
     "\u{7f}".repeat(8)
 }
 
+/// Restores a [`Store::backup`] into `store_dir` (empty): the next start there founds a new
+/// one-member cluster holding that state. Returns the revision and the number of keys.
+pub fn restore(backup: &[u8], store_dir: &std::path::Path) -> Result<(u64, usize), String> {
+    snapshot::restore(backup, store_dir)
+}
+
 /// Sets the store's gauges before each scrape (`crate::metrics`): the state database's size,
 /// leadership, watchers and revision. It holds the hub weakly, so a closed store is left out.
 fn register_metrics(raft: &Raft, hub: &Arc<WatchHub>, node_id: u64, db_path: std::path::PathBuf) {
@@ -878,6 +884,13 @@ impl Store {
             }
         }
         Err(StoreError::Unavailable("snapshot was not built".into()))
+    }
+
+    /// A backup of every key at the current revision (after a read index): what
+    /// `etcdctl snapshot save` receives, and [`restore`] reads.
+    pub async fn backup(&self) -> Result<Vec<u8>, StoreError> {
+        self.linearize().await?;
+        snapshot::backup(&self.db).map_err(StoreError::Io)
     }
 
     /// Forgets watch history up to `revision` on every member.

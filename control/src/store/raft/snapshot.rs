@@ -132,3 +132,83 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         })
     }
 }
+
+/// What a backup file starts with.
+const BACKUP_MAGIC: &[u8] = b"skiff-store-backup-v1\n";
+
+/// Every key of the state machine at one revision, as a backup file: a header, the length of
+/// what follows, the keys and their revisions (as Raft snapshots carry them), zeros to a multiple
+/// of 512 bytes, and a SHA-256 of everything before it (the shape etcdctl checks: a database of
+/// whole pages, then its checksum).
+pub(super) fn backup(db: &Database) -> Result<Vec<u8>, String> {
+    let tx = db.begin_read().map_err(|e| e.to_string())?;
+    let meta = tx.open_table(SM_META).map_err(|e| e.to_string())?;
+    let revision: u64 = match meta.get(REVISION).map_err(|e| e.to_string())? {
+        Some(v) => decode(v.value()).map_err(|e| e.to_string())?,
+        None => 0,
+    };
+    let table = tx.open_table(KV).map_err(|e| e.to_string())?;
+    let mut kvs = Vec::new();
+    for item in table.iter().map_err(|e| e.to_string())? {
+        let (k, v) = item.map_err(|e| e.to_string())?;
+        kvs.push((
+            k.value().to_owned(),
+            decode::<Record>(v.value()).map_err(|e| e.to_string())?,
+        ));
+    }
+    let data = encode(&SnapshotData { revision, kvs });
+    let mut out = BACKUP_MAGIC.to_vec();
+    out.extend_from_slice(&(data.len() as u64).to_le_bytes());
+    out.extend(data);
+    out.resize(out.len().div_ceil(512) * 512, 0);
+    let digest = ring::digest::digest(&ring::digest::SHA256, &out);
+    out.extend_from_slice(digest.as_ref());
+    Ok(out)
+}
+
+/// Restores a [`backup`] into `store_dir` (which must not hold a store yet): the keys at their
+/// revisions, no Raft log and no members, so the next start there founds a new one-member
+/// cluster with this state. Returns the revision and the number of keys.
+pub(super) fn restore(bytes: &[u8], store_dir: &Path) -> Result<(u64, usize), String> {
+    if bytes.len() < BACKUP_MAGIC.len() + 32 || !bytes.starts_with(BACKUP_MAGIC) {
+        return Err("not a Skiff store backup (etcdctl snapshot save of a Skiff store writes one)".into());
+    }
+    let (body, sum) = bytes.split_at(bytes.len() - 32);
+    if ring::digest::digest(&ring::digest::SHA256, body).as_ref() != sum {
+        return Err("the backup is damaged: its SHA-256 does not match its content".into());
+    }
+    let damaged = |e: &dyn std::fmt::Display| format!("the backup is damaged: {e}");
+    let rest = &body[BACKUP_MAGIC.len()..];
+    let len = rest
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_le_bytes)
+        .ok_or_else(|| damaged(&"no length"))?;
+    let payload = usize::try_from(len)
+        .ok()
+        .and_then(|len| rest.get(8..8 + len))
+        .ok_or_else(|| damaged(&"shorter than it says"))?;
+    let data: SnapshotData = decode(payload).map_err(|e| damaged(&e))?;
+    if store_dir.join("state.redb").exists() || store_dir.join("raft-log.redb").exists() {
+        return Err(format!(
+            "{} already holds a store; restore into a data directory without one",
+            store_dir.display()
+        ));
+    }
+    std::fs::create_dir_all(store_dir).map_err(|e| format!("{}: {e}", store_dir.display()))?;
+    let db =
+        super::state_machine::StateMachine::open(&store_dir.join("state.redb")).map_err(|e| e.to_string())?;
+    let tx = db.begin_write().map_err(|e| e.to_string())?;
+    {
+        let mut kv = tx.open_table(KV).map_err(|e| e.to_string())?;
+        for (key, record) in &data.kvs {
+            kv.insert(key.as_str(), encode(record).as_slice())
+                .map_err(|e| e.to_string())?;
+        }
+        let mut meta = tx.open_table(SM_META).map_err(|e| e.to_string())?;
+        meta.insert(REVISION, encode(&data.revision).as_slice())
+            .map_err(|e| e.to_string())?;
+    }
+    tx.commit().map_err(|e| e.to_string())?;
+    Ok((data.revision, data.kvs.len()))
+}
