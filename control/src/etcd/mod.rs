@@ -706,7 +706,7 @@ impl pb::maintenance_server::Maintenance for Etcd {
             .map(|(i, chunk)| {
                 let sent = (i * (64 << 10) + chunk.len()) as u64;
                 Ok(pb::SnapshotResponse {
-                    header: header.clone(),
+                    header,
                     remaining_bytes: total as u64 - sent,
                     blob: chunk.to_vec(),
                     version: "3.5.0".into(),
