@@ -332,7 +332,7 @@ async fn run() -> anyhow::Result<()> {
         .unwrap_or_else(|| "default".to_owned());
     let api_url = format!("https://{advertise}");
     if let Some(join) = &join {
-        if !store.members().0.iter().any(|m| m.0 == node_id) {
+        if !store.is_initialized().await? {
             tracing::info!(url = %join.url, member = format!("{node_id:016x}"), "joining the store");
             join.add(&pki.ca_pem, node_id, &name, &raft_advertise.to_string(), &api_url)
                 .await?;

@@ -419,6 +419,12 @@ impl Store {
         self.raft.metrics().borrow().current_term
     }
 
+    /// Whether this member holds a membership (it founded a cluster or was added to one), as its
+    /// log says: at start, before the metrics show it.
+    pub async fn is_initialized(&self) -> Result<bool, StoreError> {
+        self.raft.is_initialized().await.map_err(io)
+    }
+
     /// The address the Raft transport listens on.
     pub fn raft_addr(&self) -> SocketAddr {
         self.raft_addr
