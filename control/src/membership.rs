@@ -241,7 +241,12 @@ impl Join {
         match call(&tls, &self.url, Method::POST, "/skiff/v1/members", Some(&body)).await {
             Ok(_) => Ok(()),
             // Added before a crash that came before its log held the membership: it is us.
-            Err(e) if e.to_string().contains(&format!("member {id:x} is already a member")) => Ok(()),
+            Err(e)
+                if e.to_string()
+                    .contains(&format!("member {id:x} is already a member")) =>
+            {
+                Ok(())
+            }
             Err(e) => Err(e.context("adding this member to the store")),
         }
     }

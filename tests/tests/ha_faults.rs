@@ -177,9 +177,6 @@ fn the_checker_catches_a_stale_read_and_a_lost_write() {
     assert!(!check(&[op(None, 0, 1, 9, "nobody")], &[], 0).is_empty());
 }
 
-/// Kills and restarts; a Control owned by the harness.
-struct Members(Vec<Control>);
-
 fn leader(via: &Control) -> String {
     let out = std::process::Command::new(control_bin())
         .args(["member", "list", "--kubeconfig"])
@@ -202,15 +199,15 @@ fn writes_and_reads_stay_linearizable_through_member_faults() {
     let first = Control::start_at(ips[0], port, &["--name", names[0]]);
     let token = std::fs::read_to_string(first.data_dir().join("server-token")).unwrap();
     let url = first.url();
-    let mut members = Members(vec![first]);
+    let mut members = vec![first];
     for i in 1..3 {
-        members.0.push(Control::start_at(
+        members.push(Control::start_at(
             ips[i],
             port,
             &["--join", &url, "--token", &token, "--name", names[i]],
         ));
     }
-    let init = RawClient::new(&members.0[0]).send(
+    let init = RawClient::new(&members[0]).send(
         "POST",
         "/api/v1/namespaces/default/configmaps",
         Some("application/json"),
@@ -224,12 +221,12 @@ fn writes_and_reads_stay_linearizable_through_member_faults() {
         .parse()
         .unwrap();
 
-    let lead = leader(&members.0[0]);
+    let lead = leader(&members[0]);
     let li = names.iter().position(|n| *n == lead).unwrap();
     let fi = (li + 1) % 3;
     let wi = (li + 2) % 3;
     // The watch, on the member no fault touches.
-    let watch_client = RawClient::new(&members.0[wi]);
+    let watch_client = RawClient::new(&members[wi]);
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = {
         let stop = stop.clone();
@@ -246,14 +243,14 @@ fn writes_and_reads_stay_linearizable_through_member_faults() {
     let history = Arc::new(Mutex::new(Vec::<Op>::new()));
     let mut clients = Vec::new();
     for t in 0..4 {
-        let raws: Vec<RawClient> = members.0.iter().map(RawClient::new).collect();
+        let raws: Vec<RawClient> = members.iter().map(RawClient::new).collect();
         let (history, stop) = (history.clone(), stop.clone());
         clients.push(std::thread::spawn(move || {
             let mut i = 0usize;
             while !stop.load(Ordering::Relaxed) {
                 i += 1;
                 let member = (i + t) % raws.len();
-                let write = (i % 2 == 0).then(|| format!("t{t}-{i}"));
+                let write = i.is_multiple_of(2).then(|| format!("t{t}-{i}"));
                 let invoke = Instant::now();
                 let answer = match &write {
                     Some(v) => raws[member].send("PUT", PATH, Some("application/json"), &object(v), 5),
@@ -274,14 +271,14 @@ fn writes_and_reads_stay_linearizable_through_member_faults() {
     let mut faults: Vec<(&str, Instant)> = Vec::new();
     std::thread::sleep(Duration::from_secs(3));
     faults.push(("leader killed", Instant::now()));
-    members.0[li].kill9();
+    members[li].kill9();
     std::thread::sleep(Duration::from_secs(4));
-    members.0[li].restart();
+    members[li].restart();
     std::thread::sleep(Duration::from_secs(2));
     faults.push(("follower killed", Instant::now()));
-    members.0[fi].kill9();
+    members[fi].kill9();
     std::thread::sleep(Duration::from_secs(4));
-    members.0[fi].restart();
+    members[fi].restart();
     std::thread::sleep(Duration::from_secs(2));
     faults.push(("member added", Instant::now()));
     let fourth = Control::start_at(
@@ -293,7 +290,7 @@ fn writes_and_reads_stay_linearizable_through_member_faults() {
     faults.push(("member removed", Instant::now()));
     let list = std::process::Command::new(control_bin())
         .args(["member", "list", "--kubeconfig"])
-        .arg(members.0[wi].kubeconfig())
+        .arg(members[wi].kubeconfig())
         .bounded_output()
         .unwrap();
     let id = String::from_utf8_lossy(&list.stdout)
@@ -304,7 +301,7 @@ fn writes_and_reads_stay_linearizable_through_member_faults() {
         .to_owned();
     let removed = std::process::Command::new(control_bin())
         .args(["member", "remove", &id, "--kubeconfig"])
-        .arg(members.0[wi].kubeconfig())
+        .arg(members[wi].kubeconfig())
         .bounded_output()
         .unwrap();
     assert!(
@@ -324,7 +321,7 @@ fn writes_and_reads_stay_linearizable_through_member_faults() {
         std::thread::sleep(Duration::from_secs(1));
         // End the watch: its member's connection is closed when the test's curl times out or
         // here, by reading what it printed so far (the watch thread returns at its timeout).
-        let _ = members.0[wi].kubectl(&["get", "configmap", "reg"]);
+        let _ = members[wi].kubectl(&["get", "configmap", "reg"]);
         drop(members);
         watcher.join().unwrap()
     };
