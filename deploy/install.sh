@@ -3,6 +3,8 @@
 # their systemd units (or, on a host without systemd, processes with pid files), then starts them.
 #
 #   install.sh [--server]                       control plane and an agent on this host
+#   install.sh --server --join URL --token T    one more control-plane member (HA), joining the
+#                                               member at URL with its server token, and an agent
 #   install.sh --agent --url URL --token TOKEN  an agent joining the control plane at URL
 #
 # Options:
@@ -30,6 +32,7 @@ die() { echo "skiff-install: $*" >&2; exit 1; }
 mode=server
 url=
 token=
+join=
 bin_dir=
 node_name=
 control_args=
@@ -54,7 +57,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --server) mode=server ;;
         --agent) mode=agent ;;
-        --join) die "--join: joining another control-plane member needs the highly available control plane, which this version does not have" ;;
+        --join) need_value "$@"; join=$2; shift ;;
         --url) need_value "$@"; url=$2; shift ;;
         --token) need_value "$@"; token=$2; shift ;;
         --bin-dir) need_value "$@"; bin_dir=$2; shift ;;
@@ -68,7 +71,7 @@ while [ $# -gt 0 ]; do
         --run-dir) need_value "$@"; run_dir=$2; shift ;;
         --unit-dir) need_value "$@"; unit_dir=$2; shift ;;
         --skip-preflight) skip_preflight=1 ;;
-        -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
     shift
@@ -79,6 +82,10 @@ done
 if [ "$mode" = agent ]; then
     [ -n "$url" ] || die "--agent needs --url (the control plane's API URL)"
     [ -n "$token" ] || die "--agent needs --token (the control plane's DATA_DIR/node-token)"
+    [ -z "$join" ] || die "--join adds a control-plane member: use it with --server"
+fi
+if [ -n "$join" ]; then
+    [ -n "$token" ] || die "--join needs --token (the first member's DATA_DIR/server-token)"
 fi
 if [ -z "$init" ]; then
     if [ -d /run/systemd/system ]; then init=systemd; else init=none; fi
@@ -131,6 +138,14 @@ if [ "$mode" = server ]; then
     control_flags=
     append control_flags --data-dir
     append control_flags "$control_data"
+    if [ -n "$join" ]; then
+        printf '%s\n' "$token" > "$config_dir/server-token"
+        chmod 0600 "$config_dir/server-token"
+        append control_flags --join
+        append control_flags "$join"
+        append control_flags --token-file
+        append control_flags "$config_dir/server-token"
+    fi
     control_flags="$control_flags$control_args"
     append agent_flags --token-file
     append agent_flags "$control_data/node-token"
@@ -253,6 +268,7 @@ if [ "$mode" = server ]; then
     chmod 0600 "$config_dir/admin.kubeconfig"
     say "installed: export KUBECONFIG=$config_dir/admin.kubeconfig"
     say "more nodes: install.sh --agent --url https://THIS-HOST:6443 --token \"\$(cat $control_data/node-token)\""
+    say "more control-plane members: install.sh --server --join https://THIS-HOST:6443 --token \"\$(cat $control_data/server-token)\" --control-arg --raft-listen --control-arg THEIR-ADDRESS:6444"
 else
     say "installed: the agent joins $url"
 fi

@@ -44,12 +44,15 @@ struct Args {
     /// Join the store of an existing control plane as a new member: its API URL (any member's).
     /// The new member gets the cluster's CAs, tokens and encryption configuration from it, is
     /// added as a learner, and becomes a voter once it has caught up. Ignored once joined.
-    #[arg(long, requires = "token")]
+    #[arg(long)]
     join: Option<String>,
     /// The server token for `--join`: the content of DATA_DIR/server-token on the first member
     /// (the node token does not add members).
     #[arg(long, env = "SKIFF_SERVER_TOKEN")]
     token: Option<String>,
+    /// `--token` read from a file (kept out of the process list).
+    #[arg(long, conflicts_with = "token")]
+    token_file: Option<PathBuf>,
     /// This member's name in `skiff-control member list` (default: the host name).
     #[arg(long)]
     name: Option<String>,
@@ -253,10 +256,24 @@ async fn run() -> anyhow::Result<()> {
             .unwrap_or_else(|| advertise_ip(args.listen.ip())),
         args.listen.port(),
     );
-    let join = args.join.as_ref().map(|url| skiff_control::membership::Join {
-        url: url.trim_end_matches('/').to_owned(),
-        token: args.token.clone().unwrap_or_default(),
-    });
+    let token = match (&args.token, &args.token_file) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Some(file)) => Some(
+            std::fs::read_to_string(file)
+                .with_context(|| format!("reading --token-file {}", file.display()))?,
+        ),
+        (None, None) => None,
+    };
+    let join = match (&args.join, token) {
+        (Some(url), Some(token)) => Some(skiff_control::membership::Join {
+            url: url.trim_end_matches('/').to_owned(),
+            token,
+        }),
+        (Some(_), None) => {
+            anyhow::bail!("--join needs --token or --token-file (the first member's server-token)")
+        }
+        (None, _) => None,
+    };
     if let Some(join) = &join
         && !args.data_dir.join("pki").join("ca.key").exists()
     {

@@ -249,14 +249,16 @@ fn agents_move_to_another_member_when_theirs_dies() {
             &cidr,
         ],
     );
+    // The token from a file, as install.sh passes it.
+    let token_file = first.data_dir().join("server-token");
     let _third = Control::start_at(
         "127.0.0.3",
         port,
         &[
             "--join",
             &first.url(),
-            "--token",
-            &token,
+            "--token-file",
+            token_file.to_str().unwrap(),
             "--name",
             "three",
             "--cluster-cidr",
