@@ -19,10 +19,20 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
-mod etcd {
-    #![allow(missing_docs, missing_debug_implementations, clippy::all)]
-    tonic::include_proto!("etcdserverpb");
+#[allow(missing_docs, missing_debug_implementations, dead_code, clippy::all)]
+mod etcdpb {
+    pub mod etcdserverpb {
+        tonic::include_proto!("etcdserverpb");
+    }
+    pub mod mvccpb {
+        tonic::include_proto!("mvccpb");
+    }
+    pub mod authpb {
+        tonic::include_proto!("authpb");
+    }
 }
+use etcdpb::etcdserverpb as etcd;
+mod etcd_api;
 
 const VALUE_SIZE: usize = 256;
 
@@ -451,6 +461,11 @@ async fn main() -> anyhow::Result<()> {
             all.extend(bench_etcd(&etcd, &runs).await?);
             json!({"store": all})
         }
+        Some("store-etcd") => {
+            let control = flag("--control").context("--control PATH is required")?;
+            let etcd = flag("--etcd").context("--etcd PATH is required")?;
+            json!({"store_etcd": etcd_api::run(&control, &etcd).await?})
+        }
         Some("api") => {
             let control = flag("--control").context("--control PATH is required")?;
             json!({"api": bench_api(&control, &[(1, 10_000), (64, 10_000)]).await?})
@@ -500,7 +515,7 @@ async fn main() -> anyhow::Result<()> {
             json!({"scheduler": bench_scheduler(nodes, pods, backlog).await?})
         }
         _ => bail!(
-            "usage: skiff-bench store --etcd PATH | api --control PATH | scheduler NODES PODS [--backlog] | pods --control PATH --agent PATH | proxy [--sizes N,..] [--planes P,..]"
+            "usage: skiff-bench store --etcd PATH | store-etcd --control PATH --etcd PATH | api --control PATH | scheduler NODES PODS [--backlog] | pods --control PATH --agent PATH | proxy [--sizes N,..] [--planes P,..]"
         ),
     };
     println!("{}", serde_json::to_string_pretty(&result)?);

@@ -104,6 +104,29 @@ fn host_port(url: &str) -> anyhow::Result<(String, u16)> {
     ))
 }
 
+/// [`request`], trying again for up to a minute while nothing listens at `base` yet (members
+/// started together: the one joined may still be starting).
+async fn request_patiently(
+    tls: &Tls,
+    base: &str,
+    method: Method,
+    path: &str,
+    body: Option<&Value>,
+) -> anyhow::Result<(u16, Vec<u8>)> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        match request(tls, base, method.clone(), path, body).await {
+            Err(e)
+                if format!("{e:#}").contains("Connection refused")
+                    && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// One HTTPS request; returns the status and the body.
 async fn request(
     tls: &Tls,
@@ -147,7 +170,7 @@ async fn call(
     path: &str,
     body: Option<&Value>,
 ) -> anyhow::Result<Value> {
-    let (status, bytes) = request(tls, base, method, path, body).await?;
+    let (status, bytes) = request_patiently(tls, base, method, path, body).await?;
     let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     if !(200..300).contains(&status) {
         let message = value["message"]
@@ -186,7 +209,8 @@ impl Join {
     /// writes them under `data_dir`. Done once: a member that has them keeps its own.
     pub async fn fetch_shared_files(&self, data_dir: &Path) -> anyhow::Result<()> {
         let hash = self.ca_hash()?;
-        let (status, ca) = request(&Tls::unverified()?, &self.url, Method::GET, "/cacerts", None).await?;
+        let (status, ca) =
+            request_patiently(&Tls::unverified()?, &self.url, Method::GET, "/cacerts", None).await?;
         if status != 200 {
             bail!(
                 "fetching the cluster CA from {}/cacerts failed with HTTP {status}",

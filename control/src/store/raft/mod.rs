@@ -78,6 +78,8 @@ impl StoreConfig {
 /// Writes waiting to be proposed together (group commit).
 struct Pending {
     ops: Vec<WriteOp>,
+    /// The keys' and values' bytes.
+    bytes: usize,
     /// Made by work that acts only on the leader (controllers, the scheduler): never forwarded.
     leader_only: bool,
     reply: oneshot::Sender<Result<Vec<WriteResult>, StoreError>>,
@@ -90,6 +92,23 @@ tokio::task_local! {
 
 /// Most writes proposed in one log entry.
 const MAX_BATCH: usize = 512;
+/// Most bytes of keys and values in one log entry (one write may exceed it alone): a follower
+/// catching up must take each append within a heartbeat interval (openraft's timeout for it).
+const MAX_BATCH_BYTES: usize = 1 << 20;
+/// Log entries in one append to a follower (openraft's `max_payload_entries`).
+const MAX_APPEND_ENTRIES: u64 = 4;
+
+/// The bytes of keys and values a write carries.
+fn op_bytes(op: &WriteOp) -> usize {
+    match op {
+        WriteOp::Create { key, value } | WriteOp::Update { key, value, .. } | WriteOp::Put { key, value } => {
+            key.len() + value.len()
+        }
+        WriteOp::Delete { key, .. } => key.len(),
+        WriteOp::Compact { .. } => 0,
+        WriteOp::Txn { success, failure, .. } => success.iter().chain(failure).map(op_bytes).sum(),
+    }
+}
 /// Log entries proposed concurrently (openraft pipelines them).
 const IN_FLIGHT: usize = 4;
 
@@ -102,11 +121,12 @@ async fn group_commit(raft: Raft, peers: Arc<Peers>, mut rx: tokio::sync::mpsc::
             return;
         };
         let mut batch = vec![first];
-        let mut count = batch[0].ops.len();
-        while count < MAX_BATCH {
+        let (mut count, mut bytes) = (batch[0].ops.len(), batch[0].bytes);
+        while count < MAX_BATCH && bytes < MAX_BATCH_BYTES {
             match rx.try_recv() {
                 Ok(p) => {
                     count += p.ops.len();
+                    bytes += p.bytes;
                     batch.push(p);
                 }
                 Err(_) => break,
@@ -320,6 +340,7 @@ impl Store {
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_every),
             max_in_snapshot_log_to_keep: config.snapshot_every / 10,
             purge_batch_size: 1,
+            max_payload_entries: MAX_APPEND_ENTRIES,
             ..Default::default()
         };
         let raft_config = Arc::new(raft_config.validate().map_err(io)?);
@@ -733,18 +754,8 @@ impl Store {
     /// [`Store::write`] with values as given and answered as stored (no encryption either way):
     /// etcd's API, which shows what is on disk as etcd shows what kube-apiserver wrote.
     pub async fn write_raw(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteResult>, StoreError> {
-        fn size(op: &WriteOp) -> usize {
-            match op {
-                WriteOp::Create { key, value }
-                | WriteOp::Update { key, value, .. }
-                | WriteOp::Put { key, value } => key.len() + value.len(),
-                WriteOp::Delete { key, .. } => key.len(),
-                WriteOp::Compact { .. } => 0,
-                WriteOp::Txn { success, failure, .. } => success.iter().chain(failure).map(size).sum(),
-            }
-        }
+        let bytes = ops.iter().map(op_bytes).sum::<usize>();
         if !ops.iter().all(|op| matches!(op, WriteOp::Compact { .. })) {
-            let bytes = ops.iter().map(size).sum::<usize>();
             self.disk.admit(bytes as u64).map_err(StoreError::NoSpace)?;
         }
         let (reply, rx) = oneshot::channel();
@@ -753,6 +764,7 @@ impl Store {
         self.writes
             .send(Pending {
                 ops,
+                bytes,
                 leader_only,
                 reply,
             })

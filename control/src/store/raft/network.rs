@@ -402,8 +402,8 @@ impl Peers {
             Ok(Err(status)) => {
                 self.forget(addr);
                 // A connection that could not be made carried nothing.
-                let unsent =
-                    status.code() == tonic::Code::Unavailable && status.message().contains("connect");
+                let unsent = status.code() == tonic::Code::Unavailable
+                    && status.message().to_lowercase().contains("connect");
                 let prefix = if unsent { NOT_SENT } else { "" };
                 return Err(format!("{prefix}{method} on {addr}: {}", status.message()));
             }
