@@ -47,7 +47,7 @@ enum Cmd {
     /// the service data planes side by side).
     Bench {
         /// Which benchmark.
-        #[arg(value_parser = ["api", "scheduler", "pods", "proxy"])]
+        #[arg(value_parser = ["api", "store", "scheduler", "pods", "proxy"])]
         which: String,
     },
     /// Regenerate control/src/objects/schema/table.rs from the k8s-pb crate's sources.
@@ -417,6 +417,7 @@ fn dispatch() -> anyhow::Result<()> {
         }
         Cmd::Bench { which } => match prerequisites("bench").map(|()| which.as_str())? {
             "api" => bench::api(&root(), cargo),
+            "store" => bench::store(&root(), cargo),
             "pods" => bench::pods(&root(), cargo),
             "scheduler" => bench::scheduler(&root(), cargo),
             "proxy" => bench::proxy(&root(), cargo),

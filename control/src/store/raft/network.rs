@@ -133,6 +133,8 @@ pub fn tls_incoming(
             if tx.is_closed() {
                 return;
             }
+            // Small answers (a put's) must not wait for Nagle and the peer's delayed ACK (40 ms).
+            let _ = tcp.set_nodelay(true);
             let (acceptor, tx) = (acceptor.clone(), tx.clone());
             tokio::spawn(async move {
                 match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
