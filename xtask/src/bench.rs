@@ -264,7 +264,10 @@ pub fn store(root: &Path, cargo: impl Fn() -> Command) -> anyhow::Result<()> {
             peer["p99_ms"]
         )?;
     }
-    writeln!(body, "\nLeader killed (SIGKILL) in a 3-member cluster: time to the next acknowledged put (one\nclient moving to the next member on an error), each run:\n")?;
+    writeln!(
+        body,
+        "\nLeader killed (SIGKILL) in a 3-member cluster: time to the next acknowledged put (one\nclient moving to the next member on an error), each run:\n"
+    )?;
     writeln!(body, "| system | runs (ms) |\n| --- | --- |")?;
     for (system, ms) in &kills {
         let list: Vec<String> = ms.iter().map(u64::to_string).collect();

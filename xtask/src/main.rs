@@ -42,7 +42,8 @@ enum Cmd {
         #[arg(long)]
         debug: bool,
     },
-    /// Run a benchmark and record it in docs/benchmarks.md (`api`: store and API server;
+    /// Run a benchmark and record it in docs/benchmarks.md (`api`: store and API server; `store`:
+    /// the store and etcd 3.4 through etcd's API, 1 and 3 members, and a leader kill;
     /// `scheduler`: pods/s and latency onto 1,000 and 5,000 nodes; `pods`: a real node; `proxy`:
     /// the service data planes side by side).
     Bench {
