@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
-use super::{Killed, drive, etcd, free_port, summary};
+use super::{Killed, drive, etcd, etcd_member, free_port, summary};
 
 /// Client credentials and the CA, as PEM.
 struct Pki {
@@ -115,11 +115,10 @@ impl Cluster {
     }
 }
 
-fn pki(control: &Path) -> anyhow::Result<Pki> {
+fn pki() -> anyhow::Result<Pki> {
     let dir = tempfile::tempdir()?;
     let p = skiff_control::pki::Pki::load_or_create(dir.path(), "127.0.0.1:0".parse()?, &[])?;
     let client = p.issue_client("bench", &["system:masters"])?;
-    let _ = control;
     std::fs::write(dir.path().join("server.crt"), &p.serving.cert_pem)?;
     std::fs::write(dir.path().join("server.key"), &p.serving.key_pem)?;
     Ok(Pki {
@@ -145,38 +144,25 @@ async fn etcd_cluster(etcd_bin: &Path, members: usize, pki: &Pki) -> anyhow::Res
         let dir = tempfile::tempdir()?;
         let client_url = format!("https://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
-        let child = Command::new(etcd_bin)
-            .args(["--name", &format!("m{i}"), "--data-dir"])
-            .arg(dir.path())
-            .args([
-                "--listen-client-urls",
-                &client_url,
-                "--advertise-client-urls",
-                &client_url,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer_url,
-                "--initial-advertise-peer-urls",
-                &peer_url,
-            ])
-            .args([
-                "--initial-cluster",
-                &initial.join(","),
-                "--initial-cluster-state",
-                "new",
-            ])
-            .arg("--cert-file")
-            .arg(pki.dir.path().join("server.crt"))
-            .arg("--key-file")
-            .arg(pki.dir.path().join("server.key"))
-            .arg("--trusted-ca-file")
-            .arg(pki.dir.path().join("ca.crt"))
-            .args(["--client-cert-auth", "--log-level", "error"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting etcd")?;
+        let child = etcd_member(
+            etcd_bin,
+            &format!("m{i}"),
+            dir.path(),
+            &client_url,
+            &peer_url,
+            &initial.join(","),
+        )
+        .arg("--cert-file")
+        .arg(pki.dir.path().join("server.crt"))
+        .arg("--key-file")
+        .arg(pki.dir.path().join("server.key"))
+        .arg("--trusted-ca-file")
+        .arg(pki.dir.path().join("ca.crt"))
+        .arg("--client-cert-auth")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting etcd")?;
         procs.push(Some(Killed(child)));
         dirs.push(dir);
     }
@@ -342,7 +328,7 @@ async fn leader_kill(cluster: &mut Cluster) -> anyhow::Result<Duration> {
 
 /// Both systems, every shape.
 pub async fn run(control: &Path, etcd_bin: &Path) -> anyhow::Result<Value> {
-    let pki = pki(control)?;
+    let pki = pki()?;
     std::fs::write(pki.dir.path().join("ca.crt"), &pki.ca)?;
     let mut results = Vec::new();
     let mut kills = Vec::new();

@@ -89,6 +89,41 @@ where
     Ok((start.elapsed(), all))
 }
 
+/// An etcd member `name` in `dir`, serving clients at `client_url` and peers at `peer_url`, of the
+/// new cluster `initial_cluster` (etcd's `name=peer-url,...`).
+fn etcd_member(
+    etcd: &Path,
+    name: &str,
+    dir: &Path,
+    client_url: &str,
+    peer_url: &str,
+    initial_cluster: &str,
+) -> Command {
+    let mut cmd = Command::new(etcd);
+    cmd.args(["--name", name, "--data-dir"])
+        .arg(dir)
+        .args([
+            "--listen-client-urls",
+            client_url,
+            "--advertise-client-urls",
+            client_url,
+        ])
+        .args([
+            "--listen-peer-urls",
+            peer_url,
+            "--initial-advertise-peer-urls",
+            peer_url,
+        ])
+        .args([
+            "--initial-cluster",
+            initial_cluster,
+            "--initial-cluster-state",
+            "new",
+        ])
+        .args(["--log-level", "error"]);
+    cmd
+}
+
 struct Killed(Child);
 
 impl Drop for Killed {
@@ -128,31 +163,18 @@ async fn bench_etcd(etcd: &Path, runs: &[(usize, usize)]) -> anyhow::Result<Vec<
         let client_url = format!("http://127.0.0.1:{client_port}");
         let peer_url = format!("http://127.0.0.1:{peer_port}");
         let _etcd = Killed(
-            Command::new(etcd)
-                .args(["--name", "bench", "--data-dir"])
-                .arg(dir.path())
-                .args([
-                    "--listen-client-urls",
-                    &client_url,
-                    "--advertise-client-urls",
-                    &client_url,
-                ])
-                .args([
-                    "--listen-peer-urls",
-                    &peer_url,
-                    "--initial-advertise-peer-urls",
-                    &peer_url,
-                ])
-                .args([
-                    "--initial-cluster",
-                    &format!("bench={peer_url}"),
-                    "--log-level",
-                    "error",
-                ])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .context("starting etcd")?,
+            etcd_member(
+                etcd,
+                "bench",
+                dir.path(),
+                &client_url,
+                &peer_url,
+                &format!("bench={peer_url}"),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting etcd")?,
         );
         let channel = {
             let mut tries = 0;

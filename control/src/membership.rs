@@ -44,64 +44,10 @@ impl Tls {
         let config = rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyServer(provider())))
+            .with_custom_certificate_verifier(skiff_common::tls::AnyServerCert::new(provider()))
             .with_no_client_auth();
         Ok(Self { config })
     }
-}
-
-#[derive(Debug)]
-struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AnyServer {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// The host and port of an `https://` URL.
-fn host_port(url: &str) -> anyhow::Result<(String, u16)> {
-    let rest = url
-        .strip_prefix("https://")
-        .with_context(|| format!("{url:?}: only https:// URLs are supported"))?;
-    let authority = rest.split(['/', '?']).next().unwrap_or_default();
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((host, port)) => (host, port.parse().with_context(|| format!("{url:?}: bad port"))?),
-        None => (authority, 443),
-    };
-    Ok((
-        host.trim_start_matches('[').trim_end_matches(']').to_owned(),
-        port,
-    ))
 }
 
 /// [`request`], trying again for up to a minute while nothing listens at `base` yet (members
@@ -135,7 +81,7 @@ async fn request(
     path: &str,
     body: Option<&Value>,
 ) -> anyhow::Result<(u16, Vec<u8>)> {
-    let (host, port) = host_port(base)?;
+    let (host, port) = crate::api::webhooks::host_port(base).map_err(|e| anyhow::anyhow!("{base:?}: {e}"))?;
     let stream = tokio::net::TcpStream::connect((host.as_str(), port))
         .await
         .with_context(|| format!("connecting to {base}"))?;

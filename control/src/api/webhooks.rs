@@ -145,7 +145,7 @@ where
 }
 
 /// The host and port of an `https://` URL.
-fn host_port(url: &str) -> Result<(String, u16), String> {
+pub(crate) fn host_port(url: &str) -> Result<(String, u16), String> {
     let rest = url
         .strip_prefix("https://")
         .ok_or("only https URLs are supported")?;

@@ -746,23 +746,12 @@ impl pb::maintenance_server::Maintenance for Etcd {
 
 /// The etcd listener's TLS: the API server's certificate; clients present one of the CA.
 pub fn server_tls(pki: &crate::pki::Pki) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut pki.ca_pem.as_bytes()) {
-        roots.add(cert?)?;
-    }
-    let verifier =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .build()?;
-    let certs = rustls_pemfile::certs(&mut pki.serving.cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
-    let key = rustls_pemfile::private_key(&mut pki.serving.key_pem.as_bytes())?
-        .ok_or_else(|| anyhow::anyhow!("no key for the serving certificate"))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(certs, key)?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(Arc::new(config))
+    let tls = crate::store::PeerTls {
+        ca_pem: pki.ca_pem.clone(),
+        cert_pem: pki.serving.cert_pem.clone(),
+        key_pem: pki.serving.key_pem.clone(),
+    };
+    tls.server().map_err(anyhow::Error::msg)
 }
 
 /// Whether a DER client certificate is in `system:masters`.

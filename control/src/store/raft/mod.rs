@@ -664,6 +664,17 @@ impl Store {
         start_after: Option<&str>,
         limit: usize,
     ) -> Result<ListResult, StoreError> {
+        let end = prefix_end(prefix);
+        let start = match start_after {
+            Some(after) if after >= prefix => Bound::Excluded(after),
+            _ => Bound::Included(prefix),
+        };
+        self.scan(start, Bound::Excluded(end.as_str()), limit)
+    }
+
+    /// The keys between `lower` and `upper` as stored, at most `limit` (0: all), with the
+    /// revision of the same read.
+    fn scan(&self, lower: Bound<&str>, upper: Bound<&str>, limit: usize) -> Result<ListResult, StoreError> {
         let tx = self.db.begin_read().map_err(io)?;
         let meta = tx.open_table(SM_META).map_err(io)?;
         let revision = match meta.get(REVISION).map_err(io)? {
@@ -671,17 +682,9 @@ impl Store {
             None => 0,
         };
         let table = tx.open_table(KV).map_err(io)?;
-        let end = prefix_end(prefix);
-        let start = match start_after {
-            Some(after) if after >= prefix => Bound::Excluded(after),
-            _ => Bound::Included(prefix),
-        };
         let mut items = Vec::new();
         let mut more = false;
-        for item in table
-            .range::<&str>((start, Bound::Excluded(end.as_str())))
-            .map_err(io)?
-        {
+        for item in table.range::<&str>((lower, upper)).map_err(io)? {
             let (k, v) = item.map_err(io)?;
             if limit > 0 && items.len() == limit {
                 more = true;
@@ -782,32 +785,8 @@ impl Store {
         limit: usize,
     ) -> Result<ListResult, StoreError> {
         self.linearize().await?;
-        let tx = self.db.begin_read().map_err(io)?;
-        let meta = tx.open_table(SM_META).map_err(io)?;
-        let revision = match meta.get(REVISION).map_err(io)? {
-            Some(v) => decode(v.value()).map_err(io)?,
-            None => 0,
-        };
-        let table = tx.open_table(KV).map_err(io)?;
-        let upper = match end {
-            Some(end) => Bound::Excluded(end),
-            None => Bound::Unbounded,
-        };
-        let mut items = Vec::new();
-        let mut more = false;
-        for item in table.range::<&str>((Bound::Included(start), upper)).map_err(io)? {
-            let (k, v) = item.map_err(io)?;
-            if limit > 0 && items.len() == limit {
-                more = true;
-                break;
-            }
-            items.push(decode::<Record>(v.value()).map_err(io)?.into_kv(k.value()));
-        }
-        Ok(ListResult {
-            items,
-            revision,
-            more,
-        })
+        let upper = end.map_or(Bound::Unbounded, Bound::Excluded);
+        self.scan(Bound::Included(start), upper, limit)
     }
 
     async fn write_one(&self, op: WriteOp) -> Result<KeyValue, StoreError> {

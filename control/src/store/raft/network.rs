@@ -78,8 +78,9 @@ impl PeerTls {
         Ok((certs, key))
     }
 
-    /// The server side: a member's certificate, clients must present one from the cluster CA.
-    pub(super) fn server(&self) -> Result<Arc<rustls::ServerConfig>, String> {
+    /// The server side: this certificate; clients must present one from the CA (the etcd API
+    /// serves this way too, with the API server's certificate).
+    pub fn server(&self) -> Result<Arc<rustls::ServerConfig>, String> {
         let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(self.roots()?, provider())
             .build()
             .map_err(|e| e.to_string())?;
