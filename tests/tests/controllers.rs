@@ -778,6 +778,43 @@ fn daemonset_runs_on_every_matching_node_and_rolls_within_max_unavailable() {
     c.ok(&["rollout", "status", "daemonset/agent", "--timeout=30s"]);
     let history = c.ok(&["rollout", "history", "daemonset/agent"]);
     assert!(history.contains('2'), "{history}");
+    // The revision's data is upstream's patch byte for byte (Go's JSON of the defaulted template,
+    // keys sorted, `$patch: replace` inside the template): how kubectl and the conformance suite
+    // find a DaemonSet's current revision.
+    let raw = c.ok(&[
+        "get",
+        "--raw",
+        "/apis/apps/v1/namespaces/default/controllerrevisions",
+    ]);
+    let data = concat!(
+        r#""data":{"spec":{"template":{"$patch":"replace","metadata":{"creationTimestamp":null,"#,
+        r#""labels":{"app":"agent"}},"spec":{"containers":[{"image":"registry.local/busybox:1.37","#,
+        r#""imagePullPolicy":"IfNotPresent","name":"c","resources":{},"#,
+        r#""terminationMessagePath":"/dev/termination-log","terminationMessagePolicy":"File"}],"#,
+        r#""dnsPolicy":"ClusterFirst","nodeSelector":{"role":"worker"},"restartPolicy":"Always","#,
+        r#""schedulerName":"default-scheduler","securityContext":{},"terminationGracePeriodSeconds":30}}}}"#
+    );
+    assert!(raw.contains(data), "{raw}");
+    // kubectl rollout undo applies the previous revision's data as a strategic merge patch: the
+    // template goes back, the rest of the spec stays, the old revision is numbered last.
+    c.ok(&["rollout", "undo", "daemonset/agent"]);
+    let ds = json(&c.ok(&["get", "ds", "agent", "-o", "json"]));
+    assert_eq!(
+        ds["spec"]["template"]["spec"]["containers"][0]["image"],
+        "registry.local/busybox:1.36"
+    );
+    assert_eq!(ds["spec"]["selector"]["matchLabels"]["app"], "agent");
+    eventually("the rolled-back revision numbered 3", || {
+        let history = c.ok(&["rollout", "history", "daemonset/agent"]);
+        let numbers: Vec<&str> = history
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|w| w.parse::<u32>().is_ok())
+            .collect();
+        numbers == ["2", "3"]
+    });
+    let revisions = c.ok(&["get", "controllerrevisions", "-o", "name"]);
+    assert_eq!(revisions.lines().count(), 2, "{revisions}");
 }
 
 fn statefulset(replicas: u32, image: &str, partition: u32) -> String {

@@ -127,6 +127,35 @@ fn pods_run_log_restart_and_clean_up() {
         logs.contains(&format!("inet {ip}/24")),
         "the container sees its address on eth0: {logs}"
     );
+    // The same log over WebSocket, as the conformance suite reads it (golang.org/x/net/websocket
+    // with `binary.k8s.io`) and with `base64.binary.k8s.io`: messages until the server closes.
+    let out = skiff_tests::python(
+        &k.c.kubeconfig(),
+        "import base64, ssl, websocket\n\
+from kubernetes import client, config\n\
+config.load_kube_config()\n\
+c = client.Configuration.get_default_copy()\n\
+url = c.host.replace('https://', 'wss://') + '/api/v1/namespaces/default/pods/hello/log?container=hello'\n\
+for proto in ['binary.k8s.io', 'base64.binary.k8s.io']:\n    \
+ws = websocket.create_connection(url, subprotocols=[proto], sslopt={'ca_certs': c.ssl_ca_cert, 'certfile': c.cert_file, 'keyfile': c.key_file, 'cert_reqs': ssl.CERT_REQUIRED})\n    \
+body = b''\n    \
+while True:\n        \
+try:\n            op, data = ws.recv_data()\n        \
+except websocket.WebSocketConnectionClosedException:\n            break\n        \
+if op == websocket.ABNF.OPCODE_CLOSE:\n            break\n        \
+body += base64.b64decode(data) if proto.startswith('base64') else data\n    \
+print(proto, ws.subprotocol, body.hex())\n",
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let hex: String = logs.bytes().map(|b| format!("{b:02x}")).collect();
+    for proto in ["binary.k8s.io", "base64.binary.k8s.io"] {
+        assert!(
+            text.contains(&format!("{proto} {proto} {hex}")),
+            "{proto}: {text}\n{}\nagent log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            k.node.log()
+        );
+    }
     // The pod answers on its address from the host, through the node's bridge.
     let describe = k.c.ok(&["describe", "pod", "hello"]);
     assert!(

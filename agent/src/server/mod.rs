@@ -9,6 +9,7 @@ pub mod portforward;
 pub mod proxy;
 pub mod spdy;
 pub mod tunnel;
+pub mod wslog;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -210,7 +211,14 @@ async fn handle(data_dir: &Path, mut req: Request<hyper::body::Incoming>) -> Res
             crate::server::exec::attach(data_dir, &mut req, ns, pod, container, &pairs)
         }
         ["portForward", ns, pod] => crate::server::portforward::handle(data_dir, &mut req, ns, pod),
-        ["containerLogs", ns, pod, container] => logs(data_dir, ns, pod, container, &query(&req)).await,
+        ["containerLogs", ns, pod, container] => {
+            let log = logs(data_dir, ns, pod, container, &query(&req)).await;
+            if wslog::wants_websocket(&req) {
+                wslog::upgrade(&mut req, log)
+            } else {
+                log
+            }
+        }
         ["podConnect", ns, pod, port] => match port.parse::<u16>() {
             Ok(port) if port > 0 => {
                 let (ns, pod) = (ns.to_string(), pod.to_string());

@@ -115,7 +115,7 @@ pub fn router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
-fn parse_query(q: Option<&str>) -> HashMap<String, String> {
+pub(crate) fn parse_query(q: Option<&str>) -> HashMap<String, String> {
     let mut out = HashMap::new();
     for pair in q.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -460,7 +460,8 @@ async fn serve(State(app): State<Arc<App>>, req: Request) -> Response {
             Err(e) => e.into_response(),
         };
     }
-    // kubectl exec / cp / port-forward: an upgraded connection joined to the node's agent.
+    // kubectl exec / cp / port-forward, logs over WebSocket: an upgraded connection joined to the
+    // node's agent.
     if let [
         "api",
         "v1",
@@ -468,7 +469,7 @@ async fn serve(State(app): State<Arc<App>>, req: Request) -> Response {
         ns,
         "pods",
         name,
-        sub @ ("exec" | "attach" | "portforward"),
+        sub @ ("exec" | "attach" | "portforward" | "log"),
     ] = path.trim_matches('/').split('/').collect::<Vec<_>>().as_slice()
         && parts.headers.contains_key(header::UPGRADE)
         && let Some(who) = parts.extensions.get::<Identity>().cloned()
@@ -477,6 +478,8 @@ async fn serve(State(app): State<Arc<App>>, req: Request) -> Response {
         let mut parts = parts;
         let joined = if sub == "exec" || sub == "attach" {
             nodeproxy::exec(&app, &who, &ns, &name, &sub, &mut parts).await
+        } else if sub == "log" {
+            nodeproxy::logs_upgraded(&app, &who, &ns, &name, &mut parts).await
         } else {
             nodeproxy::portforward(&app, &who, &ns, &name, &mut parts).await
         };

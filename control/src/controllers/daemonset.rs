@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use super::deployment::{legacy_template_hash, resolve, template_hash};
+use super::deployment::{legacy_template_hashes, resolve, template_hash};
 use super::error::Error;
 use super::events;
 use super::runtime::{Cache, Caches, Next, Queue, queue_changes, queue_owners, run_workers};
@@ -66,8 +66,134 @@ fn node_of(pod: &Value) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// Fields of a pod template that Go holds as pointers, so that a zero (`0`, `false`) is kept
+/// when upstream marshals the template; every other zero scalar is left out (`omitempty`).
+const POINTER_SCALARS: &[&str] = &[
+    "activeDeadlineSeconds",
+    "allowPrivilegeEscalation",
+    "automountServiceAccountToken",
+    "defaultMode",
+    "enableServiceLinks",
+    "expirationSeconds",
+    "fsGroup",
+    "hostUsers",
+    "mode",
+    "optional",
+    "priority",
+    "privileged",
+    "readOnlyRootFilesystem",
+    "runAsGroup",
+    "runAsNonRoot",
+    "runAsUser",
+    "setHostnameAsFQDN",
+    "shareProcessNamespace",
+    "terminationGracePeriodSeconds",
+    "tolerationSeconds",
+];
+
+/// Map-valued fields of a pod template: empty, they are nil in Go and left out.
+const MAP_FIELDS: &[&str] = &[
+    "annotations",
+    "labels",
+    "limits",
+    "matchLabels",
+    "nodeSelector",
+    "overhead",
+    "requests",
+    "volumeAttributes",
+];
+
+/// `value` as Go's `encoding/json` writes the typed object it decodes to, re-read as a map:
+/// keys sorted, empty strings, lists and maps, nulls and non-pointer zeros left out.
+fn go_shape(value: &Value, key: &str) -> Option<Value> {
+    match value {
+        Value::Null => None,
+        Value::String(s) if s.is_empty() => None,
+        Value::Bool(false) if !POINTER_SCALARS.contains(&key) => None,
+        Value::Number(n) if n.as_f64() == Some(0.0) && !POINTER_SCALARS.contains(&key) => None,
+        Value::Array(items) if items.is_empty() => None,
+        // List items are never left out (`omitempty` is a struct field's tag).
+        Value::Array(items) => Some(Value::Array(
+            items
+                .iter()
+                .map(|v| match v {
+                    Value::Object(_) => go_shape(v, "").unwrap_or_else(|| v.clone()),
+                    _ => v.clone(),
+                })
+                .collect(),
+        )),
+        Value::Object(m) if m.is_empty() && MAP_FIELDS.contains(&key) => None,
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            Some(Value::Object(
+                keys.into_iter()
+                    .filter_map(|k| Some((k.clone(), go_shape(&m[k], k)?)))
+                    .collect(),
+            ))
+        }
+        other => Some(other.clone()),
+    }
+}
+
+/// A ControllerRevision's `data` for pod template `template`, byte for byte as upstream's
+/// DaemonSet and StatefulSet controllers write it (`getPatch`: the owner marshalled by Go, read
+/// back as a map, `spec.template` with `$patch: replace` marshalled again). Clients find the
+/// revision of a DaemonSet by comparing these bytes (`kubectl rollout undo`, the conformance
+/// suite), and apply them as a strategic merge patch to roll back.
+pub(super) fn revision_data(template: &Value) -> Value {
+    let mut t = go_shape(template, "template").unwrap_or_else(|| json!({}));
+    if !t["metadata"].is_object() {
+        t["metadata"] = json!({});
+    }
+    if !t["spec"].is_object() {
+        t["spec"] = json!({});
+    }
+    // Never left out by Go: the template's `creationTimestamp` (a struct) and each container's
+    // `resources` (a struct).
+    t["metadata"]["creationTimestamp"] = Value::Null;
+    for list in ["containers", "initContainers", "ephemeralContainers"] {
+        let containers = t["spec"].get_mut(list).and_then(Value::as_array_mut);
+        for c in containers.into_iter().flatten() {
+            if !c["resources"].is_object() {
+                c["resources"] = json!({});
+            }
+        }
+    }
+    t["$patch"] = json!("replace");
+    json!({"spec": {"template": go_shape_keep_nulls(t)}})
+}
+
+/// `value` with the keys of its objects sorted and nothing left out.
+fn go_shape_keep_nulls(value: Value) -> Value {
+    match value {
+        Value::Object(m) => {
+            let mut entries: Vec<(String, Value)> = m.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (k, go_shape_keep_nulls(v)))
+                    .collect(),
+            )
+        }
+        Value::Array(items) => Value::Array(items.into_iter().map(go_shape_keep_nulls).collect()),
+        other => other,
+    }
+}
+
+/// The pod template a ControllerRevision records (its patch's directive taken out).
+pub(super) fn revision_template(rev: &Value) -> Value {
+    let mut t = rev["data"]["spec"]["template"].clone();
+    if let Some(m) = t.as_object_mut() {
+        m.remove("$patch");
+    }
+    t
+}
+
 /// Records `owner`'s (a DaemonSet's or StatefulSet's, of `kind`) current template as the
-/// ControllerRevision `<name>-<hash>`, numbered after the owner's others, unless it exists.
+/// ControllerRevision `<name>-<hash>`, numbered after the owner's others. An existing revision
+/// returned to (a rollback) is numbered after the others again, as upstream.
 pub(super) async fn ensure_revision(
     app: &Objects,
     revs: &Cache,
@@ -77,16 +203,30 @@ pub(super) async fn ensure_revision(
 ) -> Result<(), Error> {
     let ns = meta_str(owner, "namespace");
     let name = format!("{}-{hash}", meta_str(owner, "name"));
-    if revs.get(&format!("{REV_PREFIX}{ns}/{name}")).is_some() {
+    let others = |exclude: &str| {
+        revs.list(Some(ns))
+            .into_iter()
+            .filter(|r| controller_of(r, kind) == Some(meta_str(owner, "name")))
+            .filter(|r| meta_str(r, "name") != exclude)
+            .filter_map(|r| r["revision"].as_i64())
+            .max()
+            .unwrap_or(0)
+    };
+    if let Some(current) = revs.get(&format!("{REV_PREFIX}{ns}/{name}")) {
+        let latest = others(&name);
+        if current["revision"].as_i64().unwrap_or(0) <= latest {
+            let mut next = (*current).clone();
+            next["revision"] = json!(latest + 1);
+            let c = call(app, "apps", "controllerrevisions", ns, Some(&name), None, MANAGER);
+            match app.update(&c, next).await {
+                Ok(_) => {}
+                Err(e) if e.code == 409 || e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         return Ok(());
     }
-    let existing = revs
-        .list(Some(ns))
-        .into_iter()
-        .filter(|r| controller_of(r, kind) == Some(meta_str(owner, "name")))
-        .filter_map(|r| r["revision"].as_i64())
-        .max()
-        .unwrap_or(0);
+    let existing = others("");
     let mut labels = owner["spec"]["template"]["metadata"]["labels"]
         .as_object()
         .cloned()
@@ -96,7 +236,7 @@ pub(super) async fn ensure_revision(
         "apiVersion": "apps/v1",
         "kind": "ControllerRevision",
         "metadata": {"name": name, "namespace": ns, "labels": labels, "ownerReferences": [owner_ref(owner)]},
-        "data": {"spec": {"template": owner["spec"]["template"], "$patch": "replace"}},
+        "data": revision_data(&owner["spec"]["template"]),
         "revision": existing + 1,
     });
     let c = call(app, "apps", "controllerrevisions", ns, None, None, MANAGER);
@@ -120,11 +260,12 @@ async fn reconcile(
     };
     let template = &ds["spec"]["template"];
     let hash = template_hash(template, 0);
-    // Pods labelled before templates were hashed with sorted keys are at the current template too.
-    let legacy = legacy_template_hash(template);
+    // Pods labelled before templates were hashed with sorted keys and without
+    // nulls are at the current template too.
+    let legacy = legacy_template_hashes(template);
     let current = |p: &Value| {
         let label = &p["metadata"]["labels"][HASH];
-        label == hash.as_str() || label == legacy.as_str()
+        label == hash.as_str() || legacy.iter().any(|l| label == l.as_str())
     };
     ensure_revision(app, revs, &ds, "DaemonSet", &hash).await?;
     let all_nodes = nodes.list(None);
@@ -283,4 +424,46 @@ pub fn start(app: Arc<Objects>, caches: &Caches) {
         );
         async move { reconcile(&app, &dss, &nodes, &pods, &revs, &key).await }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bytes upstream's `getPatch` writes for the conformance suite's DaemonSet as the API
+    /// server defaults it (and as a protobuf client decodes it: zero scalars present).
+    #[test]
+    fn revision_data_is_upstreams_patch_byte_for_byte() {
+        let template = json!({
+            "metadata": {"labels": {"daemonset-name": "daemon-set"}, "annotations": {}},
+            "spec": {
+                "containers": [{
+                    "name": "app", "image": "httpd:2.4", "args": ["", "x"], "stdin": false,
+                    "ports": [{"containerPort": 9376, "protocol": "TCP", "hostPort": 0}],
+                    "terminationMessagePath": "/dev/termination-log",
+                    "terminationMessagePolicy": "File", "imagePullPolicy": "IfNotPresent",
+                    "securityContext": {"privileged": false},
+                }],
+                "restartPolicy": "Always", "terminationGracePeriodSeconds": 30,
+                "dnsPolicy": "ClusterFirst", "hostNetwork": false, "securityContext": {},
+                "schedulerName": "default-scheduler", "volumes": [],
+            },
+        });
+        assert_eq!(
+            serde_json::to_string(&revision_data(&template)).unwrap(),
+            concat!(
+                r#"{"spec":{"template":{"$patch":"replace","metadata":{"creationTimestamp":null,"#,
+                r#""labels":{"daemonset-name":"daemon-set"}},"spec":{"containers":[{"args":["","x"],"#,
+                r#""image":"httpd:2.4","imagePullPolicy":"IfNotPresent","name":"app","#,
+                r#""ports":[{"containerPort":9376,"protocol":"TCP"}],"resources":{},"#,
+                r#""securityContext":{"privileged":false},"#,
+                r#""terminationMessagePath":"/dev/termination-log","terminationMessagePolicy":"File"}],"#,
+                r#""dnsPolicy":"ClusterFirst","restartPolicy":"Always","schedulerName":"default-scheduler","#,
+                r#""securityContext":{},"terminationGracePeriodSeconds":30}}}}"#
+            )
+        );
+        let rev = json!({"data": revision_data(&template)});
+        assert!(revision_template(&rev).get("$patch").is_none());
+        assert_eq!(revision_template(&rev)["spec"]["containers"][0]["name"], "app");
+    }
 }

@@ -24,28 +24,39 @@ const REVISION: &str = "deployment.kubernetes.io/revision";
 const HASH_LABEL: &str = "pod-template-hash";
 const MANAGER: &str = "deployment-controller";
 
-/// FNV-1a over the template with its keys sorted (the same template hashes the same however its
-/// fields were ordered when written: a rollback finds its old revision), encoded as upstream's
-/// "safe" string.
+/// FNV-1a over the template with its keys sorted and its nulls left out (the same template
+/// hashes the same however its fields were ordered when written, and whether a client wrote
+/// `creationTimestamp: null` or nothing, as upstream hashes the decoded template: a rollback
+/// finds its old revision), encoded as upstream's "safe" string.
 pub(crate) fn template_hash(template: &Value, collisions: i64) -> String {
-    hash_template(&sorted(template), collisions)
+    hash_template(&sorted(template, false), collisions)
 }
 
-/// The hash written before templates were hashed with sorted keys: pods labelled with it are at
-/// the same template, so an upgrade does not roll every StatefulSet and DaemonSet.
-pub(crate) fn legacy_template_hash(template: &Value) -> String {
-    hash_template(template, 0)
+/// The hashes written by earlier versions: before templates were hashed with sorted keys, and
+/// before their nulls were left out. Pods labelled with them are at the same template, so an
+/// upgrade does not roll every StatefulSet and DaemonSet.
+pub(crate) fn legacy_template_hashes(template: &Value) -> [String; 2] {
+    [
+        hash_template(template, 0),
+        hash_template(&sorted(template, true), 0),
+    ]
 }
 
-/// `v` with every object's keys in sorted order.
-fn sorted(v: &Value) -> Value {
+/// `v` with every object's keys in sorted order (and null values kept or left out).
+fn sorted(v: &Value, nulls: bool) -> Value {
     match v {
         Value::Object(m) => {
-            let mut entries: Vec<(&String, &Value)> = m.iter().collect();
+            let mut entries: Vec<(&String, &Value)> =
+                m.iter().filter(|(_, v)| nulls || !v.is_null()).collect();
             entries.sort_by(|a, b| a.0.cmp(b.0));
-            Value::Object(entries.into_iter().map(|(k, v)| (k.clone(), sorted(v))).collect())
+            Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (k.clone(), sorted(v, nulls)))
+                    .collect(),
+            )
         }
-        Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
+        Value::Array(items) => Value::Array(items.iter().map(|v| sorted(v, nulls)).collect()),
         other => other.clone(),
     }
 }
@@ -724,6 +735,18 @@ mod tests {
         )
         .unwrap();
         assert_eq!(template_hash(&reordered, 0), template_hash(&ordered, 0));
-        assert_ne!(legacy_template_hash(&reordered), legacy_template_hash(&ordered));
+        // Nor does a null: `kubectl rollout undo` writes the template back with
+        // `creationTimestamp: null`.
+        let mut nulled = ordered.clone();
+        nulled["metadata"]["creationTimestamp"] = Value::Null;
+        assert_eq!(template_hash(&nulled, 0), template_hash(&ordered, 0));
+        assert_eq!(
+            legacy_template_hashes(&nulled)[1],
+            hash_template(&sorted(&nulled, true), 0)
+        );
+        assert_ne!(
+            legacy_template_hashes(&reordered)[0],
+            legacy_template_hashes(&ordered)[0]
+        );
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use super::deployment::{legacy_template_hash, template_hash};
+use super::deployment::{legacy_template_hashes, template_hash};
 use super::error::Error;
 use super::events;
 use super::runtime::{Cache, Caches, Next, Queue, queue_changes, queue_owners, run_workers};
@@ -121,16 +121,17 @@ async fn reconcile(
         .filter(|r| *r != revision)
         .and_then(|r| {
             let rev = revs.get(&keys::object(keys::CONTROLLER_REVISIONS, Some(&ns), r))?;
-            Some((r.to_owned(), rev["data"]["spec"]["template"].clone()))
+            Some((r.to_owned(), super::daemonset::revision_template(&rev)))
         })
         .filter(|(_, t)| t.is_object());
     let partition_set = sts["spec"]["updateStrategy"]["rollingUpdate"]["partition"].is_i64();
     let current_replicas = sts["status"]["currentReplicas"].as_i64().unwrap_or(0);
-    // Pods labelled before revisions were hashed with sorted keys are at the current template too.
-    let legacy = format!("{name}-{}", legacy_template_hash(template));
+    // Pods labelled before revisions were hashed with sorted keys and without
+    // nulls are at the current template too.
+    let legacy = legacy_template_hashes(template).map(|h| format!("{name}-{h}"));
     let at_revision = |p: &Value| {
         let label = &p["metadata"]["labels"][HASH];
-        label == revision.as_str() || label == legacy.as_str()
+        label == revision.as_str() || legacy.iter().any(|l| label == l.as_str())
     };
     let partition = sts["spec"]["updateStrategy"]["rollingUpdate"]["partition"]
         .as_i64()
