@@ -176,39 +176,87 @@ fn watch_from_a_compacted_revision_is_gone() {
     );
 }
 
+/// Lists read at a past revision from the store's history: a continued list at its first
+/// page's revision whatever changed since, `resourceVersionMatch=Exact` at the revision asked
+/// for; a revision from the future waits, then times out as upstream.
 #[test]
-fn list_resource_versions_from_the_past_or_future() {
+fn lists_read_past_revisions_and_time_out_on_future_ones() {
     let c = Control::start();
-    for i in 0..3 {
+    let apply = |name: &str, data: &str| {
         c.ok_stdin(
             &["apply", "-f", "-"],
-            &format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: r{i}, namespace: default}}\n"),
+            &format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}, namespace: default}}\ndata: {{k: {data}}}\n"),
         );
+    };
+    for i in 0..3 {
+        apply(&format!("r{i}"), "old");
     }
-    let err = c.fails(&[
-        "get",
-        "--raw",
-        "/api/v1/namespaces/default/configmaps?resourceVersion=2&resourceVersionMatch=Exact",
-    ]);
-    assert!(
-        err.contains("too old resource version") || err.contains("Expired") || err.contains("410"),
-        "{err}"
+    let ours = |list: &serde_json::Value| -> Vec<(String, String)> {
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|cm| cm["metadata"]["name"].as_str().unwrap().starts_with('r'))
+            .map(|cm| {
+                (
+                    cm["metadata"]["name"].as_str().unwrap().to_owned(),
+                    cm["data"]["k"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let get =
+        |path: &str| -> serde_json::Value { serde_json::from_str(&c.ok(&["get", "--raw", path])).unwrap() };
+    let base = "/api/v1/namespaces/default/configmaps";
+    // kube-root-ca.crt sorts first: the first page holds it and r0.
+    let first = get(&format!("{base}?limit=2"));
+    let rv = first["metadata"]["resourceVersion"].as_str().unwrap().to_owned();
+    let token = first["metadata"]["continue"]
+        .as_str()
+        .expect("a continue token")
+        .to_owned();
+    assert_eq!(ours(&first), [("r0".to_owned(), "old".to_owned())]);
+    c.ok(&["delete", "configmap", "r1"]);
+    apply("r2", "new");
+    apply("r3", "new");
+    let rest = get(&format!("{base}?limit=10&continue={token}"));
+    assert_eq!(rest["metadata"]["resourceVersion"].as_str(), Some(rv.as_str()));
+    assert_eq!(
+        ours(&rest),
+        [
+            ("r1".to_owned(), "old".to_owned()),
+            ("r2".to_owned(), "old".to_owned())
+        ],
+        "the rest of the list as it was at its first page: {rest}"
     );
-    let ok = c.ok(&[
-        "get",
-        "--raw",
-        "/api/v1/namespaces/default/configmaps?resourceVersion=2&resourceVersionMatch=NotOlderThan",
-    ]);
-    assert!(ok.contains("\"r2\""), "{ok}");
-    let err = c.fails(&[
-        "get",
-        "--raw",
-        "/api/v1/namespaces/default/configmaps?resourceVersion=999999",
-    ]);
-    assert!(
-        err.contains("Too large resource version") || err.contains("Timeout"),
-        "{err}"
+    let exact = get(&format!("{base}?resourceVersion={rv}&resourceVersionMatch=Exact"));
+    assert_eq!(exact["metadata"]["resourceVersion"].as_str(), Some(rv.as_str()));
+    assert_eq!(
+        ours(&exact),
+        [
+            ("r0".to_owned(), "old".to_owned()),
+            ("r1".to_owned(), "old".to_owned()),
+            ("r2".to_owned(), "old".to_owned())
+        ]
     );
+    let latest = get(&format!(
+        "{base}?resourceVersion={rv}&resourceVersionMatch=NotOlderThan"
+    ));
+    assert_eq!(
+        ours(&latest),
+        [
+            ("r0".to_owned(), "old".to_owned()),
+            ("r2".to_owned(), "new".to_owned()),
+            ("r3".to_owned(), "new".to_owned())
+        ]
+    );
+    for query in [
+        "resourceVersion=999999",
+        "resourceVersion=999999&resourceVersionMatch=Exact",
+    ] {
+        let err = c.fails(&["get", "--raw", &format!("{base}?{query}")]);
+        assert!(err.contains("Too large resource version"), "{query}: {err}");
+    }
 }
 
 #[test]

@@ -168,19 +168,37 @@ fn etcdctl_reads_and_writes_the_store_as_upstream_lays_it_out() {
         "{seen}"
     );
 
-    // Maintenance answers; a past revision is refused with a reason, not silently read now.
-    let revision = status[0]["Status"]["header"]["revision"].as_u64().unwrap();
+    // A past revision reads as it was (a value put over, a key deleted since) until compacted,
+    // then is refused as etcd refuses it.
+    assert_eq!(e.ok(&["put", "/demo/past", "then"]).trim(), "OK");
+    let then: serde_json::Value = serde_json::from_str(&e.ok(&["get", "/demo/past", "-w", "json"])).unwrap();
+    let then = then["header"]["revision"].as_u64().unwrap().to_string();
+    e.ok(&["put", "/demo/past", "now"]);
+    e.ok(&["del", "/demo/past"]);
+    assert_eq!(
+        e.ok(&["get", "/demo/past", "--rev", &then, "--print-value-only"])
+            .trim(),
+        "then"
+    );
+    assert_eq!(e.ok(&["get", "/demo/past", "--print-value-only"]).trim(), "");
+    let revision: serde_json::Value =
+        serde_json::from_str(&e.ok(&["get", "/demo/past", "-w", "json"])).unwrap();
+    let revision = revision["header"]["revision"].as_u64().unwrap();
     assert!(
         e.ok(&["compaction", &revision.to_string()])
             .contains("compacted revision")
     );
     e.ok(&["defrag"]);
     let past = e
-        .cmd(&["get", "/registry/namespaces/default", "--rev", "2"], true)
+        .cmd(&["get", "/demo/past", "--rev", &then], true)
         .bounded_output()
         .unwrap();
     assert!(!past.status.success());
-    assert!(String::from_utf8_lossy(&past.stderr).contains("past revision"));
+    assert!(
+        String::from_utf8_lossy(&past.stderr).contains("required revision has been compacted"),
+        "{}",
+        String::from_utf8_lossy(&past.stderr)
+    );
 
     // No client certificate: no access.
     let anonymous = e

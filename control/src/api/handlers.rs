@@ -257,10 +257,20 @@ async fn list_stored(app: &App, call: &Call) -> Result<(Vec<Value>, u64, Option<
     let (labels, fields) = call.selectors()?;
     let limit: usize = call.query.get("limit").and_then(|l| l.parse().ok()).unwrap_or(0);
     let prefix = call.info.prefix_in(call.ns.as_deref());
-    let mut start = match call.query.get("continue").filter(|c| !c.is_empty()) {
-        Some(token) => Some(decode_continue(token)?.0),
-        None => None,
+    let token = call
+        .query
+        .get("continue")
+        .filter(|c| !c.is_empty())
+        .map(|t| decode_continue(t))
+        .transpose()?;
+    let continuing = token.is_some();
+    // The revision the list is read at: a continued list's first page's (a token of revision 0
+    // or -1 reads the latest, as upstream's inconsistent continuation), or the exact one asked for.
+    let mut at = match &token {
+        Some((_, rv)) => Some(*rv).filter(|rv| *rv > 0),
+        None => exact_version(call)?,
     };
+    let mut start = token.map(|t| t.0);
     // A pinned name needs only one key.
     if let Some(name) = fields.pinned("metadata.name")
         && (call.ns.is_some() || !call.info.namespaced)
@@ -287,11 +297,18 @@ async fn list_stored(app: &App, call: &Call) -> Result<(Vec<Value>, u64, Option<
         } else {
             (limit - items.len()).max(1) * 2
         };
-        let page = app
-            .store
-            .list(&prefix, start.as_deref(), batch)
-            .await
-            .map_err(|e| ApiError::from_store(e, call.target("")))?;
+        let page = match at {
+            Some(rev) => app.store.list_at(&prefix, start.as_deref(), batch, rev).await,
+            None => app.store.list(&prefix, start.as_deref(), batch).await,
+        }
+        .map_err(|e| match e {
+            StoreError::Compacted { .. } if continuing => {
+                ApiError::new(410, "Expired", INCONSISTENT_CONTINUE)
+            }
+            e => ApiError::from_store(e, call.target("")),
+        })?;
+        // The rest of the list is read at the revision of its first page.
+        at = Some(page.revision);
         let last = page.items.last().map(|kv| kv.key.clone());
         let mut filled_at = None;
         for kv in &page.items {
@@ -319,9 +336,31 @@ async fn list_stored(app: &App, call: &Call) -> Result<(Vec<Value>, u64, Option<
     Ok((items, revision, None))
 }
 
-/// Applies a list's `resourceVersion`/`resourceVersionMatch`: lists are served from the latest
-/// state, which satisfies "not older than" once the store has caught up (a version from the future
-/// waits briefly, then times out as upstream); an exact past version cannot be served (410).
+/// Upstream's answer to a continue token whose revision has been compacted.
+const INCONSISTENT_CONTINUE: &str = "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.";
+
+/// The revision of `resourceVersion=X&resourceVersionMatch=Exact`, if asked for.
+fn exact_version(call: &Call) -> Result<Option<u64>> {
+    if call
+        .query
+        .get("resourceVersionMatch")
+        .is_none_or(|m| m != "Exact")
+    {
+        return Ok(None);
+    }
+    let rv = call
+        .query
+        .get("resourceVersion")
+        .map(String::as_str)
+        .unwrap_or_default();
+    rv.parse()
+        .map(Some)
+        .map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv}")))
+}
+
+/// Applies a list's `resourceVersion`/`resourceVersionMatch`: "not older than" is served from
+/// the latest state once the store has caught up, "exact" from the store's history (see
+/// [`list_stored`]); a version from the future waits briefly, then times out as upstream.
 async fn check_list_version(app: &App, call: &Call) -> Result<()> {
     let rv = call
         .query
@@ -334,28 +373,13 @@ async fn check_list_version(app: &App, call: &Call) -> Result<()> {
     let wanted: u64 = rv
         .parse()
         .map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv}")))?;
-    let exact = call
-        .query
-        .get("resourceVersionMatch")
-        .is_some_and(|m| m == "Exact");
     for _ in 0..30 {
-        let current = app.store.revision();
-        if exact && wanted < current {
-            return Err(ApiError::expired(wanted, current));
-        }
-        if wanted <= current {
+        if wanted <= app.store.revision() {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Err(ApiError::new(
-        504,
-        "Timeout",
-        format!(
-            "Too large resource version: {wanted}, current: {}",
-            app.store.revision()
-        ),
-    ))
+    Err(ApiError::too_large(wanted, app.store.revision()))
 }
 
 /// GET of a collection.

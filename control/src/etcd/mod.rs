@@ -6,8 +6,7 @@
 //!
 //! What differs from etcd: every write of a transaction takes a revision of its own (etcd gives a
 //! transaction one); a key's `version` is 1 while it exists (the store does not count changes);
-//! reads at a past revision are refused (the store keeps no history of values, only of events
-//! for watches); leases, authentication and member changes are not served here (members:
+//! leases, authentication and member changes are not served here (members:
 //! `skiff-control member`). `snapshot save` writes Skiff's backup format (the keys at one
 //! revision with a SHA-256), which `skiff-control snapshot restore` reads.
 
@@ -47,6 +46,9 @@ fn status(e: StoreError) -> Status {
         StoreError::Compacted { requested, oldest } => Status::out_of_range(format!(
             "etcdserver: mvcc: required revision has been compacted ({requested} < {oldest})"
         )),
+        StoreError::FutureRevision { .. } => {
+            Status::out_of_range("etcdserver: mvcc: required revision is a future revision")
+        }
         StoreError::NoSpace(m) => {
             Status::resource_exhausted(format!("etcdserver: mvcc: database space exceeded: {m}"))
         }
@@ -115,12 +117,21 @@ impl Etcd {
 
     /// The stored keys in upstream's `[key, range_end)` (etcd's conventions: an empty end is
     /// the key alone, `\0` everything from the key on), in upstream's key order.
-    async fn range_keys(&self, key: &[u8], range_end: &[u8]) -> Result<(Vec<KeyValue>, u64), Status> {
+    async fn range_keys(
+        &self,
+        key: &[u8],
+        range_end: &[u8],
+        at: Option<u64>,
+    ) -> Result<(Vec<KeyValue>, u64), Status> {
         if range_end.is_empty() {
             let ours = self.layout.ours(&utf8(key, "the key")?);
             let mut end = ours.clone();
             end.push('\0');
-            let found = self.store.range_raw(&ours, Some(&end), 1).await.map_err(status)?;
+            let found = self
+                .store
+                .range_raw(&ours, Some(&end), 1, at)
+                .await
+                .map_err(status)?;
             return Ok((found.items, found.revision));
         }
         let start = utf8(key, "the key")?;
@@ -137,9 +148,9 @@ impl Etcd {
         let found = match scan {
             Some(prefix) => {
                 let upper = crate::store::prefix_end(&prefix);
-                self.store.range_raw(&prefix, Some(&upper), 0).await
+                self.store.range_raw(&prefix, Some(&upper), 0, at).await
             }
-            None => self.store.range_raw("", None, 0).await,
+            None => self.store.range_raw("", None, 0, at).await,
         }
         .map_err(status)?;
         let revision = found.revision;
@@ -154,18 +165,8 @@ impl Etcd {
     }
 
     async fn do_range(&self, r: &pb::RangeRequest) -> Result<pb::RangeResponse, Status> {
-        let current = self.store.revision();
-        if r.revision > 0 && r.revision as u64 != current {
-            return Err(if r.revision as u64 > current {
-                Status::out_of_range("etcdserver: mvcc: required revision is a future revision")
-            } else {
-                Status::out_of_range(format!(
-                    "reading at a past revision ({}) is not supported: this store keeps the current values only (current revision {current})",
-                    r.revision
-                ))
-            });
-        }
-        let (mut items, revision) = self.range_keys(&r.key, &r.range_end).await?;
+        let at = u64::try_from(r.revision).ok().filter(|r| *r > 0);
+        let (mut items, revision) = self.range_keys(&r.key, &r.range_end, at).await?;
         items.retain(|kv| {
             (r.min_mod_revision == 0 || kv.mod_revision as i64 >= r.min_mod_revision)
                 && (r.max_mod_revision == 0 || kv.mod_revision as i64 <= r.max_mod_revision)
@@ -223,7 +224,7 @@ impl Etcd {
                 }]
             }
             R::RequestDeleteRange(d) => self
-                .range_keys(&d.key, &d.range_end)
+                .range_keys(&d.key, &d.range_end, None)
                 .await?
                 .0
                 .into_iter()
@@ -325,7 +326,7 @@ impl pb::kv_server::Kv for Etcd {
     async fn put(&self, request: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
         let p = request.into_inner();
         let prev = if p.prev_kv {
-            self.range_keys(&p.key, &[]).await?.0.into_iter().next()
+            self.range_keys(&p.key, &[], None).await?.0.into_iter().next()
         } else {
             None
         };
@@ -346,7 +347,7 @@ impl pb::kv_server::Kv for Etcd {
         request: Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
         let d = request.into_inner();
-        let (found, _) = self.range_keys(&d.key, &d.range_end).await?;
+        let (found, _) = self.range_keys(&d.key, &d.range_end, None).await?;
         let ops = found
             .iter()
             .map(|kv| WriteOp::Delete {
@@ -632,7 +633,7 @@ impl pb::cluster_server::Cluster for Etcd {
         let (members, _) = self.store.members();
         let records = self
             .store
-            .range_raw("/skiff/members/", Some("/skiff/members0"), 0)
+            .range_raw("/skiff/members/", Some("/skiff/members0"), 0, None)
             .await
             .map_err(status)?;
         let members = members

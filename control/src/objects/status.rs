@@ -151,6 +151,21 @@ impl ApiError {
         )
     }
 
+    /// 504 Timeout for a resource version the store has not reached (after waiting for it), as
+    /// upstream words it.
+    pub fn too_large(requested: u64, current: u64) -> Self {
+        let mut e = Self::new(
+            504,
+            "Timeout",
+            format!("Too large resource version: {requested}, current: {current}"),
+        );
+        e.details = Some(serde_json::json!({
+            "causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}],
+            "retryAfterSeconds": 1,
+        }));
+        e
+    }
+
     /// 500 InternalError.
     pub fn internal(message: impl std::fmt::Display) -> Self {
         Self::new(
@@ -188,6 +203,7 @@ impl ApiError {
             StoreError::NotFound { .. } => Self::not_found(t),
             StoreError::Conflict { .. } => Self::conflict(t),
             StoreError::Compacted { requested, oldest } => Self::expired(requested, oldest),
+            StoreError::FutureRevision { requested, current } => Self::too_large(requested, current),
             StoreError::Unavailable(m) | StoreError::NoSpace(m) => Self::new(503, "ServiceUnavailable", m),
             StoreError::Io(m) => Self::internal(m),
         }

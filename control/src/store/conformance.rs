@@ -13,6 +13,7 @@ pub async fn run(store: &dyn KeyValueStore) {
     lists_are_ordered_paged_and_bounded_by_the_prefix(store).await;
     batched_writes_have_a_result_each(store).await;
     watches_replay_from_a_revision_then_follow(store).await;
+    past_revisions_read_as_they_were_until_compacted(store).await;
     compaction_ends_the_history_behind_it(store).await;
 }
 
@@ -211,4 +212,62 @@ pub async fn compaction_ends_the_history_behind_it(store: &dyn KeyValueStore) {
         .unwrap()
         .expect("the watch goes on");
     assert_eq!(event.revision, c.mod_revision);
+}
+
+/// A list at a past revision shows the keys as they were then (updated ones with their old
+/// value, deleted ones back, later ones absent), pages at that revision, and ends with the history
+/// at compaction.
+pub async fn past_revisions_read_as_they_were_until_compacted(store: &dyn KeyValueStore) {
+    let keys = |r: &super::ListResult| -> Vec<(String, Vec<u8>)> {
+        r.items
+            .iter()
+            .map(|kv| (kv.key.clone(), kv.value.clone()))
+            .collect()
+    };
+    let own = |k: &str, v: &str| (format!("/conf/past/{k}"), v.as_bytes().to_vec());
+    store.create("/conf/past/a", b"a1".to_vec()).await.unwrap();
+    store.create("/conf/past/b", b"b1".to_vec()).await.unwrap();
+    store.create("/conf/past/d", b"d1".to_vec()).await.unwrap();
+    store.create("/conf/pasture", b"outside".to_vec()).await.unwrap();
+    let then = store.revision();
+    let at_then = store.list("/conf/past/", None, 0).await.unwrap();
+    store.update("/conf/past/a", b"a2".to_vec(), None).await.unwrap();
+    store.delete("/conf/past/b", None).await.unwrap();
+    store.create("/conf/past/c", b"c1".to_vec()).await.unwrap();
+    store.update("/conf/past/a", b"a3".to_vec(), None).await.unwrap();
+    store.create("/conf/past/b", b"b2".to_vec()).await.unwrap();
+    store.delete("/conf/pasture", None).await.unwrap();
+    let now = store.revision();
+    let past = store.list_at("/conf/past/", None, 0, then).await.unwrap();
+    assert_eq!(past.revision, then);
+    assert_eq!(keys(&past), [own("a", "a1"), own("b", "b1"), own("d", "d1")]);
+    assert_eq!(past.items, at_then.items, "revisions as they were");
+    assert_eq!(
+        keys(&store.list_at("/conf/past/", None, 0, now).await.unwrap()),
+        [own("a", "a3"), own("b", "b2"), own("c", "c1"), own("d", "d1")]
+    );
+    // Pages at the past revision, however the keys moved since.
+    let first = store.list_at("/conf/past/", None, 2, then).await.unwrap();
+    assert_eq!(
+        (keys(&first), first.more),
+        (vec![own("a", "a1"), own("b", "b1")], true)
+    );
+    let rest = store
+        .list_at("/conf/past/", Some("/conf/past/b"), 2, then)
+        .await
+        .unwrap();
+    assert_eq!((keys(&rest), rest.more), (vec![own("d", "d1")], false));
+    assert!(matches!(
+        store.list_at("/conf/past/", None, 0, now + 1000).await,
+        Err(StoreError::FutureRevision { .. })
+    ));
+    store.compact(then + 1).await.unwrap();
+    assert!(matches!(
+        store.list_at("/conf/past/", None, 0, then).await,
+        Err(StoreError::Compacted { .. })
+    ));
+    assert_eq!(
+        keys(&store.list_at("/conf/past/", None, 0, then + 1).await.unwrap()),
+        [own("a", "a2"), own("b", "b1"), own("d", "d1")]
+    );
 }

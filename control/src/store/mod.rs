@@ -173,6 +173,14 @@ pub enum StoreError {
         /// Oldest revision the history still holds.
         oldest: u64,
     },
+    /// The requested revision is newer than the store's.
+    #[error("revision {requested} is a future revision (current {current})")]
+    FutureRevision {
+        /// Revision asked for.
+        requested: u64,
+        /// The latest revision.
+        current: u64,
+    },
     /// This member cannot serve the request now (no leader, shutting down).
     #[error("store unavailable: {0}")]
     Unavailable(String),
@@ -197,7 +205,7 @@ pub struct ListResult {
 
 /// The store as the control plane needs it, etcd's model: keys with a create and a mod revision,
 /// one global revision that every write bumps, conditional writes, ordered prefix lists with
-/// pages, and watches of a prefix from a past revision. [`Store`] (the Raft store) implements it;
+/// pages, reads at a past revision, and watches of a prefix from a past revision. [`Store`] (the Raft store) implements it;
 /// `store/conformance.rs` is the suite that every implementation, and every membership of the
 /// Raft store, must pass.
 #[tonic::async_trait]
@@ -214,6 +222,16 @@ pub trait KeyValueStore: Send + Sync {
         prefix: &str,
         start_after: Option<&str>,
         limit: usize,
+    ) -> Result<ListResult, StoreError>;
+    /// Keys under `prefix` as they were at revision `at` (after `start_after`, at most `limit`):
+    /// [`StoreError::Compacted`] below the compacted revision, [`StoreError::FutureRevision`]
+    /// above the latest.
+    async fn list_at(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+        at: u64,
     ) -> Result<ListResult, StoreError>;
     /// Applies `ops` in order; each has its own result, and one that fails changes nothing.
     async fn write(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteResult>, StoreError>;
@@ -251,6 +269,16 @@ impl KeyValueStore for Store {
         limit: usize,
     ) -> Result<ListResult, StoreError> {
         Store::list(self, prefix, start_after, limit).await
+    }
+
+    async fn list_at(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+        at: u64,
+    ) -> Result<ListResult, StoreError> {
+        Store::list_at(self, prefix, start_after, limit, at).await
     }
 
     async fn write(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteResult>, StoreError> {

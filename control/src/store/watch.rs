@@ -118,6 +118,23 @@ impl WatchHub {
         inner.current = inner.current.max(revision);
     }
 
+    /// Fills the history with `events` (oldest first), complete after `oldest`: the history a
+    /// restarted store kept on disk.
+    pub(crate) fn seed(&self, events: Vec<Event>, oldest: u64) {
+        let mut inner = self.lock();
+        inner.history = events
+            .into_iter()
+            .map(|mut event| {
+                if !self.encryption.is_empty() {
+                    event.kv = self.opened(event.kv);
+                    event.prev = event.prev.map(|kv| self.opened(kv));
+                }
+                Arc::new(event)
+            })
+            .collect();
+        inner.oldest = oldest.min(inner.current);
+    }
+
     /// Forgets events at or below `revision`.
     pub(crate) fn compact(&self, revision: u64) {
         let mut inner = self.lock();

@@ -14,7 +14,7 @@ mod types;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::ops::Bound;
+use std::ops::{Bound, RangeBounds};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +27,9 @@ use tokio::sync::oneshot;
 use self::log_store::LogStore;
 use self::network::{Channels, Network, Peers, RaftGrpc};
 pub use self::network::{MEMBER_NAME, MEMBER_ORG, PeerTls, tls_incoming};
-use self::state_machine::{KV, REVISION, Record, SM_META, StateMachine, read_revision};
+use self::state_machine::{
+    COMPACTED, Change, HISTORY, KV, REVISION, Record, SM_META, StateMachine, read_revision,
+};
 pub use self::types::{MemberStatus, MembershipOp};
 use self::types::{NodeId, Raft, Request, decode};
 use super::encryption::Encryption;
@@ -328,6 +330,8 @@ impl Store {
             config.watch_history,
             config.encryption.clone(),
         ));
+        let (events, oldest) = state_machine::history_events(&db, config.watch_history).map_err(io)?;
+        hub.seed(events, oldest);
         let sm = StateMachine::new(db.clone(), hub.clone(), config.data_dir.join("snapshot.bin"));
 
         let raft_config = openraft::Config {
@@ -628,6 +632,30 @@ impl Store {
         self.list_range(prefix, start_after, limit)?.opened(self)
     }
 
+    /// Lists keys under `prefix` as they were at revision `at` (list pages pinned to their first
+    /// page's revision, `resourceVersionMatch=Exact`): from the history kept since the last
+    /// compaction, without a read-index round when `at` is applied here already (the past does
+    /// not change). [`StoreError::Compacted`] below the compacted revision;
+    /// [`StoreError::FutureRevision`] above the latest one.
+    pub async fn list_at(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+        at: u64,
+    ) -> Result<ListResult, StoreError> {
+        if at > self.revision() {
+            self.linearize().await?;
+        }
+        let end = prefix_end(prefix);
+        let start = match start_after {
+            Some(after) if after >= prefix => Bound::Excluded(after),
+            _ => Bound::Included(prefix),
+        };
+        self.scan_at(start, Bound::Excluded(end.as_str()), limit, Some(at))?
+            .opened(self)
+    }
+
     /// Every key under `prefix` as this member has applied it, without a read-index round (for
     /// checks that may lag a moment, as upstream's informer caches do).
     pub fn list_local(&self, prefix: &str) -> Result<ListResult, StoreError> {
@@ -669,32 +697,94 @@ impl Store {
             Some(after) if after >= prefix => Bound::Excluded(after),
             _ => Bound::Included(prefix),
         };
-        self.scan(start, Bound::Excluded(end.as_str()), limit)
+        self.scan_at(start, Bound::Excluded(end.as_str()), limit, None)
     }
 
-    /// The keys between `lower` and `upper` as stored, at most `limit` (0: all), with the
-    /// revision of the same read.
-    fn scan(&self, lower: Bound<&str>, upper: Bound<&str>, limit: usize) -> Result<ListResult, StoreError> {
+    /// The keys between `lower` and `upper` as stored, at most `limit` (0: all), at revision
+    /// `at` (`None`: the latest), with the revision the read reflects. A past revision is the
+    /// current keys with every later write undone from the history: the keys written since keep
+    /// the value they held then (or are left out if they did not exist).
+    fn scan_at(
+        &self,
+        lower: Bound<&str>,
+        upper: Bound<&str>,
+        limit: usize,
+        at: Option<u64>,
+    ) -> Result<ListResult, StoreError> {
         let tx = self.db.begin_read().map_err(io)?;
         let meta = tx.open_table(SM_META).map_err(io)?;
-        let revision = match meta.get(REVISION).map_err(io)? {
-            Some(v) => decode(v.value()).map_err(io)?,
-            None => 0,
+        let meta_u64 = |name: &str| -> Result<u64, StoreError> {
+            match meta.get(name).map_err(io)? {
+                Some(v) => decode(v.value()).map_err(io),
+                None => Ok(0),
+            }
         };
+        let revision = meta_u64(REVISION)?;
+        let at = at.unwrap_or(revision);
+        if at > revision {
+            return Err(StoreError::FutureRevision {
+                requested: at,
+                current: revision,
+            });
+        }
+        // The value each key written after `at` held at `at` (the oldest later write's `prev`).
+        let mut then: BTreeMap<String, Option<Record>> = BTreeMap::new();
+        if at < revision {
+            let oldest = meta_u64(COMPACTED)?;
+            if at < oldest {
+                return Err(StoreError::Compacted {
+                    requested: at,
+                    oldest,
+                });
+            }
+            let history = tx.open_table(HISTORY).map_err(io)?;
+            for item in history.range(at + 1..=revision).map_err(io)?.rev() {
+                let (_, v) = item.map_err(io)?;
+                let change: Change = decode(v.value()).map_err(io)?;
+                if RangeBounds::<str>::contains(&(lower, upper), change.key.as_str()) {
+                    then.insert(change.key, change.prev);
+                }
+            }
+        }
         let table = tx.open_table(KV).map_err(io)?;
         let mut items = Vec::new();
+        let full = |items: &Vec<KeyValue>| limit > 0 && items.len() == limit;
+        let mut earlier = then
+            .iter()
+            .filter_map(|(k, r)| Some((k.as_str(), r.as_ref()?)))
+            .peekable();
         let mut more = false;
-        for item in table.range::<&str>((lower, upper)).map_err(io)? {
+        'keys: for item in table.range::<&str>((lower, upper)).map_err(io)? {
             let (k, v) = item.map_err(io)?;
-            if limit > 0 && items.len() == limit {
+            let key = k.value();
+            while let Some((old_key, record)) = earlier.next_if(|(old_key, _)| *old_key < key) {
+                if full(&items) {
+                    more = true;
+                    break 'keys;
+                }
+                items.push(record.clone().into_kv(old_key));
+            }
+            if then.contains_key(key) {
+                continue;
+            }
+            if full(&items) {
                 more = true;
                 break;
             }
-            items.push(decode::<Record>(v.value()).map_err(io)?.into_kv(k.value()));
+            items.push(decode::<Record>(v.value()).map_err(io)?.into_kv(key));
+        }
+        if !more {
+            for (old_key, record) in earlier {
+                if full(&items) {
+                    more = true;
+                    break;
+                }
+                items.push(record.clone().into_kv(old_key));
+            }
         }
         Ok(ListResult {
             items,
-            revision,
+            revision: at,
             more,
         })
     }
@@ -777,16 +867,20 @@ impl Store {
     }
 
     /// Every key in `[start, end)` (end `None`: to the end of the key space) as stored, at most
-    /// `limit` (0: all), after a linearizable read index; and the store's revision.
+    /// `limit` (0: all), at revision `at` (`None`: the latest, after a linearizable read index);
+    /// and the revision read.
     pub async fn range_raw(
         &self,
         start: &str,
         end: Option<&str>,
         limit: usize,
+        at: Option<u64>,
     ) -> Result<ListResult, StoreError> {
-        self.linearize().await?;
+        if at.is_none_or(|at| at > self.revision()) {
+            self.linearize().await?;
+        }
         let upper = end.map_or(Bound::Unbounded, Bound::Excluded);
-        self.scan(Bound::Included(start), upper, limit)
+        self.scan_at(Bound::Included(start), upper, limit, at)
     }
 
     async fn write_one(&self, op: WriteOp) -> Result<KeyValue, StoreError> {
@@ -904,6 +998,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::EventKind;
 
     async fn open(dir: &std::path::Path) -> Store {
         Store::open(StoreConfig::single(
@@ -1177,6 +1272,58 @@ mod tests {
         assert_eq!(store.list("/k/", None, 0).await.unwrap().items.len(), 50);
         let next = store.create("/k/new", vec![]).await.unwrap();
         assert_eq!(next.mod_revision, rev + 1);
+        store.shutdown().await;
+    }
+
+    /// History lives in the state database: after a restart a watch replays from before it with
+    /// each write's value, deletes included, and lists read at revisions before it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn watch_history_and_past_revisions_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (start, first) = {
+            let store = open(dir.path()).await;
+            let start = store.revision();
+            store.create("/h/a", b"1".to_vec()).await.unwrap();
+            store.create("/h/b", b"1".to_vec()).await.unwrap();
+            let first = store.revision();
+            store.update("/h/a", b"2".to_vec(), None).await.unwrap();
+            store.delete("/h/b", None).await.unwrap();
+            store.shutdown().await;
+            (start, first)
+        };
+        let store = open(dir.path()).await;
+        let mut watch = store.watch("/h/", start).unwrap();
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            let e = watch.next().await.unwrap().unwrap();
+            seen.push((
+                e.kind,
+                e.kv.key.clone(),
+                e.kv.value.clone(),
+                e.prev.as_ref().map(|p| p.value.clone()),
+            ));
+        }
+        assert_eq!(
+            seen,
+            [
+                (EventKind::Put, "/h/a".into(), b"1".to_vec(), None),
+                (EventKind::Put, "/h/b".into(), b"1".to_vec(), None),
+                (EventKind::Put, "/h/a".into(), b"2".to_vec(), Some(b"1".to_vec())),
+                (
+                    EventKind::Delete,
+                    "/h/b".into(),
+                    b"1".to_vec(),
+                    Some(b"1".to_vec())
+                ),
+            ]
+        );
+        let past = store.list_at("/h/", None, 0, first).await.unwrap();
+        let values: Vec<(&str, &[u8])> = past
+            .items
+            .iter()
+            .map(|kv| (kv.key.as_str(), kv.value.as_slice()))
+            .collect();
+        assert_eq!(values, [("/h/a", b"1".as_slice()), ("/h/b", b"1".as_slice())]);
         store.shutdown().await;
     }
 

@@ -19,10 +19,22 @@ use crate::store::{KeyValue, WriteOp, WriteResult};
 
 pub(crate) const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 pub(crate) const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
+/// Every write since the last compaction, by revision: the key and what it held before, from
+/// which the key space at any revision since is read and watch history is rebuilt on start.
+pub(crate) const HISTORY: TableDefinition<u64, &[u8]> = TableDefinition::new("history");
 
 pub(crate) const APPLIED: &str = "applied";
 pub(crate) const MEMBERSHIP: &str = "membership";
 pub(crate) const REVISION: &str = "revision";
+/// The revision up to which history is forgotten: reads at revisions below it fail.
+pub(crate) const COMPACTED: &str = "compacted";
+
+/// One write in [`HISTORY`]: the key, and its record before the write (`None`: it did not exist).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Change {
+    pub key: String,
+    pub prev: Option<Record>,
+}
 
 /// A stored value with its revisions (the key is the table key).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -30,6 +42,16 @@ pub(crate) struct Record {
     pub value: Vec<u8>,
     pub create_revision: u64,
     pub mod_revision: u64,
+}
+
+impl From<KeyValue> for Record {
+    fn from(kv: KeyValue) -> Self {
+        Record {
+            value: kv.value,
+            create_revision: kv.create_revision,
+            mod_revision: kv.mod_revision,
+        }
+    }
 }
 
 impl Record {
@@ -70,13 +92,81 @@ pub(crate) fn read_revision(db: &Database) -> Result<u64, redb::Error> {
         .unwrap_or(0))
 }
 
+/// The last `capacity` writes of the history as watch events, oldest first, and the revision
+/// after which they are complete: what watchers may start from after a restart. Each write's new
+/// value is the key's value after it, found by undoing the later writes from the current keys.
+pub(crate) fn history_events(db: &Database, capacity: usize) -> Result<(Vec<Event>, u64), redb::Error> {
+    let tx = db.begin_read()?;
+    let meta = tx.open_table(SM_META)?;
+    let read = |name: &str| -> Result<u64, redb::Error> {
+        Ok(meta
+            .get(name)?
+            .map(|v| decode(v.value()).unwrap_or(0))
+            .unwrap_or(0))
+    };
+    let (revision, compacted) = (read(REVISION)?, read(COMPACTED)?);
+    let kv = tx.open_table(KV)?;
+    let history = tx.open_table(HISTORY)?;
+    // Each key's value after the write being looked at (from the current keys, going back).
+    let mut after: std::collections::HashMap<String, Option<Record>> = std::collections::HashMap::new();
+    let mut events = Vec::new();
+    for item in history.range(compacted + 1..=revision)?.rev().take(capacity) {
+        let (rev, v) = item?;
+        let Ok(change) = decode::<Change>(v.value()) else {
+            break;
+        };
+        let now = match after.get(&change.key) {
+            Some(now) => now.clone(),
+            None => kv
+                .get(change.key.as_str())?
+                .and_then(|v| decode::<Record>(v.value()).ok()),
+        };
+        let prev = change.prev.clone().map(|r| r.into_kv(&change.key));
+        let event = match now {
+            Some(record) => Event {
+                kind: EventKind::Put,
+                kv: record.into_kv(&change.key),
+                prev,
+                revision: rev.value(),
+            },
+            None => Event {
+                kind: EventKind::Delete,
+                kv: prev.clone().unwrap_or(KeyValue {
+                    key: change.key.clone(),
+                    value: Vec::new(),
+                    create_revision: 0,
+                    mod_revision: 0,
+                }),
+                prev,
+                revision: rev.value(),
+            },
+        };
+        after.insert(change.key, change.prev);
+        events.push(event);
+    }
+    events.reverse();
+    let oldest = events.first().map_or(revision, |e| e.revision - 1);
+    Ok((events, oldest))
+}
+
 impl StateMachine {
     /// Opens (or creates) the state machine database.
     pub(crate) fn open(path: &std::path::Path) -> Result<Arc<Database>, redb::Error> {
         let db = super::open_db(path)?;
         let tx = db.begin_write()?;
         tx.open_table(KV)?;
-        tx.open_table(SM_META)?;
+        tx.open_table(HISTORY)?;
+        {
+            // A store written before history was kept has none before its current revision.
+            let mut meta = tx.open_table(SM_META)?;
+            if meta.get(COMPACTED)?.is_none() {
+                let revision: u64 = match meta.get(REVISION)? {
+                    Some(v) => decode(v.value()).unwrap_or(0),
+                    None => 0,
+                };
+                meta.insert(COMPACTED, encode(&revision).as_slice())?;
+            }
+        }
         tx.commit()?;
         Ok(Arc::new(db))
     }
@@ -104,22 +194,46 @@ impl StateMachine {
     }
 }
 
+/// The tables a write changes: the keys and the history.
+pub(crate) struct Tables<'a, 't> {
+    kv: &'a mut redb::Table<'t, &'static str, &'static [u8]>,
+    history: &'a mut redb::Table<'t, u64, &'static [u8]>,
+}
+
+impl Tables<'_, '_> {
+    /// Records that `key`, which held `prev`, was written at `revision`.
+    fn record(
+        &mut self,
+        revision: u64,
+        key: &str,
+        prev: Option<&KeyValue>,
+    ) -> Result<(), redb::StorageError> {
+        let change = Change {
+            key: key.to_owned(),
+            prev: prev.cloned().map(Record::from),
+        };
+        self.history.insert(revision, encode(&change).as_slice())?;
+        Ok(())
+    }
+}
+
 /// Stores `value` at `key` at the next revision, after `prev` (the value it replaces, if any).
 fn put(
-    kv: &mut redb::Table<&str, &[u8]>,
+    t: &mut Tables<'_, '_>,
     revision: &mut u64,
     key: String,
     value: Vec<u8>,
     prev: Option<KeyValue>,
 ) -> Result<(WriteResult, Option<Event>), redb::StorageError> {
     *revision += 1;
+    t.record(*revision, &key, prev.as_ref())?;
     let create_revision = prev.as_ref().map_or(*revision, |p| p.create_revision);
     let record = Record {
         value,
         create_revision,
         mod_revision: *revision,
     };
-    kv.insert(key.as_str(), encode(&record).as_slice())?;
+    t.kv.insert(key.as_str(), encode(&record).as_slice())?;
     let new = record.into_kv(&key);
     let event = Event {
         kind: EventKind::Put,
@@ -138,18 +252,18 @@ fn put(
 
 /// Applies one write to the key table, producing its result and the events of what it changed.
 fn apply_op(
-    kv: &mut redb::Table<&str, &[u8]>,
+    t: &mut Tables<'_, '_>,
     revision: &mut u64,
     op: WriteOp,
     events: &mut Vec<Event>,
 ) -> Result<WriteResult, redb::StorageError> {
-    let (result, event) = apply_one(kv, revision, op, events)?;
+    let (result, event) = apply_one(t, revision, op, events)?;
     events.extend(event);
     Ok(result)
 }
 
 fn apply_one(
-    kv: &mut redb::Table<&str, &[u8]>,
+    t: &mut Tables<'_, '_>,
     revision: &mut u64,
     op: WriteOp,
     events: &mut Vec<Event>,
@@ -163,29 +277,30 @@ fn apply_one(
         };
     match op {
         WriteOp::Create { key, value } => {
-            if let Some(current) = current(kv, &key)? {
+            if let Some(current) = current(t.kv, &key)? {
                 return Ok((WriteResult::AlreadyExists { current }, None));
             }
-            put(kv, revision, key, value, None)
+            put(t, revision, key, value, None)
         }
         WriteOp::Update { key, value, expected } => {
-            let Some(prev) = current(kv, &key)? else {
+            let Some(prev) = current(t.kv, &key)? else {
                 return Ok((WriteResult::NotFound, None));
             };
             if expected.is_some_and(|rev| rev != prev.mod_revision) {
                 return Ok((WriteResult::Conflict { current: prev }, None));
             }
-            put(kv, revision, key, value, Some(prev))
+            put(t, revision, key, value, Some(prev))
         }
         WriteOp::Delete { key, expected } => {
-            let Some(prev) = current(kv, &key)? else {
+            let Some(prev) = current(t.kv, &key)? else {
                 return Ok((WriteResult::NotFound, None));
             };
             if expected.is_some_and(|rev| rev != prev.mod_revision) {
                 return Ok((WriteResult::Conflict { current: prev }, None));
             }
             *revision += 1;
-            kv.remove(key.as_str())?;
+            t.record(*revision, &key, Some(&prev))?;
+            t.kv.remove(key.as_str())?;
             let event = Event {
                 kind: EventKind::Delete,
                 kv: prev.clone(),
@@ -208,8 +323,8 @@ fn apply_one(
             None,
         )),
         WriteOp::Put { key, value } => {
-            let prev = current(kv, &key)?;
-            put(kv, revision, key, value, prev)
+            let prev = current(t.kv, &key)?;
+            put(t, revision, key, value, prev)
         }
         WriteOp::Txn {
             compares,
@@ -218,7 +333,7 @@ fn apply_one(
         } => {
             let mut succeeded = true;
             for c in &compares {
-                if !c.holds(current(kv, &c.key)?.as_ref()) {
+                if !c.holds(current(t.kv, &c.key)?.as_ref()) {
                     succeeded = false;
                     break;
                 }
@@ -226,7 +341,7 @@ fn apply_one(
             let branch = if succeeded { success } else { failure };
             let mut results = Vec::with_capacity(branch.len());
             for op in branch {
-                results.push(apply_op(kv, revision, op, events)?);
+                results.push(apply_op(t, revision, op, events)?);
             }
             Ok((WriteResult::Txn { succeeded, results }, None))
         }
@@ -262,6 +377,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         {
             let mut meta = tx.open_table(SM_META).map_err(|e| write(&e))?;
             let mut kv = tx.open_table(KV).map_err(|e| write(&e))?;
+            let mut history = tx.open_table(HISTORY).map_err(|e| write(&e))?;
+            let mut tables = Tables {
+                kv: &mut kv,
+                history: &mut history,
+            };
             let mut rev: u64 = match meta.get(REVISION).map_err(|e| write(&e))? {
                 Some(v) => decode(v.value()).map_err(|e| write(&e))?,
                 None => 0,
@@ -278,7 +398,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                                 compact_to = Some(revision);
                             }
                             let result =
-                                apply_op(&mut kv, &mut rev, op, &mut events).map_err(|e| write(&e))?;
+                                apply_op(&mut tables, &mut rev, op, &mut events).map_err(|e| write(&e))?;
                             response.results.push(result);
                         }
                     }
@@ -294,6 +414,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .map_err(|e| write(&e))?;
             meta.insert(REVISION, encode(&rev).as_slice())
                 .map_err(|e| write(&e))?;
+            if let Some(upto) = compact_to.map(|upto: u64| upto.min(rev)) {
+                let floor: u64 = match meta.get(COMPACTED).map_err(|e| write(&e))? {
+                    Some(v) => decode(v.value()).map_err(|e| write(&e))?,
+                    None => 0,
+                };
+                if upto > floor {
+                    history.retain_in(..=upto, |_, _| false).map_err(|e| write(&e))?;
+                    meta.insert(COMPACTED, encode(&upto).as_slice())
+                        .map_err(|e| write(&e))?;
+                }
+            }
             revision = rev;
         }
         let started = std::time::Instant::now();
@@ -331,7 +462,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 kv.insert(key.as_str(), encode(record).as_slice())
                     .map_err(|e| write(&e))?;
             }
+            // The snapshot holds no history: reads before its revision are compacted here.
+            let mut history = tx.open_table(HISTORY).map_err(|e| write(&e))?;
+            history.retain(|_, _| false).map_err(|e| write(&e))?;
             let mut m = tx.open_table(SM_META).map_err(|e| write(&e))?;
+            m.insert(COMPACTED, encode(&data.revision).as_slice())
+                .map_err(|e| write(&e))?;
             m.insert(APPLIED, encode(&meta.last_log_id).as_slice())
                 .map_err(|e| write(&e))?;
             m.insert(MEMBERSHIP, encode(&meta.last_membership).as_slice())
