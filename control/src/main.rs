@@ -303,6 +303,11 @@ async fn run() -> anyhow::Result<()> {
         .context("writing bootstrap files")?;
 
     let mut store_config = StoreConfig::single(store_dir, args.raft_listen);
+    // A founding member records the address its peers dial (a wildcard is no address to dial).
+    store_config.advertise = args.raft_advertise.or_else(|| {
+        (args.raft_listen.ip().is_unspecified() && args.raft_listen.port() != 0)
+            .then(|| SocketAddr::new((*advertise.ip()).into(), args.raft_listen.port()))
+    });
     store_config.node_id = node_id;
     store_config.join = join.is_some();
     let member_cert = pki

@@ -3,6 +3,7 @@
 
 pub mod image;
 pub mod node;
+pub mod partition;
 pub mod raw;
 
 use std::net::TcpListener;
@@ -110,6 +111,7 @@ pub struct Control {
     port: u16,
     /// Whether `port` was asked for (kept when a start is retried).
     fixed_port: bool,
+    fixed_raft_port: bool,
     raft_port: u16,
     extra: Vec<String>,
     /// A filesystem the fixture mounted over the data directory, unmounted on drop.
@@ -268,14 +270,31 @@ impl Control {
     /// Starts with the API and Raft on loopback address `ip` (`127.0.0.2`: a second host, as
     /// far as addresses go), the API on `port` (API servers of one cluster share their port).
     pub fn start_at(ip: &str, port: u16, extra: &[&str]) -> Self {
-        Self::start_inner(&control_bin(), extra, None, Some((ip, port)))
+        Self::start_inner(&control_bin(), extra, None, Some((ip, port)), None)
+    }
+
+    /// As [`Control::start_at`], with the Raft transport on `raft_port` (which a test put a
+    /// link in front of before the member starts).
+    pub fn start_at_raft(ip: &str, port: u16, raft_port: u16, extra: &[&str]) -> Self {
+        Self::start_inner(&control_bin(), extra, None, Some((ip, port)), Some(raft_port))
+    }
+
+    /// The address its Raft transport listens on.
+    pub fn raft_addr(&self) -> String {
+        format!("{}:{}", self.ip, self.raft_port)
     }
 
     fn start_full(bin: &Path, extra: &[&str], tmpfs: Option<u32>) -> Self {
-        Self::start_inner(bin, extra, tmpfs, None)
+        Self::start_inner(bin, extra, tmpfs, None, None)
     }
 
-    fn start_inner(bin: &Path, extra: &[&str], tmpfs: Option<u32>, at: Option<(&str, u16)>) -> Self {
+    fn start_inner(
+        bin: &Path,
+        extra: &[&str],
+        tmpfs: Option<u32>,
+        at: Option<(&str, u16)>,
+        raft_port: Option<u16>,
+    ) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("skiff-e2e-")
             .tempdir()
@@ -287,7 +306,8 @@ impl Control {
             ip: at.map_or("127.0.0.1", |a| a.0).to_owned(),
             port: at.map_or_else(free_port, |a| a.1),
             fixed_port: at.is_some(),
-            raft_port: free_port(),
+            raft_port: raft_port.unwrap_or_else(free_port),
+            fixed_raft_port: raft_port.is_some(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             mount: None,
         };
@@ -323,7 +343,9 @@ impl Control {
                     if !c.fixed_port {
                         c.port = free_port();
                     }
-                    c.raft_port = free_port();
+                    if !c.fixed_raft_port {
+                        c.raft_port = free_port();
+                    }
                 }
                 Err(log) => panic!("skiff-control did not start: {log}"),
             }

@@ -6,12 +6,15 @@
 //! (no read sees an older write than one that finished before it started, no write is ordered
 //! before one that finished before it started), and a watch on a member that stays up saw every
 //! acknowledged write once, in order. How long writes were refused after each fault is printed.
+//! A second run partitions the members' Raft transports instead: the leader from the majority,
+//! then one member from the rest.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use skiff_tests::partition::{Link, partition};
 use skiff_tests::raw::RawClient;
 use skiff_tests::{BoundedOutput, Control, control_bin, free_port};
 
@@ -191,22 +194,19 @@ fn leader(via: &Control) -> String {
         .to_owned()
 }
 
-#[test]
-fn writes_and_reads_stay_linearizable_through_member_faults() {
-    let port = free_port();
-    let names = ["one", "two", "three"];
-    let ips = ["127.0.0.1", "127.0.0.2", "127.0.0.3"];
-    let first = Control::start_at(ips[0], port, &["--name", names[0]]);
-    let token = std::fs::read_to_string(first.data_dir().join("server-token")).unwrap();
-    let url = first.url();
-    let mut members = vec![first];
-    for i in 1..3 {
-        members.push(Control::start_at(
-            ips[i],
-            port,
-            &["--join", &url, "--token", &token, "--name", names[i]],
-        ));
-    }
+/// Concurrent clients writing and reading the register through every member, and a watch on
+/// one member, recording what they saw.
+struct Workload {
+    stop: Arc<AtomicBool>,
+    clients: Vec<std::thread::JoinHandle<()>>,
+    history: Arc<Mutex<Vec<Op>>>,
+    watcher: std::thread::JoinHandle<String>,
+    watch_from: u64,
+    faults: Vec<(&'static str, Instant)>,
+}
+
+/// Creates the register and starts the workload; the watch runs on `members[wi]`.
+fn start_workload(members: &[Control], wi: usize) -> Workload {
     let init = RawClient::new(&members[0]).send(
         "POST",
         "/api/v1/namespaces/default/configmaps",
@@ -220,26 +220,14 @@ fn writes_and_reads_stay_linearizable_through_member_faults() {
         .unwrap()
         .parse()
         .unwrap();
-
-    let lead = leader(&members[0]);
-    let li = names.iter().position(|n| *n == lead).unwrap();
-    let fi = (li + 1) % 3;
-    let wi = (li + 2) % 3;
-    // The watch, on the member no fault touches.
     let watch_client = RawClient::new(&members[wi]);
+    let watcher = std::thread::spawn(move || {
+        let path = format!(
+            "/api/v1/namespaces/default/configmaps?watch=1&fieldSelector=metadata.name%3Dreg&resourceVersion={watch_from}&timeoutSeconds=120"
+        );
+        watch_client.send("GET", &path, None, &[], 150).body
+    });
     let stop = Arc::new(AtomicBool::new(false));
-    let watcher = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let path = format!(
-                "/api/v1/namespaces/default/configmaps?watch=1&fieldSelector=metadata.name%3Dreg&resourceVersion={watch_from}&timeoutSeconds=120"
-            );
-            let answer = watch_client.send("GET", &path, None, &[], 150);
-            let _ = stop;
-            answer.body
-        })
-    };
-
     let history = Arc::new(Mutex::new(Vec::<Op>::new()));
     let mut clients = Vec::new();
     for t in 0..4 {
@@ -267,27 +255,152 @@ fn writes_and_reads_stay_linearizable_through_member_faults() {
             }
         }));
     }
+    Workload {
+        stop,
+        clients,
+        history,
+        watcher,
+        watch_from,
+        faults: Vec::new(),
+    }
+}
 
-    let mut faults: Vec<(&str, Instant)> = Vec::new();
+/// Stops the workload, then checks its history and the watch (read on `members[wi]`, which the
+/// faults left alone); prints how long writes were unavailable after each fault.
+fn finish(w: Workload, members: Vec<Control>, wi: usize) {
+    w.stop.store(true, Ordering::Relaxed);
+    for c in w.clients {
+        c.join().unwrap();
+    }
+    let history = w.history.lock().unwrap().clone();
+    let body = {
+        std::thread::sleep(Duration::from_secs(1));
+        // End the watch: its member's connection is closed when the test's curl times out or
+        // here, by reading what it printed so far (the watch thread returns at its timeout).
+        let _ = members[wi].kubectl(&["get", "configmap", "reg"]);
+        drop(members);
+        w.watcher.join().unwrap()
+    };
+    let watched: Vec<u64> = body
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|e| {
+            e["object"]["metadata"]["resourceVersion"]
+                .as_str()
+                .and_then(|r| r.parse().ok())
+        })
+        .collect();
+    let acknowledged = history
+        .iter()
+        .filter(|o| o.write.is_some() && matches!(o.outcome, Outcome::Done { .. }))
+        .count();
+    let unknown = history
+        .iter()
+        .filter(|o| matches!(o.outcome, Outcome::Unknown))
+        .count();
+    eprintln!(
+        "{} operations, {acknowledged} acknowledged writes, {unknown} without an answer, the watch saw {}",
+        history.len(),
+        watched.len()
+    );
+    for (fault, at) in &w.faults {
+        let next = history
+            .iter()
+            .filter(|o| o.write.is_some() && matches!(o.outcome, Outcome::Done { .. }) && o.invoke >= *at)
+            .map(|o| o.complete)
+            .min();
+        match next {
+            Some(t) => eprintln!("{fault}: the next acknowledged write {:?} later", t - *at),
+            None => eprintln!("{fault}: no acknowledged write after it"),
+        }
+    }
+    assert!(acknowledged > 50, "too few writes got through: {acknowledged}");
+    let problems = check(&history, &watched, w.watch_from);
+    assert!(
+        problems.is_empty(),
+        "the history is not linearizable:\n{}",
+        problems.join("\n")
+    );
+}
+
+const NAMES: [&str; 3] = ["one", "two", "three"];
+/// The members' addresses in the member-fault test.
+const IPS: [&str; 3] = ["127.0.0.1", "127.0.0.2", "127.0.0.3"];
+/// The members' addresses in the partition test (apart from the other test's, which runs at
+/// the same time).
+const PARTITIONED_IPS: [&str; 3] = ["127.0.0.11", "127.0.0.12", "127.0.0.13"];
+
+/// Three members on `ips`, each with `extra(i)` flags added (and its Raft transport on
+/// `raft_ports[i]`, when given).
+fn three_members(
+    ips: [&str; 3],
+    port: u16,
+    raft_ports: Option<[u16; 3]>,
+    extra: impl Fn(usize) -> Vec<String>,
+) -> Vec<Control> {
+    let start = |i: usize, flags: &[&str]| match raft_ports {
+        Some(r) => Control::start_at_raft(ips[i], port, r[i], flags),
+        None => Control::start_at(ips[i], port, flags),
+    };
+    let flags = |i: usize, mut base: Vec<String>| {
+        base.extend(extra(i));
+        base
+    };
+    let first_flags = flags(0, vec!["--name".into(), NAMES[0].into()]);
+    let first_flags: Vec<&str> = first_flags.iter().map(String::as_str).collect();
+    let first = start(0, &first_flags);
+    let token = std::fs::read_to_string(first.data_dir().join("server-token")).unwrap();
+    let url = first.url();
+    let mut members = vec![first];
+    for (i, name) in NAMES.iter().enumerate().skip(1) {
+        let f = flags(
+            i,
+            vec![
+                "--join".into(),
+                url.clone(),
+                "--token".into(),
+                token.clone(),
+                "--name".into(),
+                (*name).into(),
+            ],
+        );
+        let f: Vec<&str> = f.iter().map(String::as_str).collect();
+        members.push(start(i, &f));
+    }
+    members
+}
+
+#[test]
+fn writes_and_reads_stay_linearizable_through_member_faults() {
+    let port = free_port();
+    let mut members = three_members(IPS, port, None, |_| Vec::new());
+    let url = members[0].url();
+    let token = std::fs::read_to_string(members[0].data_dir().join("server-token")).unwrap();
+    let lead = leader(&members[0]);
+    let li = NAMES.iter().position(|n| *n == lead).unwrap();
+    let fi = (li + 1) % 3;
+    let wi = (li + 2) % 3;
+    // The watch, on the member no fault touches.
+    let mut w = start_workload(&members, wi);
     std::thread::sleep(Duration::from_secs(3));
-    faults.push(("leader killed", Instant::now()));
+    w.faults.push(("leader killed", Instant::now()));
     members[li].kill9();
     std::thread::sleep(Duration::from_secs(4));
     members[li].restart();
     std::thread::sleep(Duration::from_secs(2));
-    faults.push(("follower killed", Instant::now()));
+    w.faults.push(("follower killed", Instant::now()));
     members[fi].kill9();
     std::thread::sleep(Duration::from_secs(4));
     members[fi].restart();
     std::thread::sleep(Duration::from_secs(2));
-    faults.push(("member added", Instant::now()));
+    w.faults.push(("member added", Instant::now()));
     let fourth = Control::start_at(
         "127.0.0.4",
         port,
         &["--join", &url, "--token", &token, "--name", "four"],
     );
     std::thread::sleep(Duration::from_secs(2));
-    faults.push(("member removed", Instant::now()));
+    w.faults.push(("member removed", Instant::now()));
     let list = std::process::Command::new(control_bin())
         .args(["member", "list", "--kubeconfig"])
         .arg(members[wi].kubeconfig())
@@ -311,59 +424,47 @@ fn writes_and_reads_stay_linearizable_through_member_faults() {
     );
     drop(fourth);
     std::thread::sleep(Duration::from_secs(3));
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        c.join().unwrap();
-    }
-    // The last acknowledged write has reached the watch once it is read back through its member.
-    let history = history.lock().unwrap().clone();
-    let body = {
-        std::thread::sleep(Duration::from_secs(1));
-        // End the watch: its member's connection is closed when the test's curl times out or
-        // here, by reading what it printed so far (the watch thread returns at its timeout).
-        let _ = members[wi].kubectl(&["get", "configmap", "reg"]);
-        drop(members);
-        watcher.join().unwrap()
-    };
-    let watched: Vec<u64> = body
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter_map(|e| {
-            e["object"]["metadata"]["resourceVersion"]
-                .as_str()
-                .and_then(|r| r.parse().ok())
-        })
-        .collect();
+    finish(w, members, wi);
+}
 
-    let acknowledged = history
-        .iter()
-        .filter(|o| o.write.is_some() && matches!(o.outcome, Outcome::Done { .. }))
-        .count();
-    let unknown = history
-        .iter()
-        .filter(|o| matches!(o.outcome, Outcome::Unknown))
-        .count();
-    eprintln!(
-        "{} operations, {acknowledged} acknowledged writes, {unknown} without an answer, the watch saw {}",
-        history.len(),
-        watched.len()
-    );
-    for (fault, at) in &faults {
-        let next = history
-            .iter()
-            .filter(|o| o.write.is_some() && matches!(o.outcome, Outcome::Done { .. }) && o.invoke >= *at)
-            .map(|o| o.complete)
-            .min();
-        match next {
-            Some(t) => eprintln!("{fault}: the next acknowledged write {:?} later", t - *at),
-            None => eprintln!("{fault}: no acknowledged write after it"),
-        }
+/// Partitions, through links between the members' Raft transports: the leader cut off from the
+/// majority (which elects another; the old leader acknowledges nothing meanwhile), then a
+/// follower isolated, each healed after a while; the history stays linearizable and the watch on
+/// a member of the majority complete.
+#[test]
+fn writes_and_reads_stay_linearizable_through_partitions() {
+    let port = free_port();
+    const IPS: [&str; 3] = PARTITIONED_IPS;
+    let links: Vec<Link> = IPS.iter().map(|ip| Link::listen(ip)).collect();
+    let raft_ports = [free_port(), free_port(), free_port()];
+    for (i, link) in links.iter().enumerate() {
+        link.forward_to(&format!("{}:{}", IPS[i], raft_ports[i]));
     }
-    assert!(acknowledged > 50, "too few writes got through: {acknowledged}");
-    let problems = check(&history, &watched, watch_from);
-    assert!(
-        problems.is_empty(),
-        "the history is not linearizable:\n{}",
-        problems.join("\n")
-    );
+    let members = three_members(IPS, port, Some(raft_ports), |i| {
+        vec!["--raft-advertise".into(), links[i].addr()]
+    });
+    let by_ip: Vec<(&str, &Link)> = IPS.iter().copied().zip(links.iter()).collect();
+    let lead = leader(&members[0]);
+    let li = NAMES.iter().position(|n| *n == lead).unwrap();
+    let others: Vec<&str> = (0..3).filter(|i| *i != li).map(|i| IPS[i]).collect();
+    let fi = (li + 1) % 3;
+    let wi = (li + 2) % 3;
+    let mut w = start_workload(&members, wi);
+    std::thread::sleep(Duration::from_secs(3));
+    w.faults
+        .push(("leader partitioned from the majority", Instant::now()));
+    partition(&by_ip, &[IPS[li]], &others, true);
+    std::thread::sleep(Duration::from_secs(5));
+    assert_ne!(leader(&members[wi]), lead, "the majority elected another leader");
+    partition(&by_ip, &[IPS[li]], &others, false);
+    std::thread::sleep(Duration::from_secs(3));
+    // Whoever leads now, isolate the member that is neither the watch's nor the first leader.
+    let rest: Vec<&str> = (0..3).filter(|i| *i != fi).map(|i| IPS[i]).collect();
+    w.faults
+        .push(("a follower or the leader isolated", Instant::now()));
+    partition(&by_ip, &[IPS[fi]], &rest, true);
+    std::thread::sleep(Duration::from_secs(5));
+    partition(&by_ip, &[IPS[fi]], &rest, false);
+    std::thread::sleep(Duration::from_secs(3));
+    finish(w, members, wi);
 }

@@ -31,7 +31,7 @@ use self::state_machine::{
     COMPACTED, Change, HISTORY, KV, REVISION, Record, SM_META, StateMachine, read_revision,
 };
 pub use self::types::{MemberStatus, MembershipOp};
-use self::types::{NodeId, Raft, Request, decode};
+use self::types::{NodeId, Raft, Request, TypeConfig, decode};
 use super::encryption::Encryption;
 use super::watch::WatchHub;
 use super::{KeyValue, ListResult, StoreError, WatchStream, WriteOp, WriteResult};
@@ -43,8 +43,11 @@ pub struct StoreConfig {
     pub data_dir: PathBuf,
     /// This member's id.
     pub node_id: u64,
-    /// Address the Raft gRPC service listens on (and that peers dial).
+    /// Address the Raft gRPC service listens on.
     pub raft_listen: SocketAddr,
+    /// The address peers dial, when it is not `raft_listen` (a wildcard listening address, a
+    /// proxy): what a founding member records for itself.
+    pub advertise: Option<SocketAddr>,
     /// Events retained for watches that start in the past.
     pub watch_history: usize,
     /// Log entries between snapshots.
@@ -67,6 +70,7 @@ impl StoreConfig {
             data_dir,
             node_id: 1,
             raft_listen,
+            advertise: None,
             watch_history: 10_000,
             snapshot_every: 10_000,
             min_free_disk: 64 << 20,
@@ -142,6 +146,51 @@ async fn group_commit(raft: Raft, peers: Arc<Peers>, mut rx: tokio::sync::mpsc::
     }
 }
 
+/// How long a leader goes without hearing from a quorum before it stops taking writes and
+/// reads (etcd's CheckQuorum): by then the majority's election (700-900 ms) has made another
+/// leader, and clients are better told at once than left waiting for the partition to heal.
+const QUORUM_LOST_AFTER_MS: u64 = 1000;
+
+/// Why this member, leading more than itself, cannot act as leader now: no quorum heard from in
+/// [`QUORUM_LOST_AFTER_MS`].
+fn lost_quorum(raft: &Raft) -> Option<String> {
+    let m = raft.metrics().borrow().clone();
+    if m.state != openraft::ServerState::Leader || m.membership_config.membership().voter_ids().count() < 2 {
+        return None;
+    }
+    m.millis_since_quorum_ack
+        .filter(|ms| *ms > QUORUM_LOST_AFTER_MS)
+        .map(|ms| {
+            format!("this member leads but has heard from no quorum of members for {ms} ms (partitioned?)")
+        })
+}
+
+/// openraft's refusal of a write (not leading: where the leader is).
+type WriteError = openraft::error::RaftError<NodeId, openraft::error::ClientWriteError<NodeId, BasicNode>>;
+
+/// Proposes `request` on this member as leader. `Err` when it leads without a quorum, before
+/// proposing or while the write is in flight (then it may yet be applied).
+async fn leader_write(
+    raft: &Raft,
+    request: Request,
+) -> Result<Result<openraft::raft::ClientWriteResponse<TypeConfig>, WriteError>, String> {
+    if let Some(why) = lost_quorum(raft) {
+        return Err(why);
+    }
+    let write = raft.client_write(request);
+    tokio::pin!(write);
+    loop {
+        tokio::select! {
+            w = &mut write => return Ok(w),
+            () = tokio::time::sleep(Duration::from_millis(200)) => {
+                if let Some(why) = lost_quorum(raft) {
+                    return Err(format!("{why}; the write may yet be applied"));
+                }
+            }
+        }
+    }
+}
+
 /// Proposes one batch and answers each of its writers.
 async fn propose(raft: &Raft, peers: &Peers, mut batch: Vec<Pending>) {
     let request = |batch: &[Pending]| Request {
@@ -152,11 +201,19 @@ async fn propose(raft: &Raft, peers: &Peers, mut batch: Vec<Pending>) {
     // While an election runs there is nobody to propose to, or the leader this member knows is
     // gone: wait for the next (up to ~3 s). Nothing was sent then, so trying again cannot apply
     // a write twice.
-    for _ in 0..30 {
+    for _ in 0..60 {
         let leader = if forwarding {
             peers.leader_addr().map(Some).unwrap_or(None)
         } else {
-            match raft.client_write(request(&batch)).await {
+            // A leader cut off from its quorum answers once it notices.
+            let written = match leader_write(raft, request(&batch)).await {
+                Ok(w) => w,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            };
+            match written {
                 Ok(reply) => {
                     result = Ok(reply.data);
                     break;
@@ -195,7 +252,7 @@ async fn propose(raft: &Raft, peers: &Peers, mut batch: Vec<Pending>) {
             },
             None => result = Err("the store has no Raft leader".to_owned()),
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     match result {
         Ok(reply) => {
@@ -339,8 +396,12 @@ impl Store {
             // A leadership confirmation (each linearizable read) waits one heartbeat interval for
             // the voters' answers: room for a loaded machine.
             heartbeat_interval: 150,
-            election_timeout_min: 500,
-            election_timeout_max: 1000,
+            // A follower that knew a leader waits out the leader's lease (openraft: the maximum
+            // election timeout) and then its own election timeout: 700-900 ms without a
+            // heartbeat (4-6 heartbeats missed) before it stands, so writes resume within a
+            // second of a leader's death (etcd's defaults take 1-2 s).
+            election_timeout_min: 250,
+            election_timeout_max: 450,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_every),
             max_in_snapshot_log_to_keep: config.snapshot_every / 10,
             purge_batch_size: 1,
@@ -348,7 +409,8 @@ impl Store {
             ..Default::default()
         };
         let raft_config = Arc::new(raft_config.validate().map_err(io)?);
-        let channels = Channels::new(config.tls.clone());
+        let source = Some(config.raft_listen.ip()).filter(|ip| !ip.is_unspecified());
+        let channels = Channels::new(config.tls.clone(), source);
         let network = Network {
             channels: channels.clone(),
         };
@@ -394,7 +456,7 @@ impl Store {
             let members = BTreeMap::from([(
                 config.node_id,
                 BasicNode {
-                    addr: local.to_string(),
+                    addr: config.advertise.unwrap_or(local).to_string(),
                 },
             )]);
             raft.initialize(members).await.map_err(io)?;
@@ -557,6 +619,9 @@ impl Store {
     /// and the follower waits until it has applied that far.
     async fn linearize(&self) -> Result<(), StoreError> {
         use openraft::error::{CheckIsLeaderError, RaftError};
+        if let Some(why) = lost_quorum(&self.raft) {
+            return Err(StoreError::Unavailable(why));
+        }
         let mut last = String::new();
         // Leadership moves (a restarted member that led before learns the new leader from the
         // refusal) and a voter may be slow to answer one confirmation: a few tries over ~5 s.

@@ -166,12 +166,49 @@ pub fn tls_incoming(
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
+/// A TCP connection to `host:port`, from `source` when given (a member listening on one address
+/// speaks from it too, so its peers, and a test's partitions, see which member dials).
+async fn dial(
+    host: &str,
+    port: u16,
+    source: Option<std::net::IpAddr>,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let Some(source) = source else {
+        return tokio::net::TcpStream::connect((host, port)).await;
+    };
+    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, format!("no address for {host}"));
+    for to in tokio::net::lookup_host((host, port)).await? {
+        let socket = if to.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        if source.is_ipv4() == to.is_ipv4() {
+            socket.bind(std::net::SocketAddr::new(source, 0))?;
+        }
+        match socket.connect(to).await {
+            Ok(tcp) => return Ok(tcp),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
 /// Opens a channel to a member's Raft address.
-async fn connect(addr: &str, tls: Option<&PeerTls>) -> Result<Channel, String> {
+async fn connect(
+    addr: &str,
+    tls: Option<&PeerTls>,
+    source: Option<std::net::IpAddr>,
+) -> Result<Channel, String> {
     // The scheme is `http` either way: TLS, when configured, is the connector's.
     let endpoint = Channel::from_shared(format!("http://{addr}"))
         .map_err(|e| e.to_string())?
-        .connect_timeout(Duration::from_secs(2));
+        .connect_timeout(Duration::from_secs(2))
+        // A connection that stops carrying anything (a partition, a member frozen) is found
+        // within about a second and its calls fail, instead of waiting for their own timeouts.
+        .http2_keep_alive_interval(Duration::from_millis(300))
+        .keep_alive_timeout(Duration::from_secs(1))
+        .keep_alive_while_idle(true);
     let connected = match tls {
         None => endpoint.connect().await,
         Some(tls) => {
@@ -181,7 +218,7 @@ async fn connect(addr: &str, tls: Option<&PeerTls>) -> Result<Channel, String> {
                 async move {
                     let host = uri.host().unwrap_or_default().to_owned();
                     let port = uri.port_u16().unwrap_or(80);
-                    let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+                    let tcp = dial(&host, port, source).await?;
                     tcp.set_nodelay(true)?;
                     let name = rustls::pki_types::ServerName::try_from(MEMBER_NAME)
                         .map_err(std::io::Error::other)?;
@@ -203,13 +240,17 @@ async fn connect(addr: &str, tls: Option<&PeerTls>) -> Result<Channel, String> {
 #[derive(Debug, Default)]
 pub(super) struct Channels {
     tls: Option<Arc<PeerTls>>,
+    /// The address connections are made from (the member's Raft listening address, when it is
+    /// not a wildcard).
+    source: Option<std::net::IpAddr>,
     open: Mutex<HashMap<String, Channel>>,
 }
 
 impl Channels {
-    pub(super) fn new(tls: Option<Arc<PeerTls>>) -> Arc<Self> {
+    pub(super) fn new(tls: Option<Arc<PeerTls>>, source: Option<std::net::IpAddr>) -> Arc<Self> {
         Arc::new(Self {
             tls,
+            source,
             open: Mutex::default(),
         })
     }
@@ -218,7 +259,7 @@ impl Channels {
         if let Some(c) = self.open.lock().unwrap_or_else(|e| e.into_inner()).get(addr) {
             return Ok(c.clone());
         }
-        let c = connect(addr, self.tls.as_deref()).await?;
+        let c = connect(addr, self.tls.as_deref(), self.source).await?;
         self.open
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -348,6 +389,10 @@ pub(super) const NOT_SENT: &str = "not sent: ";
 /// How long a call to another member may take (a membership change that waits for a learner to
 /// catch up excepted).
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a forwarded write may take at the leader (a loaded leader's fsync and apply included).
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the leader may take to confirm a read index (one heartbeat round).
+const READ_INDEX_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl std::fmt::Debug for Peers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -424,7 +469,8 @@ impl Peers {
     /// Has the leader propose `request`; returns once this member has applied it too, so what a
     /// writer was told is done, it reads here (as on the leader).
     pub(super) async fn forward(&self, leader: &str, request: &Request) -> Result<Response, String> {
-        let (response, index): (Response, u64) = self.call(leader, "forward", request, CALL_TIMEOUT).await?;
+        let (response, index): (Response, u64) =
+            self.call(leader, "forward", request, FORWARD_TIMEOUT).await?;
         self.raft
             .wait(Some(CALL_TIMEOUT))
             .applied_index_at_least(Some(index), "a forwarded write is applied")
@@ -435,7 +481,7 @@ impl Peers {
 
     /// The leader's read index: the log index a linearizable read must wait for.
     pub(super) async fn read_index(&self, leader: &str) -> Result<u64, String> {
-        self.call(leader, "read_index", &(), CALL_TIMEOUT).await
+        self.call(leader, "read_index", &(), READ_INDEX_TIMEOUT).await
     }
 
     /// Has the leader make a membership change.
@@ -589,12 +635,12 @@ impl RaftService for RaftGrpc {
         request: tonic::Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
         let rpc: Request = decode(&self.payload(request)?).map_err(bad_request)?;
-        let result = self
-            .raft
-            .client_write(rpc)
-            .await
-            .map(|r| (r.data, r.log_id.index))
-            .map_err(|e| e.to_string());
+        let result = match super::leader_write(&self.raft, rpc).await {
+            Ok(written) => written
+                .map(|r| (r.data, r.log_id.index))
+                .map_err(|e| e.to_string()),
+            Err(lost) => Err(lost),
+        };
         reply(&result)
     }
 
@@ -603,6 +649,9 @@ impl RaftService for RaftGrpc {
         request: tonic::Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
         self.payload(request)?;
+        if let Some(why) = super::lost_quorum(&self.raft) {
+            return reply::<Result<u64, String>>(&Err(why));
+        }
         let result = self
             .raft
             .get_read_log_id()
