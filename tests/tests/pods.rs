@@ -156,6 +156,46 @@ print(proto, ws.subprotocol, body.hex())\n",
             k.node.log()
         );
     }
+    // Exec over WebSocket with the protocols before v4, as the conformance suite and older
+    // clients speak them: binary `channel.k8s.io` (the error channel says nothing on success, a
+    // failure's message otherwise) and text `base64.channel.k8s.io`.
+    let out = skiff_tests::python(
+        &k.c.kubeconfig(),
+        "import base64, ssl, websocket\n\
+from kubernetes import client, config\n\
+config.load_kube_config()\n\
+c = client.Configuration.get_default_copy()\n\
+base = c.host.replace('https://', 'wss://') + '/api/v1/namespaces/default/pods/hello/exec?container=hello&stdout=1&stderr=1'\n\
+for proto, cmd in [('channel.k8s.io', 'echo+remote+execution+test'), ('channel.k8s.io', 'exit+3'), ('base64.channel.k8s.io', 'echo+remote+execution+test')]:\n    \
+url = base + '&command=sh&command=-c&command=' + cmd\n    \
+ws = websocket.create_connection(url, subprotocols=[proto], sslopt={'ca_certs': c.ssl_ca_cert, 'certfile': c.cert_file, 'keyfile': c.key_file, 'cert_reqs': ssl.CERT_REQUIRED})\n    \
+seen = {}\n    \
+while True:\n        \
+try:\n            op, data = ws.recv_data()\n        \
+except websocket.WebSocketConnectionClosedException:\n            break\n        \
+if op == websocket.ABNF.OPCODE_CLOSE:\n            break\n        \
+if not data:\n            continue\n        \
+if proto.startswith('base64'):\n            ch, body = data[0] - 48, base64.b64decode(data[1:])\n        \
+else:\n            ch, body = data[0], data[1:]\n        \
+seen[ch] = seen.get(ch, b'') + body\n    \
+print(proto, cmd, sorted((k, v.decode()) for k, v in seen.items() if v))\n",
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    for expected in [
+        "channel.k8s.io echo+remote+execution+test [(1, 'remote execution test\\n')]",
+        "base64.channel.k8s.io echo+remote+execution+test [(1, 'remote execution test\\n')]",
+    ] {
+        assert!(
+            text.lines().any(|l| l == expected),
+            "{expected}: {text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("channel.k8s.io exit+3 [(3, ") && l.contains("exit code 3")),
+        "{text}"
+    );
     // The pod answers on its address from the host, through the node's bridge.
     let describe = k.c.ok(&["describe", "pod", "hello"]);
     assert!(

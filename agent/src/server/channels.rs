@@ -51,9 +51,34 @@ pub enum Channels {
         ws: Box<Ws>,
         /// Whether the protocol is v5.
         v5: bool,
+        /// The older protocols' form of the messages.
+        legacy: Legacy,
     },
     /// SPDY streams.
     Spdy(Spdy),
+}
+
+/// How the WebSocket protocols before v4 (and the base64 ones) differ, as upstream still serves
+/// them: `base64`: text messages, the channel as an ASCII digit and the data in base64
+/// (`base64.channel.k8s.io`, `v4.base64.channel.k8s.io`); `plain_status`: the error channel carries
+/// only a failure's message, nothing on success (`channel.k8s.io`, `v2`, `v3`; v4 sends a JSON
+/// `Status` always).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Legacy {
+    /// Base64 text messages.
+    pub base64: bool,
+    /// The status channel as text, and only on failure.
+    pub plain_status: bool,
+}
+
+impl Legacy {
+    /// The form `protocol` uses.
+    pub fn of(protocol: &str) -> Legacy {
+        Legacy {
+            base64: protocol.contains("base64"),
+            plain_status: !(protocol.starts_with("v4.") || protocol.starts_with("v5.")),
+        }
+    }
 }
 
 impl Channels {
@@ -61,13 +86,23 @@ impl Channels {
     /// `(CLOSE, [0])` (SPDY: the stdin stream's FIN; WebSocket: only in v5).
     pub async fn recv(&mut self) -> Option<(u8, Bytes)> {
         match self {
-            Channels::Ws { ws, v5 } => loop {
+            Channels::Ws { ws, v5, legacy } => loop {
                 match ws.next().await {
-                    Some(Ok(Message::Binary(data))) if !data.is_empty() => {
+                    Some(Ok(Message::Binary(data))) if !data.is_empty() && !legacy.base64 => {
                         if data[0] == CLOSE && !*v5 {
                             continue;
                         }
                         return Some((data[0], data.slice(1..)));
+                    }
+                    Some(Ok(Message::Text(text))) if legacy.base64 && !text.is_empty() => {
+                        use base64::Engine;
+                        let channel = text.as_bytes()[0].wrapping_sub(b'0');
+                        let Ok(data) =
+                            base64::engine::general_purpose::STANDARD.decode(&text.as_bytes()[1..])
+                        else {
+                            continue;
+                        };
+                        return Some((channel, Bytes::from(data)));
                     }
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
                     Some(Ok(_)) => {}
@@ -80,13 +115,32 @@ impl Channels {
     /// Sends `data` on `channel`.
     pub async fn send(&mut self, channel: u8, data: &[u8]) -> std::io::Result<()> {
         match self {
-            Channels::Ws { ws, .. } => {
-                let mut msg = Vec::with_capacity(data.len() + 1);
-                msg.push(channel);
-                msg.extend_from_slice(data);
-                ws.send(Message::Binary(msg.into()))
-                    .await
-                    .map_err(std::io::Error::other)
+            Channels::Ws { ws, legacy, .. } => {
+                let status;
+                let data = if channel == 3 && legacy.plain_status {
+                    // Before v4: a failure's message, nothing for success.
+                    let parsed: serde_json::Value = serde_json::from_slice(data).unwrap_or_default();
+                    if parsed["status"] == "Success" {
+                        return Ok(());
+                    }
+                    status = parsed["message"].as_str().unwrap_or_default().to_owned();
+                    status.as_bytes()
+                } else {
+                    data
+                };
+                let msg = if legacy.base64 {
+                    use base64::Engine;
+                    let mut text = String::with_capacity(data.len() * 4 / 3 + 5);
+                    text.push(char::from(b'0' + channel));
+                    base64::engine::general_purpose::STANDARD.encode_string(data, &mut text);
+                    Message::text(text)
+                } else {
+                    let mut msg = Vec::with_capacity(data.len() + 1);
+                    msg.push(channel);
+                    msg.extend_from_slice(data);
+                    Message::Binary(msg.into())
+                };
+                ws.send(msg).await.map_err(std::io::Error::other)
             }
             Channels::Spdy(s) => {
                 let Some(id) = s.ids.get(&channel).copied() else {

@@ -17,7 +17,15 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use crate::server::channels::{Channels, Wanted};
 use crate::server::{Body, text};
 
-const PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
+const PROTOCOLS: [&str; 7] = [
+    "v5.channel.k8s.io",
+    "v4.channel.k8s.io",
+    "v4.base64.channel.k8s.io",
+    "v3.channel.k8s.io",
+    "v2.channel.k8s.io",
+    "channel.k8s.io",
+    "base64.channel.k8s.io",
+];
 
 /// The directory of pod `ns/name` on this node (`pods/<uid>`, holding `pod.json`).
 pub fn pod_dir(data_dir: &Path, ns: &str, pod: &str) -> Option<std::path::PathBuf> {
@@ -129,6 +137,7 @@ where
                     tokio_tungstenite::WebSocketStream::from_raw_socket(io, Role::Server, None).await,
                 ),
                 v5: protocol == PROTOCOLS[0],
+                legacy: crate::server::channels::Legacy::of(protocol),
             },
             Upgrade::Spdy => match crate::server::channels::Spdy::accept(io, wanted).await {
                 Ok(s) => Channels::Spdy(s),
