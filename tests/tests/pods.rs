@@ -511,14 +511,17 @@ spec:
   containers:
   - name: main
     image: {image}
-    command: ["sh", "-c", "cat /work/greeting; echo color=$COLOR password=$PASSWORD; while ! grep -q green /config/color; do sleep 0.2; done; echo saw $(cat /config/color)"]
+    command: ["sh", "-c", "cat /work/greeting; echo color=$COLOR password=$PASSWORD; echo in-subpath > /per-pod/f; cat /work/shared/f; while ! grep -q green /config/color; do sleep 0.2; done; echo saw $(cat /config/color)"]
     env:
+    - name: POD_NAME
+      valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
     - name: COLOR
       valueFrom: {{configMapKeyRef: {{name: settings, key: color}}}}
     - name: PASSWORD
       valueFrom: {{secretKeyRef: {{name: creds, key: password}}}}
     volumeMounts:
     - {{name: work, mountPath: /work}}
+    - {{name: work, mountPath: /per-pod, subPathExpr: "$(POD_NAME)"}}
     - {{name: config, mountPath: /config}}
   volumes:
   - {{name: work, emptyDir: {{}}}}
@@ -540,6 +543,10 @@ spec:
     let logs = k.c.ok(&["logs", "shared", "-c", "main"]);
     assert!(logs.contains("prepared-by-init"), "{logs}");
     assert!(logs.contains("color=blue password=s3cret"), "{logs}");
+    assert!(
+        logs.contains("in-subpath"),
+        "subPathExpr mounts the volume's directory named from the environment: {logs}"
+    );
     assert!(
         logs.contains("saw green"),
         "the configMap update reached the mounted file: {logs}"

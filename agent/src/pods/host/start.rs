@@ -132,11 +132,23 @@ impl Host {
         });
         for m in c["volumeMounts"].as_array().into_iter().flatten() {
             let (mut source, ro) = self.volume_source(pod, m["name"].as_str().unwrap_or_default())?;
-            if let Some(sub) = m["subPath"].as_str().filter(|s| !s.is_empty()) {
+            // `subPathExpr` takes the container's environment, as `$(VAR)` in commands.
+            let sub = match (
+                m["subPath"].as_str().filter(|s| !s.is_empty()),
+                m["subPathExpr"].as_str().filter(|s| !s.is_empty()),
+            ) {
+                (Some(sub), _) => Some(sub.to_owned()),
+                (None, Some(expr)) => Some(spec::expand(expr, &env)),
+                (None, None) => None,
+            };
+            if let Some(sub) = sub {
                 if sub.split('/').any(|p| p == "..") {
                     bail!("subPath {sub:?} may not contain '..'");
                 }
-                source = source.join(sub);
+                if sub.starts_with('/') {
+                    bail!("subPath {sub:?} must be a relative path");
+                }
+                source = source.join(&sub);
                 if !source.exists() {
                     std::fs::create_dir_all(&source)?;
                 }
