@@ -688,6 +688,11 @@ spec:
     assert!(out.contains("Address: 10.1.2.3"), "{out}");
     let out = k.in_client("nslookup -type=SRV _pg._tcp.db.default.svc.cluster.local 2>&1");
     assert!(out.contains("5432 db-0.db.default.svc.cluster.local"), "{out}");
+    // Reverse lookups (PTR) of a cluster IP and of a headless endpoint, as CoreDNS answers them.
+    let out = lookup(&vip);
+    assert!(out.contains("name = web.default.svc.cluster.local"), "{out}");
+    let out = lookup("10.1.2.3");
+    assert!(out.contains("name = db-0.db.default.svc.cluster.local"), "{out}");
     // A missing name in the cluster domain is NXDOMAIN.
     let out = lookup("nope.default.svc.cluster.local");
     assert!(out.contains("NXDOMAIN"), "{out}");

@@ -8,6 +8,8 @@
 //!   A of that endpoint of a headless service.
 //! - `_<port>._<proto>.<service>.<ns>.svc.<domain>`: SRV per named port (per endpoint when headless).
 //! - `<a-b-c-d>.<ns>.pod.<domain>`: A of that address.
+//! - `<d>.<c>.<b>.<a>.in-addr.arpa`: PTR of a cluster IP to its service's name, of a headless
+//!   service's endpoint to the endpoint's name (as CoreDNS answers); other addresses are forwarded.
 //!
 //! Other names are forwarded to the node's upstream resolvers.
 
@@ -17,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_proto::op::{Message, ResponseCode};
-use hickory_proto::rr::rdata::{A, CNAME, SRV};
+use hickory_proto::rr::rdata::{A, CNAME, PTR, SRV};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -134,9 +136,49 @@ impl<'a> Zone<'a> {
         Name::from_ascii(format!("{}.{}.", labels.join("."), self.domain)).ok()
     }
 
+    /// The name of the service whose cluster IP is `ip`, or of the headless service endpoint at
+    /// `ip`.
+    fn reverse(&self, ip: Ipv4Addr) -> Option<Name> {
+        let text = ip.to_string();
+        for (key, service) in self.services {
+            let Some((ns, svc)) = key.split_once('/') else {
+                continue;
+            };
+            let spec = &service["spec"];
+            let ips = spec["clusterIPs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .chain([&spec["clusterIP"]]);
+            if ips.clone().any(|i| i.as_str() == Some(text.as_str())) {
+                return self.name(&[svc, ns, "svc"]);
+            }
+            if spec["clusterIP"] == "None"
+                && let Some(e) = self.endpoints(ns, svc).into_iter().find(|e| e.ip == ip)
+            {
+                let host = e.hostname.unwrap_or_else(|| dashed(e.ip));
+                return self.name(&[&host, svc, ns, "svc"]);
+            }
+        }
+        None
+    }
+
     /// Answers `qtype` for `name` (any case, with or without the final dot).
     pub fn lookup(&self, name: &str, qtype: RecordType) -> Lookup {
         let name = name.trim_end_matches('.').to_lowercase();
+        if let Some(reversed) = name.strip_suffix(".in-addr.arpa") {
+            let octets: Vec<&str> = reversed.split('.').rev().collect();
+            let Ok(ip) = octets.join(".").parse::<Ipv4Addr>() else {
+                return Lookup::Elsewhere;
+            };
+            return match (self.reverse(ip), Name::from_ascii(format!("{name}."))) {
+                (Some(target), Ok(owner)) if qtype == RecordType::PTR => {
+                    Lookup::Records(vec![Record::from_rdata(owner, TTL, RData::PTR(PTR(target)))])
+                }
+                (Some(_), _) => Lookup::NoData,
+                (None, _) => Lookup::Elsewhere,
+            };
+        }
         let rest = if name == self.domain {
             ""
         } else if let Some(r) = name.strip_suffix(&format!(".{}", self.domain)) {
@@ -471,6 +513,7 @@ mod tests {
                     RData::A(a) => a.0.to_string(),
                     RData::CNAME(c) => c.0.to_ascii(),
                     RData::SRV(s) => format!("{} {}", s.port, s.target.to_ascii()),
+                    RData::PTR(p) => p.0.to_ascii(),
                     other => format!("{other:?}"),
                 })
                 .collect(),
@@ -509,6 +552,25 @@ mod tests {
         assert_eq!(
             ips(z.lookup("10-42-1-8.db.default.svc.cluster.local", RecordType::A)),
             set(&["10.42.1.8"])
+        );
+        // Reverse lookups: a cluster IP names its service, a headless endpoint itself; other
+        // addresses are not the cluster's to answer.
+        assert_eq!(
+            ips(z.lookup("20.0.96.10.in-addr.arpa.", RecordType::PTR)),
+            set(&["web.default.svc.cluster.local."])
+        );
+        assert_eq!(
+            ips(z.lookup("7.0.42.10.in-addr.arpa", RecordType::PTR)),
+            set(&["db-0.db.default.svc.cluster.local."])
+        );
+        assert_eq!(
+            ips(z.lookup("8.1.42.10.in-addr.arpa", RecordType::PTR)),
+            set(&["10-42-1-8.db.default.svc.cluster.local."])
+        );
+        assert_eq!(z.lookup("20.0.96.10.in-addr.arpa", RecordType::A), Lookup::NoData);
+        assert_eq!(
+            z.lookup("1.1.168.192.in-addr.arpa", RecordType::PTR),
+            Lookup::Elsewhere
         );
         assert_eq!(
             ips(z.lookup("_http._tcp.web.default.svc.cluster.local", RecordType::SRV)),
