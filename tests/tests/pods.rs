@@ -2545,6 +2545,14 @@ spec:
 ---
 apiVersion: v1
 kind: Pod
+metadata: {{name: said-as-user}}
+spec:
+  restartPolicy: Never
+  containers:
+  - {{name: app, image: {image}, command: ["sh", "-c", "echo -n DONE > /dev/termination-custom-log"], terminationMessagePath: /dev/termination-custom-log, securityContext: {{runAsUser: 1000}}}}
+---
+apiVersion: v1
+kind: Pod
 metadata: {{name: fell-back}}
 spec:
   restartPolicy: Never
@@ -2560,6 +2568,13 @@ spec:
     );
     assert_eq!(
         said["status"]["initContainerStatuses"][0]["ready"], true,
+        "{said:#}"
+    );
+    // A non-root user writes the message at a path of its own.
+    let said = k.wait_pod("said-as-user", "Succeeded", |p| phase(p) == "Succeeded");
+    assert_eq!(
+        status(&said, "app")["state"]["terminated"]["message"],
+        "DONE",
         "{said:#}"
     );
     let fell = k.wait_pod("fell-back", "Failed", |p| phase(p) == "Failed");

@@ -119,6 +119,11 @@ impl Host {
         ];
         let term = dir.join("termination-log");
         std::fs::write(&term, b"")?;
+        // Any user the container runs as may write its message, as the kubelet makes it (0666).
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&term, std::fs::Permissions::from_mode(0o666))?;
+        }
         if let Some(base) = userns {
             std::os::unix::fs::chown(&term, Some(base), Some(base))?;
         }
