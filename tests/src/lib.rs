@@ -273,6 +273,12 @@ impl Control {
         Self::start_inner(&control_bin(), extra, None, Some((ip, port)), None)
     }
 
+    /// As [`Control::start_at`], with the data directory on a tmpfs of `size_mb` MiB of its own
+    /// (root only), so a test can fill it.
+    pub fn start_at_on_tmpfs(ip: &str, port: u16, size_mb: u32, extra: &[&str]) -> Self {
+        Self::start_inner(&control_bin(), extra, Some(size_mb), Some((ip, port)), None)
+    }
+
     /// As [`Control::start_at`], with the Raft transport on `raft_port` (which a test put a
     /// link in front of before the member starts).
     pub fn start_at_raft(ip: &str, port: u16, raft_port: u16, extra: &[&str]) -> Self {

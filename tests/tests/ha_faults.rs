@@ -468,3 +468,70 @@ fn writes_and_reads_stay_linearizable_through_partitions() {
     std::thread::sleep(Duration::from_secs(3));
     finish(w, members, wi);
 }
+
+/// Free bytes on the filesystem holding `path`.
+fn free_bytes(path: &std::path::Path) -> u64 {
+    let out = std::process::Command::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(path)
+        .bounded_output()
+        .expect("running df");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .expect("df's answer")
+}
+
+/// The first member (the leader it founded) runs out of disk under load: it steps out of the
+/// cluster (its writes refused, /readyz saying why), the other two elect a leader and go on;
+/// when space returns it catches up and serves again. Nothing acknowledged is lost, the history
+/// stays linearizable.
+#[test]
+fn a_full_disk_moves_leadership_and_loses_nothing() {
+    const IPS: [&str; 3] = ["127.0.0.21", "127.0.0.22", "127.0.0.23"];
+    let port = free_port();
+    let first = Control::start_at_on_tmpfs(
+        IPS[0],
+        port,
+        128,
+        &["--name", NAMES[0], "--min-free-disk-mb", "24"],
+    );
+    let token = std::fs::read_to_string(first.data_dir().join("server-token")).unwrap();
+    let url = first.url();
+    let mut members = vec![first];
+    for (i, name) in NAMES.iter().enumerate().skip(1) {
+        members.push(Control::start_at(
+            IPS[i],
+            port,
+            &["--join", &url, "--token", &token, "--name", name],
+        ));
+    }
+    let wi = 1;
+    let mut w = start_workload(&members, wi);
+    std::thread::sleep(Duration::from_secs(3));
+    w.faults.push(("the first member's disk filled", Instant::now()));
+    let filler = members[0].data_dir().join("filler");
+    let size = free_bytes(&members[0].data_dir()).saturating_sub(8 << 20);
+    let out = std::process::Command::new("fallocate")
+        .args(["-l", &size.to_string()])
+        .arg(&filler)
+        .bounded_output()
+        .expect("running fallocate");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::thread::sleep(Duration::from_secs(5));
+    let lead = leader(&members[wi]);
+    assert!(
+        !lead.is_empty() && lead != NAMES[0],
+        "leadership moved off the full member: {lead:?}"
+    );
+    let ready = RawClient::new(&members[0]).send("GET", "/readyz", None, &[], 10);
+    assert_eq!(ready.code, 500, "{}", ready.body);
+    assert!(ready.body.contains("disk is full"), "{}", ready.body);
+    w.faults.push(("space returned", Instant::now()));
+    std::fs::remove_file(&filler).unwrap();
+    std::thread::sleep(Duration::from_secs(5));
+    let ready = RawClient::new(&members[0]).send("GET", "/readyz", None, &[], 10);
+    assert_eq!(ready.code, 200, "{}", ready.body);
+    finish(w, members, wi);
+}

@@ -411,8 +411,10 @@ impl Store {
         let raft_config = Arc::new(raft_config.validate().map_err(io)?);
         let source = Some(config.raft_listen.ip()).filter(|ip| !ip.is_unspecified());
         let channels = Channels::new(config.tls.clone(), source);
+        let disk = disk::DiskGuard::start(&config.data_dir, config.min_free_disk);
         let network = Network {
             channels: channels.clone(),
+            disk: disk.clone(),
         };
         let raft = Raft::new(config.node_id, raft_config, network, log, sm)
             .await
@@ -426,6 +428,7 @@ impl Store {
         let service = RaftServiceServer::new(RaftGrpc {
             raft: raft.clone(),
             hub: hub.clone(),
+            disk: disk.clone(),
         });
         let tls = config.tls.as_ref().map(|t| t.server()).transpose().map_err(io)?;
         tokio::spawn(async move {
@@ -462,7 +465,6 @@ impl Store {
             raft.initialize(members).await.map_err(io)?;
         }
         register_metrics(&raft, &hub, config.node_id, config.data_dir.join("state.redb"));
-        let disk = disk::DiskGuard::start(&config.data_dir, config.min_free_disk);
         let (writes, queue) = tokio::sync::mpsc::channel(4 * MAX_BATCH);
         let peers = Arc::new(Peers::new(raft.clone(), channels));
         tokio::spawn(group_commit(raft.clone(), peers.clone(), queue));

@@ -22,6 +22,7 @@ use skiff_proto::raft::v1::raft_service_client::RaftServiceClient;
 use skiff_proto::raft::v1::raft_service_server::RaftService;
 use tonic::transport::Channel;
 
+use super::disk::DiskGuard;
 use super::types::{MemberStatus, MembershipOp, NodeId, Raft, Request, Response, TypeConfig, decode, encode};
 use crate::store::watch::WatchHub;
 
@@ -276,6 +277,8 @@ impl Channels {
 #[derive(Debug, Clone)]
 pub struct Network {
     pub(super) channels: Arc<Channels>,
+    /// This member's disk: while it is full, the member takes no part in Raft's traffic.
+    pub(super) disk: Arc<DiskGuard>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -287,6 +290,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             addr: node.addr.clone(),
             channels: self.channels.clone(),
             client: None,
+            disk: self.disk.clone(),
         }
     }
 }
@@ -298,12 +302,21 @@ pub struct PeerClient {
     addr: String,
     channels: Arc<Channels>,
     client: Option<RaftServiceClient<Channel>>,
+    disk: Arc<DiskGuard>,
 }
 
 type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, BasicNode, RaftError<NodeId, E>>;
 
 impl PeerClient {
     async fn client<E: std::error::Error>(&mut self) -> Result<RaftServiceClient<Channel>, RpcErr<E>> {
+        // A member whose disk is full steps out of the cluster's traffic (it could not store
+        // what it is sent, and should not lead): the others carry on, and it catches up once
+        // space returns.
+        if let Some(why) = self.disk.refusal() {
+            return Err(RPCError::Unreachable(Unreachable::new(&std::io::Error::other(
+                why,
+            ))));
+        }
         if let Some(c) = &self.client {
             return Ok(c.clone());
         }
@@ -572,6 +585,7 @@ pub(super) async fn change_membership(raft: &Raft, op: &MembershipOp) -> Result<
 pub struct RaftGrpc {
     pub(crate) raft: Raft,
     pub(crate) hub: Arc<WatchHub>,
+    pub(crate) disk: Arc<DiskGuard>,
 }
 
 impl std::fmt::Debug for RaftGrpc {
@@ -598,6 +612,14 @@ impl RaftGrpc {
     fn payload(&self, request: tonic::Request<RaftPayload>) -> Result<Vec<u8>, tonic::Status> {
         Ok(request.into_inner().data)
     }
+
+    /// Raft's own traffic is refused while this member's disk is full (see [`PeerClient`]).
+    fn disk_has_room(&self) -> Result<(), tonic::Status> {
+        match self.disk.refusal() {
+            Some(why) => Err(tonic::Status::unavailable(why)),
+            None => Ok(()),
+        }
+    }
 }
 
 fn reply<T: Serialize>(value: &T) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
@@ -610,6 +632,7 @@ impl RaftService for RaftGrpc {
         &self,
         request: tonic::Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
+        self.disk_has_room()?;
         let rpc: AppendEntriesRequest<TypeConfig> = decode(&self.payload(request)?).map_err(bad_request)?;
         reply(&self.raft.append_entries(rpc).await)
     }
@@ -618,6 +641,7 @@ impl RaftService for RaftGrpc {
         &self,
         request: tonic::Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
+        self.disk_has_room()?;
         let rpc: VoteRequest<NodeId> = decode(&self.payload(request)?).map_err(bad_request)?;
         reply(&self.raft.vote(rpc).await)
     }
@@ -626,6 +650,7 @@ impl RaftService for RaftGrpc {
         &self,
         request: tonic::Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
+        self.disk_has_room()?;
         let rpc: InstallSnapshotRequest<TypeConfig> = decode(&self.payload(request)?).map_err(bad_request)?;
         reply(&self.raft.install_snapshot(rpc).await)
     }
