@@ -338,6 +338,19 @@ async fn run() -> anyhow::Result<()> {
             .with_context(|| format!("--encryption-provider-config {}", encryption_file.display()))?,
     );
     let store = Store::open(store_config).await.context("opening the store")?;
+    // A Raft core stopped by a storage error (an fsync that failed, a disk that filled past the
+    // reserve) never serves again in this process: exit, so the service manager starts the
+    // member afresh from its log (etcd stops the same way).
+    let watched = store.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            if let Some(why) = watched.not_live() {
+                tracing::error!(reason = %why, "exiting: the store cannot go on in this process; restart it");
+                std::process::exit(1);
+            }
+        }
+    });
     let raft_advertise = args.raft_advertise.unwrap_or_else(|| {
         let bound = store.raft_addr();
         if bound.ip().is_unspecified() {

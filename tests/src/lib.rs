@@ -432,6 +432,13 @@ impl Control {
         }
     }
 
+    /// Whether the process has exited by itself.
+    pub fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_some())
+    }
+
     /// Starts the process again on the same data directory and ports.
     pub fn restart(&mut self) {
         self.kill9();

@@ -440,6 +440,54 @@ fn a_full_disk_stops_writes_until_space_returns() {
     }
 }
 
+/// With no reserve, a disk that fills up fails the store's own writes (the Raft log's append):
+/// the member exits rather than serve without a store, and started again once space is back it
+/// has every write it acknowledged.
+#[test]
+fn a_storage_error_stops_the_member_and_a_restart_loses_nothing() {
+    let mut c = Control::start_on_tmpfs(64, &["--min-free-disk-mb", "0"]);
+    let raw = RawClient::new(&c);
+    let mut acknowledged = Vec::new();
+    for i in 0..5 {
+        let name = format!("before-{i}");
+        c.ok(&["create", "configmap", &name, "--from-literal=k=v"]);
+        acknowledged.push(name);
+    }
+    let filler = c.data_dir().join("filler");
+    let size = free_bytes(&c.data_dir());
+    let _ = std::process::Command::new("fallocate")
+        .args(["-l", &size.to_string()])
+        .arg(&filler)
+        .bounded_output()
+        .expect("running fallocate");
+    // Writes go on until one needs the disk; then the member stops.
+    let value = "x".repeat(200_000);
+    let mut exited = false;
+    for i in 0..200 {
+        let cm = format!(
+            r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"during-{i}"}},"data":{{"v":"{value}"}}}}"#
+        );
+        let a = raw.send("POST", CMS, Some("application/json"), cm.as_bytes(), 10);
+        if a.code == 201 {
+            acknowledged.push(format!("during-{i}"));
+        }
+        if c.exited() {
+            exited = true;
+            break;
+        }
+        if a.code != 201 {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    assert!(exited, "the member went on without its store: {}", c.log());
+    assert!(c.log().contains("the store's Raft core stopped"), "{}", c.log());
+    std::fs::remove_file(&filler).unwrap();
+    c.restart();
+    for name in &acknowledged {
+        c.ok(&["get", "configmap", name]);
+    }
+}
+
 #[test]
 fn patches_of_objects_with_thousands_of_list_items_cost_linear_time() {
     let c = Control::start();
