@@ -193,6 +193,8 @@ LimitNOFILE=1048576
 TasksMax=infinity
 Restart=always
 RestartSec=2
+# skiff-control exits 3 once removed from the cluster: it stays stopped.
+RestartPreventExitStatus=3
 
 [Install]
 WantedBy=multi-user.target

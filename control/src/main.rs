@@ -183,6 +183,10 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     }
 }
 
+/// The exit status of a member removed from the cluster (the service unit does not restart it:
+/// `RestartPreventExitStatus`).
+const REMOVED_EXIT: i32 = 3;
+
 fn main() {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         // Room for recursive walkers over objects at the nesting limit in unoptimised builds;
@@ -280,6 +284,13 @@ async fn run() -> anyhow::Result<()> {
         join.fetch_shared_files(&args.data_dir).await?;
     }
     let store_dir = args.data_dir.join("store");
+    if store_dir.join("removed").exists() {
+        eprintln!(
+            "skiff-control: this member was removed from the cluster; to join again, move {} away and start with --join",
+            store_dir.display()
+        );
+        std::process::exit(REMOVED_EXIT);
+    }
     let id_file = store_dir.join("member-id");
     let saved_id = std::fs::read_to_string(&id_file)
         .ok()
@@ -341,13 +352,22 @@ async fn run() -> anyhow::Result<()> {
     // A Raft core stopped by a storage error (an fsync that failed, a disk that filled past the
     // reserve) never serves again in this process: exit, so the service manager starts the
     // member afresh from its log (etcd stops the same way).
+    // A member removed from the cluster stops for good (as etcd's), and says so if started again.
     let watched = store.clone();
+    let removed_marker = args.data_dir.join("store").join("removed");
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             if let Some(why) = watched.not_live() {
                 tracing::error!(reason = %why, "exiting: the store cannot go on in this process; restart it");
                 std::process::exit(1);
+            }
+            if watched.removed() {
+                let _ = std::fs::write(&removed_marker, b"removed from the cluster\n");
+                tracing::error!(
+                    "this member has been removed from the cluster: exiting (to join again, move DATA_DIR/store away and start with --join)"
+                );
+                std::process::exit(REMOVED_EXIT);
             }
         }
     });

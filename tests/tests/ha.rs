@@ -213,6 +213,30 @@ fn three_members_serve_one_store_and_outlive_the_leader() {
         "{list}"
     );
     all[stay].ok(&["create", "configmap", "after-removal"]);
+    // The removed member stops for good (status 3, which the service unit does not restart) and
+    // says why if started again.
+    let gi = ["one", "two", "three"].iter().position(|n| *n == gone.1).unwrap();
+    wait_until("the removed member to stop", Duration::from_secs(30), || {
+        all[gi].exited()
+    });
+    assert!(
+        all[gi]
+            .log()
+            .contains("this member has been removed from the cluster"),
+        "{}",
+        all[gi].log()
+    );
+    let again = Command::new(control_bin())
+        .arg("--data-dir")
+        .arg(all[gi].data_dir())
+        .bounded_output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(3));
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("this member was removed from the cluster"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
     // An unknown member: a clear error.
     let err = member(&all[stay], &["remove", "00000000000000ff"]).unwrap_err();
     assert!(err.contains("not found"), "{err}");

@@ -583,6 +583,23 @@ impl Store {
             .then(|| "the store has no Raft leader".to_owned())
     }
 
+    /// Whether this member has been removed from the cluster: the latest membership it knows
+    /// leaves it out (it was a voter or learner before).
+    pub fn removed(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        if m.membership_config.log_id().is_none() {
+            return false;
+        }
+        let membership = m.membership_config.membership();
+        let voter = membership
+            .get_joint_config()
+            .last()
+            .is_some_and(|c| c.contains(&self.node_id));
+        let learner = membership.learner_ids().any(|l| l == self.node_id);
+        !voter && !learner
+    }
+
     /// What keeps this member from ever serving again without a restart (`/livez`): its Raft
     /// core stopped on a fatal error.
     pub fn not_live(&self) -> Option<String> {
