@@ -356,13 +356,17 @@ async fn run() -> anyhow::Result<()> {
     let watched = store.clone();
     let removed_marker = args.data_dir.join("store").join("removed");
     tokio::spawn(async move {
+        let mut was_member = false;
         loop {
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             if let Some(why) = watched.not_live() {
                 tracing::error!(reason = %why, "exiting: the store cannot go on in this process; restart it");
                 std::process::exit(1);
             }
-            if watched.removed() {
+            let member = watched.in_membership();
+            let removed = (was_member && !member) || watched.told_removed();
+            was_member |= member;
+            if removed {
                 let _ = std::fs::write(&removed_marker, b"removed from the cluster\n");
                 tracing::error!(
                     "this member has been removed from the cluster: exiting (to join again, move DATA_DIR/store away and start with --join)"

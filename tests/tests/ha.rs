@@ -216,9 +216,15 @@ fn three_members_serve_one_store_and_outlive_the_leader() {
     // The removed member stops for good (status 3, which the service unit does not restart) and
     // says why if started again.
     let gi = ["one", "two", "three"].iter().position(|n| *n == gone.1).unwrap();
-    wait_until("the removed member to stop", Duration::from_secs(30), || {
-        all[gi].exited()
-    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !all[gi].exited() {
+        assert!(
+            Instant::now() < deadline,
+            "the removed member did not stop: {}",
+            skiff_tests::tail(&all[gi].log(), 30)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
     assert!(
         all[gi]
             .log()

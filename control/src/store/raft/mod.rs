@@ -279,6 +279,8 @@ pub struct Store {
     hub: Arc<WatchHub>,
     node_id: NodeId,
     disk: Arc<disk::DiskGuard>,
+    /// Set once another member said this one was removed from the cluster.
+    told_removed: Arc<std::sync::atomic::AtomicBool>,
     encryption: Arc<Encryption>,
     peers: Arc<Peers>,
     raft_addr: SocketAddr,
@@ -412,9 +414,11 @@ impl Store {
         let source = Some(config.raft_listen.ip()).filter(|ip| !ip.is_unspecified());
         let channels = Channels::new(config.tls.clone(), source);
         let disk = disk::DiskGuard::start(&config.data_dir, config.min_free_disk);
+        let told_removed = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let network = Network {
             channels: channels.clone(),
             disk: disk.clone(),
+            removed: told_removed.clone(),
         };
         let raft = Raft::new(config.node_id, raft_config, network, log, sm)
             .await
@@ -429,6 +433,7 @@ impl Store {
             raft: raft.clone(),
             hub: hub.clone(),
             disk: disk.clone(),
+            db: db.clone(),
         });
         let tls = config.tls.as_ref().map(|t| t.server()).transpose().map_err(io)?;
         tokio::spawn(async move {
@@ -475,6 +480,7 @@ impl Store {
             hub,
             node_id: config.node_id,
             disk,
+            told_removed,
             encryption: config.encryption,
             peers,
             raft_addr: local,
@@ -543,6 +549,15 @@ impl Store {
     /// Makes a membership change through the leader. Adding a learner waits until it has caught
     /// up (up to `timeout`).
     pub async fn change_membership(&self, op: MembershipOp, timeout: Duration) -> Result<(), StoreError> {
+        if let MembershipOp::Remove { id } = &op {
+            match self
+                .create(&network::removed_key(*id), b"removed\n".to_vec())
+                .await
+            {
+                Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
         if self.is_leader().await {
             return tokio::time::timeout(timeout, network::change_membership(&self.raft, &op))
                 .await
@@ -583,21 +598,24 @@ impl Store {
             .then(|| "the store has no Raft leader".to_owned())
     }
 
-    /// Whether this member has been removed from the cluster: the latest membership it knows
-    /// leaves it out (it was a voter or learner before).
-    pub fn removed(&self) -> bool {
+    /// Whether the latest membership this member knows has it, as a voter or a learner. A member
+    /// that was in it and is no longer has been removed; one catching up after joining reads the
+    /// cluster's earlier memberships (without it) first.
+    pub fn in_membership(&self) -> bool {
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
-        if m.membership_config.log_id().is_none() {
-            return false;
-        }
         let membership = m.membership_config.membership();
         let voter = membership
             .get_joint_config()
             .last()
             .is_some_and(|c| c.contains(&self.node_id));
-        let learner = membership.learner_ids().any(|l| l == self.node_id);
-        !voter && !learner
+        voter || membership.learner_ids().any(|l| l == self.node_id)
+    }
+
+    /// Whether another member has refused this one's traffic because it was removed from the
+    /// cluster (see [`network::REMOVED`]).
+    pub fn told_removed(&self) -> bool {
+        self.told_removed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// What keeps this member from ever serving again without a restart (`/livez`): its Raft

@@ -5,6 +5,7 @@
 //! is refused.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -279,6 +280,20 @@ pub struct Network {
     pub(super) channels: Arc<Channels>,
     /// This member's disk: while it is full, the member takes no part in Raft's traffic.
     pub(super) disk: Arc<DiskGuard>,
+    /// Set once another member has answered this one's traffic with [`REMOVED`].
+    pub(super) removed: Arc<AtomicBool>,
+}
+
+/// What a member answers the Raft traffic of a member removed from the cluster with (etcd's
+/// words); told so, the removed member stops. A removed member may never see the membership
+/// that leaves it out (the others stop replicating to it once that is committed), so this is how
+/// it learns: it stands for election when its leader falls silent, and is refused.
+pub(super) const REMOVED: &str = "the member has been permanently removed from the cluster";
+
+/// The key that records a removed member, written before it is removed. Member IDs are random
+/// and never reused, so the record stays.
+pub(super) fn removed_key(id: NodeId) -> String {
+    format!("/skiff/removed-members/{id:016x}")
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -291,6 +306,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             channels: self.channels.clone(),
             client: None,
             disk: self.disk.clone(),
+            removed: self.removed.clone(),
         }
     }
 }
@@ -303,6 +319,7 @@ pub struct PeerClient {
     channels: Arc<Channels>,
     client: Option<RaftServiceClient<Channel>>,
     disk: Arc<DiskGuard>,
+    removed: Arc<AtomicBool>,
 }
 
 type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, BasicNode, RaftError<NodeId, E>>;
@@ -380,6 +397,12 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     ) -> Result<VoteResponse<NodeId>, RpcErr<openraft::error::Infallible>> {
         let mut client = self.client().await?;
         let reply = client.vote(RaftPayload { data: encode(&rpc) }).await;
+        if let Err(s) = &reply
+            && s.code() == tonic::Code::FailedPrecondition
+            && s.message() == REMOVED
+        {
+            self.removed.store(true, Ordering::Relaxed);
+        }
         if reply.is_err() {
             self.client = None;
             self.channels.forget(&self.addr);
@@ -586,6 +609,8 @@ pub struct RaftGrpc {
     pub(crate) raft: Raft,
     pub(crate) hub: Arc<WatchHub>,
     pub(crate) disk: Arc<DiskGuard>,
+    /// This member's state, read for [`removed_key`] records.
+    pub(crate) db: Arc<redb::Database>,
 }
 
 impl std::fmt::Debug for RaftGrpc {
@@ -620,6 +645,22 @@ impl RaftGrpc {
             None => Ok(()),
         }
     }
+
+    /// Refuses a removed member's request for votes with [`REMOVED`].
+    fn not_removed(&self, candidate: NodeId) -> Result<(), tonic::Status> {
+        use redb::ReadableDatabase;
+        let key = removed_key(candidate);
+        let recorded = self
+            .db
+            .begin_read()
+            .ok()
+            .and_then(|tx| tx.open_table(super::state_machine::KV).ok())
+            .is_some_and(|t| matches!(t.get(key.as_str()), Ok(Some(_))));
+        if recorded {
+            return Err(tonic::Status::failed_precondition(REMOVED));
+        }
+        Ok(())
+    }
 }
 
 fn reply<T: Serialize>(value: &T) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
@@ -643,6 +684,7 @@ impl RaftService for RaftGrpc {
     ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
         self.disk_has_room()?;
         let rpc: VoteRequest<NodeId> = decode(&self.payload(request)?).map_err(bad_request)?;
+        self.not_removed(rpc.vote.leader_id().voted_for().unwrap_or_default())?;
         reply(&self.raft.vote(rpc).await)
     }
 
