@@ -440,6 +440,8 @@ async fn run() -> anyhow::Result<()> {
             .unwrap_or_default(),
         bundle: skiff_control::membership::shared_bundle(&args.data_dir, &encryption_file)?,
     });
+    // Every member runs the lease expiry (it acts only on the leader), with or without etcd's API.
+    let lessor = skiff_control::etcd::lease::Lessor::start(store.clone());
     if let Some(addr) = args.etcd_listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -451,6 +453,7 @@ async fn run() -> anyhow::Result<()> {
             &pki.ca_pem,
             &args.data_dir,
             url,
+            lessor.clone(),
         );
         skiff_control::etcd::serve(etcd, listener, skiff_control::etcd::server_tls(&pki)?);
     }

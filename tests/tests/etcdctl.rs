@@ -245,3 +245,93 @@ fn etcdctl_reads_and_writes_the_store_as_upstream_lays_it_out() {
     assert!(!c.kubectl(&["get", "configmap", "after-backup"]).status.success());
     c.ok(&["create", "configmap", "after-restore"]);
 }
+
+/// The lease ID in `etcdctl lease grant`'s "lease 694d7b0bd7d1b312 granted with TTL(5s)".
+fn granted(said: &str) -> String {
+    said.split_whitespace().nth(1).unwrap_or_default().to_owned()
+}
+
+#[test]
+fn etcdctl_leases_expire_their_keys_unless_kept_alive() {
+    let port = free_port();
+    let c = Control::start_with(&["--etcd-listen", &format!("127.0.0.1:{port}")]);
+    let e = Etcdctl::new(&c, port);
+
+    // A revoked lease takes its keys; a plain put of a held key frees it from the lease.
+    let held = e.ok(&["lease", "grant", "60"]);
+    assert!(held.contains("granted with TTL(60s)"), "{held}");
+    let id = granted(&held);
+    e.ok(&["put", "--lease", &id, "/demo/held", "1"]);
+    e.ok(&["put", "--lease", &id, "/demo/freed", "1"]);
+    e.ok(&["put", "/demo/freed", "2"]);
+    let json: serde_json::Value = serde_json::from_str(&e.ok(&["get", "/demo/held", "-w", "json"])).unwrap();
+    assert_eq!(
+        format!("{:x}", json["kvs"][0]["lease"].as_i64().unwrap()),
+        id,
+        "{json}"
+    );
+    let ttl = e.ok(&["lease", "timetolive", &id, "--keys"]);
+    assert!(
+        ttl.contains("granted with TTL(60s)") && ttl.contains("/demo/held"),
+        "{ttl}"
+    );
+    assert!(!ttl.contains("/demo/freed"), "{ttl}");
+    assert!(e.ok(&["lease", "list"]).contains(&id));
+    assert!(e.ok(&["lease", "revoke", &id]).contains("revoked"));
+    assert_eq!(e.ok(&["get", "/demo/held"]), "");
+    assert_eq!(e.ok(&["get", "/demo/freed", "--print-value-only"]).trim(), "2");
+    let gone = e.cmd(&["lease", "revoke", &id], true).bounded_output().unwrap();
+    assert!(!gone.status.success());
+    assert!(
+        String::from_utf8_lossy(&gone.stderr).contains("requested lease not found"),
+        "{}",
+        String::from_utf8_lossy(&gone.stderr)
+    );
+    let missing = e
+        .cmd(&["put", "--lease", "1234abcd", "/demo/x", "1"], true)
+        .bounded_output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert_eq!(e.ok(&["get", "/demo/x"]), "");
+
+    // Left alone, a lease expires and its keys go; kept alive, it stays.
+    let short = granted(&e.ok(&["lease", "grant", "3"]));
+    let kept = granted(&e.ok(&["lease", "grant", "3"]));
+    e.ok(&["put", "--lease", &short, "/demo/short", "1"]);
+    e.ok(&["put", "--lease", &kept, "/demo/kept", "1"]);
+    let mut watch = e.cmd(&["watch", "/demo/short"], true);
+    let watcher = watch
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut keeper = e.cmd(&["lease", "keep-alive", &kept], true);
+    let mut keeper = keeper
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(7));
+    assert_eq!(
+        e.ok(&["get", "/demo/short"]),
+        "",
+        "the expired lease's key stayed"
+    );
+    assert_eq!(e.ok(&["get", "/demo/kept", "--print-value-only"]).trim(), "1");
+    assert!(e.ok(&["lease", "timetolive", &short]).contains("already expired"));
+    let _ = keeper.kill();
+    let kept_said = String::from_utf8_lossy(&keeper.wait_with_output().unwrap().stdout).into_owned();
+    assert!(kept_said.contains("keepalived with TTL(3)"), "{kept_said}");
+    let mut watcher = watcher;
+    let _ = watcher.kill();
+    let seen = String::from_utf8_lossy(&watcher.wait_with_output().unwrap().stdout).into_owned();
+    assert!(seen.contains("DELETE\n/demo/short"), "{seen}");
+
+    // Leases outlive a restart (they are in the store) and expire after it.
+    let lasting = granted(&e.ok(&["lease", "grant", "600"]));
+    e.ok(&["put", "--lease", &lasting, "/demo/lasting", "1"]);
+    let mut c = c;
+    c.restart();
+    let ttl = e.ok(&["lease", "timetolive", &lasting, "--keys"]);
+    assert!(ttl.contains("/demo/lasting"), "{ttl}");
+}

@@ -6,11 +6,12 @@
 //!
 //! What differs from etcd: every write of a transaction takes a revision of its own (etcd gives a
 //! transaction one); a key's `version` is 1 while it exists (the store does not count changes);
-//! leases, authentication and member changes are not served here (members:
-//! `skiff-control member`). `snapshot save` writes Skiff's backup format (the keys at one
+//! a lease keep-alive is a write (it takes a revision; see [`lease`]); authentication and member
+//! changes are not served here (members: `skiff-control member`). `snapshot save` writes Skiff's backup format (the keys at one
 //! revision with a SHA-256), which `skiff-control snapshot restore` reads.
 
 pub mod keys;
+pub mod lease;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -33,6 +34,7 @@ pub struct Etcd {
     cluster_id: u64,
     db_path: std::path::PathBuf,
     client_url: String,
+    lessor: Arc<lease::Lessor>,
 }
 
 impl std::fmt::Debug for Etcd {
@@ -54,6 +56,19 @@ fn status(e: StoreError) -> Status {
         }
         StoreError::Unavailable(m) => Status::unavailable(format!("etcdserver: {m}")),
         other => Status::internal(other.to_string()),
+    }
+}
+
+fn lease_not_found() -> Status {
+    Status::not_found("etcdserver: requested lease not found")
+}
+
+fn lease_status(e: lease::LeaseError) -> Status {
+    match e {
+        lease::LeaseError::NotFound => lease_not_found(),
+        lease::LeaseError::Exists => Status::failed_precondition("etcdserver: lease already exists"),
+        lease::LeaseError::TooLarge => Status::out_of_range("etcdserver: too large lease TTL"),
+        lease::LeaseError::Store(e) => status(e),
     }
 }
 
@@ -82,6 +97,7 @@ impl Etcd {
         ca_pem: &str,
         data_dir: &std::path::Path,
         client_url: String,
+        lessor: Arc<lease::Lessor>,
     ) -> Self {
         let digest = ring::digest::digest(&ring::digest::SHA256, ca_pem.as_bytes());
         let mut id = [0u8; 8];
@@ -92,6 +108,7 @@ impl Etcd {
             cluster_id: u64::from_be_bytes(id),
             db_path: data_dir.join("store").join("state.redb"),
             client_url,
+            lessor,
         }
     }
 
@@ -111,7 +128,7 @@ impl Etcd {
             mod_revision: kv.mod_revision as i64,
             version: 1,
             value: if keys_only { Vec::new() } else { kv.value.clone() },
-            lease: 0,
+            lease: self.lessor.holder(&kv.key),
         }
     }
 
@@ -215,24 +232,29 @@ impl Etcd {
         use pb::request_op::Request as R;
         Ok(match op {
             R::RequestPut(p) => {
-                if p.lease != 0 {
-                    return Err(Status::unimplemented("leases are not served by this store"));
+                if p.lease != 0 && !self.lessor.exists(p.lease) {
+                    return Err(lease_not_found());
                 }
-                vec![WriteOp::Put {
-                    key: self.layout.ours(&utf8(&p.key, "the key")?),
-                    value: p.value.clone(),
-                }]
+                self.lessor
+                    .put(
+                        self.layout.ours(&utf8(&p.key, "the key")?),
+                        p.value.clone(),
+                        p.lease,
+                    )
+                    .map_err(status)?
             }
-            R::RequestDeleteRange(d) => self
-                .range_keys(&d.key, &d.range_end, None)
-                .await?
-                .0
-                .into_iter()
-                .map(|kv| WriteOp::Delete {
-                    key: kv.key,
-                    expected: None,
-                })
-                .collect(),
+            R::RequestDeleteRange(d) => {
+                let mut ops = Vec::new();
+                for kv in self.range_keys(&d.key, &d.range_end, None).await?.0 {
+                    let forget = self.lessor.forget(&kv.key);
+                    ops.push(WriteOp::Delete {
+                        key: kv.key,
+                        expected: None,
+                    });
+                    ops.extend(forget);
+                }
+                ops
+            }
             R::RequestRange(_) => Vec::new(),
             R::RequestTxn(_) => {
                 return Err(Status::unimplemented(
@@ -332,6 +354,9 @@ impl pb::kv_server::Kv for Etcd {
         };
         let ops = self.write_op(&pb::request_op::Request::RequestPut(p)).await?;
         let results = self.store.write_raw(ops).await.map_err(status)?;
+        if lease::lease_missing(&results) {
+            return Err(lease_not_found());
+        }
         let revision = match results.first() {
             Some(WriteResult::Done { revision, .. }) => *revision,
             _ => self.store.revision(),
@@ -348,13 +373,17 @@ impl pb::kv_server::Kv for Etcd {
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
         let d = request.into_inner();
         let (found, _) = self.range_keys(&d.key, &d.range_end, None).await?;
-        let ops = found
+        let mut ops = found
             .iter()
             .map(|kv| WriteOp::Delete {
                 key: kv.key.clone(),
                 expected: Some(kv.mod_revision),
             })
             .collect::<Vec<_>>();
+        // Leases' holds on the deleted keys go after them (results are read by position).
+        for kv in &found {
+            ops.extend(self.lessor.forget(&kv.key));
+        }
         let results = if ops.is_empty() {
             Vec::new()
         } else {
@@ -625,6 +654,108 @@ impl Etcd {
 }
 
 #[tonic::async_trait]
+impl pb::lease_server::Lease for Etcd {
+    async fn lease_grant(
+        &self,
+        request: Request<pb::LeaseGrantRequest>,
+    ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
+        let r = request.into_inner();
+        let (id, ttl) = self.lessor.grant(r.id, r.ttl).await.map_err(lease_status)?;
+        Ok(Response::new(pb::LeaseGrantResponse {
+            header: self.header(self.store.revision()),
+            id,
+            ttl,
+            error: String::new(),
+        }))
+    }
+
+    async fn lease_revoke(
+        &self,
+        request: Request<pb::LeaseRevokeRequest>,
+    ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
+        self.lessor
+            .revoke(request.get_ref().id)
+            .await
+            .map_err(lease_status)?;
+        Ok(Response::new(pb::LeaseRevokeResponse {
+            header: self.header(self.store.revision()),
+        }))
+    }
+
+    async fn lease_keep_alive(
+        &self,
+        request: Request<tonic::Streaming<pb::LeaseKeepAliveRequest>>,
+    ) -> Result<Response<BoxStream<pb::LeaseKeepAliveResponse>>, Status> {
+        let mut requests = request.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let this = self.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(req)) = requests.message().await {
+                // An expired or revoked lease answers TTL 0 (etcdctl: "lease ... expired or revoked").
+                let answer = match this.lessor.keep_alive(req.id).await {
+                    Ok(ttl) => Ok(ttl),
+                    Err(lease::LeaseError::NotFound) => Ok(0),
+                    Err(e) => Err(lease_status(e)),
+                };
+                let reply = answer.map(|ttl| pb::LeaseKeepAliveResponse {
+                    header: this.header(this.store.revision()),
+                    id: req.id,
+                    ttl,
+                });
+                if tx.send(reply).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        request: Request<pb::LeaseTimeToLiveRequest>,
+    ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
+        let r = request.into_inner();
+        let header = self.header(self.store.revision());
+        match self.lessor.time_to_live(r.id).await {
+            Ok((ttl, granted, keys)) => Ok(Response::new(pb::LeaseTimeToLiveResponse {
+                header,
+                id: r.id,
+                ttl,
+                granted_ttl: granted,
+                keys: if r.keys {
+                    keys.iter()
+                        .map(|k| self.layout.upstream(k).into_bytes())
+                        .collect()
+                } else {
+                    Vec::new()
+                },
+            })),
+            // etcd answers a missing lease with TTL -1.
+            Err(lease::LeaseError::NotFound) => Ok(Response::new(pb::LeaseTimeToLiveResponse {
+                header,
+                id: r.id,
+                ttl: -1,
+                ..Default::default()
+            })),
+            Err(e) => Err(lease_status(e)),
+        }
+    }
+
+    async fn lease_leases(
+        &self,
+        _request: Request<pb::LeaseLeasesRequest>,
+    ) -> Result<Response<pb::LeaseLeasesResponse>, Status> {
+        let leases = self.lessor.leases().await.map_err(lease_status)?;
+        Ok(Response::new(pb::LeaseLeasesResponse {
+            header: self.header(self.store.revision()),
+            leases: leases.into_iter().map(|id| pb::LeaseStatus { id }).collect(),
+        }))
+    }
+}
+
+#[tonic::async_trait]
 impl pb::cluster_server::Cluster for Etcd {
     async fn member_list(
         &self,
@@ -772,6 +903,7 @@ pub fn serve(etcd: Etcd, listener: tokio::net::TcpListener, tls: Arc<rustls::Ser
         let served = tonic::transport::Server::builder()
             .add_service(pb::kv_server::KvServer::new(etcd.clone()))
             .add_service(pb::watch_server::WatchServer::new(etcd.clone()))
+            .add_service(pb::lease_server::LeaseServer::new(etcd.clone()))
             .add_service(pb::cluster_server::ClusterServer::new(etcd.clone()))
             .add_service(pb::maintenance_server::MaintenanceServer::new(etcd))
             .serve_with_incoming(incoming)
