@@ -1,7 +1,9 @@
 //! The Raft log on redb: entries by index, plus the vote and the committed id.
 //!
-//! Every append is one redb transaction committed with fsync before openraft is told the entries
-//! are flushed, so an acknowledged write survives `kill -9`.
+//! Every append is one redb transaction committed at once without fsync (so the entries can be
+//! read, and a leader sends them to its followers while its own disk writes them, as etcd's does),
+//! then made durable by a flusher thread's fsync before openraft is told the entries are flushed,
+//! so an acknowledged write survives `kill -9`. Appends that arrive during one fsync share the next.
 
 use std::fmt::Debug;
 use std::ops::RangeBounds;
@@ -24,6 +26,35 @@ const PURGED: &str = "last_purged";
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    /// Appends committed without fsync, waiting for the flusher's.
+    unflushed: std::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
+}
+
+/// Makes appends durable: one fsync (an empty transaction committed durably, which makes every
+/// earlier commit durable) for every append waiting, then tells openraft, in order. Stops when
+/// the last handle on the store goes.
+fn flusher(db: Arc<Database>, appends: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>) {
+    while let Ok(first) = appends.recv() {
+        let mut waiting = vec![first];
+        waiting.extend(appends.try_iter());
+        let started = std::time::Instant::now();
+        let result = db
+            .begin_write()
+            .map_err(std::io::Error::other)
+            .and_then(|tx| tx.commit().map_err(std::io::Error::other));
+        crate::metrics::WAL_FSYNC.observe(&[], started.elapsed().as_secs_f64());
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "the Raft log could not be made durable");
+        }
+        for callback in waiting {
+            callback.log_io_completed(
+                result
+                    .as_ref()
+                    .map(|_| ())
+                    .map_err(|e| std::io::Error::new(e.kind(), e.to_string())),
+            );
+        }
+    }
 }
 
 impl Debug for LogStore {
@@ -44,7 +75,14 @@ impl LogStore {
         tx.open_table(LOGS).map_err(redb::Error::from)?;
         tx.open_table(META).map_err(redb::Error::from)?;
         tx.commit().map_err(redb::Error::from)?;
-        Ok(Self { db: Arc::new(db) })
+        let db = Arc::new(db);
+        let (unflushed, appends) = std::sync::mpsc::channel();
+        let flushed = db.clone();
+        std::thread::Builder::new()
+            .name("raft-log-flush".into())
+            .spawn(move || flusher(flushed, appends))
+            .map_err(|e| redb::Error::Io(e))?;
+        Ok(Self { db, unflushed })
     }
 
     fn get_meta<T: for<'de> serde::Deserialize<'de>>(&self, name: &str) -> Result<Option<T>, StorageError> {
@@ -144,7 +182,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: Send,
     {
         let write = |e: &dyn std::fmt::Display| logs_err(ErrorVerb::Write, e);
-        let tx = self.db.begin_write().map_err(|e| write(&e))?;
+        let mut tx = self.db.begin_write().map_err(|e| write(&e))?;
+        tx.set_durability(redb::Durability::None).map_err(|e| write(&e))?;
         {
             let mut table = tx.open_table(LOGS).map_err(|e| write(&e))?;
             for entry in entries {
@@ -153,16 +192,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     .map_err(|e| write(&e))?;
             }
         }
-        // Default durability is Immediate: commit returns after fsync (etcd's WAL fsync).
-        let started = std::time::Instant::now();
-        let result = tx.commit().map_err(std::io::Error::other);
-        crate::metrics::WAL_FSYNC.observe(&[], started.elapsed().as_secs_f64());
-        let failed = result.as_ref().err().map(|e| write(e));
-        callback.log_io_completed(result);
-        match failed {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        tx.commit().map_err(|e| write(&e))?;
+        // Durable once the flusher's next fsync is done (etcd's WAL fsync).
+        self.unflushed
+            .send(callback)
+            .map_err(|_| write(&"the log's flusher has stopped"))
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
