@@ -81,7 +81,7 @@ impl LogStore {
         std::thread::Builder::new()
             .name("raft-log-flush".into())
             .spawn(move || flusher(flushed, appends))
-            .map_err(|e| redb::Error::Io(e))?;
+            .map_err(redb::Error::Io)?;
         Ok(Self { db, unflushed })
     }
 
