@@ -347,6 +347,34 @@ fn high_priority_pod_preempts_lower_priority_ones() {
         err.contains("no PriorityClass with name missing was found"),
         "{err}"
     );
+    // A class's value and preemption policy are fixed; its description is not.
+    let err = c.fails(&["patch", "priorityclass", "high", "-p", r#"{"value": 5000}"#]);
+    assert!(
+        err.contains("Value: Forbidden: may not be changed in an update"),
+        "{err}"
+    );
+    let err = c.fails(&[
+        "patch",
+        "priorityclass",
+        "high",
+        "-p",
+        r#"{"preemptionPolicy": "Never"}"#,
+    ]);
+    assert!(
+        err.contains("preemptionPolicy") && err.contains("field is immutable"),
+        "{err}"
+    );
+    c.ok(&[
+        "patch",
+        "priorityclass",
+        "high",
+        "-p",
+        r#"{"description": "urgent work"}"#,
+    ]);
+    assert_eq!(
+        c.ok(&["get", "priorityclass", "high", "-o", "jsonpath={.value}"]),
+        "1000"
+    );
 }
 
 #[test]

@@ -42,6 +42,24 @@ impl Plugin for Validation {
         {
             causes.push(("roleRef".into(), "Invalid value: cannot change roleRef".into()));
         }
+        // A PriorityClass's value and preemption policy are fixed (upstream's
+        // ValidatePriorityClassUpdate): pods already admitted carry the value.
+        if attrs.is("scheduling.k8s.io", "PriorityClass")
+            && let Some(old) = attrs.old
+        {
+            if old["value"] != obj["value"] {
+                causes.push((
+                    "Value".into(),
+                    "Forbidden: may not be changed in an update.".into(),
+                ));
+            }
+            if old["preemptionPolicy"] != obj["preemptionPolicy"] {
+                causes.push((
+                    "preemptionPolicy".into(),
+                    format!("Invalid value: {}: field is immutable", obj["preemptionPolicy"]),
+                ));
+            }
+        }
         attrs.invalid(obj, causes)
     }
 }
