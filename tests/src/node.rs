@@ -335,7 +335,7 @@ impl Node {
             .args(["--dns-upstream", &format!("127.0.0.1:{}", self.dns_upstream_port)])
             .arg("--bpf-dir")
             .arg(self.bpf_dir())
-            .args(["--lease-interval-seconds", "1"])
+            .args(["--lease-interval-seconds", "1", "--status-interval-seconds", "5"])
             .args(["--eviction-hard", &self.eviction_hard])
             .stdout(Stdio::null())
             .stderr(log)

@@ -54,6 +54,38 @@ fn agent_joins_registers_and_heartbeats() {
     );
     assert_eq!(node["status"]["nodeInfo"]["kubeletVersion"], "v1.32.0-skiff");
     assert_eq!(node["metadata"]["labels"]["kubernetes.io/os"], "linux");
+    // An extended resource advertised in the node's capacity (as the Kubernetes docs show, and
+    // the conformance suite's preemption specs do) becomes allocatable, so pods asking for it land.
+    c.ok(&[
+        "patch",
+        "node",
+        &name,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"capacity":{"example.com/dongle":"2"}}}"#,
+    ]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while c.ok(&[
+        "get",
+        "node",
+        &name,
+        "-o",
+        "jsonpath={.status.allocatable.example\\.com/dongle}",
+    ]) != "2"
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the extended resource never became allocatable"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    c.ok_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: dongled}\nspec:\n  containers:\n  - name: c\n    image: registry.local/none:1\n    resources: {limits: {example.com/dongle: 1}}\n",
+    );
+    assert_eq!(c.scheduled_node("dongled"), name);
+    c.ok(&["delete", "pod", "dongled", "--grace-period=0", "--force"]);
     let holder = c.ok(&[
         "-n",
         "kube-node-lease",

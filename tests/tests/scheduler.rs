@@ -538,3 +538,52 @@ fn image_locality_prefers_nodes_that_hold_the_image() {
     );
     assert_eq!(c.scheduled_node("uses-other"), "a-plain");
 }
+
+#[test]
+fn host_ports_collide_only_on_the_same_protocol_and_address() {
+    let c = Control::start();
+    c.ok_stdin(&["apply", "-f", "-"], &node("only", "8", "zone: a", ""));
+    let with_port = |name: &str, port: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  nodeSelector: {{zone: a}}\n  containers: [{{name: c, image: registry.local/busybox:1.36, ports: [{port}]}}]\n"
+        )
+    };
+    // As the conformance spec: the same port on two host addresses, and over UDP, all fit.
+    for (name, port) in [
+        (
+            "loopback",
+            "{containerPort: 80, hostPort: 54321, hostIP: 127.0.0.1}",
+        ),
+        (
+            "other-ip",
+            "{containerPort: 80, hostPort: 54321, hostIP: 192.0.2.9}",
+        ),
+        (
+            "udp",
+            "{containerPort: 80, hostPort: 54321, hostIP: 192.0.2.9, protocol: UDP}",
+        ),
+    ] {
+        c.ok_stdin(&["apply", "-f", "-"], &with_port(name, port));
+        assert_eq!(c.scheduled_node(name), "only", "{name}");
+    }
+    // Every address (no hostIP) takes the port on each of them.
+    c.ok_stdin(
+        &["apply", "-f", "-"],
+        &with_port("everywhere", "{containerPort: 80, hostPort: 54321}"),
+    );
+    let mut message = String::new();
+    for _ in 0..200 {
+        message = c.ok(&[
+            "get",
+            "pod",
+            "everywhere",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type=='PodScheduled')].message}",
+        ]);
+        if !message.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(message.contains("didn't have free ports"), "{message}");
+}

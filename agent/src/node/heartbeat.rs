@@ -206,7 +206,62 @@ pub async fn post_conditions(api: &ApiClient, name: &str) -> anyhow::Result<()> 
     patch_status(api, name, json!({"conditions": conditions()})).await
 }
 
-/// Refreshes the conditions' heartbeat and the list of images the node holds.
+/// Refreshes the conditions' heartbeat and the list of images the node holds, and makes the
+/// extended resources someone advertised in the node's capacity allocatable (as the kubelet does:
+/// `example.com/dongle: 4` patched into `status.capacity` is schedulable at the next update).
 pub async fn post_status(api: &ApiClient, name: &str, images: Value) -> anyhow::Result<()> {
-    patch_status(api, name, json!({"conditions": conditions(), "images": images})).await
+    let mut status = json!({"conditions": conditions(), "images": images});
+    match api
+        .json(Method::GET, &format!("/api/v1/nodes/{name}"), None)
+        .await
+    {
+        Ok(node) => {
+            if let Some(allocatable) = extended_allocatable(&node) {
+                status["allocatable"] = allocatable;
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "reading the node for its extended resources"),
+    }
+    patch_status(api, name, status).await
+}
+
+/// The merge patch of `status.allocatable` that makes it hold the node's extended resources
+/// (names with a `/` outside `kubernetes.io/`) as its capacity has them, `None` when it does.
+fn extended_allocatable(node: &Value) -> Option<Value> {
+    let extended = |k: &str| k.contains('/') && !k.starts_with("kubernetes.io/");
+    let empty = serde_json::Map::new();
+    let capacity = node["status"]["capacity"].as_object().unwrap_or(&empty);
+    let allocatable = node["status"]["allocatable"].as_object().unwrap_or(&empty);
+    let mut patch = serde_json::Map::new();
+    for (k, v) in capacity.iter().filter(|(k, _)| extended(k)) {
+        if allocatable.get(k) != Some(v) {
+            patch.insert(k.clone(), v.clone());
+        }
+    }
+    for k in allocatable
+        .keys()
+        .filter(|k| extended(k) && !capacity.contains_key(*k))
+    {
+        patch.insert(k.clone(), Value::Null);
+    }
+    (!patch.is_empty()).then_some(Value::Object(patch))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extended_resources_in_capacity_become_allocatable() {
+        let node = json!({"status": {
+            "capacity": {"cpu": "2", "example.com/fakecpu": "1k", "example.com/same": "1"},
+            "allocatable": {"cpu": "2", "example.com/gone": "3", "example.com/same": "1"},
+        }});
+        assert_eq!(
+            extended_allocatable(&node),
+            Some(json!({"example.com/fakecpu": "1k", "example.com/gone": null}))
+        );
+        let settled = json!({"status": {"capacity": {"cpu": "2", "a.b/c": "1"}, "allocatable": {"cpu": "1", "a.b/c": "1"}}});
+        assert_eq!(extended_allocatable(&settled), None);
+    }
 }

@@ -7,7 +7,16 @@ use serde_json::Value;
 use super::node_info::NodeInfo;
 pub use crate::objects::scheduling::{PodView, selector_and_affinity_match, term_matches, tolerates};
 
-fn host_ports(pod: &Value) -> Vec<(String, i64)> {
+/// A host port a pod asks for: protocol, host IP (`0.0.0.0` when unset) and port.
+pub type HostPort = (String, String, i64);
+
+/// Whether two host ports collide (upstream's NodePorts): same protocol and port, and the same
+/// host IP or either on every address.
+fn collide(a: &HostPort, b: &HostPort) -> bool {
+    a.0 == b.0 && a.2 == b.2 && (a.1 == b.1 || a.1 == "0.0.0.0" || b.1 == "0.0.0.0")
+}
+
+fn host_ports(pod: &Value) -> Vec<HostPort> {
     pod["spec"]["containers"]
         .as_array()
         .into_iter()
@@ -15,7 +24,15 @@ fn host_ports(pod: &Value) -> Vec<(String, i64)> {
         .flat_map(|c| c["ports"].as_array().cloned().unwrap_or_default())
         .filter_map(|p| {
             let hp = p["hostPort"].as_i64().filter(|h| *h > 0)?;
-            Some((p["protocol"].as_str().unwrap_or("TCP").to_owned(), hp))
+            let ip = p["hostIP"]
+                .as_str()
+                .filter(|ip| !ip.is_empty())
+                .unwrap_or("0.0.0.0");
+            Some((
+                p["protocol"].as_str().unwrap_or("TCP").to_owned(),
+                ip.to_owned(),
+                hp,
+            ))
         })
         .collect()
 }
@@ -27,7 +44,7 @@ pub fn check(
     pod: &PodView<'_>,
     info: &NodeInfo,
     requests: &BTreeMap<String, f64>,
-    ports: &[(String, i64)],
+    ports: &[HostPort],
 ) -> Vec<String> {
     let node = &info.node;
     if info.unschedulable
@@ -50,7 +67,10 @@ pub fn check(
     if !pod.node_matches(node) {
         return vec!["node(s) didn't match Pod's node affinity/selector".to_owned()];
     }
-    if ports.iter().any(|p| info.host_ports.contains(p)) {
+    if ports
+        .iter()
+        .any(|p| info.host_ports.iter().any(|taken| collide(p, taken)))
+    {
         return vec!["node(s) didn't have free ports for the requested pod ports".to_owned()];
     }
     let mut reasons = Vec::new();
@@ -83,7 +103,7 @@ pub fn unschedulable_message(total: usize, reasons: &BTreeMap<String, usize>) ->
 }
 
 /// The pod's host ports, for node bookkeeping.
-pub fn pod_host_ports(pod: &Value) -> Vec<(String, i64)> {
+pub fn pod_host_ports(pod: &Value) -> Vec<HostPort> {
     host_ports(pod)
 }
 

@@ -35,7 +35,7 @@ const NAME: &str = "default-scheduler";
 struct Bound {
     node: String,
     requests: BTreeMap<String, f64>,
-    ports: Vec<(String, i64)>,
+    ports: Vec<filter::HostPort>,
     /// The pod, for affinity and spread rules of later pods.
     pod: Arc<Value>,
 }

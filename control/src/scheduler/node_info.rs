@@ -31,7 +31,7 @@ pub struct NodeInfo {
     /// Pods bound here.
     pub pods: usize,
     /// (protocol, port) pairs taken by bound pods.
-    pub host_ports: HashSet<(String, i64)>,
+    pub host_ports: HashSet<super::filter::HostPort>,
 }
 
 fn quantities(map: &Value) -> BTreeMap<String, f64> {
@@ -104,7 +104,12 @@ impl NodeInfo {
     }
 
     /// Adds (`sign` = 1) or removes (-1) a pod's requests.
-    pub fn account(&mut self, requests: &BTreeMap<String, f64>, ports: &[(String, i64)], sign: f64) {
+    pub fn account(
+        &mut self,
+        requests: &BTreeMap<String, f64>,
+        ports: &[super::filter::HostPort],
+        sign: f64,
+    ) {
         for (k, v) in requests {
             *self.requested.entry(k.clone()).or_default() += sign * v;
         }
