@@ -32,6 +32,12 @@ pub(crate) fn template_hash(template: &Value, collisions: i64) -> String {
     hash_template(&sorted(template, false), collisions)
 }
 
+/// A Deployment's ReplicaSet name suffix: the template hashed with sorted keys, nulls kept (as
+/// its ReplicaSets have been named, so the controller finds them again).
+fn replicaset_hash(template: &Value, collisions: i64) -> String {
+    hash_template(&sorted(template, true), collisions)
+}
+
 /// The hashes written by earlier versions: before templates were hashed with sorted keys, and
 /// before their nulls were left out. Pods labelled with them are at the same template, so an
 /// upgrade does not roll every StatefulSet and DaemonSet.
@@ -303,7 +309,7 @@ async fn reconcile(
         }
         None if paused => None,
         None => {
-            let hash = template_hash(template, d["status"]["collisionCount"].as_i64().unwrap_or(0));
+            let hash = replicaset_hash(template, d["status"]["collisionCount"].as_i64().unwrap_or(0));
             let mut rs_template = template.clone();
             rs_template["metadata"]["labels"][HASH_LABEL] = json!(hash);
             let mut selector = d["spec"]["selector"].clone();
