@@ -205,11 +205,7 @@ impl Lessor {
                 expected: None,
             });
             // The key goes if this lease still holds it (a later put may have taken it away).
-            if self
-                .store
-                .get_local(&holder_key(target))?
-                .is_some_and(|kv| kv.value == id.to_string().as_bytes())
-            {
+            if self.holder_of(target)? == id {
                 ops.push(WriteOp::Delete {
                     key: holder_key(target),
                     expected: None,
@@ -271,13 +267,12 @@ impl Lessor {
     /// the lease's hold on it, moved from another lease's. With a lease, the first write is
     /// guarded by the lease's existence: a [`WriteOp::Txn`] whose failure means no such lease.
     pub fn put(&self, key: String, value: Vec<u8>, lease: i64) -> Result<Vec<WriteOp>, StoreError> {
-        let held = self.store.get_local(&holder_key(&key))?;
+        let old_id = self.holder_of(&key)?;
+        if old_id == lease {
+            return Ok(vec![WriteOp::Put { key, value }]);
+        }
         let mut ops = Vec::new();
-        if let Some(old) = &held {
-            let old_id: i64 = String::from_utf8_lossy(&old.value).parse().unwrap_or_default();
-            if old_id == lease {
-                return Ok(vec![WriteOp::Put { key, value }]);
-            }
+        if old_id != 0 {
             ops.push(WriteOp::Delete {
                 key: format!("{}{key}", holding_prefix(old_id)),
                 expected: None,
@@ -337,12 +332,15 @@ impl Lessor {
 
     /// The lease holding `key` (a stored name), 0 for none.
     pub fn holder(&self, key: &str) -> i64 {
-        self.store
-            .get_local(&holder_key(key))
-            .ok()
-            .flatten()
+        self.holder_of(key).unwrap_or_default()
+    }
+
+    fn holder_of(&self, key: &str) -> Result<i64, StoreError> {
+        Ok(self
+            .store
+            .get_local(&holder_key(key))?
             .and_then(|kv| String::from_utf8_lossy(&kv.value).parse().ok())
-            .unwrap_or_default()
+            .unwrap_or_default())
     }
 }
 
