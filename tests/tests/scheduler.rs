@@ -328,9 +328,21 @@ fn high_priority_pod_preempts_lower_priority_ones() {
         "jsonpath={.status.nominatedNodeName}",
     ]);
     assert_eq!(nominated, "only");
+    // Replacements of lower priority (a ReplicaSet's, say) arrive while the victim terminates:
+    // the room is the nominated pod's, so they wait and the preemptor picks no more victims.
+    for r in ["low-3", "low-4", "low-5"] {
+        c.ok_stdin(&["apply", "-f", "-"], &with_class(r, "low", "1"));
+    }
     // The kubelet (this test) finishes the victim; the preemptor then lands.
     c.ok(&["delete", "pod", victim, "--force", "--grace-period=0"]);
     assert_eq!(c.scheduled_node("important"), "only");
+    for r in ["low-3", "low-4", "low-5"] {
+        assert_eq!(
+            c.ok(&["get", "pod", r, "-o", "jsonpath={.spec.nodeName}"]),
+            "",
+            "{r} took the room nominated to the preemptor"
+        );
+    }
     let survivor = if victim == "low-1" { "low-2" } else { "low-1" };
     assert!(
         c.ok(&[

@@ -62,6 +62,18 @@ struct State {
     /// Services and controllers, whose selectors make a pod's default spread constraints.
     owners: Option<default_spread::Owners>,
     unschedulable: HashSet<String>,
+    /// Pending pods that preempted others and wait for the room on their node
+    /// (`status.nominatedNodeName`): lower-priority pods must not take it meanwhile.
+    nominated: HashMap<String, Nominated>,
+}
+
+/// A pending pod's claim on the node it preempted pods on.
+#[derive(Debug, Clone)]
+struct Nominated {
+    node: String,
+    priority: i64,
+    requests: BTreeMap<String, f64>,
+    ports: Vec<filter::HostPort>,
 }
 
 fn pending(pod: &Value) -> bool {
@@ -90,6 +102,43 @@ impl State {
         for key in std::mem::take(&mut self.unschedulable) {
             self.enqueue(&key);
         }
+    }
+
+    /// Records (or forgets, with `None`) the node a pending pod is nominated to. Forgetting one
+    /// frees its room for others.
+    fn nominate(&mut self, key: &str, pod: &Value, node: Option<&str>) {
+        match node {
+            Some(node) => {
+                self.nominated.insert(
+                    key.to_owned(),
+                    Nominated {
+                        node: node.to_owned(),
+                        priority: priority(pod),
+                        requests: pod_requests(pod),
+                        ports: filter::pod_host_ports(pod),
+                    },
+                );
+            }
+            None => {
+                if self.nominated.remove(key).is_some() {
+                    self.cluster_changed();
+                }
+            }
+        }
+    }
+
+    /// `info` with the pods nominated to its node that are at least as important as a pod of
+    /// priority `prio` (other than `key` itself) accounted, as upstream's filters run with
+    /// nominated pods; `None` when there are none.
+    fn with_nominated(&self, name: &str, info: &NodeInfo, key: &str, prio: i64) -> Option<NodeInfo> {
+        let mut out: Option<NodeInfo> = None;
+        for (k, n) in &self.nominated {
+            if n.node == name && k != key && n.priority >= prio {
+                out.get_or_insert_with(|| info.clone())
+                    .account(&n.requests, &n.ports, 1.0);
+            }
+        }
+        out
     }
 
     fn unaccount(&mut self, key: &str) -> bool {
@@ -127,8 +176,16 @@ impl State {
                 match occupies(pod) {
                     Some(node) => {
                         let node = node.to_owned();
-                        if self.bound.get(&change.key).is_none_or(|b| b.node != node) {
-                            self.account(&change.key, pod, &node);
+                        match self.bound.get_mut(&change.key) {
+                            // Same node, same labels: only the object is newer (a deletion
+                            // timestamp preemption waits for, say).
+                            Some(b)
+                                if b.node == node
+                                    && b.pod["metadata"]["labels"] == pod["metadata"]["labels"] =>
+                            {
+                                b.pod = pod.clone();
+                            }
+                            _ => self.account(&change.key, pod, &node),
                         }
                     }
                     None => {
@@ -137,12 +194,19 @@ impl State {
                         }
                     }
                 }
+                let nominated = pod["status"]["nominatedNodeName"]
+                    .as_str()
+                    .filter(|n| !n.is_empty() && pending(pod));
+                if nominated != self.nominated.get(&change.key).map(|n| n.node.as_str()) {
+                    self.nominate(&change.key, pod, nominated);
+                }
                 if pending(pod) && !self.unschedulable.contains(&change.key) {
                     self.enqueue(&change.key);
                 }
             }
             None => {
                 self.unschedulable.remove(&change.key);
+                self.nominate(&change.key, &Value::Null, None);
                 if self.unaccount(&change.key) {
                     self.cluster_changed();
                 }
@@ -227,8 +291,9 @@ fn feasible_nodes_to_find(total: usize) -> usize {
     (total * percent / 100).max(100)
 }
 
-fn decide(state: &mut State, pod: &Value) -> Decision {
+fn decide(state: &mut State, key: &str, pod: &Value) -> Decision {
     let total = state.nodes.len();
+    let prio = priority(pod);
     let claims = state.volumes.as_ref().map(|v| v.resolve(pod)).unwrap_or_default();
     if let Some(why) = &claims.blocked {
         return Decision::Unschedulable(format!("0/{total} nodes are available: {why}."));
@@ -320,6 +385,12 @@ fn decide(state: &mut State, pod: &Value) -> Decision {
             break;
         }
         visited += 1;
+        let with_nominated = if state.nominated.is_empty() {
+            None
+        } else {
+            state.with_nominated(name, info, key, prio)
+        };
+        let info = with_nominated.as_ref().unwrap_or(info);
         let mut failed = filter::check(&view, info, &requests, &ports);
         if failed.is_empty()
             && let Some(reason) = rules.check(&info.node)
@@ -382,7 +453,7 @@ async fn schedule_one(
         meta_str(&pod, "name").to_owned(),
     );
     let started = std::time::Instant::now();
-    let decision = decide(state, &pod);
+    let decision = decide(state, key, &pod);
     let result = match decision {
         Decision::Node(..) => "scheduled",
         Decision::Unschedulable(_) => "unschedulable",
@@ -393,6 +464,7 @@ async fn schedule_one(
         Decision::Node(node, claims) => {
             // Assume the pod is there now, and bind in the background as upstream does; a
             // failed binding un-assumes it and queues it again.
+            state.nominated.remove(key);
             state.account(key, &pod, &node);
             let (app, key, failed) = (app.clone(), key.to_owned(), failed.clone());
             tokio::spawn(async move {
@@ -428,7 +500,14 @@ async fn schedule_one(
         Decision::Unschedulable(message) => {
             state.unschedulable.insert(key.to_owned());
             let mut nominated = None;
-            if let Some((node, victims)) = preemption::preemption(state, &pod, &pod_requests(&pod)) {
+            let preempted = if preemption::waiting_for_victims(state, key, &pod) {
+                None
+            } else {
+                preemption::preemption(state, key, &pod, &pod_requests(&pod))
+            };
+            if let Some((node, victims)) = preempted {
+                // Claim the room now, before the victims go and their replacements are queued.
+                state.nominate(key, &pod, Some(&node));
                 let pod_call = call(app, "", "pods", &ns, None, None, NAME);
                 for victim in &victims {
                     let Some(v) = pods.get(victim) else { continue };

@@ -51,6 +51,21 @@ fn violating(
     out
 }
 
+/// Whether `pod` already preempted pods on its nominated node and some of them are still
+/// terminating: it waits for them instead of choosing more victims, as upstream's
+/// `PodEligibleToPreemptOthers`.
+pub(super) fn waiting_for_victims(state: &State, key: &str, pod: &Value) -> bool {
+    let Some(nominated) = state.nominated.get(key) else {
+        return false;
+    };
+    let prio = priority(pod);
+    state.bound.values().any(|b| {
+        b.node == nominated.node
+            && priority(&b.pod) < prio
+            && b.pod["metadata"]["deletionTimestamp"].is_string()
+    })
+}
+
 /// Finds the node where evicting the fewest, lowest-priority pods lets `pod` fit (resources only),
 /// as upstream's default preemption: victims are chosen lowest priority first, then the ones not
 /// needed are reprieved, highest priority first and those a PodDisruptionBudget protects before
@@ -58,6 +73,7 @@ fn violating(
 /// fewer victims. Returns the node and the victims' keys.
 pub(super) fn preemption(
     state: &State,
+    key: &str,
     pod: &Value,
     requests: &BTreeMap<String, f64>,
 ) -> Option<(String, Vec<String>)> {
@@ -72,6 +88,9 @@ pub(super) fn preemption(
     type Candidate = ((usize, i64, usize), String, Vec<String>);
     let mut best: Option<Candidate> = None;
     for (name, info) in &state.nodes {
+        // Room already promised to pods at least as important is not to be taken.
+        let with_nominated = state.with_nominated(name, info, key, prio);
+        let info = with_nominated.as_ref().unwrap_or(info);
         let reasons = filter::check(&view, info, requests, &ports);
         if reasons
             .iter()
