@@ -233,9 +233,10 @@ fn network(args: &UninstallArgs) -> anyhow::Result<()> {
         crate::network::pod_net::enter_netns(ns)?;
     }
     let tables = format!(
-        "add table inet {t}\ndelete table inet {t}\nadd table ip skiff-{b}\ndelete table ip skiff-{b}\n",
+        "add table inet {t}\ndelete table inet {t}\nadd table ip skiff-{b}\ndelete table ip skiff-{b}\nadd table ip {h}\ndelete table ip {h}\n",
         t = crate::proxy::nft::TABLE,
-        b = args.bridge
+        b = args.bridge,
+        h = crate::network::host_ports::table(&args.bridge),
     );
     crate::proxy::ebpf::detach_tc_filters();
     let rt = tokio::runtime::Builder::new_current_thread()

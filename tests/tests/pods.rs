@@ -1450,26 +1450,41 @@ spec:
     );
 }
 
-/// A pod bound to the node by name whose host port a running pod holds is refused by the node
+/// A pod's host port reaches it from the node (from 127.0.0.1 too, as with upstream's portmap);
+/// a pod bound to the node by name whose host port a running pod holds is refused by the node
 /// (phase Failed, reason NodePorts) and never started, as the kubelet refuses it.
 #[test]
-fn a_pod_whose_host_port_is_taken_is_refused_by_the_node() {
+fn host_ports_reach_their_pod_and_a_pod_whose_host_port_is_taken_is_refused() {
     let k = Cluster::start();
     let image = k.registry.busybox();
     let node = k.node.name.clone();
     let pod = |name: &str| {
         format!(
-            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {node}\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {{name: app, image: {image}, command: [sleep, '3600'], ports: [{{containerPort: 21017, hostPort: 21017}}]}}\n"
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {node}\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {{name: app, image: {image}, command: [sh, -c, 'mkdir -p /www && echo held by {name} > /www/index.html && exec httpd -f -p 8080 -h /www'], ports: [{{containerPort: 8080, hostPort: 21017}}]}}\n"
         )
     };
     k.apply(&pod("holder"));
     k.wait_pod("holder", "Running", |p| phase(p) == "Running");
+    let answer = http_get(21017, Duration::from_secs(30)).expect("the host port answers");
+    assert!(answer.contains("held by holder"), "{answer}");
+    let table = format!("skiff-{}-hostports", k.node.bridge());
     k.apply(&pod("late"));
     let late = k.wait_pod("late", "refused", |p| phase(p) == "Failed");
     assert_eq!(late["status"]["reason"], "NodePorts");
     assert_eq!(late["status"]["message"], "Predicate NodePorts failed");
     assert!(late["status"]["containerStatuses"].is_null(), "{late:#}");
     k.c.ok(&["delete", "pod", "late", "--timeout=60s"]);
+    // The mapping goes with the pod; the table with the last mapping.
+    k.c.ok(&["delete", "pod", "holder", "--timeout=60s"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::process::Command::new("nft")
+        .args(["list", "table", "ip", &table])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        assert!(Instant::now() < deadline, "{table} outlived the last host port");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 #[test]

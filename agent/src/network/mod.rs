@@ -4,6 +4,7 @@
 
 pub mod api_relay;
 pub mod dns;
+pub mod host_ports;
 pub mod ipam;
 pub mod pod_net;
 pub mod routes;

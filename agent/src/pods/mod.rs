@@ -217,6 +217,14 @@ pub async fn run(cfg: Config, api: ApiClient, ca_pem: String) -> anyhow::Result<
             }
         });
     }
+    {
+        let (pods, bridge) = (cfg.feeds.pods.subscribe(), cfg.bridge.clone());
+        tokio::spawn(async move {
+            if let Err(e) = crate::network::host_ports::run(pods, bridge).await {
+                tracing::warn!(error = %format!("{e:#}"), "host ports stopped");
+            }
+        });
+    }
     if let Some(dns) = &cfg.dns {
         let dns_cfg = crate::network::dns::Config {
             domain: dns.domain.clone(),
