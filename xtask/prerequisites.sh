@@ -10,15 +10,20 @@
 #         against the store's etcd API), and rustfmt/clippy.
 #   bench: what test needs, and the peers measured beside Skiff (etcd-server, runc, crun,
 #         iptables).
+#   peers: what bench needs, and what builds and runs the real upstream components
+#         (golang-1.19-go, make, rsync, openssl; `cargo xtask bench peers`).
 # The eBPF toolchain (nightly rust-src, bpf-linker) is installed by xtask itself when it builds.
 set -euo pipefail
-want=${1:?usage: prerequisites.sh up|test|bench}
+want=${1:?usage: prerequisites.sh up|test|bench|peers}
 packages=(libseccomp-dev pkg-config curl nftables iproute2)
-if [ "$want" = test ] || [ "$want" = bench ]; then
+if [ "$want" = test ] || [ "$want" = bench ] || [ "$want" = peers ]; then
   packages+=(busybox-static docker-registry skopeo bpftool qemu-system-x86 python3-venv etcd-client)
 fi
-if [ "$want" = bench ]; then
+if [ "$want" = bench ] || [ "$want" = peers ]; then
   packages+=(etcd-server runc crun iptables)
+fi
+if [ "$want" = peers ]; then
+  packages+=(golang-1.19-go openssl make rsync)
 fi
 command -v kubectl >/dev/null 2>&1 || packages+=(kubernetes-client)
 

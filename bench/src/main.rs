@@ -5,7 +5,11 @@
 //!   driven through its gRPC KV API by the same harness).
 //! - `skiff-bench api --control PATH`: ConfigMap creates/s and latency percentiles through HTTPS
 //!   with 1 and 64 clients, and skiff-control's RSS idle and after the load.
+//! - `skiff-bench peers-api --control PATH --etcd PATH --kube-apiserver PATH [--rounds N]`: the
+//!   same creates against skiff-control and against kube-apiserver over etcd, side by side
+//!   (`peers.rs`).
 
+mod peers;
 mod pods;
 mod proxy;
 
@@ -284,55 +288,53 @@ fn https_client(kubeconfig: &Path) -> anyhow::Result<(HttpsClient, String)> {
     Ok((client, server))
 }
 
-async fn bench_api(control: &Path, runs: &[(usize, usize)]) -> anyhow::Result<Value> {
-    let dir = tempfile::tempdir()?;
-    let (port, raft) = (free_port()?, free_port()?);
-    let child = Command::new(control)
-        .arg("--data-dir")
-        .arg(dir.path())
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--raft-listen",
-            &format!("127.0.0.1:{raft}"),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting skiff-control")?;
-    let pid = child.id();
-    let _guard = Killed(child);
-    let kubeconfig = dir.path().join("admin.kubeconfig");
-    for _ in 0..200 {
-        if kubeconfig.exists() {
-            break;
+/// Waits until the API server of `kubeconfig` (once the file exists) answers `/readyz`.
+async fn wait_ready(kubeconfig: &Path, patience: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + patience;
+    while !kubeconfig.exists() {
+        if Instant::now() > deadline {
+            bail!("no {} after {patience:?}", kubeconfig.display());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let (probe, server) = https_client(&kubeconfig)?;
-    for _ in 0..200 {
+    let (probe, server) = https_client(kubeconfig)?;
+    loop {
         let req = hyper::Request::get(format!("{server}/readyz")).body(Default::default())?;
         if probe.request(req).await.is_ok_and(|r| r.status().is_success()) {
-            break;
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{server}/readyz did not answer 200 within {patience:?}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let idle = rss_kib(pid)?;
+}
+
+/// ConfigMap creates through HTTPS to the API server of `kubeconfig`: for each (clients, total)
+/// of `runs`, `total` creates spread over `clients` connections. Names start with `tag`.
+async fn creates(
+    kubeconfig: &Path,
+    system: &str,
+    tag: &str,
+    runs: &[(usize, usize)],
+) -> anyhow::Result<Vec<Value>> {
+    let server = https_client(kubeconfig)?.1;
     let mut results = Vec::new();
     for (round, &(concurrency, total)) in runs.iter().enumerate() {
         let clients: Arc<Vec<HttpsClient>> = Arc::new(
             (0..concurrency)
-                .map(|_| https_client(&kubeconfig).map(|c| c.0))
+                .map(|_| https_client(kubeconfig).map(|c| c.0))
                 .collect::<Result<_, _>>()?,
         );
         let url = Arc::new(format!("{server}/api/v1/namespaces/default/configmaps"));
+        let tag = tag.to_owned();
         let (elapsed, lat) = drive(total, concurrency, move |w, i| {
             let (client, url) = (clients[w].clone(), url.clone());
+            let name = format!("{tag}-{round}-{i:06}");
             async move {
                 let body = json!({
                     "apiVersion": "v1", "kind": "ConfigMap",
-                    "metadata": {"name": format!("bench-{round}-{i:06}"), "labels": {"bench": "api"}},
+                    "metadata": {"name": name, "labels": {"bench": "api"}},
                     "data": {"payload": "x".repeat(VALUE_SIZE)},
                 });
                 let req = hyper::Request::post(url.as_str())
@@ -346,8 +348,39 @@ async fn bench_api(control: &Path, runs: &[(usize, usize)]) -> anyhow::Result<Va
             }
         })
         .await?;
-        results.push(summary("skiff-control", concurrency, total, elapsed, lat));
+        results.push(summary(system, concurrency, total, elapsed, lat));
     }
+    Ok(results)
+}
+
+/// A skiff-control with a fresh data directory, on free loopback ports.
+fn start_control(control: &Path, dir: &Path) -> anyhow::Result<Killed> {
+    let (port, raft) = (free_port()?, free_port()?);
+    let child = Command::new(control)
+        .arg("--data-dir")
+        .arg(dir)
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--raft-listen",
+            &format!("127.0.0.1:{raft}"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting skiff-control")?;
+    Ok(Killed(child))
+}
+
+async fn bench_api(control: &Path, runs: &[(usize, usize)]) -> anyhow::Result<Value> {
+    let dir = tempfile::tempdir()?;
+    let guard = start_control(control, dir.path())?;
+    let pid = guard.0.id();
+    let kubeconfig = dir.path().join("admin.kubeconfig");
+    wait_ready(&kubeconfig, Duration::from_secs(10)).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle = rss_kib(pid)?;
+    let results = creates(&kubeconfig, "skiff-control", "bench", runs).await?;
     let after = rss_kib(pid)?;
     Ok(json!({"creates": results, "rss_idle_kib": idle, "rss_after_kib": after}))
 }
@@ -492,6 +525,15 @@ async fn main() -> anyhow::Result<()> {
             let control = flag("--control").context("--control PATH is required")?;
             json!({"api": bench_api(&control, &[(1, 10_000), (64, 10_000)]).await?})
         }
+        Some("peers-api") => {
+            let control = flag("--control").context("--control PATH is required")?;
+            let etcd = flag("--etcd").context("--etcd PATH is required")?;
+            let apiserver = flag("--kube-apiserver").context("--kube-apiserver PATH is required")?;
+            let rounds = flag("--rounds")
+                .and_then(|r| r.to_str().and_then(|r| r.parse().ok()))
+                .unwrap_or(3);
+            json!({"peers_api": peers::api(&control, &etcd, &apiserver, rounds).await?})
+        }
         Some("pods") => {
             let control = flag("--control").context("--control PATH is required")?;
             let agent = flag("--agent").context("--agent PATH is required")?;
@@ -537,7 +579,7 @@ async fn main() -> anyhow::Result<()> {
             json!({"scheduler": bench_scheduler(nodes, pods, backlog).await?})
         }
         _ => bail!(
-            "usage: skiff-bench store --etcd PATH | store-etcd --control PATH --etcd PATH | api --control PATH | scheduler NODES PODS [--backlog] | pods --control PATH --agent PATH | proxy [--sizes N,..] [--planes P,..]"
+            "usage: skiff-bench store --etcd PATH | store-etcd --control PATH --etcd PATH | api --control PATH | peers-api --control PATH --etcd PATH --kube-apiserver PATH [--rounds N] | scheduler NODES PODS [--backlog] | pods --control PATH --agent PATH | proxy [--sizes N,..] [--planes P,..]"
         ),
     };
     println!("{}", serde_json::to_string_pretty(&result)?);

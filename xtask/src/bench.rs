@@ -536,3 +536,156 @@ connection, since after the rewrite it is an ordinary connection to the endpoint
     write_section(root, "proxy", &body)?;
     Ok(())
 }
+
+/// Median, lowest and highest of `values`.
+fn spread(mut values: Vec<f64>) -> (f64, f64, f64) {
+    values.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    match (values.first(), values.last()) {
+        (Some(&lo), Some(&hi)) => (values[values.len() / 2], lo, hi),
+        _ => (0.0, 0.0, 0.0),
+    }
+}
+
+/// `cargo xtask bench peers`: Skiff beside the real upstream components, built here.
+pub fn peers(root: &Path, cargo: impl Fn() -> Command) -> anyhow::Result<()> {
+    let etcd = ["/usr/bin/etcd", "/usr/local/bin/etcd"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .context("etcd is not installed: apt-get install etcd-server")?;
+    let upstream = crate::peers::binaries(
+        root,
+        &["kube-apiserver", "kube-scheduler", "kube-controller-manager"],
+    )?;
+    build_release(root, &cargo, &["skiff-control", "skiff-bench"])?;
+    let bin = root.join("target/release");
+    let rounds = 3;
+    let started = std::time::Instant::now();
+    let out = run_json(
+        Command::new(bin.join("skiff-bench"))
+            .args([
+                "peers-api",
+                "--etcd",
+                etcd,
+                "--rounds",
+                &rounds.to_string(),
+                "--control",
+            ])
+            .arg(bin.join("skiff-control"))
+            .arg("--kube-apiserver")
+            .arg(upstream.join("kube-apiserver")),
+    )?;
+    let minutes = started.elapsed().as_secs_f64() / 60.0;
+    let rows = out["peers_api"].as_array().cloned().unwrap_or_default();
+    let systems = ["skiff-control", "upstream"];
+    // (median, low, high) of a figure of one system's rounds.
+    let figure = |system: &str, get: &dyn Fn(&serde_json::Value) -> Option<f64>| {
+        spread(
+            rows.iter()
+                .filter(|r| r["system"] == system)
+                .filter_map(get)
+                .collect(),
+        )
+    };
+    let create = |clients: u64, key: &'static str| {
+        move |r: &serde_json::Value| {
+            r["creates"]
+                .as_array()?
+                .iter()
+                .find(|c| c["concurrency"] == clients)?[key]
+                .as_f64()
+        }
+    };
+    let mut body = String::new();
+    writeln!(
+        body,
+        "## Peers: the API beside kube-apiserver (`cargo xtask bench peers`)\n"
+    )?;
+    writeln!(
+        body,
+        "Measured {} on {}; {rounds} rounds, each starting both sides fresh in alternating order; median [lowest–highest] of the rounds. The run took {minutes:.0} minutes (the first run also builds kube-apiserver: about 10 more).\n",
+        today(),
+        machine()
+    )?;
+    writeln!(
+        body,
+        "| figure | Skiff (`skiff-control`) | upstream 1.20.2 (kube-apiserver, etcd 3.4, kube-scheduler, kube-controller-manager) | Skiff ÷ upstream |\n| --- | --- | --- | --- |"
+    )?;
+    type Get = Box<dyn Fn(&serde_json::Value) -> Option<f64>>;
+    let lines: Vec<(&str, Get, f64, &str)> = vec![
+        ("creates/s, 1 client", Box::new(create(1, "ops_per_sec")), 1.0, ""),
+        ("create p50, 1 client", Box::new(create(1, "p50_ms")), 1.0, " ms"),
+        ("create p99, 1 client", Box::new(create(1, "p99_ms")), 1.0, " ms"),
+        (
+            "creates/s, 64 clients",
+            Box::new(create(64, "ops_per_sec")),
+            1.0,
+            "",
+        ),
+        (
+            "create p50, 64 clients",
+            Box::new(create(64, "p50_ms")),
+            1.0,
+            " ms",
+        ),
+        (
+            "create p99, 64 clients",
+            Box::new(create(64, "p99_ms")),
+            1.0,
+            " ms",
+        ),
+        (
+            "start to /readyz",
+            Box::new(|r: &serde_json::Value| r["ready_ms"].as_f64()),
+            1.0,
+            " ms",
+        ),
+        (
+            "memory (PSS) idle",
+            Box::new(|r: &serde_json::Value| r["pss_idle_kib"].as_f64()),
+            1024.0,
+            " MiB",
+        ),
+        (
+            "memory (PSS) after 20,000 creates",
+            Box::new(|r: &serde_json::Value| r["pss_after_kib"].as_f64()),
+            1024.0,
+            " MiB",
+        ),
+    ];
+    for (name, get, scale, unit) in &lines {
+        let [(sm, sl, sh), (um, ul, uh)] = systems.map(|s| figure(s, get.as_ref()));
+        let fmt = |v: f64| {
+            let v = v / scale;
+            if v >= 100.0 {
+                format!("{v:.0}")
+            } else {
+                format!("{v:.1}")
+            }
+        };
+        let ratio = if um > 0.0 {
+            format!("{:.2}×", sm / um)
+        } else {
+            "–".into()
+        };
+        writeln!(
+            body,
+            "| {name} | {}{unit} [{}–{}] | {}{unit} [{}–{}] | {ratio} |",
+            fmt(sm),
+            fmt(sl),
+            fmt(sh),
+            fmt(um),
+            fmt(ul),
+            fmt(uh)
+        )?;
+    }
+    writeln!(
+        body,
+        "\nOne load generator (`skiff-bench`, Rust, hyper + rustls, HTTP/2, one connection per client, client certificates) drives both sides with 10,000 ConfigMap creates (256-byte payload) at 1 and then 64 clients. Skiff: one `skiff-control` process, its store one Raft member, fsync on. Upstream: `kube-apiserver` (built here from Debian's source package, `-mod=vendor`, default flags plus RBAC and client-certificate authentication) over one `etcd` 3.4 member (Debian's `etcd-server`, fsync on). `kube-scheduler` and `kube-controller-manager` (no leader election) run beside it, as Skiff's scheduler and controllers run inside `skiff-control`. Memory is PSS from `/proc/PID/smaps_rollup`, summed over each side's processes (Skiff: 1; upstream: 4), so shared pages count once. The load generator runs on the same cores as both servers.\n"
+    )?;
+    writeln!(
+        body,
+        "Targets (issue 22): creates/s at 64 clients ≥ 5× kube-apiserver's with p99 ≤ ⅕ of its; control plane memory ≤ 1/10 of the four upstream processes'.\n"
+    )?;
+    write_section(root, "peers-api", &body)?;
+    Ok(())
+}

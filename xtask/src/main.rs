@@ -10,6 +10,7 @@ mod bench;
 mod clean_host;
 mod ebpf;
 mod fuzz;
+mod peers;
 mod proto_schema;
 mod python_client;
 mod vm;
@@ -45,10 +46,11 @@ enum Cmd {
     /// Run a benchmark and record it in docs/benchmarks.md (`api`: store and API server; `store`:
     /// the store and etcd 3.4 through etcd's API, 1 and 3 members, and a leader kill;
     /// `scheduler`: pods/s and latency onto 1,000 and 5,000 nodes; `pods`: a real node; `proxy`:
-    /// the service data planes side by side).
+    /// the service data planes side by side; `peers`: Skiff beside the real upstream components,
+    /// built here from Debian's Kubernetes 1.20 source).
     Bench {
         /// Which benchmark.
-        #[arg(value_parser = ["api", "store", "scheduler", "pods", "proxy"])]
+        #[arg(value_parser = ["api", "store", "scheduler", "pods", "proxy", "peers"])]
         which: String,
     },
     /// Regenerate control/src/objects/schema/table.rs from the k8s-pb crate's sources.
@@ -415,6 +417,10 @@ fn dispatch() -> anyhow::Result<()> {
             let object = ebpf::build(&root())?;
             eprintln!("{}", object.display());
             Ok(())
+        }
+        Cmd::Bench { which } if which == "peers" => {
+            prerequisites("peers")?;
+            bench::peers(&root(), cargo)
         }
         Cmd::Bench { which } => match prerequisites("bench").map(|()| which.as_str())? {
             "api" => bench::api(&root(), cargo),
