@@ -5,9 +5,12 @@
 //!   driven through its gRPC KV API by the same harness).
 //! - `skiff-bench api --control PATH`: ConfigMap creates/s and latency percentiles through HTTPS
 //!   with 1 and 64 clients, and skiff-control's RSS idle and after the load.
-//! - `skiff-bench peers-api --control PATH --etcd PATH --kube-apiserver PATH [--rounds N]`: the
+//! - `skiff-bench peers-api --control PATH --etcd PATH --upstream-bin DIR [--rounds N]`: the
 //!   same creates against skiff-control and against kube-apiserver over etcd, side by side
 //!   (`peers.rs`).
+//! - `skiff-bench peers-scheduler --control PATH --etcd PATH --upstream-bin DIR [--rounds N]
+//!   [--nodes N,..] [--pods N]`: pods/s and create-to-bound latency through the API, Skiff's
+//!   scheduler beside kube-scheduler (`peers.rs`).
 
 mod peers;
 mod pods;
@@ -528,11 +531,32 @@ async fn main() -> anyhow::Result<()> {
         Some("peers-api") => {
             let control = flag("--control").context("--control PATH is required")?;
             let etcd = flag("--etcd").context("--etcd PATH is required")?;
-            let apiserver = flag("--kube-apiserver").context("--kube-apiserver PATH is required")?;
+            let bin = flag("--upstream-bin").context("--upstream-bin DIR is required")?;
             let rounds = flag("--rounds")
                 .and_then(|r| r.to_str().and_then(|r| r.parse().ok()))
                 .unwrap_or(3);
-            json!({"peers_api": peers::api(&control, &etcd, &apiserver, rounds).await?})
+            json!({"peers_api": peers::api(&control, &etcd, &bin, rounds).await?})
+        }
+        Some("peers-scheduler") => {
+            let control = flag("--control").context("--control PATH is required")?;
+            let etcd = flag("--etcd").context("--etcd PATH is required")?;
+            let bin = flag("--upstream-bin").context("--upstream-bin DIR is required")?;
+            let number = |name: &str, default: usize| {
+                flag(name)
+                    .and_then(|r| r.to_str().and_then(|r| r.parse().ok()))
+                    .unwrap_or(default)
+            };
+            let (rounds, pods) = (number("--rounds", 3), number("--pods", 10_000));
+            let nodes: Vec<usize> = match flag("--nodes") {
+                Some(n) => n
+                    .to_str()
+                    .unwrap_or_default()
+                    .split(',')
+                    .map(|n| n.parse().context("--nodes takes numbers"))
+                    .collect::<anyhow::Result<_>>()?,
+                None => vec![1_000, 5_000],
+            };
+            json!({"peers_scheduler": peers::scheduler(&control, &etcd, &bin, &nodes, pods, rounds).await?})
         }
         Some("pods") => {
             let control = flag("--control").context("--control PATH is required")?;
@@ -579,7 +603,7 @@ async fn main() -> anyhow::Result<()> {
             json!({"scheduler": bench_scheduler(nodes, pods, backlog).await?})
         }
         _ => bail!(
-            "usage: skiff-bench store --etcd PATH | store-etcd --control PATH --etcd PATH | api --control PATH | peers-api --control PATH --etcd PATH --kube-apiserver PATH [--rounds N] | scheduler NODES PODS [--backlog] | pods --control PATH --agent PATH | proxy [--sizes N,..] [--planes P,..]"
+            "usage: skiff-bench store --etcd PATH | store-etcd --control PATH --etcd PATH | api --control PATH | peers-api --control PATH --etcd PATH --upstream-bin DIR [--rounds N] | peers-scheduler --control PATH --etcd PATH --upstream-bin DIR [--rounds N] [--nodes N,..] [--pods N] | scheduler NODES PODS [--backlog] | pods --control PATH --agent PATH | proxy [--sizes N,..] [--planes P,..]"
         ),
     };
     println!("{}", serde_json::to_string_pretty(&result)?);

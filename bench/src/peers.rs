@@ -1,22 +1,24 @@
-//! `skiff-bench peers-api --control PATH --etcd PATH --kube-apiserver PATH [--rounds N]`: the
+//! `skiff-bench peers-api --control PATH --etcd PATH --upstream-bin DIR [--rounds N]`: the
 //! API benchmark against the real upstream control plane, in one run on one machine. Each round
 //! starts both sides fresh — Skiff's `skiff-control` (one store member, fsync on; scheduler and
 //! controllers in the same process) and upstream's `kube-apiserver` over a one-member `etcd`
 //! (fsync on) with `kube-scheduler` and `kube-controller-manager` (from the same directory as
-//! `kube-apiserver`) — in alternating order, and drives them with the same load generator:
+//! `kube-apiserver`, all from DIR) — in alternating order, and drives them with the same load generator:
 //! ConfigMap creates through HTTPS with client certificates at 1 and 64 clients. For each side it
 //! records the time from start to `/readyz` answering and the memory (PSS,
 //! `/proc/PID/smaps_rollup`, summed over the side's processes) idle and after the load. Every
 //! process started here is killed when its side ends, on failure too.
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
-use super::{Killed, creates, etcd_member, free_port, start_control, wait_ready};
+use super::{Killed, creates, etcd_member, free_port, wait_ready};
 
 /// Creates per run: (clients, total).
 const RUNS: [(usize, usize); 2] = [(1, 10_000), (64, 10_000)];
@@ -36,45 +38,6 @@ pub fn pss_kib(pid: u32) -> anyhow::Result<u64> {
 
 fn pss_of(pids: &[u32]) -> anyhow::Result<u64> {
     pids.iter().map(|p| pss_kib(*p)).sum()
-}
-
-/// One side's round: start, wait until ready, measure idle memory, load, measure again.
-async fn side(
-    system: &str,
-    round: usize,
-    kubeconfig: &Path,
-    pids: &[u32],
-    started: Instant,
-    patience: Duration,
-) -> anyhow::Result<Value> {
-    wait_ready(kubeconfig, patience)
-        .await
-        .with_context(|| format!("{system} did not become ready"))?;
-    let ready_ms = started.elapsed().as_millis() as u64;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let idle = pss_of(pids)?;
-    let creates = creates(kubeconfig, system, &format!("peers-{round}"), &RUNS).await?;
-    let after = pss_of(pids)?;
-    Ok(json!({
-        "system": system, "round": round, "ready_ms": ready_ms,
-        "pss_idle_kib": idle, "pss_after_kib": after, "creates": creates,
-    }))
-}
-
-async fn skiff(control: &Path, round: usize) -> anyhow::Result<Value> {
-    let dir = tempfile::tempdir()?;
-    let started = Instant::now();
-    let guard = start_control(control, dir.path())?;
-    let kubeconfig = dir.path().join("admin.kubeconfig");
-    side(
-        "skiff-control",
-        round,
-        &kubeconfig,
-        &[guard.0.id()],
-        started,
-        Duration::from_secs(30),
-    )
-    .await
 }
 
 fn openssl(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
@@ -175,17 +138,88 @@ fn kubeconfig(dir: &Path, server: &str) -> anyhow::Result<std::path::PathBuf> {
     Ok(path)
 }
 
-async fn upstream(etcd: &Path, apiserver_path: &Path, round: usize) -> anyhow::Result<Value> {
+/// One side of a round, running: its processes (killed when dropped) and its admin kubeconfig.
+struct Running {
+    system: &'static str,
+    kubeconfig: PathBuf,
+    pids: Vec<u32>,
+    started: Instant,
+    /// Where the API server logs, shown when it does not become ready.
+    log: Option<PathBuf>,
+    _processes: Vec<Killed>,
+    _dir: tempfile::TempDir,
+}
+
+impl Running {
+    async fn ready(&self, patience: Duration) -> anyhow::Result<u64> {
+        let result = wait_ready(&self.kubeconfig, patience).await;
+        if let (Err(_), Some(log)) = (&result, &self.log) {
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            eprintln!(
+                "{}'s API server log ends:\n{}",
+                self.system,
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        result.with_context(|| format!("{} did not become ready", self.system))?;
+        Ok(self.started.elapsed().as_millis() as u64)
+    }
+
+    fn pss(&self) -> anyhow::Result<u64> {
+        pss_of(&self.pids)
+    }
+}
+
+/// Skiff's control plane: one `skiff-control` with a fresh data directory.
+fn skiff(control: &Path, extra: &[&str]) -> anyhow::Result<Running> {
     let dir = tempfile::tempdir()?;
-    let d = dir.path();
-    certificates(d)?;
+    let (port, raft) = (free_port()?, free_port()?);
+    let started = Instant::now();
+    let child = Command::new(control)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--raft-listen",
+            &format!("127.0.0.1:{raft}"),
+        ])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting skiff-control")?;
+    Ok(Running {
+        system: "skiff-control",
+        kubeconfig: dir.path().join("admin.kubeconfig"),
+        pids: vec![child.id()],
+        started,
+        log: None,
+        _processes: vec![Killed(child)],
+        _dir: dir,
+    })
+}
+
+/// Upstream's control plane: `kube-apiserver` over a one-member `etcd`, with `kube-scheduler`
+/// (given `scheduler_args`) and `kube-controller-manager` (given `controller_args`); the
+/// Kubernetes commands from directory `bin`. No leader election: one of each.
+fn upstream(
+    etcd: &Path,
+    bin: &Path,
+    controller_args: &[&str],
+    scheduler_args: &[&str],
+) -> anyhow::Result<Running> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path().to_owned();
+    certificates(&d)?;
     let (client, peer, port) = (free_port()?, free_port()?, free_port()?);
     let (client_url, peer_url) = (
         format!("http://127.0.0.1:{client}"),
         format!("http://127.0.0.1:{peer}"),
     );
     let started = Instant::now();
-    let etcd = Killed(
+    let mut processes = vec![Killed(
         etcd_member(
             etcd,
             "bench",
@@ -198,11 +232,12 @@ async fn upstream(etcd: &Path, apiserver_path: &Path, round: usize) -> anyhow::R
         .stderr(Stdio::null())
         .spawn()
         .context("starting etcd")?,
-    );
-    let log = std::fs::File::create(d.join("kube-apiserver.log"))?;
+    )];
+    let log_path = d.join("kube-apiserver.log");
+    let log = std::fs::File::create(&log_path)?;
     let path = |f: &str| d.join(f).display().to_string();
-    let apiserver = Killed(
-        Command::new(apiserver_path)
+    processes.push(Killed(
+        Command::new(bin.join("kube-apiserver"))
             .args([
                 format!("--etcd-servers={client_url}"),
                 "--bind-address=127.0.0.1".into(),
@@ -224,67 +259,300 @@ async fn upstream(etcd: &Path, apiserver_path: &Path, round: usize) -> anyhow::R
             .stderr(log)
             .spawn()
             .context("starting kube-apiserver")?,
-    );
-    let config = kubeconfig(d, &format!("https://127.0.0.1:{port}"))?;
-    // The rest of the control plane, as a cluster runs it (no leader election: one of each).
-    let bin = apiserver_path.parent().unwrap_or(Path::new("."));
-    let scheduler = Killed(
+    ));
+    let config = kubeconfig(&d, &format!("https://127.0.0.1:{port}"))?;
+    processes.push(Killed(
         Command::new(bin.join("kube-scheduler"))
             .arg(format!("--kubeconfig={}", config.display()))
             .args(["--leader-elect=false", "--port=0", "--secure-port=0", "--v=0"])
+            .args(scheduler_args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .context("starting kube-scheduler")?,
-    );
-    let controllers = Killed(
+    ));
+    processes.push(Killed(
         Command::new(bin.join("kube-controller-manager"))
             .arg(format!("--kubeconfig={}", config.display()))
             .arg(format!("--service-account-private-key-file={}", path("sa.key")))
             .arg(format!("--root-ca-file={}", path("ca.crt")))
             .args(["--leader-elect=false", "--port=0", "--secure-port=0", "--v=0"])
+            .args(controller_args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .context("starting kube-controller-manager")?,
-    );
-    let result = side(
-        "upstream",
-        round,
-        &config,
-        &[
-            apiserver.0.id(),
-            etcd.0.id(),
-            scheduler.0.id(),
-            controllers.0.id(),
-        ],
+    ));
+    Ok(Running {
+        system: "upstream",
+        kubeconfig: config,
+        pids: processes.iter().map(|p| p.0.id()).collect(),
         started,
-        Duration::from_secs(120),
-    )
-    .await;
-    if result.is_err() {
-        let log = std::fs::read_to_string(d.join("kube-apiserver.log")).unwrap_or_default();
-        let tail: Vec<&str> = log.lines().rev().take(20).collect();
-        eprintln!(
-            "kube-apiserver's log ends:\n{}",
-            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-        );
-    }
-    result
+        log: Some(log_path),
+        _processes: processes,
+        _dir: dir,
+    })
+}
+
+/// One side's API round: ready, idle memory, the creates, memory again.
+async fn api_side(side: Running, round: usize) -> anyhow::Result<Value> {
+    let ready_ms = side.ready(Duration::from_secs(120)).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle = side.pss()?;
+    let creates = creates(&side.kubeconfig, side.system, &format!("peers-{round}"), &RUNS).await?;
+    let after = side.pss()?;
+    Ok(json!({
+        "system": side.system, "round": round, "ready_ms": ready_ms,
+        "pss_idle_kib": idle, "pss_after_kib": after, "creates": creates,
+    }))
 }
 
 /// `rounds` rounds of both sides, the first side alternating.
-pub async fn api(control: &Path, etcd: &Path, apiserver: &Path, rounds: usize) -> anyhow::Result<Value> {
+pub async fn api(control: &Path, etcd: &Path, bin: &Path, rounds: usize) -> anyhow::Result<Value> {
     let mut out = Vec::new();
     for round in 0..rounds {
         for skiff_first in [round % 2 == 0, round % 2 != 0] {
-            let v = if skiff_first {
-                skiff(control, round).await?
+            let side = if skiff_first {
+                skiff(control, &[])?
             } else {
-                upstream(etcd, apiserver, round).await?
+                upstream(etcd, bin, &[], &[])?
             };
+            let v = api_side(side, round).await?;
             eprintln!("{}", serde_json::to_string(&v)?);
             out.push(v);
+        }
+    }
+    Ok(json!(out))
+}
+
+/// POSTs `body` to `url`; anything but 201 Created is an error.
+async fn post(client: &super::HttpsClient, url: &str, body: &Value) -> anyhow::Result<()> {
+    let req = hyper::Request::post(url)
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(body.to_string())))?;
+    let resp = client.request(req).await?;
+    if resp.status() != 201 {
+        bail!("POST {url} returned {}", resp.status());
+    }
+    Ok(())
+}
+
+/// The Node objects of the scheduler benchmark, as `skiff-bench scheduler` makes them: equal
+/// nodes in 10 zones, Ready, with room for 110 pods.
+fn bench_node(i: usize) -> Value {
+    let name = format!("node-{i:05}");
+    json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "zone": format!("zone-{}", i % 10)}},
+        "status": {
+            "capacity": {"cpu": "32", "memory": "128Gi", "pods": "110"},
+            "allocatable": {"cpu": "32", "memory": "128Gi", "pods": "110"},
+            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                "lastHeartbeatTime": skiff_control::objects::meta::now(), "lastTransitionTime": skiff_control::objects::meta::now()}],
+        },
+    })
+}
+
+/// The pods of the scheduler benchmark, the same mix as `skiff-bench scheduler`: varied requests,
+/// 30% with a zone nodeSelector, 10% with required pod anti-affinity per hostname; no token volume.
+fn bench_pod(i: usize) -> Value {
+    // No token volume: upstream's admission would wait for a token Secret that only the
+    // controller manager (not run here) makes.
+    let mut spec = json!({"automountServiceAccountToken": false, "containers": [{"name": "c", "image": "registry.local/app:1",
+        "resources": {"requests": {"cpu": format!("{}m", 100 + (i * 37) % 400), "memory": format!("{}Mi", 64 + (i * 53) % 192)}}}]});
+    let mut labels = json!({"app": format!("app-{}", i % 100)});
+    if i % 10 < 3 {
+        spec["nodeSelector"] = json!({"zone": format!("zone-{}", i % 10)});
+    }
+    if i % 10 == 9 {
+        labels["anti"] = json!(format!("group-{}", i % 200));
+        spec["affinity"] = json!({"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+            {"labelSelector": {"matchLabels": {"anti": format!("group-{}", i % 200)}}, "topologyKey": "kubernetes.io/hostname"}]}});
+    }
+    json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": format!("pod-{i:06}"), "namespace": "default", "labels": labels}, "spec": spec})
+}
+
+/// Pod names and when each was first seen bound, from a watch of the default namespace's pods.
+async fn watch_bindings(
+    kubeconfig: &Path,
+) -> anyhow::Result<tokio::sync::mpsc::UnboundedReceiver<(String, Instant)>> {
+    use http_body_util::BodyExt;
+    let (client, server) = super::https_client(kubeconfig)?;
+    let req = hyper::Request::get(format!("{server}/api/v1/namespaces/default/pods?watch=1"))
+        .body(Default::default())?;
+    let resp = client.request(req).await?;
+    if !resp.status().is_success() {
+        bail!("the pod watch returned {}", resp.status());
+    }
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut body = resp.into_body();
+        let mut buf: Vec<u8> = Vec::new();
+        while let Some(Ok(frame)) = body.frame().await {
+            let Ok(data) = frame.into_data() else { continue };
+            let at = Instant::now();
+            buf.extend_from_slice(&data);
+            while let Some(end) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=end).collect();
+                let Ok(event) = serde_json::from_slice::<Value>(&line) else {
+                    continue;
+                };
+                let pod = &event["object"];
+                if pod["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty())
+                    && let Some(name) = pod["metadata"]["name"].as_str()
+                    && tx.send((name.to_owned(), at)).is_err()
+                {
+                    return;
+                }
+            }
+        }
+    });
+    Ok(rx)
+}
+
+/// One side's scheduler round: `nodes` Nodes, then `pods` pods created by 32 clients while the
+/// scheduler binds them; pods/s from the first create to the last binding, and each pod's
+/// create-to-bound latency as a watch sees it.
+async fn scheduler_side(side: Running, nodes: usize, pods: usize, round: usize) -> anyhow::Result<Value> {
+    side.ready(Duration::from_secs(120)).await?;
+    let server = super::https_client(&side.kubeconfig)?.1;
+    let clients: Arc<Vec<super::HttpsClient>> = Arc::new(
+        (0..32)
+            .map(|_| super::https_client(&side.kubeconfig).map(|c| c.0))
+            .collect::<Result<_, _>>()?,
+    );
+    let url = Arc::new(format!("{server}/api/v1/nodes"));
+    let (c, u) = (clients.clone(), url.clone());
+    super::drive(nodes, 32, move |w, i| {
+        let (c, u) = (c.clone(), u.clone());
+        async move { post(&c[w], &u, &bench_node(i)).await }
+    })
+    .await?;
+    // Upstream's admission taints new nodes not-ready until its node lifecycle controller sees
+    // them Ready: pods are created once every node is free of taints.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let req = hyper::Request::get(format!("{server}/api/v1/nodes")).body(Default::default())?;
+        let body = http_body_util::BodyExt::collect(clients[0].request(req).await?.into_body()).await?;
+        let list: Value = serde_json::from_slice(&body.to_bytes())?;
+        let free = list["items"].as_array().map_or(0, |items| {
+            items
+                .iter()
+                .filter(|n| n["spec"]["taints"].as_array().is_none_or(Vec::is_empty))
+                .count()
+        });
+        if free >= nodes {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("{}: only {free} of {nodes} nodes lost their taints", side.system);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Pods need their namespace's default ServiceAccount (upstream's controller manager, not
+    // run here, would make it; Skiff has it already).
+    let sa = hyper::Request::post(format!("{server}/api/v1/namespaces/default/serviceaccounts"))
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}})
+                .to_string(),
+        )))?;
+    let status = clients[0].request(sa).await?.status();
+    if status != 201 && status != 409 {
+        bail!("creating the default ServiceAccount returned {status}");
+    }
+    let mut bindings = watch_bindings(&side.kubeconfig).await?;
+    let created: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let url = Arc::new(format!("{server}/api/v1/namespaces/default/pods"));
+    let start = Instant::now();
+    let mut creator = Some({
+        let (c, u, created) = (clients.clone(), url.clone(), created.clone());
+        tokio::spawn(super::drive(pods, 32, move |w, i| {
+            let (c, u, created) = (c.clone(), u.clone(), created.clone());
+            async move {
+                let pod = bench_pod(i);
+                let name = pod["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+                created
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("poisoned"))?
+                    .insert(name, Instant::now());
+                post(&c[w], &u, &pod).await
+            }
+        }))
+    });
+    let mut bound: HashMap<String, Instant> = HashMap::with_capacity(pods);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut last = start;
+    while bound.len() < pods && Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_secs(5), bindings.recv()).await {
+            Ok(Some((name, at))) => {
+                bound.entry(name).or_insert_with(|| {
+                    last = at;
+                    at
+                });
+            }
+            Ok(None) => bail!("{}'s pod watch ended", side.system),
+            Err(_) => {}
+        }
+        // A failed create ends the round at once.
+        if creator.as_ref().is_some_and(|c| c.is_finished())
+            && let Some(c) = creator.take()
+        {
+            c.await??;
+        }
+    }
+    if let Some(c) = creator {
+        c.await??;
+    }
+    let created = created.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+    let latencies: Vec<Duration> = bound
+        .iter()
+        .filter_map(|(name, at)| Some(at.saturating_duration_since(*created.get(name)?)))
+        .collect();
+    let mut v = super::summary(
+        side.system,
+        32,
+        bound.len(),
+        last.duration_since(start),
+        latencies,
+    );
+    v["nodes"] = json!(nodes);
+    v["pods"] = json!(pods);
+    v["round"] = json!(round);
+    Ok(v)
+}
+
+/// `rounds` rounds of both schedulers for each node count, the first side alternating. Both
+/// control planes run whole, their node lifecycle controllers told not to expect heartbeats from
+/// these nodes for an hour; kube-scheduler with the client rate limits scheduler_perf uses (5,000
+/// QPS) instead of the default 50, which would make the rate limiter the measurement.
+pub async fn scheduler(
+    control: &Path,
+    etcd: &Path,
+    bin: &Path,
+    node_counts: &[usize],
+    pods: usize,
+    rounds: usize,
+) -> anyhow::Result<Value> {
+    let mut out = Vec::new();
+    for round in 0..rounds {
+        for &nodes in node_counts {
+            for skiff_first in [round % 2 == 0, round % 2 != 0] {
+                let side = if skiff_first {
+                    skiff(control, &["--node-monitor-grace-period", "1h"])?
+                } else {
+                    upstream(
+                        etcd,
+                        bin,
+                        &["--node-monitor-grace-period=1h"],
+                        &["--kube-api-qps=5000", "--kube-api-burst=5000"],
+                    )?
+                };
+                let v = scheduler_side(side, nodes, pods, round).await?;
+                eprintln!("{}", serde_json::to_string(&v)?);
+                out.push(v);
+            }
         }
     }
     Ok(json!(out))
