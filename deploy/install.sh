@@ -22,6 +22,9 @@
 #   --run-dir DIR        pid files and logs without systemd (default /run/skiff)
 #   --unit-dir DIR       systemd units (default /etc/systemd/system)
 #   --skip-preflight     install even where `skiff-agent preflight` reports a failure
+#   --no-start           with --init systemd: install the binaries, configuration and units but
+#                        start nothing (an image prepared before its first boot, or units started
+#                        later with `systemctl enable --now skiff-control skiff-agent`)
 #
 # `PREFIX/bin/skiff-uninstall.sh` (installed beside the binaries) removes everything again.
 set -eu
@@ -44,6 +47,7 @@ state_dir=/var/lib/skiff
 run_dir=/run/skiff
 unit_dir=/etc/systemd/system
 skip_preflight=
+no_start=
 
 # Appends one word, shell-quoted, to the list named $1.
 append() {
@@ -71,7 +75,8 @@ while [ $# -gt 0 ]; do
         --run-dir) need_value "$@"; run_dir=$2; shift ;;
         --unit-dir) need_value "$@"; unit_dir=$2; shift ;;
         --skip-preflight) skip_preflight=1 ;;
-        -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --no-start) no_start=1 ;;
+        -h|--help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
     shift
@@ -91,8 +96,11 @@ if [ -z "$init" ]; then
     if [ -d /run/systemd/system ]; then init=systemd; else init=none; fi
 fi
 case "$init" in systemd|none) ;; *) die "--init must be systemd or none" ;; esac
-if [ "$init" = systemd ] && [ ! -d /run/systemd/system ]; then
-    die "--init systemd: systemd does not run on this host (use --init none)"
+if [ -n "$no_start" ] && [ "$init" != systemd ]; then
+    die "--no-start needs --init systemd (without systemd, this script is what starts the processes)"
+fi
+if [ "$init" = systemd ] && [ -z "$no_start" ] && [ ! -d /run/systemd/system ]; then
+    die "--init systemd: systemd does not run on this host (use --init none, or --no-start to only write the units)"
 fi
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -108,8 +116,9 @@ bin=$prefix/bin
 control_data=$state_dir/control
 agent_data=$state_dir/agent
 
-say "pre-flight checks"
-if ! "$bin_dir/skiff-agent" preflight; then
+if [ -n "$no_start" ]; then
+    say "no pre-flight checks: nothing starts here (--no-start); \`skiff-agent preflight\` runs them where it starts"
+elif say "pre-flight checks" && ! "$bin_dir/skiff-agent" preflight; then
     [ -n "$skip_preflight" ] || die "a pre-flight check failed (above); fix it, or pass --skip-preflight"
     say "continuing despite the failed check (--skip-preflight)"
 fi
@@ -231,7 +240,7 @@ wait_api() { # log
     done
 }
 
-if [ "$mode" = server ] && ! command -v curl > /dev/null; then
+if [ "$mode" = server ] && [ -z "$no_start" ] && ! command -v curl > /dev/null; then
     die "curl is needed to wait for the API server (apt-get install curl)"
 fi
 
@@ -242,6 +251,14 @@ if [ "$init" = systemd ]; then
         write_unit skiff-agent "Skiff node agent (kubelet and service proxy)" "skiff-control.service" SKIFF_AGENT_ARGS
     else
         write_unit skiff-agent "Skiff node agent (kubelet and service proxy)" "" SKIFF_AGENT_ARGS
+    fi
+    if [ -n "$no_start" ]; then
+        [ -d /run/systemd/system ] && systemctl daemon-reload
+        units=skiff-agent
+        [ "$mode" = server ] && units="skiff-control skiff-agent"
+        say "units written to $unit_dir, not started (--no-start): systemctl enable --now $units"
+        say "remove everything with $bin/skiff-uninstall.sh"
+        exit 0
     fi
     systemctl daemon-reload
     if [ "$mode" = server ]; then

@@ -58,13 +58,18 @@ stop_plain() { # name
 }
 
 if [ "$SKIFF_INIT" = systemd ]; then
+    # Units written with --no-start on a host systemd does not run: there is nothing to stop.
+    running=
+    [ -d /run/systemd/system ] && running=1
     for unit in skiff-agent skiff-control; do
         [ -f "$SKIFF_UNIT_DIR/$unit.service" ] || continue
-        say "stopping $unit"
-        systemctl disable --now "$unit.service" || true
+        if [ -n "$running" ]; then
+            say "stopping $unit"
+            systemctl disable --now "$unit.service" || true
+        fi
         rm -f "$SKIFF_UNIT_DIR/$unit.service"
     done
-    systemctl daemon-reload || true
+    [ -z "$running" ] || systemctl daemon-reload || true
 else
     stop_plain skiff-agent
     stop_plain skiff-control

@@ -7,7 +7,8 @@
 #   test: also a registry on loopback (docker-registry, skopeo), busybox-static (the test image),
 #         bpftool (the proxy tests dump its maps), qemu-system-x86 (the pure cgroup v2 machine) and
 #         python3-venv (the official Python client runs in a pod from a venv), etcd-client (etcdctl
-#         against the store's etcd API), and rustfmt/clippy.
+#         against the store's etcd API), systemd (systemd-analyze verifies the install units) and
+#         rustfmt/clippy.
 #   bench: what test needs, and the peers measured beside Skiff (etcd-server, runc, crun,
 #         iptables).
 #   peers: what bench needs, and what builds and runs the real upstream components
@@ -17,7 +18,7 @@ set -euo pipefail
 want=${1:?usage: prerequisites.sh up|test|bench|peers}
 packages=(libseccomp-dev pkg-config curl nftables iproute2)
 if [ "$want" = test ] || [ "$want" = bench ] || [ "$want" = peers ]; then
-  packages+=(busybox-static docker-registry skopeo bpftool qemu-system-x86 python3-venv etcd-client)
+  packages+=(busybox-static docker-registry skopeo bpftool qemu-system-x86 python3-venv etcd-client systemd)
 fi
 if [ "$want" = bench ] || [ "$want" = peers ]; then
   packages+=(etcd-server runc crun iptables)

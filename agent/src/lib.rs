@@ -27,3 +27,4 @@ pub mod proxy;
 pub mod runtime;
 pub mod server;
 pub mod uninstall;
+pub mod upgrade;

@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::Parser;
 use skiff_agent::network::{api_relay, dns, pod_net};
 use skiff_agent::runtime::{cgroups, shim};
-use skiff_agent::{image, node, pods, proxy, server, uninstall};
+use skiff_agent::{image, node, pods, proxy, server, uninstall, upgrade};
 
 /// Skiff's node agent.
 #[derive(Debug, Parser)]
@@ -367,6 +367,12 @@ fn main() {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     skiff_common::logging::init(args.log_format, "");
+    // Before any child of this image exists, and before SIGUSR2 could end the agent.
+    upgrade::reap_inherited_children();
+    tokio::spawn(upgrade::listen(
+        args.data_dir.clone(),
+        std::env::args_os().collect(),
+    )?);
     skiff_agent::node::capacity::set_storage_dir(&args.data_dir);
     let token = match (&args.token, &args.token_file) {
         (Some(t), _) => t.clone(),
@@ -403,6 +409,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let port = listener.local_addr()?.port();
     let tls = server::tls_config(&creds.ca, &creds.cert, &creds.key)?;
     tokio::spawn(server::serve(listener, tls, args.data_dir.clone()));
+    upgrade::write_pid(&args.data_dir)?;
     skiff_agent::memory::start_trimming();
     skiff_agent::runtime::stats::start(args.data_dir.clone(), args.cgroup_root.clone(), name.clone());
     tokio::spawn(server::tunnel::run(api.clone(), args.data_dir.clone()));

@@ -55,7 +55,7 @@ fn tar_add(builder: &mut Vec<u8>, path: &str, kind: u8, mode: u32, data: &[u8], 
 
 fn gzip(data: &[u8]) -> Vec<u8> {
     let out = Command::new("gzip")
-        .args(["-c", "-n"])
+        .args(["-c", "-n", "-1"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -75,7 +75,7 @@ fn gzip(data: &[u8]) -> Vec<u8> {
 const APPLETS: &[&str] = &[
     "sh", "echo", "cat", "sleep", "ls", "env", "id", "hostname", "wget", "nc", "httpd", "mkdir", "rm",
     "tail", "head", "true", "false", "test", "grep", "tar", "dd", "date", "seq", "touch", "kill", "ps",
-    "printf", "sync",
+    "printf", "sync", "cmp", "cp", "mv",
 ];
 
 /// Writes an OCI-layout archive of a busybox image (from the host's static busybox) into `dir`;
@@ -89,6 +89,12 @@ pub fn busybox_oci_archive(dir: &Path) -> PathBuf {
 
 /// [`busybox_oci_archive`] with `env` as the image config's environment.
 pub fn busybox_oci_archive_with_env(dir: &Path, env: &[&str]) -> PathBuf {
+    busybox_oci_archive_with_files(dir, env, &[])
+}
+
+/// [`busybox_oci_archive_with_env`] with more executable files: `(path in the image, content)`,
+/// each under a directory the image has (`usr/local/bin/` is added).
+pub fn busybox_oci_archive_with_files(dir: &Path, env: &[&str], files: &[(&str, &[u8])]) -> PathBuf {
     let busybox = std::fs::read("/bin/busybox").expect("/bin/busybox (Debian's busybox-static) is needed");
     let mut layer = Vec::new();
     for d in [
@@ -104,6 +110,14 @@ pub fn busybox_oci_archive_with_env(dir: &Path, env: &[&str]) -> PathBuf {
         );
     }
     tar_add(&mut layer, "bin/busybox", b'0', 0o755, &busybox, "");
+    if !files.is_empty() {
+        for d in ["usr/", "usr/local/", "usr/local/bin/"] {
+            tar_add(&mut layer, d, b'5', 0o755, &[], "");
+        }
+    }
+    for (path, data) in files {
+        tar_add(&mut layer, path, b'0', 0o755, data, "");
+    }
     for a in APPLETS {
         tar_add(&mut layer, &format!("bin/{a}"), b'2', 0o777, &[], "busybox");
     }

@@ -913,3 +913,145 @@ fn preflight_checks_say_one_line_each_and_fail_on_a_taken_port() {
         "{text}"
     );
 }
+
+/// `deploy/agent-daemonset.yaml` rolls new agent binaries out through `kubectl apply`: its pod
+/// hands its image's binary to the node's agent, which re-executes in place (same pid), and the
+/// pod is Ready once the agent runs it; a second version rolls over the first. A workload pod
+/// runs on throughout, never restarted, and still answers `kubectl exec`.
+#[test]
+fn the_agent_daemonset_rolls_new_binaries_out_in_place_and_pods_keep_running() {
+    use skiff_tests::node::Cluster;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The agent runs from a copy (which the upgrade replaces), without debug sections to keep the
+    // images small.
+    let bin = dir.path().join("skiff-agent");
+    let stripped = Command::new("strip")
+        .arg("--strip-debug")
+        .arg(agent_bin())
+        .arg("-o")
+        .arg(&bin)
+        .bounded_output()
+        .expect("running strip (binutils)");
+    assert!(stripped.status.success(), "{stripped:?}");
+    let v1 = std::fs::read(&bin).expect("the agent's copy");
+    let k = Cluster::start_with_agent(&bin);
+    let pid = k.node.pid().expect("the agent runs");
+    let data = k.node.data_dir();
+    let pid_file = std::fs::read_to_string(data.join("agent.pid")).expect("the agent's pid file");
+    assert_eq!(pid_file.trim(), pid.to_string());
+
+    let image = k.registry.busybox();
+    k.c.ok(&["run", "workload", "--image", &image, "--", "sleep", "3600"]);
+    let container_id = || {
+        k.c.ok(&["get", "pod", "workload", "-o", "jsonpath={.status.containerStatuses[0].containerID} {.status.containerStatuses[0].restartCount} {.status.phase}"])
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !container_id().ends_with(" 0 Running") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the workload never ran: {}",
+            k.node.log()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let before = container_id();
+
+    // Each version is the binary with a different trailer (ELF ignores it): a different file that
+    // runs the same.
+    let version = |n: u32| {
+        let mut bytes = v1.clone();
+        bytes.extend_from_slice(format!("\nskiff-test-version-{n}\n").as_bytes());
+        let images = tempfile::tempdir().expect("tempdir");
+        let archive = skiff_tests::image::busybox_oci_archive_with_files(
+            images.path(),
+            &["PATH=/usr/local/bin:/bin"],
+            &[("usr/local/bin/skiff-agent", &bytes)],
+        );
+        let name = format!("skiff/agent:{n}");
+        k.registry.push(&archive, &name);
+        (format!("{}/{name}", k.registry.host), bytes)
+    };
+    let manifest = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/agent-daemonset.yaml"),
+    )
+    .expect("deploy/agent-daemonset.yaml");
+    assert!(manifest.contains("image: registry.example.com/skiff/agent:0.1.0"));
+    for n in [2, 3] {
+        let (reference, bytes) = version(n);
+        let yaml = manifest
+            .replace("registry.example.com/skiff/agent:0.1.0", &reference)
+            .replace("/var/lib/skiff/agent", &data.display().to_string());
+        k.c.ok_stdin(&["apply", "-f", "-"], &yaml);
+        let rolled = k.c.ok(&[
+            "-n",
+            "kube-system",
+            "rollout",
+            "status",
+            "daemonset/skiff-agent",
+            "--timeout=180s",
+        ]);
+        assert!(rolled.contains("successfully rolled out"), "{rolled}");
+        let exe = std::fs::read(format!("/proc/{pid}/exe")).expect("the agent still runs, same pid");
+        assert!(
+            exe == bytes,
+            "version {n}: the agent (pid {pid}) does not run the new binary: {}",
+            k.node.log()
+        );
+        assert!(
+            std::fs::read(&bin).expect("the agent's binary") == bytes,
+            "the binary on disk is replaced"
+        );
+        // The old version's pod goes (its grace period is short).
+        let pods = || {
+            k.c.ok(&[
+                "-n",
+                "kube-system",
+                "get",
+                "pods",
+                "-l",
+                "app.kubernetes.io/name=skiff-agent",
+                "-o",
+                "jsonpath={.items[*].spec.containers[0].image}",
+            ])
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while pods() != reference {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "one handover pod, of the new version: {}",
+                pods()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        assert_eq!(container_id(), before, "the workload was not restarted");
+        assert_eq!(
+            k.c.ok(&["exec", "workload", "--", "echo", "still here"]),
+            "still here\n"
+        );
+    }
+    assert!(wait_for_ready(&k.c, &k.node.name, "True"), "the node stays Ready");
+    // The shims the first image started are the new image's children: it reaps them, so the pod
+    // stops and leaves no zombie.
+    k.c.ok(&["delete", "pod", "workload", "--timeout=60s"]);
+    let zombies = || {
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+            .filter(|stat| {
+                let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+                let fields: Vec<&str> = rest.split_whitespace().collect();
+                fields.first() == Some(&"Z") && fields.get(1) == Some(&pid.to_string().as_str())
+            })
+            .count()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while zombies() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent leaves zombie children"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}

@@ -280,3 +280,92 @@ fn install_script_runs_a_server_and_the_uninstaller_leaves_nothing_behind() {
     let after = snapshot(&root, &netns, &prefix);
     assert_eq!(before, after, "the uninstaller left something behind");
 }
+
+/// The units `install.sh --init systemd` writes pass `systemd-analyze verify` with nothing to say
+/// (it exits 0 even on unknown keys and bad values, so its messages are what is checked), for a
+/// server and for an agent; written with `--no-start` on this host, which systemd does not run, and
+/// removed again by the uninstaller.
+#[test]
+fn systemd_units_pass_systemd_analyze_verify() {
+    let prefix = unique_prefix();
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("{prefix}-units-"))
+        .tempdir()
+        .expect("tempdir");
+    let bin_dir = control_bin().parent().expect("target dir").to_owned();
+    assert!(agent_bin().exists());
+    for mode in ["--server", "--agent"] {
+        let root = dir.path().join(mode.trim_start_matches('-'));
+        for d in ["usr/local/bin", "etc/systemd/system", "var/lib", "run"] {
+            std::fs::create_dir_all(root.join(d)).expect("host layout");
+        }
+        let before = tree(&root);
+        let r = |p: &str| root.join(p).display().to_string();
+        let mut install = Command::new("sh");
+        install
+            .arg(script("install.sh"))
+            .args([mode, "--init", "systemd", "--no-start"])
+            .arg("--bin-dir")
+            .arg(&bin_dir)
+            .args(["--prefix", &r("usr/local"), "--config-dir", &r("etc/skiff")])
+            .args(["--state-dir", &r("var/lib/skiff"), "--run-dir", &r("run/skiff")])
+            .args(["--unit-dir", &r("etc/systemd/system")]);
+        if mode == "--server" {
+            install.args(["--control-arg", "--listen", "--control-arg", "127.0.0.1:6443"]);
+        } else {
+            install.args(["--url", "https://127.0.0.1:6443", "--token", "K10::node:secret"]);
+        }
+        // What the uninstaller hands `skiff-agent uninstall`: names only this test uses; and a
+        // value that needs quoting on its way through install.env into the unit's command line.
+        for a in [
+            "--bridge".to_string(),
+            format!("{prefix}br"),
+            "--cgroup-root".into(),
+            prefix.clone(),
+            "--bpf-dir".into(),
+            dir.path().join("bpf").display().to_string(),
+            "--node-name".into(),
+            "it's a \"node\" $HOME".into(),
+        ] {
+            install.args(["--agent-arg", &a]);
+        }
+        let installed = run(&mut install);
+        assert!(installed.contains("not started (--no-start)"), "{installed}");
+        let units: Vec<PathBuf> = match mode {
+            "--server" => vec![
+                r("etc/systemd/system/skiff-control.service").into(),
+                r("etc/systemd/system/skiff-agent.service").into(),
+            ],
+            _ => vec![r("etc/systemd/system/skiff-agent.service").into()],
+        };
+        for unit in &units {
+            let text = std::fs::read_to_string(unit).expect("unit written");
+            let name = unit
+                .file_stem()
+                .expect("unit name")
+                .to_string_lossy()
+                .into_owned();
+            assert!(
+                text.contains(&format!("{}/{name} ", r("usr/local/bin"))),
+                "{unit:?} runs the installed binary: {text}"
+            );
+        }
+        let verify = Command::new("systemd-analyze")
+            .arg("verify")
+            .args(&units)
+            .bounded_output()
+            .expect("running systemd-analyze verify");
+        assert!(
+            verify.status.success() && verify.stderr.is_empty() && verify.stdout.is_empty(),
+            "systemd-analyze verify {units:?}: {verify:?}"
+        );
+
+        let removed = run(&mut Command::new(root.join("usr/local/bin/skiff-uninstall.sh")));
+        assert!(removed.contains("removed"), "{removed}");
+        assert_eq!(
+            before,
+            tree(&root),
+            "the uninstaller left something of {mode} behind"
+        );
+    }
+}

@@ -24,3 +24,8 @@ pub fn command(subcommand: &str) -> tokio::process::Command {
     cmd.arg0(path()).arg(subcommand);
     cmd
 }
+
+/// The path the agent's binary was started from (what an in-place upgrade replaces).
+pub fn binary() -> &'static std::path::Path {
+    path()
+}

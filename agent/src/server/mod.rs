@@ -147,7 +147,9 @@ where
     let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
         let data_dir = data_dir.clone();
         async move {
-            if !allowed {
+            // Health is no secret: probes (the agent DaemonSet's readiness) ask without a
+            // certificate.
+            if !allowed && req.uri().path() != "/healthz" {
                 return Ok::<_, Infallible>(text(StatusCode::FORBIDDEN, "Forbidden"));
             }
             Ok(handle(&data_dir, req).await)

@@ -183,6 +183,14 @@ impl Host {
             seccomp,
         };
         let mut config = spec::build(&plan);
+        // hostPID and hostIPC: the host's processes (its /proc too) and its IPC objects.
+        for (field, kind) in [("hostPID", "pid"), ("hostIPC", "ipc")] {
+            if pod["spec"][field].as_bool() == Some(true)
+                && let Some(ns) = config["linux"]["namespaces"].as_array_mut()
+            {
+                ns.retain(|n| n["type"].as_str() != Some(kind));
+            }
+        }
         if host_network(pod)
             && let Some(ns) = config["linux"]["namespaces"].as_array_mut()
         {
