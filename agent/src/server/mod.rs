@@ -147,9 +147,7 @@ where
     let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
         let data_dir = data_dir.clone();
         async move {
-            // Health is no secret: probes (the agent DaemonSet's readiness) ask without a
-            // certificate.
-            if !allowed && req.uri().path() != "/healthz" {
+            if !allowed {
                 return Ok::<_, Infallible>(text(StatusCode::FORBIDDEN, "Forbidden"));
             }
             Ok(handle(&data_dir, req).await)
