@@ -104,10 +104,8 @@ pub async fn run_once(target: &Target, probe: &Value) -> Result<(), String> {
             .unwrap_or(&target.ip)
             .to_string();
         let path = h["path"].as_str().unwrap_or("/");
-        if h["scheme"].as_str() == Some("HTTPS") {
-            // Upstream does not verify the certificate either; a TLS handshake is out of scope here.
-            return tcp(&host, p, timeout).await;
-        }
+        let https = h["scheme"].as_str() == Some("HTTPS");
+        let url = format!("{}://{host}:{p}{path}", if https { "https" } else { "http" });
         let mut req = format!(
             "GET {path} HTTP/1.1\r\nHost: {host}:{p}\r\nUser-Agent: kube-probe/1.32\r\nAccept: */*\r\nConnection: close\r\n"
         );
@@ -120,29 +118,31 @@ pub async fn run_once(target: &Target, probe: &Value) -> Result<(), String> {
         }
         req.push_str("\r\n");
         let attempt = async {
-            let mut s = crate::network::pod_net::tcp_connect(&host, p)
+            let tcp = crate::network::pod_net::tcp_connect(&host, p)
                 .await
-                .map_err(|e| format!("Get \"http://{host}:{p}{path}\": {e}"))?;
-            s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
-            let mut buf = vec![0u8; 1024];
-            let n = s.read(&mut buf).await.map_err(|e| e.to_string())?;
-            let line = String::from_utf8_lossy(&buf[..n]);
-            let code: u16 = line
-                .split_whitespace()
-                .nth(1)
-                .and_then(|c| c.parse().ok())
-                .ok_or("malformed HTTP response")?;
+                .map_err(|e| format!("Get \"{url}\": {e}"))?;
+            let code = if https {
+                // As upstream: TLS without verifying the certificate (a pod's is self-signed).
+                let name = rustls::pki_types::ServerName::try_from(host.clone())
+                    .map_err(|e| format!("Get \"{url}\": {e}"))?;
+                let tls = tokio_rustls::TlsConnector::from(insecure_tls())
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| format!("Get \"{url}\": {e}"))?;
+                status_code(tls, &req).await
+            } else {
+                status_code(tcp, &req).await
+            }
+            .map_err(|e| format!("Get \"{url}\": {e}"))?;
             if (200..400).contains(&code) {
                 Ok(())
             } else {
                 Err(format!("HTTP probe failed with statuscode: {code}"))
             }
         };
-        return tokio::time::timeout(timeout, attempt).await.unwrap_or_else(|_| {
-            Err(format!(
-                "Get \"http://{host}:{p}{path}\": context deadline exceeded"
-            ))
-        });
+        return tokio::time::timeout(timeout, attempt)
+            .await
+            .unwrap_or_else(|_| Err(format!("Get \"{url}\": context deadline exceeded")));
     }
     if let Some(t) = probe.get("tcpSocket") {
         let p = port(target, &t["port"]).ok_or("invalid port")?;
@@ -162,6 +162,91 @@ pub async fn run_once(target: &Target, probe: &Value) -> Result<(), String> {
         return grpc(&target.ip, p, service, timeout).await;
     }
     Ok(())
+}
+
+/// Sends `req` and reads the status code of the answer's first line.
+async fn status_code<S>(mut s: S, req: &str) -> Result<u16, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; 1024];
+    let mut n = 0;
+    // The status line may come in pieces (TLS records): read until its end or the buffer's.
+    while n < buf.len() && !buf[..n].contains(&b'\n') {
+        match s.read(&mut buf[n..]).await.map_err(|e| e.to_string())? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    String::from_utf8_lossy(&buf[..n])
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| "malformed HTTP response".to_string())
+}
+
+/// A TLS client that accepts any certificate (upstream's probes set `InsecureSkipVerify`), while
+/// still checking the handshake's signatures.
+fn insecure_tls() -> Arc<rustls::ClientConfig> {
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    #[derive(Debug)]
+    struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+    impl ServerCertVerifier for AnyCertificate {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+    static CONFIG: std::sync::OnceLock<Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .expect("ring supports the default TLS versions")
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+                .with_no_client_auth();
+            Arc::new(config)
+        })
+        .clone()
 }
 
 /// A gRPC probe: `grpc.health.v1.Health/Check` for `service` over plaintext HTTP/2, from the node's
@@ -379,4 +464,88 @@ pub async fn run(target: Target, verdict: Arc<Mutex<Verdict>>, wake: Arc<Notify>
         }
     };
     tokio::join!(readiness_loop, liveness_loop);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn target() -> Target {
+        Target {
+            ip: "127.0.0.1".into(),
+            container: json!({}),
+            root: PathBuf::new(),
+            id: String::new(),
+            pid: 0,
+            grace: Duration::from_secs(1),
+        }
+    }
+
+    /// Answers each connection with 200 on `/ok` and 500 otherwise, over TLS with a self-signed
+    /// certificate when `tls`; returns the port.
+    async fn server(tls: bool) -> u16 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let acceptor = tls.then(|| {
+            let cert = rcgen::generate_simple_self_signed(vec!["pod.local".into()]).unwrap();
+            let key = rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).unwrap();
+            let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.cert.der().clone()], key)
+            .unwrap();
+            tokio_rustls::TlsAcceptor::from(Arc::new(config))
+        });
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    async fn answer<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut s: S) {
+                        let mut buf = vec![0u8; 1024];
+                        let n = s.read(&mut buf).await.unwrap_or(0);
+                        let ok = String::from_utf8_lossy(&buf[..n]).starts_with("GET /ok ");
+                        let line = if ok { "200 OK" } else { "500 Internal Server Error" };
+                        let _ = s
+                            .write_all(format!("HTTP/1.1 {line}\r\nContent-Length: 0\r\n\r\n").as_bytes())
+                            .await;
+                        let _ = s.shutdown().await;
+                    }
+                    match acceptor {
+                        Some(a) => {
+                            if let Ok(s) = a.accept(tcp).await {
+                                answer(s).await;
+                            }
+                        }
+                        None => answer(tcp).await,
+                    }
+                });
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn https_probes_speak_tls_without_verifying_and_read_the_status() {
+        let https = server(true).await;
+        let http = server(false).await;
+        let probe = |scheme: &str, port: u16, path: &str| json!({"httpGet": {"scheme": scheme, "port": port, "path": path}, "timeoutSeconds": 5});
+        let t = target();
+        assert_eq!(run_once(&t, &probe("HTTPS", https, "/ok")).await, Ok(()));
+        let failed = run_once(&t, &probe("HTTPS", https, "/broken")).await;
+        assert_eq!(failed, Err("HTTP probe failed with statuscode: 500".into()));
+        assert_eq!(run_once(&t, &probe("HTTP", http, "/ok")).await, Ok(()));
+        // A plain HTTP server does not pass an HTTPS probe (it did when HTTPS was a TCP connect).
+        let plain = run_once(&t, &probe("HTTPS", http, "/ok")).await;
+        assert!(
+            plain
+                .as_ref()
+                .is_err_and(|e| e.starts_with(&format!("Get \"https://127.0.0.1:{http}/ok\""))),
+            "{plain:?}"
+        );
+    }
 }
