@@ -96,10 +96,26 @@ impl Stale {
     }
 }
 
-/// The UDP backends that `before` had and `after` lacks, for one service port.
+/// The UDP backends that `before` had and `after` lacks, for one service port; and, when the
+/// port gains its first backends, the flows to it that no rule translated (a client that sent
+/// before the port had a backend keeps its untranslated entry for as long as it keeps sending,
+/// and would never reach one: upstream's kube-proxy deletes those too). Such a flow answers from
+/// the service address itself, so it is matched as a "backend" at the service's address and port.
 pub fn stale(key: &ServiceKey, before: Option<&Entry>, after: Option<&Entry>) -> Vec<Stale> {
     if key.protocol != PROTO_UDP {
         return Vec::new();
+    }
+    let had = before.is_some_and(|b| !b.backends.is_empty());
+    let has = after.is_some_and(|a| !a.backends.is_empty());
+    if !had && has {
+        return vec![Stale {
+            service: *key,
+            backend: Backend {
+                addr: key.addr,
+                port: key.port,
+                pad: 0,
+            },
+        }];
     }
     let Some(before) = before else {
         return Vec::new();
@@ -407,8 +423,24 @@ mod tests {
             ]
         );
         assert_eq!(stale(&k, Some(&entry(&[2])), None).len(), 1);
-        assert!(stale(&k, None, Some(&entry(&[2]))).is_empty());
         assert!(stale(&key(PROTO_TCP), Some(&entry(&[2])), None).is_empty());
+        assert!(stale(&k, Some(&entry(&[])), Some(&entry(&[]))).is_empty());
+    }
+
+    #[test]
+    fn a_port_gaining_its_first_backend_drops_the_flows_no_rule_translated() {
+        let k = key(PROTO_UDP);
+        for before in [None, Some(entry(&[]))] {
+            let s = stale(&k, before.as_ref(), Some(&entry(&[2])));
+            assert_eq!(s.len(), 1);
+            // Sent before there was a backend: its answers would come from the service address.
+            let mut untranslated = flow(2);
+            untranslated.reply.src = Ipv4Addr::new(10, 96, 0, 10);
+            untranslated.reply.sport = 53;
+            assert!(s[0].matches(&untranslated));
+            assert!(!s[0].matches(&flow(2)), "a translated flow stays");
+        }
+        assert!(stale(&key(PROTO_TCP), None, Some(&entry(&[2]))).is_empty());
     }
 
     #[test]
