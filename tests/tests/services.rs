@@ -27,7 +27,8 @@ trait ServiceCluster {
 
 impl ServiceCluster for Cluster {
     fn wait(&self, what: &str, mut check: impl FnMut() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(90);
+        // Generous: the suite also runs in the cgroup v2 machine, on an emulated CPU.
+        let deadline = Instant::now() + Duration::from_secs(180);
         while !check() {
             if Instant::now() > deadline {
                 let pods = self.c.kubectl(&["get", "pods", "-o", "wide"]);

@@ -330,9 +330,7 @@ fn test(args: &[String]) -> anyhow::Result<()> {
 /// service planes (eBPF hooks on cgroup2 and tc on a kernel without TCX; nftables with that
 /// kernel). The pods suite's API-side tests (proxies, aggregation, the autoscaler's minutes of
 /// scaling, ...) do not depend on the cgroup mode and run on the host only: under emulation they
-/// took a third of the CI run. The UDP services test runs on the host only for now: under
-/// emulation it fails now and then at a step the host always passes (a client flow still answered
-/// by the backend that left, in either plane), which is being looked into; it is not cgroup-bound.
+/// took a third of the CI run.
 const VM_SUITES: [(&str, &[&str]); 2] = [
     (
         "pods",
@@ -346,7 +344,10 @@ const VM_SUITES: [(&str, &[&str]); 2] = [
             "outgrowing_their_local_storage",
         ],
     ),
-    ("services", &["cluster_ip_balances", "dns_names_resolve"]),
+    (
+        "services",
+        &["cluster_ip_balances", "dns_names_resolve", "udp_services"],
+    ),
 ];
 
 fn test_vm(filter: Option<&str>) -> anyhow::Result<()> {
