@@ -344,8 +344,12 @@ async fn creates(
                     .header("content-type", "application/json")
                     .body(http_body_util::Full::new(bytes::Bytes::from(body.to_string())))?;
                 let resp = client.request(req).await?;
-                if resp.status() != 201 {
-                    bail!("create returned {}", resp.status());
+                let status = resp.status();
+                // Read the answer to its end: a dropped body resets its stream, and a server that
+                // still sends it (Go's) makes h2 end the connection after 1024 such resets.
+                http_body_util::BodyExt::collect(resp.into_body()).await?;
+                if status != 201 {
+                    bail!("create returned {status}");
                 }
                 Ok(())
             }

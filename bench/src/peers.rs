@@ -331,8 +331,11 @@ async fn post(client: &super::HttpsClient, url: &str, body: &Value) -> anyhow::R
         .header("content-type", "application/json")
         .body(http_body_util::Full::new(bytes::Bytes::from(body.to_string())))?;
     let resp = client.request(req).await?;
-    if resp.status() != 201 {
-        bail!("POST {url} returned {}", resp.status());
+    let status = resp.status();
+    // Read to the end (see `creates`): a dropped body resets the stream.
+    http_body_util::BodyExt::collect(resp.into_body()).await?;
+    if status != 201 {
+        bail!("POST {url} returned {status}");
     }
     Ok(())
 }
