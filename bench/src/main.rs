@@ -291,6 +291,22 @@ fn https_client(kubeconfig: &Path) -> anyhow::Result<(HttpsClient, String)> {
     Ok((client, server))
 }
 
+/// POSTs `body` to `url`; fails unless the answer is 201 Created.
+async fn create(client: &HttpsClient, url: &str, body: &Value) -> anyhow::Result<()> {
+    let req = hyper::Request::post(url)
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(body.to_string())))?;
+    let resp = client.request(req).await?;
+    let status = resp.status();
+    // Read the answer to its end: a dropped body resets its stream, and a server that still sends
+    // it (Go's) makes h2 end the connection after 1024 such resets.
+    http_body_util::BodyExt::collect(resp.into_body()).await?;
+    if status != 201 {
+        bail!("POST {url} returned {status}");
+    }
+    Ok(())
+}
+
 /// Waits until the API server of `kubeconfig` (once the file exists) answers `/readyz`.
 async fn wait_ready(kubeconfig: &Path, patience: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + patience;
@@ -340,18 +356,7 @@ async fn creates(
                     "metadata": {"name": name, "labels": {"bench": "api"}},
                     "data": {"payload": "x".repeat(VALUE_SIZE)},
                 });
-                let req = hyper::Request::post(url.as_str())
-                    .header("content-type", "application/json")
-                    .body(http_body_util::Full::new(bytes::Bytes::from(body.to_string())))?;
-                let resp = client.request(req).await?;
-                let status = resp.status();
-                // Read the answer to its end: a dropped body resets its stream, and a server that
-                // still sends it (Go's) makes h2 end the connection after 1024 such resets.
-                http_body_util::BodyExt::collect(resp.into_body()).await?;
-                if status != 201 {
-                    bail!("create returned {status}");
-                }
-                Ok(())
+                create(&client, &url, &body).await
             }
         })
         .await?;

@@ -325,21 +325,6 @@ pub async fn api(control: &Path, etcd: &Path, bin: &Path, rounds: usize) -> anyh
     Ok(json!(out))
 }
 
-/// POSTs `body` to `url`; anything but 201 Created is an error.
-async fn post(client: &super::HttpsClient, url: &str, body: &Value) -> anyhow::Result<()> {
-    let req = hyper::Request::post(url)
-        .header("content-type", "application/json")
-        .body(http_body_util::Full::new(bytes::Bytes::from(body.to_string())))?;
-    let resp = client.request(req).await?;
-    let status = resp.status();
-    // Read to the end (see `creates`): a dropped body resets the stream.
-    http_body_util::BodyExt::collect(resp.into_body()).await?;
-    if status != 201 {
-        bail!("POST {url} returned {status}");
-    }
-    Ok(())
-}
-
 /// The Node objects of the scheduler benchmark, as `skiff-bench scheduler` makes them: equal
 /// nodes in 10 zones, Ready, with room for 110 pods.
 fn bench_node(i: usize) -> Value {
@@ -429,7 +414,7 @@ async fn scheduler_side(side: Running, nodes: usize, pods: usize, round: usize) 
     let (c, u) = (clients.clone(), url.clone());
     super::drive(nodes, 32, move |w, i| {
         let (c, u) = (c.clone(), u.clone());
-        async move { post(&c[w], &u, &bench_node(i)).await }
+        async move { super::create(&c[w], &u, &bench_node(i)).await }
     })
     .await?;
     // Upstream's admission taints new nodes not-ready until its node lifecycle controller sees
@@ -480,7 +465,7 @@ async fn scheduler_side(side: Running, nodes: usize, pods: usize, round: usize) 
                     .lock()
                     .map_err(|_| anyhow::anyhow!("poisoned"))?
                     .insert(name, Instant::now());
-                post(&c[w], &u, &pod).await
+                super::create(&c[w], &u, &pod).await
             }
         }))
     });

@@ -546,6 +546,27 @@ fn spread(mut values: Vec<f64>) -> (f64, f64, f64) {
     }
 }
 
+/// The cells of one peer table row after its labels: Skiff's and upstream's median [lowest–highest]
+/// (each divided by `scale`, followed by `unit`) and Skiff ÷ upstream.
+fn peer_cells(skiff: (f64, f64, f64), upstream: (f64, f64, f64), scale: f64, unit: &str) -> String {
+    let fmt = |v: f64| {
+        let v = v / scale;
+        if v >= 100.0 {
+            format!("{v:.0}")
+        } else {
+            format!("{v:.1}")
+        }
+    };
+    let cell =
+        |(median, low, high): (f64, f64, f64)| format!("{}{unit} [{}–{}]", fmt(median), fmt(low), fmt(high));
+    let ratio = if upstream.0 > 0.0 {
+        format!("{:.2}×", skiff.0 / upstream.0)
+    } else {
+        "–".into()
+    };
+    format!("{} | {} | {ratio}", cell(skiff), cell(upstream))
+}
+
 /// `cargo xtask bench peers`: Skiff beside the real upstream components, built here.
 pub fn peers(root: &Path, cargo: impl Fn() -> Command) -> anyhow::Result<()> {
     let etcd = ["/usr/bin/etcd", "/usr/local/bin/etcd"]
@@ -559,22 +580,26 @@ pub fn peers(root: &Path, cargo: impl Fn() -> Command) -> anyhow::Result<()> {
     build_release(root, &cargo, &["skiff-control", "skiff-bench"])?;
     let bin = root.join("target/release");
     let rounds = 3;
-    let started = std::time::Instant::now();
-    let out = run_json(
-        Command::new(bin.join("skiff-bench"))
-            .args([
-                "peers-api",
-                "--etcd",
-                etcd,
-                "--rounds",
-                &rounds.to_string(),
-                "--control",
-            ])
-            .arg(bin.join("skiff-control"))
-            .arg("--upstream-bin")
-            .arg(&upstream),
-    )?;
-    let minutes = started.elapsed().as_secs_f64() / 60.0;
+    // Runs one `skiff-bench peers-*` part; its output and how many minutes it took.
+    let part = |subcommand: &str| -> anyhow::Result<(serde_json::Value, f64)> {
+        let started = std::time::Instant::now();
+        let out = run_json(
+            Command::new(bin.join("skiff-bench"))
+                .args([
+                    subcommand,
+                    "--etcd",
+                    etcd,
+                    "--rounds",
+                    &rounds.to_string(),
+                    "--control",
+                ])
+                .arg(bin.join("skiff-control"))
+                .arg("--upstream-bin")
+                .arg(&upstream),
+        )?;
+        Ok((out, started.elapsed().as_secs_f64() / 60.0))
+    };
+    let (out, minutes) = part("peers-api")?;
     let rows = out["peers_api"].as_array().cloned().unwrap_or_default();
     let systems = ["skiff-control", "upstream"];
     // (median, low, high) of a figure of one system's rounds.
@@ -653,30 +678,8 @@ pub fn peers(root: &Path, cargo: impl Fn() -> Command) -> anyhow::Result<()> {
         ),
     ];
     for (name, get, scale, unit) in &lines {
-        let [(sm, sl, sh), (um, ul, uh)] = systems.map(|s| figure(s, get.as_ref()));
-        let fmt = |v: f64| {
-            let v = v / scale;
-            if v >= 100.0 {
-                format!("{v:.0}")
-            } else {
-                format!("{v:.1}")
-            }
-        };
-        let ratio = if um > 0.0 {
-            format!("{:.2}×", sm / um)
-        } else {
-            "–".into()
-        };
-        writeln!(
-            body,
-            "| {name} | {}{unit} [{}–{}] | {}{unit} [{}–{}] | {ratio} |",
-            fmt(sm),
-            fmt(sl),
-            fmt(sh),
-            fmt(um),
-            fmt(ul),
-            fmt(uh)
-        )?;
+        let [skiff, upstream] = systems.map(|s| figure(s, get.as_ref()));
+        writeln!(body, "| {name} | {} |", peer_cells(skiff, upstream, *scale, unit))?;
     }
     writeln!(
         body,
@@ -688,22 +691,7 @@ pub fn peers(root: &Path, cargo: impl Fn() -> Command) -> anyhow::Result<()> {
     )?;
     write_section(root, "peers-api", &body)?;
 
-    let started = std::time::Instant::now();
-    let out = run_json(
-        Command::new(bin.join("skiff-bench"))
-            .args([
-                "peers-scheduler",
-                "--etcd",
-                etcd,
-                "--rounds",
-                &rounds.to_string(),
-                "--control",
-            ])
-            .arg(bin.join("skiff-control"))
-            .arg("--upstream-bin")
-            .arg(&upstream),
-    )?;
-    let minutes = started.elapsed().as_secs_f64() / 60.0;
+    let (out, minutes) = part("peers-scheduler")?;
     let rows = out["peers_scheduler"].as_array().cloned().unwrap_or_default();
     let mut body = String::new();
     writeln!(
@@ -729,7 +717,7 @@ pub fn peers(root: &Path, cargo: impl Fn() -> Command) -> anyhow::Result<()> {
             ("create→bound p50", "p50_ms", " ms"),
             ("create→bound p99", "p99_ms", " ms"),
         ] {
-            let [(sm, sl, sh), (um, ul, uh)] = ["skiff-control", "upstream"].map(|system| {
+            let [skiff, upstream] = ["skiff-control", "upstream"].map(|system| {
                 spread(
                     rows.iter()
                         .filter(|r| r["system"] == system && r["nodes"] == nodes)
@@ -737,27 +725,10 @@ pub fn peers(root: &Path, cargo: impl Fn() -> Command) -> anyhow::Result<()> {
                         .collect(),
                 )
             });
-            let fmt = |v: f64| {
-                if v >= 100.0 {
-                    format!("{v:.0}")
-                } else {
-                    format!("{v:.1}")
-                }
-            };
-            let ratio = if um > 0.0 {
-                format!("{:.2}×", sm / um)
-            } else {
-                "–".into()
-            };
             writeln!(
                 body,
-                "| {nodes} | {name} | {}{unit} [{}–{}] | {}{unit} [{}–{}] | {ratio} |",
-                fmt(sm),
-                fmt(sl),
-                fmt(sh),
-                fmt(um),
-                fmt(ul),
-                fmt(uh)
+                "| {nodes} | {name} | {} |",
+                peer_cells(skiff, upstream, 1.0, unit)
             )?;
         }
     }
