@@ -208,7 +208,11 @@ async fn skiff_cluster(control: &Path, members: usize, pki: &Pki) -> anyhow::Res
         }
         let log = std::fs::File::create(dir.path().join("control.log"))?;
         let child = cmd
-            .env("RUST_LOG", "warn,openraft=error")
+            // SKIFF_BENCH_LOG: the members' log filter, to see what a failover does.
+            .env(
+                "RUST_LOG",
+                std::env::var("SKIFF_BENCH_LOG").unwrap_or_else(|_| "warn,openraft=error".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -324,6 +328,38 @@ async fn leader_kill(cluster: &mut Cluster) -> anyhow::Result<Duration> {
             );
         }
     }
+}
+
+/// `kills` leader kills on fresh 3-member Skiff clusters, each after the put shapes of the full
+/// run: the time from each kill to the next acknowledged put,
+/// and the members' logs kept under `keep` when given.
+pub async fn kills_only(control: &Path, kills: usize, keep: Option<&Path>) -> anyhow::Result<Value> {
+    let pki = pki()?;
+    std::fs::write(pki.dir.path().join("ca.crt"), &pki.ca)?;
+    let mut runs = Vec::new();
+    for run in 0..kills {
+        let mut cluster = skiff_cluster(control, 3, &pki).await?;
+        // Loaded first, as in the full run, where the kill follows the put shapes.
+        for size in [256, 4096] {
+            for (clients, total) in [(1, 1_000), (64, 10_000)] {
+                puts(&cluster, 3, clients, total, size).await?;
+            }
+        }
+        let took = leader_kill(&mut cluster).await?;
+        // The survivors' view of the election.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if let Some(dir) = keep {
+            std::fs::create_dir_all(dir)?;
+            for (i, d) in cluster._dirs.iter().enumerate() {
+                let _ = std::fs::copy(
+                    d.path().join("control.log"),
+                    dir.join(format!("run{run}-m{i}.log")),
+                );
+            }
+        }
+        runs.push(took.as_millis() as u64);
+    }
+    Ok(json!({"leader_kill_ms": runs}))
 }
 
 /// Both systems, every shape.

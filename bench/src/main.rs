@@ -531,7 +531,14 @@ async fn main() -> anyhow::Result<()> {
         Some("store-etcd") => {
             let control = flag("--control").context("--control PATH is required")?;
             let etcd = flag("--etcd").context("--etcd PATH is required")?;
-            json!({"store_etcd": etcd_api::run(&control, &etcd).await?})
+            let kills = flag("--leader-kills").and_then(|n| n.to_str().and_then(|n| n.parse().ok()));
+            match kills {
+                Some(n) => {
+                    let keep = flag("--keep-logs");
+                    json!({"store_etcd": etcd_api::kills_only(&control, n, keep.as_deref()).await?})
+                }
+                None => json!({"store_etcd": etcd_api::run(&control, &etcd).await?}),
+            }
         }
         Some("api") => {
             let control = flag("--control").context("--control PATH is required")?;
@@ -612,7 +619,7 @@ async fn main() -> anyhow::Result<()> {
             json!({"scheduler": bench_scheduler(nodes, pods, backlog).await?})
         }
         _ => bail!(
-            "usage: skiff-bench store --etcd PATH | store-etcd --control PATH --etcd PATH | api --control PATH | peers-api --control PATH --etcd PATH --upstream-bin DIR [--rounds N] | peers-scheduler --control PATH --etcd PATH --upstream-bin DIR [--rounds N] [--nodes N,..] [--pods N] | scheduler NODES PODS [--backlog] | pods --control PATH --agent PATH | proxy [--sizes N,..] [--planes P,..]"
+            "usage: skiff-bench store --etcd PATH | store-etcd --control PATH --etcd PATH [--leader-kills N [--keep-logs DIR]] | api --control PATH | peers-api --control PATH --etcd PATH --upstream-bin DIR [--rounds N] | peers-scheduler --control PATH --etcd PATH --upstream-bin DIR [--rounds N] [--nodes N,..] [--pods N] | scheduler NODES PODS [--backlog] | pods --control PATH --agent PATH | proxy [--sizes N,..] [--planes P,..]"
         ),
     };
     println!("{}", serde_json::to_string_pretty(&result)?);
