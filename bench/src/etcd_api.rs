@@ -330,6 +330,17 @@ async fn leader_kill(cluster: &mut Cluster) -> anyhow::Result<Duration> {
     }
 }
 
+/// Every put shape (value size, clients) on `cluster`, in the order of the full run.
+async fn shapes(cluster: &Cluster, members: usize) -> anyhow::Result<Vec<Value>> {
+    let mut results = Vec::new();
+    for size in [256, 4096] {
+        for (clients, total) in [(1, 1_000), (64, 10_000)] {
+            results.push(puts(cluster, members, clients, total, size).await?);
+        }
+    }
+    Ok(results)
+}
+
 /// `kills` leader kills on fresh 3-member Skiff clusters, each after the put shapes of the full
 /// run: the time from each kill to the next acknowledged put,
 /// and the members' logs kept under `keep` when given.
@@ -340,11 +351,7 @@ pub async fn kills_only(control: &Path, kills: usize, keep: Option<&Path>) -> an
     for run in 0..kills {
         let mut cluster = skiff_cluster(control, 3, &pki).await?;
         // Loaded first, as in the full run, where the kill follows the put shapes.
-        for size in [256, 4096] {
-            for (clients, total) in [(1, 1_000), (64, 10_000)] {
-                puts(&cluster, 3, clients, total, size).await?;
-            }
-        }
+        shapes(&cluster, 3).await?;
         let took = leader_kill(&mut cluster).await?;
         // The survivors' view of the election.
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -374,11 +381,7 @@ pub async fn run(control: &Path, etcd_bin: &Path) -> anyhow::Result<Value> {
                 "skiff" => skiff_cluster(control, members, &pki).await?,
                 _ => etcd_cluster(etcd_bin, members, &pki).await?,
             };
-            for size in [256, 4096] {
-                for (clients, total) in [(1, 1_000), (64, 10_000)] {
-                    results.push(puts(&cluster, members, clients, total, size).await?);
-                }
-            }
+            results.extend(shapes(&cluster, members).await?);
             if members == 3 {
                 let took = leader_kill(&mut cluster).await?;
                 kills.push(json!({"system": system, "ms": took.as_millis() as u64}));

@@ -567,6 +567,12 @@ fn peer_cells(skiff: (f64, f64, f64), upstream: (f64, f64, f64), scale: f64, uni
     format!("{} | {} | {ratio}", cell(skiff), cell(upstream))
 }
 
+/// Whether a Skiff ÷ upstream ratio meets its target: at least `limit` when Skiff's figure must be
+/// the `higher` one, at most `limit` otherwise.
+fn meets(ratio: f64, limit: f64, higher: bool) -> bool {
+    if higher { ratio >= limit } else { ratio <= limit }
+}
+
 /// `cargo xtask bench peers`: Skiff beside the real upstream components, built here.
 pub fn peers(root: &Path, cargo: impl Fn() -> Command) -> anyhow::Result<()> {
     let etcd = ["/usr/bin/etcd", "/usr/local/bin/etcd"]
@@ -693,27 +699,35 @@ pub fn peers(root: &Path, cargo: impl Fn() -> Command) -> anyhow::Result<()> {
         let [skiff, upstream] = systems.map(|s| figure(s, get).0);
         (upstream > 0.0).then(|| skiff / upstream)
     };
-    let checks: [(&str, Option<f64>, bool); 4] = [
-        ("creates/s at 64 clients", ratio(&create(64, "ops_per_sec")), true),
-        ("create p99 at 64 clients", ratio(&create(64, "p99_ms")), false),
-        ("memory idle", ratio(&|r| r["pss_idle_kib"].as_f64()), false),
+    // (figure, Skiff ÷ upstream, target, whether Skiff's figure must be the higher one)
+    let checks: [(&str, Option<f64>, f64, bool); 4] = [
+        (
+            "creates/s at 64 clients",
+            ratio(&create(64, "ops_per_sec")),
+            5.0,
+            true,
+        ),
+        (
+            "create p99 at 64 clients",
+            ratio(&create(64, "p99_ms")),
+            0.2,
+            false,
+        ),
+        ("memory idle", ratio(&|r| r["pss_idle_kib"].as_f64()), 0.1, false),
         (
             "memory after the creates",
             ratio(&|r| r["pss_after_kib"].as_f64()),
+            0.1,
             false,
         ),
     ];
-    let limits = [5.0, 0.2, 0.1, 0.1];
     let verdicts: Vec<String> = checks
         .iter()
-        .zip(limits)
-        .map(|((name, r, higher), limit)| match r {
-            Some(r) if (*higher && *r >= limit) || (!*higher && *r <= limit) => {
-                format!("{name} {r:.2}× (met)")
-            }
+        .map(|&(name, r, limit, higher)| match r {
+            Some(r) if meets(r, limit, higher) => format!("{name} {r:.2}× (met)"),
             Some(r) => format!(
                 "{name} {r:.2}× (**not met**, target {}{limit}×)",
-                if *higher { "≥ " } else { "≤ " }
+                if higher { "≥ " } else { "≤ " }
             ),
             None => format!("{name}: no figure"),
         })
@@ -781,7 +795,7 @@ pub fn peers(root: &Path, cargo: impl Fn() -> Command) -> anyhow::Result<()> {
     });
     if at_5000[1] > 0.0 {
         let r = at_5000[0] / at_5000[1];
-        let verdict = if r >= 5.0 { "met" } else { "**not met**" };
+        let verdict = if meets(r, 5.0, true) { "met" } else { "**not met**" };
         writeln!(body, "This run against it: {r:.2}× ({verdict}).\n")?;
     }
     write_section(root, "peers-scheduler", &body)?;
