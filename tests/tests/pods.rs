@@ -129,6 +129,8 @@ fn pods_run_log_restart_and_clean_up() {
     );
     // The same log over WebSocket, as the conformance suite reads it (golang.org/x/net/websocket
     // with `binary.k8s.io`) and with `base64.binary.k8s.io`: messages until the server closes.
+    // Several times each: a short log ends its stream as soon as it is sent, and the tunnel must
+    // not lose it then.
     let out = skiff_tests::python(
         &k.c.kubeconfig(),
         "import base64, ssl, websocket\n\
@@ -136,7 +138,7 @@ from kubernetes import client, config\n\
 config.load_kube_config()\n\
 c = client.Configuration.get_default_copy()\n\
 url = c.host.replace('https://', 'wss://') + '/api/v1/namespaces/default/pods/hello/log?container=hello'\n\
-for proto in ['binary.k8s.io', 'base64.binary.k8s.io']:\n    \
+for proto in ['binary.k8s.io', 'base64.binary.k8s.io'] * 5:\n    \
 ws = websocket.create_connection(url, subprotocols=[proto], sslopt={'ca_certs': c.ssl_ca_cert, 'certfile': c.cert_file, 'keyfile': c.key_file, 'cert_reqs': ssl.CERT_REQUIRED})\n    \
 body = b''\n    \
 while True:\n        \
@@ -149,8 +151,9 @@ print(proto, ws.subprotocol, body.hex())\n",
     let text = String::from_utf8_lossy(&out.stdout);
     let hex: String = logs.bytes().map(|b| format!("{b:02x}")).collect();
     for proto in ["binary.k8s.io", "base64.binary.k8s.io"] {
-        assert!(
-            text.contains(&format!("{proto} {proto} {hex}")),
+        assert_eq!(
+            text.matches(&format!("{proto} {proto} {hex}\n")).count(),
+            5,
             "{proto}: {text}\n{}\nagent log:\n{}",
             String::from_utf8_lossy(&out.stderr),
             k.node.log()
