@@ -399,6 +399,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     let api = node::client::ApiClient::with_identity(&args.server, &creds.ca, &creds.cert, &creds.key)?;
+    node::join::check_version(&api).await?;
     let node_ip = match &args.node_ip {
         Some(ip) => ip.clone(),
         None => pod_net::default_ip().await.unwrap_or_else(|| "127.0.0.1".into()),

@@ -1,6 +1,10 @@
 //! Skiff's gRPC contracts, generated from the `.proto` files in `proto/proto`.
 //!
-//! Each contract is versioned in its package name (`skiff.raft.v1`, `skiff.node.v1`); changes are additive only.
+//! Each contract is versioned in its package name (`skiff.raft.v1`, `skiff.node.v1`); changes are additive only,
+//! which a test holds them to against the last release's listing (`compat`).
+
+#[cfg(test)]
+mod compat;
 
 /// Raft transport between control-plane store members.
 pub mod raft {

@@ -316,6 +316,75 @@ spec:
 }
 
 #[test]
+fn agents_outside_the_version_skew_are_refused_with_one_line() {
+    // The control plane says its Skiff version to anyone (an agent checks its own against it when
+    // it starts), and refuses the tunnel of an agent newer than itself, or more than one minor
+    // version older, saying which side to upgrade; an agent one minor version older is let in.
+    let prefix = unique_prefix();
+    let c = Control::start_with(&["--cluster-cidr", &cluster_cidr(&prefix)]);
+    let agent = Node::start(&c, &prefix);
+    assert!(wait_for_ready(&c, &agent.name, "True"), "node never became Ready");
+    let dir = agent.data_dir();
+    let curl = |user_agent: &str, path: &str| -> String {
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "--http1.1",
+                "--max-time",
+                "5",
+                "-o",
+                "-",
+                "-w",
+                "\n%{http_code}",
+            ])
+            .arg("--cacert")
+            .arg(dir.join("ca.crt"))
+            .arg("--cert")
+            .arg(dir.join("node.crt"))
+            .arg("--key")
+            .arg(dir.join("node.key"))
+            .args(["-H", &format!("User-Agent: {user_agent}")])
+            .args(["-H", "Connection: Upgrade", "-H", "Upgrade: skiff-tunnel/1"])
+            .arg(format!("{}{path}", c.url()))
+            .bounded_output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let version: Value =
+        serde_json::from_str(curl("curl", "/skiff/v1/version").rsplit_once('\n').unwrap().0).unwrap();
+    let ours = env!("CARGO_PKG_VERSION");
+    assert_eq!(version["version"], ours, "{version}");
+    let newer = curl("skiff-agent/99.0.0", "/skiff/v1/tunnel");
+    assert!(newer.ends_with("\n400"), "{newer}");
+    let status: Value = serde_json::from_str(newer.rsplit_once('\n').unwrap().0).unwrap();
+    assert_eq!(status["kind"], "Status", "{status}");
+    assert_eq!(
+        status["message"],
+        format!(
+            "skiff-agent 99.0.0 is newer than the control plane ({ours}): upgrade the control plane first"
+        ),
+    );
+    let garbled = curl("skiff-agent/latest", "/skiff/v1/tunnel");
+    assert!(
+        garbled.ends_with("\n400") && garbled.contains("not versions"),
+        "{garbled}"
+    );
+    // One minor version behind (0.0 for 0.1, 1.x for 2.0 and so on) is within the skew: the tunnel
+    // opens (curl gives up waiting on the upgraded connection, having seen 101).
+    let (major, minor) = {
+        let mut parts = ours.split('.').map(|p| p.parse::<u64>().unwrap());
+        (parts.next().unwrap(), parts.next().unwrap())
+    };
+    let behind = if minor > 0 {
+        format!("{major}.{}.0", minor - 1)
+    } else {
+        format!("{major}.0.0")
+    };
+    let opened = curl(&format!("skiff-agent/{behind}"), "/skiff/v1/tunnel");
+    assert!(opened.ends_with("\n101"), "{opened}");
+}
+
+#[test]
 fn a_wrong_token_is_refused_with_one_line() {
     let c = Control::start();
     let token = std::fs::read_to_string(c.data_dir().join("node-token")).unwrap();

@@ -148,7 +148,8 @@ impl ApiClient {
             .connect_timeout(std::time::Duration::from_secs(5))
             .http2_keep_alive_interval(std::time::Duration::from_secs(10))
             .keep_alive_timeout(std::time::Duration::from_secs(10))
-            .keep_alive_while_idle(true);
+            .keep_alive_while_idle(true)
+            .user_agent(skiff_common::version::agent_user_agent())?;
         Ok(endpoint.connect_with_connector_lazy(https(&self.tls, true)))
     }
 
@@ -226,7 +227,7 @@ impl ApiClient {
             )
             .header(hyper::header::CONNECTION, "Upgrade")
             .header(hyper::header::UPGRADE, protocol)
-            .header("user-agent", "skiff-agent/0.1")
+            .header("user-agent", skiff_common::version::agent_user_agent())
             .body(http_body_util::Empty::<Bytes>::new())?;
         let resp = sender.send_request(req).await?;
         let status = resp.status().as_u16();
@@ -252,7 +253,7 @@ impl ApiClient {
                     .method(method.clone())
                     .uri(format!("{server}{path}"))
                     .header("content-type", content_type)
-                    .header("user-agent", "skiff-agent/0.1")
+                    .header("user-agent", skiff_common::version::agent_user_agent())
                     .body(Full::new(bytes.clone()))
             })
             .await
@@ -295,7 +296,7 @@ impl ApiClient {
                 hyper::Request::builder()
                     .method(Method::GET)
                     .uri(format!("{server}{path}"))
-                    .header("user-agent", "skiff-agent/0.1")
+                    .header("user-agent", skiff_common::version::agent_user_agent())
                     .body(Full::new(Bytes::new()))
             })
             .await

@@ -87,3 +87,36 @@ pub async fn join(server: &str, token: &str, node_name: &str, dir: &Path) -> any
         key: key.serialize_pem(),
     })
 }
+
+/// Refuses to run beside a control plane this agent's version may not work with: one more than a
+/// minor version newer than the agent, or older (see `skiff_common::version`). A control plane that
+/// cannot be asked now (restarting, failing over) is no reason to stop: it refuses an agent out of
+/// skew itself when the agent connects.
+pub async fn check_version(api: &ApiClient) -> anyhow::Result<()> {
+    let (status, body) = match api
+        .raw(Method::GET, "/skiff/v1/version", "application/json", None)
+        .await
+    {
+        Ok(answer) => answer,
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "cannot ask the control plane for its version now");
+            return Ok(());
+        }
+    };
+    let control = match status {
+        200 => serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["version"].as_str().map(str::to_owned))
+            .context("the control plane's /skiff/v1/version answer names no version")?,
+        404 => bail!(
+            "the control plane at {} does not say its version, so it predates this agent ({}): upgrade the control plane first",
+            api.server(),
+            skiff_common::version::VERSION
+        ),
+        other => {
+            tracing::warn!(status = other, "cannot ask the control plane for its version now");
+            return Ok(());
+        }
+    };
+    skiff_common::version::check_skew(&control, skiff_common::version::VERSION).map_err(anyhow::Error::msg)
+}

@@ -22,6 +22,15 @@ pub fn version() -> Value {
     })
 }
 
+/// `/skiff/v1/version`: Skiff's own version, which agents check theirs against when they start
+/// (an agent may be one minor version older than the control plane, never newer).
+pub fn skiff_version() -> Value {
+    json!({
+        "version": skiff_common::version::VERSION,
+        "kubernetes": version()["gitVersion"],
+    })
+}
+
 /// `/api`.
 pub fn core_versions() -> Value {
     json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": ""}]})

@@ -374,6 +374,7 @@ async fn serve(State(app): State<Arc<App>>, req: Request) -> Response {
             | "/version"
             | "/version/"
             | "/cacerts"
+            | "/skiff/v1/version"
             | "/skiff/v1/join"
             | "/skiff/v1/members/bootstrap"
     ) || (path == "/skiff/v1/members" && parts.method == Method::POST);
@@ -608,6 +609,7 @@ async fn route(
     match segs.as_slice() {
         [check @ ("healthz" | "livez" | "readyz"), ..] => return Ok(health(&app, check)),
         ["version"] => return ok(discovery::version()),
+        ["skiff", "v1", "version"] => return ok(discovery::skiff_version()),
         ["debug", "flags", "v"] if method == Method::PUT => {
             let who = who.ok_or_else(|| ApiError::new(401, "Unauthorized", "Unauthorized"))?;
             authz::allow(&app, who, "put", &rbac::Target::Path("/debug/flags/v")).await?;

@@ -82,6 +82,10 @@ impl pb::node_service_server::NodeService for NodeStreams {
             request.extensions().get::<Identity>(),
             &request.get_ref().node_name,
         )?;
+        let user_agent = request.metadata().get("user-agent").and_then(|v| v.to_str().ok());
+        if let Some(refusal) = super::tunnel::skew_refusal(user_agent) {
+            return Err(Status::failed_precondition(refusal));
+        }
         let req = request.into_inner();
         if req.node_name.is_empty() {
             return Err(Status::invalid_argument("node_name is required"));

@@ -83,6 +83,13 @@ impl Tunnels {
     }
 }
 
+/// Why this control plane refuses an agent with `user_agent` (agents name their version there): one
+/// more than a minor version older, or newer. Clients that are not agents pass.
+pub fn skew_refusal(user_agent: Option<&str>) -> Option<String> {
+    let agent = user_agent.and_then(skiff_common::version::agent_version)?;
+    skiff_common::version::check_skew(skiff_common::version::VERSION, agent).err()
+}
+
 /// `GET /skiff/v1/tunnel` from an agent: answers `101 Switching Protocols` and keeps the connection
 /// as the node's tunnel until it closes (a newer tunnel of the same node replaces it).
 pub fn accept(
@@ -102,6 +109,13 @@ pub fn accept(
             )
         })?
         .to_owned();
+    let user_agent = parts
+        .headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok());
+    if let Some(refusal) = skew_refusal(user_agent) {
+        return Err(ApiError::bad_request(refusal));
+    }
     let wanted = parts
         .headers
         .get(header::UPGRADE)
