@@ -265,8 +265,9 @@ fn etcdctl_leases_expire_their_keys_unless_kept_alive() {
     e.ok(&["put", "--lease", &id, "/demo/freed", "1"]);
     e.ok(&["put", "/demo/freed", "2"]);
     let json: serde_json::Value = serde_json::from_str(&e.ok(&["get", "/demo/held", "-w", "json"])).unwrap();
+    // etcdctl writes lease IDs as 16 hex digits, leading zeros kept.
     assert_eq!(
-        format!("{:x}", json["kvs"][0]["lease"].as_i64().unwrap()),
+        format!("{:016x}", json["kvs"][0]["lease"].as_i64().unwrap()),
         id,
         "{json}"
     );
