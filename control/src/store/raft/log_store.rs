@@ -18,6 +18,10 @@ use super::types::{Entry, LogId, NodeId, StorageError, TypeConfig, decode, encod
 const LOGS: TableDefinition<u64, &[u8]> = TableDefinition::new("logs");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
+/// The log's own page cache: the entries it serves are the ones just appended (replication and
+/// apply), and the log is purged behind snapshots.
+const CACHE_BYTES: usize = 1024 * 1024;
+
 const VOTE: &str = "vote";
 const COMMITTED: &str = "committed";
 const PURGED: &str = "last_purged";
@@ -70,7 +74,7 @@ fn logs_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
 impl LogStore {
     /// Opens (or creates) the log database at `path`.
     pub fn open(path: &std::path::Path) -> Result<Self, redb::Error> {
-        let db = super::open_db(path)?;
+        let db = super::open_db(path, CACHE_BYTES)?;
         let tx = db.begin_write().map_err(redb::Error::from)?;
         tx.open_table(LOGS).map_err(redb::Error::from)?;
         tx.open_table(META).map_err(redb::Error::from)?;

@@ -23,6 +23,10 @@ pub(crate) const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("s
 /// which the key space at any revision since is read and watch history is rebuilt on start.
 pub(crate) const HISTORY: TableDefinition<u64, &[u8]> = TableDefinition::new("history");
 
+/// The key space's own page cache: the B-tree's inner pages and the hot leaves; lists of many
+/// objects read the rest through the kernel's page cache.
+const CACHE_BYTES: usize = 4 * 1024 * 1024;
+
 pub(crate) const APPLIED: &str = "applied";
 pub(crate) const MEMBERSHIP: &str = "membership";
 pub(crate) const REVISION: &str = "revision";
@@ -152,7 +156,7 @@ pub(crate) fn history_events(db: &Database, capacity: usize) -> Result<(Vec<Even
 impl StateMachine {
     /// Opens (or creates) the state machine database.
     pub(crate) fn open(path: &std::path::Path) -> Result<Arc<Database>, redb::Error> {
-        let db = super::open_db(path)?;
+        let db = super::open_db(path, CACHE_BYTES)?;
         let tx = db.begin_write()?;
         tx.open_table(KV)?;
         tx.open_table(HISTORY)?;
