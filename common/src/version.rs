@@ -9,10 +9,8 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// How an agent names itself in `User-Agent`: `skiff-agent/VERSION`.
 pub const AGENT_PRODUCT: &str = "skiff-agent";
 
-/// The `User-Agent` of this build's agent.
-pub fn agent_user_agent() -> String {
-    format!("{AGENT_PRODUCT}/{VERSION}")
-}
+/// The `User-Agent` of this build's agent (a constant: it goes on every request the agent sends).
+pub const AGENT_USER_AGENT: &str = concat!("skiff-agent/", env!("CARGO_PKG_VERSION"));
 
 /// The agent version a `User-Agent` names, when it is an agent's.
 pub fn agent_version(user_agent: &str) -> Option<&str> {
@@ -84,7 +82,7 @@ mod tests {
 
     #[test]
     fn agents_name_their_version_in_the_user_agent() {
-        assert_eq!(agent_version(&agent_user_agent()), Some(VERSION));
+        assert_eq!(agent_version(AGENT_USER_AGENT), Some(VERSION));
         assert_eq!(agent_version("skiff-agent/0.2.1 (linux)"), Some("0.2.1"));
         assert_eq!(agent_version("kubectl/v1.20.0"), None);
         assert_eq!(agent_version("skiff-agentish/1.0"), None);

@@ -149,7 +149,7 @@ impl ApiClient {
             .http2_keep_alive_interval(std::time::Duration::from_secs(10))
             .keep_alive_timeout(std::time::Duration::from_secs(10))
             .keep_alive_while_idle(true)
-            .user_agent(skiff_common::version::agent_user_agent())?;
+            .user_agent(skiff_common::version::AGENT_USER_AGENT)?;
         Ok(endpoint.connect_with_connector_lazy(https(&self.tls, true)))
     }
 
@@ -227,7 +227,7 @@ impl ApiClient {
             )
             .header(hyper::header::CONNECTION, "Upgrade")
             .header(hyper::header::UPGRADE, protocol)
-            .header("user-agent", skiff_common::version::agent_user_agent())
+            .header("user-agent", skiff_common::version::AGENT_USER_AGENT)
             .body(http_body_util::Empty::<Bytes>::new())?;
         let resp = sender.send_request(req).await?;
         let status = resp.status().as_u16();
@@ -253,7 +253,7 @@ impl ApiClient {
                     .method(method.clone())
                     .uri(format!("{server}{path}"))
                     .header("content-type", content_type)
-                    .header("user-agent", skiff_common::version::agent_user_agent())
+                    .header("user-agent", skiff_common::version::AGENT_USER_AGENT)
                     .body(Full::new(bytes.clone()))
             })
             .await
@@ -296,7 +296,7 @@ impl ApiClient {
                 hyper::Request::builder()
                     .method(Method::GET)
                     .uri(format!("{server}{path}"))
-                    .header("user-agent", skiff_common::version::agent_user_agent())
+                    .header("user-agent", skiff_common::version::AGENT_USER_AGENT)
                     .body(Full::new(Bytes::new()))
             })
             .await
