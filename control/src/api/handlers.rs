@@ -21,8 +21,8 @@ use crate::objects::registry::ResourceInfo;
 use crate::objects::selector::{FieldSelector, LabelSelector};
 use crate::objects::status::{ApiError, Target, success};
 use crate::objects::write::{
-    DeleteOptions, Preconditions, Propagation, Request, WriteOptions, check_patch_type, check_type,
-    check_unknown_fields, from_scale, stored_bytes, to_scale,
+    DeleteOptions, Preconditions, Propagation, Request, UNCONDITIONAL_RETRIES, WriteOptions,
+    check_patch_type, check_type, check_unknown_fields, from_scale, stored_bytes, to_scale,
 };
 use crate::store::{EventKind, KeyValue, StoreError};
 
@@ -671,23 +671,30 @@ pub async fn update(app: &App, call: &Call, body: &[u8]) -> Result<Response> {
     let new = require_object(parse_body_pooled(body, &call.content_type).await?)?;
     let req = call.write();
     check_unknown_fields(&req, &new)?;
-    let current = app.objects.read(&req, call.name()).await?;
-    if call.sub.as_deref() == Some("scale") {
-        let mut scale = new;
-        check_type(&req, &mut scale, "Scale")?;
+    if call.sub.as_deref() != Some("scale") {
+        let updated = app.objects.update(&req, new).await?;
+        return Ok(json_response(StatusCode::OK, &updated));
+    }
+    let mut scale = new;
+    check_type(&req, &mut scale, "Scale")?;
+    // A Scale without a resourceVersion is unconditional, as an object's PUT.
+    let unconditional = meta_str(&scale, "resourceVersion").is_empty();
+    let whole = req.clone().at(None);
+    let mut attempt = 0;
+    loop {
+        let current = app.objects.read(&req, call.name()).await?;
         let mut stored = call.info.decode(&current);
         app.objects
             .served_form(&call.info, std::slice::from_mut(&mut stored))
             .await?;
         let obj = from_scale(&stored, &scale, &current, &req)?;
-        let updated = app
-            .objects
-            .commit_update(&req.at(None), &current, obj, true)
-            .await?;
-        return Ok(json_response(StatusCode::OK, &to_scale(&updated)));
+        match app.objects.commit_update(&whole, &current, obj, true).await {
+            Err(e) if unconditional && e.reason == "Conflict" && attempt < UNCONDITIONAL_RETRIES => {
+                attempt += 1
+            }
+            updated => return Ok(json_response(StatusCode::OK, &to_scale(&updated?))),
+        }
     }
-    let updated = app.objects.commit_update(&req, &current, new, true).await?;
-    Ok(json_response(StatusCode::OK, &updated))
 }
 
 /// PATCH of an object (or its status or scale).

@@ -255,6 +255,11 @@ fn spec_part(obj: &Value) -> Value {
     o
 }
 
+/// How often an unconditional update (one without a `resourceVersion`) is tried again when
+/// another write lands between its read and its own. Upstream retries until the request times
+/// out; this bound only stops a loop that could never win (some writer wins every round).
+pub const UNCONDITIONAL_RETRIES: u32 = 64;
+
 impl Objects {
     /// The built-in (or served custom) resource `group`/`plural`.
     ///
@@ -357,12 +362,23 @@ impl Objects {
         Ok(obj)
     }
 
-    /// Replaces the request's object (or, with `req.sub` = `status`, its status) as a PUT does;
-    /// `new` carries the `resourceVersion` it was read at, so a concurrent change fails with a
-    /// conflict.
+    /// Replaces the request's object (or, with `req.sub` = `status`, its status) as a PUT does.
+    /// When `new` carries the `resourceVersion` it was read at, a concurrent change fails with a
+    /// conflict; without one the update is unconditional, and a write that lands between the
+    /// read and this one is written over on a fresh read (upstream's `GuaranteedUpdate`).
     pub async fn update(&self, req: &Request, new: Value) -> Result<Value> {
-        let current = self.read(req, req.name()).await?;
-        self.commit_update(req, &current, new, true).await
+        if !meta_str(&new, "resourceVersion").is_empty() {
+            let current = self.read(req, req.name()).await?;
+            return self.commit_update(req, &current, new, true).await;
+        }
+        let mut attempt = 0;
+        loop {
+            let current = self.read(req, req.name()).await?;
+            match self.commit_update(req, &current, new.clone(), true).await {
+                Err(e) if e.reason == "Conflict" && attempt < UNCONDITIONAL_RETRIES => attempt += 1,
+                done => return done,
+            }
+        }
     }
 
     /// Writes `new` over `current` with the update rules shared by PUT and PATCH; `track`: record
