@@ -330,11 +330,32 @@ async fn leader_kill(cluster: &mut Cluster) -> anyhow::Result<Duration> {
     }
 }
 
-/// Every put shape (value size, clients) on `cluster`, in the order of the full run.
-async fn shapes(cluster: &Cluster, members: usize) -> anyhow::Result<Vec<Value>> {
+/// Which shapes a run measures: every one by default; fewer to profile one of them.
+#[derive(Clone, Debug)]
+pub struct Only {
+    pub members: Vec<usize>,
+    pub systems: Vec<String>,
+    pub clients: Vec<usize>,
+    pub sizes: Vec<usize>,
+}
+
+impl Default for Only {
+    fn default() -> Self {
+        Self {
+            members: vec![1, 3],
+            systems: vec!["skiff".into(), "etcd-3.4".into()],
+            clients: vec![1, 64],
+            sizes: vec![256, 4096],
+        }
+    }
+}
+
+/// Every put shape (value size, clients) of `only` on `cluster`, in the order of the full run.
+async fn shapes(cluster: &Cluster, members: usize, only: &Only) -> anyhow::Result<Vec<Value>> {
     let mut results = Vec::new();
-    for size in [256, 4096] {
-        for (clients, total) in [(1, 1_000), (64, 10_000)] {
+    for size in only.sizes.iter().copied() {
+        for clients in only.clients.iter().copied() {
+            let total = if clients == 1 { 1_000 } else { 10_000 };
             results.push(puts(cluster, members, clients, total, size).await?);
         }
     }
@@ -351,7 +372,7 @@ pub async fn kills_only(control: &Path, kills: usize, keep: Option<&Path>) -> an
     for run in 0..kills {
         let mut cluster = skiff_cluster(control, 3, &pki).await?;
         // Loaded first, as in the full run, where the kill follows the put shapes.
-        shapes(&cluster, 3).await?;
+        shapes(&cluster, 3, &Only::default()).await?;
         let took = leader_kill(&mut cluster).await?;
         // The survivors' view of the election.
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -369,19 +390,19 @@ pub async fn kills_only(control: &Path, kills: usize, keep: Option<&Path>) -> an
     Ok(json!({"leader_kill_ms": runs}))
 }
 
-/// Both systems, every shape.
-pub async fn run(control: &Path, etcd_bin: &Path) -> anyhow::Result<Value> {
+/// Both systems, every shape of `only`.
+pub async fn run(control: &Path, etcd_bin: &Path, only: &Only) -> anyhow::Result<Value> {
     let pki = pki()?;
     std::fs::write(pki.dir.path().join("ca.crt"), &pki.ca)?;
     let mut results = Vec::new();
     let mut kills = Vec::new();
-    for members in [1, 3] {
-        for system in ["skiff", "etcd-3.4"] {
+    for members in only.members.iter().copied() {
+        for system in only.systems.iter().map(String::as_str) {
             let mut cluster = match system {
                 "skiff" => skiff_cluster(control, members, &pki).await?,
                 _ => etcd_cluster(etcd_bin, members, &pki).await?,
             };
-            results.extend(shapes(&cluster, members).await?);
+            results.extend(shapes(&cluster, members, only).await?);
             if members == 3 {
                 let took = leader_kill(&mut cluster).await?;
                 kills.push(json!({"system": system, "ms": took.as_millis() as u64}));

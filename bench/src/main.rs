@@ -537,7 +537,29 @@ async fn main() -> anyhow::Result<()> {
                     let keep = flag("--keep-logs");
                     json!({"store_etcd": etcd_api::kills_only(&control, n, keep.as_deref()).await?})
                 }
-                None => json!({"store_etcd": etcd_api::run(&control, &etcd).await?}),
+                None => {
+                    // --members/--systems/--clients/--sizes A,B: fewer shapes, to profile one.
+                    let numbers = |name: &str, default: Vec<usize>| -> anyhow::Result<Vec<usize>> {
+                        match flag(name) {
+                            Some(v) => v
+                                .to_string_lossy()
+                                .split(',')
+                                .map(|n| n.parse().with_context(|| format!("{name} takes numbers")))
+                                .collect(),
+                            None => Ok(default),
+                        }
+                    };
+                    let all = etcd_api::Only::default();
+                    let only = etcd_api::Only {
+                        members: numbers("--members", all.members)?,
+                        clients: numbers("--clients", all.clients)?,
+                        sizes: numbers("--sizes", all.sizes)?,
+                        systems: flag("--systems")
+                            .map(|v| v.to_string_lossy().split(',').map(String::from).collect())
+                            .unwrap_or(all.systems),
+                    };
+                    json!({"store_etcd": etcd_api::run(&control, &etcd, &only).await?})
+                }
             }
         }
         Some("api") => {
@@ -619,7 +641,7 @@ async fn main() -> anyhow::Result<()> {
             json!({"scheduler": bench_scheduler(nodes, pods, backlog).await?})
         }
         _ => bail!(
-            "usage: skiff-bench store --etcd PATH | store-etcd --control PATH --etcd PATH [--leader-kills N [--keep-logs DIR]] | api --control PATH | peers-api --control PATH --etcd PATH --upstream-bin DIR [--rounds N] | peers-scheduler --control PATH --etcd PATH --upstream-bin DIR [--rounds N] [--nodes N,..] [--pods N] | scheduler NODES PODS [--backlog] | pods --control PATH --agent PATH | proxy [--sizes N,..] [--planes P,..]"
+            "usage: skiff-bench store --etcd PATH | store-etcd --control PATH --etcd PATH [--members N,..] [--systems skiff,etcd-3.4] [--clients N,..] [--sizes N,..] [--leader-kills N [--keep-logs DIR]] | api --control PATH | peers-api --control PATH --etcd PATH --upstream-bin DIR [--rounds N] | peers-scheduler --control PATH --etcd PATH --upstream-bin DIR [--rounds N] [--nodes N,..] [--pods N] | scheduler NODES PODS [--backlog] | pods --control PATH --agent PATH | proxy [--sizes N,..] [--planes P,..]"
         ),
     };
     println!("{}", serde_json::to_string_pretty(&result)?);
