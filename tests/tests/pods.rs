@@ -2601,3 +2601,54 @@ spec:
         .unwrap_or_default();
     assert_eq!(message.trim_end(), "first\nlast words", "{fell:#}");
 }
+
+/// A container whose image is changed in its pod's spec (`kubectl set image pod/...`) is stopped
+/// and started again from the new image, whatever the pod's restart policy, as the kubelet does
+/// when a container's spec changes; until then its status names the image it runs. (The agent
+/// reported the new image at once and went on running the old one.)
+#[test]
+fn changing_a_containers_image_restarts_it_from_the_new_image() {
+    let k = Cluster::start();
+    let (old, new) = (k.registry.busybox(), k.registry.busybox_without_path());
+    k.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: swapped}}
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {{name: app, image: {old}, command: ["sleep", "3600"]}}
+"#
+    ));
+    let before = k.wait_pod("swapped", "Running", |p| {
+        status(p, "app")["state"]["running"].is_object()
+    });
+    assert_eq!(status(&before, "app")["image"], old.as_str(), "{before:#}");
+    k.c.ok(&["set", "image", "pod/swapped", &format!("app={new}")]);
+    let after = k.wait_pod("swapped", "restarted from the new image", |p| {
+        let s = status(p, "app");
+        s["restartCount"] == 1 && s["state"]["running"].is_object()
+    });
+    let s = status(&after, "app");
+    assert_eq!(s["image"], new.as_str(), "{after:#}");
+    assert_ne!(
+        s["containerID"],
+        status(&before, "app")["containerID"],
+        "{after:#}"
+    );
+    assert!(s["lastState"]["terminated"].is_object(), "{after:#}");
+    let events = k.c.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=swapped,reason=Killing",
+        "-o",
+        "jsonpath={.items[*].message}",
+    ]);
+    assert!(
+        events.contains("Container app definition changed, will be restarted"),
+        "{events}"
+    );
+}

@@ -35,6 +35,12 @@ pub(super) struct Ctr {
     /// Restart and pull back-off.
     pub backoff: super::backoff::Backoff,
     pub image_id: Option<String>,
+    /// The spec's image the current attempt was started from (None: adopted from a previous
+    /// agent, which did not say).
+    pub started_image: Option<String>,
+    /// When the current attempt was told to stop because its spec changed (its image): it is
+    /// killed at the deadline if still running, and started again whatever the restart policy.
+    pub replacing: Option<std::time::Instant>,
     /// Probes of the current attempt: (attempt, task, verdict).
     pub probes: Option<(
         u32,

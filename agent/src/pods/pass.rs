@@ -74,6 +74,8 @@ pub(super) fn plan(pod: &Value, ctrs: &HashMap<String, Ctr>) -> Pass {
         }
         let restart = match s.and_then(Ctr::exited) {
             None => true,
+            // Stopped because its spec changed: started again with the new spec.
+            Some(_) if s.is_some_and(|s| s.replacing.is_some()) => true,
             Some(e) => match policy {
                 "Never" => false,
                 "OnFailure" => !e.succeeded(),

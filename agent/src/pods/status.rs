@@ -101,7 +101,8 @@ fn container_status(ctrs: &HashMap<String, Ctr>, c: &Value, init: bool, initiali
     let started = running && (c.get("startupProbe").is_none() || verdict.started);
     let mut st = json!({
         "name": name,
-        "image": c["image"],
+        // The image the container runs, until it is replaced with the spec's.
+        "image": s.started_image.as_deref().map_or_else(|| c["image"].clone(), |i| json!(i)),
         "imageID": s.image_id.clone().unwrap_or_default(),
         "restartCount": s.restart_count(),
         "ready": ready,

@@ -266,6 +266,9 @@ impl<R: Runtime> Pod<R> {
             self.start_time = Some(t);
         }
         let mut wake = Duration::from_secs(10);
+        if let Some(d) = self.replace_changed().await {
+            wake = wake.min(d);
+        }
         if !self.sandbox_ready {
             self.ip = self.rt.create_sandbox(&self.pod).await?;
             self.sandbox_ready = true;
@@ -315,6 +318,59 @@ impl<R: Runtime> Pod<R> {
         self.sync_probes();
         self.post_status().await?;
         Ok(wake)
+    }
+
+    /// Stops each running container whose image the pod's spec has changed since it started
+    /// (SIGTERM, SIGKILL after the pod's grace period), to be started again from the new image
+    /// whatever the restart policy, as the kubelet does when a container's spec changes. Returns
+    /// when to look again while one is stopping.
+    async fn replace_changed(&mut self) -> Option<Duration> {
+        let grace = Duration::from_secs(
+            self.pod["spec"]["terminationGracePeriodSeconds"]
+                .as_u64()
+                .unwrap_or(30),
+        );
+        let now = self.rt.now();
+        let mut wake = None;
+        let specs: Vec<Value> = self
+            .containers("containers")
+            .into_iter()
+            .chain(self.containers("initContainers").into_iter().filter(is_sidecar))
+            .collect();
+        for c in specs {
+            let name = c["name"].as_str().unwrap_or_default().to_string();
+            let Some(state) = self.ctrs.get_mut(&name) else {
+                continue;
+            };
+            let pid = match state.current.as_ref().and_then(|a| a.started.as_ref()) {
+                Some(s) if state.running() => s.pid,
+                _ => continue,
+            };
+            if let Some(since) = state.replacing {
+                if now.saturating_duration_since(since) >= grace {
+                    self.rt.signal(pid, Signal::SIGKILL);
+                } else {
+                    wake = Some(grace - now.saturating_duration_since(since));
+                }
+                continue;
+            }
+            let image = c["image"].as_str().unwrap_or_default();
+            if state.started_image.as_deref().is_none_or(|i| i == image) {
+                continue;
+            }
+            state.replacing = Some(now);
+            state.stop_probes();
+            self.rt.signal(pid, Signal::SIGTERM);
+            wake = Some(grace.min(Duration::from_secs(1)));
+            self.rt
+                .event(
+                    "Normal",
+                    "Killing",
+                    &format!("Container {name} definition changed, will be restarted"),
+                )
+                .await;
+        }
+        wake
     }
 
     /// Starts probes for running attempts that have none; stops those of ended attempts.
@@ -420,8 +476,13 @@ impl<R: Runtime> Pod<R> {
                 .unwrap_or_default(),
             image.digest
         ));
-        // Restart back-off (upstream's CrashLoopBackOff) of a container that has exited.
-        if let Some(a) = state.current.as_ref().filter(|a| a.exited.is_some()) {
+        // Restart back-off (upstream's CrashLoopBackOff) of a container that has exited (not
+        // of one stopped to be replaced).
+        if let Some(a) = state
+            .current
+            .as_ref()
+            .filter(|a| a.exited.is_some() && state.replacing.is_none())
+        {
             let ran = a
                 .started
                 .as_ref()
@@ -556,6 +617,8 @@ impl<R: Runtime> Pod<R> {
             .await?;
         let state = self.ctrs.entry(name.clone()).or_default();
         state.previous = state.current.replace(attempt.clone());
+        state.started_image = c["image"].as_str().map(str::to_owned);
+        state.replacing = None;
         if let Some(e) = attempt.exited.as_ref().and_then(|e| e.error.clone()) {
             self.rt
                 .event(
