@@ -520,6 +520,25 @@ async fn main() -> anyhow::Result<()> {
             .and_then(|i| args.get(i + 1))
             .map(PathBuf::from)
     };
+    // `--name A,B,...`, split.
+    let list = |name: &str| {
+        flag(name).map(|v| {
+            v.to_string_lossy()
+                .split(',')
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+    };
+    // `--name A,B,...` as numbers, or `default` without the flag.
+    let numbers = |name: &str, default: Vec<usize>| -> anyhow::Result<Vec<usize>> {
+        match list(name) {
+            Some(v) => v
+                .iter()
+                .map(|n| n.parse().with_context(|| format!("{name} takes numbers")))
+                .collect(),
+            None => Ok(default),
+        }
+    };
     let result = match args.get(1).map(String::as_str) {
         Some("store") => {
             let etcd = flag("--etcd").context("--etcd PATH is required")?;
@@ -539,24 +558,12 @@ async fn main() -> anyhow::Result<()> {
                 }
                 None => {
                     // --members/--systems/--clients/--sizes A,B: fewer shapes, to profile one.
-                    let numbers = |name: &str, default: Vec<usize>| -> anyhow::Result<Vec<usize>> {
-                        match flag(name) {
-                            Some(v) => v
-                                .to_string_lossy()
-                                .split(',')
-                                .map(|n| n.parse().with_context(|| format!("{name} takes numbers")))
-                                .collect(),
-                            None => Ok(default),
-                        }
-                    };
                     let all = etcd_api::Only::default();
                     let only = etcd_api::Only {
                         members: numbers("--members", all.members)?,
                         clients: numbers("--clients", all.clients)?,
                         sizes: numbers("--sizes", all.sizes)?,
-                        systems: flag("--systems")
-                            .map(|v| v.to_string_lossy().split(',').map(String::from).collect())
-                            .unwrap_or(all.systems),
+                        systems: list("--systems").unwrap_or(all.systems),
                     };
                     json!({"store_etcd": etcd_api::run(&control, &etcd, &only).await?})
                 }
@@ -585,15 +592,7 @@ async fn main() -> anyhow::Result<()> {
                     .unwrap_or(default)
             };
             let (rounds, pods) = (number("--rounds", 3), number("--pods", 10_000));
-            let nodes: Vec<usize> = match flag("--nodes") {
-                Some(n) => n
-                    .to_str()
-                    .unwrap_or_default()
-                    .split(',')
-                    .map(|n| n.parse().context("--nodes takes numbers"))
-                    .collect::<anyhow::Result<_>>()?,
-                None => vec![1_000, 5_000],
-            };
+            let nodes = numbers("--nodes", vec![1_000, 5_000])?;
             json!({"peers_scheduler": peers::scheduler(&control, &etcd, &bin, &nodes, pods, rounds).await?})
         }
         Some("pods") => {
@@ -603,19 +602,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Some("proxy") => {
             // `proxy [--sizes 100,1000] [--planes ebpf,nftables]`
-            let list = |name: &str| {
-                args.iter()
-                    .position(|a| a == name)
-                    .and_then(|i| args.get(i + 1))
-                    .map(|v| v.split(',').map(str::to_owned).collect::<Vec<_>>())
-            };
-            let sizes = match list("--sizes") {
-                Some(s) => s
-                    .iter()
-                    .map(|n| n.parse().context("--sizes takes numbers"))
-                    .collect::<anyhow::Result<Vec<usize>>>()?,
-                None => vec![100, 1_000, 10_000],
-            };
+            let sizes = numbers("--sizes", vec![100, 1_000, 10_000])?;
             let planes = list("--planes").unwrap_or_else(proxy::planes);
             json!({"proxy": proxy::bench(&sizes, &planes).await?})
         }

@@ -21,8 +21,8 @@ use crate::objects::registry::ResourceInfo;
 use crate::objects::selector::{FieldSelector, LabelSelector};
 use crate::objects::status::{ApiError, Target, success};
 use crate::objects::write::{
-    DeleteOptions, Preconditions, Propagation, Request, UNCONDITIONAL_RETRIES, WriteOptions,
-    check_patch_type, check_type, check_unknown_fields, from_scale, stored_bytes, to_scale,
+    DeleteOptions, Preconditions, Propagation, Request, WriteOptions, check_patch_type, check_type,
+    check_unknown_fields, from_scale, retry_unconditional, stored_bytes, to_scale,
 };
 use crate::store::{EventKind, KeyValue, StoreError};
 
@@ -680,7 +680,7 @@ pub async fn update(app: &App, call: &Call, body: &[u8]) -> Result<Response> {
     // A Scale without a resourceVersion is unconditional, as an object's PUT.
     let unconditional = meta_str(&scale, "resourceVersion").is_empty();
     let whole = req.clone().at(None);
-    let mut attempt = 0;
+    let mut attempts = 0;
     loop {
         let current = app.objects.read(&req, call.name()).await?;
         let mut stored = call.info.decode(&current);
@@ -689,9 +689,7 @@ pub async fn update(app: &App, call: &Call, body: &[u8]) -> Result<Response> {
             .await?;
         let obj = from_scale(&stored, &scale, &current, &req)?;
         match app.objects.commit_update(&whole, &current, obj, true).await {
-            Err(e) if unconditional && e.reason == "Conflict" && attempt < UNCONDITIONAL_RETRIES => {
-                attempt += 1
-            }
+            Err(e) if unconditional && retry_unconditional(&e, &mut attempts) => {}
             updated => return Ok(json_response(StatusCode::OK, &to_scale(&updated?))),
         }
     }

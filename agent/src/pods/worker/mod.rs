@@ -164,6 +164,23 @@ impl<R: Runtime> Pod<R> {
         self.pod["spec"][key].as_array().cloned().unwrap_or_default()
     }
 
+    /// The containers that run while the pod does: the app containers and the sidecars.
+    fn long_running(&self) -> Vec<Value> {
+        self.containers("containers")
+            .into_iter()
+            .chain(self.containers("initContainers").into_iter().filter(is_sidecar))
+            .collect()
+    }
+
+    /// The pod's grace period for stopping a container (the spec's, 30 s by default).
+    fn grace(&self) -> Duration {
+        Duration::from_secs(
+            self.pod["spec"]["terminationGracePeriodSeconds"]
+                .as_u64()
+                .unwrap_or(30),
+        )
+    }
+
     /// Re-reads the running attempts: started, ended, or their shim gone. Returns the containers
     /// the kernel's OOM killer ended since the last look (with their process).
     fn refresh(&mut self) -> Vec<(String, i32)> {
@@ -325,19 +342,10 @@ impl<R: Runtime> Pod<R> {
     /// whatever the restart policy, as the kubelet does when a container's spec changes. Returns
     /// when to look again while one is stopping.
     async fn replace_changed(&mut self) -> Option<Duration> {
-        let grace = Duration::from_secs(
-            self.pod["spec"]["terminationGracePeriodSeconds"]
-                .as_u64()
-                .unwrap_or(30),
-        );
+        let grace = self.grace();
         let now = self.rt.now();
         let mut wake = None;
-        let specs: Vec<Value> = self
-            .containers("containers")
-            .into_iter()
-            .chain(self.containers("initContainers").into_iter().filter(is_sidecar))
-            .collect();
-        for c in specs {
+        for c in self.long_running() {
             let name = c["name"].as_str().unwrap_or_default().to_string();
             let Some(state) = self.ctrs.get_mut(&name) else {
                 continue;
@@ -375,18 +383,9 @@ impl<R: Runtime> Pod<R> {
 
     /// Starts probes for running attempts that have none; stops those of ended attempts.
     fn sync_probes(&mut self) {
-        let specs: Vec<Value> = self
-            .containers("containers")
-            .into_iter()
-            .chain(self.containers("initContainers").into_iter().filter(is_sidecar))
-            .collect();
-        let grace = Duration::from_secs(
-            self.pod["spec"]["terminationGracePeriodSeconds"]
-                .as_u64()
-                .unwrap_or(30),
-        );
+        let grace = self.grace();
         let ip = self.address();
-        for c in specs {
+        for c in self.long_running() {
             let name = c["name"].as_str().unwrap_or_default().to_string();
             let Some(state) = self.ctrs.get_mut(&name) else {
                 continue;

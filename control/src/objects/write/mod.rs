@@ -258,7 +258,17 @@ fn spec_part(obj: &Value) -> Value {
 /// How often an unconditional update (one without a `resourceVersion`) is tried again when
 /// another write lands between its read and its own. Upstream retries until the request times
 /// out; this bound only stops a loop that could never win (some writer wins every round).
-pub const UNCONDITIONAL_RETRIES: u32 = 64;
+const UNCONDITIONAL_RETRIES: u32 = 64;
+
+/// Whether an unconditional update that failed with `e` is tried again on a fresh read
+/// (upstream's `GuaranteedUpdate`); counts the attempt.
+pub fn retry_unconditional(e: &ApiError, attempts: &mut u32) -> bool {
+    if e.reason != "Conflict" || *attempts >= UNCONDITIONAL_RETRIES {
+        return false;
+    }
+    *attempts += 1;
+    true
+}
 
 impl Objects {
     /// The built-in (or served custom) resource `group`/`plural`.
@@ -371,11 +381,11 @@ impl Objects {
             let current = self.read(req, req.name()).await?;
             return self.commit_update(req, &current, new, true).await;
         }
-        let mut attempt = 0;
+        let mut attempts = 0;
         loop {
             let current = self.read(req, req.name()).await?;
             match self.commit_update(req, &current, new.clone(), true).await {
-                Err(e) if e.reason == "Conflict" && attempt < UNCONDITIONAL_RETRIES => attempt += 1,
+                Err(e) if retry_unconditional(&e, &mut attempts) => {}
                 done => return done,
             }
         }
