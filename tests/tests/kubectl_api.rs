@@ -2697,7 +2697,9 @@ fn the_store_and_the_ca_keys_are_roots_alone() {
         let mut modes = Vec::new();
         walk(&c.data_dir(), &mut modes);
         assert!(
-            modes.iter().any(|(p, _)| p.ends_with("raft-log.redb")),
+            modes
+                .iter()
+                .any(|(p, _)| p.extension().is_some_and(|e| e == "wal")),
             "{modes:?}"
         );
         assert!(modes.iter().any(|(p, _)| p.ends_with("ca.key")), "{modes:?}");
@@ -2711,11 +2713,8 @@ fn the_store_and_the_ca_keys_are_roots_alone() {
     // Loosened by hand (or by an older release): tightened again at the next start.
     let store = c.data_dir().join("store");
     std::fs::set_permissions(&store, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(
-        store.join("raft-log.redb"),
-        std::fs::Permissions::from_mode(0o644),
-    )
-    .unwrap();
+    std::fs::set_permissions(store.join("raft-wal"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(store.join("state.redb"), std::fs::Permissions::from_mode(0o644)).unwrap();
     c.restart();
     check(&c);
 }

@@ -3,7 +3,6 @@
 
 // openraft's StorageError and RPCError are large by design and are its API.
 mod disk;
-#[expect(clippy::result_large_err, reason = "openraft's error types")]
 mod log_store;
 #[expect(clippy::result_large_err, reason = "openraft's error types")]
 mod network;
@@ -389,7 +388,7 @@ impl Store {
     /// Opens the store, starts its Raft member and transport, and waits until it can serve.
     pub async fn open(config: StoreConfig) -> Result<Self, StoreError> {
         std::fs::create_dir_all(&config.data_dir).map_err(io)?;
-        let log = LogStore::open(&config.data_dir.join("raft-log.redb")).map_err(io)?;
+        let log = LogStore::open(&config.data_dir).map_err(io)?;
         let db = StateMachine::open(&config.data_dir.join("state.redb")).map_err(io)?;
         let revision = read_revision(&db).map_err(io)?;
         let hub = Arc::new(WatchHub::new(
@@ -407,11 +406,12 @@ impl Store {
             // the voters' answers: room for a loaded machine.
             heartbeat_interval: 150,
             // A follower that knew a leader waits out the leader's lease (openraft: the maximum
-            // election timeout) and then its own election timeout: 700-900 ms without a
-            // heartbeat (4-6 heartbeats missed) before it stands, so writes resume within a
-            // second of a leader's death (etcd's defaults take 1-2 s).
+            // election timeout) and then its own election timeout: 650-800 ms without a
+            // heartbeat (4-5 heartbeats missed) before it stands, so writes resume within a
+            // second of a leader's death, an election and a loaded machine included (etcd's
+            // defaults take 1-2 s).
             election_timeout_min: 250,
-            election_timeout_max: 450,
+            election_timeout_max: 400,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_every),
             max_in_snapshot_log_to_keep: config.snapshot_every / 10,
             purge_batch_size: 1,

@@ -189,7 +189,8 @@ pub(super) fn restore(bytes: &[u8], store_dir: &Path) -> Result<(u64, usize), St
         .and_then(|len| rest.get(8..8 + len))
         .ok_or_else(|| damaged(&"shorter than it says"))?;
     let data: SnapshotData = decode(payload).map_err(|e| damaged(&e))?;
-    if store_dir.join("state.redb").exists() || store_dir.join("raft-log.redb").exists() {
+    let held = ["state.redb", super::log_store::DIR, super::log_store::LEGACY];
+    if held.iter().any(|name| store_dir.join(name).exists()) {
         return Err(format!(
             "{} already holds a store; restore into a data directory without one",
             store_dir.display()
