@@ -443,7 +443,14 @@ impl Store {
             disk: disk.clone(),
             db: db.clone(),
         });
-        let tls = config.tls.as_ref().map(|t| t.server()).transpose().map_err(io)?;
+        let tls = config
+            .tls
+            .as_ref()
+            .map(|t| t.raft_server())
+            .transpose()
+            .map_err(io)?;
+        let (stream_raft, stream_disk) = (raft.clone(), disk.clone());
+        let (streams_stop, streams_stopped) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             let router = tonic::transport::Server::builder().add_service(service);
             let stop = async {
@@ -453,7 +460,7 @@ impl Store {
                 Some(tls) => {
                     router
                         .serve_with_incoming_shutdown(
-                            network::tls_incoming(listener, tls, network::is_member, MEMBER_ORG),
+                            network::raft_incoming(listener, tls, stream_raft, stream_disk, streams_stopped),
                             stop,
                         )
                         .await
@@ -463,6 +470,7 @@ impl Store {
                     router.serve_with_incoming_shutdown(incoming, stop).await
                 }
             };
+            let _ = streams_stop.send(true);
             if let Err(e) = served {
                 tracing::error!(error = %e, "raft transport stopped");
             }
