@@ -26,6 +26,7 @@ pub struct KeyValue {
     /// The full key.
     pub key: String,
     /// The stored bytes (an object's JSON for the API server).
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     /// Revision at which the key was created (since its last deletion).
     pub create_revision: u64,
@@ -37,10 +38,15 @@ pub struct KeyValue {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum WriteOp {
     /// Create `key`; fails with [`StoreError::AlreadyExists`] if it exists.
-    Create { key: String, value: Vec<u8> },
+    Create {
+        key: String,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    },
     /// Replace `key`; fails if it is missing or, with `expected`, if its mod revision differs.
     Update {
         key: String,
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
         expected: Option<u64>,
     },
@@ -49,7 +55,11 @@ pub enum WriteOp {
     /// Forget watch history up to `revision`.
     Compact { revision: u64 },
     /// Create or replace `key` (etcd's put).
-    Put { key: String, value: Vec<u8> },
+    Put {
+        key: String,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    },
     /// If every comparison holds, `success`, else `failure`, all in one log entry (etcd's txn;
     /// each write of the branch takes a revision of its own).
     Txn {
@@ -82,7 +92,7 @@ pub enum CompareTarget {
     /// Its mod revision against this.
     Mod(u64),
     /// Its value against these bytes.
-    Value(Vec<u8>),
+    Value(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 /// How a [`Compare`] compares.

@@ -28,8 +28,9 @@ pub(super) fn read_snapshot_file(path: &Path) -> Result<Option<Snapshot<TypeConf
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(sm_err(ErrorVerb::Read, e)),
     };
-    let (meta, data): (SnapshotMeta<NodeId, openraft::BasicNode>, Vec<u8>) =
+    let (meta, data): (SnapshotMeta<NodeId, openraft::BasicNode>, serde_bytes::ByteBuf) =
         decode(&bytes).map_err(|e| sm_err(ErrorVerb::Read, e))?;
+    let data = data.into_vec();
     Ok(Some(Snapshot {
         meta,
         snapshot: Box::new(Cursor::new(data)),
@@ -51,7 +52,7 @@ pub(super) fn write_snapshot_file(
             e,
         )
     };
-    let bytes = encode(&(meta, data));
+    let bytes = encode(&(meta, serde_bytes::Bytes::new(data)));
     let mut f = std::fs::File::create(&tmp).map_err(write)?;
     f.write_all(&bytes).map_err(write)?;
     f.sync_all().map_err(write)?;
