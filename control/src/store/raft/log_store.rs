@@ -40,6 +40,9 @@ pub const LEGACY: &str = "raft-log.redb";
 const MAGIC: &[u8; 8] = b"SKWAL\0\0\x01";
 /// Bytes preallocated per segment; a record larger than what is left starts a new one.
 const SEGMENT_BYTES: u64 = 16 << 20;
+/// Most bytes of entries in one append to a follower (at least one entry): a follower must
+/// store it within a heartbeat interval (openraft's timeout for an append).
+pub const APPEND_BYTES: u64 = 4 << 20;
 /// A record's frame: its length and its CRC.
 const FRAME: usize = 8;
 /// The largest record a replay accepts: an entry is one batch of writes, far below this.
@@ -545,30 +548,30 @@ impl LogStore {
     }
 }
 
-impl RaftLogReader<TypeConfig> for LogStore {
-    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
-        &mut self,
-        range: RB,
-    ) -> Result<Vec<Entry>, StorageError> {
+impl LogStore {
+    /// The entries in `from..to`, stopping before `max_bytes` of records (never at none).
+    fn get(&self, from: u64, to: u64, max_bytes: u64) -> std::io::Result<Vec<Entry>> {
         let (locs, files) = {
             let inner = self.lock();
             let Some(first) = inner.entries.front().map(|l| l.log_id.index) else {
                 return Ok(Vec::new());
             };
-            let from = match range.start_bound() {
-                Bound::Included(&i) => i,
-                Bound::Excluded(&i) => i.saturating_add(1),
-                Bound::Unbounded => first,
-            }
-            .max(first);
-            let to = match range.end_bound() {
-                Bound::Included(&i) => i.saturating_add(1),
-                Bound::Excluded(&i) => i,
-                Bound::Unbounded => u64::MAX,
-            };
+            let from = from.max(first);
             let skip = usize::try_from(from - first).unwrap_or(usize::MAX);
             let take = usize::try_from(to.saturating_sub(from)).unwrap_or(usize::MAX);
-            let locs: Vec<Loc> = inner.entries.iter().skip(skip).take(take).copied().collect();
+            let mut bytes = 0;
+            let locs: Vec<Loc> = inner
+                .entries
+                .iter()
+                .skip(skip)
+                .take(take)
+                .take_while(|l| {
+                    let fits = bytes == 0 || bytes + u64::from(l.len) <= max_bytes;
+                    bytes += u64::from(l.len);
+                    fits
+                })
+                .copied()
+                .collect();
             let files = locs
                 .iter()
                 .map(|l| l.segment)
@@ -578,7 +581,32 @@ impl RaftLogReader<TypeConfig> for LogStore {
                 .collect();
             (locs, files)
         };
-        self.read(&locs, &files).map_err(|e| logs_err(ErrorVerb::Read, e))
+        self.read(&locs, &files)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let from = match range.start_bound() {
+            Bound::Included(&i) => i,
+            Bound::Excluded(&i) => i.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let to = match range.end_bound() {
+            Bound::Included(&i) => i.saturating_add(1),
+            Bound::Excluded(&i) => i,
+            Bound::Unbounded => u64::MAX,
+        };
+        self.get(from, to, u64::MAX)
+            .map_err(|e| logs_err(ErrorVerb::Read, e))
+    }
+
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, StorageError> {
+        self.get(start, end, APPEND_BYTES)
+            .map_err(|e| logs_err(ErrorVerb::Read, e))
     }
 }
 
@@ -834,6 +862,29 @@ mod tests {
             let read = log.try_get_log_entries(29..32).await.unwrap();
             let ids: Vec<_> = read.iter().map(|e| e.log_id).collect();
             assert_eq!(ids, vec![log_id(1, 29), log_id(2, 30), log_id(2, 31)]);
+        });
+    }
+
+    #[test]
+    fn an_append_to_a_follower_is_capped_in_bytes() {
+        block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let mut log = LogStore::open_with(dir.path(), SEGMENT_BYTES).unwrap();
+            let big = |index| Entry {
+                log_id: log_id(1, index),
+                payload: EntryPayload::Normal(crate::store::raft::types::Request {
+                    ops: vec![crate::store::WriteOp::Put {
+                        key: "k".into(),
+                        value: vec![7; 3 << 20],
+                    }],
+                }),
+            };
+            append(&mut log, (0..3).map(big).collect()).await;
+            // Two entries are over the cap: one goes; one alone over it still goes.
+            assert_eq!(log.limited_get_log_entries(0, 3).await.unwrap().len(), 1);
+            assert_eq!(log.try_get_log_entries(0..3).await.unwrap().len(), 3);
+            append(&mut log, vec![entry(1, 3), entry(1, 4)]).await;
+            assert_eq!(log.limited_get_log_entries(3, 5).await.unwrap().len(), 2);
         });
     }
 

@@ -100,8 +100,10 @@ const MAX_BATCH: usize = 512;
 /// Most bytes of keys and values in one log entry (one write may exceed it alone): a follower
 /// catching up must take each append within a heartbeat interval (openraft's timeout for it).
 const MAX_BATCH_BYTES: usize = 1 << 20;
-/// Log entries in one append to a follower (openraft's `max_payload_entries`).
-const MAX_APPEND_ENTRIES: u64 = 4;
+/// Log entries in one append to a follower (openraft's `max_payload_entries`); the log store
+/// also caps an append's bytes ([`log_store::APPEND_BYTES`]). openraft keeps one append in flight
+/// per follower, so under load each carries the entries proposed during the previous one.
+const MAX_APPEND_ENTRIES: u64 = 64;
 
 /// The bytes of keys and values a write carries.
 fn op_bytes(op: &WriteOp) -> usize {
