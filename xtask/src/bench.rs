@@ -573,8 +573,12 @@ fn meets(ratio: f64, limit: f64, higher: bool) -> bool {
     if higher { ratio >= limit } else { ratio <= limit }
 }
 
-/// `cargo xtask bench peers`: Skiff beside the real upstream components, built here.
-pub fn peers(root: &Path, cargo: impl Fn() -> Command) -> anyhow::Result<()> {
+/// One `skiff-bench peers-*` part: its output and how many minutes it took.
+type Part<'a> = &'a dyn Fn(&str) -> anyhow::Result<(serde_json::Value, f64)>;
+
+/// `cargo xtask bench peers`: Skiff beside the real upstream components, built here; `only`
+/// runs one part (`api` or `scheduler`) and rewrites its table alone.
+pub fn peers(root: &Path, cargo: impl Fn() -> Command, only: Option<&str>) -> anyhow::Result<()> {
     let etcd = ["/usr/bin/etcd", "/usr/local/bin/etcd"]
         .into_iter()
         .find(|p| Path::new(p).exists())
@@ -605,6 +609,17 @@ pub fn peers(root: &Path, cargo: impl Fn() -> Command) -> anyhow::Result<()> {
         )?;
         Ok((out, started.elapsed().as_secs_f64() / 60.0))
     };
+    if only != Some("scheduler") {
+        peers_api(root, &part, rounds)?;
+    }
+    if only != Some("api") {
+        peers_scheduler(root, &part, rounds)?;
+    }
+    Ok(())
+}
+
+/// The API beside kube-apiserver.
+fn peers_api(root: &Path, part: Part<'_>, rounds: usize) -> anyhow::Result<()> {
     let (out, minutes) = part("peers-api")?;
     let rows = out["peers_api"].as_array().cloned().unwrap_or_default();
     let systems = ["skiff-control", "upstream"];
@@ -733,8 +748,11 @@ pub fn peers(root: &Path, cargo: impl Fn() -> Command) -> anyhow::Result<()> {
         })
         .collect();
     writeln!(body, "This run against them: {}.\n", verdicts.join("; "))?;
-    write_section(root, "peers-api", &body)?;
+    write_section(root, "peers-api", &body)
+}
 
+/// The scheduler beside kube-scheduler.
+fn peers_scheduler(root: &Path, part: Part<'_>, rounds: usize) -> anyhow::Result<()> {
     let (out, minutes) = part("peers-scheduler")?;
     let rows = out["peers_scheduler"].as_array().cloned().unwrap_or_default();
     let mut body = String::new();

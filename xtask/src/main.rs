@@ -52,6 +52,9 @@ enum Cmd {
         /// Which benchmark.
         #[arg(value_parser = ["api", "store", "scheduler", "pods", "proxy", "peers"])]
         which: String,
+        /// `peers` only: run one part and rewrite its table alone.
+        #[arg(long, value_parser = ["api", "scheduler"])]
+        only: Option<String>,
     },
     /// Regenerate control/src/objects/schema/table.rs from the k8s-pb crate's sources.
     GenProtoSchema {
@@ -421,11 +424,12 @@ fn dispatch() -> anyhow::Result<()> {
             eprintln!("{}", object.display());
             Ok(())
         }
-        Cmd::Bench { which } if which == "peers" => {
+        Cmd::Bench { which, only } if which == "peers" => {
             prerequisites("peers")?;
-            bench::peers(&root(), cargo)
+            bench::peers(&root(), cargo, only.as_deref())
         }
-        Cmd::Bench { which } => match prerequisites("bench").map(|()| which.as_str())? {
+        Cmd::Bench { only: Some(_), .. } => bail!("--only applies to `cargo xtask bench peers`"),
+        Cmd::Bench { which, .. } => match prerequisites("bench").map(|()| which.as_str())? {
             "api" => bench::api(&root(), cargo),
             "store" => bench::store(&root(), cargo),
             "pods" => bench::pods(&root(), cargo),
