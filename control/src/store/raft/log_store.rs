@@ -491,6 +491,19 @@ impl LogStore {
             all.extend_from_slice(&buf);
             buf = all;
         }
+        // Entries follow the last (openraft truncates conflicting ones first); a gap would break
+        // the index, so it is refused before anything is written.
+        let mut next = inner.entries.back().map(|l| l.log_id.index + 1);
+        for (log_id, _, _) in &written {
+            if let Some(n) = next.filter(|n| log_id.index > *n) {
+                return Err(std::io::Error::other(format!(
+                    "entry {} appended after entry {}",
+                    log_id.index,
+                    n - 1
+                )));
+            }
+            next = Some(log_id.index + 1);
+        }
         let (file, offset) = inner.write(&buf)?;
         inner.committed_dirty = false;
         let segment = inner.current;
@@ -915,6 +928,11 @@ mod tests {
             assert_eq!(indexes(&mut log).await, vec![0, 1, 2, 3]);
             assert_eq!(std::fs::metadata(&path).unwrap().len(), torn);
             append(&mut log, vec![entry(1, 4), entry(1, 5)]).await;
+            let gap = log.write_entries(vec![entry(1, 9)]).unwrap_err();
+            assert!(
+                gap.to_string().contains("entry 9 appended after entry 5"),
+                "{gap}"
+            );
             drop(log);
             let mut log = LogStore::open_with(dir.path(), 1 << 20).unwrap();
             assert_eq!(indexes(&mut log).await, vec![0, 1, 2, 3, 4, 5]);
