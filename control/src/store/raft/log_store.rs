@@ -87,6 +87,18 @@ fn frame(buf: &mut Vec<u8>, kind: Kind, body: &[u8]) -> (usize, u32) {
     (start, len)
 }
 
+/// The records that restate a log's state (its vote, last purged id and committed hint).
+fn state_records(
+    buf: &mut Vec<u8>,
+    vote: Option<Vote<NodeId>>,
+    purged: Option<LogId>,
+    committed: Option<LogId>,
+) {
+    frame(buf, Kind::Vote, &encode(&vote));
+    frame(buf, Kind::Purged, &encode(&purged));
+    frame(buf, Kind::Committed, &encode(&committed));
+}
+
 /// Where an entry lives.
 #[derive(Debug, Clone, Copy)]
 struct Loc {
@@ -374,9 +386,7 @@ impl Inner {
 
     /// The records that restate the log's state at the head of a segment.
     fn state_records(&self, buf: &mut Vec<u8>) {
-        frame(buf, Kind::Vote, &encode(&self.vote));
-        frame(buf, Kind::Purged, &encode(&self.purged));
-        frame(buf, Kind::Committed, &encode(&self.committed));
+        state_records(buf, self.vote, self.purged, self.committed);
     }
 
     /// Starts the next segment: preallocated, headed by the state, the previous one synced first
@@ -757,9 +767,7 @@ mod legacy {
             .transpose()
             .map_err(|e| bad(&e))?;
         let mut buf = MAGIC.to_vec();
-        frame(&mut buf, Kind::Vote, &encode(&vote));
-        frame(&mut buf, Kind::Purged, &encode(&purged));
-        frame(&mut buf, Kind::Committed, &encode(&committed));
+        super::state_records(&mut buf, vote, purged, committed);
         let logs = tx.open_table(LOGS).map_err(|e| bad(&e))?;
         for item in logs.iter().map_err(|e| bad(&e))? {
             let (_, v) = item.map_err(|e| bad(&e))?;

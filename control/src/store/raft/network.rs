@@ -317,6 +317,20 @@ async fn dial(
     Err(last)
 }
 
+/// A TLS connection to a member at `host:port` (see [`dial`]), with Nagle off: Raft's messages
+/// are small and must not wait for the peer's delayed ACK.
+async fn dial_tls(
+    host: &str,
+    port: u16,
+    source: Option<std::net::IpAddr>,
+    config: Arc<rustls::ClientConfig>,
+) -> std::io::Result<TlsClientStream> {
+    let tcp = dial(host, port, source).await?;
+    tcp.set_nodelay(true)?;
+    let name = rustls::pki_types::ServerName::try_from(MEMBER_NAME).map_err(std::io::Error::other)?;
+    tokio_rustls::TlsConnector::from(config).connect(name, tcp).await
+}
+
 /// Opens a channel to a member's Raft address.
 async fn connect(
     addr: &str,
@@ -340,14 +354,7 @@ async fn connect(
                 let config = config.clone();
                 async move {
                     let host = uri.host().unwrap_or_default().to_owned();
-                    let port = uri.port_u16().unwrap_or(80);
-                    let tcp = dial(&host, port, source).await?;
-                    tcp.set_nodelay(true)?;
-                    let name = rustls::pki_types::ServerName::try_from(MEMBER_NAME)
-                        .map_err(std::io::Error::other)?;
-                    let tls = tokio_rustls::TlsConnector::from(config)
-                        .connect(name, tcp)
-                        .await?;
+                    let tls = dial_tls(&host, uri.port_u16().unwrap_or(80), source, config).await?;
                     Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
                 }
             });
@@ -428,13 +435,7 @@ impl Channels {
             .rsplit_once(':')
             .and_then(|(h, p)| Some((h.trim_start_matches('[').trim_end_matches(']'), p.parse().ok()?)))
             .ok_or_else(|| format!("{addr}: not host:port"))?;
-        let tcp = dial(host, port, self.source)
-            .await
-            .map_err(|e| format!("connecting to {addr}: {e}"))?;
-        tcp.set_nodelay(true).map_err(|e| e.to_string())?;
-        let name = rustls::pki_types::ServerName::try_from(MEMBER_NAME).map_err(|e| e.to_string())?;
-        let stream = tokio_rustls::TlsConnector::from(tls.client_speaking(STREAM_ALPN)?)
-            .connect(name, tcp)
+        let stream = dial_tls(host, port, self.source, tls.client_speaking(STREAM_ALPN)?)
             .await
             .map_err(|e| format!("connecting to {addr}: {e}"))?;
         if stream.get_ref().1.alpn_protocol() != Some(STREAM_ALPN) {
