@@ -12,7 +12,8 @@
 #   bench: what test needs, and the peers measured beside Skiff (etcd-server, runc, crun,
 #         iptables).
 #   peers: what bench needs, and what builds and runs the real upstream components
-#         (golang-1.19-go, make, rsync, openssl; `cargo xtask bench peers`).
+#         (golang-1.19-go, make, rsync, openssl, gcc; containerd and the CNI plugins for
+#         kubelet's node; `cargo xtask bench peers`).
 # The eBPF toolchain (nightly rust-src, bpf-linker) is installed by xtask itself when it builds.
 set -euo pipefail
 want=${1:?usage: prerequisites.sh up|test|bench|peers}
@@ -24,7 +25,7 @@ if [ "$want" = bench ] || [ "$want" = peers ]; then
   packages+=(etcd-server runc crun iptables)
 fi
 if [ "$want" = peers ]; then
-  packages+=(golang-1.19-go openssl make rsync)
+  packages+=(golang-1.19-go openssl make rsync gcc libc6-dev containerd containernetworking-plugins)
 fi
 command -v kubectl >/dev/null 2>&1 || packages+=(kubernetes-client)
 

@@ -11,8 +11,12 @@
 //! - `skiff-bench peers-scheduler --control PATH --etcd PATH --upstream-bin DIR [--rounds N]
 //!   [--nodes N,..] [--pods N]`: pods/s and create-to-bound latency through the API, Skiff's
 //!   scheduler beside kube-scheduler (`peers.rs`).
+//! - `skiff-bench peers-node --control PATH --agent PATH --etcd PATH --upstream-bin DIR
+//!   [--rounds N] [--singles N]`: a node, Skiff's agent beside kubelet on containerd, from start
+//!   to a first pod, pod apply to Ready and the node's memory with 50 pods (`peers_node.rs`).
 
 mod peers;
+mod peers_node;
 mod pods;
 mod proxy;
 
@@ -595,6 +599,20 @@ async fn main() -> anyhow::Result<()> {
             let nodes = numbers("--nodes", vec![1_000, 5_000])?;
             json!({"peers_scheduler": peers::scheduler(&control, &etcd, &bin, &nodes, pods, rounds).await?})
         }
+        Some("peers-node") => {
+            let control = flag("--control").context("--control PATH is required")?;
+            let agent = flag("--agent").context("--agent PATH is required")?;
+            let etcd = flag("--etcd").context("--etcd PATH is required")?;
+            let bin = flag("--upstream-bin").context("--upstream-bin DIR is required")?;
+            let number = |name: &str, default: usize| {
+                flag(name)
+                    .and_then(|r| r.to_str().and_then(|r| r.parse().ok()))
+                    .unwrap_or(default)
+            };
+            let (rounds, singles) = (number("--rounds", 3), number("--singles", 5));
+            let systems = list("--systems").unwrap_or_else(|| vec!["skiff".into(), "upstream".into()]);
+            json!({"peers_node": peers_node::node(&control, &agent, &etcd, &bin, rounds, singles, &systems).await?})
+        }
         Some("pods") => {
             let control = flag("--control").context("--control PATH is required")?;
             let agent = flag("--agent").context("--agent PATH is required")?;
@@ -628,7 +646,7 @@ async fn main() -> anyhow::Result<()> {
             json!({"scheduler": bench_scheduler(nodes, pods, backlog).await?})
         }
         _ => bail!(
-            "usage: skiff-bench store --etcd PATH | store-etcd --control PATH --etcd PATH [--members N,..] [--systems skiff,etcd-3.4] [--clients N,..] [--sizes N,..] [--leader-kills N [--keep-logs DIR]] | api --control PATH | peers-api --control PATH --etcd PATH --upstream-bin DIR [--rounds N] | peers-scheduler --control PATH --etcd PATH --upstream-bin DIR [--rounds N] [--nodes N,..] [--pods N] | scheduler NODES PODS [--backlog] | pods --control PATH --agent PATH | proxy [--sizes N,..] [--planes P,..]"
+            "usage: skiff-bench store --etcd PATH | store-etcd --control PATH --etcd PATH [--members N,..] [--systems skiff,etcd-3.4] [--clients N,..] [--sizes N,..] [--leader-kills N [--keep-logs DIR]] | api --control PATH | peers-api --control PATH --etcd PATH --upstream-bin DIR [--rounds N] | peers-scheduler --control PATH --etcd PATH --upstream-bin DIR [--rounds N] [--nodes N,..] [--pods N] | peers-node --control PATH --agent PATH --etcd PATH --upstream-bin DIR [--rounds N] [--singles N] [--systems skiff,upstream] | scheduler NODES PODS [--backlog] | pods --control PATH --agent PATH | proxy [--sizes N,..] [--planes P,..]"
         ),
     };
     println!("{}", serde_json::to_string_pretty(&result)?);

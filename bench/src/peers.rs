@@ -139,9 +139,9 @@ fn kubeconfig(dir: &Path, server: &str) -> anyhow::Result<std::path::PathBuf> {
 }
 
 /// One side of a round, running: its processes (killed when dropped) and its admin kubeconfig.
-struct Running {
+pub(crate) struct Running {
     system: &'static str,
-    kubeconfig: PathBuf,
+    pub(crate) kubeconfig: PathBuf,
     pids: Vec<u32>,
     started: Instant,
     /// Where the API server logs, shown when it does not become ready.
@@ -204,7 +204,7 @@ fn skiff(control: &Path, extra: &[&str]) -> anyhow::Result<Running> {
 /// Upstream's control plane: `kube-apiserver` over a one-member `etcd`, with `kube-scheduler`
 /// (given `scheduler_args`) and `kube-controller-manager` (given `controller_args`); the
 /// Kubernetes commands from directory `bin`. No leader election: one of each.
-fn upstream(
+pub(crate) fn upstream(
     etcd: &Path,
     bin: &Path,
     controller_args: &[&str],

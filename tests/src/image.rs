@@ -95,6 +95,17 @@ pub fn busybox_oci_archive_with_env(dir: &Path, env: &[&str]) -> PathBuf {
 /// [`busybox_oci_archive_with_env`] with more executable files: `(path in the image, content)`,
 /// each under a directory the image has (`usr/local/bin/` is added).
 pub fn busybox_oci_archive_with_files(dir: &Path, env: &[&str], files: &[(&str, &[u8])]) -> PathBuf {
+    busybox_oci_archive_as(dir, "busybox-oci.tar", env, files, &["sh"])
+}
+
+/// [`busybox_oci_archive_with_files`] written to `dir/file`, with `cmd` as the image's command.
+pub fn busybox_oci_archive_as(
+    dir: &Path,
+    file: &str,
+    env: &[&str],
+    files: &[(&str, &[u8])],
+    cmd: &[&str],
+) -> PathBuf {
     let busybox = std::fs::read("/bin/busybox").expect("/bin/busybox (Debian's busybox-static) is needed");
     let mut layer = Vec::new();
     for d in [
@@ -152,7 +163,7 @@ pub fn busybox_oci_archive_with_files(dir: &Path, env: &[&str], files: &[(&str, 
     let config = serde_json::to_vec(&json!({
         "architecture": "amd64",
         "os": "linux",
-        "config": {"Env": env, "Cmd": ["sh"]},
+        "config": {"Env": env, "Cmd": cmd},
         "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{diff_id}")]},
     }))
     .expect("json");
@@ -195,7 +206,7 @@ pub fn busybox_oci_archive_with_files(dir: &Path, env: &[&str], files: &[(&str, 
         tar_add(&mut archive, &format!("blobs/sha256/{d}"), b'0', 0o644, b, "");
     }
     archive.extend_from_slice(&[0u8; 1024]);
-    let path = dir.join("busybox-oci.tar");
+    let path = dir.join(file);
     std::fs::write(&path, archive).expect("writing the archive");
     path
 }

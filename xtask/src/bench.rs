@@ -577,45 +577,158 @@ fn meets(ratio: f64, limit: f64, higher: bool) -> bool {
 type Part<'a> = &'a dyn Fn(&str) -> anyhow::Result<(serde_json::Value, f64)>;
 
 /// `cargo xtask bench peers`: Skiff beside the real upstream components, built here; `only`
-/// runs one part (`api` or `scheduler`) and rewrites its table alone.
+/// runs one part (`api`, `scheduler` or `node`) and rewrites its table alone.
 pub fn peers(root: &Path, cargo: impl Fn() -> Command, only: Option<&str>) -> anyhow::Result<()> {
     let etcd = ["/usr/bin/etcd", "/usr/local/bin/etcd"]
         .into_iter()
         .find(|p| Path::new(p).exists())
         .context("etcd is not installed: apt-get install etcd-server")?;
-    let upstream = crate::peers::binaries(
-        root,
-        &["kube-apiserver", "kube-scheduler", "kube-controller-manager"],
-    )?;
-    build_release(root, &cargo, &["skiff-control", "skiff-bench"])?;
+    let node = only.is_none_or(|o| o == "node");
+    let mut names = vec!["kube-apiserver", "kube-scheduler", "kube-controller-manager"];
+    let mut packages = vec!["skiff-control", "skiff-bench"];
+    if node {
+        names.extend(["kubelet", "pause"]);
+        packages.push("skiff-agent");
+    }
+    let upstream = crate::peers::binaries(root, &names)?;
+    build_release(root, &cargo, &packages)?;
     let bin = root.join("target/release");
     let rounds = 3;
     // Runs one `skiff-bench peers-*` part; its output and how many minutes it took.
     let part = |subcommand: &str| -> anyhow::Result<(serde_json::Value, f64)> {
         let started = std::time::Instant::now();
-        let out = run_json(
-            Command::new(bin.join("skiff-bench"))
-                .args([
-                    subcommand,
-                    "--etcd",
-                    etcd,
-                    "--rounds",
-                    &rounds.to_string(),
-                    "--control",
-                ])
-                .arg(bin.join("skiff-control"))
-                .arg("--upstream-bin")
-                .arg(&upstream),
-        )?;
+        let mut cmd = Command::new(bin.join("skiff-bench"));
+        cmd.args([
+            subcommand,
+            "--etcd",
+            etcd,
+            "--rounds",
+            &rounds.to_string(),
+            "--control",
+        ])
+        .arg(bin.join("skiff-control"))
+        .arg("--upstream-bin")
+        .arg(&upstream);
+        if subcommand == "peers-node" {
+            cmd.arg("--agent").arg(bin.join("skiff-agent"));
+        }
+        let out = run_json(&mut cmd)?;
         Ok((out, started.elapsed().as_secs_f64() / 60.0))
     };
-    if only != Some("scheduler") {
+    if only.is_none_or(|o| o == "api") {
         peers_api(root, &part, rounds)?;
     }
-    if only != Some("api") {
+    if only.is_none_or(|o| o == "scheduler") {
         peers_scheduler(root, &part, rounds)?;
     }
+    if node {
+        peers_node(root, &part, rounds)?;
+    }
     Ok(())
+}
+
+/// A node beside kubelet on containerd.
+fn peers_node(root: &Path, part: Part<'_>, rounds: usize) -> anyhow::Result<()> {
+    let (out, minutes) = part("peers-node")?;
+    let rows = out["peers_node"].as_array().cloned().unwrap_or_default();
+    let systems = ["skiff", "upstream"];
+    let of = |system: &'static str| rows.iter().filter(move |r| r["system"] == system);
+    // (median, low, high) over one system's rounds.
+    let figure = |key: &str, scale: f64| {
+        systems.map(|system| {
+            spread(
+                of(system)
+                    .filter_map(|r| r[key].as_f64().map(|v| v / scale))
+                    .collect(),
+            )
+        })
+    };
+    // Every sample of all rounds: (p50, p99, count).
+    let samples = |key: &str| {
+        systems.map(|system| {
+            let mut v: Vec<f64> = of(system)
+                .flat_map(|r| r[key].as_array().cloned().unwrap_or_default())
+                .filter_map(|v| v.as_f64())
+                .collect();
+            v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+            let pct = |p: f64| {
+                if v.is_empty() {
+                    0.0
+                } else {
+                    v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1]
+                }
+            };
+            (pct(0.5), pct(0.99), v.len())
+        })
+    };
+    let mut body = String::new();
+    writeln!(
+        body,
+        "## Peers: a node beside kubelet on containerd (`cargo xtask bench peers`)\n"
+    )?;
+    writeln!(
+        body,
+        "Measured {} on {}; {rounds} rounds, each starting both sides fresh (control plane and node) in alternating order. This part took {minutes:.0} minutes.\n",
+        today(),
+        machine()
+    )?;
+    writeln!(
+        body,
+        "| figure | Skiff (`skiff-control`, `skiff-agent`) | upstream 1.20.2 (control plane as above; kubelet, containerd 1.6, runc) | Skiff ÷ upstream |\n| --- | --- | --- | --- |"
+    )?;
+    for (name, key, scale, unit) in [
+        ("start → node Ready", "node_ready_ms", 1000.0, " s"),
+        ("start → first pod Running", "first_pod_running_ms", 1000.0, " s"),
+        ("node PSS with 50 pods", "node_pss_50_kib", 1024.0, " MiB"),
+        ("node processes with 50 pods", "node_processes_50", 1.0, ""),
+    ] {
+        let [skiff, upstream] = figure(key, scale);
+        writeln!(body, "| {name} | {} |", peer_cells(skiff, upstream, 1.0, unit))?;
+    }
+    for (name, key) in [
+        ("1 pod: apply → Ready", "ready_1_ms"),
+        ("50 pods at once: apply → each Ready", "ready_50_ms"),
+    ] {
+        let [skiff, upstream] = samples(key);
+        for (p, i) in [("p50", 0), ("p99", 1)] {
+            let (s, u) = if i == 0 {
+                (skiff.0, upstream.0)
+            } else {
+                (skiff.1, upstream.1)
+            };
+            let ratio = if u > 0.0 {
+                format!("{:.2}×", s / u)
+            } else {
+                "–".into()
+            };
+            writeln!(
+                body,
+                "| {name}, {p} ({} / {} samples) | {s:.0} ms | {u:.0} ms | {ratio} |",
+                skiff.2, upstream.2
+            )?;
+        }
+    }
+    writeln!(
+        body,
+        "\nBoth nodes run on this host with the same busybox image imported beforehand (`imagePullPolicy: Never`, `sleep 3600`, no grace period), each under its own control plane: Skiff's `skiff-control`, upstream's kube-apiserver over etcd 3.4 with kube-scheduler and kube-controller-manager. Start counts from spawning the side's processes (upstream's node starts together with its control plane; Skiff's agent joins once `skiff-control` answers, as it needs the join token) to the Node Ready and to a first pod, submitted as soon as the API takes it, Running. Pods are then applied one at a time (5 per round) and 50 at once through the API (concurrent creates); Ready is as a watch sees it; every pod is deleted and torn down on the node between batches. kubelet runs with its defaults (among them `--kube-api-qps=5`, which paces its pod status updates), the cgroupfs driver, its iptables chains off and image GC and disk eviction off (as Skiff's test nodes); containerd with runc v2 shims, the CNI bridge plugin, the pause image built from upstream's `pause.c`, and `restrict_oom_score_adj` (this VM lacks CAP_SYS_RESOURCE). Memory is PSS (`/proc/PID/smaps_rollup`) summed over every process the node side runs, 1 s after the 50th pod is Ready: the agent and its per-container shims; kubelet, containerd, a `containerd-shim-runc-v2` per pod and its pause container. The pods' own `sleep`s are left out on both sides.\n"
+    )?;
+    writeln!(
+        body,
+        "Targets (issue 22): pod Ready p99 ≤ ½ of kubelet+containerd's; node PSS with 50 pods ≤ ¼ of theirs.\n"
+    )?;
+    let [s99, u99] = samples("ready_50_ms").map(|x| x.1);
+    let [spss, upss] = figure("node_pss_50_kib", 1.0).map(|x| x.0);
+    if u99 > 0.0 && upss > 0.0 {
+        let (r1, r2) = (s99 / u99, spss / upss);
+        let verdict = |ok: bool| if ok { "met" } else { "**not met**" };
+        writeln!(
+            body,
+            "This run against them: 50-pod Ready p99 {r1:.2}× ({}), node PSS {r2:.2}× ({}).\n",
+            verdict(meets(r1, 0.5, false)),
+            verdict(meets(r2, 0.25, false))
+        )?;
+    }
+    write_section(root, "peers-node", &body)
 }
 
 /// The API beside kube-apiserver.

@@ -91,8 +91,9 @@ fn source(peers: &Path) -> anyhow::Result<PathBuf> {
     Ok(tree)
 }
 
-/// Builds (once) the upstream commands `names` (`kube-apiserver`, `kube-scheduler`, ...) and
-/// returns the directory that holds them.
+/// Builds (once) the upstream commands `names` (`kube-apiserver`, `kube-scheduler`, ...; `pause`
+/// is the sandbox process of upstream's pause image, compiled from its C source) and returns the
+/// directory that holds them.
 pub fn binaries(root: &Path, names: &[&str]) -> anyhow::Result<PathBuf> {
     let peers = root.join("target/peers");
     let bin = peers.join("bin");
@@ -109,6 +110,16 @@ pub fn binaries(root: &Path, names: &[&str]) -> anyhow::Result<PathBuf> {
         "peers: building {} {VERSION} with Go 1.19 (upstream's `make`, generators included; about 10 minutes the first time)",
         missing.join(", ")
     );
+    if missing.contains(&"pause") {
+        run(Command::new("gcc")
+            .args(["-Os", "-Wall", "-Werror", "-static", "-DVERSION=v3.4.1", "-o"])
+            .arg(bin.join("pause"))
+            .arg(tree.join("build/pause/linux/pause.c")))?;
+    }
+    let missing: Vec<&str> = missing.into_iter().filter(|n| *n != "pause").collect();
+    if missing.is_empty() {
+        return Ok(bin);
+    }
     let what: Vec<String> = missing.iter().map(|n| format!("cmd/{n}")).collect();
     let path = format!(
         "{}:{}",
