@@ -517,7 +517,21 @@ async fn bench_scheduler(nodes: usize, pods: usize, backlog: bool) -> anyhow::Re
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut interrupt, mut terminate) = (signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?);
+    // On a signal the benchmark's future is dropped, and with it every process it started and
+    // what each side made on the host (their `Drop`s), as on an error.
+    let result = tokio::select! {
+        result = run(std::env::args().collect()) => result?,
+        _ = interrupt.recv() => bail!("interrupted (SIGINT); what the benchmark started is stopped"),
+        _ = terminate.recv() => bail!("terminated (SIGTERM); what the benchmark started is stopped"),
+    };
+    println!("{}", serde_json::to_string_pretty(&result)?);
+    Ok(())
+}
+
+/// The benchmark `args` name; its results.
+async fn run(args: Vec<String>) -> anyhow::Result<Value> {
     let flag = |name: &str| -> Option<PathBuf> {
         args.iter()
             .position(|a| a == name)
@@ -649,6 +663,5 @@ async fn main() -> anyhow::Result<()> {
             "usage: skiff-bench store --etcd PATH | store-etcd --control PATH --etcd PATH [--members N,..] [--systems skiff,etcd-3.4] [--clients N,..] [--sizes N,..] [--leader-kills N [--keep-logs DIR]] | api --control PATH | peers-api --control PATH --etcd PATH --upstream-bin DIR [--rounds N] | peers-scheduler --control PATH --etcd PATH --upstream-bin DIR [--rounds N] [--nodes N,..] [--pods N] | peers-node --control PATH --agent PATH --etcd PATH --upstream-bin DIR [--rounds N] [--singles N] [--systems skiff,upstream] | scheduler NODES PODS [--backlog] | pods --control PATH --agent PATH | proxy [--sizes N,..] [--planes P,..]"
         ),
     };
-    println!("{}", serde_json::to_string_pretty(&result)?);
-    Ok(())
+    Ok(result)
 }
