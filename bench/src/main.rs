@@ -44,6 +44,7 @@ mod etcdpb {
 }
 use etcdpb::etcdserverpb as etcd;
 mod etcd_api;
+mod mixed;
 
 const VALUE_SIZE: usize = 256;
 
@@ -636,7 +637,12 @@ async fn run(args: Vec<String>) -> anyhow::Result<Value> {
             // `proxy [--sizes 100,1000] [--planes ebpf,nftables]`
             let sizes = numbers("--sizes", vec![100, 1_000, 10_000])?;
             let planes = list("--planes").unwrap_or_else(proxy::planes);
-            json!({"proxy": proxy::bench(&sizes, &planes).await?})
+            // `--upstream-bin DIR --etcd PATH`: for the kube-proxy plane.
+            let upstream = match (flag("--upstream-bin"), flag("--etcd")) {
+                (Some(bin), Some(etcd)) => Some(proxy::Upstream { etcd, bin }),
+                _ => None,
+            };
+            json!({"proxy": proxy::bench(&sizes, &planes, upstream.as_ref()).await?})
         }
         Some("proxy-client") => proxy::client(
             std::path::Path::new(args.get(2).context("targets file")?),
@@ -660,7 +666,7 @@ async fn run(args: Vec<String>) -> anyhow::Result<Value> {
             json!({"scheduler": bench_scheduler(nodes, pods, backlog).await?})
         }
         _ => bail!(
-            "usage: skiff-bench store --etcd PATH | store-etcd --control PATH --etcd PATH [--members N,..] [--systems skiff,etcd-3.4] [--clients N,..] [--sizes N,..] [--leader-kills N [--keep-logs DIR]] | api --control PATH | peers-api --control PATH --etcd PATH --upstream-bin DIR [--rounds N] | peers-scheduler --control PATH --etcd PATH --upstream-bin DIR [--rounds N] [--nodes N,..] [--pods N] | peers-node --control PATH --agent PATH --etcd PATH --upstream-bin DIR [--rounds N] [--singles N] [--systems skiff,upstream] | scheduler NODES PODS [--backlog] | pods --control PATH --agent PATH | proxy [--sizes N,..] [--planes P,..]"
+            "usage: skiff-bench store --etcd PATH | store-etcd --control PATH --etcd PATH [--members N,..] [--systems skiff,etcd-3.4] [--clients N,..] [--sizes N,..] [--leader-kills N [--keep-logs DIR]] | api --control PATH | peers-api --control PATH --etcd PATH --upstream-bin DIR [--rounds N] | peers-scheduler --control PATH --etcd PATH --upstream-bin DIR [--rounds N] [--nodes N,..] [--pods N] | peers-node --control PATH --agent PATH --etcd PATH --upstream-bin DIR [--rounds N] [--singles N] [--systems skiff,upstream] | scheduler NODES PODS [--backlog] | pods --control PATH --agent PATH | proxy [--sizes N,..] [--planes P,..] [--upstream-bin DIR --etcd PATH]"
         ),
     };
     Ok(result)

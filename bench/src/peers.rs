@@ -210,6 +210,28 @@ pub(crate) fn upstream(
     controller_args: &[&str],
     scheduler_args: &[&str],
 ) -> anyhow::Result<Running> {
+    upstream_in(etcd, bin, controller_args, scheduler_args, None)
+}
+
+/// `cmd` run in network namespace `netns` (`ip netns exec` keeps the pid), or as it is.
+fn in_netns(cmd: Command, netns: Option<&str>) -> Command {
+    let Some(ns) = netns else { return cmd };
+    let mut wrapped = Command::new("ip");
+    wrapped
+        .args(["netns", "exec", ns])
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    wrapped
+}
+
+/// [`upstream`] in network namespace `netns` (its loopback), or the host's.
+pub(crate) fn upstream_in(
+    etcd: &Path,
+    bin: &Path,
+    controller_args: &[&str],
+    scheduler_args: &[&str],
+    netns: Option<&str>,
+) -> anyhow::Result<Running> {
     let dir = tempfile::tempdir()?;
     let d = dir.path().to_owned();
     certificates(&d)?;
@@ -220,13 +242,16 @@ pub(crate) fn upstream(
     );
     let started = Instant::now();
     let mut processes = vec![Killed(
-        etcd_member(
-            etcd,
-            "bench",
-            &d.join("etcd"),
-            &client_url,
-            &peer_url,
-            &format!("bench={peer_url}"),
+        in_netns(
+            etcd_member(
+                etcd,
+                "bench",
+                &d.join("etcd"),
+                &client_url,
+                &peer_url,
+                &format!("bench={peer_url}"),
+            ),
+            netns,
         )
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -237,7 +262,7 @@ pub(crate) fn upstream(
     let log = std::fs::File::create(&log_path)?;
     let path = |f: &str| d.join(f).display().to_string();
     processes.push(Killed(
-        Command::new(bin.join("kube-apiserver"))
+        in_netns(Command::new(bin.join("kube-apiserver")), netns)
             .args([
                 format!("--etcd-servers={client_url}"),
                 "--bind-address=127.0.0.1".into(),
@@ -262,7 +287,7 @@ pub(crate) fn upstream(
     ));
     let config = kubeconfig(&d, &format!("https://127.0.0.1:{port}"))?;
     processes.push(Killed(
-        Command::new(bin.join("kube-scheduler"))
+        in_netns(Command::new(bin.join("kube-scheduler")), netns)
             .arg(format!("--kubeconfig={}", config.display()))
             .args(["--leader-elect=false", "--port=0", "--secure-port=0", "--v=0"])
             .args(scheduler_args)
@@ -272,7 +297,7 @@ pub(crate) fn upstream(
             .context("starting kube-scheduler")?,
     ));
     processes.push(Killed(
-        Command::new(bin.join("kube-controller-manager"))
+        in_netns(Command::new(bin.join("kube-controller-manager")), netns)
             .arg(format!("--kubeconfig={}", config.display()))
             .arg(format!("--service-account-private-key-file={}", path("sa.key")))
             .arg(format!("--root-ca-file={}", path("ca.crt")))
@@ -301,9 +326,10 @@ async fn api_side(side: Running, round: usize) -> anyhow::Result<Value> {
     let idle = side.pss()?;
     let creates = creates(&side.kubeconfig, side.system, &format!("peers-{round}"), &RUNS).await?;
     let after = side.pss()?;
+    let mixed = super::mixed::mixed(&side.kubeconfig, &format!("mixed-{round}")).await?;
     Ok(json!({
         "system": side.system, "round": round, "ready_ms": ready_ms,
-        "pss_idle_kib": idle, "pss_after_kib": after, "creates": creates,
+        "pss_idle_kib": idle, "pss_after_kib": after, "creates": creates, "mixed": mixed,
     }))
 }
 

@@ -55,6 +55,18 @@ const RESPONSE: &[u8] = b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok";
 
 /// The data planes compared, in the order they run.
 const PLANES: [&str; 5] = ["direct", "ebpf", "nftables", "iptables-legacy", "iptables-nft"];
+/// Upstream's kube-proxy in iptables mode: a plane of `peers`, with the upstream binaries.
+pub const KUBE_PROXY: &str = "kube-proxy-iptables";
+
+/// Where the upstream binaries are, for the kube-proxy plane.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// `etcd` 3.4.
+    pub etcd: PathBuf,
+    /// The directory holding `kube-apiserver` and `kube-proxy` (and the rest of upstream's
+    /// control plane, which `peers::upstream` starts).
+    pub bin: PathBuf,
+}
 
 fn run(cmd: &mut Command) -> anyhow::Result<()> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
@@ -74,8 +86,10 @@ fn in_ns(ns: &str, program: &str) -> Command {
     cmd
 }
 
+/// Service `service`'s cluster IP: from 10.96.0.2 (10.96.0.1 is the `kubernetes` Service of the
+/// API server kube-proxy reads).
 fn cluster_ip(service: usize) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + service as u32 + 1)
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + service as u32 + 2)
 }
 
 fn endpoint_ip(index: usize) -> Ipv4Addr {
@@ -472,7 +486,245 @@ fn iptables_plane(ns: &str, program: &str, n: usize) -> anyhow::Result<(f64, Vec
     Ok((program_all, changes))
 }
 
-async fn measure(host: &Host, plane: &str, n: usize) -> anyhow::Result<Measured> {
+/// Runs `job` on a thread of its own inside network namespace `ns` (on a runtime of its own, so
+/// every socket it opens is there): how the benchmark talks to an API server in the client's
+/// namespace.
+fn in_netns<T, F, Fut>(ns: &str, job: F) -> anyhow::Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let path = PathBuf::from("/run/netns").join(ns);
+    let thread = std::thread::spawn(move || -> anyhow::Result<T> {
+        skiff_agent::network::pod_net::enter_netns(&path)?;
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(job())
+    });
+    tokio::task::block_in_place(|| thread.join())
+        .map_err(|_| anyhow::anyhow!("the namespace thread panicked"))?
+}
+
+/// kube-proxy 1.20 in iptables mode in the client's namespace, fed by kube-apiserver (over
+/// etcd, with upstream's scheduler and controller manager, as `peers` runs them) in that same
+/// namespace; all stopped when dropped (their state goes with the namespace and temp dirs).
+struct KubeProxy {
+    proxy: Option<super::Killed>,
+    control: super::peers::Running,
+    ns: String,
+    server: String,
+}
+
+impl Drop for KubeProxy {
+    fn drop(&mut self) {
+        drop(self.proxy.take());
+    }
+}
+
+/// What `iptables-save -t nat` shows in namespace `ns`.
+fn nat_rules(ns: &str) -> anyhow::Result<String> {
+    let out = in_ns(ns, "iptables-save").args(["-t", "nat"]).output()?;
+    if !out.status.success() {
+        bail!("iptables-save: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// How many rule syncs kube-proxy has finished, from its metrics (127.0.0.1:10249 in the
+/// namespace the calling thread is in); 0 before it answers.
+fn syncs() -> u64 {
+    let Ok(mut conn) = TcpStream::connect(("127.0.0.1", 10249)) else {
+        return 0;
+    };
+    let mut text = String::new();
+    if conn.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").is_err() || conn.read_to_string(&mut text).is_err() {
+        return 0;
+    }
+    text.lines()
+        .find_map(|l| l.strip_prefix("kubeproxy_sync_proxy_rules_duration_seconds_count "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+/// Waits, from `t0`, until a rule sync of kube-proxy leaves `ns`'s NAT rules as `done` wants
+/// them: its metrics are polled (cheap) and the rules read once after each sync (reading them
+/// over and over would compete with the sync itself). How long that took.
+fn until_synced(
+    ns: &str,
+    t0: Instant,
+    patience: Duration,
+    done: impl Fn(&str) -> bool + Send + 'static,
+) -> anyhow::Result<f64> {
+    let (path, ns) = (PathBuf::from("/run/netns").join(ns), ns.to_owned());
+    let thread = std::thread::spawn(move || -> anyhow::Result<f64> {
+        skiff_agent::network::pod_net::enter_netns(&path)?;
+        let mut checked = None;
+        loop {
+            let now = syncs();
+            let at = t0.elapsed();
+            if now > 0 && checked != Some(now) {
+                checked = Some(now);
+                if done(&nat_rules(&ns)?) {
+                    return Ok(ms(at));
+                }
+            }
+            if t0.elapsed() > patience {
+                bail!("kube-proxy did not program its rules within {patience:?}");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+    thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("the polling thread panicked"))?
+}
+
+/// Service `i`'s EndpointSlice as kube-proxy 1.20 reads it (discovery.k8s.io/v1beta1).
+fn v1beta1_slice(i: usize, endpoints: &[Ipv4Addr]) -> Value {
+    let (_, mut slice) = service_objects(i, endpoints);
+    slice["apiVersion"] = json!("discovery.k8s.io/v1beta1");
+    slice["kind"] = json!("EndpointSlice");
+    slice["metadata"]["labels"]["endpointslice.kubernetes.io/managed-by"] = json!("skiff-bench");
+    for e in slice["endpoints"].as_array_mut().into_iter().flatten() {
+        if let Some(e) = e.as_object_mut() {
+            e.remove("nodeName");
+        }
+    }
+    slice
+}
+
+impl KubeProxy {
+    /// Starts the control plane in the client namespace and gives it `n` services with their
+    /// EndpointSlices; kube-proxy starts in [`KubeProxy::program`].
+    fn start(host: &Host, upstream: &Upstream, n: usize) -> anyhow::Result<KubeProxy> {
+        let ns = host.client_ns();
+        let control = super::peers::upstream_in(&upstream.etcd, &upstream.bin, &[], &[], Some(&ns))?;
+        let kubeconfig = control.kubeconfig.clone();
+        let server = in_netns(&ns, move || async move {
+            super::wait_ready(&kubeconfig, Duration::from_secs(120)).await?;
+            let (client, server) = super::https_client(&kubeconfig)?;
+            super::create(
+                &client,
+                &format!("{server}/api/v1/namespaces"),
+                &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "bench"}}),
+            )
+            .await?;
+            // kube-proxy looks up its Node for its address (and waits for it, retrying), as a
+            // kubelet would have registered it.
+            super::create(
+                &client,
+                &format!("{server}/api/v1/nodes"),
+                &json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "bench"},
+                    "status": {"addresses": [{"type": "InternalIP", "address": "10.255.0.1"}]}}),
+            )
+            .await?;
+            let clients: std::sync::Arc<Vec<super::HttpsClient>> = std::sync::Arc::new(
+                (0..16)
+                    .map(|_| super::https_client(&kubeconfig).map(|c| c.0))
+                    .collect::<Result<_, _>>()?,
+            );
+            let srv = std::sync::Arc::new(server.clone());
+            super::drive(n, 16, move |w, i| {
+                let (c, srv) = (clients.clone(), srv.clone());
+                async move {
+                    let (mut service, _) = service_objects(i, &original_endpoints(i));
+                    service["apiVersion"] = json!("v1");
+                    service["kind"] = json!("Service");
+                    super::create(
+                        &c[w],
+                        &format!("{srv}/api/v1/namespaces/bench/services"),
+                        &service,
+                    )
+                    .await?;
+                    super::create(
+                        &c[w],
+                        &format!("{srv}/apis/discovery.k8s.io/v1beta1/namespaces/bench/endpointslices"),
+                        &v1beta1_slice(i, &original_endpoints(i)),
+                    )
+                    .await
+                }
+            })
+            .await?;
+            Ok(server)
+        })?;
+        Ok(KubeProxy {
+            proxy: None,
+            control,
+            ns,
+            server,
+        })
+    }
+
+    /// Starts kube-proxy; the time until all `n` services are in its rules.
+    fn program(&mut self, bin: &Path, n: usize) -> anyhow::Result<f64> {
+        let t0 = Instant::now();
+        self.proxy = Some(super::Killed(
+            in_ns(&self.ns, &bin.join("kube-proxy").display().to_string())
+                .arg(format!("--kubeconfig={}", self.control.kubeconfig.display()))
+                .args([
+                    "--proxy-mode=iptables",
+                    "--hostname-override=bench",
+                    // Leave the kernel's conntrack settings as they are (the table size is the
+                    // host's, not the namespace's).
+                    "--conntrack-max-per-core=0",
+                    "--conntrack-min=0",
+                    "--conntrack-tcp-timeout-established=0s",
+                    "--conntrack-tcp-timeout-close-wait=0s",
+                    "--v=0",
+                ])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .context("starting kube-proxy")?,
+        ));
+        until_synced(&self.ns, t0, Duration::from_secs(600), move |rules| {
+            rules
+                .lines()
+                .filter(|l| {
+                    l.starts_with("-A KUBE-SERVICES") && l.contains("bench/s") && l.contains("-j KUBE-SVC-")
+                })
+                .count()
+                >= n
+        })
+    }
+
+    /// Replaces endpoint 0 of service `i` by `to`; the time until kube-proxy's rules send to it.
+    fn change(&self, i: usize, to: Ipv4Addr) -> anyhow::Result<f64> {
+        let mut endpoints = original_endpoints(i);
+        endpoints[0] = to;
+        let (kubeconfig, server) = (self.control.kubeconfig.clone(), self.server.clone());
+        let patch = json!({"endpoints": v1beta1_slice(i, &endpoints)["endpoints"]}).to_string();
+        let t0 = Instant::now();
+        in_netns(&self.ns, move || async move {
+            let (client, _) = super::https_client(&kubeconfig)?;
+            let req = hyper::Request::patch(format!(
+                "{server}/apis/discovery.k8s.io/v1beta1/namespaces/bench/endpointslices/s{i}-x"
+            ))
+            .header("content-type", "application/merge-patch+json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(patch)))?;
+            let resp = client.request(req).await?;
+            let status = resp.status();
+            http_body_util::BodyExt::collect(resp.into_body()).await?;
+            if status != 200 {
+                bail!("patching EndpointSlice s{i}-x returned {status}");
+            }
+            Ok(())
+        })?;
+        let target = format!("--to-destination {to}:{TARGET_PORT}");
+        until_synced(&self.ns, t0, Duration::from_secs(300), move |rules| {
+            rules.contains(&target)
+        })
+    }
+}
+
+async fn measure(
+    host: &Host,
+    plane: &str,
+    n: usize,
+    upstream: Option<&Upstream>,
+) -> anyhow::Result<Measured> {
     host.fresh_client()?;
     let services: Vec<SocketAddrV4> = (0..n)
         .map(|i| SocketAddrV4::new(cluster_ip(i), SERVICE_PORT))
@@ -540,6 +792,27 @@ async fn measure(host: &Host, plane: &str, n: usize) -> anyhow::Result<Measured>
                 hook: None,
             }
         }
+        KUBE_PROXY => {
+            let upstream = upstream.context("the kube-proxy plane needs --upstream-bin and --etcd")?;
+            let mut kp = KubeProxy::start(host, upstream, n)?;
+            let program_all_ms = kp.program(&upstream.bin, n)?;
+            // Every sync of kube-proxy 1.20 rewrites its whole ruleset: at 10,000 services a
+            // change takes seconds, so fewer of them there.
+            let changes = if n >= 10_000 { CHANGES / 4 } else { CHANGES };
+            let mut change_ms = Vec::new();
+            for c in 0..changes {
+                change_ms.push(kp.change(c * n / changes, replacement_ip(c))?);
+            }
+            let client = host.client(&services)?;
+            drop(kp);
+            Measured {
+                program_all_ms,
+                change_ms,
+                client,
+                paired: None,
+                hook: None,
+            }
+        }
         other => bail!("unknown plane {other}"),
     })
 }
@@ -596,14 +869,14 @@ fn stats(v: Vec<f64>) -> Value {
 }
 
 /// `skiff-bench proxy [SIZES...]`: every plane at every size, as JSON rows.
-pub async fn bench(sizes: &[usize], planes: &[String]) -> anyhow::Result<Value> {
+pub async fn bench(sizes: &[usize], planes: &[String], upstream: Option<&Upstream>) -> anyhow::Result<Value> {
     let host = Host::new()?;
     serve(&host.server_ns())?;
     let mut rows = Vec::new();
     for &n in sizes {
         for plane in planes {
             eprintln!("proxy bench: {plane}, {n} services");
-            let m = measure(&host, plane, n)
+            let m = measure(&host, plane, n, upstream)
                 .await
                 .with_context(|| format!("{plane} with {n} services"))?;
             let mut row = json!({"plane": plane, "services": n, "endpoints": n * ENDPOINTS,

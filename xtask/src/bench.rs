@@ -577,17 +577,23 @@ fn meets(ratio: f64, limit: f64, higher: bool) -> bool {
 type Part<'a> = &'a dyn Fn(&str) -> anyhow::Result<(serde_json::Value, f64)>;
 
 /// `cargo xtask bench peers`: Skiff beside the real upstream components, built here; `only`
-/// runs one part (`api`, `scheduler` or `node`) and rewrites its table alone.
+/// runs one part (`api`, `scheduler`, `node` or `proxy`) and rewrites its table alone.
 pub fn peers(root: &Path, cargo: impl Fn() -> Command, only: Option<&str>) -> anyhow::Result<()> {
     let etcd = ["/usr/bin/etcd", "/usr/local/bin/etcd"]
         .into_iter()
         .find(|p| Path::new(p).exists())
         .context("etcd is not installed: apt-get install etcd-server")?;
     let node = only.is_none_or(|o| o == "node");
+    let proxy = only.is_none_or(|o| o == "proxy");
     let mut names = vec!["kube-apiserver", "kube-scheduler", "kube-controller-manager"];
     let mut packages = vec!["skiff-control", "skiff-bench"];
     if node {
         names.extend(["kubelet", "pause"]);
+    }
+    if proxy {
+        names.push("kube-proxy");
+    }
+    if node || proxy {
         packages.push("skiff-agent");
     }
     let upstream = crate::peers::binaries(root, &names)?;
@@ -624,7 +630,101 @@ pub fn peers(root: &Path, cargo: impl Fn() -> Command, only: Option<&str>) -> an
     if node {
         peers_node(root, &part, rounds)?;
     }
+    if proxy {
+        let started = std::time::Instant::now();
+        let out = run_json(
+            Command::new(bin.join("skiff-bench"))
+                .args([
+                    "proxy",
+                    "--planes",
+                    "direct,ebpf,nftables,kube-proxy-iptables",
+                    "--etcd",
+                    etcd,
+                ])
+                .arg("--upstream-bin")
+                .arg(&upstream),
+        )?;
+        peers_proxy(root, &out, started.elapsed().as_secs_f64() / 60.0)?;
+    }
     Ok(())
+}
+
+/// Services beside kube-proxy.
+fn peers_proxy(root: &Path, out: &serde_json::Value, minutes: f64) -> anyhow::Result<()> {
+    let rows = out["proxy"].as_array().cloned().unwrap_or_default();
+    let f = |r: &serde_json::Value, a: &str, b: &str| r[a][b].as_f64().unwrap_or(0.0);
+    let mut body = String::new();
+    writeln!(
+        body,
+        "## Peers: services beside kube-proxy (`cargo xtask bench peers`)\n"
+    )?;
+    writeln!(
+        body,
+        "Measured {} on {}; one run. This part took {minutes:.0} minutes.\n",
+        today(),
+        machine()
+    )?;
+    writeln!(
+        body,
+        "| services | plane | program all (ms) | one change p50 / p99 (ms) | latency p50 / p99 (ms) | latency p50 over direct | req/s |\n| --- | --- | --- | --- | --- | --- | --- |"
+    )?;
+    for row in &rows {
+        let direct = rows
+            .iter()
+            .find(|r| r["plane"] == "direct" && r["services"] == row["services"])
+            .map_or(0.0, |r| f(r, "latency", "p50_ms"));
+        let plane = row["plane"].as_str().unwrap_or("?");
+        let is_direct = plane == "direct";
+        let over = if is_direct || direct <= 0.0 {
+            "-".to_string()
+        } else {
+            format!("{:+.0}%", (f(row, "latency", "p50_ms") / direct - 1.0) * 100.0)
+        };
+        let (program, change) = if is_direct {
+            ("-".to_string(), "-".to_string())
+        } else {
+            (
+                format!("{:.1}", row["program_all_ms"].as_f64().unwrap_or(0.0)),
+                format!(
+                    "{:.3} / {:.3}",
+                    f(row, "change", "p50_ms"),
+                    f(row, "change", "p99_ms")
+                ),
+            )
+        };
+        writeln!(
+            body,
+            "| {} | {plane} | {program} | {change} | {:.3} / {:.3} | {over} | {:.0} |",
+            row["services"],
+            f(row, "latency", "p50_ms"),
+            f(row, "latency", "p99_ms"),
+            row["rps"].as_f64().unwrap_or(0.0),
+        )?;
+    }
+    writeln!(body)?;
+    for row in rows.iter().filter(|r| !r["paired"].is_null()) {
+        let (e, d) = (
+            f(&row["paired"], "ebpf", "p50_ms"),
+            f(&row["paired"], "direct", "p50_ms"),
+        );
+        if d > 0.0 {
+            writeln!(
+                body,
+                "- {} services, eBPF paired with the floor (interleaved rounds, as in the section above): {e:.3} vs {d:.3} ms at p50, {:+.1}%.",
+                row["services"],
+                (e / d - 1.0) * 100.0
+            )?;
+        }
+    }
+    writeln!(
+        body,
+        "\nThe set-up of `cargo xtask bench proxy` (section above): the client in a fresh network namespace per plane, one listener in a second namespace answering for every endpoint, N ClusterIP services of 10 endpoints each. *kube-proxy-iptables* is upstream's kube-proxy 1.20.2 (built here) in iptables mode, run in the client's namespace and fed by kube-apiserver over etcd 3.4 (with kube-scheduler and kube-controller-manager, as in the sections above) in that same namespace: the Services and their EndpointSlices (`discovery.k8s.io/v1beta1`, which kube-proxy 1.20 reads) are created through the API first, with a Node for kube-proxy to find. *program all* is from kube-proxy's start to its first sync that holds all N services (its informers' initial lists included); *one change* is from an EndpointSlice patch replacing one endpoint to the end of the first sync whose rules send to the new address (20 changes; 5 at 10,000 services, where each sync takes seconds). Both are read from kube-proxy's own sync counter (`kubeproxy_sync_proxy_rules_duration_seconds_count` on its metrics port) with the rules checked after each sync. kube-proxy runs with its defaults (among them `--iptables-min-sync-period=1s`, which paces changes; its conntrack sysctls left alone), through Debian's default `iptables`, the nf_tables backend. Its ipvs mode cannot run on this machine: the kernel has no IPVS (`CONFIG_IP_VS` unset, modules disabled).\n"
+    )?;
+    writeln!(
+        body,
+        "Target (issue 22): eBPF connect latency within 5% of direct while kube-proxy's iptables is not.\n"
+    )?;
+    write_section(root, "peers-proxy", &body)
 }
 
 /// A node beside kubelet on containerd.
@@ -754,6 +854,8 @@ fn peers_api(root: &Path, part: Part<'_>, rounds: usize) -> anyhow::Result<()> {
                 .as_f64()
         }
     };
+    let mixed =
+        |kind: &'static str, key: &'static str| move |r: &serde_json::Value| r["mixed"][kind][key].as_f64();
     let mut body = String::new();
     writeln!(
         body,
@@ -810,6 +912,46 @@ fn peers_api(root: &Path, part: Part<'_>, rounds: usize) -> anyhow::Result<()> {
             1024.0,
             " MiB",
         ),
+        (
+            "mixed: requests/s, 64 clients, 100 watchers",
+            Box::new(|r: &serde_json::Value| r["mixed"]["requests_per_sec"].as_f64()),
+            1.0,
+            "",
+        ),
+        ("mixed: get p99", Box::new(mixed("get", "p99_ms")), 1.0, " ms"),
+        (
+            "mixed: list (selector, 100 of 1,000) p99",
+            Box::new(mixed("list", "p99_ms")),
+            1.0,
+            " ms",
+        ),
+        (
+            "mixed: update p99",
+            Box::new(mixed("update", "p99_ms")),
+            1.0,
+            " ms",
+        ),
+        (
+            "mixed: update → each watcher, p50",
+            Box::new(mixed("watch_delay", "p50_ms")),
+            1.0,
+            " ms",
+        ),
+        (
+            "mixed: update → each watcher, p99",
+            Box::new(mixed("watch_delay", "p99_ms")),
+            1.0,
+            " ms",
+        ),
+        (
+            "mixed: watch events delivered (%)",
+            Box::new(|r: &serde_json::Value| {
+                let m = &r["mixed"];
+                Some(100.0 * m["watch_events_delivered"].as_f64()? / m["watch_events_expected"].as_f64()?)
+            }),
+            1.0,
+            "",
+        ),
     ];
     for (name, get, scale, unit) in &lines {
         let [skiff, upstream] = systems.map(|s| figure(s, get.as_ref()));
@@ -817,7 +959,7 @@ fn peers_api(root: &Path, part: Part<'_>, rounds: usize) -> anyhow::Result<()> {
     }
     writeln!(
         body,
-        "\nOne load generator (`skiff-bench`, Rust, hyper + rustls, HTTP/2, one connection per client, client certificates) drives both sides with 10,000 ConfigMap creates (256-byte payload) at 1 and then 64 clients. Skiff: one `skiff-control` process, its store one Raft member, fsync on. Upstream: `kube-apiserver` (built here from Debian's source package, `-mod=vendor`, default flags plus RBAC and client-certificate authentication) over one `etcd` 3.4 member (Debian's `etcd-server`, fsync on). `kube-scheduler` and `kube-controller-manager` (no leader election) run beside it, as Skiff's scheduler and controllers run inside `skiff-control`. Memory is PSS from `/proc/PID/smaps_rollup`, summed over each side's processes (Skiff: 1; upstream: 4), so shared pages count once. The load generator runs on the same cores as both servers.\n"
+        "\nOne load generator (`skiff-bench`, Rust, hyper + rustls, HTTP/2, one connection per client, client certificates) drives both sides with 10,000 ConfigMap creates (256-byte payload) at 1 and then 64 clients. Skiff: one `skiff-control` process, its store one Raft member, fsync on. Upstream: `kube-apiserver` (built here from Debian's source package, `-mod=vendor`, default flags plus RBAC and client-certificate authentication) over one `etcd` 3.4 member (Debian's `etcd-server`, fsync on). `kube-scheduler` and `kube-controller-manager` (no leader election) run beside it, as Skiff's scheduler and controllers run inside `skiff-control`. Memory is PSS from `/proc/PID/smaps_rollup`, summed over each side's processes (Skiff: 1; upstream: 4), so shared pages count once. The load generator runs on the same cores as both servers.\n\nThe mixed load follows the creates on the same process: 1,000 ConfigMaps in a namespace of their own (10 label groups), 100 watchers on that namespace (a connection each, from the list's resourceVersion), then 20,000 requests from 64 clients: 60% gets, 20% lists with a label selector matching 100 objects, 20% merge-patch updates. Each update writes a sequence number that the watchers read back from their events: the delay is from the update's send to the event's arrival at each watcher (every watcher sees every update).\n"
     )?;
     writeln!(
         body,

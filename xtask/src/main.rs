@@ -53,7 +53,7 @@ enum Cmd {
         #[arg(value_parser = ["api", "store", "scheduler", "pods", "proxy", "peers"])]
         which: String,
         /// `peers` only: run one part and rewrite its table alone.
-        #[arg(long, value_parser = ["api", "scheduler", "node"])]
+        #[arg(long, value_parser = ["api", "scheduler", "node", "proxy"])]
         only: Option<String>,
     },
     /// Regenerate control/src/objects/schema/table.rs from the k8s-pb crate's sources.
