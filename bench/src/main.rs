@@ -599,7 +599,8 @@ async fn run(args: Vec<String>) -> anyhow::Result<Value> {
             let rounds = flag("--rounds")
                 .and_then(|r| r.to_str().and_then(|r| r.parse().ok()))
                 .unwrap_or(3);
-            json!({"peers_api": peers::api(&control, &etcd, &bin, rounds).await?})
+            let systems = list("--systems").unwrap_or_else(|| vec!["skiff".into(), "upstream".into()]);
+            json!({"peers_api": peers::api(&control, &etcd, &bin, rounds, &systems).await?})
         }
         Some("peers-scheduler") => {
             let control = flag("--control").context("--control PATH is required")?;
@@ -666,7 +667,7 @@ async fn run(args: Vec<String>) -> anyhow::Result<Value> {
             json!({"scheduler": bench_scheduler(nodes, pods, backlog).await?})
         }
         _ => bail!(
-            "usage: skiff-bench store --etcd PATH | store-etcd --control PATH --etcd PATH [--members N,..] [--systems skiff,etcd-3.4] [--clients N,..] [--sizes N,..] [--leader-kills N [--keep-logs DIR]] | api --control PATH | peers-api --control PATH --etcd PATH --upstream-bin DIR [--rounds N] | peers-scheduler --control PATH --etcd PATH --upstream-bin DIR [--rounds N] [--nodes N,..] [--pods N] | peers-node --control PATH --agent PATH --etcd PATH --upstream-bin DIR [--rounds N] [--singles N] [--systems skiff,upstream] | scheduler NODES PODS [--backlog] | pods --control PATH --agent PATH | proxy [--sizes N,..] [--planes P,..] [--upstream-bin DIR --etcd PATH]"
+            "usage: skiff-bench store --etcd PATH | store-etcd --control PATH --etcd PATH [--members N,..] [--systems skiff,etcd-3.4] [--clients N,..] [--sizes N,..] [--leader-kills N [--keep-logs DIR]] | api --control PATH | peers-api --control PATH --etcd PATH --upstream-bin DIR [--rounds N] [--systems skiff,upstream] | peers-scheduler --control PATH --etcd PATH --upstream-bin DIR [--rounds N] [--nodes N,..] [--pods N] | peers-node --control PATH --agent PATH --etcd PATH --upstream-bin DIR [--rounds N] [--singles N] [--systems skiff,upstream] | scheduler NODES PODS [--backlog] | pods --control PATH --agent PATH | proxy [--sizes N,..] [--planes P,..] [--upstream-bin DIR --etcd PATH]"
         ),
     };
     Ok(result)

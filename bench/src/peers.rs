@@ -333,11 +333,21 @@ async fn api_side(side: Running, round: usize) -> anyhow::Result<Value> {
     }))
 }
 
-/// `rounds` rounds of both sides, the first side alternating.
-pub async fn api(control: &Path, etcd: &Path, bin: &Path, rounds: usize) -> anyhow::Result<Value> {
+/// `rounds` rounds of both sides (of `systems`: `skiff`, `upstream`), the first side alternating.
+pub async fn api(
+    control: &Path,
+    etcd: &Path,
+    bin: &Path,
+    rounds: usize,
+    systems: &[String],
+) -> anyhow::Result<Value> {
     let mut out = Vec::new();
     for round in 0..rounds {
         for skiff_first in [round % 2 == 0, round % 2 != 0] {
+            let system = if skiff_first { "skiff" } else { "upstream" };
+            if !systems.iter().any(|s| s == system) {
+                continue;
+            }
             let side = if skiff_first {
                 skiff(control, &[])?
             } else {

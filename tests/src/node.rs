@@ -404,6 +404,7 @@ impl Node {
         self.kill9();
         // Whatever is left (an agent that could not finish): containers, mounts, links, cgroups.
         kill_containers(&self.data_dir());
+        kill_cgroup_processes(&self.prefix);
         unmount_under(self.dir.path());
         let _ = Command::new("ip")
             .args(["link", "del", &self.bridge()])
@@ -454,6 +455,40 @@ fn unmount_under(dir: &Path) {
     points.sort_by_key(|p| std::cmp::Reverse(p.len()));
     for p in points {
         let _ = Command::new("umount").args(["-l", p]).bounded_output();
+    }
+}
+
+/// Kills every process left in the cgroups named `prefix` (any hierarchy, any depth): a
+/// container's children outlive its init when the pod shares the host's PID namespace (the agent's
+/// DaemonSet does), and a cgroup with a process in it cannot be removed.
+pub fn kill_cgroup_processes(prefix: &str) {
+    fn procs(dir: &Path, out: &mut Vec<String>) {
+        if let Ok(text) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+            out.extend(text.lines().map(str::to_owned));
+        }
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                procs(&e.path(), out);
+            }
+        }
+    }
+    let root = Path::new("/sys/fs/cgroup");
+    let mut pids = Vec::new();
+    procs(&root.join(prefix), &mut pids);
+    for e in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        if e.path().join(prefix).is_dir() {
+            procs(&e.path().join(prefix), &mut pids);
+        }
+    }
+    pids.sort();
+    pids.dedup();
+    if !pids.is_empty() {
+        let _ = Command::new("kill").arg("-9").args(&pids).bounded_output();
+        // Killed processes leave their cgroups once reaped (by init: they are orphans).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && pids.iter().any(|p| Path::new("/proc").join(p).exists()) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 

@@ -289,6 +289,9 @@ async fn list_stored(app: &App, call: &Call) -> Result<(Vec<Value>, u64, Option<
             .collect();
         return Ok((items, rev, None));
     }
+    // A built-in resource's labels are the same in every version: a label selector can look at
+    // the stored labels alone, and only what it selects is decoded whole.
+    let quick = !labels.is_empty() && call.info.crd.is_none();
     let mut items = Vec::new();
     let revision;
     loop {
@@ -312,6 +315,9 @@ async fn list_stored(app: &App, call: &Call) -> Result<(Vec<Value>, u64, Option<
         let last = page.items.last().map(|kv| kv.key.clone());
         let mut filled_at = None;
         for kv in &page.items {
+            if quick && !labels.matches(stored_labels(kv).as_ref()) {
+                continue;
+            }
             let obj = call.info.decode(kv);
             if labels.matches(obj["metadata"].get("labels")) && fields.matches(&obj) {
                 items.push(obj);
@@ -334,6 +340,23 @@ async fn list_stored(app: &App, call: &Call) -> Result<(Vec<Value>, u64, Option<
         start = last;
     }
     Ok((items, revision, None))
+}
+
+/// A stored object's `metadata.labels`, read without decoding the rest of it (a label selector
+/// over a large list rejects most objects).
+fn stored_labels(kv: &crate::store::KeyValue) -> Option<Value> {
+    #[derive(serde::Deserialize)]
+    struct Head {
+        #[serde(default)]
+        metadata: Meta,
+    }
+    #[derive(serde::Deserialize, Default)]
+    struct Meta {
+        #[serde(default)]
+        labels: Option<serde_json::Map<String, Value>>,
+    }
+    let head: Head = serde_json::from_slice(&kv.value).ok()?;
+    head.metadata.labels.map(Value::Object)
 }
 
 /// Upstream's answer to a continue token whose revision has been compacted.
@@ -459,6 +482,90 @@ fn watch_line(call: &Call, kind: &str, obj: Value) -> bytes::Bytes {
     bytes::Bytes::from(line)
 }
 
+/// One watch event as a line for watchers that see it alike: the object's key and the event's
+/// revision (one write), how it is told (ADDED, MODIFIED, DELETED) and the form it is served in.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct LineKey {
+    revision: u64,
+    key: String,
+    kind: &'static str,
+    api_version: String,
+    protobuf: bool,
+}
+
+/// Encoded watch lines, shared by the watchers of a resource: informers watch whole resources
+/// without selectors, so every one of them would otherwise decode, convert and encode the same
+/// event again (100 watchers: 100 times). Holds the latest `WatchLines::CAPACITY` lines.
+#[derive(Default)]
+pub struct WatchLines {
+    lines: std::sync::Mutex<(
+        HashMap<LineKey, bytes::Bytes>,
+        std::collections::VecDeque<LineKey>,
+    )>,
+}
+
+impl std::fmt::Debug for WatchLines {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let held = self.lines.lock().map_or(0, |l| l.1.len());
+        f.debug_struct("WatchLines").field("held", &held).finish()
+    }
+}
+
+impl WatchLines {
+    const CAPACITY: usize = 4096;
+
+    fn get(&self, key: &LineKey) -> Option<bytes::Bytes> {
+        self.lines.lock().ok()?.0.get(key).cloned()
+    }
+
+    fn put(&self, key: LineKey, line: bytes::Bytes) {
+        let Ok(mut lines) = self.lines.lock() else { return };
+        let (map, order) = &mut *lines;
+        if map.insert(key.clone(), line).is_none() {
+            order.push_back(key);
+        }
+        while order.len() > Self::CAPACITY {
+            if let Some(old) = order.pop_front() {
+                map.remove(&old);
+            }
+        }
+    }
+}
+
+/// The line for `event`, told as `kind`, to a watcher without selectors that sees objects whole
+/// (`call` neither a table nor partial metadata): from the shared lines, or made and shared.
+async fn shared_line(
+    app: &App,
+    call: &Call,
+    event: &crate::store::Event,
+    kind: &'static str,
+) -> bytes::Bytes {
+    let key = LineKey {
+        revision: event.revision,
+        key: event.kv.key.clone(),
+        kind,
+        api_version: call.info.api_version(),
+        protobuf: call.protobuf,
+    };
+    if let Some(line) = app.watch_lines.get(&key) {
+        return line;
+    }
+    let mut obj = call.info.decode(&event.kv);
+    if let Err(e) = app
+        .objects
+        .served_form(&call.info, std::slice::from_mut(&mut obj))
+        .await
+    {
+        return watch_line(call, "ERROR", e.to_status());
+    }
+    if event.kind == EventKind::Delete {
+        set_resource_version(&mut obj, event.revision);
+    }
+    let line = watch_line(call, kind, obj);
+    app.watch_lines.put(key, line.clone());
+    line
+}
+
 /// A streaming watch (`?watch=true`).
 pub async fn watch(app: Arc<App>, call: Call) -> Result<Response> {
     let (labels, fields) = call.selectors()?;
@@ -524,8 +631,11 @@ pub async fn watch(app: Arc<App>, call: Call) -> Result<Response> {
         fields: FieldSelector,
         bookmarks: bool,
         deadline: tokio::time::Instant,
+        /// Events go as the shared lines (no selectors, objects whole).
+        shared: bool,
     }
     let st_protobuf = call.protobuf;
+    let shared = labels.is_empty() && fields.is_empty() && !call.table && call.partial.is_none();
     let state = State {
         app,
         call,
@@ -535,6 +645,7 @@ pub async fn watch(app: Arc<App>, call: Call) -> Result<Response> {
         fields,
         bookmarks,
         deadline,
+        shared,
     };
     let body = futures::stream::unfold(state, |mut st| async move {
         loop {
@@ -551,6 +662,17 @@ pub async fn watch(app: Arc<App>, call: Call) -> Result<Response> {
                     st.lines.push_back(watch_line(&st.call, "BOOKMARK", bm));
                 }
                 next = stream.next() => match next {
+                    // Without selectors every event is told: a put of a key that existed as
+                    // MODIFIED, else ADDED; a delete as DELETED.
+                    Ok(Some(event)) if st.shared => {
+                        let kind = match (event.kind, event.prev.is_some()) {
+                            (EventKind::Delete, _) => "DELETED",
+                            (EventKind::Put, true) => "MODIFIED",
+                            (EventKind::Put, false) => "ADDED",
+                        };
+                        let line = shared_line(&st.app, &st.call, &event, kind).await;
+                        st.lines.push_back(line);
+                    }
                     Ok(Some(event)) => {
                         let matches = |o: &Value| st.labels.matches(o["metadata"].get("labels")) && st.fields.matches(o);
                         let line = match event.kind {
@@ -847,6 +969,36 @@ mod tests {
             let mut want = head.clone();
             want["items"] = json!(items);
             assert_eq!(body_json(streamed_list(&head, items)).await, want);
+        }
+    }
+
+    #[test]
+    fn stored_labels_are_the_labels_of_the_whole_object() {
+        let kv = |value: &str| crate::store::KeyValue {
+            key: "/registry/configmaps/default/a".into(),
+            value: value.as_bytes().to_vec(),
+            create_revision: 1,
+            mod_revision: 1,
+        };
+        for value in [
+            r#"{"metadata":{"name":"a","labels":{"app":"x","tier":"db"}},"data":{"k":"v\"labels\""}}"#,
+            r#"{"data":{"labels":"no"},"metadata":{"labels":{}}}"#,
+            r#"{"metadata":{"name":"a"}}"#,
+            r#"{"metadata":null}"#,
+            r#"{}"#,
+            r#"not json"#,
+        ] {
+            let whole = crate::objects::meta::from_kv(&kv(value));
+            let labels = whole["metadata"].get("labels").cloned();
+            assert_eq!(stored_labels(&kv(value)), labels, "{value}");
+            for selector in ["app=x", "app!=x", "!app", "tier in (db,web)", "app"] {
+                let sel = crate::objects::selector::LabelSelector::parse(selector).unwrap();
+                assert_eq!(
+                    sel.matches(stored_labels(&kv(value)).as_ref()),
+                    sel.matches(whole["metadata"].get("labels")),
+                    "{selector} on {value}"
+                );
+            }
         }
     }
 }

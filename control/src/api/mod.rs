@@ -73,6 +73,8 @@ pub struct App {
     pub audit: Option<Arc<audit::Audit>>,
     /// What members joining the store present and get (none: members cannot join here).
     pub joining: Option<members::Joining>,
+    /// Watch events encoded once for every watcher that sees them alike.
+    pub watch_lines: handlers::WatchLines,
 }
 
 impl App {
@@ -90,6 +92,7 @@ impl App {
             static_tokens: token::StaticTokens::default(),
             audit: None,
             joining: None,
+            watch_lines: handlers::WatchLines::default(),
         }
     }
 }

@@ -164,6 +164,11 @@ impl LabelSelector {
 pub struct FieldSelector(Vec<(String, bool, String)>);
 
 impl FieldSelector {
+    /// Whether the selector has no terms (matches everything).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// Parses the string form; each term is `path=value`, `path==value` or `path!=value`.
     pub fn parse(s: &str) -> Result<Self, String> {
         let mut terms = Vec::new();
