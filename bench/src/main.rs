@@ -558,6 +558,12 @@ async fn run(args: Vec<String>) -> anyhow::Result<Value> {
             None => Ok(default),
         }
     };
+    // `--name N`, or `default` without the flag.
+    let number = |name: &str, default: usize| {
+        flag(name)
+            .and_then(|r| r.to_str().and_then(|r| r.parse().ok()))
+            .unwrap_or(default)
+    };
     let result = match args.get(1).map(String::as_str) {
         Some("store") => {
             let etcd = flag("--etcd").context("--etcd PATH is required")?;
@@ -596,9 +602,7 @@ async fn run(args: Vec<String>) -> anyhow::Result<Value> {
             let control = flag("--control").context("--control PATH is required")?;
             let etcd = flag("--etcd").context("--etcd PATH is required")?;
             let bin = flag("--upstream-bin").context("--upstream-bin DIR is required")?;
-            let rounds = flag("--rounds")
-                .and_then(|r| r.to_str().and_then(|r| r.parse().ok()))
-                .unwrap_or(3);
+            let rounds = number("--rounds", 3);
             let systems = list("--systems").unwrap_or_else(|| vec!["skiff".into(), "upstream".into()]);
             json!({"peers_api": peers::api(&control, &etcd, &bin, rounds, &systems).await?})
         }
@@ -606,11 +610,6 @@ async fn run(args: Vec<String>) -> anyhow::Result<Value> {
             let control = flag("--control").context("--control PATH is required")?;
             let etcd = flag("--etcd").context("--etcd PATH is required")?;
             let bin = flag("--upstream-bin").context("--upstream-bin DIR is required")?;
-            let number = |name: &str, default: usize| {
-                flag(name)
-                    .and_then(|r| r.to_str().and_then(|r| r.parse().ok()))
-                    .unwrap_or(default)
-            };
             let (rounds, pods) = (number("--rounds", 3), number("--pods", 10_000));
             let nodes = numbers("--nodes", vec![1_000, 5_000])?;
             json!({"peers_scheduler": peers::scheduler(&control, &etcd, &bin, &nodes, pods, rounds).await?})
@@ -620,11 +619,6 @@ async fn run(args: Vec<String>) -> anyhow::Result<Value> {
             let agent = flag("--agent").context("--agent PATH is required")?;
             let etcd = flag("--etcd").context("--etcd PATH is required")?;
             let bin = flag("--upstream-bin").context("--upstream-bin DIR is required")?;
-            let number = |name: &str, default: usize| {
-                flag(name)
-                    .and_then(|r| r.to_str().and_then(|r| r.parse().ok()))
-                    .unwrap_or(default)
-            };
             let (rounds, singles) = (number("--rounds", 3), number("--singles", 5));
             let systems = list("--systems").unwrap_or_else(|| vec!["skiff".into(), "upstream".into()]);
             json!({"peers_node": peers_node::node(&control, &agent, &etcd, &bin, rounds, singles, &systems).await?})

@@ -397,10 +397,12 @@ fn bench_pod(i: usize) -> Value {
         "metadata": {"name": format!("pod-{i:06}"), "namespace": "default", "labels": labels}, "spec": spec})
 }
 
-/// Pod names and when each was first seen bound, from a watch of the default namespace's pods.
-async fn watch_bindings(
+/// A watch of the default namespace's pods: for each event whose object `pick` takes, what it
+/// makes of it and when the event arrived.
+pub(crate) async fn watch_default_pods<T: Send + 'static>(
     kubeconfig: &Path,
-) -> anyhow::Result<tokio::sync::mpsc::UnboundedReceiver<(String, Instant)>> {
+    pick: impl Fn(&Value) -> Option<T> + Send + 'static,
+) -> anyhow::Result<tokio::sync::mpsc::UnboundedReceiver<(T, Instant)>> {
     use http_body_util::BodyExt;
     let (client, server) = super::https_client(kubeconfig)?;
     let req = hyper::Request::get(format!("{server}/api/v1/namespaces/default/pods?watch=1"))
@@ -422,10 +424,8 @@ async fn watch_bindings(
                 let Ok(event) = serde_json::from_slice::<Value>(&line) else {
                     continue;
                 };
-                let pod = &event["object"];
-                if pod["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty())
-                    && let Some(name) = pod["metadata"]["name"].as_str()
-                    && tx.send((name.to_owned(), at)).is_err()
+                if let Some(v) = pick(&event["object"])
+                    && tx.send((v, at)).is_err()
                 {
                     return;
                 }
@@ -433,6 +433,20 @@ async fn watch_bindings(
         }
     });
     Ok(rx)
+}
+
+/// Pod names and when each was first seen bound, from a watch of the default namespace's pods.
+async fn watch_bindings(
+    kubeconfig: &Path,
+) -> anyhow::Result<tokio::sync::mpsc::UnboundedReceiver<(String, Instant)>> {
+    watch_default_pods(kubeconfig, |pod| {
+        pod["spec"]["nodeName"]
+            .as_str()
+            .is_some_and(|n| !n.is_empty())
+            .then(|| pod["metadata"]["name"].as_str().map(str::to_owned))
+            .flatten()
+    })
+    .await
 }
 
 /// One side's scheduler round: `nodes` Nodes, then `pods` pods created by 32 clients while the

@@ -475,41 +475,16 @@ fn pod(name: &str) -> Value {
 /// Pods of the default namespace as a watch sees them: name, Running, Ready, when.
 async fn watch_pods(
     kubeconfig: &Path,
-) -> anyhow::Result<tokio::sync::mpsc::UnboundedReceiver<(String, bool, bool, Instant)>> {
-    use http_body_util::BodyExt;
-    let (client, server) = https_client(kubeconfig)?;
-    let req = hyper::Request::get(format!("{server}/api/v1/namespaces/default/pods?watch=1"))
-        .body(Default::default())?;
-    let resp = client.request(req).await?;
-    if !resp.status().is_success() {
-        bail!("the pod watch returned {}", resp.status());
-    }
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut body = resp.into_body();
-        let mut buf: Vec<u8> = Vec::new();
-        while let Some(Ok(frame)) = body.frame().await {
-            let Ok(data) = frame.into_data() else { continue };
-            let at = Instant::now();
-            buf.extend_from_slice(&data);
-            while let Some(end) = buf.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = buf.drain(..=end).collect();
-                let Ok(event) = serde_json::from_slice::<Value>(&line) else {
-                    continue;
-                };
-                let pod = &event["object"];
-                let running = pod["status"]["phase"] == "Running";
-                let ready = pod["status"]["conditions"]
-                    .as_array()
-                    .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
-                let name = pod["metadata"]["name"].as_str().unwrap_or_default().to_owned();
-                if tx.send((name, running, ready, at)).is_err() {
-                    return;
-                }
-            }
-        }
-    });
-    Ok(rx)
+) -> anyhow::Result<tokio::sync::mpsc::UnboundedReceiver<((String, bool, bool), Instant)>> {
+    super::peers::watch_default_pods(kubeconfig, |pod| {
+        let running = pod["status"]["phase"] == "Running";
+        let ready = pod["status"]["conditions"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
+        let name = pod["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+        Some((name, running, ready))
+    })
+    .await
 }
 
 async fn request(
@@ -554,14 +529,14 @@ async fn create_pod(client: &HttpsClient, server: &str, pod: &Value) -> anyhow::
 
 /// Waits for `names` to be seen Ready (or only Running, with `running`); when each was.
 async fn seen(
-    watch: &mut tokio::sync::mpsc::UnboundedReceiver<(String, bool, bool, Instant)>,
+    watch: &mut tokio::sync::mpsc::UnboundedReceiver<((String, bool, bool), Instant)>,
     names: &[String],
     running: bool,
 ) -> anyhow::Result<HashMap<String, Instant>> {
     let mut at = HashMap::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
     while at.len() < names.len() {
-        let (name, is_running, is_ready, when) = tokio::time::timeout_at(deadline, watch.recv())
+        let ((name, is_running, is_ready), when) = tokio::time::timeout_at(deadline, watch.recv())
             .await
             .context("pods did not become Ready in 300 s")?
             .context("the pod watch ended")?;
