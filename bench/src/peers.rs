@@ -154,13 +154,7 @@ impl Running {
     async fn ready(&self, patience: Duration) -> anyhow::Result<u64> {
         let result = wait_ready(&self.kubeconfig, patience).await;
         if let (Err(_), Some(log)) = (&result, &self.log) {
-            let log = std::fs::read_to_string(log).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(20).collect();
-            eprintln!(
-                "{}'s API server log ends:\n{}",
-                self.system,
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
+            eprintln!("{}'s API server log ends:\n{}", self.system, log_tail(log, 20));
         }
         result.with_context(|| format!("{} did not become ready", self.system))?;
         Ok(self.started.elapsed().as_millis() as u64)
@@ -169,6 +163,18 @@ impl Running {
     fn pss(&self) -> anyhow::Result<u64> {
         pss_of(&self.pids)
     }
+
+    /// The side's own directory (removed with it): where a helper beside it may log.
+    pub(crate) fn dir(&self) -> &Path {
+        self._dir.path()
+    }
+}
+
+/// The last `n` lines of the log at `path`, for an error.
+pub(crate) fn log_tail(path: &Path, n: usize) -> String {
+    let log = std::fs::read_to_string(path).unwrap_or_default();
+    let tail: Vec<&str> = log.lines().rev().take(n).collect();
+    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
 }
 
 /// Skiff's control plane: one `skiff-control` with a fresh data directory.

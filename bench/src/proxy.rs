@@ -55,8 +55,13 @@ const RESPONSE: &[u8] = b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok";
 
 /// The data planes compared, in the order they run.
 const PLANES: [&str; 5] = ["direct", "ebpf", "nftables", "iptables-legacy", "iptables-nft"];
-/// Upstream's kube-proxy in iptables mode: a plane of `peers`, with the upstream binaries.
+/// Upstream's kube-proxy in iptables mode: planes of `peers`, with the upstream binaries. The
+/// first runs the system's `iptables` (Debian's default, the nf_tables backend), the second the
+/// legacy backend (what kube-proxy's own image picks on a host whose rules are legacy).
 pub const KUBE_PROXY: &str = "kube-proxy-iptables";
+pub const KUBE_PROXY_LEGACY: &str = "kube-proxy-iptables-legacy";
+/// How long kube-proxy may take to program every service before the row says it did not.
+const KUBE_PROXY_PATIENCE: Duration = Duration::from_secs(600);
 
 /// Where the upstream binaries are, for the kube-proxy plane.
 #[derive(Debug, Clone)]
@@ -489,22 +494,35 @@ fn iptables_plane(ns: &str, program: &str, n: usize) -> anyhow::Result<(f64, Vec
 /// Runs `job` on a thread of its own inside network namespace `ns` (on a runtime of its own, so
 /// every socket it opens is there): how the benchmark talks to an API server in the client's
 /// namespace.
-fn in_netns<T, F, Fut>(ns: &str, job: F) -> anyhow::Result<T>
+async fn in_netns<T, F, Fut>(ns: &str, job: F) -> anyhow::Result<T>
 where
     T: Send + 'static,
     F: FnOnce() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = anyhow::Result<T>>,
 {
     let path = PathBuf::from("/run/netns").join(ns);
-    let thread = std::thread::spawn(move || -> anyhow::Result<T> {
+    on_thread(move || {
         skiff_agent::network::pod_net::enter_netns(&path)?;
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?
             .block_on(job())
+    })
+    .await
+}
+
+/// Runs `job` on a thread of its own and awaits its result, so that the waiting future can be
+/// dropped (a signal stops skiff-bench by dropping what it runs): the thread is then left to
+/// end on its own, and goes with the process.
+async fn on_thread<T: Send + 'static>(
+    job: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(job());
     });
-    tokio::task::block_in_place(|| thread.join())
-        .map_err(|_| anyhow::anyhow!("the namespace thread panicked"))?
+    rx.await
+        .map_err(|_| anyhow::anyhow!("a benchmark thread panicked"))?
 }
 
 /// kube-proxy 1.20 in iptables mode in the client's namespace, fed by kube-apiserver (over
@@ -515,6 +533,8 @@ struct KubeProxy {
     control: super::peers::Running,
     ns: String,
     server: String,
+    /// kube-proxy runs the legacy iptables backend (else the system's `iptables`).
+    legacy: bool,
 }
 
 impl Drop for KubeProxy {
@@ -524,10 +544,10 @@ impl Drop for KubeProxy {
 }
 
 /// What `iptables-save -t nat` shows in namespace `ns`.
-fn nat_rules(ns: &str) -> anyhow::Result<String> {
-    let out = in_ns(ns, "iptables-save").args(["-t", "nat"]).output()?;
+fn nat_rules(ns: &str, save: &str) -> anyhow::Result<String> {
+    let out = in_ns(ns, save).args(["-t", "nat"]).output()?;
     if !out.status.success() {
-        bail!("iptables-save: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!("{save}: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -550,15 +570,17 @@ fn syncs() -> u64 {
 
 /// Waits, from `t0`, until a rule sync of kube-proxy leaves `ns`'s NAT rules as `done` wants
 /// them: its metrics are polled (cheap) and the rules read once after each sync (reading them
-/// over and over would compete with the sync itself). How long that took.
-fn until_synced(
+/// over and over would compete with the sync itself, `save` reads them). How long that took;
+/// `None` once `patience` has run out.
+async fn until_synced(
     ns: &str,
+    save: &'static str,
     t0: Instant,
     patience: Duration,
     done: impl Fn(&str) -> bool + Send + 'static,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<Option<f64>> {
     let (path, ns) = (PathBuf::from("/run/netns").join(ns), ns.to_owned());
-    let thread = std::thread::spawn(move || -> anyhow::Result<f64> {
+    on_thread(move || -> anyhow::Result<Option<f64>> {
         skiff_agent::network::pod_net::enter_netns(&path)?;
         let mut checked = None;
         loop {
@@ -566,19 +588,17 @@ fn until_synced(
             let at = t0.elapsed();
             if now > 0 && checked != Some(now) {
                 checked = Some(now);
-                if done(&nat_rules(&ns)?) {
-                    return Ok(ms(at));
+                if done(&nat_rules(&ns, save)?) {
+                    return Ok(Some(ms(at)));
                 }
             }
             if t0.elapsed() > patience {
-                bail!("kube-proxy did not program its rules within {patience:?}");
+                return Ok(None);
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-    });
-    thread
-        .join()
-        .map_err(|_| anyhow::anyhow!("the polling thread panicked"))?
+    })
+    .await
 }
 
 /// Service `i`'s EndpointSlice as kube-proxy 1.20 reads it (discovery.k8s.io/v1beta1).
@@ -598,7 +618,7 @@ fn v1beta1_slice(i: usize, endpoints: &[Ipv4Addr]) -> Value {
 impl KubeProxy {
     /// Starts the control plane in the client namespace and gives it `n` services with their
     /// EndpointSlices; kube-proxy starts in [`KubeProxy::program`].
-    fn start(host: &Host, upstream: &Upstream, n: usize) -> anyhow::Result<KubeProxy> {
+    async fn start(host: &Host, upstream: &Upstream, n: usize, legacy: bool) -> anyhow::Result<KubeProxy> {
         let ns = host.client_ns();
         let control = super::peers::upstream_in(&upstream.etcd, &upstream.bin, &[], &[], Some(&ns))?;
         let kubeconfig = control.kubeconfig.clone();
@@ -648,21 +668,51 @@ impl KubeProxy {
             })
             .await?;
             Ok(server)
-        })?;
+        })
+        .await?;
         Ok(KubeProxy {
             proxy: None,
             control,
             ns,
             server,
+            legacy,
         })
     }
 
-    /// Starts kube-proxy; the time until all `n` services are in its rules.
-    fn program(&mut self, bin: &Path, n: usize) -> anyhow::Result<f64> {
+    /// The program that shows kube-proxy's rules.
+    fn save(&self) -> &'static str {
+        if self.legacy {
+            "iptables-legacy-save"
+        } else {
+            "iptables-save"
+        }
+    }
+
+    /// Starts kube-proxy; the time until all `n` services are in its rules, `None` if they were
+    /// not within [`KUBE_PROXY_PATIENCE`].
+    async fn program(&mut self, bin: &Path, n: usize) -> anyhow::Result<Option<f64>> {
+        let log_path = self.control.dir().join("kube-proxy.log");
+        let log = std::fs::File::create(&log_path)?;
+        let mut cmd = in_ns(&self.ns, &bin.join("kube-proxy").display().to_string());
+        if self.legacy {
+            // kube-proxy runs `iptables`, `iptables-save` and `iptables-restore` (and their
+            // ip6tables twins) from its PATH: there, they are the legacy backend's.
+            let dir = self.control.dir().join("iptables-legacy");
+            std::fs::create_dir_all(&dir)?;
+            for family in ["iptables", "ip6tables"] {
+                for suffix in ["", "-save", "-restore"] {
+                    let link = dir.join(format!("{family}{suffix}"));
+                    if !link.exists() {
+                        std::os::unix::fs::symlink(format!("/usr/sbin/{family}-legacy{suffix}"), link)?;
+                    }
+                }
+            }
+            let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+            cmd.env("PATH", format!("{}:{path}", dir.display()));
+        }
         let t0 = Instant::now();
         self.proxy = Some(super::Killed(
-            in_ns(&self.ns, &bin.join("kube-proxy").display().to_string())
-                .arg(format!("--kubeconfig={}", self.control.kubeconfig.display()))
+            cmd.arg(format!("--kubeconfig={}", self.control.kubeconfig.display()))
                 .args([
                     "--proxy-mode=iptables",
                     "--hostname-override=bench",
@@ -674,12 +724,12 @@ impl KubeProxy {
                     "--conntrack-tcp-timeout-close-wait=0s",
                     "--v=0",
                 ])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
                 .spawn()
                 .context("starting kube-proxy")?,
         ));
-        until_synced(&self.ns, t0, Duration::from_secs(600), move |rules| {
+        let synced = until_synced(&self.ns, self.save(), t0, KUBE_PROXY_PATIENCE, move |rules| {
             rules
                 .lines()
                 .filter(|l| {
@@ -688,10 +738,23 @@ impl KubeProxy {
                 .count()
                 >= n
         })
+        .await;
+        self.explained(synced)
+    }
+
+    /// `result`, with the end of kube-proxy's log when it is an error.
+    fn explained<T>(&self, result: anyhow::Result<T>) -> anyhow::Result<T> {
+        let log = self.control.dir().join("kube-proxy.log");
+        result.map_err(|e| {
+            e.context(format!(
+                "kube-proxy's log ends:\n{}",
+                super::peers::log_tail(&log, 20)
+            ))
+        })
     }
 
     /// Replaces endpoint 0 of service `i` by `to`; the time until kube-proxy's rules send to it.
-    fn change(&self, i: usize, to: Ipv4Addr) -> anyhow::Result<f64> {
+    async fn change(&self, i: usize, to: Ipv4Addr) -> anyhow::Result<f64> {
         let mut endpoints = original_endpoints(i);
         endpoints[0] = to;
         let (kubeconfig, server) = (self.control.kubeconfig.clone(), self.server.clone());
@@ -711,11 +774,16 @@ impl KubeProxy {
                 bail!("patching EndpointSlice s{i}-x returned {status}");
             }
             Ok(())
-        })?;
+        })
+        .await?;
         let target = format!("--to-destination {to}:{TARGET_PORT}");
-        until_synced(&self.ns, t0, Duration::from_secs(300), move |rules| {
+        let patience = Duration::from_secs(300);
+        let synced = until_synced(&self.ns, self.save(), t0, patience, move |rules| {
             rules.contains(&target)
         })
+        .await
+        .and_then(|at| at.with_context(|| format!("kube-proxy did not apply a change within {patience:?}")));
+        self.explained(synced)
     }
 }
 
@@ -724,7 +792,7 @@ async fn measure(
     plane: &str,
     n: usize,
     upstream: Option<&Upstream>,
-) -> anyhow::Result<Measured> {
+) -> anyhow::Result<Option<Measured>> {
     host.fresh_client()?;
     let services: Vec<SocketAddrV4> = (0..n)
         .map(|i| SocketAddrV4::new(cluster_ip(i), SERVICE_PORT))
@@ -733,7 +801,7 @@ async fn measure(
     let endpoints: Vec<SocketAddrV4> = (0..n * ENDPOINTS)
         .map(|k| SocketAddrV4::new(endpoint_ip(k), TARGET_PORT))
         .collect();
-    Ok(match plane {
+    Ok(Some(match plane {
         "direct" => Measured {
             program_all_ms: 0.0,
             change_ms: Vec::new(),
@@ -792,16 +860,19 @@ async fn measure(
                 hook: None,
             }
         }
-        KUBE_PROXY => {
-            let upstream = upstream.context("the kube-proxy plane needs --upstream-bin and --etcd")?;
-            let mut kp = KubeProxy::start(host, upstream, n)?;
-            let program_all_ms = kp.program(&upstream.bin, n)?;
+        KUBE_PROXY | KUBE_PROXY_LEGACY => {
+            let upstream = upstream.context("the kube-proxy planes need --upstream-bin and --etcd")?;
+            let mut kp = KubeProxy::start(host, upstream, n, plane == KUBE_PROXY_LEGACY).await?;
+            let Some(program_all_ms) = kp.program(&upstream.bin, n).await? else {
+                // Not programmed in time: the row says so, with nothing else to measure.
+                return Ok(None);
+            };
             // Every sync of kube-proxy 1.20 rewrites its whole ruleset: at 10,000 services a
             // change takes seconds, so fewer of them there.
             let changes = if n >= 10_000 { CHANGES / 4 } else { CHANGES };
             let mut change_ms = Vec::new();
             for c in 0..changes {
-                change_ms.push(kp.change(c * n / changes, replacement_ip(c))?);
+                change_ms.push(kp.change(c * n / changes, replacement_ip(c)).await?);
             }
             let client = host.client(&services)?;
             drop(kp);
@@ -814,7 +885,7 @@ async fn measure(
             }
         }
         other => bail!("unknown plane {other}"),
-    })
+    }))
 }
 
 /// Runs and total run time, as the kernel accounts them, of the programs named `connect4` (only
@@ -879,6 +950,11 @@ pub async fn bench(sizes: &[usize], planes: &[String], upstream: Option<&Upstrea
             let m = measure(&host, plane, n, upstream)
                 .await
                 .with_context(|| format!("{plane} with {n} services"))?;
+            let Some(m) = m else {
+                rows.push(json!({"plane": plane, "services": n, "endpoints": n * ENDPOINTS,
+                    "program_all_ms": null, "gave_up_after_s": KUBE_PROXY_PATIENCE.as_secs()}));
+                continue;
+            };
             let mut row = json!({"plane": plane, "services": n, "endpoints": n * ENDPOINTS,
                 "program_all_ms": (m.program_all_ms * 10.0).round() / 10.0,
                 "change": stats(m.change_ms), "latency": m.client["latency"],
