@@ -472,13 +472,9 @@ pub fn kill_cgroup_processes(prefix: &str) {
             }
         }
     }
-    let root = Path::new("/sys/fs/cgroup");
     let mut pids = Vec::new();
-    procs(&root.join(prefix), &mut pids);
-    for e in std::fs::read_dir(root).into_iter().flatten().flatten() {
-        if e.path().join(prefix).is_dir() {
-            procs(&e.path().join(prefix), &mut pids);
-        }
+    for dir in cgroup_dirs(prefix) {
+        procs(&dir, &mut pids);
     }
     pids.sort();
     pids.dedup();
@@ -502,13 +498,22 @@ pub fn remove_cgroups(prefix: &str) {
         }
         let _ = std::fs::remove_dir(dir);
     }
+    for dir in cgroup_dirs(prefix) {
+        rm(&dir);
+    }
+}
+
+/// The test's cgroup `prefix` at the root of cgroup2 (`/sys/fs/cgroup/PREFIX`) and of each
+/// hierarchy mounted beneath it (`/sys/fs/cgroup/<hierarchy>/PREFIX`).
+fn cgroup_dirs(prefix: &str) -> Vec<PathBuf> {
     let root = Path::new("/sys/fs/cgroup");
-    rm(&root.join(prefix));
+    let mut dirs = vec![root.join(prefix)];
     for e in std::fs::read_dir(root).into_iter().flatten().flatten() {
         if e.file_type().map(|t| t.is_dir()).unwrap_or(false) && e.path().join(prefix).is_dir() {
-            rm(&e.path().join(prefix));
+            dirs.push(e.path().join(prefix));
         }
     }
+    dirs
 }
 
 impl Drop for Node {

@@ -668,11 +668,23 @@ fn peers_proxy(root: &Path, out: &serde_json::Value, minutes: f64) -> anyhow::Re
         body,
         "| services | plane | program all (ms) | one change p50 / p99 (ms) | latency p50 / p99 (ms) | latency p50 over direct | req/s |\n| --- | --- | --- | --- | --- | --- | --- |"
     )?;
-    for row in &rows {
+    // A row's latency p50 over direct's at its size, in percent.
+    let over_direct = |row: &serde_json::Value| -> Option<f64> {
         let direct = rows
             .iter()
-            .find(|r| r["plane"] == "direct" && r["services"] == row["services"])
-            .map_or(0.0, |r| f(r, "latency", "p50_ms"));
+            .find(|d| d["plane"] == "direct" && d["services"] == row["services"])?;
+        let (p, d) = (f(row, "latency", "p50_ms"), f(direct, "latency", "p50_ms"));
+        (p > 0.0 && d > 0.0).then(|| (p / d - 1.0) * 100.0)
+    };
+    // eBPF's paired rounds: its p50, the floor's, and the first over the second in percent.
+    let paired = |row: &serde_json::Value| -> Option<(f64, f64, f64)> {
+        let (e, d) = (
+            f(&row["paired"], "ebpf", "p50_ms"),
+            f(&row["paired"], "direct", "p50_ms"),
+        );
+        (d > 0.0).then(|| (e, d, (e / d - 1.0) * 100.0))
+    };
+    for row in &rows {
         let plane = row["plane"].as_str().unwrap_or("?");
         if let Some(s) = row["gave_up_after_s"].as_u64() {
             writeln!(
@@ -683,10 +695,9 @@ fn peers_proxy(root: &Path, out: &serde_json::Value, minutes: f64) -> anyhow::Re
             continue;
         }
         let is_direct = plane == "direct";
-        let over = if is_direct || direct <= 0.0 {
-            "-".to_string()
-        } else {
-            format!("{:+.0}%", (f(row, "latency", "p50_ms") / direct - 1.0) * 100.0)
+        let over = match over_direct(row) {
+            Some(pct) if !is_direct => format!("{pct:+.0}%"),
+            _ => "-".to_string(),
         };
         let (program, change) = if is_direct {
             ("-".to_string(), "-".to_string())
@@ -710,17 +721,12 @@ fn peers_proxy(root: &Path, out: &serde_json::Value, minutes: f64) -> anyhow::Re
         )?;
     }
     writeln!(body)?;
-    for row in rows.iter().filter(|r| !r["paired"].is_null()) {
-        let (e, d) = (
-            f(&row["paired"], "ebpf", "p50_ms"),
-            f(&row["paired"], "direct", "p50_ms"),
-        );
-        if d > 0.0 {
+    for row in &rows {
+        if let Some((e, d, pct)) = paired(row) {
             writeln!(
                 body,
-                "- {} services, eBPF paired with the floor (interleaved rounds, as in the section above): {e:.3} vs {d:.3} ms at p50, {:+.1}%.",
-                row["services"],
-                (e / d - 1.0) * 100.0
+                "- {} services, eBPF paired with the floor (interleaved rounds, as in the section above): {e:.3} vs {d:.3} ms at p50, {pct:+.1}%.",
+                row["services"]
             )?;
         }
     }
@@ -733,34 +739,17 @@ fn peers_proxy(root: &Path, out: &serde_json::Value, minutes: f64) -> anyhow::Re
         "Target (issue 22): eBPF connect latency within 5% of direct while kube-proxy's iptables is not."
     )?;
     // The outcome: eBPF by its paired rounds, kube-proxy by its rows against direct.
-    let over = |plane: &str| -> Vec<f64> {
-        rows.iter()
-            .filter(|r| r["plane"].as_str().is_some_and(|p| p.starts_with(plane)))
-            .filter_map(|r| {
-                let direct = rows
-                    .iter()
-                    .find(|d| d["plane"] == "direct" && d["services"] == r["services"])?;
-                let (p, d) = (f(r, "latency", "p50_ms"), f(direct, "latency", "p50_ms"));
-                (p > 0.0 && d > 0.0).then(|| (p / d - 1.0) * 100.0)
-            })
-            .collect()
-    };
-    let ebpf: Vec<f64> = rows
+    let ebpf: Vec<f64> = rows.iter().filter_map(|r| paired(r).map(|p| p.2)).collect();
+    let kube_proxy: Vec<f64> = rows
         .iter()
-        .filter_map(|r| {
-            let (e, d) = (
-                f(&r["paired"], "ebpf", "p50_ms"),
-                f(&r["paired"], "direct", "p50_ms"),
-            );
-            (d > 0.0).then(|| (e / d - 1.0) * 100.0)
-        })
+        .filter(|r| r["plane"].as_str().is_some_and(|p| p.starts_with("kube-proxy")))
+        .filter_map(over_direct)
         .collect();
     let range = |v: &[f64]| {
         let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
         let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         format!("{lo:+.1}% to {hi:+.1}%")
     };
-    let kube_proxy = over("kube-proxy");
     if !ebpf.is_empty() && !kube_proxy.is_empty() {
         let met = ebpf.iter().all(|e| *e <= 5.0) && kube_proxy.iter().all(|k| *k > 5.0);
         writeln!(

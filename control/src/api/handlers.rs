@@ -319,7 +319,8 @@ async fn list_stored(app: &App, call: &Call) -> Result<(Vec<Value>, u64, Option<
                 continue;
             }
             let obj = call.info.decode(kv);
-            if labels.matches(obj["metadata"].get("labels")) && fields.matches(&obj) {
+            // The quick path has matched the labels already (the same labels, decoded alone).
+            if (quick || labels.matches(obj["metadata"].get("labels"))) && fields.matches(&obj) {
                 items.push(obj);
                 if limit > 0 && items.len() == limit {
                     filled_at = Some(kv.key.clone());
