@@ -198,11 +198,9 @@ impl Sampler {
         }
     }
 
-    fn sample(&self) {
-        let now = SystemTime::now();
-        let node = node_usage().map(|u| self.usage("", u, now)).unwrap_or_default();
-        let mut pods = Vec::new();
-        let mut seen = Vec::new();
+    /// The pod directories under the data directory with each one's (namespace, name, uid), read
+    /// from its `pod.json` once and forgotten when the directory is gone.
+    fn pod_dirs(&self) -> Vec<(PathBuf, (String, String, String))> {
         let mut known = self.pods.lock().unwrap_or_else(|p| p.into_inner());
         let mut present = Vec::new();
         for entry in std::fs::read_dir(self.data_dir.join("pods"))
@@ -211,7 +209,6 @@ impl Sampler {
             .flatten()
         {
             let dir = entry.path();
-            present.push(dir.clone());
             if !known.contains_key(&dir) {
                 let Some(pod) = std::fs::read(dir.join("pod.json"))
                     .ok()
@@ -222,9 +219,24 @@ impl Sampler {
                 let field = |f: &str| pod["metadata"][f].as_str().unwrap_or_default().to_owned();
                 known.insert(dir.clone(), (field("namespace"), field("name"), field("uid")));
             }
-            let Some((namespace, name, uid)) = known.get(&dir).cloned() else {
-                continue;
-            };
+            present.push(dir);
+        }
+        known.retain(|dir, _| present.contains(dir));
+        present
+            .into_iter()
+            .filter_map(|dir| {
+                let id = known.get(&dir).cloned()?;
+                Some((dir, id))
+            })
+            .collect()
+    }
+
+    fn sample(&self) {
+        let now = SystemTime::now();
+        let node = node_usage().map(|u| self.usage("", u, now)).unwrap_or_default();
+        let mut pods = Vec::new();
+        let mut seen = Vec::new();
+        for (dir, (namespace, name, uid)) in self.pod_dirs() {
             let pod_cgroup = format!("/{}/pod{uid}", self.cgroup_root);
             let Some(reading) = cgroup_usage(&pod_cgroup) else {
                 continue;
@@ -250,8 +262,6 @@ impl Sampler {
                 containers,
             });
         }
-        known.retain(|dir, _| present.contains(dir));
-        drop(known);
         pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         // Forget cgroups that are gone.
         self.previous
@@ -308,14 +318,20 @@ fn usage_json(u: &Usage, at: &str) -> (Value, Value) {
     (cpu, memory)
 }
 
-/// The kubelet's Summary API (`/stats/summary`), the parts metrics-server reads.
-/// How many pods and containers the last sample found running.
+/// How many pods have their cgroup and how many containers run, read now (not from the last
+/// sample: the kubelet's gauges follow its runtime cache, refreshed every second).
 pub fn running() -> (usize, usize) {
-    let snap = latest();
-    (
-        snap.pods.len(),
-        snap.pods.iter().map(|p| p.containers.len()).sum(),
-    )
+    let Some(sampler) = SAMPLER.get() else {
+        return (0, 0);
+    };
+    let mut counts = (0, 0);
+    for (dir, (_, _, uid)) in sampler.pod_dirs() {
+        if cgroup_usage(&format!("/{}/pod{uid}", sampler.cgroup_root)).is_some() {
+            counts.0 += 1;
+            counts.1 += running_containers(&dir).len();
+        }
+    }
+    counts
 }
 
 /// The Summary API's document (`/stats/summary`).
