@@ -14,6 +14,22 @@ pub fn agent_bin() -> PathBuf {
     crate::control_bin().with_file_name("skiff-agent")
 }
 
+/// The previous release's version (`xtask/previous-release`) and its agent, which `cargo xtask
+/// test` builds from the release's commit into `target/previous/VERSION/skiff-agent`.
+pub fn previous_release_agent() -> (String, PathBuf) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let release = std::fs::read_to_string(root.join("xtask/previous-release"))
+        .expect("xtask/previous-release names the previous release");
+    let version = release.split_whitespace().next().unwrap_or_default().to_owned();
+    let agent = root.join("target/previous").join(&version).join("skiff-agent");
+    assert!(
+        agent.exists(),
+        "{} is missing: `cargo xtask test` builds the previous release's agent",
+        agent.display()
+    );
+    (version, agent)
+}
+
 /// A prefix for host objects that no other test (or run) uses at the same time.
 pub fn unique_prefix() -> String {
     use std::sync::atomic::{AtomicU32, Ordering};

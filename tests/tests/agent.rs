@@ -989,20 +989,95 @@ fn preflight_checks_say_one_line_each_and_fail_on_a_taken_port() {
 /// runs on throughout, never restarted, and still answers `kubectl exec`.
 #[test]
 fn the_agent_daemonset_rolls_new_binaries_out_in_place_and_pods_keep_running() {
-    use skiff_tests::node::Cluster;
     let dir = tempfile::tempdir().expect("tempdir");
-    // The agent runs from a copy (which the upgrade replaces), without debug sections to keep the
-    // images small.
-    let bin = dir.path().join("skiff-agent");
-    let stripped = Command::new("strip")
+    let v1 = stripped(&agent_bin(), dir.path());
+    // Each version is the binary with a different trailer (ELF ignores it): a different file that
+    // runs the same.
+    let version = |n: u32| {
+        let mut bytes = v1.clone();
+        bytes.extend_from_slice(format!("\nskiff-test-version-{n}\n").as_bytes());
+        (n.to_string(), bytes)
+    };
+    roll_agent_daemonset(dir.path(), &v1, &[version(2), version(3)], |_, _| {});
+}
+
+/// The version skew, for real: the previous release's agent (one minor version older, built by
+/// `cargo xtask test` from its tagged commit) joins this control plane, runs a pod, and rolls
+/// over to this build's agent in place through the DaemonSet; the pod its shims started keeps
+/// running under the new agent. The node reports each agent's version while it runs.
+#[test]
+fn the_previous_release_agent_works_and_upgrades_in_place_under_a_running_pod() {
+    let (previous, path) = skiff_tests::node::previous_release_agent();
+    let ours = env!("CARGO_PKG_VERSION");
+    let minor = |v: &str| -> (u64, u64) {
+        let mut parts = v.split('.').map(|p| p.parse::<u64>().expect("a numeric version"));
+        (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+    };
+    let (ours_major, ours_minor) = minor(ours);
+    assert_eq!(
+        minor(&previous),
+        (ours_major, ours_minor - 1),
+        "xtask/previous-release names the release one minor version before this one ({ours})"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let old = stripped(&path, dir.path());
+    let new = stripped(&agent_bin(), &dir.path().join("new"));
+    let runtime_version = |k: &skiff_tests::node::Cluster| {
+        k.c.ok(&[
+            "get",
+            "node",
+            &k.node.name,
+            "-o",
+            "jsonpath={.status.nodeInfo.containerRuntimeVersion}",
+        ])
+    };
+    roll_agent_daemonset(dir.path(), &old, &[(ours.to_owned(), new)], |k, step| {
+        let want = if step == 0 { &previous } else { ours };
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while runtime_version(k) != format!("skiff://{want}") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the node reports {} with the agent of {want} running",
+                runtime_version(k)
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    });
+}
+
+/// `bin` without debug sections (smaller images), copied into `dir`; its bytes.
+fn stripped(bin: &std::path::Path, dir: &std::path::Path) -> Vec<u8> {
+    std::fs::create_dir_all(dir).expect("a directory for the stripped agent");
+    let out = dir.join("skiff-agent");
+    let strip = Command::new("strip")
         .arg("--strip-debug")
-        .arg(agent_bin())
+        .arg(bin)
         .arg("-o")
-        .arg(&bin)
+        .arg(&out)
         .bounded_output()
         .expect("running strip (binutils)");
-    assert!(stripped.status.success(), "{stripped:?}");
-    let v1 = std::fs::read(&bin).expect("the agent's copy");
+    assert!(strip.status.success(), "{strip:?}");
+    std::fs::read(&out).expect("the stripped agent")
+}
+
+/// Starts a cluster whose agent runs `first` (from a copy in `dir`, which the upgrades replace) with
+/// a workload pod, then rolls each of `next` (an image tag, the binary) out through the DaemonSet
+/// manifest: each time the agent re-executes the new binary in place (same pid), the handover pod
+/// of the old version goes, and the workload runs on, never restarted, still answering `kubectl
+/// exec`. `check(cluster, n)` runs with the first binary running (0) and after each roll (1..).
+fn roll_agent_daemonset(
+    dir: &std::path::Path,
+    first: &[u8],
+    next: &[(String, Vec<u8>)],
+    check: impl Fn(&skiff_tests::node::Cluster, usize),
+) {
+    use skiff_tests::node::Cluster;
+    // The agent runs from a copy, which the upgrade replaces.
+    let bin = dir.join("skiff-agent");
+    std::fs::write(&bin, first).expect("the agent's copy");
+    let mut perms = std::fs::metadata(&bin).expect("the agent's copy").permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&bin, perms).expect("the agent's copy executable");
     let k = Cluster::start_with_agent(&bin);
     let pid = k.node.pid().expect("the agent runs");
     let data = k.node.data_dir();
@@ -1024,31 +1099,35 @@ fn the_agent_daemonset_rolls_new_binaries_out_in_place_and_pods_keep_running() {
         std::thread::sleep(Duration::from_millis(250));
     }
     let before = container_id();
+    check(&k, 0);
 
-    // Each version is the binary with a different trailer (ELF ignores it): a different file that
-    // runs the same.
-    let version = |n: u32| {
-        let mut bytes = v1.clone();
-        bytes.extend_from_slice(format!("\nskiff-test-version-{n}\n").as_bytes());
-        let images = tempfile::tempdir().expect("tempdir");
-        let archive = skiff_tests::image::busybox_oci_archive_with_files(
-            images.path(),
-            &["PATH=/usr/local/bin:/bin"],
-            &[("usr/local/bin/skiff-agent", &bytes)],
-        );
-        let name = format!("skiff/agent:{n}");
-        k.registry.push(&archive, &name);
-        (format!("{}/{name}", k.registry.host), bytes)
-    };
     let manifest = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/agent-daemonset.yaml"),
     )
     .expect("deploy/agent-daemonset.yaml");
-    assert!(manifest.contains("image: registry.example.com/skiff/agent:0.1.0"));
-    for n in [2, 3] {
-        let (reference, bytes) = version(n);
+    let shipped = format!(
+        "image: registry.example.com/skiff/agent:{}",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(
+        manifest.contains(&shipped),
+        "the manifest ships this version: {shipped}"
+    );
+    for (n, (tag, bytes)) in next.iter().enumerate() {
+        let images = tempfile::tempdir().expect("tempdir");
+        let archive = skiff_tests::image::busybox_oci_archive_with_files(
+            images.path(),
+            &["PATH=/usr/local/bin:/bin"],
+            &[("usr/local/bin/skiff-agent", bytes)],
+        );
+        let name = format!("skiff/agent:{tag}");
+        k.registry.push(&archive, &name);
+        let reference = format!("{}/{name}", k.registry.host);
         let yaml = manifest
-            .replace("registry.example.com/skiff/agent:0.1.0", &reference)
+            .replace(
+                &format!("registry.example.com/skiff/agent:{}", env!("CARGO_PKG_VERSION")),
+                &reference,
+            )
             .replace("/var/lib/skiff/agent", &data.display().to_string());
         k.c.ok_stdin(&["apply", "-f", "-"], &yaml);
         let rolled = k.c.ok(&[
@@ -1062,12 +1141,12 @@ fn the_agent_daemonset_rolls_new_binaries_out_in_place_and_pods_keep_running() {
         assert!(rolled.contains("successfully rolled out"), "{rolled}");
         let exe = std::fs::read(format!("/proc/{pid}/exe")).expect("the agent still runs, same pid");
         assert!(
-            exe == bytes,
-            "version {n}: the agent (pid {pid}) does not run the new binary: {}",
+            exe == *bytes,
+            "version {tag}: the agent (pid {pid}) does not run the new binary: {}",
             k.node.log()
         );
         assert!(
-            std::fs::read(&bin).expect("the agent's binary") == bytes,
+            std::fs::read(&bin).expect("the agent's binary") == *bytes,
             "the binary on disk is replaced"
         );
         // The old version's pod goes (its grace period is short).
@@ -1097,6 +1176,7 @@ fn the_agent_daemonset_rolls_new_binaries_out_in_place_and_pods_keep_running() {
             k.c.ok(&["exec", "workload", "--", "echo", "still here"]),
             "still here\n"
         );
+        check(&k, n + 1);
     }
     assert!(wait_for_ready(&k.c, &k.node.name, "True"), "the node stays Ready");
     // The shims the first image started are the new image's children: it reaps them, so the pod

@@ -11,6 +11,7 @@ mod clean_host;
 mod ebpf;
 mod fuzz;
 mod peers;
+mod previous;
 mod proto_schema;
 mod python_client;
 mod vm;
@@ -307,7 +308,9 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     // The agent embeds the eBPF object; build it before clippy compiles the agent.
     ebpf::build(&root())?;
     run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
-    // The end-to-end suites drive the real binaries; build them first.
+    // The end-to-end suites drive the real binaries; build them first, the previous release's
+    // agent (for the version-skew test) before this one's, whose binary lands at the same path.
+    previous::agent(&root())?;
     run(cargo().args(["build", "-p", "skiff-control", "-p", "skiff-agent"]))?;
     python_client::ensure(&root())?;
     let cgroups = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
