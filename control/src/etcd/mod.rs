@@ -808,7 +808,7 @@ impl pb::maintenance_server::Maintenance for Etcd {
             .member_status(self.store.member_id(), "")
             .await
             .map_err(status)?;
-        let db_size = std::fs::metadata(&self.db_path).map_or(0, |m| m.len() as i64);
+        let db_size = crate::store::state_file_length(&self.db_path).map_or(0, |len| len as i64);
         let errors = self.store.not_ready().into_iter().collect();
         Ok(Response::new(pb::StatusResponse {
             header: self.header(s.revision),

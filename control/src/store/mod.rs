@@ -12,6 +12,8 @@ mod raft;
 mod watch;
 
 pub use encryption::Encryption;
+/// The state machine file's length as its database sees it (its file runs ahead, sparse).
+pub(crate) use raft::state_file::length as state_file_length;
 pub use raft::{
     MEMBER_NAME, MEMBER_ORG, MemberStatus, MembershipOp, PeerTls, Store, StoreConfig, prefix_end, restore,
     tls_incoming,

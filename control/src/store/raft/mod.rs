@@ -8,6 +8,7 @@ mod log_store;
 mod network;
 #[expect(clippy::result_large_err, reason = "openraft's error types")]
 mod snapshot;
+pub(crate) mod state_file;
 mod state_machine;
 mod types;
 
@@ -326,7 +327,11 @@ pub(crate) fn open_db(
 ) -> Result<redb::Database, redb::DatabaseError> {
     let mut tries = 0;
     loop {
-        match redb::Database::builder().set_cache_size(cache_bytes).create(path) {
+        let backend = state_file::StateFile::open(path).map_err(redb::StorageError::from)?;
+        match redb::Database::builder()
+            .set_cache_size(cache_bytes)
+            .create_with_backend(backend)
+        {
             Err(redb::DatabaseError::DatabaseAlreadyOpen) if tries < 100 => {
                 tries += 1;
                 std::thread::sleep(Duration::from_millis(50));
@@ -378,8 +383,8 @@ fn register_metrics(raft: &Raft, hub: &Arc<WatchHub>, node_id: u64, db_path: std
         let leader = raft_metrics.borrow().current_leader;
         metrics::HAS_LEADER.set(&[], f64::from(u8::from(leader.is_some())));
         metrics::IS_LEADER.set(&[], f64::from(u8::from(leader == Some(node_id))));
-        if let Ok(meta) = std::fs::metadata(&db_path) {
-            metrics::DB_SIZE.set(&[], meta.len() as f64);
+        if let Ok(len) = state_file::length(&db_path) {
+            metrics::DB_SIZE.set(&[], len as f64);
         }
         metrics::STORE_WATCHERS.set(&[], hub.watchers() as f64);
         metrics::REVISION.set(&[], hub.revision() as f64);
