@@ -1,6 +1,7 @@
 //! Upstream's resource quota controller: every ResourceQuota's `status` holds its `hard` limits
 //! and what the namespace's objects use of them (`objects::quota` counts), recounted when the
-//! quota changes, when anything in its namespace changes, and every 30 seconds.
+//! quota's limits change, when an object of its namespace is deleted or changes what it uses,
+//! and every 30 seconds. Creates are charged by admission (`Objects::charge_quotas`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +15,7 @@ use crate::objects::keys;
 use crate::objects::meta::from_kv;
 use crate::objects::quota::{self, Usage};
 use crate::objects::status::ApiError;
+use crate::store::{Event, EventKind};
 
 const MANAGER: &str = "resourcequota-controller";
 /// How often a quota is recounted when nothing says it changed.
@@ -40,19 +42,48 @@ async fn count(app: &Objects, quota: &Value) -> Result<Usage, ApiError> {
     Ok(used)
 }
 
+/// Whether `event` changes what the objects of `quota`'s namespace use of it: a counted object
+/// deleted, or updated so that it counts differently (a pod that ended, a service of another
+/// type). Creates are charged to the quota by admission as they are made; a recount then, before
+/// the object is stored, would take back the charge of a create still on its way, and let the
+/// next one past the limit (as upstream, whose replenishment follows deletes and pods that end).
+fn changes_usage(app: &Objects, quota: &Value, event: &Event) -> bool {
+    let ns = quota["metadata"]["namespace"].as_str();
+    let Some(info) = quota::sources(&quota["spec"]["hard"], &app.registry)
+        .into_iter()
+        .find(|info| event.kv.key.starts_with(&info.prefix_in(ns)))
+    else {
+        return false;
+    };
+    let counted = |kv: &crate::store::KeyValue| {
+        let obj = from_kv(kv);
+        quota::in_scope(quota, &info, &obj).then(|| quota::usage(&info, &obj))
+    };
+    match (&event.kind, &event.prev) {
+        (EventKind::Delete, _) => counted(&event.kv).is_some(),
+        (EventKind::Put, Some(prev)) => counted(prev) != counted(&event.kv),
+        (EventKind::Put, None) => false,
+    }
+}
+
 /// Starts the controller.
 pub fn start(app: Arc<Objects>, caches: &Caches) {
     let prefix = quota::prefix();
     let quotas = caches.get(&app, &prefix);
     let queue = Arc::new(Queue::default());
+    // A new quota, or new limits, are counted; the quota's own status writes (the controller's,
+    // and admission's charges) are not a reason to count again.
     let (q, mut changes) = (queue.clone(), quotas.subscribe());
     tokio::spawn(async move {
         while let Ok(change) = changes.recv().await {
-            q.add(&change.key);
+            let spec = |o: &Option<Arc<Value>>| o.as_ref().map(|o| o["spec"].clone());
+            if change.new.is_some() && spec(&change.old) != spec(&change.new) {
+                q.add(&change.key);
+            }
         }
     });
-    // A change anywhere in a namespace with quotas recounts them.
-    let (q, cache, store) = (queue.clone(), quotas.clone(), app.store.clone());
+    // A change in a namespace with quotas that changes what its objects use recounts them.
+    let (q, cache, store, objects) = (queue.clone(), quotas.clone(), app.store.clone(), app.clone());
     tokio::spawn(async move {
         loop {
             let Ok(mut watch) = store.watch("/", store.revision()) else {
@@ -67,6 +98,9 @@ pub fn start(app: Arc<Objects>, caches: &Caches) {
                     continue;
                 };
                 for quota in cache.under(&format!("{}{ns}/", quota::prefix())) {
+                    if !changes_usage(&objects, &quota, &event) {
+                        continue;
+                    }
                     q.add(&keys::object(
                         &quota::prefix(),
                         quota["metadata"]["namespace"].as_str(),
