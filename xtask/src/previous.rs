@@ -32,16 +32,23 @@ pub fn agent(root: &Path) -> anyhow::Result<PathBuf> {
         return Ok(out);
     }
     eprintln!("xtask: building the previous release's agent ({version}, {commit}) for the version-skew test");
-    let git = |args: &[&str]| Command::new("git").arg("-C").arg(root).args(args).output();
-    let have = git(&["cat-file", "-e", &format!("{commit}^{{commit}}")]).is_ok_and(|o| o.status.success());
-    if !have {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .arg("-C")
+            .arg(root)
+            .args(args)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let have = || git(&["cat-file", "-e", &format!("{commit}^{{commit}}")]);
+    if !have() {
         // A shallow clone lacks the release's commit: fetch its tag (or else the commit itself)
         // from where this checkout came from.
         let tag = format!("refs/tags/v{version}:refs/tags/v{version}");
         let fetched = [tag.as_str(), commit.as_str()]
             .iter()
-            .any(|what| git(&["fetch", "--quiet", "origin", what]).is_ok_and(|o| o.status.success()))
-            && git(&["cat-file", "-e", &format!("{commit}^{{commit}}")]).is_ok_and(|o| o.status.success());
+            .any(|what| git(&["fetch", "--quiet", "origin", what]))
+            && have();
         if !fetched {
             bail!(
                 "the previous release's commit {commit} (v{version}) is not in this checkout and could not be \

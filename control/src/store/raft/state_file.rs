@@ -45,8 +45,12 @@ pub(crate) fn length_path(path: &Path) -> PathBuf {
 /// The database's length as redb sees it (what its file's size was before this backend): the
 /// length file's, or the file's own size without one.
 pub(crate) fn length(path: &Path) -> io::Result<u64> {
-    let physical = std::fs::metadata(path)?.len();
-    Ok(read_length(&length_path(path)).map_or(physical, |len| len.min(physical)))
+    Ok(logical_length(path, std::fs::metadata(path)?.len()))
+}
+
+/// redb's length for the file at `path` of size `physical`: the length file's, never past it.
+fn logical_length(path: &Path, physical: u64) -> u64 {
+    read_length(&length_path(path)).map_or(physical, |len| len.min(physical))
 }
 
 fn read_length(path: &Path) -> Option<u64> {
@@ -93,14 +97,13 @@ impl StateFile {
             .truncate(false)
             .open(path)?;
         let physical = file.metadata()?.len();
-        let length_path = length_path(path);
-        let logical = read_length(&length_path).map_or(physical, |len| len.min(physical));
+        let logical = logical_length(path, physical);
         let length_file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
-            .open(&length_path)?;
+            .open(length_path(path))?;
         let raw = file.try_clone()?;
         let file = FileBackend::new(file).map_err(io::Error::other)?;
         let state = Self {
