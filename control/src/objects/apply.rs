@@ -441,6 +441,22 @@ fn fields_tree(value: &Value, ctx: Ctx, names: &mut Vec<String>, top: bool, meta
 /// Records field ownership for a write that is not an apply (create, update, patch): the fields
 /// it changed move to its manager's `Update` entry, and fields that no longer exist leave every
 /// entry. Server-side apply then conflicts with them as upstream does.
+/// A managedFields entry of `manager`'s `Update` owning `fields` (FieldsV1), built by moving them
+/// in (`json!` would copy the tree, which is as large as the object).
+fn update_entry(manager: String, req: &Request, fields: Value, subresource: Option<&str>) -> Value {
+    let mut entry = Map::new();
+    entry.insert("manager".into(), Value::String(manager));
+    entry.insert("operation".into(), "Update".into());
+    entry.insert("apiVersion".into(), Value::String(req.info.api_version()));
+    entry.insert("time".into(), Value::String(now()));
+    entry.insert("fieldsType".into(), "FieldsV1".into());
+    entry.insert("fieldsV1".into(), fields);
+    if let Some(sub) = subresource {
+        entry.insert("subresource".into(), sub.into());
+    }
+    Value::Object(entry)
+}
+
 pub fn track_update(req: &Request, old: Option<&Value>, new: &mut Value) {
     let root = req.info.schema();
     let manager = req.options.manager.clone().unwrap_or_else(|| "unknown".into());
@@ -448,18 +464,8 @@ pub fn track_update(req: &Request, old: Option<&Value>, new: &mut Value) {
         // A create owns everything it sets: one walk, no comparisons.
         let tree = fields_tree(new, Ctx::root(root), &mut Vec::new(), true, false);
         if tree.as_object().is_some_and(|m| !m.is_empty()) {
-            let mut entry = json!({
-                "manager": manager,
-                "operation": "Update",
-                "apiVersion": req.info.api_version(),
-                "time": now(),
-                "fieldsType": "FieldsV1",
-                "fieldsV1": tree,
-            });
-            if let Some(sub) = &req.sub {
-                entry["subresource"] = json!(sub);
-            }
-            new["metadata"]["managedFields"] = json!([entry]);
+            let entry = update_entry(manager, req, tree, req.sub.as_deref());
+            new["metadata"]["managedFields"] = Value::Array(vec![entry]);
         }
         return;
     };
@@ -501,18 +507,8 @@ pub fn track_update(req: &Request, old: Option<&Value>, new: &mut Value) {
     let mut mine = mine.unwrap_or_default();
     mine.extend(changed);
     if !mine.is_empty() {
-        let mut entry = json!({
-            "manager": manager,
-            "operation": "Update",
-            "apiVersion": req.info.api_version(),
-            "time": now(),
-            "fieldsType": "FieldsV1",
-            "fieldsV1": to_fields_v1(&mine),
-        });
-        if !subresource.is_empty() {
-            entry["subresource"] = json!(subresource);
-        }
-        entries.push(entry);
+        let sub = Some(subresource.as_str()).filter(|s| !s.is_empty());
+        entries.push(update_entry(manager, req, to_fields_v1(&mine), sub));
     }
     if entries.is_empty() {
         if let Some(m) = new["metadata"].as_object_mut() {

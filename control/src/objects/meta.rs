@@ -13,11 +13,53 @@ pub const ROOT_CA_CONFIG_MAP: &str = "kube-root-ca.crt";
 
 /// The bytes stored for an object: its JSON without `resourceVersion`, which the store derives.
 pub fn to_stored(obj: &Value) -> Vec<u8> {
-    let mut obj = obj.clone();
-    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
-        meta.remove("resourceVersion");
+    serde_json::to_vec(&Stored(obj)).unwrap_or_default()
+}
+
+/// An object as [`to_stored`] writes it: without `metadata.resourceVersion`, serialized from the
+/// object as it is rather than from a copy. The bytes are those of removing the field from a
+/// copy (serde_json's `remove`, a swap with the last field) and serializing that.
+struct Stored<'a>(&'a Value);
+
+impl serde::Serialize for Stored<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let Value::Object(fields) = self.0 else {
+            return self.0.serialize(s);
+        };
+        let mut out = s.serialize_map(Some(fields.len()))?;
+        for (k, v) in fields {
+            match v {
+                Value::Object(meta) if k == "metadata" => out.serialize_entry(k, &WithoutVersion(meta))?,
+                v => out.serialize_entry(k, v)?,
+            }
+        }
+        out.end()
     }
-    serde_json::to_vec(&obj).unwrap_or_default()
+}
+
+/// `metadata` without `resourceVersion`, its last field in its place.
+struct WithoutVersion<'a>(&'a serde_json::Map<String, Value>);
+
+impl serde::Serialize for WithoutVersion<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let meta = self.0;
+        let Some(at) = meta.keys().position(|k| k == "resourceVersion") else {
+            return meta.serialize(s);
+        };
+        let last = meta.len() - 1;
+        let mut out = s.serialize_map(Some(last))?;
+        for (i, (k, v)) in meta.iter().enumerate().take(last) {
+            let (k, v) = if i == at {
+                meta.iter().next_back().unwrap_or((k, v))
+            } else {
+                (k, v)
+            };
+            out.serialize_entry(k, v)?;
+        }
+        out.end()
+    }
 }
 
 /// An object read from the store, with `resourceVersion` set from its mod revision.
@@ -161,6 +203,28 @@ pub fn pod_from_template(template: &Value, owner: &Value, prefix: &str, name: Op
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_stored_form_is_the_bytes_of_a_copy_without_the_resource_version() {
+        let copy_without = |obj: &Value| {
+            let mut obj = obj.clone();
+            if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+                meta.remove("resourceVersion");
+            }
+            serde_json::to_vec(&obj).unwrap()
+        };
+        for obj in [
+            json!({"kind": "ConfigMap", "metadata": {"name": "a", "resourceVersion": "7", "uid": "u", "labels": {"x": "y"}}, "data": {"k": "v"}}),
+            json!({"metadata": {"name": "a", "uid": "u", "resourceVersion": "7"}, "spec": {}}),
+            json!({"metadata": {"resourceVersion": "7"}}),
+            json!({"metadata": {"name": "a"}, "spec": {"resourceVersion": "kept"}}),
+            json!({"metadata": "not an object"}),
+            json!({"kind": "Pod"}),
+            json!([1, 2]),
+        ] {
+            assert_eq!(to_stored(&obj), copy_without(&obj), "{obj}");
+        }
+    }
 
     #[test]
     fn owners_readiness_and_templates() {

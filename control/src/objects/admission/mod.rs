@@ -155,6 +155,13 @@ pub trait Lookup: Sync {
     /// The objects under `prefix` as this member has them, without a round trip to the leader
     /// (what upstream's plugins read from their informers' caches).
     fn list_local(&self, prefix: &str) -> Result<Vec<Value>, ApiError>;
+    /// Whether the object at `key` is being deleted (`None`: there is none), as this member has
+    /// it: what NamespaceLifecycle asks at every create, answered without building the object.
+    fn deleting_local(&self, key: &str) -> Result<Option<bool>, ApiError> {
+        Ok(self
+            .get_local(key)?
+            .map(|o| o["metadata"]["deletionTimestamp"].is_string()))
+    }
 }
 
 #[tonic::async_trait]
@@ -179,6 +186,25 @@ impl Lookup for Store {
     fn list_local(&self, prefix: &str) -> Result<Vec<Value>, ApiError> {
         let all = Store::list_local(self, prefix).map_err(ApiError::internal)?;
         Ok(all.items.iter().map(from_kv).collect())
+    }
+
+    fn deleting_local(&self, key: &str) -> Result<Option<bool>, ApiError> {
+        #[derive(serde::Deserialize, Default)]
+        #[serde(default)]
+        struct Object {
+            metadata: Meta,
+        }
+        #[derive(serde::Deserialize, Default)]
+        #[serde(default, rename_all = "camelCase")]
+        struct Meta {
+            deletion_timestamp: Option<String>,
+        }
+        let Some(kv) = Store::get_local(self, key).map_err(ApiError::internal)? else {
+            return Ok(None);
+        };
+        // What from_kv would make of it: a value that does not parse is an empty object.
+        let object: Object = serde_json::from_slice(&kv.value).unwrap_or_default();
+        Ok(Some(object.metadata.deletion_timestamp.is_some()))
     }
 }
 

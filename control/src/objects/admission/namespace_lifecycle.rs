@@ -26,18 +26,21 @@ impl Plugin for NamespaceLifecycle {
         // As upstream's: this member's state first, a linearizable read only when the namespace
         // is not there (it may have just been created through another member).
         let key = keys::object(keys::NAMESPACES, None, ns);
-        let namespace = match lookup.get_local(&key)? {
-            Some(namespace) => Some(namespace),
-            None => lookup.get(&key).await?,
+        let deleting = match lookup.deleting_local(&key)? {
+            Some(deleting) => Some(deleting),
+            None => lookup
+                .get(&key)
+                .await?
+                .map(|n| n["metadata"]["deletionTimestamp"].is_string()),
         };
-        match namespace {
+        match deleting {
             None => Err(ApiError::not_found(Target {
                 group: "",
                 resource: "namespaces",
                 kind: "Namespace",
                 name: ns,
             })),
-            Some(namespace) if namespace["metadata"]["deletionTimestamp"].is_string() => Err(ApiError::new(
+            Some(true) => Err(ApiError::new(
                 403,
                 "Forbidden",
                 format!(
@@ -45,7 +48,7 @@ impl Plugin for NamespaceLifecycle {
                     attrs.info.plural, attrs.url_name
                 ),
             )),
-            Some(_) => Ok(()),
+            Some(false) => Ok(()),
         }
     }
 }
