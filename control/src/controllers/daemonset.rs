@@ -400,9 +400,9 @@ pub fn start(app: Arc<Objects>, caches: &Caches) {
     queue_changes(&queue, &dss);
     {
         // Any node change may change where daemons belong.
-        let (queue, dss, mut changes) = (queue.clone(), dss.clone(), nodes.subscribe());
+        let (queue, dss, mut changes) = (queue.clone(), dss.clone(), nodes.changes());
         tokio::spawn(async move {
-            while changes.recv().await.is_ok() {
+            while changes.recv().await.is_some() {
                 for ds in dss.list(None) {
                     queue.add(&format!(
                         "{DS_PREFIX}{}/{}",

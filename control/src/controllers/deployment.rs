@@ -667,9 +667,9 @@ pub fn start(app: Arc<Objects>, caches: &super::runtime::Caches) {
     queue_owners(&queue, &rss, "Deployment", DEPLOY_PREFIX);
     {
         // Recreate waits for old pods to go.
-        let (queue, rss, mut changes) = (queue.clone(), rss.clone(), pods.subscribe());
+        let (queue, rss, mut changes) = (queue.clone(), rss.clone(), pods.changes());
         tokio::spawn(async move {
-            while let Ok(change) = changes.recv().await {
+            while let Some(change) = changes.recv().await {
                 if change.new.is_some() {
                     continue;
                 }

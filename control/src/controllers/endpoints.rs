@@ -299,9 +299,9 @@ pub fn start(app: Arc<Objects>, caches: &Caches) {
     let queue = Arc::new(Queue::default());
     queue_changes(&queue, &services);
     {
-        let (queue, services, mut changes) = (queue.clone(), services.clone(), pods.subscribe());
+        let (queue, services, mut changes) = (queue.clone(), services.clone(), pods.changes());
         tokio::spawn(async move {
-            while let Ok(change) = changes.recv().await {
+            while let Some(change) = changes.recv().await {
                 let Some(pod) = change.new.as_ref().or(change.old.as_ref()) else {
                     continue;
                 };

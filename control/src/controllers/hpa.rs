@@ -991,9 +991,9 @@ pub fn start(app: Arc<Objects>, caches: &Caches, source: Option<Arc<dyn MetricsS
     let source: Arc<dyn MetricsSource> = source.unwrap_or_else(|| Arc::new(NoMetrics));
     {
         // A new or respecified HPA is looked at at once (not on its own status writes).
-        let (queue, mut changes) = (queue.clone(), hpas.subscribe());
+        let (queue, mut changes) = (queue.clone(), hpas.changes());
         tokio::spawn(async move {
-            while let Ok(change) = changes.recv().await {
+            while let Some(change) = changes.recv().await {
                 let generation =
                     |o: &Option<Arc<Value>>| o.as_ref().map(|o| o["metadata"]["generation"].clone());
                 if change.new.is_some() && generation(&change.old) != generation(&change.new) {

@@ -333,9 +333,9 @@ pub(super) fn queue_selecting(
     prefix: &'static str,
     selector: impl Fn(&Value) -> Option<LabelSelector> + Send + 'static,
 ) {
-    let (queue, owners, mut changes) = (queue.clone(), owners.clone(), pods.subscribe());
+    let (queue, owners, mut changes) = (queue.clone(), owners.clone(), pods.changes());
     tokio::spawn(async move {
-        while let Ok(change) = changes.recv().await {
+        while let Some(change) = changes.recv().await {
             let Some(pod) = change
                 .new
                 .as_ref()

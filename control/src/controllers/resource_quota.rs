@@ -73,9 +73,9 @@ pub fn start(app: Arc<Objects>, caches: &Caches) {
     let queue = Arc::new(Queue::default());
     // A new quota, or new limits, are counted; the quota's own status writes (the controller's,
     // and admission's charges) are not a reason to count again.
-    let (q, mut changes) = (queue.clone(), quotas.subscribe());
+    let (q, mut changes) = (queue.clone(), quotas.changes());
     tokio::spawn(async move {
-        while let Ok(change) = changes.recv().await {
+        while let Some(change) = changes.recv().await {
             let spec = |o: &Option<Arc<Value>>| o.as_ref().map(|o| o["spec"].clone());
             if change.new.is_some() && spec(&change.old) != spec(&change.new) {
                 q.add(&change.key);

@@ -38,9 +38,9 @@ pub fn start(app: Arc<Objects>, caches: &Caches, ca_pem: Option<&str>) {
     };
     let namespaces = caches.get(&app, keys::NAMESPACES);
     let queue = Arc::new(Queue::default());
-    let (q, mut changes) = (queue.clone(), namespaces.subscribe());
+    let (q, mut changes) = (queue.clone(), namespaces.changes());
     tokio::spawn(async move {
-        while let Ok(change) = changes.recv().await {
+        while let Some(change) = changes.recv().await {
             q.add(change.key.trim_start_matches(keys::NAMESPACES));
         }
     });

@@ -32,7 +32,7 @@ pub struct Change {
 #[derive(Debug)]
 pub struct Cache {
     prefix: String,
-    objects: RwLock<BTreeMap<String, Arc<Value>>>,
+    objects: Arc<RwLock<BTreeMap<String, Arc<Value>>>>,
     /// The store revision the cache reflects.
     revision: RwLock<u64>,
     changes: broadcast::Sender<Change>,
@@ -42,10 +42,10 @@ pub struct Cache {
 impl Cache {
     /// Starts a cache of the objects under `prefix`.
     pub fn start(app: Arc<Objects>, prefix: &str) -> Arc<Self> {
-        let (changes, _) = broadcast::channel(16_384);
+        let (changes, _) = broadcast::channel(backlog(prefix));
         let cache = Arc::new(Self {
             prefix: prefix.to_owned(),
-            objects: RwLock::new(BTreeMap::new()),
+            objects: Arc::default(),
             revision: RwLock::new(0),
             changes,
             updated: Notify::new(),
@@ -210,9 +210,67 @@ impl Cache {
             .collect()
     }
 
-    /// Changes from now on.
+    /// Changes from now on, as the channel has them: a receiver more than [`backlog`] changes
+    /// behind is told it lagged, and deals with that itself.
     pub fn subscribe(&self) -> broadcast::Receiver<Change> {
         self.changes.subscribe()
+    }
+
+    /// Changes from now on, none lost: see [`Changes`].
+    pub fn changes(&self) -> Changes {
+        Changes {
+            rx: self.changes.subscribe(),
+            objects: self.objects.clone(),
+            relisted: VecDeque::new(),
+        }
+    }
+}
+
+/// How many changes a cache holds for subscribers that have not read them yet. Every slot is
+/// allocated when the cache starts (about 64 bytes each), so only pods and nodes, which change
+/// by the thousand in bursts (a scheduling backlog, nodes registering), keep many; a subscriber
+/// that falls further behind is made whole by [`Changes`] (or relists, as the scheduler does).
+fn backlog(prefix: &str) -> usize {
+    if prefix == crate::objects::keys::PODS || prefix == crate::objects::keys::NODES {
+        16_384
+    } else {
+        1_024
+    }
+}
+
+/// A subscriber's changes of one cache. One that falls more than the cache's backlog behind
+/// gets every object the cache holds as a change (an informer's relist), then the changes that
+/// follow, instead of losing those it missed. Deletions missed that way are not replayed.
+#[derive(Debug)]
+pub struct Changes {
+    rx: broadcast::Receiver<Change>,
+    objects: Arc<RwLock<BTreeMap<String, Arc<Value>>>>,
+    relisted: VecDeque<Change>,
+}
+
+impl Changes {
+    /// The next change; `None` once the cache has stopped.
+    pub async fn recv(&mut self) -> Option<Change> {
+        loop {
+            if let Some(change) = self.relisted.pop_front() {
+                return Some(change);
+            }
+            match self.rx.recv().await {
+                Ok(change) => return Some(change),
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    let objects = self.objects.read().unwrap_or_else(|p| p.into_inner());
+                    self.relisted = objects
+                        .iter()
+                        .map(|(key, obj)| Change {
+                            key: key.clone(),
+                            old: None,
+                            new: Some(obj.clone()),
+                        })
+                        .collect();
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
     }
 }
 
@@ -354,9 +412,9 @@ impl Queue {
 
 /// Queues the key of every object of `cache` that changes.
 pub fn queue_changes(queue: &Arc<Queue>, cache: &Cache) {
-    let (queue, mut changes) = (queue.clone(), cache.subscribe());
+    let (queue, mut changes) = (queue.clone(), cache.changes());
     tokio::spawn(async move {
-        while let Ok(change) = changes.recv().await {
+        while let Some(change) = changes.recv().await {
             queue.add(&change.key);
         }
     });
@@ -365,9 +423,9 @@ pub fn queue_changes(queue: &Arc<Queue>, cache: &Cache) {
 /// Queues the controller of every changed object of `cache`: the owner of kind `kind` named in
 /// its controller reference, stored under `owner_prefix` in the same namespace.
 pub fn queue_owners(queue: &Arc<Queue>, cache: &Cache, kind: &'static str, owner_prefix: &'static str) {
-    let (queue, mut changes) = (queue.clone(), cache.subscribe());
+    let (queue, mut changes) = (queue.clone(), cache.changes());
     tokio::spawn(async move {
-        while let Ok(change) = changes.recv().await {
+        while let Some(change) = changes.recv().await {
             for obj in [&change.old, &change.new].into_iter().flatten() {
                 if let Some(owner) = crate::objects::meta::controller_of(obj, kind) {
                     let ns = obj["metadata"]["namespace"].as_str().unwrap_or_default();
@@ -464,6 +522,45 @@ pub fn run_workers<F, Fut>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_subscriber_that_falls_behind_gets_every_object_then_what_follows() {
+        let (tx, _) = broadcast::channel(2);
+        let cache = Cache {
+            prefix: "/registry/things/".into(),
+            objects: Arc::default(),
+            revision: RwLock::new(0),
+            changes: tx,
+            updated: Notify::new(),
+        };
+        let mut changes = cache.changes();
+        let change = |key: &str| {
+            let obj = Arc::new(serde_json::json!({"metadata": {"name": key}}));
+            cache.objects.write().unwrap().insert(key.to_owned(), obj.clone());
+            cache
+                .changes
+                .send(Change {
+                    key: key.to_owned(),
+                    old: None,
+                    new: Some(obj),
+                })
+                .unwrap();
+        };
+        for key in ["a", "b", "c", "d"] {
+            change(key);
+        }
+        // Two of the four changes were dropped: the subscriber gets all four objects instead, then
+        // the two changes still held, then new ones.
+        let mut seen = Vec::new();
+        for _ in 0..6 {
+            seen.push(changes.recv().await.unwrap().key);
+        }
+        assert_eq!(seen, ["a", "b", "c", "d", "c", "d"]);
+        change("e");
+        assert_eq!(changes.recv().await.unwrap().key, "e");
+        drop(cache);
+        assert!(changes.recv().await.is_none());
+    }
 
     #[tokio::test]
     async fn a_key_is_queued_once_and_requeued_if_added_while_processing() {

@@ -19,9 +19,9 @@ pub fn start(app: Arc<Objects>, caches: &Caches) {
     let accounts = caches.get(&app, SA_PREFIX);
     let queue = Arc::new(Queue::default());
     for cache in [namespaces.clone(), accounts.clone()] {
-        let (queue, mut changes) = (queue.clone(), cache.subscribe());
+        let (queue, mut changes) = (queue.clone(), cache.changes());
         tokio::spawn(async move {
-            while let Ok(change) = changes.recv().await {
+            while let Some(change) = changes.recv().await {
                 let ns = change
                     .key
                     .trim_start_matches(NS_PREFIX)

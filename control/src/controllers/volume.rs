@@ -433,9 +433,9 @@ pub fn start(app: Arc<Objects>, caches: &Caches) {
     queue_changes(&queue, &ctx.claims);
     // A new or changed class (a default appearing) may unblock pending claims.
     {
-        let (queue, ctx, mut changes) = (queue.clone(), ctx.clone(), ctx.classes.subscribe());
+        let (queue, ctx, mut changes) = (queue.clone(), ctx.clone(), ctx.classes.changes());
         tokio::spawn(async move {
-            while changes.recv().await.is_ok() {
+            while changes.recv().await.is_some() {
                 for claim in ctx.claims.list(None) {
                     if claim["spec"]["volumeName"].as_str().is_none_or(str::is_empty) {
                         queue.add(&format!(
@@ -450,9 +450,9 @@ pub fn start(app: Arc<Objects>, caches: &Caches) {
     }
     // A volume that becomes available may satisfy a pending claim.
     {
-        let (queue, ctx, mut changes) = (queue.clone(), ctx.clone(), ctx.pvs.subscribe());
+        let (queue, ctx, mut changes) = (queue.clone(), ctx.clone(), ctx.pvs.changes());
         tokio::spawn(async move {
-            while let Ok(change) = changes.recv().await {
+            while let Some(change) = changes.recv().await {
                 if change
                     .new
                     .as_ref()
@@ -473,9 +473,9 @@ pub fn start(app: Arc<Objects>, caches: &Caches) {
     }
     // A deleted claim releases its volume.
     {
-        let (queue, mut changes) = (queue.clone(), ctx.claims.subscribe());
+        let (queue, mut changes) = (queue.clone(), ctx.claims.changes());
         tokio::spawn(async move {
-            while let Ok(change) = changes.recv().await {
+            while let Some(change) = changes.recv().await {
                 if change.new.is_none()
                     && let Some(old) = &change.old
                     && let Some(pv) = old["spec"]["volumeName"].as_str().filter(|v| !v.is_empty())

@@ -589,9 +589,9 @@ async fn run(
 ) {
     let (volume_tx, mut volume_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     for cache in [&volumes.pvs, &volumes.claims, &volumes.classes] {
-        let (tx, mut changes) = (volume_tx.clone(), cache.subscribe());
+        let (tx, mut changes) = (volume_tx.clone(), cache.changes());
         tokio::spawn(async move {
-            while changes.recv().await.is_ok() {
+            while changes.recv().await.is_some() {
                 if tx.send(()).is_err() {
                     return;
                 }
